@@ -1,0 +1,56 @@
+# Every target that needs Python first builds .venv from the pinned constraints, so `make run`
+# and `make test` work on a fresh clone with only python3 (>= 3.11) and make installed.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+export PORT ?= 8000
+export WEB_CONCURRENCY ?= 2
+export STORE_SOCKET ?= $(CURDIR)/run/store.sock
+export ENV ?= development
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test test-fast lint format clean bench-store bench-api
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+install: $(STAMP) ## create .venv and install the pinned dependencies
+
+$(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "Python >= 3.11 is required (found: $$($(PYTHON) --version))"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	@touch $@
+
+run: install ## start the store and the API (gunicorn) on $PORT in the foreground; Ctrl-C stops both
+	@mkdir -p run
+	exec $(BIN)/supervisord --nodaemon --configuration deploy/supervisord.conf
+
+test: install ## run the whole test suite (unit and integration, real processes)
+	$(BIN)/pytest --cov --cov-report=term-missing:skip-covered -q
+
+test-fast: install ## unit tests only (no gunicorn)
+	$(BIN)/pytest -q -m "not integration"
+
+lint: install ## ruff format --check, ruff check, mypy
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy api storeserver
+
+format: install ## ruff format and autofix
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench-store: install ## store CPU per op and throughput, side by side with redis-server
+	$(BIN)/python -m loadtests.bench_store
+
+bench-api: install ## GET /users/{id} through gunicorn vs a minimal in-process FastAPI app
+	$(BIN)/python -m loadtests.bench_api
+
+clean: ## remove the venv, caches and run-time files (not the data directory)
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.* htmlcov run *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,98 @@
+"""The store's one error hierarchy.
+
+The engine raises these; the server sends ``code``, ``message`` and ``details`` over the wire;
+the client raises the same class again from the code (``error_from_wire``). The API maps each
+class to an HTTP status once, in ``api/errors.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class StoreError(Exception):
+    """Base of every error the store or its client raises."""
+
+    code: ClassVar[str] = "INTERNAL"
+
+    def __init__(self, message: str = "", details: dict[str, Any] | None = None) -> None:
+        super().__init__(message or self.code)
+        self.message = message or self.code
+        self.details: dict[str, Any] = details or {}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r}, {self.details!r})"
+
+
+class BadRequest(StoreError):
+    code = "BAD_REQUEST"
+
+
+class NotFound(StoreError):
+    code = "NOT_FOUND"
+
+
+class Conflict(StoreError):
+    code = "CONFLICT"
+
+
+class VersionMismatch(StoreError):
+    code = "VERSION_MISMATCH"
+
+
+class LimitExceeded(StoreError):
+    code = "LIMIT_EXCEEDED"
+
+
+class MemoryLimit(StoreError):
+    code = "MEMORY_LIMIT"
+
+
+class UnknownCommand(StoreError):
+    code = "UNKNOWN_COMMAND"
+
+
+class ProtocolError(StoreError):
+    """A frame that cannot be decoded; the connection that sent it is closed."""
+
+    code = "PROTOCOL_ERROR"
+
+
+class InternalError(StoreError):
+    code = "INTERNAL"
+
+
+class StoreUnavailable(StoreError):
+    """Client side: the store cannot be reached, or the connection was lost mid-call."""
+
+    code = "STORE_UNAVAILABLE"
+
+
+class StoreTimeout(StoreError):
+    """Client side: the store did not answer within the call's timeout."""
+
+    code = "STORE_TIMEOUT"
+
+
+_BY_CODE: dict[str, type[StoreError]] = {
+    cls.code: cls
+    for cls in (
+        BadRequest,
+        NotFound,
+        Conflict,
+        VersionMismatch,
+        LimitExceeded,
+        MemoryLimit,
+        UnknownCommand,
+        ProtocolError,
+        InternalError,
+        StoreUnavailable,
+        StoreTimeout,
+    )
+}
+
+
+def error_from_wire(code: str, message: str, details: dict[str, Any] | None) -> StoreError:
+    """Rebuild the exception the server sent; unknown codes become ``InternalError``."""
+    cls = _BY_CODE.get(code, InternalError)
+    return cls(message, details if isinstance(details, dict) else {})

@@ -1,0 +1,176 @@
+"""Codec tests: one table of (message, frame bytes) used for encode and decode."""
+
+from __future__ import annotations
+
+import struct
+from decimal import Decimal
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from storeserver.errors import ProtocolError
+from storeserver.protocol import (
+    PROTOCOL_VERSION,
+    Error,
+    FrameDecoder,
+    Hello,
+    Request,
+    Result,
+    decode_body,
+    encode,
+)
+
+
+def frame(body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + body
+
+
+# Expected bytes are written out by hand (msgpack spec), not produced by the code under test.
+CASES = [
+    (Hello(1, None), frame(b"\x93\xa5HELLO\x01\xc0")),
+    (Hello(1, "s3cret"), frame(b"\x93\xa5HELLO\x01\xa6s3cret")),
+    (Request(7, "get", {"id": "a"}), frame(b"\x94\x00\x07\xa3get\x81\xa2id\xa1a")),
+    (Request(1, "ping", {}), frame(b"\x94\x00\x01\xa4ping\x80")),
+    (Result(7, None), frame(b"\x93\x01\x07\xc0")),
+    (Result(2, [1, True]), frame(b"\x93\x01\x02\x92\x01\xc3")),
+    (Result(3, Decimal("9.99")), frame(b"\x93\x01\x03\xd6\x01" + b"9.99")),
+    (
+        Error(9, "NOT_FOUND", "gone", {"id": "x"}),
+        frame(b"\x95\x02\x09\xa9NOT_FOUND\xa4gone\x81\xa2id\xa1x"),
+    ),
+]
+
+
+@pytest.mark.parametrize(("message", "data"), CASES)
+def test_encode(message, data):
+    assert encode(message) == data
+
+
+@pytest.mark.parametrize(("message", "data"), CASES)
+def test_decode_whole(message, data):
+    assert FrameDecoder().feed(data) == [message]
+
+
+@pytest.mark.parametrize(("message", "data"), CASES)
+def test_decode_byte_by_byte(message, data):
+    decoder = FrameDecoder()
+    out = []
+    for i in range(len(data)):
+        out += decoder.feed(data[i : i + 1])
+    assert out == [message]
+    assert decoder.buffered == 0
+
+
+@pytest.mark.parametrize(("message", "data"), CASES)
+def test_decode_with_trailing_bytes(message, data):
+    decoder = FrameDecoder()
+    assert decoder.feed(data + data[:3]) == [message]
+    assert decoder.buffered == 3
+    assert decoder.feed(data[3:]) == [message]
+    assert decoder.buffered == 0
+
+
+def test_many_frames_in_one_chunk_keep_order():
+    messages = [Request(i, "get", {"n": i}) for i in range(1, 50)]
+    data = b"".join(encode(m) for m in messages)
+    assert FrameDecoder().feed(data) == messages
+
+
+def test_oversized_frame_is_refused_from_its_header():
+    decoder = FrameDecoder(max_frame_size=100)
+    with pytest.raises(ProtocolError, match="exceeds"):
+        decoder.feed(struct.pack(">I", 101))
+
+
+def test_frame_at_the_limit_is_accepted():
+    body = msgpack.packb([1, 1, "x" * 80])
+    decoder = FrameDecoder(max_frame_size=len(body))
+    assert decoder.feed(frame(body)) == [Result(1, "x" * 80)]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",  # empty frame
+        b"\xc1",  # reserved msgpack byte
+        msgpack.packb({"not": "a list"}),
+        msgpack.packb([]),
+        msgpack.packb([0, 1, "get"]),  # request without args
+        msgpack.packb([0, -1, "get", {}]),  # negative request id
+        msgpack.packb([0, 1, "get", []]),  # args not a map
+        msgpack.packb([0, 1, 5, {}]),  # command not a string
+        msgpack.packb([9, 1, None]),  # unknown kind
+        msgpack.packb([0, 1, "get", {1: "x"}]),  # non-string map key
+        msgpack.packb([1, 1, msgpack.ExtType(5, b"x")]),  # unknown extension
+        msgpack.packb([1, 1, msgpack.ExtType(1, b"NaN")]),  # non-finite decimal
+        msgpack.packb([1, 1, msgpack.ExtType(1, b"1.2.3")]),  # malformed decimal
+        msgpack.packb([1, 1, msgpack.ExtType(1, b"\xff")]),  # not ascii
+        msgpack.packb([1, 1, None]) + b"\x00",  # trailing bytes inside the frame
+        b"\x91" * 5000 + b"\xc0",  # nesting deeper than msgpack allows
+    ],
+)
+def test_malformed_bodies_raise_protocol_error(body):
+    with pytest.raises(ProtocolError):
+        FrameDecoder().feed(frame(body))
+
+
+def test_encode_refuses_values_the_wire_cannot_carry():
+    with pytest.raises(ProtocolError):
+        encode(Result(1, {"x": {1, 2}}))
+    with pytest.raises(ProtocolError):
+        encode(Result(1, 2**70))
+    with pytest.raises(ProtocolError):
+        encode(Result(1, Decimal("Infinity")))
+
+
+def test_decimal_round_trip_is_exact():
+    value = Decimal("12345678901234567890.000000000000000001")
+    assert decode_body(encode(Result(1, value))[4:]) == Result(1, value)
+
+
+def test_version_is_an_int():
+    assert isinstance(PROTOCOL_VERSION, int)
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=64))
+def test_random_bytes_decode_or_raise_protocol_error(data):
+    decoder = FrameDecoder(max_frame_size=1024)
+    try:
+        messages = decoder.feed(data)
+    except ProtocolError:
+        return
+    assert all(isinstance(m, Hello | Request | Result | Error) for m in messages)
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=64))
+def test_random_frame_bodies_decode_or_raise_protocol_error(body):
+    try:
+        message = decode_body(body)
+    except ProtocolError:
+        return
+    assert isinstance(message, Hello | Request | Result | Error)
+
+
+values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats(allow_nan=False)
+    | st.text()
+    | st.decimals(allow_nan=False, allow_infinity=False),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=200)
+@given(st.integers(min_value=0, max_value=2**63 - 1), st.text(max_size=20), values)
+def test_request_and_result_round_trip(rid, command, value):
+    decoder = FrameDecoder()
+    sent = [Request(rid, command, {"v": value}), Result(rid, value)]
+    assert decoder.feed(b"".join(encode(m) for m in sent)) == sent
