@@ -8,6 +8,8 @@ STAMP := $(VENV)/.installed-stamp
 export PORT ?= 8000
 export WEB_CONCURRENCY ?= 2
 export STORE_SOCKET ?= $(CURDIR)/run/store.sock
+export STORE_DATA_DIR ?= $(CURDIR)/data
+export STORE_FSYNC ?= everysec
 export ENV ?= development
 
 .DEFAULT_GOAL := help

@@ -27,6 +27,7 @@ connection it came from, and only that one.
 from __future__ import annotations
 
 import struct
+import threading
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -44,26 +45,26 @@ _DECIMAL_EXT = 1
 _REQUEST, _RESULT, _ERROR = 0, 1, 2
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Hello:
     version: int
     payload: Any
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Request:
     request_id: int
     command: str
     args: dict[str, Any]
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Result:
     request_id: int
     value: Any
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Error:
     request_id: int
     code: str
@@ -96,70 +97,111 @@ def _ext_hook(code: int, data: bytes) -> Any:
     return value
 
 
-def _pack(obj: list[Any]) -> bytes:
+_local = threading.local()
+
+
+def _packer() -> msgpack.Packer:
+    # A Packer reused per thread costs half of msgpack.packb, which parses its options on
+    # every call; per thread because a Packer keeps a buffer between calls.
     try:
-        body = msgpack.packb(obj, default=_default, use_bin_type=True)
+        return _local.packer
+    except AttributeError:
+        _local.packer = msgpack.Packer(default=_default, use_bin_type=True)
+        return _local.packer
+
+
+def pack_value(obj: Any) -> bytes:
+    """msgpack bytes for any wire value (also used for the store's log and snapshot files)."""
+    packer = _packer()
+    try:
+        return packer.pack(obj)
     except ProtocolError:
+        packer.reset()
         raise
     except (TypeError, ValueError, OverflowError) as exc:
+        packer.reset()
         raise ProtocolError(f"cannot encode message: {exc}") from exc
+
+
+def unpack_value(data: bytes | memoryview) -> Any:
+    """The inverse of ``pack_value``; raises ``ProtocolError`` for anything malformed."""
+    try:
+        return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=True)
+    except ProtocolError:
+        raise
+    except Exception as exc:  # msgpack raises several unrelated types for bad input
+        raise ProtocolError(f"undecodable frame: {type(exc).__name__}") from exc
+
+
+def _pack(obj: list[Any]) -> bytes:
+    body = pack_value(obj)
     return _HEADER.pack(len(body)) + body
 
 
+def encode_request(request_id: int, command: str, args: dict[str, Any]) -> bytes:
+    return _pack([_REQUEST, request_id, command, args])
+
+
+def encode_result(request_id: int, value: Any) -> bytes:
+    return _pack([_RESULT, request_id, value])
+
+
+def encode_error(request_id: int, code: str, message: str, details: dict[str, Any]) -> bytes:
+    return _pack([_ERROR, request_id, code, message, details])
+
+
 def encode(message: Message) -> bytes:
-    """One complete frame (header and body) for ``message``."""
+    """One complete frame (header and body) for ``message``.
+
+    The hot paths call ``encode_request``/``encode_result``/``encode_error`` directly and skip
+    building a message object.
+    """
     if isinstance(message, Request):
-        return _pack([_REQUEST, message.request_id, message.command, message.args])
+        return encode_request(message.request_id, message.command, message.args)
     if isinstance(message, Result):
-        return _pack([_RESULT, message.request_id, message.value])
+        return encode_result(message.request_id, message.value)
     if isinstance(message, Error):
-        return _pack(
-            [_ERROR, message.request_id, message.code, message.message, message.details]
-        )
+        return encode_error(message.request_id, message.code, message.message, message.details)
     if isinstance(message, Hello):
         return _pack([HELLO, message.version, message.payload])
     raise TypeError(f"not a message: {message!r}")
 
 
-def _is_request_id(value: Any) -> bool:
-    return type(value) is int and 0 <= value < 2**63
+_MAX_ID = 2**63
 
 
 def _to_message(obj: Any) -> Message:
-    if not isinstance(obj, list) or not obj:
+    # Hot path (every request and reply): plain type checks, requests first.
+    if type(obj) is not list or not obj:
         raise ProtocolError("a message must be a non-empty array")
     kind = obj[0]
-    if kind == _REQUEST and len(obj) == 4:
-        _, rid, command, args = obj
-        if _is_request_id(rid) and isinstance(command, str) and isinstance(args, dict):
+    size = len(obj)
+    if kind == _REQUEST and size == 4:
+        rid, command, args = obj[1], obj[2], obj[3]
+        if type(rid) is int and 0 <= rid < _MAX_ID and type(command) is str and type(args) is dict:
             return Request(rid, command, args)
-    elif kind == _RESULT and len(obj) == 3:
-        if _is_request_id(obj[1]):
-            return Result(obj[1], obj[2])
-    elif kind == _ERROR and len(obj) == 5:
-        _, rid, code, message, details = obj
+    elif kind == _RESULT and size == 3:
+        rid = obj[1]
+        if type(rid) is int and 0 <= rid < _MAX_ID:
+            return Result(rid, obj[2])
+    elif kind == _ERROR and size == 5:
+        rid, code, message, details = obj[1], obj[2], obj[3], obj[4]
         if (
-            _is_request_id(rid)
-            and isinstance(code, str)
-            and isinstance(message, str)
-            and isinstance(details, dict)
+            type(rid) is int
+            and 0 <= rid < _MAX_ID
+            and type(code) is str
+            and type(message) is str
+            and type(details) is dict
         ):
             return Error(rid, code, message, details)
-    elif kind == HELLO and len(obj) == 3:
-        if type(obj[1]) is int:
-            return Hello(obj[1], obj[2])
+    elif kind == HELLO and size == 3 and type(obj[1]) is int:
+        return Hello(obj[1], obj[2])
     raise ProtocolError("malformed message")
 
 
 def decode_body(body: bytes | memoryview) -> Message:
     """Decode one frame's body (without its length header)."""
-    try:
-        obj = msgpack.unpackb(body, ext_hook=_ext_hook, raw=False, strict_map_key=True)
-    except ProtocolError:
-        raise
-    except Exception as exc:  # msgpack raises several unrelated types for bad input
-        raise ProtocolError(f"undecodable frame: {type(exc).__name__}") from exc
-    return _to_message(obj)
+    return _to_message(unpack_value(body))
 
 
 class FrameDecoder:
@@ -182,26 +224,27 @@ class FrameDecoder:
         return len(self._buffer)
 
     def feed(self, data: bytes) -> list[Message]:
+        # Fast path, the common case: nothing buffered, so parse ``data`` in place and keep
+        # only an incomplete tail. Otherwise join the tail and the new bytes first.
         buffer = self._buffer
-        buffer += data
+        if buffer:
+            buffer += data
+            data = bytes(buffer)
+            buffer.clear()
         messages: list[Message] = []
-        size = len(buffer)
+        size = len(data)
         pos = 0
-        view = memoryview(buffer)
-        try:
-            while size - pos >= 4:
-                (length,) = _HEADER.unpack_from(buffer, pos)
-                if length > self._max_frame_size:
-                    raise ProtocolError(
-                        f"frame of {length} bytes exceeds the limit of {self._max_frame_size}"
-                    )
-                end = pos + 4 + length
-                if end > size:
-                    break
-                messages.append(decode_body(view[pos + 4 : end]))
-                pos = end
-        finally:
-            view.release()
-        if pos:
-            del buffer[:pos]
+        limit = self._max_frame_size
+        unpack_header = _HEADER.unpack_from
+        while size - pos >= 4:
+            (length,) = unpack_header(data, pos)
+            if length > limit:
+                raise ProtocolError(f"frame of {length} bytes exceeds the limit of {limit}")
+            end = pos + 4 + length
+            if end > size:
+                break
+            messages.append(decode_body(data[pos + 4 : end]))
+            pos = end
+        if pos < size:
+            buffer += data[pos:]
         return messages

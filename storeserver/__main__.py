@@ -1,0 +1,86 @@
+"""``python -m storeserver``: run the store process until SIGTERM/SIGINT, then exit 0."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+import structlog
+from pydantic import ValidationError
+
+from .logs import configure_logging
+from .server import StoreServer
+from .settings import StoreSettings
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m storeserver",
+        description="The single-threaded store process. Settings also come from STORE_* "
+        "environment variables; flags override them.",
+    )
+    parser.add_argument("--socket", type=Path, help="Unix socket path (STORE_SOCKET)")
+    parser.add_argument("--tcp", help="also listen on host:port (STORE_TCP; needs STORE_SECRET)")
+    parser.add_argument("--data-dir", type=Path, help="persistence directory (STORE_DATA_DIR)")
+    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (STORE_LOG_LEVEL)")
+    return parser.parse_args(argv)
+
+
+def load_settings(args: argparse.Namespace) -> StoreSettings:
+    overrides = {
+        key: value
+        for key, value in (
+            ("socket", args.socket),
+            ("tcp", args.tcp),
+            ("data_dir", args.data_dir),
+            ("log_level", args.log_level),
+        )
+        if value is not None
+    }
+    return StoreSettings(**overrides)
+
+
+async def serve(settings: StoreSettings) -> None:
+    server = StoreServer(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    await stop.wait()
+    structlog.get_logger("storeserver").info("store_stopping")
+    await server.shutdown()
+
+
+def _run(settings: StoreSettings) -> None:
+    try:
+        import uvloop
+    except ImportError:  # uvloop is optional (e.g. on platforms without wheels)
+        asyncio.run(serve(settings))
+    else:
+        uvloop.run(serve(settings))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        settings = load_settings(args)
+    except ValidationError as exc:
+        configure_logging("INFO")
+        errors = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        structlog.get_logger("storeserver").error("invalid_settings", errors=errors)
+        return 2
+    configure_logging(settings.log_level)
+    try:
+        _run(settings)
+    except (RuntimeError, OSError) as exc:
+        structlog.get_logger("storeserver").error("store_failed_to_start", error=str(exc))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

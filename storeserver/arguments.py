@@ -1,0 +1,95 @@
+"""Validation of command arguments: every ill-shaped argument becomes ``BadRequest``.
+
+Checks use exact types (``type(x) is int``), so ``True`` is not an integer and a list is
+never taken for a map.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from storeserver.errors import BadRequest, LimitExceeded
+
+Args = dict[str, Any]
+
+TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+
+def check_keys(args: Args, allowed: frozenset[str]) -> None:
+    if not args.keys() <= allowed:
+        unknown = sorted(str(k) for k in args.keys() - allowed)
+        raise BadRequest(f"unknown argument {unknown[0]!r}", {"arg": unknown[0]})
+
+
+def table_name(args: Args, key: str = "table") -> str:
+    name = args.get(key)
+    if type(name) is not str or TABLE_NAME.fullmatch(name) is None:
+        raise BadRequest(
+            f"{key} must match ^[A-Za-z_][A-Za-z0-9_]{{0,63}}$", {"arg": key, "table": repr(name)}
+        )
+    return name
+
+
+def required_str(args: Args, key: str) -> str:
+    value = args.get(key)
+    if type(value) is not str or not value:
+        raise BadRequest(f"{key} must be a non-empty string", {"arg": key})
+    return value
+
+
+def required_dict(args: Args, key: str) -> dict[str, Any]:
+    value = args.get(key)
+    if type(value) is not dict:
+        raise BadRequest(f"{key} must be a map", {"arg": key})
+    return value
+
+
+def optional_bool(args: Args, key: str) -> bool:
+    value = args.get(key, False)
+    if type(value) is not bool:
+        raise BadRequest(f"{key} must be a boolean", {"arg": key})
+    return value
+
+
+def optional_list(args: Args, key: str) -> list[Any]:
+    value = args.get(key)
+    if value is None:
+        return []
+    if type(value) is not list:
+        raise BadRequest(f"{key} must be a list", {"arg": key})
+    return value
+
+
+def optional_version(args: Args) -> int | None:
+    value = args.get("expected_version")
+    if value is not None and type(value) is not int:
+        raise BadRequest("expected_version must be an integer", {"arg": "expected_version"})
+    return value
+
+
+def offset(args: Args) -> int:
+    value = args.get("offset", 0)
+    if type(value) is not int or value < 0:
+        raise BadRequest("offset must be an integer >= 0", {"arg": "offset"})
+    return value
+
+
+def limit(args: Args, default: int, maximum: int) -> int:
+    value = args.get("limit")
+    if value is None:
+        return min(default, maximum)
+    if type(value) is not int or value < 1:
+        raise BadRequest("limit must be an integer >= 1", {"arg": "limit"})
+    if value > maximum:
+        raise LimitExceeded(f"limit must be at most {maximum}", {"arg": "limit", "max": maximum})
+    return value
+
+
+def positive_number(args: Args, key: str, required: bool = True) -> float | None:
+    value = args.get(key)
+    if value is None and not required:
+        return None
+    if value is None or type(value) not in (int, float) or not 0 < value < float("inf"):
+        raise BadRequest(f"{key} must be a positive number of seconds", {"arg": key})
+    return float(value)

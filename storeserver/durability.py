@@ -1,0 +1,296 @@
+"""Persistence inside the running server: when to write, fsync, hold replies and snapshot.
+
+The file formats and the fork live in ``persistence.py``; this module schedules them on the
+event loop. See that module's design note for the guarantees of each ``STORE_FSYNC`` policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
+
+import structlog
+
+from .errors import InternalError, StoreError
+from .persistence import (
+    AppendLog,
+    DataDir,
+    LoadReport,
+    PersistenceError,
+    encode_entry,
+    fork_snapshot,
+    fsync_dir,
+    write_snapshot,
+)
+
+log = structlog.get_logger("storeserver.durability")
+
+SnapshotWaiter = Callable[[dict[str, Any] | StoreError], None]
+
+
+class Sink(Protocol):
+    """Where held replies go once they may be sent (a client connection)."""
+
+    def send(self, data: bytes) -> None: ...
+    def abort(self) -> None: ...
+
+
+class Engine(Protocol):
+    def apply_change(self, change: tuple[Any, ...]) -> None: ...
+    def drain_changes(self) -> list[tuple[Any, ...]]: ...
+    def iter_state(self) -> Any: ...
+
+
+class Durability:
+    def __init__(
+        self, data_dir: Any, policy: str, engine: Engine, rewrite_bytes: int = 64 << 20
+    ) -> None:
+        self.dir = DataDir(data_dir)
+        self.policy = policy
+        self.engine = engine
+        self.rewrite_bytes = rewrite_bytes
+        self.log: AppendLog | None = None
+        self.recorded = 0  # entries recorded so far; the server compares it around a chunk
+        self.error: str | None = None
+        self.last_load: LoadReport | None = None
+        self.last_snapshot: dict[str, Any] | None = None
+        self._buffer = bytearray()
+        self._flush_scheduled = False
+        self._dirty = False  # written since the last fsync
+        self._held: list[tuple[Sink, bytes]] = []
+        self._syncing = False
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="store-fsync")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._everysec: asyncio.TimerHandle | None = None
+        self._child: int | None = None
+        self._child_generation = 0
+        self._child_started = 0.0
+        self._waiters: list[SnapshotWaiter] = []
+
+    # -- start and stop --------------------------------------------------------------------
+
+    def load(self) -> LoadReport:
+        """Load the snapshot and replay the logs, then open a fresh log generation."""
+        report = self.dir.load(self.engine.apply_change)
+        self.engine.drain_changes()  # replay journals nothing new, but keep the engine clean
+        generation = self.dir.next_generation()
+        self.log = AppendLog(self.dir.log_path(generation), generation)
+        fsync_dir(self.dir.root)
+        self.last_load = report
+        log.info(
+            "store_loaded",
+            data_dir=str(self.dir.root),
+            snapshot_generation=report.snapshot_generation,
+            snapshot_changes=report.snapshot_changes,
+            log_entries=report.log_entries,
+            seconds=round(report.seconds, 3),
+        )
+        return report
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        if self.policy == "everysec":
+            self._everysec = loop.call_later(1.0, self._every_second)
+        if self._log_bytes() > self.rewrite_bytes:
+            self.start_snapshot()
+
+    def close(self) -> None:
+        """Clean shutdown: flush, wait for a running snapshot, write a final one."""
+        if self._everysec is not None:
+            self._everysec.cancel()
+        self._write_buffer()
+        if self._child is not None:
+            _, status = os.waitpid(self._child, 0)
+            self._child_done(status)
+        self._executor.shutdown(wait=True)
+        assert self.log is not None
+        generation = self.log.generation
+        self.log.fsync()
+        self.log.close()
+        started = time.perf_counter()
+        size = write_snapshot(self.dir.snapshot, generation, self.engine.iter_state())
+        self.dir.prune(generation)
+        log.info(
+            "snapshot_written",
+            on="shutdown",
+            bytes=size,
+            seconds=round(time.perf_counter() - started, 3),
+        )
+
+    # -- the write path ----------------------------------------------------------------------
+
+    def check_writable(self) -> None:
+        if self.error is not None:
+            raise PersistenceError(
+                "the store cannot write its log; writes are refused until it can",
+                {"reason": self.error},
+            )
+
+    def record(self, changes: list[tuple[Any, ...]]) -> None:
+        """Queue one command's changes; they reach the file at the end of this loop turn."""
+        self._buffer += encode_entry(changes)
+        self.recorded += 1
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            assert self._loop is not None
+            self._loop.call_soon(self._flush)
+
+    @property
+    def holds_replies(self) -> bool:
+        return self.policy == "always"
+
+    def hold(self, sink: Sink, data: bytes) -> None:
+        """Keep a reply until the entries written before it are on disk (``always``)."""
+        self._held.append((sink, data))
+
+    def _write_buffer(self) -> bool:
+        if not self._buffer or self.log is None:
+            return True
+        data, self._buffer = bytes(self._buffer), bytearray()
+        try:
+            self.log.write(data)
+        except OSError as exc:
+            self._fail(f"log write failed: {exc}")
+            return False
+        self._dirty = True
+        return True
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if not self._write_buffer():
+            return
+        if self._held and not self._syncing:
+            self._start_fsync()
+        if self._child is None and self.log is not None and self.log.size > self.rewrite_bytes:
+            self.start_snapshot()
+
+    def _start_fsync(self) -> None:
+        assert self._loop is not None and self.log is not None
+        batch, self._held = self._held, []
+        self._syncing = True
+        self._dirty = False
+        future = self._loop.run_in_executor(self._executor, self.log.fsync)
+        future.add_done_callback(lambda f: self._fsync_done(f, batch))
+
+    def _fsync_done(self, future: asyncio.Future[None], batch: list[tuple[Sink, bytes]]) -> None:
+        self._syncing = False
+        exc = future.exception()
+        if exc is not None:
+            self._fail(f"fsync failed: {exc}")
+            # Not durable, so not acknowledged: the clients see the connection drop.
+            for sink, _ in batch:
+                sink.abort()
+            return
+        for sink, data in batch:
+            sink.send(data)
+        if self._held:
+            self._start_fsync()
+
+    def _every_second(self) -> None:
+        assert self._loop is not None
+        if self._dirty and not self._syncing and self.log is not None:
+            self._dirty = False
+            self._loop.run_in_executor(self._executor, self.log.fsync).add_done_callback(
+                self._check_background_fsync
+            )
+        self._everysec = self._loop.call_later(1.0, self._every_second)
+
+    def _check_background_fsync(self, future: asyncio.Future[None]) -> None:
+        if future.exception() is not None:
+            self._fail(f"fsync failed: {future.exception()}")
+
+    def _fail(self, reason: str) -> None:
+        if self.error is None:
+            log.error("persistence_failed", reason=reason)
+        self.error = reason
+
+    # -- snapshots ---------------------------------------------------------------------------
+
+    def start_snapshot(self, waiter: SnapshotWaiter | None = None) -> None:
+        """Start a background snapshot (or join the running one)."""
+        if waiter is not None:
+            self._waiters.append(waiter)
+        if self._child is not None:
+            return
+        assert self._loop is not None and self.log is not None
+        if not self._write_buffer():
+            self._notify(PersistenceError("cannot snapshot: the log is not writable", {}))
+            return
+        old = self.log
+        generation = old.generation
+        self.log = AppendLog(self.dir.log_path(generation + 1), generation + 1)
+        fsync_dir(self.dir.root)
+        # The old log is synced and closed on the fsync thread, after any fsync in flight on it;
+        # replies held for entries in it wait for that.
+        batch, self._held = self._held, []
+        self._syncing = True
+        future = self._loop.run_in_executor(self._executor, _sync_and_close, old)
+        future.add_done_callback(lambda f: self._fsync_done(f, batch))
+        self._child_generation = generation
+        self._child_started = time.perf_counter()
+        self._child = fork_snapshot(self.dir.snapshot, generation, self.engine.iter_state())
+        log.info("snapshot_started", generation=generation, pid=self._child)
+        self._loop.call_later(0.05, self._poll_child)
+
+    def _poll_child(self) -> None:
+        if self._child is None:
+            return
+        pid, status = os.waitpid(self._child, os.WNOHANG)
+        if pid == 0:
+            assert self._loop is not None
+            self._loop.call_later(0.05, self._poll_child)
+            return
+        self._child_done(status)
+
+    def _child_done(self, status: int) -> None:
+        self._child = None
+        seconds = time.perf_counter() - self._child_started
+        if os.waitstatus_to_exitcode(status) != 0:
+            log.error("snapshot_failed", status=status)
+            self._notify(InternalError("the snapshot could not be written", {}))
+            return
+        self.dir.prune(self._child_generation)
+        self.last_snapshot = {
+            "path": str(self.dir.snapshot),
+            "bytes": self.dir.snapshot.stat().st_size,
+            "generation": self._child_generation,
+            "seconds": round(seconds, 3),
+            "finished_at": time.time(),
+        }
+        log.info("snapshot_written", on="background", **self.last_snapshot)
+        self._notify(dict(self.last_snapshot))
+
+    def _notify(self, outcome: dict[str, Any] | StoreError) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter(outcome)
+
+    # -- insight -----------------------------------------------------------------------------
+
+    def _log_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.dir.logs())
+
+    def status(self) -> dict[str, Any]:
+        last = self.last_snapshot
+        return {
+            "enabled": True,
+            "data_dir": str(self.dir.root),
+            "fsync": self.policy,
+            "log_bytes": self._log_bytes(),
+            "log_generation": self.log.generation if self.log else None,
+            "snapshot_in_progress": self._child is not None,
+            "last_snapshot": last,
+            "last_snapshot_age_s": round(time.time() - last["finished_at"], 3) if last else None,
+            "error": self.error,
+        }
+
+
+def _sync_and_close(log_file: AppendLog) -> None:
+    try:
+        log_file.fsync()
+    finally:
+        log_file.close()

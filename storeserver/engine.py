@@ -1,0 +1,407 @@
+"""The store engine: every command of docs/STORE.md (but ``ping``) on in-memory state.
+
+Plain synchronous code, no I/O (``stats`` reads ``/proc/self/statm``). The server calls
+``execute(command, args)`` for one command at a time; each runs to completion, so each is
+atomic. Expected failures raise ``StoreError`` subclasses; anything else is a bug.
+
+Design notes:
+
+- Records are plain dicts in ``Table.rows`` (insertion order = creation order) and are never
+  mutated once stored: a write builds a new dict and swaps it in. Results may therefore be the
+  stored dicts themselves; callers must treat them as read-only.
+- Single commands check everything before changing anything. ``batch`` runs its operations
+  with an undo log and rolls everything back on the first failure.
+- Every change is appended to a journal list drained by ``drain_changes`` (for the append-only
+  log); ``apply_change`` replays an entry. A failed command leaves nothing in it.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from storeserver.arguments import (
+    Args,
+    check_keys,
+    limit,
+    optional_bool,
+    positive_number,
+    required_str,
+    table_name,
+)
+from storeserver.catalog import Catalog, TableSpec
+from storeserver.errors import BadRequest, InternalError, LimitExceeded, StoreError, UnknownCommand
+from storeserver.keyvalue import KeyValueStore
+from storeserver.ratelimit import FixedWindowCounters
+from storeserver.reads import DEFAULT_LIMIT, RecordReader
+from storeserver.records import copy_value
+from storeserver.scans import ScanCursors
+from storeserver.writes import RecordWriter, Undo
+
+MAX_KEY_LENGTH = 1024
+MAX_PENDING_CHANGES = 100_000
+"""Undrained journal entries tolerated before journaling stops (see ``drain_changes``)."""
+
+_CREATE_TABLE_ARGS = frozenset({"table", "indexes", "foreign_keys", "hidden"})
+_CREATE_INDEX_ARGS = frozenset({"table", "field", "unique", "casefold"})
+_SCAN_ARGS = frozenset({"table", "cursor", "limit", "include_hidden"})
+_KV_SET_ARGS = frozenset({"key", "value", "ttl", "nx"})
+_KEY_ARGS = frozenset({"key"})
+_KEYS_ARGS = frozenset({"keys"})
+_RATE_ARGS = frozenset({"key", "limit", "window"})
+
+
+class Engine:
+    WRITE_COMMANDS: frozenset[str] = frozenset(
+        {
+            "create_table",
+            "create_index",
+            "insert",
+            "replace",
+            "patch",
+            "delete",
+            "batch",
+            "kv_set",
+            "kv_delete",
+        }
+    )
+    """Commands that add or change data (refused by the server over its memory limit).
+
+    ``rate_hit`` is deliberately not one: rate limiting must keep working when writes are
+    refused, and its counters are small and short-lived.
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.time,
+        max_tables: int = 1000,
+        max_limit: int = 1000,
+        max_batch: int = 1000,
+        max_in: int = 1000,
+        journal: bool = True,
+    ) -> None:
+        """``journal=False`` stops recording changes (when nothing calls ``drain_changes``)."""
+        self._clock = clock
+        self._started = clock()
+        self.max_batch = max_batch
+        self.max_limit = max_limit
+        self._catalog = Catalog(max_tables)
+        self._writer = RecordWriter(self._catalog, clock, journal)
+        self._reader = RecordReader(self._catalog, max_limit, max_in)
+        self._scans = ScanCursors(clock)
+        self._kv = KeyValueStore(clock)
+        self._rates = FixedWindowCounters(clock)
+        w, r = self._writer, self._reader
+        self._handlers: dict[str, Callable[[Args], Any]] = {
+            "create_table": self._create_table,
+            "create_index": self._create_index,
+            "list_tables": self._list_tables,
+            "insert": w.insert,
+            "get": r.get,
+            "get_many": r.get_many,
+            "replace": w.replace,
+            "patch": w.patch,
+            "delete": w.delete,
+            "find": r.find,
+            "count": r.count,
+            "join": r.join,
+            "aggregate": r.aggregate,
+            "batch": self._batch,
+            "scan": self._scan,
+            "stats": self._stats,
+            "kv_set": self._kv_set,
+            "kv_get": self._kv_get,
+            "kv_get_many": self._kv_get_many,
+            "kv_delete": self._kv_delete,
+            "rate_hit": self._rate_hit,
+        }
+        self._batch_ops: dict[str, Callable[[Args, Undo], Any]] = {
+            "insert": w.insert,
+            "replace": w.replace,
+            "patch": w.patch,
+            "delete": w.delete,
+        }
+        self._ops = dict.fromkeys(self._handlers, 0)
+        self._journal_overflowed = False
+
+    COMMANDS: frozenset[str] = frozenset(
+        {
+            "create_table",
+            "create_index",
+            "list_tables",
+            "insert",
+            "get",
+            "get_many",
+            "replace",
+            "patch",
+            "delete",
+            "find",
+            "count",
+            "join",
+            "aggregate",
+            "batch",
+            "scan",
+            "stats",
+            "kv_set",
+            "kv_get",
+            "kv_get_many",
+            "kv_delete",
+            "rate_hit",
+        }
+    )
+
+    # -- the server's interface -------------------------------------------------------------
+
+    def execute(self, command: str, args: dict[str, Any]) -> Any:
+        """Run one command atomically; ``StoreError`` subclasses for expected failures."""
+        handler = self._handlers.get(command) if type(command) is str else None
+        if handler is None:
+            raise UnknownCommand(f"unknown command {command!r}", {"command": repr(command)[:80]})
+        if type(args) is not dict:
+            raise BadRequest("arguments must be a map", {"arg": None})
+        self._ops[command] += 1
+        changes = self._writer.changes
+        mark = len(changes)
+        if mark > MAX_PENDING_CHANGES:
+            self._journal_overflow()
+            mark = 0
+        try:
+            return handler(args)
+        except BaseException:
+            del changes[mark:]
+            raise
+
+    def drain_changes(self) -> list[tuple[Any, ...]]:
+        """The journal entries of the writes since the previous call, oldest first.
+
+        Raises ``InternalError`` if changes were dropped because nobody drained them.
+        """
+        if self._journal_overflowed:
+            raise InternalError(
+                f"over {MAX_PENDING_CHANGES} changes were left undrained; journaling stopped",
+                {"reason": "journal_overflow"},
+            )
+        changes = self._writer.changes
+        self._writer.changes = []
+        return changes
+
+    def _journal_overflow(self) -> None:
+        """Nobody drains the journal (no persistence): stop recording instead of leaking."""
+        self._writer.journal = False
+        self._writer.changes = []
+        self._journal_overflowed = True
+
+    def apply_change(self, change: tuple[Any, ...]) -> None:
+        """Re-apply one journal entry (replay). Only keeps indexes right; no other checks."""
+        kind = change[0]
+        catalog = self._catalog
+        if kind == "put":
+            _, name, record = change
+            table = catalog.tables.get(name) or catalog.add_empty(name)
+            old = table.rows.get(record["id"])
+            if old is None:
+                table.insert(record)
+            else:
+                table.replace(old, record)
+            self._writer.timestamps.raise_floor(record["updated_at"])
+        elif kind == "delete":
+            _, name, rid = change
+            existing = catalog.tables.get(name)
+            if existing is not None and rid in existing.rows:
+                existing.remove(existing.rows[rid])
+        elif kind == "table":
+            _, name, spec = change
+            catalog.define(name, TableSpec.parse(spec), check=False)
+        elif kind == "kv_set":
+            _, key, value, expires_at = change
+            if expires_at is None or expires_at > self._clock():
+                self._kv.set(key, value, expires_at)
+        elif kind == "kv_delete":
+            self._kv.delete(change[1])
+        else:
+            raise InternalError(f"unknown journal entry {kind!r}", {"entry": repr(kind)})
+
+    def iter_state(self) -> Iterator[tuple[Any, ...]]:
+        """The whole state as journal entries (tables first, then rows and keys), for snapshots.
+
+        A generator: the snapshot child process iterates it on its copy-on-write image.
+        """
+        tables = self._catalog.tables
+        for name, table in tables.items():
+            yield ("table", name, table.spec())
+        for name, table in tables.items():
+            for record in table.rows.values():
+                yield ("put", name, record)
+        for key, value, expires_at in self._kv.items():
+            yield ("kv_set", key, value, expires_at)
+
+    def stats(self) -> dict[str, Any]:
+        tables = {
+            name: {
+                "rows": len(t.rows),
+                "indexes": t.index_specs(),
+                "foreign_keys": t.spec()["foreign_keys"],
+                "hidden": sorted(t.hidden),
+            }
+            for name, t in self._catalog.tables.items()
+        }
+        return {
+            "tables": tables,
+            "memory_bytes": self.memory_bytes(),
+            "ops": dict(self._ops),
+            "uptime_s": self._clock() - self._started,
+            "kv_keys": len(self._kv),
+            "rate_keys": len(self._rates),
+            "cursors": len(self._scans),
+            "journal": "overflowed"
+            if self._journal_overflowed
+            else ("on" if self._writer.journal else "off"),
+            "pending_changes": len(self._writer.changes),
+        }
+
+    @staticmethod
+    def memory_bytes() -> int:
+        """Resident set size of this process (peak RSS where /proc is missing)."""
+        try:
+            with open("/proc/self/statm", "rb") as statm:
+                return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    # -- commands ---------------------------------------------------------------------------
+
+    def _create_table(self, args: Args) -> dict[str, bool]:
+        check_keys(args, _CREATE_TABLE_ARGS)
+        name = table_name(args)
+        created, changed = self._catalog.define(name, TableSpec.parse(args))
+        if changed:
+            self._journal_table(name)
+        return {"created": created}
+
+    def _create_index(self, args: Args) -> dict[str, bool]:
+        check_keys(args, _CREATE_INDEX_ARGS)
+        table = self._catalog.get(args)
+        spec = TableSpec.parse({"indexes": [{k: v for k, v in args.items() if k != "table"}]})
+        _, changed = self._catalog.define(table.name, spec)
+        if changed:
+            self._journal_table(table.name)
+        return {"created": changed}
+
+    def _journal_table(self, name: str) -> None:
+        if self._writer.journal:
+            self._writer.changes.append(("table", name, self._catalog.spec_of(name)))
+
+    def _list_tables(self, args: Args) -> list[str]:
+        check_keys(args, frozenset())
+        return list(self._catalog.tables)
+
+    def _batch(self, args: Args) -> dict[str, list[Any]]:
+        check_keys(args, frozenset({"ops"}))
+        ops = args.get("ops")
+        if type(ops) is not list:
+            raise BadRequest("ops must be a list", {"arg": "ops"})
+        if len(ops) > self.max_batch:
+            raise LimitExceeded(
+                f"at most {self.max_batch} operations", {"arg": "ops", "max": self.max_batch}
+            )
+        undo: Undo = []
+        results = []
+        for index, op in enumerate(ops):
+            name = op.get("op") if type(op) is dict else None
+            try:
+                handler = self._batch_ops.get(name) if type(name) is str else None
+                if handler is None:
+                    raise BadRequest(
+                        "each op is {op: insert|replace|patch|delete, ...}", {"arg": "ops"}
+                    )
+                results.append(handler({k: v for k, v in op.items() if k != "op"}, undo))
+            except StoreError as exc:
+                self._writer.rollback(undo)
+                exc.details = {
+                    **exc.details,
+                    "index": index,
+                    "op": name if type(name) is str else None,
+                }
+                raise
+            except BaseException:
+                self._writer.rollback(undo)
+                raise
+        return {"results": results}
+
+    def _scan(self, args: Args) -> dict[str, Any]:
+        check_keys(args, _SCAN_ARGS)
+        size = limit(args, DEFAULT_LIMIT, self.max_limit)
+        cursor = args.get("cursor")
+        if cursor is not None:
+            if "table" in args or "include_hidden" in args:
+                raise BadRequest("give either table (to open) or cursor", {"arg": "cursor"})
+            return self._scans.read(required_str(args, "cursor"), size)
+        table = self._catalog.get(args)
+        cursor_id = self._scans.open(table, optional_bool(args, "include_hidden"))
+        return self._scans.read(cursor_id, size)
+
+    def _stats(self, args: Args) -> dict[str, Any]:
+        check_keys(args, frozenset())
+        return self.stats()
+
+    def _kv_set(self, args: Args) -> bool:
+        check_keys(args, _KV_SET_ARGS)
+        key = _key(args)
+        if "value" not in args:
+            raise BadRequest("value is required", {"arg": "value"})
+        value = copy_value(args["value"])
+        ttl = positive_number(args, "ttl", required=False)
+        nx = optional_bool(args, "nx")
+        self._kv.sweep()
+        if nx and self._kv.contains(key):
+            return False
+        expires_at = None if ttl is None else self._clock() + ttl
+        self._kv.set(key, value, expires_at)
+        if self._writer.journal:
+            self._writer.changes.append(("kv_set", key, value, expires_at))
+        return True
+
+    def _kv_get(self, args: Args) -> Any:
+        check_keys(args, _KEY_ARGS)
+        key = _key(args)
+        self._kv.sweep()
+        return self._kv.get(key)
+
+    def _kv_get_many(self, args: Args) -> list[Any]:
+        """Several keys in one round trip (e.g. a session's and its user's revocation marks)."""
+        check_keys(args, _KEYS_ARGS)
+        keys = args.get("keys")
+        if type(keys) is not list or len(keys) > self._reader.max_in:
+            raise BadRequest("keys must be a list of at most max_in keys", {"arg": "keys"})
+        self._kv.sweep()
+        return [self._kv.get(_key({"key": key})) for key in keys]
+
+    def _kv_delete(self, args: Args) -> bool:
+        check_keys(args, _KEY_ARGS)
+        key = _key(args)
+        self._kv.sweep()
+        existed = self._kv.delete(key)
+        if existed and self._writer.journal:
+            self._writer.changes.append(("kv_delete", key))
+        return existed
+
+    def _rate_hit(self, args: Args) -> dict[str, Any]:
+        check_keys(args, _RATE_ARGS)
+        key = _key(args)
+        hits = args.get("limit")
+        if type(hits) is not int or hits < 1:
+            raise BadRequest("limit must be an integer >= 1", {"arg": "limit"})
+        window = positive_number(args, "window")
+        assert window is not None
+        return self._rates.hit(key, hits, window)
+
+
+def _key(args: Args) -> str:
+    key = required_str(args, "key")
+    if len(key) > MAX_KEY_LENGTH:
+        raise BadRequest(f"key longer than {MAX_KEY_LENGTH}", {"arg": "key"})
+    return key

@@ -1,0 +1,256 @@
+"""Durability for the store: an append-only log of every change, and snapshots.
+
+Design note
+-----------
+Files in ``STORE_DATA_DIR``:
+
+- ``log-<generation>.aof``: append-only logs. Each entry is one command's changes (so a batch
+  is replayed whole or not at all): ``[length: u32][crc32: u32][msgpack list of changes]``,
+  the changes being the engine's journal tuples (``Engine.drain_changes``).
+- ``snapshot.mdb``: the whole state at some moment, in the same entry format; its first entry
+  is ``[["meta", {"generation": G, ...}]]``, meaning "this includes every log up to G".
+
+Start-up loads the snapshot, then replays the logs newer than G in order. A torn final entry
+(a crash mid-write) of the newest log is cut off with a warning; a bad entry anywhere else
+means real corruption and the store refuses to start rather than serve half a history.
+
+A snapshot is written by a forked child (as Redis's BGSAVE): the parent rotates to a new log
+generation, forks, and goes on serving; the child writes ``snapshot.mdb.tmp`` from its
+copy-on-write image, fsyncs it, renames it over ``snapshot.mdb`` and fsyncs the directory.
+Once the child exits 0, the parent deletes the logs the snapshot covers. A crash at any point
+leaves either the old snapshot with its logs or the new one with its logs.
+
+Fsync policies (``STORE_FSYNC``), Redis's promises: ``always``: a write's reply is sent only
+after its entry is on disk (group commit: one fsync covers every write made while the previous
+one ran); ``everysec``: fsync once a second, so at most about a second is lost; ``no``: the OS
+decides. Entries are written to the file at the end of each loop iteration (a page-cache write);
+only ``fsync`` runs on a helper thread, which touches no store state.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import struct
+import time
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from .errors import ProtocolError, StoreError
+from .protocol import pack_value, unpack_value
+
+log = structlog.get_logger("storeserver.persistence")
+
+_ENTRY = struct.Struct(">II")
+SNAPSHOT = "snapshot.mdb"
+SNAPSHOT_CHUNK = 1000  # changes per snapshot entry
+_MAX_ENTRY = 1 << 30
+
+
+class CorruptData(RuntimeError):
+    """A data file is damaged in a way that cannot be repaired safely."""
+
+
+class PersistenceError(StoreError):
+    """The log cannot be written: writes are refused until it can."""
+
+    code = "PERSISTENCE_ERROR"
+
+
+def encode_entry(changes: list[Any]) -> bytes:
+    body = pack_value(changes)
+    return _ENTRY.pack(len(body), zlib.crc32(body)) + body
+
+
+def read_entries(path: Path, *, allow_torn_tail: bool) -> Iterator[list[Any]]:
+    """Yield each entry's change list. A torn tail is truncated (when allowed) with a warning."""
+    data = path.read_bytes()
+    pos, size = 0, len(data)
+    while pos < size:
+        problem = None
+        if size - pos < _ENTRY.size:
+            problem = "incomplete header"
+        else:
+            length, crc = _ENTRY.unpack_from(data, pos)
+            end = pos + _ENTRY.size + length
+            if length > _MAX_ENTRY or end > size:
+                problem = "incomplete entry"
+            elif zlib.crc32(data[pos + _ENTRY.size : end]) != crc:
+                problem = "checksum mismatch"
+        if problem is None:
+            try:
+                changes = unpack_value(data[pos + _ENTRY.size : end])
+            except ProtocolError:
+                problem = "undecodable entry"
+            else:
+                if not isinstance(changes, list):
+                    problem = "malformed entry"
+        if problem is not None:
+            # Only the last entry of the newest file may be damaged: a crash mid-append. A
+            # checksum failure followed by more data is corruption in the middle.
+            is_tail = problem.startswith("incomplete") or end == size
+            if allow_torn_tail and is_tail:
+                log.warning(
+                    "log_torn_tail_truncated",
+                    file=str(path),
+                    offset=pos,
+                    reason=problem,
+                    lost_bytes=size - pos,
+                )
+                with open(path, "r+b") as fh:
+                    fh.truncate(pos)
+                    os.fsync(fh.fileno())
+                return
+            raise CorruptData(
+                f"{path.name} is corrupt at byte {pos} ({problem}); refusing to start. "
+                "Restore the data directory from a backup, or move the damaged file away "
+                "to start from the snapshot and the logs before it."
+            )
+        yield changes
+        pos = end
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_snapshot(path: Path, generation: int, state: Iterable[tuple[Any, ...]]) -> int:
+    """Write ``state`` to ``path`` atomically (tmp, fsync, rename, fsync dir); return bytes."""
+    tmp = path.with_name(path.name + ".tmp")
+    size = 0
+    with open(tmp, "wb") as fh:
+        meta = {"generation": generation, "created_at": time.time(), "format": 1}
+        chunk: list[Any] = [("meta", meta)]
+        for change in state:
+            chunk.append(change)
+            if len(chunk) >= SNAPSHOT_CHUNK:
+                size += fh.write(encode_entry(chunk))
+                chunk = []
+        if chunk:
+            size += fh.write(encode_entry(chunk))
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+    return size
+
+
+def _generation(path: Path) -> int:
+    return int(path.stem.split("-", 1)[1])
+
+
+@dataclass
+class LoadReport:
+    snapshot_generation: int = 0
+    snapshot_changes: int = 0
+    log_entries: int = 0
+    logs: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class DataDir:
+    """The files of one data directory: which logs exist, loading, rotating, pruning."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.snapshot = root / SNAPSHOT
+
+    def logs(self) -> list[Path]:
+        return sorted(self.root.glob("log-*.aof"), key=_generation)
+
+    def log_path(self, generation: int) -> Path:
+        return self.root / f"log-{generation:010d}.aof"
+
+    def snapshot_generation(self) -> int:
+        if not self.snapshot.exists():
+            return 0
+        for changes in read_entries(self.snapshot, allow_torn_tail=False):
+            kind, meta = changes[0]
+            if kind == "meta":
+                return int(meta["generation"])
+            break
+        raise CorruptData(f"{self.snapshot} has no header; refusing to start")
+
+    def load(self, apply: Any) -> LoadReport:
+        """Apply the snapshot, then every newer log; return what was read."""
+        started = time.perf_counter()
+        report = LoadReport()
+        if self.snapshot.exists():
+            entries = read_entries(self.snapshot, allow_torn_tail=False)
+            for index, changes in enumerate(entries):
+                for change in changes:
+                    if change[0] == "meta":
+                        if index == 0:
+                            report.snapshot_generation = int(change[1]["generation"])
+                        continue
+                    apply(tuple(change))
+                    report.snapshot_changes += 1
+        logs = [p for p in self.logs() if _generation(p) > report.snapshot_generation]
+        for i, path in enumerate(logs):
+            newest = i == len(logs) - 1
+            for changes in read_entries(path, allow_torn_tail=newest):
+                for change in changes:
+                    apply(tuple(change))
+                report.log_entries += 1
+            report.logs.append(path.name)
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def next_generation(self) -> int:
+        generations = [_generation(p) for p in self.logs()]
+        return max([self.snapshot_generation(), *generations]) + 1
+
+    def prune(self, up_to_generation: int) -> None:
+        for path in self.logs():
+            if _generation(path) <= up_to_generation:
+                path.unlink(missing_ok=True)
+        with_tmp = self.snapshot.with_name(SNAPSHOT + ".tmp")
+        with_tmp.unlink(missing_ok=True)
+
+
+class AppendLog:
+    """The open log file of the current generation."""
+
+    def __init__(self, path: Path, generation: int) -> None:
+        self.path = path
+        self.generation = generation
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self.size = os.fstat(self.fd).st_size
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.write(self.fd, view)
+            view = view[written:]
+        self.size += len(data)
+
+    def fsync(self) -> None:
+        os.fsync(self.fd)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def fork_snapshot(path: Path, generation: int, state: Iterable[tuple[Any, ...]]) -> int:
+    """Fork a child that writes the snapshot and exits; return its pid (parent side)."""
+    gc.collect()
+    pid = os.fork()
+    if pid == 0:  # child: no event loop, no logging, no atexit: write and leave
+        code = 1
+        try:
+            gc.disable()  # the collector would touch (and copy) every object's page
+            write_snapshot(path, generation, state)
+            code = 0
+        finally:
+            os._exit(code)
+    return pid

@@ -1,0 +1,354 @@
+"""Where conditions, equality and mixed-type ordering, sort keys and pagination.
+
+Semantics (docs/STORE.md):
+
+- Equality is by value within a kind: ``1 == 1.0 == Decimal("1")``, but ``True != 1`` and a
+  string never equals a number. Missing fields read as ``None``.
+- Ordering: ``None``/missing < booleans < numbers (int, float, Decimal together) < strings <
+  lists < maps < anything else. Sorting never raises (NaN is refused at the door).
+- Range operators are true only between two values of the same kind among booleans, numbers
+  and strings; anything else is simply false.
+- A field with a ``casefold`` unique index (``users.email``) compares strings ignoring case in
+  ``eq``, ``ne`` and ``in``, as the index does (a case-insensitive collation); ``contains``,
+  ranges and sorts stay exact.
+"""
+
+from __future__ import annotations
+
+import heapq
+import operator
+from collections.abc import Callable, Iterable
+from decimal import Decimal
+from itertools import islice
+from typing import Any, NamedTuple
+
+from storeserver.errors import BadRequest, LimitExceeded
+from storeserver.records import check_value
+
+Getter = Callable[[dict[str, Any]], Any]
+Predicate = Callable[[dict[str, Any]], bool]
+
+OPERATORS = frozenset({"eq", "ne", "gt", "gte", "lt", "lte", "in", "contains"})
+_NUMBERS = frozenset({int, float, Decimal})
+_RANGE_OPS: dict[str, Callable[[Any, Any], bool]] = {
+    "gt": operator.gt,
+    "gte": operator.ge,
+    "lt": operator.lt,
+    "lte": operator.le,
+}
+
+
+class _Tag:
+    """A hashable marker that equals only itself (keeps ``True`` apart from ``1`` in keys)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<{self.name}>"
+
+
+_TRUE, _FALSE, _LIST, _MAP, _OTHER = (_Tag(n) for n in ("true", "false", "list", "map", "other"))
+
+
+def compile_getter(field: str) -> Getter:
+    """A function reading ``field`` (a dotted path into nested maps) from a record."""
+    if "." not in field:
+        return operator.methodcaller("get", field)
+    parts = tuple(field.split("."))
+
+    def get_path(record: dict[str, Any]) -> Any:
+        value: Any = record
+        for part in parts:
+            if type(value) is not dict:
+                return None
+            value = value.get(part)
+        return value
+
+    return get_path
+
+
+def check_field(field: Any, arg: str) -> str:
+    if type(field) is not str or not field or "" in field.split("."):
+        raise BadRequest(f"{arg}: field must be a non-empty (dotted) name", {"arg": arg})
+    return field
+
+
+def index_key(value: Any) -> Any:
+    """A hashable stand-in for ``value`` under the store's equality (see module doc)."""
+    t = type(value)
+    if t is str or t is int or t is float or t is Decimal or value is None:
+        return value
+    if t is bool:
+        return _TRUE if value else _FALSE
+    if t is list or t is tuple:
+        return (_LIST, *map(index_key, value))
+    if t is dict:
+        return (_MAP, frozenset((k, index_key(v)) for k, v in value.items()))
+    return (_OTHER, repr(value))
+
+
+def values_equal(a: Any, b: Any) -> bool:
+    ta = type(a)
+    if ta is type(b) and (ta is str or ta is int or ta is float or ta is Decimal):
+        return bool(a == b)
+    return bool(index_key(a) == index_key(b))
+
+
+def sort_key(value: Any) -> tuple[Any, ...]:
+    """The key giving the store's total order over mixed types."""
+    t = type(value)
+    if t is str:
+        return (3, value)
+    if t is int or t is float or t is Decimal:
+        return (2, value)
+    if value is None:
+        return (0, 0)
+    if t is bool:
+        return (1, value)
+    if t is list or t is tuple:
+        return (4, tuple(map(sort_key, value)))
+    if t is dict:
+        return (5, tuple(sorted((k, sort_key(v)) for k, v in value.items())))
+    return (6, repr(value))
+
+
+def _kind(value: Any) -> int:
+    """1 bool, 2 number, 3 string, 0 not range-comparable."""
+    t = type(value)
+    if t is bool:
+        return 1
+    if t in _NUMBERS:
+        return 2
+    if t is str:
+        return 3
+    return 0
+
+
+class Condition(NamedTuple):
+    field: str
+    op: str
+    value: Any
+
+
+def parse_where(
+    raw: Any, hidden: frozenset[str], include_hidden: bool, max_in: int
+) -> list[Condition]:
+    """Validate a ``where`` argument into conditions."""
+    if raw is None:
+        return []
+    if type(raw) is not list:
+        raise BadRequest("where must be a list of [field, op, value]", {"arg": "where"})
+    conditions = []
+    for item in raw:
+        if type(item) not in (list, tuple) or len(item) != 3:
+            raise BadRequest("where: each condition is [field, op, value]", {"arg": "where"})
+        field, op, value = item
+        check_field(field, "where")
+        check_visible(field, hidden, include_hidden)
+        if type(op) is not str or op not in OPERATORS:
+            raise BadRequest(f"where: unknown operator {op!r}", {"arg": "where", "field": field})
+        if op == "in":
+            if type(value) is not list:
+                raise BadRequest("where: 'in' takes a list", {"arg": "where", "field": field})
+            if len(value) > max_in:
+                raise LimitExceeded(
+                    f"where: 'in' list longer than {max_in}", {"arg": "where", "max": max_in}
+                )
+        check_value(value)
+        conditions.append(Condition(field, op, value))
+    return conditions
+
+
+def check_visible(field: str, hidden: frozenset[str], include_hidden: bool) -> None:
+    """Refuse to filter, sort or group on a hidden field (it would leak its value)."""
+    if hidden and not include_hidden and field.split(".", 1)[0] in hidden:
+        raise BadRequest(f"field {field!r} is not readable", {"field": field})
+
+
+def _folded_key(value: Any) -> Any:
+    return value.casefold() if type(value) is str else index_key(value)
+
+
+def _compile_case_insensitive(cond: Condition) -> Predicate:
+    """``eq``/``ne``/``in`` on a field whose unique index casefolds: strings ignore case."""
+    get = compile_getter(cond.field)
+    keys = frozenset(map(_folded_key, cond.value if cond.op == "in" else [cond.value]))
+    if cond.op == "ne":
+        return lambda r: _folded_key(get(r)) not in keys
+    return lambda r: _folded_key(get(r)) in keys
+
+
+def _compile_condition(cond: Condition, casefold: frozenset[str]) -> Predicate:
+    op, value = cond.op, cond.value
+    if cond.field in casefold and op in ("eq", "ne", "in"):
+        return _compile_case_insensitive(cond)
+    get = compile_getter(cond.field)
+    t = type(value)
+    if op == "eq" or op == "ne":
+        test: Predicate
+        if value is None:
+
+            def test(r: dict[str, Any]) -> bool:
+                return get(r) is None
+
+        elif t is bool:
+
+            def test(r: dict[str, Any]) -> bool:
+                return get(r) is value
+
+        elif t is str:
+
+            def test(r: dict[str, Any]) -> bool:
+                return bool(get(r) == value)
+
+        elif t in _NUMBERS:
+
+            def test(r: dict[str, Any]) -> bool:
+                x = get(r)
+                return type(x) in _NUMBERS and bool(x == value)
+
+        else:
+            key = index_key(value)
+
+            def test(r: dict[str, Any]) -> bool:
+                return bool(index_key(get(r)) == key)
+
+        if op == "eq":
+            return test
+        return lambda r: not test(r)
+    if op == "in":
+        keys = frozenset(map(index_key, value))
+        return lambda r: index_key(get(r)) in keys
+    if op == "contains":
+
+        def contains(r: dict[str, Any]) -> bool:
+            x = get(r)
+            tx = type(x)
+            if tx is str:
+                return t is str and value in x
+            if tx is list:
+                return any(values_equal(e, value) for e in x)
+            return False
+
+        return contains
+    kind = _kind(value)
+    compare = _RANGE_OPS[op]
+    if kind == 0:
+        return lambda r: False
+    if kind == 2:
+        return lambda r: type(x := get(r)) in _NUMBERS and compare(x, value)
+    expected = bool if kind == 1 else str
+    return lambda r: type(x := get(r)) is expected and compare(x, value)
+
+
+def compile_predicate(
+    conditions: list[Condition], casefold: frozenset[str] = frozenset()
+) -> Predicate | None:
+    """One function testing all conditions (ANDed); ``None`` when there are none.
+
+    ``casefold`` names the fields compared like a case-insensitive collation by ``eq``,
+    ``ne`` and ``in`` (those with a casefold unique index); other operators stay exact.
+    """
+    tests = [_compile_condition(c, casefold) for c in conditions]
+    if not tests:
+        return None
+    if len(tests) == 1:
+        return tests[0]
+    if len(tests) == 2:
+        first, second = tests
+        return lambda r: first(r) and second(r)
+    return lambda r: all(t(r) for t in tests)
+
+
+class SortField(NamedTuple):
+    field: str
+    descending: bool
+
+
+def parse_sort(
+    raw: Any, hidden: frozenset[str], include_hidden: bool, allowed: Iterable[str] | None = None
+) -> list[SortField]:
+    """Validate ``sort``: a list of ``[field, "asc"|"desc"]``; ``allowed`` limits the fields."""
+    if raw is None:
+        return []
+    if type(raw) is not list:
+        raise BadRequest("sort must be a list of [field, 'asc'|'desc']", {"arg": "sort"})
+    allowed_set = None if allowed is None else frozenset(allowed)
+    out = []
+    for item in raw:
+        if type(item) not in (list, tuple) or len(item) != 2 or item[1] not in ("asc", "desc"):
+            raise BadRequest("sort: each entry is [field, 'asc'|'desc']", {"arg": "sort"})
+        field = check_field(item[0], "sort")
+        if allowed_set is not None and field not in allowed_set:
+            raise BadRequest(f"sort: unknown field {field!r}", {"arg": "sort", "field": field})
+        check_visible(field, hidden, include_hidden)
+        out.append(SortField(field, item[1] == "desc"))
+    return out
+
+
+class _Descending:
+    """Inverts the order of a key inside a tuple key (for mixed asc/desc sorts)."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: Any) -> None:
+        self.key = key
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Descending) and bool(self.key == other.key)
+
+    def __lt__(self, other: _Descending) -> bool:
+        return bool(other.key < self.key)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def sort_key_function(
+    sort: list[SortField], getter: Callable[[str], Getter] = compile_getter
+) -> tuple[Callable[[Any], Any], bool]:
+    """``(key, reverse)`` for sorting records by ``sort`` (ties keep the input order)."""
+    getters = [getter(s.field) for s in sort]
+    reverse = sort[0].descending
+    if all(s.descending == reverse for s in sort):
+        if len(getters) == 1:
+            (get,) = getters
+            return (lambda r: sort_key(get(r))), reverse
+        return (lambda r: tuple([sort_key(g(r)) for g in getters])), reverse
+    flags = [s.descending for s in sort]
+
+    def mixed(r: Any) -> tuple[Any, ...]:
+        return tuple(
+            [
+                _Descending(sort_key(g(r))) if d else sort_key(g(r))
+                for g, d in zip(getters, flags, strict=True)
+            ]
+        )
+
+    return mixed, False
+
+
+def top(
+    items: Iterable[Any],
+    count: int,
+    key: Callable[[Any], Any],
+    reverse: bool,
+    offset: int,
+    limit: int,
+) -> list[Any]:
+    """``sorted(items, key, reverse)[offset:offset+limit]`` without sorting more than needed.
+
+    ``count`` is the number of items; a heap is used when the page ends well before it.
+    """
+    end = offset + limit
+    if end < count // 2:
+        chosen = (heapq.nlargest if reverse else heapq.nsmallest)(end, items, key=key)
+    else:
+        chosen = sorted(items, key=key, reverse=reverse)
+    return chosen[offset:end]
+
+
+def page(items: Iterable[Any], offset: int, limit: int) -> list[Any]:
+    return list(islice(items, offset, offset + limit))

@@ -1,0 +1,42 @@
+"""Fixed-window rate counters shared by every API worker (``rate_hit``).
+
+A window opens at the first hit of a key and lasts ``window`` seconds; exactly ``limit`` hits
+are allowed in it, refused hits do not count. Counters are not journaled: they are ephemeral.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable
+from typing import Any
+
+
+class FixedWindowCounters:
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._windows: dict[str, list[Any]] = {}  # key -> [ends_at, hits]
+        self._ends: list[tuple[float, str]] = []
+
+    def __len__(self) -> int:
+        return len(self._windows)
+
+    def _sweep(self, now: float) -> None:
+        ends, windows = self._ends, self._windows
+        while ends and ends[0][0] <= now:
+            ends_at, key = heapq.heappop(ends)
+            state = windows.get(key)
+            if state is not None and state[0] == ends_at:
+                del windows[key]
+
+    def hit(self, key: str, limit: int, window: float) -> dict[str, Any]:
+        now = self._clock()
+        self._sweep(now)
+        state = self._windows.get(key)
+        if state is None or now >= state[0]:
+            state = [now + window, 0]
+            self._windows[key] = state
+            heapq.heappush(self._ends, (state[0], key))
+        allowed = state[1] < limit
+        if allowed:
+            state[1] += 1
+        return {"allowed": allowed, "remaining": max(limit - state[1], 0), "reset": state[0]}

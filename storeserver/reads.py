@@ -1,0 +1,191 @@
+"""The record read commands: get, get_many, find, count, join, aggregate.
+
+Cost model (one slow command stalls every client):
+
+- ``find`` in creation order without a filter reads only ``offset + limit`` rows, forwards or
+  backwards. Sorting on ``created_at`` is creation order (timestamps are strictly increasing).
+- An ``eq``/``in`` condition on ``id`` or an indexed field reads only the index's ids; other
+  conditions then filter those. Anything else scans the table once; a sort keeps only the top
+  ``offset + limit`` with a heap when that is well below the number of matches.
+- Equality on a field with a casefold unique index ignores case (see ``query``).
+- Hidden fields are stripped from every result unless ``include_hidden`` is given (``get``,
+  ``get_many``, ``find``), and may not be filtered, sorted or grouped on without it.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Iterable
+from typing import Any
+
+from storeserver.aggregation import aggregate, parse_metrics
+from storeserver.arguments import Args, check_keys, limit, offset, optional_bool, optional_list
+from storeserver.catalog import Catalog
+from storeserver.errors import BadRequest, LimitExceeded, NotFound
+from storeserver.joins import join_tables
+from storeserver.query import (
+    Condition,
+    SortField,
+    check_field,
+    check_visible,
+    compile_predicate,
+    page,
+    parse_sort,
+    parse_where,
+    sort_key_function,
+    top,
+)
+from storeserver.tables import Record, Table
+
+DEFAULT_LIMIT = 100
+
+_GET_ARGS = frozenset({"table", "id", "include_hidden"})
+_GET_MANY_ARGS = frozenset({"table", "ids", "include_hidden"})
+_FIND_ARGS = frozenset({"table", "where", "sort", "offset", "limit", "include_hidden"})
+_COUNT_ARGS = frozenset({"table", "where"})
+_JOIN_ARGS = frozenset({"left", "right", "left_field", "right_field", "where", "offset", "limit"})
+_AGGREGATE_ARGS = frozenset({"table", "where", "group_by", "metrics", "sort", "offset", "limit"})
+
+
+def _matching(table: Table, conditions: list[Condition]) -> tuple[Iterable[Record], int | None]:
+    """Records meeting ``conditions`` in creation order, and their number if known cheaply."""
+    rows = table.rows
+    if not conditions:
+        return rows.values(), len(rows)
+    ids, exact = table.candidates(conditions)
+    predicate = compile_predicate([c for c in conditions if c is not exact], table.casefold_fields)
+    source: Iterable[Record] = rows.values() if ids is None else (rows[i] for i in ids)
+    if predicate is None:
+        return source, len(ids)  # type: ignore[arg-type]
+    return filter(predicate, source), None
+
+
+class RecordReader:
+    def __init__(self, catalog: Catalog, max_limit: int, max_in: int) -> None:
+        self.catalog = catalog
+        self.max_limit = max_limit
+        self.max_in = max_in
+
+    def get(self, args: Args) -> Record:
+        if not args.keys() <= _GET_ARGS:
+            check_keys(args, _GET_ARGS)
+        table = self.catalog.get(args)
+        rid = args.get("id")
+        if type(rid) is not str:
+            raise BadRequest("id must be a string", {"arg": "id"})
+        record = table.rows.get(rid)
+        if record is None:
+            raise NotFound(f"no record {rid!r} in {table.name}", {"table": table.name, "id": rid})
+        if table.hidden:
+            return table.visible(record, optional_bool(args, "include_hidden"))
+        if "include_hidden" in args:
+            optional_bool(args, "include_hidden")
+        return record
+
+    def get_many(self, args: Args) -> list[Record | None]:
+        check_keys(args, _GET_MANY_ARGS)
+        table = self.catalog.get(args)
+        include_hidden = optional_bool(args, "include_hidden")
+        ids = optional_list(args, "ids")
+        if len(ids) > self.max_limit:
+            raise LimitExceeded(
+                f"at most {self.max_limit} ids", {"arg": "ids", "max": self.max_limit}
+            )
+        if any(type(i) is not str for i in ids):
+            raise BadRequest("ids must be strings", {"arg": "ids"})
+        rows = table.rows
+        return [
+            None if (r := rows.get(i)) is None else table.visible(r, include_hidden) for i in ids
+        ]
+
+    def find(self, args: Args) -> dict[str, Any]:
+        check_keys(args, _FIND_ARGS)
+        table = self.catalog.get(args)
+        include_hidden = optional_bool(args, "include_hidden")
+        conditions = parse_where(args.get("where"), table.hidden, include_hidden, self.max_in)
+        sort = parse_sort(args.get("sort"), table.hidden, include_hidden)
+        start = offset(args)
+        size = limit(args, DEFAULT_LIMIT, self.max_limit)
+        items, total = self._select(table, conditions, sort, start, size)
+        if table.hidden and not include_hidden:
+            items = [table.strip(r) for r in items]
+        return {"items": items, "total": total}
+
+    @staticmethod
+    def _select(
+        table: Table, conditions: list[Condition], sort: list[SortField], start: int, size: int
+    ) -> tuple[list[Record], int]:
+        descending = False
+        if sort and sort[0].field == "created_at":
+            descending, sort = sort[0].descending, []  # creation order; created_at is unique
+        if not sort and not conditions:
+            rows = table.rows.values()
+            return page(reversed(rows) if descending else rows, start, size), len(table.rows)
+        source, known_total = _matching(table, conditions)
+        if not sort and known_total is not None and not descending:
+            return page(source, start, size), known_total
+        matches = list(source)
+        if not sort:
+            if descending:
+                matches.reverse()
+            return matches[start : start + size], len(matches)
+        key, reverse = sort_key_function(sort)
+        return top(matches, len(matches), key, reverse, start, size), len(matches)
+
+    def count(self, args: Args) -> int:
+        check_keys(args, _COUNT_ARGS)
+        table = self.catalog.get(args)
+        conditions = parse_where(args.get("where"), table.hidden, False, self.max_in)
+        source, known_total = _matching(table, conditions)
+        if known_total is not None:
+            return known_total
+        return sum(1 for _ in source)
+
+    def join(self, args: Args) -> dict[str, Any]:
+        check_keys(args, _JOIN_ARGS)
+        left = self.catalog.get(args, "left")
+        right = self.catalog.get(args, "right")
+        left_field = check_field(args.get("left_field"), "left_field")
+        right_field = check_field(args.get("right_field"), "right_field")
+        check_visible(left_field, left.hidden, False)
+        check_visible(right_field, right.hidden, False)
+        conditions = parse_where(args.get("where"), left.hidden, False, self.max_in)
+        start = offset(args)
+        size = limit(args, DEFAULT_LIMIT, self.max_limit)
+        left_ids, exact = left.candidates(conditions) if conditions else (None, None)
+        predicate = compile_predicate(
+            [c for c in conditions if c is not exact], left.casefold_fields
+        )
+        pairs, total = join_tables(
+            left, right, left_field, right_field, left_ids, predicate, start, size
+        )
+        items = [[left.visible(a, False), right.visible(b, False)] for a, b in pairs]
+        return {"items": items, "total": total}
+
+    def aggregate(self, args: Args) -> dict[str, Any]:
+        check_keys(args, _AGGREGATE_ARGS)
+        table = self.catalog.get(args)
+        conditions = parse_where(args.get("where"), table.hidden, False, self.max_in)
+        group_by = optional_list(args, "group_by")
+        for field in group_by:
+            check_field(field, "group_by")
+            check_visible(field, table.hidden, False)
+        if len(set(group_by)) != len(group_by):
+            raise BadRequest("group_by repeats a field", {"arg": "group_by"})
+        metrics = parse_metrics(args.get("metrics"), group_by, table.hidden)
+        names = [*group_by, *(m.name for m in metrics)]
+        sort = parse_sort(args.get("sort"), frozenset(), True, allowed=names)
+        start = offset(args)
+        size = limit(args, DEFAULT_LIMIT, self.max_limit)
+        source, _ = _matching(table, conditions)
+        groups = aggregate(source, group_by, metrics)
+        if sort:
+            key, reverse = sort_key_function(sort, getter=_output_getter)
+            items = top(groups, len(groups), key, reverse, start, size)
+        else:
+            items = groups[start : start + size]
+        return {"items": items, "total": len(groups)}
+
+
+def _output_getter(name: str) -> Any:
+    return operator.methodcaller("get", name)

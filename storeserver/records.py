@@ -1,0 +1,206 @@
+"""Record values: validation and copying of client input, merge patch, ids and timestamps.
+
+Stored record dicts are never mutated once stored: every write builds a new dict and swaps it
+into the table. That is what makes returning the stored dict to callers, journaling it by
+reference and undoing a batch (put the old dict back) safe.
+"""
+
+from __future__ import annotations
+
+import calendar
+import os
+import re
+import sys
+import time
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+from storeserver.errors import BadRequest
+
+_intern = sys.intern
+
+META_FIELDS = frozenset({"id", "created_at", "updated_at", "version"})
+"""Fields the store owns; values a client sends for them are ignored."""
+
+SHARED_STRING_LENGTH = 16
+"""Top-level string values up to this length are interned: enum-like values repeat a lot."""
+MAX_ID_LENGTH = 128
+MAX_DEPTH = 32
+_INT_MIN = -(2**63)
+_INT_MAX = 2**64 - 1  # msgpack carries uint64 too
+
+
+def check_value(value: Any, depth: int = 0) -> None:
+    """Raise ``BadRequest`` unless ``value`` is a storable wire value (see docs/STORE.md)."""
+    t = type(value)
+    if t is str or t is bool or value is None:
+        return
+    if t is int:
+        if not _INT_MIN <= value <= _INT_MAX:
+            raise BadRequest("integer out of the 64-bit range", {"reason": "value"})
+    elif t is float:
+        if value != value:
+            raise BadRequest("NaN is not a storable value", {"reason": "value"})
+    elif t is Decimal:
+        if value.is_nan():
+            raise BadRequest("Decimal NaN is not a storable value", {"reason": "value"})
+    elif t is list or t is dict:
+        copy_value(value, depth)
+    else:
+        raise BadRequest(f"unsupported value type {t.__name__}", {"reason": "value"})
+
+
+def copy_value(value: Any, depth: int = 0) -> Any:
+    """Validate ``value`` and return it, with lists and maps copied (deeply)."""
+    t = type(value)
+    if t is dict:
+        if depth >= MAX_DEPTH:
+            raise BadRequest("value nested too deeply", {"reason": "value"})
+        out = {}
+        for k, v in value.items():
+            if type(k) is not str:
+                raise BadRequest("map keys must be strings", {"reason": "value"})
+            out[k] = copy_value(v, depth + 1)
+        return out
+    if t is list:
+        if depth >= MAX_DEPTH:
+            raise BadRequest("value nested too deeply", {"reason": "value"})
+        return [copy_value(v, depth + 1) for v in value]
+    check_value(value, depth)
+    return value
+
+
+def copy_fields(into: dict[str, Any], record: dict[str, Any]) -> None:
+    """Copy the client's fields of ``record`` into ``into``, skipping the store-owned ones."""
+    # The hot path of every insert/replace: the common scalar checks are inlined.
+    for k, v in record.items():
+        if type(k) is not str:
+            raise BadRequest("record keys must be strings", {"reason": "value"})
+        t = type(v)
+        if t is str:
+            if len(v) <= SHARED_STRING_LENGTH:
+                v = _intern(v)  # one object per distinct short value (status, currency...)
+        elif v is None or t is bool:
+            pass
+        elif t is int:
+            if not _INT_MIN <= v <= _INT_MAX:
+                raise BadRequest("integer out of the 64-bit range", {"reason": "value"})
+        elif t is Decimal:
+            if v.is_nan():
+                raise BadRequest("Decimal NaN is not a storable value", {"reason": "value"})
+        elif t is dict or t is list:
+            v = copy_value(v, 1)
+        else:
+            check_value(v)
+        if k not in META_FIELDS:
+            into[k] = v
+
+
+def merge_patch(target: dict[str, Any], patch: dict[str, Any], depth: int = 0) -> dict[str, Any]:
+    """RFC 7386 merge patch, returning a new dict; ``target`` is left untouched.
+
+    Store-owned fields are skipped at the top level (depth 0) only.
+    """
+    out = dict(target)
+    for k, v in patch.items():
+        if type(k) is not str:
+            raise BadRequest("record keys must be strings", {"reason": "value"})
+        if depth == 0 and k in META_FIELDS:
+            continue
+        if v is None:
+            out.pop(k, None)
+        elif type(v) is dict:
+            if depth + 1 >= MAX_DEPTH:
+                raise BadRequest("value nested too deeply", {"reason": "value"})
+            old = out.get(k)
+            out[k] = merge_patch(old if type(old) is dict else {}, v, depth + 1)
+        else:
+            out[k] = copy_value(v, depth + 1)
+    return out
+
+
+def check_id(rid: Any) -> str:
+    if type(rid) is not str or not rid or len(rid) > MAX_ID_LENGTH:
+        raise BadRequest(
+            f"id must be a non-empty string of at most {MAX_ID_LENGTH} characters",
+            {"arg": "id"},
+        )
+    return rid
+
+
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+
+
+_HEX_CHUNK = re.compile("[0-9a-f]{32}")
+
+
+class IdGenerator:
+    """UUID4 strings, made 1024 at a time from one ``os.urandom`` read (~0.6 µs an id)."""
+
+    __slots__ = ("_pool",)
+
+    def __init__(self) -> None:
+        self._pool: list[str] = []
+
+    def __call__(self) -> str:
+        pool = self._pool
+        if not pool:
+            pool = self._pool = self._make(1024)
+        return pool.pop()
+
+    @staticmethod
+    def _make(count: int) -> list[str]:
+        variant = _VARIANT  # the 4 variant bits "10xx" go in the 17th hex digit
+        return [
+            f"{c[:8]}-{c[8:12]}-4{c[13:16]}-{variant[c[16]]}{c[17:20]}-{c[20:]}"
+            for c in _HEX_CHUNK.findall(os.urandom(16 * count).hex())
+        ]
+
+
+def format_timestamp(micros: int) -> str:
+    sec, frac = divmod(micros, 1_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(sec)) + f"{frac:06d}Z"
+
+
+def parse_timestamp(text: str) -> int:
+    """Microseconds since the epoch of a ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` string."""
+    sec = calendar.timegm(time.strptime(text[:19], "%Y-%m-%dT%H:%M:%S"))
+    return sec * 1_000_000 + int(text[20:26])
+
+
+class Timestamps:
+    """Strictly increasing record timestamps from ``clock``.
+
+    If the clock stands still or steps back, the next timestamp is the previous one plus 1 µs,
+    so ``created_at`` order is creation order: the engine relies on that to keep hash-index
+    buckets and restored rows in creation order.
+    """
+
+    __slots__ = ("_clock", "_floor", "_last", "_prefix", "_sec")
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._last = 0
+        self._sec = -1
+        self._prefix = ""
+        self._floor = ""
+
+    def raise_floor(self, stamp: str) -> None:
+        """Never issue a timestamp at or before ``stamp`` (used when replaying a journal)."""
+        if stamp > self._floor:
+            self._floor = stamp
+
+    def __call__(self) -> str:
+        if self._floor:
+            self._last = max(self._last, parse_timestamp(self._floor))
+            self._floor = ""
+        us = int(self._clock() * 1_000_000)
+        if us <= self._last:
+            us = self._last + 1
+        self._last = us
+        sec, frac = divmod(us, 1_000_000)
+        if sec != self._sec:
+            self._sec = sec
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(sec))
+        return f"{self._prefix}{frac:06d}Z"

@@ -1,0 +1,97 @@
+"""Scan cursors: a snapshot of a table's ids read a page at a time.
+
+Opening copies the id list (a few ms for 1M rows); each read returns up to ``limit`` records
+still present (deleted ones are skipped, rows added since are not included; a record updated
+since is returned as it is now). A cursor is freed when it reaches the end, after ``idle``
+seconds without use, or when too many are open (the least recently used goes first).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from storeserver.errors import NotFound
+from storeserver.tables import Table
+
+MAX_PROBES = 100_000
+"""Ids examined per read at most, so a range of deleted rows cannot stall the loop."""
+
+
+class _Cursor:
+    __slots__ = ("ids", "include_hidden", "position", "table", "used_at")
+
+    def __init__(self, table: Table, include_hidden: bool, now: float) -> None:
+        self.table = table
+        self.ids = list(table.rows)
+        self.position = 0
+        self.include_hidden = include_hidden
+        self.used_at = now
+
+
+class ScanCursors:
+    def __init__(
+        self,
+        clock: Callable[[], float],
+        idle: float = 60.0,
+        max_open: int = 1000,
+        max_ids: int = 20_000_000,
+    ) -> None:
+        self._clock = clock
+        self._idle = idle
+        self._max_open = max_open
+        self._max_ids = max_ids
+        self._open: OrderedDict[str, _Cursor] = OrderedDict()
+        self._ids_held = 0
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def _drop(self, cursor_id: str) -> None:
+        cursor = self._open.pop(cursor_id)
+        self._ids_held -= len(cursor.ids)
+
+    def expire(self) -> None:
+        deadline = self._clock() - self._idle
+        while self._open:
+            cursor_id, cursor = next(iter(self._open.items()))
+            if cursor.used_at > deadline:
+                break
+            self._drop(cursor_id)
+
+    def open(self, table: Table, include_hidden: bool) -> str:
+        self.expire()
+        cursor = _Cursor(table, include_hidden, self._clock())
+        while self._open and (
+            len(self._open) >= self._max_open or self._ids_held + len(cursor.ids) > self._max_ids
+        ):
+            self._drop(next(iter(self._open)))
+        cursor_id = os.urandom(16).hex()
+        self._open[cursor_id] = cursor
+        self._ids_held += len(cursor.ids)
+        return cursor_id
+
+    def read(self, cursor_id: str, limit: int) -> dict[str, Any]:
+        """``{"items": up to limit records, "cursor": cursor_id or None at the end}``."""
+        self.expire()
+        cursor = self._open.get(cursor_id)
+        if cursor is None:
+            raise NotFound("no such cursor (finished or expired)", {"cursor": cursor_id})
+        rows, ids, table = cursor.table.rows, cursor.ids, cursor.table
+        items: list[dict[str, Any]] = []
+        position = cursor.position
+        stop = min(len(ids), position + MAX_PROBES)
+        while position < stop and len(items) < limit:
+            record = rows.get(ids[position])
+            position += 1
+            if record is not None:
+                items.append(table.visible(record, cursor.include_hidden))
+        cursor.position = position
+        if position >= len(ids):
+            self._drop(cursor_id)
+            return {"items": items, "cursor": None}
+        cursor.used_at = self._clock()
+        self._open.move_to_end(cursor_id)
+        return {"items": items, "cursor": cursor_id}

@@ -1,0 +1,357 @@
+"""The store's asyncio shell: accept connections, decode frames, run commands, send replies.
+
+Design note. The event loop is single-threaded and every command runs synchronously inside
+``data_received``: a command starts and finishes before any other byte is looked at, so every
+command is atomic without locks. The price is that no command may be slow; the engine keeps
+big work (dumps, large joins) in bounded chunks. Replies are written in one ``write`` per
+received chunk, so a pipelining client gets its replies batched into few syscalls. When a
+client stops reading its replies, the transport's write buffer fills and we stop reading from
+that client (``pause_writing`` → ``pause_reading``), which bounds our memory per client.
+A frame that does not decode closes that one connection with a logged reason; every other
+client is unaffected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import os
+import socket
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, cast
+
+import structlog
+
+from . import __version__
+from .durability import Durability
+from .engine import Engine
+from .errors import BadRequest, InternalError, LimitExceeded, MemoryLimit, ProtocolError, StoreError
+from .memory import MemoryGauge
+from .protocol import (
+    PROTOCOL_VERSION,
+    Error,
+    FrameDecoder,
+    Hello,
+    Request,
+    Result,
+    encode,
+    encode_error,
+    encode_result,
+)
+from .settings import StoreSettings
+
+log = structlog.get_logger("storeserver")
+
+MAX_CLIENTS = 4096
+
+
+class OpStats:
+    """Count and cumulative seconds per command, for stats and metrics."""
+
+    __slots__ = ("counts", "seconds")
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self.seconds: dict[str, float] = {}
+
+    def add(self, command: str, elapsed: float) -> None:
+        self.counts[command] = self.counts.get(command, 0) + 1
+        self.seconds[command] = self.seconds.get(command, 0.0) + elapsed
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            name: {"count": count, "seconds": round(self.seconds[name], 6)}
+            for name, count in self.counts.items()
+        }
+
+
+class StoreServer:
+    def __init__(self, settings: StoreSettings, engine: Engine | None = None) -> None:
+        self.settings = settings
+        persistent = settings.data_dir is not None
+        self.engine = engine or Engine(max_tables=settings.max_tables, journal=persistent)
+        self.durability = (
+            Durability(settings.data_dir, settings.fsync, self.engine, settings.log_rewrite_bytes)
+            if persistent
+            else None
+        )
+        self.memory = MemoryGauge(settings.max_memory)
+        self.op_stats = OpStats()
+        self.connections: set[StoreConnection] = set()
+        self.ready = False
+        self.started_at = time.time()
+        self._listeners: list[asyncio.AbstractServer] = []
+        self._all_closed = asyncio.Event()
+        self._slow_s = settings.slow_ms / 1000.0
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        path = self.settings.socket
+        _clear_stale_socket(path)
+        if self.durability is not None:
+            # Loading blocks the loop, so it happens before anyone can connect.
+            self.durability.load()
+            self.durability.start(loop)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Create the socket with restrictive permissions from the first instant (umask), then
+        # set the exact mode: there is no window in which another user could connect.
+        old_umask = os.umask(0o177)
+        try:
+            unix = await loop.create_unix_server(lambda: StoreConnection(self), path=str(path))
+        finally:
+            os.umask(old_umask)
+        os.chmod(path, self.settings.socket_mode)
+        self._listeners.append(unix)
+        if self.settings.tcp:
+            host, _, port = self.settings.tcp.rpartition(":")
+            tcp = await loop.create_server(lambda: StoreConnection(self), host, int(port))
+            self._listeners.append(tcp)
+        self.ready = True
+        log.info("store_listening", socket=str(path), tcp=self.settings.tcp, version=__version__)
+
+    async def shutdown(self) -> None:
+        """Stop accepting, let every in-flight reply flush, close clients, remove the socket."""
+        self.ready = False
+        for listener in self._listeners:
+            listener.close()
+        self._all_closed.clear()
+        for conn in list(self.connections):
+            conn.close()
+        # Commands are synchronous, so nothing is half-done; give buffered replies a moment
+        # to flush (close() sends what is buffered, then disconnects).
+        if self.connections:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._all_closed.wait(), 2.0)
+        for conn in list(self.connections):
+            conn.abort()
+        for listener in self._listeners:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(listener.wait_closed(), 1.0)
+        if self.durability is not None:
+            self.durability.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.settings.socket.unlink()
+        log.info("store_stopped")
+
+    # -- commands --------------------------------------------------------------------------
+
+    def server_info(self) -> dict[str, Any]:
+        return {
+            "server": "memdb-store",
+            "version": __version__,
+            "max_frame_bytes": self.settings.max_frame_bytes,
+        }
+
+    def ping(self) -> dict[str, Any]:
+        return {"pong": True, "ready": self.ready, "version": __version__}
+
+    def server_stats(self) -> dict[str, Any]:
+        stats = self.engine.execute("stats", {})
+        stats.update(
+            {
+                "rss_bytes": self.memory.rss(),
+                "max_memory": self.settings.max_memory,
+                "clients": len(self.connections),
+                "commands": self.op_stats.as_dict(),
+                "uptime_s": round(time.time() - self.started_at, 3),
+                "version": __version__,
+                "persistence": self.durability.status()
+                if self.durability is not None
+                else {"enabled": False},
+            }
+        )
+        return stats
+
+    def run(self, command: str, args: dict[str, Any]) -> Any:
+        if command == "ping":
+            return self.ping()
+        if command == "stats":
+            return self.server_stats()
+        if command not in Engine.WRITE_COMMANDS:
+            return self.engine.execute(command, args)
+        if self.memory.over_limit():
+            raise MemoryLimit(
+                "the store is at its memory limit; writes are refused, reads still work",
+                {"max_memory": self.settings.max_memory},
+            )
+        durability = self.durability
+        if durability is None:
+            return self.engine.execute(command, args)
+        durability.check_writable()
+        result = self.engine.execute(command, args)
+        changes = self.engine.drain_changes()
+        if changes:
+            durability.record(changes)
+        return result
+
+    def handle(self, request: Request) -> bytes:
+        """Run one request and return its encoded reply frame. Never raises."""
+        started = time.perf_counter()
+        rid = request.request_id
+        try:
+            reply = encode_result(rid, self.run(request.command, request.args))
+            if len(reply) - 4 > self.settings.max_frame_bytes:
+                raise LimitExceeded(
+                    "the reply would exceed the maximum frame size; ask for a smaller page",
+                    {"max_frame_bytes": self.settings.max_frame_bytes},
+                )
+        except StoreError as exc:
+            reply = encode_error(rid, exc.code, exc.message, exc.details)
+        except Exception:
+            log.exception("command_failed", command=request.command)
+            err = InternalError("internal store error")
+            reply = encode_error(rid, err.code, err.message, {})
+        elapsed = time.perf_counter() - started
+        self.op_stats.add(request.command, elapsed)
+        if elapsed > self._slow_s:
+            rid_tag = request.args.get("request_id") if isinstance(request.args, dict) else None
+            log.warning(
+                "slow_command",
+                command=request.command,
+                duration_ms=round(elapsed * 1000, 2),
+                request_id=rid_tag if isinstance(rid_tag, str) else None,
+            )
+        return reply
+
+    def snapshot(self, conn: StoreConnection, request_id: int) -> None:
+        """Start (or join) a background snapshot; the reply is sent when it is on disk."""
+
+        def reply(outcome: dict[str, Any] | StoreError) -> None:
+            if isinstance(outcome, StoreError):
+                conn.send(encode(Error(request_id, outcome.code, outcome.message, outcome.details)))
+            else:
+                conn.send(encode(Result(request_id, outcome)))
+
+        if self.durability is None:
+            reply(BadRequest("persistence is off: start the store with STORE_DATA_DIR", {}))
+            return
+        self.durability.start_snapshot(reply)
+
+    def check_auth(self, payload: Any) -> bool:
+        secret = self.settings.secret
+        if not secret:
+            return True
+        return isinstance(payload, str) and hmac.compare_digest(
+            payload.encode("utf-8"), secret.encode("utf-8")
+        )
+
+
+class StoreConnection(asyncio.Protocol):
+    """One client connection: a frame decoder and a reference to the server."""
+
+    def __init__(self, server: StoreServer) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.decoder = FrameDecoder(server.settings.max_frame_bytes)
+        self.greeted = False
+        self.peer: str = "?"
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
+        self.transport = cast(asyncio.Transport, transport)
+        self.peer = str(transport.get_extra_info("peername") or "unix")
+        if len(self.server.connections) >= MAX_CLIENTS:
+            log.warning("client_refused", reason="too many clients", peer=self.peer)
+            self.transport.abort()
+            return
+        self.server.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            messages = self.decoder.feed(data)
+        except ProtocolError as exc:
+            self._drop(exc.message)
+            return
+        replies: list[bytes] = []
+        durability = self.server.durability
+        recorded = durability.recorded if durability is not None else 0
+        for message in messages:
+            if type(message) is Request and self.greeted:
+                if message.command == "snapshot":
+                    self.server.snapshot(self, message.request_id)
+                else:
+                    replies.append(self.server.handle(message))
+            elif type(message) is Hello and not self.greeted:
+                if not self._greet(message, replies):
+                    return
+            else:
+                self._flush(replies)
+                self._drop(f"unexpected {type(message).__name__} message")
+                return
+        if durability is not None and durability.holds_replies and durability.recorded != recorded:
+            # STORE_FSYNC=always: these replies acknowledge writes; send them once on disk.
+            if replies:
+                durability.hold(self, b"".join(replies))
+            return
+        self._flush(replies)
+
+    def send(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def _greet(self, hello: Hello, replies: list[bytes]) -> bool:
+        if hello.version != PROTOCOL_VERSION:
+            reason = f"unsupported protocol version {hello.version}"
+        elif not self.server.check_auth(hello.payload):
+            reason = "authentication failed"
+        else:
+            self.greeted = True
+            replies.append(encode(Hello(PROTOCOL_VERSION, self.server.server_info())))
+            return True
+        replies.append(encode(Error(0, ProtocolError.code, reason, {})))
+        self._flush(replies)
+        self._drop(reason)
+        return False
+
+    def _flush(self, replies: Iterable[bytes]) -> None:
+        if self.transport is not None and replies:
+            self.transport.write(b"".join(replies))
+
+    def _drop(self, reason: str) -> None:
+        log.warning("client_dropped", reason=reason, peer=self.peer)
+        self.close()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.connections.discard(self)
+        self.transport = None
+        if not self.server.connections:
+            self.server._all_closed.set()
+
+    # Flow control: a client that does not read its replies stops being read from.
+    def pause_writing(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None:
+            self.transport.resume_reading()
+
+
+def _clear_stale_socket(path: Path) -> None:
+    """Remove a socket file left by a dead store; refuse if a live store is listening on it."""
+    if not path.exists() and not path.is_symlink():
+        return
+    if not path.is_socket():
+        raise RuntimeError(f"{path} exists and is not a socket; refusing to replace it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        path.unlink(missing_ok=True)
+        return
+    finally:
+        probe.close()
+    raise RuntimeError(f"another store is already listening on {path}")

@@ -1,0 +1,43 @@
+"""Settings of the store process, from ``STORE_*`` environment variables (and CLI overrides)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, PositiveInt, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .protocol import MAX_FRAME_SIZE
+
+
+class StoreSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="STORE_", extra="ignore")
+
+    socket: Path = Path("run/store.sock")
+    # Octal permission bits of the Unix socket: owner-only unless widened on purpose.
+    socket_mode: int = 0o600
+    # "host:port" to also listen on TCP (for API hosts on other machines); needs ``secret``.
+    tcp: str | None = None
+    secret: str | None = Field(default=None, repr=False)
+    max_frame_bytes: PositiveInt = MAX_FRAME_SIZE
+    max_tables: PositiveInt = 1000
+    data_dir: Path | None = None
+    fsync: Literal["always", "everysec", "no"] = "everysec"
+    # Compact the log into a new snapshot once it grows past this many bytes.
+    log_rewrite_bytes: PositiveInt = 64 * 1024 * 1024
+    max_memory: int = 0  # bytes; 0 = no limit
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Log commands slower than this (milliseconds).
+    slow_ms: float = 50.0
+
+    @model_validator(mode="after")
+    def _tcp_needs_secret(self) -> StoreSettings:
+        # A TCP listener without a secret would hand every table to anyone who can reach it.
+        if self.tcp and not self.secret:
+            raise ValueError("STORE_TCP requires STORE_SECRET (shared secret for the handshake)")
+        if self.tcp:
+            host, _, port = self.tcp.rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError("STORE_TCP must look like host:port")
+        return self

@@ -1,0 +1,247 @@
+"""One table: its rows (in creation order), indexes, foreign keys and hidden fields.
+
+Invariants the engine relies on:
+
+- ``rows`` is insertion ordered and that order is creation order; ``created_at`` is strictly
+  increasing along it (``records.Timestamps``). Undoing a delete may append an old record at the
+  end: ``rows_disordered`` is then set and ``normalize()`` restores the order.
+- Every index reflects ``rows`` exactly after each write method returns. The write methods
+  never raise; checks (``check_unique``) run before them.
+- Record dicts in ``rows`` are never mutated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from storeserver.errors import BadRequest, Conflict
+from storeserver.indexes import HashIndex, UniqueIndex
+from storeserver.query import Condition, index_key
+
+Record = dict[str, Any]
+Index = UniqueIndex | HashIndex
+
+
+class Table:
+    __slots__ = (
+        "_indexes",
+        "foreign_keys",
+        "hashes",
+        "hidden",
+        "name",
+        "rows",
+        "rows_disordered",
+        "uniques",
+    )
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.rows: dict[str, Record] = {}
+        self.uniques: dict[str, UniqueIndex] = {}
+        self.hashes: dict[str, HashIndex] = {}
+        self.foreign_keys: dict[str, str] = {}  # field -> referenced table
+        self.hidden: frozenset[str] = frozenset()
+        self.rows_disordered = False
+        self._indexes: tuple[Index, ...] = ()
+
+    # -- schema ---------------------------------------------------------------------------
+
+    def spec(self) -> dict[str, Any]:
+        return {
+            "indexes": [i.spec() for i in self._indexes],
+            "foreign_keys": [{"field": f, "table": t} for f, t in self.foreign_keys.items()],
+            "hidden": sorted(self.hidden),
+        }
+
+    def index_specs(self) -> list[dict[str, Any]]:
+        return [i.spec() for i in self._indexes]
+
+    def index_is_new(self, field: str, unique: bool, casefold: bool) -> bool:
+        """``False`` if this exact index exists; ``BadRequest`` if a different one does."""
+        existing = self.uniques.get(field) or self.hashes.get(field)
+        if existing is None:
+            return True
+        if existing.spec() == {"field": field, "unique": unique, "casefold": casefold}:
+            return False
+        raise BadRequest(
+            f"field {field!r} already has a different index", {"field": field, "table": self.name}
+        )
+
+    def check_unique_values(self, field: str, casefold: bool) -> None:
+        """``Conflict`` if existing rows repeat a value of ``field`` (before a unique index)."""
+        probe = UniqueIndex(field, casefold)
+        seen = set()
+        for record in self.rows.values():
+            key = probe.key_of(record)
+            if key is not None:
+                if key in seen:
+                    raise Conflict(
+                        f"existing rows repeat a value of {field!r}",
+                        {"reason": "unique", "field": field, "table": self.name},
+                    )
+                seen.add(key)
+
+    def add_index(self, field: str, unique: bool, casefold: bool) -> None:
+        """Add and build an index (the caller checked it is new and, if unique, holds)."""
+        index: Index
+        if unique:
+            index = UniqueIndex(field, casefold)
+            self.uniques[field] = index
+        else:
+            index = HashIndex(field, self.rows)
+            self.hashes[field] = index
+        for rid, record in self.rows.items():
+            index.add(index.key_of(record), rid)
+        self._indexes = (*self._indexes, index)
+
+    def has_index(self, field: str) -> bool:
+        return field in self.uniques or field in self.hashes
+
+    # -- checks ---------------------------------------------------------------------------
+
+    def check_unique(self, record: Record, rid: str) -> None:
+        for index in self.uniques.values():
+            key = index.key_of(record)
+            if key is not None:
+                owner = index.owners.get(key)
+                if owner is not None and owner != rid:
+                    raise Conflict(
+                        f"{self.name}.{index.field} value is taken",
+                        {"reason": "unique", "field": index.field, "table": self.name},
+                    )
+
+    # -- writes (never raise) -------------------------------------------------------------
+
+    def insert(self, record: Record) -> None:
+        rid = record["id"]
+        self.rows[rid] = record
+        for index in self._indexes:
+            index.add(index.key_of(record), rid)
+
+    def replace(self, old: Record, new: Record) -> None:
+        rid = new["id"]
+        self.rows[rid] = new
+        for index in self._indexes:
+            old_key = index.key_of(old)
+            new_key = index.key_of(new)
+            if old_key != new_key:
+                index.discard(old_key, rid)
+                if type(index) is HashIndex:
+                    index.add_moved(new_key, rid, new["created_at"])
+                else:
+                    index.add(new_key, rid)
+
+    def remove(self, record: Record) -> None:
+        rid = record["id"]
+        del self.rows[rid]
+        for index in self._indexes:
+            index.discard(index.key_of(record), rid)
+
+    def restore(self, record: Record) -> None:
+        """Undo ``remove``: the row comes back (its order is fixed by ``normalize``)."""
+        rid = record["id"]
+        rows = self.rows
+        if rows and rows[next(reversed(rows))]["created_at"] > record["created_at"]:
+            self.rows_disordered = True
+        rows[rid] = record
+        for index in self._indexes:
+            key = index.key_of(record)
+            if type(index) is HashIndex:
+                index.add_moved(key, rid, record["created_at"])
+            else:
+                index.add(key, rid)
+
+    def normalize(self) -> None:
+        """Restore creation order in ``rows`` and in every hash bucket (after an undo)."""
+        if self.rows_disordered:
+            ordered = sorted(self.rows.items(), key=lambda item: item[1]["created_at"])
+            self.rows.clear()
+            self.rows.update(ordered)
+            self.rows_disordered = False
+        for index in self.hashes.values():
+            index.normalize()
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def strip(self, record: Record) -> Record:
+        hidden = self.hidden
+        return {k: v for k, v in record.items() if k not in hidden}
+
+    @property
+    def casefold_fields(self) -> frozenset[str]:
+        """Fields whose equality ignores case (their unique index casefolds)."""
+        return frozenset(f for f, index in self.uniques.items() if index.casefold)
+
+    def visible(self, record: Record, include_hidden: bool) -> Record:
+        if include_hidden or not self.hidden:
+            return record
+        return self.strip(record)
+
+    def lookup(self, field: str, value: Any) -> Iterable[str] | None:
+        """Ids whose ``field`` equals ``value`` (as ``eq`` compares), in creation order.
+
+        ``None`` if no index serves the field.
+        """
+        if value is None:
+            return None
+        if field == "id":
+            return (value,) if type(value) is str and value in self.rows else ()
+        hashed = self.hashes.get(field)
+        if hashed is not None:
+            return hashed.ids(index_key(value))
+        unique = self.uniques.get(field)
+        if unique is not None:
+            rid = unique.lookup(value)  # case-insensitive on a casefold index, like ``eq``
+            return () if rid is None else (rid,)
+        return None
+
+    def _estimate(self, cond: Condition) -> int | None:
+        """How many ids an index gives for ``cond``, or ``None`` if no index serves it."""
+        if cond.op == "eq":
+            values = [cond.value]
+        elif cond.op == "in":
+            values = cond.value
+        else:
+            return None
+        if any(v is None for v in values):
+            return None  # missing values are not indexed
+        if cond.field == "id":
+            return len(values)
+        hashed = self.hashes.get(cond.field)
+        unique = self.uniques.get(cond.field)
+        if hashed is None and unique is None:
+            return None
+        if hashed is not None:
+            return sum(hashed.count(index_key(v)) for v in values)
+        return len(values)
+
+    def candidates(
+        self, conditions: list[Condition]
+    ) -> tuple[Iterable[str] | None, Condition | None]:
+        """Pick the most selective indexed ``eq``/``in`` condition.
+
+        Returns ``(ids in creation order, the condition they satisfy exactly)`` or
+        ``(None, None)`` when the whole table must be read.
+        """
+        best: Condition | None = None
+        best_size = 0
+        for cond in conditions:
+            size = self._estimate(cond)
+            if size is not None and (best is None or size < best_size):
+                best, best_size = cond, size
+        if best is None:
+            return None, None
+        if best.op == "eq":
+            ids = self.lookup(best.field, best.value)
+            assert ids is not None
+            return ids, best
+        seen: dict[str, None] = {}
+        for value in best.value:
+            found = self.lookup(best.field, value)
+            assert found is not None
+            seen.update(dict.fromkeys(found))
+        if len({index_key(v) for v in best.value}) > 1:
+            rows = self.rows
+            return sorted(seen, key=lambda i: rows[i]["created_at"]), best
+        return seen, best

@@ -1,0 +1,248 @@
+"""The record write commands: insert, replace, patch, delete (with cascade).
+
+Each command validates everything (arguments, existence, version, foreign keys, uniqueness)
+before it changes anything, so a failing command leaves no trace. Inside a batch each command
+also appends to an undo log; ``rollback`` replays it backwards, restoring rows and indexes
+exactly (creation order included). Successful changes are appended to ``changes`` for the
+journal: ``("table", name, spec)``, ``("put", table, record)``, ``("delete", table, id)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from storeserver.arguments import (
+    Args,
+    check_keys,
+    optional_bool,
+    optional_version,
+    required_dict,
+    table_name,
+)
+from storeserver.catalog import Catalog
+from storeserver.errors import BadRequest, Conflict, NotFound, VersionMismatch
+from storeserver.records import IdGenerator, Timestamps, check_id, copy_fields, merge_patch
+from storeserver.tables import Record, Table
+
+_INSERT_ARGS = frozenset({"table", "record"})
+_REPLACE_ARGS = frozenset({"table", "id", "record", "expected_version"})
+_PATCH_ARGS = frozenset({"table", "id", "changes", "expected_version"})
+_DELETE_ARGS = frozenset({"table", "id", "expected_version", "cascade"})
+
+# Undo log entries: (kind, ...) replayed backwards by ``rollback``.
+_INSERTED, _REPLACED, _REMOVED, _CREATED = range(4)
+Undo = list[tuple[Any, ...]]
+
+
+class RecordWriter:
+    def __init__(self, catalog: Catalog, clock: Callable[[], float], journal: bool = True) -> None:
+        self.catalog = catalog
+        self.timestamps = Timestamps(clock)
+        self.new_id = IdGenerator()
+        self.journal = journal
+        self.changes: list[tuple[Any, ...]] = []
+
+    # -- commands ---------------------------------------------------------------------------
+
+    def insert(self, args: Args, undo: Undo | None = None) -> Record:
+        if not args.keys() <= _INSERT_ARGS:
+            check_keys(args, _INSERT_ARGS)
+        record = args.get("record")
+        if type(record) is not dict:
+            record = required_dict(args, "record")  # raises
+        name = args.get("table")
+        table = self.catalog.tables.get(name) if type(name) is str else None
+        rid = record.get("id")
+        rid = self.new_id() if rid is None else check_id(rid)
+        new: Record = {"id": rid}
+        copy_fields(new, record)
+        if table is None:
+            name = table_name(args)
+            self.catalog.check_room()
+            table = self.catalog.add_empty(name)
+            if self.journal:
+                self.changes.append(("table", name, table.spec()))
+            if undo is not None:
+                undo.append((_CREATED, name))
+        else:
+            if rid in table.rows:
+                raise Conflict(
+                    f"id {rid!r} exists in {table.name}",
+                    {"reason": "duplicate_id", "table": table.name, "id": rid},
+                )
+            if table.foreign_keys:
+                self._check_foreign_keys(table, new, None)
+            if table.uniques:
+                table.check_unique(new, rid)
+        stamp = self.timestamps()
+        new["created_at"] = stamp
+        new["updated_at"] = stamp
+        new["version"] = 1
+        table.insert(new)
+        if self.journal:
+            self.changes.append(("put", table.name, new))
+        if undo is not None:
+            undo.append((_INSERTED, table, new))
+        return table.strip(new) if table.hidden else new
+
+    def replace(self, args: Args, undo: Undo | None = None) -> Record:
+        check_keys(args, _REPLACE_ARGS)
+        table = self.catalog.get(args)
+        rid = _id_arg(args)
+        record = required_dict(args, "record")
+        expected = optional_version(args)
+        new: Record = {"id": rid}
+        copy_fields(new, record)
+        old = self._current(table, rid, expected)
+        new["created_at"] = old["created_at"]
+        return self._update(table, old, new, undo)
+
+    def patch(self, args: Args, undo: Undo | None = None) -> Record:
+        check_keys(args, _PATCH_ARGS)
+        table = self.catalog.get(args)
+        rid = _id_arg(args)
+        changes = required_dict(args, "changes")
+        expected = optional_version(args)
+        old = self._current(table, rid, expected)
+        return self._update(table, old, merge_patch(old, changes), undo)
+
+    def delete(self, args: Args, undo: Undo | None = None) -> dict[str, Any]:
+        check_keys(args, _DELETE_ARGS)
+        table = self.catalog.get(args)
+        rid = _id_arg(args)
+        expected = optional_version(args)
+        cascade = optional_bool(args, "cascade")
+        record = self._current(table, rid, expected)
+        doomed = self._dependants(table, record, cascade)
+        for victim_table, victim in reversed(doomed):  # deepest first
+            self._remove(victim_table, victim, undo)
+        self._remove(table, record, undo)
+        return {"id": rid, "cascaded": len(doomed)}
+
+    def rollback(self, undo: Undo) -> None:
+        """Undo a partly applied batch, newest change first."""
+        touched: dict[Table, None] = {}
+        for entry in reversed(undo):
+            kind = entry[0]
+            if kind == _INSERTED:
+                entry[1].remove(entry[2])
+            elif kind == _REPLACED:
+                entry[1].replace(entry[3], entry[2])
+                touched[entry[1]] = None
+            elif kind == _REMOVED:
+                entry[1].restore(entry[2])
+                touched[entry[1]] = None
+            else:
+                self.catalog.drop(entry[1])
+        for table in touched:
+            table.normalize()
+        undo.clear()
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _current(self, table: Table, rid: str, expected: int | None) -> Record:
+        record = table.rows.get(rid)
+        if record is None:
+            raise NotFound(f"no record {rid!r} in {table.name}", {"table": table.name, "id": rid})
+        if expected is not None and expected != record["version"]:
+            raise VersionMismatch(
+                f"version is {record['version']}, not {expected}",
+                {"current": record["version"], "table": table.name, "id": rid},
+            )
+        return record
+
+    def _update(self, table: Table, old: Record, new: Record, undo: Undo | None) -> Record:
+        if table.foreign_keys:
+            self._check_foreign_keys(table, new, old)
+        if table.uniques:
+            table.check_unique(new, new["id"])
+        new["updated_at"] = self.timestamps()
+        new["version"] = old["version"] + 1
+        table.replace(old, new)
+        if self.journal:
+            self.changes.append(("put", table.name, new))
+        if undo is not None:
+            undo.append((_REPLACED, table, old, new))
+        return table.visible(new, False)
+
+    def _remove(self, table: Table, record: Record, undo: Undo | None) -> None:
+        table.remove(record)
+        if self.journal:
+            self.changes.append(("delete", table.name, record["id"]))
+        if undo is not None:
+            undo.append((_REMOVED, table, record))
+
+    def _check_foreign_keys(self, table: Table, new: Record, old: Record | None) -> None:
+        """Check every changed reference; store the target's own id string (saves memory)."""
+        tables = self.catalog.tables
+        for field, target_name in table.foreign_keys.items():
+            value = new.get(field)
+            if value is None or (old is not None and old.get(field) is value):
+                continue
+            target = tables.get(target_name)
+            referenced = target.rows.get(value) if type(value) is str and target else None
+            if referenced is not None:
+                new[field] = referenced["id"]  # equal, but one shared object per id
+                continue
+            if target is table and value == new["id"]:
+                continue  # a row may reference itself
+            raise Conflict(
+                f"{table.name}.{field} names no record in {target_name}",
+                {
+                    "reason": "foreign_key",
+                    "field": field,
+                    "table": table.name,
+                    "references": target_name,
+                },
+            )
+
+    def _dependants(
+        self, table: Table, record: Record, cascade: bool
+    ) -> list[tuple[Table, Record]]:
+        """Rows that reference ``record`` (transitively when cascading), parents first."""
+        referrers = self.catalog.referrers
+        if table.name not in referrers:
+            return []
+        found: list[tuple[Table, Record]] = []
+        seen = {(table.name, record["id"])}
+        stack = [(table, record)]
+        while stack:
+            parent_table, parent = stack.pop()
+            for child_name, field in referrers.get(parent_table.name, ()):
+                child_table = self.catalog.tables.get(child_name)
+                if child_table is None:
+                    continue
+                for child_id in _referencing(child_table, field, parent["id"]):
+                    if (child_name, child_id) in seen:
+                        continue
+                    if not cascade:
+                        raise Conflict(
+                            f"{child_name} rows reference this record",
+                            {
+                                "reason": "dependants",
+                                "table": table.name,
+                                "id": record["id"],
+                                "dependant_table": child_name,
+                                "field": field,
+                            },
+                        )
+                    seen.add((child_name, child_id))
+                    child = child_table.rows[child_id]
+                    found.append((child_table, child))
+                    stack.append((child_table, child))
+        return found
+
+
+def _referencing(table: Table, field: str, rid: str) -> list[str]:
+    ids = table.lookup(field, rid)
+    if ids is None:  # no index on the field (declared by an old journal): scan
+        return [i for i, r in table.rows.items() if r.get(field) == rid]
+    return list(ids)
+
+
+def _id_arg(args: Args) -> str:
+    rid = args.get("id")
+    if type(rid) is not str or not rid:
+        raise BadRequest("id must be a non-empty string", {"arg": "id"})
+    return rid

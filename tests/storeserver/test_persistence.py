@@ -1,0 +1,262 @@
+"""Durability: the log and snapshot formats, and real store processes killed and restarted."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from storeserver.client import StoreClient
+from storeserver.errors import Conflict, StoreUnavailable
+from storeserver.persistence import CorruptData, encode_entry, read_entries
+from tests.support.store import StoreProcess
+
+# -- the entry format --------------------------------------------------------------------
+
+
+def write_log(path: Path, entries: list[list]) -> bytes:
+    data = b"".join(encode_entry(e) for e in entries)
+    path.write_bytes(data)
+    return data
+
+
+ENTRIES = [
+    [["put", "t", {"id": "a", "n": 1}]],
+    [["put", "t", {"id": "b", "price": Decimal("9.99")}], ["delete", "t", "a"]],
+    [["kv_set", "k", "v", None]],
+]
+
+
+def test_entries_round_trip(tmp_path):
+    path = tmp_path / "log-0000000001.aof"
+    write_log(path, ENTRIES)
+    assert list(read_entries(path, allow_torn_tail=False)) == ENTRIES
+
+
+@pytest.mark.parametrize("cut", [1, 5, 9, 12])
+def test_torn_tail_is_truncated_to_the_last_whole_entry(tmp_path, cut):
+    path = tmp_path / "log-0000000001.aof"
+    data = write_log(path, ENTRIES)
+    path.write_bytes(data[:-cut])
+    assert list(read_entries(path, allow_torn_tail=True)) == ENTRIES[:2]
+    assert path.read_bytes() == data[: len(data) - len(encode_entry(ENTRIES[2]))]
+
+
+def test_torn_tail_is_corruption_when_not_allowed(tmp_path):
+    path = tmp_path / "log-0000000001.aof"
+    data = write_log(path, ENTRIES)
+    path.write_bytes(data[:-3])
+    with pytest.raises(CorruptData):
+        list(read_entries(path, allow_torn_tail=False))
+
+
+def test_damage_in_the_middle_refuses(tmp_path):
+    path = tmp_path / "log-0000000001.aof"
+    data = bytearray(write_log(path, ENTRIES))
+    first = len(encode_entry(ENTRIES[0]))
+    data[first + 12] ^= 0xFF  # inside the second entry's body: checksum mismatch, data follows
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptData, match="corrupt at byte"):
+        list(read_entries(path, allow_torn_tail=True))
+
+
+# -- real processes ----------------------------------------------------------------------
+
+
+async def dump_all(client: StoreClient) -> dict[str, list[dict]]:
+    """Every table's records in creation order, through the scan cursor."""
+    state: dict[str, list[dict]] = {}
+    for table in sorted(await client.call("list_tables")):
+        rows: list[dict] = []
+        page = await client.call("scan", {"table": table, "limit": 500})
+        rows += page["items"]
+        while page["cursor"] is not None:
+            page = await client.call("scan", {"cursor": page["cursor"], "limit": 500})
+            rows += page["items"]
+        state[table] = rows
+    return state
+
+
+def start_store(sock_dir: Path, data_dir: Path, **env: str) -> StoreProcess:
+    return StoreProcess(sock_dir / "d.sock", env={"STORE_DATA_DIR": str(data_dir), **env}).start()
+
+
+async def connect(store: StoreProcess) -> StoreClient:
+    client = StoreClient(store.address, timeout=5.0)
+    await client.connect()
+    return client
+
+
+def events(store: StoreProcess) -> list[dict]:
+    return [json.loads(x) for x in store.output().splitlines() if x.startswith("{")]
+
+
+async def test_kill_9_with_fsync_always_keeps_every_acknowledged_write(sock_dir, tmp_path):
+    data_dir = tmp_path / "data"
+    store = start_store(sock_dir, data_dir, STORE_FSYNC="always")
+    client = await connect(store)
+    await client.call("create_table", {"table": "acks"})
+    acked: dict[str, dict] = {}
+    batches: list[list[str]] = []
+    stop = asyncio.Event()
+
+    async def writer(w: int) -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            record = {"id": f"w{w}-{i}", "payload": "x" * (i % 50), "price": Decimal(f"{i}.01")}
+            try:
+                if i % 10 == 0:  # an atomic batch of five: all or nothing after the crash
+                    ids = [f"{record['id']}-{k}" for k in range(5)]
+                    ops = [{"op": "insert", "table": "acks", "record": {"id": x}} for x in ids]
+                    batches.append(ids)
+                    await client.call("batch", {"ops": ops})
+                    for x in ids:
+                        acked[x] = {"id": x}
+                else:
+                    await client.call("insert", {"table": "acks", "record": record})
+                    acked[record["id"]] = record
+            except StoreUnavailable:
+                return
+
+    tasks = [asyncio.create_task(writer(w)) for w in range(20)]
+    await asyncio.sleep(1.0)
+    store.proc.send_signal(signal.SIGKILL)
+    store.proc.wait()
+    stop.set()
+    await asyncio.gather(*tasks)
+    await client.close()
+    store.close()
+    assert len(acked) > 200  # the test wrote for real
+
+    store = start_store(sock_dir, data_dir, STORE_FSYNC="always")
+    client = await connect(store)
+    rows = {r["id"]: r for r in (await dump_all(client))["acks"]}
+    for rid, sent in acked.items():
+        assert rid in rows, f"acknowledged write {rid} was lost"
+        assert {k: rows[rid][k] for k in sent} == sent
+    # At most the writes in flight at the kill (20 writers, 5 rows a batch) are extra.
+    assert len(rows) - len(acked) <= 20 * 5
+    for ids in batches:
+        present = [x in rows for x in ids]
+        assert all(present) or not any(present), "a batch was half applied"
+    await client.close()
+    assert store.stop() == 0
+    store.close()
+
+
+async def test_snapshot_plus_log_replay_equals_the_state_before_a_crash(sock_dir, tmp_path):
+    data_dir = tmp_path / "data"
+    store = start_store(sock_dir, data_dir, STORE_FSYNC="always")
+    client = await connect(store)
+    await client.call(
+        "create_table", {"table": "users", "indexes": [{"field": "email", "unique": True}]}
+    )
+    for i in range(300):
+        await client.call("insert", {"table": "users", "record": {"email": f"u{i}@x", "n": i}})
+    snap = await client.call("snapshot", timeout=60)
+    assert snap["bytes"] > 0 and Path(snap["path"]).exists()
+    # After the snapshot: more inserts, updates, deletes and a key with no expiry.
+    rows = (await dump_all(client))["users"]
+    for row in rows[:50]:
+        await client.call("patch", {"table": "users", "id": row["id"], "changes": {"n": -1}})
+    for row in rows[50:80]:
+        await client.call("delete", {"table": "users", "id": row["id"]})
+    await client.call("insert", {"table": "other", "record": {"x": [1, {"y": None}]}})
+    await client.call("kv_set", {"key": "revoked:abc", "value": True})
+    before = await dump_all(client)
+    store.proc.send_signal(signal.SIGKILL)
+    store.proc.wait()
+    await client.close()
+    store.close()
+
+    store = start_store(sock_dir, data_dir, STORE_FSYNC="always")
+    client = await connect(store)
+    assert await dump_all(client) == before
+    assert await client.call("kv_get", {"key": "revoked:abc"}) is True
+    # The unique index was rebuilt too.
+    with pytest.raises(Conflict):
+        await client.call("insert", {"table": "users", "record": {"email": "u100@x"}})
+    await client.close()
+    assert store.stop() == 0
+    store.close()
+
+
+async def test_compaction_and_clean_shutdown_keep_the_state(sock_dir, tmp_path):
+    data_dir = tmp_path / "data"
+    env = {"STORE_FSYNC": "no", "STORE_LOG_REWRITE_BYTES": "20000"}
+    store = start_store(sock_dir, data_dir, **env)
+    client = await connect(store)
+    for i in range(2000):
+        await client.call("insert", {"table": "t", "record": {"i": i, "pad": "p" * 40}})
+    for _ in range(100):  # let the background snapshots finish
+        if not (await client.call("stats"))["persistence"]["snapshot_in_progress"]:
+            break
+        await asyncio.sleep(0.05)
+    before = await dump_all(client)
+    await client.close()
+    assert store.stop(signal.SIGTERM) == 0
+    written = [e for e in events(store) if e["event"] == "snapshot_written"]
+    store.close()
+    assert any(e["on"] == "background" for e in written), "the log was never compacted"
+    assert written[-1]["on"] == "shutdown"
+    # After the shutdown snapshot every log it covers is gone.
+    assert len(list(data_dir.glob("log-*.aof"))) <= 1
+
+    store = start_store(sock_dir, data_dir, **env)
+    client = await connect(store)
+    assert await dump_all(client) == before
+    await client.close()
+    store.stop()
+    store.close()
+
+
+async def test_torn_tail_starts_with_a_warning_and_loses_only_that_entry(sock_dir, tmp_path):
+    data_dir = tmp_path / "data"
+    store = start_store(sock_dir, data_dir, STORE_FSYNC="always")
+    client = await connect(store)
+    for i in range(10):
+        await client.call("insert", {"table": "t", "record": {"id": f"r{i}"}})
+    store.proc.send_signal(signal.SIGKILL)
+    store.proc.wait()
+    await client.close()
+    store.close()
+    (newest,) = sorted(data_dir.glob("log-*.aof"))[-1:]
+    newest.write_bytes(newest.read_bytes()[:-7])
+
+    store = start_store(sock_dir, data_dir)
+    client = await connect(store)
+    ids = [r["id"] for r in (await dump_all(client))["t"]]
+    assert ids == [f"r{i}" for i in range(9)]
+    await client.close()
+    store.stop()
+    assert any(e["event"] == "log_torn_tail_truncated" for e in events(store))
+    store.close()
+
+
+async def test_corrupt_middle_refuses_to_start_with_a_clear_message(sock_dir, tmp_path):
+    data_dir = tmp_path / "data"
+    store = start_store(sock_dir, data_dir, STORE_FSYNC="always")
+    client = await connect(store)
+    for i in range(10):
+        await client.call("insert", {"table": "t", "record": {"id": f"r{i}", "pad": "z" * 30}})
+    store.proc.send_signal(signal.SIGKILL)
+    store.proc.wait()
+    await client.close()
+    store.close()
+    (newest,) = sorted(data_dir.glob("log-*.aof"))[-1:]
+    data = bytearray(newest.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    newest.write_bytes(bytes(data))
+
+    refused = StoreProcess(sock_dir / "d.sock", env={"STORE_DATA_DIR": str(data_dir)})
+    with pytest.raises(RuntimeError, match="exited early"):
+        refused.start()
+    assert refused.proc.returncode == 1
+    failure = [e for e in events(refused) if e["event"] == "store_failed_to_start"]
+    refused.close()
+    assert failure and "corrupt at byte" in failure[0]["error"]

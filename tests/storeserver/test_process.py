@@ -1,0 +1,109 @@
+"""The real ``python -m storeserver`` process: restart, timeout, clean shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+
+import pytest
+
+from storeserver.client import StoreClient
+from storeserver.errors import Conflict, StoreTimeout, StoreUnavailable
+from tests.support.store import StoreProcess
+
+
+async def test_client_reconnects_after_store_restart(store_process):
+    store = store_process()
+    client = StoreClient(store.address, timeout=2.0, read_retry_budget=0.3)
+    await client.connect()
+    await client.call("insert", {"table": "t", "record": {"x": 1}})
+
+    assert store.stop() == 0
+    with pytest.raises(StoreUnavailable):
+        await client.call("ping")
+
+    second = StoreProcess(store.socket_path).start()
+    try:
+        restarted = None
+        for _ in range(100):  # the client backs off between attempts; give it a few seconds
+            try:
+                restarted = await client.call("ping")
+                break
+            except StoreUnavailable:
+                await asyncio.sleep(0.05)
+        assert restarted is not None and restarted["pong"]
+        # Without persistence the new store starts empty; the same client writes to it.
+        rec = await client.call("insert", {"table": "t", "record": {"x": 2}})
+        assert (await client.call("count", {"table": "t"})) == 1
+        assert (await client.call("get", {"table": "t", "id": rec["id"]}))["x"] == 2
+    finally:
+        await client.close()
+        assert second.stop() == 0
+        second.close()
+
+
+async def test_timeout_when_the_store_does_not_answer(store_process):
+    store = store_process()
+    client = StoreClient(store.address, timeout=0.3)
+    await client.connect()
+    store.proc.send_signal(signal.SIGSTOP)
+    try:
+        with pytest.raises(StoreTimeout):
+            await client.call("insert", {"table": "t", "record": {}})
+    finally:
+        store.proc.send_signal(signal.SIGCONT)
+    # The late reply is dropped; the connection keeps working.
+    assert (await client.call("ping"))["pong"]
+    await client.close()
+
+
+def test_sigterm_exits_zero_and_removes_the_socket(store_process):
+    store = store_process()
+    assert store.stop(signal.SIGTERM) == 0
+    assert not store.socket_path.exists()
+    lines = [json.loads(line) for line in store.output().splitlines() if line.strip()]
+    events = [line["event"] for line in lines]
+    assert "store_listening" in events and "store_stopped" in events
+
+
+def test_sigint_exits_zero(store_process):
+    store = store_process()
+    assert store.stop(signal.SIGINT) == 0
+
+
+def test_tcp_without_secret_refuses_to_start(store_process):
+    with pytest.raises(RuntimeError, match="exited early"):
+        store_process(STORE_TCP="127.0.0.1:0")
+
+
+async def test_on_connect_runs_before_any_call_on_each_new_connection(store_process):
+    """A restarted store gets its tables declared again before the first write reaches it."""
+    store = store_process()
+    seen: list[str] = []
+
+    async def declare(call):
+        seen.append("connect")
+        await call("create_table", {"table": "u", "indexes": [{"field": "e", "unique": True}]})
+
+    client = StoreClient(store.address, timeout=2.0, on_connect=declare)
+    await client.connect()
+    await client.call("insert", {"table": "u", "record": {"e": "a"}})
+    assert store.stop() == 0
+
+    second = StoreProcess(store.socket_path).start()
+    try:
+        for _ in range(100):
+            try:
+                await client.call("insert", {"table": "u", "record": {"e": "b"}})
+                break
+            except StoreUnavailable:
+                await asyncio.sleep(0.05)
+        assert seen == ["connect", "connect"]
+        # The unique index exists on the new store: it was declared before the insert.
+        with pytest.raises(Conflict):
+            await client.call("insert", {"table": "u", "record": {"e": "b"}})
+    finally:
+        await client.close()
+        second.stop()
+        second.close()

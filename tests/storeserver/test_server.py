@@ -1,0 +1,199 @@
+"""Server and client over a real Unix socket (server in this test's loop)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import stat
+import struct
+
+import msgpack
+import pytest
+
+from storeserver.client import StoreClient
+from storeserver.errors import (
+    BadRequest,
+    Conflict,
+    MemoryLimit,
+    NotFound,
+    StoreUnavailable,
+    UnknownCommand,
+)
+from storeserver.memory import MemoryGauge
+from storeserver.protocol import PROTOCOL_VERSION, FrameDecoder, Hello, Request, Result, encode
+from storeserver.server import StoreServer
+from storeserver.settings import StoreSettings
+
+
+async def test_ping_reports_ready(client):
+    result = await client.call("ping")
+    assert result["pong"] is True and result["ready"] is True
+    assert client.server_info["server"] == "memdb-store"
+
+
+async def test_insert_then_get_round_trip(client):
+    created = await client.call("insert", {"table": "t", "record": {"name": "ada", "n": 1}})
+    assert created["version"] == 1
+    fetched = await client.call("get", {"table": "t", "id": created["id"]})
+    assert fetched == created
+
+
+async def test_errors_arrive_as_their_classes(client):
+    await client.call("create_table", {"table": "u", "indexes": [{"field": "e", "unique": True}]})
+    await client.call("insert", {"table": "u", "record": {"e": "x"}})
+    with pytest.raises(Conflict) as conflict:
+        await client.call("insert", {"table": "u", "record": {"e": "x"}})
+    assert conflict.value.details["reason"] == "unique"
+    with pytest.raises(NotFound):
+        await client.call("get", {"table": "u", "id": "nope"})
+    with pytest.raises(UnknownCommand):
+        await client.call("no_such_command", {})
+    with pytest.raises(BadRequest):
+        await client.call("get", {"table": "u"})  # missing id
+    with pytest.raises(BadRequest):
+        await client.call("get", {"table": 5, "id": []})  # wrong types
+
+
+async def test_unencodable_arguments_fail_in_the_client(client):
+    with pytest.raises(BadRequest):
+        await client.call("insert", {"table": "t", "record": {"x": {1, 2}}})
+    assert (await client.call("ping"))["pong"]
+
+
+async def test_pipelined_concurrent_requests_from_many_tasks(client):
+    async def writer(i: int) -> str:
+        rec = await client.call("insert", {"table": "p", "record": {"i": i}})
+        got = await client.call("get", {"table": "p", "id": rec["id"]})
+        assert got["i"] == i
+        return rec["id"]
+
+    ids = await asyncio.gather(*(writer(i) for i in range(500)))
+    assert len(set(ids)) == 500
+    assert await client.call("count", {"table": "p"}) == 500
+
+
+async def test_one_connection_carries_requests_in_flight(server):
+    """Several requests written before any reply is read come back, matched by id."""
+    reader, writer = await asyncio.open_unix_connection(str(server.settings.socket))
+    writer.write(encode(Hello(PROTOCOL_VERSION, None)))
+    writer.write(b"".join(encode(Request(i, "ping", {})) for i in range(10, 20)))
+    await writer.drain()
+    decoder = FrameDecoder()
+    got: list = []
+    while len(got) < 11:
+        got += decoder.feed(await reader.read(65536))
+    assert isinstance(got[0], Hello)
+    assert [m.request_id for m in got[1:]] == list(range(10, 20))
+    assert all(isinstance(m, Result) and m.value["pong"] for m in got[1:])
+    writer.close()
+
+
+async def _raw_exchange(path: str, payload: bytes) -> bytes:
+    """Send bytes on a fresh connection; return what the server sent before closing."""
+    reader, writer = await asyncio.open_unix_connection(path)
+    writer.write(payload)
+    await writer.drain()
+    data = await asyncio.wait_for(reader.read(), 5)  # read() until EOF: the server closed us
+    writer.close()
+    return data
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",  # announces a 1 GB frame
+        struct.pack(">I", 3) + b"\xc1\xc1\xc1",  # undecodable body
+        encode(Request(1, "ping", {})),  # a request before the handshake
+        encode(Hello(PROTOCOL_VERSION + 1, None)),  # wrong version
+        encode(Hello(PROTOCOL_VERSION, None)) + struct.pack(">I", 2**31),  # oversized frame
+    ],
+)
+async def test_garbage_closes_only_that_connection(server, client, garbage):
+    await _raw_exchange(str(server.settings.socket), garbage)
+    # The well-behaved client on its own connection is unaffected.
+    assert (await client.call("ping"))["pong"]
+    rec = await client.call("insert", {"table": "g", "record": {"ok": True}})
+    assert (await client.call("get", {"table": "g", "id": rec["id"]}))["ok"] is True
+
+
+async def test_socket_is_owner_only(server):
+    mode = stat.S_IMODE(server.settings.socket.stat().st_mode)
+    assert mode == 0o600
+
+
+async def test_secret_is_required_when_set(sock_dir):
+    srv = StoreServer(StoreSettings(socket=sock_dir / "a.sock", secret="right-secret"))
+    await srv.start()
+    try:
+        with pytest.raises(StoreUnavailable, match="authentication failed"):
+            await StoreClient(f"unix:{srv.settings.socket}", secret="wrong").connect()
+        with pytest.raises(StoreUnavailable):
+            await StoreClient(f"unix:{srv.settings.socket}").connect()
+        good = StoreClient(f"unix:{srv.settings.socket}", secret="right-secret")
+        await good.connect()
+        assert (await good.call("ping"))["pong"]
+        await good.close()
+    finally:
+        await srv.shutdown()
+
+
+async def test_memory_limit_refuses_writes_and_serves_reads(server, client):
+    rec = await client.call("insert", {"table": "m", "record": {"a": 1}})
+    server.memory = MemoryGauge(limit_bytes=1)  # any process is over one byte
+    with pytest.raises(MemoryLimit):
+        await client.call("insert", {"table": "m", "record": {"a": 2}})
+    assert (await client.call("get", {"table": "m", "id": rec["id"]}))["a"] == 1
+
+
+async def test_a_second_server_refuses_a_live_socket(server):
+    other = StoreServer(StoreSettings(socket=server.settings.socket))
+    with pytest.raises(RuntimeError, match="already listening"):
+        await other.start()
+
+
+async def test_stale_socket_file_is_replaced(sock_dir):
+    path = sock_dir / "stale.sock"
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(str(path))
+    dead.close()  # the file stays, nobody listens
+    srv = StoreServer(StoreSettings(socket=path))
+    await srv.start()
+    c = StoreClient(f"unix:{path}")
+    assert (await c.call("ping"))["pong"]
+    await c.close()
+    await srv.shutdown()
+    assert not path.exists()
+
+
+async def test_client_refuses_to_call_after_close(client):
+    await client.close()
+    with pytest.raises(StoreUnavailable):
+        await client.call("ping")
+
+
+async def test_unreachable_store_fails_fast(sock_dir):
+    c = StoreClient(f"unix:{sock_dir / 'absent.sock'}", read_retry_budget=0.2)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(StoreUnavailable):
+        await c.call("get", {"table": "t", "id": "x"})
+    with pytest.raises(StoreUnavailable):
+        await c.call("insert", {"table": "t", "record": {}})
+    assert loop.time() - started < 2.0  # bounded, not a hang (generous for slow machines)
+
+
+def test_msgpack_reply_frame_is_well_formed():
+    data = encode(Result(5, {"a": 1}))
+    (length,) = struct.unpack(">I", data[:4])
+    assert msgpack.unpackb(data[4 : 4 + length]) == [1, 5, {"a": 1}]
+
+
+async def test_probe_reports_ready_and_absent(server, sock_dir):
+    from storeserver import probe
+
+    loop = asyncio.get_running_loop()
+    address = f"unix:{server.settings.socket}"
+    # The probe is blocking; run it off this loop, which also serves the store.
+    result = await loop.run_in_executor(None, probe.ping, address)
+    assert result is not None and result["ready"] is True
+    assert await loop.run_in_executor(None, probe.ping, f"unix:{sock_dir / 'none.sock'}") is None
