@@ -1,0 +1,1 @@
+"""Authentication: signed tokens, sessions and their revocation, principals, credentials."""

@@ -1,0 +1,51 @@
+"""Checking an email and password, with the same cost whether or not the email exists."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from api.services import users
+from api.services.passwords import hash_password, verify_password
+from api.store import Store
+
+_dummy_hash: str | None = None
+
+
+async def dummy_hash() -> str:
+    """A bcrypt hash of a random password at the configured cost, made once per worker.
+
+    Verifying against it when the email is unknown makes both failures take one bcrypt
+    verification, so response time does not tell which emails have accounts.
+    """
+    global _dummy_hash
+    if _dummy_hash is None:
+        _dummy_hash = await hash_password(secrets.token_urlsafe(24))
+    return _dummy_hash
+
+
+async def find_login(store: Store, email: str) -> dict[str, Any] | None:
+    """The user record with its password hash, by email (case-insensitive unique index)."""
+    found = await store.call(
+        "find",
+        {
+            "table": users.TABLE,
+            "where": [["email", "eq", email]],
+            "limit": 1,
+            "include_hidden": True,
+        },
+    )
+    items = found["items"]
+    return items[0] if items else None
+
+
+async def check_credentials(store: Store, email: str, password: str) -> dict[str, Any] | None:
+    """The user (with hash) if the password is right; ``None`` otherwise, in constant work."""
+    record = await find_login(store, email)
+    stored = record.get("password_hash") if record else None
+    if not isinstance(stored, str):
+        await verify_password(password, await dummy_hash())
+        return None
+    if not await verify_password(password, stored):
+        return None
+    return record

@@ -1,0 +1,83 @@
+"""Sessions and their revocation, kept in the store so every worker sees them at once.
+
+A login opens a session (an id carried as ``sid`` in both tokens); refreshing keeps the
+session and rotates the tokens. Three kinds of expiring keys, all with a TTL of the refresh
+lifetime, which outlives every token they concern:
+
+- ``auth:session-revoked:<sid>``: logout, or reuse of a rotated refresh token. Every token of
+  the session is refused from then on. A marker rather than a "live session" key, so a refresh
+  racing a logout can never bring the session back.
+- ``auth:user-not-before:<user id>``: a timestamp; tokens issued at or before it are refused.
+  Set when a password or role changes or the user is deleted: it ends all their sessions.
+- ``auth:refresh-used:<jti>``: set with ``nx`` when a refresh token is exchanged, so exactly
+  one exchange of a given refresh token succeeds across all workers; a second presentation is
+  reuse (a stolen copy, or a replay) and revokes the whole session.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from api.auth.tokens import Claims, InvalidToken
+from api.settings import get_settings
+from api.store import Store
+
+SESSION_REVOKED = "auth:session-revoked:"
+USER_NOT_BEFORE = "auth:user-not-before:"
+REFRESH_USED = "auth:refresh-used:"
+logger = logging.getLogger("api.auth")
+
+
+def revocation_keys(claims: Claims) -> tuple[str, str]:
+    """The two keys a token's validity depends on (read on every request)."""
+    return SESSION_REVOKED + claims.session_id, USER_NOT_BEFORE + claims.subject
+
+
+def check_not_revoked(claims: Claims, session_revoked: Any, user_not_before: Any) -> None:
+    """Raise ``InvalidToken`` if the values read for ``revocation_keys`` refuse this token."""
+    if session_revoked is not None:
+        raise InvalidToken("the session was ended")
+    if isinstance(user_not_before, int | float) and claims.issued_at <= user_not_before:
+        raise InvalidToken("the user's sessions were ended")
+
+
+async def ensure_not_revoked(store: Store, claims: Claims) -> None:
+    """One check from the store (used where the request guard did not already do it)."""
+    session_revoked, user_not_before = await store.call(
+        "kv_get_many", {"keys": list(revocation_keys(claims))}
+    )
+    check_not_revoked(claims, session_revoked, user_not_before)
+
+
+async def revoke_session(store: Store, session_id: str) -> None:
+    """Logout: every token of this session is refused, on every worker, from now on."""
+    await store.call(
+        "kv_set", {"key": SESSION_REVOKED + session_id, "value": time.time(), "ttl": _ttl()}
+    )
+
+
+async def end_user_sessions(store: Store, user_id: str) -> None:
+    """Refuse every token issued to this user until now (password/role change, deletion)."""
+    await store.call(
+        "kv_set", {"key": USER_NOT_BEFORE + user_id, "value": time.time(), "ttl": _ttl()}
+    )
+
+
+async def consume_refresh_token(store: Store, claims: Claims) -> None:
+    """Mark a refresh token used, atomically across workers; reuse revokes its session."""
+    ttl = max(int(claims.expires_at - time.time()) + 1, 1)
+    first_use = await store.call(
+        "kv_set", {"key": REFRESH_USED + claims.token_id, "value": 1, "nx": True, "ttl": ttl}
+    )
+    if not first_use:
+        await revoke_session(store, claims.session_id)
+        logger.warning(
+            "refresh token reused: revoked session %s of user %s", claims.session_id, claims.subject
+        )
+        raise InvalidToken("refresh token reused: the session is revoked")
+
+
+def _ttl() -> int:
+    return get_settings().refresh_token_ttl

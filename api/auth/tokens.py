@@ -1,0 +1,164 @@
+"""JWT access and refresh tokens (PyJWT, HS256 only) and a per-worker cache of verifications.
+
+Claims: ``iss``, ``sub`` (user id), ``role``, ``sid`` (session id), ``jti`` (token id), ``typ``
+(``access`` or ``refresh``), ``iat`` (float seconds, so "issued before this instant" is exact)
+and ``exp``. Every one is required; the algorithm list is fixed to HS256, so ``alg: none``,
+HS512 or RS256 headers, a changed payload or another key all fail the same way.
+
+Verifying costs ~80 µs (HMAC plus JSON and claim checks); an access token is sent with every
+request, so successful verifications are kept in a small LRU keyed by the token string (equal
+strings carry equal signatures) and honour ``exp`` on every hit. Revocation is never cached:
+``api.auth.sessions`` asks the store on every request.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+import jwt
+
+ALGORITHM: Final = "HS256"
+ISSUER: Final = "memdb-service"
+REQUIRED_CLAIMS: Final = ("iss", "sub", "role", "sid", "jti", "typ", "iat", "exp")
+ROLES: Final = frozenset({"user", "admin"})
+TokenType = Literal["access", "refresh"]
+
+
+class InvalidToken(Exception):
+    """The token is malformed, forged, expired, revoked or of the wrong type (always 401)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Claims:
+    subject: str
+    role: str
+    session_id: str
+    token_id: str
+    token_type: TokenType
+    issued_at: float
+    expires_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class TokenPair:
+    access_token: str
+    refresh_token: str
+    expires_in: int
+
+
+class TokenCache:
+    """Bounded LRU of verified tokens; an entry is dropped when read after its ``exp``."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[str, Claims] = OrderedDict()
+
+    def get(self, token: str, now: float) -> Claims | None:
+        claims = self._items.get(token)
+        if claims is None:
+            return None
+        if now >= claims.expires_at:
+            del self._items[token]
+            return None
+        self._items.move_to_end(token)
+        return claims
+
+    def put(self, token: str, claims: Claims) -> None:
+        if self.size <= 0:
+            return
+        self._items[token] = claims
+        self._items.move_to_end(token)
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class TokenService:
+    """Issue and verify tokens with one worker-wide secret (see ``api.auth.secret``)."""
+
+    def __init__(
+        self, secret: str, access_ttl: int, refresh_ttl: int, cache_size: int = 4096
+    ) -> None:
+        self.secret = secret
+        self.access_ttl = access_ttl
+        self.refresh_ttl = refresh_ttl
+        self._cache = TokenCache(cache_size)
+
+    def issue_pair(self, user_id: str, role: str, session_id: str) -> TokenPair:
+        now = time.time()
+        return TokenPair(
+            access_token=self._encode(user_id, role, session_id, "access", now, self.access_ttl),
+            refresh_token=self._encode(user_id, role, session_id, "refresh", now, self.refresh_ttl),
+            expires_in=self.access_ttl,
+        )
+
+    def verify(self, token: str, expected: TokenType) -> Claims:
+        """The token's claims, or ``InvalidToken``; only access tokens are cached."""
+        now = time.time()
+        if expected == "access":
+            cached = self._cache.get(token, now)
+            if cached is not None:
+                return cached
+        claims = self._decode(token, expected)
+        if expected == "access":
+            self._cache.put(token, claims)
+        return claims
+
+    def _encode(
+        self, user_id: str, role: str, session_id: str, kind: TokenType, now: float, ttl: int
+    ) -> str:
+        payload: dict[str, Any] = {
+            "iss": ISSUER,
+            "sub": user_id,
+            "role": role,
+            "sid": session_id,
+            "jti": uuid.uuid4().hex,
+            "typ": kind,
+            "iat": round(now, 6),
+            "exp": int(now) + ttl,
+        }
+        return jwt.encode(payload, self.secret, algorithm=ALGORITHM)
+
+    def _decode(self, token: str, expected: TokenType) -> Claims:
+        if len(token) > 4096:
+            raise InvalidToken("token too long")
+        try:
+            payload = jwt.decode(
+                token,
+                self.secret,
+                algorithms=[ALGORITHM],
+                issuer=ISSUER,
+                options={"require": list(REQUIRED_CLAIMS)},
+            )
+        except jwt.PyJWTError as exc:
+            raise InvalidToken(str(exc)) from None
+        sub, role, sid, jti, typ = (payload.get(k) for k in ("sub", "role", "sid", "jti", "typ"))
+        iat: Any = payload.get("iat")
+        exp: Any = payload.get("exp")
+        if typ != expected:
+            raise InvalidToken(f"not an {expected} token")
+        if role not in ROLES:
+            raise InvalidToken("unknown role")
+        if not all(isinstance(v, str) and 0 < len(v) <= 128 for v in (sub, sid, jti)):
+            raise InvalidToken("malformed subject, session or token id")
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (iat, exp)):
+            raise InvalidToken("malformed iat or exp")
+        return Claims(
+            subject=str(sub),
+            role=str(role),
+            session_id=str(sid),
+            token_id=str(jti),
+            token_type=expected,
+            issued_at=float(iat),
+            expires_at=int(exp),
+        )
+
+
+def new_session_id() -> str:
+    return uuid.uuid4().hex

@@ -1,0 +1,314 @@
+"""Dependencies as ``Annotated`` aliases, all in one place; tests swap them with
+``app.dependency_overrides``.
+
+Authentication and authorization live here and nowhere else: ``Caller`` (anyone; a bad
+token is still 401), ``CurrentUser`` (a valid access token, else 401), ``AdminUser`` (an
+admin, else 403), and the ownership checks ``UserId``/``OrderId`` (yourself or your own order,
+unless admin; anything else is the same 404 as a record that does not exist).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from fastapi import Depends, Header, Path, Query, Request
+from fastapi.security import OAuth2PasswordBearer
+
+from api.auth.principals import AuthOutcome, Principal, bearer_token
+from api.auth.sessions import ensure_not_revoked
+from api.auth.tokens import InvalidToken, TokenService
+from api.errors import ApiError, bad_query
+from api.etags import if_match_versions
+from api.queries import Fields, ListQuery, Page, build_list_query
+from api.services import orders, records, users
+from api.settings import Settings
+from api.store import Store
+from storeserver.errors import NotFound, StoreUnavailable
+
+TABLE_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
+FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+TOKEN_URL = "/api/v1/auth/token"
+
+# Parses nothing the guard has not already read; it puts the Authorize button in /docs.
+oauth2_scheme = OAuth2PasswordBearer(
+    tokenUrl=TOKEN_URL,
+    auto_error=False,
+    description="Log in at `POST /api/v1/auth/token` (username = email); send the access token"
+    " as `Authorization: Bearer <token>`.",
+)
+
+
+async def get_settings_dep(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+async def get_store(request: Request) -> Store:
+    """The worker's store client, opened in the lifespan."""
+    store: Store = request.app.state.store
+    return store
+
+
+async def get_tokens(request: Request) -> TokenService:
+    """The worker's token service (its signing secret is loaded in the lifespan)."""
+    tokens: TokenService | None = getattr(request.app.state, "tokens", None)
+    if tokens is None:
+        raise StoreUnavailable("authentication is not ready: the signing key is not loaded")
+    return tokens
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+StoreDep = Annotated[Store, Depends(get_store)]
+TokensDep = Annotated[TokenService, Depends(get_tokens)]
+
+
+def invalid_token() -> ApiError:
+    """401 with the RFC 6750 challenge; one body for every token problem (forged, expired,
+    revoked, wrong type), so a client learns nothing about which check failed."""
+    return ApiError(
+        401,
+        "INVALID_TOKEN",
+        "The access token is invalid, expired or revoked",
+        headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+    )
+
+
+def not_authenticated() -> ApiError:
+    return ApiError(
+        401,
+        "NOT_AUTHENTICATED",
+        "Authentication required: send Authorization: Bearer <access token>",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
+async def _authenticate(request: Request) -> AuthOutcome:
+    """What the guard would have found; for paths it skips and for apps built without it."""
+    token = bearer_token(request.scope)
+    if token is None:
+        return AuthOutcome()
+    try:
+        if not token:
+            raise InvalidToken("malformed Authorization header")
+        claims = (await get_tokens(request)).verify(token, "access")
+        await ensure_not_revoked(await get_store(request), claims)
+    except InvalidToken as exc:
+        return AuthOutcome(error=exc, token_present=True)
+    return AuthOutcome(Principal.from_claims(claims), token_present=True)
+
+
+async def get_caller(
+    request: Request, _token: Annotated[str | None, Depends(oauth2_scheme)]
+) -> Principal:
+    """The caller: anonymous without a token; a token that does not verify is 401."""
+    outcome: AuthOutcome | None = request.scope.get("state", {}).get("auth")
+    if outcome is None:
+        outcome = await _authenticate(request)
+    if outcome.error is not None:
+        if isinstance(outcome.error, InvalidToken):
+            raise invalid_token()
+        raise outcome.error  # a store error: the revocation could not be checked (503/504)
+    return outcome.principal
+
+
+Caller = Annotated[Principal, Depends(get_caller)]
+
+
+async def require_user(caller: Caller) -> Principal:
+    """An authenticated user (any role), else 401."""
+    if caller.id is None:
+        raise not_authenticated()
+    return caller
+
+
+CurrentUser = Annotated[Principal, Depends(require_user)]
+
+
+async def require_admin(caller: CurrentUser) -> Principal:
+    """Generic tables, joins, dumps and the user list: admins only (403 for a user)."""
+    if not caller.is_admin:
+        raise ApiError(403, "FORBIDDEN", "This operation needs the admin role")
+    return caller
+
+
+AdminUser = Annotated[Principal, Depends(require_admin)]
+
+
+def not_found(table: str, record_id: str) -> NotFound:
+    """Exactly the store's 404 for a missing record, so "not yours" leaks no existence."""
+    return NotFound(f"no record {record_id!r} in {table}", {"table": table, "id": record_id})
+
+
+async def authorize_user(
+    caller: CurrentUser, user_id: Annotated[str, Path(max_length=128, description="User id")]
+) -> str:
+    """Yourself, or anyone for an admin; someone else's id is 404. Yields the user id."""
+    if caller.id != user_id and not caller.is_admin:
+        raise not_found(users.TABLE, user_id)
+    return user_id
+
+
+async def authorize_order(
+    caller: CurrentUser,
+    store: StoreDep,
+    order_id: Annotated[str, Path(max_length=128, description="Order id")],
+) -> str:
+    """Your own order, or any for an admin; someone else's is 404. Yields the order id."""
+    if not caller.is_admin:
+        order = await store.call("get", {"table": orders.TABLE, "id": order_id})
+        if order.get("user_id") != caller.id:
+            raise not_found(orders.TABLE, order_id)
+    return order_id
+
+
+UserId = Annotated[str, Depends(authorize_user)]
+OrderId = Annotated[str, Depends(authorize_order)]
+
+
+async def parse_if_match(
+    if_match: Annotated[
+        str | None, Header(description='Write only if the record is at this version: W/"3"')
+    ] = None,
+) -> frozenset[int] | None:
+    return if_match_versions(if_match)
+
+
+IfMatch = Annotated[frozenset[int] | None, Depends(parse_if_match)]
+
+
+async def validate_table(
+    table: Annotated[
+        str,
+        Path(
+            description="Table name: ^[a-z][a-z0-9_]{0,62}$",
+            json_schema_extra={"pattern": f"^{TABLE_NAME.pattern}$"},
+            examples=["products"],
+        ),
+    ],
+) -> str:
+    """Hostile names (``../x``, ``users;drop``, 10 KB, unicode) get 400, not a store call."""
+    return check_table_name(table, "table")
+
+
+def check_table_name(name: str, param: str) -> str:
+    if not TABLE_NAME.fullmatch(name):
+        shown = name if len(name) <= 64 else name[:64] + "…"
+        raise ApiError(
+            400,
+            "INVALID_TABLE_NAME",
+            f"invalid table name {shown!r}: use ^[a-z][a-z0-9_]{{0,62}}$",
+            [{"field": param, "message": "must match ^[a-z][a-z0-9_]{0,62}$"}],
+        )
+    return name
+
+
+async def validate_left(
+    left: Annotated[str, Path(description="Left table", examples=["users"])],
+) -> str:
+    return check_table_name(left, "left")
+
+
+async def validate_right(
+    right: Annotated[str, Path(description="Right table", examples=["orders"])],
+) -> str:
+    return check_table_name(right, "right")
+
+
+TableName = Annotated[str, Depends(validate_table)]
+LeftTable = Annotated[str, Depends(validate_left)]
+RightTable = Annotated[str, Depends(validate_right)]
+
+
+async def parse_page(
+    page: Annotated[int, Query(ge=1, le=1_000_000, description="Page number, from 1")] = 1,
+    per_page: Annotated[int, Query(ge=1, le=100, description="Items per page, 1 to 100")] = 20,
+) -> Page:
+    return Page(page, per_page)
+
+
+PageParams = Annotated[Page, Depends(parse_page)]
+SortParam = Annotated[
+    str | None,
+    Query(description="`field:asc|desc[,field:dir]`", examples=["created_at:desc"]),
+]
+CreatedAfter = Annotated[
+    str | None,
+    Query(description="ISO date or datetime (UTC if no offset)", examples=["2024-01-01"]),
+]
+CreatedBefore = Annotated[str | None, Query(description="ISO date or datetime (UTC if no offset)")]
+
+
+def _list_query(
+    request: Request,
+    page: Page,
+    sort: str | None,
+    after: str | None,
+    before: str | None,
+    fields: Fields | None,
+) -> ListQuery:
+    params = request.query_params.multi_items()
+    return build_list_query(params, page, sort, after, before, fields)
+
+
+async def parse_user_list_query(
+    request: Request,
+    page: PageParams,
+    sort: SortParam = None,
+    created_after: CreatedAfter = None,
+    created_before: CreatedBefore = None,
+) -> ListQuery:
+    return _list_query(request, page, sort, created_after, created_before, users.FIELDS)
+
+
+async def parse_order_list_query(
+    request: Request,
+    page: PageParams,
+    sort: SortParam = None,
+    created_after: CreatedAfter = None,
+    created_before: CreatedBefore = None,
+) -> ListQuery:
+    return _list_query(request, page, sort, created_after, created_before, orders.FIELDS)
+
+
+async def parse_data_list_query(
+    request: Request,
+    table: TableName,
+    page: PageParams,
+    sort: SortParam = None,
+    created_after: CreatedAfter = None,
+    created_before: CreatedBefore = None,
+) -> ListQuery:
+    fields = records.fields_of(table)
+    return _list_query(request, page, sort, created_after, created_before, fields)
+
+
+async def parse_join_query(
+    request: Request,
+    left: LeftTable,
+    page: PageParams,
+    created_after: CreatedAfter = None,
+    created_before: CreatedBefore = None,
+) -> ListQuery:
+    """Filters apply to the left table; a join has no sort (the left table's order)."""
+    if "sort" in request.query_params:
+        raise bad_query("sort", "a join is returned in the left table's order; sort is unsupported")
+    fields = records.fields_of(left)
+    return _list_query(request, page, None, created_after, created_before, fields)
+
+
+UserListQuery = Annotated[ListQuery, Depends(parse_user_list_query)]
+OrderListQuery = Annotated[ListQuery, Depends(parse_order_list_query)]
+DataListQuery = Annotated[ListQuery, Depends(parse_data_list_query)]
+JoinListQuery = Annotated[ListQuery, Depends(parse_join_query)]
+
+
+async def validate_key(
+    key: Annotated[str, Path(description="Join field name", examples=["user_id"])],
+) -> str:
+    if not FIELD_NAME.fullmatch(key):
+        raise bad_query("key", "join key must match ^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+    return key
+
+
+JoinKey = Annotated[str, Depends(validate_key)]

@@ -1,0 +1,200 @@
+"""The error envelope and the one set of exception handlers that produce it.
+
+Every error response has the shape
+``{"status": "error", "error": {"code", "message", "details": [...]}, "request_id": ...}``.
+Store errors are mapped to HTTP statuses here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Any
+
+import orjson
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from api.middleware import request_id_of, response_headers_for
+from storeserver import errors as store_errors
+
+# Request id, method and path come from the log context bound by the request middleware.
+log = structlog.get_logger("api.errors")
+
+
+class ApiError(Exception):
+    """An error the API raises itself (bad query, bad table name, failed precondition)."""
+
+    def __init__(
+        self,
+        status_code: int,
+        code: str,
+        message: str,
+        details: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.code = code
+        self.message = message
+        self.details = details or []
+        self.headers = headers or {}
+
+
+def bad_query(field: str, message: str) -> ApiError:
+    """400 for a query parameter that names an unknown field or operator."""
+    return ApiError(400, "BAD_QUERY", message, [{"field": field, "message": message}])
+
+
+def invalid_value(field: str, message: str) -> ApiError:
+    """422 for a query value that cannot be read as its field's type."""
+    return ApiError(
+        422, "VALIDATION_ERROR", "Request validation failed", [{"field": field, "message": message}]
+    )
+
+
+# Store error class → (HTTP status, envelope code). Subclasses not listed fall to 500.
+STORE_STATUS: dict[type[store_errors.StoreError], tuple[int, str]] = {
+    store_errors.BadRequest: (400, "BAD_REQUEST"),
+    store_errors.NotFound: (404, "NOT_FOUND"),
+    store_errors.Conflict: (409, "CONFLICT"),
+    store_errors.VersionMismatch: (412, "PRECONDITION_FAILED"),
+    store_errors.LimitExceeded: (400, "LIMIT_EXCEEDED"),
+    store_errors.MemoryLimit: (507, "INSUFFICIENT_STORAGE"),
+    store_errors.StoreUnavailable: (503, "STORE_UNAVAILABLE"),
+    store_errors.StoreTimeout: (504, "STORE_TIMEOUT"),
+}
+CONFLICT_CODES = {
+    "unique": "ALREADY_EXISTS",
+    "duplicate_id": "ALREADY_EXISTS",
+    "foreign_key": "FOREIGN_KEY_VIOLATION",
+    "dependants": "HAS_DEPENDANTS",
+}
+# Only these keys of a store error's details reach the client.
+SAFE_DETAIL_KEYS = ("field", "reason", "table", "id", "current", "arg", "max")
+STATUS_CODES = {
+    400: "BAD_REQUEST",
+    401: "UNAUTHORIZED",
+    403: "FORBIDDEN",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    406: "NOT_ACCEPTABLE",
+    409: "CONFLICT",
+    412: "PRECONDITION_FAILED",
+    413: "PAYLOAD_TOO_LARGE",
+    415: "UNSUPPORTED_MEDIA_TYPE",
+    422: "VALIDATION_ERROR",
+    429: "RATE_LIMITED",
+}
+
+
+def error_response(
+    request: Request,
+    status_code: int,
+    code: str,
+    message: str,
+    details: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """Build the error envelope; errors are never cached."""
+    body = {
+        "status": "error",
+        "error": {"code": code, "message": message, "details": details or []},
+        "request_id": request_id_of(request.scope),
+    }
+    all_headers = {"Cache-Control": "no-store", **(headers or {})}
+    return Response(
+        orjson.dumps(body),
+        status_code=status_code,
+        headers=all_headers,
+        media_type="application/json",
+    )
+
+
+async def handle_api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_response(request, exc.status_code, exc.code, exc.message, exc.details, exc.headers)
+
+
+async def handle_store_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, store_errors.StoreError)
+    if isinstance(exc, store_errors.StoreUnavailable):
+        # The client's message names the socket path: log it, don't send it.
+        log.warning("store_unavailable", detail=exc.message)
+        retry_after = str(request.app.state.settings.store_retry_after)
+        return error_response(
+            request,
+            503,
+            "STORE_UNAVAILABLE",
+            "The store is unavailable; retry shortly",
+            headers={"Retry-After": retry_after},
+        )
+    if isinstance(exc, store_errors.StoreTimeout):
+        log.warning("store_timeout")
+        return error_response(request, 504, "STORE_TIMEOUT", "The store did not answer in time")
+    status_code, code = next(
+        (found for cls, found in STORE_STATUS.items() if isinstance(exc, cls)),
+        (500, "INTERNAL_ERROR"),
+    )
+    if status_code == 500:
+        log.error("store_error", error=repr(exc))
+        return error_response(request, 500, "INTERNAL_ERROR", "Internal server error")
+    detail = {key: exc.details[key] for key in SAFE_DETAIL_KEYS if key in exc.details}
+    if isinstance(exc, store_errors.Conflict):
+        code = CONFLICT_CODES.get(str(detail.get("reason")), code)
+    return error_response(request, status_code, code, exc.message, [detail] if detail else [])
+
+
+async def handle_validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    # Never echo ``input``: it may be a password.
+    details = [
+        {
+            "field": ".".join(str(part) for part in error.get("loc", ())),
+            "message": str(error.get("msg", "invalid value")),
+            "type": str(error.get("type", "value_error")),
+        }
+        for error in exc.errors()
+    ]
+    return error_response(request, 422, "VALIDATION_ERROR", "Request validation failed", details)
+
+
+async def handle_http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    status_code = exc.status_code
+    try:
+        phrase = HTTPStatus(status_code).phrase
+    except ValueError:
+        phrase = ""
+    code = STATUS_CODES.get(status_code) or phrase.upper().replace(" ", "_") or "HTTP_ERROR"
+    message = exc.detail if isinstance(exc.detail, str) and exc.detail else phrase
+    if status_code >= 500:
+        log.error("http_error", status=status_code, detail=message)
+        message = phrase
+    return error_response(request, status_code, code, message, headers=dict(exc.headers or {}))
+
+
+async def handle_unexpected_error(request: Request, exc: Exception) -> Response:
+    """500 without internals; runs outside the middleware, so it adds the id headers itself."""
+    # Named explicitly: this handler runs outside the middleware that binds the log context.
+    log.error(
+        "unhandled_error",
+        request_id=request_id_of(request.scope),
+        method=request.method,
+        path=request.url.path,
+        exc_info=exc,
+    )
+    response = error_response(request, 500, "INTERNAL_ERROR", "Internal server error")
+    response.headers.update(response_headers_for(request.scope))
+    return response
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register every handler; routes never build error responses themselves."""
+    app.add_exception_handler(ApiError, handle_api_error)
+    app.add_exception_handler(store_errors.StoreError, handle_store_error)
+    app.add_exception_handler(RequestValidationError, handle_validation_error)
+    app.add_exception_handler(StarletteHTTPException, handle_http_exception)
+    app.add_exception_handler(Exception, handle_unexpected_error)

@@ -1,0 +1,89 @@
+"""Weak ETags from record versions, and parsing of If-Match / If-None-Match (pure functions).
+
+A record's ETag is ``W/"<version>"``. A list's ETag hashes the ids and versions on the page,
+the total and the page geometry, so any change that alters the page alters the tag.
+``If-Match`` compares versions and ignores the ``W/`` prefix, as the contract asks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
+
+ANY: Final = "*"
+_ENTITY_TAG = re.compile(r'\s*(?:W/)?"([^"]*)"\s*')
+_VERSION = re.compile(r"[0-9]{1,18}")
+
+
+def record_etag(version: object) -> str:
+    """The weak ETag of one record."""
+    return f'W/"{version}"'
+
+
+def list_etag(records: Iterable[Mapping[str, Any]], total: int, page: int, per_page: int) -> str:
+    """The weak ETag of one page of a list (records may be joined pairs flattened by caller)."""
+    digest = hashlib.blake2b(digest_size=12)
+    digest.update(f"{total}:{page}:{per_page}".encode())
+    for record in records:
+        digest.update(f"|{record.get('id')}:{record.get('version')}".encode())
+    return f'W/"l{digest.hexdigest()}"'
+
+
+def parse_entity_tags(header: str) -> list[str] | None:
+    """Opaque tags of an If-Match/If-None-Match value; ``None`` for ``*``; junk is skipped."""
+    text = header.strip()
+    if text == ANY:
+        return None
+    tags: list[str] = []
+    for part in _split_tags(text):
+        match = _ENTITY_TAG.fullmatch(part)
+        if match:
+            tags.append(match.group(1))
+    return tags
+
+
+def _split_tags(text: str) -> list[str]:
+    # Commas may appear inside quoted tags, so split only outside quotes.
+    parts: list[str] = []
+    current: list[str] = []
+    quoted = False
+    for char in text:
+        if char == '"':
+            quoted = not quoted
+        if char == "," and not quoted:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return [part for part in parts if part.strip()]
+
+
+def none_match_hits(header: str | None, etag: str) -> bool:
+    """True when ``If-None-Match`` names ``etag`` (weak comparison) or is ``*``."""
+    if header is None:
+        return False
+    tags = parse_entity_tags(header)
+    if tags is None:
+        return True
+    current = _ENTITY_TAG.fullmatch(etag)
+    return current is not None and current.group(1) in tags
+
+
+def if_match_versions(header: str | None) -> frozenset[int] | None:
+    """Versions an ``If-Match`` accepts: ``None`` means no condition (absent or ``*``).
+
+    An empty set means the header named no version at all: it can never match (412).
+    """
+    if header is None:
+        return None
+    tags = parse_entity_tags(header)
+    if tags is None:
+        return None
+    versions = set()
+    for tag in tags:
+        if _VERSION.fullmatch(tag):
+            versions.add(int(tag))
+    return frozenset(versions)

@@ -1,0 +1,141 @@
+"""The request guard: who is calling, and may they make one more request (pure ASGI).
+
+For each request outside the exempt paths (probes, /metrics, the docs, and /auth/token, which
+applies its own stricter limits) the guard:
+
+1. verifies the bearer token, if any (signature and claims, cached per worker);
+2. sends, concurrently on the multiplexed store connection, the rate-limit hit (keyed by the
+   user id when the token verified, else by the client IP) and, for a verified token, one
+   ``kv_get_many`` of its two revocation marks (session ended? user's sessions ended?);
+3. answers 429 when the limit is spent; otherwise leaves the outcome in
+   ``scope["state"]["auth"]`` for the ``Caller``/``CurrentUser``/``AdminUser`` dependencies,
+   which decide 401/403 per route, and adds the X-Rate-Limit-* headers to the response.
+
+A token whose revocation could not be read is never accepted (the dependency raises the store
+error: 503/504); the rate limit fails open (see ``api.ratelimit``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from starlette.datastructures import MutableHeaders
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.auth.principals import ANONYMOUS, AuthOutcome, Principal, bearer_token
+from api.auth.sessions import check_not_revoked, revocation_keys
+from api.auth.tokens import Claims, InvalidToken
+from api.errors import error_response
+from api.ratelimit import RateLimiter, Verdict, client_ip
+from api.settings import Settings
+from storeserver.errors import StoreError, StoreUnavailable
+
+TOKEN_PATH = "/api/v1/auth/token"
+EXEMPT_PATHS = frozenset(
+    {
+        "/api/v1/health",
+        "/api/v1/ready",
+        "/metrics",
+        "/docs",
+        "/docs/oauth2-redirect",
+        "/redoc",
+        "/openapi.json",
+        TOKEN_PATH,
+    }
+)
+
+
+class RequestGuardMiddleware:
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.limiter = RateLimiter(settings.rate_limit, "api")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in EXEMPT_PATHS:
+            await self.app(scope, receive, send)
+            return
+        state: Any = scope["app"].state
+        store = getattr(state, "store", None)
+        tokens = getattr(state, "tokens", None)
+        token = bearer_token(scope)
+        claims: Claims | None = None
+        error: Exception | None = None
+        if token is not None:
+            if tokens is None:
+                error = StoreUnavailable("authentication is not ready")
+            elif not token:
+                error = InvalidToken("malformed Authorization header")
+            else:
+                try:
+                    claims = tokens.verify(token, "access")
+                except InvalidToken as exc:
+                    error = exc
+
+        verdict: Verdict | None = None
+        if store is not None:
+            identity = ("user", claims.subject) if claims else ("ip", client_ip(scope))
+            rate_call = store.call("rate_hit", self.limiter.args(self.limiter.key(*identity)))
+            if claims is None:
+                try:
+                    rate_result: object = await rate_call
+                except StoreError as exc:
+                    rate_result = exc
+            else:
+                marks: object
+                rate_result, marks = await asyncio.gather(
+                    rate_call,
+                    store.call("kv_get_many", {"keys": list(revocation_keys(claims))}),
+                    return_exceptions=True,
+                )
+                error = _revocation_error(claims, marks)
+            verdict = self.limiter.verdict(rate_result)
+            if verdict is not None and not verdict.allowed:
+                await self._refuse(scope, receive, send, verdict)
+                return
+        elif claims is not None:
+            error = StoreUnavailable("the store client is not open")
+
+        principal = Principal.from_claims(claims) if claims and error is None else ANONYMOUS
+        scope.setdefault("state", {})["auth"] = AuthOutcome(
+            principal, error, token_present=token is not None
+        )
+        if verdict is None:
+            await self.app(scope, receive, send)
+            return
+        extra = verdict.headers()
+
+        async def send_with_limits(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in extra.items():
+                    headers[name] = value
+            await send(message)
+
+        await self.app(scope, receive, send_with_limits)
+
+    @staticmethod
+    async def _refuse(scope: Scope, receive: Receive, send: Send, verdict: Verdict) -> None:
+        retry_after = verdict.retry_after()
+        response = error_response(
+            Request(scope),
+            429,
+            "RATE_LIMITED",
+            f"Too many requests; retry in {retry_after} s",
+            headers={**verdict.headers(), "Retry-After": str(retry_after)},
+        )
+        await response(scope, receive, send)
+
+
+def _revocation_error(claims: Claims, marks: object) -> Exception | None:
+    if isinstance(marks, StoreError):
+        return marks
+    if isinstance(marks, BaseException):
+        raise marks
+    assert isinstance(marks, list)
+    try:
+        check_not_revoked(claims, *marks)
+    except InvalidToken as exc:
+        return exc
+    return None

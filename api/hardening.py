@@ -1,0 +1,130 @@
+"""Request-body rules (size, content type) and CORS answers in the envelope (pure ASGI).
+
+Body size: a declared ``Content-Length`` over ``MAX_BODY_BYTES`` is refused before the app
+runs; otherwise the bytes actually received are counted as the app reads them, so a chunked
+body without Content-Length is cut off at the limit too. Starlette 1.10's own
+``RequestBodyLimitMiddleware`` counts the same way but answers in plain text from outside the
+exception handlers; this one answers 413 in the error envelope.
+
+Content type: on ``/api/`` paths a request with a body must be JSON (``application/json`` or
+``application/*+json``), except the OAuth2 token endpoint, which takes a form. Anything else
+is 415 before any parsing.
+"""
+
+from __future__ import annotations
+
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.errors import error_response
+
+BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
+
+
+class BodyTooLarge(StarletteHTTPException):
+    """Raised from ``receive`` once the body passes the limit; the 413 handler answers it."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"The request body is larger than {limit} bytes")
+
+
+def is_json(media_type: str) -> bool:
+    return media_type == "application/json" or (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    )
+
+
+class RequestBodyMiddleware:
+    def __init__(self, app: ASGIApp, max_bytes: int, form_paths: frozenset[str]) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.form_paths = form_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in BODYLESS_METHODS:
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        declared = headers.get("content-length")
+        length: int | None = None
+        if declared is not None:
+            try:
+                length = int(declared)
+            except ValueError:
+                await self._reject(scope, receive, send, 400, "BAD_REQUEST", "Bad Content-Length")
+                return
+        if length is not None and length > self.max_bytes:
+            await self._reject(
+                scope, receive, send, 413, "PAYLOAD_TOO_LARGE", BodyTooLarge(self.max_bytes).detail
+            )
+            return
+        has_body = (length or 0) > 0 or "transfer-encoding" in headers
+        if has_body and scope["path"].startswith("/api/"):
+            media_type = headers.get("content-type", "").partition(";")[0].strip().lower()
+            wanted_form = scope["path"] in self.form_paths
+            if not (media_type in FORM_TYPES if wanted_form else is_json(media_type)):
+                expected = "a form" if wanted_form else "application/json"
+                await self._reject(
+                    scope,
+                    receive,
+                    send,
+                    415,
+                    "UNSUPPORTED_MEDIA_TYPE",
+                    f"The request body must be {expected}",
+                )
+                return
+
+        received = 0
+        limit = self.max_bytes
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge(limit)
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except BodyTooLarge as exc:
+            # Only reached when something read the body outside FastAPI's handlers.
+            if started:
+                raise
+            await self._reject(scope, receive, send, 413, "PAYLOAD_TOO_LARGE", str(exc.detail))
+
+    @staticmethod
+    async def _reject(
+        scope: Scope, receive: Receive, send: Send, status: int, code: str, message: str
+    ) -> None:
+        # The unread body is left to the server, which closes the connection after replying.
+        response = error_response(Request(scope), status, code, message)
+        await response(scope, receive, send)
+
+
+class EnvelopeCORSMiddleware(CORSMiddleware):
+    """Starlette's CORS, with a refused preflight answered in the error envelope (400)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "OPTIONS":
+            headers = Headers(scope=scope)
+            if "origin" in headers and "access-control-request-method" in headers:
+                response = self.preflight_response(request_headers=headers)
+                if response.status_code >= 400:
+                    reason = bytes(response.body).decode("utf-8", "replace")
+                    response = error_response(Request(scope), 400, "CORS_REJECTED", reason)
+                await response(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)

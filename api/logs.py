@@ -1,0 +1,129 @@
+"""JSON logs for the API processes: the gunicorn master, its workers, uvicorn and our own events.
+
+Everything goes through the standard library's ``logging`` to one handler whose formatter is
+structlog's ``ProcessorFormatter``: structlog events (``structlog.get_logger(...)``) and foreign
+records (gunicorn, uvicorn, libraries) get the same fields and the same JSON rendering (orjson).
+
+Each line is written with a single ``os.write``: under gunicorn several processes share stdout,
+and a line written in pieces would interleave with another process's line and stop being JSON.
+
+Fields: ``timestamp`` (ISO 8601, UTC), ``level``, ``event``, ``logger``, ``process`` ("api"),
+``pid``; inside a request also ``request_id``, ``method`` and ``path`` (bound through
+contextvars by the request middleware), and on the access line ``status``, ``duration_ms``,
+``client`` and ``user_id`` when known. Tracebacks are one string field, ``exception``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import orjson
+import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+PROCESS = "api"
+LEADING_KEYS = ("timestamp", "level", "event")
+
+
+def add_process(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """``process`` names the service; ``pid`` tells gunicorn's master and workers apart."""
+    event_dict.setdefault("process", PROCESS)
+    event_dict["pid"] = os.getpid()
+    return event_dict
+
+
+def lead_with_essentials(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """Put timestamp, level and event first: easier to read when tailing the output."""
+    ordered = {key: event_dict.pop(key) for key in LEADING_KEYS if key in event_dict}
+    ordered.update(event_dict)
+    return ordered
+
+
+def _dumps(obj: Any, **kwargs: Any) -> str:
+    return orjson.dumps(obj, default=kwargs.get("default"), option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+# Run on every event, ours and foreign, before rendering.
+SHARED_PROCESSORS: list[Processor] = [
+    structlog.contextvars.merge_contextvars,
+    structlog.processors.add_log_level,
+    structlog.stdlib.add_logger_name,
+    add_process,
+    structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
+]
+
+
+def json_formatter() -> structlog.stdlib.ProcessorFormatter:
+    """The formatter that renders every record as one JSON object."""
+    return structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=SHARED_PROCESSORS,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            lead_with_essentials,
+            structlog.processors.JSONRenderer(serializer=_dumps),
+        ],
+    )
+
+
+class JsonLineHandler(logging.Handler):
+    """Write each formatted record plus a newline to a file descriptor in one ``os.write``."""
+
+    def __init__(self, fd: int = 1) -> None:
+        super().__init__()
+        self.fd = fd
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            data = memoryview(self.format(record).encode("utf-8", "replace") + b"\n")
+            # One call writes the whole line to a file or a pipe in blocking mode; the loop only
+            # matters if a signal interrupts a very large write.
+            while data:
+                data = data[os.write(self.fd, data) :]
+        except Exception:
+            self.handleError(record)
+
+
+def logging_config(level: str) -> dict[str, Any]:
+    """``logging.config.dictConfig`` input: also gunicorn's ``logconfig_dict``."""
+    level = level.upper()
+    json_out = {"handlers": ["json"], "level": level, "propagate": False}
+    # Our middleware writes one access line per request, with its request id; uvicorn's own
+    # would be a second, context-less line. uvicorn logs access only if its logger has
+    # handlers, and its worker copies gunicorn.access's handlers: none, so none is written.
+    silent = {"handlers": [], "level": level, "propagate": False}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": json_formatter}},
+        "handlers": {"json": {"()": JsonLineHandler, "formatter": "json"}},
+        "root": {"handlers": ["json"], "level": level},
+        "loggers": {
+            "gunicorn.error": json_out,
+            "uvicorn.error": json_out,
+            "gunicorn.access": silent,
+            "uvicorn.access": silent,
+        },
+    }
+
+
+def configure_logging(level: str) -> None:
+    """Configure structlog for this process; add the JSON handler if nobody configured logging.
+
+    Under gunicorn the master already applied ``logging_config`` (its ``logconfig_dict``) and the
+    workers inherit it; under pytest the root logger belongs to pytest.
+    """
+    structlog.configure(
+        processors=[*SHARED_PROCESSORS, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        cache_logger_on_first_use=True,
+    )
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = JsonLineHandler()
+        handler.setFormatter(json_formatter())
+        root.addHandler(handler)
+        root.setLevel(level.upper())

@@ -1,0 +1,106 @@
+"""``create_app()``: the application each gunicorn worker runs.
+
+The store client is opened in the lifespan (after gunicorn forks), lives on ``app.state``,
+and closes on shutdown. Run with ``gunicorn -c deploy/gunicorn.conf.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api.auth.startup import install_limiters, reoffer_secret, start_auth
+from api.errors import install_error_handlers
+from api.headers import SWAGGER_UI_PARAMETERS
+from api.logs import configure_logging
+from api.metrics import install_metrics
+from api.middleware import install_middleware
+from api.routes import auth, data, dump, join, orders, probes, users
+from api.services.schema import ensure_schema
+from api.settings import Settings, get_settings
+from api.store import connect_store
+from storeserver.client import Caller
+
+API_PREFIX = "/api/v1"
+TAGS = [
+    {"name": "auth", "description": "Log in, refresh and log out (JWT bearer tokens)."},
+    {"name": "users", "description": "Registration and user records (email unique)."},
+    {"name": "orders", "description": "Orders; each belongs to an existing user."},
+    {"name": "data", "description": 'Generic tables: any JSON record under `{"data": {...}}`.'},
+    {"name": "join", "description": "Paginated inner joins of two tables."},
+    {"name": "dump", "description": "Whole-table export, streamed as NDJSON."},
+    {"name": "probes", "description": "Liveness and readiness for orchestrators."},
+]
+DESCRIPTION = """
+An in-memory database behind a REST API. Every response is an envelope:
+`{"status": "success", "data": ..., "meta": {"page", "per_page", "total"}}` (meta on lists) or
+`{"status": "error", "error": {"code", "message", "details"}, "request_id"}`.
+
+Single records carry a weak `ETag` (`W/"<version>"`): send it back in `If-None-Match` for a
+304, or in `If-Match` on PUT/PATCH/DELETE to write only if nobody changed the record (412).
+Decimal amounts (`total_price`) are strings, so they stay exact.
+
+Lists take `page` (from 1), `per_page` (1 to 100, default 20), `sort=field:asc|desc[,...]`,
+`created_after` / `created_before` (ISO dates or datetimes, UTC if no offset), and filters: any
+other query parameter, as `field=value` or `field__op=value` with op in `gt gte lt lte ne in
+contains` (`in` takes comma-separated values). On users and orders an unknown field or operator
+is a 400 and a value of the wrong type a 422; on generic tables values are read as JSON scalars
+when they parse (`30`, `true`, `null`, `"30"` for the string), else as strings.
+
+**Authentication.** Register with `POST /api/v1/users`, log in with `POST /api/v1/auth/token`
+(OAuth2 password form, username = email; the Authorize button above does it) and send
+`Authorization: Bearer <access_token>`. Access tokens last 15 minutes; exchange the refresh
+token at `POST /api/v1/auth/refresh` (each refresh token works once) and end the session with
+`POST /api/v1/auth/logout`. Users see and change only themselves and their own orders (someone
+else's is a 404); the user list, generic tables, joins and dumps are for admins (403).
+Requests are rate limited per user (per client IP without a token): `X-Rate-Limit-Limit`,
+`X-Rate-Limit-Remaining`, `X-Rate-Limit-Reset` (Unix time), and 429 with `Retry-After`.
+"""
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    reoffer = reoffer_secret(app.state, settings)
+
+    async def on_connect(call: Caller) -> None:
+        await ensure_schema(call)
+        await reoffer(call)
+
+    store = await connect_store(
+        settings.store_socket,
+        settings.store_timeout,
+        settings.store_wait_seconds,
+        on_connect=on_connect,
+    )
+    try:
+        await start_auth(app.state, store, settings)
+        app.state.store = store
+        yield
+    finally:
+        await store.close()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the application; nothing is opened until the lifespan starts."""
+    settings = settings or get_settings()
+    configure_logging(settings.log_level)
+    app = FastAPI(
+        title="memdb-service",
+        version="0.1.0",
+        summary="An in-memory database service with a REST API",
+        description=DESCRIPTION,
+        openapi_tags=TAGS,
+        lifespan=lifespan,
+        swagger_ui_parameters=SWAGGER_UI_PARAMETERS,
+    )
+    app.state.settings = settings
+    install_limiters(app.state, settings)
+    install_error_handlers(app)
+    install_middleware(app, settings)
+    install_metrics(app)
+    for module in (auth, users, orders, data, join, dump, probes):
+        app.include_router(module.router, prefix=API_PREFIX)
+    return app

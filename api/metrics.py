@@ -1,0 +1,212 @@
+"""Prometheus metrics: ``GET /metrics`` at the root.
+
+HTTP metrics come from prometheus-fastapi-instrumentator's middleware. Under gunicorn,
+prometheus-client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, prepared before Python
+starts) gives every worker its own files, and a scrape, whichever worker serves it, sums them
+all with ``MultiProcessCollector``. Without that variable (in-process tests) the default registry
+is served.
+
+Store metrics are read at scrape time: the worker serving the scrape calls the store's ``stats``
+once, with a short timeout. If the store does not answer, the store series are left out and
+``memdb_store_up`` is 0, so a dead store never hangs a scrape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+from prometheus_fastapi_instrumentator.metrics import Info
+from prometheus_fastapi_instrumentator.middleware import PrometheusInstrumentatorMiddleware
+from starlette.responses import Response
+from starlette.types import ASGIApp
+
+from api.deps import StoreDep
+
+METRICS_PATH = "/metrics"
+# A scrape waits at most this long for the store's stats (Prometheus' default timeout is 10 s).
+STORE_STATS_TIMEOUT = 1.0
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+log = structlog.get_logger("api.metrics")
+
+# Created once per process: the instrumentator's own factories register theirs on every app,
+# which fails (or silently does nothing) for the second app in one process, as in tests.
+REQUESTS = Counter(
+    "http_requests_total",
+    "HTTP requests by method, route template (handler) and status code.",
+    ("method", "handler", "status"),
+)
+LATENCY = Histogram(
+    "http_request_duration_seconds",
+    "HTTP request duration in seconds by method, route template (handler) and status code.",
+    ("method", "handler", "status"),
+    buckets=LATENCY_BUCKETS,
+)
+IN_PROGRESS = Gauge(
+    "http_requests_inprogress",
+    "HTTP requests being served, by method and route template (handler).",
+    ("method", "handler"),
+    multiprocess_mode="livesum",
+)
+
+
+def record_request(info: Info) -> None:
+    labels = (info.method, info.modified_handler, info.modified_status)
+    REQUESTS.labels(*labels).inc()
+    LATENCY.labels(*labels).observe(info.modified_duration)
+
+
+class HttpMetricsMiddleware(PrometheusInstrumentatorMiddleware):
+    """The instrumentator's middleware, with the in-progress gauge shared by every app.
+
+    The library creates that gauge per middleware instance; a second app in one process would
+    register it twice. Requests without a route template are counted under handler "none".
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        super().__init__(
+            app,
+            should_group_status_codes=False,
+            excluded_handlers=[f"^{METRICS_PATH}$"],
+            instrumentations=[record_request],
+        )
+        self.should_instrument_requests_inprogress = True
+        self.inprogress_labels = True
+        self.inprogress = IN_PROGRESS
+
+
+class _DefaultRegistry(Collector):
+    def collect(self) -> Iterable[Metric]:
+        return REGISTRY.collect()
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def _gauge(name: str, documentation: str, value: Any) -> Iterator[Metric]:
+    number = _number(value)
+    if number is not None:
+        yield GaugeMetricFamily(name, documentation, value=number)
+
+
+class StoreCollector(Collector):
+    """The store's ``stats`` answer (``None`` if it did not answer) as metric families."""
+
+    def __init__(self, stats: dict[str, Any] | None) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.stats
+        up = int(bool(stats))
+        yield GaugeMetricFamily("memdb_store_up", "1 if the store answered this scrape.", value=up)
+        if not stats:
+            return
+        tables = stats.get("tables") or {}
+        yield GaugeMetricFamily("memdb_store_tables", "Tables in the store.", value=len(tables))
+        rows = GaugeMetricFamily("memdb_store_table_rows", "Rows per table.", labels=["table"])
+        for name, table in tables.items():
+            count = _number(table.get("rows")) if isinstance(table, dict) else None
+            if count is not None:
+                rows.add_metric([str(name)], count)
+        yield rows
+        yield from _gauge("memdb_store_memory_rss_bytes", "Store RSS.", stats.get("rss_bytes"))
+        yield from _gauge(
+            "memdb_store_memory_limit_bytes",
+            "STORE_MAX_MEMORY: writes are refused (HTTP 507) above it; 0 means no limit.",
+            stats.get("max_memory"),
+        )
+        yield from _gauge("memdb_store_clients", "Connected store clients.", stats.get("clients"))
+        yield from _gauge("memdb_store_uptime_seconds", "Store uptime.", stats.get("uptime_s"))
+        yield from self._commands(stats.get("commands") or {})
+        yield from self._persistence(stats.get("persistence") or {})
+
+    @staticmethod
+    def _commands(commands: dict[str, Any]) -> Iterator[Metric]:
+        counts = CounterMetricFamily(
+            "memdb_store_commands", "Store commands run, by command.", labels=["command"]
+        )
+        seconds = CounterMetricFamily(
+            "memdb_store_command_seconds",
+            "Time the store spent running commands, by command (divide by the count: mean).",
+            labels=["command"],
+        )
+        for name, entry in commands.items():
+            if not isinstance(entry, dict):
+                continue
+            count, spent = _number(entry.get("count")), _number(entry.get("seconds"))
+            if count is not None and spent is not None:
+                counts.add_metric([str(name)], count)
+                seconds.add_metric([str(name)], spent)
+        yield counts
+        yield seconds
+
+    @staticmethod
+    def _persistence(status: dict[str, Any]) -> Iterator[Metric]:
+        enabled = bool(status.get("enabled"))
+        yield GaugeMetricFamily(
+            "memdb_store_persistence_enabled",
+            "1 if the store keeps a snapshot and append log (STORE_DATA_DIR).",
+            value=int(enabled),
+        )
+        if not enabled:
+            return
+        yield GaugeMetricFamily(
+            "memdb_store_persistence_failed",
+            "1 if the store reported a persistence error (see its logs).",
+            value=int(status.get("error") is not None),
+        )
+        yield from _gauge("memdb_store_log_bytes", "Append log size.", status.get("log_bytes"))
+        yield from _gauge(
+            "memdb_store_last_snapshot_age_seconds",
+            "Seconds since the last snapshot finished (absent: none yet).",
+            status.get("last_snapshot_age_s"),
+        )
+
+
+async def read_store_stats(store: Any) -> dict[str, Any] | None:
+    try:
+        async with asyncio.timeout(STORE_STATS_TIMEOUT):
+            stats = await store.call("stats", {})
+    except Exception as exc:  # any failure means "store down" for this scrape
+        log.warning("store_stats_unavailable", error=type(exc).__name__)
+        return None
+    return stats if isinstance(stats, dict) else None
+
+
+def scrape_registry(stats: dict[str, Any] | None) -> CollectorRegistry:
+    """A registry for one scrape: HTTP metrics of every worker plus the store's."""
+    registry = CollectorRegistry()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        MultiProcessCollector(registry)
+    else:
+        registry.register(_DefaultRegistry())
+    registry.register(StoreCollector(stats))
+    return registry
+
+
+async def read_metrics(request: Request, store: StoreDep) -> Response:
+    """Prometheus exposition (text, or OpenMetrics when asked for); never cached."""
+    registry = scrape_registry(await read_store_stats(store))
+    encoder, content_type = choose_encoder(request.headers.get("accept", ""))
+    return Response(
+        encoder(registry), headers={"Content-Type": content_type, "Cache-Control": "no-store"}
+    )
+
+
+def install_metrics(app: FastAPI) -> None:
+    """Add the HTTP metrics middleware (call it last: outermost) and ``GET /metrics``."""
+    app.add_middleware(HttpMetricsMiddleware)
+    app.add_api_route(METRICS_PATH, read_metrics, methods=["GET"], include_in_schema=False)

@@ -1,0 +1,165 @@
+"""The middleware stack, assembled in one place (auth, limits and security headers join here).
+
+Middleware is pure ASGI: ``BaseHTTPMiddleware`` costs a task and a queue per request.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+import uuid
+from typing import Any
+
+import structlog
+from fastapi import FastAPI
+from starlette.datastructures import MutableHeaders
+from starlette.middleware.gzip import GZipMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.headers import security_headers_for
+from api.settings import Settings
+
+SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+access_log = structlog.get_logger("api.access")
+
+
+def request_id_of(scope: Scope) -> str:
+    """The request id the middleware stored for this request ("" outside a request)."""
+    state: dict[str, Any] = scope.get("state") or {}
+    return str(state.get("request_id", ""))
+
+
+def response_headers_for(scope: Scope) -> dict[str, str]:
+    """Headers every response carries; also used by the 500 handler, which runs outside.
+
+    Besides the request id: HSTS, CSP, X-Frame-Options, nosniff, Referrer-Policy (``api.headers``).
+    """
+    state: dict[str, Any] = scope.get("state") or {}
+    headers = {
+        "X-Request-ID": str(state.get("request_id", "")),
+        **security_headers_for(scope["path"]),
+    }
+    if state.get("expose_worker_pid"):
+        headers["X-Worker-PID"] = str(os.getpid())
+    return headers
+
+
+def user_id_of(state: dict[str, Any]) -> str | None:
+    """The authenticated user's id, once the request guard has verified a token."""
+    auth = state.get("auth")
+    principal = getattr(auth, "principal", None)
+    user_id = getattr(principal, "id", None)
+    return str(user_id) if user_id is not None else None
+
+
+def log_access(scope: Scope, status: int, started: float, error: str | None) -> None:
+    """The request's one access line (method, path and request id come from the context)."""
+    client = scope.get("client")
+    fields: dict[str, Any] = {
+        "status": status,
+        "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+        "client": client[0] if client else None,
+    }
+    user_id = user_id_of(scope.get("state") or {})
+    if user_id is not None:
+        fields["user_id"] = user_id
+    if error is not None:
+        fields["error"] = error  # raised after (or instead of) the response
+    access_log.info("access", **fields)
+
+
+class RequestIdMiddleware:
+    """Echo a sane ``X-Request-ID`` (≤ 128 chars of ``[A-Za-z0-9._-]``) or generate one; bind it
+    (with method and path) to every log line of the request; write the request's access line.
+
+    The log context is left bound when the request ends: uvicorn runs each request in its own
+    task (its own context copy), and its "Exception in ASGI application" line comes after us.
+    The access line never holds the query string, headers or bodies (tokens, passwords).
+    """
+
+    def __init__(self, app: ASGIApp, expose_worker_pid: bool = False) -> None:
+        self.app = app
+        self.expose_worker_pid = expose_worker_pid
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = ""
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                candidate = value.decode("latin-1")
+                if SANE_REQUEST_ID.fullmatch(candidate):
+                    request_id = candidate
+                break
+        if not request_id:
+            request_id = uuid.uuid4().hex
+        started = time.perf_counter()
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(
+            request_id=request_id, method=scope["method"], path=scope["path"]
+        )
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        state["expose_worker_pid"] = self.expose_worker_pid
+        extra = response_headers_for(scope)
+        status = 500  # if the app raises before answering, the server error handler sends 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = MutableHeaders(scope=message)
+                for name, value in extra.items():
+                    headers[name] = value
+            await send(message)
+
+        error: str | None = None
+        try:
+            await self.app(scope, receive, send_with_id)
+        except BaseException as exc:
+            error = type(exc).__name__
+            raise
+        finally:
+            log_access(scope, status, started, error)
+
+
+def install_middleware(app: FastAPI, settings: Settings) -> None:
+    """Add the stack; the last added runs first (outermost).
+
+    Outermost first: request id (+ security headers) → body size / content type → CORS →
+    guard (authentication, rate limit) → gzip → the app.
+    """
+    # Imported here: both import api.errors, which imports this module.
+    from api.guard import TOKEN_PATH, RequestGuardMiddleware
+    from api.hardening import EnvelopeCORSMiddleware, RequestBodyMiddleware
+
+    app.add_middleware(GZipMiddleware, minimum_size=settings.gzip_min_bytes)
+    app.add_middleware(RequestGuardMiddleware, settings=settings)
+    if settings.cors_origins:
+        app.add_middleware(
+            EnvelopeCORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "If-Match",
+                "If-None-Match",
+                "X-Request-ID",
+            ],
+            expose_headers=[
+                "ETag",
+                "Location",
+                "X-Request-ID",
+                "Retry-After",
+                "X-Rate-Limit-Limit",
+                "X-Rate-Limit-Remaining",
+                "X-Rate-Limit-Reset",
+            ],
+        )
+    app.add_middleware(
+        RequestBodyMiddleware, max_bytes=settings.max_body_bytes, form_paths=frozenset({TOKEN_PATH})
+    )
+    app.add_middleware(RequestIdMiddleware, expose_worker_pid=settings.expose_worker_pid)

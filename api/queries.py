@@ -1,0 +1,191 @@
+"""List queries: page, sort, filters and date bounds → the store's ``find`` arguments.
+
+Pure functions, no I/O. Typed resources (users, orders) declare their fields and types: an
+unknown field or operator is a 400 naming it, a value that is not of the field's type a 422.
+Generic tables accept any well-formed field name and read values as JSON scalars when they
+parse (``30`` → 30, ``true``, ``null``), else as strings; ``contains`` always takes a string.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any, Literal
+
+import orjson
+
+from api.errors import bad_query, invalid_value
+
+FieldType = Literal["str", "int", "decimal", "timestamp"]
+Fields = Mapping[str, FieldType]
+
+OPERATORS = frozenset({"eq", "ne", "gt", "gte", "lt", "lte", "in", "contains"})
+RESERVED = frozenset({"page", "per_page", "sort", "created_after", "created_before"})
+MAX_IN_VALUES = 100
+MAX_SORT_FIELDS = 4
+MAX_FILTERS = 20
+# Every record has these, whatever its table.
+BASE_FIELDS: dict[str, FieldType] = {
+    "id": "str",
+    "created_at": "timestamp",
+    "updated_at": "timestamp",
+    "version": "int",
+}
+_GENERIC_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}(?:\.[A-Za-z_][A-Za-z0-9_]{0,63}){0,7}")
+_INT = re.compile(r"[+-]?[0-9]{1,19}")
+_INT64 = range(-(2**63), 2**63)
+_STORE_TIME = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
+@dataclass(frozen=True)
+class Page:
+    """A page of a list: ``page`` from 1, ``per_page`` 1 to 100."""
+
+    page: int = 1
+    per_page: int = 20
+
+    @property
+    def offset(self) -> int:
+        return (self.page - 1) * self.per_page
+
+
+@dataclass(frozen=True)
+class ListQuery:
+    """A parsed list request: the page plus the store's ``where`` and ``sort``."""
+
+    page: Page = field(default_factory=Page)
+    where: list[list[Any]] = field(default_factory=list)
+    sort: list[list[str]] = field(default_factory=list)
+
+    def find_args(self, table: str) -> dict[str, Any]:
+        """Arguments of the store's ``find`` command."""
+        args: dict[str, Any] = {
+            "table": table,
+            "offset": self.page.offset,
+            "limit": self.page.per_page,
+        }
+        if self.where:
+            args["where"] = self.where
+        if self.sort:
+            args["sort"] = self.sort
+        return args
+
+    def with_condition(self, condition: list[Any]) -> ListQuery:
+        return ListQuery(self.page, [condition, *self.where], self.sort)
+
+
+def build_list_query(
+    params: Iterable[tuple[str, str]],
+    page: Page,
+    sort: str | None,
+    created_after: str | None,
+    created_before: str | None,
+    fields: Fields | None,
+) -> ListQuery:
+    """Parse the query string; ``fields`` is ``None`` for a generic table."""
+    where = [parse_filter(key, value, fields) for key, value in params if key not in RESERVED]
+    if len(where) > MAX_FILTERS:
+        raise bad_query("query", f"at most {MAX_FILTERS} filters are allowed")
+    if created_after is not None:
+        where.append(["created_at", "gt", parse_timestamp(created_after, "created_after")])
+    if created_before is not None:
+        where.append(["created_at", "lt", parse_timestamp(created_before, "created_before")])
+    return ListQuery(page, where, parse_sort(sort, fields))
+
+
+def parse_filter(key: str, raw: str, fields: Fields | None) -> list[Any]:
+    """``field=value`` or ``field__op=value`` → ``[field, op, value]``."""
+    name, op = key, "eq"
+    if "__" in key:
+        name, op = key.rsplit("__", 1)
+        if op not in OPERATORS:
+            raise bad_query(key, f"unknown operator '{op}' in '{key}'")
+    ftype = _field_type(name, fields, key)
+    if op == "contains":
+        if ftype not in (None, "str"):
+            raise bad_query(key, f"operator 'contains' does not apply to field '{name}'")
+        return [name, op, raw]
+    if op == "in":
+        values = raw.split(",")
+        if len(values) > MAX_IN_VALUES:
+            raise bad_query(key, f"'in' takes at most {MAX_IN_VALUES} values")
+        return [name, op, [_coerce(value, ftype, key) for value in values]]
+    return [name, op, _coerce(raw, ftype, key)]
+
+
+def parse_sort(text: str | None, fields: Fields | None) -> list[list[str]]:
+    """``field:asc,other:desc`` → ``[["field", "asc"], ["other", "desc"]]``."""
+    if not text:
+        return []
+    items = text.split(",")
+    if len(items) > MAX_SORT_FIELDS:
+        raise bad_query("sort", f"sort takes at most {MAX_SORT_FIELDS} fields")
+    sort = []
+    for item in items:
+        name, _, direction = item.strip().partition(":")
+        direction = direction or "asc"
+        if direction not in ("asc", "desc"):
+            raise bad_query("sort", f"sort direction must be asc or desc, not '{direction}'")
+        _field_type(name, fields, "sort")
+        sort.append([name, direction])
+    return sort
+
+
+def parse_timestamp(text: str, name: str) -> str:
+    """An ISO date or datetime → the store's fixed-width UTC string (naive means UTC)."""
+    try:
+        if len(text) == 10:
+            moment = datetime.combine(date.fromisoformat(text), datetime.min.time(), UTC)
+        else:
+            moment = datetime.fromisoformat(text)
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=UTC)
+        return moment.astimezone(UTC).strftime(_STORE_TIME)
+    except (ValueError, OverflowError):
+        raise invalid_value(
+            f"query.{name}", "expected an ISO 8601 date or datetime, e.g. 2024-01-31T12:00:00Z"
+        ) from None
+
+
+def parse_scalar(text: str) -> Any:
+    """A generic filter value: a JSON scalar when it parses as one, else the string itself."""
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return text
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return text
+
+
+def _field_type(name: str, fields: Fields | None, key: str) -> FieldType | None:
+    if fields is None:
+        if not _GENERIC_FIELD.fullmatch(name):
+            raise bad_query(key, f"invalid field name in '{key}'")
+        return BASE_FIELDS.get(name)
+    if name not in fields:
+        raise bad_query(key, f"unknown field '{name}'")
+    return fields[name]
+
+
+def _coerce(raw: str, ftype: FieldType | None, key: str) -> Any:
+    if ftype is None:
+        return parse_scalar(raw)
+    if ftype == "str":
+        return raw
+    if ftype == "timestamp":
+        return parse_timestamp(raw, key)
+    if ftype == "int":
+        if _INT.fullmatch(raw) and int(raw) in _INT64:
+            return int(raw)
+        raise invalid_value(f"query.{key}", "expected an integer")
+    try:
+        number = Decimal(raw)
+    except InvalidOperation:
+        number = Decimal("NaN")
+    if not number.is_finite() or len(raw) > 40:
+        raise invalid_value(f"query.{key}", "expected a decimal number")
+    return number

@@ -1,0 +1,110 @@
+"""Rate limits shared by every worker: ``limits`` notation, counters held by the store.
+
+``RATE_LIMIT`` / ``AUTH_RATE_LIMIT`` are parsed with ``limits.parse`` (``100/minute``, ``5 per
+10 seconds``) and keyed with its ``key_for``. The counting itself is the store's ``rate_hit``: a
+fixed window, checked and incremented in one atomic command on the store's single thread, so
+the limit is exact across workers and costs one round trip that never blocks the event loop
+(``limits``' own storages are per process or synchronous).
+
+Failure policy: **fail open**. If the store cannot be reached for the check, the request goes
+on without rate-limit headers; every route that does work needs the store too and answers 503
+itself, so failing open adds no load the store would see. (Logged at most every 10 s.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import limits
+from starlette.types import Scope
+
+from api.store import Store
+from storeserver.errors import StoreError
+
+logger = logging.getLogger("api.ratelimit")
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    allowed: bool
+    limit: int
+    remaining: int
+    reset: float  # epoch seconds when the window ends
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "X-Rate-Limit-Limit": str(self.limit),
+            "X-Rate-Limit-Remaining": str(self.remaining),
+            "X-Rate-Limit-Reset": str(math.ceil(self.reset)),
+        }
+
+    def retry_after(self, now: float | None = None) -> int:
+        """Whole seconds until the window ends (at least 1)."""
+        return max(1, math.ceil(self.reset - (time.time() if now is None else now)))
+
+
+class RateLimiter:
+    """One limit (``limits.parse`` notation) applied through the store's ``rate_hit``."""
+
+    def __init__(self, spec: str, name: str) -> None:
+        self.item = limits.parse(spec)
+        self.name = name
+        self.amount = self.item.amount
+        self.window = self.item.get_expiry()
+        self._last_failure_log = 0.0
+
+    def key(self, *identifiers: str) -> str:
+        return self.item.key_for(self.name, *identifiers)
+
+    def args(self, key: str) -> dict[str, object]:
+        return {"key": key, "limit": self.amount, "window": self.window}
+
+    def verdict(self, result: object) -> Verdict | None:
+        """The store's answer as a ``Verdict``; ``None`` (fail open) if the call failed."""
+        if isinstance(result, dict):
+            return Verdict(
+                bool(result["allowed"]), self.amount, int(result["remaining"]), result["reset"]
+            )
+        if isinstance(result, StoreError):
+            now = time.monotonic()
+            if now - self._last_failure_log > 10:
+                self._last_failure_log = now
+                logger.warning("rate limit not checked (failing open): %s", result.message)
+            return None
+        if isinstance(result, BaseException):
+            raise result
+        return None
+
+    async def hit(self, store: Store, key: str) -> Verdict | None:
+        try:
+            result: object = await store.call("rate_hit", self.args(key))
+        except StoreError as exc:
+            result = exc
+        return self.verdict(result)
+
+
+def client_ip(scope: Scope) -> str:
+    """The client address. X-Forwarded-For is applied by the server (uvicorn's proxy-headers
+    middleware) only when the direct peer is in TRUSTED_PROXIES (``deploy/gunicorn.conf.py``
+    passes it as ``forwarded_allow_ips``), so here the peer is already the real client."""
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
+
+
+def username_key(username: str) -> str:
+    """A bounded, case-insensitive key for a login name (the name itself is not stored)."""
+    return hashlib.sha256(username.strip().casefold().encode()).hexdigest()[:32]
+
+
+def tightest(verdicts: list[Verdict | None]) -> Verdict | None:
+    """The verdict to report when several limits apply: a refusal, else the fewest remaining."""
+    present = [v for v in verdicts if v is not None]
+    if not present:
+        return None
+    refused = [v for v in present if not v.allowed]
+    pool = refused or present
+    return min(pool, key=lambda v: (v.remaining, -v.reset))

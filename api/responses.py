@@ -1,0 +1,81 @@
+"""Success responses: the envelope written with orjson, caching headers, ETags and 304s.
+
+Routes return these ``Response`` objects directly, so FastAPI skips re-validating the body;
+the ``response_model`` on each route documents the same shape for OpenAPI.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from decimal import Decimal
+from typing import Any
+
+import orjson
+from fastapi import Request
+from starlette.responses import Response
+
+from api.etags import list_etag, none_match_hits, record_etag
+from api.queries import Page
+
+DATA_CACHE_CONTROL = "private, no-cache"
+PROBE_CACHE_CONTROL = "no-store"
+
+
+def _encode_extra(value: object) -> str:
+    # Decimals (money) travel as strings so no client parses them into binary floats.
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"cannot serialize {type(value).__name__}")
+
+
+def dumps(body: object) -> bytes:
+    """JSON bytes; Decimal becomes a string."""
+    return orjson.dumps(body, default=_encode_extra)
+
+
+def json_response(
+    body: object, status_code: int = 200, headers: Mapping[str, str] | None = None
+) -> Response:
+    return Response(dumps(body), status_code, headers, media_type="application/json")
+
+
+def record_response(
+    request: Request,
+    record: Mapping[str, Any],
+    *,
+    status_code: int = 200,
+    location: str | None = None,
+) -> Response:
+    """One record in the envelope, with its ETag; a GET whose If-None-Match hits gets 304."""
+    etag = record_etag(record.get("version"))
+    headers = {"ETag": etag, "Cache-Control": DATA_CACHE_CONTROL}
+    if location:
+        headers["Location"] = location
+    if request.method == "GET" and none_match_hits(request.headers.get("if-none-match"), etag):
+        return Response(status_code=304, headers=headers)
+    return json_response({"status": "success", "data": record}, status_code, headers)
+
+
+def list_response(
+    request: Request,
+    items: Sequence[Any],
+    total: int,
+    page: Page,
+    versioned: Sequence[Mapping[str, Any]] | None = None,
+) -> Response:
+    """A page in the envelope with ``meta``; the ETag covers ids, versions and the total."""
+    etag = list_etag(items if versioned is None else versioned, total, page.page, page.per_page)
+    headers = {"ETag": etag, "Cache-Control": DATA_CACHE_CONTROL}
+    if none_match_hits(request.headers.get("if-none-match"), etag):
+        return Response(status_code=304, headers=headers)
+    body = {
+        "status": "success",
+        "data": items,
+        "meta": {"page": page.page, "per_page": page.per_page, "total": total},
+    }
+    return json_response(body, 200, headers)
+
+
+def no_content() -> Response:
+    """204: no body."""
+    return Response(status_code=204)

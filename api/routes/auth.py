@@ -1,0 +1,148 @@
+"""Log in (OAuth2 password form), rotate refresh tokens, log out."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Request, Response
+from fastapi.exceptions import RequestValidationError
+
+from api.auth.credentials import check_credentials
+from api.auth.sessions import consume_refresh_token, ensure_not_revoked, revoke_session
+from api.auth.tokens import InvalidToken, TokenPair, new_session_id
+from api.deps import CurrentUser, StoreDep, TokensDep
+from api.errors import ApiError
+from api.ratelimit import RateLimiter, client_ip, tightest, username_key
+from api.responses import json_response, no_content
+from api.schemas.auth import RefreshRequest, TokenResponse
+from api.schemas.envelope import error_responses
+from api.services import users
+from storeserver.errors import NotFound
+
+router = APIRouter(prefix="/auth", tags=["auth"])
+logger = logging.getLogger("api.auth")
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+Username = Annotated[str, Form(max_length=320, description="Your email")]
+PasswordForm = Annotated[str, Form(max_length=72, description="Your password")]
+
+
+def bad_credentials() -> ApiError:
+    """One answer for an unknown email and a wrong password."""
+    return ApiError(
+        401,
+        "INVALID_CREDENTIALS",
+        "Incorrect email or password",
+        headers={"WWW-Authenticate": "Bearer", **NO_STORE},
+    )
+
+
+def bad_refresh_token() -> ApiError:
+    return ApiError(
+        401,
+        "INVALID_TOKEN",
+        "The refresh token is invalid, expired, already used or revoked",
+        headers={"WWW-Authenticate": 'Bearer error="invalid_token"', **NO_STORE},
+    )
+
+
+def token_response(pair: TokenPair, extra: dict[str, str] | None = None) -> Response:
+    body = {
+        "access_token": pair.access_token,
+        "refresh_token": pair.refresh_token,
+        "token_type": "bearer",
+        "expires_in": pair.expires_in,
+    }
+    return json_response(body, headers={**NO_STORE, **(extra or {})})
+
+
+def login_limiter(request: Request) -> RateLimiter:
+    """AUTH_RATE_LIMIT, built with the app (``api.auth.startup``)."""
+    limiter: RateLimiter = request.app.state.login_limiter
+    return limiter
+
+
+@router.post(
+    "/token",
+    response_model=TokenResponse,
+    responses=error_responses(401, 413, 415, 422),
+    summary="Log in",
+)
+async def create_token(
+    request: Request,
+    store: StoreDep,
+    tokens: TokensDep,
+    username: Username,
+    password: PasswordForm,
+) -> Response:
+    """OAuth2 password grant (form fields `username` = your email, `password`); answers in
+    RFC 6749 JSON. Limited per client IP and per username (AUTH_RATE_LIMIT)."""
+    if len(password.encode()) > 72:
+        problem = {"loc": ("body", "password"), "msg": "at most 72 bytes", "type": "value_error"}
+        raise RequestValidationError([problem])
+    limiter = login_limiter(request)
+    verdict = tightest(
+        list(
+            await asyncio.gather(
+                limiter.hit(store, limiter.key("ip", client_ip(request.scope))),
+                limiter.hit(store, limiter.key("user", username_key(username))),
+            )
+        )
+    )
+    limit_headers = verdict.headers() if verdict else {}
+    if verdict is not None and not verdict.allowed:
+        logger.warning("login rate limit reached from %s", client_ip(request.scope))
+        retry_after = str(verdict.retry_after())
+        raise ApiError(
+            429,
+            "RATE_LIMITED",
+            f"Too many login attempts; retry in {retry_after} s",
+            headers={**limit_headers, "Retry-After": retry_after},
+        )
+    user = await check_credentials(store, username, password)
+    if user is None:
+        # The address, never the password; the username only as its limiter key (a hash).
+        logger.info("failed login from %s for %s", client_ip(request.scope), username_key(username))
+        error = bad_credentials()
+        error.headers.update(limit_headers)
+        raise error
+    role = str(user.get("role") or users.DEFAULT_ROLE)
+    pair = tokens.issue_pair(str(user["id"]), role, new_session_id())
+    return token_response(pair, limit_headers)
+
+
+@router.post(
+    "/refresh",
+    response_model=TokenResponse,
+    responses=error_responses(401, 413, 415, 422),
+    summary="Refresh the tokens",
+)
+async def refresh_token(body: RefreshRequest, store: StoreDep, tokens: TokensDep) -> Response:
+    """Exchange a refresh token for a new pair (RFC 6749 JSON). Each refresh token works once:
+    presenting it again revokes the whole session (its access and refresh tokens)."""
+    try:
+        claims = tokens.verify(body.refresh_token, "refresh")
+        await ensure_not_revoked(store, claims)
+        await consume_refresh_token(store, claims)
+        user = await store.call("get", {"table": users.TABLE, "id": claims.subject})
+    except (InvalidToken, NotFound):
+        raise bad_refresh_token() from None
+    role = str(user.get("role") or users.DEFAULT_ROLE)
+    return token_response(tokens.issue_pair(claims.subject, role, claims.session_id))
+
+
+@router.post(
+    "/logout",
+    status_code=204,
+    response_class=Response,
+    responses=error_responses(401, validation=False),
+    summary="Log out",
+)
+async def logout(caller: CurrentUser, store: StoreDep) -> Response:
+    """End this session now, on every worker: its access and refresh tokens stop working."""
+    assert caller.session_id is not None
+    await revoke_session(store, caller.session_id)
+    response = no_content()
+    response.headers.update(NO_STORE)
+    return response

@@ -1,0 +1,45 @@
+"""Streamed table export."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Depends
+from starlette.responses import StreamingResponse
+
+from api.deps import SettingsDep, StoreDep, TableName, require_admin
+from api.responses import DATA_CACHE_CONTROL, dumps
+from api.schemas.envelope import error_responses
+from api.services.dumps import open_dump
+
+router = APIRouter(
+    prefix="/dump",
+    tags=["dump"],
+    dependencies=[Depends(require_admin)],
+    responses=error_responses(401, 403, validation=False),
+)
+
+
+@router.get(
+    "/{table}",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "One JSON record per line (NDJSON), in creation order",
+            "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+        },
+        **error_responses(400, 404),
+    },
+    summary="Dump a table",
+)
+async def dump_table(table: TableName, store: StoreDep, settings: SettingsDep) -> StreamingResponse:
+    """Stream every record as NDJSON, read from the store in bounded chunks."""
+    chunks = await open_dump(store, table, settings.dump_chunk_size)
+
+    async def ndjson() -> AsyncIterator[bytes]:
+        async for records in chunks:
+            if records:
+                yield b"".join(dumps(record) + b"\n" for record in records)
+
+    headers = {"Cache-Control": DATA_CACHE_CONTROL}
+    return StreamingResponse(ndjson(), media_type="application/x-ndjson", headers=headers)

@@ -1,0 +1,119 @@
+"""Orders: creation, reads, partial updates, deletion, and an order's user."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+
+from api.deps import CurrentUser, IfMatch, OrderId, OrderListQuery, StoreDep
+from api.errors import ApiError
+from api.responses import list_response, no_content, record_response
+from api.schemas.envelope import Envelope, ListEnvelope, error_responses
+from api.schemas.orders import OrderCreate, OrderPublic, OrderUpdate
+from api.schemas.users import UserPublic
+from api.services import orders as order_service
+
+router = APIRouter(prefix="/orders", tags=["orders"])
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=Envelope[OrderPublic],
+    responses=error_responses(401, 403, 409, 413, 415, 422),
+    summary="Create an order",
+)
+async def create_order(
+    request: Request, payload: OrderCreate, store: StoreDep, caller: CurrentUser
+) -> Response:
+    """Place an order for yourself (an admin: for anyone; 409 if user_id names no user).
+
+    total_price is an exact decimal.
+    """
+    _check_owner(caller, str(payload.user_id))
+    order = await order_service.create_order(store, payload)
+    location = request.app.url_path_for("read_order", order_id=order["id"])
+    return record_response(request, order, status_code=201, location=location)
+
+
+@router.get(
+    "",
+    response_model=ListEnvelope[OrderPublic],
+    responses=error_responses(400, 401, 422),
+    summary="List orders",
+)
+async def list_orders(
+    request: Request, query: OrderListQuery, store: StoreDep, caller: CurrentUser
+) -> Response:
+    """List your orders (an admin: everyone's) with pagination, sorting and filters
+    (e.g. total_price__gte=10)."""
+    if not caller.is_admin:
+        query = query.with_condition(["user_id", "eq", caller.id])
+    items, total = await order_service.list_orders(store, query)
+    return list_response(request, items, total, query.page)
+
+
+@router.get(
+    "/{order_id}",
+    response_model=Envelope[OrderPublic],
+    responses={
+        304: {"description": "Not modified (If-None-Match)"},
+        **error_responses(401, 404),
+    },
+    summary="Read an order",
+)
+async def read_order(request: Request, order_id: OrderId, store: StoreDep) -> Response:
+    """Read one order; the weak ETag is the record's version."""
+    return record_response(request, await order_service.read_order(store, order_id))
+
+
+@router.patch(
+    "/{order_id}",
+    response_model=Envelope[OrderPublic],
+    responses=error_responses(401, 403, 404, 409, 412, 413, 415, 422),
+    summary="Update an order",
+)
+async def update_order(
+    request: Request,
+    order_id: OrderId,
+    payload: OrderUpdate,
+    store: StoreDep,
+    if_match: IfMatch,
+    caller: CurrentUser,
+) -> Response:
+    """Change the fields sent; with If-Match the write happens only at that version (412).
+
+    Only an admin may give an order to another user.
+    """
+    if payload.user_id is not None:
+        _check_owner(caller, str(payload.user_id))
+    order = await order_service.update_order(store, order_id, payload, if_match)
+    return record_response(request, order)
+
+
+@router.delete(
+    "/{order_id}",
+    status_code=204,
+    response_class=Response,
+    responses=error_responses(401, 404, 412),
+    summary="Delete an order",
+)
+async def delete_order(order_id: OrderId, store: StoreDep, if_match: IfMatch) -> Response:
+    """Delete an order."""
+    await order_service.delete_order(store, order_id, if_match)
+    return no_content()
+
+
+@router.get(
+    "/{order_id}/user",
+    response_model=Envelope[UserPublic],
+    responses=error_responses(401, 404),
+    summary="Read an order's user",
+)
+async def read_order_user(request: Request, order_id: OrderId, store: StoreDep) -> Response:
+    """The user who placed the order."""
+    return record_response(request, await order_service.read_order_user(store, order_id))
+
+
+def _check_owner(caller: CurrentUser, user_id: str) -> None:
+    if user_id != caller.id and not caller.is_admin:
+        raise ApiError(403, "FORBIDDEN", "Only an admin may place or move orders for other users")

@@ -1,0 +1,50 @@
+"""Liveness and readiness probes (never cached)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel
+
+from api.deps import SettingsDep, StoreDep
+from api.errors import error_response
+from api.responses import PROBE_CACHE_CONTROL, json_response
+from api.schemas.envelope import Envelope, error_responses
+
+router = APIRouter(tags=["probes"])
+
+
+class Health(BaseModel):
+    status: str = "ok"
+
+
+class Readiness(BaseModel):
+    ready: bool
+    store_version: str | None = None
+
+
+@router.get("/health", response_model=Envelope[Health], summary="Liveness")
+async def read_health() -> Response:
+    """200 while the process serves; touches nothing else."""
+    body = {"status": "success", "data": {"status": "ok"}}
+    return json_response(body, headers={"Cache-Control": PROBE_CACHE_CONTROL})
+
+
+@router.get(
+    "/ready",
+    response_model=Envelope[Readiness],
+    responses=error_responses(validation=False),
+    summary="Readiness",
+)
+async def read_readiness(request: Request, store: StoreDep, settings: SettingsDep) -> Response:
+    """200 when the store answers and has loaded its data, else 503."""
+    pong = await store.call("ping", {})
+    if not pong.get("ready"):
+        return error_response(
+            request,
+            503,
+            "STORE_NOT_READY",
+            "The store is still loading its data",
+            headers={"Retry-After": str(settings.store_retry_after)},
+        )
+    body = {"status": "success", "data": {"ready": True, "store_version": pong.get("version")}}
+    return json_response(body, headers={"Cache-Control": PROBE_CACHE_CONTROL})

@@ -1,0 +1,97 @@
+"""Order models. ``total_price`` is an exact decimal: send it as a string ("19.99") to keep it
+exact end to end (a JSON number is accepted too); responses always carry it as a string."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+ProductName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Quantity = Annotated[int, Field(strict=True, gt=0, le=1_000_000_000)]
+Price = Annotated[
+    Decimal,
+    Field(
+        gt=0,
+        max_digits=14,
+        decimal_places=2,
+        description="Exact amount with at most 2 decimal places; a string keeps it exact",
+        examples=["19.99"],
+    ),
+]
+
+
+class OrderCreate(BaseModel):
+    """A new order for an existing user (409 if ``user_id`` names no user)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "user_id": "5b0f0c8e-3c3a-4a59-9a44-0f1de4b3a9a1",
+                    "product_name": "Widget Pro",
+                    "quantity": 2,
+                    "total_price": "39.98",
+                }
+            ]
+        },
+    )
+
+    user_id: UUID
+    product_name: ProductName
+    quantity: Quantity
+    total_price: Price
+
+
+class OrderUpdate(BaseModel):
+    """A partial update; no field may be null."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"quantity": 3}]})
+
+    user_id: UUID | None = None
+    product_name: ProductName | None = None
+    quantity: Quantity | None = None
+    total_price: Price | None = None
+
+    @field_validator("user_id", "product_name", "quantity", "total_price")
+    @classmethod
+    def refuse_null(cls, value: object) -> object:
+        if value is None:
+            raise ValueError("may not be null")
+        return value
+
+
+class OrderPublic(BaseModel):
+    """An order as every endpoint returns it."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "0d6c1c52-8a7e-4f0e-b8b8-5a1f8f7b2c11",
+                    "user_id": "5b0f0c8e-3c3a-4a59-9a44-0f1de4b3a9a1",
+                    "product_name": "Widget Pro",
+                    "quantity": 2,
+                    "total_price": "39.98",
+                    "order_date": "2024-05-01T12:00:00.000000Z",
+                    "created_at": "2024-05-01T12:00:00.000000Z",
+                    "updated_at": "2024-05-01T12:00:00.000000Z",
+                    "version": 1,
+                }
+            ]
+        }
+    )
+
+    id: str
+    user_id: str
+    product_name: str
+    quantity: int
+    total_price: str = Field(description="Exact decimal, as a string", examples=["39.98"])
+    order_date: datetime
+    created_at: datetime
+    updated_at: datetime
+    version: int

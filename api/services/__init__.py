@@ -1,0 +1,1 @@
+"""The logic behind the routes; typed and generic routes share it, so rules are identical."""

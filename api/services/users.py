@@ -1,0 +1,131 @@
+"""Users: validation is in the schemas; here, hashing, the store calls and the public shape."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from api.auth.sessions import end_user_sessions
+from api.queries import BASE_FIELDS, FieldType, ListQuery
+from api.schemas.users import UserCreate, UserPublic, UserUpdate
+from api.services.passwords import hash_password, verify_password
+from api.services.versions import expected_version, with_version
+from api.store import Store
+
+TABLE = "users"
+# The store enforces uniqueness (case-insensitively), so racing workers cannot both win,
+# and never returns password_hash from a read.
+SCHEMA: dict[str, Any] = {
+    "table": TABLE,
+    "indexes": [{"field": "email", "unique": True, "casefold": True}],
+    "hidden": ["password_hash"],
+}
+FIELDS: dict[str, FieldType] = {
+    **BASE_FIELDS,
+    "email": "str",
+    "full_name": "str",
+    "age": "int",
+    "role": "str",
+}
+PUBLIC_FIELDS = tuple(UserPublic.model_fields)
+DEFAULT_ROLE = "user"
+
+
+def to_public(record: dict[str, Any]) -> dict[str, Any]:
+    """Only the public fields, whatever else the record holds (no role stored: ``user``)."""
+    public = {name: record.get(name) for name in PUBLIC_FIELDS}
+    if public["role"] is None:
+        public["role"] = DEFAULT_ROLE
+    return public
+
+
+async def create_user(store: Store, payload: UserCreate) -> dict[str, Any]:
+    """Insert a user; the role is ``user`` unless the payload names one (the route checks
+    that only an admin may)."""
+    record: dict[str, Any] = {
+        "email": str(payload.email),
+        "full_name": payload.full_name,
+        "password_hash": await hash_password(payload.password),
+        "role": payload.role or DEFAULT_ROLE,
+    }
+    if payload.age is not None:
+        record["age"] = payload.age
+    return to_public(await store.call("insert", {"table": TABLE, "record": record}))
+
+
+async def read_user(store: Store, user_id: str) -> dict[str, Any]:
+    return to_public(await store.call("get", {"table": TABLE, "id": user_id}))
+
+
+async def list_users(store: Store, query: ListQuery) -> tuple[list[dict[str, Any]], int]:
+    found = await store.call("find", query.find_args(TABLE))
+    return [to_public(record) for record in found["items"]], int(found["total"])
+
+
+async def update_user(
+    store: Store, user_id: str, payload: UserUpdate, if_match: frozenset[int] | None
+) -> dict[str, Any]:
+    """Apply the fields that were sent (``age: null`` removes the age).
+
+    A new password or role ends the user's sessions (their tokens are refused from now on).
+    ``current_password`` is checked by the route and never stored.
+    """
+    changes = payload.model_dump(exclude_unset=True)
+    changes.pop("current_password", None)
+    if "email" in changes:
+        changes["email"] = str(changes["email"])
+    if "password" in changes:
+        changes["password_hash"] = await hash_password(changes.pop("password"))
+    user = await _patch(store, user_id, changes, if_match)
+    if "password_hash" in changes or "role" in changes:
+        await end_user_sessions(store, user_id)
+    return user
+
+
+async def replace_user(
+    store: Store, user_id: str, payload: UserCreate, if_match: frozenset[int] | None
+) -> dict[str, Any]:
+    """Replace every client-set field; the role is kept unless the payload names one.
+    The password is always replaced, so the user's sessions end."""
+    changes: dict[str, Any] = {
+        "email": str(payload.email),
+        "full_name": payload.full_name,
+        "age": payload.age,
+        "password_hash": await hash_password(payload.password),
+    }
+    if payload.role is not None:
+        changes["role"] = payload.role
+    user = await _patch(store, user_id, changes, if_match)
+    await end_user_sessions(store, user_id)
+    return user
+
+
+async def delete_user(
+    store: Store, user_id: str, if_match: frozenset[int] | None, cascade: bool
+) -> None:
+    """409 from the store if orders reference the user, unless ``cascade``."""
+    version = await expected_version(store, TABLE, user_id, if_match)
+    args: dict[str, object] = {"table": TABLE, "id": user_id, "cascade": cascade}
+    await store.call("delete", with_version(args, version))
+    await end_user_sessions(store, user_id)
+
+
+async def set_role(store: Store, user_id: str, role: str) -> dict[str, Any]:
+    """Change a user's role; their tokens (which carry the old role) stop working."""
+    user = await _patch(store, user_id, {"role": role}, None)
+    await end_user_sessions(store, user_id)
+    return user
+
+
+async def password_matches(store: Store, user_id: str, password: str) -> bool:
+    """Whether ``password`` is the user's current one (bcrypt, off the loop)."""
+    record = await store.call("get", {"table": TABLE, "id": user_id, "include_hidden": True})
+    stored = record.get("password_hash")
+    return isinstance(stored, str) and await verify_password(password, stored)
+
+
+async def _patch(
+    store: Store, user_id: str, changes: dict[str, Any], if_match: frozenset[int] | None
+) -> dict[str, Any]:
+    version = await expected_version(store, TABLE, user_id, if_match)
+    args: dict[str, object] = {"table": TABLE, "id": user_id, "changes": changes}
+    return to_public(await store.call("patch", with_version(args, version)))

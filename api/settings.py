@@ -1,0 +1,143 @@
+"""API worker settings, read once per process from the environment (names fixed in §4)."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from functools import lru_cache
+from typing import Annotated, Literal
+
+import limits
+from pydantic import (
+    EmailStr,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MIN_SECRET_LENGTH = 32
+MIN_ADMIN_PASSWORD_LENGTH = 12
+# Values people paste from examples: refused in production whatever their length.
+WEAK_SECRET_WORDS = ("secret", "changeme", "change-me", "change_me", "password", "example")
+
+
+class Settings(BaseSettings):
+    """Everything an API worker (and the gunicorn config) reads from the environment."""
+
+    # An empty variable (JWT_SECRET= in a .env file) means unset, not an empty value.
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", env_ignore_empty=True)
+
+    env: Literal["development", "production"] = "development"
+    host: str = "0.0.0.0"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8000
+    web_concurrency: PositiveInt = 2
+    graceful_timeout: PositiveInt = 30
+    control_socket: str = ""
+    store_socket: str = "run/store.sock"
+    store_timeout: PositiveFloat = 5.0
+    store_wait_seconds: PositiveFloat = 30.0
+    store_retry_after: PositiveInt = 1
+    max_body_bytes: PositiveInt = 1024 * 1024
+    cors_origins: Annotated[list[str], NoDecode] = []
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    gzip_min_bytes: PositiveInt = 1024
+    dump_chunk_size: Annotated[int, Field(ge=1, le=1000)] = 500
+    bcrypt_rounds: Annotated[int, Field(ge=4, le=31)] = 12
+    expose_worker_pid: bool = False
+    # --- security (api/auth, api/ratelimit.py, api/hardening.py) ---
+    jwt_secret: SecretStr | None = None
+    access_token_ttl: Annotated[int, Field(ge=30, le=86_400)] = 15 * 60
+    refresh_token_ttl: Annotated[int, Field(ge=300, le=90 * 86_400)] = 7 * 86_400
+    token_cache_size: Annotated[int, Field(ge=0, le=1_000_000)] = 4096
+    rate_limit: str = "100/minute"
+    auth_rate_limit: str = "10/minute"
+    trusted_proxies: Annotated[list[str], NoDecode] = []
+    admin_email: EmailStr | None = None
+    admin_password: SecretStr | None = None
+
+    @field_validator("cors_origins", "trusted_proxies", mode="before")
+    @classmethod
+    def split_origins(cls, value: object) -> object:
+        """Accept a comma-separated list as well as a JSON array."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def lower_log_level(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("rate_limit", "auth_rate_limit")
+    @classmethod
+    def parse_rate_limit(cls, value: str) -> str:
+        """``limits`` notation: ``100/minute``, ``5 per 10 seconds`` (one limit)."""
+        limits.parse(value)  # ValueError names the string
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def check_proxies(cls, value: list[str]) -> list[str]:
+        """IP addresses or CIDR networks (``10.0.0.0/8``) whose X-Forwarded-For is believed."""
+        for item in value:
+            ipaddress.ip_network(item)  # strict, like gunicorn: 10.0.0.0/8, not 10.0.0.1/8
+        return value
+
+    @model_validator(mode="after")
+    def refuse_unsafe_production(self) -> Settings:
+        """Production refuses settings meant only for tests or development."""
+        if self.env == "production":
+            if self.expose_worker_pid:
+                raise ValueError("EXPOSE_WORKER_PID is a test setting; unset it in production")
+            if "*" in self.cors_origins:
+                raise ValueError("CORS_ORIGINS='*' is refused in production; list the origins")
+            if self.bcrypt_rounds < 12:
+                raise ValueError("BCRYPT_ROUNDS below 12 is refused in production")
+            if weak_secret(self.jwt_secret):
+                raise ValueError(
+                    f"JWT_SECRET must be set in production: at least {MIN_SECRET_LENGTH} random"
+                    " characters, e.g. from: python -c 'import secrets;"
+                    " print(secrets.token_urlsafe(48))'"
+                )
+            if self.admin_password is not None and (
+                len(self.admin_password.get_secret_value()) < MIN_ADMIN_PASSWORD_LENGTH
+            ):
+                raise ValueError(
+                    f"ADMIN_PASSWORD shorter than {MIN_ADMIN_PASSWORD_LENGTH} characters is"
+                    " refused in production"
+                )
+        if (self.admin_email is None) != (self.admin_password is None):
+            raise ValueError("ADMIN_EMAIL and ADMIN_PASSWORD go together: set both or neither")
+        if self.admin_password is not None and len(
+            self.admin_password.get_secret_value().encode()
+        ) not in range(8, 73):
+            raise ValueError("ADMIN_PASSWORD must be 8 to 72 UTF-8 bytes (bcrypt's limit)")
+        if self.refresh_token_ttl <= self.access_token_ttl:
+            raise ValueError("REFRESH_TOKEN_TTL must be longer than ACCESS_TOKEN_TTL")
+        return self
+
+
+def weak_secret(secret: SecretStr | None) -> bool:
+    """Missing, short, one repeated character, or an example word: not a signing key."""
+    if secret is None:
+        return True
+    text = secret.get_secret_value()
+    lowered = text.lower()
+    return (
+        len(text) < MIN_SECRET_LENGTH
+        or len(set(text)) < 8
+        or any(word in lowered for word in WEAK_SECRET_WORDS)
+    )
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process's settings, parsed once."""
+    return Settings()

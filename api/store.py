@@ -1,0 +1,56 @@
+"""The worker's handle on the store: the interface the services use, and opening it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Protocol
+
+from storeserver.client import OnConnect
+from storeserver.errors import StoreUnavailable
+
+
+class Store(Protocol):
+    """What the API needs from ``storeserver.client.StoreClient`` (tests may pass a fake)."""
+
+    async def call(self, command: str, args: dict[str, Any] | None = None) -> Any: ...
+
+
+async def connect_store(
+    address: str, call_timeout: float, wait_seconds: float, on_connect: OnConnect | None = None
+) -> Any:
+    """Open a ``StoreClient``, retrying until the store answers ping ready or time runs out.
+
+    ``on_connect`` runs on every (re)connection before any request may use it.
+    Raises ``StoreUnavailable`` when the store is still unreachable or not ready at the deadline.
+    """
+    from storeserver.client import StoreClient
+
+    deadline = time.monotonic() + wait_seconds
+    client = StoreClient(address, timeout=call_timeout, on_connect=on_connect)
+    last_error: Exception | None = None
+    while True:
+        try:
+            await client.connect()
+            pong = await client.call("ping", {})
+            if pong.get("ready"):
+                return client
+            last_error = StoreUnavailable("store is loading its data")
+        except StoreUnavailable as exc:
+            last_error = exc
+        if time.monotonic() >= deadline:
+            await client.close()
+            raise StoreUnavailable(f"store at {address} not ready after {wait_seconds:g}s") from (
+                last_error
+            )
+        await asyncio.sleep(0.2)
+
+
+def wait_for_store(address: str, call_timeout: float, wait_seconds: float) -> None:
+    """Blocking form of ``connect_store`` for gunicorn's ``on_starting`` hook."""
+
+    async def ping_once() -> None:
+        client = await connect_store(address, call_timeout, wait_seconds)
+        await client.close()
+
+    asyncio.run(ping_once())

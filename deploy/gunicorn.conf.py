@@ -1,0 +1,74 @@
+"""Gunicorn settings for the API workers (``gunicorn -c deploy/gunicorn.conf.py``).
+
+Everything comes from the same environment the workers read (``api.settings``): PORT, HOST,
+WEB_CONCURRENCY, GRACEFUL_TIMEOUT, CONTROL_SOCKET, LOG_LEVEL, STORE_SOCKET, STORE_WAIT_SECONDS,
+and PROMETHEUS_MULTIPROC_DIR, which must be in the environment before Python starts
+(deploy/entrypoint.sh sets it and wipes the directory).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import multiprocess
+
+from api.logs import logging_config
+from api.settings import get_settings
+from api.store import wait_for_store
+
+_settings = get_settings()
+
+wsgi_app = "api.main:create_app()"
+worker_class = "uvicorn_worker.UvicornWorker"
+workers = _settings.web_concurrency
+bind = [f"{_settings.host}:{_settings.port}"]
+# Seconds a worker gets to finish in-flight requests after SIGTERM before it is killed.
+graceful_timeout = _settings.graceful_timeout
+# A worker silent for this long is restarted (heartbeat, not request duration).
+timeout = 30
+keepalive = 5
+# uvicorn rewrites the client address from X-Forwarded-For only for these peers (the rate
+# limiter keys anonymous clients by that address): TRUSTED_PROXIES, else nobody. uvicorn's
+# own default would trust 127.0.0.1.
+forwarded_allow_ips = ",".join(_settings.trusted_proxies)
+loglevel = _settings.log_level
+errorlog = "-"
+accesslog = None
+# JSON lines for gunicorn's own loggers and uvicorn's; the access line comes from our middleware.
+logconfig_dict = logging_config(_settings.log_level)
+proc_name = "memdb-api"
+# gunicorn's control socket (for ``gunicornc``) defaults to one path per user, which two
+# instances on a host would fight over: off unless CONTROL_SOCKET names a path.
+control_socket_disable = not _settings.control_socket
+if _settings.control_socket:
+    control_socket = _settings.control_socket
+
+
+def clear_metrics_dir() -> None:
+    """Remove stale multiprocess files: dead workers of a previous run would add to the counts.
+
+    The entrypoint already wiped the directory; this also covers launchers that only set the
+    variable (only ``*.db`` files are removed, in case it points somewhere shared).
+    """
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        for stale in Path(directory).glob("*.db"):
+            stale.unlink(missing_ok=True)
+
+
+def on_starting(server: Any) -> None:
+    """Prepare the metrics directory, then wait (bounded) for the store to answer ping ready
+    before any worker is forked."""
+    clear_metrics_dir()
+    server.log.info("waiting for the store at %s", _settings.store_socket)
+    wait_for_store(_settings.store_socket, _settings.store_timeout, _settings.store_wait_seconds)
+    server.log.info("store is ready")
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """A dead worker's in-progress gauge must stop counting (its counters are kept)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.mark_process_dead(worker.pid)

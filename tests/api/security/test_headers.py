@@ -1,0 +1,177 @@
+"""Security headers on every response, the documentation's CSP, caching of auth responses,
+and CORS (the shared stack allows https://app.example.com)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from api.auth.principals import Principal
+from api.deps import get_caller, get_store
+from api.main import create_app
+from api.settings import Settings
+from tests.conftest import CORS_ORIGIN
+from tests.support.factories import assert_error
+
+pytestmark = pytest.mark.integration
+SECURITY = {
+    "strict-transport-security": "max-age=63072000; includeSubDomains",
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+    "referrer-policy": "no-referrer",
+}
+API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+
+
+def assert_security_headers(response: httpx.Response, csp: str | None = API_CSP) -> None:
+    for name, value in SECURITY.items():
+        assert response.headers.get(name) == value, (name, response.request.url)
+    if csp is not None:
+        assert response.headers["content-security-policy"] == csp
+    assert response.headers["x-request-id"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs", "status"),
+    [
+        ("GET", "/api/v1/users/me", {}, 200),
+        ("GET", "/api/v1/health", {}, 200),
+        ("GET", "/openapi.json", {}, 200),
+        ("GET", "/api/v1/nope", {}, 404),
+        ("GET", "/nope", {}, 404),
+        ("DELETE", "/api/v1/health", {}, 405),
+        ("GET", "/api/v1/users", {"params": {"per_page": 0}}, 422),
+        (
+            "POST",
+            "/api/v1/users",
+            {"content": b"x", "headers": {"Content-Type": "text/plain"}},
+            415,
+        ),
+        ("POST", "/api/v1/data/t", {"content": b"{" * (2**20 + 1)}, 413),
+        ("GET", "/api/v1/users/me", {"headers": {"Authorization": "Bearer x"}}, 401),
+    ],
+)
+def test_every_response_carries_the_security_headers(
+    client: httpx.Client, method: str, path: str, kwargs: dict[str, Any], status: int
+) -> None:
+    response = client.request(method, path, **kwargs)
+    assert response.status_code == status, response.text
+    assert_security_headers(response)
+
+
+async def test_a_500_carries_them_too() -> None:
+    class Broken:
+        async def call(self, command: str, args: dict[str, Any] | None = None) -> Any:
+            raise RuntimeError("boom")
+
+    app: FastAPI = create_app(Settings())
+    app.dependency_overrides[get_store] = lambda: Broken()
+    app.dependency_overrides[get_caller] = lambda: Principal("a", "admin", "s")
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        response = await http.get("/api/v1/data/things/x")
+    assert response.status_code == 500
+    assert_security_headers(response)
+    assert "boom" not in response.text
+
+
+def inline_script_hashes(html: str) -> set[str]:
+    return {
+        "'sha256-" + base64.b64encode(hashlib.sha256(body.encode()).digest()).decode() + "'"
+        for body in re.findall(r"<script>(.*?)</script>", html, re.DOTALL)
+    }
+
+
+def directives(csp: str) -> dict[str, list[str]]:
+    parsed = {}
+    for part in csp.split(";"):
+        name, *values = part.split()
+        parsed[name] = values
+    return parsed
+
+
+@pytest.mark.parametrize("path", ["/docs", "/redoc", "/docs/oauth2-redirect"])
+def test_docs_render_under_a_csp_that_allows_exactly_what_they_load(
+    anon: httpx.Client, path: str
+) -> None:
+    response = anon.get(path)
+    assert response.status_code == 200 and "text/html" in response.headers["content-type"]
+    assert_security_headers(response, csp=None)
+    policy = directives(response.headers["content-security-policy"])
+    assert policy["default-src"] == ["'none'"]
+    assert policy["frame-ancestors"] == ["'none'"]
+    scripts = policy["script-src"]
+    assert "'unsafe-inline'" not in scripts and "'unsafe-eval'" not in scripts
+    # Every inline script of the page is allowed by its hash, and nothing else inline is.
+    hashes = inline_script_hashes(response.text)
+    assert hashes == {s for s in scripts if s.startswith("'sha256-")}
+    # Every external script and stylesheet comes from a host the policy names.
+    for tag, attr, directive in (("script", "src", "script-src"), ("link", "href", "style-src")):
+        for url in re.findall(rf'<{tag}[^>]*\b{attr}="([^"]+)"', response.text):
+            if tag == "link" and "stylesheet" not in url and "css" not in url:
+                continue
+            origin = "{0.scheme}://{0.netloc}".format(urlsplit(url))
+            assert origin in policy[directive], (url, policy[directive])
+    # Swagger UI does not send the spec's address to an outside validator.
+    assert "validator.swagger.io" not in response.text
+
+
+def test_auth_responses_are_never_cached(anon: httpx.Client) -> None:
+    for response in (
+        anon.post("/api/v1/auth/token", data={"username": "a@example.com", "password": "b" * 8}),
+        anon.post("/api/v1/auth/refresh", json={"refresh_token": "nope"}),
+        anon.post("/api/v1/auth/logout"),
+        anon.get("/api/v1/users/me"),
+    ):
+        assert response.status_code == 401
+        assert response.headers["cache-control"] == "no-store"
+
+
+# --- CORS ---------------------------------------------------------------------------------
+
+
+def preflight(http: httpx.Client, origin: str) -> httpx.Response:
+    return http.options(
+        "/api/v1/users",
+        headers={
+            "Origin": origin,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type",
+        },
+    )
+
+
+def test_cors_preflight_from_the_configured_origin_is_allowed(anon: httpx.Client) -> None:
+    response = preflight(anon, CORS_ORIGIN)
+    assert response.status_code == 200
+    assert response.headers["access-control-allow-origin"] == CORS_ORIGIN
+    assert "POST" in response.headers["access-control-allow-methods"]
+    allowed = response.headers["access-control-allow-headers"].lower()
+    assert "authorization" in allowed and "content-type" in allowed
+    assert_security_headers(response)
+
+
+@pytest.mark.parametrize(
+    "origin", ["https://evil.example.com", "null", "https://app.example.com.evil.net"]
+)
+def test_cors_preflight_from_another_origin_is_refused(anon: httpx.Client, origin: str) -> None:
+    response = preflight(anon, origin)
+    assert_error(response, 400, "CORS_REJECTED")
+    assert "access-control-allow-origin" not in response.headers
+    assert_security_headers(response)
+
+
+def test_cors_simple_requests(anon: httpx.Client) -> None:
+    allowed = anon.get("/api/v1/health", headers={"Origin": CORS_ORIGIN})
+    assert allowed.headers["access-control-allow-origin"] == CORS_ORIGIN
+    exposed = allowed.headers["access-control-expose-headers"].lower()
+    assert "x-rate-limit-remaining" in exposed and "x-request-id" in exposed
+    refused = anon.get("/api/v1/health", headers={"Origin": "https://evil.example.com"})
+    assert "access-control-allow-origin" not in refused.headers

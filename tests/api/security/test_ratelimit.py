@@ -1,0 +1,180 @@
+"""Rate limits shared by every worker, on a stack of its own with small limits.
+
+RATE_LIMIT=20/minute and AUTH_RATE_LIMIT=3/minute; TRUSTED_PROXIES=127.0.0.1, so each test can
+act as its own client IP through X-Forwarded-For (and the shared stack, with no trusted proxy,
+shows the header being ignored).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.support.auth import bearer
+from tests.support.factories import assert_error, user_payload
+from tests.support.stack import Stack, running_stack
+from tests.support.workers import close_all, pinned_clients
+
+pytestmark = pytest.mark.integration
+LIMIT = 20
+RATE_HEADERS = ("x-rate-limit-limit", "x-rate-limit-remaining", "x-rate-limit-reset")
+
+
+@pytest.fixture(scope="module")
+def limited() -> Iterator[Stack]:
+    env = {
+        "RATE_LIMIT": f"{LIMIT}/minute",
+        "AUTH_RATE_LIMIT": "3/minute",
+        "TRUSTED_PROXIES": "127.0.0.1",
+    }
+    with running_stack(workers=2, extra_env=env) as stack:
+        yield stack
+
+
+def as_ip(stack: Stack, ip: str) -> httpx.Client:
+    return httpx.Client(base_url=stack.base_url, timeout=10.0, headers={"X-Forwarded-For": ip})
+
+
+def new_account(http: httpx.Client) -> tuple[str, str, str]:
+    """(user id, email, access token), costing one hit of this IP and one login attempt."""
+    payload = user_payload()
+    created = http.post("/api/v1/users", json=payload)
+    assert created.status_code == 201, created.text
+    pair = http.post(
+        "/api/v1/auth/token", data={"username": payload["email"], "password": payload["password"]}
+    )
+    assert pair.status_code == 200, pair.text
+    return created.json()["data"]["id"], payload["email"], pair.json()["access_token"]
+
+
+def assert_limited(response: httpx.Response) -> None:
+    assert_error(response, 429, "RATE_LIMITED")
+    assert 1 <= int(response.headers["retry-after"]) <= 60
+    assert response.headers["x-rate-limit-remaining"] == "0"
+    assert response.headers["x-content-type-options"] == "nosniff"  # security headers too
+    assert response.headers["cache-control"] == "no-store"
+
+
+async def test_exactly_the_limit_succeeds_across_workers(limited: Stack) -> None:
+    with as_ip(limited, "10.0.0.1") as http:
+        user_id, _, access = new_account(http)
+    pinned = await pinned_clients(limited.base_url, workers=2, per_worker=4, headers=bearer(access))
+    try:
+        clients = [c for row in zip(*pinned.values(), strict=False) for c in row]
+        responses = await asyncio.gather(
+            *(clients[n % len(clients)].get(f"/api/v1/users/{user_id}") for n in range(40))
+        )
+    finally:
+        await close_all(pinned)
+    statuses = [r.status_code for r in responses]
+    assert statuses.count(200) == LIMIT and statuses.count(429) == 40 - LIMIT
+    assert len({r.headers["x-worker-pid"] for r in responses}) >= 2
+    for response in responses:
+        assert all(name in response.headers for name in RATE_HEADERS)
+        assert response.headers["x-rate-limit-limit"] == str(LIMIT)
+        assert int(response.headers["x-rate-limit-reset"]) > time.time()
+    remaining = sorted(
+        int(r.headers["x-rate-limit-remaining"]) for r in responses if r.status_code == 200
+    )
+    assert remaining == list(range(LIMIT))  # each hit counted once, none lost, none doubled
+    for response in responses:
+        if response.status_code == 429:
+            assert_limited(response)
+
+
+def test_anonymous_clients_are_limited_per_ip(limited: Stack) -> None:
+    with as_ip(limited, "10.0.0.2") as first, as_ip(limited, "10.0.0.3") as second:
+        seen = [first.get("/api/v1/users/me") for _ in range(LIMIT)]
+        assert [r.status_code for r in seen] == [401] * LIMIT  # refused calls count too
+        assert [int(r.headers["x-rate-limit-remaining"]) for r in seen] == list(
+            reversed(range(LIMIT))
+        )
+        assert_limited(first.get("/api/v1/users/me"))
+        assert_limited(first.post("/api/v1/users", json=user_payload()))
+        # Another client address (through the trusted proxy) has its own budget.
+        other = second.get("/api/v1/users/me")
+        assert other.status_code == 401
+        assert other.headers["x-rate-limit-remaining"] == str(LIMIT - 1)
+
+
+def test_an_authenticated_user_has_a_budget_apart_from_their_ip(limited: Stack) -> None:
+    with as_ip(limited, "10.0.0.4") as http:
+        _, _, access = new_account(http)
+        for _ in range(LIMIT - 1):
+            http.get("/api/v1/users/me")  # spends the rest of the IP's budget
+        assert_limited(http.get("/api/v1/users/me"))
+        mine = http.get("/api/v1/users/me", headers=bearer(access))
+        assert mine.status_code == 200
+        assert mine.headers["x-rate-limit-remaining"] == str(LIMIT - 1)
+
+
+def test_login_is_limited_per_ip(limited: Stack) -> None:
+    with as_ip(limited, "10.0.0.5") as http:
+        _, email, _ = new_account(http)  # one attempt of three
+        for n in range(2):
+            wrong = http.post(
+                "/api/v1/auth/token",
+                data={"username": f"x{n}@example.com", "password": "nope-nope"},
+            )
+            assert_error(wrong, 401, "INVALID_CREDENTIALS")
+            assert "x-rate-limit-remaining" in wrong.headers
+        right = http.post(
+            "/api/v1/auth/token", data={"username": email, "password": "correct horse battery"}
+        )
+        assert_limited(right)  # even the right password: the address is out of attempts
+
+
+def test_login_is_limited_per_username(limited: Stack) -> None:
+    with as_ip(limited, "10.0.1.1") as http:
+        _, email, _ = new_account(http)
+    for n in range(2, 4):
+        with as_ip(limited, f"10.0.1.{n}") as http:
+            wrong = http.post(
+                "/api/v1/auth/token", data={"username": email, "password": "guess-guess"}
+            )
+            assert_error(wrong, 401, "INVALID_CREDENTIALS")
+    with as_ip(limited, "10.0.1.9") as http:
+        right = http.post(
+            "/api/v1/auth/token",
+            data={"username": email.upper(), "password": "correct horse battery"},
+        )
+        assert_limited(right)  # the username is out of attempts, whatever the address
+
+
+def test_probes_and_docs_are_not_limited(limited: Stack) -> None:
+    with as_ip(limited, "10.0.0.6") as http:
+        for path in ("/api/v1/health", "/api/v1/ready", "/openapi.json"):
+            for _ in range(LIMIT + 5):
+                response = http.get(path)
+                assert response.status_code == 200, path
+                assert "x-rate-limit-limit" not in response.headers
+        metrics = http.get("/metrics")
+        assert metrics.status_code != 429 and "x-rate-limit-limit" not in metrics.headers
+
+
+def test_untrusted_forwarded_for_is_ignored(anon: httpx.Client) -> None:
+    """On the shared stack TRUSTED_PROXIES is empty: the header cannot buy a fresh budget."""
+    first = anon.get("/api/v1/users/me", headers={"X-Forwarded-For": "203.0.113.1"})
+    second = anon.get("/api/v1/users/me", headers={"X-Forwarded-For": "203.0.113.2"})
+    assert int(first.headers["x-rate-limit-remaining"]) - 1 == int(
+        second.headers["x-rate-limit-remaining"]
+    )
+
+
+def test_store_down_fails_open_for_limits_and_closed_for_tokens(limited: Stack) -> None:
+    """Last in this module: it stops the store. The limiter lets requests through (no rate
+    headers); a token whose revocation cannot be checked is refused with 503."""
+    with as_ip(limited, "10.0.0.7") as http:
+        _, _, access = new_account(http)
+        limited.processes["store"].terminate()
+        limited.processes["store"].wait(10)
+        anonymous = http.get("/api/v1/users/me")
+        assert_error(anonymous, 401, "NOT_AUTHENTICATED")
+        assert "x-rate-limit-limit" not in anonymous.headers
+        with_token = http.get("/api/v1/users/me", headers=bearer(access))
+        assert_error(with_token, 503, "STORE_UNAVAILABLE")
+        assert with_token.headers["retry-after"] == "1"

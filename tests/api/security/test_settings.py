@@ -1,0 +1,72 @@
+"""Security settings: what production refuses, and how limits and proxies are parsed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from api.settings import Settings
+
+STRONG = "k3Y-9vQz_Lw2Rt8Xb5Nm1Hp4Jc7Fd0Sg6Ae-Uo3Iy"
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        None,
+        "",
+        "short",
+        "a" * 64,  # long, but one character
+        "my-jwt-secret-0123456789-abcdefghijkl",  # an example word
+        "changeme" * 5,
+    ],
+)
+def test_production_refuses_a_missing_or_weak_jwt_secret(secret: str | None) -> None:
+    kwargs: dict[str, Any] = {"env": "production"}
+    if secret is not None:
+        kwargs["jwt_secret"] = secret
+    with pytest.raises(ValidationError, match="JWT_SECRET"):
+        Settings(**kwargs)
+
+
+def test_production_accepts_a_strong_secret_and_development_needs_none() -> None:
+    assert Settings(env="production", jwt_secret=STRONG).jwt_secret is not None
+    assert Settings(env="development").jwt_secret is None
+    assert STRONG not in repr(Settings(env="production", jwt_secret=STRONG))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"admin_email": "a@example.com"}, "ADMIN_EMAIL and ADMIN_PASSWORD"),
+        ({"admin_password": "long enough pass"}, "ADMIN_EMAIL and ADMIN_PASSWORD"),
+        ({"admin_email": "a@example.com", "admin_password": "é" * 37}, "72"),
+        ({"rate_limit": "lots"}, "rate limit"),
+        ({"auth_rate_limit": "10 per fortnight"}, "fortnight"),
+        ({"trusted_proxies": "10.0.0.1/8"}, "host bits"),
+        ({"trusted_proxies": "proxy.local"}, "does not appear"),
+        ({"access_token_ttl": 3600, "refresh_token_ttl": 1800}, "REFRESH_TOKEN_TTL"),
+    ],
+)
+def test_bad_security_settings_are_refused(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        Settings(**kwargs)
+
+
+def test_production_refuses_a_short_admin_password() -> None:
+    with pytest.raises(ValidationError, match="ADMIN_PASSWORD"):
+        Settings(
+            env="production", jwt_secret=STRONG, admin_email="a@example.com", admin_password="x" * 9
+        )
+
+
+def test_limits_and_proxies_parse() -> None:
+    settings = Settings(
+        rate_limit="5 per 10 seconds",
+        trusted_proxies="10.0.0.0/8, 192.168.1.7",  # type: ignore[arg-type]
+    )
+    assert settings.rate_limit == "5 per 10 seconds"
+    assert settings.trusted_proxies == ["10.0.0.0/8", "192.168.1.7"]
+    assert Settings().rate_limit == "100/minute"

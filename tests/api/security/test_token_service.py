@@ -1,0 +1,140 @@
+"""The token service, its verification cache, credential checks and the limiter, in-process."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import jwt
+import pytest
+
+from api.auth import credentials
+from api.auth.principals import bearer_token
+from api.auth.sessions import check_not_revoked
+from api.auth.tokens import Claims, InvalidToken, TokenCache, TokenService
+from api.ratelimit import RateLimiter, Verdict, tightest, username_key
+from storeserver.errors import StoreUnavailable
+
+SECRET = "unit-test-signing-key-0123456789-ABCDEFGH"
+
+
+@pytest.fixture
+def service() -> TokenService:
+    return TokenService(SECRET, access_ttl=60, refresh_ttl=3600, cache_size=2)
+
+
+def test_pair_round_trip(service: TokenService) -> None:
+    pair = service.issue_pair("u1", "admin", "s1")
+    access = service.verify(pair.access_token, "access")
+    refresh = service.verify(pair.refresh_token, "refresh")
+    assert (access.subject, access.role, access.session_id) == ("u1", "admin", "s1")
+    assert refresh.token_type == "refresh" and refresh.token_id != access.token_id
+    assert access.expires_at - access.issued_at == pytest.approx(60, abs=1)
+    with pytest.raises(InvalidToken):
+        service.verify(pair.access_token, "refresh")
+    with pytest.raises(InvalidToken):
+        service.verify(pair.refresh_token, "access")
+
+
+def test_verified_tokens_are_cached_and_the_cache_is_bounded(
+    service: TokenService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tokens = [service.issue_pair(f"u{n}", "user", "s").access_token for n in range(3)]
+    decodes = 0
+    real = jwt.decode
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        nonlocal decodes
+        decodes += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(jwt, "decode", counting)
+    for token in tokens[:2]:
+        service.verify(token, "access")
+        service.verify(token, "access")
+    assert decodes == 2  # the second verification of each came from the cache
+    service.verify(tokens[2], "access")  # evicts the least recently used (tokens[0])
+    service.verify(tokens[0], "access")
+    assert decodes == 4
+
+
+def test_cache_honours_expiry() -> None:
+    cache = TokenCache(8)
+    claims = Claims("u", "user", "s", "j", "access", time.time() - 100, int(time.time()) + 1)
+    cache.put("t", claims)
+    assert cache.get("t", time.time()) is claims
+    assert cache.get("t", time.time() + 2) is None
+    assert len(cache) == 0
+
+
+def test_expired_tokens_are_refused(service: TokenService) -> None:
+    now = time.time()
+    claims = {
+        "iss": "memdb-service",
+        "sub": "u",
+        "role": "user",
+        "sid": "s",
+        "jti": "j",
+        "typ": "access",
+        "iat": now - 120,
+        "exp": int(now) - 1,
+    }
+    with pytest.raises(InvalidToken):
+        service.verify(jwt.encode(claims, SECRET, algorithm="HS256"), "access")
+
+
+def test_revocation_rules() -> None:
+    claims = Claims("u", "user", "s", "j", "access", 1000.5, 5000)
+    check_not_revoked(claims, None, None)
+    check_not_revoked(claims, None, 1000.4)  # ended before this token was issued
+    with pytest.raises(InvalidToken):
+        check_not_revoked(claims, 1234.0, None)
+    with pytest.raises(InvalidToken):
+        check_not_revoked(claims, None, 1000.5)
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (None, None),
+        (b"Bearer abc", "abc"),
+        (b"bearer abc", "abc"),
+        (b"Basic abc", ""),
+        (b"Bearer", ""),
+    ],
+)
+def test_bearer_token_parsing(header: bytes | None, expected: str | None) -> None:
+    headers = [(b"authorization", header)] if header is not None else []
+    assert bearer_token({"type": "http", "headers": headers}) == expected
+
+
+async def test_unknown_email_still_costs_one_verification(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    verified: list[str] = []
+
+    async def fake_verify(password: str, password_hash: str) -> bool:
+        verified.append(password_hash)
+        return False
+
+    class Store:
+        async def call(self, command: str, args: dict[str, Any]) -> Any:
+            return {"items": [], "total": 0}
+
+    monkeypatch.setattr(credentials, "verify_password", fake_verify)
+    monkeypatch.setattr(credentials, "_dummy_hash", "$2b$04$" + "a" * 53)
+    assert await credentials.check_credentials(Store(), "nobody@example.com", "pw") is None
+    assert verified == ["$2b$04$" + "a" * 53]
+
+
+def test_limiter_keys_verdicts_and_fail_open() -> None:
+    limiter = RateLimiter("20/minute", "api")
+    assert (limiter.amount, limiter.window) == (20, 60)
+    assert limiter.key("ip", "1.2.3.4") != limiter.key("user", "1.2.3.4")
+    verdict = limiter.verdict({"allowed": True, "remaining": 3, "reset": time.time() + 30})
+    assert verdict is not None and verdict.headers()["X-Rate-Limit-Remaining"] == "3"
+    assert limiter.verdict(StoreUnavailable("down")) is None
+    assert username_key(" Ada@Example.com ") == username_key("ada@example.com")
+    refused = Verdict(False, 3, 0, time.time() + 5)
+    assert tightest([Verdict(True, 3, 2, 0), refused, None]) is refused
+    assert 1 <= refused.retry_after() <= 5

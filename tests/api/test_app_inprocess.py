@@ -1,0 +1,210 @@
+"""The application in-process with a scripted store: error mapping, the 500 path, request ids.
+
+No server: the store dependency is overridden, and the lifespan is not run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from api.auth.principals import Principal
+from api.deps import get_caller, get_store
+from api.main import create_app
+from api.settings import Settings
+from storeserver import errors
+
+
+class ScriptedStore:
+    """Answers every call with ``answer(command, args)``; records the calls."""
+
+    def __init__(self, answer: Callable[[str, dict[str, Any]], Any]) -> None:
+        self.answer = answer
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+
+    async def call(self, command: str, args: dict[str, Any] | None = None) -> Any:
+        self.calls.append((command, args or {}))
+        return self.answer(command, args or {})
+
+
+def raising(exc: BaseException) -> Callable[[str, dict[str, Any]], Any]:
+    def answer(command: str, args: dict[str, Any]) -> Any:
+        raise exc
+
+    return answer
+
+
+ADMIN = Principal(id="admin-id", role="admin", session_id="s")
+
+
+@pytest.fixture
+def app() -> FastAPI:
+    """The app as an admin sees it (authentication is tested against the real stack)."""
+    app = create_app(Settings(expose_worker_pid=True, store_retry_after=2))
+    app.dependency_overrides[get_caller] = lambda: ADMIN
+    return app
+
+
+@pytest.fixture
+async def http(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        yield client
+
+
+def use_store(app: FastAPI, store: ScriptedStore) -> ScriptedStore:
+    app.dependency_overrides[get_store] = lambda: store
+    return store
+
+
+@pytest.mark.parametrize(
+    ("exc", "status", "code"),
+    [
+        (errors.BadRequest("bad"), 400, "BAD_REQUEST"),
+        (errors.NotFound("gone", {"table": "t", "id": "x"}), 404, "NOT_FOUND"),
+        (errors.Conflict("taken", {"reason": "unique", "field": "email"}), 409, "ALREADY_EXISTS"),
+        (errors.Conflict("fk", {"reason": "foreign_key"}), 409, "FOREIGN_KEY_VIOLATION"),
+        (errors.Conflict("deps", {"reason": "dependants"}), 409, "HAS_DEPENDANTS"),
+        (errors.VersionMismatch("stale", {"current": 4}), 412, "PRECONDITION_FAILED"),
+        (errors.LimitExceeded("too many"), 400, "LIMIT_EXCEEDED"),
+        (errors.MemoryLimit("full"), 507, "INSUFFICIENT_STORAGE"),
+        (errors.StoreUnavailable("down"), 503, "STORE_UNAVAILABLE"),
+        (errors.StoreTimeout("slow"), 504, "STORE_TIMEOUT"),
+        (errors.InternalError("secret internals"), 500, "INTERNAL_ERROR"),
+        (errors.UnknownCommand("nope"), 500, "INTERNAL_ERROR"),
+    ],
+)
+async def test_store_errors_map_to_statuses(
+    app: FastAPI, http: httpx.AsyncClient, exc: errors.StoreError, status: int, code: str
+) -> None:
+    use_store(app, ScriptedStore(raising(exc)))
+    response = await http.get("/api/v1/data/things/abc")
+    assert response.status_code == status
+    body = response.json()
+    assert body["status"] == "error"
+    assert body["error"]["code"] == code
+    assert body["request_id"] == response.headers["x-request-id"]
+    assert response.headers["cache-control"] == "no-store"
+    if status == 503:
+        assert response.headers["retry-after"] == "2"
+    if status == 500:
+        assert "secret" not in response.text
+
+
+async def test_unexpected_exception_is_a_sanitized_500_with_request_id(
+    app: FastAPI, http: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    use_store(app, ScriptedStore(raising(RuntimeError("db password is hunter2"))))
+    response = await http.get("/api/v1/users/abc", headers={"X-Request-ID": "trace-500"})
+    assert response.status_code == 500
+    body = response.json()
+    assert body == {
+        "status": "error",
+        "error": {"code": "INTERNAL_ERROR", "message": "Internal server error", "details": []},
+        "request_id": "trace-500",
+    }
+    assert "hunter2" not in response.text and "Traceback" not in response.text
+    assert response.headers["x-request-id"] == "trace-500"
+    assert "x-worker-pid" in response.headers
+    assert "hunter2" in caplog.text  # logged for operators, with the request id
+    assert "trace-500" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("sent", "echoed"),
+    [
+        ("abc-123_X.y", True),
+        ("x" * 128, True),
+        ("x" * 129, False),
+        ("has space", False),
+        ("semi;colon", False),
+    ],
+)
+async def test_request_id_echoed_only_when_sane(
+    http: httpx.AsyncClient, sent: str, echoed: bool
+) -> None:
+    response = await http.get("/api/v1/health", headers={"X-Request-ID": sent})
+    returned = response.headers["x-request-id"]
+    assert (returned == sent) is echoed
+    if not echoed:
+        assert len(returned) == 32
+
+
+async def test_validation_error_lists_fields_without_echoing_input(
+    app: FastAPI, http: httpx.AsyncClient
+) -> None:
+    use_store(app, ScriptedStore(lambda c, a: {}))
+    response = await http.post(
+        "/api/v1/users",
+        json={"email": "not-an-email", "full_name": "", "password": "sekrit-but-short"[:5]},
+    )
+    assert response.status_code == 422
+    body = response.json()
+    fields = {item["field"] for item in body["error"]["details"]}
+    assert {"body.email", "body.full_name", "body.password"} <= fields
+    assert "sekri" not in response.text
+
+
+async def test_if_match_with_no_usable_version_is_412_without_a_write(
+    app: FastAPI, http: httpx.AsyncClient
+) -> None:
+    store = use_store(app, ScriptedStore(lambda c, a: {}))
+    response = await http.patch(
+        "/api/v1/data/things/abc", json={"data": {"x": 1}}, headers={"If-Match": 'W/"abc"'}
+    )
+    assert response.status_code == 412
+    assert store.calls == []
+
+
+async def test_several_if_match_versions_resolve_to_the_current_one(
+    app: FastAPI, http: httpx.AsyncClient
+) -> None:
+    def answer(command: str, args: dict[str, Any]) -> Any:
+        if command == "get":
+            return {"id": "abc", "version": 4}
+        return {"id": "abc", "version": 5, "x": 1}
+
+    store = use_store(app, ScriptedStore(answer))
+    response = await http.patch(
+        "/api/v1/data/things/abc",
+        json={"data": {"x": 1}},
+        headers={"If-Match": 'W/"3", W/"4"'},
+    )
+    assert response.status_code == 200
+    assert store.calls[-1] == (
+        "patch",
+        {"table": "things", "id": "abc", "changes": {"x": 1}, "expected_version": 4},
+    )
+
+
+async def test_generic_values_the_store_cannot_hold_are_422(
+    app: FastAPI, http: httpx.AsyncClient
+) -> None:
+    store = use_store(app, ScriptedStore(lambda c, a: {}))
+    response = await http.post("/api/v1/data/things", json={"data": {"n": 2**64, "id": 5}})
+    assert response.status_code == 422
+    fields = {item["field"] for item in response.json()["error"]["details"]}
+    assert fields == {"body.data.n", "body.data.id"}
+    assert store.calls == []
+
+
+async def test_health_needs_no_store(http: httpx.AsyncClient) -> None:
+    response = await http.get("/api/v1/health")
+    assert response.status_code == 200
+    assert response.json() == {"status": "success", "data": {"status": "ok"}}
+    assert response.headers["cache-control"] == "no-store"
+
+
+def test_production_refuses_test_settings() -> None:
+    with pytest.raises(ValueError):
+        Settings(env="production", expose_worker_pid=True)
+    with pytest.raises(ValueError):
+        Settings(env="production", cors_origins=["*"])
+    assert Settings(cors_origins="https://a.example, https://b.example").cors_origins == [  # type: ignore[arg-type]
+        "https://a.example",
+        "https://b.example",
+    ]

@@ -1,0 +1,184 @@
+"""/api/v1/data/{table}: generic records, and users/orders through the same services."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support.factories import (
+    PASSWORD,
+    assert_error,
+    create_record,
+    create_user,
+    token,
+    user_payload,
+)
+from tests.support.stack import Stack
+from tests.support.storedirect import store_call
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def table() -> Iterator[str]:
+    yield f"t_{token()}"
+
+
+def test_generic_crud(client: httpx.Client, table: str) -> None:
+    created = client.post(
+        f"/api/v1/data/{table}", json={"data": {"name": "blue", "stock": 3, "meta": {"a": 1}}}
+    )
+    assert created.status_code == 201
+    record = created.json()["data"]
+    assert record["name"] == "blue" and record["version"] == 1
+    url = f"/api/v1/data/{table}/{record['id']}"
+    assert created.headers["location"] == url
+
+    read = client.get(url)
+    assert read.json()["data"] == record and read.headers["etag"] == 'W/"1"'
+    assert client.get(url, headers={"If-None-Match": 'W/"1"'}).status_code == 304
+
+    patched = client.patch(url, json={"data": {"stock": None, "meta": {"b": 2}}})
+    assert patched.status_code == 200
+    data = patched.json()["data"]
+    assert "stock" not in data and data["meta"] == {"a": 1, "b": 2} and data["version"] == 2
+
+    replaced = client.put(url, json={"data": {"name": "red"}}, headers={"If-Match": 'W/"2"'})
+    assert replaced.status_code == 200
+    data = replaced.json()["data"]
+    assert data["name"] == "red" and "meta" not in data and data["version"] == 3
+    assert_error(client.put(url, json={"data": {"x": 1}}, headers={"If-Match": 'W/"2"'}), 412)
+
+    assert client.delete(url).status_code == 204
+    assert_error(client.get(url), 404, "NOT_FOUND")
+
+
+def test_client_may_choose_an_id_once(client: httpx.Client, table: str) -> None:
+    record = create_record(client, table, id="sku-1", name="first")
+    assert record["id"] == "sku-1"
+    again = client.post(f"/api/v1/data/{table}", json={"data": {"id": "sku-1"}})
+    assert_error(again, 409, "ALREADY_EXISTS")
+    for bad_id in (7, "", "a/b", "..", "x" * 129, "spa ce"):
+        response = client.post(f"/api/v1/data/{table}", json={"data": {"id": bad_id}})
+        assert_error(response, 422, "VALIDATION_ERROR")
+
+
+def test_generic_filters_parse_json_scalars(client: httpx.Client, table: str) -> None:
+    rows = [
+        create_record(client, table, n=30, s="30", flag=True, color="red"),
+        create_record(client, table, n=31, s="31", flag=False, color="blue"),
+        create_record(client, table, n=5, s="x", flag=None, color="green"),
+    ]
+
+    def ids(**params: Any) -> list[str]:
+        body = client.get(f"/api/v1/data/{table}", params=params).json()
+        assert body["meta"]["total"] == len(body["data"])
+        return [r["id"] for r in body["data"]]
+
+    assert ids(n=30) == [rows[0]["id"]]
+    assert ids(s='"30"') == [rows[0]["id"]]  # quoted: the string, not the number
+    assert ids(s=30) == []
+    assert ids(flag="true") == [rows[0]["id"]]
+    assert ids(flag="null") == [rows[2]["id"]]
+    assert ids(n__gte=30, sort="n:desc") == [rows[1]["id"], rows[0]["id"]]
+    assert ids(color__in="red,green") == [rows[0]["id"], rows[2]["id"]]
+    assert ids(color__contains="e") == [r["id"] for r in rows]
+    assert ids(color__ne="red") == [rows[1]["id"], rows[2]["id"]]
+
+
+def test_generic_list_paginates(client: httpx.Client, table: str) -> None:
+    rows = [create_record(client, table, n=n) for n in range(7)]
+    body = client.get(f"/api/v1/data/{table}", params={"page": 2, "per_page": 3}).json()
+    assert body["meta"] == {"page": 2, "per_page": 3, "total": 7}
+    assert [r["id"] for r in body["data"]] == [r["id"] for r in rows[3:6]]
+
+
+HOSTILE = ["users;drop", "a" * 10_000, "ünïcode", "Users", "_internal", "1abc", "a-b"]
+
+
+@pytest.mark.parametrize("name", HOSTILE, ids=lambda name: name[:12])
+def test_hostile_table_names_are_400(client: httpx.Client, name: str) -> None:
+    assert_error(client.get(f"/api/v1/data/{name}"), 400, "INVALID_TABLE_NAME")
+    assert_error(client.get(f"/api/v1/data/{name}/x"), 400, "INVALID_TABLE_NAME")
+    response = client.post(f"/api/v1/data/{name}", json={"data": {}})
+    assert_error(response, 400, "INVALID_TABLE_NAME")
+
+
+def test_path_traversal_never_reaches_a_table(client: httpx.Client) -> None:
+    # "..%2Fx" decodes to "../x": the router sees table ".." and id "x", and refuses "..".
+    assert_error(client.get("/api/v1/data/..%2Fx"), 400, "INVALID_TABLE_NAME")
+    assert_error(client.post("/api/v1/data/..%2Fusers", json={"data": {}}), 405)
+    assert_error(client.get("/api/v1/data/%2E%2E"), 400, "INVALID_TABLE_NAME")
+
+
+def test_missing_table_and_record_are_404(client: httpx.Client, table: str) -> None:
+    assert_error(client.get(f"/api/v1/data/{table}"), 404, "NOT_FOUND")
+    create_record(client, table, a=1)
+    assert_error(client.get(f"/api/v1/data/{table}/nope"), 404, "NOT_FOUND")
+    assert_error(client.patch(f"/api/v1/data/{table}/nope", json={"data": {}}), 404)
+    assert_error(client.delete(f"/api/v1/data/{table}/nope"), 404)
+
+
+@pytest.mark.parametrize("body", [{}, {"data": []}, {"data": {"a": 1}, "extra": 1}, {"data": "x"}])
+def test_body_must_be_a_data_object(client: httpx.Client, table: str, body: object) -> None:
+    assert_error(client.post(f"/api/v1/data/{table}", json=body), 422, "VALIDATION_ERROR")
+
+
+def test_users_through_generic_routes_use_the_user_service(
+    client: httpx.Client, stack: Stack
+) -> None:
+    payload = user_payload()
+    bad = client.post("/api/v1/data/users", json={"data": {**payload, "email": "nope"}})
+    error = assert_error(bad, 422)
+    assert "body.data.email" in {item["field"] for item in error["details"]}
+
+    created = client.post("/api/v1/data/users", json={"data": payload})
+    assert created.status_code == 201
+    user = created.json()["data"]
+    assert "password" not in created.text and PASSWORD not in created.text
+    assert created.headers["location"] == f"/api/v1/data/users/{user['id']}"
+    typed = client.get(f"/api/v1/users/{user['id']}").json()["data"]
+    assert typed == user
+
+    dup = client.post(
+        "/api/v1/data/users", json={"data": {**payload, "email": payload["email"].upper()}}
+    )
+    assert_error(dup, 409, "ALREADY_EXISTS")
+
+    # The stored hash is bcrypt, exactly as the typed route makes it.
+    stored = store_call(stack, "get", {"table": "users", "id": user["id"], "include_hidden": True})
+    assert stored["password_hash"].startswith("$2b$")
+    assert "password" not in stored
+
+    partial = client.put(f"/api/v1/data/users/{user['id']}", json={"data": {"full_name": "X"}})
+    assert_error(partial, 422)  # PUT replaces: every UserCreate field is required
+    listed = client.get("/api/v1/data/users", params={"email": user["email"]}).json()
+    assert [u["id"] for u in listed["data"]] == [user["id"]]
+    assert "password" not in str(listed)
+    assert_error(client.get("/api/v1/data/users", params={"nope": 1}), 400, "BAD_QUERY")
+
+
+def test_orders_through_generic_routes_keep_the_foreign_key(client: httpx.Client) -> None:
+    user = create_user(client)
+    missing = {
+        "user_id": "00000000-0000-4000-8000-000000000000",
+        "product_name": "W",
+        "quantity": 1,
+        "total_price": "1.00",
+    }
+    assert_error(
+        client.post("/api/v1/data/orders", json={"data": missing}), 409, "FOREIGN_KEY_VIOLATION"
+    )
+    good = {**missing, "user_id": user["id"]}
+    order = client.post("/api/v1/data/orders", json={"data": good}).json()["data"]
+    assert order["total_price"] == "1.00" and order["order_date"]
+    url = f"/api/v1/data/orders/{order['id']}"
+    replaced = client.put(url, json={"data": {**good, "quantity": 4}}).json()["data"]
+    assert replaced["quantity"] == 4 and replaced["order_date"] == order["order_date"]
+    assert_error(client.delete(f"/api/v1/data/users/{user['id']}"), 409, "HAS_DEPENDANTS")
+    cascade = client.delete(f"/api/v1/data/users/{user['id']}", params={"cascade": "true"})
+    assert cascade.status_code == 204
+    assert_error(client.get(url), 404)

@@ -1,0 +1,152 @@
+"""Every error comes in the envelope with the request id, including the framework's own."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.support.auth import login_admin
+from tests.support.factories import assert_error, user_payload
+from tests.support.stack import Stack, running_stack
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "code"),
+    [
+        ("GET", "/api/v1/nope", 404, "NOT_FOUND"),
+        ("GET", "/nope", 404, "NOT_FOUND"),
+        ("GET", "/api/v1/users/x/y/z", 404, "NOT_FOUND"),
+        ("PUT", "/api/v1/users", 405, "METHOD_NOT_ALLOWED"),
+        ("DELETE", "/api/v1/health", 405, "METHOD_NOT_ALLOWED"),
+        ("POST", "/api/v1/dump/users", 405, "METHOD_NOT_ALLOWED"),
+    ],
+)
+def test_routing_errors_use_the_envelope(
+    client: httpx.Client, method: str, path: str, status: int, code: str
+) -> None:
+    response = client.request(method, path, headers={"X-Request-ID": "err-1"})
+    assert_error(response, status, code)
+    assert response.headers["x-request-id"] == "err-1"
+    if status == 405:
+        assert response.headers["allow"]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"{not json", b"[]", b"null", b'{"email": 1}', b""],
+)
+def test_bad_bodies_are_422_with_details(client: httpx.Client, content: bytes) -> None:
+    response = client.post(
+        "/api/v1/users", content=content, headers={"Content-Type": "application/json"}
+    )
+    error = assert_error(response, 422, "VALIDATION_ERROR")
+    assert error["details"] and all("field" in d and "message" in d for d in error["details"])
+
+
+def test_undecodable_body_is_400(client: httpx.Client) -> None:
+    response = client.post(
+        "/api/v1/users", content=b"\xe9", headers={"Content-Type": "application/json"}
+    )
+    assert_error(response, 400, "BAD_REQUEST")
+
+
+def test_request_id_is_generated_when_missing_or_insane(client: httpx.Client) -> None:
+    generated = client.get("/api/v1/nope").headers["x-request-id"]
+    assert len(generated) == 32
+    insane = client.get("/api/v1/nope", headers={"X-Request-ID": "a" * 200})
+    assert insane.headers["x-request-id"] != "a" * 200
+    assert insane.json()["request_id"] == insane.headers["x-request-id"]
+
+
+# --- a stack of its own, whose store we pause and kill -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fragile() -> Iterator[Stack]:
+    with running_stack(workers=1, extra_env={"STORE_TIMEOUT": "0.5"}) as stack:
+        yield stack
+
+
+@pytest.fixture(scope="module")
+def admin_headers(fragile: Stack) -> dict[str, str]:
+    # A restarted store has no data, but the token stays valid: nothing revoked it.
+    with httpx.Client(base_url=fragile.base_url, timeout=10.0) as http:
+        return login_admin(http).headers
+
+
+def test_store_timeout_is_504(fragile: Stack, admin_headers: dict[str, str]) -> None:
+    store = fragile.processes["store"]
+    with httpx.Client(base_url=fragile.base_url, timeout=10.0, headers=admin_headers) as http:
+        os.kill(store.pid, signal.SIGSTOP)
+        try:
+            assert_error(http.get("/api/v1/users/x"), 504, "STORE_TIMEOUT")
+            assert http.get("/api/v1/health").status_code == 200
+        finally:
+            os.kill(store.pid, signal.SIGCONT)
+        assert_error(http.get("/api/v1/users/x"), 404, "NOT_FOUND")
+
+
+def test_store_down_is_503_with_retry_after_and_recovers(
+    fragile: Stack, admin_headers: dict[str, str]
+) -> None:
+    with httpx.Client(base_url=fragile.base_url, timeout=10.0, headers=admin_headers) as http:
+        fragile.processes["store"].terminate()
+        fragile.processes["store"].wait(10)
+        for path in ("/api/v1/users/x", "/api/v1/ready"):
+            response = http.get(path)
+            assert_error(response, 503, "STORE_UNAVAILABLE")
+            assert response.headers["retry-after"] == "1"
+            assert response.headers["cache-control"] == "no-store"
+        assert http.get("/api/v1/health").status_code == 200
+
+        # A new store without persistence: the client reconnects by itself, and the ready
+        # probe puts the API's tables back (with the unique email index).
+        fragile.restart_store()
+        wait_ready(http, fragile)
+        payload = user_payload()
+        assert http.post("/api/v1/users", json=payload).status_code == 201
+        again = http.post("/api/v1/users", json={**payload, "email": payload["email"].upper()})
+        assert_error(again, 409, "ALREADY_EXISTS")
+
+
+def test_store_memory_limit_is_507_and_reads_go_on(
+    fragile: Stack, admin_headers: dict[str, str]
+) -> None:
+    with httpx.Client(base_url=fragile.base_url, timeout=10.0, headers=admin_headers) as http:
+        fragile.restart_store()
+        wait_ready(http, fragile)
+        baseline = _rss(fragile.processes["store"].pid)
+        fragile.restart_store({"STORE_MAX_MEMORY": str(baseline + 16 * 2**20)})
+        wait_ready(http, fragile)  # creates the tables, still under the limit
+        kept = http.post("/api/v1/data/blobs", json={"data": {"n": 0}})
+        assert kept.status_code == 201
+        blob = "x" * 2**19
+        for n in range(200):
+            response = http.post("/api/v1/data/blobs", json={"data": {"n": n, "blob": blob}})
+            if response.status_code != 201:
+                break
+        assert_error(response, 507, "INSUFFICIENT_STORAGE")
+        url = f"/api/v1/data/blobs/{kept.json()['data']['id']}"
+        assert http.get(url).status_code == 200
+        assert http.get("/api/v1/data/blobs", params={"per_page": 1}).status_code == 200
+        assert_error(http.patch(url, json={"data": {"n": 1}}), 507, "INSUFFICIENT_STORAGE")
+        assert http.get("/api/v1/ready").status_code == 200
+
+
+def wait_ready(http: httpx.Client, stack: Stack) -> None:
+    deadline = time.monotonic() + 15
+    while http.get("/api/v1/ready").status_code != 200:
+        assert time.monotonic() < deadline, stack.logs()
+        time.sleep(0.1)
+
+
+def _rss(pid: int) -> int:
+    with open(f"/proc/{pid}/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")

@@ -1,0 +1,236 @@
+"""GET /metrics: HTTP metrics summed over every worker, and the store's gauges at scrape time.
+
+In-process tests use the default registry and a scripted store; the integration tests run
+gunicorn with 2 workers in multiprocess mode and pin keep-alive connections to each worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from api import metrics
+from api.deps import get_store
+from api.main import create_app
+from api.settings import Settings
+from storeserver.errors import StoreUnavailable
+from tests.support.metrics import has_sample, value
+from tests.support.stack import Stack, running_stack
+from tests.support.workers import close_all, pinned_clients
+
+STATS: dict[str, Any] = {
+    "tables": {"users": {"rows": 3, "indexes": []}, "orders": {"rows": 5, "indexes": []}},
+    "rss_bytes": 50_000_000,
+    "max_memory": 400_000_000,
+    "clients": 2,
+    "commands": {"get": {"count": 7, "seconds": 0.002}, "insert": {"count": 3, "seconds": 0.01}},
+    "uptime_s": 12.5,
+    "persistence": {"enabled": True, "log_bytes": 4096, "last_snapshot_age_s": 30.0, "error": None},
+}
+
+
+class ScriptedStore:
+    def __init__(self, stats: Any = None, error: Exception | None = None, delay: float = 0.0):
+        self.stats, self.error, self.delay = stats, error, delay
+        self.calls = 0
+
+    async def call(self, command: str, args: dict[str, Any] | None = None) -> Any:
+        self.calls += 1
+        await asyncio.sleep(self.delay)
+        if self.error is not None:
+            raise self.error
+        return self.stats if command == "stats" else {"pong": True, "ready": True, "version": "t"}
+
+
+def app_with(store: ScriptedStore) -> FastAPI:
+    app = create_app(Settings())
+    app.dependency_overrides[get_store] = lambda: store
+    return app
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[tuple[httpx.AsyncClient, ScriptedStore]]:
+    store = ScriptedStore(STATS)
+    transport = httpx.ASGITransport(app=app_with(store), raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        yield client, store
+
+
+async def test_store_gauges_are_read_once_per_scrape(
+    http: tuple[httpx.AsyncClient, ScriptedStore],
+) -> None:
+    client, store = http
+    response = await client.get("/metrics")
+    assert response.status_code == 200 and store.calls == 1
+    assert response.headers["content-type"].startswith("text/plain")
+    assert response.headers["cache-control"] == "no-store"
+    text = response.text
+    assert value(text, "memdb_store_up") == 1
+    assert value(text, "memdb_store_tables") == 2
+    assert value(text, "memdb_store_table_rows", table="orders") == 5
+    assert value(text, "memdb_store_memory_rss_bytes") == 50_000_000
+    assert value(text, "memdb_store_memory_limit_bytes") == 400_000_000
+    assert value(text, "memdb_store_clients") == 2
+    assert value(text, "memdb_store_commands_total", command="get") == 7
+    assert value(text, "memdb_store_command_seconds_total", command="insert") == 0.01
+    assert value(text, "memdb_store_log_bytes") == 4096
+    assert value(text, "memdb_store_last_snapshot_age_seconds") == 30
+    assert value(text, "memdb_store_persistence_failed") == 0
+
+
+async def test_requests_are_counted_by_route_template_and_status(
+    http: tuple[httpx.AsyncClient, ScriptedStore],
+) -> None:
+    client, _ = http
+    route = {"handler": "/api/v1/users/{user_id}", "method": "GET"}
+    before = (await client.get("/metrics")).text
+    await client.get("/api/v1/health")
+    await client.get("/api/v1/users/nobody")  # 401 without a token
+    await client.get("/no/such/path")
+    after = (await client.get("/metrics")).text
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("http_requests_total", handler="/api/v1/health", status="200") == 1
+    assert delta("http_requests_total", **route, status="401") == 1
+    assert delta("http_request_duration_seconds_count", **route, status="401") == 1
+    assert delta("http_requests_total", handler="none", status="404") == 1
+    assert delta("http_requests_total") == 3  # the scrapes themselves are not counted
+    assert not any(path.startswith("/metrics") for path in create_app().openapi()["paths"])
+
+
+async def test_in_progress_gauge_counts_requests_being_served() -> None:
+    entered, gate = asyncio.Event(), asyncio.Event()
+
+    class GatedStore(ScriptedStore):
+        async def call(self, command: str, args: dict[str, Any] | None = None) -> Any:
+            if command == "ping":
+                entered.set()
+                await gate.wait()
+            return await super().call(command, args)
+
+    store = GatedStore(STATS)
+    transport = httpx.ASGITransport(app=app_with(store), raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        slow = asyncio.create_task(client.get("/api/v1/ready"))
+        await asyncio.wait_for(entered.wait(), 5)
+        during = (await client.get("/metrics")).text
+        gate.set()
+        assert (await slow).status_code == 200
+        after = (await client.get("/metrics")).text
+    labels = {"handler": "/api/v1/ready", "method": "GET"}
+    assert value(during, "http_requests_inprogress", **labels) == 1
+    assert value(after, "http_requests_inprogress", **labels) == 0
+
+
+@pytest.mark.parametrize(
+    "store", [ScriptedStore(delay=30.0), ScriptedStore(error=StoreUnavailable("down"))]
+)
+async def test_a_dead_store_sets_up_to_zero_without_hanging_the_scrape(
+    store: ScriptedStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(metrics, "STORE_STATS_TIMEOUT", 0.2)
+    transport = httpx.ASGITransport(app=app_with(store), raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        started = time.monotonic()
+        response = await client.get("/metrics")
+    assert response.status_code == 200 and time.monotonic() - started < 2
+    assert value(response.text, "memdb_store_up") == 0
+    assert not has_sample(response.text, "memdb_store_table_rows")
+    assert has_sample(response.text, "http_requests_total")
+
+
+# --- gunicorn, 2 workers, multiprocess mode ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def metrics_stack() -> Iterator[Stack]:
+    with running_stack(workers=2) as running:
+        yield running
+
+
+@pytest.mark.integration
+async def test_counter_sums_requests_over_workers(metrics_stack: Stack) -> None:
+    """N requests over 2 pinned workers: a scrape served by either worker says N."""
+    by_pid = await pinned_clients(metrics_stack.base_url, workers=2, per_worker=1)
+    try:
+        clients = {pid: group[0] for pid, group in by_pid.items()}
+        health = {"handler": "/api/v1/health", "method": "GET", "status": "200"}
+
+        async def scrape(pid: str) -> str:
+            response = await clients[pid].get("/metrics")
+            assert response.headers["x-worker-pid"] == pid
+            return response.text
+
+        before = value(await scrape(next(iter(clients))), "http_requests_total", **health)
+        n = 50
+        served: dict[str, int] = {}
+        for i in range(n):
+            response = await list(clients.values())[i % 2].get("/api/v1/health")
+            assert response.status_code == 200
+            pid = response.headers["x-worker-pid"]
+            served[pid] = served.get(pid, 0) + 1
+        assert len(served) >= 2, served
+        for pid in clients:
+            after = value(await scrape(pid), "http_requests_total", **health)
+            assert after - before == n, f"scrape served by {pid}; requests served: {served}"
+    finally:
+        await close_all(by_pid)
+
+
+@pytest.mark.integration
+def test_store_gauges_on_the_stack(metrics_stack: Stack) -> None:
+    text = httpx.get(metrics_stack.url("/metrics"), timeout=10.0).text
+    assert value(text, "memdb_store_up") == 1
+    assert value(text, "memdb_store_table_rows", table="users") >= 1  # the ensured admin
+    assert value(text, "memdb_store_clients") >= 2  # one per worker
+    assert value(text, "memdb_store_commands_total", command="ping") >= 1
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (prometheus)")
+def test_promtool_accepts_the_output(metrics_stack: Stack) -> None:
+    with httpx.Client(base_url=metrics_stack.base_url, timeout=10.0) as client:
+        client.get("/no/such/path")
+        client.get("/api/v1/users/nobody")
+        text = client.get("/metrics").text
+    check = subprocess.run(
+        ["promtool", "check", "metrics"], input=text.encode(), capture_output=True, timeout=30
+    )
+    assert check.returncode == 0, check.stdout.decode() + check.stderr.decode()
+
+
+@pytest.mark.integration
+def test_dead_worker_keeps_its_counts_and_drops_its_live_gauges(metrics_stack: Stack) -> None:
+    """gunicorn's child_exit calls mark_process_dead: the in-progress files of the dead pid go."""
+    directory = metrics_stack.workdir / "prometheus"
+    with httpx.Client(base_url=metrics_stack.base_url, timeout=10.0) as client:
+        pid = client.get("/api/v1/health").headers["x-worker-pid"]
+        before = value(client.get("/metrics").text, "http_requests_total")
+        assert (directory / f"gauge_livesum_{pid}.db").exists()
+        os.kill(int(pid), signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while (directory / f"gauge_livesum_{pid}.db").exists():
+            assert time.monotonic() < deadline, "child_exit did not mark the worker dead"
+            time.sleep(0.1)
+        assert (directory / f"counter_{pid}.db").exists()
+        deadline = time.monotonic() + 20
+        while True:  # until the replacement worker serves
+            try:
+                after = value(client.get("/metrics").text, "http_requests_total")
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+    assert after >= before

@@ -1,0 +1,163 @@
+"""/api/v1/orders against the real stack: exact decimals, foreign key, relationships, ETags."""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+
+import httpx
+import pytest
+
+from tests.support.factories import (
+    assert_error,
+    create_order,
+    create_user,
+    order_payload,
+)
+
+pytestmark = pytest.mark.integration
+PUBLIC = {
+    "id",
+    "user_id",
+    "product_name",
+    "quantity",
+    "total_price",
+    "order_date",
+    "created_at",
+    "updated_at",
+    "version",
+}
+
+
+@pytest.fixture
+def user(client: httpx.Client) -> dict[str, object]:
+    return create_user(client)
+
+
+def test_create_order(client: httpx.Client, user: dict[str, str]) -> None:
+    response = client.post("/api/v1/orders", json=order_payload(user["id"], total_price="19.99"))
+    assert response.status_code == 201
+    order = response.json()["data"]
+    assert set(order) == PUBLIC
+    assert order["total_price"] == "19.99"  # a string: exact, never a binary float
+    assert order["user_id"] == user["id"] and order["order_date"].endswith("Z")
+    assert response.headers["location"] == f"/api/v1/orders/{order['id']}"
+    assert response.headers["etag"] == 'W/"1"'
+
+
+@pytest.mark.parametrize(
+    ("sent", "stored"),
+    [("0.10", "0.10"), (99.99, "99.99"), ("1234567.5", "1234567.5"), (3, "3")],
+)
+def test_total_price_stays_exact(
+    client: httpx.Client, user: dict[str, str], sent: object, stored: str
+) -> None:
+    order = create_order(client, user["id"], total_price=sent)
+    assert order["total_price"] == stored
+    fetched = client.get(f"/api/v1/orders/{order['id']}").json()["data"]
+    assert Decimal(fetched["total_price"]) == Decimal(stored)
+
+
+def test_decimal_filters_and_sort_are_numeric(client: httpx.Client, user: dict[str, str]) -> None:
+    prices = ["10.00", "9.50", "100.01", "0.99", "10.01"]
+    for price in prices:
+        create_order(client, user["id"], total_price=price)
+    body = client.get(
+        "/api/v1/orders",
+        params={"user_id": user["id"], "total_price__gte": "9.99", "sort": "total_price:desc"},
+    ).json()
+    expected = sorted((p for p in prices if Decimal(p) >= Decimal("9.99")), key=Decimal)[::-1]
+    assert [o["total_price"] for o in body["data"]] == expected
+    assert body["meta"]["total"] == len(expected)
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"quantity": 0}, "body.quantity"),
+        ({"quantity": 1.5}, "body.quantity"),
+        ({"total_price": "0"}, "body.total_price"),
+        ({"total_price": "-1"}, "body.total_price"),
+        ({"total_price": "1.001"}, "body.total_price"),
+        ({"total_price": "NaN"}, "body.total_price"),
+        ({"product_name": ""}, "body.product_name"),
+        ({"product_name": "x" * 201}, "body.product_name"),
+        ({"user_id": "not-a-uuid"}, "body.user_id"),
+        ({"order_date": "2020-01-01"}, "body.order_date"),
+    ],
+)
+def test_create_order_validation_is_422(
+    client: httpx.Client, user: dict[str, str], fields: dict[str, object], field: str
+) -> None:
+    response = client.post("/api/v1/orders", json={**order_payload(user["id"]), **fields})
+    error = assert_error(response, 422, "VALIDATION_ERROR")
+    assert field in {item["field"] for item in error["details"]}
+
+
+def test_order_for_a_missing_user_is_409(client: httpx.Client) -> None:
+    response = client.post("/api/v1/orders", json=order_payload(str(uuid.uuid4())))
+    error = assert_error(response, 409, "FOREIGN_KEY_VIOLATION")
+    assert error["details"][0]["field"] == "user_id"
+
+
+def test_read_update_delete_order(client: httpx.Client, user: dict[str, str]) -> None:
+    order = create_order(client, user["id"])
+    url = f"/api/v1/orders/{order['id']}"
+    read = client.get(url)
+    assert read.json()["data"] == order
+    assert client.get(url, headers={"If-None-Match": read.headers["etag"]}).status_code == 304
+
+    patched = client.patch(url, json={"quantity": 5, "total_price": "49.95"})
+    assert patched.status_code == 200
+    assert patched.json()["data"]["quantity"] == 5
+    assert patched.json()["data"]["total_price"] == "49.95"
+    assert patched.json()["data"]["order_date"] == order["order_date"]
+
+    assert_error(client.patch(url, json={"quantity": 0}), 422)
+    assert_error(client.patch(url, json={"user_id": None}), 422)
+    moved = client.patch(url, json={"user_id": str(uuid.uuid4())})
+    assert_error(moved, 409, "FOREIGN_KEY_VIOLATION")
+    assert_error(client.patch(url, json={"quantity": 6}, headers={"If-Match": 'W/"1"'}), 412)
+
+    assert client.delete(url, headers={"If-Match": 'W/"2"'}).status_code == 204
+    assert_error(client.get(url), 404, "NOT_FOUND")
+
+
+def test_order_user_relationship(client: httpx.Client, user: dict[str, str]) -> None:
+    order = create_order(client, user["id"])
+    response = client.get(f"/api/v1/orders/{order['id']}/user")
+    assert response.status_code == 200
+    assert response.json()["data"]["id"] == user["id"]
+    assert "password" not in response.text
+    assert_error(client.get("/api/v1/orders/nope/user"), 404, "NOT_FOUND")
+
+
+def test_list_orders_pagination_against_reference(
+    client: httpx.Client, user: dict[str, str]
+) -> None:
+    orders = [create_order(client, user["id"], quantity=q) for q in (3, 1, 4, 1, 5, 9, 2, 6)]
+    pages = [
+        client.get(
+            "/api/v1/orders",
+            params={"user_id": user["id"], "per_page": 3, "page": page, "sort": "quantity:asc"},
+        ).json()
+        for page in (1, 2, 3)
+    ]
+    assert all(page["meta"]["total"] == 8 for page in pages)
+    seen = [o["id"] for page in pages for o in page["data"]]
+    expected = [o["id"] for o in sorted(orders, key=lambda o: o["quantity"])]  # stable
+    assert seen == expected
+
+
+@pytest.mark.parametrize(
+    ("params", "status"),
+    [
+        ({"colour": "red"}, 400),
+        ({"quantity__like": "1"}, 400),
+        ({"quantity": "many"}, 422),
+        ({"total_price__gt": "ten"}, 422),
+        ({"order_date__gte": "tomorrow"}, 422),
+    ],
+)
+def test_bad_order_list_queries(client: httpx.Client, params: dict[str, str], status: int) -> None:
+    assert_error(client.get("/api/v1/orders", params=params), status)

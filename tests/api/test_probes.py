@@ -1,0 +1,53 @@
+"""Probes and documentation on the running stack."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def test_health_is_200_and_never_cached(client: httpx.Client) -> None:
+    response = client.get("/api/v1/health", headers={"X-Request-ID": "probe-1"})
+    assert response.status_code == 200
+    assert response.json() == {"status": "success", "data": {"status": "ok"}}
+    assert response.headers["cache-control"] == "no-store"
+    assert response.headers["x-request-id"] == "probe-1"
+
+
+def test_ready_is_200_when_the_store_is_ready(client: httpx.Client) -> None:
+    response = client.get("/api/v1/ready")
+    assert response.status_code == 200
+    data = response.json()["data"]
+    assert data["ready"] is True and data["store_version"]
+    assert response.headers["cache-control"] == "no-store"
+
+
+def test_docs_and_redoc_render(client: httpx.Client) -> None:
+    for path in ("/docs", "/redoc"):
+        response = client.get(path)
+        assert response.status_code == 200
+        assert "text/html" in response.headers["content-type"]
+
+
+def test_openapi_documents_every_route(client: httpx.Client) -> None:
+    spec = client.get("/openapi.json").json()
+    tags = {tag["name"] for tag in spec["tags"]}
+    assert tags == {"auth", "users", "orders", "data", "join", "dump", "probes"}
+    operations = [
+        (path, method, op) for path, item in spec["paths"].items() for method, op in item.items()
+    ]
+    assert len(operations) == 26  # auth 3, users 7, orders 6, data 6, join, dump, 2 probes
+    for path, method, op in operations:
+        where = f"{method.upper()} {path}"
+        assert op.get("summary") and op.get("description"), where
+        assert op.get("tags") and set(op["tags"]) <= tags, where
+        errors = [code for code in op["responses"] if code.startswith(("4", "5"))]
+        assert errors or path == "/api/v1/health", where
+        for code in errors:
+            ref = op["responses"][code]["content"]["application/json"]["schema"]["$ref"]
+            assert ref.endswith("/ErrorEnvelope"), where
+    schemas = spec["components"]["schemas"]
+    assert "examples" in schemas["UserCreate"] and "examples" in schemas["OrderCreate"]
+    assert "password" not in schemas["UserPublic"]["properties"]

@@ -1,0 +1,47 @@
+"""Shared fixtures. ``stack`` starts the real store and gunicorn (2 workers) once per session;
+tests that do not ask for it start nothing.
+
+``client`` is authenticated as the stack's administrator (who may do everything), so tests of
+behaviour other than access control need no token handling; ``anon`` has no token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.support.auth import Account, login_admin
+from tests.support.stack import Stack, running_stack
+
+CORS_ORIGIN = "https://app.example.com"
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[Stack]:
+    # An hour-long access token: the session admin token outlives any test run.
+    env = {"CORS_ORIGINS": CORS_ORIGIN, "ACCESS_TOKEN_TTL": "3600"}
+    with running_stack(workers=2, extra_env=env) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def admin(stack: Stack) -> Account:
+    """One administrator session for the whole run (tests must not end it)."""
+    with httpx.Client(base_url=stack.base_url, timeout=10.0) as http:
+        return login_admin(http)
+
+
+@pytest.fixture
+def client(stack: Stack, admin: Account) -> Iterator[httpx.Client]:
+    """A synchronous client on the session's stack, sending the admin's access token."""
+    with httpx.Client(base_url=stack.base_url, timeout=10.0, headers=admin.headers) as http:
+        yield http
+
+
+@pytest.fixture
+def anon(stack: Stack) -> Iterator[httpx.Client]:
+    """A synchronous client on the session's stack without a token."""
+    with httpx.Client(base_url=stack.base_url, timeout=10.0) as http:
+        yield http
