@@ -1,0 +1,1 @@
+"""Load tests and benchmarks: ``make bench-store`` runs ``python -m loadtests.bench_store``."""
