@@ -17,6 +17,7 @@ Failure rules:
 from __future__ import annotations
 
 import asyncio
+import heapq
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -64,15 +65,57 @@ def parse_address(address: str) -> tuple[str, Any]:
     return "tcp", (host.strip("[]"), int(port))
 
 
+_SWEEP_S = 0.05  # timeouts are checked this often: they fire at most this late
+
+
 class _Connection(asyncio.Protocol):
-    """The transport side: decodes replies and resolves the matching futures."""
+    """The transport side: decodes replies and resolves the matching futures.
+
+    Two things keep each call cheap. Frames sent during one loop turn are written together
+    at the end of it (one syscall for, say, a rate-limit check and a revocation lookup issued
+    with ``gather``). Timeouts live in one heap swept every ``_SWEEP_S`` while calls are in
+    flight, instead of a timer per call.
+    """
 
     def __init__(self, max_frame_size: int) -> None:
+        self.loop = asyncio.get_running_loop()
         self.decoder = FrameDecoder(max_frame_size)
         self.pending: dict[int, asyncio.Future[Any]] = {}
         self.transport: asyncio.Transport | None = None
-        self.hello: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.hello: asyncio.Future[Any] = self.loop.create_future()
         self.closed = False
+        self._outbox: list[bytes] = []
+        self._deadlines: list[tuple[float, int, str]] = []
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    def send(self, rid: int, frame: bytes, command: str, timeout: float) -> asyncio.Future[Any]:
+        loop = self.loop
+        fut: asyncio.Future[Any] = loop.create_future()
+        self.pending[rid] = fut
+        if not self._outbox:
+            loop.call_soon(self._flush)
+        self._outbox.append(frame)
+        heapq.heappush(self._deadlines, (loop.time() + timeout, rid, command))
+        if self._sweeper is None:
+            self._sweeper = loop.call_later(_SWEEP_S, self._sweep)
+        return fut
+
+    def _flush(self) -> None:
+        frames, self._outbox = self._outbox, []
+        if self.transport is not None and not self.closed:
+            self.transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
+
+    def _sweep(self) -> None:
+        now = self.loop.time()
+        deadlines, pending = self._deadlines, self.pending
+        while deadlines and deadlines[0][0] <= now:
+            _, rid, command = heapq.heappop(deadlines)
+            fut = pending.pop(rid, None)
+            if fut is not None and not fut.done():
+                fut.set_exception(StoreTimeout(f"the store did not answer {command!r} in time"))
+        if not pending:
+            deadlines.clear()  # every call answered: their deadlines are moot
+        self._sweeper = self.loop.call_later(_SWEEP_S, self._sweep) if deadlines else None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
@@ -110,6 +153,9 @@ class _Connection(asyncio.Protocol):
 
     def _fail(self, error: StoreError) -> None:
         self.closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         if not self.hello.done():
             self.hello.set_exception(error)
             # Nobody may await the handshake any more; don't warn about an unseen exception.
@@ -205,25 +251,11 @@ class StoreClient:
             raise BadRequest(f"arguments cannot be sent to the store: {exc.message}") from exc
         if len(frame) - 4 > self._max_frame_size:
             raise BadRequest("request exceeds the maximum frame size")
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Any] = loop.create_future()
-        conn.pending[rid] = fut
-        assert conn.transport is not None
-        conn.transport.write(frame)
-        handle = loop.call_later(
-            self.timeout if timeout is None else timeout, self._expire, conn, rid, command
-        )
+        fut = conn.send(rid, frame, command, self.timeout if timeout is None else timeout)
         try:
             return await fut
         finally:
-            handle.cancel()
             conn.pending.pop(rid, None)
-
-    @staticmethod
-    def _expire(conn: _Connection, rid: int, command: str) -> None:
-        fut = conn.pending.pop(rid, None)
-        if fut is not None and not fut.done():
-            fut.set_exception(StoreTimeout(f"the store did not answer {command!r} in time"))
 
     async def _connection(self) -> _Connection:
         if self._closed:
