@@ -13,7 +13,7 @@ export STORE_FSYNC ?= everysec
 export ENV ?= development
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-fast lint format clean bench-store bench-api
+.PHONY: help install run test test-fast lint format clean bench-store bench-api backup
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -46,6 +46,9 @@ lint: install ## ruff format --check, ruff check, mypy
 format: install ## ruff format and autofix
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+backup: install ## snapshot the running store (make run) and copy it to backups/<timestamp>/
+	$(BIN)/python -m storeserver.backup --dest backups
 
 bench-store: install ## store CPU per op and throughput, side by side with redis-server
 	$(BIN)/python -m loadtests.bench_store

@@ -11,13 +11,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api.auth.startup import install_limiters, reoffer_secret, start_auth
+from api.auth.startup import ensure_admin_step, install_limiters, reoffer_secret, start_auth
 from api.errors import install_error_handlers
 from api.headers import SWAGGER_UI_PARAMETERS
 from api.logs import configure_logging
 from api.metrics import install_metrics
 from api.middleware import install_middleware
-from api.routes import auth, data, dump, join, orders, probes, users
+from api.routes import admin, auth, data, dump, join, orders, probes, users
 from api.services.schema import ensure_schema
 from api.settings import Settings, get_settings
 from api.store import connect_store
@@ -31,6 +31,7 @@ TAGS = [
     {"name": "data", "description": 'Generic tables: any JSON record under `{"data": {...}}`.'},
     {"name": "join", "description": "Paginated inner joins of two tables."},
     {"name": "dump", "description": "Whole-table export, streamed as NDJSON."},
+    {"name": "admin", "description": "Operator actions: snapshots for backups (admin only)."},
     {"name": "probes", "description": "Liveness and readiness for orchestrators."},
 ]
 DESCRIPTION = """
@@ -64,10 +65,13 @@ Requests are rate limited per user (per client IP without a token): `X-Rate-Limi
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     reoffer = reoffer_secret(app.state, settings)
+    ensure_admin = ensure_admin_step(settings)
 
     async def on_connect(call: Caller) -> None:
+        # Every (re)connection: a store that came back empty is made usable before any request.
         await ensure_schema(call)
         await reoffer(call)
+        await ensure_admin(call)
 
     store = await connect_store(
         settings.store_socket,
@@ -101,6 +105,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     install_middleware(app, settings)
     install_metrics(app)
-    for module in (auth, users, orders, data, join, dump, probes):
+    for module in (auth, users, orders, data, join, dump, admin, probes):
         app.include_router(module.router, prefix=API_PREFIX)
     return app

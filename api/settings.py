@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     control_socket: str = ""
     store_socket: str = "run/store.sock"
     store_timeout: PositiveFloat = 5.0
+    # A snapshot of a large store takes a while; the admin endpoint waits this long for it.
+    snapshot_timeout: PositiveFloat = 300.0
     store_wait_seconds: PositiveFloat = 30.0
     store_retry_after: PositiveInt = 1
     max_body_bytes: PositiveInt = 1024 * 1024

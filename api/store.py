@@ -6,14 +6,29 @@ import asyncio
 import time
 from typing import Any, Protocol
 
-from storeserver.client import OnConnect
+from storeserver.client import Caller, OnConnect
 from storeserver.errors import StoreUnavailable
 
 
 class Store(Protocol):
     """What the API needs from ``storeserver.client.StoreClient`` (tests may pass a fake)."""
 
-    async def call(self, command: str, args: dict[str, Any] | None = None) -> Any: ...
+    async def call(
+        self, command: str, args: dict[str, Any] | None = None, *, timeout: float | None = None
+    ) -> Any: ...
+
+
+class ConnectionStore:
+    """A ``Store`` over one connection's ``call``, for ``on_connect`` steps that reuse services
+    written against ``Store`` (they run before the client lets anything else use it)."""
+
+    def __init__(self, call: Caller) -> None:
+        self._call = call
+
+    async def call(
+        self, command: str, args: dict[str, Any] | None = None, *, timeout: float | None = None
+    ) -> Any:
+        return await self._call(command, args if args is not None else {})
 
 
 async def connect_store(

@@ -15,12 +15,11 @@ from typing import Any, Protocol
 
 import structlog
 
-from .errors import InternalError, StoreError
+from .errors import InternalError, PersistenceError, StoreError
 from .persistence import (
     AppendLog,
     DataDir,
     LoadReport,
-    PersistenceError,
     encode_entry,
     fork_snapshot,
     fsync_dir,

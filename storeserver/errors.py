@@ -68,6 +68,15 @@ class StoreUnavailable(StoreError):
     code = "STORE_UNAVAILABLE"
 
 
+class PersistenceError(StoreUnavailable):
+    """The store cannot write its log (disk full, I/O error): writes are refused until it can.
+
+    A kind of unavailability, so the API answers 503 with Retry-After as for a store outage.
+    """
+
+    code = "PERSISTENCE_ERROR"
+
+
 class StoreTimeout(StoreError):
     """Client side: the store did not answer within the call's timeout."""
 
@@ -87,6 +96,7 @@ _BY_CODE: dict[str, type[StoreError]] = {
         ProtocolError,
         InternalError,
         StoreUnavailable,
+        PersistenceError,
         StoreTimeout,
     )
 }

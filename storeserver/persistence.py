@@ -41,7 +41,7 @@ from typing import Any
 
 import structlog
 
-from .errors import ProtocolError, StoreError
+from .errors import ProtocolError
 from .protocol import pack_value, unpack_value
 
 log = structlog.get_logger("storeserver.persistence")
@@ -54,12 +54,6 @@ _MAX_ENTRY = 1 << 30
 
 class CorruptData(RuntimeError):
     """A data file is damaged in a way that cannot be repaired safely."""
-
-
-class PersistenceError(StoreError):
-    """The log cannot be written: writes are refused until it can."""
-
-    code = "PERSISTENCE_ERROR"
 
 
 def encode_entry(changes: list[Any]) -> bytes:

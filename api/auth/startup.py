@@ -12,6 +12,7 @@ from api.auth.secret import load_signing_secret, offer_signing_secret
 from api.auth.tokens import TokenService
 from api.ratelimit import RateLimiter
 from api.settings import Settings
+from api.store import ConnectionStore
 from storeserver.client import Caller
 
 
@@ -21,16 +22,16 @@ def install_limiters(state: State, settings: Settings) -> None:
 
 
 async def start_auth(state: State, store: Any, settings: Settings) -> None:
-    """Signing secret → token service; the dummy hash for unknown emails; the admin account."""
+    """Signing secret → token service; the dummy hash for unknown emails.
+
+    The admin account is ensured by ``ensure_admin_step`` on every store connection instead,
+    so a store that comes back empty (a new volume, no persistence) gets it back too.
+    """
     secret = await load_signing_secret(store.call, settings)
     state.tokens = TokenService(
         secret, settings.access_token_ttl, settings.refresh_token_ttl, settings.token_cache_size
     )
     await dummy_hash()
-    if settings.admin_email is not None and settings.admin_password is not None:
-        await ensure_admin(
-            store, str(settings.admin_email), settings.admin_password.get_secret_value()
-        )
 
 
 def reoffer_secret(state: State, settings: Settings) -> Any:
@@ -42,3 +43,17 @@ def reoffer_secret(state: State, settings: Settings) -> Any:
             await offer_signing_secret(call, tokens.secret, settings)
 
     return offer
+
+
+def ensure_admin_step(settings: Settings) -> Any:
+    """An ``on_connect`` step: ADMIN_EMAIL/ADMIN_PASSWORD exist on this store (idempotent)."""
+
+    async def ensure(call: Caller) -> None:
+        if settings.admin_email is not None and settings.admin_password is not None:
+            await ensure_admin(
+                ConnectionStore(call),
+                str(settings.admin_email),
+                settings.admin_password.get_secret_value(),
+            )
+
+    return ensure

@@ -112,6 +112,12 @@ async def test_unhandled_error_lines_carry_the_request_id(captured: Path) -> Non
 @pytest.fixture(scope="module")
 def info_stack() -> Iterator[Stack]:
     with running_stack(workers=2, extra_env={"LOG_LEVEL": "info"}) as running:
+        # Ready means one worker answers; a worker still starting when a test stops the store
+        # would fail to boot, and gunicorn would exit.
+        wait_for_records(
+            api_log(running),
+            lambda found: sum(r["event"] == "Application startup complete." for r in found) == 2,
+        )
         yield running
 
 
