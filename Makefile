@@ -11,9 +11,12 @@ export STORE_SOCKET ?= $(CURDIR)/run/store.sock
 export STORE_DATA_DIR ?= $(CURDIR)/data
 export STORE_FSYNC ?= everysec
 export ENV ?= development
+# Prometheus multiprocess files of the gunicorn workers (emptied at each start by the entrypoint).
+export PROMETHEUS_MULTIPROC_DIR ?= $(CURDIR)/run/prometheus
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-fast lint format clean bench-store bench-api backup
+.PHONY: help install run test test-fast lint format clean bench-store bench-api backup \
+	docker-build docker-run docker-stop
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -30,7 +33,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 run: install ## start the store and the API (gunicorn) on $PORT in the foreground; Ctrl-C stops both
 	@mkdir -p run
-	exec $(BIN)/supervisord --nodaemon --configuration deploy/supervisord.conf
+	@exec $(BIN)/supervisord --nodaemon --configuration deploy/supervisord.conf
 
 test: install ## run the whole test suite (unit and integration, real processes)
 	$(BIN)/pytest --cov --cov-report=term-missing:skip-covered -q
@@ -55,6 +58,15 @@ bench-store: install ## store CPU per op and throughput, side by side with redis
 
 bench-api: install ## GET /users/{id} through gunicorn vs a minimal in-process FastAPI app
 	$(BIN)/python -m loadtests.bench_api
+
+docker-build: ## build the image (docker compose build)
+	docker compose build
+
+docker-run: ## start store + api with docker compose (needs JWT_SECRET, see .env.example)
+	docker compose up -d --wait
+
+docker-stop: ## stop the compose stack (volumes are kept)
+	docker compose down
 
 clean: ## remove the venv, caches and run-time files (not the data directory)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.* htmlcov run *.egg-info

@@ -34,11 +34,12 @@ def test_docs_and_redoc_render(client: httpx.Client) -> None:
 def test_openapi_documents_every_route(client: httpx.Client) -> None:
     spec = client.get("/openapi.json").json()
     tags = {tag["name"] for tag in spec["tags"]}
-    assert tags == {"auth", "users", "orders", "data", "join", "dump", "probes"}
+    assert tags == {"auth", "users", "orders", "data", "join", "dump", "admin", "probes"}
     operations = [
         (path, method, op) for path, item in spec["paths"].items() for method, op in item.items()
     ]
-    assert len(operations) == 26  # auth 3, users 7, orders 6, data 6, join, dump, 2 probes
+    # auth 3, users 7, orders 6, data 6, join, dump, admin snapshot, 2 probes
+    assert len(operations) == 27
     for path, method, op in operations:
         where = f"{method.upper()} {path}"
         assert op.get("summary") and op.get("description"), where

@@ -92,6 +92,7 @@ class Container:
     def map(self, text: str) -> str:
         for inside, outside in self.paths.items():
             text = text.replace(inside, str(outside))
+        text = text.replace("/app/", f"{ROOT}/")  # the image's WORKDIR: this checkout
         return text.replace("127.0.0.1:8000", f"127.0.0.1:{self.port}")
 
     def env(self, service: str, given: dict[str, str] = GIVEN) -> dict[str, str]:
@@ -180,6 +181,48 @@ def test_metrics_start_clean_and_include_the_store(deployed: tuple[Stack, Contai
     assert value(text, "memdb_store_up") == 1
     assert value(text, "memdb_store_persistence_enabled") == 1  # STORE_DATA_DIR from compose
     assert value(text, "memdb_store_memory_limit_bytes") == 402653184  # compose's default
+
+
+def test_data_survives_a_restart_of_the_store_service(deployed: tuple[Stack, Container]) -> None:
+    """Register, log in, write; restart the store as compose would (SIGTERM, then the same
+    entrypoint command); the data comes back from its volume, the same token still works and
+    the API processes were not restarted."""
+    stack, container = deployed
+    api_pid = stack.processes["api"].pid
+    with httpx.Client(base_url=stack.base_url, timeout=10.0) as client:
+        account = {"email": "restart-check@example.com", "full_name": "Ops", "password": "a long passphrase"}
+        assert client.post("/api/v1/users", json=account).status_code == 201
+        form = {"username": account["email"], "password": account["password"]}
+        token = client.post("/api/v1/auth/token", data=form).json()["access_token"]
+        client.headers["Authorization"] = f"Bearer {token}"
+        me = client.get("/api/v1/users/me").json()["data"]
+        order = {
+            "user_id": me["id"],
+            "product_name": "Kettle",
+            "quantity": 2,
+            "total_price": "39.98",
+        }
+        created = client.post("/api/v1/orders", json=order)
+        assert created.status_code == 201, created.text
+        order_id = created.json()["data"]["id"]
+
+        store = stack.processes["store"]
+        store.send_signal(signal.SIGTERM)
+        assert store.wait(30) == 0
+        api_env, stack.env = stack.env, container.env("store")
+        try:
+            stack.spawn("store", container.command("store"))
+        finally:
+            stack.env = api_env
+        assert passes(container.healthcheck("store"), stack.env), stack.logs()
+        assert passes(container.healthcheck("api"), stack.env), stack.logs()
+
+        again = client.get(f"/api/v1/orders/{order_id}")
+        assert again.status_code == 200, again.text
+        assert again.json()["data"]["total_price"] == "39.98"
+        assert client.get("/api/v1/users/me").json()["data"]["email"] == account["email"]
+    assert stack.processes["api"].pid == api_pid
+    assert list(container.paths["/var/lib/memdb"].glob("snapshot.mdb"))  # written at SIGTERM
 
 
 def test_every_process_logs_json_lines(deployed: tuple[Stack, Container]) -> None:
