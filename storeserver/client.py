@@ -17,6 +17,7 @@ Failure rules:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import heapq
 import random
 import time
@@ -41,6 +42,13 @@ from .protocol import (
     encode,
     encode_request,
 )
+
+# The API sets this per request; calls made in that context carry it to the store, which names
+# it in its slow-command log lines (``_request_id``, removed before the engine sees the args).
+current_request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "store_request_id", default=None
+)
+REQUEST_ID_ARG = "_request_id"
 
 Caller = Callable[[str, dict[str, Any]], Awaitable[Any]]
 OnConnect = Callable[[Caller], Awaitable[None]]
@@ -245,6 +253,9 @@ class StoreClient:
     ) -> Any:
         rid = self._next_id
         self._next_id = rid + 1 if rid < 2**62 else 1
+        request_id = current_request_id.get()
+        if request_id is not None:
+            args = {**args, REQUEST_ID_ARG: request_id} if args else {REQUEST_ID_ARG: request_id}
         try:
             frame = encode_request(rid, command, args if args is not None else {})
         except ProtocolError as exc:

@@ -26,6 +26,7 @@ from typing import Any, cast
 import structlog
 
 from . import __version__
+from .client import REQUEST_ID_ARG
 from .durability import Durability
 from .engine import Engine
 from .errors import BadRequest, InternalError, LimitExceeded, MemoryLimit, ProtocolError, StoreError
@@ -193,6 +194,8 @@ class StoreServer:
         """Run one request and return its encoded reply frame. Never raises."""
         started = time.perf_counter()
         rid = request.request_id
+        # The API's request id, for the slow-command log only; the engine never sees it.
+        request_tag = request.args.pop(REQUEST_ID_ARG, None)
         try:
             reply = encode_result(rid, self.run(request.command, request.args))
             if len(reply) - 4 > self.settings.max_frame_bytes:
@@ -209,12 +212,11 @@ class StoreServer:
         elapsed = time.perf_counter() - started
         self.op_stats.add(request.command, elapsed)
         if elapsed > self._slow_s:
-            rid_tag = request.args.get("request_id") if isinstance(request.args, dict) else None
             log.warning(
                 "slow_command",
                 command=request.command,
                 duration_ms=round(elapsed * 1000, 2),
-                request_id=rid_tag if isinstance(rid_tag, str) else None,
+                request_id=request_tag if isinstance(request_tag, str) else None,
             )
         return reply
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, PositiveInt, model_validator
+from pydantic import Field, PositiveInt, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .protocol import MAX_FRAME_SIZE
@@ -15,7 +15,8 @@ class StoreSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="STORE_", extra="ignore")
 
     socket: Path = Path("run/store.sock")
-    # Octal permission bits of the Unix socket: owner-only unless widened on purpose.
+    # Permission bits of the Unix socket, in octal (STORE_SOCKET_MODE=0660): owner-only unless
+    # widened on purpose.
     socket_mode: int = 0o600
     # "host:port" to also listen on TCP (for API hosts on other machines); needs ``secret``.
     tcp: str | None = None
@@ -30,6 +31,21 @@ class StoreSettings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # Log commands slower than this (milliseconds).
     slow_ms: float = 50.0
+
+    @field_validator("socket_mode", mode="before")
+    @classmethod
+    def _octal(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                mode = int(value, 8)
+            except ValueError:
+                raise ValueError(
+                    "STORE_SOCKET_MODE must be octal permission bits, e.g. 0600"
+                ) from None
+            if not 0 <= mode <= 0o777:
+                raise ValueError("STORE_SOCKET_MODE must be between 0000 and 0777")
+            return mode
+        return value
 
     @model_validator(mode="after")
     def _tcp_needs_secret(self) -> StoreSettings:

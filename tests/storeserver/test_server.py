@@ -197,3 +197,29 @@ async def test_probe_reports_ready_and_absent(server, sock_dir):
     result = await loop.run_in_executor(None, probe.ping, address)
     assert result is not None and result["ready"] is True
     assert await loop.run_in_executor(None, probe.ping, f"unix:{sock_dir / 'none.sock'}") is None
+
+
+def test_socket_mode_is_read_as_octal(monkeypatch):
+    monkeypatch.setenv("STORE_SOCKET_MODE", "0660")
+    assert StoreSettings().socket_mode == 0o660
+    monkeypatch.setenv("STORE_SOCKET_MODE", "999")
+    with pytest.raises(ValueError, match="octal"):
+        StoreSettings()
+
+
+async def test_slow_commands_are_logged_with_the_callers_request_id(server, client):
+    from structlog.testing import capture_logs
+
+    from storeserver.client import current_request_id
+
+    server._slow_s = 0.0  # every command counts as slow here
+    token = current_request_id.set("req-abc.123")
+    try:
+        with capture_logs() as logs:
+            rec = await client.call("insert", {"table": "slow", "record": {"x": 1}})
+    finally:
+        current_request_id.reset(token)
+    # The engine never saw the extra argument (it rejects unknown ones), and the log names it.
+    assert rec["x"] == 1 and "_request_id" not in rec
+    slow = [x for x in logs if x.get("event") == "slow_command" and x["command"] == "insert"]
+    assert slow and slow[-1]["request_id"] == "req-abc.123"
