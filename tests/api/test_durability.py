@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from tests.support.auth import Account, login_admin, register
-from tests.support.stack import Stack, running_stack
+from tests.support.stack import Stack, running_stack, wait_until_ready, worker_pids
 from tests.support.store import wait_for_socket
 
 pytestmark = pytest.mark.integration
@@ -48,24 +48,6 @@ def admin_client(durable_stack: Stack) -> Iterator[httpx.Client]:
         admin: Account = login_admin(http)
         http.headers.update(admin.headers)
         yield http
-
-
-def wait_ready(stack: Stack, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(stack.url("/api/v1/ready"), timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(stack.logs())
-
-
-def worker_pids(stack: Stack) -> set[int]:
-    master = stack.processes["api"].pid
-    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
-    return {int(pid) for pid in children}
 
 
 def test_admin_snapshot_reports_path_and_size(admin_client: httpx.Client, durable_stack: Stack):
@@ -117,7 +99,7 @@ def test_killed_store_gives_fast_503_then_recovers_with_its_data(
     assert httpx.get(durable_stack.url("/api/v1/health"), timeout=5).status_code == 200
 
     restart_store(durable_stack)
-    wait_ready(durable_stack)
+    wait_until_ready(durable_stack, 20.0)
     again = admin_client.get(f"/api/v1/orders/{order.json()['data']['id']}")
     assert again.status_code == 200, again.text
     assert again.json()["data"]["total_price"] == "19.90"
@@ -133,7 +115,7 @@ def test_store_back_empty_gets_tables_and_admin_before_any_request():
         login_admin(http)
         stack.restart_store()
         wait_for_socket(stack.socket_path, proc=stack.processes["store"])
-        wait_ready(stack)
+        wait_until_ready(stack, 20.0)
         admin = login_admin(http)  # the account exists again
         http.headers.update(admin.headers)
         register(http, email="Again@Example.com")

@@ -7,21 +7,15 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.support.stack import Stack, running_stack
+from tests.support.stack import Stack, running_stack, worker_pids
 
 pytestmark = pytest.mark.integration
 
 CLIENTS = 8
-
-
-def worker_pids(stack: Stack) -> set[int]:
-    master = stack.processes["api"].pid
-    return {int(p) for p in Path(f"/proc/{master}/task/{master}/children").read_text().split()}
 
 
 def wait_for_workers(stack: Stack, count: int, timeout: float = 30.0) -> set[int]:

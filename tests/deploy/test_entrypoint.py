@@ -190,7 +190,11 @@ def test_data_survives_a_restart_of_the_store_service(deployed: tuple[Stack, Con
     stack, container = deployed
     api_pid = stack.processes["api"].pid
     with httpx.Client(base_url=stack.base_url, timeout=10.0) as client:
-        account = {"email": "restart-check@example.com", "full_name": "Ops", "password": "a long passphrase"}
+        account = {
+            "email": "restart-check@example.com",
+            "full_name": "Ops",
+            "password": "a long passphrase",
+        }
         assert client.post("/api/v1/users", json=account).status_code == 201
         form = {"username": account["email"], "password": account["password"]}
         token = client.post("/api/v1/auth/token", data=form).json()["access_token"]

@@ -105,6 +105,13 @@ class Stack:
                 proc.wait()
 
 
+def worker_pids(stack: Stack) -> set[int]:
+    """The gunicorn master's current worker processes (from /proc)."""
+    master = stack.processes["api"].pid
+    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    return {int(pid) for pid in children}
+
+
 def wait_until_ready(stack: Stack, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
