@@ -5,14 +5,19 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-export PORT ?= 8000
-export WEB_CONCURRENCY ?= 2
-export STORE_SOCKET ?= $(CURDIR)/run/store.sock
-export STORE_DATA_DIR ?= $(CURDIR)/data
-export STORE_FSYNC ?= everysec
-export ENV ?= development
+# Settings of `make run` (and `make backup`, which talks to the store it runs). Not exported
+# globally: tests start their own processes with their own settings.
+PORT ?= 8000
+WEB_CONCURRENCY ?= 2
+STORE_SOCKET ?= $(CURDIR)/run/store.sock
+STORE_DATA_DIR ?= $(CURDIR)/data
+STORE_FSYNC ?= everysec
+ENV ?= development
 # Prometheus multiprocess files of the gunicorn workers (emptied at each start by the entrypoint).
-export PROMETHEUS_MULTIPROC_DIR ?= $(CURDIR)/run/prometheus
+PROMETHEUS_MULTIPROC_DIR ?= $(CURDIR)/run/prometheus
+RUN_ENV = PORT=$(PORT) WEB_CONCURRENCY=$(WEB_CONCURRENCY) STORE_SOCKET=$(STORE_SOCKET) \
+	STORE_DATA_DIR=$(STORE_DATA_DIR) STORE_FSYNC=$(STORE_FSYNC) ENV=$(ENV) \
+	PROMETHEUS_MULTIPROC_DIR=$(PROMETHEUS_MULTIPROC_DIR)
 
 .DEFAULT_GOAL := help
 .PHONY: help install run test test-fast lint format clean bench-store bench-api backup \
@@ -33,7 +38,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 run: install ## start the store and the API (gunicorn) on $PORT in the foreground; Ctrl-C stops both
 	@mkdir -p run
-	@exec $(BIN)/supervisord --nodaemon --configuration deploy/supervisord.conf
+	@exec env $(RUN_ENV) $(BIN)/supervisord --nodaemon --configuration deploy/supervisord.conf
 
 test: install ## run the whole test suite (unit and integration, real processes)
 	$(BIN)/pytest --cov --cov-report=term-missing:skip-covered -q
@@ -51,7 +56,7 @@ format: install ## ruff format and autofix
 	$(BIN)/ruff check --fix .
 
 backup: install ## snapshot the running store (make run) and copy it to backups/<timestamp>/
-	$(BIN)/python -m storeserver.backup --dest backups
+	$(BIN)/python -m storeserver.backup --address $(STORE_SOCKET) --dest backups
 
 bench-store: install ## store CPU per op and throughput, side by side with redis-server
 	$(BIN)/python -m loadtests.bench_store

@@ -7,6 +7,7 @@ behaviour other than access control need no token handling; ``anon`` has no toke
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import httpx
@@ -16,6 +17,16 @@ from tests.support.auth import Account, login_admin
 from tests.support.stack import Stack, running_stack
 
 CORS_ORIGIN = "https://app.example.com"
+
+# The suite starts its own stores and workers with their own settings; settings inherited from
+# the shell (or from `make run`'s) would leak into them, e.g. a shared STORE_DATA_DIR.
+_SERVICE_SETTINGS = (
+    "ENV", "PORT", "HOST", "WEB_CONCURRENCY", "JWT_SECRET", "RATE_LIMIT", "AUTH_RATE_LIMIT",
+    "ADMIN_EMAIL", "ADMIN_PASSWORD", "CORS_ORIGINS", "TRUSTED_PROXIES", "MAX_BODY_BYTES",
+    "PROMETHEUS_MULTIPROC_DIR", "LOG_LEVEL",
+)  # fmt: skip
+for _name in [n for n in os.environ if n.startswith("STORE_") or n in _SERVICE_SETTINGS]:
+    del os.environ[_name]
 
 
 @pytest.fixture(scope="session")
