@@ -20,7 +20,7 @@ RUN_ENV = PORT=$(PORT) WEB_CONCURRENCY=$(WEB_CONCURRENCY) STORE_SOCKET=$(STORE_S
 	PROMETHEUS_MULTIPROC_DIR=$(PROMETHEUS_MULTIPROC_DIR)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-fast lint format clean bench-store bench-api backup \
+.PHONY: help install run test test-fast lint format clean bench-store bench-api bench-durability backup \
 	docker-build docker-run docker-stop
 
 help: ## list the targets
@@ -60,6 +60,9 @@ backup: install ## snapshot the running store (make run) and copy it to backups/
 
 bench-store: install ## store CPU per op and throughput, side by side with redis-server
 	$(BIN)/python -m loadtests.bench_store
+
+bench-durability: install ## insert CPU per fsync policy vs redis AOF; 1M-record snapshot, stall, restart
+	$(BIN)/python -m loadtests.bench_durability
 
 bench-api: install ## GET /users/{id} through gunicorn vs a minimal in-process FastAPI app
 	$(BIN)/python -m loadtests.bench_api
