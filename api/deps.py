@@ -141,20 +141,31 @@ def not_found(table: str, record_id: str) -> NotFound:
 
 
 async def authorize_user(
-    caller: CurrentUser, user_id: Annotated[str, Path(max_length=128, description="User id")]
+    caller: Caller, user_id: Annotated[str, Path(max_length=128, description="User id")]
 ) -> str:
-    """Yourself, or anyone for an admin; someone else's id is 404. Yields the user id."""
+    """Yourself, or anyone for an admin; someone else's id is 404. Yields the user id.
+
+    Takes ``Caller`` and makes ``require_user``'s check itself (401 first): one dependency
+    level less on the hottest routes, the same answers.
+    """
+    if caller.id is None:
+        raise not_authenticated()
     if caller.id != user_id and not caller.is_admin:
         raise not_found(users.TABLE, user_id)
     return user_id
 
 
 async def authorize_order(
-    caller: CurrentUser,
+    caller: Caller,
     store: StoreDep,
     order_id: Annotated[str, Path(max_length=128, description="Order id")],
 ) -> str:
-    """Your own order, or any for an admin; someone else's is 404. Yields the order id."""
+    """Your own order, or any for an admin; someone else's is 404. Yields the order id.
+
+    Like ``authorize_user``: ``require_user``'s 401 check made here, one level less.
+    """
+    if caller.id is None:
+        raise not_authenticated()
     if not caller.is_admin:
         order = await store.call("get", {"table": orders.TABLE, "id": order_id})
         if order.get("user_id") != caller.id:

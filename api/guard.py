@@ -47,6 +47,11 @@ EXEMPT_PATHS = frozenset(
 )
 
 
+_LIMIT_HEADER_NAMES = frozenset(
+    {b"x-rate-limit-limit", b"x-rate-limit-remaining", b"x-rate-limit-reset"}
+)
+
+
 class RequestGuardMiddleware:
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
@@ -108,9 +113,19 @@ class RequestGuardMiddleware:
 
         async def send_with_limits(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                for name, value in extra.items():
-                    headers[name] = value
+                raw = message.get("headers") or ()
+                if any(name.lower() in _LIMIT_HEADER_NAMES for name, _ in raw):
+                    headers = MutableHeaders(scope=message)  # replace the app's, as before
+                    for name, value in extra.items():
+                        headers[name] = value
+                else:  # the same headers appended, in a new list (a Response may resend its own)
+                    message["headers"] = [
+                        *raw,
+                        *(
+                            (name.lower().encode("latin-1"), value.encode("latin-1"))
+                            for name, value in extra.items()
+                        ),
+                    ]
             await send(message)
 
         await self.app(scope, receive, send_with_limits)

@@ -4,6 +4,10 @@ Everything goes through the standard library's ``logging`` to one handler whose 
 structlog's ``ProcessorFormatter``: structlog events (``structlog.get_logger(...)``) and foreign
 records (gunicorn, uvicorn, libraries) get the same fields and the same JSON rendering (orjson).
 
+The per-request access line takes a shorter road to the same output (``write_access_line``):
+when every handler it would reach is a ``JsonLineHandler`` with our formatter, the line is
+built here, with the same fields in the same order, and written directly.
+
 Each line is written with a single ``os.write``: under gunicorn several processes share stdout,
 and a line written in pieces would interleave with another process's line and stop being JSON.
 
@@ -15,6 +19,8 @@ contextvars by the request middleware), and on the access line ``status``, ``dur
 
 from __future__ import annotations
 
+import contextvars
+import datetime
 import logging
 import os
 from typing import Any
@@ -57,7 +63,7 @@ SHARED_PROCESSORS: list[Processor] = [
 
 def json_formatter() -> structlog.stdlib.ProcessorFormatter:
     """The formatter that renders every record as one JSON object."""
-    return structlog.stdlib.ProcessorFormatter(
+    formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=SHARED_PROCESSORS,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
@@ -66,6 +72,8 @@ def json_formatter() -> structlog.stdlib.ProcessorFormatter:
             structlog.processors.JSONRenderer(serializer=_dumps),
         ],
     )
+    formatter.memdb_json = True  # type: ignore[attr-defined]  # see ``direct_fds``
+    return formatter
 
 
 class JsonLineHandler(logging.Handler):
@@ -84,6 +92,80 @@ class JsonLineHandler(logging.Handler):
                 data = data[os.write(self.fd, data) :]
         except Exception:
             self.handleError(record)
+
+
+# structlog's level, once ``configure_logging`` has run (None: not configured by us).
+_structlog_level: int | None = None
+_UTC = datetime.UTC
+_CONTEXT_PREFIX = structlog.contextvars.STRUCTLOG_KEY_PREFIX
+_CONTEXT_PREFIX_LEN = len(_CONTEXT_PREFIX)
+
+
+def direct_fds(logger: logging.Logger, level: int) -> list[int] | None:
+    """The descriptors a record of ``logger`` at ``level`` would be written to, if it would only
+    reach ``JsonLineHandler``s rendering with ``json_formatter`` (else None: go through logging).
+
+    ``[]`` means the record would be dropped. Checked on every call: handlers may change.
+    """
+    if _structlog_level is None or level < _structlog_level:
+        return None
+    if logger.disabled or logger.filters or not logger.isEnabledFor(level):
+        return None
+    fds: list[int] = []
+    found = False
+    current: logging.Logger | None = logger
+    while current is not None:
+        for handler in current.handlers:
+            found = True
+            if level < handler.level:
+                continue
+            if (
+                type(handler) is not JsonLineHandler
+                or handler.filters
+                or not getattr(handler.formatter, "memdb_json", False)
+            ):
+                return None
+            fds.append(handler.fd)
+        if not current.propagate:
+            break
+        current = current.parent
+    return fds if found else None  # no handler at all: logging's last resort decides
+
+
+def _fallback(obj: Any) -> Any:
+    """What structlog's JSONRenderer does with values JSON cannot hold."""
+    method = getattr(obj, "__structlog__", None)
+    return method() if method is not None else repr(obj)
+
+
+def write_access_line(fds: list[int], logger_name: str, event: str, fields: dict[str, Any]) -> None:
+    """One info line, as ``structlog.get_logger(logger_name).info(event, **fields)`` renders it
+    through ``json_formatter``: same fields, same order, one ``os.write`` per descriptor."""
+    line: dict[str, Any] = {
+        "timestamp": datetime.datetime.now(tz=_UTC).isoformat().replace("+00:00", "Z"),
+        "level": "info",
+        "event": event,
+    }
+    for key, value in fields.items():
+        if key not in line:
+            line[key] = value
+    ctx = contextvars.copy_context()
+    for var in ctx:
+        name = var.name
+        if name.startswith(_CONTEXT_PREFIX):
+            value = ctx[var]
+            if value is not Ellipsis:
+                line.setdefault(name[_CONTEXT_PREFIX_LEN:], value)
+    line["logger"] = logger_name
+    line.setdefault("process", PROCESS)
+    line["pid"] = os.getpid()
+    payload = orjson.dumps(
+        line, default=_fallback, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_APPEND_NEWLINE
+    )
+    for fd in fds:
+        data = memoryview(payload)
+        while data:
+            data = data[os.write(fd, data) :]
 
 
 def logging_config(level: str) -> dict[str, Any]:
@@ -115,12 +197,14 @@ def configure_logging(level: str) -> None:
     Under gunicorn the master already applied ``logging_config`` (its ``logconfig_dict``) and the
     workers inherit it; under pytest the root logger belongs to pytest.
     """
+    global _structlog_level
     structlog.configure(
         processors=[*SHARED_PROCESSORS, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=structlog.stdlib.LoggerFactory(),
         cache_logger_on_first_use=True,
     )
+    _structlog_level = logging.getLevelName(level.upper())
     root = logging.getLogger()
     if not root.handlers:
         handler = JsonLineHandler()

@@ -5,10 +5,12 @@ Middleware is pure ASGI: ``BaseHTTPMiddleware`` costs a task and a queue per req
 
 from __future__ import annotations
 
+import itertools
+import logging
 import os
 import re
+import secrets
 import time
-import uuid
 from typing import Any
 
 import structlog
@@ -17,11 +19,58 @@ from starlette.datastructures import MutableHeaders
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.headers import security_headers_for
+from api.headers import SECURITY_HEADERS, security_headers_for
+from api.logs import direct_fds, write_access_line
 from api.settings import Settings
+from storeserver.client import current_request_id
 
 SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
-access_log = structlog.get_logger("api.access")
+ACCESS_LOGGER = "api.access"
+access_log = structlog.get_logger(ACCESS_LOGGER)
+_access_stdlib = logging.getLogger(ACCESS_LOGGER)
+
+
+class _RequestIds:
+    """Unique request ids, cheaper than ``uuid4``: a random per-process prefix (64 bits, new in
+    every forked child) and a counter; 32 lowercase hex characters, like ``uuid4().hex``."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.prefix = secrets.token_hex(8)
+        self.counter = itertools.count()
+
+    def next(self) -> str:
+        return f"{self.prefix}{next(self.counter):016x}"
+
+
+_request_ids = _RequestIds()
+os.register_at_fork(after_in_child=_request_ids.reset)
+
+# Encoded once: (lowercased name, value) pairs as MutableHeaders would store them.
+_encoded: dict[int, tuple[dict[str, str], list[tuple[bytes, bytes]]]] = {}
+
+
+# Every name the middleware may add (any path); a response already carrying one takes the
+# slower path that replaces it.
+_OUR_HEADER_NAMES = frozenset(
+    {b"x-request-id", b"x-worker-pid"}
+    | {
+        name.lower().encode("latin-1")
+        for headers in (SECURITY_HEADERS.default, *SECURITY_HEADERS.by_path.values())
+        for name in headers
+    }
+)
+
+
+def _encoded_headers(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    """The raw form of one of the (static) security header sets, computed once per set."""
+    cached = _encoded.get(id(headers))
+    if cached is None or cached[0] is not headers:
+        raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+        cached = _encoded[id(headers)] = (headers, raw)
+    return cached[1]
 
 
 def request_id_of(scope: Scope) -> str:
@@ -66,6 +115,13 @@ def log_access(scope: Scope, status: int, started: float, error: str | None) -> 
         fields["user_id"] = user_id
     if error is not None:
         fields["error"] = error  # raised after (or instead of) the response
+    fds = direct_fds(_access_stdlib, logging.INFO)
+    if fds is not None:
+        try:
+            write_access_line(fds, ACCESS_LOGGER, "access", fields)
+            return
+        except Exception:  # e.g. a value JSON cannot hold: let logging report it
+            pass
     access_log.info("access", **fields)
 
 
@@ -94,25 +150,36 @@ class RequestIdMiddleware:
                     request_id = candidate
                 break
         if not request_id:
-            request_id = uuid.uuid4().hex
+            request_id = _request_ids.next()
         started = time.perf_counter()
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(
             request_id=request_id, method=scope["method"], path=scope["path"]
         )
+        current_request_id.set(request_id)  # store calls carry it into slow-command log lines
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         state["expose_worker_pid"] = self.expose_worker_pid
-        extra = response_headers_for(scope)
+        # The same headers as ``response_headers_for``, in the same order, already encoded.
+        extra = [(b"x-request-id", request_id.encode("latin-1"))]
+        extra += _encoded_headers(security_headers_for(scope["path"]))
+        if self.expose_worker_pid:
+            extra.append((b"x-worker-pid", str(os.getpid()).encode("latin-1")))
         status = 500  # if the app raises before answering, the server error handler sends 500
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                headers = MutableHeaders(scope=message)
-                for name, value in extra.items():
-                    headers[name] = value
+                raw = message.get("headers") or ()
+                if any(name.lower() in _OUR_HEADER_NAMES for name, _ in raw):
+                    # The app set one of them: replace it, as MutableHeaders does.
+                    headers = MutableHeaders(scope=message)
+                    for name, value in extra:
+                        headers[name.decode("latin-1")] = value.decode("latin-1")
+                else:
+                    # A new list: a Response may send the same header list object again.
+                    message["headers"] = [*raw, *extra]
             await send(message)
 
         error: str | None = None

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import resource
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -37,7 +38,7 @@ from storeserver.errors import BadRequest, InternalError, LimitExceeded, StoreEr
 from storeserver.keyvalue import KeyValueStore
 from storeserver.ratelimit import FixedWindowCounters
 from storeserver.reads import DEFAULT_LIMIT, RecordReader
-from storeserver.records import copy_value
+from storeserver.records import SHARED_STRING_LENGTH, copy_value
 from storeserver.scans import ScanCursors
 from storeserver.writes import RecordWriter, Undo
 
@@ -202,6 +203,7 @@ class Engine:
         if kind == "put":
             _, name, record = change
             table = catalog.tables.get(name) or catalog.add_empty(name)
+            record = self._share_strings(table, record)
             old = table.rows.get(record["id"])
             if old is None:
                 table.insert(record)
@@ -224,6 +226,25 @@ class Engine:
             self._kv.delete(change[1])
         else:
             raise InternalError(f"unknown journal entry {kind!r}", {"entry": repr(kind)})
+
+    def _share_strings(self, table: Any, record: dict[str, Any]) -> dict[str, Any]:
+        """Share string objects the way live writes do (``records.copy_fields``), so a store
+        loaded from disk is as small as the one that wrote it: short values interned,
+        ``updated_at`` the same object as an equal ``created_at``, and a foreign key the
+        referenced row's own id string. About 270 bytes per order record."""
+        shared: dict[str, Any] = {}
+        for key, value in record.items():
+            if type(value) is str and len(value) <= SHARED_STRING_LENGTH:
+                value = sys.intern(value)
+            shared[sys.intern(key)] = value
+        if shared.get("updated_at") == shared.get("created_at"):
+            shared["updated_at"] = shared.get("created_at")
+        for field, target_name in table.foreign_keys.items():
+            value = shared.get(field)
+            target = self._catalog.tables.get(target_name)
+            if type(value) is str and target is not None and value in target.rows:
+                shared[field] = target.rows[value]["id"]
+        return shared
 
     def iter_state(self) -> Iterator[tuple[Any, ...]]:
         """The whole state as journal entries (tables first, then rows and keys), for snapshots.

@@ -76,10 +76,12 @@ Message = Hello | Request | Result | Error
 
 
 def _default(obj: Any) -> Any:
-    if isinstance(obj, Decimal):
+    if type(obj) is Decimal or isinstance(obj, Decimal):
         if not obj.is_finite():
             raise ProtocolError("only finite decimals can be encoded")
-        return msgpack.ExtType(_DECIMAL_EXT, str(obj).encode("ascii"))
+        # tuple.__new__ skips ExtType.__new__'s argument checks (~0.5 us per money value);
+        # the arguments are known good here.
+        return tuple.__new__(msgpack.ExtType, (_DECIMAL_EXT, str(obj).encode("ascii")))
     if isinstance(obj, tuple):
         return list(obj)
     raise TypeError(f"cannot encode {type(obj).__name__}")

@@ -1549,3 +1549,25 @@ def test_iter_state_replays_into_an_equal_engine():
         assert copy.execute("find", args) == source.execute("find", args)
     assert copy.execute("kv_get", {"key": "k"}) == [1, 2]
     assert copy.stats()["tables"] == source.stats()["tables"]
+
+
+def test_replayed_records_share_strings_like_live_ones():
+    """A store loaded from its log must not be bigger than the one that wrote it."""
+    from storeserver.engine import Engine
+    from storeserver.protocol import pack_value, unpack_value
+
+    live = Engine()
+    live.execute("create_table", {"table": "u"})
+    live.execute("create_table", {"table": "o", "foreign_keys": [{"field": "uid", "table": "u"}]})
+    user = live.execute("insert", {"table": "u", "record": {"name": "ann"}})
+    live.execute("insert", {"table": "o", "record": {"uid": user["id"], "status": "new"}})
+    live.execute("insert", {"table": "o", "record": {"uid": user["id"], "status": "new"}})
+    loaded = Engine()
+    for change in live.iter_state():  # through msgpack, as the log and snapshot files are
+        loaded.apply_change(tuple(unpack_value(pack_value(list(change)))))
+    u = loaded.execute("get", {"table": "u", "id": user["id"]})
+    first, second = loaded.execute("find", {"table": "o"})["items"]
+    assert first["uid"] is u["id"]  # the foreign key shares the user's id string
+    assert first["status"] is second["status"]  # short values interned
+    assert first["updated_at"] is first["created_at"]
+    assert loaded.execute("find", {"table": "o"}) == live.execute("find", {"table": "o"})
