@@ -19,58 +19,12 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_stat
 from storeserver.engine import Engine
 from storeserver.errors import StoreError
 from storeserver.query import index_key
+from tests.storeserver.reference import rank as kind
+from tests.storeserver.reference import ref_cmp, ref_eq
 
 Row = dict[str, Any]
 
 # -- the reference semantics, written from docs/STORE.md --------------------------------------
-
-
-def kind(v: Any) -> int:
-    if v is None:
-        return 0
-    if isinstance(v, bool):
-        return 1
-    if isinstance(v, (int, float, Decimal)):
-        return 2
-    if isinstance(v, str):
-        return 3
-    if isinstance(v, list):
-        return 4
-    return 5
-
-
-def ref_eq(a: Any, b: Any) -> bool:
-    if kind(a) != kind(b):
-        return False
-    if isinstance(a, list):
-        return len(a) == len(b) and all(ref_eq(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(ref_eq(a[k], b[k]) for k in a)
-    return bool(a == b)
-
-
-def ref_cmp(a: Any, b: Any) -> int:
-    ka, kb = kind(a), kind(b)
-    if ka != kb:
-        return -1 if ka < kb else 1
-    if ka == 0:
-        return 0
-    if ka == 4:
-        for x, y in zip(a, b, strict=False):
-            c = ref_cmp(x, y)
-            if c:
-                return c
-        return (len(a) > len(b)) - (len(a) < len(b))
-    if ka == 5:
-        keys_a, keys_b = sorted(a), sorted(b)
-        for x, y in zip(keys_a, keys_b, strict=False):
-            if x != y:
-                return -1 if x < y else 1
-            c = ref_cmp(a[x], b[y])
-            if c:
-                return c
-        return (len(keys_a) > len(keys_b)) - (len(keys_a) < len(keys_b))
-    return (a > b) - (a < b)
 
 
 def read(row: Row, path: str) -> Any:

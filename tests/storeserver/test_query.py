@@ -24,48 +24,9 @@ from storeserver.query import (
     top,
     values_equal,
 )
+from tests.storeserver.reference import ref_cmp
 
 # -- a reference order, written independently of query.sort_key -----------------------------
-
-
-def _rank(v: Any) -> int:
-    if v is None:
-        return 0
-    if isinstance(v, bool):
-        return 1
-    if isinstance(v, (int, float, Decimal)):
-        return 2
-    if isinstance(v, str):
-        return 3
-    if isinstance(v, list):
-        return 4
-    if isinstance(v, dict):
-        return 5
-    return 6
-
-
-def ref_cmp(a: Any, b: Any) -> int:
-    ra, rb = _rank(a), _rank(b)
-    if ra != rb:
-        return -1 if ra < rb else 1
-    if ra == 0:
-        return 0
-    if ra == 4:
-        for x, y in zip(a, b, strict=False):
-            c = ref_cmp(x, y)
-            if c:
-                return c
-        return (len(a) > len(b)) - (len(a) < len(b))
-    if ra == 5:
-        ka, kb = sorted(a), sorted(b)
-        for x, y in zip(ka, kb, strict=False):
-            if x != y:
-                return -1 if x < y else 1
-            c = ref_cmp(a[x], b[y])
-            if c:
-                return c
-        return (len(ka) > len(kb)) - (len(ka) < len(kb))
-    return (a > b) - (a < b)
 
 
 scalars = st.one_of(
