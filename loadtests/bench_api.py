@@ -32,13 +32,10 @@ import json
 import os
 import re
 import secrets
-import shutil
-import signal
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -61,6 +58,7 @@ from .servers import (
     ensure_apt,
     machine_busy_fraction,
     machine_cpu_seconds,
+    run_collecting,
     start_store,
 )
 
@@ -756,18 +754,10 @@ def main(argv: list[str] | None = None) -> int:
     data: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     data["command"] = " ".join(["python -m loadtests.bench_api", *argv])
     data["rounds"], data["run_s"] = rounds, run_s
-    procs = Processes()
-    tmp = Path(tempfile.mkdtemp(prefix="bench-api-"))
-    # SIGTERM ends the run like Ctrl-C does: through the finally below.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    try:
-        collect(procs, tmp, data, rounds, run_s)
-    except KeyboardInterrupt:
-        log("interrupted: stopping every process started")
+    if not run_collecting(
+        "bench-api-", lambda procs, tmp: collect(procs, tmp, data, rounds, run_s), log
+    ):
         return 130
-    finally:
-        procs.stop_all()
-        shutil.rmtree(tmp, ignore_errors=True)
     data["runtime_s"] = time.monotonic() - started
     rows = build_rows(data)
     print()

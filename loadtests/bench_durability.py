@@ -35,13 +35,11 @@ import io
 import json
 import os
 import random
-import shutil
 import signal
 import socket
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -62,6 +60,7 @@ from .servers import (
     machine_busy_fraction,
     machine_cpu_seconds,
     rss_bytes,
+    run_collecting,
     wait_for_unix_socket,
 )
 from .store_driver import order_record
@@ -689,18 +688,10 @@ def main(argv: list[str] | None = None) -> int:
     data: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     data["command"] = " ".join(["python -m loadtests.bench_durability", *argv])
     data["load"] = {"connections": CONNECTIONS, "drivers": DRIVERS, "pipeline": 1}
-    procs = Processes()
-    tmp = Path(tempfile.mkdtemp(prefix="bench-durability-"))
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    try:
-        collect(procs, tmp, data, large)
-    except KeyboardInterrupt:
-        log("interrupted: stopping every process started")
+    if not run_collecting(
+        "bench-durability-", lambda procs, tmp: collect(procs, tmp, data, large), log
+    ):
         return 130
-    finally:
-        procs.stop_all()
-        shutil.rmtree(tmp, ignore_errors=True)
     data["runtime_s"] = time.monotonic() - started
     rows = build_rows(data)
     print()

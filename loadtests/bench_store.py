@@ -26,11 +26,8 @@ import asyncio
 import csv
 import io
 import json
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -49,6 +46,7 @@ from .servers import (
     machine_busy_fraction,
     machine_cpu_seconds,
     rss_bytes,
+    run_collecting,
     start_redis,
     start_store,
 )
@@ -311,20 +309,10 @@ def main(argv: list[str] | None = None) -> int:
     data: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     data["command"] = "python -m loadtests.bench_store " + " ".join(argv)
     data["load"] = {"connections": CONNECTIONS, "drivers": DRIVERS, "pipeline": PIPELINE}
-    procs = Processes()
-    tmp = Path(tempfile.mkdtemp(prefix="bench-store-"))
-    # Ctrl-C and SIGTERM end the run through the finally below, which stops every child. SIGINT
-    # is set explicitly: a shell starting us in the background would have it ignored.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    try:
-        collect(procs, tmp, data, skip_large)
-    except KeyboardInterrupt:
-        log("interrupted: stopping every process started")
+    if not run_collecting(
+        "bench-store-", lambda procs, tmp: collect(procs, tmp, data, skip_large), log
+    ):
         return 130
-    finally:
-        procs.stop_all()
-        shutil.rmtree(tmp, ignore_errors=True)
     data["runtime_s"] = time.monotonic() - started
     rows = build_rows(data)
     print()

@@ -15,7 +15,9 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -167,3 +169,25 @@ def start_store(procs: Processes, tmp: Path) -> tuple[subprocess.Popen, Path]:
     log.close()
     wait_for_unix_socket(sock, proc)
     return proc, sock
+
+
+def run_collecting(
+    prefix: str, collect: Callable[[Processes, Path], None], log: Callable[[str], None]
+) -> bool:
+    """Run ``collect(procs, tmp)`` with a process registry and a temporary directory, and stop
+    every process and remove the directory whatever happens. Ctrl-C and SIGTERM end the run
+    through the same cleanup (SIGINT is set explicitly: a shell starting us in the background
+    would have it ignored). False when interrupted."""
+    procs = Processes()
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        collect(procs, tmp)
+    except KeyboardInterrupt:
+        log("interrupted: stopping every process started")
+        return False
+    finally:
+        procs.stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return True
