@@ -10,6 +10,7 @@ unless admin; anything else is the same 404 as a record that does not exist).
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Header, Path, Query, Request
@@ -262,24 +263,23 @@ def _list_query(
     return build_list_query(params, page, sort, after, before, fields)
 
 
-async def parse_user_list_query(
-    request: Request,
-    page: PageParams,
-    sort: SortParam = None,
-    created_after: CreatedAfter = None,
-    created_before: CreatedBefore = None,
-) -> ListQuery:
-    return _list_query(request, page, sort, created_after, created_before, users.FIELDS)
+def typed_list_query(fields: Fields) -> Callable[..., Awaitable[ListQuery]]:
+    """The list-query dependency of a typed resource whose filterable fields are ``fields``."""
+
+    async def parse(
+        request: Request,
+        page: PageParams,
+        sort: SortParam = None,
+        created_after: CreatedAfter = None,
+        created_before: CreatedBefore = None,
+    ) -> ListQuery:
+        return _list_query(request, page, sort, created_after, created_before, fields)
+
+    return parse
 
 
-async def parse_order_list_query(
-    request: Request,
-    page: PageParams,
-    sort: SortParam = None,
-    created_after: CreatedAfter = None,
-    created_before: CreatedBefore = None,
-) -> ListQuery:
-    return _list_query(request, page, sort, created_after, created_before, orders.FIELDS)
+parse_user_list_query = typed_list_query(users.FIELDS)
+parse_order_list_query = typed_list_query(orders.FIELDS)
 
 
 async def parse_data_list_query(
