@@ -30,8 +30,6 @@ Results: a table on stdout, ``loadtests/results/bench_durability.json`` and
 from __future__ import annotations
 
 import asyncio
-import csv
-import io
 import json
 import os
 import random
@@ -49,12 +47,12 @@ from storeserver.client import StoreClient
 from storeserver.probe import ping
 from storeserver.protocol import PROTOCOL_VERSION, Hello, Request, encode
 
+from .bench_store import redis_benchmark
 from .report import Row, machine_info, render_markdown, render_text
 from .servers import (
     ROOT,
     Processes,
     child_pids,
-    children_cpu_seconds,
     cpu_times,
     ensure_redis,
     machine_busy_fraction,
@@ -151,33 +149,6 @@ def forget(procs: Processes, proc: subprocess.Popen) -> None:
 # -- 1. insert throughput and CPU per op -------------------------------------------------------
 
 
-def redis_set(sock: Path, pid: int, n: int) -> dict[str, Any]:
-    cmd = ["redis-benchmark", "-s", str(sock), "-c", str(CONNECTIONS), "-n", str(n)]
-    cmd += ["-t", "set", "-r", "100000", "-P", "1", "--csv"]
-    (user0, sys0), gen0, wall0 = cpu_times(pid), children_cpu_seconds(), time.monotonic()
-    busy0, total0 = machine_cpu_seconds()
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    wall = time.monotonic() - wall0
-    busy1, total1 = machine_cpu_seconds()
-    user1, sys1 = cpu_times(pid)
-    server_cpu, gen_cpu = user1 - user0 + sys1 - sys0, children_cpu_seconds() - gen0
-    others = (busy1 - busy0 - server_cpu - gen_cpu) / max(1e-9, total1 - total0)
-    rows = [r for r in csv.reader(io.StringIO(out)) if r and r[0] != "test"]
-    if not rows:
-        raise RuntimeError(f"no CSV result from redis-benchmark: {out!r}")
-    return {
-        "server": "redis",
-        "ops": n,
-        "ops_per_s": float(rows[0][1]),
-        "server_cpu_us": server_cpu / n * 1e6,
-        "server_sys_us": (sys1 - sys0) / n * 1e6,
-        "loadgen_cpu_us": gen_cpu / n * 1e6,
-        "wall_s": wall,
-        "p50_ms": float(rows[0][4]) if len(rows[0]) > 4 else None,
-        "others_busy": max(0.0, others),
-    }
-
-
 class Drivers:
     """``loadtests.store_driver`` processes (one JSON line per command and per result)."""
 
@@ -258,9 +229,9 @@ def policy_case(procs: Processes, tmp: Path, policy: str) -> dict[str, Any]:
     rdir.mkdir()
     redis_proc, redis_sock = start_redis_aof(procs, rdir, policy)
     try:
-        warm = redis_set(redis_sock, redis_proc.pid, 20_000)
+        warm = redis_benchmark(redis_sock, redis_proc.pid, "set", 20_000, 1)
         n = int(max(20_000, round(warm["ops_per_s"] * RUN_S, -4)))
-        case["redis"] = redis = redis_set(redis_sock, redis_proc.pid, n)
+        case["redis"] = redis = redis_benchmark(redis_sock, redis_proc.pid, "set", n, 1)
         aof = sum(p.stat().st_size for p in rdir.rglob("*.aof"))
         redis["aof_bytes"] = aof
     finally:
