@@ -49,13 +49,19 @@ current_request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "store_request_id", default=None
 )
 REQUEST_ID_ARG = "_request_id"
+# The API sets this per request to ``{"user_id": str|None, "role": str|None}``; calls made in
+# that context carry it (``_actor``) and the store names it in its audit entries.
+current_actor: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "store_actor", default=None
+)
+ACTOR_ARG = "_actor"
 
 Caller = Callable[[str, dict[str, Any]], Awaitable[Any]]
 OnConnect = Callable[[Caller], Awaitable[None]]
 
 READ_COMMANDS = frozenset(
     {"ping", "get", "get_many", "find", "count", "join", "aggregate", "list_tables", "stats"}
-    | {"kv_get", "kv_get_many"}
+    | {"kv_get", "kv_get_many", "list_indexes", "audit_list", "describe"}
 )
 
 
@@ -256,6 +262,9 @@ class StoreClient:
         request_id = current_request_id.get()
         if request_id is not None:
             args = {**args, REQUEST_ID_ARG: request_id} if args else {REQUEST_ID_ARG: request_id}
+        actor = current_actor.get() if command not in READ_COMMANDS else None
+        if actor is not None:  # only writes are audited: reads do without the bytes
+            args = {**args, ACTOR_ARG: actor} if args else {ACTOR_ARG: actor}
         try:
             frame = encode_request(rid, command, args if args is not None else {})
         except ProtocolError as exc:

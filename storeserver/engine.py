@@ -12,7 +12,11 @@ Design notes:
 - Single commands check everything before changing anything. ``batch`` runs its operations
   with an undo log and rolls everything back on the first failure.
 - Every change is appended to a journal list drained by ``drain_changes`` (for the append-only
-  log); ``apply_change`` replays an entry. A failed command leaves nothing in it.
+  log); ``apply_change`` replays an entry. A failed command leaves nothing in it, nor in the
+  audit log (``audit.py``: entries are committed when the command succeeds).
+- Commands that would read a big table at once (``create_index``, ``set_schema``) return a
+  ``builds.Job`` instead of a result; the server calls ``advance`` once per loop turn until it
+  is done (``run_job`` does it all at once, for callers without a loop).
 """
 
 from __future__ import annotations
@@ -33,13 +37,26 @@ from storeserver.arguments import (
     required_str,
     table_name,
 )
+from storeserver.audit import AuditLog, parse_actor
+from storeserver.batchrefs import REF_ARGS, resolve_refs
+from storeserver.builds import CHUNK, IndexBuild, Job, SchemaCheck
+from storeserver.bulk import BulkWriter
 from storeserver.catalog import Catalog, TableSpec
-from storeserver.errors import BadRequest, InternalError, LimitExceeded, StoreError, UnknownCommand
+from storeserver.errors import (
+    BadRequest,
+    Conflict,
+    InternalError,
+    LimitExceeded,
+    StoreError,
+    UnknownCommand,
+)
 from storeserver.keyvalue import KeyValueStore
+from storeserver.query import check_field
 from storeserver.ratelimit import FixedWindowCounters
 from storeserver.reads import DEFAULT_LIMIT, RecordReader
 from storeserver.records import SHARED_STRING_LENGTH, copy_value
 from storeserver.scans import ScanCursors
+from storeserver.schemas import TableSchema
 from storeserver.writes import RecordWriter, Undo
 
 MAX_KEY_LENGTH = 1024
@@ -48,7 +65,10 @@ MAX_PENDING_CHANGES = 100_000
 
 _CREATE_TABLE_ARGS = frozenset({"table", "indexes", "foreign_keys", "hidden"})
 _CREATE_INDEX_ARGS = frozenset({"table", "field", "unique", "casefold"})
-_SCAN_ARGS = frozenset({"table", "cursor", "limit", "include_hidden"})
+_INDEX_ARGS = frozenset({"table", "field"})
+_TABLE_ARGS = frozenset({"table"})
+_SET_SCHEMA_ARGS = frozenset({"table", "schema", "force"})
+_SCAN_ARGS = frozenset({"table", "cursor", "limit", "include_hidden", "fields"})
 _KV_SET_ARGS = frozenset({"key", "value", "ttl", "nx"})
 _KEY_ARGS = frozenset({"key"})
 _KEYS_ARGS = frozenset({"keys"})
@@ -60,11 +80,15 @@ class Engine:
         {
             "create_table",
             "create_index",
+            "drop_index",
+            "set_schema",
             "insert",
             "replace",
             "patch",
             "delete",
             "batch",
+            "update_where",
+            "delete_where",
             "kv_set",
             "kv_delete",
         }
@@ -84,14 +108,24 @@ class Engine:
         max_batch: int = 1000,
         max_in: int = 1000,
         journal: bool = True,
+        max_bulk_rows: int = 10_000,
+        audit_max_entries: int = 100_000,
+        audit_max_age: float = 0.0,
     ) -> None:
-        """``journal=False`` stops recording changes (when nothing calls ``drain_changes``)."""
+        """``journal=False`` stops recording changes (when nothing calls ``drain_changes``).
+
+        ``max_bulk_rows``: default and ceiling of ``update_where``/``delete_where``'s
+        ``max_rows``; ``audit_max_*``: the audit log's bounds (age in seconds, 0 = none).
+        """
         self._clock = clock
         self._started = clock()
         self.max_batch = max_batch
         self.max_limit = max_limit
         self._catalog = Catalog(max_tables)
-        self._writer = RecordWriter(self._catalog, clock, journal)
+        self.audit = AuditLog(clock, audit_max_entries, audit_max_age)
+        self._writer = RecordWriter(self._catalog, clock, journal, self.audit)
+        self.audit.stamp = self._writer.timestamps
+        self._bulk = BulkWriter(self._writer, max_bulk_rows, max_in)
         self._reader = RecordReader(self._catalog, max_limit, max_in)
         self._scans = ScanCursors(clock)
         self._kv = KeyValueStore(clock)
@@ -100,6 +134,9 @@ class Engine:
         self._handlers: dict[str, Callable[[Args], Any]] = {
             "create_table": self._create_table,
             "create_index": self._create_index,
+            "drop_index": self._drop_index,
+            "list_indexes": self._list_indexes,
+            "set_schema": self._set_schema,
             "list_tables": self._list_tables,
             "insert": w.insert,
             "get": r.get,
@@ -111,7 +148,11 @@ class Engine:
             "count": r.count,
             "join": r.join,
             "aggregate": r.aggregate,
+            "describe": r.describe,
             "batch": self._batch,
+            "update_where": self._bulk.update_where,
+            "delete_where": self._bulk.delete_where,
+            "audit_list": self._audit_list,
             "scan": self._scan,
             "stats": self._stats,
             "kv_set": self._kv_set,
@@ -133,6 +174,9 @@ class Engine:
         {
             "create_table",
             "create_index",
+            "drop_index",
+            "list_indexes",
+            "set_schema",
             "list_tables",
             "insert",
             "get",
@@ -144,7 +188,11 @@ class Engine:
             "count",
             "join",
             "aggregate",
+            "describe",
             "batch",
+            "update_where",
+            "delete_where",
+            "audit_list",
             "scan",
             "stats",
             "kv_set",
@@ -157,24 +205,74 @@ class Engine:
 
     # -- the server's interface -------------------------------------------------------------
 
-    def execute(self, command: str, args: dict[str, Any]) -> Any:
-        """Run one command atomically; ``StoreError`` subclasses for expected failures."""
+    def execute(
+        self,
+        command: str,
+        args: dict[str, Any],
+        *,
+        actor: Any = None,
+        request_id: str | None = None,
+    ) -> Any:
+        """Run one command atomically; ``StoreError`` subclasses for expected failures.
+
+        ``actor`` (``{"user_id", "role"}``) and ``request_id`` are named in audit entries.
+        May return a ``builds.Job`` (see the module doc).
+        """
         handler = self._handlers.get(command) if type(command) is str else None
         if handler is None:
             raise UnknownCommand(f"unknown command {command!r}", {"command": repr(command)[:80]})
         if type(args) is not dict:
             raise BadRequest("arguments must be a map", {"arg": None})
         self._ops[command] += 1
+        audit = self.audit
+        if actor is None and request_id is None:
+            audit.context = _NO_CONTEXT
+        else:
+            user, role = parse_actor(actor)
+            audit.context = (user, role, request_id if type(request_id) is str else None)
         changes = self._writer.changes
         mark = len(changes)
         if mark > MAX_PENDING_CHANGES:
             self._journal_overflow()
+            changes = self._writer.changes
             mark = 0
         try:
-            return handler(args)
+            result = handler(args)
         except BaseException:
             del changes[mark:]
+            if audit.pending:
+                audit.discard()
             raise
+        if audit.pending:
+            audit.commit(changes if self._writer.journal else None)
+        return result
+
+    def advance(self, job: Job) -> tuple[bool, Any]:
+        """Run one step of a long command: ``(False, None)``, or ``(True, its result)``."""
+        audit = self.audit
+        audit.context = job.context
+        changes = self._writer.changes
+        mark = len(changes)
+        try:
+            if not job.step():
+                return False, None
+            result = self._finish(job)
+        except BaseException:
+            job.abort()
+            del changes[mark:]
+            audit.discard()
+            raise
+        if audit.pending:
+            audit.commit(changes if self._writer.journal else None)
+        return True, result
+
+    def run_job(self, result: Any) -> Any:
+        """``result`` itself, or, for a ``Job``, its result once every step has run."""
+        while isinstance(result, Job):
+            done, value = self.advance(result)
+            if done:
+                return value
+        return result
 
     def drain_changes(self) -> list[tuple[Any, ...]]:
         """The journal entries of the writes since the previous call, oldest first.
@@ -224,6 +322,17 @@ class Engine:
                 self._kv.set(key, value, expires_at)
         elif kind == "kv_delete":
             self._kv.delete(change[1])
+        elif kind == "audit":
+            self.audit.restore(change[1])
+        elif kind == "schema":
+            _, name, document = change
+            table = catalog.tables.get(name) or catalog.add_empty(name)
+            table.schema = None if document is None else TableSchema(document)
+        elif kind == "drop_index":
+            _, name, field = change
+            existing = catalog.tables.get(name)
+            if existing is not None:
+                existing.drop_index(field)
         else:
             raise InternalError(f"unknown journal entry {kind!r}", {"entry": repr(kind)})
 
@@ -254,11 +363,15 @@ class Engine:
         tables = self._catalog.tables
         for name, table in tables.items():
             yield ("table", name, table.spec())
+            if table.schema is not None:
+                yield ("schema", name, table.schema.document)
         for name, table in tables.items():
             for record in table.rows.values():
                 yield ("put", name, record)
         for key, value, expires_at in self._kv.items():
             yield ("kv_set", key, value, expires_at)
+        for entry in self.audit.state():
+            yield ("audit", entry)
 
     def stats(self) -> dict[str, Any]:
         tables = {
@@ -282,6 +395,11 @@ class Engine:
             if self._journal_overflowed
             else ("on" if self._writer.journal else "off"),
             "pending_changes": len(self._writer.changes),
+            "audit": {
+                "entries": len(self.audit),
+                "max_entries": self.audit.entries.maxlen,
+                "max_age_s": self.audit.max_age,
+            },
         }
 
     @staticmethod
@@ -303,14 +421,95 @@ class Engine:
             self._journal_table(name)
         return {"created": created}
 
-    def _create_index(self, args: Args) -> dict[str, bool]:
+    def _create_index(self, args: Args) -> dict[str, bool] | Job:
         check_keys(args, _CREATE_INDEX_ARGS)
         table = self._catalog.get(args)
         spec = TableSpec.parse({"indexes": [{k: v for k, v in args.items() if k != "table"}]})
+        field, unique, casefold = spec.indexes[0]
+        if len(table.rows) > CHUNK and table.index_is_new(field, unique, casefold):
+            job = IndexBuild(table, field, unique, casefold)
+            job.context = self.audit.context
+            return job
         _, changed = self._catalog.define(table.name, spec)
         if changed:
             self._journal_table(table.name)
+            self.audit.add(table.name, "create_index", None, (field,), len(table.rows))
         return {"created": changed}
+
+    def _finish(self, job: Job) -> Any:
+        if isinstance(job, IndexBuild):
+            job.finish()
+            name = job.table.name
+            self._journal_table(name)
+            self.audit.add(name, "create_index", None, (job.field,), len(job.table.rows))
+            return {"created": True}
+        assert isinstance(job, SchemaCheck)
+        return self._attach_schema(job)
+
+    def _drop_index(self, args: Args) -> dict[str, bool]:
+        check_keys(args, _INDEX_ARGS)
+        table = self._catalog.get(args)
+        field = check_field(args.get("field"), "field")
+        if field in table.foreign_keys:
+            raise BadRequest(
+                f"the foreign key on {field!r} needs its index",
+                {"arg": "field", "field": field, "reason": "foreign_key", "table": table.name},
+            )
+        dropped = table.drop_index(field)
+        if dropped:
+            if self._writer.journal:
+                self._writer.changes.append(("drop_index", table.name, field))
+            self.audit.add(table.name, "drop_index", None, (field,), 0)
+        return {"dropped": dropped}
+
+    def _list_indexes(self, args: Args) -> list[dict[str, Any]]:
+        check_keys(args, _TABLE_ARGS)
+        return self._catalog.get(args).index_specs()
+
+    def _set_schema(self, args: Args) -> dict[str, Any] | Job:
+        check_keys(args, _SET_SCHEMA_ARGS)
+        name = table_name(args)
+        if "schema" not in args:
+            raise BadRequest("schema is required (a JSON Schema map, or null)", {"arg": "schema"})
+        force = optional_bool(args, "force")
+        schema = None if args["schema"] is None else TableSchema.parse(args["schema"])
+        table = self._catalog.tables.get(name)
+        if schema is None:
+            if table is not None and table.schema is not None:
+                table.schema = None
+                self._journal_schema(name, None)
+                self.audit.add(name, "set_schema", None, (), 0)
+            return {"attached": False, "checked": 0, "violating": 0, "violations": []}
+        if table is None:
+            self._catalog.check_room()
+            table = self._catalog.add_empty(name)
+            self._journal_table(name)
+        check = SchemaCheck(table, schema, force)
+        check.context = self.audit.context
+        if len(table.rows) > CHUNK:
+            return check
+        check.step()  # one chunk covers the table (a new, empty table cannot fail the check)
+        return self._attach_schema(check)
+
+    def _attach_schema(self, check: SchemaCheck) -> dict[str, Any]:
+        report = check.report()
+        table = check.table
+        if report["violating"] and not check.force:
+            raise Conflict(
+                f"{report['violating']} rows of {table.name} do not match the schema",
+                {"reason": "schema_violations", "table": table.name, **report},
+            )
+        table.schema = check.schema
+        self._journal_schema(table.name, check.schema.document)
+        self.audit.add(table.name, "set_schema", None, (), report["checked"])
+        return {"attached": True, **report}
+
+    def _journal_schema(self, name: str, document: Any) -> None:
+        if self._writer.journal:
+            self._writer.changes.append(("schema", name, document))
+
+    def _audit_list(self, args: Args) -> dict[str, Any]:
+        return self.audit.query(args, self.max_limit)
 
     def _journal_table(self, name: str) -> None:
         if self._writer.journal:
@@ -330,7 +529,7 @@ class Engine:
                 f"at most {self.max_batch} operations", {"arg": "ops", "max": self.max_batch}
             )
         undo: Undo = []
-        results = []
+        results: list[Any] = []
         for index, op in enumerate(ops):
             name = op.get("op") if type(op) is dict else None
             try:
@@ -339,7 +538,11 @@ class Engine:
                     raise BadRequest(
                         "each op is {op: insert|replace|patch|delete, ...}", {"arg": "ops"}
                     )
-                results.append(handler({k: v for k, v in op.items() if k != "op"}, undo))
+                op_args = {k: v for k, v in op.items() if k != "op"}
+                for key in REF_ARGS:
+                    if key in op_args:
+                        op_args[key] = resolve_refs(op_args[key], results)
+                results.append(handler(op_args, undo))
             except StoreError as exc:
                 self._writer.rollback(undo)
                 exc.details = {
@@ -358,11 +561,13 @@ class Engine:
         size = limit(args, DEFAULT_LIMIT, self.max_limit)
         cursor = args.get("cursor")
         if cursor is not None:
-            if "table" in args or "include_hidden" in args:
+            if args.keys() & {"table", "include_hidden", "fields"}:
                 raise BadRequest("give either table (to open) or cursor", {"arg": "cursor"})
             return self._scans.read(required_str(args, "cursor"), size)
         table = self._catalog.get(args)
-        cursor_id = self._scans.open(table, optional_bool(args, "include_hidden"))
+        cursor_id = self._scans.open(
+            table, optional_bool(args, "include_hidden"), args.get("fields")
+        )
         return self._scans.read(cursor_id, size)
 
     def _stats(self, args: Args) -> dict[str, Any]:
@@ -419,6 +624,9 @@ class Engine:
         window = positive_number(args, "window")
         assert window is not None
         return self._rates.hit(key, hits, window)
+
+
+_NO_CONTEXT: tuple[None, None, None] = (None, None, None)
 
 
 def _key(args: Args) -> str:

@@ -44,6 +44,12 @@ class LimitExceeded(StoreError):
     code = "LIMIT_EXCEEDED"
 
 
+class ValidationFailed(StoreError):
+    """A record breaks its table's JSON Schema (``details.errors``: ``[{path, message}]``)."""
+
+    code = "VALIDATION"
+
+
 class MemoryLimit(StoreError):
     code = "MEMORY_LIMIT"
 
@@ -91,6 +97,7 @@ _BY_CODE: dict[str, type[StoreError]] = {
         Conflict,
         VersionMismatch,
         LimitExceeded,
+        ValidationFailed,
         MemoryLimit,
         UnknownCommand,
         ProtocolError,

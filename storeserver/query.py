@@ -1,4 +1,6 @@
-"""Where conditions, equality and mixed-type ordering, sort keys and pagination.
+"""Where leaves, equality and mixed-type ordering, sort keys and pagination.
+
+(``where`` trees, their parsing and limits are in ``storeserver.filters``.)
 
 Semantics (docs/STORE.md):
 
@@ -11,6 +13,8 @@ Semantics (docs/STORE.md):
 - A field with a ``casefold`` unique index (``users.email``) compares strings ignoring case in
   ``eq``, ``ne`` and ``in``, as the index does (a case-insensitive collation); ``contains``,
   ranges and sorts stay exact.
+- ``startswith`` is a string prefix test (false for any other kind); ``exists`` with ``true``
+  holds when the field is present and not ``None``, with ``false`` otherwise.
 """
 
 from __future__ import annotations
@@ -22,13 +26,14 @@ from decimal import Decimal
 from itertools import islice
 from typing import Any, NamedTuple
 
-from storeserver.errors import BadRequest, LimitExceeded
-from storeserver.records import check_value
+from storeserver.errors import BadRequest
 
 Getter = Callable[[dict[str, Any]], Any]
 Predicate = Callable[[dict[str, Any]], bool]
 
-OPERATORS = frozenset({"eq", "ne", "gt", "gte", "lt", "lte", "in", "contains"})
+OPERATORS = frozenset(
+    {"eq", "ne", "gt", "gte", "lt", "lte", "in", "contains", "startswith", "exists"}
+)
 _NUMBERS = frozenset({int, float, Decimal})
 _RANGE_OPS: dict[str, Callable[[Any, Any], bool]] = {
     "gt": operator.gt,
@@ -133,35 +138,6 @@ class Condition(NamedTuple):
     value: Any
 
 
-def parse_where(
-    raw: Any, hidden: frozenset[str], include_hidden: bool, max_in: int
-) -> list[Condition]:
-    """Validate a ``where`` argument into conditions."""
-    if raw is None:
-        return []
-    if type(raw) is not list:
-        raise BadRequest("where must be a list of [field, op, value]", {"arg": "where"})
-    conditions = []
-    for item in raw:
-        if type(item) not in (list, tuple) or len(item) != 3:
-            raise BadRequest("where: each condition is [field, op, value]", {"arg": "where"})
-        field, op, value = item
-        check_field(field, "where")
-        check_visible(field, hidden, include_hidden)
-        if type(op) is not str or op not in OPERATORS:
-            raise BadRequest(f"where: unknown operator {op!r}", {"arg": "where", "field": field})
-        if op == "in":
-            if type(value) is not list:
-                raise BadRequest("where: 'in' takes a list", {"arg": "where", "field": field})
-            if len(value) > max_in:
-                raise LimitExceeded(
-                    f"where: 'in' list longer than {max_in}", {"arg": "where", "max": max_in}
-                )
-        check_value(value)
-        conditions.append(Condition(field, op, value))
-    return conditions
-
-
 def check_visible(field: str, hidden: frozenset[str], include_hidden: bool) -> None:
     """Refuse to filter, sort or group on a hidden field (it would leak its value)."""
     if hidden and not include_hidden and field.split(".", 1)[0] in hidden:
@@ -181,7 +157,8 @@ def _compile_case_insensitive(cond: Condition) -> Predicate:
     return lambda r: _folded_key(get(r)) in keys
 
 
-def _compile_condition(cond: Condition, casefold: frozenset[str]) -> Predicate:
+def compile_condition(cond: Condition, casefold: frozenset[str] = frozenset()) -> Predicate:
+    """A function testing one leaf (its arguments were checked by ``filters.parse_where``)."""
     op, value = cond.op, cond.value
     if cond.field in casefold and op in ("eq", "ne", "in"):
         return _compile_case_insensitive(cond)
@@ -234,6 +211,12 @@ def _compile_condition(cond: Condition, casefold: frozenset[str]) -> Predicate:
             return False
 
         return contains
+    if op == "startswith":
+        return lambda r: type(x := get(r)) is str and x.startswith(value)
+    if op == "exists":
+        if value:
+            return lambda r: get(r) is not None
+        return lambda r: get(r) is None
     kind = _kind(value)
     compare = _RANGE_OPS[op]
     if kind == 0:
@@ -242,25 +225,6 @@ def _compile_condition(cond: Condition, casefold: frozenset[str]) -> Predicate:
         return lambda r: type(x := get(r)) in _NUMBERS and compare(x, value)
     expected = bool if kind == 1 else str
     return lambda r: type(x := get(r)) is expected and compare(x, value)
-
-
-def compile_predicate(
-    conditions: list[Condition], casefold: frozenset[str] = frozenset()
-) -> Predicate | None:
-    """One function testing all conditions (ANDed); ``None`` when there are none.
-
-    ``casefold`` names the fields compared like a case-insensitive collation by ``eq``,
-    ``ne`` and ``in`` (those with a casefold unique index); other operators stay exact.
-    """
-    tests = [_compile_condition(c, casefold) for c in conditions]
-    if not tests:
-        return None
-    if len(tests) == 1:
-        return tests[0]
-    if len(tests) == 2:
-        first, second = tests
-        return lambda r: first(r) and second(r)
-    return lambda r: all(t(r) for t in tests)
 
 
 class SortField(NamedTuple):

@@ -2,7 +2,8 @@
 
 Opening copies the id list (a few ms for 1M rows); each read returns up to ``limit`` records
 still present (deleted ones are skipped, rows added since are not included; a record updated
-since is returned as it is now). A cursor is freed when it reaches the end, after ``idle``
+since is returned as it is now). ``fields``, given when opening, projects every page (see
+``projection``). A cursor is freed when it reaches the end, after ``idle``
 seconds without use, or when too many are open (the least recently used goes first).
 """
 
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from storeserver.errors import NotFound
+from storeserver.projection import Projector, parse_fields
 from storeserver.tables import Table
 
 MAX_PROBES = 100_000
@@ -21,13 +23,16 @@ MAX_PROBES = 100_000
 
 
 class _Cursor:
-    __slots__ = ("ids", "include_hidden", "position", "table", "used_at")
+    __slots__ = ("ids", "include_hidden", "position", "project", "table", "used_at")
 
-    def __init__(self, table: Table, include_hidden: bool, now: float) -> None:
+    def __init__(
+        self, table: Table, include_hidden: bool, project: Projector | None, now: float
+    ) -> None:
         self.table = table
         self.ids = list(table.rows)
         self.position = 0
         self.include_hidden = include_hidden
+        self.project = project
         self.used_at = now
 
 
@@ -61,9 +66,11 @@ class ScanCursors:
                 break
             self._drop(cursor_id)
 
-    def open(self, table: Table, include_hidden: bool) -> str:
+    def open(self, table: Table, include_hidden: bool, fields: Any = None) -> str:
+        """Open a cursor over ``table``; ``fields`` is the unchecked ``fields`` argument."""
+        project = parse_fields(fields, table.hidden, include_hidden)  # before any state changes
         self.expire()
-        cursor = _Cursor(table, include_hidden, self._clock())
+        cursor = _Cursor(table, include_hidden, project, self._clock())
         while self._open and (
             len(self._open) >= self._max_open or self._ids_held + len(cursor.ids) > self._max_ids
         ):
@@ -79,7 +86,7 @@ class ScanCursors:
         cursor = self._open.get(cursor_id)
         if cursor is None:
             raise NotFound("no such cursor (finished or expired)", {"cursor": cursor_id})
-        rows, ids, table = cursor.table.rows, cursor.ids, cursor.table
+        rows, ids, table, project = cursor.table.rows, cursor.ids, cursor.table, cursor.project
         items: list[dict[str, Any]] = []
         position = cursor.position
         stop = min(len(ids), position + MAX_PROBES)
@@ -87,7 +94,11 @@ class ScanCursors:
             record = rows.get(ids[position])
             position += 1
             if record is not None:
-                items.append(table.visible(record, cursor.include_hidden))
+                items.append(
+                    project(record)
+                    if project is not None
+                    else table.visible(record, cursor.include_hidden)
+                )
         cursor.position = position
         if position >= len(ids):
             self._drop(cursor_id)

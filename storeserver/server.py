@@ -8,7 +8,9 @@ received chunk, so a pipelining client gets its replies batched into few syscall
 client stops reading its replies, the transport's write buffer fills and we stop reading from
 that client (``pause_writing`` → ``pause_reading``), which bounds our memory per client.
 A frame that does not decode closes that one connection with a logged reason; every other
-client is unaffected.
+client is unaffected. The few commands that would read a whole big table (``create_index``,
+``set_schema``) come back from the engine as a ``builds.Job``: it runs one chunk per loop turn
+(``_drive``), other clients' commands in between, and its reply is sent when it is done.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import math
 import os
 import socket
 import time
+from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, cast
@@ -26,7 +30,8 @@ from typing import Any, cast
 import structlog
 
 from . import __version__
-from .client import REQUEST_ID_ARG
+from .builds import Job
+from .client import ACTOR_ARG, REQUEST_ID_ARG
 from .durability import Durability
 from .engine import Engine
 from .errors import BadRequest, InternalError, LimitExceeded, MemoryLimit, ProtocolError, StoreError
@@ -42,6 +47,7 @@ from .protocol import (
     encode_error,
     encode_result,
 )
+from .records import format_timestamp
 from .settings import StoreSettings
 
 log = structlog.get_logger("storeserver")
@@ -49,31 +55,85 @@ log = structlog.get_logger("storeserver")
 MAX_CLIENTS = 4096
 
 
-class OpStats:
-    """Count and cumulative seconds per command, for stats and metrics."""
+SLOW_KEPT = 20
+_BUCKETS_PER_DOUBLING = 4
+_BUCKET_OFFSET = 128.0  # 2**-32 s and below would be bucket 0; add() adds 1 ns: no clamping
+_BUCKETS = 256  # up to 2**32 s
 
-    __slots__ = ("counts", "seconds")
+
+class _CommandStats:
+    __slots__ = ("buckets", "count", "seconds")
 
     def __init__(self) -> None:
-        self.counts: dict[str, int] = {}
-        self.seconds: dict[str, float] = {}
+        self.count = 0
+        self.seconds = 0.0
+        self.buckets = [0] * _BUCKETS
+
+
+class OpStats:
+    """Count, cumulative seconds and a latency histogram per command, for stats and metrics.
+
+    The histogram has fixed buckets, four per doubling of the duration (each about 19 % wide),
+    so ``add`` costs one ``log2`` and a list increment; percentiles are read off it (to the
+    bucket's middle) only when ``stats`` asks.
+    """
+
+    __slots__ = ("by_command",)
+
+    def __init__(self) -> None:
+        self.by_command: dict[str, _CommandStats] = {}
 
     def add(self, command: str, elapsed: float) -> None:
-        self.counts[command] = self.counts.get(command, 0) + 1
-        self.seconds[command] = self.seconds.get(command, 0.0) + elapsed
+        entry = self.by_command.get(command)
+        if entry is None:
+            entry = self.by_command[command] = _CommandStats()
+        entry.count += 1
+        entry.seconds += elapsed
+        # 4.0 is _BUCKETS_PER_DOUBLING (a literal: this line runs for every command)
+        entry.buckets[int(_log2(elapsed + 1e-9) * 4.0 + _BUCKET_OFFSET)] += 1
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            name: {"count": count, "seconds": round(self.seconds[name], 6)}
-            for name, count in self.counts.items()
-        }
+        out = {}
+        for name, entry in self.by_command.items():
+            p50, p95, p99 = _percentiles(entry.buckets, entry.count, (0.5, 0.95, 0.99))
+            out[name] = {
+                "count": entry.count,
+                "seconds": round(entry.seconds, 6),
+                "p50": p50,
+                "p95": p95,
+                "p99": p99,
+            }
+        return out
+
+
+_log2 = math.log2
+
+
+def _percentiles(buckets: list[int], count: int, quantiles: tuple[float, ...]) -> list[float]:
+    out = []
+    seen = 0
+    wanted = iter(quantiles)
+    quantile = next(wanted, None)
+    for bucket, n in enumerate(buckets):
+        seen += n
+        while quantile is not None and n and seen >= quantile * count:
+            middle = (bucket - _BUCKET_OFFSET + 0.5) / _BUCKETS_PER_DOUBLING
+            out.append(float(f"{2.0**middle:.3g}"))
+            quantile = next(wanted, None)
+    return out + [0.0] * (len(quantiles) - len(out))
 
 
 class StoreServer:
     def __init__(self, settings: StoreSettings, engine: Engine | None = None) -> None:
         self.settings = settings
         persistent = settings.data_dir is not None
-        self.engine = engine or Engine(max_tables=settings.max_tables, journal=persistent)
+        self.engine = engine or Engine(
+            max_tables=settings.max_tables,
+            journal=persistent,
+            max_bulk_rows=settings.max_bulk_rows,
+            audit_max_entries=settings.audit_max_entries,
+            audit_max_age=settings.audit_max_age,
+        )
         self.durability = (
             Durability(settings.data_dir, settings.fsync, self.engine, settings.log_rewrite_bytes)
             if persistent
@@ -81,6 +141,8 @@ class StoreServer:
         )
         self.memory = MemoryGauge(settings.max_memory)
         self.op_stats = OpStats()
+        self.slow: deque[dict[str, Any]] = deque(maxlen=SLOW_KEPT)
+        self.jobs = 0  # long commands in progress
         self.connections: set[StoreConnection] = set()
         self.ready = False
         self.started_at = time.time()
@@ -159,7 +221,11 @@ class StoreServer:
                 "max_memory": self.settings.max_memory,
                 "clients": len(self.connections),
                 "commands": self.op_stats.as_dict(),
+                "slow": list(self.slow),
+                "slow_threshold_s": self._slow_s,
+                "jobs": self.jobs,
                 "uptime_s": round(time.time() - self.started_at, 3),
+                "uptime": round(time.time() - self.started_at, 3),
                 "version": __version__,
                 "persistence": self.durability.status()
                 if self.durability is not None
@@ -168,13 +234,16 @@ class StoreServer:
         )
         return stats
 
-    def run(self, command: str, args: dict[str, Any]) -> Any:
+    def run(
+        self, command: str, args: dict[str, Any], actor: Any = None, request_id: Any = None
+    ) -> Any:
         if command == "ping":
             return self.ping()
         if command == "stats":
             return self.server_stats()
+        engine = self.engine
         if command not in Engine.WRITE_COMMANDS:
-            return self.engine.execute(command, args)
+            return engine.execute(command, args)
         if self.memory.over_limit():
             raise MemoryLimit(
                 "the store is at its memory limit; writes are refused, reads still work",
@@ -182,43 +251,108 @@ class StoreServer:
             )
         durability = self.durability
         if durability is None:
-            return self.engine.execute(command, args)
+            return engine.execute(command, args, actor=actor, request_id=request_id)
         durability.check_writable()
-        result = self.engine.execute(command, args)
-        changes = self.engine.drain_changes()
+        result = engine.execute(command, args, actor=actor, request_id=request_id)
+        changes = engine.drain_changes()
         if changes:
             durability.record(changes)
         return result
 
-    def handle(self, request: Request) -> bytes:
-        """Run one request and return its encoded reply frame. Never raises."""
+    def handle(self, request: Request, conn: StoreConnection | None = None) -> bytes | None:
+        """Run one request and return its encoded reply frame. Never raises.
+
+        ``None`` when the command goes on as a job: its reply is sent to ``conn`` later.
+        """
         started = time.perf_counter()
         rid = request.request_id
-        # The API's request id, for the slow-command log only; the engine never sees it.
-        request_tag = request.args.pop(REQUEST_ID_ARG, None)
+        args = request.args
+        # The API's request id (slow-command log, audit) and the acting user (audit): the
+        # engine never sees them among the arguments.
+        request_tag = args.pop(REQUEST_ID_ARG, None)
+        actor = args.pop(ACTOR_ARG, None) if ACTOR_ARG in args else None
         try:
-            reply = encode_result(rid, self.run(request.command, request.args))
-            if len(reply) - 4 > self.settings.max_frame_bytes:
-                raise LimitExceeded(
-                    "the reply would exceed the maximum frame size; ask for a smaller page",
-                    {"max_frame_bytes": self.settings.max_frame_bytes},
-                )
+            result = self.run(request.command, args, actor, request_tag)
+            if isinstance(result, Job):
+                self.jobs += 1
+                self._drive(result, conn, rid, request_tag, time.perf_counter() - started)
+                return None
+            reply = self._encode(rid, result)
         except StoreError as exc:
             reply = encode_error(rid, exc.code, exc.message, exc.details)
         except Exception:
             log.exception("command_failed", command=request.command)
             err = InternalError("internal store error")
             reply = encode_error(rid, err.code, err.message, {})
-        elapsed = time.perf_counter() - started
-        self.op_stats.add(request.command, elapsed)
-        if elapsed > self._slow_s:
-            log.warning(
-                "slow_command",
-                command=request.command,
-                duration_ms=round(elapsed * 1000, 2),
-                request_id=request_tag if isinstance(request_tag, str) else None,
+        self._account(request.command, time.perf_counter() - started, request_tag)
+        return reply
+
+    def _encode(self, rid: int, result: Any) -> bytes:
+        reply = encode_result(rid, result)
+        if len(reply) - 4 > self.settings.max_frame_bytes:
+            raise LimitExceeded(
+                "the reply would exceed the maximum frame size; ask for a smaller page",
+                {"max_frame_bytes": self.settings.max_frame_bytes},
             )
         return reply
+
+    def _account(self, command: str, elapsed: float, request_tag: Any) -> None:
+        self.op_stats.add(command, elapsed)
+        if elapsed > self._slow_s:
+            tag = request_tag if isinstance(request_tag, str) else None
+            log.warning(
+                "slow_command",
+                command=command,
+                duration_ms=round(elapsed * 1000, 2),
+                request_id=tag,
+            )
+            self.slow.append(
+                {
+                    "command": command,
+                    "seconds": round(elapsed, 6),
+                    "at": format_timestamp(int(time.time() * 1_000_000)),
+                    "request_id": tag,
+                }
+            )
+
+    def _drive(
+        self, job: Job, conn: StoreConnection | None, rid: int, request_tag: Any, spent: float
+    ) -> None:
+        """Run one step of ``job`` now and schedule the next for the next loop turn.
+
+        ``spent`` is the command's time so far (its steps, not the time between them): that
+        is what it cost other clients, and what the stats and the slow log report.
+        """
+        started = time.perf_counter()
+        reply: bytes | None = None
+        recorded = False
+        try:
+            done, result = self.engine.advance(job)
+            if done:
+                changes = self.engine.drain_changes()
+                if changes and self.durability is not None:
+                    self.durability.record(changes)
+                    recorded = True
+                reply = self._encode(rid, result)
+        except StoreError as exc:
+            reply = encode_error(rid, exc.code, exc.message, exc.details)
+        except Exception:
+            log.exception("command_failed", command=job.command)
+            err = InternalError("internal store error")
+            reply = encode_error(rid, err.code, err.message, {})
+        spent += time.perf_counter() - started
+        if reply is None:
+            asyncio.get_running_loop().call_soon(self._drive, job, conn, rid, request_tag, spent)
+            return
+        self.jobs -= 1
+        self._account(job.command, spent, request_tag)
+        if conn is None:
+            return
+        durability = self.durability
+        if recorded and durability is not None and durability.holds_replies:
+            durability.hold(conn, reply)  # STORE_FSYNC=always: sent once its entry is on disk
+        else:
+            conn.send(reply)
 
     def snapshot(self, conn: StoreConnection, request_id: int) -> None:
         """Start (or join) a background snapshot; the reply is sent when it is on disk."""
@@ -277,7 +411,9 @@ class StoreConnection(asyncio.Protocol):
                 if message.command == "snapshot":
                     self.server.snapshot(self, message.request_id)
                 else:
-                    replies.append(self.server.handle(message))
+                    reply = self.server.handle(message, self)
+                    if reply is not None:
+                        replies.append(reply)
             elif type(message) is Hello and not self.greeted:
                 if not self._greet(message, replies):
                     return

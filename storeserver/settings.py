@@ -31,6 +31,11 @@ class StoreSettings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # Log commands slower than this (milliseconds).
     slow_ms: float = 50.0
+    # Default and ceiling of max_rows for update_where / delete_where.
+    max_bulk_rows: PositiveInt = 10_000
+    # Audit log bounds: entries kept, and their age in seconds (0 = no age bound).
+    audit_max_entries: PositiveInt = 100_000
+    audit_max_age: float = Field(default=30 * 24 * 3600.0, ge=0)
 
     @field_validator("socket_mode", mode="before")
     @classmethod

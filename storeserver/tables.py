@@ -6,14 +6,16 @@ Invariants the engine relies on:
   increasing along it (``records.Timestamps``). Undoing a delete may append an old record at the
   end: ``rows_disordered`` is then set and ``normalize()`` restores the order.
 - Every index reflects ``rows`` exactly after each write method returns. The write methods
-  never raise; checks (``check_unique``) run before them.
+  never raise; checks (``check_unique``, the schema) run before them.
+- ``watchers`` (an index being built in chunks, see ``builds``) hear of every row change
+  ``(old, new)`` after the indexes are updated; ``building`` names the fields being indexed.
 - Record dicts in ``rows`` are never mutated.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from storeserver.errors import BadRequest, Conflict
 from storeserver.indexes import HashIndex, UniqueIndex
@@ -21,18 +23,26 @@ from storeserver.query import Condition, index_key
 
 Record = dict[str, Any]
 Index = UniqueIndex | HashIndex
+MAX_EXAMPLES = 5
+
+
+class Watcher(Protocol):
+    def changed(self, old: Record | None, new: Record | None) -> None: ...
 
 
 class Table:
     __slots__ = (
         "_indexes",
+        "building",
         "foreign_keys",
         "hashes",
         "hidden",
         "name",
         "rows",
         "rows_disordered",
+        "schema",
         "uniques",
+        "watchers",
     )
 
     def __init__(self, name: str) -> None:
@@ -44,6 +54,9 @@ class Table:
         self.hidden: frozenset[str] = frozenset()
         self.rows_disordered = False
         self._indexes: tuple[Index, ...] = ()
+        self.schema: Any = None  # a ``schemas.TableSchema`` once ``set_schema`` attached one
+        self.watchers: tuple[Watcher, ...] = ()
+        self.building: dict[str, Any] = {}  # field -> its ``builds.IndexBuild``
 
     # -- schema ---------------------------------------------------------------------------
 
@@ -59,6 +72,10 @@ class Table:
 
     def index_is_new(self, field: str, unique: bool, casefold: bool) -> bool:
         """``False`` if this exact index exists; ``BadRequest`` if a different one does."""
+        if field in self.building:
+            raise BadRequest(
+                f"an index on {field!r} is being built", {"field": field, "table": self.name}
+            )
         existing = self.uniques.get(field) or self.hashes.get(field)
         if existing is None:
             return True
@@ -71,16 +88,32 @@ class Table:
     def check_unique_values(self, field: str, casefold: bool) -> None:
         """``Conflict`` if existing rows repeat a value of ``field`` (before a unique index)."""
         probe = UniqueIndex(field, casefold)
-        seen = set()
-        for record in self.rows.values():
+        first: dict[Any, str] = {}
+        repeated: dict[Any, list[str]] = {}
+        for rid, record in self.rows.items():
             key = probe.key_of(record)
             if key is not None:
-                if key in seen:
-                    raise Conflict(
-                        f"existing rows repeat a value of {field!r}",
-                        {"reason": "unique", "field": field, "table": self.name},
-                    )
-                seen.add(key)
+                owner = first.setdefault(key, rid)
+                if owner != rid:
+                    repeated.setdefault(key, [owner]).append(rid)
+        if repeated:
+            self.raise_duplicates(probe, list(repeated.values()))
+
+    def raise_duplicates(self, probe: UniqueIndex, groups: list[list[str]]) -> None:
+        """``Conflict`` naming up to ``MAX_EXAMPLES`` repeated values and their ids."""
+        examples = [
+            {"value": probe.get(self.rows[ids[0]]), "ids": ids[:MAX_EXAMPLES]}
+            for ids in groups[:MAX_EXAMPLES]
+        ]
+        raise Conflict(
+            f"existing rows repeat a value of {probe.field!r}",
+            {
+                "reason": "duplicate",
+                "field": probe.field,
+                "table": self.name,
+                "examples": examples,
+            },
+        )
 
     def add_index(self, field: str, unique: bool, casefold: bool) -> None:
         """Add and build an index (the caller checked it is new and, if unique, holds)."""
@@ -94,6 +127,21 @@ class Table:
         for rid, record in self.rows.items():
             index.add(index.key_of(record), rid)
         self._indexes = (*self._indexes, index)
+
+    def attach_index(self, index: Index) -> None:
+        """Add an index built elsewhere (``builds.IndexBuild``) that reflects ``rows``."""
+        if type(index) is UniqueIndex:
+            self.uniques[index.field] = index
+        else:
+            self.hashes[index.field] = index  # type: ignore[assignment]
+        self._indexes = (*self._indexes, index)
+
+    def drop_index(self, field: str) -> bool:
+        index = self.uniques.pop(field, None) or self.hashes.pop(field, None)
+        if index is None:
+            return False
+        self._indexes = tuple(i for i in self._indexes if i is not index)
+        return True
 
     def has_index(self, field: str) -> bool:
         return field in self.uniques or field in self.hashes
@@ -118,6 +166,8 @@ class Table:
         self.rows[rid] = record
         for index in self._indexes:
             index.add(index.key_of(record), rid)
+        if self.watchers:
+            self._notify(None, record)
 
     def replace(self, old: Record, new: Record) -> None:
         rid = new["id"]
@@ -131,12 +181,16 @@ class Table:
                     index.add_moved(new_key, rid, new["created_at"])
                 else:
                     index.add(new_key, rid)
+        if self.watchers:
+            self._notify(old, new)
 
     def remove(self, record: Record) -> None:
         rid = record["id"]
         del self.rows[rid]
         for index in self._indexes:
             index.discard(index.key_of(record), rid)
+        if self.watchers:
+            self._notify(record, None)
 
     def restore(self, record: Record) -> None:
         """Undo ``remove``: the row comes back (its order is fixed by ``normalize``)."""
@@ -151,6 +205,12 @@ class Table:
                 index.add_moved(key, rid, record["created_at"])
             else:
                 index.add(key, rid)
+        if self.watchers:
+            self._notify(None, record)
+
+    def _notify(self, old: Record | None, new: Record | None) -> None:
+        for watcher in self.watchers:
+            watcher.changed(old, new)
 
     def normalize(self) -> None:
         """Restore creation order in ``rows`` and in every hash bucket (after an undo)."""

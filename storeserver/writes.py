@@ -1,10 +1,12 @@
-"""The record write commands: insert, replace, patch, delete (with cascade).
+"""The record write commands: insert (and upsert), replace, patch, delete (with cascade).
 
-Each command validates everything (arguments, existence, version, foreign keys, uniqueness)
-before it changes anything, so a failing command leaves no trace. Inside a batch each command
-also appends to an undo log; ``rollback`` replays it backwards, restoring rows and indexes
-exactly (creation order included). Successful changes are appended to ``changes`` for the
-journal: ``("table", name, spec)``, ``("put", table, record)``, ``("delete", table, id)``.
+Each command validates everything (arguments, existence, version, foreign keys, uniqueness,
+the table's JSON Schema) before it changes anything, so a failing command leaves no trace.
+Inside a batch each command also appends to an undo log; ``rollback`` replays it backwards,
+restoring rows and indexes exactly (creation order included). Successful changes are
+appended to ``changes`` for the journal: ``("table", name, spec)``, ``("put", table,
+record)``, ``("delete", table, id)``. Each change of a record is also noted in the audit
+log (``audit.AuditLog.add``).
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ from storeserver.arguments import (
     required_dict,
     table_name,
 )
+from storeserver.audit import AuditLog
 from storeserver.catalog import Catalog
 from storeserver.errors import BadRequest, Conflict, NotFound, VersionMismatch
 from storeserver.records import IdGenerator, Timestamps, check_id, copy_fields, merge_patch
 from storeserver.tables import Record, Table
 
-_INSERT_ARGS = frozenset({"table", "record"})
+_INSERT_ARGS = frozenset({"table", "record", "upsert"})
 _REPLACE_ARGS = frozenset({"table", "id", "record", "expected_version"})
 _PATCH_ARGS = frozenset({"table", "id", "changes", "expected_version"})
 _DELETE_ARGS = frozenset({"table", "id", "expected_version", "cascade"})
@@ -36,12 +39,19 @@ Undo = list[tuple[Any, ...]]
 
 
 class RecordWriter:
-    def __init__(self, catalog: Catalog, clock: Callable[[], float], journal: bool = True) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        clock: Callable[[], float],
+        journal: bool = True,
+        audit: AuditLog | None = None,
+    ) -> None:
         self.catalog = catalog
         self.timestamps = Timestamps(clock)
         self.new_id = IdGenerator()
         self.journal = journal
         self.changes: list[tuple[Any, ...]] = []
+        self.audit = audit if audit is not None else AuditLog(clock)
 
     # -- commands ---------------------------------------------------------------------------
 
@@ -54,8 +64,14 @@ class RecordWriter:
         name = args.get("table")
         table = self.catalog.tables.get(name) if type(name) is str else None
         rid = record.get("id")
+        if "upsert" in args and optional_bool(args, "upsert") and table is not None:
+            old = table.rows.get(rid) if type(rid) is str else None
+            if old is not None:
+                new = self._update(table, old, merge_patch(old, record), undo)
+                self.audit.add(table.name, "upsert", rid, record, 1, at=new["updated_at"])
+                return new
         rid = self.new_id() if rid is None else check_id(rid)
-        new: Record = {"id": rid}
+        new = {"id": rid}
         copy_fields(new, record)
         if table is None:
             name = table_name(args)
@@ -75,6 +91,8 @@ class RecordWriter:
                 self._check_foreign_keys(table, new, None)
             if table.uniques:
                 table.check_unique(new, rid)
+            if table.schema is not None:
+                table.schema.check(new, table.name)
         stamp = self.timestamps()
         new["created_at"] = stamp
         new["updated_at"] = stamp
@@ -84,6 +102,7 @@ class RecordWriter:
             self.changes.append(("put", table.name, new))
         if undo is not None:
             undo.append((_INSERTED, table, new))
+        self.audit.add(table.name, "insert", rid, record, 1, at=stamp)
         return table.strip(new) if table.hidden else new
 
     def replace(self, args: Args, undo: Undo | None = None) -> Record:
@@ -96,7 +115,11 @@ class RecordWriter:
         copy_fields(new, record)
         old = self._current(table, rid, expected)
         new["created_at"] = old["created_at"]
-        return self._update(table, old, new, undo)
+        result = self._update(table, old, new, undo)
+        self.audit.add(
+            table.name, "replace", rid, changed_fields(old, new), 1, at=new["updated_at"]
+        )
+        return result
 
     def patch(self, args: Args, undo: Undo | None = None) -> Record:
         check_keys(args, _PATCH_ARGS)
@@ -105,7 +128,9 @@ class RecordWriter:
         changes = required_dict(args, "changes")
         expected = optional_version(args)
         old = self._current(table, rid, expected)
-        return self._update(table, old, merge_patch(old, changes), undo)
+        result = self._update(table, old, merge_patch(old, changes), undo)
+        self.audit.add(table.name, "patch", rid, changes, 1, at=result["updated_at"])
+        return result
 
     def delete(self, args: Args, undo: Undo | None = None) -> dict[str, Any]:
         check_keys(args, _DELETE_ARGS)
@@ -118,6 +143,7 @@ class RecordWriter:
         for victim_table, victim in reversed(doomed):  # deepest first
             self._remove(victim_table, victim, undo)
         self._remove(table, record, undo)
+        self.audit.add(table.name, "delete", rid, (), 1 + len(doomed))
         return {"id": rid, "cascaded": len(doomed)}
 
     def rollback(self, undo: Undo) -> None:
@@ -157,6 +183,8 @@ class RecordWriter:
             self._check_foreign_keys(table, new, old)
         if table.uniques:
             table.check_unique(new, new["id"])
+        if table.schema is not None:
+            table.schema.check(new, table.name)
         new["updated_at"] = self.timestamps()
         new["version"] = old["version"] + 1
         table.replace(old, new)
@@ -198,14 +226,23 @@ class RecordWriter:
             )
 
     def _dependants(
-        self, table: Table, record: Record, cascade: bool
+        self,
+        table: Table,
+        record: Record,
+        cascade: bool,
+        exempt: set[tuple[str, str]] | None = None,
     ) -> list[tuple[Table, Record]]:
-        """Rows that reference ``record`` (transitively when cascading), parents first."""
+        """Rows that reference ``record`` (transitively when cascading), parents first.
+
+        Rows in ``exempt`` (deleted by the same command anyway) neither block nor cascade.
+        """
         referrers = self.catalog.referrers
         if table.name not in referrers:
             return []
         found: list[tuple[Table, Record]] = []
         seen = {(table.name, record["id"])}
+        if exempt:
+            seen |= exempt
         stack = [(table, record)]
         while stack:
             parent_table, parent = stack.pop()
@@ -232,6 +269,14 @@ class RecordWriter:
                     found.append((child_table, child))
                     stack.append((child_table, child))
         return found
+
+
+def changed_fields(old: Record, new: Record) -> list[str]:
+    """Names of the top-level fields that differ between two versions of a record."""
+    return [k for k in old.keys() | new.keys() if old.get(k, _MISSING) != new.get(k, _MISSING)]
+
+
+_MISSING = object()
 
 
 def _referencing(table: Table, field: str, rid: str) -> list[str]:

@@ -11,14 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from storeserver.errors import BadRequest, LimitExceeded
+from storeserver.filters import compile_predicate, parse_where
 from storeserver.query import (
     Condition,
     SortField,
     compile_getter,
-    compile_predicate,
     index_key,
     parse_sort,
-    parse_where,
     sort_key,
     sort_key_function,
     top,
@@ -214,6 +213,9 @@ def test_conditions_are_anded() -> None:
         [["a", "in", [Decimal("NaN")]]],
         [["a", "eq", b"bytes"]],
         [["a", "eq", {1: 2}]],
+        [["a", "startswith", 1]],
+        [["a", "exists", "yes"]],
+        {"a": 1},
     ],
 )
 def test_parse_where_refuses_malformed_conditions(where: Any) -> None:

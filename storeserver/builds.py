@@ -1,0 +1,192 @@
+"""Long commands run in chunks: an index built over a big table, a schema checked over one.
+
+Design note. The store is one thread, so a command that reads a million rows stalls every
+client. These commands instead return a ``Job``: the server calls ``Engine.advance(job)``
+once per loop turn (other clients' commands run in between) until the job is done, then
+sends its reply. A job sees writes made meanwhile through ``Table.watchers``:
+
+- ``IndexBuild`` copies the table's id list, indexes ``CHUNK`` of those ids per step, and
+  applies every row change made during the build to its index at once (those ids are then
+  skipped by the chunks). Hash buckets may so receive ids out of creation order; they are
+  marked and sorted (``HashIndex.add_moved``). A unique index records colliding ids instead
+  of enforcing anything: it is not in force until complete. At the end, collisions still
+  true are a ``CONFLICT`` with examples; collisions since resolved restart the build.
+- ``SchemaCheck`` validates ``CHUNK`` rows per step and re-validates, at the end, rows
+  written meanwhile.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from storeserver.indexes import HashIndex, UniqueIndex
+from storeserver.schemas import TableSchema
+from storeserver.tables import Record, Table
+
+CHUNK = 10_000
+"""Rows handled per step (a few milliseconds)."""
+MAX_VIOLATIONS = 100
+
+
+class Job:
+    """One long command in progress; ``step`` until it returns ``True``, then ``finish``."""
+
+    command = ""
+    context: Any = None  # the audit context of the command that started it
+
+    def step(self) -> bool:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        """Detach from the table (on failure, or when the server stops)."""
+
+
+class IndexBuild(Job):
+    command = "create_index"
+
+    def __init__(self, table: Table, field: str, unique: bool, casefold: bool) -> None:
+        self.table = table
+        self.field = field
+        self.unique = unique
+        self.casefold = casefold
+        self._start()
+        table.building[field] = self
+        table.watchers = (*table.watchers, self)
+
+    def _start(self) -> None:
+        table = self.table
+        self.index: UniqueIndex | HashIndex = (
+            UniqueIndex(self.field, self.casefold)
+            if self.unique
+            else HashIndex(self.field, table.rows)
+        )
+        self.ids = list(table.rows)
+        self.pos = 0
+        self.written: set[str] = set()  # ids indexed by a write during the build
+        self.collisions: dict[Any, dict[str, None]] = {}
+
+    def _add(self, record: Record) -> None:
+        index = self.index
+        key = index.key_of(record)
+        if key is None:
+            return
+        rid = record["id"]
+        if type(index) is HashIndex:
+            index.add_moved(key, rid, record["created_at"])
+            return
+        assert type(index) is UniqueIndex
+        owner = index.owners.get(key)
+        if owner is None:
+            index.owners[key] = rid
+        elif owner != rid:
+            self.collisions.setdefault(key, {owner: None})[rid] = None
+
+    def changed(self, old: Record | None, new: Record | None) -> None:
+        index = self.index
+        if old is not None:
+            index.discard(index.key_of(old), old["id"])
+        if new is not None:
+            self._add(new)
+            self.written.add(new["id"])
+
+    def step(self) -> bool:
+        rows, written, ids = self.table.rows, self.written, self.ids
+        end = min(self.pos + CHUNK, len(ids))
+        for i in range(self.pos, end):
+            rid = ids[i]
+            if rid not in written:
+                record = rows.get(rid)
+                if record is not None:
+                    self._add(record)
+        self.pos = end
+        if end < len(ids):
+            return False
+        if self.collisions:
+            groups = self._true_duplicates()
+            if groups:
+                self.abort()
+                probe = self.index
+                assert type(probe) is UniqueIndex
+                self.table.raise_duplicates(probe, groups)
+            self._start()  # the duplicates were resolved meanwhile: the index may be off
+            return False
+        return True
+
+    def _true_duplicates(self) -> list[list[str]]:
+        rows, index = self.table.rows, self.index
+        groups = []
+        for key, ids in self.collisions.items():
+            holders = [i for i in ids if i in rows and index.key_of(rows[i]) == key]
+            if len(holders) > 1:
+                groups.append(holders)
+        return groups
+
+    def finish(self) -> None:
+        """Put the complete index in force."""
+        self.abort()
+        if type(self.index) is HashIndex:
+            self.index.normalize()
+        self.table.attach_index(self.index)
+
+    def abort(self) -> None:
+        table = self.table
+        table.watchers = tuple(w for w in table.watchers if w is not self)
+        if table.building.get(self.field) is self:
+            del table.building[self.field]
+
+
+class SchemaCheck(Job):
+    command = "set_schema"
+
+    def __init__(self, table: Table, schema: TableSchema, force: bool) -> None:
+        self.table = table
+        self.schema = schema
+        self.force = force
+        self.ids = list(table.rows)
+        self.pos = 0
+        self.written: set[str] = set()
+        self.bad: dict[str, list[dict[str, Any]]] = {}  # id -> errors (all violating rows' ids)
+        table.watchers = (*table.watchers, self)
+
+    def changed(self, old: Record | None, new: Record | None) -> None:
+        if new is not None:
+            self.written.add(new["id"])
+        elif old is not None:
+            self.bad.pop(old["id"], None)
+
+    def _check(self, record: Record) -> None:
+        errors = self.schema.errors(record)
+        rid = record["id"]
+        if errors:
+            self.bad[rid] = errors if len(self.bad) < MAX_VIOLATIONS else []
+        else:
+            self.bad.pop(rid, None)
+
+    def step(self) -> bool:
+        rows, ids = self.table.rows, self.ids
+        end = min(self.pos + CHUNK, len(ids))
+        for i in range(self.pos, end):
+            record = rows.get(ids[i])
+            if record is not None:
+                self._check(record)
+        self.pos = end
+        if end < len(ids):
+            return False
+        for rid in self.written:
+            record = rows.get(rid)
+            if record is not None:
+                self._check(record)
+        self.abort()
+        return True
+
+    def report(self) -> dict[str, Any]:
+        violations = [{"id": rid, "errors": e} for rid, e in self.bad.items() if e]
+        return {
+            "checked": len(self.table.rows),
+            "violating": len(self.bad),
+            "violations": violations[:MAX_VIOLATIONS],
+        }
+
+    def abort(self) -> None:
+        table = self.table
+        table.watchers = tuple(w for w in table.watchers if w is not self)

@@ -1,0 +1,109 @@
+"""Server-side parts of issue 9: the ``_actor`` argument, long commands run as jobs, stats with
+latency percentiles and slow commands, and the audit log and schemas surviving a restart."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from storeserver import builds
+from storeserver import engine as engine_module
+from storeserver.client import StoreClient, current_actor, current_request_id
+from storeserver.errors import ValidationFailed
+from storeserver.server import OpStats, _percentiles
+
+
+async def test_actor_and_request_id_reach_the_audit_log(client: StoreClient) -> None:
+    actor_token = current_actor.set({"user_id": "u-1", "role": "admin"})
+    request_token = current_request_id.set("req-9")
+    try:
+        await client.call("insert", {"table": "t", "record": {"a": 1}})
+        await client.call("find", {"table": "t"})  # reads carry no actor and are not audited
+    finally:
+        current_actor.reset(actor_token)
+        current_request_id.reset(request_token)
+    listed = await client.call("audit_list", {"user_id": "u-1"})
+    assert listed["total"] == 1
+    entry = listed["items"][0]
+    assert (entry["role"], entry["request_id"], entry["op"]) == ("admin", "req-9", "insert")
+
+
+async def test_a_long_index_build_lets_other_clients_in(
+    server, client: StoreClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(builds, "CHUNK", 50)
+    monkeypatch.setattr(engine_module, "CHUNK", 50)
+    await client.call(
+        "batch",
+        {"ops": [{"op": "insert", "table": "t", "record": {"k": i % 7}} for i in range(1000)]},
+    )
+    build = asyncio.ensure_future(client.call("create_index", {"table": "t", "field": "k"}))
+    await asyncio.sleep(0)  # the request is sent at the end of this loop turn
+    # A write sent after it is answered while the build runs, and the index includes it.
+    row = await client.call("insert", {"table": "t", "record": {"k": 3}})
+    assert not build.done()
+    assert server.jobs == 1
+    assert await build == {"created": True}
+    found = await client.call("find", {"table": "t", "where": [["k", "eq", 3]], "limit": 1000})
+    assert row["id"] in [r["id"] for r in found["items"]] and found["total"] == 144
+    stats = await client.call("stats")
+    assert stats["jobs"] == 0 and stats["commands"]["create_index"]["count"] == 1
+
+
+async def test_stats_report_percentiles_and_slow_commands(server, client: StoreClient) -> None:
+    server._slow_s = 0.0  # every command is slow
+    for _ in range(5):
+        await client.call("list_tables")
+    stats = await client.call("stats")
+    entry = stats["commands"]["list_tables"]
+    assert entry["count"] == 5 and 0 < entry["p50"] <= entry["p95"] <= entry["p99"] < 1
+    assert stats["slow"][-1]["command"] == "list_tables" and len(stats["slow"]) <= 20
+    assert {"max_memory", "clients", "uptime", "version", "persistence"} <= stats.keys()
+    assert stats["audit"]["max_entries"] == 100_000
+
+
+def test_percentiles_from_the_histogram() -> None:
+    stats = OpStats()
+    for _ in range(90):
+        stats.add("get", 0.0001)
+    for _ in range(10):
+        stats.add("get", 0.01)
+    entry = stats.as_dict()["get"]
+    assert 0.00008 < entry["p50"] < 0.00012 and 0.008 < entry["p99"] < 0.012
+    assert _percentiles([0] * 256, 0, (0.5,)) == [0.0]
+
+
+async def test_audit_and_schema_survive_a_restart(store_process, tmp_path) -> None:
+    env = {"STORE_DATA_DIR": str(tmp_path / "data"), "STORE_FSYNC": "always"}
+    store = store_process(**env)
+    client = StoreClient(store.address, timeout=5.0)
+    token = current_actor.set({"user_id": "u-7", "role": "user"})
+    try:
+        await client.call("set_schema", {"table": "p", "schema": {"required": ["name"]}})
+        await client.call("insert", {"table": "p", "record": {"name": "x"}})
+        await client.call("update_where", {"table": "p", "changes": {"n": 1}})
+    finally:
+        current_actor.reset(token)
+    await client.call("snapshot")
+    await client.call("delete_where", {"table": "p", "where": [["n", "eq", 1]]})
+    before = await client.call("audit_list")
+    await client.close()
+    assert store.stop() == 0
+    store.close()
+
+    restarted = store_process(**env)
+    client = StoreClient(restarted.address, timeout=5.0)
+    try:
+        assert await client.call("audit_list") == before
+        assert [i["op"] for i in before["items"]] == [
+            "delete_where",
+            "update_where",
+            "insert",
+            "set_schema",
+        ]
+        assert before["items"][1]["user_id"] == "u-7"
+        with pytest.raises(ValidationFailed):
+            await client.call("insert", {"table": "p", "record": {"other": 1}})
+    finally:
+        await client.close()

@@ -1,0 +1,543 @@
+"""Engine tests of the write side added for issue 9: batch references, upsert, update_where and
+delete_where, drop/list indexes, chunked index builds, schemas and the audit log."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from storeserver import builds
+from storeserver.builds import Job
+from storeserver.engine import Engine
+from storeserver.errors import (
+    BadRequest,
+    Conflict,
+    LimitExceeded,
+    NotFound,
+    StoreError,
+    ValidationFailed,
+    error_from_wire,
+)
+
+T0 = 1_700_000_000.25
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def engine(clock: FakeClock) -> Engine:
+    e = Engine(clock=clock, max_bulk_rows=5, audit_max_entries=50)
+    e.execute(
+        "create_table",
+        {"table": "users", "indexes": [{"field": "email", "unique": True, "casefold": True}]},
+    )
+    e.execute(
+        "create_table",
+        {"table": "orders", "foreign_keys": [{"field": "user_id", "table": "users"}]},
+    )
+    e.drain_changes()
+    return e
+
+
+def run(engine: Engine, command: str, **args: Any) -> Any:
+    return engine.run_job(engine.execute(command, args))
+
+
+def fail(engine: Engine, cls: type[StoreError], command: str, **args: Any) -> StoreError:
+    with pytest.raises(cls) as info:
+        run(engine, command, **args)
+    return info.value
+
+
+def snapshot(engine: Engine) -> tuple[Any, ...]:
+    tables = engine._catalog.tables
+    return (
+        {n: dict(t.rows) for n, t in tables.items()},
+        {n: t.index_specs() for n, t in tables.items()},
+        len(engine.audit),
+    )
+
+
+# -- batch references ---------------------------------------------------------------------
+
+
+def test_batch_references_earlier_results(engine: Engine) -> None:
+    result = run(
+        engine,
+        "batch",
+        ops=[
+            {"op": "insert", "table": "users", "record": {"email": "a@x", "tags": {"k": 1}}},
+            {"op": "insert", "table": "orders", "record": {"user_id": {"$ref": "0.id"}}},
+            {
+                "op": "patch",
+                "table": "users",
+                "id": {"$ref": "0.id"},
+                "changes": {"last": {"$ref": "1.id"}, "k": [{"$ref": "0.tags.k"}]},
+            },
+        ],
+    )
+    user, order, patched = result["results"]
+    assert order["user_id"] == user["id"]
+    assert patched["last"] == order["id"] and patched["k"] == [1]
+
+
+@pytest.mark.parametrize("ref", ["1.id", "0.nope", "x.id", "-1.id", "0", 5, "0.id.deeper"])
+def test_bad_batch_references_fail_and_roll_back(engine: Engine, ref: Any) -> None:
+    before = snapshot(engine)
+    err = fail(
+        engine,
+        BadRequest,
+        "batch",
+        ops=[
+            {"op": "insert", "table": "users", "record": {"email": "a@x"}},
+            {"op": "insert", "table": "orders", "record": {"user_id": {"$ref": ref}}},
+        ],
+    )
+    assert err.details["index"] == 1 and err.details["op"] == "insert"
+    assert snapshot(engine) == before
+    assert engine.drain_changes() == []
+
+
+def test_a_map_with_other_keys_is_not_a_reference(engine: Engine) -> None:
+    result = run(
+        engine,
+        "batch",
+        ops=[{"op": "insert", "table": "t", "record": {"v": {"$ref": "0.id", "x": 1}}}],
+    )
+    assert result["results"][0]["v"] == {"$ref": "0.id", "x": 1}
+
+
+# -- upsert ---------------------------------------------------------------------------------
+
+
+def test_upsert_inserts_then_merges(engine: Engine) -> None:
+    first = run(
+        engine, "insert", table="users", record={"id": "u1", "email": "a@x", "n": 1}, upsert=True
+    )
+    assert first["version"] == 1
+    merged = run(
+        engine, "insert", table="users", record={"id": "u1", "n": 2, "extra": {"a": 1}}, upsert=True
+    )
+    assert merged["version"] == 2 and merged["email"] == "a@x" and merged["n"] == 2
+    assert merged["created_at"] == first["created_at"]
+    # without upsert the same id is a conflict
+    assert (
+        fail(engine, Conflict, "insert", table="users", record={"id": "u1"}).details["reason"]
+        == "duplicate_id"
+    )
+    # in a new table, and inside a batch (rolled back with the batch)
+    assert run(engine, "insert", table="fresh", record={"id": "f"}, upsert=True)["version"] == 1
+    before = snapshot(engine)
+    fail(
+        engine,
+        NotFound,
+        "batch",
+        ops=[
+            {"op": "insert", "table": "users", "record": {"id": "u1", "n": 9}, "upsert": True},
+            {"op": "delete", "table": "users", "id": "missing"},
+        ],
+    )
+    assert snapshot(engine) == before
+    assert run(engine, "get", table="users", id="u1")["n"] == 2
+
+
+def test_upsert_checks_unique_values(engine: Engine) -> None:
+    run(engine, "insert", table="users", record={"id": "a", "email": "a@x"})
+    run(engine, "insert", table="users", record={"id": "b", "email": "b@x"})
+    err = fail(
+        engine, Conflict, "insert", table="users", record={"id": "b", "email": "A@X"}, upsert=True
+    )
+    assert err.details["reason"] == "unique"
+    with pytest.raises(BadRequest):
+        run(engine, "insert", table="users", record={}, upsert="yes")
+
+
+# -- update_where / delete_where ------------------------------------------------------------
+
+
+def seed_orders(engine: Engine, n: int = 4) -> list[dict[str, Any]]:
+    user = run(engine, "insert", table="users", record={"id": "u", "email": "u@x"})
+    return [user] + [
+        run(
+            engine,
+            "insert",
+            table="orders",
+            record={"user_id": "u", "status": "new" if i % 2 == 0 else "paid", "i": i},
+        )
+        for i in range(n)
+    ]
+
+
+def test_update_where_changes_the_matching_rows(engine: Engine) -> None:
+    seed_orders(engine)
+    result = run(
+        engine,
+        "update_where",
+        table="orders",
+        where=[["status", "eq", "new"]],
+        changes={"status": "sent", "note": {"by": "x"}},
+    )
+    assert result == {"matched": 2, "updated": 2}
+    assert run(engine, "count", table="orders", where=[["status", "eq", "sent"]]) == 2
+    # unchanged rows are matched but not rewritten
+    again = run(
+        engine,
+        "update_where",
+        table="orders",
+        where=[["status", "eq", "sent"]],
+        changes={"status": "sent"},
+    )
+    assert again == {"matched": 2, "updated": 0}
+    puts = [c for c in engine.drain_changes() if c[0] == "put" and c[1] == "orders"]
+    assert len(puts) == 4 + 2
+
+
+def test_update_where_is_atomic(engine: Engine) -> None:
+    seed_orders(engine)
+    before = snapshot(engine)
+    engine.drain_changes()
+    err = fail(
+        engine,
+        Conflict,
+        "update_where",
+        table="orders",
+        where=[["i", "gte", 2]],
+        changes={"user_id": "nobody"},
+    )
+    assert err.details["reason"] == "foreign_key"
+    assert snapshot(engine) == before and engine.drain_changes() == []
+    run(engine, "insert", table="users", record={"id": "v", "email": "v@x"})
+    err = fail(
+        engine, Conflict, "update_where", table="users", where=None, changes={"email": "same@x"}
+    )
+    assert err.details["reason"] == "unique"
+
+
+def test_bulk_max_rows(engine: Engine) -> None:
+    seed_orders(engine, 6)
+    err = fail(engine, LimitExceeded, "update_where", table="orders", changes={"a": 1})
+    assert err.details["matched"] == 6 and err.details["max"] == 5
+    err = fail(
+        engine, LimitExceeded, "delete_where", table="orders", where=[["i", "lt", 3]], max_rows=2
+    )
+    assert err.details == {"arg": "max_rows", "matched": 3, "max": 2}
+    assert run(engine, "count", table="orders") == 6
+    assert (
+        fail(engine, LimitExceeded, "delete_where", table="orders", max_rows=6).details["max"] == 5
+    )
+    fail(engine, BadRequest, "delete_where", table="orders", max_rows=0)
+    fail(engine, BadRequest, "update_where", table="orders", changes=[1])
+    fail(engine, BadRequest, "update_where", table="orders", where=[["i", "bogus", 1]], changes={})
+
+
+def test_delete_where_and_dependants(engine: Engine) -> None:
+    seed_orders(engine, 2)
+    run(engine, "insert", table="users", record={"id": "w", "email": "w@x"})
+    err = fail(engine, Conflict, "delete_where", table="users")
+    assert err.details["reason"] == "dependants"
+    assert run(engine, "count", table="users") == 2
+    assert run(engine, "delete_where", table="users", cascade=True) == {"deleted": 2, "cascaded": 2}
+    assert run(engine, "count", table="orders") == 0
+    assert run(engine, "delete_where", table="users") == {"deleted": 0, "cascaded": 0}
+
+
+def test_delete_where_removes_parents_and_children_together(engine: Engine) -> None:
+    run(engine, "create_table", table="tree", foreign_keys=[{"field": "parent", "table": "tree"}])
+    run(engine, "insert", table="tree", record={"id": "r", "kind": "x"})
+    run(engine, "insert", table="tree", record={"id": "c", "parent": "r", "kind": "x"})
+    run(engine, "insert", table="tree", record={"id": "d", "parent": "c", "kind": "y"})
+    fail(engine, Conflict, "delete_where", table="tree", where=[["kind", "eq", "x"]])
+    assert run(engine, "delete_where", table="tree", where=[["kind", "eq", "x"]], cascade=True) == {
+        "deleted": 2,
+        "cascaded": 1,
+    }
+
+
+# -- indexes --------------------------------------------------------------------------------
+
+
+def test_list_and_drop_indexes(engine: Engine) -> None:
+    run(engine, "create_index", table="users", field="team")
+    assert run(engine, "list_indexes", table="users") == [
+        {"field": "email", "unique": True, "casefold": True},
+        {"field": "team", "unique": False, "casefold": False},
+    ]
+    assert run(engine, "drop_index", table="users", field="team") == {"dropped": True}
+    assert run(engine, "drop_index", table="users", field="team") == {"dropped": False}
+    assert [c for c in engine.drain_changes() if c[0] == "drop_index"] == [
+        ("drop_index", "users", "team")
+    ]
+    err = fail(engine, BadRequest, "drop_index", table="orders", field="user_id")
+    assert err.details["reason"] == "foreign_key"
+    run(engine, "drop_index", table="users", field="email")
+    run(engine, "insert", table="users", record={"email": "a@x"})
+    run(engine, "insert", table="users", record={"email": "a@x"})  # no longer unique
+    fail(engine, NotFound, "list_indexes", table="nope")
+
+
+def test_unique_index_over_duplicates_names_examples(engine: Engine) -> None:
+    for team in ["a", "b", "a", "c", "B"]:
+        run(engine, "insert", table="t", record={"team": team})
+    err = fail(
+        engine, Conflict, "create_index", table="t", field="team", unique=True, casefold=True
+    )
+    assert err.details["reason"] == "duplicate" and err.details["field"] == "team"
+    values = sorted(e["value"] for e in err.details["examples"])
+    assert values == ["a", "b"] and all(len(e["ids"]) == 2 for e in err.details["examples"])
+
+
+@pytest.fixture
+def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(builds, "CHUNK", 4)
+    monkeypatch.setattr("storeserver.engine.CHUNK", 4)
+
+
+def test_index_build_in_chunks_sees_writes_made_meanwhile(
+    engine: Engine, small_chunks: None
+) -> None:
+    ids = [run(engine, "insert", table="t", record={"k": i % 3})["id"] for i in range(12)]
+    job = engine.execute("create_index", {"table": "t", "field": "k"})
+    assert isinstance(job, Job)
+    assert engine.advance(job) == (False, None)
+    # writes between steps: a processed row moves, an unprocessed one moves, rows come and go
+    run(engine, "patch", table="t", id=ids[0], changes={"k": 2})
+    run(engine, "patch", table="t", id=ids[10], changes={"k": 0})
+    run(engine, "delete", table="t", id=ids[3])
+    run(engine, "delete", table="t", id=ids[11])
+    new = run(engine, "insert", table="t", record={"k": 1})["id"]
+    fail(engine, BadRequest, "create_index", table="t", field="k", unique=True)
+    assert run(engine, "find", table="t", where=[["k", "eq", 1]])["total"] == 4
+    done = False
+    while not done:
+        done, result = engine.advance(job)
+    assert result == {"created": True}
+    table = engine._catalog.tables["t"]
+    for key in (0, 1, 2):
+        expected = [r["id"] for r in table.rows.values() if r["k"] == key]
+        assert list(table.hashes["k"].ids(key)) == expected  # creation order too
+    assert new in table.hashes["k"].ids(1)
+    assert ("table", "t", table.spec()) in engine.drain_changes()
+    assert engine.audit.entries[-1][6] == "create_index"
+
+
+def test_unique_build_in_chunks(engine: Engine, small_chunks: None) -> None:
+    ids = [run(engine, "insert", table="t", record={"k": i})["id"] for i in range(10)]
+    job = engine.execute("create_index", {"table": "t", "field": "k", "unique": True})
+    engine.advance(job)
+    # a duplicate made during the build, then resolved before the end: the build restarts
+    run(engine, "patch", table="t", id=ids[9], changes={"k": 0})
+    engine.advance(job)
+    run(engine, "patch", table="t", id=ids[9], changes={"k": 9})
+    assert engine.run_job(job) == {"created": True}
+    assert engine._catalog.tables["t"].uniques["k"].owners == {i: ids[i] for i in range(10)}
+    # a duplicate that stays: CONFLICT with examples, and no index, no journal entry
+    engine.drain_changes()
+    run(engine, "patch", table="t", id=ids[1], changes={"j": 5})
+    run(engine, "patch", table="t", id=ids[2], changes={"j": 5})
+    job = engine.execute("create_index", {"table": "t", "field": "j", "unique": True})
+    with pytest.raises(Conflict) as info:
+        engine.run_job(job)
+    assert info.value.details["examples"] == [{"value": 5, "ids": [ids[1], ids[2]]}]
+    table = engine._catalog.tables["t"]
+    assert "j" not in table.uniques and not table.watchers and not table.building
+    assert all(c[0] != "table" for c in engine.drain_changes())
+
+
+# -- schemas ----------------------------------------------------------------------------------
+
+PRODUCT = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "minLength": 1},
+        "price": {"type": "number", "minimum": 0, "multipleOf": 0.01},
+        "qty": {"type": "integer"},
+    },
+    "required": ["name"],
+    "additionalProperties": False,
+}
+
+
+def test_set_schema_validates_every_write(engine: Engine) -> None:
+    result = run(engine, "set_schema", table="products", schema=PRODUCT)
+    assert result == {"attached": True, "checked": 0, "violating": 0, "violations": []}
+    ok = run(
+        engine,
+        "insert",
+        table="products",
+        record={"name": "pen", "price": Decimal("1.25"), "qty": Decimal("2")},
+    )
+    err = fail(
+        engine,
+        ValidationFailed,
+        "insert",
+        table="products",
+        record={"name": "", "price": Decimal("1.005")},
+    )
+    paths = sorted(e["path"] for e in err.details["errors"])
+    assert paths == [["name"], ["price"]]
+    fail(engine, ValidationFailed, "patch", table="products", id=ok["id"], changes={"qty": 1.5})
+    fail(engine, ValidationFailed, "replace", table="products", id=ok["id"], record={"x": 1})
+    fail(
+        engine,
+        ValidationFailed,
+        "insert",
+        table="products",
+        record={"id": ok["id"], "x": 1},
+        upsert=True,
+    )
+    fail(engine, ValidationFailed, "update_where", table="products", changes={"price": -1})
+    assert run(engine, "get", table="products", id=ok["id"])["version"] == 1
+    assert error_from_wire("VALIDATION", "m", {}).__class__ is ValidationFailed
+    # removing it
+    assert run(engine, "set_schema", table="products", schema=None)["attached"] is False
+    run(engine, "insert", table="products", record={"x": 1})
+
+
+def test_set_schema_over_existing_rows(engine: Engine, small_chunks: None) -> None:
+    for i in range(10):
+        run(engine, "insert", table="p", record={"name": f"n{i}"} if i % 4 else {"x": i})
+    err = fail(engine, Conflict, "set_schema", table="p", schema=PRODUCT)
+    assert err.details["reason"] == "schema_violations" and err.details["violating"] == 3
+    assert engine._catalog.tables["p"].schema is None
+    result = run(engine, "set_schema", table="p", schema=PRODUCT, force=True)
+    assert result["attached"] and result["checked"] == 10 and result["violating"] == 3
+    assert result["violations"][0]["errors"]
+    assert ("schema", "p", PRODUCT) in engine.drain_changes()
+    fail(engine, BadRequest, "set_schema", table="p", schema={"type": "nonsense"})
+    fail(engine, BadRequest, "set_schema", table="p", schema=[1])
+    fail(engine, BadRequest, "set_schema", table="p")
+
+
+def test_schema_check_in_chunks_rechecks_rows_written_meanwhile(
+    engine: Engine, small_chunks: None
+) -> None:
+    ids = [run(engine, "insert", table="p", record={"name": f"n{i}"})["id"] for i in range(9)]
+    job = engine.execute("set_schema", {"table": "p", "schema": PRODUCT})
+    assert isinstance(job, Job)
+    engine.advance(job)
+    run(engine, "patch", table="p", id=ids[0], changes={"bad": 1})  # already checked
+    with pytest.raises(Conflict):
+        engine.run_job(job)
+    assert not engine._catalog.tables["p"].watchers
+
+
+# -- persistence of schemas, drops and audit --------------------------------------------------
+
+
+def test_replay_restores_schema_drops_and_audit(engine: Engine, clock: FakeClock) -> None:
+    run(engine, "create_index", table="users", field="team")
+    run(engine, "set_schema", table="users", schema={"type": "object"})
+    run(engine, "insert", table="users", record={"email": "a@x"})
+    run(engine, "drop_index", table="users", field="team")
+    journal = engine.drain_changes()
+    for source in (journal, list(engine.iter_state())):
+        copy = Engine(clock=clock)
+        for change in source:
+            copy.apply_change(change)
+        users = copy._catalog.tables["users"]
+        assert users.schema is not None and users.schema.document == {"type": "object"}
+        assert "team" not in users.hashes
+        assert list(copy.audit.entries) == list(engine.audit.entries)
+        assert copy.audit.seq == engine.audit.seq
+
+
+# -- audit ------------------------------------------------------------------------------------
+
+
+def test_audit_entries(engine: Engine, clock: FakeClock) -> None:
+    actor = {"user_id": "admin-1", "role": "admin"}
+    user = engine.execute(
+        "insert",
+        {"table": "users", "record": {"email": "a@x", "secret": 1}},
+        actor=actor,
+        request_id="req-1",
+    )
+    engine.execute("patch", {"table": "users", "id": user["id"], "changes": {"n": 1}})
+    engine.execute("kv_set", {"key": "k", "value": 1}, actor=actor)
+    engine.execute("insert", {"table": "_internal", "record": {}}, actor=actor)
+    engine.execute(
+        "update_where", {"table": "users", "where": [["n", "eq", 1]], "changes": {"n": 2}}
+    )
+    engine.execute("delete", {"table": "users", "id": user["id"]}, actor=actor)
+    listed = run(engine, "audit_list")
+    assert listed["total"] == 4
+    newest, _, patch, first = listed["items"]
+    assert first == {
+        "seq": first["seq"],
+        "at": user["created_at"],
+        "user_id": "admin-1",
+        "role": "admin",
+        "request_id": "req-1",
+        "table": "users",
+        "op": "insert",
+        "record_id": user["id"],
+        "filter": None,
+        "fields": ["email", "secret"],
+        "count": 1,
+    }
+    assert patch["op"] == "patch" and patch["fields"] == ["n"] and patch["user_id"] is None
+    assert listed["items"][1]["filter"] == [["n", "eq", 1]]
+    assert newest["op"] == "delete" and newest["count"] == 1
+    assert [i["seq"] for i in listed["items"]] == sorted(
+        (i["seq"] for i in listed["items"]), reverse=True
+    )
+    assert run(engine, "audit_list", user_id="admin-1")["total"] == 2
+    assert run(engine, "audit_list", table="orders")["total"] == 0
+    page = run(engine, "audit_list", offset=1, limit=2)
+    assert [i["op"] for i in page["items"]] == ["update_where", "patch"] and page["total"] == 4
+    assert run(engine, "audit_list", since=newest["at"])["total"] == 1
+    assert run(engine, "audit_list", until=first["at"])["total"] == 1
+    fail(engine, BadRequest, "audit_list", user_id=3)
+    with pytest.raises(BadRequest):
+        engine.execute("insert", {"table": "t", "record": {}}, actor={"user_id": 1})
+
+
+def test_failed_commands_leave_no_audit_entry(engine: Engine) -> None:
+    seed_orders(engine, 2)
+    engine.drain_changes()
+    before = (len(engine.audit), engine.audit.seq)
+    fail(
+        engine,
+        Conflict,
+        "batch",
+        ops=[
+            {"op": "insert", "table": "orders", "record": {"user_id": "u"}},
+            {"op": "insert", "table": "orders", "record": {"user_id": "ghost"}},
+        ],
+    )
+    fail(engine, Conflict, "delete_where", table="users")
+    assert (len(engine.audit), engine.audit.seq) == before
+    assert engine.drain_changes() == []
+    run(
+        engine,
+        "batch",
+        ops=[
+            {"op": "insert", "table": "orders", "record": {"user_id": "u"}},
+            {"op": "delete", "table": "orders", "id": {"$ref": "0.id"}},
+        ],
+    )
+    assert [e[6] for e in list(engine.audit.entries)[-2:]] == ["insert", "delete"]
+
+
+def test_audit_bounds(clock: FakeClock) -> None:
+    engine = Engine(clock=clock, audit_max_entries=3, audit_max_age=60)
+    for i in range(5):
+        run(engine, "insert", table="t", record={"i": i})
+    assert [e[0] for e in engine.audit.entries] == [3, 4, 5]
+    clock.now += 61
+    assert run(engine, "audit_list")["total"] == 0
+    run(engine, "insert", table="t", record={})
+    assert len(engine.audit) == 1
