@@ -25,6 +25,7 @@ from api.queries import Fields, ListQuery, Page, build_list_query
 from api.services import orders, records, users
 from api.settings import Settings
 from api.store import Store
+from storeserver.client import current_actor
 from storeserver.errors import NotFound, StoreUnavailable
 
 TABLE_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
@@ -110,7 +111,11 @@ async def get_caller(
         if isinstance(outcome.error, InvalidToken):
             raise invalid_token()
         raise outcome.error  # a store error: the revocation could not be checked (503/504)
-    return outcome.principal
+    principal = outcome.principal
+    # Every store call of this request carries who is calling (anonymous: no user id), for
+    # the store's audit log. Set, not reset: uvicorn runs each request in its own task.
+    current_actor.set({"user_id": principal.id, "role": principal.role})
+    return principal
 
 
 Caller = Annotated[Principal, Depends(get_caller)]

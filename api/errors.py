@@ -7,6 +7,7 @@ Store errors are mapped to HTTP statuses here and nowhere else.
 
 from __future__ import annotations
 
+import re
 from http import HTTPStatus
 from typing import Any
 
@@ -62,6 +63,7 @@ STORE_STATUS: dict[type[store_errors.StoreError], tuple[int, str]] = {
     store_errors.Conflict: (409, "CONFLICT"),
     store_errors.VersionMismatch: (412, "PRECONDITION_FAILED"),
     store_errors.LimitExceeded: (400, "LIMIT_EXCEEDED"),
+    store_errors.ValidationFailed: (422, "VALIDATION_ERROR"),
     store_errors.MemoryLimit: (507, "INSUFFICIENT_STORAGE"),
     store_errors.StoreUnavailable: (503, "STORE_UNAVAILABLE"),
     store_errors.StoreTimeout: (504, "STORE_TIMEOUT"),
@@ -72,6 +74,8 @@ CONFLICT_CODES = {
     "foreign_key": "FOREIGN_KEY_VIOLATION",
     "dependants": "HAS_DEPENDANTS",
 }
+# jsonschema's message for a missing property (its error sits on the enclosing object).
+_REQUIRED = re.compile(r"'([^']{1,200})' is a required property")
 # Only these keys of a store error's details reach the client.
 SAFE_DETAIL_KEYS = ("field", "reason", "table", "id", "current", "arg", "max")
 STATUS_CODES = {
@@ -141,10 +145,33 @@ async def handle_store_error(request: Request, exc: Exception) -> Response:
     if status_code == 500:
         log.error("store_error", error=repr(exc))
         return error_response(request, 500, "INTERNAL_ERROR", "Internal server error")
+    if isinstance(exc, store_errors.ValidationFailed):
+        return error_response(request, 422, code, exc.message, schema_error_details(exc))
     detail = {key: exc.details[key] for key in SAFE_DETAIL_KEYS if key in exc.details}
     if isinstance(exc, store_errors.Conflict):
         code = CONFLICT_CODES.get(str(detail.get("reason")), code)
     return error_response(request, status_code, code, exc.message, [detail] if detail else [])
+
+
+def schema_error_details(
+    exc: store_errors.StoreError, loc: tuple[str, ...] = ("body", "data")
+) -> list[dict[str, Any]]:
+    """A table's JSON Schema refused a record: one detail per error, naming the field's path
+    (``body.data.meta.color``; ``body.data`` for the record as a whole)."""
+    errors = exc.details.get("errors")
+    if not isinstance(errors, list):
+        return [{"field": ".".join(loc), "message": exc.message}]
+    details = []
+    for error in errors:
+        if not isinstance(error, dict):
+            continue
+        message = str(error.get("message", "invalid value"))
+        path = [*loc, *(str(part) for part in error.get("path", []))]
+        missing = _REQUIRED.fullmatch(message)
+        if missing:  # reported on the enclosing object: name the missing field itself
+            path.append(missing.group(1))
+        details.append({"field": ".".join(path), "message": message})
+    return details
 
 
 async def handle_validation_error(request: Request, exc: Exception) -> Response:

@@ -7,11 +7,14 @@ body without Content-Length is cut off at the limit too. Starlette 1.10's own
 exception handlers; this one answers 413 in the error envelope.
 
 Content type: on ``/api/`` paths a request with a body must be JSON (``application/json`` or
-``application/*+json``), except the OAuth2 token endpoint, which takes a form. Anything else
-is 415 before any parsing.
+``application/*+json``), except the OAuth2 token endpoint, which takes a form, and upload paths
+(CSV import), which take ``multipart/form-data`` or ``text/csv`` up to their own byte limit
+(``IMPORT_MAX_BYTES``). Anything else is 415 before any parsing.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -23,6 +26,7 @@ from api.errors import error_response
 
 BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
+UPLOAD_TYPES = frozenset({"multipart/form-data", "text/csv"})
 
 
 class BodyTooLarge(StarletteHTTPException):
@@ -39,16 +43,24 @@ def is_json(media_type: str) -> bool:
 
 
 class RequestBodyMiddleware:
-    def __init__(self, app: ASGIApp, max_bytes: int, form_paths: frozenset[str]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        form_paths: frozenset[str],
+        upload_paths: Mapping[str, int] | None = None,
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.form_paths = form_paths
+        self.upload_paths = dict(upload_paths or {})  # path → its byte limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in BODYLESS_METHODS:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
+        limit = self.upload_paths.get(scope["path"], self.max_bytes)
         declared = headers.get("content-length")
         length: int | None = None
         if declared is not None:
@@ -57,17 +69,22 @@ class RequestBodyMiddleware:
             except ValueError:
                 await self._reject(scope, receive, send, 400, "BAD_REQUEST", "Bad Content-Length")
                 return
-        if length is not None and length > self.max_bytes:
+        if length is not None and length > limit:
             await self._reject(
-                scope, receive, send, 413, "PAYLOAD_TOO_LARGE", BodyTooLarge(self.max_bytes).detail
+                scope, receive, send, 413, "PAYLOAD_TOO_LARGE", BodyTooLarge(limit).detail
             )
             return
         has_body = (length or 0) > 0 or "transfer-encoding" in headers
         if has_body and scope["path"].startswith("/api/"):
             media_type = headers.get("content-type", "").partition(";")[0].strip().lower()
             wanted_form = scope["path"] in self.form_paths
-            if not (media_type in FORM_TYPES if wanted_form else is_json(media_type)):
-                expected = "a form" if wanted_form else "application/json"
+            if scope["path"] in self.upload_paths:
+                accepted, expected = media_type in UPLOAD_TYPES, "multipart/form-data or text/csv"
+            elif wanted_form:
+                accepted, expected = media_type in FORM_TYPES, "a form"
+            else:
+                accepted, expected = is_json(media_type), "application/json"
+            if not accepted:
                 await self._reject(
                     scope,
                     receive,
@@ -79,7 +96,6 @@ class RequestBodyMiddleware:
                 return
 
         received = 0
-        limit = self.max_bytes
         started = False
 
         async def counting_receive() -> Message:

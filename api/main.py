@@ -14,10 +14,13 @@ from fastapi import FastAPI
 from api.auth.startup import ensure_admin_step, install_limiters, reoffer_secret, start_auth
 from api.errors import install_error_handlers
 from api.headers import SWAGGER_UI_PARAMETERS
+from api.jobs import start_jobs, stop_jobs
 from api.logs import configure_logging
 from api.metrics import install_metrics
 from api.middleware import install_middleware
-from api.routes import admin, auth, data, dump, join, orders, probes, users
+from api.routes import admin, auth, batch, data, dump, join, orders, probes, tables, users
+from api.routes import jobs as job_routes
+from api.routes import transactions as transaction_routes
 from api.services.schema import ensure_schema
 from api.settings import Settings, get_settings
 from api.store import connect_store
@@ -29,9 +32,12 @@ TAGS = [
     {"name": "users", "description": "Registration and user records (email unique)."},
     {"name": "orders", "description": "Orders; each belongs to an existing user."},
     {"name": "data", "description": 'Generic tables: any JSON record under `{"data": {...}}`.'},
+    {"name": "tables", "description": "Schemas, indexes, update/delete by filter (admin)."},
     {"name": "join", "description": "Paginated inner joins of two tables."},
     {"name": "dump", "description": "Whole-table export, streamed as NDJSON."},
-    {"name": "admin", "description": "Operator actions: snapshots for backups (admin only)."},
+    {"name": "batch", "description": "CSV import (validated per row) and streamed CSV export."},
+    {"name": "admin", "description": "Operator actions: snapshots, audit log, stats (admin only)."},
+    {"name": "jobs", "description": "Background jobs: status from any worker, cancel, results."},
     {"name": "probes", "description": "Liveness and readiness for orchestrators."},
 ]
 DESCRIPTION = """
@@ -46,9 +52,10 @@ Decimal amounts (`total_price`) are strings, so they stay exact.
 Lists take `page` (from 1), `per_page` (1 to 100, default 20), `sort=field:asc|desc[,...]`,
 `created_after` / `created_before` (ISO dates or datetimes, UTC if no offset), and filters: any
 other query parameter, as `field=value` or `field__op=value` with op in `gt gte lt lte ne in
-contains` (`in` takes comma-separated values). On users and orders an unknown field or operator
-is a 400 and a value of the wrong type a 422; on generic tables values are read as JSON scalars
-when they parse (`30`, `true`, `null`, `"30"` for the string), else as strings.
+contains startswith exists` (`in` takes comma-separated values, `exists` true or false). On
+users and orders an unknown field or operator is a 400 and a value of the wrong type a 422; on
+generic tables values are read as JSON scalars when they parse (`30`, `true`, `null`, `"30"`
+for the string), else as strings.
 
 **Authentication.** Register with `POST /api/v1/users`, log in with `POST /api/v1/auth/token`
 (OAuth2 password form, username = email; the Authorize button above does it) and send
@@ -82,8 +89,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         await start_auth(app.state, store, settings)
         app.state.store = store
+        await start_jobs(app.state, store, settings)
         yield
     finally:
+        await stop_jobs(app.state)
         await store.close()
 
 
@@ -105,6 +114,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     install_middleware(app, settings)
     install_metrics(app)
-    for module in (auth, users, orders, data, join, dump, admin, probes):
+    # tables before data: /data/{table}/schema is not a read of a record called "schema".
+    for module in (auth, users, orders, tables, data, join, dump, admin, probes):
         app.include_router(module.router, prefix=API_PREFIX)
+    app.include_router(job_routes.router, prefix=API_PREFIX)
+    app.include_router(batch.router, prefix=API_PREFIX)
+    app.include_router(transaction_routes.router, prefix=API_PREFIX)
     return app

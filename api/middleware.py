@@ -201,6 +201,7 @@ def install_middleware(app: FastAPI, settings: Settings) -> None:
     # Imported here: both import api.errors, which imports this module.
     from api.guard import TOKEN_PATH, RequestGuardMiddleware
     from api.hardening import EnvelopeCORSMiddleware, RequestBodyMiddleware
+    from api.services.csv_import import IMPORT_PATH
 
     app.add_middleware(GZipMiddleware, minimum_size=settings.gzip_min_bytes)
     app.add_middleware(RequestGuardMiddleware, settings=settings)
@@ -227,6 +228,9 @@ def install_middleware(app: FastAPI, settings: Settings) -> None:
             ],
         )
     app.add_middleware(
-        RequestBodyMiddleware, max_bytes=settings.max_body_bytes, form_paths=frozenset({TOKEN_PATH})
+        RequestBodyMiddleware,
+        max_bytes=settings.max_body_bytes,
+        form_paths=frozenset({TOKEN_PATH}),
+        upload_paths={IMPORT_PATH: settings.import_max_bytes},
     )
     app.add_middleware(RequestIdMiddleware, expose_worker_pid=settings.expose_worker_pid)

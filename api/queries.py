@@ -3,7 +3,8 @@
 Pure functions, no I/O. Typed resources (users, orders) declare their fields and types: an
 unknown field or operator is a 400 naming it, a value that is not of the field's type a 422.
 Generic tables accept any well-formed field name and read values as JSON scalars when they
-parse (``30`` → 30, ``true``, ``null``), else as strings; ``contains`` always takes a string.
+parse (``30`` → 30, ``true``, ``null``), else as strings; ``contains`` and ``startswith``
+always take a string, ``exists`` takes ``true`` or ``false``.
 """
 
 from __future__ import annotations
@@ -22,8 +23,12 @@ from api.errors import bad_query, invalid_value
 FieldType = Literal["str", "int", "decimal", "timestamp"]
 Fields = Mapping[str, FieldType]
 
-OPERATORS = frozenset({"eq", "ne", "gt", "gte", "lt", "lte", "in", "contains"})
+OPERATORS = frozenset(
+    {"eq", "ne", "gt", "gte", "lt", "lte", "in", "contains", "startswith", "exists"}
+)
 RESERVED = frozenset({"page", "per_page", "sort", "created_after", "created_before"})
+# Parameters of typed resources' lists that are not filters (``GET /orders?expand=user``).
+TYPED_RESERVED = RESERVED | {"expand"}
 MAX_IN_VALUES = 100
 MAX_SORT_FIELDS = 4
 MAX_FILTERS = 20
@@ -34,7 +39,7 @@ BASE_FIELDS: dict[str, FieldType] = {
     "updated_at": "timestamp",
     "version": "int",
 }
-_GENERIC_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}(?:\.[A-Za-z_][A-Za-z0-9_]{0,63}){0,7}")
+GENERIC_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}(?:\.[A-Za-z_][A-Za-z0-9_]{0,63}){0,7}")
 _INT = re.compile(r"[+-]?[0-9]{1,19}")
 _INT64 = range(-(2**63), 2**63)
 _STORE_TIME = "%Y-%m-%dT%H:%M:%S.%fZ"
@@ -86,7 +91,8 @@ def build_list_query(
     fields: Fields | None,
 ) -> ListQuery:
     """Parse the query string; ``fields`` is ``None`` for a generic table."""
-    where = [parse_filter(key, value, fields) for key, value in params if key not in RESERVED]
+    reserved = RESERVED if fields is None else TYPED_RESERVED
+    where = [parse_filter(key, value, fields) for key, value in params if key not in reserved]
     if len(where) > MAX_FILTERS:
         raise bad_query("query", f"at most {MAX_FILTERS} filters are allowed")
     if created_after is not None:
@@ -104,10 +110,14 @@ def parse_filter(key: str, raw: str, fields: Fields | None) -> list[Any]:
         if op not in OPERATORS:
             raise bad_query(key, f"unknown operator '{op}' in '{key}'")
     ftype = _field_type(name, fields, key)
-    if op == "contains":
+    if op in ("contains", "startswith"):
         if ftype not in (None, "str"):
-            raise bad_query(key, f"operator 'contains' does not apply to field '{name}'")
+            raise bad_query(key, f"operator '{op}' does not apply to field '{name}'")
         return [name, op, raw]
+    if op == "exists":
+        if raw not in ("true", "false"):
+            raise invalid_value(f"query.{key}", "expected true or false")
+        return [name, op, raw == "true"]
     if op == "in":
         values = raw.split(",")
         if len(values) > MAX_IN_VALUES:
@@ -163,7 +173,7 @@ def parse_scalar(text: str) -> Any:
 
 def _field_type(name: str, fields: Fields | None, key: str) -> FieldType | None:
     if fields is None:
-        if not _GENERIC_FIELD.fullmatch(name):
+        if not GENERIC_FIELD.fullmatch(name):
             raise bad_query(key, f"invalid field name in '{key}'")
         return BASE_FIELDS.get(name)
     if name not in fields:

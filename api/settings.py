@@ -23,6 +23,8 @@ MIN_SECRET_LENGTH = 32
 MIN_ADMIN_PASSWORD_LENGTH = 12
 # Values people paste from examples: refused in production whatever their length.
 WEAK_SECRET_WORDS = ("secret", "changeme", "change-me", "change_me", "password", "example")
+# `make run`'s development administrator password (Makefile): never accepted in production.
+DEV_ADMIN_PASSWORD = "dev-only-admin-password"
 
 
 class Settings(BaseSettings):
@@ -44,10 +46,14 @@ class Settings(BaseSettings):
     store_wait_seconds: PositiveFloat = 30.0
     store_retry_after: PositiveInt = 1
     max_body_bytes: PositiveInt = 1024 * 1024
+    # POST /api/v1/batch/import only (CSV upload, spooled to disk past 1 MiB): its own limit.
+    import_max_bytes: PositiveInt = 64 * 1024 * 1024
     cors_origins: Annotated[list[str], NoDecode] = []
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     gzip_min_bytes: PositiveInt = 1024
     dump_chunk_size: Annotated[int, Field(ge=1, le=1000)] = 500
+    # PATCH/DELETE /data/{table}?<filters>: more matching rows than this → 400, nothing changed.
+    max_rows_per_filter_write: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
     bcrypt_rounds: Annotated[int, Field(ge=4, le=31)] = 12
     expose_worker_pid: bool = False
     # --- security (api/auth, api/ratelimit.py, api/hardening.py) ---
@@ -60,6 +66,18 @@ class Settings(BaseSettings):
     trusted_proxies: Annotated[list[str], NoDecode] = []
     admin_email: EmailStr | None = None
     admin_password: SecretStr | None = None
+    # --- background jobs (api/jobs) ---
+    # Where export results are written; empty: "jobs" beside a Unix STORE_SOCKET (run/jobs
+    # under `make run`), else the system temp dir. Every worker must see the same directory.
+    job_result_dir: str = ""
+    job_max_concurrent: Annotated[int, Field(ge=1, le=64)] = 2
+    job_heartbeat_seconds: PositiveFloat = 2.0
+    job_stale_seconds: PositiveFloat = 15.0
+    # Past this many rows (table or whole store) exports/snapshots/by-filter run as jobs.
+    job_async_rows: PositiveInt = 100_000
+    # CSV import bodies larger than this run as jobs.
+    job_async_bytes: PositiveInt = 8 * 1024 * 1024
+    job_retention_seconds: PositiveInt = 86_400
 
     @field_validator("cors_origins", "trusted_proxies", mode="before")
     @classmethod
@@ -109,6 +127,10 @@ class Settings(BaseSettings):
                     " print(secrets.token_urlsafe(48))'"
                 )
             if self.admin_password is not None and (
+                self.admin_password.get_secret_value() == DEV_ADMIN_PASSWORD
+            ):
+                raise ValueError("ADMIN_PASSWORD is make run's development default; set your own")
+            if self.admin_password is not None and (
                 len(self.admin_password.get_secret_value()) < MIN_ADMIN_PASSWORD_LENGTH
             ):
                 raise ValueError(
@@ -123,6 +145,8 @@ class Settings(BaseSettings):
             raise ValueError("ADMIN_PASSWORD must be 8 to 72 UTF-8 bytes (bcrypt's limit)")
         if self.refresh_token_ttl <= self.access_token_ttl:
             raise ValueError("REFRESH_TOKEN_TTL must be longer than ACCESS_TOKEN_TTL")
+        if self.job_stale_seconds < 3 * self.job_heartbeat_seconds:
+            raise ValueError("JOB_STALE_SECONDS must be at least 3 x JOB_HEARTBEAT_SECONDS")
         return self
 
 

@@ -5,14 +5,31 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
-from api.deps import DataListQuery, IfMatch, StoreDep, TableName, require_admin
-from api.responses import list_response, no_content, record_response
+from api.deps import (
+    CreatedAfter,
+    CreatedBefore,
+    DataListQuery,
+    IfMatch,
+    StoreDep,
+    TableName,
+    require_admin,
+)
+from api.queries import ListQuery, Page, build_list_query
+from api.responses import (
+    DATA_CACHE_CONTROL,
+    json_response,
+    list_response,
+    no_content,
+    record_response,
+)
 from api.schemas.data import DataBody, DataRecord
-from api.schemas.envelope import Envelope, ListEnvelope, error_responses
+from api.schemas.envelope import Envelope, ListEnvelope, PageMeta, error_responses
+from api.schemas.query import AggregateBody, CountResult, QueryBody
+from api.schemas.transactions import BulkMeta, DataCreateBody
 from api.services import records
 
 router = APIRouter(
@@ -22,22 +39,114 @@ router = APIRouter(
     responses=error_responses(401, 403, validation=False),
 )
 RecordId = Annotated[str, Path(max_length=128, description="Record id")]
+Upsert = Annotated[
+    bool, Query(description="Merge into records whose id exists (generic tables only)")
+]
+
+
+class BulkEnvelope(ListEnvelope[DataRecord]):
+    """The records a bulk insert stored, in order."""
+
+    meta: BulkMeta  # type: ignore[assignment]
+
+
+class GroupsEnvelope(ListEnvelope[dict[str, Any]]):
+    """Groups: the group-by fields, then each metric by its name (decimals as strings)."""
+
+
+async def parse_count_query(
+    request: Request,
+    table: TableName,
+    created_after: CreatedAfter = None,
+    created_before: CreatedBefore = None,
+) -> ListQuery:
+    """The filters of a list (``field=value``, ``field__op=value``); paging is ignored."""
+    params = request.query_params.multi_items()
+    fields = records.fields_of(table)
+    return build_list_query(params, Page(), None, created_after, created_before, fields)
+
+
+CountQuery = Annotated[ListQuery, Depends(parse_count_query)]
 
 
 @router.post(
     "/{table}",
     status_code=201,
-    response_model=Envelope[DataRecord],
+    response_model=Envelope[DataRecord] | BulkEnvelope,
     responses=error_responses(400, 409, 413, 415, 422, 507),
-    summary="Create a record",
+    summary="Create a record, or many",
 )
 async def create_record(
-    request: Request, table: TableName, body: DataBody, store: StoreDep
+    request: Request,
+    table: TableName,
+    body: DataCreateBody,
+    store: StoreDep,
+    upsert: Upsert = False,
 ) -> Response:
-    """Insert a record (the table is created on first insert); an `id` may be supplied."""
-    record = await records.create_record(store, table, body.data)
+    """Insert a record (the table is created on first insert); an `id` may be supplied.
+
+    With a list under `data`, every record is inserted in one atomic store operation (none if
+    one fails; the error names it). `upsert=true` merges into records whose `id` exists
+    (RFC 7386, version + 1): a single record then answers 200 when it was merged.
+    """
+    if isinstance(body.data, list):
+        stored = await records.create_records(store, table, body.data, upsert)
+        inserted = sum(1 for record in stored if record.get("version") == 1)
+        meta = {"inserted": inserted, "updated": len(stored) - inserted}
+        headers = {"Cache-Control": DATA_CACHE_CONTROL}
+        return json_response({"status": "success", "data": stored, "meta": meta}, 201, headers)
+    if upsert:
+        record = await records.upsert_record(store, table, body.data)
+        status = 201 if record.get("version") == 1 else 200
+    else:
+        record, status = await records.create_record(store, table, body.data), 201
     location = request.app.url_path_for("read_record", table=table, record_id=record["id"])
-    return record_response(request, record, status_code=201, location=location)
+    return record_response(request, record, status_code=status, location=location)
+
+
+@router.get(
+    "/{table}/count",
+    response_model=Envelope[CountResult],
+    responses=error_responses(400, 404, 422),
+    summary="Count records",
+)
+async def count_records(table: TableName, query: CountQuery, store: StoreDep) -> Response:
+    """How many records match the list filters (`field=value`, `field__op=value`,
+    `created_after`, `created_before`); an indexed equality is answered from the index."""
+    count = await records.count_records(store, table, query)
+    headers = {"Cache-Control": DATA_CACHE_CONTROL}
+    return json_response({"status": "success", "data": {"count": count}}, 200, headers)
+
+
+@router.post(
+    "/{table}/query",
+    response_model=ListEnvelope[DataRecord],
+    responses=error_responses(400, 404, 413, 415, 422),
+    summary="Query records with a filter tree",
+)
+async def query_records(
+    request: Request, table: TableName, body: QueryBody, store: StoreDep
+) -> Response:
+    """Filter with and/or/not over eq, ne, gt, gte, lt, lte, in, contains, startswith and
+    exists; sort, paginate and project (`fields`). Errors name the bad node of the tree."""
+    query = records.TreeQuery.parse(body, records.fields_of(table))
+    items, versioned, total = await records.query_records(store, table, query)
+    return list_response(request, items, total, query.page, versioned)
+
+
+@router.post(
+    "/{table}/aggregate",
+    response_model=GroupsEnvelope,
+    responses=error_responses(400, 404, 413, 415, 422),
+    summary="Aggregate records by group",
+)
+async def aggregate_records(table: TableName, body: AggregateBody, store: StoreDep) -> Response:
+    """Group by fields and compute count, sum, avg, min and max (decimal sums stay exact and
+    are sent as strings); groups are filtered first, then sorted and paginated."""
+    items, total = await records.aggregate_records(store, table, body)
+    meta = PageMeta(page=body.page, per_page=body.per_page, total=total).model_dump()
+    headers = {"Cache-Control": DATA_CACHE_CONTROL}
+    return json_response({"status": "success", "data": items, "meta": meta}, 200, headers)
 
 
 @router.get(

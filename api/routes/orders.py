@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Request, Response
 
 from api.deps import CurrentUser, IfMatch, OrderId, OrderListQuery, StoreDep
 from api.errors import ApiError
 from api.responses import list_response, no_content, record_response
 from api.schemas.envelope import Envelope, ListEnvelope, error_responses
 from api.schemas.orders import OrderCreate, OrderPublic, OrderUpdate
+from api.schemas.query import OrderQueryBody, OrderWithUser
 from api.schemas.users import UserPublic
 from api.services import orders as order_service
+from api.services import records
 
 router = APIRouter(prefix="/orders", tags=["orders"])
+Expand = Annotated[
+    Literal["user"] | None, Query(description="`user`: embed each order's user (one lookup)")
+]
 
 
 @router.post(
@@ -37,19 +44,47 @@ async def create_order(
 
 @router.get(
     "",
-    response_model=ListEnvelope[OrderPublic],
+    response_model=ListEnvelope[OrderWithUser],
     responses=error_responses(400, 401, 422),
     summary="List orders",
 )
 async def list_orders(
-    request: Request, query: OrderListQuery, store: StoreDep, caller: CurrentUser
+    request: Request,
+    query: OrderListQuery,
+    store: StoreDep,
+    caller: CurrentUser,
+    expand: Expand = None,
 ) -> Response:
     """List your orders (an admin: everyone's) with pagination, sorting and filters
-    (e.g. total_price__gte=10)."""
+    (e.g. total_price__gte=10); `expand=user` embeds each order's user."""
     if not caller.is_admin:
         query = query.with_condition(["user_id", "eq", caller.id])
     items, total = await order_service.list_orders(store, query)
+    if expand:
+        embedded = await order_service.with_users(store, items)
+        return list_response(request, embedded, total, query.page, _versioned(embedded, items))
     return list_response(request, items, total, query.page)
+
+
+@router.post(
+    "/query",
+    response_model=ListEnvelope[OrderWithUser],
+    responses=error_responses(400, 401, 413, 415, 422),
+    summary="Query orders with a filter tree",
+)
+async def query_orders(
+    request: Request, body: OrderQueryBody, store: StoreDep, caller: CurrentUser
+) -> Response:
+    """Your orders (an admin: everyone's) matching a filter tree, as in
+    `POST /data/{table}/query`; `expand: "user"` embeds each order's user."""
+    query = records.TreeQuery.parse(body, order_service.FIELDS, scoped=not caller.is_admin)
+    if not caller.is_admin:
+        query = query.with_condition(["user_id", "eq", caller.id])
+    items, versioned, total = await records.query_records(store, order_service.TABLE, query)
+    if body.expand:
+        items = await order_service.with_users(store, items, versioned)
+        versioned = _versioned(items, versioned)
+    return list_response(request, items, total, query.page, versioned)
 
 
 @router.get(
@@ -117,3 +152,11 @@ async def read_order_user(request: Request, order_id: OrderId, store: StoreDep) 
 def _check_owner(caller: CurrentUser, user_id: str) -> None:
     if user_id != caller.id and not caller.is_admin:
         raise ApiError(403, "FORBIDDEN", "Only an admin may place or move orders for other users")
+
+
+Records = list[dict[str, Any]]
+
+
+def _versioned(embedded: Records, orders: Records) -> Records:
+    """The orders and their embedded users, for a list ETag that changes when either does."""
+    return [*orders, *(order["user"] for order in embedded if order.get("user"))]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 
@@ -17,11 +17,20 @@ from api.deps import (
     UserListQuery,
 )
 from api.errors import ApiError
-from api.responses import list_response, no_content, record_response
+from api.etags import list_etag, none_match_hits
+from api.queries import Page
+from api.responses import (
+    DATA_CACHE_CONTROL,
+    json_response,
+    list_response,
+    no_content,
+    record_response,
+)
 from api.schemas.envelope import Envelope, ListEnvelope, error_responses
-from api.schemas.orders import OrderPublic
+from api.schemas.query import OrderWithUser, QueryBody, UserWithOrders
 from api.schemas.users import UserCreate, UserPublic, UserUpdate
 from api.services import orders as order_service
+from api.services import records
 from api.services import users as user_service
 
 router = APIRouter(prefix="/users", tags=["users"])
@@ -74,18 +83,57 @@ async def read_me(request: Request, caller: CurrentUser, store: StoreDep) -> Res
     return record_response(request, await user_service.read_user(store, caller.id))
 
 
+@router.post(
+    "/query",
+    response_model=ListEnvelope[UserPublic],
+    responses=error_responses(400, 401, 403, 413, 415, 422),
+    summary="Query users with a filter tree",
+)
+async def query_users(
+    request: Request, body: QueryBody, store: StoreDep, admin: AdminUser
+) -> Response:
+    """Users (admin) matching a filter tree, as in `POST /data/{table}/query`."""
+    query = records.TreeQuery.parse(body, user_service.FIELDS)
+    items, versioned, total = await records.query_records(store, user_service.TABLE, query)
+    return list_response(request, items, total, query.page, versioned)
+
+
 @router.get(
     "/{user_id}",
-    response_model=Envelope[UserPublic],
+    response_model=Envelope[UserWithOrders],
     responses={
         304: {"description": "Not modified (If-None-Match)"},
-        **error_responses(401, 404),
+        **error_responses(400, 401, 404),
     },
     summary="Read a user",
 )
-async def read_user(request: Request, user_id: UserId, store: StoreDep) -> Response:
-    """Read yourself (any user by id for an admin); the weak ETag is the record's version."""
-    return record_response(request, await user_service.read_user(store, user_id))
+async def read_user(
+    request: Request,
+    user_id: UserId,
+    store: StoreDep,
+    embed: Annotated[
+        Literal["orders"] | None, Query(description="`orders`: embed a page of their orders")
+    ] = None,
+    orders_page: Annotated[int, Query(ge=1, le=1_000_000, description="Page of orders")] = 1,
+    orders_per_page: Annotated[int, Query(ge=1, le=100, description="Orders per page")] = 20,
+) -> Response:
+    """Read yourself (any user by id for an admin); the weak ETag is the record's version.
+
+    `embed=orders` adds one page of the user's orders under `orders` (`orders_page`,
+    `orders_per_page`; the page is described in `meta.orders`).
+    """
+    if embed is None:
+        return record_response(request, await user_service.read_user(store, user_id))
+    page = Page(orders_page, orders_per_page)
+    user, found, total = await order_service.user_with_orders(store, user_id, page)
+    # The tag covers the user and the page of orders, so either changing changes it.
+    etag = list_etag([user, *found], total, page.page, page.per_page)
+    headers = {"ETag": etag, "Cache-Control": DATA_CACHE_CONTROL}
+    if none_match_hits(request.headers.get("if-none-match"), etag):
+        return Response(status_code=304, headers=headers)
+    meta = {"orders": {"page": page.page, "per_page": page.per_page, "total": total}}
+    body = {"status": "success", "data": {**user, "orders": found}, "meta": meta}
+    return json_response(body, 200, headers)
 
 
 @router.patch(
@@ -133,15 +181,23 @@ async def delete_user(
 
 @router.get(
     "/{user_id}/orders",
-    response_model=ListEnvelope[OrderPublic],
+    response_model=ListEnvelope[OrderWithUser],
     responses=error_responses(400, 401, 404, 422),
     summary="List a user's orders",
 )
 async def list_user_orders(
-    request: Request, user_id: UserId, query: OrderListQuery, store: StoreDep
+    request: Request,
+    user_id: UserId,
+    query: OrderListQuery,
+    store: StoreDep,
+    expand: Annotated[Literal["user"] | None, Query(description="`user`: embed the user")] = None,
 ) -> Response:
     """The user's orders, paginated, through the store's user_id index."""
     items, total = await order_service.list_user_orders(store, user_id, query)
+    if expand:
+        embedded = await order_service.with_users(store, items)
+        users = [order["user"] for order in embedded[:1] if order["user"]]
+        return list_response(request, embedded, total, query.page, [*items, *users])
     return list_response(request, items, total, query.page)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from api.queries import BASE_FIELDS, FieldType, ListQuery
+from api.queries import BASE_FIELDS, FieldType, ListQuery, Page
 from api.schemas.orders import OrderCreate, OrderPublic, OrderUpdate
 from api.services import users
 from api.services.versions import expected_version, with_version
@@ -38,15 +38,21 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _fields(payload: OrderCreate | OrderUpdate) -> dict[str, Any]:
+def changes_of(payload: OrderCreate | OrderUpdate) -> dict[str, Any]:
+    """The stored fields of a payload (a replacement is these changes; order_date is kept)."""
     changes = payload.model_dump(exclude_unset=True)
     if "user_id" in changes:
         changes["user_id"] = str(changes["user_id"])
     return changes
 
 
+def new_record(payload: OrderCreate) -> dict[str, Any]:
+    """The stored form of a new order, dated now."""
+    return {**changes_of(payload), "order_date": _now()}
+
+
 async def create_order(store: Store, payload: OrderCreate) -> dict[str, Any]:
-    record = {**_fields(payload), "order_date": _now()}
+    record = new_record(payload)
     return to_public(await store.call("insert", {"table": TABLE, "record": record}))
 
 
@@ -62,14 +68,14 @@ async def list_orders(store: Store, query: ListQuery) -> tuple[list[dict[str, An
 async def update_order(
     store: Store, order_id: str, payload: OrderUpdate, if_match: frozenset[int] | None
 ) -> dict[str, Any]:
-    return await _patch(store, order_id, _fields(payload), if_match)
+    return await _patch(store, order_id, changes_of(payload), if_match)
 
 
 async def replace_order(
     store: Store, order_id: str, payload: OrderCreate, if_match: frozenset[int] | None
 ) -> dict[str, Any]:
     """Replace every client-set field; order_date is kept."""
-    return await _patch(store, order_id, _fields(payload), if_match)
+    return await _patch(store, order_id, changes_of(payload), if_match)
 
 
 async def delete_order(store: Store, order_id: str, if_match: frozenset[int] | None) -> None:
@@ -97,3 +103,32 @@ async def _patch(
     version = await expected_version(store, TABLE, order_id, if_match)
     args: dict[str, object] = {"table": TABLE, "id": order_id, "changes": changes}
     return to_public(await store.call("patch", with_version(args, version)))
+
+
+async def with_users(
+    store: Store, found: list[dict[str, Any]], sources: list[dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """Each order with its user under ``user``: one ``get_many``, however many orders.
+
+    ``sources`` are the full orders when ``found`` is a projection (that may lack user_id).
+    """
+    owners = [str(order.get("user_id") or "") for order in (sources or found)]
+    ids = list(dict.fromkeys(owner for owner in owners if owner))
+    people = await store.call("get_many", {"table": users.TABLE, "ids": ids}) if ids else []
+    by_id = {person["id"]: users.to_public(person) for person in people if person is not None}
+    return [{**order, "user": by_id.get(owner)} for order, owner in zip(found, owners, strict=True)]
+
+
+async def user_with_orders(
+    store: Store, user_id: str, page: Page
+) -> tuple[dict[str, Any], list[dict[str, Any]], int]:
+    """A user and one page of their orders (newest last), through the user_id index."""
+    user = await users.read_user(store, user_id)
+    args = {
+        "table": TABLE,
+        "where": [["user_id", "eq", user_id]],
+        "offset": page.offset,
+        "limit": page.per_page,
+    }
+    found = await store.call("find", args)
+    return user, [to_public(order) for order in found["items"]], int(found["total"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from api.auth.sessions import end_user_sessions
+from api.errors import ApiError
 from api.queries import BASE_FIELDS, FieldType, ListQuery
 from api.schemas.users import UserCreate, UserPublic, UserUpdate
 from api.services.passwords import hash_password, verify_password
@@ -28,6 +29,9 @@ FIELDS: dict[str, FieldType] = {
 }
 PUBLIC_FIELDS = tuple(UserPublic.model_fields)
 DEFAULT_ROLE = "user"
+# bcrypt costs ~0.25 s per password at cost 12: bulk writes and transactions hash at most this
+# many per request.
+MAX_HASHES_PER_REQUEST = 20
 
 
 def to_public(record: dict[str, Any]) -> dict[str, Any]:
@@ -38,9 +42,8 @@ def to_public(record: dict[str, Any]) -> dict[str, Any]:
     return public
 
 
-async def create_user(store: Store, payload: UserCreate) -> dict[str, Any]:
-    """Insert a user; the role is ``user`` unless the payload names one (the route checks
-    that only an admin may)."""
+async def new_record(payload: UserCreate) -> dict[str, Any]:
+    """The stored form of a new user: the password hashed, the role ``user`` unless named."""
     record: dict[str, Any] = {
         "email": str(payload.email),
         "full_name": payload.full_name,
@@ -49,6 +52,13 @@ async def create_user(store: Store, payload: UserCreate) -> dict[str, Any]:
     }
     if payload.age is not None:
         record["age"] = payload.age
+    return record
+
+
+async def create_user(store: Store, payload: UserCreate) -> dict[str, Any]:
+    """Insert a user; the role is ``user`` unless the payload names one (the route checks
+    that only an admin may)."""
+    record = await new_record(payload)
     return to_public(await store.call("insert", {"table": TABLE, "record": record}))
 
 
@@ -61,6 +71,43 @@ async def list_users(store: Store, query: ListQuery) -> tuple[list[dict[str, Any
     return [to_public(record) for record in found["items"]], int(found["total"])
 
 
+async def update_changes(payload: UserUpdate) -> dict[str, Any]:
+    """The stored changes of a partial update (a new password hashed)."""
+    changes = payload.model_dump(exclude_unset=True)
+    changes.pop("current_password", None)
+    if "email" in changes:
+        changes["email"] = str(changes["email"])
+    if "password" in changes:
+        changes["password_hash"] = await hash_password(changes.pop("password"))
+    return changes
+
+
+async def replace_changes(payload: UserCreate) -> dict[str, Any]:
+    """A replacement as changes: every client field; the role kept unless the payload names
+    one; the password always replaced (so the user's sessions end)."""
+    changes: dict[str, Any] = {
+        "email": str(payload.email),
+        "full_name": payload.full_name,
+        "age": payload.age,
+        "password_hash": await hash_password(payload.password),
+    }
+    if payload.role is not None:
+        changes["role"] = payload.role
+    return changes
+
+
+def check_hash_budget(count: int) -> None:
+    """400 for a request that would hash more than ``MAX_HASHES_PER_REQUEST`` passwords."""
+    if count > MAX_HASHES_PER_REQUEST:
+        message = f"at most {MAX_HASHES_PER_REQUEST} passwords may be set in one request"
+        raise ApiError(400, "LIMIT_EXCEEDED", message, [{"field": "body", "message": message}])
+
+
+def ends_sessions(changes: dict[str, Any]) -> bool:
+    """A new password or role ends the user's sessions (tokens carry the role)."""
+    return "password_hash" in changes or "role" in changes
+
+
 async def update_user(
     store: Store, user_id: str, payload: UserUpdate, if_match: frozenset[int] | None
 ) -> dict[str, Any]:
@@ -69,14 +116,9 @@ async def update_user(
     A new password or role ends the user's sessions (their tokens are refused from now on).
     ``current_password`` is checked by the route and never stored.
     """
-    changes = payload.model_dump(exclude_unset=True)
-    changes.pop("current_password", None)
-    if "email" in changes:
-        changes["email"] = str(changes["email"])
-    if "password" in changes:
-        changes["password_hash"] = await hash_password(changes.pop("password"))
+    changes = await update_changes(payload)
     user = await _patch(store, user_id, changes, if_match)
-    if "password_hash" in changes or "role" in changes:
+    if ends_sessions(changes):
         await end_user_sessions(store, user_id)
     return user
 
@@ -86,15 +128,7 @@ async def replace_user(
 ) -> dict[str, Any]:
     """Replace every client-set field; the role is kept unless the payload names one.
     The password is always replaced, so the user's sessions end."""
-    changes: dict[str, Any] = {
-        "email": str(payload.email),
-        "full_name": payload.full_name,
-        "age": payload.age,
-        "password_hash": await hash_password(payload.password),
-    }
-    if payload.role is not None:
-        changes["role"] = payload.role
-    user = await _patch(store, user_id, changes, if_match)
+    user = await _patch(store, user_id, await replace_changes(payload), if_match)
     await end_user_sessions(store, user_id)
     return user
 

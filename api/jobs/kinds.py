@@ -1,0 +1,93 @@
+"""The jobs the API runs: a snapshot, and full table exports (NDJSON, CSV) to a result file.
+
+Each is a ``JobFunc`` registered with ``@job_kind``; the routes that start them decide sync or
+async (``?async=true``, or past ``JOB_ASYNC_ROWS``). An export writes ``<job id>.<format>.part``
+in the result directory chunk by chunk (one store ``scan`` per chunk, so the store's loop is
+never held for long) and renames it when complete; ``GET /jobs/{id}/result`` serves it from any
+worker of the host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from api.jobs.runner import JobContext, job_kind
+from api.responses import dumps
+from api.services.csv_export import open_export
+from api.services.dumps import open_dump
+
+RESULT_URL = "/api/v1/jobs/{id}/result"
+MEDIA_TYPES = {"ndjson": "application/x-ndjson", "csv": "text/csv; charset=utf-8"}
+
+
+@job_kind("snapshot")
+async def run_snapshot(ctx: JobContext) -> dict[str, Any]:
+    """The same store command as the synchronous route; its answer is the result."""
+    await ctx.checkpoint()
+    info: dict[str, Any] = await ctx.store.call(
+        "snapshot", {}, timeout=ctx.settings.snapshot_timeout
+    )
+    return info
+
+
+@job_kind("export")
+async def run_export(ctx: JobContext) -> dict[str, Any]:
+    """Every record of ``params.table`` as NDJSON (the bytes ``GET /dump/{table}`` streams)."""
+    table = ctx.params["table"]
+    total = await ctx.store.call("count", {"table": table})
+    chunks = await open_dump(ctx.store, table, ctx.settings.dump_chunk_size)
+    final = ctx.result_path(".ndjson")
+    partial = final.with_name(final.name + ".part")
+    rows = 0
+    try:
+        with partial.open("wb") as out:
+            async for records in chunks:
+                if records:
+                    data = b"".join(dumps(record) + b"\n" for record in records)
+                    await asyncio.to_thread(out.write, data)
+                rows += len(records)
+                await ctx.checkpoint(rows, total)
+        partial.replace(final)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            partial.unlink()
+        raise
+    return export_result(ctx.job_id, final.name, "ndjson", rows, final.stat().st_size)
+
+
+@job_kind("csv_export")
+async def run_csv_export(ctx: JobContext) -> dict[str, Any]:
+    """The CSV ``GET /batch/{table}/export`` streams (same filters), to a result file.
+    Progress is in bytes written (the filter decides how many rows there are)."""
+    table = ctx.params["table"]
+    where = ctx.params.get("where") or []
+    chunks = await open_export(ctx.store, table, where, ctx.settings.dump_chunk_size)
+    final = ctx.result_path(".csv")
+    partial = final.with_name(final.name + ".part")
+    written = 0
+    try:
+        with partial.open("wb") as out:
+            async for data in chunks:
+                await asyncio.to_thread(out.write, data)
+                written += len(data)
+                await ctx.checkpoint(written, None, "bytes")
+        partial.replace(final)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            partial.unlink()
+        raise
+    # Rows are not counted: a quoted cell may hold line breaks.
+    return export_result(ctx.job_id, final.name, "csv", None, written)
+
+
+def export_result(job_id: str, file: str, fmt: str, rows: int | None, size: int) -> dict[str, Any]:
+    return {
+        "url": RESULT_URL.format(id=job_id),
+        "file": file,
+        "format": fmt,
+        "media_type": MEDIA_TYPES[fmt],
+        "rows": rows,
+        "bytes": size,
+    }

@@ -1,0 +1,271 @@
+"""The per-worker job runner, started in the lifespan.
+
+A job runs in the worker that accepted it, as an asyncio task, at most
+``JOB_MAX_CONCURRENT`` at a time per worker (the others wait ``queued``). Job functions work in
+chunks and call ``ctx.checkpoint()`` between them: that reports progress, yields the event
+loop, and raises ``JobCancelled`` once a cancel was requested. One background task per worker
+beats the heart of its own jobs and, every few beats, sweeps the whole ``_jobs`` table for
+jobs of dead workers and for results past ``JOB_RETENTION_SECONDS``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import tempfile
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi.exceptions import RequestValidationError
+
+from api.errors import ApiError
+from api.jobs.model import ACTIVE, SCHEMA, JobCancelled, JobFailed, now_stamp
+from api.jobs.state import Job, JobStore
+from api.settings import Settings
+from api.store import Store
+from storeserver.errors import NotFound, StoreError
+
+logger = logging.getLogger("api.jobs")
+JobFunc = Callable[["JobContext"], Awaitable[dict[str, Any] | None]]
+KINDS: dict[str, JobFunc] = {}
+WORKER_STOPPED = {"code": "WORKER_STOPPED", "message": "the worker shut down during the job"}
+
+
+def job_kind(name: str) -> Callable[[JobFunc], JobFunc]:
+    """Register a job function under ``name`` (``@job_kind("export")``)."""
+
+    def register(func: JobFunc) -> JobFunc:
+        KINDS[name] = func
+        return func
+
+    return register
+
+
+def result_dir(settings: Settings) -> Path:
+    """``JOB_RESULT_DIR``, else ``jobs/`` beside a Unix store socket (the run-time directory
+    every worker of this host shares), else the system temp directory."""
+    if settings.job_result_dir:
+        return Path(settings.job_result_dir)
+    address = settings.store_socket.removeprefix("unix:")
+    if "://" not in address:
+        return Path(address).resolve().parent / "jobs"
+    return Path(tempfile.gettempdir()) / "memdb-jobs"
+
+
+@dataclass
+class JobContext:
+    """What a job function gets: its parameters, the store, and checkpoints."""
+
+    job_id: str
+    params: dict[str, Any]
+    store: Store
+    settings: Settings
+    jobs: JobStore
+    results: Path
+    cancel_requested: bool = False
+
+    async def checkpoint(
+        self, done: int | None = None, total: int | None = None, unit: str = "rows"
+    ) -> None:
+        """Between chunks: record progress (if given), let the loop run, stop if cancelled."""
+        if done is not None:
+            progress = {"done": done, "total": total, "unit": unit}
+            job = await self.jobs.touch(self.job_id, {"progress": progress})
+            self.cancel_requested = self.cancel_requested or bool(job.get("cancel_requested"))
+        else:
+            await asyncio.sleep(0)
+        if self.cancel_requested:
+            raise JobCancelled()
+
+    def result_path(self, suffix: str) -> Path:
+        self.results.mkdir(parents=True, exist_ok=True)
+        return self.results / f"{self.job_id}{suffix}"
+
+
+async def run_watched(
+    ctx: JobContext,
+    work: Awaitable[dict[str, Any]],
+    progress: Callable[[], tuple[int, int | None, str]] | None = None,
+) -> dict[str, Any]:
+    """Run ``work`` (a service call with no checkpoints of its own) while reporting
+    ``progress()`` every heartbeat; a cancel request cancels it at its next ``await`` (between
+    its chunks) and raises ``JobCancelled``."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=ctx.settings.job_heartbeat_seconds)
+            if done:
+                result = task.result()
+                if progress is not None:  # the final figure, even for work shorter than a beat
+                    done_units, total, unit = progress()
+                    changes = {"progress": {"done": done_units, "total": total, "unit": unit}}
+                    await ctx.jobs.touch(ctx.job_id, changes)
+                return result
+            if progress is not None:
+                await ctx.checkpoint(*progress())
+            elif ctx.cancel_requested:
+                raise JobCancelled()
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+@dataclass
+class JobRunner:
+    store: Store
+    settings: Settings
+    jobs: JobStore = field(init=False)
+    worker: str = field(init=False)
+    _slots: asyncio.Semaphore = field(init=False)
+    _tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    _contexts: dict[str, JobContext] = field(default_factory=dict)
+    _beat: asyncio.Task[None] | None = None
+
+    def __post_init__(self) -> None:
+        self.jobs = JobStore(self.store, self.settings.job_stale_seconds)
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        self._slots = asyncio.Semaphore(self.settings.job_max_concurrent)
+
+    async def start(self) -> None:
+        with contextlib.suppress(StoreError):
+            await self.store.call("create_table", SCHEMA)
+        self._beat = asyncio.create_task(self._heartbeats(), name="job-heartbeats")
+
+    async def submit(
+        self, kind: str, owner_id: str, params: dict[str, Any], func: JobFunc | None = None
+    ) -> Job:
+        """Record a queued job and start it here; returns the stored record.
+
+        ``func`` (default: the function registered for ``kind``) may be a closure over what
+        the accepting request already parsed: the job runs in this same worker. ``params``
+        (stored, shown to nobody) must be plain data.
+        """
+        func = func or KINDS.get(kind)
+        if func is None:
+            raise ValueError(f"unknown job kind {kind!r}")
+        job = await self.jobs.create(kind, owner_id, params, self.worker)
+        task = asyncio.create_task(self._run(job["id"], func, params), name=f"job-{job['id']}")
+        self._tasks[job["id"]] = task
+        return job
+
+    async def _run(self, job_id: str, func: JobFunc, params: dict[str, Any]) -> None:
+        try:
+            async with self._slots:
+                started = now_stamp()
+                claimed = await self.jobs.transition(
+                    job_id, ("queued",), {"state": "running", "started_at": started}
+                )
+                if claimed is None:  # cancelled (or lost) while it waited
+                    return
+                ctx = JobContext(
+                    job_id, params, self.store, self.settings, self.jobs, result_dir(self.settings)
+                )
+                self._contexts[job_id] = ctx
+                await self._execute(ctx, func)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                stopped = self._finish(job_id, "failed", error=WORKER_STOPPED, from_=ACTIVE)
+                await asyncio.wait_for(stopped, 2)
+            raise
+        finally:
+            self._tasks.pop(job_id, None)
+            self._contexts.pop(job_id, None)
+
+    async def _execute(self, ctx: JobContext, func: JobFunc) -> None:
+        try:
+            result = await func(ctx)
+        except JobCancelled:
+            await self._finish(ctx.job_id, "cancelled")
+        except JobFailed as exc:
+            await self._finish(
+                ctx.job_id, "failed", error={"code": exc.code, "message": exc.message}
+            )
+        except StoreError as exc:
+            await self._finish(
+                ctx.job_id, "failed", error={"code": exc.code, "message": exc.message}
+            )
+        except ApiError as exc:  # what the synchronous route would have answered
+            error = {"code": exc.code, "message": exc.message, "details": exc.details}
+            await self._finish(ctx.job_id, "failed", error=error)
+        except RequestValidationError as exc:
+            details = [
+                {"loc": list(e.get("loc", ())), "message": e.get("msg")} for e in exc.errors()
+            ]
+            error = {"code": "VALIDATION_ERROR", "message": "validation failed", "details": details}
+            await self._finish(ctx.job_id, "failed", error=error)
+        except Exception:
+            logger.exception("job %s failed", ctx.job_id)
+            error = {"code": "INTERNAL_ERROR", "message": "the job failed unexpectedly"}
+            await self._finish(ctx.job_id, "failed", error=error)
+        else:
+            await self._finish(ctx.job_id, "succeeded", result=result)
+
+    async def _finish(
+        self,
+        job_id: str,
+        state: str,
+        result: dict[str, Any] | None = None,
+        error: dict[str, Any] | None = None,
+        from_: tuple[str, ...] = ("running",),
+    ) -> None:
+        changes = {"state": state, "finished_at": now_stamp(), "result": result, "error": error}
+        await self.jobs.transition(job_id, from_, changes)
+
+    async def _heartbeats(self) -> None:
+        beat = self.settings.job_heartbeat_seconds
+        sweep_every = max(1, round(self.settings.job_stale_seconds / 2 / beat))
+        count = 0
+        while True:
+            await asyncio.sleep(beat)
+            count += 1
+            try:
+                await self._beat_once()
+                if count % sweep_every == 0:
+                    await self._sweep()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the store is down: try again next beat
+                logger.warning("job heartbeat failed: %r", exc)
+
+    async def _beat_once(self) -> None:
+        for job_id, task in list(self._tasks.items()):
+            try:
+                job = await self.jobs.touch(job_id, {})
+            except NotFound:  # the store lost the record (restarted empty): stop the job
+                task.cancel()
+                continue
+            ctx = self._contexts.get(job_id)
+            if ctx is not None and job.get("cancel_requested"):
+                ctx.cancel_requested = True
+            if job.get("state") not in ("queued", "running"):
+                task.cancel()  # another worker declared it lost: do not finish it twice
+
+    async def _sweep(self) -> None:
+        failed = await self.jobs.sweep_stale()
+        if failed:
+            logger.warning("marked %d job(s) of lost workers failed", failed)
+        for job in await self.jobs.expired(self.settings.job_retention_seconds):
+            path = (job.get("result") or {}).get("file")
+            if path:
+                with contextlib.suppress(OSError):
+                    (result_dir(self.settings) / Path(path).name).unlink()
+            await self.jobs.delete(job["id"])
+
+    async def stop(self) -> None:
+        """Shutdown: stop beating, and mark this worker's unfinished jobs failed."""
+        if self._beat is not None:
+            self._beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._beat
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)

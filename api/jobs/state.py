@@ -1,0 +1,136 @@
+"""Job records in the store: create, read (marking a dead worker's job failed), transitions
+guarded by ``expected_version``, heartbeats, the sweep of stale jobs and old results."""
+
+from __future__ import annotations
+
+import contextlib
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from api.jobs.model import ACTIVE, FINISHED, TABLE, is_stale, new_job, now_stamp
+from api.store import Store
+from storeserver.errors import NotFound, VersionMismatch
+
+Job = dict[str, Any]
+WORKER_LOST = {
+    "code": "WORKER_LOST",
+    "message": "the worker running this job stopped (crash, kill or stuck loop); start it again",
+}
+# A transition re-reads and retries when a heartbeat bumped the version in between.
+TRANSITION_ATTEMPTS = 5
+SWEEP_LIMIT = 100
+
+
+class JobStore:
+    """The ``_jobs`` table, as the runner and the routes use it."""
+
+    def __init__(self, store: Store, stale_seconds: float) -> None:
+        self.store = store
+        self.stale_seconds = stale_seconds
+
+    async def create(self, kind: str, owner_id: str, params: dict[str, Any], worker: str) -> Job:
+        record = new_job(kind, owner_id, params, worker)
+        job: Job = await self.store.call("insert", {"table": TABLE, "record": record})
+        return job
+
+    async def get(self, job_id: str) -> Job:
+        """The job (``NotFound`` if absent); a stale active job is marked failed first."""
+        job: Job = await self.store.call("get", {"table": TABLE, "id": job_id})
+        if is_stale(job, self.stale_seconds):
+            job = await self.fail_if_stale(job)
+        return job
+
+    async def fail_if_stale(self, job: Job) -> Job:
+        changes = {"state": "failed", "error": WORKER_LOST, "finished_at": now_stamp()}
+        updated = await self.transition(job["id"], ACTIVE, changes, only_if_stale=True)
+        return updated or await self.store.call("get", {"table": TABLE, "id": job["id"]})
+
+    async def transition(
+        self,
+        job_id: str,
+        allowed_from: tuple[str, ...],
+        changes: dict[str, Any],
+        *,
+        only_if_stale: bool = False,
+    ) -> Job | None:
+        """Apply ``changes`` if the job is in one of ``allowed_from`` (and stale, if asked),
+        atomically against concurrent writers; ``None`` when the job was not in such a state."""
+        for _ in range(TRANSITION_ATTEMPTS):
+            try:
+                job = await self.store.call("get", {"table": TABLE, "id": job_id})
+            except NotFound:
+                return None
+            if job.get("state") not in allowed_from:
+                return None
+            if only_if_stale and not is_stale(job, self.stale_seconds):
+                return None
+            args = {"table": TABLE, "id": job_id, "changes": changes}
+            try:
+                updated: Job = await self.store.call(
+                    "patch", {**args, "expected_version": job["version"]}
+                )
+            except VersionMismatch:
+                continue  # a heartbeat or another writer came in between: read again
+            return updated
+        return None
+
+    async def touch(self, job_id: str, changes: dict[str, Any]) -> Job:
+        """Heartbeat and progress: a plain merge (no version check; nothing to lose)."""
+        changes = {**changes, "heartbeat_at": now_stamp()}
+        job: Job = await self.store.call(
+            "patch", {"table": TABLE, "id": job_id, "changes": changes}
+        )
+        return job
+
+    async def list_jobs(
+        self, owner_id: str | None, state: str | None, offset: int, limit: int
+    ) -> tuple[list[Job], int]:
+        """Newest first; ``owner_id=None`` lists everyone's (admins)."""
+        where: list[list[Any]] = []
+        if owner_id is not None:
+            where.append(["owner_id", "eq", owner_id])
+        if state is not None:
+            where.append(["state", "eq", state])
+        args = {"table": TABLE, "where": where, "sort": [["created_at", "desc"]]}
+        try:
+            found = await self.store.call("find", {**args, "offset": offset, "limit": limit})
+        except NotFound:  # no job was ever created on this store
+            return [], 0
+        items = [
+            await self.fail_if_stale(job) if is_stale(job, self.stale_seconds) else job
+            for job in found["items"]
+        ]
+        return items, int(found["total"])
+
+    async def sweep_stale(self) -> int:
+        """Mark failed every active job whose heartbeat stopped; returns how many."""
+        cutoff = now_stamp(datetime.now(UTC) - timedelta(seconds=self.stale_seconds))
+        where = [["state", "in", list(ACTIVE)], ["heartbeat_at", "lt", cutoff]]
+        try:
+            found = await self.store.call(
+                "find", {"table": TABLE, "where": where, "limit": SWEEP_LIMIT}
+            )
+        except NotFound:
+            return 0
+        failed = 0
+        for job in found["items"]:
+            if (await self.fail_if_stale(job)).get("state") == "failed":
+                failed += 1
+        return failed
+
+    async def expired(self, retention_seconds: float) -> list[Job]:
+        """Finished jobs older than the retention period (at most ``SWEEP_LIMIT``)."""
+        cutoff = now_stamp(datetime.now(UTC) - timedelta(seconds=retention_seconds))
+        where = [["state", "in", list(FINISHED)], ["finished_at", "lt", cutoff]]
+        try:
+            found = await self.store.call(
+                "find", {"table": TABLE, "where": where, "limit": SWEEP_LIMIT}
+            )
+        except NotFound:
+            return []
+        items: list[Job] = found["items"]
+        return items
+
+    async def delete(self, job_id: str) -> None:
+        with contextlib.suppress(NotFound):
+            await self.store.call("delete", {"table": TABLE, "id": job_id})

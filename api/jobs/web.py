@@ -1,0 +1,61 @@
+"""How routes offer a job: the ``async`` query flag, the threshold rule and the 202 answer."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Depends, Query, Request
+from starlette.responses import Response
+
+from api.jobs.model import to_public
+from api.jobs.runner import JobRunner
+from api.responses import PROBE_CACHE_CONTROL, json_response
+from api.store import Store
+from storeserver.errors import StoreUnavailable
+
+JOB_LOCATION = "/api/v1/jobs/{id}"
+
+
+async def get_jobs(request: Request) -> JobRunner:
+    """The worker's job runner, opened in the lifespan."""
+    runner: JobRunner | None = getattr(request.app.state, "jobs", None)
+    if runner is None:
+        raise StoreUnavailable("background jobs are not ready")
+    return runner
+
+
+JobsDep = Annotated[JobRunner, Depends(get_jobs)]
+AsyncFlag = Annotated[
+    bool | None,
+    Query(
+        alias="async",
+        description="`true`: run as a background job (202 + Location); `false`: answer now;"
+        " unset: a job once the rows involved pass JOB_ASYNC_ROWS",
+    ),
+]
+
+
+def run_as_job(flag: bool | None, rows: int, threshold: int) -> bool:
+    """``?async=`` decides when given; otherwise large work becomes a job."""
+    return flag if flag is not None else rows > threshold
+
+
+async def filter_write_as_job(
+    store: Store, table: str, where: list[Any], flag: bool | None, threshold: int
+) -> bool:
+    """For an update/delete by filter: ``?async=`` when given; else a job when more than
+    ``threshold`` rows match (counted only when the table itself is that large)."""
+    rows: int = await store.call("count", {"table": table})  # a missing table: 404 now
+    if flag is not None:
+        return flag
+    if rows <= threshold:
+        return False
+    matched: int = await store.call("count", {"table": table, "where": where})
+    return matched > threshold
+
+
+def accepted(job: dict[str, Any]) -> Response:
+    """202 Accepted with the job and ``Location: /api/v1/jobs/{id}``."""
+    location = JOB_LOCATION.format(id=job["id"])
+    headers = {"Location": location, "Cache-Control": PROBE_CACHE_CONTROL}
+    return json_response({"status": "success", "data": to_public(job)}, 202, headers)

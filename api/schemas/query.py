@@ -1,0 +1,171 @@
+"""Query, count and aggregate bodies, and the records they return.
+
+The filter tree is documented by the models below; its validation is done by ``api.filters``
+(``SkipValidation`` here), so an error names the exact node (``body.filter.or.1.op``) rather
+than listing what every member of a union would have wanted.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SkipValidation
+
+from api.schemas.orders import OrderPublic
+from api.schemas.users import UserPublic
+
+FilterOp = Literal["eq", "ne", "gt", "gte", "lt", "lte", "in", "contains", "startswith", "exists"]
+MetricOp = Literal["count", "sum", "avg", "min", "max"]
+NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+
+
+class FilterCondition(BaseModel):
+    """One condition. ``in`` takes a list (≤ 100), ``exists`` true/false, ``contains`` a
+    substring or a list element, ``startswith`` a string prefix."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"field": "age", "op": "gte", "value": 30}]}
+    )
+
+    field: str = Field(description="Field name; dotted paths reach into nested objects")
+    op: FilterOp
+    value: Any = Field(None, description="Compared value (of the field's type on users/orders)")
+
+
+class FilterAnd(BaseModel):
+    """True when every node is."""
+
+    model_config = ConfigDict(extra="forbid")
+    all_of: list[FilterNode] = Field(alias="and", min_length=1)
+
+
+class FilterOr(BaseModel):
+    """True when any node is."""
+
+    model_config = ConfigDict(extra="forbid")
+    any_of: list[FilterNode] = Field(alias="or", min_length=1)
+
+
+class FilterNot(BaseModel):
+    """True when the node is not."""
+
+    model_config = ConfigDict(extra="forbid")
+    negated: FilterNode = Field(alias="not")
+
+
+FilterNode = FilterCondition | FilterAnd | FilterOr | FilterNot
+FilterAnd.model_rebuild()
+FilterOr.model_rebuild()
+FilterNot.model_rebuild()
+
+FilterField = Annotated[
+    FilterNode | None,
+    SkipValidation,
+    Field(description="A filter tree: at most 8 levels and 100 nodes"),
+]
+SortField = Annotated[
+    str | None,
+    Field(max_length=512, description="`field:asc|desc[,field:dir]`", examples=["age:desc"]),
+]
+PageField = Annotated[int, Field(ge=1, le=1_000_000, description="Page number, from 1")]
+PerPageField = Annotated[int, Field(ge=1, le=100, description="Items per page, 1 to 100")]
+
+
+class QueryBody(BaseModel):
+    """A query: filter tree, sort, page and an optional projection."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "filter": {
+                        "or": [
+                            {"field": "age", "op": "gte", "value": 30},
+                            {"not": {"field": "email", "op": "exists", "value": True}},
+                        ]
+                    },
+                    "sort": "age:desc",
+                    "page": 1,
+                    "per_page": 20,
+                    "fields": ["email", "age"],
+                }
+            ]
+        },
+    )
+
+    filter: FilterField = None
+    sort: SortField = None
+    page: PageField = 1
+    per_page: PerPageField = 20
+    fields: list[str] | None = Field(
+        None, max_length=50, description="Return only `id` and these fields (≤ 50)"
+    )
+
+
+class OrderQueryBody(QueryBody):
+    """A query of orders; ``expand: "user"`` embeds each order's user."""
+
+    expand: Literal["user"] | None = None
+
+
+class MetricSpec(BaseModel):
+    """One aggregate: ``count`` (rows, or non-null values of ``field``), ``sum``, ``avg``,
+    ``min``, ``max``; the result is named ``as``."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    op: MetricOp
+    field: str | None = Field(None, max_length=512)
+    name: str = Field(alias="as", pattern=NAME_PATTERN, description="Name of the result")
+
+
+class AggregateBody(BaseModel):
+    """Group-by aggregation; groups are sorted and paginated like records."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "group_by": ["user_id"],
+                    "metrics": [
+                        {"op": "sum", "field": "total_price", "as": "revenue"},
+                        {"op": "count", "as": "orders"},
+                    ],
+                    "sort": "revenue:desc",
+                    "per_page": 10,
+                }
+            ]
+        },
+    )
+
+    group_by: list[str] = Field(default_factory=list, max_length=4)
+    metrics: list[MetricSpec] = Field(
+        default_factory=lambda: [MetricSpec.model_validate({"op": "count", "as": "count"})],
+        min_length=1,
+        max_length=20,
+    )
+    filter: FilterField = None
+    sort: Annotated[
+        str | None,
+        Field(max_length=512, description="Over group fields and metric names: `revenue:desc`"),
+    ] = None
+    page: PageField = 1
+    per_page: PerPageField = 20
+
+
+class CountResult(BaseModel):
+    count: int = Field(ge=0, description="Records matching the filters")
+
+
+class OrderWithUser(OrderPublic):
+    """An order with its user embedded (``expand=user``)."""
+
+    user: UserPublic | None = None
+
+
+class UserWithOrders(UserPublic):
+    """A user with one page of their orders (``embed=orders``; the page is in ``meta.orders``)."""
+
+    orders: list[OrderPublic] = []

@@ -1,0 +1,115 @@
+"""Transaction and bulk-insert bodies."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_OPERATIONS = 100
+MAX_BULK_RECORDS = 1000
+TABLE_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
+REF = re.compile(r"[0-9]{1,4}(\.[A-Za-z0-9_]{1,64}){1,8}")
+
+
+def ref_index(value: object) -> int | None:
+    """The operation a reference ``{"$ref": "<index>.<path>"}`` names; ``None`` if ``value``
+    is not a well-formed reference."""
+    if not isinstance(value, dict) or len(value) != 1 or not isinstance(value.get("$ref"), str):
+        return None
+    ref = value["$ref"]
+    return int(ref.split(".", 1)[0]) if REF.fullmatch(ref) else None
+
+
+class TransactionOp(BaseModel):
+    """One operation. `insert` takes `data` (an `id` inside it is optional; `upsert: true`
+    merges into an existing record on generic tables); `replace` and `patch` take `id` and
+    `data`; `delete` takes `id` (and `cascade`). `expected_version` makes the operation
+    conditional (412 otherwise). In `id` and in `data` values, `{"$ref": "0.id"}` stands for
+    a value of an earlier operation's result (on users/orders: only `orders.user_id`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    op: Literal["insert", "replace", "patch", "delete"]
+    table: str = Field(pattern=TABLE_PATTERN, examples=["orders"])
+    id: str | dict[str, str] | None = Field(
+        None, description='Record id, or a reference such as `{"$ref": "0.id"}`'
+    )
+    data: dict[str, Any] | None = Field(None, description="Fields, as in /data bodies")
+    expected_version: int | None = Field(None, ge=1, le=2**62)
+    cascade: bool = Field(False, description="delete: also delete records that reference it")
+    upsert: bool = Field(False, description="insert: merge into the record with this id")
+
+
+class TransactionBody(BaseModel):
+    """Operations applied atomically, in order: all of them, or none.
+
+    A user and their first order in one call: `{"operations": [{"op": "insert", "table":
+    "users", "data": {...}}, {"op": "insert", "table": "orders", "data": {"user_id": {"$ref":
+    "0.id"}, ...}}]}`.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "operations": [
+                        {
+                            "op": "insert",
+                            "table": "users",
+                            "data": {
+                                "email": "ada@example.com",
+                                "full_name": "Ada Lovelace",
+                                "password": "correct horse battery",
+                            },
+                        },
+                        {"op": "insert", "table": "products", "data": {"id": "sku-2", "stock": 1}},
+                        {
+                            "op": "patch",
+                            "table": "products",
+                            "id": "sku-1",
+                            "data": {"stock": 7},
+                            "expected_version": 3,
+                        },
+                    ]
+                }
+            ]
+        },
+    )
+
+    operations: list[TransactionOp] = Field(min_length=1, max_length=MAX_OPERATIONS)
+
+
+class TransactionResult(BaseModel):
+    """Each operation's result, in order: the stored record, or `{id, cascaded}` for a delete."""
+
+    results: list[dict[str, Any]]
+
+
+BulkRecords = Annotated[list[dict[str, Any]], Field(min_length=1, max_length=MAX_BULK_RECORDS)]
+
+
+class DataCreateBody(BaseModel):
+    """One record, or a list of records inserted atomically (at most 1000)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"data": {"name": "blue widget", "stock": 12}},
+                {"data": [{"id": "sku-1", "stock": 3}, {"id": "sku-2", "stock": 5}]},
+            ]
+        },
+    )
+
+    data: dict[str, Any] | BulkRecords = Field(
+        description="A record, or a list of records; id, created_at, updated_at, version are"
+        " managed (an id may be chosen)"
+    )
+
+
+class BulkMeta(BaseModel):
+    inserted: int = Field(ge=0)
+    updated: int = Field(ge=0, description="Records merged into (upsert)")

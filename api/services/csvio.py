@@ -1,0 +1,212 @@
+"""The CSV cell encoding: every store value ↔ one cell of text, reversibly (pure, no I/O).
+
+A record is one CSV row; each top-level field is one column. A cell reads as follows
+(docs: README "CSV import and export"):
+
+======================  =====================================================================
+cell text               value
+======================  =====================================================================
+(empty)                 field absent from the record
+``null``                ``None``
+``true`` / ``false``    booleans
+``-12``, ``0``          ``int`` (digits, optional minus, no leading zero; 64-bit)
+``12.50``, ``-3.``      ``Decimal``, exact (digits, a point, optional digits; no exponent)
+``1.5e0``, ``-2E-7``    ``float`` (a number with an exponent is binary floating point)
+``"..."``               a JSON string: how strings that would read as something else are
+                        written (``"12"``, ``""`` the empty string, ``"null"``, ``"[x]"``)
+``[...]`` / ``{...}``   a JSON list / map; inside it the same number rules hold
+``'=…`` ``'+…`` ``'-…``  a string starting with ``= + - @`` TAB or CR, escaped against CSV
+``'@…``                 (formula) injection: the one leading ``'`` is removed on import
+anything else           the text itself, as a string
+======================  =====================================================================
+
+The encoder writes a string bare only when the decoder reads that exact text back as the same
+string, so every value survives export → import. Negative numbers are numbers: they are not
+escaped. Only a ``Decimal`` with a positive exponent changes form (``1E+2`` comes back as
+``100``: the same number).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable
+from decimal import Decimal
+from json.encoder import encode_basestring
+from typing import Any, Final
+
+ABSENT: Final = object()
+"""What an empty cell decodes to: the field is left out of the record."""
+
+INJECTION_START = frozenset("=+-@\t\r")
+ESCAPE = "'"
+# One pattern, three groups: an int, an exact decimal (a point, no exponent), a float.
+_NUMBER = re.compile(
+    r"(-?(?:0|[1-9][0-9]*))|(-?[0-9]+\.[0-9]*)|(-?[0-9]+(?:\.[0-9]+)?[eE][+-]?[0-9]+)"
+)
+_WORDS: dict[str, Any] = {"null": None, "true": True, "false": False}
+_INT64 = range(-(2**63), 2**63)
+
+
+class CellError(ValueError):
+    """A cell that is not a valid encoding (bad JSON, integer out of range, ...)."""
+
+
+# -- decoding -----------------------------------------------------------------------------
+
+
+def decode_cell(text: str) -> Any:
+    """The value a cell holds (``ABSENT`` for an empty cell)."""
+    if not text:
+        return ABSENT
+    first = text[0]
+    if first == ESCAPE and len(text) > 1 and text[1] in INJECTION_START:
+        return text[1:]
+    if first in '"[{':  # a JSON string, list or map
+        return _loads(text)
+    if text in _WORDS:
+        return _WORDS[text]
+    if first == "-" or "0" <= first <= "9":
+        number = _NUMBER.fullmatch(text)
+        if number is not None:
+            kind = number.lastindex
+            return _int(text) if kind == 1 else Decimal(text) if kind == 2 else _float(text)
+    return text
+
+
+def decode_text(text: str) -> Any:
+    """A cell of a column declared as text: the string itself unless it is JSON-quoted or
+    injection-escaped (so ``123`` is the string "123"); empty is still absent."""
+    if not text:
+        return ABSENT
+    if text[0] == '"' or (text[0] == ESCAPE and len(text) > 1 and text[1] in INJECTION_START):
+        return decode_cell(text)
+    return text
+
+
+def _int(text: str) -> int:
+    value = int(text)
+    if value not in _INT64:
+        raise CellError("integer outside the 64-bit range")
+    return value
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise CellError("number out of the floating-point range")
+    return value
+
+
+def _json_number(text: str) -> Decimal | float:
+    return _float(text) if "e" in text or "E" in text else Decimal(text)
+
+
+def _reject_constant(name: str) -> Any:
+    raise CellError(f"{name} is not a number the store can hold")
+
+
+def _loads(text: str) -> Any:
+    try:
+        return json.loads(text, parse_float=_json_number, parse_constant=_reject_constant)
+    except RecursionError:
+        raise CellError("JSON nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, CellError
+        if isinstance(exc, CellError):
+            raise
+        raise CellError(f"invalid JSON: {exc.msg}") from None  # type: ignore[attr-defined]
+
+
+# -- encoding -----------------------------------------------------------------------------
+
+
+def encode_cell(value: Any) -> str:
+    """The cell text for a value (``ABSENT`` → empty cell)."""
+    encode = _ENCODERS.get(type(value))
+    if encode is not None:
+        return encode(value)
+    if value is ABSENT:
+        return ""
+    raise CellError(f"cannot encode a {type(value).__name__}")
+
+
+def encode_str(text: str) -> str:
+    if not text:
+        return '""'
+    first = text[0]
+    if first in INJECTION_START:
+        return ESCAPE + text
+    # Bare only if it reads back as itself: the mirror of decode_cell's tests.
+    if (
+        first in '"[{'
+        or ("0" <= first <= "9" and _NUMBER.fullmatch(text))
+        or (first == ESCAPE and len(text) > 1 and text[1] in INJECTION_START)
+        or text in _WORDS
+    ):
+        return encode_basestring(text)
+    return text
+
+
+def _decimal(value: Decimal) -> str:
+    if not value.is_finite():
+        raise CellError("a decimal must be finite")
+    text = format(value, "f")
+    return text if "." in text else text + "."
+
+
+def _float_text(value: float) -> str:
+    if not math.isfinite(value):
+        raise CellError("a float must be finite")
+    text = repr(value)
+    return text if "e" in text else text + "e0"
+
+
+def _json(value: Any) -> str:
+    """JSON for a list or map, numbers written by the cell rules (exact decimals)."""
+    parts: list[str] = []
+    _json_into(value, parts)
+    return "".join(parts)
+
+
+def _json_into(value: Any, out: list[str]) -> None:
+    t = type(value)
+    if t is str:
+        out.append(encode_basestring(value))
+    elif value is None or t is bool or t is int:
+        out.append(json.dumps(value))
+    elif t is Decimal:
+        text = _decimal(value)
+        out.append(text + "0" if text.endswith(".") else text)  # JSON wants a digit after "."
+    elif t is float:
+        out.append(_float_text(value))
+    elif t is list or t is tuple:
+        out.append("[")
+        for index, item in enumerate(value):
+            if index:
+                out.append(",")
+            _json_into(item, out)
+        out.append("]")
+    elif t is dict:
+        out.append("{")
+        for index, (key, item) in enumerate(value.items()):
+            if index:
+                out.append(",")
+            out.append(encode_basestring(str(key)))
+            out.append(":")
+            _json_into(item, out)
+        out.append("}")
+    else:
+        raise CellError(f"cannot encode a {t.__name__}")
+
+
+_ENCODERS: dict[type, Callable[[Any], str]] = {
+    str: encode_str,
+    int: str,
+    Decimal: _decimal,
+    float: _float_text,
+    bool: lambda value: "true" if value else "false",
+    type(None): lambda _: "null",
+    list: _json,
+    dict: _json,
+}

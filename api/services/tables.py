@@ -1,0 +1,318 @@
+"""Table management: schemas, indexes, and update/delete by filter.
+
+``users`` and ``orders`` are typed: their schema is their public model, their built-in indexes
+(the unique email, the user_id behind the foreign key) stay, and their rows change only
+through their services (``users`` not at all by filter: passwords, emails and sessions need
+the users service; ``orders`` with ``OrderUpdate``'s validation).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+from pydantic import BaseModel
+from referencing import Registry
+from referencing.jsonschema import DRAFT202012
+
+from api.errors import ApiError
+from api.queries import ListQuery
+from api.schemas.data import DataRecord
+from api.schemas.orders import OrderPublic
+from api.schemas.users import UserPublic
+from api.services import orders, records, users
+from api.store import Store
+from storeserver.errors import Conflict, LimitExceeded
+
+Record = dict[str, Any]
+PUBLIC_MODELS: dict[str, type[BaseModel]] = {users.TABLE: UserPublic, orders.TABLE: OrderPublic}
+BUILT_IN_INDEXES = {users.TABLE: {"email"}, orders.TABLE: {"user_id"}}
+MANAGED_FIELDS = frozenset(DataRecord.model_fields)  # id, created_at, updated_at, version
+MAX_VIOLATION_DETAILS = 100
+# Keywords whose values are instance data, not subschemas: a "$ref" in them is no reference.
+_DATA_KEYWORDS = frozenset({"const", "enum", "default", "examples"})
+
+
+def is_typed(table: str) -> bool:
+    return table in PUBLIC_MODELS
+
+
+# -- schemas -----------------------------------------------------------------------------------
+
+
+async def describe_table(store: Store, table: str, sample: int | None) -> Record:
+    """Typed tables: the public model's JSON Schema. Generic: the store's ``describe``."""
+    args: Record = {"table": table}
+    if sample is not None:
+        args["sample"] = sample
+    model = PUBLIC_MODELS.get(table)
+    if model is None:
+        return {"typed": False, **(await store.call("describe", args))}
+    info = await store.call("describe", {"table": table, "sample": 1})
+    return {
+        "table": table,
+        "typed": True,
+        "rows": info["rows"],
+        "indexes": info["indexes"],
+        "foreign_keys": info.get("foreign_keys", []),
+        "schema": model.model_json_schema(),
+    }
+
+
+def check_json_schema(schema: Record) -> None:
+    """422 unless ``schema`` is a valid Draft 2020-12 JSON Schema."""
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as exc:
+        raise _bad_schema(exc.path, exc.message) from None
+    _check_references(schema)
+
+
+def _check_references(schema: Record) -> None:
+    """The store resolves nothing over the network: every ``$ref`` must point inside the
+    schema (else every later write would fail)."""
+    resolver = Registry().resolver_with_root(DRAFT202012.create_resource(schema))
+    nested_ids = False
+    refs: list[tuple[list[Any], str]] = []
+
+    def walk(node: Any, path: list[Any]) -> None:
+        nonlocal nested_ids
+        if isinstance(node, dict):
+            if path and "$id" in node:
+                nested_ids = True
+            for key, value in node.items():
+                if key in ("$ref", "$dynamicRef") and isinstance(value, str):
+                    refs.append(([*path, key], value))
+                elif key not in _DATA_KEYWORDS:
+                    walk(value, [*path, key])
+        elif isinstance(node, list):
+            for index, item in enumerate(node):
+                walk(item, [*path, index])
+
+    walk(schema, [])
+    for path, ref in refs:
+        if not ref.startswith("#"):
+            raise _bad_schema(path, f"{ref!r}: only references inside the schema (#...) work")
+        if not nested_ids:  # with nested $id, "#..." is relative to those: not checked here
+            try:
+                resolver.lookup(ref)
+            except Exception:  # referencing's Unresolvable and pointer errors
+                raise _bad_schema(path, f"{ref!r} points to nothing in the schema") from None
+
+
+def _bad_schema(path: Any, message: str) -> ApiError:
+    return ApiError(
+        422,
+        "VALIDATION_ERROR",
+        "The body's schema is not a valid JSON Schema (Draft 2020-12)",
+        [{"field": ".".join(str(part) for part in ("body", "schema", *path)), "message": message}],
+    )
+
+
+async def attach_schema(store: Store, table: str, schema: Record | None, force: bool) -> Record:
+    """Attach (or with ``None`` remove) a JSON Schema; 409 listing the rows that break it."""
+    if is_typed(table):
+        raise ApiError(
+            400,
+            "TYPED_TABLE",
+            f"{table} is validated by its own model; a schema cannot be attached",
+            [{"field": "table", "message": "users and orders have a fixed schema"}],
+        )
+    if schema is not None:
+        check_json_schema(schema)
+    args = {"table": table, "schema": schema, "force": force}
+    try:
+        result: Record = await store.call("set_schema", args)
+    except Conflict as exc:
+        if exc.details.get("reason") != "schema_violations":
+            raise
+        raise ApiError(
+            409,
+            "SCHEMA_VIOLATIONS",
+            f"{exc.details.get('violating', 'some')} existing rows violate the schema; fix them"
+            " or send force=true to attach it anyway",
+            violation_details(exc.details.get("violations", [])),
+        ) from None
+    return result
+
+
+def violation_details(violations: list[Record]) -> list[Record]:
+    """One envelope detail per error: the record id, the field path and the message."""
+    details: list[Record] = []
+    for violation in violations:
+        for error in violation.get("errors", []):
+            details.append(
+                {
+                    "id": violation.get("id"),
+                    "field": ".".join(str(part) for part in error.get("path", [])),
+                    "message": error.get("message"),
+                }
+            )
+            if len(details) >= MAX_VIOLATION_DETAILS:
+                return details
+    return details
+
+
+# -- indexes -----------------------------------------------------------------------------------
+
+
+async def list_indexes(store: Store, table: str) -> list[Record]:
+    indexes: list[Record] = await store.call("list_indexes", {"table": table})
+    return indexes
+
+
+async def create_index(
+    store: Store, table: str, field: str, unique: bool, casefold: bool
+) -> tuple[Record, bool]:
+    """Build the index; answers its spec and whether it is new. 409 over duplicates."""
+    if is_typed(table):
+        _check_typed_index(table, field, unique)
+    args = {"table": table, "field": field, "unique": unique, "casefold": casefold}
+    try:
+        result = await store.call("create_index", args)
+    except Conflict as exc:
+        if exc.details.get("reason") != "duplicate":
+            raise
+        examples = exc.details.get("examples", [])
+        raise ApiError(
+            409,
+            "DUPLICATE_VALUES",
+            f"field {field!r} holds duplicate values; a unique index cannot be built",
+            [
+                {"field": field, "value": example.get("value"), "ids": example.get("ids", [])}
+                for example in examples
+            ],
+        ) from None
+    spec = {"field": field, "unique": unique, "casefold": casefold}
+    return spec, bool(result.get("created"))
+
+
+async def drop_index(store: Store, table: str, field: str) -> None:
+    """Drop the index on ``field``; 404 if there is none, 400 for a built-in one."""
+    if field in BUILT_IN_INDEXES.get(table, ()):
+        raise ApiError(
+            400,
+            "BUILT_IN_INDEX",
+            f"the index on {table}.{field} is built in and cannot be dropped",
+            [{"field": field, "message": "built-in index"}],
+        )
+    result = await store.call("drop_index", {"table": table, "field": field})
+    if not result.get("dropped"):
+        raise ApiError(
+            404,
+            "NOT_FOUND",
+            f"no index on {table}.{field}",
+            [{"field": field, "message": "no such index"}],
+        )
+
+
+def _check_typed_index(table: str, field: str, unique: bool) -> None:
+    fields = records.fields_of(table) or {}
+    problem = None
+    if field in BUILT_IN_INDEXES[table]:
+        problem = "is built in"
+    elif field not in fields:
+        problem = "is not a field of this table"
+    elif unique:
+        problem = "cannot be unique: the service owns this table's constraints"
+    if problem:
+        raise ApiError(
+            400,
+            "BAD_INDEX",
+            f"an index on {table}.{field} {problem}",
+            [{"field": field, "message": problem}],
+        )
+
+
+# -- writes by filter --------------------------------------------------------------------------
+
+
+async def update_where(
+    store: Store, table: str, query: ListQuery, data: Record, max_rows: int
+) -> Record:
+    """Merge ``data`` into every matching row, atomically; counts of matched and updated."""
+    changes = await _changes_for(table, data)
+    args: Record = {"table": table, "where": query.where, "changes": changes, "max_rows": max_rows}
+    result: Record = await _capped(store, "update_where", args)
+    return {"matched": result["matched"], "updated": result["updated"]}
+
+
+async def delete_where(
+    store: Store, table: str, query: ListQuery, cascade: bool, max_rows: int
+) -> Record:
+    """Delete every matching row, atomically; 409 if one has dependants (unless cascade)."""
+    _refuse_users(table)
+    args: Record = {"table": table, "where": query.where, "cascade": cascade, "max_rows": max_rows}
+    result: Record = await _capped(store, "delete_where", args)
+    return {"deleted": result["deleted"], "cascaded": result.get("cascaded", 0)}
+
+
+async def _changes_for(table: str, data: Record) -> Record:
+    _refuse_users(table)
+    if not data:
+        raise _invalid_data("data", "at least one field to change is required")
+    typed = records.TYPED.get(table)
+    if typed is not None:  # orders: OrderUpdate's validation, as PATCH /orders/{id}
+        return await typed.update_changes(data, records.DATA)
+    managed = sorted(MANAGED_FIELDS & data.keys())
+    if managed:
+        raise _invalid_data(managed[0], "managed by the store; cannot be set by filter")
+    records.check_generic(data)  # what JSON allows but the store cannot hold: 422
+    return data
+
+
+def _refuse_users(table: str) -> None:
+    if table == users.TABLE:
+        raise ApiError(
+            400,
+            "TYPED_TABLE",
+            "users cannot be changed by filter (passwords, emails and sessions need the users"
+            " service): change them one by one with PATCH/DELETE /users/{id}",
+            [{"field": "table", "message": "not allowed for users"}],
+        )
+
+
+def _invalid_data(field: str, message: str) -> ApiError:
+    return ApiError(
+        422,
+        "VALIDATION_ERROR",
+        "Request validation failed",
+        [{"field": f"body.data.{field}", "message": message}],
+    )
+
+
+async def _capped(store: Store, command: str, args: Record) -> Record:
+    """The cap on rows per call → 400 naming how many matched and the limit."""
+    try:
+        return await _within_ceiling(store, command, args)
+    except LimitExceeded as exc:
+        if "matched" not in exc.details:
+            raise
+        matched, most = exc.details["matched"], exc.details.get("max")
+        raise ApiError(
+            400,
+            "TOO_MANY_ROWS",
+            f"{matched} rows match, more than the {most} allowed per call; narrow the filter"
+            " (nothing was changed)",
+            [{"field": "query", "matched": matched, "max": most, "message": "too many rows"}],
+        ) from None
+
+
+async def _within_ceiling(store: Store, command: str, args: Record) -> Record:
+    """The cap is the lower of MAX_ROWS_PER_FILTER_WRITE and the store's ceiling
+    (STORE_MAX_BULK_ROWS): a store that refuses our ``max_rows`` is asked again with its own."""
+    try:
+        result: Record = await store.call(command, args)
+        return result
+    except LimitExceeded as exc:
+        ceiling = exc.details.get("max")
+        if (
+            "matched" in exc.details
+            or exc.details.get("arg") != "max_rows"
+            or not isinstance(ceiling, int)
+            or ceiling >= args["max_rows"]
+        ):
+            raise
+    retried: Record = await store.call(command, {**args, "max_rows": ceiling})
+    return retried

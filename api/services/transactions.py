@@ -1,0 +1,135 @@
+"""``POST /transaction``: operations on several tables, applied by one store ``batch``.
+
+Each operation is checked and turned into the store's form first (users and orders through
+their models: validation, password hashing, order dates), then the store applies them all or
+none. ``{"$ref": "<i>.<path>"}`` values are resolved by the store from earlier results; on the
+typed tables only ``orders.user_id`` may be one (validated with a placeholder id, then checked
+by the store's foreign key like any other). After a commit, users whose password or role
+changed, or who were deleted, lose their sessions, as through ``/users``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from api.auth.sessions import end_user_sessions
+from api.filters import Loc
+from api.schemas.transactions import TransactionBody, TransactionOp, ref_index
+from api.services import records, users
+from api.services.batches import REF_FORM, check_refs, invalid_at, run_batch
+from api.services.versions import with_version
+from api.store import Store
+
+# Fields of a typed table that may hold a reference, with the placeholder they validate as.
+REF_FIELDS: dict[str, dict[str, str]] = {
+    "orders": {"user_id": "00000000-0000-4000-8000-000000000000"}
+}
+_NEEDS_ID = frozenset({"replace", "patch", "delete"})
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """An operation in the store's form; ``ends_sessions``: the user's sessions end on commit."""
+
+    op: dict[str, Any]
+    ends_sessions: bool = False
+
+
+async def run_transaction(store: Store, body: TransactionBody) -> list[dict[str, Any]]:
+    """Apply every operation or none; the results in order, in their public shape."""
+    operations = body.operations
+    users.check_hash_budget(sum(_hashes_password(item) for item in operations))
+    prepared = [await prepare(index, item) for index, item in enumerate(operations)]
+    ops = [p.op for p in prepared]
+    results = await run_batch(store, ops, "operation", [item.op for item in operations])
+    for step, result in zip(prepared, results, strict=True):
+        if step.ends_sessions:
+            await end_user_sessions(store, str(result["id"]))
+    return [
+        result if item.op == "delete" else records.to_public(item.table, result)
+        for item, result in zip(operations, results, strict=True)
+    ]
+
+
+async def prepare(index: int, item: TransactionOp) -> Prepared:
+    """Check one operation and give its store form (422 located at the operation)."""
+    loc: Loc = ("body", "operations", index)
+    _check_shape(item, index, loc)
+    data = item.data or {}
+    typed = records.TYPED.get(item.table)
+    table, kind = item.table, item.op
+    args: dict[str, Any] = {"op": kind, "table": table}
+    if kind in _NEEDS_ID:
+        args["id"] = item.id
+    ends = False
+    if typed is None:
+        if kind != "delete":
+            records.check_generic(data, (*loc, "data"), allow_refs=True)
+        check_refs(data, index, (*loc, "data"))
+        if kind == "insert":
+            args["record"] = data
+            if item.upsert:
+                args["upsert"] = True
+        elif kind == "replace":
+            args["record"] = data
+        elif kind == "patch":
+            args["changes"] = data
+    elif kind == "insert":
+        plain, refs = _split_refs(table, data, index, (*loc, "data"))
+        args["record"] = {**await typed.new_record(plain, (*loc, "data")), **refs}
+    elif kind in ("replace", "patch"):
+        plain, refs = _split_refs(table, data, index, (*loc, "data"))
+        build = typed.replace_changes if kind == "replace" else typed.update_changes
+        changes = {**await build(plain, (*loc, "data")), **refs}
+        args = {**args, "op": "patch", "changes": changes}
+        ends = table == users.TABLE and (kind == "replace" or users.ends_sessions(changes))
+    else:
+        ends = table == users.TABLE
+    if kind == "delete" and item.cascade:
+        args["cascade"] = True
+    return Prepared(with_version(args, item.expected_version), ends)
+
+
+def _check_shape(item: TransactionOp, index: int, loc: Loc) -> None:
+    kind = item.op
+    if kind in _NEEDS_ID and item.id is None:
+        raise invalid_at((*loc, "id"), f"'{kind}' needs an id")
+    if kind == "insert" and item.id is not None:
+        raise invalid_at((*loc, "id"), "an insert takes its id inside data")
+    if kind != "delete" and item.data is None:
+        raise invalid_at((*loc, "data"), f"'{kind}' needs data")
+    if kind == "delete" and item.data is not None:
+        raise invalid_at((*loc, "data"), "a delete takes no data")
+    if kind == "insert" and item.expected_version is not None:
+        raise invalid_at((*loc, "expected_version"), "an insert has no version to expect")
+    if kind != "delete" and item.cascade:
+        raise invalid_at((*loc, "cascade"), "only a delete cascades")
+    if item.upsert and (kind != "insert" or item.table in records.TYPED):
+        message = "upsert is for inserts into generic tables"
+        raise invalid_at((*loc, "upsert"), message)
+    if isinstance(item.id, dict):
+        target = ref_index(item.id)
+        if target is None or target >= index:
+            raise invalid_at((*loc, "id"), REF_FORM)
+
+
+def _split_refs(
+    table: str, data: dict[str, Any], index: int, loc: Loc
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Typed data without its references (placeholders instead), and the references."""
+    allowed = REF_FIELDS.get(table, {})
+    plain, refs = dict(data), {}
+    for key, value in data.items():
+        if records.is_ref(value):
+            if key not in allowed:
+                raise invalid_at((*loc, key), f"a reference is not allowed in {table}.{key}")
+            check_refs(value, index, (*loc, key))
+            plain[key], refs[key] = allowed[key], value
+    return plain, refs
+
+
+def _hashes_password(item: TransactionOp) -> bool:
+    if item.table != users.TABLE or item.op == "delete":
+        return False
+    return item.op in ("insert", "replace") or "password" in (item.data or {})

@@ -1,0 +1,110 @@
+"""POST /data/{table} with a list: one atomic store batch; ?upsert=true merges on id."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.support.auth import login
+from tests.support.factories import PASSWORD, assert_error, create_user, token, user_payload
+
+pytestmark = pytest.mark.integration
+
+
+def bulk(client: httpx.Client, table: str, data: object, **params: str) -> httpx.Response:
+    return client.post(f"/api/v1/data/{table}", json={"data": data}, params=params)
+
+
+def total(client: httpx.Client, table: str) -> int:
+    return int(client.get(f"/api/v1/data/{table}/count").json()["data"]["count"])
+
+
+def test_bulk_insert_is_one_atomic_write(client: httpx.Client) -> None:
+    table = f"bulk_{token()}"
+    response = bulk(client, table, [{"id": "a", "n": 1}, {"n": 2}, {"nested": {"x": [1, 2]}}])
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert [r.get("n") for r in body["data"]] == [1, 2, None]
+    assert body["data"][0]["id"] == "a" and all(r["version"] == 1 for r in body["data"])
+    assert body["meta"] == {"inserted": 3, "updated": 0}
+
+    failing = bulk(client, table, [{"id": "b"}, {"id": "c"}, {"id": "a"}, {"id": "d"}])
+    error = assert_error(failing, 409, "ALREADY_EXISTS")
+    assert error["details"][0]["index"] == 2 and error["details"][0]["op"] == "insert"
+    assert "record 2" in error["message"]
+    assert total(client, table) == 3
+    assert_error(client.get(f"/api/v1/data/{table}/b"), 404)
+
+
+def test_upsert_merges_on_id(client: httpx.Client) -> None:
+    table = f"bulk_{token()}"
+    bulk(client, table, [{"id": "a", "n": 1, "meta": {"x": 1}}])
+    response = bulk(
+        client, table, [{"id": "a", "meta": {"y": 2}}, {"id": "b", "n": 5}], upsert="true"
+    )
+    assert response.status_code == 201, response.text
+    first, second = response.json()["data"]
+    assert first["version"] == 2 and first["n"] == 1 and first["meta"] == {"x": 1, "y": 2}
+    assert second["version"] == 1
+    assert response.json()["meta"] == {"inserted": 1, "updated": 1}
+
+    single = bulk(client, table, {"id": "a", "n": None}, upsert="true")
+    assert single.status_code == 200 and "n" not in single.json()["data"]
+    assert single.headers["etag"] == 'W/"3"'
+    created = bulk(client, table, {"id": "c"}, upsert="true")
+    assert created.status_code == 201 and created.headers["location"].endswith(f"/{table}/c")
+    assert_error(bulk(client, table, {"id": "c"}), 409, "ALREADY_EXISTS")
+
+
+def test_typed_tables_validate_every_record(client: httpx.Client, anon: httpx.Client) -> None:
+    payloads = [user_payload(), user_payload()]
+    response = bulk(client, "users", payloads)
+    assert response.status_code == 201, response.text
+    users = response.json()["data"]
+    assert all("password_hash" not in u and u["role"] == "user" for u in users)
+    login(anon, payloads[1]["email"], PASSWORD)  # the password was hashed and works
+
+    owner = create_user(client)["id"]
+    order = {"user_id": owner, "product_name": "p", "quantity": 1, "total_price": "2.50"}
+    bad = {**order, "total_price": "-1"}
+    error = assert_error(bulk(client, "orders", [order, bad]), 422, "VALIDATION_ERROR")
+    assert error["details"][0]["field"] == "body.data.1.total_price"
+    assert client.get("/api/v1/data/orders/count", params={"user_id": owner}).json() == {
+        "status": "success",
+        "data": {"count": 0},
+    }
+    stored = bulk(client, "orders", [order, order]).json()["data"]
+    assert [o["total_price"] for o in stored] == ["2.50", "2.50"]
+    assert all(o["order_date"] for o in stored)
+    orphan = {**order, "user_id": "00000000-0000-4000-8000-000000000000"}
+    error = assert_error(bulk(client, "orders", [order, orphan]), 409, "FOREIGN_KEY_VIOLATION")
+    assert error["details"][0]["index"] == 1
+    assert_error(bulk(client, "orders", [order], upsert="true"), 400, "BAD_REQUEST")
+    duplicate = [payloads[0] | {"email": payloads[0]["email"].upper()}]
+    assert_error(bulk(client, "users", duplicate), 409, "ALREADY_EXISTS")
+
+
+def test_bulk_limits_and_validation(client: httpx.Client) -> None:
+    table = f"bulk_{token()}"
+    assert_error(bulk(client, table, []), 422, "VALIDATION_ERROR")
+    assert_error(bulk(client, table, [{"n": 1}] * 1001), 422, "VALIDATION_ERROR")
+    assert_error(bulk(client, table, [{"n": 1}, 5]), 422, "VALIDATION_ERROR")
+    error = assert_error(bulk(client, table, [{"n": 1}, {"n": 2**64}]), 422, "VALIDATION_ERROR")
+    assert error["details"][0]["field"] == "body.data.1.n"
+    error = assert_error(bulk(client, table, [{"id": "ok"}, {"id": "a/b"}]), 422)
+    assert error["details"][0]["field"] == "body.data.1.id"
+    many = [user_payload() for _ in range(21)]
+    assert_error(bulk(client, "users", many), 400, "LIMIT_EXCEEDED")
+    assert_error(client.get(f"/api/v1/data/{table}"), 404)  # nothing was created
+
+
+def test_records_may_refer_to_earlier_ones(client: httpx.Client) -> None:
+    table = f"bulk_{token()}"
+    response = bulk(client, table, [{"name": "parent"}, {"parent": {"$ref": "0.id"}}])
+    assert response.status_code == 201, response.text
+    parent, child = response.json()["data"]
+    assert child["parent"] == parent["id"]
+    error = assert_error(bulk(client, table, [{"x": {"$ref": "1.id"}}, {}]), 422)
+    assert error["details"][0]["field"] == "body.data.0.x.$ref"
+    kept = bulk(client, table, [{"doc": {"$ref": "#/a", "type": "object"}}])
+    assert kept.json()["data"][0]["doc"] == {"$ref": "#/a", "type": "object"}

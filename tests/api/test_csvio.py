@@ -1,0 +1,246 @@
+"""The CSV cell encoding (api.services.csvio) and row reading (csv_rows), without a server."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from api.errors import ApiError
+from api.services.csv_export import CsvEncoder, columns_for
+from api.services.csv_import import ImportReport, write_chunk
+from api.services.csv_rows import reader_for
+from api.services.csvio import ABSENT, INJECTION_START, CellError, decode_cell, encode_cell
+from storeserver.errors import Conflict, NotFound
+
+# (value, cell text): encoded as, and decoded from.
+CASES: list[tuple[Any, str]] = [
+    (ABSENT, ""),
+    (None, "null"),
+    (True, "true"),
+    (False, "false"),
+    (0, "0"),
+    (-12, "-12"),
+    (2**63 - 1, "9223372036854775807"),
+    (Decimal("12.50"), "12.50"),
+    (Decimal("-0.01"), "-0.01"),
+    (Decimal("100"), "100."),
+    (Decimal("0.0000001"), "0.0000001"),
+    (1.5, "1.5e0"),
+    (-2e-07, "-2e-07"),
+    (1e16, "1e+16"),
+    ("", '""'),
+    ("hello, world", "hello, world"),
+    ("12", '"12"'),
+    ("007", "007"),
+    ("1.50", '"1.50"'),
+    ("1e5", '"1e5"'),
+    ("null", '"null"'),
+    ("true", '"true"'),
+    ("[1]", '"[1]"'),
+    ('"quoted"', '"\\"quoted\\""'),
+    ("'quoted'", "'quoted'"),
+    ("=SUM(A1:A9)", "'=SUM(A1:A9)"),
+    ("+1", "'+1"),
+    ("-12", "'-12"),
+    ("-", "'-"),
+    ("@cmd", "'@cmd"),
+    ("\tx", "'\tx"),
+    ("\rx", "'\rx"),
+    ("'=x", '"\'=x"'),
+    ("line\nbreak", "line\nbreak"),
+    ("ünïcødé ✓ 🎉", "ünïcødé ✓ 🎉"),
+    ([1, "a", None], '[1,"a",null]'),
+    ({"a": {"b": [Decimal("1.25"), 2.5]}}, '{"a":{"b":[1.25,2.5e0]}}'),
+    ([], "[]"),
+    ({}, "{}"),
+]
+
+
+@pytest.mark.parametrize(("value", "text"), CASES)
+def test_encode(value: Any, text: str) -> None:
+    assert encode_cell(value) == text
+
+
+@pytest.mark.parametrize(("value", "text"), CASES)
+def test_decode(value: Any, text: str) -> None:
+    assert same(decode_cell(text), value)
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("3.", Decimal("3")),
+        ("1E5", 100000.0),
+        ("'plain", "'plain"),  # a quote not before = + - @ TAB CR is kept
+        ("-", "-"),  # hand-written: not a number, so a string
+        (" 12", " 12"),
+        ("12abc", "12abc"),
+        ("0012", "0012"),
+        ("-0", 0),
+    ],
+)
+def test_decode_hand_written(text: str, value: Any) -> None:
+    assert same(decode_cell(text), value)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['"unterminated', '"a" "b"', "[1,", "{bad}", "[NaN]", '"1"x', "99999999999999999999", "1e999"],
+)
+def test_bad_cells(text: str) -> None:
+    with pytest.raises(CellError):
+        decode_cell(text)
+
+
+def test_json_cells_allow_surrounding_whitespace_inside() -> None:
+    assert decode_cell('"a" ') == "a"
+    assert encode_cell('"a" ') == '"\\"a\\" "'
+
+
+values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.decimals(allow_nan=False, allow_infinity=False, places=3)
+    | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=5), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equal with the same types all the way down (True is not 1, 1.0 is not Decimal 1)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, list):
+        return len(a) == len(b) and all(map(same, a, b))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    return bool(a == b) or a is b
+
+
+@given(values)
+def test_every_value_survives_a_csv_round_trip(value: Any) -> None:
+    buffer = io.StringIO()
+    csv.writer(buffer).writerow([encode_cell(value), "end"])
+    cell = next(csv.reader(io.StringIO(buffer.getvalue(), newline="")))[0]
+    assert same(decode_cell(cell), value)
+
+
+@given(st.text(min_size=1))
+def test_no_string_cell_starts_like_a_formula(text: str) -> None:
+    cell = encode_cell(text)
+    assert cell[0] not in INJECTION_START
+    assert decode_cell(cell) == text
+
+
+@given(st.decimals(allow_nan=False, allow_infinity=False, places=2))
+def test_top_level_decimals_keep_their_digits(value: Decimal) -> None:
+    assert str(decode_cell(encode_cell(value))) == str(value)
+
+
+def test_negative_numbers_are_not_escaped() -> None:
+    assert encode_cell(-5) == "-5"
+    assert encode_cell(Decimal("-5.25")) == "-5.25"
+    assert encode_cell(-0.5) == "-0.5e0"
+
+
+def test_generic_columns_and_extra() -> None:
+    first = [{"id": "a", "x": 1, "created_at": "t", "version": 1}, {"id": "b", "y": 2}]
+    columns, extra = columns_for("things", first)
+    assert columns == ("id", "x", "y", "created_at", "updated_at", "version")
+    assert extra
+    encoder = CsvEncoder("things", columns, extra)
+    text = (encoder.header() + encoder.rows([{"id": "c", "x": "1", "z": [1]}])).decode()
+    assert text == 'id,x,y,created_at,updated_at,version,_extra\r\nc,"""1""",,,,,"{""z"":[1]}"\r\n'
+    reader = reader_for("things", next(csv.reader(io.StringIO(text))))
+    row = list(csv.reader(io.StringIO(text)))[1]
+    assert reader.read(row, 1) == ({"id": "c", "x": "1", "z": [1]}, [])
+
+
+def test_row_errors_name_row_and_field() -> None:
+    reader = reader_for("things", ["id", "n", "_extra"])
+    record, errors = reader.read(["bad id!", "[1,", "[]"], 7)
+    assert record is None
+    assert [(e.row, e.field) for e in errors] == [(7, "n"), (7, "_extra")]
+    record, errors = reader.read(["bad id!", "1", ""], 8)
+    assert [(e.row, e.field) for e in errors] == [(8, "id")]
+    record, errors = reader.read(["a"], 9)
+    assert errors[0].message == "expected 3 cells, found 1"
+
+
+def test_orders_rows_validate_through_the_model() -> None:
+    reader = reader_for("orders", ["id", "user_id", "product_name", "quantity", "total_price"])
+    user = "5b0f0c8e-3c3a-4a59-9a44-0f1de4b3a9a1"
+    record, errors = reader.read(["o-1", user, "123", "2", "19.99"], 1)
+    assert errors == []
+    assert record is not None
+    assert record["product_name"] == "123"  # a text column: digits stay a string
+    assert record["total_price"] == Decimal("19.99")
+    record, errors = reader.read(["o-2", "nope", "", "-1", "0.001"], 2)
+    assert {e.field for e in errors} == {"user_id", "product_name", "quantity", "total_price"}
+
+
+@pytest.mark.parametrize(
+    ("table", "header", "code"),
+    [
+        ("things", [], "INVALID_CSV"),
+        ("things", ["a", "a"], "INVALID_CSV"),
+        ("things", ["a", ""], "INVALID_CSV"),
+        ("orders", ["user_id", "product_name", "quantity", "total_price", "x"], "INVALID_CSV"),
+        ("orders", ["user_id", "product_name", "quantity"], "INVALID_CSV"),
+        ("users", ["email"], "IMPORT_NOT_SUPPORTED"),
+    ],
+)
+def test_bad_headers(table: str, header: list[str], code: str) -> None:
+    with pytest.raises(ApiError) as caught:
+        reader_for(table, header)
+    assert caught.value.status_code == 400
+    assert caught.value.code == code
+
+
+class RefusingStore:
+    """Refuses any batch holding a record with ``bad``, like the store: at that op's index."""
+
+    def __init__(self, existing: set[str]) -> None:
+        self.existing = existing
+        self.batches = 0
+        self.written: list[str] = []
+
+    async def call(self, command: str, args: dict[str, Any]) -> Any:
+        if command == "get_many":
+            if not self.existing:
+                raise NotFound("no table", {})
+            return [{"id": i} if i in self.existing else None for i in args["ids"]]
+        self.batches += 1
+        for index, op in enumerate(args["ops"]):
+            if op["record"].get("bad"):
+                raise Conflict(
+                    "foreign key", {"reason": "foreign_key", "field": "u", "index": index}
+                )
+        self.written += [op["record"]["id"] for op in args["ops"]]
+        return {"results": []}
+
+
+@pytest.mark.parametrize("existing", [set(), {"r3", "r499"}])
+def test_refused_rows_cost_one_extra_batch_each(existing: set[str]) -> None:
+    chunk = [(n + 1, {"id": f"r{n}", "bad": n % 50 == 49}) for n in range(500)]
+    store = RefusingStore(existing)
+    report = ImportReport("t", atomic=False)
+    asyncio.run(write_chunk(store, "t", chunk, report))  # type: ignore[arg-type]
+    bad = {f"r{n}" for n in range(500) if n % 50 == 49}
+    assert store.written == [f"r{n}" for n in range(500) if f"r{n}" not in bad | existing]
+    assert report.imported == len(store.written)
+    assert report.failed == len(bad | existing)
+    assert store.batches <= 1 + 2 * len(bad)
+    assert {e["field"] for e in report.errors} == ({"u", "id"} if existing else {"u"})

@@ -1,0 +1,94 @@
+"""Embedded relations: GET /orders?expand=user and GET /users/{id}?embed=orders."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.support.auth import register
+from tests.support.factories import assert_error, create_order, token
+from tests.support.stack import Stack
+from tests.support.storedirect import store_call
+
+pytestmark = pytest.mark.integration
+
+
+def test_orders_expand_user(client: httpx.Client, anon: httpx.Client) -> None:
+    me, other = register(anon), register(anon)
+    for _ in range(3):
+        create_order(client, me.id)
+    create_order(client, other.id)
+    response = anon.get("/api/v1/orders", params={"expand": "user"}, headers=me.headers)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["meta"]["total"] == 3
+    for order in body["data"]:
+        assert order["user"]["id"] == me.id and order["user"]["email"] == me.user["email"]
+        assert "password_hash" not in order["user"]
+    plain = anon.get("/api/v1/orders", headers=me.headers)
+    assert "user" not in plain.json()["data"][0]
+    assert plain.headers["etag"] != response.headers["etag"]
+
+    both = client.get(
+        "/api/v1/orders",
+        params={"expand": "user", "user_id__in": f"{me.id},{other.id}", "sort": "user_id:asc"},
+    ).json()["data"]
+    assert {o["user"]["id"] for o in both} == {me.id, other.id}
+    assert all(o["user"]["id"] == o["user_id"] for o in both)
+    assert_error(client.get("/api/v1/orders", params={"expand": "orders"}), 422)
+
+
+def test_expand_is_one_lookup_not_one_per_order(client: httpx.Client, stack: Stack) -> None:
+    me = register(client)
+    for _ in range(10):
+        create_order(client, me.id)
+    before = store_call(stack, "stats", {})["ops"]
+    response = client.get(
+        "/api/v1/orders", params={"expand": "user", "user_id": me.id, "per_page": 10}
+    )
+    after = store_call(stack, "stats", {})["ops"]
+    assert response.status_code == 200 and len(response.json()["data"]) == 10
+    assert after["get_many"] - before["get_many"] == 1
+    assert after.get("get", 0) - before.get("get", 0) < 10
+
+
+def test_user_embed_orders_paginated(client: httpx.Client, anon: httpx.Client) -> None:
+    me, other = register(anon), register(anon)
+    orders = [create_order(client, me.id, product_name=f"p{i}") for i in range(5)]
+    create_order(client, other.id)
+    url = f"/api/v1/users/{me.id}"
+    params = {"embed": "orders", "orders_page": "2", "orders_per_page": "2"}
+    response = anon.get(url, params=params, headers=me.headers)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["data"]["id"] == me.id and "password_hash" not in body["data"]
+    assert [o["id"] for o in body["data"]["orders"]] == [o["id"] for o in orders[2:4]]
+    assert body["meta"] == {"orders": {"page": 2, "per_page": 2, "total": 5}}
+
+    etag = response.headers["etag"]
+    cached = anon.get(url, params=params, headers={**me.headers, "If-None-Match": etag})
+    assert cached.status_code == 304
+    client.patch(f"/api/v1/orders/{orders[2]['id']}", json={"quantity": 9})
+    changed = anon.get(url, params=params, headers={**me.headers, "If-None-Match": etag})
+    assert changed.status_code == 200 and changed.json()["data"]["orders"][0]["quantity"] == 9
+
+    plain = anon.get(url, headers=me.headers).json()
+    assert "orders" not in plain["data"] and "meta" not in plain
+    # Someone else's user is a 404 with or without the embed: nothing of theirs leaks.
+    assert_error(anon.get(f"/api/v1/users/{other.id}", params=params, headers=me.headers), 404)
+    assert client.get(f"/api/v1/users/{other.id}", params=params).status_code == 200
+    assert_error(anon.get(url, params={"embed": "secrets"}, headers=me.headers), 422)
+    assert_error(
+        anon.get(url, params={**params, "orders_per_page": "101"}, headers=me.headers), 422
+    )
+    assert_error(client.get(f"/api/v1/users/{token()}", params=params), 404)
+
+
+def test_user_orders_expand_user(client: httpx.Client, anon: httpx.Client) -> None:
+    me = register(anon)
+    create_order(client, me.id)
+    response = anon.get(
+        f"/api/v1/users/{me.id}/orders", params={"expand": "user"}, headers=me.headers
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["data"][0]["user"]["id"] == me.id

@@ -1,0 +1,436 @@
+"""Background jobs against a real stack: life cycle from each state, status from another
+worker, cancellation, a killed worker's jobs, authorization, and results identical to the
+synchronous paths (export = dump bytes, snapshot = the snapshot answer).
+
+The stack runs the real application plus a test-only ``sleep`` job kind and a route to start it
+(``create_jobs_app`` below), so a job can be held running, failed or cancelled on demand. One
+job slot per worker makes "queued" reproducible; a short heartbeat and stale time make a dead
+worker's job visible as failed within seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import pytest
+from fastapi import FastAPI, Query
+from starlette.responses import Response
+
+from api.deps import CurrentUser
+from api.jobs.model import JobFailed, is_stale, to_public
+from api.jobs.runner import JobContext, job_kind, result_dir
+from api.jobs.web import JobsDep, accepted, run_as_job
+from api.main import create_app
+from api.settings import Settings
+from tests.support.auth import Account, login_admin, register
+from tests.support.factories import assert_error
+from tests.support.stack import Stack, running_stack, worker_pids
+from tests.support.storedirect import bulk_insert
+from tests.support.workers import close_all, pinned_clients
+
+pytestmark = pytest.mark.integration
+
+JOBS = "/api/v1/jobs"
+ASYNC_ROWS = 1000
+
+
+def create_jobs_app() -> FastAPI:
+    """The real app plus ``POST /api/v1/test-jobs/sleep`` (any logged-in user)."""
+
+    @job_kind("sleep")
+    async def run_sleep(ctx: JobContext) -> dict[str, Any]:
+        chunks = int(ctx.params["chunks"])
+        for done in range(1, chunks + 1):
+            await asyncio.sleep(float(ctx.params["delay"]))
+            await ctx.checkpoint(done, chunks)
+        if ctx.params.get("fail"):
+            raise JobFailed("TEST_FAILURE", "this job was asked to fail")
+        return {"chunks": chunks, "worker_pid": os.getpid()}
+
+    app = create_app()
+
+    @app.post("/api/v1/test-jobs/sleep")
+    async def start_sleep(
+        jobs: JobsDep,
+        caller: CurrentUser,
+        chunks: Annotated[int, Query()] = 3,
+        delay: Annotated[float, Query()] = 0.01,
+        fail: Annotated[bool, Query()] = False,
+    ) -> Response:
+        params = {"chunks": chunks, "delay": delay, "fail": fail}
+        return accepted(await jobs.submit("sleep", str(caller.id), params))
+
+    return app
+
+
+@pytest.fixture(scope="module")
+def jobs_stack() -> Iterator[Stack]:
+    data_dir = tempfile.mkdtemp(prefix="memdb-jobs-data-")
+    env = {
+        "STORE_DATA_DIR": data_dir,
+        "JOB_MAX_CONCURRENT": "1",
+        "JOB_HEARTBEAT_SECONDS": "0.2",
+        "JOB_STALE_SECONDS": "2",
+        "JOB_ASYNC_ROWS": str(ASYNC_ROWS),
+        "ACCESS_TOKEN_TTL": "3600",
+    }
+    try:
+        with running_stack(workers=2, extra_env=env, app=f"{__name__}:create_jobs_app()") as stack:
+            yield stack
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def jobs_admin(jobs_stack: Stack) -> Account:
+    with httpx.Client(base_url=jobs_stack.base_url, timeout=10.0) as http:
+        return login_admin(http)
+
+
+@pytest.fixture
+def http(jobs_stack: Stack, jobs_admin: Account) -> Iterator[httpx.Client]:
+    with httpx.Client(
+        base_url=jobs_stack.base_url, timeout=30.0, headers=jobs_admin.headers
+    ) as client:
+        yield client
+
+
+def start_sleep(client: httpx.Client, **params: Any) -> dict[str, Any]:
+    response = client.post("/api/v1/test-jobs/sleep", params=params)
+    assert response.status_code == 202, response.text
+    job: dict[str, Any] = response.json()["data"]
+    assert response.headers["location"] == f"{JOBS}/{job['id']}"
+    return job
+
+
+def wait_for(
+    client: httpx.Client, job_id: str, states: set[str], timeout: float = 30.0
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        response = client.get(f"{JOBS}/{job_id}")
+        assert response.status_code == 200, response.text
+        job: dict[str, Any] = response.json()["data"]
+        if job["state"] in states:
+            return job
+        assert time.monotonic() < deadline, f"job stayed {job['state']}: {job}"
+        time.sleep(0.05)
+
+
+async def await_state(
+    client: httpx.AsyncClient, job_id: str, states: set[str], timeout: float = 30.0
+) -> tuple[dict[str, Any], str]:
+    """Poll from ``client``; returns the job and the PID of the worker that answered."""
+    deadline = time.monotonic() + timeout
+    while True:
+        response = await client.get(f"{JOBS}/{job_id}")
+        assert response.status_code == 200, response.text
+        job: dict[str, Any] = response.json()["data"]
+        if job["state"] in states:
+            return job, response.headers["x-worker-pid"]
+        assert time.monotonic() < deadline, f"job stayed {job['state']}: {job}"
+        await asyncio.sleep(0.05)
+
+
+# --- life cycle -------------------------------------------------------------------------------
+
+
+async def test_job_succeeds_and_any_worker_reports_it(jobs_stack: Stack, jobs_admin: Account):
+    clients = await pinned_clients(jobs_stack.base_url, headers=jobs_admin.headers)
+    try:
+        (pid_a, (client_a,)), (pid_b, (client_b,)) = list(clients.items())
+        response = await client_a.post("/api/v1/test-jobs/sleep", params={"chunks": 5})
+        assert response.status_code == 202, response.text
+        assert response.headers["x-worker-pid"] == pid_a
+        job = response.json()["data"]
+        assert job["state"] == "queued" and job["progress"] == {
+            "done": 0,
+            "total": None,
+            "unit": "rows",
+        }
+
+        done, answered_by = await await_state(client_b, job["id"], {"succeeded"})
+        assert answered_by == pid_b != pid_a  # read from the other worker
+        assert done["result"] == {"chunks": 5, "worker_pid": int(pid_a)}
+        assert done["progress"] == {"done": 5, "total": 5, "unit": "rows"}
+        assert done["error"] is None and done["cancel_requested"] is False
+        assert done["created_at"] <= done["started_at"] <= done["finished_at"]
+        assert done["elapsed_seconds"] >= 0
+        assert set(done) == {
+            "id", "kind", "state", "owner_id", "progress", "cancel_requested", "created_at",
+            "started_at", "finished_at", "elapsed_seconds", "result", "error",
+        }  # fmt: skip
+    finally:
+        await close_all(clients)
+
+
+def test_failing_job_reports_its_error(http: httpx.Client):
+    job = start_sleep(http, chunks=2, fail=True)
+    failed = wait_for(http, job["id"], {"failed", "succeeded"})
+    assert failed["state"] == "failed"
+    assert failed["error"] == {"code": "TEST_FAILURE", "message": "this job was asked to fail"}
+    assert failed["result"] is None and failed["finished_at"] is not None
+    assert_error(http.get(f"{JOBS}/{job['id']}/result"), 409, "JOB_NOT_FINISHED")
+
+
+async def test_running_job_is_cancelled_at_a_checkpoint(jobs_stack: Stack, jobs_admin: Account):
+    clients = await pinned_clients(jobs_stack.base_url, headers=jobs_admin.headers)
+    try:
+        (_, (client_a,)), (_, (client_b,)) = list(clients.items())
+        response = await client_a.post(
+            "/api/v1/test-jobs/sleep", params={"chunks": 2000, "delay": 0.01}
+        )
+        job_id = response.json()["data"]["id"]
+        running, _ = await await_state(client_b, job_id, {"running"})
+        assert running["started_at"] is not None
+        cancel = await client_b.delete(f"{JOBS}/{job_id}")  # the other worker asks
+        assert cancel.status_code == 202, cancel.text
+        assert cancel.json()["data"]["cancel_requested"] is True
+        cancelled, _ = await await_state(client_b, job_id, {"cancelled", "succeeded"})
+        assert cancelled["state"] == "cancelled"
+        assert cancelled["progress"]["done"] < 2000 and cancelled["result"] is None
+        assert cancelled["finished_at"] is not None
+        again = await client_a.delete(f"{JOBS}/{job_id}")
+        assert_error(again, 409, "JOB_FINISHED")
+    finally:
+        await close_all(clients)
+
+
+async def test_queued_job_is_cancelled_before_it_starts(jobs_stack: Stack, jobs_admin: Account):
+    clients = await pinned_clients(jobs_stack.base_url, headers=jobs_admin.headers)
+    try:
+        (_, (client_a,)), _ = list(clients.items())
+        # One job slot per worker: the first holds it, the second waits queued.
+        first = (await client_a.post("/api/v1/test-jobs/sleep", params={"chunks": 2000})).json()
+        second = (await client_a.post("/api/v1/test-jobs/sleep", params={"chunks": 1})).json()
+        await await_state(client_a, first["data"]["id"], {"running"})
+        queued = (await client_a.get(f"{JOBS}/{second['data']['id']}")).json()["data"]
+        assert queued["state"] == "queued" and queued["started_at"] is None
+
+        cancel = await client_a.delete(f"{JOBS}/{second['data']['id']}")
+        assert cancel.status_code == 200, cancel.text
+        assert cancel.json()["data"]["state"] == "cancelled"
+        assert (await client_a.delete(f"{JOBS}/{first['data']['id']}")).status_code == 202
+        await await_state(client_a, first["data"]["id"], {"cancelled"})
+        # The slot is free again, and the cancelled job never ran.
+        still, _ = await await_state(client_a, second["data"]["id"], {"cancelled"})
+        assert still["started_at"] is None
+    finally:
+        await close_all(clients)
+
+
+async def test_killed_workers_jobs_are_marked_failed(jobs_stack: Stack, jobs_admin: Account):
+    clients = await pinned_clients(jobs_stack.base_url, headers=jobs_admin.headers)
+    try:
+        (pid_a, (client_a,)), (pid_b, (client_b,)) = list(clients.items())
+        running = (await client_a.post("/api/v1/test-jobs/sleep", params={"chunks": 5000})).json()
+        queued = (await client_a.post("/api/v1/test-jobs/sleep", params={"chunks": 1})).json()
+        await await_state(client_b, running["data"]["id"], {"running"})
+        os.kill(int(pid_a), signal.SIGKILL)
+
+        for job in (running, queued):
+            lost, answered_by = await await_state(client_b, job["data"]["id"], {"failed"})
+            assert answered_by == pid_b
+            assert lost["error"]["code"] == "WORKER_LOST"
+            assert lost["finished_at"] is not None
+    finally:
+        await close_all(clients)
+        deadline = time.monotonic() + 30
+        while len(worker_pids(jobs_stack)) != 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+
+# --- authorization ----------------------------------------------------------------------------
+
+
+def test_owners_see_their_jobs_admins_all_others_404(jobs_stack: Stack, http: httpx.Client):
+    with httpx.Client(base_url=jobs_stack.base_url, timeout=30.0) as anon:
+        owner = register(anon)
+        other = register(anon)
+        assert_error(anon.post("/api/v1/test-jobs/sleep"), 401)
+
+        mine = anon.post("/api/v1/test-jobs/sleep", headers=owner.headers)
+        assert mine.status_code == 202, mine.text
+        job_id = mine.json()["data"]["id"]
+        assert mine.json()["data"]["owner_id"] == owner.id
+        done = wait_for(http, job_id, {"succeeded"})  # the admin reads anyone's
+        assert done["owner_id"] == owner.id
+
+        own = anon.get(f"{JOBS}/{job_id}", headers=owner.headers)
+        assert own.status_code == 200 and own.json()["data"]["state"] == "succeeded"
+        listed = anon.get(JOBS, headers=owner.headers).json()
+        assert [item["id"] for item in listed["data"]] == [job_id]
+        assert listed["meta"]["total"] == 1
+
+        for method in ("GET", "DELETE"):
+            foreign = anon.request(method, f"{JOBS}/{job_id}", headers=other.headers)
+            assert_error(foreign, 404, "NOT_FOUND")
+        assert_error(anon.get(f"{JOBS}/{job_id}/result", headers=other.headers), 404)
+        assert anon.get(JOBS, headers=other.headers).json()["meta"]["total"] == 0
+        assert_error(anon.get(f"{JOBS}/{job_id}"), 401)
+        assert_error(anon.get(f"{JOBS}/no-such-job", headers=owner.headers), 404, "NOT_FOUND")
+
+        everyone = http.get(JOBS, params={"per_page": 100}).json()
+        assert job_id in {item["id"] for item in everyone["data"]}
+        # Only admins export or snapshot.
+        assert_error(anon.get("/api/v1/dump/users?async=true", headers=owner.headers), 403)
+        assert_error(anon.post("/api/v1/admin/snapshot?async=true", headers=owner.headers), 403)
+
+
+# --- the jobs behind real routes ----------------------------------------------------------------
+
+
+def test_export_job_result_is_the_dump(jobs_stack: Stack, http: httpx.Client):
+    rows = [
+        {"sku": f"S-{i:05}", "price": Decimal(f"{i}.{i % 100:02}"), "tags": ["a", i], "n": {"i": i}}
+        for i in range(ASYNC_ROWS + 250)
+    ]
+    bulk_insert(jobs_stack, "job_export_items", rows)
+    sync = http.get("/api/v1/dump/job_export_items", params={"async": "false"})
+    assert sync.status_code == 200 and sync.content.count(b"\n") == len(rows)
+
+    started = http.get("/api/v1/dump/job_export_items")  # past JOB_ASYNC_ROWS: a job
+    assert started.status_code == 202, started.text
+    job_id = started.json()["data"]["id"]
+    assert started.headers["location"] == f"{JOBS}/{job_id}"
+    done = wait_for(http, job_id, {"succeeded", "failed"})
+    assert done["state"] == "succeeded", done
+    assert done["progress"] == {"done": len(rows), "total": len(rows), "unit": "rows"}
+    result = done["result"]
+    assert result["url"] == f"{JOBS}/{job_id}/result" and result["rows"] == len(rows)
+
+    download = http.get(result["url"])
+    assert download.status_code == 200
+    assert download.headers["content-type"].startswith("application/x-ndjson")
+    assert download.content == sync.content
+    assert result["bytes"] == len(sync.content)
+
+    small = http.get("/api/v1/dump/users")  # under the threshold: streamed as before
+    assert small.status_code == 200 and small.headers["content-type"].startswith(
+        "application/x-ndjson"
+    )
+    assert http.get("/api/v1/dump/users", params={"async": "true"}).status_code == 202
+    missing = http.get("/api/v1/dump/no_such_table", params={"async": "true"})
+    assert_error(missing, 404, "NOT_FOUND")  # refused now, not as a failed job
+
+
+def test_snapshot_job_result_matches_the_synchronous_answer(http: httpx.Client):
+    sync = http.post("/api/v1/admin/snapshot", params={"async": "false"})
+    assert sync.status_code == 200, sync.text
+    started = http.post("/api/v1/admin/snapshot", params={"async": "true"})
+    assert started.status_code == 202, started.text
+    assert started.json()["data"]["kind"] == "snapshot"
+    done = wait_for(http, started.json()["data"]["id"], {"succeeded", "failed"})
+    assert done["state"] == "succeeded", done
+    expected, got = sync.json()["data"], done["result"]
+    assert set(got) == set(expected)
+    assert os.path.dirname(got["path"]) == os.path.dirname(expected["path"])
+    assert got["generation"] > expected["generation"] and got["bytes"] > 0
+    assert_error(http.get(f"{JOBS}/{done['id']}/result"), 404, "NOT_FOUND")  # no file to serve
+
+
+def test_csv_export_job_result_is_the_csv_export(jobs_stack: Stack, http: httpx.Client):
+    rows = [{"sku": f"C-{i:04}", "price": Decimal(f"{i}.5"), "note": "a,b\nc"} for i in range(700)]
+    bulk_insert(jobs_stack, "job_csv_items", rows)
+    url = "/api/v1/batch/job_csv_items/export"
+    sync = http.get(url, params={"async": "false", "price__gte": 100})
+    assert sync.status_code == 200, sync.text
+    started = http.get(url, params={"async": "true", "price__gte": 100})
+    assert started.status_code == 202, started.text
+    done = wait_for(http, started.json()["data"]["id"], {"succeeded", "failed"})
+    assert done["state"] == "succeeded", done
+    assert done["kind"] == "csv_export" and done["result"]["format"] == "csv"
+    download = http.get(done["result"]["url"])
+    assert download.status_code == 200 and download.headers["content-type"].startswith("text/csv")
+    assert download.content == sync.content
+
+
+def test_import_job_report_is_the_synchronous_report(http: httpx.Client):
+    lines = ["sku,qty"] + [f"I-{i},{i}" for i in range(300)] + ["bad,not json {"]
+    body = ("\n".join(lines) + "\n").encode()
+    headers = {"Content-Type": "text/csv"}
+    sync = http.post(
+        "/api/v1/batch/import", params={"table": "job_import_a", "async": "false"},
+        content=body, headers=headers,
+    )  # fmt: skip
+    assert sync.status_code == 200, sync.text
+    started = http.post(
+        "/api/v1/batch/import", params={"table": "job_import_b", "async": "true"},
+        content=body, headers=headers,
+    )  # fmt: skip
+    assert started.status_code == 202, started.text
+    done = wait_for(http, started.json()["data"]["id"], {"succeeded", "failed"})
+    assert done["state"] == "succeeded" and done["kind"] == "import", done
+    expected = {**sync.json()["data"], "table": "job_import_b"}
+    assert done["result"] == expected
+    assert done["progress"] == {"done": len(body), "total": len(body), "unit": "bytes"}
+
+
+def test_writes_by_filter_as_jobs_match_the_synchronous_answers(
+    jobs_stack: Stack, http: httpx.Client
+):
+    bulk_insert(jobs_stack, "job_filter_items", [{"group": i % 4, "n": i} for i in range(400)])
+    url = "/api/v1/data/job_filter_items"
+    sync = http.patch(url, params={"group": 0, "async": "false"}, json={"data": {"seen": True}})
+    assert sync.status_code == 200, sync.text
+    started = http.patch(url, params={"group": 1, "async": "true"}, json={"data": {"seen": True}})
+    assert started.status_code == 202, started.text
+    done = wait_for(http, started.json()["data"]["id"], {"succeeded", "failed"})
+    assert done["kind"] == "update_where" and done["result"] == sync.json()["data"]
+    assert http.get(url, params={"seen": "true"}).json()["meta"]["total"] == 200
+
+    sync = http.delete(url, params={"group": 2, "async": "false"})
+    assert sync.status_code == 200, sync.text
+    started = http.delete(url, params={"group": 3, "async": "true"})
+    assert started.status_code == 202, started.text
+    done = wait_for(http, started.json()["data"]["id"], {"succeeded", "failed"})
+    assert done["kind"] == "delete_where" and done["result"] == sync.json()["data"]
+    assert http.get(url).json()["meta"]["total"] == 200
+
+    bad = http.patch(url, params={"n__gte": 0, "async": "true"}, json={"data": {"id": "x"}})
+    failed = wait_for(http, bad.json()["data"]["id"], {"succeeded", "failed"})
+    assert failed["state"] == "failed" and failed["error"]["code"] == "VALIDATION_ERROR"
+
+
+# --- pieces without a stack ---------------------------------------------------------------------
+
+
+def test_staleness_and_public_view():
+    now = datetime(2025, 1, 1, 12, 0, 10, tzinfo=UTC)
+    job = {"state": "running", "heartbeat_at": "2025-01-01T12:00:00.000000Z"}
+    assert is_stale(job, 5, now) and not is_stale(job, 15, now)
+    assert not is_stale({**job, "state": "succeeded"}, 5, now)
+    view = to_public({**job, "started_at": "2025-01-01T12:00:00.000000Z",
+                      "finished_at": "2025-01-01T12:00:01.500000Z", "worker": "h:1"})  # fmt: skip
+    assert view["elapsed_seconds"] == 1.5 and "worker" not in view and "heartbeat_at" not in view
+
+
+def test_async_rule_and_result_directory(tmp_path: Path):
+    assert run_as_job(None, 11, 10) and not run_as_job(None, 10, 10)
+    assert run_as_job(True, 0, 10) and not run_as_job(False, 99, 10)
+    settings = Settings(store_socket=str(tmp_path / "store.sock"))
+    assert result_dir(settings) == tmp_path / "jobs"
+    assert result_dir(Settings(store_socket="tcp://db:7000")).name == "memdb-jobs"
+    assert result_dir(Settings(job_result_dir=str(tmp_path / "x"))) == tmp_path / "x"
+
+
+def test_settings_refuse_a_short_stale_time_and_the_dev_admin_password_in_production():
+    with pytest.raises(ValueError, match="JOB_STALE_SECONDS"):
+        Settings(job_heartbeat_seconds=2, job_stale_seconds=5)
+    secret = "k3y-" + "".join(chr(97 + i % 26) for i in range(40))
+    with pytest.raises(ValueError, match="development default"):
+        Settings(
+            env="production", jwt_secret=secret, admin_email="root@example.com",
+            admin_password="dev-only-admin-password",
+        )  # fmt: skip

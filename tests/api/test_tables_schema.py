@@ -1,0 +1,200 @@
+"""GET|PUT /api/v1/data/{table}/schema: typed models, inferred shapes, attached JSON Schemas."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.support.auth import register
+from tests.support.factories import PASSWORD, assert_error, create_record, token
+
+pytestmark = pytest.mark.integration
+
+PRODUCT_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string"},
+        "price": {"type": "number", "minimum": 0},
+        "meta": {"type": "object", "properties": {"color": {"type": "string"}}},
+    },
+    "required": ["name", "price"],
+}
+TYPE_NAMES = {type(None): "null", bool: "bool", int: "int", float: "float", str: "str"}
+TYPE_NAMES |= {list: "list", dict: "map"}
+
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**40), 2**40)
+    | st.floats(allow_nan=False, allow_infinity=False, width=32)
+    | st.text(st.characters(codec="utf-8"), max_size=6)
+)
+values = scalars | st.lists(scalars, max_size=3) | st.dictionaries(st.sampled_from("xy"), scalars)
+rows = st.lists(
+    st.dictionaries(st.sampled_from(["a", "b", "c", "d"]), values, min_size=1), min_size=1
+).map(lambda items: items[:12])
+
+
+def schema_url(table: str) -> str:
+    return f"/api/v1/data/{table}/schema"
+
+
+def test_typed_tables_answer_their_public_models(client: httpx.Client) -> None:
+    for table, expected in (("users", {"email", "full_name"}), ("orders", {"total_price"})):
+        response = client.get(schema_url(table))
+        assert response.status_code == 200, response.text
+        info = response.json()["data"]
+        assert info["typed"] is True and info["table"] == table
+        assert expected <= set(info["schema"]["properties"])
+        assert isinstance(info["rows"], int) and info["indexes"]
+        assert "password" not in response.text  # neither password nor password_hash
+
+
+def test_users_index_and_foreign_key_are_shown(client: httpx.Client) -> None:
+    users = client.get(schema_url("users")).json()["data"]
+    assert any(index["field"] == "email" and index["unique"] for index in users["indexes"])
+    orders = client.get(schema_url("orders")).json()["data"]
+    assert any(fk["field"] == "user_id" for fk in orders["foreign_keys"])
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
+@given(records=rows)
+def test_shape_inference_on_mixed_data(client: httpx.Client, records: list[dict[str, Any]]) -> None:
+    table = f"shape_{token()}"
+    for record in records:
+        create_record(client, table, **record)
+    expected: dict[str, Counter[str]] = defaultdict(Counter)
+    for record in records:
+        for name, value in record.items():
+            expected[name][TYPE_NAMES[type(value)]] += 1
+
+    response = client.get(schema_url(table))
+    assert response.status_code == 200, response.text
+    info = response.json()["data"]
+    assert info["typed"] is False and info["rows"] == info["sampled"] == len(records)
+    assert info["schema"] is None and info["indexes"] == []
+    fields = info["fields"]
+    for name, counts in expected.items():
+        assert fields[name] == {"count": sum(counts.values()), "types": dict(counts)}
+    assert fields["id"]["count"] == len(records)
+    assert set(fields) - set(expected) <= {"id", "created_at", "updated_at", "version"}
+
+
+def test_sample_bounds_the_rows_examined(client: httpx.Client) -> None:
+    table = f"shape_{token()}"
+    for n in range(5):
+        create_record(client, table, n=n)
+    info = client.get(schema_url(table), params={"sample": 2}).json()["data"]
+    assert info["rows"] == 5 and info["sampled"] == 2 and info["fields"]["n"]["count"] == 2
+    assert_error(client.get(schema_url(table), params={"sample": 0}), 422)
+
+
+def test_unknown_table_is_404(client: httpx.Client) -> None:
+    assert_error(client.get(schema_url(f"nothing_{token()}")), 404)
+
+
+def test_attach_then_a_rejected_write(client: httpx.Client) -> None:
+    table = f"products_{token()}"
+    create_record(client, table, name="pen", price=2)
+    attached = client.put(schema_url(table), json={"schema": PRODUCT_SCHEMA})
+    assert attached.status_code == 200, attached.text
+    assert attached.json()["data"] == {
+        "attached": True,
+        "checked": 1,
+        "violating": 0,
+        "violations": [],
+    }
+    assert client.get(schema_url(table)).json()["data"]["schema"] == PRODUCT_SCHEMA
+
+    url = f"/api/v1/data/{table}"
+    error = assert_error(client.post(url, json={"data": {"name": "ink", "price": -1}}), 422)
+    assert any("price" in str(detail.get("field")) for detail in error["details"]), error
+    error = assert_error(client.post(url, json={"data": {"name": "ink"}}), 422)
+    assert error["details"][0]["field"] == "body.data.price", error
+    nested = {"name": "ink", "price": 1, "meta": {"color": 7}}
+    error = assert_error(client.post(url, json={"data": nested}), 422)
+    assert any("meta.color" in str(detail.get("field")) for detail in error["details"]), error
+
+    record = create_record(client, table, name="ink", price=1.5)
+    error = assert_error(client.patch(f"{url}/{record['id']}", json={"data": {"price": "x"}}), 422)
+    assert any("price" in str(detail.get("field")) for detail in error["details"]), error
+    by_filter = client.patch(url, params={"name": "ink"}, json={"data": {"price": -5}})
+    error = assert_error(by_filter, 422)
+    assert error["details"][0]["field"] == "body.data.price", error
+    assert client.get(f"{url}/{record['id']}").json()["data"]["price"] == 1.5
+
+    removed = client.put(schema_url(table), json={"schema": None})
+    assert removed.status_code == 200 and removed.json()["data"]["attached"] is False
+    create_record(client, table, price="anything")
+
+
+def test_existing_violations_are_reported_not_kept_silently(client: httpx.Client) -> None:
+    table = f"products_{token()}"
+    good = create_record(client, table, name="pen", price=2)
+    bad = [create_record(client, table, name="cap", price=-3), create_record(client, table, x=1)]
+    refused = client.put(schema_url(table), json={"schema": PRODUCT_SCHEMA})
+    error = assert_error(refused, 409, "SCHEMA_VIOLATIONS")
+    assert "2" in error["message"]
+    assert {detail["id"] for detail in error["details"]} == {r["id"] for r in bad}
+    assert any(detail["field"] == "price" for detail in error["details"])
+    assert client.get(schema_url(table)).json()["data"]["schema"] is None  # nothing attached
+    create_record(client, table, price=-1)  # still unvalidated
+
+    forced = client.put(schema_url(table), json={"schema": PRODUCT_SCHEMA, "force": True})
+    assert forced.status_code == 200, forced.text
+    result = forced.json()["data"]
+    assert result["attached"] is True and result["checked"] == 4 and result["violating"] == 3
+    assert good["id"] not in {violation["id"] for violation in result["violations"]}
+    # the rows are kept as they were
+    assert client.get(f"/api/v1/data/{table}/{bad[1]['id']}").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"type": "nonsense"},
+        {"properties": {"a": {"minimum": "zero"}}},
+        {"required": "name"},
+        {"pattern": "("},
+        {"$ref": "https://example.com/schema.json"},
+        {"properties": {"a": {"$ref": "#/$defs/missing"}}},
+    ],
+)
+def test_an_invalid_json_schema_is_422(client: httpx.Client, schema: dict[str, Any]) -> None:
+    table = f"products_{token()}"
+    create_record(client, table, name="pen")
+    error = assert_error(client.put(schema_url(table), json={"schema": schema}), 422)
+    assert error["details"][0]["field"].startswith("body.schema")
+
+
+def test_schema_body_is_checked(client: httpx.Client) -> None:
+    table = f"products_{token()}"
+    create_record(client, table, name="pen")
+    assert_error(client.put(schema_url(table), json={"schema": []}), 422)
+    assert_error(client.put(schema_url(table), json={"force": True}), 422)
+    assert_error(client.put(schema_url(table), json={"schema": {}, "extra": 1}), 422)
+
+
+@pytest.mark.parametrize("table", ["users", "orders"])
+def test_typed_tables_refuse_a_schema(client: httpx.Client, table: str) -> None:
+    assert_error(client.put(schema_url(table), json={"schema": {}}), 400, "TYPED_TABLE")
+
+
+def test_schema_routes_are_admin_only(client: httpx.Client, anon: httpx.Client) -> None:
+    table = f"products_{token()}"
+    create_record(client, table, name="pen")
+    user = register(anon)
+    assert user.password == PASSWORD
+    for method, url, body in (
+        ("GET", schema_url(table), None),
+        ("GET", schema_url("users"), None),
+        ("PUT", schema_url(table), {"schema": {}}),
+    ):
+        response = anon.request(method, url, json=body, headers=user.headers)
+        assert_error(response, 403, "FORBIDDEN")
+        assert_error(anon.request(method, url, json=body), 401)

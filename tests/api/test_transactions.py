@@ -1,0 +1,257 @@
+"""POST /transaction: atomic multi-table writes, references to earlier results, every error."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support.auth import Account, login, register
+from tests.support.factories import (
+    PASSWORD,
+    assert_error,
+    create_order,
+    create_record,
+    create_user,
+    token,
+    user_payload,
+)
+from tests.support.stack import Stack
+from tests.support.workers import close_all, pinned_clients
+
+pytestmark = pytest.mark.integration
+
+URL = "/api/v1/transaction"
+
+
+def run(client: httpx.Client, *operations: dict[str, Any]) -> httpx.Response:
+    return client.post(URL, json={"operations": list(operations)})
+
+
+def test_user_and_orders_in_one_call(client: httpx.Client, anon: httpx.Client) -> None:
+    payload = user_payload()
+    order = {"product_name": "Widget", "quantity": 2, "total_price": "19.98"}
+    response = run(
+        client,
+        {"op": "insert", "table": "users", "data": payload},
+        {"op": "insert", "table": "orders", "data": {**order, "user_id": {"$ref": "0.id"}}},
+        {"op": "insert", "table": "orders", "data": {**order, "user_id": {"$ref": "0.id"}}},
+        {"op": "patch", "table": "orders", "id": {"$ref": "2.id"}, "data": {"quantity": 5}},
+    )
+    assert response.status_code == 200, response.text
+    user, first, second, patched = response.json()["data"]["results"]
+    assert "password_hash" not in user and "password" not in user and user["role"] == "user"
+    assert first["user_id"] == second["user_id"] == user["id"]
+    assert first["total_price"] == "19.98" and first["order_date"]
+    assert patched["id"] == second["id"] and patched["quantity"] == 5 and patched["version"] == 2
+    account = login(anon, payload["email"], PASSWORD)  # hashed like a registration
+    mine = anon.get("/api/v1/orders", headers=account.headers).json()
+    assert mine["meta"]["total"] == 2
+
+
+def test_generic_operations_and_versions(client: httpx.Client) -> None:
+    table = f"tx_{token()}"
+    create_record(client, table, id="a", n=1)
+    response = run(
+        client,
+        {"op": "patch", "table": table, "id": "a", "data": {"n": 2}, "expected_version": 1},
+        {"op": "replace", "table": table, "id": "a", "data": {"m": 3}, "expected_version": 2},
+        {"op": "insert", "table": table, "data": {"id": "b", "copy": {"$ref": "1.m"}}},
+        {"op": "insert", "table": table, "data": {"id": "a", "n": 9}, "upsert": True},
+        {"op": "delete", "table": table, "id": "b"},
+    )
+    assert response.status_code == 200, response.text
+    results = response.json()["data"]["results"]
+    assert results[0]["n"] == 2 and results[1] == {**results[1], "m": 3, "version": 3}
+    assert "n" not in results[1] and results[2]["copy"] == 3
+    assert results[3]["version"] == 4 and results[3]["n"] == 9
+    assert results[4] == {"id": "b", "cascaded": 0}
+    assert_error(client.get(f"/api/v1/data/{table}/b"), 404)
+
+
+def test_password_change_in_a_transaction_ends_sessions(
+    client: httpx.Client, anon: httpx.Client
+) -> None:
+    account = register(anon)
+    assert anon.get("/api/v1/users/me", headers=account.headers).status_code == 200
+    change = {"op": "patch", "table": "users", "id": account.id, "data": {"password": "x" * 12}}
+    assert run(client, change).status_code == 200
+    assert_error(anon.get("/api/v1/users/me", headers=account.headers), 401)
+    login(anon, account.user["email"], "x" * 12)
+
+
+@pytest.fixture
+async def pinned(stack: Stack, admin: Account) -> AsyncIterator[list[httpx.AsyncClient]]:
+    clients = await pinned_clients(stack.base_url, workers=2, per_worker=3, headers=admin.headers)
+    yield [client for row in zip(*clients.values(), strict=False) for client in row]
+    await close_all(clients)
+
+
+async def test_failing_fifth_operation_leaves_nothing(pinned: list[httpx.AsyncClient]) -> None:
+    writer, reader = pinned[0], pinned[1]
+    table = f"tx_{token()}"
+    user = (await writer.post("/api/v1/users", json=user_payload())).json()["data"]
+    seeded = await writer.post(f"/api/v1/data/{table}", json={"data": {"id": "z", "n": 0}})
+    assert seeded.status_code == 201
+    operations = [
+        {"op": "insert", "table": table, "data": {"id": "a"}},
+        {"op": "patch", "table": table, "id": "z", "data": {"n": 1}},
+        {"op": "patch", "table": "users", "id": user["id"], "data": {"full_name": "Changed"}},
+        {"op": "insert", "table": f"{table}_new", "data": {"id": "c"}},
+        {"op": "insert", "table": table, "data": {"id": "z"}},  # duplicate id: fails
+    ]
+    response = await writer.post(URL, json={"operations": operations})
+    error = assert_error(response, 409, "ALREADY_EXISTS")
+    assert error["details"][0] | {"index": 4, "op": "insert", "table": table} == error["details"][0]
+    assert "operation 4 (insert" in error["message"]
+    assert writer.headers is not None
+    assert (
+        response.headers["x-worker-pid"]
+        != (await reader.get("/api/v1/health")).headers["x-worker-pid"]
+    )
+    count = await reader.get(f"/api/v1/data/{table}/count")
+    assert count.json()["data"]["count"] == 1
+    assert (await reader.get(f"/api/v1/data/{table}/z")).json()["data"]["version"] == 1
+    assert (await reader.get(f"/api/v1/data/{table}/a")).status_code == 404
+    assert (await reader.get(f"/api/v1/data/{table}_new")).status_code == 404
+    read = (await reader.get(f"/api/v1/users/{user['id']}")).json()["data"]
+    assert read["full_name"] == user["full_name"] and read["version"] == 1
+
+
+async def test_concurrent_transactions_never_interleave(pinned: list[httpx.AsyncClient]) -> None:
+    table = f"tx_{token()}"
+    first = pinned[0]
+    pair = [{"id": "a", "k": 0}, {"id": "b", "k": 0}]
+    assert (await first.post(f"/api/v1/data/{table}", json={"data": pair})).status_code == 201
+    # Readers and writers on their own connections (one worker each way), so neither waits
+    # for the other's connection.
+    readers, writers, rounds = pinned[:2], pinned[2:], 30
+    seen: list[tuple[Any, ...]] = []
+    done = asyncio.Event()
+
+    async def write(k: int) -> None:
+        ids = ["a", "b"] if k % 2 else ["b", "a"]
+        ops = [{"op": "patch", "table": table, "id": i, "data": {"k": k, "by": k}} for i in ids]
+        response = await writers[k % len(writers)].post(URL, json={"operations": ops})
+        assert response.status_code == 200, response.text
+
+    async def read(client: httpx.AsyncClient) -> None:
+        query = {"filter": {"field": "id", "op": "in", "value": ["a", "b"]}, "sort": "id:asc"}
+        while not done.is_set():
+            items = (await client.post(f"/api/v1/data/{table}/query", json=query)).json()["data"]
+            seen.append(tuple((r["k"], r["version"]) for r in items))
+
+    tasks = [asyncio.create_task(read(client)) for client in readers]
+    try:
+        await asyncio.gather(*(write(k) for k in range(1, rounds + 1)))
+    finally:
+        done.set()
+        await asyncio.gather(*tasks)
+    assert seen and all(a == b for a, b in seen), seen
+    final = (await first.post(f"/api/v1/data/{table}/query", json={})).json()["data"]
+    assert {r["version"] for r in final} == {rounds + 1}
+    assert final[0]["k"] == final[1]["k"] == final[0]["by"]
+
+
+def _detail(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    error = assert_error(response, status, code)
+    detail: dict[str, Any] = error["details"][0]
+    return detail
+
+
+def test_failures_name_the_operation(client: httpx.Client) -> None:
+    table = f"tx_{token()}"
+    create_record(client, table, id="a", n=1)
+    user = create_user(client)
+    create_order(client, user["id"])
+    ok = {"op": "patch", "table": table, "id": "a", "data": {"n": 2}}
+
+    stale = {**ok, "expected_version": 7}
+    detail = _detail(run(client, ok, stale), 412, "PRECONDITION_FAILED")
+    assert detail["index"] == 1 and detail["op"] == "patch" and detail["current"] == 2
+
+    missing = {"op": "delete", "table": table, "id": "nope"}
+    assert _detail(run(client, ok, missing), 404, "NOT_FOUND")["index"] == 1
+
+    taken = {"op": "insert", "table": "users", "data": user_payload(email=user["email"])}
+    detail = _detail(run(client, ok, taken), 409, "ALREADY_EXISTS")
+    assert detail["index"] == 1 and detail["field"] == "email" and detail["table"] == "users"
+
+    orphan = {
+        "op": "insert",
+        "table": "orders",
+        "data": {
+            "user_id": "00000000-0000-4000-8000-000000000000",
+            "product_name": "p",
+            "quantity": 1,
+            "total_price": "1.00",
+        },
+    }
+    assert _detail(run(client, orphan), 409, "FOREIGN_KEY_VIOLATION")["index"] == 0
+    dependants = {"op": "delete", "table": "users", "id": user["id"]}
+    assert _detail(run(client, ok, dependants), 409, "HAS_DEPENDANTS")["index"] == 1
+
+    bad_email = {"op": "insert", "table": "users", "data": user_payload(email="not-an-email")}
+    detail = _detail(run(client, ok, bad_email), 422, "VALIDATION_ERROR")
+    assert detail["field"] == "body.operations.1.data.email"
+    bad_ref = {"op": "insert", "table": table, "data": {"x": {"$ref": "5.id"}}}
+    detail = _detail(run(client, ok, bad_ref), 422, "VALIDATION_ERROR")
+    assert detail["field"] == "body.operations.1.data.x.$ref"
+    ref_in_typed = {
+        "op": "patch",
+        "table": "users",
+        "id": user["id"],
+        "data": {"full_name": {"$ref": "0.id"}},
+    }
+    detail = _detail(run(client, ok, ref_in_typed), 422, "VALIDATION_ERROR")
+    assert detail["field"] == "body.operations.1.data.full_name"
+    no_path = {"op": "insert", "table": table, "data": {"x": {"$ref": "0.nothing.here"}}}
+    assert _detail(run(client, ok, no_path), 400, "BAD_REQUEST")["index"] == 1
+    assert client.get(f"/api/v1/data/{table}/a").json()["data"]["version"] == 1
+
+
+@pytest.mark.parametrize(
+    ("operation", "field"),
+    [
+        ({"op": "patch", "table": "t", "data": {}}, "body.operations.0.id"),
+        ({"op": "insert", "table": "t", "id": "a", "data": {}}, "body.operations.0.id"),
+        ({"op": "insert", "table": "t"}, "body.operations.0.data"),
+        ({"op": "delete", "table": "t", "id": "a", "data": {}}, "body.operations.0.data"),
+        (
+            {"op": "insert", "table": "t", "data": {}, "expected_version": 1},
+            "body.operations.0.expected_version",
+        ),
+        (
+            {"op": "patch", "table": "t", "id": "a", "data": {}, "cascade": True},
+            "body.operations.0.cascade",
+        ),
+        (
+            {"op": "insert", "table": "users", "data": {}, "upsert": True},
+            "body.operations.0.upsert",
+        ),
+        ({"op": "delete", "table": "t", "id": {"$ref": "0.id"}}, "body.operations.0.id"),
+        ({"op": "delete", "table": "t", "id": {"a": "b"}}, "body.operations.0.id"),
+        ({"op": "merge", "table": "t", "id": "a"}, "body.operations.0.op"),
+        ({"op": "delete", "table": "_audit", "id": "a"}, "body.operations.0.table"),
+        ({"op": "insert", "table": "t", "data": {"id": "a/b"}}, "body.operations.0.data.id"),
+    ],
+)
+def test_malformed_operations(client: httpx.Client, operation: dict[str, Any], field: str) -> None:
+    error = assert_error(run(client, operation), 422, "VALIDATION_ERROR")
+    assert error["details"][0]["field"] == field, error
+
+
+def test_limits_and_access(client: httpx.Client, anon: httpx.Client) -> None:
+    insert = {"op": "insert", "table": f"tx_{token()}", "data": {}}
+    assert_error(client.post(URL, json={"operations": []}), 422, "VALIDATION_ERROR")
+    assert_error(client.post(URL, json={"operations": [insert] * 101}), 422, "VALIDATION_ERROR")
+    users = [{"op": "insert", "table": "users", "data": user_payload()} for _ in range(21)]
+    assert_error(client.post(URL, json={"operations": users}), 400, "LIMIT_EXCEEDED")
+    assert_error(client.post(URL, content=b"[]", headers={"Content-Type": "text/plain"}), 415)
+    assert_error(anon.post(URL, json={"operations": [insert]}), 401)
+    account = register(anon)
+    response = anon.post(URL, json={"operations": [insert]}, headers=account.headers)
+    assert_error(response, 403, "FORBIDDEN")
