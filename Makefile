@@ -18,6 +18,16 @@ PROMETHEUS_MULTIPROC_DIR ?= $(CURDIR)/run/prometheus
 RUN_ENV = PORT=$(PORT) WEB_CONCURRENCY=$(WEB_CONCURRENCY) STORE_SOCKET=$(STORE_SOCKET) \
 	STORE_DATA_DIR=$(STORE_DATA_DIR) STORE_FSYNC=$(STORE_FSYNC) ENV=$(ENV) \
 	PROMETHEUS_MULTIPROC_DIR=$(PROMETHEUS_MULTIPROC_DIR)
+# Development only: an administrator, so `make seed` works out of the box. Production refuses
+# this password (api/settings.py); there, set your own ADMIN_EMAIL/ADMIN_PASSWORD or none.
+ifeq ($(ENV),development)
+ADMIN_EMAIL ?= admin@example.com
+ADMIN_PASSWORD ?= dev-only-admin-password
+endif
+RUN_ENV += ADMIN_EMAIL='$(ADMIN_EMAIL)' ADMIN_PASSWORD='$(ADMIN_PASSWORD)'
+# `make seed`: the sample data's size (loadtests/seed.py; larger for benchmarks).
+SEED_USERS ?= 100
+SEED_ORDERS ?= 1000
 
 .DEFAULT_GOAL := help
 .PHONY: help install run test test-fast lint format clean bench-store bench-api bench-durability backup \
@@ -39,6 +49,19 @@ $(STAMP): pyproject.toml constraints.txt
 run: install ## start the store and the API (gunicorn) on $PORT in the foreground; Ctrl-C stops both
 	@mkdir -p run
 	@exec env $(RUN_ENV) $(BIN)/supervisord --nodaemon --configuration deploy/supervisord.conf
+
+.PHONY: seed
+seed: install ## load sample data into the running service (make run): SEED_USERS, SEED_ORDERS
+	@env ADMIN_EMAIL='$(ADMIN_EMAIL)' ADMIN_PASSWORD='$(ADMIN_PASSWORD)' $(BIN)/python -m loadtests.seed \
+		--base-url http://localhost:$(PORT) --users $(SEED_USERS) --orders $(SEED_ORDERS)
+
+.PHONY: dev
+dev: ## install, format, lint, test, then run (one after the other; stops at the first failure)
+	$(MAKE) install
+	$(MAKE) format
+	$(MAKE) lint
+	$(MAKE) test
+	$(MAKE) run
 
 test: install ## run the whole test suite (unit and integration, real processes)
 	$(BIN)/pytest --cov --cov-report=term-missing:skip-covered -q
@@ -64,8 +87,34 @@ bench-store: install ## store CPU per op and throughput, side by side with redis
 bench-durability: install ## insert CPU per fsync policy vs redis AOF; 1M-record snapshot, stall, restart
 	$(BIN)/python -m loadtests.bench_durability
 
+.PHONY: bench-data
+bench-data: install ## 1M orders: aggregate, CSV export (rows/s, RSS, store stall) vs PostgreSQL COPY; CSV import
+	$(BIN)/python -m loadtests.bench_data
+
 bench-api: install ## GET /users/{id} through gunicorn vs a minimal in-process FastAPI app
 	$(BIN)/python -m loadtests.bench_api
+
+# make load: locust headless (loadtests/locustfile.py) with the PRD's thresholds; without HOST it
+# starts the service here with RATE_LIMIT=LOAD_RATE_LIMIT and BCRYPT_ROUNDS=LOAD_BCRYPT_ROUNDS
+# (why: loadtests/load.py).
+USERS ?= 100
+SPAWN_RATE ?= 20
+RUN_TIME ?= 60s
+LOAD_RATE_LIMIT ?= 1000000/minute
+LOAD_BCRYPT_ROUNDS ?= 4
+.PHONY: load
+load: install ## locust USERS (100) for RUN_TIME (60s) with thresholds; HOST=url targets a deployment
+	$(BIN)/python -m loadtests.load --users $(USERS) --spawn-rate $(SPAWN_RATE) \
+		--run-time $(RUN_TIME) --rate-limit '$(LOAD_RATE_LIMIT)' \
+		--bcrypt-rounds $(LOAD_BCRYPT_ROUNDS) $(if $(HOST),--host $(HOST))
+
+.PHONY: soak
+soak: install ## 6 minutes at moderate load; store and worker RSS sampled, plotted, judged flat or not
+	$(BIN)/python -m loadtests.soak
+
+.PHONY: bench
+bench: install ## every benchmark, then docs/BENCHMARKS.md with plots (BENCH_FLAGS=--soak, --quick)
+	$(BIN)/python -m loadtests.bench_all $(BENCH_FLAGS)
 
 docker-build: ## build the image (docker compose build)
 	docker compose build

@@ -113,11 +113,11 @@ def redis_case(sock: Path, redis_pid: int, test: str, pipeline: int) -> dict[str
 class Drivers:
     """The driver processes: send each the same run, collect their results."""
 
-    def __init__(self, procs: Processes, sock: Path) -> None:
+    def __init__(self, procs: Processes, sock: Path, connections: int = CONNECTIONS) -> None:
         self.procs = []
         for k in range(DRIVERS):
             args = [sys.executable, "-m", "loadtests.store_driver", "--socket", str(sock)]
-            args += ["--conns", str(CONNECTIONS // DRIVERS), "--index", str(k)]
+            args += ["--conns", str(max(1, connections // DRIVERS)), "--index", str(k)]
             args += ["--drivers", str(DRIVERS), "--seed", str(k + 1)]
             proc = procs.start(
                 args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT
