@@ -34,12 +34,15 @@ def test_docs_and_redoc_render(client: httpx.Client) -> None:
 def test_openapi_documents_every_route(client: httpx.Client) -> None:
     spec = client.get("/openapi.json").json()
     tags = {tag["name"] for tag in spec["tags"]}
-    assert tags == {"auth", "users", "orders", "data", "join", "dump", "admin", "probes"}
+    assert tags == {
+        "auth", "users", "orders", "data", "tables", "batch", "join", "dump", "jobs", "admin",
+        "probes",
+    }  # fmt: skip
     operations = [
         (path, method, op) for path, item in spec["paths"].items() for method, op in item.items()
     ]
-    # auth 3, users 7, orders 6, data 6, join, dump, admin snapshot, 2 probes
-    assert len(operations) == 27
+    # auth 3, users 8, orders 7, data 10, tables 8, batch 2, join, dump, jobs 4, admin 3, 2 probes
+    assert len(operations) == 49
     for path, method, op in operations:
         where = f"{method.upper()} {path}"
         assert op.get("summary") and op.get("description"), where
