@@ -14,8 +14,11 @@
 from __future__ import annotations
 
 import decimal
-from collections.abc import Iterable
+import operator
+from collections import defaultdict
+from collections.abc import Generator, Iterable
 from decimal import Decimal
+from functools import reduce
 from typing import Any, NamedTuple
 
 from storeserver.errors import BadRequest
@@ -26,6 +29,12 @@ METRIC_OPS = frozenset({"count", "sum", "avg", "min", "max"})
 # Exact enough for sums of money; traps off so no input can make arithmetic raise.
 _SUM_CONTEXT = decimal.Context(prec=60, traps=[])
 _AVG_CONTEXT = decimal.Context(prec=28, traps=[])
+# Group values that are their own ``index_key`` (no bool: ``True == 1`` must stay apart).
+_PLAIN_KEYS = frozenset({str, int, float, Decimal, type(None)})
+_NONE = type(None)
+_EXACT = frozenset({int, Decimal, _NONE})
+_FLOATS = frozenset({float, _NONE})
+_ORDERED = (frozenset({int, float, Decimal}), frozenset({str}))
 
 
 class Metric(NamedTuple):
@@ -119,77 +128,101 @@ class _Extreme:
             self.key, self.value = key, value
 
 
-class _Count:
-    """Counts non-``None`` values (rows, when fed by ``_row_marker``)."""
-
-    __slots__ = ("n",)
-
-    def __init__(self) -> None:
-        self.n = 0
-
-    def add(self, value: Any) -> None:
-        if value is not None:
-            self.n += 1
-
-
-def _row_marker(record: dict[str, Any]) -> bool:
-    return True
-
-
-def _accumulator(op: str) -> Any:
-    if op == "count":
-        return _Count()
-    if op in ("sum", "avg"):
-        return _Sum()
-    return _Extreme(op == "max")
-
-
-def _result(op: str, acc: Any) -> Any:
-    if op == "count":
-        return acc.n
-    if op == "sum":
-        return acc.total()
-    if op == "avg":
-        return acc.average()
-    return acc.value
-
-
 def aggregate(
     records: Iterable[dict[str, Any]], group_by: list[str], metrics: list[Metric]
 ) -> list[dict[str, Any]]:
     """One output map per group: the group fields (by name) then the metrics (by ``as``)."""
-    group_getters = [compile_getter(f) for f in group_by]
-    metric_getters = [compile_getter(m.field) if m.field else _row_marker for m in metrics]
-    # group key -> (group field values, accumulators, their bound add methods)
-    groups: dict[Any, tuple[list[Any], list[Any], list[Any]]] = {}
+    rows = records if type(records) is list else list(records)
+    steps = aggregate_steps([rows], group_by, metrics, len(rows) + 1)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return stop.value
 
-    def new_group(values: list[Any]) -> tuple[list[Any], list[Any], list[Any]]:
-        accs = [_accumulator(m.op) for m in metrics]
-        return values, accs, [acc.add for acc in accs]
 
-    single = group_getters[0] if len(group_getters) == 1 else None
-    with decimal.localcontext(_SUM_CONTEXT):
-        for record in records:
-            if single is not None:  # the common case, without a tuple per row
-                value = single(record)
-                key = index_key(value)
-                group = groups.get(key)
-                if group is None:
-                    group = groups[key] = new_group([value])
-            else:
-                values = [g(record) for g in group_getters]
-                key = tuple(map(index_key, values))
-                group = groups.get(key)
-                if group is None:
-                    group = groups[key] = new_group(values)
-            for add, get in zip(group[2], metric_getters, strict=False):
-                add(get(record))
-    if not group_by and not groups:
-        groups[()] = new_group([])
+def aggregate_steps(
+    chunks: Iterable[list[dict[str, Any]]],
+    group_by: list[str],
+    metrics: list[Metric],
+    rows_per_step: int,
+) -> Generator[None, None, list[dict[str, Any]]]:
+    """``aggregate`` as a generator that yields between bounded amounts of work.
+
+    The store runs it a step per loop turn over 1M rows (``builds.ChunkedRead``), so other
+    clients are not stalled. Rows are bucketed by their group key column by column: the
+    per-row work stays in C (``map``, ``sum``, ``min``) wherever values are all of one family;
+    a group of mixed values falls back to the per-value accumulators, with the same results.
+    """
+    getters = [compile_getter(f) for f in group_by]
+    buckets: defaultdict[Any, list[dict[str, Any]]] = defaultdict(list)
+    for chunk in chunks:
+        for key, row in zip(_group_keys(chunk, getters), chunk, strict=True):
+            buckets[key].append(row)
+        yield
+    if not group_by and not buckets:
+        buckets[()] = []
+    metric_getters = [compile_getter(m.field) if m.field else None for m in metrics]
     out = []
-    for values, accs, _ in groups.values():
-        row = dict(zip(group_by, values, strict=True))
-        for metric, acc in zip(metrics, accs, strict=True):
-            row[metric.name] = _result(metric.op, acc)
+    done = 0
+    for members in buckets.values():
+        first = members[0] if members else {}
+        row = {field: get(first) for field, get in zip(group_by, getters, strict=True)}
+        with decimal.localcontext(_SUM_CONTEXT):
+            for metric, getter in zip(metrics, metric_getters, strict=True):
+                row[metric.name] = _column_metric(metric.op, getter, members)
         out.append(row)
+        done += len(members)
+        if done >= rows_per_step:
+            done = 0
+            yield
     return out
+
+
+def _group_keys(chunk: list[dict[str, Any]], getters: list[Any]) -> Iterable[Any]:
+    """Each row's group key under the store's equality (values that are their own
+    ``index_key`` are used as they are: no call per row)."""
+    if not getters:
+        return [()] * len(chunk)
+    columns = []
+    for get in getters:
+        column = list(map(get, chunk))
+        if not set(map(type, column)) <= _PLAIN_KEYS:
+            column = list(map(index_key, column))
+        columns.append(column)
+    return columns[0] if len(columns) == 1 else zip(*columns, strict=True)
+
+
+def _column_metric(op: str, getter: Any, members: list[dict[str, Any]]) -> Any:
+    """One metric over one group's rows (under ``_SUM_CONTEXT``)."""
+    if getter is None:  # count of rows
+        return len(members)
+    values = list(map(getter, members))
+    if op == "count":
+        return len(values) - values.count(None)
+    types = set(map(type, values))
+    present = values if _NONE not in types else [v for v in values if v is not None]
+    if op in ("sum", "avg"):
+        acc = _Sum()
+        if types <= _EXACT:
+            acc.exact = sum(present)
+            acc.has_decimal = Decimal in types
+            acc.n = len(present)
+        elif types <= _FLOATS:
+            # left to right like ``_Sum.add`` (``sum`` of floats is compensated since 3.12)
+            acc.floating = reduce(operator.add, present, 0.0)
+            acc.has_float = bool(present)
+            acc.n = len(present)
+        else:
+            for value in present:
+                acc.add(value)
+        return acc.average() if op == "avg" else acc.total()
+    kinds = types - {_NONE}
+    if not kinds:
+        return None
+    if any(kinds <= family for family in _ORDERED):
+        return max(present) if op == "max" else min(present)
+    extreme = _Extreme(op == "max")
+    for value in present:
+        extreme.add(value)
+    return extreme.value

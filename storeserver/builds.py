@@ -11,12 +11,17 @@ sends its reply. A job sees writes made meanwhile through ``Table.watchers``:
   marked and sorted (``HashIndex.add_moved``). A unique index records colliding ids instead
   of enforcing anything: it is not in force until complete. At the end, collisions still
   true are a ``CONFLICT`` with examples; collisions since resolved restart the build.
+- ``ChunkedRead`` runs a read (``aggregate`` over a big table) as a generator yielding between
+  chunks. It reads a copy of the row list taken when the command starts; stored records are
+  never mutated (a write swaps in a new dict), so that copy is a consistent view as of the
+  command's start, whatever is written meanwhile.
 - ``SchemaCheck`` validates ``CHUNK`` rows per step and re-validates, at the end, rows
   written meanwhile.
 """
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from typing import Any
 
 from storeserver.indexes import HashIndex, UniqueIndex
@@ -39,6 +44,24 @@ class Job:
 
     def abort(self) -> None:
         """Detach from the table (on failure, or when the server stops)."""
+
+
+class ChunkedRead(Job):
+    def __init__(self, command: str, steps: Generator[None, None, Any]) -> None:
+        self.command = command
+        self._steps = steps
+        self.result: Any = None
+
+    def step(self) -> bool:
+        try:
+            next(self._steps)
+        except StopIteration as stop:
+            self.result = stop.value
+            return True
+        return False
+
+    def abort(self) -> None:
+        self._steps.close()
 
 
 class IndexBuild(Job):

@@ -39,7 +39,7 @@ from storeserver.arguments import (
 )
 from storeserver.audit import AuditLog, parse_actor
 from storeserver.batchrefs import REF_ARGS, resolve_refs
-from storeserver.builds import CHUNK, IndexBuild, Job, SchemaCheck
+from storeserver.builds import CHUNK, ChunkedRead, IndexBuild, Job, SchemaCheck
 from storeserver.bulk import BulkWriter
 from storeserver.catalog import Catalog, TableSpec
 from storeserver.errors import (
@@ -437,6 +437,8 @@ class Engine:
         return {"created": changed}
 
     def _finish(self, job: Job) -> Any:
+        if isinstance(job, ChunkedRead):
+            return job.result
         if isinstance(job, IndexBuild):
             job.finish()
             name = job.table.name
