@@ -246,14 +246,11 @@ def fork_snapshot(path: Path, generation: int, state: Iterable[tuple[Any, ...]])
 
     No ``gc.collect()`` first: over 1M records it held the loop for ~85 ms, more than the fork.
     Freezing moves every object out of the collector's reach (cheap), so neither side's
-    collector walks, and thereby copies, the shared pages; the parent unfreezes right away.
+    collector walks, and thereby copies, the shared pages. The parent stays frozen: the store
+    keeps its records out of the collector anyway (``collector.Freezer``).
     """
     gc.freeze()
-    try:
-        pid = os.fork()
-    except BaseException:
-        gc.unfreeze()
-        raise
+    pid = os.fork()
     if pid == 0:  # child: no event loop, no logging, no atexit: write and leave
         code = 1
         try:
@@ -262,5 +259,4 @@ def fork_snapshot(path: Path, generation: int, state: Iterable[tuple[Any, ...]])
             code = 0
         finally:
             os._exit(code)
-    gc.unfreeze()
     return pid

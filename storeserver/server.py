@@ -32,6 +32,7 @@ import structlog
 from . import __version__
 from .builds import Job
 from .client import ACTOR_ARG, REQUEST_ID_ARG
+from .collector import Freezer
 from .durability import Durability
 from .engine import Engine
 from .errors import BadRequest, InternalError, LimitExceeded, MemoryLimit, ProtocolError, StoreError
@@ -149,6 +150,7 @@ class StoreServer:
         self._listeners: list[asyncio.AbstractServer] = []
         self._all_closed = asyncio.Event()
         self._slow_s = settings.slow_ms / 1000.0
+        self.freezer = Freezer()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -160,6 +162,7 @@ class StoreServer:
             # Loading blocks the loop, so it happens before anyone can connect.
             self.durability.load()
             self.durability.start(loop)
+        self.freezer.start(loop)  # after loading: the loaded records are never walked again
         path.parent.mkdir(parents=True, exist_ok=True)
         # Create the socket with restrictive permissions from the first instant (umask), then
         # set the exact mode: there is no window in which another user could connect.
@@ -180,6 +183,7 @@ class StoreServer:
     async def shutdown(self) -> None:
         """Stop accepting, let every in-flight reply flush, close clients, remove the socket."""
         self.ready = False
+        self.freezer.stop()
         for listener in self._listeners:
             listener.close()
         self._all_closed.clear()
