@@ -94,6 +94,14 @@ bench-data: install ## 1M orders: aggregate, CSV export (rows/s, RSS, store stal
 bench-api: install ## GET /users/{id} through gunicorn vs a minimal in-process FastAPI app
 	$(BIN)/python -m loadtests.bench_api
 
+.PHONY: bench-jobs
+bench-jobs: install ## 500k-row CSV import jobs while single-record requests are probed (p95 < 100 ms?)
+	$(BIN)/python -m loadtests.bench_jobs
+
+.PHONY: bench-join
+bench-join: install ## join on an indexed generic field vs table size (10k..1M) and result size; index build stall
+	$(BIN)/python -m loadtests.bench_join
+
 # make load: locust headless (loadtests/locustfile.py) with the PRD's thresholds; without HOST it
 # starts the service here with RATE_LIMIT=LOAD_RATE_LIMIT and BCRYPT_ROUNDS=LOAD_BCRYPT_ROUNDS
 # (why: loadtests/load.py).

@@ -9,9 +9,9 @@ What it loads (deterministic for a given ``--seed``):
 - ``users``: varied names and ages 18-85; the first is ``demo@example.com``; every seeded user's
   password is ``demo password`` (the README's quick start logs in with it);
 - ``orders``: a product, a quantity (1-5, mostly 1) and ``total_price`` = price x quantity as an
-  exact decimal string, spread unevenly over the users (some have many, a few none).
-  ``order_date`` is set by the service when an order is created: the API does not accept
-  back-dated orders, so the orders' spread over time lives in ``products.released_on`` only.
+  exact decimal string, spread unevenly over the users (some have many, a few none), and an
+  ``order_date`` spread over the 365 days before today (an admin may date an order in the
+  past; the service refuses a future date).
 
 It logs in as the administrator (``ADMIN_EMAIL``/``ADMIN_PASSWORD``, which ``make run`` sets
 in development) and writes with the admin's bulk insert (``POST /api/v1/data/{table}`` with
@@ -37,7 +37,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -156,9 +156,15 @@ class Dataset:
     orders: list[tuple[int, dict[str, Any]]]
 
 
-def build_dataset(users: int, orders: int, products: int, seed: int) -> Dataset:
-    """The sample data, the same for the same arguments."""
+def build_dataset(
+    users: int, orders: int, products: int, seed: int, until: date | None = None
+) -> Dataset:
+    """The sample data, the same for the same arguments; orders are dated in the 365 days
+    before ``until`` (default: today, UTC)."""
     rng = random.Random(seed)
+    until = until or datetime.now(UTC).date()
+    dates_end = datetime(until.year, until.month, until.day, tzinfo=UTC)
+    when = random.Random(f"{seed}-order-dates")  # apart: the other data as before
     today = date(2025, 1, 1)
     catalog = []
     for i in range(products):
@@ -198,6 +204,9 @@ def build_dataset(users: int, orders: int, products: int, seed: int) -> Dataset:
             "product_name": product["name"],
             "quantity": quantity,
             "total_price": str(unit * quantity),
+            "order_date": (dates_end - timedelta(seconds=when.randrange(1, 365 * 86400)))
+            .isoformat()
+            .replace("+00:00", "Z"),
         }
         placed.append((owner, order))
     return Dataset(catalog, people, placed)

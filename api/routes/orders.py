@@ -34,10 +34,11 @@ async def create_order(
 ) -> Response:
     """Place an order for yourself (an admin: for anyone; 409 if user_id names no user).
 
-    total_price is an exact decimal.
+    total_price is an exact decimal. An admin may set order_date (not in the future); for
+    anyone else it is ignored and the order is dated now.
     """
     _check_owner(caller, str(payload.user_id))
-    order = await order_service.create_order(store, payload)
+    order = await order_service.create_order(store, payload, dated_by_admin=caller.is_admin)
     location = request.app.url_path_for("read_order", order_id=order["id"])
     return record_response(request, order, status_code=201, location=location)
 

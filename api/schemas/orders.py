@@ -3,12 +3,19 @@ exact end to end (a JSON number is accepted too); responses always carry it as a
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+)
 
 ProductName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 Quantity = Annotated[int, Field(strict=True, gt=0, le=1_000_000_000)]
@@ -25,7 +32,9 @@ Price = Annotated[
 
 
 class OrderCreate(BaseModel):
-    """A new order for an existing user (409 if ``user_id`` names no user)."""
+    """A new order for an existing user (409 if ``user_id`` names no user). ``order_date`` is
+    kept only from an admin (``POST /orders``, and the admin-only ``/data/orders`` and
+    transactions); anyone else's order is dated by the server."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -45,6 +54,19 @@ class OrderCreate(BaseModel):
     product_name: ProductName
     quantity: Quantity
     total_price: Price
+    order_date: AwareDatetime | None = Field(
+        default=None,
+        description="Admin only: when the order was placed (with a time zone, not in the"
+        " future); default, and always for non-admins: the server's time",
+        examples=["2024-05-01T12:00:00Z"],
+    )
+
+    @field_validator("order_date")
+    @classmethod
+    def refuse_future(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value > datetime.now(UTC):
+            raise ValueError("may not be in the future")
+        return value
 
 
 class OrderUpdate(BaseModel):

@@ -33,26 +33,40 @@ def to_public(record: dict[str, Any]) -> dict[str, Any]:
     return {name: record.get(name) for name in PUBLIC_FIELDS}
 
 
-def _now() -> str:
+def _stamp(moment: datetime) -> str:
     # The store's fixed-width UTC format, so order_date sorts and filters like created_at.
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _now() -> str:
+    return _stamp(datetime.now(UTC))
 
 
 def changes_of(payload: OrderCreate | OrderUpdate) -> dict[str, Any]:
-    """The stored fields of a payload (a replacement is these changes; order_date is kept)."""
+    """The stored fields of a payload (a replacement is these changes: order_date is kept
+    unless given; ``new_record`` sets it for a new order)."""
     changes = payload.model_dump(exclude_unset=True)
+    if changes.get("order_date") is not None:
+        changes["order_date"] = _stamp(changes["order_date"])
+    else:
+        changes.pop("order_date", None)
     if "user_id" in changes:
         changes["user_id"] = str(changes["user_id"])
     return changes
 
 
-def new_record(payload: OrderCreate) -> dict[str, Any]:
-    """The stored form of a new order, dated now."""
-    return {**changes_of(payload), "order_date": _now()}
+def new_record(payload: OrderCreate, order_date: datetime | None = None) -> dict[str, Any]:
+    """The stored form of a new order, dated ``order_date`` (checked by the caller), else now."""
+    date = _stamp(order_date) if order_date is not None else _now()
+    return {**changes_of(payload), "order_date": date}
 
 
-async def create_order(store: Store, payload: OrderCreate) -> dict[str, Any]:
-    record = new_record(payload)
+async def create_order(
+    store: Store, payload: OrderCreate, *, dated_by_admin: bool = False
+) -> dict[str, Any]:
+    """``dated_by_admin``: keep the payload's ``order_date`` (an admin's request); otherwise
+    the order is dated now."""
+    record = new_record(payload, payload.order_date if dated_by_admin else None)
     return to_public(await store.call("insert", {"table": TABLE, "record": record}))
 
 
@@ -74,7 +88,7 @@ async def update_order(
 async def replace_order(
     store: Store, order_id: str, payload: OrderCreate, if_match: frozenset[int] | None
 ) -> dict[str, Any]:
-    """Replace every client-set field; order_date is kept."""
+    """Replace every client-set field; order_date is kept unless given (admin-only route)."""
     return await _patch(store, order_id, changes_of(payload), if_match)
 
 

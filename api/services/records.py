@@ -72,7 +72,8 @@ def validate_body(model: type[M], data: Record, loc: Loc = DATA) -> M:
 
 
 async def _order_record(data: Record, loc: Loc) -> Record:
-    return orders.new_record(validate_body(OrderCreate, data, loc))
+    payload = validate_body(OrderCreate, data, loc)  # /data and /transactions: admins only
+    return orders.new_record(payload, payload.order_date)
 
 
 async def _order_changes(data: Record, loc: Loc) -> Record:
@@ -97,7 +98,9 @@ TYPED: dict[str, TypedTable] = {
     orders.TABLE: TypedTable(
         fields=orders.FIELDS,
         to_public=orders.to_public,
-        create=lambda s, d: orders.create_order(s, validate_body(OrderCreate, d)),
+        create=lambda s, d: orders.create_order(
+            s, validate_body(OrderCreate, d), dated_by_admin=True
+        ),
         replace=lambda s, i, d, m: orders.replace_order(s, i, validate_body(OrderCreate, d), m),
         update=lambda s, i, d, m: orders.update_order(s, i, validate_body(OrderUpdate, d), m),
         new_record=_order_record,

@@ -1,0 +1,100 @@
+"""POST /api/v1/orders with ``order_date``: an admin may date an order in the past (or now);
+a future date is 422; anyone else's order is dated by the server whatever they send."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+
+from tests.support.auth import register
+from tests.support.factories import assert_error, create_user, order_payload
+
+pytestmark = pytest.mark.integration
+
+
+def stamp(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@pytest.fixture
+def user(client: httpx.Client) -> dict[str, str]:
+    return create_user(client)
+
+
+def test_admin_sets_a_past_order_date(client: httpx.Client, user: dict[str, str]) -> None:
+    body = order_payload(user["id"], order_date="2025-03-04T05:06:07+02:00")
+    response = client.post("/api/v1/orders", json=body)
+    assert response.status_code == 201, response.text
+    order = response.json()["data"]
+    assert order["order_date"] == "2025-03-04T03:06:07.000000Z"  # kept, in UTC
+    assert order["created_at"] > order["order_date"]
+    fetched = client.get(f"/api/v1/orders/{order['id']}").json()["data"]
+    assert fetched["order_date"] == order["order_date"]
+    # The stored value filters like any timestamp.
+    listed = client.get(
+        "/api/v1/orders",
+        params={"user_id": user["id"], "order_date__lt": "2025-03-05T00:00:00Z"},
+    ).json()["data"]
+    assert [o["id"] for o in listed] == [order["id"]]
+
+
+def test_admin_without_order_date_gets_the_server_time(
+    client: httpx.Client, user: dict[str, str]
+) -> None:
+    before = stamp(datetime.now(UTC) - timedelta(seconds=5))
+    order = client.post("/api/v1/orders", json=order_payload(user["id"])).json()["data"]
+    assert order["order_date"] >= before
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        stamp(datetime.now(UTC) + timedelta(days=1)),  # the future
+        "2024-05-01T12:00:00",  # no time zone
+        "not a date",
+    ],
+)
+def test_bad_order_date_is_422(client: httpx.Client, user: dict[str, str], value: str) -> None:
+    response = client.post("/api/v1/orders", json=order_payload(user["id"], order_date=value))
+    body = assert_error(response, 422)
+    assert "order_date" in response.text, body
+
+
+def test_non_admin_order_date_is_ignored(client: httpx.Client, anon: httpx.Client) -> None:
+    account = register(anon)
+    before = stamp(datetime.now(UTC) - timedelta(seconds=5))
+    body = order_payload(account.id, order_date="2020-01-01T00:00:00Z")
+    response = anon.post("/api/v1/orders", json=body, headers=account.headers)
+    assert response.status_code == 201, response.text
+    assert response.json()["data"]["order_date"] >= before
+
+
+def test_admin_bulk_insert_through_data_keeps_order_date(
+    client: httpx.Client, user: dict[str, str]
+) -> None:
+    """What ``make seed`` uses: ``POST /data/orders`` (admin only) with a list."""
+    dates = ["2025-06-01T10:00:00Z", "2025-07-01T10:00:00Z"]
+    body = {"data": [order_payload(user["id"], order_date=d) for d in dates]}
+    response = client.post("/api/v1/data/orders", json=body)
+    assert response.status_code in (200, 201), response.text
+    stored = sorted(o["order_date"] for o in response.json()["data"])
+    assert stored == [d.replace("Z", ".000000Z") for d in dates]
+    future = order_payload(user["id"], order_date=stamp(datetime.now(UTC) + timedelta(days=2)))
+    assert_error(client.post("/api/v1/data/orders", json={"data": [future]}), 422)
+
+
+def test_replace_keeps_order_date_unless_given(client: httpx.Client, user: dict[str, str]) -> None:
+    body = order_payload(user["id"], order_date="2025-01-01T00:00:00Z")
+    order = client.post("/api/v1/orders", json=body).json()["data"]
+    url = f"/api/v1/data/orders/{order['id']}"
+    replaced = client.put(url, json={"data": order_payload(user["id"], quantity=3)})
+    assert replaced.status_code == 200, replaced.text
+    fetched = client.get(f"/api/v1/orders/{order['id']}").json()["data"]
+    assert fetched["quantity"] == 3
+    assert fetched["order_date"] == "2025-01-01T00:00:00.000000Z"
+    dated = order_payload(user["id"], order_date="2024-12-24T18:00:00Z")
+    assert client.put(url, json={"data": dated}).status_code == 200
+    fetched = client.get(f"/api/v1/orders/{order['id']}").json()["data"]
+    assert fetched["order_date"] == "2024-12-24T18:00:00.000000Z"
