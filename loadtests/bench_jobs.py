@@ -553,19 +553,14 @@ def findings(data: dict[str, Any], frozen: dict[str, Any] | None) -> list[str]:
         "",
         f"- **The store's cyclic garbage collector.** During the imports the store ran {count}"
         f" full (generation 2) collections, {total / 1000:.1f} s in all, the longest"
-        f" {longest:.0f} ms; the longest store ping was {ping:.0f} ms ("
-        + ", ".join(
-            f"{p}: ping max {data['store_ping'][p]['max_ms']:.0f} ms, longest collection"
-            f" {gen2(data, p)['max_ms']:.0f} ms"
-            for p in during
-        )
-        + "; the `gc.callbacks` log of the store, per phase in the JSON). CPython (3.11) runs"
-        " a full collection once the objects"
-        " that survived since the last one exceed 25 % of those it kept: an import adding"
-        " hundreds of thousands of records triggers one every few seconds, and each walks every"
-        " tracked object of the store (the seeded orders included), so its cost grows with the"
-        " store. Requests arriving then wait for it: that is most of the p99/max column, and on"
-        " a busy machine it lifts p95 too (compare the experiment below).",
+        f" {longest:.0f} ms; the longest store ping was {ping:.0f} ms (the `gc.callbacks` log"
+        " of the store, per phase in the JSON). Since 2026-11-22 02:30 UTC the store freezes"
+        " what is alive out of the collector after loading and every second"
+        " (storeserver/collector.py), so a full collection walks only the last second's"
+        " objects. Before that, CPython's rule (a full collection once the survivors since the"
+        " last one exceed 25 % of those kept) made an import trigger one every few seconds,"
+        " each walking every record: 265-425 ms collections and 250-450 ms store pauses in the"
+        " first two runs of the history table, against collections of at most ~10 ms since.",
         "- **The store's per-chunk work.** Without collections, store pings still reach tens of"
         " ms during an import (the ping p99 column): each 500-row `batch` (and its `get_many`"
         " duplicate check) holds the single store loop for its duration, and a request's 2-3"
@@ -589,21 +584,10 @@ def findings(data: dict[str, Any], frozen: dict[str, Any] | None) -> list[str]:
         fz = [p for p in frozen["phases"] if p.startswith("during_")]
         fcount = sum(gen2(frozen, p)["count"] for p in fz)
         lines += [
-            f"With `gc.freeze()` after each generation-1 collection the store ran {fcount} full"
-            " collections during the same imports (see the experiment above). Proposed fix"
-            " (storeserver/, not changed here): keep the stored records out of the collector's"
-            " full passes. At start-up, after loading the snapshot and journal, call"
-            " `gc.freeze()`; while running, freeze again after writes have added many objects"
-            " (e.g. from a `gc.callbacks` hook after a generation-1 collection, as in the"
-            " experiment, or every N inserted records); and make persistence.py's fork path"
-            " re-freeze instead of `gc.unfreeze()`. Records are acyclic (maps, lists and"
-            " scalars) and are still freed by reference counting when deleted; what freezing"
-            " gives up is collecting reference cycles that lived long enough to be frozen"
-            " (none among records; a `gc.collect()` in the snapshot's forked child could measure"
-            " how much such garbage there is without pausing the store). Smaller import"
-            " chunks (e.g. 200"
-            " rows, api/services/csv_import.py) would shorten the per-chunk waits at some cost"
-            " in rows/s.",
+            f"With `gc.freeze()` after each generation-1 collection (the experiment, before the"
+            f" store froze by itself) the store ran {fcount} full collections during the same"
+            " imports. Smaller import chunks (e.g. 200 rows, api/services/csv_import.py) would"
+            " shorten the per-chunk waits at some cost in rows/s.",
             "",
         ]
     return lines
