@@ -441,8 +441,8 @@ def render(data: dict[str, Any]) -> str:
         "| figure | value | note |",
         "| --- | --- | --- |",
         f"| aggregate, revenue + count per user over {data['orders']:,} orders, store"
-        f" `aggregate` | {agg['store_s'] * 1000:.0f} ms | {agg['groups']:,} groups; one"
-        " command, so the store's loop is held that long |",
+        f" `aggregate` | {agg['store_s'] * 1000:.0f} ms | {agg['groups']:,} groups; run in"
+        " 10,000-row steps, one per loop turn, so other clients are served in between |",
         f"| same through `POST /api/v1/data/orders/aggregate` | {http_agg} | top 10 groups |",
         f"| CSV export, `GET /api/v1/batch/orders/export` | {exp['rows_per_s']:,.0f} rows/s |"
         f" {exp['rows']:,} rows, {exp['bytes'] / 1e6:.0f} MB in {exp['seconds']:.1f} s |",
@@ -481,10 +481,10 @@ def render(data: dict[str, Any]) -> str:
     if worst > STALL_GOAL_MS:
         lines += [
             f"During the imports the longest ping was {worst:.0f} ms, more than one 500-row"
-            " `batch` should cost. Not investigated here; a likely cause is the store's cyclic"
-            " garbage collector: inserts allocate containers, and a full collection walks every"
-            " object of a store holding 1M+ records (storeserver/persistence.py measured ~85 ms"
-            " for one `gc.collect()` over 1M records, on an idle machine).",
+            " `batch` should cost. The store's cyclic garbage collector no longer walks the records"
+            " (storeserver/collector.py freezes them; before, full collections over 1M+ records"
+            " gave 178-241 ms pauses here); what remains is not yet explained: docs/bench-jobs.md"
+            " lists the candidates (growing table dicts, the 500-row batches, a busy machine).",
             "",
         ]
     return "\n".join(lines)
