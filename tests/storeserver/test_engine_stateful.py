@@ -19,44 +19,25 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_stat
 from storeserver.engine import Engine
 from storeserver.errors import StoreError
 from storeserver.query import index_key
-from tests.storeserver.reference import rank as kind
 from tests.storeserver.reference import ref_cmp, ref_eq
+from tests.storeserver.reference_filters import ref_leaf, ref_read
 
 Row = dict[str, Any]
 
 # -- the reference semantics, written from docs/STORE.md --------------------------------------
 
 
-def read(row: Row, path: str) -> Any:
-    value: Any = row
-    for part in path.split("."):
-        value = value.get(part) if isinstance(value, dict) else None
-    return value
-
-
 def ref_match(row: Row, field: str, op: str, arg: Any, casefold: bool = False) -> bool:
-    x = read(row, field)
     if casefold and op in ("eq", "ne", "in"):  # users.email: equality ignores case
 
         def fold(v: Any) -> Any:
             return v.casefold() if isinstance(v, str) else v
 
+        x = ref_read(row, field)
         args = arg if op == "in" else [arg]
         hit = any(ref_eq(fold(x), fold(a)) for a in args)
         return not hit if op == "ne" else hit
-    if op == "eq":
-        return ref_eq(x, arg)
-    if op == "ne":
-        return not ref_eq(x, arg)
-    if op == "in":
-        return any(ref_eq(x, a) for a in arg)
-    if op == "contains":
-        if isinstance(x, str):
-            return isinstance(arg, str) and arg in x
-        return isinstance(x, list) and any(ref_eq(e, arg) for e in x)
-    if kind(x) != kind(arg) or kind(x) not in (1, 2, 3):
-        return False
-    return {"gt": x > arg, "gte": x >= arg, "lt": x < arg, "lte": x <= arg}[op]
+    return ref_leaf(row, field, op, arg)
 
 
 class ModelError(Exception):
@@ -175,7 +156,7 @@ class Model:
 
         def cmp(a: Row, b: Row) -> int:
             for field, direction in sort:
-                c = ref_cmp(read(a, field), read(b, field))
+                c = ref_cmp(ref_read(a, field), ref_read(b, field))
                 if c:
                     return -c if direction == "desc" else c
             return 0
