@@ -14,7 +14,7 @@ users and 1,000,000 orders:
   same rows, in a temporary cluster run as the ``postgres`` user, as a ratio.
 
 Results: loadtests/results/bench_data.json and docs/bench-data.md. ``--orders`` / ``--imports``
-shrink the run; ``--no-postgres`` skips the comparison. ``--probe SOCKET`` is the probe process.
+shrink the run; ``--no-postgres`` skips the comparison. the store probe is loadtests/store_probe.py.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from typing import Any
 
 import httpx
 
+from loadtests.store_probe import STALL_GOAL_MS, Probe
 from storeserver.client import StoreClient
 
 from .bench_api import Server, free_port, start_gunicorn, wait_ready
@@ -53,8 +54,6 @@ USERS = 10_000
 ORDERS = 1_000_000
 IMPORTS = 100_000
 WORKERS = 2
-PROBE_INTERVAL = 0.002
-STALL_GOAL_MS = 50.0
 ADMIN_EMAIL = "bench-data@example.com"
 ADMIN_PASSWORD = secrets.token_urlsafe(18)
 RESULTS_JSON = Path(__file__).parent / "results" / "bench_data.json"
@@ -80,46 +79,6 @@ def log(message: str) -> None:
 
 
 # -- the probe process ------------------------------------------------------------------------
-
-
-async def _probe(socket_path: str) -> dict[str, Any]:
-    """Ping the store every PROBE_INTERVAL until stdin closes; latencies in ms."""
-    store = StoreClient(f"unix:{socket_path}", timeout=30.0)
-    await store.connect()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.add_reader(sys.stdin.fileno(), stop.set)
-    samples: list[float] = []
-    while not stop.is_set():
-        begin = time.perf_counter()
-        await store.call("ping", {})
-        samples.append((time.perf_counter() - begin) * 1000)
-        await asyncio.sleep(PROBE_INTERVAL)
-    await store.close()
-    samples.sort()
-    return {
-        "pings": len(samples),
-        "p50_ms": statistics.median(samples),
-        "p99_ms": samples[int(len(samples) * 0.99) - 1],
-        "max_ms": samples[-1],
-        "over_50ms": sum(1 for s in samples if s > STALL_GOAL_MS),
-    }
-
-
-class Probe:
-    """A separate process pinging the store (so this process's work cannot delay it)."""
-
-    def __init__(self, procs: Processes, socket_path: Path) -> None:
-        args = [sys.executable, "-m", "loadtests.bench_data", "--probe", str(socket_path)]
-        self.proc = procs.start(
-            args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=Path(__file__).parent.parent
-        )
-        time.sleep(0.5)
-
-    def stop(self) -> dict[str, Any]:
-        out, _ = self.proc.communicate(b"", timeout=60)
-        result: dict[str, Any] = json.loads(out)
-        return result
 
 
 class RssSampler(threading.Thread):
@@ -496,11 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=USERS)
     parser.add_argument("--imports", type=int, default=IMPORTS)
     parser.add_argument("--no-postgres", action="store_true")
-    parser.add_argument("--probe", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.probe:
-        print(json.dumps(asyncio.run(_probe(args.probe))))
-        return 0
     data: dict[str, Any] = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     data["machine"] = machine_info()
     if not run_collecting("bench-data-", lambda p, t: collect(p, t, data, args), log):

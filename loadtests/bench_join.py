@@ -26,7 +26,7 @@ trip) and the store's CPU per call (utime + stime from /proc, over all the case'
 
 Results: ``loadtests/results/bench_join.json`` (with ``rows`` for ``bench_all``),
 ``docs/bench-join.md`` and ``docs/img/join_scaling.png``. ``--sizes`` shrinks the run;
-``--render`` rebuilds the page and plot from the JSON; ``--probe SOCKET`` is the probe process.
+``--render`` rebuilds the page and plot from the JSON; the store probe is loadtests/store_probe.py.
 """
 
 from __future__ import annotations
@@ -37,12 +37,12 @@ import json
 import os
 import signal
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from loadtests.store_probe import PROBE_INTERVAL, STALL_GOAL_MS, Probe
 from storeserver.client import StoreClient
 
 from .report import Row, machine_info, render_markdown
@@ -61,8 +61,6 @@ PER_KEY = 10  # right rows whose ref names one given left key
 FIXED_KEYS = 10  # left keys selected in the fixed-result cases: 100 pairs
 GROWING_KEYS = (1, 10, 100)  # on the largest table: 10, 100, 1000 pairs
 INDEXED_RUNS = 200
-PROBE_INTERVAL = 0.002
-STALL_GOAL_MS = 50.0
 SCALING_GOAL = 2.0  # indexed join on the largest table vs the smallest, same result: at most 2x
 RESULTS_JSON = ROOT / "loadtests" / "results" / "bench_join.json"
 RESULTS_MD = ROOT / "docs" / "bench-join.md"
@@ -78,43 +76,6 @@ def unindexed_runs(size: int) -> int:
 
 
 # -- the probe process ------------------------------------------------------------------------
-
-
-async def _probe(socket_path: str) -> dict[str, Any]:
-    """Ping the store every PROBE_INTERVAL until stdin closes; latencies in ms."""
-    store = StoreClient(f"unix:{socket_path}", timeout=60.0)
-    await store.connect()
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_reader(sys.stdin.fileno(), stop.set)
-    samples: list[float] = []
-    while not stop.is_set():
-        begin = time.perf_counter()
-        await store.call("ping", {})
-        samples.append((time.perf_counter() - begin) * 1000)
-        await asyncio.sleep(PROBE_INTERVAL)
-    await store.close()
-    samples.sort()
-    return {
-        "pings": len(samples),
-        "p50_ms": statistics.median(samples) if samples else None,
-        "p99_ms": samples[max(0, int(len(samples) * 0.99) - 1)] if samples else None,
-        "max_ms": samples[-1] if samples else None,
-        "over_50ms": sum(1 for s in samples if s > STALL_GOAL_MS),
-    }
-
-
-class Probe:
-    """A separate process pinging the store (so this process's work cannot delay it)."""
-
-    def __init__(self, procs: Processes, socket_path: Path) -> None:
-        args = [sys.executable, "-m", "loadtests.bench_join", "--probe", str(socket_path)]
-        self.proc = procs.start(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT)
-        time.sleep(0.5)
-
-    def stop(self) -> dict[str, Any]:
-        out, _ = self.proc.communicate(b"", timeout=120)
-        result: dict[str, Any] = json.loads(out)
-        return result
 
 
 # -- seeding ----------------------------------------------------------------------------------
@@ -512,11 +473,7 @@ def main(argv: list[str] | None = None) -> int:
         "--sizes", default=",".join(str(s) for s in SIZES), help="right table sizes"
     )
     parser.add_argument("--render", action="store_true", help="only rebuild the page and plot")
-    parser.add_argument("--probe", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.probe:
-        print(json.dumps(asyncio.run(_probe(args.probe))))
-        return 0
     if args.render:
         saved = json.loads(RESULTS_JSON.read_text())
         plot(saved)
