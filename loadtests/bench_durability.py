@@ -44,10 +44,10 @@ from pathlib import Path
 from typing import Any
 
 from storeserver.client import StoreClient
-from storeserver.probe import ping
+from storeserver.probe import ping, wait_for_socket
 from storeserver.protocol import PROTOCOL_VERSION, Hello, Request, encode
 
-from .bench_store import redis_benchmark
+from .bench_store import CONNECTIONS, DRIVERS, Drivers, redis_benchmark
 from .report import Row, machine_info, render_markdown, render_text
 from .servers import (
     ROOT,
@@ -59,14 +59,11 @@ from .servers import (
     machine_cpu_seconds,
     rss_bytes,
     run_collecting,
-    wait_for_unix_socket,
 )
 from .store_driver import order_record
 
 POLICIES = tuple(os.environ.get("BENCH_POLICIES", "no everysec always").split())
 RUN_S = 3.0
-CONNECTIONS = 50
-DRIVERS = 2
 LARGE = 1_000_000
 BATCH = 1000
 BATCHES_IN_FLIGHT = 4
@@ -94,7 +91,7 @@ def start_redis_aof(procs: Processes, tmp: Path, policy: str) -> tuple[subproces
     out = open(tmp / "redis.log", "wb")  # noqa: SIM115 (closed with the process)
     proc = procs.start(args, stdout=out, stderr=subprocess.STDOUT)
     out.close()
-    wait_for_unix_socket(sock, proc)
+    wait_for_socket(sock, proc=proc)
     return proc, sock
 
 
@@ -149,50 +146,18 @@ def forget(procs: Processes, proc: subprocess.Popen) -> None:
 # -- 1. insert throughput and CPU per op -------------------------------------------------------
 
 
-class Drivers:
-    """``loadtests.store_driver`` processes (one JSON line per command and per result)."""
-
-    def __init__(self, procs: Processes, sock: Path) -> None:
-        self.procs = []
-        for k in range(DRIVERS):
-            args = [sys.executable, "-m", "loadtests.store_driver", "--socket", str(sock)]
-            args += ["--conns", str(CONNECTIONS // DRIVERS), "--index", str(k)]
-            args += ["--drivers", str(DRIVERS), "--seed", str(k + 1), "--get-ids", "0"]
-            proc = procs.start(
-                args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT
-            )
-            self.procs.append(proc)
-        for proc in self.procs:
-            self._read(proc)  # {"ready": true}
-
-    @staticmethod
-    def _read(proc: subprocess.Popen) -> dict[str, Any]:
-        line = proc.stdout.readline()  # type: ignore[union-attr]
-        if not line:
-            raise RuntimeError(f"load driver {proc.pid} exited with {proc.wait()}")
-        return json.loads(line)
-
-    def run(self, kind: str, ops_each: int) -> list[dict[str, Any]]:
-        for proc in self.procs:
-            proc.stdin.write(json.dumps({"kind": kind, "depth": 1, "ops": ops_each}) + "\n")  # type: ignore[union-attr]
-            proc.stdin.flush()  # type: ignore[union-attr]
-        return [self._read(proc) for proc in self.procs]
-
-    def close(self, procs: Processes) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.stdin.write("\n")  # type: ignore[union-attr]
-                proc.stdin.flush()  # type: ignore[union-attr]
-        for proc in self.procs:
-            proc.wait(10)
-            procs.stop(proc)
-            forget(procs, proc)
+def close_drivers(drivers: Drivers, procs: Processes) -> None:
+    """Stop the drivers and drop them from ``procs`` (it outlives them: one run per policy)."""
+    drivers.close()
+    for proc in drivers.procs:
+        procs.stop(proc)
+        forget(procs, proc)
 
 
 def store_insert(drivers: Drivers, pid: int, ops: int) -> dict[str, Any]:
     user0, sys0 = cpu_times(pid)
     busy0, total0 = machine_cpu_seconds()
-    results = drivers.run("insert", ops // DRIVERS)
+    results = drivers.run("insert", 1, [ops // DRIVERS] * DRIVERS)
     user1, sys1 = cpu_times(pid)
     busy1, total1 = machine_cpu_seconds()
     server_cpu = user1 - user0 + sys1 - sys0
@@ -249,13 +214,13 @@ def policy_case(procs: Processes, tmp: Path, policy: str) -> dict[str, Any]:
     case["store_empty_start_s"] = start_s
     try:
         asyncio.run(create_table(f"unix:{store_sock}", "bench_insert"))
-        drivers = Drivers(procs, store_sock)
+        drivers = Drivers(procs, store_sock, get_ids=0)
         try:
             warm = store_insert(drivers, store_proc.pid, 4_000 if policy == "always" else 10_000)
             n = int(max(4_000, round(warm["ops_per_s"] * RUN_S, -3)))
             case["store"] = store = store_insert(drivers, store_proc.pid, n)
         finally:
-            drivers.close(procs)
+            close_drivers(drivers, procs)
         store["log_bytes"] = sum(p.stat().st_size for p in data.iterdir() if p.is_file())
         store["rss_bytes"] = rss_bytes(store_proc.pid)
     finally:

@@ -52,6 +52,7 @@ from typing import Any
 import httpx
 
 from storeserver.client import StoreClient
+from storeserver.probe import wait_for_socket
 
 from .bench_api import start_gunicorn, wait_ready
 from .bench_data import RssSampler, _batches, import_body, seed
@@ -62,7 +63,6 @@ from .servers import (
     cpu_seconds,
     machine_cpu_seconds,
     run_collecting,
-    wait_for_unix_socket,
 )
 
 WORKERS = 2
@@ -274,7 +274,7 @@ def start_store_gc(
     args = [sys.executable, "-c", GC_WRAPPER, str(gc_log), gc_mode, "--socket", str(sock)]
     proc = procs.start(args, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     out.close()
-    wait_for_unix_socket(sock, proc)
+    wait_for_socket(sock, proc=proc)
     return proc, sock, gc_log
 
 

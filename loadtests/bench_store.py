@@ -113,12 +113,21 @@ def redis_case(sock: Path, redis_pid: int, test: str, pipeline: int) -> dict[str
 class Drivers:
     """The driver processes: send each the same run, collect their results."""
 
-    def __init__(self, procs: Processes, sock: Path, connections: int = CONNECTIONS) -> None:
+    def __init__(
+        self,
+        procs: Processes,
+        sock: Path,
+        connections: int = CONNECTIONS,
+        get_ids: int | None = None,
+    ) -> None:
+        """``get_ids``: ids each driver reads first for its gets (``--get-ids``; 0 for none)."""
         self.procs = []
         for k in range(DRIVERS):
             args = [sys.executable, "-m", "loadtests.store_driver", "--socket", str(sock)]
             args += ["--conns", str(max(1, connections // DRIVERS)), "--index", str(k)]
             args += ["--drivers", str(DRIVERS), "--seed", str(k + 1)]
+            if get_ids is not None:
+                args += ["--get-ids", str(get_ids)]
             proc = procs.start(
                 args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT
             )

@@ -12,13 +12,14 @@ import os
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from storeserver.probe import wait_for_socket
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -81,24 +82,6 @@ def rss_bytes(pid: int) -> int:
         return int(f.read().split()[1]) * _PAGE
 
 
-def wait_for_unix_socket(path: Path, proc: subprocess.Popen, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited early with {proc.returncode}")
-        if path.is_socket():
-            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                probe.connect(str(path))
-                return
-            except OSError:
-                pass
-            finally:
-                probe.close()
-        time.sleep(0.02)
-    raise TimeoutError(f"{path} did not come up")
-
-
 class Processes:
     """The child processes of one benchmark run; ``stop_all`` ends each of them by its pid."""
 
@@ -153,7 +136,7 @@ def start_redis(procs: Processes, tmp: Path) -> tuple[subprocess.Popen, Path]:
     log = open(tmp / "redis.log", "wb")  # noqa: SIM115 (closed with the process)
     proc = procs.start(args, stdout=log, stderr=subprocess.STDOUT)
     log.close()
-    wait_for_unix_socket(sock, proc)
+    wait_for_socket(sock, proc=proc)
     return proc, sock
 
 
@@ -167,7 +150,7 @@ def start_store(procs: Processes, tmp: Path) -> tuple[subprocess.Popen, Path]:
     args = [sys.executable, "-m", "storeserver", "--socket", str(sock)]
     proc = procs.start(args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     log.close()
-    wait_for_unix_socket(sock, proc)
+    wait_for_socket(sock, proc=proc)
     return proc, sock
 
 

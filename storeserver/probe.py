@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 from .client import parse_address
 from .protocol import PROTOCOL_VERSION, FrameDecoder, Hello, Request, Result, encode
@@ -51,6 +53,26 @@ def wait_until_ready(address: str, *, secret: str | None = None, timeout: float 
             return True
         time.sleep(0.1)
     return False
+
+
+def wait_for_socket(
+    path: Path, timeout: float = 15.0, proc: subprocess.Popen | None = None
+) -> None:
+    """Block until the Unix socket at ``path`` accepts a connection (a store just started;
+    ``RuntimeError`` if ``proc`` exits first, ``TimeoutError`` after ``timeout`` seconds)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process {proc.pid} exited early with {proc.returncode}")
+        if path.is_socket():
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.connect(str(path))
+                    return
+                except OSError:
+                    pass
+        time.sleep(0.02)
+    raise TimeoutError(f"store socket {path} did not come up")
 
 
 def main(argv: list[str] | None = None) -> int:

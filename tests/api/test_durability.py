@@ -16,9 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from storeserver.probe import wait_for_socket
 from tests.support.auth import Account, login_admin, register
 from tests.support.stack import Stack, running_stack, wait_until_ready, worker_pids
-from tests.support.store import wait_for_socket
 
 pytestmark = pytest.mark.integration
 

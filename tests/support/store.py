@@ -4,37 +4,17 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from storeserver.probe import wait_for_socket
 
 
 def short_tmp_dir() -> Path:
     # Unix socket paths are limited to ~107 bytes; pytest's tmp_path can be longer.
     return Path(tempfile.mkdtemp(prefix="ms-"))
-
-
-def wait_for_socket(
-    path: Path, timeout: float = 10.0, proc: subprocess.Popen | None = None
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"store exited early with {proc.returncode}")
-        if path.is_socket():
-            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                probe.connect(str(path))
-                return
-            except OSError:
-                pass
-            finally:
-                probe.close()
-        time.sleep(0.02)
-    raise TimeoutError(f"store socket {path} did not come up")
 
 
 class StoreProcess:
