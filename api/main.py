@@ -114,8 +114,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     install_middleware(app, settings)
     install_metrics(app)
-    # tables before data: /data/{table}/schema is not a read of a record called "schema".
-    for module in (auth, users, orders, tables, data, join, dump, admin, probes):
+    # The router tries routes in this order: the busiest (users, orders) first, since each
+    # route tried before the match costs about a microsecond. Tables before data:
+    # /data/{table}/schema is not a read of a record called "schema".
+    for module in (users, orders, auth, tables, data, join, dump, admin, probes):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(job_routes.router, prefix=API_PREFIX)
     app.include_router(batch.router, prefix=API_PREFIX)

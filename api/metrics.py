@@ -1,6 +1,6 @@
 """Prometheus metrics: ``GET /metrics`` at the root.
 
-HTTP metrics come from prometheus-fastapi-instrumentator's middleware. Under gunicorn,
+HTTP series are counted by ``api.http_metrics``. Under gunicorn,
 prometheus-client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, prepared before Python
 starts) gives every worker its own files, and a scrape, whichever worker serves it, sums them
 all with ``MultiProcessCollector``. Without that variable (in-process tests) the default registry
@@ -20,69 +20,20 @@ from typing import Any
 
 import structlog
 from fastapi import FastAPI, Request
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
-from prometheus_fastapi_instrumentator.metrics import Info
-from prometheus_fastapi_instrumentator.middleware import PrometheusInstrumentatorMiddleware
 from starlette.responses import Response
-from starlette.types import ASGIApp
 
 from api.deps import StoreDep
+from api.http_metrics import METRICS_PATH, HttpMetricsMiddleware
 
-METRICS_PATH = "/metrics"
 # A scrape waits at most this long for the store's stats (Prometheus' default timeout is 10 s).
 STORE_STATS_TIMEOUT = 1.0
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 log = structlog.get_logger("api.metrics")
-
-# Created once per process: the instrumentator's own factories register theirs on every app,
-# which fails (or silently does nothing) for the second app in one process, as in tests.
-REQUESTS = Counter(
-    "http_requests_total",
-    "HTTP requests by method, route template (handler) and status code.",
-    ("method", "handler", "status"),
-)
-LATENCY = Histogram(
-    "http_request_duration_seconds",
-    "HTTP request duration in seconds by method, route template (handler) and status code.",
-    ("method", "handler", "status"),
-    buckets=LATENCY_BUCKETS,
-)
-IN_PROGRESS = Gauge(
-    "http_requests_inprogress",
-    "HTTP requests being served, by method and route template (handler).",
-    ("method", "handler"),
-    multiprocess_mode="livesum",
-)
-
-
-def record_request(info: Info) -> None:
-    labels = (info.method, info.modified_handler, info.modified_status)
-    REQUESTS.labels(*labels).inc()
-    LATENCY.labels(*labels).observe(info.modified_duration)
-
-
-class HttpMetricsMiddleware(PrometheusInstrumentatorMiddleware):
-    """The instrumentator's middleware, with the in-progress gauge shared by every app.
-
-    The library creates that gauge per middleware instance; a second app in one process would
-    register it twice. Requests without a route template are counted under handler "none".
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        super().__init__(
-            app,
-            should_group_status_codes=False,
-            excluded_handlers=[f"^{METRICS_PATH}$"],
-            instrumentations=[record_request],
-        )
-        self.should_instrument_requests_inprogress = True
-        self.inprogress_labels = True
-        self.inprogress = IN_PROGRESS
 
 
 class _DefaultRegistry(Collector):

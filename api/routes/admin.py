@@ -15,6 +15,7 @@ from api.deps import (
     check_table_name,
     require_admin,
 )
+from api.http_metrics import MeteredRoute
 from api.jobs.web import AsyncFlag, JobsDep, accepted, run_as_job
 from api.responses import PROBE_CACHE_CONTROL, json_response
 from api.schemas.envelope import Envelope, ListEnvelope, error_responses
@@ -23,6 +24,7 @@ from api.services.audit import AuditFilter, list_audit
 from api.services.stats import read_stats
 
 router = APIRouter(
+    route_class=MeteredRoute,
     prefix="/admin",
     tags=["admin"],
     dependencies=[Depends(require_admin)],

@@ -14,6 +14,7 @@ from api.auth.sessions import consume_refresh_token, ensure_not_revoked, revoke_
 from api.auth.tokens import InvalidToken, TokenPair, new_session_id
 from api.deps import CurrentUser, StoreDep, TokensDep
 from api.errors import ApiError
+from api.http_metrics import MeteredRoute
 from api.ratelimit import RateLimiter, client_ip, tightest, username_key
 from api.responses import json_response, no_content
 from api.schemas.auth import RefreshRequest, TokenResponse
@@ -21,7 +22,7 @@ from api.schemas.envelope import error_responses
 from api.services import users
 from storeserver.errors import NotFound
 
-router = APIRouter(prefix="/auth", tags=["auth"])
+router = APIRouter(route_class=MeteredRoute, prefix="/auth", tags=["auth"])
 logger = logging.getLogger("api.auth")
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 Username = Annotated[str, Form(max_length=320, description="Your email")]

@@ -19,6 +19,7 @@ from api.deps import (
     require_admin,
 )
 from api.errors import ApiError, bad_query
+from api.http_metrics import MeteredRoute
 from api.jobs.imports import body_size, copy_upload, import_job
 from api.jobs.web import AsyncFlag, JobsDep, accepted, run_as_job
 from api.queries import Page, build_list_query
@@ -30,6 +31,7 @@ from api.services.csv_export import open_export
 from api.services.csv_import import import_csv
 
 router = APIRouter(
+    route_class=MeteredRoute,
     prefix="/batch",
     tags=["batch"],
     dependencies=[Depends(require_admin)],

@@ -18,6 +18,7 @@ from api.deps import (
     TableName,
     require_admin,
 )
+from api.http_metrics import MeteredRoute
 from api.queries import ListQuery, Page, build_list_query
 from api.responses import (
     DATA_CACHE_CONTROL,
@@ -33,6 +34,7 @@ from api.schemas.transactions import BulkMeta, DataCreateBody
 from api.services import records
 
 router = APIRouter(
+    route_class=MeteredRoute,
     prefix="/data",
     tags=["data"],
     dependencies=[Depends(require_admin)],

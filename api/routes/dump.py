@@ -8,12 +8,14 @@ from fastapi import APIRouter, Depends
 from starlette.responses import Response, StreamingResponse
 
 from api.deps import AdminUser, SettingsDep, StoreDep, TableName, require_admin
+from api.http_metrics import MeteredRoute
 from api.jobs.web import AsyncFlag, JobsDep, accepted, run_as_job
 from api.responses import DATA_CACHE_CONTROL, dumps
 from api.schemas.envelope import error_responses
 from api.services.dumps import open_dump
 
 router = APIRouter(
+    route_class=MeteredRoute,
     prefix="/dump",
     tags=["dump"],
     dependencies=[Depends(require_admin)],

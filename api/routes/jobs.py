@@ -10,6 +10,7 @@ from starlette.responses import FileResponse, Response
 
 from api.deps import CurrentUser, PageParams
 from api.errors import ApiError
+from api.http_metrics import MeteredRoute
 from api.jobs.model import now_stamp, to_public
 from api.jobs.runner import result_dir
 from api.jobs.state import Job
@@ -20,7 +21,9 @@ from api.schemas.jobs import JobPublic
 from api.settings import Settings
 from storeserver.errors import NotFound
 
-router = APIRouter(prefix="/jobs", tags=["jobs"], responses=error_responses(401))
+router = APIRouter(
+    route_class=MeteredRoute, prefix="/jobs", tags=["jobs"], responses=error_responses(401)
+)
 JobId = Annotated[str, Path(max_length=128, description="Job id")]
 NO_STORE = {"Cache-Control": PROBE_CACHE_CONTROL}
 

@@ -6,11 +6,13 @@ from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict
 
 from api.deps import JoinKey, JoinListQuery, LeftTable, RightTable, StoreDep, require_admin
+from api.http_metrics import MeteredRoute
 from api.responses import list_response
 from api.schemas.envelope import ListEnvelope, error_responses
 from api.services.joins import join_tables
 
 router = APIRouter(
+    route_class=MeteredRoute,
     prefix="/join",
     tags=["join"],
     dependencies=[Depends(require_admin)],

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, Request, Response
 
 from api.deps import CurrentUser, IfMatch, OrderId, OrderListQuery, StoreDep
 from api.errors import ApiError
+from api.http_metrics import MeteredRoute
 from api.responses import list_response, no_content, record_response
 from api.schemas.envelope import Envelope, ListEnvelope, error_responses
 from api.schemas.orders import OrderCreate, OrderPublic, OrderUpdate
@@ -16,7 +17,7 @@ from api.schemas.users import UserPublic
 from api.services import orders as order_service
 from api.services import records
 
-router = APIRouter(prefix="/orders", tags=["orders"])
+router = APIRouter(route_class=MeteredRoute, prefix="/orders", tags=["orders"])
 Expand = Annotated[
     Literal["user"] | None, Query(description="`user`: embed each order's user (one lookup)")
 ]

@@ -7,10 +7,11 @@ from pydantic import BaseModel
 
 from api.deps import SettingsDep, StoreDep
 from api.errors import error_response
+from api.http_metrics import MeteredRoute
 from api.responses import PROBE_CACHE_CONTROL, json_response
 from api.schemas.envelope import Envelope, error_responses
 
-router = APIRouter(tags=["probes"])
+router = APIRouter(route_class=MeteredRoute, tags=["probes"])
 
 
 class Health(BaseModel):

@@ -21,6 +21,7 @@ from api.deps import (
     require_admin,
 )
 from api.errors import ApiError, bad_query
+from api.http_metrics import MeteredRoute
 from api.jobs.runner import JobContext
 from api.jobs.web import AsyncFlag, JobsDep, accepted, filter_write_as_job
 from api.queries import ListQuery, Page, build_list_query
@@ -41,6 +42,7 @@ from api.services import records
 from api.services import tables as table_service
 
 router = APIRouter(
+    route_class=MeteredRoute,
     prefix="/data",
     tags=["tables"],
     dependencies=[Depends(require_admin)],

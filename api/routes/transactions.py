@@ -5,12 +5,14 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Response
 
 from api.deps import StoreDep, require_admin
+from api.http_metrics import MeteredRoute
 from api.responses import DATA_CACHE_CONTROL, json_response
 from api.schemas.envelope import Envelope, error_responses
 from api.schemas.transactions import TransactionBody, TransactionResult
 from api.services import transactions
 
 router = APIRouter(
+    route_class=MeteredRoute,
     tags=["data"],
     dependencies=[Depends(require_admin)],
     responses=error_responses(401, 403, validation=False),

@@ -18,6 +18,7 @@ from api.deps import (
 )
 from api.errors import ApiError
 from api.etags import list_etag, none_match_hits
+from api.http_metrics import MeteredRoute
 from api.queries import Page
 from api.responses import (
     DATA_CACHE_CONTROL,
@@ -33,7 +34,7 @@ from api.services import orders as order_service
 from api.services import records
 from api.services import users as user_service
 
-router = APIRouter(prefix="/users", tags=["users"])
+router = APIRouter(route_class=MeteredRoute, prefix="/users", tags=["users"])
 
 
 @router.post(

@@ -110,6 +110,30 @@ async def test_requests_are_counted_by_route_template_and_status(
     assert not any(path.startswith("/metrics") for path in create_app().openapi()["paths"])
 
 
+async def test_requests_answered_before_routing_keep_their_route_template(
+    http: tuple[httpx.AsyncClient, ScriptedStore],
+) -> None:
+    """415 comes from a middleware before any route runs, 405 from a path-only match: both are
+    still counted under the template the path belongs to, not under "none"."""
+    client, _ = http
+    before = (await client.get("/metrics")).text
+    wrong_type = await client.post(
+        "/api/v1/users", content=b"<x/>", headers={"Content-Type": "application/xml"}
+    )
+    wrong_method = await client.delete("/api/v1/health")
+    after = (await client.get("/metrics")).text
+    assert (wrong_type.status_code, wrong_method.status_code) == (415, 405)
+
+    def delta(**labels: str) -> float:
+        return value(after, "http_requests_total", **labels) - value(
+            before, "http_requests_total", **labels
+        )
+
+    assert delta(handler="/api/v1/users", method="POST", status="415") == 1
+    assert delta(handler="/api/v1/health", method="DELETE", status="405") == 1
+    assert delta(handler="none") == 0
+
+
 async def test_in_progress_gauge_counts_requests_being_served() -> None:
     entered, gate = asyncio.Event(), asyncio.Event()
 

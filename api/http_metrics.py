@@ -1,0 +1,167 @@
+"""The HTTP series of ``/metrics``: requests, latency and requests in progress, per route template.
+
+prometheus-client holds the values (in multiprocess mode, one file per worker, summed by the
+scrape); this module only decides the labels and when to count, in a few microseconds:
+
+- ``HttpMetricsMiddleware`` (pure ASGI) counts every request but ``/metrics`` once its response
+  has started or it failed: ``http_requests_total`` and ``http_request_duration_seconds``;
+- ``MeteredRoute`` (the ``route_class`` of every router) keeps ``http_requests_inprogress`` while
+  a route's handler runs.
+
+The ``handler`` label is the route template (``/api/v1/users/{user_id}``), read from the route
+the router picked (``scope["route"]``) rather than by matching the path again against every route
+before the request, which prometheus-fastapi-instrumentator (used until then) did and which cost
+more than the rest of its work. A request no route took (404, or one an outer middleware
+answered first: 413, 415, 429) is matched against the routes afterwards, once; 404s count
+under ``none``. Label children are cached: ``labels()`` takes a lock and builds a key every time.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from typing import Any
+
+from fastapi.routing import APIRoute
+from prometheus_client import Counter, Gauge, Histogram
+from starlette.routing import BaseRoute, Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+METRICS_PATH = "/metrics"
+UNMATCHED = "none"
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+# Created once per process (tests build many apps in one process).
+REQUESTS = Counter(
+    "http_requests_total",
+    "HTTP requests by method, route template (handler) and status code.",
+    ("method", "handler", "status"),
+)
+LATENCY = Histogram(
+    "http_request_duration_seconds",
+    "HTTP request duration in seconds by method, route template (handler) and status code.",
+    ("method", "handler", "status"),
+    buckets=LATENCY_BUCKETS,
+)
+IN_PROGRESS = Gauge(
+    "http_requests_inprogress",
+    "HTTP requests being served, by method and route template (handler).",
+    ("method", "handler"),
+    multiprocess_mode="livesum",
+)
+
+# Label children by label values; a few hundred at most (methods x routes x statuses).
+_finished: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+_in_progress: dict[tuple[str, str], Any] = {}
+
+# Per app: id(route) -> template. Routes live as long as their app.
+_templates: weakref.WeakKeyDictionary[Any, dict[int, str]] = weakref.WeakKeyDictionary()
+
+
+def _effective_routes(routes: list[BaseRoute]) -> list[tuple[BaseRoute, Any, str]]:
+    """(the route object the router puts in the scope, something to match with, its template).
+
+    FastAPI keeps an included router as one node whose routes carry no prefix;
+    ``effective_route_contexts()`` gives each with its full template and a matcher.
+    """
+    found: list[tuple[BaseRoute, Any, str]] = []
+    for route in routes:
+        contexts = getattr(route, "effective_route_contexts", None)
+        if not callable(contexts):
+            found.append((route, route, str(getattr(route, "path", UNMATCHED))))
+            continue
+        for context in contexts():
+            starlette_route = getattr(context, "starlette_route", None)
+            original = getattr(context, "original_route", None) or starlette_route
+            matcher = starlette_route or context
+            path = getattr(starlette_route, "path", None) or getattr(context, "path", None)
+            if original is not None and path:
+                found.append((original, matcher, str(path)))
+    return found
+
+
+def _route_template(scope: Scope, route: Any) -> str:
+    app = scope["app"]
+    templates = _templates.get(app)
+    if templates is None or id(route) not in templates:
+        templates = {}
+        for original, _, path in _effective_routes(app.router.routes):
+            templates.setdefault(id(original), path)
+        templates.setdefault(id(route), str(getattr(route, "path", UNMATCHED)))
+        _templates[app] = templates
+    return templates[id(route)]
+
+
+def _match_template(scope: Scope) -> str:
+    """The template of the route this request would have taken (the first full match, else the
+    first path-only match, as the router decides); ``none`` if no route matches."""
+    app = scope.get("app")
+    if app is None or not hasattr(app, "router"):
+        return UNMATCHED
+    partial: str | None = None
+    for _, matcher, path in _effective_routes(app.router.routes):
+        match, _ = matcher.matches(scope)
+        if match == Match.FULL:
+            return path
+        if match == Match.PARTIAL and partial is None:
+            partial = path
+    return partial or UNMATCHED
+
+
+def handler_of(scope: Scope, status: int) -> str:
+    """The ``handler`` label of a request that has been served."""
+    route = scope.get("route")
+    if route is not None:
+        return _route_template(scope, route)
+    return UNMATCHED if status == 404 else _match_template(scope)
+
+
+def observe(method: str, handler: str, status: int, seconds: float) -> None:
+    key = (method, handler, status)
+    children = _finished.get(key)
+    if children is None:
+        labels = (method, handler, str(status))
+        children = _finished[key] = (REQUESTS.labels(*labels), LATENCY.labels(*labels))
+    children[0].inc()
+    children[1].observe(seconds)
+
+
+class HttpMetricsMiddleware:
+    """Count each request and its duration by method, route template and status."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] == METRICS_PATH:
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # if the app raises before answering, the server error handler sends 500
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            seconds = time.perf_counter() - started
+            observe(scope["method"], handler_of(scope, status), status, seconds)
+
+
+class MeteredRoute(APIRoute):
+    """An APIRoute that counts itself in ``http_requests_inprogress`` while it serves."""
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        key = (scope["method"], _route_template(scope, self))
+        gauge = _in_progress.get(key)
+        if gauge is None:
+            gauge = _in_progress[key] = IN_PROGRESS.labels(*key)
+        gauge.inc()
+        try:
+            await super().handle(scope, receive, send)
+        finally:
+            gauge.dec()
