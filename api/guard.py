@@ -4,9 +4,9 @@ For each request outside the exempt paths (probes, /metrics, the docs, and /auth
 applies its own stricter limits) the guard:
 
 1. verifies the bearer token, if any (signature and claims, cached per worker);
-2. sends, concurrently on the multiplexed store connection, the rate-limit hit (keyed by the
-   user id when the token verified, else by the client IP) and, for a verified token, one
-   ``kv_get_many`` of its two revocation marks (session ended? user's sessions ended?);
+2. sends one store command: the rate-limit hit (keyed by the user id when the token verified,
+   else by the client IP), which for a verified token also reads its two revocation marks
+   (session ended? user's sessions ended?) in the same round trip (``rate_hit``'s ``peek``);
 3. answers 429 when the limit is spent; otherwise leaves the outcome in
    ``scope["state"]["auth"]`` for the ``Caller``/``CurrentUser``/``AdminUser`` dependencies,
    which decide 401/403 per route, and adds the X-Rate-Limit-* headers to the response.
@@ -17,7 +17,6 @@ error: 503/504); the rate limit fails open (see ``api.ratelimit``).
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from starlette.datastructures import MutableHeaders
@@ -81,20 +80,15 @@ class RequestGuardMiddleware:
         verdict: Verdict | None = None
         if store is not None:
             identity = ("user", claims.subject) if claims else ("ip", client_ip(scope))
-            rate_call = store.call("rate_hit", self.limiter.args(self.limiter.key(*identity)))
-            if claims is None:
-                try:
-                    rate_result: object = await rate_call
-                except StoreError as exc:
-                    rate_result = exc
-            else:
-                marks: object
-                rate_result, marks = await asyncio.gather(
-                    rate_call,
-                    store.call("kv_get_many", {"keys": list(revocation_keys(claims))}),
-                    return_exceptions=True,
-                )
-                error = _revocation_error(claims, marks)
+            args = self.limiter.args(self.limiter.key(*identity))
+            if claims is not None:  # the token's revocation marks come back with the hit
+                args["peek"] = list(revocation_keys(claims))
+            try:
+                rate_result: object = await store.call("rate_hit", args)
+            except StoreError as exc:
+                rate_result = exc
+            if claims is not None:
+                error = _revocation_error(claims, rate_result)
             verdict = self.limiter.verdict(rate_result)
             if verdict is not None and not verdict.allowed:
                 await self._refuse(scope, receive, send, verdict)
@@ -143,14 +137,14 @@ class RequestGuardMiddleware:
         await response(scope, receive, send)
 
 
-def _revocation_error(claims: Claims, marks: object) -> Exception | None:
-    if isinstance(marks, StoreError):
-        return marks
-    if isinstance(marks, BaseException):
-        raise marks
-    assert isinstance(marks, list)
+def _revocation_error(claims: Claims, result: object) -> Exception | None:
+    """What the marks peeked with the rate-limit hit say about the token (a store error: it
+    could not be checked, so it is not accepted)."""
+    if isinstance(result, StoreError):
+        return result
+    assert isinstance(result, dict)
     try:
-        check_not_revoked(claims, *marks)
+        check_not_revoked(claims, *result["peek"])
     except InvalidToken as exc:
         return exc
     return None

@@ -72,7 +72,7 @@ _SCAN_ARGS = frozenset({"table", "cursor", "limit", "include_hidden", "fields"})
 _KV_SET_ARGS = frozenset({"key", "value", "ttl", "nx"})
 _KEY_ARGS = frozenset({"key"})
 _KEYS_ARGS = frozenset({"keys"})
-_RATE_ARGS = frozenset({"key", "limit", "window"})
+_RATE_ARGS = frozenset({"key", "limit", "window", "peek"})
 
 
 class Engine:
@@ -618,6 +618,9 @@ class Engine:
         return existed
 
     def _rate_hit(self, args: Args) -> dict[str, Any]:
+        """One hit; with ``peek`` (a list of keys) also their values, as ``kv_get_many`` would
+        give them: a worker checks a request's limit and its token's revocation marks in one
+        round trip instead of two."""
         check_keys(args, _RATE_ARGS)
         key = _key(args)
         hits = args.get("limit")
@@ -625,7 +628,15 @@ class Engine:
             raise BadRequest("limit must be an integer >= 1", {"arg": "limit"})
         window = positive_number(args, "window")
         assert window is not None
-        return self._rates.hit(key, hits, window)
+        peek = args.get("peek")
+        if peek is not None:
+            if type(peek) is not list or len(peek) > self._reader.max_in:
+                raise BadRequest("peek must be a list of at most max_in keys", {"arg": "peek"})
+            peeked = self._kv_get_many({"keys": peek})  # checked before the hit counts
+        result = self._rates.hit(key, hits, window)
+        if peek is not None:
+            result = {**result, "peek": peeked}
+        return result
 
 
 _NO_CONTEXT: tuple[None, None, None] = (None, None, None)

@@ -1331,10 +1331,27 @@ def test_rate_hit_fixed_window(engine: Engine, clock: FakeClock) -> None:
         {"key": "k", "limit": 1, "window": 0},
         {"key": "k", "limit": 1},
         {"limit": 1, "window": 1},
+        {"key": "k", "limit": 1, "window": 1, "peek": "k"},
+        {"key": "k", "limit": 1, "window": 1, "peek": [1]},
     ],
 )
 def test_rate_hit_argument_errors(engine: Engine, args: dict[str, Any]) -> None:
     fail(engine, BadRequest, "rate_hit", **args)
+    # A refused call does not count: the next hit still has the whole limit.
+    assert run(engine, "rate_hit", key="k", limit=1, window=1)["allowed"] is True
+
+
+def test_rate_hit_peeks_at_keys_in_the_same_command(engine: Engine, clock: FakeClock) -> None:
+    run(engine, "kv_set", key="revoked:s1", value=1.5)
+    run(engine, "kv_set", key="short", value="x", ttl=10)
+    clock.advance(11)  # "short" has expired: peeked as absent, like kv_get_many
+    hit = run(engine, "rate_hit", key="u", limit=2, window=60, peek=["revoked:s1", "short", "no"])
+    assert hit == {"allowed": True, "remaining": 1, "reset": T0 + 71, "peek": [1.5, None, None]}
+    run(engine, "rate_hit", key="u", limit=2, window=60)  # the last hit allowed
+    refused = run(engine, "rate_hit", key="u", limit=2, window=60, peek=["revoked:s1"])
+    assert (refused["allowed"], refused["peek"]) == (False, [1.5])  # read either way
+    plain = run(engine, "rate_hit", key="v", limit=2, window=60)
+    assert "peek" not in plain
 
 
 # -- stats ------------------------------------------------------------------------------------
