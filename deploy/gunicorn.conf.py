@@ -14,6 +14,7 @@ from typing import Any
 
 from prometheus_client import multiprocess
 
+from api import collector
 from api.logs import logging_config
 from api.settings import get_settings
 from api.store import wait_for_store
@@ -66,6 +67,12 @@ def on_starting(server: Any) -> None:
     server.log.info("waiting for the store at %s", _settings.store_socket)
     wait_for_store(_settings.store_socket, _settings.store_timeout, _settings.store_wait_seconds)
     server.log.info("store is ready")
+
+
+def post_worker_init(worker: Any) -> None:
+    """The app is loaded in this worker and nothing has been served: freeze what the imports
+    and the app allocated out of the garbage collector's reach (``api.collector``)."""
+    collector.tune()
 
 
 def child_exit(server: Any, worker: Any) -> None:
