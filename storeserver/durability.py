@@ -2,6 +2,12 @@
 
 The file formats and the fork live in ``persistence.py``; this module schedules them on the
 event loop. See that module's design note for the guarantees of each ``STORE_FSYNC`` policy.
+
+Write path: each write command's changes are queued (``record``); at the end of the loop turn
+(``_flush``) the turn's commands become one log entry (one encode, one checksum, one
+``write``). Commands are never split across entries, so each is still replayed whole or not
+at all; an entry is closed early once it holds ``ENTRY_CHANGES`` changes, to keep it far
+below the reader's size limit.
 """
 
 from __future__ import annotations
@@ -27,6 +33,9 @@ from .persistence import (
 )
 
 log = structlog.get_logger("storeserver.durability")
+
+ENTRY_CHANGES = 10_000
+"""Changes after which the current entry is encoded and a new one started (same loop turn)."""
 
 SnapshotWaiter = Callable[[dict[str, Any] | StoreError], None]
 
@@ -57,7 +66,8 @@ class Durability:
         self.error: str | None = None
         self.last_load: LoadReport | None = None
         self.last_snapshot: dict[str, Any] | None = None
-        self._buffer = bytearray()
+        self._pending: list[tuple[Any, ...]] = []  # this turn's changes, not yet encoded
+        self._buffer = bytearray()  # encoded entries, not yet written
         self._flush_scheduled = False
         self._dirty = False  # written since the last fsync
         self._held: list[tuple[Sink, bytes]] = []
@@ -131,8 +141,11 @@ class Durability:
 
     def record(self, changes: list[tuple[Any, ...]]) -> None:
         """Queue one command's changes; they reach the file at the end of this loop turn."""
-        self._buffer += encode_entry(changes)
+        pending = self._pending
+        pending += changes
         self.recorded += 1
+        if len(pending) >= ENTRY_CHANGES:
+            self._encode_pending()
         if not self._flush_scheduled:
             self._flush_scheduled = True
             assert self._loop is not None
@@ -146,7 +159,13 @@ class Durability:
         """Keep a reply until the entries written before it are on disk (``always``)."""
         self._held.append((sink, data))
 
+    def _encode_pending(self) -> None:
+        if self._pending:
+            self._buffer += encode_entry(self._pending)
+            self._pending = []
+
     def _write_buffer(self) -> bool:
+        self._encode_pending()
         if not self._buffer or self.log is None:
             return True
         data, self._buffer = bytes(self._buffer), bytearray()
