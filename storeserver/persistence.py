@@ -111,6 +111,10 @@ def read_entries(path: Path, *, allow_torn_tail: bool) -> Iterator[list[Any]]:
         pos = end
 
 
+# macOS has no fdatasync (Python leaves it out there): fsync does the job, with more work.
+_fdatasync = getattr(os, "fdatasync", os.fsync)
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -239,7 +243,7 @@ class AppendLog:
     def fsync(self) -> None:
         # fdatasync: the data and the file size (all an append needs to be read back), without
         # the timestamps fsync would also write: less work per group commit (Redis does the same).
-        os.fdatasync(self.fd)
+        _fdatasync(self.fd)
 
     def close(self) -> None:
         os.close(self.fd)
