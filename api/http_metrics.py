@@ -18,18 +18,44 @@ under ``none``. Label children are cached: ``labels()`` takes a lock and builds 
 
 from __future__ import annotations
 
+import os
 import time
 import weakref
 from typing import Any
 
 from fastapi.routing import APIRoute
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, values
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 METRICS_PATH = "/metrics"
 UNMATCHED = "none"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class _Pid:
+    """This process's id, read again only after a fork.
+
+    In multiprocess mode every ``inc``/``observe`` asks for the pid to notice a fork (and
+    switch to the child's own files); ``os.getpid`` is a system call each time, five per
+    request here. ``MultiProcessValue`` takes the function to use; this one is kept right by
+    ``os.register_at_fork``. Set before any value exists: values are made on first use.
+    """
+
+    value = os.getpid()
+
+    @classmethod
+    def refresh(cls) -> None:
+        cls.value = os.getpid()
+
+    @classmethod
+    def get(cls) -> int:
+        return cls.value
+
+
+os.register_at_fork(after_in_child=_Pid.refresh)
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    values.ValueClass = values.MultiProcessValue(process_identifier=_Pid.get)
 
 # Created once per process (tests build many apps in one process).
 REQUESTS = Counter(

@@ -266,3 +266,16 @@ def test_dead_worker_keeps_its_counts_and_drops_its_live_gauges(metrics_stack: S
                 assert time.monotonic() < deadline
                 time.sleep(0.1)
     assert after >= before
+
+
+def test_the_cached_pid_follows_a_fork() -> None:
+    """Multiprocess files are named by pid: a child forked after import must not write into its
+    parent's file (gunicorn imports the app after the fork, but a preloading launcher would not)."""
+    from api.http_metrics import _Pid
+
+    assert _Pid.get() == os.getpid()
+    child = os.fork()
+    if child == 0:  # pragma: no cover (the child answers with its exit code)
+        os._exit(0 if _Pid.get() == os.getpid() else 1)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
