@@ -10,7 +10,8 @@ figure is the CPU time each server process spends per operation (utime + stime d
 3. our store, 50 connections from 2 driver processes (``loadtests.store_driver``): ``get`` of
    100k preloaded ids, ``insert`` of an order-like record, and (for information) ``insert`` into
    a table with a hash index and a foreign key; not pipelined and 16 in flight per connection;
-4. worker-side client CPU per round trip: ``StoreClient`` and redis-py (``loadtests.client_cpu``);
+4. worker-side client CPU per round trip: ``StoreClient`` and redis-py, over the floor of a bare
+   uvloop echo round trip (``loadtests.client_cpu``);
 5. where the store's CPU per request goes, in-process (``loadtests.store_profile``);
 6. 100k users + 1M orders driven through the engine directly (``loadtests.large_table``).
 

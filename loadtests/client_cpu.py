@@ -6,6 +6,10 @@ Each client does ``n`` GETs of existing keys one at a time (one in flight) and `
 concurrent tasks, after a warm-up, each 3 times; the median of the 3 is reported (all three
 are kept: the figure moves with other load on the machine). Prints one JSON object.
 
+The floor under both: a bare uvloop client sending 60 bytes to an echo server (another process
+started here) and awaiting them back, one future per round trip: what the event loop, the
+transport and the system calls cost on this machine before any client does any work.
+
 Both run on uvloop, as an API worker does under uvicorn. redis-py multiplexes nothing: its 16
 tasks take 16 pooled connections, while ``StoreClient`` carries them on its one connection.
 """
@@ -14,14 +18,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import random
 import resource
+import subprocess
+import sys
+import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from storeserver.client import StoreClient
+from storeserver.probe import wait_for_socket
 
 from .store_driver import GET_IDS, preload_id
 
@@ -102,16 +112,75 @@ async def redis_side(socket_path: str, n: int) -> dict[str, Any]:
         await client.aclose()
 
 
-async def run(args: argparse.Namespace) -> dict[str, Any]:
+class _Echo(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)  # type: ignore[attr-defined]
+
+
+class _EchoClient(asyncio.Protocol):
+    """Resolves the future of the (one) round trip in flight with whatever comes back."""
+
+    def __init__(self) -> None:
+        self.waiting: asyncio.Future[bytes] | None = None
+
+    def data_received(self, data: bytes) -> None:
+        if self.waiting is not None and not self.waiting.done():
+            self.waiting.set_result(data)
+
+
+async def serve_echo(path: str) -> None:
+    server = await asyncio.get_running_loop().create_unix_server(_Echo, path)
+    async with server:
+        await server.serve_forever()
+
+
+@contextlib.contextmanager
+def echo_server() -> Iterator[Path]:
+    """An echo server in a process of its own (its CPU must not count); yields its socket."""
+    with tempfile.TemporaryDirectory(prefix="echo-") as tmp:
+        path = Path(tmp) / "echo.sock"
+        cmd = [sys.executable, "-m", "loadtests.client_cpu", "--echo", str(path)]
+        server = subprocess.Popen(cmd)
+        try:
+            wait_for_socket(path, 10.0, server)
+            yield path
+        finally:
+            server.terminate()
+            server.wait(10)
+
+
+async def echo_side(path: Path, n: int) -> dict[str, Any]:
+    """Sequential round trips only: a bare client has no request ids to multiplex on."""
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.create_unix_connection(_EchoClient, str(path))
+    payload = b"x" * 60
+
+    async def call(_: int) -> bytes:
+        protocol.waiting = fut = loop.create_future()
+        transport.write(payload)
+        return await fut
+
+    try:
+        return {"sequential": await _measure(call, n, 1)}
+    finally:
+        transport.close()
+
+
+async def run(args: argparse.Namespace, echo: Path) -> dict[str, Any]:
     out: dict[str, Any] = {"store": await store_side(args.store, args.table, args.n)}
     if args.redis_socket:
         out["redis"] = await redis_side(args.redis_socket, args.n)
+    out["echo"] = await echo_side(echo, args.n)
     return out
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m loadtests.client_cpu")
-    parser.add_argument("--store", required=True, help="store address, e.g. unix:/tmp/x.sock")
+    parser.add_argument("--store", help="store address, e.g. unix:/tmp/x.sock")
+    parser.add_argument("--echo", metavar="PATH", help=argparse.SUPPRESS)  # the echo server
     parser.add_argument("--table", default="bench_get")
     parser.add_argument("--redis-socket")
     parser.add_argument("--n", type=int, default=20_000, help="calls per repeat")
@@ -119,10 +188,16 @@ def main(argv: list[str] | None = None) -> None:
     try:
         import uvloop
     except ImportError:
-        result = asyncio.run(run(args))
+        runner: Callable[[Any], Any] = asyncio.run
     else:
-        result = uvloop.run(run(args))
-    print(json.dumps(result), flush=True)
+        runner = uvloop.run
+    if args.echo:
+        runner(serve_echo(args.echo))
+        return
+    if not args.store:
+        parser.error("--store is required")
+    with echo_server() as echo:
+        print(json.dumps(runner(run(args, echo))), flush=True)
 
 
 if __name__ == "__main__":

@@ -72,6 +72,17 @@ def build_rows(data: dict[str, Any]) -> list[Row]:
                 30.0,
             )
         )
+    echo = (client.get("echo") or {}).get("sequential")
+    if echo:
+        # Below this no asyncio client can go here: it is the loop, the socket and the kernel.
+        rows.append(
+            Row(
+                "floor: bare uvloop echo round trip (60 B), one in flight",
+                echo["cpu_us"],
+                "µs",
+                target_op="",
+            )
+        )
     big = data.get("large_table") or {}
     if big:
         n = big["orders_built"]
