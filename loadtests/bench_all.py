@@ -465,7 +465,7 @@ def scaling_text(scaling: dict[str, Any], api: dict[str, Any]) -> list[str]:
                 "cannot get more out of it. "
                 if best["store_cores"] >= 0.95
                 else "On this machine the store did not get a whole core (the driver processes "
-                "and other sessions' tests took the rest), so the saturation point is read from "
+                "took the rest), so the saturation point is read from "
                 "the CPU per op rather than reached. "
             )
             + f"One core spent at {one[-1]['server_cpu_us']:.1f} µs per unpipelined get is about "
@@ -518,9 +518,17 @@ def render_page(steps: dict[str, dict[str, Any]], command: str, started: str, wa
         f"**Machine**: {m['cpu_model']}, {m['cores']} cores, {memory_total()}, kernel "
         f"{m['kernel']}; git {m['git_commit']}. **Versions**: {versions()}.",
         "",
-        "**Read these figures as upper bounds on cost.** The machine has 2 cores and was shared: "
-        "other sessions were running test suites during this run"
-        + (f" (machine {busy:.0%} busy just before the scaling step)" if busy is not None else "")
+        "**Read these figures as upper bounds on cost.** The machine has 2 cores"
+        + (
+            f" and was shared: other processes kept it {busy:.0%} busy just before the scaling step"
+            if busy is not None and busy > 0.10
+            else (
+                f" and was otherwise idle ({busy:.0%} busy just before the scaling step; each "
+                "page records the load during its own runs)"
+                if busy is not None
+                else ""
+            )
+        )
         + ". Every load generator (wrk, redis-benchmark, the store drivers, locust) runs on the "
         "same 2 cores as the server it measures. CPU per operation (from /proc) is less affected "
         "by the noise than throughput and latency.",

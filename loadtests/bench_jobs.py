@@ -476,8 +476,8 @@ def render(data: dict[str, Any]) -> str:
         + " / ".join(f"{x:.2f}" for x in data["loadavg_start"])
         + ", at the end: "
         + " / ".join(f"{x:.2f}" for x in data["loadavg_end"])
-        + ". The machine is shared with other sessions: the probe, the imports, the workers and"
-        " the store all share its cores.",
+        + ". The probe, the imports, the workers and the store all share its cores, with"
+        " whatever else runs (the load average shows how much).",
         "",
         "## Import jobs",
         "",
