@@ -45,9 +45,12 @@ def record_response(
     *,
     status_code: int = 200,
     location: str | None = None,
+    etag: str | None = None,
 ) -> Response:
-    """One record in the envelope, with its ETag; a GET whose If-None-Match hits gets 304."""
-    etag = record_etag(record.get("version"))
+    """One record in the envelope, with its ETag (the record's version unless given); a GET
+    whose If-None-Match hits gets 304."""
+    if etag is None:
+        etag = record_etag(record.get("version"))
     headers = {"ETag": etag, "Cache-Control": DATA_CACHE_CONTROL}
     if location:
         headers["Location"] = location

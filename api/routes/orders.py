@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, Request, Response
 
 from api.deps import CurrentUser, IfMatch, OrderId, OrderListQuery, StoreDep
 from api.errors import ApiError
+from api.etags import list_etag
 from api.http_metrics import MeteredRoute
 from api.responses import list_response, no_content, record_response
 from api.schemas.envelope import Envelope, ListEnvelope, error_responses
@@ -91,16 +92,28 @@ async def query_orders(
 
 @router.get(
     "/{order_id}",
-    response_model=Envelope[OrderPublic],
+    response_model=Envelope[OrderWithUser],
     responses={
         304: {"description": "Not modified (If-None-Match)"},
-        **error_responses(401, 404),
+        **error_responses(401, 404, 422),
     },
     summary="Read an order",
 )
-async def read_order(request: Request, order_id: OrderId, store: StoreDep) -> Response:
-    """Read one order; the weak ETag is the record's version."""
-    return record_response(request, await order_service.read_order(store, order_id))
+async def read_order(
+    request: Request, order_id: OrderId, store: StoreDep, expand: Expand = None
+) -> Response:
+    """Read one order; the weak ETag is the record's version.
+
+    `expand=user` embeds the order's user; the ETag then covers both, so it is not the one
+    to send as If-Match on a write (read the order without `expand` for that).
+    """
+    order = await order_service.read_order(store, order_id)
+    if expand is None:
+        return record_response(request, order)
+    (embedded,) = await order_service.with_users(store, [order])
+    return record_response(
+        request, embedded, etag=list_etag(_versioned([embedded], [order]), 1, 1, 1)
+    )
 
 
 @router.patch(

@@ -92,3 +92,29 @@ def test_user_orders_expand_user(client: httpx.Client, anon: httpx.Client) -> No
     )
     assert response.status_code == 200, response.text
     assert response.json()["data"][0]["user"]["id"] == me.id
+
+
+def test_one_order_expand_user(client: httpx.Client, anon: httpx.Client) -> None:
+    me, other = register(anon), register(anon)
+    order = create_order(client, me.id)
+    url = f"/api/v1/orders/{order['id']}"
+    response = anon.get(url, params={"expand": "user"}, headers=me.headers)
+    assert response.status_code == 200, response.text
+    data = response.json()["data"]
+    assert {k: v for k, v in data.items() if k != "user"} == order
+    assert data["user"] == anon.get(f"/api/v1/users/{me.id}", headers=me.headers).json()["data"]
+    assert "password_hash" not in data["user"]
+
+    # The tag covers the order and its user: a change to either is a new representation.
+    plain = anon.get(url, headers=me.headers)
+    etag = response.headers["etag"]
+    assert etag != plain.headers["etag"] == f'W/"{order["version"]}"'
+    again = {**me.headers, "If-None-Match": etag}
+    assert anon.get(url, params={"expand": "user"}, headers=again).status_code == 304
+    client.patch(f"/api/v1/users/{me.id}", json={"full_name": "Renamed"})
+    renamed = anon.get(url, params={"expand": "user"}, headers=again)
+    assert renamed.status_code == 200 and renamed.json()["data"]["user"]["full_name"] == "Renamed"
+
+    # Not yours: the same 404 with or without expand; a bad value: 422.
+    assert_error(anon.get(url, params={"expand": "user"}, headers=other.headers), 404)
+    assert_error(anon.get(url, params={"expand": "orders"}, headers=me.headers), 422)
