@@ -79,6 +79,14 @@ def list_response(
     return json_response(body, 200, headers)
 
 
+def groups_response(items: Sequence[Any], total: int, page: int, per_page: int) -> Response:
+    """A page of aggregate groups in the list envelope (not cached by tag: groups have no
+    versions to build one from)."""
+    meta = {"page": page, "per_page": per_page, "total": total}
+    headers = {"Cache-Control": DATA_CACHE_CONTROL}
+    return json_response({"status": "success", "data": items, "meta": meta}, 200, headers)
+
+
 def no_content() -> Response:
     """204: no body."""
     return Response(status_code=204)

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
@@ -22,13 +22,14 @@ from api.http_metrics import MeteredRoute
 from api.queries import ListQuery, Page, build_list_query
 from api.responses import (
     DATA_CACHE_CONTROL,
+    groups_response,
     json_response,
     list_response,
     no_content,
     record_response,
 )
 from api.schemas.data import DataBody, DataRecord
-from api.schemas.envelope import Envelope, ListEnvelope, PageMeta, error_responses
+from api.schemas.envelope import Envelope, GroupsEnvelope, ListEnvelope, error_responses
 from api.schemas.query import AggregateBody, CountResult, QueryBody
 from api.schemas.transactions import BulkMeta, DataCreateBody
 from api.services import records
@@ -50,10 +51,6 @@ class BulkEnvelope(ListEnvelope[DataRecord]):
     """The records a bulk insert stored, in order."""
 
     meta: BulkMeta  # type: ignore[assignment]
-
-
-class GroupsEnvelope(ListEnvelope[dict[str, Any]]):
-    """Groups: the group-by fields, then each metric by its name (decimals as strings)."""
 
 
 async def parse_count_query(
@@ -146,9 +143,7 @@ async def aggregate_records(table: TableName, body: AggregateBody, store: StoreD
     """Group by fields and compute count, sum, avg, min and max (decimal sums stay exact and
     are sent as strings); groups are filtered first, then sorted and paginated."""
     items, total = await records.aggregate_records(store, table, body)
-    meta = PageMeta(page=body.page, per_page=body.per_page, total=total).model_dump()
-    headers = {"Cache-Control": DATA_CACHE_CONTROL}
-    return json_response({"status": "success", "data": items, "meta": meta}, 200, headers)
+    return groups_response(items, total, body.page, body.per_page)
 
 
 @router.get(

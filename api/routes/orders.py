@@ -10,10 +10,10 @@ from api.deps import CurrentUser, IfMatch, OrderId, OrderListQuery, StoreDep
 from api.errors import ApiError
 from api.etags import list_etag
 from api.http_metrics import MeteredRoute
-from api.responses import list_response, no_content, record_response
-from api.schemas.envelope import Envelope, ListEnvelope, error_responses
+from api.responses import groups_response, list_response, no_content, record_response
+from api.schemas.envelope import Envelope, GroupsEnvelope, ListEnvelope, error_responses
 from api.schemas.orders import OrderCreate, OrderPublic, OrderUpdate
-from api.schemas.query import OrderQueryBody, OrderWithUser
+from api.schemas.query import AggregateBody, OrderQueryBody, OrderWithUser
 from api.schemas.users import UserPublic
 from api.services import orders as order_service
 from api.services import records
@@ -88,6 +88,21 @@ async def query_orders(
         items = await order_service.with_users(store, items, versioned)
         versioned = _versioned(items, versioned)
     return list_response(request, items, total, query.page, versioned)
+
+
+@router.post(
+    "/aggregate",
+    response_model=GroupsEnvelope,
+    responses=error_responses(400, 401, 413, 415, 422),
+    summary="Aggregate orders by group",
+)
+async def aggregate_orders(body: AggregateBody, store: StoreDep, caller: CurrentUser) -> Response:
+    """Your orders (an admin: everyone's) grouped and summed, as in
+    `POST /data/{table}/aggregate`: e.g. revenue and count per status, or per user for an
+    admin. Decimal sums stay exact (strings)."""
+    scope = None if caller.is_admin else ["user_id", "eq", caller.id]
+    items, total = await records.aggregate_records(store, order_service.TABLE, body, scope)
+    return groups_response(items, total, body.page, body.per_page)
 
 
 @router.get(

@@ -32,6 +32,10 @@ class ListEnvelope(BaseModel, Generic[T]):
     meta: PageMeta
 
 
+class GroupsEnvelope(ListEnvelope[dict[str, Any]]):
+    """Groups: the group-by fields, then each metric by its name (decimals as strings)."""
+
+
 class ErrorItem(BaseModel):
     """One problem: the field (``body.email``, ``query.per_page``) and what is wrong."""
 

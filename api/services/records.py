@@ -233,14 +233,20 @@ async def query_records(
 
 
 async def aggregate_records(
-    store: Store, table: str, body: AggregateBody
+    store: Store, table: str, body: AggregateBody, scope: list[Any] | None = None
 ) -> tuple[list[Record], int]:
-    """One page of groups: the group fields then the metrics, sorted as asked."""
-    found = await store.call("aggregate", aggregate_args(table, body, fields_of(table)))
+    """One page of groups: the group fields then the metrics, sorted as asked.
+
+    ``scope``: a condition every aggregated record must also meet (a user's own orders).
+    """
+    args = aggregate_args(table, body, fields_of(table), scope)
+    found = await store.call("aggregate", args)
     return list(found["items"]), int(found["total"])
 
 
-def aggregate_args(table: str, body: AggregateBody, fields: Fields | None) -> dict[str, Any]:
+def aggregate_args(
+    table: str, body: AggregateBody, fields: Fields | None, scope: list[Any] | None = None
+) -> dict[str, Any]:
     """The store's ``aggregate`` arguments for a body, every name checked (400/422)."""
     group_by = [
         check_group_field(name, fields, ("body", "group_by", i))
@@ -268,7 +274,9 @@ def aggregate_args(table: str, body: AggregateBody, fields: Fields | None) -> di
         "offset": (body.page - 1) * body.per_page,
         "limit": body.per_page,
     }
-    where = parse_filter_tree(body.filter, fields)
+    where = parse_filter_tree(body.filter, fields, reserve=0 if scope is None else 1)
+    if scope is not None:
+        where = and_where(scope, where)
     if where is not None:
         args["where"] = where
     sort = parse_body_sort(body.sort, names)

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.support.auth import register
-from tests.support.factories import assert_error, create_user, token
+from tests.support.factories import assert_error, create_order, create_user, token
 
 pytestmark = pytest.mark.integration
 
@@ -225,3 +225,45 @@ def test_without_group_by_one_group(client: httpx.Client) -> None:
         json={"metrics": [{"op": "sum", "field": "v", "as": "total"}, {"op": "count", "as": "n"}]},
     )
     assert response.json()["data"] == [{"total": 7, "n": 3}]
+
+
+def test_orders_aggregate_covers_only_your_own_orders(
+    client: httpx.Client, anon: httpx.Client
+) -> None:
+    """POST /orders/aggregate: a user's groups are computed over their orders only, whatever
+    their filter names; an admin's over everyone's."""
+    me, other = register(anon), register(anon)
+    mine = [("1.10", "kettle"), ("2.20", "kettle"), ("3.30", "toaster")]
+    for price, product in mine:
+        create_order(client, me.id, total_price=price, product_name=product)
+    create_order(client, other.id, total_price="1000.00", product_name="kettle")
+    body = {
+        "group_by": ["product_name"],
+        "metrics": [
+            {"op": "sum", "field": "total_price", "as": "revenue"},
+            {"op": "count", "as": "n"},
+        ],
+        "sort": "product_name:asc",
+    }
+    url = "/api/v1/orders/aggregate"
+    response = anon.post(url, json=body, headers=me.headers)
+    assert response.status_code == 200, response.text
+    got = [(g["product_name"], Decimal(g["revenue"]), g["n"]) for g in response.json()["data"]]
+    assert got == [("kettle", Decimal("3.30"), 2), ("toaster", Decimal("3.30"), 1)]
+    assert response.json()["meta"]["total"] == 2
+
+    # Naming someone else in the filter finds nothing of theirs: the scope is ANDed on.
+    theirs = {**body, "filter": {"field": "user_id", "op": "eq", "value": other.id}}
+    assert anon.post(url, json=theirs, headers=me.headers).json()["data"] == []
+    both = {**body, "group_by": ["user_id"], "sort": "revenue:desc"}
+    both["filter"] = {"field": "user_id", "op": "in", "value": [me.id, other.id]}
+    admin_view = client.post(url, json=both).json()["data"]
+    assert [(g["user_id"], g["n"]) for g in admin_view] == [(other.id, 1), (me.id, 3)]
+
+    assert_error(anon.post(url, json=body), 401)
+    bad = {"metrics": [{"op": "sum", "field": "product_name", "as": "s"}]}
+    assert_error(anon.post(url, json=bad, headers=me.headers), 400, "BAD_QUERY")
+    deep: dict[str, Any] = {"field": "quantity", "op": "gt", "value": 0}
+    for _ in range(8):
+        deep = {"not": deep}
+    assert_error(anon.post(url, json={"filter": deep}, headers=me.headers), 400)
