@@ -50,6 +50,7 @@ from storeserver.errors import (
     StoreError,
     UnknownCommand,
 )
+from storeserver.filters import parse_where
 from storeserver.keyvalue import KeyValueStore
 from storeserver.query import check_field
 from storeserver.ratelimit import FixedWindowCounters
@@ -68,7 +69,7 @@ _CREATE_INDEX_ARGS = frozenset({"table", "field", "unique", "casefold"})
 _INDEX_ARGS = frozenset({"table", "field"})
 _TABLE_ARGS = frozenset({"table"})
 _SET_SCHEMA_ARGS = frozenset({"table", "schema", "force"})
-_SCAN_ARGS = frozenset({"table", "cursor", "limit", "include_hidden", "fields"})
+_SCAN_ARGS = frozenset({"table", "cursor", "limit", "include_hidden", "fields", "where"})
 _KV_SET_ARGS = frozenset({"key", "value", "ttl", "nx"})
 _KEY_ARGS = frozenset({"key"})
 _KEYS_ARGS = frozenset({"keys"})
@@ -563,13 +564,13 @@ class Engine:
         size = limit(args, DEFAULT_LIMIT, self.max_limit)
         cursor = args.get("cursor")
         if cursor is not None:
-            if args.keys() & {"table", "include_hidden", "fields"}:
+            if args.keys() & {"table", "include_hidden", "fields", "where"}:
                 raise BadRequest("give either table (to open) or cursor", {"arg": "cursor"})
             return self._scans.read(required_str(args, "cursor"), size)
         table = self._catalog.get(args)
-        cursor_id = self._scans.open(
-            table, optional_bool(args, "include_hidden"), args.get("fields")
-        )
+        include_hidden = optional_bool(args, "include_hidden")
+        where = parse_where(args.get("where"), table.hidden, include_hidden, self._reader.max_in)
+        cursor_id = self._scans.open(table, include_hidden, args.get("fields"), where)
         return self._scans.read(cursor_id, size)
 
     def _stats(self, args: Args) -> dict[str, Any]:

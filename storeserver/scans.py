@@ -5,6 +5,12 @@ still present (deleted ones are skipped, rows added since are not included; a re
 since is returned as it is now). ``fields``, given when opening, projects every page (see
 ``projection``). A cursor is freed when it reaches the end, after ``idle``
 seconds without use, or when too many are open (the least recently used goes first).
+
+A ``where`` (``find``'s), given when opening, keeps only the matching records: an indexed
+``eq``/``in`` ANDed at its root makes the snapshot the index's ids alone, and the rest is tested
+as each read goes. A filtered read examines at most ``MAX_FILTERED_PROBES`` ids, so it may end
+with fewer than ``limit`` records (even none) and a cursor to go on with: only ``cursor: None``
+means the end.
 """
 
 from __future__ import annotations
@@ -15,21 +21,35 @@ from collections.abc import Callable
 from typing import Any
 
 from storeserver.errors import NotFound
+from storeserver.filters import Node, compile_predicate, leaves_of
 from storeserver.projection import Projector, parse_fields
+from storeserver.query import Predicate
 from storeserver.tables import Table
 
 MAX_PROBES = 100_000
 """Ids examined per read at most, so a range of deleted rows cannot stall the loop."""
+MAX_FILTERED_PROBES = 5_000
+"""The same with a ``where``: each id examined is also tested (a few ms at most per read)."""
 
 
 class _Cursor:
-    __slots__ = ("ids", "include_hidden", "position", "project", "table", "used_at")
+    __slots__ = ("ids", "include_hidden", "keep", "position", "project", "table", "used_at")
 
     def __init__(
-        self, table: Table, include_hidden: bool, project: Projector | None, now: float
+        self,
+        table: Table,
+        include_hidden: bool,
+        project: Projector | None,
+        now: float,
+        where: list[Node],
     ) -> None:
         self.table = table
-        self.ids = list(table.rows)
+        leaves = leaves_of(where)
+        ids, exact = table.candidates(leaves) if leaves else (None, None)
+        self.ids = list(table.rows if ids is None else ids)
+        self.keep: Predicate | None = compile_predicate(
+            [n for n in where if n is not exact], table.casefold_fields
+        )
         self.position = 0
         self.include_hidden = include_hidden
         self.project = project
@@ -66,11 +86,18 @@ class ScanCursors:
                 break
             self._drop(cursor_id)
 
-    def open(self, table: Table, include_hidden: bool, fields: Any = None) -> str:
-        """Open a cursor over ``table``; ``fields`` is the unchecked ``fields`` argument."""
+    def open(
+        self,
+        table: Table,
+        include_hidden: bool,
+        fields: Any = None,
+        where: list[Node] | None = None,
+    ) -> str:
+        """Open a cursor over ``table``; ``fields`` is the unchecked ``fields`` argument,
+        ``where`` the parsed ``where`` nodes (``filters.parse_where``)."""
         project = parse_fields(fields, table.hidden, include_hidden)  # before any state changes
         self.expire()
-        cursor = _Cursor(table, include_hidden, project, self._clock())
+        cursor = _Cursor(table, include_hidden, project, self._clock(), where or [])
         while self._open and (
             len(self._open) >= self._max_open or self._ids_held + len(cursor.ids) > self._max_ids
         ):
@@ -87,13 +114,14 @@ class ScanCursors:
         if cursor is None:
             raise NotFound("no such cursor (finished or expired)", {"cursor": cursor_id})
         rows, ids, table, project = cursor.table.rows, cursor.ids, cursor.table, cursor.project
+        keep = cursor.keep
         items: list[dict[str, Any]] = []
         position = cursor.position
-        stop = min(len(ids), position + MAX_PROBES)
+        stop = min(len(ids), position + (MAX_PROBES if keep is None else MAX_FILTERED_PROBES))
         while position < stop and len(items) < limit:
             record = rows.get(ids[position])
             position += 1
-            if record is not None:
+            if record is not None and (keep is None or keep(record)):
                 items.append(
                     project(record)
                     if project is not None
