@@ -12,16 +12,18 @@ parser checks depth before descending, so a deeply nested input never reaches Py
 recursion limit. Every error names the bad node by its ``path`` from the root (map keys and
 list indexes, e.g. ``["or", 1, "and", 0]``) in ``details``, next to ``"arg": "where"``.
 
-``parse_where`` returns the root's conjuncts, nested ANDs flattened: the reader hands the
-leaves among them to ``Table.candidates`` (an indexed ``eq``/``in`` there reads only the
-index's ids) and compiles the rest into one predicate. Leaves under an OR or a NOT never use
-an index: they cannot narrow the rows on their own.
+``parse_where`` returns the root's conjuncts, nested ANDs flattened; ``plan`` picks the rows
+to read: the leaves among them go to ``Table.candidates`` (an indexed ``eq``/``in`` there reads
+only the index's ids); failing that, a root OR whose every child is such a leaf reads the union
+of their ids (in creation order). The rest is compiled into one predicate. Leaves under a NOT,
+or under an OR with any other child, never use an index: they cannot narrow the rows alone.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from storeserver.errors import BadRequest, LimitExceeded, StoreError
 from storeserver.query import (
@@ -33,6 +35,9 @@ from storeserver.query import (
     compile_condition,
 )
 from storeserver.records import check_value
+
+if TYPE_CHECKING:
+    from storeserver.tables import Table
 
 MAX_DEPTH = 8
 MAX_NODES = 100
@@ -164,6 +169,45 @@ def parse_where(raw: Any, hidden: frozenset[str], include_hidden: bool, max_in: 
 def leaves_of(nodes: list[Node]) -> list[Condition]:
     """The leaves among root conjuncts: the conditions an index may serve."""
     return [n for n in nodes if type(n) is Condition]
+
+
+def plan(table: Table, nodes: list[Node]) -> tuple[Iterable[str] | None, Predicate | None]:
+    """The ids to read (``None``: every row, in creation order) and the test the records
+    read must still pass (``None``: none; the ids already meet every node)."""
+    ids, exact = _indexed(table, nodes)
+    predicate = compile_predicate([n for n in nodes if n is not exact], table.casefold_fields)
+    return ids, predicate
+
+
+def _indexed(table: Table, nodes: list[Node]) -> tuple[Iterable[str] | None, Node | None]:
+    leaves = leaves_of(nodes)
+    if leaves:
+        ids, exact = table.candidates(leaves)
+        if ids is not None:
+            return ids, exact
+    for node in nodes:
+        if type(node) is Or and node.children:
+            union = _union(table, node.children)
+            if union is not None:
+                return union, node
+    return None, None
+
+
+def _union(table: Table, children: tuple[Node, ...]) -> list[str] | None:
+    """The ids meeting any of ``children``, in creation order, if each is a leaf an index
+    serves exactly; else ``None``."""
+    seen: dict[str, None] = {}
+    for leaf in children:
+        if type(leaf) is not Condition:
+            return None
+        ids, exact = table.candidates([leaf])
+        if ids is None or exact is not leaf:
+            return None
+        seen.update(dict.fromkeys(ids))
+    rows = table.rows
+    if len(seen) * 2 > len(rows):  # most of the table: one pass beats sorting the union
+        return None
+    return sorted(seen, key=lambda i: rows[i]["created_at"])
 
 
 def _compile(node: Node, casefold: frozenset[str]) -> Predicate:

@@ -5,7 +5,8 @@ Cost model (one slow command stalls every client):
 - ``find`` in creation order without a filter reads only ``offset + limit`` rows, forwards or
   backwards. Sorting on ``created_at`` is creation order (timestamps are strictly increasing).
 - An ``eq``/``in`` condition on ``id`` or an indexed field, ANDed at the root of ``where``,
-  reads only the index's ids; the rest of the filter then tests those (see ``filters``).
+  reads only the index's ids (a root ``or`` of only such conditions: their union); the rest of
+  the filter then tests those (see ``filters.plan``).
   Anything else scans the table once; a sort keeps only the top ``offset + limit`` with a
   heap when that is well below the number of matches.
 - Equality on a field with a casefold unique index ignores case (see ``query``).
@@ -26,7 +27,7 @@ from storeserver.arguments import Args, check_keys, limit, offset, optional_bool
 from storeserver.builds import CHUNK, ChunkedRead
 from storeserver.catalog import Catalog
 from storeserver.errors import BadRequest, LimitExceeded, NotFound
-from storeserver.filters import Node, compile_predicate, leaves_of, parse_where
+from storeserver.filters import Node, parse_where, plan
 from storeserver.joins import join_tables
 from storeserver.projection import parse_fields
 from storeserver.query import (
@@ -59,9 +60,7 @@ def _matching(table: Table, conditions: list[Node]) -> tuple[Iterable[Record], i
     rows = table.rows
     if not conditions:
         return rows.values(), len(rows)
-    leaves = leaves_of(conditions)
-    ids, exact = table.candidates(leaves) if leaves else (None, None)
-    predicate = compile_predicate([c for c in conditions if c is not exact], table.casefold_fields)
+    ids, predicate = plan(table, conditions)
     source: Iterable[Record] = rows.values() if ids is None else (rows[i] for i in ids)
     if predicate is None:
         return source, len(ids)  # type: ignore[arg-type]
@@ -177,10 +176,7 @@ class RecordReader:
         conditions = parse_where(args.get("where"), left.hidden, False, self.max_in)
         start = offset(args)
         size = limit(args, DEFAULT_LIMIT, self.max_limit)
-        left_ids, exact = left.candidates(leaves_of(conditions)) if conditions else (None, None)
-        predicate = compile_predicate(
-            [c for c in conditions if c is not exact], left.casefold_fields
-        )
+        left_ids, predicate = plan(left, conditions)
         pairs, total = join_tables(
             left, right, left_field, right_field, left_ids, predicate, start, size
         )

@@ -21,9 +21,8 @@ from collections.abc import Callable
 from typing import Any
 
 from storeserver.errors import NotFound
-from storeserver.filters import Node, compile_predicate, leaves_of
+from storeserver.filters import Node, plan
 from storeserver.projection import Projector, parse_fields
-from storeserver.query import Predicate
 from storeserver.tables import Table
 
 MAX_PROBES = 100_000
@@ -44,12 +43,8 @@ class _Cursor:
         where: list[Node],
     ) -> None:
         self.table = table
-        leaves = leaves_of(where)
-        ids, exact = table.candidates(leaves) if leaves else (None, None)
+        ids, self.keep = plan(table, where)
         self.ids = list(table.rows if ids is None else ids)
-        self.keep: Predicate | None = compile_predicate(
-            [n for n in where if n is not exact], table.casefold_fields
-        )
         self.position = 0
         self.include_hidden = include_hidden
         self.project = project

@@ -12,7 +12,16 @@ from hypothesis import strategies as st
 
 from storeserver.engine import Engine
 from storeserver.errors import BadRequest, LimitExceeded, StoreError
-from storeserver.filters import MAX_DEPTH, MAX_NODES, And, Not, Or, compile_predicate, parse_where
+from storeserver.filters import (
+    MAX_DEPTH,
+    MAX_NODES,
+    And,
+    Not,
+    Or,
+    compile_predicate,
+    parse_where,
+    plan,
+)
 from storeserver.query import Condition
 from storeserver.reads import matching_records
 from storeserver.tables import Table
@@ -326,8 +335,15 @@ def test_index_serves_equality_under_the_root_and_only(
     assert chosen == [Condition("team", "eq", "red")]
     assert run([["age", "exists", True], ["team", "in", ["blue", "green"]]]) == ["bob", "dan"]
     assert chosen == [Condition("team", "in", ["blue", "green"])]
+    # An OR whose every child an index serves reads the union, in creation order...
+    red_or_blue = [Condition("team", "eq", "red"), Condition("team", "eq", "blue")]
     assert run({"or": [["team", "eq", "red"], ["team", "eq", "blue"]]}) == ["ann", "bob", "cid"]
-    assert chosen == []  # an OR cannot narrow through one index; the table is scanned
+    assert chosen == red_or_blue
+    both = {"and": [{"or": [["team", "eq", "blue"], ["team", "eq", "red"]]}, ["age", "lt", 40]]}
+    assert run(both) == [r for r in run([["age", "lt", 40]]) if r in {"ann", "bob", "cid"}]
+    # ...one child no index serves makes it a scan (each child is still tried first).
+    assert run({"or": [["team", "eq", "red"], ["age", "eq", 31]]}) == ["ann", "cid"]
+    assert chosen[-1] is None
     assert run({"not": ["team", "eq", "red"]}) == ["bob", "dan"]
     assert chosen == []
 
@@ -344,3 +360,20 @@ def test_matching_records_for_the_write_commands(engine: Engine) -> None:
     assert info.value.details["path"] == [0]
     with pytest.raises(LimitExceeded):
         matching_records(table, {"or": [["team", "in", list(range(6))]]}, max_in=5)
+
+
+def test_plan_reads_the_union_for_an_or_of_indexed_leaves(engine: Engine) -> None:
+    engine.execute("create_table", {"table": "p", "indexes": [{"field": "k"}]})
+    made = [engine.execute("insert", {"table": "p", "record": {"k": n % 10}}) for n in range(100)]
+    table = engine._catalog.tables["p"]
+
+    def nodes(where: Any) -> Any:
+        return parse_where(where, frozenset(), False, 100)
+
+    ids, predicate = plan(table, nodes({"or": [["k", "eq", 3], ["k", "in", [7, 3]]]}))
+    assert predicate is None  # the union meets the OR exactly: nothing left to test
+    assert list(ids or []) == [r["id"] for r in made if r["k"] in (3, 7)]  # creation order
+    ids, predicate = plan(table, nodes([{"or": [["k", "eq", 3], ["n", "eq", 1]]}]))
+    assert ids is None and predicate is not None  # "n" has no index: scan and test
+    ids, _ = plan(table, nodes({"or": [["k", "in", list(range(6))], ["k", "eq", 9]]}))
+    assert ids is None  # 70 % of the table: one pass instead of sorting the union
