@@ -1,10 +1,11 @@
 """Keep Python's cyclic garbage collector off a worker's request path.
 
-Measured in-process (``loadtests/api_profile``, 25 requests in flight): with the default
-thresholds a worker ran a young collection every ~9 requests and a full one every ~1,250. A
-full one walks every object the imports and the app left: ~108k in a worker (FastAPI,
-pydantic, the routes), 32 ms here. Together about 60 µs per request, a seventh of the worker's
-CPU, and each full collection holds every request in flight for those 32 ms.
+Measured in-process (``loadtests/api_profile``'s process, 25 requests in flight): with the
+default thresholds a young collection ran every ~9 requests and a full one every ~1,250, about
+60 µs per request in all, a seventh of the CPU. A full collection walks every object the
+imports and the apps left: that process holds several app variants (~126k objects, ~56 ms per
+full collection); a worker's one app leaves ~108k (32 ms here), and each full collection holds
+every request in flight that long. Tuned as below: 0.1-0.3 µs per request.
 
 ``tune()`` runs once per worker, after the app is loaded and before it serves (gunicorn's
 ``post_worker_init``):

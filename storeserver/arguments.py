@@ -75,14 +75,15 @@ def offset(args: Args) -> int:
     return value
 
 
-def limit(args: Args, default: int, maximum: int) -> int:
-    value = args.get("limit")
+def limit(args: Args, default: int, maximum: int, key: str = "limit") -> int:
+    """A count argument from 1 to ``maximum`` (``default``, capped, when absent)."""
+    value = args.get(key)
     if value is None:
         return min(default, maximum)
     if type(value) is not int or value < 1:
-        raise BadRequest("limit must be an integer >= 1", {"arg": "limit"})
+        raise BadRequest(f"{key} must be an integer >= 1", {"arg": key})
     if value > maximum:
-        raise LimitExceeded(f"limit must be at most {maximum}", {"arg": "limit", "max": maximum})
+        raise LimitExceeded(f"{key} must be at most {maximum}", {"arg": key, "max": maximum})
     return value
 
 

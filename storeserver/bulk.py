@@ -10,8 +10,8 @@ audit log gets one entry naming the filter and the number of rows.
 
 from __future__ import annotations
 
-from storeserver.arguments import Args, check_keys, optional_bool, required_dict
-from storeserver.errors import BadRequest, LimitExceeded
+from storeserver.arguments import Args, check_keys, limit, optional_bool, required_dict
+from storeserver.errors import LimitExceeded
 from storeserver.reads import matching_records
 from storeserver.records import merge_patch
 from storeserver.tables import Record, Table
@@ -79,14 +79,7 @@ class BulkWriter:
         return {"deleted": deleted, "cascaded": cascaded}
 
     def _select(self, table: Table, args: Args) -> list[Record]:
-        ceiling = self.max_rows
-        max_rows = args.get("max_rows", ceiling)
-        if type(max_rows) is not int or max_rows < 1:
-            raise BadRequest("max_rows must be an integer >= 1", {"arg": "max_rows"})
-        if max_rows > ceiling:
-            raise LimitExceeded(
-                f"max_rows must be at most {ceiling}", {"arg": "max_rows", "max": ceiling}
-            )
+        max_rows = limit(args, self.max_rows, self.max_rows, "max_rows")
         records = matching_records(table, args.get("where"), max_in=self.max_in)
         if len(records) > max_rows:
             raise LimitExceeded(

@@ -603,9 +603,12 @@ class Engine:
     def _kv_get_many(self, args: Args) -> list[Any]:
         """Several keys in one round trip (e.g. a session's and its user's revocation marks)."""
         check_keys(args, _KEYS_ARGS)
-        keys = args.get("keys")
+        return self._kv_values(args.get("keys"), "keys")
+
+    def _kv_values(self, keys: Any, arg: str) -> list[Any]:
+        """The values of ``keys`` (the ``arg`` argument), ``None`` where absent or expired."""
         if type(keys) is not list or len(keys) > self._reader.max_in:
-            raise BadRequest("keys must be a list of at most max_in keys", {"arg": "keys"})
+            raise BadRequest(f"{arg} must be a list of at most max_in keys", {"arg": arg})
         self._kv.sweep()
         return [self._kv.get(_key({"key": key})) for key in keys]
 
@@ -631,9 +634,7 @@ class Engine:
         assert window is not None
         peek = args.get("peek")
         if peek is not None:
-            if type(peek) is not list or len(peek) > self._reader.max_in:
-                raise BadRequest("peek must be a list of at most max_in keys", {"arg": "peek"})
-            peeked = self._kv_get_many({"keys": peek})  # checked before the hit counts
+            peeked = self._kv_values(peek, "peek")  # checked before the hit counts
         result = self._rates.hit(key, hits, window)
         if peek is not None:
             result = {**result, "peek": peeked}

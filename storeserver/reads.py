@@ -234,13 +234,7 @@ class RecordReader:
         """The shape of a table: field names with counts per value type, over a sample."""
         check_keys(args, _DESCRIBE_ARGS)
         table = self.catalog.get(args)
-        sample = args.get("sample", MAX_SAMPLE)
-        if type(sample) is not int or sample < 1:
-            raise BadRequest("sample must be an integer >= 1", {"arg": "sample"})
-        if sample > MAX_SAMPLE:
-            raise LimitExceeded(
-                f"sample must be at most {MAX_SAMPLE}", {"arg": "sample", "max": MAX_SAMPLE}
-            )
+        sample = limit(args, MAX_SAMPLE, MAX_SAMPLE, "sample")
         rows = table.rows
         # the newest rows: they show the shape clients write today
         sampled, fields = describe_rows(islice(reversed(rows.values()), sample), table.hidden)

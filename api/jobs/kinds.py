@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
 
 from api.jobs.runner import JobContext, job_kind
 from api.responses import dumps
@@ -38,22 +40,14 @@ async def run_export(ctx: JobContext) -> dict[str, Any]:
     table = ctx.params["table"]
     total = await ctx.store.call("count", {"table": table})
     chunks = await open_dump(ctx.store, table, ctx.settings.dump_chunk_size)
-    final = ctx.result_path(".ndjson")
-    partial = final.with_name(final.name + ".part")
     rows = 0
-    try:
-        with partial.open("wb") as out:
-            async for records in chunks:
-                if records:
-                    data = b"".join(dumps(record) + b"\n" for record in records)
-                    await asyncio.to_thread(out.write, data)
-                rows += len(records)
-                await ctx.checkpoint(rows, total)
-        partial.replace(final)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            partial.unlink()
-        raise
+    with result_file(ctx, ".ndjson") as (out, final):
+        async for records in chunks:
+            if records:
+                data = b"".join(dumps(record) + b"\n" for record in records)
+                await asyncio.to_thread(out.write, data)
+            rows += len(records)
+            await ctx.checkpoint(rows, total)
     return export_result(ctx.job_id, final.name, "ndjson", rows, final.stat().st_size)
 
 
@@ -64,22 +58,30 @@ async def run_csv_export(ctx: JobContext) -> dict[str, Any]:
     table = ctx.params["table"]
     where = ctx.params.get("where") or []
     chunks = await open_export(ctx.store, table, where, ctx.settings.dump_chunk_size)
-    final = ctx.result_path(".csv")
-    partial = final.with_name(final.name + ".part")
     written = 0
+    with result_file(ctx, ".csv") as (out, final):
+        async for data in chunks:
+            await asyncio.to_thread(out.write, data)
+            written += len(data)
+            await ctx.checkpoint(written, None, "bytes")
+    # Rows are not counted: a quoted cell may hold line breaks.
+    return export_result(ctx.job_id, final.name, "csv", None, written)
+
+
+@contextlib.contextmanager
+def result_file(ctx: JobContext, suffix: str) -> Iterator[tuple[BinaryIO, Path]]:
+    """The job's result file open for writing, and its final path: written as ``.part`` and
+    renamed when the block ends; removed if the block fails or the job is cancelled."""
+    final = ctx.result_path(suffix)
+    partial = final.with_name(final.name + ".part")
     try:
         with partial.open("wb") as out:
-            async for data in chunks:
-                await asyncio.to_thread(out.write, data)
-                written += len(data)
-                await ctx.checkpoint(written, None, "bytes")
+            yield out, final
         partial.replace(final)
     except BaseException:
         with contextlib.suppress(OSError):
             partial.unlink()
         raise
-    # Rows are not counted: a quoted cell may hold line breaks.
-    return export_result(ctx.job_id, final.name, "csv", None, written)
 
 
 def export_result(job_id: str, file: str, fmt: str, rows: int | None, size: int) -> dict[str, Any]:
