@@ -63,8 +63,11 @@ dev: ## install, format, lint, test, then run (one after the other; stops at the
 	$(MAKE) test
 	$(MAKE) run
 
-test: install ## run the whole test suite (unit and integration, real processes)
-	$(BIN)/pytest --cov --cov-report=term-missing:skip-covered -q
+test: install ## run the whole test suite (unit and integration, real processes), with coverage
+	@$(BIN)/coverage erase
+	$(BIN)/coverage run -m pytest -q
+	@$(BIN)/coverage combine -q
+	$(BIN)/coverage report
 
 test-fast: install ## unit tests only (no gunicorn)
 	$(BIN)/pytest -q -m "not integration"

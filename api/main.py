@@ -85,6 +85,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.store_timeout,
         settings.store_wait_seconds,
         on_connect=on_connect,
+        secret=settings.store_secret_value,
     )
     try:
         await start_auth(app.state, store, settings)

@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     graceful_timeout: PositiveInt = 30
     control_socket: str = ""
     store_socket: str = "run/store.sock"
+    # Sent in the store handshake; the store requires it when it has one (STORE_SECRET is
+    # mandatory with STORE_TCP, and then checked on the Unix socket too).
+    store_secret: SecretStr | None = None
     store_timeout: PositiveFloat = 5.0
     # A snapshot of a large store takes a while; the admin endpoint waits this long for it.
     snapshot_timeout: PositiveFloat = 300.0
@@ -94,6 +97,10 @@ class Settings(BaseSettings):
     @classmethod
     def lower_log_level(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
+
+    @property
+    def store_secret_value(self) -> str | None:
+        return self.store_secret.get_secret_value() if self.store_secret else None
 
     @field_validator("rate_limit", "auth_rate_limit")
     @classmethod

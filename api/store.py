@@ -32,17 +32,22 @@ class ConnectionStore:
 
 
 async def connect_store(
-    address: str, call_timeout: float, wait_seconds: float, on_connect: OnConnect | None = None
+    address: str,
+    call_timeout: float,
+    wait_seconds: float,
+    on_connect: OnConnect | None = None,
+    secret: str | None = None,
 ) -> Any:
     """Open a ``StoreClient``, retrying until the store answers ping ready or time runs out.
 
-    ``on_connect`` runs on every (re)connection before any request may use it.
+    ``on_connect`` runs on every (re)connection before any request may use it; ``secret`` is
+    the store's shared secret (``STORE_SECRET``), sent in every handshake.
     Raises ``StoreUnavailable`` when the store is still unreachable or not ready at the deadline.
     """
     from storeserver.client import StoreClient
 
     deadline = time.monotonic() + wait_seconds
-    client = StoreClient(address, timeout=call_timeout, on_connect=on_connect)
+    client = StoreClient(address, secret=secret, timeout=call_timeout, on_connect=on_connect)
     last_error: Exception | None = None
     while True:
         try:
@@ -61,11 +66,13 @@ async def connect_store(
         await asyncio.sleep(0.2)
 
 
-def wait_for_store(address: str, call_timeout: float, wait_seconds: float) -> None:
+def wait_for_store(
+    address: str, call_timeout: float, wait_seconds: float, secret: str | None = None
+) -> None:
     """Blocking form of ``connect_store`` for gunicorn's ``on_starting`` hook."""
 
     async def ping_once() -> None:
-        client = await connect_store(address, call_timeout, wait_seconds)
+        client = await connect_store(address, call_timeout, wait_seconds, secret=secret)
         await client.close()
 
     asyncio.run(ping_once())

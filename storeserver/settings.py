@@ -28,7 +28,8 @@ class StoreSettings(BaseSettings):
     # Compact the log into a new snapshot once it grows past this many bytes.
     log_rewrite_bytes: PositiveInt = 64 * 1024 * 1024
     max_memory: int = 0  # bytes; 0 = no limit
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Any case (compose passes the API's LOG_LEVEL, which is usually lower case).
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     # Log commands slower than this (milliseconds).
     slow_ms: float = 50.0
     # Default and ceiling of max_rows for update_where / delete_where.
@@ -36,6 +37,11 @@ class StoreSettings(BaseSettings):
     # Audit log bounds: entries kept, and their age in seconds (0 = no age bound).
     audit_max_entries: PositiveInt = 100_000
     audit_max_age: float = Field(default=30 * 24 * 3600.0, ge=0)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
 
     @field_validator("socket_mode", mode="before")
     @classmethod

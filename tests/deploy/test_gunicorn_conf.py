@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 from api import collector
+from tests.support.stack import start_stack, worker_pids
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,3 +36,23 @@ def test_post_worker_init_freezes_the_loaded_app_and_raises_the_young_threshold(
     assert seen["before"] == [0, [700, 10, 10]]  # Python's defaults until the hook runs
     assert seen["frozen"] > 50_000  # the app's objects (~100k): out of every collection's way
     assert seen["after"] == [collector.GEN0_THRESHOLD, 10, 10]
+
+
+def test_workers_stopped_by_sigterm_exit_normally_after_draining() -> None:
+    """SIGTERM to the master: each worker drains and exits 0 through gunicorn's own exit path
+    ("Worker exiting"), not killed by the signal uvicorn raises again after the drain."""
+    stack = start_stack(2, {"LOG_LEVEL": "info"}, 60.0)  # gunicorn logs exits at info
+    try:
+        try:
+            workers = worker_pids(stack)
+        finally:
+            stack.stop()
+        assert len(workers) == 2
+        assert stack.processes["api"].returncode == 0
+        log = (stack.workdir / "api.log").read_text()
+    finally:
+        shutil.rmtree(stack.workdir, ignore_errors=True)
+    events = [json.loads(line).get("event", "") for line in log.splitlines() if line[:1] == "{"]
+    for pid in workers:
+        assert f"Worker exiting (pid: {pid})" in events
+    assert not [event for event in events if "was sent" in str(event)]

@@ -207,6 +207,22 @@ def test_socket_mode_is_read_as_octal(monkeypatch):
         StoreSettings()
 
 
+@pytest.mark.parametrize(
+    ("given", "level"),
+    [("info", "INFO"), ("Warning", "WARNING"), ("critical", "CRITICAL"), ("DEBUG", "DEBUG")],
+)
+def test_log_level_is_read_in_any_case(monkeypatch, given, level):
+    # compose passes the API's LOG_LEVEL (usually lower case) as STORE_LOG_LEVEL.
+    monkeypatch.setenv("STORE_LOG_LEVEL", given)
+    assert StoreSettings().log_level == level
+
+
+def test_an_unknown_log_level_is_refused(monkeypatch):
+    monkeypatch.setenv("STORE_LOG_LEVEL", "loud")
+    with pytest.raises(ValueError, match="log_level"):
+        StoreSettings()
+
+
 async def test_slow_commands_are_logged_with_the_callers_request_id(server, client):
     from structlog.testing import capture_logs
 
