@@ -37,6 +37,9 @@ log = structlog.get_logger("storeserver.durability")
 ENTRY_CHANGES = 10_000
 """Changes after which the current entry is encoded and a new one started (same loop turn)."""
 
+RECOVERY_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
+"""Seconds between attempts to recover from a failed log write or fsync (the last repeats)."""
+
 SnapshotWaiter = Callable[[dict[str, Any] | StoreError], None]
 
 
@@ -64,6 +67,10 @@ class Durability:
         self.log: AppendLog | None = None
         self.recorded = 0  # entries recorded so far; the server compares it around a chunk
         self.error: str | None = None
+        self._failures = 0  # every _fail counts; a snapshot clears only failures before its fork
+        self._child_failures = 0
+        self._recovery: asyncio.TimerHandle | None = None
+        self._recovery_attempts = 0
         self.last_load: LoadReport | None = None
         self.last_snapshot: dict[str, Any] | None = None
         self._pending: list[tuple[Any, ...]] = []  # this turn's changes, not yet encoded
@@ -111,6 +118,8 @@ class Durability:
         """Clean shutdown: flush, wait for a running snapshot, write a final one."""
         if self._everysec is not None:
             self._everysec.cancel()
+        if self._recovery is not None:
+            self._recovery.cancel()
         self._write_buffer()
         if self._child is not None:
             _, status = os.waitpid(self._child, 0)
@@ -135,7 +144,8 @@ class Durability:
     def check_writable(self) -> None:
         if self.error is not None:
             raise PersistenceError(
-                "the store cannot write its log; writes are refused until it can",
+                "the store cannot write its log; writes are refused until a new snapshot is"
+                " on disk (retried in the background)",
                 {"reason": self.error},
             )
 
@@ -225,6 +235,33 @@ class Durability:
         if self.error is None:
             log.error("persistence_failed", reason=reason)
         self.error = reason
+        self._failures += 1
+        self._schedule_recovery()
+
+    # -- recovery ----------------------------------------------------------------------------
+    #
+    # After a failed write or fsync the log no longer holds everything in memory, so writes
+    # are refused (Redis's stance on a failing AOF). A snapshot forked after the failure holds
+    # everything, and the log starts afresh beside it: its success clears the error. Retried
+    # with backoff until the disk has room again; a snapshot asked for by an admin counts too.
+
+    def _schedule_recovery(self) -> None:
+        if self._recovery is not None or self._loop is None:
+            return
+        delay = RECOVERY_DELAYS[min(self._recovery_attempts, len(RECOVERY_DELAYS) - 1)]
+        self._recovery_attempts += 1
+        self._recovery = self._loop.call_later(delay, self._recover)
+
+    def _recover(self) -> None:
+        self._recovery = None
+        if self.error is not None:
+            # Starts a snapshot, or waits for the running one; if that one was forked before
+            # the failure it cannot clear it, and the next attempt starts a new one.
+            self.start_snapshot(self._recovery_done)
+
+    def _recovery_done(self, outcome: dict[str, Any] | StoreError) -> None:
+        if self.error is not None:
+            self._schedule_recovery()
 
     # -- snapshots ---------------------------------------------------------------------------
 
@@ -240,8 +277,13 @@ class Durability:
             return
         old = self.log
         generation = old.generation
-        self.log = AppendLog(self.dir.log_path(generation + 1), generation + 1)
-        fsync_dir(self.dir.root)
+        try:
+            self.log = AppendLog(self.dir.log_path(generation + 1), generation + 1)
+            fsync_dir(self.dir.root)
+        except OSError as exc:
+            self._fail(f"cannot open a new log: {exc}")
+            self._notify(PersistenceError("cannot snapshot: a new log cannot be opened", {}))
+            return
         # The old log is synced and closed on the fsync thread, after any fsync in flight on it;
         # replies held for entries in it wait for that.
         batch, self._held = self._held, []
@@ -249,6 +291,7 @@ class Durability:
         future = self._loop.run_in_executor(self._executor, _sync_and_close, old)
         future.add_done_callback(lambda f: self._fsync_done(f, batch))
         self._child_generation = generation
+        self._child_failures = self._failures
         self._child_started = time.perf_counter()
         self._child = fork_snapshot(self.dir.snapshot, generation, self.engine.iter_state())
         log.info("snapshot_started", generation=generation, pid=self._child)
@@ -280,6 +323,12 @@ class Durability:
             "finished_at": time.time(),
         }
         log.info("snapshot_written", on="background", **self.last_snapshot)
+        if self.error is not None and self._child_failures == self._failures:
+            # Forked after the last failure: this snapshot holds every change, and the new log
+            # holds the rest. Writes are accepted again.
+            log.warning("persistence_recovered", after=self.error)
+            self.error = None
+            self._recovery_attempts = 0
         self._notify(dict(self.last_snapshot))
 
     def _notify(self, outcome: dict[str, Any] | StoreError) -> None:

@@ -31,6 +31,7 @@ only ``fsync`` runs on a helper thread, which touches no store state.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import struct
@@ -235,9 +236,16 @@ class AppendLog:
 
     def write(self, data: bytes) -> None:
         view = memoryview(data)
-        while view:
-            written = os.write(self.fd, view)
-            view = view[written:]
+        try:
+            while view:
+                written = os.write(self.fd, view)
+                view = view[written:]
+        except OSError:
+            # No partial entry left behind (disk full midway): once the store recovers it writes
+            # a newer log, and a torn entry is only tolerated at the end of the newest one.
+            with contextlib.suppress(OSError):
+                os.ftruncate(self.fd, self.size)
+            raise
         self.size += len(data)
 
     def fsync(self) -> None:

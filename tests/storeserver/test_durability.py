@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 from decimal import Decimal
 from typing import Any
 
 import pytest
 
-from storeserver import durability
+from storeserver import durability, persistence
 from storeserver.engine import Engine
 from storeserver.persistence import DataDir, read_entries
-from storeserver.protocol import PROTOCOL_VERSION, Hello, encode, encode_request
+from storeserver.protocol import (
+    PROTOCOL_VERSION,
+    Error,
+    FrameDecoder,
+    Hello,
+    Result,
+    encode,
+    encode_request,
+)
 from storeserver.server import StoreConnection, StoreServer
 from storeserver.settings import StoreSettings
 
@@ -90,3 +100,73 @@ async def test_a_full_entry_is_closed_between_commands_never_inside_one(persiste
         audited = [c[1][7] for c in entry if c[0] == "audit"]
         assert puts == audited  # each command's put and its audit entry stay together
     assert sum(len(e) for e in entries) == 1 + 4 * 2
+
+
+def replies(transport: RecordingTransport) -> list[Any]:
+    """Every message the server sent on this connection so far (the HELLO first)."""
+    return FrameDecoder().feed(bytes(transport.data))
+
+
+def disk_full(*args: Any) -> None:
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+async def wait_until(condition: Any, seconds: float = 20.0) -> None:
+    for _ in range(int(seconds / 0.02)):
+        if condition():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not met in time")
+
+
+async def test_a_failed_log_write_refuses_writes_keeps_reads_then_recovers(persistent, monkeypatch):
+    server, conn = persistent
+    monkeypatch.setattr(durability, "RECOVERY_DELAYS", (0.05,))
+    dur = server.durability
+    assert dur is not None and dur.log is not None
+    transport = conn.transport
+    conn.data_received(inserts(range(1)))
+    await asyncio.sleep(0)
+
+    monkeypatch.setattr(dur.log, "write", disk_full)
+    monkeypatch.setattr(durability.AppendLog, "__init__", disk_full)  # no new log either
+    conn.data_received(inserts(range(1, 2)))  # applied, then its log write fails
+    await asyncio.sleep(0)
+    assert dur.error is not None and "No space left" in dur.error
+    conn.data_received(inserts(range(2, 3)) + encode_request(50, "get", {"table": "t", "id": "r1"}))
+    refused, read = replies(transport)[-2:]
+    assert isinstance(refused, Error) and refused.code == "PERSISTENCE_ERROR"
+    assert isinstance(read, Result) and read.value["id"] == "r1"  # reads go on
+    await asyncio.sleep(0.3)  # attempts fail while no log can be opened
+    assert dur.error is not None
+
+    monkeypatch.undo()  # the disk has room again
+    monkeypatch.setattr(durability, "RECOVERY_DELAYS", (0.05,))
+    await wait_until(lambda: dur.error is None)
+    conn.data_received(inserts(range(3, 4)))
+    await asyncio.sleep(0)
+    assert isinstance(replies(transport)[-1], Result)  # writes accepted again
+
+    # The recovery snapshot holds the record whose log write failed; the new log the rest.
+    replayed = Engine()
+    DataDir(dur.dir.root).load(replayed.apply_change)
+    assert list(replayed.iter_state()) == list(server.engine.iter_state())
+    found = replayed.execute("get_many", {"table": "t", "ids": ["r0", "r1", "r2", "r3"]})
+    assert [r and r["id"] for r in found] == ["r0", "r1", None, "r3"]
+
+
+def test_a_write_that_fails_midway_leaves_no_partial_entry(tmp_path, monkeypatch):
+    log_file = persistence.AppendLog(tmp_path / "log-0000000001.aof", 1)
+    log_file.write(b"first entry")
+    real_write = os.write
+
+    def half_then_full(fd: int, data: Any) -> int:
+        monkeypatch.setattr(os, "write", disk_full)
+        return real_write(fd, bytes(data[:3]))
+
+    monkeypatch.setattr(os, "write", half_then_full)
+    with pytest.raises(OSError):
+        log_file.write(b"second entry")
+    monkeypatch.undo()
+    log_file.close()
+    assert (tmp_path / "log-0000000001.aof").read_bytes() == b"first entry"
