@@ -97,6 +97,17 @@ class Durability:
         self.log = AppendLog(self.dir.log_path(generation), generation)
         fsync_dir(self.dir.root)
         self.last_load = report
+        if self.dir.snapshot.exists():
+            # The snapshot loaded is the last one on disk: its age counts from when it was
+            # written (so an alert on a growing age holds across restarts).
+            stat = self.dir.snapshot.stat()
+            self.last_snapshot = {
+                "path": str(self.dir.snapshot),
+                "bytes": stat.st_size,
+                "generation": report.snapshot_generation,
+                "seconds": None,
+                "finished_at": stat.st_mtime,
+            }
         log.info(
             "store_loaded",
             data_dir=str(self.dir.root),

@@ -170,3 +170,22 @@ def test_a_write_that_fails_midway_leaves_no_partial_entry(tmp_path, monkeypatch
     monkeypatch.undo()
     log_file.close()
     assert (tmp_path / "log-0000000001.aof").read_bytes() == b"first entry"
+
+
+async def test_the_snapshot_loaded_at_start_counts_as_the_last_one(sock_dir, tmp_path):
+    settings = StoreSettings(socket=sock_dir / "s.sock", data_dir=tmp_path / "data", fsync="no")
+    first = StoreServer(settings)
+    assert first.durability is not None
+    first.durability.load()
+    assert first.durability.status()["last_snapshot"] is None  # nothing on disk yet
+    first.durability.start(asyncio.get_running_loop())
+    first.durability.close()  # writes the shutdown snapshot
+
+    again = StoreServer(settings)
+    assert again.durability is not None
+    again.durability.load()
+    status = again.durability.status()
+    assert status["last_snapshot"]["path"].endswith("snapshot.mdb")
+    assert 0 <= status["last_snapshot_age_s"] < 60
+    again.durability.start(asyncio.get_running_loop())
+    again.durability.close()
