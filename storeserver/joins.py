@@ -2,22 +2,26 @@
 
 The right side is probed through a hash lookup (its primary key, its hash or unique index on
 the field, or a dict built once for the call), never by a nested loop. Only the requested page
-of pairs is materialised; ``total`` counts every pair.
+of pairs is materialised; ``total`` counts every pair. A join over more than ``CHUNK`` left
+rows, or one that must build its dict over more than ``CHUNK`` right rows, runs a chunk per
+loop turn (``builds.ChunkedRead``), so it never holds the store for long.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Generator, Iterable
 from typing import Any
 
+from storeserver.builds import CHUNK
 from storeserver.query import Predicate, compile_getter, index_key
 from storeserver.tables import Record, Table
 
 Probe = Callable[[Any], Collection[str]]
 
 
-def _probe(right: Table, field: str) -> Probe:
-    """A function from a left value to the matching right ids, in creation order."""
+def _indexed_probe(right: Table, field: str) -> Probe | None:
+    """A function from a left value to the matching right ids (creation order) through the
+    primary key or an index on ``field``; ``None`` when there is none."""
     rows = right.rows
     if field == "id":
         return lambda v: (v,) if type(v) is str and v in rows else ()
@@ -33,13 +37,80 @@ def _probe(right: Table, field: str) -> Probe:
             return () if rid is None else (rid,)
 
         return probe_unique
-    get = compile_getter(field)
-    built: dict[Any, list[str]] = {}
-    for rid, record in rows.items():
-        value = get(record)
-        if value is not None:
-            built.setdefault(index_key(value), []).append(rid)
-    return lambda v: built.get(index_key(v), ())
+    return None
+
+
+def needs_chunks(left_rows: int, right: Table, right_field: str) -> bool:
+    """Whether a join is big enough to run a chunk per loop turn (``builds.ChunkedRead``)."""
+    if left_rows > CHUNK:
+        return True
+    return len(right.rows) > CHUNK and _indexed_probe(right, right_field) is None
+
+
+def join_steps(
+    left: Table,
+    right: Table,
+    left_field: str,
+    right_field: str,
+    left_ids: Iterable[str] | None,
+    predicate: Predicate | None,
+    offset: int,
+    limit: int,
+) -> Generator[None, None, tuple[list[tuple[Record, Record]], int]]:
+    """``(page of (left, right) pairs, total pairs)``, yielding after each ``CHUNK`` rows read.
+
+    Without an index on the right field, a temporary hash of the right table is built first,
+    a chunk per step, holding the records themselves: stored records are never mutated (a
+    write swaps in a new dict), so the pairs are the rows as they were when read, whatever is
+    written between steps. The left rows are a list taken at the start, read the same way.
+    ``None`` values never match.
+    """
+    # Both sides as they are now, before the first step ends (``left_ids`` may be a live
+    # index bucket).
+    left_rows = left.rows
+    source = list(left_rows.values()) if left_ids is None else [left_rows[i] for i in left_ids]
+    right_rows = right.rows
+    indexed = _indexed_probe(right, right_field)
+    if indexed is not None:
+        probe: Callable[[Any], Collection[Any]] = indexed
+        resolve: Callable[[Any], Record] = right_rows.__getitem__
+    else:
+        get = compile_getter(right_field)
+        built: dict[Any, list[Record]] = {}
+        records = list(right_rows.values())
+        for start in range(0, len(records), CHUNK):
+            for record in records[start : start + CHUNK]:
+                value = get(record)
+                if value is not None:
+                    built.setdefault(index_key(value), []).append(record)
+            yield
+        del records
+        probe = lambda v: built.get(index_key(v), ())  # noqa: E731
+        resolve = _same
+    get_left = compile_getter(left_field)
+    end = offset + limit
+    total = 0
+    items: list[tuple[Record, Record]] = []
+    for start in range(0, len(source), CHUNK):
+        chunk = source[start : start + CHUNK]
+        for record in chunk if predicate is None else filter(predicate, chunk):
+            value = get_left(record)
+            if value is None:
+                continue
+            matches = probe(value)
+            n = len(matches)
+            if n and total < end and total + n > offset:
+                for position, match in enumerate(matches, total):
+                    if offset <= position < end:
+                        items.append((record, resolve(match)))
+            total += n
+        if start + CHUNK < len(source):
+            yield
+    return items, total
+
+
+def _same(record: Record) -> Record:
+    return record
 
 
 def join_tables(
@@ -52,27 +123,10 @@ def join_tables(
     offset: int,
     limit: int,
 ) -> tuple[list[tuple[Record, Record]], int]:
-    """``(page of (left, right) pairs, total pairs)``; ``None`` values never match."""
-    probe = _probe(right, right_field)
-    get_left = compile_getter(left_field)
-    left_rows, right_rows = left.rows, right.rows
-    source: Iterable[Record] = (
-        left_rows.values() if left_ids is None else (left_rows[i] for i in left_ids)
-    )
-    if predicate is not None:
-        source = filter(predicate, source)
-    end = offset + limit
-    total = 0
-    items: list[tuple[Record, Record]] = []
-    for record in source:
-        value = get_left(record)
-        if value is None:
-            continue
-        matches = probe(value)
-        n = len(matches)
-        if n and total < end and total + n > offset:
-            for position, rid in enumerate(matches, total):
-                if offset <= position < end:
-                    items.append((record, right_rows[rid]))
-        total += n
-    return items, total
+    """``join_steps`` run to the end in one go (small tables)."""
+    steps = join_steps(left, right, left_field, right_field, left_ids, predicate, offset, limit)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return stop.value

@@ -28,9 +28,10 @@ from storeserver.builds import CHUNK, ChunkedRead
 from storeserver.catalog import Catalog
 from storeserver.errors import BadRequest, LimitExceeded, NotFound
 from storeserver.filters import Node, parse_where, plan
-from storeserver.joins import join_tables
+from storeserver.joins import join_steps, join_tables, needs_chunks
 from storeserver.projection import parse_fields
 from storeserver.query import (
+    Predicate,
     SortField,
     check_field,
     check_visible,
@@ -65,6 +66,20 @@ def _matching(table: Table, conditions: list[Node]) -> tuple[Iterable[Record], i
     if predicate is None:
         return source, len(ids)  # type: ignore[arg-type]
     return filter(predicate, source), None
+
+
+def _join_page(
+    left: Table, right: Table, pairs: list[tuple[Record, Record]], total: int
+) -> dict[str, Any]:
+    items = [[left.visible(a, False), right.visible(b, False)] for a, b in pairs]
+    return {"items": items, "total": total}
+
+
+def _join_reply(
+    left: Table, right: Table, steps: Generator[None, None, tuple[list[Any], int]]
+) -> Generator[None, None, dict[str, Any]]:
+    pairs, total = yield from steps
+    return _join_page(left, right, pairs, total)
 
 
 def matching_records(
@@ -165,7 +180,7 @@ class RecordReader:
             return known_total
         return sum(1 for _ in source)
 
-    def join(self, args: Args) -> dict[str, Any]:
+    def join(self, args: Args) -> dict[str, Any] | ChunkedRead:
         check_keys(args, _JOIN_ARGS)
         left = self.catalog.get(args, "left")
         right = self.catalog.get(args, "right")
@@ -177,11 +192,16 @@ class RecordReader:
         start = offset(args)
         size = limit(args, DEFAULT_LIMIT, self.max_limit)
         left_ids, predicate = plan(left, conditions)
+        candidates = len(left.rows) if left_ids is None else len(left_ids)  # type: ignore[arg-type]
+        if needs_chunks(candidates, right, right_field):
+            steps = join_steps(
+                left, right, left_field, right_field, left_ids, predicate, start, size
+            )
+            return ChunkedRead("join", _join_reply(left, right, steps))
         pairs, total = join_tables(
             left, right, left_field, right_field, left_ids, predicate, start, size
         )
-        items = [[left.visible(a, False), right.visible(b, False)] for a, b in pairs]
-        return {"items": items, "total": total}
+        return _join_page(left, right, pairs, total)
 
     def aggregate(self, args: Args) -> dict[str, Any] | ChunkedRead:
         check_keys(args, _AGGREGATE_ARGS)
@@ -198,17 +218,23 @@ class RecordReader:
         sort = parse_sort(args.get("sort"), frozenset(), True, allowed=names)
         start = offset(args)
         size = limit(args, DEFAULT_LIMIT, self.max_limit)
-        source, _ = _matching(table, conditions)
         if len(table.rows) > CHUNK:
-            rows = list(source) if conditions else list(table.rows.values())
-            steps = self._aggregate_steps(rows, group_by, metrics, names, sort, start, size)
+            # The candidate rows as they are now; the filter runs a chunk per step with the rest.
+            ids, predicate = plan(table, conditions) if conditions else (None, None)
+            rows = table.rows
+            candidates = list(rows.values()) if ids is None else [rows[i] for i in ids]
+            steps = self._aggregate_steps(
+                candidates, predicate, group_by, metrics, names, sort, start, size
+            )
             return ChunkedRead("aggregate", steps)
+        source, _ = _matching(table, conditions)
         groups = aggregate(source, group_by, metrics)
         return _group_page(groups, sort, start, size)
 
     @staticmethod
     def _aggregate_steps(
         rows: list[Record],
+        predicate: Predicate | None,
         group_by: list[str],
         metrics: list[Any],
         names: list[str],
@@ -216,7 +242,12 @@ class RecordReader:
         start: int,
         size: int,
     ) -> Generator[None, None, dict[str, Any]]:
-        chunks = (rows[i : i + CHUNK] for i in range(0, len(rows), CHUNK))
+        chunks = (
+            rows[i : i + CHUNK]
+            if predicate is None
+            else list(filter(predicate, rows[i : i + CHUNK]))
+            for i in range(0, len(rows), CHUNK)
+        )
         groups = yield from aggregate_steps(chunks, group_by, metrics, CHUNK)
         if not sort:
             return _group_page(groups, sort, start, size)

@@ -87,3 +87,20 @@ def _after_insert(groups: dict[Any, dict[str, Any]]) -> dict[Any, dict[str, Any]
     out["u1"]["revenue"] += 1000
     out["u1"]["n"] += 1
     return out
+
+
+def test_a_filtered_aggregate_filters_a_chunk_per_step() -> None:
+    """An unindexed filter over a big table is evaluated with the chunks, not all at once
+    before the first step; the result is the one of the filter applied in one go."""
+    engine = _engine()
+    where = [["qty", "gte", 3]]
+    args = {"table": "orders", "where": where, "metrics": [{"op": "count", "as": "n"}]}
+    job = engine.execute("aggregate", args)
+    assert isinstance(job, ChunkedRead)
+    done, result = engine.advance(job)
+    assert not done  # the first step read one chunk, not the table
+    while not done:
+        done, result = engine.advance(job)
+    expected = sum(1 for i in range(ROWS) if (i % 5 if i % 13 else 1.5) >= 3)
+    assert result["items"] == [{"n": expected}]
+    assert engine.execute("count", {"table": "orders", "where": where}) == expected
