@@ -22,7 +22,7 @@ sends its reply. A job sees writes made meanwhile through ``Table.watchers``:
 from __future__ import annotations
 
 from collections.abc import Generator
-from typing import Any
+from typing import Any, TypeVar
 
 from storeserver.indexes import HashIndex, UniqueIndex
 from storeserver.schemas import TableSchema
@@ -31,6 +31,17 @@ from storeserver.tables import Record, Table
 CHUNK = 10_000
 """Rows handled per step (a few milliseconds)."""
 MAX_VIOLATIONS = 100
+
+T = TypeVar("T")
+
+
+def run_steps(steps: Generator[None, None, T]) -> T:
+    """A ``ChunkedRead``'s generator run to the end at once (work too small to split)."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return stop.value
 
 
 class Job:

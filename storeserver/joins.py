@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Generator, Iterable
 from typing import Any
 
-from storeserver.builds import CHUNK
+from storeserver.builds import CHUNK, run_steps
 from storeserver.query import Predicate, compile_getter, index_key
 from storeserver.tables import Record, Table
 
@@ -124,9 +124,6 @@ def join_tables(
     limit: int,
 ) -> tuple[list[tuple[Record, Record]], int]:
     """``join_steps`` run to the end in one go (small tables)."""
-    steps = join_steps(left, right, left_field, right_field, left_ids, predicate, offset, limit)
-    while True:
-        try:
-            next(steps)
-        except StopIteration as stop:
-            return stop.value
+    return run_steps(
+        join_steps(left, right, left_field, right_field, left_ids, predicate, offset, limit)
+    )

@@ -8,7 +8,9 @@ Cost model (one slow command stalls every client):
   reads only the index's ids (a root ``or`` of only such conditions: their union); the rest of
   the filter then tests those (see ``filters.plan``).
   Anything else scans the table once; a sort keeps only the top ``offset + limit`` with a
-  heap when that is well below the number of matches.
+  heap when that is well below the number of matches. Over more than ``CHUNK`` rows to read,
+  ``find``, ``count``, ``join`` and ``aggregate`` run a chunk per loop turn (``selection``,
+  ``joins``, ``builds.ChunkedRead``).
 - Equality on a field with a casefold unique index ignores case (see ``query``).
 - Hidden fields are stripped from every result unless ``include_hidden`` is given (``get``,
   ``get_many``, ``find``), and may not be filtered, sorted, grouped on or projected without it.
@@ -18,13 +20,13 @@ Cost model (one slow command stalls every client):
 from __future__ import annotations
 
 import operator
-from collections.abc import Generator, Iterable
+from collections.abc import Callable, Generator, Iterable
 from itertools import islice
 from typing import Any
 
 from storeserver.aggregation import aggregate, aggregate_steps, parse_metrics
 from storeserver.arguments import Args, check_keys, limit, offset, optional_bool, optional_list
-from storeserver.builds import CHUNK, ChunkedRead
+from storeserver.builds import CHUNK, ChunkedRead, run_steps
 from storeserver.catalog import Catalog
 from storeserver.errors import BadRequest, LimitExceeded, NotFound
 from storeserver.filters import Node, parse_where, plan
@@ -40,6 +42,7 @@ from storeserver.query import (
     sort_key_function,
     top,
 )
+from storeserver.selection import Steps, count_steps, select_steps
 from storeserver.shapes import describe_rows
 from storeserver.tables import Record, Table
 
@@ -66,6 +69,30 @@ def _matching(table: Table, conditions: list[Node]) -> tuple[Iterable[Record], i
     if predicate is None:
         return source, len(ids)  # type: ignore[arg-type]
     return filter(predicate, source), None
+
+
+def _find_page(
+    table: Table,
+    items: list[Record],
+    total: int,
+    project: Callable[[Record], Record] | None,
+    include_hidden: bool,
+) -> dict[str, Any]:
+    if project is not None:
+        items = [project(r) for r in items]
+    elif table.hidden and not include_hidden:
+        items = [table.strip(r) for r in items]
+    return {"items": items, "total": total}
+
+
+def _find_reply(
+    table: Table,
+    steps: Steps,
+    project: Callable[[Record], Record] | None,
+    include_hidden: bool,
+) -> Generator[None, None, dict[str, Any]]:
+    items, total = yield from steps
+    return _find_page(table, items, total, project, include_hidden)
 
 
 def _join_page(
@@ -134,7 +161,7 @@ class RecordReader:
             None if (r := rows.get(i)) is None else table.visible(r, include_hidden) for i in ids
         ]
 
-    def find(self, args: Args) -> dict[str, Any]:
+    def find(self, args: Args) -> dict[str, Any] | ChunkedRead:
         check_keys(args, _FIND_ARGS)
         table = self.catalog.get(args)
         include_hidden = optional_bool(args, "include_hidden")
@@ -143,42 +170,44 @@ class RecordReader:
         project = parse_fields(args.get("fields"), table.hidden, include_hidden)
         start = offset(args)
         size = limit(args, DEFAULT_LIMIT, self.max_limit)
-        items, total = self._select(table, conditions, sort, start, size)
-        if project is not None:
-            items = [project(r) for r in items]
-        elif table.hidden and not include_hidden:
-            items = [table.strip(r) for r in items]
-        return {"items": items, "total": total}
+        selected = self._select(table, conditions, sort, start, size)
+        if isinstance(selected, tuple):
+            return _find_page(table, *selected, project, include_hidden)
+        return ChunkedRead("find", _find_reply(table, selected, project, include_hidden))
 
     @staticmethod
     def _select(
         table: Table, conditions: list[Node], sort: list[SortField], start: int, size: int
-    ) -> tuple[list[Record], int]:
+    ) -> tuple[list[Record], int] | Steps:
+        """The page and the total; or, over more than ``CHUNK`` rows to read, the steps that
+        compute them (``selection``)."""
         descending = False
         if sort and sort[0].field == "created_at":
             descending, sort = sort[0].descending, []  # creation order; created_at is unique
+        rows = table.rows
         if not sort and not conditions:
-            rows = table.rows.values()
-            return page(reversed(rows) if descending else rows, start, size), len(table.rows)
-        source, known_total = _matching(table, conditions)
-        if not sort and known_total is not None and not descending:
-            return page(source, start, size), known_total
-        matches = list(source)
-        if not sort:
-            if descending:
-                matches.reverse()
-            return matches[start : start + size], len(matches)
-        key, reverse = sort_key_function(sort)
-        return top(matches, len(matches), key, reverse, start, size), len(matches)
+            source = reversed(rows.values()) if descending else rows.values()
+            return page(source, start, size), len(rows)
+        ids, predicate = plan(table, conditions) if conditions else (None, None)
+        if ids is not None and predicate is None and not sort and not descending:
+            return page((rows[i] for i in ids), start, size), len(ids)  # type: ignore[arg-type]
+        candidates = list(rows.values()) if ids is None else [rows[i] for i in ids]
+        steps = select_steps(candidates, predicate, sort, descending, start, size)
+        return steps if len(candidates) > CHUNK else run_steps(steps)
 
-    def count(self, args: Args) -> int:
+    def count(self, args: Args) -> int | ChunkedRead:
         check_keys(args, _COUNT_ARGS)
         table = self.catalog.get(args)
         conditions = parse_where(args.get("where"), table.hidden, False, self.max_in)
-        source, known_total = _matching(table, conditions)
-        if known_total is not None:
-            return known_total
-        return sum(1 for _ in source)
+        if not conditions:
+            return len(table.rows)
+        ids, predicate = plan(table, conditions)
+        rows = table.rows
+        if predicate is None:
+            return len(rows) if ids is None else len(ids)  # type: ignore[arg-type]
+        candidates = list(rows.values()) if ids is None else [rows[i] for i in ids]
+        steps = count_steps(candidates, predicate)
+        return ChunkedRead("count", steps) if len(candidates) > CHUNK else run_steps(steps)
 
     def join(self, args: Args) -> dict[str, Any] | ChunkedRead:
         check_keys(args, _JOIN_ARGS)

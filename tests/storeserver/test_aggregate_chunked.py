@@ -103,4 +103,4 @@ def test_a_filtered_aggregate_filters_a_chunk_per_step() -> None:
         done, result = engine.advance(job)
     expected = sum(1 for i in range(ROWS) if (i % 5 if i % 13 else 1.5) >= 3)
     assert result["items"] == [{"n": expected}]
-    assert engine.execute("count", {"table": "orders", "where": where}) == expected
+    assert engine.run_job(engine.execute("count", {"table": "orders", "where": where})) == expected
