@@ -2,7 +2,8 @@
 
 In an op's ``id``, ``record`` or ``changes``, a map whose only key is ``"$ref"`` stands for a
 value of the result of op ``i`` (an earlier one), e.g. ``{"$ref": "0.id"}`` for the id the
-first insert generated. A reference that names nothing is ``BAD_REQUEST``.
+first insert generated. A reference that names nothing is ``BAD_REQUEST``. A batch with
+``refs: false`` resolves nothing: its maps are data, stored as they are (a CSV import).
 """
 
 from __future__ import annotations

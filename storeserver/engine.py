@@ -523,10 +523,14 @@ class Engine:
         return list(self._catalog.tables)
 
     def _batch(self, args: Args) -> dict[str, list[Any]]:
-        check_keys(args, frozenset({"ops"}))
+        check_keys(args, frozenset({"ops", "refs"}))
         ops = args.get("ops")
         if type(ops) is not list:
             raise BadRequest("ops must be a list", {"arg": "ops"})
+        # refs=false: the ops carry data written as is ({"$ref": ...} maps included).
+        refs = args.get("refs", True)
+        if type(refs) is not bool:
+            raise BadRequest("refs must be a boolean", {"arg": "refs"})
         if len(ops) > self.max_batch:
             raise LimitExceeded(
                 f"at most {self.max_batch} operations", {"arg": "ops", "max": self.max_batch}
@@ -543,7 +547,7 @@ class Engine:
                     )
                 op_args = {k: v for k, v in op.items() if k != "op"}
                 for key in REF_ARGS:
-                    if key in op_args:
+                    if refs and key in op_args:
                         op_args[key] = resolve_refs(op_args[key], results)
                 results.append(handler(op_args, undo))
             except StoreError as exc:

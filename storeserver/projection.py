@@ -15,7 +15,8 @@ from typing import Any
 from storeserver.errors import BadRequest, LimitExceeded
 from storeserver.query import check_field, check_visible
 
-MAX_FIELDS = 50
+MAX_FIELDS = 51
+"""The API's 50 (``api.filters.MAX_PROJECTION``) plus the ``version`` it adds for ETags."""
 
 Record = dict[str, Any]
 Projector = Callable[[Record], Record]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path as FilePath
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Request
 from starlette.responses import FileResponse, Response
+from starlette.types import Receive, Scope, Send
 
 from api.deps import CurrentUser, PageParams
 from api.errors import ApiError
@@ -16,7 +18,7 @@ from api.jobs.runner import result_dir
 from api.jobs.state import Job
 from api.jobs.web import JobsDep
 from api.responses import PROBE_CACHE_CONTROL, json_response
-from api.schemas.envelope import Envelope, ListEnvelope, error_responses
+from api.schemas.envelope import Envelope, ErrorEnvelope, ListEnvelope, error_responses
 from api.schemas.jobs import JobPublic
 from api.settings import Settings
 from storeserver.errors import NotFound
@@ -26,6 +28,10 @@ router = APIRouter(
 )
 JobId = Annotated[str, Path(max_length=128, description="Job id")]
 NO_STORE = {"Cache-Control": PROBE_CACHE_CONTROL}
+# One range-spec of a bytes Range (RFC 9110 §14.1.2): first-last, first-, or -suffix. Positions
+# longer than 18 digits are not read (int() of a huge text is costly); such a header is ignored.
+_BYTE_RANGE = re.compile(r"([0-9]{0,18})-([0-9]{0,18})")
+MAX_RANGES = 100  # Starlette's FileResponse serves the whole file past this many
 
 
 def job_not_found(job_id: str) -> NotFound:
@@ -113,19 +119,60 @@ async def cancel_job(job_id: JobId, jobs: JobsDep, caller: CurrentUser) -> Respo
     )
 
 
+def range_verdict(header: str, size: int) -> Literal["serve", "ignore", "unsatisfiable"]:
+    """What to do with a ``Range`` header on a file of ``size`` bytes (RFC 9110 §14.2).
+
+    ``serve``: every range is valid and satisfiable, so FileResponse answers 206 itself.
+    ``ignore``: another unit, a malformed or invalid range (``bytes=5-2``), too many ranges,
+    some unsatisfiable among satisfiable ones, or an empty file: the whole file, 200 (a server
+    may always ignore Range). ``unsatisfiable``: no range starts inside the file: 416.
+    """
+    unit, equals, spec = header.partition("=")
+    parts = [part.strip() for part in spec.split(",")]
+    if not equals or unit.strip().lower() != "bytes" or len(parts) > MAX_RANGES or size == 0:
+        return "ignore"
+    satisfiable = 0
+    for part in parts:
+        match = _BYTE_RANGE.fullmatch(part)
+        if match is None or match.group(0) == "-":
+            return "ignore"
+        first, last = match.groups()
+        if first and last and int(last) < int(first):
+            return "ignore"
+        satisfiable += int(first) < size if first else int(last) > 0
+    if satisfiable == len(parts):
+        return "serve"
+    return "unsatisfiable" if satisfiable == 0 else "ignore"
+
+
+class WholeFileResponse(FileResponse):
+    """A FileResponse that answers as if the request had no ``Range`` header."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"range"]
+        await super().__call__({**scope, "headers": headers}, receive, send)
+
+
 @router.get(
     "/{job_id}/result",
     response_class=FileResponse,
     responses={
         200: {"description": "The job's result file (an export: NDJSON or CSV)"},
+        206: {"description": "The byte ranges asked for with `Range: bytes=...`"},
         **error_responses(404, 409),
+        416: {"model": ErrorEnvelope, "description": "No range asked for starts in the file"},
     },
     summary="Download a job's result",
 )
 async def read_job_result(
     request: Request, job_id: JobId, jobs: JobsDep, caller: CurrentUser
 ) -> Response:
-    """The file a finished export wrote (409 while the job has not succeeded)."""
+    """The file a finished export wrote (409 while the job has not succeeded).
+
+    `Range: bytes=...` (RFC 9110) gives 206 with those bytes; a range that starts past the
+    end is 416 with `Content-Range: bytes */<size>`. A Range header that is malformed, in
+    another unit, or partly unsatisfiable is ignored: the whole file, 200.
+    """
     job = await visible_job(jobs, caller, job_id)
     result = job.get("result") or {}
     if job.get("state") != "succeeded":
@@ -137,7 +184,24 @@ async def read_job_result(
     if not path.is_file():
         raise ApiError(404, "NOT_FOUND", "the result file is gone (expired or on another host)")
     filename = f"{job.get('params', {}).get('table', 'export')}-{job_id}.{result['format']}"
-    return FileResponse(
+    # Starlette answers a bad Range itself in plain text: decide here, errors in the envelope.
+    # With If-Range, a stale validator means the whole file, so a range is never refused.
+    response_class = FileResponse
+    size = path.stat().st_size
+    http_range = request.headers.get("range")
+    if http_range is not None:
+        verdict = range_verdict(http_range, size)
+        if verdict == "unsatisfiable" and "if-range" not in request.headers:
+            raise ApiError(
+                416,
+                "RANGE_NOT_SATISFIABLE",
+                f"the result has {size} bytes: no range asked for starts inside it",
+                [{"field": "header.range", "message": f"the file has {size} bytes"}],
+                headers={"Content-Range": f"bytes */{size}"},
+            )
+        if verdict != "serve":
+            response_class = WholeFileResponse
+    return response_class(
         path,
         media_type=str(result["media_type"]),
         filename=filename,

@@ -10,7 +10,7 @@ read); only the end of the cursor ends the export. The columns are fixed at the 
 its first rows in order of appearance (the first chunk; with a filter, the table's first
 ``HEADER_SAMPLE`` rows, so an export matching nothing still has the table's header), the
 store-managed fields, and ``_extra``, a JSON map of any field a later record has that is not a
-column (empty when there is none).
+column (empty when there is none), and of a field named ``""`` (no column can have that name).
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ def columns_for(table: str, first: Iterable[Record]) -> tuple[tuple[str, ...], b
     names: dict[str, None] = {"id": None}
     for record in first:
         names.update(dict.fromkeys(record))
-    for name in (*_META, EXTRA):
+    # "" cannot name a column (the importer needs every column named): it goes in _extra.
+    for name in (*_META, EXTRA, ""):
         names.pop(name, None)
     return (*names, *_META), True
 

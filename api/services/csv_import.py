@@ -6,7 +6,8 @@ unknown ``user_id``, ...) is taken out of its chunk and the rest of the chunk is
 only bad rows are lost. ``atomic``: every row is read and validated first; any invalid row
 means nothing is written (422 with the row errors); then all rows go in ONE store ``batch``,
 which the store applies entirely or not at all, so an atomic import holds at most
-``ATOMIC_MAX_ROWS`` rows (the store's batch limit).
+``ATOMIC_MAX_ROWS`` rows (the store's batch limit). The batches have ``refs: false``: a map
+like ``{"$ref": "0.id"}`` in a cell is data (an export of such a record), not a reference.
 """
 
 from __future__ import annotations
@@ -160,7 +161,7 @@ async def write_chunk(
             continue
         ops = [{"op": "insert", "table": table, "record": record} for _, record in part]
         try:
-            await store.call("batch", {"ops": ops})
+            await store.call("batch", {"ops": ops, "refs": False})
         except StoreError as exc:
             index = _failed_index(exc, len(part))
             report.failed += 1
@@ -236,7 +237,7 @@ async def _import_atomic(
     if not ops:
         return
     try:
-        await store.call("batch", {"ops": ops})
+        await store.call("batch", {"ops": ops, "refs": False})
     except StoreError as exc:
         index = _failed_index(exc, len(ops))
         status, code = next(

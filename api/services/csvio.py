@@ -11,7 +11,8 @@ cell text               value
 ``true`` / ``false``    booleans
 ``-12``, ``0``          ``int`` (digits, optional minus, no leading zero; 64-bit)
 ``12.50``, ``-3.``      ``Decimal``, exact (digits, a point, optional digits; no exponent)
-``1.5e0``, ``-2E-7``    ``float`` (a number with an exponent is binary floating point)
+``1.5e0``, ``-2E-7``    ``float`` (a number with an exponent is binary floating point);
+                        ``1e999`` / ``-1e999`` (past the float range) are the infinities
 ``"..."``               a JSON string: how strings that would read as something else are
                         written (``"12"``, ``""`` the empty string, ``"null"``, ``"[x]"``)
 ``[...]`` / ``{...}``   a JSON list / map; inside it the same number rules hold
@@ -24,6 +25,11 @@ The encoder writes a string bare only when the decoder reads that exact text bac
 string, so every value survives export → import. Negative numbers are numbers: they are not
 escaped. Only a ``Decimal`` with a positive exponent changes form (``1E+2`` comes back as
 ``100``: the same number).
+
+Decoding is only the encoding: which values a table accepts is the importer's business (the
+rules of ``POST /data``, which refuse the infinities). Encoding never fails, so one odd value
+cannot cut an export off: a value with no cell form (NaN, which the store refuses, or a type
+its protocol does not produce) is written as its text, a string.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ _NUMBER = re.compile(
 )
 _WORDS: dict[str, Any] = {"null": None, "true": True, "false": False}
 _INT64 = range(-(2**63), 2**63)
+_INT64_DIGITS = 19
 
 
 class CellError(ValueError):
@@ -71,7 +78,7 @@ def decode_cell(text: str) -> Any:
         number = _NUMBER.fullmatch(text)
         if number is not None:
             kind = number.lastindex
-            return _int(text) if kind == 1 else Decimal(text) if kind == 2 else _float(text)
+            return _int(text) if kind == 1 else Decimal(text) if kind == 2 else float(text)
     return text
 
 
@@ -86,21 +93,18 @@ def decode_text(text: str) -> Any:
 
 
 def _int(text: str) -> int:
-    value = int(text)
-    if value not in _INT64:
-        raise CellError("integer outside the 64-bit range")
-    return value
-
-
-def _float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise CellError("number out of the floating-point range")
-    return value
+    # A 64-bit integer has at most 19 digits: longer text is not converted at all (int() refuses
+    # more than 4300 digits with a plain ValueError, and is quadratic below that).
+    if len(text.lstrip("-")) <= _INT64_DIGITS:
+        value = int(text)
+        if value in _INT64:
+            return value
+    raise CellError("integer outside the 64-bit range")
 
 
 def _json_number(text: str) -> Decimal | float:
-    return _float(text) if "e" in text or "E" in text else Decimal(text)
+    # float("1e999") is infinity, as in Python's json: decoded as such, refused by the importer.
+    return float(text) if "e" in text or "E" in text else Decimal(text)
 
 
 def _reject_constant(name: str) -> Any:
@@ -109,26 +113,30 @@ def _reject_constant(name: str) -> Any:
 
 def _loads(text: str) -> Any:
     try:
-        return json.loads(text, parse_float=_json_number, parse_constant=_reject_constant)
+        return json.loads(
+            text, parse_int=_int, parse_float=_json_number, parse_constant=_reject_constant
+        )
     except RecursionError:
         raise CellError("JSON nested too deeply") from None
-    except ValueError as exc:  # JSONDecodeError, CellError
-        if isinstance(exc, CellError):
-            raise
-        raise CellError(f"invalid JSON: {exc.msg}") from None  # type: ignore[attr-defined]
+    except CellError:
+        raise
+    except json.JSONDecodeError as exc:
+        raise CellError(f"invalid JSON: {exc.msg}") from None
+    except ValueError as exc:  # any other number json could not read
+        raise CellError(f"invalid JSON: {exc}") from None
 
 
 # -- encoding -----------------------------------------------------------------------------
 
 
 def encode_cell(value: Any) -> str:
-    """The cell text for a value (``ABSENT`` → empty cell)."""
+    """The cell text for a value (``ABSENT`` → empty cell); never fails (see the header)."""
     encode = _ENCODERS.get(type(value))
     if encode is not None:
         return encode(value)
     if value is ABSENT:
         return ""
-    raise CellError(f"cannot encode a {type(value).__name__}")
+    return encode_str(str(value))
 
 
 def encode_str(text: str) -> str:
@@ -149,15 +157,17 @@ def encode_str(text: str) -> str:
 
 
 def _decimal(value: Decimal) -> str:
-    if not value.is_finite():
-        raise CellError("a decimal must be finite")
+    if not value.is_finite():  # the store's protocol refuses these: no cell form
+        return encode_str(str(value))
     text = format(value, "f")
     return text if "." in text else text + "."
 
 
 def _float_text(value: float) -> str:
-    if not math.isfinite(value):
-        raise CellError("a float must be finite")
+    if math.isinf(value):
+        return "-1e999" if value < 0 else "1e999"
+    if math.isnan(value):  # refused by the store: no cell form
+        return encode_str(str(value))
     text = repr(value)
     return text if "e" in text else text + "e0"
 
@@ -175,10 +185,10 @@ def _json_into(value: Any, out: list[str]) -> None:
         out.append(encode_basestring(value))
     elif value is None or t is bool or t is int:
         out.append(json.dumps(value))
-    elif t is Decimal:
+    elif t is Decimal and value.is_finite():
         text = _decimal(value)
         out.append(text + "0" if text.endswith(".") else text)  # JSON wants a digit after "."
-    elif t is float:
+    elif t is float and not math.isnan(value):
         out.append(_float_text(value))
     elif t is list or t is tuple:
         out.append("[")
@@ -196,8 +206,8 @@ def _json_into(value: Any, out: list[str]) -> None:
             out.append(":")
             _json_into(item, out)
         out.append("}")
-    else:
-        raise CellError(f"cannot encode a {t.__name__}")
+    else:  # no cell form (see the header): its text, as a string
+        out.append(encode_basestring(str(value)))
 
 
 _ENCODERS: dict[type, Callable[[Any], str]] = {

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -218,8 +219,10 @@ class TreeQuery:
         if self.sort:
             args["sort"] = self.sort
         if self.fields is not None:
-            # The version too, for the list's ETag; dropped again unless asked for.
-            args["fields"] = [*self.fields, "version"]
+            # The version too, for the list's ETag; dropped again unless asked for. The store
+            # takes one name more than a body may hold (MAX_PROJECTION) for it.
+            asked = self.fields
+            args["fields"] = asked if "version" in asked else [*asked, "version"]
         return args
 
 
@@ -330,7 +333,12 @@ async def delete_record(
 
 
 def check_generic(data: Record, loc: Loc = DATA, allow_refs: bool = False) -> None:
-    """What JSON allows but the store cannot hold: 422 instead of a failure in the codec."""
+    """What JSON allows but the store cannot hold or give back (huge ints, non-finite numbers,
+    deep nesting): 422 instead of a failure in the codec, an export or a JSON answer.
+
+    Every write of free-form values (records, bulk, upserts, transactions, writes by filter,
+    CSV rows) passes here; filter values have the same rules (``filters.json_value_problem``).
+    """
     problems: list[dict[str, Any]] = []
     record_id = data.get("id")
     valid_id = (
@@ -358,6 +366,9 @@ def _walk(value: Any, loc: tuple[Any, ...], depth: int, problems: list[dict[str,
         return
     elif isinstance(value, int) and value not in _INT64:
         problems.append(_problem(loc, "integer outside the 64-bit range"))
+    elif isinstance(value, float) and not math.isfinite(value):
+        # Python's json reads 1e999, Infinity and NaN; JSON answers cannot carry them back.
+        problems.append(_problem(loc, "numbers must be finite"))
     elif isinstance(value, dict):
         for key, item in value.items():
             _walk(item, (*loc, key), depth + 1, problems)

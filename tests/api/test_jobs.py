@@ -11,6 +11,7 @@ worker's job visible as failed within seconds.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import shutil
 import signal
@@ -32,6 +33,7 @@ from api.jobs.model import JobFailed, is_stale, to_public
 from api.jobs.runner import JobContext, job_kind, result_dir
 from api.jobs.web import JobsDep, accepted, run_as_job
 from api.main import create_app
+from api.routes.jobs import range_verdict
 from api.settings import Settings
 from tests.support.auth import Account, login_admin, register
 from tests.support.factories import assert_error
@@ -288,6 +290,11 @@ def test_owners_see_their_jobs_admins_all_others_404(jobs_stack: Stack, http: ht
         assert_error(anon.post("/api/v1/admin/snapshot?async=true", headers=owner.headers), 403)
 
 
+def test_jobs_list_refuses_an_unknown_state(http: httpx.Client):
+    error = assert_error(http.get(JOBS, params={"state": "done"}), 422, "VALIDATION_ERROR")
+    assert error["details"][0]["field"] == "query.state"
+
+
 # --- the jobs behind real routes ----------------------------------------------------------------
 
 
@@ -325,6 +332,55 @@ def test_export_job_result_is_the_dump(jobs_stack: Stack, http: httpx.Client):
     assert_error(missing, 404, "NOT_FOUND")  # refused now, not as a failed job
 
 
+def test_result_ranges_and_their_errors(http: httpx.Client):
+    """RFC 9110: a satisfiable range is 206; one starting past the end is 416 in the envelope
+    (with ``Content-Range: bytes */size``); anything else about Range is ignored (200)."""
+    started = http.get("/api/v1/dump/users", params={"async": "true"})
+    assert started.status_code == 202, started.text
+    done = wait_for(http, started.json()["data"]["id"], {"succeeded", "failed"})
+    assert done["state"] == "succeeded", done
+    url = done["result"]["url"]
+    whole = http.get(url).content
+    size = len(whole)
+    assert size > 10
+    for header, expected in [("bytes=0-4", whole[:5]), ("bytes=-3", whole[-3:])]:
+        part = http.get(url, headers={"Range": header})
+        assert (part.status_code, part.content) == (206, expected), header
+    ignored = ["bytes=abc", "bytes=5-2", "items=0-1", "bytes", "bytes=-", "bytes=0-1,,2-3"]
+    ignored += [f"bytes=0-1,{size}-", "bytes=" + "9" * 30 + "-"]
+    for header in ignored:
+        response = http.get(url, headers={"Range": header})
+        assert (response.status_code, response.content) == (200, whole), header
+    for header in (f"bytes={size}-", f"bytes={size + 5}-{size + 9}", "bytes=-0"):
+        response = http.get(url, headers={"Range": header})
+        assert_error(response, 416, "RANGE_NOT_SATISFIABLE")
+        assert response.headers["content-range"] == f"bytes */{size}"
+    stale = http.get(url, headers={"Range": f"bytes={size}-", "If-Range": '"old"'})
+    assert (stale.status_code, stale.content) == (200, whole)  # a stale If-Range: all of it
+
+
+@pytest.mark.parametrize(
+    ("header", "size", "verdict"),
+    [
+        ("bytes=0-0", 1, "serve"),
+        ("Bytes = 2-, -1", 3, "serve"),
+        ("bytes=0-99", 3, "serve"),  # the end is clamped to the file
+        ("bytes=3-", 3, "unsatisfiable"),
+        ("bytes=-0", 3, "unsatisfiable"),
+        ("bytes=3-4,5-", 3, "unsatisfiable"),
+        ("bytes=0-1,3-", 3, "ignore"),  # partly satisfiable: the whole file
+        ("bytes=0-", 0, "ignore"),  # an empty file
+        ("bytes=1-0", 3, "ignore"),
+        ("bytes=x-1", 3, "ignore"),
+        ("bytes=0-1" + ",0-1" * 100, 3, "ignore"),
+        ("items=0-1", 3, "ignore"),
+        ("bytes", 3, "ignore"),
+    ],
+)
+def test_range_verdict(header: str, size: int, verdict: str):
+    assert range_verdict(header, size) == verdict
+
+
 def test_snapshot_job_result_matches_the_synchronous_answer(http: httpx.Client):
     sync = http.post("/api/v1/admin/snapshot", params={"async": "false"})
     assert sync.status_code == 200, sync.text
@@ -342,6 +398,7 @@ def test_snapshot_job_result_matches_the_synchronous_answer(http: httpx.Client):
 
 def test_csv_export_job_result_is_the_csv_export(jobs_stack: Stack, http: httpx.Client):
     rows = [{"sku": f"C-{i:04}", "price": Decimal(f"{i}.5"), "note": "a,b\nc"} for i in range(700)]
+    rows.append({"sku": "C-inf", "price": math.inf})  # held by the store, refused by the API
     bulk_insert(jobs_stack, "job_csv_items", rows)
     url = "/api/v1/batch/job_csv_items/export"
     sync = http.get(url, params={"async": "false", "price__gte": 100})
@@ -354,6 +411,7 @@ def test_csv_export_job_result_is_the_csv_export(jobs_stack: Stack, http: httpx.
     download = http.get(done["result"]["url"])
     assert download.status_code == 200 and download.headers["content-type"].startswith("text/csv")
     assert download.content == sync.content
+    assert b",C-inf,1e999,," in download.content  # written, not a failed job
 
 
 def test_import_job_report_is_the_synchronous_report(http: httpx.Client):

@@ -1179,6 +1179,25 @@ def test_batch_limits(engine: Engine) -> None:
     assert len(run(engine, "batch", ops=ops[:10])["results"]) == 10
 
 
+def test_batch_without_refs_stores_ref_shaped_maps_as_they_are(engine: Engine) -> None:
+    ref_shaped = [{"$ref": "0.id"}, {"$ref": "nothing"}, [{"$ref": "9.x"}]]
+    ops = [
+        {"op": "insert", "table": "t", "record": {"id": f"r{n}", "m": value}}
+        for n, value in enumerate(ref_shaped)
+    ]
+    ops.append({"op": "patch", "table": "t", "id": "r0", "changes": {"p": {"$ref": "1.m"}}})
+    results = run(engine, "batch", ops=ops, refs=False)["results"]
+    assert [result["m"] for result in results[:3]] == ref_shaped
+    assert run(engine, "get", table="t", id="r0")["p"] == {"$ref": "1.m"}
+    # The default resolves them: the first is r0's id, the second names nothing.
+    ops = [{"op": "insert", "table": "u", "record": {"id": "a"}}]
+    ops.append({"op": "insert", "table": "u", "record": {"m": {"$ref": "0.id"}}})
+    assert run(engine, "batch", ops=ops, refs=True)["results"][1]["m"] == "a"
+    ops = [{"op": "insert", "table": "u", "record": {"m": {"$ref": "nothing"}}}]
+    assert fail(engine, BadRequest, "batch", ops=ops).details["index"] == 0
+    assert fail(engine, BadRequest, "batch", ops=ops, refs="no").details == {"arg": "refs"}
+
+
 def test_failed_first_op_in_a_batch(engine: Engine) -> None:
     err = fail(engine, NotFound, "batch", ops=[{"op": "delete", "table": "t", "id": "x"}])
     assert err.details == {"table": "t", "index": 0, "op": "delete"}
