@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Generator, Iterable
 from typing import Any
 
-from storeserver.builds import CHUNK, run_steps
+from storeserver.builds import CHUNK
 from storeserver.query import Predicate, compile_getter, index_key
 from storeserver.tables import Record, Table
 
@@ -111,19 +111,3 @@ def join_steps(
 
 def _same(record: Record) -> Record:
     return record
-
-
-def join_tables(
-    left: Table,
-    right: Table,
-    left_field: str,
-    right_field: str,
-    left_ids: Iterable[str] | None,
-    predicate: Predicate | None,
-    offset: int,
-    limit: int,
-) -> tuple[list[tuple[Record, Record]], int]:
-    """``join_steps`` run to the end in one go (small tables)."""
-    return run_steps(
-        join_steps(left, right, left_field, right_field, left_ids, predicate, offset, limit)
-    )

@@ -30,7 +30,7 @@ from storeserver.builds import CHUNK, ChunkedRead, run_steps
 from storeserver.catalog import Catalog
 from storeserver.errors import BadRequest, LimitExceeded, NotFound
 from storeserver.filters import Node, parse_where, plan
-from storeserver.joins import join_steps, join_tables, needs_chunks
+from storeserver.joins import join_steps, needs_chunks
 from storeserver.projection import parse_fields
 from storeserver.query import (
     Predicate,
@@ -95,18 +95,12 @@ def _find_reply(
     return _find_page(table, items, total, project, include_hidden)
 
 
-def _join_page(
-    left: Table, right: Table, pairs: list[tuple[Record, Record]], total: int
-) -> dict[str, Any]:
-    items = [[left.visible(a, False), right.visible(b, False)] for a, b in pairs]
-    return {"items": items, "total": total}
-
-
 def _join_reply(
     left: Table, right: Table, steps: Generator[None, None, tuple[list[Any], int]]
 ) -> Generator[None, None, dict[str, Any]]:
     pairs, total = yield from steps
-    return _join_page(left, right, pairs, total)
+    items = [[left.visible(a, False), right.visible(b, False)] for a, b in pairs]
+    return {"items": items, "total": total}
 
 
 def matching_records(
@@ -222,15 +216,11 @@ class RecordReader:
         size = limit(args, DEFAULT_LIMIT, self.max_limit)
         left_ids, predicate = plan(left, conditions)
         candidates = len(left.rows) if left_ids is None else len(left_ids)  # type: ignore[arg-type]
+        steps = join_steps(left, right, left_field, right_field, left_ids, predicate, start, size)
+        reply = _join_reply(left, right, steps)
         if needs_chunks(candidates, right, right_field):
-            steps = join_steps(
-                left, right, left_field, right_field, left_ids, predicate, start, size
-            )
-            return ChunkedRead("join", _join_reply(left, right, steps))
-        pairs, total = join_tables(
-            left, right, left_field, right_field, left_ids, predicate, start, size
-        )
-        return _join_page(left, right, pairs, total)
+            return ChunkedRead("join", reply)
+        return run_steps(reply)
 
     def aggregate(self, args: Args) -> dict[str, Any] | ChunkedRead:
         check_keys(args, _AGGREGATE_ARGS)

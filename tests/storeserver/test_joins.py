@@ -8,6 +8,7 @@ from typing import Any
 
 from storeserver.builds import CHUNK, ChunkedRead
 from storeserver.engine import Engine
+from tests.storeserver.jobs import finish
 
 RIGHT_ROWS = CHUNK * 2 + 7
 
@@ -35,14 +36,6 @@ def _engine(*, left_rows: int) -> Engine:
 JOIN: dict[str, Any] = {"left": "l", "right": "r", "left_field": "key", "right_field": "ref"}
 
 
-def _finish(engine: Engine, job: ChunkedRead) -> tuple[int, Any]:
-    steps, done, result = 0, False, None
-    while not done:
-        done, result = engine.advance(job)
-        steps += 1
-    return steps, result
-
-
 def _pairs(result: dict[str, Any]) -> list[tuple[str, str]]:
     return [(a["id"], b["id"]) for a, b in result["items"]]
 
@@ -57,7 +50,7 @@ def test_an_unindexed_join_builds_its_hash_in_chunks_and_reads_the_rows_as_they_
     # Between steps: a right row that matches goes, a new one comes; the join reads its start.
     engine.execute("delete", {"table": "r", "id": "r0"})
     engine.execute("insert", {"table": "r", "record": {"id": "late", "ref": "k0"}})
-    steps, result = _finish(engine, job)
+    steps, result = finish(engine, job)
     assert steps >= 2
     assert result["total"] == expected_total
     assert ("l0", "r0") in _pairs(result) and ("l0", "late") not in _pairs(result)
@@ -76,7 +69,7 @@ def test_a_join_over_many_left_rows_runs_in_chunks_through_the_index() -> None:
     done, _ = engine.advance(job)
     assert not done
     engine.execute("delete", {"table": "r", "id": "r5000"})  # a write between steps
-    _, result = _finish(engine, job)
+    _, result = finish(engine, job)
     # k0 is matched by r0, r1000, ..., r20000 (in creation order): the page skips three.
     assert _pairs(result) == [("l0", f"r{i}000") for i in range(3, 8)]
     # Every match is of l0..l9, in the first chunk, counted before the delete.

@@ -12,6 +12,7 @@ from storeserver.builds import CHUNK, ChunkedRead, run_steps
 from storeserver.engine import Engine
 from storeserver.query import SortField, sort_key_function
 from storeserver.selection import count_steps, select_steps
+from tests.storeserver.jobs import finish
 
 values = st.one_of(st.none(), st.integers(-3, 3), st.sampled_from(["a", "b", "c"]))
 records = st.lists(st.fixed_dictionaries({"a": values, "b": values}), max_size=40)
@@ -76,14 +77,6 @@ def _engine() -> Engine:
     return engine
 
 
-def _steps(engine: Engine, job: Any) -> tuple[int, Any]:
-    steps, done, result = 0, False, None
-    while not done:
-        done, result = engine.advance(job)
-        steps += 1
-    return steps, result
-
-
 def test_a_big_sorted_filtered_find_runs_in_steps_on_the_rows_as_they_were() -> None:
     engine = _engine()
     args = {"table": "t", "where": [["g", "eq", 1]], "sort": [["n", "desc"]], "limit": 3}
@@ -93,7 +86,7 @@ def test_a_big_sorted_filtered_find_runs_in_steps_on_the_rows_as_they_were() -> 
     assert not done
     engine.execute("delete", {"table": "t", "id": "r99"})  # n=99, g=0: not a match anyway
     engine.execute("patch", {"table": "t", "id": "r199", "changes": {"n": 1000}})  # g=1
-    steps, result = _steps(engine, job)
+    steps, result = finish(engine, job)
     assert steps >= 2
     # n=99 with g=1: i = 199, 499, 799, ... (i % 3 == 1); the patch came after the start.
     assert [r["id"] for r in result["items"]] == ["r199", "r499", "r799"]
@@ -108,12 +101,12 @@ def test_a_big_filtered_count_and_a_newest_first_page_run_in_steps() -> None:
     engine = _engine()
     job = engine.execute("count", {"table": "t", "where": [["n", "lt", 10]]})
     assert isinstance(job, ChunkedRead)
-    assert _steps(engine, job)[1] == sum(1 for i in range(ROWS) if i % 100 < 10)
+    assert finish(engine, job)[1] == sum(1 for i in range(ROWS) if i % 100 < 10)
     newest = engine.execute(
         "find", {"table": "t", "where": [["n", "eq", 5]], "sort": [["created_at", "desc"]]}
     )
     assert isinstance(newest, ChunkedRead)
-    items = _steps(engine, newest)[1]["items"]
+    items = finish(engine, newest)[1]["items"]
     assert [r["id"] for r in items[:2]] == [
         f"r{(ROWS - 1) // 100 * 100 + 5}",
         f"r{(ROWS - 1) // 100 * 100 - 95}",
