@@ -4,8 +4,10 @@
 - ``sum``/``avg`` read numbers only (int, float, Decimal; booleans and the rest are skipped).
   Ints and Decimals are summed exactly, floats as floats. The result is a Decimal if any
   Decimal was seen (a float part is added as ``Decimal(repr(f))``), else a float if any float
-  was seen, else an int. ``sum`` of nothing is ``0``; ``avg`` of nothing is ``None``. The
-  average of Decimals is a Decimal division at 28 significant digits; of ints/floats a float.
+  was seen, else an int, or the same integer as a Decimal when it leaves the 64-bit range the
+  wire carries (eleven nanosecond timestamps pass 2**64). ``sum`` of nothing is ``0``; ``avg``
+  of nothing is ``None``. The average of Decimals is a Decimal division at 28 significant
+  digits; of ints/floats a float.
 - ``min``/``max`` use the store's mixed-type order over non-``None`` values.
 - Groups appear in the order of their first row; without ``group_by`` there is one group,
   even over no rows.
@@ -35,6 +37,9 @@ _NONE = type(None)
 _EXACT = frozenset({int, Decimal, _NONE})
 _FLOATS = frozenset({float, _NONE})
 _ORDERED = (frozenset({int, float, Decimal}), frozenset({str}))
+# What msgpack can carry as an integer (int64 and uint64).
+_WIRE_INT_MIN = -(2**63)
+_WIRE_INT_MAX = 2**64 - 1
 
 
 class Metric(NamedTuple):
@@ -94,6 +99,13 @@ class _Sum:
         self.n += 1
 
     def total(self) -> int | float | Decimal:
+        """The sum as the wire can carry it (a big integer sum becomes an exact Decimal)."""
+        total = self._exact_total()
+        if type(total) is int and not _WIRE_INT_MIN <= total <= _WIRE_INT_MAX:
+            return Decimal(total)  # exact whatever the context: no rounding of an int
+        return total
+
+    def _exact_total(self) -> int | float | Decimal:
         if self.has_decimal:
             exact = Decimal(self.exact)
             if self.has_float:
@@ -106,7 +118,7 @@ class _Sum:
     def average(self) -> float | Decimal | None:
         if not self.n:
             return None
-        total = self.total()
+        total = self._exact_total()  # an int average stays a float, however big the sum
         if type(total) is Decimal:
             return _AVG_CONTEXT.divide(total, Decimal(self.n))
         return total / self.n

@@ -120,10 +120,17 @@ def merge_patch(target: dict[str, Any], patch: dict[str, Any], depth: int = 0) -
     return out
 
 
+# One URL path segment, as the API's ``RECORD_ID`` (api/services/records.py): an id breaking it
+# would make a record that GET/PATCH/DELETE /data/{table}/{id} cannot address. The API checks
+# literal ids; this catches the ones it cannot see, taken from a batch's ``$ref``.
+_ID = re.compile(f"[A-Za-z0-9._~:@-]{{1,{MAX_ID_LENGTH}}}")
+
+
 def check_id(rid: Any) -> str:
-    if type(rid) is not str or not rid or len(rid) > MAX_ID_LENGTH:
+    """The id of a new record: 1-128 of ``A-Za-z0-9._~:@-``, not ``.`` or ``..``."""
+    if type(rid) is not str or not _ID.fullmatch(rid) or rid == "." or rid == "..":
         raise BadRequest(
-            f"id must be a non-empty string of at most {MAX_ID_LENGTH} characters",
+            f"id must be 1 to {MAX_ID_LENGTH} characters of A-Z a-z 0-9 . _ ~ : @ - (not . or ..)",
             {"arg": "id"},
         )
     return rid

@@ -5,23 +5,44 @@ Draft 2020-12. The validated instance is the record without the store-owned fiel
 describes only what clients write. ``Decimal`` values are numbers (and integers when
 integral); ``multipleOf`` is exact for them. References to other documents (``$ref`` to a URL)
 are not fetched: only references inside the schema resolve.
+
+Validation runs in the store's single thread, so no keyword may take more than linear time in
+the record, whatever the schema:
+
+- ``pattern``, ``patternProperties`` (and so ``propertyNames`` patterns) run on RE2, which
+  never backtracks (``^(a+)+$`` cannot stall the store). A pattern RE2 cannot compile
+  (backreferences, lookaround) is refused by ``set_schema``, not at the first write. As in
+  ECMA-262 (the dialect JSON Schema names), RE2's ``\\d`` and ``\\w`` are ASCII and ``$``
+  is the end of the text (Python's ``re`` differs on all three).
+- ``uniqueItems`` compares hashable keys (``query.index_key``) instead of jsonschema's
+  pairwise fallback, which is quadratic for arrays of maps. Same equality: ``1 == 1.0`` but
+  ``true != 1``; map key order does not matter, list order does.
+- A schema nested deeper than ``MAX_SCHEMA_DEPTH`` maps and lists is refused: checking it
+  would exhaust Python's recursion limit.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
-from jsonschema import Draft202012Validator, ValidationError, validators
+import re2
+from jsonschema import Draft202012Validator, FormatChecker, ValidationError, validators
 from jsonschema.exceptions import SchemaError
 from referencing import Registry
 
 from storeserver.errors import BadRequest, ValidationFailed
+from storeserver.query import index_key
 from storeserver.records import META_FIELDS
 
 MAX_ERRORS = 10
 """Errors reported for one record."""
+MAX_SCHEMA_DEPTH = 64
+"""Maps and lists nested in a schema document. jsonschema's checks recurse several frames per
+level (a chain of ~125 ``not`` exhausts the default recursion limit); 64 leaves room for a
+record's 32 levels described by ``properties`` (2 levels each)."""
 
 _BASE = Draft202012Validator.TYPE_CHECKER
 
@@ -47,11 +68,101 @@ def _multiple_of(validator: Any, divisor: Any, instance: Any, schema: Any) -> It
     yield from Draft202012Validator.VALIDATORS["multipleOf"](validator, divisor, instance, schema)
 
 
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # a refused pattern is the client's mistake, not a log line
+
+
+@functools.lru_cache(maxsize=1024)
+def compile_pattern(pattern: str) -> Any:
+    """``pattern`` compiled by RE2 (``re2.error`` if it cannot be): matching is linear time."""
+    return re2.compile(pattern, _RE2_OPTIONS)
+
+
+# The three keywords below mirror jsonschema's ``_keywords`` (``search``, not ``match``).
+
+
+def _pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterator[Any]:
+    if validator.is_type(instance, "string") and not compile_pattern(pattern).search(instance):
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+def _pattern_properties(
+    validator: Any, pattern_properties: dict[str, Any], instance: Any, schema: Any
+) -> Iterator[Any]:
+    if not validator.is_type(instance, "object"):
+        return
+    for pattern, subschema in pattern_properties.items():
+        regex = compile_pattern(pattern)
+        for k, v in instance.items():
+            if regex.search(k):
+                yield from validator.descend(v, subschema, path=k, schema_path=pattern)
+
+
+def _unique_items(validator: Any, unique: Any, instance: Any, schema: Any) -> Iterator[Any]:
+    if not unique or not validator.is_type(instance, "array"):
+        return
+    seen: set[Any] = set()
+    for position, item in enumerate(instance):
+        key = index_key(item)
+        if key in seen:
+            # Not jsonschema's message: that one repeats the whole (maybe huge) array.
+            yield ValidationError(
+                f"has non-unique elements (item {position} repeats an earlier one)"
+            )
+            return
+        seen.add(key)
+
+
 RecordValidator = validators.extend(
     Draft202012Validator,
-    validators={"multipleOf": _multiple_of},
+    validators={
+        "multipleOf": _multiple_of,
+        "pattern": _pattern,
+        "patternProperties": _pattern_properties,
+        "uniqueItems": _unique_items,
+    },
     type_checker=_BASE.redefine_many({"number": _is_number, "integer": _is_integer}),
 )
+
+
+def _is_re2_pattern(instance: object) -> bool:
+    if isinstance(instance, str):
+        compile_pattern(instance)
+    return True
+
+
+# Checking a schema checks its patterns (the meta-schema's ``format: regex``) with RE2, the
+# engine that will run them; the other formats as jsonschema does.
+_SCHEMA_FORMATS = FormatChecker(formats=())
+_SCHEMA_FORMATS.checkers.update(Draft202012Validator.FORMAT_CHECKER.checkers)
+_SCHEMA_FORMATS.checks("regex", raises=re2.error)(_is_re2_pattern)
+
+
+def _depth(document: Any) -> int:
+    """How deep maps and lists nest in ``document`` (iterative: a deep one cannot recurse),
+    counted up to one past ``MAX_SCHEMA_DEPTH``."""
+    deepest = 0
+    stack = [(document, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if depth > MAX_SCHEMA_DEPTH:
+            break
+        children = node.values() if type(node) is dict else node
+        stack.extend((c, depth + 1) for c in children if type(c) is dict or type(c) is list)
+    return deepest
+
+
+def _problem(exc: SchemaError) -> str:
+    if exc.validator == "format" and exc.validator_value == "regex":
+        reason = exc.cause.args[0] if exc.cause is not None and exc.cause.args else "invalid"
+        if isinstance(reason, bytes):
+            reason = reason.decode("utf-8", "replace")
+        return (
+            f"pattern {exc.instance!r} is not a regular expression RE2 can run ({reason});"
+            " patterns run on RE2: no backreferences or lookaround"
+        )
+    return exc.message
 
 
 class TableSchema:
@@ -68,12 +179,21 @@ class TableSchema:
     def parse(cls, document: Any) -> TableSchema:
         if type(document) is not dict:
             raise BadRequest("schema must be a JSON Schema map (or null)", {"arg": "schema"})
+        if _depth(document) > MAX_SCHEMA_DEPTH:
+            raise BadRequest(
+                f"not a valid JSON Schema: nested deeper than {MAX_SCHEMA_DEPTH} levels",
+                {"arg": "schema", "path": []},
+            )
         try:
-            RecordValidator.check_schema(document)
+            RecordValidator.check_schema(document, format_checker=_SCHEMA_FORMATS)
         except SchemaError as exc:
             raise BadRequest(
-                f"not a valid JSON Schema: {exc.message}",
+                f"not a valid JSON Schema: {_problem(exc)}",
                 {"arg": "schema", "path": [*exc.absolute_path]},
+            ) from None
+        except RecursionError:  # a shape the depth cap lets through, however unlikely
+            raise BadRequest(
+                "not a valid JSON Schema: nested too deeply", {"arg": "schema", "path": []}
             ) from None
         return cls(document)
 

@@ -73,6 +73,11 @@ class RecordWriter:
         rid = self.new_id() if rid is None else check_id(rid)
         new = {"id": rid}
         copy_fields(new, record)
+        # Stamped before the checks: a unique index may be on a store-owned field too.
+        stamp = self.timestamps()
+        new["created_at"] = stamp
+        new["updated_at"] = stamp
+        new["version"] = 1
         if table is None:
             name = table_name(args)
             self.catalog.check_room()
@@ -93,10 +98,6 @@ class RecordWriter:
                 table.check_unique(new, rid)
             if table.schema is not None:
                 table.schema.check(new, table.name)
-        stamp = self.timestamps()
-        new["created_at"] = stamp
-        new["updated_at"] = stamp
-        new["version"] = 1
         table.insert(new)
         if self.journal:
             self.changes.append(("put", table.name, new))
@@ -179,14 +180,16 @@ class RecordWriter:
         return record
 
     def _update(self, table: Table, old: Record, new: Record, undo: Undo | None) -> Record:
+        # The checks see the record as it will be stored: a unique index on ``version`` or
+        # ``updated_at`` is enforced like any other (``new`` is a fresh dict, dropped on failure).
+        new["updated_at"] = self.timestamps()
+        new["version"] = old["version"] + 1
         if table.foreign_keys:
             self._check_foreign_keys(table, new, old)
         if table.uniques:
             table.check_unique(new, new["id"])
         if table.schema is not None:
             table.schema.check(new, table.name)
-        new["updated_at"] = self.timestamps()
-        new["version"] = old["version"] + 1
         table.replace(old, new)
         if self.journal:
             self.changes.append(("put", table.name, new))

@@ -349,7 +349,16 @@ def check_generic(data: Record, loc: Loc = DATA, allow_refs: bool = False) -> No
     if record_id is not None and not valid_id and not (allow_refs and is_ref(record_id)):
         message = "id must be 1 to 128 characters of A-Z a-z 0-9 . _ ~ : @ - (not . or ..)"
         problems.append(_problem((*loc, "id"), message))
-    _walk(data, loc, 0, problems)
+    _walk(data, loc, 0, MAX_DEPTH, problems)
+    if problems:
+        raise RequestValidationError(problems)
+
+
+def check_values(value: Any, loc: Loc, max_depth: int) -> None:
+    """``check_generic``'s value rules (64-bit integers, finite numbers, at most ``max_depth``
+    levels) for a body that is not a record, such as a JSON Schema."""
+    problems: list[dict[str, Any]] = []
+    _walk(value, loc, 0, max_depth, problems)
     if problems:
         raise RequestValidationError(problems)
 
@@ -359,9 +368,11 @@ def is_ref(value: Any) -> bool:
     return isinstance(value, dict) and len(value) == 1 and isinstance(value.get("$ref"), str)
 
 
-def _walk(value: Any, loc: tuple[Any, ...], depth: int, problems: list[dict[str, Any]]) -> None:
-    if depth > MAX_DEPTH:
-        problems.append(_problem(loc, f"nesting deeper than {MAX_DEPTH} levels"))
+def _walk(
+    value: Any, loc: tuple[Any, ...], depth: int, max_depth: int, problems: list[dict[str, Any]]
+) -> None:
+    if depth > max_depth:
+        problems.append(_problem(loc, f"nesting deeper than {max_depth} levels"))
     elif isinstance(value, bool):
         return
     elif isinstance(value, int) and value not in _INT64:
@@ -371,10 +382,10 @@ def _walk(value: Any, loc: tuple[Any, ...], depth: int, problems: list[dict[str,
         problems.append(_problem(loc, "numbers must be finite"))
     elif isinstance(value, dict):
         for key, item in value.items():
-            _walk(item, (*loc, key), depth + 1, problems)
+            _walk(item, (*loc, key), depth + 1, max_depth, problems)
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            _walk(item, (*loc, index), depth + 1, problems)
+            _walk(item, (*loc, index), depth + 1, max_depth, problems)
 
 
 def _problem(loc: tuple[Any, ...], message: str) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from api.schemas.orders import OrderPublic
 from api.schemas.users import UserPublic
 from api.services import orders, records, users
 from api.store import Store
-from storeserver.errors import Conflict, LimitExceeded
+from storeserver.errors import BadRequest, Conflict, LimitExceeded
 
 Record = dict[str, Any]
 PUBLIC_MODELS: dict[str, type[BaseModel]] = {users.TABLE: UserPublic, orders.TABLE: OrderPublic}
@@ -60,12 +60,25 @@ async def describe_table(store: Store, table: str, sample: int | None) -> Record
     }
 
 
+# How deep this module walks a schema's values; the store has its own, lower cap on schema
+# nesting (storeserver.schemas.MAX_SCHEMA_DEPTH), refused as the same 422.
+SCHEMA_VALUE_DEPTH = 100
+
+
 def check_json_schema(schema: Record) -> None:
-    """422 unless ``schema`` is a valid Draft 2020-12 JSON Schema."""
+    """422 unless ``schema`` is a valid Draft 2020-12 JSON Schema.
+
+    The store checks it again with its own limits (nesting depth, RE2 patterns): its refusal
+    is the same 422 (``attach_schema``). Its values follow the records' rules (finite numbers:
+    ``{"maximum": 1e999}`` would be stored as null).
+    """
+    records.check_values(schema, ("body", "schema"), SCHEMA_VALUE_DEPTH)
     try:
         Draft202012Validator.check_schema(schema)
     except SchemaError as exc:
         raise _bad_schema(exc.path, exc.message) from None
+    except RecursionError:  # jsonschema recurses per level: ~125 nested levels are enough
+        raise _bad_schema([], "nested too deeply") from None
     _check_references(schema)
 
 
@@ -124,6 +137,10 @@ async def attach_schema(store: Store, table: str, schema: Record | None, force: 
     args = {"table": table, "schema": schema, "force": force}
     try:
         result: Record = await store.call("set_schema", args)
+    except BadRequest as exc:
+        if exc.details.get("arg") != "schema":
+            raise
+        raise _bad_schema(exc.details.get("path", []), exc.message) from None
     except Conflict as exc:
         if exc.details.get("reason") != "schema_violations":
             raise

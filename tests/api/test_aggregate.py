@@ -267,3 +267,22 @@ def test_orders_aggregate_covers_only_your_own_orders(
     for _ in range(8):
         deep = {"not": deep}
     assert_error(anon.post(url, json={"filter": deep}, headers=me.headers), 400)
+
+
+def test_an_int_sum_beyond_64_bits_is_exact(client: httpx.Client) -> None:
+    """Eleven nanosecond timestamps pass 2**64 - 1: the store answers a Decimal, which comes
+    back exact (msgpack could not carry the int: a 500 before)."""
+    table = f"agg_{token()}"
+    stamp = 1_700_000_000_000_000_000  # well inside int64
+    rows = [{"n": stamp} for _ in range(11)]
+    assert client.post(f"/api/v1/data/{table}", json={"data": rows}).status_code == 201
+    metrics = [
+        {"op": "sum", "field": "n", "as": "total"},
+        {"op": "avg", "field": "n", "as": "mean"},
+        {"op": "max", "field": "n", "as": "top"},
+    ]
+    response = client.post(AGGREGATE.format(table), json={"metrics": metrics})
+    assert response.status_code == 200, response.text
+    [row] = response.json()["data"]
+    assert str(row["total"]) == str(stamp * 11)
+    assert row["mean"] == float(stamp) and row["top"] == stamp

@@ -108,3 +108,16 @@ def test_records_may_refer_to_earlier_ones(client: httpx.Client) -> None:
     assert error["details"][0]["field"] == "body.data.0.x.$ref"
     kept = bulk(client, table, [{"doc": {"$ref": "#/a", "type": "object"}}])
     assert kept.json()["data"][0]["doc"] == {"$ref": "#/a", "type": "object"}
+
+
+@pytest.mark.parametrize("bad_id", ["a/b", "..", "has space"])
+def test_an_id_taken_from_a_reference_follows_the_id_rules(
+    client: httpx.Client, bad_id: str
+) -> None:
+    """Record 1 takes its id from record 0 (``$ref``): the store checks it as the API checks a
+    literal one, so no record gets an id no /data/{table}/{id} could address."""
+    table = f"bulk_{token()}"
+    response = bulk(client, table, [{"id": "src", "p": bad_id}, {"id": {"$ref": "0.p"}}])
+    error = assert_error(response, 400, "BAD_REQUEST")
+    assert error["details"][0]["index"] == 1
+    assert_error(client.get(f"/api/v1/data/{table}"), 404)  # nothing was created

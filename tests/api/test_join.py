@@ -77,3 +77,15 @@ def test_join_errors(
     client: httpx.Client, path: str, params: dict[str, str], status: int, code: str
 ) -> None:
     assert_error(client.get(path, params=params), status, code)
+
+
+def test_join_on_a_hidden_field_is_refused(client: httpx.Client) -> None:
+    """Joining on ``password_hash`` would match (and so reveal) hashes: 400, no rows."""
+    table = f"rv_join_{token()}"
+    create_record(client, table, password_hash="$2b$04$guess")
+    for path in (
+        f"/api/v1/join/{table}/users/password_hash",
+        f"/api/v1/join/users/{table}/password_hash",
+    ):
+        error = assert_error(client.get(path), 400, "BAD_REQUEST")
+        assert error["details"][0]["field"] == "password_hash"

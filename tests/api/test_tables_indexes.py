@@ -165,3 +165,30 @@ def test_index_routes_are_admin_only(client: httpx.Client, anon: httpx.Client) -
     ):
         assert_error(anon.request(method, url, json=body, headers=user.headers), 403, "FORBIDDEN")
     assert client.get(indexes_url(table)).json()["data"][0]["field"] == "a"
+
+
+def test_a_unique_index_on_version_is_enforced(client: httpx.Client) -> None:
+    """The store checks unique values on the record as stored (``version`` stamped): the
+    second row to reach version 2 is a 409, and the index never changes results."""
+    table = f"ix_{token()}"
+    create_record(client, table, id="a")
+    created = client.post(indexes_url(table), json={"field": "version", "unique": True})
+    assert created.status_code == 201, created.text
+    assert client.patch(f"/api/v1/data/{table}/a", json={"data": {"n": 1}}).status_code == 200
+    create_record(client, table, id="b")
+    response = client.patch(f"/api/v1/data/{table}/b", json={"data": {"n": 1}})
+    error = assert_error(response, 409, "ALREADY_EXISTS")
+    assert error["details"][0]["field"] == "version"
+    every = client.get(f"/api/v1/data/{table}").json()["data"]
+    assert {item["id"]: item["version"] for item in every} == {"a": 2, "b": 1}
+    assert filtered_ids(client, table, {"version": "2"}) == ["a"]
+    count = client.get(f"/api/v1/data/{table}/count", params={"version": "2"}).json()["data"]
+    assert count["count"] == 1
+
+
+def test_casefold_index_needs_unique(client: httpx.Client) -> None:
+    """A casefold index that is not unique is refused in the envelope (400)."""
+    table = f"rv_cf_{token()}"
+    create_record(client, table, k="X")
+    response = client.post(f"/api/v1/data/{table}/indexes", json={"field": "k", "casefold": True})
+    assert_error(response, 400, "BAD_REQUEST")

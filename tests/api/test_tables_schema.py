@@ -198,3 +198,92 @@ def test_schema_routes_are_admin_only(client: httpx.Client, anon: httpx.Client) 
         response = anon.request(method, url, json=body, headers=user.headers)
         assert_error(response, 403, "FORBIDDEN")
         assert_error(anon.request(method, url, json=body), 401)
+
+
+# -- schemas the store must not choke on -------------------------------------------------------
+
+
+def nested_not(levels: int) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "object"}
+    for _ in range(levels):
+        schema = {"not": schema}
+    return schema
+
+
+@pytest.mark.parametrize("levels", [200, 90])
+def test_a_deeply_nested_schema_is_422(client: httpx.Client, levels: int) -> None:
+    """200 levels would overflow jsonschema's recursion in the API worker (a 500 once): the
+    API's own walk refuses them; 90 pass the API but not the store's nesting cap (64): both
+    are the 422 of an invalid schema."""
+    table = f"products_{token()}"
+    create_record(client, table, name="pen")
+    response = client.put(schema_url(table), json={"schema": nested_not(levels)})
+    error = assert_error(response, 422, "VALIDATION_ERROR")
+    detail = error["details"][0]
+    # The store names the schema; the API's walk, the place past its depth.
+    assert (
+        detail["field"] == "body.schema"
+        if levels < 100
+        else detail["field"].startswith("body.schema.not.not")
+    )
+    assert "nest" in detail["message"]
+    assert client.get(f"/api/v1/data/{table}").status_code == 200  # the store is fine
+
+
+@pytest.mark.parametrize("pattern", [r"^(a)\1$", "^(?=a)", "(?<!x)y"])
+def test_a_pattern_re2_cannot_run_is_422_naming_it(client: httpx.Client, pattern: str) -> None:
+    """Schema patterns run on RE2 in the store: no backreferences or lookaround. Refused when
+    the schema is set, not at the first write."""
+    table = f"products_{token()}"
+    create_record(client, table, name="pen")
+    for schema, field in (
+        ({"properties": {"name": {"pattern": pattern}}}, "body.schema.properties.name.pattern"),
+        ({"patternProperties": {pattern: {}}}, "body.schema.patternProperties"),
+    ):
+        error = assert_error(client.put(schema_url(table), json={"schema": schema}), 422)
+        assert error["details"][0]["field"] == field
+        assert repr(pattern) in error["details"][0]["message"]
+        assert "RE2" in error["details"][0]["message"]
+    assert client.get(schema_url(table)).json()["data"]["schema"] is None
+
+
+def test_a_catastrophic_pattern_is_checked_by_re2(client: httpx.Client) -> None:
+    """``^(a+)+$`` on 25 "a" and a "!" held the store ~2 s with Python's backtracking ``re``
+    (tests/storeserver/test_schemas.py shows that ``re`` no longer runs)."""
+    table = f"products_{token()}"
+    create_record(client, table, x="aa")
+    schema = {"type": "object", "properties": {"x": {"type": "string", "pattern": "^(a+)+$"}}}
+    assert client.put(schema_url(table), json={"schema": schema}).status_code == 200
+    rejected = client.post(f"/api/v1/data/{table}", json={"data": {"x": "a" * 25 + "!"}})
+    error = assert_error(rejected, 422, "VALIDATION_ERROR")
+    assert error["details"][0]["field"] == "body.data.x"
+    assert client.post(f"/api/v1/data/{table}", json={"data": {"x": "a" * 25}}).status_code == 201
+
+
+def test_unique_items_over_many_maps(client: httpx.Client) -> None:
+    """1,500 distinct maps were ~1 M pairwise comparisons in the store's thread (~4 s); they
+    are hashed now (tests/storeserver/test_schemas.py), with the same equality."""
+    table = f"products_{token()}"
+    create_record(client, table, x=[])
+    schema = {"type": "object", "properties": {"x": {"type": "array", "uniqueItems": True}}}
+    assert client.put(schema_url(table), json={"schema": schema}).status_code == 200
+    items: list[Any] = [{"a": i} for i in range(1500)]
+    url = f"/api/v1/data/{table}"
+    assert client.post(url, json={"data": {"x": items}}).status_code == 201
+    error = assert_error(client.post(url, json={"data": {"x": [*items, {"a": 7.0}]}}), 422)
+    assert error["details"][0]["field"] == "body.data.x"
+    assert client.post(url, json={"data": {"x": [1, True, "1", [1], {"a": 1}]}}).status_code == 201
+
+
+@pytest.mark.parametrize("literal", ["1e999", "-1e999", "NaN", "Infinity"])
+def test_a_schema_with_a_non_finite_number_is_422(client: httpx.Client, literal: str) -> None:
+    """Python's json reads these; stored, they would come back as null (a different schema)."""
+    table = f"sch_nf_{token()}"
+    body = '{"schema": {"type": "object", "properties": {"n": {"maximum": %s}}}}' % literal
+    response = client.put(
+        f"/api/v1/data/{table}/schema",
+        content=body,
+        headers={"Content-Type": "application/json"},
+    )
+    error = assert_error(response, 422, "VALIDATION_ERROR")
+    assert error["details"][0]["field"] == "body.schema.properties.n.maximum"

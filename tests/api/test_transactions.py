@@ -255,3 +255,39 @@ def test_limits_and_access(client: httpx.Client, anon: httpx.Client) -> None:
     account = register(anon)
     response = anon.post(URL, json={"operations": [insert]}, headers=account.headers)
     assert_error(response, 403, "FORBIDDEN")
+
+
+@pytest.mark.parametrize("bad_id", ["a/b", "..", "has space"])
+def test_an_id_taken_from_a_reference_follows_the_id_rules(
+    client: httpx.Client, bad_id: str
+) -> None:
+    """A literal id like these is a 422; one copied by ``{"$ref": "0.p"}`` is checked by the
+    store (else a record no /data/{table}/{id} could address): 400, nothing applied."""
+    table = f"tx_{token()}"
+    operations = [
+        {"op": "insert", "table": table, "data": {"id": "src", "p": bad_id}},
+        {"op": "insert", "table": table, "data": {"id": {"$ref": "0.p"}}},
+    ]
+    detail = _detail(client.post(URL, json={"operations": operations}), 400, "BAD_REQUEST")
+    assert detail["index"] == 1 and detail["arg"] == "id"
+    assert client.get(f"/api/v1/data/{table}").status_code == 404
+    operations[0]["data"] = {"id": "src", "p": "fine-id_1"}
+    response = client.post(URL, json={"operations": operations})
+    assert response.status_code == 200, response.text
+    assert client.get(f"/api/v1/data/{table}/fine-id_1").status_code == 200
+
+
+def test_a_reference_cannot_copy_a_password_hash(client: httpx.Client) -> None:
+    """A ``$ref`` to a user's ``password_hash`` names nothing (the insert's result is the
+    public record), so the hash cannot be copied into a readable table."""
+    table = f"rv_hash_{token()}"
+    user = {"email": f"rv-{token()}@example.com", "full_name": "R", "password": PASSWORD}
+    operations = [
+        {"op": "insert", "table": "users", "data": user},
+        {"op": "insert", "table": table, "data": {"h": {"$ref": "0.password_hash"}}},
+    ]
+    response = client.post("/api/v1/transaction", json={"operations": operations})
+    error = assert_error(response, 400, "BAD_REQUEST")
+    assert error["details"][0]["index"] == 1
+    assert "$2" not in response.text
+    assert client.get(f"/api/v1/data/{table}").status_code == 404  # nothing applied

@@ -111,6 +111,44 @@ def test_bad_batch_references_fail_and_roll_back(engine: Engine, ref: Any) -> No
     assert engine.drain_changes() == []
 
 
+@pytest.mark.parametrize("bad_id", ["a/b", "..", ".", "has space", "é", "a" * 129, "", 7])
+def test_an_id_taken_from_a_reference_follows_the_id_rules(engine: Engine, bad_id: Any) -> None:
+    """The API refuses such literal ids; one copied by ``$ref`` is refused here (else the
+    record could never be addressed as /data/{table}/{id})."""
+    before = snapshot(engine)
+    err = fail(
+        engine,
+        BadRequest,
+        "batch",
+        ops=[
+            {"op": "insert", "table": "t", "record": {"id": "src", "p": bad_id}},
+            {"op": "insert", "table": "t", "record": {"id": {"$ref": "0.p"}}},
+        ],
+    )
+    assert err.details["index"] == 1 and err.details["arg"] == "id"
+    assert snapshot(engine) == before
+
+
+def test_an_id_taken_from_a_reference_that_follows_the_rules_is_kept(engine: Engine) -> None:
+    good = "Az09._~:@-" + "x" * 118
+    result = run(
+        engine,
+        "batch",
+        ops=[
+            {"op": "insert", "table": "t", "record": {"p": good}},
+            {"op": "insert", "table": "t", "record": {"id": {"$ref": "0.p"}}},
+            {
+                "op": "insert",
+                "table": "t",
+                "record": {"id": {"$ref": "0.id"}, "v": 1},
+                "upsert": True,
+            },
+        ],
+    )
+    assert result["results"][1]["id"] == good
+    assert result["results"][2]["v"] == 1  # the generated UUID is a valid id too
+
+
 def test_a_map_with_other_keys_is_not_a_reference(engine: Engine) -> None:
     result = run(
         engine,
@@ -286,6 +324,47 @@ def test_list_and_drop_indexes(engine: Engine) -> None:
     run(engine, "insert", table="users", record={"email": "a@x"})
     run(engine, "insert", table="users", record={"email": "a@x"})  # no longer unique
     fail(engine, NotFound, "list_indexes", table="nope")
+
+
+@pytest.mark.parametrize("field", ["version", "updated_at", "created_at"])
+def test_a_unique_index_on_a_store_owned_field_is_enforced(engine: Engine, field: str) -> None:
+    """Checks see the record as stored (stamped), so the index never drops a row."""
+    run(engine, "create_table", table="t", indexes=[{"field": field, "unique": True}])
+    a = run(engine, "insert", table="t", record={"id": "a"})
+    if field == "version":
+        fail(engine, Conflict, "insert", table="t", record={"id": "b"})  # version 1 is taken
+        run(engine, "patch", table="t", id="a", changes={"n": 1})
+        run(engine, "insert", table="t", record={"id": "b"})
+        err = fail(engine, Conflict, "patch", table="t", id="b", changes={"n": 1})
+        assert err.details == {"reason": "unique", "field": "version", "table": "t"}
+        expected = {1: ["b"], 2: ["a"]}
+    else:  # timestamps are strictly increasing: never a clash
+        run(engine, "insert", table="t", record={"id": "b"})
+        run(engine, "patch", table="t", id="b", changes={"n": 1})
+        expected = {}
+    rows = engine._catalog.tables["t"].rows
+    assert sorted(rows) == ["a", "b"] and rows["a"]["created_at"] == a["created_at"]
+    for value, ids in expected.items():
+        found = run(engine, "find", table="t", where=[[field, "eq", value]])["items"]
+        assert [r["id"] for r in found] == ids
+    for record in rows.values():  # every row findable through the index by its own value
+        found = run(engine, "find", table="t", where=[[field, "eq", record[field]]])["items"]
+        assert [r["id"] for r in found] == [record["id"]]
+
+
+def test_a_plain_index_on_version_stays_consistent(engine: Engine) -> None:
+    run(engine, "create_table", table="t", indexes=[{"field": "version"}])
+    for rid in "abc":
+        run(engine, "insert", table="t", record={"id": rid})
+    run(engine, "patch", table="t", id="a", changes={"n": 1})
+    run(engine, "replace", table="t", id="b", record={"n": 2})
+    run(engine, "insert", table="t", record={"id": "c", "n": 3}, upsert=True)
+    run(engine, "update_where", table="t", where=[["id", "eq", "c"]], changes={"n": 4})
+    by_version = {
+        v: [r["id"] for r in run(engine, "find", table="t", where=[["version", "eq", v]])["items"]]
+        for v in (1, 2, 3)
+    }
+    assert by_version == {1: [], 2: ["a", "b"], 3: ["c"]}
 
 
 def test_unique_index_over_duplicates_names_examples(engine: Engine) -> None:

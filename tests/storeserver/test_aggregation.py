@@ -1,0 +1,55 @@
+"""storeserver.aggregation: sums that leave the range the wire carries."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from storeserver.aggregation import Metric, aggregate
+from storeserver.engine import Engine
+from storeserver.protocol import Result, decode_body, encode_result
+
+STAMP = 1_700_000_000_000_000_000  # a nanosecond timestamp, well inside int64
+SUM = Metric("sum", "n", "s")
+AVG = Metric("avg", "n", "a")
+
+
+@pytest.mark.parametrize(
+    ("values", "total"),
+    [
+        ([STAMP] * 11, STAMP * 11),  # past 2**64 - 1
+        ([-(2**63)] * 2, -(2**64)),  # below -2**63
+        ([2**64 - 1, 2**64 - 1, "x", None], 2 * (2**64 - 1)),  # the per-value path
+    ],
+)
+def test_an_int_sum_past_64_bits_is_an_exact_decimal(values: list[Any], total: int) -> None:
+    rows = [{"n": v} for v in values]
+    [result] = aggregate(rows, [], [SUM, AVG])
+    assert type(result["s"]) is Decimal and result["s"] == total
+    assert str(result["s"]) == str(total)
+    assert type(result["a"]) is float  # an int average stays a float
+    assert result["a"] == total / sum(type(v) is int for v in values)
+
+
+def test_an_int_sum_inside_64_bits_stays_an_int() -> None:
+    for values in ([2**63, 2**63 - 1], [-(2**63), 0], [1, 2]):
+        [result] = aggregate([{"n": v} for v in values], [], [SUM])
+        assert type(result["s"]) is int and result["s"] == sum(values)
+
+
+def test_a_big_sum_goes_over_the_wire() -> None:
+    engine = Engine(clock=lambda: 1_700_000_000.0)
+    for _ in range(11):
+        engine.execute("insert", {"table": "t", "record": {"n": STAMP}})
+    metrics = [
+        {"op": "sum", "field": "n", "as": "s"},
+        {"op": "min", "field": "n", "as": "lo"},
+        {"op": "max", "field": "n", "as": "hi"},
+    ]
+    result = engine.run_job(engine.execute("aggregate", {"table": "t", "metrics": metrics}))
+    # encoding the answer raised "cannot encode int" before: a 500 at the API
+    decoded = decode_body(encode_result(1, result)[4:])
+    assert isinstance(decoded, Result)
+    assert decoded.value["items"] == [{"s": Decimal(STAMP * 11), "lo": STAMP, "hi": STAMP}]

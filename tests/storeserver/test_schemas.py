@@ -1,0 +1,186 @@
+"""storeserver.schemas: JSON Schema keywords kept linear, schemas that would stall or crash the
+store's thread refused when they are set."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import jsonschema._keywords
+import jsonschema._utils
+import pytest
+import re2
+
+from storeserver import schemas
+from storeserver.engine import Engine
+from storeserver.errors import BadRequest, ValidationFailed
+from storeserver.schemas import MAX_SCHEMA_DEPTH, RecordValidator, TableSchema
+
+
+def nested(levels: int, wrap: Any) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "object"}
+    for _ in range(levels - 1):
+        schema = wrap(schema)
+    return schema
+
+
+def messages(schema: dict[str, Any], record: dict[str, Any]) -> list[str]:
+    return [e["message"] for e in TableSchema.parse(schema).errors(record)]
+
+
+# -- nesting ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        lambda s: {"not": s},
+        lambda s: {"allOf": [s]},
+        lambda s: {"properties": {"a": s}},
+    ],
+)
+def test_a_schema_nested_past_the_cap_is_refused(wrap: Any) -> None:
+    with pytest.raises(BadRequest) as info:
+        TableSchema.parse(nested(200, wrap))  # a RecursionError in jsonschema before
+    assert info.value.details == {"arg": "schema", "path": []}
+    assert f"deeper than {MAX_SCHEMA_DEPTH}" in info.value.message
+
+
+def test_a_schema_at_the_cap_is_accepted_and_applied() -> None:
+    chain = TableSchema.parse(nested(MAX_SCHEMA_DEPTH, lambda s: {"not": s}))
+    assert [e["path"] for e in chain.errors({})] == [[]]  # an odd number of "not"
+    # a record's 31 levels under the top can be described with "properties" (2 levels each)
+    described = TableSchema.parse(nested(32, lambda s: {"properties": {"a": s}}))
+    assert described.errors({"a": 1}) == []
+
+
+def test_a_recursion_error_while_checking_is_a_bad_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def overflow(*args: Any, **kwargs: Any) -> None:
+        raise RecursionError
+
+    monkeypatch.setattr(RecordValidator, "check_schema", overflow)
+    with pytest.raises(BadRequest, match="nested too deeply"):
+        TableSchema.parse({"type": "object"})
+
+
+async def test_a_deep_schema_sent_over_the_socket_is_refused(client: Any) -> None:
+    deep = nested(500, lambda s: {"not": s})
+    with pytest.raises(BadRequest) as info:
+        await client.call("set_schema", {"table": "t", "schema": deep})
+    assert info.value.details["arg"] == "schema"
+    assert (await client.call("ping"))["pong"] is True  # the command failed, not the store
+    with pytest.raises(BadRequest, match=r"pattern '\(a\)\\\\1'"):
+        await client.call("set_schema", {"table": "t", "schema": {"pattern": r"(a)\1"}})
+    assert (await client.call("list_tables", {})) == []
+
+
+# -- patterns -----------------------------------------------------------------------------------
+
+
+def test_patterns_run_on_re2() -> None:
+    assert RecordValidator.VALIDATORS["pattern"] is schemas._pattern
+    assert RecordValidator.VALIDATORS["patternProperties"] is schemas._pattern_properties
+    assert isinstance(schemas.compile_pattern("^(a+)+$"), type(re2.compile("a")))
+
+
+def test_a_catastrophic_pattern_is_answered_not_backtracked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Python's re would take seconds on this (minutes with a few more "a"): it must not run
+    monkeypatch.setattr(jsonschema._keywords, "re", SimpleNamespace(search=_never))
+    schema = {"properties": {"x": {"type": "string", "pattern": "^(a+)+$"}}}
+    assert messages(schema, {"x": "a" * 25 + "!"}) == [
+        f"{'a' * 25 + '!'!r} does not match '^(a+)+$'"
+    ]
+    assert messages(schema, {"x": "a" * 40}) == []
+
+
+def test_pattern_searches_like_jsonschema() -> None:
+    schema = {
+        "properties": {"s": {"pattern": "b"}, "n": {"pattern": "^x"}},
+        "patternProperties": {"^p_": {"type": "integer"}, "d+": {"minimum": 0}},
+    }
+    assert messages(schema, {"s": "abc", "n": 5, "p_1": 1, "odd": 1, "q": "z"}) == []
+    assert messages(schema, {"s": "ac"}) == ["'ac' does not match 'b'"]
+    assert messages(schema, {"p_x": "1"}) == ["'1' is not of type 'integer'"]
+    assert messages(schema, {"xddx": -1}) == ["-1 is less than the minimum of 0"]
+    # ECMA-262 (and RE2): \d is ASCII, $ is the end of the text
+    assert messages({"propertyNames": {"pattern": r"^\d+$"}}, {"12": 1}) == []
+    assert len(messages({"propertyNames": {"pattern": r"^\d+$"}}, {"١٢": 1})) == 1
+    assert len(messages({"properties": {"s": {"pattern": "^a$"}}}, {"s": "a\n"})) == 1
+
+
+@pytest.mark.parametrize(
+    ("schema", "pattern", "path"),
+    [
+        ({"pattern": r"(a)\1"}, r"(a)\1", ["pattern"]),
+        ({"properties": {"x": {"pattern": "(?=a)b"}}}, "(?=a)b", ["properties", "x", "pattern"]),
+        ({"patternProperties": {"(?<!a)b": {}}}, "(?<!a)b", ["patternProperties"]),
+        ({"propertyNames": {"pattern": "["}}, "[", ["propertyNames", "pattern"]),
+    ],
+)
+def test_a_pattern_re2_cannot_run_is_refused_when_set(
+    schema: dict[str, Any], pattern: str, path: list[str]
+) -> None:
+    with pytest.raises(BadRequest) as info:
+        TableSchema.parse(schema)
+    assert info.value.details == {"arg": "schema", "path": path}
+    assert f"pattern {pattern!r}" in info.value.message and "RE2" in info.value.message
+
+
+# -- uniqueItems ----------------------------------------------------------------------------------
+
+
+UNIQUE = {"properties": {"u": {"uniqueItems": True}}}
+
+
+def test_unique_items_hashes_instead_of_comparing_pairs(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert RecordValidator.VALIDATORS["uniqueItems"] is schemas._unique_items
+    monkeypatch.setattr(jsonschema._utils, "equal", _never)
+    monkeypatch.setattr(jsonschema._keywords, "uniq", _never)
+    maps = [{"a": i} for i in range(5000)]  # ~25 s of pairwise comparisons before
+    assert messages(UNIQUE, {"u": maps}) == []
+    assert messages(UNIQUE, {"u": [*maps, {"a": 17}]}) == [
+        "has non-unique elements (item 5000 repeats an earlier one)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("items", "unique"),
+    [
+        ([1, 1.0], False),
+        ([0, -0.0], False),
+        ([True, 1], True),
+        ([False, 0], True),
+        ([[True], [1]], True),
+        ([{"a": 1, "b": [1, 2]}, {"b": [1, 2.0], "a": 1}], False),  # key order is irrelevant
+        ([[1, 2], [2, 1]], True),  # list order is not
+        (["1", 1], True),
+        ([None, None], False),
+        ([{"a": None}, {}], True),
+        ([{"a": {"b": True}}, {"a": {"b": 1}}], True),
+        ([], True),
+    ],
+)
+def test_unique_items_keeps_jsonschemas_equality(items: list[Any], unique: bool) -> None:
+    assert (messages(UNIQUE, {"u": items}) == []) is unique
+    stock = jsonschema.Draft202012Validator(UNIQUE["properties"]["u"])
+    assert stock.is_valid(items) is unique
+    assert messages({"properties": {"u": {"uniqueItems": False}}}, {"u": items}) == []
+
+
+def test_a_schema_keyword_failure_reaches_the_client_as_validation() -> None:
+    engine = Engine(clock=lambda: 1_700_000_000.0)
+    schema = {"properties": {"x": {"pattern": "^(a+)+$"}, "u": {"uniqueItems": True}}}
+    engine.run_job(engine.execute("set_schema", {"table": "t", "schema": schema}))
+    with pytest.raises(ValidationFailed):
+        engine.execute("insert", {"table": "t", "record": {"x": "a" * 30 + "!"}})
+    with pytest.raises(ValidationFailed):
+        engine.execute("insert", {"table": "t", "record": {"u": [{"a": 1}, {"a": 1.0}]}})
+    engine.execute("insert", {"table": "t", "record": {"x": "aa", "u": [{"a": 1}, {"a": 2}]}})
+
+
+def _never(*args: Any, **kwargs: Any) -> Any:
+    raise AssertionError("jsonschema's own (backtracking or quadratic) check ran")
