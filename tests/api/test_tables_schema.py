@@ -279,7 +279,8 @@ def test_unique_items_over_many_maps(client: httpx.Client) -> None:
 def test_a_schema_with_a_non_finite_number_is_422(client: httpx.Client, literal: str) -> None:
     """Python's json reads these; stored, they would come back as null (a different schema)."""
     table = f"sch_nf_{token()}"
-    body = '{"schema": {"type": "object", "properties": {"n": {"maximum": %s}}}}' % literal
+    schema = '{"type": "object", "properties": {"n": {"maximum": LITERAL}}}'
+    body = '{"schema": ' + schema.replace("LITERAL", literal) + "}"
     response = client.put(
         f"/api/v1/data/{table}/schema",
         content=body,
