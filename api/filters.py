@@ -148,6 +148,8 @@ class _TreeParser:
         converted = convert(value, ftype)
         if converted is None:
             raise self.fail(422, path, _EXPECTED[ftype])
+        if isinstance(converted, str) and (problem := text_problem(converted)):
+            raise self.fail(422, path, problem)
         return converted
 
 
@@ -181,17 +183,36 @@ def convert(value: Any, ftype: FieldType) -> Any:
     return number if number.is_finite() else None
 
 
+# JSON's \ud800 escapes decode to lone surrogates, which no UTF-8 text (the store's wire
+# format, or a JSON answer) can hold.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+NOT_UNICODE = "text must be valid Unicode (a lone surrogate such as \\ud800 is not)"
+
+
+def text_problem(text: str) -> str | None:
+    return NOT_UNICODE if _SURROGATE.search(text) else None
+
+
 def json_value_problem(value: Any, depth: int) -> str | None:
-    """What the store could not hold in a JSON value (huge ints, NaN, deep nesting)."""
+    """What the store could not hold in a JSON value (huge ints, NaN, lone surrogates, deep
+    nesting)."""
     if depth > MAX_VALUE_DEPTH:
         return f"value nested deeper than {MAX_VALUE_DEPTH} levels"
-    if isinstance(value, bool) or value is None or isinstance(value, str):
+    if isinstance(value, str):
+        return text_problem(value)
+    if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, int):
         return None if value in _INT64 else "integer outside the 64-bit range"
     if isinstance(value, float):
         return None if math.isfinite(value) else "numbers must be finite"
-    items = value.values() if isinstance(value, dict) else value
+    if isinstance(value, dict):
+        for key in value:
+            if problem := text_problem(key):
+                return problem
+        items = value.values()
+    else:
+        items = value
     for item in items:
         problem = json_value_problem(item, depth + 1)
         if problem:

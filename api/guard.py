@@ -83,12 +83,17 @@ class RequestGuardMiddleware:
             args = self.limiter.args(self.limiter.key(*identity))
             if claims is not None:  # the token's revocation marks come back with the hit
                 args["peek"] = list(revocation_keys(claims))
-            try:
-                rate_result: object = await store.call("rate_hit", args)
-            except StoreError as exc:
-                rate_result = exc
+            rate_result = await _hit(store, args)
             if claims is not None:
                 error = _revocation_error(claims, rate_result)
+                if isinstance(error, InvalidToken):
+                    # A revoked token makes an anonymous request: it counts against the
+                    # client's address, and the hit on its user is taken back (else a leaked
+                    # token its user revoked could keep that user at 429).
+                    ip_args = self.limiter.args(self.limiter.key("ip", client_ip(scope)))
+                    if isinstance(rate_result, dict) and rate_result["allowed"]:
+                        ip_args["refund"] = args["key"]
+                    rate_result = await _hit(store, ip_args)
             verdict = self.limiter.verdict(rate_result)
             if verdict is not None and not verdict.allowed:
                 await self._refuse(scope, receive, send, verdict)
@@ -135,6 +140,15 @@ class RequestGuardMiddleware:
             headers={**verdict.headers(), "Retry-After": str(retry_after)},
         )
         await response(scope, receive, send)
+
+
+async def _hit(store: Any, args: dict[str, object]) -> object:
+    """The store's answer to ``rate_hit``, or the store error (the verdict fails open)."""
+    try:
+        result: object = await store.call("rate_hit", args)
+    except StoreError as exc:
+        return exc
+    return result
 
 
 def _revocation_error(claims: Claims, result: object) -> Exception | None:

@@ -6,6 +6,10 @@ body without Content-Length is cut off at the limit too. Starlette 1.10's own
 ``RequestBodyLimitMiddleware`` counts the same way but answers in plain text from outside the
 exception handlers; this one answers 413 in the error envelope.
 
+Headers: more than ``MAX_HEADER_BYTES`` of them (names and values) is 431 before anything
+reads them. uvicorn's HTTP parser (httptools) itself has no limit, so the head was already
+read into memory: on an untrusted network, a proxy in front bounds that (deploy/README.md).
+
 Content type: on ``/api/`` paths a request with a body must be JSON (``application/json`` or
 ``application/*+json``), except the OAuth2 token endpoint, which takes a form, and upload paths
 (CSV import), which take ``multipart/form-data`` or ``text/csv`` up to their own byte limit
@@ -25,6 +29,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.errors import error_response
 
 BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+MAX_HEADER_BYTES = 32 * 1024
+"""Request header bytes accepted (nginx answers past 4 x 8 KiB; a bearer token is ~300)."""
 FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
 UPLOAD_TYPES = frozenset({"multipart/form-data", "text/csv"})
 
@@ -56,7 +62,20 @@ class RequestBodyMiddleware:
         self.upload_paths = dict(upload_paths or {})  # path → its byte limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in BODYLESS_METHODS:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if sum(len(name) + len(value) for name, value in scope["headers"]) > MAX_HEADER_BYTES:
+            await self._reject(
+                scope,
+                receive,
+                send,
+                431,
+                "HEADERS_TOO_LARGE",
+                f"The request headers are larger than {MAX_HEADER_BYTES} bytes",
+            )
+            return
+        if scope["method"] in BODYLESS_METHODS:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)

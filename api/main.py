@@ -6,6 +6,7 @@ and closes on shutdown. Run with ``gunicorn -c deploy/gunicorn.conf.py``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -25,6 +26,9 @@ from api.services.schema import ensure_schema
 from api.settings import Settings, get_settings
 from api.store import connect_store
 from storeserver.client import Caller
+from storeserver.errors import MemoryLimit
+
+log = logging.getLogger("api.main")
 
 API_PREFIX = "/api/v1"
 TAGS = [
@@ -76,9 +80,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
     async def on_connect(call: Caller) -> None:
         # Every (re)connection: a store that came back empty is made usable before any request.
-        await ensure_schema(call)
-        await reoffer(call)
-        await ensure_admin(call)
+        for step in (ensure_schema, reoffer, ensure_admin):
+            try:
+                await step(call)
+            except MemoryLimit:
+                # A store at its memory limit holds data, so its tables (and, most likely, the
+                # admin) exist: serving reads beats refusing to start. Each step is idempotent
+                # and runs again at the next connection.
+                log.warning("store at its memory limit: connection set-up step skipped")
 
     store = await connect_store(
         settings.store_socket,

@@ -195,8 +195,9 @@ class RequestIdMiddleware:
 def install_middleware(app: FastAPI, settings: Settings) -> None:
     """Add the stack; the last added runs first (outermost).
 
-    Outermost first: request id (+ security headers) → body size / content type → CORS →
-    guard (authentication, rate limit) → gzip → the app.
+    Outermost first: request id (+ security headers) → CORS → body size / content type →
+    guard (authentication, rate limit) → gzip → the app. CORS outside the body checks, so a
+    browser app from an allowed origin can read their 413/415 too.
     """
     # Imported here: both import api.errors, which imports this module.
     from api.guard import TOKEN_PATH, RequestGuardMiddleware
@@ -205,6 +206,12 @@ def install_middleware(app: FastAPI, settings: Settings) -> None:
 
     app.add_middleware(GZipMiddleware, minimum_size=settings.gzip_min_bytes)
     app.add_middleware(RequestGuardMiddleware, settings=settings)
+    app.add_middleware(
+        RequestBodyMiddleware,
+        max_bytes=settings.max_body_bytes,
+        form_paths=frozenset({TOKEN_PATH}),
+        upload_paths={IMPORT_PATH: settings.import_max_bytes},
+    )
     if settings.cors_origins:
         app.add_middleware(
             EnvelopeCORSMiddleware,
@@ -227,10 +234,4 @@ def install_middleware(app: FastAPI, settings: Settings) -> None:
                 "X-Rate-Limit-Reset",
             ],
         )
-    app.add_middleware(
-        RequestBodyMiddleware,
-        max_bytes=settings.max_body_bytes,
-        form_paths=frozenset({TOKEN_PATH}),
-        upload_paths={IMPORT_PATH: settings.import_max_bytes},
-    )
     app.add_middleware(RequestIdMiddleware, expose_worker_pid=settings.expose_worker_pid)

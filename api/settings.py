@@ -146,10 +146,14 @@ class Settings(BaseSettings):
                 )
         if (self.admin_email is None) != (self.admin_password is None):
             raise ValueError("ADMIN_EMAIL and ADMIN_PASSWORD go together: set both or neither")
-        if self.admin_password is not None and len(
-            self.admin_password.get_secret_value().encode()
-        ) not in range(8, 73):
-            raise ValueError("ADMIN_PASSWORD must be 8 to 72 UTF-8 bytes (bcrypt's limit)")
+        if self.admin_password is not None:
+            # The rules of UserCreate, which ensure_admin applies: at least 8 characters, at
+            # most 72 UTF-8 bytes (bcrypt's limit). "ééééé" is 10 bytes but 5 characters.
+            admin_password = self.admin_password.get_secret_value()
+            if len(admin_password) < 8 or len(admin_password.encode()) > 72:
+                raise ValueError(
+                    "ADMIN_PASSWORD must be at least 8 characters and at most 72 UTF-8 bytes"
+                )
         if self.refresh_token_ttl <= self.access_token_ttl:
             raise ValueError("REFRESH_TOKEN_TTL must be longer than ACCESS_TOKEN_TTL")
         if self.job_stale_seconds < 3 * self.job_heartbeat_seconds:

@@ -73,7 +73,7 @@ _SCAN_ARGS = frozenset({"table", "cursor", "limit", "include_hidden", "fields", 
 _KV_SET_ARGS = frozenset({"key", "value", "ttl", "nx"})
 _KEY_ARGS = frozenset({"key"})
 _KEYS_ARGS = frozenset({"keys"})
-_RATE_ARGS = frozenset({"key", "limit", "window", "peek"})
+_RATE_ARGS = frozenset({"key", "limit", "window", "peek", "refund"})
 
 
 class Engine:
@@ -94,10 +94,20 @@ class Engine:
             "kv_delete",
         }
     )
-    """Commands that add or change data (refused by the server over its memory limit).
+    """Commands that add or change data (journaled, audited)."""
+    GROWING_COMMANDS: frozenset[str] = WRITE_COMMANDS - {
+        "delete",
+        "delete_where",
+        "drop_index",
+        "kv_set",
+        "kv_delete",
+    }
+    """The writes the server refuses over its memory limit (Redis's ``noeviction``).
 
-    ``rate_hit`` is deliberately not one: rate limiting must keep working when writes are
-    refused, and its counters are small and short-lived.
+    Not refused: deletes and index drops, which free memory (how an operator makes room), and
+    the keys with expiry, which hold sessions and token revocations: small, bounded by the
+    rate limits, and a logout must still work when the store is full. ``rate_hit`` is not a
+    write at all: rate limiting keeps working, its counters small and short-lived.
     """
 
     def __init__(
@@ -628,7 +638,7 @@ class Engine:
     def _rate_hit(self, args: Args) -> dict[str, Any]:
         """One hit; with ``peek`` (a list of keys) also their values, as ``kv_get_many`` would
         give them: a worker checks a request's limit and its token's revocation marks in one
-        round trip instead of two."""
+        round trip instead of two. ``refund`` (a key) first takes back one hit of that key."""
         check_keys(args, _RATE_ARGS)
         key = _key(args)
         hits = args.get("limit")
@@ -639,6 +649,11 @@ class Engine:
         peek = args.get("peek")
         if peek is not None:
             peeked = self._kv_values(peek, "peek")  # checked before the hit counts
+        refund = args.get("refund")
+        if refund is not None:
+            # A hit counted against another key that should not have been (a revoked token's
+            # user): taken back in the same command as this one.
+            self._rates.refund(_key(args, "refund"))
         result = self._rates.hit(key, hits, window)
         if peek is not None:
             result = {**result, "peek": peeked}
@@ -648,8 +663,8 @@ class Engine:
 _NO_CONTEXT: tuple[None, None, None] = (None, None, None)
 
 
-def _key(args: Args) -> str:
-    key = required_str(args, "key")
+def _key(args: Args, name: str = "key") -> str:
+    key = required_str(args, name)
     if len(key) > MAX_KEY_LENGTH:
-        raise BadRequest(f"key longer than {MAX_KEY_LENGTH}", {"arg": "key"})
+        raise BadRequest(f"{name} longer than {MAX_KEY_LENGTH}", {"arg": name})
     return key

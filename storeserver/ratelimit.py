@@ -40,3 +40,9 @@ class FixedWindowCounters:
         if allowed:
             state[1] += 1
         return {"allowed": allowed, "remaining": max(limit - state[1], 0), "reset": state[0]}
+
+    def refund(self, key: str) -> None:
+        """Take back one counted hit of ``key``'s current window (none: nothing happens)."""
+        state = self._windows.get(key)
+        if state is not None and self._clock() < state[0] and state[1] > 0:
+            state[1] -= 1

@@ -248,7 +248,7 @@ class StoreServer:
         engine = self.engine
         if command not in Engine.WRITE_COMMANDS:
             return engine.execute(command, args)
-        if self.memory.over_limit():
+        if command in Engine.GROWING_COMMANDS and self.memory.over_limit():
             raise MemoryLimit(
                 "the store is at its memory limit; writes are refused, reads still work",
                 {"max_memory": self.settings.max_memory},

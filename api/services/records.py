@@ -22,6 +22,7 @@ from api.filters import (
     parse_body_sort,
     parse_filter_tree,
     parse_projection,
+    text_problem,
     tree_error,
 )
 from api.queries import Fields, FieldType, ListQuery, Page
@@ -380,8 +381,13 @@ def _walk(
     elif isinstance(value, float) and not math.isfinite(value):
         # Python's json reads 1e999, Infinity and NaN; JSON answers cannot carry them back.
         problems.append(_problem(loc, "numbers must be finite"))
+    elif isinstance(value, str):
+        if problem := text_problem(value):
+            problems.append(_problem(loc, problem))
     elif isinstance(value, dict):
         for key, item in value.items():
+            if problem := text_problem(key):
+                problems.append(_problem((*loc, key), problem))
             _walk(item, (*loc, key), depth + 1, max_depth, problems)
     elif isinstance(value, list):
         for index, item in enumerate(value):

@@ -1412,6 +1412,27 @@ def test_rate_hit_peeks_at_keys_in_the_same_command(engine: Engine, clock: FakeC
     assert "peek" not in plain
 
 
+def test_rate_hit_refunds_one_hit_of_another_key_first(engine: Engine, clock: FakeClock) -> None:
+    run(engine, "rate_hit", key="user", limit=3, window=60)
+    run(engine, "rate_hit", key="user", limit=3, window=60)
+    hit = run(engine, "rate_hit", key="ip", limit=3, window=60, refund="user")
+    assert hit["remaining"] == 2  # the ip's own hit counts
+    assert run(engine, "rate_hit", key="user", limit=3, window=60)["remaining"] == 1  # 2-1+1
+    run(engine, "rate_hit", key="ip", limit=3, window=60, refund="nobody")  # nothing to refund
+    clock.advance(61)  # a refund never reaches into a closed window or below zero
+    run(engine, "rate_hit", key="ip", limit=3, window=60, refund="user")
+    assert run(engine, "rate_hit", key="user", limit=3, window=60)["remaining"] == 2
+    fail(engine, BadRequest, "rate_hit", key="k", limit=1, window=1, refund=5)
+
+
+def test_the_writes_refused_at_the_memory_limit_are_the_ones_that_add_data() -> None:
+    assert Engine.GROWING_COMMANDS < Engine.WRITE_COMMANDS
+    assert {"insert", "patch", "replace", "batch", "create_table"} <= Engine.GROWING_COMMANDS
+    # Deletes make room; sessions and revocations must keep working at the limit.
+    for allowed in ("delete", "delete_where", "drop_index", "kv_set", "kv_delete"):
+        assert allowed not in Engine.GROWING_COMMANDS
+
+
 # -- stats ------------------------------------------------------------------------------------
 
 

@@ -107,3 +107,18 @@ async def test_audit_and_schema_survive_a_restart(store_process, tmp_path) -> No
             await client.call("insert", {"table": "p", "record": {"other": 1}})
     finally:
         await client.close()
+
+
+async def test_at_the_memory_limit_deletes_and_session_keys_go_on(server, client) -> None:
+    from storeserver.errors import MemoryLimit
+
+    first = await client.call("insert", {"table": "t", "record": {"a": 1}})
+    server.memory.over_limit = lambda: True  # as if RSS were past STORE_MAX_MEMORY
+    with pytest.raises(MemoryLimit):
+        await client.call("insert", {"table": "t", "record": {"a": 2}})
+    with pytest.raises(MemoryLimit):
+        await client.call("create_table", {"table": "t"})
+    assert (await client.call("get", {"table": "t", "id": first["id"]}))["a"] == 1
+    assert await client.call("kv_set", {"key": "revoked:s", "value": 1, "ttl": 60}) is True
+    await client.call("delete", {"table": "t", "id": first["id"]})  # room can be made
+    assert await client.call("count", {"table": "t"}) == 0
