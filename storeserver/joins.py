@@ -13,38 +13,60 @@ from collections.abc import Callable, Collection, Generator, Iterable
 from typing import Any
 
 from storeserver.builds import CHUNK
+from storeserver.indexes import UniqueIndex
 from storeserver.query import Predicate, compile_getter, index_key
 from storeserver.tables import Record, Table
 
 Probe = Callable[[Any], Collection[str]]
 
 
-def _indexed_probe(right: Table, field: str) -> Probe | None:
-    """A function from a left value to the matching right ids (creation order) through the
-    primary key or an index on ``field``; ``None`` when there is none."""
-    rows = right.rows
+def _index_of(right: Table, field: str) -> Any:
+    """What probes ``field`` on the right side: its rows (the primary key), its hash index or
+    its (case-sensitive) unique index; ``None`` when there is none."""
     if field == "id":
-        return lambda v: (v,) if type(v) is str and v in rows else ()
+        return right.rows
     hashed = right.hashes.get(field)
     if hashed is not None:
-        return lambda v: hashed.ids(index_key(v))
+        return hashed
     unique = right.uniques.get(field)
-    if unique is not None and not unique.casefold:
-        owners = unique.owners
+    return unique if unique is not None and not unique.casefold else None
+
+
+def _probe(index: Any) -> Probe:
+    """A function from a left value to the matching right ids (creation order)."""
+    if type(index) is dict:
+        return lambda v: (v,) if type(v) is str and v in index else ()
+    if type(index) is UniqueIndex:
+        owners = index.owners
 
         def probe_unique(v: Any) -> Collection[str]:
             rid = owners.get(index_key(v))
             return () if rid is None else (rid,)
 
         return probe_unique
-    return None
+    return lambda v: index.ids(index_key(v))
+
+
+def _build(right: Table, field: str) -> Generator[None, None, dict[Any, list[Record]]]:
+    """A temporary hash of the right rows by ``field``, ``CHUNK`` rows per step, holding the
+    records themselves (as they are now: stored records are never mutated)."""
+    get = compile_getter(field)
+    built: dict[Any, list[Record]] = {}
+    records = list(right.rows.values())
+    for start in range(0, len(records), CHUNK):
+        for record in records[start : start + CHUNK]:
+            value = get(record)
+            if value is not None:
+                built.setdefault(index_key(value), []).append(record)
+        yield
+    return built
 
 
 def needs_chunks(left_rows: int, right: Table, right_field: str) -> bool:
     """Whether a join is big enough to run a chunk per loop turn (``builds.ChunkedRead``)."""
     if left_rows > CHUNK:
         return True
-    return len(right.rows) > CHUNK and _indexed_probe(right, right_field) is None
+    return len(right.rows) > CHUNK and _index_of(right, right_field) is None
 
 
 def join_steps(
@@ -60,38 +82,33 @@ def join_steps(
     """``(page of (left, right) pairs, total pairs)``, yielding after each ``CHUNK`` rows read.
 
     Without an index on the right field, a temporary hash of the right table is built first,
-    a chunk per step, holding the records themselves: stored records are never mutated (a
-    write swaps in a new dict), so the pairs are the rows as they were when read, whatever is
-    written between steps. The left rows are a list taken at the start, read the same way.
-    ``None`` values never match.
+    a chunk per step (``_build``), so the pairs are the rows as they were when read, whatever
+    is written between steps; so is the rest of a join whose index is dropped meanwhile. The
+    left rows are a list taken at the start, read the same way. ``None`` values never match.
     """
     # Both sides as they are now, before the first step ends (``left_ids`` may be a live
     # index bucket).
     left_rows = left.rows
     source = list(left_rows.values()) if left_ids is None else [left_rows[i] for i in left_ids]
     right_rows = right.rows
-    indexed = _indexed_probe(right, right_field)
-    if indexed is not None:
-        probe: Callable[[Any], Collection[Any]] = indexed
+    index = _index_of(right, right_field)
+    if index is not None:
+        probe: Callable[[Any], Collection[Any]] = _probe(index)
         resolve: Callable[[Any], Record] = right_rows.__getitem__
     else:
-        get = compile_getter(right_field)
-        built: dict[Any, list[Record]] = {}
-        records = list(right_rows.values())
-        for start in range(0, len(records), CHUNK):
-            for record in records[start : start + CHUNK]:
-                value = get(record)
-                if value is not None:
-                    built.setdefault(index_key(value), []).append(record)
-            yield
-        del records
-        probe = lambda v: built.get(index_key(v), ())  # noqa: E731
-        resolve = _same
+        built = yield from _build(right, right_field)
+        probe, resolve = _lookup(built), _same
     get_left = compile_getter(left_field)
     end = offset + limit
     total = 0
     items: list[tuple[Record, Record]] = []
     for start in range(0, len(source), CHUNK):
+        if index is not None and _index_of(right, right_field) is not index:
+            # The index was dropped between steps, so no longer kept up to date: the rest of
+            # the join reads a hash of the right rows as they are now.
+            index = None
+            rebuilt = yield from _build(right, right_field)
+            probe, resolve = _lookup(rebuilt), _same
         chunk = source[start : start + CHUNK]
         for record in chunk if predicate is None else filter(predicate, chunk):
             value = get_left(record)
@@ -107,6 +124,10 @@ def join_steps(
         if start + CHUNK < len(source):
             yield
     return items, total
+
+
+def _lookup(built: dict[Any, list[Record]]) -> Callable[[Any], Collection[Record]]:
+    return lambda v: built.get(index_key(v), ())
 
 
 def _same(record: Record) -> Record:

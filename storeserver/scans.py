@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from storeserver.errors import NotFound
-from storeserver.filters import Node, plan
+from storeserver.filters import Node, compile_predicate, plan
 from storeserver.projection import Projector, parse_fields
 from storeserver.tables import Table
 
@@ -43,8 +43,11 @@ class _Cursor:
         where: list[Node],
     ) -> None:
         self.table = table
-        ids, self.keep = plan(table, where)
+        ids, _ = plan(table, where)
         self.ids = list(table.rows if ids is None else ids)
+        # The whole filter, the index-served part too: a scan reads rows calls later, and a
+        # row the index listed may have stopped matching since (``find`` reads in one go).
+        self.keep = compile_predicate(where, table.casefold_fields)
         self.position = 0
         self.include_hidden = include_hidden
         self.project = project

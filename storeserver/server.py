@@ -143,7 +143,8 @@ class StoreServer:
         self.memory = MemoryGauge(settings.max_memory)
         self.op_stats = OpStats()
         self.slow: deque[dict[str, Any]] = deque(maxlen=SLOW_KEPT)
-        self.jobs = 0  # long commands in progress
+        # Long commands in progress and the connection each answers to (None: no client).
+        self.running: dict[Job, StoreConnection | None] = {}
         self.connections: set[StoreConnection] = set()
         self.ready = False
         self.started_at = time.time()
@@ -180,6 +181,20 @@ class StoreServer:
         self.ready = True
         log.info("store_listening", socket=str(path), tcp=self.settings.tcp, version=__version__)
 
+    @property
+    def jobs(self) -> int:
+        """Long commands in progress."""
+        return len(self.running)
+
+    def cancel_jobs(self, conn: StoreConnection | None = None) -> None:
+        """Abort the long commands of ``conn`` (every one without it): nobody would read their
+        answers. A cancelled read just stops; a cancelled ``create_index`` or ``set_schema``
+        leaves the table as it was, as a command that never ran."""
+        for job, owner in list(self.running.items()):
+            if conn is None or owner is conn:
+                del self.running[job]
+                job.abort()
+
     async def shutdown(self) -> None:
         """Stop accepting, let every in-flight reply flush, close clients, remove the socket."""
         self.ready = False
@@ -189,8 +204,10 @@ class StoreServer:
         self._all_closed.clear()
         for conn in list(self.connections):
             conn.close()
-        # Commands are synchronous, so nothing is half-done; give buffered replies a moment
-        # to flush (close() sends what is buffered, then disconnects).
+        # Single commands are synchronous, so none is half-done; long ones (jobs) end with
+        # their connections (``connection_lost``), and the rest below, before the final
+        # snapshot. Buffered replies get a moment to flush (close() sends them, then
+        # disconnects).
         if self.connections:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._all_closed.wait(), 2.0)
@@ -199,6 +216,7 @@ class StoreServer:
         for listener in self._listeners:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(listener.wait_closed(), 1.0)
+        self.cancel_jobs()
         if self.durability is not None:
             self.durability.close()
         with contextlib.suppress(FileNotFoundError):
@@ -278,7 +296,7 @@ class StoreServer:
         try:
             result = self.run(request.command, args, actor, request_tag)
             if isinstance(result, Job):
-                self.jobs += 1
+                self.running[result] = conn
                 self._drive(result, conn, rid, request_tag, time.perf_counter() - started)
                 return None
             reply = self._encode(rid, result)
@@ -327,6 +345,8 @@ class StoreServer:
         ``spent`` is the command's time so far (its steps, not the time between them): that
         is what it cost other clients, and what the stats and the slow log report.
         """
+        if job not in self.running:
+            return  # cancelled (its client left, or the store is stopping): already aborted
         started = time.perf_counter()
         reply: bytes | None = None
         recorded = False
@@ -348,7 +368,7 @@ class StoreServer:
         if reply is None:
             asyncio.get_running_loop().call_soon(self._drive, job, conn, rid, request_tag, spent)
             return
-        self.jobs -= 1
+        del self.running[job]
         self._account(job.command, spent, request_tag)
         if conn is None:
             return
@@ -468,6 +488,7 @@ class StoreConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
+        self.server.cancel_jobs(self)
         self.transport = None
         if not self.server.connections:
             self.server._all_closed.set()

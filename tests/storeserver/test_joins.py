@@ -80,3 +80,71 @@ def test_small_joins_answer_at_once() -> None:
     engine = _engine(left_rows=20)
     small = engine.execute("join", {**JOIN, "right": "l", "right_field": "key"})
     assert isinstance(small, dict) and small["total"] == 20
+
+
+def _big_left_engine() -> Engine:
+    """``l``: RIGHT_ROWS rows keyed ``k<i>``; ``r``: a small table with a hash index on ``ref``."""
+    engine = Engine(journal=False, max_batch=RIGHT_ROWS)
+    engine.execute(
+        "batch",
+        {
+            "ops": [
+                {"op": "insert", "table": "l", "record": {"id": f"l{i}", "key": f"k{i}"}}
+                for i in range(RIGHT_ROWS)
+            ]
+        },
+    )
+    engine.execute("create_table", {"table": "r", "indexes": [{"field": "ref"}]})
+    for rid in ("x", "y"):
+        engine.execute("insert", {"table": "r", "record": {"id": rid, "ref": "k15000"}})
+    return engine
+
+
+def test_chunked_join_survives_the_right_index_being_dropped_between_steps() -> None:
+    """A right index dropped between steps is no longer kept up to date: the join stops using
+    it (a row deleted afterwards once made it raise ``KeyError``)."""
+    engine = _big_left_engine()
+    job = engine.execute("join", JOIN)
+    assert isinstance(job, ChunkedRead)
+    assert engine.advance(job) == (False, None)  # l0..l9999 done; k15000 is in a later chunk
+    engine.execute("drop_index", {"table": "r", "field": "ref"})
+    engine.execute("delete", {"table": "r", "id": "x"})
+    _, result = finish(engine, job)
+    assert [(a["id"], b["id"]) for a, b in result["items"]] in (
+        [("l15000", "x"), ("l15000", "y")],  # the right rows as they were at the start
+        [("l15000", "y")],  # or as they are when read
+    )
+
+
+def test_chunked_join_pairs_still_match_after_the_right_index_is_dropped() -> None:
+    """Nor does a stale index pair rows whose fields no longer match."""
+    engine = _big_left_engine()
+    job = engine.execute("join", JOIN)
+    engine.advance(job)
+    engine.execute("drop_index", {"table": "r", "field": "ref"})
+    engine.execute("patch", {"table": "r", "id": "y", "changes": {"ref": "other"}})
+    _, result = finish(engine, job)
+    for left, right in result["items"]:
+        assert left["key"] == right["ref"], (left["id"], right)
+
+
+def test_chunked_join_with_a_unique_right_index_dropped_between_steps() -> None:
+    """The same for a unique index."""
+    engine = Engine(journal=False, max_batch=RIGHT_ROWS)
+    engine.execute(
+        "batch",
+        {
+            "ops": [
+                {"op": "insert", "table": "l", "record": {"id": f"l{i}", "key": f"k{i}"}}
+                for i in range(RIGHT_ROWS)
+            ]
+        },
+    )
+    engine.execute("create_table", {"table": "r", "indexes": [{"field": "ref", "unique": True}]})
+    engine.execute("insert", {"table": "r", "record": {"id": "x", "ref": "k15000"}})
+    job = engine.execute("join", JOIN)
+    engine.advance(job)
+    engine.execute("drop_index", {"table": "r", "field": "ref"})
+    engine.execute("delete", {"table": "r", "id": "x"})
+    _, result = finish(engine, job)
+    assert [(a["id"], b["id"]) for a, b in result["items"]] in ([("l15000", "x")], [])
