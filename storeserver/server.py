@@ -8,9 +8,11 @@ received chunk, so a pipelining client gets its replies batched into few syscall
 client stops reading its replies, the transport's write buffer fills and we stop reading from
 that client (``pause_writing`` → ``pause_reading``), which bounds our memory per client.
 A frame that does not decode closes that one connection with a logged reason; every other
-client is unaffected. The few commands that would read a whole big table (``create_index``,
-``set_schema``) come back from the engine as a ``builds.Job``: it runs one chunk per loop turn
-(``_drive``), other clients' commands in between, and its reply is sent when it is done.
+client is unaffected. The commands that would read a whole big table (``create_index``,
+``set_schema``, and ``find``, ``count``, ``join``, ``aggregate`` over many rows) come back from
+the engine as a ``builds.Job``: the jobs are stepped in turn, a chunk each, for about
+``JOB_BUDGET`` per loop turn (``_run_jobs``), other clients' commands in between, and each
+reply is sent when its job is done. A job whose connection closes is abandoned.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -124,6 +127,20 @@ def _percentiles(buckets: list[int], count: int, quantiles: tuple[float, ...]) -
     return out + [0.0] * (len(quantiles) - len(out))
 
 
+JOB_BUDGET = 0.005
+"""Seconds of job steps per loop turn, beyond the first step (``StoreServer._run_jobs``)."""
+
+
+@dataclass(slots=True)
+class _JobRun:
+    """A long command in the run queue: the job, and where and how its reply goes."""
+
+    job: Job
+    conn: StoreConnection | None
+    rid: int
+    request_tag: Any
+
+
 class StoreServer:
     def __init__(self, settings: StoreSettings, engine: Engine | None = None) -> None:
         self.settings = settings
@@ -143,8 +160,12 @@ class StoreServer:
         self.memory = MemoryGauge(settings.max_memory)
         self.op_stats = OpStats()
         self.slow: deque[dict[str, Any]] = deque(maxlen=SLOW_KEPT)
-        # Long commands in progress and the connection each answers to (None: no client).
+        # Long commands in progress and the connection each answers to (None: no client),
+        # their turn order, and the time their steps took so far.
         self.running: dict[Job, StoreConnection | None] = {}
+        self._queue: deque[_JobRun] = deque()
+        self._jobs_spent: dict[Job, float] = {}
+        self._jobs_scheduled = False
         self.connections: set[StoreConnection] = set()
         self.ready = False
         self.started_at = time.time()
@@ -193,6 +214,7 @@ class StoreServer:
         for job, owner in list(self.running.items()):
             if conn is None or owner is conn:
                 del self.running[job]
+                self._jobs_spent.pop(job, None)
                 job.abort()
 
     async def shutdown(self) -> None:
@@ -297,7 +319,9 @@ class StoreServer:
             result = self.run(request.command, args, actor, request_tag)
             if isinstance(result, Job):
                 self.running[result] = conn
-                self._drive(result, conn, rid, request_tag, time.perf_counter() - started)
+                self._queue.append(_JobRun(result, conn, rid, request_tag))
+                self._jobs_spent[result] = time.perf_counter() - started
+                self._schedule_jobs()
                 return None
             reply = self._encode(rid, result)
         except StoreError as exc:
@@ -337,16 +361,42 @@ class StoreServer:
                 }
             )
 
-    def _drive(
-        self, job: Job, conn: StoreConnection | None, rid: int, request_tag: Any, spent: float
-    ) -> None:
-        """Run one step of ``job`` now and schedule the next for the next loop turn.
+    def _schedule_jobs(self) -> None:
+        if not self._jobs_scheduled:
+            self._jobs_scheduled = True
+            asyncio.get_running_loop().call_soon(self._run_jobs)
 
-        ``spent`` is the command's time so far (its steps, not the time between them): that
-        is what it cost other clients, and what the stats and the slow log report.
+    def _run_jobs(self) -> None:
+        """Step the long commands in turn, each at most once, until ``JOB_BUDGET`` seconds
+        are used; then let the loop serve everyone else and come back.
+
+        So however many jobs run, a short command waits about one budget plus one step
+        (a step is about ``CHUNK`` rows), not one step of every job. A job's first step runs
+        here too, not while its request is read: a pipelined burst of long reads does not
+        hold the turn that reads it.
         """
+        self._jobs_scheduled = False
+        queue = self._queue
+        deadline = time.perf_counter() + JOB_BUDGET
+        for _ in range(len(queue)):
+            run = queue.popleft()
+            if self._step(run):
+                queue.append(run)
+            if time.perf_counter() >= deadline:
+                break
+        if queue:
+            self._schedule_jobs()
+
+    def _step(self, run: _JobRun) -> bool:
+        """One step of a job; ``True`` while it goes on.
+
+        The time spent on its steps (not the time between them) is what it cost other
+        clients, and what the stats and the slow log report.
+        """
+        job, conn, rid = run.job, run.conn, run.rid
         if job not in self.running:
-            return  # cancelled (its client left, or the store is stopping): already aborted
+            self._jobs_spent.pop(job, None)
+            return False  # cancelled (its client left, or the store is stopping): aborted
         started = time.perf_counter()
         reply: bytes | None = None
         recorded = False
@@ -364,19 +414,19 @@ class StoreServer:
             log.exception("command_failed", command=job.command)
             err = InternalError("internal store error")
             reply = encode_error(rid, err.code, err.message, {})
-        spent += time.perf_counter() - started
+        spent = self._jobs_spent[job] + time.perf_counter() - started
         if reply is None:
-            asyncio.get_running_loop().call_soon(self._drive, job, conn, rid, request_tag, spent)
-            return
-        del self.running[job]
-        self._account(job.command, spent, request_tag)
-        if conn is None:
-            return
-        durability = self.durability
-        if recorded and durability is not None and durability.holds_replies:
-            durability.hold(conn, reply)  # STORE_FSYNC=always: sent once its entry is on disk
-        else:
-            conn.send(reply)
+            self._jobs_spent[job] = spent
+            return True
+        del self.running[job], self._jobs_spent[job]
+        self._account(job.command, spent, run.request_tag)
+        if conn is not None:
+            durability = self.durability
+            if recorded and durability is not None and durability.holds_replies:
+                durability.hold(conn, reply)  # STORE_FSYNC=always: sent once on disk
+            else:
+                conn.send(reply)
+        return False
 
     def snapshot(self, conn: StoreConnection, request_id: int) -> None:
         """Start (or join) a background snapshot; the reply is sent when it is on disk."""

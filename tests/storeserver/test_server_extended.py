@@ -4,6 +4,7 @@ latency percentiles and slow commands, and the audit log and schemas surviving a
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -122,3 +123,42 @@ async def test_at_the_memory_limit_deletes_and_session_keys_go_on(server, client
     assert await client.call("kv_set", {"key": "revoked:s", "value": 1, "ttl": 60}) is True
     await client.call("delete", {"table": "t", "id": first["id"]})  # room can be made
     assert await client.call("count", {"table": "t"}) == 0
+
+
+async def test_jobs_take_turns_within_a_budget_per_loop_turn(server, monkeypatch) -> None:
+    """Each pass of the job runner steps every job at most once, and stops early once its
+    budget is used: many long reads never add up to one long stall for a short command. A
+    job's first step runs there too, not while its request is read."""
+    from storeserver import server as server_module
+    from storeserver.builds import ChunkedRead
+    from storeserver.protocol import Request
+
+    steps: list[str] = []
+
+    def long_read(name: str) -> Any:
+        for _ in range(3):
+            steps.append(name)
+            yield
+        return {"items": [], "total": 0}
+
+    real_execute = server.engine.execute
+
+    def execute(command: str, args: dict[str, Any], **kw: Any) -> Any:
+        if command == "find":
+            return ChunkedRead("find", long_read(args["table"]))
+        return real_execute(command, args, **kw)
+
+    monkeypatch.setattr(server.engine, "execute", execute)
+    for name in ("a", "b", "c"):
+        assert server.handle(Request(1, "find", {"table": name})) is None  # goes on as a job
+    assert steps == [] and server.jobs == 3  # nothing ran while the requests were read
+
+    server._run_jobs()  # a generous budget: one step each, in turn
+    assert steps == ["a", "b", "c"]
+    monkeypatch.setattr(server_module, "JOB_BUDGET", 0.0)
+    server._run_jobs()  # no budget left after the first step: the next pass goes on from b
+    server._run_jobs()
+    assert steps == ["a", "b", "c", "a", "b"]
+    while server.jobs:
+        server._run_jobs()
+    assert sorted(steps) == ["a"] * 3 + ["b"] * 3 + ["c"] * 3
