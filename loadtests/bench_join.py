@@ -365,7 +365,8 @@ def render(data: dict[str, Any]) -> str:
         "over the calls), `CPU` the store process's utime + stime per call from /proc (10 ms "
         "clock ticks: coarse for the fast cases). Without an index the store builds a temporary "
         "hash of the whole right table in every call (10,000 rows per loop turn on a table "
-        "this big); with `create_index ref` it probes the index. Both answers were compared: identical on every table.",
+        "this big); with `create_index ref` it probes the index. Both answers were compared: "
+        "identical on every table.",
         "",
         f"## Same result ({fixed[0]['indexed']['pairs']} pairs), growing right table",
         "",

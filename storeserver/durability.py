@@ -8,6 +8,11 @@ Write path: each write command's changes are queued (``record``); at the end of 
 ``write``). Commands are never split across entries, so each is still replayed whole or not
 at all; an entry is closed early once it holds ``ENTRY_CHANGES`` changes, to keep it far
 below the reader's size limit.
+
+With ``always`` the replies of a turn's writes are held (``hold``) and sent once an fsync of
+the log, started after their entries were written, succeeds. After any failure (a write, an
+fsync, opening a new log) the replies held then are aborted, never sent, even if a later fsync
+succeeds: a reply is sent only for a write known to be on disk (``_fail``, ``_fsync_done``).
 """
 
 from __future__ import annotations
@@ -208,24 +213,37 @@ class Durability:
             self.start_snapshot()
 
     def _start_fsync(self) -> None:
-        assert self._loop is not None and self.log is not None
-        batch, self._held = self._held, []
-        self._syncing = True
+        assert self.log is not None
         self._dirty = False
-        future = self._loop.run_in_executor(self._executor, self.log.fsync)
-        future.add_done_callback(lambda f: self._fsync_done(f, batch))
+        self._sync_held(self.log.fsync)
 
-    def _fsync_done(self, future: asyncio.Future[None], batch: list[tuple[Sink, bytes]]) -> None:
+    def _sync_held(self, sync: Callable[[], None]) -> None:
+        """Run ``sync`` on the fsync thread; the replies held so far are sent once it succeeds."""
+        assert self._loop is not None
+        batch, self._held = self._held, []
+        failures = self._failures
+        self._syncing = True
+        future = self._loop.run_in_executor(self._executor, sync)
+        future.add_done_callback(lambda f: self._fsync_done(f, batch, failures))
+
+    def _fsync_done(
+        self, future: asyncio.Future[None], batch: list[tuple[Sink, bytes]], failures: int
+    ) -> None:
         self._syncing = False
         exc = future.exception()
         if exc is not None:
-            self._fail(f"fsync failed: {exc}")
             # Not durable, so not acknowledged: the clients see the connection drop.
-            for sink, _ in batch:
-                sink.abort()
+            _abort(batch)
+            self._fail(f"fsync failed: {exc}")
             return
-        for sink, data in batch:
-            sink.send(data)
+        if self._failures != failures:
+            # A failure came while this batch waited: as for the replies _fail aborts, this
+            # fsync succeeding proves nothing for it (it may have run after a failed one on the
+            # same file). Cautious after a failed write too, whose batches were written before.
+            _abort(batch)
+        else:
+            for sink, data in batch:
+                sink.send(data)
         if self._held:
             self._start_fsync()
 
@@ -247,6 +265,13 @@ class Durability:
             log.error("persistence_failed", reason=reason)
         self.error = reason
         self._failures += 1
+        # The replies still held are never sent: a failed write left their entries out of the
+        # log, and after a failed fsync the kernel may have dropped the dirty pages of entries
+        # written meanwhile, so a later fsync that succeeds (the next rotation's) proves nothing.
+        # Their clients see the connection drop; so do those of batches whose fsync is queued
+        # (_fsync_done). Only a snapshot forked after this failure holds their writes for sure.
+        held, self._held = self._held, []
+        _abort(held)
         self._schedule_recovery()
 
     # -- recovery ----------------------------------------------------------------------------
@@ -297,10 +322,7 @@ class Durability:
             return
         # The old log is synced and closed on the fsync thread, after any fsync in flight on it;
         # replies held for entries in it wait for that.
-        batch, self._held = self._held, []
-        self._syncing = True
-        future = self._loop.run_in_executor(self._executor, _sync_and_close, old)
-        future.add_done_callback(lambda f: self._fsync_done(f, batch))
+        self._sync_held(lambda: _sync_and_close(old))
         self._child_generation = generation
         self._child_failures = self._failures
         self._child_started = time.perf_counter()
@@ -365,6 +387,11 @@ class Durability:
             "last_snapshot_age_s": round(time.time() - last["finished_at"], 3) if last else None,
             "error": self.error,
         }
+
+
+def _abort(replies: list[tuple[Sink, bytes]]) -> None:
+    for sink, _ in replies:
+        sink.abort()
 
 
 def _sync_and_close(log_file: AppendLog) -> None:

@@ -11,10 +11,15 @@ Files in ``STORE_DATA_DIR``:
 - ``snapshot.mdb``: the whole state at some moment, in the same entry format; its first entry
   is ``[["meta", {"generation": G, ...}]]``, meaning "this includes every log up to G".
 
-Start-up loads the snapshot, then replays the logs newer than G in order. A torn final entry
-(a crash mid-write) of the newest log is cut off with a warning, and with it every command of
-that loop turn (with ``always`` none of them had been acknowledged); a bad entry anywhere else
-means real corruption and the store refuses to start rather than serve half a history.
+Start-up loads the snapshot, then replays the logs newer than G in order. A torn tail is cut
+off with a warning, and with it every command of that loop turn (with ``always`` none of them
+had been acknowledged). A torn tail is a bad last entry: cut short (a crash mid-write), or
+bad and followed only by zero bytes (a file system that extended the file before its data
+reached the disk). It normally ends the newest log; it may end an older one if every newer
+log holds no whole entry (a power loss between a rotation and the old log's fsync), and then
+those are cut too (``_cut_torn_tail``). A bad entry anywhere else, including a torn tail
+followed by a log that holds entries, means real corruption and the store refuses to start
+rather than serve half a history.
 
 A snapshot is written by a forked child (as Redis's BGSAVE): the parent rotates to a new log
 generation, forks, and goes on serving; the child writes ``snapshot.mdb.tmp`` from its
@@ -64,52 +69,96 @@ def encode_entry(changes: list[Any]) -> bytes:
     return _ENTRY.pack(len(body), zlib.crc32(body)) + body
 
 
+@dataclass
+class TornTail:
+    """The damaged end of a file: where its last whole entry ends, and why the rest is bad."""
+
+    path: Path
+    offset: int
+    reason: str
+    lost_bytes: int
+
+    def truncate(self) -> None:
+        log.warning(
+            "log_torn_tail_truncated",
+            file=str(self.path),
+            offset=self.offset,
+            reason=self.reason,
+            lost_bytes=self.lost_bytes,
+        )
+        with open(self.path, "r+b") as fh:
+            fh.truncate(self.offset)
+            os.fsync(fh.fileno())
+
+    def corrupt(self) -> CorruptData:
+        return _corrupt(self.path, self.offset, self.reason)
+
+
+def _corrupt(path: Path, pos: int, problem: str) -> CorruptData:
+    return CorruptData(
+        f"{path.name} is corrupt at byte {pos} ({problem}); refusing to start. "
+        "Restore the data directory from a backup, or move the damaged file away "
+        "to start from the snapshot and the logs before it."
+    )
+
+
+class EntryReader:
+    """The entries of one file, in order. Iteration stops at a torn tail (kept in ``torn``);
+    damage followed by more entries' data raises ``CorruptData``.
+
+    A torn tail is a bad last entry: cut short (a crash mid-append), or whose checksum or
+    body is bad with nothing after it but zero bytes (some file systems extend the size of a
+    file before its data reach the disk: XFS, ext4 with delayed allocation). A zero header
+    reads as length 0, crc 0, which matches the empty body; no real entry is empty, nor
+    starts with a zero byte, so zeros hide no entry.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.torn: TornTail | None = None
+
+    def __iter__(self) -> Iterator[list[Any]]:
+        data = self.path.read_bytes()
+        pos, size = 0, len(data)
+        while pos < size:
+            problem = None
+            end = size
+            if size - pos < _ENTRY.size:
+                problem = "incomplete header"
+            else:
+                length, crc = _ENTRY.unpack_from(data, pos)
+                end = pos + _ENTRY.size + length
+                if length > _MAX_ENTRY or end > size:
+                    problem, end = "incomplete entry", size
+                elif zlib.crc32(data[pos + _ENTRY.size : end]) != crc:
+                    problem = "checksum mismatch"
+            if problem is None:
+                try:
+                    changes = unpack_value(data[pos + _ENTRY.size : end])
+                except ProtocolError:
+                    problem = "undecodable entry"
+                else:
+                    if not isinstance(changes, list):
+                        problem = "malformed entry"
+            if problem is not None:
+                if end < size and data.count(0, end) == size - end:
+                    problem += ", then only zero bytes"
+                elif end < size:
+                    raise _corrupt(self.path, pos, problem)  # more data after it: the middle
+                self.torn = TornTail(self.path, pos, problem, size - pos)
+                return
+            yield changes
+            pos = end
+
+
 def read_entries(path: Path, *, allow_torn_tail: bool) -> Iterator[list[Any]]:
     """Yield each entry's change list. A torn tail is truncated (when allowed) with a warning."""
-    data = path.read_bytes()
-    pos, size = 0, len(data)
-    while pos < size:
-        problem = None
-        if size - pos < _ENTRY.size:
-            problem = "incomplete header"
-        else:
-            length, crc = _ENTRY.unpack_from(data, pos)
-            end = pos + _ENTRY.size + length
-            if length > _MAX_ENTRY or end > size:
-                problem = "incomplete entry"
-            elif zlib.crc32(data[pos + _ENTRY.size : end]) != crc:
-                problem = "checksum mismatch"
-        if problem is None:
-            try:
-                changes = unpack_value(data[pos + _ENTRY.size : end])
-            except ProtocolError:
-                problem = "undecodable entry"
-            else:
-                if not isinstance(changes, list):
-                    problem = "malformed entry"
-        if problem is not None:
-            # Only the last entry of the newest file may be damaged: a crash mid-append. A
-            # checksum failure followed by more data is corruption in the middle.
-            is_tail = problem.startswith("incomplete") or end == size
-            if allow_torn_tail and is_tail:
-                log.warning(
-                    "log_torn_tail_truncated",
-                    file=str(path),
-                    offset=pos,
-                    reason=problem,
-                    lost_bytes=size - pos,
-                )
-                with open(path, "r+b") as fh:
-                    fh.truncate(pos)
-                    os.fsync(fh.fileno())
-                return
-            raise CorruptData(
-                f"{path.name} is corrupt at byte {pos} ({problem}); refusing to start. "
-                "Restore the data directory from a backup, or move the damaged file away "
-                "to start from the snapshot and the logs before it."
-            )
-        yield changes
-        pos = end
+    reader = EntryReader(path)
+    yield from reader
+    if reader.torn is not None:
+        if not allow_torn_tail:
+            raise reader.torn.corrupt()
+        reader.torn.truncate()
 
 
 # macOS has no fdatasync (Python leaves it out there): fsync does the job, with more work.
@@ -204,12 +253,16 @@ class DataDir:
                     report.snapshot_changes += 1
         logs = [p for p in self.logs() if _generation(p) > report.snapshot_generation]
         for i, path in enumerate(logs):
-            newest = i == len(logs) - 1
-            for changes in read_entries(path, allow_torn_tail=newest):
+            reader = EntryReader(path)
+            for changes in reader:
                 for change in changes:
                     apply(tuple(change))
                 report.log_entries += 1
             report.logs.append(path.name)
+            if reader.torn is not None:
+                report.logs += [p.name for p in logs[i + 1 :]]
+                _cut_torn_tail(reader.torn, logs[i + 1 :])
+                break
         report.seconds = time.perf_counter() - started
         return report
 
@@ -223,6 +276,37 @@ class DataDir:
                 path.unlink(missing_ok=True)
         with_tmp = self.snapshot.with_name(SNAPSHOT + ".tmp")
         with_tmp.unlink(missing_ok=True)
+
+
+def _cut_torn_tail(torn: TornTail, newer_logs: list[Path]) -> None:
+    """Truncate a torn tail, which must end the history: the newer logs hold no whole entry.
+
+    A torn tail usually ends the newest log. It can end an older one: a rotation creates log
+    G+1 and syncs the directory at once, while G is synced later on the fsync thread; a power
+    loss in between leaves G torn and G+1 empty (or holding only a torn tail of its own).
+
+    A torn G followed by a G+1 holding entries can happen too: the kernel may write G+1's
+    pages back before G's. Under ``always`` those entries were not acknowledged (every fsync
+    of G+1 queues on the one fsync thread behind G's, and a reply waits for its log's fsync),
+    but not always so: a job finishing after G's fsync failed is written to G+1 and may be
+    acknowledged; under ``everysec`` and ``no`` they may have been acknowledged anyway.
+    Replaying them after a cut G would replay a history with a hole, and dropping them would
+    drop writes: neither is done silently, the store refuses to start.
+    """
+    tails = [torn]
+    for path in newer_logs:  # all checked before anything is cut
+        reader = EntryReader(path)
+        if next(iter(reader), None) is not None:
+            raise CorruptData(
+                f"{torn.path.name} has a torn tail at byte {torn.offset} ({torn.reason}), but"
+                f" the newer log {path.name} holds entries; refusing to start. Move"
+                f" {path.name} and any newer logs away to start without their writes, or"
+                " restore the data directory from a backup."
+            )
+        if reader.torn is not None:
+            tails.append(reader.torn)
+    for tail in tails:
+        tail.truncate()
 
 
 class AppendLog:
@@ -242,7 +326,7 @@ class AppendLog:
                 view = view[written:]
         except OSError:
             # No partial entry left behind (disk full midway): once the store recovers it writes
-            # a newer log, and a torn entry is only tolerated at the end of the newest one.
+            # a newer log, and a torn entry is only tolerated where no entry follows it.
             with contextlib.suppress(OSError):
                 os.ftruncate(self.fd, self.size)
             raise

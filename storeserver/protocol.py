@@ -4,7 +4,9 @@ Frame format
 ------------
 Every frame is a 4-byte unsigned big-endian length N followed by N bytes of msgpack. N is at
 most ``max_frame_size`` (default 16 MiB); a larger announced length is a protocol error, raised
-as soon as the header arrives, so a hostile peer cannot make us buffer it.
+as soon as the header arrives, so a hostile peer cannot make us buffer it. A frame that arrives
+in pieces is appended to one buffer and parsed in place: linear in its size, whatever the size
+of the pieces (a peer dribbling a big frame costs no more than sending it whole).
 
 Messages (each a msgpack array)
 -------------------------------
@@ -125,7 +127,7 @@ def pack_value(obj: Any) -> bytes:
         raise ProtocolError(f"cannot encode message: {exc}") from exc
 
 
-def unpack_value(data: bytes | memoryview) -> Any:
+def unpack_value(data: bytes | bytearray | memoryview) -> Any:
     """The inverse of ``pack_value``; raises ``ProtocolError`` for anything malformed."""
     try:
         return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=True)
@@ -201,7 +203,7 @@ def _to_message(obj: Any) -> Message:
     raise ProtocolError("malformed message")
 
 
-def decode_body(body: bytes | memoryview) -> Message:
+def decode_body(body: bytes | bytearray | memoryview) -> Message:
     """Decode one frame's body (without its length header)."""
     return _to_message(unpack_value(body))
 
@@ -225,14 +227,15 @@ class FrameDecoder:
         """Bytes received that are not yet part of a complete frame."""
         return len(self._buffer)
 
-    def feed(self, data: bytes) -> list[Message]:
+    def feed(self, data: bytes | bytearray) -> list[Message]:
         # Fast path, the common case: nothing buffered, so parse ``data`` in place and keep
-        # only an incomplete tail. Otherwise join the tail and the new bytes first.
+        # only an incomplete tail. Otherwise append to the buffered tail and parse the buffer
+        # in place, dropping the parsed prefix once: each byte is copied into the buffer once,
+        # so a frame arriving in n pieces costs O(size), not O(n * size).
         buffer = self._buffer
         if buffer:
             buffer += data
-            data = bytes(buffer)
-            buffer.clear()
+            data = buffer
         messages: list[Message] = []
         size = len(data)
         pos = 0
@@ -247,6 +250,8 @@ class FrameDecoder:
                 break
             messages.append(decode_body(data[pos + 4 : end]))
             pos = end
-        if pos < size:
-            buffer += data[pos:]
+        if data is buffer:
+            del buffer[:pos]  # O(1) for a prefix: CPython moves the bytearray's start
+        elif pos < size:
+            buffer += data[pos:] if pos else data
         return messages

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import threading
 from decimal import Decimal
 from typing import Any
 
@@ -29,9 +30,11 @@ from storeserver.settings import StoreSettings
 class RecordingTransport:
     def __init__(self) -> None:
         self.data = bytearray()
+        self.aborted = False
 
     def write(self, data: bytes) -> None:
-        self.data += data
+        if not self.aborted:  # as a real transport: nothing goes out once aborted
+            self.data += data
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return default
@@ -40,7 +43,7 @@ class RecordingTransport:
         pass
 
     def abort(self) -> None:
-        pass
+        self.aborted = True
 
 
 @pytest.fixture
@@ -189,3 +192,118 @@ async def test_the_snapshot_loaded_at_start_counts_as_the_last_one(sock_dir, tmp
     assert 0 <= status["last_snapshot_age_s"] < 60
     again.durability.start(asyncio.get_running_loop())
     again.durability.close()
+
+
+# -- STORE_FSYNC=always: a reply only for a write known to be on disk ----------------------
+
+
+@pytest.fixture
+async def always(sock_dir, tmp_path, monkeypatch):
+    """A persistent server with ``STORE_FSYNC=always``; recovery kept out of the way."""
+    monkeypatch.setattr(durability, "RECOVERY_DELAYS", (30.0,))
+    settings = StoreSettings(socket=sock_dir / "s.sock", data_dir=tmp_path / "data", fsync="always")
+    server = StoreServer(settings)
+    assert server.durability is not None
+    server.durability.load()
+    server.durability.start(asyncio.get_running_loop())
+    yield server
+    server.durability.close()
+
+
+def connect(server: StoreServer) -> tuple[StoreConnection, RecordingTransport]:
+    transport = RecordingTransport()
+    conn = StoreConnection(server)
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    conn.data_received(encode(Hello(PROTOCOL_VERSION, None)))
+    return conn, transport
+
+
+def acknowledged(transport: RecordingTransport) -> set[int]:
+    return {m.request_id for m in replies(transport) if isinstance(m, Result)}
+
+
+def insert(rid: int, ident: str) -> bytes:
+    return encode_request(rid, "insert", {"table": "t", "record": {"id": ident}})
+
+
+def on_disk(server: StoreServer, ids: list[str]) -> list[str | None]:
+    """Which of ``ids`` a restart now would load."""
+    assert server.durability is not None
+    replayed = Engine()
+    DataDir(server.durability.dir.root).load(replayed.apply_change)
+    return [r and r["id"] for r in replayed.execute("get_many", {"table": "t", "ids": ids})]
+
+
+async def test_a_write_whose_log_write_failed_is_never_acknowledged(always, monkeypatch):
+    dur = always.durability
+    assert dur is not None and dur.log is not None
+    conn, transport = connect(always)
+    conn.data_received(insert(1, "r0"))
+    await wait_until(lambda: acknowledged(transport) == {1})
+
+    monkeypatch.setattr(dur.log, "write", disk_full)
+    conn.data_received(insert(2, "r1"))  # applied in memory; its log write fails
+    await asyncio.sleep(0)
+    assert dur.error is not None
+    # The next rotation syncs the old log (which succeeds) while the snapshot, the only place
+    # r1 could be, fails: its reply must not have waited for that fsync.
+    write_snapshot = persistence.write_snapshot
+    monkeypatch.setattr(persistence, "write_snapshot", disk_full)
+    outcome: list[Any] = []
+    dur.start_snapshot(outcome.append)
+    await wait_until(lambda: bool(outcome))
+    await asyncio.sleep(0.1)
+    assert acknowledged(transport) == {1} and transport.aborted
+    assert on_disk(always, ["r0", "r1"]) == ["r0", None]
+
+    # The disk has room again: a snapshot forked after the failure clears it.
+    monkeypatch.setattr(persistence, "write_snapshot", write_snapshot)
+    outcome.clear()
+    dur.start_snapshot(outcome.append)
+    await wait_until(lambda: bool(outcome))
+    assert dur.error is None
+    conn, transport = connect(always)
+    conn.data_received(insert(3, "r2"))
+    await wait_until(lambda: acknowledged(transport) == {3})
+    assert on_disk(always, ["r0", "r1", "r2"]) == ["r0", "r1", "r2"]
+
+
+@pytest.mark.parametrize("rotate", ["before the failure", "after the failure"])
+async def test_replies_held_while_a_failing_fsync_runs_are_never_acknowledged(
+    always, monkeypatch, rotate
+):
+    dur = always.durability
+    assert dur is not None and dur.log is not None
+    first, first_transport = connect(always)
+    second, second_transport = connect(always)
+    first.data_received(insert(1, "r0"))
+    await wait_until(lambda: acknowledged(first_transport) == {1})
+
+    # The next fsync blocks until released, then fails (EIO); the kernel may then have
+    # dropped the log's dirty pages, so the fsyncs after it, which succeed, prove nothing.
+    release, calls, real_fsync = threading.Event(), [], dur.log.fsync
+
+    def fsync_failing_once() -> None:
+        calls.append(1)
+        if len(calls) > 1:
+            return real_fsync()
+        release.wait(10)
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(dur.log, "fsync", fsync_failing_once)
+    first.data_received(insert(2, "r1"))  # written; its fsync starts and blocks
+    await wait_until(lambda: bool(calls))
+    second.data_received(insert(3, "r2"))  # written; held behind the fsync in flight
+    await asyncio.sleep(0)
+    outcome: list[Any] = []
+    if rotate == "before the failure":  # the held reply waits for the old log's last fsync
+        dur.start_snapshot(outcome.append)
+    release.set()
+    await wait_until(lambda: dur.error is not None)
+    if rotate == "after the failure":
+        dur.start_snapshot(outcome.append)
+    await wait_until(lambda: bool(outcome))
+    await asyncio.sleep(0.1)
+    assert len(calls) == 2  # the old log was synced again, successfully
+    assert acknowledged(first_transport) == {1} and first_transport.aborted
+    assert acknowledged(second_transport) == set() and second_transport.aborted

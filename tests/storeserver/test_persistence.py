@@ -9,10 +9,12 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from storeserver.client import StoreClient
+from storeserver.engine import Engine
 from storeserver.errors import Conflict, StoreUnavailable
-from storeserver.persistence import CorruptData, encode_entry, read_entries
+from storeserver.persistence import CorruptData, DataDir, encode_entry, read_entries
 from tests.support.store import StoreProcess
 
 # -- the entry format --------------------------------------------------------------------
@@ -62,6 +64,87 @@ def test_damage_in_the_middle_refuses(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(CorruptData, match="corrupt at byte"):
         list(read_entries(path, allow_torn_tail=True))
+
+
+@pytest.mark.parametrize("zeros", [8, 9, 4096])
+def test_a_zero_filled_tail_is_a_torn_tail(tmp_path, zeros):
+    # The file's size reached the disk, its data did not (XFS, ext4 with delayed allocation):
+    # a zero header reads as length 0, crc 0, matching the empty body, which does not decode.
+    path = tmp_path / "log-0000000001.aof"
+    data = write_log(path, ENTRIES)
+    path.write_bytes(data + bytes(zeros))
+    with capture_logs() as logs:
+        assert list(read_entries(path, allow_torn_tail=True)) == ENTRIES
+    assert path.read_bytes() == data
+    (warning,) = [e for e in logs if e["event"] == "log_torn_tail_truncated"]
+    assert warning["offset"] == len(data) and warning["lost_bytes"] == zeros
+
+
+def test_a_last_entry_zeroed_past_its_header_is_a_torn_tail(tmp_path):
+    path = tmp_path / "log-0000000001.aof"
+    data = write_log(path, ENTRIES)
+    last = len(encode_entry(ENTRIES[2]))
+    path.write_bytes(data[: len(data) - last + 9] + bytes(last - 9 + 512))  # header kept
+    assert list(read_entries(path, allow_torn_tail=True)) == ENTRIES[:2]
+    assert path.read_bytes() == data[: len(data) - last]
+
+
+def test_a_zero_filled_tail_is_corruption_when_not_allowed(tmp_path):
+    path = tmp_path / "log-0000000001.aof"
+    path.write_bytes(write_log(path, ENTRIES) + bytes(64))
+    with pytest.raises(CorruptData, match="then only zero bytes"):
+        list(read_entries(path, allow_torn_tail=False))
+
+
+def test_zeros_then_data_is_corruption_in_the_middle(tmp_path):
+    path = tmp_path / "log-0000000001.aof"
+    data = write_log(path, ENTRIES)
+    path.write_bytes(data + bytes(64) + encode_entry(ENTRIES[0]))
+    with pytest.raises(CorruptData, match="corrupt at byte"):
+        list(read_entries(path, allow_torn_tail=True))
+
+
+def replay(root: Path) -> Engine:
+    engine = Engine()
+    DataDir(root).load(engine.apply_change)
+    return engine
+
+
+def stamped(rid: str) -> dict:
+    stamp = "2026-01-01T00:00:00.000001Z"
+    return {"id": rid, "created_at": stamp, "updated_at": stamp, "version": 1}
+
+
+@pytest.mark.parametrize("newer", [[b""], [b"", b""], [b"", bytes(100)], [b"\x00\x00\x01"]])
+def test_a_torn_tail_followed_only_by_logs_without_entries_is_cut(tmp_path, newer):
+    # A power loss between a rotation (log G+1 created, the directory synced) and the fsync
+    # of log G, on the fsync thread: G is torn, the newer logs empty or torn themselves.
+    data_dir = DataDir(tmp_path)
+    whole = encode_entry([["put", "t", stamped("a")]])
+    torn = encode_entry([["put", "t", stamped("b")]])[:-5]
+    data_dir.log_path(1).write_bytes(whole + torn)
+    for generation, content in enumerate(newer, start=2):
+        data_dir.log_path(generation).write_bytes(content)
+    with capture_logs() as logs:
+        engine = replay(tmp_path)
+    assert engine.execute("get_many", {"table": "t", "ids": ["a", "b"]})[1] is None
+    assert data_dir.log_path(1).read_bytes() == whole
+    assert all(data_dir.log_path(g).read_bytes() == b"" for g in range(2, 2 + len(newer)))
+    cut = [e["file"] for e in logs if e["event"] == "log_torn_tail_truncated"]
+    assert str(data_dir.log_path(1)) in cut
+
+
+def test_a_torn_tail_followed_by_a_log_with_entries_refuses(tmp_path):
+    data_dir = DataDir(tmp_path)
+    torn = encode_entry([["put", "t", stamped("a")]])[:-5]
+    data_dir.log_path(1).write_bytes(torn)
+    data_dir.log_path(2).write_bytes(b"\x00\x00\x01")  # a torn tail only
+    data_dir.log_path(3).write_bytes(encode_entry([["put", "t", stamped("b")]]))
+    with pytest.raises(CorruptData, match=r"log-0000000003\.aof holds entries"):
+        replay(tmp_path)
+    # Nothing was cut.
+    assert data_dir.log_path(1).read_bytes() == torn
+    assert data_dir.log_path(2).read_bytes() == b"\x00\x00\x01"
 
 
 # -- real processes ----------------------------------------------------------------------

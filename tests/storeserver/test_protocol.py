@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import struct
 from decimal import Decimal
 
@@ -82,6 +83,63 @@ def test_oversized_frame_is_refused_from_its_header():
     decoder = FrameDecoder(max_frame_size=100)
     with pytest.raises(ProtocolError, match="exceeds"):
         decoder.feed(struct.pack(">I", 101))
+
+
+def test_oversized_frame_after_buffered_bytes_is_refused_from_its_header():
+    data = encode(Request(1, "get", {"id": "a"}))
+    decoder = FrameDecoder(max_frame_size=100)
+    assert decoder.feed(data[:5]) == []
+    with pytest.raises(ProtocolError, match="exceeds"):
+        decoder.feed(data[5:] + struct.pack(">I", 101))
+
+
+class CopyCountingBuffer(bytearray):
+    """A decoder buffer that counts the bytes copied into it and out of it."""
+
+    copied = 0
+
+    def __iadd__(self, data):
+        self.copied += len(data)
+        return super().__iadd__(data)
+
+    def __getitem__(self, index):
+        item = super().__getitem__(index)
+        if isinstance(index, slice):
+            self.copied += len(item)
+        return item
+
+    def __bytes__(self):
+        self.copied += len(self)
+        return bytes(bytearray(self))
+
+
+def test_a_frame_arriving_in_small_pieces_is_copied_a_bounded_number_of_times():
+    # Copying the buffered prefix on every piece made a frame in n pieces cost O(n * size):
+    # a peer could dribble a 16 MiB frame to hold the store's loop for seconds.
+    message = Request(1, "insert", {"blob": "x" * 100_000})
+    data = encode(message)
+    decoder = FrameDecoder()
+    decoder._buffer = buffer = CopyCountingBuffer()
+    out = []
+    for i in range(0, len(data), 100):
+        out += decoder.feed(data[i : i + 100])
+    assert out == [message]
+    assert decoder.buffered == 0
+    assert buffer.copied <= 2 * len(data)  # each byte appended once, the body sliced out once
+
+
+@settings(max_examples=200)
+@given(st.lists(st.integers(min_value=0, max_value=1000), max_size=12), st.integers(1, 20))
+def test_a_stream_split_anywhere_decodes_to_the_same_messages(cuts, count):
+    sent = [Request(i, "get", {"pad": "p" * (i * 37 % 90)}) for i in range(count)]
+    data = b"".join(encode(m) for m in sent)
+    decoder = FrameDecoder()
+    out = []
+    bounds = [0, *sorted(c % (len(data) + 1) for c in cuts), len(data)]
+    for start, end in itertools.pairwise(bounds):
+        out += decoder.feed(data[start:end])
+    assert out == sent
+    assert decoder.buffered == 0
 
 
 def test_frame_at_the_limit_is_accepted():
