@@ -21,39 +21,12 @@ from storeserver.protocol import (
 )
 from storeserver.server import StoreConnection, StoreServer
 from storeserver.settings import StoreSettings
-from tests.storeserver.jobs import finish
+from tests.storeserver.jobs import RecordingTransport, finish, wait_until
 
 BIG = CHUNK * 2 + 7
 
 
 # -- helpers -------------------------------------------------------------------------------
-
-
-class RecordingTransport:
-    def __init__(self) -> None:
-        self.data = bytearray()
-        self.aborted = False
-
-    def write(self, data: bytes) -> None:
-        if not self.aborted:
-            self.data += data
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return default
-
-    def close(self) -> None:
-        pass
-
-    def abort(self) -> None:
-        self.aborted = True
-
-
-async def _wait_until(condition: Any, seconds: float = 20.0) -> None:
-    for _ in range(int(seconds / 0.02)):
-        if condition():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition not met in time")
 
 
 def _insert(rid: int, ident: str) -> bytes:
@@ -104,9 +77,9 @@ async def test_chunked_reads_of_a_dropped_connection_are_abandoned(sock_dir) -> 
         writer.write(encode(Hello(PROTOCOL_VERSION, None)))
         writer.write(b"".join(encode_request(i, "find", {"table": "t"}) for i in range(1, 6)))
         await writer.drain()
-        await _wait_until(lambda: server.jobs == 5)
+        await wait_until(lambda: server.jobs == 5)
         writer.close()
-        await _wait_until(lambda: not server.connections)
+        await wait_until(lambda: not server.connections)
         at_close = stepped
         for _ in range(20):
             await asyncio.sleep(0)
@@ -115,7 +88,7 @@ async def test_chunked_reads_of_a_dropped_connection_are_abandoned(sock_dir) -> 
         assert server.jobs == 0
     finally:
         release = True
-        await _wait_until(lambda: server.jobs == 0)
+        await wait_until(lambda: server.jobs == 0)
         await server.shutdown()
 
 
@@ -152,7 +125,7 @@ async def test_shutdown_does_not_leave_a_job_running_past_the_final_snapshot(
     assert server.jobs == 1
     await server.shutdown()
     running_after_shutdown = server.jobs
-    await _wait_until(lambda: server.jobs == 0)  # the job goes on to its end regardless
+    await wait_until(lambda: server.jobs == 0)  # the job goes on to its end regardless
     await asyncio.sleep(0.05)
     with pytest.raises(StoreUnavailable):  # the connection is gone: no reply
         await build
@@ -347,7 +320,7 @@ async def test_concurrent_chunked_reads_and_a_snapshot_fork_through_the_server(
         def answered() -> dict[int, Any]:
             return {m.request_id: m.value for m in FrameDecoder().feed(bytes(transport.data))}
 
-        await _wait_until(lambda: {*expected, 200, 400} <= answered().keys())
+        await wait_until(lambda: {*expected, 200, 400} <= answered().keys())
         got = answered()
         for rid, value in expected.items():
             assert got[rid] == value, reads[rid - 100]

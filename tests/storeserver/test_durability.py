@@ -25,25 +25,7 @@ from storeserver.protocol import (
 )
 from storeserver.server import StoreConnection, StoreServer
 from storeserver.settings import StoreSettings
-
-
-class RecordingTransport:
-    def __init__(self) -> None:
-        self.data = bytearray()
-        self.aborted = False
-
-    def write(self, data: bytes) -> None:
-        if not self.aborted:  # as a real transport: nothing goes out once aborted
-            self.data += data
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return default
-
-    def close(self) -> None:
-        pass
-
-    def abort(self) -> None:
-        self.aborted = True
+from tests.storeserver.jobs import RecordingTransport, wait_until
 
 
 @pytest.fixture
@@ -112,14 +94,6 @@ def replies(transport: RecordingTransport) -> list[Any]:
 
 def disk_full(*args: Any) -> None:
     raise OSError(errno.ENOSPC, "No space left on device")
-
-
-async def wait_until(condition: Any, seconds: float = 20.0) -> None:
-    for _ in range(int(seconds / 0.02)):
-        if condition():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition not met in time")
 
 
 async def test_a_failed_log_write_refuses_writes_keeps_reads_then_recovers(persistent, monkeypatch):

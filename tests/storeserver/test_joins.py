@@ -82,8 +82,9 @@ def test_small_joins_answer_at_once() -> None:
     assert isinstance(small, dict) and small["total"] == 20
 
 
-def _big_left_engine() -> Engine:
-    """``l``: RIGHT_ROWS rows keyed ``k<i>``; ``r``: a small table with a hash index on ``ref``."""
+def _big_left_engine(unique: bool = False) -> Engine:
+    """``l``: RIGHT_ROWS rows keyed ``k<i>``; ``r``: a small table with an index on ``ref``
+    (a unique one: a single row ``x``; else ``x`` and ``y``), both on ``k15000``."""
     engine = Engine(journal=False, max_batch=RIGHT_ROWS)
     engine.execute(
         "batch",
@@ -94,8 +95,8 @@ def _big_left_engine() -> Engine:
             ]
         },
     )
-    engine.execute("create_table", {"table": "r", "indexes": [{"field": "ref"}]})
-    for rid in ("x", "y"):
+    engine.execute("create_table", {"table": "r", "indexes": [{"field": "ref", "unique": unique}]})
+    for rid in ("x",) if unique else ("x", "y"):
         engine.execute("insert", {"table": "r", "record": {"id": rid, "ref": "k15000"}})
     return engine
 
@@ -130,18 +131,7 @@ def test_chunked_join_pairs_still_match_after_the_right_index_is_dropped() -> No
 
 def test_chunked_join_with_a_unique_right_index_dropped_between_steps() -> None:
     """The same for a unique index."""
-    engine = Engine(journal=False, max_batch=RIGHT_ROWS)
-    engine.execute(
-        "batch",
-        {
-            "ops": [
-                {"op": "insert", "table": "l", "record": {"id": f"l{i}", "key": f"k{i}"}}
-                for i in range(RIGHT_ROWS)
-            ]
-        },
-    )
-    engine.execute("create_table", {"table": "r", "indexes": [{"field": "ref", "unique": True}]})
-    engine.execute("insert", {"table": "r", "record": {"id": "x", "ref": "k15000"}})
+    engine = _big_left_engine(unique=True)
     job = engine.execute("join", JOIN)
     engine.advance(job)
     engine.execute("drop_index", {"table": "r", "field": "ref"})
