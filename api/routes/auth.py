@@ -15,7 +15,7 @@ from api.auth.tokens import InvalidToken, TokenPair, new_session_id
 from api.deps import CurrentUser, StoreDep, TokensDep
 from api.errors import ApiError
 from api.http_metrics import MeteredRoute
-from api.ratelimit import RateLimiter, client_ip, tightest, username_key
+from api.ratelimit import RateLimiter, Verdict, client_ip, tightest, username_key
 from api.responses import json_response, no_content
 from api.schemas.auth import RefreshRequest, TokenResponse
 from api.schemas.envelope import error_responses
@@ -64,6 +64,17 @@ def login_limiter(request: Request) -> RateLimiter:
     return limiter
 
 
+def too_many_attempts(verdict: Verdict, what: str) -> ApiError:
+    """429 for password guesses past AUTH_RATE_LIMIT, with the limit headers."""
+    retry_after = str(verdict.retry_after())
+    return ApiError(
+        429,
+        "RATE_LIMITED",
+        f"Too many {what}; retry in {retry_after} s",
+        headers={**verdict.headers(), "Retry-After": retry_after},
+    )
+
+
 @router.post(
     "/token",
     response_model=TokenResponse,
@@ -94,13 +105,7 @@ async def create_token(
     limit_headers = verdict.headers() if verdict else {}
     if verdict is not None and not verdict.allowed:
         logger.warning("login rate limit reached from %s", client_ip(request.scope))
-        retry_after = str(verdict.retry_after())
-        raise ApiError(
-            429,
-            "RATE_LIMITED",
-            f"Too many login attempts; retry in {retry_after} s",
-            headers={**limit_headers, "Retry-After": retry_after},
-        )
+        raise too_many_attempts(verdict, "login attempts")
     user = await check_credentials(store, username, password)
     if user is None:
         # The address, never the password; the username only as its limiter key (a hash).

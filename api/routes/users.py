@@ -27,6 +27,7 @@ from api.responses import (
     no_content,
     record_response,
 )
+from api.routes.auth import login_limiter, too_many_attempts
 from api.schemas.envelope import Envelope, ListEnvelope, error_responses
 from api.schemas.query import OrderWithUser, QueryBody, UserWithOrders
 from api.schemas.users import UserCreate, UserPublic, UserUpdate
@@ -153,10 +154,11 @@ async def update_user(
 ) -> Response:
     """Change the fields sent; with If-Match the write happens only at that version (412).
 
-    Your own password needs `current_password` (403 if wrong); a role change needs an admin.
-    A new password or role ends all of that user's sessions.
+    Your own password needs `current_password` (403 if wrong; 429 past AUTH_RATE_LIMIT checks
+    per account, as logins); a role change needs an admin. A new password or role ends all of
+    that user's sessions.
     """
-    await _check_sensitive_changes(store, caller, user_id, payload)
+    await _check_sensitive_changes(request, store, caller, user_id, payload)
     user = await user_service.update_user(store, user_id, payload, if_match)
     return record_response(request, user)
 
@@ -203,7 +205,7 @@ async def list_user_orders(
 
 
 async def _check_sensitive_changes(
-    store: StoreDep, caller: CurrentUser, user_id: str, payload: UserUpdate
+    request: Request, store: StoreDep, caller: CurrentUser, user_id: str, payload: UserUpdate
 ) -> None:
     if "role" in payload.model_fields_set and not caller.is_admin:
         raise ApiError(403, "FORBIDDEN", "Only an admin may change a role")
@@ -215,5 +217,11 @@ async def _check_sensitive_changes(
                 "Request validation failed",
                 [{"field": "body.current_password", "message": "required to change your password"}],
             )
+        # A password guess, as at login: the same AUTH_RATE_LIMIT, per account (a stolen
+        # access token must not try passwords at the general rate).
+        limiter = login_limiter(request)
+        verdict = await limiter.hit(store, limiter.key("password", user_id))
+        if verdict is not None and not verdict.allowed:
+            raise too_many_attempts(verdict, "password attempts")
         if not await user_service.password_matches(store, user_id, payload.current_password):
             raise ApiError(403, "WRONG_PASSWORD", "current_password is not your password")

@@ -145,6 +145,23 @@ def test_login_is_limited_per_username(limited: Stack) -> None:
         assert_limited(right)  # the username is out of attempts, whatever the address
 
 
+def test_current_password_guesses_are_limited_like_logins(limited: Stack) -> None:
+    """Changing your password checks current_password: with a stolen access token that is a
+    password guess, so it gets AUTH_RATE_LIMIT per account (3 here), not the general limit."""
+    with as_ip(limited, "10.0.3.1") as http:
+        user_id, _, access = new_account(http)
+        url, headers = f"/api/v1/users/{user_id}", bearer(access)
+        for _ in range(3):
+            guess = {"password": "a brand new passphrase", "current_password": "guess-guess"}
+            assert_error(http.patch(url, json=guess, headers=headers), 403, "WRONG_PASSWORD")
+        right = {"password": "a brand new passphrase", "current_password": "correct horse battery"}
+        refused = http.patch(url, json=right, headers=headers)
+        assert_error(refused, 429, "RATE_LIMITED")
+        assert 1 <= int(refused.headers["retry-after"]) <= 60
+        # Other changes are not password guesses: they go on.
+        assert http.patch(url, json={"age": 40}, headers=headers).status_code == 200
+
+
 def test_probes_and_docs_are_not_limited(limited: Stack) -> None:
     with as_ip(limited, "10.0.0.6") as http:
         for path in ("/api/v1/health", "/api/v1/ready", "/openapi.json"):
