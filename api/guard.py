@@ -12,13 +12,15 @@ applies its own stricter limits) the guard:
    which decide 401/403 per route, and adds the X-Rate-Limit-* headers to the response.
 
 A token whose revocation could not be read is never accepted (the dependency raises the store
-error: 503/504); the rate limit fails open (see ``api.ratelimit``).
+error: 503/504); the rate limit fails open when the store is unreachable (see
+``api.ratelimit``), but a store that does not answer in time makes the request 504 at once.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import structlog
 from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -29,7 +31,9 @@ from api.auth.tokens import Claims, InvalidToken
 from api.errors import error_response
 from api.ratelimit import RateLimiter, Verdict, client_ip
 from api.settings import Settings
-from storeserver.errors import StoreError, StoreUnavailable
+from storeserver.errors import StoreError, StoreTimeout, StoreUnavailable
+
+log = structlog.get_logger("api.guard")
 
 TOKEN_PATH = "/api/v1/auth/token"
 EXEMPT_PATHS = frozenset(
@@ -84,6 +88,13 @@ class RequestGuardMiddleware:
             if claims is not None:  # the token's revocation marks come back with the hit
                 args["peek"] = list(revocation_keys(claims))
             rate_result = await _hit(store, args)
+            if isinstance(rate_result, StoreTimeout):
+                # The store is not answering: the request's own calls would each wait out the
+                # timeout again (and a write sent now could still land once it answers, after
+                # the client was told 504). Answer 504 now; a store that is down (refused at
+                # once) still fails open, below.
+                await _timed_out(scope, receive, send)
+                return
             if claims is not None:
                 error = _revocation_error(claims, rate_result)
                 if isinstance(error, InvalidToken):
@@ -140,6 +151,14 @@ class RequestGuardMiddleware:
             headers={**verdict.headers(), "Retry-After": str(retry_after)},
         )
         await response(scope, receive, send)
+
+
+async def _timed_out(scope: Scope, receive: Receive, send: Send) -> None:
+    log.warning("store_timeout", during="rate_hit")
+    response = error_response(
+        Request(scope), 504, "STORE_TIMEOUT", "The store did not answer in time"
+    )
+    await response(scope, receive, send)
 
 
 async def _hit(store: Any, args: dict[str, object]) -> object:

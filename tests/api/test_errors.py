@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.support.auth import login_admin
-from tests.support.factories import assert_error, user_payload
+from tests.support.factories import assert_error, token, user_payload
 from tests.support.stack import Stack, running_stack
 
 pytestmark = pytest.mark.integration
@@ -91,6 +91,26 @@ def test_store_timeout_is_504(fragile: Stack, admin_headers: dict[str, str]) -> 
         finally:
             os.kill(store.pid, signal.SIGCONT)
         assert_error(http.get("/api/v1/users/x"), 404, "NOT_FOUND")
+
+
+def test_a_request_whose_limit_check_times_out_is_504_and_never_runs(
+    fragile: Stack, admin_headers: dict[str, str]
+) -> None:
+    """The guard's rate-limit check timing out answers 504 at once: the route does not run,
+    so a registration cannot reach the store after its client was told 504 (it did once: the
+    limiter failed open, the insert waited in the paused store's socket and landed on resume)."""
+    store = fragile.processes["store"]
+    email = f"late-{token()}@example.com"
+    with httpx.Client(base_url=fragile.base_url, timeout=10.0) as http:
+        os.kill(store.pid, signal.SIGSTOP)
+        try:
+            created = http.post("/api/v1/users", json={**user_payload(), "email": email})
+            assert_error(created, 504, "STORE_TIMEOUT")
+        finally:
+            os.kill(store.pid, signal.SIGCONT)
+        listed = http.get(f"/api/v1/users?email={email}", headers=admin_headers)
+        assert listed.status_code == 200, listed.text
+        assert listed.json()["meta"]["total"] == 0
 
 
 def test_store_down_is_503_with_retry_after_and_recovers(
