@@ -29,7 +29,7 @@ from api.auth.principals import ANONYMOUS, AuthOutcome, Principal, bearer_token
 from api.auth.sessions import check_not_revoked, revocation_keys
 from api.auth.tokens import Claims, InvalidToken
 from api.errors import error_response
-from api.ratelimit import RateLimiter, Verdict, client_ip
+from api.ratelimit import RateLimiter, Verdict, client_ip, rate_hit
 from api.settings import Settings
 from storeserver.errors import StoreError, StoreTimeout, StoreUnavailable
 
@@ -87,7 +87,7 @@ class RequestGuardMiddleware:
             args = self.limiter.args(self.limiter.key(*identity))
             if claims is not None:  # the token's revocation marks come back with the hit
                 args["peek"] = list(revocation_keys(claims))
-            rate_result = await _hit(store, args)
+            rate_result = await rate_hit(store, args)
             if isinstance(rate_result, StoreTimeout):
                 # The store is not answering: the request's own calls would each wait out the
                 # timeout again (and a write sent now could still land once it answers, after
@@ -104,7 +104,7 @@ class RequestGuardMiddleware:
                     ip_args = self.limiter.args(self.limiter.key("ip", client_ip(scope)))
                     if isinstance(rate_result, dict) and rate_result["allowed"]:
                         ip_args["refund"] = args["key"]
-                    rate_result = await _hit(store, ip_args)
+                    rate_result = await rate_hit(store, ip_args)
             verdict = self.limiter.verdict(rate_result)
             if verdict is not None and not verdict.allowed:
                 await self._refuse(scope, receive, send, verdict)
@@ -159,15 +159,6 @@ async def _timed_out(scope: Scope, receive: Receive, send: Send) -> None:
         Request(scope), 504, "STORE_TIMEOUT", "The store did not answer in time"
     )
     await response(scope, receive, send)
-
-
-async def _hit(store: Any, args: dict[str, object]) -> object:
-    """The store's answer to ``rate_hit``, or the store error (the verdict fails open)."""
-    try:
-        result: object = await store.call("rate_hit", args)
-    except StoreError as exc:
-        return exc
-    return result
 
 
 def _revocation_error(claims: Claims, result: object) -> Exception | None:

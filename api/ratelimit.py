@@ -80,11 +80,17 @@ class RateLimiter:
         return None
 
     async def hit(self, store: Store, key: str) -> Verdict | None:
-        try:
-            result: object = await store.call("rate_hit", self.args(key))
-        except StoreError as exc:
-            result = exc
-        return self.verdict(result)
+        return self.verdict(await rate_hit(store, self.args(key)))
+
+
+async def rate_hit(store: Store, args: dict[str, object]) -> object:
+    """The store's answer to ``rate_hit``, or the store error it raised (``verdict`` fails
+    open on it; the guard answers 504 at once on a timeout)."""
+    try:
+        result: object = await store.call("rate_hit", args)
+    except StoreError as exc:
+        return exc
+    return result
 
 
 def client_ip(scope: Scope) -> str:
