@@ -6,9 +6,10 @@ body without Content-Length is cut off at the limit too. Starlette 1.10's own
 ``RequestBodyLimitMiddleware`` counts the same way but answers in plain text from outside the
 exception handlers; this one answers 413 in the error envelope.
 
-Headers: more than ``MAX_HEADER_BYTES`` of them (names and values) is 431 before anything
-reads them. uvicorn's HTTP parser (httptools) itself has no limit, so the head was already
-read into memory: on an untrusted network, a proxy in front bounds that (deploy/README.md).
+Headers: more than ``MAX_HEADER_BYTES`` of them (names and values) is 431 before the guard
+(token, rate limit) or the app look at them. uvicorn's HTTP parser (httptools) itself has no
+limit, so the head was already read into memory: on an untrusted network, a proxy in front
+bounds that (deploy/README.md).
 
 Content type: on ``/api/`` paths a request with a body must be JSON (``application/json`` or
 ``application/*+json``), except the OAuth2 token endpoint, which takes a form, and upload paths

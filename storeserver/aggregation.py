@@ -23,6 +23,7 @@ from decimal import Decimal
 from functools import reduce
 from typing import Any, NamedTuple
 
+from storeserver.builds import run_steps
 from storeserver.errors import BadRequest
 from storeserver.query import check_field, check_visible, compile_getter, index_key, sort_key
 
@@ -145,12 +146,7 @@ def aggregate(
 ) -> list[dict[str, Any]]:
     """One output map per group: the group fields (by name) then the metrics (by ``as``)."""
     rows = records if type(records) is list else list(records)
-    steps = aggregate_steps([rows], group_by, metrics, len(rows) + 1)
-    while True:
-        try:
-            next(steps)
-        except StopIteration as stop:
-            return stop.value
+    return run_steps(aggregate_steps([rows], group_by, metrics, len(rows) + 1))
 
 
 def aggregate_steps(

@@ -15,6 +15,7 @@ from typing import Any
 from storeserver.builds import CHUNK
 from storeserver.indexes import UniqueIndex
 from storeserver.query import Predicate, compile_getter, index_key
+from storeserver.selection import candidates, matches_in
 from storeserver.tables import Record, Table
 
 Probe = Callable[[Any], Collection[str]]
@@ -88,8 +89,7 @@ def join_steps(
     """
     # Both sides as they are now, before the first step ends (``left_ids`` may be a live
     # index bucket).
-    left_rows = left.rows
-    source = list(left_rows.values()) if left_ids is None else [left_rows[i] for i in left_ids]
+    source = candidates(left.rows, left_ids)
     right_rows = right.rows
     index = _index_of(right, right_field)
     if index is not None:
@@ -109,8 +109,7 @@ def join_steps(
             index = None
             rebuilt = yield from _build(right, right_field)
             probe, resolve = _lookup(rebuilt), _same
-        chunk = source[start : start + CHUNK]
-        for record in chunk if predicate is None else filter(predicate, chunk):
+        for record in matches_in(source, start, CHUNK, predicate):
             value = get_left(record)
             if value is None:
                 continue

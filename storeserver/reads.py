@@ -42,7 +42,7 @@ from storeserver.query import (
     sort_key_function,
     top,
 )
-from storeserver.selection import Steps, count_steps, select_steps
+from storeserver.selection import Steps, candidates, count_steps, matches_in, select_steps
 from storeserver.shapes import describe_rows
 from storeserver.tables import Record, Table
 
@@ -185,9 +185,9 @@ class RecordReader:
         ids, predicate = plan(table, conditions) if conditions else (None, None)
         if ids is not None and predicate is None and not sort and not descending:
             return page((rows[i] for i in ids), start, size), len(ids)  # type: ignore[arg-type]
-        candidates = list(rows.values()) if ids is None else [rows[i] for i in ids]
-        steps = select_steps(candidates, predicate, sort, descending, start, size)
-        return steps if len(candidates) > CHUNK else run_steps(steps)
+        rows_read = candidates(rows, ids)
+        steps = select_steps(rows_read, predicate, sort, descending, start, size)
+        return steps if len(rows_read) > CHUNK else run_steps(steps)
 
     def count(self, args: Args) -> int | ChunkedRead:
         check_keys(args, _COUNT_ARGS)
@@ -199,9 +199,9 @@ class RecordReader:
         rows = table.rows
         if predicate is None:
             return len(rows) if ids is None else len(ids)  # type: ignore[arg-type]
-        candidates = list(rows.values()) if ids is None else [rows[i] for i in ids]
-        steps = count_steps(candidates, predicate)
-        return ChunkedRead("count", steps) if len(candidates) > CHUNK else run_steps(steps)
+        rows_read = candidates(rows, ids)
+        steps = count_steps(rows_read, predicate)
+        return ChunkedRead("count", steps) if len(rows_read) > CHUNK else run_steps(steps)
 
     def join(self, args: Args) -> dict[str, Any] | ChunkedRead:
         check_keys(args, _JOIN_ARGS)
@@ -215,10 +215,10 @@ class RecordReader:
         start = offset(args)
         size = limit(args, DEFAULT_LIMIT, self.max_limit)
         left_ids, predicate = plan(left, conditions)
-        candidates = len(left.rows) if left_ids is None else len(left_ids)  # type: ignore[arg-type]
+        left_count = len(left.rows) if left_ids is None else len(left_ids)  # type: ignore[arg-type]
         steps = join_steps(left, right, left_field, right_field, left_ids, predicate, start, size)
         reply = _join_reply(left, right, steps)
-        if needs_chunks(candidates, right, right_field):
+        if needs_chunks(left_count, right, right_field):
             return ChunkedRead("join", reply)
         return run_steps(reply)
 
@@ -241,9 +241,9 @@ class RecordReader:
             # The candidate rows as they are now; the filter runs a chunk per step with the rest.
             ids, predicate = plan(table, conditions) if conditions else (None, None)
             rows = table.rows
-            candidates = list(rows.values()) if ids is None else [rows[i] for i in ids]
+            rows_read = candidates(rows, ids)
             steps = self._aggregate_steps(
-                candidates, predicate, group_by, metrics, names, sort, start, size
+                rows_read, predicate, group_by, metrics, names, sort, start, size
             )
             return ChunkedRead("aggregate", steps)
         source, _ = _matching(table, conditions)
@@ -261,12 +261,7 @@ class RecordReader:
         start: int,
         size: int,
     ) -> Generator[None, None, dict[str, Any]]:
-        chunks = (
-            rows[i : i + CHUNK]
-            if predicate is None
-            else list(filter(predicate, rows[i : i + CHUNK]))
-            for i in range(0, len(rows), CHUNK)
-        )
+        chunks = (matches_in(rows, i, CHUNK, predicate) for i in range(0, len(rows), CHUNK))
         groups = yield from aggregate_steps(chunks, group_by, metrics, CHUNK)
         if not sort:
             return _group_page(groups, sort, start, size)

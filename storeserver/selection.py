@@ -11,20 +11,36 @@ Design note. A filter or a sort that must look at every row of a million-row tab
   (a heap, when that is small next to a chunk) or sorts the slice (a run); the runs are then
   merged lazily, ``CHUNK`` rows per step, up to the end of the page.
 
-The results are those of the one-step path (``RecordReader._select``): Python's sort, the
-heap selections and ``heapq.merge`` are all stable, so ties keep creation order.
+The results are those of filtering and sorting the whole list at once (small tables run the
+same steps without pausing, ``builds.run_steps``): Python's sort, the heap selections and
+``heapq.merge`` are all stable, so ties keep creation order. ``candidates`` and
+``matches_in`` also serve the chunked ``join`` and ``aggregate``.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Generator
+from collections.abc import Generator, Iterable, Mapping
 
 from storeserver.builds import CHUNK
 from storeserver.query import Predicate, SortField, sort_key_function
 from storeserver.tables import Record
 
 Steps = Generator[None, None, tuple[list[Record], int]]
+
+
+def candidates(rows: Mapping[str, Record], ids: Iterable[str] | None) -> list[Record]:
+    """The rows to read as they are now: all of them (``ids`` None) or those ids, in order.
+    A list taken in one step: ``ids`` may be a live index bucket."""
+    return list(rows.values()) if ids is None else [rows[i] for i in ids]
+
+
+def matches_in(
+    rows: list[Record], start: int, chunk: int, predicate: Predicate | None
+) -> list[Record]:
+    """The rows of ``rows[start:start + chunk]`` meeting ``predicate`` (all when None)."""
+    part = rows[start : start + chunk]
+    return part if predicate is None else list(filter(predicate, part))
 
 
 def select_steps(
@@ -46,7 +62,7 @@ def select_steps(
     if not sort:
         kept: list[Record] = []
         for i in range(0, len(candidates), chunk):
-            part = _matches(candidates, i, chunk, predicate)
+            part = matches_in(candidates, i, chunk, predicate)
             if len(kept) < end:
                 kept += part[: end - len(kept)]
             total += len(part)
@@ -57,7 +73,7 @@ def select_steps(
         best: list[Record] = []
         pick = heapq.nlargest if reverse else heapq.nsmallest
         for i in range(0, len(candidates), chunk):
-            part = _matches(candidates, i, chunk, predicate)
+            part = matches_in(candidates, i, chunk, predicate)
             total += len(part)
             # The best so far come first: on ties they are the earlier rows, as in one sort.
             best = pick(end, best + part, key=key)
@@ -65,7 +81,7 @@ def select_steps(
         return best[start:end], total
     runs: list[list[Record]] = []
     for i in range(0, len(candidates), chunk):
-        part = _matches(candidates, i, chunk, predicate)
+        part = matches_in(candidates, i, chunk, predicate)
         total += len(part)
         part.sort(key=key, reverse=reverse)
         runs.append(part)
@@ -87,13 +103,6 @@ def count_steps(
     """The number of ``candidates`` meeting ``predicate``, yielding after each ``chunk``."""
     total = 0
     for i in range(0, len(candidates), chunk):
-        total += len(_matches(candidates, i, chunk, predicate))
+        total += len(matches_in(candidates, i, chunk, predicate))
         yield
     return total
-
-
-def _matches(
-    candidates: list[Record], start: int, chunk: int, predicate: Predicate | None
-) -> list[Record]:
-    part = candidates[start : start + chunk]
-    return part if predicate is None else list(filter(predicate, part))

@@ -133,12 +133,15 @@ JOB_BUDGET = 0.005
 
 @dataclass(slots=True)
 class _JobRun:
-    """A long command in the run queue: the job, and where and how its reply goes."""
+    """A long command in progress: the job, where and how its reply goes, and the time its
+    steps took so far (not the time between them: what it cost other clients, and what the
+    stats and the slow log report)."""
 
     job: Job
     conn: StoreConnection | None
     rid: int
     request_tag: Any
+    spent: float
 
 
 class StoreServer:
@@ -160,11 +163,9 @@ class StoreServer:
         self.memory = MemoryGauge(settings.max_memory)
         self.op_stats = OpStats()
         self.slow: deque[dict[str, Any]] = deque(maxlen=SLOW_KEPT)
-        # Long commands in progress and the connection each answers to (None: no client),
-        # their turn order, and the time their steps took so far.
-        self.running: dict[Job, StoreConnection | None] = {}
+        # Long commands in progress (by job), and their turn order.
+        self.running: dict[Job, _JobRun] = {}
         self._queue: deque[_JobRun] = deque()
-        self._jobs_spent: dict[Job, float] = {}
         self._jobs_scheduled = False
         self.connections: set[StoreConnection] = set()
         self.ready = False
@@ -211,10 +212,9 @@ class StoreServer:
         """Abort the long commands of ``conn`` (every one without it): nobody would read their
         answers. A cancelled read just stops; a cancelled ``create_index`` or ``set_schema``
         leaves the table as it was, as a command that never ran."""
-        for job, owner in list(self.running.items()):
-            if conn is None or owner is conn:
+        for job, run in list(self.running.items()):
+            if conn is None or run.conn is conn:
                 del self.running[job]
-                self._jobs_spent.pop(job, None)
                 job.abort()
 
     async def shutdown(self) -> None:
@@ -318,9 +318,9 @@ class StoreServer:
         try:
             result = self.run(request.command, args, actor, request_tag)
             if isinstance(result, Job):
-                self.running[result] = conn
-                self._queue.append(_JobRun(result, conn, rid, request_tag))
-                self._jobs_spent[result] = time.perf_counter() - started
+                run = _JobRun(result, conn, rid, request_tag, time.perf_counter() - started)
+                self.running[result] = run
+                self._queue.append(run)
                 self._schedule_jobs()
                 return None
             reply = self._encode(rid, result)
@@ -388,14 +388,9 @@ class StoreServer:
             self._schedule_jobs()
 
     def _step(self, run: _JobRun) -> bool:
-        """One step of a job; ``True`` while it goes on.
-
-        The time spent on its steps (not the time between them) is what it cost other
-        clients, and what the stats and the slow log report.
-        """
+        """One step of a job; ``True`` while it goes on."""
         job, conn, rid = run.job, run.conn, run.rid
         if job not in self.running:
-            self._jobs_spent.pop(job, None)
             return False  # cancelled (its client left, or the store is stopping): aborted
         started = time.perf_counter()
         reply: bytes | None = None
@@ -414,12 +409,11 @@ class StoreServer:
             log.exception("command_failed", command=job.command)
             err = InternalError("internal store error")
             reply = encode_error(rid, err.code, err.message, {})
-        spent = self._jobs_spent[job] + time.perf_counter() - started
+        run.spent += time.perf_counter() - started
         if reply is None:
-            self._jobs_spent[job] = spent
             return True
-        del self.running[job], self._jobs_spent[job]
-        self._account(job.command, spent, run.request_tag)
+        del self.running[job]
+        self._account(job.command, run.spent, run.request_tag)
         if conn is not None:
             durability = self.durability
             if recorded and durability is not None and durability.holds_replies:
