@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from api import collector
@@ -38,6 +39,26 @@ def test_post_worker_init_freezes_the_loaded_app_and_raises_the_young_threshold(
     assert seen["after"] == [collector.GEN0_THRESHOLD, 10, 10]
 
 
+def log_events(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line[:1] == "{"]
+
+
+def wait_for_app_startup(path: Path, pids: set[int], timeout: float = 30.0) -> None:
+    """Ready means one worker answers; the other may still be importing the app, and a worker
+    signalled before its post_worker_init hook has nothing to drain and dies by the signal."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        started = {
+            event.get("pid")
+            for event in log_events(path)
+            if event.get("event") == "Application startup complete."
+        }
+        if pids <= started:
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"workers {pids - started} did not start within {timeout:g}s")
+
+
 def test_workers_stopped_by_sigterm_exit_normally_after_draining() -> None:
     """SIGTERM to the master: each worker drains and exits 0 through gunicorn's own exit path
     ("Worker exiting"), not killed by the signal uvicorn raises again after the drain."""
@@ -45,14 +66,14 @@ def test_workers_stopped_by_sigterm_exit_normally_after_draining() -> None:
     try:
         try:
             workers = worker_pids(stack)
+            wait_for_app_startup(stack.workdir / "api.log", workers)
         finally:
             stack.stop()
         assert len(workers) == 2
         assert stack.processes["api"].returncode == 0
-        log = (stack.workdir / "api.log").read_text()
+        events = [event.get("event", "") for event in log_events(stack.workdir / "api.log")]
     finally:
         shutil.rmtree(stack.workdir, ignore_errors=True)
-    events = [json.loads(line).get("event", "") for line in log.splitlines() if line[:1] == "{"]
     for pid in workers:
         assert f"Worker exiting (pid: {pid})" in events
     assert not [event for event in events if "was sent" in str(event)]
