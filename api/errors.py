@@ -66,6 +66,7 @@ STORE_STATUS: dict[type[store_errors.StoreError], tuple[int, str]] = {
     store_errors.ValidationFailed: (422, "VALIDATION_ERROR"),
     store_errors.MemoryLimit: (507, "INSUFFICIENT_STORAGE"),
     store_errors.StoreUnavailable: (503, "STORE_UNAVAILABLE"),
+    store_errors.StoreBusy: (503, "STORE_BUSY"),
     store_errors.StoreTimeout: (504, "STORE_TIMEOUT"),
 }
 CONFLICT_CODES = {
@@ -134,6 +135,15 @@ async def handle_store_error(request: Request, exc: Exception) -> Response:
             "STORE_UNAVAILABLE",
             "The store is unavailable; retry shortly",
             headers={"Retry-After": retry_after},
+        )
+    if isinstance(exc, store_errors.StoreBusy):
+        log.warning("store_busy", detail=exc.message)
+        return error_response(
+            request,
+            503,
+            "STORE_BUSY",
+            "The store is busy with long reads; retry shortly",
+            headers={"Retry-After": str(request.app.state.settings.store_retry_after)},
         )
     if isinstance(exc, store_errors.StoreTimeout):
         log.warning("store_timeout")

@@ -14,9 +14,10 @@ Design notes:
 - Every change is appended to a journal list drained by ``drain_changes`` (for the append-only
   log); ``apply_change`` replays an entry. A failed command leaves nothing in it, nor in the
   audit log (``audit.py``: entries are committed when the command succeeds).
-- Commands that would read a big table at once (``create_index``, ``set_schema``) return a
-  ``builds.Job`` instead of a result; the server calls ``advance`` once per loop turn until it
-  is done (``run_job`` does it all at once, for callers without a loop).
+- Commands that would read a big table at once (``create_index``, ``set_schema``, reads and
+  ``*_where`` writes over many rows) return a ``builds.Job`` instead of a result; the server
+  calls ``advance`` once per loop turn until it is done (``run_job`` does it all at once, for
+  callers without a loop).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from storeserver.arguments import (
 from storeserver.audit import AuditLog, parse_actor
 from storeserver.batchrefs import REF_ARGS, resolve_refs
 from storeserver.builds import CHUNK, ChunkedRead, IndexBuild, Job, SchemaCheck
-from storeserver.bulk import BulkWriter
+from storeserver.bulk import BulkWrite, BulkWriter
 from storeserver.catalog import Catalog, TableSpec
 from storeserver.errors import (
     BadRequest,
@@ -450,6 +451,8 @@ class Engine:
     def _finish(self, job: Job) -> Any:
         if isinstance(job, ChunkedRead):
             return job.result
+        if isinstance(job, BulkWrite):
+            return job.finish()
         if isinstance(job, IndexBuild):
             job.finish()
             name = job.table.name

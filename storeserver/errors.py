@@ -83,6 +83,13 @@ class PersistenceError(StoreUnavailable):
     code = "PERSISTENCE_ERROR"
 
 
+class StoreBusy(StoreError):
+    """Too many long reads are waiting for a turn in the store (``server.WAITING_READS``).
+    Not retried by the client: retrying adds to the queue it reports."""
+
+    code = "STORE_BUSY"
+
+
 class StoreTimeout(StoreError):
     """Client side: the store did not answer within the call's timeout."""
 
@@ -104,6 +111,7 @@ _BY_CODE: dict[str, type[StoreError]] = {
         InternalError,
         StoreUnavailable,
         PersistenceError,
+        StoreBusy,
         StoreTimeout,
     )
 }

@@ -9,10 +9,16 @@ client stops reading its replies, the transport's write buffer fills and we stop
 that client (``pause_writing`` → ``pause_reading``), which bounds our memory per client.
 A frame that does not decode closes that one connection with a logged reason; every other
 client is unaffected. The commands that would read a whole big table (``create_index``,
-``set_schema``, and ``find``, ``count``, ``join``, ``aggregate`` over many rows) come back from
-the engine as a ``builds.Job``: the jobs are stepped in turn, a chunk each, for about
-``JOB_BUDGET`` per loop turn (``_run_jobs``), other clients' commands in between, and each
-reply is sent when its job is done. A job whose connection closes is abandoned.
+``set_schema``, and ``find``, ``count``, ``join``, ``aggregate``, ``update_where``,
+``delete_where`` over many rows) come back from the engine as a ``builds.Job``: the jobs are
+stepped in turn, a chunk each, for about ``JOB_BUDGET`` per loop turn (``_run_jobs``), other
+clients' commands in between, and each reply is sent when its job is done. A long write is
+checked again before each step (memory limit, log writable), as it was when it started. A
+job whose connection closes is abandoned. A long read holds a list of its candidate rows
+(8 bytes per row) until it is done, so at most ``READ_JOBS`` run at once: a read that comes
+back as a job past that waits as a request (dropping its list) and is started again when one
+ends, and past ``WAITING_READS`` waiting the store answers ``STORE_BUSY``. Memory for long
+reads is bounded by the cap, not by the number of clients.
 """
 
 from __future__ import annotations
@@ -33,12 +39,20 @@ from typing import Any, cast
 import structlog
 
 from . import __version__
-from .builds import Job
+from .builds import ChunkedRead, Job
 from .client import ACTOR_ARG, REQUEST_ID_ARG
 from .collector import Freezer
 from .durability import Durability
 from .engine import Engine
-from .errors import BadRequest, InternalError, LimitExceeded, MemoryLimit, ProtocolError, StoreError
+from .errors import (
+    BadRequest,
+    InternalError,
+    LimitExceeded,
+    MemoryLimit,
+    ProtocolError,
+    StoreBusy,
+    StoreError,
+)
 from .memory import MemoryGauge
 from .protocol import (
     PROTOCOL_VERSION,
@@ -129,6 +143,13 @@ def _percentiles(buckets: list[int], count: int, quantiles: tuple[float, ...]) -
 
 JOB_BUDGET = 0.005
 """Seconds of job steps per loop turn, beyond the first step (``StoreServer._run_jobs``)."""
+READ_JOBS = 8
+"""Long reads (``builds.ChunkedRead``) running at once. Each holds up to 8 bytes per row of
+its table (the candidate list) plus its matches: about 64-128 MB for eight reads of a
+1M-row table. More at once would not finish sooner (one thread steps them all)."""
+WAITING_READS = 1024
+"""Long reads waiting for a turn past ``READ_JOBS``; past this the store answers
+``STORE_BUSY`` (the API: 503 with Retry-After)."""
 
 
 @dataclass(slots=True)
@@ -138,6 +159,19 @@ class _JobRun:
     stats and the slow log report)."""
 
     job: Job
+    conn: StoreConnection | None
+    rid: int
+    request_tag: Any
+    spent: float
+
+
+@dataclass(slots=True)
+class _Waiting:
+    """A read that would run as a job while ``READ_JOBS`` already run: kept as the request
+    (its arguments, not its candidate rows) until a turn frees up, then run again."""
+
+    command: str
+    args: dict[str, Any]
     conn: StoreConnection | None
     rid: int
     request_tag: Any
@@ -167,6 +201,7 @@ class StoreServer:
         self.running: dict[Job, _JobRun] = {}
         self._queue: deque[_JobRun] = deque()
         self._jobs_scheduled = False
+        self.waiting: deque[_Waiting] = deque()
         self.connections: set[StoreConnection] = set()
         self.ready = False
         self.started_at = time.time()
@@ -216,6 +251,10 @@ class StoreServer:
             if conn is None or run.conn is conn:
                 del self.running[job]
                 job.abort()
+        if conn is None:
+            self.waiting.clear()
+        elif self.waiting:
+            self.waiting = deque(w for w in self.waiting if w.conn is not conn)
 
     async def shutdown(self) -> None:
         """Stop accepting, let every in-flight reply flush, close clients, remove the socket."""
@@ -268,6 +307,7 @@ class StoreServer:
                 "slow": list(self.slow),
                 "slow_threshold_s": self._slow_s,
                 "jobs": self.jobs,
+                "jobs_waiting": len(self.waiting),
                 "uptime_s": round(time.time() - self.started_at, 3),
                 "uptime": round(time.time() - self.started_at, 3),
                 "version": __version__,
@@ -288,20 +328,27 @@ class StoreServer:
         engine = self.engine
         if command not in Engine.WRITE_COMMANDS:
             return engine.execute(command, args)
-        if command in Engine.GROWING_COMMANDS and self.memory.over_limit():
-            raise MemoryLimit(
-                "the store is at its memory limit; writes are refused, reads still work",
-                {"max_memory": self.settings.max_memory},
-            )
+        self._check_write(command)
         durability = self.durability
         if durability is None:
             return engine.execute(command, args, actor=actor, request_id=request_id)
-        durability.check_writable()
         result = engine.execute(command, args, actor=actor, request_id=request_id)
         changes = engine.drain_changes()
         if changes:
             durability.record(changes)
         return result
+
+    def _check_write(self, command: str) -> None:
+        """Refuse a write the store cannot take now: over the memory limit (the writes that
+        add data), or while the log cannot be written. Checked again before each step of a
+        long write, which may have started before either."""
+        if command in Engine.GROWING_COMMANDS and self.memory.over_limit():
+            raise MemoryLimit(
+                "the store is at its memory limit; writes are refused, reads still work",
+                {"max_memory": self.settings.max_memory},
+            )
+        if self.durability is not None:
+            self.durability.check_writable()
 
     def handle(self, request: Request, conn: StoreConnection | None = None) -> bytes | None:
         """Run one request and return its encoded reply frame. Never raises.
@@ -315,10 +362,35 @@ class StoreServer:
         # engine never sees them among the arguments.
         request_tag = args.pop(REQUEST_ID_ARG, None)
         actor = args.pop(ACTOR_ARG, None) if ACTOR_ARG in args else None
+        return self._execute(request.command, args, actor, request_tag, conn, rid, started, 0.0)
+
+    def _execute(
+        self,
+        command: str,
+        args: dict[str, Any],
+        actor: Any,
+        request_tag: Any,
+        conn: StoreConnection | None,
+        rid: int,
+        started: float,
+        spent: float,
+    ) -> bytes | None:
+        """``handle`` once the API's tags are off the arguments; ``spent``: time an earlier
+        attempt of this request took (a long read that had to wait for a turn)."""
         try:
-            result = self.run(request.command, args, actor, request_tag)
+            result = self.run(command, args, actor, request_tag)
             if isinstance(result, Job):
-                run = _JobRun(result, conn, rid, request_tag, time.perf_counter() - started)
+                so_far = spent + time.perf_counter() - started
+                if isinstance(result, ChunkedRead) and self._reads_running() >= READ_JOBS:
+                    result.abort()  # drops its candidate list; run again when a turn frees
+                    if len(self.waiting) >= WAITING_READS:
+                        raise StoreBusy(
+                            "the store is busy with long reads; retry shortly",
+                            {"max": WAITING_READS},
+                        )
+                    self.waiting.append(_Waiting(command, args, conn, rid, request_tag, so_far))
+                    return None
+                run = _JobRun(result, conn, rid, request_tag, so_far)
                 self.running[result] = run
                 self._queue.append(run)
                 self._schedule_jobs()
@@ -327,11 +399,26 @@ class StoreServer:
         except StoreError as exc:
             reply = encode_error(rid, exc.code, exc.message, exc.details)
         except Exception:
-            log.exception("command_failed", command=request.command)
+            log.exception("command_failed", command=command)
             err = InternalError("internal store error")
             reply = encode_error(rid, err.code, err.message, {})
-        self._account(request.command, time.perf_counter() - started, request_tag)
+        self._account(command, spent + time.perf_counter() - started, request_tag)
         return reply
+
+    def _reads_running(self) -> int:
+        return sum(type(job) is ChunkedRead for job in self.running)
+
+    def _admit_waiting(self) -> None:
+        """Start waiting long reads while there are turns for them (in arrival order)."""
+        waiting = self.waiting
+        while waiting and self._reads_running() < READ_JOBS:
+            w = waiting.popleft()
+            # No actor: only reads wait, and the actor is for the audit log of writes.
+            reply = self._execute(
+                w.command, w.args, None, w.request_tag, w.conn, w.rid, time.perf_counter(), w.spent
+            )
+            if reply is not None and w.conn is not None:
+                w.conn.send(reply)
 
     def _encode(self, rid: int, result: Any) -> bytes:
         reply = encode_result(rid, result)
@@ -384,6 +471,7 @@ class StoreServer:
                 queue.append(run)
             if time.perf_counter() >= deadline:
                 break
+        self._admit_waiting()
         if queue:
             self._schedule_jobs()
 
@@ -396,6 +484,8 @@ class StoreServer:
         reply: bytes | None = None
         recorded = False
         try:
+            if type(job) is not ChunkedRead:
+                self._check_write(job.command)
             done, result = self.engine.advance(job)
             if done:
                 changes = self.engine.drain_changes()
@@ -404,8 +494,10 @@ class StoreServer:
                     recorded = True
                 reply = self._encode(rid, result)
         except StoreError as exc:
+            job.abort()  # (again, if the step failed: aborting twice is harmless)
             reply = encode_error(rid, exc.code, exc.message, exc.details)
         except Exception:
+            job.abort()
             log.exception("command_failed", command=job.command)
             err = InternalError("internal store error")
             reply = encode_error(rid, err.code, err.message, {})

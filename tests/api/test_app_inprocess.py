@@ -73,6 +73,7 @@ def use_store(app: FastAPI, store: ScriptedStore) -> ScriptedStore:
         (errors.LimitExceeded("too many"), 400, "LIMIT_EXCEEDED"),
         (errors.MemoryLimit("full"), 507, "INSUFFICIENT_STORAGE"),
         (errors.StoreUnavailable("down"), 503, "STORE_UNAVAILABLE"),
+        (errors.StoreBusy("queue full", {"max": 1024}), 503, "STORE_BUSY"),
         (errors.StoreTimeout("slow"), 504, "STORE_TIMEOUT"),
         (errors.InternalError("secret internals"), 500, "INTERNAL_ERROR"),
         (errors.UnknownCommand("nope"), 500, "INTERNAL_ERROR"),

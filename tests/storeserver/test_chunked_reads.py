@@ -9,11 +9,16 @@ from typing import Any
 
 import pytest
 
+from storeserver import __version__
+from storeserver import server as server_module
 from storeserver.builds import CHUNK, ChunkedRead
+from storeserver.client import StoreClient
 from storeserver.engine import Engine
+from storeserver.errors import StoreBusy
 from storeserver.persistence import DataDir
 from storeserver.protocol import (
     PROTOCOL_VERSION,
+    Error,
     FrameDecoder,
     Hello,
     encode,
@@ -332,3 +337,179 @@ async def test_concurrent_chunked_reads_and_a_snapshot_fork_through_the_server(
         assert list(replayed.iter_state()) == list(server.engine.iter_state())
     finally:
         dur.close()
+
+
+# -- turns: at most READ_JOBS long reads at once ----------------------------------------------
+
+
+class _HeldReads:
+    """``engine.execute`` answering every ``find`` with a long read that steps until released
+    (holding a stand-in for its candidate list), counting the finds executed."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.executed = 0
+        self.alive = 0  # long reads made and not yet closed (each would hold a row list)
+        self.release = False
+        real_execute = engine.execute
+
+        def execute(command: str, args: dict[str, Any], **kw: Any) -> Any:
+            if command == "find":
+                self.executed += 1
+                return ChunkedRead("find", self._read(args["n"]))
+            return real_execute(command, args, **kw)
+
+        engine.execute = execute  # type: ignore[method-assign]
+
+    def _read(self, n: int) -> Any:
+        self.alive += 1
+        try:
+            while not self.release:
+                yield
+            return {"items": [], "total": n}
+        finally:
+            self.alive -= 1
+
+
+async def _open(server: StoreServer) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_unix_connection(str(server.settings.socket))
+    writer.write(encode(Hello(PROTOCOL_VERSION, None)))
+    await writer.drain()
+    return reader, writer
+
+
+async def _replies(reader: asyncio.StreamReader, count: int) -> dict[int, Any]:
+    """The next ``count`` replies (after the server's hello), by request id."""
+    decoder, out = FrameDecoder(), {}
+    while len(out) < count:
+        data = await asyncio.wait_for(reader.read(65536), 10)
+        assert data, "the server closed the connection"
+        for message in decoder.feed(data):
+            if not isinstance(message, Hello):
+                out[message.request_id] = message
+    return out
+
+
+async def _serving_held_reads(
+    sock_dir: Any, monkeypatch: pytest.MonkeyPatch, read_jobs: int
+) -> tuple[StoreServer, _HeldReads]:
+    monkeypatch.setattr(server_module, "READ_JOBS", read_jobs)
+    engine = Engine(journal=False)
+    server = StoreServer(StoreSettings(socket=sock_dir / "s.sock"), engine=engine)
+    held = _HeldReads(engine)
+    await server.start()
+    return server, held
+
+
+def _finds(rids: range) -> bytes:
+    """A held read per request id (its ``total`` will be the id)."""
+    return b"".join(encode_request(i, "find", {"table": "t", "n": i}) for i in rids)
+
+
+async def test_long_reads_past_the_cap_wait_as_requests_and_all_answer(
+    sock_dir, monkeypatch
+) -> None:
+    """Two long reads run; three more wait as requests (their row lists dropped at once),
+    start as turns free up, and every one answers its own request."""
+    server, held = await _serving_held_reads(sock_dir, monkeypatch, 2)
+    try:
+        reader, writer = await _open(server)
+        writer.write(_finds(range(1, 6)))
+        await writer.drain()
+        await wait_until(lambda: held.executed == 5)
+        await asyncio.sleep(0.05)  # turns for the running reads: the waiting stay waiting
+        assert server.jobs == 2
+        assert len(server.waiting) == 3
+        assert server.server_stats()["jobs_waiting"] == 3
+        assert held.alive == 2  # the waiting hold no row list
+        held.release = True
+        replies = await _replies(reader, 5)
+        assert {rid: reply.value["total"] for rid, reply in replies.items()} == {
+            i: i for i in range(1, 6)
+        }
+        assert held.executed == 8  # each waiting read ran again when it got its turn
+        assert server.jobs == 0 and not server.waiting
+        assert server.op_stats.as_dict()["find"]["count"] == 5  # counted once each
+        writer.close()
+    finally:
+        held.release = True
+        await server.shutdown()
+
+
+async def test_past_the_waiting_cap_long_reads_are_refused_busy_and_the_client_raises(
+    sock_dir, monkeypatch
+) -> None:
+    monkeypatch.setattr(server_module, "WAITING_READS", 2)
+    server, held = await _serving_held_reads(sock_dir, monkeypatch, 1)
+    client = StoreClient(f"unix:{server.settings.socket}", timeout=5.0)
+    try:
+        reader, writer = await _open(server)
+        writer.write(_finds(range(1, 6)))
+        await writer.drain()
+        refused = await _replies(reader, 2)
+        assert sorted(refused) == [4, 5]
+        for reply in refused.values():
+            assert isinstance(reply, Error)
+            assert reply.code == "STORE_BUSY"
+            assert reply.details == {"max": 2}
+        assert server.jobs == 1 and len(server.waiting) == 2
+        with pytest.raises(StoreBusy):  # not retried: that would add to the queue
+            await client.call("find", {"table": "t", "n": 9})
+        assert held.executed == 6
+        assert await client.call("ping") == {"pong": True, "ready": True, "version": __version__}
+        held.release = True
+        assert sorted(await _replies(reader, 3)) == [1, 2, 3]
+        writer.close()
+    finally:
+        held.release = True
+        await client.close()
+        await server.shutdown()
+
+
+async def test_waiting_reads_of_a_dropped_connection_are_dropped(sock_dir, monkeypatch) -> None:
+    server, held = await _serving_held_reads(sock_dir, monkeypatch, 1)
+    try:
+        _reader, leaving = await _open(server)
+        staying_reader, staying = await _open(server)
+        leaving.write(_finds(range(1, 4)))
+        await leaving.drain()
+        await wait_until(lambda: len(server.waiting) == 2)
+        staying.write(_finds(range(7, 8)))
+        await staying.drain()
+        await wait_until(lambda: len(server.waiting) == 3)
+        leaving.close()
+        await wait_until(lambda: len(server.connections) == 1)
+        assert [w.rid for w in server.waiting] == []  # the staying read has the turn now
+        assert server.jobs == 1
+        held.release = True
+        replies = await _replies(staying_reader, 1)
+        assert replies[7].value["total"] == 7
+        assert held.executed == 5  # 3 + 1, and the staying read once more: none of the dropped
+        staying.close()
+    finally:
+        held.release = True
+        await server.shutdown()
+
+
+async def test_a_waiting_read_answers_as_of_when_it_starts(sock_dir, monkeypatch) -> None:
+    """On the real engine: the first long read answers as of its start; the second waited,
+    so it sees the insert sent after both (it started after that insert ran)."""
+    monkeypatch.setattr(server_module, "READ_JOBS", 1)
+    server = StoreServer(StoreSettings(socket=sock_dir / "s.sock"), engine=_filled_engine())
+    await server.start()
+    try:
+        reader, writer = await _open(server)
+        where = [["n", "lt", 50]]  # no index on n: a scan of every row, in chunks
+        writer.write(
+            encode_request(1, "find", {"table": "t", "where": where, "limit": 1})
+            + encode_request(2, "find", {"table": "t", "where": where, "limit": 1})
+            + encode_request(3, "insert", {"table": "t", "record": {"id": "new", "n": 1}})
+        )
+        await writer.drain()
+        replies = await _replies(reader, 3)
+        before = sum(1 for i in range(BIG) if i % 100 < 50)
+        assert replies[1].value["total"] == before
+        assert replies[2].value["total"] == before + 1
+        assert replies[3].value["id"] == "new"
+        writer.close()
+    finally:
+        await server.shutdown()

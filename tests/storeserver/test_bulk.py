@@ -1,0 +1,224 @@
+"""``update_where``/``delete_where`` over more rows than a chunk: the selection runs as a job
+(``bulk.BulkWrite``) while other commands write, and the command changes exactly the rows
+matching at its last step, all in that step, as if it had run whole there."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from typing import Any
+
+import pytest
+
+from storeserver import builds, bulk
+from storeserver.builds import Job
+from storeserver.client import StoreClient
+from storeserver.engine import Engine
+from storeserver.errors import (
+    Conflict,
+    LimitExceeded,
+    MemoryLimit,
+    PersistenceError,
+    StoreError,
+)
+from storeserver.server import StoreServer
+from storeserver.settings import StoreSettings
+from tests.storeserver.jobs import finish
+
+CHUNK = 4
+
+
+@pytest.fixture(autouse=True)
+def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bulk, "CHUNK", CHUNK)
+    monkeypatch.setattr(builds, "CHUNK", CHUNK)
+
+
+def fresh(rows: int = 10, indexed: bool = False) -> Engine:
+    # A clock standing still: stamps go up 1 µs a write, the same in a copy doing the same.
+    engine = Engine(max_bulk_rows=50, clock=lambda: 1_700_000_000.0)
+    engine.execute(
+        "create_table",
+        {
+            "table": "t",
+            "indexes": [{"field": "tag", "unique": True}, *([{"field": "k"}] if indexed else [])],
+        },
+    )
+    for i in range(rows):
+        engine.execute("insert", {"table": "t", "record": {"id": f"r{i}", "k": i % 3, "n": i}})
+    engine.drain_changes()
+    return engine
+
+
+def rows(engine: Engine) -> dict[str, Any]:
+    return {r["id"]: r for r in engine.execute("find", {"table": "t", "limit": 1000})["items"]}
+
+
+def meanwhile(engine: Engine) -> None:
+    """Writes between the job's steps, each moving a row in or out of ``k == 0``."""
+    engine.execute("patch", {"table": "t", "id": "r0", "changes": {"k": 1}})  # matched: leaves
+    engine.execute("patch", {"table": "t", "id": "r8", "changes": {"k": 0}})  # not yet read: joins
+    engine.execute("patch", {"table": "t", "id": "r1", "changes": {"k": 0}})  # read: joins
+    engine.execute("delete", {"table": "t", "id": "r3"})  # matched: gone
+    engine.execute("insert", {"table": "t", "record": {"id": "new", "k": 0, "n": 99}})
+
+
+@pytest.mark.parametrize("indexed", [False, True])
+@pytest.mark.parametrize(
+    ("command", "args"),
+    [
+        ("update_where", {"changes": {"hit": True}}),
+        ("delete_where", {}),
+    ],
+)
+def test_a_chunked_bulk_write_changes_the_rows_matching_at_its_last_step(
+    command: str, args: dict[str, Any], indexed: bool
+) -> None:
+    engine = fresh(rows=20, indexed=indexed)  # k == 0: r0 r3 ... r18, more than a chunk
+    expected = copy.deepcopy(engine)  # the same writes, then the command whole, at once
+    call = {"table": "t", "where": [["k", "eq", 0]], **args}
+    job = engine.execute(command, dict(call))
+    assert isinstance(job, Job)
+    assert engine.advance(job) == (False, None)
+    meanwhile(engine)
+    _, result = finish(engine, job)
+
+    meanwhile(expected)
+    expected.drain_changes()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(bulk, "CHUNK", 1000)
+        whole = expected.execute(command, dict(call))
+    assert not isinstance(whole, Job)
+    assert result == whole
+    assert result in ({"matched": 8, "updated": 8}, {"deleted": 8, "cascaded": 0})
+    after = rows(engine)
+    assert after == rows(expected)
+    if command == "update_where":
+        hit = ["new", "r1", "r12", "r15", "r18", "r6", "r8", "r9"]
+        assert sorted(i for i, r in after.items() if r.get("hit")) == hit
+    else:
+        assert sorted(i for i, r in after.items() if r["k"] == 0) == []
+    assert engine.execute("stats", {})["tables"]["t"]["rows"] == len(after)
+    assert not engine._catalog.tables["t"].watchers  # detached
+
+
+def test_the_journal_of_a_chunked_bulk_write_replays_to_the_same_rows() -> None:
+    engine = fresh()
+    job = engine.execute(
+        "update_where", {"table": "t", "where": [["n", "gte", 2]], "changes": {"x": 1}}
+    )
+    engine.advance(job)
+    meanwhile(engine)
+    finish(engine, job)
+    replica = fresh()
+    for change in engine.drain_changes():
+        replica.apply_change(change)
+    assert rows(replica) == rows(engine)
+
+
+def test_max_rows_surely_exceeded_stops_the_selection_early_and_changes_nothing() -> None:
+    engine = fresh(rows=40)
+    before = rows(engine)
+    job = engine.execute("update_where", {"table": "t", "changes": {"x": 1}, "max_rows": 5})
+    assert isinstance(job, Job)
+    assert engine.advance(job) == (False, None)  # 4 matches: the limit may still hold
+    with pytest.raises(LimitExceeded) as info:
+        engine.advance(job)  # 8 matches, no row written meanwhile: over 5 for sure
+    assert info.value.details == {"arg": "max_rows", "matched": 8, "max": 5}
+    assert job.pos == 2 * CHUNK  # not read to the end
+    assert rows(engine) == before
+    assert engine.drain_changes() == []
+    assert not engine._catalog.tables["t"].watchers
+
+
+def test_max_rows_is_checked_on_the_rows_matching_at_the_last_step() -> None:
+    engine = fresh()  # k == 0: r0 r3 r6 r9
+    job = engine.execute("delete_where", {"table": "t", "where": [["k", "eq", 0]], "max_rows": 4})
+    engine.advance(job)
+    engine.execute("patch", {"table": "t", "id": "r1", "changes": {"k": 0}})  # a fifth
+    with pytest.raises(LimitExceeded) as info:
+        finish(engine, job)
+    assert info.value.details["matched"] == 5
+    assert len(rows(engine)) == 10
+
+
+def test_a_chunked_bulk_write_failing_at_its_last_step_rolls_back_and_journals_nothing() -> None:
+    engine = fresh()
+    engine.execute("patch", {"table": "t", "id": "r9", "changes": {"tag": "taken"}})
+    engine.drain_changes()
+    before = rows(engine)
+    job = engine.execute(
+        "update_where", {"table": "t", "where": [["n", "lt", 9]], "changes": {"tag": "taken"}}
+    )
+    with pytest.raises(Conflict):
+        finish(engine, job)
+    assert rows(engine) == before
+    assert engine.drain_changes() == []
+    assert not engine._catalog.tables["t"].watchers
+
+
+def test_a_chunked_bulk_write_is_audited_once_under_its_caller() -> None:
+    engine = fresh()
+    actor = {"user_id": "admin-1", "role": "admin"}
+    job = engine.execute(
+        "update_where",
+        {"table": "t", "where": [["k", "eq", 1]], "changes": {"x": 1}},
+        actor=actor,
+        request_id="req-9",
+    )
+    engine.execute("insert", {"table": "t", "record": {"k": 1}})  # another caller, meanwhile
+    finish(engine, job)
+    entries = engine.execute("audit_list", {"table": "t", "limit": 2})["items"]
+    bulk_entry = next(e for e in entries if e["op"] == "update_where")
+    assert bulk_entry["user_id"] == "admin-1"
+    assert bulk_entry["request_id"] == "req-9"
+    assert bulk_entry["count"] == 4  # r1 r4 r7 and the row inserted meanwhile
+
+
+# -- through the server ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("refusal", ["persistence", "memory"])
+async def test_a_bulk_write_in_progress_is_refused_when_the_store_stops_taking_writes(
+    sock_dir, tmp_path, refusal: str
+) -> None:
+    """The checks a write passes when it starts (log writable, under the memory limit) are
+    made again before each step of a long one: a failure meanwhile refuses it, unchanged."""
+    settings = StoreSettings(socket=sock_dir / "s.sock", data_dir=tmp_path / "data", fsync="no")
+    server = StoreServer(settings)
+    await server.start()
+    client = StoreClient(f"unix:{settings.socket}", timeout=5.0)
+    try:
+        await client.call(
+            "batch",
+            {"ops": [{"op": "insert", "table": "t", "record": {"k": i % 7}} for i in range(400)]},
+        )
+        write = asyncio.ensure_future(
+            client.call("update_where", {"table": "t", "changes": {"x": 1}})
+        )
+        for _ in range(10_000):  # a loop turn at a time: the job takes 100 of them
+            if server.jobs:
+                break
+            await asyncio.sleep(0)
+        assert server.jobs == 1
+        assert server.durability is not None
+        if refusal == "persistence":
+            server.durability.error = "log write failed: disk full"
+            expected: type[StoreError] = PersistenceError
+        else:
+            server.memory.over_limit = lambda: True  # type: ignore[method-assign]
+            expected = MemoryLimit
+        with pytest.raises(expected):
+            await write
+        server.durability.error = None
+        server.memory.over_limit = lambda: False  # type: ignore[method-assign]
+        assert await client.call("count", {"table": "t", "where": [["x", "eq", 1]]}) == 0
+        assert server.engine._catalog.tables["t"].watchers == ()
+        # and once the store takes writes again, the same command goes through
+        assert await client.call("update_where", {"table": "t", "changes": {"x": 1}}) == {
+            "matched": 400,
+            "updated": 400,
+        }
+    finally:
+        await client.close()
+        await server.shutdown()
