@@ -168,13 +168,11 @@ class _JobRun:
 @dataclass(slots=True)
 class _Waiting:
     """A read that would run as a job while ``READ_JOBS`` already run: kept as the request
-    (its arguments, not its candidate rows) until a turn frees up, then run again."""
+    (its arguments, not its candidate rows) until a turn frees up, then handled again. Only
+    reads wait, so no actor (it names the caller in the audit log of writes) is kept."""
 
-    command: str
-    args: dict[str, Any]
+    request: Request
     conn: StoreConnection | None
-    rid: int
-    request_tag: Any
     spent: float
 
 
@@ -350,47 +348,31 @@ class StoreServer:
         if self.durability is not None:
             self.durability.check_writable()
 
-    def handle(self, request: Request, conn: StoreConnection | None = None) -> bytes | None:
+    def handle(
+        self, request: Request, conn: StoreConnection | None = None, spent: float = 0.0
+    ) -> bytes | None:
         """Run one request and return its encoded reply frame. Never raises.
 
         ``None`` when the command goes on as a job: its reply is sent to ``conn`` later.
+        ``spent``: the time earlier attempts took (a long read that waited for a turn).
         """
         started = time.perf_counter()
         rid = request.request_id
         args = request.args
+        command = request.command
         # The API's request id (slow-command log, audit) and the acting user (audit): the
         # engine never sees them among the arguments.
         request_tag = args.pop(REQUEST_ID_ARG, None)
         actor = args.pop(ACTOR_ARG, None) if ACTOR_ARG in args else None
-        return self._execute(request.command, args, actor, request_tag, conn, rid, started, 0.0)
-
-    def _execute(
-        self,
-        command: str,
-        args: dict[str, Any],
-        actor: Any,
-        request_tag: Any,
-        conn: StoreConnection | None,
-        rid: int,
-        started: float,
-        spent: float,
-    ) -> bytes | None:
-        """``handle`` once the API's tags are off the arguments; ``spent``: time an earlier
-        attempt of this request took (a long read that had to wait for a turn)."""
         try:
             result = self.run(command, args, actor, request_tag)
             if isinstance(result, Job):
-                so_far = spent + time.perf_counter() - started
+                spent += time.perf_counter() - started
                 if isinstance(result, ChunkedRead) and self._reads_running() >= READ_JOBS:
                     result.abort()  # drops its candidate list; run again when a turn frees
-                    if len(self.waiting) >= WAITING_READS:
-                        raise StoreBusy(
-                            "the store is busy with long reads; retry shortly",
-                            {"max": WAITING_READS},
-                        )
-                    self.waiting.append(_Waiting(command, args, conn, rid, request_tag, so_far))
+                    self._wait(request, request_tag, conn, spent)
                     return None
-                run = _JobRun(result, conn, rid, request_tag, so_far)
+                run = _JobRun(result, conn, rid, request_tag, spent)
                 self.running[result] = run
                 self._queue.append(run)
                 self._schedule_jobs()
@@ -405,6 +387,17 @@ class StoreServer:
         self._account(command, spent + time.perf_counter() - started, request_tag)
         return reply
 
+    def _wait(
+        self, request: Request, request_tag: Any, conn: StoreConnection | None, spent: float
+    ) -> None:
+        if len(self.waiting) >= WAITING_READS:
+            raise StoreBusy(
+                "the store is busy with long reads; retry shortly", {"max": WAITING_READS}
+            )
+        if request_tag is not None:
+            request.args[REQUEST_ID_ARG] = request_tag  # as it came: handled again later
+        self.waiting.append(_Waiting(request, conn, spent))
+
     def _reads_running(self) -> int:
         return sum(type(job) is ChunkedRead for job in self.running)
 
@@ -413,10 +406,7 @@ class StoreServer:
         waiting = self.waiting
         while waiting and self._reads_running() < READ_JOBS:
             w = waiting.popleft()
-            # No actor: only reads wait, and the actor is for the audit log of writes.
-            reply = self._execute(
-                w.command, w.args, None, w.request_tag, w.conn, w.rid, time.perf_counter(), w.spent
-            )
+            reply = self.handle(w.request, w.conn, w.spent)
             if reply is not None and w.conn is not None:
                 w.conn.send(reply)
 
