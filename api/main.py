@@ -95,6 +95,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.store_wait_seconds,
         on_connect=on_connect,
         secret=settings.store_secret_value,
+        long_timeout=settings.store_long_timeout,
     )
     try:
         await start_auth(app.state, store, settings)

@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     # mandatory with STORE_TCP, and then checked on the Unix socket too).
     store_secret: SecretStr | None = None
     store_timeout: PositiveFloat = 5.0
+    # create_index, set_schema, update_where, delete_where: chunked over big tables, and a
+    # write that times out is of unknown outcome, so they get longer (``client.CHUNKED_WRITES``).
+    store_long_timeout: PositiveFloat = 120.0
     # A snapshot of a large store takes a while; the admin endpoint waits this long for it.
     snapshot_timeout: PositiveFloat = 300.0
     store_wait_seconds: PositiveFloat = 30.0

@@ -37,17 +37,25 @@ async def connect_store(
     wait_seconds: float,
     on_connect: OnConnect | None = None,
     secret: str | None = None,
+    long_timeout: float = 120.0,
 ) -> Any:
     """Open a ``StoreClient``, retrying until the store answers ping ready or time runs out.
 
     ``on_connect`` runs on every (re)connection before any request may use it; ``secret`` is
-    the store's shared secret (``STORE_SECRET``), sent in every handshake.
+    the store's shared secret (``STORE_SECRET``), sent in every handshake; ``long_timeout``
+    is the wait for the writes the store may run in chunks (``client.CHUNKED_WRITES``).
     Raises ``StoreUnavailable`` when the store is still unreachable or not ready at the deadline.
     """
     from storeserver.client import StoreClient
 
     deadline = time.monotonic() + wait_seconds
-    client = StoreClient(address, secret=secret, timeout=call_timeout, on_connect=on_connect)
+    client = StoreClient(
+        address,
+        secret=secret,
+        timeout=call_timeout,
+        long_timeout=long_timeout,
+        on_connect=on_connect,
+    )
     last_error: Exception | None = None
     while True:
         try:

@@ -11,12 +11,16 @@ sends its reply. A job sees writes made meanwhile through ``Table.watchers``:
   marked and sorted (``HashIndex.add_moved``). A unique index records colliding ids instead
   of enforcing anything: it is not in force until complete. At the end, collisions still
   true are a ``CONFLICT`` with examples; collisions since resolved restart the build.
-- ``ChunkedRead`` runs a read (``aggregate`` over a big table) as a generator yielding between
-  chunks. It reads a copy of the row list taken when the command starts; stored records are
-  never mutated (a write swaps in a new dict), so that copy is a consistent view as of the
-  command's start, whatever is written meanwhile.
+- ``ChunkedRead`` runs a read (``find``, ``count``, ``join``, ``aggregate`` over many rows,
+  ``selection``) as a generator yielding between chunks. It reads a copy of the row list
+  taken when the command starts; stored records are never mutated (a write swaps in a new
+  dict), so that copy is a consistent view as of the command's start, whatever is written
+  meanwhile.
 - ``SchemaCheck`` validates ``CHUNK`` rows per step and re-validates, at the end, rows
   written meanwhile.
+- ``bulk.BulkWrite`` (``update_where``/``delete_where`` over many rows) selects ``CHUNK``
+  rows per step, tests the rows written meanwhile again at the end, and changes them all in
+  its last step.
 """
 
 from __future__ import annotations

@@ -13,21 +13,25 @@ the store is one thread. Over more than ``CHUNK`` candidate rows the command is 
 job watches the table (``Table.watchers``) for rows written meanwhile. The last step tests
 those rows again, as they are then, with the whole filter, so the rows changed are exactly
 those matching at that step, and it changes them all in that one step: the command is atomic
-as of its last step, as if it had run whole there. Only the selection is spread out.
+as of its last step, as if it had run whole there. Only the selection is spread out. What the
+filter means may change meanwhile (a casefold unique index added or dropped changes ``eq``; a
+field made hidden can no longer be filtered on): then the selection starts over, as
+``IndexBuild`` does when its collisions are resolved meanwhile.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from operator import itemgetter
+from typing import Any
 
 from storeserver.arguments import Args, check_keys, limit, optional_bool, required_dict
 from storeserver.builds import CHUNK, Job
 from storeserver.errors import LimitExceeded
-from storeserver.filters import Node, compile_predicate, parse_where, plan
+from storeserver.filters import compile_predicate, parse_where, plan
 from storeserver.query import Predicate
 from storeserver.records import merge_patch
-from storeserver.selection import candidates, matches_in
+from storeserver.selection import candidates, count_of, matches_in
 from storeserver.tables import Record, Table
 from storeserver.writes import RecordWriter, Undo
 
@@ -42,27 +46,35 @@ class BulkWrite(Job):
     """A ``*_where`` command over many rows: the selection in chunks, then ``finish``."""
 
     def __init__(
-        self,
-        command: str,
-        table: Table,
-        conditions: list[Node],
-        max_rows: int,
-        change: Change,
+        self, command: str, table: Table, where: Any, max_in: int, max_rows: int, change: Change
     ) -> None:
         self.command = command
         self.table = table
+        self.where = where
+        self.max_in = max_in
         self.max_rows = max_rows
         self.change = change
         self.chunk = CHUNK
+        self.watching = False
+        self._start()
+
+    def _start(self) -> None:
+        table = self.table
+        # What the filter means: which fields compare ignoring case, which may be named.
+        self.meaning = (table.casefold_fields, table.hidden)
+        conditions = parse_where(self.where, table.hidden, False, self.max_in)
         ids, self.predicate = plan(table, conditions) if conditions else (None, None)
         # Rows written meanwhile are tested again with every condition (their indexed field
         # may have changed too): ``plan``'s predicate leaves out what its index answered.
         self.full: Predicate | None = compile_predicate(conditions, table.casefold_fields)
-        self.rows_read = candidates(table.rows, ids)
+        # The candidates are taken at the first step: a job set aside to wait for a turn
+        # (``server.SCAN_JOBS``) holds no list. Rows written before then are in ``written``.
+        self.ids = ids
+        self.size = count_of(table.rows, ids)
+        self.rows_read: list[Record] | None = None
         self.pos = 0
         self.matched: list[Record] = []
         self.written: set[str] = set()
-        self.watching = False
 
     def watch(self) -> BulkWrite:
         """Hear of writes to the table (a job: other commands run between its steps)."""
@@ -74,11 +86,18 @@ class BulkWrite(Job):
         self.written.add((new if new is not None else old)["id"])  # type: ignore[index]
 
     def step(self) -> bool:
+        table = self.table
+        if self.meaning != (table.casefold_fields, table.hidden):
+            self._start()  # the filter means something else now (may raise BAD_REQUEST)
+        if self.rows_read is None:
+            self.rows_read = candidates(table.rows, self.ids)
+            self.ids = None  # possibly a live index bucket: not kept
         self.matched += matches_in(self.rows_read, self.pos, self.chunk, self.predicate)
         self.pos += self.chunk
         # Rows written meanwhile may stop matching: only past that is the limit surely hit.
-        if len(self.matched) - len(self.written) > self.max_rows:
-            self._too_many(len(self.matched) - len(self.written))
+        surely = len(self.matched) - len(self.written)
+        if surely > self.max_rows:
+            self._too_many(surely, at_least=self.pos < len(self.rows_read))
         return self.pos >= len(self.rows_read)
 
     def finish(self) -> dict[str, int]:
@@ -96,6 +115,7 @@ class BulkWrite(Job):
             table.watchers = tuple(w for w in table.watchers if w is not self)
             self.watching = False
         self.rows_read = []
+        self.ids = None
 
     def _selected(self) -> list[Record]:
         written = self.written
@@ -110,10 +130,15 @@ class BulkWrite(Job):
         selected.sort(key=_CREATED)  # creation order, as one pass over the table gives
         return selected
 
-    def _too_many(self, matched: int) -> None:
+    def _too_many(self, matched: int, at_least: bool = False) -> None:
+        """``at_least``: the selection stopped early; ``matched`` is a lower bound."""
+        details = {"arg": "max_rows", "matched": matched, "max": self.max_rows}
+        if at_least:
+            details["at_least"] = True
         raise LimitExceeded(
-            f"{matched} rows match, more than max_rows ({self.max_rows})",
-            {"arg": "max_rows", "matched": matched, "max": self.max_rows},
+            f"{'at least ' if at_least else ''}{matched} rows match,"
+            f" more than max_rows ({self.max_rows})",
+            details,
         )
 
 
@@ -187,11 +212,10 @@ class BulkWriter:
     ) -> dict[str, int] | BulkWrite:
         """The command done now, or, over more than ``CHUNK`` candidate rows, as a job."""
         max_rows = limit(args, self.max_rows, self.max_rows, "max_rows")
-        conditions = parse_where(args.get("where"), table.hidden, False, self.max_in)
-        job = BulkWrite(command, table, conditions, max_rows, change)
-        if len(job.rows_read) > job.chunk:
+        job = BulkWrite(command, table, args.get("where"), self.max_in, max_rows, change)
+        if job.size > job.chunk:
             job.context = self.writer.audit.context  # the audit entry names the caller
             return job.watch()
-        job.chunk = max(len(job.rows_read), 1)  # one step: nothing can be written meanwhile
+        job.chunk = max(job.size, 1)  # one step: nothing can be written meanwhile
         job.step()
         return job.finish()

@@ -10,6 +10,9 @@ Failure rules:
   the meantime fail at once instead of piling up.
 - No reply within the call's timeout → ``StoreTimeout``; a late reply is dropped.
 - Reads (``READ_COMMANDS``) are retried with backoff and jitter inside a small time budget.
+- The writes the store may run in chunks over a big table (``CHUNKED_WRITES``) wait
+  ``long_timeout``, not ``timeout``: a timeout on a write leaves its outcome unknown, and such
+  a write still lands after a short timeout.
   Writes are never retried once sent: the store may have applied them. A write that could not
   be sent because there was no connection fails with ``StoreUnavailable`` and is not sent later.
 """
@@ -59,6 +62,7 @@ ACTOR_ARG = "_actor"
 Caller = Callable[[str, dict[str, Any]], Awaitable[Any]]
 OnConnect = Callable[[Caller], Awaitable[None]]
 
+CHUNKED_WRITES = frozenset({"create_index", "set_schema", "update_where", "delete_where"})
 READ_COMMANDS = frozenset(
     {"ping", "get", "get_many", "find", "count", "join", "aggregate", "list_tables", "stats"}
     | {"kv_get", "kv_get_many", "list_indexes", "audit_list", "describe"}
@@ -186,6 +190,7 @@ class StoreClient:
         address: str,
         *,
         timeout: float = 5.0,
+        long_timeout: float = 120.0,
         connect_timeout: float = 1.0,
         secret: str | None = None,
         read_retry_budget: float = 0.5,
@@ -198,6 +203,7 @@ class StoreClient:
         self.address = address
         self._kind, self._target = parse_address(address)
         self.timeout = timeout
+        self.long_timeout = long_timeout
         self.connect_timeout = connect_timeout
         self._secret = secret
         self._read_retry_budget = read_retry_budget
@@ -232,6 +238,8 @@ class StoreClient:
     ) -> Any:
         """Run one store command and return its result, or raise its ``StoreError``."""
         if command not in READ_COMMANDS:
+            if timeout is None and command in CHUNKED_WRITES:
+                timeout = self.long_timeout
             return await self._call_once(command, args, timeout)
         deadline = time.monotonic() + self._read_retry_budget
         delay = 0.02

@@ -259,6 +259,10 @@ class Engine:
             audit.commit(changes if self._writer.journal else None)
         return result
 
+    def uncount(self, command: str) -> None:
+        """Take back one ``ops`` count: the server set the command aside, to run it again."""
+        self._ops[command] -= 1
+
     def advance(self, job: Job) -> tuple[bool, Any]:
         """Run one step of a long command: ``(False, None)``, or ``(True, its result)``."""
         audit = self.audit

@@ -35,6 +35,11 @@ def candidates(rows: Mapping[str, Record], ids: Iterable[str] | None) -> list[Re
     return list(rows.values()) if ids is None else [rows[i] for i in ids]
 
 
+def count_of(rows: Mapping[str, Record], ids: Iterable[str] | None) -> int:
+    """How many rows ``candidates`` would take (without taking them)."""
+    return len(rows) if ids is None else len(ids)  # type: ignore[arg-type]
+
+
 def matches_in(
     rows: list[Record], start: int, chunk: int, predicate: Predicate | None
 ) -> list[Record]:

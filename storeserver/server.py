@@ -14,11 +14,12 @@ client is unaffected. The commands that would read a whole big table (``create_i
 stepped in turn, a chunk each, for about ``JOB_BUDGET`` per loop turn (``_run_jobs``), other
 clients' commands in between, and each reply is sent when its job is done. A long write is
 checked again before each step (memory limit, log writable), as it was when it started. A
-job whose connection closes is abandoned. A long read holds a list of its candidate rows
-(8 bytes per row) until it is done, so at most ``READ_JOBS`` run at once: a read that comes
-back as a job past that waits as a request (dropping its list) and is started again when one
-ends, and past ``WAITING_READS`` waiting the store answers ``STORE_BUSY``. Memory for long
-reads is bounded by the cap, not by the number of clients.
+job whose connection closes is abandoned. A long read, and a long ``*_where``'s selection,
+holds a list of its candidate rows (8 bytes per row) until it is done, so at most
+``SCAN_JOBS`` of them run at once: one that comes back as a job past that waits as its
+request (dropping its list) and is handled again when one ends, in arrival order; past
+``WAITING_SCANS`` waiting the store answers ``STORE_BUSY``. Their memory is bounded by the
+cap, not by the number of clients.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import structlog
 
 from . import __version__
 from .builds import ChunkedRead, Job
+from .bulk import BulkWrite
 from .client import ACTOR_ARG, REQUEST_ID_ARG
 from .collector import Freezer
 from .durability import Durability
@@ -143,13 +145,15 @@ def _percentiles(buckets: list[int], count: int, quantiles: tuple[float, ...]) -
 
 JOB_BUDGET = 0.005
 """Seconds of job steps per loop turn, beyond the first step (``StoreServer._run_jobs``)."""
-READ_JOBS = 8
-"""Long reads (``builds.ChunkedRead``) running at once. Each holds up to 8 bytes per row of
-its table (the candidate list) plus its matches: about 64-128 MB for eight reads of a
-1M-row table. More at once would not finish sooner (one thread steps them all)."""
-WAITING_READS = 1024
-"""Long reads waiting for a turn past ``READ_JOBS``; past this the store answers
+SCAN_JOBS = 8
+"""Jobs holding a list of candidate rows running at once: long reads (``builds.ChunkedRead``)
+and the selections of ``update_where``/``delete_where`` (``bulk.BulkWrite``). Each holds up
+to 8 bytes per row of its table plus its matches: about 64-128 MB for eight over a 1M-row
+table. More at once would not finish sooner (one thread steps them all)."""
+WAITING_SCANS = 1024
+"""Such commands waiting for a turn past ``SCAN_JOBS``; past this the store answers
 ``STORE_BUSY`` (the API: 503 with Retry-After)."""
+_SCANS = (ChunkedRead, BulkWrite)
 
 
 @dataclass(slots=True)
@@ -167,9 +171,9 @@ class _JobRun:
 
 @dataclass(slots=True)
 class _Waiting:
-    """A read that would run as a job while ``READ_JOBS`` already run: kept as the request
-    (its arguments, not its candidate rows) until a turn frees up, then handled again. Only
-    reads wait, so no actor (it names the caller in the audit log of writes) is kept."""
+    """A command that would run as a scan while ``SCAN_JOBS`` already run: kept as its
+    request (its arguments, with its tags, not its candidate rows) until a turn frees up,
+    then handled again."""
 
     request: Request
     conn: StoreConnection | None
@@ -253,6 +257,7 @@ class StoreServer:
             self.waiting.clear()
         elif self.waiting:
             self.waiting = deque(w for w in self.waiting if w.conn is not conn)
+            self._admit_waiting()  # the turns just freed go to those already waiting
 
     async def shutdown(self) -> None:
         """Stop accepting, let every in-flight reply flush, close clients, remove the socket."""
@@ -368,9 +373,9 @@ class StoreServer:
             result = self.run(command, args, actor, request_tag)
             if isinstance(result, Job):
                 spent += time.perf_counter() - started
-                if isinstance(result, ChunkedRead) and self._reads_running() >= READ_JOBS:
+                if type(result) in _SCANS and self._scans_running() >= SCAN_JOBS:
                     result.abort()  # drops its candidate list; run again when a turn frees
-                    self._wait(request, request_tag, conn, spent)
+                    self._wait(request, request_tag, actor, conn, spent)
                     return None
                 run = _JobRun(result, conn, rid, request_tag, spent)
                 self.running[result] = run
@@ -388,23 +393,32 @@ class StoreServer:
         return reply
 
     def _wait(
-        self, request: Request, request_tag: Any, conn: StoreConnection | None, spent: float
+        self,
+        request: Request,
+        request_tag: Any,
+        actor: Any,
+        conn: StoreConnection | None,
+        spent: float,
     ) -> None:
-        if len(self.waiting) >= WAITING_READS:
+        if len(self.waiting) >= WAITING_SCANS:
             raise StoreBusy(
-                "the store is busy with long reads; retry shortly", {"max": WAITING_READS}
+                "the store is busy with long reads; retry shortly", {"max": WAITING_SCANS}
             )
+        # As it came (tags included), to be handled again; counted once, when it runs.
         if request_tag is not None:
-            request.args[REQUEST_ID_ARG] = request_tag  # as it came: handled again later
+            request.args[REQUEST_ID_ARG] = request_tag
+        if actor is not None:
+            request.args[ACTOR_ARG] = actor
+        self.engine.uncount(request.command)
         self.waiting.append(_Waiting(request, conn, spent))
 
-    def _reads_running(self) -> int:
-        return sum(type(job) is ChunkedRead for job in self.running)
+    def _scans_running(self) -> int:
+        return sum(type(job) in _SCANS for job in self.running)
 
     def _admit_waiting(self) -> None:
-        """Start waiting long reads while there are turns for them (in arrival order)."""
+        """Start waiting commands while there are turns for them (in arrival order)."""
         waiting = self.waiting
-        while waiting and self._reads_running() < READ_JOBS:
+        while waiting and self._scans_running() < SCAN_JOBS:
             w = waiting.popleft()
             reply = self.handle(w.request, w.conn, w.spent)
             if reply is not None and w.conn is not None:

@@ -7,7 +7,8 @@ Invariants the engine relies on:
   end: ``rows_disordered`` is then set and ``normalize()`` restores the order.
 - Every index reflects ``rows`` exactly after each write method returns. The write methods
   never raise; checks (``check_unique``, the schema) run before them.
-- ``watchers`` (an index being built in chunks, see ``builds``) hear of every row change
+- ``watchers`` (the jobs that must see writes made between their steps: an index build, a
+  schema check, a ``*_where`` selection; see ``builds``) hear of every row change
   ``(old, new)`` after the indexes are updated; ``building`` names the fields being indexed.
 - Record dicts in ``rows`` are never mutated.
 """

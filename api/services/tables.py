@@ -307,10 +307,12 @@ async def _capped(store: Store, command: str, args: Record) -> Record:
         if "matched" not in exc.details:
             raise
         matched, most = exc.details["matched"], exc.details.get("max")
+        # The store stops counting once the cap is surely passed: then ``matched`` is a floor.
+        counted = f"at least {matched}" if exc.details.get("at_least") else str(matched)
         raise ApiError(
             400,
             "TOO_MANY_ROWS",
-            f"{matched} rows match, more than the {most} allowed per call; narrow the filter"
+            f"{counted} rows match, more than the {most} allowed per call; narrow the filter"
             " (nothing was changed)",
             [{"field": "query", "matched": matched, "max": most, "message": "too many rows"}],
         ) from None

@@ -287,3 +287,19 @@ async def test_the_stores_ceiling_caps_a_higher_setting() -> None:
     with pytest.raises(ApiError) as caught:
         await table_service.delete_where(store, "t", ListQuery(), False, 10)
     assert caught.value.code == "TOO_MANY_ROWS" and caught.value.details[0]["max"] == 2
+
+
+class EarlyStopStore:
+    """The store's answer when it stopped selecting once the cap was surely passed."""
+
+    async def call(self, command: str, args: Record | None = None, **_: Any) -> Any:
+        details = {"arg": "max_rows", "matched": 20_000, "max": 10_000, "at_least": True}
+        raise LimitExceeded("at least 20000 rows match", details)
+
+
+async def test_a_count_the_store_stopped_early_is_reported_as_a_lower_bound() -> None:
+    with pytest.raises(ApiError) as caught:
+        await table_service.delete_where(EarlyStopStore(), "t", ListQuery(), False, 10_000)
+    assert caught.value.code == "TOO_MANY_ROWS"
+    assert caught.value.message.startswith("at least 20000 rows match, more than the 10000")
+    assert caught.value.details[0]["matched"] == 20_000

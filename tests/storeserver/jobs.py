@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from storeserver.builds import ChunkedRead
 from storeserver.engine import Engine
 
 
@@ -45,3 +46,32 @@ async def wait_until(condition: Any, seconds: float = 20.0) -> None:
             return
         await asyncio.sleep(0.02)
     raise AssertionError("condition not met in time")
+
+
+class HeldReads:
+    """``engine.execute`` answering every ``find`` that names ``n`` with a long read that
+    steps until released, then answers ``total: n`` (holding a stand-in for a candidate
+    list meanwhile); counts those finds executed. Other commands run as usual."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.executed = 0
+        self.alive = 0  # long reads made and not yet closed (each would hold a row list)
+        self.release = False
+        real_execute = engine.execute
+
+        def execute(command: str, args: dict[str, Any], **kw: Any) -> Any:
+            if command == "find" and "n" in args:
+                self.executed += 1
+                return ChunkedRead("find", self._read(args["n"]))
+            return real_execute(command, args, **kw)
+
+        engine.execute = execute  # type: ignore[method-assign]
+
+    def _read(self, n: int) -> Any:
+        self.alive += 1
+        try:
+            while not self.release:
+                yield
+            return {"items": [], "total": n}
+        finally:
+            self.alive -= 1

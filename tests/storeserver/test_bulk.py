@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from storeserver import builds, bulk
+from storeserver import server as server_module
 from storeserver.builds import Job
-from storeserver.client import StoreClient
+from storeserver.client import ACTOR_ARG, REQUEST_ID_ARG, StoreClient
 from storeserver.engine import Engine
 from storeserver.errors import (
     Conflict,
@@ -21,9 +22,10 @@ from storeserver.errors import (
     PersistenceError,
     StoreError,
 )
-from storeserver.server import StoreServer
+from storeserver.protocol import FrameDecoder, Request
+from storeserver.server import StoreConnection, StoreServer
 from storeserver.settings import StoreSettings
-from tests.storeserver.jobs import finish
+from tests.storeserver.jobs import HeldReads, RecordingTransport, finish, wait_until
 
 CHUNK = 4
 
@@ -124,7 +126,8 @@ def test_max_rows_surely_exceeded_stops_the_selection_early_and_changes_nothing(
     assert engine.advance(job) == (False, None)  # 4 matches: the limit may still hold
     with pytest.raises(LimitExceeded) as info:
         engine.advance(job)  # 8 matches, no row written meanwhile: over 5 for sure
-    assert info.value.details == {"arg": "max_rows", "matched": 8, "max": 5}
+    assert info.value.details == {"arg": "max_rows", "matched": 8, "max": 5, "at_least": True}
+    assert info.value.message == "at least 8 rows match, more than max_rows (5)"
     assert job.pos == 2 * CHUNK  # not read to the end
     assert rows(engine) == before
     assert engine.drain_changes() == []
@@ -175,6 +178,61 @@ def test_a_chunked_bulk_write_is_audited_once_under_its_caller() -> None:
     assert bulk_entry["count"] == 4  # r1 r4 r7 and the row inserted meanwhile
 
 
+def _emails_engine(casefold_index: bool) -> Engine:
+    engine = Engine(clock=lambda: 1_700_000_000.0)
+    indexes = [{"field": "email", "unique": True, "casefold": True}] if casefold_index else []
+    engine.execute("create_table", {"table": "t", "indexes": indexes})
+    for i in range(20):
+        email = "A@X" if i == 0 else f"e{i}@x"
+        engine.execute("insert", {"table": "t", "record": {"id": f"r{i}", "n": i, "email": email}})
+    engine.drain_changes()
+    return engine
+
+
+@pytest.mark.parametrize(
+    ("casefold_at_start", "where", "meanwhile"),
+    [
+        # no index at start: "a@x" is compared exactly; a casefold unique index is added
+        # (create_table extends the table in one command) before the last step
+        (
+            False,
+            [["email", "eq", "a@x"]],
+            (
+                "create_table",
+                {"table": "t", "indexes": [{"field": "email", "unique": True, "casefold": True}]},
+            ),
+        ),
+        # the casefold index is dropped before the last step: "A@X" no longer equals "a@x"
+        (
+            True,
+            {"or": [["email", "eq", "a@x"], ["n", "eq", -1]]},
+            ("drop_index", {"table": "t", "field": "email"}),
+        ),
+    ],
+)
+def test_a_chunked_delete_where_compares_as_the_table_does_at_its_last_step(
+    monkeypatch: pytest.MonkeyPatch, casefold_at_start: bool, where: Any, meanwhile: Any
+) -> None:
+    """docs/STORE.md: the command "changes exactly the rows matching then", "as if it had run
+    whole at its last step". Whether ``eq`` ignores case depends on the table's casefold
+    unique indexes at the time; BulkWrite compiles its predicates (``predicate`` and ``full``)
+    once, at the start, and keeps the earlier rows it matched without testing them again."""
+    engine = _emails_engine(casefold_at_start)
+    call = {"table": "t", "where": where}
+    job = engine.execute("delete_where", copy.deepcopy(call))
+    assert isinstance(job, Job)
+    assert engine.advance(job) == (False, None)  # r0 is in the first chunk
+    engine.execute(*meanwhile)
+    engine.drain_changes()
+    expected = copy.deepcopy(engine)  # the state at the job's last step
+    _, result = finish(engine, job)
+    monkeypatch.setattr(bulk, "CHUNK", 1000)
+    whole = expected.execute("delete_where", copy.deepcopy(call))
+    assert not isinstance(whole, Job)
+    assert result == whole
+    assert set(engine._catalog.tables["t"].rows) == set(expected._catalog.tables["t"].rows)
+
+
 # -- through the server ------------------------------------------------------------------------
 
 
@@ -221,4 +279,47 @@ async def test_a_bulk_write_in_progress_is_refused_when_the_store_stops_taking_w
         }
     finally:
         await client.close()
+        await server.shutdown()
+
+
+async def test_a_bulk_write_takes_a_scan_turn_and_keeps_its_caller_while_it_waits(
+    sock_dir, monkeypatch
+) -> None:
+    """A chunked ``*_where`` holds a candidate list as a long read does, so it shares their
+    cap: past it, it waits as its request, tags included, and its audit entry names its caller
+    once it runs."""
+    monkeypatch.setattr(server_module, "SCAN_JOBS", 1)
+    engine = fresh(rows=20)
+    server = StoreServer(StoreSettings(socket=sock_dir / "s.sock"), engine=engine)
+    held = HeldReads(engine)
+    await server.start()
+    conn = StoreConnection(server)
+    transport = RecordingTransport()
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    conn.greeted = True
+    try:
+        assert server.handle(Request(1, "find", {"table": "t", "n": 1}), conn) is None
+        args = {
+            "table": "t",
+            "where": [["k", "eq", 1]],
+            "changes": {"x": 1},
+            ACTOR_ARG: {"user_id": "admin-7", "role": "admin"},
+            REQUEST_ID_ARG: "req-7",
+        }
+        assert server.handle(Request(2, "update_where", args), conn) is None
+        assert [w.request.command for w in server.waiting] == ["update_where"]
+        assert rows(engine)["r1"].get("x") is None  # nothing changed while it waits
+        held.release = True
+        await wait_until(lambda: server.jobs == 0 and not server.waiting)
+        replies = {m.request_id: m for m in FrameDecoder().feed(bytes(transport.data))}
+        assert replies[2].value == {"matched": 7, "updated": 7}
+        entry = engine.execute("audit_list", {"table": "t", "limit": 1})["items"][0]
+        assert (entry["op"], entry["user_id"], entry["request_id"]) == (
+            "update_where",
+            "admin-7",
+            "req-7",
+        )
+        assert engine.execute("stats", {})["ops"]["update_where"] == 1
+    finally:
+        held.release = True
         await server.shutdown()

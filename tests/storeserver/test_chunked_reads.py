@@ -21,12 +21,13 @@ from storeserver.protocol import (
     Error,
     FrameDecoder,
     Hello,
+    Request,
     encode,
     encode_request,
 )
 from storeserver.server import StoreConnection, StoreServer
 from storeserver.settings import StoreSettings
-from tests.storeserver.jobs import RecordingTransport, finish, wait_until
+from tests.storeserver.jobs import HeldReads, RecordingTransport, finish, wait_until
 
 BIG = CHUNK * 2 + 7
 
@@ -339,35 +340,7 @@ async def test_concurrent_chunked_reads_and_a_snapshot_fork_through_the_server(
         dur.close()
 
 
-# -- turns: at most READ_JOBS long reads at once ----------------------------------------------
-
-
-class _HeldReads:
-    """``engine.execute`` answering every ``find`` with a long read that steps until released
-    (holding a stand-in for its candidate list), counting the finds executed."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.executed = 0
-        self.alive = 0  # long reads made and not yet closed (each would hold a row list)
-        self.release = False
-        real_execute = engine.execute
-
-        def execute(command: str, args: dict[str, Any], **kw: Any) -> Any:
-            if command == "find":
-                self.executed += 1
-                return ChunkedRead("find", self._read(args["n"]))
-            return real_execute(command, args, **kw)
-
-        engine.execute = execute  # type: ignore[method-assign]
-
-    def _read(self, n: int) -> Any:
-        self.alive += 1
-        try:
-            while not self.release:
-                yield
-            return {"items": [], "total": n}
-        finally:
-            self.alive -= 1
+# -- turns: at most SCAN_JOBS long reads at once ----------------------------------------------
 
 
 async def _open(server: StoreServer) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -391,11 +364,11 @@ async def _replies(reader: asyncio.StreamReader, count: int) -> dict[int, Any]:
 
 async def _serving_held_reads(
     sock_dir: Any, monkeypatch: pytest.MonkeyPatch, read_jobs: int
-) -> tuple[StoreServer, _HeldReads]:
-    monkeypatch.setattr(server_module, "READ_JOBS", read_jobs)
+) -> tuple[StoreServer, HeldReads]:
+    monkeypatch.setattr(server_module, "SCAN_JOBS", read_jobs)
     engine = Engine(journal=False)
     server = StoreServer(StoreSettings(socket=sock_dir / "s.sock"), engine=engine)
-    held = _HeldReads(engine)
+    held = HeldReads(engine)
     await server.start()
     return server, held
 
@@ -438,7 +411,7 @@ async def test_long_reads_past_the_cap_wait_as_requests_and_all_answer(
 async def test_past_the_waiting_cap_long_reads_are_refused_busy_and_the_client_raises(
     sock_dir, monkeypatch
 ) -> None:
-    monkeypatch.setattr(server_module, "WAITING_READS", 2)
+    monkeypatch.setattr(server_module, "WAITING_SCANS", 2)
     server, held = await _serving_held_reads(sock_dir, monkeypatch, 1)
     client = StoreClient(f"unix:{server.settings.socket}", timeout=5.0)
     try:
@@ -493,7 +466,7 @@ async def test_waiting_reads_of_a_dropped_connection_are_dropped(sock_dir, monke
 async def test_a_waiting_read_answers_as_of_when_it_starts(sock_dir, monkeypatch) -> None:
     """On the real engine: the first long read answers as of its start; the second waited,
     so it sees the insert sent after both (it started after that insert ran)."""
-    monkeypatch.setattr(server_module, "READ_JOBS", 1)
+    monkeypatch.setattr(server_module, "SCAN_JOBS", 1)
     server = StoreServer(StoreSettings(socket=sock_dir / "s.sock"), engine=_filled_engine())
     await server.start()
     try:
@@ -513,3 +486,53 @@ async def test_a_waiting_read_answers_as_of_when_it_starts(sock_dir, monkeypatch
         writer.close()
     finally:
         await server.shutdown()
+
+
+def _connection(server: StoreServer) -> StoreConnection:
+    conn = StoreConnection(server)
+    conn.connection_made(RecordingTransport())  # type: ignore[arg-type]
+    conn.greeted = True
+    return conn
+
+
+def _find(rid: int) -> Request:
+    return Request(rid, "find", {"table": "t", "n": rid})
+
+
+async def test_a_turn_freed_by_a_closed_connection_goes_to_the_waiting_read(
+    sock_dir, monkeypatch
+) -> None:
+    """Waiting reads start in arrival order, also when the turn is freed by a client leaving
+    (``cancel_jobs``): a long read arriving in the same loop turn waits behind them."""
+    server, held = await _serving_held_reads(sock_dir, monkeypatch, 1)
+    leaving, waiting, newcomer = (_connection(server) for _ in range(3))
+    try:
+        assert server.handle(_find(1), leaving) is None  # runs
+        assert server.handle(_find(2), waiting) is None  # waits for the turn
+        assert [w.request.request_id for w in server.waiting] == [2]
+        leaving.connection_lost(None)  # its read is cancelled: the turn is free
+        assert server.handle(_find(3), newcomer) is None  # arrives in the same loop turn
+        # the read that waited should have the turn; the newcomer should wait behind it
+        assert [w.request.request_id for w in server.waiting] == [3]
+    finally:
+        held.release = True
+        await server.shutdown()
+
+
+async def test_a_read_that_waited_is_counted_once_in_the_engine_ops(sock_dir, monkeypatch) -> None:
+    """``stats``: a read that waited (its request handled twice) counts once in the engine's
+    ``ops`` as in the server's ``commands``."""
+    monkeypatch.setattr(server_module, "SCAN_JOBS", 1)
+    server = StoreServer(StoreSettings(socket=sock_dir / "s.sock"), engine=_filled_engine())
+    conn = _connection(server)
+    try:
+        for rid in (1, 2):  # an unindexed filter over every row: a long read each
+            request = Request(rid, "find", {"table": "t", "where": [["n", "lt", 50]]})
+            assert server.handle(request, conn) is None
+        assert len(server.waiting) == 1
+        await wait_until(lambda: server.jobs == 0 and not server.waiting)
+        stats = server.server_stats()
+        assert stats["commands"]["find"]["count"] == 2
+        assert stats["ops"]["find"] == 2  # two find requests
+    finally:
+        server.cancel_jobs()

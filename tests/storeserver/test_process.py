@@ -58,6 +58,31 @@ async def test_timeout_when_the_store_does_not_answer(store_process):
     await client.close()
 
 
+async def test_a_chunked_write_waits_its_long_timeout_past_the_short_one(store_process):
+    """update_where may run in chunks for a while: it waits ``long_timeout``, so it is not
+    reported failed (outcome unknown) while the store still applies it."""
+    store = store_process()
+    client = StoreClient(store.address, timeout=0.3, long_timeout=60.0)
+    await client.connect()
+    await client.call("insert", {"table": "t", "record": {"x": 1}})
+    store.proc.send_signal(signal.SIGSTOP)
+    try:
+        update = asyncio.ensure_future(
+            client.call("update_where", {"table": "t", "changes": {"x": 2}})
+        )
+        await asyncio.sleep(0)  # the update goes out first
+        with pytest.raises(StoreTimeout):  # an ordinary write gives up after 0.3 s ...
+            await client.call("insert", {"table": "t", "record": {}})
+        assert not update.done()  # ... the chunked one, sent first, still waits
+        store.proc.send_signal(signal.SIGCONT)
+        # and gets its answer (the insert, sent after it, landed too: outcome unknown ≠ lost)
+        assert await update == {"matched": 1, "updated": 1}
+        assert await client.call("count", {"table": "t"}) == 2
+    finally:
+        store.proc.send_signal(signal.SIGCONT)
+        await client.close()
+
+
 def test_sigterm_exits_zero_and_removes_the_socket(store_process):
     store = store_process()
     assert store.stop(signal.SIGTERM) == 0
