@@ -43,7 +43,7 @@ from storeserver.query import (
     top,
 )
 from storeserver.selection import Steps, candidates, count_steps, matches_in, select_steps
-from storeserver.shapes import describe_rows
+from storeserver.shapes import describe_steps
 from storeserver.tables import Record, Table
 
 DEFAULT_LIMIT = 100
@@ -275,24 +275,32 @@ class RecordReader:
         chosen = top(keyed, len(keyed), operator.itemgetter(0), reverse, start, size)
         return {"items": [groups[i] for _, i in chosen], "total": len(groups)}
 
-    def describe(self, args: Args) -> dict[str, Any]:
-        """The shape of a table: field names with counts per value type, over a sample."""
+    def describe(self, args: Args) -> dict[str, Any] | ChunkedRead:
+        """The shape of a table: field names with counts per value type, over a sample
+        (in chunks when it is over ``CHUNK`` rows). All as of the command's start."""
         check_keys(args, _DESCRIBE_ARGS)
         table = self.catalog.get(args)
         sample = limit(args, MAX_SAMPLE, MAX_SAMPLE, "sample")
         rows = table.rows
         # the newest rows: they show the shape clients write today
-        sampled, fields = describe_rows(islice(reversed(rows.values()), sample), table.hidden)
+        sampled = list(islice(reversed(rows.values()), sample))
         spec = table.spec()
-        return {
+        facts = {
             "table": table.name,
             "rows": len(rows),
-            "sampled": sampled,
-            "fields": fields,
             "indexes": spec["indexes"],
             "foreign_keys": spec["foreign_keys"],
             "schema": table.schema.document if table.schema is not None else None,
         }
+        steps = _describe_reply(describe_steps(sampled, table.hidden, CHUNK), facts)
+        return ChunkedRead("describe", steps) if len(sampled) > CHUNK else run_steps(steps)
+
+
+def _describe_reply(
+    steps: Generator[None, None, tuple[int, dict[str, Any]]], facts: dict[str, Any]
+) -> Generator[None, None, dict[str, Any]]:
+    sampled, fields = yield from steps
+    return {**facts, "sampled": sampled, "fields": fields}
 
 
 def _group_page(groups: list[dict[str, Any]], sort: Any, start: int, size: int) -> dict[str, Any]:
