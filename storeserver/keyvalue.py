@@ -1,7 +1,9 @@
 """Expiring keys (``kv_*`` commands): token revocations, one-off flags, small shared state.
 
 A key is expired when ``clock() >= expires_at``. Expired keys are invisible at once, removed
-when read, and swept from a heap of deadlines on every ``kv_*`` call (amortised O(log n)).
+when read, and swept from a heap of deadlines on every ``kv_*`` call (amortised O(log n)), at
+most ``SWEEP_MAX`` per call: keys written together (a burst of logins) expire together, and
+removing them all in one call would hold the store.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable, Iterator
 from typing import Any
+
+SWEEP_MAX = 1000
 
 
 class KeyValueStore:
@@ -23,7 +27,9 @@ class KeyValueStore:
     def sweep(self) -> None:
         now = self._clock()
         deadlines, values = self._deadlines, self._values
-        while deadlines and deadlines[0][0] <= now:
+        for _ in range(SWEEP_MAX):
+            if not deadlines or deadlines[0][0] > now:
+                break
             expires_at, key = heapq.heappop(deadlines)
             entry = values.get(key)
             if entry is not None and entry[1] == expires_at:

@@ -10,6 +10,9 @@ import heapq
 from collections.abc import Callable
 from typing import Any
 
+SWEEP_MAX = 1000
+"""Ended windows removed per call at most (each ``hit`` sweeps)."""
+
 
 class FixedWindowCounters:
     def __init__(self, clock: Callable[[], float]) -> None:
@@ -21,8 +24,15 @@ class FixedWindowCounters:
         return len(self._windows)
 
     def _sweep(self, now: float) -> None:
+        # At most SWEEP_MAX per call: windows opened together (a burst of new clients) end
+        # together, and removing 100k at once would hold the store. An ended window still
+        # present is never used (``hit`` opens a new one), so the rest can wait a call.
         ends, windows = self._ends, self._windows
-        while ends and ends[0][0] <= now:
+        if not ends or ends[0][0] > now:
+            return  # the common case: nothing ended (every request's rate_hit comes here)
+        for _ in range(SWEEP_MAX):
+            if not ends or ends[0][0] > now:
+                break
             ends_at, key = heapq.heappop(ends)
             state = windows.get(key)
             if state is not None and state[0] == ends_at:

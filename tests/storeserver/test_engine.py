@@ -1693,3 +1693,29 @@ def test_scan_with_an_indexed_where_skips_rows_that_stopped_matching() -> None:
 
     assert scan_after_close(indexed=False) == [("r2", "open"), ("r4", "open")]
     assert scan_after_close(indexed=True) == [("r2", "open"), ("r4", "open")]
+
+
+def test_keys_and_windows_ending_together_are_swept_a_bounded_number_per_call(
+    engine: Engine, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A burst of keys (logins) or rate windows (new clients) ends at one instant; one call
+    removes at most SWEEP_MAX of them (200k at once held the store ~0.3 s), and the ended
+    ones left are never seen meanwhile."""
+    monkeypatch.setattr("storeserver.keyvalue.SWEEP_MAX", 3)
+    monkeypatch.setattr("storeserver.ratelimit.SWEEP_MAX", 3)
+    for n in range(10):
+        run(engine, "kv_set", key=f"k{n}", value=n, ttl=5)
+        run(engine, "rate_hit", key=f"ip{n}", limit=1, window=5)
+    clock.advance(5)
+    run(engine, "kv_set", key="new", value=1)  # sweeps 3 of the 10 ended keys
+    run(engine, "rate_hit", key="other", limit=1, window=5)  # and 3 of the 10 windows
+    stats = run(engine, "stats")
+    assert (stats["kv_keys"], stats["rate_keys"]) == (1 + 7, 1 + 7)
+    assert [run(engine, "kv_get", key=f"k{n}") for n in range(10)] == [None] * 10
+    hit = run(engine, "rate_hit", key="ip9", limit=1, window=5)  # a new window, not the old
+    assert hit["allowed"] is True and hit["reset"] == clock.now + 5
+    for _ in range(5):
+        run(engine, "kv_set", key="new", value=1)
+        run(engine, "rate_hit", key="other", limit=10, window=5)
+    stats = run(engine, "stats")
+    assert (stats["kv_keys"], stats["rate_keys"]) == (1, 2)
