@@ -11,7 +11,7 @@ log (``audit.AuditLog.add``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from typing import Any
 
 from storeserver.arguments import (
@@ -233,7 +233,7 @@ class RecordWriter:
         table: Table,
         record: Record,
         cascade: bool,
-        exempt: set[tuple[str, str]] | None = None,
+        exempt: Container[tuple[str, str]] = frozenset(),
     ) -> list[tuple[Table, Record]]:
         """Rows that reference ``record`` (transitively when cascading), parents first.
 
@@ -244,8 +244,8 @@ class RecordWriter:
             return []
         found: list[tuple[Table, Record]] = []
         seen = {(table.name, record["id"])}
-        if exempt:
-            seen |= exempt
+        # ``exempt`` is read, never copied into ``seen``: delete_where passes the same set
+        # of every matched row for each of them (a copy each made it O(rows²)).
         stack = [(table, record)]
         while stack:
             parent_table, parent = stack.pop()
@@ -254,7 +254,7 @@ class RecordWriter:
                 if child_table is None:
                     continue
                 for child_id in _referencing(child_table, field, parent["id"]):
-                    if (child_name, child_id) in seen:
+                    if (child_name, child_id) in seen or (child_name, child_id) in exempt:
                         continue
                     if not cascade:
                         raise Conflict(
