@@ -82,16 +82,52 @@ def test_hash_bucket_reorders_a_record_that_moved_in_late() -> None:
     index.discard("b", "r1")
     rows["r1"] = rec(1, k="a")
     index.add_moved("a", "r1", rows["r1"]["created_at"])
-    assert "a" in index.disordered
+    assert index.moved == {"a": ["r1"]}  # kept aside until the bucket is read
+    assert index.count("a") == 4
     assert bucket(index, "a") == ["r0", "r1", "r2", "r3"]
-    assert not index.disordered
-    # moving in at the end of the order does not mark the bucket
+    assert not index.moved
+    # moving in at the end of the order goes straight into the bucket
     rows["r9"] = rec(9, k="a")
     index.add_moved("a", "r9", rows["r9"]["created_at"])
-    assert not index.disordered
+    assert not index.moved
 
 
-def test_hash_normalize_sorts_every_marked_bucket() -> None:
+@pytest.mark.parametrize("moves", [1, 3, 100])  # one by one, and past _PLACED_ONE_BY_ONE
+@pytest.mark.parametrize("tail_min", [1000, 1])  # the tail taken out and put back; a rebuild
+def test_moved_ids_are_placed_in_creation_order_whatever_happens_meanwhile(
+    moves: int, tail_min: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("storeserver.indexes._TAIL_MIN", tail_min)
+    rows = {f"r{n:04}": rec(n, k="a" if n % 2 else "b") for n in range(400)}
+    index = HashIndex("k", rows)
+    for rid, record in rows.items():
+        index.add(index.key_of(record), rid)
+    movers = [f"r{n:04}" for n in range(0, 2 * moves, 2)]  # even: from b to a
+    for rid in movers:
+        index.discard("b", rid)
+        rows[rid] = {**rows[rid], "k": "a"}
+        index.add_moved("a", rid, rows[rid]["created_at"])
+    index.discard("a", movers[-1])  # a moved id leaves again before any read
+    rows[movers[-1]] = {**rows[movers[-1]], "k": "c"}
+    index.add("c", movers[-1])
+    rows["r9999"] = rec(9999, k="a")  # the newest, added after the moves
+    index.add("a", "r9999")
+    want = sorted(i for i, r in rows.items() if r["k"] == "a")
+    assert index.count("a") == len(want)
+    assert bucket(index, "a") == want
+    assert bucket(index, "b") == sorted(i for i, r in rows.items() if r["k"] == "b")
+    # and a recent record moving in lands among the newest
+    rows["r0399"] = {**rows["r0399"], "k": "b"}
+    index.discard("a", "r0399")
+    rows["r0398"] = {**rows["r0398"], "k": "a"}
+    index.discard("b", "r0398")
+    index.add_moved("a", "r0398", rows["r0398"]["created_at"])
+    index.add_moved("b", "r0399", rows["r0399"]["created_at"])
+    assert bucket(index, "a") == sorted(i for i, r in rows.items() if r["k"] == "a")
+    assert bucket(index, "b") == sorted(i for i, r in rows.items() if r["k"] == "b")
+
+
+def test_hash_normalize_places_every_moved_id() -> None:
     rows = {f"r{n}": rec(n, k="a") for n in range(3)}
     index = HashIndex("k", rows)
     for rid in ("r2", "r0", "r1"):
