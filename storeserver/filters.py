@@ -35,6 +35,7 @@ from storeserver.query import (
     compile_condition,
 )
 from storeserver.records import check_value
+from storeserver.tables import UNION_MAX
 
 if TYPE_CHECKING:
     from storeserver.tables import Table
@@ -171,42 +172,56 @@ def leaves_of(nodes: list[Node]) -> list[Condition]:
     return [n for n in nodes if type(n) is Condition]
 
 
-def plan(table: Table, nodes: list[Node]) -> tuple[Iterable[str] | None, Predicate | None]:
+def plan(
+    table: Table, nodes: list[Node], *, ordered: bool = True
+) -> tuple[Iterable[str] | None, Predicate | None]:
     """The ids to read (``None``: every row, in creation order) and the test the records
-    read must still pass (``None``: none; the ids already meet every node)."""
-    ids, exact = _indexed(table, nodes)
+    read must still pass (``None``: none; the ids already meet every node).
+
+    ``ordered=False`` (``count``): the ids may come in any order. Ids from several index
+    buckets (an ``in``, an ``or`` of leaves) must otherwise be sorted into creation order in
+    one go, so past ``tables.UNION_MAX`` of them the table is read instead (in chunks)."""
+    ids, exact = _indexed(table, nodes, ordered)
     predicate = compile_predicate([n for n in nodes if n is not exact], table.casefold_fields)
     return ids, predicate
 
 
-def _indexed(table: Table, nodes: list[Node]) -> tuple[Iterable[str] | None, Node | None]:
+def _indexed(
+    table: Table, nodes: list[Node], ordered: bool
+) -> tuple[Iterable[str] | None, Node | None]:
     leaves = leaves_of(nodes)
     if leaves:
-        ids, exact = table.candidates(leaves)
+        ids, exact = table.candidates(leaves, ordered=ordered)
         if ids is not None:
             return ids, exact
     for node in nodes:
         if type(node) is Or and node.children:
-            union = _union(table, node.children)
+            union = _union(table, node.children, ordered)
             if union is not None:
                 return union, node
     return None, None
 
 
-def _union(table: Table, children: tuple[Node, ...]) -> list[str] | None:
-    """The ids meeting any of ``children``, in creation order, if each is a leaf an index
-    serves exactly; else ``None``."""
+def _union(table: Table, children: tuple[Node, ...], ordered: bool) -> list[str] | None:
+    """The ids meeting any of ``children`` (in creation order if ``ordered``), if each is a
+    leaf an index serves exactly and there are at most ``UNION_MAX`` of them; else ``None``."""
+    total = 0
+    for leaf in children:
+        size = table.estimate(leaf) if type(leaf) is Condition else None
+        if size is None:
+            return None
+        total += size
+    rows = table.rows
+    if total > UNION_MAX or total * 2 > len(rows):  # reading the table (in chunks) is cheaper
+        return None
     seen: dict[str, None] = {}
     for leaf in children:
-        if type(leaf) is not Condition:
-            return None
-        ids, exact = table.candidates([leaf])
+        ids, exact = table.candidates([leaf], ordered=False)  # type: ignore[list-item]
         if ids is None or exact is not leaf:
             return None
         seen.update(dict.fromkeys(ids))
-    rows = table.rows
-    if len(seen) * 2 > len(rows):  # most of the table: one pass beats sorting the union
-        return None
+    if not ordered:
+        return list(seen)
     return sorted(seen, key=lambda i: rows[i]["created_at"])
 
 

@@ -33,6 +33,7 @@ from storeserver.filters import Node, parse_where, plan
 from storeserver.joins import join_steps, needs_chunks
 from storeserver.projection import parse_fields
 from storeserver.query import (
+    Condition,
     Predicate,
     SortField,
     check_field,
@@ -195,7 +196,11 @@ class RecordReader:
         conditions = parse_where(args.get("where"), table.hidden, False, self.max_in)
         if not conditions:
             return len(table.rows)
-        ids, predicate = plan(table, conditions)
+        if len(conditions) == 1 and type(conditions[0]) is Condition:
+            counted = table.count_in(conditions[0])
+            if counted is not None:
+                return counted
+        ids, predicate = plan(table, conditions, ordered=False)  # a count needs no order
         rows = table.rows
         if predicate is None:
             return len(rows) if ids is None else len(ids)  # type: ignore[arg-type]

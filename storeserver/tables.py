@@ -25,6 +25,9 @@ from storeserver.query import Condition, index_key
 Record = dict[str, Any]
 Index = UniqueIndex | HashIndex
 MAX_EXAMPLES = 5
+UNION_MAX = 40_000
+"""Ids from several index buckets sorted into creation order in one command at most (about
+50 ms); past this a filter reads the table instead, in chunks (``filters.plan``)."""
 
 
 class Watcher(Protocol):
@@ -257,7 +260,15 @@ class Table:
             return () if rid is None else (rid,)
         return None
 
-    def _estimate(self, cond: Condition) -> int | None:
+    def count_in(self, cond: Condition) -> int | None:
+        """The number of rows an ``in`` on a hash-indexed field matches, from the bucket
+        sizes (no ids gathered); ``None`` when no hash index serves it."""
+        hashed = self.hashes.get(cond.field)
+        if hashed is None or cond.op != "in" or any(v is None for v in cond.value):
+            return None
+        return sum(hashed.count(key) for key in {index_key(v) for v in cond.value})
+
+    def estimate(self, cond: Condition) -> int | None:
         """How many ids an index gives for ``cond``, or ``None`` if no index serves it."""
         if cond.op == "eq":
             values = [cond.value]
@@ -278,19 +289,24 @@ class Table:
         return len(values)
 
     def candidates(
-        self, conditions: list[Condition]
+        self, conditions: list[Condition], *, ordered: bool = True
     ) -> tuple[Iterable[str] | None, Condition | None]:
         """Pick the most selective indexed ``eq``/``in`` condition.
 
         Returns ``(ids in creation order, the condition they satisfy exactly)`` or
-        ``(None, None)`` when the whole table must be read.
+        ``(None, None)`` when the whole table must be read. An ``in`` over several buckets
+        is merged (and, if ``ordered``, sorted into creation order) at once: past
+        ``UNION_MAX`` ids it is passed over.
         """
         best: Condition | None = None
         best_size = 0
         for cond in conditions:
-            size = self._estimate(cond)
-            if size is not None and (best is None or size < best_size):
-                best, best_size = cond, size
+            size = self.estimate(cond)
+            if size is None or (best is not None and size >= best_size):
+                continue
+            if size > UNION_MAX and cond.op == "in" and len(cond.value) > 1:
+                continue  # merging (and sorting) that many ids at once: read the table
+            best, best_size = cond, size
         if best is None:
             return None, None
         if best.op == "eq":
@@ -302,7 +318,7 @@ class Table:
             found = self.lookup(best.field, value)
             assert found is not None
             seen.update(dict.fromkeys(found))
-        if len({index_key(v) for v in best.value}) > 1:
+        if ordered and len({index_key(v) for v in best.value}) > 1:
             rows = self.rows
             return sorted(seen, key=lambda i: rows[i]["created_at"]), best
         return seen, best
