@@ -146,7 +146,8 @@ def aggregate(
 ) -> list[dict[str, Any]]:
     """One output map per group: the group fields (by name) then the metrics (by ``as``)."""
     rows = records if type(records) is list else list(records)
-    return run_steps(aggregate_steps([rows], group_by, metrics, len(rows) + 1))
+    one_step = (len(rows) + 1) * max(1, len(metrics))  # every group in one slice
+    return run_steps(aggregate_steps([rows], group_by, metrics, one_step))
 
 
 def aggregate_steps(
@@ -171,19 +172,29 @@ def aggregate_steps(
     if not group_by and not buckets:
         buckets[()] = []
     metric_getters = [compile_getter(m.field) if m.field else None for m in metrics]
+    # Each step feeds about ``rows_per_step`` values to the metrics: fewer rows per step the
+    # more metrics, and a big group (no group_by: the whole table) over several steps.
+    per_step = max(1, rows_per_step // max(1, len(metrics)))
     out = []
     done = 0
     for members in buckets.values():
         first = members[0] if members else {}
         row = {field: get(first) for field, get in zip(group_by, getters, strict=True)}
+        accs = [_Metric(m.op, g) for m, g in zip(metrics, metric_getters, strict=True)]
+        for start in range(0, max(len(members), 1), per_step):
+            part = members if len(members) <= per_step else members[start : start + per_step]
+            # not across a yield: the decimal context is the whole loop's while set
+            with decimal.localcontext(_SUM_CONTEXT):
+                for acc in accs:
+                    acc.feed(part)
+            done += len(part)
+            if done >= per_step:
+                done = 0
+                yield
         with decimal.localcontext(_SUM_CONTEXT):
-            for metric, getter in zip(metrics, metric_getters, strict=True):
-                row[metric.name] = _column_metric(metric.op, getter, members)
+            for metric, acc in zip(metrics, accs, strict=True):
+                row[metric.name] = acc.result()
         out.append(row)
-        done += len(members)
-        if done >= rows_per_step:
-            done = 0
-            yield
     return out
 
 
@@ -201,36 +212,60 @@ def _group_keys(chunk: list[dict[str, Any]], getters: list[Any]) -> Iterable[Any
     return columns[0] if len(columns) == 1 else zip(*columns, strict=True)
 
 
-def _column_metric(op: str, getter: Any, members: list[dict[str, Any]]) -> Any:
-    """One metric over one group's rows (under ``_SUM_CONTEXT``)."""
-    if getter is None:  # count of rows
-        return len(members)
-    values = list(map(getter, members))
-    if op == "count":
-        return len(values) - values.count(None)
-    types = set(map(type, values))
-    present = values if _NONE not in types else [v for v in values if v is not None]
-    if op in ("sum", "avg"):
-        acc = _Sum()
-        if types <= _EXACT:
-            acc.exact = sum(present)
-            acc.has_decimal = Decimal in types
-            acc.n = len(present)
-        elif types <= _FLOATS:
-            # left to right like ``_Sum.add`` (``sum`` of floats is compensated since 3.12)
-            acc.floating = reduce(operator.add, present, 0.0)
-            acc.has_float = bool(present)
-            acc.n = len(present)
-        else:
-            for value in present:
-                acc.add(value)
-        return acc.average() if op == "avg" else acc.total()
-    kinds = types - {_NONE}
-    if not kinds:
-        return None
-    if any(kinds <= family for family in _ORDERED):
-        return max(present) if op == "max" else min(present)
-    extreme = _Extreme(op == "max")
-    for value in present:
-        extreme.add(value)
-    return extreme.value
+class _Metric:
+    """One metric over one group, fed the group's rows a slice at a time (under
+    ``_SUM_CONTEXT``). Each slice is reduced in C where its values are all of one family
+    (``map``, ``sum``, ``min``/``max``), else value by value, with the same results."""
+
+    __slots__ = ("count", "extreme", "getter", "op", "total")
+
+    def __init__(self, op: str, getter: Any) -> None:
+        self.op = op
+        self.getter = getter
+        self.count = 0
+        self.total = _Sum()
+        self.extreme = _Extreme(op == "max")
+
+    def feed(self, members: list[dict[str, Any]]) -> None:
+        getter, op = self.getter, self.op
+        if getter is None:  # count of rows
+            self.count += len(members)
+            return
+        values = list(map(getter, members))
+        if op == "count":
+            self.count += len(values) - values.count(None)
+            return
+        types = set(map(type, values))
+        present = values if _NONE not in types else [v for v in values if v is not None]
+        if op in ("sum", "avg"):
+            acc = self.total
+            if types <= _EXACT:
+                acc.exact += sum(present)
+                acc.has_decimal = acc.has_decimal or Decimal in types
+                acc.n += len(present)
+            elif types <= _FLOATS:
+                # left to right like ``_Sum.add`` (``sum`` of floats is compensated since 3.12)
+                acc.floating = reduce(operator.add, present, acc.floating)
+                acc.has_float = acc.has_float or bool(present)
+                acc.n += len(present)
+            else:
+                for value in present:
+                    acc.add(value)
+            return
+        kinds = types - {_NONE}
+        if not kinds:
+            return
+        if any(kinds <= family for family in _ORDERED):
+            self.extreme.add(max(present) if op == "max" else min(present))
+            return
+        for value in present:
+            self.extreme.add(value)
+
+    def result(self) -> Any:
+        if self.getter is None or self.op == "count":
+            return self.count
+        if self.op == "sum":
+            return self.total.total()
+        if self.op == "avg":
+            return self.total.average()
+        return self.extreme.value
