@@ -26,12 +26,12 @@ from operator import itemgetter
 from typing import Any
 
 from storeserver.arguments import Args, check_keys, limit, optional_bool, required_dict
-from storeserver.builds import CHUNK, Job
+from storeserver.builds import Job
 from storeserver.errors import LimitExceeded
 from storeserver.filters import compile_predicate, parse_where, plan
 from storeserver.query import Predicate
 from storeserver.records import merge_patch
-from storeserver.selection import candidates, count_of, matches_in
+from storeserver.selection import candidates, count_of, matches_in, rows_per_step
 from storeserver.tables import Record, Table
 from storeserver.writes import RecordWriter, Undo
 
@@ -54,7 +54,6 @@ class BulkWrite(Job):
         self.max_in = max_in
         self.max_rows = max_rows
         self.change = change
-        self.chunk = CHUNK
         self.watching = False
         self._start()
 
@@ -63,6 +62,7 @@ class BulkWrite(Job):
         # What the filter means: which fields compare ignoring case, which may be named.
         self.meaning = (table.casefold_fields, table.hidden)
         conditions = parse_where(self.where, table.hidden, False, self.max_in)
+        self.chunk = rows_per_step(conditions)
         ids, self.predicate = plan(table, conditions) if conditions else (None, None)
         # Rows written meanwhile are tested again with every condition (their indexed field
         # may have changed too): ``plan``'s predicate leaves out what its index answered.

