@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from typing import Any, Protocol
 
 from storeserver.errors import BadRequest, Conflict
-from storeserver.indexes import HashIndex, UniqueIndex
+from storeserver.indexes import HashIndex, UniqueIndex, place_in_order
 from storeserver.query import Condition, index_key
 
 Record = dict[str, Any]
@@ -42,6 +42,7 @@ class Table:
         "hashes",
         "hidden",
         "name",
+        "restored",
         "rows",
         "rows_disordered",
         "schema",
@@ -57,6 +58,7 @@ class Table:
         self.foreign_keys: dict[str, str] = {}  # field -> referenced table
         self.hidden: frozenset[str] = frozenset()
         self.rows_disordered = False
+        self.restored: list[str] = []  # restored ids appended out of order (``normalize``)
         self._indexes: tuple[Index, ...] = ()
         self.schema: Any = None  # a ``schemas.TableSchema`` once ``set_schema`` attached one
         self.watchers: tuple[Watcher, ...] = ()
@@ -200,8 +202,11 @@ class Table:
         """Undo ``remove``: the row comes back (its order is fixed by ``normalize``)."""
         rid = record["id"]
         rows = self.rows
-        if rows and rows[next(reversed(rows))]["created_at"] > record["created_at"]:
+        if self.rows_disordered:
+            self.restored.append(rid)  # after an out-of-order one: order unknown
+        elif rows and rows[next(reversed(rows))]["created_at"] > record["created_at"]:
             self.rows_disordered = True
+            self.restored.append(rid)
         rows[rid] = record
         for index in self._indexes:
             key = index.key_of(record)
@@ -219,9 +224,19 @@ class Table:
     def normalize(self) -> None:
         """Restore creation order in ``rows`` and in every hash bucket (after an undo)."""
         if self.rows_disordered:
-            ordered = sorted(self.rows.items(), key=lambda item: item[1]["created_at"])
-            self.rows.clear()
-            self.rows.update(ordered)
+            # Sorting every row by a Python key took ~1.5 s over 1M rows after a failed
+            # batch that had deleted an old row; the restored rows are placed instead.
+            rows = self.rows
+            moved = [rid for rid in dict.fromkeys(self.restored) if rid in rows]
+            popped = {rid: rows.pop(rid) for rid in moved}
+            if moved:
+                place_in_order(
+                    rows,
+                    moved,
+                    popped.__getitem__,
+                    lambda rid: (rows.get(rid) or popped[rid])["created_at"],
+                )
+            self.restored = []
             self.rows_disordered = False
         for index in self.hashes.values():
             index.normalize()

@@ -646,3 +646,25 @@ def test_delete_where_reads_the_matched_set_without_copying_it_per_row(engine: E
         assert engine._writer._dependants(table, user, True, doomed) == []
     found = engine._writer._dependants(table, users[0], True, doomed)
     assert [(t.name, r["user_id"]) for t, r in found] == [("orders", users[0]["id"])]
+
+
+@pytest.mark.parametrize("tail_min", [1000, 1])  # put back among the newest; a rebuild
+def test_a_failed_batch_puts_deleted_rows_back_in_creation_order(
+    tail_min: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rows a failed batch had deleted are placed back where they were (sorting every
+    row took ~1.5 s over 1M rows), the table's and its index buckets' order intact."""
+    monkeypatch.setattr("storeserver.indexes._TAIL_MIN", tail_min)
+    engine = Engine(journal=False)
+    engine.execute("create_table", {"table": "t", "indexes": [{"field": "k"}]})
+    for i in range(60):
+        engine.execute("insert", {"table": "t", "record": {"id": f"r{i:02}", "k": i % 2}})
+    before = engine.execute("find", {"table": "t", "limit": 100})["items"]
+    ops = [{"op": "delete", "table": "t", "id": f"r{i:02}"} for i in (57, 3, 41, 58, 10)]
+    ops.append({"op": "insert", "table": "t", "record": {"id": "r00"}})  # duplicate id: fails
+    with pytest.raises(Conflict):
+        engine.execute("batch", {"ops": ops})
+    assert engine.execute("find", {"table": "t", "limit": 100})["items"] == before
+    for k in (0, 1):
+        found = engine.execute("find", {"table": "t", "where": [["k", "eq", k]], "limit": 100})
+        assert [r["id"] for r in found["items"]] == [r["id"] for r in before if r["k"] == k]
