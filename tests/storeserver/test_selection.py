@@ -147,3 +147,18 @@ def test_a_costly_filter_runs_as_a_job_over_fewer_rows_than_a_chunk() -> None:
     assert isinstance(job, ChunkedRead)  # 1000 rows, 400 per step
     assert engine.run_job(job) == 99
     assert engine.execute("count", {"table": "t", "where": [["n", "lt", 99]]}) == 99  # inline
+
+
+def test_a_scan_with_a_costly_filter_examines_fewer_ids_per_call() -> None:
+    engine = Engine(journal=False, max_batch=CHUNK)
+    engine.execute(
+        "batch", {"ops": [{"op": "insert", "table": "t", "record": {"n": i}} for i in range(600)]}
+    )
+    wide = {"or": [["n", "eq", i] for i in range(0, 7 * 99, 7)]}  # 100 nodes: 200 ids a call
+    page = engine.execute("scan", {"table": "t", "where": wide, "limit": 1000})
+    assert [r["n"] for r in page["items"]] == list(range(0, 200, 7))
+    seen = [r["n"] for r in page["items"]]
+    while page["cursor"] is not None:
+        page = engine.execute("scan", {"cursor": page["cursor"], "limit": 1000})
+        seen += [r["n"] for r in page["items"]]
+    assert seen == list(range(0, 600, 7))
