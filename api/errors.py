@@ -142,7 +142,7 @@ async def handle_store_error(request: Request, exc: Exception) -> Response:
             request,
             503,
             "STORE_BUSY",
-            "The store is busy with long reads; retry shortly",
+            "The store is busy with long queries; retry shortly",
             headers={"Retry-After": str(request.app.state.settings.store_retry_after)},
         )
     if isinstance(exc, store_errors.StoreTimeout):

@@ -402,7 +402,7 @@ class StoreServer:
     ) -> None:
         if len(self.waiting) >= WAITING_SCANS:
             raise StoreBusy(
-                "the store is busy with long reads; retry shortly", {"max": WAITING_SCANS}
+                "the store is busy with long commands; retry shortly", {"max": WAITING_SCANS}
             )
         # As it came (tags included), to be handled again; counted once, when it runs.
         if request_tag is not None:
@@ -417,11 +417,20 @@ class StoreServer:
 
     def _admit_waiting(self) -> None:
         """Start waiting commands while there are turns for them (in arrival order)."""
-        waiting = self.waiting
+        waiting, durability = self.waiting, self.durability
         while waiting and self._scans_running() < SCAN_JOBS:
             w = waiting.popleft()
+            recorded = durability.recorded if durability is not None else 0
             reply = self.handle(w.request, w.conn, w.spent)
-            if reply is not None and w.conn is not None:
+            if reply is None or w.conn is None:
+                continue
+            if (
+                durability is not None
+                and durability.holds_replies
+                and durability.recorded != recorded
+            ):
+                durability.hold(w.conn, reply)  # a write done at once: sent once on disk
+            else:
                 w.conn.send(reply)
 
     def _encode(self, rid: int, result: Any) -> bytes:

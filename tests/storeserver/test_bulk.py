@@ -323,3 +323,41 @@ async def test_a_bulk_write_takes_a_scan_turn_and_keeps_its_caller_while_it_wait
     finally:
         held.release = True
         await server.shutdown()
+
+
+async def test_a_waited_write_done_at_once_is_held_until_on_disk_under_fsync_always(
+    sock_dir, tmp_path, monkeypatch
+) -> None:
+    """A ``*_where`` set aside for a turn may run whole when handled again (its table shrank
+    meanwhile); under STORE_FSYNC=always its reply still waits for the disk."""
+    monkeypatch.setattr(server_module, "SCAN_JOBS", 1)
+    settings = StoreSettings(socket=sock_dir / "s.sock", data_dir=tmp_path / "d", fsync="always")
+    server = StoreServer(settings)
+    await server.start()
+    held = HeldReads(server.engine)
+    conn = StoreConnection(server)
+    transport = RecordingTransport()
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    conn.greeted = True
+    try:
+        for i in range(10):
+            record = {"id": f"r{i}", "k": 1}
+            server.handle(Request(100 + i, "insert", {"table": "t", "record": record}), conn)
+        assert server.handle(Request(1, "find", {"table": "t", "n": 1}), conn) is None
+        update = Request(2, "update_where", {"table": "t", "changes": {"x": 1}})
+        assert server.handle(update, conn) is None  # 10 rows > 4 per step: a scan, waits
+        assert len(server.waiting) == 1
+        for i in range(7):  # meanwhile the table shrinks below a step
+            server.handle(Request(200 + i, "delete", {"table": "t", "id": f"r{i}"}), conn)
+        held.release = True
+        server.cancel_jobs(None)  # the read gives up its turn (no reply wanted)
+        server.waiting.append(server_module._Waiting(update, conn, 0.0))
+        transport.data.clear()
+        server._admit_waiting()  # 3 rows left: done at once
+        assert not transport.data  # not sent before the log is synced
+        await wait_until(lambda: bool(transport.data))
+        (reply,) = FrameDecoder().feed(bytes(transport.data))
+        assert reply.request_id == 2 and reply.value == {"matched": 3, "updated": 3}
+    finally:
+        held.release = True
+        await server.shutdown()
