@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 from storeserver.indexes import HashIndex, UniqueIndex
 from storeserver.schemas import TableSchema
-from storeserver.tables import Record, Table
+from storeserver.tables import MAX_EXAMPLES, Record, Table
 
 CHUNK = 10_000
 """Rows handled per step (a few milliseconds)."""
@@ -151,12 +151,22 @@ class IndexBuild(Job):
         return True
 
     def _true_duplicates(self) -> list[list[str]]:
+        """Groups of ids still sharing a value; only as many (and as many ids in each) as
+        the ``CONFLICT`` names: walking every colliding id (unique on a 5-valued field of
+        1M rows) took ~1 s in this one step."""
         rows, index = self.table.rows, self.index
         groups = []
         for key, ids in self.collisions.items():
-            holders = [i for i in ids if i in rows and index.key_of(rows[i]) == key]
+            holders = []
+            for rid in ids:
+                if rid in rows and index.key_of(rows[rid]) == key:
+                    holders.append(rid)
+                    if len(holders) == MAX_EXAMPLES:
+                        break
             if len(holders) > 1:
                 groups.append(holders)
+                if len(groups) == MAX_EXAMPLES:
+                    break
         return groups
 
     def finish(self) -> None:
