@@ -69,6 +69,11 @@ STORE_STATUS: dict[type[store_errors.StoreError], tuple[int, str]] = {
     store_errors.StoreBusy: (503, "STORE_BUSY"),
     store_errors.StoreTimeout: (504, "STORE_TIMEOUT"),
 }
+# The 503s that carry Retry-After: the store cannot take the request now, but will.
+_RETRY_LATER: dict[type[store_errors.StoreError], tuple[str, str]] = {
+    store_errors.StoreUnavailable: ("STORE_UNAVAILABLE", "The store is unavailable; retry shortly"),
+    store_errors.StoreBusy: ("STORE_BUSY", "The store is busy with long queries; retry shortly"),
+}
 CONFLICT_CODES = {
     "unique": "ALREADY_EXISTS",
     "duplicate_id": "ALREADY_EXISTS",
@@ -125,26 +130,12 @@ async def handle_api_error(request: Request, exc: Exception) -> Response:
 
 async def handle_store_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, store_errors.StoreError)
-    if isinstance(exc, store_errors.StoreUnavailable):
-        # The client's message names the socket path: log it, don't send it.
-        log.warning("store_unavailable", detail=exc.message)
-        retry_after = str(request.app.state.settings.store_retry_after)
-        return error_response(
-            request,
-            503,
-            "STORE_UNAVAILABLE",
-            "The store is unavailable; retry shortly",
-            headers={"Retry-After": retry_after},
-        )
-    if isinstance(exc, store_errors.StoreBusy):
-        log.warning("store_busy", detail=exc.message)
-        return error_response(
-            request,
-            503,
-            "STORE_BUSY",
-            "The store is busy with long queries; retry shortly",
-            headers={"Retry-After": str(request.app.state.settings.store_retry_after)},
-        )
+    for cls, (code, message) in _RETRY_LATER.items():
+        if isinstance(exc, cls):
+            # The client's message may name the socket path: log it, don't send it.
+            log.warning(code.lower(), detail=exc.message)
+            retry_after = str(request.app.state.settings.store_retry_after)
+            return error_response(request, 503, code, message, headers={"Retry-After": retry_after})
     if isinstance(exc, store_errors.StoreTimeout):
         log.warning("store_timeout")
         return error_response(request, 504, "STORE_TIMEOUT", "The store did not answer in time")

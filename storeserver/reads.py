@@ -46,6 +46,7 @@ from storeserver.query import (
 from storeserver.selection import (
     Steps,
     candidates,
+    count_of,
     count_steps,
     matches_in,
     rows_per_step,
@@ -211,7 +212,7 @@ class RecordReader:
         ids, predicate = plan(table, conditions, ordered=False)  # a count needs no order
         rows = table.rows
         if predicate is None:
-            return len(rows) if ids is None else len(ids)  # type: ignore[arg-type]
+            return count_of(rows, ids)
         rows_read = candidates(rows, ids)
         step = rows_per_step(conditions)
         steps = count_steps(rows_read, predicate, step)

@@ -21,8 +21,9 @@ from collections.abc import Callable
 from typing import Any
 
 from storeserver.errors import NotFound
-from storeserver.filters import Node, compile_predicate, plan, weight
+from storeserver.filters import Node, compile_predicate, plan
 from storeserver.projection import Projector, parse_fields
+from storeserver.selection import rows_per_step
 from storeserver.tables import Table
 
 MAX_PROBES = 100_000
@@ -58,12 +59,9 @@ class _Cursor:
         # row the index listed may have stopped matching since (``find`` reads in one go).
         self.keep = compile_predicate(where, table.casefold_fields)
         # ids examined per call: fewer the costlier the filter (a 100-node one took ~0.3 s
-        # for 5,000 rows), as ``selection.rows_per_step`` does for find
-        cost = weight(where)
+        # for 5,000 rows), as for find's steps
         self.probes = (
-            MAX_PROBES
-            if self.keep is None
-            else max(MAX_FILTERED_PROBES * 4 // max(4, cost), MAX_FILTERED_PROBES // 50)
+            MAX_PROBES if self.keep is None else rows_per_step(where, simple=MAX_FILTERED_PROBES)
         )
         self.position = 0
         self.include_hidden = include_hidden

@@ -36,12 +36,15 @@ def candidates(rows: Mapping[str, Record], ids: Iterable[str] | None) -> list[Re
     return list(rows.values()) if ids is None else [rows[i] for i in ids]
 
 
-def rows_per_step(where: list[Node], sort: list[SortField] | tuple[()] = ()) -> int:
-    """How many rows a step reads so that it stays near a simple filter's cost: ``CHUNK``
-    for up to four filter nodes, fewer the costlier each row is to test and sort (measured:
-    a 100-node filter took ~0.3 s per 10,000 rows, a sort on 10 fields ~0.24 s)."""
+def rows_per_step(
+    where: list[Node], sort: list[SortField] | tuple[()] = (), simple: int | None = None
+) -> int:
+    """How many rows a step reads so that it stays near a simple filter's cost: ``simple``
+    (``CHUNK``) for up to four filter nodes, fewer the costlier each row is to test and sort
+    (measured: a 100-node filter took ~0.3 s per 10,000 rows, a sort on 10 fields ~0.24 s)."""
+    simple = CHUNK if simple is None else simple
     cost = weight(where) + 4 * len(sort)
-    return CHUNK if cost <= 4 else max(CHUNK * 4 // cost, CHUNK // 50)
+    return simple if cost <= 4 else max(simple * 4 // cost, simple // 50)
 
 
 def count_of(rows: Mapping[str, Record], ids: Iterable[str] | None) -> int:

@@ -359,7 +359,7 @@ class StoreServer:
         """Run one request and return its encoded reply frame. Never raises.
 
         ``None`` when the command goes on as a job: its reply is sent to ``conn`` later.
-        ``spent``: the time earlier attempts took (a long read that waited for a turn).
+        ``spent``: the time earlier attempts took (a command that waited for a turn).
         """
         started = time.perf_counter()
         rid = request.request_id
@@ -422,16 +422,9 @@ class StoreServer:
             w = waiting.popleft()
             recorded = durability.recorded if durability is not None else 0
             reply = self.handle(w.request, w.conn, w.spent)
-            if reply is None or w.conn is None:
-                continue
-            if (
-                durability is not None
-                and durability.holds_replies
-                and durability.recorded != recorded
-            ):
-                durability.hold(w.conn, reply)  # a write done at once: sent once on disk
-            else:
-                w.conn.send(reply)
+            if reply is not None:  # a write done at once, this time
+                wrote = durability is not None and durability.recorded != recorded
+                self._deliver(w.conn, reply, wrote)
 
     def _encode(self, rid: int, result: Any) -> bytes:
         reply = encode_result(rid, result)
@@ -519,13 +512,19 @@ class StoreServer:
             return True
         del self.running[job]
         self._account(job.command, run.spent, run.request_tag)
-        if conn is not None:
-            durability = self.durability
-            if recorded and durability is not None and durability.holds_replies:
-                durability.hold(conn, reply)  # STORE_FSYNC=always: sent once on disk
-            else:
-                conn.send(reply)
+        self._deliver(conn, reply, recorded)
         return False
+
+    def _deliver(self, conn: StoreConnection | None, reply: bytes, wrote: bool) -> None:
+        """Send a reply outside ``data_received``; one acknowledging a write waits for the
+        disk under STORE_FSYNC=always (``data_received`` does the same for its batch)."""
+        if conn is None:
+            return
+        durability = self.durability
+        if wrote and durability is not None and durability.holds_replies:
+            durability.hold(conn, reply)
+        else:
+            conn.send(reply)
 
     def snapshot(self, conn: StoreConnection, request_id: int) -> None:
         """Start (or join) a background snapshot; the reply is sent when it is on disk."""
