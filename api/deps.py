@@ -100,10 +100,13 @@ async def _authenticate(request: Request) -> AuthOutcome:
     return AuthOutcome(Principal.from_claims(claims), token_present=True)
 
 
-async def get_caller(
-    request: Request, _token: Annotated[str | None, Depends(oauth2_scheme)]
-) -> Principal:
-    """The caller: anonymous without a token; a token that does not verify is 401."""
+async def get_caller(request: Request) -> Principal:
+    """The caller: anonymous without a token; a token that does not verify is 401.
+
+    It reads the guard's outcome (or the token) from the request itself rather than through
+    ``oauth2_scheme``: each dependency level costs FastAPI about 15 µs per request, so the
+    scheme is added to the OpenAPI document by ``api.openapi`` instead.
+    """
     outcome: AuthOutcome | None = request.scope.get("state", {}).get("auth")
     if outcome is None:
         outcome = await _authenticate(request)
@@ -147,13 +150,14 @@ def not_found(table: str, record_id: str) -> NotFound:
 
 
 async def authorize_user(
-    caller: Caller, user_id: Annotated[str, Path(max_length=128, description="User id")]
+    request: Request, user_id: Annotated[str, Path(max_length=128, description="User id")]
 ) -> str:
     """Yourself, or anyone for an admin; someone else's id is 404. Yields the user id.
 
-    Takes ``Caller`` and makes ``require_user``'s check itself (401 first): one dependency
-    level less on the hottest routes, the same answers.
+    Calls ``get_caller`` and makes ``require_user``'s check itself (401 first) instead of
+    depending on ``Caller``: two dependency levels less on the hottest routes, same answers.
     """
+    caller = await get_caller(request)
     if caller.id is None:
         raise not_authenticated()
     if caller.id != user_id and not caller.is_admin:
@@ -162,17 +166,17 @@ async def authorize_user(
 
 
 async def authorize_order(
-    caller: Caller,
-    store: StoreDep,
-    order_id: Annotated[str, Path(max_length=128, description="Order id")],
+    request: Request, order_id: Annotated[str, Path(max_length=128, description="Order id")]
 ) -> str:
     """Your own order, or any for an admin; someone else's is 404. Yields the order id.
 
-    Like ``authorize_user``: ``require_user``'s 401 check made here, one level less.
+    Like ``authorize_user``: the caller read and ``require_user``'s 401 check made here.
     """
+    caller = await get_caller(request)
     if caller.id is None:
         raise not_authenticated()
     if not caller.is_admin:
+        store = await get_store(request)
         order = await store.call("get", {"table": orders.TABLE, "id": order_id})
         if order.get("user_id") != caller.id:
             raise not_found(orders.TABLE, order_id)
@@ -181,6 +185,9 @@ async def authorize_order(
 
 UserId = Annotated[str, Depends(authorize_user)]
 OrderId = Annotated[str, Depends(authorize_order)]
+
+AUTHENTICATING = frozenset({get_caller, authorize_user, authorize_order})
+"""The dependencies that read the bearer token: an operation using one documents it."""
 
 
 async def parse_if_match(

@@ -19,6 +19,7 @@ from api.jobs import start_jobs, stop_jobs
 from api.logs import configure_logging
 from api.metrics import install_metrics
 from api.middleware import install_middleware
+from api.openapi import install_openapi
 from api.routes import admin, auth, batch, data, dump, join, orders, probes, tables, users
 from api.routes import jobs as job_routes
 from api.routes import transactions as transaction_routes
@@ -133,4 +134,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(job_routes.router, prefix=API_PREFIX)
     app.include_router(batch.router, prefix=API_PREFIX)
     app.include_router(transaction_routes.router, prefix=API_PREFIX)
+    install_openapi(app)
     return app

@@ -13,7 +13,7 @@ import pytest
 from fastapi import FastAPI
 
 from api.auth.principals import Principal
-from api.deps import get_caller, get_store
+from api.deps import authorize_user, get_caller, get_store
 from api.main import create_app
 from api.settings import Settings
 from storeserver import errors
@@ -41,11 +41,17 @@ def raising(exc: BaseException) -> Callable[[str, dict[str, Any]], Any]:
 ADMIN = Principal(id="admin-id", role="admin", session_id="s")
 
 
+async def any_user(user_id: str) -> str:
+    """``authorize_user`` for an admin (it reads the caller itself, not through ``Caller``)."""
+    return user_id
+
+
 @pytest.fixture
 def app() -> FastAPI:
     """The app as an admin sees it (authentication is tested against the real stack)."""
     app = create_app(Settings(expose_worker_pid=True, store_retry_after=2))
     app.dependency_overrides[get_caller] = lambda: ADMIN
+    app.dependency_overrides[authorize_user] = any_user
     return app
 
 

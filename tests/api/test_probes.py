@@ -55,3 +55,19 @@ def test_openapi_documents_every_route(client: httpx.Client) -> None:
     schemas = spec["components"]["schemas"]
     assert "examples" in schemas["UserCreate"] and "examples" in schemas["OrderCreate"]
     assert "password" not in schemas["UserPublic"]["properties"]
+
+
+def test_openapi_marks_every_operation_needing_a_token(client: httpx.Client) -> None:
+    """The auth dependencies read the token themselves (api/openapi.py adds what FastAPI
+    cannot see): every operation that can answer 401 for a missing or bad access token shows
+    the lock in /docs, and the Authorize button logs in at /auth/token."""
+    spec = client.get("/openapi.json").json()
+    scheme = spec["components"]["securitySchemes"]["OAuth2PasswordBearer"]
+    assert scheme["flows"]["password"]["tokenUrl"] == "/api/v1/auth/token"
+    # The two auth routes answer 401 for bad credentials, not for a missing access token.
+    by_credentials = {("post", "/api/v1/auth/token"), ("post", "/api/v1/auth/refresh")}
+    for path, item in spec["paths"].items():
+        for method, op in item.items():
+            needs_token = "401" in op["responses"] and (method, path) not in by_credentials
+            expected = [{"OAuth2PasswordBearer": []}] if needs_token else None
+            assert op.get("security") == expected, f"{method.upper()} {path}"
