@@ -112,20 +112,6 @@ def _join_reply(
     return {"items": items, "total": total}
 
 
-def matching_records(
-    table: Table, where: Any, *, max_in: int, include_hidden: bool = False
-) -> list[Record]:
-    """The records of ``table`` meeting the ``where`` argument, in creation order.
-
-    For the write commands (``update_where``, ``delete_where``): validates ``where`` like
-    ``find`` does (``BadRequest``/``LimitExceeded`` with ``details.path``), uses an index for
-    an ANDed ``eq``/``in`` leaf, and returns a new list, so the caller may change the table
-    while walking it. ``None`` or ``[]`` matches every row.
-    """
-    conditions = parse_where(where, table.hidden, include_hidden, max_in)
-    return list(_matching(table, conditions)[0])
-
-
 class RecordReader:
     def __init__(self, catalog: Catalog, max_limit: int, max_in: int) -> None:
         self.catalog = catalog

@@ -23,7 +23,6 @@ from storeserver.filters import (
     plan,
 )
 from storeserver.query import Condition
-from storeserver.reads import matching_records
 from storeserver.tables import Table
 from tests.storeserver.reference_filters import ref_where, size
 
@@ -349,20 +348,6 @@ def test_index_serves_equality_under_the_root_and_only(
     assert chosen == []
     assert run({"not": ["team", "eq", "red"]}) == ["bob", "dan"]
     assert chosen == []
-
-
-def test_matching_records_for_the_write_commands(engine: Engine) -> None:
-    table = engine._catalog.tables["users"]
-    rows = matching_records(table, TREE, max_in=5)
-    assert [r["id"] for r in rows] == ["cid", "dan"] and isinstance(rows, list)
-    assert len(matching_records(table, None, max_in=5)) == 4
-    assert len(matching_records(table, [], max_in=5)) == 4
-    assert matching_records(table, [["pw", "eq", "s"]], max_in=5, include_hidden=True)
-    with pytest.raises(BadRequest) as info:
-        matching_records(table, [["pw", "eq", "s"]], max_in=5)
-    assert info.value.details["path"] == [0]
-    with pytest.raises(LimitExceeded):
-        matching_records(table, {"or": [["team", "in", list(range(6))]]}, max_in=5)
 
 
 def test_plan_reads_the_union_for_an_or_of_indexed_leaves(engine: Engine) -> None:
