@@ -8,7 +8,10 @@ Failure rules:
 - The store unreachable (refused, lost, not yet reconnected) → ``StoreUnavailable``. After a
   failed connect the client waits with exponential backoff before it tries again, and calls in
   the meantime fail at once instead of piling up.
-- No reply within the call's timeout → ``StoreTimeout``; a late reply is dropped.
+- No reply within the call's timeout → ``StoreTimeout``; a late reply is dropped, and the
+  store is told to ``cancel`` the request: a long command (a chunked read, a ``*_where``
+  still selecting, an index build) stops there instead of using the store for nobody. A call
+  whose awaiting task is cancelled does the same.
 - Reads (``READ_COMMANDS``) are retried with backoff and jitter inside a small time budget.
 - The writes the store may run in chunks over a big table (``CHUNKED_WRITES``) wait
   ``long_timeout``, not ``timeout``: a timeout on a write leaves its outcome unknown, and such
@@ -118,6 +121,15 @@ class _Connection(asyncio.Protocol):
             self._sweeper = loop.call_later(_SWEEP_S, self._sweep)
         return fut
 
+    def cancel(self, rid: int) -> None:
+        """Ask the store to stop request ``rid``. Sent as request id 0, which no call uses,
+        so its reply (``{"cancelled": bool}``) matches nothing and is dropped."""
+        if self.closed:
+            return
+        if not self._outbox:
+            self.loop.call_soon(self._flush)
+        self._outbox.append(encode_request(0, "cancel", {"request": rid}))
+
     def _flush(self) -> None:
         frames, self._outbox = self._outbox, []
         if self.transport is not None and not self.closed:
@@ -131,6 +143,7 @@ class _Connection(asyncio.Protocol):
             fut = pending.pop(rid, None)
             if fut is not None and not fut.done():
                 fut.set_exception(StoreTimeout(f"the store did not answer {command!r} in time"))
+                self.cancel(rid)
         if not pending:
             deadlines.clear()  # every call answered: their deadlines are moot
         self._sweeper = self.loop.call_later(_SWEEP_S, self._sweep) if deadlines else None
@@ -283,7 +296,8 @@ class StoreClient:
         try:
             return await fut
         finally:
-            conn.pending.pop(rid, None)
+            if conn.pending.pop(rid, None) is not None and fut.cancelled():
+                conn.cancel(rid)  # the caller gave up (its task was cancelled)
 
     async def _connection(self) -> _Connection:
         if self._closed:

@@ -154,6 +154,7 @@ WAITING_SCANS = 1024
 """Such commands waiting for a turn past ``SCAN_JOBS``; past this the store answers
 ``STORE_BUSY`` (the API: 503 with Retry-After)."""
 _SCANS = (ChunkedRead, BulkWrite)
+_CANCEL_ARGS = frozenset({"request"})
 
 
 @dataclass(slots=True)
@@ -204,6 +205,7 @@ class StoreServer:
         self._queue: deque[_JobRun] = deque()
         self._jobs_scheduled = False
         self.waiting: deque[_Waiting] = deque()
+        self.cancelled = 0  # long commands stopped by their client's ``cancel``
         self.connections: set[StoreConnection] = set()
         self.ready = False
         self.started_at = time.time()
@@ -311,6 +313,7 @@ class StoreServer:
                 "slow_threshold_s": self._slow_s,
                 "jobs": self.jobs,
                 "jobs_waiting": len(self.waiting),
+                "jobs_cancelled": self.cancelled,
                 "uptime_s": round(time.time() - self.started_at, 3),
                 "uptime": round(time.time() - self.started_at, 3),
                 "version": __version__,
@@ -526,6 +529,47 @@ class StoreServer:
         else:
             conn.send(reply)
 
+    def cancel(self, conn: StoreConnection, request: Request) -> bytes:
+        """``cancel {"request": id}``: the client gave up on its request ``id`` (it timed
+        out). If that request is a long command still running, or waiting for a turn, it
+        stops as if it never ran (``cancel_jobs``); either way nobody gets its reply.
+
+        Answers ``{"cancelled": bool}``; the client sends cancels with request id 0, whose
+        replies it does not wait for.
+        """
+        args = request.args
+        target = args.get("request")
+        if not args.keys() <= _CANCEL_ARGS or type(target) is not int:
+            err = BadRequest("cancel takes request: the id of a request", {"arg": "request"})
+            return encode_error(request.request_id, err.code, err.message, err.details)
+        found: _JobRun | _Waiting | None = None
+        for w in self.waiting:
+            if w.conn is conn and w.request.request_id == target:
+                self.waiting.remove(w)
+                found = w
+                break
+        else:
+            for job, run in self.running.items():
+                if run.conn is conn and run.rid == target:
+                    del self.running[job]
+                    job.abort()
+                    found = run
+                    self._admit_waiting()  # its turn goes to the next waiting command
+                    break
+        if found is not None:
+            if isinstance(found, _JobRun):
+                command, tag = found.job.command, found.request_tag
+            else:
+                command, tag = found.request.command, found.request.args.get(REQUEST_ID_ARG)
+            self.cancelled += 1
+            log.info(
+                "command_cancelled",
+                command=command,
+                request_id=tag if isinstance(tag, str) else None,
+                spent_ms=round(found.spent * 1000, 2),
+            )
+        return encode_result(request.request_id, {"cancelled": found is not None})
+
     def snapshot(self, conn: StoreConnection, request_id: int) -> None:
         """Start (or join) a background snapshot; the reply is sent when it is on disk."""
 
@@ -582,6 +626,8 @@ class StoreConnection(asyncio.Protocol):
             if type(message) is Request and self.greeted:
                 if message.command == "snapshot":
                     self.server.snapshot(self, message.request_id)
+                elif message.command == "cancel":
+                    replies.append(self.server.cancel(self, message))
                 else:
                     reply = self.server.handle(message, self)
                     if reply is not None:

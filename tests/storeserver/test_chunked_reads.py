@@ -14,7 +14,7 @@ from storeserver import server as server_module
 from storeserver.builds import CHUNK, ChunkedRead
 from storeserver.client import StoreClient
 from storeserver.engine import Engine
-from storeserver.errors import StoreBusy
+from storeserver.errors import StoreBusy, StoreTimeout
 from storeserver.persistence import DataDir
 from storeserver.protocol import (
     PROTOCOL_VERSION,
@@ -536,3 +536,94 @@ async def test_a_read_that_waited_is_counted_once_in_the_engine_ops(sock_dir, mo
         assert stats["ops"]["find"] == 2  # two find requests
     finally:
         server.cancel_jobs()
+
+
+# -- cancel: the client gave up on a request ----------------------------------------------
+
+
+async def test_cancel_stops_a_running_or_waiting_long_command_of_that_connection_only(
+    sock_dir, monkeypatch
+) -> None:
+    server, held = await _serving_held_reads(sock_dir, monkeypatch, 1)
+    try:
+        reader, writer = await _open(server)
+        _other_reader, other = await _open(server)
+        writer.write(_finds(range(1, 4)))  # 1 runs, 2 and 3 wait
+        await writer.drain()
+        await wait_until(lambda: len(server.waiting) == 2)
+        # Another connection's cancel of the same ids touches nothing.
+        other.write(encode_request(0, "cancel", {"request": 1}))
+        await other.drain()
+        writer.write(
+            encode_request(10, "cancel", {"request": 2})  # waiting
+            + encode_request(11, "cancel", {"request": 1})  # running: 3 gets the turn
+            + encode_request(12, "cancel", {"request": 99})  # no such request
+            + encode_request(13, "cancel", {"request": "1"})
+        )
+        await writer.drain()
+        replies = await _replies(reader, 4)
+        assert replies[10].value == {"cancelled": True}
+        assert replies[11].value == {"cancelled": True}
+        assert replies[12].value == {"cancelled": False}
+        assert isinstance(replies[13], Error) and replies[13].code == "BAD_REQUEST"
+        assert server.jobs == 1 and not server.waiting
+        assert held.alive == 1  # request 1's read was closed, 3 holds the turn
+        assert server.server_stats()["jobs_cancelled"] == 2
+        held.release = True
+        rest = await _replies(reader, 1)
+        assert list(rest) == [3]  # 1 and 2 never answer
+        writer.close()
+        other.close()
+    finally:
+        held.release = True
+        await server.shutdown()
+
+
+async def test_a_client_that_times_out_or_is_cancelled_cancels_its_long_read(
+    sock_dir, monkeypatch
+) -> None:
+    server, held = await _serving_held_reads(sock_dir, monkeypatch, 8)
+    client = StoreClient(f"unix:{server.settings.socket}", timeout=0.1)
+    try:
+        with pytest.raises(StoreTimeout):
+            await client.call("find", {"table": "t", "n": 1})
+        await wait_until(lambda: server.jobs == 0)
+        assert held.executed == 1 and held.alive == 0
+        task = asyncio.ensure_future(client.call("find", {"table": "t", "n": 2}, timeout=30))
+        await wait_until(lambda: server.jobs == 1)
+        task.cancel()
+        await wait_until(lambda: server.jobs == 0)
+        assert held.alive == 0 and server.cancelled == 2
+        # The connection is fine: the cancels' own replies were dropped, nothing else mixed up.
+        assert (await client.call("ping"))["pong"] is True
+    finally:
+        held.release = True
+        await client.close()
+        await server.shutdown()
+
+
+async def test_a_cancelled_index_build_or_where_write_leaves_the_table_as_it_was(
+    sock_dir,
+) -> None:
+    server = StoreServer(StoreSettings(socket=sock_dir / "s.sock"), engine=_filled_engine())
+    await server.start()
+    conn = _connection(server)
+    try:
+        build = Request(1, "create_index", {"table": "t", "field": "n"})
+        where = [["n", "lt", 50]]
+        update = Request(2, "update_where", {"table": "t", "where": where, "changes": {"x": 1}})
+        assert server.handle(build, conn) is None and server.handle(update, conn) is None
+        assert server.jobs == 2
+        for rid in (1, 2):
+            server.cancel(conn, Request(0, "cancel", {"request": rid}))
+        assert server.jobs == 0
+        await asyncio.sleep(0.05)  # no step of either runs after the cancel
+        engine = server.engine
+        assert engine.execute("list_indexes", {"table": "t"}) == []
+        rows = engine._catalog.tables["t"].rows.values()
+        assert not any("x" in record for record in rows)
+        assert finish(engine, engine.execute("create_index", {"table": "t", "field": "n"}))[1] == {
+            "created": True
+        }
+    finally:
+        await server.shutdown()

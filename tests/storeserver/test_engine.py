@@ -103,8 +103,9 @@ def test_every_documented_command_but_the_servers_own_is_dispatched() -> None:
     doc = (Path(__file__).parents[2] / "docs" / "STORE.md").read_text()
     documented = set(re.findall(r"^\| `([a-z_]+)` \|", doc, flags=re.MULTILINE))
     assert "find" in documented and "rate_hit" in documented
-    # ping and snapshot are answered by the server itself (readiness, the fork).
-    assert documented - {"ping", "snapshot"} <= Engine.COMMANDS
+    # ping, snapshot and cancel are answered by the server itself (readiness, the fork, the
+    # jobs it runs).
+    assert documented - {"ping", "snapshot", "cancel"} <= Engine.COMMANDS
     assert Engine.WRITE_COMMANDS < Engine.COMMANDS
     assert (
         not {"get", "find", "count", "join", "aggregate", "scan", "kv_get", "rate_hit"}
