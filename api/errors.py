@@ -11,13 +11,13 @@ import re
 from http import HTTPStatus
 from typing import Any
 
-import orjson
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from api.encoding import dumps
 from api.middleware import request_id_of, response_headers_for
 from storeserver import errors as store_errors
 
@@ -116,7 +116,7 @@ def error_response(
     }
     all_headers = {"Cache-Control": "no-store", **(headers or {})}
     return Response(
-        orjson.dumps(body),
+        dumps(body),
         status_code=status_code,
         headers=all_headers,
         media_type="application/json",
@@ -175,12 +175,28 @@ def schema_error_details(
     return details
 
 
+# Pydantic names the member of a union an error is about in ``loc`` ("dict[str,any]",
+# "list[dict[str,any]]", "function-after[...]"): a schema type, not a field of the body.
+_UNION_MEMBER = re.compile(
+    r"(?:dict|list|set|tuple|literal|nullable|tagged-union|function-(?:after|before|wrap|plain)"
+    r"|json-or-python|lax-or-strict|is-instance|chain|default)\[.*\]",
+    re.DOTALL,
+)
+
+
+def field_path(loc: Any) -> str:
+    """``body.data.name`` from a pydantic ``loc``, without union member names."""
+    return ".".join(
+        str(part) for part in loc if not (type(part) is str and _UNION_MEMBER.fullmatch(part))
+    )
+
+
 async def handle_validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     # Never echo ``input``: it may be a password.
     details = [
         {
-            "field": ".".join(str(part) for part in error.get("loc", ())),
+            "field": field_path(error.get("loc", ())),
             "message": str(error.get("msg", "invalid value")),
             "type": str(error.get("type", "value_error")),
         }

@@ -7,30 +7,17 @@ the ``response_model`` on each route documents the same shape for OpenAPI.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from decimal import Decimal
 from typing import Any
 
-import orjson
 from fastapi import Request
 from starlette.responses import Response
 
+from api.encoding import dumps
 from api.etags import list_etag, none_match_hits, record_etag
 from api.queries import Page
 
 DATA_CACHE_CONTROL = "private, no-cache"
 PROBE_CACHE_CONTROL = "no-store"
-
-
-def _encode_extra(value: object) -> str:
-    # Decimals (money) travel as strings so no client parses them into binary floats.
-    if isinstance(value, Decimal):
-        return str(value)
-    raise TypeError(f"cannot serialize {type(value).__name__}")
-
-
-def dumps(body: object) -> bytes:
-    """JSON bytes; Decimal becomes a string."""
-    return orjson.dumps(body, default=_encode_extra)
 
 
 def json_response(

@@ -16,7 +16,7 @@ from typing import Any
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from api.errors import ApiError
+from api.errors import ApiError, field_path
 from api.queries import parse_timestamp
 from api.schemas.orders import OrderCreate
 from api.services import orders, records, users
@@ -135,7 +135,7 @@ def _validate_generic(data: Record) -> Record:
 
 
 def _problem(error: Any) -> tuple[str | None, str]:
-    field = ".".join(str(part) for part in error.get("loc", ())) or None
+    field = field_path(error.get("loc", ())) or None
     return field, str(error.get("msg", "invalid value"))
 
 
@@ -172,7 +172,7 @@ def _validate_order(data: Record) -> Record:
         payload = OrderCreate.model_validate(data)
     except ValidationError as exc:
         problems += [
-            (".".join(str(p) for p in e["loc"]) or None, e["msg"])
+            (field_path(e["loc"]) or None, e["msg"])
             for e in exc.errors(include_url=False, include_input=False)
         ]
     else:

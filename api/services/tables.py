@@ -268,7 +268,7 @@ async def delete_where(
 async def _changes_for(table: str, data: Record) -> Record:
     _refuse_users(table)
     if not data:
-        raise _invalid_data("data", "at least one field to change is required")
+        raise _invalid_data(None, "at least one field to change is required")
     typed = records.TYPED.get(table)
     if typed is not None:  # orders: OrderUpdate's validation, as PATCH /orders/{id}
         return await typed.update_changes(data, records.DATA)
@@ -290,12 +290,11 @@ def _refuse_users(table: str) -> None:
         )
 
 
-def _invalid_data(field: str, message: str) -> ApiError:
+def _invalid_data(field: str | None, message: str) -> ApiError:
+    """422 naming ``body.data.<field>`` (``body.data`` itself when ``field`` is None)."""
+    path = "body.data" if field is None else f"body.data.{field}"
     return ApiError(
-        422,
-        "VALIDATION_ERROR",
-        "Request validation failed",
-        [{"field": f"body.data.{field}", "message": message}],
+        422, "VALIDATION_ERROR", "Request validation failed", [{"field": path, "message": message}]
     )
 
 

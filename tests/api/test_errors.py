@@ -50,6 +50,52 @@ def test_bad_bodies_are_422_with_details(client: httpx.Client, content: bytes) -
     assert error["details"] and all("field" in d and "message" in d for d in error["details"])
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "content", "field"),
+    [
+        ("POST", "/api/v1/data/errs", rb'{"data": {"\ud800x": 1}}', "body.data.\\ud800x"),
+        ("POST", "/api/v1/data/errs", rb'{"data": [{"\udfff": 1}]}', "body.data.0.\\udfff"),
+        (
+            "POST",
+            "/api/v1/transaction",
+            rb'{"operations": [{"op": "insert", "table": "errs", "data": {"\ud800": 1}}]}',
+            None,
+        ),
+        ("PUT", "/api/v1/data/errs/schema", rb'{"schema": {"properties": {"\ud800": {}}}}', None),
+    ],
+)
+def test_a_key_that_is_not_valid_unicode_is_422_quoted_not_a_500(
+    client: httpx.Client, method: str, path: str, content: bytes, field: str | None
+) -> None:
+    """The error names the bad key; the surrogate comes back escaped as it was sent."""
+    response = client.request(
+        method, path, content=content, headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code in (400, 422), response.text
+    error = assert_error(response, response.status_code)
+    if field is not None:
+        assert [d["field"] for d in error["details"]] == [field]
+
+
+@pytest.mark.parametrize("content", [b'{"data": null}', b'{"data": "x"}', b'{"data": []}'])
+def test_details_name_the_field_not_pydantic_union_members(
+    client: httpx.Client, content: bytes
+) -> None:
+    """``data`` is a record or a list of records: both members fail, both on ``body.data``."""
+    response = client.post(
+        "/api/v1/data/errs", content=content, headers={"Content-Type": "application/json"}
+    )
+    error = assert_error(response, 422, "VALIDATION_ERROR")
+    assert {d["field"] for d in error["details"]} == {"body.data"}
+
+
+def test_an_empty_change_by_filter_names_the_data(client: httpx.Client) -> None:
+    assert client.post("/api/v1/data/errs", json={"data": {"k": 3}}).status_code == 201
+    response = client.patch("/api/v1/data/errs?k=3", json={"data": {}})
+    error = assert_error(response, 422, "VALIDATION_ERROR")
+    assert [d["field"] for d in error["details"]] == ["body.data"]
+
+
 def test_undecodable_body_is_400(client: httpx.Client) -> None:
     response = client.post(
         "/api/v1/users", content=b"\xe9", headers={"Content-Type": "application/json"}
