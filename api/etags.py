@@ -22,10 +22,16 @@ def record_etag(version: object) -> str:
     return f'W/"{version}"'
 
 
-def list_etag(records: Iterable[Mapping[str, Any]], total: int, page: int, per_page: int) -> str:
-    """The weak ETag of one page of a list (records may be joined pairs flattened by caller)."""
+def list_etag(
+    records: Iterable[Mapping[str, Any]], total: int, page: int, per_page: int, shape: str = ""
+) -> str:
+    """The weak ETag of one page of a list (records may be joined pairs flattened by caller).
+
+    ``shape``: what else decides how the same records are written, such as a projection;
+    two queries whose pages hold the same versions but show different fields differ.
+    """
     digest = hashlib.blake2b(digest_size=12)
-    digest.update(f"{total}:{page}:{per_page}".encode())
+    digest.update(f"{total}:{page}:{per_page}:{shape}".encode())
     for record in records:
         digest.update(f"|{record.get('id')}:{record.get('version')}".encode())
     return f'W/"l{digest.hexdigest()}"'

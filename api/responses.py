@@ -13,6 +13,7 @@ from fastapi import Request
 from starlette.responses import Response
 
 from api.encoding import dumps
+from api.errors import ApiError
 from api.etags import list_etag, none_match_hits, record_etag
 from api.queries import Page
 
@@ -52,11 +53,22 @@ def list_response(
     total: int,
     page: Page,
     versioned: Sequence[Mapping[str, Any]] | None = None,
+    shape: str = "",
 ) -> Response:
-    """A page in the envelope with ``meta``; the ETag covers ids, versions and the total."""
-    etag = list_etag(items if versioned is None else versioned, total, page.page, page.per_page)
+    """A page in the envelope with ``meta``; the ETag covers ids, versions, the total and the
+    ``shape`` (``list_etag``). A query sent by POST whose If-None-Match hits is 412, not 304
+    (RFC 9110 §13.1.2: 304 only answers GET and HEAD)."""
+    records = items if versioned is None else versioned
+    etag = list_etag(records, total, page.page, page.per_page, shape)
     headers = {"ETag": etag, "Cache-Control": DATA_CACHE_CONTROL}
     if none_match_hits(request.headers.get("if-none-match"), etag):
+        if request.method != "GET":
+            raise ApiError(
+                412,
+                "PRECONDITION_FAILED",
+                "If-None-Match matches the current result: nothing new to send",
+                headers={"ETag": etag},
+            )
         return Response(status_code=304, headers=headers)
     body = {
         "status": "success",

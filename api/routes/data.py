@@ -130,7 +130,7 @@ async def query_records(
     exists; sort, paginate and project (`fields`). Errors name the bad node of the tree."""
     query = records.TreeQuery.parse(body, records.fields_of(table))
     items, versioned, total = await records.query_records(store, table, query)
-    return list_response(request, items, total, query.page, versioned)
+    return list_response(request, items, total, query.page, versioned, query.shape)
 
 
 @router.post(

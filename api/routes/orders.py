@@ -87,7 +87,7 @@ async def query_orders(
     if body.expand:
         items = await order_service.with_users(store, items, versioned)
         versioned = _versioned(items, versioned)
-    return list_response(request, items, total, query.page, versioned)
+    return list_response(request, items, total, query.page, versioned, query.shape)
 
 
 @router.post(

@@ -209,6 +209,11 @@ class TreeQuery:
     def with_condition(self, condition: list[Any]) -> TreeQuery:
         return TreeQuery(self.page, and_where(condition, self.where), self.sort, self.fields)
 
+    @property
+    def shape(self) -> str:
+        """The projection, for the page's ETag (``list_etag``)."""
+        return "" if self.fields is None else "fields=" + ",".join(self.fields)
+
     def find_args(self, table: str) -> dict[str, Any]:
         args: dict[str, Any] = {
             "table": table,

@@ -68,3 +68,4 @@ def test_list_etag_changes_with_versions_total_and_page() -> None:
     assert base != list_etag([{"id": "a", "version": 2}, records[1]], 2, 1, 20)
     assert base != list_etag(records, 3, 1, 20)
     assert base != list_etag(records, 2, 1, 10)
+    assert base != list_etag(records, 2, 1, 20, "fields=n")

@@ -208,6 +208,29 @@ def test_a_projection_of_50_fields_is_accepted(client: httpx.Client) -> None:
         assert response.headers["etag"].startswith('W/"')
 
 
+def test_a_query_tag_depends_on_its_projection_and_a_post_that_hits_is_412(
+    client: httpx.Client,
+) -> None:
+    table = f"qt_{token()}"
+    client.post(f"/api/v1/data/{table}", json={"data": [{"n": i, "k": -i} for i in range(3)]})
+    url = f"/api/v1/data/{table}/query"
+    by_n = client.post(url, json={"fields": ["n"]})
+    by_k = client.post(url, json={"fields": ["k"]})
+    whole = client.post(url, json={})
+    tags = {r.headers["etag"] for r in (by_n, by_k, whole)}
+    assert len(tags) == 3  # same records and versions, three different bodies
+    # RFC 9110: a failed If-None-Match on a method other than GET/HEAD is 412, never 304.
+    again = client.post(
+        url, json={"fields": ["n"]}, headers={"If-None-Match": by_n.headers["etag"]}
+    )
+    assert_error(again, 412, "PRECONDITION_FAILED")
+    assert again.headers["etag"] == by_n.headers["etag"]
+    other = client.post(
+        url, json={"fields": ["k"]}, headers={"If-None-Match": by_n.headers["etag"]}
+    )
+    assert other.status_code == 200 and other.json()["data"][0].keys() == {"id", "k"}
+
+
 def test_no_filter_lists_everything(client: httpx.Client) -> None:
     table = f"qt_{token()}"
     client.post(f"/api/v1/data/{table}", json={"data": [{"i": i} for i in range(3)]})
