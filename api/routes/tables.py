@@ -131,6 +131,31 @@ async def attach_schema(table: TableName, body: SchemaBody, store: StoreDep) -> 
     return _body(result)
 
 
+@router.delete(
+    "/{table}/schema",
+    response_model=Envelope[SchemaResult],
+    responses=error_responses(400, 404),
+    summary="Remove the JSON Schema",
+)
+async def remove_schema(table: TableName, store: StoreDep) -> Response:
+    """Stop validating writes to this generic table (as `PUT` with `schema: null`); 200 even
+    if none was attached. Not for users/orders (400)."""
+    return _body(await table_service.attach_schema(store, table, None, False))
+
+
+# `/data/{table}/schema` and `/indexes` are the table's, never records with those ids: a method
+# they lack is 405 here rather than falling through to `/data/{table}/{record_id}` (a DELETE
+# of ".../schema" deleted the record called "schema").
+_SUB_RESOURCE_METHODS = {"schema": "GET, PUT, DELETE", "indexes": "GET, POST"}
+
+
+@router.api_route("/{table}/schema", methods=["POST", "PATCH"], include_in_schema=False)
+@router.api_route("/{table}/indexes", methods=["PUT", "PATCH", "DELETE"], include_in_schema=False)
+async def sub_resource_method_not_allowed(request: Request, table: TableName) -> Response:
+    allowed = _SUB_RESOURCE_METHODS[request.url.path.rsplit("/", 1)[-1]]
+    raise ApiError(405, "METHOD_NOT_ALLOWED", "Method Not Allowed", headers={"Allow": allowed})
+
+
 @router.get(
     "/{table}/indexes",
     response_model=Envelope[list[IndexSpec]],

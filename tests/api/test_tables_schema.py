@@ -133,6 +133,33 @@ def test_attach_then_a_rejected_write(client: httpx.Client) -> None:
     create_record(client, table, price="anything")
 
 
+def test_schema_and_indexes_are_never_records_of_those_ids(client: httpx.Client) -> None:
+    """DELETE .../schema removes the schema; the sub-resources' other methods are 405 with
+    their Allow, and never reach the records called "schema" or "indexes"."""
+    table = f"subres_{token()}"
+    for rid in ("schema", "indexes"):
+        create_record(client, table, id=rid, n=1)
+    attach = client.put(schema_url(table), json={"schema": {"type": "object"}})
+    assert attach.status_code == 200, attach.text
+    removed = client.delete(schema_url(table))
+    assert removed.status_code == 200, removed.text
+    assert removed.json()["data"]["attached"] is False
+    assert client.get(schema_url(table)).json()["data"].get("schema") is None
+    url = f"/api/v1/data/{table}"
+    for method, path, allow in [
+        ("PATCH", f"{url}/schema", "GET, PUT, DELETE"),
+        ("POST", f"{url}/schema", "GET, PUT, DELETE"),
+        ("PUT", f"{url}/indexes", "GET, POST"),
+        ("PATCH", f"{url}/indexes", "GET, POST"),
+        ("DELETE", f"{url}/indexes", "GET, POST"),
+    ]:
+        response = client.request(method, path, json={"data": {"n": 2}})
+        assert_error(response, 405, "METHOD_NOT_ALLOWED")
+        assert response.headers["allow"] == allow, (method, path)
+    both = client.get(url, params={"n": 1}).json()
+    assert sorted(r["id"] for r in both["data"]) == ["indexes", "schema"]  # untouched
+
+
 def test_existing_violations_are_reported_not_kept_silently(client: httpx.Client) -> None:
     table = f"products_{token()}"
     good = create_record(client, table, name="pen", price=2)
