@@ -14,8 +14,10 @@ from typing import Any
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import iter_route_contexts
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import compile_path
 
 from api.encoding import dumps
 from api.middleware import request_id_of, response_headers_for
@@ -217,7 +219,23 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
     if status_code >= 500:
         log.error("http_error", status=status_code, detail=message)
         message = phrase
-    return error_response(request, status_code, code, message, headers=dict(exc.headers or {}))
+    headers = dict(exc.headers or {})
+    if status_code == 405:
+        headers["Allow"] = allowed_methods(request.app, request.url.path) or headers.get(
+            "Allow", ""
+        )
+    return error_response(request, status_code, code, message, headers=headers)
+
+
+def allowed_methods(app: Any, path: str) -> str:
+    """Every method some route takes at ``path``. Starlette's 405 lists only the first route
+    whose path matched (``PUT /data/t`` said ``Allow: PATCH``, though GET, POST and DELETE are
+    there too). Computed per 405, which is rare: a pass over the routes."""
+    methods: set[str] = set()
+    for route in iter_route_contexts(app.routes):
+        if route.methods and route.path and compile_path(route.path)[0].match(path):
+            methods |= route.methods
+    return ", ".join(sorted(methods))
 
 
 async def handle_unexpected_error(request: Request, exc: Exception) -> Response:

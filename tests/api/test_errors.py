@@ -39,6 +39,25 @@ def test_routing_errors_use_the_envelope(
 
 
 @pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("PUT", "/api/v1/users", "GET, POST"),
+        ("DELETE", "/api/v1/orders", "GET, POST"),
+        ("PUT", "/api/v1/data/things", "DELETE, GET, PATCH, POST"),
+        ("POST", "/api/v1/users/me", "DELETE, GET, PATCH"),  # /users/{user_id} too
+        ("DELETE", "/api/v1/health", "GET"),
+    ],
+)
+def test_405_allows_every_method_of_the_path(
+    client: httpx.Client, method: str, path: str, allow: str
+) -> None:
+    """Not only the methods of the first route whose path matched (Starlette's answer)."""
+    response = client.request(method, path)
+    assert_error(response, 405, "METHOD_NOT_ALLOWED")
+    assert response.headers["allow"] == allow
+
+
+@pytest.mark.parametrize(
     "content",
     [b"{not json", b"[]", b"null", b'{"email": 1}', b""],
 )
