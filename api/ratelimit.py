@@ -8,7 +8,9 @@ the limit is exact across workers and costs one round trip that never blocks the
 
 Failure policy: **fail open**. If the store cannot be reached for the check, the request goes
 on without rate-limit headers; every route that does work needs the store too and answers 503
-itself, so failing open adds no load the store would see. (Logged at most every 10 s.)
+itself, so failing open adds no load the store would see. (Logged at most every 10 s.) A
+check that times out is 504 at once, in the guard and in the login and password-check limiters
+alike: the request would only wait out a second timeout.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import limits
 from starlette.types import Scope
 
 from api.store import Store
-from storeserver.errors import StoreError
+from storeserver.errors import StoreError, StoreTimeout
 
 logger = logging.getLogger("api.ratelimit")
 
@@ -64,11 +66,16 @@ class RateLimiter:
         return {"key": key, "limit": self.amount, "window": self.window}
 
     def verdict(self, result: object) -> Verdict | None:
-        """The store's answer as a ``Verdict``; ``None`` (fail open) if the call failed."""
+        """The store's answer as a ``Verdict``; ``None`` (fail open) if the store could not
+        be reached; a timeout is raised (504)."""
         if isinstance(result, dict):
             return Verdict(
                 bool(result["allowed"]), self.amount, int(result["remaining"]), result["reset"]
             )
+        if isinstance(result, StoreTimeout):
+            # The store is there but not answering: the request's own calls would wait out a
+            # second timeout (a login: 10 s instead of 5). 504 now, as the guard answers.
+            raise result
         if isinstance(result, StoreError):
             now = time.monotonic()
             if now - self._last_failure_log > 10:

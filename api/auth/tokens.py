@@ -90,8 +90,15 @@ class TokenService:
         self.refresh_ttl = refresh_ttl
         self._cache = TokenCache(cache_size)
 
-    def issue_pair(self, user_id: str, role: str, session_id: str) -> TokenPair:
-        now = time.time()
+    def issue_pair(
+        self, user_id: str, role: str, session_id: str, issued_at: float | None = None
+    ) -> TokenPair:
+        """``issued_at``: when what the tokens vouch for was read (the user's role, password
+        and sessions), if earlier than now. A password or role change, or a logout, that
+        lands between that read and now ends the user's sessions with a later timestamp, so
+        these tokens are refused too (``sessions.check_not_revoked``): they are dated by what
+        they were built from, not by when they were signed."""
+        now = time.time() if issued_at is None else issued_at
         return TokenPair(
             access_token=self._encode(user_id, role, session_id, "access", now, self.access_ttl),
             refresh_token=self._encode(user_id, role, session_id, "refresh", now, self.refresh_ttl),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Request, Response
@@ -106,6 +107,9 @@ async def create_token(
     if verdict is not None and not verdict.allowed:
         logger.warning("login rate limit reached from %s", client_ip(request.scope))
         raise too_many_attempts(verdict, "login attempts")
+    # Dated before the user is read: a role or password change during the bcrypt check (a
+    # third of a second) ends this session too, instead of it keeping the old role or password.
+    read_at = time.time()
     user = await check_credentials(store, username, password)
     if user is None:
         # The address, never the password; the username only as its limiter key (a hash).
@@ -114,7 +118,7 @@ async def create_token(
         error.headers.update(limit_headers)
         raise error
     role = str(user.get("role") or users.DEFAULT_ROLE)
-    pair = tokens.issue_pair(str(user["id"]), role, new_session_id())
+    pair = tokens.issue_pair(str(user["id"]), role, new_session_id(), issued_at=read_at)
     return token_response(pair, limit_headers)
 
 
@@ -127,6 +131,8 @@ async def create_token(
 async def refresh_token(body: RefreshRequest, store: StoreDep, tokens: TokensDep) -> Response:
     """Exchange a refresh token for a new pair (RFC 6749 JSON). Each refresh token works once:
     presenting it again revokes the whole session (its access and refresh tokens)."""
+    # Dated before the revocation check, as a login before its read of the user.
+    checked_at = time.time()
     try:
         claims = tokens.verify(body.refresh_token, "refresh")
         await ensure_not_revoked(store, claims)
@@ -135,7 +141,8 @@ async def refresh_token(body: RefreshRequest, store: StoreDep, tokens: TokensDep
     except (InvalidToken, NotFound):
         raise bad_refresh_token() from None
     role = str(user.get("role") or users.DEFAULT_ROLE)
-    return token_response(tokens.issue_pair(claims.subject, role, claims.session_id))
+    pair = tokens.issue_pair(claims.subject, role, claims.session_id, issued_at=checked_at)
+    return token_response(pair)
 
 
 @router.post(

@@ -178,6 +178,19 @@ def test_a_request_whose_limit_check_times_out_is_504_and_never_runs(
         assert listed.json()["meta"]["total"] == 0
 
 
+def test_a_login_whose_limit_check_times_out_is_504(fragile: Stack) -> None:
+    """The login limiters answer 504 at once too (they failed open, and the credential check
+    then waited out a second timeout)."""
+    store = fragile.processes["store"]
+    with httpx.Client(base_url=fragile.base_url, timeout=10.0) as http:
+        os.kill(store.pid, signal.SIGSTOP)
+        try:
+            form = {"username": "someone@example.com", "password": "some password"}
+            assert_error(http.post("/api/v1/auth/token", data=form), 504, "STORE_TIMEOUT")
+        finally:
+            os.kill(store.pid, signal.SIGCONT)
+
+
 def test_store_down_is_503_with_retry_after_and_recovers(
     fragile: Stack, admin_headers: dict[str, str]
 ) -> None:

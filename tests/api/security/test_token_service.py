@@ -13,7 +13,7 @@ from api.auth.principals import bearer_token
 from api.auth.sessions import check_not_revoked
 from api.auth.tokens import Claims, InvalidToken, TokenCache, TokenService
 from api.ratelimit import RateLimiter, Verdict, tightest, username_key
-from storeserver.errors import StoreUnavailable
+from storeserver.errors import StoreTimeout, StoreUnavailable
 
 SECRET = "unit-test-signing-key-0123456789-ABCDEFGH"
 
@@ -134,7 +134,59 @@ def test_limiter_keys_verdicts_and_fail_open() -> None:
     verdict = limiter.verdict({"allowed": True, "remaining": 3, "reset": time.time() + 30})
     assert verdict is not None and verdict.headers()["X-Rate-Limit-Remaining"] == "3"
     assert limiter.verdict(StoreUnavailable("down")) is None
+    with pytest.raises(StoreTimeout):  # 504 now, not a second timeout in the route
+        limiter.verdict(StoreTimeout("slow"))
     assert username_key(" Ada@Example.com ") == username_key("ada@example.com")
     refused = Verdict(False, 3, 0, time.time() + 5)
     assert tightest([Verdict(True, 3, 2, 0), refused, None]) is refused
     assert 1 <= refused.retry_after() <= 5
+
+
+def test_tokens_are_dated_by_what_they_were_built_from(service: TokenService) -> None:
+    """A session ended (password or role change) after the user was read but before the
+    tokens were signed must refuse them: they carry the read's time, not the signing's."""
+    read_at = time.time() - 0.3  # the user was read, then a bcrypt check ran
+    ended_at = read_at + 0.1  # meanwhile an admin demoted the user
+    pair = service.issue_pair("u1", "admin", "s1", issued_at=read_at)
+    for token, kind in ((pair.access_token, "access"), (pair.refresh_token, "refresh")):
+        claims = service.verify(token, kind)  # type: ignore[arg-type]
+        assert claims.issued_at == pytest.approx(read_at, abs=1e-6)
+        with pytest.raises(InvalidToken):
+            check_not_revoked(claims, None, ended_at)
+
+
+async def test_a_login_dates_its_tokens_before_it_reads_the_user(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """In-process: the credential check (read + bcrypt) starts after the instant the tokens
+    carry, so a role or password change landing during it ends the new session too."""
+    import httpx
+
+    from api.deps import get_store, get_tokens
+    from api.main import create_app
+    from api.routes import auth as auth_routes
+    from api.settings import Settings
+
+    class NoStore:
+        async def call(self, command: str, args: dict[str, Any] | None = None) -> Any:
+            raise StoreUnavailable("no store in this test")  # the login limiter fails open
+
+    service = TokenService(SECRET, access_ttl=60, refresh_ttl=3600, cache_size=2)
+    started: list[float] = []
+
+    async def check_credentials(store: Any, email: str, password: str) -> dict[str, Any]:
+        started.append(time.time())
+        return {"id": "u1", "email": email, "role": "admin"}
+
+    monkeypatch.setattr(auth_routes, "check_credentials", check_credentials)
+    app = create_app(Settings())
+    app.dependency_overrides[get_store] = NoStore
+    app.dependency_overrides[get_tokens] = lambda: service
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        response = await http.post(
+            "/api/v1/auth/token", data={"username": "a@example.com", "password": "pw12345678"}
+        )
+    assert response.status_code == 200, response.text
+    claims = service.verify(response.json()["access_token"], "access")
+    assert claims.issued_at <= started[0]
