@@ -42,7 +42,7 @@ BASE_FIELDS: dict[str, FieldType] = {
 GENERIC_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}(?:\.[A-Za-z_][A-Za-z0-9_]{0,63}){0,7}")
 _INT = re.compile(r"[+-]?[0-9]{1,19}")
 _INT64 = range(-(2**63), 2**63)
-_STORE_TIME = "%Y-%m-%dT%H:%M:%S.%fZ"
+OUT_OF_RANGE = "out of range: in UTC it must fall within the years 0001 to 9999"
 
 
 @dataclass(frozen=True)
@@ -153,11 +153,24 @@ def parse_timestamp(text: str, name: str) -> str:
             moment = datetime.fromisoformat(text)
             if moment.tzinfo is None:
                 moment = moment.replace(tzinfo=UTC)
-        return moment.astimezone(UTC).strftime(_STORE_TIME)
     except (ValueError, OverflowError):
         raise invalid_value(
             f"query.{name}", "expected an ISO 8601 date or datetime, e.g. 2024-01-31T12:00:00Z"
         ) from None
+    try:
+        return store_time(moment)
+    except OverflowError:  # a valid text whose offset moves it past year 1 or 9999
+        raise invalid_value(f"query.{name}", OUT_OF_RANGE) from None
+
+
+def store_time(moment: datetime) -> str:
+    """An aware datetime → the store's fixed-width UTC string (``0999-06-01T00:00:00.000000Z``).
+
+    Raises ``OverflowError`` when the moment in UTC is before year 1 or after year 9999.
+    """
+    # Not strftime("%Y"): glibc does not zero-pad years before 1000 ("999-06-01..."), and the
+    # store orders and compares timestamps as strings, so every one must have the same width.
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def parse_scalar(text: str) -> Any:

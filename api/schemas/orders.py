@@ -9,6 +9,7 @@ from typing import Annotated
 from uuid import UUID
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -17,10 +18,21 @@ from pydantic import (
     field_validator,
 )
 
+from api.queries import OUT_OF_RANGE
+
 ProductName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 Quantity = Annotated[int, Field(strict=True, gt=0, le=1_000_000_000)]
+
+
+def _plain(value: Decimal) -> Decimal:
+    """The same amount without an exponent: "1e2" is kept and sent back as 100, not 1E+2."""
+    exponent = value.as_tuple().exponent  # an int for finite values (gt=0 refuses the rest)
+    return Decimal(format(value, "f")) if isinstance(exponent, int) and exponent > 0 else value
+
+
 Price = Annotated[
     Decimal,
+    AfterValidator(_plain),
     Field(
         gt=0,
         max_digits=14,
@@ -63,8 +75,16 @@ class OrderCreate(BaseModel):
 
     @field_validator("order_date")
     @classmethod
-    def refuse_future(cls, value: datetime | None) -> datetime | None:
-        if value is not None and value > datetime.now(UTC):
+    def check_order_date(cls, value: datetime | None) -> datetime | None:
+        """In years 0001-9999 once in UTC (how it is stored), and not in the future."""
+        if value is None:
+            return value
+        try:
+            # Stored in UTC: "0001-01-01T00:30:00+01:00" is valid ISO but before year 1 there.
+            value.astimezone(UTC)
+        except OverflowError:  # a 500 if it escaped; pydantic turns a ValueError into a 422
+            raise ValueError(OUT_OF_RANGE) from None
+        if value > datetime.now(UTC):
             raise ValueError("may not be in the future")
         return value
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from api.services import orders, users
 from api.services.csv_rows import EXTRA, Record
-from api.services.csvio import ABSENT, encode_cell
+from api.services.csvio import ABSENT, encode_cell, encode_name
 from api.store import Store
 
 _TYPED_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -65,7 +65,9 @@ class CsvEncoder:
         self.writer = csv.writer(self.buffer, lineterminator="\r\n")
 
     def header(self) -> bytes:
-        return self._lines([[*self.columns, EXTRA] if self.extra else list(self.columns)])
+        names = [*self.columns, EXTRA] if self.extra else list(self.columns)
+        # Spreadsheets evaluate header cells too: a field named "=cmd|..." is a formula there.
+        return self._lines([[encode_name(name) for name in names]])
 
     def rows(self, records: Iterable[Record]) -> bytes:
         return self._lines([self._cells(record) for record in records])

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import io
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
 from api.errors import CONFLICT_CODES, STORE_STATUS, ApiError
 from api.services.csv_rows import Record, RowError, RowReader, invalid_csv, reader_for
+from api.services.csvio import decode_name
 from api.store import Store
 from storeserver.errors import (
     MemoryLimit,
@@ -66,14 +67,48 @@ class ImportReport:
         }
 
 
+class NotUtf8(ValueError):
+    """The body is not UTF-8 at byte ``offset`` (counted from 0 at the start of the body)."""
+
+    def __init__(self, offset: int) -> None:
+        super().__init__(f"not valid UTF-8 at byte {offset}")
+        self.offset = offset
+
+
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
+
+
+def text_lines(binary: IO[bytes]) -> Iterator[str]:
+    """The body's lines as text, ends kept (split at CRLF, LF or CR like ``newline=""``), a
+    UTF-8 BOM dropped; a bad byte raises ``NotUtf8`` when the reader reaches its line.
+
+    Not ``io.TextIOWrapper``: it decodes 8 KiB at a time, so one bad byte fails the read of
+    every line in its block, the header line included, and the error names the wrong row.
+    A line is split at b"\\n", a byte that is never inside a multi-byte UTF-8 sequence.
+    """
+    offset = 0
+    for raw in iter(binary.readline, b""):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise NotUtf8(offset + exc.start) from None
+        if offset == 0 and text.startswith("\ufeff"):
+            text = text[1:]
+        offset += len(raw)
+        cr = text.find("\r")
+        if cr == -1 or (cr == len(text) - 2 and text[-1] == "\n"):
+            yield text  # the usual line: no CR, or CRLF at its end
+        else:  # lone CRs end lines too (and the csv reader wants one line per string)
+            yield from _LINE.findall(text)
+
+
 def _rows(binary: IO[bytes]) -> tuple[list[str], Iterator[tuple[int, list[str] | RowError]]]:
     """The header and an iterator of (row number, cells); a malformed spot ends it with an
     error (row 1 is the first line after the header; blank lines are skipped)."""
-    text = io.TextIOWrapper(binary, encoding="utf-8-sig", newline="")
-    reader = csv.reader(text, strict=True)
+    reader = csv.reader(text_lines(binary), strict=True)
     try:
         header = next(reader, None)
-    except (csv.Error, UnicodeDecodeError) as exc:
+    except (csv.Error, NotUtf8) as exc:
         raise invalid_csv(f"cannot read the header line: {exc}") from None
     if header is None:
         raise invalid_csv("the file is empty: the first line must name the columns")
@@ -83,9 +118,12 @@ def _rows(binary: IO[bytes]) -> tuple[list[str], Iterator[tuple[int, list[str] |
         while True:
             try:
                 row = next(reader, None)
-            except (csv.Error, UnicodeDecodeError) as exc:
-                reason = "not UTF-8" if isinstance(exc, UnicodeDecodeError) else str(exc)
-                message = f"malformed CSV near line {reader.line_num + 1} ({reason}); stopped"
+            except NotUtf8 as exc:
+                message = f"row {number + 1} is not UTF-8 (byte {exc.offset} of the file); stopped"
+                yield number + 1, RowError(number + 1, None, message)
+                return
+            except csv.Error as exc:  # line_num already counts the line it failed on
+                message = f"malformed CSV near line {reader.line_num} ({exc}); stopped"
                 yield number + 1, RowError(number + 1, None, message)
                 return
             if row is None:
@@ -94,7 +132,8 @@ def _rows(binary: IO[bytes]) -> tuple[list[str], Iterator[tuple[int, list[str] |
                 number += 1
                 yield number, row
 
-    return header, rows()
+    # Names are written escaped against formula injection, as cells are (csvio.encode_name).
+    return [decode_name(name) for name in header], rows()
 
 
 async def import_csv(store: Store, table: str, binary: IO[bytes], atomic: bool) -> dict[str, Any]:

@@ -24,7 +24,8 @@ anything else           the text itself, as a string
 The encoder writes a string bare only when the decoder reads that exact text back as the same
 string, so every value survives export → import. Negative numbers are numbers: they are not
 escaped. Only a ``Decimal`` with a positive exponent changes form (``1E+2`` comes back as
-``100``: the same number).
+``100``: the same number). Column names in the header line get the same injection guard
+(``encode_name`` / ``decode_name``).
 
 Decoding is only the encoding: which values a table accepts is the importer's business (the
 rules of ``POST /data``, which refuse the infinities). Encoding never fails, so one odd value
@@ -124,6 +125,26 @@ def _loads(text: str) -> Any:
         raise CellError(f"invalid JSON: {exc.msg}") from None
     except ValueError as exc:  # any other number json could not read
         raise CellError(f"invalid JSON: {exc}") from None
+
+
+# -- column names ---------------------------------------------------------------------------
+#
+# Spreadsheets evaluate header cells too, so a column name gets the same guard as a string cell.
+# A name is raw text, never JSON-quoted, so a name that already starts with quotes before an
+# injection character gets one more (``=x`` ↔ ``'=x``, ``'=x`` ↔ ``''=x``): one ``'`` is
+# removed on import, and every name reads back as itself.
+
+
+def encode_name(name: str) -> str:
+    """A column name as written in the header line."""
+    return ESCAPE + name if name.lstrip(ESCAPE)[:1] in INJECTION_START else name
+
+
+def decode_name(text: str) -> str:
+    """The column name a header cell holds (the mirror of ``encode_name``)."""
+    if text[:1] == ESCAPE and text.lstrip(ESCAPE)[:1] in INJECTION_START:
+        return text[1:]
+    return text
 
 
 # -- encoding -----------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from api.queries import BASE_FIELDS, FieldType, ListQuery, Page
+from api.queries import BASE_FIELDS, FieldType, ListQuery, Page, store_time
 from api.schemas.orders import OrderCreate, OrderPublic, OrderUpdate
 from api.services import users
 from api.services.versions import expected_version, with_version
@@ -34,8 +34,9 @@ def to_public(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def _stamp(moment: datetime) -> str:
-    # The store's fixed-width UTC format, so order_date sorts and filters like created_at.
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # The store's fixed-width UTC format, so order_date sorts and filters like created_at. The
+    # model has refused a moment outside years 1-9999 in UTC (OverflowError here).
+    return store_time(moment)
 
 
 def _now() -> str:

@@ -490,3 +490,52 @@ def test_export_of_200000_rows_streams_while_others_are_served(
             f" {statistics.median(ms):.1f} ms, p95 {ms[int(len(ms) * 0.95) - 1]:.1f} ms,"
             f" max {ms[-1]:.1f} ms"
         )
+
+
+def test_header_names_are_escaped_against_formulas_and_round_trip(
+    client: httpx.Client, stack: Stack
+) -> None:
+    source, copy = f"csv_hdr_{token()}", f"csv_hdr_copy_{token()}"
+    record = {"id": "h1", "=cmd|' /C calc'!A0": 1, "@sum": "x", "'=x": 2}
+    bulk_insert(stack, source, [record])
+    text = export(client, source)
+    header = rows_of(text)[0]
+    assert header[:4] == ["id", "'=cmd|' /C calc'!A0", "'@sum", "''=x"]
+    assert all(name[0] not in "=+-@\t\r" for name in header)
+    response = import_csv(client, copy, text)
+    assert response.json()["data"]["imported"] == 1, response.text
+    assert stored(stack, copy) == {"h1": record}
+
+
+@pytest.mark.parametrize("atomic", ["false", "true"])
+def test_a_bad_byte_on_a_data_row_is_blamed_on_that_row(client: httpx.Client, atomic: str) -> None:
+    user = create_user(client)
+    header = b"user_id,product_name,quantity,total_price\r\n"
+    body = header + user["id"].encode() + b",Caf\xe9,1,9.99\r\n"
+    response = client.post(
+        IMPORT,
+        params={"table": "orders", "atomic": atomic},
+        content=body,
+        headers={"Content-Type": "text/csv"},
+    )
+    if atomic == "true":
+        details = assert_error(response, 422)["details"]
+    else:
+        assert response.status_code == 200, response.text
+        details = response.json()["data"]["errors"]
+    assert [(d["row"], d["field"]) for d in details] == [(1, None)]
+    bad = body.index(b"\xe9")
+    assert f"row 1 is not UTF-8 (byte {bad} of the file)" in details[0]["message"]
+    assert "header" not in response.text
+
+
+def test_orders_dated_before_year_1000_round_trip(client: httpx.Client) -> None:
+    user = create_user(client)
+    order = create_order(client, user["id"], order_date="0999-06-01T00:00:00Z")
+    assert order["order_date"] == "0999-06-01T00:00:00.000000Z"
+    text = export(client, "orders", user_id=user["id"])
+    assert client.delete(f"/api/v1/orders/{order['id']}").status_code == 204
+    response = import_csv(client, "orders", text)
+    assert response.json()["data"]["imported"] == 1, response.text
+    again = client.get(f"/api/v1/orders/{order['id']}").json()["data"]
+    assert again["order_date"] == "0999-06-01T00:00:00.000000Z"

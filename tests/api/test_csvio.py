@@ -15,9 +15,17 @@ from hypothesis import strategies as st
 
 from api.errors import ApiError
 from api.services.csv_export import CsvEncoder, columns_for
-from api.services.csv_import import ImportReport, write_chunk
-from api.services.csv_rows import reader_for
-from api.services.csvio import ABSENT, INJECTION_START, CellError, decode_cell, encode_cell
+from api.services.csv_import import ImportReport, _rows, write_chunk
+from api.services.csv_rows import RowError, reader_for
+from api.services.csvio import (
+    ABSENT,
+    INJECTION_START,
+    CellError,
+    decode_cell,
+    decode_name,
+    encode_cell,
+    encode_name,
+)
 from storeserver.errors import Conflict, NotFound
 
 # (value, cell text): encoded as, and decoded from.
@@ -350,3 +358,98 @@ def test_refused_rows_cost_one_extra_batch_each(existing: set[str]) -> None:
     assert report.failed == len(bad | existing)
     assert store.batches <= 1 + 2 * len(bad)
     assert {e["field"] for e in report.errors} == ({"u", "id"} if existing else {"u"})
+
+
+# -- header names: the formula guard, reversed on import ------------------------------------
+
+NAMES = ["=cmd|' /C calc'!A0", "@sum", "+x", "-x", "\tx", "\rx", "'=x", "''@x", "'x", "a=b", "'"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_header_names_are_escaped_and_read_back(name: str) -> None:
+    encoded = encode_name(name)
+    assert encoded[0] not in INJECTION_START
+    assert decode_name(encoded) == name
+
+
+@given(st.text(min_size=1))
+def test_every_header_name_is_safe_and_survives(name: str) -> None:
+    assert encode_name(name)[0] not in INJECTION_START
+    assert decode_name(encode_name(name)) == name
+
+
+def test_export_header_is_escaped_and_import_reverses_it() -> None:
+    record = {"id": "a", "=cmd|' /C calc'!A0": 1, "@sum": "x", "'=x": 2, "plain": 3}
+    columns, extra = columns_for("things", [record])
+    encoder = CsvEncoder("things", columns, extra)
+    body = encoder.header() + encoder.rows([record])
+    header_cells = rows_of(body.decode())[0]
+    assert header_cells[:5] == ["id", "'=cmd|' /C calc'!A0", "'@sum", "''=x", "plain"]
+    header, rows = _rows(io.BytesIO(body))
+    assert header[:5] == ["id", "=cmd|' /C calc'!A0", "@sum", "'=x", "plain"]
+    (number, row), *_ = list(rows)
+    assert isinstance(row, list)
+    assert reader_for("things", header).read(row, number) == (record, [])
+
+
+# -- bytes → lines: a bad byte is blamed on its own row -------------------------------------
+
+
+def read_all(body: bytes) -> tuple[list[str], list[tuple[int, Any]]]:
+    header, rows = _rows(io.BytesIO(body))
+    return header, list(rows)
+
+
+def test_a_bad_byte_on_a_data_row_names_that_row_not_the_header() -> None:
+    body = b"id,name\r\nr1,caf\xe9\r\nr2,ok\r\n"
+    header, rows = read_all(body)
+    assert header == ["id", "name"]
+    [(number, error)] = rows
+    assert number == 1 and isinstance(error, RowError)
+    assert (error.row, error.field) == (1, None)
+    bad = body.index(b"\xe9")
+    assert f"row 1 is not UTF-8 (byte {bad} of the file)" in error.message
+
+
+def test_rows_before_a_bad_byte_far_into_the_file_are_read() -> None:
+    """Past one 8 KiB decoding block: every good row before the bad one comes through."""
+    good = b"".join(b"r%d,%s\n" % (n, b"x" * 50) for n in range(1, 501))
+    body = b"\xef\xbb\xbfid,name\n" + good + b"bad,\xff\n" + b"late,y\n"
+    header, rows = read_all(body)
+    assert header == ["id", "name"]  # the BOM is not part of the first name
+    assert [number for number, row in rows] == list(range(1, 502))
+    assert all(isinstance(row, list) for _, row in rows[:500])
+    error = rows[500][1]
+    assert isinstance(error, RowError) and error.row == 501
+    bad = body.index(b"\xff")
+    assert f"byte {bad} of the file" in error.message
+
+
+def test_a_bad_byte_in_the_header_is_a_header_error() -> None:
+    with pytest.raises(ApiError) as caught:
+        _rows(io.BytesIO(b"id,n\xffame\r\nr1,x\r\n"))
+    assert caught.value.status_code == 400
+    assert "header line" in caught.value.message and "byte 4" in caught.value.message
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"a,b\r\n1,2\r\n3,4\r\n",
+        b"a,b\n1,2\n3,4",
+        b"a,b\r1,2\r3,4\r",  # lone CRs end lines, as with newline=""
+        b'a,b\r\n1,"two\r\nlines"\r\n3,4\r\n',
+        b'a,b\n1,"two\rlines"\n3,4\n',
+    ],
+)
+def test_line_ends_read_as_before(body: bytes) -> None:
+    expected = list(csv.reader(io.StringIO(body.decode(), newline="")))
+    header, rows = read_all(body)
+    assert [header, *[row for _, row in rows]] == expected
+
+
+def test_malformed_csv_names_its_own_line() -> None:
+    _, rows = read_all(b'a,b\n1,2\n"x"y,3\n')
+    error = rows[-1][1]
+    assert isinstance(error, RowError) and error.row == 2
+    assert error.message.startswith("malformed CSV near line 3 ")

@@ -98,3 +98,75 @@ def test_replace_keeps_order_date_unless_given(client: httpx.Client, user: dict[
     assert client.put(url, json={"data": dated}).status_code == 200
     fetched = client.get(f"/api/v1/orders/{order['id']}").json()["data"]
     assert fetched["order_date"] == "2024-12-24T18:00:00.000000Z"
+
+
+# Valid ISO, but before year 1 once in UTC, which is how order_date is stored.
+BEFORE_YEAR_1 = "0001-01-01T00:30:00+01:00"
+
+
+def test_order_date_before_year_1_in_utc_is_422_everywhere(
+    client: httpx.Client, user: dict[str, str]
+) -> None:
+    body = order_payload(user["id"], order_date=BEFORE_YEAR_1)
+    # Each answer must name the field (and not be a 500 from the conversion to UTC).
+    for url, payload in [
+        ("/api/v1/orders", body),
+        ("/api/v1/data/orders", {"data": body}),
+        ("/api/v1/data/orders", {"data": [order_payload(user["id"]), body]}),
+        (
+            "/api/v1/transaction",
+            {"operations": [{"op": "insert", "table": "orders", "data": body}]},
+        ),
+    ]:
+        response = client.post(url, json=payload)
+        error = assert_error(response, 422)
+        assert any(
+            str(detail.get("field", "")).endswith("order_date")
+            and "out of range" in detail["message"]
+            for detail in error["details"]
+        ), (url, error)
+    listed = client.get("/api/v1/orders", params={"user_id": user["id"]}).json()
+    assert listed["meta"]["total"] == 0  # nothing was written
+
+
+def test_created_before_out_of_range_in_utc_is_422_naming_it(client: httpx.Client) -> None:
+    response = client.get("/api/v1/orders", params={"created_before": "9999-12-31T23:59:59-01:00"})
+    error = assert_error(response, 422)
+    assert [d["field"] for d in error["details"]] == ["query.created_before"], error
+
+
+def test_years_before_1000_are_stored_zero_padded_and_filter_and_sort(
+    client: httpx.Client, user: dict[str, str]
+) -> None:
+    """The store compares timestamps as strings: "999-..." would sort after "2025-..."."""
+    dates = ["2025-01-01T00:00:00Z", "0999-06-01T00:00:00Z", "0001-01-01T00:30:00-01:00"]
+    made = [create_order_on(client, user, d) for d in dates]
+    assert [o["order_date"] for o in made] == [
+        "2025-01-01T00:00:00.000000Z",
+        "0999-06-01T00:00:00.000000Z",
+        "0001-01-01T01:30:00.000000Z",
+    ]
+    ids = [o["id"] for o in made]
+
+    def listed(**params: str) -> list[str]:
+        response = client.get("/api/v1/orders", params={"user_id": user["id"], **params})
+        assert response.status_code == 200, response.text
+        return [o["id"] for o in response.json()["data"]]
+
+    assert listed(sort="order_date:asc") == [ids[2], ids[1], ids[0]]
+    assert sorted(listed(order_date__gt="0500-01-01")) == sorted(ids[:2])
+    assert listed(order_date__lt="0999-06-01T00:00:01Z", sort="order_date:asc") == ids[:0:-1]
+    # created_at is now: after year 999 and not before it.
+    assert sorted(listed(created_after="0999-01-01")) == sorted(ids)
+    assert listed(created_before="0999-12-31") == []
+    tree = {"and": [{"field": "user_id", "op": "eq", "value": user["id"]},
+                    {"field": "created_at", "op": "gt", "value": "0999-01-01"}]}  # fmt: skip
+    found = client.post("/api/v1/orders/query", json={"filter": tree}).json()
+    assert found["meta"]["total"] == 3, found
+
+
+def create_order_on(client: httpx.Client, user: dict[str, str], order_date: str) -> dict[str, str]:
+    response = client.post("/api/v1/orders", json=order_payload(user["id"], order_date=order_date))
+    assert response.status_code == 201, response.text
+    data: dict[str, str] = response.json()["data"]
+    return data

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from api.errors import ApiError
 from api.queries import (
+    OUT_OF_RANGE,
     ListQuery,
     Page,
     build_list_query,
@@ -15,6 +19,7 @@ from api.queries import (
     parse_scalar,
     parse_sort,
     parse_timestamp,
+    store_time,
 )
 from api.services import orders, users
 
@@ -175,3 +180,40 @@ def test_too_many_filters_or_in_values_are_400() -> None:
         build([("age", "1")] * 21)
     with pytest.raises(ApiError):
         parse_filter("age__in", ",".join(["1"] * 101), users.FIELDS)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("0999-01-01", "0999-01-01T00:00:00.000000Z"),
+        ("0001-01-01T00:30:00-01:00", "0001-01-01T01:30:00.000000Z"),
+        ("0500-01-01T00:00:00+01:00", "0499-12-31T23:00:00.000000Z"),
+        ("9999-12-31T23:59:59.999999Z", "9999-12-31T23:59:59.999999Z"),
+    ],
+)
+def test_years_before_1000_are_zero_padded(text: str, expected: str) -> None:
+    # strftime("%Y") writes "999-...", which sorts after "2024-..." in the store's string order.
+    assert parse_timestamp(text, "created_after") == expected
+
+
+@given(
+    st.datetimes(timezones=st.just(UTC)),
+    st.datetimes(timezones=st.just(UTC)),
+)
+def test_store_time_is_fixed_width_and_sorts_like_time(a: datetime, b: datetime) -> None:
+    assert len(store_time(a)) == len("2024-01-31T12:00:00.000000Z")
+    assert (store_time(a) < store_time(b)) == (a < b)
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("created_before", "9999-12-31T23:59:59-01:00"),  # year 10000 in UTC
+        ("created_after", "0001-01-01T00:30:00+01:00"),  # year 0 in UTC
+    ],
+)
+def test_a_bound_out_of_range_in_utc_is_a_422_naming_it(name: str, text: str) -> None:
+    with pytest.raises(ApiError) as info:
+        build([], **{"after" if name == "created_after" else "before": text})
+    assert info.value.status_code == 422
+    assert info.value.details == [{"field": f"query.{name}", "message": OUT_OF_RANGE}]
