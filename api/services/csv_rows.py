@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from api.errors import ApiError, field_path
-from api.queries import parse_timestamp
+from api.queries import parse_timestamp, store_time
 from api.schemas.orders import OrderCreate
 from api.services import orders, records, users
 from api.services.csvio import ABSENT, CellError, decode_cell, decode_text
@@ -179,9 +180,14 @@ def _validate_order(data: Record) -> Record:
         record.update(orders.new_record(payload))
     if order_date is not None:  # kept (new_record dates the order now)
         try:
-            record["order_date"] = parse_timestamp(str(order_date), "order_date")
-        except ApiError:
-            problems.append(("order_date", "expected an ISO 8601 date or datetime"))
+            stamp = parse_timestamp(str(order_date), "order_date")
+        except ApiError as exc:  # unreadable, or out of range once in UTC
+            problems.append(("order_date", exc.details[0]["message"]))
+        else:
+            # As OrderCreate: not in the future (stamps are fixed-width, so text order works).
+            if stamp > store_time(datetime.now(UTC)):
+                problems.append(("order_date", "may not be in the future"))
+            record["order_date"] = stamp
     if problems:
         raise RowInvalid(problems)
     return record

@@ -539,3 +539,22 @@ def test_orders_dated_before_year_1000_round_trip(client: httpx.Client) -> None:
     assert response.json()["data"]["imported"] == 1, response.text
     again = client.get(f"/api/v1/orders/{order['id']}").json()["data"]
     assert again["order_date"] == "0999-06-01T00:00:00.000000Z"
+
+
+def test_an_order_date_is_checked_as_post_orders_checks_it(client: httpx.Client) -> None:
+    """Not in the future, and within years 1-9999 once in UTC: per-row errors naming it."""
+    user = create_user(client)
+    text = (
+        "user_id,product_name,quantity,total_price,order_date\r\n"
+        f"{user['id']},a,1,1.00,2999-01-01T00:00:00Z\r\n"
+        f"{user['id']},b,1,1.00,0001-01-01T00:30:00+01:00\r\n"
+        f"{user['id']},c,1,1.00,2020-01-01\r\n"
+    )
+    report = import_csv(client, "orders", text).json()["data"]
+    assert report["imported"] == 1
+    assert [(e["row"], e["field"]) for e in report["errors"]] == [
+        (1, "order_date"),
+        (2, "order_date"),
+    ]
+    assert "future" in report["errors"][0]["message"]
+    assert "out of range" in report["errors"][1]["message"]
