@@ -11,7 +11,7 @@ from api.jobs.model import to_public
 from api.jobs.runner import JobRunner
 from api.responses import PROBE_CACHE_CONTROL, json_response
 from api.store import Store
-from storeserver.errors import StoreUnavailable
+from storeserver.errors import MemoryLimit, StoreUnavailable
 
 JOB_LOCATION = "/api/v1/jobs/{id}"
 
@@ -52,6 +52,23 @@ async def filter_write_as_job(
         return False
     matched: int = await store.call("count", {"table": table, "where": where})
     return matched > threshold
+
+
+async def read_job(
+    jobs: JobRunner, flag: bool | None, kind: str, owner: str, params: dict[str, Any]
+) -> Response | None:
+    """202 with a new job for a read (export, dump, snapshot); ``None``: answer it now.
+
+    A job's record is a write, which the store refuses at its memory limit, and reads go on
+    at the limit: a job chosen only for the size (no ``?async=true``) is then served now, as
+    ``?async=false`` would be. One asked for explicitly is still 507.
+    """
+    try:
+        return accepted(await jobs.submit(kind, owner, params))
+    except MemoryLimit:
+        if flag:
+            raise
+        return None
 
 
 def accepted(job: dict[str, Any]) -> Response:

@@ -215,3 +215,29 @@ def test_production_refuses_test_settings() -> None:
         "https://a.example",
         "https://b.example",
     ]
+
+
+async def test_a_dump_chosen_as_a_job_is_served_now_at_the_memory_limit(
+    app: FastAPI, http: httpx.AsyncClient
+) -> None:
+    """A job's record is a write the store refuses at its memory limit; reads go on there,
+    so a dump that became a job only by its size streams now. One asked for as a job is 507."""
+    from api.jobs.web import get_jobs
+
+    class JobsAtTheLimit:
+        async def submit(self, *args: Any) -> Any:
+            raise errors.MemoryLimit("at the limit", {"max_memory": 1})
+
+    def answer(command: str, args: dict[str, Any]) -> Any:
+        if command == "count":
+            return 10**9  # far past JOB_ASYNC_ROWS
+        assert command == "scan"
+        return {"items": [{"id": "r1", "n": 1}], "cursor": None}
+
+    use_store(app, ScriptedStore(answer))
+    app.dependency_overrides[get_jobs] = JobsAtTheLimit
+    response = await http.get("/api/v1/dump/things")
+    assert response.status_code == 200, response.text
+    assert response.text == '{"id":"r1","n":1}\n'
+    response = await http.get("/api/v1/dump/things", params={"async": "true"})
+    assert response.status_code == 507
