@@ -22,7 +22,8 @@ ENV PATH=/opt/venv/bin:$PATH \
 RUN groupadd --system --gid 10001 memdb \
  && useradd --system --uid 10001 --gid memdb --home-dir /app --shell /usr/sbin/nologin memdb \
  && mkdir -p /run/memdb /var/lib/memdb /app \
- && chown memdb:memdb /run/memdb /var/lib/memdb
+ && chown memdb:memdb /run/memdb /var/lib/memdb \
+ && chmod 0700 /var/lib/memdb
 COPY --from=deps /opt/venv /opt/venv
 WORKDIR /app
 COPY --chown=memdb:memdb storeserver ./storeserver

@@ -3,7 +3,9 @@
 The store writes a snapshot (``snapshot`` command) and answers once it is on disk; this then
 copies ``snapshot.mdb`` and any log written since (``log-*.aof`` of a newer generation) into
 ``<dest>/<UTC timestamp>/``. Restore = stop the store, put those files in an empty
-``STORE_DATA_DIR``, start it (deploy/README.md, "Backup and restore").
+``STORE_DATA_DIR``, start it (deploy/README.md, "Backup and restore"). The copies hold every
+record and password hash, so they are owner-only as in the data directory: files 0600, the
+folders this creates 0700.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 from .client import StoreClient
 from .errors import StoreError
+from .persistence import DIR_MODE, FILE_MODE
 
 
 async def take_snapshot(address: str, secret: str | None, timeout: float) -> dict[str, Any]:
@@ -35,11 +38,24 @@ async def take_snapshot(address: str, secret: str | None, timeout: float) -> dic
 def copy_backup(snapshot: Path, dest: Path) -> Path:
     """Copy the snapshot and the logs newer than it into a new timestamped folder."""
     target = dest / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    target.mkdir(parents=True, exist_ok=False)
-    shutil.copy2(snapshot, target / snapshot.name)
+    dest.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    target.mkdir(mode=DIR_MODE)
+    copy_private(snapshot, target / snapshot.name)
     for log_file in sorted(snapshot.parent.glob("log-*.aof")):
-        shutil.copy2(log_file, target / log_file.name)
+        copy_private(log_file, target / log_file.name)
     return target
+
+
+def copy_private(source: Path, target: Path) -> None:
+    """Copy ``source`` into a new owner-only file, keeping its times: a restored snapshot's
+    age counts from its modification time. (``shutil.copy2`` would copy the source's mode,
+    and create the file under the umask first.)"""
+    with open(source, "rb") as src:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        with os.fdopen(fd, "wb") as out:
+            shutil.copyfileobj(src, out, 1 << 20)
+    info = source.stat()
+    os.utime(target, ns=(info.st_atime_ns, info.st_mtime_ns))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,6 +27,9 @@ copy-on-write image, fsyncs it, renames it over ``snapshot.mdb`` and fsyncs the 
 Once the child exits 0, the parent deletes the logs the snapshot covers. A crash at any point
 leaves either the old snapshot with its logs or the new one with its logs.
 
+These files hold every record (password hashes; in development the JWT signing key): each is
+created owner-only (0600) whatever the umask, and a new data directory 0700.
+
 Fsync policies (``STORE_FSYNC``), Redis's promises: ``always``: a write's reply is sent only
 after its entry is on disk (group commit: one fsync covers every write made while the previous
 one ran); ``everysec``: fsync once a second, so at most about a second is lost; ``no``: the OS
@@ -58,6 +61,8 @@ _ENTRY = struct.Struct(">II")
 SNAPSHOT = "snapshot.mdb"
 SNAPSHOT_CHUNK = 1000  # changes per snapshot entry
 _MAX_ENTRY = 1 << 30
+FILE_MODE = 0o600
+DIR_MODE = 0o700
 
 
 class CorruptData(RuntimeError):
@@ -177,7 +182,11 @@ def write_snapshot(path: Path, generation: int, state: Iterable[tuple[Any, ...]]
     """Write ``state`` to ``path`` atomically (tmp, fsync, rename, fsync dir); return bytes."""
     tmp = path.with_name(path.name + ".tmp")
     size = 0
-    with open(tmp, "wb") as fh:
+    # A tmp file left by a crash keeps its mode if reopened: start from a new one, created
+    # owner-only (os.replace keeps that mode for snapshot.mdb).
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    with os.fdopen(fd, "wb") as fh:
         meta = {"generation": generation, "created_at": time.time(), "format": 1}
         chunk: list[Any] = [("meta", meta)]
         for change in state:
@@ -212,7 +221,7 @@ class DataDir:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        root.mkdir(parents=True, exist_ok=True)
+        root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         self.snapshot = root / SNAPSHOT
 
     def logs(self) -> list[Path]:
@@ -241,6 +250,7 @@ class DataDir:
         """Apply the snapshot, then every newer log; return what was read."""
         started = time.perf_counter()
         report = LoadReport()
+        self.restrict_modes()
         if self.snapshot.exists():
             entries = read_entries(self.snapshot, allow_torn_tail=False)
             for index, changes in enumerate(entries):
@@ -265,6 +275,16 @@ class DataDir:
                 break
         report.seconds = time.perf_counter() - started
         return report
+
+    def restrict_modes(self) -> None:
+        """Make existing data files owner-only: a snapshot written before files were created
+        0600 (or files restored with looser modes) would otherwise stay readable by others
+        until the next snapshot replaces it, which may be days away."""
+        for path in [self.snapshot, *self.logs()]:
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mode & 0o077:
+                    os.chmod(path, FILE_MODE)
+                    log.warning("data_file_mode_restricted", file=str(path))
 
     def next_generation(self) -> int:
         generations = [_generation(p) for p in self.logs()]
@@ -315,7 +335,7 @@ class AppendLog:
     def __init__(self, path: Path, generation: int) -> None:
         self.path = path
         self.generation = generation
-        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
         self.size = os.fstat(self.fd).st_size
 
     def write(self, data: bytes) -> None:

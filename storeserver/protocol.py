@@ -8,6 +8,11 @@ as soon as the header arrives, so a hostile peer cannot make us buffer it. A fra
 in pieces is appended to one buffer and parsed in place: linear in its size, whatever the size
 of the pieces (a peer dribbling a big frame costs no more than sending it whole).
 
+Until a peer has been greeted (its HELLO accepted), the server's limit is
+``HANDSHAKE_FRAME_SIZE`` (64 KiB): the HELLO is tiny, and a peer that has not authenticated must
+not make the store hold 16 MiB per connection. A client learns the full limit from the server's
+HELLO (``max_frame_bytes``); frames it sends before that must fit the small one.
+
 Messages (each a msgpack array)
 -------------------------------
 - ``["HELLO", version, payload]``: the first frame each way. The client's payload is its auth
@@ -40,6 +45,7 @@ from .errors import ProtocolError
 
 PROTOCOL_VERSION = 1
 MAX_FRAME_SIZE = 16 * 1024 * 1024
+HANDSHAKE_FRAME_SIZE = 64 * 1024
 HELLO = "HELLO"
 
 _HEADER = struct.Struct(">I")
@@ -221,6 +227,15 @@ class FrameDecoder:
     def __init__(self, max_frame_size: int = MAX_FRAME_SIZE) -> None:
         self._buffer = bytearray()
         self._max_frame_size = max_frame_size
+
+    @property
+    def max_frame_size(self) -> int:
+        """The largest frame body accepted; the server raises it once the peer is greeted."""
+        return self._max_frame_size
+
+    @max_frame_size.setter
+    def max_frame_size(self, size: int) -> None:
+        self._max_frame_size = size
 
     @property
     def buffered(self) -> int:

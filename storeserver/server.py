@@ -8,7 +8,11 @@ received chunk, so a pipelining client gets its replies batched into few syscall
 client stops reading its replies, the transport's write buffer fills and we stop reading from
 that client (``pause_writing`` → ``pause_reading``), which bounds our memory per client.
 A frame that does not decode closes that one connection with a logged reason; every other
-client is unaffected. The commands that would read a whole big table (``create_index``,
+client is unaffected. Until a connection is greeted (its HELLO, with the secret, accepted) its
+decoder takes only a frame of ``HANDSHAKE_FRAME_SIZE``, and it is closed if it is not greeted
+within ``STORE_HANDSHAKE_TIMEOUT``: a peer that never authenticates holds at most 64 KiB, for
+seconds. Greeting raises the limit once, so a greeted connection's path has no extra check.
+The commands that would read a whole big table (``create_index``,
 ``set_schema``, and ``find``, ``count``, ``join``, ``aggregate``, ``update_where``,
 ``delete_where`` over many rows) come back from the engine as a ``builds.Job``: the jobs are
 stepped in turn, a chunk each, for about ``JOB_BUDGET`` per loop turn (``_run_jobs``), other
@@ -57,6 +61,7 @@ from .errors import (
 )
 from .memory import MemoryGauge
 from .protocol import (
+    HANDSHAKE_FRAME_SIZE,
     PROTOCOL_VERSION,
     Error,
     FrameDecoder,
@@ -599,9 +604,12 @@ class StoreConnection(asyncio.Protocol):
     def __init__(self, server: StoreServer) -> None:
         self.server = server
         self.transport: asyncio.Transport | None = None
-        self.decoder = FrameDecoder(server.settings.max_frame_bytes)
+        # A small limit until the HELLO is accepted (``_greet`` raises it), so buffering up to
+        # STORE_MAX_FRAME_BYTES is only ever done for a client that sent the secret.
+        self.decoder = FrameDecoder(min(HANDSHAKE_FRAME_SIZE, server.settings.max_frame_bytes))
         self.greeted = False
         self.peer: str = "?"
+        self._handshake_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
@@ -612,12 +620,16 @@ class StoreConnection(asyncio.Protocol):
             self.transport.abort()
             return
         self.server.connections.add(self)
+        # Otherwise a client that never sends its HELLO holds a slot (of MAX_CLIENTS) forever.
+        self._handshake_timer = asyncio.get_running_loop().call_later(
+            self.server.settings.handshake_timeout, self._handshake_expired
+        )
 
     def data_received(self, data: bytes) -> None:
         try:
             messages = self.decoder.feed(data)
         except ProtocolError as exc:
-            self._drop(exc.message)
+            self._drop(exc.message if self.greeted else f"{exc.message} before the handshake")
             return
         replies: list[bytes] = []
         durability = self.server.durability
@@ -657,12 +669,25 @@ class StoreConnection(asyncio.Protocol):
             reason = "authentication failed"
         else:
             self.greeted = True
+            self.decoder.max_frame_size = self.server.settings.max_frame_bytes
+            self._cancel_handshake_timer()
             replies.append(encode(Hello(PROTOCOL_VERSION, self.server.server_info())))
             return True
         replies.append(encode(Error(0, ProtocolError.code, reason, {})))
         self._flush(replies)
         self._drop(reason)
         return False
+
+    def _handshake_expired(self) -> None:
+        self._handshake_timer = None
+        if not self.greeted:
+            timeout = self.server.settings.handshake_timeout
+            self._drop(f"no handshake within {timeout:g} s")
+
+    def _cancel_handshake_timer(self) -> None:
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
 
     def _flush(self, replies: Iterable[bytes]) -> None:
         if self.transport is not None and replies:
@@ -681,6 +706,7 @@ class StoreConnection(asyncio.Protocol):
             self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_handshake_timer()
         self.server.connections.discard(self)
         self.server.cancel_jobs(self)
         self.transport = None

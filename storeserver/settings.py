@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, PositiveInt, field_validator, model_validator
+from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .protocol import MAX_FRAME_SIZE
@@ -22,6 +22,8 @@ class StoreSettings(BaseSettings):
     tcp: str | None = None
     secret: str | None = Field(default=None, repr=False)
     max_frame_bytes: PositiveInt = MAX_FRAME_SIZE
+    # Seconds a client has from connecting to a HELLO the store accepts, else it is closed.
+    handshake_timeout: PositiveFloat = 10.0
     max_tables: PositiveInt = 1000
     data_dir: Path | None = None
     fsync: Literal["always", "everysec", "no"] = "everysec"

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from api.jobs.runner import JobContext, job_kind
+from api.jobs.runner import RESULT_FILE_MODE, JobContext, job_kind
 from api.responses import dumps
 from api.services.csv_export import open_export
 from api.services.dumps import open_dump
@@ -71,11 +72,13 @@ async def run_csv_export(ctx: JobContext) -> dict[str, Any]:
 @contextlib.contextmanager
 def result_file(ctx: JobContext, suffix: str) -> Iterator[tuple[BinaryIO, Path]]:
     """The job's result file open for writing, and its final path: written as ``.part`` and
-    renamed when the block ends; removed if the block fails or the job is cancelled."""
+    renamed when the block ends; removed if the block fails or the job is cancelled. Created
+    owner-only (the rename keeps the mode): it holds user and order data."""
     final = ctx.result_path(suffix)
     partial = final.with_name(final.name + ".part")
     try:
-        with partial.open("wb") as out:
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, RESULT_FILE_MODE)
+        with os.fdopen(fd, "wb") as out:
             yield out, final
         partial.replace(final)
     except BaseException:

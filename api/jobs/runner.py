@@ -34,6 +34,8 @@ logger = logging.getLogger("api.jobs")
 JobFunc = Callable[["JobContext"], Awaitable[dict[str, Any] | None]]
 KINDS: dict[str, JobFunc] = {}
 WORKER_STOPPED = {"code": "WORKER_STOPPED", "message": "the worker shut down during the job"}
+RESULT_DIR_MODE = 0o700
+RESULT_FILE_MODE = 0o600
 
 
 def job_kind(name: str) -> Callable[[JobFunc], JobFunc]:
@@ -83,7 +85,8 @@ class JobContext:
             raise JobCancelled()
 
     def result_path(self, suffix: str) -> Path:
-        self.results.mkdir(parents=True, exist_ok=True)
+        # Results are exports of users and orders: the workers' user alone reads them.
+        self.results.mkdir(mode=RESULT_DIR_MODE, parents=True, exist_ok=True)
         return self.results / f"{self.job_id}{suffix}"
 
 

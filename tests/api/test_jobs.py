@@ -15,13 +15,14 @@ import math
 import os
 import shutil
 import signal
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import httpx
 import pytest
@@ -29,12 +30,15 @@ from fastapi import FastAPI, Query
 from starlette.responses import Response
 
 from api.deps import CurrentUser
+from api.jobs.kinds import result_file
 from api.jobs.model import JobFailed, is_stale, to_public
 from api.jobs.runner import JobContext, job_kind, result_dir
+from api.jobs.state import JobStore
 from api.jobs.web import JobsDep, accepted, run_as_job
 from api.main import create_app
 from api.routes.jobs import range_verdict
 from api.settings import Settings
+from api.store import Store
 from tests.support.auth import Account, login_admin, register
 from tests.support.factories import assert_error
 from tests.support.stack import Stack, running_stack, worker_pids
@@ -481,6 +485,23 @@ def test_async_rule_and_result_directory(tmp_path: Path):
     assert result_dir(settings) == tmp_path / "jobs"
     assert result_dir(Settings(store_socket="tcp://db:7000")).name == "memdb-jobs"
     assert result_dir(Settings(job_result_dir=str(tmp_path / "x"))) == tmp_path / "x"
+
+
+def test_result_files_are_owner_only(tmp_path: Path):
+    """Exports hold user and order data: 0600 files in a 0700 folder, whatever the umask."""
+    results = tmp_path / "jobs"
+    ctx = JobContext("job-1", {}, cast(Store, None), Settings(), cast(JobStore, None), results)
+    old = os.umask(0o022)  # the usual default, which gives 0644 files
+    try:
+        with result_file(ctx, ".csv") as (out, final):
+            out.write(b"email\nada@example.com\n")
+            partial = final.with_name(final.name + ".part")
+            assert stat.S_IMODE(partial.stat().st_mode) == 0o600
+    finally:
+        os.umask(old)
+    assert final.read_bytes() == b"email\nada@example.com\n"
+    assert stat.S_IMODE(final.stat().st_mode) == 0o600
+    assert stat.S_IMODE(results.stat().st_mode) == 0o700
 
 
 def test_settings_refuse_a_short_stale_time_and_the_dev_admin_password_in_production():

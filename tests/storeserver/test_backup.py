@@ -2,26 +2,30 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
 
+from storeserver.backup import copy_backup
 from storeserver.client import StoreClient
-from tests.storeserver.test_persistence import connect, dump_all, start_store
+from tests.storeserver.test_persistence import connect, dump_all, mode, start_store, umask
 
 
 async def test_backup_copy_restores_the_same_state(sock_dir, tmp_path):
     data_dir = tmp_path / "data"
-    store = start_store(sock_dir, data_dir, STORE_FSYNC="always")
+    with umask(0o022):  # the usual default (0644 files, 0755 folders), for both processes
+        store = start_store(sock_dir, data_dir, STORE_FSYNC="always")
     client = await connect(store)
     for i in range(200):
         await client.call("insert", {"table": "t", "record": {"i": i}})
     backups = tmp_path / "backups"
-    done = subprocess.run(
-        [sys.executable, "-m", "storeserver.backup", "--address", store.address, "--dest",
-         str(backups)],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+    with umask(0o022):
+        done = subprocess.run(
+            [sys.executable, "-m", "storeserver.backup", "--address", store.address, "--dest",
+             str(backups)],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
     assert '"backup_dir"' in done.stdout
     (backup_dir,) = backups.iterdir()
     # A write after the backup is not in it.
@@ -31,6 +35,11 @@ async def test_backup_copy_restores_the_same_state(sock_dir, tmp_path):
     await client.close()
     assert store.stop() == 0
     store.close()
+    # The files hold every record and password hash: owner-only, and so are their copies.
+    assert mode(data_dir) == 0o700 and mode(data_dir / "snapshot.mdb") == 0o600
+    assert mode(backups) == mode(backup_dir) == 0o700
+    copies = list(backup_dir.iterdir())
+    assert copies and all(mode(f) == 0o600 for f in copies)
 
     # Restore: an empty data directory with the backed-up files, then start.
     restored_dir = tmp_path / "restored"
@@ -41,6 +50,25 @@ async def test_backup_copy_restores_the_same_state(sock_dir, tmp_path):
     await client.close()
     restored.stop()
     restored.close()
+
+
+def test_backup_copies_are_owner_only_and_keep_their_times(tmp_path):
+    # Sources with looser modes (a snapshot written by an older version): the copies are
+    # still 0600; the times are kept, as the restored snapshot's age counts from them.
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "snapshot.mdb").write_bytes(b"snapshot")
+    (data / "log-0000000002.aof").write_bytes(b"log")
+    for source in data.iterdir():
+        source.chmod(0o644)
+        os.utime(source, (1_700_000_000, 1_700_000_000))
+    with umask(0o022):
+        target = copy_backup(data / "snapshot.mdb", tmp_path / "backups")
+    assert mode(tmp_path / "backups") == mode(target) == 0o700
+    for source in data.iterdir():
+        copy = target / source.name
+        assert copy.read_bytes() == source.read_bytes()
+        assert mode(copy) == 0o600 and copy.stat().st_mtime == 1_700_000_000
 
 
 def test_backup_without_persistence_fails_clearly(store_process):

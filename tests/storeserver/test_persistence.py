@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import signal
+import stat
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -14,7 +18,14 @@ from structlog.testing import capture_logs
 from storeserver.client import StoreClient
 from storeserver.engine import Engine
 from storeserver.errors import Conflict, StoreUnavailable
-from storeserver.persistence import CorruptData, DataDir, encode_entry, read_entries
+from storeserver.persistence import (
+    AppendLog,
+    CorruptData,
+    DataDir,
+    encode_entry,
+    read_entries,
+    write_snapshot,
+)
 from tests.support.store import StoreProcess
 
 # -- the entry format --------------------------------------------------------------------
@@ -145,6 +156,55 @@ def test_a_torn_tail_followed_by_a_log_with_entries_refuses(tmp_path):
     # Nothing was cut.
     assert data_dir.log_path(1).read_bytes() == torn
     assert data_dir.log_path(2).read_bytes() == b"\x00\x00\x01"
+
+
+# -- file modes ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def umask(mask: int) -> Iterator[None]:
+    """Run with ``mask`` as the process umask (0o022, the usual default, gives 0644 files)."""
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_data_files_are_owner_only_whatever_the_umask(tmp_path):
+    """The snapshot holds every password hash: created 0600 (as the log), even over a tmp
+    file a crash left with a looser mode; a new data directory is 0700."""
+    root = tmp_path / "data"
+    with umask(0o022):
+        data_dir = DataDir(root)
+        stale = root / "snapshot.mdb.tmp"
+        stale.write_bytes(b"left by a crash")
+        stale.chmod(0o644)
+        write_snapshot(data_dir.snapshot, 1, [("put", "t", stamped("a"))])
+        log_file = AppendLog(data_dir.log_path(2), 2)
+        log_file.close()
+    assert mode(root) == 0o700
+    assert mode(data_dir.snapshot) == 0o600 and mode(data_dir.log_path(2)) == 0o600
+    assert not stale.exists()
+
+
+def test_loading_restricts_data_files_written_with_looser_modes(tmp_path):
+    # A snapshot written before snapshots were created 0600, or files restored with cp.
+    data_dir = DataDir(tmp_path)
+    write_snapshot(data_dir.snapshot, 1, [("put", "t", stamped("a"))])
+    write_log(data_dir.log_path(2), [[["put", "t", stamped("b")]]])
+    data_dir.snapshot.chmod(0o644)
+    data_dir.log_path(2).chmod(0o640)
+    with capture_logs() as logs:
+        engine = replay(tmp_path)
+    assert engine.execute("count", {"table": "t"}) == 2
+    assert mode(data_dir.snapshot) == 0o600 and mode(data_dir.log_path(2)) == 0o600
+    restricted = [e["file"] for e in logs if e["event"] == "data_file_mode_restricted"]
+    assert restricted == [str(data_dir.snapshot), str(data_dir.log_path(2))]
 
 
 # -- real processes ----------------------------------------------------------------------

@@ -148,6 +148,18 @@ def test_frame_at_the_limit_is_accepted():
     assert decoder.feed(frame(body)) == [Result(1, "x" * 80)]
 
 
+def test_a_raised_limit_applies_to_the_frames_after_it():
+    # The server starts a connection at a small limit and raises it once the peer is greeted.
+    body = msgpack.packb([1, 1, "x" * 150])
+    decoder = FrameDecoder(max_frame_size=100)
+    with pytest.raises(ProtocolError, match="exceeds the limit of 100"):
+        decoder.feed(frame(body))
+    decoder = FrameDecoder(max_frame_size=100)
+    decoder.max_frame_size = len(body)
+    assert decoder.max_frame_size == len(body)
+    assert decoder.feed(frame(body)) == [Result(1, "x" * 150)]
+
+
 @pytest.mark.parametrize(
     "body",
     [

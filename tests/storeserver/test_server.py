@@ -20,7 +20,15 @@ from storeserver.errors import (
     UnknownCommand,
 )
 from storeserver.memory import MemoryGauge
-from storeserver.protocol import PROTOCOL_VERSION, FrameDecoder, Hello, Request, Result, encode
+from storeserver.protocol import (
+    HANDSHAKE_FRAME_SIZE,
+    PROTOCOL_VERSION,
+    FrameDecoder,
+    Hello,
+    Request,
+    Result,
+    encode,
+)
 from storeserver.server import StoreServer
 from storeserver.settings import StoreSettings
 
@@ -114,6 +122,64 @@ async def test_garbage_closes_only_that_connection(server, client, garbage):
     assert (await client.call("ping"))["pong"]
     rec = await client.call("insert", {"table": "g", "record": {"ok": True}})
     assert (await client.call("get", {"table": "g", "id": rec["id"]}))["ok"] is True
+
+
+async def test_an_ungreeted_connection_may_send_only_a_small_frame(server, client):
+    """A peer that has not authenticated cannot make the store buffer a big frame: its header
+    alone closes the connection, with the reason logged."""
+    from structlog.testing import capture_logs
+
+    announced = HANDSHAKE_FRAME_SIZE + 1  # far below STORE_MAX_FRAME_BYTES (16 MiB)
+    with capture_logs() as logs:
+        closed = await _raw_exchange(
+            str(server.settings.socket), struct.pack(">I", announced) + b"\x00" * 1000
+        )
+    assert closed == b""
+    (dropped,) = [x for x in logs if x.get("event") == "client_dropped"]
+    assert dropped["reason"] == (
+        f"frame of {announced} bytes exceeds the limit of {HANDSHAKE_FRAME_SIZE}"
+        " before the handshake"
+    )
+    # Once greeted, a connection takes frames up to the full limit.
+    big = "x" * (2 * HANDSHAKE_FRAME_SIZE)
+    rec = await client.call("insert", {"table": "big", "record": {"big": big}})
+    assert (await client.call("get", {"table": "big", "id": rec["id"]}))["big"] == big
+
+
+async def test_a_connection_not_greeted_in_time_is_closed(sock_dir):
+    """STORE_HANDSHAKE_TIMEOUT: silent and half-sent handshakes are closed with a logged
+    reason; a greeted connection is not, however long it stays idle."""
+    from structlog.testing import capture_logs
+
+    srv = StoreServer(StoreSettings(socket=sock_dir / "h.sock", handshake_timeout=0.2))
+    await srv.start()
+    good = StoreClient(f"unix:{srv.settings.socket}")
+    try:
+        await good.connect()
+        path = str(srv.settings.socket)
+        hello = encode(Hello(PROTOCOL_VERSION, None))
+        with capture_logs() as logs:
+            silent, partial = await asyncio.gather(
+                _raw_exchange(path, b""), _raw_exchange(path, hello[:-1])
+            )
+        assert silent == partial == b""
+        reasons = [x["reason"] for x in logs if x.get("event") == "client_dropped"]
+        assert reasons == ["no handshake within 0.2 s"] * 2
+        assert len(srv.connections) == 1
+        await asyncio.sleep(0.3)  # the greeted client outlives the timeout
+        assert (await good.call("ping"))["pong"]
+    finally:
+        await good.close()
+        await srv.shutdown()
+
+
+def test_handshake_timeout_is_a_setting(monkeypatch):
+    assert StoreSettings().handshake_timeout == 10.0
+    monkeypatch.setenv("STORE_HANDSHAKE_TIMEOUT", "2.5")
+    assert StoreSettings().handshake_timeout == 2.5
+    monkeypatch.setenv("STORE_HANDSHAKE_TIMEOUT", "0")
+    with pytest.raises(ValueError, match="handshake_timeout"):
+        StoreSettings()
 
 
 async def test_socket_is_owner_only(server):
