@@ -564,7 +564,6 @@ MERGE_CASES = [
     ({"e": None}, {"a": 1}, {"e": None, "a": 1}),
     ({"a": "foo"}, {"a": {"bb": {"ccc": None}}}, {"a": {"bb": {}}}),
     ({}, {"a": {"bb": {"ccc": None}}}, {"a": {"bb": {}}}),
-    ({"a": 1}, {"id": None, "version": None, "created_at": "x"}, {"a": 1}),
     ({"a": {"id": 1}}, {"a": {"id": None}}, {"a": {}}),
 ]
 
@@ -580,6 +579,93 @@ def test_patch_is_an_rfc7386_merge(
     assert meta["id"] == record["id"] and meta["version"] == 2
     assert meta["created_at"] == record["created_at"] < meta["updated_at"]
     assert {k: v for k, v in record.items() if k in original} == original  # untouched
+
+
+NO_OP_PATCHES = [
+    {},
+    {"a": 1, "b": {"c": "x"}},  # the values it has
+    {"b": {}, "gone": None},  # an empty nested merge, removing a missing key
+    {"id": None, "version": None, "created_at": "x"},  # store-owned: ignored
+]
+
+
+@pytest.mark.parametrize("changes", NO_OP_PATCHES)
+def test_a_patch_that_changes_nothing_keeps_the_record(
+    engine: Engine, clock: FakeClock, changes: dict[str, Any]
+) -> None:
+    """It wrote version + 1 with a new updated_at: caches and If-Match tags went stale."""
+    record = insert(engine, "t", a=1, b={"c": "x"})
+    engine.drain_changes()
+    audited = engine.audit.seq
+    clock.advance(5)
+    rid = record["id"]
+    assert run(engine, "patch", table="t", id=rid, changes=changes) == record
+    assert run(engine, "patch", table="t", id=rid, changes=changes, expected_version=1) == record
+    assert engine.drain_changes() == [] and engine.audit.seq == audited  # no journal, no audit
+    err = fail(engine, VersionMismatch, "patch", table="t", id=rid, changes={}, expected_version=2)
+    assert err.details["current"] == 1
+    fail(engine, NotFound, "patch", table="t", id="nope", changes=changes)
+    assert run(engine, "get", table="t", id=rid) == record
+
+
+@pytest.mark.parametrize(
+    ("stored", "written"),
+    [(1, 1.0), (1, True), (0.0, -0.0), (Decimal("1.0"), Decimal("1.00")), (1, Decimal(1))],
+)
+def test_a_value_equal_but_stored_differently_is_a_change(
+    engine: Engine, stored: Any, written: Any
+) -> None:
+    """``1 == 1.0 == True``, yet each reads back differently: such a write is kept (the
+    ``!=`` update_where used to skip a row took it for no change)."""
+    record = insert(engine, "t", a=stored, n={"a": stored})
+    for changes in ({"a": written}, {"n": {"a": written}}):
+        patched = run(engine, "patch", table="t", id=record["id"], changes=changes)
+        assert repr(patched["a"] if "a" in changes else patched["n"]["a"]) == repr(written)
+        record = run(
+            engine, "patch", table="t", id=record["id"], changes={"a": stored, "n": {"a": stored}}
+        )
+    assert record["version"] == 5
+    run(engine, "update_where", table="t", changes={"a": written})
+    assert repr(run(engine, "get", table="t", id=record["id"])["a"]) == repr(written)
+
+
+def test_a_replace_that_changes_nothing_keeps_the_record(engine: Engine, clock: FakeClock) -> None:
+    record = insert(engine, "t", a=1, b={"c": [1, "x"]})
+    engine.drain_changes()
+    clock.advance(5)
+    rid = record["id"]
+    same = {"b": {"c": [1, "x"]}, "a": 1, "version": 9}  # key order and store-owned fields
+    assert run(engine, "replace", table="t", id=rid, record=same, expected_version=1) == record
+    assert engine.drain_changes() == []
+    fail(engine, VersionMismatch, "replace", table="t", id=rid, record=same, expected_version=2)
+    fail(engine, NotFound, "replace", table="t", id="nope", record=same)
+    changed = run(engine, "replace", table="t", id=rid, record={"a": 1, "b": {"c": [1.0, "x"]}})
+    assert changed["version"] == 2
+    assert run(engine, "audit_list", table="t")["items"][0]["fields"] == ["b"]
+
+
+def test_a_no_op_write_in_a_batch_keeps_the_record(shop: Engine) -> None:
+    """The batch runs the same patch and replace; its other writes still happen."""
+    user = insert(shop, "users", email="a@x", password_hash="h")
+    shop.drain_changes()
+    results = run(
+        shop,
+        "batch",
+        ops=[
+            {"op": "patch", "table": "users", "id": user["id"], "changes": {"email": "a@x"}},
+            {
+                "op": "replace",
+                "table": "users",
+                "id": user["id"],
+                "record": {"email": "a@x", "password_hash": "h"},
+                "expected_version": 1,
+            },
+            {"op": "insert", "table": "orders", "record": {"user_id": {"$ref": "0.id"}}},
+        ],
+    )["results"]
+    assert results[0] == results[1] == user  # without the hidden field, as a write answers
+    assert results[2]["user_id"] == user["id"]
+    assert [c[:2] for c in data_changes(shop)] == [("put", "orders")]
 
 
 def test_patch_errors(shop: Engine) -> None:
@@ -1055,7 +1141,7 @@ def snapshot(engine: Engine) -> Any:
         out[name] = (
             [(rid, id(r), dict(r)) for rid, r in table.rows.items()],
             {f: dict(i.owners) for f, i in table.uniques.items()},
-            {f: {k: list(i.ids(k)) for k in i.buckets} for f, i in table.hashes.items()},
+            {f: {k: list(i.ids(k)) for k in i.keys()} for f, i in table.hashes.items()},
             table.spec(),
         )
     return out
