@@ -2,12 +2,17 @@
 
 - ``count`` without a field counts rows; with one, rows where it is not ``None``.
 - ``sum``/``avg`` read numbers only (int, float, Decimal; booleans and the rest are skipped).
-  Ints and Decimals are summed exactly, floats as floats. The result is a Decimal if any
-  Decimal was seen (a float part is added as ``Decimal(repr(f))``), else a float if any float
-  was seen, else an int, or the same integer as a Decimal when it leaves the 64-bit range the
-  wire carries (eleven nanosecond timestamps pass 2**64). ``sum`` of nothing is ``0``; ``avg``
-  of nothing is ``None``. The average of Decimals is a Decimal division at 28 significant
-  digits; of ints/floats a float.
+  Ints and Decimals are summed exactly, floats as floats, left to right. The result is a
+  Decimal if any Decimal was seen (a float part is added as ``Decimal(repr(f))``), else a
+  float if any float was seen, else an int. A sum past what its type carries is a Decimal
+  too (the API shows a Decimal as a string): an integer outside int64, whatever its sign,
+  exactly (eleven nanosecond timestamps pass 2**63); a float sum past the float range, to 17
+  significant digits. ``sum`` of nothing is ``0``; ``avg`` of nothing is ``None``. The
+  average of Decimals is a Decimal division at 28 significant digits; of ints/floats a
+  float, which always fits for finite values, even when their sum does not: once a float
+  sum would overflow, it goes on scaled down by 2**-64 (exact but for values below 2**-958,
+  lost in such a sum anyway). Values that are themselves infinite (the store takes them; the
+  API never sends one) give an infinite or NaN sum and average, as float arithmetic does.
 - ``min``/``max`` use the store's mixed-type order over non-``None`` values.
 - Groups appear in the order of their first row; without ``group_by`` there is one group,
   even over no rows.
@@ -16,6 +21,7 @@
 from __future__ import annotations
 
 import decimal
+import math
 import operator
 from collections import defaultdict
 from collections.abc import Generator, Iterable
@@ -38,9 +44,16 @@ _NONE = type(None)
 _EXACT = frozenset({int, Decimal, _NONE})
 _FLOATS = frozenset({float, _NONE})
 _ORDERED = (frozenset({int, float, Decimal}), frozenset({str}))
-# What msgpack can carry as an integer (int64 and uint64).
-_WIRE_INT_MIN = -(2**63)
-_WIRE_INT_MAX = 2**64 - 1
+# An integer sum outside int64 is a Decimal. msgpack carries uint64 too, but JSON clients
+# read numbers past int64 wrongly, and the same rule for both signs is easier to rely on.
+_INT64_MIN = -(2**63)
+_INT64_MAX = 2**63 - 1
+# A float sum that would overflow goes on scaled down by this (see ``_Sum.add_floats``).
+_SCALE = 2.0**-64
+_UNSCALE = 2.0**64
+_DECIMAL_UNSCALE = Decimal(2**64)
+_FLOAT_DIGITS = decimal.Context(prec=17, traps=[])  # a float's precision, in decimal digits
+_INFINITIES = (math.inf, -math.inf)
 
 
 class Metric(NamedTuple):
@@ -76,12 +89,12 @@ def parse_metrics(raw: Any, group_by: list[str], hidden: frozenset[str]) -> list
 
 
 class _Sum:
-    __slots__ = ("exact", "floating", "has_decimal", "has_float", "n")
+    __slots__ = ("exact", "floating", "has_decimal", "has_float", "n", "scaled")
 
     def __init__(self) -> None:
         self.exact: int | Decimal = 0
-        self.floating = 0.0
-        self.has_decimal = self.has_float = False
+        self.floating = 0.0  # times ``_SCALE`` once ``scaled``
+        self.has_decimal = self.has_float = self.scaled = False
         self.n = 0
 
     def add(self, value: Any) -> None:
@@ -93,32 +106,69 @@ class _Sum:
             self.exact += value
             self.has_decimal = True
         elif t is float:
-            self.floating += value
-            self.has_float = True
+            self.add_floats([value])
+            return
         else:
             return
         self.n += 1
 
+    def add_floats(self, values: list[float]) -> None:
+        """Add floats left to right. A sum that overflows to ``inf`` (``1e308 + 1e308``) would
+        lose the average, and a sum that comes back into range: from there on the values are
+        added scaled by ``_SCALE`` (exact: a power of two), the earlier sum with them."""
+        if not values:
+            return
+        self.has_float = True
+        self.n += len(values)
+        if self.scaled:
+            self.floating = reduce(operator.add, map(_SCALE.__mul__, values), self.floating)
+            return
+        total = reduce(operator.add, values, self.floating)
+        if (
+            not math.isfinite(total)
+            and math.isfinite(self.floating)
+            and not any(v in _INFINITIES for v in values)
+        ):
+            self.scaled = True
+            total = reduce(operator.add, map(_SCALE.__mul__, values), self.floating * _SCALE)
+        self.floating = total
+
     def total(self) -> int | float | Decimal:
         """The sum as the wire can carry it (a big integer sum becomes an exact Decimal)."""
         total = self._exact_total()
-        if type(total) is int and not _WIRE_INT_MIN <= total <= _WIRE_INT_MAX:
+        if type(total) is int and not _INT64_MIN <= total <= _INT64_MAX:
             return Decimal(total)  # exact whatever the context: no rounding of an int
         return total
 
+    def _float_total(self) -> float | Decimal:
+        """The sum of the floats: a Decimal past the float range."""
+        if not self.scaled:
+            return self.floating
+        total = self.floating * _UNSCALE
+        if math.isfinite(total) or not math.isfinite(self.floating):
+            return total
+        return _FLOAT_DIGITS.multiply(Decimal(self.floating), _DECIMAL_UNSCALE).normalize()
+
     def _exact_total(self) -> int | float | Decimal:
+        floating = self._float_total() if self.has_float else 0.0
+        if type(floating) is Decimal and not self.has_decimal:  # ints and floats: a float sum
+            return _FLOAT_DIGITS.add(Decimal(self.exact), floating).normalize()
         if self.has_decimal:
             exact = Decimal(self.exact)
             if self.has_float:
-                return _SUM_CONTEXT.add(exact, Decimal(repr(self.floating)))
+                part = floating if type(floating) is Decimal else Decimal(repr(floating))
+                return _SUM_CONTEXT.add(exact, part)
             return exact
         if self.has_float:
-            return int(self.exact) + self.floating
+            return int(self.exact) + floating
         return self.exact
 
     def average(self) -> float | Decimal | None:
         if not self.n:
             return None
+        if self.scaled and not self.has_decimal:
+            # Divided while scaled: the average of finite values is always in range.
+            return (int(self.exact) * _SCALE + self.floating) / self.n * _UNSCALE
         total = self._exact_total()  # an int average stays a float, however big the sum
         if type(total) is Decimal:
             return _AVG_CONTEXT.divide(total, Decimal(self.n))
@@ -244,10 +294,7 @@ class _Metric:
                 acc.has_decimal = acc.has_decimal or Decimal in types
                 acc.n += len(present)
             elif types <= _FLOATS:
-                # left to right like ``_Sum.add`` (``sum`` of floats is compensated since 3.12)
-                acc.floating = reduce(operator.add, present, acc.floating)
-                acc.has_float = acc.has_float or bool(present)
-                acc.n += len(present)
+                acc.add_floats(present)  # reduce, not ``sum``: compensated since 3.12
             else:
                 for value in present:
                     acc.add(value)

@@ -6,8 +6,9 @@ collected in ``pending`` while it runs and committed only if it succeeds, so a f
 leaves no audit trace; committed entries also go to the journal (``("audit", entry)``), so
 they are persisted, snapshotted and replayed like the data.
 
-Entry layout (``FIELDS``): seq, at, user_id, role, request_id, table, op, record_id, filter,
-fields (a tuple of names), count. Tables whose name starts with ``_`` are not audited.
+Entry layout (``FIELDS``): seq, at, user_id, role, request_id, table, op, record_id, filter
+(the sorted field names a ``*_where`` filter tests, else ``None``), fields (a tuple of names),
+count. Tables whose name starts with ``_`` are not audited.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from collections.abc import Callable
 from typing import Any
 
 from storeserver.arguments import Args, check_keys, limit, offset
-from storeserver.errors import BadRequest
+from storeserver.errors import BadRequest, StoreError
+from storeserver.filters import fields_of, parse_where
 from storeserver.records import META_FIELDS, format_timestamp
 
 FIELDS = (
@@ -35,6 +37,7 @@ FIELDS = (
 )
 _LIST_ARGS = frozenset({"user_id", "table", "since", "until", "offset", "limit"})
 _AT, _USER, _TABLE = 1, 2, 5
+_ANY_LENGTH = 1 << 62  # ``in`` lists of a logged filter were checked when it ran
 Entry = tuple[Any, ...]
 
 
@@ -65,11 +68,12 @@ class AuditLog:
         record_id: str | None,
         fields: Any,
         count: int,
-        where: Any = None,
+        filter_fields: list[str] | None = None,
         at: str | None = None,
     ) -> None:
         """Note one mutation of the running command (``fields``: names, e.g. a record's keys;
-        store-owned names among them are left out when listed)."""
+        store-owned names among them are left out when listed; ``filter_fields``: the names
+        a filter tests, ``filters.fields_of``)."""
         if table[0] == "_":
             return
         user, role, request = self.context
@@ -84,7 +88,7 @@ class AuditLog:
                 table,
                 op,
                 record_id,
-                where,
+                filter_fields,
                 tuple(fields),
                 count,
             )
@@ -108,7 +112,7 @@ class AuditLog:
         entry = tuple(entry)
         if len(entry) != len(FIELDS):
             return
-        entry = (*entry[:9], tuple(entry[9]), entry[10])
+        entry = (*entry[:8], _filter_fields(entry[8]), tuple(entry[9]), entry[10])
         if entry[0] > self.seq:
             self.seq = entry[0]
         self._append(entry)
@@ -167,6 +171,19 @@ def _as_map(entry: Entry) -> dict[str, Any]:
     out = dict(zip(FIELDS, entry, strict=True))
     out["fields"] = [f for f in entry[9] if f not in META_FIELDS]
     return out
+
+
+def _filter_fields(logged: Any) -> list[str] | None:
+    """An entry's filter as this version keeps it: a log written before it holds the whole
+    ``where``, values too; only its field names are kept when it is read back."""
+    if logged is None:
+        return None
+    if type(logged) in (list, tuple) and all(type(name) is str for name in logged):
+        return [*logged]  # names (a leaf of a ``where`` is a list, never a string)
+    try:
+        return fields_of(parse_where(logged, frozenset(), True, _ANY_LENGTH))
+    except StoreError:  # cannot happen for a filter the store once ran; keep no values
+        return []
 
 
 def _optional_str(args: Args, key: str) -> str | None:

@@ -28,17 +28,18 @@ from typing import Any
 from storeserver.arguments import Args, check_keys, limit, optional_bool, required_dict
 from storeserver.builds import Job
 from storeserver.errors import LimitExceeded
-from storeserver.filters import compile_predicate, parse_where, plan
+from storeserver.filters import compile_predicate, fields_of, parse_where, plan
 from storeserver.query import Predicate
 from storeserver.records import merge_patch
 from storeserver.selection import candidates, count_of, matches_in, rows_per_step
 from storeserver.tables import Record, Table
-from storeserver.writes import RecordWriter, Undo
+from storeserver.writes import RecordWriter, Undo, unchanged
 
 _UPDATE_ARGS = frozenset({"table", "where", "changes", "max_rows"})
 _DELETE_ARGS = frozenset({"table", "where", "cascade", "max_rows"})
 
-Change = Callable[[list[Record]], dict[str, int]]
+# The rows to change, and the field names the filter tests (``None`` without a filter).
+Change = Callable[[list[Record], list[str] | None], dict[str, int]]
 _CREATED = itemgetter("created_at")
 
 
@@ -62,6 +63,8 @@ class BulkWrite(Job):
         # What the filter means: which fields compare ignoring case, which may be named.
         self.meaning = (table.casefold_fields, table.hidden)
         conditions = parse_where(self.where, table.hidden, False, self.max_in)
+        # What the audit entry keeps of the filter: names, never values.
+        self.filter_fields = None if self.where is None else fields_of(conditions)
         self.chunk = rows_per_step(conditions)
         ids, self.predicate = plan(table, conditions) if conditions else (None, None)
         # Rows written meanwhile are tested again with every condition (their indexed field
@@ -107,7 +110,7 @@ class BulkWrite(Job):
         selected = self._selected()
         if len(selected) > self.max_rows:
             self._too_many(len(selected))
-        return self.change(selected)
+        return self.change(selected, self.filter_fields)
 
     def abort(self) -> None:
         if self.watching:
@@ -152,15 +155,14 @@ class BulkWriter:
         check_keys(args, _UPDATE_ARGS)
         table = self.writer.catalog.get(args)
         changes = required_dict(args, "changes")
-        where = args.get("where")
 
-        def change(matched: list[Record]) -> dict[str, int]:
+        def change(matched: list[Record], filter_fields: list[str] | None) -> dict[str, int]:
             undo: Undo = []
             updated = 0
             try:
                 for old in matched:
                     new = merge_patch(old, changes)
-                    if new != old:
+                    if not unchanged(old, new, changes):
                         self.writer._update(table, old, new, undo)
                         updated += 1
             except BaseException:
@@ -168,7 +170,7 @@ class BulkWriter:
                 raise
             if updated:
                 self.writer.audit.add(
-                    table.name, "update_where", None, changes, updated, where=where
+                    table.name, "update_where", None, changes, updated, filter_fields=filter_fields
                 )
             return {"matched": len(matched), "updated": updated}
 
@@ -178,9 +180,8 @@ class BulkWriter:
         check_keys(args, _DELETE_ARGS)
         table = self.writer.catalog.get(args)
         cascade = optional_bool(args, "cascade")
-        where = args.get("where")
 
-        def change(matched: list[Record]) -> dict[str, int]:
+        def change(matched: list[Record], filter_fields: list[str] | None) -> dict[str, int]:
             doomed = {(table.name, r["id"]) for r in matched}
             writer = self.writer
             undo: Undo = []
@@ -201,7 +202,12 @@ class BulkWriter:
             deleted = len(matched)
             if deleted:
                 writer.audit.add(
-                    table.name, "delete_where", None, (), deleted + cascaded, where=where
+                    table.name,
+                    "delete_where",
+                    None,
+                    (),
+                    deleted + cascaded,
+                    filter_fields=filter_fields,
                 )
             return {"deleted": deleted, "cascaded": cascaded}
 

@@ -180,6 +180,22 @@ def weight(nodes: list[Node]) -> int:
     return total
 
 
+def fields_of(nodes: list[Node]) -> list[str]:
+    """The field names a parsed ``where`` tests, sorted, each once: what the audit log keeps
+    of a filter (its values may be personal data)."""
+    names: set[str] = set()
+    stack = [*nodes]
+    while stack:
+        node = stack.pop()
+        if type(node) is Condition:
+            names.add(node.field)
+        elif type(node) is Not:
+            stack.append(node.child)
+        else:
+            stack.extend(node.children)  # type: ignore[union-attr]
+    return sorted(names)
+
+
 def leaves_of(nodes: list[Node]) -> list[Condition]:
     """The leaves among root conjuncts: the conditions an index may serve."""
     return [n for n in nodes if type(n) is Condition]

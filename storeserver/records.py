@@ -120,6 +120,24 @@ def merge_patch(target: dict[str, Any], patch: dict[str, Any], depth: int = 0) -
     return out
 
 
+def same_value(a: Any, b: Any) -> bool:
+    """Whether ``a`` and ``b`` are stored alike: a write of ``b`` over ``a`` changes nothing.
+
+    Stricter than ``==``, which has ``1 == 1.0 == True`` and ``Decimal("1.0") ==
+    Decimal("1.00")``: each reads back differently. Map key order does not count.
+    """
+    t = type(a)
+    if t is not type(b):
+        return False
+    if t is dict:
+        return a.keys() == b.keys() and all(same_value(v, b[k]) for k, v in a.items())
+    if t is list:
+        return len(a) == len(b) and all(map(same_value, a, b))
+    if t is float or t is Decimal:
+        return a == b and repr(a) == repr(b)  # -0.0 and 0.0, 1.0 and 1.00 read back apart
+    return bool(a == b)
+
+
 # One URL path segment, as the API's ``RECORD_ID`` (api/services/records.py): an id breaking it
 # would make a record that GET/PATCH/DELETE /data/{table}/{id} cannot address. The API checks
 # literal ids; this catches the ones it cannot see, taken from a batch's ``$ref``.

@@ -25,7 +25,15 @@ from storeserver.arguments import (
 from storeserver.audit import AuditLog
 from storeserver.catalog import Catalog
 from storeserver.errors import BadRequest, Conflict, NotFound, VersionMismatch
-from storeserver.records import IdGenerator, Timestamps, check_id, copy_fields, merge_patch
+from storeserver.records import (
+    META_FIELDS,
+    IdGenerator,
+    Timestamps,
+    check_id,
+    copy_fields,
+    merge_patch,
+    same_value,
+)
 from storeserver.tables import Record, Table
 
 _INSERT_ARGS = frozenset({"table", "record", "upsert"})
@@ -116,10 +124,11 @@ class RecordWriter:
         copy_fields(new, record)
         old = self._current(table, rid, expected)
         new["created_at"] = old["created_at"]
+        fields = [k for k in changed_fields(old, new) if k not in META_FIELDS]
+        if not fields:
+            return table.visible(old, False)  # as ``patch``: nothing to write
         result = self._update(table, old, new, undo)
-        self.audit.add(
-            table.name, "replace", rid, changed_fields(old, new), 1, at=new["updated_at"]
-        )
+        self.audit.add(table.name, "replace", rid, fields, 1, at=new["updated_at"])
         return result
 
     def patch(self, args: Args, undo: Undo | None = None) -> Record:
@@ -129,7 +138,12 @@ class RecordWriter:
         changes = required_dict(args, "changes")
         expected = optional_version(args)
         old = self._current(table, rid, expected)
-        result = self._update(table, old, merge_patch(old, changes), undo)
+        new = merge_patch(old, changes)
+        if unchanged(old, new, changes):
+            # No new version, so ETags and caches of the record stay valid; no journal or
+            # audit entry either (``update_where`` skips such rows too).
+            return table.visible(old, False)
+        result = self._update(table, old, new, undo)
         self.audit.add(table.name, "patch", rid, changes, 1, at=result["updated_at"])
         return result
 
@@ -276,7 +290,17 @@ class RecordWriter:
 
 def changed_fields(old: Record, new: Record) -> list[str]:
     """Names of the top-level fields that differ between two versions of a record."""
-    return [k for k in old.keys() | new.keys() if old.get(k, _MISSING) != new.get(k, _MISSING)]
+    return [
+        k
+        for k in old.keys() | new.keys()
+        if not same_value(old.get(k, _MISSING), new.get(k, _MISSING))
+    ]
+
+
+def unchanged(old: Record, new: Record, changes: Record) -> bool:
+    """Whether ``new``, ``old`` merge-patched with ``changes``, stores what ``old`` does (only
+    the patch's top-level fields can differ)."""
+    return all(same_value(old.get(k, _MISSING), new.get(k, _MISSING)) for k in changes)
 
 
 _MISSING = object()

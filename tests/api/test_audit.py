@@ -146,9 +146,10 @@ def test_filter_index_and_schema_writes_are_audited(client: httpx.Client, admin:
         assert entry["op"] == op and entry["user_id"] == admin.id and entry["role"] == "admin"
         if op == "update_where":
             assert entry["count"] == 2 and entry["fields"] == ["x"]
-            assert entry["filter"] == [["n", "eq", 1]] and entry["record_id"] is None
+            # The fields a filter tests, never its values (they may be sensitive).
+            assert entry["filter"] == ["n"] and entry["record_id"] is None
         if op == "delete_where":
-            assert entry["count"] == 2 and entry["filter"] == [["n", "eq", 1]]
+            assert entry["count"] == 2 and entry["filter"] == ["n"]
 
 
 def test_transaction_bulk_and_import_writes_are_audited(

@@ -58,6 +58,19 @@ def test_generic_crud(client: httpx.Client, table: str) -> None:
     assert_error(client.get(url), 404, "NOT_FOUND")
 
 
+def test_a_patch_that_changes_nothing_keeps_the_version_and_etag(
+    client: httpx.Client, table: str
+) -> None:
+    made = client.post(f"/api/v1/data/{table}", json={"data": {"a": 1, "m": {"k": "v"}}})
+    url = f"/api/v1/data/{table}/{made.json()['data']['id']}"
+    for data in ({}, {"a": 1}, {"m": {"k": "v"}}):
+        same = client.patch(url, json={"data": data}, headers={"If-Match": 'W/"1"'})
+        assert same.status_code == 200, same.text
+        assert same.headers["etag"] == 'W/"1"' and same.json()["data"]["version"] == 1
+    changed = client.patch(url, json={"data": {"a": True}})  # not 1: a change
+    assert changed.json()["data"]["version"] == 2
+
+
 def test_client_may_choose_an_id_once(client: httpx.Client, table: str) -> None:
     record = create_record(client, table, id="sku-1", name="first")
     assert record["id"] == "sku-1"

@@ -232,7 +232,8 @@ class TestListUsers:
         query = {"email__contains": f"@{domain}"}
         cached = client.get("/api/v1/users", params=query, headers={"If-None-Match": etag})
         assert cached.status_code == 304 and cached.content == b""
-        client.patch(f"/api/v1/users/{users[0]['id']}", json={"full_name": "Name 0"})
+        renamed = client.patch(f"/api/v1/users/{users[0]['id']}", json={"full_name": "Renamed"})
+        assert renamed.status_code == 200, renamed.text
         changed = client.get("/api/v1/users", params=query, headers={"If-None-Match": etag})
         assert changed.status_code == 200 and changed.headers["etag"] != etag
 

@@ -1,4 +1,4 @@
-"""storeserver.aggregation: sums that leave the range the wire carries."""
+"""storeserver.aggregation: sums that leave the range of their type."""
 
 from __future__ import annotations
 
@@ -25,6 +25,12 @@ AVG = Metric("avg", "n", "a")
         ([STAMP] * 11, STAMP * 11),  # past 2**64 - 1
         ([-(2**63)] * 2, -(2**64)),  # below -2**63
         ([2**64 - 1, 2**64 - 1, "x", None], 2 * (2**64 - 1)),  # the per-value path
+        # past int64 but inside uint64: was an int (a JSON number past int64), while the
+        # same amount below -2**63 was a Decimal (a string)
+        ([2**63, 2**63 - 1], 2**64 - 1),
+        ([STAMP] * 6, STAMP * 6),
+        ([-(2**63), -1], -(2**63) - 1),
+        ([2**63, "x", 1], 2**63 + 1),  # the per-value path
     ],
 )
 def test_an_int_sum_past_64_bits_is_an_exact_decimal(values: list[Any], total: int) -> None:
@@ -37,9 +43,45 @@ def test_an_int_sum_past_64_bits_is_an_exact_decimal(values: list[Any], total: i
 
 
 def test_an_int_sum_inside_64_bits_stays_an_int() -> None:
-    for values in ([2**63, 2**63 - 1], [-(2**63), 0], [1, 2]):
+    for values in ([2**63 - 1, 0], [2**63 - 2, 1], [-(2**63), 0], [1, 2]):
         [result] = aggregate([{"n": v} for v in values], [], [SUM])
         assert type(result["s"]) is int and result["s"] == sum(values)
+
+
+@pytest.mark.parametrize("stray", [None, "x"])  # the fast path, and the per-value one
+def test_a_float_sum_past_the_float_range_is_a_decimal_and_avg_still_fits(stray: Any) -> None:
+    values = [1e308, 1e308, 0.1, 0.2, stray]
+    [result] = aggregate([{"n": v} for v in values], [], [SUM, AVG])
+    # both were inf before (null through the API), with no error
+    assert type(result["s"]) is Decimal and result["s"] == Decimal("2E+308")
+    assert result["a"] == 5e307
+    [negative] = aggregate([{"n": -v} for v in values if type(v) is float], [], [SUM, AVG])
+    assert negative["s"] == Decimal("-2E+308") and negative["a"] == -5e307
+    big = (1.7976931348623157e308, 1e308, 3)
+    [with_ints] = aggregate([{"n": v} for v in big], [], [SUM])
+    exact = sum(map(Decimal, big))
+    assert abs(with_ints["s"] - exact) / exact < Decimal(2**-52)  # a float sum's precision
+
+
+def test_a_float_sum_that_overflows_on_the_way_comes_back() -> None:
+    values = [1e308, 1e308, -1e308, 0.5]
+    [result] = aggregate([{"n": v} for v in values], [], [SUM, AVG])
+    assert result["s"] == 1e308 and type(result["s"]) is float  # inf before
+    assert result["a"] == 1e308 / 4
+
+
+@pytest.mark.parametrize("rows_per_step", [1, 2, 3])
+def test_an_overflowing_float_sum_fed_in_slices_equals_one_pass(rows_per_step: int) -> None:
+    rows = [{"n": v} for v in (0.1, 1e308, "x", 1e308, 2.5, -1e308, 1e-300, 7)]
+    whole = aggregate(rows, [], [SUM, AVG])
+    stepped = run_steps(aggregate_steps([rows], [], [SUM, AVG], rows_per_step))
+    assert repr(stepped) == repr(whole)
+    assert whole[0]["s"] == 1e308 + 2.5 + 7
+
+
+def test_infinite_values_still_sum_to_infinity() -> None:
+    [result] = aggregate([{"n": v} for v in (float("inf"), 1e308, 1e308)], [], [SUM, AVG])
+    assert result["s"] == float("inf") and result["a"] == float("inf")
 
 
 def test_a_big_sum_goes_over_the_wire() -> None:

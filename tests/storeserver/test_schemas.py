@@ -76,6 +76,116 @@ async def test_a_deep_schema_sent_over_the_socket_is_refused(client: Any) -> Non
     assert (await client.call("list_tables", {})) == []
 
 
+# -- references ---------------------------------------------------------------------------------
+
+REPRO = {
+    "type": "object",
+    "properties": {"a": {"$ref": "#/$defs/x"}},
+    "$defs": {"x": {"$ref": "#/$defs/x"}},
+}
+
+
+@pytest.mark.parametrize(
+    ("schema", "path"),
+    [
+        (REPRO, ["$defs", "x", "$ref"]),
+        ({"allOf": [{"$ref": "#"}]}, ["allOf", 0, "$ref"]),
+        (
+            {
+                "properties": {"p": {"$ref": "#/$defs/a"}},
+                "$defs": {"a": {"not": {"$ref": "#/$defs/b"}}, "b": {"if": {"$ref": "#/$defs/a"}}},
+            },
+            ["$defs", "b", "if", "$ref"],
+        ),
+        (
+            {"$ref": "#/$defs/x", "$defs": {"x": {"$anchor": "x", "anyOf": [{"$ref": "#x"}]}}},
+            ["$defs", "x", "anyOf", 0, "$ref"],
+        ),
+        (
+            {"$ref": "#/$defs/x/oneOf/0", "$defs": {"x": {"oneOf": [{"$ref": "#/$defs/x"}]}}},
+            ["$defs", "x", "oneOf", 0],  # the loop closes on a lexical step
+        ),
+        (
+            {"dependentSchemas": {"k": {"$dynamicRef": "#"}}},
+            ["dependentSchemas", "k", "$dynamicRef"],
+        ),
+    ],
+)
+def test_a_ref_loop_that_never_reaches_into_the_record_is_refused(
+    schema: dict[str, Any], path: list[Any]
+) -> None:
+    """Such a schema was accepted, then every write reaching the loop failed with
+    "the schema cannot be applied: maximum recursion depth exceeded..."."""
+    with pytest.raises(BadRequest) as info:
+        TableSchema.parse(schema)
+    assert "the schema's $ref chain loops" in info.value.message
+    assert info.value.details == {"arg": "schema", "path": path}
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"properties": {"child": {"$ref": "#"}}, "required": ["n"]},  # a tree
+        {
+            "$ref": "#/$defs/node",
+            "$defs": {
+                "node": {"allOf": [{"$ref": "#/$defs/leaf"}], "items": {"$ref": "#/$defs/node"}},
+                "leaf": {"properties": {"n": {"$ref": "#/$defs/leaf"}}},
+            },
+        },
+        {"$defs": {"unused": {"$ref": "#/$defs/unused"}}},  # never applied to a record
+        {"$ref": "https://json-schema.org/draft/2020-12/schema"},  # jsonschema knows it
+    ],
+)
+def test_recursion_through_the_record_is_accepted(schema: dict[str, Any]) -> None:
+    TableSchema.parse(schema).errors({"n": 1, "child": {"n": 2, "child": {}}})
+
+
+@pytest.mark.parametrize(
+    ("schema", "path"),
+    [
+        ({"properties": {"a": {"$ref": "#/$defs/missing"}}}, ["properties", "a", "$ref"]),
+        ({"$ref": "https://example.com/schema.json"}, ["$ref"]),
+        ({"items": {"$ref": "#/allOf/x"}, "allOf": [{}]}, ["items", "$ref"]),
+        ({"type": "object", "not": {"$ref": "#/type"}}, ["not", "$ref"]),  # a string
+    ],
+)
+def test_a_ref_to_no_schema_is_refused(schema: dict[str, Any], path: list[Any]) -> None:
+    """It was accepted, then failed at every write reaching it, showing Python's text."""
+    with pytest.raises(BadRequest) as info:
+        TableSchema.parse(schema)
+    assert "points to no schema" in info.value.message
+    assert info.value.details == {"arg": "schema", "path": path}
+
+
+def test_set_schema_refuses_a_ref_loop_even_with_force() -> None:
+    engine = Engine(clock=lambda: 1_700_000_000.0)
+    engine.execute("insert", {"table": "rec", "record": {"a": 1}})
+    for force in (False, True):
+        with pytest.raises(BadRequest, match=r"\$ref chain loops"):
+            engine.execute("set_schema", {"table": "rec", "schema": REPRO, "force": force})
+    engine.execute("insert", {"table": "rec", "record": {"a": 2}})  # no schema attached
+
+
+def test_a_schema_that_cannot_be_applied_shows_no_python_text(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A loop attached before they were refused (a journal replays it unchecked) or a chain
+    too long for the recursion limit: the message says so in the store's words."""
+    looping = TableSchema(REPRO)
+    assert looping.errors({"a": 1}) == [
+        {"path": [], "message": "the schema cannot be applied to this record: it nests too deeply"}
+    ]
+    assert looping.errors({"b": 1}) == []  # the loop is not reached
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise AttributeError("'str' object has no attribute 'items'")
+
+    monkeypatch.setattr(RecordValidator, "iter_errors", broken)
+    [error] = TableSchema({"type": "object"}).errors({})
+    assert error["message"] == "the schema cannot be applied to this record"
+
+
 # -- patterns -----------------------------------------------------------------------------------
 
 

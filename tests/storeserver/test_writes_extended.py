@@ -568,7 +568,7 @@ def test_audit_entries(engine: Engine, clock: FakeClock) -> None:
         "count": 1,
     }
     assert patch["op"] == "patch" and patch["fields"] == ["n"] and patch["user_id"] is None
-    assert listed["items"][1]["filter"] == [["n", "eq", 1]]
+    assert listed["items"][1]["filter"] == ["n"]  # names, never values
     assert newest["op"] == "delete" and newest["count"] == 1
     assert [i["seq"] for i in listed["items"]] == sorted(
         (i["seq"] for i in listed["items"]), reverse=True
@@ -582,6 +582,52 @@ def test_audit_entries(engine: Engine, clock: FakeClock) -> None:
     fail(engine, BadRequest, "audit_list", user_id=3)
     with pytest.raises(BadRequest):
         engine.execute("insert", {"table": "t", "record": {}}, actor={"user_id": 1})
+
+
+def test_audit_entries_name_the_filters_fields_never_their_values(engine: Engine) -> None:
+    """The filter of an update_where/delete_where was logged whole: ``[["s", "eq", "W-1"]]``
+    showed the value W-1 in audit_list, though entries carry field names only."""
+    for s in ("W-1", "W-2"):
+        run(engine, "insert", table="prod", record={"s": s, "n": 1, "tag": {"k": "secret"}})
+    tree = {
+        "or": [
+            ["s", "eq", "W-1"],
+            {"and": [{"not": ["tag.k", "in", ["secret", "x"]]}, ["n", "gte", 1]]},
+        ]
+    }
+    run(engine, "update_where", table="prod", where=tree, changes={"n": 2})
+    run(engine, "update_where", table="prod", where=[["s", "eq", "W-1"]], changes={"n": 3})
+    run(engine, "delete_where", table="prod", where=[["s", "ne", "W-1"], ["s", "ne", "W-1"]])
+    run(engine, "delete_where", table="prod")  # every row: no filter
+    entries = run(engine, "audit_list", table="prod")["items"]
+    assert [(e["op"], e["filter"]) for e in entries[:4]] == [
+        ("delete_where", None),
+        ("delete_where", ["s"]),
+        ("update_where", ["s"]),
+        ("update_where", ["n", "s", "tag.k"]),
+    ]
+    assert "W-1" not in repr(entries) and "secret" not in repr(entries)
+    journaled = [change for change in engine.drain_changes() if change[0] == "audit"]
+    assert len(journaled) == 6 and "W-1" not in repr(journaled)
+
+
+def test_an_audit_entry_journaled_with_filter_values_is_read_back_with_names(
+    engine: Engine,
+) -> None:
+    """Logs written before filters were reduced to names hold the whole ``where``."""
+    run(engine, "insert", table="prod", record={"s": "W-1"})
+    run(engine, "update_where", table="prod", where=[["s", "eq", "W-1"]], changes={"n": 1})
+    (*head, _, count) = engine.audit.entries[-1]
+    copy = Engine(clock=FakeClock())
+    for old_filter, names in [
+        ([["s", "eq", "W-1"]], ["s"]),
+        ({"or": [["s", "in", ["W-1"]], {"not": ["a.b", "eq", 1]}]}, ["a.b", "s"]),
+        (["s"], ["s"]),  # already names
+        ({"bogus": 1}, []),
+        (None, None),
+    ]:
+        copy.apply_change(("audit", [*head[:8], old_filter, ["n"], count]))
+        assert copy.audit.entries[-1][8] == names
 
 
 def test_failed_commands_leave_no_audit_entry(engine: Engine) -> None:
