@@ -125,7 +125,7 @@ class HashIndex:
         if len(bucket) == 1:
             self.buckets[key] = next(iter(bucket))
 
-    def keys(self) -> list[Any]:
+    def all_keys(self) -> list[Any]:
         """Every key with ids: those in ``buckets`` and those whose ids were all moved in
         (their bucket emptied meanwhile) and wait in ``moved`` (``ids`` places them)."""
         return [*self.buckets, *(key for key in self.moved if key not in self.buckets)]

@@ -1141,7 +1141,7 @@ def snapshot(engine: Engine) -> Any:
         out[name] = (
             [(rid, id(r), dict(r)) for rid, r in table.rows.items()],
             {f: dict(i.owners) for f, i in table.uniques.items()},
-            {f: {k: list(i.ids(k)) for k in i.keys()} for f, i in table.hashes.items()},
+            {f: {k: list(i.ids(k)) for k in i.all_keys()} for f, i in table.hashes.items()},
             table.spec(),
         )
     return out

@@ -541,7 +541,7 @@ class EngineMachine(RuleBasedStateMachine):
                 for rid, row in table.rows.items():
                     if row.get(field) is not None:
                         expected.setdefault(index_key(row[field]), []).append(rid)
-                assert {k: list(index.ids(k)) for k in index.keys()} == expected
+                assert {k: list(index.ids(k)) for k in index.all_keys()} == expected
             for unique in table.uniques.values():
                 owners = {}
                 for rid, row in table.rows.items():
