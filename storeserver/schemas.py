@@ -9,7 +9,8 @@ are not fetched: only references inside the schema resolve.
 Validation runs in the store's single thread, so no keyword may take more than linear time in
 the record, whatever the schema:
 
-- ``pattern``, ``patternProperties`` (and so ``propertyNames`` patterns) run on RE2, which
+- ``pattern``, ``patternProperties`` (and so ``propertyNames`` patterns, and the matching of
+  ``patternProperties`` by ``additionalProperties`` and ``unevaluatedProperties``) run on RE2, which
   never backtracks (``^(a+)+$`` cannot stall the store). A pattern RE2 cannot compile
   (backreferences, lookaround) is refused by ``set_schema``, not at the first write. As in
   ECMA-262 (the dialect JSON Schema names), RE2's ``\\d`` and ``\\w`` are ASCII and ``$``
@@ -33,6 +34,7 @@ from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
+import jsonschema._utils
 import re2
 import structlog
 from jsonschema import Draft202012Validator, FormatChecker, ValidationError, validators
@@ -106,6 +108,20 @@ def _pattern_properties(
         for k, v in instance.items():
             if regex.search(k):
                 yield from validator.descend(v, subschema, path=k, schema_path=pattern)
+
+
+class _Re2Search:
+    """Stands in for the ``re`` module inside ``jsonschema._utils``, whose only use of it is
+    ``re.search`` with ``patternProperties`` patterns, for ``additionalProperties`` and
+    ``unevaluatedProperties``: Python's backtracking ``re`` would run ``^(a+)+$`` against a
+    long key for minutes on the store's one thread. (A test checks it stays in place.)"""
+
+    @staticmethod
+    def search(pattern: str, string: str) -> Any:
+        return compile_pattern(pattern).search(string)
+
+
+jsonschema._utils.re = _Re2Search
 
 
 def _unique_items(validator: Any, unique: Any, instance: Any, schema: Any) -> Iterator[Any]:

@@ -207,6 +207,19 @@ def test_a_catastrophic_pattern_is_answered_not_backtracked(
     assert messages(schema, {"x": "a" * 40}) == []
 
 
+def test_additional_and_unevaluated_properties_match_patterns_on_re2() -> None:
+    """jsonschema matches patternProperties for these two keywords in ``_utils`` with
+    Python's re, which backtracks: ^(a+)+$ against the key below would hold the store for
+    seconds (minutes with a few more "a")."""
+    assert jsonschema._utils.re is schemas._Re2Search
+    key = "a" * 25 + "!"
+    for keyword in ("additionalProperties", "unevaluatedProperties"):
+        schema = {"patternProperties": {"^(a+)+$": {}, "^b": {}}, keyword: False}
+        assert messages(schema, {"a" * 40: 1, "bee": 2}) == []
+        [message] = messages(schema, {key: 1, "bee": 2})
+        assert repr(key) in message
+
+
 def test_pattern_searches_like_jsonschema() -> None:
     schema = {
         "properties": {"s": {"pattern": "b"}, "n": {"pattern": "^x"}},
