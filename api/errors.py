@@ -235,6 +235,8 @@ def allowed_methods(app: Any, path: str) -> str:
     for route in iter_route_contexts(app.routes):
         if route.methods and route.path and compile_path(route.path)[0].match(path):
             methods |= route.methods
+    if "GET" in methods:
+        methods.add("HEAD")  # every GET answers HEAD too (``RequestIdMiddleware``)
     return ", ".join(sorted(methods))
 
 

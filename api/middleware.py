@@ -165,6 +165,10 @@ class RequestIdMiddleware:
         extra += _encoded_headers(security_headers_for(scope["path"]))
         if self.expose_worker_pid:
             extra.append((b"x-worker-pid", str(os.getpid()).encode("latin-1")))
+        if scope["method"] == "HEAD":
+            # Answered as the GET it asks about (same status and headers). uvicorn sends no
+            # body for it: it decides that on its own scope, which keeps the method.
+            scope = {**scope, "method": "GET"}
         status = 500  # if the app raises before answering, the server error handler sends 500
 
         async def send_with_id(message: Message) -> None:

@@ -38,14 +38,26 @@ def test_routing_errors_use_the_envelope(
         assert response.headers["allow"]
 
 
+def test_head_is_answered_as_the_get_without_a_body(client: httpx.Client) -> None:
+    for path in ("/api/v1/users/me", "/api/v1/health", "/api/v1/users?per_page=1"):
+        get, head = client.get(path), client.head(path)
+        assert head.status_code == get.status_code == 200, path
+        assert head.content == b""
+        for name in ("content-type", "content-length", "etag", "x-rate-limit-limit"):
+            assert head.headers.get(name) == get.headers.get(name), (path, name)
+    me = client.get("/api/v1/users/me")
+    cached = client.head("/api/v1/users/me", headers={"If-None-Match": me.headers["etag"]})
+    assert cached.status_code == 304
+
+
 @pytest.mark.parametrize(
     ("method", "path", "allow"),
     [
-        ("PUT", "/api/v1/users", "GET, POST"),
-        ("DELETE", "/api/v1/orders", "GET, POST"),
-        ("PUT", "/api/v1/data/things", "DELETE, GET, PATCH, POST"),
-        ("POST", "/api/v1/users/me", "DELETE, GET, PATCH"),  # /users/{user_id} too
-        ("DELETE", "/api/v1/health", "GET"),
+        ("PUT", "/api/v1/users", "GET, HEAD, POST"),
+        ("DELETE", "/api/v1/orders", "GET, HEAD, POST"),
+        ("PUT", "/api/v1/data/things", "DELETE, GET, HEAD, PATCH, POST"),
+        ("POST", "/api/v1/users/me", "DELETE, GET, HEAD, PATCH"),  # /users/{user_id} too
+        ("DELETE", "/api/v1/health", "GET, HEAD"),
     ],
 )
 def test_405_allows_every_method_of_the_path(
