@@ -62,10 +62,15 @@ async def list_orders(
     (e.g. total_price__gte=10); `expand=user` embeds each order's user."""
     if not caller.is_admin:
         query = query.with_condition(["user_id", "eq", caller.id])
-    items, total = await order_service.list_orders(store, query)
     if expand:
-        embedded = await order_service.with_users(store, items)
+
+        async def read() -> tuple[Records, Records, int]:
+            items, total = await order_service.list_orders(store, query)
+            return await order_service.with_users(store, items), items, total
+
+        embedded, items, total = await order_service.read_consistently(read)
         return list_response(request, embedded, total, query.page, _versioned(embedded, items))
+    items, total = await order_service.list_orders(store, query)
     return list_response(request, items, total, query.page)
 
 
@@ -83,10 +88,15 @@ async def query_orders(
     query = records.TreeQuery.parse(body, order_service.FIELDS, scoped=not caller.is_admin)
     if not caller.is_admin:
         query = query.with_condition(["user_id", "eq", caller.id])
-    items, versioned, total = await records.query_records(store, order_service.TABLE, query)
-    if body.expand:
-        items = await order_service.with_users(store, items, versioned)
-        versioned = _versioned(items, versioned)
+
+    async def read() -> tuple[Records, Records, int]:
+        items, versioned, total = await records.query_records(store, order_service.TABLE, query)
+        if body.expand:
+            items = await order_service.with_users(store, items, versioned)
+            versioned = _versioned(items, versioned)
+        return items, versioned, total
+
+    items, versioned, total = await order_service.read_consistently(read)
     return list_response(request, items, total, query.page, versioned, query.shape)
 
 
@@ -122,10 +132,15 @@ async def read_order(
     `expand=user` embeds the order's user; the ETag then covers both, so it is not the one
     to send as If-Match on a write (read the order without `expand` for that).
     """
-    order = await order_service.read_order(store, order_id)
     if expand is None:
-        return record_response(request, order)
-    (embedded,) = await order_service.with_users(store, [order])
+        return record_response(request, await order_service.read_order(store, order_id))
+
+    async def read() -> tuple[dict[str, Any], dict[str, Any]]:
+        order = await order_service.read_order(store, order_id)  # 404 once a cascade took it
+        (embedded,) = await order_service.with_users(store, [order])
+        return order, embedded
+
+    order, embedded = await order_service.read_consistently(read)
     return record_response(
         request, embedded, etag=list_etag(_versioned([embedded], [order]), 1, 1, 1)
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 
@@ -196,11 +196,16 @@ async def list_user_orders(
     expand: Annotated[Literal["user"] | None, Query(description="`user`: embed the user")] = None,
 ) -> Response:
     """The user's orders, paginated, through the store's user_id index."""
-    items, total = await order_service.list_user_orders(store, user_id, query)
     if expand:
-        embedded = await order_service.with_users(store, items)
+
+        async def read() -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
+            items, total = await order_service.list_user_orders(store, user_id, query)
+            return await order_service.with_users(store, items), items, total
+
+        embedded, items, total = await order_service.read_consistently(read)
         users = [order["user"] for order in embedded[:1] if order["user"]]
         return list_response(request, embedded, total, query.page, [*items, *users])
+    items, total = await order_service.list_user_orders(store, user_id, query)
     return list_response(request, items, total, query.page)
 
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
+from api.errors import ApiError
 from api.queries import BASE_FIELDS, FieldType, ListQuery, Page, store_time
 from api.schemas.orders import OrderCreate, OrderPublic, OrderUpdate
 from api.services import users
 from api.services.versions import expected_version, with_version
 from api.store import Store
+
+T = TypeVar("T")
 
 TABLE = "orders"
 # An order whose user_id names no user is refused by the store (409), atomically.
@@ -101,9 +105,13 @@ async def delete_order(store: Store, order_id: str, if_match: frozenset[int] | N
 async def list_user_orders(
     store: Store, user_id: str, query: ListQuery
 ) -> tuple[list[dict[str, Any]], int]:
-    """A user's orders through the store's user_id index (404 if the user does not exist)."""
+    """A user's orders through the store's user_id index (404 if the user does not exist).
+
+    The orders first, then the user: a user deleted between the two reads (with their orders,
+    by a cascade) is a 404, not an existing user's empty page."""
+    found = await list_orders(store, query.with_condition(["user_id", "eq", user_id]))
     await store.call("get", {"table": users.TABLE, "id": user_id})
-    return await list_orders(store, query.with_condition(["user_id", "eq", user_id]))
+    return found
 
 
 async def read_order_user(store: Store, order_id: str) -> dict[str, Any]:
@@ -120,10 +128,18 @@ async def _patch(
     return to_public(await store.call("patch", with_version(args, version)))
 
 
+class _OwnerGone(Exception):
+    """An order read a moment ago has no user now: a cascade deleted both in between."""
+
+
+READ_ATTEMPTS = 3
+
+
 async def with_users(
     store: Store, found: list[dict[str, Any]], sources: list[dict[str, Any]] | None = None
 ) -> list[dict[str, Any]]:
-    """Each order with its user under ``user``: one ``get_many``, however many orders.
+    """Each order with its user under ``user``: one ``get_many``, however many orders. Call it
+    inside ``read_consistently``, with the read of the orders.
 
     ``sources`` are the full orders when ``found`` is a projection (that may lack user_id).
     """
@@ -131,14 +147,35 @@ async def with_users(
     ids = list(dict.fromkeys(owner for owner in owners if owner))
     people = await store.call("get_many", {"table": users.TABLE, "ids": ids}) if ids else []
     by_id = {person["id"]: users.to_public(person) for person in people if person is not None}
+    if len(by_id) < len(ids):
+        raise _OwnerGone  # the store never keeps an order without its user
     return [{**order, "user": by_id.get(owner)} for order, owner in zip(found, owners, strict=True)]
+
+
+async def read_consistently(read: Callable[[], Awaitable[T]]) -> T:
+    """Run ``read`` (orders, then their users: two store commands) again while a user was
+    deleted between its two reads, so an answer never shows an order with ``user: null``, a
+    state the store never held; the next read no longer finds the deleted orders. After
+    ``READ_ATTEMPTS`` such races in a row: 503, retry shortly."""
+    for _ in range(READ_ATTEMPTS):
+        try:
+            return await read()
+        except _OwnerGone:
+            continue
+    raise ApiError(
+        503,
+        "CHANGED_WHILE_READ",
+        "The orders changed while they were read; retry shortly",
+        headers={"Retry-After": "1"},
+    )
 
 
 async def user_with_orders(
     store: Store, user_id: str, page: Page
 ) -> tuple[dict[str, Any], list[dict[str, Any]], int]:
-    """A user and one page of their orders (newest last), through the user_id index."""
-    user = await users.read_user(store, user_id)
+    """A user and one page of their orders (newest last), through the user_id index.
+
+    The orders first, then the user, as ``list_user_orders``."""
     args = {
         "table": TABLE,
         "where": [["user_id", "eq", user_id]],
@@ -146,4 +183,5 @@ async def user_with_orders(
         "limit": page.per_page,
     }
     found = await store.call("find", args)
+    user = await users.read_user(store, user_id)
     return user, [to_public(order) for order in found["items"]], int(found["total"])

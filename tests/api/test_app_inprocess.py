@@ -13,7 +13,7 @@ import pytest
 from fastapi import FastAPI
 
 from api.auth.principals import Principal
-from api.deps import authorize_user, get_caller, get_store
+from api.deps import authorize_order, authorize_user, get_caller, get_store
 from api.main import create_app
 from api.settings import Settings
 from storeserver import errors
@@ -46,12 +46,18 @@ async def any_user(user_id: str) -> str:
     return user_id
 
 
+async def any_order(order_id: str) -> str:
+    """``authorize_order`` for an admin, likewise."""
+    return order_id
+
+
 @pytest.fixture
 def app() -> FastAPI:
     """The app as an admin sees it (authentication is tested against the real stack)."""
     app = create_app(Settings(expose_worker_pid=True, store_retry_after=2))
     app.dependency_overrides[get_caller] = lambda: ADMIN
     app.dependency_overrides[authorize_user] = any_user
+    app.dependency_overrides[authorize_order] = any_order
     return app
 
 
@@ -241,3 +247,54 @@ async def test_a_dump_chosen_as_a_job_is_served_now_at_the_memory_limit(
     assert response.text == '{"id":"r1","n":1}\n'
     response = await http.get("/api/v1/dump/things", params={"async": "true"})
     assert response.status_code == 507
+
+
+ORDER = {
+    "id": "o1",
+    "user_id": "u1",
+    "product_name": "p",
+    "quantity": 1,
+    "total_price": "1.00",
+    "order_date": "2026-01-01T00:00:00.000000Z",
+    "created_at": "2026-01-01T00:00:00.000000Z",
+    "updated_at": "2026-01-01T00:00:00.000000Z",
+    "version": 1,
+}
+
+
+def cascade_between_reads(races: int) -> Callable[[str, dict[str, Any]], Any]:
+    """The store as a cascade delete of u1 (and its order o1) lands between the read of the
+    orders and the read of their users, ``races`` times in a row; then it has happened."""
+    gone = {"after": races}
+
+    def answer(command: str, args: dict[str, Any]) -> Any:
+        if command == "get_many":
+            gone["after"] -= 1
+            return [None]
+        if command == "find":
+            present = gone["after"] > 0
+            return {"items": [ORDER] if present else [], "total": int(present)}
+        if command == "get":
+            if gone["after"] > 0:
+                return ORDER
+            raise errors.NotFound("gone", {"table": args["table"], "id": args["id"]})
+        raise AssertionError(command)
+
+    return answer
+
+
+async def test_an_embed_never_shows_an_order_whose_user_is_gone(
+    app: FastAPI, http: httpx.AsyncClient
+) -> None:
+    """The orders and their users are two store reads: a cascade between them must not give
+    an order with "user": null (a state the store never held); the read runs again."""
+    use_store(app, ScriptedStore(cascade_between_reads(1)))
+    listed = await http.get("/api/v1/orders", params={"expand": "user"})
+    assert listed.status_code == 200, listed.text
+    assert listed.json()["data"] == [] and listed.json()["meta"]["total"] == 0
+    use_store(app, ScriptedStore(cascade_between_reads(1)))
+    assert (await http.get("/api/v1/orders/o1", params={"expand": "user"})).status_code == 404
+    use_store(app, ScriptedStore(cascade_between_reads(3)))  # every attempt raced
+    busy = await http.get("/api/v1/orders", params={"expand": "user"})
+    assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+    assert busy.json()["error"]["code"] == "CHANGED_WHILE_READ"
