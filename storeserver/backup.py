@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -22,7 +23,7 @@ from typing import Any
 
 from .client import StoreClient
 from .errors import StoreError
-from .persistence import DIR_MODE, FILE_MODE
+from .persistence import DIR_MODE, FILE_MODE, CorruptData, DataDir
 
 
 async def take_snapshot(address: str, secret: str | None, timeout: float) -> dict[str, Any]:
@@ -35,15 +36,38 @@ async def take_snapshot(address: str, secret: str | None, timeout: float) -> dic
         await client.close()
 
 
+COPY_ATTEMPTS = 3
+
+
 def copy_backup(snapshot: Path, dest: Path) -> Path:
-    """Copy the snapshot and the logs newer than it into a new timestamped folder."""
-    target = dest / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    """Copy the snapshot and the logs newer than it into a new timestamped folder.
+
+    The store goes on meanwhile: a compaction finishing during the copy replaces the snapshot
+    and prunes the logs it covers, so the logs listed after the (older) snapshot was copied
+    may start past its generation. The copy is checked as the store checks a data directory
+    at start (``DataDir.check_history``) and made again; ``CorruptData`` if it never holds.
+    """
     dest.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-    target.mkdir(mode=DIR_MODE)
-    copy_private(snapshot, target / snapshot.name)
-    for log_file in sorted(snapshot.parent.glob("log-*.aof")):
-        copy_private(log_file, target / log_file.name)
-    return target
+    for attempt in range(1, COPY_ATTEMPTS + 1):
+        target = dest / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        if attempt > 1:
+            target = target.with_name(f"{target.name}-{attempt}")
+        target.mkdir(mode=DIR_MODE)
+        copy_private(snapshot, target / snapshot.name)
+        for log_file in sorted(snapshot.parent.glob("log-*.aof")):
+            with contextlib.suppress(FileNotFoundError):  # pruned since the listing
+                copy_private(log_file, target / log_file.name)
+        copied = DataDir(target)
+        generation = copied.snapshot_generation()
+        try:
+            copied.check_history(generation, copied.logs_after(generation))
+        except CorruptData:
+            shutil.rmtree(target)
+            if attempt == COPY_ATTEMPTS:
+                raise
+            continue
+        return target
+    raise AssertionError("unreachable")
 
 
 def copy_private(source: Path, target: Path) -> None:
@@ -72,7 +96,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"error": exc.code, "message": exc.message}), file=sys.stderr)
         return 1
     if args.dest is not None:
-        info["backup_dir"] = str(copy_backup(Path(info["path"]), args.dest))
+        try:
+            info["backup_dir"] = str(copy_backup(Path(info["path"]), args.dest))
+        except CorruptData as exc:
+            print(json.dumps({"error": "BACKUP_INCOMPLETE", "message": str(exc)}), file=sys.stderr)
+            return 1
     print(json.dumps(info))
     return 0
 

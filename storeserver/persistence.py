@@ -102,8 +102,8 @@ class TornTail:
 def _corrupt(path: Path, pos: int, problem: str) -> CorruptData:
     return CorruptData(
         f"{path.name} is corrupt at byte {pos} ({problem}); refusing to start. "
-        "Restore the data directory from a backup, or move the damaged file away "
-        "to start from the snapshot and the logs before it."
+        "Restore the data directory from a backup, or move the damaged log and every "
+        "newer one away to start from the history before it (losing their writes)."
     )
 
 
@@ -134,6 +134,8 @@ class EntryReader:
                 length, crc = _ENTRY.unpack_from(data, pos)
                 end = pos + _ENTRY.size + length
                 if length > _MAX_ENTRY or end > size:
+                    if _damaged_length(data, pos + _ENTRY.size, crc):
+                        raise _corrupt(self.path, pos, "damaged length: whole entries follow")
                     problem, end = "incomplete entry", size
                 elif zlib.crc32(data[pos + _ENTRY.size : end]) != crc:
                     problem = "checksum mismatch"
@@ -154,6 +156,27 @@ class EntryReader:
                 return
             yield changes
             pos = end
+
+
+_LENGTH_CHECK_BYTES = 1 << 20
+"""How far past a header whose length runs off the end of the file ``_damaged_length`` looks
+for the entry its checksum describes (a byte at a time: ~0.3 s per MiB, and only then)."""
+
+
+def _damaged_length(data: bytes, body: int, crc: int) -> bool:
+    """Whether the bytes after a header whose length runs past the end of the file hold the
+    entry its checksum covers: then the length field was damaged, the rest of the file is
+    whole entries (the middle of a log, to refuse), not an append cut short (a torn tail,
+    whose checksum covers bytes that never reached the file). Real entries are not empty."""
+    running = 0
+    for end in range(body + 1, min(len(data), body + _LENGTH_CHECK_BYTES) + 1):
+        running = zlib.crc32(data[end - 1 : end], running)
+        if running == crc:
+            try:
+                return isinstance(unpack_value(data[body:end]), list)
+            except ProtocolError:
+                continue
+    return False
 
 
 def read_entries(path: Path, *, allow_torn_tail: bool) -> Iterator[list[Any]]:
@@ -227,6 +250,10 @@ class DataDir:
     def logs(self) -> list[Path]:
         return sorted(self.root.glob("log-*.aof"), key=_generation)
 
+    def logs_after(self, generation: int) -> list[Path]:
+        """The logs newer than a snapshot of ``generation`` (the ones to replay over it)."""
+        return [path for path in self.logs() if _generation(path) > generation]
+
     def log_path(self, generation: int) -> Path:
         return self.root / f"log-{generation:010d}.aof"
 
@@ -261,7 +288,8 @@ class DataDir:
                         continue
                     apply(tuple(change))
                     report.snapshot_changes += 1
-        logs = [p for p in self.logs() if _generation(p) > report.snapshot_generation]
+        logs = self.logs_after(report.snapshot_generation)
+        self.check_history(report.snapshot_generation, logs)
         for i, path in enumerate(logs):
             reader = EntryReader(path)
             for changes in reader:
@@ -275,6 +303,28 @@ class DataDir:
                 break
         report.seconds = time.perf_counter() - started
         return report
+
+    def check_history(self, snapshot_generation: int, logs: list[Path]) -> None:
+        """The logs newer than the snapshot must follow it with no generation missing: a
+        missing log is missing writes, and replaying the later logs over that hole makes a
+        state that never was (a row's later patch without its insert). So a gap, a log
+        removed, or a snapshot removed (with none, the history starts at log 1), refuses to
+        start; ``storeserver.backup`` checks its copies the same way."""
+        expected = snapshot_generation + 1
+        for path in logs:
+            if _generation(path) != expected:
+                missing = self.log_path(expected).name
+                before = (
+                    f"snapshot of generation {snapshot_generation}"
+                    if snapshot_generation
+                    else "start"
+                )
+                raise CorruptData(
+                    f"{missing} is missing between the {before} and {path.name}: refusing to"
+                    " start on a history with a hole (its writes would be lost silently)."
+                    " Restore the data directory from a backup with all its files."
+                )
+            expected += 1
 
     def restrict_modes(self) -> None:
         """Make existing data files owner-only: a snapshot written before files were created

@@ -7,8 +7,12 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
+from storeserver import backup
 from storeserver.backup import copy_backup
 from storeserver.client import StoreClient
+from storeserver.persistence import CorruptData, DataDir, encode_entry, write_snapshot
 from tests.storeserver.test_persistence import connect, dump_all, mode, start_store, umask
 
 
@@ -57,8 +61,8 @@ def test_backup_copies_are_owner_only_and_keep_their_times(tmp_path):
     # still 0600; the times are kept, as the restored snapshot's age counts from them.
     data = tmp_path / "data"
     data.mkdir()
-    (data / "snapshot.mdb").write_bytes(b"snapshot")
-    (data / "log-0000000002.aof").write_bytes(b"log")
+    write_snapshot(data / "snapshot.mdb", 1, [])
+    (data / "log-0000000002.aof").write_bytes(encode_entry([["kv_del", "k"]]))
     for source in data.iterdir():
         source.chmod(0o644)
         os.utime(source, (1_700_000_000, 1_700_000_000))
@@ -79,3 +83,38 @@ def test_backup_without_persistence_fails_clearly(store_process):
     )  # fmt: skip
     assert done.returncode == 1
     assert "BAD_REQUEST" in done.stderr and "STORE_DATA_DIR" in done.stderr
+
+
+def test_a_copy_that_misses_a_log_is_made_again(tmp_path, monkeypatch):
+    """A compaction finishing while the snapshot is copied replaces it and prunes the logs it
+    covers, so the logs listed afterwards start past the copied snapshot: that copy is
+    dropped and made again (from the new snapshot)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    write_snapshot(data / "snapshot.mdb", 1, [])
+    for generation in (2, 3):
+        (data / f"log-{generation:010d}.aof").write_bytes(encode_entry([["kv_del", "k"]]))
+    real_copy = backup.copy_private
+
+    def copy_while_compacting(source, target):
+        real_copy(source, target)
+        if source.name == "snapshot.mdb" and not (data / "snapshot.mdb.done").exists():
+            (data / "snapshot.mdb.done").touch()  # the compaction, once: snapshot 2, log 2 gone
+            write_snapshot(data / "snapshot.mdb", 2, [])
+            (data / "log-0000000002.aof").unlink()
+
+    monkeypatch.setattr(backup, "copy_private", copy_while_compacting)
+    target = copy_backup(data / "snapshot.mdb", tmp_path / "backups")
+    assert [p.name for p in (tmp_path / "backups").iterdir()] == [target.name]  # one kept
+    assert sorted(p.name for p in target.iterdir()) == ["log-0000000003.aof", "snapshot.mdb"]
+    assert DataDir(target).snapshot_generation() == 2
+
+
+def test_a_data_directory_with_a_hole_is_not_backed_up(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    write_snapshot(data / "snapshot.mdb", 1, [])
+    (data / "log-0000000003.aof").write_bytes(encode_entry([["kv_del", "k"]]))  # 2 missing
+    with pytest.raises(CorruptData, match=r"log-0000000002\.aof is missing"):
+        copy_backup(data / "snapshot.mdb", tmp_path / "backups")
+    assert list((tmp_path / "backups").iterdir()) == []

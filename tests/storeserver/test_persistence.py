@@ -77,6 +77,34 @@ def test_damage_in_the_middle_refuses(tmp_path):
         list(read_entries(path, allow_torn_tail=True))
 
 
+@pytest.mark.parametrize("length", [0x00FFFFFF, 0xFFFFFFFF, 1000])
+def test_a_damaged_length_in_the_middle_refuses(tmp_path, length):
+    """A length running past the end of the file looks like an append cut short, but the
+    entry its checksum covers is there, whole entries after it: the middle, not a torn tail
+    (it was cut as one, losing every later acknowledged write)."""
+    path = tmp_path / "log-0000000001.aof"
+    data = bytearray(write_log(path, ENTRIES))
+    first = len(encode_entry(ENTRIES[0]))
+    data[first : first + 4] = length.to_bytes(4, "big")
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptData, match="damaged length"):
+        list(read_entries(path, allow_torn_tail=True))
+    assert path.read_bytes() == bytes(data)  # nothing truncated
+
+
+@pytest.mark.parametrize(
+    ("snapshot", "logs", "missing"),
+    [(1, [2, 4], 3), (0, [2, 3], 1), (3, [5], 4)],  # (0: no snapshot, as if it was removed)
+)
+def test_a_history_with_a_hole_refuses(tmp_path, snapshot, logs, missing):
+    if snapshot:
+        write_snapshot(tmp_path / "snapshot.mdb", snapshot, [])
+    for generation in logs:
+        write_log(tmp_path / f"log-{generation:010d}.aof", ENTRIES[:1])
+    with pytest.raises(CorruptData, match=rf"log-{missing:010d}\.aof is missing"):
+        DataDir(tmp_path).load(lambda change: None)
+
+
 @pytest.mark.parametrize("zeros", [8, 9, 4096])
 def test_a_zero_filled_tail_is_a_torn_tail(tmp_path, zeros):
     # The file's size reached the disk, its data did not (XFS, ext4 with delayed allocation):
