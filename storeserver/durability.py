@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from .errors import InternalError, PersistenceError, StoreError
+from .errors import PersistenceError, StoreError
 from .persistence import (
     AppendLog,
     DataDir,
@@ -345,7 +345,9 @@ class Durability:
         seconds = time.perf_counter() - self._child_started
         if os.waitstatus_to_exitcode(status) != 0:
             log.error("snapshot_failed", status=status)
-            self._notify(InternalError("the snapshot could not be written", {}))
+            self.dir.discard_partial_snapshot()  # a child killed mid-write leaves its part
+            # Most likely the disk (full, read-only): a condition to report, not a bug (500).
+            self._notify(PersistenceError("the snapshot could not be written (disk full?)", {}))
             return
         self.dir.prune(self._child_generation)
         self.last_snapshot = {

@@ -209,18 +209,24 @@ def write_snapshot(path: Path, generation: int, state: Iterable[tuple[Any, ...]]
     # owner-only (os.replace keeps that mode for snapshot.mdb).
     tmp.unlink(missing_ok=True)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
-    with os.fdopen(fd, "wb") as fh:
-        meta = {"generation": generation, "created_at": time.time(), "format": 1}
-        chunk: list[Any] = [("meta", meta)]
-        for change in state:
-            chunk.append(change)
-            if len(chunk) >= SNAPSHOT_CHUNK:
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            meta = {"generation": generation, "created_at": time.time(), "format": 1}
+            chunk: list[Any] = [("meta", meta)]
+            for change in state:
+                chunk.append(change)
+                if len(chunk) >= SNAPSHOT_CHUNK:
+                    size += fh.write(encode_entry(chunk))
+                    chunk = []
+            if chunk:
                 size += fh.write(encode_entry(chunk))
-                chunk = []
-        if chunk:
-            size += fh.write(encode_entry(chunk))
-        fh.flush()
-        os.fsync(fh.fileno())
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        # A snapshot that failed (disk full, most likely) must not leave its part behind:
+        # that file alone could hold the space the log needs, and refuse every write.
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
     fsync_dir(path.parent)
     return size
@@ -344,8 +350,11 @@ class DataDir:
         for path in self.logs():
             if _generation(path) <= up_to_generation:
                 path.unlink(missing_ok=True)
-        with_tmp = self.snapshot.with_name(SNAPSHOT + ".tmp")
-        with_tmp.unlink(missing_ok=True)
+        self.discard_partial_snapshot()
+
+    def discard_partial_snapshot(self) -> None:
+        """Remove what an unfinished snapshot wrote (it is never read)."""
+        self.snapshot.with_name(SNAPSHOT + ".tmp").unlink(missing_ok=True)
 
 
 def _cut_torn_tail(torn: TornTail, newer_logs: list[Path]) -> None:
@@ -424,6 +433,10 @@ def fork_snapshot(path: Path, generation: int, state: Iterable[tuple[Any, ...]])
     if pid == 0:  # child: no event loop, no logging, no atexit: write and leave
         code = 1
         try:
+            # Drop the inherited descriptors (the listening socket, clients, the log): a child
+            # outliving a crashed store would otherwise keep accepting on its socket, so
+            # clients would hang and the restarted store find it "already listening".
+            os.closerange(3, os.sysconf("SC_OPEN_MAX"))
             gc.disable()  # the collector would touch (and copy) every object's page
             write_snapshot(path, generation, state)
             code = 0

@@ -431,3 +431,49 @@ async def test_corrupt_middle_refuses_to_start_with_a_clear_message(sock_dir, tm
     failure = [e for e in events(refused) if e["event"] == "store_failed_to_start"]
     refused.close()
     assert failure and "corrupt at byte" in failure[0]["error"]
+
+
+def test_a_snapshot_that_fails_leaves_no_part_and_the_old_one_whole(tmp_path):
+    """A failed snapshot (disk full) must not leave snapshot.mdb.tmp: that file alone could
+    hold the space the log needs and refuse every write."""
+    path = tmp_path / "snapshot.mdb"
+    write_snapshot(path, 1, [("put", "t", {"id": "a"})])
+    before = path.read_bytes()
+
+    def state():
+        yield ("put", "t", {"id": "b"})
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        write_snapshot(path, 2, state())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["snapshot.mdb"]
+    assert path.read_bytes() == before
+
+
+def test_the_snapshot_child_keeps_no_inherited_descriptor(tmp_path):
+    """A child that outlives a crashed store must not keep its listening socket (clients
+    connect and hang; the restarted store finds the socket in use)."""
+    import socket
+
+    from storeserver.persistence import fork_snapshot
+
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(tmp_path / "s.sock"))
+    listener.listen()
+    fd = listener.fileno()
+
+    def state():  # runs in the child
+        try:
+            os.fstat(fd)
+            seen = "open"
+        except OSError:
+            seen = "closed"
+        yield ("put", "t", {"id": seen})
+
+    try:
+        pid = fork_snapshot(tmp_path / "snapshot.mdb", 1, state())
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    finally:
+        listener.close()
+    [entry] = read_entries(tmp_path / "snapshot.mdb", allow_torn_tail=False)
+    assert entry[1] == ["put", "t", {"id": "closed"}]
