@@ -1,9 +1,15 @@
-"""``python -m storeserver``: run the store process until SIGTERM/SIGINT, then exit 0."""
+"""``python -m storeserver``: run the store process until SIGTERM/SIGINT, then exit 0.
+
+Exit 1 when it cannot start (``store_failed_to_start``) or when its shutdown failed
+(``store_stop_failed``: the final flush or snapshot could not be written, e.g. a full disk);
+2 for invalid settings.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
 import sys
 from pathlib import Path
@@ -14,6 +20,10 @@ from pydantic import ValidationError
 from .logs import configure_logging
 from .server import StoreServer
 from .settings import StoreSettings
+
+
+class StopFailed(Exception):
+    """The store ran, but stopping it failed: not to be reported as a failure to start."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -52,7 +62,14 @@ async def serve(settings: StoreSettings) -> None:
     await server.start()
     await stop.wait()
     structlog.get_logger("storeserver").info("store_stopping")
-    await server.shutdown()
+    try:
+        await server.shutdown()
+    except OSError as exc:
+        # shutdown() stops before removing the socket: a stale one would tell the next
+        # start (and its probes) that a store is still there.
+        with contextlib.suppress(FileNotFoundError):
+            settings.socket.unlink()
+        raise StopFailed(str(exc)) from exc
 
 
 def _run(settings: StoreSettings) -> None:
@@ -76,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_level)
     try:
         _run(settings)
+    except StopFailed as exc:
+        structlog.get_logger("storeserver").error("store_stop_failed", error=str(exc))
+        return 1
     except (RuntimeError, OSError) as exc:
         structlog.get_logger("storeserver").error("store_failed_to_start", error=str(exc))
         return 1

@@ -6,6 +6,9 @@ chunks and call ``ctx.checkpoint()`` between them: that reports progress, yields
 loop, and raises ``JobCancelled`` once a cancel was requested. One background task per worker
 beats the heart of its own jobs and, every few beats, sweeps the whole ``_jobs`` table for
 jobs of dead workers and for results past ``JOB_RETENTION_SECONDS``.
+
+A job's state changes are retried while the store restarts (``RECORD_RETRY_SECONDS``): a job
+the restart broke ends ``failed`` with ``STORE_UNAVAILABLE``, not as a lost worker's.
 """
 
 from __future__ import annotations
@@ -16,19 +19,20 @@ import logging
 import os
 import socket
 import tempfile
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi.exceptions import RequestValidationError
 
 from api.errors import ApiError
-from api.jobs.model import ACTIVE, SCHEMA, JobCancelled, JobFailed, now_stamp
+from api.jobs.model import ACTIVE, JobCancelled, JobFailed, now_stamp
 from api.jobs.state import Job, JobStore
 from api.settings import Settings
 from api.store import Store
-from storeserver.errors import NotFound, StoreError
+from storeserver.errors import NotFound, StoreError, StoreTimeout, StoreUnavailable
 
 logger = logging.getLogger("api.jobs")
 JobFunc = Callable[["JobContext"], Awaitable[dict[str, Any] | None]]
@@ -36,6 +40,9 @@ KINDS: dict[str, JobFunc] = {}
 WORKER_STOPPED = {"code": "WORKER_STOPPED", "message": "the worker shut down during the job"}
 RESULT_DIR_MODE = 0o700
 RESULT_FILE_MODE = 0o600
+# How long a job's claim or final state is retried while the store is away (a restart).
+RECORD_RETRY_SECONDS = 60.0
+T = TypeVar("T")
 
 
 def job_kind(name: str) -> Callable[[JobFunc], JobFunc]:
@@ -120,6 +127,20 @@ async def run_watched(
                 await task
 
 
+def files_older_than(folder: Path, cutoff: float) -> list[Path]:
+    """The plain files of ``folder`` last written before ``cutoff`` (epoch seconds)."""
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:  # no job has written a result yet
+        return []
+    old = []
+    for entry in entries:
+        with contextlib.suppress(FileNotFoundError):  # deleted meanwhile by another worker
+            if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
+                old.append(Path(entry.path))
+    return old
+
+
 @dataclass
 class JobRunner:
     store: Store
@@ -137,8 +158,7 @@ class JobRunner:
         self._slots = asyncio.Semaphore(self.settings.job_max_concurrent)
 
     async def start(self) -> None:
-        with contextlib.suppress(StoreError):
-            await self.store.call("create_table", SCHEMA)
+        # ``_jobs`` is declared with the other tables on every store connection (ensure_schema).
         self._beat = asyncio.create_task(self._heartbeats(), name="job-heartbeats")
 
     async def submit(
@@ -162,8 +182,10 @@ class JobRunner:
         try:
             async with self._slots:
                 started = now_stamp()
-                claimed = await self.jobs.transition(
-                    job_id, ("queued",), {"state": "running", "started_at": started}
+                claimed = await self._while_the_store_restarts(
+                    lambda: self.jobs.transition(
+                        job_id, ("queued",), {"state": "running", "started_at": started}
+                    )
                 )
                 if claimed is None:  # cancelled (or lost) while it waited
                     return
@@ -177,6 +199,10 @@ class JobRunner:
                 stopped = self._finish(job_id, "failed", error=WORKER_STOPPED, from_=ACTIVE)
                 await asyncio.wait_for(stopped, 2)
             raise
+        except Exception:
+            # The store stayed away past the retries: the sweep settles the record. Logged
+            # here: a task's exception is only reported once collected, and none collects it.
+            logger.exception("job %s: its state could not be recorded", job_id)
         finally:
             self._tasks.pop(job_id, None)
             self._contexts.pop(job_id, None)
@@ -219,7 +245,22 @@ class JobRunner:
         from_: tuple[str, ...] = ("running",),
     ) -> None:
         changes = {"state": state, "finished_at": now_stamp(), "result": result, "error": error}
-        await self.jobs.transition(job_id, from_, changes)
+        await self._while_the_store_restarts(lambda: self.jobs.transition(job_id, from_, changes))
+
+    async def _while_the_store_restarts(self, step: Callable[[], Awaitable[T]]) -> T:
+        """``step()``, again with backoff while the store is unavailable, for at most
+        ``RECORD_RETRY_SECONDS``. A transition is safe to repeat: it re-reads the state first
+        (a timed-out patch that did land leaves the job no longer in ``allowed_from``)."""
+        deadline = time.monotonic() + RECORD_RETRY_SECONDS
+        delay = 0.05
+        while True:
+            try:
+                return await step()
+            except (StoreUnavailable, StoreTimeout):
+                if time.monotonic() + delay > deadline:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
     async def _heartbeats(self) -> None:
         beat = self.settings.job_heartbeat_seconds
@@ -260,6 +301,21 @@ class JobRunner:
                 with contextlib.suppress(OSError):
                     (result_dir(self.settings) / Path(path).name).unlink()
             await self.jobs.delete(job["id"])
+        await self._sweep_files()
+
+    async def _sweep_files(self) -> None:
+        """Delete the files past the retention that no live job owns: the ``.part`` of a job
+        whose worker was killed, a result whose record vanished (a restore, a store restarted
+        empty). The workers share the directory: a ``.part`` of a job still active in the
+        store is being written (or about to be), and a result of an existing job goes with
+        its record (above)."""
+        cutoff = time.time() - self.settings.job_retention_seconds
+        for path in await asyncio.to_thread(files_older_than, result_dir(self.settings), cutoff):
+            job = await self.jobs.find(path.name.split(".", 1)[0])
+            if job is not None and (job.get("state") in ACTIVE or path.suffix != ".part"):
+                continue
+            with contextlib.suppress(OSError):  # another worker's sweep may be first
+                path.unlink()
 
     async def stop(self) -> None:
         """Shutdown: stop beating, and mark this worker's unfinished jobs failed."""

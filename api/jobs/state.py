@@ -40,6 +40,14 @@ class JobStore:
             job = await self.fail_if_stale(job)
         return job
 
+    async def find(self, job_id: str) -> Job | None:
+        """The record as stored (no staleness check), or ``None`` if there is none."""
+        try:
+            job: Job = await self.store.call("get", {"table": TABLE, "id": job_id})
+        except NotFound:
+            return None
+        return job
+
     async def fail_if_stale(self, job: Job) -> Job:
         changes = {"state": "failed", "error": WORKER_LOST, "finished_at": now_stamp()}
         updated = await self.transition(job["id"], ACTIVE, changes, only_if_stale=True)

@@ -44,14 +44,26 @@ async def filter_write_as_job(
     store: Store, table: str, where: list[Any], flag: bool | None, threshold: int
 ) -> bool:
     """For an update/delete by filter: ``?async=`` when given; else a job when more than
-    ``threshold`` rows match (counted only when the table itself is that large)."""
+    ``threshold`` rows match (counted only when the table itself is that large).
+
+    A job's record is a write the store refuses at its memory limit, where deletes are how to
+    make room: a job chosen only for the size is then not started, and the write runs now, as
+    with ``?async=false`` (an update, a write that adds data, gets the store's 507 there).
+    """
     rows: int = await store.call("count", {"table": table})  # a missing table: 404 now
     if flag is not None:
         return flag
     if rows <= threshold:
         return False
     matched: int = await store.call("count", {"table": table, "where": where})
-    return matched > threshold
+    return matched > threshold and not await at_memory_limit(store)
+
+
+async def at_memory_limit(store: Store) -> bool:
+    """The store refuses writes that add data (its RSS reached ``STORE_MAX_MEMORY``)."""
+    stats: dict[str, Any] = await store.call("stats", {})
+    limit = int(stats.get("max_memory") or 0)
+    return limit > 0 and int(stats.get("rss_bytes") or 0) >= limit
 
 
 async def read_job(

@@ -259,7 +259,7 @@ async def update_by_filter(
     response_model=Envelope[FilterDeleteResult],
     responses={
         202: {"description": "Started as a background job (`Location: /api/v1/jobs/{id}`)"},
-        **error_responses(400, 404, 409),
+        **error_responses(400, 404, 409, 507),
     },
     summary="Delete records by filter",
 )

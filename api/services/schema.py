@@ -1,13 +1,15 @@
-"""The tables the API relies on, with their unique index, foreign key and hidden field."""
+"""The tables the API relies on, with their unique index, foreign key and hidden field, and
+the background jobs' ``_jobs`` with its indexes."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from api.jobs.model import SCHEMA as JOBS_SCHEMA
 from api.services import orders, users
 from storeserver.client import Caller
 
-SCHEMAS: tuple[dict[str, Any], ...] = (users.SCHEMA, orders.SCHEMA)
+SCHEMAS: tuple[dict[str, Any], ...] = (users.SCHEMA, orders.SCHEMA, JOBS_SCHEMA)
 
 
 async def ensure_schema(call: Caller) -> None:

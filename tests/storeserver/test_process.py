@@ -4,13 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
+import subprocess
+import sys
 
 import pytest
 
 from storeserver.client import StoreClient
 from storeserver.errors import Conflict, StoreTimeout, StoreUnavailable
+from storeserver.probe import wait_for_socket
 from tests.support.store import StoreProcess
+
+# The store process with its final flush and snapshot failing as on a full disk.
+DISK_FULL_AT_SHUTDOWN = """
+import errno, sys
+from storeserver.__main__ import main
+from storeserver.durability import Durability
+
+def close(self):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+Durability.close = close
+sys.exit(main(sys.argv[1:]))
+"""
 
 
 async def test_client_reconnects_after_store_restart(store_process):
@@ -90,6 +107,28 @@ def test_sigterm_exits_zero_and_removes_the_socket(store_process):
     lines = [json.loads(line) for line in store.output().splitlines() if line.strip()]
     events = [line["event"] for line in lines]
     assert "store_listening" in events and "store_stopped" in events
+
+
+def test_a_failed_shutdown_is_logged_as_such_and_removes_the_socket(sock_dir):
+    """SIGTERM with the disk full: not ``store_failed_to_start`` (the store did start), and
+    no stale socket left for the next start to trip over."""
+    socket_path = sock_dir / "full.sock"
+    env = {**os.environ, "STORE_DATA_DIR": str(sock_dir / "data")}
+    command = [sys.executable, "-c", DISK_FULL_AT_SHUTDOWN, "--socket", str(socket_path)]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_for_socket(socket_path, proc=proc)
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 1
+    assert not socket_path.exists()
+    lines = [json.loads(line) for line in output.decode().splitlines() if line.strip()]
+    failures = [line for line in lines if line.get("level") == "error"]
+    assert [line["event"] for line in failures] == ["store_stop_failed"]
+    assert "No space left on device" in failures[0]["error"]
 
 
 def test_sigint_exits_zero(store_process):

@@ -1,0 +1,166 @@
+"""The job runner against an in-process engine that can "restart": job states recorded across
+a store outage, the sweep of orphaned result files, and ``_jobs`` declared on every connection.
+
+No processes: ``EngineStore`` answers ``call`` from a real ``Engine`` (so ``_jobs`` behaves as in
+the store, versions and all), and raises ``StoreUnavailable`` while an outage lasts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from api.jobs import runner as runner_module
+from api.jobs.model import SCHEMA, TABLE
+from api.jobs.runner import JobContext, JobRunner
+from api.services.schema import ensure_schema
+from api.settings import Settings
+from storeserver.engine import Engine
+from storeserver.errors import StoreUnavailable
+
+
+class EngineStore:
+    """A ``Store`` over an engine, unavailable until ``down_until`` (``time.monotonic()``)."""
+
+    def __init__(self) -> None:
+        self.engine = Engine()
+        self.down_until = 0.0
+
+    def outage(self, seconds: float) -> None:
+        self.down_until = time.monotonic() + seconds
+
+    async def call(
+        self, command: str, args: dict[str, Any] | None = None, *, timeout: float | None = None
+    ) -> Any:
+        await asyncio.sleep(0)
+        if time.monotonic() < self.down_until:
+            raise StoreUnavailable("store connection lost")
+        return self.engine.execute(command, args or {})
+
+
+@pytest.fixture
+def store() -> EngineStore:
+    return EngineStore()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(
+        job_result_dir=str(tmp_path),
+        job_heartbeat_seconds=0.05,
+        job_stale_seconds=5,
+        job_retention_seconds=60,
+    )
+
+
+async def wait_until_finished(runner: JobRunner, job_id: str) -> dict[str, Any]:
+    for _ in range(200):
+        if job_id not in runner._tasks:
+            break
+        await asyncio.sleep(0.02)
+    job: dict[str, Any] = await runner.jobs.store.call("get", {"table": TABLE, "id": job_id})
+    return job
+
+
+async def test_a_job_broken_by_a_store_restart_is_recorded_failed_once_it_is_back(
+    store: EngineStore, settings: Settings
+):
+    """The job's own store call fails, and so does recording that; both are retried until
+    the store answers: the job ends STORE_UNAVAILABLE, not running and later WORKER_LOST."""
+
+    async def restarted_midway(ctx: JobContext) -> dict[str, Any]:
+        store.outage(0.3)
+        await ctx.store.call("count", {"table": "t"})
+        return {}
+
+    runner = JobRunner(store, settings)
+    await runner.start()
+    try:
+        job = await runner.submit("test", "owner", {}, restarted_midway)
+        task = runner._tasks[job["id"]]
+        done = await wait_until_finished(runner, job["id"])
+        assert task.done() and task.exception() is None
+        assert done["state"] == "failed"
+        assert done["error"] == {"code": "STORE_UNAVAILABLE", "message": "store connection lost"}
+    finally:
+        await runner.stop()
+
+
+async def test_a_queued_job_waits_for_the_store_and_then_runs(
+    store: EngineStore, settings: Settings
+):
+    async def succeed(ctx: JobContext) -> dict[str, Any]:
+        return {"ran": True}
+
+    runner = JobRunner(store, settings)
+    try:
+        job = await runner.submit("test", "owner", {}, succeed)
+        store.outage(0.3)  # before the task claims it (it has not run yet)
+        done = await wait_until_finished(runner, job["id"])
+        assert done["state"] == "succeeded" and done["result"] == {"ran": True}
+    finally:
+        await runner.stop()
+
+
+async def test_a_store_away_past_the_retries_ends_the_task_without_an_exception(
+    store: EngineStore, settings: Settings, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(runner_module, "RECORD_RETRY_SECONDS", 0.2)
+
+    async def succeed(ctx: JobContext) -> dict[str, Any]:
+        return {}
+
+    runner = JobRunner(store, settings)
+    try:
+        job = await runner.submit("test", "owner", {}, succeed)
+        store.outage(5)
+        task = runner._tasks[job["id"]]
+        await asyncio.wait_for(asyncio.shield(task), 3)
+        assert task.exception() is None  # logged; the sweep settles the record later
+    finally:
+        store.down_until = 0
+        await runner.stop()
+
+
+async def test_the_sweep_deletes_old_files_no_live_job_owns(
+    store: EngineStore, settings: Settings, tmp_path: Path
+):
+    runner = JobRunner(store, settings)
+    jobs = runner.jobs
+    running = await jobs.create("export", "o", {}, runner.worker)
+    await jobs.transition(running["id"], ("queued",), {"state": "running"})
+    lost = await jobs.create("export", "o", {}, runner.worker)  # its worker was killed
+    await jobs.transition(lost["id"], ("queued",), {"state": "failed"})
+    kept_result = await jobs.create("export", "o", {}, runner.worker)
+    await jobs.transition(kept_result["id"], ("queued",), {"state": "succeeded"})
+
+    names = {
+        "running_part": f"{running['id']}.ndjson.part",  # being written: never deleted
+        "lost_part": f"{lost['id']}.csv.part",
+        "vanished": "job-gone-after-a-restore.ndjson",
+        "result": f"{kept_result['id']}.ndjson",  # goes with its record
+        "recent": "job-gone-but-recent.ndjson",
+    }
+    old = time.time() - settings.job_retention_seconds - 10
+    for key, name in names.items():
+        (tmp_path / name).write_bytes(b"x")
+        if key != "recent":
+            os.utime(tmp_path / name, (old, old))
+
+    await runner._sweep()
+    left = {path.name for path in tmp_path.iterdir()}
+    assert left == {names["running_part"], names["result"], names["recent"]}
+
+
+async def test_ensure_schema_declares_the_jobs_table_with_its_indexes():
+    """Run on every store connection: a store back without its data gets ``_jobs`` indexed."""
+    store = EngineStore()
+    await ensure_schema(store.call)
+    described = store.engine.stats()["tables"][TABLE]
+    declared = {spec["field"] for spec in SCHEMA["indexes"]}
+    assert declared <= {spec["field"] for spec in described["indexes"]}
