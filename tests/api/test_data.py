@@ -71,6 +71,19 @@ def test_a_patch_that_changes_nothing_keeps_the_version_and_etag(
     assert changed.json()["data"]["version"] == 2
 
 
+def test_a_stale_if_match_is_412_even_when_the_write_would_change_nothing(
+    client: httpx.Client, table: str
+) -> None:
+    """Two clients holding W/"1" send the same change: the first makes version 2; the second
+    is a no-op on version 2, but its condition is stale: 412, not a second 200."""
+    made = client.post(f"/api/v1/data/{table}", json={"data": {"a": 1}})
+    url = f"/api/v1/data/{table}/{made.json()['data']['id']}"
+    stale = {"If-Match": 'W/"1"'}
+    assert client.patch(url, json={"data": {"a": 2}}, headers=stale).status_code == 200
+    assert_error(client.patch(url, json={"data": {"a": 2}}, headers=stale), 412)
+    assert_error(client.put(url, json={"data": {"a": 2}}, headers=stale), 412)
+
+
 def test_client_may_choose_an_id_once(client: httpx.Client, table: str) -> None:
     record = create_record(client, table, id="sku-1", name="first")
     assert record["id"] == "sku-1"
