@@ -77,6 +77,7 @@ class JobContext:
     jobs: JobStore
     results: Path
     cancel_requested: bool = False
+    watching: asyncio.Future[Any] | None = None  # the work ``run_watched`` runs, if any
 
     async def checkpoint(
         self, done: int | None = None, total: int | None = None, unit: str = "rows"
@@ -105,11 +106,13 @@ async def run_watched(
     """Run ``work`` (a service call with no checkpoints of its own) while reporting
     ``progress()`` every heartbeat; a cancel request cancels it at its next ``await`` (between
     its chunks) and raises ``JobCancelled``."""
-    task = asyncio.ensure_future(work)
+    task = ctx.watching = asyncio.ensure_future(work)
     try:
         while True:
             done, _ = await asyncio.wait({task}, timeout=ctx.settings.job_heartbeat_seconds)
             if done:
+                if task.cancelled() and ctx.cancel_requested:  # by ``JobRunner.cancel_here``
+                    raise JobCancelled()
                 result = task.result()
                 if progress is not None:  # the final figure, even for work shorter than a beat
                     done_units, total, unit = progress()
@@ -121,6 +124,7 @@ async def run_watched(
             elif ctx.cancel_requested:
                 raise JobCancelled()
     finally:
+        ctx.watching = None
         if not task.done():
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -277,6 +281,15 @@ class JobRunner:
                 raise
             except Exception as exc:  # the store is down: try again next beat
                 logger.warning("job heartbeat failed: %r", exc)
+
+    def cancel_here(self, job_id: str) -> None:
+        """The cancel of a job this worker runs takes effect at its next checkpoint; one
+        running in another worker learns of it from the store at its next beat."""
+        ctx = self._contexts.get(job_id)
+        if ctx is not None:
+            ctx.cancel_requested = True
+            if ctx.watching is not None:
+                ctx.watching.cancel()  # stops at its next await, between its chunks
 
     async def _beat_once(self) -> None:
         for job_id, task in list(self._tasks.items()):

@@ -109,6 +109,7 @@ async def cancel_job(job_id: JobId, jobs: JobsDep, caller: CurrentUser) -> Respo
         return job_response(cancelled)
     requested = await jobs.jobs.transition(job_id, ("running",), {"cancel_requested": True})
     if requested is not None:
+        jobs.cancel_here(job_id)
         return job_response(requested, 202)
     job = await visible_job(jobs, caller, job_id)
     raise ApiError(
