@@ -8,7 +8,7 @@ from fastapi import Depends, Query, Request
 from starlette.responses import Response
 
 from api.jobs.model import to_public
-from api.jobs.runner import JobRunner
+from api.jobs.runner import JobFunc, JobRunner
 from api.responses import PROBE_CACHE_CONTROL, json_response
 from api.store import Store
 from storeserver.errors import MemoryLimit, StoreUnavailable
@@ -44,39 +44,33 @@ async def filter_write_as_job(
     store: Store, table: str, where: list[Any], flag: bool | None, threshold: int
 ) -> bool:
     """For an update/delete by filter: ``?async=`` when given; else a job when more than
-    ``threshold`` rows match (counted only when the table itself is that large).
-
-    A job's record is a write the store refuses at its memory limit, where deletes are how to
-    make room: a job chosen only for the size is then not started, and the write runs now, as
-    with ``?async=false`` (an update, a write that adds data, gets the store's 507 there).
-    """
+    ``threshold`` rows match (counted only when the table itself is that large)."""
     rows: int = await store.call("count", {"table": table})  # a missing table: 404 now
     if flag is not None:
         return flag
     if rows <= threshold:
         return False
     matched: int = await store.call("count", {"table": table, "where": where})
-    return matched > threshold and not await at_memory_limit(store)
+    return matched > threshold
 
 
-async def at_memory_limit(store: Store) -> bool:
-    """The store refuses writes that add data (its RSS reached ``STORE_MAX_MEMORY``)."""
-    stats: dict[str, Any] = await store.call("stats", {})
-    limit = int(stats.get("max_memory") or 0)
-    return limit > 0 and int(stats.get("rss_bytes") or 0) >= limit
-
-
-async def read_job(
-    jobs: JobRunner, flag: bool | None, kind: str, owner: str, params: dict[str, Any]
+async def job_or_now(
+    jobs: JobRunner,
+    flag: bool | None,
+    kind: str,
+    owner: str,
+    params: dict[str, Any],
+    func: JobFunc | None = None,
 ) -> Response | None:
-    """202 with a new job for a read (export, dump, snapshot); ``None``: answer it now.
+    """202 with a new job; ``None``: answer the request now instead.
 
-    A job's record is a write, which the store refuses at its memory limit, and reads go on
-    at the limit: a job chosen only for the size (no ``?async=true``) is then served now, as
-    ``?async=false`` would be. One asked for explicitly is still 507.
+    A job's record is a write, which the store refuses at its memory limit, where reads and
+    deletes go on (deletes are how to make room): a job chosen only for its size (no
+    ``?async=true``) is then run now, as ``?async=false`` would be. (An update by filter
+    then meets the store's own 507.) One asked for explicitly is still 507.
     """
     try:
-        return accepted(await jobs.submit(kind, owner, params))
+        return accepted(await jobs.submit(kind, owner, params, func))
     except MemoryLimit:
         if flag:
             raise

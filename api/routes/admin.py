@@ -16,7 +16,7 @@ from api.deps import (
     require_admin,
 )
 from api.http_metrics import MeteredRoute
-from api.jobs.web import AsyncFlag, JobsDep, read_job, run_as_job
+from api.jobs.web import AsyncFlag, JobsDep, job_or_now, run_as_job
 from api.responses import PROBE_CACHE_CONTROL, json_response
 from api.schemas.envelope import Envelope, ListEnvelope, error_responses
 from api.schemas.tables import AuditEntry
@@ -70,7 +70,7 @@ async def create_snapshot(
     if run_async is not False:
         rows = await snapshot_rows(store) if run_async is None else 0
         if run_as_job(run_async, rows, settings.job_async_rows):
-            job = await read_job(jobs, run_async, "snapshot", str(caller.id), {})
+            job = await job_or_now(jobs, run_async, "snapshot", str(caller.id), {})
             if job is not None:
                 return job
     info = await store.call("snapshot", {}, timeout=settings.snapshot_timeout)

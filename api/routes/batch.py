@@ -21,7 +21,7 @@ from api.deps import (
 from api.errors import ApiError, bad_query
 from api.http_metrics import MeteredRoute
 from api.jobs.imports import body_size, copy_upload, import_job
-from api.jobs.web import AsyncFlag, JobsDep, accepted, read_job, run_as_job
+from api.jobs.web import AsyncFlag, JobsDep, accepted, job_or_now, run_as_job
 from api.queries import Page, build_list_query
 from api.responses import DATA_CACHE_CONTROL, json_response
 from api.schemas.batch import ImportReport
@@ -185,7 +185,7 @@ async def export_table(
         rows = await store.call("count", {"table": table})  # 404 before any job
         if run_as_job(run_async, rows, settings.job_async_rows):
             params = {"table": table, "where": where}
-            job = await read_job(jobs, run_async, "csv_export", str(caller.id), params)
+            job = await job_or_now(jobs, run_async, "csv_export", str(caller.id), params)
             if job is not None:
                 return job
     chunks = await open_export(store, table, where)

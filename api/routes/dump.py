@@ -9,7 +9,7 @@ from starlette.responses import Response, StreamingResponse
 
 from api.deps import AdminUser, SettingsDep, StoreDep, TableName, require_admin
 from api.http_metrics import MeteredRoute
-from api.jobs.web import AsyncFlag, JobsDep, read_job, run_as_job
+from api.jobs.web import AsyncFlag, JobsDep, job_or_now, run_as_job
 from api.responses import DATA_CACHE_CONTROL, dumps
 from api.schemas.envelope import error_responses
 from api.services.dumps import open_dump
@@ -50,7 +50,7 @@ async def dump_table(
     if run_async is not False:
         rows = await store.call("count", {"table": table})  # 404 before any job
         if run_as_job(run_async, rows, settings.job_async_rows):
-            job = await read_job(jobs, run_async, "export", str(caller.id), {"table": table})
+            job = await job_or_now(jobs, run_async, "export", str(caller.id), {"table": table})
             if job is not None:
                 return job
     chunks = await open_dump(store, table, settings.dump_chunk_size)

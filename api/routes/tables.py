@@ -23,7 +23,7 @@ from api.deps import (
 from api.errors import ApiError, bad_query
 from api.http_metrics import MeteredRoute
 from api.jobs.runner import JobContext
-from api.jobs.web import AsyncFlag, JobsDep, accepted, filter_write_as_job
+from api.jobs.web import AsyncFlag, JobsDep, filter_write_as_job, job_or_now
 from api.queries import ListQuery, Page, build_list_query
 from api.responses import DATA_CACHE_CONTROL, PROBE_CACHE_CONTROL, json_response, no_content
 from api.schemas.data import DataBody
@@ -249,7 +249,9 @@ async def update_by_filter(
             return await table_service.update_where(ctx.store, table, query, body.data, limit)
 
         params = {"table": table, "where": query.where}
-        return accepted(await jobs.submit("update_where", str(caller.id), params, update_job))
+        job = await job_or_now(jobs, run_async, "update_where", str(caller.id), params, update_job)
+        if job is not None:
+            return job
     result = await table_service.update_where(store, table, query, body.data, limit)
     return _body(result, cache=PROBE_CACHE_CONTROL)
 
@@ -283,6 +285,8 @@ async def delete_by_filter(
             return await table_service.delete_where(ctx.store, table, query, cascade, limit)
 
         params = {"table": table, "where": query.where, "cascade": cascade}
-        return accepted(await jobs.submit("delete_where", str(caller.id), params, delete_job))
+        job = await job_or_now(jobs, run_async, "delete_where", str(caller.id), params, delete_job)
+        if job is not None:
+            return job
     result = await table_service.delete_where(store, table, query, cascade, limit)
     return _body(result, cache=PROBE_CACHE_CONTROL)

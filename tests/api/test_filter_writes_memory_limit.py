@@ -27,7 +27,7 @@ LIMIT = {"max_memory": 1000}
 
 
 class StoreAtTheLimit:
-    """A large ``items`` table in a store whose RSS reached its limit."""
+    """A large ``items`` table in a store at its memory limit."""
 
     def __init__(self) -> None:
         self.calls: list[str] = []
@@ -36,8 +36,6 @@ class StoreAtTheLimit:
         self.calls.append(command)
         if command == "count":
             return 10**6  # far past JOB_ASYNC_ROWS, with or without the filter
-        if command == "stats":
-            return {"rss_bytes": 1000, **LIMIT}
         if command == "delete_where":
             return {"matched": 10**6, "deleted": 10**6}
         raise errors.MemoryLimit("at the limit", LIMIT)  # update_where: it adds data
