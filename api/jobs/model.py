@@ -18,6 +18,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from api.queries import store_time
+
 TABLE = "_jobs"
 SCHEMA: dict[str, Any] = {
     "table": TABLE,
@@ -59,7 +61,7 @@ class JobFailed(Exception):
 
 def now_stamp(at: datetime | None = None) -> str:
     """The store's fixed-width UTC timestamp format, so string order is time order."""
-    return (at or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return store_time(at or datetime.now(UTC))
 
 
 def parse_stamp(stamp: str) -> datetime:

@@ -37,14 +37,8 @@ def to_public(record: dict[str, Any]) -> dict[str, Any]:
     return {name: record.get(name) for name in PUBLIC_FIELDS}
 
 
-def _stamp(moment: datetime) -> str:
-    # The store's fixed-width UTC format, so order_date sorts and filters like created_at. The
-    # model has refused a moment outside years 1-9999 in UTC (OverflowError here).
-    return store_time(moment)
-
-
-def _now() -> str:
-    return _stamp(datetime.now(UTC))
+# order_date is stored in the store's fixed-width UTC format (``store_time``), so it sorts and
+# filters like created_at; the model has refused a moment outside years 1-9999 in UTC.
 
 
 def changes_of(payload: OrderCreate | OrderUpdate) -> dict[str, Any]:
@@ -52,7 +46,7 @@ def changes_of(payload: OrderCreate | OrderUpdate) -> dict[str, Any]:
     unless given; ``new_record`` sets it for a new order)."""
     changes = payload.model_dump(exclude_unset=True)
     if changes.get("order_date") is not None:
-        changes["order_date"] = _stamp(changes["order_date"])
+        changes["order_date"] = store_time(changes["order_date"])
     else:
         changes.pop("order_date", None)
     if "user_id" in changes:
@@ -62,7 +56,7 @@ def changes_of(payload: OrderCreate | OrderUpdate) -> dict[str, Any]:
 
 def new_record(payload: OrderCreate, order_date: datetime | None = None) -> dict[str, Any]:
     """The stored form of a new order, dated ``order_date`` (checked by the caller), else now."""
-    date = _stamp(order_date) if order_date is not None else _now()
+    date = store_time(order_date if order_date is not None else datetime.now(UTC))
     return {**changes_of(payload), "order_date": date}
 
 
