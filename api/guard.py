@@ -1,7 +1,7 @@
 """The request guard: who is calling, and may they make one more request (pure ASGI).
 
-For each request outside the exempt paths (probes, /metrics, the docs, and /auth/token, which
-applies its own stricter limits) the guard:
+For each request outside the exempt paths (probes, /metrics, the docs and their assets, and
+/auth/token, which applies its own stricter limits) the guard:
 
 1. verifies the bearer token, if any (signature and claims, cached per worker);
 2. sends one store command: the rate-limit hit (keyed by the user id when the token verified,
@@ -28,6 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.auth.principals import ANONYMOUS, AuthOutcome, Principal, bearer_token
 from api.auth.sessions import check_not_revoked, revocation_keys
 from api.auth.tokens import Claims, InvalidToken
+from api.docs import ASSETS_URL
 from api.errors import error_response
 from api.ratelimit import RateLimiter, Verdict, client_ip, rate_hit
 from api.settings import Settings
@@ -50,6 +51,8 @@ EXEMPT_PATHS = frozenset(
 )
 
 
+ASSETS_PREFIX = ASSETS_URL + "/"  # the documentation pages' bundles go with the pages
+
 _LIMIT_HEADER_NAMES = frozenset(
     {b"x-rate-limit-limit", b"x-rate-limit-remaining", b"x-rate-limit-reset"}
 )
@@ -61,7 +64,11 @@ class RequestGuardMiddleware:
         self.limiter = RateLimiter(settings.rate_limit, "api")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in EXEMPT_PATHS:
+        if (
+            scope["type"] != "http"
+            or scope["path"] in EXEMPT_PATHS
+            or scope["path"].startswith(ASSETS_PREFIX)
+        ):
             await self.app(scope, receive, send)
             return
         state: Any = scope["app"].state

@@ -1,12 +1,12 @@
 """Security headers carried by every response, and the Content-Security-Policy per page.
 
 The API answers JSON only, so its policy forbids everything (``default-src 'none'``). The
-documentation pages are the exception: FastAPI's Swagger UI and ReDoc pages load their
-bundles from cdn.jsdelivr.net, and Swagger UI starts from one inline script. Their policy
-allows exactly those origins, and the inline scripts by their SHA-256 (computed here from the
-same FastAPI functions and arguments the app serves them with; ``tests/api/security`` checks
-that the served pages match), never ``'unsafe-inline'`` for scripts. Inline styles are allowed
-on those pages only: both UIs set styles at run time.
+documentation pages are the exception: they load the Swagger UI and ReDoc bundles the app
+serves itself (``api.docs``), and Swagger UI starts from one inline script. Their policy allows
+exactly that: the app's own origin, and the inline script by its SHA-256 (computed here from the
+page ``api.docs`` serves; ``tests/api/security`` checks that the served pages match), never
+``'unsafe-inline'`` for scripts. Inline styles are allowed on those pages only: both UIs set
+styles at run time.
 """
 
 from __future__ import annotations
@@ -14,24 +14,19 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-from typing import Any, Final
+from typing import Final
 
-from fastapi.openapi.docs import (
-    get_redoc_html,
-    get_swagger_ui_html,
-    get_swagger_ui_oauth2_redirect_html,
+from api.docs import (
+    DOCS_URL,
+    OAUTH2_REDIRECT_URL,
+    REDOC_URL,
+    redirect_page,
+    redoc_page,
+    swagger_page,
 )
 
-OPENAPI_URL: Final = "/openapi.json"
-DOCS_URL: Final = "/docs"
-REDOC_URL: Final = "/redoc"
-OAUTH2_REDIRECT_URL: Final = "/docs/oauth2-redirect"
-# Swagger UI would otherwise send the spec's URL to validator.swagger.io for a badge.
-SWAGGER_UI_PARAMETERS: Final[dict[str, Any]] = {"validatorUrl": None}
-
-CDN: Final = "https://cdn.jsdelivr.net"
-FAVICON_HOST: Final = "https://fastapi.tiangolo.com"
 _INLINE_SCRIPT = re.compile(r"<script>(.*?)</script>", re.DOTALL)
+SELF: Final = "'self'"
 _LOCKDOWN: Final = "frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 
 API_CSP: Final = f"default-src 'none'; {_LOCKDOWN}"
@@ -45,37 +40,24 @@ def script_hashes(html: str) -> list[str]:
     ]
 
 
-def _scripts(*sources: str, page: str = "") -> str:
-    return "script-src " + " ".join([*sources, *script_hashes(page)])
-
-
-def _page(response: Any) -> str:
-    return bytes(response.body).decode()
+def _scripts(*sources: str, page: bytes = b"") -> str:
+    return "script-src " + " ".join([*sources, *script_hashes(page.decode())])
 
 
 def docs_policies(title: str) -> dict[str, str]:
-    """The CSP of each documentation page, for an app with this title and FastAPI's URLs."""
-    swagger = _page(
-        get_swagger_ui_html(
-            openapi_url=OPENAPI_URL,
-            title=f"{title} - Swagger UI",
-            oauth2_redirect_url=OAUTH2_REDIRECT_URL,
-            swagger_ui_parameters=SWAGGER_UI_PARAMETERS,
-        )
-    )
-    redoc = _page(get_redoc_html(openapi_url=OPENAPI_URL, title=f"{title} - ReDoc"))
-    redirect = _page(get_swagger_ui_oauth2_redirect_html())
+    """The CSP of each documentation page of an app with this title."""
+    swagger, redoc = bytes(swagger_page(title).body), bytes(redoc_page(title).body)
+    redirect = bytes(redirect_page().body)
+    # ReDoc renders its search index in a worker started from a blob: URL.
     return {
         DOCS_URL: (
-            f"default-src 'none'; {_scripts(CDN, page=swagger)}; "
-            f"style-src {CDN} 'unsafe-inline'; img-src 'self' data: {FAVICON_HOST}; "
+            f"default-src 'none'; {_scripts(SELF, page=swagger)}; "
+            "style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
             f"connect-src 'self'; {_LOCKDOWN}"
         ),
         REDOC_URL: (
-            f"default-src 'none'; {_scripts(CDN, page=redoc)}; "
-            "style-src 'unsafe-inline' https://fonts.googleapis.com; "
-            "font-src https://fonts.gstatic.com; "
-            f"img-src 'self' data: {FAVICON_HOST} https://cdn.redoc.ly; "
+            f"default-src 'none'; {_scripts(SELF, page=redoc)}; "
+            "style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
             f"connect-src 'self'; worker-src blob:; {_LOCKDOWN}"
         ),
         OAUTH2_REDIRECT_URL: f"default-src 'none'; {_scripts(page=redirect)}; {_LOCKDOWN}",

@@ -13,8 +13,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api.auth.startup import ensure_admin_step, install_limiters, reoffer_secret, start_auth
+from api.docs import install_docs
 from api.errors import install_error_handlers
-from api.headers import SWAGGER_UI_PARAMETERS
 from api.jobs import start_jobs, stop_jobs
 from api.logs import configure_logging
 from api.metrics import install_metrics
@@ -119,7 +119,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         openapi_tags=TAGS,
         lifespan=lifespan,
-        swagger_ui_parameters=SWAGGER_UI_PARAMETERS,
+        docs_url=None,  # api.docs serves the pages with their bundles (no CDN)
+        redoc_url=None,
     )
     app.state.settings = settings
     install_limiters(app.state, settings)
@@ -135,4 +136,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(batch.router, prefix=API_PREFIX)
     app.include_router(transaction_routes.router, prefix=API_PREFIX)
     install_openapi(app)
+    install_docs(app)
     return app

@@ -98,7 +98,7 @@ def directives(csp: str) -> dict[str, list[str]]:
 
 
 @pytest.mark.parametrize("path", ["/docs", "/redoc", "/docs/oauth2-redirect"])
-def test_docs_render_under_a_csp_that_allows_exactly_what_they_load(
+def test_docs_render_offline_under_a_csp_that_allows_exactly_what_they_load(
     anon: httpx.Client, path: str
 ) -> None:
     response = anon.get(path)
@@ -112,15 +112,51 @@ def test_docs_render_under_a_csp_that_allows_exactly_what_they_load(
     # Every inline script of the page is allowed by its hash, and nothing else inline is.
     hashes = inline_script_hashes(response.text)
     assert hashes == {s for s in scripts if s.startswith("'sha256-")}
-    # Every external script and stylesheet comes from a host the policy names.
-    for tag, attr, directive in (("script", "src", "script-src"), ("link", "href", "style-src")):
+    # Nothing comes from another host (the pages work without internet), and every script,
+    # stylesheet and icon the page loads is served here, allowed by the policy as 'self'.
+    assert not re.search(r"https?://", response.text), "the page loads something from outside"
+    for tag, attr, directive in (
+        ("script", "src", "script-src"),
+        ("link", "href", "style-src"),
+        ("link", "href", "img-src"),
+    ):
         for url in re.findall(rf'<{tag}[^>]*\b{attr}="([^"]+)"', response.text):
-            if tag == "link" and "stylesheet" not in url and "css" not in url:
+            is_css = url.endswith(".css")
+            if tag == "link" and is_css != (directive == "style-src"):
                 continue
-            origin = "{0.scheme}://{0.netloc}".format(urlsplit(url))
-            assert origin in policy[directive], (url, policy[directive])
+            assert not urlsplit(url).netloc and url.startswith("/"), url
+            assert "'self'" in policy[directive], (url, policy[directive])
+            asset = anon.get(url)
+            assert asset.status_code == 200, url
+            assert len(asset.content) > 100
     # Swagger UI does not send the spec's address to an outside validator.
     assert "validator.swagger.io" not in response.text
+
+
+@pytest.mark.parametrize(
+    ("name", "media_type"),
+    [
+        ("swagger-ui-bundle.js", "javascript"),
+        ("swagger-ui.css", "text/css"),
+        ("redoc.standalone.js", "javascript"),
+        ("favicon.png", "image/png"),
+    ],
+)
+def test_doc_assets_are_cached_revalidated_and_not_rate_limited(
+    anon: httpx.Client, name: str, media_type: str
+) -> None:
+    response = anon.get(f"/docs/assets/{name}")
+    assert response.status_code == 200 and media_type in response.headers["content-type"]
+    assert response.headers["cache-control"] == "public, max-age=86400"
+    assert "x-rate-limit-limit" not in response.headers
+    assert_security_headers(response)
+    again = anon.get(f"/docs/assets/{name}", headers={"If-None-Match": response.headers["etag"]})
+    assert again.status_code == 304 and not again.content
+
+
+def test_an_unknown_doc_asset_is_a_404_in_the_envelope(anon: httpx.Client) -> None:
+    for path in ("/docs/assets/nope.js", "/docs/assets/../../api/settings.py"):
+        assert_error(anon.get(path), 404)
 
 
 def test_auth_responses_are_never_cached(anon: httpx.Client) -> None:
