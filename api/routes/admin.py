@@ -28,7 +28,7 @@ router = APIRouter(
     prefix="/admin",
     tags=["admin"],
     dependencies=[Depends(require_admin)],
-    responses=error_responses(401, 403, validation=False),
+    responses=error_responses(401, 403, 429, validation=False),
 )
 TimeBound = Annotated[
     str | None,
@@ -53,7 +53,7 @@ async def snapshot_rows(store: StoreDep) -> int:
 @router.post(
     "/snapshot",
     response_model=Envelope[SnapshotInfo],
-    responses={202: {"description": "Started as a background job"}, **error_responses(400)},
+    responses={202: {"description": "Started as a background job"}, **error_responses(400, 507)},
     summary="Write a snapshot now (backup)",
 )
 async def create_snapshot(

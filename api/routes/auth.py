@@ -79,7 +79,13 @@ def too_many_attempts(verdict: Verdict, what: str) -> ApiError:
 @router.post(
     "/token",
     response_model=TokenResponse,
-    responses=error_responses(401, 413, 415, 422),
+    responses=error_responses(
+        413,
+        described={
+            401: "Wrong email or password (`INVALID_CREDENTIALS`: the same answer for both)",
+            415: "The body is not a form (application/x-www-form-urlencoded or multipart)",
+        },
+    ),
     summary="Log in",
 )
 async def create_token(
@@ -125,7 +131,11 @@ async def create_token(
 @router.post(
     "/refresh",
     response_model=TokenResponse,
-    responses=error_responses(401, 413, 415, 422),
+    responses=error_responses(
+        413,
+        415,
+        described={401: "Invalid, expired, revoked or already used refresh token"},
+    ),
     summary="Refresh the tokens",
 )
 async def refresh_token(body: RefreshRequest, store: StoreDep, tokens: TokensDep) -> Response:
@@ -149,7 +159,7 @@ async def refresh_token(body: RefreshRequest, store: StoreDep, tokens: TokensDep
     "/logout",
     status_code=204,
     response_class=Response,
-    responses=error_responses(401, validation=False),
+    responses=error_responses(401, 429, validation=False),
     summary="Log out",
 )
 async def logout(caller: CurrentUser, store: StoreDep) -> Response:

@@ -166,7 +166,7 @@ async def export_filters(request: Request, table: TableName) -> list[list[object
             "content": {"text/csv": {"schema": {"type": "string"}}},
         },
         202: {"description": "Started as a background job (`Location: /api/v1/jobs/{id}`)"},
-        **error_responses(400, 404),
+        **error_responses(400, 404, 507),
     },
     summary="Export a table as CSV",
 )

@@ -86,14 +86,15 @@ async def create_record(
 
     With a list under `data`, every record is inserted in one atomic store operation (none if
     one fails; the error names it). `upsert=true` merges into records whose `id` exists
-    (RFC 7386, version + 1): a single record then answers 200 when it was merged.
+    (RFC 7386, version + 1): the answer is 200 when nothing was created (every record merged).
     """
     if isinstance(body.data, list):
         stored = await records.create_records(store, table, body.data, upsert)
         inserted = sum(1 for record in stored if record.get("version") == 1)
         meta = {"inserted": inserted, "updated": len(stored) - inserted}
         headers = {"Cache-Control": DATA_CACHE_CONTROL}
-        return json_response({"status": "success", "data": stored, "meta": meta}, 201, headers)
+        status = 201 if inserted else 200  # an upsert that only merged created nothing
+        return json_response({"status": "success", "data": stored, "meta": meta}, status, headers)
     if upsert:
         record = await records.upsert_record(store, table, body.data)
         status = 201 if record.get("version") == 1 else 200

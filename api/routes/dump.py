@@ -32,7 +32,7 @@ router = APIRouter(
             "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
         },
         202: {"description": "Started as an export job (`Location: /api/v1/jobs/{id}`)"},
-        **error_responses(400, 404),
+        **error_responses(400, 404, 507),
     },
     summary="Dump a table",
 )

@@ -28,7 +28,7 @@ Expand = Annotated[
     "",
     status_code=201,
     response_model=Envelope[OrderPublic],
-    responses=error_responses(401, 403, 409, 413, 415, 422),
+    responses=error_responses(401, 403, 409, 413, 415, 422, 507),
     summary="Create an order",
 )
 async def create_order(
@@ -149,7 +149,7 @@ async def read_order(
 @router.patch(
     "/{order_id}",
     response_model=Envelope[OrderPublic],
-    responses=error_responses(401, 403, 404, 409, 412, 413, 415, 422),
+    responses=error_responses(401, 403, 404, 409, 412, 413, 415, 422, 507),
     summary="Update an order",
 )
 async def update_order(

@@ -146,7 +146,7 @@ async def remove_schema(table: TableName, store: StoreDep) -> Response:
 # `/data/{table}/schema` and `/indexes` are the table's, never records with those ids: a method
 # they lack is 405 here rather than falling through to `/data/{table}/{record_id}` (a DELETE
 # of ".../schema" deleted the record called "schema").
-_SUB_RESOURCE_METHODS = {"schema": "GET, PUT, DELETE", "indexes": "GET, POST"}
+_SUB_RESOURCE_METHODS = {"schema": "DELETE, GET, HEAD, PUT", "indexes": "GET, HEAD, POST"}
 
 
 @router.api_route("/{table}/schema", methods=["POST", "PATCH"], include_in_schema=False)

@@ -42,7 +42,7 @@ router = APIRouter(route_class=MeteredRoute, prefix="/users", tags=["users"])
     "",
     status_code=201,
     response_model=Envelope[UserPublic],
-    responses=error_responses(401, 403, 409, 413, 415, 422),
+    responses=error_responses(401, 403, 409, 413, 415, 422, 507),
     summary="Create a user",
 )
 async def create_user(
@@ -141,7 +141,7 @@ async def read_user(
 @router.patch(
     "/{user_id}",
     response_model=Envelope[UserPublic],
-    responses=error_responses(401, 403, 404, 409, 412, 413, 415, 422),
+    responses=error_responses(401, 403, 404, 409, 412, 413, 415, 422, 507),
     summary="Update a user",
 )
 async def update_user(

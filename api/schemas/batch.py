@@ -25,7 +25,7 @@ class ImportReport(BaseModel):
                     "rows": 3,
                     "imported": 2,
                     "failed": 1,
-                    "errors": [{"row": 2, "field": "id", "message": "duplicate id 'p-1'"}],
+                    "errors": [{"row": 2, "field": "id", "message": "id 'p-1' exists in products"}],
                     "errors_omitted": 0,
                 }
             ]

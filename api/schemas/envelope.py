@@ -76,12 +76,15 @@ _DESCRIPTIONS = {
 }
 
 
-def error_responses(*statuses: int, validation: bool = True) -> dict[int | str, dict[str, Any]]:
+def error_responses(
+    *statuses: int, validation: bool = True, described: dict[int, str] | None = None
+) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` for the given error statuses, plus those every route can hit:
     503/504 (store), and 422 (parameters or body) and 429 (rate limit) unless ``validation``
-    is false (the probes)."""
+    is false (the probes). ``described``: this route's own wording for some statuses."""
     common = {503, 504, 422, 429} if validation else {503, 504}
+    descriptions = {**_DESCRIPTIONS, **(described or {})}
     return {
-        status: {"model": ErrorEnvelope, "description": _DESCRIPTIONS[status]}
-        for status in sorted({*statuses, *common})
+        status: {"model": ErrorEnvelope, "description": descriptions[status]}
+        for status in sorted({*statuses, *common, *(described or {})})
     }

@@ -106,6 +106,26 @@ class QueryBody(BaseModel):
 class OrderQueryBody(QueryBody):
     """A query of orders; ``expand: "user"`` embeds each order's user."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "filter": {
+                        "and": [
+                            {"field": "total_price", "op": "gte", "value": "10.00"},
+                            {"field": "product_name", "op": "startswith", "value": "Widget"},
+                        ]
+                    },
+                    "sort": "total_price:desc",
+                    "page": 1,
+                    "per_page": 20,
+                    "fields": ["product_name", "total_price"],
+                    "expand": "user",
+                }
+            ]
+        },
+    )
+
     expand: Literal["user"] | None = None
 
 

@@ -54,6 +54,10 @@ def test_upsert_merges_on_id(client: httpx.Client) -> None:
     created = bulk(client, table, {"id": "c"}, upsert="true")
     assert created.status_code == 201 and created.headers["location"].endswith(f"/{table}/c")
     assert_error(bulk(client, table, {"id": "c"}), 409, "ALREADY_EXISTS")
+    # A list that only merged created nothing: 200, as a single merged record.
+    merged = bulk(client, table, [{"id": "a", "n": 7}, {"id": "b", "n": 8}], upsert="true")
+    assert merged.status_code == 200, merged.text
+    assert merged.json()["meta"] == {"inserted": 0, "updated": 2}
 
 
 def test_typed_tables_validate_every_record(client: httpx.Client, anon: httpx.Client) -> None:

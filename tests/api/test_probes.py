@@ -5,6 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from api.guard import EXEMPT_PATHS
+
 pytestmark = pytest.mark.integration
 
 
@@ -55,6 +57,24 @@ def test_openapi_documents_every_route(client: httpx.Client) -> None:
     schemas = spec["components"]["schemas"]
     assert "examples" in schemas["UserCreate"] and "examples" in schemas["OrderCreate"]
     assert "password" not in schemas["UserPublic"]["properties"]
+
+
+def test_openapi_names_the_limits_every_operation_can_hit(client: httpx.Client) -> None:
+    # Every operation the guard counts can be 429; every write, and every route that can start
+    # a job (a job's record is a write), can be 507 at the memory limit. Deletes go on there.
+    reads_by_post = ("/query", "/aggregate")
+    spec = client.get("/openapi.json").json()
+    for path, item in spec["paths"].items():
+        for method, op in item.items():
+            where, responses = f"{method.upper()} {path}", op["responses"]
+            params = {param["name"] for param in op.get("parameters", [])}
+            writes = method in ("put", "patch") or (
+                method == "post" and not path.endswith(reads_by_post) and "/auth/" not in path
+            )
+            if writes or "async" in params:
+                assert "507" in responses, where
+            if path not in EXEMPT_PATHS:
+                assert "429" in responses, where
 
 
 def test_openapi_marks_every_operation_needing_a_token(client: httpx.Client) -> None:

@@ -147,11 +147,11 @@ def test_schema_and_indexes_are_never_records_of_those_ids(client: httpx.Client)
     assert client.get(schema_url(table)).json()["data"].get("schema") is None
     url = f"/api/v1/data/{table}"
     for method, path, allow in [
-        ("PATCH", f"{url}/schema", "GET, PUT, DELETE"),
-        ("POST", f"{url}/schema", "GET, PUT, DELETE"),
-        ("PUT", f"{url}/indexes", "GET, POST"),
-        ("PATCH", f"{url}/indexes", "GET, POST"),
-        ("DELETE", f"{url}/indexes", "GET, POST"),
+        ("PATCH", f"{url}/schema", "DELETE, GET, HEAD, PUT"),
+        ("POST", f"{url}/schema", "DELETE, GET, HEAD, PUT"),
+        ("PUT", f"{url}/indexes", "GET, HEAD, POST"),
+        ("PATCH", f"{url}/indexes", "GET, HEAD, POST"),
+        ("DELETE", f"{url}/indexes", "GET, HEAD, POST"),
     ]:
         response = client.request(method, path, json={"data": {"n": 2}})
         assert_error(response, 405, "METHOD_NOT_ALLOWED")
