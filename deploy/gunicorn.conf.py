@@ -14,14 +14,25 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import structlog
 from prometheus_client import multiprocess
+from pydantic import ValidationError
 
 from api import collector
-from api.logs import logging_config
+from api.logs import configure_logging, logging_config
 from api.settings import get_settings
 from api.store import wait_for_store
+from storeserver.settings import settings_errors
 
-_settings = get_settings()
+try:
+    _settings = get_settings()
+except ValidationError as exc:
+    # One JSON line and exit 2, as the store does with its settings, instead of gunicorn's
+    # "Failed to read config file" and a multi-line traceback (which would repeat on every
+    # restart under supervisord).
+    configure_logging("INFO")
+    structlog.get_logger("api").error("invalid_settings", errors=settings_errors(exc))
+    sys.exit(2)
 
 wsgi_app = "api.main:create_app()"
 worker_class = "uvicorn_worker.UvicornWorker"

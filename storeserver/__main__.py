@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from .logs import configure_logging
 from .server import StoreServer
-from .settings import StoreSettings
+from .settings import StoreSettings, settings_errors
 
 
 class StopFailed(Exception):
@@ -35,7 +35,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--socket", type=Path, help="Unix socket path (STORE_SOCKET)")
     parser.add_argument("--tcp", help="also listen on host:port (STORE_TCP; needs STORE_SECRET)")
     parser.add_argument("--data-dir", type=Path, help="persistence directory (STORE_DATA_DIR)")
-    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (STORE_LOG_LEVEL)")
+    parser.add_argument(
+        "--log-level", help="DEBUG, INFO, WARNING, ERROR or CRITICAL (STORE_LOG_LEVEL)"
+    )
     return parser.parse_args(argv)
 
 
@@ -87,8 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings(args)
     except ValidationError as exc:
         configure_logging("INFO")
-        errors = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        structlog.get_logger("storeserver").error("invalid_settings", errors=errors)
+        structlog.get_logger("storeserver").error("invalid_settings", errors=settings_errors(exc))
         return 2
     configure_logging(settings.log_level)
     try:

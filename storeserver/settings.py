@@ -5,7 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
+from pydantic import (
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .protocol import MAX_FRAME_SIZE
@@ -70,3 +77,9 @@ class StoreSettings(BaseSettings):
             if not host or not port.isdigit():
                 raise ValueError("STORE_TCP must look like host:port")
         return self
+
+
+def settings_errors(exc: ValidationError) -> str:
+    """One line naming each bad setting and why (never its value: it may be a secret)."""
+    named = ((".".join(map(str, e["loc"])), e["msg"]) for e in exc.errors())
+    return "; ".join(f"{loc}: {msg}" if loc else msg for loc, msg in named)

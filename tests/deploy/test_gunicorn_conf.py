@@ -77,3 +77,23 @@ def test_workers_stopped_by_sigterm_exit_normally_after_draining() -> None:
     for pid in workers:
         assert f"Worker exiting (pid: {pid})" in events
     assert not [event for event in events if "was sent" in str(event)]
+
+
+def test_invalid_settings_are_one_json_line_and_exit_2() -> None:
+    # ENV=production without JWT_SECRET: gunicorn must not start, and say why in the log
+    # format (one JSON line naming the setting), never with the secret's value.
+    env = {**os.environ, "ENV": "production", "JWT_SECRET": "short-secret-value"}
+    done = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "-c", "deploy/gunicorn.conf.py"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    event = json.loads(lines[0])
+    assert event["event"] == "invalid_settings" and event["level"] == "error"
+    assert "JWT_SECRET" in event["errors"] and "short-secret-value" not in lines[0]
