@@ -25,9 +25,11 @@ RESULT_URL = "/api/v1/jobs/{id}/result"
 MEDIA_TYPES = {"ndjson": "application/x-ndjson", "csv": "text/csv; charset=utf-8"}
 
 
-@job_kind("snapshot")
+@job_kind("snapshot", stoppable=False)
 async def run_snapshot(ctx: JobContext) -> dict[str, Any]:
-    """The same store command as the synchronous route; its answer is the result."""
+    """The same store command as the synchronous route; its answer is the result. A forked
+    child writes the snapshot, and nothing stops it halfway: a running one cannot be
+    cancelled."""
     await ctx.checkpoint()
     info: dict[str, Any] = await ctx.store.call(
         "snapshot", {}, timeout=ctx.settings.snapshot_timeout

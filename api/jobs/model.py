@@ -16,9 +16,11 @@ a ``patch`` with ``expected_version``, so two workers never both win one.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from api.queries import store_time
+
+ADMIN: Final = "admin"  # the role (api.auth.tokens.ROLES) whose jobs only admins read
 
 TABLE = "_jobs"
 SCHEMA: dict[str, Any] = {
@@ -79,12 +81,15 @@ def is_stale(job: dict[str, Any], stale_seconds: float, now: datetime | None = N
     return age > stale_seconds
 
 
-def new_job(kind: str, owner_id: str, params: dict[str, Any], worker: str) -> dict[str, Any]:
+def new_job(
+    kind: str, owner_id: str, params: dict[str, Any], worker: str, owner_role: str = ADMIN
+) -> dict[str, Any]:
     stamp = now_stamp()
     return {
         "kind": kind,
         "state": "queued",
         "owner_id": owner_id,
+        "owner_role": owner_role,
         "params": params,
         "worker": worker,
         "progress": {"done": 0, "total": None, "unit": "rows"},
@@ -101,6 +106,9 @@ def new_job(kind: str, owner_id: str, params: dict[str, Any], worker: str) -> di
 def to_public(job: dict[str, Any]) -> dict[str, Any]:
     """The client's view, with ``elapsed_seconds`` (running time so far, or in total)."""
     view = {name: job.get(name) for name in PUBLIC_FIELDS}
+    # Progress is merge-patched into the record, where a null total removes the key: the view
+    # always has all three.
+    view["progress"] = {"done": 0, "total": None, "unit": "rows", **(job.get("progress") or {})}
     started = job.get("started_at")
     elapsed = None
     if isinstance(started, str):
@@ -109,3 +117,13 @@ def to_public(job: dict[str, Any]) -> dict[str, Any]:
         elapsed = round((end_at - parse_stamp(started)).total_seconds(), 6)
     view["elapsed_seconds"] = elapsed
     return view
+
+
+def readable_by(job: dict[str, Any], caller_id: str | None, caller_is_admin: bool) -> bool:
+    """Admins read every job; anyone else only their own, and only one they started without an
+    admin's rights. A job started as an admin (every export, dump, import, snapshot and write
+    by filter is) holds what only an admin may see, so an owner demoted since loses it. A
+    record without ``owner_role`` predates the field, when only admin routes started jobs."""
+    if caller_is_admin:
+        return True
+    return job.get("owner_id") == caller_id and job.get("owner_role", ADMIN) != ADMIN

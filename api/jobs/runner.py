@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 from fastapi.exceptions import RequestValidationError
 
 from api.errors import ApiError
-from api.jobs.model import ACTIVE, JobCancelled, JobFailed, now_stamp
+from api.jobs.model import ACTIVE, ADMIN, JobCancelled, JobFailed, now_stamp
 from api.jobs.state import Job, JobStore
 from api.settings import Settings
 from api.store import Store
@@ -37,6 +37,7 @@ from storeserver.errors import NotFound, StoreError, StoreTimeout, StoreUnavaila
 logger = logging.getLogger("api.jobs")
 JobFunc = Callable[["JobContext"], Awaitable[dict[str, Any] | None]]
 KINDS: dict[str, JobFunc] = {}
+UNSTOPPABLE: set[str] = set()
 WORKER_STOPPED = {"code": "WORKER_STOPPED", "message": "the worker shut down during the job"}
 RESULT_DIR_MODE = 0o700
 RESULT_FILE_MODE = 0o600
@@ -45,11 +46,15 @@ RECORD_RETRY_SECONDS = 60.0
 T = TypeVar("T")
 
 
-def job_kind(name: str) -> Callable[[JobFunc], JobFunc]:
-    """Register a job function under ``name`` (``@job_kind("export")``)."""
+def job_kind(name: str, *, stoppable: bool = True) -> Callable[[JobFunc], JobFunc]:
+    """Register a job function under ``name`` (``@job_kind("export")``). ``stoppable=False``:
+    once running, the job has no checkpoint to stop at (one store command does the work), so
+    a cancel is refused (409) rather than accepted and then not honoured."""
 
     def register(func: JobFunc) -> JobFunc:
         KINDS[name] = func
+        if not stoppable:
+            UNSTOPPABLE.add(name)
         return func
 
     return register
@@ -166,18 +171,25 @@ class JobRunner:
         self._beat = asyncio.create_task(self._heartbeats(), name="job-heartbeats")
 
     async def submit(
-        self, kind: str, owner_id: str, params: dict[str, Any], func: JobFunc | None = None
+        self,
+        kind: str,
+        owner_id: str,
+        params: dict[str, Any],
+        func: JobFunc | None = None,
+        owner_role: str = ADMIN,
     ) -> Job:
         """Record a queued job and start it here; returns the stored record.
 
         ``func`` (default: the function registered for ``kind``) may be a closure over what
         the accepting request already parsed: the job runs in this same worker. ``params``
-        (stored, shown to nobody) must be plain data.
+        (stored, shown to nobody) must be plain data. ``owner_role``: the role the job runs
+        with; an admin's job is readable by admins only (``model.readable_by``), which is also
+        the default, so that a job started without saying is never shown to a user.
         """
         func = func or KINDS.get(kind)
         if func is None:
             raise ValueError(f"unknown job kind {kind!r}")
-        job = await self.jobs.create(kind, owner_id, params, self.worker)
+        job = await self.jobs.create(kind, owner_id, params, self.worker, owner_role)
         task = asyncio.create_task(self._run(job["id"], func, params), name=f"job-{job['id']}")
         self._tasks[job["id"]] = task
         return job

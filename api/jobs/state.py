@@ -7,7 +7,7 @@ import contextlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from api.jobs.model import ACTIVE, FINISHED, TABLE, is_stale, new_job, now_stamp
+from api.jobs.model import ACTIVE, ADMIN, FINISHED, TABLE, is_stale, new_job, now_stamp
 from api.store import Store
 from storeserver.errors import NotFound, VersionMismatch
 
@@ -28,8 +28,15 @@ class JobStore:
         self.store = store
         self.stale_seconds = stale_seconds
 
-    async def create(self, kind: str, owner_id: str, params: dict[str, Any], worker: str) -> Job:
-        record = new_job(kind, owner_id, params, worker)
+    async def create(
+        self,
+        kind: str,
+        owner_id: str,
+        params: dict[str, Any],
+        worker: str,
+        owner_role: str = ADMIN,
+    ) -> Job:
+        record = new_job(kind, owner_id, params, worker, owner_role)
         job: Job = await self.store.call("insert", {"table": TABLE, "record": record})
         return job
 
@@ -93,10 +100,15 @@ class JobStore:
     async def list_jobs(
         self, owner_id: str | None, state: str | None, offset: int, limit: int
     ) -> tuple[list[Job], int]:
-        """Newest first; ``owner_id=None`` lists everyone's (admins)."""
+        """Newest first; ``owner_id=None`` lists everyone's (admins). An owner's list holds the
+        jobs ``readable_by`` them: those they started without an admin's rights."""
         where: list[list[Any]] = []
         if owner_id is not None:
-            where.append(["owner_id", "eq", owner_id])
+            where += [
+                ["owner_id", "eq", owner_id],
+                ["owner_role", "exists", True],
+                ["owner_role", "ne", ADMIN],
+            ]
         if state is not None:
             where.append(["state", "eq", state])
         args = {"table": TABLE, "where": where, "sort": [["created_at", "desc"]]}

@@ -13,8 +13,8 @@ from starlette.types import Receive, Scope, Send
 from api.deps import CurrentUser, PageParams
 from api.errors import ApiError
 from api.http_metrics import MeteredRoute
-from api.jobs.model import now_stamp, to_public
-from api.jobs.runner import result_dir
+from api.jobs.model import now_stamp, readable_by, to_public
+from api.jobs.runner import UNSTOPPABLE, result_dir
 from api.jobs.state import Job
 from api.jobs.web import JobsDep
 from api.responses import PROBE_CACHE_CONTROL, json_response
@@ -39,12 +39,12 @@ def job_not_found(job_id: str) -> NotFound:
 
 
 async def visible_job(jobs: JobsDep, caller: CurrentUser, job_id: str) -> Job:
-    """The job if it is the caller's (or the caller is an admin); else the same 404 as none."""
+    """The job if the caller may read it (``readable_by``); else the same 404 as none."""
     try:
         job = await jobs.jobs.get(job_id)
     except NotFound:
         raise job_not_found(job_id) from None
-    if job.get("owner_id") != caller.id and not caller.is_admin:
+    if not readable_by(job, caller.id, caller.is_admin):
         raise job_not_found(job_id)
     return job
 
@@ -68,7 +68,8 @@ async def list_jobs(
         Query(description="Only jobs in this state"),
     ] = None,
 ) -> Response:
-    """Your jobs, newest first (an admin sees everyone's)."""
+    """Your jobs, newest first (an admin sees everyone's). A job started as an admin is
+    admins' only: an owner demoted since no longer sees it."""
     owner = None if caller.is_admin else caller.id
     items, total = await jobs.jobs.list_jobs(owner, state, page.offset, page.per_page)
     body = {
@@ -100,18 +101,26 @@ async def read_job(job_id: JobId, jobs: JobsDep, caller: CurrentUser) -> Respons
     summary="Cancel a job",
 )
 async def cancel_job(job_id: JobId, jobs: JobsDep, caller: CurrentUser) -> Response:
-    """A queued job is cancelled at once (200); a running one stops at its next chunk (202);
-    a finished one is 409."""
-    await visible_job(jobs, caller, job_id)
+    """A queued job is cancelled at once (200); a running one stops at its next chunk (202),
+    except a running snapshot, which nothing stops halfway (409); a finished one is 409."""
+    kind = (await visible_job(jobs, caller, job_id)).get("kind")
     stamp = {"state": "cancelled", "cancel_requested": True, "finished_at": now_stamp()}
     cancelled = await jobs.jobs.transition(job_id, ("queued",), stamp)
     if cancelled is not None:
         return job_response(cancelled)
-    requested = await jobs.jobs.transition(job_id, ("running",), {"cancel_requested": True})
-    if requested is not None:
-        jobs.cancel_here(job_id)
-        return job_response(requested, 202)
+    if kind not in UNSTOPPABLE:
+        requested = await jobs.jobs.transition(job_id, ("running",), {"cancel_requested": True})
+        if requested is not None:
+            jobs.cancel_here(job_id)
+            return job_response(requested, 202)
     job = await visible_job(jobs, caller, job_id)
+    if job["state"] == "running":
+        raise ApiError(
+            409,
+            "JOB_NOT_CANCELLABLE",
+            f"a running {kind} job cannot be stopped; it finishes on its own",
+            [{"field": "kind", "message": str(kind)}],
+        )
     raise ApiError(
         409,
         "JOB_FINISHED",

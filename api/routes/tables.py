@@ -243,7 +243,9 @@ async def update_by_filter(
     (MAX_ROWS_PER_FILTER_WRITE): 400 TOO_MANY_ROWS, nothing changed. Not for users.
     `?async=true` (or over JOB_ASYNC_ROWS matches): 202 and a job with this same result."""
     limit = settings.max_rows_per_filter_write
-    if await filter_write_as_job(store, table, query.where, run_async, settings.job_async_rows):
+    if await filter_write_as_job(
+        store, table, query.where, run_async, settings.job_async_rows, limit
+    ):
 
         async def update_job(ctx: JobContext) -> dict[str, Any]:
             return await table_service.update_where(ctx.store, table, query, body.data, limit)
@@ -279,7 +281,9 @@ async def delete_by_filter(
     unless cascade=true). Same refusals and cap as the update. Not for users.
     `?async=true` (or over JOB_ASYNC_ROWS matches): 202 and a job with this same result."""
     limit = settings.max_rows_per_filter_write
-    if await filter_write_as_job(store, table, query.where, run_async, settings.job_async_rows):
+    if await filter_write_as_job(
+        store, table, query.where, run_async, settings.job_async_rows, limit
+    ):
 
         async def delete_job(ctx: JobContext) -> dict[str, Any]:
             return await table_service.delete_where(ctx.store, table, query, cascade, limit)

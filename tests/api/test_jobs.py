@@ -39,7 +39,7 @@ from api.main import create_app
 from api.routes.jobs import range_verdict
 from api.settings import Settings
 from api.store import Store
-from tests.support.auth import Account, login_admin, register
+from tests.support.auth import Account, login, login_admin, register
 from tests.support.factories import assert_error
 from tests.support.stack import Stack, running_stack, worker_pids
 from tests.support.storedirect import bulk_insert
@@ -49,11 +49,14 @@ pytestmark = pytest.mark.integration
 
 JOBS = "/api/v1/jobs"
 ASYNC_ROWS = 1000
+FILTER_WRITE_CAP = 1500
 
 
 def create_jobs_app() -> FastAPI:
-    """The real app plus ``POST /api/v1/test-jobs/sleep`` (any logged-in user)."""
+    """The real app plus ``POST /api/v1/test-jobs/sleep`` (any logged-in user;
+    ``stoppable=false``: a kind registered as a snapshot is, with no checkpoint honoured)."""
 
+    @job_kind("sleep_unstoppable", stoppable=False)
     @job_kind("sleep")
     async def run_sleep(ctx: JobContext) -> dict[str, Any]:
         chunks = int(ctx.params["chunks"])
@@ -73,9 +76,12 @@ def create_jobs_app() -> FastAPI:
         chunks: Annotated[int, Query()] = 3,
         delay: Annotated[float, Query()] = 0.01,
         fail: Annotated[bool, Query()] = False,
+        stoppable: Annotated[bool, Query()] = True,
     ) -> Response:
         params = {"chunks": chunks, "delay": delay, "fail": fail}
-        return accepted(await jobs.submit("sleep", str(caller.id), params))
+        kind = "sleep" if stoppable else "sleep_unstoppable"
+        job = await jobs.submit(kind, str(caller.id), params, owner_role=caller.role)
+        return accepted(job)
 
     return app
 
@@ -89,6 +95,7 @@ def jobs_stack() -> Iterator[Stack]:
         "JOB_HEARTBEAT_SECONDS": "0.2",
         "JOB_STALE_SECONDS": "2",
         "JOB_ASYNC_ROWS": str(ASYNC_ROWS),
+        "MAX_ROWS_PER_FILTER_WRITE": str(FILTER_WRITE_CAP),
         "ACCESS_TOKEN_TTL": "3600",
     }
     try:
@@ -213,6 +220,18 @@ async def test_running_job_is_cancelled_at_a_checkpoint(jobs_stack: Stack, jobs_
         await close_all(clients)
 
 
+def test_a_running_job_of_an_unstoppable_kind_refuses_the_cancel(http: httpx.Client):
+    # (The test kind registered as a snapshot is; its checkpoints would honour a cancel, so a
+    # "succeeded" below proves the request was refused, not queued for later.)
+    job = start_sleep(http, chunks=40, delay=0.02, stoppable="false")
+    wait_for(http, job["id"], {"running"})
+    error = assert_error(http.delete(f"{JOBS}/{job['id']}"), 409, "JOB_NOT_CANCELLABLE")
+    assert "cannot be stopped" in error["message"]
+    done = wait_for(http, job["id"], {"succeeded", "cancelled", "failed"})
+    assert done["state"] == "succeeded" and done["cancel_requested"] is False
+    assert_error(http.delete(f"{JOBS}/{job['id']}"), 409, "JOB_FINISHED")
+
+
 async def test_queued_job_is_cancelled_before_it_starts(jobs_stack: Stack, jobs_admin: Account):
     clients = await pinned_clients(jobs_stack.base_url, headers=jobs_admin.headers)
     try:
@@ -292,6 +311,34 @@ def test_owners_see_their_jobs_admins_all_others_404(jobs_stack: Stack, http: ht
         # Only admins export or snapshot.
         assert_error(anon.get("/api/v1/dump/users?async=true", headers=owner.headers), 403)
         assert_error(anon.post("/api/v1/admin/snapshot?async=true", headers=owner.headers), 403)
+
+
+def test_a_demoted_admin_loses_the_jobs_started_as_admin(jobs_stack: Stack, http: httpx.Client):
+    with httpx.Client(base_url=jobs_stack.base_url, timeout=30.0) as anon:
+        ada = register(anon)
+        mine = anon.post("/api/v1/test-jobs/sleep", headers=ada.headers)  # as a user
+        assert mine.status_code == 202, mine.text
+        mine_id = mine.json()["data"]["id"]
+        promoted = http.patch(f"/api/v1/users/{ada.id}", json={"role": "admin"})
+        assert promoted.status_code == 200, promoted.text
+        as_admin = login(anon, ada.user["email"], ada.password)
+        started = anon.get("/api/v1/dump/users?async=true", headers=as_admin.headers)
+        assert started.status_code == 202, started.text
+        export_id = started.json()["data"]["id"]
+        assert started.json()["data"]["owner_id"] == ada.id
+        wait_for(http, export_id, {"succeeded"})
+        # Demoted: the export (every user's email) was admin work; the plain job stays hers.
+        demoted = http.patch(f"/api/v1/users/{ada.id}", json={"role": "user"})
+        assert demoted.status_code == 200, demoted.text
+        as_user = login(anon, ada.user["email"], ada.password)
+        for path in (f"{JOBS}/{export_id}", f"{JOBS}/{export_id}/result"):
+            assert_error(anon.get(path, headers=as_user.headers), 404, "NOT_FOUND")
+        assert_error(anon.delete(f"{JOBS}/{export_id}", headers=as_user.headers), 404)
+        listed = anon.get(JOBS, headers=as_user.headers).json()
+        assert [item["id"] for item in listed["data"]] == [mine_id]
+        assert listed["meta"]["total"] == 1
+        assert anon.get(f"{JOBS}/{mine_id}", headers=as_user.headers).status_code == 200
+        assert http.get(f"{JOBS}/{export_id}/result").status_code == 200  # admins still do
 
 
 def test_jobs_list_refuses_an_unknown_state(http: httpx.Client):
@@ -465,6 +512,28 @@ def test_writes_by_filter_as_jobs_match_the_synchronous_answers(
     assert failed["state"] == "failed" and failed["error"]["code"] == "VALIDATION_ERROR"
 
 
+def test_a_filter_write_over_the_cap_is_a_400_not_a_job_that_fails(
+    jobs_stack: Stack, http: httpx.Client
+):
+    rows = [{"n": i} for i in range(FILTER_WRITE_CAP + 300)]
+    bulk_insert(jobs_stack, "job_filter_capped", rows)
+    url = "/api/v1/data/job_filter_capped"
+    # Over JOB_ASYNC_ROWS but within the cap: a job by its size alone.
+    within = http.patch(url, params={"n__lt": ASYNC_ROWS + 100}, json={"data": {"a": 1}})
+    assert within.status_code == 202, within.text
+    done = wait_for(http, within.json()["data"]["id"], {"succeeded", "failed"})
+    assert done["state"] == "succeeded" and done["result"]["updated"] == ASYNC_ROWS + 100
+    # Over the cap: refused at once, nothing changed (was: 202, then a job failing with it).
+    for response in (
+        http.patch(url, params={"all": "true"}, json={"data": {"b": 1}}),
+        http.delete(url, params={"all": "true"}),
+    ):
+        error = assert_error(response, 400, "TOO_MANY_ROWS")
+        assert error["details"][0]["matched"] == len(rows)
+    assert http.get(f"{url}/count").json()["data"]["count"] == len(rows)
+    assert http.get(f"{url}/count", params={"b": 1}).json()["data"]["count"] == 0
+
+
 # --- pieces without a stack ---------------------------------------------------------------------
 
 
@@ -476,6 +545,9 @@ def test_staleness_and_public_view():
     view = to_public({**job, "started_at": "2025-01-01T12:00:00.000000Z",
                       "finished_at": "2025-01-01T12:00:01.500000Z", "worker": "h:1"})  # fmt: skip
     assert view["elapsed_seconds"] == 1.5 and "worker" not in view and "heartbeat_at" not in view
+    # A merge patch with a null total removed the key from the record: the view keeps it.
+    patched = to_public({**job, "progress": {"done": 512, "unit": "bytes"}})
+    assert patched["progress"] == {"done": 512, "total": None, "unit": "bytes"}
 
 
 def test_async_rule_and_result_directory(tmp_path: Path):
