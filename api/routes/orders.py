@@ -89,8 +89,12 @@ async def query_orders(
     if not caller.is_admin:
         query = query.with_condition(["user_id", "eq", caller.id])
 
+    # An embed joins on user_id, read even when the projection leaves it out.
+    also = ("user_id",) if body.expand else ()
+
     async def read() -> tuple[Records, Records, int]:
-        items, versioned, total = await records.query_records(store, order_service.TABLE, query)
+        table = order_service.TABLE
+        items, versioned, total = await records.query_records(store, table, query, also)
         if body.expand:
             items = await order_service.with_users(store, items, versioned)
             versioned = _versioned(items, versioned)

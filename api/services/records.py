@@ -214,7 +214,9 @@ class TreeQuery:
         """The projection, for the page's ETag (``list_etag``)."""
         return "" if self.fields is None else "fields=" + ",".join(self.fields)
 
-    def find_args(self, table: str) -> dict[str, Any]:
+    def find_args(self, table: str, also: tuple[str, ...] = ()) -> dict[str, Any]:
+        """``also``: fields read with a projection though not asked for (what an embed joins
+        on), dropped again by ``project``."""
         args: dict[str, Any] = {
             "table": table,
             "offset": self.page.offset,
@@ -227,16 +229,16 @@ class TreeQuery:
         if self.fields is not None:
             # The version too, for the list's ETag; dropped again unless asked for. The store
             # takes one name more than a body may hold (MAX_PROJECTION) for it.
-            asked = self.fields
-            args["fields"] = asked if "version" in asked else [*asked, "version"]
+            args["fields"] = list(dict.fromkeys([*self.fields, "version", *also]))
         return args
 
 
 async def query_records(
-    store: Store, table: str, query: TreeQuery
+    store: Store, table: str, query: TreeQuery, also: tuple[str, ...] = ()
 ) -> tuple[list[Record], list[Record], int]:
-    """One page: the records (projected) and those with their versions (for the ETag)."""
-    found = await store.call("find", query.find_args(table))
+    """One page: the records (projected) and those with their versions (for the ETag) and the
+    ``also`` fields (``TreeQuery.find_args``)."""
+    found = await store.call("find", query.find_args(table, also))
     full = [to_public(table, record) for record in found["items"]]
     return project(full, query.fields), full, int(found["total"])
 

@@ -38,6 +38,19 @@ def test_orders_expand_user(client: httpx.Client, anon: httpx.Client) -> None:
     assert_error(client.get("/api/v1/orders", params={"expand": "orders"}), 422)
 
 
+def test_query_expand_user_with_a_projection_without_user_id(
+    client: httpx.Client, anon: httpx.Client
+) -> None:
+    me = register(anon)
+    create_order(client, me.id)
+    body = {"expand": "user", "fields": ["product_name"]}
+    response = anon.post("/api/v1/orders/query", json=body, headers=me.headers)
+    assert response.status_code == 200, response.text
+    (order,) = response.json()["data"]
+    assert order["user"]["id"] == me.id  # was null: the embed joins on the unasked user_id
+    assert set(order) == {"id", "product_name", "user"}
+
+
 def test_expand_is_one_lookup_not_one_per_order(client: httpx.Client, stack: Stack) -> None:
     me = register(client)
     for _ in range(10):
