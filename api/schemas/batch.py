@@ -39,3 +39,9 @@ class ImportReport(BaseModel):
     failed: int = Field(ge=0)
     errors: list[RowProblem] = Field(description="The first 100 problems")
     errors_omitted: int = Field(ge=0, description="Problems not listed")
+    stopped_at_row: int | None = Field(
+        None,
+        ge=1,
+        description="Present when a malformed line ended the reading: the row where it"
+        " stopped; the rest of the file was not read",
+    )

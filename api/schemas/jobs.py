@@ -17,6 +17,9 @@ class JobProgress(BaseModel):
 class JobError(BaseModel):
     code: str = Field(examples=["WORKER_LOST"])
     message: str
+    details: list[dict[str, Any]] | None = Field(
+        None, description="As the synchronous call's error `details` (an import's counts)"
+    )
 
 
 class JobPublic(BaseModel):

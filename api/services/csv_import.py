@@ -8,24 +8,32 @@ means nothing is written (422 with the row errors); then all rows go in ONE stor
 which the store applies entirely or not at all, so an atomic import holds at most
 ``ATOMIC_MAX_ROWS`` rows (the store's batch limit). The batches have ``refs: false``: a map
 like ``{"$ref": "0.id"}`` in a cell is data (an export of such a record), not a reference.
+
+The worker's loop is given back (``between_chunks``) after every ``CHUNK_ROWS`` rows read,
+valid or not: a file of bad rows writes nothing, yet must not hold the loop either. A
+malformed line (bad quoting, a byte that is not UTF-8) ends the reading: it counts as a failed
+row, and the report's ``stopped_at_row`` names it. A store error that ends a default import
+after rows were written (or may have been) keeps its status, and its message and details say
+what was written and where to resume: rows without an id would be imported twice by a retry.
+So does an atomic batch whose outcome is unknown (the connection lost, no answer in time).
 """
 
 from __future__ import annotations
 
 import asyncio
 import csv
-import re
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
 from api.errors import CONFLICT_CODES, STORE_STATUS, ApiError
-from api.services.csv_rows import Record, RowError, RowReader, invalid_csv, reader_for
-from api.services.csvio import decode_name
+from api.services.csv_rows import Record, RowError, RowReader, read_rows, reader_for
 from api.store import Store
 from storeserver.errors import (
     MemoryLimit,
     NotFound,
+    PersistenceError,
+    StoreBusy,
     StoreError,
     StoreTimeout,
     StoreUnavailable,
@@ -36,6 +44,9 @@ CHUNK_ROWS = 500
 ATOMIC_MAX_ROWS = 1000  # the store's maximum batch size
 MAX_ERRORS = 100
 CELL_MAX_CHARS = 1 << 20
+Pause = Callable[[], Awaitable[None]]
+"""Awaited after every ``CHUNK_ROWS`` rows read: lets the loop run (a job reports progress
+and stops there when cancelled)."""
 
 
 @dataclass
@@ -47,6 +58,11 @@ class ImportReport:
     failed: int = 0
     errors: list[dict[str, Any]] = field(default_factory=list)
     errors_omitted: int = 0
+    stopped_at_row: int | None = None  # a malformed line ended the reading there
+    # Not in the answer: what an interrupted import tells (``interrupted``). Rows are written
+    # in file order, so every row up to ``last_row_written`` was written or failed.
+    last_row_written: int = 0
+    unconfirmed: tuple[int, int] | None = None  # first and last row of a batch in doubt
 
     def add(self, errors: list[RowError]) -> None:
         for error in errors:
@@ -55,8 +71,15 @@ class ImportReport:
             else:
                 self.errors_omitted += 1
 
+    def stop(self, error: RowError) -> None:
+        """The reading ended at a malformed line: a failed row, and the end of the file read."""
+        self.rows += 1
+        self.failed += 1
+        self.stopped_at_row = error.row
+        self.add([error])
+
     def as_dict(self) -> dict[str, Any]:
-        return {
+        answer = {
             "table": self.table,
             "atomic": self.atomic,
             "rows": self.rows,
@@ -65,87 +88,40 @@ class ImportReport:
             "errors": self.errors,
             "errors_omitted": self.errors_omitted,
         }
+        if self.stopped_at_row is not None:  # only then: a job's stored result has no nulls
+            answer["stopped_at_row"] = self.stopped_at_row
+        return answer
 
 
-class NotUtf8(ValueError):
-    """The body is not UTF-8 at byte ``offset`` (counted from 0 at the start of the body)."""
-
-    def __init__(self, offset: int) -> None:
-        super().__init__(f"not valid UTF-8 at byte {offset}")
-        self.offset = offset
+async def _let_others_run() -> None:
+    await asyncio.sleep(0)
 
 
-_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
+async def import_csv(
+    store: Store,
+    table: str,
+    binary: IO[bytes],
+    atomic: bool,
+    *,
+    report: ImportReport | None = None,
+    between_chunks: Pause = _let_others_run,
+) -> dict[str, Any]:
+    """Import the CSV in ``binary`` into ``table``; the report (``ImportReport.as_dict``).
 
-
-def text_lines(binary: IO[bytes]) -> Iterator[str]:
-    """The body's lines as text, ends kept (split at CRLF, LF or CR like ``newline=""``), a
-    UTF-8 BOM dropped; a bad byte raises ``NotUtf8`` when the reader reaches its line.
-
-    Not ``io.TextIOWrapper``: it decodes 8 KiB at a time, so one bad byte fails the read of
-    every line in its block, the header line included, and the error names the wrong row.
-    A line is split at b"\\n", a byte that is never inside a multi-byte UTF-8 sequence.
-    """
-    offset = 0
-    for raw in iter(binary.readline, b""):
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise NotUtf8(offset + exc.start) from None
-        if offset == 0 and text.startswith("\ufeff"):
-            text = text[1:]
-        offset += len(raw)
-        cr = text.find("\r")
-        if cr == -1 or (cr == len(text) - 2 and text[-1] == "\n"):
-            yield text  # the usual line: no CR, or CRLF at its end
-        else:  # lone CRs end lines too (and the csv reader wants one line per string)
-            yield from _LINE.findall(text)
-
-
-def _rows(binary: IO[bytes]) -> tuple[list[str], Iterator[tuple[int, list[str] | RowError]]]:
-    """The header and an iterator of (row number, cells); a malformed spot ends it with an
-    error (row 1 is the first line after the header; blank lines are skipped)."""
-    reader = csv.reader(text_lines(binary), strict=True)
-    try:
-        header = next(reader, None)
-    except (csv.Error, NotUtf8) as exc:
-        raise invalid_csv(f"cannot read the header line: {exc}") from None
-    if header is None:
-        raise invalid_csv("the file is empty: the first line must name the columns")
-
-    def rows() -> Iterator[tuple[int, list[str] | RowError]]:
-        number = 0
-        while True:
-            try:
-                row = next(reader, None)
-            except NotUtf8 as exc:
-                message = f"row {number + 1} is not UTF-8 (byte {exc.offset} of the file); stopped"
-                yield number + 1, RowError(number + 1, None, message)
-                return
-            except csv.Error as exc:  # line_num already counts the line it failed on
-                message = f"malformed CSV near line {reader.line_num} ({exc}); stopped"
-                yield number + 1, RowError(number + 1, None, message)
-                return
-            if row is None:
-                return
-            if row:
-                number += 1
-                yield number, row
-
-    # Names are written escaped against formula injection, as cells are (csvio.encode_name).
-    return [decode_name(name) for name in header], rows()
-
-
-async def import_csv(store: Store, table: str, binary: IO[bytes], atomic: bool) -> dict[str, Any]:
-    """Import the CSV in ``binary`` into ``table``; the report (``ImportReport.as_dict``)."""
+    ``report``: filled as the import goes (a job reads it when the import stops early)."""
     csv.field_size_limit(CELL_MAX_CHARS)
-    header, rows = _rows(binary)
+    header, rows = read_rows(binary)
     reader = reader_for(table, header)
-    report = ImportReport(table, atomic)
+    report = report if report is not None else ImportReport(table, atomic)
     if atomic:
-        await _import_atomic(store, reader, rows, report)
-    else:
-        await _import_chunked(store, reader, rows, report)
+        await _import_atomic(store, reader, rows, report, between_chunks)
+        return report.as_dict()
+    try:
+        await _import_chunked(store, reader, rows, report, between_chunks)
+    except StoreError as exc:
+        if report.imported or report.unconfirmed:
+            raise interrupted(exc, report) from None
+        raise  # nothing was written: the store's own error (a retry is safe)
     return report.as_dict()
 
 
@@ -154,35 +130,68 @@ async def _import_chunked(
     reader: RowReader,
     rows: Iterator[tuple[int, list[str] | RowError]],
     report: ImportReport,
+    between_chunks: Pause,
 ) -> None:
     """The next chunk is parsed while the store writes the previous one (one write at a time,
     so rows are written in file order and duplicate ids are reported deterministically)."""
+    writer = _ChunkWriter(store, reader.table, report)
     chunk: list[tuple[int, Record]] = []
-    writing: asyncio.Task[None] | None = None
     try:
         for number, row in rows:
             if isinstance(row, RowError):
-                report.add([row])
+                report.stop(row)
                 break
             report.rows += 1
             record, errors = reader.read(row, number)
             if record is None:
                 report.failed += 1
                 report.add(errors)
-                continue
-            chunk.append((number, record))
-            if len(chunk) >= CHUNK_ROWS:
-                if writing is not None:
-                    await writing
-                writing = asyncio.ensure_future(write_chunk(store, reader.table, chunk, report))
-                chunk = []
-        if writing is not None:
-            await writing
+            else:
+                chunk.append((number, record))
+                if len(chunk) >= CHUNK_ROWS:
+                    await writer.start(chunk)
+                    chunk = []
+            if report.rows % CHUNK_ROWS == 0:
+                await between_chunks()
+        await writer.start(chunk)
+        await writer.wait()
+    except BaseException:
+        await writer.settle()
+        raise
+
+
+class _ChunkWriter:
+    """Writes one chunk at a time, as a task, while the import reads the next one."""
+
+    def __init__(self, store: Store, table: str, report: ImportReport) -> None:
+        self.store, self.table, self.report = store, table, report
+        self.task: asyncio.Future[None] | None = None
+
+    async def start(self, chunk: list[tuple[int, Record]]) -> None:
+        """Wait for the chunk in flight, then start writing ``chunk`` (if any)."""
+        await self.wait()
         if chunk:
-            await write_chunk(store, reader.table, chunk, report)
-    finally:
-        if writing is not None and not writing.done():
-            writing.cancel()
+            self.task = asyncio.ensure_future(
+                write_chunk(self.store, self.table, chunk, self.report)
+            )
+            self.task.add_done_callback(_retrieve)
+
+    async def wait(self) -> None:
+        if self.task is not None:
+            # Shielded: a cancel of the import does not cut a batch off mid-call (``settle``).
+            await asyncio.shield(self.task)
+
+    async def settle(self) -> None:
+        """The import stopped (an error, a cancel): let the batch in flight end, so the report
+        counts exactly the rows written (one batch: at most a store call's timeout)."""
+        if self.task is not None and not self.task.done():
+            await asyncio.wait({self.task})
+
+
+def _retrieve(task: asyncio.Future[None]) -> None:
+    """A write's error is raised by ``wait``, or replaced by the error that stopped the import."""
+    if not task.cancelled():
+        task.exception()
 
 
 async def write_chunk(
@@ -199,15 +208,20 @@ async def write_chunk(
         if not part:
             continue
         ops = [{"op": "insert", "table": table, "record": record} for _, record in part]
+        report.unconfirmed = (part[0][0], part[-1][0])
         try:
             await store.call("batch", {"ops": ops, "refs": False})
         except StoreError as exc:
+            if not _may_have_landed(exc):
+                report.unconfirmed = None
             index = _failed_index(exc, len(part))
             report.failed += 1
             report.add([_store_row_error(exc, part[index][0])])
             parts += [part[index + 1 :], part[:index]]  # the rows before it go first
             continue
+        report.unconfirmed = None
         report.imported += len(part)
+        report.last_row_written = part[-1][0]
 
 
 async def _drop_existing_ids(
@@ -239,13 +253,13 @@ async def _import_atomic(
     reader: RowReader,
     rows: Iterator[tuple[int, list[str] | RowError]],
     report: ImportReport,
+    between_chunks: Pause,
 ) -> None:
     numbers: list[int] = []
     ops: list[dict[str, Any]] = []
     for number, row in rows:
         if isinstance(row, RowError):
-            report.add([row])
-            report.failed += 1
+            report.stop(row)
             break
         report.rows += 1
         if report.rows > ATOMIC_MAX_ROWS:
@@ -263,14 +277,19 @@ async def _import_atomic(
         else:
             numbers.append(number)
             ops.append({"op": "insert", "table": reader.table, "record": record})
+        if report.rows % CHUNK_ROWS == 0:
+            await between_chunks()
     if report.failed:
         details = report.errors
         if report.errors_omitted:
             details = [*details, {"field": None, "message": f"{report.errors_omitted} more"}]
+        stopped = ""
+        if report.stopped_at_row is not None:
+            stopped = f" (the file was not read past row {report.stopped_at_row})"
         raise ApiError(
             422,
             "VALIDATION_ERROR",
-            f"{report.failed} of {report.rows} rows are invalid; nothing was imported",
+            f"{report.failed} of {report.rows} rows are invalid{stopped}; nothing was imported",
             details,
         )
     if not ops:
@@ -278,16 +297,84 @@ async def _import_atomic(
     try:
         await store.call("batch", {"ops": ops, "refs": False})
     except StoreError as exc:
+        status, code = _status_of(exc)
+        if _may_have_landed(exc):
+            message = (
+                f"{_stopped_because(exc)}: whether the {len(ops)} rows were imported is not"
+                " known (the store writes all of them or none); check before importing again"
+            )
+            raise ApiError(status, code, message, [{"field": None, "message": message}]) from None
         index = _failed_index(exc, len(ops))
-        status, code = next(
-            (found for cls, found in STORE_STATUS.items() if isinstance(exc, cls)), (400, "")
-        )
         code = CONFLICT_CODES.get(str(exc.details.get("reason")), code)
         error = _store_row_error(exc, numbers[index])
         raise ApiError(
             status, code, f"row {error.row}: {exc.message}; nothing was imported", [error.as_dict()]
         ) from None
     report.imported = len(ops)
+
+
+def interrupted(exc: StoreError, report: ImportReport) -> ApiError:
+    """A store error that stopped a default import after rows were written (or may have been):
+    its status and code, with what was written and where to resume (a retry of the whole file
+    would import the written rows again: new ids for rows without one)."""
+    status, code = _status_of(exc)
+    last = report.last_row_written
+    parts = [f"the import stopped: {_stopped_because(exc)}"]
+    if report.imported:
+        parts.append(f"{report.imported} rows were imported, up to row {last}")
+    else:
+        parts.append("no row was confirmed imported")
+    if report.unconfirmed is not None:
+        first, end = report.unconfirmed
+        parts.append(
+            f"rows {first} to {end} were being written and may have been imported: check them"
+            " before going on"
+        )
+    message = "; ".join(parts)
+    if last:
+        message += (
+            f". Importing the whole file again would import rows 1 to {last} again (rows"
+            f" without an id get new ids): resume from row {last + 1} instead"
+        )
+    summary = {
+        "field": None,
+        "message": f"{report.imported} rows imported, up to row {last}",
+        "imported": report.imported,
+        "failed": report.failed,
+        "last_row_written": last,
+        "resume_from_row": last + 1,
+        "unconfirmed_rows": list(report.unconfirmed) if report.unconfirmed else None,
+    }
+    return ApiError(status, code, message, [summary, *report.errors])
+
+
+def _status_of(exc: StoreError) -> tuple[int, str]:
+    """The status and code the API answers for ``exc`` (``api.errors.STORE_STATUS``)."""
+    return next(
+        (found for cls, found in STORE_STATUS.items() if isinstance(exc, cls)),
+        (500, "INTERNAL_ERROR"),
+    )
+
+
+def _stopped_because(exc: StoreError) -> str:
+    # Not the store client's own message for these: it may name the socket path.
+    if isinstance(exc, StoreUnavailable):
+        return "the store became unavailable"
+    if isinstance(exc, StoreTimeout):
+        return "the store did not answer in time"
+    if isinstance(exc, StoreBusy):
+        return "the store was busy"
+    if isinstance(exc, MemoryLimit):
+        return "the store reached its memory limit"
+    return exc.message if _status_of(exc)[0] != 500 else "the store failed"
+
+
+def _may_have_landed(exc: StoreError) -> bool:
+    """A batch whose call failed this way may have been applied: the connection was lost
+    after it was sent, or no answer came in time. (A persistence error is the store's answer.)"""
+    return isinstance(exc, StoreTimeout | StoreUnavailable) and not isinstance(
+        exc, PersistenceError
+    )
 
 
 def _failed_index(exc: StoreError, size: int) -> int:

@@ -1,4 +1,8 @@
-"""CSV rows ↔ records, per table: which columns a table takes and how a row is validated.
+"""CSV rows ↔ records, per table: the body read as rows (``read_rows``), which columns a
+table takes and how a row is validated.
+
+A malformed spot (bad quoting, a byte that is not UTF-8, a quote never closed) ends the rows
+with a ``RowError`` for the row it is in: past it, where the next row starts is not known.
 
 Generic tables take any columns; ``orders`` takes its model's fields and validates each row
 through ``OrderCreate`` exactly like ``POST /orders``; ``users`` cannot be imported (a CSV
@@ -9,19 +13,19 @@ service; create users with ``POST /users``). The store-managed columns ``created
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import csv
+import re
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
+from typing import IO, Any
 
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from api.errors import ApiError, field_path
-from api.queries import parse_timestamp, store_time
 from api.schemas.orders import OrderCreate
 from api.services import orders, records, users
-from api.services.csvio import ABSENT, CellError, decode_cell, decode_text
+from api.services.csvio import ABSENT, CellError, decode_cell, decode_name, decode_text
 
 Record = dict[str, Any]
 EXTRA = "_extra"
@@ -42,6 +46,78 @@ class RowError:
 
 def invalid_csv(message: str, field: str | None = None) -> ApiError:
     return ApiError(400, "INVALID_CSV", message, [{"field": field, "message": message}])
+
+
+class NotUtf8(ValueError):
+    """The body is not UTF-8 at byte ``offset`` (counted from 0 at the start of the body)."""
+
+    def __init__(self, offset: int) -> None:
+        super().__init__(f"not valid UTF-8 at byte {offset}")
+        self.offset = offset
+
+
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
+_NOT_READ = "the rest of the file was not read"
+
+
+def text_lines(binary: IO[bytes]) -> Iterator[str]:
+    """The body's lines as text, ends kept (split at CRLF, LF or CR like ``newline=""``), a
+    UTF-8 BOM dropped; a bad byte raises ``NotUtf8`` when the reader reaches its line.
+
+    Not ``io.TextIOWrapper``: it decodes 8 KiB at a time, so one bad byte fails the read of
+    every line in its block, the header line included, and the error names the wrong row.
+    A line is split at b"\\n", a byte that is never inside a multi-byte UTF-8 sequence.
+    """
+    offset = 0
+    for raw in iter(binary.readline, b""):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise NotUtf8(offset + exc.start) from None
+        if offset == 0 and text.startswith("\ufeff"):
+            text = text[1:]
+        offset += len(raw)
+        cr = text.find("\r")
+        if cr == -1 or (cr == len(text) - 2 and text[-1] == "\n"):
+            yield text  # the usual line: no CR, or CRLF at its end
+        else:  # lone CRs end lines too (and the csv reader wants one line per string)
+            yield from _LINE.findall(text)
+
+
+def read_rows(binary: IO[bytes]) -> tuple[list[str], Iterator[tuple[int, list[str] | RowError]]]:
+    """The header and an iterator of (row number, cells); a malformed spot ends it with an
+    error (row 1 is the first line after the header; blank lines are skipped)."""
+    reader = csv.reader(text_lines(binary), strict=True)
+    try:
+        header = next(reader, None)
+    except (csv.Error, NotUtf8) as exc:
+        raise invalid_csv(f"cannot read the header line: {exc}") from None
+    if header is None:
+        raise invalid_csv("the file is empty: the first line must name the columns")
+
+    def rows() -> Iterator[tuple[int, list[str] | RowError]]:
+        number = 0
+        while True:
+            try:
+                row = next(reader, None)
+            except NotUtf8 as exc:
+                message = (
+                    f"row {number + 1} is not UTF-8 (byte {exc.offset} of the file); {_NOT_READ}"
+                )
+                yield number + 1, RowError(number + 1, None, message)
+                return
+            except csv.Error as exc:  # line_num already counts the line it failed on
+                message = f"malformed CSV near line {reader.line_num} ({exc}); {_NOT_READ}"
+                yield number + 1, RowError(number + 1, None, message)
+                return
+            if row is None:
+                return
+            if row:
+                number += 1
+                yield number, row
+
+    # Names are written escaped against formula injection, as cells are (csvio.encode_name).
+    return [decode_name(name) for name in header], rows()
 
 
 @dataclass(frozen=True)
@@ -168,8 +244,7 @@ def _validate_order(data: Record) -> Record:
             records.check_generic({"id": record_id}, ())
         except RequestValidationError as exc:
             problems += [_problem(error) for error in exc.errors()]
-    order_date = data.pop("order_date", None)
-    try:
+    try:  # order_date too: with a time zone, not in the future, as an admin's POST /orders
         payload = OrderCreate.model_validate(data)
     except ValidationError as exc:
         problems += [
@@ -177,17 +252,7 @@ def _validate_order(data: Record) -> Record:
             for e in exc.errors(include_url=False, include_input=False)
         ]
     else:
-        record.update(orders.new_record(payload))
-    if order_date is not None:  # kept (new_record dates the order now)
-        try:
-            stamp = parse_timestamp(str(order_date), "order_date")
-        except ApiError as exc:  # unreadable, or out of range once in UTC
-            problems.append(("order_date", exc.details[0]["message"]))
-        else:
-            # As OrderCreate: not in the future (stamps are fixed-width, so text order works).
-            if stamp > store_time(datetime.now(UTC)):
-                problems.append(("order_date", "may not be in the future"))
-            record["order_date"] = stamp
+        record.update(orders.new_record(payload, payload.order_date))  # kept, else now
     if problems:
         raise RowInvalid(problems)
     return record

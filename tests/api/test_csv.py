@@ -21,7 +21,13 @@ import pytest
 from api.services.csv_export import CHUNK_ROWS
 from storeserver.client import StoreClient
 from tests.support.auth import register
-from tests.support.factories import assert_error, create_order, create_user, token
+from tests.support.factories import (
+    assert_error,
+    create_order,
+    create_user,
+    order_payload,
+    token,
+)
 from tests.support.stack import Stack
 from tests.support.storedirect import bulk_insert, store_call
 
@@ -542,19 +548,45 @@ def test_orders_dated_before_year_1000_round_trip(client: httpx.Client) -> None:
 
 
 def test_an_order_date_is_checked_as_post_orders_checks_it(client: httpx.Client) -> None:
-    """Not in the future, and within years 1-9999 once in UTC: per-row errors naming it."""
+    """With a time zone, not in the future, within years 1-9999 once in UTC: per-row errors
+    naming it, in the words POST /orders answers for the same value."""
     user = create_user(client)
-    text = (
-        "user_id,product_name,quantity,total_price,order_date\r\n"
-        f"{user['id']},a,1,1.00,2999-01-01T00:00:00Z\r\n"
-        f"{user['id']},b,1,1.00,0001-01-01T00:30:00+01:00\r\n"
-        f"{user['id']},c,1,1.00,2020-01-01\r\n"
-    )
-    report = import_csv(client, "orders", text).json()["data"]
-    assert report["imported"] == 1
-    assert [(e["row"], e["field"]) for e in report["errors"]] == [
-        (1, "order_date"),
-        (2, "order_date"),
+    refused = [
+        "2999-01-01T00:00:00Z",
+        "0001-01-01T00:30:00+01:00",
+        "2020-01-01",  # a date alone has no time zone either
+        "2024-01-01T00:00:00",
     ]
+    text = "user_id,product_name,quantity,total_price,order_date\r\n" + "".join(
+        f"{user['id']},p{n},1,1.00,{date}\r\n"
+        for n, date in enumerate([*refused, "2024-01-01T02:00:00+02:00"], start=1)
+    )
+    response = import_csv(client, "orders", text)
+    assert response.status_code == 200, response.text
+    report = response.json()["data"]
+    assert (report["imported"], report["failed"]) == (1, 4)
+    assert [(e["row"], e["field"]) for e in report["errors"]] == [
+        (n, "order_date") for n in range(1, 5)
+    ]
+    for date, error in zip(refused, report["errors"], strict=True):
+        answer = client.post("/api/v1/orders", json=order_payload(user["id"], order_date=date))
+        [detail] = assert_error(answer, 422, "VALIDATION_ERROR")["details"]
+        assert error["message"] == detail["message"], date
     assert "future" in report["errors"][0]["message"]
     assert "out of range" in report["errors"][1]["message"]
+    assert "timezone" in report["errors"][3]["message"]
+    [order] = client.get(f"/api/v1/users/{user['id']}/orders").json()["data"]
+    assert order["order_date"] == "2024-01-01T00:00:00.000000Z"
+
+
+def test_a_malformed_line_is_a_failed_row_and_the_report_says_where_reading_stopped(
+    client: httpx.Client,
+) -> None:
+    table = f"csv_stop_{token()}"
+    response = import_csv(client, table, 'a,b\n1,2\n3,"x"y\n5,6\n7,8\n')
+    assert response.status_code == 200, response.text
+    report = response.json()["data"]
+    assert (report["rows"], report["imported"], report["failed"]) == (2, 1, 1)
+    assert report["stopped_at_row"] == 2
+    assert [(e["row"], e["field"]) for e in report["errors"]] == [(2, None)]
+    assert "the rest of the file was not read" in report["errors"][0]["message"]

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from api.errors import ApiError
 from api.services.csv_export import CsvEncoder, columns_for
-from api.services.csv_import import ImportReport, _rows, write_chunk
-from api.services.csv_rows import RowError, reader_for
+from api.services.csv_import import ImportReport, write_chunk
+from api.services.csv_rows import RowError, read_rows, reader_for
 from api.services.csvio import (
     ABSENT,
     INJECTION_START,
@@ -385,7 +385,7 @@ def test_export_header_is_escaped_and_import_reverses_it() -> None:
     body = encoder.header() + encoder.rows([record])
     header_cells = rows_of(body.decode())[0]
     assert header_cells[:5] == ["id", "'=cmd|' /C calc'!A0", "'@sum", "''=x", "plain"]
-    header, rows = _rows(io.BytesIO(body))
+    header, rows = read_rows(io.BytesIO(body))
     assert header[:5] == ["id", "=cmd|' /C calc'!A0", "@sum", "'=x", "plain"]
     (number, row), *_ = list(rows)
     assert isinstance(row, list)
@@ -396,7 +396,7 @@ def test_export_header_is_escaped_and_import_reverses_it() -> None:
 
 
 def read_all(body: bytes) -> tuple[list[str], list[tuple[int, Any]]]:
-    header, rows = _rows(io.BytesIO(body))
+    header, rows = read_rows(io.BytesIO(body))
     return header, list(rows)
 
 
@@ -427,7 +427,7 @@ def test_rows_before_a_bad_byte_far_into_the_file_are_read() -> None:
 
 def test_a_bad_byte_in_the_header_is_a_header_error() -> None:
     with pytest.raises(ApiError) as caught:
-        _rows(io.BytesIO(b"id,n\xffame\r\nr1,x\r\n"))
+        read_rows(io.BytesIO(b"id,n\xffame\r\nr1,x\r\n"))
     assert caught.value.status_code == 400
     assert "header line" in caught.value.message and "byte 4" in caught.value.message
 
