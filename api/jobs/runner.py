@@ -37,7 +37,10 @@ from storeserver.errors import NotFound, StoreError, StoreTimeout, StoreUnavaila
 logger = logging.getLogger("api.jobs")
 JobFunc = Callable[["JobContext"], Awaitable[dict[str, Any] | None]]
 KINDS: dict[str, JobFunc] = {}
-UNSTOPPABLE: set[str] = set()
+# Kinds a cancel cannot stop once running (409). A write by filter (submitted as a closure by
+# api.routes.tables) is one atomic store command: cancelling its wait could leave a job
+# "cancelled" whose write the store had applied. ``job_kind(stoppable=False)`` adds more.
+UNSTOPPABLE: set[str] = {"update_where", "delete_where"}
 WORKER_STOPPED = {"code": "WORKER_STOPPED", "message": "the worker shut down during the job"}
 RESULT_DIR_MODE = 0o700
 RESULT_FILE_MODE = 0o600
@@ -82,7 +85,6 @@ class JobContext:
     jobs: JobStore
     results: Path
     cancel_requested: bool = False
-    watching: asyncio.Future[Any] | None = None  # the work ``run_watched`` runs, if any
 
     async def checkpoint(
         self, done: int | None = None, total: int | None = None, unit: str = "rows"
@@ -101,39 +103,6 @@ class JobContext:
         # Results are exports of users and orders: the workers' user alone reads them.
         self.results.mkdir(mode=RESULT_DIR_MODE, parents=True, exist_ok=True)
         return self.results / f"{self.job_id}{suffix}"
-
-
-async def run_watched(
-    ctx: JobContext,
-    work: Awaitable[dict[str, Any]],
-    progress: Callable[[], tuple[int, int | None, str]] | None = None,
-) -> dict[str, Any]:
-    """Run ``work`` (a service call with no checkpoints of its own) while reporting
-    ``progress()`` every heartbeat; a cancel request cancels it at its next ``await`` (between
-    its chunks) and raises ``JobCancelled``."""
-    task = ctx.watching = asyncio.ensure_future(work)
-    try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=ctx.settings.job_heartbeat_seconds)
-            if done:
-                if task.cancelled() and ctx.cancel_requested:  # by ``JobRunner.cancel_here``
-                    raise JobCancelled()
-                result = task.result()
-                if progress is not None:  # the final figure, even for work shorter than a beat
-                    done_units, total, unit = progress()
-                    changes = {"progress": {"done": done_units, "total": total, "unit": unit}}
-                    await ctx.jobs.touch(ctx.job_id, changes)
-                return result
-            if progress is not None:
-                await ctx.checkpoint(*progress())
-            elif ctx.cancel_requested:
-                raise JobCancelled()
-    finally:
-        ctx.watching = None
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
 
 
 def files_older_than(folder: Path, cutoff: float) -> list[Path]:
@@ -300,8 +269,6 @@ class JobRunner:
         ctx = self._contexts.get(job_id)
         if ctx is not None:
             ctx.cancel_requested = True
-            if ctx.watching is not None:
-                ctx.watching.cancel()  # stops at its next await, between its chunks
 
     async def _beat_once(self) -> None:
         for job_id, task in list(self._tasks.items()):

@@ -102,7 +102,8 @@ async def read_job(job_id: JobId, jobs: JobsDep, caller: CurrentUser) -> Respons
 )
 async def cancel_job(job_id: JobId, jobs: JobsDep, caller: CurrentUser) -> Response:
     """A queued job is cancelled at once (200); a running one stops at its next chunk (202),
-    except a running snapshot, which nothing stops halfway (409); a finished one is 409."""
+    except a running snapshot or write by filter, which nothing stops halfway (409); a
+    finished one is 409."""
     kind = (await visible_job(jobs, caller, job_id)).get("kind")
     stamp = {"state": "cancelled", "cancel_requested": True, "finished_at": now_stamp()}
     cancelled = await jobs.jobs.transition(job_id, ("queued",), stamp)

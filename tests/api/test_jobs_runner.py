@@ -188,31 +188,3 @@ async def test_a_cancel_in_the_worker_running_the_job_stops_it_at_its_next_check
         assert done["state"] == "cancelled"
     finally:
         await runner.stop()
-
-
-async def test_a_cancel_in_the_worker_running_watched_work_stops_it_now(
-    store: EngineStore, tmp_path: Path
-):
-    """Work run by ``run_watched`` (a service call without checkpoints of its own) stops at
-    once too, not at the next heartbeat."""
-    slow = Settings(job_result_dir=str(tmp_path), job_heartbeat_seconds=60, job_stale_seconds=300)
-    started = asyncio.Event()
-
-    async def work() -> dict[str, Any]:
-        started.set()
-        await asyncio.sleep(3600)
-        return {}
-
-    async def watched(ctx: JobContext) -> dict[str, Any]:
-        return await runner_module.run_watched(ctx, work())
-
-    runner = JobRunner(store, slow)
-    await runner.start()
-    try:
-        job = await runner.submit("test", "owner", {}, watched)
-        await started.wait()
-        runner.cancel_here(job["id"])
-        done = await wait_until_finished(runner, job["id"])
-        assert done["state"] == "cancelled"
-    finally:
-        await runner.stop()
