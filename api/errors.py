@@ -27,6 +27,15 @@ from storeserver import errors as store_errors
 log = structlog.get_logger("api.errors")
 
 
+class StreamCutOff(Exception):
+    """A streamed answer that cannot be completed (its store cursor is gone): the response has
+    started, so the connection closes without its last chunk. Whoever raises it has logged why
+    (one warning); ``already_logged`` spares it the 500 handler's line and uvicorn's traceback
+    (``api.logs.DropLoggedErrors``)."""
+
+    already_logged = True
+
+
 class ApiError(Exception):
     """An error the API raises itself (bad query, bad table name, failed precondition)."""
 
@@ -74,7 +83,10 @@ STORE_STATUS: dict[type[store_errors.StoreError], tuple[int, str]] = {
 # The 503s that carry Retry-After: the store cannot take the request now, but will.
 _RETRY_LATER: dict[type[store_errors.StoreError], tuple[str, str]] = {
     store_errors.StoreUnavailable: ("STORE_UNAVAILABLE", "The store is unavailable; retry shortly"),
-    store_errors.StoreBusy: ("STORE_BUSY", "The store is busy with long queries; retry shortly"),
+    store_errors.StoreBusy: (
+        "STORE_BUSY",
+        "The store is busy with long queries or downloads; retry shortly",
+    ),
 }
 CONFLICT_CODES = {
     "unique": "ALREADY_EXISTS",
@@ -242,6 +254,8 @@ def allowed_methods(app: Any, path: str) -> str:
 
 async def handle_unexpected_error(request: Request, exc: Exception) -> Response:
     """500 without internals; runs outside the middleware, so it adds the id headers itself."""
+    if getattr(exc, "already_logged", False):
+        return Response(status_code=500)  # never sent: the response had started
     # Named explicitly: this handler runs outside the middleware that binds the log context.
     log.error(
         "unhandled_error",

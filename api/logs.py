@@ -168,6 +168,15 @@ def write_access_line(fds: list[int], logger_name: str, event: str, fields: dict
             data = data[os.write(fd, data) :]
 
 
+class DropLoggedErrors(logging.Filter):
+    """Drops uvicorn's "Exception in ASGI application" traceback for an exception whose raiser
+    already logged it (``already_logged``, e.g. ``api.errors.StreamCutOff``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not getattr(exc, "already_logged", False)
+
+
 def logging_config(level: str) -> dict[str, Any]:
     """``logging.config.dictConfig`` input: also gunicorn's ``logconfig_dict``."""
     level = level.upper()
@@ -180,11 +189,12 @@ def logging_config(level: str) -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"json": {"()": json_formatter}},
+        "filters": {"already_logged": {"()": DropLoggedErrors}},
         "handlers": {"json": {"()": JsonLineHandler, "formatter": "json"}},
         "root": {"handlers": ["json"], "level": level},
         "loggers": {
             "gunicorn.error": json_out,
-            "uvicorn.error": json_out,
+            "uvicorn.error": {**json_out, "filters": ["already_logged"]},
             "gunicorn.access": silent,
             "uvicorn.access": silent,
         },

@@ -69,6 +69,7 @@ CHUNKED_WRITES = frozenset({"create_index", "set_schema", "update_where", "delet
 READ_COMMANDS = frozenset(
     {"ping", "get", "get_many", "find", "count", "join", "aggregate", "list_tables", "stats"}
     | {"kv_get", "kv_get_many", "list_indexes", "audit_list", "describe"}
+    | {"scan_close"}  # changes no data and may be repeated: retried like a read
 )
 
 

@@ -71,6 +71,7 @@ _INDEX_ARGS = frozenset({"table", "field"})
 _TABLE_ARGS = frozenset({"table"})
 _SET_SCHEMA_ARGS = frozenset({"table", "schema", "force"})
 _SCAN_ARGS = frozenset({"table", "cursor", "limit", "include_hidden", "fields", "where"})
+_SCAN_CLOSE_ARGS = frozenset({"cursor"})
 _KV_SET_ARGS = frozenset({"key", "value", "ttl", "nx"})
 _KEY_ARGS = frozenset({"key"})
 _KEYS_ARGS = frozenset({"keys"})
@@ -123,11 +124,13 @@ class Engine:
         max_bulk_rows: int = 10_000,
         audit_max_entries: int = 100_000,
         audit_max_age: float = 0.0,
+        scan_idle: float = 60.0,
     ) -> None:
         """``journal=False`` stops recording changes (when nothing calls ``drain_changes``).
 
         ``max_bulk_rows``: default and ceiling of ``update_where``/``delete_where``'s
-        ``max_rows``; ``audit_max_*``: the audit log's bounds (age in seconds, 0 = none).
+        ``max_rows``; ``audit_max_*``: the audit log's bounds (age in seconds, 0 = none);
+        ``scan_idle``: seconds a ``scan`` cursor may go unread (``STORE_SCAN_IDLE``).
         """
         self._clock = clock
         self._started = clock()
@@ -139,7 +142,7 @@ class Engine:
         self.audit.stamp = self._writer.timestamps
         self._bulk = BulkWriter(self._writer, max_bulk_rows, max_in)
         self._reader = RecordReader(self._catalog, max_limit, max_in)
-        self._scans = ScanCursors(clock)
+        self._scans = ScanCursors(clock, idle=scan_idle)
         self._kv = KeyValueStore(clock)
         self._rates = FixedWindowCounters(clock)
         w, r = self._writer, self._reader
@@ -166,6 +169,7 @@ class Engine:
             "delete_where": self._bulk.delete_where,
             "audit_list": self._audit_list,
             "scan": self._scan,
+            "scan_close": self._scan_close,
             "stats": self._stats,
             "kv_set": self._kv_set,
             "kv_get": self._kv_get,
@@ -206,6 +210,7 @@ class Engine:
             "delete_where",
             "audit_list",
             "scan",
+            "scan_close",
             "stats",
             "kv_set",
             "kv_get",
@@ -593,6 +598,11 @@ class Engine:
         where = parse_where(args.get("where"), table.hidden, include_hidden, self._reader.max_in)
         cursor_id = self._scans.open(table, include_hidden, args.get("fields"), where)
         return self._scans.read(cursor_id, size)
+
+    def _scan_close(self, args: Args) -> bool:
+        """Free a cursor before its end; False if it was gone already (so closing twice is fine)."""
+        check_keys(args, _SCAN_CLOSE_ARGS)
+        return self._scans.close(required_str(args, "cursor"))
 
     def _stats(self, args: Args) -> dict[str, Any]:
         check_keys(args, frozenset())

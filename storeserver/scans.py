@@ -3,8 +3,18 @@
 Opening copies the id list (a few ms for 1M rows); each read returns up to ``limit`` records
 still present (deleted ones are skipped, rows added since are not included; a record updated
 since is returned as it is now). ``fields``, given when opening, projects every page (see
-``projection``). A cursor is freed when it reaches the end, after ``idle``
-seconds without use, or when too many are open (the least recently used goes first).
+``projection``). A cursor is freed when it reaches the end, when its reader closes it
+(``scan_close``: the API does as soon as an export ends early), or after ``idle`` seconds
+without use (``STORE_SCAN_IDLE``).
+
+Open cursors are capped (``max_open``, and ``max_ids`` ids held between them: 8 bytes each).
+At the cap, opening another is refused with ``STORE_BUSY`` instead of evicting one. An open
+cursor is most likely an export in progress: its client already has a 200 and part of the
+body, so evicting it cuts the download off with nothing to resume from, and a flood of opens
+(downloads dropped before the API closed their cursors) once evicted every live export. The
+newcomer, refused, has not started its response yet (the API reads the first page before it
+answers): it gets a 503 with Retry-After and can come back. Cursors nobody reads any more
+still go first: they expire (see ``expire``).
 
 A ``where`` (``find``'s), given when opening, keeps only the matching records: an indexed
 ``eq``/``in`` ANDed at its root makes the snapshot the index's ids alone, and the rest is tested
@@ -20,7 +30,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from storeserver.errors import NotFound
+from storeserver.errors import NotFound, StoreBusy
 from storeserver.filters import Node, compile_predicate, plan
 from storeserver.projection import Projector, parse_fields
 from storeserver.selection import rows_per_step
@@ -77,6 +87,7 @@ class ScanCursors:
         max_open: int = 1000,
         max_ids: int = 20_000_000,
     ) -> None:
+        """``idle``: seconds a cursor may go unread; ``max_open``, ``max_ids``: the caps."""
         self._clock = clock
         self._idle = idle
         self._max_open = max_open
@@ -110,22 +121,30 @@ class ScanCursors:
         ``where`` the parsed ``where`` nodes (``filters.parse_where``)."""
         project = parse_fields(fields, table.hidden, include_hidden)  # before any state changes
         self.expire()
+        if len(self._open) >= self._max_open:  # refused, not evicted: see the module doc
+            raise StoreBusy("too many scan cursors open; retry shortly", {"max": self._max_open})
         cursor = _Cursor(table, include_hidden, project, self._clock(), where or [])
-        while self._open and (
-            len(self._open) >= self._max_open or self._ids_held + len(cursor.ids) > self._max_ids
-        ):
-            self._drop(next(iter(self._open)))
+        # One cursor alone may pass max_ids (else a big table could never be scanned).
+        if self._open and self._ids_held + len(cursor.ids) > self._max_ids:
+            raise StoreBusy("scan cursors hold too many ids; retry shortly", {"max": self._max_ids})
         cursor_id = os.urandom(16).hex()
         self._open[cursor_id] = cursor
         self._ids_held += len(cursor.ids)
         return cursor_id
+
+    def close(self, cursor_id: str) -> bool:
+        """Free a cursor now; False if there is none by that id (finished, expired, closed)."""
+        if cursor_id not in self._open:
+            return False
+        self._drop(cursor_id)
+        return True
 
     def read(self, cursor_id: str, limit: int) -> dict[str, Any]:
         """``{"items": up to limit records, "cursor": cursor_id or None at the end}``."""
         self.expire()
         cursor = self._open.get(cursor_id)
         if cursor is None:
-            raise NotFound("no such cursor (finished or expired)", {"cursor": cursor_id})
+            raise NotFound("no such cursor (finished, closed or expired)", {"cursor": cursor_id})
         rows, ids, table, project = cursor.table.rows, cursor.ids, cursor.table, cursor.project
         keep = cursor.keep
         items: list[dict[str, Any]] = []

@@ -196,6 +196,7 @@ class StoreServer:
             max_bulk_rows=settings.max_bulk_rows,
             audit_max_entries=settings.audit_max_entries,
             audit_max_age=settings.audit_max_age,
+            scan_idle=settings.scan_idle,
         )
         self.durability = (
             Durability(settings.data_dir, settings.fsync, self.engine, settings.log_rewrite_bytes)

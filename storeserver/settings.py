@@ -46,6 +46,10 @@ class StoreSettings(BaseSettings):
     # Audit log bounds: entries kept, and their age in seconds (0 = no age bound).
     audit_max_entries: PositiveInt = 100_000
     audit_max_age: float = Field(default=30 * 24 * 3600.0, ge=0)
+    # Seconds a scan cursor may go unread before it is freed (a slow client of a streamed
+    # export pauses the worker's reads: past this its download is cut off). While it lasts
+    # the cursor holds its table's id list (8 bytes a row; every cursor's together are capped).
+    scan_idle: float = Field(default=300.0, gt=0, le=24 * 3600)
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 from fastapi.exceptions import RequestValidationError
 
-from api.errors import ApiError
+from api.errors import ApiError, StreamCutOff
 from api.jobs.model import ACTIVE, ADMIN, JobCancelled, JobFailed, now_stamp
 from api.jobs.state import Job, JobStore
 from api.settings import Settings
@@ -205,6 +205,9 @@ class JobRunner:
             await self._finish(
                 ctx.job_id, "failed", error={"code": exc.code, "message": exc.message}
             )
+        except StreamCutOff as exc:  # logged where raised: a store restart, or a stall
+            error: dict[str, Any] = {"code": "EXPORT_CUT_OFF", "message": str(exc)}
+            await self._finish(ctx.job_id, "failed", error=error)
         except ApiError as exc:  # what the synchronous route would have answered
             error = {"code": exc.code, "message": exc.message, "details": exc.details}
             await self._finish(ctx.job_id, "failed", error=error)

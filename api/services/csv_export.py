@@ -1,6 +1,7 @@
 """CSV export, streamed: the store's ``scan`` cursor a chunk at a time (the next chunk is
 requested while this one is encoded), so neither the worker nor the store ever holds the whole
-table and the store's loop is held for one chunk at most.
+table and the store's loop is held for one chunk at most. The cursor is closed as soon as an
+export ends early, and its loss reported, as for the dump (``dumps.TableScan``).
 
 List filters go to the store with the scan (its ``where``): only matching records cross the
 socket, and an indexed equality (``user_id=...``) reads that index's ids instead of the table.
@@ -15,7 +16,6 @@ column (empty when there is none), and of a field named ``""`` (no column can ha
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -24,6 +24,7 @@ from typing import Any
 from api.services import orders, users
 from api.services.csv_rows import EXTRA, Record
 from api.services.csvio import ABSENT, encode_cell, encode_name
+from api.services.dumps import open_scan
 from api.store import Store
 
 _TYPED_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -97,12 +98,10 @@ async def open_export(
 ) -> AsyncIterator[bytes]:
     """Read the first chunk now (a missing table is a 404 before streaming starts) and return
     the CSV as an iterator of byte strings."""
-    opening: dict[str, Any] = {"table": table, "limit": chunk}
+    scan = await open_scan(store, table, chunk, where)
     if not where:
-        first = await store.call("scan", opening)
-        sample = first["items"]
+        sample = scan.head
     else:
-        first = await store.call("scan", {**opening, "where": where})
         # The header is the table's, whatever matches (even none): from its first rows.
         head = {"table": table, "limit": min(chunk, HEADER_SAMPLE)}
         sample = [] if table in _TYPED_COLUMNS else (await store.call("find", head))["items"]
@@ -110,23 +109,12 @@ async def open_export(
     encoder = CsvEncoder(table, columns, extra)
 
     async def stream() -> AsyncIterator[bytes]:
-        yield encoder.header()
-        page = first
-        pending: asyncio.Task[Any] | None = None
         try:
-            while True:
-                cursor = page.get("cursor")
-                if cursor:  # ask for the next chunk before encoding this one
-                    args = {"cursor": cursor, "limit": chunk}
-                    pending = asyncio.ensure_future(store.call("scan", args))
-                items = page["items"]
+            yield encoder.header()
+            async for items in scan:
                 if items:
                     yield encoder.rows(items)
-                if pending is None:
-                    return
-                page, pending = await pending, None
         finally:
-            if pending is not None:
-                pending.cancel()
+            scan.close()  # closing this generator leaves the scan's own at its ``yield``
 
     return stream()

@@ -22,6 +22,7 @@ from storeserver.errors import (
     InternalError,
     LimitExceeded,
     NotFound,
+    StoreBusy,
     StoreError,
     UnknownCommand,
     VersionMismatch,
@@ -1328,9 +1329,9 @@ def test_scan_cursors_expire_and_are_capped(engine: Engine, clock: FakeClock) ->
     fail(engine, NotFound, "scan", cursor=cursor)
     assert run(engine, "stats")["cursors"] == 0
     engine._scans._max_open = 2
-    cursors = [run(engine, "scan", table="t", limit=1)["cursor"] for _ in range(3)]
-    fail(engine, NotFound, "scan", cursor=cursors[0])  # the oldest was evicted
-    assert run(engine, "scan", cursor=cursors[2], limit=1)["items"]
+    cursors = [run(engine, "scan", table="t", limit=1)["cursor"] for _ in range(2)]
+    fail(engine, StoreBusy, "scan", table="t", limit=1)  # refused: no cursor in use is evicted
+    assert run(engine, "scan", cursor=cursors[0], limit=1)["items"]
 
 
 def test_scan_where_keeps_only_matches_and_bounds_each_read(

@@ -1,0 +1,161 @@
+"""Scan cursors' lifetime: closed by their reader (``scan_close``), refused rather than evicted
+at the cap, freed after ``STORE_SCAN_IDLE`` seconds unread."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from storeserver.client import READ_COMMANDS, StoreClient
+from storeserver.engine import Engine
+from storeserver.errors import BadRequest, NotFound, StoreBusy, StoreError
+from storeserver.server import StoreServer
+from storeserver.settings import StoreSettings
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def engine(clock: FakeClock) -> Engine:
+    engine = Engine(clock=clock, journal=False)
+    engine.execute("batch", {"ops": [{"op": "insert", "table": "t", "record": {}}] * 10})
+    return engine
+
+
+def run(engine: Engine, command: str, **args: Any) -> Any:
+    return engine.run_job(engine.execute(command, args))
+
+
+def fail(engine: Engine, cls: type[StoreError], command: str, **args: Any) -> StoreError:
+    with pytest.raises(cls) as info:
+        run(engine, command, **args)
+    return info.value
+
+
+def open_cursor(engine: Engine) -> str:
+    cursor: str = run(engine, "scan", table="t", limit=1)["cursor"]
+    return cursor
+
+
+def open_count(engine: Engine) -> int:
+    count: int = run(engine, "stats")["cursors"]
+    return count
+
+
+# -- scan_close ---------------------------------------------------------------------------------
+
+
+def test_scan_close_frees_the_cursor_at_once(engine: Engine) -> None:
+    cursor, other = open_cursor(engine), open_cursor(engine)
+    assert open_count(engine) == 2
+    assert run(engine, "scan_close", cursor=cursor) is True
+    assert open_count(engine) == 1
+    err = fail(engine, NotFound, "scan", cursor=cursor, limit=1)
+    assert err.details == {"cursor": cursor}
+    assert run(engine, "scan", cursor=other, limit=1)["cursor"] == other  # the other goes on
+    assert engine._scans._ids_held == 10  # the closed one's ids are released
+
+
+def test_scan_close_is_idempotent(engine: Engine) -> None:
+    cursor = open_cursor(engine)
+    assert run(engine, "scan_close", cursor=cursor) is True
+    assert run(engine, "scan_close", cursor=cursor) is False  # already closed
+    assert run(engine, "scan_close", cursor="f" * 32) is False  # never was
+    finished = run(engine, "scan", table="t", limit=100)
+    assert finished["cursor"] is None and open_count(engine) == 0
+
+
+@pytest.mark.parametrize(
+    "args",
+    [{}, {"cursor": ""}, {"cursor": 5}, {"cursor": None}, {"cursor": "c", "limit": 1}],
+)
+def test_scan_close_checks_its_arguments(engine: Engine, args: dict[str, Any]) -> None:
+    cursor = open_cursor(engine)
+    with pytest.raises(BadRequest):
+        engine.execute("scan_close", args)
+    assert open_count(engine) == 1 and run(engine, "scan", cursor=cursor, limit=1)["items"]
+
+
+def test_scan_close_is_a_command_that_changes_no_data() -> None:
+    assert "scan_close" in Engine.COMMANDS and "scan_close" not in Engine.WRITE_COMMANDS
+    assert "scan_close" in READ_COMMANDS  # the client retries it like a read
+
+
+async def test_scan_close_over_the_wire(client: StoreClient) -> None:
+    await client.call("batch", {"ops": [{"op": "insert", "table": "t", "record": {}}] * 3})
+    page = await client.call("scan", {"table": "t", "limit": 1})
+    assert (await client.call("stats"))["cursors"] == 1
+    assert await client.call("scan_close", {"cursor": page["cursor"]}) is True
+    assert (await client.call("stats"))["cursors"] == 0
+    with pytest.raises(NotFound):
+        await client.call("scan", {"cursor": page["cursor"], "limit": 1})
+
+
+# -- the cap: refuse the newcomer, never evict a cursor in use --------------------------------
+
+
+def test_at_max_open_a_new_cursor_is_refused_and_none_is_evicted(
+    engine: Engine, clock: FakeClock
+) -> None:
+    engine._scans._max_open = 3
+    live = [open_cursor(engine) for _ in range(3)]
+    for _ in range(5):  # a flood of opens (dropped downloads, say)
+        err = fail(engine, StoreBusy, "scan", table="t", limit=1)
+        assert err.details == {"max": 3}
+    for cursor in live:  # every cursor in use reads on
+        assert run(engine, "scan", cursor=cursor, limit=1)["cursor"] == cursor
+    assert run(engine, "scan_close", cursor=live[0])
+    assert open_cursor(engine)  # a closed cursor makes room
+    clock.now += 61  # every cursor idle past the default 60 s: they make room too
+    assert len({open_cursor(engine) for _ in range(3)}) == 3
+
+
+def test_past_max_ids_a_new_cursor_is_refused_but_one_alone_may_pass_it(engine: Engine) -> None:
+    engine._scans._max_ids = 15
+    first = open_cursor(engine)  # 10 ids
+    err = fail(engine, StoreBusy, "scan", table="t", limit=1)  # 20 > 15
+    assert err.details == {"max": 15}
+    assert run(engine, "scan", cursor=first, limit=1)["cursor"] == first
+    run(engine, "scan_close", cursor=first)
+    engine._scans._max_ids = 5
+    assert open_cursor(engine)  # 10 ids, alone: a big table can still be scanned
+
+
+# -- idle limit ---------------------------------------------------------------------------------
+
+
+def test_the_idle_limit_is_the_engines_scan_idle(clock: FakeClock) -> None:
+    engine = Engine(clock=clock, journal=False, scan_idle=300)
+    engine.execute("batch", {"ops": [{"op": "insert", "table": "t", "record": {}}] * 3})
+    cursor = open_cursor(engine)
+    clock.now += 299  # past the old fixed 60 s
+    assert run(engine, "scan", cursor=cursor, limit=1)["cursor"] == cursor  # use renews it
+    clock.now += 300.5
+    fail(engine, NotFound, "scan", cursor=cursor, limit=1)
+    assert open_count(engine) == 0
+
+
+def test_store_scan_idle_setting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    assert StoreSettings().scan_idle == 300.0
+    monkeypatch.setenv("STORE_SCAN_IDLE", "0.5")
+    assert StoreSettings().scan_idle == 0.5
+    server = StoreServer(StoreSettings(socket=tmp_path / "s.sock", scan_idle=42))
+    assert server.engine._scans._idle == 42
+    for bad in ("0", "-1", "90000", "inf", "nan", "soon"):
+        monkeypatch.setenv("STORE_SCAN_IDLE", bad)
+        with pytest.raises(ValidationError, match="scan_idle"):
+            StoreSettings()
