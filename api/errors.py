@@ -8,8 +8,9 @@ Store errors are mapped to HTTP statuses here and nowhere else.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from http import HTTPStatus
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from fastapi import FastAPI, Request
@@ -222,6 +223,13 @@ async def handle_validation_error(request: Request, exc: Exception) -> Response:
 async def handle_http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     status_code = exc.status_code
+    cause = exc.__cause__
+    if status_code == 400 and isinstance(cause, UnicodeDecodeError):
+        # FastAPI answers a JSON body that is not UTF-8 with a bare 400; malformed JSON is a
+        # 422 (json_invalid) and so is this, as the contract says.
+        message = f"the body is not valid UTF-8 (byte {cause.start})"
+        problem = {"type": "json_invalid", "loc": ("body",), "msg": message, "input": {}}
+        return await handle_validation_error(request, RequestValidationError([problem]))
     try:
         phrase = HTTPStatus(status_code).phrase
     except ValueError:
@@ -239,14 +247,29 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
     return error_response(request, status_code, code, message, headers=headers)
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def refuses_methods(endpoint: F) -> F:
+    """Mark a route that only answers 405 for its methods (``/data/{table}/schema`` keeps them
+    from the record routes): ``allowed_methods`` does not count them."""
+    setattr(endpoint, "refuses_methods", True)  # noqa: B010 (a marker on a function)
+    return endpoint
+
+
 def allowed_methods(app: Any, path: str) -> str:
-    """Every method some route takes at ``path``. Starlette's 405 lists only the first route
+    """Every method some route answers at ``path``. Starlette's 405 lists only the first route
     whose path matched (``PUT /data/t`` said ``Allow: PATCH``, though GET, POST and DELETE are
-    there too). Computed per 405, which is rare: a pass over the routes."""
-    methods: set[str] = set()
+    there too). The router decides per method: the first route, in order, whose path and
+    method match takes the request, so a method counts only when that route is not a
+    ``refuses_methods`` one. Computed per 405, which is rare: a pass over the routes."""
+    decided: dict[str, bool] = {}
     for route in iter_route_contexts(app.routes):
         if route.methods and route.path and compile_path(route.path)[0].match(path):
-            methods |= route.methods
+            answers = not getattr(route.endpoint, "refuses_methods", False)
+            for method in route.methods:
+                decided.setdefault(method, answers)
+    methods = {method for method, answers in decided.items() if answers}
     if "GET" in methods:
         methods.add("HEAD")  # every GET answers HEAD too (``RequestIdMiddleware``)
     return ", ".join(sorted(methods))

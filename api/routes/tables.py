@@ -20,7 +20,7 @@ from api.deps import (
     TableName,
     require_admin,
 )
-from api.errors import ApiError, bad_query
+from api.errors import ApiError, allowed_methods, bad_query, refuses_methods
 from api.http_metrics import MeteredRoute
 from api.jobs.runner import JobContext
 from api.jobs.web import AsyncFlag, JobsDep, filter_write_as_job, job_or_now
@@ -145,14 +145,12 @@ async def remove_schema(table: TableName, store: StoreDep) -> Response:
 
 # `/data/{table}/schema` and `/indexes` are the table's, never records with those ids: a method
 # they lack is 405 here rather than falling through to `/data/{table}/{record_id}` (a DELETE
-# of ".../schema" deleted the record called "schema").
-_SUB_RESOURCE_METHODS = {"schema": "DELETE, GET, HEAD, PUT", "indexes": "GET, HEAD, POST"}
-
-
+# of ".../schema" deleted the record called "schema"). Its Allow is what the router answers.
 @router.api_route("/{table}/schema", methods=["POST", "PATCH"], include_in_schema=False)
 @router.api_route("/{table}/indexes", methods=["PUT", "PATCH", "DELETE"], include_in_schema=False)
+@refuses_methods
 async def sub_resource_method_not_allowed(request: Request, table: TableName) -> Response:
-    allowed = _SUB_RESOURCE_METHODS[request.url.path.rsplit("/", 1)[-1]]
+    allowed = allowed_methods(request.app, request.url.path)
     raise ApiError(405, "METHOD_NOT_ALLOWED", "Method Not Allowed", headers={"Allow": allowed})
 
 
@@ -171,7 +169,10 @@ async def list_indexes(table: TableName, store: StoreDep) -> Response:
     "/{table}/indexes",
     status_code=201,
     response_model=Envelope[IndexSpec],
-    responses=error_responses(400, 404, 409, 413, 415, 507),
+    responses={
+        200: {"model": Envelope[IndexSpec], "description": "The same index existed already"},
+        **error_responses(400, 404, 409, 413, 415, 507),
+    },
     summary="Create an index",
 )
 async def create_index(

@@ -40,6 +40,9 @@ M = TypeVar("M", bound=BaseModel)
 MAX_DEPTH = 32
 # Client-chosen ids must be usable as one URL path segment.
 RECORD_ID = re.compile(r"[A-Za-z0-9._~:@-]{1,128}")
+# /data/{table}/schema, /indexes and /count are the table's own: a record with such an id
+# could never be read (GET answers the sub-resource), so none is created.
+RESERVED_IDS = frozenset({"schema", "indexes", "count"})
 _INT64 = range(-(2**63), 2**63)
 DATA: Loc = ("body", "data")
 
@@ -356,6 +359,9 @@ def check_generic(data: Record, loc: Loc = DATA, allow_refs: bool = False) -> No
     )
     if record_id is not None and not valid_id and not (allow_refs and is_ref(record_id)):
         message = "id must be 1 to 128 characters of A-Z a-z 0-9 . _ ~ : @ - (not . or ..)"
+        problems.append(_problem((*loc, "id"), message))
+    elif isinstance(record_id, str) and record_id in RESERVED_IDS:
+        message = f"id {record_id!r} is reserved: /data/{{table}}/{record_id} is the table's"
         problems.append(_problem((*loc, "id"), message))
     _walk(data, loc, 0, MAX_DEPTH, problems)
     if problems:

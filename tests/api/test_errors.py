@@ -58,6 +58,9 @@ def test_head_is_answered_as_the_get_without_a_body(client: httpx.Client) -> Non
         ("PUT", "/api/v1/data/things", "DELETE, GET, HEAD, PATCH, POST"),
         ("POST", "/api/v1/users/me", "DELETE, GET, HEAD, PATCH"),  # /users/{user_id} too
         ("DELETE", "/api/v1/health", "GET, HEAD"),
+        # The routes that only refuse methods there (405) are not in their Allow.
+        ("OPTIONS", "/api/v1/data/things/indexes", "GET, HEAD, POST"),
+        ("OPTIONS", "/api/v1/data/things/schema", "DELETE, GET, HEAD, PUT"),
     ],
 )
 def test_405_allows_every_method_of_the_path(
@@ -71,7 +74,7 @@ def test_405_allows_every_method_of_the_path(
 
 @pytest.mark.parametrize(
     "content",
-    [b"{not json", b"[]", b"null", b'{"email": 1}', b""],
+    [b"{not json", b"[]", b"null", b'{"email": 1}', b"", b'{"email": "\xff"}', b"\xff"],
 )
 def test_bad_bodies_are_422_with_details(client: httpx.Client, content: bytes) -> None:
     response = client.post(
@@ -127,11 +130,13 @@ def test_an_empty_change_by_filter_names_the_data(client: httpx.Client) -> None:
     assert [d["field"] for d in error["details"]] == ["body.data"]
 
 
-def test_undecodable_body_is_400(client: httpx.Client) -> None:
+def test_a_body_that_is_not_utf8_is_422_like_malformed_json(client: httpx.Client) -> None:
     response = client.post(
-        "/api/v1/users", content=b"\xe9", headers={"Content-Type": "application/json"}
+        "/api/v1/users", content=b'{"a": "\xe9"}', headers={"Content-Type": "application/json"}
     )
-    assert_error(response, 400, "BAD_REQUEST")
+    error = assert_error(response, 422, "VALIDATION_ERROR")
+    message = "the body is not valid UTF-8 (byte 7)"
+    assert error["details"] == [{"field": "body", "message": message, "type": "json_invalid"}]
 
 
 def test_request_id_is_generated_when_missing_or_insane(client: httpx.Client) -> None:
