@@ -27,20 +27,9 @@ from storeserver.errors import (
     UnknownCommand,
     VersionMismatch,
 )
+from tests.support.clock import T0, FakeClock
 
-T0 = 1_700_000_000.25  # 2023-11-14T22:13:20.250000Z
 STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
-
-
-class FakeClock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture

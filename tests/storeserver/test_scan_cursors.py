@@ -14,14 +14,7 @@ from storeserver.engine import Engine
 from storeserver.errors import BadRequest, NotFound, StoreBusy, StoreError
 from storeserver.server import StoreServer
 from storeserver.settings import StoreSettings
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support.clock import FakeClock
 
 
 @pytest.fixture

@@ -20,16 +20,7 @@ from storeserver.errors import (
     ValidationFailed,
     error_from_wire,
 )
-
-T0 = 1_700_000_000.25
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support.clock import FakeClock
 
 
 @pytest.fixture
