@@ -11,6 +11,7 @@ CPU time (``time.process_time``), best of 3 repeats. Prints one JSON object.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import random
@@ -128,9 +129,15 @@ def profile() -> dict[str, Any]:
     return out
 
 
+async def _in_a_loop() -> dict[str, Any]:
+    # A connection arms its handshake timer on the running loop (never fired here: the
+    # handshake comes at once, and the timing itself stays synchronous).
+    return profile()
+
+
 def main() -> None:
     configure_logging("ERROR")  # slow_command warnings would land on stdout
-    print(json.dumps(profile()), flush=True)
+    print(json.dumps(asyncio.run(_in_a_loop())), flush=True)
 
 
 if __name__ == "__main__":
