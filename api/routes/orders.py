@@ -53,9 +53,9 @@ async def create_order(
 )
 async def list_orders(
     request: Request,
+    caller: CurrentUser,  # first: a 401 comes before any word about the query (list_users)
     query: OrderListQuery,
     store: StoreDep,
-    caller: CurrentUser,
     expand: Expand = None,
 ) -> Response:
     """List your orders (an admin: everyone's) with pagination, sorting and filters

@@ -66,9 +66,11 @@ async def create_user(
     summary="List users",
 )
 async def list_users(
-    request: Request, query: UserListQuery, store: StoreDep, admin: AdminUser
+    request: Request, admin: AdminUser, query: UserListQuery, store: StoreDep
 ) -> Response:
     """List users (admin) with pagination, sorting and filters (email, full_name, age, role...)."""
+    # ``admin`` first: dependencies run in order, so a caller without a token gets the 401
+    # before any word about the query parameters.
     items, total = await user_service.list_users(store, query)
     return list_response(request, items, total, query.page)
 

@@ -262,3 +262,10 @@ def test_hashes_cannot_be_probed_through_filters(
     for path in ("/api/v1/users", "/api/v1/data/users", "/api/v1/join/users/orders/user_id"):
         response = client.get(path, params=params)
         assert response.status_code == 400, (path, response.text)
+
+
+@pytest.mark.parametrize(
+    "path", ["/api/v1/users?created_before=", "/api/v1/orders?created_before="]
+)
+def test_no_token_is_401_before_any_word_about_the_query(anon: httpx.Client, path: str) -> None:
+    assert_error(anon.get(path), 401, "NOT_AUTHENTICATED")
