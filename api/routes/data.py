@@ -29,7 +29,13 @@ from api.responses import (
     record_response,
 )
 from api.schemas.data import DataBody, DataRecord
-from api.schemas.envelope import Envelope, GroupsEnvelope, ListEnvelope, error_responses
+from api.schemas.envelope import (
+    Envelope,
+    GroupsEnvelope,
+    ListEnvelope,
+    error_responses,
+    projected_list,
+)
 from api.schemas.query import AggregateBody, CountResult, QueryBody
 from api.schemas.transactions import BulkMeta, DataCreateBody
 from api.services import records
@@ -120,7 +126,7 @@ async def count_records(table: TableName, query: CountQuery, store: StoreDep) ->
 
 @router.post(
     "/{table}/query",
-    response_model=ListEnvelope[DataRecord],
+    response_model=projected_list(DataRecord),
     responses=error_responses(400, 404, 413, 415, 422),
     summary="Query records with a filter tree",
 )

@@ -11,7 +11,13 @@ from api.errors import ApiError
 from api.etags import list_etag
 from api.http_metrics import MeteredRoute
 from api.responses import groups_response, list_response, no_content, record_response
-from api.schemas.envelope import Envelope, GroupsEnvelope, ListEnvelope, error_responses
+from api.schemas.envelope import (
+    Envelope,
+    GroupsEnvelope,
+    ListEnvelope,
+    error_responses,
+    projected_list,
+)
 from api.schemas.orders import OrderCreate, OrderPublic, OrderUpdate
 from api.schemas.query import AggregateBody, OrderQueryBody, OrderWithUser
 from api.schemas.users import UserPublic
@@ -76,7 +82,7 @@ async def list_orders(
 
 @router.post(
     "/query",
-    response_model=ListEnvelope[OrderWithUser],
+    response_model=projected_list(OrderWithUser),
     responses=error_responses(400, 401, 413, 415, 422),
     summary="Query orders with a filter tree",
 )

@@ -28,7 +28,7 @@ from api.responses import (
     record_response,
 )
 from api.routes.auth import login_limiter, too_many_attempts
-from api.schemas.envelope import Envelope, ListEnvelope, error_responses
+from api.schemas.envelope import Envelope, ListEnvelope, error_responses, projected_list
 from api.schemas.query import OrderWithUser, QueryBody, UserWithOrders
 from api.schemas.users import UserCreate, UserPublic, UserUpdate
 from api.services import orders as order_service
@@ -89,7 +89,7 @@ async def read_me(request: Request, caller: CurrentUser, store: StoreDep) -> Res
 
 @router.post(
     "/query",
-    response_model=ListEnvelope[UserPublic],
+    response_model=projected_list(UserPublic),
     responses=error_responses(400, 401, 403, 413, 415, 422),
     summary="Query users with a filter tree",
 )

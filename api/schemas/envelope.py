@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, Optional, TypeVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
 
 T = TypeVar("T")
 
@@ -30,6 +30,31 @@ class ListEnvelope(BaseModel, Generic[T]):
     status: Literal["success"] = "success"
     data: list[T]
     meta: PageMeta
+
+
+def projected(model: type[BaseModel]) -> type[BaseModel]:
+    """``model`` with every field but ``id`` optional: an item of a query, whose ``fields``
+    may cut it down to ``id`` and the fields asked for (a client generated from the OpenAPI
+    document must not require the others)."""
+    fields: dict[str, Any] = {
+        name: (
+            info.annotation if name == "id" else Optional[info.annotation],  # noqa: UP045
+            info if name == "id" else Field(None, description=info.description),
+        )
+        for name, info in model.model_fields.items()
+    }
+    return create_model(
+        f"{model.__name__}Projected",
+        __doc__=f"{model.__doc__ or model.__name__} Only `id` and the asked `fields` with"
+        " a projection.",
+        __config__=model.model_config,
+        **fields,
+    )
+
+
+def projected_list(model: type[BaseModel]) -> type[BaseModel]:
+    """The response model of a query route: a list of ``projected(model)`` items."""
+    return ListEnvelope[projected(model)]  # type: ignore[misc, return-value]
 
 
 class GroupsEnvelope(ListEnvelope[dict[str, Any]]):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 import pytest
 
@@ -75,6 +77,26 @@ def test_openapi_names_the_limits_every_operation_can_hit(client: httpx.Client) 
                 assert "507" in responses, where
             if path not in EXEMPT_PATHS:
                 assert "429" in responses, where
+
+
+def test_openapi_query_items_require_only_the_id(client: httpx.Client) -> None:
+    # ``fields`` may cut a query's items down to id and the fields asked for: a client
+    # generated from the document must not require the rest.
+    spec = client.get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+
+    def resolve(schema: dict[str, Any]) -> dict[str, Any]:
+        while "$ref" in schema:
+            schema = schemas[schema["$ref"].rsplit("/", 1)[-1]]
+        return schema
+
+    paths = ["/api/v1/users/query", "/api/v1/orders/query", "/api/v1/data/{table}/query"]
+    for path in paths:
+        ok = spec["paths"][path]["post"]["responses"]["200"]["content"]["application/json"]
+        envelope = resolve(ok["schema"])
+        item = resolve(envelope["properties"]["data"]["items"])
+        assert item.get("required") == ["id"], (path, item.get("required"))
+        assert len(item["properties"]) > 1, path
 
 
 def test_openapi_marks_every_operation_needing_a_token(client: httpx.Client) -> None:
