@@ -170,10 +170,13 @@ class RequestIdMiddleware:
             # body for it: it decides that on its own scope, which keeps the method.
             scope = {**scope, "method": "GET"}
         status = 500  # if the app raises before answering, the server error handler sends 500
+        finished = False  # the last body message went out
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
+            nonlocal status, finished
+            if message["type"] == "http.response.body":
+                finished = not message.get("more_body", False)
+            elif message["type"] == "http.response.start":
                 status = message["status"]
                 raw = message.get("headers") or ()
                 if any(name.lower() in _OUR_HEADER_NAMES for name, _ in raw):
@@ -193,6 +196,10 @@ class RequestIdMiddleware:
             error = type(exc).__name__
             raise
         finally:
+            if error is None and not finished:
+                # A streamed body the app stopped without an exception: Starlette does that
+                # when the client goes away, and a 200 alone would read as a full download.
+                error = "ClientDisconnected"
             log_access(scope, status, started, error)
 
 

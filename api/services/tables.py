@@ -313,7 +313,15 @@ async def _capped(store: Store, command: str, args: Record) -> Record:
             "TOO_MANY_ROWS",
             f"{counted} rows match, more than the {most} allowed per call; narrow the filter"
             " (nothing was changed)",
-            [{"field": "query", "matched": matched, "max": most, "message": "too many rows"}],
+            [
+                {
+                    "field": "query",
+                    "matched": matched,
+                    "at_least": bool(exc.details.get("at_least")),
+                    "max": most,
+                    "message": "too many rows",
+                }
+            ],
         ) from None
 
 

@@ -248,8 +248,11 @@ def test_the_cap_refuses_and_changes_nothing(capped: tuple[Stack, Account]) -> N
             client.patch(url, params={"n": "0"}, json={"data": {"x": 1}}), 400, "TOO_MANY_ROWS"
         )
         assert error["details"][0]["matched"] == 4 and error["details"][0]["max"] == 3
+        assert error["details"][0]["at_least"] is False  # an exact count
         assert "4" in error["message"] and "3" in error["message"]
-        assert_error(client.delete(url, params={"all": "true"}), 400, "TOO_MANY_ROWS")
+        every = assert_error(client.delete(url, params={"all": "true"}), 400, "TOO_MANY_ROWS")
+        (detail,) = every["details"]  # a floor when the store stopped counting early
+        assert detail["at_least"] is (detail["matched"] < 8) and 3 < detail["matched"] <= 8
         assert all(r["version"] == 1 for r in stored(stack, table).values())
         assert len(stored(stack, table)) == 8
 

@@ -308,6 +308,38 @@ def idle_stack() -> Iterator[tuple[Stack, Account, str]]:
 
 
 @pytest.mark.integration
+def test_a_dropped_download_is_not_logged_as_a_plain_200(
+    idle_stack: tuple[Stack, Account, str],
+) -> None:
+    stack, admin, table = idle_stack
+    download = Download(stack, f"/api/v1/dump/{table}", admin.headers)
+    download.raw += download.sock.recv(65536)
+    download.close()
+    records = wait_for_records(
+        stack.workdir / "api.log",
+        lambda found: any(
+            r["event"] == "access" and r.get("request_id") == download.request_id for r in found
+        ),
+    )
+    (access,) = [
+        r for r in records if r["event"] == "access" and r["request_id"] == download.request_id
+    ]
+    assert access["status"] == 200 and access["error"] == "ClientDisconnected"
+    # A download read to its end has no error.
+    whole = Download(stack, f"/api/v1/dump/{table}", admin.headers)
+    _, complete = whole.read_to_the_end()
+    assert complete
+    records = wait_for_records(
+        stack.workdir / "api.log",
+        lambda found: any(
+            r["event"] == "access" and r.get("request_id") == whole.request_id for r in found
+        ),
+    )
+    (done,) = [r for r in records if r["event"] == "access" and r["request_id"] == whole.request_id]
+    assert done["status"] == 200 and "error" not in done
+
+
+@pytest.mark.integration
 @pytest.mark.parametrize("path", EXPORTS)
 def test_a_download_that_outlives_its_cursor_is_cut_off_and_reported(
     idle_stack: tuple[Stack, Account, str], path: str
