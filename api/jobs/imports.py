@@ -64,7 +64,9 @@ def import_job(table: str, binary: IO[bytes], atomic: bool) -> JobFunc:
                 ctx.store, table, binary, atomic, report=report, between_chunks=between_chunks
             )
             progress = {"done": bytes_read(binary, size), "total": size, "unit": "bytes"}
-        except Exception:  # failed or cancelled (JobCancelled): what was imported stays
+        except BaseException:
+            # Failed, cancelled (JobCancelled) or stopped with the worker (CancelledError, a
+            # redeploy): what was imported stays, and the progress must say how much.
             progress = {"done": report.imported, "total": None, "unit": "rows"}
             await _record(ctx, progress)
             raise

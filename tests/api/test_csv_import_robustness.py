@@ -203,10 +203,12 @@ class RecordingJobs:
     def __init__(self, cancel_after: int | None = None) -> None:
         self.progress: list[dict[str, Any]] = []
         self.cancel_after = cancel_after
+        self.touched = asyncio.Event()
 
     async def touch(self, job_id: str, changes: dict[str, Any]) -> dict[str, Any]:
         await asyncio.sleep(0)  # a store call
         self.progress.append(changes["progress"])
+        self.touched.set()
         cancel = self.cancel_after is not None and len(self.progress) >= self.cancel_after
         return {"id": job_id, "cancel_requested": cancel}
 
@@ -335,6 +337,23 @@ async def test_a_cancelled_import_job_records_the_rows_it_imported(
         await import_job("t", io.BytesIO(valid_rows(3000)), False)(ctx)
     assert store.count("t") == CHUNK_ROWS
     assert jobs.progress[-1] == {"done": CHUNK_ROWS, "total": None, "unit": "rows"}
+
+
+async def test_an_import_job_stopped_with_its_worker_records_the_rows_it_kept(
+    store: EngineStore, tmp_path: Path
+) -> None:
+    """A worker shutting down (a redeploy) cancels its jobs' tasks: CancelledError, not
+    JobCancelled. The progress must still count the rows kept, or the job reads as nothing
+    imported and a rerun duplicates them."""
+    jobs = RecordingJobs()
+    ctx = job_context(store, jobs, tmp_path)
+    task = asyncio.ensure_future(import_job("t", io.BytesIO(valid_rows(3000)), False)(ctx))
+    await jobs.touched.wait()  # the first checkpoint: the import is under way
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    kept = store.count("t")
+    assert jobs.progress[-1] == {"done": kept, "total": None, "unit": "rows"}
 
 
 # -- 3. a malformed line is a failure, and the report says the file was not read to the end --
