@@ -27,7 +27,7 @@ from storeserver.errors import (
     UnknownCommand,
     VersionMismatch,
 )
-from tests.support.clock import T0, FakeClock
+from tests.support.engine import T0, FakeClock
 
 STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 

@@ -11,10 +11,10 @@ from pydantic import ValidationError
 
 from storeserver.client import READ_COMMANDS, StoreClient
 from storeserver.engine import Engine
-from storeserver.errors import BadRequest, NotFound, StoreBusy, StoreError
+from storeserver.errors import BadRequest, NotFound, StoreBusy
 from storeserver.server import StoreServer
 from storeserver.settings import StoreSettings
-from tests.support.clock import FakeClock
+from tests.support.engine import FakeClock, fail, run
 
 
 @pytest.fixture
@@ -27,16 +27,6 @@ def engine(clock: FakeClock) -> Engine:
     engine = Engine(clock=clock, journal=False)
     engine.execute("batch", {"ops": [{"op": "insert", "table": "t", "record": {}}] * 10})
     return engine
-
-
-def run(engine: Engine, command: str, **args: Any) -> Any:
-    return engine.run_job(engine.execute(command, args))
-
-
-def fail(engine: Engine, cls: type[StoreError], command: str, **args: Any) -> StoreError:
-    with pytest.raises(cls) as info:
-        run(engine, command, **args)
-    return info.value
 
 
 def open_cursor(engine: Engine) -> str:

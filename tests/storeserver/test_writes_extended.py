@@ -16,11 +16,10 @@ from storeserver.errors import (
     Conflict,
     LimitExceeded,
     NotFound,
-    StoreError,
     ValidationFailed,
     error_from_wire,
 )
-from tests.support.clock import FakeClock
+from tests.support.engine import FakeClock, fail, run
 
 
 @pytest.fixture
@@ -41,16 +40,6 @@ def engine(clock: FakeClock) -> Engine:
     )
     e.drain_changes()
     return e
-
-
-def run(engine: Engine, command: str, **args: Any) -> Any:
-    return engine.run_job(engine.execute(command, args))
-
-
-def fail(engine: Engine, cls: type[StoreError], command: str, **args: Any) -> StoreError:
-    with pytest.raises(cls) as info:
-        run(engine, command, **args)
-    return info.value
 
 
 def snapshot(engine: Engine) -> tuple[Any, ...]:
