@@ -17,6 +17,7 @@ from pydantic import (
     StringConstraints,
     field_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
 
 from api.queries import OUT_OF_RANGE
 
@@ -94,10 +95,12 @@ class OrderUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"quantity": 3}]})
 
-    user_id: UUID | None = None
-    product_name: ProductName | None = None
-    quantity: Quantity | None = None
-    total_price: Price | None = None
+    # ``None`` is the "not sent" default only: the document shows no null (SkipJsonSchema),
+    # and a null sent is refused below.
+    user_id: UUID | SkipJsonSchema[None] = None
+    product_name: ProductName | SkipJsonSchema[None] = None
+    quantity: Quantity | SkipJsonSchema[None] = None
+    total_price: Price | SkipJsonSchema[None] = None
 
     @field_validator("user_id", "product_name", "quantity", "total_price")
     @classmethod

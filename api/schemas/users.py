@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints, field_validator
+from pydantic.json_schema import SkipJsonSchema
 
 FullName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
 Age = Annotated[int, Field(strict=True, gt=0, lt=150)]
@@ -66,14 +67,19 @@ class UserUpdate(BaseModel):
         },
     )
 
-    email: EmailStr | None = None
-    full_name: FullName | None = None
+    # ``None`` is the "not sent" default only, except for age: the document shows no null
+    # (SkipJsonSchema), and a null sent is refused below.
+    email: EmailStr | SkipJsonSchema[None] = None
+    full_name: FullName | SkipJsonSchema[None] = None
     age: Age | None = None
-    password: Password | None = None
+    password: Password | SkipJsonSchema[None] = None
     current_password: Annotated[
         str | None, Field(max_length=72, description="Required to change your own password")
     ] = None
-    role: RoleField = None
+    role: Annotated[
+        Role | SkipJsonSchema[None],
+        Field(description="`user` or `admin`; only an admin may change it"),
+    ] = None
 
     _password_bytes = field_validator("password", "current_password")(_check_password_bytes)
 

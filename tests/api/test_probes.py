@@ -99,6 +99,26 @@ def test_openapi_query_items_require_only_the_id(client: httpx.Client) -> None:
         assert len(item["properties"]) > 1, path
 
 
+def test_openapi_update_models_show_null_only_where_it_is_taken(client: httpx.Client) -> None:
+    # A null sent for these fields is a 422 (only age: null removes the age): a client
+    # generated from the document must not think it may send one.
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+
+    def takes_null(schema: dict[str, Any]) -> bool:
+        options = schema.get("anyOf", [schema])
+        return any(option.get("type") == "null" for option in options)
+
+    refused = {
+        "UserUpdate": ["email", "full_name", "password", "role"],
+        "OrderUpdate": ["user_id", "product_name", "quantity", "total_price"],
+    }
+    for model, fields in refused.items():
+        properties = schemas[model]["properties"]
+        for name in fields:
+            assert not takes_null(properties[name]), (model, name, properties[name])
+    assert takes_null(schemas["UserUpdate"]["properties"]["age"])
+
+
 def test_openapi_marks_every_operation_needing_a_token(client: httpx.Client) -> None:
     """The auth dependencies read the token themselves (api/openapi.py adds what FastAPI
     cannot see): every operation that can answer 401 for a missing or bad access token shows

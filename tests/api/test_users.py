@@ -258,3 +258,14 @@ def test_bad_list_queries(
 ) -> None:
     error = assert_error(client.get("/api/v1/users", params=params), status)
     assert field in {item["field"] for item in error["details"]}
+
+
+@pytest.mark.parametrize("field", ["email", "full_name", "password", "role"])
+def test_a_null_in_a_user_update_is_422_except_age(client: httpx.Client, field: str) -> None:
+    user = create_user(client)
+    url = f"/api/v1/users/{user['id']}"
+    error = assert_error(client.patch(url, json={field: None}), 422, "VALIDATION_ERROR")
+    assert error["details"][0]["field"] == f"body.{field}"
+    assert "may not be null" in error["details"][0]["message"]
+    cleared = client.patch(url, json={"age": None})  # the one field null removes
+    assert cleared.status_code == 200 and cleared.json()["data"]["age"] is None
