@@ -43,17 +43,19 @@ def run_as_job(flag: bool | None, rows: int, threshold: int) -> bool:
 async def filter_write_as_job(
     store: Store, table: str, where: list[Any], flag: bool | None, threshold: int, cap: int
 ) -> bool:
-    """For an update/delete by filter: ``?async=`` when given; else a job when more than
-    ``threshold`` rows match (counted only when the table itself is that large), but never
-    for more than ``cap`` (MAX_ROWS_PER_FILTER_WRITE): such a write is refused, and a 400 now
-    says so better than a 202 and a job that fails."""
+    """For an update/delete by filter: a job when ``?async=true``, or without ``?async`` when
+    more than ``threshold`` rows match (counted only when the table itself is that large);
+    but never for more than ``cap`` matches (MAX_ROWS_PER_FILTER_WRITE), even when asked:
+    such a write is refused, and a 400 now says so better than a 202 and a job that fails."""
     rows: int = await store.call("count", {"table": table})  # a missing table: 404 now
-    if flag is not None:
-        return flag
-    if rows <= threshold:
+    if flag is False or (flag is None and rows <= threshold):
         return False
+    if flag and rows <= cap:
+        return True  # too few rows to pass the cap: no need to count the matches
     matched: int = await store.call("count", {"table": table, "where": where})
-    return threshold < matched <= cap
+    if matched > cap:
+        return False  # run now: the write answers 400 TOO_MANY_ROWS
+    return bool(flag) or matched > threshold
 
 
 async def job_or_now(

@@ -24,6 +24,9 @@ from storeserver import errors
 ADMIN = Principal(id="admin-id", role="admin", session_id="s")
 URL = "/api/v1/data/items"
 LIMIT = {"max_memory": 1000}
+ROWS = 500_000
+# A cap above the rows: a write over it is refused before any job (test_jobs covers that).
+SETTINGS = Settings(max_rows_per_filter_write=1_000_000)
 
 
 class StoreAtTheLimit:
@@ -35,9 +38,9 @@ class StoreAtTheLimit:
     async def call(self, command: str, args: dict[str, Any] | None = None, **_: Any) -> Any:
         self.calls.append(command)
         if command == "count":
-            return 10**6  # far past JOB_ASYNC_ROWS, with or without the filter
+            return ROWS  # past JOB_ASYNC_ROWS, within the cap, with or without the filter
         if command == "delete_where":
-            return {"matched": 10**6, "deleted": 10**6}
+            return {"matched": ROWS, "deleted": ROWS}
         raise errors.MemoryLimit("at the limit", LIMIT)  # update_where: it adds data
 
 
@@ -48,7 +51,7 @@ class JobsAtTheLimit:
 
 @pytest.fixture
 async def http() -> AsyncIterator[tuple[httpx.AsyncClient, StoreAtTheLimit]]:
-    app: FastAPI = create_app(Settings())
+    app: FastAPI = create_app(SETTINGS)
     store = StoreAtTheLimit()
     app.dependency_overrides[get_caller] = lambda: ADMIN
     app.dependency_overrides[get_store] = lambda: store
@@ -64,7 +67,7 @@ async def test_a_large_delete_by_filter_runs_now_at_the_memory_limit(
     client, store = http
     response = await client.delete(URL, params={"grp": 9})
     assert response.status_code == 200, response.text
-    assert response.json()["data"] == {"deleted": 10**6, "cascaded": 0}
+    assert response.json()["data"] == {"deleted": ROWS, "cascaded": 0}
     assert store.calls[-1] == "delete_where"
 
     asked = await client.delete(URL, params={"grp": 9, "async": "true"})

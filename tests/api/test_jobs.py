@@ -527,6 +527,8 @@ def test_a_filter_write_over_the_cap_is_a_400_not_a_job_that_fails(
     for response in (
         http.patch(url, params={"all": "true"}, json={"data": {"b": 1}}),
         http.delete(url, params={"all": "true"}),
+        http.patch(url, params={"all": "true", "async": "true"}, json={"data": {"b": 1}}),
+        http.delete(url, params={"all": "true", "async": "true"}),
     ):
         error = assert_error(response, 400, "TOO_MANY_ROWS")
         assert error["details"][0]["matched"] == len(rows)
