@@ -15,6 +15,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    WithJsonSchema,
     field_validator,
 )
 from pydantic.json_schema import SkipJsonSchema
@@ -31,15 +32,27 @@ def _plain(value: Decimal) -> Decimal:
     return Decimal(format(value, "f")) if isinstance(exponent, int) and exponent > 0 else value
 
 
+_PRICE_DOC = "Exact amount with at most 2 decimal places; a string keeps it exact"
 Price = Annotated[
     Decimal,
     AfterValidator(_plain),
-    Field(
-        gt=0,
-        max_digits=14,
-        decimal_places=2,
-        description="Exact amount with at most 2 decimal places; a string keeps it exact",
-        examples=["19.99"],
+    Field(gt=0, max_digits=14, decimal_places=2),
+    # Pydantic cannot put gt/max_digits/decimal_places on its number-or-string schema, and
+    # wrote them as keywords JSON Schema does not know: the limits, in its own terms. The
+    # string form is any positive decimal notation (a nonzero digit before any exponent); its
+    # places are checked by the server.
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "exclusiveMinimum": 0, "maximum": 999_999_999_999.99},
+                {
+                    "type": "string",
+                    "pattern": r"^\s*\+?(?=[^eE]*[1-9])(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$",
+                },
+            ],
+            "description": _PRICE_DOC,
+            "examples": ["19.99"],
+        }
     ),
 ]
 

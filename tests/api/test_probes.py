@@ -119,6 +119,27 @@ def test_openapi_update_models_show_null_only_where_it_is_taken(client: httpx.Cl
     assert takes_null(schemas["UserUpdate"]["properties"]["age"])
 
 
+def test_openapi_uses_json_schema_keywords_only(client: httpx.Client) -> None:
+    # Pydantic writes constraints it cannot express (e.g. on a number-or-string Decimal) under
+    # its own names, which no JSON Schema validator reads: the document must not hold any.
+    pydantic_only = {"gt", "ge", "lt", "le", "decimal_places", "max_digits", "strict"}
+    found: list[str] = []
+
+    def walk(node: Any, path: str, names: bool = False) -> None:
+        # ``names``: the keys here are property names (a field may be called "gt").
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in pydantic_only and not names:
+                    found.append(f"{path}/{key}")
+                walk(value, f"{path}/{key}", names=key == "properties" and not names)
+        elif isinstance(node, list):
+            for index, value in enumerate(node):
+                walk(value, f"{path}/{index}")
+
+    walk(client.get("/openapi.json").json()["components"]["schemas"], "")
+    assert not found, found
+
+
 def test_openapi_marks_every_operation_needing_a_token(client: httpx.Client) -> None:
     """The auth dependencies read the token themselves (api/openapi.py adds what FastAPI
     cannot see): every operation that can answer 401 for a missing or bad access token shows
