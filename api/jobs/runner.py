@@ -99,6 +99,11 @@ class JobContext:
         if self.cancel_requested:
             raise JobCancelled()
 
+    async def record_progress(self, done: int, total: int | None, unit: str = "rows") -> None:
+        """Progress alone, no cancel check: for work done in one step (a write by filter)."""
+        progress = {"done": done, "total": total, "unit": unit}
+        await self.jobs.touch(self.job_id, {"progress": progress})
+
     def result_path(self, suffix: str) -> Path:
         # Results are exports of users and orders: the workers' user alone reads them.
         self.results.mkdir(mode=RESULT_DIR_MODE, parents=True, exist_ok=True)

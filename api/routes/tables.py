@@ -249,7 +249,9 @@ async def update_by_filter(
     ):
 
         async def update_job(ctx: JobContext) -> dict[str, Any]:
-            return await table_service.update_where(ctx.store, table, query, body.data, limit)
+            result = await table_service.update_where(ctx.store, table, query, body.data, limit)
+            await ctx.record_progress(result["updated"], result["matched"])
+            return result
 
         params = {"table": table, "where": query.where}
         job = await job_or_now(jobs, run_async, "update_where", str(caller.id), params, update_job)
@@ -287,7 +289,9 @@ async def delete_by_filter(
     ):
 
         async def delete_job(ctx: JobContext) -> dict[str, Any]:
-            return await table_service.delete_where(ctx.store, table, query, cascade, limit)
+            result = await table_service.delete_where(ctx.store, table, query, cascade, limit)
+            await ctx.record_progress(result["deleted"], result["deleted"])
+            return result
 
         params = {"table": table, "where": query.where, "cascade": cascade}
         job = await job_or_now(jobs, run_async, "delete_where", str(caller.id), params, delete_job)

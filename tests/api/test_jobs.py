@@ -505,6 +505,7 @@ def test_writes_by_filter_as_jobs_match_the_synchronous_answers(
     assert started.status_code == 202, started.text
     done = wait_for(http, started.json()["data"]["id"], {"succeeded", "failed"})
     assert done["kind"] == "delete_where" and done["result"] == sync.json()["data"]
+    assert done["progress"] == {"done": 100, "total": 100, "unit": "rows"}
     assert http.get(url).json()["meta"]["total"] == 200
 
     bad = http.patch(url, params={"n__gte": 0, "async": "true"}, json={"data": {"id": "x"}})
@@ -523,6 +524,8 @@ def test_a_filter_write_over_the_cap_is_a_400_not_a_job_that_fails(
     assert within.status_code == 202, within.text
     done = wait_for(http, within.json()["data"]["id"], {"succeeded", "failed"})
     assert done["state"] == "succeeded" and done["result"]["updated"] == ASYNC_ROWS + 100
+    changed = ASYNC_ROWS + 100
+    assert done["progress"] == {"done": changed, "total": changed, "unit": "rows"}  # was 0
     # Over the cap: refused at once, nothing changed (was: 202, then a job failing with it).
     for response in (
         http.patch(url, params={"all": "true"}, json={"data": {"b": 1}}),
