@@ -17,6 +17,7 @@ from api.deps import authorize_order, authorize_user, get_caller, get_store
 from api.main import create_app
 from api.settings import Settings
 from storeserver import errors
+from tests.support.inprocess import in_process
 
 
 class ScriptedStore:
@@ -63,8 +64,7 @@ def app() -> FastAPI:
 
 @pytest.fixture
 async def http(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+    async with in_process(app) as client:
         yield client
 
 

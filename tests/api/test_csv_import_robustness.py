@@ -34,6 +34,7 @@ from api.services.csv_rows import RowReader, reader_for
 from api.settings import Settings
 from storeserver.engine import Engine
 from storeserver.errors import MemoryLimit, NotFound, StoreError, StoreTimeout, StoreUnavailable
+from tests.support.inprocess import in_process
 
 IMPORT = "/api/v1/batch/import"
 ADMIN = Principal(id="admin-id", role="admin", session_id="s")
@@ -84,8 +85,7 @@ def app(store: EngineStore) -> FastAPI:
 
 @pytest.fixture
 async def http(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+    async with in_process(app) as client:
         yield client
 
 

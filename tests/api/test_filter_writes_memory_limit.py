@@ -20,6 +20,7 @@ from api.jobs.web import get_jobs
 from api.main import create_app
 from api.settings import Settings
 from storeserver import errors
+from tests.support.inprocess import in_process
 
 ADMIN = Principal(id="admin-id", role="admin", session_id="s")
 URL = "/api/v1/data/items"
@@ -56,8 +57,7 @@ async def http() -> AsyncIterator[tuple[httpx.AsyncClient, StoreAtTheLimit]]:
     app.dependency_overrides[get_caller] = lambda: ADMIN
     app.dependency_overrides[get_store] = lambda: store
     app.dependency_overrides[get_jobs] = JobsAtTheLimit
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+    async with in_process(app) as client:
         yield client, store
 
 

@@ -27,6 +27,7 @@ from api.logs import JsonLineHandler, json_formatter
 from api.main import create_app
 from api.settings import Settings
 from tests.support.auth import register
+from tests.support.inprocess import in_process
 from tests.support.logs import Record, json_lines, wait_for_records
 from tests.support.stack import Stack, running_stack
 from tests.support.workers import close_all, pinned_clients
@@ -93,8 +94,7 @@ async def test_unhandled_error_lines_carry_the_request_id(captured: Path) -> Non
             raise RuntimeError("boom")
 
     app.dependency_overrides[get_store] = BrokenStore
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+    async with in_process(app) as http:
         response = await http.get("/api/v1/ready", headers={"X-Request-ID": "rid-500"})
     assert response.status_code == 500
     records = [record for record in json_lines(captured) if record["logger"].startswith("api.")]

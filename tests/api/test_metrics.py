@@ -24,6 +24,7 @@ from api.deps import get_store
 from api.main import create_app
 from api.settings import Settings
 from storeserver.errors import StoreUnavailable
+from tests.support.inprocess import in_process
 from tests.support.metrics import has_sample, value
 from tests.support.stack import Stack, running_stack
 from tests.support.workers import close_all, pinned_clients
@@ -61,8 +62,7 @@ def app_with(store: ScriptedStore) -> FastAPI:
 @pytest.fixture
 async def http() -> AsyncIterator[tuple[httpx.AsyncClient, ScriptedStore]]:
     store = ScriptedStore(STATS)
-    transport = httpx.ASGITransport(app=app_with(store), raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+    async with in_process(app_with(store)) as client:
         yield client, store
 
 
@@ -145,8 +145,7 @@ async def test_in_progress_gauge_counts_requests_being_served() -> None:
             return await super().call(command, args)
 
     store = GatedStore(STATS)
-    transport = httpx.ASGITransport(app=app_with(store), raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+    async with in_process(app_with(store)) as client:
         slow = asyncio.create_task(client.get("/api/v1/ready"))
         await asyncio.wait_for(entered.wait(), 5)
         during = (await client.get("/metrics")).text
@@ -165,8 +164,7 @@ async def test_a_dead_store_sets_up_to_zero_without_hanging_the_scrape(
     store: ScriptedStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(metrics, "STORE_STATS_TIMEOUT", 0.2)
-    transport = httpx.ASGITransport(app=app_with(store), raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+    async with in_process(app_with(store)) as client:
         started = time.monotonic()
         response = await client.get("/metrics")
     assert response.status_code == 200 and time.monotonic() - started < 2

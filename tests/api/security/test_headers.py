@@ -19,6 +19,7 @@ from api.main import create_app
 from api.settings import Settings
 from tests.conftest import CORS_ORIGIN
 from tests.support.factories import assert_error
+from tests.support.inprocess import in_process
 
 pytestmark = pytest.mark.integration
 SECURITY = {
@@ -74,8 +75,7 @@ async def test_a_500_carries_them_too() -> None:
     app: FastAPI = create_app(Settings())
     app.dependency_overrides[get_store] = lambda: Broken()
     app.dependency_overrides[get_caller] = lambda: Principal("a", "admin", "s")
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+    async with in_process(app) as http:
         response = await http.get("/api/v1/data/things/x")
     assert response.status_code == 500
     assert_security_headers(response)

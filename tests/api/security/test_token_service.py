@@ -14,6 +14,7 @@ from api.auth.sessions import check_not_revoked
 from api.auth.tokens import Claims, InvalidToken, TokenCache, TokenService
 from api.ratelimit import RateLimiter, Verdict, tightest, username_key
 from storeserver.errors import StoreTimeout, StoreUnavailable
+from tests.support.inprocess import in_process
 
 SECRET = "unit-test-signing-key-0123456789-ABCDEFGH"
 
@@ -160,7 +161,6 @@ async def test_a_login_dates_its_tokens_before_it_reads_the_user(
 ) -> None:
     """In-process: the credential check (read + bcrypt) starts after the instant the tokens
     carry, so a role or password change landing during it ends the new session too."""
-    import httpx
 
     from api.deps import get_store, get_tokens
     from api.main import create_app
@@ -182,8 +182,7 @@ async def test_a_login_dates_its_tokens_before_it_reads_the_user(
     app = create_app(Settings())
     app.dependency_overrides[get_store] = NoStore
     app.dependency_overrides[get_tokens] = lambda: service
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+    async with in_process(app) as http:
         response = await http.post(
             "/api/v1/auth/token", data={"username": "a@example.com", "password": "pw12345678"}
         )
