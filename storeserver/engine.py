@@ -333,10 +333,13 @@ class Engine:
             _, name, rid = change
             existing = catalog.tables.get(name)
             if existing is not None and rid in existing.rows:
-                existing.remove(existing.rows[rid])
+                existing.delete(existing.rows[rid])
         elif kind == "table":
             _, name, spec = change
             catalog.define(name, TableSpec.parse(spec), check=False)
+            floor = spec.get("version_floor")
+            if type(floor) is int and floor > catalog.tables[name].version_floor:
+                catalog.tables[name].version_floor = floor
         elif kind == "kv_set":
             _, key, value, expires_at = change
             if expires_at is None or expires_at > self._clock():
@@ -383,7 +386,7 @@ class Engine:
         """
         tables = self._catalog.tables
         for name, table in tables.items():
-            yield ("table", name, table.spec())
+            yield ("table", name, table.snapshot_spec())
             if table.schema is not None:
                 yield ("schema", name, table.schema.document)
         for name, table in tables.items():

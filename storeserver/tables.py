@@ -11,6 +11,9 @@ Invariants the engine relies on:
   schema check, a ``*_where`` selection; see ``builds``) hear of every row change
   ``(old, new)`` after the indexes are updated; ``building`` names the fields being indexed.
 - Record dicts in ``rows`` are never mutated.
+- ``version_floor`` is the highest version of any record deleted from the table (kept in
+  snapshots): a record created again under an id the client chose starts above it, so a weak
+  ETag (the version) is never reused for a different record under the same id.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ class Table:
         "rows_disordered",
         "schema",
         "uniques",
+        "version_floor",
         "watchers",
     )
 
@@ -63,6 +67,7 @@ class Table:
         self.schema: Any = None  # a ``schemas.TableSchema`` once ``set_schema`` attached one
         self.watchers: tuple[Watcher, ...] = ()
         self.building: dict[str, Any] = {}  # field -> its ``builds.IndexBuild``
+        self.version_floor = 0
 
     # -- schema ---------------------------------------------------------------------------
 
@@ -72,6 +77,14 @@ class Table:
             "foreign_keys": [{"field": f, "table": t} for f, t in self.foreign_keys.items()],
             "hidden": sorted(self.hidden),
         }
+
+    def snapshot_spec(self) -> dict[str, Any]:
+        """``spec()`` plus what only persistence needs. Releases before ``version_floor`` read
+        it as a plain spec: ``TableSpec.parse`` ignores keys it does not know."""
+        spec = self.spec()
+        if self.version_floor:
+            spec["version_floor"] = self.version_floor
+        return spec
 
     def index_specs(self) -> list[dict[str, Any]]:
         return [i.spec() for i in self._indexes]
@@ -189,6 +202,12 @@ class Table:
                     index.add(new_key, rid)
         if self.watchers:
             self._notify(old, new)
+
+    def delete(self, record: Record) -> None:
+        """``remove`` for a deletion, which raises ``version_floor`` to the row's version."""
+        self.remove(record)
+        if record["version"] > self.version_floor:
+            self.version_floor = record["version"]
 
     def remove(self, record: Record) -> None:
         rid = record["id"]

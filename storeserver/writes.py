@@ -78,6 +78,7 @@ class RecordWriter:
                 new = self._update(table, old, merge_patch(old, record), undo)
                 self.audit.add(table.name, "upsert", rid, record, 1, at=new["updated_at"])
                 return new
+        chosen = rid is not None
         rid = self.new_id() if rid is None else check_id(rid)
         new = {"id": rid}
         copy_fields(new, record)
@@ -100,6 +101,10 @@ class RecordWriter:
                     f"id {rid!r} exists in {table.name}",
                     {"reason": "duplicate_id", "table": table.name, "id": rid},
                 )
+            if chosen and table.version_floor:
+                # Maybe an id deleted before: start above every deleted version, so no ETag
+                # or If-Match of the old record fits the new one (generated ids are new).
+                new["version"] = table.version_floor + 1
             if table.foreign_keys:
                 self._check_foreign_keys(table, new, None)
             if table.uniques:
@@ -173,6 +178,7 @@ class RecordWriter:
                 touched[entry[1]] = None
             elif kind == _REMOVED:
                 entry[1].restore(entry[2])
+                entry[1].version_floor = entry[3]
                 touched[entry[1]] = None
             else:
                 self.catalog.drop(entry[1])
@@ -212,11 +218,12 @@ class RecordWriter:
         return table.visible(new, False)
 
     def _remove(self, table: Table, record: Record, undo: Undo | None) -> None:
-        table.remove(record)
+        floor = table.version_floor
+        table.delete(record)
         if self.journal:
             self.changes.append(("delete", table.name, record["id"]))
         if undo is not None:
-            undo.append((_REMOVED, table, record))
+            undo.append((_REMOVED, table, record, floor))
 
     def _check_foreign_keys(self, table: Table, new: Record, old: Record | None) -> None:
         """Check every changed reference; store the target's own id string (saves memory)."""

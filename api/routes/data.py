@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
@@ -96,18 +96,24 @@ async def create_record(
     """
     if isinstance(body.data, list):
         stored = await records.create_records(store, table, body.data, upsert)
-        inserted = sum(1 for record in stored if record.get("version") == 1)
+        inserted = sum(1 for record in stored if created_now(record))
         meta = {"inserted": inserted, "updated": len(stored) - inserted}
         headers = {"Cache-Control": DATA_CACHE_CONTROL}
         status = 201 if inserted else 200  # an upsert that only merged created nothing
         return json_response({"status": "success", "data": stored, "meta": meta}, status, headers)
     if upsert:
         record = await records.upsert_record(store, table, body.data)
-        status = 201 if record.get("version") == 1 else 200
+        status = 201 if created_now(record) else 200
     else:
         record, status = await records.create_record(store, table, body.data), 201
     location = request.app.url_path_for("read_record", table=table, record_id=record["id"])
     return record_response(request, record, status_code=status, location=location)
+
+
+def created_now(record: dict[str, Any]) -> bool:
+    """Whether an upsert created ``record``: a merge is always a change, stamped after the
+    creation. (Not ``version == 1``: a record created under a deleted id starts above it.)"""
+    return bool(record.get("created_at") == record.get("updated_at"))
 
 
 @router.get(

@@ -135,7 +135,8 @@ async def create_record(store: Store, table: str, data: Record) -> Record:
 
 
 async def upsert_record(store: Store, table: str, data: Record) -> Record:
-    """Insert, or merge into the record with the same ``id`` (version 1 means inserted)."""
+    """Insert, or merge into the record with the same ``id`` (``updated_at`` after
+    ``created_at`` means merged)."""
     refuse_typed_upsert(table)
     check_generic(data)
     return await store.call("insert", {"table": table, "record": data, "upsert": True})

@@ -71,6 +71,24 @@ def test_a_patch_that_changes_nothing_keeps_the_version_and_etag(
     assert changed.json()["data"]["version"] == 2
 
 
+def test_a_record_created_again_under_its_id_gets_new_etags(
+    client: httpx.Client, table: str
+) -> None:
+    """A cached copy (If-None-Match) or a held ETag (If-Match) of a deleted record must not
+    fit the record created next under the same client-chosen id."""
+    url = f"/api/v1/data/{table}/sku-1"
+    assert client.post(f"/api/v1/data/{table}", json={"data": {"id": "sku-1", "n": 1}}).is_success
+    assert client.patch(url, json={"data": {"n": 2}}).headers["etag"] == 'W/"2"'
+    assert client.delete(url).status_code == 204
+    again = client.post(f"/api/v1/data/{table}?upsert=true", json={"data": {"id": "sku-1", "n": 3}})
+    assert again.status_code == 201, again.text
+    assert again.headers["etag"] == 'W/"3"' and again.json()["data"]["version"] == 3
+    fresh = client.get(url, headers={"If-None-Match": 'W/"2"'})
+    assert fresh.status_code == 200 and fresh.json()["data"]["n"] == 3
+    stale = client.patch(url, json={"data": {"n": 4}}, headers={"If-Match": 'W/"2"'})
+    assert_error(stale, 412)
+
+
 def test_a_stale_if_match_is_412_even_when_the_write_would_change_nothing(
     client: httpx.Client, table: str
 ) -> None:

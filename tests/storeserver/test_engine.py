@@ -1796,3 +1796,55 @@ def test_keys_and_windows_ending_together_are_swept_a_bounded_number_per_call(
         run(engine, "rate_hit", key="other", limit=10, window=5)
     stats = run(engine, "stats")
     assert (stats["kv_keys"], stats["rate_keys"]) == (1, 2)
+
+
+# -- versions of a record created again under a deleted id ------------------------------------
+
+
+def test_an_id_created_again_starts_above_every_deleted_version(engine: Engine) -> None:
+    run(engine, "insert", table="t", record={"id": "a", "n": 0})
+    for n in (1, 2):
+        run(engine, "patch", table="t", id="a", changes={"n": n})
+    run(engine, "delete", table="t", id="a")
+    again = run(engine, "insert", table="t", record={"id": "a", "n": 9})
+    # version 3 was the deleted record's: no ETag (W/"3") or If-Match of it fits the new one
+    assert again["version"] == 4
+    fail(engine, VersionMismatch, "patch", table="t", id="a", changes={}, expected_version=3)
+    assert insert(engine, "t")["version"] == 1  # a generated id is new: it starts at 1
+    # an upsert that creates, and a batch insert, take the same floor
+    upserted = run(engine, "insert", table="t", record={"id": "b"}, upsert=True)
+    assert upserted["version"] == 4
+    batch = run(engine, "batch", ops=[{"op": "insert", "table": "t", "record": {"id": "c"}}])
+    assert batch["results"][0]["version"] == 4
+
+
+def test_a_failed_batch_leaves_the_version_floor_as_it_was(engine: Engine) -> None:
+    run(engine, "insert", table="t", record={"id": "a"})
+    run(engine, "patch", table="t", id="a", changes={"n": 1})
+    ops = [
+        {"op": "delete", "table": "t", "id": "a"},
+        {"op": "delete", "table": "t", "id": "missing"},
+    ]
+    fail(engine, NotFound, "batch", ops=ops)
+    assert run(engine, "insert", table="t", record={"id": "b"})["version"] == 1
+
+
+def test_the_version_floor_survives_a_snapshot_and_a_replay(
+    engine: Engine, clock: FakeClock
+) -> None:
+    run(engine, "insert", table="t", record={"id": "a"})
+    run(engine, "patch", table="t", id="a", changes={"n": 1})
+    run(engine, "delete", table="t", id="a")
+    journal = engine.drain_changes()
+    for entries in (list(engine.iter_state()), journal):
+        replica = Engine(clock=clock)
+        for change in entries:
+            replica.apply_change(change)
+        assert run(replica, "insert", table="t", record={"id": "a"})["version"] == 3
+    # a later spec entry without the floor (an index created after the snapshot) keeps it
+    replica = Engine(clock=clock)
+    for change in [*engine.iter_state(), ("table", "t", {"indexes": [{"field": "n"}]})]:
+        replica.apply_change(change)
+    assert run(replica, "insert", table="t", record={"id": "a"})["version"] == 3
+    # the floor is the store's own: a client cannot declare it
+    fail(engine, BadRequest, "create_table", table="u", version_floor=7)

@@ -80,6 +80,9 @@ def same_fields(old: Row, new: Row) -> bool:
 class Model:
     def __init__(self) -> None:
         self.tables: dict[str, dict[str, Row]] = {"users": {}, "orders": {}}
+        # The highest version deleted per table, and the ids deleted (drawn again as new ids).
+        self.floors = {"users": 0, "orders": 0}
+        self.gone: dict[str, list[str]] = {"users": [], "orders": []}
 
     def _check(self, table: str, row: Row) -> None:
         if table == "orders":
@@ -106,10 +109,13 @@ class Model:
             raise ModelError("VERSION_MISMATCH")
         return row
 
-    def insert(self, table: str, fields: Row, rid: str, created_at: str) -> Row:
+    def insert(
+        self, table: str, fields: Row, rid: str, created_at: str, chosen: bool = True
+    ) -> Row:
         if rid in self.tables[table]:
             raise ModelError("CONFLICT", "duplicate_id")
-        row = {"id": rid, **copy.deepcopy(fields), "version": 1, "created_at": created_at}
+        version = self.floors[table] + 1 if chosen else 1
+        row = {"id": rid, **copy.deepcopy(fields), "version": version, "created_at": created_at}
         self._check(table, row)
         self.tables[table][rid] = row
         return row
@@ -152,9 +158,14 @@ class Model:
         if dependants and not cascade:
             raise ModelError("CONFLICT", "dependants")
         for o in dependants:
-            del self.tables["orders"][o]
-        del self.tables[table][rid]
+            self._forget("orders", o)
+        self._forget(table, rid)
         return len(dependants)
+
+    def _forget(self, table: str, rid: str) -> None:
+        row = self.tables[table].pop(rid)
+        self.floors[table] = max(self.floors[table], row["version"])
+        self.gone[table].append(rid)
 
     def find(
         self,
@@ -256,10 +267,11 @@ class EngineMachine(RuleBasedStateMachine):
         return data.draw(user_fields) if table == "users" else self.order_fields(data)
 
     def new_id(self, data: st.DataObject, table: str) -> str:
-        """Mostly a fresh id, sometimes one in use (a duplicate)."""
+        """Mostly a fresh id, sometimes one in use (a duplicate) or one deleted before."""
         self.counter += 1
         fresh = f"{table[0]}{self.counter}"
-        return data.draw(st.sampled_from([fresh, fresh, fresh, *self.model.tables[table]]))
+        used = [*self.model.tables[table], *self.model.gone[table][-3:]]
+        return data.draw(st.sampled_from([fresh, fresh, fresh, *used]))
 
     def target(self, data: st.DataObject, table: str) -> str:
         known = list(self.model.tables[table])
@@ -335,7 +347,7 @@ class EngineMachine(RuleBasedStateMachine):
             return
         assert refusal is None, f"engine accepted an insert the model refuses: {refusal.code}"
         assert not explicit_id or stored["id"] == rid
-        row = self.model.insert(table, fields, stored["id"], stored["created_at"])
+        row = self.model.insert(table, fields, stored["id"], stored["created_at"], explicit_id)
         self.check_result(table, stored, row)
 
     def check_result(self, table: str, got: Row, row: Row) -> None:
