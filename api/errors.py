@@ -217,6 +217,15 @@ async def handle_validation_error(request: Request, exc: Exception) -> Response:
         }
         for error in exc.errors()
     ]
+    # An optional field (``X | None``) that fails reports its ``None`` branch too ("Input
+    # should be None", at ``field.none``): noise next to the real error for that field.
+    named = {d["field"] for d in details}
+    details = [
+        d
+        for d in details
+        if not (d["type"] == "none_required" and d["field"].endswith(".none"))
+        or d["field"].removesuffix(".none") not in named
+    ]
     return error_response(request, 422, "VALIDATION_ERROR", "Request validation failed", details)
 
 

@@ -3,6 +3,7 @@ exact end to end (a JSON number is accepted too); responses always carry it as a
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated
@@ -12,6 +13,7 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -19,6 +21,7 @@ from pydantic import (
     field_validator,
 )
 from pydantic.json_schema import SkipJsonSchema
+from pydantic_core import PydanticCustomError
 
 from api.queries import OUT_OF_RANGE
 
@@ -26,15 +29,51 @@ ProductName = Annotated[str, StringConstraints(strip_whitespace=True, min_length
 Quantity = Annotated[int, Field(strict=True, gt=0, le=1_000_000_000)]
 
 
+PRICE_WHOLE_DIGITS, PRICE_PLACES = 12, 2  # max_digits 14 = 12 before the point + 2 after
+_PRICE_PATTERN = r"^\s*\+?(?=[^eE]*[1-9])(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$"
+_PRICE_TEXT = re.compile(_PRICE_PATTERN, re.ASCII)
+_CENT = Decimal("0.01")
+
+
+def _price_text(value: object) -> object:
+    """A string price must be the documented notation (ASCII digits): ``Decimal()`` alone also
+    takes "1_000", Arabic-Indic and full-width digits, which the OpenAPI pattern refuses."""
+    if isinstance(value, str) and _PRICE_TEXT.match(value) is None:
+        raise PydanticCustomError(
+            "decimal_parsing", 'Input should be a positive decimal number, as in "19.99"'
+        )
+    return value
+
+
 def _plain(value: Decimal) -> Decimal:
-    """The same amount without an exponent: "1e2" is kept and sent back as 100, not 1E+2."""
+    """The same amount without an exponent ("1e2" is kept and sent back as 100, not 1E+2), and
+    without zeros past the cents ("1.2300" is 1.23, so sums keep two places).
+
+    Runs before pydantic's digit limits, so the size is checked first: writing out
+    "1e999999999" would take a billion characters and hold the worker for minutes.
+    """
     exponent = value.as_tuple().exponent  # an int for finite values (gt=0 refuses the rest)
-    return Decimal(format(value, "f")) if isinstance(exponent, int) and exponent > 0 else value
+    if not isinstance(exponent, int):
+        return value
+    if value.adjusted() >= PRICE_WHOLE_DIGITS:
+        raise PydanticCustomError(
+            "decimal_whole_digits",
+            "Decimal input should have no more than {whole_digits} digits before the decimal point",
+            {"whole_digits": PRICE_WHOLE_DIGITS},
+        )
+    if exponent > 0:
+        return Decimal(format(value, "f"))
+    if exponent < -PRICE_PLACES:
+        cents = value.quantize(_CENT)  # exact only if the places past the cents are zeros
+        if cents == value:
+            return cents
+    return value
 
 
 _PRICE_DOC = "Exact amount with at most 2 decimal places; a string keeps it exact"
 Price = Annotated[
     Decimal,
+    BeforeValidator(_price_text),
     AfterValidator(_plain),
     Field(gt=0, max_digits=14, decimal_places=2),
     # Pydantic cannot put gt/max_digits/decimal_places on its number-or-string schema, and
@@ -47,7 +86,7 @@ Price = Annotated[
                 {"type": "number", "exclusiveMinimum": 0, "maximum": 999_999_999_999.99},
                 {
                     "type": "string",
-                    "pattern": r"^\s*\+?(?=[^eE]*[1-9])(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$",
+                    "pattern": _PRICE_PATTERN,
                 },
             ],
             "description": _PRICE_DOC,

@@ -54,6 +54,9 @@ def test_create_order(client: httpx.Client, user: dict[str, str]) -> None:
         (3, "3"),
         ("1e2", "100"),  # no exponent form ("1E+2") in answers
         ("2.5E+1", "25"),
+        ("1.2300", "1.23"),  # zeros past the cents dropped: sums keep two places
+        ("0.010", "0.01"),
+        ("1.50000000000000000000", "1.50"),
     ],
 )
 def test_total_price_stays_exact(
@@ -87,6 +90,14 @@ def test_decimal_filters_and_sort_are_numeric(client: httpx.Client, user: dict[s
         ({"total_price": "-1"}, "body.total_price"),
         ({"total_price": "1.001"}, "body.total_price"),
         ({"total_price": "NaN"}, "body.total_price"),
+        # refused before being written out: "1e999999999" is a billion digits in plain form
+        ({"total_price": "1e999999999"}, "body.total_price"),
+        ({"total_price": "1e-999999999"}, "body.total_price"),
+        ({"total_price": 1e300}, "body.total_price"),
+        # Decimal() reads these; the documented notation (ASCII digits, no "_") does not
+        ({"total_price": "1_000.00"}, "body.total_price"),
+        ({"total_price": "\u0661\u0662\u0663"}, "body.total_price"),
+        ({"total_price": "\uff11\uff12"}, "body.total_price"),
         ({"product_name": ""}, "body.product_name"),
         ({"product_name": "x" * 201}, "body.product_name"),
         ({"user_id": "not-a-uuid"}, "body.user_id"),
@@ -122,6 +133,9 @@ def test_read_update_delete_order(client: httpx.Client, user: dict[str, str]) ->
 
     assert_error(client.patch(url, json={"quantity": 0}), 422)
     assert_error(client.patch(url, json={"user_id": None}), 422)
+    # one detail for the field: not also "Input should be None" from the optional's None branch
+    error = assert_error(client.patch(url, json={"total_price": "1e999999999"}), 422)
+    assert [d["field"] for d in error["details"]] == ["body.total_price"]
     moved = client.patch(url, json={"user_id": str(uuid.uuid4())})
     assert_error(moved, 409, "FOREIGN_KEY_VIOLATION")
     assert_error(client.patch(url, json={"quantity": 6}, headers={"If-Match": 'W/"1"'}), 412)
