@@ -5,11 +5,24 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
+from pydantic import EmailStr, TypeAdapter, ValidationError
+
 from api.services import users
 from api.services.passwords import hash_password, verify_password
 from api.store import Store
 
 _dummy_hash: str | None = None
+_EMAIL: TypeAdapter[str] = TypeAdapter(EmailStr)
+
+
+def login_email(username: str) -> str:
+    """The address as registration stored it: trimmed, Unicode NFC, the domain lowercased and
+    IDNA-decoded (``josé`` typed decomposed, ``xn--bcher-kva.example`` for ``bücher.example``).
+    A username that is no valid address is kept as sent: it matches no account."""
+    try:
+        return str(_EMAIL.validate_python(username))
+    except ValidationError:
+        return username
 
 
 async def dummy_hash() -> str:

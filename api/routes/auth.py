@@ -10,7 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Request, Response
 from fastapi.exceptions import RequestValidationError
 
-from api.auth.credentials import check_credentials
+from api.auth.credentials import check_credentials, login_email
 from api.auth.sessions import consume_refresh_token, ensure_not_revoked, revoke_session
 from api.auth.tokens import InvalidToken, TokenPair, new_session_id
 from api.deps import CurrentUser, StoreDep, TokensDep
@@ -100,6 +100,9 @@ async def create_token(
     if len(password.encode()) > 72:
         problem = {"loc": ("body", "password"), "msg": "at most 72 bytes", "type": "value_error"}
         raise RequestValidationError([problem])
+    # One form per address, for the per-username limit too: spellings of one address (NFD,
+    # punycode) must not each get their own allowance of guesses.
+    username = login_email(username)
     limiter = login_limiter(request)
     verdict = tightest(
         list(

@@ -17,6 +17,7 @@ import pytest
 
 from tests.support.auth import Account, bearer, login, register, token_pair
 from tests.support.factories import PASSWORD, assert_error, user_payload
+from tests.support.factories import token as unique_tag
 from tests.support.stack import Stack, running_stack
 from tests.support.storedirect import store_call
 from tests.support.workers import close_all, pinned_clients
@@ -78,6 +79,23 @@ def test_login_answers_rfc6749_json_and_never_caches(anon: httpx.Client) -> None
     assert refresh["exp"] - refresh["iat"] > 6 * 86_400  # refresh tokens last a week
     me = anon.get(ME, headers=bearer(body["access_token"]))
     assert me.status_code == 200 and me.json()["data"]["email"] == payload["email"]
+
+
+def test_any_spelling_of_a_registered_address_logs_in(anon: httpx.Client) -> None:
+    """Registration stores the address normalized (NFC, IDNA domain decoded, trimmed); login
+    reads the username the same way, so the spelling typed at registration logs in again."""
+    tag = unique_tag()
+    payload = user_payload(email=f"jos\u00e9-{tag}@b\u00fccher.example")
+    assert anon.post("/api/v1/users", json=payload).status_code == 201
+    for spelling in (
+        f"jose\u0301-{tag}@bücher.example",  # é decomposed (NFD)
+        f"jos\u00e9-{tag}@xn--bcher-kva.example",  # the punycode domain
+        f"  JOS\u00c9-{tag}@B\u00dcCHER.EXAMPLE ",
+    ):
+        response = anon.post(
+            "/api/v1/auth/token", data={"username": spelling, "password": payload["password"]}
+        )
+        assert response.status_code == 200, (spelling, response.text)
 
 
 def test_wrong_password_and_unknown_email_get_the_same_401(
