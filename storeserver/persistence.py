@@ -9,7 +9,10 @@ Files in ``STORE_DATA_DIR``:
   replayed whole or not at all): ``[length: u32][crc32: u32][msgpack list of changes]``, the
   changes being the engine's journal tuples (``Engine.drain_changes``).
 - ``snapshot.mdb``: the whole state at some moment, in the same entry format; its first entry
-  is ``[["meta", {"generation": G, ...}]]``, meaning "this includes every log up to G".
+  is ``[["meta", {"generation": G, ...}]]``, meaning "this includes every log up to G". From
+  ``format`` 2 its last change is ``["meta", {"end": true, "changes": N}]``: a copy cut short
+  at an entry boundary (every entry before the cut intact) is otherwise indistinguishable from
+  a smaller state. Releases before it skip ``meta`` changes wherever they are.
 
 Start-up loads the snapshot, then replays the logs newer than G in order. A torn tail is cut
 off with a warning, and with it every command of that loop turn (with ``always`` none of them
@@ -60,6 +63,7 @@ log = structlog.get_logger("storeserver.persistence")
 _ENTRY = struct.Struct(">II")
 SNAPSHOT = "snapshot.mdb"
 SNAPSHOT_CHUNK = 1000  # changes per snapshot entry
+FORMAT = 2  # 2: the snapshot ends with an end marker holding its number of changes
 _MAX_ENTRY = 1 << 30
 FILE_MODE = 0o600
 DIR_MODE = 0o700
@@ -193,6 +197,33 @@ def read_entries(path: Path, *, allow_torn_tail: bool) -> Iterator[list[Any]]:
 _fdatasync = getattr(os, "fdatasync", os.fsync)
 
 
+def read_snapshot(path: Path, apply: Any) -> tuple[int, int]:
+    """Apply every change of a snapshot; ``(generation, changes)``. ``CorruptData`` if a
+    snapshot of format 2 or later lacks its end marker or holds another number of changes."""
+    generation, fmt, count = 0, 1, 0
+    end: dict[str, Any] | None = None
+    for index, changes in enumerate(read_entries(path, allow_torn_tail=False)):
+        for change in changes:
+            if end is not None:
+                raise CorruptData(f"{path} has changes after its end marker; refusing to start")
+            if change[0] == "meta":
+                meta = change[1]
+                if index == 0 and "generation" in meta:
+                    generation, fmt = int(meta["generation"]), int(meta.get("format", 1))
+                elif meta.get("end") is True:
+                    end = meta
+                continue
+            apply(tuple(change))
+            count += 1
+    if fmt >= 2 and (end is None or end.get("changes") != count):
+        expected = "no end marker" if end is None else f"its end marker says {end['changes']}"
+        raise CorruptData(
+            f"{path} is cut short ({count} changes read, {expected}): a damaged or partial"
+            " copy; refusing to start on part of the data. Restore it from a backup."
+        )
+    return generation, count
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -211,15 +242,17 @@ def write_snapshot(path: Path, generation: int, state: Iterable[tuple[Any, ...]]
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
     try:
         with os.fdopen(fd, "wb") as fh:
-            meta = {"generation": generation, "created_at": time.time(), "format": 1}
+            meta = {"generation": generation, "created_at": time.time(), "format": FORMAT}
             chunk: list[Any] = [("meta", meta)]
+            count = 0
             for change in state:
                 chunk.append(change)
+                count += 1
                 if len(chunk) >= SNAPSHOT_CHUNK:
                     size += fh.write(encode_entry(chunk))
                     chunk = []
-            if chunk:
-                size += fh.write(encode_entry(chunk))
+            chunk.append(("meta", {"end": True, "changes": count}))
+            size += fh.write(encode_entry(chunk))
             fh.flush()
             os.fsync(fh.fileno())
     except BaseException:
@@ -285,15 +318,9 @@ class DataDir:
         report = LoadReport()
         self.restrict_modes()
         if self.snapshot.exists():
-            entries = read_entries(self.snapshot, allow_torn_tail=False)
-            for index, changes in enumerate(entries):
-                for change in changes:
-                    if change[0] == "meta":
-                        if index == 0:
-                            report.snapshot_generation = int(change[1]["generation"])
-                        continue
-                    apply(tuple(change))
-                    report.snapshot_changes += 1
+            report.snapshot_generation, report.snapshot_changes = read_snapshot(
+                self.snapshot, apply
+            )
         logs = self.logs_after(report.snapshot_generation)
         self.check_history(report.snapshot_generation, logs)
         for i, path in enumerate(logs):

@@ -118,3 +118,15 @@ def test_a_data_directory_with_a_hole_is_not_backed_up(tmp_path):
     with pytest.raises(CorruptData, match=r"log-0000000002\.aof is missing"):
         copy_backup(data / "snapshot.mdb", tmp_path / "backups")
     assert list((tmp_path / "backups").iterdir()) == []
+
+
+def test_a_snapshot_cut_short_is_not_backed_up(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    write_snapshot(data / "snapshot.mdb", 1, [("kv_set", f"k{n}", n, None) for n in range(1500)])
+    whole = (data / "snapshot.mdb").read_bytes()
+    first = 8 + int.from_bytes(whole[:4], "big")
+    (data / "snapshot.mdb").write_bytes(whole[:first])  # the first entry of two, intact
+    with pytest.raises(CorruptData, match="cut short"):
+        copy_backup(data / "snapshot.mdb", tmp_path / "backups")
+    assert list((tmp_path / "backups").iterdir()) == []

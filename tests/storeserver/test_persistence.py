@@ -433,6 +433,52 @@ async def test_corrupt_middle_refuses_to_start_with_a_clear_message(sock_dir, tm
     assert failure and "corrupt at byte" in failure[0]["error"]
 
 
+def snapshot_of(rows: int, path: Path) -> list[bytes]:
+    """A snapshot of ``rows`` puts; returns its entries' bytes (several: SNAPSHOT_CHUNK)."""
+    write_snapshot(path, 1, [("put", "t", stamped(f"r{n}")) for n in range(rows)])
+    data, entries, pos = path.read_bytes(), [], 0
+    while pos < len(data):
+        end = pos + 8 + int.from_bytes(data[pos : pos + 4], "big")
+        entries.append(data[pos:end])
+        pos = end
+    return entries
+
+
+@pytest.mark.parametrize("kept", [1, 2])
+def test_a_snapshot_cut_at_an_entry_boundary_refuses(tmp_path, kept):
+    """Every entry before the cut is intact, so only the end marker tells a cut copy (a
+    partial restore, a disk fault) from a smaller state."""
+    entries = snapshot_of(2500, tmp_path / "snapshot.mdb")
+    assert len(entries) == 3
+    (tmp_path / "snapshot.mdb").write_bytes(b"".join(entries[:kept]))
+    with pytest.raises(CorruptData, match=rf"cut short \({kept * 1000 - 1} changes read"):
+        replay(tmp_path)
+    (tmp_path / "snapshot.mdb").write_bytes(b"".join(entries))
+    assert replay(tmp_path).execute("count", {"table": "t"}) == 2500
+
+
+def test_a_snapshot_end_marker_must_be_last_and_count_right(tmp_path):
+    path = tmp_path / "snapshot.mdb"
+    entries = snapshot_of(3, path)
+    path.write_bytes(b"".join(entries) + encode_entry([["put", "t", stamped("late")]]))
+    with pytest.raises(CorruptData, match="after its end marker"):
+        replay(tmp_path)
+    meta = {"generation": 1, "format": 2}
+    end = {"end": True, "changes": 5}
+    path.write_bytes(encode_entry([["meta", meta], ["put", "t", stamped("a")], ["meta", end]]))
+    with pytest.raises(CorruptData, match="its end marker says 5"):
+        replay(tmp_path)
+
+
+def test_a_snapshot_of_format_1_has_no_end_marker_and_loads(tmp_path):
+    """Snapshots written before the end marker load as they always did."""
+    meta = {"generation": 4, "format": 1}
+    rows = [["put", "t", stamped(rid)] for rid in "ab"]
+    (tmp_path / "snapshot.mdb").write_bytes(encode_entry([["meta", meta], *rows]))
+    report = DataDir(tmp_path).load(lambda change: None)
+    assert (report.snapshot_generation, report.snapshot_changes) == (4, 2)
+
+
 def test_a_snapshot_that_fails_leaves_no_part_and_the_old_one_whole(tmp_path):
     """A failed snapshot (disk full) must not leave snapshot.mdb.tmp: that file alone could
     hold the space the log needs and refuse every write."""
