@@ -10,9 +10,10 @@ Files in ``STORE_DATA_DIR``:
   changes being the engine's journal tuples (``Engine.drain_changes``).
 - ``snapshot.mdb``: the whole state at some moment, in the same entry format; its first entry
   is ``[["meta", {"generation": G, ...}]]``, meaning "this includes every log up to G". From
-  ``format`` 2 its last change is ``["meta", {"end": true, "changes": N}]``: a copy cut short
-  at an entry boundary (every entry before the cut intact) is otherwise indistinguishable from
-  a smaller state. Releases before it skip ``meta`` changes wherever they are.
+  ``format`` 2 its last change is ``["meta", {"end": true, "changes": N, "generation": G}]``:
+  a copy cut short at an entry boundary (every entry before the cut intact) is otherwise
+  indistinguishable from a smaller state. Releases before it skip ``meta`` changes wherever
+  they are (taking the generation from any in the first entry).
 
 Start-up loads the snapshot, then replays the logs newer than G in order. A torn tail is cut
 off with a warning, and with it every command of that loop turn (with ``always`` none of them
@@ -208,10 +209,10 @@ def read_snapshot(path: Path, apply: Any) -> tuple[int, int]:
                 raise CorruptData(f"{path} has changes after its end marker; refusing to start")
             if change[0] == "meta":
                 meta = change[1]
-                if index == 0 and "generation" in meta:
-                    generation, fmt = int(meta["generation"]), int(meta.get("format", 1))
-                elif meta.get("end") is True:
+                if meta.get("end") is True:
                     end = meta
+                elif index == 0:
+                    generation, fmt = int(meta["generation"]), int(meta.get("format", 1))
                 continue
             apply(tuple(change))
             count += 1
@@ -251,7 +252,10 @@ def write_snapshot(path: Path, generation: int, state: Iterable[tuple[Any, ...]]
                 if len(chunk) >= SNAPSHOT_CHUNK:
                     size += fh.write(encode_entry(chunk))
                     chunk = []
-            chunk.append(("meta", {"end": True, "changes": count}))
+            # With the generation again: a release before format 2 reads it from every
+            # ``meta`` of the first entry, which is also the last in a small snapshot.
+            end = {"end": True, "changes": count, "generation": generation}
+            chunk.append(("meta", end))
             size += fh.write(encode_entry(chunk))
             fh.flush()
             os.fsync(fh.fileno())
