@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from functools import lru_cache
 from typing import Annotated, Literal
 
@@ -25,6 +26,7 @@ MIN_ADMIN_PASSWORD_LENGTH = 12
 WEAK_SECRET_WORDS = ("secret", "changeme", "change-me", "change_me", "password", "example")
 # `make run`'s development administrator password (Makefile): never accepted in production.
 DEV_ADMIN_PASSWORD = "dev-only-admin-password"
+_ORIGIN = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s?#]+")
 
 
 class Settings(BaseSettings):
@@ -108,8 +110,36 @@ class Settings(BaseSettings):
     @field_validator("rate_limit", "auth_rate_limit")
     @classmethod
     def parse_rate_limit(cls, value: str) -> str:
-        """``limits`` notation: ``100/minute``, ``5 per 10 seconds`` (one limit)."""
-        limits.parse(value)  # ValueError names the string
+        """``limits`` notation: ``100/minute``, ``5 per 10 seconds``: one limit, of 1 or more
+        (``0/minute`` would refuse every request with a 400, not a 429)."""
+        items = limits.parse_many(value)  # ValueError names the string
+        if len(items) != 1:
+            raise ValueError("one limit only, e.g. 100/minute (not several joined by ; or ,)")
+        if items[0].amount < 1:
+            raise ValueError("the limit must allow at least 1 request")
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def check_origins(cls, value: list[str]) -> list[str]:
+        """Origins as browsers send them: ``scheme://host[:port]``, no path (or ``*``)."""
+        for item in value:
+            if item != "*" and _ORIGIN.fullmatch(item) is None:
+                raise ValueError(
+                    "each origin is scheme://host[:port] with no path, e.g. https://app.example.com"
+                )
+        return value
+
+    @field_validator("store_socket")
+    @classmethod
+    def check_store_address(cls, value: str) -> str:
+        """A Unix socket path, ``unix:/path``, or ``tcp://host:port``."""
+        if value.startswith("tcp://"):
+            host, _, port = value.removeprefix("tcp://").rpartition(":")
+            if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+                raise ValueError("a TCP store address is tcp://host:port")
+        elif not value.removeprefix("unix:"):
+            raise ValueError("a store address is a socket path, unix:/path or tcp://host:port")
         return value
 
     @field_validator("trusted_proxies")
@@ -131,10 +161,11 @@ class Settings(BaseSettings):
             if self.bcrypt_rounds < 12:
                 raise ValueError("BCRYPT_ROUNDS below 12 is refused in production")
             if weak_secret(self.jwt_secret):
+                problem = "must be set" if self.jwt_secret is None else "is too weak"
                 raise ValueError(
-                    f"JWT_SECRET must be set in production: at least {MIN_SECRET_LENGTH} random"
-                    " characters, e.g. from: python -c 'import secrets;"
-                    " print(secrets.token_urlsafe(48))'"
+                    f"JWT_SECRET {problem} in production: at least {MIN_SECRET_LENGTH} random"
+                    " characters (not one repeated, no example word), e.g. from: python -c"
+                    " 'import secrets; print(secrets.token_urlsafe(48))'"
                 )
             if self.admin_password is not None and (
                 self.admin_password.get_secret_value() == DEV_ADMIN_PASSWORD

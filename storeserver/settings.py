@@ -28,19 +28,20 @@ class StoreSettings(BaseSettings):
     # "host:port" to also listen on TCP (for API hosts on other machines); needs ``secret``.
     tcp: str | None = None
     secret: str | None = Field(default=None, repr=False)
-    max_frame_bytes: PositiveInt = MAX_FRAME_SIZE
+    # At least 1 MiB: smaller would refuse the API's own requests (bodies up to MAX_BODY_BYTES).
+    max_frame_bytes: int = Field(default=MAX_FRAME_SIZE, ge=1 << 20, le=1 << 30)
     # Seconds a client has from connecting to a HELLO the store accepts, else it is closed.
     handshake_timeout: PositiveFloat = 10.0
     max_tables: PositiveInt = 1000
     data_dir: Path | None = None
-    fsync: Literal["always", "everysec", "no"] = "everysec"
+    fsync: Literal["always", "everysec", "no"] = "everysec"  # any case
     # Compact the log into a new snapshot once it grows past this many bytes.
     log_rewrite_bytes: PositiveInt = 64 * 1024 * 1024
-    max_memory: int = 0  # bytes; 0 = no limit
+    max_memory: int = Field(default=0, ge=0)  # bytes; 0 = no limit
     # Any case (compose passes the API's LOG_LEVEL, which is usually lower case).
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     # Log commands slower than this (milliseconds).
-    slow_ms: float = 50.0
+    slow_ms: float = Field(default=50.0, ge=0)  # 0: log every command
     # Default and ceiling of max_rows for update_where / delete_where.
     max_bulk_rows: PositiveInt = 10_000
     # Audit log bounds: entries kept, and their age in seconds (0 = no age bound).
@@ -55,6 +56,11 @@ class StoreSettings(BaseSettings):
     @classmethod
     def _upper(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("fsync", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
 
     @field_validator("socket_mode", mode="before")
     @classmethod

@@ -9,6 +9,7 @@ import struct
 
 import msgpack
 import pytest
+from pydantic import ValidationError
 
 from storeserver.client import StoreClient
 from storeserver.errors import (
@@ -305,3 +306,25 @@ async def test_slow_commands_are_logged_with_the_callers_request_id(server, clie
     assert rec["x"] == 1 and "_request_id" not in rec
     slow = [x for x in logs if x.get("event") == "slow_command" and x["command"] == "insert"]
     assert slow and slow[-1]["request_id"] == "req-abc.123"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("STORE_MAX_MEMORY", "-1"),  # was read as "no limit"
+        ("STORE_SLOW_MS", "-5"),  # logged every command as slow
+        ("STORE_MAX_FRAME_BYTES", "100"),  # would refuse the API's own requests
+        ("STORE_FSYNC", "sometimes"),
+    ],
+)
+def test_unusable_store_settings_are_refused(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValidationError, match=variable.removeprefix("STORE_").lower()):
+        StoreSettings()
+
+
+def test_store_fsync_takes_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STORE_FSYNC", "ALWAYS")
+    assert StoreSettings().fsync == "always"

@@ -31,6 +31,13 @@ def test_production_refuses_a_missing_or_weak_jwt_secret(secret: str | None) -> 
         Settings(**kwargs)
 
 
+def test_a_weak_secret_is_called_weak_not_missing() -> None:
+    with pytest.raises(ValidationError, match="JWT_SECRET is too weak"):
+        Settings(env="production", jwt_secret="changeme" * 5)
+    with pytest.raises(ValidationError, match="JWT_SECRET must be set"):
+        Settings(env="production")
+
+
 def test_production_accepts_a_strong_secret_and_development_needs_none() -> None:
     assert Settings(env="production", jwt_secret=STRONG).jwt_secret is not None
     assert Settings(env="development").jwt_secret is None
@@ -48,6 +55,13 @@ def test_production_accepts_a_strong_secret_and_development_needs_none() -> None
         ({"trusted_proxies": "10.0.0.1/8"}, "host bits"),
         ({"trusted_proxies": "proxy.local"}, "does not appear"),
         ({"access_token_ttl": 3600, "refresh_token_ttl": 1800}, "REFRESH_TOKEN_TTL"),
+        # 0 would answer every request 400 at run time; several limits are not applied
+        ({"rate_limit": "0/minute"}, "at least 1 request"),
+        ({"rate_limit": "100/minute;10/second"}, "one limit only"),
+        ({"cors_origins": "not a url"}, "scheme://host"),
+        ({"cors_origins": "https://app.example.com/path"}, "no path"),
+        ({"store_socket": "tcp://localhost"}, "tcp://host:port"),
+        ({"store_socket": "unix:"}, "socket path"),
     ],
 )
 def test_bad_security_settings_are_refused(kwargs: dict[str, Any], message: str) -> None:
