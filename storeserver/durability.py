@@ -91,11 +91,15 @@ class Durability:
         self._child_generation = 0
         self._child_started = 0.0
         self._waiters: list[SnapshotWaiter] = []
+        self._lock: int | None = None  # the data directory's lock (``DataDir.lock``)
 
     # -- start and stop --------------------------------------------------------------------
 
     def load(self) -> LoadReport:
-        """Load the snapshot and replay the logs, then open a fresh log generation."""
+        """Lock the directory, load the snapshot and replay the logs, then open a fresh log
+        generation."""
+        if self._lock is None:
+            self._lock = self.dir.lock()
         report = self.dir.load(self.engine.apply_change)
         self.engine.drain_changes()  # replay journals nothing new, but keep the engine clean
         generation = self.dir.next_generation()
@@ -131,7 +135,16 @@ class Durability:
             self.start_snapshot()
 
     def close(self) -> None:
-        """Clean shutdown: flush, wait for a running snapshot, write a final one."""
+        """Clean shutdown: flush, wait for a running snapshot, write a final one; then let go
+        of the directory (also when that fails: the process is stopping)."""
+        try:
+            self._close()
+        finally:
+            if self._lock is not None:
+                os.close(self._lock)
+                self._lock = None
+
+    def _close(self) -> None:
         if self._everysec is not None:
             self._everysec.cancel()
         if self._recovery is not None:

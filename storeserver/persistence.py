@@ -44,6 +44,7 @@ only ``fsync`` runs on a helper thread, which touches no store state.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import gc
 import os
 import struct
@@ -63,6 +64,7 @@ log = structlog.get_logger("storeserver.persistence")
 
 _ENTRY = struct.Struct(">II")
 SNAPSHOT = "snapshot.mdb"
+LOCK = "store.lock"
 SNAPSHOT_CHUNK = 1000  # changes per snapshot entry
 FORMAT = 2  # 2: the snapshot ends with an end marker holding its number of changes
 _MAX_ENTRY = 1 << 30
@@ -72,6 +74,10 @@ DIR_MODE = 0o700
 
 class CorruptData(RuntimeError):
     """A data file is damaged in a way that cannot be repaired safely."""
+
+
+class DataDirBusy(RuntimeError):
+    """Another store process holds the data directory."""
 
 
 def encode_entry(changes: list[Any]) -> bytes:
@@ -362,6 +368,28 @@ class DataDir:
                     " Restore the data directory from a backup with all its files."
                 )
             expected += 1
+
+    def lock(self) -> int:
+        """Hold an exclusive ``flock`` on ``store.lock`` until the returned descriptor closes.
+
+        Two stores on one directory would each replay it, then write interleaved logs and
+        snapshots: one's acknowledged writes vanish at the next start. The kernel drops the lock
+        when the process dies (``kill -9`` too); the snapshot child closes its inherited copy
+        (a lock belongs to the open file, so the parent keeps it).
+        """
+        fd = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise DataDirBusy(
+                f"another store (pid {holder}) is using the data directory {self.root}: two"
+                " stores on one directory lose each other's writes; refusing to start"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return fd
 
     def restrict_modes(self) -> None:
         """Make existing data files owner-only: a snapshot written before files were created
