@@ -184,6 +184,7 @@ class Engine:
             "delete": w.delete,
         }
         self._ops = dict.fromkeys(self._handlers, 0)
+        self.commands = frozenset(self._handlers)
         self._journal_overflowed = False
 
     COMMANDS: frozenset[str] = frozenset(

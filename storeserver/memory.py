@@ -6,6 +6,9 @@ import os
 import resource
 import time
 
+import structlog
+
+log = structlog.get_logger("storeserver.memory")
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
@@ -30,6 +33,7 @@ class MemoryGauge:
         self._refresh_s = refresh_s
         self._rss = read_rss()
         self._read_at = time.monotonic()
+        self._over = False  # at the last check
 
     def rss(self) -> int:
         now = time.monotonic()
@@ -39,4 +43,14 @@ class MemoryGauge:
         return self._rss
 
     def over_limit(self) -> bool:
-        return self.limit > 0 and self.rss() >= self.limit
+        """Whether writes that add data are refused; the first refusal after any accepted
+        check, and the first accepted check after refusals, are logged (once per crossing:
+        an operator sees the state change, not one line per refused write)."""
+        over = self.limit > 0 and self.rss() >= self.limit
+        if over != self._over:
+            self._over = over
+            if over:
+                log.warning("memory_limit_reached", rss=self._rss, max_memory=self.limit)
+            else:
+                log.info("memory_limit_cleared", rss=self._rss, max_memory=self.limit)
+        return over

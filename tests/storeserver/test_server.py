@@ -10,6 +10,7 @@ import struct
 import msgpack
 import pytest
 from pydantic import ValidationError
+from structlog.testing import capture_logs
 
 from storeserver.client import StoreClient
 from storeserver.errors import (
@@ -207,9 +208,17 @@ async def test_secret_is_required_when_set(sock_dir):
 async def test_memory_limit_refuses_writes_and_serves_reads(server, client):
     rec = await client.call("insert", {"table": "m", "record": {"a": 1}})
     server.memory = MemoryGauge(limit_bytes=1)  # any process is over one byte
-    with pytest.raises(MemoryLimit):
-        await client.call("insert", {"table": "m", "record": {"a": 2}})
-    assert (await client.call("get", {"table": "m", "id": rec["id"]}))["a"] == 1
+    with capture_logs() as logs:
+        for n in range(3):
+            with pytest.raises(MemoryLimit):
+                await client.call("insert", {"table": "m", "record": {"a": n}})
+        assert (await client.call("get", {"table": "m", "id": rec["id"]}))["a"] == 1
+        server.memory.limit = 1 << 50  # room again
+        await client.call("insert", {"table": "m", "record": {"a": 9}})
+        await client.call("insert", {"table": "m", "record": {"a": 10}})
+    # one line per crossing, not one per refused write
+    events = [(e["event"], e["log_level"]) for e in logs if e["event"].startswith("memory_")]
+    assert events == [("memory_limit_reached", "warning"), ("memory_limit_cleared", "info")]
 
 
 async def test_a_second_server_refuses_a_live_socket(server):

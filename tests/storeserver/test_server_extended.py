@@ -11,7 +11,7 @@ import pytest
 from storeserver import builds
 from storeserver import engine as engine_module
 from storeserver.client import StoreClient, current_actor, current_request_id
-from storeserver.errors import ValidationFailed
+from storeserver.errors import UnknownCommand, ValidationFailed
 from storeserver.server import OpStats, _percentiles
 
 
@@ -162,3 +162,14 @@ async def test_jobs_take_turns_within_a_budget_per_loop_turn(server, monkeypatch
     while server.jobs:
         server._run_jobs()
     assert sorted(steps) == ["a"] * 3 + ["b"] * 3 + ["c"] * 3
+
+
+async def test_unknown_command_names_are_counted_together(client: StoreClient) -> None:
+    """Any client can send any name; one entry per name would grow the stats (and the API's
+    metric labels made of them) without bound."""
+    for n in range(3):
+        with pytest.raises(UnknownCommand):
+            await client.call(f"bogus_{n}", {})
+    commands = (await client.call("stats"))["commands"]
+    assert commands["unknown"]["count"] == 3
+    assert not [name for name in commands if name.startswith("bogus")]
