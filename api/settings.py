@@ -104,6 +104,10 @@ class Settings(BaseSettings):
         return value.lower() if isinstance(value, str) else value
 
     @property
+    def is_production(self) -> bool:
+        return self.env == "production"
+
+    @property
     def store_secret_value(self) -> str | None:
         return self.store_secret.get_secret_value() if self.store_secret else None
 

@@ -21,6 +21,7 @@ from api.responses import json_response, no_content
 from api.schemas.auth import RefreshRequest, TokenResponse
 from api.schemas.envelope import error_responses
 from api.services import users
+from api.settings import DEV_ADMIN_PASSWORD
 from storeserver.errors import NotFound
 
 router = APIRouter(route_class=MeteredRoute, prefix="/auth", tags=["auth"])
@@ -120,6 +121,15 @@ async def create_token(
     # third of a second) ends this session too, instead of it keeping the old role or password.
     read_at = time.time()
     user = await check_credentials(store, username, password)
+    if (
+        user is not None
+        and password == DEV_ADMIN_PASSWORD
+        and request.app.state.settings.is_production
+    ):
+        # The development admin's password is public (README, Makefile): an account still
+        # holding it (a development data directory reused in production) never logs in.
+        logger.error("refused a login with the development admin password in production")
+        user = None
     if user is None:
         # The address, never the password; the username only as its limiter key (a hash).
         logger.info("failed login from %s for %s", client_ip(request.scope), username_key(username))

@@ -3,11 +3,13 @@ someone else registered with that email is never handed the admin role."""
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 
 import httpx
 import pytest
 
+from api.settings import DEV_ADMIN_PASSWORD
 from tests.support.factories import user_payload
 from tests.support.stack import ADMIN_EMAIL, Stack, running_stack
 from tests.support.storedirect import store_call
@@ -45,3 +47,29 @@ def test_an_existing_account_is_promoted_only_with_its_own_password(tmp_path: Pa
     right = {**base, "ADMIN_EMAIL": email, "ADMIN_PASSWORD": password}
     with running_stack(workers=2, extra_env=right) as third:
         assert _role(third, email) == "admin"
+
+
+def test_the_development_admin_password_never_logs_in_in_production(tmp_path: Path) -> None:
+    """A development data directory reused with ENV=production keeps make run's admin, whose
+    password is in the README: that password is refused at login there."""
+    base = {"STORE_DATA_DIR": str(tmp_path), "STORE_FSYNC": "always"}
+    dev = {**base, "ADMIN_EMAIL": "admin@example.com", "ADMIN_PASSWORD": DEV_ADMIN_PASSWORD}
+    form = {"username": "admin@example.com", "password": DEV_ADMIN_PASSWORD}
+    with running_stack(workers=1, extra_env=dev) as development:
+        assert httpx.post(development.url("/api/v1/auth/token"), data=form).status_code == 200
+    production = {
+        **base,
+        "ENV": "production",
+        "JWT_SECRET": secrets.token_urlsafe(48),
+        "BCRYPT_ROUNDS": "12",
+        "EXPOSE_WORKER_PID": "0",
+        "ADMIN_EMAIL": "",
+        "ADMIN_PASSWORD": "",
+        "LOG_LEVEL": "error",
+    }
+    with running_stack(workers=1, extra_env=production) as prod:
+        refused = httpx.post(prod.url("/api/v1/auth/token"), data=form)
+        assert (
+            refused.status_code == 401 and refused.json()["error"]["code"] == "INVALID_CREDENTIALS"
+        )
+        assert "development admin password in production" in prod.logs()
