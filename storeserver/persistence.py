@@ -111,10 +111,16 @@ class TornTail:
 
 
 def _corrupt(path: Path, pos: int, problem: str) -> CorruptData:
+    if path.name == SNAPSHOT:
+        # Its logs continue it: with no snapshot they would replay over nothing (a hole).
+        advice = "Restore the data directory (snapshot and logs together) from a backup."
+    else:
+        advice = (
+            "Restore the data directory from a backup, or move the damaged log and every "
+            "newer one away to start from the history before it (losing their writes)."
+        )
     return CorruptData(
-        f"{path.name} is corrupt at byte {pos} ({problem}); refusing to start. "
-        "Restore the data directory from a backup, or move the damaged log and every "
-        "newer one away to start from the history before it (losing their writes)."
+        f"{path.name} is corrupt at byte {pos} ({problem}); refusing to start. {advice}"
     )
 
 

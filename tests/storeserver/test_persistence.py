@@ -481,6 +481,16 @@ def test_a_snapshot_cut_at_an_entry_boundary_refuses(tmp_path, kept):
     assert replay(tmp_path).execute("count", {"table": "t"}) == 2500
 
 
+def test_a_damaged_snapshot_advises_a_restore_not_moving_logs(tmp_path):
+    entries = snapshot_of(1500, tmp_path / "snapshot.mdb")
+    damaged = bytearray(entries[0])
+    damaged[20] ^= 0xFF
+    (tmp_path / "snapshot.mdb").write_bytes(bytes(damaged) + entries[1])
+    with pytest.raises(CorruptData, match=r"snapshot\.mdb is corrupt") as refused:
+        replay(tmp_path)
+    assert "from a backup" in str(refused.value) and "move" not in str(refused.value)
+
+
 def test_a_snapshot_end_marker_must_be_last_and_count_right(tmp_path):
     path = tmp_path / "snapshot.mdb"
     entries = snapshot_of(3, path)
