@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -356,8 +357,12 @@ class Durability:
     def _child_done(self, status: int) -> None:
         self._child = None
         seconds = time.perf_counter() - self._child_started
-        if os.waitstatus_to_exitcode(status) != 0:
-            log.error("snapshot_failed", status=status)
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0:
+            # exit 1: the child's own error (its "snapshot_child_failed" line says which);
+            # negative: killed by that signal (the OOM killer's SIGKILL, most likely)
+            how = {"exit_code": code} if code > 0 else {"signal": signal.Signals(-code).name}
+            log.error("snapshot_failed", **how)
             self.dir.discard_partial_snapshot()  # a child killed mid-write leaves its part
             # Most likely the disk (full, read-only): a condition to report, not a bug (500).
             self._notify(PersistenceError("the snapshot could not be written (disk full?)", {}))

@@ -46,6 +46,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import gc
+import json
 import os
 import struct
 import time
@@ -505,6 +506,12 @@ def fork_snapshot(path: Path, generation: int, state: Iterable[tuple[Any, ...]])
             gc.disable()  # the collector would touch (and copy) every object's page
             write_snapshot(path, generation, state)
             code = 0
+        except BaseException as exc:
+            # No logging set up here: the reason as one JSON line on stderr (kept open), so
+            # the parent's "snapshot_failed" is not the only trace. One small write: atomic.
+            with contextlib.suppress(BaseException):
+                line = {"event": "snapshot_child_failed", "level": "error", "error": repr(exc)}
+                os.write(2, json.dumps(line).encode() + b"\n")
         finally:
             os._exit(code)
     return pid

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import os
 import threading
 from decimal import Decimal
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from storeserver import durability, persistence
 from storeserver.engine import Engine
@@ -281,3 +283,19 @@ async def test_replies_held_while_a_failing_fsync_runs_are_never_acknowledged(
     assert len(calls) == 2  # the old log was synced again, successfully
     assert acknowledged(first_transport) == {1} and first_transport.aborted
     assert acknowledged(second_transport) == set() and second_transport.aborted
+
+
+async def test_a_failed_snapshot_child_says_why(persistent, monkeypatch, capfd):
+    """The child has no logging: its reason goes to stderr as one JSON line, and the parent's
+    ``snapshot_failed`` gives its exit code (it gave a raw wait status: 256)."""
+    _, conn = persistent
+    monkeypatch.setattr(persistence, "write_snapshot", disk_full)  # in the child: forked after
+    with capture_logs() as logs:
+        conn.data_received(encode_request(7, "snapshot", {}))
+        await wait_until(lambda: any(e["event"] == "snapshot_failed" for e in logs))
+    failed = next(e for e in logs if e["event"] == "snapshot_failed")
+    assert failed["exit_code"] == 1 and "status" not in failed
+    refused = replies(conn.transport)[-1]
+    assert isinstance(refused, Error) and refused.code == "PERSISTENCE_ERROR"
+    child = [json.loads(x) for x in capfd.readouterr().err.splitlines() if "snapshot_child" in x]
+    assert child[0]["event"] == "snapshot_child_failed" and "No space left" in child[0]["error"]
