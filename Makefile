@@ -9,15 +9,17 @@ STAMP := $(VENV)/.installed-stamp
 # globally: tests start their own processes with their own settings.
 PORT ?= 8000
 WEB_CONCURRENCY ?= 2
-STORE_SOCKET ?= $(CURDIR)/run/store.sock
+# Run-time files: supervisord's log and pid file, the store's socket, job results, metrics.
+RUN_DIR ?= $(CURDIR)/run
+STORE_SOCKET ?= $(RUN_DIR)/store.sock
 STORE_DATA_DIR ?= $(CURDIR)/data
 STORE_FSYNC ?= everysec
 ENV ?= development
 # Prometheus multiprocess files of the gunicorn workers (emptied at each start by the entrypoint).
-PROMETHEUS_MULTIPROC_DIR ?= $(CURDIR)/run/prometheus
-RUN_ENV = PORT=$(PORT) WEB_CONCURRENCY=$(WEB_CONCURRENCY) STORE_SOCKET=$(STORE_SOCKET) \
-	STORE_DATA_DIR=$(STORE_DATA_DIR) STORE_FSYNC=$(STORE_FSYNC) ENV=$(ENV) \
-	PROMETHEUS_MULTIPROC_DIR=$(PROMETHEUS_MULTIPROC_DIR)
+PROMETHEUS_MULTIPROC_DIR ?= $(RUN_DIR)/prometheus
+RUN_ENV = PORT=$(PORT) HOST=$(HOST) WEB_CONCURRENCY=$(WEB_CONCURRENCY) RUN_DIR=$(RUN_DIR) \
+	STORE_SOCKET=$(STORE_SOCKET) STORE_DATA_DIR=$(STORE_DATA_DIR) STORE_FSYNC=$(STORE_FSYNC) \
+	ENV=$(ENV) PROMETHEUS_MULTIPROC_DIR=$(PROMETHEUS_MULTIPROC_DIR)
 # Development only: an administrator, so `make seed` works out of the box. Production refuses
 # this password (api/settings.py); there, set your own ADMIN_EMAIL/ADMIN_PASSWORD or none.
 ifeq ($(ENV),development)
@@ -46,9 +48,12 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	@touch $@
 
-run: install ## start the store and the API (gunicorn) on $PORT in the foreground; Ctrl-C stops both
-	@mkdir -p run
-	@exec env $(RUN_ENV) $(BIN)/supervisord --nodaemon --configuration deploy/supervisord.conf
+# This machine only, unless HOST says otherwise (HOST=0.0.0.0): in development `make run` has
+# an administrator whose password is in this file. (`make load` reads HOST as a URL: not global.)
+run: HOST := $(or $(HOST),127.0.0.1)
+run: install ## start the store and the API (gunicorn) on $HOST:$PORT in the foreground; Ctrl-C stops both
+	@mkdir -p $(RUN_DIR)
+	@exec env $(RUN_ENV) $(BIN)/python deploy/supervise.py
 
 .PHONY: seed
 seed: install ## load sample data into the running service (make run): SEED_USERS, SEED_ORDERS

@@ -5,6 +5,7 @@ Middleware is pure ASGI: ``BaseHTTPMiddleware`` costs a task and a queue per req
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import os
@@ -194,6 +195,10 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send_with_id)
         except BaseException as exc:
             error = type(exc).__name__
+            if isinstance(exc, asyncio.CancelledError):
+                # A graceful stop's cut-off: uvicorn logged "Cancel N running task(s)" and this
+                # access line names the request; its traceback would add nothing.
+                exc.already_logged = True  # type: ignore[attr-defined]
             raise
         finally:
             if error is None and not finished:

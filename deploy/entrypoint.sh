@@ -14,7 +14,9 @@ case "$role" in
     mkdir -p "$dir"
     find "$dir" -mindepth 1 -delete
     export PROMETHEUS_MULTIPROC_DIR="$dir"
-    exec gunicorn --config "$(dirname "$0")/gunicorn.conf.py" "$@" "api.main:create_app()"
+    # gunicorn with gunicorn.conf.py, after a settings check gunicorn itself would skip
+    # (start_gunicorn.py: a bad WEB_CONCURRENCY is one invalid_settings line too).
+    exec python "$(dirname "$0")/start_gunicorn.py" "$@" "api.main:create_app()"
     ;;
   store)
     exec python -m storeserver "$@"

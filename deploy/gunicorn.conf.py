@@ -1,4 +1,5 @@
-"""Gunicorn settings for the API workers (``gunicorn -c deploy/gunicorn.conf.py``).
+"""Gunicorn settings for the API workers (``gunicorn -c deploy/gunicorn.conf.py``; the image and
+`make run` start it through deploy/entrypoint.sh and deploy/start_gunicorn.py).
 
 Everything comes from the same environment the workers read (``api.settings``): PORT, HOST,
 WEB_CONCURRENCY, GRACEFUL_TIMEOUT, CONTROL_SOCKET, LOG_LEVEL, STORE_SOCKET, STORE_SECRET,
@@ -22,6 +23,7 @@ from api import collector
 from api.logs import configure_logging, logging_config
 from api.settings import get_settings
 from api.store import wait_for_store
+from storeserver.errors import StoreError
 from storeserver.settings import settings_errors
 
 try:
@@ -38,8 +40,12 @@ wsgi_app = "api.main:create_app()"
 worker_class = "uvicorn_worker.UvicornWorker"
 workers = _settings.web_concurrency
 bind = [f"{_settings.host}:{_settings.port}"]
-# Seconds a worker gets to finish in-flight requests after SIGTERM before it is killed.
+# Seconds a worker gets to finish in-flight requests after SIGTERM before the master kills it.
 graceful_timeout = _settings.graceful_timeout
+# ...but the worker does not wait for that SIGKILL, which would end it with no log line at all:
+# uvicorn cancels what is still running this long after SIGTERM (post_fork), logs it, and
+# the worker ends normally in the time left (a fifth of GRACEFUL_TIMEOUT, at most 5 s).
+_drain_seconds = graceful_timeout - min(5.0, graceful_timeout / 5)
 # A worker silent for this long is restarted (heartbeat, not request duration).
 timeout = 30
 keepalive = 5
@@ -78,13 +84,34 @@ def on_starting(server: Any) -> None:
     before any worker is forked."""
     clear_metrics_dir()
     server.log.info("waiting for the store at %s", _settings.store_socket)
-    wait_for_store(
-        _settings.store_socket,
-        _settings.store_timeout,
-        _settings.store_wait_seconds,
-        _settings.store_secret_value,
-    )
+    try:
+        wait_for_store(
+            _settings.store_socket,
+            _settings.store_timeout,
+            _settings.store_wait_seconds,
+            _settings.store_secret_value,
+        )
+    except StoreError as exc:
+        # One JSON line and exit 1 (gunicorn would print its traceback): a store that is
+        # late may come back, so supervisord and compose start the API again.
+        configure_logging(_settings.log_level)
+        last_error = exc.__cause__ or exc  # why the last attempt failed
+        structlog.get_logger("api").error(
+            "store_not_ready",
+            store_socket=_settings.store_socket,
+            wait_seconds=_settings.store_wait_seconds,
+            error=str(last_error),
+        )
+        sys.exit(1)
     server.log.info("store is ready")
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    """Bound uvicorn's drain (its ``timeout_graceful_shutdown``, unbounded by default) so that
+    a download still running at the end is cancelled in the worker, with its access line
+    (``error``) and uvicorn's "Cancel N running task(s)" line, instead of being SIGKILLed by
+    the master. The worker built its uvicorn config before the fork; it serves with it later."""
+    worker.config.timeout_graceful_shutdown = _drain_seconds
 
 
 def _exit_on_sigterm(signum: int, frame: Any) -> None:

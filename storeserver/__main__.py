@@ -1,8 +1,10 @@
 """``python -m storeserver``: run the store process until SIGTERM/SIGINT, then exit 0.
 
-Exit 1 when it cannot start (``store_failed_to_start``) or when its shutdown failed
-(``store_stop_failed``: the final flush or snapshot could not be written, e.g. a full disk);
-2 for invalid settings.
+Exit 3 when it refuses to start (``store_failed_to_start``: corrupt or incomplete data, its data
+directory or socket held by another store: starting it again will not help, and
+deploy/supervisord.conf does not), 1 when its shutdown failed (``store_stop_failed``: the final
+flush or snapshot could not be written, e.g. a full disk) or it failed while running, 2 for
+invalid settings.
 """
 
 from __future__ import annotations
@@ -21,9 +23,15 @@ from .logs import configure_logging
 from .server import StoreServer
 from .settings import StoreSettings, settings_errors
 
+EXIT_REFUSED_TO_START = 3
+
 
 class StopFailed(Exception):
     """The store ran, but stopping it failed: not to be reported as a failure to start."""
+
+
+class StartRefused(Exception):
+    """The store could not start (its data, its socket): starting it again will not help."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -61,7 +69,10 @@ async def serve(settings: StoreSettings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await server.start()
+    try:
+        await server.start()
+    except (RuntimeError, OSError) as exc:
+        raise StartRefused(str(exc)) from exc
     await stop.wait()
     structlog.get_logger("storeserver").info("store_stopping")
     try:
@@ -97,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     except StopFailed as exc:
         structlog.get_logger("storeserver").error("store_stop_failed", error=str(exc))
         return 1
+    except StartRefused as exc:
+        structlog.get_logger("storeserver").error("store_failed_to_start", error=str(exc))
+        return EXIT_REFUSED_TO_START
     except (RuntimeError, OSError) as exc:
         structlog.get_logger("storeserver").error("store_failed_to_start", error=str(exc))
         return 1

@@ -267,3 +267,27 @@ def test_settings_load_with_only_the_required_secret(deployed: tuple[Stack, Cont
         ["python", "-c", code], env=env, cwd=ROOT, capture_output=True, timeout=30
     )
     assert check.returncode == 0, check.stderr.decode()[-2000:]
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "field"),
+    [
+        # gunicorn reads WEB_CONCURRENCY itself, before its config file's settings check.
+        ("WEB_CONCURRENCY", "-1", "web_concurrency"),
+        ("WEB_CONCURRENCY", "two", "web_concurrency"),
+        ("STORE_SOCKET", "tcp://localhost", "store_socket"),
+    ],
+)
+def test_the_api_refuses_a_bad_setting_with_one_json_line_and_exit_2(
+    tmp_path: Path, name: str, value: str, field: str
+) -> None:
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path), name: value}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    done = subprocess.run(
+        [str(ENTRYPOINT), "api"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    event = json.loads(lines[0])
+    assert event["event"] == "invalid_settings" and event["errors"].startswith(f"{field}:")

@@ -5,10 +5,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
+
+import httpx
 
 from api import collector
 from tests.support.stack import start_stack, worker_pids
@@ -97,3 +102,93 @@ def test_invalid_settings_are_one_json_line_and_exit_2() -> None:
     event = json.loads(lines[0])
     assert event["event"] == "invalid_settings" and event["level"] == "error"
     assert "JWT_SECRET" in event["errors"] and "short-secret-value" not in lines[0]
+
+
+@dataclass
+class Download:
+    """A GET read in a thread as its body comes: bytes so far, and how the body ended (the
+    exception's name; None while it goes on, or when it ended whole)."""
+
+    url: str
+    received: int = 0
+    error: str | None = None
+
+    def start(self) -> threading.Thread:
+        thread = threading.Thread(target=self._read, daemon=True)
+        thread.start()
+        return thread
+
+    def _read(self) -> None:
+        try:
+            with httpx.stream("GET", self.url, timeout=30.0) as response:
+                for chunk in response.iter_raw():
+                    self.received += len(chunk)
+        except httpx.HTTPError as exc:
+            self.error = type(exc).__name__
+
+
+def test_a_download_longer_than_the_graceful_timeout_is_cancelled_and_logged() -> None:
+    """A request still running when GRACEFUL_TIMEOUT is nearly spent is cancelled by uvicorn in
+    the worker (an error line saying so, the request's access line with its ``error``), and the
+    worker still exits normally, before the master's SIGKILL would have come."""
+    app = "tests.deploy.slow_download_app:create_slow_download_app()"
+    # Cancelled at 4.8 s (6 less a fifth), where the master would send SIGKILL at 6 s.
+    stack = start_stack(1, {"LOG_LEVEL": "info", "GRACEFUL_TIMEOUT": "6"}, 60.0, app=app)
+    try:
+        try:
+            workers = worker_pids(stack)
+            wait_for_app_startup(stack.workdir / "api.log", workers)
+            download = Download(stack.url("/slow-download"))
+            thread = download.start()
+            deadline = time.monotonic() + 10
+            while not download.received and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert download.received, stack.logs()
+            started = time.monotonic()
+            stack.processes["api"].send_signal(signal.SIGTERM)
+            assert stack.processes["api"].wait(30) == 0
+            stopped_after = time.monotonic() - started
+            thread.join(10)
+        finally:
+            stack.stop()
+        events = log_events(stack.workdir / "api.log")
+    finally:
+        shutil.rmtree(stack.workdir, ignore_errors=True)
+    assert download.error is not None  # the client saw an incomplete body, not a whole one
+    assert stopped_after < 6, stopped_after
+    access = [e for e in events if e.get("event") == "access" and e.get("path") == "/slow-download"]
+    assert len(access) == 1, events[-10:]
+    assert access[0]["status"] == 200 and access[0]["error"] == "CancelledError", access
+    cut_off = [e for e in events if "timeout graceful shutdown exceeded" in e.get("event", "")]
+    assert [e["level"] for e in cut_off] == ["error"], events[-10:]
+    messages = [str(event.get("event", "")) for event in events]
+    # the access line names the request: no traceback line for the cancellation besides
+    assert not [m for m in messages if "Exception in ASGI application" in m], events[-10:]
+    (worker,) = workers
+    assert f"Worker exiting (pid: {worker})" in messages
+    assert not [message for message in messages if "was sent" in message]
+
+
+def test_a_store_not_ready_in_time_is_one_json_line_and_exit_1(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "STORE_SOCKET": str(tmp_path / "no-store.sock"),
+        "STORE_WAIT_SECONDS": "1",
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prometheus"),
+        "LOG_LEVEL": "warning",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "-c", "deploy/gunicorn.conf.py"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1, done.stderr
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    event = json.loads(lines[0])
+    assert event["event"] == "store_not_ready" and event["level"] == "error"
+    assert event["store_socket"] == env["STORE_SOCKET"] and event["wait_seconds"] == 1
+    assert "No such file or directory" in event["error"]  # why the last attempt failed

@@ -427,7 +427,7 @@ async def test_corrupt_middle_refuses_to_start_with_a_clear_message(sock_dir, tm
     refused = StoreProcess(sock_dir / "d.sock", env={"STORE_DATA_DIR": str(data_dir)})
     with pytest.raises(RuntimeError, match="exited early"):
         refused.start()
-    assert refused.proc.returncode == 1
+    assert refused.proc.returncode == 3  # refuses to start: not to be restarted
     failure = [e for e in events(refused) if e["event"] == "store_failed_to_start"]
     refused.close()
     assert failure and "corrupt at byte" in failure[0]["error"]
@@ -441,7 +441,7 @@ async def test_a_second_store_on_the_same_data_directory_refuses_to_start(sock_d
     second = StoreProcess(sock_dir / "other.sock", env={"STORE_DATA_DIR": str(data_dir)})
     with pytest.raises(RuntimeError, match="exited early"):
         second.start()
-    assert second.proc.returncode == 1
+    assert second.proc.returncode == 3
     failure = [e for e in events(second) if e["event"] == "store_failed_to_start"]
     second.close()
     assert failure and f"another store (pid {first.proc.pid})" in failure[0]["error"]

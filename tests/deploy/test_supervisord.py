@@ -1,0 +1,220 @@
+"""`make run` as a developer runs it: supervisord (deploy/supervisord.conf) with its event
+listener (deploy/stop_on_failure.py), in a run directory and on a port of its own.
+
+A crash is restarted; a program that cannot start ends `make run` with one JSON line saying
+which, and a non-zero exit, instead of a restart loop in the foreground.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support.stack import ROOT, free_port
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class MakeRun:
+    process: subprocess.Popen[bytes]
+    run_dir: Path
+    port: int
+
+    @property
+    def output(self) -> Path:
+        return self.run_dir / "output"
+
+    def lines(self) -> list[str]:
+        return self.output.read_text("utf-8", "replace").splitlines()
+
+    def events(self) -> list[dict]:
+        return [json.loads(line) for line in self.lines() if line.startswith("{")]
+
+    def children(self) -> dict[int, str]:
+        """supervisord's children: pid → command line."""
+        supervisord = int((self.run_dir / "supervisord.pid").read_text())
+        found = {}
+        for pid in Path(f"/proc/{supervisord}/task/{supervisord}/children").read_text().split():
+            found[int(pid)] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+        return {pid: command.decode() for pid, command in found.items()}
+
+    def store_pid(self) -> int:
+        (pid,) = [pid for pid, command in self.children().items() if "storeserver" in command]
+        return pid
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, "\n".join(self.lines()[-20:])
+            try:
+                url = f"http://127.0.0.1:{self.port}/api/v1/ready"
+                if httpx.get(url, timeout=2.0).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError("\n".join(self.lines()[-20:]))
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)  # make, and supervisord through it
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+def start_make_run(**settings: str) -> MakeRun:
+    run_dir = Path(tempfile.mkdtemp(prefix="memdb-run-"))
+    port = free_port()
+    variables = {
+        "RUN_DIR": str(run_dir),
+        "STORE_DATA_DIR": str(run_dir / "data"),
+        "PORT": str(port),
+        "WEB_CONCURRENCY": "1",
+        **settings,
+    }
+    # Not a parent make's flags (under `make test`): this make is a separate run.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    argv = ["make", "--no-print-directory", "-o", "install", "run"]
+    argv += [f"{name}={value}" for name, value in variables.items()]
+    with (run_dir / "output").open("wb") as output:
+        process = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    return MakeRun(process, run_dir, port)
+
+
+@pytest.fixture
+def make_run() -> Iterator[list[MakeRun]]:
+    """Started runs, stopped and removed at the end."""
+    runs: list[MakeRun] = []
+    yield runs
+    for run in runs:
+        run.stop()
+        shutil.rmtree(run.run_dir, ignore_errors=True)
+
+
+def test_make_run_listens_on_loopback_restarts_a_killed_store_and_stops_with_0(
+    make_run: list[MakeRun],
+) -> None:
+    run = start_make_run()
+    make_run.append(run)
+    run.wait_ready()
+    # Not every interface: `make run`'s administrator has a password anyone can read.
+    listening = [e["event"] for e in run.events() if "Listening at" in e.get("event", "")]
+    assert len(listening) == 1, listening
+    assert listening[0].startswith(f"Listening at: http://127.0.0.1:{run.port} "), listening
+
+    killed = run.store_pid()
+    os.kill(killed, signal.SIGKILL)  # a crash at run time: supervisord starts it again
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        pids = [pid for pid, command in run.children().items() if "storeserver" in command]
+        if pids and pids != [killed]:
+            break
+        time.sleep(0.1)
+    run.wait_ready(30)
+    assert run.store_pid() != killed
+
+    supervisord = int((run.run_dir / "supervisord.pid").read_text())
+    os.kill(supervisord, signal.SIGTERM)  # as Ctrl-C would stop it
+    assert run.process.wait(60) == 0, "\n".join(run.lines()[-20:])
+    assert not [e for e in run.events() if e.get("event") == "run_stopped"]
+
+
+def test_make_run_stops_when_the_api_refuses_its_settings(make_run: list[MakeRun]) -> None:
+    run = start_make_run(RATE_LIMIT="abc")
+    make_run.append(run)
+    assert run.process.wait(60) != 0, "\n".join(run.lines()[-20:])
+    events = run.events()
+    refused = [e for e in events if e.get("event") == "invalid_settings"]
+    assert len(refused) == 1 and "rate_limit" in refused[0]["errors"], events
+    last = events[-1]
+    assert last["event"] == "run_stopped" and last["program"] == "api", last
+    assert "above" in last["reason"]
+    # Every line is JSON but make's own "make: *** [Makefile:N: run] Error 1" on the way out.
+    (not_json,) = [line for line in run.lines() if not line.startswith("{")]
+    assert not_json.startswith("make: *** [") and not_json.endswith("run] Error 1"), not_json
+
+
+def test_make_run_stops_when_the_store_refuses_its_data(make_run: list[MakeRun]) -> None:
+    """A corrupt snapshot: the store refuses to start (store_failed_to_start), every time."""
+    data = Path(tempfile.mkdtemp(prefix="memdb-corrupt-"))  # 0700, as the store wants it
+    try:
+        (data / "snapshot.mdb").write_bytes(b"\x00not a snapshot" * 100)
+        os.chmod(data / "snapshot.mdb", 0o600)
+        run = start_make_run(STORE_DATA_DIR=str(data))
+        make_run.append(run)
+        assert run.process.wait(90) != 0, "\n".join(run.lines()[-20:])
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+    events = run.events()
+    # It exits 3 for that, one of its refusal codes: not started again.
+    refusals = [e for e in events if e.get("event") == "store_failed_to_start"]
+    assert len(refusals) == 1, len(refusals)
+    last = events[-1]
+    assert last["event"] == "run_stopped" and last["program"] == "store", last
+    assert "cannot start" in last["reason"]
+
+
+def test_make_run_stops_when_the_store_refuses_its_settings(make_run: list[MakeRun]) -> None:
+    run = start_make_run(STORE_FSYNC="sometimes")
+    make_run.append(run)
+    assert run.process.wait(60) != 0, "\n".join(run.lines()[-20:])
+    events = run.events()
+    refused = [e for e in events if e.get("event") == "invalid_settings"]
+    assert [e["process"] for e in refused] == ["store"], events
+    last = events[-1]
+    assert last["event"] == "run_stopped" and last["program"] == "store", last
+
+
+def load_listener() -> Any:
+    """deploy/stop_on_failure.py (a script supervisord runs, not a package module)."""
+    spec = importlib.util.spec_from_file_location(
+        "stop_on_failure", ROOT / "deploy" / "stop_on_failure.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_listener_stops_on_a_refusal_a_crash_loop_or_fatal_not_on_a_crash() -> None:
+    listener = load_listener()
+    exited = "PROCESS_STATE_EXITED"
+    crash = {"processname": "store", "expected": "0"}
+    watch = listener.StartWatch()
+    assert watch.reason_to_stop(exited, crash, 0.0) is None  # kill -9: restarted
+    assert watch.reason_to_stop("PROCESS_STATE_RUNNING", crash, 1.0) is None
+    for second in (100.0, 200.0, 300.0, 400.0, 500.0):  # now and then: never a loop
+        assert watch.reason_to_stop(exited, crash, second) is None
+    for second in (600.0, 601.0, 602.0, 603.0):
+        assert watch.reason_to_stop(exited, crash, second) is None
+    assert "5 times" in watch.reason_to_stop(exited, crash, 604.0)
+
+    refused = {"processname": "api", "expected": "1"}  # an exit code in its `exitcodes`
+    assert "cannot start" in listener.StartWatch().reason_to_stop(exited, refused, 0.0)
+    fatal = {"processname": "api", "from_state": "BACKOFF"}
+    assert "FATAL" in listener.StartWatch().reason_to_stop("PROCESS_STATE_FATAL", fatal, 0.0)
