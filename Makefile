@@ -9,6 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 # globally: tests start their own processes with their own settings.
 PORT ?= 8000
 WEB_CONCURRENCY ?= 2
+GRACEFUL_TIMEOUT ?= 30
 # Run-time files: supervisord's log and pid file, the store's socket, job results, metrics.
 RUN_DIR ?= $(CURDIR)/run
 STORE_SOCKET ?= $(RUN_DIR)/store.sock
@@ -17,7 +18,9 @@ STORE_FSYNC ?= everysec
 ENV ?= development
 # Prometheus multiprocess files of the gunicorn workers (emptied at each start by the entrypoint).
 PROMETHEUS_MULTIPROC_DIR ?= $(RUN_DIR)/prometheus
+# supervisord's wait before it SIGKILLs the API: the drain plus a margin.
 RUN_ENV = PORT=$(PORT) HOST=$(HOST) WEB_CONCURRENCY=$(WEB_CONCURRENCY) RUN_DIR=$(RUN_DIR) \
+	GRACEFUL_TIMEOUT=$(GRACEFUL_TIMEOUT) API_STOP_SECONDS=$(shell expr $(GRACEFUL_TIMEOUT) + 10 2>/dev/null || echo 40) \
 	STORE_SOCKET=$(STORE_SOCKET) STORE_DATA_DIR=$(STORE_DATA_DIR) STORE_FSYNC=$(STORE_FSYNC) \
 	ENV=$(ENV) PROMETHEUS_MULTIPROC_DIR=$(PROMETHEUS_MULTIPROC_DIR)
 # Development only: an administrator, so `make seed` works out of the box. Production refuses
@@ -36,7 +39,7 @@ SEED_ORDERS ?= 1000
 	docker-build docker-run docker-stop
 
 help: ## list the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-17s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 install: $(STAMP) ## create .venv and install the pinned dependencies
 

@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     port: Annotated[int, Field(ge=1, le=65535)] = 8000
     web_concurrency: PositiveInt = 2
     graceful_timeout: PositiveInt = 30
+    # Seconds a connection has to send a request's headers whole (api/connections.py).
+    header_timeout: Annotated[float, Field(gt=0, le=3600)] = 10.0
     control_socket: str = ""
     store_socket: str = "run/store.sock"
     # Sent in the store handshake; the store requires it when it has one (STORE_SECRET is

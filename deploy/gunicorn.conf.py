@@ -20,6 +20,7 @@ from prometheus_client import multiprocess
 from pydantic import ValidationError
 
 from api import collector
+from api.connections import HeaderDeadlineProtocol
 from api.logs import configure_logging, logging_config
 from api.settings import get_settings
 from api.store import wait_for_store
@@ -112,6 +113,10 @@ def post_fork(server: Any, worker: Any) -> None:
     (``error``) and uvicorn's "Cancel N running task(s)" line, instead of being SIGKILLed by
     the master. The worker built its uvicorn config before the fork; it serves with it later."""
     worker.config.timeout_graceful_shutdown = _drain_seconds
+    # uvicorn's httptools protocol with a deadline for request headers (api/connections.py):
+    # connections that send nothing, or headers in part, are closed instead of kept forever.
+    HeaderDeadlineProtocol.header_timeout = _settings.header_timeout
+    worker.config.http = HeaderDeadlineProtocol
 
 
 def _exit_on_sigterm(signum: int, frame: Any) -> None:

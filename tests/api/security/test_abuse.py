@@ -7,8 +7,10 @@ logout failed at the memory limit, a replacement worker could not start there, .
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -297,3 +299,48 @@ def test_a_worker_restarted_at_the_memory_limit_still_serves_reads(full_store: F
             outcome = repr(exc)
         time.sleep(0.2)
     assert outcome == 200, f"{outcome}\n{stack.logs()[-1500:]}"
+
+
+def _closed_by_server(sock: socket.socket, bound: float = 15.0) -> bool:
+    """Whether the server closes ``sock`` (EOF) before ``bound`` seconds (a failure bound,
+    not a timing assertion: the deadline under test is 1 s)."""
+    sock.settimeout(bound)
+    try:
+        while True:
+            data = sock.recv(4096)
+            if not data:
+                return True
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def test_connections_that_never_send_whole_headers_are_closed() -> None:
+    """A slow-headers client (nothing, or part of a request, then silence) held a worker's fd
+    forever: uvicorn arms its keep-alive timer only after a response."""
+    with (
+        running_stack(workers=1, extra_env={"HEADER_TIMEOUT": "1"}) as stack,
+        contextlib.ExitStack() as sockets,
+    ):
+
+        def connect() -> socket.socket:
+            return sockets.enter_context(socket.create_connection(("127.0.0.1", stack.port)))
+
+        silent = connect()
+        partial = connect()
+        partial.sendall(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n")
+        # a keep-alive connection's second request, stalled the same way
+        second = connect()
+        second.sendall(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        second.settimeout(10)
+        assert second.recv(4096).startswith(b"HTTP/1.1 200")
+        second.sendall(b"GET /api/v1/health HTTP/1.1\r\n")
+        # headers sent slowly but whole in time are served
+        slow = connect()
+        slow.sendall(b"GET /api/v1/health HTTP/1.1\r\n")
+        time.sleep(0.3)
+        slow.sendall(b"Host: x\r\nConnection: close\r\n\r\n")
+        slow.settimeout(10)
+        assert slow.recv(4096).startswith(b"HTTP/1.1 200")
+        assert [_closed_by_server(sock) for sock in (silent, partial, second)] == [True] * 3
