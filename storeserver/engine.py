@@ -589,6 +589,10 @@ class Engine:
                 raise
         return {"results": results}
 
+    def expire_idle(self) -> None:
+        """Free what outlived its idle time (scan cursors); the server calls it on a timer."""
+        self._scans.expire()
+
     def _scan(self, args: Args) -> dict[str, Any]:
         check_keys(args, _SCAN_ARGS)
         size = limit(args, DEFAULT_LIMIT, self.max_limit)

@@ -81,6 +81,7 @@ MAX_CLIENTS = 4096
 
 
 SLOW_KEPT = 20
+HOUSEKEEPING_S = 5.0  # at most this between sweeps of idle scan cursors
 _BUCKETS_PER_DOUBLING = 4
 _BUCKET_OFFSET = 128.0  # 2**-32 s and below would be bucket 0; add() adds 1 ns: no clamping
 _BUCKETS = 256  # up to 2**32 s
@@ -205,6 +206,7 @@ class StoreServer:
         )
         self.memory = MemoryGauge(settings.max_memory)
         self.op_stats = OpStats()
+        self._housekeeping: asyncio.TimerHandle | None = None
         self._command_names = self.engine.commands | {"ping", "stats", "snapshot", "cancel"}
         self.slow: deque[dict[str, Any]] = deque(maxlen=SLOW_KEPT)
         # Long commands in progress (by job), and their turn order.
@@ -232,6 +234,7 @@ class StoreServer:
             self.durability.load()
             self.durability.start(loop)
         self.freezer.start(loop)  # after loading: the loaded records are never walked again
+        self._housekeep(loop)
         path.parent.mkdir(parents=True, exist_ok=True)
         # Create the socket with restrictive permissions from the first instant (umask), then
         # set the exact mode: there is no window in which another user could connect.
@@ -248,6 +251,13 @@ class StoreServer:
             self._listeners.append(tcp)
         self.ready = True
         log.info("store_listening", socket=str(path), tcp=self.settings.tcp, version=__version__)
+
+    def _housekeep(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Free scan cursors left unread past ``STORE_SCAN_IDLE`` now, not at the next scan:
+        each holds its table's id list (8 bytes a row) until then."""
+        self.engine.expire_idle()
+        interval = min(HOUSEKEEPING_S, self.settings.scan_idle / 2)
+        self._housekeeping = loop.call_later(interval, self._housekeep, loop)
 
     @property
     def jobs(self) -> int:
@@ -272,6 +282,8 @@ class StoreServer:
         """Stop accepting, let every in-flight reply flush, close clients, remove the socket."""
         self.ready = False
         self.freezer.stop()
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
         for listener in self._listeners:
             listener.close()
         self._all_closed.clear()

@@ -3,6 +3,7 @@ at the cap, freed after ``STORE_SCAN_IDLE`` seconds unread."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -142,3 +143,23 @@ def test_store_scan_idle_setting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
         monkeypatch.setenv("STORE_SCAN_IDLE", bad)
         with pytest.raises(ValidationError, match="scan_idle"):
             StoreSettings()
+
+
+async def test_an_idle_cursor_is_freed_without_another_scan(sock_dir: Path) -> None:
+    """Freed on the server's timer, not only when the next scan opens or reads (each cursor
+    holds its table's id list until then)."""
+    server = StoreServer(StoreSettings(socket=sock_dir / "idle.sock", scan_idle=0.2))
+    await server.start()
+    client = StoreClient(f"unix:{sock_dir / 'idle.sock'}")
+    try:
+        await client.call("batch", {"ops": [{"op": "insert", "table": "t", "record": {}}] * 3})
+        page = await client.call("scan", {"table": "t", "limit": 1})
+        assert page["cursor"] is not None and (await client.call("stats"))["cursors"] == 1
+        for _ in range(50):  # a failure bound, not a timing assertion: sweeps run every 0.1 s
+            await asyncio.sleep(0.1)
+            if (await client.call("stats"))["cursors"] == 0:
+                break
+        assert (await client.call("stats"))["cursors"] == 0
+    finally:
+        await client.close()
+        await server.shutdown()
