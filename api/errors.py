@@ -94,7 +94,9 @@ CONFLICT_CODES = {
     "duplicate_id": "ALREADY_EXISTS",
     "foreign_key": "FOREIGN_KEY_VIOLATION",
     "dependants": "HAS_DEPENDANTS",
+    "keep": "LAST_ADMIN",  # the only ``keep`` the API declares: users' role = admin
 }
+_LAST_ADMIN = "The last admin cannot be demoted or deleted: make another user admin first"
 # jsonschema's message for a missing property (its error sits on the enclosing object).
 _REQUIRED = re.compile(r"'([^']{1,200})' is a required property")
 # Only these keys of a store error's details reach the client.
@@ -164,9 +166,12 @@ async def handle_store_error(request: Request, exc: Exception) -> Response:
     if isinstance(exc, store_errors.ValidationFailed):
         return error_response(request, 422, code, exc.message, schema_error_details(exc))
     detail = {key: exc.details[key] for key in SAFE_DETAIL_KEYS if key in exc.details}
+    message = exc.message
     if isinstance(exc, store_errors.Conflict):
         code = CONFLICT_CODES.get(str(detail.get("reason")), code)
-    return error_response(request, status_code, code, exc.message, [detail] if detail else [])
+        if code == "LAST_ADMIN":
+            message = _LAST_ADMIN
+    return error_response(request, status_code, code, message, [detail] if detail else [])
 
 
 def schema_error_details(

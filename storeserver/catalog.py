@@ -21,17 +21,19 @@ from storeserver.tables import Table
 
 
 class TableSpec:
-    __slots__ = ("foreign_keys", "hidden", "indexes")
+    __slots__ = ("foreign_keys", "hidden", "indexes", "keeps")
 
     def __init__(
         self,
         indexes: list[tuple[str, bool, bool]],
         foreign_keys: list[tuple[str, str]],
         hidden: list[str],
+        keeps: list[tuple[str, Any, int]] | None = None,
     ) -> None:
         self.indexes = indexes  # (field, unique, casefold)
         self.foreign_keys = foreign_keys  # (field, referenced table)
         self.hidden = hidden
+        self.keeps = keeps or []  # (field, value, at_least): see ``Table.check_keeps``
 
     @classmethod
     def parse(cls, args: Args) -> TableSpec:
@@ -60,13 +62,24 @@ class TableSpec:
             table_name(item, "table")
             fks.append((field, item["table"]))
         hidden = [_top_level_field(f, "hidden") for f in raw_hidden]
+        keeps = []
+        for item in _list(args, "keep"):
+            if type(item) is not dict or item.keys() != {"field", "value", "at_least"}:
+                raise BadRequest("keep: each is {field, value, at_least}", {"arg": "keep"})
+            value, at_least = item["value"], item["at_least"]
+            if type(value) not in (str, int, bool) or type(at_least) is not int or at_least < 1:
+                raise BadRequest(
+                    "keep: value is a string, integer or boolean; at_least an integer >= 1",
+                    {"arg": "keep"},
+                )
+            keeps.append((_top_level_field(item["field"], "keep"), value, at_least))
         for arg, fields in (
             ("indexes", [i[0] for i in indexes]),
             ("foreign_keys", [f[0] for f in fks]),
         ):
             if len(set(fields)) != len(fields):
                 raise BadRequest(f"{arg}: a field appears twice", {"arg": arg})
-        return cls(indexes, fks, hidden)
+        return cls(indexes, fks, hidden, keeps)
 
 
 def _list(args: Args, key: str) -> list[Any]:
@@ -129,6 +142,7 @@ class Catalog:
         if check:
             self._check_existing_rows(probe, new_indexes, new_fks)
         new_hidden = frozenset(spec.hidden) - probe.hidden
+        new_keeps = tuple(k for k in spec.keeps if k not in probe.keeps)
         if table is None:
             table = self.tables[name] = probe
         for field, unique, casefold in new_indexes:
@@ -137,7 +151,8 @@ class Catalog:
             table.foreign_keys[field] = target
             self.referrers.setdefault(target, []).append((name, field))
         table.hidden = table.hidden | new_hidden
-        return created, created or bool(new_indexes or new_fks or new_hidden)
+        table.keeps = table.keeps + new_keeps
+        return created, created or bool(new_indexes or new_fks or new_hidden or new_keeps)
 
     @staticmethod
     def _new_indexes(table: Table, spec: TableSpec) -> list[tuple[str, bool, bool]]:

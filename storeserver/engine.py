@@ -65,7 +65,7 @@ MAX_KEY_LENGTH = 1024
 MAX_PENDING_CHANGES = 100_000
 """Undrained journal entries tolerated before journaling stops (see ``drain_changes``)."""
 
-_CREATE_TABLE_ARGS = frozenset({"table", "indexes", "foreign_keys", "hidden"})
+_CREATE_TABLE_ARGS = frozenset({"table", "indexes", "foreign_keys", "hidden", "keep"})
 _CREATE_INDEX_ARGS = frozenset({"table", "field", "unique", "casefold"})
 _INDEX_ARGS = frozenset({"table", "field"})
 _TABLE_ARGS = frozenset({"table"})

@@ -44,6 +44,7 @@ class Table:
         "foreign_keys",
         "hashes",
         "hidden",
+        "keeps",
         "name",
         "restored",
         "rows",
@@ -68,15 +69,42 @@ class Table:
         self.watchers: tuple[Watcher, ...] = ()
         self.building: dict[str, Any] = {}  # field -> its ``builds.IndexBuild``
         self.version_floor = 0
+        # (field, value, at_least): writes may not take the rows holding ``field == value``
+        # below ``at_least`` (``users``: the last admin stays one).
+        self.keeps: tuple[tuple[str, Any, int], ...] = ()
 
     # -- schema ---------------------------------------------------------------------------
 
     def spec(self) -> dict[str, Any]:
-        return {
+        spec = {
             "indexes": [i.spec() for i in self._indexes],
             "foreign_keys": [{"field": f, "table": t} for f, t in self.foreign_keys.items()],
             "hidden": sorted(self.hidden),
         }
+        if self.keeps:  # only then: a spec without keeps reads as before
+            spec["keep"] = [{"field": f, "value": v, "at_least": n} for f, v, n in self.keeps]
+        return spec
+
+    def check_keeps(self, old: Record, new: Record | None) -> None:
+        """``Conflict`` if replacing ``old`` by ``new`` (``None``: deleting it) would leave fewer
+        than ``at_least`` rows with ``field == value`` where there were enough. Counted only
+        when ``old`` holds the value and ``new`` does not (demoting or deleting an admin), from
+        the field's index or, without one, over the rows: such writes are rare."""
+        for field, value, at_least in self.keeps:
+            if old.get(field) != value or (new is not None and new.get(field) == value):
+                continue
+            ids = self.lookup(field, value)
+            held = (
+                sum(1 for r in self.rows.values() if r.get(field) == value)
+                if ids is None
+                else sum(1 for _ in ids)
+            )
+            if held <= at_least:
+                raise Conflict(
+                    f"{self.name} must keep at least {at_least} row(s) with {field} = {value!r}:"
+                    " this change would leave fewer",
+                    {"reason": "keep", "table": self.name, "field": field, "id": old["id"]},
+                )
 
     def snapshot_spec(self) -> dict[str, Any]:
         """``spec()`` plus what only persistence needs. Releases before ``version_floor`` read

@@ -159,6 +159,8 @@ class RecordWriter:
         expected = optional_version(args)
         cascade = optional_bool(args, "cascade")
         record = self._current(table, rid, expected)
+        if table.keeps:  # before any row goes: a single delete has no undo
+            table.check_keeps(record, None)
         doomed = self._dependants(table, record, cascade)
         for victim_table, victim in reversed(doomed):  # deepest first
             self._remove(victim_table, victim, undo)
@@ -204,6 +206,8 @@ class RecordWriter:
         # ``updated_at`` is enforced like any other (``new`` is a fresh dict, dropped on failure).
         new["updated_at"] = self.timestamps()
         new["version"] = old["version"] + 1
+        if table.keeps:
+            table.check_keeps(old, new)
         if table.foreign_keys:
             self._check_foreign_keys(table, new, old)
         if table.uniques:
@@ -218,6 +222,8 @@ class RecordWriter:
         return table.visible(new, False)
 
     def _remove(self, table: Table, record: Record, undo: Undo | None) -> None:
+        if table.keeps:
+            table.check_keeps(record, None)
         floor = table.version_floor
         table.delete(record)
         if self.journal:

@@ -157,8 +157,8 @@ async def update_user(
     """Change the fields sent; with If-Match the write happens only at that version (412).
 
     Your own password needs `current_password` (403 if wrong; 429 past AUTH_RATE_LIMIT checks
-    per account, as logins); a role change needs an admin. A new password or role ends all of
-    that user's sessions.
+    per account, as logins); a role change needs an admin, and the last admin stays one (409
+    `LAST_ADMIN`). A new password or role ends all of that user's sessions.
     """
     await _check_sensitive_changes(request, store, caller, user_id, payload)
     user = await user_service.update_user(store, user_id, payload, if_match)
@@ -179,7 +179,7 @@ async def delete_user(
     cascade: Annotated[bool, Query(description="Also delete the user's orders")] = False,
 ) -> Response:
     """Delete a user (yourself, or anyone as admin); 409 if the user has orders, unless
-    cascade=true deletes them too. Their sessions end."""
+    cascade=true deletes them too, and for the last admin (`LAST_ADMIN`). Their sessions end."""
     await user_service.delete_user(store, user_id, if_match, cascade)
     return no_content()
 

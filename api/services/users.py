@@ -19,6 +19,9 @@ SCHEMA: dict[str, Any] = {
     "table": TABLE,
     "indexes": [{"field": "email", "unique": True, "casefold": True}],
     "hidden": ["password_hash"],
+    # The store refuses the write that would demote or delete the last admin, whatever the
+    # route (a user deleting themself, a transaction, two admins demoting each other at once).
+    "keep": [{"field": "role", "value": "admin", "at_least": 1}],
 }
 FIELDS: dict[str, FieldType] = {
     **BASE_FIELDS,

@@ -1848,3 +1848,75 @@ def test_the_version_floor_survives_a_snapshot_and_a_replay(
     assert run(replica, "insert", table="t", record={"id": "a"})["version"] == 3
     # the floor is the store's own: a client cannot declare it
     fail(engine, BadRequest, "create_table", table="u", version_floor=7)
+
+
+# -- keep: rows a table must keep (users: the last admin) -------------------------------------
+
+
+@pytest.fixture
+def staff(engine: Engine) -> Engine:
+    engine.execute(
+        "create_table",
+        {"table": "people", "keep": [{"field": "role", "value": "admin", "at_least": 1}]},
+    )
+    engine.execute(
+        "create_table",
+        {"table": "notes", "foreign_keys": [{"field": "person", "table": "people"}]},
+    )
+    run(engine, "insert", table="people", record={"id": "a", "role": "admin"})
+    run(engine, "insert", table="people", record={"id": "b", "role": "admin"})
+    run(engine, "insert", table="people", record={"id": "u", "role": "user"})
+    run(engine, "insert", table="notes", record={"person": "a"})
+    return engine
+
+
+def test_keep_refuses_the_write_that_removes_the_last_admin(staff: Engine) -> None:
+    run(staff, "patch", table="people", id="b", changes={"role": "user"})  # one admin left
+    refused = fail(staff, Conflict, "patch", table="people", id="a", changes={"role": "user"})
+    assert refused.details == {"reason": "keep", "table": "people", "field": "role", "id": "a"}
+    fail(staff, Conflict, "replace", table="people", id="a", record={"role": None})
+    fail(staff, Conflict, "delete", table="people", id="a", cascade=True)
+    # refused before anything was removed: the cascade's dependants are still there
+    assert run(staff, "count", table="notes") == 1
+    by_filter = {"table": "people", "where": [["role", "eq", "admin"]], "changes": {"role": "x"}}
+    fail(staff, Conflict, "update_where", **by_filter)
+    fail(staff, Conflict, "delete_where", table="people", where=[["id", "eq", "a"]], cascade=True)
+    assert run(staff, "get", table="people", id="a")["role"] == "admin"
+    assert run(staff, "count", table="notes") == 1
+    # other changes to the last admin, and to everyone else, go on
+    run(staff, "patch", table="people", id="a", changes={"name": "Ada"})
+    run(staff, "delete", table="people", id="u")
+
+
+def test_keep_counts_the_batch_as_it_goes(staff: Engine) -> None:
+    """Promote first, then demote: allowed; demoting both admins in one batch: refused whole."""
+    demote_both = [
+        {"op": "patch", "table": "people", "id": i, "changes": {"role": "user"}} for i in "ab"
+    ]
+    fail(staff, Conflict, "batch", ops=demote_both)
+    assert [run(staff, "get", table="people", id=i)["role"] for i in "ab"] == ["admin"] * 2
+    handover = [
+        {"op": "patch", "table": "people", "id": "u", "changes": {"role": "admin"}},
+        *demote_both,
+    ]
+    run(staff, "batch", ops=handover)
+    assert run(staff, "get", table="people", id="u")["role"] == "admin"
+
+
+def test_keep_is_declared_validated_and_kept_in_snapshots(staff: Engine, clock: FakeClock) -> None:
+    keep = [{"field": "role", "value": "admin", "at_least": 1}]
+    assert run(staff, "create_table", table="people", keep=keep) == {"created": False}
+    assert staff._catalog.tables["people"].spec()["keep"] == keep
+    for bad in (
+        [{"field": "role", "value": "admin"}],
+        [{"field": "role", "value": ["admin"], "at_least": 1}],
+        [{"field": "role", "value": "admin", "at_least": 0}],
+        [{"field": "id", "value": "x", "at_least": 1}],
+        "role",
+    ):
+        fail(staff, BadRequest, "create_table", table="t2", keep=bad)
+    replica = Engine(clock=clock)
+    for change in staff.iter_state():
+        replica.apply_change(change)
+    run(replica, "patch", table="people", id="b", changes={"role": "user"})
+    fail(replica, Conflict, "delete", table="people", id="a")

@@ -10,7 +10,8 @@ import httpx
 import pytest
 
 from api.settings import DEV_ADMIN_PASSWORD
-from tests.support.factories import user_payload
+from tests.support.auth import login_admin, register
+from tests.support.factories import assert_error, user_payload
 from tests.support.stack import ADMIN_EMAIL, Stack, running_stack
 from tests.support.storedirect import store_call
 
@@ -73,3 +74,24 @@ def test_the_development_admin_password_never_logs_in_in_production(tmp_path: Pa
             refused.status_code == 401 and refused.json()["error"]["code"] == "INVALID_CREDENTIALS"
         )
         assert "development admin password in production" in prod.logs()
+
+
+def test_the_last_admin_cannot_be_demoted_or_deleted() -> None:
+    """Enforced in the store (users' ``keep``), so every route and every race obeys it."""
+    with running_stack(workers=2) as stack, httpx.Client(base_url=stack.base_url) as http:
+        admin = login_admin(http)
+        me = f"/api/v1/users/{admin.id}"
+        for response in (
+            http.patch(me, json={"role": "user"}, headers=admin.headers),
+            http.delete(me, headers=admin.headers),
+            http.delete(f"/api/v1/data/users/{admin.id}", headers=admin.headers),
+        ):
+            error = assert_error(response, 409, "LAST_ADMIN")
+            assert "another user admin first" in error["message"]
+        # hand over: promote someone, then stepping down is fine
+        other = register(http)
+        promoted = http.patch(
+            f"/api/v1/users/{other.id}", json={"role": "admin"}, headers=admin.headers
+        )
+        assert promoted.status_code == 200, promoted.text
+        assert http.patch(me, json={"role": "user"}, headers=admin.headers).status_code == 200
