@@ -88,6 +88,8 @@ class Settings(BaseSettings):
     # CSV import bodies larger than this run as jobs.
     job_async_bytes: PositiveInt = 8 * 1024 * 1024
     job_retention_seconds: PositiveInt = 86_400
+    # All finished results together: past this the oldest finished jobs are deleted early.
+    job_result_max_bytes: PositiveInt = 1 << 30
 
     @field_validator("cors_origins", "trusted_proxies", mode="before")
     @classmethod

@@ -124,6 +124,21 @@ def files_older_than(folder: Path, cutoff: float) -> list[Path]:
     return old
 
 
+def results_oldest_first(folder: Path) -> list[tuple[Path, int]]:
+    """Finished result files of ``folder`` (not ``.part``) with their sizes, oldest first."""
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return []
+    found = []
+    for entry in entries:
+        with contextlib.suppress(FileNotFoundError):
+            if entry.is_file(follow_symlinks=False) and not entry.name.endswith(".part"):
+                stat = entry.stat()
+                found.append((stat.st_mtime, Path(entry.path), stat.st_size))
+    return [(path, size) for _, path, size in sorted(found)]
+
+
 @dataclass
 class JobRunner:
     store: Store
@@ -302,6 +317,27 @@ class JobRunner:
                     (result_dir(self.settings) / Path(path).name).unlink()
             await self.jobs.delete(job["id"])
         await self._sweep_files()
+        await self._sweep_size()
+
+    async def _sweep_size(self) -> None:
+        """Keep the results within JOB_RESULT_MAX_BYTES: past it, the oldest finished jobs go,
+        result and record, before their retention ends (exports can fill a disk in hours)."""
+        cap = self.settings.job_result_max_bytes
+        files = await asyncio.to_thread(results_oldest_first, result_dir(self.settings))
+        total = sum(size for _, size in files)
+        for path, size in files:
+            if total <= cap:
+                break
+            job_id = path.name.split(".", 1)[0]
+            job = await self.jobs.find(job_id)
+            if job is not None and job.get("state") in ACTIVE:
+                continue
+            with contextlib.suppress(OSError):  # another worker's sweep may be first
+                path.unlink()
+            total -= size
+            if job is not None:
+                await self.jobs.delete(job_id)
+            logger.info("deleted job %s early: results over JOB_RESULT_MAX_BYTES", job_id)
 
     async def _sweep_files(self) -> None:
         """Delete the files past the retention that no live job owns: the ``.part`` of a job

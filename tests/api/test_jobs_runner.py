@@ -188,3 +188,26 @@ async def test_a_cancel_in_the_worker_running_the_job_stops_it_at_its_next_check
         assert done["state"] == "cancelled"
     finally:
         await runner.stop()
+
+
+async def test_the_sweep_keeps_results_within_their_byte_cap(
+    store: EngineStore, settings: Settings, tmp_path: Path
+):
+    """Past JOB_RESULT_MAX_BYTES the oldest finished jobs go, result and record, before their
+    retention ends; a job still running keeps its files."""
+    runner = JobRunner(store, settings.model_copy(update={"job_result_max_bytes": 250}))
+    jobs = runner.jobs
+    made = []
+    for n in range(4):
+        job = await jobs.create("export", "o", {}, runner.worker)
+        state = "running" if n == 0 else "succeeded"
+        await jobs.transition(job["id"], ("queued",), {"state": state})
+        path = tmp_path / f"{job['id']}.csv"
+        path.write_bytes(b"x" * 100)
+        os.utime(path, (time.time() - 100 + n, time.time() - 100 + n))  # oldest first
+        made.append(job["id"])
+    await runner._sweep()
+    left = sorted(path.name.split(".")[0] for path in tmp_path.iterdir())
+    # 400 bytes over a 250 cap: the running one stays; the two oldest finished go
+    assert left == sorted([made[0], made[3]])
+    assert await jobs.find(made[1]) is None and await jobs.find(made[3]) is not None
