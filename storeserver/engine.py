@@ -348,7 +348,7 @@ class Engine:
         elif kind == "kv_delete":
             self._kv.delete(change[1])
         elif kind == "audit":
-            self.audit.restore(change[1])
+            self.audit.restore(self._share_audit(change[1]))
         elif kind == "schema":
             _, name, document = change
             table = catalog.tables.get(name) or catalog.add_empty(name)
@@ -379,6 +379,34 @@ class Engine:
             if type(value) is str and target is not None and value in target.rows:
                 shared[field] = target.rows[value]["id"]
         return shared
+
+    def _share_audit(self, entry: Any) -> Any:
+        """Share an audit entry's strings the way live entries do: live, they are the table's
+        name, the record's own id and ``updated_at``, interned field names. Decoded as they
+        come, 100,000 entries took ~68 MB more after a restart (QA soak: RSS 130 → 170 MiB)."""
+        if type(entry) not in (list, tuple) or len(entry) != 11:
+            return entry  # the audit log decides what to do with it
+        seq, at, user, role, request, table, op, rid, filter_fields, fields, count = entry
+        intern = sys.intern
+        if type(table) is str:
+            row = self._catalog.tables.get(table)
+            table = row.name if row is not None else intern(table)
+            record = row.rows.get(rid) if row is not None and type(rid) is str else None
+            if record is not None:
+                rid = record["id"]
+                if at == record["updated_at"]:
+                    at = record["updated_at"]
+        users = self._catalog.tables.get("users")
+        if type(user) is str:
+            found = users.rows.get(user) if users is not None else None
+            user = found["id"] if found is not None else intern(user)
+        role = intern(role) if type(role) is str else role
+        op = intern(op) if type(op) is str else op
+        if type(fields) in (list, tuple):
+            fields = tuple(intern(f) if type(f) is str else f for f in fields)
+        if type(filter_fields) in (list, tuple):
+            filter_fields = [intern(f) if type(f) is str else f for f in filter_fields]
+        return (seq, at, user, role, request, table, op, rid, filter_fields, fields, count)
 
     def iter_state(self) -> Iterator[tuple[Any, ...]]:
         """The whole state as journal entries (tables first, then rows and keys), for snapshots.

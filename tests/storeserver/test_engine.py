@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import sys
 import uuid
 from decimal import Decimal
 from pathlib import Path
@@ -27,6 +28,7 @@ from storeserver.errors import (
     UnknownCommand,
     VersionMismatch,
 )
+from storeserver.protocol import pack_value, unpack_value
 from tests.support.engine import T0, FakeClock
 
 STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
@@ -1920,3 +1922,22 @@ def test_keep_is_declared_validated_and_kept_in_snapshots(staff: Engine, clock: 
         replica.apply_change(change)
     run(replica, "patch", table="people", id="b", changes={"role": "user"})
     fail(replica, Conflict, "delete", table="people", id="a")
+
+
+def test_replayed_audit_entries_share_strings_like_live_ones(engine: Engine, clock: FakeClock):
+    """Decoded as they come, each entry's strings were new objects: 100,000 entries took
+    ~68 MB more after a restart than before it."""
+    run(engine, "insert", table="t", record={"id": "r1", "colour": "red"})
+    run(engine, "patch", table="t", id="r1", changes={"colour": "blue"})
+    journal = engine.drain_changes()
+    for source in (list(engine.iter_state()), journal):  # a snapshot, a log
+        replica = Engine(clock=clock)
+        for change in source:  # through msgpack, as from the files: new string objects
+            replica.apply_change(tuple(unpack_value(pack_value(list(change)))))
+        entries = list(replica.audit.entries)
+        assert [e[6] for e in entries] == ["insert", "patch"]
+        table = replica._catalog.tables["t"]
+        stored = table.rows["r1"]
+        assert all(e[7] is stored["id"] and e[5] is table.name for e in entries)
+        assert entries[-1][1] is stored["updated_at"]
+        assert entries[0][9] == ("id", "colour") and entries[0][9][1] is sys.intern("colour")
