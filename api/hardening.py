@@ -19,6 +19,7 @@ Content type: on ``/api/`` paths a request with a body must be JSON (``applicati
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 
 from starlette.datastructures import Headers
@@ -43,6 +44,14 @@ class BodyTooLarge(StarletteHTTPException):
         super().__init__(413, f"The request body is larger than {limit} bytes")
 
 
+class BodyTimeout(StarletteHTTPException):
+    """Raised from ``receive`` when the body stops arriving: 408 (a slow-body client held the
+    request, and its connection, for as long as it liked)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(408, f"The request body stopped arriving for {seconds:g} s")
+
+
 def is_json(media_type: str) -> bool:
     return media_type == "application/json" or (
         media_type.startswith("application/") and media_type.endswith("+json")
@@ -56,9 +65,11 @@ class RequestBodyMiddleware:
         max_bytes: int,
         form_paths: frozenset[str],
         upload_paths: Mapping[str, int] | None = None,
+        body_timeout: float = 30.0,
     ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.body_timeout = body_timeout
         self.form_paths = form_paths
         self.upload_paths = dict(upload_paths or {})  # path → its byte limit
 
@@ -117,14 +128,23 @@ class RequestBodyMiddleware:
 
         received = 0
         started = False
+        body_done = False
+        body_timeout = self.body_timeout
 
         async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done
+            if body_done:  # a streamed answer listening for the client going away: no limit
+                return await receive()
+            try:
+                async with asyncio.timeout(body_timeout):  # between two pieces of the body
+                    message = await receive()
+            except TimeoutError:
+                raise BodyTimeout(body_timeout) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
                     raise BodyTooLarge(limit)
+                body_done = not message.get("more_body", False)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -140,6 +160,10 @@ class RequestBodyMiddleware:
             if started:
                 raise
             await self._reject(scope, receive, send, 413, "PAYLOAD_TOO_LARGE", str(exc.detail))
+        except BodyTimeout as exc:
+            if started:
+                raise
+            await self._reject(scope, receive, send, 408, "REQUEST_TIMEOUT", str(exc.detail))
 
     @staticmethod
     async def _reject(

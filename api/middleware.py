@@ -227,6 +227,7 @@ def install_middleware(app: FastAPI, settings: Settings) -> None:
         max_bytes=settings.max_body_bytes,
         form_paths=frozenset({TOKEN_PATH}),
         upload_paths={IMPORT_PATH: settings.import_max_bytes},
+        body_timeout=settings.body_timeout,
     )
     if settings.cors_origins:
         app.add_middleware(

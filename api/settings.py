@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     graceful_timeout: PositiveInt = 30
     # Seconds a connection has to send a request's headers whole (api/connections.py).
     header_timeout: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    # Seconds a request body may pause between two pieces before the answer is 408.
+    body_timeout: Annotated[float, Field(gt=0, le=3600)] = 30.0
     control_socket: str = ""
     store_socket: str = "run/store.sock"
     # Sent in the store handshake; the store requires it when it has one (STORE_SECRET is

@@ -8,6 +8,7 @@ logout failed at the memory limit, a replacement worker could not start there, .
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -344,3 +345,39 @@ def test_connections_that_never_send_whole_headers_are_closed() -> None:
         slow.settimeout(10)
         assert slow.recv(4096).startswith(b"HTTP/1.1 200")
         assert [_closed_by_server(sock) for sock in (silent, partial, second)] == [True] * 3
+
+
+def test_a_body_that_stops_arriving_is_408() -> None:
+    """Headers whole, then part of the body and silence: the request held its task and its
+    connection for as long as the client liked."""
+    with (
+        running_stack(workers=1, extra_env={"BODY_TIMEOUT": "1"}) as stack,
+        socket.create_connection(("127.0.0.1", stack.port)) as sock,
+    ):
+        sock.sendall(
+            b"POST /api/v1/users HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100\r\n\r\n" + b'{"email": '
+        )
+        sock.settimeout(15)  # a failure bound, not a timing assertion
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408"), answer
+        error = json.loads(body)["error"]
+        assert error["code"] == "REQUEST_TIMEOUT" and "stopped arriving" in error["message"]
+        # a body that keeps coming, however slowly, is read whole
+        with httpx.Client(base_url=stack.base_url) as http:
+
+            def slowly() -> Iterator[bytes]:
+                for piece in (b'{"email": "slow@example.com", ', b'"full_name": "Slow"}'):
+                    time.sleep(0.5)
+                    yield piece
+
+            response = http.post(
+                "/api/v1/users", content=slowly(), headers={"Content-Type": "application/json"}
+            )
+            assert response.status_code == 422  # read whole: no password is a validation error
