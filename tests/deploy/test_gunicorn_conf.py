@@ -12,6 +12,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -88,6 +89,14 @@ def test_invalid_settings_are_one_json_line_and_exit_2() -> None:
     # ENV=production without JWT_SECRET: gunicorn must not start, and say why in the log
     # format (one JSON line naming the setting), never with the secret's value.
     env = {**os.environ, "ENV": "production", "JWT_SECRET": "short-secret-value"}
+    event, line = one_line_and_exit(env, 2)
+    assert event["event"] == "invalid_settings" and event["level"] == "error"
+    assert "JWT_SECRET" in event["errors"] and "short-secret-value" not in line
+
+
+def one_line_and_exit(env: dict[str, str], code: int) -> tuple[dict[str, Any], str]:
+    """gunicorn with the config, expected to stop at once with ``code`` and exactly one line
+    of output: that line parsed, and as it came."""
     done = subprocess.run(
         [sys.executable, "-m", "gunicorn", "-c", "deploy/gunicorn.conf.py"],
         cwd=ROOT,
@@ -96,12 +105,10 @@ def test_invalid_settings_are_one_json_line_and_exit_2() -> None:
         text=True,
         timeout=60,
     )
-    assert done.returncode == 2, done.stderr
+    assert done.returncode == code, done.stderr
     lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
     assert len(lines) == 1, lines
-    event = json.loads(lines[0])
-    assert event["event"] == "invalid_settings" and event["level"] == "error"
-    assert "JWT_SECRET" in event["errors"] and "short-secret-value" not in lines[0]
+    return json.loads(lines[0]), lines[0]
 
 
 @dataclass
@@ -177,18 +184,7 @@ def test_a_store_not_ready_in_time_is_one_json_line_and_exit_1(tmp_path: Path) -
         "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prometheus"),
         "LOG_LEVEL": "warning",
     }
-    done = subprocess.run(
-        [sys.executable, "-m", "gunicorn", "-c", "deploy/gunicorn.conf.py"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 1, done.stderr
-    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
-    assert len(lines) == 1, lines
-    event = json.loads(lines[0])
+    event, _ = one_line_and_exit(env, 1)
     assert event["event"] == "store_not_ready" and event["level"] == "error"
     assert event["store_socket"] == env["STORE_SOCKET"] and event["wait_seconds"] == 1
     assert "No such file or directory" in event["error"]  # why the last attempt failed
