@@ -7,7 +7,8 @@ limit). As nginx's ``client_header_timeout`` and Go's ``ReadHeaderTimeout`` do, 
 here has ``HEADER_TIMEOUT`` seconds (10), from opening or from the first byte of each request, to
 deliver that request's headers; past that it is closed. Between requests uvicorn's keep-alive
 timeout (gunicorn's ``keepalive``, 5 s) applies as before; a request's body is read by the
-app, which has its own bounds (``MAX_BODY_BYTES``, the gunicorn timeout).
+app, which bounds it itself (``MAX_BODY_BYTES``, and ``BODY_TIMEOUT`` between two pieces:
+``api.hardening``).
 
 ``deploy/gunicorn.conf.py`` installs it in each worker (``post_fork``).
 """
