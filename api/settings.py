@@ -122,7 +122,12 @@ class Settings(BaseSettings):
     def parse_rate_limit(cls, value: str) -> str:
         """``limits`` notation: ``100/minute``, ``5 per 10 seconds``: one limit, of 1 or more
         (``0/minute`` would refuse every request with a 400, not a 429)."""
-        items = limits.parse_many(value)  # ValueError names the string
+        try:
+            items = limits.parse_many(value)
+        except ValueError:  # its message quotes the value: settings errors never do
+            raise ValueError(
+                "not a rate limit: use limits notation, e.g. 100/minute or 5 per 10 seconds"
+            ) from None
         if len(items) != 1:
             raise ValueError("one limit only, e.g. 100/minute (not several joined by ; or ,)")
         if items[0].amount < 1:
@@ -157,7 +162,13 @@ class Settings(BaseSettings):
     def check_proxies(cls, value: list[str]) -> list[str]:
         """IP addresses or CIDR networks (``10.0.0.0/8``) whose X-Forwarded-For is believed."""
         for item in value:
-            ipaddress.ip_network(item)  # strict, like gunicorn: 10.0.0.0/8, not 10.0.0.1/8
+            try:
+                ipaddress.ip_network(item)  # strict, like gunicorn: 10.0.0.0/8, not 10.0.0.1/8
+            except ValueError as exc:  # its message quotes the value: settings errors never do
+                problem = "has host bits set" if "host bits" in str(exc) else "is neither"
+                raise ValueError(
+                    f"each is an IP address or a CIDR network such as 10.0.0.0/8; one {problem}"
+                ) from None
         return value
 
     @model_validator(mode="after")

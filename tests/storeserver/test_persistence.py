@@ -437,24 +437,28 @@ async def test_a_second_store_on_the_same_data_directory_refuses_to_start(sock_d
     """Two stores on one directory (another socket) would each write logs and snapshots, and
     one's acknowledged writes would be gone at the next start."""
     data_dir = tmp_path / "data"
-    first = start_store(sock_dir, data_dir)
-    second = StoreProcess(sock_dir / "other.sock", env={"STORE_DATA_DIR": str(data_dir)})
-    with pytest.raises(RuntimeError, match="exited early"):
-        second.start()
-    assert second.proc.returncode == 3
-    failure = [e for e in events(second) if e["event"] == "store_failed_to_start"]
-    second.close()
-    assert failure and f"another store (pid {first.proc.pid})" in failure[0]["error"]
-    # the kernel frees the lock with its holder, even killed
-    first.proc.send_signal(signal.SIGKILL)
-    first.proc.wait()
-    first.close()
-    again = StoreProcess(sock_dir / "other.sock", env={"STORE_DATA_DIR": str(data_dir)}).start()
-    client = await connect(again)
-    assert (await client.call("ping", {}))["ready"] is True
-    await client.close()
-    again.stop()
-    again.close()
+    with contextlib.ExitStack() as running:  # every store stopped, also when a check fails
+
+        def started(store: StoreProcess) -> StoreProcess:
+            running.callback(store.close)
+            running.callback(lambda: store.proc is None or store.stop(signal.SIGKILL))
+            return store.start()
+
+        first = started(StoreProcess(sock_dir / "d.sock", env={"STORE_DATA_DIR": str(data_dir)}))
+        second = StoreProcess(sock_dir / "other.sock", env={"STORE_DATA_DIR": str(data_dir)})
+        with pytest.raises(RuntimeError, match="exited early"):
+            started(second)
+        assert second.proc.returncode == 3
+        failure = [e for e in events(second) if e["event"] == "store_failed_to_start"]
+        assert failure and f"another store (pid {first.proc.pid})" in failure[0]["error"]
+        # the kernel frees the lock with its holder, even killed
+        first.stop(signal.SIGKILL)
+        again = started(
+            StoreProcess(sock_dir / "other.sock", env={"STORE_DATA_DIR": str(data_dir)})
+        )
+        client = await connect(again)
+        assert (await client.call("ping", {}))["ready"] is True
+        await client.close()
 
 
 def snapshot_of(rows: int, path: Path) -> list[bytes]:
