@@ -118,6 +118,10 @@ def parse_filter(key: str, raw: str, fields: Fields | None) -> list[Any]:
         if raw not in ("true", "false"):
             raise invalid_value(f"query.{key}", "expected true or false")
         return [name, op, raw == "true"]
+    if raw == "null" and op in ("eq", "ne") and ftype not in (None, "str"):
+        # An optional typed field (users.age): as a query body's null, missing or null. Only
+        # where "null" cannot be a value of the field (a string field reads it as text).
+        return [name, op, None]
     if op == "in":
         values = raw.split(",")
         if len(values) > MAX_IN_VALUES:

@@ -88,7 +88,9 @@ _DESCRIPTIONS = {
     401: "Missing, invalid, expired or revoked access token (WWW-Authenticate: Bearer)",
     403: "Your role does not allow this",
     404: "Not found (or not yours)",
-    409: "Duplicate unique value, foreign key violation, or a record with dependants",
+    408: "The body stopped arriving for BODY_TIMEOUT seconds (`REQUEST_TIMEOUT`)",
+    409: "Duplicate unique value, foreign key violation, a record with dependants, or the last"
+    " admin (`LAST_ADMIN`)",
     412: "If-Match does not match the record's current version",
     413: "Body or record too large",
     415: "The body is not JSON (application/json)",
@@ -107,8 +109,11 @@ def error_responses(
 ) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` for the given error statuses, plus those every route can hit:
     503/504 (store), and 422 (parameters or body) and 429 (rate limit) unless ``validation``
-    is false (the probes). ``described``: this route's own wording for some statuses."""
+    is false (the probes); 408 (body timeout) with 413 (a route that takes a body).
+    ``described``: this route's own wording for some statuses."""
     common = {503, 504, 422, 429} if validation else {503, 504}
+    if 413 in statuses:  # a route that takes a body can also time out reading it
+        common.add(408)
     descriptions = {**_DESCRIPTIONS, **(described or {})}
     return {
         status: {"model": ErrorEnvelope, "description": descriptions[status]}

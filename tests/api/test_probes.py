@@ -64,6 +64,7 @@ def test_openapi_documents_every_route(client: httpx.Client) -> None:
 def test_openapi_names_the_limits_every_operation_can_hit(client: httpx.Client) -> None:
     # Every operation the guard counts can be 429; every write, and every route that can start
     # a job (a job's record is a write), can be 507 at the memory limit. Deletes go on there.
+    # Every operation that takes a body can be 408.
     reads_by_post = ("/query", "/aggregate")
     spec = client.get("/openapi.json").json()
     for path, item in spec["paths"].items():
@@ -77,6 +78,8 @@ def test_openapi_names_the_limits_every_operation_can_hit(client: httpx.Client) 
                 assert "507" in responses, where
             if path not in EXEMPT_PATHS:
                 assert "429" in responses, where
+            if "requestBody" in op:  # a body can stop arriving (BODY_TIMEOUT)
+                assert "408" in responses, where
 
 
 def test_openapi_query_items_require_only_the_id(client: httpx.Client) -> None:

@@ -182,6 +182,16 @@ class TestListUsers:
         assert self.list_(client, domain, page=4, per_page=10).json()["data"] == []
         assert len(self.list_(client, domain).json()["data"]) == 20
 
+    def test_null_in_a_query_string_finds_users_without_an_age(self, client: httpx.Client) -> None:
+        domain = f"{token()}.example.com"
+        with_age = create_user(client, email=f"a@{domain}", age=40)
+        without = create_user(client, email=f"b@{domain}", age=None)
+        found = {
+            op: [u["id"] for u in self.list_(client, domain, **{key: "null"}).json()["data"]]
+            for op, key in (("eq", "age"), ("ne", "age__ne"))
+        }
+        assert found == {"eq": [without["id"]], "ne": [with_age["id"]]}
+
     def test_sort_matches_reference(self, client: httpx.Client, population: Population) -> None:
         domain, users = population
         body = self.list_(client, domain, sort="age:desc,email:asc", per_page=100).json()
