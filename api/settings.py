@@ -20,6 +20,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from storeserver.client import parse_address
+
 MIN_SECRET_LENGTH = 32
 MIN_ADMIN_PASSWORD_LENGTH = 12
 # Values people paste from examples: refused in production whatever their length.
@@ -148,12 +150,12 @@ class Settings(BaseSettings):
     @field_validator("store_socket")
     @classmethod
     def check_store_address(cls, value: str) -> str:
-        """A Unix socket path, ``unix:/path``, or ``tcp://host:port``."""
-        if value.startswith("tcp://"):
-            host, _, port = value.removeprefix("tcp://").rpartition(":")
-            if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-                raise ValueError("a TCP store address is tcp://host:port")
-        elif not value.removeprefix("unix:"):
+        """A Unix socket path, ``unix:/path``, or ``tcp://host:port``, as the client reads it."""
+        try:
+            kind, where = parse_address(value)
+        except ValueError:  # its message quotes the value: settings errors never do
+            where = None
+        if not where or (kind == "tcp" and not 1 <= where[1] <= 65535):
             raise ValueError("a store address is a socket path, unix:/path or tcp://host:port")
         return value
 

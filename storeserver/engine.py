@@ -184,7 +184,6 @@ class Engine:
             "delete": w.delete,
         }
         self._ops = dict.fromkeys(self._handlers, 0)
-        self.commands = frozenset(self._handlers)
         self._journal_overflowed = False
 
     COMMANDS: frozenset[str] = frozenset(
@@ -396,10 +395,7 @@ class Engine:
                 rid = record["id"]
                 if at == record["updated_at"]:
                     at = record["updated_at"]
-        users = self._catalog.tables.get("users")
-        if type(user) is str:
-            found = users.rows.get(user) if users is not None else None
-            user = found["id"] if found is not None else intern(user)
+        user = intern(user) if type(user) is str else user  # one object per acting user
         role = intern(role) if type(role) is str else role
         op = intern(op) if type(op) is str else op
         if type(fields) in (list, tuple):

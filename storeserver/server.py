@@ -82,6 +82,8 @@ MAX_CLIENTS = 4096
 
 SLOW_KEPT = 20
 HOUSEKEEPING_S = 5.0  # at most this between sweeps of idle scan cursors
+# The engine's commands and the ones the server answers itself; any other name is "unknown".
+_KNOWN_COMMANDS = Engine.COMMANDS | {"ping", "snapshot", "cancel"}
 _BUCKETS_PER_DOUBLING = 4
 _BUCKET_OFFSET = 128.0  # 2**-32 s and below would be bucket 0; add() adds 1 ns: no clamping
 _BUCKETS = 256  # up to 2**32 s
@@ -207,7 +209,6 @@ class StoreServer:
         self.memory = MemoryGauge(settings.max_memory)
         self.op_stats = OpStats()
         self._housekeeping: asyncio.TimerHandle | None = None
-        self._command_names = self.engine.commands | {"ping", "stats", "snapshot", "cancel"}
         self.slow: deque[dict[str, Any]] = deque(maxlen=SLOW_KEPT)
         # Long commands in progress (by job), and their turn order.
         self.running: dict[Job, _JobRun] = {}
@@ -458,7 +459,7 @@ class StoreServer:
         return reply
 
     def _account(self, command: str, elapsed: float, request_tag: Any) -> None:
-        if command not in self._command_names:
+        if command not in _KNOWN_COMMANDS:
             # Any client can send any name: counted together, so the stats (and the metric
             # labels the API makes of them) stay bounded.
             command = "unknown"
