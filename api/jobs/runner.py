@@ -110,33 +110,33 @@ class JobContext:
         return self.results / f"{self.job_id}{suffix}"
 
 
-def files_older_than(folder: Path, cutoff: float) -> list[Path]:
-    """The plain files of ``folder`` last written before ``cutoff`` (epoch seconds)."""
-    try:
-        entries = list(os.scandir(folder))
-    except FileNotFoundError:  # no job has written a result yet
-        return []
-    old = []
-    for entry in entries:
-        with contextlib.suppress(FileNotFoundError):  # deleted meanwhile by another worker
-            if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
-                old.append(Path(entry.path))
-    return old
-
-
-def results_oldest_first(folder: Path) -> list[tuple[Path, int]]:
-    """Finished result files of ``folder`` (not ``.part``) with their sizes, oldest first."""
+def _plain_files(folder: Path) -> list[tuple[Path, os.stat_result]]:
+    """The plain files of ``folder`` with their ``stat`` (none when no job wrote one yet)."""
     try:
         entries = list(os.scandir(folder))
     except FileNotFoundError:
         return []
     found = []
     for entry in entries:
-        with contextlib.suppress(FileNotFoundError):
-            if entry.is_file(follow_symlinks=False) and not entry.name.endswith(".part"):
-                stat = entry.stat()
-                found.append((stat.st_mtime, Path(entry.path), stat.st_size))
-    return [(path, size) for _, path, size in sorted(found)]
+        with contextlib.suppress(FileNotFoundError):  # deleted meanwhile by another worker
+            if entry.is_file(follow_symlinks=False):
+                found.append((Path(entry.path), entry.stat()))
+    return found
+
+
+def files_older_than(folder: Path, cutoff: float) -> list[Path]:
+    """The plain files of ``folder`` last written before ``cutoff`` (epoch seconds)."""
+    return [path for path, stat in _plain_files(folder) if stat.st_mtime < cutoff]
+
+
+def results_oldest_first(folder: Path) -> list[tuple[Path, int]]:
+    """Finished result files of ``folder`` (not ``.part``) with their sizes, oldest first."""
+    found = sorted(
+        (stat.st_mtime, path, stat.st_size)
+        for path, stat in _plain_files(folder)
+        if not path.name.endswith(".part")
+    )
+    return [(path, size) for _, path, size in found]
 
 
 @dataclass
