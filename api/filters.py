@@ -145,7 +145,7 @@ class _TreeParser:
             if problem:
                 raise self.fail(422, path, problem)
             return value
-        converted = convert(value, ftype)
+        converted = convert(value, ftype, op)
         if converted is None:
             raise self.fail(422, path, _EXPECTED[ftype])
         if isinstance(converted, str) and (problem := text_problem(converted)):
@@ -161,8 +161,9 @@ _EXPECTED: dict[FieldType, str] = {
 }
 
 
-def convert(value: Any, ftype: FieldType) -> Any:
-    """``value`` as ``ftype``; ``None`` when it is not one."""
+def convert(value: Any, ftype: FieldType, op: str = "eq") -> Any:
+    """``value`` as ``ftype``; ``None`` when it is not one (``op`` rounds a finer-than-µs
+    timestamp, as ``parse_timestamp`` says)."""
     if ftype == "str":
         return value if isinstance(value, str) else None
     if ftype == "int":
@@ -171,7 +172,7 @@ def convert(value: Any, ftype: FieldType) -> Any:
         if not isinstance(value, str):
             return None
         try:
-            return parse_timestamp(value, "value")
+            return parse_timestamp(value, "value", op)
         except ApiError:
             return None
     if isinstance(value, bool) or not isinstance(value, int | float | str) or len(str(value)) > 40:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
@@ -98,7 +98,7 @@ def build_list_query(
     if created_after is not None:
         where.append(["created_at", "gt", parse_timestamp(created_after, "created_after")])
     if created_before is not None:
-        where.append(["created_at", "lt", parse_timestamp(created_before, "created_before")])
+        where.append(["created_at", "lt", parse_timestamp(created_before, "created_before", "lt")])
     return ListQuery(page, where, parse_sort(sort, fields))
 
 
@@ -126,8 +126,8 @@ def parse_filter(key: str, raw: str, fields: Fields | None) -> list[Any]:
         values = raw.split(",")
         if len(values) > MAX_IN_VALUES:
             raise bad_query(key, f"'in' takes at most {MAX_IN_VALUES} values")
-        return [name, op, [_coerce(value, ftype, key) for value in values]]
-    return [name, op, _coerce(raw, ftype, key)]
+        return [name, op, [_coerce(value, ftype, key, op) for value in values]]
+    return [name, op, _coerce(raw, ftype, key, op)]
 
 
 def parse_sort(text: str | None, fields: Fields | None) -> list[list[str]]:
@@ -148,8 +148,15 @@ def parse_sort(text: str | None, fields: Fields | None) -> list[list[str]]:
     return sort
 
 
-def parse_timestamp(text: str, name: str) -> str:
-    """An ISO date or datetime → the store's fixed-width UTC string (naive means UTC)."""
+def parse_timestamp(text: str, name: str, op: str = "eq") -> str:
+    """An ISO date or datetime → the store's fixed-width UTC string (naive means UTC).
+
+    The store keeps microseconds. A bound with finer digits (Go and PostgreSQL send
+    nanoseconds) is rounded the way that keeps the comparison exact for microsecond values:
+    up for ``lt`` and ``gte`` (``x < 10.0000005`` is ``x < 10.000001``), down otherwise.
+    """
+    if text[-1:] == "z":  # RFC 3339 allows a lowercase Z (and t, which Python takes)
+        text = text[:-1] + "Z"
     try:
         if len(text) == 10:
             moment = datetime.combine(date.fromisoformat(text), datetime.min.time(), UTC)
@@ -162,9 +169,16 @@ def parse_timestamp(text: str, name: str) -> str:
             f"query.{name}", "expected an ISO 8601 date or datetime, e.g. 2024-01-31T12:00:00Z"
         ) from None
     try:
+        if op in ROUND_UP_OPERATORS and _SUB_MICROSECOND.search(text):
+            moment += timedelta(microseconds=1)
         return store_time(moment)
     except OverflowError:  # a valid text whose offset moves it past year 1 or 9999
         raise invalid_value(f"query.{name}", OUT_OF_RANGE) from None
+
+
+# Python keeps the first six digits of a fraction; a non-zero digit after them is lost.
+_SUB_MICROSECOND = re.compile(r"[.,]\d{6}\d*[1-9]")
+ROUND_UP_OPERATORS = frozenset({"lt", "gte"})
 
 
 def store_time(moment: datetime) -> str:
@@ -198,13 +212,13 @@ def _field_type(name: str, fields: Fields | None, key: str) -> FieldType | None:
     return fields[name]
 
 
-def _coerce(raw: str, ftype: FieldType | None, key: str) -> Any:
+def _coerce(raw: str, ftype: FieldType | None, key: str, op: str) -> Any:
     if ftype is None:
         return parse_scalar(raw)
     if ftype == "str":
         return raw
     if ftype == "timestamp":
-        return parse_timestamp(raw, key)
+        return parse_timestamp(raw, key, op)
     if ftype == "int":
         if _INT.fullmatch(raw) and int(raw) in _INT64:
             return int(raw)

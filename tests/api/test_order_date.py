@@ -170,3 +170,34 @@ def create_order_on(client: httpx.Client, user: dict[str, str], order_date: str)
     assert response.status_code == 201, response.text
     data: dict[str, str] = response.json()["data"]
     return data
+
+
+def test_bounds_finer_than_a_microsecond_compare_exactly(
+    client: httpx.Client, user: dict[str, str]
+) -> None:
+    """The store keeps µs; a nanosecond bound (Go, PostgreSQL) must not turn ``lt`` into
+    ``lt`` of its truncation and lose the record at that very microsecond."""
+    order = create_order_on(client, user, "2025-03-04T05:06:07.000001Z")
+    just_after = "2025-03-04T05:06:07.0000015Z"
+    just_before = "2025-03-04T05:06:07.0000005z"  # RFC 3339 allows a lowercase z
+
+    def listed(op: str, value: str) -> list[str]:
+        params = {"user_id": user["id"], f"order_date__{op}": value}
+        response = client.get("/api/v1/orders", params=params)
+        assert response.status_code == 200, response.text
+        by_query = [o["id"] for o in response.json()["data"]]
+        tree = {"and": [{"field": "user_id", "op": "eq", "value": user["id"]},
+                        {"field": "order_date", "op": op, "value": value}]}  # fmt: skip
+        found = client.post("/api/v1/orders/query", json={"filter": tree})
+        assert found.status_code == 200, found.text
+        assert [o["id"] for o in found.json()["data"]] == by_query, op
+        return by_query
+
+    assert listed("lt", just_after) == [order["id"]]
+    assert listed("lte", just_after) == [order["id"]]
+    assert listed("gt", just_after) == []
+    assert listed("gte", just_after) == []
+    assert listed("lt", just_before) == []
+    assert listed("lte", just_before) == []
+    assert listed("gt", just_before) == [order["id"]]
+    assert listed("gte", just_before) == [order["id"]]

@@ -217,3 +217,23 @@ def test_a_bound_out_of_range_in_utc_is_a_422_naming_it(name: str, text: str) ->
         build([], **{"after" if name == "created_after" else "before": text})
     assert info.value.status_code == 422
     assert info.value.details == [{"field": f"query.{name}", "message": OUT_OF_RANGE}]
+
+
+@pytest.mark.parametrize(
+    ("text", "op", "expected"),
+    [
+        ("2024-01-31T12:30:00.0000005Z", "lt", "2024-01-31T12:30:00.000001Z"),
+        ("2024-01-31T12:30:00.0000005Z", "gte", "2024-01-31T12:30:00.000001Z"),
+        ("2024-01-31T12:30:00.0000005Z", "lte", "2024-01-31T12:30:00.000000Z"),
+        ("2024-01-31T12:30:00.0000005Z", "gt", "2024-01-31T12:30:00.000000Z"),
+        ("2024-01-31T12:30:00.0000000Z", "lt", "2024-01-31T12:30:00.000000Z"),
+        ("2024-01-31t12:30:00.000250z", "lt", "2024-01-31T12:30:00.000250Z"),
+    ],
+)
+def test_finer_than_microsecond_bounds_round_by_operator(text: str, op: str, expected: str) -> None:
+    assert parse_timestamp(text, "created_before", op) == expected
+
+
+def test_created_before_with_nanoseconds_keeps_the_microsecond_it_passes() -> None:
+    query = build([], before="2024-02-01T00:00:00.000000001Z")
+    assert query.where == [["created_at", "lt", "2024-02-01T00:00:00.000001Z"]]
