@@ -142,14 +142,20 @@ def same_value(a: Any, b: Any) -> bool:
 # would make a record that GET/PATCH/DELETE /data/{table}/{id} cannot address. The API checks
 # literal ids; this catches the ones it cannot see, taken from a batch's ``$ref``.
 _ID = re.compile(f"[A-Za-z0-9._~:@-]{{1,{MAX_ID_LENGTH}}}")
+# The API's ``RESERVED_IDS``, for the same reason: /data/{table}/count answers the count.
+RESERVED_IDS = frozenset({"schema", "indexes", "count"})
 
 
 def check_id(rid: Any) -> str:
-    """The id of a new record: 1-128 of ``A-Za-z0-9._~:@-``, not ``.`` or ``..``."""
+    """The id of a new record: 1-128 of ``A-Za-z0-9._~:@-``, not ``.``, ``..`` or reserved."""
     if type(rid) is not str or not _ID.fullmatch(rid) or rid == "." or rid == "..":
         raise BadRequest(
             f"id must be 1 to {MAX_ID_LENGTH} characters of A-Z a-z 0-9 . _ ~ : @ - (not . or ..)",
             {"arg": "id"},
+        )
+    if rid in RESERVED_IDS:
+        raise BadRequest(
+            f"id {rid!r} is reserved (the name of a table's sub-resource)", {"arg": "id"}
         )
     return rid
 

@@ -27,7 +27,9 @@ class TransactionOp(BaseModel):
     merges into an existing record on generic tables); `replace` and `patch` take `id` and
     `data`; `delete` takes `id` (and `cascade`). `expected_version` makes the operation
     conditional (412 otherwise). In `id` and in `data` values, `{"$ref": "0.id"}` stands for
-    a value of an earlier operation's result (on users/orders: only `orders.user_id`)."""
+    a value of an earlier operation's result (on users/orders: only `orders.user_id`, as the
+    id of a users operation's record, `{"$ref": "<i>.id"}`). Your own password is changed only
+    through `PATCH /users/{id}` (with `current_password`), not here."""
 
     model_config = ConfigDict(extra="forbid")
 

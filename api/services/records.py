@@ -33,6 +33,7 @@ from api.services import orders, users
 from api.services.batches import check_refs, run_batch
 from api.services.versions import expected_version, with_version
 from api.store import Store
+from storeserver import records as store_records
 
 Record = dict[str, Any]
 IfMatch = frozenset[int] | None
@@ -41,8 +42,9 @@ MAX_DEPTH = 32
 # Client-chosen ids must be usable as one URL path segment.
 RECORD_ID = re.compile(r"[A-Za-z0-9._~:@-]{1,128}")
 # /data/{table}/schema, /indexes and /count are the table's own: a record with such an id
-# could never be read (GET answers the sub-resource), so none is created.
-RESERVED_IDS = frozenset({"schema", "indexes", "count"})
+# could never be read (GET answers the sub-resource), so none is created. The store refuses
+# them too, for the ids it resolves from a batch's $ref.
+RESERVED_IDS = store_records.RESERVED_IDS
 _INT64 = range(-(2**63), 2**63)
 DATA: Loc = ("body", "data")
 
@@ -89,13 +91,24 @@ async def _order_update(data: Record, loc: Loc) -> Record:
     return orders.changes_of(validate_body(OrderUpdate, data, loc))
 
 
+async def _replace_user(store: Store, user_id: str, data: Record, if_match: IfMatch) -> Record:
+    users.refuse_own_password_change(user_id, (*DATA, "password"))  # a replace sets one
+    return await users.replace_user(store, user_id, validate_body(UserCreate, data), if_match)
+
+
+async def _update_user(store: Store, user_id: str, data: Record, if_match: IfMatch) -> Record:
+    if "password" in data:
+        users.refuse_own_password_change(user_id, (*DATA, "password"))
+    return await users.update_user(store, user_id, validate_body(UserUpdate, data), if_match)
+
+
 TYPED: dict[str, TypedTable] = {
     users.TABLE: TypedTable(
         fields=users.FIELDS,
         to_public=users.to_public,
         create=lambda s, d: users.create_user(s, validate_body(UserCreate, d)),
-        replace=lambda s, i, d, m: users.replace_user(s, i, validate_body(UserCreate, d), m),
-        update=lambda s, i, d, m: users.update_user(s, i, validate_body(UserUpdate, d), m),
+        replace=_replace_user,
+        update=_update_user,
         new_record=lambda d, loc: users.new_record(validate_body(UserCreate, d, loc)),
         replace_changes=lambda d, loc: users.replace_changes(validate_body(UserCreate, d, loc)),
         update_changes=lambda d, loc: users.update_changes(validate_body(UserUpdate, d, loc)),

@@ -21,9 +21,12 @@ from api.services.batches import REF_FORM, check_refs, invalid_at, run_batch
 from api.services.versions import with_version
 from api.store import Store
 
-# Fields of a typed table that may hold a reference, with the placeholder they validate as.
-REF_FIELDS: dict[str, dict[str, str]] = {
-    "orders": {"user_id": "00000000-0000-4000-8000-000000000000"}
+# Fields of a typed table that may hold a reference: the table whose record's id it must
+# name (``{"$ref": "<i>.id"}`` of an operation on that table, so it resolves to an id the
+# store's foreign key checks, never to a null it would let through), and the placeholder the
+# field validates as meanwhile.
+REF_FIELDS: dict[str, dict[str, tuple[str, str]]] = {
+    "orders": {"user_id": ("users", "00000000-0000-4000-8000-000000000000")}
 }
 _NEEDS_ID = frozenset({"replace", "patch", "delete"})
 
@@ -40,7 +43,7 @@ async def run_transaction(store: Store, body: TransactionBody) -> list[dict[str,
     """Apply every operation or none; the results in order, in their public shape."""
     operations = body.operations
     users.check_hash_budget(sum(_hashes_password(item) for item in operations))
-    prepared = [await prepare(index, item) for index, item in enumerate(operations)]
+    prepared = [await prepare(index, item, operations) for index, item in enumerate(operations)]
     ops = [p.op for p in prepared]
     results = await run_batch(store, ops, "operation", [item.op for item in operations])
     for step, result in zip(prepared, results, strict=True):
@@ -52,7 +55,7 @@ async def run_transaction(store: Store, body: TransactionBody) -> list[dict[str,
     ]
 
 
-async def prepare(index: int, item: TransactionOp) -> Prepared:
+async def prepare(index: int, item: TransactionOp, operations: list[TransactionOp]) -> Prepared:
     """Check one operation and give its store form (422 located at the operation)."""
     loc: Loc = ("body", "operations", index)
     _check_shape(item, index, loc)
@@ -76,10 +79,12 @@ async def prepare(index: int, item: TransactionOp) -> Prepared:
         elif kind == "patch":
             args["changes"] = data
     elif kind == "insert":
-        plain, refs = _split_refs(table, data, index, (*loc, "data"))
+        plain, refs = _split_refs(table, data, operations[:index], (*loc, "data"))
         args["record"] = {**await typed.new_record(plain, (*loc, "data")), **refs}
     elif kind in ("replace", "patch"):
-        plain, refs = _split_refs(table, data, index, (*loc, "data"))
+        if table == users.TABLE and (kind == "replace" or "password" in data):
+            users.refuse_own_password_change(item.id, (*loc, "data", "password"))
+        plain, refs = _split_refs(table, data, operations[:index], (*loc, "data"))
         build = typed.replace_changes if kind == "replace" else typed.update_changes
         changes = {**await build(plain, (*loc, "data")), **refs}
         args = {**args, "op": "patch", "changes": changes}
@@ -115,7 +120,7 @@ def _check_shape(item: TransactionOp, index: int, loc: Loc) -> None:
 
 
 def _split_refs(
-    table: str, data: dict[str, Any], index: int, loc: Loc
+    table: str, data: dict[str, Any], earlier: list[TransactionOp], loc: Loc
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Typed data without its references (placeholders instead), and the references."""
     allowed = REF_FIELDS.get(table, {})
@@ -124,8 +129,13 @@ def _split_refs(
         if records.is_ref(value):
             if key not in allowed:
                 raise invalid_at((*loc, key), f"a reference is not allowed in {table}.{key}")
-            check_refs(value, index, (*loc, key))
-            plain[key], refs[key] = allowed[key], value
+            check_refs(value, len(earlier), (*loc, key))
+            target, placeholder = allowed[key]
+            index = ref_index(value)  # an earlier operation's: check_refs made sure
+            if index is None or value["$ref"] != f"{index}.id" or earlier[index].table != target:
+                message = f"{table}.{key} may only reference the id of a {target} record"
+                raise invalid_at((*loc, key, "$ref"), f'{message}: {{"$ref": "<i>.id"}}')
+            plain[key], refs[key] = placeholder, value
     return plain, refs
 
 

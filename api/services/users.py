@@ -11,6 +11,7 @@ from api.schemas.users import UserCreate, UserPublic, UserUpdate
 from api.services.passwords import hash_password, verify_password
 from api.services.versions import expected_version, with_version
 from api.store import Store
+from storeserver.client import current_actor
 
 TABLE = "users"
 # The store enforces uniqueness (case-insensitively), so racing workers cannot both win,
@@ -104,6 +105,25 @@ def check_hash_budget(count: int) -> None:
     if count > MAX_HASHES_PER_REQUEST:
         message = f"at most {MAX_HASHES_PER_REQUEST} passwords may be set in one request"
         raise ApiError(400, "LIMIT_EXCEEDED", message, [{"field": "body", "message": message}])
+
+
+def refuse_own_password_change(user_id: Any, loc: tuple[str | int, ...]) -> None:
+    """A write that sets a password through ``/data/users`` or a transaction (admins only)
+    may not target the caller: their own password needs ``current_password``, which only
+    ``PATCH /users/{id}`` checks, so a stolen access token cannot take over the account. A
+    target named by a ``$ref`` is refused too: it is only known in the store."""
+    actor = current_actor.get()
+    if actor is None or (not isinstance(user_id, dict) and str(user_id) != actor["user_id"]):
+        return
+    field = ".".join(str(part) for part in loc)
+    message = (
+        "your own password changes only through PATCH /api/v1/users/{id} with current_password"
+        if not isinstance(user_id, dict)
+        else "a password is set here only on a user named by id, not by a reference"
+    )
+    raise ApiError(
+        422, "VALIDATION_ERROR", "Request validation failed", [{"field": field, "message": message}]
+    )
 
 
 def ends_sessions(changes: dict[str, Any]) -> bool:

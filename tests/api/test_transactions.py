@@ -257,7 +257,7 @@ def test_limits_and_access(client: httpx.Client, anon: httpx.Client) -> None:
     assert_error(response, 403, "FORBIDDEN")
 
 
-@pytest.mark.parametrize("bad_id", ["a/b", "..", "has space"])
+@pytest.mark.parametrize("bad_id", ["a/b", "..", "has space", "count", "schema", "indexes"])
 def test_an_id_taken_from_a_reference_follows_the_id_rules(
     client: httpx.Client, bad_id: str
 ) -> None:
@@ -291,3 +291,69 @@ def test_a_reference_cannot_copy_a_password_hash(client: httpx.Client) -> None:
     assert error["details"][0]["index"] == 1
     assert "$2" not in response.text
     assert client.get(f"/api/v1/data/{table}").status_code == 404  # nothing applied
+
+
+@pytest.mark.parametrize(
+    ("first", "ref"),
+    [
+        ({"op": "insert", "table": "scratch_refs", "data": {"u": None}}, "0.u"),  # a null
+        ({"op": "insert", "table": "scratch_refs", "data": {"u": "x"}}, "0.id"),  # not a user's
+        ({"op": "insert", "table": "users", "data": None}, "0.email"),  # a user's, not the id
+    ],
+)
+def test_an_order_references_only_a_user_id(
+    client: httpx.Client, first: dict[str, Any], ref: str
+) -> None:
+    """The store's foreign key lets a null through (as SQL does): a reference to anything but
+    a user's id could make an order without a user, which no other route allows."""
+    if first["table"] == "users":
+        first = {**first, "data": user_payload()}
+    order = {"product_name": "Orphan", "quantity": 1, "total_price": "2.00"}
+    victim = create_order(client, create_user(client)["id"])
+    for second in (
+        {"op": "insert", "table": "orders", "data": {**order, "user_id": {"$ref": ref}}},
+        {"op": "patch", "table": "orders", "id": victim["id"], "data": {"user_id": {"$ref": ref}}},
+    ):
+        error = assert_error(run(client, first, second), 422, "VALIDATION_ERROR")
+        assert error["details"][0]["field"] == "body.operations.1.data.user_id.$ref", error
+        assert "may only reference the id of a users record" in error["details"][0]["message"]
+    assert (
+        client.get(f"/api/v1/orders/{victim['id']}").json()["data"]["user_id"] == victim["user_id"]
+    )
+
+
+def _promoted_admin(client: httpx.Client, anon: httpx.Client) -> Account:
+    account = register(anon)
+    promoted = client.patch(f"/api/v1/users/{account.id}", json={"role": "admin"})
+    assert promoted.status_code == 200, promoted.text
+    return login(anon, account.user["email"], account.password)  # the role is in the token
+
+
+def test_an_admin_changes_their_own_password_only_with_current_password(
+    client: httpx.Client, anon: httpx.Client
+) -> None:
+    """PATCH /users/{id} asks for current_password; /data/users and transactions must not be a
+    way around it (a stolen access token would take the account over)."""
+    admin = _promoted_admin(client, anon)
+    me, headers = admin.id, admin.headers
+    new = {"password": "a brand new passphrase"}
+    full = {**user_payload(email=admin.user["email"]), **new}
+    attempts = [
+        anon.patch(f"/api/v1/data/users/{me}", json={"data": new}, headers=headers),
+        anon.put(f"/api/v1/data/users/{me}", json={"data": full}, headers=headers),
+        anon.post(URL, json={"operations": [{"op": "patch", "table": "users", "id": me, "data": new}]}, headers=headers),  # noqa: E501
+        anon.post(URL, json={"operations": [{"op": "replace", "table": "users", "id": me, "data": full}]}, headers=headers),  # noqa: E501
+        anon.post(URL, json={"operations": [  # the target named by a reference
+            {"op": "patch", "table": "users", "id": me, "data": {"full_name": "Me"}},
+            {"op": "patch", "table": "users", "id": {"$ref": "0.id"}, "data": new},
+        ]}, headers=headers),
+    ]  # fmt: skip
+    for response in attempts:
+        error = assert_error(response, 422, "VALIDATION_ERROR")
+        assert error["details"][0]["field"].endswith("data.password"), error
+    login(anon, admin.user["email"], admin.password)  # unchanged
+    # Another user's password: an admin's reset, as before.
+    other = register(anon)
+    reset = anon.patch(f"/api/v1/data/users/{other.id}", json={"data": new}, headers=headers)
+    assert reset.status_code == 200, reset.text
+    login(anon, other.user["email"], new["password"])
