@@ -3,8 +3,9 @@
 Draft 2020-12. The validated instance is the record without the store-owned fields (``id``,
 ``created_at``, ``updated_at``, ``version``), so a schema with ``additionalProperties: false``
 describes only what clients write. ``Decimal`` values are numbers (and integers when
-integral); ``multipleOf`` is exact for them. References to other documents (``$ref`` to a URL)
-are not fetched: only references inside the schema resolve.
+integral). ``multipleOf`` is exact in decimal, a float counting as its shortest text (``19.99``
+is a multiple of ``0.01``, though not in binary floating point). References to other documents
+(``$ref`` to a URL) are not fetched: only references inside the schema resolve.
 
 Validation runs in the store's single thread, so no keyword may take more than linear time in
 the record, whatever the schema:
@@ -69,15 +70,38 @@ def _is_integer(checker: Any, instance: Any) -> bool:
     return _BASE.is_type(instance, "integer")
 
 
+def _decimal(number: int | float | Decimal) -> Decimal:
+    # A float's repr is its shortest round-tripping text, the one the client wrote: 19.99,
+    # not the binary 19.989999999999998436805981327779591083526611328125.
+    return Decimal(repr(number)) if type(number) is float else Decimal(number)
+
+
+def _is_multiple(value: Decimal, divisor: Decimal) -> bool:
+    """Whether ``value / divisor`` is an integer, exactly. With ``value = a·10^m`` and
+    ``divisor = b·10^n`` (integers ``a``, ``b``) no power of ten is ever built, so exponents
+    such as ``1e308`` and ``1e-308`` (or a Decimal's ``1e999999``) cost a few multiplications:
+    a Decimal remainder would need as many digits of precision as the quotient has."""
+    if not value.is_finite() or not divisor.is_finite() or not divisor:
+        return False
+    if not value:
+        return True
+    _, a_digits, m = value.as_tuple()
+    _, b_digits, n = divisor.as_tuple()
+    assert isinstance(m, int) and isinstance(n, int)  # finite: not the "n"/"F" markers
+    a, b = int(Decimal((0, a_digits, 0))), int(Decimal((0, b_digits, 0)))
+    if m >= n:
+        return a * pow(10, m - n, b) % b == 0
+    # a must be a multiple of b·10^(n-m), which exceeds a once n-m reaches a's digit count.
+    return n - m < len(a_digits) and a % (b * 10 ** (n - m)) == 0
+
+
 def _multiple_of(validator: Any, divisor: Any, instance: Any, schema: Any) -> Iterator[Any]:
-    if type(instance) is Decimal or type(divisor) is Decimal:
-        if not validator.is_type(instance, "number"):
-            return
-        quotient = Decimal(str(instance)) / Decimal(str(divisor))
-        if quotient != quotient.to_integral_value():
-            yield ValidationError(f"{instance!r} is not a multiple of {divisor}")
-        return
-    yield from Draft202012Validator.VALIDATORS["multipleOf"](validator, divisor, instance, schema)
+    # Exact in decimal for ints, floats and Decimals alike. jsonschema divides floats in
+    # binary, where 19.99 is not a multiple of 0.01.
+    if validator.is_type(instance, "number") and not _is_multiple(
+        _decimal(instance), _decimal(divisor)
+    ):
+        yield ValidationError(f"{instance!r} is not a multiple of {divisor}")
 
 
 _RE2_OPTIONS = re2.Options()

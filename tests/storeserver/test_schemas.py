@@ -3,6 +3,8 @@ store's thread refused when they are set."""
 
 from __future__ import annotations
 
+import time
+from decimal import Decimal
 from types import SimpleNamespace
 from typing import Any
 
@@ -292,6 +294,68 @@ def test_unique_items_keeps_jsonschemas_equality(items: list[Any], unique: bool)
     stock = jsonschema.Draft202012Validator(UNIQUE["properties"]["u"])
     assert stock.is_valid(items) is unique
     assert messages({"properties": {"u": {"uniqueItems": False}}}, {"u": items}) == []
+
+
+# -- multipleOf -----------------------------------------------------------------------------------
+
+
+def multiple(value: Any, divisor: Any) -> bool:
+    return messages({"properties": {"n": {"multipleOf": divisor}}}, {"n": value}) == []
+
+
+@pytest.mark.parametrize("price", [19.99, 4.35, 0.07, 0.29, 0.57, 1.1, 0.3, 100.0, 0, -19.99])
+def test_multiple_of_is_exact_for_the_decimals_people_write(price: float) -> None:
+    """JSON numbers reach a generic table as floats; in binary 19.99 / 0.01 is not whole."""
+    assert multiple(price, 0.01)
+    assert multiple(Decimal(repr(price)), 0.01)
+    assert multiple(price, Decimal("0.01"))
+
+
+@pytest.mark.parametrize(
+    ("value", "divisor", "expected"),
+    [
+        (19.999, 0.01, False),
+        (1.005, 0.01, False),
+        (7, 2, False),
+        (7, 0.5, True),
+        (10, Decimal("2.5"), True),
+        (Decimal("0.30"), 0.1, True),
+        (1e-05, 0.001, False),
+        (0.001, 1e-05, True),
+        (2**63 - 1, 3, False),
+        (2**62, 2, True),
+        (1e300, 7, False),
+        (5e-324, 5e-324, True),
+        (float("inf"), 0.01, False),  # storable over msgpack: refused, not a crash
+    ],
+)
+def test_multiple_of_in_decimal(value: Any, divisor: Any, expected: bool) -> None:
+    assert multiple(value, divisor) is expected
+
+
+@pytest.mark.parametrize(
+    ("value", "divisor", "expected"),
+    [
+        (1e308, 1e-308, True),  # a quotient of 617 digits
+        (1.7976931348623157e308, 5e-324, True),
+        (1e-308, 1e308, False),
+        (Decimal("1e999999999"), Decimal("1e-999999999"), True),
+        (Decimal("3e999999999"), Decimal("7e-999999999"), False),
+        (Decimal("1e-999999999"), Decimal("1e999999999"), False),
+    ],
+)
+def test_multiple_of_with_huge_exponents_builds_no_huge_number(
+    value: Any, divisor: Any, expected: bool
+) -> None:
+    """No power of ten is built: 10**2e9 would take minutes and ~800 MB."""
+    started = time.perf_counter()
+    assert multiple(value, divisor) is expected
+    assert time.perf_counter() - started < 0.5
+
+
+def test_a_multiple_of_failure_names_the_value() -> None:
+    schema = {"properties": {"price": {"multipleOf": 0.01}}}
+    assert messages(schema, {"price": 19.999}) == ["19.999 is not a multiple of 0.01"]
 
 
 def test_a_schema_keyword_failure_reaches_the_client_as_validation() -> None:

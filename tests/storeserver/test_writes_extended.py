@@ -91,7 +91,9 @@ def test_bad_batch_references_fail_and_roll_back(engine: Engine, ref: Any) -> No
     assert engine.drain_changes() == []
 
 
-@pytest.mark.parametrize("bad_id", ["a/b", "..", ".", "has space", "é", "a" * 129, "", 7])
+@pytest.mark.parametrize(
+    "bad_id", ["a/b", "..", ".", "has space", "é", "a" * 129, "", 7, "count", "schema", "indexes"]
+)
 def test_an_id_taken_from_a_reference_follows_the_id_rules(engine: Engine, bad_id: Any) -> None:
     """The API refuses such literal ids; one copied by ``$ref`` is refused here (else the
     record could never be addressed as /data/{table}/{id})."""
@@ -107,6 +109,21 @@ def test_an_id_taken_from_a_reference_follows_the_id_rules(engine: Engine, bad_i
     )
     assert err.details["index"] == 1 and err.details["arg"] == "id"
     assert snapshot(engine) == before
+
+
+def test_a_reserved_id_from_older_data_is_kept_and_still_written(engine: Engine) -> None:
+    """An older release let a record be called "count": its data still loads (replay does not
+    check ids), the record can be changed and deleted, only a new one of that id is refused."""
+    stamp = "2024-01-01T00:00:00.000000Z"
+    old = {"id": "count", "n": 1, "created_at": stamp, "updated_at": stamp, "version": 1}
+    engine.apply_change(("put", "t", old))
+    assert run(engine, "get", table="t", id="count")["n"] == 1
+    assert run(engine, "patch", table="t", id="count", changes={"n": 2})["version"] == 2
+    merged = run(engine, "insert", table="t", record={"id": "count", "m": 1}, upsert=True)
+    assert merged["n"] == 2 and merged["m"] == 1
+    run(engine, "delete", table="t", id="count")
+    err = fail(engine, BadRequest, "insert", table="t", record={"id": "count"})
+    assert err.details["arg"] == "id" and "reserved" in err.message
 
 
 def test_an_id_taken_from_a_reference_that_follows_the_rules_is_kept(engine: Engine) -> None:
