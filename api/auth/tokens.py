@@ -156,6 +156,13 @@ class TokenService:
             raise InvalidToken("malformed subject, session or token id")
         if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (iat, exp)):
             raise InvalidToken("malformed iat or exp")
+        # A token lives at most the lifetime configured now, whatever its exp says: revocation
+        # marks (logout, password change) live that long, so a token signed under a longer
+        # lifetime (REFRESH_TOKEN_TTL lowered since) would outlive its mark and come back.
+        ttl = self.access_ttl if expected == "access" else self.refresh_ttl
+        expires_at = min(int(exp), int(iat) + ttl)
+        if time.time() >= expires_at:
+            raise InvalidToken("expired under the configured token lifetime")
         return Claims(
             subject=str(sub),
             role=str(role),
@@ -163,7 +170,7 @@ class TokenService:
             token_id=str(jti),
             token_type=expected,
             issued_at=float(iat),
-            expires_at=int(exp),
+            expires_at=expires_at,
         )
 
 

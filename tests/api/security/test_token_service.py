@@ -84,6 +84,24 @@ def test_expired_tokens_are_refused(service: TokenService) -> None:
         service.verify(jwt.encode(claims, SECRET, algorithm="HS256"), "access")
 
 
+def test_a_lowered_lifetime_shortens_tokens_already_signed() -> None:
+    """Revocation marks live as long as the lifetime configured now: a token signed under a
+    longer one must not outlive them (it would come back to life after a logout)."""
+    before = TokenService(SECRET, access_ttl=1800, refresh_ttl=3600)
+    after = TokenService(SECRET, access_ttl=30, refresh_ttl=300)
+    signed = time.time() - 310
+    pair = before.issue_pair("u", "user", "s", issued_at=signed)
+    assert before.verify(pair.refresh_token, "refresh").expires_at == int(signed) + 3600
+    with pytest.raises(InvalidToken, match="configured token lifetime"):
+        after.verify(pair.refresh_token, "refresh")
+    with pytest.raises(InvalidToken, match="configured token lifetime"):
+        after.verify(pair.access_token, "access")
+    recent = time.time() - 10
+    fresh = before.issue_pair("u", "user", "s", issued_at=recent)
+    assert after.verify(fresh.refresh_token, "refresh").expires_at == int(recent) + 300
+    assert after.verify(fresh.access_token, "access").expires_at == int(recent) + 30
+
+
 def test_revocation_rules() -> None:
     claims = Claims("u", "user", "s", "j", "access", 1000.5, 5000)
     check_not_revoked(claims, None, None)
