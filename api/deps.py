@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from typing import Annotated
 
 from fastapi import Depends, Header, Path, Query, Request
+from fastapi.dependencies.models import Dependant
+from fastapi.dependencies.utils import solve_dependencies
 from fastapi.security import OAuth2PasswordBearer
 
 from api.auth.principals import AuthOutcome, Principal, bearer_token
 from api.auth.sessions import ensure_not_revoked
 from api.auth.tokens import InvalidToken, TokenService
 from api.errors import ApiError, bad_query
-from api.etags import if_match_versions
-from api.queries import Fields, ListQuery, Page, build_list_query
+from api.etags import MalformedEntityTags, if_match_versions
+from api.queries import EXPANDABLE, RESERVED, Fields, ListQuery, Page, build_list_query
 from api.services import orders, records, users
 from api.settings import Settings
 from api.store import Store
@@ -149,10 +152,16 @@ def not_found(table: str, record_id: str) -> NotFound:
     return NotFound(f"no record {record_id!r} in {table}", {"table": table, "id": record_id})
 
 
+ME = "me"
+"""The path id that means the caller (``/users/me``); no user can have it: ids are generated."""
+
+
 async def authorize_user(
-    request: Request, user_id: Annotated[str, Path(max_length=128, description="User id")]
+    request: Request,
+    user_id: Annotated[str, Path(max_length=128, description="User id, or `me` for yourself")],
 ) -> str:
-    """Yourself, or anyone for an admin; someone else's id is 404. Yields the user id.
+    """Yourself, or anyone for an admin; someone else's id is 404. Yields the user id
+    (the caller's own for ``me``, so every ``/users/{user_id}`` route takes ``me``).
 
     Calls ``get_caller`` and makes ``require_user``'s check itself (401 first) instead of
     depending on ``Caller``: two dependency levels less on the hottest routes, same answers.
@@ -160,6 +169,8 @@ async def authorize_user(
     caller = await get_caller(request)
     if caller.id is None:
         raise not_authenticated()
+    if user_id == ME:
+        return caller.id
     if caller.id != user_id and not caller.is_admin:
         raise not_found(users.TABLE, user_id)
     return user_id
@@ -188,6 +199,35 @@ OrderId = Annotated[str, Depends(authorize_order)]
 
 AUTHENTICATING = frozenset({get_caller, authorize_user, authorize_order})
 """The dependencies that read the bearer token: an operation using one documents it."""
+ACCESS_CHECKS = frozenset(
+    {get_caller, require_user, require_admin, authorize_user, authorize_order}
+)
+"""The dependencies that answer 401, 403 or "not yours" (404) for a route."""
+
+
+async def check_access(request: Request) -> None:
+    """Run the matched route's access checks alone: they raise its 401, 403 or 404.
+
+    FastAPI reads a JSON body before it runs any dependency, so a body that is not JSON was a
+    422 even for a caller the route refuses; the validation error handler calls this first.
+    FastAPI's own solver runs them, so they answer as in a normal request (and tests'
+    ``dependency_overrides`` apply); a check whose own parameters are invalid is skipped.
+    """
+    top = getattr(request.scope.get("route"), "dependant", None)
+    pending: list[Dependant] = [top] if isinstance(top, Dependant) else []
+    checks: list[Dependant] = []
+    while pending:
+        for sub in pending.pop().dependencies:
+            (checks if sub.call in ACCESS_CHECKS else pending).append(sub)
+    if checks:
+        async with AsyncExitStack() as stack:
+            await solve_dependencies(
+                request=request,
+                dependant=Dependant(dependencies=checks),
+                dependency_overrides_provider=request.app,
+                async_exit_stack=stack,
+                embed_body_fields=False,
+            )
 
 
 async def parse_if_match(
@@ -195,7 +235,14 @@ async def parse_if_match(
         str | None, Header(description='Write only if the record is at this version: W/"3"')
     ] = None,
 ) -> frozenset[int] | None:
-    return if_match_versions(if_match)
+    try:
+        return if_match_versions(if_match)
+    except MalformedEntityTags:
+        # Still 412 (the precondition cannot hold), but saying so: "does not match the
+        # current version" sent a client whose tag was unquoted to re-read a record it had.
+        message = 'malformed If-Match: send * or the ETag as GET sent it, W/"<version>"'
+        detail = {"field": "header.if-match", "message": message}
+        raise ApiError(412, "PRECONDITION_FAILED", message, [detail]) from None
 
 
 IfMatch = Annotated[frozenset[int] | None, Depends(parse_if_match)]
@@ -270,13 +317,17 @@ def _list_query(
     after: str | None,
     before: str | None,
     fields: Fields | None,
+    reserved: frozenset[str] = RESERVED,
 ) -> ListQuery:
     params = request.query_params.multi_items()
-    return build_list_query(params, page, sort, after, before, fields)
+    return build_list_query(params, page, sort, after, before, fields, reserved)
 
 
-def typed_list_query(fields: Fields) -> Callable[..., Awaitable[ListQuery]]:
-    """The list-query dependency of a typed resource whose filterable fields are ``fields``."""
+def typed_list_query(
+    fields: Fields, reserved: frozenset[str] = RESERVED
+) -> Callable[..., Awaitable[ListQuery]]:
+    """The list-query dependency of a typed resource whose filterable fields are ``fields``
+    (``reserved``: its parameters that are not filters)."""
 
     async def parse(
         request: Request,
@@ -285,13 +336,13 @@ def typed_list_query(fields: Fields) -> Callable[..., Awaitable[ListQuery]]:
         created_after: CreatedAfter = None,
         created_before: CreatedBefore = None,
     ) -> ListQuery:
-        return _list_query(request, page, sort, created_after, created_before, fields)
+        return _list_query(request, page, sort, created_after, created_before, fields, reserved)
 
     return parse
 
 
 parse_user_list_query = typed_list_query(users.FIELDS)
-parse_order_list_query = typed_list_query(orders.FIELDS)
+parse_order_list_query = typed_list_query(orders.FIELDS, EXPANDABLE)  # its routes take expand
 
 
 async def parse_data_list_query(

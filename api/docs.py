@@ -10,7 +10,9 @@ Content-Security-Policy of its inline script.
 
 from __future__ import annotations
 
+import hashlib
 from importlib.resources import files
+from pathlib import Path
 from typing import Any, Final
 
 from fastapi import FastAPI
@@ -19,9 +21,13 @@ from fastapi.openapi.docs import (
     get_swagger_ui_html,
     get_swagger_ui_oauth2_redirect_html,
 )
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.staticfiles import StaticFiles
+from starlette.types import Scope
+
+from api.etags import none_match_hits
 
 OPENAPI_URL: Final = "/openapi.json"
 DOCS_URL: Final = "/docs"
@@ -34,6 +40,11 @@ SWAGGER_UI_PARAMETERS: Final[dict[str, Any]] = {"validatorUrl": None}
 # the 2.8 MB of a reload, and the ETag answers a revalidation with a 304.
 ASSETS_CACHE_CONTROL: Final = "public, max-age=86400"
 FAVICON: Final = f"{ASSETS_URL}/favicon.png"
+REDOC_JS: Final = "redoc.standalone.js"
+# ReDoc's sidebar footer shows Redocly's logo from its CDN, which the page's CSP refuses (a
+# console error, a broken image), and it has no option to leave it out. An empty src fails at
+# once without a request, and ReDoc then drops the image (its onError hides it).
+REDOC_LOGO: Final = b'"https://cdn.redoc.ly/redoc/logo-mini.svg"'
 
 
 def swagger_page(title: str) -> HTMLResponse:
@@ -52,7 +63,7 @@ def redoc_page(title: str) -> HTMLResponse:
     return get_redoc_html(
         openapi_url=OPENAPI_URL,
         title=f"{title} - ReDoc",
-        redoc_js_url=f"{ASSETS_URL}/redoc.standalone.js",
+        redoc_js_url=f"{ASSETS_URL}/{REDOC_JS}",
         redoc_favicon_url=FAVICON,
         with_google_fonts=False,
     )
@@ -63,7 +74,22 @@ def redirect_page() -> HTMLResponse:
 
 
 class DocAssets(StaticFiles):
-    """The bundled files, with a cache lifetime (StaticFiles sends ETag and Last-Modified)."""
+    """The bundled files, with a cache lifetime (StaticFiles sends ETag and Last-Modified);
+    ReDoc's bundle without its CDN logo, from memory."""
+
+    def __init__(self, directory: str) -> None:
+        super().__init__(directory=directory)
+        # (tests/api/security/test_headers.py checks the URL is gone from what is served.)
+        self.redoc = (Path(directory) / REDOC_JS).read_bytes().replace(REDOC_LOGO, b'""')
+        self.redoc_etag = f'"{hashlib.blake2b(self.redoc, digest_size=12).hexdigest()}"'
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        if path != REDOC_JS or scope["method"] not in ("GET", "HEAD"):
+            return await super().get_response(path, scope)
+        headers = {"ETag": self.redoc_etag, "Cache-Control": ASSETS_CACHE_CONTROL}
+        if none_match_hits(Headers(scope=scope).get("if-none-match"), self.redoc_etag):
+            return Response(status_code=304, headers=headers)
+        return Response(self.redoc, headers=headers, media_type="text/javascript")
 
     def file_response(self, *args: Any, **kwargs: Any) -> Response:
         response = super().file_response(*args, **kwargs)

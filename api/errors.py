@@ -97,6 +97,9 @@ CONFLICT_CODES = {
     "keep": "LAST_ADMIN",  # the only ``keep`` the API declares: users' role = admin
 }
 _LAST_ADMIN = "The last admin cannot be demoted or deleted: make another user admin first"
+# Every route whose delete can meet dependants takes ?cascade=true (transactions name their
+# own ``cascade`` field: ``api.services.batches`` writes their messages).
+_DEPENDANTS_HINT = " (delete them first, or pass ?cascade=true to delete them too)"
 # jsonschema's message for a missing property (its error sits on the enclosing object).
 _REQUIRED = re.compile(r"'([^']{1,200})' is a required property")
 # Only these keys of a store error's details reach the client.
@@ -171,6 +174,8 @@ async def handle_store_error(request: Request, exc: Exception) -> Response:
         code = CONFLICT_CODES.get(str(detail.get("reason")), code)
         if code == "LAST_ADMIN":
             message = _LAST_ADMIN
+        elif code == "HAS_DEPENDANTS":
+            message += _DEPENDANTS_HINT
     return error_response(request, status_code, code, message, [detail] if detail else [])
 
 
@@ -211,17 +216,36 @@ def field_path(loc: Any) -> str:
     )
 
 
+def validation_detail(error: dict[str, Any]) -> dict[str, str]:
+    """One detail of a validation error; never its ``input``, which may be a password."""
+    loc, message = tuple(error.get("loc", ())), str(error.get("msg", "invalid value"))
+    if error.get("type") == "json_invalid" and len(loc) == 2 and type(loc[1]) is int:
+        # FastAPI puts the decoder's character offset in ``loc`` (``body.69``): not a field.
+        reason = (error.get("ctx") or {}).get("error")
+        message = f"{message} at character {loc[1]}" + (f": {reason}" if reason else "")
+        loc = loc[:1]
+    return {
+        "field": field_path(loc),
+        "message": message,
+        "type": str(error.get("type", "value_error")),
+    }
+
+
 async def handle_validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
-    # Never echo ``input``: it may be a password.
-    details = [
-        {
-            "field": field_path(error.get("loc", ())),
-            "message": str(error.get("msg", "invalid value")),
-            "type": str(error.get("type", "value_error")),
-        }
-        for error in exc.errors()
-    ]
+    if any(error.get("type") == "json_invalid" for error in exc.errors()):
+        # FastAPI parses a JSON body before any dependency runs (every other validation error
+        # comes after them): a caller the route refuses must hear that (401/403/404), not
+        # what is wrong with the body. (Imported here: api.deps imports this module.)
+        from api.deps import check_access
+
+        try:
+            await check_access(request)
+        except ApiError as refused:
+            return await handle_api_error(request, refused)
+        except store_errors.StoreError as failed:  # 404 not yours, or the store is down
+            return await handle_store_error(request, failed)
+    details = [validation_detail(error) for error in exc.errors()]
     # An optional field (``X | None``) that fails reports its ``None`` branch too ("Input
     # should be None", at ``field.none``): noise next to the real error for that field.
     named = {d["field"] for d in details}

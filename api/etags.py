@@ -78,18 +78,27 @@ def none_match_hits(header: str | None, etag: str) -> bool:
     return current is not None and current.group(1) in tags
 
 
+class MalformedEntityTags(ValueError):
+    """A conditional header that is neither ``*`` nor a list of entity tags (``1``, ``W/1``)."""
+
+
 def if_match_versions(header: str | None) -> frozenset[int] | None:
     """Versions an ``If-Match`` accepts: ``None`` means no condition (absent or ``*``).
 
     An empty set means the header named no version at all: it can never match (412).
+    Raises ``MalformedEntityTags`` for a value that is not ``*`` or entity tags: unlike a
+    stale tag, it tells the client to fix the header rather than to read the record again.
     """
     if header is None:
         return None
-    tags = parse_entity_tags(header)
-    if tags is None:
+    text = header.strip()
+    if text == ANY:
         return None
     versions = set()
-    for tag in tags:
-        if _VERSION.fullmatch(tag):
-            versions.add(int(tag))
+    for part in _split_tags(text) or [text]:
+        match = _ENTITY_TAG.fullmatch(part)
+        if match is None:
+            raise MalformedEntityTags(header)
+        if _VERSION.fullmatch(match.group(1)):
+            versions.add(int(match.group(1)))
     return frozenset(versions)

@@ -27,8 +27,10 @@ OPERATORS = frozenset(
     {"eq", "ne", "gt", "gte", "lt", "lte", "in", "contains", "startswith", "exists"}
 )
 RESERVED = frozenset({"page", "per_page", "sort", "created_after", "created_before"})
-# Parameters of typed resources' lists that are not filters (``GET /orders?expand=user``).
-TYPED_RESERVED = RESERVED | {"expand"}
+# The lists that embed (``GET /orders?expand=user``) also take ``expand``. Elsewhere it is a
+# field name like any other: a filter on a generic table, an unknown field on a typed one
+# (``GET /data/orders?expand=user`` embeds nothing, so it must not pass in silence).
+EXPANDABLE = RESERVED | {"expand"}
 MAX_IN_VALUES = 100
 MAX_SORT_FIELDS = 4
 MAX_FILTERS = 20
@@ -89,9 +91,10 @@ def build_list_query(
     created_after: str | None,
     created_before: str | None,
     fields: Fields | None,
+    reserved: frozenset[str] = RESERVED,
 ) -> ListQuery:
-    """Parse the query string; ``fields`` is ``None`` for a generic table."""
-    reserved = RESERVED if fields is None else TYPED_RESERVED
+    """Parse the query string; ``fields`` is ``None`` for a generic table, ``reserved`` the
+    parameters that are not filters."""
     where = [parse_filter(key, value, fields) for key, value in params if key not in reserved]
     if len(where) > MAX_FILTERS:
         raise bad_query("query", f"at most {MAX_FILTERS} filters are allowed")

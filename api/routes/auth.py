@@ -29,6 +29,7 @@ logger = logging.getLogger("api.auth")
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 Username = Annotated[str, Form(max_length=320, description="Your email")]
 PasswordForm = Annotated[str, Form(max_length=72, description="Your password")]
+GrantType = Annotated[str | None, Form(description="`password` (the only grant; may be left out)")]
 
 
 def bad_credentials() -> ApiError:
@@ -38,6 +39,17 @@ def bad_credentials() -> ApiError:
         "INVALID_CREDENTIALS",
         "Incorrect email or password",
         headers={"WWW-Authenticate": "Bearer", **NO_STORE},
+    )
+
+
+def unsupported_grant_type() -> ApiError:
+    """RFC 6749 §5.2 ``unsupported_grant_type``, in the envelope: only the password grant."""
+    return ApiError(
+        400,
+        "UNSUPPORTED_GRANT_TYPE",
+        "unsupported_grant_type: this endpoint takes grant_type=password only",
+        [{"field": "body.grant_type", "message": "must be password, or left out"}],
+        headers=NO_STORE,
     )
 
 
@@ -83,6 +95,7 @@ def too_many_attempts(verdict: Verdict, what: str) -> ApiError:
     responses=error_responses(
         413,
         described={
+            400: "`grant_type` other than `password` (`UNSUPPORTED_GRANT_TYPE`)",
             401: "Wrong email or password (`INVALID_CREDENTIALS`: the same answer for both)",
             415: "The body is not a form (application/x-www-form-urlencoded or multipart)",
         },
@@ -95,9 +108,13 @@ async def create_token(
     tokens: TokensDep,
     username: Username,
     password: PasswordForm,
+    grant_type: GrantType = None,
 ) -> Response:
-    """OAuth2 password grant (form fields `username` = your email, `password`); answers in
-    RFC 6749 JSON. Limited per client IP and per username (AUTH_RATE_LIMIT)."""
+    """OAuth2 password grant (form fields `username` = your email, `password`, and
+    `grant_type=password` or none); answers in RFC 6749 JSON. Limited per client IP and per
+    username (AUTH_RATE_LIMIT)."""
+    if grant_type is not None and grant_type != "password":
+        raise unsupported_grant_type()
     if len(password.encode()) > 72:
         problem = {"loc": ("body", "password"), "msg": "at most 72 bytes", "type": "value_error"}
         raise RequestValidationError([problem])

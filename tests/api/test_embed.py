@@ -131,3 +131,22 @@ def test_one_order_expand_user(client: httpx.Client, anon: httpx.Client) -> None
     # Not yours: the same 404 with or without expand; a bad value: 422.
     assert_error(anon.get(url, params={"expand": "user"}, headers=other.headers), 404)
     assert_error(anon.get(url, params={"expand": "orders"}, headers=me.headers), 422)
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/api/v1/data/orders", "/api/v1/data/users", "/api/v1/users", "/api/v1/data/orders/count"],
+)
+def test_expand_where_nothing_embeds_is_400_naming_it(client: httpx.Client, path: str) -> None:
+    """These lists embed nothing: ``expand`` was skipped in silence (a 200 without users)."""
+    error = assert_error(client.get(path, params={"expand": "user"}), 400, "BAD_QUERY")
+    assert error["details"] == [{"field": "expand", "message": "unknown field 'expand'"}]
+
+
+def test_expand_is_a_plain_filter_on_a_generic_table(client: httpx.Client) -> None:
+    table = f"t_{token()}"
+    client.post(f"/api/v1/data/{table}", json={"data": {"expand": "user"}})
+    client.post(f"/api/v1/data/{table}", json={"data": {"expand": "other"}})
+    response = client.get(f"/api/v1/data/{table}", params={"expand": "user"})
+    assert response.status_code == 200, response.text
+    assert [r["expand"] for r in response.json()["data"]] == ["user"]

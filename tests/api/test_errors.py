@@ -130,6 +130,18 @@ def test_an_empty_change_by_filter_names_the_data(client: httpx.Client) -> None:
     assert [d["field"] for d in error["details"]] == ["body.data"]
 
 
+def test_malformed_json_names_the_body_and_where_the_decoder_stopped(
+    client: httpx.Client,
+) -> None:
+    """The character offset is not a field (it was ``body.10``)."""
+    response = client.post(
+        "/api/v1/users", content=b'{"email": }', headers={"Content-Type": "application/json"}
+    )
+    error = assert_error(response, 422, "VALIDATION_ERROR")
+    message = "JSON decode error at character 10: Expecting value"
+    assert error["details"] == [{"field": "body", "message": message, "type": "json_invalid"}]
+
+
 def test_a_body_that_is_not_utf8_is_422_like_malformed_json(client: httpx.Client) -> None:
     response = client.post(
         "/api/v1/users", content=b'{"a": "\xe9"}', headers={"Content-Type": "application/json"}

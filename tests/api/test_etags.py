@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from api.etags import (
+    MalformedEntityTags,
     if_match_versions,
     list_etag,
     none_match_hits,
@@ -52,6 +53,13 @@ def test_star_is_any() -> None:
 )
 def test_if_match_versions(header: str | None, expected: frozenset[int] | None) -> None:
     assert if_match_versions(header) == expected
+
+
+@pytest.mark.parametrize("header", ["1", "W/1", "", "  ", 'W/"1", 2', 'W/"1" junk', "**"])
+def test_if_match_that_is_not_entity_tags_is_malformed(header: str) -> None:
+    """Not "names no version" (a stale tag): the client must fix the header, not re-read."""
+    with pytest.raises(MalformedEntityTags):
+        if_match_versions(header)
 
 
 def test_none_match_ignores_weakness() -> None:

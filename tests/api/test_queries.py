@@ -11,7 +11,10 @@ from hypothesis import strategies as st
 
 from api.errors import ApiError
 from api.queries import (
+    EXPANDABLE,
     OUT_OF_RANGE,
+    RESERVED,
+    Fields,
     ListQuery,
     Page,
     build_list_query,
@@ -24,10 +27,16 @@ from api.queries import (
 from api.services import orders, users
 
 
-def build(params: list[tuple[str, str]], fields=users.FIELDS, **kwargs: str) -> ListQuery:
-    return build_list_query(
-        params, Page(2, 10), kwargs.get("sort"), kwargs.get("after"), kwargs.get("before"), fields
-    )
+def build(
+    params: list[tuple[str, str]],
+    fields: Fields | None = users.FIELDS,
+    reserved: frozenset[str] = RESERVED,
+    *,
+    sort: str | None = None,
+    after: str | None = None,
+    before: str | None = None,
+) -> ListQuery:
+    return build_list_query(params, Page(2, 10), sort, after, before, fields, reserved)
 
 
 def test_page_offset_and_find_args() -> None:
@@ -71,6 +80,20 @@ def test_unknown_field_or_operator_is_400_naming_it(key: str, named: str) -> Non
     assert info.value.status_code == 400
     assert named in info.value.message
     assert info.value.details[0]["field"] == key
+
+
+@pytest.mark.parametrize("fields", [orders.FIELDS, users.FIELDS])
+def test_expand_is_an_unknown_field_where_a_list_does_not_embed(fields: Fields) -> None:
+    """``GET /data/orders?expand=user`` embedded nothing and said nothing."""
+    with pytest.raises(ApiError) as info:
+        build([("expand", "user")], fields)
+    assert info.value.status_code == 400
+    assert info.value.details == [{"field": "expand", "message": "unknown field 'expand'"}]
+    assert build([("expand", "user")], fields, reserved=EXPANDABLE).where == []
+
+
+def test_expand_is_a_filter_on_a_generic_table() -> None:
+    assert build([("expand", "user")], None).where == [["expand", "eq", "user"]]
 
 
 def test_contains_on_a_number_is_a_bad_operator() -> None:
@@ -214,7 +237,7 @@ def test_store_time_is_fixed_width_and_sorts_like_time(a: datetime, b: datetime)
 )
 def test_a_bound_out_of_range_in_utc_is_a_422_naming_it(name: str, text: str) -> None:
     with pytest.raises(ApiError) as info:
-        build([], **{"after" if name == "created_after" else "before": text})
+        build([], after=text) if name == "created_after" else build([], before=text)
     assert info.value.status_code == 422
     assert info.value.details == [{"field": f"query.{name}", "message": OUT_OF_RANGE}]
 

@@ -7,6 +7,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.auth import register
 from tests.support.factories import (
     PASSWORD,
     assert_error,
@@ -123,9 +124,51 @@ def test_delete_user_with_orders_needs_cascade(client: httpx.Client) -> None:
     user = create_user(client)
     order = create_order(client, user["id"])
     url = f"/api/v1/users/{user['id']}"
-    assert_error(client.delete(url), 409, "HAS_DEPENDANTS")
+    error = assert_error(client.delete(url), 409, "HAS_DEPENDANTS")
+    assert "?cascade=true" in error["message"]  # how to get past it
     assert client.delete(url, params={"cascade": "true"}).status_code == 204
     assert_error(client.get(f"/api/v1/orders/{order['id']}"), 404, "NOT_FOUND")
+
+
+@pytest.mark.parametrize("header", ["1", "W/1", '"1', "v1"])
+def test_a_malformed_if_match_is_412_showing_the_tag_form(
+    client: httpx.Client, header: str
+) -> None:
+    """Not "does not match the current version": the version may well be 1."""
+    url = f"/api/v1/users/{create_user(client)['id']}"
+    error = assert_error(client.patch(url, json={"age": 40}, headers={"If-Match": header}), 412)
+    assert "malformed" in error["message"] and 'W/"<version>"' in error["message"]
+    assert error["details"][0]["field"] == "header.if-match"
+    assert client.get(url).json()["data"]["version"] == 1  # nothing written
+    assert client.patch(url, json={"age": 40}, headers={"If-Match": 'W/"1"'}).status_code == 200
+
+
+def test_me_is_the_caller_on_every_user_route(anon: httpx.Client, client: httpx.Client) -> None:
+    account = register(anon)
+    me = "/api/v1/users/me"
+    patched = anon.patch(me, json={"age": 41}, headers=account.headers)
+    assert patched.status_code == 200, patched.text
+    assert patched.json()["data"]["id"] == account.id and patched.json()["data"]["age"] == 41
+    order = create_order(client, account.id)
+    orders = anon.get(f"{me}/orders", headers=account.headers)
+    assert orders.status_code == 200 and [o["id"] for o in orders.json()["data"]] == [order["id"]]
+    for method in ("PATCH", "DELETE"):
+        assert_error(anon.request(method, me, json={"age": 42}), 401, "NOT_AUTHENTICATED")
+    assert_error(anon.get(f"{me}/orders"), 401, "NOT_AUTHENTICATED")
+    assert anon.delete(me, headers=account.headers, params={"cascade": "true"}).status_code == 204
+    assert_error(client.get(f"/api/v1/users/{account.id}"), 404, "NOT_FOUND")
+    assert_error(client.get(f"/api/v1/orders/{order['id']}"), 404, "NOT_FOUND")
+
+
+def test_no_user_can_have_the_id_me(client: httpx.Client) -> None:
+    """``me`` in a path is the caller: a user called that could never be addressed."""
+    user = user_payload()
+    created = client.post("/api/v1/data/users", json={"data": {**user, "id": "me"}})
+    assert_error(created, 422, "VALIDATION_ERROR")
+    insert = {"op": "insert", "table": "users", "data": {**user_payload(), "id": "me"}}
+    in_a_transaction = client.post("/api/v1/transaction", json={"operations": [insert]})
+    assert_error(in_a_transaction, 422, "VALIDATION_ERROR")
+    assert_error(client.put("/api/v1/data/users/me", json={"data": user}), 404, "NOT_FOUND")
 
 
 @pytest.mark.parametrize("path", ["/api/v1/users/nope", "/api/v1/users/nope/orders"])

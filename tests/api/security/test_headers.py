@@ -154,6 +154,15 @@ def test_doc_assets_are_cached_revalidated_and_not_rate_limited(
     assert again.status_code == 304 and not again.content
 
 
+def test_redoc_loads_no_logo_from_its_cdn(anon: httpx.Client) -> None:
+    """ReDoc's footer logo came from cdn.redoc.ly, which the page's CSP refuses (a console
+    error, a broken image): the bundle is served without that URL, and still whole."""
+    bundle = anon.get("/docs/assets/redoc.standalone.js")
+    assert bundle.status_code == 200 and len(bundle.content) > 1_000_000
+    assert "cdn.redoc.ly" not in bundle.text
+    assert 'logo",onError:()=>t(!1),src:""' in bundle.text  # fails at once: ReDoc hides it
+
+
 def test_an_unknown_doc_asset_is_a_404_in_the_envelope(anon: httpx.Client) -> None:
     for path in ("/docs/assets/nope.js", "/docs/assets/../../api/settings.py"):
         assert_error(anon.get(path), 404)

@@ -269,3 +269,36 @@ def test_hashes_cannot_be_probed_through_filters(
 )
 def test_no_token_is_401_before_any_word_about_the_query(anon: httpx.Client, path: str) -> None:
     assert_error(anon.get(path), 401, "NOT_AUTHENTICATED")
+
+
+def test_a_body_that_is_not_json_gets_the_same_refusals(anon: httpx.Client, world: World) -> None:
+    """FastAPI reads a JSON body before any dependency runs: a caller the route refuses must
+    still hear its 401, 403 or 404, not a 422 about the body (those it lets in get the 422)."""
+    routes = [
+        (method, path, expected)
+        for method, path, body, expected in ROUTES
+        if body and body != "order-for-owner"  # its 403 is for the user_id in the body
+    ]
+    routes += [
+        ("POST", "/api/v1/orders", (401, 422, 422, 422)),
+        ("POST", "/api/v1/transaction", (401, 403, 403, 422)),
+        ("POST", "/api/v1/users/query", (401, 403, 403, 422)),
+        ("POST", "/api/v1/orders/query", (401, 422, 422, 422)),
+        ("POST", "/api/v1/data/{table}/query", (401, 403, 403, 422)),
+    ]
+    bad = {"Content-Type": "application/json"}
+    for method, path, expected in routes:
+        url = path.format(
+            owner=world.owner.id, order=world.order["id"], table=world.table,
+            record=world.record["id"],
+        )  # fmt: skip
+        for caller, status in zip(CALLERS, expected, strict=True):
+            want = status if status in (401, 403, 404) else 422
+            headers = {**bad, **world.headers(caller)}
+            response = anon.request(method, url, content=b"{bad", headers=headers)
+            assert response.status_code == want, (caller, method, url, response.text)
+            if want == 401:
+                assert response.json()["error"]["code"] == "NOT_AUTHENTICATED"
+        forged = {**bad, "Authorization": "Bearer forged"}
+        response = anon.request(method, url, content=b"{bad", headers=forged)
+        assert_error(response, 401, "INVALID_TOKEN")

@@ -98,6 +98,23 @@ def test_any_spelling_of_a_registered_address_logs_in(anon: httpx.Client) -> Non
         assert response.status_code == 200, (spelling, response.text)
 
 
+@pytest.mark.parametrize("grant_type", ["client_credentials", "refresh_token", "PASSWORD", "x"])
+def test_only_the_password_grant_is_taken(
+    anon: httpx.Client, alice: Account, grant_type: str
+) -> None:
+    """RFC 6749 §5.2: another grant_type is 400 unsupported_grant_type, even with the right
+    password (it issued tokens); without one, or with password, the login works."""
+    form = {"username": alice.user["email"], "password": alice.password}
+    response = anon.post("/api/v1/auth/token", data={**form, "grant_type": grant_type})
+    error = assert_error(response, 400, "UNSUPPORTED_GRANT_TYPE")
+    assert "unsupported_grant_type" in error["message"] and "access_token" not in response.text
+    assert response.headers["cache-control"] == "no-store"
+    wrong = {**form, "password": "wrong password", "grant_type": grant_type}
+    assert_error(anon.post("/api/v1/auth/token", data=wrong), 400, "UNSUPPORTED_GRANT_TYPE")
+    for accepted in ({**form, "grant_type": "password"}, form, {**form, "grant_type": ""}):
+        assert anon.post("/api/v1/auth/token", data=accepted).status_code == 200
+
+
 def test_wrong_password_and_unknown_email_get_the_same_401(
     anon: httpx.Client, alice: Account
 ) -> None:

@@ -1,0 +1,94 @@
+"""Real answers checked against the OpenAPI document: each status must be one the operation
+declares, with a body its schema accepts (a client generated from the document, such as
+openapi-python-client's, raises on any other status)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import jsonschema
+import pytest
+
+from tests.support.auth import register
+from tests.support.factories import token
+from tests.support.stack import Stack
+
+pytestmark = pytest.mark.integration
+API = "/api/v1"
+
+
+@pytest.fixture(scope="module")
+def spec(stack: Stack) -> dict[str, Any]:
+    with httpx.Client(base_url=stack.base_url, timeout=10.0) as http:
+        document: dict[str, Any] = http.get("/openapi.json").json()
+    return document
+
+
+def assert_documented(
+    spec: dict[str, Any], response: httpx.Response, method: str, path: str
+) -> None:
+    """``response`` to ``method path`` (the path as the document writes it) is declared."""
+    declared = spec["paths"][API + path][method.lower()]["responses"]
+    status = str(response.status_code)
+    assert status in declared, f"{method} {path}: {status} is not in {sorted(declared)}"
+    content = declared[status].get("content")
+    if content is None:
+        assert not response.content, f"{method} {path}: {status} documents no body"
+        return
+    # The schemas' $refs point into the document's components: validate with them at hand.
+    schema = {**content["application/json"]["schema"], "components": spec["components"]}
+    jsonschema.Draft202012Validator(schema).validate(response.json())
+
+
+def test_an_upsert_that_only_merged_is_a_documented_200(
+    client: httpx.Client, spec: dict[str, Any]
+) -> None:
+    url = f"{API}/data/oa_{token()}"
+    created = client.post(url, params={"upsert": "true"}, json={"data": {"id": "a", "n": 1}})
+    assert created.status_code == 201
+    assert_documented(spec, created, "POST", "/data/{table}")
+    merged = client.post(url, params={"upsert": "true"}, json={"data": {"id": "a", "n": 2}})
+    assert merged.status_code == 200, merged.text
+    assert_documented(spec, merged, "POST", "/data/{table}")
+    bulk = client.post(url, params={"upsert": "true"}, json={"data": [{"id": "a", "n": 3}]})
+    assert bulk.status_code == 200 and bulk.json()["meta"] == {"inserted": 0, "updated": 1}
+    assert_documented(spec, bulk, "POST", "/data/{table}")
+
+
+def test_conditional_answers_of_generic_tables_are_documented(
+    client: httpx.Client, spec: dict[str, Any]
+) -> None:
+    url = f"{API}/data/oa_{token()}"
+    record = client.post(url, json={"data": {"n": 1}}).json()["data"]
+    listed = client.get(url)
+    assert_documented(spec, listed, "GET", "/data/{table}")
+    cached = client.get(url, headers={"If-None-Match": listed.headers["etag"]})
+    assert cached.status_code == 304
+    assert_documented(spec, cached, "GET", "/data/{table}")
+    one = client.get(f"{url}/{record['id']}", headers={"If-None-Match": 'W/"1"'})
+    assert one.status_code == 304
+    assert_documented(spec, one, "GET", "/data/{table}/{record_id}")
+    queried = client.post(f"{url}/query", json={})
+    again = client.post(f"{url}/query", json={}, headers={"If-None-Match": queried.headers["etag"]})
+    assert again.status_code == 412
+    assert_documented(spec, again, "POST", "/data/{table}/query")
+
+
+def test_an_unsupported_grant_type_is_a_documented_400(
+    anon: httpx.Client, spec: dict[str, Any]
+) -> None:
+    form = {"grant_type": "client_credentials", "username": "a@example.com", "password": "x" * 8}
+    response = anon.post(f"{API}/auth/token", data=form)
+    assert response.status_code == 400
+    assert_documented(spec, response, "POST", "/auth/token")
+
+
+def test_writes_to_users_me_are_documented(anon: httpx.Client, spec: dict[str, Any]) -> None:
+    headers = register(anon).headers
+    patched = anon.patch(f"{API}/users/me", json={"age": 41}, headers=headers)
+    assert patched.status_code == 200, patched.text
+    assert_documented(spec, patched, "PATCH", "/users/{user_id}")
+    deleted = anon.delete(f"{API}/users/me", headers=headers)
+    assert deleted.status_code == 204
+    assert_documented(spec, deleted, "DELETE", "/users/{user_id}")
