@@ -1,4 +1,5 @@
-"""uvicorn's HTTP protocol with a deadline for a request's headers.
+"""uvicorn's HTTP protocol with a deadline for a request's headers, and our 400 for a request
+it cannot parse.
 
 uvicorn arms its keep-alive timer only once a response is done: a connection that sends
 nothing, or only part of a request's headers, is kept until the client closes it, holding a
@@ -10,6 +11,12 @@ timeout (gunicorn's ``keepalive``, 5 s) applies as before; a request's body is r
 app, which bounds it itself (``MAX_BODY_BYTES``, and ``BODY_TIMEOUT`` between two pieces:
 ``api.hardening``).
 
+A request httptools cannot parse gets a 400 in the error envelope (with X-Request-ID and the
+security headers) and the connection closes. uvicorn wrote its plain-text 400 and closed at
+once, while requests pipelined before the bad one were still running: their answers were lost
+(one of them may have written a record) and each logged a traceback for writing to a closed
+transport. Here the 400 waits until those requests are answered, in order.
+
 ``deploy/gunicorn.conf.py`` installs it in each worker (``post_fork``).
 """
 
@@ -17,15 +24,59 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import TYPE_CHECKING
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+import httptools
+import structlog
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
+
+from api.encoding import dumps
+from api.middleware import ACCESS_LOGGER, encoded_response_headers, new_request_id
 
 log = logging.getLogger("api.connections")
+access_log = structlog.get_logger(ACCESS_LOGGER)
+
+if TYPE_CHECKING:
+    from uvicorn._types import ASGI3Application
+
+
+def bad_request(request_id: str, reason: str, server_headers: list[tuple[bytes, bytes]]) -> bytes:
+    """The whole 400 for an unparseable request: the error envelope with our headers.
+
+    ``reason`` is httptools' text ("Invalid method encountered"), a fixed string, never input.
+    """
+    body = dumps(
+        {
+            "status": "error",
+            "error": {
+                "code": "BAD_REQUEST",
+                "message": f"The request is not valid HTTP/1.1: {reason}",
+                "details": [],
+            },
+            "request_id": request_id,
+        }
+    )
+    headers = [
+        *server_headers,  # uvicorn's Date and Server, as on every answer
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode("ascii")),
+        (b"cache-control", b"no-store"),
+        *encoded_response_headers(request_id, "/"),
+        (b"connection", b"close"),
+    ]
+    head = b"".join(name + b": " + value + b"\r\n" for name, value in headers)
+    return STATUS_LINE[400] + head + b"\r\n" + body
 
 
 class HeaderDeadlineProtocol(HttpToolsProtocol):
     header_timeout = 10.0  # HEADER_TIMEOUT, set per worker by deploy/gunicorn.conf.py
     _header_timer: asyncio.TimerHandle | None = None
+    _running: RequestResponseCycle | None = None  # the pipelined ones wait in ``self.pipeline``
+    _refusal: bytes | None = None  # the 400, once a request could not be parsed
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -58,3 +109,66 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
             # Debug only: under a slow-headers attack this would be one line per connection.
             log.debug("closed a connection: no whole request headers in %ss", self.header_timeout)
             self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self._refusal is not None:
+            return  # the parser is stuck at the bad request: whatever follows is dropped
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._refuse(exc)
+        except httptools.HttpParserUpgrade:  # as uvicorn does
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        self._running = cycle
+        super()._start_asgi_task(cycle, app)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # starts the next pipelined request, if any
+        if self._refusal is not None and not self.transport.is_closing() and self._answered():
+            self._send_refusal()
+
+    def _answered(self) -> bool:
+        """Whether every request parsed before the bad one has had its answer."""
+        running = self._running
+        return not self.pipeline and (
+            running is None or running.response_complete or running.disconnected
+        )
+
+    def _refuse(self, exc: httptools.HttpParserError) -> None:
+        self._disarm()  # the bad request's head is over
+        cycle = self.cycle
+        if cycle is not None and cycle.more_body and not cycle.response_complete:
+            # The bad bytes are in this request's body (chunk framing): the 400 answers it.
+            if self.pipeline and self.pipeline[0][0] is cycle:
+                self.pipeline.popleft()  # never started
+            else:
+                # Its app reads a disconnect and its answer is dropped, as if the client left
+                # (set before any close: writing to a closed transport raises).
+                cycle.disconnected = True
+                cycle.message_event.set()
+                if cycle.response_started:
+                    self.transport.close()  # too late for a 400
+                    return
+        request_id = new_request_id()
+        # The request's one access line (as the middleware writes for the others).
+        access_log.info(
+            "access",
+            status=400,
+            client=self.client[0] if self.client else None,
+            request_id=request_id,
+            error=type(exc).__name__,
+        )
+        self._refusal = bad_request(request_id, str(exc), self.server_state.default_headers)
+        if self._answered():
+            self._send_refusal()
+
+    def _send_refusal(self) -> None:
+        self._unset_keepalive_if_required()
+        self.transport.write(self._refusal or b"")
+        self.transport.close()

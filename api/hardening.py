@@ -4,7 +4,8 @@ Body size: a declared ``Content-Length`` over ``MAX_BODY_BYTES`` is refused befo
 runs; otherwise the bytes actually received are counted as the app reads them, so a chunked
 body without Content-Length is cut off at the limit too. Starlette 1.10's own
 ``RequestBodyLimitMiddleware`` counts the same way but answers in plain text from outside the
-exception handlers; this one answers 413 in the error envelope.
+exception handlers; this one answers 413 in the error envelope. Every refusal here (413, 408,
+415, 431) closes the connection after the answer, so the unread rest of the body is never read.
 
 Headers: more than ``MAX_HEADER_BYTES`` of them (names and values) is 431 before the guard
 (token, rate limit) or the app look at them. uvicorn's HTTP parser (httptools) itself has no
@@ -35,6 +36,8 @@ MAX_HEADER_BYTES = 32 * 1024
 """Request header bytes accepted (nginx answers past 4 x 8 KiB; a bearer token is ~300)."""
 FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
 UPLOAD_TYPES = frozenset({"multipart/form-data", "text/csv"})
+CLOSE_HEADERS = {"Connection": "close"}
+CLOSE = (b"connection", b"close")
 
 
 class BodyTooLarge(StarletteHTTPException):
@@ -129,20 +132,23 @@ class RequestBodyMiddleware:
         received = 0
         started = False
         body_done = False
+        body_cut = False  # the body was refused part-way: the rest is not read
         body_timeout = self.body_timeout
 
         async def counting_receive() -> Message:
-            nonlocal received, body_done
+            nonlocal received, body_done, body_cut
             if body_done:  # a streamed answer listening for the client going away: no limit
                 return await receive()
             try:
                 async with asyncio.timeout(body_timeout):  # between two pieces of the body
                     message = await receive()
             except TimeoutError:
+                body_cut = True
                 raise BodyTimeout(body_timeout) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
+                    body_cut = True
                     raise BodyTooLarge(limit)
                 body_done = not message.get("more_body", False)
             return message
@@ -151,6 +157,8 @@ class RequestBodyMiddleware:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
+                if body_cut:  # the 413/408 of FastAPI's handlers, which read the body
+                    message["headers"] = [*message.get("headers", ()), CLOSE]
             await send(message)
 
         try:
@@ -169,8 +177,10 @@ class RequestBodyMiddleware:
     async def _reject(
         scope: Scope, receive: Receive, send: Send, status: int, code: str, message: str
     ) -> None:
-        # The unread body is left to the server, which closes the connection after replying.
-        response = error_response(Request(scope), status, code, message)
+        # Answered before the body was read (or while it stalled): without Connection: close
+        # uvicorn would keep the connection and read, and drop, whatever body the client
+        # still sends (10 GB after a 413, a byte at a time after a 408). It closes instead.
+        response = error_response(Request(scope), status, code, message, headers=CLOSE_HEADERS)
         await response(scope, receive, send)
 
 

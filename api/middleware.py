@@ -13,11 +13,12 @@ import re
 import secrets
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import structlog
 from fastapi import FastAPI
 from starlette.datastructures import MutableHeaders
-from starlette.middleware.gzip import GZipMiddleware
+from starlette.middleware.gzip import GZipMiddleware, GZipResponder, IdentityResponder
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.headers import SECURITY_HEADERS, security_headers_for
@@ -49,6 +50,12 @@ class _RequestIds:
 _request_ids = _RequestIds()
 os.register_at_fork(after_in_child=_request_ids.reset)
 
+
+def new_request_id() -> str:
+    """A fresh request id, for a request the middleware never sees (``api.connections``)."""
+    return _request_ids.next()
+
+
 # Encoded once: (lowercased name, value) pairs as MutableHeaders would store them.
 _encoded: dict[int, tuple[dict[str, str], list[tuple[bytes, bytes]]]] = {}
 
@@ -74,6 +81,14 @@ def _encoded_headers(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
     return cached[1]
 
 
+def encoded_response_headers(request_id: str, path: str) -> list[tuple[bytes, bytes]]:
+    """``response_headers_for`` (without the worker PID) already encoded, in the same order."""
+    return [
+        (b"x-request-id", request_id.encode("latin-1")),
+        *_encoded_headers(security_headers_for(path)),
+    ]
+
+
 def request_id_of(scope: Scope) -> str:
     """The request id the middleware stored for this request ("" outside a request)."""
     state: dict[str, Any] = scope.get("state") or {}
@@ -92,6 +107,27 @@ def response_headers_for(scope: Scope) -> dict[str, str]:
     }
     if state.get("expose_worker_pid"):
         headers["X-Worker-PID"] = str(os.getpid())
+    return headers
+
+
+def relative_redirect(raw: Any) -> list[tuple[bytes, bytes]]:
+    """The headers of the router's trailing-slash 307 with ``Location`` cut to path and query,
+    and never cached.
+
+    Starlette builds that Location from the request's Host header, so a forged Host made a
+    redirect to another site (307 keeps the method and body: a registration's password too).
+    The app sends no other 307.
+    """
+    headers = [(b"cache-control", b"no-store")]
+    for name, value in raw:
+        name = name.lower()
+        if name == b"location":
+            parts = urlsplit(value)
+            # One leading slash: "//host/..." would name a host again.
+            value = b"/" + parts.path.lstrip(b"/") + (b"?" + parts.query if parts.query else b"")
+        elif name == b"cache-control":
+            continue
+        headers.append((name, value))
     return headers
 
 
@@ -161,9 +197,7 @@ class RequestIdMiddleware:
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         state["expose_worker_pid"] = self.expose_worker_pid
-        # The same headers as ``response_headers_for``, in the same order, already encoded.
-        extra = [(b"x-request-id", request_id.encode("latin-1"))]
-        extra += _encoded_headers(security_headers_for(scope["path"]))
+        extra = encoded_response_headers(request_id, scope["path"])
         if self.expose_worker_pid:
             extra.append((b"x-worker-pid", str(os.getpid()).encode("latin-1")))
         if scope["method"] == "HEAD":
@@ -180,6 +214,8 @@ class RequestIdMiddleware:
             elif message["type"] == "http.response.start":
                 status = message["status"]
                 raw = message.get("headers") or ()
+                if status == 307:
+                    raw = message["headers"] = relative_redirect(raw)
                 if any(name.lower() in _OUR_HEADER_NAMES for name, _ in raw):
                     # The app set one of them: replace it, as MutableHeaders does.
                     headers = MutableHeaders(scope=message)
@@ -208,6 +244,72 @@ class RequestIdMiddleware:
             log_access(scope, status, started, error)
 
 
+# Accept-Encoding values browsers and HTTP libraries send, decided without parsing.
+_USUAL_ACCEPT_ENCODINGS = {
+    b"gzip": True,
+    b"gzip, deflate": True,
+    b"gzip, deflate, br": True,
+    b"gzip, deflate, br, zstd": True,
+    b"gzip, deflate, zstd": True,
+    b"identity": False,
+    b"": False,
+}
+
+
+def accepts_gzip(accept_encoding: bytes) -> bool:
+    """Whether an ``Accept-Encoding`` value allows gzip (RFC 9110 §12.5.3): codings are
+    case-insensitive, ``q=0`` means "not acceptable", and ``*`` stands for gzip unless gzip
+    is listed itself. ``x-gzip`` is gzip (§8.4.1.3)."""
+    usual = _USUAL_ACCEPT_ENCODINGS.get(accept_encoding)
+    if usual is not None:
+        return usual
+    gzip_q: float | None = None
+    any_q: float | None = None
+    for item in accept_encoding.lower().split(b","):
+        coding, _, params = item.partition(b";")
+        coding = coding.strip()
+        q = 1.0
+        for param in params.split(b";"):
+            name, _, value = param.partition(b"=")
+            if name.strip() == b"q":
+                try:
+                    q = float(value.strip())
+                except ValueError:
+                    q = 0.0  # an unreadable weight: identity is always safe
+        if coding in (b"gzip", b"x-gzip"):
+            gzip_q = max(q, gzip_q or 0.0)
+        elif coding == b"*":
+            any_q = max(q, any_q or 0.0)
+    if gzip_q is None:
+        gzip_q = any_q
+    return gzip_q is not None and gzip_q > 0
+
+
+class AcceptEncodingGZipMiddleware(GZipMiddleware):
+    """Starlette's gzip, chosen by ``accepts_gzip``: Starlette looks for the text "gzip" in
+    the first Accept-Encoding line, so ``gzip;q=0`` got gzip and ``GZIP`` or ``*`` did not."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        lines = [value for name, value in scope["headers"] if name == b"accept-encoding"]
+        responder: ASGIApp
+        if accepts_gzip(b",".join(lines)):
+            responder = GZipResponder(
+                self.app,
+                self.minimum_size,
+                compresslevel=self.compresslevel,
+                thread_minimum_size=self.thread_minimum_size,
+                exclude_content_types=self.exclude_content_types,
+            )
+        else:
+            responder = IdentityResponder(
+                self.app, self.minimum_size, exclude_content_types=self.exclude_content_types
+            )
+        await responder(scope, receive, send)
+
+
 def install_middleware(app: FastAPI, settings: Settings) -> None:
     """Add the stack; the last added runs first (outermost).
 
@@ -220,7 +322,7 @@ def install_middleware(app: FastAPI, settings: Settings) -> None:
     from api.hardening import EnvelopeCORSMiddleware, RequestBodyMiddleware
     from api.services.csv_import import IMPORT_PATH
 
-    app.add_middleware(GZipMiddleware, minimum_size=settings.gzip_min_bytes)
+    app.add_middleware(AcceptEncodingGZipMiddleware, minimum_size=settings.gzip_min_bytes)
     app.add_middleware(RequestGuardMiddleware, settings=settings)
     app.add_middleware(
         RequestBodyMiddleware,

@@ -21,6 +21,12 @@ DATA_CACHE_CONTROL = "private, no-cache"
 PROBE_CACHE_CONTROL = "no-store"
 
 
+def if_none_match(request: Request) -> str | None:
+    """The request's If-None-Match, its repeated lines joined as one list (RFC 9110 §5.3)."""
+    lines = request.headers.getlist("if-none-match")
+    return ", ".join(lines) if lines else None
+
+
 def json_response(
     body: object, status_code: int = 200, headers: Mapping[str, str] | None = None
 ) -> Response:
@@ -42,7 +48,7 @@ def record_response(
     headers = {"ETag": etag, "Cache-Control": DATA_CACHE_CONTROL}
     if location:
         headers["Location"] = location
-    if request.method == "GET" and none_match_hits(request.headers.get("if-none-match"), etag):
+    if request.method == "GET" and none_match_hits(if_none_match(request), etag):
         return Response(status_code=304, headers=headers)
     return json_response({"status": "success", "data": record}, status_code, headers)
 
@@ -61,7 +67,7 @@ def list_response(
     records = items if versioned is None else versioned
     etag = list_etag(records, total, page.page, page.per_page, shape)
     headers = {"ETag": etag, "Cache-Control": DATA_CACHE_CONTROL}
-    if none_match_hits(request.headers.get("if-none-match"), etag):
+    if none_match_hits(if_none_match(request), etag):
         if request.method != "GET":
             raise ApiError(
                 412,

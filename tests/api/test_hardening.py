@@ -1,0 +1,96 @@
+"""A request refused for its body or headers closes its connection after the answer
+(``api.hardening``): uvicorn kept it and read, and dropped, whatever body still came (30 MB
+after a 413 for ``Content-Length: 10000000000``; a byte every 3 s kept a 408's open)."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from api.hardening import MAX_HEADER_BYTES
+from tests.support.auth import Account
+from tests.support.rawhttp import RawResponse, parse_responses, request
+from tests.support.stack import Stack, running_stack
+
+pytestmark = pytest.mark.integration
+JSON = {"Content-Type": "application/json"}
+LIMIT = 1024 * 1024  # MAX_BODY_BYTES of the stacks here
+
+
+def _answer_while_trickling(sock: socket.socket, bound: float = 10.0) -> tuple[bytes, bool]:
+    """What the server sends, and whether it closes within ``bound`` seconds (a failure bound)
+    while, once its answer has come, the body goes on a byte at a time."""
+    deadline = time.monotonic() + bound
+    sock.settimeout(0.25)
+    data = b""
+    while time.monotonic() < deadline:
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            if data:
+                try:
+                    sock.sendall(b"x")
+                except (BrokenPipeError, ConnectionResetError):
+                    return data, True
+            continue
+        except ConnectionResetError:
+            return data, True
+        if not chunk:
+            return data, True
+        data += chunk
+    return data, False
+
+
+def _refused_and_closed(port: int, data: bytes) -> RawResponse:
+    """Send ``data`` (a request whose body never ends); the one answer, once the server has
+    closed the connection."""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(data)
+        received, closed = _answer_while_trickling(sock)
+    (response,) = parse_responses(received)
+    assert closed, f"the connection stayed open after {response.status}"
+    assert response.headers["connection"] == "close"
+    error = response.json()["error"]
+    assert response.json()["request_id"] == response.headers["x-request-id"]
+    assert error["code"] and error["message"]
+    return response
+
+
+def test_refusals_before_the_body_close_the_connection(stack: Stack) -> None:
+    declared = request(
+        "POST", "/api/v1/data/t", {**JSON, "Content-Length": "10000000000"}, b'{"data": {'
+    )
+    assert _refused_and_closed(stack.port, declared).status == 413
+    not_json = request(
+        "POST", "/api/v1/users", {"Content-Type": "text/plain", "Content-Length": "100"}, b"x"
+    )
+    assert _refused_and_closed(stack.port, not_json).status == 415
+    headers = request("GET", "/api/v1/health", {"X-Big": "x" * (MAX_HEADER_BYTES + 1)})
+    assert _refused_and_closed(stack.port, headers).status == 431
+
+
+def test_a_body_counted_past_the_limit_closes_the_connection(stack: Stack, admin: Account) -> None:
+    """No Content-Length: the 413 comes from the handlers once the bytes read pass the limit."""
+    size = LIMIT + 1
+    chunked = request(
+        "POST",
+        "/api/v1/data/t",
+        {**admin.headers, **JSON, "Transfer-Encoding": "chunked"},
+        f"{size:x}\r\n".encode() + b"x" * size + b"\r\n",  # and no last chunk
+    )
+    assert _refused_and_closed(stack.port, chunked).status == 413
+
+
+@pytest.fixture(scope="module")
+def impatient_stack() -> Iterator[Stack]:
+    with running_stack(workers=1, extra_env={"BODY_TIMEOUT": "1"}) as stack:
+        yield stack
+
+
+def test_a_body_that_stopped_arriving_closes_the_connection(impatient_stack: Stack) -> None:
+    stalled = request("POST", "/api/v1/users", {**JSON, "Content-Length": "100"}, b'{"email": ')
+    response = _refused_and_closed(impatient_stack.port, stalled)
+    assert response.status == 408 and response.json()["error"]["code"] == "REQUEST_TIMEOUT"
