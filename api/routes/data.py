@@ -30,6 +30,8 @@ from api.responses import (
 )
 from api.schemas.data import DataBody, DataRecord
 from api.schemas.envelope import (
+    NOT_MODIFIED,
+    QUERY_MATCHED,
     Envelope,
     GroupsEnvelope,
     ListEnvelope,
@@ -60,9 +62,6 @@ class BulkEnvelope(ListEnvelope[DataRecord]):
 
 
 CreatedRecords = Envelope[DataRecord] | BulkEnvelope
-NOT_MODIFIED: dict[int | str, dict[str, Any]] = {
-    304: {"description": "Not modified (If-None-Match)"}
-}
 
 
 async def parse_count_query(
@@ -143,9 +142,7 @@ async def count_records(table: TableName, query: CountQuery, store: StoreDep) ->
 @router.post(
     "/{table}/query",
     response_model=projected_list(DataRecord),
-    responses=error_responses(
-        400, 404, 413, 415, 422, described={412: "If-None-Match matches the current result"}
-    ),
+    responses=error_responses(400, 404, 413, 415, 422, described=QUERY_MATCHED),
     summary="Query records with a filter tree",
 )
 async def query_records(

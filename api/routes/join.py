@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict
 from api.deps import JoinKey, JoinListQuery, LeftTable, RightTable, StoreDep, require_admin
 from api.http_metrics import MeteredRoute
 from api.responses import list_response
-from api.schemas.envelope import ListEnvelope, error_responses
+from api.schemas.envelope import NOT_MODIFIED, ListEnvelope, error_responses
 from api.services.joins import join_tables
 
 router = APIRouter(
@@ -39,7 +39,7 @@ class JoinRow(BaseModel):
 @router.get(
     "/{left}/{right}/{key}",
     response_model=ListEnvelope[JoinRow],
-    responses=error_responses(400, 404, 422),
+    responses={**NOT_MODIFIED, **error_responses(400, 404, 422)},
     summary="Join two tables",
 )
 async def join_records(

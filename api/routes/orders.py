@@ -12,6 +12,8 @@ from api.etags import list_etag
 from api.http_metrics import MeteredRoute
 from api.responses import groups_response, list_response, no_content, record_response
 from api.schemas.envelope import (
+    NOT_MODIFIED,
+    QUERY_MATCHED,
     Envelope,
     GroupsEnvelope,
     ListEnvelope,
@@ -54,7 +56,7 @@ async def create_order(
 @router.get(
     "",
     response_model=ListEnvelope[OrderWithUser],
-    responses=error_responses(400, 401, 422),
+    responses={**NOT_MODIFIED, **error_responses(400, 401, 422)},
     summary="List orders",
 )
 async def list_orders(
@@ -83,7 +85,7 @@ async def list_orders(
 @router.post(
     "/query",
     response_model=projected_list(OrderWithUser),
-    responses=error_responses(400, 401, 413, 415, 422),
+    responses=error_responses(400, 401, 413, 415, 422, described=QUERY_MATCHED),
     summary="Query orders with a filter tree",
 )
 async def query_orders(
@@ -129,7 +131,7 @@ async def aggregate_orders(body: AggregateBody, store: StoreDep, caller: Current
     "/{order_id}",
     response_model=Envelope[OrderWithUser],
     responses={
-        304: {"description": "Not modified (If-None-Match)"},
+        **NOT_MODIFIED,
         **error_responses(401, 404, 422),
     },
     summary="Read an order",
@@ -196,7 +198,7 @@ async def delete_order(order_id: OrderId, store: StoreDep, if_match: IfMatch) ->
 @router.get(
     "/{order_id}/user",
     response_model=Envelope[UserPublic],
-    responses=error_responses(401, 404),
+    responses={**NOT_MODIFIED, **error_responses(401, 404)},
     summary="Read an order's user",
 )
 async def read_order_user(request: Request, order_id: OrderId, store: StoreDep) -> Response:

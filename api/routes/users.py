@@ -22,13 +22,21 @@ from api.http_metrics import MeteredRoute
 from api.queries import Page
 from api.responses import (
     DATA_CACHE_CONTROL,
+    if_none_match,
     json_response,
     list_response,
     no_content,
     record_response,
 )
 from api.routes.auth import login_limiter, too_many_attempts
-from api.schemas.envelope import Envelope, ListEnvelope, error_responses, projected_list
+from api.schemas.envelope import (
+    NOT_MODIFIED,
+    QUERY_MATCHED,
+    Envelope,
+    ListEnvelope,
+    error_responses,
+    projected_list,
+)
 from api.schemas.query import OrderWithUser, QueryBody, UserWithOrders
 from api.schemas.users import UserCreate, UserPublic, UserUpdate
 from api.services import orders as order_service
@@ -62,7 +70,7 @@ async def create_user(
 @router.get(
     "",
     response_model=ListEnvelope[UserPublic],
-    responses=error_responses(400, 401, 403, 422),
+    responses={**NOT_MODIFIED, **error_responses(400, 401, 403, 422)},
     summary="List users",
 )
 async def list_users(
@@ -78,7 +86,7 @@ async def list_users(
 @router.get(
     "/me",
     response_model=Envelope[UserPublic],
-    responses={304: {"description": "Not modified (If-None-Match)"}, **error_responses(401)},
+    responses={**NOT_MODIFIED, **error_responses(401)},
     summary="Read yourself",
 )
 async def read_me(request: Request, caller: CurrentUser, store: StoreDep) -> Response:
@@ -90,7 +98,7 @@ async def read_me(request: Request, caller: CurrentUser, store: StoreDep) -> Res
 @router.post(
     "/query",
     response_model=projected_list(UserPublic),
-    responses=error_responses(400, 401, 403, 413, 415, 422),
+    responses=error_responses(400, 401, 403, 413, 415, 422, described=QUERY_MATCHED),
     summary="Query users with a filter tree",
 )
 async def query_users(
@@ -106,7 +114,7 @@ async def query_users(
     "/{user_id}",
     response_model=Envelope[UserWithOrders],
     responses={
-        304: {"description": "Not modified (If-None-Match)"},
+        **NOT_MODIFIED,
         **error_responses(400, 401, 404),
     },
     summary="Read a user",
@@ -133,7 +141,7 @@ async def read_user(
     # The tag covers the user and the page of orders, so either changing changes it.
     etag = list_etag([user, *found], total, page.page, page.per_page)
     headers = {"ETag": etag, "Cache-Control": DATA_CACHE_CONTROL}
-    if none_match_hits(request.headers.get("if-none-match"), etag):
+    if none_match_hits(if_none_match(request), etag):
         return Response(status_code=304, headers=headers)
     meta = {"orders": {"page": page.page, "per_page": page.per_page, "total": total}}
     body = {"status": "success", "data": {**user, "orders": found}, "meta": meta}
@@ -187,7 +195,7 @@ async def delete_user(
 @router.get(
     "/{user_id}/orders",
     response_model=ListEnvelope[OrderWithUser],
-    responses=error_responses(400, 401, 404, 422),
+    responses={**NOT_MODIFIED, **error_responses(400, 401, 404, 422)},
     summary="List a user's orders",
 )
 async def list_user_orders(

@@ -104,6 +104,14 @@ _DESCRIPTIONS = {
 }
 
 
+NOT_MODIFIED: dict[int | str, dict[str, Any]] = {
+    304: {"description": "Not modified (If-None-Match)"}
+}
+"""A GET that takes If-None-Match (``record_response``, ``list_response``)."""
+QUERY_MATCHED = {412: "If-None-Match matches the current result"}
+"""A POST query that takes If-None-Match: a hit is 412, as RFC 9110 asks of a POST."""
+
+
 def error_responses(
     *statuses: int, validation: bool = True, described: dict[int, str] | None = None
 ) -> dict[int | str, dict[str, Any]]:

@@ -11,7 +11,7 @@ import jsonschema
 import pytest
 
 from tests.support.auth import register
-from tests.support.factories import token
+from tests.support.factories import create_order, create_user, token
 from tests.support.stack import Stack
 
 pytestmark = pytest.mark.integration
@@ -92,3 +92,32 @@ def test_writes_to_users_me_are_documented(anon: httpx.Client, spec: dict[str, A
     deleted = anon.delete(f"{API}/users/me", headers=headers)
     assert deleted.status_code == 204
     assert_documented(spec, deleted, "DELETE", "/users/{user_id}")
+
+
+def test_conditional_answers_of_users_orders_and_joins_are_documented(
+    client: httpx.Client, spec: dict[str, Any]
+) -> None:
+    """Every list (and an order's user) answers 304 to a matching If-None-Match, and every
+    POST query 412: each is declared, so generated clients accept it."""
+    user = create_user(client)
+    order = create_order(client, user["id"])
+    gets = [
+        ("/users", "/users", {"email": user["email"]}),
+        (f"/users/{user['id']}/orders", "/users/{user_id}/orders", {}),
+        ("/orders", "/orders", {"user_id": user["id"]}),
+        (f"/orders/{order['id']}/user", "/orders/{order_id}/user", {}),
+        ("/join/users/orders/user_id", "/join/{left}/{right}/{key}", {"per_page": 1}),
+    ]
+    for url, path, params in gets:
+        first = client.get(API + url, params=params)
+        assert first.status_code == 200, (url, first.text)
+        cached = client.get(
+            API + url, params=params, headers={"If-None-Match": first.headers["etag"]}
+        )
+        assert cached.status_code == 304, url
+        assert_documented(spec, cached, "GET", path)
+    for url in ("/users/query", "/orders/query"):
+        first = client.post(API + url, json={})
+        again = client.post(API + url, json={}, headers={"If-None-Match": first.headers["etag"]})
+        assert again.status_code == 412, (url, again.text)
+        assert_documented(spec, again, "POST", url)
