@@ -194,7 +194,17 @@ class EnvelopeCORSMiddleware(CORSMiddleware):
                 response = self.preflight_response(request_headers=headers)
                 if response.status_code >= 400:
                     reason = bytes(response.body).decode("utf-8", "replace")
+                    refused = self._refused_headers(headers.get("access-control-request-headers"))
+                    if refused:  # which ones, and what would do: a browser shows no more
+                        allowed = ", ".join(self.allow_headers)
+                        reason += f" ({', '.join(refused)}; allowed: {allowed})"
                     response = error_response(Request(scope), 400, "CORS_REJECTED", reason)
                 await response(scope, receive, send)
                 return
         await super().__call__(scope, receive, send)
+
+    def _refused_headers(self, requested: str | None) -> list[str]:
+        if requested is None or self.allow_all_headers:
+            return []
+        names = (name.strip().lower() for name in requested.split(","))
+        return [name for name in names if name and name not in self.allow_headers]

@@ -342,6 +342,8 @@ def install_middleware(app: FastAPI, settings: Settings) -> None:
                 "If-Match",
                 "If-None-Match",
                 "X-Request-ID",
+                "X-Requested-With",  # sent by jQuery and some axios set-ups
+                "Cache-Control",
             ],
             expose_headers=[
                 "ETag",
@@ -351,6 +353,14 @@ def install_middleware(app: FastAPI, settings: Settings) -> None:
                 "X-Rate-Limit-Limit",
                 "X-Rate-Limit-Remaining",
                 "X-Rate-Limit-Reset",
+                "Allow",
+                "Content-Disposition",
+                "WWW-Authenticate",
             ],
+            # Authentication is a bearer header, never a cookie, so credentials carry nothing
+            # here; allowed for listed origins only, so fetch(..., {credentials: "include"})
+            # and axios's withCredentials are not blocked. Never with "*", where Starlette
+            # would echo any origin.
+            allow_credentials="*" not in settings.cors_origins,
         )
     app.add_middleware(RequestIdMiddleware, expose_worker_pid=settings.expose_worker_pid)

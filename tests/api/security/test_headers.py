@@ -213,6 +213,43 @@ def test_cors_preflight_from_another_origin_is_refused(anon: httpx.Client, origi
     assert_security_headers(response)
 
 
+def test_cors_for_browser_clients_as_they_are_written(anon: httpx.Client) -> None:
+    """What common front-end set-ups send and read: X-Requested-With and Cache-Control in a
+    preflight, credentials mode (cookies carry nothing here, but a blocked answer would),
+    and Allow / WWW-Authenticate / Content-Disposition readable by the script."""
+    response = anon.options(
+        "/api/v1/users",
+        headers={
+            "Origin": CORS_ORIGIN,
+            "Access-Control-Request-Method": "PATCH",
+            "Access-Control-Request-Headers": "authorization, x-requested-with, cache-control",
+        },
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["access-control-allow-credentials"] == "true"
+    answer = anon.post("/api/v1/users/me", headers={"Origin": CORS_ORIGIN})  # a 405
+    assert answer.headers["access-control-allow-credentials"] == "true"
+    exposed = {
+        h.strip() for h in answer.headers["access-control-expose-headers"].lower().split(",")
+    }
+    assert {"allow", "www-authenticate", "content-disposition", "etag"} <= exposed
+
+
+def test_a_refused_preflight_names_the_headers_it_refused(anon: httpx.Client) -> None:
+    response = anon.options(
+        "/api/v1/users",
+        headers={
+            "Origin": CORS_ORIGIN,
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "authorization, x-custom-thing",
+        },
+    )
+    error = assert_error(response, 400, "CORS_REJECTED")
+    refused, allowed = error["message"].split("(")[1].rstrip(")").split("; allowed: ")
+    assert refused == "x-custom-thing"
+    assert {"authorization", "if-match", "x-requested-with"} <= set(allowed.split(", "))
+
+
 def test_cors_simple_requests(anon: httpx.Client) -> None:
     allowed = anon.get("/api/v1/health", headers={"Origin": CORS_ORIGIN})
     assert allowed.headers["access-control-allow-origin"] == CORS_ORIGIN
