@@ -128,6 +128,13 @@ class RequestBodyMiddleware:
                     f"The request body must be {expected}",
                 )
                 return
+            coding = headers.get("content-encoding", "identity").strip().lower()
+            if coding != "identity":
+                # Bodies are read as sent: a gzipped one reached the JSON parser as bytes (422
+                # "not valid UTF-8"). RFC 9110 §8.4.1: an unsupported coding is a 415.
+                message = "Request bodies must not be compressed (Content-Encoding: identity)"
+                await self._reject(scope, receive, send, 415, "UNSUPPORTED_MEDIA_TYPE", message)
+                return
 
         received = 0
         started = False

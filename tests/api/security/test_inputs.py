@@ -3,9 +3,11 @@ names, and script payloads that must come back only as inert JSON."""
 
 from __future__ import annotations
 
+import gzip
 from collections.abc import Iterator
 
 import httpx
+import orjson
 import pytest
 
 from tests.support.factories import assert_error, create_record, token, user_payload
@@ -86,6 +88,20 @@ def test_json_endpoints_need_a_json_content_type(
     assert response.status_code == status, response.text
     if status == 415:
         assert_error(response, 415, "UNSUPPORTED_MEDIA_TYPE")
+
+
+@pytest.mark.parametrize(("coding", "status"), [("gzip", 415), ("br", 415), ("Identity", 201)])
+def test_a_compressed_request_body_is_415_naming_content_encoding(
+    anon: httpx.Client, coding: str, status: int
+) -> None:
+    body = orjson.dumps(user_payload())
+    sent = gzip.compress(body) if coding == "gzip" else body
+    headers = {"Content-Type": "application/json", "Content-Encoding": coding}
+    response = anon.post("/api/v1/users", content=sent, headers=headers)
+    assert response.status_code == status, response.text
+    if status == 415:
+        error = assert_error(response, 415, "UNSUPPORTED_MEDIA_TYPE")
+        assert "Content-Encoding" in error["message"]
 
 
 @pytest.mark.parametrize("depth", [40, 500, 5_000, 100_000])
