@@ -115,7 +115,8 @@ bench-join: install ## join on an indexed generic field vs table size (10k..1M) 
 
 # make load: locust headless (loadtests/locustfile.py) with the PRD's thresholds; without HOST it
 # starts the service here with RATE_LIMIT=LOAD_RATE_LIMIT and BCRYPT_ROUNDS=LOAD_BCRYPT_ROUNDS
-# (why: loadtests/load.py).
+# (why: loadtests/load.py). With HOST (a URL) the reporting admin logs in as ADMIN_EMAIL /
+# ADMIN_PASSWORD: the development admin's unless set, as for `make seed`.
 USERS ?= 100
 SPAWN_RATE ?= 20
 RUN_TIME ?= 60s
@@ -123,9 +124,10 @@ LOAD_RATE_LIMIT ?= 1000000/minute
 LOAD_BCRYPT_ROUNDS ?= 4
 .PHONY: load
 load: install ## locust USERS (100) for RUN_TIME (60s) with thresholds; HOST=url targets a deployment
-	$(BIN)/python -m loadtests.load --users $(USERS) --spawn-rate $(SPAWN_RATE) \
+	@env ADMIN_EMAIL='$(ADMIN_EMAIL)' ADMIN_PASSWORD='$(ADMIN_PASSWORD)' \
+		$(BIN)/python -m loadtests.load --users $(USERS) --spawn-rate $(SPAWN_RATE) \
 		--run-time $(RUN_TIME) --rate-limit '$(LOAD_RATE_LIMIT)' \
-		--bcrypt-rounds $(LOAD_BCRYPT_ROUNDS) $(if $(HOST),--host $(HOST))
+		--bcrypt-rounds $(LOAD_BCRYPT_ROUNDS) $(if $(HOST),--host '$(HOST)')
 
 .PHONY: soak
 soak: install ## 6 minutes at moderate load; store and worker RSS sampled, plotted, judged flat or not

@@ -476,6 +476,39 @@ def scaling_text(scaling: dict[str, Any], api: dict[str, Any]) -> list[str]:
     return lines
 
 
+FIGURES = "## Every figure next to its baseline"
+
+
+def page_sections(text: str) -> dict[str, list[str]]:
+    """The body of each ``##`` and ``###`` section of the page as last written, by heading
+    (a ``###`` under its ``##``: "## Plots / ### Soak: RSS over time"), without edge blanks."""
+    sections: dict[str, list[str]] = {}
+    body: list[str] = []
+    parent = ""
+    for line in text.splitlines():
+        if line.startswith(("## ", "### ")):
+            parent = line if line.startswith("## ") else parent
+            key = line if line.startswith("## ") else f"{parent} / {line}"
+            body = sections.setdefault(key, [])
+        else:
+            body.append(line)
+    for lines in sections.values():
+        while lines and not lines[-1].strip():
+            lines.pop()
+        while lines and not lines[0].strip():
+            lines.pop(0)
+    return sections
+
+
+def kept_or(
+    previous: dict[str, list[str]], heading: str, fresh: list[str], measured: bool
+) -> list[str]:
+    """``fresh`` when its results are here, else the section as the page last had it."""
+    if measured or heading not in previous:
+        return fresh
+    return [heading, "", *previous[heading], ""]
+
+
 def render_page(steps: dict[str, dict[str, Any]], command: str, started: str, wall: float) -> None:
     store, api, durability = (
         read_json("bench_store"),
@@ -506,6 +539,9 @@ def render_page(steps: dict[str, dict[str, Any]], command: str, started: str, wa
         ),
         "join": join_plot if join and join_plot.exists() else None,  # drawn by bench_join
     }
+    # A section whose results are not here (a fresh clone: loadtests/results/ is not committed;
+    # a run of some steps only) keeps its text from the page as last written.
+    previous = page_sections(PAGE.read_text()) if PAGE.exists() else {}
     m = machine_info()
     busy = scaling.get("background_busy")
     md = [
@@ -539,7 +575,8 @@ def render_page(steps: dict[str, dict[str, Any]], command: str, started: str, wa
         "| --- | --- | --- |",
         *[f"| {name} | {s['exit_code']} | {s['seconds']:.0f} s |" for name, s in steps.items()],
         "",
-        "Steps not in this table kept their previous results (see each section's date).",
+        "Steps not in this table kept their previous results (see each section's date; they "
+        "may come from another machine or commit).",
         "",
         "## Every figure next to its baseline",
         "",
@@ -592,7 +629,8 @@ def render_page(steps: dict[str, dict[str, Any]], command: str, started: str, wa
     for title, raw, rows, details in sections:
         md += [f"### {title}", ""]
         if not rows:
-            md += ["Not measured in any run yet.", ""]
+            kept = previous.get(f"{FIGURES} / ### {title}") or ["Not measured in any run yet."]
+            md += [*kept, ""]
             continue
         when = raw.get("date") or raw.get("when") or "?"
         extra = f"; details in [{details}]({Path(details).name})" if details else ""
@@ -610,28 +648,44 @@ def render_page(steps: dict[str, dict[str, Any]], command: str, started: str, wa
     }
     for key, caption in captions.items():
         path = images.get(key)
-        if path:
-            md += [f"### {caption}", "", f"![{caption}](img/{path.name})", ""]
-    md += ["## Scaling: where one store stops", "", *scaling_text(scaling, api), ""]
-    md += load_section(load)
-    md += soak_section(soak)
+        body = (
+            [f"![{caption}](img/{path.name})"]
+            if path
+            else previous.get(f"## Plots / ### {caption}")
+        )
+        if body:
+            md += [f"### {caption}", "", *body, ""]
+    scaling_title = "## Scaling: where one store stops"
+    md += kept_or(
+        previous,
+        scaling_title,
+        [scaling_title, "", *scaling_text(scaling, api), ""],
+        bool(scaling.get("workers")),
+    )
+    md += kept_or(previous, "## Load run (locust)", load_section(load), bool(load.get("verdict")))
+    md += kept_or(previous, "## Soak", soak_section(soak), bool(soak.get("soak")))
     PAGE.write_text("\n".join(md))
     log(f"wrote {PAGE.relative_to(ROOT)} and {len([p for p in images.values() if p])} plots")
+
+
+def load_target(run: dict[str, Any]) -> str:
+    """What a ``loadtests.load`` run (its saved JSON) ran against."""
+    target = run.get("target", {})
+    if not target.get("local"):
+        return f"{target.get('host')} (its own settings and rate limits)"
+    return (
+        f"a local stack started by the run ({target.get('workers')} gunicorn workers, store with "
+        f"STORE_FSYNC={target.get('store_fsync')}, BCRYPT_ROUNDS={target.get('bcrypt_rounds')}, "
+        f"LOG_LEVEL={target.get('log_level')}, RATE_LIMIT = AUTH_RATE_LIMIT = "
+        f"{run.get('rate_limit')})"
+    )
 
 
 def load_section(load: dict[str, Any]) -> list[str]:
     verdict = load.get("verdict") or {}
     if not verdict:
         return []
-    target = load.get("target", {})
     state = "met" if verdict["passed"] else "BROKEN: " + "; ".join(verdict["problems"])
-    setup = (
-        f"a local stack started by the run ({target.get('workers')} gunicorn workers, store with "
-        f"STORE_FSYNC={target.get('store_fsync')}, BCRYPT_ROUNDS={target.get('bcrypt_rounds')}, "
-        f"LOG_LEVEL={target.get('log_level')})"
-        if target.get("local")
-        else f"{target.get('host')}"
-    )
     standalone = read_json("load")
     extra = []
     if standalone.get("verdict"):
@@ -641,23 +695,34 @@ def load_section(load: dict[str, Any]) -> list[str]:
             default=0,
         )
         extra = [
-            f"The last `make load` on its own ({standalone.get('date')}, same settings, "
-            f"{standalone.get('users')} users, {standalone.get('run_time')}): {v['requests']:,} "
-            f"requests, {v['failures']} failed, worst single-record p95 {worst:.0f} ms, "
-            f"thresholds {'met' if v['passed'] else 'BROKEN: ' + '; '.join(v['problems'])}; "
-            f"machine load average at its start {standalone.get('loadavg_start', [0])[0]:.1f}.",
+            f"The last `make load` on its own, {standalone.get('date')}: "
+            f"{standalone.get('users')} users, spawn rate {standalone.get('spawn_rate')}/s, "
+            f"{standalone.get('run_time')}, against {load_target(standalone)}; "
+            f"{v['requests']:,} requests, {v['failures']} failed, worst single-record p95 "
+            f"{worst:.0f} ms, thresholds "
+            f"{'met' if v['passed'] else 'BROKEN: ' + '; '.join(v['problems'])}; machine load "
+            f"average at its start {standalone.get('loadavg_start', [0])[0]:.1f}.",
             "",
         ]
+    why_limits = (
+        " The defaults would answer 429 to most of the run: every login counts against "
+        "`AUTH_RATE_LIMIT` (10/minute per client IP and per username) and all simulated users "
+        "come from 127.0.0.1; `RATE_LIMIT` (100/minute) counts per user for a request with a "
+        "token, but per IP for those without one (registrations, logins, refreshes), and all "
+        "the reporting admins share one admin token, so one budget."
+        if load.get("target", {}).get("local")
+        else ""
+    )
+    unmeasured = verdict.get("unmeasured_routes") or []
     return [
         "## Load run (locust)",
         "",
         f"`{load.get('command')}` on {load.get('date')}: {load.get('users')} users (shoppers, "
-        f"token refreshers and a reporting admin, weights 10:2:1), spawn rate "
-        f"{load.get('spawn_rate')}/s, {load.get('run_time')}, against {setup}. Rate limit "
-        f"applied: `RATE_LIMIT` = `AUTH_RATE_LIMIT` = {load.get('rate_limit')} (all simulated "
-        "users share 127.0.0.1; the default 100/minute per IP would refuse most registrations); "
-        f"`X-Rate-Limit-Limit` seen: {', '.join(verdict.get('rate_limit_observed', [])) or 'none'}"
-        f"; 429 answers: {verdict.get('status_429')}. Aggregate route present: "
+        f"token refreshers and reporting admins, weights 10:2:1), spawn rate "
+        f"{load.get('spawn_rate')}/s, {load.get('run_time')}, against {load_target(load)}."
+        f"{why_limits} `X-Rate-Limit-Limit` seen: "
+        f"{', '.join(verdict.get('rate_limit_observed', [])) or 'none'}; 429 answers: "
+        f"{verdict.get('status_429')}. Aggregate route present: "
         f"{verdict.get('features', {}).get('aggregate')}.",
         "",
         "Why BCRYPT_ROUNDS=4 on the local stack: every simulated user registers and logs in "
@@ -669,8 +734,9 @@ def load_section(load: dict[str, Any]) -> list[str]:
         "",
         f"{verdict['requests']:,} requests, {verdict['failures']} failed "
         f"({verdict['fail_ratio']:.2%}). Thresholds (failure ratio ≤ 1 %, p95 ≤ 100 ms on "
-        f"single-record routes, ≤ 500 ms on joins): **{state}**. Raw: locust's HTML report and "
-        "CSV files in `loadtests/results/` (not committed).",
+        f"single-record routes, ≤ 500 ms on joins): **{state}**."
+        + (f" Gated routes without a request: {', '.join(unmeasured)}." if unmeasured else "")
+        + " Raw: locust's HTML report and CSV files in `loadtests/results/` (not committed).",
         "",
         *extra,
     ]

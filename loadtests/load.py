@@ -5,19 +5,28 @@ Without ``--host`` it starts the service locally first, in a temporary directory
 workers, with these documented differences from the defaults, so the run measures the service
 rather than its guards:
 
-- ``RATE_LIMIT`` and ``AUTH_RATE_LIMIT`` = ``--rate-limit`` (default 1000000/minute): every
-  simulated user shares 127.0.0.1, and the defaults (100/minute per user or IP, 10 logins a
-  minute per IP) would answer 429 to most of a 100-user run. Every request still makes its
-  rate-limit hit in the store, so the limiter's cost is measured.
+- ``RATE_LIMIT`` and ``AUTH_RATE_LIMIT`` = ``--rate-limit`` (default 1000000/minute). With the
+  defaults a 100-user run would mostly measure 429s: ``AUTH_RATE_LIMIT`` (10/minute per client
+  IP and per username) counts every login, and all simulated users log in from 127.0.0.1;
+  ``RATE_LIMIT`` (100/minute) is per user for the shoppers (each has its own token) but per IP
+  for the requests without a token (registrations, logins, refreshes), and all the Reporters
+  of a run share one admin token, so one budget. Every request still makes its rate-limit hit
+  in the store, so the limiter's cost is measured.
 - ``BCRYPT_ROUNDS`` = ``--bcrypt-rounds`` (default 4; production's is 12): each of the 100
   users registers and logs in once, all within the first 5 s of spawning. At cost 12 a hash is
   ~0.3 s of CPU, so those 200 hashes hold both cores of a 2-core machine for 30 s and more and
   the run measures bcrypt, not the service (measured: registrations at p50 63 s, a third of
   them timed out). The login cost at 12 is measured by ``make bench-api``.
 
-With ``--host`` it targets that deployment as it is (``ADMIN_EMAIL``/``ADMIN_PASSWORD`` in the
-environment for the reporting user); the limits that applied are the ``X-Rate-Limit-Limit``
-values the responses carried, written in the summary, as are the 429s.
+With ``--host`` (an http(s) URL) it targets that deployment as it is, with ``ADMIN_EMAIL`` /
+``ADMIN_PASSWORD`` from the environment for the reporting user (``make load`` passes the
+development admin's, as ``make seed`` does). Its own limits apply: raise ``AUTH_RATE_LIMIT``
+and ``RATE_LIMIT`` in the target's environment (and restart it) for a run of more than a few
+users from one machine, or the run fails on 429s; the limits that applied are the
+``X-Rate-Limit-Limit`` values the responses carried, written in the summary, as are the 429s.
+A run against a deployment leaves its accounts (emails ``shop<run id>x...@example.com`` and
+``refresh<run id>x...@example.com``, with a random password), their orders and its ``lt_*``
+records (tagged ``t<run id>x...``) there; the run id is in the summary.
 
 Writes under ``loadtests/results/`` (``--prefix``, default ``load``): ``<prefix>_stats.csv``,
 ``<prefix>_stats_history.csv``, ``<prefix>_failures.csv``, ``<prefix>.html`` (locust's report),
@@ -36,6 +45,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -129,7 +139,7 @@ def run(procs: Processes, tmp: Path, args: argparse.Namespace, out: dict[str, An
     out["loadavg_start"] = os.getloadavg()
     sampler = None
     if args.host:
-        host = args.host.rstrip("/")
+        host = args.host
         out["target"] = {"host": host, "local": False}
         out["rate_limit"] = "the target's own (see rate_limit_observed)"
     else:
@@ -178,15 +188,32 @@ def summary_lines(out: dict[str, Any]) -> list[str]:
             f"{name:52.52} {r['kind']:>6} {r.get('requests', 0):7d} {r.get('failures', 0):5d} "
             + " ".join(f"{r.get(k) or 0:6.0f}" for k in ("p50_ms", "p95_ms", "p99_ms"))
         )
+    if verdict.get("unmeasured_routes"):
+        lines.append("gated routes without a request: " + ", ".join(verdict["unmeasured_routes"]))
     if verdict:
         state = "PASSED" if verdict["passed"] else "FAILED: " + "; ".join(verdict["problems"])
         lines.append(f"thresholds {state}")
+        lines.append(f"run id {verdict.get('run_id')} (in the accounts' emails and records' tags)")
     return lines
+
+
+def target_url(value: str) -> str:
+    """``--host``: empty, or an http(s) URL. A bare host (``HOST=0.0.0.0`` exported for
+    ``make run``) would otherwise become a target that every request fails against."""
+    url = urllib.parse.urlsplit(value)
+    if value and (url.scheme not in ("http", "https") or not url.hostname):
+        raise argparse.ArgumentTypeError(
+            f"the target must be an http(s) URL such as http://127.0.0.1:8000, not {value!r} "
+            "(make load reads HOST as that URL: unset an exported HOST=0.0.0.0 meant for make run)"
+        )
+    return value.rstrip("/")
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m loadtests.load")
-    p.add_argument("--host", default="", help="target base URL; empty: start the service here")
+    p.add_argument(
+        "--host", type=target_url, default="", help="target URL; empty: start the service here"
+    )
     p.add_argument("--users", type=int, default=100)
     p.add_argument("--spawn-rate", type=float, default=20)
     p.add_argument("--run-time", default="60s")
