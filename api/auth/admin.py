@@ -1,15 +1,22 @@
-"""ADMIN_EMAIL / ADMIN_PASSWORD: make sure that administrator exists when a worker starts.
+"""ADMIN_EMAIL / ADMIN_PASSWORD: make sure an administrator exists when a worker starts.
 
-Safe with several workers starting at once: the store's unique email index lets exactly one
-insert win; the others get a Conflict and find the record. An existing account is promoted
-only if ADMIN_PASSWORD is its password: otherwise whoever registered that email first (open
-registration) would be handed the admin role. ADMIN_PASSWORD is used only to create the
-account; a password changed later through the API is kept.
+Run at every worker start and store reconnection, so it must only ever repair, never undo:
+
+- No account with that email: create it (the store's unique email index lets exactly one of
+  several workers starting at once insert it; the others get a Conflict and find the record).
+- The account exists but is not an admin: promoted only when no admin exists at all (an admin
+  who demoted it meant it; the store's ``keep`` rule means a demotion always leaves another
+  admin) and only if ADMIN_PASSWORD is its password (otherwise whoever registered that email
+  first, through open registration, would be handed the admin role). Workers starting
+  together may both promote it: the second promotion changes nothing.
+- ADMIN_PASSWORD only creates the account: a password changed later through the API is kept,
+  and a warning says so when ADMIN_PASSWORD no longer matches (one bcrypt check per start).
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from api.auth.credentials import find_login
 from api.schemas.users import UserCreate
@@ -29,19 +36,47 @@ async def ensure_admin(store: Store, email: str, password: str) -> None:
         )
         try:
             await users.create_user(store, payload)
-            logger.info("created the administrator account %s", email)
+            logger.info("admin_created: created the administrator account %s", email)
             return
         except Conflict:
             record = await find_login(store, email)  # another worker won the race
-    if record is None or record.get("role") == "admin":
+    if record is None:
         return
-    stored = record.get("password_hash")
-    if isinstance(stored, str) and await verify_password(password, stored):
-        await users.set_role(store, str(record["id"]), "admin")
-        logger.warning("promoted the existing account %s to admin (ADMIN_EMAIL)", email)
-    else:
-        logger.error(
-            "ADMIN_EMAIL %s belongs to a non-admin account whose password is not ADMIN_PASSWORD;"
-            " not promoting it",
+    if record.get("role") == "admin":
+        if not await password_is(record, password):
+            logger.warning(
+                "admin_password_not_applied: the ADMIN_EMAIL account %s exists and its"
+                " password is not ADMIN_PASSWORD, which only creates the account; change the"
+                " password through the API (PATCH /api/v1/users/{id})",
+                email,
+            )
+        return
+    if await count_admins(store) > 0:
+        logger.warning(
+            "admin_email_not_admin: the ADMIN_EMAIL account %s exists but is not an admin and"
+            " other admins exist; left as is",
             email,
         )
+    elif await password_is(record, password):
+        await users.set_role(store, str(record["id"]), "admin")
+        logger.warning(
+            "admin_promoted: no admin existed; promoted the existing account %s (ADMIN_EMAIL)",
+            email,
+        )
+    else:
+        logger.error(
+            "admin_not_promoted: no admin exists and ADMIN_EMAIL %s belongs to a non-admin"
+            " account whose password is not ADMIN_PASSWORD; not promoting it",
+            email,
+        )
+
+
+async def count_admins(store: Store) -> int:
+    return int(
+        await store.call("count", {"table": users.TABLE, "where": [["role", "eq", "admin"]]})
+    )
+
+
+async def password_is(record: dict[str, Any], password: str) -> bool:
+    stored = record.get("password_hash")
+    return isinstance(stored, str) and await verify_password(password, stored)

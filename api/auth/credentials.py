@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 from typing import Any
 
 from pydantic import EmailStr, TypeAdapter, ValidationError
 
 from api.services import users
-from api.services.passwords import hash_password, verify_password
+from api.services.passwords import hash_password, verify_and_rehash, verify_password
 from api.store import Store
+from storeserver.errors import MemoryLimit, NotFound, VersionMismatch
 
 _dummy_hash: str | None = None
 _EMAIL: TypeAdapter[str] = TypeAdapter(EmailStr)
+logger = logging.getLogger("api.auth")
 
 
 def login_email(username: str) -> str:
@@ -56,9 +59,30 @@ async def check_credentials(store: Store, email: str, password: str) -> dict[str
     """The user (with hash) if the password is right; ``None`` otherwise, in constant work."""
     record = await find_login(store, email)
     stored = record.get("password_hash") if record else None
-    if not isinstance(stored, str):
+    if record is None or not isinstance(stored, str):
         await verify_password(password, await dummy_hash())
         return None
-    if not await verify_password(password, stored):
+    valid, rehashed = await verify_and_rehash(password, stored)
+    if not valid:
         return None
+    if rehashed is not None:
+        await store_rehash(store, record, rehashed)
     return record
+
+
+async def store_rehash(store: Store, record: dict[str, Any], new_hash: str) -> None:
+    """Replace a hash made at another cost than BCRYPT_ROUNDS, after a successful login.
+
+    The dummy hash uses the configured cost, so until then a wrong password for this account
+    takes measurably more or less time than an unknown email. The password is the same, so
+    the user's sessions are kept (no ``end_user_sessions``). The write is conditional on the
+    version just read: a password changed meanwhile is never overwritten with the old one.
+    """
+    args = {"table": users.TABLE, "id": str(record["id"]), "changes": {"password_hash": new_hash}}
+    try:
+        await store.call("patch", {**args, "expected_version": record["version"]})
+    except (VersionMismatch, NotFound):
+        pass  # changed or deleted since the read: that write stands
+    except MemoryLimit:
+        # Logging in must keep working at the memory limit; the next login tries again.
+        logger.warning("password hash not upgraded to BCRYPT_ROUNDS: store at its memory limit")

@@ -13,6 +13,7 @@ strings carry equal signatures) and honour ``exp`` on every hit. Revocation is n
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from collections import OrderedDict
@@ -98,12 +99,18 @@ class TokenService:
         lands between that read and now ends the user's sessions with a later timestamp, so
         these tokens are refused too (``sessions.check_not_revoked``): they are dated by what
         they were built from, not by when they were signed."""
-        now = time.time() if issued_at is None else issued_at
-        return TokenPair(
-            access_token=self._encode(user_id, role, session_id, "access", now, self.access_ttl),
-            refresh_token=self._encode(user_id, role, session_id, "refresh", now, self.refresh_ttl),
-            expires_in=self.access_ttl,
-        )
+        signed_at = time.time()
+        now = signed_at if issued_at is None else issued_at
+        access_exp = int(now) + self.access_ttl
+        access = self._encode(user_id, role, session_id, "access", now, access_exp)
+        refresh_exp = int(now) + self.refresh_ttl
+        refresh = self._encode(user_id, role, session_id, "refresh", now, refresh_exp)
+        # exp is rounded down (and issued_at may be earlier than now), so less than access_ttl
+        # is left: promise only the whole seconds that are. Not exp rounded up instead: a
+        # token would outlive by up to a second the revocation marks set at its issue, and
+        # ``_decode`` caps it at int(iat) + ttl anyway.
+        expires_in = max(access_exp - math.ceil(signed_at), 0)
+        return TokenPair(access_token=access, refresh_token=refresh, expires_in=expires_in)
 
     def verify(self, token: str, expected: TokenType) -> Claims:
         """The token's claims, or ``InvalidToken``; only access tokens are cached."""
@@ -118,7 +125,7 @@ class TokenService:
         return claims
 
     def _encode(
-        self, user_id: str, role: str, session_id: str, kind: TokenType, now: float, ttl: int
+        self, user_id: str, role: str, session_id: str, kind: TokenType, now: float, exp: int
     ) -> str:
         payload: dict[str, Any] = {
             "iss": ISSUER,
@@ -128,7 +135,7 @@ class TokenService:
             "jti": uuid.uuid4().hex,
             "typ": kind,
             "iat": round(now, 6),
-            "exp": int(now) + ttl,
+            "exp": exp,
         }
         return jwt.encode(payload, self.secret, algorithm=ALGORITHM)
 

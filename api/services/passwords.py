@@ -25,3 +25,11 @@ async def hash_password(password: str) -> str:
 async def verify_password(password: str, password_hash: str) -> bool:
     """Check a password against its stored hash, off the loop."""
     return await anyio.to_thread.run_sync(password_hasher().verify, password, password_hash)
+
+
+async def verify_and_rehash(password: str, password_hash: str) -> tuple[bool, str | None]:
+    """Whether the password is right and, if so and the hash was made at another cost than
+    BCRYPT_ROUNDS, a new hash of it at the configured cost (one thread call, off the loop)."""
+    return await anyio.to_thread.run_sync(
+        password_hasher().verify_and_update, password, password_hash
+    )

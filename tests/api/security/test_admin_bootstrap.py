@@ -1,18 +1,22 @@
-"""ADMIN_EMAIL / ADMIN_PASSWORD: one admin however many workers start, and an account that
-someone else registered with that email is never handed the admin role."""
+"""ADMIN_EMAIL / ADMIN_PASSWORD: one admin however many workers start, an account that
+someone else registered with that email is never handed the admin role, and what admins did
+since (a demotion, a new password) is never undone by a worker starting again."""
 
 from __future__ import annotations
 
+import os
 import secrets
+import signal
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from api.settings import DEV_ADMIN_PASSWORD
-from tests.support.auth import login_admin, register
+from tests.support.auth import login, login_admin, register
 from tests.support.factories import assert_error, user_payload
-from tests.support.stack import ADMIN_EMAIL, Stack, running_stack
+from tests.support.stack import ADMIN_EMAIL, ADMIN_PASSWORD, Stack, running_stack, worker_pids
 from tests.support.storedirect import store_call
 
 pytestmark = pytest.mark.integration
@@ -95,3 +99,58 @@ def test_the_last_admin_cannot_be_demoted_or_deleted() -> None:
         )
         assert promoted.status_code == 200, promoted.text
         assert http.patch(me, json={"role": "user"}, headers=admin.headers).status_code == 200
+
+
+def _replace_a_worker(stack: Stack) -> int:
+    """SIGKILL one worker and wait until its replacement answers (its start-up, ensure_admin
+    included, is over by then: the lifespan runs before a worker serves)."""
+    before = worker_pids(stack)
+    victim = min(before)
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        new = worker_pids(stack) - before
+        for _ in range(20 if new else 0):
+            with httpx.Client(base_url=stack.base_url) as fresh:  # a new connection each time
+                pid = fresh.get("/api/v1/health").headers["x-worker-pid"]
+            if int(pid) in new:
+                return int(pid)
+        time.sleep(0.1)
+    raise TimeoutError(f"no replacement for worker {victim}\n{stack.logs()}")
+
+
+def test_a_demoted_admin_email_account_stays_demoted_when_a_worker_restarts() -> None:
+    with running_stack(workers=2) as stack, httpx.Client(base_url=stack.base_url) as http:
+        boss = login_admin(http)
+        other = register(http)
+        promoted = http.patch(
+            f"/api/v1/users/{other.id}", json={"role": "admin"}, headers=boss.headers
+        )
+        assert promoted.status_code == 200, promoted.text
+        other = login(http, other.user["email"], other.password)
+        demoted = http.patch(
+            f"/api/v1/users/{boss.id}", json={"role": "user"}, headers=other.headers
+        )
+        assert demoted.status_code == 200 and demoted.json()["data"]["role"] == "user"
+        _replace_a_worker(stack)
+        assert _role(stack, ADMIN_EMAIL) == "user"
+        assert "admin_email_not_admin" in stack.logs()
+        assert "promoted" not in stack.logs()
+        # the former admin logs in as a user: 403 on the admin-only list
+        again = login(http, ADMIN_EMAIL, ADMIN_PASSWORD)
+        assert_error(http.get("/api/v1/users", headers=again.headers), 403)
+
+
+def test_a_new_admin_password_is_not_applied_and_says_so(tmp_path: Path) -> None:
+    base = {"STORE_DATA_DIR": str(tmp_path), "STORE_FSYNC": "always"}
+    form = {"username": ADMIN_EMAIL, "password": ADMIN_PASSWORD}
+    with running_stack(workers=1, extra_env=base) as first:
+        assert "admin_password_not_applied" not in first.logs()
+    changed = {**base, "ADMIN_PASSWORD": "another admin password"}
+    with running_stack(workers=2, extra_env=changed) as second:
+        assert second.logs().count("admin_password_not_applied") == 2  # one per worker
+        old = httpx.post(second.url("/api/v1/auth/token"), data=form)
+        assert old.status_code == 200, old.text
+        new = {**form, "password": changed["ADMIN_PASSWORD"]}
+        assert_error(httpx.post(second.url("/api/v1/auth/token"), data=new), 401)
+        assert _role(second, ADMIN_EMAIL) == "admin"

@@ -59,6 +59,29 @@ def test_verified_tokens_are_cached_and_the_cache_is_bounded(
     assert decodes == 4
 
 
+@pytest.mark.parametrize(
+    ("issued_at", "signed_at", "expires_in"),
+    [
+        (None, 0.0, 60),
+        (None, 0.7, 59),  # exp is 60 s after the whole second: 59.3 s left, not 60
+        (0.2, 0.5, 59),  # a login dates its tokens before the bcrypt check
+        (-0.1, 1.2, 57),
+    ],
+)
+def test_expires_in_never_promises_more_than_exp_allows(
+    monkeypatch: pytest.MonkeyPatch, issued_at: float | None, signed_at: float, expires_in: int
+) -> None:
+    service = TokenService(SECRET, access_ttl=60, refresh_ttl=3600, cache_size=0)
+    second = float(int(time.time()))  # PyJWT checks exp against the real clock
+    monkeypatch.setattr(time, "time", lambda: second + signed_at)
+    dated = None if issued_at is None else second + issued_at
+    pair = service.issue_pair("u1", "user", "s1", issued_at=dated)
+    assert pair.expires_in == expires_in
+    exp = service.verify(pair.access_token, "access").expires_at
+    assert exp - (second + signed_at) >= expires_in  # valid for all it promised
+    assert exp - (second + signed_at) < expires_in + 1  # and not a whole second more
+
+
 def test_cache_honours_expiry() -> None:
     cache = TokenCache(8)
     claims = Claims("u", "user", "s", "j", "access", time.time() - 100, int(time.time()) + 1)

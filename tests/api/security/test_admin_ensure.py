@@ -1,0 +1,126 @@
+"""``ensure_admin`` against an in-process engine: it creates the ADMIN_EMAIL account, and
+promotes an existing one only when no admin exists, so a demotion is never undone."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+from pwdlib import PasswordHash
+from pwdlib.hashers.bcrypt import BcryptHasher
+
+from api.auth.admin import ensure_admin
+from api.services import passwords
+from api.services.schema import SCHEMAS
+from storeserver.engine import Engine
+from tests.support.engine import run
+
+EMAIL = "boss@example.com"
+PASSWORD = "first boss passphrase"
+
+
+class EngineStore:
+    """A ``Store`` answered by a real engine (unique email, the last-admin ``keep`` rule)."""
+
+    def __init__(self) -> None:
+        self.engine = Engine()
+        self.commands: list[str] = []
+        for schema in SCHEMAS:
+            run(self.engine, "create_table", **schema)
+
+    async def call(
+        self, command: str, args: dict[str, Any] | None = None, *, timeout: float | None = None
+    ) -> Any:
+        self.commands.append(command)
+        return run(self.engine, command, **(args or {}))
+
+    def user(self, email: str) -> dict[str, Any]:
+        found = run(self.engine, "find", table="users", where=[["email", "eq", email]])
+        assert found["total"] == 1
+        record: dict[str, Any] = found["items"][0]
+        return record
+
+    def insert_user(self, email: str, role: str, password: str) -> dict[str, Any]:
+        record = {"email": email, "full_name": "X", "role": role}
+        record["password_hash"] = passwords.password_hasher().hash(password)
+        inserted: dict[str, Any] = run(self.engine, "insert", table="users", record=record)
+        return inserted
+
+
+@pytest.fixture(autouse=True)
+def cheap_bcrypt(monkeypatch: pytest.MonkeyPatch) -> None:
+    hasher = PasswordHash((BcryptHasher(rounds=4),))
+    monkeypatch.setattr(passwords, "password_hasher", lambda: hasher)
+
+
+@pytest.fixture
+def store() -> EngineStore:
+    return EngineStore()
+
+
+async def test_a_missing_account_is_created_as_admin(
+    store: EngineStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, "api.auth"):
+        await ensure_admin(store, EMAIL, PASSWORD)
+        await ensure_admin(store, EMAIL, PASSWORD)
+    assert store.user(EMAIL)["role"] == "admin"
+    assert caplog.text.count("admin_created") == 1
+    assert "admin_password_not_applied" not in caplog.text
+
+
+async def test_a_demoted_account_stays_demoted_while_another_admin_exists(
+    store: EngineStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    store.insert_user("x@example.com", "admin", "x password here")
+    store.insert_user(EMAIL, "user", PASSWORD)  # demoted by x, ADMIN_PASSWORD still its own
+    with caplog.at_level(logging.INFO, "api.auth"):
+        await ensure_admin(store, EMAIL, PASSWORD)
+    assert store.user(EMAIL)["role"] == "user"
+    assert "patch" not in store.commands and "kv_set" not in store.commands
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "admin_email_not_admin" in warnings[0].getMessage()
+    assert "left as is" in warnings[0].getMessage()
+
+
+async def test_an_account_is_promoted_when_no_admin_exists(
+    store: EngineStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    store.insert_user(EMAIL, "user", PASSWORD)
+    with caplog.at_level(logging.INFO, "api.auth"):
+        await ensure_admin(store, EMAIL, PASSWORD)
+        await ensure_admin(store, EMAIL, PASSWORD)  # the next worker: nothing left to do
+    assert store.user(EMAIL)["role"] == "admin"
+    assert caplog.text.count("admin_promoted") == 1
+
+
+async def test_no_admin_and_another_password_is_not_promoted(
+    store: EngineStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    store.insert_user(EMAIL, "user", "whoever registered it first")
+    with caplog.at_level(logging.INFO, "api.auth"):
+        await ensure_admin(store, EMAIL, PASSWORD)
+    assert store.user(EMAIL)["role"] == "user"
+    assert "not promoting" in caplog.text
+
+
+async def test_an_admin_whose_password_is_not_admin_password_is_left_with_a_warning(
+    store: EngineStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    inserted = store.insert_user(EMAIL, "admin", "changed through the API")
+    with caplog.at_level(logging.INFO, "api.auth"):
+        await ensure_admin(store, EMAIL, PASSWORD)
+    assert store.user(EMAIL)["version"] == inserted["version"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "admin_password_not_applied" in warnings[0]
+    assert "change the password through the API" in warnings[0]
+
+
+async def test_an_admin_with_admin_password_logs_nothing(
+    store: EngineStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    store.insert_user(EMAIL, "admin", PASSWORD)
+    with caplog.at_level(logging.INFO, "api.auth"):
+        await ensure_admin(store, EMAIL, PASSWORD)
+    assert not caplog.records
