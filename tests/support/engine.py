@@ -1,8 +1,10 @@
 """Helpers for tests that drive ``storeserver.engine.Engine`` directly: a settable clock
-(``Engine(clock=...)`` reads time only through it) and the run/fail shorthands."""
+(``Engine(clock=...)`` reads time only through it), the run/fail shorthands, and an API
+``Store`` answered in-process by an engine."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -34,3 +36,34 @@ def fail(engine: Engine, cls: type[StoreError], command: str, **args: Any) -> St
     with pytest.raises(cls) as info:
         run(engine, command, **args)
     return info.value
+
+
+class EngineStore:
+    """The API's ``Store`` answered in-process by a real engine holding the API's tables (the
+    unique email, the last-admin ``keep`` rule, hidden password hashes).
+
+    ``calls`` records every (command, args); ``before[command]`` runs just before that command
+    (to change the data under a caller, or to raise a store error in its place).
+    """
+
+    def __init__(self) -> None:
+        from api.services.schema import SCHEMAS  # the API's, only for the tests that use this
+
+        self.engine = Engine()
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.before: dict[str, Callable[[], None]] = {}
+        for schema in SCHEMAS:
+            run(self.engine, "create_table", **schema)
+
+    async def call(
+        self, command: str, args: dict[str, Any] | None = None, *, timeout: float | None = None
+    ) -> Any:
+        self.calls.append((command, dict(args or {})))
+        hook = self.before.get(command)
+        if hook is not None:
+            hook()
+        return run(self.engine, command, **(args or {}))
+
+    def sent(self, command: str) -> list[dict[str, Any]]:
+        """The arguments of every ``command`` call, in order."""
+        return [args for name, args in self.calls if name == command]

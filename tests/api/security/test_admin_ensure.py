@@ -12,28 +12,14 @@ from pwdlib.hashers.bcrypt import BcryptHasher
 
 from api.auth.admin import ensure_admin
 from api.services import passwords
-from api.services.schema import SCHEMAS
-from storeserver.engine import Engine
-from tests.support.engine import run
+from tests.support.engine import EngineStore, run
 
 EMAIL = "boss@example.com"
 PASSWORD = "first boss passphrase"
 
 
-class EngineStore:
-    """A ``Store`` answered by a real engine (unique email, the last-admin ``keep`` rule)."""
-
-    def __init__(self) -> None:
-        self.engine = Engine()
-        self.commands: list[str] = []
-        for schema in SCHEMAS:
-            run(self.engine, "create_table", **schema)
-
-    async def call(
-        self, command: str, args: dict[str, Any] | None = None, *, timeout: float | None = None
-    ) -> Any:
-        self.commands.append(command)
-        return run(self.engine, command, **(args or {}))
+class AdminStore(EngineStore):
+    """With the users this module reads and writes."""
 
     def user(self, email: str) -> dict[str, Any]:
         found = run(self.engine, "find", table="users", where=[["email", "eq", email]])
@@ -55,12 +41,12 @@ def cheap_bcrypt(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def store() -> EngineStore:
-    return EngineStore()
+def store() -> AdminStore:
+    return AdminStore()
 
 
 async def test_a_missing_account_is_created_as_admin(
-    store: EngineStore, caplog: pytest.LogCaptureFixture
+    store: AdminStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.INFO, "api.auth"):
         await ensure_admin(store, EMAIL, PASSWORD)
@@ -71,21 +57,21 @@ async def test_a_missing_account_is_created_as_admin(
 
 
 async def test_a_demoted_account_stays_demoted_while_another_admin_exists(
-    store: EngineStore, caplog: pytest.LogCaptureFixture
+    store: AdminStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     store.insert_user("x@example.com", "admin", "x password here")
     store.insert_user(EMAIL, "user", PASSWORD)  # demoted by x, ADMIN_PASSWORD still its own
     with caplog.at_level(logging.INFO, "api.auth"):
         await ensure_admin(store, EMAIL, PASSWORD)
     assert store.user(EMAIL)["role"] == "user"
-    assert "patch" not in store.commands and "kv_set" not in store.commands
+    assert not store.sent("patch") and not store.sent("kv_set")
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "admin_email_not_admin" in warnings[0].getMessage()
     assert "left as is" in warnings[0].getMessage()
 
 
 async def test_an_account_is_promoted_when_no_admin_exists(
-    store: EngineStore, caplog: pytest.LogCaptureFixture
+    store: AdminStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     store.insert_user(EMAIL, "user", PASSWORD)
     with caplog.at_level(logging.INFO, "api.auth"):
@@ -96,7 +82,7 @@ async def test_an_account_is_promoted_when_no_admin_exists(
 
 
 async def test_no_admin_and_another_password_is_not_promoted(
-    store: EngineStore, caplog: pytest.LogCaptureFixture
+    store: AdminStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     store.insert_user(EMAIL, "user", "whoever registered it first")
     with caplog.at_level(logging.INFO, "api.auth"):
@@ -106,7 +92,7 @@ async def test_no_admin_and_another_password_is_not_promoted(
 
 
 async def test_an_admin_whose_password_is_not_admin_password_is_left_with_a_warning(
-    store: EngineStore, caplog: pytest.LogCaptureFixture
+    store: AdminStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     inserted = store.insert_user(EMAIL, "admin", "changed through the API")
     with caplog.at_level(logging.INFO, "api.auth"):
@@ -118,7 +104,7 @@ async def test_an_admin_whose_password_is_not_admin_password_is_left_with_a_warn
 
 
 async def test_an_admin_with_admin_password_logs_nothing(
-    store: EngineStore, caplog: pytest.LogCaptureFixture
+    store: AdminStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     store.insert_user(EMAIL, "admin", PASSWORD)
     with caplog.at_level(logging.INFO, "api.auth"):

@@ -8,7 +8,6 @@ another BCRYPT_ROUNDS over the same data directory.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -17,11 +16,9 @@ from pwdlib.hashers.bcrypt import BcryptHasher
 
 from api.auth import credentials
 from api.services import passwords
-from api.services.schema import SCHEMAS
-from storeserver.engine import Engine
 from storeserver.errors import MemoryLimit
 from tests.support.auth import bearer, login
-from tests.support.engine import run
+from tests.support.engine import EngineStore, run
 from tests.support.factories import user_payload
 from tests.support.stack import Stack, running_stack
 from tests.support.storedirect import store_call
@@ -30,24 +27,8 @@ EMAIL = "ada@example.com"
 PASSWORD = "ada's passphrase"
 
 
-class EngineStore:
-    """A ``Store`` answered by a real engine; ``before_patch`` runs just before a patch."""
-
-    def __init__(self) -> None:
-        self.engine = Engine()
-        self.patches: list[dict[str, Any]] = []
-        self.before_patch: Any = None
-        for schema in SCHEMAS:
-            run(self.engine, "create_table", **schema)
-
-    async def call(
-        self, command: str, args: dict[str, Any] | None = None, *, timeout: float | None = None
-    ) -> Any:
-        if command == "patch":
-            self.patches.append(dict(args or {}))
-            if self.before_patch is not None:
-                self.before_patch()
-        return run(self.engine, command, **(args or {}))
+class LoginStore(EngineStore):
+    """With the one account's stored hash at hand."""
 
     def stored_hash(self) -> str:
         found = run(
@@ -71,8 +52,8 @@ def configured_cost_5(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def store() -> EngineStore:
-    store = EngineStore()
+def store() -> LoginStore:
+    store = LoginStore()
     record = {
         "email": EMAIL,
         "full_name": "Ada",
@@ -82,42 +63,42 @@ def store() -> EngineStore:
     return store
 
 
-async def test_a_login_rehashes_a_hash_of_another_cost_conditionally(store: EngineStore) -> None:
+async def test_a_login_rehashes_a_hash_of_another_cost_conditionally(store: LoginStore) -> None:
     assert await credentials.check_credentials(store, EMAIL, "wrong password") is None
-    assert store.patches == []  # only a successful login knows the password
+    assert store.sent("patch") == []  # only a successful login knows the password
     user = await credentials.check_credentials(store, EMAIL, PASSWORD)
     assert user is not None
-    (patch,) = store.patches
+    (patch,) = store.sent("patch")
     assert patch["expected_version"] == user["version"]  # a change since the read wins
     assert set(patch["changes"]) == {"password_hash"}
     assert cost(store.stored_hash()) == 5
     assert passwords.password_hasher().verify(PASSWORD, store.stored_hash())
     # at the configured cost now: nothing more to do
     assert await credentials.check_credentials(store, EMAIL, PASSWORD) is not None
-    assert len(store.patches) == 1
+    assert len(store.sent("patch")) == 1
 
 
-async def test_a_password_changed_during_the_login_is_kept(store: EngineStore) -> None:
+async def test_a_password_changed_during_the_login_is_kept(store: LoginStore) -> None:
     changed = BcryptHasher(rounds=5).hash("the new password")
 
     def change_password() -> None:
-        store.before_patch = None
+        del store.before["patch"]
         user_id = run(store.engine, "find", table="users")["items"][0]["id"]
         changes = {"password_hash": changed}
         run(store.engine, "patch", table="users", id=user_id, changes=changes)
 
-    store.before_patch = change_password
+    store.before["patch"] = change_password
     assert await credentials.check_credentials(store, EMAIL, PASSWORD) is not None
     assert store.stored_hash() == changed  # VERSION_MISMATCH: the rehash gave way
 
 
 async def test_a_store_at_its_memory_limit_still_lets_the_user_in(
-    store: EngineStore, caplog: pytest.LogCaptureFixture
+    store: LoginStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     def full() -> None:
         raise MemoryLimit("store memory limit reached")
 
-    store.before_patch = full
+    store.before["patch"] = full
     assert await credentials.check_credentials(store, EMAIL, PASSWORD) is not None
     assert cost(store.stored_hash()) == 4
     assert "not upgraded" in caplog.text
