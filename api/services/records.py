@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import math
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -62,7 +62,7 @@ class TypedTable:
     create: Callable[[Store, Record], Awaitable[Record]]
     replace: Callable[[Store, str, Record, IfMatch], Awaitable[Record]]
     update: Callable[[Store, str, Record, IfMatch], Awaitable[Record]]
-    new_record: Callable[[Record, Loc], Awaitable[Record]]
+    new_record: Callable[[Record, Loc], Coroutine[Any, Any, Record]]
     replace_changes: Callable[[Record, Loc], Awaitable[Record]]
     update_changes: Callable[[Record, Loc], Awaitable[Record]]
 
@@ -164,7 +164,14 @@ async def create_records(
         refuse_typed_upsert(table)
     if typed:
         users.check_hash_budget(len(items) if table == users.TABLE else 0)
-        builds = [typed.new_record(item, (*DATA, i)) for i, item in enumerate(items)]
+        builds: list[Coroutine[Any, Any, Record]] = []
+        try:
+            for index, item in enumerate(items):
+                builds.append(typed.new_record(item, (*DATA, index)))  # validates at once
+        except Exception:
+            for build in builds:  # a record before the invalid one: its hashing never runs
+                build.close()
+            raise
         stored = list(await asyncio.gather(*builds))
     else:
         for index, item in enumerate(items):
