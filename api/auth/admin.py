@@ -2,8 +2,9 @@
 
 Run at every worker start and store reconnection, so it must only ever repair, never undo:
 
-- No account with that email: create it (the store's unique email index lets exactly one of
-  several workers starting at once insert it; the others get a Conflict and find the record).
+- No account with that email and no admin at all: create it (the store's unique email index
+  lets exactly one of several workers starting at once insert it; the others get a Conflict
+  and find the record). With other admins there, it was deleted (or is new): left missing.
 - The account exists but is not an admin: promoted only when no admin exists at all (an admin
   who demoted it meant it; the store's ``keep`` rule means a demotion always leaves another
   admin) and only if ADMIN_PASSWORD is its password (otherwise whoever registered that email
@@ -30,6 +31,15 @@ logger = logging.getLogger("api.auth")
 
 async def ensure_admin(store: Store, email: str, password: str) -> None:
     record = await find_login(store, email)
+    if record is None and await count_admins(store) > 0:
+        # Deleted by an admin (or never made, with admins already there): recreating it
+        # at the next worker restart would undo that deletion.
+        logger.warning(
+            "admin_email_missing: no account %s (ADMIN_EMAIL), and other admins exist;"
+            " not creating it",
+            email,
+        )
+        return
     if record is None:
         payload = UserCreate(
             email=email, full_name="Administrator", password=password, role="admin"

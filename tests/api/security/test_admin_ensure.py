@@ -110,3 +110,16 @@ async def test_an_admin_with_admin_password_logs_nothing(
     with caplog.at_level(logging.INFO, "api.auth"):
         await ensure_admin(store, EMAIL, PASSWORD)
     assert not caplog.records
+
+
+async def test_a_deleted_account_stays_deleted_while_another_admin_exists(
+    store: AdminStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An admin deleted the ADMIN_EMAIL account: the next worker start must not recreate it."""
+    store.insert_user("x@example.com", "admin", "x password here")
+    with caplog.at_level(logging.INFO, "api.auth"):
+        await ensure_admin(store, EMAIL, PASSWORD)
+    found = run(store.engine, "find", table="users", where=[["email", "eq", EMAIL]])
+    assert found["total"] == 0 and not store.sent("insert")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "admin_email_missing" in warnings[0]
