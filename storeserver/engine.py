@@ -27,6 +27,7 @@ import resource
 import sys
 import time
 from collections.abc import Callable, Iterator
+from decimal import Decimal
 from typing import Any
 
 from storeserver.arguments import (
@@ -72,7 +73,7 @@ _TABLE_ARGS = frozenset({"table"})
 _SET_SCHEMA_ARGS = frozenset({"table", "schema", "force"})
 _SCAN_ARGS = frozenset({"table", "cursor", "limit", "include_hidden", "fields", "where"})
 _SCAN_CLOSE_ARGS = frozenset({"cursor"})
-_KV_SET_ARGS = frozenset({"key", "value", "ttl", "nx"})
+_KV_SET_ARGS = frozenset({"key", "value", "ttl", "nx", "gt"})
 _KEY_ARGS = frozenset({"key"})
 _KEYS_ARGS = frozenset({"keys"})
 _RATE_ARGS = frozenset({"key", "limit", "window", "peek", "refund"})
@@ -648,9 +649,18 @@ class Engine:
         value = copy_value(args["value"])
         ttl = positive_number(args, "ttl", required=False)
         nx = optional_bool(args, "nx")
+        gt = optional_bool(args, "gt")
+        if gt and not _is_number(value):
+            raise BadRequest("gt compares numbers: value must be a number", {"arg": "value"})
         self._kv.sweep()
         if nx and self._kv.contains(key):
             return False
+        if gt and self._kv.contains(key):
+            # A high-water mark (a time up to which something must be remembered): several
+            # writers may announce it at once, and a lower value must never replace a higher.
+            current = self._kv.get(key)
+            if _is_number(current) and current >= value:
+                return False
         expires_at = None if ttl is None else self._clock() + ttl
         self._kv.set(key, value, expires_at)
         if self._writer.journal:
@@ -710,6 +720,10 @@ class Engine:
 
 
 _NO_CONTEXT: tuple[None, None, None] = (None, None, None)
+
+
+def _is_number(value: Any) -> bool:
+    return type(value) in (int, float, Decimal)
 
 
 def _key(args: Args, name: str = "key") -> str:

@@ -1,8 +1,9 @@
 """Sessions and their revocation, kept in the store so every worker sees them at once.
 
 A login opens a session (an id carried as ``sid`` in both tokens); refreshing keeps the
-session and rotates the tokens. Three kinds of expiring keys, all with a TTL of the refresh
-lifetime, which outlives every token they concern:
+session and rotates the tokens. Three kinds of expiring keys, each kept until every token it
+concerns has expired by its own ``exp``, whatever the configuration says later (tokens are cut
+to the lifetime configured now, but raising it again would bring them back):
 
 - ``auth:session-revoked:<sid>``: logout, or reuse of a rotated refresh token. Every token of
   the session is refused from then on. A marker rather than a "live session" key, so a refresh
@@ -11,7 +12,13 @@ lifetime, which outlives every token they concern:
   Set when a password or role changes or the user is deleted: it ends all their sessions.
 - ``auth:refresh-used:<jti>``: set with ``nx`` when a refresh token is exchanged, so exactly
   one exchange of a given refresh token succeeds across all workers; a second presentation is
-  reuse (a stolen copy, or a replay) and revokes the whole session.
+  reuse (a stolen copy, or a replay) and revokes the whole session. Kept until that token's exp.
+
+The first two concern tokens nobody presents (a session's refresh tokens, all of a user's), so
+they are kept until ``auth:token-horizon``: the latest exp of any token issued, which every
+worker raises (``kv_set gt``) before its tokens leave it, at most about once a minute. Without
+it, a mark set while REFRESH_TOKEN_TTL was low expired before tokens signed under an earlier,
+higher setting, and setting it back revived them.
 """
 
 from __future__ import annotations
@@ -27,7 +34,11 @@ from api.store import Store
 SESSION_REVOKED = "auth:session-revoked:"
 USER_NOT_BEFORE = "auth:user-not-before:"
 REFRESH_USED = "auth:refresh-used:"
+TOKEN_HORIZON = "auth:token-horizon"
+# Announce a little past each exp, so a worker writes the horizon about once a minute.
+HORIZON_STEP = 60
 logger = logging.getLogger("api.auth")
+_announced = 0.0  # this worker's last announced horizon (0 in a new process)
 
 
 def revocation_keys(claims: Claims) -> tuple[str, str]:
@@ -51,23 +62,36 @@ async def ensure_not_revoked(store: Store, claims: Claims) -> None:
     check_not_revoked(claims, session_revoked, user_not_before)
 
 
+async def announce_expiry(store: Store, expires_at: int) -> None:
+    """Make sure the store's token horizon reaches ``expires_at`` before a token with that exp
+    is handed out (revocation marks set from then on outlive it)."""
+    global _announced
+    if expires_at <= _announced:
+        return
+    until = expires_at + HORIZON_STEP
+    ttl = until - time.time()
+    await store.call("kv_set", {"key": TOKEN_HORIZON, "value": until, "ttl": ttl, "gt": True})
+    _announced = until
+
+
 async def revoke_session(store: Store, session_id: str) -> None:
     """Logout: every token of this session is refused, on every worker, from now on."""
+    ttl = await _mark_ttl(store)
     await store.call(
-        "kv_set", {"key": SESSION_REVOKED + session_id, "value": time.time(), "ttl": _ttl()}
+        "kv_set", {"key": SESSION_REVOKED + session_id, "value": time.time(), "ttl": ttl}
     )
 
 
 async def end_user_sessions(store: Store, user_id: str) -> None:
     """Refuse every token issued to this user until now (password/role change, deletion)."""
-    await store.call(
-        "kv_set", {"key": USER_NOT_BEFORE + user_id, "value": time.time(), "ttl": _ttl()}
-    )
+    ttl = await _mark_ttl(store)
+    await store.call("kv_set", {"key": USER_NOT_BEFORE + user_id, "value": time.time(), "ttl": ttl})
 
 
 async def consume_refresh_token(store: Store, claims: Claims) -> None:
     """Mark a refresh token used, atomically across workers; reuse revokes its session."""
-    ttl = max(int(claims.expires_at - time.time()) + 1, 1)
+    last = max(claims.expires_at, claims.signed_expires_at)  # its exp, if a later setting allows
+    ttl = max(int(last - time.time()) + 1, 1)
     first_use = await store.call(
         "kv_set", {"key": REFRESH_USED + claims.token_id, "value": 1, "nx": True, "ttl": ttl}
     )
@@ -79,5 +103,11 @@ async def consume_refresh_token(store: Store, claims: Claims) -> None:
         raise InvalidToken("refresh token reused: the session is revoked")
 
 
-def _ttl() -> int:
-    return get_settings().refresh_token_ttl
+async def _mark_ttl(store: Store) -> float:
+    """How long a session's or a user's revocation mark must be kept: past every token issued
+    so far (the horizon), and at least the refresh lifetime configured now."""
+    horizon = await store.call("kv_get", {"key": TOKEN_HORIZON})
+    ttl = float(get_settings().refresh_token_ttl)
+    if isinstance(horizon, int | float) and not isinstance(horizon, bool):
+        ttl = max(ttl, horizon - time.time() + 1)
+    return ttl

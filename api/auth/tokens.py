@@ -41,7 +41,8 @@ class Claims:
     token_id: str
     token_type: TokenType
     issued_at: float
-    expires_at: int
+    expires_at: int  # the earlier of its exp and its iat plus the lifetime configured now
+    signed_expires_at: int = 0  # its exp: a later configuration may let it live that long
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +50,7 @@ class TokenPair:
     access_token: str
     refresh_token: str
     expires_in: int
+    refresh_expires_at: int = 0  # the refresh token's exp, the pair's last moment
 
 
 class TokenCache:
@@ -110,7 +112,7 @@ class TokenService:
         # token would outlive by up to a second the revocation marks set at its issue, and
         # ``_decode`` caps it at int(iat) + ttl anyway.
         expires_in = max(access_exp - math.ceil(signed_at), 0)
-        return TokenPair(access_token=access, refresh_token=refresh, expires_in=expires_in)
+        return TokenPair(access, refresh, expires_in, refresh_exp)
 
     def verify(self, token: str, expected: TokenType) -> Claims:
         """The token's claims, or ``InvalidToken``; only access tokens are cached."""
@@ -178,6 +180,7 @@ class TokenService:
             token_type=expected,
             issued_at=float(iat),
             expires_at=expires_at,
+            signed_expires_at=int(exp),
         )
 
 

@@ -11,7 +11,12 @@ from fastapi import APIRouter, Form, Request, Response
 from fastapi.exceptions import RequestValidationError
 
 from api.auth.credentials import check_credentials, login_email
-from api.auth.sessions import consume_refresh_token, ensure_not_revoked, revoke_session
+from api.auth.sessions import (
+    announce_expiry,
+    consume_refresh_token,
+    ensure_not_revoked,
+    revoke_session,
+)
 from api.auth.tokens import InvalidToken, TokenPair, new_session_id
 from api.deps import CurrentUser, StoreDep, TokensDep
 from api.errors import ApiError
@@ -155,6 +160,7 @@ async def create_token(
         raise error
     role = str(user.get("role") or users.DEFAULT_ROLE)
     pair = tokens.issue_pair(str(user["id"]), role, new_session_id(), issued_at=read_at)
+    await announce_expiry(store, pair.refresh_expires_at)
     return token_response(pair, limit_headers)
 
 
@@ -182,6 +188,7 @@ async def refresh_token(body: RefreshRequest, store: StoreDep, tokens: TokensDep
         raise bad_refresh_token() from None
     role = str(user.get("role") or users.DEFAULT_ROLE)
     pair = tokens.issue_pair(claims.subject, role, claims.session_id, issued_at=checked_at)
+    await announce_expiry(store, pair.refresh_expires_at)
     return token_response(pair)
 
 

@@ -1413,11 +1413,30 @@ def test_kv_ttl(engine: Engine, clock: FakeClock) -> None:
     assert run(engine, "stats")["kv_keys"] == 1
 
 
+def test_kv_set_gt_keeps_the_highest_value(engine: Engine, clock: FakeClock) -> None:
+    """A high-water mark several writers announce: a lower value never replaces a higher."""
+    assert run(engine, "kv_set", key="h", value=100, ttl=10, gt=True) is True  # absent
+    assert run(engine, "kv_set", key="h", value=90, ttl=50, gt=True) is False
+    assert run(engine, "kv_set", key="h", value=100, gt=True) is False  # not greater
+    assert run(engine, "kv_get", key="h") == 100
+    assert run(engine, "kv_set", key="h", value=Decimal("100.5"), ttl=20, gt=True) is True
+    assert run(engine, "kv_get", key="h") == Decimal("100.5")
+    clock.advance(21)  # expired: any value is stored again
+    assert run(engine, "kv_set", key="h", value=1, gt=True) is True
+    run(engine, "kv_set", key="s", value="text")
+    assert run(engine, "kv_set", key="s", value=5, gt=True) is True  # not a number: replaced
+    changes = engine.drain_changes()
+    assert [c[2] for c in changes if c[1] == "h"] == [100, Decimal("100.5"), 1]
+
+
 @pytest.mark.parametrize(
     "args",
     [
         {"key": "k"},
         {"value": 1},
+        {"key": "k", "value": "text", "gt": True},
+        {"key": "k", "value": True, "gt": True},
+        {"key": "k", "value": 1, "gt": "yes"},
         {"key": "", "value": 1},
         {"key": 5, "value": 1},
         {"key": "k" * 1025, "value": 1},

@@ -395,3 +395,14 @@ def test_generated_key_survives_a_restart_of_everything(tmp_path_factory: Any) -
 
 def _http(stack: Stack) -> httpx.Client:
     return httpx.Client(base_url=stack.base_url, timeout=10.0)
+
+
+def test_logins_and_refreshes_raise_the_token_horizon(anon: httpx.Client, stack: Stack) -> None:
+    """Before a pair leaves, the store's horizon covers its refresh token's exp: revocation
+    marks are kept that long (tests/api/security/test_session_marks.py)."""
+    account = register(anon)
+    refreshed = anon.post("/api/v1/auth/refresh", json={"refresh_token": account.refresh_token})
+    assert refreshed.status_code == 200, refreshed.text
+    exp = jwt.decode(refreshed.json()["refresh_token"], options={"verify_signature": False})["exp"]
+    horizon = store_call(stack, "kv_get", {"key": "auth:token-horizon"})
+    assert horizon >= exp
