@@ -202,9 +202,13 @@ def target_url(value: str) -> str:
     ``make run``) would otherwise become a target that every request fails against."""
     url = urllib.parse.urlsplit(value)
     if value and (url.scheme not in ("http", "https") or not url.hostname):
+        hint = ""
+        if "://" not in value and not value.replace(".", "").isdigit():
+            hint = f" (add the scheme: http://{value})"
+        elif "://" not in value:  # an address alone: most likely HOST exported for make run
+            hint = " (make load reads HOST as the target URL: unset a HOST meant for make run)"
         raise argparse.ArgumentTypeError(
-            f"the target must be an http(s) URL such as http://127.0.0.1:8000, not {value!r} "
-            "(make load reads HOST as that URL: unset an exported HOST=0.0.0.0 meant for make run)"
+            f"the target must be an http(s) URL such as http://127.0.0.1:8000, not {value!r}" + hint
         )
     return value.rstrip("/")
 

@@ -23,6 +23,22 @@ def test_a_target_that_is_not_a_url_exits_2(host: str, capsys: pytest.CaptureFix
 
 
 @pytest.mark.parametrize(
+    ("host", "hint"),
+    [
+        ("127.0.0.1:8151", "add the scheme: http://127.0.0.1:8151"),
+        ("localhost:8000", "add the scheme: http://localhost:8000"),
+        ("0.0.0.0", "unset a HOST meant for make run"),
+    ],
+)
+def test_the_refusal_hints_at_the_likely_mistake(
+    host: str, hint: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        load.parse(["--host", host])
+    assert hint in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
     ("host", "target"),
     [
         ("", ""),
@@ -43,7 +59,7 @@ def test_make_load_refuses_an_exported_bare_host() -> None:
         timeout=60,
     )
     assert done.returncode == 2
-    assert "unset an exported HOST=0.0.0.0" in done.stderr
+    assert "unset a HOST meant for make run" in done.stderr
 
 
 def test_summary_lists_unmeasured_routes_and_the_run_id() -> None:
