@@ -30,11 +30,15 @@ from typing import Any
 from api.auth.tokens import Claims, InvalidToken
 from api.settings import get_settings
 from api.store import Store
+from storeserver.errors import BadRequest
 
 SESSION_REVOKED = "auth:session-revoked:"
 USER_NOT_BEFORE = "auth:user-not-before:"
 REFRESH_USED = "auth:refresh-used:"
 TOKEN_HORIZON = "auth:token-horizon"
+# Without a horizon, live tokens can only come from an earlier release (which kept none) or
+# have all expired: marks are kept for that release's default refresh lifetime, 7 days.
+UNKNOWN_HORIZON_TTL = 7 * 86_400
 # Announce a little past each exp, so a worker writes the horizon about once a minute.
 HORIZON_STEP = 60
 logger = logging.getLogger("api.auth")
@@ -70,7 +74,12 @@ async def announce_expiry(store: Store, expires_at: int) -> None:
         return
     until = expires_at + HORIZON_STEP
     ttl = until - time.time()
-    await store.call("kv_set", {"key": TOKEN_HORIZON, "value": until, "ttl": ttl, "gt": True})
+    try:
+        await store.call("kv_set", {"key": TOKEN_HORIZON, "value": until, "ttl": ttl, "gt": True})
+    except BadRequest:
+        # A store of an earlier release (no ``gt``): logins must go on; marks then fall back
+        # to UNKNOWN_HORIZON_TTL. Said once per worker, as ``_announced`` stops the retries.
+        logger.warning("token_horizon_not_kept: the store does not take kv_set gt (upgrade it)")
     _announced = until
 
 
@@ -109,5 +118,5 @@ async def _mark_ttl(store: Store) -> float:
     horizon = await store.call("kv_get", {"key": TOKEN_HORIZON})
     ttl = float(get_settings().refresh_token_ttl)
     if isinstance(horizon, int | float) and not isinstance(horizon, bool):
-        ttl = max(ttl, horizon - time.time() + 1)
-    return ttl
+        return max(ttl, horizon - time.time() + 1)
+    return max(ttl, UNKNOWN_HORIZON_TTL)

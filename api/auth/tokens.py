@@ -105,7 +105,7 @@ class TokenService:
         now = signed_at if issued_at is None else issued_at
         access_exp = int(now) + self.access_ttl
         access = self._encode(user_id, role, session_id, "access", now, access_exp)
-        refresh_exp = int(now) + self.refresh_ttl
+        refresh_exp = self.refresh_expiry(now)
         refresh = self._encode(user_id, role, session_id, "refresh", now, refresh_exp)
         # exp is rounded down (and issued_at may be earlier than now), so less than access_ttl
         # is left: promise only the whole seconds that are. Not exp rounded up instead: a
@@ -113,6 +113,10 @@ class TokenService:
         # ``_decode`` caps it at int(iat) + ttl anyway.
         expires_in = max(access_exp - math.ceil(signed_at), 0)
         return TokenPair(access, refresh, expires_in, refresh_exp)
+
+    def refresh_expiry(self, issued_at: float) -> int:
+        """The exp of a refresh token issued at ``issued_at``."""
+        return int(issued_at) + self.refresh_ttl
 
     def verify(self, token: str, expected: TokenType) -> Claims:
         """The token's claims, or ``InvalidToken``; only access tokens are cached."""

@@ -182,13 +182,14 @@ async def refresh_token(body: RefreshRequest, store: StoreDep, tokens: TokensDep
     try:
         claims = tokens.verify(body.refresh_token, "refresh")
         await ensure_not_revoked(store, claims)
+        # Before the old token is spent: a store failure here must not cost the session.
+        await announce_expiry(store, tokens.refresh_expiry(checked_at))
         await consume_refresh_token(store, claims)
         user = await store.call("get", {"table": users.TABLE, "id": claims.subject})
     except (InvalidToken, NotFound):
         raise bad_refresh_token() from None
     role = str(user.get("role") or users.DEFAULT_ROLE)
     pair = tokens.issue_pair(claims.subject, role, claims.session_id, issued_at=checked_at)
-    await announce_expiry(store, pair.refresh_expires_at)
     return token_response(pair)
 
 

@@ -7,6 +7,7 @@ low must therefore outlive every token issued before, which the token horizon re
 
 from __future__ import annotations
 
+import logging
 import time
 from types import SimpleNamespace
 from typing import Any
@@ -14,8 +15,10 @@ from typing import Any
 import pytest
 
 from api.auth import sessions
-from api.auth.tokens import Claims
+from api.auth.tokens import Claims, TokenService
+from storeserver.errors import BadRequest, StoreUnavailable
 from tests.support.engine import EngineStore, run
+from tests.support.inprocess import in_process
 
 HOUR, FIVE_MINUTES = 3600, 300
 
@@ -78,3 +81,61 @@ async def test_a_used_refresh_token_is_remembered_until_its_own_exp(store: Engin
     claims = Claims("u", "user", "s", "jti1", "refresh", now - 10, now + 290, now + HOUR)
     await sessions.consume_refresh_token(store, claims)
     assert kept_for(store, sessions.REFRESH_USED + "jti1") > HOUR - 5
+
+
+async def test_without_a_horizon_marks_cover_an_earlier_release_tokens(
+    store: EngineStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No horizon yet (just upgraded, or every token expired): live tokens can only be an
+    earlier release's, signed under its default 7-day lifetime, whatever is configured now."""
+    configure(monkeypatch, FIVE_MINUTES)
+    await sessions.revoke_session(store, "s1")
+    assert kept_for(store, sessions.SESSION_REVOKED + "s1") > 7 * 86_400 - 5
+
+
+async def test_a_store_without_kv_set_gt_does_not_stop_logins(
+    store: EngineStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    def older_store() -> None:
+        raise BadRequest("unknown argument 'gt'", {"arg": "gt"})
+
+    store.before["kv_set"] = older_store
+    with caplog.at_level(logging.WARNING, "api.auth"):
+        await sessions.announce_expiry(store, int(time.time()) + HOUR)
+        await sessions.announce_expiry(store, int(time.time()) + HOUR + 1)
+    assert caplog.text.count("token_horizon_not_kept") == 1
+
+
+async def test_a_refresh_spends_its_token_only_after_the_horizon_is_raised(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """If the store fails while the horizon is raised, the refresh token is still unspent:
+    the client's retry works instead of counting as reuse and revoking the session."""
+    from api.deps import get_store, get_tokens
+    from api.main import create_app
+    from api.settings import Settings
+
+    monkeypatch.setattr(sessions, "_announced", 0.0)
+    service = TokenService("unit-test-signing-key-0123456789-ABCDEFGH", 60, 3600)
+    store = EngineStore()
+    user = run(store.engine, "insert", table="users", record={"email": "a@b.co", "role": "user"})
+    pair = service.issue_pair(str(user["id"]), "user", "s1", issued_at=time.time() - 1)
+    failing = {"on": True}
+    answer = store.call
+
+    async def store_down_for_the_horizon(command: str, args: Any = None, **kw: Any) -> Any:
+        if failing["on"] and (args or {}).get("key") == sessions.TOKEN_HORIZON:
+            raise StoreUnavailable("store restarting")  # just as the horizon is raised
+        return await answer(command, args, **kw)
+
+    monkeypatch.setattr(store, "call", store_down_for_the_horizon)
+    app = create_app(Settings())
+    app.dependency_overrides[get_store] = lambda: store
+    app.dependency_overrides[get_tokens] = lambda: service
+    body = {"refresh_token": pair.refresh_token}
+    async with in_process(app) as http:
+        first = await http.post("/api/v1/auth/refresh", json=body)
+        assert first.status_code == 503, first.text
+        failing["on"] = False
+        retried = await http.post("/api/v1/auth/refresh", json=body)
+    assert retried.status_code == 200, retried.text
