@@ -27,7 +27,6 @@ import logging
 from typing import TYPE_CHECKING
 
 import httptools
-import structlog
 from uvicorn.protocols.http.httptools_impl import (
     STATUS_LINE,
     HttpToolsProtocol,
@@ -35,10 +34,9 @@ from uvicorn.protocols.http.httptools_impl import (
 )
 
 from api.encoding import dumps
-from api.middleware import ACCESS_LOGGER, encoded_response_headers, new_request_id
+from api.middleware import access_log, encoded_response_headers, new_request_id
 
 log = logging.getLogger("api.connections")
-access_log = structlog.get_logger(ACCESS_LOGGER)
 
 if TYPE_CHECKING:
     from uvicorn._types import ASGI3Application
