@@ -38,23 +38,29 @@ from api.middleware import access_log, encoded_response_headers, new_request_id
 
 log = logging.getLogger("api.connections")
 
+MAX_URL_BYTES = 16 * 1024
+"""Request-target bytes (path and query) accepted; Node's limit for a whole head, twice
+Apache's ``LimitRequestLine``. A filter with a few hundred ids in ``[in]`` fits."""
+
 if TYPE_CHECKING:
     from uvicorn._types import ASGI3Application
 
 
-def bad_request(request_id: str, reason: str, server_headers: list[tuple[bytes, bytes]]) -> bytes:
-    """The whole 400 for an unparseable request: the error envelope with our headers.
+class Refusal(Exception):
+    """Raised from a parser callback to refuse the request being parsed; httptools turns it
+    into an ``HttpParserCallbackError`` and the protocol answers with these."""
 
-    ``reason`` is httptools' text ("Invalid method encountered"), a fixed string, never input.
-    """
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def refusal(refused: Refusal, request_id: str, server_headers: list[tuple[bytes, bytes]]) -> bytes:
+    """The whole answer to a refused request: the error envelope with our headers."""
     body = dumps(
         {
             "status": "error",
-            "error": {
-                "code": "BAD_REQUEST",
-                "message": f"The request is not valid HTTP/1.1: {reason}",
-                "details": [],
-            },
+            "error": {"code": refused.code, "message": refused.message, "details": []},
             "request_id": request_id,
         }
     )
@@ -67,14 +73,36 @@ def bad_request(request_id: str, reason: str, server_headers: list[tuple[bytes, 
         (b"connection", b"close"),
     ]
     head = b"".join(name + b": " + value + b"\r\n" for name, value in headers)
-    return STATUS_LINE[400] + head + b"\r\n" + body
+    return STATUS_LINE[refused.status] + head + b"\r\n" + body
+
+
+def head_problem(http_version: str, headers: list[tuple[bytes, bytes]]) -> Refusal | None:
+    """Why a parsed request head must be refused (RFC 9112), or None. ``headers`` have
+    lower-case names, as uvicorn collects them."""
+    hosts = 0
+    for name, value in headers:
+        if name == b"host":
+            hosts += 1
+        elif name == b"transfer-encoding":
+            codings = [c.strip().lower() for c in value.split(b",")]
+            if any(c != b"chunked" for c in codings):
+                return Refusal(
+                    501,
+                    "NOT_IMPLEMENTED",
+                    "Transfer-Encoding must be chunked (or absent): other codings are not "
+                    "decoded here",
+                )
+    if http_version == "1.1" and hosts != 1:
+        return Refusal(400, "BAD_REQUEST", "An HTTP/1.1 request needs exactly one Host header")
+    return None
 
 
 class HeaderDeadlineProtocol(HttpToolsProtocol):
     header_timeout = 10.0  # HEADER_TIMEOUT, set per worker by deploy/gunicorn.conf.py
     _header_timer: asyncio.TimerHandle | None = None
     _running: RequestResponseCycle | None = None  # the pipelined ones wait in ``self.pipeline``
-    _refusal: bytes | None = None  # the 400, once a request could not be parsed
+    _refusal: bytes | None = None  # the answer, once a request could not be parsed
+    _refused: Refusal | None = None  # why a callback stopped the parser, if one did
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -85,9 +113,23 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         if self._header_timer is None:  # a keep-alive connection's next request
             self._arm()
 
+    def on_url(self, url: bytes) -> None:
+        super().on_url(url)
+        if len(self.url) > MAX_URL_BYTES:
+            self._stop(
+                Refusal(414, "URI_TOO_LONG", f"The request target is over {MAX_URL_BYTES} bytes")
+            )
+
     def on_headers_complete(self) -> None:
         self._disarm()
+        problem = head_problem(self.parser.get_http_version(), self.headers)
+        if problem is not None:
+            self._stop(problem)
         super().on_headers_complete()
+
+    def _stop(self, refused: Refusal) -> None:
+        self._refused = refused
+        raise refused
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -153,16 +195,19 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
                 if cycle.response_started:
                     self.transport.close()  # too late for a 400
                     return
+        refused = self._refused or Refusal(
+            400, "BAD_REQUEST", f"The request is not valid HTTP/1.1: {exc}"
+        )
         request_id = new_request_id()
         # The request's one access line (as the middleware writes for the others).
         access_log.info(
             "access",
-            status=400,
+            status=refused.status,
             client=self.client[0] if self.client else None,
             request_id=request_id,
-            error=type(exc).__name__,
+            error=refused.code if self._refused else type(exc).__name__,
         )
-        self._refusal = bad_request(request_id, str(exc), self.server_state.default_headers)
+        self._refusal = refusal(refused, request_id, self.server_state.default_headers)
         if self._answered():
             self._send_refusal()
 

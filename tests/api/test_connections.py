@@ -13,6 +13,7 @@ import time
 import httpx
 import pytest
 
+from api.connections import MAX_URL_BYTES
 from tests.support.auth import Account
 from tests.support.factories import token
 from tests.support.logs import json_lines
@@ -43,12 +44,14 @@ def _log_size(stack: Stack) -> int:
     return (stack.workdir / "api.log").stat().st_size
 
 
-def assert_refused(response: RawResponse, reason: str) -> None:
-    """The 400 for an unparseable request: the envelope, our headers, and a closing connection."""
-    assert response.status == 400, response
+def assert_refused(
+    response: RawResponse, reason: str, status: int = 400, code: str = "BAD_REQUEST"
+) -> None:
+    """The answer to a refused request: the envelope, our headers, and a closing connection."""
+    assert response.status == status, response
     body = response.json()
     assert body["status"] == "error" and body["request_id"] == response.headers["x-request-id"]
-    assert body["error"]["code"] == "BAD_REQUEST" and body["error"]["details"] == []
+    assert body["error"]["code"] == code and body["error"]["details"] == []
     assert reason in body["error"]["message"]
     assert response.headers["content-type"] == "application/json"
     assert response.headers["connection"] == "close"
@@ -106,3 +109,53 @@ def test_broken_chunk_framing_is_400_for_that_request(stack: Stack, admin: Accou
     assert [r.status for r in responses] == [200, 400], responses
     assert_refused(responses[1], "chunk size")
     assert _error_lines(stack, start) == []
+
+
+def test_a_request_target_over_the_limit_is_414(stack: Stack) -> None:
+    """httptools takes up to 64 KiB, past which uvicorn answered 400 "User callback error"."""
+    fits = "/api/v1/health?pad=" + "a" * (MAX_URL_BYTES - 19)
+    too_long = fits + "a"
+    huge = "/api/v1/health?pad=" + "a" * 100_000
+    responses = _send(stack, request("GET", fits) + request("GET", too_long))
+    assert [r.status for r in responses] == [200, 414], responses
+    assert_refused(responses[1], f"over {MAX_URL_BYTES} bytes", 414, "URI_TOO_LONG")
+    (response,) = _send(stack, request("GET", huge))
+    assert_refused(response, "request target", 414, "URI_TOO_LONG")
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /api/v1/health HTTP/1.1\r\n\r\n",
+        b"GET /api/v1/health HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+    ],
+    ids=["no-host", "two-hosts"],
+)
+def test_an_http11_request_needs_exactly_one_host(stack: Stack, head: bytes) -> None:
+    """RFC 9112 §3.2: such a request is a 400 (a proxy and we could each read another Host)."""
+    (response,) = _send(stack, head)
+    assert_refused(response, "exactly one Host")
+
+
+def test_an_http10_request_without_host_is_served(stack: Stack) -> None:
+    (response,) = _send(stack, b"GET /api/v1/health HTTP/1.0\r\n\r\n")
+    assert response.status == 200, response
+
+
+@pytest.mark.parametrize("coding", ["gzip, chunked", "deflate,chunked"])
+def test_a_transfer_coding_other_than_chunked_is_501(
+    stack: Stack, admin: Account, coding: str
+) -> None:
+    """RFC 9112 §6.1; the coded body reached the JSON parser as if it were plain."""
+    table = f"t_{token()}"
+    post = request(
+        "POST",
+        f"/api/v1/data/{table}",
+        {**admin.headers, "Content-Type": "application/json", "Transfer-Encoding": coding},
+        b"12\r\n" + b'{"data": {"n": 1}}' + b"\r\n0\r\n\r\n",
+    )
+    responses = _send(stack, request("GET", "/api/v1/health") + post)
+    assert [r.status for r in responses] == [200, 501], responses
+    assert_refused(responses[1], "Transfer-Encoding must be chunked", 501, "NOT_IMPLEMENTED")
+    with httpx.Client(base_url=stack.base_url, headers=admin.headers) as http:
+        assert http.get(f"/api/v1/data/{table}").status_code == 404
