@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Header, Path, Query, Request
 from fastapi.dependencies.models import Dependant
@@ -323,6 +323,11 @@ def _list_query(
     return build_list_query(params, page, sort, after, before, fields, reserved)
 
 
+FILTERING: dict[Callable[..., Any], Fields | None] = {}
+"""The list-query dependencies and their filterable fields (``None``: any field); the
+filters are read from the query string as a whole, so ``api.openapi`` describes them."""
+
+
 def typed_list_query(
     fields: Fields, reserved: frozenset[str] = RESERVED
 ) -> Callable[..., Awaitable[ListQuery]]:
@@ -338,6 +343,7 @@ def typed_list_query(
     ) -> ListQuery:
         return _list_query(request, page, sort, created_after, created_before, fields, reserved)
 
+    FILTERING[parse] = fields
     return parse
 
 
@@ -371,6 +377,7 @@ async def parse_join_query(
     return _list_query(request, page, None, created_after, created_before, fields)
 
 
+FILTERING[parse_data_list_query] = FILTERING[parse_join_query] = None
 UserListQuery = Annotated[ListQuery, Depends(parse_user_list_query)]
 OrderListQuery = Annotated[ListQuery, Depends(parse_order_list_query)]
 DataListQuery = Annotated[ListQuery, Depends(parse_data_list_query)]

@@ -104,8 +104,15 @@ _DESCRIPTIONS = {
 }
 
 
+ETAG_HEADER = {
+    "ETag": {
+        "description": 'Weak tag of what was answered: W/"<version>" for a record',
+        "schema": {"type": "string"},
+    }
+}
 NOT_MODIFIED: dict[int | str, dict[str, Any]] = {
-    304: {"description": "Not modified (If-None-Match)"}
+    200: {"headers": ETAG_HEADER},
+    304: {"description": "Not modified (If-None-Match)", "headers": ETAG_HEADER},
 }
 """A GET that takes If-None-Match (``record_response``, ``list_response``)."""
 QUERY_MATCHED = {412: "If-None-Match matches the current result"}
