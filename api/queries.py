@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, Literal
 
 import orjson
@@ -95,14 +95,26 @@ def build_list_query(
 ) -> ListQuery:
     """Parse the query string; ``fields`` is ``None`` for a generic table, ``reserved`` the
     parameters that are not filters."""
+    params = list(params)
     where = [parse_filter(key, value, fields) for key, value in params if key not in reserved]
     if len(where) > MAX_FILTERS:
         raise bad_query("query", f"at most {MAX_FILTERS} filters are allowed")
-    if created_after is not None:
-        where.append(["created_at", "gt", parse_timestamp(created_after, "created_after")])
-    if created_before is not None:
-        where.append(["created_at", "lt", parse_timestamp(created_before, "created_before", "lt")])
+    # FastAPI hands over only the last of a repeated parameter; repeated filters are ANDed, so
+    # every bound counts, and the tightest of each kind is the AND of them all.
+    afters = _bounds(params, "created_after", created_after, "gt")
+    if afters:
+        where.append(["created_at", "gt", max(afters)])
+    befores = _bounds(params, "created_before", created_before, "lt")
+    if befores:
+        where.append(["created_at", "lt", min(befores)])
     return ListQuery(page, where, parse_sort(sort, fields))
+
+
+def _bounds(params: list[tuple[str, str]], name: str, value: str | None, op: str) -> list[str]:
+    """Every ``name`` in the query string (``value`` alone when the caller parsed none), in
+    the store's format; store times compare as strings in time order."""
+    texts = [text for key, text in params if key == name] or ([] if value is None else [value])
+    return [parse_timestamp(text, name, op) for text in texts]
 
 
 def parse_filter(key: str, raw: str, fields: Fields | None) -> list[Any]:
@@ -182,6 +194,25 @@ def parse_timestamp(text: str, name: str, op: str = "eq") -> str:
 # Python keeps the first six digits of a fraction; a non-zero digit after them is lost.
 _SUB_MICROSECOND = re.compile(r"[.,]\d{6}\d*[1-9]")
 ROUND_UP_OPERATORS = frozenset({"lt", "gte"})
+EQUALITY_OPERATORS = frozenset({"eq", "ne", "in"})
+FINER_THAN_STORED = (
+    "timestamps are stored to the microsecond; a value with non-zero digits past the sixth"
+    " decimal equals none of them (drop those digits, or use a range: gte/lt)"
+)
+
+
+def finer_than_stored(text: str, op: str) -> bool:
+    """Whether ``text`` compared with ``op`` is an equality no stored timestamp can meet.
+
+    Rounding it (as the range operators do, exactly) would match a different instant.
+    """
+    return op in EQUALITY_OPERATORS and _SUB_MICROSECOND.search(text) is not None
+
+
+# The notation orders' writes accept (``api.schemas.orders``): ASCII digits only, where
+# ``Decimal()`` also takes "1_000" and other scripts' digits. Unlike a price, a bound may be
+# zero or negative (``total_price__gt=0``).
+DECIMAL_TEXT = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*", re.ASCII)
 
 
 def store_time(moment: datetime) -> str:
@@ -221,15 +252,14 @@ def _coerce(raw: str, ftype: FieldType | None, key: str, op: str) -> Any:
     if ftype == "str":
         return raw
     if ftype == "timestamp":
-        return parse_timestamp(raw, key, op)
+        stamp = parse_timestamp(raw, key, op)
+        if finer_than_stored(raw, op):
+            raise invalid_value(f"query.{key}", FINER_THAN_STORED)
+        return stamp
     if ftype == "int":
         if _INT.fullmatch(raw) and int(raw) in _INT64:
             return int(raw)
         raise invalid_value(f"query.{key}", "expected an integer")
-    try:
-        number = Decimal(raw)
-    except InvalidOperation:
-        number = Decimal("NaN")
-    if not number.is_finite() or len(raw) > 40:
-        raise invalid_value(f"query.{key}", "expected a decimal number")
-    return number
+    if len(raw) > 40 or not DECIMAL_TEXT.fullmatch(raw):
+        raise invalid_value(f"query.{key}", "expected a decimal number in ASCII digits, e.g. 19.99")
+    return Decimal(raw)

@@ -10,24 +10,38 @@ from api.services.records import to_public
 from api.store import Store
 
 
-def singular(table: str) -> str:
-    """``users`` → ``user``, ``categories`` → ``category``; other names unchanged."""
+def singulars(table: str) -> set[str]:
+    """Every name ``table`` may be the plural of: ``users`` → user, ``categories`` → category,
+    ``addresses`` → address, ``movies`` → movie; a name without a final ``s`` is its own.
+
+    English spelling cannot tell ``addresses`` (drop "es") from ``horses`` (drop "s") without
+    a dictionary, so every rule's answer is a candidate; the wrong ones (``addresse``) name
+    no field anyone would join on.
+    """
+    if not table.endswith("s") or len(table) == 1:
+        return {table}
+    names = {table[:-1]}
+    if table.endswith("es") and len(table) > 2:
+        names.add(table[:-2])
     if table.endswith("ies") and len(table) > 3:
-        return table[:-3] + "y"
-    if table.endswith("s") and len(table) > 1:
-        return table[:-1]
-    return table
+        names.add(table[:-3] + "y")
+    return names
 
 
 def join_fields(left: str, right: str, key: str) -> tuple[str, str]:
     """Which field each side joins on.
 
-    A key named after a side (``user_id`` for ``users``) means that side's ``id``; otherwise
-    both sides use ``key``. So users/orders on user_id is ``users.id == orders.user_id``.
+    A key named after a side (``user_id`` for ``users``, ``address_id`` for ``addresses``)
+    means that side's ``id``; otherwise both sides use ``key``. So users/orders on user_id is
+    ``users.id == orders.user_id``.
     """
-    left_field = "id" if key == f"{singular(left)}_id" else key
-    right_field = "id" if key == f"{singular(right)}_id" else key
+    left_field = "id" if _names_side(key, left) else key
+    right_field = "id" if _names_side(key, right) else key
     return left_field, right_field
+
+
+def _names_side(key: str, table: str) -> bool:
+    return key.endswith("_id") and key[:-3] in singulars(table)
 
 
 async def join_tables(

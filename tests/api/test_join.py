@@ -89,3 +89,20 @@ def test_join_on_a_hidden_field_is_refused(client: httpx.Client) -> None:
     ):
         error = assert_error(client.get(path), 400, "BAD_REQUEST")
         assert error["details"][0]["field"] == "password_hash"
+
+
+@pytest.mark.parametrize(("plural", "singular"), [("addresses", "address"), ("boxes", "box")])
+def test_a_key_named_after_a_plural_in_es_means_that_tables_id(
+    client: httpx.Client, plural: str, singular: str
+) -> None:
+    """``addresses`` is not ``addresse``: ``<tag>_address_id`` names the addresses' ``id``."""
+    tag = f"j{token()}"
+    people, things = f"{tag}_people", f"{tag}_{plural}"
+    key = f"{tag}_{singular}_id"
+    thing = create_record(client, things, city="Oslo")
+    person = create_record(client, people, name="Ada", **{key: thing["id"]})
+    for left, right in ((people, things), (things, people)):
+        body = client.get(f"/api/v1/join/{left}/{right}/{key}").json()
+        assert body["meta"]["total"] == 1, body
+        row = body["data"][0]
+        assert (row[people]["id"], row[things]["id"]) == (person["id"], thing["id"])

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from api.errors import ApiError
 from api.queries import (
     EXPANDABLE,
+    FINER_THAN_STORED,
     OUT_OF_RANGE,
     RESERVED,
     Fields,
@@ -260,3 +261,72 @@ def test_finer_than_microsecond_bounds_round_by_operator(text: str, op: str, exp
 def test_created_before_with_nanoseconds_keeps_the_microsecond_it_passes() -> None:
     query = build([], before="2024-02-01T00:00:00.000000001Z")
     assert query.where == [["created_at", "lt", "2024-02-01T00:00:00.000001Z"]]
+
+
+@pytest.mark.parametrize("key", ["created_at", "updated_at__ne", "created_at__in"])
+def test_an_equality_finer_than_a_microsecond_is_a_422_naming_the_parameter(key: str) -> None:
+    # Rounded, ...09.8989885Z would match a record made at ...09.898988Z: a different instant.
+    with pytest.raises(ApiError) as info:
+        parse_filter(key, "2026-11-22T20:25:09.8989885Z", users.FIELDS)
+    assert info.value.status_code == 422
+    assert info.value.details == [{"field": f"query.{key}", "message": FINER_THAN_STORED}]
+
+
+def test_trailing_zeros_past_the_microsecond_and_ranges_are_still_exact() -> None:
+    at = "2026-11-22T20:25:09.898988Z"
+    assert parse_filter("created_at", "2026-11-22T20:25:09.898988000Z", users.FIELDS)[2] == at
+    assert parse_filter("order_date__in", "2026-11-22T20:25:09.8989880Z", orders.FIELDS)[2] == [at]
+    assert parse_filter("created_at__lte", "2026-11-22T20:25:09.8989885Z", users.FIELDS)[2] == at
+
+
+@pytest.mark.parametrize(
+    "raw", ["\u0661\u0660\u0660", "\uff11\uff10\uff10", "1_0_0", "100,5", "Infinity", "0x10", ""]
+)
+def test_decimal_filters_take_ascii_digits_only_as_writes_do(raw: str) -> None:
+    with pytest.raises(ApiError) as info:
+        parse_filter("total_price", raw, orders.FIELDS)
+    assert info.value.status_code == 422
+    assert info.value.details[0]["field"] == "query.total_price"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("100", "100"),
+        (" 100 ", "100"),
+        ("1e2", "1E+2"),
+        ("-1.5", "-1.5"),
+        ("0", "0"),
+        (".5", "0.5"),
+    ],
+)
+def test_decimal_filters_keep_every_ascii_notation(raw: str, expected: str) -> None:
+    assert parse_filter("total_price__gte", raw, orders.FIELDS)[2] == Decimal(expected)
+
+
+def test_repeated_created_bounds_are_anded() -> None:
+    params = [
+        ("created_after", "2030-01-01"),
+        ("created_after", "2000-01-01"),
+        ("created_before", "2000-06-01"),
+        ("created_before", "2040-01-01"),
+    ]
+    # As FastAPI passes them: the last of each.
+    query = build(params, after="2000-01-01", before="2040-01-01")
+    assert query.where == [
+        ["created_at", "gt", "2030-01-01T00:00:00.000000Z"],
+        ["created_at", "lt", "2000-06-01T00:00:00.000000Z"],
+    ]
+
+
+def test_every_repeated_bound_is_checked() -> None:
+    with pytest.raises(ApiError) as info:
+        build([("created_after", "soon"), ("created_after", "2024-01-01")], after="2024-01-01")
+    assert info.value.status_code == 422
+    assert info.value.details[0]["field"] == "query.created_after"
+
+
+def test_a_malformed_timestamp_is_named_as_such_whatever_its_digits() -> None:
+    with pytest.raises(ApiError) as info:
+        parse_filter("created_at", "soon.1234567", users.FIELDS)
+    assert info.value.details[0]["message"].startswith("expected an ISO 8601")

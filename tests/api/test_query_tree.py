@@ -401,3 +401,22 @@ def test_query_body_errors(client: httpx.Client) -> None:
     assert_error(client.post(url, content=b"{", headers={"Content-Type": "application/json"}), 422)
     assert_error(client.post(url, json={}), 404, "NOT_FOUND")
     assert_error(client.post("/api/v1/data/_x/query", json={}), 400, "INVALID_TABLE_NAME")
+
+
+def test_a_users_limit_says_what_the_owner_condition_takes(anon: httpx.Client) -> None:
+    """The store's 8 levels hold with the owner condition in the tree: a user's 8 would be
+    refused by the store anyway, so the 400 says where the eighth went."""
+    me = register(anon)
+    deep: dict[str, Any] = {"field": "quantity", "op": "gt", "value": 0}
+    for _ in range(7):
+        deep = {"not": deep}
+    response = anon.post("/api/v1/orders/query", json={"filter": deep}, headers=me.headers)
+    error = assert_error(response, 400, "LIMIT_EXCEEDED")
+    assert error["details"][0]["field"] == "body.filter" + ".not" * 7
+    assert "the condition the API adds (your own records only) takes 1" in error["message"]
+    aggregate = anon.post(
+        "/api/v1/orders/aggregate",
+        json={"filter": deep, "metrics": [{"op": "count", "as": "n"}]},
+        headers=me.headers,
+    )
+    assert "of the store's 8" in assert_error(aggregate, 400, "LIMIT_EXCEEDED")["message"]

@@ -1,0 +1,115 @@
+"""List filters through the API: values no stored record can equal, decimal notation, repeated
+date bounds, and the documented edges of the filter semantics (README, "Lists")."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from api.queries import FINER_THAN_STORED
+from tests.support.auth import register
+from tests.support.factories import assert_error, create_order, create_record, create_user, token
+
+pytestmark = pytest.mark.integration
+
+
+def _finer(stamp: str) -> str:
+    """The same microsecond plus half of one: ``...09.898988Z`` → ``...09.8989885Z``."""
+    return stamp[:-1] + "5Z"
+
+
+@pytest.mark.parametrize("key", ["created_at", "created_at__ne", "order_date__in"])
+def test_an_order_equality_finer_than_a_microsecond_is_a_422(
+    client: httpx.Client, key: str
+) -> None:
+    order = create_order(client, create_user(client)["id"])
+    stamp = order[key.partition("__")[0]]
+    response = client.get("/api/v1/orders", params={key: _finer(stamp)})
+    error = assert_error(response, 422, "VALIDATION_ERROR")
+    assert error["details"] == [{"field": f"query.{key}", "message": FINER_THAN_STORED}]
+    exact = client.get("/api/v1/orders", params={key.partition("__")[0]: stamp})
+    assert [o["id"] for o in exact.json()["data"]] == [order["id"]]
+
+
+def test_a_query_body_equality_finer_than_a_microsecond_is_a_422(client: httpx.Client) -> None:
+    order = create_order(client, create_user(client)["id"])
+    tree = {"field": "created_at", "op": "eq", "value": _finer(order["created_at"])}
+    response = client.post("/api/v1/orders/query", json={"filter": tree})
+    error = assert_error(response, 422, "VALIDATION_ERROR")
+    assert error["details"][0]["field"] == "body.filter.value"
+    assert error["details"][0]["message"] == FINER_THAN_STORED
+
+
+def test_a_generic_tables_created_at_equality_finer_than_a_microsecond_is_a_422(
+    client: httpx.Client,
+) -> None:
+    table = f"lf_{token()}"
+    record = create_record(client, table, n=1)
+    response = client.get(
+        f"/api/v1/data/{table}", params={"created_at": _finer(record["created_at"])}
+    )
+    error = assert_error(response, 422, "VALIDATION_ERROR")
+    assert error["details"][0]["field"] == "query.created_at"
+
+
+@pytest.mark.parametrize("value", ["\u0661\u0660\u0660", "\uff11\uff10\uff10", "1_0_0"])
+def test_decimal_filters_take_ascii_digits_only(client: httpx.Client, value: str) -> None:
+    listed = client.get("/api/v1/orders", params={"total_price": value})
+    error = assert_error(listed, 422, "VALIDATION_ERROR")
+    assert error["details"][0]["field"] == "query.total_price"
+    tree = {"field": "total_price", "op": "eq", "value": value}
+    queried = client.post("/api/v1/orders/query", json={"filter": tree})
+    error = assert_error(queried, 422, "VALIDATION_ERROR")
+    assert error["details"][0]["field"] == "body.filter.value"
+
+
+@pytest.mark.parametrize(
+    ("bounds", "matches"),
+    [
+        ([("created_after", "2000-01-01"), ("created_after", "2999-01-01")], False),
+        ([("created_after", "2999-01-01"), ("created_after", "2000-01-01")], False),
+        ([("created_before", "2000-01-01"), ("created_before", "2999-01-01")], False),
+        ([("created_after", "2000-01-01"), ("created_before", "2999-01-01")], True),
+    ],
+)
+def test_repeated_created_bounds_are_anded(
+    client: httpx.Client, bounds: list[tuple[str, str]], matches: bool
+) -> None:
+    user = create_user(client)
+    order = create_order(client, user["id"])
+    response = client.get("/api/v1/orders", params=[("user_id", user["id"]), *bounds])
+    assert response.status_code == 200, response.text
+    assert [o["id"] for o in response.json()["data"]] == ([order["id"]] if matches else [])
+
+
+def test_documented_filter_edges(client: httpx.Client, anon: httpx.Client) -> None:
+    """What the README's list section states about ties, case, ne, contains and ``__`` names."""
+    table = f"lf_{token()}"
+    rows = [create_record(client, table, **fields) for fields in ({"n": 1}, {"n": 1}, {"m": 2})]
+    rows.append(create_record(client, table, n=None, s="abc", **{"a__b": 1}))
+    url = f"/api/v1/data/{table}"
+
+    def ids(**params: str) -> list[str]:
+        response = client.get(url, params=params)
+        assert response.status_code == 200, response.text
+        return [r["id"] for r in response.json()["data"]]
+
+    # Ties keep creation order, ascending, whatever the direction.
+    assert ids(sort="n:desc", n__exists="true") == [rows[0]["id"], rows[1]["id"]]
+    # ne also matches a field that is missing or null.
+    assert ids(n__ne="1") == [rows[2]["id"], rows[3]["id"]]
+    # contains with an empty value matches every string.
+    assert ids(s__contains="") == [rows[3]["id"]]
+    # A name with __ in it needs its operator spelled out.
+    assert ids(a__b__eq="1") == [rows[3]["id"]]
+    assert_error(client.get(url, params={"a__b": "1"}), 400, "BAD_QUERY")
+    # email: eq/ne/in ignore case; contains, startswith and ranges do not.
+    account = register(anon, email=f"Case-{token()}@Example.com")
+    email = account.user["email"]
+    users = "/api/v1/users"
+    for params in ({"email": email.lower()}, {"email__in": email.upper()}):
+        assert [u["id"] for u in client.get(users, params=params).json()["data"]] == [account.id]
+    assert client.get(users, params={"email__contains": email.lower()}).json()["data"] == []
+    assert client.get(users, params={"email__startswith": email.lower()}).json()["data"] == []
+    others = client.get(users, params={"email__ne": email.lower(), "id": account.id})
+    assert others.json()["data"] == []
