@@ -61,7 +61,10 @@ FilterNot.model_rebuild()
 FilterField = Annotated[
     FilterNode | None,
     SkipValidation,
-    Field(description="A filter tree: at most 8 levels and 100 nodes"),
+    Field(
+        description="A filter tree: at most 8 levels and 100 nodes (a plain user's on orders: 7"
+        " and 98, as the condition limiting it to their own orders takes the rest)"
+    ),
 ]
 SortField = Annotated[
     str | None,
