@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from api.jobs import imports as _imports  # noqa: F401  (registers what a lost import says)
 from api.jobs import kinds as _kinds  # noqa: F401  (registers the job kinds)
 from api.jobs.runner import JobRunner
 from api.settings import Settings

@@ -85,14 +85,25 @@ class JobContext:
     jobs: JobStore
     results: Path
     cancel_requested: bool = False
+    final_progress: dict[str, Any] | None = None
+    """Set by a job that ends with other progress than it ran with: recorded with its final
+    state, in the same write (retried while the store restarts)."""
 
     async def checkpoint(
-        self, done: int | None = None, total: int | None = None, unit: str = "rows"
+        self,
+        done: int | None = None,
+        total: int | None = None,
+        unit: str = "rows",
+        confirmed: dict[str, Any] | None = None,
     ) -> None:
-        """Between chunks: record progress (if given), let the loop run, stop if cancelled."""
+        """Between chunks: record progress (if given), let the loop run, stop if cancelled.
+        ``confirmed``: what the job has surely done so far, kept in its record (not shown)
+        for what it says if its worker is lost (``state.LOST_CHANGES``)."""
         if done is not None:
-            progress = {"done": done, "total": total, "unit": unit}
-            job = await self.jobs.touch(self.job_id, {"progress": progress})
+            changes: dict[str, Any] = {"progress": {"done": done, "total": total, "unit": unit}}
+            if confirmed is not None:
+                changes["confirmed"] = confirmed
+            job = await self.jobs.touch(self.job_id, changes)
             self.cancel_requested = self.cancel_requested or bool(job.get("cancel_requested"))
         else:
             await asyncio.sleep(0)
@@ -253,6 +264,9 @@ class JobRunner:
         from_: tuple[str, ...] = ("running",),
     ) -> None:
         changes = {"state": state, "finished_at": now_stamp(), "result": result, "error": error}
+        ctx = self._contexts.get(job_id)
+        if ctx is not None and ctx.final_progress is not None:
+            changes["progress"] = ctx.final_progress
         await self._while_the_store_restarts(lambda: self.jobs.transition(job_id, from_, changes))
 
     async def _while_the_store_restarts(self, step: Callable[[], Awaitable[T]]) -> T:

@@ -4,6 +4,7 @@ guarded by ``expected_version``, heartbeats, the sweep of stale jobs and old res
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,6 +17,9 @@ WORKER_LOST = {
     "code": "WORKER_LOST",
     "message": "the worker running this job stopped (crash, kill or stuck loop); start it again",
 }
+LOST_CHANGES: dict[str, Callable[[Job], dict[str, Any]]] = {}
+"""Per kind, the ``error`` (and ``progress``) of a job lost with its worker, from its record,
+where "start it again" would do harm: an import's rows stay written (``api.jobs.imports``)."""
 # A transition re-reads and retries when a heartbeat bumped the version in between.
 TRANSITION_ATTEMPTS = 5
 SWEEP_LIMIT = 100
@@ -57,6 +61,9 @@ class JobStore:
 
     async def fail_if_stale(self, job: Job) -> Job:
         changes = {"state": "failed", "error": WORKER_LOST, "finished_at": now_stamp()}
+        lost = LOST_CHANGES.get(str(job.get("kind")))
+        if lost is not None:
+            changes.update(lost(job))
         updated = await self.transition(job["id"], ACTIVE, changes, only_if_stale=True)
         return updated or await self.store.call("get", {"table": TABLE, "id": job["id"]})
 

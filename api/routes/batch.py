@@ -20,6 +20,7 @@ from api.deps import (
 )
 from api.errors import ApiError, bad_query
 from api.http_metrics import MeteredRoute
+from api.jobs.imports import KIND as IMPORT_KIND
 from api.jobs.imports import body_size, copy_upload, import_job
 from api.jobs.web import AsyncFlag, JobsDep, accepted, job_or_now, run_as_job
 from api.queries import Page, build_list_query
@@ -115,7 +116,7 @@ async def _import_job(
     jobs: JobsDep, caller: AdminUser, table: str, binary: IO[bytes], atomic: bool
 ) -> Response:
     params = {"table": table, "atomic": atomic}
-    job = await jobs.submit("import", str(caller.id), params, import_job(table, binary, atomic))
+    job = await jobs.submit(IMPORT_KIND, str(caller.id), params, import_job(table, binary, atomic))
     return accepted(job)
 
 

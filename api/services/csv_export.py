@@ -8,10 +8,11 @@ socket, and an indexed equality (``user_id=...``) reads that index's ids instead
 A filtered read may come back empty with a cursor (the store bounds the rows it examines per
 read); only the end of the cursor ends the export. The columns are fixed at the start:
 ``users`` and ``orders`` have their public fields; a generic table has ``id``, the fields of
-its first rows in order of appearance (the first chunk; with a filter, the table's first
-``HEADER_SAMPLE`` rows, so an export matching nothing still has the table's header), the
-store-managed fields, and ``_extra``, a JSON map of any field a later record has that is not a
-column (empty when there is none), and of a field named ``""`` (no column can have that name).
+the table's first ``HEADER_SAMPLE`` records in order of appearance (whatever the filter or the
+chunk size, so an export matching nothing still has the table's header, and a job's file is
+the request's), at most ``MAX_COLUMNS`` in all (what the import takes), the store-managed
+fields, and ``_extra``, a JSON map of any field a record has that is not a column (empty when
+there is none), and of a field named ``""`` (no column can have that name).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 from api.services import orders, users
-from api.services.csv_rows import EXTRA, Record
+from api.services.csv_rows import EXTRA, MAX_COLUMNS, Record
 from api.services.csvio import ABSENT, encode_cell, encode_name
 from api.services.dumps import open_scan
 from api.store import Store
@@ -36,12 +37,16 @@ _TO_PUBLIC: dict[str, Callable[[Record], Record]] = {users.TABLE: users.to_publi
 _META = ("created_at", "updated_at", "version")
 CHUNK_ROWS = 1000
 """Records per ``scan`` read (the store's page maximum): about a millisecond of its loop."""
-HEADER_SAMPLE = 100
-"""Rows a filtered export of a generic table reads (``find``) for its columns."""
+HEADER_SAMPLE = 1000
+"""A generic table's columns are the fields of its first ``HEADER_SAMPLE`` records."""
+_SAMPLE_PAGE = 100
+"""Records per ``find`` when the first chunk is not the sample (a filter, an export job's
+smaller chunks): few, so that big records still fit in one reply; only their names are kept."""
 
 
-def columns_for(table: str, first: Iterable[Record]) -> tuple[tuple[str, ...], bool]:
-    """The header, and whether it ends with the ``_extra`` column."""
+def columns_for(table: str, first: Iterable[Iterable[str]]) -> tuple[tuple[str, ...], bool]:
+    """The header, and whether it ends with the ``_extra`` column (``first``: the first
+    records, or their field names)."""
     typed = _TYPED_COLUMNS.get(table)
     if typed is not None:
         return typed, False
@@ -51,7 +56,8 @@ def columns_for(table: str, first: Iterable[Record]) -> tuple[tuple[str, ...], b
     # "" cannot name a column (the importer needs every column named): it goes in _extra.
     for name in (*_META, EXTRA, ""):
         names.pop(name, None)
-    return (*names, *_META), True
+    # A sparse or wide table's fields past the import's limit go in _extra too.
+    return (*list(names)[:MAX_COLUMNS], *_META), True
 
 
 class CsvEncoder:
@@ -78,7 +84,7 @@ class CsvEncoder:
             record = self.public(record)
         cells = [encode_cell(record.get(name, ABSENT)) for name in self.columns]
         if self.extra:
-            if record.keys() - self.known:  # rare: a field no record of the first chunk had
+            if record.keys() - self.known:  # rare: a field not among the first records'
                 others = {k: v for k, v in record.items() if k not in self.known}
                 cells.append(encode_cell(others))
             else:
@@ -99,12 +105,12 @@ async def open_export(
     """Read the first chunk now (a missing table is a 404 before streaming starts) and return
     the CSV as an iterator of byte strings."""
     scan = await open_scan(store, table, chunk, where)
-    if not where:
-        sample = scan.head
-    else:
-        # The header is the table's, whatever matches (even none): from its first rows.
-        head = {"table": table, "limit": min(chunk, HEADER_SAMPLE)}
-        sample = [] if table in _TYPED_COLUMNS else (await store.call("find", head))["items"]
+    # The header is the table's, whatever matches (even none) and whatever the chunk size.
+    sample: Iterable[Iterable[str]] = scan.head[:HEADER_SAMPLE]
+    if table in _TYPED_COLUMNS:
+        sample = []
+    elif where or (len(scan.head) < HEADER_SAMPLE and scan.cursor):
+        sample = await _first_fields(store, table)
     columns, extra = columns_for(table, sample)
     encoder = CsvEncoder(table, columns, extra)
 
@@ -118,3 +124,15 @@ async def open_export(
             scan.close()  # closing this generator leaves the scan's own at its ``yield``
 
     return stream()
+
+
+async def _first_fields(store: Store, table: str) -> list[list[str]]:
+    """The field names of the table's first ``HEADER_SAMPLE`` records."""
+    names: list[list[str]] = []
+    while len(names) < HEADER_SAMPLE:
+        size = min(_SAMPLE_PAGE, HEADER_SAMPLE - len(names))
+        page = await store.call("find", {"table": table, "offset": len(names), "limit": size})
+        names += [list(record) for record in page["items"]]
+        if not page["items"] or len(names) >= page["total"]:
+            break
+    return names

@@ -21,12 +21,11 @@ So does an atomic batch whose outcome is unknown (the connection lost, no answer
 from __future__ import annotations
 
 import asyncio
-import csv
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from api.errors import CONFLICT_CODES, STORE_STATUS, ApiError
+from api.errors import CONFLICT_CODES, STORE_STATUS, ApiError, schema_error_details
 from api.services.csv_rows import Record, RowError, RowReader, read_rows, reader_for
 from api.store import Store
 from storeserver.errors import (
@@ -37,13 +36,13 @@ from storeserver.errors import (
     StoreError,
     StoreTimeout,
     StoreUnavailable,
+    ValidationFailed,
 )
 
 IMPORT_PATH = "/api/v1/batch/import"
 CHUNK_ROWS = 500
 ATOMIC_MAX_ROWS = 1000  # the store's maximum batch size
 MAX_ERRORS = 100
-CELL_MAX_CHARS = 1 << 20
 Pause = Callable[[], Awaitable[None]]
 """Awaited after every ``CHUNK_ROWS`` rows read: lets the loop run (a job reports progress
 and stops there when cancelled)."""
@@ -109,7 +108,6 @@ async def import_csv(
     """Import the CSV in ``binary`` into ``table``; the report (``ImportReport.as_dict``).
 
     ``report``: filled as the import goes (a job reads it when the import stops early)."""
-    csv.field_size_limit(CELL_MAX_CHARS)
     header, rows = read_rows(binary)
     reader = reader_for(table, header)
     report = report if report is not None else ImportReport(table, atomic)
@@ -216,7 +214,7 @@ async def write_chunk(
                 report.unconfirmed = None
             index = _failed_index(exc, len(part))
             report.failed += 1
-            report.add([_store_row_error(exc, part[index][0])])
+            report.add(_store_row_errors(exc, part[index][0]))
             parts += [part[index + 1 :], part[:index]]  # the rows before it go first
             continue
         report.unconfirmed = None
@@ -306,10 +304,9 @@ async def _import_atomic(
             raise ApiError(status, code, message, [{"field": None, "message": message}]) from None
         index = _failed_index(exc, len(ops))
         code = CONFLICT_CODES.get(str(exc.details.get("reason")), code)
-        error = _store_row_error(exc, numbers[index])
-        raise ApiError(
-            status, code, f"row {error.row}: {exc.message}; nothing was imported", [error.as_dict()]
-        ) from None
+        errors = _store_row_errors(exc, numbers[index])
+        message = f"row {numbers[index]}: {exc.message}; nothing was imported"
+        raise ApiError(status, code, message, [error.as_dict() for error in errors]) from None
     report.imported = len(ops)
 
 
@@ -387,9 +384,14 @@ def _failed_index(exc: StoreError, size: int) -> int:
     return index
 
 
-def _store_row_error(exc: StoreError, number: int) -> RowError:
+def _store_row_errors(exc: StoreError, number: int) -> list[RowError]:
+    """The store's refusal of row ``number``: a table schema's, one error per violation
+    naming its field (as ``POST /data`` does); else one, with the field its details name."""
+    if isinstance(exc, ValidationFailed):
+        found = schema_error_details(exc, ())
+        return [RowError(number, d["field"] or None, d["message"]) for d in found]
     details = exc.details
     field = details.get("field")
     if field is None and details.get("reason") == "duplicate_id":
         field = "id"
-    return RowError(number, str(field) if field is not None else None, exc.message)
+    return [RowError(number, str(field) if field is not None else None, exc.message)]

@@ -590,3 +590,56 @@ def test_a_malformed_line_is_a_failed_row_and_the_report_says_where_reading_stop
     assert report["stopped_at_row"] == 2
     assert [(e["row"], e["field"]) for e in report["errors"]] == [(2, None)]
     assert "the rest of the file was not read" in report["errors"][0]["message"]
+
+
+def test_a_record_whose_cells_pass_1_mib_round_trips_and_so_do_the_rows_after_it(
+    client: httpx.Client, stack: Stack
+) -> None:
+    """A long list of floats (3 bytes each in JSON, 6 characters in a cell) and late fields
+    that land in one _extra cell, both past 1 MiB: every row imports back."""
+    table = f"csv_big_{token()}"
+    records: list[dict[str, Any]] = [{"id": f"s{n:04}", "a": n} for n in range(CHUNK_ROWS)]
+    records[5]["v"] = [1.0] * 250_000
+    records.append({"id": "late", "a": 0, "note1": "x" * 600_000, "note2": "y" * 600_000})
+    records += [{"id": f"t{n}", "a": n} for n in range(5)]
+    bulk_insert(stack, table, records)
+    text = export(client, table)
+    default_limit = csv.field_size_limit(1 << 24)  # this test's own reading of the file
+    try:
+        rows = rows_of(text)
+    finally:
+        csv.field_size_limit(default_limit)
+    assert rows[0] == ["id", "a", "v", *MANAGED, "_extra"]
+    assert len(rows[6][2]) > 1 << 20 and len(rows[CHUNK_ROWS + 1][-1]) > 1 << 20
+    copy = f"{table}_copy"
+    response = import_csv(client, copy, text)
+    assert response.status_code == 200, response.text
+    report = response.json()["data"]
+    assert (report["rows"], report["imported"], report["failed"]) == (1006, 1006, 0)
+    assert stored(stack, copy) == {r["id"]: r for r in records}
+
+
+@pytest.mark.parametrize(
+    "records",
+    [
+        [{"id": f"w{n}", f"a{n}": n, f"b{n}": "x", f"c{n}": True} for n in range(400)],
+        [{"id": "one", **{f"f{n}": n for n in range(996)}}],
+        [{"id": "two", **{f"f{n}": n for n in range(1200)}}],
+    ],
+    ids=["sparse", "996-fields", "1200-fields"],
+)
+def test_sparse_and_wide_tables_round_trip(
+    client: httpx.Client, stack: Stack, records: list[dict[str, Any]]
+) -> None:
+    """The header keeps at most 1000 columns of fields (the rest go in _extra), and the import
+    does not count the store-managed columns and _extra among them."""
+    table = f"csv_wide_{token()}"
+    bulk_insert(stack, table, records)
+    text = export(client, table)
+    header = rows_of(text)[0]
+    assert len(header) <= 1000 + len(MANAGED) + 1 and header[-1] == "_extra"
+    copy = f"{table}_copy"
+    response = import_csv(client, copy, text)
+    assert response.status_code == 200, response.text
+    assert response.json()["data"]["imported"] == len(records)
+    assert stored(stack, copy) == {r["id"]: r for r in records}

@@ -191,10 +191,10 @@ async def test_an_import_job_of_invalid_rows_reports_progress_as_it_reads(
         result = await import_job("t", io.BytesIO(body), False)(ctx)
     assert result is not None and result["failed"] == count
     assert ticker.midway(count) == set(range(CHUNK_ROWS, count, CHUNK_ROWS))
-    *during, final = jobs.progress
+    during = jobs.progress
     assert during, "no progress before the end"
     assert all(0 < p["done"] < len(body) and p["unit"] == "bytes" for p in during)
-    assert final == {"done": len(body), "total": len(body), "unit": "bytes"}
+    assert ctx.final_progress == {"done": len(body), "total": len(body), "unit": "bytes"}
 
 
 class RecordingJobs:
@@ -336,7 +336,7 @@ async def test_a_cancelled_import_job_records_the_rows_it_imported(
     with pytest.raises(JobCancelled):
         await import_job("t", io.BytesIO(valid_rows(3000)), False)(ctx)
     assert store.count("t") == CHUNK_ROWS
-    assert jobs.progress[-1] == {"done": CHUNK_ROWS, "total": None, "unit": "rows"}
+    assert ctx.final_progress == {"done": CHUNK_ROWS, "total": None, "unit": "rows"}
 
 
 async def test_an_import_job_stopped_with_its_worker_records_the_rows_it_kept(
@@ -353,7 +353,7 @@ async def test_an_import_job_stopped_with_its_worker_records_the_rows_it_kept(
     with pytest.raises(asyncio.CancelledError):
         await task
     kept = store.count("t")
-    assert jobs.progress[-1] == {"done": kept, "total": None, "unit": "rows"}
+    assert ctx.final_progress == {"done": kept, "total": None, "unit": "rows"}
 
 
 # -- 3. a malformed line is a failure, and the report says the file was not read to the end --
@@ -362,6 +362,7 @@ MALFORMED = [
     b'a,b\n1,2\n3,"x"y\n5,6\n7,8\n',  # a quote inside an unquoted... after a closing quote
     b"a,b\n1,2\n3,caf\xe9\n5,6\n7,8\n",  # not UTF-8
     b'a,b\n1,2\n3,"x\n5,6\n7,8\n',  # a quote never closed
+    b"a,b\r1,2\r3,caf\xe9\r5,6\r7,8\r",  # not UTF-8, lines ended by lone CRs
 ]
 
 
@@ -398,6 +399,37 @@ async def test_a_file_read_to_the_end_has_no_stop(http: httpx.AsyncClient) -> No
     report = (await post_csv(http, "t", valid_rows(3, bad=frozenset({2})))).json()["data"]
     assert (report["rows"], report["imported"], report["failed"]) == (3, 2, 1)
     assert "stopped_at_row" not in report
+
+
+SCHEMA = {
+    "type": "object",
+    "properties": {"stock": {"type": "integer", "minimum": 0}},
+    "required": ["stock"],
+}
+
+
+@pytest.mark.parametrize("atomic", ["false", "true"])
+async def test_a_row_the_table_schema_refuses_names_its_column(
+    http: httpx.AsyncClient, store: EngineStore, atomic: str
+) -> None:
+    store.engine.execute("create_table", {"table": "t"})
+    store.engine.execute("set_schema", {"table": "t", "schema": SCHEMA})
+    body = b"id,stock\nneg,-1\nmissing,\n"
+    response = await post_csv(http, "t", body, atomic=atomic)
+    if atomic == "true":
+        assert response.status_code == 422, response.text
+        error = response.json()["error"]
+        assert error["code"] == "VALIDATION_ERROR"
+        assert error["message"].startswith("row 1: the record does not match the schema of t")
+        assert error["details"] == [
+            {"row": 1, "field": "stock", "message": "-1 is less than the minimum of 0"}
+        ]
+        return
+    assert response.status_code == 200, response.text
+    assert response.json()["data"]["errors"] == [
+        {"row": 1, "field": "stock", "message": "-1 is less than the minimum of 0"},
+        {"row": 2, "field": "stock", "message": "'stock' is a required property"},
+    ]
 
 
 # -- 4. an order's date is checked as POST /orders checks it --------------------------------

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from api.errors import ApiError
 from api.services.csv_export import CsvEncoder, columns_for
 from api.services.csv_import import ImportReport, write_chunk
-from api.services.csv_rows import RowError, read_rows, reader_for
+from api.services.csv_rows import MAX_COLUMNS, RowError, read_rows, reader_for
 from api.services.csvio import (
     ABSENT,
     INJECTION_START,
@@ -453,3 +453,81 @@ def test_malformed_csv_names_its_own_line() -> None:
     error = rows[-1][1]
     assert isinstance(error, RowError) and error.row == 2
     assert error.message.startswith("malformed CSV near line 3 ")
+
+
+def test_cr_only_lines_stream_and_a_bad_byte_is_blamed_on_its_row() -> None:
+    """Lines ended by lone CRs (old Mac files) are read one by one, as LF and CRLF lines are:
+    a bad byte on row 8 stops the rows there, not at the header."""
+    lines = [b"a,b", *(b"%d,ok" % n for n in range(1, 8)), b"8,caf\xe9", b"9,ok", b"10,ok"]
+    body = b"\r".join(lines) + b"\r"
+    header, rows = read_all(body)
+    assert header == ["a", "b"]
+    assert [row for _, row in rows[:7]] == [[str(n), "ok"] for n in range(1, 8)]
+    [(number, error)] = rows[7:]
+    assert number == 8 and isinstance(error, RowError)
+    bad = body.index(b"\xe9")
+    assert f"row 8 is not UTF-8 (byte {bad} of the file)" in error.message
+
+
+def test_a_cr_only_file_is_not_read_whole_for_its_first_row() -> None:
+    body = b"a,b\r" + b"".join(b"%d,%s\r" % (n, b"x" * 100) for n in range(20_000))
+    binary = io.BytesIO(body)
+    header, rows = read_rows(binary)
+    assert (header, next(rows)) == (["a", "b"], (1, ["0", "x" * 100]))
+    assert binary.tell() < len(body) // 10
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"a,b\r" + b"1," + b"x" * 70_000 + b"\r\n2,y\r3,z\n",  # a CRLF split between reads
+        b"a,b\r\n1,2\r",  # a CR last
+        b"a,b\r\r\n\n1,2",  # blank lines of each kind
+    ],
+)
+def test_line_ends_split_across_reads_read_as_before(body: bytes) -> None:
+    expected = list(csv.reader(io.StringIO(body.decode(), newline="")))
+    header, rows = read_all(body)
+    assert [header, *[row for _, row in rows]] == [row for row in expected if row]
+
+
+@pytest.mark.parametrize(
+    ("cell", "text"),
+    [
+        ("x" * 1_500_000, "x" * 1_500_000),
+        ("[" + ",".join(["1.0e0"] * 250_000) + "]", '"[' + ",".join(["1.0e0"] * 250_000) + ']"'),
+        ("two\nlines" * 150_000, '"' + "two\nlines" * 150_000 + '"'),
+    ],
+    ids=["bare", "quoted", "quoted-over-many-lines"],
+)
+def test_a_cell_longer_than_1_mib_is_read_and_so_are_the_rows_after_it(
+    cell: str, text: str
+) -> None:
+    """The export writes such cells (a record's late fields in one _extra map, a long list of
+    floats): the body limit bounds them, not a smaller limit of the reader's."""
+    header, rows = read_all(f"id,v\r\nbig,{text}\r\nnext,1\r\n".encode())
+    assert header == ["id", "v"]
+    assert rows == [(1, ["big", cell]), (2, ["next", "1"])]
+
+
+def test_the_header_of_a_sparse_or_wide_table_stays_within_what_the_import_takes() -> None:
+    """400 records of 4 fields of their own: 1,601 names; the columns are the first 1,000
+    (id included), the other fields go in _extra, and the file imports back."""
+    first = [{"id": f"w{n}", **{f"{c}{n}": n for c in "abcd"}} for n in range(400)]
+    columns, extra = columns_for("things", first)
+    assert len(columns) == MAX_COLUMNS + 3 and columns[:3] == ("id", "a0", "b0") and extra
+    encoder = CsvEncoder("things", columns, extra)
+    header, *rows = rows_of((encoder.header() + encoder.rows(first)).decode())
+    reader = reader_for("things", header)
+    assert [reader.read(row, n) for n, row in enumerate(rows, 1)] == [(r, []) for r in first]
+
+
+def test_the_import_counts_only_the_columns_of_fields() -> None:
+    fields = ["id", *(f"f{n}" for n in range(MAX_COLUMNS - 1))]
+    reader_for("things", [*fields, "created_at", "updated_at", "version", "_extra"])
+    with pytest.raises(ApiError) as caught:
+        reader_for("things", [*fields, "one_more", "_extra"])
+    assert caught.value.status_code == 400
+    assert caught.value.message == (
+        "at most 1000 columns besides created_at, updated_at, version, _extra"
+    )

@@ -465,6 +465,22 @@ def test_csv_export_job_result_is_the_csv_export(jobs_stack: Stack, http: httpx.
     assert b",C-inf,1e999,," in download.content  # written, not a failed job
 
 
+def test_csv_export_job_has_the_columns_of_the_request(jobs_stack: Stack, http: httpx.Client):
+    """A field first met at record 600: past the job's first chunk (DUMP_CHUNK_SIZE, 500), within
+    the request's (1000). Both choose the columns from the same first records."""
+    rows = [{"id": f"h{i:04}", "a": i, **({"late": "x"} if i >= 600 else {})} for i in range(900)]
+    bulk_insert(jobs_stack, "job_csv_late", rows)
+    url = "/api/v1/batch/job_csv_late/export"
+    sync = http.get(url, params={"async": "false"})
+    assert sync.status_code == 200, sync.text
+    assert sync.text.startswith("id,a,late,created_at,updated_at,version,_extra\r\n")
+    started = http.get(url, params={"async": "true"})
+    assert started.status_code == 202, started.text
+    done = wait_for(http, started.json()["data"]["id"], {"succeeded", "failed"})
+    assert done["state"] == "succeeded", done
+    assert http.get(done["result"]["url"]).content == sync.content
+
+
 def test_import_job_report_is_the_synchronous_report(http: httpx.Client):
     lines = ["sku,qty"] + [f"I-{i},{i}" for i in range(300)] + ["bad,not json {"]
     body = ("\n".join(lines) + "\n").encode()

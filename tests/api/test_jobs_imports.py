@@ -1,0 +1,148 @@
+"""CSV import jobs (api.jobs.imports) that end badly, in-process: the runner and the real job
+record in an engine. A store restart under the import, and a worker lost mid-import, must
+both leave the job saying how many rows it imported: those rows stay, and a rerun of the whole
+file would import them twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from api.jobs.imports import import_job
+from api.jobs.model import TABLE as JOBS
+from api.jobs.model import now_stamp, to_public
+from api.jobs.runner import JobRunner
+from api.settings import Settings
+from storeserver.errors import NotFound, StoreUnavailable
+from tests.support.engine import EngineStore, run
+
+
+class RestartingStore(EngineStore):
+    """``batch`` number ``fail_at`` loses its connection, and the store stays away for
+    ``down_for`` seconds after it (a restart); ``batch`` number ``stick_at`` never answers
+    until ``release`` is set (a worker frozen mid-import)."""
+
+    def __init__(self, fail_at: int = 0, down_for: float = 0.0, stick_at: int = 0) -> None:
+        super().__init__()
+        self.fail_at, self.down_for, self.stick_at = fail_at, down_for, stick_at
+        self.batches = 0
+        self.down_until = 0.0
+        self.stuck = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def call(
+        self, command: str, args: dict[str, Any] | None = None, *, timeout: float | None = None
+    ) -> Any:
+        await asyncio.sleep(0)
+        if time.monotonic() < self.down_until:
+            raise StoreUnavailable("the connection to the store was lost")
+        if command == "batch":
+            self.batches += 1
+            if self.batches == self.fail_at:
+                self.down_until = time.monotonic() + self.down_for
+                raise StoreUnavailable("the connection to the store was lost")
+            if self.batches == self.stick_at:
+                self.stuck.set()
+                await self.release.wait()
+        return await super().call(command, args, timeout=timeout)
+
+    def count(self, table: str) -> int:
+        try:
+            return int(run(self.engine, "count", table=table))
+        except NotFound:
+            return 0
+
+
+def valid_rows(count: int) -> bytes:
+    """Rows without ids: importing them twice would duplicate them."""
+    return b"n\n" + b"".join(b"%d\n" % i for i in range(1, count + 1))
+
+
+def settings(tmp_path: Path) -> Settings:
+    # Every checkpoint records progress (one heartbeat apart at most).
+    return Settings(job_result_dir=str(tmp_path), job_heartbeat_seconds=1e-6, job_stale_seconds=5)
+
+
+async def test_a_store_restart_leaves_the_progress_in_rows_imported(tmp_path: Path) -> None:
+    """Batch 3 loses the store, which is away for a moment: the job's final state, recorded once
+    the store is back, has its progress in rows imported (not the bytes read before)."""
+    store = RestartingStore(fail_at=3, down_for=0.3)
+    runner = JobRunner(store, settings(tmp_path))  # type: ignore[arg-type]
+    try:
+        func = import_job("t", io.BytesIO(valid_rows(3000)), False)
+        job = await runner.submit("import", "owner", {"table": "t", "atomic": False}, func)
+        await asyncio.wait_for(asyncio.shield(runner._tasks[job["id"]]), 10)
+    finally:
+        await runner.stop()
+    done = to_public(run(store.engine, "get", table=JOBS, id=job["id"]))
+    assert done["state"] == "failed" and done["error"]["code"] == "STORE_UNAVAILABLE"
+    assert done["progress"] == {"done": 1000, "total": None, "unit": "rows"}
+    assert store.count("t") == 1000
+
+
+async def test_an_import_lost_with_its_worker_says_what_was_imported(tmp_path: Path) -> None:
+    """The worker freezes in batch 5 (rows 2001-2500) and stops beating: the job is marked
+    WORKER_LOST with the rows its last checkpoint confirmed, and no "start it again"."""
+    store = RestartingStore(stick_at=5)
+    runner = JobRunner(store, settings(tmp_path))  # type: ignore[arg-type]  # no heartbeats
+    try:
+        func = import_job("t", io.BytesIO(valid_rows(3000)), False)
+        job = await runner.submit("import", "owner", {"table": "t", "atomic": False}, func)
+        await asyncio.wait_for(store.stuck.wait(), 10)
+        record = run(store.engine, "get", table=JOBS, id=job["id"])
+        confirmed = record["confirmed"]
+        assert confirmed["imported"] > 0  # the checkpoints recorded what was written
+        long_ago = now_stamp(datetime.now(UTC) - timedelta(minutes=1))
+        run(store.engine, "patch", table=JOBS, id=job["id"], changes={"heartbeat_at": long_ago})
+        lost = to_public(await runner.jobs.get(job["id"]))
+    finally:
+        store.release.set()
+        await runner.stop()
+    imported, last = confirmed["imported"], confirmed["last_row_written"]
+    assert store.count("t") >= imported
+    error = lost["error"]
+    assert lost["state"] == "failed" and error["code"] == "WORKER_LOST"
+    assert "start it again" not in error["message"]
+    assert f"at least {imported} rows were imported" in error["message"]
+    assert f"rows after row {last} may have been too" in error["message"]
+    assert "Do not import the whole file again" in error["message"]
+    assert error["details"] == [
+        {
+            "field": None,
+            "message": f"at least {imported} rows imported, up to row {last}",
+            "imported": imported,
+            "failed": 0,
+            "last_row_written": last,
+        }
+    ]
+    assert lost["progress"] == {"done": imported, "total": None, "unit": "rows"}
+
+
+@pytest.mark.parametrize(
+    ("kind", "params", "says"),
+    [
+        ("import", {"table": "t", "atomic": False}, "rows may have been imported"),
+        ("import", {"table": "t", "atomic": True}, "writes all its rows or none"),
+        ("export", {"table": "t"}, "start it again"),  # read-only: a rerun is safe
+        ("csv_export", {"table": "t", "where": []}, "start it again"),
+    ],
+)
+async def test_what_a_job_lost_before_any_checkpoint_says(
+    tmp_path: Path, kind: str, params: dict[str, Any], says: str
+) -> None:
+    store = EngineStore()
+    runner = JobRunner(store, settings(tmp_path))  # type: ignore[arg-type]
+    job = await runner.jobs.create(kind, "owner", params, "gone-worker:1")
+    long_ago = now_stamp(datetime.now(UTC) - timedelta(minutes=1))
+    run(store.engine, "patch", table=JOBS, id=job["id"], changes={"heartbeat_at": long_ago})
+    lost = await runner.jobs.get(job["id"])
+    assert lost["state"] == "failed" and lost["error"]["code"] == "WORKER_LOST"
+    assert says in lost["error"]["message"]
+    assert ("start it again" in lost["error"]["message"]) is (kind != "import")
