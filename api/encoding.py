@@ -17,7 +17,13 @@ import orjson
 def _encode_extra(value: object) -> str:
     # Decimals (money) travel as strings so no client parses them into binary floats.
     if isinstance(value, Decimal):
-        return str(value)
+        text = str(value)
+        # str() writes "5.0E+49" for an average of big amounts, or a value imported as "1e2";
+        # plain digits read as money everywhere. Past ~100 digits (no price is that long) the
+        # exponent stays: a written-out "1E+999999" would be a megabyte.
+        if "E" in text and value.is_finite() and -100 < value.adjusted() < 100:
+            return format(value, "f")
+        return text
     raise TypeError(f"cannot serialize {type(value).__name__}")
 
 
