@@ -75,6 +75,7 @@ STORE_STATUS: dict[type[store_errors.StoreError], tuple[int, str]] = {
     store_errors.Conflict: (409, "CONFLICT"),
     store_errors.VersionMismatch: (412, "PRECONDITION_FAILED"),
     store_errors.LimitExceeded: (400, "LIMIT_EXCEEDED"),
+    store_errors.RecordTooLarge: (413, "RECORD_TOO_LARGE"),
     store_errors.ValidationFailed: (422, "VALIDATION_ERROR"),
     store_errors.MemoryLimit: (507, "INSUFFICIENT_STORAGE"),
     store_errors.StoreUnavailable: (503, "STORE_UNAVAILABLE"),

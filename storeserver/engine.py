@@ -11,6 +11,11 @@ Design notes:
   stored dicts themselves; callers must treat them as read-only.
 - Single commands check everything before changing anything. ``batch`` runs its operations
   with an undo log and rolls everything back on the first failure.
+- Every reply fits in a frame once a write is done: no record is kept over
+  ``max_record_bytes`` (half a frame, ``records.max_record_bytes``), a scan page stops at a
+  quarter frame plus one record, and a batch whose results would not fit is rolled back
+  (``LIMIT_EXCEEDED``). Only reads can be answered ``LIMIT_EXCEEDED`` by the server's reply
+  check, which never follows a write that was applied.
 - Every change is appended to a journal list drained by ``drain_changes`` (for the append-only
   log); ``apply_change`` replays an entry. A failed command leaves nothing in it, nor in the
   audit log (``audit.py``: entries are committed when the command succeeds).
@@ -54,10 +59,11 @@ from storeserver.errors import (
 )
 from storeserver.filters import parse_where
 from storeserver.keyvalue import KeyValueStore
+from storeserver.protocol import MAX_FRAME_SIZE, pack_value
 from storeserver.query import check_field
 from storeserver.ratelimit import FixedWindowCounters
 from storeserver.reads import DEFAULT_LIMIT, RecordReader
-from storeserver.records import SHARED_STRING_LENGTH, copy_value
+from storeserver.records import REPLY_ROOM, SHARED_STRING_LENGTH, copy_value, max_record_bytes
 from storeserver.scans import ScanCursors
 from storeserver.schemas import TableSchema
 from storeserver.writes import RecordWriter, Undo
@@ -77,6 +83,10 @@ _KV_SET_ARGS = frozenset({"key", "value", "ttl", "nx", "gt"})
 _KEY_ARGS = frozenset({"key"})
 _KEYS_ARGS = frozenset({"keys"})
 _RATE_ARGS = frozenset({"key", "limit", "window", "peek", "refund"})
+STORE_FIELDS_ROOM = 512
+"""Bytes the store may add to a record a client sent (id, timestamps, version), at most."""
+RESULT_ROOM = 256
+"""Bytes of a batch result beyond the record the op sent (the store's fields; a delete's)."""
 
 
 class Engine:
@@ -126,12 +136,14 @@ class Engine:
         audit_max_entries: int = 100_000,
         audit_max_age: float = 0.0,
         scan_idle: float = 60.0,
+        max_frame_bytes: int = MAX_FRAME_SIZE,
     ) -> None:
         """``journal=False`` stops recording changes (when nothing calls ``drain_changes``).
 
         ``max_bulk_rows``: default and ceiling of ``update_where``/``delete_where``'s
         ``max_rows``; ``audit_max_*``: the audit log's bounds (age in seconds, 0 = none);
-        ``scan_idle``: seconds a ``scan`` cursor may go unread (``STORE_SCAN_IDLE``).
+        ``scan_idle``: seconds a ``scan`` cursor may go unread (``STORE_SCAN_IDLE``);
+        ``max_frame_bytes``: the server's frame limit, which every reply must fit.
         """
         self._clock = clock
         self._started = clock()
@@ -139,11 +151,20 @@ class Engine:
         self.max_limit = max_limit
         self._catalog = Catalog(max_tables)
         self.audit = AuditLog(clock, audit_max_entries, audit_max_age)
-        self._writer = RecordWriter(self._catalog, clock, journal, self.audit)
+        self.max_record_bytes = max_record_bytes(max_frame_bytes)
+        self.max_reply_bytes = max_frame_bytes - REPLY_ROOM
+        # A request up to this size cannot hold a record over the limit: re-encoded, a value
+        # grows at most 9/5 (a float32 the client sent is stored as a float64), and the store
+        # adds its fields. So only bigger ones pay for measuring the records sent whole.
+        self._trusted_request = (self.max_record_bytes - STORE_FIELDS_ROOM) * 5 // 9
+        self._request_bytes: int | None = None
+        self._writer = RecordWriter(
+            self._catalog, clock, journal, self.audit, self.max_record_bytes
+        )
         self.audit.stamp = self._writer.timestamps
         self._bulk = BulkWriter(self._writer, max_bulk_rows, max_in)
         self._reader = RecordReader(self._catalog, max_limit, max_in)
-        self._scans = ScanCursors(clock, idle=scan_idle)
+        self._scans = ScanCursors(clock, idle=scan_idle, max_bytes=max_frame_bytes // 4)
         self._kv = KeyValueStore(clock)
         self._rates = FixedWindowCounters(clock)
         w, r = self._writer, self._reader
@@ -230,10 +251,13 @@ class Engine:
         *,
         actor: Any = None,
         request_id: str | None = None,
+        request_bytes: int | None = None,
     ) -> Any:
         """Run one command atomically; ``StoreError`` subclasses for expected failures.
 
         ``actor`` (``{"user_id", "role"}``) and ``request_id`` are named in audit entries.
+        ``request_bytes``: the size of the frame the request came in (``None``: unknown, so
+        every record written is measured against the record limit).
         May return a ``builds.Job`` (see the module doc).
         """
         handler = self._handlers.get(command) if type(command) is str else None
@@ -242,6 +266,8 @@ class Engine:
         if type(args) is not dict:
             raise BadRequest("arguments must be a map", {"arg": None})
         self._ops[command] += 1
+        self._request_bytes = request_bytes
+        self._writer.measure_sent = request_bytes is None or request_bytes > self._trusted_request
         audit = self.audit
         if actor is None and request_id is None:
             audit.context = _NO_CONTEXT
@@ -588,6 +614,7 @@ class Engine:
             )
         undo: Undo = []
         results: list[Any] = []
+        measure_results = self._request_bytes is None
         for index, op in enumerate(ops):
             name = op.get("op") if type(op) is dict else None
             try:
@@ -599,7 +626,14 @@ class Engine:
                 op_args = {k: v for k, v in op.items() if k != "op"}
                 for key in REF_ARGS:
                     if refs and key in op_args:
-                        op_args[key] = resolve_refs(op_args[key], results)
+                        sent = op_args[key]
+                        op_args[key] = resolve_refs(sent, results)
+                        if op_args[key] is not sent:
+                            # Values copied from earlier results: a small request can
+                            # make big records (and results) this way.
+                            self._writer.measure_sent = measure_results = True
+                # A merge returns the whole record, whatever the size of the request.
+                measure_results = measure_results or name == "patch" or "upsert" in op_args
                 results.append(handler(op_args, undo))
             except StoreError as exc:
                 self._writer.rollback(undo)
@@ -612,7 +646,27 @@ class Engine:
             except BaseException:
                 self._writer.rollback(undo)
                 raise
-        return {"results": results}
+        reply = {"results": results}
+        self._check_reply(reply, len(ops), measure_results, undo)
+        return reply
+
+    def _check_reply(self, reply: Any, ops: int, measure: bool, undo: Undo) -> None:
+        """Roll back a batch whose reply would not fit in a frame (the server could only
+        report the writes as failed once applied). Results of records sent whole take at most
+        9/5 of the request (see ``_trusted_request``): only a big request, or results holding
+        records it did not carry, are measured."""
+        if not measure:
+            sent = self._request_bytes or 0
+            if sent * 9 // 5 + ops * RESULT_ROOM <= self.max_reply_bytes:
+                return
+        size = len(pack_value(reply))
+        if size > self.max_reply_bytes:
+            self._writer.rollback(undo)
+            raise LimitExceeded(
+                f"the batch's results would take {size} bytes, more than a reply can hold"
+                f" ({self.max_reply_bytes}): send fewer operations",
+                {"arg": "ops", "max": self.max_reply_bytes, "size": size},
+            )
 
     def expire_idle(self) -> None:
         """Free what outlived its idle time (scan cursors); the server calls it on a timer."""

@@ -44,6 +44,13 @@ class LimitExceeded(StoreError):
     code = "LIMIT_EXCEEDED"
 
 
+class RecordTooLarge(StoreError):
+    """A write would leave a record larger than the store keeps (``details.max``): refused
+    before anything changes, so every record fits in a reply."""
+
+    code = "RECORD_TOO_LARGE"
+
+
 class ValidationFailed(StoreError):
     """A record breaks its table's JSON Schema (``details.errors``: ``[{path, message}]``)."""
 
@@ -104,6 +111,7 @@ _BY_CODE: dict[str, type[StoreError]] = {
         Conflict,
         VersionMismatch,
         LimitExceeded,
+        RecordTooLarge,
         ValidationFailed,
         MemoryLimit,
         UnknownCommand,

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import struct
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -64,6 +64,9 @@ class Request:
     request_id: int
     command: str
     args: dict[str, Any]
+    # Bytes of the frame body it arrived in; None when built in-process. The engine measures
+    # the records of a request near its record limit only (``Engine.execute``).
+    size: int | None = field(default=None, compare=False)
 
 
 @dataclass(slots=True)
@@ -160,6 +163,48 @@ def encode_error(request_id: int, code: str, message: str, details: dict[str, An
     return _pack([_ERROR, request_id, code, message, details])
 
 
+class EncodedPage(dict[str, Any]):
+    """A reply map with one list, ``list_key``, whose items are encoded already in
+    ``items_body`` (a ``scan`` page: measuring its records meant encoding them). The server
+    sends those bytes instead of encoding the items again (``encode_page_result``)."""
+
+    __slots__ = ("items_body", "list_key")
+
+    def __init__(self, fields: dict[str, Any], list_key: str, items_body: bytes) -> None:
+        super().__init__(fields)
+        self.list_key = list_key
+        self.items_body = items_body
+
+
+def item_packer() -> msgpack.Packer:
+    """This thread's packer that appends each value to its buffer (``getbuffer``, ``bytes``);
+    ``reset`` it before use."""
+    try:
+        return _local.items
+    except AttributeError:
+        _local.items = msgpack.Packer(default=_default, use_bin_type=True, autoreset=False)
+        return _local.items
+
+
+def encode_page_result(request_id: int, page: EncodedPage) -> bytes:
+    """The bytes of ``encode_result(request_id, page)``, reusing ``page.items_body``."""
+    packer = _packer()
+    parts = [
+        packer.pack_array_header(3),
+        packer.pack(_RESULT),
+        packer.pack(request_id),
+        packer.pack_map_header(len(page)),
+    ]
+    for key, value in page.items():
+        parts.append(packer.pack(key))
+        if key == page.list_key:
+            parts += (packer.pack_array_header(len(value)), page.items_body)
+        else:
+            parts.append(packer.pack(value))
+    body = b"".join(parts)
+    return _HEADER.pack(len(body)) + body
+
+
 def encode(message: Message) -> bytes:
     """One complete frame (header and body) for ``message``.
 
@@ -180,7 +225,7 @@ def encode(message: Message) -> bytes:
 _MAX_ID = 2**63
 
 
-def _to_message(obj: Any) -> Message:
+def _to_message(obj: Any, body_size: int | None = None) -> Message:
     # Hot path (every request and reply): plain type checks, requests first.
     if type(obj) is not list or not obj:
         raise ProtocolError("a message must be a non-empty array")
@@ -189,7 +234,7 @@ def _to_message(obj: Any) -> Message:
     if kind == _REQUEST and size == 4:
         rid, command, args = obj[1], obj[2], obj[3]
         if type(rid) is int and 0 <= rid < _MAX_ID and type(command) is str and type(args) is dict:
-            return Request(rid, command, args)
+            return Request(rid, command, args, body_size)
     elif kind == _RESULT and size == 3:
         rid = obj[1]
         if type(rid) is int and 0 <= rid < _MAX_ID:
@@ -211,7 +256,7 @@ def _to_message(obj: Any) -> Message:
 
 def decode_body(body: bytes | bytearray | memoryview) -> Message:
     """Decode one frame's body (without its length header)."""
-    return _to_message(unpack_value(body))
+    return _to_message(unpack_value(body), len(body))
 
 
 class FrameDecoder:

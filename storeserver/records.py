@@ -27,8 +27,21 @@ SHARED_STRING_LENGTH = 16
 """Top-level string values up to this length are interned: enum-like values repeat a lot."""
 MAX_ID_LENGTH = 128
 MAX_DEPTH = 32
+REPLY_ROOM = 1024
+"""Bytes of a reply frame kept for what surrounds its records (request id, map keys, cursor)."""
 _INT_MIN = -(2**63)
 _INT_MAX = 2**64 - 1  # msgpack carries uint64 too
+
+
+def max_record_bytes(max_frame_bytes: int) -> int:
+    """The largest record the store keeps, msgpack-encoded: half a frame, less ``REPLY_ROOM``.
+
+    Half, not the whole frame less a margin: then every reply that must hold whole records
+    fits, the biggest being a ``join`` row (two records) and a ``scan`` page, which stops
+    after the record that passes its byte budget (a quarter frame, see ``scans``). 8 MiB - 1
+    KiB with the default 16 MiB frame (MongoDB keeps documents to 16 MB for the same reason).
+    """
+    return max_frame_bytes // 2 - REPLY_ROOM
 
 
 def check_value(value: Any, depth: int = 0) -> None:

@@ -1,7 +1,9 @@
 """Scan cursors: a snapshot of a table's ids read a page at a time.
 
 Opening copies the id list (a few ms for 1M rows); each read returns up to ``limit`` records
-still present (deleted ones are skipped, rows added since are not included; a record updated
+(and stops after the record that takes the page past ``max_bytes`` encoded, a quarter frame:
+a page always fits in a reply, whatever its records' sizes, and holds at least one) still
+present (deleted ones are skipped, rows added since are not included; a record updated
 since is returned as it is now). ``fields``, given when opening, projects every page (see
 ``projection``). A cursor is freed when it reaches the end, when its reader closes it
 (``scan_close``: the API does as soon as an export ends early), or after ``idle`` seconds
@@ -33,6 +35,7 @@ from typing import Any
 from storeserver.errors import NotFound, StoreBusy
 from storeserver.filters import Node, compile_predicate, plan
 from storeserver.projection import Projector, parse_fields
+from storeserver.protocol import MAX_FRAME_SIZE, EncodedPage, item_packer
 from storeserver.selection import rows_per_step
 from storeserver.tables import Table
 
@@ -86,9 +89,12 @@ class ScanCursors:
         idle: float = 60.0,
         max_open: int = 1000,
         max_ids: int = 20_000_000,
+        max_bytes: int = MAX_FRAME_SIZE // 4,
     ) -> None:
-        """``idle``: seconds a cursor may go unread; ``max_open``, ``max_ids``: the caps."""
+        """``idle``: seconds a cursor may go unread; ``max_open``, ``max_ids``: the caps;
+        ``max_bytes``: a page's encoded size past which a read stops."""
         self._clock = clock
+        self._max_bytes = max_bytes
         self._idle = idle
         self._max_open = max_open
         self._max_ids = max_ids
@@ -139,7 +145,7 @@ class ScanCursors:
         self._drop(cursor_id)
         return True
 
-    def read(self, cursor_id: str, limit: int) -> dict[str, Any]:
+    def read(self, cursor_id: str, limit: int) -> EncodedPage:
         """``{"items": up to limit records, "cursor": cursor_id or None at the end}``."""
         self.expire()
         cursor = self._open.get(cursor_id)
@@ -150,19 +156,28 @@ class ScanCursors:
         items: list[dict[str, Any]] = []
         position = cursor.position
         stop = min(len(ids), position + cursor.probes)
-        while position < stop and len(items) < limit:
+        # Encoded as they are read, to stop at the byte budget; the server sends these bytes
+        # (``EncodedPage``), so measuring costs no second encoding.
+        packer, budget = item_packer(), self._max_bytes
+        packer.reset()
+        pack, buffer = packer.pack, packer.getbuffer
+        while position < stop and len(items) < limit and len(buffer()) < budget:
             record = rows.get(ids[position])
             position += 1
             if record is not None and (keep is None or keep(record)):
-                items.append(
+                item = (
                     project(record)
                     if project is not None
                     else table.visible(record, cursor.include_hidden)
                 )
+                items.append(item)
+                pack(item)
+        body = packer.bytes()
+        packer.reset()
         cursor.position = position
         if position >= len(ids):
             self._drop(cursor_id)
-            return {"items": items, "cursor": None}
+            return EncodedPage({"items": items, "cursor": None}, "items", body)
         cursor.used_at = self._clock()
         self._open.move_to_end(cursor_id)
-        return {"items": items, "cursor": cursor_id}
+        return EncodedPage({"items": items, "cursor": cursor_id}, "items", body)

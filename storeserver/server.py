@@ -62,7 +62,9 @@ from .errors import (
 from .memory import MemoryGauge
 from .protocol import (
     HANDSHAKE_FRAME_SIZE,
+    MAX_FRAME_SIZE,
     PROTOCOL_VERSION,
+    EncodedPage,
     Error,
     FrameDecoder,
     Hello,
@@ -70,6 +72,7 @@ from .protocol import (
     Result,
     encode,
     encode_error,
+    encode_page_result,
     encode_result,
 )
 from .records import format_timestamp
@@ -200,6 +203,9 @@ class StoreServer:
             audit_max_entries=settings.audit_max_entries,
             audit_max_age=settings.audit_max_age,
             scan_idle=settings.scan_idle,
+            # Replies must fit the API's client too, which reads frames of MAX_FRAME_SIZE at
+            # most whatever this store takes: the record limit and scan pages follow the smaller.
+            max_frame_bytes=min(settings.max_frame_bytes, MAX_FRAME_SIZE),
         )
         self.durability = (
             Durability(settings.data_dir, settings.fsync, self.engine, settings.log_rewrite_bytes)
@@ -316,6 +322,7 @@ class StoreServer:
             "server": "memdb-store",
             "version": __version__,
             "max_frame_bytes": self.settings.max_frame_bytes,
+            "max_record_bytes": self.engine.max_record_bytes,
         }
 
     def ping(self) -> dict[str, Any]:
@@ -345,7 +352,12 @@ class StoreServer:
         return stats
 
     def run(
-        self, command: str, args: dict[str, Any], actor: Any = None, request_id: Any = None
+        self,
+        command: str,
+        args: dict[str, Any],
+        actor: Any = None,
+        request_id: Any = None,
+        request_bytes: int | None = None,
     ) -> Any:
         if command == "ping":
             return self.ping()
@@ -357,8 +369,12 @@ class StoreServer:
         self._check_write(command)
         durability = self.durability
         if durability is None:
-            return engine.execute(command, args, actor=actor, request_id=request_id)
-        result = engine.execute(command, args, actor=actor, request_id=request_id)
+            return engine.execute(
+                command, args, actor=actor, request_id=request_id, request_bytes=request_bytes
+            )
+        result = engine.execute(
+            command, args, actor=actor, request_id=request_id, request_bytes=request_bytes
+        )
         changes = engine.drain_changes()
         if changes:
             durability.record(changes)
@@ -393,7 +409,7 @@ class StoreServer:
         request_tag = args.pop(REQUEST_ID_ARG, None)
         actor = args.pop(ACTOR_ARG, None) if ACTOR_ARG in args else None
         try:
-            result = self.run(command, args, actor, request_tag)
+            result = self.run(command, args, actor, request_tag, request.size)
             if isinstance(result, Job):
                 spent += time.perf_counter() - started
                 if type(result) in _SCANS and self._scans_running() >= SCAN_JOBS:
@@ -450,7 +466,12 @@ class StoreServer:
                 self._deliver(w.conn, reply, wrote)
 
     def _encode(self, rid: int, result: Any) -> bytes:
-        reply = encode_result(rid, result)
+        # Past the frame limit only a read's reply can be: the engine keeps every write's
+        # within it (see its module doc), so a write that was applied is never reported failed.
+        if type(result) is EncodedPage:
+            reply = encode_page_result(rid, result)
+        else:
+            reply = encode_result(rid, result)
         if len(reply) - 4 > self.settings.max_frame_bytes:
             raise LimitExceeded(
                 "the reply would exceed the maximum frame size; ask for a smaller page",

@@ -12,10 +12,12 @@ request's) and the one reading it (the response's); when either ends with the cu
 open, it is closed.
 
 A cursor freed under a read anyway (a client that stopped reading for longer than the store's
-``STORE_SCAN_IDLE``, or a store restart) cannot be resumed. The read logs one warning naming
-the table and the records it had handed out, then raises ``StreamCutOff``: a response already
+``STORE_SCAN_IDLE``, or a store restart) cannot be resumed; neither can a read that fails
+otherwise (the store unreachable, a page it cannot send). The read logs one warning naming the
+table and the records it had handed out, then raises ``StreamCutOff``: a response already
 started ends without its final chunk, which is how HTTP says a chunked body is incomplete, and
-the access line carries ``error: StreamCutOff``.
+the access line carries ``error: StreamCutOff`` (a store error raised there would be logged as
+an error with a traceback, after a 200 and part of the body).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import structlog
 from api.errors import StreamCutOff
 from api.services.records import to_public
 from api.store import Store
-from storeserver.errors import NotFound
+from storeserver.errors import NotFound, StoreError
 
 log = structlog.get_logger("api.exports")
 Record = dict[str, Any]
@@ -74,8 +76,9 @@ class TableScan:
                     return
                 try:
                     page = await pending
-                except NotFound as exc:  # expired, or the store restarted: nothing to close
-                    self.cursor = None
+                except StoreError as exc:
+                    if isinstance(exc, NotFound):  # expired, or the store restarted
+                        self.cursor = None  # nothing to close
                     log.warning(
                         "export_cut_off", table=self.table, records=self.records, detail=exc.message
                     )

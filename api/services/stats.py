@@ -4,15 +4,20 @@ The store reports its resident memory as a whole. Per table, the estimate is the
 rows times the in-memory size of an average row, measured on a small sample read through
 ``find`` (the decoded records are the same kind of Python objects the store holds). Hidden
 fields are not read, so tables with them are slightly underestimated; indexes are not counted.
+Rows too big for a sample of ``SAMPLE_ROWS`` to fit in one store reply are sampled one at a
+time (a record is at most half a reply); a table whose first row still does not fit (kept by
+an older store, before the record limit) has no estimate (``None``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from typing import Any
 
 from api.store import Store
+from storeserver.errors import LimitExceeded
 
 SAMPLE_ROWS = 20
 
@@ -29,16 +34,27 @@ async def read_stats(store: Store) -> dict[str, Any]:
     return stats
 
 
-async def _estimate(store: Store, table: str, info: dict[str, Any]) -> int:
+async def _estimate(store: Store, table: str, info: dict[str, Any]) -> int | None:
     rows = int(info.get("rows", 0))
     if rows == 0:
         return 0
-    found = await store.call("find", {"table": table, "limit": SAMPLE_ROWS})
-    sample = found["items"]
+    sample = await _sample(store, table)
+    if sample is None:
+        return None
     if not sample:
         return 0
     average = sum(deep_size(record) for record in sample) / len(sample)
     return round(average * rows)
+
+
+async def _sample(store: Store, table: str) -> list[dict[str, Any]] | None:
+    """The table's first rows; ``None`` when not even one fits in a store reply."""
+    for size in (SAMPLE_ROWS, 1):
+        with contextlib.suppress(LimitExceeded):  # rows too big for that many in one reply
+            found = await store.call("find", {"table": table, "limit": size})
+            items: list[dict[str, Any]] = found["items"]
+            return items
+    return None
 
 
 def deep_size(value: Any) -> int:
