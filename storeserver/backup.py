@@ -2,7 +2,8 @@
 
 The store writes a snapshot (``snapshot`` command) and answers once it is on disk; this then
 copies ``snapshot.mdb`` and any log written since (``log-*.aof`` of a newer generation) into
-``<dest>/<UTC timestamp>/``. Restore = stop the store, put those files in an empty
+``<dest>/<UTC timestamp>/`` (``-2``, ``-3``... appended when a backup of the same second
+has that name already). Restore = stop the store, put those files in an empty
 ``STORE_DATA_DIR``, start it (deploy/README.md, "Backup and restore"). The copies hold every
 record and password hash, so they are owner-only as in the data directory: files 0600, the
 folders this creates 0700.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -53,23 +55,41 @@ def copy_backup(snapshot: Path, dest: Path) -> Path:
     """
     dest.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
     for attempt in range(1, COPY_ATTEMPTS + 1):
-        target = dest / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        if attempt > 1:
-            target = target.with_name(f"{target.name}-{attempt}")
-        target.mkdir(mode=DIR_MODE)
-        copy_private(snapshot, target / snapshot.name)
-        for log_file in sorted(snapshot.parent.glob("log-*.aof")):
-            with contextlib.suppress(FileNotFoundError):  # pruned since the listing
-                copy_private(log_file, target / log_file.name)
-        copied = DataDir(target)
-        generation = copied.snapshot_generation()
+        target = new_folder(dest, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
         try:
-            copied.check_history(generation, copied.logs_after(generation))
-            read_snapshot(copied.snapshot, _skip)  # whole, with its end marker
+            copy_and_check(snapshot, target)
         except CorruptData:
             shutil.rmtree(target)
             if attempt == COPY_ATTEMPTS:
                 raise
+            continue
+        except BaseException:
+            # A part copy (disk full, interrupted) must not sit there looking like a backup.
+            shutil.rmtree(target, ignore_errors=True)
+            raise
+        return target
+    raise AssertionError("unreachable")
+
+
+def copy_and_check(snapshot: Path, target: Path) -> None:
+    copy_private(snapshot, target / snapshot.name)
+    for log_file in sorted(snapshot.parent.glob("log-*.aof")):
+        with contextlib.suppress(FileNotFoundError):  # pruned since the listing
+            copy_private(log_file, target / log_file.name)
+    copied = DataDir(target)
+    generation = copied.snapshot_generation()
+    copied.check_history(generation, copied.logs_after(generation))
+    read_snapshot(copied.snapshot, _skip)  # whole, with its end marker
+
+
+def new_folder(dest: Path, name: str) -> Path:
+    """Create ``dest/name``, or ``name-2``, ``name-3``... when taken: two backups within one
+    second (or one run beside another) each get their own folder."""
+    for suffix in itertools.count(1):
+        target = dest / (name if suffix == 1 else f"{name}-{suffix}")
+        try:
+            target.mkdir(mode=DIR_MODE)
+        except FileExistsError:
             continue
         return target
     raise AssertionError("unreachable")
@@ -105,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
             info["backup_dir"] = str(copy_backup(Path(info["path"]), args.dest))
         except CorruptData as exc:
             print(json.dumps({"error": "BACKUP_INCOMPLETE", "message": str(exc)}), file=sys.stderr)
+            return 1
+        except OSError as exc:  # the destination not writable, its disk full...
+            print(json.dumps({"error": "BACKUP_FAILED", "message": str(exc)}), file=sys.stderr)
             return 1
     print(json.dumps(info))
     return 0

@@ -13,11 +13,21 @@ With ``always`` the replies of a turn's writes are held (``hold``) and sent once
 the log, started after their entries were written, succeeds. After any failure (a write, an
 fsync, opening a new log) the replies held then are aborted, never sent, even if a later fsync
 succeeds: a reply is sent only for a write known to be on disk (``_fail``, ``_fsync_done``).
+
+Stopping: ``close`` flushes and writes a final snapshot. If that fails while writes are missing
+from the files (``unsaved_writes``: a log write or fsync failed since the last snapshot that
+recovered), exiting would drop them, acknowledged ones included (every write under
+``everysec`` and ``no``). Redis refuses to shut down when its final save fails; here the
+snapshot is retried every ``STOP_RETRY_INTERVAL`` for ``STOP_RETRY_SECONDS`` with a critical
+line each time (free space and it saves and exits 0), then ``WritesLost``. When nothing is
+missing (the logs hold every write) a failed final snapshot is raised at once: the next start
+replays the logs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import signal
 import time
@@ -46,7 +56,23 @@ ENTRY_CHANGES = 10_000
 RECOVERY_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
 """Seconds between attempts to recover from a failed log write or fsync (the last repeats)."""
 
+STOP_RETRY_SECONDS = 30.0
+"""How long a stop retries a final snapshot that would save writes missing from the files.
+deploy/supervisord.conf ``stopwaitsecs`` and compose's ``stop_grace_period`` must exceed it,
+plus the snapshot's own time, or the launcher's SIGKILL ends the retries unannounced."""
+
+STOP_RETRY_INTERVAL = 1.0
+
 SnapshotWaiter = Callable[[dict[str, Any] | StoreError], None]
+
+
+class WritesLost(Exception):
+    """The store stopped with writes that only its memory held (the final snapshot never fit)."""
+
+    def __init__(self, count: int, acknowledged: bool) -> None:
+        kind = "acknowledged" if acknowledged else "unacknowledged"
+        super().__init__(f"{count} {kind} writes lost")
+        self.count = count
 
 
 class Sink(Protocol):
@@ -74,6 +100,13 @@ class Durability:
         self.recorded = 0  # entries recorded so far; the server compares it around a chunk
         self.error: str | None = None
         self._failures = 0  # every _fail counts; a snapshot clears only failures before its fork
+        # Counts of ``recorded`` commands: all up to _written are in the log (the page cache
+        # keeps them past the process's exit), up to _synced on disk; none after _unsaved_from
+        # is known to be anywhere but memory (set by a failure, cleared by a recovery).
+        self._written = 0
+        self._synced = 0
+        self._unsaved_from: int | None = None
+        self._child_recorded = 0
         self._child_failures = 0
         self._recovery: asyncio.TimerHandle | None = None
         self._recovery_attempts = 0
@@ -148,8 +181,6 @@ class Durability:
     def _close(self) -> None:
         if self._everysec is not None:
             self._everysec.cancel()
-        if self._recovery is not None:
-            self._recovery.cancel()
         self._write_buffer()
         if self._child is not None:
             _, status = os.waitpid(self._child, 0)
@@ -157,17 +188,70 @@ class Durability:
         self._executor.shutdown(wait=True)
         assert self.log is not None
         generation = self.log.generation
-        self.log.fsync()
+        try:
+            self.log.fsync()
+        except OSError as exc:
+            self._fail(f"fsync failed: {exc}", since=self._synced)
+        else:
+            self._synced = self._written
         self.log.close()
+        if self._recovery is not None:  # scheduled by a failure above, or earlier
+            self._recovery.cancel()
         started = time.perf_counter()
-        size = write_snapshot(self.dir.snapshot, generation, self.engine.iter_state())
+        size = self._write_final_snapshot(generation)
         self.dir.prune(generation)
+        if self.error is not None:
+            log.warning("persistence_recovered", after=self.error, on="shutdown")
+            self.error, self._unsaved_from = None, None
         log.info(
             "snapshot_written",
             on="shutdown",
             bytes=size,
             seconds=round(time.perf_counter() - started, 3),
         )
+
+    @property
+    def unsaved_writes(self) -> int:
+        """Write commands held only in memory: a restart now would not have them."""
+        return 0 if self._unsaved_from is None else self.recorded - self._unsaved_from
+
+    def _write_final_snapshot(self, generation: int) -> int:
+        deadline: float | None = None
+        while True:
+            try:
+                return write_snapshot(self.dir.snapshot, generation, self.engine.iter_state())
+            except OSError as exc:
+                unsaved = self.unsaved_writes
+                if not unsaved:
+                    raise  # the logs hold every write: the next start replays them
+                acknowledged = self.policy != "always"  # ``always`` aborted their replies
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + STOP_RETRY_SECONDS
+                if now >= deadline:
+                    lost = WritesLost(unsaved, acknowledged)
+                    log.critical(
+                        "writes_lost",
+                        message=str(lost),
+                        writes=unsaved,
+                        acknowledged=acknowledged,
+                        error=str(exc),
+                        data_dir=str(self.dir.root),
+                    )
+                    raise lost from exc
+                kind = "acknowledged" if acknowledged else "unacknowledged"
+                log.critical(
+                    "final_snapshot_failed",
+                    message=f"{unsaved} {kind} writes are not on disk: free space in"
+                    f" {self.dir.root} within {math.ceil(deadline - now)} s and the store"
+                    " saves them and stops; otherwise they are lost",
+                    writes=unsaved,
+                    acknowledged=acknowledged,
+                    error=str(exc),
+                    data_dir=str(self.dir.root),
+                    retry_for_s=round(deadline - now, 1),
+                )
+                time.sleep(STOP_RETRY_INTERVAL)
 
     # -- the write path ----------------------------------------------------------------------
 
@@ -207,13 +291,15 @@ class Durability:
     def _write_buffer(self) -> bool:
         self._encode_pending()
         if not self._buffer or self.log is None:
+            self._written = self.recorded  # commands with no changes leave nothing to write
             return True
         data, self._buffer = bytes(self._buffer), bytearray()
         try:
             self.log.write(data)
         except OSError as exc:
-            self._fail(f"log write failed: {exc}")
+            self._fail(f"log write failed: {exc}", since=self._written)
             return False
+        self._written = self.recorded
         self._dirty = True
         return True
 
@@ -235,21 +321,26 @@ class Durability:
         """Run ``sync`` on the fsync thread; the replies held so far are sent once it succeeds."""
         assert self._loop is not None
         batch, self._held = self._held, []
-        failures = self._failures
+        failures, written = self._failures, self._written
         self._syncing = True
         future = self._loop.run_in_executor(self._executor, sync)
-        future.add_done_callback(lambda f: self._fsync_done(f, batch, failures))
+        future.add_done_callback(lambda f: self._fsync_done(f, batch, failures, written))
 
     def _fsync_done(
-        self, future: asyncio.Future[None], batch: list[tuple[Sink, bytes]], failures: int
+        self,
+        future: asyncio.Future[None],
+        batch: list[tuple[Sink, bytes]],
+        failures: int,
+        written: int,
     ) -> None:
         self._syncing = False
         exc = future.exception()
         if exc is not None:
             # Not durable, so not acknowledged: the clients see the connection drop.
             _abort(batch)
-            self._fail(f"fsync failed: {exc}")
+            self._fail(f"fsync failed: {exc}", since=self._synced)
             return
+        self._synced = max(self._synced, written)
         if self._failures != failures:
             # A failure came while this batch waited: as for the replies _fail aborts, this
             # fsync succeeding proves nothing for it (it may have run after a failed one on the
@@ -265,20 +356,27 @@ class Durability:
         assert self._loop is not None
         if self._dirty and not self._syncing and self.log is not None:
             self._dirty = False
+            written = self._written
             self._loop.run_in_executor(self._executor, self.log.fsync).add_done_callback(
-                self._check_background_fsync
+                lambda f: self._check_background_fsync(f, written)
             )
         self._everysec = self._loop.call_later(1.0, self._every_second)
 
-    def _check_background_fsync(self, future: asyncio.Future[None]) -> None:
+    def _check_background_fsync(self, future: asyncio.Future[None], written: int) -> None:
         if future.exception() is not None:
-            self._fail(f"fsync failed: {future.exception()}")
+            self._fail(f"fsync failed: {future.exception()}", since=self._synced)
+        else:
+            self._synced = max(self._synced, written)
 
-    def _fail(self, reason: str) -> None:
+    def _fail(self, reason: str, *, since: int) -> None:
+        """``since``: the commands after this count may be missing from the files (after a
+        failed fsync the kernel may drop every page not yet synced, not only this one's)."""
         if self.error is None:
             log.error("persistence_failed", reason=reason)
         self.error = reason
         self._failures += 1
+        if self._unsaved_from is None or since < self._unsaved_from:
+            self._unsaved_from = since
         # The replies still held are never sent: a failed write left their entries out of the
         # log, and after a failed fsync the kernel may have dropped the dirty pages of entries
         # written meanwhile, so a later fsync that succeeds (the next rotation's) proves nothing.
@@ -331,7 +429,7 @@ class Durability:
             self.log = AppendLog(self.dir.log_path(generation + 1), generation + 1)
             fsync_dir(self.dir.root)
         except OSError as exc:
-            self._fail(f"cannot open a new log: {exc}")
+            self._fail(f"cannot open a new log: {exc}", since=self._written)
             self._notify(PersistenceError("cannot snapshot: a new log cannot be opened", {}))
             return
         # The old log is synced and closed on the fsync thread, after any fsync in flight on it;
@@ -339,6 +437,7 @@ class Durability:
         self._sync_held(lambda: _sync_and_close(old))
         self._child_generation = generation
         self._child_failures = self._failures
+        self._child_recorded = self.recorded
         self._child_started = time.perf_counter()
         self._child = fork_snapshot(self.dir.snapshot, generation, self.engine.iter_state())
         log.info("snapshot_started", generation=generation, pid=self._child)
@@ -376,11 +475,16 @@ class Durability:
             "finished_at": time.time(),
         }
         log.info("snapshot_written", on="background", **self.last_snapshot)
+        # Every command before the fork is on disk now, whatever failed since.
+        self._synced = max(self._synced, self._child_recorded)
+        if self._unsaved_from is not None:
+            self._unsaved_from = max(self._unsaved_from, self._child_recorded)
         if self.error is not None and self._child_failures == self._failures:
             # Forked after the last failure: this snapshot holds every change, and the new log
             # holds the rest. Writes are accepted again.
             log.warning("persistence_recovered", after=self.error)
             self.error = None
+            self._unsaved_from = None
             self._recovery_attempts = 0
         self._notify(dict(self.last_snapshot))
 

@@ -46,7 +46,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import gc
-import json
 import os
 import struct
 import time
@@ -56,6 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 import structlog
 
 from .errors import ProtocolError
@@ -507,11 +507,21 @@ def fork_snapshot(path: Path, generation: int, state: Iterable[tuple[Any, ...]])
             write_snapshot(path, generation, state)
             code = 0
         except BaseException as exc:
-            # No logging set up here: the reason as one JSON line on stderr (kept open), so
-            # the parent's "snapshot_failed" is not the only trace. One small write: atomic.
+            # The reason, so the parent's "snapshot_failed" is not the only trace: a line like
+            # the store's others, written here rather than by its logger, whose lock and
+            # buffered stdout another thread may have held at the fork. One small write: atomic.
             with contextlib.suppress(BaseException):
-                line = {"event": "snapshot_child_failed", "level": "error", "error": repr(exc)}
-                os.write(2, json.dumps(line).encode() + b"\n")
+                os.write(1, _child_log_line("snapshot_child_failed", error=repr(exc)))
         finally:
             os._exit(code)
     return pid
+
+
+_stamp = structlog.processors.TimeStamper(fmt="iso", utc=True)
+
+
+def _child_log_line(event: str, **fields: Any) -> bytes:
+    """An error line with the fields ``logs.configure_logging`` gives every other one."""
+    process = structlog.contextvars.get_contextvars().get("process", "store")
+    line = _stamp(None, "error", {**fields, "event": event, "process": process, "level": "error"})
+    return orjson.dumps(line) + b"\n"

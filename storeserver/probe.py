@@ -2,12 +2,14 @@
 
 A blocking, dependency-free check for container healthchecks and start-up scripts (gunicorn's
 ``on_starting`` hook waits with ``wait_until_ready``). It speaks the same protocol as the
-client through the shared codec.
+client through the shared codec. On failure it says why in one JSON line on stderr
+(``{"error": "STORE_NOT_READY", "message": ...}``), as ``storeserver.backup`` does.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import subprocess
@@ -16,43 +18,81 @@ import time
 from pathlib import Path
 
 from .client import parse_address
-from .protocol import PROTOCOL_VERSION, FrameDecoder, Hello, Request, Result, encode
+from .protocol import PROTOCOL_VERSION, Error, FrameDecoder, Hello, Request, Result, encode
+
+
+class ProbeFailed(Exception):
+    """Why the store did not answer ping (its ``str`` is the reason)."""
 
 
 def ping(address: str, *, secret: str | None = None, timeout: float = 2.0) -> dict | None:
     """The store's ping result, or None when it cannot be reached or refuses us."""
-    kind, target = parse_address(address)
+    try:
+        return check(address, secret=secret, timeout=timeout)
+    except ProbeFailed:
+        return None
+
+
+def check(address: str, *, secret: str | None = None, timeout: float = 2.0) -> dict:
+    """The store's ping result; ``ProbeFailed`` saying why when there is none."""
+    try:
+        kind, target = parse_address(address)
+    except ValueError as exc:
+        raise ProbeFailed(str(exc)) from None
     family = socket.AF_UNIX if kind == "unix" else socket.AF_INET
+    messages: list = []
     try:
         with socket.socket(family, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout)
             sock.connect(target)
             sock.sendall(encode(Hello(PROTOCOL_VERSION, secret)) + encode(Request(1, "ping", {})))
             decoder = FrameDecoder()
-            messages: list = []
-            while len(messages) < 2:
+            while len(messages) < 2 and not any(isinstance(m, Error) for m in messages):
                 data = sock.recv(65536)
                 if not data:
-                    return None
+                    break
                 messages += decoder.feed(data)
-    except (OSError, ValueError):
-        return None
-    except Exception:  # a ProtocolError from a peer that is not our store
-        return None
-    reply = messages[1]
-    if isinstance(messages[0], Hello) and isinstance(reply, Result):
-        return reply.value if isinstance(reply.value, dict) else None
-    return None
+    except TimeoutError:
+        raise ProbeFailed(f"no answer from {address} within {timeout:g} s") from None
+    except OSError as exc:
+        raise ProbeFailed(f"cannot connect to {address}: {exc.strerror or exc}") from None
+    except Exception as exc:  # a ProtocolError from a peer that is not our store
+        raise ProbeFailed(f"{address} does not answer as a store: {exc}") from None
+    for message in messages:
+        if isinstance(message, Error):  # a wrong STORE_SECRET: "authentication failed"
+            raise ProbeFailed(f"the store at {address} refused the probe: {message.message}")
+    if len(messages) < 2:
+        raise ProbeFailed(f"{address} closed the connection without answering")
+    hello, reply = messages[:2]
+    if isinstance(hello, Hello) and isinstance(reply, Result) and isinstance(reply.value, dict):
+        return reply.value
+    raise ProbeFailed(f"{address} does not answer as a store: unexpected reply")
 
 
 def wait_until_ready(address: str, *, secret: str | None = None, timeout: float = 30.0) -> bool:
+    return wait_ready(address, secret=secret, timeout=timeout) is None
+
+
+def wait_ready(address: str, *, secret: str | None, timeout: float) -> str | None:
+    """Try until the store is ready: None then, else why the last attempt failed."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = ping(address, secret=secret, timeout=1.0)
-        if result and result.get("ready"):
-            return True
+    while True:
+        reason = not_ready_reason(address, secret=secret, timeout=1.0)
+        if reason is None or time.monotonic() >= deadline:
+            return reason
         time.sleep(0.1)
-    return False
+
+
+def not_ready_reason(address: str, *, secret: str | None, timeout: float) -> str | None:
+    try:
+        result = check(address, secret=secret, timeout=timeout)
+    except ProbeFailed as exc:
+        return str(exc)
+    return (
+        None
+        if result.get("ready")
+        else f"the store at {address} is not ready (loading its data, or stopping)"
+    )
 
 
 def wait_for_socket(
@@ -86,9 +126,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     secret = os.environ.get("STORE_SECRET") or None
     if args.wait > 0:
-        return 0 if wait_until_ready(args.address, secret=secret, timeout=args.wait) else 1
-    result = ping(args.address, secret=secret)
-    return 0 if result and result.get("ready") else 1
+        reason = wait_ready(args.address, secret=secret, timeout=args.wait)
+    else:
+        reason = not_ready_reason(args.address, secret=secret, timeout=2.0)
+    if reason is None:
+        return 0
+    print(json.dumps({"error": "STORE_NOT_READY", "message": reason}), file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import shutil
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -128,5 +132,59 @@ def test_a_snapshot_cut_short_is_not_backed_up(tmp_path):
     first = 8 + int.from_bytes(whole[:4], "big")
     (data / "snapshot.mdb").write_bytes(whole[:first])  # the first entry of two, intact
     with pytest.raises(CorruptData, match="cut short"):
+        copy_backup(data / "snapshot.mdb", tmp_path / "backups")
+    assert list((tmp_path / "backups").iterdir()) == []
+
+
+def frozen_backup(monkeypatch, data) -> None:
+    """``main`` without a store: its snapshot is ``data``'s, and the clock stands still."""
+    write_snapshot(data / "snapshot.mdb", 1, [("kv_set", "k", 1, None)])
+
+    async def snapshot_taken(*args):
+        return {"path": str(data / "snapshot.mdb")}
+
+    monkeypatch.setattr(backup, "take_snapshot", snapshot_taken)
+    monkeypatch.setattr(
+        time, "gmtime", lambda *args: time.struct_time((2024, 5, 1, 12, 0, 0, 2, 122, 0))
+    )
+
+
+def test_two_backups_in_the_same_second_each_get_a_folder(tmp_path, monkeypatch, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    frozen_backup(monkeypatch, data)
+    dest = tmp_path / "backups"
+    assert backup.main(["--dest", str(dest)]) == 0
+    assert backup.main(["--dest", str(dest)]) == 0
+    out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [Path(o["backup_dir"]).name for o in out] == ["20240501T120000Z", "20240501T120000Z-2"]
+    for folder in dest.iterdir():
+        assert (folder / "snapshot.mdb").read_bytes() == (data / "snapshot.mdb").read_bytes()
+
+
+def test_a_backup_that_cannot_be_written_says_why_in_one_line(tmp_path, monkeypatch, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    frozen_backup(monkeypatch, data)
+    (tmp_path / "backups").write_text("a file where the folder should be")
+    assert backup.main(["--dest", str(tmp_path / "backups")]) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert json.loads(line)["error"] == "BACKUP_FAILED"
+
+
+def test_a_copy_cut_short_by_the_disk_leaves_no_folder(tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    data.mkdir()
+    write_snapshot(data / "snapshot.mdb", 1, [])
+    (data / "log-0000000002.aof").write_bytes(encode_entry([["kv_del", "k"]]))
+    real_copy = backup.copy_private
+
+    def full_at_the_log(source, target):
+        if source.suffix == ".aof":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_copy(source, target)
+
+    monkeypatch.setattr(backup, "copy_private", full_at_the_log)
+    with pytest.raises(OSError, match="No space left"):
         copy_backup(data / "snapshot.mdb", tmp_path / "backups")
     assert list((tmp_path / "backups").iterdir()) == []

@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import threading
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -286,8 +287,9 @@ async def test_replies_held_while_a_failing_fsync_runs_are_never_acknowledged(
 
 
 async def test_a_failed_snapshot_child_says_why(persistent, monkeypatch, capfd):
-    """The child has no logging: its reason goes to stderr as one JSON line, and the parent's
-    ``snapshot_failed`` gives its exit code (it gave a raw wait status: 256)."""
+    """The child says why in a line on stdout like the store's others (timestamp and process
+    included), and the parent's ``snapshot_failed`` gives its exit code (it gave a raw wait
+    status: 256)."""
     _, conn = persistent
     monkeypatch.setattr(persistence, "write_snapshot", disk_full)  # in the child: forked after
     with capture_logs() as logs:
@@ -297,5 +299,7 @@ async def test_a_failed_snapshot_child_says_why(persistent, monkeypatch, capfd):
     assert failed["exit_code"] == 1 and "status" not in failed
     refused = replies(conn.transport)[-1]
     assert isinstance(refused, Error) and refused.code == "PERSISTENCE_ERROR"
-    child = [json.loads(x) for x in capfd.readouterr().err.splitlines() if "snapshot_child" in x]
+    child = [json.loads(x) for x in capfd.readouterr().out.splitlines() if "snapshot_child" in x]
     assert child[0]["event"] == "snapshot_child_failed" and "No space left" in child[0]["error"]
+    assert child[0]["level"] == "error" and child[0]["process"] == "store"
+    assert datetime.fromisoformat(child[0]["timestamp"]).utcoffset() == timedelta(0)

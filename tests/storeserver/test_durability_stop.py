@@ -1,0 +1,209 @@
+"""Stopping with writes only memory holds (a full disk): the final snapshot is retried."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from storeserver import durability
+from storeserver.client import StoreClient
+from storeserver.engine import Engine
+from storeserver.persistence import DataDir
+from storeserver.probe import wait_for_socket
+from storeserver.server import StoreServer
+from storeserver.settings import StoreSettings
+from tests.storeserver.jobs import wait_until
+from tests.storeserver.test_durability import acknowledged, connect, disk_full, insert
+
+
+@pytest.fixture
+def quick_retries(monkeypatch):
+    monkeypatch.setattr(durability, "STOP_RETRY_SECONDS", 0.3, raising=False)
+    monkeypatch.setattr(durability, "STOP_RETRY_INTERVAL", 0.05, raising=False)
+    monkeypatch.setattr(durability, "RECOVERY_DELAYS", (30.0,))  # no recovery meanwhile
+
+
+async def started(sock_dir, tmp_path, fsync: str) -> StoreServer:
+    settings = StoreSettings(socket=sock_dir / "s.sock", data_dir=tmp_path / "data", fsync=fsync)
+    server = StoreServer(settings)
+    assert server.durability is not None
+    server.durability.load()
+    server.durability.start(asyncio.get_running_loop())
+    return server
+
+
+async def lose_a_write(server: StoreServer, monkeypatch) -> None:
+    """r0 reaches the log; r1 is applied, then its log write fails (the disk is full)."""
+    dur = server.durability
+    assert dur is not None and dur.log is not None
+    conn, transport = connect(server)
+    conn.data_received(insert(1, "r0"))
+    await asyncio.sleep(0.05)
+    monkeypatch.setattr(dur.log, "write", disk_full)
+    conn.data_received(insert(2, "r1"))
+    await asyncio.sleep(0.05)
+    assert dur.error is not None
+    expected = {1, 2} if dur.policy == "everysec" else {1}  # always: r1's reply was aborted
+    assert acknowledged(transport) == expected
+
+
+def on_disk(server: StoreServer) -> list[str | None]:
+    assert server.durability is not None
+    replayed = Engine()
+    DataDir(server.durability.dir.root).load(replayed.apply_change)
+    found = replayed.execute("get_many", {"table": "t", "ids": ["r0", "r1"]})
+    return [r and r["id"] for r in found]
+
+
+@pytest.mark.parametrize(
+    ("fsync", "kind"), [("everysec", "acknowledged"), ("always", "unacknowledged")]
+)
+async def test_a_stop_that_cannot_save_unsaved_writes_retries_then_says_they_are_lost(
+    sock_dir, tmp_path, monkeypatch, quick_retries, fsync, kind
+):
+    server = await started(sock_dir, tmp_path, fsync)
+    await lose_a_write(server, monkeypatch)
+    monkeypatch.setattr(durability, "write_snapshot", disk_full)
+    assert server.durability is not None
+    with capture_logs() as logs, pytest.raises(durability.WritesLost) as lost:
+        server.durability.close()
+    assert lost.value.count == server.durability.unsaved_writes == 1
+    critical = [e for e in logs if e["log_level"] == "critical"]
+    retries, last = critical[:-1], critical[-1]
+    assert len(retries) >= 3 and {e["event"] for e in retries} == {"final_snapshot_failed"}
+    assert all(e["writes"] == 1 and "free space in" in e["message"] for e in retries)
+    assert retries[0]["message"].startswith(f"1 {kind} writes are not on disk")
+    assert last["event"] == "writes_lost" and last["message"] == f"1 {kind} writes lost"
+    assert "No space left" in last["error"]
+    assert on_disk(server) == ["r0", None]
+    assert server.durability._lock is None  # the directory is let go all the same
+
+
+async def test_space_freed_during_the_retries_saves_every_write(
+    sock_dir, tmp_path, monkeypatch, quick_retries
+):
+    server = await started(sock_dir, tmp_path, "everysec")
+    await lose_a_write(server, monkeypatch)
+    real, calls = durability.write_snapshot, []
+
+    def full_twice(*args: Any) -> int:
+        calls.append(1)
+        if len(calls) <= 2:
+            disk_full()
+        return real(*args)
+
+    monkeypatch.setattr(durability, "write_snapshot", full_twice)
+    assert server.durability is not None
+    with capture_logs() as logs:
+        server.durability.close()  # no exception: saved
+    events = [e["event"] for e in logs]
+    assert events.count("final_snapshot_failed") == 2
+    assert "writes_lost" not in events and events[-1] == "snapshot_written"
+    assert on_disk(server) == ["r0", "r1"]
+
+
+async def test_a_failed_final_snapshot_with_every_write_in_the_logs_fails_at_once(
+    sock_dir, tmp_path, monkeypatch, quick_retries
+):
+    """Nothing to save (the next start replays the logs): no retries, the error as before."""
+    monkeypatch.setattr(durability, "STOP_RETRY_SECONDS", 30.0, raising=False)
+    server = await started(sock_dir, tmp_path, "everysec")
+    conn, _ = connect(server)
+    conn.data_received(insert(1, "r0"))
+    await asyncio.sleep(0.05)
+    monkeypatch.setattr(durability, "write_snapshot", disk_full)
+    assert server.durability is not None
+    with capture_logs() as logs, pytest.raises(OSError, match="No space left"):
+        server.durability.close()
+    assert not [e for e in logs if e["log_level"] == "critical"]
+    assert on_disk(server) == ["r0", None]
+
+
+# The real process, its log writes and final snapshot failing as on a full disk.
+STORE_WITH_A_FULL_DISK = """
+import errno, sys
+from storeserver import durability, persistence
+from storeserver.__main__ import main
+
+def disk_full(*args):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+durability.STOP_RETRY_SECONDS = 0.5
+durability.RECOVERY_DELAYS = (60.0,)
+durability.write_snapshot = disk_full  # the final snapshot
+persistence.AppendLog.write = disk_full
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+async def test_the_store_process_exits_4_naming_the_acknowledged_writes_lost(sock_dir, tmp_path):
+    socket_path = sock_dir / "full.sock"
+    env = {**os.environ, "STORE_DATA_DIR": str(tmp_path / "data"), "STORE_FSYNC": "everysec"}
+    command = [sys.executable, "-c", STORE_WITH_A_FULL_DISK, "--socket", str(socket_path)]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_for_socket(socket_path, proc=proc)
+        client = StoreClient(f"unix:{socket_path}", timeout=2.0)
+        await client.call("insert", {"table": "t", "record": {"id": "r0"}})  # acknowledged
+        await client.close()
+        proc.send_signal(signal.SIGTERM)
+        output, _ = await asyncio.to_thread(proc.communicate, timeout=20)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 4
+    assert not socket_path.exists()
+    lines = [json.loads(line) for line in output.decode().splitlines() if line.strip()]
+    assert lines[-1]["event"] == "writes_lost" and lines[-1]["level"] == "critical"
+    assert lines[-1]["message"] == "1 acknowledged writes lost"
+    assert any(line["event"] == "final_snapshot_failed" for line in lines)
+    assert "store_stop_failed" not in [line["event"] for line in lines]
+
+
+async def test_a_failed_fsync_at_stop_counts_every_write_not_yet_synced(
+    sock_dir, tmp_path, monkeypatch, quick_retries
+):
+    """After a failed fsync the kernel may drop every page not yet synced: r0, written to the
+    log but never synced (``no``), is one of the writes only memory surely holds."""
+    server = await started(sock_dir, tmp_path, "no")
+    dur = server.durability
+    assert dur is not None and dur.log is not None
+    conn, transport = connect(server)
+    conn.data_received(insert(1, "r0"))
+    await asyncio.sleep(0.05)
+    assert acknowledged(transport) == {1}
+    monkeypatch.setattr(dur.log, "fsync", disk_full)
+    monkeypatch.setattr(durability, "write_snapshot", disk_full)
+    with capture_logs() as logs, pytest.raises(durability.WritesLost):
+        dur.close()
+    assert (
+        logs[-1]["event"] == "writes_lost" and logs[-1]["message"] == "1 acknowledged writes lost"
+    )
+
+
+async def test_after_a_recovery_nothing_is_unsaved_and_a_failed_stop_does_not_wait(
+    sock_dir, tmp_path, monkeypatch, quick_retries
+):
+    server = await started(sock_dir, tmp_path, "everysec")
+    await lose_a_write(server, monkeypatch)
+    dur = server.durability
+    assert dur is not None
+    monkeypatch.undo()  # the disk has room again: a snapshot forked now holds r1
+    outcome: list[Any] = []
+    dur.start_snapshot(outcome.append)
+    await wait_until(lambda: bool(outcome))
+    assert dur.error is None and dur.unsaved_writes == 0
+    monkeypatch.setattr(durability, "STOP_RETRY_SECONDS", 30.0)
+    monkeypatch.setattr(durability, "write_snapshot", disk_full)
+    with capture_logs() as logs, pytest.raises(OSError, match="No space left"):
+        dur.close()
+    assert not [e for e in logs if e["log_level"] == "critical"]
+    assert on_disk(server) == ["r0", "r1"]
