@@ -6,13 +6,13 @@ import ipaddress
 import json
 import re
 from functools import lru_cache
+from itertools import pairwise
 from typing import Annotated, Literal
 
 import limits
 from pydantic import (
     EmailStr,
     Field,
-    PositiveFloat,
     PositiveInt,
     SecretStr,
     field_validator,
@@ -23,12 +23,21 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from storeserver.client import parse_address
 
 MIN_SECRET_LENGTH = 32
+# Fewer distinct characters than this is not random: a random 32-character hex key has ~14
+# (about 4 in a million has fewer: the message suggests 64 hex characters).
+MIN_SECRET_DISTINCT = 9
 MIN_ADMIN_PASSWORD_LENGTH = 12
 # Values people paste from examples: refused in production whatever their length.
 WEAK_SECRET_WORDS = ("secret", "changeme", "change-me", "change_me", "password", "example")
 # `make run`'s development administrator password (Makefile): never accepted in production.
 DEV_ADMIN_PASSWORD = "dev-only-admin-password"
 _ORIGIN = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s?#]+")
+# The store's integers are 64-bit: a rate limit's count or window past this cannot be sent to
+# it, and every limited request would fail instead of the start.
+MAX_RATE_NUMBER = 2**63 - 1
+HOUR = 3600
+DAY = 24 * HOUR
+GIB = 1 << 30
 
 
 class Settings(BaseSettings):
@@ -41,7 +50,7 @@ class Settings(BaseSettings):
     host: str = "0.0.0.0"
     port: Annotated[int, Field(ge=1, le=65535)] = 8000
     web_concurrency: PositiveInt = 2
-    graceful_timeout: PositiveInt = 30
+    graceful_timeout: Annotated[int, Field(ge=1, le=HOUR)] = 30
     # Seconds a connection has to send a request's headers whole (api/connections.py).
     header_timeout: Annotated[float, Field(gt=0, le=3600)] = 10.0
     # Seconds a request body may pause between two pieces before the answer is 408.
@@ -51,20 +60,21 @@ class Settings(BaseSettings):
     # Sent in the store handshake; the store requires it when it has one (STORE_SECRET is
     # mandatory with STORE_TCP, and then checked on the Unix socket too).
     store_secret: SecretStr | None = None
-    store_timeout: PositiveFloat = 5.0
+    store_timeout: Annotated[float, Field(gt=0, le=HOUR)] = 5.0
     # create_index, set_schema, update_where, delete_where: chunked over big tables, and a
     # write that times out is of unknown outcome, so they get longer (``client.CHUNKED_WRITES``).
-    store_long_timeout: PositiveFloat = 120.0
+    store_long_timeout: Annotated[float, Field(gt=0, le=DAY)] = 120.0
     # A snapshot of a large store takes a while; the admin endpoint waits this long for it.
-    snapshot_timeout: PositiveFloat = 300.0
-    store_wait_seconds: PositiveFloat = 30.0
-    store_retry_after: PositiveInt = 1
-    max_body_bytes: PositiveInt = 1024 * 1024
+    snapshot_timeout: Annotated[float, Field(gt=0, le=DAY)] = 300.0
+    store_wait_seconds: Annotated[float, Field(gt=0, le=DAY)] = 30.0
+    store_retry_after: Annotated[int, Field(ge=1, le=HOUR)] = 1
+    # The store's largest frame (STORE_MAX_FRAME_BYTES) is at most 1 GiB too.
+    max_body_bytes: Annotated[int, Field(ge=1, le=GIB)] = 1024 * 1024
     # POST /api/v1/batch/import only (CSV upload, spooled to disk past 1 MiB): its own limit.
-    import_max_bytes: PositiveInt = 64 * 1024 * 1024
+    import_max_bytes: Annotated[int, Field(ge=1, le=64 * GIB)] = 64 * 1024 * 1024
     cors_origins: Annotated[list[str], NoDecode] = []
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
-    gzip_min_bytes: PositiveInt = 1024
+    gzip_min_bytes: Annotated[int, Field(ge=1, le=GIB)] = 1024
     dump_chunk_size: Annotated[int, Field(ge=1, le=1000)] = 500
     # PATCH/DELETE /data/{table}?<filters>: more matching rows than this → 400, nothing changed.
     max_rows_per_filter_write: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
@@ -85,15 +95,15 @@ class Settings(BaseSettings):
     # under `make run`), else the system temp dir. Every worker must see the same directory.
     job_result_dir: str = ""
     job_max_concurrent: Annotated[int, Field(ge=1, le=64)] = 2
-    job_heartbeat_seconds: PositiveFloat = 2.0
-    job_stale_seconds: PositiveFloat = 15.0
+    job_heartbeat_seconds: Annotated[float, Field(gt=0, le=HOUR)] = 2.0
+    job_stale_seconds: Annotated[float, Field(gt=0, le=DAY)] = 15.0
     # Past this many rows (table or whole store) exports/snapshots/by-filter run as jobs.
     job_async_rows: PositiveInt = 100_000
     # CSV import bodies larger than this run as jobs.
-    job_async_bytes: PositiveInt = 8 * 1024 * 1024
-    job_retention_seconds: PositiveInt = 86_400
+    job_async_bytes: Annotated[int, Field(ge=1, le=64 * GIB)] = 8 * 1024 * 1024
+    job_retention_seconds: Annotated[int, Field(ge=1, le=90 * DAY)] = 86_400
     # All finished results together: past this the oldest finished jobs are deleted early.
-    job_result_max_bytes: PositiveInt = 1 << 30
+    job_result_max_bytes: Annotated[int, Field(ge=1, le=1024 * GIB)] = 1 << 30
 
     @field_validator("cors_origins", "trusted_proxies", mode="before")
     @classmethod
@@ -123,7 +133,8 @@ class Settings(BaseSettings):
     @classmethod
     def parse_rate_limit(cls, value: str) -> str:
         """``limits`` notation: ``100/minute``, ``5 per 10 seconds``: one limit, of 1 or more
-        (``0/minute`` would refuse every request with a 400, not a 429)."""
+        (``0/minute`` would refuse every request with a 400, not a 429), whose count and
+        window fit the store's 64-bit integers."""
         try:
             items = limits.parse_many(value)
         except ValueError:  # its message quotes the value: settings errors never do
@@ -134,6 +145,8 @@ class Settings(BaseSettings):
             raise ValueError("one limit only, e.g. 100/minute (not several joined by ; or ,)")
         if items[0].amount < 1:
             raise ValueError("the limit must allow at least 1 request")
+        if items[0].amount > MAX_RATE_NUMBER or items[0].get_expiry() > MAX_RATE_NUMBER:
+            raise ValueError("the count and the window in seconds must each be below 2**63")
         return value
 
     @field_validator("cors_origins")
@@ -187,8 +200,8 @@ class Settings(BaseSettings):
                 problem = "must be set" if self.jwt_secret is None else "is too weak"
                 raise ValueError(
                     f"JWT_SECRET {problem} in production: at least {MIN_SECRET_LENGTH} random"
-                    " characters (not one repeated, no example word), e.g. from: python -c"
-                    " 'import secrets; print(secrets.token_urlsafe(48))'"
+                    f" characters ({MIN_SECRET_DISTINCT}+ distinct, not a run such as abcdef or"
+                    " 123456, no example word), e.g. from: openssl rand -hex 32"
                 )
             if self.admin_password is not None and (
                 self.admin_password.get_secret_value() == DEV_ADMIN_PASSWORD
@@ -219,14 +232,19 @@ class Settings(BaseSettings):
 
 
 def weak_secret(secret: SecretStr | None) -> bool:
-    """Missing, short, one repeated character, or an example word: not a signing key."""
+    """Missing, short, few distinct characters, mostly a run (``abcdef``, ``654321``), a block
+    repeated (``qwertyuio`` four times), or an example word: not a signing key. Cheap checks
+    against typed-in keys, not an entropy test."""
     if secret is None:
         return True
     text = secret.get_secret_value()
     lowered = text.lower()
+    steps = sum(abs(ord(b) - ord(a)) == 1 for a, b in pairwise(text))
     return (
         len(text) < MIN_SECRET_LENGTH
-        or len(set(text)) < 8
+        or len(set(text)) < MIN_SECRET_DISTINCT
+        or steps * 2 > len(text)
+        or (text + text).find(text, 1) < len(text)  # periodic: a shorter block repeated
         or any(word in lowered for word in WEAK_SECRET_WORDS)
     )
 

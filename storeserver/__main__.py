@@ -1,10 +1,10 @@
 """``python -m storeserver``: run the store process until SIGTERM/SIGINT, then exit 0.
 
-Exit 3 when it refuses to start (``store_failed_to_start``: corrupt or incomplete data, its data
-directory or socket held by another store: starting it again will not help, and
-deploy/supervisord.conf does not), 1 when its shutdown failed (``store_stop_failed``: the final
-flush or snapshot could not be written, e.g. a full disk) or it failed while running, 2 for
-invalid settings.
+Exit 3 when it refuses to start (``store_failed_to_start``: corrupt or incomplete data, a data
+directory it cannot create or use, its data directory or socket held by another store: starting
+it again will not help, and deploy/supervisord.conf does not), 1 when its shutdown failed
+(``store_stop_failed``: the final flush or snapshot could not be written, e.g. a full disk) or it
+failed while running, 2 for invalid settings.
 """
 
 from __future__ import annotations
@@ -19,11 +19,14 @@ from pathlib import Path
 import structlog
 from pydantic import ValidationError
 
+from .durability import WritesLost
 from .logs import configure_logging
 from .server import StoreServer
 from .settings import StoreSettings, settings_errors
 
 EXIT_REFUSED_TO_START = 3
+# Stopped with writes only in memory: the final snapshot never fit (durability.py).
+EXIT_WRITES_LOST = 4
 
 
 class StopFailed(Exception):
@@ -64,12 +67,14 @@ def load_settings(args: argparse.Namespace) -> StoreSettings:
 
 
 async def serve(settings: StoreSettings) -> None:
-    server = StoreServer(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
+        # Building the server creates the data directory: one it cannot create (no such
+        # parent, no permission, a file in the way) fails the same way on every restart.
+        server = StoreServer(settings)
         await server.start()
     except (RuntimeError, OSError) as exc:
         raise StartRefused(str(exc)) from exc
@@ -77,11 +82,13 @@ async def serve(settings: StoreSettings) -> None:
     structlog.get_logger("storeserver").info("store_stopping")
     try:
         await server.shutdown()
-    except OSError as exc:
+    except (OSError, WritesLost) as exc:
         # shutdown() stops before removing the socket: a stale one would tell the next
         # start (and its probes) that a store is still there.
         with contextlib.suppress(FileNotFoundError):
             settings.socket.unlink()
+        if isinstance(exc, WritesLost):
+            raise
         raise StopFailed(str(exc)) from exc
 
 
@@ -108,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     except StopFailed as exc:
         structlog.get_logger("storeserver").error("store_stop_failed", error=str(exc))
         return 1
+    except WritesLost:
+        return EXIT_WRITES_LOST  # its critical line ("N acknowledged writes lost") was the last
     except StartRefused as exc:
         structlog.get_logger("storeserver").error("store_failed_to_start", error=str(exc))
         return EXIT_REFUSED_TO_START

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Literal
 
 from pydantic import (
     Field,
-    PositiveFloat,
     PositiveInt,
     ValidationError,
     field_validator,
@@ -15,11 +14,18 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .client import parse_address
 from .protocol import MAX_FRAME_SIZE
+
+HOUR = 3600
+DAY = 24 * HOUR
+GIB = 1 << 30
 
 
 class StoreSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="STORE_", extra="ignore")
+    # An empty variable (STORE_DATA_DIR= in a .env file) means unset, as on the API side:
+    # Path("") would be the working directory, persistence switched on where nobody asked.
+    model_config = SettingsConfigDict(env_prefix="STORE_", extra="ignore", env_ignore_empty=True)
 
     socket: Path = Path("run/store.sock")
     # Permission bits of the Unix socket, in octal (STORE_SOCKET_MODE=0660): owner-only unless
@@ -31,26 +37,46 @@ class StoreSettings(BaseSettings):
     # At least 1 MiB: smaller would refuse the API's own requests (bodies up to MAX_BODY_BYTES).
     max_frame_bytes: int = Field(default=MAX_FRAME_SIZE, ge=1 << 20, le=1 << 30)
     # Seconds a client has from connecting to a HELLO the store accepts, else it is closed.
-    handshake_timeout: PositiveFloat = 10.0
+    handshake_timeout: float = Field(default=10.0, gt=0, le=HOUR)
     max_tables: PositiveInt = 1000
     data_dir: Path | None = None
     fsync: Literal["always", "everysec", "no"] = "everysec"  # any case
     # Compact the log into a new snapshot once it grows past this many bytes.
-    log_rewrite_bytes: PositiveInt = 64 * 1024 * 1024
-    max_memory: int = Field(default=0, ge=0)  # bytes; 0 = no limit
+    log_rewrite_bytes: int = Field(default=64 * 1024 * 1024, ge=1, le=64 * GIB)
+    max_memory: int = Field(default=0, ge=0, le=16 * 1024 * GIB)  # bytes; 0 = no limit
     # Any case (compose passes the API's LOG_LEVEL, which is usually lower case).
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     # Log commands slower than this (milliseconds).
-    slow_ms: float = Field(default=50.0, ge=0)  # 0: log every command
+    slow_ms: float = Field(default=50.0, ge=0, le=DAY * 1000)  # 0: log every command
     # Default and ceiling of max_rows for update_where / delete_where.
     max_bulk_rows: PositiveInt = 10_000
     # Audit log bounds: entries kept, and their age in seconds (0 = no age bound).
     audit_max_entries: PositiveInt = 100_000
-    audit_max_age: float = Field(default=30 * 24 * 3600.0, ge=0)
+    audit_max_age: float = Field(default=30 * DAY, ge=0, le=10 * 365 * DAY)
     # Seconds a scan cursor may go unread before it is freed (a slow client of a streamed
     # export pauses the worker's reads: past this its download is cut off). While it lasts
     # the cursor holds its table's id list (8 bytes a row; every cursor's together are capped).
-    scan_idle: float = Field(default=300.0, gt=0, le=24 * 3600)
+    scan_idle: float = Field(default=300.0, gt=0, le=DAY)
+
+    @field_validator("socket", mode="before")
+    @classmethod
+    def _unix_path(cls, value: object) -> object:
+        """The forms the API reads STORE_SOCKET in, so one variable serves both: a path or
+        ``unix:/path``. The store listens on TCP only through STORE_TCP."""
+        if not isinstance(value, str | PurePath):
+            return value
+        try:
+            kind, where = parse_address(str(value))
+        except ValueError:  # its message quotes the value: settings errors never do
+            kind, where = "", None
+        if kind == "tcp":
+            raise ValueError(
+                "the store listens on a Unix socket (a path or unix:/path); for TCP set"
+                " STORE_TCP=host:port and give the API STORE_SOCKET=tcp://host:port"
+            )
+        if not where:
+            raise ValueError("a store socket is a path or unix:/path")
+        return where
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -84,12 +110,16 @@ class StoreSettings(BaseSettings):
             raise ValueError("STORE_TCP requires STORE_SECRET (shared secret for the handshake)")
         if self.tcp:
             host, _, port = self.tcp.rpartition(":")
-            if not host or not port.isdigit():
-                raise ValueError("STORE_TCP must look like host:port")
+            # int() alone would take 99999, which asyncio turns into port 34463 (mod 65536).
+            if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+                raise ValueError("STORE_TCP must look like host:port, with a port of 1 to 65535")
         return self
 
 
 def settings_errors(exc: ValidationError) -> str:
-    """One line naming each bad setting and why (never its value: it may be a secret)."""
-    named = ((".".join(map(str, e["loc"])), e["msg"]) for e in exc.errors())
-    return "; ".join(f"{loc}: {msg}" if loc else msg for loc, msg in named)
+    """One line naming each bad setting by its environment variable, and why (never its
+    value: it may be a secret). Works for the API's settings too (no prefix)."""
+    # pydantic titles the error with the model's name: the store's variables carry STORE_.
+    prefix = "STORE_" if exc.title == StoreSettings.__name__ else ""
+    named = ((f"{prefix}{e['loc'][0]}".upper() if e["loc"] else "", e["msg"]) for e in exc.errors())
+    return "; ".join(f"{name}: {msg}" if name else msg for name, msg in named)

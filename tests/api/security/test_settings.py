@@ -22,6 +22,10 @@ STRONG = "k3Y-9vQz_Lw2Rt8Xb5Nm1Hp4Jc7Fd0Sg6Ae-Uo3Iy"
         "a" * 64,  # long, but one character
         "my-jwt-secret-0123456789-abcdefghijkl",  # an example word
         "changeme" * 5,
+        "abcdefghijklmnopqrstuvwxyz123456",  # mostly a run of consecutive characters
+        "9876543210zyxwvutsrqponmlkjihgfedcba",  # the same, backwards
+        "abcdefgh" * 4,  # 8 distinct characters
+        "qwertyuio" * 4,  # 9
     ],
 )
 def test_production_refuses_a_missing_or_weak_jwt_secret(secret: str | None) -> None:
@@ -41,14 +45,18 @@ def test_a_bad_rate_limit_is_named_without_its_value() -> None:
 
 
 def test_a_weak_secret_is_called_weak_not_missing() -> None:
-    with pytest.raises(ValidationError, match="JWT_SECRET is too weak"):
+    with pytest.raises(ValidationError, match="JWT_SECRET is too weak") as weak:
         Settings(env="production", jwt_secret="changeme" * 5)
+    assert "openssl rand -hex 32" in str(weak.value)
     with pytest.raises(ValidationError, match="JWT_SECRET must be set"):
         Settings(env="production")
 
 
 def test_production_accepts_a_strong_secret_and_development_needs_none() -> None:
     assert Settings(env="production", jwt_secret=STRONG).jwt_secret is not None
+    # what the message suggests: openssl rand -hex 32
+    hex_key = "3f9c1e7a5b2d8f60c4e19a7b3d5f2e8c0a6b4d1f7e9c3a5b8d2f6e0c4a1b7d9e"
+    assert Settings(env="production", jwt_secret=hex_key).jwt_secret is not None
     assert Settings(env="development").jwt_secret is None
     assert STRONG not in repr(Settings(env="production", jwt_secret=STRONG))
 
@@ -67,6 +75,10 @@ def test_production_accepts_a_strong_secret_and_development_needs_none() -> None
         # 0 would answer every request 400 at run time; several limits are not applied
         ({"rate_limit": "0/minute"}, "at least 1 request"),
         ({"rate_limit": "100/minute;10/second"}, "one limit only"),
+        # past the store's 64-bit integers: accepted at start, then every request failed 400
+        ({"rate_limit": f"{2**64}/second"}, r"below 2\*\*63"),
+        ({"rate_limit": f"{2**63}/second"}, r"below 2\*\*63"),
+        ({"auth_rate_limit": f"1 per {2**64} seconds"}, r"below 2\*\*63"),
         ({"cors_origins": "not a url"}, "scheme://host"),
         ({"cors_origins": "https://app.example.com/path"}, "no path"),
         ({"store_socket": "tcp://localhost"}, "tcp://host:port"),
@@ -93,3 +105,4 @@ def test_limits_and_proxies_parse() -> None:
     assert settings.rate_limit == "5 per 10 seconds"
     assert settings.trusted_proxies == ["10.0.0.0/8", "192.168.1.7"]
     assert Settings().rate_limit == "100/minute"
+    assert Settings(rate_limit=f"{2**63 - 1}/second").rate_limit == f"{2**63 - 1}/second"

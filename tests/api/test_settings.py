@@ -1,0 +1,74 @@
+"""API settings: bounds on times and sizes, empty means unset, and how a refusal names the
+variable (``invalid_settings``)."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from api.settings import Settings
+from storeserver.settings import settings_errors
+
+
+def refused(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> ValidationError:
+    """Why the settings refuse this variable's value (the test fails if they accept it)."""
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError) as error:
+        Settings()
+    return error.value
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("GRACEFUL_TIMEOUT", "100000000000"),
+        ("STORE_TIMEOUT", "inf"),
+        ("STORE_TIMEOUT", "nan"),
+        ("STORE_LONG_TIMEOUT", "inf"),
+        ("SNAPSHOT_TIMEOUT", "1e9"),
+        ("STORE_WAIT_SECONDS", "inf"),
+        ("STORE_RETRY_AFTER", str(10**23)),
+        ("JOB_HEARTBEAT_SECONDS", "inf"),
+        ("JOB_STALE_SECONDS", "inf"),
+        ("JOB_RETENTION_SECONDS", str(10**23)),
+        ("MAX_BODY_BYTES", str(10**23)),
+        ("IMPORT_MAX_BYTES", str(10**23)),
+        ("GZIP_MIN_BYTES", str(10**23)),
+        ("JOB_ASYNC_BYTES", str(10**23)),
+        ("JOB_RESULT_MAX_BYTES", str(10**23)),
+    ],
+)
+def test_absurd_times_and_sizes_are_refused(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    errors = refused(monkeypatch, name, value).errors()
+    assert [error["loc"] for error in errors] == [(name.lower(),)]
+
+
+def test_the_upper_bounds_themselves_are_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {
+        "GRACEFUL_TIMEOUT": "3600",
+        "STORE_TIMEOUT": "3600",
+        "STORE_RETRY_AFTER": "3600",
+        "JOB_STALE_SECONDS": "86400",
+        "MAX_BODY_BYTES": str(1 << 30),
+    }.items():
+        monkeypatch.setenv(name, value)
+    assert Settings().max_body_bytes == 1 << 30
+
+
+@pytest.mark.parametrize("name", ["ENV", "WEB_CONCURRENCY", "STORE_SOCKET", "MAX_BODY_BYTES"])
+def test_an_empty_variable_means_unset(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    monkeypatch.setenv(name, "")
+    assert Settings() == Settings.model_construct()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("WEB_CONCURRENCY", "two"), ("ENV", "staging"), ("RATE_LIMIT", "lots")]
+)
+def test_a_refusal_names_the_environment_variable(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    """``web_concurrency: ...`` named a Python field; the operator set WEB_CONCURRENCY."""
+    errors = settings_errors(refused(monkeypatch, name, value))
+    assert errors.startswith(f"{name}: ") and value not in errors

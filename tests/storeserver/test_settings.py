@@ -1,0 +1,109 @@
+"""Store settings (``STORE_*``): empty means unset, bounds, the socket and TCP address forms,
+and how a refusal names the variable."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from storeserver.__main__ import EXIT_REFUSED_TO_START
+from storeserver.settings import StoreSettings, settings_errors
+
+
+def refused(**env: str) -> ValidationError:
+    """Why the settings refuse these variables' values (the test fails if they accept them)."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        with pytest.raises(ValidationError) as error:
+            StoreSettings()
+    return error.value
+
+
+@pytest.mark.parametrize(
+    "name", ["STORE_DATA_DIR", "STORE_MAX_MEMORY", "STORE_FSYNC", "STORE_TCP", "STORE_SOCKET"]
+)
+def test_an_empty_variable_means_unset(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """STORE_DATA_DIR= used to be Path(""): persistence on, in the working directory."""
+    monkeypatch.setenv(name, "")
+    assert StoreSettings() == StoreSettings.model_construct()
+    assert StoreSettings().data_dir is None
+
+
+@pytest.mark.parametrize("port", ["99999", "65536", "0"])
+def test_a_tcp_port_out_of_range_is_refused(port: str) -> None:
+    """99999 was taken, and asyncio listened on 34463 (99999 mod 65536)."""
+    errors = str(refused(STORE_TCP=f"127.0.0.1:{port}", STORE_SECRET="s3cret-for-the-test"))
+    assert "STORE_TCP" in errors and "1 to 65535" in errors
+
+
+def test_a_tcp_port_in_range_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STORE_TCP", "127.0.0.1:65535")
+    monkeypatch.setenv("STORE_SECRET", "s3cret-for-the-test")
+    assert StoreSettings().tcp == "127.0.0.1:65535"
+
+
+@pytest.mark.parametrize(
+    ("value", "path"),
+    [
+        ("unix:/tmp/memdb/store.sock", "/tmp/memdb/store.sock"),
+        ("unix:///tmp/memdb/store.sock", "/tmp/memdb/store.sock"),
+        ("/tmp/memdb/store.sock", "/tmp/memdb/store.sock"),
+        ("run/store.sock", "run/store.sock"),
+    ],
+)
+def test_the_socket_takes_the_unix_forms_the_api_reads(
+    monkeypatch: pytest.MonkeyPatch, value: str, path: str
+) -> None:
+    """unix:/path used to be a relative path: ./unix:/tmp/... under the working directory."""
+    monkeypatch.setenv("STORE_SOCKET", value)
+    assert StoreSettings().socket == Path(path)
+    assert StoreSettings(socket=Path(value)).socket == Path(path)  # --socket, as argparse gives it
+
+
+@pytest.mark.parametrize("value", ["tcp://127.0.0.1:7000", "127.0.0.1:7000"])
+def test_a_tcp_address_as_the_socket_is_refused_pointing_to_store_tcp(value: str) -> None:
+    (error,) = refused(STORE_SOCKET=value).errors()
+    assert error["loc"] == ("socket",) and "STORE_TCP=host:port" in error["msg"]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("STORE_HANDSHAKE_TIMEOUT", "inf"),
+        ("STORE_HANDSHAKE_TIMEOUT", "nan"),
+        ("STORE_HANDSHAKE_TIMEOUT", "3601"),
+        ("STORE_SLOW_MS", "inf"),
+        ("STORE_AUDIT_MAX_AGE", "inf"),
+        ("STORE_AUDIT_MAX_AGE", "1e12"),
+        ("STORE_SCAN_IDLE", "nan"),
+        ("STORE_LOG_REWRITE_BYTES", str(10**23)),
+        ("STORE_MAX_MEMORY", str(10**23)),
+    ],
+)
+def test_absurd_times_and_sizes_are_refused(name: str, value: str) -> None:
+    errors = refused(**{name: value}).errors()
+    assert [error["loc"] for error in errors] == [(name.removeprefix("STORE_").lower(),)]
+
+
+def test_a_refusal_names_the_variable_not_the_field() -> None:
+    errors = settings_errors(refused(STORE_FSYNC="sometimes", STORE_MAX_TABLES="0"))
+    assert "STORE_FSYNC: " in errors and "STORE_MAX_TABLES: " in errors
+    assert "sometimes" not in errors
+
+
+def test_an_unusable_data_dir_exits_with_the_cannot_start_code(tmp_path: Path) -> None:
+    """Exit 1 made supervisord start it again in a loop; 3 is "starting again will not help"."""
+    in_the_way = tmp_path / "a-file"
+    in_the_way.write_text("")
+    command = [sys.executable, "-m", "storeserver", "--socket", str(tmp_path / "s.sock")]
+    command += ["--data-dir", str(in_the_way / "data")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    assert done.returncode == EXIT_REFUSED_TO_START, done.stdout + done.stderr
+    (line,) = (done.stdout + done.stderr).splitlines()
+    assert json.loads(line)["event"] == "store_failed_to_start"
