@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import structlog
+from gunicorn import util as gunicorn_util
 from prometheus_client import multiprocess
 from pydantic import ValidationError
 
@@ -27,20 +29,65 @@ from api.store import wait_for_store
 from storeserver.errors import StoreError
 from storeserver.settings import settings_errors
 
+
+def _refuse(errors: str) -> NoReturn:
+    """One JSON line and exit 2, as the store does with its settings, instead of gunicorn's
+    "Failed to read config file" and a multi-line traceback (which would repeat on every
+    restart under supervisord)."""
+    configure_logging("INFO")
+    structlog.get_logger("api").error("invalid_settings", errors=errors)
+    sys.exit(2)
+
+
+def _bind_error(address: str) -> str | None:
+    """Why gunicorn could not bind ``address`` (its ``bind`` syntax), or None: found here
+    rather than by gunicorn, which logs "Can't connect" five times and exits 1, again at
+    every restart."""
+    try:
+        host, _ = gunicorn_util.parse_address(address)
+    except RuntimeError:
+        return "HOST: not an address (an IPv6 address goes in brackets: [::1])"
+    family = socket.AF_INET6 if gunicorn_util.is_ipv6(host) else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            # Any free port: one taken now may be free by the time gunicorn binds it.
+            probe.bind((host, 0))
+    except OSError as exc:
+        # Also a name the resolver cannot look up now: gunicorn's bind would fail alike.
+        return (
+            f"HOST: not an IP address of this machine nor a name resolving to one: {exc.strerror}"
+        )
+    return None
+
+
+def _metrics_dir_error() -> str | None:
+    """Why the workers could not write their metric files there, or None: found here rather
+    than by the entrypoint's shell (plain text) or the first metric (a traceback)."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:
+        return None
+    try:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"PROMETHEUS_MULTIPROC_DIR: cannot create the directory: {exc.strerror}"
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return "PROMETHEUS_MULTIPROC_DIR: the directory is not writable by this user"
+    return None
+
+
 try:
     _settings = get_settings()
 except ValidationError as exc:
-    # One JSON line and exit 2, as the store does with its settings, instead of gunicorn's
-    # "Failed to read config file" and a multi-line traceback (which would repeat on every
-    # restart under supervisord).
-    configure_logging("INFO")
-    structlog.get_logger("api").error("invalid_settings", errors=settings_errors(exc))
-    sys.exit(2)
+    _refuse(settings_errors(exc))
 
 wsgi_app = "api.main:create_app()"
 worker_class = "uvicorn_worker.UvicornWorker"
 workers = _settings.web_concurrency
 bind = [f"{_settings.host}:{_settings.port}"]
+_unusable = [error for error in (_bind_error(bind[0]), _metrics_dir_error()) if error]
+if _unusable:
+    _refuse("; ".join(_unusable))
+
 # Seconds a worker gets to finish in-flight requests after SIGTERM before the master kills it.
 graceful_timeout = _settings.graceful_timeout
 # ...but the worker does not wait for that SIGKILL, which would end it with no log line at all:
@@ -70,14 +117,21 @@ if _settings.control_socket:
 def clear_metrics_dir() -> None:
     """Remove stale multiprocess files: dead workers of a previous run would add to the counts.
 
-    The entrypoint already wiped the directory; this also covers launchers that only set the
-    variable (only ``*.db`` files are removed, in case it points somewhere shared).
+    The entrypoint already removed them; this also covers launchers that only set the
+    variable. Only prometheus-client's own files go (``METRIC_FILES``), in case the variable
+    names somewhere shared.
     """
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if directory:
         Path(directory).mkdir(parents=True, exist_ok=True)
-        for stale in Path(directory).glob("*.db"):
-            stale.unlink(missing_ok=True)
+        for pattern in METRIC_FILES:
+            for stale in Path(directory).glob(pattern):
+                if stale.is_file():
+                    stale.unlink(missing_ok=True)
+
+
+METRIC_FILES = ("counter_*.db", "gauge_*.db", "histogram_*.db", "summary_*.db")
+"""prometheus-client's multiprocess files (``<kind>_<pid>.db``, ``gauge_<mode>_<pid>.db``)."""
 
 
 def on_starting(server: Any) -> None:

@@ -1,6 +1,11 @@
 """`make run`: supervisord (deploy/supervisord.conf) in the foreground, in this process, so
 Ctrl-C and SIGTERM reach it as they would reach ``supervisord`` itself.
 
+First it locks ``$RUN_DIR/run.lock`` for its lifetime: a second `make run` on the same run
+directory would otherwise empty the first one's metrics directory, replace its pid file and
+leave a stop record that the first would report at its own stop. The second one touches
+nothing, prints one JSON line (``run_dir_in_use``) and exits 3.
+
 supervisord exits 0 however it was shut down. When deploy/stop_on_failure.py shut it down
 because a program cannot start, this prints one JSON line naming the program and why, last
 (after the other programs' stop lines), and exits 1.
@@ -8,35 +13,82 @@ because a program cannot start, this prints one JSON line naming the program and
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from stop_on_failure import STOPPED_FILE  # this directory: sys.path[0]
 from supervisor import supervisord
 
 CONFIG = Path(__file__).with_name("supervisord.conf")
+LOCK_FILE = "run.lock"
+# As the store's exit code for a data directory or socket held by another store.
+EXIT_IN_USE = 3
+
+
+def log_line(level: str, event: str, **fields: Any) -> None:
+    line = {
+        "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        "level": level,
+        "event": event,
+        **fields,
+        "process": "supervisord",
+        "pid": os.getpid(),
+    }
+    os.write(sys.stdout.fileno(), (json.dumps(line, separators=(",", ":")) + "\n").encode())
+
+
+class RunDirInUse(Exception):
+    """Another run holds the lock; ``holder`` is the pid it wrote there ("" if unreadable)."""
+
+    def __init__(self, holder: str) -> None:
+        super().__init__(holder)
+        self.holder = holder
+
+
+def lock_run_dir(run_dir: Path) -> int:
+    """Lock ``run_dir`` and return the locked file's descriptor, to keep open: the lock lasts
+    as long as this process (supervisord's children do not inherit it)."""
+    # No O_TRUNC: the holder's pid must survive a refused open.
+    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode("ascii", "replace").strip()
+        os.close(fd)
+        raise RunDirInUse(holder) from None
+    os.ftruncate(fd, 0)
+    # This process becomes supervisord: the pid in its supervisord.pid too.
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
 
 
 def main() -> int:
-    stopped_file = Path(os.environ.get("RUN_DIR", "run")) / STOPPED_FILE
+    run_dir = Path(os.environ.get("RUN_DIR", "run"))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        lock_run_dir(run_dir)  # held until this process ends
+    except RunDirInUse as exc:
+        log_line(
+            "critical",
+            "run_dir_in_use",
+            run_dir=str(run_dir),
+            holder_pid=int(exc.holder) if exc.holder.isdigit() else None,
+            reason="another make run uses this RUN_DIR: stop it, or give this one its own"
+            " RUN_DIR, PORT and STORE_DATA_DIR",
+        )
+        return EXIT_IN_USE
+    stopped_file = run_dir / STOPPED_FILE
     stopped_file.unlink(missing_ok=True)
     supervisord.main(["--nodaemon", "--configuration", str(CONFIG)])
     if not stopped_file.exists():
         return 0
     stopped = json.loads(stopped_file.read_text())
-    line = {
-        "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-        "level": "critical",
-        "event": "run_stopped",
-        "program": stopped["program"],
-        "reason": stopped["reason"],
-        "process": "supervisord",
-        "pid": os.getpid(),
-    }
-    os.write(sys.stdout.fileno(), (json.dumps(line, separators=(",", ":")) + "\n").encode())
+    log_line("critical", "run_stopped", program=stopped["program"], reason=stopped["reason"])
     return 1
 
 

@@ -2,7 +2,8 @@
 listener (deploy/stop_on_failure.py), in a run directory and on a port of its own.
 
 A crash is restarted; a program that cannot start ends `make run` with one JSON line saying
-which, and a non-zero exit, instead of a restart loop in the foreground.
+which, and a non-zero exit, instead of a restart loop in the foreground. A second `make run` on
+the same run directory refuses before touching anything in it.
 """
 
 from __future__ import annotations
@@ -33,10 +34,7 @@ class MakeRun:
     process: subprocess.Popen[bytes]
     run_dir: Path
     port: int
-
-    @property
-    def output(self) -> Path:
-        return self.run_dir / "output"
+    output: Path
 
     def lines(self) -> list[str]:
         return self.output.read_text("utf-8", "replace").splitlines()
@@ -79,9 +77,11 @@ class MakeRun:
                 self.process.wait()
 
 
-def start_make_run(**settings: str) -> MakeRun:
-    run_dir = Path(tempfile.mkdtemp(prefix="memdb-run-"))
+def start_make_run(run_dir: Path | None = None, /, **settings: str) -> MakeRun:
+    """`make run` in a new run directory, or in ``run_dir`` (its output in a file of its own)."""
+    run_dir = run_dir or Path(tempfile.mkdtemp(prefix="memdb-run-"))
     port = free_port()
+    output = run_dir / f"output-{port}"
     variables = {
         "RUN_DIR": str(run_dir),
         "STORE_DATA_DIR": str(run_dir / "data"),
@@ -93,17 +93,17 @@ def start_make_run(**settings: str) -> MakeRun:
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
     argv = ["make", "--no-print-directory", "-o", "install", "run"]
     argv += [f"{name}={value}" for name, value in variables.items()]
-    with (run_dir / "output").open("wb") as output:
+    with output.open("wb") as stdout:
         process = subprocess.Popen(
             argv,
             cwd=ROOT,
             env=env,
-            stdout=output,
+            stdout=stdout,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-    return MakeRun(process, run_dir, port)
+    return MakeRun(process, run_dir, port, output)
 
 
 @pytest.fixture
@@ -146,13 +146,61 @@ def test_make_run_listens_on_loopback_restarts_a_killed_store_and_stops_with_0(
     assert not [e for e in run.events() if e.get("event") == "run_stopped"]
 
 
-def test_make_run_stops_when_the_api_refuses_its_settings(make_run: list[MakeRun]) -> None:
-    run = start_make_run(RATE_LIMIT="abc")
+def test_a_second_make_run_on_the_same_run_dir_refuses_and_touches_nothing(
+    make_run: list[MakeRun],
+) -> None:
+    first = start_make_run()
+    make_run.append(first)
+    first.wait_ready()
+    for _ in range(5):
+        httpx.get(f"http://127.0.0.1:{first.port}/api/v1/health", timeout=5.0)
+    metrics_dir = first.run_dir / "prometheus"
+    metric_files = sorted(path.name for path in metrics_dir.iterdir())
+    assert metric_files, "the first run's workers wrote no metric files"
+    pid_file = first.run_dir / "supervisord.pid"
+    supervisord = pid_file.read_text()
+
+    second = start_make_run(first.run_dir, STORE_DATA_DIR=str(first.run_dir / "data-second"))
+    make_run.append(second)
+    assert second.process.wait(30) != 0, "\n".join(second.lines()[-20:])
+    (refused,) = second.events()
+    assert refused["event"] == "run_dir_in_use", refused
+    assert refused["holder_pid"] == int(supervisord), refused
+    assert refused["run_dir"] == str(first.run_dir)
+    (not_json,) = [line for line in second.lines() if not line.startswith("{")]
+    assert not_json.endswith("run] Error 3"), not_json
+
+    assert sorted(path.name for path in metrics_dir.iterdir()) == metric_files
+    assert pid_file.read_text() == supervisord
+    assert not (first.run_dir / "stopped.json").exists()
+    assert not (first.run_dir / "data-second").exists()
+    metrics = httpx.get(f"http://127.0.0.1:{first.port}/metrics", timeout=5.0).text
+    assert 'handler="/api/v1/health"' in metrics
+
+    os.kill(int(supervisord), signal.SIGTERM)
+    assert first.process.wait(60) == 0, "\n".join(first.lines()[-20:])
+    assert not [e for e in first.events() if e.get("event") == "run_stopped"]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("RATE_LIMIT", "abc"),
+        # Before: five "Can't connect" lines, then run_stopped for a crash loop after ~35 s.
+        ("HOST", "256.1.1.1"),
+        # Before: the entrypoint's plain-text mkdir error at each of five restarts.
+        ("PROMETHEUS_MULTIPROC_DIR", "/proc/nope/x"),
+    ],
+)
+def test_make_run_stops_when_the_api_refuses_its_settings(
+    make_run: list[MakeRun], name: str, value: str
+) -> None:
+    run = start_make_run(**{name: value})
     make_run.append(run)
     assert run.process.wait(60) != 0, "\n".join(run.lines()[-20:])
     events = run.events()
     refused = [e for e in events if e.get("event") == "invalid_settings"]
-    assert len(refused) == 1 and "rate_limit" in refused[0]["errors"], events
+    assert len(refused) == 1 and refused[0]["errors"].startswith(f"{name}:"), events
     last = events[-1]
     assert last["event"] == "run_stopped" and last["program"] == "api", last
     assert "above" in last["reason"]
