@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import secrets
 from typing import Any
@@ -26,6 +28,16 @@ def login_email(username: str) -> str:
         return str(_EMAIL.validate_python(username))
     except ValidationError:
         return username
+
+
+def login_name_tag(username: str, secret: str) -> str:
+    """The login name in log lines: HMAC-SHA256 under a key derived from the signing secret.
+
+    Every worker holds that secret, so one name's lines correlate across workers; without it a
+    password typed into the username field cannot be recovered by hashing guesses."""
+    key = hmac.digest(secret.encode(), b"memdb-service failed-login name", "sha256")
+    name = username.strip().casefold().encode()
+    return hmac.new(key, name, hashlib.sha256).hexdigest()[:32]
 
 
 async def dummy_hash() -> str:

@@ -10,7 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Request, Response
 from fastapi.exceptions import RequestValidationError
 
-from api.auth.credentials import check_credentials, login_email
+from api.auth.credentials import check_credentials, login_email, login_name_tag
 from api.auth.sessions import (
     announce_expiry,
     consume_refresh_token,
@@ -153,8 +153,10 @@ async def create_token(
         logger.error("refused a login with the development admin password in production")
         user = None
     if user is None:
-        # The address, never the password; the username only as its limiter key (a hash).
-        logger.info("failed login from %s for %s", client_ip(request.scope), username_key(username))
+        # The address, never the password; the username only as a keyed hash (a password
+        # pasted into it must not be recoverable from the logs by guessing).
+        name_tag = login_name_tag(username, tokens.secret)
+        logger.info("failed login from %s for %s", client_ip(request.scope), name_tag)
         error = bad_credentials()
         error.headers.update(limit_headers)
         raise error

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import structlog
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel
 
@@ -10,8 +11,13 @@ from api.errors import error_response
 from api.http_metrics import MeteredRoute
 from api.responses import PROBE_CACHE_CONTROL, json_response
 from api.schemas.envelope import Envelope, error_responses
+from storeserver.errors import StoreTimeout
 
 router = APIRouter(route_class=MeteredRoute, tags=["probes"])
+log = structlog.get_logger("api.probes")
+# A readiness probe asks often and is given little time (Kubernetes: 1 s by default): a store
+# that does not answer ping by then is not ready, and the probe says so instead of timing out.
+READY_TIMEOUT = 1.0
 
 
 class Health(BaseModel):
@@ -38,7 +44,17 @@ async def read_health() -> Response:
 )
 async def read_readiness(request: Request, store: StoreDep, settings: SettingsDep) -> Response:
     """200 when the store answers and has loaded its data, else 503."""
-    pong = await store.call("ping", {})
+    try:
+        pong = await store.call("ping", {}, timeout=READY_TIMEOUT)
+    except StoreTimeout:
+        log.warning("store_timeout", command="ping", timeout_s=READY_TIMEOUT)
+        return error_response(
+            request,
+            503,
+            "STORE_UNAVAILABLE",
+            f"The store did not answer within {READY_TIMEOUT:g} s",
+            headers={"Retry-After": str(settings.store_retry_after)},
+        )
     if not pong.get("ready"):
         return error_response(
             request,

@@ -3,11 +3,14 @@
 Default mode: good rows are inserted in chunks of ``CHUNK_ROWS`` (one store ``batch`` each, so
 the store's loop is never held by more than one chunk); a row the store refuses (duplicate id,
 unknown ``user_id``, ...) is taken out of its chunk and the rest of the chunk is retried, so
-only bad rows are lost. ``atomic``: every row is read and validated first; any invalid row
-means nothing is written (422 with the row errors); then all rows go in ONE store ``batch``,
-which the store applies entirely or not at all, so an atomic import holds at most
-``ATOMIC_MAX_ROWS`` rows (the store's batch limit). The batches have ``refs: false``: a map
-like ``{"$ref": "0.id"}`` in a cell is data (an export of such a record), not a reference.
+only bad rows are lost. A chunk also ends before its rows pass a quarter of the store's frame
+(``BatchLimits``): wide rows go in smaller batches instead of a request the store drops, and a
+row too big to be one record is a row error, never sent. ``atomic``: every row is read and
+validated first; any invalid row means nothing is written (422 with the row errors); then all
+rows go in ONE store ``batch``, which the store applies entirely or not at all, so an atomic
+import holds at most ``ATOMIC_MAX_ROWS`` rows (the store's batch limit) and half a frame. The
+batches have ``refs: false``: a map like ``{"$ref": "0.id"}`` in a cell is data (an export of
+such a record), not a reference.
 
 The worker's loop is given back (``between_chunks``) after every ``CHUNK_ROWS`` rows read,
 valid or not: a file of bad rows writes nothing, yet must not hold the loop either. A
@@ -32,12 +35,14 @@ from storeserver.errors import (
     MemoryLimit,
     NotFound,
     PersistenceError,
+    ProtocolError,
     StoreBusy,
     StoreError,
     StoreTimeout,
     StoreUnavailable,
     ValidationFailed,
 )
+from storeserver.protocol import MAX_FRAME_SIZE, pack_value
 
 IMPORT_PATH = "/api/v1/batch/import"
 CHUNK_ROWS = 500
@@ -96,6 +101,56 @@ async def _let_others_run() -> None:
     await asyncio.sleep(0)
 
 
+@dataclass(frozen=True, slots=True)
+class BatchLimits:
+    """Byte bounds for the import's batches, from the frame both ends of the connection take.
+
+    A batch's reply holds every record again with the store's fields, so a chunk is kept to a
+    quarter of the frame; a row alone may take half (the store's record limit), and an atomic
+    import, one batch, as much."""
+
+    chunk_bytes: int
+    atomic_bytes: int
+    row_bytes: int
+    op_bytes: int  # what wrapping a record in an insert op adds
+
+    @classmethod
+    def of(cls, store: Store, table: str) -> BatchLimits:
+        # The store announces its STORE_MAX_FRAME_BYTES in the handshake (a fake store has no
+        # handshake); the client refuses frames past its own MAX_FRAME_SIZE.
+        info = getattr(store, "server_info", None)
+        info = info if isinstance(info, dict) else {}
+        frame = MAX_FRAME_SIZE
+        if type(announced := info.get("max_frame_bytes")) is int and announced > 0:
+            frame = min(frame, announced)
+        row = frame // 2
+        if type(record_limit := info.get("max_record_bytes")) is int and record_limit > 0:
+            row = min(row, record_limit)
+        op = len(pack_value({"op": "insert", "table": table, "record": {}}))
+        return cls(frame // 4, frame // 2, row, op)
+
+    def read(
+        self, reader: RowReader, row: list[str], number: int
+    ) -> tuple[Record | None, int, list[RowError]]:
+        """``reader.read``, plus the bytes the record adds to a batch; a record no batch can
+        take is a row error."""
+        record, errors = reader.read(row, number)
+        if record is None:
+            return None, 0, errors
+        try:
+            size = len(pack_value(record))
+        except ProtocolError as exc:
+            message = f"the row cannot be sent to the store: {exc.message}"
+            return None, 0, [RowError(number, None, message)]
+        if size > self.row_bytes:
+            message = (
+                f"the row is {size} bytes once encoded, more than one record may hold"
+                f" ({self.row_bytes} bytes with this store's STORE_MAX_FRAME_BYTES)"
+            )
+            return None, 0, [RowError(number, None, message)]
+        return record, size + self.op_bytes, []
+
+
 async def import_csv(
     store: Store,
     table: str,
@@ -133,22 +188,28 @@ async def _import_chunked(
     """The next chunk is parsed while the store writes the previous one (one write at a time,
     so rows are written in file order and duplicate ids are reported deterministically)."""
     writer = _ChunkWriter(store, reader.table, report)
+    limits = BatchLimits.of(store, reader.table)
     chunk: list[tuple[int, Record]] = []
+    chunk_bytes = 0
     try:
         for number, row in rows:
             if isinstance(row, RowError):
                 report.stop(row)
                 break
             report.rows += 1
-            record, errors = reader.read(row, number)
+            record, size, errors = limits.read(reader, row, number)
             if record is None:
                 report.failed += 1
                 report.add(errors)
             else:
+                if chunk and chunk_bytes + size > limits.chunk_bytes:
+                    await writer.start(chunk)
+                    chunk, chunk_bytes = [], 0
                 chunk.append((number, record))
+                chunk_bytes += size
                 if len(chunk) >= CHUNK_ROWS:
                     await writer.start(chunk)
-                    chunk = []
+                    chunk, chunk_bytes = [], 0
             if report.rows % CHUNK_ROWS == 0:
                 await between_chunks()
         await writer.start(chunk)
@@ -253,26 +314,31 @@ async def _import_atomic(
     report: ImportReport,
     between_chunks: Pause,
 ) -> None:
+    limits = BatchLimits.of(store, reader.table)
     numbers: list[int] = []
     ops: list[dict[str, Any]] = []
+    batch_bytes = 0
     for number, row in rows:
         if isinstance(row, RowError):
             report.stop(row)
             break
         report.rows += 1
         if report.rows > ATOMIC_MAX_ROWS:
-            raise ApiError(
-                400,
-                "LIMIT_EXCEEDED",
-                f"an atomic import takes at most {ATOMIC_MAX_ROWS} rows; import without"
-                " atomic=true, or split the file",
-                [{"field": "atomic", "message": f"more than {ATOMIC_MAX_ROWS} rows"}],
+            raise atomic_too_big(
+                f"at most {ATOMIC_MAX_ROWS} rows", f"more than {ATOMIC_MAX_ROWS} rows"
             )
-        record, errors = reader.read(row, number)
+        record, size, errors = limits.read(reader, row, number)
         if record is None:
             report.failed += 1
             report.add(errors)
         else:
+            batch_bytes += size
+            if batch_bytes > limits.atomic_bytes:
+                raise atomic_too_big(
+                    f"at most {limits.atomic_bytes} bytes of rows once encoded (one store batch"
+                    " with this store's STORE_MAX_FRAME_BYTES)",
+                    f"rows 1 to {number} are already {batch_bytes} bytes",
+                )
             numbers.append(number)
             ops.append({"op": "insert", "table": reader.table, "record": record})
         if report.rows % CHUNK_ROWS == 0:
@@ -308,6 +374,15 @@ async def _import_atomic(
         message = f"row {numbers[index]}: {exc.message}; nothing was imported"
         raise ApiError(status, code, message, [error.as_dict() for error in errors]) from None
     report.imported = len(ops)
+
+
+def atomic_too_big(limit: str, found: str) -> ApiError:
+    return ApiError(
+        400,
+        "LIMIT_EXCEEDED",
+        f"an atomic import takes {limit}; import without atomic=true, or split the file",
+        [{"field": "atomic", "message": found}],
+    )
 
 
 def interrupted(exc: StoreError, report: ImportReport) -> ApiError:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from typing import Any
 
 import httpx
 import pytest
 
 from api.guard import EXEMPT_PATHS
+from tests.support.factories import assert_error
+from tests.support.stack import running_stack
 
 pytestmark = pytest.mark.integration
 
@@ -26,6 +31,29 @@ def test_ready_is_200_when_the_store_is_ready(client: httpx.Client) -> None:
     data = response.json()["data"]
     assert data["ready"] is True and data["store_version"]
     assert response.headers["cache-control"] == "no-store"
+
+
+def test_ready_is_503_within_about_a_second_when_the_store_hangs() -> None:
+    """A stopped store (SIGSTOP) accepts the ping and never answers. Before, /ready waited out
+    the 5 s call timeout and answered 504; deploy/README promises 503 within about a second."""
+    with (
+        running_stack(workers=1) as stack,
+        httpx.Client(base_url=stack.base_url, timeout=10.0) as http,
+    ):
+        store = stack.processes["store"]
+        os.kill(store.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            response = http.get("/api/v1/ready")
+            elapsed = time.monotonic() - started
+        finally:
+            os.kill(store.pid, signal.SIGCONT)
+        error = assert_error(response, 503, "STORE_UNAVAILABLE")
+        assert "did not answer within 1 s" in error["message"]
+        assert response.headers["retry-after"] == "1"
+        assert response.headers["cache-control"] == "no-store"
+        assert 0.9 < elapsed < 2.0, elapsed
+        assert http.get("/api/v1/ready").status_code == 200  # the store is back
 
 
 def test_docs_and_redoc_render(client: httpx.Client) -> None:

@@ -1,0 +1,79 @@
+"""A failed login's log line names the username only by a keyed hash: a password pasted into
+the username field must not be recoverable from the logs by hashing guesses (it was
+sha256(casefold(name)), unsalted), while lines still correlate across workers (one key, the
+signing secret every worker holds)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from typing import Any
+
+import pytest
+
+from api.auth.credentials import login_name_tag
+from api.auth.tokens import TokenService
+from api.deps import get_store, get_tokens
+from api.main import create_app
+from api.routes import auth as auth_routes
+from api.settings import Settings
+from storeserver.errors import StoreUnavailable
+from tests.support.inprocess import in_process
+
+SECRET = "s" * 48
+PASTED = "Correct Horse Battery Staple"  # a password typed into the username field
+
+
+class NoStore:
+    async def call(
+        self, command: str, args: dict[str, Any] | None = None, *, timeout: float | None = None
+    ) -> Any:
+        raise StoreUnavailable("no store in this test")  # the login limiter fails open
+
+
+def expected_tag(name: str, secret: str) -> str:
+    key = hmac.new(secret.encode(), b"memdb-service failed-login name", hashlib.sha256).digest()
+    return hmac.new(key, name.strip().casefold().encode(), hashlib.sha256).hexdigest()[:32]
+
+
+async def failed_login_line(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, username: str
+) -> str:
+    async def check_credentials(store: Any, email: str, password: str) -> None:
+        return None
+
+    monkeypatch.setattr(auth_routes, "check_credentials", check_credentials)
+    app = create_app(Settings())
+    app.dependency_overrides[get_store] = NoStore
+    service = TokenService(SECRET, access_ttl=60, refresh_ttl=3600)
+    app.dependency_overrides[get_tokens] = lambda: service
+    caplog.clear()
+    with caplog.at_level(logging.INFO, "api.auth"):
+        async with in_process(app) as http:
+            form = {"username": username, "password": "pw12345678"}
+            response = await http.post("/api/v1/auth/token", data=form)
+    assert response.status_code == 401, response.text
+    assert response.json()["error"]["code"] == "INVALID_CREDENTIALS"
+    [line] = [r.getMessage() for r in caplog.records if "failed login" in r.getMessage()]
+    return line
+
+
+async def test_a_failed_login_logs_a_keyed_hash_of_the_username(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    line = await failed_login_line(monkeypatch, caplog, PASTED)
+    unkeyed = hashlib.sha256(PASTED.strip().casefold().encode()).hexdigest()[:32]
+    assert unkeyed not in line
+    assert PASTED.casefold() not in line.casefold()
+    assert line.endswith(f" for {expected_tag(PASTED, SECRET)}")
+    # The same name however typed: the same tag (lines of one name correlate).
+    again = await failed_login_line(monkeypatch, caplog, f"  {PASTED.upper()} ")
+    assert again.rpartition(" ")[2] == line.rpartition(" ")[2]
+
+
+def test_the_tag_depends_on_the_key() -> None:
+    tag = login_name_tag("ada@example.com", SECRET)
+    assert len(tag) == 32 and tag == login_name_tag(" Ada@Example.com ", SECRET)
+    assert tag != login_name_tag("ada@example.com", "t" * 48)
+    assert tag != hashlib.sha256(b"ada@example.com").hexdigest()[:32]
