@@ -27,6 +27,7 @@ from api.services.csv_rows import EXTRA, MAX_COLUMNS, Record
 from api.services.csvio import ABSENT, encode_cell, encode_name
 from api.services.dumps import open_scan
 from api.store import Store
+from storeserver.errors import LimitExceeded
 
 _TYPED_COLUMNS: dict[str, tuple[str, ...]] = {
     users.TABLE: users.PUBLIC_FIELDS,
@@ -129,9 +130,18 @@ async def open_export(
 async def _first_fields(store: Store, table: str) -> list[list[str]]:
     """The field names of the table's first ``HEADER_SAMPLE`` records."""
     names: list[list[str]] = []
+    page_size = _SAMPLE_PAGE
     while len(names) < HEADER_SAMPLE:
-        size = min(_SAMPLE_PAGE, HEADER_SAMPLE - len(names))
-        page = await store.call("find", {"table": table, "offset": len(names), "limit": size})
+        size = min(page_size, HEADER_SAMPLE - len(names))
+        try:
+            page = await store.call("find", {"table": table, "offset": len(names), "limit": size})
+        except LimitExceeded:
+            if size == 1:
+                raise
+            # Big records: a page of them passed the store's reply frame (records are at most
+            # half of one, so a page of one always fits).
+            page_size = max(1, size // 4)
+            continue
         names += [list(record) for record in page["items"]]
         if not page["items"] or len(names) >= page["total"]:
             break

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from api.services.csv_export import HEADER_SAMPLE, open_export
+from storeserver.errors import LimitExceeded
 from tests.support.engine import EngineStore, run
 
 MANAGED = ["created_at", "updated_at", "version"]
@@ -48,3 +49,31 @@ async def test_a_field_first_met_past_the_sample_goes_in_extra() -> None:
         run(store.engine, "batch", ops=ops)
     for chunk in (1000, 500):
         assert await header_of(store, "t", [], chunk) == ["id", "a", *MANAGED, "_extra"]
+
+
+class SmallFrames(EngineStore):
+    """An engine whose replies to ``find`` take at most ``fit`` records, as big records
+    make a store answer LIMIT_EXCEEDED for a page that passes its frame."""
+
+    def __init__(self, fit: int) -> None:
+        super().__init__()
+        self.fit = fit
+        self.finds: list[int] = []
+
+    async def call(self, command: str, args: dict[str, Any] | None = None, **kw: Any) -> Any:
+        if command == "find":
+            self.finds.append(args["limit"] if args else 0)
+            if args and args.get("limit", 0) > self.fit:
+                raise LimitExceeded("the reply would exceed the maximum frame size")
+        return await super().call(command, args, **kw)
+
+
+async def test_a_header_sample_of_big_records_reads_smaller_pages() -> None:
+    """A filtered export samples the table with ``find``; 100 big records at once passed
+    the frame and the export answered 400."""
+    store = SmallFrames(fit=3)
+    ops = [{"op": "insert", "table": "t", "record": {"id": f"r{n}", f"f{n}": n}} for n in range(8)]
+    run(store.engine, "batch", ops=ops)
+    header = await header_of(store, "t", [["f0", "gte", 0]], 1000)
+    assert header == ["id", *[f"f{n}" for n in range(8)], *MANAGED, "_extra"]
+    assert store.finds[:3] == [100, 25, 6] and set(store.finds[3:]) == {1}
