@@ -125,7 +125,7 @@ async def cancel_job(job_id: JobId, jobs: JobsDep, caller: CurrentUser) -> Respo
     raise ApiError(
         409,
         "JOB_FINISHED",
-        f"the job is already {job['state']}",
+        f"the job has already finished ({job['state']})",
         [{"field": "state", "message": str(job["state"])}],
     )
 

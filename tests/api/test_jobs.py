@@ -229,7 +229,8 @@ def test_a_running_job_of_an_unstoppable_kind_refuses_the_cancel(http: httpx.Cli
     assert "cannot be stopped" in error["message"]
     done = wait_for(http, job["id"], {"succeeded", "cancelled", "failed"})
     assert done["state"] == "succeeded" and done["cancel_requested"] is False
-    assert_error(http.delete(f"{JOBS}/{job['id']}"), 409, "JOB_FINISHED")
+    finished = assert_error(http.delete(f"{JOBS}/{job['id']}"), 409, "JOB_FINISHED")
+    assert finished["message"] == "the job has already finished (succeeded)"
 
 
 async def test_queued_job_is_cancelled_before_it_starts(jobs_stack: Stack, jobs_admin: Account):
