@@ -211,8 +211,9 @@ def finer_than_stored(text: str, op: str) -> bool:
 
 # The notation orders' writes accept (``api.schemas.orders``): ASCII digits only, where
 # ``Decimal()`` also takes "1_000" and other scripts' digits. Unlike a price, a bound may be
-# zero or negative (``total_price__gt=0``).
-DECIMAL_TEXT = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*", re.ASCII)
+# zero or negative (``total_price__gt=0``). An exponent of at most 6 digits: ``Decimal()``
+# raises on 1e9999999999999999999 (a 500 here), and no stored decimal is that far out.
+DECIMAL_TEXT = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d{1,6})?\s*", re.ASCII)
 
 
 def store_time(moment: datetime) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 MAX_OPERATIONS = 100
 MAX_BULK_RECORDS = 1000
@@ -93,6 +93,13 @@ class TransactionResult(BaseModel):
 BulkRecords = Annotated[list[dict[str, Any]], Field(min_length=1, max_length=MAX_BULK_RECORDS)]
 
 
+_ONE, _MANY = "dict[str,any]", "list[dict[str,any]]"
+
+
+def _one_or_many(value: Any) -> str:
+    return _MANY if isinstance(value, list) else _ONE
+
+
 class DataCreateBody(BaseModel):
     """One record, or a list of records inserted atomically (at most 1000)."""
 
@@ -106,7 +113,13 @@ class DataCreateBody(BaseModel):
         },
     )
 
-    data: dict[str, Any] | BulkRecords = Field(
+    # Tagged by the value's kind, so a list with too many records says only that (an untagged
+    # union also reported "Input should be a valid dictionary" for it). The tags are the names
+    # pydantic gives the members itself, which ``api.errors.field_path`` leaves out of paths.
+    data: Annotated[
+        Annotated[dict[str, Any], Tag(_ONE)] | Annotated[BulkRecords, Tag(_MANY)],
+        Discriminator(_one_or_many),
+    ] = Field(
         description="A record, or a list of records; id, created_at, updated_at, version are"
         " managed (an id may be chosen)"
     )

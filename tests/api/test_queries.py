@@ -280,7 +280,17 @@ def test_trailing_zeros_past_the_microsecond_and_ranges_are_still_exact() -> Non
 
 
 @pytest.mark.parametrize(
-    "raw", ["\u0661\u0660\u0660", "\uff11\uff10\uff10", "1_0_0", "100,5", "Infinity", "0x10", ""]
+    "raw",
+    [
+        "\u0661\u0660\u0660",
+        "\uff11\uff10\uff10",
+        "1_0_0",
+        "100,5",
+        "Infinity",
+        "0x10",
+        "",
+        "1e9999999999999999999",
+    ],
 )
 def test_decimal_filters_take_ascii_digits_only_as_writes_do(raw: str) -> None:
     with pytest.raises(ApiError) as info:
