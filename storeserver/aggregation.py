@@ -11,8 +11,11 @@
   average of Decimals is a Decimal division at 28 significant digits; of ints/floats a
   float, which always fits for finite values, even when their sum does not: once a float
   sum would overflow, it goes on scaled down by 2**-64 (exact but for values below 2**-958,
-  lost in such a sum anyway). Values that are themselves infinite (the store takes them; the
-  API never sends one) give an infinite or NaN sum and average, as float arithmetic does.
+  lost in such a sum anyway). Stored values are finite, and Decimals under 1E+100
+  (``records.decimal_problem``), so no sum overflows. Values kept from before the store
+  refused them can still: float infinities give an infinite or NaN sum and average, as float
+  arithmetic does; a Decimal sum or average that is not finite (which the wire cannot carry)
+  is ``BAD_REQUEST`` "out of range".
 - ``min``/``max`` use the store's mixed-type order over non-``None`` values.
 - Groups appear in the order of their first row; without ``group_by`` there is one group,
   even over no rows.
@@ -243,9 +246,18 @@ def aggregate_steps(
                 yield
         with decimal.localcontext(_SUM_CONTEXT):
             for metric, acc in zip(metrics, accs, strict=True):
-                row[metric.name] = acc.result()
+                row[metric.name] = _finite(acc.result(), metric)
         out.append(row)
     return out
+
+
+def _finite(value: Any, metric: Metric) -> Any:
+    if type(value) is Decimal and not value.is_finite():
+        raise BadRequest(
+            f"metrics: the {metric.op} of {metric.field} is out of range",
+            {"arg": "metrics", "field": metric.field},
+        )
+    return value
 
 
 def _group_keys(chunk: list[dict[str, Any]], getters: list[Any]) -> Iterable[Any]:

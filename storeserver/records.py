@@ -8,6 +8,7 @@ reference and undoing a batch (put the old dict back) safe.
 from __future__ import annotations
 
 import calendar
+import math
 import os
 import re
 import sys
@@ -30,7 +31,15 @@ MAX_DEPTH = 32
 REPLY_ROOM = 1024
 """Bytes of a reply frame kept for what surrounds its records (request id, map keys, cursor)."""
 _INT_MIN = -(2**63)
-_INT_MAX = 2**64 - 1  # msgpack carries uint64 too
+_INT_MAX = 2**63 - 1  # signed, as the API and JSON clients read ints (msgpack has uint64 too)
+MAX_DECIMAL_DIGITS = 100
+"""Digits of a Decimal's coefficient. Past a few thousand, converting one to an int (as
+``multipleOf`` does) takes quadratic time: 300,000 digits held the store 4 s."""
+MAX_DECIMAL_WHOLE_DIGITS = 100
+MAX_DECIMAL_PLACES = 10_000
+"""A stored Decimal written plainly (as CSV export and the API write one) has at most this many
+digits before / after its point: sums of any number of them stay far inside the decimal
+context's range, and an export never writes out ``1E+999999999``."""
 
 
 def max_record_bytes(max_frame_bytes: int) -> int:
@@ -44,28 +53,66 @@ def max_record_bytes(max_frame_bytes: int) -> int:
     return max_frame_bytes // 2 - REPLY_ROOM
 
 
+def decimal_problem(value: Decimal, stored: bool = True) -> str | None:
+    """Why ``value`` cannot be stored (``stored``), or be a filter's operand; ``None`` if it can.
+
+    An operand may lie outside the stored range (``gt 1E+400`` is simply false for every
+    row): only its digits are bounded, to keep comparisons cheap."""
+    if not value.is_finite():
+        return "a Decimal must be finite (not NaN or an infinity)"
+    # ``as_tuple`` costs ~0.5 µs a value. Its text holds every digit, so a short text means
+    # at most 100 digits, and then a leading digit at or above 10^-9900 keeps the last within
+    # 10,000 places: an ordinary value passes without it.
+    adjusted = value.adjusted()
+    if len(str(value)) <= MAX_DECIMAL_DIGITS and (
+        not stored
+        or -MAX_DECIMAL_PLACES + MAX_DECIMAL_DIGITS <= adjusted < MAX_DECIMAL_WHOLE_DIGITS
+    ):
+        return None
+    _, digits, exponent = value.as_tuple()
+    if len(digits) > MAX_DECIMAL_DIGITS:
+        return f"a Decimal has at most {MAX_DECIMAL_DIGITS} digits"
+    if stored and adjusted >= MAX_DECIMAL_WHOLE_DIGITS:
+        return f"a Decimal has at most {MAX_DECIMAL_WHOLE_DIGITS} digits before its point"
+    if stored and type(exponent) is int and exponent < -MAX_DECIMAL_PLACES:
+        return f"a Decimal has at most {MAX_DECIMAL_PLACES} digits after its point"
+    return None
+
+
 def check_value(value: Any, depth: int = 0) -> None:
-    """Raise ``BadRequest`` unless ``value`` is a storable wire value (see docs/STORE.md)."""
+    """Raise ``BadRequest`` unless ``value`` may be a filter's operand: a storable wire value
+    (see docs/STORE.md), except that a Decimal may lie outside the stored range."""
+    _check(value, depth, False)
+
+
+def copy_value(value: Any, depth: int = 0) -> Any:
+    """Validate ``value`` as a stored value and return it, lists and maps copied (deeply)."""
+    return _copy(value, depth, True)
+
+
+def _check(value: Any, depth: int, stored: bool) -> None:
     t = type(value)
     if t is str or t is bool or value is None:
         return
     if t is int:
         if not _INT_MIN <= value <= _INT_MAX:
-            raise BadRequest("integer out of the 64-bit range", {"reason": "value"})
+            raise BadRequest(
+                "integer outside the signed 64-bit range (-2**63 to 2**63-1)", {"reason": "value"}
+            )
     elif t is float:
-        if value != value:
-            raise BadRequest("NaN is not a storable value", {"reason": "value"})
+        if not math.isfinite(value):
+            raise BadRequest("NaN and infinities are not storable values", {"reason": "value"})
     elif t is Decimal:
-        if value.is_nan():
-            raise BadRequest("Decimal NaN is not a storable value", {"reason": "value"})
+        problem = decimal_problem(value, stored)
+        if problem is not None:
+            raise BadRequest(problem, {"reason": "value"})
     elif t is list or t is dict:
-        copy_value(value, depth)
+        _copy(value, depth, stored)
     else:
         raise BadRequest(f"unsupported value type {t.__name__}", {"reason": "value"})
 
 
-def copy_value(value: Any, depth: int = 0) -> Any:
-    """Validate ``value`` and return it, with lists and maps copied (deeply)."""
+def _copy(value: Any, depth: int, stored: bool) -> Any:
     t = type(value)
     if t is dict:
         if depth >= MAX_DEPTH:
@@ -74,13 +121,13 @@ def copy_value(value: Any, depth: int = 0) -> Any:
         for k, v in value.items():
             if type(k) is not str:
                 raise BadRequest("map keys must be strings", {"reason": "value"})
-            out[k] = copy_value(v, depth + 1)
+            out[k] = _copy(v, depth + 1, stored)
         return out
     if t is list:
         if depth >= MAX_DEPTH:
             raise BadRequest("value nested too deeply", {"reason": "value"})
-        return [copy_value(v, depth + 1) for v in value]
-    check_value(value, depth)
+        return [_copy(v, depth + 1, stored) for v in value]
+    _check(value, depth, stored)
     return value
 
 
@@ -98,14 +145,11 @@ def copy_fields(into: dict[str, Any], record: dict[str, Any]) -> None:
             pass
         elif t is int:
             if not _INT_MIN <= v <= _INT_MAX:
-                raise BadRequest("integer out of the 64-bit range", {"reason": "value"})
-        elif t is Decimal:
-            if v.is_nan():
-                raise BadRequest("Decimal NaN is not a storable value", {"reason": "value"})
+                _check(v, 0, True)  # raises, with the message
         elif t is dict or t is list:
-            v = copy_value(v, 1)
+            v = _copy(v, 1, True)
         else:
-            check_value(v)
+            _check(v, 0, True)
         if k not in META_FIELDS:
             into[k] = v
 

@@ -21,6 +21,9 @@ the record, whatever the schema:
   ``true != 1``; map key order does not matter, list order does.
 - A schema nested deeper than ``MAX_SCHEMA_DEPTH`` maps and lists is refused: checking it
   would exhaust Python's recursion limit.
+- A Decimal in a schema has at most ``records.MAX_DECIMAL_DIGITS`` digits, as a stored one
+  does: ``multipleOf`` turns both into ints, quadratic in their digits. A value with more
+  (kept from before the store bounded them) fails ``multipleOf`` unchecked, with that reason.
 - Every ``$ref`` (and ``$dynamicRef``) a record can reach must resolve to a schema, and no
   chain of them may loop back to a subschema without stepping into a part of the record
   (``{"$defs": {"x": {"$ref": "#/$defs/x"}}}``): checking a record that reaches such a loop
@@ -46,7 +49,7 @@ from referencing.jsonschema import DRAFT202012
 
 from storeserver.errors import BadRequest, ValidationFailed
 from storeserver.query import index_key
-from storeserver.records import META_FIELDS
+from storeserver.records import MAX_DECIMAL_DIGITS, META_FIELDS, decimal_problem
 
 log = structlog.get_logger("storeserver.schemas")
 
@@ -76,11 +79,12 @@ def _decimal(number: int | float | Decimal) -> Decimal:
     return Decimal(repr(number)) if type(number) is float else Decimal(number)
 
 
-def _is_multiple(value: Decimal, divisor: Decimal) -> bool:
+def _is_multiple(value: Decimal, divisor: Decimal) -> bool | None:
     """Whether ``value / divisor`` is an integer, exactly. With ``value = a·10^m`` and
     ``divisor = b·10^n`` (integers ``a``, ``b``) no power of ten is ever built, so exponents
     such as ``1e308`` and ``1e-308`` (or a Decimal's ``1e999999``) cost a few multiplications:
-    a Decimal remainder would need as many digits of precision as the quotient has."""
+    a Decimal remainder would need as many digits of precision as the quotient has. ``None``
+    (not checked) past ``MAX_DECIMAL_DIGITS`` digits: ``int()`` of one is quadratic."""
     if not value.is_finite() or not divisor.is_finite() or not divisor:
         return False
     if not value:
@@ -88,6 +92,8 @@ def _is_multiple(value: Decimal, divisor: Decimal) -> bool:
     _, a_digits, m = value.as_tuple()
     _, b_digits, n = divisor.as_tuple()
     assert isinstance(m, int) and isinstance(n, int)  # finite: not the "n"/"F" markers
+    if len(a_digits) > MAX_DECIMAL_DIGITS or len(b_digits) > MAX_DECIMAL_DIGITS:
+        return None
     a, b = int(Decimal((0, a_digits, 0))), int(Decimal((0, b_digits, 0)))
     if m >= n:
         return a * pow(10, m - n, b) % b == 0
@@ -98,9 +104,14 @@ def _is_multiple(value: Decimal, divisor: Decimal) -> bool:
 def _multiple_of(validator: Any, divisor: Any, instance: Any, schema: Any) -> Iterator[Any]:
     # Exact in decimal for ints, floats and Decimals alike. jsonschema divides floats in
     # binary, where 19.99 is not a multiple of 0.01.
-    if validator.is_type(instance, "number") and not _is_multiple(
-        _decimal(instance), _decimal(divisor)
-    ):
+    if not validator.is_type(instance, "number"):
+        return
+    multiple = _is_multiple(_decimal(instance), _decimal(divisor))
+    if multiple is None:
+        yield ValidationError(
+            f"multipleOf is not checked on a number of more than {MAX_DECIMAL_DIGITS} digits"
+        )
+    elif not multiple:
         yield ValidationError(f"{instance!r} is not a multiple of {divisor}")
 
 
@@ -201,6 +212,20 @@ def _depth(document: Any) -> int:
         children = node.values() if type(node) is dict else node
         stack.extend((c, depth + 1) for c in children if type(c) is dict or type(c) is list)
     return deepest
+
+
+def _decimal_problem(document: Any) -> tuple[list[Any], str] | None:
+    """The first Decimal of ``document`` that no stored value or filter could be, and why."""
+    stack: list[tuple[Any, list[Any]]] = [(document, [])]
+    while stack:
+        node, path = stack.pop()
+        if type(node) is dict:
+            stack.extend((v, [*path, k]) for k, v in node.items())
+        elif type(node) is list:
+            stack.extend((v, [*path, i]) for i, v in enumerate(node))
+        elif type(node) is Decimal and (problem := decimal_problem(node, stored=False)):
+            return path, problem
+    return None
 
 
 def _problem(exc: SchemaError) -> str:
@@ -359,6 +384,9 @@ class TableSchema:
                 f"not a valid JSON Schema: nested deeper than {MAX_SCHEMA_DEPTH} levels",
                 {"arg": "schema", "path": []},
             )
+        if found := _decimal_problem(document):
+            path, problem = found
+            raise BadRequest(f"not a valid JSON Schema: {problem}", {"arg": "schema", "path": path})
         try:
             RecordValidator.check_schema(document, format_checker=_SCHEMA_FORMATS)
         except SchemaError as exc:

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from storeserver.aggregation import Metric, aggregate, aggregate_steps
 from storeserver.builds import run_steps
 from storeserver.engine import Engine
+from storeserver.errors import BadRequest
 from storeserver.protocol import Result, decode_body, encode_result
 
 STAMP = 1_700_000_000_000_000_000  # a nanosecond timestamp, well inside int64
@@ -82,6 +83,37 @@ def test_an_overflowing_float_sum_fed_in_slices_equals_one_pass(rows_per_step: i
 def test_infinite_values_still_sum_to_infinity() -> None:
     [result] = aggregate([{"n": v} for v in (float("inf"), 1e308, 1e308)], [], [SUM, AVG])
     assert result["s"] == float("inf") and result["a"] == float("inf")
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        # kept from before the store bounded Decimals (1E+100) and refused infinities
+        [Decimal("9E+999999999"), Decimal("9E+999999999")],
+        [Decimal("1E+999999999999999999"), 1],
+        [Decimal("1.5"), float("inf")],
+        [Decimal("1.5"), float("inf"), float("-inf")],
+    ],
+)
+def test_a_decimal_sum_the_wire_cannot_carry_is_bad_request(values: list[Any]) -> None:
+    """It was a Decimal infinity, which the encoder refused: the client got PROTOCOL_ERROR
+    (a malformed frame, per the docs) for a well-formed request."""
+    for metric in (SUM, AVG):
+        with pytest.raises(BadRequest, match="out of range") as info:
+            aggregate([{"n": v} for v in values], [], [metric])
+        assert info.value.code == "BAD_REQUEST"
+        assert info.value.details == {"arg": "metrics", "field": "n"}
+
+
+def test_a_sum_of_values_replayed_from_an_old_journal_is_bad_request_from_the_engine() -> None:
+    engine = Engine(clock=lambda: 1_700_000_000.0)
+    for n in range(2):  # replay takes what an older store kept, unchecked
+        stamp = f"2023-11-14T22:13:2{n}.000000Z"
+        record = {"id": f"r{n}", "created_at": stamp, "updated_at": stamp, "version": 1}
+        engine.apply_change(("put", "t", {**record, "n": Decimal("9E+999999999")}))
+    metrics = [{"op": "sum", "field": "n", "as": "s"}]
+    with pytest.raises(BadRequest, match="the sum of n is out of range"):
+        engine.run_job(engine.execute("aggregate", {"table": "t", "metrics": metrics}))
 
 
 def test_a_big_sum_goes_over_the_wire() -> None:
