@@ -27,7 +27,9 @@ class ScriptedStore:
         self.answer = answer
         self.calls: list[tuple[str, dict[str, Any]]] = []
 
-    async def call(self, command: str, args: dict[str, Any] | None = None) -> Any:
+    async def call(
+        self, command: str, args: dict[str, Any] | None = None, *, timeout: float | None = None
+    ) -> Any:
         self.calls.append((command, args or {}))
         return self.answer(command, args or {})
 

@@ -90,7 +90,9 @@ async def test_unhandled_error_lines_carry_the_request_id(captured: Path) -> Non
     app = create_app(Settings())
 
     class BrokenStore:
-        async def call(self, command: str, args: dict[str, Any] | None = None) -> Any:
+        async def call(
+            self, command: str, args: dict[str, Any] | None = None, *, timeout: float | None = None
+        ) -> Any:
             raise RuntimeError("boom")
 
     app.dependency_overrides[get_store] = BrokenStore

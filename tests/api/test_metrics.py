@@ -45,7 +45,9 @@ class ScriptedStore:
         self.stats, self.error, self.delay = stats, error, delay
         self.calls = 0
 
-    async def call(self, command: str, args: dict[str, Any] | None = None) -> Any:
+    async def call(
+        self, command: str, args: dict[str, Any] | None = None, *, timeout: float | None = None
+    ) -> Any:
         self.calls += 1
         await asyncio.sleep(self.delay)
         if self.error is not None:
@@ -138,7 +140,9 @@ async def test_in_progress_gauge_counts_requests_being_served() -> None:
     entered, gate = asyncio.Event(), asyncio.Event()
 
     class GatedStore(ScriptedStore):
-        async def call(self, command: str, args: dict[str, Any] | None = None) -> Any:
+        async def call(
+            self, command: str, args: dict[str, Any] | None = None, *, timeout: float | None = None
+        ) -> Any:
             if command == "ping":
                 entered.set()
                 await gate.wait()
