@@ -327,6 +327,13 @@ class StoreClient:
             self._connecting.set_result(conn)
             return conn
         finally:
+            if not self._connecting.done():
+                # This caller was cancelled mid-connect (a timeout around its call): the
+                # callers waiting on its attempt would wait on a future nobody resolves.
+                self._connecting.set_exception(
+                    StoreUnavailable("the connection attempt was abandoned; retry")
+                )
+                self._connecting.exception()
             self._connecting = None
 
     async def _run_on_connect(self, conn: _Connection) -> None:
