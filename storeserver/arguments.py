@@ -7,6 +7,7 @@ never taken for a map.
 from __future__ import annotations
 
 import re
+import reprlib
 from typing import Any
 
 from storeserver.errors import BadRequest, LimitExceeded
@@ -14,19 +15,30 @@ from storeserver.errors import BadRequest, LimitExceeded
 Args = dict[str, Any]
 
 TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+QUOTED_CHARS = 100
+
+# reprlib looks at a few items of a container and cuts long strings, so quoting a client's
+# 3-million-item "table" costs as little as quoting a short one.
+_quoter = reprlib.Repr()
+_quoter.maxstring = _quoter.maxother = QUOTED_CHARS
+
+
+def quoted(value: Any) -> str:
+    """A client's value for an error message: its repr, cut to about ``QUOTED_CHARS``."""
+    return _quoter.repr(value)
 
 
 def check_keys(args: Args, allowed: frozenset[str]) -> None:
     if not args.keys() <= allowed:
-        unknown = sorted(str(k) for k in args.keys() - allowed)
-        raise BadRequest(f"unknown argument {unknown[0]!r}", {"arg": unknown[0]})
+        unknown = min(str(k) for k in args.keys() - allowed)[:QUOTED_CHARS]
+        raise BadRequest(f"unknown argument {quoted(unknown)}", {"arg": unknown})
 
 
 def table_name(args: Args, key: str = "table") -> str:
     name = args.get(key)
     if type(name) is not str or TABLE_NAME.fullmatch(name) is None:
         raise BadRequest(
-            f"{key} must match ^[A-Za-z_][A-Za-z0-9_]{{0,63}}$", {"arg": key, "table": repr(name)}
+            f"{key} must match ^[A-Za-z_][A-Za-z0-9_]{{0,63}}$", {"arg": key, "table": quoted(name)}
         )
     return name
 

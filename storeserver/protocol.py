@@ -9,9 +9,10 @@ in pieces is appended to one buffer and parsed in place: linear in its size, wha
 of the pieces (a peer dribbling a big frame costs no more than sending it whole).
 
 Until a peer has been greeted (its HELLO accepted), the server's limit is
-``HANDSHAKE_FRAME_SIZE`` (64 KiB): the HELLO is tiny, and a peer that has not authenticated must
-not make the store hold 16 MiB per connection. A client learns the full limit from the server's
-HELLO (``max_frame_bytes``); frames it sends before that must fit the small one.
+``HANDSHAKE_FRAME_SIZE`` (4 KiB, or a HELLO carrying the configured secret if that is longer:
+``handshake_frame_size``): a HELLO is small, and a peer that has not authenticated must not make
+the store hold more per connection. A client learns the full limit from the server's HELLO
+(``max_frame_bytes``); frames it sends before that must fit the small one.
 
 Messages (each a msgpack array)
 -------------------------------
@@ -22,7 +23,12 @@ Messages (each a msgpack array)
   client; it is echoed back, so one connection can carry many requests in flight.
 - ``[1, request_id, result]``: a successful reply.
 - ``[2, request_id, code, message, details]``: a failed reply; ``code`` is a
-  ``storeserver.errors`` code.
+  ``storeserver.errors`` code. An error never passes the frame limit (``encode_error`` cuts
+  its message and details down instead): a client would have to drop the connection, and
+  every other call on it, to refuse it.
+
+``kind`` (the first item) is the int 0, 1 or 2 or the string ``"HELLO"``: ``false`` or ``0.0``
+are malformed, though msgpack-decoded Python compares them equal.
 
 Values are msgpack's types plus ``decimal.Decimal`` as extension type 1 (its canonical string in
 ASCII); only finite decimals are accepted. Map keys must be strings.
@@ -45,7 +51,7 @@ from .errors import ProtocolError
 
 PROTOCOL_VERSION = 1
 MAX_FRAME_SIZE = 16 * 1024 * 1024
-HANDSHAKE_FRAME_SIZE = 64 * 1024
+HANDSHAKE_FRAME_SIZE = 4 * 1024
 HELLO = "HELLO"
 
 _HEADER = struct.Struct(">I")
@@ -159,8 +165,48 @@ def encode_result(request_id: int, value: Any) -> bytes:
     return _pack([_RESULT, request_id, value])
 
 
-def encode_error(request_id: int, code: str, message: str, details: dict[str, Any]) -> bytes:
-    return _pack([_ERROR, request_id, code, message, details])
+ERROR_MESSAGE_CUT = 1000
+"""Characters of a message kept when an error is cut down to fit a frame."""
+_ERROR_DETAIL_CUT = 256  # bytes of each detail value kept then (encoded), and of its key
+
+
+def encode_error(
+    request_id: int,
+    code: str,
+    message: str,
+    details: dict[str, Any],
+    max_size: int = MAX_FRAME_SIZE,
+) -> bytes:
+    """An error frame of at most ``max_size`` bytes of body (or a few KiB), whatever it quotes.
+
+    Messages and details may quote what a client sent (a bad table name, an unknown
+    argument): past ``max_size`` the message is cut to ``ERROR_MESSAGE_CUT`` characters and
+    only small details are kept (each under ``_ERROR_DETAIL_CUT`` bytes, 16 at most), with
+    ``truncated: true``. Checked after encoding, so the usual small error costs nothing more.
+    """
+    frame = _pack([_ERROR, request_id, code, message, details])
+    if len(frame) - 4 <= max_size:
+        return frame
+    kept: dict[str, Any] = {"truncated": True}
+    for key, value in details.items():
+        if len(kept) > 16:
+            break
+        if type(key) is str and len(key) <= _ERROR_DETAIL_CUT:
+            try:
+                small = len(pack_value(value)) <= _ERROR_DETAIL_CUT
+            except ProtocolError:
+                small = False
+            if small:
+                kept[key] = value
+    if len(message) > ERROR_MESSAGE_CUT:
+        message = message[:ERROR_MESSAGE_CUT] + "... (cut)"
+    return _pack([_ERROR, request_id, code, message, kept])
+
+
+def handshake_frame_size(secret: str | None) -> int:
+    """The frame limit before a HELLO is accepted: ``HANDSHAKE_FRAME_SIZE``, or the HELLO
+    holding ``secret`` if that is bigger (STORE_SECRET has no length limit of its own)."""
+    return max(HANDSHAKE_FRAME_SIZE, len(pack_value([HELLO, PROTOCOL_VERSION, secret])))
 
 
 class EncodedPage(dict[str, Any]):
@@ -231,7 +277,10 @@ def _to_message(obj: Any, body_size: int | None = None) -> Message:
         raise ProtocolError("a message must be a non-empty array")
     kind = obj[0]
     size = len(obj)
-    if kind == _REQUEST and size == 4:
+    if type(kind) is not int:
+        if kind == HELLO and size == 3 and type(obj[1]) is int:
+            return Hello(obj[1], obj[2])
+    elif kind == _REQUEST and size == 4:
         rid, command, args = obj[1], obj[2], obj[3]
         if type(rid) is int and 0 <= rid < _MAX_ID and type(command) is str and type(args) is dict:
             return Request(rid, command, args, body_size)
@@ -249,8 +298,6 @@ def _to_message(obj: Any, body_size: int | None = None) -> Message:
             and type(details) is dict
         ):
             return Error(rid, code, message, details)
-    elif kind == HELLO and size == 3 and type(obj[1]) is int:
-        return Hello(obj[1], obj[2])
     raise ProtocolError("malformed message")
 
 
@@ -288,6 +335,21 @@ class FrameDecoder:
         return len(self._buffer)
 
     def feed(self, data: bytes | bytearray) -> list[Message]:
+        """The messages completed by ``data``; raises ``ProtocolError`` for a bad frame."""
+        messages, error = self.feed_until_error(data)
+        if error is not None:
+            raise error
+        return messages
+
+    def feed_until_error(
+        self, data: bytes | bytearray, max_messages: int = _MAX_ID
+    ) -> tuple[list[Message], ProtocolError | None]:
+        """``feed``, but the messages before a bad frame come back too, with its error: a
+        server answers a HELLO and requests that arrived in the same read as garbage before
+        it closes the connection. As after ``feed``'s error, discard the decoder then.
+
+        At most ``max_messages`` are decoded: the frames after them stay buffered, as bytes
+        (a few times smaller than decoded), for a later call (``b""`` for none new)."""
         # Fast path, the common case: nothing buffered, so parse ``data`` in place and keep
         # only an incomplete tail. Otherwise append to the buffered tail and parse the buffer
         # in place, dropping the parsed prefix once: each byte is copied into the buffer once,
@@ -301,17 +363,20 @@ class FrameDecoder:
         pos = 0
         limit = self._max_frame_size
         unpack_header = _HEADER.unpack_from
-        while size - pos >= 4:
-            (length,) = unpack_header(data, pos)
-            if length > limit:
-                raise ProtocolError(f"frame of {length} bytes exceeds the limit of {limit}")
-            end = pos + 4 + length
-            if end > size:
-                break
-            messages.append(decode_body(data[pos + 4 : end]))
-            pos = end
+        try:
+            while size - pos >= 4 and len(messages) < max_messages:
+                (length,) = unpack_header(data, pos)
+                if length > limit:
+                    raise ProtocolError(f"frame of {length} bytes exceeds the limit of {limit}")
+                end = pos + 4 + length
+                if end > size:
+                    break
+                messages.append(decode_body(data[pos + 4 : end]))
+                pos = end
+        except ProtocolError as exc:
+            return messages, exc
         if data is buffer:
             del buffer[:pos]  # O(1) for a prefix: CPython moves the bytearray's start
         elif pos < size:
             buffer += data[pos:] if pos else data
-        return messages
+        return messages, None

@@ -1,17 +1,23 @@
 """The store's asyncio shell: accept connections, decode frames, run commands, send replies.
 
-Design note. The event loop is single-threaded and every command runs synchronously inside
-``data_received``: a command starts and finishes before any other byte is looked at, so every
-command is atomic without locks. The price is that no command may be slow; the engine keeps
-big work (dumps, large joins) in bounded chunks. Replies are written in one ``write`` per
-received chunk, so a pipelining client gets its replies batched into few syscalls. When a
-client stops reading its replies, the transport's write buffer fills and we stop reading from
-that client (``pause_writing`` → ``pause_reading``), which bounds our memory per client.
-A frame that does not decode closes that one connection with a logged reason; every other
-client is unaffected. Until a connection is greeted (its HELLO, with the secret, accepted) its
-decoder takes only a frame of ``HANDSHAKE_FRAME_SIZE``, and it is closed if it is not greeted
-within ``STORE_HANDSHAKE_TIMEOUT``: a peer that never authenticates holds at most 64 KiB, for
-seconds. Greeting raises the limit once, so a greeted connection's path has no extra check.
+Design note. The event loop is single-threaded and every command runs synchronously, start to
+finish, before any other byte is looked at, so every command is atomic without locks. The
+price is that no command may be slow; the engine keeps big work (dumps, large joins) in
+bounded chunks. Nor may one client's many commands add up: a connection runs what it sent for
+at most ``TURN_BUDGET`` (2 ms, or ``TURN_REPLY_BYTES`` of replies) per loop turn, and the rest
+waits on the connection, unread meanwhile, until a later turn (``StoreConnection``). Replies
+are written in one ``write`` per turn, so a pipelining client gets its replies batched into
+few syscalls. When a client stops reading its replies, the transport's write buffer fills and
+that connection stops being read from and stops running what it sent (``pause_writing``),
+which bounds our memory per client to that buffer, one turn of replies and one read.
+A frame that does not decode closes that one connection with a logged reason (what came
+before it in the same read is answered first); every other client is unaffected. Until a
+connection is greeted (its HELLO, with the secret, accepted) its decoder takes only a frame of
+``handshake_frame_size`` (4 KiB), at most ``MAX_HANDSHAKES`` connections are in that state,
+and each is closed if it is not greeted within ``STORE_HANDSHAKE_TIMEOUT``: peers that never
+authenticate hold at most 512 KiB between them, for seconds. Greeting raises the limit once,
+so a greeted connection's path has no extra check. Warnings any peer can cause at will
+(``client_dropped``, ``client_refused``) are throttled to ``WARNINGS_PER_S``.
 The commands that would read a whole big table (``create_index``,
 ``set_schema``, and ``find``, ``count``, ``join``, ``aggregate``, ``update_where``,
 ``delete_where`` over many rows) come back from the engine as a ``builds.Job``: the jobs are
@@ -36,7 +42,6 @@ import os
 import socket
 import time
 from collections import deque
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -44,6 +49,7 @@ from typing import Any, cast
 import structlog
 
 from . import __version__
+from .arguments import check_keys
 from .builds import ChunkedRead, Job
 from .bulk import BulkWrite
 from .client import ACTOR_ARG, REQUEST_ID_ARG
@@ -61,19 +67,19 @@ from .errors import (
 )
 from .memory import MemoryGauge
 from .protocol import (
-    HANDSHAKE_FRAME_SIZE,
     MAX_FRAME_SIZE,
     PROTOCOL_VERSION,
     EncodedPage,
     Error,
     FrameDecoder,
     Hello,
+    Message,
     Request,
-    Result,
     encode,
     encode_error,
     encode_page_result,
     encode_result,
+    handshake_frame_size,
 )
 from .records import format_timestamp
 from .settings import StoreSettings
@@ -81,7 +87,23 @@ from .settings import StoreSettings
 log = structlog.get_logger("storeserver")
 
 MAX_CLIENTS = 4096
-
+"""Connections at once; past it a new one gets a ``STORE_BUSY`` error frame and is closed."""
+MAX_HANDSHAKES = 128
+"""Connections not greeted yet at once (each may hold a handshake frame for up to
+STORE_HANDSHAKE_TIMEOUT); past it a new one is refused as past ``MAX_CLIENTS``."""
+TURN_BUDGET = 0.002
+"""Seconds of one connection's requests per loop turn, beyond its first request
+(``StoreConnection._serve``): the rest of what it sent waits for a later turn."""
+TURN_REPLY_BYTES = 256 * 1024
+"""Reply bytes one connection's turn may build before the rest waits for a later turn."""
+TURN_BATCH = 64
+"""Frames decoded at once; the rest of a read stays bytes in the decoder until their turn
+(a small request decoded takes about ten times its bytes)."""
+WARNINGS_PER_S = 10
+"""Lines a second of each warning any peer can cause at will (``_ThrottledWarning``)."""
+_NO_ARGS: frozenset[str] = frozenset()
+_TAGS = (REQUEST_ID_ARG, ACTOR_ARG)
+_perf_counter = time.perf_counter
 
 SLOW_KEPT = 20
 HOUSEKEEPING_S = 5.0  # at most this between sweeps of idle scan cursors
@@ -192,6 +214,46 @@ class _Waiting:
     spent: float
 
 
+class _ThrottledWarning:
+    """One warning, logged at most ``WARNINGS_PER_S`` times a second: the rest of that
+    second's are counted and told in one ``<event>_suppressed`` line when it ends. Peers
+    without the secret can connect and fail as fast as the kernel lets them (QA: 63,591
+    ``client_dropped`` lines in 5 s)."""
+
+    __slots__ = ("_last", "_logged", "_suppressed", "_window_ends", "event")
+
+    def __init__(self, event: str) -> None:
+        self.event = event
+        self._window_ends = 0.0
+        self._logged = 0
+        self._suppressed = 0
+        self._last: dict[str, Any] = {}
+
+    def __call__(self, **fields: Any) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if now >= self._window_ends:
+            self._window_ends = now + 1.0
+            self._logged = 0
+        if self._logged < WARNINGS_PER_S:
+            self._logged += 1
+            log.warning(self.event, **fields)
+            return
+        if not self._suppressed:
+            loop.call_at(self._window_ends, self._report)
+        self._suppressed += 1
+        self._last = fields
+
+    def _report(self) -> None:
+        log.warning(
+            f"{self.event}_suppressed",
+            message=f"suppressed {self._suppressed} more",
+            suppressed=self._suppressed,
+            last=self._last,
+        )
+        self._suppressed = 0
+
+
 class StoreServer:
     def __init__(self, settings: StoreSettings, engine: Engine | None = None) -> None:
         self.settings = settings
@@ -229,6 +291,12 @@ class StoreServer:
         self._all_closed = asyncio.Event()
         self._slow_s = settings.slow_ms / 1000.0
         self.freezer = Freezer()
+        self.handshaking = 0  # connections not greeted yet
+        self.handshake_frame_bytes = handshake_frame_size(settings.secret)
+        # Errors must fit the API's client too, which reads frames of MAX_FRAME_SIZE at most.
+        self.max_error_bytes = min(settings.max_frame_bytes, MAX_FRAME_SIZE)
+        self.dropped_log = _ThrottledWarning("client_dropped")
+        self.refused_log = _ThrottledWarning("client_refused")
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -360,8 +428,11 @@ class StoreServer:
         request_bytes: int | None = None,
     ) -> Any:
         if command == "ping":
+            if args:
+                check_keys(args, _NO_ARGS)
             return self.ping()
         if command == "stats":
+            check_keys(args, _NO_ARGS)
             return self.server_stats()
         engine = self.engine
         if command not in Engine.WRITE_COMMANDS:
@@ -423,11 +494,10 @@ class StoreServer:
                 return None
             reply = self._encode(rid, result)
         except StoreError as exc:
-            reply = encode_error(rid, exc.code, exc.message, exc.details)
+            reply = self.encode_error(rid, exc)
         except Exception:
             log.exception("command_failed", command=command)
-            err = InternalError("internal store error")
-            reply = encode_error(rid, err.code, err.message, {})
+            reply = self.encode_error(rid, InternalError("internal store error"))
         self._account(command, spent + time.perf_counter() - started, request_tag)
         return reply
 
@@ -549,12 +619,11 @@ class StoreServer:
                 reply = self._encode(rid, result)
         except StoreError as exc:
             job.abort()  # (again, if the step failed: aborting twice is harmless)
-            reply = encode_error(rid, exc.code, exc.message, exc.details)
+            reply = self.encode_error(rid, exc)
         except Exception:
             job.abort()
             log.exception("command_failed", command=job.command)
-            err = InternalError("internal store error")
-            reply = encode_error(rid, err.code, err.message, {})
+            reply = self.encode_error(rid, InternalError("internal store error"))
         run.spent += time.perf_counter() - started
         if reply is None:
             return True
@@ -586,7 +655,7 @@ class StoreServer:
         target = args.get("request")
         if not args.keys() <= _CANCEL_ARGS or type(target) is not int:
             err = BadRequest("cancel takes request: the id of a request", {"arg": "request"})
-            return encode_error(request.request_id, err.code, err.message, err.details)
+            return self.encode_error(request.request_id, err)
         found: _JobRun | _Waiting | None = None
         for w in self.waiting:
             if w.conn is conn and w.request.request_id == target:
@@ -615,19 +684,35 @@ class StoreServer:
             )
         return encode_result(request.request_id, {"cancelled": found is not None})
 
-    def snapshot(self, conn: StoreConnection, request_id: int) -> None:
-        """Start (or join) a background snapshot; the reply is sent when it is on disk."""
+    def snapshot(self, conn: StoreConnection, request: Request) -> bytes | None:
+        """Start (or join) a background snapshot; the reply is sent when it is on disk.
+        Returns the reply only when it is an error at once (bad arguments, no persistence)."""
+        request_id = request.request_id
+        for tag in _TAGS:
+            request.args.pop(tag, None)
+        try:
+            check_keys(request.args, _NO_ARGS)
+            if self.durability is None:
+                raise BadRequest("persistence is off: start the store with STORE_DATA_DIR", {})
+        except StoreError as exc:
+            return self.encode_error(request_id, exc)
 
         def reply(outcome: dict[str, Any] | StoreError) -> None:
             if isinstance(outcome, StoreError):
-                conn.send(encode(Error(request_id, outcome.code, outcome.message, outcome.details)))
+                conn.send(self.encode_error(request_id, outcome))
             else:
-                conn.send(encode(Result(request_id, outcome)))
+                conn.send(encode_result(request_id, outcome))
 
-        if self.durability is None:
-            reply(BadRequest("persistence is off: start the store with STORE_DATA_DIR", {}))
-            return
         self.durability.start_snapshot(reply)
+        return None
+
+    def encode_error(self, request_id: int, error: StoreError) -> bytes:
+        """The error's frame, cut down if it would not fit a client's frame limit (a message
+        quoting a huge argument): a frame over it would make the client drop the
+        connection, and every other call in flight on it."""
+        return encode_error(
+            request_id, error.code, error.message, error.details, self.max_error_bytes
+        )
 
     def check_auth(self, payload: Any) -> bool:
         secret = self.settings.secret
@@ -638,65 +723,213 @@ class StoreServer:
         )
 
 
+class _HeldTurn:
+    """Where a connection's replies held for the disk go (STORE_FSYNC=always). It counts
+    them, so that replies the connection builds meanwhile are held behind them, in order."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: StoreConnection) -> None:
+        self.conn = conn
+
+    def send(self, data: bytes) -> None:
+        self.conn.held -= 1
+        self.conn.send(data)
+
+    def abort(self) -> None:
+        self.conn.held -= 1
+        self.conn.abort()
+
+
 class StoreConnection(asyncio.Protocol):
-    """One client connection: a frame decoder and a reference to the server."""
+    """One client connection: a frame decoder, the requests read and not yet run, and a
+    reference to the server.
+
+    Requests run in the order they came, for at most ``TURN_BUDGET`` seconds (or
+    ``TURN_REPLY_BYTES`` of replies) per loop turn; their replies go out in one write at the
+    end of the turn. What is left waits on the connection (decoded in batches of
+    ``TURN_BATCH``, the rest as bytes in the decoder), which is not read from meanwhile, and
+    goes on in a later turn (``_resume``), after every other client's events. A connection
+    paused for writing (its client does not read) runs nothing until ``resume_writing``: its
+    memory is the transport's buffer, one turn of replies and one read of requests.
+    """
 
     def __init__(self, server: StoreServer) -> None:
         self.server = server
         self.transport: asyncio.Transport | None = None
         # A small limit until the HELLO is accepted (``_greet`` raises it), so buffering up to
         # STORE_MAX_FRAME_BYTES is only ever done for a client that sent the secret.
-        self.decoder = FrameDecoder(min(HANDSHAKE_FRAME_SIZE, server.settings.max_frame_bytes))
+        self.decoder = FrameDecoder(
+            min(server.handshake_frame_bytes, server.settings.max_frame_bytes)
+        )
         self.greeted = False
         self.peer: str = "?"
+        self.held = 0  # turns of replies waiting for the disk (_HeldTurn)
         self._handshake_timer: asyncio.TimerHandle | None = None
+        self._handshaking = False  # counted in server.handshaking
+        self._closing = False
+        # Decoded and not yet run; while set (even empty: frames wait in the decoder) the
+        # connection is not read from.
+        self._backlog: list[Message] | None = None
+        # Complete frames may wait in the decoder: a turn ended inside a full batch, or bytes
+        # came while reading was being paused.
+        self._more = False
+        self._scheduled = False
+        self._error: ProtocolError | None = None  # a bad frame, after what was decoded
+        self._error_greeted = False  # greeted when that frame was read
+        self._writing_paused = False
+        self._reading_paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
         self.transport = cast(asyncio.Transport, transport)
         self.peer = str(transport.get_extra_info("peername") or "unix")
-        if len(self.server.connections) >= MAX_CLIENTS:
-            log.warning("client_refused", reason="too many clients", peer=self.peer)
-            self.transport.abort()
+        server = self.server
+        if len(server.connections) >= MAX_CLIENTS:
+            self._refuse(StoreBusy("too many clients", {"max": MAX_CLIENTS}))
             return
-        self.server.connections.add(self)
+        if server.handshaking >= MAX_HANDSHAKES:
+            self._refuse(
+                StoreBusy("too many connections in their handshake", {"max": MAX_HANDSHAKES})
+            )
+            return
+        server.connections.add(self)
+        server.handshaking += 1
+        self._handshaking = True
         # Otherwise a client that never sends its HELLO holds a slot (of MAX_CLIENTS) forever.
         self._handshake_timer = asyncio.get_running_loop().call_later(
-            self.server.settings.handshake_timeout, self._handshake_expired
+            server.settings.handshake_timeout, self._handshake_expired
         )
 
+    def _refuse(self, error: StoreError) -> None:
+        """Close a connection over a cap, telling the client why (it reads the error as its
+        handshake's answer)."""
+        self.server.refused_log(reason=error.message, peer=self.peer)
+        self._stop()
+        assert self.transport is not None
+        self.transport.write(encode_error(0, error.code, error.message, error.details))
+        self.transport.close()
+
     def data_received(self, data: bytes) -> None:
-        try:
-            messages = self.decoder.feed(data)
-        except ProtocolError as exc:
-            self._drop(exc.message if self.greeted else f"{exc.message} before the handshake")
+        if self._backlog is not None:  # read while pausing: kept as bytes, after what waits
+            self.decoder.feed_until_error(data, 0)
+            self._more = True
             return
-        replies: list[bytes] = []
-        durability = self.server.durability
+        messages, error = self.decoder.feed_until_error(data, TURN_BATCH)
+        if error is not None:
+            self._error, self._error_greeted = error, self.greeted
+        self._serve(messages)
+
+    def _decode_more(self) -> list[Message]:
+        messages, error = self.decoder.feed_until_error(b"", TURN_BATCH)
+        if error is not None:
+            self._error, self._error_greeted = error, self.greeted
+        self._more = len(messages) == TURN_BATCH
+        return messages
+
+    def _serve(self, messages: list[Message]) -> None:
+        """Run ``messages``, then what more the decoder holds, in order, until the turn's
+        budget is spent (at least one); send their replies in one write; leave the rest for
+        a later turn."""
+        server = self.server
+        durability = server.durability
         recorded = durability.recorded if durability is not None else 0
-        for message in messages:
-            if type(message) is Request and self.greeted:
-                if message.command == "snapshot":
-                    self.server.snapshot(self, message.request_id)
-                elif message.command == "cancel":
-                    replies.append(self.server.cancel(self, message))
-                else:
-                    reply = self.server.handle(message, self)
+        replies: list[bytes] = []
+        reply_bytes = 0
+        # The budget is checked after each message but for a chunk of one (the usual case).
+        deadline = _perf_counter() + TURN_BUDGET if len(messages) > 1 else 0.0
+        rest: list[Message] | None = None
+        unexpected: Message | None = None
+        while True:
+            remaining = iter(messages)
+            for message in remaining:
+                if type(message) is Request and self.greeted:
+                    command = message.command
+                    if command == "snapshot":
+                        reply = server.snapshot(self, message)
+                    elif command == "cancel":
+                        reply = server.cancel(self, message)
+                    else:
+                        reply = server.handle(message, self)
                     if reply is not None:
                         replies.append(reply)
-            elif type(message) is Hello and not self.greeted:
-                if not self._greet(message, replies):
-                    return
+                        reply_bytes += len(reply)
+                elif type(message) is Hello and not self.greeted:
+                    if not self._greet(message, replies):
+                        return
+                else:
+                    unexpected = message
+                    break
+                if deadline and (reply_bytes >= TURN_REPLY_BYTES or _perf_counter() >= deadline):
+                    rest = list(remaining)
+                    if len(messages) == TURN_BATCH:
+                        self._more = True  # for the turn that goes on with ``rest``
+                    elif not rest and not self._more:
+                        rest = None  # that was the last one
+                    break
             else:
-                self._flush(replies)
-                self._drop(f"unexpected {type(message).__name__} message")
-                return
-        if durability is not None and durability.holds_replies and durability.recorded != recorded:
-            # STORE_FSYNC=always: these replies acknowledge writes; send them once on disk.
-            if replies:
-                durability.hold(self, b"".join(replies))
+                if (self._more or len(messages) == TURN_BATCH) and not self._closing:
+                    # The batch was full: more frames may wait in the decoder. A turn that
+                    # has not started its budget (it ran one request, or none) takes them.
+                    if not deadline or (
+                        reply_bytes < TURN_REPLY_BYTES and _perf_counter() < deadline
+                    ):
+                        deadline = deadline or _perf_counter() + TURN_BUDGET
+                        messages = self._decode_more()
+                        continue
+                    rest = []
+            break
+        if replies:
+            if (
+                durability is not None
+                and durability.holds_replies
+                and (durability.recorded != recorded or self.held)
+            ):
+                # STORE_FSYNC=always: these replies acknowledge writes (or come after replies
+                # that do); send them once those are on disk.
+                self.held += 1
+                durability.hold(_HeldTurn(self), b"".join(replies))
+            elif self.transport is not None:
+                self.transport.write(b"".join(replies))
+        if unexpected is not None:
+            self._drop(f"unexpected {type(unexpected).__name__} message")
+        elif rest is not None:
+            self._backlog = rest
+            self._update_reading()
+            self._schedule()
+        elif self._error is not None and not self._closing:
+            error = self._error
+            if self._error_greeted:
+                self._drop(error.message)
+            else:
+                when = "after" if self.greeted else "before"
+                self._drop(f"{error.message} {when} the handshake")
+
+    def _resume(self) -> None:
+        """The next turn of the requests that wait (``call_soon``: other events go first)."""
+        self._scheduled = False
+        backlog = self._backlog
+        if backlog is None or self._writing_paused or self._closing:
             return
-        self._flush(replies)
+        self._backlog = None
+        self._serve(backlog)
+        if self._backlog is None:
+            self._update_reading()
+
+    def _schedule(self) -> None:
+        if not self._scheduled and not self._writing_paused and not self._closing:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._resume)
+
+    def _update_reading(self) -> None:
+        """Read from the client only while nothing waits and it reads its replies."""
+        paused = self._backlog is not None or self._writing_paused
+        if paused is not self._reading_paused and self.transport is not None and not self._closing:
+            self._reading_paused = paused
+            if paused:
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
 
     def send(self, data: bytes) -> None:
         if self.transport is not None:
@@ -710,11 +943,11 @@ class StoreConnection(asyncio.Protocol):
         else:
             self.greeted = True
             self.decoder.max_frame_size = self.server.settings.max_frame_bytes
-            self._cancel_handshake_timer()
+            self._end_handshake()
             replies.append(encode(Hello(PROTOCOL_VERSION, self.server.server_info())))
             return True
         replies.append(encode(Error(0, ProtocolError.code, reason, {})))
-        self._flush(replies)
+        self.send(b"".join(replies))
         self._drop(reason)
         return False
 
@@ -724,43 +957,54 @@ class StoreConnection(asyncio.Protocol):
             timeout = self.server.settings.handshake_timeout
             self._drop(f"no handshake within {timeout:g} s")
 
-    def _cancel_handshake_timer(self) -> None:
+    def _end_handshake(self) -> None:
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
             self._handshake_timer = None
-
-    def _flush(self, replies: Iterable[bytes]) -> None:
-        if self.transport is not None and replies:
-            self.transport.write(b"".join(replies))
+        if self._handshaking:
+            self._handshaking = False
+            self.server.handshaking -= 1
 
     def _drop(self, reason: str) -> None:
-        log.warning("client_dropped", reason=reason, peer=self.peer)
+        self.server.dropped_log(reason=reason, peer=self.peer)
         self.close()
 
     def close(self) -> None:
+        self._stop()
         if self.transport is not None:
             self.transport.close()
 
     def abort(self) -> None:
+        self._stop()
         if self.transport is not None:
             self.transport.abort()
 
+    def _stop(self) -> None:
+        # What waits is never run, nor anything read from now on: the client sees its
+        # connection close with no reply.
+        self._closing = True
+        self._backlog = []
+
     def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_handshake_timer()
+        self._stop()
+        self._end_handshake()
         self.server.connections.discard(self)
         self.server.cancel_jobs(self)
         self.transport = None
         if not self.server.connections:
             self.server._all_closed.set()
 
-    # Flow control: a client that does not read its replies stops being read from.
+    # Flow control: a client that does not read its replies stops being read from, and its
+    # waiting requests stop running, until it reads them.
     def pause_writing(self) -> None:
-        if self.transport is not None:
-            self.transport.pause_reading()
+        self._writing_paused = True
+        self._update_reading()
 
     def resume_writing(self) -> None:
-        if self.transport is not None:
-            self.transport.resume_reading()
+        self._writing_paused = False
+        self._update_reading()
+        if self._backlog is not None:
+            self._schedule()
 
 
 def _clear_stale_socket(path: Path) -> None:

@@ -25,6 +25,7 @@ class RecordingTransport:
     def __init__(self) -> None:
         self.data = bytearray()
         self.aborted = False
+        self.reading = True  # flow control: the server pauses reading while requests wait
 
     def write(self, data: bytes) -> None:
         if not self.aborted:
@@ -38,6 +39,12 @@ class RecordingTransport:
 
     def abort(self) -> None:
         self.aborted = True
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
 
 
 async def wait_until(condition: Any, seconds: float = 20.0) -> None:

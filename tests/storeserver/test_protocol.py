@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 
 from storeserver.errors import ProtocolError
 from storeserver.protocol import (
+    ERROR_MESSAGE_CUT,
+    HANDSHAKE_FRAME_SIZE,
     PROTOCOL_VERSION,
     Error,
     FrameDecoder,
@@ -21,6 +23,8 @@ from storeserver.protocol import (
     Result,
     decode_body,
     encode,
+    encode_error,
+    handshake_frame_size,
 )
 
 
@@ -179,11 +183,48 @@ def test_a_raised_limit_applies_to_the_frames_after_it():
         msgpack.packb([1, 1, msgpack.ExtType(1, b"\xff")]),  # not ascii
         msgpack.packb([1, 1, None]) + b"\x00",  # trailing bytes inside the frame
         b"\x91" * 5000 + b"\xc0",  # nesting deeper than msgpack allows
+        msgpack.packb([0.0, 1, "ping", {}]),  # kinds are ints: 0.0 == 0 in Python, not here
+        msgpack.packb([False, 1, "ping", {}]),
+        msgpack.packb([True, 1, None]),
+        msgpack.packb([2.0, 1, "X", "m", {}]),
     ],
 )
 def test_malformed_bodies_raise_protocol_error(body):
     with pytest.raises(ProtocolError):
         FrameDecoder().feed(frame(body))
+
+
+def test_messages_before_a_bad_frame_come_back_with_its_error():
+    hello, request = Hello(1, None), Request(1, "ping", {})
+    data = encode(hello) + encode(request) + frame(b"\xc1") + encode(request)
+    messages, error = FrameDecoder().feed_until_error(data)
+    assert messages == [hello, request]
+    assert isinstance(error, ProtocolError)
+    assert FrameDecoder().feed_until_error(encode(request)) == ([request], None)
+
+
+def test_an_error_over_the_frame_limit_is_cut_to_fit():
+    """A message or details quoting a client's huge value would pass the frame limit, and
+    the client would drop the connection with every call in flight on it."""
+    big = "x" * 2_000_000
+    details = {"table": "t", "id": big, "n": 1}
+    data = encode_error(5, "NOT_FOUND", f"no record {big!r}", details, max_size=1 << 20)
+    assert len(data) - 4 <= 1 << 20
+    (error,) = FrameDecoder().feed(data)
+    assert error.request_id == 5 and error.code == "NOT_FOUND"
+    assert error.message == "no record '" + "x" * (ERROR_MESSAGE_CUT - 11) + "... (cut)"
+    assert error.details == {"truncated": True, "table": "t", "n": 1}
+    # Within the limit an error is sent as it is.
+    small = encode_error(5, "NOT_FOUND", "gone", {"id": "a"}, max_size=1 << 20)
+    assert small == encode(Error(5, "NOT_FOUND", "gone", {"id": "a"}))
+
+
+def test_the_handshake_limit_fits_the_secret():
+    assert handshake_frame_size(None) == HANDSHAKE_FRAME_SIZE == 4096
+    secret = "s" * 10_000
+    hello = encode(Hello(PROTOCOL_VERSION, secret))
+    assert handshake_frame_size(secret) == len(hello) - 4
+    assert FrameDecoder(handshake_frame_size(secret)).feed(hello) == [Hello(1, secret)]
 
 
 def test_encode_refuses_values_the_wire_cannot_carry():

@@ -1,0 +1,333 @@
+"""One client must not hurt the others: bounded work per loop turn, bounded memory for a client
+that does not read, errors that always fit a frame, throttled warnings, capped handshakes."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+import threading
+from typing import Any
+
+import msgpack
+import pytest
+from structlog.testing import capture_logs
+
+from storeserver import server as server_module
+from storeserver.client import StoreClient
+from storeserver.errors import BadRequest, NotFound, StoreUnavailable
+from storeserver.protocol import (
+    HANDSHAKE_FRAME_SIZE,
+    PROTOCOL_VERSION,
+    Error,
+    FrameDecoder,
+    Hello,
+    Result,
+    encode,
+    encode_request,
+)
+from storeserver.server import StoreConnection, StoreServer
+from storeserver.settings import StoreSettings
+from tests.storeserver.jobs import RecordingTransport, wait_until
+
+
+def connect(server: StoreServer) -> tuple[StoreConnection, RecordingTransport]:
+    transport = RecordingTransport()
+    conn = StoreConnection(server)
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    conn.data_received(encode(Hello(PROTOCOL_VERSION, None)))
+    return conn, transport
+
+
+def replies(transport: RecordingTransport) -> list[Any]:
+    """What the server sent after its HELLO."""
+    return FrameDecoder().feed(bytes(transport.data))[1:]
+
+
+async def raw_exchange(path: str, payload: bytes) -> bytes:
+    """Send bytes on a fresh connection; return what the server sent before closing it."""
+    reader, writer = await asyncio.open_unix_connection(path)
+    try:
+        writer.write(payload)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+
+
+# -- bounded work per connection per loop turn ---------------------------------------------
+
+
+async def test_a_connection_runs_what_it_sent_one_budget_per_loop_turn(server, monkeypatch):
+    """Past its budget a connection's requests wait for the next loop turn, the connection
+    unread meanwhile; the replies come in order, and reading resumes once all have run."""
+    monkeypatch.setattr(server_module, "TURN_BUDGET", 0.0, raising=False)
+    conn, transport = connect(server)
+    conn.data_received(b"".join(encode_request(i, "ping", {}) for i in range(1, 6)))
+    assert [m.request_id for m in replies(transport)] == [1]
+    assert not transport.reading
+    for _ in range(4):
+        await asyncio.sleep(0)
+    assert [m.request_id for m in replies(transport)] == [1, 2, 3, 4, 5]
+    assert transport.reading
+
+
+async def test_what_waits_stays_bytes_until_its_turn(server, monkeypatch):
+    """A read of many small requests is decoded a batch at a time (a decoded request takes
+    about ten times its bytes); each turn goes on where the last stopped."""
+    monkeypatch.setattr(server_module, "TURN_BUDGET", 0.0, raising=False)
+    conn, transport = connect(server)
+    frames = [encode_request(i, "ping", {}) for i in range(1, 301)]
+    conn.data_received(b"".join(frames))
+    assert [m.request_id for m in replies(transport)] == [1]
+    assert conn.decoder.buffered == sum(len(f) for f in frames[server_module.TURN_BATCH :])
+    await wait_until(lambda: len(replies(transport)) == 300)
+    assert [m.request_id for m in replies(transport)] == list(range(1, 301))
+    assert transport.reading and conn.decoder.buffered == 0
+
+
+async def test_a_pipelined_burst_lets_other_clients_in(server, client):
+    """QA: 5,500 pipelined counts in one write made another connection's ping wait 34 s."""
+    rows = [{"op": "insert", "table": "burst", "record": {"n": i}} for i in range(1000)]
+    await client.call("batch", {"ops": rows})
+    burst = 1000
+    count = {"table": "burst", "where": [["n", "gt", -1]]}  # unindexed: every row, each time
+    reader, writer = await asyncio.open_unix_connection(str(server.settings.socket))
+    try:
+        writer.write(encode(Hello(PROTOCOL_VERSION, None)))
+        writer.write(b"".join(encode_request(i, "count", count) for i in range(1, burst + 1)))
+        await writer.drain()
+
+        assert (await client.call("ping"))["pong"]
+        counted_by_then = server.op_stats.by_command["count"].count
+        assert counted_by_then < burst / 2  # the ping did not wait for the whole burst
+
+        decoder, got = FrameDecoder(), []
+        while len(got) < burst + 1:
+            got += decoder.feed(await asyncio.wait_for(reader.read(65536), 30))
+        assert [m.request_id for m in got[1:]] == list(range(1, burst + 1))
+        assert all(isinstance(m, Result) and m.value == 1000 for m in got[1:])
+    finally:
+        writer.close()
+
+
+@pytest.fixture
+async def always(sock_dir, tmp_path):
+    settings = StoreSettings(socket=sock_dir / "s.sock", data_dir=tmp_path / "data", fsync="always")
+    server = StoreServer(settings)
+    assert server.durability is not None
+    server.durability.load()
+    server.durability.start(asyncio.get_running_loop())
+    yield server
+    server.durability.close()
+
+
+async def test_under_fsync_always_later_turns_wait_behind_held_replies(always, monkeypatch):
+    """STORE_FSYNC=always holds a write's reply until it is on disk; the reads pipelined
+    behind it, run in later turns, are held behind it too: replies keep their order."""
+    monkeypatch.setattr(server_module, "TURN_BUDGET", 0.0, raising=False)
+    dur = always.durability
+    assert dur is not None and dur.log is not None
+    on_disk = threading.Event()
+    fsync = dur.log.fsync
+
+    def slow_fsync() -> None:
+        on_disk.wait(10)
+        fsync()
+
+    monkeypatch.setattr(dur.log, "fsync", slow_fsync)
+    conn, transport = connect(always)
+    try:
+        conn.data_received(
+            encode_request(1, "insert", {"table": "t", "record": {"id": "r0"}})
+            + encode_request(2, "get", {"table": "t", "id": "r0"})
+            + encode_request(3, "ping", {})
+        )
+        for _ in range(5):
+            await asyncio.sleep(0.01)
+        assert replies(transport) == []  # all three turns ran; nothing is sent before the disk
+    finally:
+        on_disk.set()
+    await wait_until(lambda: len(replies(transport)) == 3)
+    assert [m.request_id for m in replies(transport)] == [1, 2, 3]
+    assert conn.held == 0
+
+
+# -- a client that does not read ------------------------------------------------------------
+
+
+async def test_a_client_that_does_not_read_stops_its_requests_running(server, client):
+    """QA: a connection that sent 460 KB of kv_get for a 20 KB value and never read took the
+    store from 133 to 475 MB. Now what it sent waits, unrun, until it reads."""
+    await client.call("kv_set", {"key": "big", "value": "v" * 20_000})
+    sent = 2000
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(sock, str(server.settings.socket))
+    try:
+        await loop.sock_sendall(sock, encode(Hello(PROTOCOL_VERSION, None)))
+        frames = b"".join(encode_request(i, "kv_get", {"key": "big"}) for i in range(1, sent + 1))
+        await loop.sock_sendall(sock, frames)
+        await asyncio.sleep(0.5)
+        ran = server.op_stats.by_command["kv_get"].count
+        # The socket's buffers, the transport's (64 KiB) and one turn's replies (256 KiB):
+        # some dozens of 20 KB replies, not 2,000 (40 MB).
+        assert ran < 100
+        buffered = [c.transport.get_write_buffer_size() for c in server.connections if c.transport]
+        assert max(buffered) < 1 << 20
+
+        decoder, got = FrameDecoder(), []
+        while len(got) < sent + 1:
+            got += decoder.feed(await asyncio.wait_for(loop.sock_recv(sock, 1 << 20), 10))
+        assert [m.request_id for m in got[1:]] == list(range(1, sent + 1))
+        assert server.op_stats.by_command["kv_get"].count == sent
+    finally:
+        sock.close()
+
+
+# -- errors always fit a frame --------------------------------------------------------------
+
+
+async def test_an_error_quoting_a_huge_argument_is_cut_to_fit_a_frame(client):
+    """QA: a 9 MB id made an 18 MB NOT_FOUND, over the client's 16 MiB frame limit: the
+    client dropped the connection and every call in flight on it."""
+    await client.call("insert", {"table": "t", "record": {"id": "a"}})
+    huge = client.call("get", {"table": "t", "id": "x" * 9_000_000}, timeout=10)
+    others = [client.call("get", {"table": "t", "id": "a"}) for _ in range(5)]
+    outcomes = await asyncio.gather(huge, *others, return_exceptions=True)
+    error = outcomes[0]
+    assert isinstance(error, NotFound)
+    assert error.message.endswith("... (cut)") and len(error.message) < 1100
+    assert error.details == {"truncated": True, "table": "t"}
+    assert [o["id"] for o in outcomes[1:]] == ["a"] * 5  # type: ignore[index]
+
+
+async def test_a_bad_table_argument_is_quoted_briefly(client):
+    """QA: table=[None]*3_000_000 made an 18 MB BAD_REQUEST (its whole repr, twice)."""
+    with pytest.raises(BadRequest) as bad:
+        await client.call("get", {"table": [None] * 3_000_000, "id": "x"}, timeout=10)
+    assert bad.value.details["table"] == "[None, None, None, None, None, None, ...]"
+    with pytest.raises(BadRequest) as unknown:
+        await client.call("get", {"table": "t", "id": "x", "k" * 9_000_000: 1}, timeout=10)
+    assert len(unknown.value.message) < 200 and len(unknown.value.details["arg"]) == 100
+    assert (await client.call("ping"))["pong"]
+
+
+# -- warnings any peer can cause --------------------------------------------------------------
+
+
+async def test_dropped_client_warnings_are_throttled(sock_dir):
+    """QA: wrong-secret connections in a loop wrote 63,591 client_dropped lines in 5 s."""
+    srv = StoreServer(StoreSettings(socket=sock_dir / "a.sock", secret="right-secret"))
+    await srv.start()
+    wrong = encode(Hello(PROTOCOL_VERSION, "wrong"))
+    try:
+        with capture_logs() as logs:
+            for _ in range(30):
+                await raw_exchange(str(srv.settings.socket), wrong)
+            await asyncio.sleep(1.1)  # the second ends: the summary line comes
+    finally:
+        await srv.shutdown()
+    dropped = [x for x in logs if x["event"] == "client_dropped"]
+    summaries = [x for x in logs if x["event"] == "client_dropped_suppressed"]
+    assert dropped and len(dropped) <= 20  # 10 a second
+    assert summaries and len(dropped) + sum(x["suppressed"] for x in summaries) == 30
+    assert summaries[-1]["message"] == f"suppressed {summaries[-1]['suppressed']} more"
+    assert summaries[-1]["last"]["reason"] == "authentication failed"
+
+
+# -- peers that do not authenticate -----------------------------------------------------------
+
+
+async def test_before_the_handshake_a_frame_may_hold_a_hello_only(server):
+    """QA: 4,000 peers each sending 64 KiB less a byte of a frame took 256 MB."""
+    assert HANDSHAKE_FRAME_SIZE == 4096
+    with capture_logs() as logs:
+        closed = await raw_exchange(str(server.settings.socket), struct.pack(">I", 5000))
+    assert closed == b""
+    (dropped,) = [x for x in logs if x["event"] == "client_dropped"]
+    assert dropped["reason"] == "frame of 5000 bytes exceeds the limit of 4096 before the handshake"
+
+
+async def test_a_secret_longer_than_the_handshake_limit_still_connects(sock_dir):
+    secret = "s" * 10_000
+    srv = StoreServer(StoreSettings(socket=sock_dir / "l.sock", secret=secret))
+    await srv.start()
+    client = StoreClient(f"unix:{srv.settings.socket}", secret=secret)
+    try:
+        await client.connect()
+        assert (await client.call("ping"))["pong"]
+    finally:
+        await client.close()
+        await srv.shutdown()
+
+
+async def test_connections_in_their_handshake_are_capped(server, monkeypatch):
+    monkeypatch.setattr(server_module, "MAX_HANDSHAKES", 3, raising=False)
+    path = str(server.settings.socket)
+    silent = [(await asyncio.open_unix_connection(path))[1] for _ in range(3)]
+    late = StoreClient(f"unix:{path}")
+    try:
+        await wait_until(lambda: len(server.connections) == 3)
+        with capture_logs() as logs:
+            refused = StoreClient(f"unix:{path}")
+            with pytest.raises(StoreUnavailable, match="too many connections in their handshake"):
+                await refused.connect()
+        (line,) = [x for x in logs if x["event"] == "client_refused"]
+        assert line["reason"] == "too many connections in their handshake"
+        silent[0].close()
+        await wait_until(lambda: len(server.connections) == 2)
+        await late.connect()
+        assert server.handshaking == 2  # greeted: no longer counted
+    finally:
+        await late.close()
+        for writer in silent:
+            writer.close()
+
+
+async def test_a_client_past_max_clients_is_told_why(server, client, monkeypatch):
+    monkeypatch.setattr(server_module, "MAX_CLIENTS", 1)
+    data = await raw_exchange(str(server.settings.socket), b"")
+    (error,) = FrameDecoder().feed(data)
+    assert error == Error(0, "STORE_BUSY", "too many clients", {"max": 1})
+    with pytest.raises(StoreUnavailable, match="too many clients"):
+        await StoreClient(f"unix:{server.settings.socket}").connect()
+    assert (await client.call("ping"))["pong"]
+
+
+# -- contract -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["ping", "stats", "snapshot"])
+async def test_commands_the_server_answers_take_no_unknown_arguments(client, command):
+    with pytest.raises(BadRequest, match="unknown argument 'bogus'") as bad:
+        await client.call(command, {"bogus": 1})
+    assert bad.value.details == {"arg": "bogus"}
+
+
+async def test_a_hello_and_a_bad_frame_in_one_read(server):
+    """The HELLO is answered, then the connection closed for what came after it."""
+    hello = encode(Hello(PROTOCOL_VERSION, None))
+    with capture_logs() as logs:
+        data = await raw_exchange(
+            str(server.settings.socket), hello + struct.pack(">I", 1) + b"\xc1"
+        )
+    (answer,) = FrameDecoder().feed(data)
+    assert isinstance(answer, Hello)
+    (dropped,) = [x for x in logs if x["event"] == "client_dropped"]
+    assert dropped["reason"] == "undecodable frame: FormatError after the handshake"
+
+
+@pytest.mark.parametrize("kind", [0.0, False])
+async def test_a_request_kind_must_be_the_int_zero(server, kind):
+    hello = encode(Hello(PROTOCOL_VERSION, None))
+    body = msgpack.packb([kind, 1, "ping", {}])
+    with capture_logs() as logs:
+        data = await raw_exchange(
+            str(server.settings.socket), hello + struct.pack(">I", len(body)) + body
+        )
+    assert [type(m) for m in FrameDecoder().feed(data)] == [Hello]  # no reply to it
+    (dropped,) = [x for x in logs if x["event"] == "client_dropped"]
+    assert dropped["reason"] == "malformed message after the handshake"
