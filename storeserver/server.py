@@ -91,6 +91,7 @@ MAX_CLIENTS = 4096
 MAX_HANDSHAKES = 128
 """Connections not greeted yet at once (each may hold a handshake frame for up to
 STORE_HANDSHAKE_TIMEOUT); past it a new one is refused as past ``MAX_CLIENTS``."""
+_TURN_COMMANDS = frozenset({"snapshot", "cancel"})  # answered by the connection's turn itself
 TURN_BUDGET = 0.002
 """Seconds of one connection's requests per loop turn, beyond its first request
 (``StoreConnection._serve``): the rest of what it sent waits for a later turn."""
@@ -818,6 +819,20 @@ class StoreConnection(asyncio.Protocol):
         messages, error = self.decoder.feed_until_error(data, TURN_BATCH)
         if error is not None:
             self._error, self._error_greeted = error, self.greeted
+        elif len(messages) == 1 and self.greeted and not self._writing_paused:
+            # The usual read of a client that waits for each answer: one request, nothing
+            # waiting, no budget to keep.
+            message = messages[0]
+            durability = self.server.durability
+            if (
+                type(message) is Request
+                and message.command not in _TURN_COMMANDS
+                and (durability is None or not durability.holds_replies)
+            ):
+                reply = self.server.handle(message, self)
+                if reply is not None and self.transport is not None:
+                    self.transport.write(reply)
+                return
         self._serve(messages)
 
     def _decode_more(self) -> list[Message]:
