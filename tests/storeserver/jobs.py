@@ -8,6 +8,8 @@ from typing import Any
 
 from storeserver.builds import ChunkedRead
 from storeserver.engine import Engine
+from storeserver.protocol import PROTOCOL_VERSION, Hello, encode
+from storeserver.server import StoreConnection, StoreServer
 
 
 def finish(engine: Engine, job: Any) -> tuple[int, Any]:
@@ -82,3 +84,12 @@ class HeldReads:
             return {"items": [], "total": n}
         finally:
             self.alive -= 1
+
+
+def connect(server: StoreServer) -> tuple[StoreConnection, RecordingTransport]:
+    """A greeted connection to ``server`` over a recording transport (no socket)."""
+    transport = RecordingTransport()
+    conn = StoreConnection(server)
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    conn.data_received(encode(Hello(PROTOCOL_VERSION, None)))
+    return conn, transport

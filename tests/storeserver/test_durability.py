@@ -28,7 +28,7 @@ from storeserver.protocol import (
 )
 from storeserver.server import StoreConnection, StoreServer
 from storeserver.settings import StoreSettings
-from tests.storeserver.jobs import RecordingTransport, wait_until
+from tests.storeserver.jobs import RecordingTransport, connect, wait_until
 
 
 @pytest.fixture
@@ -185,14 +185,6 @@ async def always(sock_dir, tmp_path, monkeypatch):
     server.durability.start(asyncio.get_running_loop())
     yield server
     server.durability.close()
-
-
-def connect(server: StoreServer) -> tuple[StoreConnection, RecordingTransport]:
-    transport = RecordingTransport()
-    conn = StoreConnection(server)
-    conn.connection_made(transport)  # type: ignore[arg-type]
-    conn.data_received(encode(Hello(PROTOCOL_VERSION, None)))
-    return conn, transport
 
 
 def acknowledged(transport: RecordingTransport) -> set[int]:

@@ -26,17 +26,9 @@ from storeserver.protocol import (
     encode,
     encode_request,
 )
-from storeserver.server import StoreConnection, StoreServer
+from storeserver.server import StoreServer
 from storeserver.settings import StoreSettings
-from tests.storeserver.jobs import RecordingTransport, wait_until
-
-
-def connect(server: StoreServer) -> tuple[StoreConnection, RecordingTransport]:
-    transport = RecordingTransport()
-    conn = StoreConnection(server)
-    conn.connection_made(transport)  # type: ignore[arg-type]
-    conn.data_received(encode(Hello(PROTOCOL_VERSION, None)))
-    return conn, transport
+from tests.storeserver.jobs import RecordingTransport, connect, wait_until
 
 
 def replies(transport: RecordingTransport) -> list[Any]:
