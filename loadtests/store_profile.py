@@ -65,12 +65,20 @@ def per_op_us(fn: Callable[[Any], Any], items: list[Any], ops: int, repeats: int
 
 
 def profile() -> dict[str, Any]:
-    rng = random.Random(5)
     # No event loop runs here: a turn's budget spent (a GC pause passes 2 ms) would leave the
     # rest of a chunk waiting for a loop turn that never comes, and the figure would count
-    # requests that never ran. The budget checks themselves still run, and are measured.
-    server_module.TURN_BUDGET = float("inf")
-    server_module.TURN_REPLY_BYTES = 1 << 62
+    # requests that never ran. The budget checks themselves still run, and are measured. The
+    # limits are put back after: this runs inside the test session too.
+    saved = server_module.TURN_BUDGET, server_module.TURN_REPLY_BYTES
+    server_module.TURN_BUDGET, server_module.TURN_REPLY_BYTES = float("inf"), 1 << 62
+    try:
+        return _profile()
+    finally:
+        server_module.TURN_BUDGET, server_module.TURN_REPLY_BYTES = saved
+
+
+def _profile() -> dict[str, Any]:
+    rng = random.Random(5)
     # The server object is only fed bytes: it never listens, so the socket path is never made.
     server = StoreServer(
         StoreSettings(socket=Path(tempfile.gettempdir()) / "bench-prof-unused.sock")
