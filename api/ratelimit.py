@@ -15,7 +15,6 @@ alike: the request would only wait out a second timeout.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import time
@@ -106,11 +105,6 @@ def client_ip(scope: Scope) -> str:
     passes it as ``forwarded_allow_ips``), so here the peer is already the real client."""
     client = scope.get("client")
     return str(client[0]) if client else "unknown"
-
-
-def username_key(username: str) -> str:
-    """A bounded, case-insensitive key for a login name (the name itself is not stored)."""
-    return hashlib.sha256(username.strip().casefold().encode()).hexdigest()[:32]
 
 
 def tightest(verdicts: list[Verdict | None]) -> Verdict | None:

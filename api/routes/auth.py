@@ -21,7 +21,7 @@ from api.auth.tokens import InvalidToken, TokenPair, new_session_id
 from api.deps import CurrentUser, StoreDep, TokensDep
 from api.errors import ApiError
 from api.http_metrics import MeteredRoute
-from api.ratelimit import RateLimiter, Verdict, client_ip, tightest, username_key
+from api.ratelimit import RateLimiter, Verdict, client_ip, tightest
 from api.responses import json_response, no_content
 from api.schemas.auth import RefreshRequest, TokenResponse
 from api.schemas.envelope import error_responses
@@ -126,12 +126,15 @@ async def create_token(
     # One form per address, for the per-username limit too: spellings of one address (NFD,
     # punycode) must not each get their own allowance of guesses.
     username = login_email(username)
+    # The username only as a keyed hash, in the limiter's store key as in the log line: a
+    # password pasted into it must not be recoverable by hashing guesses.
+    name_tag = login_name_tag(username, tokens.secret)
     limiter = login_limiter(request)
     verdict = tightest(
         list(
             await asyncio.gather(
                 limiter.hit(store, limiter.key("ip", client_ip(request.scope))),
-                limiter.hit(store, limiter.key("user", username_key(username))),
+                limiter.hit(store, limiter.key("user", name_tag)),
             )
         )
     )
@@ -153,9 +156,7 @@ async def create_token(
         logger.error("refused a login with the development admin password in production")
         user = None
     if user is None:
-        # The address, never the password; the username only as a keyed hash (a password
-        # pasted into it must not be recoverable from the logs by guessing).
-        name_tag = login_name_tag(username, tokens.secret)
+        # The address, never the password; the username only as its keyed hash.
         logger.info("failed login from %s for %s", client_ip(request.scope), name_tag)
         error = bad_credentials()
         error.headers.update(limit_headers)

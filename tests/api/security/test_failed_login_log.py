@@ -77,3 +77,41 @@ def test_the_tag_depends_on_the_key() -> None:
     assert len(tag) == 32 and tag == login_name_tag(" Ada@Example.com ", SECRET)
     assert tag != login_name_tag("ada@example.com", "t" * 48)
     assert tag != hashlib.sha256(b"ada@example.com").hexdigest()[:32]
+
+
+class RecordingStore(NoStore):
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+
+    async def call(
+        self, command: str, args: dict[str, Any] | None = None, *, timeout: float | None = None
+    ) -> Any:
+        if command == "rate_hit" and args is not None:
+            self.keys.append(str(args["key"]))
+        return await super().call(command, args, timeout=timeout)
+
+
+async def test_the_per_username_login_limit_is_keyed_by_the_same_keyed_hash(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The rate-limit counter's key lives in the store (and in its stats and dumps): it holds
+    the username only as the keyed tag, never a plain hash a guess could be checked against."""
+
+    async def check_credentials(store: Any, email: str, password: str) -> None:
+        return None
+
+    monkeypatch.setattr(auth_routes, "check_credentials", check_credentials)
+    store = RecordingStore()
+    app = create_app(Settings())
+    app.dependency_overrides[get_store] = lambda: store
+    service = TokenService(SECRET, access_ttl=60, refresh_ttl=3600)
+    app.dependency_overrides[get_tokens] = lambda: service
+    async with in_process(app) as http:
+        for name in (PASTED, f" {PASTED.upper()}"):
+            form = {"username": name, "password": "pw12345678"}
+            assert (await http.post("/api/v1/auth/token", data=form)).status_code == 401
+    unkeyed = hashlib.sha256(PASTED.strip().casefold().encode()).hexdigest()[:32]
+    assert store.keys and not any(unkeyed in key for key in store.keys)
+    assert not any(PASTED.casefold() in key.casefold() for key in store.keys)
+    user_keys = [key for key in store.keys if expected_tag(PASTED, SECRET) in key]
+    assert len(user_keys) == 2 and user_keys[0] == user_keys[1]  # one counter however typed

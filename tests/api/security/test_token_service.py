@@ -12,7 +12,7 @@ from api.auth import credentials
 from api.auth.principals import bearer_token
 from api.auth.sessions import check_not_revoked
 from api.auth.tokens import Claims, InvalidToken, TokenCache, TokenService
-from api.ratelimit import RateLimiter, Verdict, tightest, username_key
+from api.ratelimit import RateLimiter, Verdict, tightest
 from storeserver.errors import StoreTimeout, StoreUnavailable
 from tests.support.inprocess import in_process
 
@@ -178,7 +178,6 @@ def test_limiter_keys_verdicts_and_fail_open() -> None:
     assert limiter.verdict(StoreUnavailable("down")) is None
     with pytest.raises(StoreTimeout):  # 504 now, not a second timeout in the route
         limiter.verdict(StoreTimeout("slow"))
-    assert username_key(" Ada@Example.com ") == username_key("ada@example.com")
     refused = Verdict(False, 3, 0, time.time() + 5)
     assert tightest([Verdict(True, 3, 2, 0), refused, None]) is refused
     assert 1 <= refused.retry_after() <= 5
