@@ -24,10 +24,11 @@ from typing import Any
 
 import msgpack
 
-from storeserver import server as server_module
+from storeserver import connection as connection_module
+from storeserver.connection import StoreConnection
 from storeserver.logs import configure_logging
 from storeserver.protocol import Hello, Request, Result, decode_body, encode
-from storeserver.server import StoreConnection, StoreServer
+from storeserver.server import StoreServer
 from storeserver.settings import StoreSettings
 
 from .store_driver import GET_IDS, order_record, preload_id
@@ -69,12 +70,12 @@ def profile() -> dict[str, Any]:
     # rest of a chunk waiting for a loop turn that never comes, and the figure would count
     # requests that never ran. The budget checks themselves still run, and are measured. The
     # limits are put back after: this runs inside the test session too.
-    saved = server_module.TURN_BUDGET, server_module.TURN_REPLY_BYTES
-    server_module.TURN_BUDGET, server_module.TURN_REPLY_BYTES = float("inf"), 1 << 62
+    saved = connection_module.TURN_BUDGET, connection_module.TURN_REPLY_BYTES
+    connection_module.TURN_BUDGET, connection_module.TURN_REPLY_BYTES = float("inf"), 1 << 62
     try:
         return _profile()
     finally:
-        server_module.TURN_BUDGET, server_module.TURN_REPLY_BYTES = saved
+        connection_module.TURN_BUDGET, connection_module.TURN_REPLY_BYTES = saved
 
 
 def _profile() -> dict[str, Any]:

@@ -19,13 +19,13 @@ from pathlib import Path
 import structlog
 from pydantic import ValidationError
 
-from .durability import WritesLost
+from .finalsnapshot import WritesLost
 from .logs import configure_logging
 from .server import StoreServer
 from .settings import StoreSettings, settings_errors
 
 EXIT_REFUSED_TO_START = 3
-# Stopped with writes only in memory: the final snapshot never fit (durability.py).
+# Stopped with writes only in memory: the final snapshot never fit (finalsnapshot.py).
 EXIT_WRITES_LOST = 4
 
 

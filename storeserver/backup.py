@@ -24,8 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from .client import StoreClient
+from .datadir import DIR_MODE, DataDir
 from .errors import StoreError
-from .persistence import DIR_MODE, FILE_MODE, CorruptData, DataDir, read_snapshot
+from .logfile import FILE_MODE, CorruptData
+from .snapshots import read_snapshot
 
 
 async def take_snapshot(address: str, secret: str | None, timeout: float) -> dict[str, Any]:

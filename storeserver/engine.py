@@ -2,7 +2,10 @@
 
 Plain synchronous code, no I/O (``stats`` reads ``/proc/self/statm``). The server calls
 ``execute(command, args)`` for one command at a time; each runs to completion, so each is
-atomic. Expected failures raise ``StoreError`` subclasses; anything else is a bug.
+atomic. Expected failures raise ``StoreError`` subclasses; anything else is a bug. The
+commands themselves live in ``reads``, ``writes``, ``bulk``, ``definitions`` (tables, indexes,
+schemas) and ``keys`` (``kv_*``, ``rate_hit``); the engine dispatches them and runs batches,
+scans and the journal around them.
 
 Design notes:
 
@@ -17,8 +20,8 @@ Design notes:
   (``LIMIT_EXCEEDED``). Only reads can be answered ``LIMIT_EXCEEDED`` by the server's reply
   check, which never follows a write that was applied.
 - Every change is appended to a journal list drained by ``drain_changes`` (for the append-only
-  log); ``apply_change`` replays an entry. A failed command leaves nothing in it, nor in the
-  audit log (``audit.py``: entries are committed when the command succeeds).
+  log); ``apply_change`` replays an entry (``journal.py``). A failed command leaves nothing in
+  it, nor in the audit log (``audit.py``: entries are committed when the command succeeds).
 - Commands that would read a big table at once (``create_index``, ``set_schema``, reads and
   ``*_where`` writes over many rows) return a ``builds.Job`` instead of a result; the server
   calls ``advance`` once per loop turn until it is done (``run_job`` does it all at once, for
@@ -29,60 +32,34 @@ from __future__ import annotations
 
 import os
 import resource
-import sys
 import time
 from collections.abc import Callable, Iterator
-from decimal import Decimal
 from typing import Any
 
-from storeserver.arguments import (
-    Args,
-    check_keys,
-    limit,
-    optional_bool,
-    positive_number,
-    required_str,
-    table_name,
-)
+from storeserver.arguments import Args, check_keys, limit, optional_bool, required_str
 from storeserver.audit import AuditLog, parse_actor
 from storeserver.batchrefs import REF_ARGS, resolve_refs
-from storeserver.builds import CHUNK, ChunkedRead, IndexBuild, Job, SchemaCheck
+from storeserver.builds import ChunkedRead, IndexBuild, Job, SchemaCheck
 from storeserver.bulk import BulkWrite, BulkWriter
-from storeserver.catalog import Catalog, TableSpec
-from storeserver.errors import (
-    BadRequest,
-    Conflict,
-    InternalError,
-    LimitExceeded,
-    StoreError,
-    UnknownCommand,
-)
+from storeserver.catalog import Catalog
+from storeserver.definitions import TableDefinitions
+from storeserver.errors import BadRequest, InternalError, LimitExceeded, StoreError, UnknownCommand
 from storeserver.filters import parse_where
+from storeserver.journal import JournalReplay
+from storeserver.keys import KeyCommands
 from storeserver.keyvalue import KeyValueStore
 from storeserver.protocol import MAX_FRAME_SIZE, pack_value
-from storeserver.query import check_field
 from storeserver.ratelimit import FixedWindowCounters
 from storeserver.reads import DEFAULT_LIMIT, RecordReader
-from storeserver.records import REPLY_ROOM, SHARED_STRING_LENGTH, copy_value, max_record_bytes
+from storeserver.records import REPLY_ROOM, max_record_bytes
 from storeserver.scans import ScanCursors
-from storeserver.schemas import TableSchema
 from storeserver.writes import RecordWriter, Undo
 
-MAX_KEY_LENGTH = 1024
 MAX_PENDING_CHANGES = 100_000
 """Undrained journal entries tolerated before journaling stops (see ``drain_changes``)."""
 
-_CREATE_TABLE_ARGS = frozenset({"table", "indexes", "foreign_keys", "hidden", "keep"})
-_CREATE_INDEX_ARGS = frozenset({"table", "field", "unique", "casefold"})
-_INDEX_ARGS = frozenset({"table", "field"})
-_TABLE_ARGS = frozenset({"table"})
-_SET_SCHEMA_ARGS = frozenset({"table", "schema", "force"})
 _SCAN_ARGS = frozenset({"table", "cursor", "limit", "include_hidden", "fields", "where"})
 _SCAN_CLOSE_ARGS = frozenset({"cursor"})
-_KV_SET_ARGS = frozenset({"key", "value", "ttl", "nx", "gt"})
-_KEY_ARGS = frozenset({"key"})
-_KEYS_ARGS = frozenset({"keys"})
-_RATE_ARGS = frozenset({"key", "limit", "window", "peek", "refund"})
 STORE_FIELDS_ROOM = 512
 """Bytes the store may add to a record a client sent (id, timestamps, version), at most."""
 RESULT_ROOM = 256
@@ -167,14 +144,17 @@ class Engine:
         self._scans = ScanCursors(clock, idle=scan_idle, max_bytes=max_frame_bytes // 4)
         self._kv = KeyValueStore(clock)
         self._rates = FixedWindowCounters(clock)
-        w, r = self._writer, self._reader
+        self._definitions = TableDefinitions(self._catalog, self._writer, self.audit)
+        self._keys = KeyCommands(self._kv, self._rates, self._writer, clock, max_in)
+        self._replay = JournalReplay(self._catalog, self._writer, self._kv, self.audit, clock)
+        w, r, d, k = self._writer, self._reader, self._definitions, self._keys
         self._handlers: dict[str, Callable[[Args], Any]] = {
-            "create_table": self._create_table,
-            "create_index": self._create_index,
-            "drop_index": self._drop_index,
-            "list_indexes": self._list_indexes,
-            "set_schema": self._set_schema,
-            "list_tables": self._list_tables,
+            "create_table": d.create_table,
+            "create_index": d.create_index,
+            "drop_index": d.drop_index,
+            "list_indexes": d.list_indexes,
+            "set_schema": d.set_schema,
+            "list_tables": d.list_tables,
             "insert": w.insert,
             "get": r.get,
             "get_many": r.get_many,
@@ -193,11 +173,11 @@ class Engine:
             "scan": self._scan,
             "scan_close": self._scan_close,
             "stats": self._stats,
-            "kv_set": self._kv_set,
-            "kv_get": self._kv_get,
-            "kv_get_many": self._kv_get_many,
-            "kv_delete": self._kv_delete,
-            "rate_hit": self._rate_hit,
+            "kv_set": k.kv_set,
+            "kv_get": k.kv_get,
+            "kv_get_many": k.kv_get_many,
+            "kv_delete": k.kv_delete,
+            "rate_hit": k.rate_hit,
         }
         self._batch_ops: dict[str, Callable[[Args, Undo], Any]] = {
             "insert": w.insert,
@@ -343,111 +323,12 @@ class Engine:
         self._journal_overflowed = True
 
     def apply_change(self, change: tuple[Any, ...]) -> None:
-        """Re-apply one journal entry (replay). Only keeps indexes right; no other checks."""
-        kind = change[0]
-        catalog = self._catalog
-        if kind == "put":
-            _, name, record = change
-            table = catalog.tables.get(name) or catalog.add_empty(name)
-            record = self._share_strings(table, record)
-            old = table.rows.get(record["id"])
-            if old is None:
-                table.insert(record)
-            else:
-                table.replace(old, record)
-            self._writer.timestamps.raise_floor(record["updated_at"])
-        elif kind == "delete":
-            _, name, rid = change
-            existing = catalog.tables.get(name)
-            if existing is not None and rid in existing.rows:
-                existing.delete(existing.rows[rid])
-        elif kind == "table":
-            _, name, spec = change
-            catalog.define(name, TableSpec.parse(spec), check=False)
-            floor = spec.get("version_floor")
-            if type(floor) is int and floor > catalog.tables[name].version_floor:
-                catalog.tables[name].version_floor = floor
-        elif kind == "kv_set":
-            _, key, value, expires_at = change
-            if expires_at is None or expires_at > self._clock():
-                self._kv.set(key, value, expires_at)
-        elif kind == "kv_delete":
-            self._kv.delete(change[1])
-        elif kind == "audit":
-            self.audit.restore(self._share_audit(change[1]))
-        elif kind == "schema":
-            _, name, document = change
-            table = catalog.tables.get(name) or catalog.add_empty(name)
-            table.schema = None if document is None else TableSchema(document)
-        elif kind == "drop_index":
-            _, name, field = change
-            existing = catalog.tables.get(name)
-            if existing is not None:
-                existing.drop_index(field)
-        else:
-            raise InternalError(f"unknown journal entry {kind!r}", {"entry": repr(kind)})
-
-    def _share_strings(self, table: Any, record: dict[str, Any]) -> dict[str, Any]:
-        """Share string objects the way live writes do (``records.copy_fields``), so a store
-        loaded from disk is as small as the one that wrote it: short values interned,
-        ``updated_at`` the same object as an equal ``created_at``, and a foreign key the
-        referenced row's own id string. About 270 bytes per order record."""
-        shared: dict[str, Any] = {}
-        for key, value in record.items():
-            if type(value) is str and len(value) <= SHARED_STRING_LENGTH:
-                value = sys.intern(value)
-            shared[sys.intern(key)] = value
-        if shared.get("updated_at") == shared.get("created_at"):
-            shared["updated_at"] = shared.get("created_at")
-        for field, target_name in table.foreign_keys.items():
-            value = shared.get(field)
-            target = self._catalog.tables.get(target_name)
-            if type(value) is str and target is not None and value in target.rows:
-                shared[field] = target.rows[value]["id"]
-        return shared
-
-    def _share_audit(self, entry: Any) -> Any:
-        """Share an audit entry's strings the way live entries do: live, they are the table's
-        name, the record's own id and ``updated_at``, interned field names. Decoded as they
-        come, 100,000 entries took ~68 MB more after a restart (QA soak: RSS 130 → 170 MiB)."""
-        if type(entry) not in (list, tuple) or len(entry) != 11:
-            return entry  # the audit log decides what to do with it
-        seq, at, user, role, request, table, op, rid, filter_fields, fields, count = entry
-        intern = sys.intern
-        if type(table) is str:
-            row = self._catalog.tables.get(table)
-            table = row.name if row is not None else intern(table)
-            record = row.rows.get(rid) if row is not None and type(rid) is str else None
-            if record is not None:
-                rid = record["id"]
-                if at == record["updated_at"]:
-                    at = record["updated_at"]
-        user = intern(user) if type(user) is str else user  # one object per acting user
-        role = intern(role) if type(role) is str else role
-        op = intern(op) if type(op) is str else op
-        if type(fields) in (list, tuple):
-            fields = tuple(intern(f) if type(f) is str else f for f in fields)
-        if type(filter_fields) in (list, tuple):
-            filter_fields = [intern(f) if type(f) is str else f for f in filter_fields]
-        return (seq, at, user, role, request, table, op, rid, filter_fields, fields, count)
+        """Re-apply one journal entry (replay: ``journal.JournalReplay.apply_change``)."""
+        self._replay.apply_change(change)
 
     def iter_state(self) -> Iterator[tuple[Any, ...]]:
-        """The whole state as journal entries (tables first, then rows and keys), for snapshots.
-
-        A generator: the snapshot child process iterates it on its copy-on-write image.
-        """
-        tables = self._catalog.tables
-        for name, table in tables.items():
-            yield ("table", name, table.snapshot_spec())
-            if table.schema is not None:
-                yield ("schema", name, table.schema.document)
-        for name, table in tables.items():
-            for record in table.rows.values():
-                yield ("put", name, record)
-        for key, value, expires_at in self._kv.items():
-            yield ("kv_set", key, value, expires_at)
-        for entry in self.audit.state():
-            yield ("audit", entry)
+        """The whole state as journal entries, for snapshots (``journal.JournalReplay``)."""
+        return self._replay.iter_state()
 
     def stats(self) -> dict[str, Any]:
         tables = {
@@ -489,115 +370,16 @@ class Engine:
 
     # -- commands ---------------------------------------------------------------------------
 
-    def _create_table(self, args: Args) -> dict[str, bool]:
-        check_keys(args, _CREATE_TABLE_ARGS)
-        name = table_name(args)
-        created, changed = self._catalog.define(name, TableSpec.parse(args))
-        if changed:
-            self._journal_table(name)
-        return {"created": created}
-
-    def _create_index(self, args: Args) -> dict[str, bool] | Job:
-        check_keys(args, _CREATE_INDEX_ARGS)
-        table = self._catalog.get(args)
-        spec = TableSpec.parse({"indexes": [{k: v for k, v in args.items() if k != "table"}]})
-        field, unique, casefold = spec.indexes[0]
-        if len(table.rows) > CHUNK and table.index_is_new(field, unique, casefold):
-            job = IndexBuild(table, field, unique, casefold)
-            job.context = self.audit.context
-            return job
-        _, changed = self._catalog.define(table.name, spec)
-        if changed:
-            self._journal_table(table.name)
-            self.audit.add(table.name, "create_index", None, (field,), len(table.rows))
-        return {"created": changed}
-
     def _finish(self, job: Job) -> Any:
         if isinstance(job, ChunkedRead):
             return job.result
         if isinstance(job, BulkWrite):
             return job.finish()
-        if isinstance(job, IndexBuild):
-            job.finish()
-            name = job.table.name
-            self._journal_table(name)
-            self.audit.add(name, "create_index", None, (job.field,), len(job.table.rows))
-            return {"created": True}
-        assert isinstance(job, SchemaCheck)
-        return self._attach_schema(job)
-
-    def _drop_index(self, args: Args) -> dict[str, bool]:
-        check_keys(args, _INDEX_ARGS)
-        table = self._catalog.get(args)
-        field = check_field(args.get("field"), "field")
-        if field in table.foreign_keys:
-            raise BadRequest(
-                f"the foreign key on {field!r} needs its index",
-                {"arg": "field", "field": field, "reason": "foreign_key", "table": table.name},
-            )
-        dropped = table.drop_index(field)
-        if dropped:
-            if self._writer.journal:
-                self._writer.changes.append(("drop_index", table.name, field))
-            self.audit.add(table.name, "drop_index", None, (field,), 0)
-        return {"dropped": dropped}
-
-    def _list_indexes(self, args: Args) -> list[dict[str, Any]]:
-        check_keys(args, _TABLE_ARGS)
-        return self._catalog.get(args).index_specs()
-
-    def _set_schema(self, args: Args) -> dict[str, Any] | Job:
-        check_keys(args, _SET_SCHEMA_ARGS)
-        name = table_name(args)
-        if "schema" not in args:
-            raise BadRequest("schema is required (a JSON Schema map, or null)", {"arg": "schema"})
-        force = optional_bool(args, "force")
-        schema = None if args["schema"] is None else TableSchema.parse(args["schema"])
-        table = self._catalog.tables.get(name)
-        if schema is None:
-            if table is not None and table.schema is not None:
-                table.schema = None
-                self._journal_schema(name, None)
-                self.audit.add(name, "set_schema", None, (), 0)
-            return {"attached": False, "checked": 0, "violating": 0, "violations": []}
-        if table is None:
-            self._catalog.check_room()
-            table = self._catalog.add_empty(name)
-            self._journal_table(name)
-        check = SchemaCheck(table, schema, force)
-        check.context = self.audit.context
-        if len(table.rows) > CHUNK:
-            return check
-        check.step()  # one chunk covers the table (a new, empty table cannot fail the check)
-        return self._attach_schema(check)
-
-    def _attach_schema(self, check: SchemaCheck) -> dict[str, Any]:
-        report = check.report()
-        table = check.table
-        if report["violating"] and not check.force:
-            raise Conflict(
-                f"{report['violating']} rows of {table.name} do not match the schema",
-                {"reason": "schema_violations", "table": table.name, **report},
-            )
-        table.schema = check.schema
-        self._journal_schema(table.name, check.schema.document)
-        self.audit.add(table.name, "set_schema", None, (), report["checked"])
-        return {"attached": True, **report}
-
-    def _journal_schema(self, name: str, document: Any) -> None:
-        if self._writer.journal:
-            self._writer.changes.append(("schema", name, document))
+        assert isinstance(job, IndexBuild | SchemaCheck)
+        return self._definitions.finish(job)
 
     def _audit_list(self, args: Args) -> dict[str, Any]:
         return self.audit.query(args, self.max_limit)
-
-    def _journal_table(self, name: str) -> None:
-        if self._writer.journal:
-            self._writer.changes.append(("table", name, self._catalog.spec_of(name)))
-
-    def _list_tables(self, args: Args) -> list[str]:
-        check_keys(args, frozenset())
-        return list(self._catalog.tables)
 
     def _batch(self, args: Args) -> dict[str, list[Any]]:
         check_keys(args, frozenset({"ops", "refs"}))
@@ -695,93 +477,5 @@ class Engine:
         check_keys(args, frozenset())
         return self.stats()
 
-    def _kv_set(self, args: Args) -> bool:
-        check_keys(args, _KV_SET_ARGS)
-        key = _key(args)
-        if "value" not in args:
-            raise BadRequest("value is required", {"arg": "value"})
-        value = copy_value(args["value"])
-        ttl = positive_number(args, "ttl", required=False)
-        nx = optional_bool(args, "nx")
-        gt = optional_bool(args, "gt")
-        if gt and not _is_number(value):
-            raise BadRequest("gt compares numbers: value must be a number", {"arg": "value"})
-        self._kv.sweep()
-        if nx and self._kv.contains(key):
-            return False
-        if gt and self._kv.contains(key):
-            # A high-water mark (a time up to which something must be remembered): several
-            # writers may announce it at once, and a lower value must never replace a higher.
-            current = self._kv.get(key)
-            if _is_number(current) and current >= value:
-                return False
-        expires_at = None if ttl is None else self._clock() + ttl
-        self._kv.set(key, value, expires_at)
-        if self._writer.journal:
-            self._writer.changes.append(("kv_set", key, value, expires_at))
-        return True
-
-    def _kv_get(self, args: Args) -> Any:
-        check_keys(args, _KEY_ARGS)
-        key = _key(args)
-        self._kv.sweep()
-        return self._kv.get(key)
-
-    def _kv_get_many(self, args: Args) -> list[Any]:
-        """Several keys in one round trip (e.g. a session's and its user's revocation marks)."""
-        check_keys(args, _KEYS_ARGS)
-        return self._kv_values(args.get("keys"), "keys")
-
-    def _kv_values(self, keys: Any, arg: str) -> list[Any]:
-        """The values of ``keys`` (the ``arg`` argument), ``None`` where absent or expired."""
-        if type(keys) is not list or len(keys) > self._reader.max_in:
-            raise BadRequest(f"{arg} must be a list of at most max_in keys", {"arg": arg})
-        self._kv.sweep()
-        return [self._kv.get(_key({"key": key})) for key in keys]
-
-    def _kv_delete(self, args: Args) -> bool:
-        check_keys(args, _KEY_ARGS)
-        key = _key(args)
-        self._kv.sweep()
-        existed = self._kv.delete(key)
-        if existed and self._writer.journal:
-            self._writer.changes.append(("kv_delete", key))
-        return existed
-
-    def _rate_hit(self, args: Args) -> dict[str, Any]:
-        """One hit; with ``peek`` (a list of keys) also their values, as ``kv_get_many`` would
-        give them: a worker checks a request's limit and its token's revocation marks in one
-        round trip instead of two. ``refund`` (a key) first takes back one hit of that key."""
-        check_keys(args, _RATE_ARGS)
-        key = _key(args)
-        hits = args.get("limit")
-        if type(hits) is not int or hits < 1:
-            raise BadRequest("limit must be an integer >= 1", {"arg": "limit"})
-        window = positive_number(args, "window")
-        assert window is not None
-        peek = args.get("peek")
-        if peek is not None:
-            peeked = self._kv_values(peek, "peek")  # checked before the hit counts
-        refund = args.get("refund")
-        if refund is not None:
-            # A hit counted against another key that should not have been (a revoked token's
-            # user): taken back in the same command as this one.
-            self._rates.refund(_key(args, "refund"))
-        result = self._rates.hit(key, hits, window)
-        if peek is not None:
-            result = {**result, "peek": peeked}
-        return result
-
 
 _NO_CONTEXT: tuple[None, None, None] = (None, None, None)
-
-
-def _is_number(value: Any) -> bool:
-    return type(value) in (int, float, Decimal)
-
-
-def _key(args: Args, name: str = "key") -> str:
-    key = required_str(args, name)
-    if len(key) > MAX_KEY_LENGTH:
-        raise BadRequest(f"{name} longer than {MAX_KEY_LENGTH}", {"arg": name})
-    return key

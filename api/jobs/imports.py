@@ -17,7 +17,8 @@ from typing import IO, Any
 
 from api.jobs.runner import JobContext, JobFunc
 from api.jobs.state import LOST_CHANGES, Job
-from api.services.csv_import import ImportReport, import_csv
+from api.services.csv_import import import_csv
+from api.services.csv_import_report import ImportReport
 
 KIND = "import"
 SPOOL_BYTES = 1024 * 1024

@@ -3,7 +3,7 @@ smallest STORE_MAX_FRAME_BYTES) gets wide rows in batches well under its frame, 
 can hold fails alone, and normal rows still go in chunks of 500.
 
 In-process, the store is an ``Engine`` behind the frame check the real store makes: a request
-frame over its limit drops the connection (``StoreUnavailable``), as ``storeserver.server``
+frame over its limit drops the connection (``StoreUnavailable``), as ``storeserver.connection``
 does. The last test runs the real stack.
 """
 

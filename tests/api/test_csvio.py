@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from api.errors import ApiError
 from api.services.csv_export import CsvEncoder, columns_for
-from api.services.csv_import import ImportReport, write_chunk
+from api.services.csv_import_batches import write_chunk
+from api.services.csv_import_report import ImportReport
 from api.services.csv_rows import MAX_COLUMNS, RowError, read_rows, reader_for
 from api.services.csvio import (
     ABSENT,

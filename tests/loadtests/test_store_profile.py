@@ -26,10 +26,10 @@ def test_the_profile_leaves_the_servers_turn_limits_as_they_were(
 ) -> None:
     """It lifts them for its loop-less harness; left lifted, they broke the fairness tests
     that ran after it in the same session."""
-    from storeserver import server
+    from storeserver import connection
 
     monkeypatch.setattr(store_profile, "N", 64)
     monkeypatch.setattr(store_profile, "GET_IDS", 100)
-    before = server.TURN_BUDGET, server.TURN_REPLY_BYTES
+    before = connection.TURN_BUDGET, connection.TURN_REPLY_BYTES
     asyncio.run(store_profile._in_a_loop())
-    assert before == (server.TURN_BUDGET, server.TURN_REPLY_BYTES)
+    assert before == (connection.TURN_BUDGET, connection.TURN_REPLY_BYTES)

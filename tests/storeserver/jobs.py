@@ -7,9 +7,10 @@ import asyncio
 from typing import Any
 
 from storeserver.builds import ChunkedRead
+from storeserver.connection import StoreConnection
 from storeserver.engine import Engine
 from storeserver.protocol import PROTOCOL_VERSION, Hello, encode
-from storeserver.server import StoreConnection, StoreServer
+from storeserver.server import StoreServer
 
 
 def finish(engine: Engine, job: Any) -> tuple[int, Any]:

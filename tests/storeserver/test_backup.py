@@ -16,7 +16,9 @@ import pytest
 from storeserver import backup
 from storeserver.backup import copy_backup
 from storeserver.client import StoreClient
-from storeserver.persistence import CorruptData, DataDir, encode_entry, write_snapshot
+from storeserver.datadir import DataDir
+from storeserver.logfile import CorruptData, encode_entry
+from storeserver.snapshots import write_snapshot
 from tests.storeserver.test_persistence import connect, dump_all, mode, start_store, umask
 
 

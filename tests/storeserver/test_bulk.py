@@ -14,6 +14,7 @@ from storeserver import builds, selection
 from storeserver import server as server_module
 from storeserver.builds import Job
 from storeserver.client import ACTOR_ARG, REQUEST_ID_ARG, StoreClient
+from storeserver.connection import StoreConnection
 from storeserver.engine import Engine
 from storeserver.errors import (
     Conflict,
@@ -23,7 +24,7 @@ from storeserver.errors import (
     StoreError,
 )
 from storeserver.protocol import FrameDecoder, Request
-from storeserver.server import StoreConnection, StoreServer
+from storeserver.server import StoreServer
 from storeserver.settings import StoreSettings
 from tests.storeserver.jobs import HeldReads, RecordingTransport, finish, wait_until
 

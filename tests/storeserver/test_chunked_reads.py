@@ -13,9 +13,10 @@ from storeserver import __version__
 from storeserver import server as server_module
 from storeserver.builds import CHUNK, ChunkedRead
 from storeserver.client import StoreClient
+from storeserver.connection import StoreConnection
+from storeserver.datadir import DataDir
 from storeserver.engine import Engine
 from storeserver.errors import StoreBusy, StoreTimeout
-from storeserver.persistence import DataDir
 from storeserver.protocol import (
     PROTOCOL_VERSION,
     Error,
@@ -25,7 +26,7 @@ from storeserver.protocol import (
     encode,
     encode_request,
 )
-from storeserver.server import StoreConnection, StoreServer
+from storeserver.server import StoreServer
 from storeserver.settings import StoreSettings
 from tests.storeserver.jobs import HeldReads, RecordingTransport, finish, wait_until
 
@@ -108,12 +109,12 @@ async def test_shutdown_does_not_leave_a_job_running_past_the_final_snapshot(
     journal into the closed log (a ``create_index`` once did, setting off a persistence
     failure after the store had stopped)."""
     from storeserver import builds
-    from storeserver import engine as engine_module
+    from storeserver import definitions as definitions_module
     from storeserver.client import StoreClient
     from storeserver.errors import StoreUnavailable
 
     monkeypatch.setattr(builds, "CHUNK", 2)
-    monkeypatch.setattr(engine_module, "CHUNK", 2)
+    monkeypatch.setattr(definitions_module, "CHUNK", 2)
     settings = StoreSettings(socket=sock_dir / "s.sock", data_dir=tmp_path / "data", fsync="no")
     server = StoreServer(settings)
     await server.start()

@@ -14,9 +14,11 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from storeserver import durability, persistence
+from storeserver import durability, logfile, snapshots, writepath
+from storeserver.connection import StoreConnection
+from storeserver.datadir import DataDir
 from storeserver.engine import Engine
-from storeserver.persistence import DataDir, read_entries
+from storeserver.logfile import read_entries
 from storeserver.protocol import (
     PROTOCOL_VERSION,
     Error,
@@ -26,7 +28,7 @@ from storeserver.protocol import (
     encode,
     encode_request,
 )
-from storeserver.server import StoreConnection, StoreServer
+from storeserver.server import StoreServer
 from storeserver.settings import StoreSettings
 from tests.storeserver.jobs import RecordingTransport, connect, wait_until
 
@@ -78,7 +80,7 @@ async def test_the_commands_of_one_loop_turn_share_one_entry(persistent):
 
 async def test_a_full_entry_is_closed_between_commands_never_inside_one(persistent, monkeypatch):
     server, conn = persistent
-    monkeypatch.setattr(durability, "ENTRY_CHANGES", 3)
+    monkeypatch.setattr(writepath, "ENTRY_CHANGES", 3)
     conn.data_received(inserts(range(4)))  # each insert: put + audit (the first also creates t)
     await asyncio.sleep(0)
     entries = log_entries(server)
@@ -109,7 +111,7 @@ async def test_a_failed_log_write_refuses_writes_keeps_reads_then_recovers(persi
     await asyncio.sleep(0)
 
     monkeypatch.setattr(dur.log, "write", disk_full)
-    monkeypatch.setattr(durability.AppendLog, "__init__", disk_full)  # no new log either
+    monkeypatch.setattr(logfile.AppendLog, "__init__", disk_full)  # no new log either
     conn.data_received(inserts(range(1, 2)))  # applied, then its log write fails
     await asyncio.sleep(0)
     assert dur.error is not None and "No space left" in dur.error
@@ -136,7 +138,7 @@ async def test_a_failed_log_write_refuses_writes_keeps_reads_then_recovers(persi
 
 
 def test_a_write_that_fails_midway_leaves_no_partial_entry(tmp_path, monkeypatch):
-    log_file = persistence.AppendLog(tmp_path / "log-0000000001.aof", 1)
+    log_file = logfile.AppendLog(tmp_path / "log-0000000001.aof", 1)
     log_file.write(b"first entry")
     real_write = os.write
 
@@ -216,8 +218,8 @@ async def test_a_write_whose_log_write_failed_is_never_acknowledged(always, monk
     assert dur.error is not None
     # The next rotation syncs the old log (which succeeds) while the snapshot, the only place
     # r1 could be, fails: its reply must not have waited for that fsync.
-    write_snapshot = persistence.write_snapshot
-    monkeypatch.setattr(persistence, "write_snapshot", disk_full)
+    write_snapshot = snapshots.write_snapshot
+    monkeypatch.setattr(snapshots, "write_snapshot", disk_full)
     outcome: list[Any] = []
     dur.start_snapshot(outcome.append)
     await wait_until(lambda: bool(outcome))
@@ -226,7 +228,7 @@ async def test_a_write_whose_log_write_failed_is_never_acknowledged(always, monk
     assert on_disk(always, ["r0", "r1"]) == ["r0", None]
 
     # The disk has room again: a snapshot forked after the failure clears it.
-    monkeypatch.setattr(persistence, "write_snapshot", write_snapshot)
+    monkeypatch.setattr(snapshots, "write_snapshot", write_snapshot)
     outcome.clear()
     dur.start_snapshot(outcome.append)
     await wait_until(lambda: bool(outcome))
@@ -283,7 +285,7 @@ async def test_a_failed_snapshot_child_says_why(persistent, monkeypatch, capfd):
     included), and the parent's ``snapshot_failed`` gives its exit code (it gave a raw wait
     status: 256)."""
     _, conn = persistent
-    monkeypatch.setattr(persistence, "write_snapshot", disk_full)  # in the child: forked after
+    monkeypatch.setattr(snapshots, "write_snapshot", disk_full)  # in the child: forked after
     with capture_logs() as logs:
         conn.data_received(encode_request(7, "snapshot", {}))
         await wait_until(lambda: any(e["event"] == "snapshot_failed" for e in logs))

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from storeserver import durability
+from storeserver import durability, finalsnapshot
 from storeserver.client import StoreClient
+from storeserver.datadir import DataDir
 from storeserver.engine import Engine
-from storeserver.persistence import DataDir
 from storeserver.probe import wait_for_socket
 from storeserver.server import StoreServer
 from storeserver.settings import StoreSettings
@@ -26,8 +26,8 @@ from tests.storeserver.test_durability import acknowledged, connect, disk_full, 
 
 @pytest.fixture
 def quick_retries(monkeypatch):
-    monkeypatch.setattr(durability, "STOP_RETRY_SECONDS", 0.3, raising=False)
-    monkeypatch.setattr(durability, "STOP_RETRY_INTERVAL", 0.05, raising=False)
+    monkeypatch.setattr(finalsnapshot, "STOP_RETRY_SECONDS", 0.3, raising=False)
+    monkeypatch.setattr(finalsnapshot, "STOP_RETRY_INTERVAL", 0.05, raising=False)
     monkeypatch.setattr(durability, "RECOVERY_DELAYS", (30.0,))  # no recovery meanwhile
 
 
@@ -71,9 +71,9 @@ async def test_a_stop_that_cannot_save_unsaved_writes_retries_then_says_they_are
 ):
     server = await started(sock_dir, tmp_path, fsync)
     await lose_a_write(server, monkeypatch)
-    monkeypatch.setattr(durability, "write_snapshot", disk_full)
+    monkeypatch.setattr(finalsnapshot, "write_snapshot", disk_full)
     assert server.durability is not None
-    with capture_logs() as logs, pytest.raises(durability.WritesLost) as lost:
+    with capture_logs() as logs, pytest.raises(finalsnapshot.WritesLost) as lost:
         server.durability.close()
     assert lost.value.count == server.durability.unsaved_writes == 1
     critical = [e for e in logs if e["log_level"] == "critical"]
@@ -92,7 +92,7 @@ async def test_space_freed_during_the_retries_saves_every_write(
 ):
     server = await started(sock_dir, tmp_path, "everysec")
     await lose_a_write(server, monkeypatch)
-    real, calls = durability.write_snapshot, []
+    real, calls = finalsnapshot.write_snapshot, []
 
     def full_twice(*args: Any) -> int:
         calls.append(1)
@@ -100,7 +100,7 @@ async def test_space_freed_during_the_retries_saves_every_write(
             disk_full()
         return real(*args)
 
-    monkeypatch.setattr(durability, "write_snapshot", full_twice)
+    monkeypatch.setattr(finalsnapshot, "write_snapshot", full_twice)
     assert server.durability is not None
     with capture_logs() as logs:
         server.durability.close()  # no exception: saved
@@ -114,12 +114,12 @@ async def test_a_failed_final_snapshot_with_every_write_in_the_logs_fails_at_onc
     sock_dir, tmp_path, monkeypatch, quick_retries
 ):
     """Nothing to save (the next start replays the logs): no retries, the error as before."""
-    monkeypatch.setattr(durability, "STOP_RETRY_SECONDS", 30.0, raising=False)
+    monkeypatch.setattr(finalsnapshot, "STOP_RETRY_SECONDS", 30.0, raising=False)
     server = await started(sock_dir, tmp_path, "everysec")
     conn, _ = connect(server)
     conn.data_received(insert(1, "r0"))
     await asyncio.sleep(0.05)
-    monkeypatch.setattr(durability, "write_snapshot", disk_full)
+    monkeypatch.setattr(finalsnapshot, "write_snapshot", disk_full)
     assert server.durability is not None
     with capture_logs() as logs, pytest.raises(OSError, match="No space left"):
         server.durability.close()
@@ -130,16 +130,16 @@ async def test_a_failed_final_snapshot_with_every_write_in_the_logs_fails_at_onc
 # The real process, its log writes and final snapshot failing as on a full disk.
 STORE_WITH_A_FULL_DISK = """
 import errno, sys
-from storeserver import durability, persistence
+from storeserver import durability, finalsnapshot, logfile
 from storeserver.__main__ import main
 
 def disk_full(*args):
     raise OSError(errno.ENOSPC, "No space left on device")
 
-durability.STOP_RETRY_SECONDS = 0.5
+finalsnapshot.STOP_RETRY_SECONDS = 0.5
 durability.RECOVERY_DELAYS = (60.0,)
-durability.write_snapshot = disk_full  # the final snapshot
-persistence.AppendLog.write = disk_full
+finalsnapshot.write_snapshot = disk_full  # the final snapshot
+logfile.AppendLog.write = disk_full
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -181,8 +181,8 @@ async def test_a_failed_fsync_at_stop_counts_every_write_not_yet_synced(
     await asyncio.sleep(0.05)
     assert acknowledged(transport) == {1}
     monkeypatch.setattr(dur.log, "fsync", disk_full)
-    monkeypatch.setattr(durability, "write_snapshot", disk_full)
-    with capture_logs() as logs, pytest.raises(durability.WritesLost):
+    monkeypatch.setattr(finalsnapshot, "write_snapshot", disk_full)
+    with capture_logs() as logs, pytest.raises(finalsnapshot.WritesLost):
         dur.close()
     assert (
         logs[-1]["event"] == "writes_lost" and logs[-1]["message"] == "1 acknowledged writes lost"
@@ -201,8 +201,8 @@ async def test_after_a_recovery_nothing_is_unsaved_and_a_failed_stop_does_not_wa
     dur.start_snapshot(outcome.append)
     await wait_until(lambda: bool(outcome))
     assert dur.error is None and dur.unsaved_writes == 0
-    monkeypatch.setattr(durability, "STOP_RETRY_SECONDS", 30.0)
-    monkeypatch.setattr(durability, "write_snapshot", disk_full)
+    monkeypatch.setattr(finalsnapshot, "STOP_RETRY_SECONDS", 30.0)
+    monkeypatch.setattr(finalsnapshot, "write_snapshot", disk_full)
     with capture_logs() as logs, pytest.raises(OSError, match="No space left"):
         dur.close()
     assert not [e for e in logs if e["log_level"] == "critical"]

@@ -16,16 +16,11 @@ import pytest
 from structlog.testing import capture_logs
 
 from storeserver.client import StoreClient
+from storeserver.datadir import DataDir
 from storeserver.engine import Engine
 from storeserver.errors import Conflict, StoreUnavailable
-from storeserver.persistence import (
-    AppendLog,
-    CorruptData,
-    DataDir,
-    encode_entry,
-    read_entries,
-    write_snapshot,
-)
+from storeserver.logfile import AppendLog, CorruptData, encode_entry, read_entries
+from storeserver.snapshots import write_snapshot
 from tests.support.store import StoreProcess
 
 # -- the entry format --------------------------------------------------------------------
@@ -539,7 +534,7 @@ def test_the_snapshot_child_keeps_no_inherited_descriptor(tmp_path):
     connect and hang; the restarted store finds the socket in use)."""
     import socket
 
-    from storeserver.persistence import fork_snapshot
+    from storeserver.snapshots import fork_snapshot
 
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(str(tmp_path / "s.sock"))

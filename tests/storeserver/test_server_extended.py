@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from storeserver import builds
-from storeserver import engine as engine_module
+from storeserver import definitions as definitions_module
 from storeserver.client import StoreClient, current_actor, current_request_id
 from storeserver.errors import UnknownCommand, ValidationFailed
-from storeserver.server import OpStats, _percentiles
+from storeserver.opstats import OpStats, _percentiles
 
 
 async def test_actor_and_request_id_reach_the_audit_log(client: StoreClient) -> None:
@@ -34,7 +34,7 @@ async def test_a_long_index_build_lets_other_clients_in(
     server, client: StoreClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(builds, "CHUNK", 50)
-    monkeypatch.setattr(engine_module, "CHUNK", 50)
+    monkeypatch.setattr(definitions_module, "CHUNK", 50)
     await client.call(
         "batch",
         {"ops": [{"op": "insert", "table": "t", "record": {"k": i % 7}} for i in range(1000)]},

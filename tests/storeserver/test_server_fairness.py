@@ -13,7 +13,7 @@ import msgpack
 import pytest
 from structlog.testing import capture_logs
 
-from storeserver import server as server_module
+from storeserver import connection as connection_module
 from storeserver.client import StoreClient
 from storeserver.errors import BadRequest, NotFound, StoreUnavailable
 from storeserver.protocol import (
@@ -53,7 +53,7 @@ async def raw_exchange(path: str, payload: bytes) -> bytes:
 async def test_a_connection_runs_what_it_sent_one_budget_per_loop_turn(server, monkeypatch):
     """Past its budget a connection's requests wait for the next loop turn, the connection
     unread meanwhile; the replies come in order, and reading resumes once all have run."""
-    monkeypatch.setattr(server_module, "TURN_BUDGET", 0.0, raising=False)
+    monkeypatch.setattr(connection_module, "TURN_BUDGET", 0.0, raising=False)
     conn, transport = connect(server)
     conn.data_received(b"".join(encode_request(i, "ping", {}) for i in range(1, 6)))
     assert [m.request_id for m in replies(transport)] == [1]
@@ -67,12 +67,12 @@ async def test_a_connection_runs_what_it_sent_one_budget_per_loop_turn(server, m
 async def test_what_waits_stays_bytes_until_its_turn(server, monkeypatch):
     """A read of many small requests is decoded a batch at a time (a decoded request takes
     about ten times its bytes); each turn goes on where the last stopped."""
-    monkeypatch.setattr(server_module, "TURN_BUDGET", 0.0, raising=False)
+    monkeypatch.setattr(connection_module, "TURN_BUDGET", 0.0, raising=False)
     conn, transport = connect(server)
     frames = [encode_request(i, "ping", {}) for i in range(1, 301)]
     conn.data_received(b"".join(frames))
     assert [m.request_id for m in replies(transport)] == [1]
-    assert conn.decoder.buffered == sum(len(f) for f in frames[server_module.TURN_BATCH :])
+    assert conn.decoder.buffered == sum(len(f) for f in frames[connection_module.TURN_BATCH :])
     await wait_until(lambda: len(replies(transport)) == 300)
     assert [m.request_id for m in replies(transport)] == list(range(1, 301))
     assert transport.reading and conn.decoder.buffered == 0
@@ -117,7 +117,7 @@ async def always(sock_dir, tmp_path):
 async def test_under_fsync_always_later_turns_wait_behind_held_replies(always, monkeypatch):
     """STORE_FSYNC=always holds a write's reply until it is on disk; the reads pipelined
     behind it, run in later turns, are held behind it too: replies keep their order."""
-    monkeypatch.setattr(server_module, "TURN_BUDGET", 0.0, raising=False)
+    monkeypatch.setattr(connection_module, "TURN_BUDGET", 0.0, raising=False)
     dur = always.durability
     assert dur is not None and dur.log is not None
     on_disk = threading.Event()
@@ -257,7 +257,7 @@ async def test_a_secret_longer_than_the_handshake_limit_still_connects(sock_dir)
 
 
 async def test_connections_in_their_handshake_are_capped(server, monkeypatch):
-    monkeypatch.setattr(server_module, "MAX_HANDSHAKES", 3, raising=False)
+    monkeypatch.setattr(connection_module, "MAX_HANDSHAKES", 3, raising=False)
     path = str(server.settings.socket)
     silent = [(await asyncio.open_unix_connection(path))[1] for _ in range(3)]
     late = StoreClient(f"unix:{path}")
@@ -280,7 +280,7 @@ async def test_connections_in_their_handshake_are_capped(server, monkeypatch):
 
 
 async def test_a_client_past_max_clients_is_told_why(server, client, monkeypatch):
-    monkeypatch.setattr(server_module, "MAX_CLIENTS", 1)
+    monkeypatch.setattr(connection_module, "MAX_CLIENTS", 1)
     data = await raw_exchange(str(server.settings.socket), b"")
     (error,) = FrameDecoder().feed(data)
     assert error == Error(0, "STORE_BUSY", "too many clients", {"max": 1})

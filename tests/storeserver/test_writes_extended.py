@@ -378,7 +378,7 @@ def test_unique_index_over_duplicates_names_examples(engine: Engine) -> None:
 @pytest.fixture
 def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(builds, "CHUNK", 4)
-    monkeypatch.setattr("storeserver.engine.CHUNK", 4)
+    monkeypatch.setattr("storeserver.definitions.CHUNK", 4)
 
 
 def test_index_build_in_chunks_sees_writes_made_meanwhile(

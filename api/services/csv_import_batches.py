@@ -1,0 +1,160 @@
+"""How a CSV import's rows reach the store: the byte bounds of its batches (``BatchLimits``)
+and the default mode's chunk writing (``ChunkWriter``, ``write_chunk``).
+
+Kept apart from the import's driver (``csv_import``), which reads and validates the rows and
+decides where chunks end: this is the store side, one ``batch`` call at a time, with the ids
+that already exist and the rows the store refuses taken out of a chunk and reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from api.services.csv_import_errors import failed_index, may_have_landed, store_row_errors
+from api.services.csv_rows import Record, RowError, RowReader
+from storeserver.errors import NotFound, ProtocolError, StoreError
+from storeserver.protocol import MAX_FRAME_SIZE, pack_value
+
+if TYPE_CHECKING:
+    from api.services.csv_import_report import ImportReport
+    from api.store import Store
+
+
+@dataclass(frozen=True, slots=True)
+class BatchLimits:
+    """Byte bounds for the import's batches, from the frame both ends of the connection take.
+
+    A batch's reply holds every record again with the store's fields, so a chunk is kept to a
+    quarter of the frame; a row alone may take half (the store's record limit), and an atomic
+    import, one batch, as much."""
+
+    chunk_bytes: int
+    atomic_bytes: int
+    row_bytes: int
+    op_bytes: int  # what wrapping a record in an insert op adds
+
+    @classmethod
+    def of(cls, store: Store, table: str) -> BatchLimits:
+        # The store announces its STORE_MAX_FRAME_BYTES in the handshake (a fake store has no
+        # handshake); the client refuses frames past its own MAX_FRAME_SIZE.
+        info = getattr(store, "server_info", None)
+        info = info if isinstance(info, dict) else {}
+        frame = MAX_FRAME_SIZE
+        if type(announced := info.get("max_frame_bytes")) is int and announced > 0:
+            frame = min(frame, announced)
+        row = frame // 2
+        if type(record_limit := info.get("max_record_bytes")) is int and record_limit > 0:
+            row = min(row, record_limit)
+        op = len(pack_value({"op": "insert", "table": table, "record": {}}))
+        return cls(frame // 4, frame // 2, row, op)
+
+    def read(
+        self, reader: RowReader, row: list[str], number: int
+    ) -> tuple[Record | None, int, list[RowError]]:
+        """``reader.read``, plus the bytes the record adds to a batch; a record no batch can
+        take is a row error."""
+        record, errors = reader.read(row, number)
+        if record is None:
+            return None, 0, errors
+        try:
+            size = len(pack_value(record))
+        except ProtocolError as exc:
+            message = f"the row cannot be sent to the store: {exc.message}"
+            return None, 0, [RowError(number, None, message)]
+        if size > self.row_bytes:
+            message = (
+                f"the row is {size} bytes once encoded, more than one record may hold"
+                f" ({self.row_bytes} bytes with this store's STORE_MAX_FRAME_BYTES)"
+            )
+            return None, 0, [RowError(number, None, message)]
+        return record, size + self.op_bytes, []
+
+
+class ChunkWriter:
+    """Writes one chunk at a time, as a task, while the import reads the next one."""
+
+    def __init__(self, store: Store, table: str, report: ImportReport) -> None:
+        self.store, self.table, self.report = store, table, report
+        self.task: asyncio.Future[None] | None = None
+
+    async def start(self, chunk: list[tuple[int, Record]]) -> None:
+        """Wait for the chunk in flight, then start writing ``chunk`` (if any)."""
+        await self.wait()
+        if chunk:
+            self.task = asyncio.ensure_future(
+                write_chunk(self.store, self.table, chunk, self.report)
+            )
+            self.task.add_done_callback(_retrieve)
+
+    async def wait(self) -> None:
+        if self.task is not None:
+            # Shielded: a cancel of the import does not cut a batch off mid-call (``settle``).
+            await asyncio.shield(self.task)
+
+    async def settle(self) -> None:
+        """The import stopped (an error, a cancel): let the batch in flight end, so the report
+        counts exactly the rows written (one batch: at most a store call's timeout)."""
+        if self.task is not None and not self.task.done():
+            await asyncio.wait({self.task})
+
+
+def _retrieve(task: asyncio.Future[None]) -> None:
+    """A write's error is raised by ``wait``, or replaced by the error that stopped the import."""
+    if not task.cancelled():
+        task.exception()
+
+
+async def write_chunk(
+    store: Store, table: str, chunk: list[tuple[int, Record]], report: ImportReport
+) -> None:
+    """Insert one chunk. Ids that already exist are reported without a write (one
+    ``get_many``); when the store refuses row i of a batch (a unique value, a foreign key),
+    rows before i are written as one batch, row i is reported and the rest follows, so each
+    row is sent at most twice whatever fails."""
+    chunk = await _drop_existing_ids(store, table, chunk, report)
+    parts = [chunk]
+    while parts:
+        part = parts.pop()
+        if not part:
+            continue
+        ops = [{"op": "insert", "table": table, "record": record} for _, record in part]
+        report.unconfirmed = (part[0][0], part[-1][0])
+        try:
+            await store.call("batch", {"ops": ops, "refs": False})
+        except StoreError as exc:
+            if not may_have_landed(exc):
+                report.unconfirmed = None
+            index = failed_index(exc, len(part))
+            report.failed += 1
+            report.add(store_row_errors(exc, part[index][0]))
+            parts += [part[index + 1 :], part[:index]]  # the rows before it go first
+            continue
+        report.unconfirmed = None
+        report.imported += len(part)
+        report.last_row_written = part[-1][0]
+
+
+async def _drop_existing_ids(
+    store: Store, table: str, chunk: list[tuple[int, Record]], report: ImportReport
+) -> list[tuple[int, Record]]:
+    ids = [record["id"] for _, record in chunk if "id" in record]
+    if not ids:
+        return chunk
+    try:
+        found = await store.call("get_many", {"table": table, "ids": ids})
+    except NotFound:  # the import creates the table
+        return chunk
+    taken = {record["id"] for record in found if record is not None}
+    if not taken:
+        return chunk
+    kept = []
+    for number, record in chunk:
+        if record.get("id") in taken:
+            report.failed += 1
+            message = f"id {record['id']!r} exists in {table}"  # the store's words
+            report.add([RowError(number, "id", message)])
+        else:
+            kept.append((number, record))
+    return kept

@@ -1,0 +1,62 @@
+"""The report of a CSV import (``ImportReport``): rows read, imported and failed, the row
+errors, and where an interrupted import stopped.
+
+Kept apart from the import itself because every part of it fills or reads the report: the
+driver (``csv_import``), the chunk writer (``csv_import_batches``), the error answers
+(``csv_import_errors``), and the import job, which holds it to report progress and the
+result (``api.jobs.imports``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from api.services.csv_rows import RowError
+
+MAX_ERRORS = 100
+
+
+@dataclass
+class ImportReport:
+    table: str
+    atomic: bool
+    rows: int = 0
+    imported: int = 0
+    failed: int = 0
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    errors_omitted: int = 0
+    stopped_at_row: int | None = None  # a malformed line ended the reading there
+    # Not in the answer: what an interrupted import tells (``interrupted``). Rows are written
+    # in file order, so every row up to ``last_row_written`` was written or failed.
+    last_row_written: int = 0
+    unconfirmed: tuple[int, int] | None = None  # first and last row of a batch in doubt
+
+    def add(self, errors: list[RowError]) -> None:
+        for error in errors:
+            if len(self.errors) < MAX_ERRORS:
+                self.errors.append(error.as_dict())
+            else:
+                self.errors_omitted += 1
+
+    def stop(self, error: RowError) -> None:
+        """The reading ended at a malformed line: a failed row, and the end of the file read."""
+        self.rows += 1
+        self.failed += 1
+        self.stopped_at_row = error.row
+        self.add([error])
+
+    def as_dict(self) -> dict[str, Any]:
+        answer = {
+            "table": self.table,
+            "atomic": self.atomic,
+            "rows": self.rows,
+            "imported": self.imported,
+            "failed": self.failed,
+            "errors": self.errors,
+            "errors_omitted": self.errors_omitted,
+        }
+        if self.stopped_at_row is not None:  # only then: a job's stored result has no nulls
+            answer["stopped_at_row"] = self.stopped_at_row
+        return answer

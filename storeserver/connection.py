@@ -1,0 +1,360 @@
+"""One client connection of the store: its turns, flow control and handshake limits.
+
+``StoreConnection`` is the asyncio protocol the server's listeners create for each client: it
+decodes frames, greets the client, runs its requests through the server in bounded turns and
+writes their replies. The server (``server.py``) holds what is shared across connections, the
+command dispatch and the long commands' jobs; this module is what each connection does with
+its own bytes, and the limits that only it reads.
+
+Design note. No one client's many commands may add up to a slow turn: a connection runs
+what it sent for at most ``TURN_BUDGET`` (2 ms, or ``TURN_REPLY_BYTES`` of replies) per loop
+turn, and the rest waits on the connection, unread meanwhile, until a later turn
+(``StoreConnection``). Replies are written in one ``write`` per turn, so a pipelining client
+gets its replies batched into few syscalls. When a client stops reading its replies, the
+transport's write buffer fills and that connection stops being read from and stops running
+what it sent (``pause_writing``), which bounds our memory per client to that buffer, one turn
+of replies and one read. A frame that does not decode closes that one connection with a
+logged reason (what came before it in the same read is answered first); every other client is
+unaffected. Until a connection is greeted (its HELLO, with the secret, accepted) its decoder
+takes only a frame of ``handshake_frame_size`` (4 KiB), at most ``MAX_HANDSHAKES`` connections
+are in that state, and each is closed if it is not greeted within ``STORE_HANDSHAKE_TIMEOUT``:
+peers that never authenticate hold at most 512 KiB between them, for seconds. Greeting raises
+the limit once, so a greeted connection's path has no extra check. Warnings any peer can cause
+at will (``client_dropped``, ``client_refused``) are throttled to ``WARNINGS_PER_S``
+(``throttledlog``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, cast
+
+from .errors import ProtocolError, StoreBusy, StoreError
+from .protocol import (
+    PROTOCOL_VERSION,
+    Error,
+    FrameDecoder,
+    Hello,
+    Message,
+    Request,
+    encode,
+    encode_error,
+)
+
+if TYPE_CHECKING:
+    from .server import StoreServer
+
+MAX_CLIENTS = 4096
+"""Connections at once; past it a new one gets a ``STORE_BUSY`` error frame and is closed."""
+MAX_HANDSHAKES = 128
+"""Connections not greeted yet at once (each may hold a handshake frame for up to
+STORE_HANDSHAKE_TIMEOUT); past it a new one is refused as past ``MAX_CLIENTS``."""
+_TURN_COMMANDS = frozenset({"snapshot", "cancel"})  # answered by the connection's turn itself
+TURN_BUDGET = 0.002
+"""Seconds of one connection's requests per loop turn, beyond its first request
+(``StoreConnection._serve``): the rest of what it sent waits for a later turn."""
+TURN_REPLY_BYTES = 256 * 1024
+"""Reply bytes one connection's turn may build before the rest waits for a later turn."""
+TURN_BATCH = 64
+"""Frames decoded at once; the rest of a read stays bytes in the decoder until their turn
+(a small request decoded takes about ten times its bytes)."""
+_perf_counter = time.perf_counter
+
+
+class _HeldTurn:
+    """Where a connection's replies held for the disk go (STORE_FSYNC=always). It counts
+    them, so that replies the connection builds meanwhile are held behind them, in order."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: StoreConnection) -> None:
+        self.conn = conn
+
+    def send(self, data: bytes) -> None:
+        self.conn.held -= 1
+        self.conn.send(data)
+
+    def abort(self) -> None:
+        self.conn.held -= 1
+        self.conn.abort()
+
+
+class StoreConnection(asyncio.Protocol):
+    """One client connection: a frame decoder, the requests read and not yet run, and a
+    reference to the server.
+
+    Requests run in the order they came, for at most ``TURN_BUDGET`` seconds (or
+    ``TURN_REPLY_BYTES`` of replies) per loop turn; their replies go out in one write at the
+    end of the turn. What is left waits on the connection (decoded in batches of
+    ``TURN_BATCH``, the rest as bytes in the decoder), which is not read from meanwhile, and
+    goes on in a later turn (``_resume``), after every other client's events. A connection
+    paused for writing (its client does not read) runs nothing until ``resume_writing``: its
+    memory is the transport's buffer, one turn of replies and one read of requests.
+    """
+
+    def __init__(self, server: StoreServer) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        # A small limit until the HELLO is accepted (``_greet`` raises it), so buffering up to
+        # STORE_MAX_FRAME_BYTES is only ever done for a client that sent the secret.
+        self.decoder = FrameDecoder(
+            min(server.handshake_frame_bytes, server.settings.max_frame_bytes)
+        )
+        self.greeted = False
+        self.peer: str = "?"
+        self.held = 0  # turns of replies waiting for the disk (_HeldTurn)
+        self._handshake_timer: asyncio.TimerHandle | None = None
+        self._handshaking = False  # counted in server.handshaking
+        self._closing = False
+        # Decoded and not yet run; while set (even empty: frames wait in the decoder) the
+        # connection is not read from.
+        self._backlog: list[Message] | None = None
+        # Complete frames may wait in the decoder: a turn ended inside a full batch, or bytes
+        # came while reading was being paused.
+        self._more = False
+        self._scheduled = False
+        self._error: ProtocolError | None = None  # a bad frame, after what was decoded
+        self._error_greeted = False  # greeted when that frame was read
+        self._writing_paused = False
+        self._reading_paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
+        self.transport = cast(asyncio.Transport, transport)
+        self.peer = str(transport.get_extra_info("peername") or "unix")
+        server = self.server
+        if len(server.connections) >= MAX_CLIENTS:
+            self._refuse(StoreBusy("too many clients", {"max": MAX_CLIENTS}))
+            return
+        if server.handshaking >= MAX_HANDSHAKES:
+            self._refuse(
+                StoreBusy("too many connections in their handshake", {"max": MAX_HANDSHAKES})
+            )
+            return
+        server.connections.add(self)
+        server.handshaking += 1
+        self._handshaking = True
+        # Otherwise a client that never sends its HELLO holds a slot (of MAX_CLIENTS) forever.
+        self._handshake_timer = asyncio.get_running_loop().call_later(
+            server.settings.handshake_timeout, self._handshake_expired
+        )
+
+    def _refuse(self, error: StoreError) -> None:
+        """Close a connection over a cap, telling the client why (it reads the error as its
+        handshake's answer)."""
+        self.server.refused_log(reason=error.message, peer=self.peer)
+        self._stop()
+        assert self.transport is not None
+        self.transport.write(encode_error(0, error.code, error.message, error.details))
+        self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self._backlog is not None:  # read while pausing: kept as bytes, after what waits
+            self.decoder.feed_until_error(data, 0)
+            self._more = True
+            return
+        messages, error = self.decoder.feed_until_error(data, TURN_BATCH)
+        if error is not None:
+            self._error, self._error_greeted = error, self.greeted
+        elif len(messages) == 1 and self.greeted and not self._writing_paused:
+            # The usual read of a client that waits for each answer: one request, nothing
+            # waiting, no budget to keep.
+            message = messages[0]
+            durability = self.server.durability
+            if (
+                type(message) is Request
+                and message.command not in _TURN_COMMANDS
+                and (durability is None or not durability.holds_replies)
+            ):
+                reply = self.server.handle(message, self)
+                if reply is not None and self.transport is not None:
+                    self.transport.write(reply)
+                return
+        self._serve(messages)
+
+    def _decode_more(self) -> list[Message]:
+        messages, error = self.decoder.feed_until_error(b"", TURN_BATCH)
+        if error is not None:
+            self._error, self._error_greeted = error, self.greeted
+        self._more = len(messages) == TURN_BATCH
+        return messages
+
+    def _serve(self, messages: list[Message]) -> None:
+        """Run ``messages``, then what more the decoder holds, in order, until the turn's
+        budget is spent (at least one); send their replies in one write; leave the rest for
+        a later turn."""
+        server = self.server
+        durability = server.durability
+        recorded = durability.recorded if durability is not None else 0
+        replies: list[bytes] = []
+        reply_bytes = 0
+        # The budget is checked after each message but for a chunk of one (the usual case).
+        deadline = _perf_counter() + TURN_BUDGET if len(messages) > 1 else 0.0
+        rest: list[Message] | None = None
+        unexpected: Message | None = None
+        while True:
+            remaining = iter(messages)
+            for message in remaining:
+                if type(message) is Request and self.greeted:
+                    command = message.command
+                    if command == "snapshot":
+                        reply = server.snapshot(self, message)
+                    elif command == "cancel":
+                        reply = server.cancel(self, message)
+                    else:
+                        reply = server.handle(message, self)
+                    if reply is not None:
+                        replies.append(reply)
+                        reply_bytes += len(reply)
+                elif type(message) is Hello and not self.greeted:
+                    if not self._greet(message, replies):
+                        return
+                else:
+                    unexpected = message
+                    break
+                if deadline and (reply_bytes >= TURN_REPLY_BYTES or _perf_counter() >= deadline):
+                    rest = list(remaining)
+                    if len(messages) == TURN_BATCH:
+                        self._more = True  # for the turn that goes on with ``rest``
+                    elif not rest and not self._more:
+                        rest = None  # that was the last one
+                    break
+            else:
+                if (self._more or len(messages) == TURN_BATCH) and not self._closing:
+                    # The batch was full: more frames may wait in the decoder. A turn that
+                    # has not started its budget (it ran one request, or none) takes them.
+                    if not deadline or (
+                        reply_bytes < TURN_REPLY_BYTES and _perf_counter() < deadline
+                    ):
+                        deadline = deadline or _perf_counter() + TURN_BUDGET
+                        messages = self._decode_more()
+                        continue
+                    rest = []
+            break
+        if replies:
+            if (
+                durability is not None
+                and durability.holds_replies
+                and (durability.recorded != recorded or self.held)
+            ):
+                # STORE_FSYNC=always: these replies acknowledge writes (or come after replies
+                # that do); send them once those are on disk.
+                self.held += 1
+                durability.hold(_HeldTurn(self), b"".join(replies))
+            elif self.transport is not None:
+                self.transport.write(b"".join(replies))
+        if unexpected is not None:
+            self._drop(f"unexpected {type(unexpected).__name__} message")
+        elif rest is not None:
+            self._backlog = rest
+            self._update_reading()
+            self._schedule()
+        elif self._error is not None and not self._closing:
+            error = self._error
+            if self._error_greeted:
+                self._drop(error.message)
+            else:
+                when = "after" if self.greeted else "before"
+                self._drop(f"{error.message} {when} the handshake")
+
+    def _resume(self) -> None:
+        """The next turn of the requests that wait (``call_soon``: other events go first)."""
+        self._scheduled = False
+        backlog = self._backlog
+        if backlog is None or self._writing_paused or self._closing:
+            return
+        self._backlog = None
+        self._serve(backlog)
+        if self._backlog is None:
+            self._update_reading()
+
+    def _schedule(self) -> None:
+        if not self._scheduled and not self._writing_paused and not self._closing:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._resume)
+
+    def _update_reading(self) -> None:
+        """Read from the client only while nothing waits and it reads its replies."""
+        paused = self._backlog is not None or self._writing_paused
+        if paused is not self._reading_paused and self.transport is not None and not self._closing:
+            self._reading_paused = paused
+            if paused:
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
+
+    def send(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def _greet(self, hello: Hello, replies: list[bytes]) -> bool:
+        if hello.version != PROTOCOL_VERSION:
+            reason = f"unsupported protocol version {hello.version}"
+        elif not self.server.check_auth(hello.payload):
+            reason = "authentication failed"
+        else:
+            self.greeted = True
+            self.decoder.max_frame_size = self.server.settings.max_frame_bytes
+            self._end_handshake()
+            replies.append(encode(Hello(PROTOCOL_VERSION, self.server.server_info())))
+            return True
+        replies.append(encode(Error(0, ProtocolError.code, reason, {})))
+        self.send(b"".join(replies))
+        self._drop(reason)
+        return False
+
+    def _handshake_expired(self) -> None:
+        self._handshake_timer = None
+        if not self.greeted:
+            timeout = self.server.settings.handshake_timeout
+            self._drop(f"no handshake within {timeout:g} s")
+
+    def _end_handshake(self) -> None:
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
+        if self._handshaking:
+            self._handshaking = False
+            self.server.handshaking -= 1
+
+    def _drop(self, reason: str) -> None:
+        self.server.dropped_log(reason=reason, peer=self.peer)
+        self.close()
+
+    def close(self) -> None:
+        self._stop()
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self._stop()
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _stop(self) -> None:
+        # What waits is never run, nor anything read from now on: the client sees its
+        # connection close with no reply.
+        self._closing = True
+        self._backlog = []
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop()
+        self._end_handshake()
+        self.server.connections.discard(self)
+        self.server.cancel_jobs(self)
+        self.transport = None
+        if not self.server.connections:
+            self.server._all_closed.set()
+
+    # Flow control: a client that does not read its replies stops being read from, and its
+    # waiting requests stop running, until it reads them.
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._update_reading()
+        if self._backlog is not None:
+            self._schedule()

@@ -1,0 +1,142 @@
+"""The table definition commands: ``create_table``, ``create_index``, ``drop_index``,
+``list_indexes``, ``set_schema`` and ``list_tables``.
+
+Kept apart from the engine as the record commands are (``reads``, ``writes``): they change the
+catalog (``catalog.Catalog``, ``TableSpec``), not records, journal the definitions
+(``("table", name, spec)``, ``("schema", name, document)``, ``("drop_index", name, field)``)
+and note them in the audit log. An index build or a schema check over more than ``CHUNK``
+rows is returned as a job (``builds.IndexBuild``, ``builds.SchemaCheck``) that the engine
+advances, then hands back here to ``finish``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from storeserver.arguments import Args, check_keys, optional_bool, table_name
+from storeserver.builds import CHUNK, IndexBuild, Job, SchemaCheck
+from storeserver.catalog import TableSpec
+from storeserver.errors import BadRequest, Conflict
+from storeserver.query import check_field
+from storeserver.schemas import TableSchema
+
+if TYPE_CHECKING:
+    from storeserver.audit import AuditLog
+    from storeserver.catalog import Catalog
+    from storeserver.writes import RecordWriter
+
+_CREATE_TABLE_ARGS = frozenset({"table", "indexes", "foreign_keys", "hidden", "keep"})
+_CREATE_INDEX_ARGS = frozenset({"table", "field", "unique", "casefold"})
+_INDEX_ARGS = frozenset({"table", "field"})
+_TABLE_ARGS = frozenset({"table"})
+_SET_SCHEMA_ARGS = frozenset({"table", "schema", "force"})
+
+
+class TableDefinitions:
+    def __init__(self, catalog: Catalog, writer: RecordWriter, audit: AuditLog) -> None:
+        self._catalog = catalog
+        self._writer = writer
+        self.audit = audit
+
+    def create_table(self, args: Args) -> dict[str, bool]:
+        check_keys(args, _CREATE_TABLE_ARGS)
+        name = table_name(args)
+        created, changed = self._catalog.define(name, TableSpec.parse(args))
+        if changed:
+            self._journal_table(name)
+        return {"created": created}
+
+    def create_index(self, args: Args) -> dict[str, bool] | Job:
+        check_keys(args, _CREATE_INDEX_ARGS)
+        table = self._catalog.get(args)
+        spec = TableSpec.parse({"indexes": [{k: v for k, v in args.items() if k != "table"}]})
+        field, unique, casefold = spec.indexes[0]
+        if len(table.rows) > CHUNK and table.index_is_new(field, unique, casefold):
+            job = IndexBuild(table, field, unique, casefold)
+            job.context = self.audit.context
+            return job
+        _, changed = self._catalog.define(table.name, spec)
+        if changed:
+            self._journal_table(table.name)
+            self.audit.add(table.name, "create_index", None, (field,), len(table.rows))
+        return {"created": changed}
+
+    def finish(self, job: IndexBuild | SchemaCheck) -> dict[str, Any]:
+        """The result of a ``create_index`` or ``set_schema`` run as a job, once it is done."""
+        if isinstance(job, IndexBuild):
+            job.finish()
+            name = job.table.name
+            self._journal_table(name)
+            self.audit.add(name, "create_index", None, (job.field,), len(job.table.rows))
+            return {"created": True}
+        return self._attach_schema(job)
+
+    def drop_index(self, args: Args) -> dict[str, bool]:
+        check_keys(args, _INDEX_ARGS)
+        table = self._catalog.get(args)
+        field = check_field(args.get("field"), "field")
+        if field in table.foreign_keys:
+            raise BadRequest(
+                f"the foreign key on {field!r} needs its index",
+                {"arg": "field", "field": field, "reason": "foreign_key", "table": table.name},
+            )
+        dropped = table.drop_index(field)
+        if dropped:
+            if self._writer.journal:
+                self._writer.changes.append(("drop_index", table.name, field))
+            self.audit.add(table.name, "drop_index", None, (field,), 0)
+        return {"dropped": dropped}
+
+    def list_indexes(self, args: Args) -> list[dict[str, Any]]:
+        check_keys(args, _TABLE_ARGS)
+        return self._catalog.get(args).index_specs()
+
+    def set_schema(self, args: Args) -> dict[str, Any] | Job:
+        check_keys(args, _SET_SCHEMA_ARGS)
+        name = table_name(args)
+        if "schema" not in args:
+            raise BadRequest("schema is required (a JSON Schema map, or null)", {"arg": "schema"})
+        force = optional_bool(args, "force")
+        schema = None if args["schema"] is None else TableSchema.parse(args["schema"])
+        table = self._catalog.tables.get(name)
+        if schema is None:
+            if table is not None and table.schema is not None:
+                table.schema = None
+                self._journal_schema(name, None)
+                self.audit.add(name, "set_schema", None, (), 0)
+            return {"attached": False, "checked": 0, "violating": 0, "violations": []}
+        if table is None:
+            self._catalog.check_room()
+            table = self._catalog.add_empty(name)
+            self._journal_table(name)
+        check = SchemaCheck(table, schema, force)
+        check.context = self.audit.context
+        if len(table.rows) > CHUNK:
+            return check
+        check.step()  # one chunk covers the table (a new, empty table cannot fail the check)
+        return self._attach_schema(check)
+
+    def _attach_schema(self, check: SchemaCheck) -> dict[str, Any]:
+        report = check.report()
+        table = check.table
+        if report["violating"] and not check.force:
+            raise Conflict(
+                f"{report['violating']} rows of {table.name} do not match the schema",
+                {"reason": "schema_violations", "table": table.name, **report},
+            )
+        table.schema = check.schema
+        self._journal_schema(table.name, check.schema.document)
+        self.audit.add(table.name, "set_schema", None, (), report["checked"])
+        return {"attached": True, **report}
+
+    def _journal_schema(self, name: str, document: Any) -> None:
+        if self._writer.journal:
+            self._writer.changes.append(("schema", name, document))
+
+    def _journal_table(self, name: str) -> None:
+        if self._writer.journal:
+            self._writer.changes.append(("table", name, self._catalog.spec_of(name)))
+
+    def list_tables(self, args: Args) -> list[str]:
+        check_keys(args, frozenset())
+        return list(self._catalog.tables)

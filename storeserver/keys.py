@@ -1,0 +1,135 @@
+"""The key/value and rate-limit commands: ``kv_set``, ``kv_get``, ``kv_get_many``,
+``kv_delete`` and ``rate_hit``.
+
+Kept apart from the engine as the record commands are (``reads``, ``writes``): they touch no
+table, only the keys (``keyvalue.KeyValueStore``) and the rate counters
+(``ratelimit.FixedWindowCounters``) the engine owns, its clock, and its journal: ``kv_set``
+and ``kv_delete`` append to the ``RecordWriter``'s ``changes``; counters are not journaled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from storeserver.arguments import Args, check_keys, optional_bool, positive_number, required_str
+from storeserver.errors import BadRequest
+from storeserver.records import copy_value
+
+if TYPE_CHECKING:
+    from storeserver.keyvalue import KeyValueStore
+    from storeserver.ratelimit import FixedWindowCounters
+    from storeserver.writes import RecordWriter
+
+MAX_KEY_LENGTH = 1024
+
+_KV_SET_ARGS = frozenset({"key", "value", "ttl", "nx", "gt"})
+_KEY_ARGS = frozenset({"key"})
+_KEYS_ARGS = frozenset({"keys"})
+_RATE_ARGS = frozenset({"key", "limit", "window", "peek", "refund"})
+
+
+class KeyCommands:
+    def __init__(
+        self,
+        kv: KeyValueStore,
+        rates: FixedWindowCounters,
+        writer: RecordWriter,
+        clock: Callable[[], float],
+        max_in: int,
+    ) -> None:
+        """``max_in``: the most keys ``kv_get_many`` and ``rate_hit``'s ``peek`` take."""
+        self._kv = kv
+        self._rates = rates
+        self._writer = writer
+        self._clock = clock
+        self.max_in = max_in
+
+    def kv_set(self, args: Args) -> bool:
+        check_keys(args, _KV_SET_ARGS)
+        key = _key(args)
+        if "value" not in args:
+            raise BadRequest("value is required", {"arg": "value"})
+        value = copy_value(args["value"])
+        ttl = positive_number(args, "ttl", required=False)
+        nx = optional_bool(args, "nx")
+        gt = optional_bool(args, "gt")
+        if gt and not _is_number(value):
+            raise BadRequest("gt compares numbers: value must be a number", {"arg": "value"})
+        self._kv.sweep()
+        if nx and self._kv.contains(key):
+            return False
+        if gt and self._kv.contains(key):
+            # A high-water mark (a time up to which something must be remembered): several
+            # writers may announce it at once, and a lower value must never replace a higher.
+            current = self._kv.get(key)
+            if _is_number(current) and current >= value:
+                return False
+        expires_at = None if ttl is None else self._clock() + ttl
+        self._kv.set(key, value, expires_at)
+        if self._writer.journal:
+            self._writer.changes.append(("kv_set", key, value, expires_at))
+        return True
+
+    def kv_get(self, args: Args) -> Any:
+        check_keys(args, _KEY_ARGS)
+        key = _key(args)
+        self._kv.sweep()
+        return self._kv.get(key)
+
+    def kv_get_many(self, args: Args) -> list[Any]:
+        """Several keys in one round trip (e.g. a session's and its user's revocation marks)."""
+        check_keys(args, _KEYS_ARGS)
+        return self._kv_values(args.get("keys"), "keys")
+
+    def _kv_values(self, keys: Any, arg: str) -> list[Any]:
+        """The values of ``keys`` (the ``arg`` argument), ``None`` where absent or expired."""
+        if type(keys) is not list or len(keys) > self.max_in:
+            raise BadRequest(f"{arg} must be a list of at most max_in keys", {"arg": arg})
+        self._kv.sweep()
+        return [self._kv.get(_key({"key": key})) for key in keys]
+
+    def kv_delete(self, args: Args) -> bool:
+        check_keys(args, _KEY_ARGS)
+        key = _key(args)
+        self._kv.sweep()
+        existed = self._kv.delete(key)
+        if existed and self._writer.journal:
+            self._writer.changes.append(("kv_delete", key))
+        return existed
+
+    def rate_hit(self, args: Args) -> dict[str, Any]:
+        """One hit; with ``peek`` (a list of keys) also their values, as ``kv_get_many`` would
+        give them: a worker checks a request's limit and its token's revocation marks in one
+        round trip instead of two. ``refund`` (a key) first takes back one hit of that key."""
+        check_keys(args, _RATE_ARGS)
+        key = _key(args)
+        hits = args.get("limit")
+        if type(hits) is not int or hits < 1:
+            raise BadRequest("limit must be an integer >= 1", {"arg": "limit"})
+        window = positive_number(args, "window")
+        assert window is not None
+        peek = args.get("peek")
+        if peek is not None:
+            peeked = self._kv_values(peek, "peek")  # checked before the hit counts
+        refund = args.get("refund")
+        if refund is not None:
+            # A hit counted against another key that should not have been (a revoked token's
+            # user): taken back in the same command as this one.
+            self._rates.refund(_key(args, "refund"))
+        result = self._rates.hit(key, hits, window)
+        if peek is not None:
+            result = {**result, "peek": peeked}
+        return result
+
+
+def _is_number(value: Any) -> bool:
+    return type(value) in (int, float, Decimal)
+
+
+def _key(args: Args, name: str = "key") -> str:
+    key = required_str(args, name)
+    if len(key) > MAX_KEY_LENGTH:
+        raise BadRequest(f"{name} longer than {MAX_KEY_LENGTH}", {"arg": name})
+    return key

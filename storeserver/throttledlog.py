@@ -1,0 +1,58 @@
+"""A warning logged at most ``WARNINGS_PER_S`` times a second, the rest counted in one line.
+
+For the warnings any peer can cause at will (``client_dropped``, ``client_refused``): the
+server holds one of each and its connections log through them. Kept apart because it is a
+small logging device with its own clock window, neither connection nor dispatch logic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import structlog
+
+log = structlog.get_logger("storeserver")
+
+WARNINGS_PER_S = 10
+"""Lines a second of each warning any peer can cause at will (``ThrottledWarning``)."""
+
+
+class ThrottledWarning:
+    """One warning, logged at most ``WARNINGS_PER_S`` times a second: the rest of that
+    second's are counted and told in one ``<event>_suppressed`` line when it ends. Peers
+    without the secret can connect and fail as fast as the kernel lets them (QA: 63,591
+    ``client_dropped`` lines in 5 s)."""
+
+    __slots__ = ("_last", "_logged", "_suppressed", "_window_ends", "event")
+
+    def __init__(self, event: str) -> None:
+        self.event = event
+        self._window_ends = 0.0
+        self._logged = 0
+        self._suppressed = 0
+        self._last: dict[str, Any] = {}
+
+    def __call__(self, **fields: Any) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if now >= self._window_ends:
+            self._window_ends = now + 1.0
+            self._logged = 0
+        if self._logged < WARNINGS_PER_S:
+            self._logged += 1
+            log.warning(self.event, **fields)
+            return
+        if not self._suppressed:
+            loop.call_at(self._window_ends, self._report)
+        self._suppressed += 1
+        self._last = fields
+
+    def _report(self) -> None:
+        log.warning(
+            f"{self.event}_suppressed",
+            message=f"suppressed {self._suppressed} more",
+            suppressed=self._suppressed,
+            last=self._last,
+        )
+        self._suppressed = 0
