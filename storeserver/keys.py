@@ -5,6 +5,16 @@ Kept apart from the engine as the record commands are (``reads``, ``writes``): t
 table, only the keys (``keyvalue.KeyValueStore``) and the rate counters
 (``ratelimit.FixedWindowCounters``) the engine owns, its clock, and its journal: ``kv_set``
 and ``kv_delete`` append to the ``RecordWriter``'s ``changes``; counters are not journaled.
+
+``kv_set stamp`` stores the engine's clock reading at the instant the command is applied, so
+a time stored that way is ordered with every read of the key: a read answered before it came
+from a request that began before it, and every read after it sees it (the API dates a user's
+revocation mark so). The API compares that time with its own ``time.time()``: this holds
+because the store (``Engine``'s default clock, ``time.time``) and its workers read the same
+clock, CLOCK_REALTIME of one host, the store being reached over a local socket. Assumed, not
+checked: API hosts reaching the store over ``STORE_TCP`` read their own clocks, and the order
+then holds only up to the skew between the hosts (and, on one host, not across a step of the
+system clock).
 """
 
 from __future__ import annotations
@@ -24,7 +34,7 @@ if TYPE_CHECKING:
 
 MAX_KEY_LENGTH = 1024
 
-_KV_SET_ARGS = frozenset({"key", "value", "ttl", "nx", "gt"})
+_KV_SET_ARGS = frozenset({"key", "value", "ttl", "nx", "gt", "stamp"})
 _KEY_ARGS = frozenset({"key"})
 _KEYS_ARGS = frozenset({"keys"})
 _RATE_ARGS = frozenset({"key", "limit", "window", "peek", "refund"})
@@ -49,12 +59,19 @@ class KeyCommands:
     def kv_set(self, args: Args) -> bool:
         check_keys(args, _KV_SET_ARGS)
         key = _key(args)
-        if "value" not in args:
+        stamp = optional_bool(args, "stamp")
+        if stamp and "value" in args:
+            message = "with stamp the value is the store's clock: send no value"
+            raise BadRequest(message, {"arg": "value"})
+        if not stamp and "value" not in args:
             raise BadRequest("value is required", {"arg": "value"})
-        value = copy_value(args["value"])
+        value = None if stamp else copy_value(args["value"])
         ttl = positive_number(args, "ttl", required=False)
         nx = optional_bool(args, "nx")
         gt = optional_bool(args, "gt")
+        now = self._clock()  # the command's instant: nothing else runs until it has written
+        if stamp:
+            value = now
         if gt and not _is_number(value):
             raise BadRequest("gt compares numbers: value must be a number", {"arg": "value"})
         self._kv.sweep()
@@ -66,7 +83,7 @@ class KeyCommands:
             current = self._kv.get(key)
             if _is_number(current) and current >= value:
                 return False
-        expires_at = None if ttl is None else self._clock() + ttl
+        expires_at = None if ttl is None else now + ttl
         self._kv.set(key, value, expires_at)
         if self._writer.journal:
             self._writer.changes.append(("kv_set", key, value, expires_at))
@@ -88,7 +105,15 @@ class KeyCommands:
         if type(keys) is not list or len(keys) > self.max_in:
             raise BadRequest(f"{arg} must be a list of at most max_in keys", {"arg": arg})
         self._kv.sweep()
-        return [self._kv.get(_key({"key": key})) for key in keys]
+        values = []
+        for index, key in enumerate(keys):
+            if type(key) is not str or not key or len(key) > MAX_KEY_LENGTH:
+                message = (
+                    f"{arg} must hold non-empty strings of at most {MAX_KEY_LENGTH} characters"
+                )
+                raise BadRequest(message, {"arg": arg, "index": index})
+            values.append(self._kv.get(key))
+        return values
 
     def kv_delete(self, args: Args) -> bool:
         check_keys(args, _KEY_ARGS)

@@ -8,8 +8,9 @@ to the lifetime configured now, but raising it again would bring them back):
 - ``auth:session-revoked:<sid>``: logout, or reuse of a rotated refresh token. Every token of
   the session is refused from then on. A marker rather than a "live session" key, so a refresh
   racing a logout can never bring the session back.
-- ``auth:user-not-before:<user id>``: a timestamp; tokens issued at or before it are refused.
-  Set when a password or role changes or the user is deleted: it ends all their sessions.
+- ``auth:user-not-before:<user id>``: a timestamp, the store's clock as it wrote the mark
+  (``kv_set stamp``); tokens issued at or before it are refused. Set when a password or role
+  changes or the user is deleted: it ends all their sessions.
 - ``auth:refresh-used:<jti>``: set with ``nx`` when a refresh token is exchanged, so exactly
   one exchange of a given refresh token succeeds across all workers; a second presentation is
   reuse (a stolen copy, or a replay) and revokes the whole session. Kept until that token's exp.
@@ -85,16 +86,34 @@ async def announce_expiry(store: Store, expires_at: int) -> None:
 
 async def revoke_session(store: Store, session_id: str) -> None:
     """Logout: every token of this session is refused, on every worker, from now on."""
-    ttl = await _mark_ttl(store)
-    await store.call(
-        "kv_set", {"key": SESSION_REVOKED + session_id, "value": time.time(), "ttl": ttl}
-    )
+    await _set_mark(store, SESSION_REVOKED + session_id, await _mark_ttl(store))
 
 
 async def end_user_sessions(store: Store, user_id: str) -> None:
     """Refuse every token issued to this user until now (password/role change, deletion)."""
-    ttl = await _mark_ttl(store)
-    await store.call("kv_set", {"key": USER_NOT_BEFORE + user_id, "value": time.time(), "ttl": ttl})
+    await _set_mark(store, USER_NOT_BEFORE + user_id, await _mark_ttl(store))
+
+
+async def _set_mark(store: Store, key: str, ttl: float) -> None:
+    """Store a revocation mark dated by the store's clock as it writes it (``kv_set stamp``).
+
+    A refresh dates its tokens before it reads the marks. Dated by this worker before the
+    write travelled, a mark could be older than a refresh whose read reached the store before
+    the write: that refresh saw no mark, and its tokens, dated after the mark, were never
+    refused. Dated by the store, a mark is later than every read the store answered before it
+    (so those refreshes' tokens are refused) and every later read sees it. The worker's and
+    the store's ``time.time()`` are the same clock: one host, a local socket (see
+    ``storeserver.keys``; API hosts over ``STORE_TCP`` are ordered up to their clock skew).
+    """
+    try:
+        await store.call("kv_set", {"key": key, "stamp": True, "ttl": ttl})
+    except BadRequest as error:
+        if error.details.get("arg") != "stamp":
+            raise
+        # A store of an earlier release (no ``stamp``, mid-upgrade): the worker's clock, as
+        # that release did, rather than no mark at all.
+        logger.warning("revocation_mark_worker_clock: the store does not take kv_set stamp")
+        await store.call("kv_set", {"key": key, "value": time.time(), "ttl": ttl})
 
 
 async def consume_refresh_token(store: Store, claims: Claims) -> None:

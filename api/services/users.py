@@ -12,6 +12,7 @@ from api.services.passwords import hash_password, verify_password
 from api.services.versions import expected_version, with_version
 from api.store import Store
 from storeserver.client import current_actor
+from storeserver.errors import VersionMismatch
 
 TABLE = "users"
 # The store enforces uniqueness (case-insensitively), so racing workers cannot both win,
@@ -36,6 +37,9 @@ DEFAULT_ROLE = "user"
 # bcrypt costs ~0.25 s per password at cost 12: bulk writes and transactions hash at most this
 # many per request.
 MAX_HASHES_PER_REQUEST = 20
+# Tries of a role patch at the version of its read of the role (another write in between
+# refuses it); past them the patch is made regardless and the user's sessions end.
+ROLE_PATCH_ATTEMPTS = 3
 
 
 def to_public(record: dict[str, Any]) -> dict[str, Any]:
@@ -136,12 +140,16 @@ async def update_user(
 ) -> dict[str, Any]:
     """Apply the fields that were sent (``age: null`` removes the age).
 
-    A new password or role ends the user's sessions (their tokens are refused from now on).
+    A new password or a role other than the user's ends the user's sessions (their tokens
+    are refused from now on); the role they already have, sent again, does not.
     ``current_password`` is checked by the route and never stored.
     """
     changes = await update_changes(payload)
-    user = await _patch(store, user_id, changes, if_match)
-    if ends_sessions(changes):
+    if "role" in changes and "password_hash" not in changes:
+        user, ends = await _patch_role(store, user_id, changes, if_match)
+    else:
+        user, ends = await _patch(store, user_id, changes, if_match), "password_hash" in changes
+    if ends:
         await end_user_sessions(store, user_id)
     return user
 
@@ -186,3 +194,28 @@ async def _patch(
     version = await expected_version(store, TABLE, user_id, if_match)
     args: dict[str, object] = {"table": TABLE, "id": user_id, "changes": changes}
     return to_public(await store.call("patch", with_version(args, version)))
+
+
+async def _patch_role(
+    store: Store, user_id: str, changes: dict[str, Any], if_match: frozenset[int] | None
+) -> tuple[dict[str, Any], bool]:
+    """Patch ``changes``, which name a role; and whether that changed the user's role.
+
+    The role is read, then the patch is made at the version read, so no write comes between
+    the two: one that does (another admin's role change) makes the store refuse the patch,
+    and it is tried again on a new read; with If-Match, the client's version decides (412).
+    """
+    version = await expected_version(store, TABLE, user_id, if_match)
+    for _ in range(ROLE_PATCH_ATTEMPTS):
+        current = await store.call("get", {"table": TABLE, "id": user_id})
+        at = int(current["version"]) if version is None else version
+        args = {"table": TABLE, "id": user_id, "changes": changes, "expected_version": at}
+        try:
+            patched = await store.call("patch", args)
+        except VersionMismatch:
+            if version is not None:
+                raise
+            continue
+        return to_public(patched), to_public(current)["role"] != changes["role"]
+    # Written to by others all along: patched regardless, and the sessions end (the safe side).
+    return await _patch(store, user_id, changes, None), True

@@ -322,3 +322,25 @@ def test_a_null_in_a_user_update_is_422_except_age(client: httpx.Client, field: 
     assert "may not be null" in error["details"][0]["message"]
     cleared = client.patch(url, json={"age": None})  # the one field null removes
     assert cleared.status_code == 200 and cleared.json()["data"]["age"] is None
+
+
+def test_only_a_role_that_changes_ends_the_users_sessions(
+    client: httpx.Client, anon: httpx.Client
+) -> None:
+    account = register(anon)
+    url, me = f"/api/v1/users/{account.id}", "/api/v1/users/me"
+    same = client.patch(url, json={"role": "user"})  # the role the user already has
+    assert same.status_code == 200 and same.json()["data"]["role"] == "user"
+    assert same.headers["etag"] == 'W/"1"'  # nothing written
+    assert anon.get(me, headers=account.headers).status_code == 200
+    renamed = client.patch(url, json={"role": "user", "full_name": "Still Plain"})
+    assert renamed.status_code == 200 and renamed.headers["etag"] == 'W/"2"'
+    assert anon.get(me, headers=account.headers).status_code == 200  # a new version, same role
+    stale = client.patch(url, json={"role": "admin"}, headers={"If-Match": 'W/"1"'})
+    assert_error(stale, 412, "PRECONDITION_FAILED")
+    assert anon.get(me, headers=account.headers).status_code == 200
+    promoted = client.patch(url, json={"role": "admin"}, headers={"If-Match": 'W/"2"'})
+    assert promoted.status_code == 200 and promoted.json()["data"]["role"] == "admin"
+    assert_error(anon.get(me, headers=account.headers), 401, "INVALID_TOKEN")
+    demoted = client.patch(url, json={"role": "user"})  # as found: the stack is shared
+    assert demoted.status_code == 200 and demoted.json()["data"]["role"] == "user"

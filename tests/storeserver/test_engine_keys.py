@@ -1,0 +1,127 @@
+"""``kv_set stamp`` (a value dated by the store's clock as it is written) and the argument
+named by a bad key in ``kv_get_many``'s ``keys`` or ``rate_hit``'s ``peek``."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from storeserver.client import StoreClient
+from storeserver.engine import Engine
+from storeserver.errors import BadRequest
+from tests.support.engine import T0, FakeClock, fail, run
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def engine(clock: FakeClock) -> Engine:
+    return Engine(clock=clock, max_in=5)
+
+
+def test_kv_set_stamp_stores_the_clock_as_the_command_is_applied(
+    engine: Engine, clock: FakeClock
+) -> None:
+    assert run(engine, "kv_set", key="mark", stamp=True, ttl=10) is True
+    assert run(engine, "kv_get", key="mark") == T0
+    clock.advance(2.5)
+    assert run(engine, "kv_set", key="mark", stamp=True, ttl=10) is True
+    assert run(engine, "kv_get", key="mark") == T0 + 2.5
+    assert run(engine, "kv_set", key="mark", stamp=True, nx=True) is False  # present
+    assert run(engine, "kv_set", key="plain", value=7, stamp=False) is True  # as without stamp
+    assert engine.drain_changes() == [
+        ("kv_set", "mark", T0, T0 + 10),
+        ("kv_set", "mark", T0 + 2.5, T0 + 12.5),
+        ("kv_set", "plain", 7, None),
+    ]
+
+
+def test_a_stamped_value_is_journaled_as_the_number_and_replayed_as_it(
+    engine: Engine, clock: FakeClock
+) -> None:
+    run(engine, "kv_set", key="mark", stamp=True, ttl=60)
+    run(engine, "kv_set", key="forever", stamp=True)
+    journal = engine.drain_changes()
+    clock.advance(30)  # a replay later reads a later clock: the values must not follow it
+    replica = Engine(clock=clock)
+    for change in journal:
+        replica.apply_change(change)
+    assert run(replica, "kv_get_many", keys=["mark", "forever"]) == [T0, T0]
+    clock.advance(30)  # and the ttl counts from the write, not from the replay
+    assert run(replica, "kv_get_many", keys=["mark", "forever"]) == [None, T0]
+
+
+def test_kv_set_stamp_with_gt_keeps_a_later_value(engine: Engine) -> None:
+    run(engine, "kv_set", key="h", value=T0 + 100)
+    assert run(engine, "kv_set", key="h", stamp=True, gt=True) is False
+    assert run(engine, "kv_get", key="h") == T0 + 100
+    run(engine, "kv_set", key="h", value=T0 - 100)
+    assert run(engine, "kv_set", key="h", stamp=True, gt=True) is True
+    assert run(engine, "kv_get", key="h") == T0
+
+
+@pytest.mark.parametrize(
+    ("args", "arg"),
+    [
+        ({"key": "k", "stamp": True, "value": 1}, "value"),
+        ({"key": "k", "stamp": True, "value": None}, "value"),  # present, even as null
+        ({"key": "k", "stamp": False}, "value"),  # no stamp, no value
+        ({"key": "k", "stamp": "yes"}, "stamp"),
+        ({"key": "k", "stamp": 1}, "stamp"),
+        ({"key": "k", "stamp": None}, "stamp"),
+        ({"stamp": True}, "key"),
+        ({"key": "k", "stamp": True, "ttl": 0}, "ttl"),
+    ],
+)
+def test_kv_set_stamp_argument_errors_name_the_argument(
+    engine: Engine, args: dict[str, Any], arg: str
+) -> None:
+    error = fail(engine, BadRequest, "kv_set", **args)
+    assert error.details["arg"] == arg
+    assert run(engine, "kv_get", key="k") is None
+    assert engine.drain_changes() == []
+
+
+async def test_kv_set_stamp_over_the_wire_is_the_store_process_clock(
+    client: StoreClient,
+) -> None:
+    """The store and this process read the same clock (one host): the stamp falls between
+    this process's readings before the call and after its answer."""
+    before = time.time()
+    assert await client.call("kv_set", {"key": "mark", "stamp": True, "ttl": 60}) is True
+    after = time.time()
+    stamped = await client.call("kv_get", {"key": "mark"})
+    assert type(stamped) is float and before <= stamped <= after
+    with pytest.raises(BadRequest) as info:
+        await client.call("kv_set", {"key": "mark", "stamp": True, "value": 1.0})
+    assert info.value.code == "BAD_REQUEST" and info.value.details["arg"] == "value"
+    assert await client.call("kv_get", {"key": "mark"}) == stamped
+
+
+# -- the argument a bad key is reported under ---------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [1, "", "k" * 1025, None, ["a"]])
+def test_a_bad_entry_of_kv_get_many_keys_names_keys(engine: Engine, bad: Any) -> None:
+    error = fail(engine, BadRequest, "kv_get_many", keys=["fine", bad])
+    assert error.details == {"arg": "keys", "index": 1}
+    assert "keys" in error.message
+
+
+@pytest.mark.parametrize("bad", [1, "", "k" * 1025, None])
+def test_a_bad_entry_of_rate_hit_peek_names_peek(engine: Engine, bad: Any) -> None:
+    error = fail(engine, BadRequest, "rate_hit", key="ip", limit=1, window=60, peek=[bad])
+    assert error.details == {"arg": "peek", "index": 0}
+    assert "peek" in error.message
+    # Refused before the hit counted: the one hit allowed is still there.
+    assert run(engine, "rate_hit", key="ip", limit=1, window=60)["allowed"] is True
+
+
+def test_a_bad_key_argument_still_names_key(engine: Engine) -> None:
+    assert fail(engine, BadRequest, "kv_get", key=5).details == {"arg": "key"}
+    assert fail(engine, BadRequest, "rate_hit", key="", limit=1, window=1).details == {"arg": "key"}
