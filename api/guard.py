@@ -104,6 +104,12 @@ class RequestGuardMiddleware:
                 return
             if claims is not None:
                 error = _revocation_error(claims, rate_result)
+                current = getattr(state, "tokens", None)
+                if error is None and current is not None and current is not tokens:
+                    assert token is not None
+                    # The store connection came back during the hit and the worker switched
+                    # signing keys (api.auth.startup.adopt_store_secret): check it again.
+                    error = _signature_error(current, token)
                 if isinstance(error, InvalidToken):
                     # A revoked token makes an anonymous request: it counts against the
                     # client's address, and the hit on its user is taken back (else a leaked
@@ -176,6 +182,14 @@ def _revocation_error(claims: Claims, result: object) -> Exception | None:
     assert isinstance(result, dict)
     try:
         check_not_revoked(claims, *result["peek"])
+    except InvalidToken as exc:
+        return exc
+    return None
+
+
+def _signature_error(tokens: Any, token: str) -> Exception | None:
+    try:
+        tokens.verify(token, "access")
     except InvalidToken as exc:
         return exc
     return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import time
 from collections.abc import Iterator
@@ -164,13 +165,16 @@ def test_request_id_is_generated_when_missing_or_insane(client: httpx.Client) ->
 
 @pytest.fixture(scope="module")
 def fragile() -> Iterator[Stack]:
-    with running_stack(workers=1, extra_env={"STORE_TIMEOUT": "0.5"}) as stack:
+    # JWT_SECRET: the key is the setting, so a token outlives the restarts of this store
+    # without persistence (in development the workers would agree on a new key: all 401).
+    env = {"STORE_TIMEOUT": "0.5", "JWT_SECRET": secrets.token_urlsafe(48)}
+    with running_stack(workers=1, extra_env=env) as stack:
         yield stack
 
 
 @pytest.fixture(scope="module")
 def admin_headers(fragile: Stack) -> dict[str, str]:
-    # A restarted store has no data, but the token stays valid: nothing revoked it.
+    # A restarted store has no data, but the token stays valid: the key is JWT_SECRET.
     with httpx.Client(base_url=fragile.base_url, timeout=10.0) as http:
         return login_admin(http).headers
 
