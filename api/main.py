@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api.auth.startup import ensure_admin_step, install_limiters, reoffer_secret, start_auth
+from api.auth.startup import adopt_store_secret, ensure_admin_step, install_limiters, start_auth
 from api.docs import install_docs
 from api.errors import install_error_handlers
 from api.jobs import start_jobs, stop_jobs
@@ -76,12 +76,12 @@ Requests are rate limited per user (per client IP without a token): `X-Rate-Limi
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
-    reoffer = reoffer_secret(app.state, settings)
+    adopt_secret = adopt_store_secret(app.state, settings)
     ensure_admin = ensure_admin_step(settings)
 
     async def on_connect(call: Caller) -> None:
         # Every (re)connection: a store that came back empty is made usable before any request.
-        for step in (ensure_schema, reoffer, ensure_admin):
+        for step in (ensure_schema, adopt_secret, ensure_admin):
             try:
                 await step(call)
             except MemoryLimit:

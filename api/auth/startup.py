@@ -76,9 +76,6 @@ def adopt_store_secret(state: State, settings: Settings) -> Any:
     return adopt
 
 
-reoffer_secret = adopt_store_secret  # the name api.main imports
-
-
 def ensure_admin_step(settings: Settings) -> Any:
     """An ``on_connect`` step: ADMIN_EMAIL/ADMIN_PASSWORD exist on this store (idempotent)."""
 
