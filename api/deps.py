@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, Header, Path, Query, Request
 from fastapi.dependencies.models import Dependant
@@ -199,6 +199,10 @@ OrderId = Annotated[str, Depends(authorize_order)]
 
 AUTHENTICATING = frozenset({get_caller, authorize_user, authorize_order})
 """The dependencies that read the bearer token: an operation using one documents it."""
+REQUIRING_TOKEN = frozenset({require_user, authorize_user, authorize_order})
+"""The dependencies that refuse a caller without a token (``require_admin`` through
+``require_user``). An operation that authenticates with none of them (``Caller`` alone, as
+open registration) takes a token but works without one."""
 ACCESS_CHECKS = frozenset(
     {get_caller, require_user, require_admin, authorize_user, authorize_order}
 )
@@ -299,6 +303,21 @@ async def parse_page(
 
 
 PageParams = Annotated[Page, Depends(parse_page)]
+
+
+async def parse_orders_embed(
+    embed: Annotated[
+        Literal["orders"] | None, Query(description="`orders`: embed a page of their orders")
+    ] = None,
+    orders_page: Annotated[int, Query(ge=1, le=1_000_000, description="Page of orders")] = 1,
+    orders_per_page: Annotated[int, Query(ge=1, le=100, description="Orders per page")] = 20,
+) -> Page | None:
+    """The page of a user's orders to embed (``embed=orders``), else None. One dependency for
+    ``GET /users/{user_id}`` and ``GET /users/me``: the same parameters, the same answers."""
+    return Page(orders_page, orders_per_page) if embed is not None else None
+
+
+OrdersEmbed = Annotated[Page | None, Depends(parse_orders_embed)]
 SortParam = Annotated[
     str | None,
     Query(description="`field:asc|desc[,field:dir]`", examples=["created_at:desc"]),

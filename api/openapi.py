@@ -4,13 +4,19 @@ The auth dependencies (``api.deps.AUTHENTICATING``) read the token from the requ
 instead of depending on ``oauth2_scheme``, which would cost a dependency level per request, so
 FastAPI cannot see that they authenticate. This adds what it would have written: the scheme
 under ``components.securitySchemes`` (it drives the Authorize button of /docs) and a
-``security`` requirement on each operation whose dependencies include one of them.
+``security`` requirement on each operation whose dependencies include one of them; where the
+token is optional (``Caller`` alone, as open registration), the requirement lists the empty
+alternative ``{}`` first, so Swagger UI and generated clients do not demand credentials.
 
 Two more things are read from the request as a whole: a list's filters (any number of
 ``field__op=value`` parameters, ``api.deps.FILTERING``), described as one free-form object
 parameter (``style: form, explode: true``: each of its keys is its own query parameter, as
 Swagger UI and generated clients send it); and ``If-None-Match`` on the reads that answer 304
 (or 412, a POST query).
+
+Two things FastAPI's generator loses are put back: the 400 FastAPI answers for a JSON body
+nested too deeply to parse, on every operation that reads a JSON body; and the nulls of the
+models' examples, which its ``exclude_none`` drops.
 """
 
 from __future__ import annotations
@@ -21,11 +27,18 @@ from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
 from fastapi.encoders import jsonable_encoder
 from fastapi.routing import APIRoute, iter_route_contexts
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
 
-from api.deps import AUTHENTICATING, FILTERING, oauth2_scheme
+from api.deps import AUTHENTICATING, FILTERING, REQUIRING_TOKEN, oauth2_scheme
 from api.queries import BASE_FIELDS, MAX_FILTERS, MAX_IN_VALUES, OPERATORS, Fields
 from api.schemas.envelope import QUERY_MATCHED
 
+REF_TEMPLATE = "#/components/schemas/{model}"
+BODY_NOT_PARSED = "a JSON body nested too deeply to parse (`BAD_REQUEST`)"
+ERROR_CONTENT = {
+    "application/json": {"schema": {"$ref": REF_TEMPLATE.format(model="ErrorEnvelope")}}
+}
 IF_NONE_MATCH = {
     "name": "If-None-Match",
     "in": "header",
@@ -102,27 +115,102 @@ def add_request_parameters(app: FastAPI, schema: dict[str, Any]) -> dict[str, An
 
 def add_bearer_security(app: FastAPI, schema: dict[str, Any]) -> dict[str, Any]:
     name = oauth2_scheme.scheme_name
-    requirement: list[dict[str, list[str]]] = [{name: []}]
+    required: list[dict[str, list[str]]] = [{name: []}]
+    # The empty requirement first: anonymous is allowed (open registration), a token optional.
+    optional: list[dict[str, list[str]]] = [{}, {name: []}]
     # Route contexts, as FastAPI's own generator walks them: an included router's routes with
     # their prefix and the router's dependencies (e.g. ``require_admin``).
     for route in iter_route_contexts(app.routes):
         if not (isinstance(route.original_route, APIRoute) and route.include_in_schema):
             continue
         if authenticates(route.dependant):
+            needed = depends_on(route.dependant, REQUIRING_TOKEN) is not None
             for method in route.methods or ():
-                schema["paths"][route.path_format][method.lower()]["security"] = requirement
+                operation = schema["paths"][route.path_format][method.lower()]
+                operation["security"] = required if needed else optional
     definition = jsonable_encoder(oauth2_scheme.model, by_alias=True, exclude_none=True)
     schema.setdefault("components", {}).setdefault("securitySchemes", {})[name] = definition
     return schema
+
+
+def add_body_parse_errors(schema: dict[str, Any]) -> dict[str, Any]:
+    """A JSON body too deeply nested for Python's parser is FastAPI's 400 ("There was an error
+    parsing the body") on every route that reads one, before any of the route's own checks."""
+    for item in schema["paths"].values():
+        for operation in item.values():
+            if "application/json" not in operation.get("requestBody", {}).get("content", {}):
+                continue
+            responses = operation["responses"]
+            declared = responses.get("400")
+            if declared is None:
+                description = BODY_NOT_PARSED[0].upper() + BODY_NOT_PARSED[1:]
+                responses["400"] = {"description": description, "content": ERROR_CONTENT}
+                operation["responses"] = dict(sorted(responses.items()))
+            elif BODY_NOT_PARSED not in declared["description"]:
+                declared["description"] += f"; or {BODY_NOT_PARSED}"
+    return schema
+
+
+def route_models(app: FastAPI) -> set[type[BaseModel]]:
+    """The models the routes name: bodies, response models and those of ``responses``."""
+    found: set[type[BaseModel]] = set()
+    for route in iter_route_contexts(app.routes):
+        api_route = route.original_route
+        if not (isinstance(api_route, APIRoute) and api_route.include_in_schema):
+            continue
+        candidates = [api_route.response_model]
+        candidates += [extra.get("model") for extra in api_route.responses.values()]
+        candidates += [param.field_info.annotation for param in route.dependant.body_params]
+        found.update(c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel))
+    return found
+
+
+def restore_null_examples(app: FastAPI, schema: dict[str, Any]) -> dict[str, Any]:
+    """FastAPI writes the document with ``exclude_none``, which also drops every null inside
+    the models' examples (fastapi/fastapi#5559): a job's ``"error": null`` went missing and the
+    example no longer matched its own schema (``error`` is required). The examples are put
+    back as pydantic writes them, nulls included."""
+    components = schema.get("components", {}).get("schemas", {})
+    models = sorted(route_models(app), key=lambda model: model.__qualname__)
+    pairs = [(model, mode) for model in models for mode in ("validation", "serialization")]
+    _, generated = models_json_schema(pairs, ref_template=REF_TEMPLATE)  # type: ignore[arg-type]
+    for name, definition in generated.get("$defs", {}).items():
+        if name in components:
+            _copy_examples(definition, components[name])
+    return schema
+
+
+def _copy_examples(source: dict[str, Any], target: dict[str, Any]) -> None:
+    """``source``'s examples into ``target``, the same schema, wherever both have it."""
+    for key, value in source.items():
+        if key in ("example", "examples"):
+            target[key] = jsonable_encoder(value)
+        elif key == "properties":  # keys here are field names, each with its own schema
+            for field, sub in value.items():
+                if isinstance(target.get(key, {}).get(field), dict):
+                    _copy_examples(sub, target[key][field])
+        elif isinstance(value, dict) and isinstance(target.get(key), dict):
+            _copy_examples(value, target[key])
+        elif isinstance(value, list) and isinstance(target.get(key), list):
+            for sub, into in zip(value, target[key], strict=False):
+                if isinstance(sub, dict) and isinstance(into, dict):
+                    _copy_examples(sub, into)
 
 
 def install_openapi(app: FastAPI) -> None:
     """Replace ``app.openapi`` (FastAPI's documented way to extend the document)."""
     generate = app.openapi
 
+    completed: list[dict[str, Any]] = []
+
     def openapi() -> dict[str, Any]:
-        # FastAPI caches the document (and builds it again if routes are added); adding the
-        # requirements again to the cached one changes nothing.
-        return add_request_parameters(app, add_bearer_security(app, generate()))
+        # FastAPI caches the document (and builds it again if routes are added): complete
+        # each document it builds once.
+        schema = generate()
+        if not (completed and completed[0] is schema):
+            schema = add_bearer_security(app, schema)
+            schema = add_body_parse_errors(restore_null_examples(app, schema))
+            completed[:] = [add_request_parameters(app, schema)]
+        return completed[0]
 
     app.openapi = openapi  # type: ignore[method-assign]

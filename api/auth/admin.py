@@ -16,8 +16,9 @@ Run at every worker start and store reconnection, so it must only ever repair, n
 
 from __future__ import annotations
 
-import logging
 from typing import Any
+
+import structlog
 
 from api.auth.credentials import find_login
 from api.schemas.users import UserCreate
@@ -26,7 +27,9 @@ from api.services.passwords import verify_password
 from api.store import Store
 from storeserver.errors import Conflict
 
-logger = logging.getLogger("api.auth")
+# Each line's ``event`` is its bare name (what an operator's alert matches), the account in
+# ``email`` and the explanation in ``message``.
+log = structlog.get_logger("api.auth")
 
 
 async def ensure_admin(store: Store, email: str, password: str) -> None:
@@ -34,10 +37,10 @@ async def ensure_admin(store: Store, email: str, password: str) -> None:
     if record is None and await count_admins(store) > 0:
         # Deleted by an admin (or never made, with admins already there): recreating it
         # at the next worker restart would undo that deletion.
-        logger.warning(
-            "admin_email_missing: no account %s (ADMIN_EMAIL), and other admins exist;"
-            " not creating it",
-            email,
+        log.warning(
+            "admin_email_missing",
+            email=email,
+            message="no account with ADMIN_EMAIL, and other admins exist; not creating it",
         )
         return
     if record is None:
@@ -46,7 +49,7 @@ async def ensure_admin(store: Store, email: str, password: str) -> None:
         )
         try:
             await users.create_user(store, payload)
-            logger.info("admin_created: created the administrator account %s", email)
+            log.info("admin_created", email=email, message="created the administrator account")
             return
         except Conflict:
             record = await find_login(store, email)  # another worker won the race
@@ -54,30 +57,34 @@ async def ensure_admin(store: Store, email: str, password: str) -> None:
         return
     if record.get("role") == "admin":
         if not await password_is(record, password):
-            logger.warning(
-                "admin_password_not_applied: the ADMIN_EMAIL account %s exists and its"
-                " password is not ADMIN_PASSWORD, which only creates the account; change the"
-                " password through the API (PATCH /api/v1/users/{id})",
-                email,
+            log.warning(
+                "admin_password_not_applied",
+                email=email,
+                message="the ADMIN_EMAIL account exists and its password is not ADMIN_PASSWORD,"
+                " which only creates the account; change the password through the API"
+                " (PATCH /api/v1/users/{id})",
             )
         return
     if await count_admins(store) > 0:
-        logger.warning(
-            "admin_email_not_admin: the ADMIN_EMAIL account %s exists but is not an admin and"
-            " other admins exist; left as is",
-            email,
+        log.warning(
+            "admin_email_not_admin",
+            email=email,
+            message="the ADMIN_EMAIL account exists but is not an admin and other admins"
+            " exist; left as is",
         )
     elif await password_is(record, password):
         await users.set_role(store, str(record["id"]), "admin")
-        logger.warning(
-            "admin_promoted: no admin existed; promoted the existing account %s (ADMIN_EMAIL)",
-            email,
+        log.warning(
+            "admin_promoted",
+            email=email,
+            message="no admin existed; promoted the existing ADMIN_EMAIL account",
         )
     else:
-        logger.error(
-            "admin_not_promoted: no admin exists and ADMIN_EMAIL %s belongs to a non-admin"
-            " account whose password is not ADMIN_PASSWORD; not promoting it",
-            email,
+        log.error(
+            "admin_not_promoted",
+            email=email,
+            message="no admin exists and ADMIN_EMAIL belongs to a non-admin account whose"
+            " password is not ADMIN_PASSWORD; not promoting it",
         )
 
 

@@ -19,6 +19,7 @@ from api.http_metrics import MeteredRoute
 from api.jobs.web import AsyncFlag, JobsDep, job_or_now, run_as_job
 from api.responses import PROBE_CACHE_CONTROL, json_response
 from api.schemas.envelope import Envelope, ListEnvelope, error_responses
+from api.schemas.jobs import job_started
 from api.schemas.tables import AuditEntry
 from api.services.audit import AuditFilter, list_audit
 from api.services.stats import read_stats
@@ -53,7 +54,7 @@ async def snapshot_rows(store: StoreDep) -> int:
 @router.post(
     "/snapshot",
     response_model=Envelope[SnapshotInfo],
-    responses={202: {"description": "Started as a background job"}, **error_responses(400, 507)},
+    responses={**job_started(), **error_responses(400, 507)},
     summary="Write a snapshot now (backup)",
 )
 async def create_snapshot(

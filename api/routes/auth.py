@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from typing import Annotated
 
+import structlog
 from fastapi import APIRouter, Form, Request, Response
 from fastapi.exceptions import RequestValidationError
 
@@ -18,7 +18,7 @@ from api.auth.sessions import (
     revoke_session,
 )
 from api.auth.tokens import InvalidToken, TokenPair, new_session_id
-from api.deps import CurrentUser, StoreDep, TokensDep
+from api.deps import CurrentUser, StoreDep, TokensDep, get_tokens
 from api.errors import ApiError
 from api.http_metrics import MeteredRoute
 from api.ratelimit import RateLimiter, Verdict, client_ip, tightest
@@ -30,7 +30,7 @@ from api.settings import DEV_ADMIN_PASSWORD
 from storeserver.errors import NotFound
 
 router = APIRouter(route_class=MeteredRoute, prefix="/auth", tags=["auth"])
-logger = logging.getLogger("api.auth")
+log = structlog.get_logger("api.auth")  # bare event names, details as fields
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 Username = Annotated[str, Form(max_length=320, description="Your email")]
 PasswordForm = Annotated[str, Form(max_length=72, description="Your password")]
@@ -140,7 +140,7 @@ async def create_token(
     )
     limit_headers = verdict.headers() if verdict else {}
     if verdict is not None and not verdict.allowed:
-        logger.warning("login rate limit reached from %s", client_ip(request.scope))
+        log.warning("login_rate_limited", client=client_ip(request.scope))
         raise too_many_attempts(verdict, "login attempts")
     # Dated before the user is read: a role or password change during the bcrypt check (a
     # third of a second) ends this session too, instead of it keeping the old role or password.
@@ -153,15 +153,21 @@ async def create_token(
     ):
         # The development admin's password is public (README, Makefile): an account still
         # holding it (a development data directory reused in production) never logs in.
-        logger.error("refused a login with the development admin password in production")
+        log.error(
+            "dev_admin_password_refused",
+            message="refused a login with the development admin password in production",
+        )
         user = None
     if user is None:
         # The address, never the password; the username only as its keyed hash.
-        logger.info("failed login from %s for %s", client_ip(request.scope), name_tag)
+        log.info("login_failed", client=client_ip(request.scope), user_tag=name_tag)
         error = bad_credentials()
         error.headers.update(limit_headers)
         raise error
     role = str(user.get("role") or users.DEFAULT_ROLE)
+    # The worker's key as of now: its store connection may have come back during the
+    # checks above with another key (api.auth.startup.adopt_store_secret).
+    tokens = await get_tokens(request)
     pair = tokens.issue_pair(str(user["id"]), role, new_session_id(), issued_at=read_at)
     await announce_expiry(store, pair.refresh_expires_at)
     return token_response(pair, limit_headers)

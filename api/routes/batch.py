@@ -27,6 +27,7 @@ from api.queries import Page, build_list_query
 from api.responses import DATA_CACHE_CONTROL, json_response
 from api.schemas.batch import ImportReport
 from api.schemas.envelope import Envelope, error_responses
+from api.schemas.jobs import job_started
 from api.services import records
 from api.services.csv_export import open_export
 from api.services.csv_import import import_csv
@@ -46,7 +47,7 @@ NOT_FILTERS = ("page", "per_page", "sort")
     "/import",
     response_model=Envelope[ImportReport],
     responses={
-        202: {"description": "Started as a background job (`Location: /api/v1/jobs/{id}`)"},
+        **job_started(),
         **error_responses(400, 404, 409, 413, 415, 507),
     },
     openapi_extra={
@@ -166,7 +167,7 @@ async def export_filters(request: Request, table: TableName) -> list[list[object
             "description": "CSV (RFC 4180, UTF-8), header line first, in creation order",
             "content": {"text/csv": {"schema": {"type": "string"}}},
         },
-        202: {"description": "Started as a background job (`Location: /api/v1/jobs/{id}`)"},
+        **job_started(),
         **error_responses(400, 404, 507),
     },
     summary="Export a table as CSV",

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response, StreamingResponse
 
 from api.deps import AdminUser, SettingsDep, StoreDep, TableName, require_admin
+from api.errors import ApiError
 from api.http_metrics import MeteredRoute
 from api.jobs.web import AsyncFlag, JobsDep, job_or_now, run_as_job
 from api.responses import DATA_CACHE_CONTROL, dumps
 from api.schemas.envelope import error_responses
+from api.schemas.jobs import job_started
 from api.services.dumps import open_dump
 
 router = APIRouter(
@@ -23,6 +25,22 @@ router = APIRouter(
 )
 
 
+DUMP_PARAMETERS = frozenset({"async"})
+
+
+async def refuse_other_parameters(request: Request) -> None:
+    """A dump is the whole table: a filter, page or sort it would ignore is 400 (as the CSV
+    export refuses what it does not take), not every row as if it had been applied."""
+    others = sorted({name for name in request.query_params if name not in DUMP_PARAMETERS})
+    if others:
+        shown = [name if len(name) <= 64 else name[:64] + "…" for name in others]
+        message = (
+            f"a dump is every record of the table and takes only async: not {', '.join(shown)}"
+        )
+        details = [{"field": name, "message": "not a parameter of a dump"} for name in shown]
+        raise ApiError(400, "BAD_QUERY", message, details)
+
+
 @router.get(
     "/{table}",
     response_class=StreamingResponse,
@@ -31,9 +49,10 @@ router = APIRouter(
             "description": "One JSON record per line (NDJSON), in creation order",
             "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
         },
-        202: {"description": "Started as an export job (`Location: /api/v1/jobs/{id}`)"},
+        **job_started("Started as an export job"),
         **error_responses(400, 404, 507),
     },
+    dependencies=[Depends(refuse_other_parameters)],
     summary="Dump a table",
 )
 async def dump_table(
@@ -46,7 +65,8 @@ async def dump_table(
 ) -> Response:
     """Stream every record as NDJSON, read from the store in bounded chunks. With
     `?async=true` (or past `JOB_ASYNC_ROWS` rows): 202 and an export job whose result URL
-    serves the same bytes."""
+    serves the same bytes. Any other query parameter (a filter, `page`, `sort`...) is 400
+    `BAD_QUERY`: the CSV export filters, a dump does not."""
     if run_async is not False:
         rows = await store.call("count", {"table": table})  # 404 before any job
         if run_as_job(run_async, rows, settings.job_async_rows):

@@ -95,7 +95,10 @@ async def read_job(job_id: JobId, jobs: JobsDep, caller: CurrentUser) -> Respons
     "/{job_id}",
     response_model=Envelope[JobPublic],
     responses={
-        202: {"description": "Cancel requested; the job stops at its next chunk"},
+        202: {
+            "model": Envelope[JobPublic],
+            "description": "Cancel requested; the job stops at its next chunk",
+        },
         **error_responses(404, 409),
     },
     summary="Cancel a job",

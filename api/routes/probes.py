@@ -10,7 +10,7 @@ from api.deps import SettingsDep, StoreDep
 from api.errors import error_response
 from api.http_metrics import MeteredRoute
 from api.responses import PROBE_CACHE_CONTROL, json_response
-from api.schemas.envelope import Envelope, error_responses
+from api.schemas.envelope import Envelope, ErrorEnvelope
 from storeserver.errors import StoreTimeout
 
 router = APIRouter(route_class=MeteredRoute, tags=["probes"])
@@ -39,7 +39,16 @@ async def read_health() -> Response:
 @router.get(
     "/ready",
     response_model=Envelope[Readiness],
-    responses=error_responses(validation=False),
+    # Not error_responses(): a store that does not answer within READY_TIMEOUT is this 503,
+    # never the 504 of a store timeout elsewhere.
+    responses={
+        503: {
+            "model": ErrorEnvelope,
+            "description": "Not ready: the store did not answer within 1 s or cannot be reached"
+            " (`STORE_UNAVAILABLE`), or is still loading its data (`STORE_NOT_READY`); with"
+            " Retry-After",
+        }
+    },
     summary="Readiness",
 )
 async def read_readiness(request: Request, store: StoreDep, settings: SettingsDep) -> Response:

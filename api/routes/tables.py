@@ -28,6 +28,7 @@ from api.queries import ListQuery, Page, build_list_query
 from api.responses import DATA_CACHE_CONTROL, PROBE_CACHE_CONTROL, json_response, no_content
 from api.schemas.data import DataBody
 from api.schemas.envelope import Envelope, error_responses
+from api.schemas.jobs import job_started
 from api.schemas.tables import (
     FIELD_PATTERN,
     FilterDeleteResult,
@@ -224,7 +225,7 @@ async def drop_index(table: TableName, field: FieldName, store: StoreDep) -> Res
     "/{table}",
     response_model=Envelope[FilterUpdateResult],
     responses={
-        202: {"description": "Started as a background job (`Location: /api/v1/jobs/{id}`)"},
+        **job_started(),
         **error_responses(400, 404, 409, 413, 415, 507),
     },
     summary="Update records by filter",
@@ -265,7 +266,7 @@ async def update_by_filter(
     "/{table}",
     response_model=Envelope[FilterDeleteResult],
     responses={
-        202: {"description": "Started as a background job (`Location: /api/v1/jobs/{id}`)"},
+        **job_started(),
         **error_responses(400, 404, 409, 507),
     },
     summary="Delete records by filter",

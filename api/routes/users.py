@@ -12,6 +12,7 @@ from api.deps import (
     CurrentUser,
     IfMatch,
     OrderListQuery,
+    OrdersEmbed,
     StoreDep,
     UserId,
     UserListQuery,
@@ -42,6 +43,7 @@ from api.schemas.users import UserCreate, UserPublic, UserUpdate
 from api.services import orders as order_service
 from api.services import records
 from api.services import users as user_service
+from api.store import Store
 
 router = APIRouter(route_class=MeteredRoute, prefix="/users", tags=["users"])
 
@@ -83,16 +85,22 @@ async def list_users(
     return list_response(request, items, total, query.page)
 
 
+READ_USER_RESPONSES = {**NOT_MODIFIED, **error_responses(400, 401, 404)}
+
+
 @router.get(
     "/me",
-    response_model=Envelope[UserPublic],
-    responses={**NOT_MODIFIED, **error_responses(401)},
+    response_model=Envelope[UserWithOrders],
+    responses=READ_USER_RESPONSES,
     summary="Read yourself",
 )
-async def read_me(request: Request, caller: CurrentUser, store: StoreDep) -> Response:
-    """The user the access token belongs to."""
+async def read_me(
+    request: Request, caller: CurrentUser, store: StoreDep, orders: OrdersEmbed
+) -> Response:
+    """The user the access token belongs to: `GET /users/{user_id}` with your own id, the
+    same parameters (`embed=orders`, `orders_page`, `orders_per_page`) and answers."""
     assert caller.id is not None
-    return record_response(request, await user_service.read_user(store, caller.id))
+    return await user_answer(request, store, caller.id, orders)
 
 
 @router.post(
@@ -113,37 +121,33 @@ async def query_users(
 @router.get(
     "/{user_id}",
     response_model=Envelope[UserWithOrders],
-    responses={
-        **NOT_MODIFIED,
-        **error_responses(400, 401, 404),
-    },
+    responses=READ_USER_RESPONSES,
     summary="Read a user",
 )
 async def read_user(
-    request: Request,
-    user_id: UserId,
-    store: StoreDep,
-    embed: Annotated[
-        Literal["orders"] | None, Query(description="`orders`: embed a page of their orders")
-    ] = None,
-    orders_page: Annotated[int, Query(ge=1, le=1_000_000, description="Page of orders")] = 1,
-    orders_per_page: Annotated[int, Query(ge=1, le=100, description="Orders per page")] = 20,
+    request: Request, user_id: UserId, store: StoreDep, orders: OrdersEmbed
 ) -> Response:
     """Read yourself (any user by id for an admin); the weak ETag is the record's version.
 
     `embed=orders` adds one page of the user's orders under `orders` (`orders_page`,
     `orders_per_page`; the page is described in `meta.orders`).
     """
-    if embed is None:
+    return await user_answer(request, store, user_id, orders)
+
+
+async def user_answer(
+    request: Request, store: Store, user_id: str, orders: Page | None
+) -> Response:
+    """A user, with a page of their orders when ``orders`` says which one."""
+    if orders is None:
         return record_response(request, await user_service.read_user(store, user_id))
-    page = Page(orders_page, orders_per_page)
-    user, found, total = await order_service.user_with_orders(store, user_id, page)
+    user, found, total = await order_service.user_with_orders(store, user_id, orders)
     # The tag covers the user and the page of orders, so either changing changes it.
-    etag = list_etag([user, *found], total, page.page, page.per_page)
+    etag = list_etag([user, *found], total, orders.page, orders.per_page)
     headers = {"ETag": etag, "Cache-Control": DATA_CACHE_CONTROL}
     if none_match_hits(if_none_match(request), etag):
         return Response(status_code=304, headers=headers)
-    meta = {"orders": {"page": page.page, "per_page": page.per_page, "total": total}}
+    meta = {"orders": {"page": orders.page, "per_page": orders.per_page, "total": total}}
     body = {"status": "success", "data": {**user, "orders": found}, "meta": meta}
     return json_response(body, 200, headers)
 

@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from api.schemas.envelope import Envelope
+
 
 class JobProgress(BaseModel):
     done: int = Field(ge=0, description="Units done so far")
@@ -65,3 +67,20 @@ class JobPublic(BaseModel):
         description="On success: the operation's answer (an export's has a download `url`)"
     )
     error: JobError | None
+
+
+JOB_LOCATION_HEADER = {
+    "Location": {"description": "The job: `/api/v1/jobs/{id}`", "schema": {"type": "string"}}
+}
+
+
+def job_started(description: str = "Started as a background job") -> dict[int | str, Any]:
+    """The 202 of a route that can run as a background job (``api.jobs.web.accepted``): the
+    job itself, and where to follow it."""
+    return {
+        202: {
+            "model": Envelope[JobPublic],
+            "description": f"{description} (`Location: /api/v1/jobs/{{id}}`); the body is the job",
+            "headers": JOB_LOCATION_HEADER,
+        }
+    }

@@ -62,3 +62,23 @@ def test_dump_of_an_empty_table_is_empty(client: httpx.Client) -> None:
 )
 def test_dump_errors(client: httpx.Client, table: str, status: int, code: str | None) -> None:
     assert_error(client.get(f"/api/v1/dump/{table}"), status, code)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"stock": "4"}, {"per_page": "1"}, {"bogus__zz": "1"}, {"sort": "n:desc", "page": "2"}],
+    ids=["filter", "per_page", "operator", "sort_and_page"],
+)
+def test_a_parameter_the_dump_does_not_take_is_400_naming_it(
+    client: httpx.Client, stack: Stack, params: dict[str, str]
+) -> None:
+    """A dump is the whole table: a filter or page it ignored answered every row with 200,
+    as if it had been applied (the CSV export filters, and refuses page/per_page/sort)."""
+    table = f"dp_{token()}"
+    bulk_insert(stack, table, [{"stock": n} for n in range(3)])
+    error = assert_error(client.get(f"/api/v1/dump/{table}", params=params), 400, "BAD_QUERY")
+    assert [detail["field"] for detail in error["details"]] == sorted(params)
+    assert all(name in error["message"] for name in params)
+    # async is the dump's own parameter: still a dump of every row.
+    kept = client.get(f"/api/v1/dump/{table}", params={"async": "false"})
+    assert kept.status_code == 200 and len(kept.text.splitlines()) == 3

@@ -4,6 +4,7 @@ openapi-python-client's, raises on any other status)."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import httpx
@@ -11,7 +12,7 @@ import jsonschema
 import pytest
 
 from tests.support.auth import register
-from tests.support.factories import create_order, create_user, token
+from tests.support.factories import create_order, create_user, token, user_payload
 from tests.support.stack import Stack
 
 pytestmark = pytest.mark.integration
@@ -92,6 +93,58 @@ def test_writes_to_users_me_are_documented(anon: httpx.Client, spec: dict[str, A
     deleted = anon.delete(f"{API}/users/me", headers=headers)
     assert deleted.status_code == 204
     assert_documented(spec, deleted, "DELETE", "/users/{user_id}")
+
+
+def test_a_too_deep_json_body_is_a_documented_400(anon: httpx.Client, spec: dict[str, Any]) -> None:
+    deep = '{"email": ' + "[" * 5000 + "]" * 5000 + "}"
+    headers = {"Content-Type": "application/json"}
+    response = anon.post(f"{API}/users", content=deep, headers=headers)
+    assert response.status_code == 400 and response.json()["error"]["code"] == "BAD_REQUEST"
+    assert_documented(spec, response, "POST", "/users")
+
+
+def test_open_registration_is_documented_without_a_token(
+    anon: httpx.Client, spec: dict[str, Any]
+) -> None:
+    """An anonymous sign-up is what the document allows: ``{}`` among the requirements."""
+    security = spec["paths"][f"{API}/users"]["post"]["security"]
+    assert {} in security
+    created = anon.post(f"{API}/users", json=user_payload())
+    assert created.status_code == 201, created.text
+    assert_documented(spec, created, "POST", "/users")
+
+
+def test_jobs_started_answer_a_documented_202_with_the_job(
+    client: httpx.Client, spec: dict[str, Any]
+) -> None:
+    """Each 202 carries the job (``Envelope[JobPublic]``): the document declared no body."""
+    table = f"oa_{token()}"
+    client.post(f"{API}/data/{table}", json={"data": [{"n": 1}, {"n": 2}]})
+    started = [
+        ("GET", f"/dump/{table}", "/dump/{table}", None),
+        ("GET", f"/batch/{table}/export", "/batch/{table}/export", None),
+        ("PATCH", f"/data/{table}", "/data/{table}", {"data": {"n": 3}}),
+        ("DELETE", f"/data/{table}", "/data/{table}", None),
+    ]
+    for method, url, path, body in started:
+        params = {"async": "true", **({"all": "true"} if method != "GET" else {})}
+        response = client.request(method, API + url, params=params, json=body)
+        assert response.status_code == 202, (method, url, response.text)
+        job = response.json()["data"]
+        assert response.headers["location"] == f"{API}/jobs/{job['id']}"
+        assert_documented(spec, response, method, path)
+        finished = wait_for_job(client, job["id"])
+        assert finished["state"] == "succeeded", finished
+
+
+def wait_for_job(client: httpx.Client, job_id: str, timeout: float = 30.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        job: dict[str, Any] = client.get(f"{API}/jobs/{job_id}").json()["data"]
+        if job["state"] in ("succeeded", "failed", "cancelled"):
+            return job
+        assert time.monotonic() < deadline, f"job stayed {job['state']}: {job}"
+        time.sleep(0.05)
 
 
 def test_conditional_answers_of_users_orders_and_joins_are_documented(

@@ -160,6 +160,35 @@ def test_me_is_the_caller_on_every_user_route(anon: httpx.Client, client: httpx.
     assert_error(client.get(f"/api/v1/orders/{order['id']}"), 404, "NOT_FOUND")
 
 
+def test_me_takes_the_parameters_of_users_id_with_the_same_answers(
+    anon: httpx.Client, client: httpx.Client
+) -> None:
+    """``GET /users/me`` was a route of its own without ``embed``: ``?embed=orders`` was
+    ignored (no orders, no ``meta``) and ``?embed=bogus`` a 200 where ``/users/<id>`` is 422."""
+    account = register(anon)
+    orders = [create_order(client, account.id) for _ in range(3)]
+    params = {"embed": "orders", "orders_page": "2", "orders_per_page": "2"}
+    me = anon.get("/api/v1/users/me", params=params, headers=account.headers)
+    by_id = anon.get(f"/api/v1/users/{account.id}", params=params, headers=account.headers)
+    assert me.status_code == by_id.status_code == 200, me.text
+    assert me.json() == by_id.json()
+    assert [o["id"] for o in me.json()["data"]["orders"]] == [orders[2]["id"]]
+    assert me.json()["meta"] == {"orders": {"page": 2, "per_page": 2, "total": 3}}
+    assert me.headers["etag"] == by_id.headers["etag"]
+    cached = anon.get(
+        "/api/v1/users/me",
+        params=params,
+        headers={**account.headers, "If-None-Match": me.headers["etag"]},
+    )
+    assert cached.status_code == 304
+    for bad in ({"embed": "bogus"}, {**params, "orders_per_page": "0"}):
+        refused = anon.get("/api/v1/users/me", params=bad, headers=account.headers)
+        error = assert_error(refused, 422, "VALIDATION_ERROR")
+        same = anon.get(f"/api/v1/users/{account.id}", params=bad, headers=account.headers)
+        assert error == assert_error(same, 422, "VALIDATION_ERROR")
+    assert_error(anon.get("/api/v1/users/me", params={"embed": "bogus"}), 401)
+
+
 def test_no_user_can_have_the_id_me(client: httpx.Client) -> None:
     """``me`` in a path is the caller: a user called that could never be addressed."""
     user = user_payload()

@@ -10,11 +10,13 @@ import hmac
 import logging
 from typing import Any
 
+import orjson
 import pytest
 
 from api.auth.credentials import login_name_tag
 from api.auth.tokens import TokenService
 from api.deps import get_store, get_tokens
+from api.logs import json_formatter
 from api.main import create_app
 from api.routes import auth as auth_routes
 from api.settings import Settings
@@ -39,7 +41,9 @@ def expected_tag(name: str, secret: str) -> str:
 
 async def failed_login_line(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, username: str
-) -> str:
+) -> dict[str, Any]:
+    """The failed login's line, as the JSON formatter writes it."""
+
     async def check_credentials(store: Any, email: str, password: str) -> None:
         return None
 
@@ -55,7 +59,9 @@ async def failed_login_line(
             response = await http.post("/api/v1/auth/token", data=form)
     assert response.status_code == 401, response.text
     assert response.json()["error"]["code"] == "INVALID_CREDENTIALS"
-    [line] = [r.getMessage() for r in caplog.records if "failed login" in r.getMessage()]
+    lines = [orjson.loads(json_formatter().format(r)) for r in caplog.records]
+    [line] = [line for line in lines if line["logger"] == "api.auth"]
+    assert isinstance(line, dict)
     return line
 
 
@@ -63,13 +69,17 @@ async def test_a_failed_login_logs_a_keyed_hash_of_the_username(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     line = await failed_login_line(monkeypatch, caplog, PASTED)
+    text = orjson.dumps(line).decode()
     unkeyed = hashlib.sha256(PASTED.strip().casefold().encode()).hexdigest()[:32]
-    assert unkeyed not in line
-    assert PASTED.casefold() not in line.casefold()
-    assert line.endswith(f" for {expected_tag(PASTED, SECRET)}")
+    assert unkeyed not in text
+    assert PASTED.casefold() not in text.casefold()
+    # The bare event name, the address and the tag as fields (an alert can match them).
+    assert line["event"] == "login_failed" and line["level"] == "info"
+    assert line["client"] == "127.0.0.1"
+    assert line["user_tag"] == expected_tag(PASTED, SECRET)
     # The same name however typed: the same tag (lines of one name correlate).
     again = await failed_login_line(monkeypatch, caplog, f"  {PASTED.upper()} ")
-    assert again.rpartition(" ")[2] == line.rpartition(" ")[2]
+    assert again["user_tag"] == line["user_tag"]
 
 
 def test_the_tag_depends_on_the_key() -> None:

@@ -16,6 +16,7 @@ import pytest
 
 from tests.support.auth import bearer
 from tests.support.factories import assert_error, user_payload
+from tests.support.logs import json_lines
 from tests.support.stack import Stack, running_stack
 from tests.support.workers import close_all, pinned_clients
 
@@ -126,6 +127,9 @@ def test_login_is_limited_per_ip(limited: Stack) -> None:
             "/api/v1/auth/token", data={"username": email, "password": "correct horse battery"}
         )
         assert_limited(right)  # even the right password: the address is out of attempts
+    lines = json_lines(limited.workdir / "api.log")
+    refused = [line for line in lines if line["event"] == "login_rate_limited"]
+    assert any(line["client"] == "10.0.0.5" for line in refused), limited.logs()
 
 
 def test_login_is_limited_per_username(limited: Stack) -> None:

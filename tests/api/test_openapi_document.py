@@ -1,0 +1,192 @@
+"""The OpenAPI document itself, built in-process (no server): its examples are valid, and it
+declares what the routes really answer (the 400 of an unparsable JSON body, the job in a 202,
+the optional token of open registration, the parameters of ``/users/me``)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import jsonschema
+import pytest
+from fastapi import FastAPI
+
+from api.main import create_app
+from api.settings import Settings
+from tests.support.factories import assert_error
+from tests.support.inprocess import in_process
+
+API = "/api/v1"
+BEARER = {"OAuth2PasswordBearer": []}
+
+
+@pytest.fixture(scope="module")
+def app() -> FastAPI:
+    return create_app(Settings())
+
+
+@pytest.fixture(scope="module")
+def spec(app: FastAPI) -> dict[str, Any]:
+    return app.openapi()
+
+
+def operations(spec: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    return [
+        (method, path, operation)
+        for path, item in spec["paths"].items()
+        for method, operation in item.items()
+    ]
+
+
+def examples_in(node: Any, where: str) -> list[tuple[str, Any, dict[str, Any]]]:
+    """Every (where, example, the schema it illustrates) inside a schema."""
+    found: list[tuple[str, Any, dict[str, Any]]] = []
+    if isinstance(node, dict):
+        for example in node.get("examples", []) if isinstance(node.get("examples"), list) else []:
+            found.append((f"{where}.examples", example, node))
+        if "example" in node:
+            found.append((f"{where}.example", node["example"], node))
+        for key, value in node.items():
+            if key not in ("examples", "example"):
+                found += examples_in(value, f"{where}.{key}")
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            found += examples_in(value, f"{where}[{index}]")
+    return found
+
+
+def all_examples(spec: dict[str, Any]) -> list[tuple[str, Any, dict[str, Any]]]:
+    """The examples of the components' schemas, and those of each operation's request body,
+    responses and parameters (in their schema, or beside it on the media type or parameter)."""
+    found = examples_in(spec["components"]["schemas"], "schemas")
+    for method, path, operation in operations(spec):
+        where = f"{method.upper()} {path}"
+        media: list[tuple[str, dict[str, Any]]] = [
+            (f"{where} body {kind}", content)
+            for kind, content in operation.get("requestBody", {}).get("content", {}).items()
+        ]
+        for status, response in operation["responses"].items():
+            media += [
+                (f"{where} {status} {kind}", content)
+                for kind, content in response.get("content", {}).items()
+            ]
+        media += [
+            (f"{where} parameter {parameter['name']}", parameter)
+            for parameter in operation.get("parameters", [])
+        ]
+        for label, holder in media:
+            schema = holder.get("schema", {})
+            found += examples_in(schema, label)
+            if "example" in holder:
+                found.append((f"{label} example", holder["example"], schema))
+            for name, example in (holder.get("examples") or {}).items():
+                if isinstance(example, dict) and "value" in example:
+                    found.append((f"{label} examples.{name}", example["value"], schema))
+    return found
+
+
+def test_every_example_is_valid_against_its_schema(spec: dict[str, Any]) -> None:
+    """FastAPI drops every null of an example (it writes the document with exclude_none):
+    JobPublic's example lost its required ``"error": null`` and no longer matched itself."""
+    found = all_examples(spec)
+    assert len(found) >= 40
+    assert any(where.startswith("schemas.JobPublic.") for where, _, _ in found)
+    invalid = []
+    for where, example, schema in found:
+        validator = jsonschema.Draft202012Validator({**schema, "components": spec["components"]})
+        invalid += [f"{where}: {error.message}" for error in validator.iter_errors(example)]
+    assert not invalid, "\n".join(invalid)
+
+
+def test_the_job_example_is_a_job_as_the_api_sends_it(spec: dict[str, Any]) -> None:
+    (example,) = spec["components"]["schemas"]["JobPublic"]["examples"]
+    assert example["error"] is None and example["state"] == "succeeded"
+    assert set(example) == set(spec["components"]["schemas"]["JobPublic"]["required"])
+
+
+def test_open_registration_documents_the_token_as_optional(spec: dict[str, Any]) -> None:
+    """An operation with a single requirement makes the token mandatory (Swagger UI's lock,
+    generated clients asking for credentials): sign-up must offer the anonymous ``{}``."""
+    assert spec["paths"][f"{API}/users"]["post"]["security"] == [{}, BEARER]
+    for method, path in (("get", "/users"), ("get", "/users/me"), ("patch", "/users/{user_id}")):
+        assert spec["paths"][API + path][method]["security"] == [BEARER], (method, path)
+    optional = [
+        (method, path)
+        for method, path, operation in operations(spec)
+        if operation.get("security") == [{}, BEARER]
+    ]
+    assert optional == [("post", f"{API}/users")]  # the only route taking ``Caller`` alone
+
+
+async def test_a_too_deep_json_body_is_a_documented_400_on_every_route_reading_one(
+    app: FastAPI, spec: dict[str, Any]
+) -> None:
+    """FastAPI answers 400 ("There was an error parsing the body") for JSON nested past the
+    parser's recursion limit, before anything else: each JSON-body route declares it."""
+    deep = b'{"data": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    reading = [
+        (method, path)
+        for method, path, operation in operations(spec)
+        if "application/json" in operation.get("requestBody", {}).get("content", {})
+    ]
+    assert len(reading) >= 15 and ("post", f"{API}/users") in reading
+    async with in_process(app) as http:
+        for method, path in reading:
+            url = re.sub(r"\{[a-z_]+\}", "x", path)
+            response = await http.request(
+                method, url, content=deep, headers={"Content-Type": "application/json"}
+            )
+            error = assert_error(response, 400, "BAD_REQUEST")
+            assert "parsing the body" in error["message"], (method, path)
+            declared = spec["paths"][path][method]["responses"]["400"]
+            assert "JSON body nested too deeply" in declared["description"], (method, path)
+            schema = declared["content"]["application/json"]["schema"]
+            assert schema == {"$ref": "#/components/schemas/ErrorEnvelope"}
+
+
+def test_ready_documents_only_what_it_answers(spec: dict[str, Any]) -> None:
+    """/ready turns a store timeout into 503 within 1 s: it never sends the 504 of a store
+    timeout elsewhere, nor a 422 or 429."""
+    responses = spec["paths"][f"{API}/ready"]["get"]["responses"]
+    assert sorted(responses) == ["200", "503"]
+    assert "STORE_NOT_READY" in responses["503"]["description"]
+
+
+def test_every_202_documents_the_job_it_carries(spec: dict[str, Any]) -> None:
+    accepted = {
+        (method, path): operation["responses"]["202"]
+        for method, path, operation in operations(spec)
+        if "202" in operation["responses"]
+    }
+    assert set(accepted) == {
+        ("patch", f"{API}/data/{{table}}"),
+        ("delete", f"{API}/data/{{table}}"),
+        ("get", f"{API}/dump/{{table}}"),
+        ("post", f"{API}/admin/snapshot"),
+        ("post", f"{API}/batch/import"),
+        ("get", f"{API}/batch/{{table}}/export"),
+        ("delete", f"{API}/jobs/{{job_id}}"),
+    }
+    for (method, path), response in accepted.items():
+        schema = response["content"]["application/json"]["schema"]
+        assert schema == {"$ref": "#/components/schemas/Envelope_JobPublic_"}, (method, path)
+        started = path != f"{API}/jobs/{{job_id}}"  # a cancellation names no new job
+        assert ("Location" in response.get("headers", {})) is started, (method, path)
+
+
+def test_users_me_takes_the_parameters_of_users_id(spec: dict[str, Any]) -> None:
+    me = spec["paths"][f"{API}/users/me"]["get"]
+    by_id = spec["paths"][f"{API}/users/{{user_id}}"]["get"]
+    parameters = [p for p in by_id["parameters"] if p["name"] != "user_id"]
+    assert me["parameters"] == parameters
+    assert {p["name"] for p in parameters} == {
+        "embed",
+        "orders_page",
+        "orders_per_page",
+        "If-None-Match",
+    }
+    assert me["responses"] == by_id["responses"]
+
+
+def test_the_served_document_is_cached(app: FastAPI) -> None:
+    assert app.openapi() is app.openapi()
