@@ -18,7 +18,7 @@ from api.auth.sessions import (
     revoke_session,
 )
 from api.auth.tokens import InvalidToken, TokenPair, new_session_id
-from api.deps import CurrentUser, StoreDep, TokensDep, get_tokens
+from api.deps import CurrentUser, StoreDep, TokensDep
 from api.errors import ApiError
 from api.http_metrics import MeteredRoute
 from api.ratelimit import RateLimiter, Verdict, client_ip, tightest
@@ -167,7 +167,7 @@ async def create_token(
     role = str(user.get("role") or users.DEFAULT_ROLE)
     # The worker's key as of now: its store connection may have come back during the
     # checks above with another key (api.auth.startup.adopt_store_secret).
-    tokens = await get_tokens(request)
+    tokens = getattr(request.app.state, "tokens", None) or tokens
     pair = tokens.issue_pair(str(user["id"]), role, new_session_id(), issued_at=read_at)
     await announce_expiry(store, pair.refresh_expires_at)
     return token_response(pair, limit_headers)
