@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, Header, Path, Query, Request
+from fastapi import Depends, Path, Query, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.dependencies.utils import solve_dependencies
 from fastapi.security import OAuth2PasswordBearer
@@ -22,8 +22,8 @@ from fastapi.security import OAuth2PasswordBearer
 from api.auth.principals import AuthOutcome, Principal, bearer_token
 from api.auth.sessions import ensure_not_revoked
 from api.auth.tokens import InvalidToken, TokenService
+from api.conditions import WriteConditions, parse_write_conditions
 from api.errors import ApiError, bad_query
-from api.etags import MalformedEntityTags, if_match_versions
 from api.queries import EXPANDABLE, RESERVED, Fields, ListQuery, Page, build_list_query
 from api.services import orders, records, users
 from api.settings import Settings
@@ -234,22 +234,8 @@ async def check_access(request: Request) -> None:
             )
 
 
-async def parse_if_match(
-    if_match: Annotated[
-        str | None, Header(description='Write only if the record is at this version: W/"3"')
-    ] = None,
-) -> frozenset[int] | None:
-    try:
-        return if_match_versions(if_match)
-    except MalformedEntityTags:
-        # Still 412 (the precondition cannot hold), but saying so: "does not match the
-        # current version" sent a client whose tag was unquoted to re-read a record it had.
-        message = 'malformed If-Match: send * or the ETag as GET sent it, W/"<version>"'
-        detail = {"field": "header.if-match", "message": message}
-        raise ApiError(412, "PRECONDITION_FAILED", message, [detail]) from None
-
-
-IfMatch = Annotated[frozenset[int] | None, Depends(parse_if_match)]
+Preconditions = Annotated[WriteConditions, Depends(parse_write_conditions)]
+"""If-Match and If-None-Match of a write to one record (``api.conditions``)."""
 
 
 async def validate_table(

@@ -51,7 +51,9 @@ An in-memory database behind a REST API. Every response is an envelope:
 `{"status": "error", "error": {"code", "message", "details"}, "request_id"}`.
 
 Single records carry a weak `ETag` (`W/"<version>"`): send it back in `If-None-Match` for a
-304, or in `If-Match` on PUT/PATCH/DELETE to write only if nobody changed the record (412).
+304, or in `If-Match` on PUT/PATCH/DELETE to write only if nobody changed the record, or in
+`If-None-Match` there to write only if it is not at that version (`*`: never over an existing
+record); a failed condition is 412 and writes nothing.
 Decimal amounts (`total_price`) are strings, so they stay exact.
 
 Lists take `page` (from 1), `per_page` (1 to 100, default 20), `sort=field:asc|desc[,...]`,

@@ -18,9 +18,10 @@ from urllib.parse import urlsplit
 import structlog
 from fastapi import FastAPI
 from starlette.datastructures import MutableHeaders
-from starlette.middleware.gzip import GZipMiddleware, GZipResponder, IdentityResponder
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.compression import AcceptEncodingGZipMiddleware
+from api.compression import accepts_gzip as accepts_gzip  # re-exported
 from api.headers import SECURITY_HEADERS, security_headers_for
 from api.logs import direct_fds, write_access_line
 from api.settings import Settings
@@ -87,6 +88,15 @@ def encoded_response_headers(request_id: str, path: str) -> list[tuple[bytes, by
         (b"x-request-id", request_id.encode("latin-1")),
         *_encoded_headers(security_headers_for(path)),
     ]
+
+
+HEAD_STATE = "head"
+
+
+def asked_with_head(scope: Scope) -> bool:
+    """Whether the client sent HEAD, which the app sees as GET (``RequestIdMiddleware``)."""
+    state: dict[str, Any] = scope.get("state") or {}
+    return bool(state.get(HEAD_STATE))
 
 
 def request_id_of(scope: Scope) -> str:
@@ -202,7 +212,9 @@ class RequestIdMiddleware:
             extra.append((b"x-worker-pid", str(os.getpid()).encode("latin-1")))
         if scope["method"] == "HEAD":
             # Answered as the GET it asks about (same status and headers). uvicorn sends no
-            # body for it: it decides that on its own scope, which keeps the method.
+            # body for it: it decides that on its own scope, which keeps the method. A GET
+            # that would start work (a job) asks ``asked_with_head`` first: HEAD is safe.
+            state[HEAD_STATE] = True
             scope = {**scope, "method": "GET"}
         status = 500  # if the app raises before answering, the server error handler sends 500
         finished = False  # the last body message went out
@@ -244,72 +256,6 @@ class RequestIdMiddleware:
             log_access(scope, status, started, error)
 
 
-# Accept-Encoding values browsers and HTTP libraries send, decided without parsing.
-_USUAL_ACCEPT_ENCODINGS = {
-    b"gzip": True,
-    b"gzip, deflate": True,
-    b"gzip, deflate, br": True,
-    b"gzip, deflate, br, zstd": True,
-    b"gzip, deflate, zstd": True,
-    b"identity": False,
-    b"": False,
-}
-
-
-def accepts_gzip(accept_encoding: bytes) -> bool:
-    """Whether an ``Accept-Encoding`` value allows gzip (RFC 9110 §12.5.3): codings are
-    case-insensitive, ``q=0`` means "not acceptable", and ``*`` stands for gzip unless gzip
-    is listed itself. ``x-gzip`` is gzip (§8.4.1.3)."""
-    usual = _USUAL_ACCEPT_ENCODINGS.get(accept_encoding)
-    if usual is not None:
-        return usual
-    gzip_q: float | None = None
-    any_q: float | None = None
-    for item in accept_encoding.lower().split(b","):
-        coding, _, params = item.partition(b";")
-        coding = coding.strip()
-        q = 1.0
-        for param in params.split(b";"):
-            name, _, value = param.partition(b"=")
-            if name.strip() == b"q":
-                try:
-                    q = float(value.strip())
-                except ValueError:
-                    q = 0.0  # an unreadable weight: identity is always safe
-        if coding in (b"gzip", b"x-gzip"):
-            gzip_q = max(q, gzip_q or 0.0)
-        elif coding == b"*":
-            any_q = max(q, any_q or 0.0)
-    if gzip_q is None:
-        gzip_q = any_q
-    return gzip_q is not None and gzip_q > 0
-
-
-class AcceptEncodingGZipMiddleware(GZipMiddleware):
-    """Starlette's gzip, chosen by ``accepts_gzip``: Starlette looks for the text "gzip" in
-    the first Accept-Encoding line, so ``gzip;q=0`` got gzip and ``GZIP`` or ``*`` did not."""
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        lines = [value for name, value in scope["headers"] if name == b"accept-encoding"]
-        responder: ASGIApp
-        if accepts_gzip(b",".join(lines)):
-            responder = GZipResponder(
-                self.app,
-                self.minimum_size,
-                compresslevel=self.compresslevel,
-                thread_minimum_size=self.thread_minimum_size,
-                exclude_content_types=self.exclude_content_types,
-            )
-        else:
-            responder = IdentityResponder(
-                self.app, self.minimum_size, exclude_content_types=self.exclude_content_types
-            )
-        await responder(scope, receive, send)
-
-
 def install_middleware(app: FastAPI, settings: Settings) -> None:
     """Add the stack; the last added runs first (outermost).
 
@@ -320,9 +266,14 @@ def install_middleware(app: FastAPI, settings: Settings) -> None:
     # Imported here: both import api.errors, which imports this module.
     from api.guard import TOKEN_PATH, RequestGuardMiddleware
     from api.hardening import EnvelopeCORSMiddleware, RequestBodyMiddleware
+    from api.openapi import authenticates
     from api.services.csv_import import IMPORT_PATH
 
-    app.add_middleware(AcceptEncodingGZipMiddleware, minimum_size=settings.gzip_min_bytes)
+    app.add_middleware(
+        AcceptEncodingGZipMiddleware,
+        minimum_size=settings.gzip_min_bytes,
+        authenticates=authenticates,
+    )
     app.add_middleware(RequestGuardMiddleware, settings=settings)
     app.add_middleware(
         RequestBodyMiddleware,

@@ -6,12 +6,13 @@ the ``response_model`` on each route documents the same shape for OpenAPI.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from fastapi import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
+from api.conditions import header_list
 from api.encoding import dumps
 from api.errors import ApiError
 from api.etags import list_etag, none_match_hits, record_etag
@@ -23,8 +24,7 @@ PROBE_CACHE_CONTROL = "no-store"
 
 def if_none_match(request: Request) -> str | None:
     """The request's If-None-Match, its repeated lines joined as one list (RFC 9110 §5.3)."""
-    lines = request.headers.getlist("if-none-match")
-    return ", ".join(lines) if lines else None
+    return header_list(request, "if-none-match")
 
 
 def json_response(
@@ -95,3 +95,15 @@ def groups_response(items: Sequence[Any], total: int, page: int, per_page: int) 
 def no_content() -> Response:
     """204: no body."""
     return Response(status_code=204)
+
+
+def head_answer(media_type: str, headers: dict[str, str]) -> Response:
+    """The answer to a HEAD of a streamed GET: its status and headers, with no record read.
+
+    Streamed as the GET is, one empty chunk, so the same headers follow (no Content-Length;
+    Content-Encoding when gzip is accepted); the server sends no body to a HEAD."""
+
+    async def nothing() -> AsyncIterator[bytes]:
+        yield b""
+
+    return StreamingResponse(nothing(), media_type=media_type, headers=headers)

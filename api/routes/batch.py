@@ -23,8 +23,9 @@ from api.http_metrics import MeteredRoute
 from api.jobs.imports import KIND as IMPORT_KIND
 from api.jobs.imports import body_size, copy_upload, import_job
 from api.jobs.web import AsyncFlag, JobsDep, accepted, job_or_now, run_as_job
+from api.middleware import asked_with_head
 from api.queries import Page, build_list_query
-from api.responses import DATA_CACHE_CONTROL, json_response
+from api.responses import DATA_CACHE_CONTROL, head_answer, json_response
 from api.schemas.batch import ImportReport
 from api.schemas.envelope import Envelope, error_responses
 from api.schemas.jobs import job_started
@@ -41,6 +42,7 @@ router = APIRouter(
 )
 SPOOL_BYTES = 1024 * 1024  # a text/csv body past this is spooled to a temporary file
 NOT_FILTERS = ("page", "per_page", "sort")
+CSV = "text/csv; charset=utf-8"
 
 
 @router.post(
@@ -173,6 +175,7 @@ async def export_filters(request: Request, table: TableName) -> list[list[object
     summary="Export a table as CSV",
 )
 async def export_table(
+    request: Request,
     table: TableName,
     store: StoreDep,
     where: Annotated[list[list[object]], Depends(export_filters)],
@@ -182,7 +185,15 @@ async def export_table(
     run_async: AsyncFlag = None,
 ) -> Response:
     """Stream the records matching the list filters as CSV, read in bounded chunks. With
-    `?async=true` (or a table over JOB_ASYNC_ROWS rows): 202 and a job writing the same CSV."""
+    `?async=true` (or a table over JOB_ASYNC_ROWS rows): 202 and a job writing the same CSV.
+    HEAD starts no job: it answers the headers of `?async=false`, reading no record."""
+    headers = {
+        "Cache-Control": DATA_CACHE_CONTROL,
+        "Content-Disposition": f'attachment; filename="{table}.csv"',
+    }
+    if asked_with_head(request.scope):
+        await store.call("count", {"table": table})  # 404 as the GET
+        return head_answer(CSV, headers)
     if run_async is not False:
         rows = await store.call("count", {"table": table})  # 404 before any job
         if run_as_job(run_async, rows, settings.job_async_rows):
@@ -191,8 +202,4 @@ async def export_table(
             if job is not None:
                 return job
     chunks = await open_export(store, table, where)
-    headers = {
-        "Cache-Control": DATA_CACHE_CONTROL,
-        "Content-Disposition": f'attachment; filename="{table}.csv"',
-    }
-    return StreamingResponse(chunks, media_type="text/csv; charset=utf-8", headers=headers)
+    return StreamingResponse(chunks, media_type=CSV, headers=headers)

@@ -9,11 +9,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
+from api.conditions import WRITE_PRECONDITIONS
 from api.deps import (
     CreatedAfter,
     CreatedBefore,
     DataListQuery,
-    IfMatch,
+    Preconditions,
     StoreDep,
     TableName,
     require_admin,
@@ -41,6 +42,7 @@ from api.schemas.envelope import (
 from api.schemas.query import AggregateBody, CountResult, QueryBody
 from api.schemas.transactions import BulkMeta, DataCreateBody
 from api.services import records
+from api.services.versions import accepted_versions
 
 router = APIRouter(
     route_class=MeteredRoute,
@@ -198,7 +200,7 @@ async def read_record(
 @router.put(
     "/{table}/{record_id}",
     response_model=Envelope[DataRecord],
-    responses=error_responses(400, 404, 409, 412, 413, 415, 422, 507),
+    responses=error_responses(400, 404, 409, 413, 415, 422, 507, described=WRITE_PRECONDITIONS),
     summary="Replace a record",
 )
 async def replace_record(
@@ -207,17 +209,18 @@ async def replace_record(
     record_id: RecordId,
     body: DataBody,
     store: StoreDep,
-    if_match: IfMatch,
+    conditions: Preconditions,
 ) -> Response:
     """Replace the record's fields with `data` (users/orders: every client field required)."""
-    record = await records.replace_record(store, table, record_id, body.data, if_match)
+    accepted = await accepted_versions(store, table, record_id, conditions)
+    record = await records.replace_record(store, table, record_id, body.data, accepted)
     return record_response(request, record)
 
 
 @router.patch(
     "/{table}/{record_id}",
     response_model=Envelope[DataRecord],
-    responses=error_responses(400, 404, 409, 412, 413, 415, 422, 507),
+    responses=error_responses(400, 404, 409, 413, 415, 422, 507, described=WRITE_PRECONDITIONS),
     summary="Update a record",
 )
 async def update_record(
@@ -226,10 +229,11 @@ async def update_record(
     record_id: RecordId,
     body: DataBody,
     store: StoreDep,
-    if_match: IfMatch,
+    conditions: Preconditions,
 ) -> Response:
     """Merge `data` into the record (RFC 7386: nested maps merge, null removes a field)."""
-    record = await records.update_record(store, table, record_id, body.data, if_match)
+    accepted = await accepted_versions(store, table, record_id, conditions)
+    record = await records.update_record(store, table, record_id, body.data, accepted)
     return record_response(request, record)
 
 
@@ -237,16 +241,17 @@ async def update_record(
     "/{table}/{record_id}",
     status_code=204,
     response_class=Response,
-    responses=error_responses(400, 404, 409, 412),
+    responses=error_responses(400, 404, 409, described=WRITE_PRECONDITIONS),
     summary="Delete a record",
 )
 async def delete_record(
     table: TableName,
     record_id: RecordId,
     store: StoreDep,
-    if_match: IfMatch,
+    conditions: Preconditions,
     cascade: Annotated[bool, Query(description="Also delete records that reference it")] = False,
 ) -> Response:
     """Delete a record; 409 if others reference it, unless cascade=true."""
-    await records.delete_record(store, table, record_id, if_match, cascade)
+    accepted = await accepted_versions(store, table, record_id, conditions)
+    await records.delete_record(store, table, record_id, accepted, cascade)
     return no_content()

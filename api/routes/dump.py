@@ -11,7 +11,8 @@ from api.deps import AdminUser, SettingsDep, StoreDep, TableName, require_admin
 from api.errors import ApiError
 from api.http_metrics import MeteredRoute
 from api.jobs.web import AsyncFlag, JobsDep, job_or_now, run_as_job
-from api.responses import DATA_CACHE_CONTROL, dumps
+from api.middleware import asked_with_head
+from api.responses import DATA_CACHE_CONTROL, dumps, head_answer
 from api.schemas.envelope import error_responses
 from api.schemas.jobs import job_started
 from api.services.dumps import open_dump
@@ -26,6 +27,7 @@ router = APIRouter(
 
 
 DUMP_PARAMETERS = frozenset({"async"})
+NDJSON = "application/x-ndjson"
 
 
 async def refuse_other_parameters(request: Request) -> None:
@@ -47,7 +49,7 @@ async def refuse_other_parameters(request: Request) -> None:
     responses={
         200: {
             "description": "One JSON record per line (NDJSON), in creation order",
-            "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+            "content": {NDJSON: {"schema": {"type": "string"}}},
         },
         **job_started("Started as an export job"),
         **error_responses(400, 404, 507),
@@ -56,6 +58,7 @@ async def refuse_other_parameters(request: Request) -> None:
     summary="Dump a table",
 )
 async def dump_table(
+    request: Request,
     table: TableName,
     store: StoreDep,
     settings: SettingsDep,
@@ -66,7 +69,12 @@ async def dump_table(
     """Stream every record as NDJSON, read from the store in bounded chunks. With
     `?async=true` (or past `JOB_ASYNC_ROWS` rows): 202 and an export job whose result URL
     serves the same bytes. Any other query parameter (a filter, `page`, `sort`...) is 400
-    `BAD_QUERY`: the CSV export filters, a dump does not."""
+    `BAD_QUERY`: the CSV export filters, a dump does not. HEAD starts no job: it answers the
+    headers of `?async=false`, reading no record."""
+    headers = {"Cache-Control": DATA_CACHE_CONTROL}
+    if asked_with_head(request.scope):
+        await store.call("count", {"table": table})  # 404 as the GET
+        return head_answer(NDJSON, headers)
     if run_async is not False:
         rows = await store.call("count", {"table": table})  # 404 before any job
         if run_as_job(run_async, rows, settings.job_async_rows):
@@ -80,5 +88,4 @@ async def dump_table(
             if records:
                 yield b"".join(dumps(record) + b"\n" for record in records)
 
-    headers = {"Cache-Control": DATA_CACHE_CONTROL}
-    return StreamingResponse(ndjson(), media_type="application/x-ndjson", headers=headers)
+    return StreamingResponse(ndjson(), media_type=NDJSON, headers=headers)

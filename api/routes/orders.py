@@ -6,7 +6,8 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 
-from api.deps import CurrentUser, IfMatch, OrderId, OrderListQuery, StoreDep
+from api.conditions import WRITE_PRECONDITIONS
+from api.deps import CurrentUser, OrderId, OrderListQuery, Preconditions, StoreDep
 from api.errors import ApiError
 from api.etags import list_etag
 from api.http_metrics import MeteredRoute
@@ -25,6 +26,7 @@ from api.schemas.query import AggregateBody, OrderQueryBody, OrderWithUser
 from api.schemas.users import UserPublic
 from api.services import orders as order_service
 from api.services import records
+from api.services.versions import accepted_versions
 
 router = APIRouter(route_class=MeteredRoute, prefix="/orders", tags=["orders"])
 Expand = Annotated[
@@ -161,7 +163,9 @@ async def read_order(
 @router.patch(
     "/{order_id}",
     response_model=Envelope[OrderPublic],
-    responses=error_responses(401, 403, 404, 409, 412, 413, 415, 422, 507),
+    responses=error_responses(
+        401, 403, 404, 409, 413, 415, 422, 507, described=WRITE_PRECONDITIONS
+    ),
     summary="Update an order",
 )
 async def update_order(
@@ -169,16 +173,18 @@ async def update_order(
     order_id: OrderId,
     payload: OrderUpdate,
     store: StoreDep,
-    if_match: IfMatch,
+    conditions: Preconditions,
     caller: CurrentUser,
 ) -> Response:
-    """Change the fields sent; with If-Match the write happens only at that version (412).
+    """Change the fields sent; with If-Match the write happens only at that version, with
+    If-None-Match only at another (412).
 
     Only an admin may give an order to another user.
     """
     if payload.user_id is not None:
         _check_owner(caller, str(payload.user_id))
-    order = await order_service.update_order(store, order_id, payload, if_match)
+    accepted = await accepted_versions(store, order_service.TABLE, order_id, conditions)
+    order = await order_service.update_order(store, order_id, payload, accepted)
     return record_response(request, order)
 
 
@@ -186,12 +192,13 @@ async def update_order(
     "/{order_id}",
     status_code=204,
     response_class=Response,
-    responses=error_responses(401, 404, 412),
+    responses=error_responses(401, 404, described=WRITE_PRECONDITIONS),
     summary="Delete an order",
 )
-async def delete_order(order_id: OrderId, store: StoreDep, if_match: IfMatch) -> Response:
+async def delete_order(order_id: OrderId, store: StoreDep, conditions: Preconditions) -> Response:
     """Delete an order."""
-    await order_service.delete_order(store, order_id, if_match)
+    accepted = await accepted_versions(store, order_service.TABLE, order_id, conditions)
+    await order_service.delete_order(store, order_id, accepted)
     return no_content()
 
 

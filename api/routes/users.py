@@ -6,13 +6,14 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 
+from api.conditions import WRITE_PRECONDITIONS
 from api.deps import (
     AdminUser,
     Caller,
     CurrentUser,
-    IfMatch,
     OrderListQuery,
     OrdersEmbed,
+    Preconditions,
     StoreDep,
     UserId,
     UserListQuery,
@@ -43,6 +44,7 @@ from api.schemas.users import UserCreate, UserPublic, UserUpdate
 from api.services import orders as order_service
 from api.services import records
 from api.services import users as user_service
+from api.services.versions import accepted_versions
 from api.store import Store
 
 router = APIRouter(route_class=MeteredRoute, prefix="/users", tags=["users"])
@@ -155,7 +157,9 @@ async def user_answer(
 @router.patch(
     "/{user_id}",
     response_model=Envelope[UserPublic],
-    responses=error_responses(401, 403, 404, 409, 412, 413, 415, 422, 507),
+    responses=error_responses(
+        401, 403, 404, 409, 413, 415, 422, 507, described=WRITE_PRECONDITIONS
+    ),
     summary="Update a user",
 )
 async def update_user(
@@ -163,17 +167,19 @@ async def update_user(
     user_id: UserId,
     payload: UserUpdate,
     store: StoreDep,
-    if_match: IfMatch,
+    conditions: Preconditions,
     caller: CurrentUser,
 ) -> Response:
-    """Change the fields sent; with If-Match the write happens only at that version (412).
+    """Change the fields sent; with If-Match the write happens only at that version, with
+    If-None-Match only at another (412).
 
     Your own password needs `current_password` (403 if wrong; 429 past AUTH_RATE_LIMIT checks
     per account, as logins); a role change needs an admin, and the last admin stays one (409
     `LAST_ADMIN`). A new password or role ends all of that user's sessions.
     """
     await _check_sensitive_changes(request, store, caller, user_id, payload)
-    user = await user_service.update_user(store, user_id, payload, if_match)
+    accepted = await accepted_versions(store, user_service.TABLE, user_id, conditions)
+    user = await user_service.update_user(store, user_id, payload, accepted)
     return record_response(request, user)
 
 
@@ -181,18 +187,19 @@ async def update_user(
     "/{user_id}",
     status_code=204,
     response_class=Response,
-    responses=error_responses(401, 404, 409, 412),
+    responses=error_responses(401, 404, 409, described=WRITE_PRECONDITIONS),
     summary="Delete a user",
 )
 async def delete_user(
     user_id: UserId,
     store: StoreDep,
-    if_match: IfMatch,
+    conditions: Preconditions,
     cascade: Annotated[bool, Query(description="Also delete the user's orders")] = False,
 ) -> Response:
     """Delete a user (yourself, or anyone as admin); 409 if the user has orders, unless
     cascade=true deletes them too, and for the last admin (`LAST_ADMIN`). Their sessions end."""
-    await user_service.delete_user(store, user_id, if_match, cascade)
+    accepted = await accepted_versions(store, user_service.TABLE, user_id, conditions)
+    await user_service.delete_user(store, user_id, accepted, cascade)
     return no_content()
 
 
