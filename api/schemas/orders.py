@@ -1,5 +1,6 @@
 """Order models. ``total_price`` is an exact decimal: send it as a string ("19.99") to keep it
-exact end to end (a JSON number is accepted too); responses always carry it as a string."""
+exact end to end (a JSON number is accepted too); it is stored with exactly two places, so
+responses always carry it as a string of that one form ("5", 5.0 and "5.00" are all "5.00")."""
 
 from __future__ import annotations
 
@@ -45,9 +46,11 @@ def _price_text(value: object) -> object:
     return value
 
 
-def _plain(value: Decimal) -> Decimal:
-    """The same amount without an exponent ("1e2" is kept and sent back as 100, not 1E+2), and
-    without zeros past the cents ("1.2300" is 1.23, so sums keep two places).
+def _cents(value: Decimal) -> Decimal:
+    """The same amount with exactly two places, whatever notation or JSON type it came in:
+    "5", 5, 5.0, "5.00" and "5e0" are all 5.00, "1e2" is 100.00 (never 1E+2), "1.2300" is
+    1.23. An amount with nonzero digits past the cents is left as it is, for the
+    ``decimal_places`` limit to refuse.
 
     Runs before pydantic's digit limits, so the size is checked first: writing out
     "1e999999999" would take a billion characters and hold the worker for minutes.
@@ -61,20 +64,18 @@ def _plain(value: Decimal) -> Decimal:
             "Decimal input should have no more than {whole_digits} digits before the decimal point",
             {"whole_digits": PRICE_WHOLE_DIGITS},
         )
-    if exponent > 0:
-        return Decimal(format(value, "f"))
-    if exponent < -PRICE_PLACES:
-        cents = value.quantize(_CENT)  # exact only if the places past the cents are zeros
-        if cents == value:
-            return cents
-    return value
+    cents = value.quantize(_CENT)  # at most 14 digits here: exact, no context overflow
+    return cents if cents == value else value
 
 
-_PRICE_DOC = "Exact amount with at most 2 decimal places; a string keeps it exact"
+_PRICE_DOC = (
+    "Exact amount with at most 2 decimal places (stored and returned with exactly 2);"
+    " a string keeps it exact"
+)
 Price = Annotated[
     Decimal,
     BeforeValidator(_price_text),
-    AfterValidator(_plain),
+    AfterValidator(_cents),
     Field(gt=0, max_digits=14, decimal_places=2),
     # Pydantic cannot put gt/max_digits/decimal_places on its number-or-string schema, and
     # wrote them as keywords JSON Schema does not know: the limits, in its own terms. The
@@ -187,7 +188,11 @@ class OrderPublic(BaseModel):
     user_id: str
     product_name: str
     quantity: int
-    total_price: str = Field(description="Exact decimal, as a string", examples=["39.98"])
+    total_price: str = Field(
+        description="Exact decimal, as a string with exactly two places (an order written"
+        " before prices were stored that way keeps the form it was sent in)",
+        examples=["39.98"],
+    )
     order_date: datetime
     created_at: datetime
     updated_at: datetime

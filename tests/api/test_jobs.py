@@ -410,6 +410,35 @@ def test_result_ranges_and_their_errors(http: httpx.Client):
     assert (stale.status_code, stale.content) == (200, whole)  # a stale If-Range: all of it
 
 
+def test_result_answers_conditional_requests(jobs_stack: Stack, http: httpx.Client):
+    """On the real server, HEAD included (the cases: test_jobs_result_conditional.py): the
+    gzip coding has its own strong ETag; the tag or date just sent is 304, another If-Match
+    or a past If-Unmodified-Since is 412."""
+    rows = [{"id": f"c{i:04}", "text": f"row {i} " * 4} for i in range(100)]  # past 1024 bytes
+    bulk_insert(jobs_stack, "job_conditional_items", rows)
+    started = http.get("/api/v1/dump/job_conditional_items", params={"async": "true"})
+    assert started.status_code == 202, started.text
+    done = wait_for(http, started.json()["data"]["id"], {"succeeded", "failed"})
+    url = done["result"]["url"]
+    plain = http.get(url, headers={"Accept-Encoding": "identity"})
+    zipped = http.get(url, headers={"Accept-Encoding": "gzip"})
+    etag, modified = plain.headers["etag"], plain.headers["last-modified"]
+    assert zipped.headers["content-encoding"] == "gzip" and zipped.content == plain.content
+    assert zipped.headers["etag"] == etag[:-1] + '-gzip"'
+    for method, headers in [
+        ("GET", {"Accept-Encoding": "gzip", "If-None-Match": zipped.headers["etag"]}),
+        ("HEAD", {"Accept-Encoding": "identity", "If-None-Match": etag}),
+        ("GET", {"Accept-Encoding": "identity", "If-Modified-Since": modified}),
+    ]:
+        response = http.request(method, url, headers=headers)
+        assert (response.status_code, response.content) == (304, b""), headers
+    for headers in (
+        {"If-Match": '"nope"'},
+        {"If-Unmodified-Since": "Sat, 01 Jan 2000 00:00:00 GMT"},
+    ):
+        assert_error(http.get(url, headers=headers), 412, "PRECONDITION_FAILED")
+
+
 @pytest.mark.parametrize(
     ("header", "size", "verdict"),
     [

@@ -50,10 +50,10 @@ def test_create_order(client: httpx.Client, user: dict[str, str]) -> None:
     [
         ("0.10", "0.10"),
         (99.99, "99.99"),
-        ("1234567.5", "1234567.5"),
-        (3, "3"),
-        ("1e2", "100"),  # no exponent form ("1E+2") in answers
-        ("2.5E+1", "25"),
+        ("1234567.5", "1234567.50"),  # always two places
+        (3, "3.00"),
+        ("1e2", "100.00"),  # no exponent form ("1E+2") in answers
+        ("2.5E+1", "25.00"),
         ("1.2300", "1.23"),  # zeros past the cents dropped: sums keep two places
         ("0.010", "0.01"),
         ("1.50000000000000000000", "1.50"),
@@ -182,3 +182,91 @@ def test_list_orders_pagination_against_reference(
 )
 def test_bad_order_list_queries(client: httpx.Client, params: dict[str, str], status: int) -> None:
     assert_error(client.get("/api/v1/orders", params=params), status)
+
+
+def post_json(client: httpx.Client, url: str, body: str) -> httpx.Response:
+    """A body as written: JSON numbers such as ``1e2`` or ``5.00`` exactly as sent."""
+    return client.post(url, content=body.encode(), headers={"Content-Type": "application/json"})
+
+
+@pytest.mark.parametrize(
+    "price",
+    ["1e2", '"1e2"', "100", '"100"', "100.0", '"100.0"', "100.00", '"100.00"', '"1.00E+2"'],
+)
+def test_total_price_has_one_form_whatever_the_json_type(
+    client: httpx.Client, user: dict[str, str], price: str
+) -> None:
+    """A JSON number (read through a float) and a string of the same amount are stored alike,
+    with exactly two places."""
+    body = (
+        f'{{"user_id": "{user["id"]}", "product_name": "P", "quantity": 1, "total_price": {price}}}'
+    )
+    response = post_json(client, "/api/v1/orders", body)
+    assert response.status_code == 201, response.text
+    order = response.json()["data"]
+    assert order["total_price"] == "100.00"
+    assert client.get(f"/api/v1/orders/{order['id']}").json()["data"]["total_price"] == "100.00"
+
+
+def test_every_order_write_path_stores_two_places(
+    client: httpx.Client, user: dict[str, str]
+) -> None:
+    """The typed routes, /data/orders (one, many, PUT, PATCH, PATCH by filter), transactions and
+    CSV import all store 5 as "5.00"; equal prices then list, filter and sort as one."""
+    uid = user["id"]
+    order = {"user_id": uid, "product_name": "Five", "quantity": 1}
+    made = [create_order(client, uid, product_name="Five", total_price=5)]
+    made.append(create_order(client, uid, product_name="Five", total_price="9.99"))
+    patched = client.patch(f"/api/v1/orders/{made[1]['id']}", json={"total_price": "5"})
+    assert patched.json()["data"]["total_price"] == "5.00", patched.text
+    data = "/api/v1/data/orders"
+    one = post_json(
+        client,
+        data,
+        f'{{"data": {{"user_id": "{uid}", "product_name": "Five",'
+        ' "quantity": 1, "total_price": 5.0}}',
+    )
+    assert one.status_code == 201, one.text
+    many = client.post(data, json={"data": [{**order, "total_price": p} for p in ("5", "9")]})
+    assert many.status_code == 201, many.text
+    replaced_id, patched_id = (record["id"] for record in many.json()["data"])
+    replaced = client.put(f"{data}/{replaced_id}", json={"data": {**order, "total_price": "5.0"}})
+    assert replaced.json()["data"]["total_price"] == "5.00", replaced.text
+    patched = client.patch(f"{data}/{patched_id}", json={"data": {"total_price": "9.9"}})
+    assert patched.json()["data"]["total_price"] == "9.90", patched.text
+    by_filter = client.patch(data, params={"id": patched_id}, json={"data": {"total_price": "5e0"}})
+    assert by_filter.json()["data"]["updated"] == 1, by_filter.text
+    transaction = client.post(
+        "/api/v1/transaction",
+        json={
+            "operations": [
+                {"op": "insert", "table": "orders", "data": {**order, "total_price": "5"}},
+                {
+                    "op": "patch",
+                    "table": "orders",
+                    "id": {"$ref": "0.id"},
+                    "data": {"total_price": "0.5e1"},
+                },
+            ]
+        },
+    )
+    assert transaction.status_code == 200, transaction.text
+    assert [r["total_price"] for r in transaction.json()["data"]["results"]] == ["5.00"] * 2
+    csv = "user_id,product_name,quantity,total_price\n" + f"{uid},Five,1,5\n{uid},Five,1,5.0\n"
+    imported = client.post(
+        "/api/v1/batch/import",
+        params={"table": "orders"},
+        content=csv.encode(),
+        headers={"Content-Type": "text/csv"},
+    )
+    assert imported.json()["data"]["imported"] == 2, imported.text
+
+    fives = client.get("/api/v1/orders", params={"user_id": uid, "total_price": "5"}).json()
+    assert [o["total_price"] for o in fives["data"]] == ["5.00"] * 8
+    create_order(client, uid, total_price="10")
+    create_order(client, uid, total_price=9.5)
+    ordered = client.get(
+        "/api/v1/orders",
+        params={"user_id": uid, "total_price__gt": "5", "sort": "total_price:asc"},
+    ).json()
+    assert [o["total_price"] for o in ordered["data"]] == ["9.50", "10.00"]
