@@ -25,7 +25,7 @@ from api.auth.tokens import InvalidToken, TokenService
 from api.conditions import WriteConditions, parse_write_conditions
 from api.errors import ApiError, bad_query
 from api.queries import EXPANDABLE, RESERVED, Fields, ListQuery, Page, build_list_query
-from api.services import orders, records, users
+from api.services import orders, typed_tables, users
 from api.settings import Settings
 from api.store import Store
 from storeserver.client import current_actor
@@ -364,7 +364,7 @@ async def parse_data_list_query(
     created_after: CreatedAfter = None,
     created_before: CreatedBefore = None,
 ) -> ListQuery:
-    fields = records.fields_of(table)
+    fields = typed_tables.fields_of(table)
     return _list_query(request, page, sort, created_after, created_before, fields)
 
 
@@ -378,7 +378,7 @@ async def parse_join_query(
     """Filters apply to the left table; a join has no sort (the left table's order)."""
     if "sort" in request.query_params:
         raise bad_query("sort", "a join is returned in the left table's order; sort is unsupported")
-    fields = records.fields_of(left)
+    fields = typed_tables.fields_of(left)
     return _list_query(request, page, None, created_after, created_before, fields)
 
 

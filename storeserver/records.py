@@ -195,9 +195,9 @@ def same_value(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-# One URL path segment, as the API's ``RECORD_ID`` (api/services/records.py): an id breaking it
-# would make a record that GET/PATCH/DELETE /data/{table}/{id} cannot address. The API checks
-# literal ids; this catches the ones it cannot see, taken from a batch's ``$ref``.
+# One URL path segment, as the API's ``RECORD_ID`` (api/services/record_values.py): an id
+# breaking it would make a record that GET/PATCH/DELETE /data/{table}/{id} cannot address. The
+# API checks literal ids; this catches the ones it cannot see, taken from a batch's ``$ref``.
 _ID = re.compile(f"[A-Za-z0-9._~:@-]{{1,{MAX_ID_LENGTH}}}")
 # The API's ``RESERVED_IDS``, for the same reason: /data/{table}/count answers the count.
 RESERVED_IDS = frozenset({"schema", "indexes", "count"})

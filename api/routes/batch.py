@@ -29,7 +29,7 @@ from api.responses import DATA_CACHE_CONTROL, head_answer, json_response
 from api.schemas.batch import ImportReport
 from api.schemas.envelope import Envelope, error_responses
 from api.schemas.jobs import job_started
-from api.services import records
+from api.services import typed_tables
 from api.services.csv_export import open_export
 from api.services.csv_import import import_csv
 
@@ -156,7 +156,7 @@ async def export_filters(request: Request, table: TableName) -> list[list[object
         None,
         params.get("created_after"),
         params.get("created_before"),
-        records.fields_of(table),
+        typed_tables.fields_of(table),
     )
     return query.where
 

@@ -41,7 +41,7 @@ from api.schemas.envelope import (
 )
 from api.schemas.query import AggregateBody, CountResult, QueryBody
 from api.schemas.transactions import BulkMeta, DataCreateBody
-from api.services import records
+from api.services import record_queries, records, typed_tables
 from api.services.versions import accepted_versions
 
 router = APIRouter(
@@ -74,7 +74,7 @@ async def parse_count_query(
 ) -> ListQuery:
     """The filters of a list (``field=value``, ``field__op=value``); paging is ignored."""
     params = request.query_params.multi_items()
-    fields = records.fields_of(table)
+    fields = typed_tables.fields_of(table)
     return build_list_query(params, Page(), None, created_after, created_before, fields)
 
 
@@ -136,7 +136,7 @@ def created_now(record: dict[str, Any]) -> bool:
 async def count_records(table: TableName, query: CountQuery, store: StoreDep) -> Response:
     """How many records match the list filters (`field=value`, `field__op=value`,
     `created_after`, `created_before`); an indexed equality is answered from the index."""
-    count = await records.count_records(store, table, query)
+    count = await record_queries.count_records(store, table, query)
     headers = {"Cache-Control": DATA_CACHE_CONTROL}
     return json_response({"status": "success", "data": {"count": count}}, 200, headers)
 
@@ -152,8 +152,8 @@ async def query_records(
 ) -> Response:
     """Filter with and/or/not over eq, ne, gt, gte, lt, lte, in, contains, startswith and
     exists; sort, paginate and project (`fields`). Errors name the bad node of the tree."""
-    query = records.TreeQuery.parse(body, records.fields_of(table))
-    items, versioned, total = await records.query_records(store, table, query)
+    query = record_queries.TreeQuery.parse(body, typed_tables.fields_of(table))
+    items, versioned, total = await record_queries.query_records(store, table, query)
     return list_response(request, items, total, query.page, versioned, query.shape)
 
 
@@ -166,7 +166,7 @@ async def query_records(
 async def aggregate_records(table: TableName, body: AggregateBody, store: StoreDep) -> Response:
     """Group by fields and compute count, sum, avg, min and max (decimal sums stay exact and
     are sent as strings); groups are filtered first, then sorted and paginated."""
-    items, total = await records.aggregate_records(store, table, body)
+    items, total = await record_queries.aggregate_records(store, table, body)
     return groups_response(items, total, body.page, body.per_page)
 
 
@@ -180,7 +180,7 @@ async def list_records(
     request: Request, table: TableName, query: DataListQuery, store: StoreDep
 ) -> Response:
     """List a table with pagination, sorting and filters; values parse as JSON scalars."""
-    items, total = await records.list_records(store, table, query)
+    items, total = await record_queries.list_records(store, table, query)
     return list_response(request, items, total, query.page)
 
 

@@ -25,7 +25,7 @@ from api.schemas.orders import OrderCreate, OrderPublic, OrderUpdate
 from api.schemas.query import AggregateBody, OrderQueryBody, OrderWithUser
 from api.schemas.users import UserPublic
 from api.services import orders as order_service
-from api.services import records
+from api.services import record_queries
 from api.services.versions import accepted_versions
 
 router = APIRouter(route_class=MeteredRoute, prefix="/orders", tags=["orders"])
@@ -95,7 +95,7 @@ async def query_orders(
 ) -> Response:
     """Your orders (an admin: everyone's) matching a filter tree, as in
     `POST /data/{table}/query`; `expand: "user"` embeds each order's user."""
-    query = records.TreeQuery.parse(body, order_service.FIELDS, scoped=not caller.is_admin)
+    query = record_queries.TreeQuery.parse(body, order_service.FIELDS, scoped=not caller.is_admin)
     if not caller.is_admin:
         query = query.with_condition(["user_id", "eq", caller.id])
 
@@ -104,7 +104,7 @@ async def query_orders(
 
     async def read() -> tuple[Records, Records, int]:
         table = order_service.TABLE
-        items, versioned, total = await records.query_records(store, table, query, also)
+        items, versioned, total = await record_queries.query_records(store, table, query, also)
         if body.expand:
             items = await order_service.with_users(store, items, versioned)
             versioned = _versioned(items, versioned)
@@ -125,7 +125,7 @@ async def aggregate_orders(body: AggregateBody, store: StoreDep, caller: Current
     `POST /data/{table}/aggregate`: e.g. revenue and count per status, or per user for an
     admin. Decimal sums stay exact (strings)."""
     scope = None if caller.is_admin else ["user_id", "eq", caller.id]
-    items, total = await records.aggregate_records(store, order_service.TABLE, body, scope)
+    items, total = await record_queries.aggregate_records(store, order_service.TABLE, body, scope)
     return groups_response(items, total, body.page, body.per_page)
 
 

@@ -39,8 +39,8 @@ from api.schemas.tables import (
     SchemaResult,
     TableDescription,
 )
-from api.services import records
 from api.services import tables as table_service
+from api.services import typed_tables
 
 router = APIRouter(
     route_class=MeteredRoute,
@@ -74,7 +74,7 @@ async def parse_write_filter(
     for name in NOT_FOR_WRITES:
         if name in request.query_params:
             raise bad_query(name, f"'{name}' does not apply to a write by filter")
-    fields = records.fields_of(table)
+    fields = typed_tables.fields_of(table)
     query = build_list_query(params, Page(), None, created_after, created_before, fields)
     if not query.where and not all_rows:
         raise ApiError(

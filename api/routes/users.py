@@ -42,7 +42,7 @@ from api.schemas.envelope import (
 from api.schemas.query import OrderWithUser, QueryBody, UserWithOrders
 from api.schemas.users import UserCreate, UserPublic, UserUpdate
 from api.services import orders as order_service
-from api.services import records
+from api.services import record_queries
 from api.services import users as user_service
 from api.services.versions import accepted_versions
 from api.store import Store
@@ -115,8 +115,8 @@ async def query_users(
     request: Request, body: QueryBody, store: StoreDep, admin: AdminUser
 ) -> Response:
     """Users (admin) matching a filter tree, as in `POST /data/{table}/query`."""
-    query = records.TreeQuery.parse(body, user_service.FIELDS)
-    items, versioned, total = await records.query_records(store, user_service.TABLE, query)
+    query = record_queries.TreeQuery.parse(body, user_service.FIELDS)
+    items, versioned, total = await record_queries.query_records(store, user_service.TABLE, query)
     return list_response(request, items, total, query.page, versioned)
 
 

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from api.errors import ApiError, field_path
 from api.schemas.orders import OrderCreate
-from api.services import orders, records, users
+from api.services import orders, record_values, users
 from api.services.csvio import ABSENT, CellError, decode_cell, decode_name, decode_text
 
 Record = dict[str, Any]
@@ -239,7 +239,7 @@ def _validate_generic(data: Record) -> Record:
     if "id" in data and type(data["id"]) is int:
         data["id"] = str(data["id"])  # a hand-written numeric id column
     try:
-        records.check_generic(data, ())  # the rules of POST /data/{table}
+        record_values.check_generic(data, ())  # the rules of POST /data/{table}
     except RequestValidationError as exc:
         raise RowInvalid([_problem(error) for error in exc.errors()]) from None
     return data
@@ -275,7 +275,7 @@ def _validate_order(data: Record) -> Record:
     if record_id is not None:
         record["id"] = record_id
         try:
-            records.check_generic({"id": record_id}, ())
+            record_values.check_generic({"id": record_id}, ())
         except RequestValidationError as exc:
             problems += [_problem(error) for error in exc.errors()]
     try:  # order_date too: with a time zone, not in the future, as an admin's POST /orders

@@ -30,7 +30,7 @@ from typing import Any
 import structlog
 
 from api.errors import StreamCutOff
-from api.services.records import to_public
+from api.services.typed_tables import to_public
 from api.store import Store
 from storeserver.errors import NotFound, StoreError
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from api.errors import ApiError
 from api.queries import ListQuery
-from api.services.records import to_public
+from api.services.typed_tables import to_public
 from api.store import Store
 
 

@@ -21,7 +21,7 @@ from api.queries import ListQuery
 from api.schemas.data import DataRecord
 from api.schemas.orders import OrderPublic
 from api.schemas.users import UserPublic
-from api.services import orders, records, users
+from api.services import orders, record_values, typed_tables, users
 from api.store import Store
 from storeserver.errors import BadRequest, Conflict, LimitExceeded
 
@@ -72,7 +72,7 @@ def check_json_schema(schema: Record) -> None:
     is the same 422 (``attach_schema``). Its values follow the records' rules (finite numbers:
     ``{"maximum": 1e999}`` would be stored as null).
     """
-    records.check_values(schema, ("body", "schema"), SCHEMA_VALUE_DEPTH)
+    record_values.check_values(schema, ("body", "schema"), SCHEMA_VALUE_DEPTH)
     try:
         Draft202012Validator.check_schema(schema)
     except SchemaError as exc:
@@ -225,7 +225,7 @@ async def drop_index(store: Store, table: str, field: str) -> None:
 
 
 def _check_typed_index(table: str, field: str, unique: bool) -> None:
-    fields = records.fields_of(table) or {}
+    fields = typed_tables.fields_of(table) or {}
     problem = None
     if field in BUILT_IN_INDEXES[table]:
         problem = "is built in"
@@ -269,13 +269,13 @@ async def _changes_for(table: str, data: Record) -> Record:
     _refuse_users(table)
     if not data:
         raise _invalid_data(None, "at least one field to change is required")
-    typed = records.TYPED.get(table)
+    typed = typed_tables.TYPED.get(table)
     if typed is not None:  # orders: OrderUpdate's validation, as PATCH /orders/{id}
-        return await typed.update_changes(data, records.DATA)
+        return await typed.update_changes(data, record_values.DATA)
     managed = sorted(MANAGED_FIELDS & data.keys())
     if managed:
         raise _invalid_data(managed[0], "managed by the store; cannot be set by filter")
-    records.check_generic(data)  # what JSON allows but the store cannot hold: 422
+    record_values.check_generic(data)  # what JSON allows but the store cannot hold: 422
     return data
 
 

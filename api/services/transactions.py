@@ -16,7 +16,7 @@ from typing import Any
 from api.auth.sessions import end_user_sessions
 from api.filters import Loc
 from api.schemas.transactions import TransactionBody, TransactionOp, ref_index
-from api.services import records, users
+from api.services import record_values, typed_tables, users
 from api.services.batches import REF_FORM, check_refs, invalid_at, run_batch
 from api.services.versions import with_version
 from api.store import Store
@@ -50,7 +50,7 @@ async def run_transaction(store: Store, body: TransactionBody) -> list[dict[str,
         if step.ends_sessions:
             await end_user_sessions(store, str(result["id"]))
     return [
-        result if item.op == "delete" else records.to_public(item.table, result)
+        result if item.op == "delete" else typed_tables.to_public(item.table, result)
         for item, result in zip(operations, results, strict=True)
     ]
 
@@ -60,7 +60,7 @@ async def prepare(index: int, item: TransactionOp, operations: list[TransactionO
     loc: Loc = ("body", "operations", index)
     _check_shape(item, index, loc)
     data = item.data or {}
-    typed = records.TYPED.get(item.table)
+    typed = typed_tables.TYPED.get(item.table)
     table, kind = item.table, item.op
     args: dict[str, Any] = {"op": kind, "table": table}
     if kind in _NEEDS_ID:
@@ -68,7 +68,7 @@ async def prepare(index: int, item: TransactionOp, operations: list[TransactionO
     ends = False
     if typed is None:
         if kind != "delete":
-            records.check_generic(data, (*loc, "data"), allow_refs=True)
+            record_values.check_generic(data, (*loc, "data"), allow_refs=True)
         check_refs(data, index, (*loc, "data"))
         if kind == "insert":
             args["record"] = data
@@ -110,7 +110,7 @@ def _check_shape(item: TransactionOp, index: int, loc: Loc) -> None:
         raise invalid_at((*loc, "expected_version"), "an insert has no version to expect")
     if kind != "delete" and item.cascade:
         raise invalid_at((*loc, "cascade"), "only a delete cascades")
-    if item.upsert and (kind != "insert" or item.table in records.TYPED):
+    if item.upsert and (kind != "insert" or item.table in typed_tables.TYPED):
         message = "upsert is for inserts into generic tables"
         raise invalid_at((*loc, "upsert"), message)
     if isinstance(item.id, dict):
@@ -126,7 +126,7 @@ def _split_refs(
     allowed = REF_FIELDS.get(table, {})
     plain, refs = dict(data), {}
     for key, value in data.items():
-        if records.is_ref(value):
+        if record_values.is_ref(value):
             if key not in allowed:
                 raise invalid_at((*loc, key), f"a reference is not allowed in {table}.{key}")
             check_refs(value, len(earlier), (*loc, key))

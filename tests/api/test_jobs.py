@@ -29,13 +29,13 @@ from fastapi import FastAPI, Query
 from starlette.responses import Response
 
 from api.deps import CurrentUser
+from api.jobs.download import range_verdict
 from api.jobs.kinds import result_file
 from api.jobs.model import JobFailed, is_stale, to_public
 from api.jobs.runner import JobContext, job_kind, result_dir
 from api.jobs.state import JobStore
 from api.jobs.web import JobsDep, accepted, run_as_job
 from api.main import create_app
-from api.routes.jobs import range_verdict
 from api.settings import Settings
 from api.store import Store
 from tests.support.auth import Account, login, login_admin, register
