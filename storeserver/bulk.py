@@ -71,7 +71,7 @@ class BulkWrite(Job):
         # may have changed too): ``plan``'s predicate leaves out what its index answered.
         self.full: Predicate | None = compile_predicate(conditions, table.casefold_fields)
         # The candidates are taken at the first step: a job set aside to wait for a turn
-        # (``server.SCAN_JOBS``) holds no list. Rows written before then are in ``written``.
+        # (``scheduler.SCAN_JOBS``) holds no list. Rows written before then are in ``written``.
         self.ids = ids
         self.size = count_of(table.rows, ids)
         self.rows_read: list[Record] | None = None

@@ -91,7 +91,7 @@ class PersistenceError(StoreUnavailable):
 
 
 class StoreBusy(StoreError):
-    """Too many long commands are waiting for a turn in the store (``server.WAITING_SCANS``).
+    """Too many long commands are waiting for a turn in the store (``scheduler.WAITING_SCANS``).
     Not retried by the client: retrying adds to the queue it reports."""
 
     code = "STORE_BUSY"

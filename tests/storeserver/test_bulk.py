@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from storeserver import builds, selection
-from storeserver import server as server_module
+from storeserver import scheduler as scheduler_module
 from storeserver.builds import Job
 from storeserver.client import ACTOR_ARG, REQUEST_ID_ARG, StoreClient
 from storeserver.connection import StoreConnection
@@ -289,7 +289,7 @@ async def test_a_bulk_write_takes_a_scan_turn_and_keeps_its_caller_while_it_wait
     """A chunked ``*_where`` holds a candidate list as a long read does, so it shares their
     cap: past it, it waits as its request, tags included, and its audit entry names its caller
     once it runs."""
-    monkeypatch.setattr(server_module, "SCAN_JOBS", 1)
+    monkeypatch.setattr(scheduler_module, "SCAN_JOBS", 1)
     engine = fresh(rows=20)
     server = StoreServer(StoreSettings(socket=sock_dir / "s.sock"), engine=engine)
     held = HeldReads(engine)
@@ -331,7 +331,7 @@ async def test_a_waited_write_done_at_once_is_held_until_on_disk_under_fsync_alw
 ) -> None:
     """A ``*_where`` set aside for a turn may run whole when handled again (its table shrank
     meanwhile); under STORE_FSYNC=always its reply still waits for the disk."""
-    monkeypatch.setattr(server_module, "SCAN_JOBS", 1)
+    monkeypatch.setattr(scheduler_module, "SCAN_JOBS", 1)
     settings = StoreSettings(socket=sock_dir / "s.sock", data_dir=tmp_path / "d", fsync="always")
     server = StoreServer(settings)
     await server.start()
@@ -352,9 +352,9 @@ async def test_a_waited_write_done_at_once_is_held_until_on_disk_under_fsync_alw
             server.handle(Request(200 + i, "delete", {"table": "t", "id": f"r{i}"}), conn)
         held.release = True
         server.cancel_jobs(None)  # the read gives up its turn (no reply wanted)
-        server.waiting.append(server_module._Waiting(update, conn, 0.0))
+        server.waiting.append(scheduler_module._Waiting(update, conn, 0.0))
         transport.data.clear()
-        server._admit_waiting()  # 3 rows left: done at once
+        server.scheduler._admit_waiting()  # 3 rows left: done at once
         assert not transport.data  # not sent before the log is synced
         await wait_until(lambda: bool(transport.data))
         (reply,) = FrameDecoder().feed(bytes(transport.data))

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from storeserver import __version__
-from storeserver import server as server_module
+from storeserver import scheduler as scheduler_module
 from storeserver.builds import CHUNK, ChunkedRead
 from storeserver.client import StoreClient
 from storeserver.connection import StoreConnection
@@ -366,7 +366,7 @@ async def _replies(reader: asyncio.StreamReader, count: int) -> dict[int, Any]:
 async def _serving_held_reads(
     sock_dir: Any, monkeypatch: pytest.MonkeyPatch, read_jobs: int
 ) -> tuple[StoreServer, HeldReads]:
-    monkeypatch.setattr(server_module, "SCAN_JOBS", read_jobs)
+    monkeypatch.setattr(scheduler_module, "SCAN_JOBS", read_jobs)
     engine = Engine(journal=False)
     server = StoreServer(StoreSettings(socket=sock_dir / "s.sock"), engine=engine)
     held = HeldReads(engine)
@@ -412,7 +412,7 @@ async def test_long_reads_past_the_cap_wait_as_requests_and_all_answer(
 async def test_past_the_waiting_cap_long_reads_are_refused_busy_and_the_client_raises(
     sock_dir, monkeypatch
 ) -> None:
-    monkeypatch.setattr(server_module, "WAITING_SCANS", 2)
+    monkeypatch.setattr(scheduler_module, "WAITING_SCANS", 2)
     server, held = await _serving_held_reads(sock_dir, monkeypatch, 1)
     client = StoreClient(f"unix:{server.settings.socket}", timeout=5.0)
     try:
@@ -467,7 +467,7 @@ async def test_waiting_reads_of_a_dropped_connection_are_dropped(sock_dir, monke
 async def test_a_waiting_read_answers_as_of_when_it_starts(sock_dir, monkeypatch) -> None:
     """On the real engine: the first long read answers as of its start; the second waited,
     so it sees the insert sent after both (it started after that insert ran)."""
-    monkeypatch.setattr(server_module, "SCAN_JOBS", 1)
+    monkeypatch.setattr(scheduler_module, "SCAN_JOBS", 1)
     server = StoreServer(StoreSettings(socket=sock_dir / "s.sock"), engine=_filled_engine())
     await server.start()
     try:
@@ -523,7 +523,7 @@ async def test_a_turn_freed_by_a_closed_connection_goes_to_the_waiting_read(
 async def test_a_read_that_waited_is_counted_once_in_the_engine_ops(sock_dir, monkeypatch) -> None:
     """``stats``: a read that waited (its request handled twice) counts once in the engine's
     ``ops`` as in the server's ``commands``."""
-    monkeypatch.setattr(server_module, "SCAN_JOBS", 1)
+    monkeypatch.setattr(scheduler_module, "SCAN_JOBS", 1)
     server = StoreServer(StoreSettings(socket=sock_dir / "s.sock"), engine=_filled_engine())
     conn = _connection(server)
     try:

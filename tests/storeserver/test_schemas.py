@@ -13,10 +13,11 @@ import jsonschema._utils
 import pytest
 import re2
 
-from storeserver import schemas
+from storeserver import schemakeywords, schemapatterns
 from storeserver.engine import Engine
 from storeserver.errors import BadRequest, ValidationFailed
-from storeserver.schemas import MAX_SCHEMA_DEPTH, RecordValidator, TableSchema
+from storeserver.schemakeywords import RecordValidator
+from storeserver.schemas import MAX_SCHEMA_DEPTH, TableSchema
 
 
 def nested(levels: int, wrap: Any) -> dict[str, Any]:
@@ -192,9 +193,9 @@ def test_a_schema_that_cannot_be_applied_shows_no_python_text(
 
 
 def test_patterns_run_on_re2() -> None:
-    assert RecordValidator.VALIDATORS["pattern"] is schemas._pattern
-    assert RecordValidator.VALIDATORS["patternProperties"] is schemas._pattern_properties
-    assert isinstance(schemas.compile_pattern("^(a+)+$"), type(re2.compile("a")))
+    assert RecordValidator.VALIDATORS["pattern"] is schemakeywords._pattern
+    assert RecordValidator.VALIDATORS["patternProperties"] is schemakeywords._pattern_properties
+    assert isinstance(schemapatterns.compile_pattern("^(a+)+$"), type(re2.compile("a")))
 
 
 def test_a_catastrophic_pattern_is_answered_not_backtracked(
@@ -213,7 +214,7 @@ def test_additional_and_unevaluated_properties_match_patterns_on_re2() -> None:
     """jsonschema matches patternProperties for these two keywords in ``_utils`` with
     Python's re, which backtracks: ^(a+)+$ against the key below would hold the store for
     seconds (minutes with a few more "a")."""
-    assert jsonschema._utils.re is schemas._Re2Search
+    assert jsonschema._utils.re is schemapatterns._Re2Search
     key = "a" * 25 + "!"
     for keyword in ("additionalProperties", "unevaluatedProperties"):
         schema = {"patternProperties": {"^(a+)+$": {}, "^b": {}}, keyword: False}
@@ -262,7 +263,7 @@ UNIQUE = {"properties": {"u": {"uniqueItems": True}}}
 
 
 def test_unique_items_hashes_instead_of_comparing_pairs(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert RecordValidator.VALIDATORS["uniqueItems"] is schemas._unique_items
+    assert RecordValidator.VALIDATORS["uniqueItems"] is schemakeywords._unique_items
     monkeypatch.setattr(jsonschema._utils, "equal", _never)
     monkeypatch.setattr(jsonschema._keywords, "uniq", _never)
     maps = [{"a": i} for i in range(5000)]  # ~25 s of pairwise comparisons before

@@ -129,7 +129,7 @@ async def test_jobs_take_turns_within_a_budget_per_loop_turn(server, monkeypatch
     """Each pass of the job runner steps every job at most once, and stops early once its
     budget is used: many long reads never add up to one long stall for a short command. A
     job's first step runs there too, not while its request is read."""
-    from storeserver import server as server_module
+    from storeserver import scheduler as scheduler_module
     from storeserver.builds import ChunkedRead
     from storeserver.protocol import Request
 
@@ -153,14 +153,14 @@ async def test_jobs_take_turns_within_a_budget_per_loop_turn(server, monkeypatch
         assert server.handle(Request(1, "find", {"table": name})) is None  # goes on as a job
     assert steps == [] and server.jobs == 3  # nothing ran while the requests were read
 
-    server._run_jobs()  # a generous budget: one step each, in turn
+    server.scheduler._run_jobs()  # a generous budget: one step each, in turn
     assert steps == ["a", "b", "c"]
-    monkeypatch.setattr(server_module, "JOB_BUDGET", 0.0)
-    server._run_jobs()  # no budget left after the first step: the next pass goes on from b
-    server._run_jobs()
+    monkeypatch.setattr(scheduler_module, "JOB_BUDGET", 0.0)
+    server.scheduler._run_jobs()  # no budget after the first step: the next pass goes on from b
+    server.scheduler._run_jobs()
     assert steps == ["a", "b", "c", "a", "b"]
     while server.jobs:
-        server._run_jobs()
+        server.scheduler._run_jobs()
     assert sorted(steps) == ["a"] * 3 + ["b"] * 3 + ["c"] * 3
 
 

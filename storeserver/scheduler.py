@@ -1,0 +1,269 @@
+"""The store's long commands: their jobs stepped in turns, the cap on scans, ``cancel``.
+
+The commands that would read a whole big table (``create_index``, ``set_schema``, and
+``find``, ``count``, ``join``, ``aggregate``, ``update_where``, ``delete_where`` over many
+rows) come back from the engine as a ``builds.Job``. The server (``server.py``) dispatches
+commands and holds what is shared across connections; its ``JobScheduler`` is what happens to
+those jobs after that, kept apart because it has state and limits of its own (the jobs
+running, their turn order, the commands waiting for a turn) that no single command touches.
+
+Design note. The jobs are stepped in turn, a chunk each, for about ``JOB_BUDGET`` per loop
+turn (``_run_jobs``), other clients' commands in between, and each reply is sent when its job
+is done. A long write is checked again before each step (memory limit, log writable), as it was
+when it started. A job whose connection closes is abandoned. A long read, and a long
+``*_where``'s selection, holds a list of its candidate rows (8 bytes per row) until it is done,
+so at most ``SCAN_JOBS`` of them run at once: one that comes back as a job past that waits as
+its request (dropping its list) and is handled again when one ends, in arrival order; past
+``WAITING_SCANS`` waiting the store answers ``STORE_BUSY``. Their memory is bounded by the cap,
+not by the number of clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from .builds import ChunkedRead, Job
+from .bulk import BulkWrite
+from .client import ACTOR_ARG, REQUEST_ID_ARG
+from .errors import BadRequest, InternalError, StoreBusy, StoreError
+from .protocol import Request, encode_result
+
+if TYPE_CHECKING:
+    from .connection import StoreConnection
+    from .server import StoreServer
+
+log = structlog.get_logger("storeserver")
+
+JOB_BUDGET = 0.005
+"""Seconds of job steps per loop turn, beyond the first step (``JobScheduler._run_jobs``)."""
+SCAN_JOBS = 8
+"""Jobs holding a list of candidate rows running at once: long reads (``builds.ChunkedRead``)
+and the selections of ``update_where``/``delete_where`` (``bulk.BulkWrite``). Each holds up
+to 8 bytes per row of its table plus its matches: about 64-128 MB for eight over a 1M-row
+table. More at once would not finish sooner (one thread steps them all)."""
+WAITING_SCANS = 1024
+"""Such commands waiting for a turn past ``SCAN_JOBS``; past this the store answers
+``STORE_BUSY`` (the API: 503 with Retry-After)."""
+_SCANS = (ChunkedRead, BulkWrite)
+_CANCEL_ARGS = frozenset({"request"})
+
+
+@dataclass(slots=True)
+class _JobRun:
+    """A long command in progress: the job, where and how its reply goes, and the time its
+    steps took so far (not the time between them: what it cost other clients, and what the
+    stats and the slow log report)."""
+
+    job: Job
+    conn: StoreConnection | None
+    rid: int
+    request_tag: Any
+    spent: float
+
+
+@dataclass(slots=True)
+class _Waiting:
+    """A command that would run as a scan while ``SCAN_JOBS`` already run: kept as its
+    request (its arguments, with its tags, not its candidate rows) until a turn frees up,
+    then handled again."""
+
+    request: Request
+    conn: StoreConnection | None
+    spent: float
+
+
+class JobScheduler:
+    """The server's long commands: those running (by job) in turn order, those waiting for
+    a scan turn, and how many their clients cancelled. Replies are encoded, accounted and
+    sent through the server, as those of the commands it answers at once."""
+
+    def __init__(self, server: StoreServer) -> None:
+        self.server = server
+        # Long commands in progress (by job), and their turn order.
+        self.running: dict[Job, _JobRun] = {}
+        self._queue: deque[_JobRun] = deque()
+        self._jobs_scheduled = False
+        self.waiting: deque[_Waiting] = deque()
+        self.cancelled = 0  # long commands stopped by their client's ``cancel``
+
+    @property
+    def jobs(self) -> int:
+        """Long commands in progress."""
+        return len(self.running)
+
+    def start(
+        self,
+        job: Job,
+        request: Request,
+        request_tag: Any,
+        actor: Any,
+        conn: StoreConnection | None,
+        spent: float,
+    ) -> None:
+        """Run ``job``, what ``request`` came back as, in turns; or, past ``SCAN_JOBS`` scans,
+        set the request aside until a turn frees (``StoreBusy`` past ``WAITING_SCANS``)."""
+        if type(job) in _SCANS and self._scans_running() >= SCAN_JOBS:
+            job.abort()  # drops its candidate list; run again when a turn frees
+            if len(self.waiting) >= WAITING_SCANS:
+                raise StoreBusy(
+                    "the store is busy with long commands; retry shortly", {"max": WAITING_SCANS}
+                )
+            # As it came (tags included), to be handled again; counted once, when it runs.
+            if request_tag is not None:
+                request.args[REQUEST_ID_ARG] = request_tag
+            if actor is not None:
+                request.args[ACTOR_ARG] = actor
+            self.server.engine.uncount(request.command)
+            self.waiting.append(_Waiting(request, conn, spent))
+            return
+        run = _JobRun(job, conn, request.request_id, request_tag, spent)
+        self.running[job] = run
+        self._queue.append(run)
+        self._schedule_jobs()
+
+    def cancel_jobs(self, conn: StoreConnection | None = None) -> None:
+        """Abort the long commands of ``conn`` (every one without it): nobody would read their
+        answers. A cancelled read just stops; a cancelled ``create_index`` or ``set_schema``
+        leaves the table as it was, as a command that never ran."""
+        for job, run in list(self.running.items()):
+            if conn is None or run.conn is conn:
+                del self.running[job]
+                job.abort()
+        if conn is None:
+            self.waiting.clear()
+        elif self.waiting:
+            self.waiting = deque(w for w in self.waiting if w.conn is not conn)
+            self._admit_waiting()  # the turns just freed go to those already waiting
+
+    def _scans_running(self) -> int:
+        return sum(type(job) in _SCANS for job in self.running)
+
+    def _admit_waiting(self) -> None:
+        """Start waiting commands while there are turns for them (in arrival order)."""
+        waiting, durability = self.waiting, self.server.durability
+        while waiting and self._scans_running() < SCAN_JOBS:
+            w = waiting.popleft()
+            recorded = durability.recorded if durability is not None else 0
+            reply = self.server.handle(w.request, w.conn, w.spent)
+            if reply is not None:  # a write done at once, this time
+                wrote = durability is not None and durability.recorded != recorded
+                self._deliver(w.conn, reply, wrote)
+
+    def _schedule_jobs(self) -> None:
+        if not self._jobs_scheduled:
+            self._jobs_scheduled = True
+            asyncio.get_running_loop().call_soon(self._run_jobs)
+
+    def _run_jobs(self) -> None:
+        """Step the long commands in turn, each at most once, until ``JOB_BUDGET`` seconds
+        are used; then let the loop serve everyone else and come back.
+
+        So however many jobs run, a short command waits about one budget plus one step
+        (a step is about ``CHUNK`` rows), not one step of every job. A job's first step runs
+        here too, not while its request is read: a pipelined burst of long reads does not
+        hold the turn that reads it.
+        """
+        self._jobs_scheduled = False
+        queue = self._queue
+        deadline = time.perf_counter() + JOB_BUDGET
+        for _ in range(len(queue)):
+            run = queue.popleft()
+            if self._step(run):
+                queue.append(run)
+            if time.perf_counter() >= deadline:
+                break
+        self._admit_waiting()
+        if queue:
+            self._schedule_jobs()
+
+    def _step(self, run: _JobRun) -> bool:
+        """One step of a job; ``True`` while it goes on."""
+        job, conn, rid = run.job, run.conn, run.rid
+        if job not in self.running:
+            return False  # cancelled (its client left, or the store is stopping): aborted
+        server = self.server
+        started = time.perf_counter()
+        reply: bytes | None = None
+        recorded = False
+        try:
+            if type(job) is not ChunkedRead:
+                server._check_write(job.command)
+            done, result = server.engine.advance(job)
+            if done:
+                changes = server.engine.drain_changes()
+                if changes and server.durability is not None:
+                    server.durability.record(changes)
+                    recorded = True
+                reply = server._encode(rid, result)
+        except StoreError as exc:
+            job.abort()  # (again, if the step failed: aborting twice is harmless)
+            reply = server.encode_error(rid, exc)
+        except Exception:
+            job.abort()
+            log.exception("command_failed", command=job.command)
+            reply = server.encode_error(rid, InternalError("internal store error"))
+        run.spent += time.perf_counter() - started
+        if reply is None:
+            return True
+        del self.running[job]
+        server._account(job.command, run.spent, run.request_tag)
+        self._deliver(conn, reply, recorded)
+        return False
+
+    def _deliver(self, conn: StoreConnection | None, reply: bytes, wrote: bool) -> None:
+        """Send a reply outside ``data_received``; one acknowledging a write waits for the
+        disk under STORE_FSYNC=always (``data_received`` does the same for its batch)."""
+        if conn is None:
+            return
+        durability = self.server.durability
+        if wrote and durability is not None and durability.holds_replies:
+            durability.hold(conn, reply)
+        else:
+            conn.send(reply)
+
+    def cancel(self, conn: StoreConnection, request: Request) -> bytes:
+        """``cancel {"request": id}``: the client gave up on its request ``id`` (it timed
+        out). If that request is a long command still running, or waiting for a turn, it
+        stops as if it never ran (``cancel_jobs``); either way nobody gets its reply.
+
+        Answers ``{"cancelled": bool}``; the client sends cancels with request id 0, whose
+        replies it does not wait for.
+        """
+        args = request.args
+        target = args.get("request")
+        if not args.keys() <= _CANCEL_ARGS or type(target) is not int:
+            err = BadRequest("cancel takes request: the id of a request", {"arg": "request"})
+            return self.server.encode_error(request.request_id, err)
+        found: _JobRun | _Waiting | None = None
+        for w in self.waiting:
+            if w.conn is conn and w.request.request_id == target:
+                self.waiting.remove(w)
+                found = w
+                break
+        else:
+            for job, run in self.running.items():
+                if run.conn is conn and run.rid == target:
+                    del self.running[job]
+                    job.abort()
+                    found = run
+                    self._admit_waiting()  # its turn goes to the next waiting command
+                    break
+        if found is not None:
+            if isinstance(found, _JobRun):
+                command, tag = found.job.command, found.request_tag
+            else:
+                command, tag = found.request.command, found.request.args.get(REQUEST_ID_ARG)
+            self.cancelled += 1
+            log.info(
+                "command_cancelled",
+                command=command,
+                request_id=tag if isinstance(tag, str) else None,
+                spent_ms=round(found.spent * 1000, 2),
+            )
+        return encode_result(request.request_id, {"cancelled": found is not None})

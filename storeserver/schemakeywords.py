@@ -1,0 +1,123 @@
+"""The record validator: Draft 2020-12 with the keywords the store replaces, run on every
+record written to a table with a schema.
+
+``RecordValidator`` is jsonschema's ``Draft202012Validator`` with ``Decimal`` values as
+numbers, ``multipleOf`` exact in decimal and bounded in digits, ``pattern`` and
+``patternProperties`` on RE2 (``schemapatterns``) and ``uniqueItems`` by hashed keys: why
+each, in ``schemas``. Kept apart from ``schemas``, which checks a schema document before it
+is attached and reports a record's violations: this module is how each keyword is checked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+from jsonschema import Draft202012Validator, ValidationError, validators
+
+from storeserver.query import index_key
+from storeserver.records import MAX_DECIMAL_DIGITS
+from storeserver.schemapatterns import compile_pattern
+
+_BASE = Draft202012Validator.TYPE_CHECKER
+
+
+def _is_number(checker: Any, instance: Any) -> bool:
+    return type(instance) is Decimal or _BASE.is_type(instance, "number")
+
+
+def _is_integer(checker: Any, instance: Any) -> bool:
+    if type(instance) is Decimal:
+        return instance.is_finite() and instance == instance.to_integral_value()
+    return _BASE.is_type(instance, "integer")
+
+
+def _decimal(number: int | float | Decimal) -> Decimal:
+    # A float's repr is its shortest round-tripping text, the one the client wrote: 19.99,
+    # not the binary 19.989999999999998436805981327779591083526611328125.
+    return Decimal(repr(number)) if type(number) is float else Decimal(number)
+
+
+def _is_multiple(value: Decimal, divisor: Decimal) -> bool | None:
+    """Whether ``value / divisor`` is an integer, exactly. With ``value = a·10^m`` and
+    ``divisor = b·10^n`` (integers ``a``, ``b``) no power of ten is ever built, so exponents
+    such as ``1e308`` and ``1e-308`` (or a Decimal's ``1e999999``) cost a few multiplications:
+    a Decimal remainder would need as many digits of precision as the quotient has. ``None``
+    (not checked) past ``MAX_DECIMAL_DIGITS`` digits: ``int()`` of one is quadratic."""
+    if not value.is_finite() or not divisor.is_finite() or not divisor:
+        return False
+    if not value:
+        return True
+    _, a_digits, m = value.as_tuple()
+    _, b_digits, n = divisor.as_tuple()
+    assert isinstance(m, int) and isinstance(n, int)  # finite: not the "n"/"F" markers
+    if len(a_digits) > MAX_DECIMAL_DIGITS or len(b_digits) > MAX_DECIMAL_DIGITS:
+        return None
+    a, b = int(Decimal((0, a_digits, 0))), int(Decimal((0, b_digits, 0)))
+    if m >= n:
+        return a * pow(10, m - n, b) % b == 0
+    # a must be a multiple of b·10^(n-m), which exceeds a once n-m reaches a's digit count.
+    return n - m < len(a_digits) and a % (b * 10 ** (n - m)) == 0
+
+
+def _multiple_of(validator: Any, divisor: Any, instance: Any, schema: Any) -> Iterator[Any]:
+    # Exact in decimal for ints, floats and Decimals alike. jsonschema divides floats in
+    # binary, where 19.99 is not a multiple of 0.01.
+    if not validator.is_type(instance, "number"):
+        return
+    multiple = _is_multiple(_decimal(instance), _decimal(divisor))
+    if multiple is None:
+        yield ValidationError(
+            f"multipleOf is not checked on a number of more than {MAX_DECIMAL_DIGITS} digits"
+        )
+    elif not multiple:
+        yield ValidationError(f"{instance!r} is not a multiple of {divisor}")
+
+
+# The two keywords below mirror jsonschema's ``_keywords`` (``search``, not ``match``), as
+# ``schemapatterns._Re2Search`` does.
+
+
+def _pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterator[Any]:
+    if validator.is_type(instance, "string") and not compile_pattern(pattern).search(instance):
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+def _pattern_properties(
+    validator: Any, pattern_properties: dict[str, Any], instance: Any, schema: Any
+) -> Iterator[Any]:
+    if not validator.is_type(instance, "object"):
+        return
+    for pattern, subschema in pattern_properties.items():
+        regex = compile_pattern(pattern)
+        for k, v in instance.items():
+            if regex.search(k):
+                yield from validator.descend(v, subschema, path=k, schema_path=pattern)
+
+
+def _unique_items(validator: Any, unique: Any, instance: Any, schema: Any) -> Iterator[Any]:
+    if not unique or not validator.is_type(instance, "array"):
+        return
+    seen: set[Any] = set()
+    for position, item in enumerate(instance):
+        key = index_key(item)
+        if key in seen:
+            # Not jsonschema's message: that one repeats the whole (maybe huge) array.
+            yield ValidationError(
+                f"has non-unique elements (item {position} repeats an earlier one)"
+            )
+            return
+        seen.add(key)
+
+
+RecordValidator = validators.extend(
+    Draft202012Validator,
+    validators={
+        "multipleOf": _multiple_of,
+        "pattern": _pattern,
+        "patternProperties": _pattern_properties,
+        "uniqueItems": _unique_items,
+    },
+    type_checker=_BASE.redefine_many({"number": _is_number, "integer": _is_integer}),
+)
