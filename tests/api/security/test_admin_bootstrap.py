@@ -16,7 +16,7 @@ import pytest
 from api.settings import DEV_ADMIN_PASSWORD
 from tests.support.auth import login, login_admin, register
 from tests.support.factories import assert_error, user_payload
-from tests.support.logs import json_lines
+from tests.support.logs import Record, json_lines, wait_for_records
 from tests.support.stack import ADMIN_EMAIL, ADMIN_PASSWORD, Stack, running_stack, worker_pids
 from tests.support.storedirect import store_call
 
@@ -151,9 +151,13 @@ def test_a_new_admin_password_is_not_applied_and_says_so(tmp_path: Path) -> None
         assert "admin_password_not_applied" not in first.logs()
     changed = {**base, "ADMIN_PASSWORD": "another admin password"}
     with running_stack(workers=2, extra_env=changed) as second:
-        # One line per worker, whose event is the bare name an operator's alert matches.
-        lines = json_lines(second.workdir / "api.log")
-        warned = [line for line in lines if line["event"] == "admin_password_not_applied"]
+        # One line per worker, whose event is the bare name an operator's alert matches (the
+        # stack is ready once one worker answers: the other may still be starting).
+        def warned_lines(lines: list[Record]) -> list[Record]:
+            return [line for line in lines if line["event"] == "admin_password_not_applied"]
+
+        lines = wait_for_records(second.workdir / "api.log", lambda r: len(warned_lines(r)) >= 2)
+        warned = warned_lines(lines)
         assert len(warned) == 2, second.logs()
         assert {(line["level"], line["email"]) for line in warned} == {("warning", ADMIN_EMAIL)}
         old = httpx.post(second.url("/api/v1/auth/token"), data=form)
