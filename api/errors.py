@@ -17,6 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import iter_route_contexts
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.routing import compile_path
 
@@ -331,10 +332,20 @@ async def handle_unexpected_error(request: Request, exc: Exception) -> Response:
     return response
 
 
+async def handle_client_disconnect(request: Request, exc: Exception) -> Response:
+    """The client went away while its body was read (an abandoned upload): nobody is left to
+    answer and nothing failed here, so no 500 and no traceback. The 400 is what the access
+    line records, as for a body cut short on the routes FastAPI reads the body for."""
+    return error_response(
+        request, 400, "CLIENT_DISCONNECTED", "The client disconnected before its body ended"
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register every handler; routes never build error responses themselves."""
     app.add_exception_handler(ApiError, handle_api_error)
     app.add_exception_handler(store_errors.StoreError, handle_store_error)
     app.add_exception_handler(RequestValidationError, handle_validation_error)
     app.add_exception_handler(StarletteHTTPException, handle_http_exception)
+    app.add_exception_handler(ClientDisconnect, handle_client_disconnect)
     app.add_exception_handler(Exception, handle_unexpected_error)
