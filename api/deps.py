@@ -1,20 +1,21 @@
 """Dependencies as ``Annotated`` aliases, all in one place; tests swap them with
-``app.dependency_overrides``.
+``app.dependency_overrides``. The query and path parameters (pages, list queries, table
+names) are defined in ``api.query_params`` and taken from here like the rest.
 
 Authentication and authorization live here and nowhere else: ``Caller`` (anyone; a bad
 token is still 401), ``CurrentUser`` (a valid access token, else 401), ``AdminUser`` (an
 admin, else 403), and the ownership checks ``UserId``/``OrderId`` (yourself or your own order,
-unless admin; anything else is the same 404 as a record that does not exist).
+unless admin; anything else is the same 404 as a record that does not exist). A write to an
+order takes ``OrderWrite``: made at the version its ownership was checked at, so an order
+given to someone else in between is never written by its former owner.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-from fastapi import Depends, Path, Query, Request
+from fastapi import Depends, Path, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.dependencies.utils import solve_dependencies
 from fastapi.security import OAuth2PasswordBearer
@@ -23,16 +24,28 @@ from api.auth.principals import AuthOutcome, Principal, bearer_token
 from api.auth.sessions import ensure_not_revoked
 from api.auth.tokens import InvalidToken, TokenService
 from api.conditions import WriteConditions, parse_write_conditions
-from api.errors import ApiError, bad_query
-from api.queries import EXPANDABLE, RESERVED, Fields, ListQuery, Page, build_list_query
-from api.services import orders, typed_tables, users
+from api.errors import ApiError
+from api.query_params import FILTERING as FILTERING
+from api.query_params import CreatedAfter as CreatedAfter
+from api.query_params import CreatedBefore as CreatedBefore
+from api.query_params import DataListQuery as DataListQuery
+from api.query_params import JoinKey as JoinKey
+from api.query_params import JoinListQuery as JoinListQuery
+from api.query_params import LeftTable as LeftTable
+from api.query_params import OrderListQuery as OrderListQuery
+from api.query_params import OrdersEmbed as OrdersEmbed
+from api.query_params import PageParams as PageParams
+from api.query_params import RightTable as RightTable
+from api.query_params import TableName as TableName
+from api.query_params import UserListQuery as UserListQuery
+from api.query_params import check_table_name as check_table_name
+from api.services import orders, users
+from api.services.versions import OwnerCheck, RecordWrite, not_found
 from api.settings import Settings
 from api.store import Store
 from storeserver.client import current_actor
-from storeserver.errors import NotFound, StoreUnavailable
+from storeserver.errors import StoreUnavailable
 
-TABLE_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
-FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 TOKEN_URL = "/api/v1/auth/token"
 
 # Parses nothing the guard has not already read; it puts the Authorize button in /docs.
@@ -147,11 +160,8 @@ async def require_admin(caller: CurrentUser) -> Principal:
 AdminUser = Annotated[Principal, Depends(require_admin)]
 
 
-def not_found(table: str, record_id: str) -> NotFound:
-    """Exactly the store's 404 for a missing record, so "not yours" leaks no existence."""
-    return NotFound(f"no record {record_id!r} in {table}", {"table": table, "id": record_id})
-
-
+ORDER_OWNER = "user_id"
+"""The field of an order that names the user it belongs to."""
 ME = "me"
 """The path id that means the caller (``/users/me``); no user can have it: ids are generated."""
 
@@ -181,7 +191,11 @@ async def authorize_order(
 ) -> str:
     """Your own order, or any for an admin; someone else's is 404. Yields the order id.
 
-    Like ``authorize_user``: the caller read and ``require_user``'s 401 check made here.
+    Like ``authorize_user``: the caller read and ``require_user``'s 401 check made here. For a
+    caller who is not an admin, what the check read stays with the request
+    (``order_owner_check``): ``OrderWrite`` writes at that version, and a read made after it
+    is checked again (``visible_order``), as an admin may give the order to someone else at
+    any moment.
     """
     caller = await get_caller(request)
     if caller.id is None:
@@ -189,13 +203,44 @@ async def authorize_order(
     if not caller.is_admin:
         store = await get_store(request)
         order = await store.call("get", {"table": orders.TABLE, "id": order_id})
-        if order.get("user_id") != caller.id:
+        if order.get(ORDER_OWNER) != caller.id:
             raise not_found(orders.TABLE, order_id)
+        request.state.order_owner_check = OwnerCheck(caller.id, int(order["version"]))
     return order_id
 
 
 UserId = Annotated[str, Depends(authorize_user)]
 OrderId = Annotated[str, Depends(authorize_order)]
+Preconditions = Annotated[WriteConditions, Depends(parse_write_conditions)]
+"""If-Match and If-None-Match of a write to one record (``api.conditions``)."""
+
+
+def order_owner_check(request: Request) -> OwnerCheck | None:
+    """The ownership ``authorize_order`` found (None: an admin's request, or its check
+    overridden)."""
+    check: OwnerCheck | None = getattr(request.state, "order_owner_check", None)
+    return check
+
+
+def visible_order(request: Request, order: dict[str, Any]) -> dict[str, Any]:
+    """An order read after ``authorize_order``; 404 if it is no longer the caller's."""
+    check = order_owner_check(request)
+    if check is not None and order.get(ORDER_OWNER) != check.owner:
+        raise not_found(orders.TABLE, str(order.get("id")))
+    return order
+
+
+async def authorize_order_write(
+    request: Request, order_id: OrderId, store: StoreDep, conditions: Preconditions
+) -> RecordWrite:
+    """A write to an order the caller may write, under its If-Match/If-None-Match: for a
+    caller who is not an admin, made at the version ownership was checked at
+    (``RecordWrite``)."""
+    check = order_owner_check(request)
+    return RecordWrite(store, orders.TABLE, order_id, conditions, check, ORDER_OWNER)
+
+
+OrderWrite = Annotated[RecordWrite, Depends(authorize_order_write)]
 
 AUTHENTICATING = frozenset({get_caller, authorize_user, authorize_order})
 """The dependencies that read the bearer token: an operation using one documents it."""
@@ -232,169 +277,3 @@ async def check_access(request: Request) -> None:
                 async_exit_stack=stack,
                 embed_body_fields=False,
             )
-
-
-Preconditions = Annotated[WriteConditions, Depends(parse_write_conditions)]
-"""If-Match and If-None-Match of a write to one record (``api.conditions``)."""
-
-
-async def validate_table(
-    table: Annotated[
-        str,
-        Path(
-            description="Table name: ^[a-z][a-z0-9_]{0,62}$",
-            json_schema_extra={"pattern": f"^{TABLE_NAME.pattern}$"},
-            examples=["products"],
-        ),
-    ],
-) -> str:
-    """Hostile names (``../x``, ``users;drop``, 10 KB, unicode) get 400, not a store call."""
-    return check_table_name(table, "table")
-
-
-def check_table_name(name: str, param: str) -> str:
-    if not TABLE_NAME.fullmatch(name):
-        shown = name if len(name) <= 64 else name[:64] + "…"
-        raise ApiError(
-            400,
-            "INVALID_TABLE_NAME",
-            f"invalid table name {shown!r}: use ^[a-z][a-z0-9_]{{0,62}}$",
-            [{"field": param, "message": "must match ^[a-z][a-z0-9_]{0,62}$"}],
-        )
-    return name
-
-
-async def validate_left(
-    left: Annotated[str, Path(description="Left table", examples=["users"])],
-) -> str:
-    return check_table_name(left, "left")
-
-
-async def validate_right(
-    right: Annotated[str, Path(description="Right table", examples=["orders"])],
-) -> str:
-    return check_table_name(right, "right")
-
-
-TableName = Annotated[str, Depends(validate_table)]
-LeftTable = Annotated[str, Depends(validate_left)]
-RightTable = Annotated[str, Depends(validate_right)]
-
-
-async def parse_page(
-    page: Annotated[int, Query(ge=1, le=1_000_000, description="Page number, from 1")] = 1,
-    per_page: Annotated[int, Query(ge=1, le=100, description="Items per page, 1 to 100")] = 20,
-) -> Page:
-    return Page(page, per_page)
-
-
-PageParams = Annotated[Page, Depends(parse_page)]
-
-
-async def parse_orders_embed(
-    embed: Annotated[
-        Literal["orders"] | None, Query(description="`orders`: embed a page of their orders")
-    ] = None,
-    orders_page: Annotated[int, Query(ge=1, le=1_000_000, description="Page of orders")] = 1,
-    orders_per_page: Annotated[int, Query(ge=1, le=100, description="Orders per page")] = 20,
-) -> Page | None:
-    """The page of a user's orders to embed (``embed=orders``), else None. One dependency for
-    ``GET /users/{user_id}`` and ``GET /users/me``: the same parameters, the same answers."""
-    return Page(orders_page, orders_per_page) if embed is not None else None
-
-
-OrdersEmbed = Annotated[Page | None, Depends(parse_orders_embed)]
-SortParam = Annotated[
-    str | None,
-    Query(description="`field:asc|desc[,field:dir]`", examples=["created_at:desc"]),
-]
-CreatedAfter = Annotated[
-    str | None,
-    Query(description="ISO date or datetime (UTC if no offset)", examples=["2024-01-01"]),
-]
-CreatedBefore = Annotated[str | None, Query(description="ISO date or datetime (UTC if no offset)")]
-
-
-def _list_query(
-    request: Request,
-    page: Page,
-    sort: str | None,
-    after: str | None,
-    before: str | None,
-    fields: Fields | None,
-    reserved: frozenset[str] = RESERVED,
-) -> ListQuery:
-    params = request.query_params.multi_items()
-    return build_list_query(params, page, sort, after, before, fields, reserved)
-
-
-FILTERING: dict[Callable[..., Any], Fields | None] = {}
-"""The list-query dependencies and their filterable fields (``None``: any field); the
-filters are read from the query string as a whole, so ``api.openapi`` describes them."""
-
-
-def typed_list_query(
-    fields: Fields, reserved: frozenset[str] = RESERVED
-) -> Callable[..., Awaitable[ListQuery]]:
-    """The list-query dependency of a typed resource whose filterable fields are ``fields``
-    (``reserved``: its parameters that are not filters)."""
-
-    async def parse(
-        request: Request,
-        page: PageParams,
-        sort: SortParam = None,
-        created_after: CreatedAfter = None,
-        created_before: CreatedBefore = None,
-    ) -> ListQuery:
-        return _list_query(request, page, sort, created_after, created_before, fields, reserved)
-
-    FILTERING[parse] = fields
-    return parse
-
-
-parse_user_list_query = typed_list_query(users.FIELDS)
-parse_order_list_query = typed_list_query(orders.FIELDS, EXPANDABLE)  # its routes take expand
-
-
-async def parse_data_list_query(
-    request: Request,
-    table: TableName,
-    page: PageParams,
-    sort: SortParam = None,
-    created_after: CreatedAfter = None,
-    created_before: CreatedBefore = None,
-) -> ListQuery:
-    fields = typed_tables.fields_of(table)
-    return _list_query(request, page, sort, created_after, created_before, fields)
-
-
-async def parse_join_query(
-    request: Request,
-    left: LeftTable,
-    page: PageParams,
-    created_after: CreatedAfter = None,
-    created_before: CreatedBefore = None,
-) -> ListQuery:
-    """Filters apply to the left table; a join has no sort (the left table's order)."""
-    if "sort" in request.query_params:
-        raise bad_query("sort", "a join is returned in the left table's order; sort is unsupported")
-    fields = typed_tables.fields_of(left)
-    return _list_query(request, page, None, created_after, created_before, fields)
-
-
-FILTERING[parse_data_list_query] = FILTERING[parse_join_query] = None
-UserListQuery = Annotated[ListQuery, Depends(parse_user_list_query)]
-OrderListQuery = Annotated[ListQuery, Depends(parse_order_list_query)]
-DataListQuery = Annotated[ListQuery, Depends(parse_data_list_query)]
-JoinListQuery = Annotated[ListQuery, Depends(parse_join_query)]
-
-
-async def validate_key(
-    key: Annotated[str, Path(description="Join field name", examples=["user_id"])],
-) -> str:
-    if not FIELD_NAME.fullmatch(key):
-        raise bad_query("key", "join key must match ^[A-Za-z_][A-Za-z0-9_]{0,63}$")
-    return key
-
-
-JoinKey = Annotated[str, Depends(validate_key)]

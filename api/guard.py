@@ -83,18 +83,30 @@ class RequestGuardMiddleware:
             elif not token:
                 error = InvalidToken("malformed Authorization header")
             else:
-                try:
-                    claims = tokens.verify(token, "access")
-                except InvalidToken as exc:
-                    error = exc
+                claims, error = _verify(tokens, token)
 
         verdict: Verdict | None = None
         if store is not None:
-            identity = ("user", claims.subject) if claims else ("ip", client_ip(scope))
-            args = self.limiter.args(self.limiter.key(*identity))
-            if claims is not None:  # the token's revocation marks come back with the hit
-                args["peek"] = list(revocation_keys(claims))
+            args = self._hit_args(scope, claims)
             rate_result = await rate_hit(store, args)
+            current = getattr(state, "tokens", None)
+            if (
+                token
+                and current is not None
+                and current is not tokens
+                and not isinstance(rate_result, StoreTimeout)
+            ):
+                # The store connection came back during the hit and the worker switched
+                # signing keys (api.auth.startup.adopt_store_secret): the token is checked
+                # again with the key it signs with now, whichever way the first check went.
+                claims, error = _verify(current, token)
+                if claims is not None and "peek" not in args:
+                    # Valid with the new key only (issued by a worker that switched first):
+                    # counted against its user, with its revocation marks, as any valid
+                    # token; the hit on the client's address is taken back.
+                    refund = args["key"] if _allowed(rate_result) else None
+                    args = self._hit_args(scope, claims, refund)
+                    rate_result = await rate_hit(store, args)
             if isinstance(rate_result, StoreTimeout):
                 # The store is not answering: the request's own calls would each wait out the
                 # timeout again (and a write sent now could still land once it answers, after
@@ -104,20 +116,12 @@ class RequestGuardMiddleware:
                 return
             if claims is not None:
                 error = _revocation_error(claims, rate_result)
-                current = getattr(state, "tokens", None)
-                if error is None and current is not None and current is not tokens:
-                    assert token is not None
-                    # The store connection came back during the hit and the worker switched
-                    # signing keys (api.auth.startup.adopt_store_secret): check it again.
-                    error = _signature_error(current, token)
-                if isinstance(error, InvalidToken):
-                    # A revoked token makes an anonymous request: it counts against the
-                    # client's address, and the hit on its user is taken back (else a leaked
-                    # token its user revoked could keep that user at 429).
-                    ip_args = self.limiter.args(self.limiter.key("ip", client_ip(scope)))
-                    if isinstance(rate_result, dict) and rate_result["allowed"]:
-                        ip_args["refund"] = args["key"]
-                    rate_result = await rate_hit(store, ip_args)
+            if "peek" in args and isinstance(error, InvalidToken):
+                # A revoked token (or one the new key refuses) makes an anonymous request: it
+                # counts against the client's address, and the hit on its user is taken back
+                # (else a leaked token its user revoked could keep that user at 429).
+                refund = args["key"] if _allowed(rate_result) else None
+                rate_result = await rate_hit(store, self._hit_args(scope, None, refund))
             verdict = self.limiter.verdict(rate_result)
             if verdict is not None and not verdict.allowed:
                 await self._refuse(scope, receive, send, verdict)
@@ -153,6 +157,20 @@ class RequestGuardMiddleware:
 
         await self.app(scope, receive, send_with_limits)
 
+    def _hit_args(
+        self, scope: Scope, claims: Claims | None, refund: str | None = None
+    ) -> dict[str, Any]:
+        """The rate-limit hit: on the token's user, with its revocation marks (``peek``),
+        when it verified; else on the client's address. ``refund``: a key whose hit this
+        one replaces."""
+        identity = ("user", claims.subject) if claims else ("ip", client_ip(scope))
+        args: dict[str, Any] = self.limiter.args(self.limiter.key(*identity))
+        if claims is not None:  # the token's revocation marks come back with the hit
+            args["peek"] = list(revocation_keys(claims))
+        if refund is not None:
+            args["refund"] = refund
+        return args
+
     @staticmethod
     async def _refuse(scope: Scope, receive: Receive, send: Send, verdict: Verdict) -> None:
         retry_after = verdict.retry_after()
@@ -187,9 +205,13 @@ def _revocation_error(claims: Claims, result: object) -> Exception | None:
     return None
 
 
-def _signature_error(tokens: Any, token: str) -> Exception | None:
+def _verify(tokens: Any, token: str) -> tuple[Claims | None, Exception | None]:
     try:
-        tokens.verify(token, "access")
+        return tokens.verify(token, "access"), None
     except InvalidToken as exc:
-        return exc
-    return None
+        return None, exc
+
+
+def _allowed(result: object) -> bool:
+    """Whether the store counted the hit (a refund must take back only a counted one)."""
+    return isinstance(result, dict) and bool(result["allowed"])

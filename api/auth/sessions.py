@@ -24,9 +24,10 @@ higher setting, and setting it back revived them.
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Any
+
+import structlog
 
 from api.auth.tokens import Claims, InvalidToken
 from api.settings import get_settings
@@ -42,7 +43,8 @@ TOKEN_HORIZON = "auth:token-horizon"
 UNKNOWN_HORIZON_TTL = 7 * 86_400
 # Announce a little past each exp, so a worker writes the horizon about once a minute.
 HORIZON_STEP = 60
-logger = logging.getLogger("api.auth")
+# ``event`` is the bare name (what an operator's alert matches), the details in fields.
+log = structlog.get_logger("api.auth")
 _announced = 0.0  # this worker's last announced horizon (0 in a new process)
 
 
@@ -80,7 +82,9 @@ async def announce_expiry(store: Store, expires_at: int) -> None:
     except BadRequest:
         # A store of an earlier release (no ``gt``): logins must go on; marks then fall back
         # to UNKNOWN_HORIZON_TTL. Said once per worker, as ``_announced`` stops the retries.
-        logger.warning("token_horizon_not_kept: the store does not take kv_set gt (upgrade it)")
+        log.warning(
+            "token_horizon_not_kept", message="the store does not take kv_set gt (upgrade it)"
+        )
     _announced = until
 
 
@@ -112,7 +116,10 @@ async def _set_mark(store: Store, key: str, ttl: float) -> None:
             raise
         # A store of an earlier release (no ``stamp``, mid-upgrade): the worker's clock, as
         # that release did, rather than no mark at all.
-        logger.warning("revocation_mark_worker_clock: the store does not take kv_set stamp")
+        log.warning(
+            "revocation_mark_worker_clock",
+            message="the store does not take kv_set stamp (upgrade it): marks dated by the worker",
+        )
         await store.call("kv_set", {"key": key, "value": time.time(), "ttl": ttl})
 
 
@@ -125,8 +132,11 @@ async def consume_refresh_token(store: Store, claims: Claims) -> None:
     )
     if not first_use:
         await revoke_session(store, claims.session_id)
-        logger.warning(
-            "refresh token reused: revoked session %s of user %s", claims.session_id, claims.subject
+        log.warning(
+            "refresh_token_reused",
+            session_id=claims.session_id,
+            user_id=claims.subject,
+            message="a refresh token was presented again: its session is revoked",
         )
         raise InvalidToken("refresh token reused: the session is revoked")
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 import secrets
 from typing import Any
 
+import structlog
 from starlette.datastructures import State
 
 from api.auth.admin import ensure_admin
@@ -17,7 +17,8 @@ from api.settings import Settings
 from api.store import ConnectionStore
 from storeserver.client import Caller
 
-logger = logging.getLogger("api.auth")
+# ``event`` is the bare name (what an operator's alert matches), the details in fields.
+log = structlog.get_logger("api.auth")
 
 
 def install_limiters(state: State, settings: Settings) -> None:
@@ -61,16 +62,16 @@ def adopt_store_secret(state: State, settings: Settings) -> Any:
         if secrets.compare_digest(stored.value, tokens.secret):
             return
         state.tokens = token_service(stored.value, settings)
-        why = (
+        reason = (
             "the store came back without it (restarted without STORE_DATA_DIR)"
             if not stored.found
             else "the store holds another one (restarted empty, or with other data)"
         )
-        logger.warning(
-            "signing_key_switched: this worker now signs with the store's development JWT "
-            "signing key, as %s; tokens signed with the previous key are refused (clients log "
-            "in again)",
-            why,
+        log.warning(
+            "signing_key_switched",
+            reason=reason,
+            message="this worker now signs with the store's development JWT signing key;"
+            " tokens signed with the previous key are refused (clients log in again)",
         )
 
     return adopt

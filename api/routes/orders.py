@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 
 from api.conditions import WRITE_PRECONDITIONS
-from api.deps import CurrentUser, OrderId, OrderListQuery, Preconditions, StoreDep
+from api.deps import (
+    CurrentUser,
+    OrderId,
+    OrderListQuery,
+    OrderWrite,
+    StoreDep,
+    order_owner_check,
+    visible_order,
+)
 from api.errors import ApiError
 from api.etags import list_etag
 from api.http_metrics import MeteredRoute
@@ -26,7 +35,7 @@ from api.schemas.query import AggregateBody, OrderQueryBody, OrderWithUser
 from api.schemas.users import UserPublic
 from api.services import orders as order_service
 from api.services import record_queries
-from api.services.versions import accepted_versions
+from api.services import users as user_service
 
 router = APIRouter(route_class=MeteredRoute, prefix="/orders", tags=["orders"])
 Expand = Annotated[
@@ -147,10 +156,12 @@ async def read_order(
     to send as If-Match on a write (read the order without `expand` for that).
     """
     if expand is None:
-        return record_response(request, await order_service.read_order(store, order_id))
+        order = visible_order(request, await order_service.read_order(store, order_id))
+        return record_response(request, order)
 
     async def read() -> tuple[dict[str, Any], dict[str, Any]]:
         order = await order_service.read_order(store, order_id)  # 404 once a cascade took it
+        visible_order(request, order)
         (embedded,) = await order_service.with_users(store, [order])
         return order, embedded
 
@@ -169,12 +180,7 @@ async def read_order(
     summary="Update an order",
 )
 async def update_order(
-    request: Request,
-    order_id: OrderId,
-    payload: OrderUpdate,
-    store: StoreDep,
-    conditions: Preconditions,
-    caller: CurrentUser,
+    request: Request, order: OrderWrite, payload: OrderUpdate, caller: CurrentUser
 ) -> Response:
     """Change the fields sent; with If-Match the write happens only at that version, with
     If-None-Match only at another (412).
@@ -183,9 +189,8 @@ async def update_order(
     """
     if payload.user_id is not None:
         _check_owner(caller, str(payload.user_id))
-    accepted = await accepted_versions(store, order_service.TABLE, order_id, conditions)
-    order = await order_service.update_order(store, order_id, payload, accepted)
-    return record_response(request, order)
+    update = partial(order_service.update_order, order.store, order.record_id, payload)
+    return record_response(request, await order.run(update))
 
 
 @router.delete(
@@ -195,10 +200,9 @@ async def update_order(
     responses=error_responses(401, 404, described=WRITE_PRECONDITIONS),
     summary="Delete an order",
 )
-async def delete_order(order_id: OrderId, store: StoreDep, conditions: Preconditions) -> Response:
+async def delete_order(order: OrderWrite) -> Response:
     """Delete an order."""
-    accepted = await accepted_versions(store, order_service.TABLE, order_id, conditions)
-    await order_service.delete_order(store, order_id, accepted)
+    await order.run(partial(order_service.delete_order, order.store, order.record_id))
     return no_content()
 
 
@@ -210,6 +214,9 @@ async def delete_order(order_id: OrderId, store: StoreDep, conditions: Precondit
 )
 async def read_order_user(request: Request, order_id: OrderId, store: StoreDep) -> Response:
     """The user who placed the order."""
+    check = order_owner_check(request)
+    if check is not None:  # the caller's own order, as it was when checked: the caller
+        return record_response(request, await user_service.read_user(store, check.owner))
     return record_response(request, await order_service.read_order_user(store, order_id))
 
 

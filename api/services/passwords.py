@@ -1,4 +1,5 @@
-"""Password hashing with bcrypt (pwdlib), always off the event loop."""
+"""Password hashing with bcrypt (pwdlib), always off the event loop; the passwords refused
+wherever one is set."""
 
 from __future__ import annotations
 
@@ -8,13 +9,23 @@ import anyio.to_thread
 from pwdlib import PasswordHash
 from pwdlib.hashers.bcrypt import BcryptHasher
 
-from api.settings import get_settings
+from api.errors import ApiError
+from api.settings import DEV_ADMIN_PASSWORD, get_settings
 
 
 @lru_cache
 def password_hasher() -> PasswordHash:
     """The process's hasher; BCRYPT_ROUNDS sets its cost (tests lower it)."""
     return PasswordHash((BcryptHasher(rounds=get_settings().bcrypt_rounds),))
+
+
+def refuse_unusable_password(password: str, field: str) -> None:
+    """422 on ``field`` for a password the account could never log in with: in production,
+    the development admin's (``make run``'s, public), which login refuses there."""
+    if password == DEV_ADMIN_PASSWORD and get_settings().is_production:
+        message = "the development admin password is public and refused in production"
+        detail = {"field": field, "message": message}
+        raise ApiError(422, "VALIDATION_ERROR", "Request validation failed", [detail])
 
 
 async def hash_password(password: str) -> str:

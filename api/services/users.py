@@ -6,9 +6,10 @@ from typing import Any
 
 from api.auth.sessions import end_user_sessions
 from api.errors import ApiError
+from api.filters import Loc
 from api.queries import BASE_FIELDS, FieldType, ListQuery
 from api.schemas.users import UserCreate, UserPublic, UserUpdate
-from api.services.passwords import hash_password, verify_password
+from api.services.passwords import hash_password, refuse_unusable_password, verify_password
 from api.services.versions import expected_version, with_version
 from api.store import Store
 from storeserver.client import current_actor
@@ -37,6 +38,9 @@ DEFAULT_ROLE = "user"
 # bcrypt costs ~0.25 s per password at cost 12: bulk writes and transactions hash at most this
 # many per request.
 MAX_HASHES_PER_REQUEST = 20
+# Where a request's user fields are, for a 422 on one (``body.password``); a write through
+# /data/users or a transaction passes its own (``body.data``, ``body.operations.0.data``).
+BODY: Loc = ("body",)
 # Tries of a role patch at the version of its read of the role (another write in between
 # refuses it); past them the patch is made regardless and the user's sessions end.
 ROLE_PATCH_ATTEMPTS = 3
@@ -50,12 +54,12 @@ def to_public(record: dict[str, Any]) -> dict[str, Any]:
     return public
 
 
-async def new_record(payload: UserCreate) -> dict[str, Any]:
+async def new_record(payload: UserCreate, loc: Loc = BODY) -> dict[str, Any]:
     """The stored form of a new user: the password hashed, the role ``user`` unless named."""
     record: dict[str, Any] = {
         "email": str(payload.email),
         "full_name": payload.full_name,
-        "password_hash": await hash_password(payload.password),
+        "password_hash": await new_password_hash(payload.password, loc),
         "role": payload.role or DEFAULT_ROLE,
     }
     if payload.age is not None:
@@ -63,10 +67,10 @@ async def new_record(payload: UserCreate) -> dict[str, Any]:
     return record
 
 
-async def create_user(store: Store, payload: UserCreate) -> dict[str, Any]:
+async def create_user(store: Store, payload: UserCreate, loc: Loc = BODY) -> dict[str, Any]:
     """Insert a user; the role is ``user`` unless the payload names one (the route checks
-    that only an admin may)."""
-    record = await new_record(payload)
+    that only an admin may). ``loc``: where the payload's fields are in the request."""
+    record = await new_record(payload, loc)
     return to_public(await store.call("insert", {"table": TABLE, "record": record}))
 
 
@@ -79,25 +83,32 @@ async def list_users(store: Store, query: ListQuery) -> tuple[list[dict[str, Any
     return [to_public(record) for record in found["items"]], int(found["total"])
 
 
-async def update_changes(payload: UserUpdate) -> dict[str, Any]:
+async def new_password_hash(password: str, loc: Loc = BODY) -> str:
+    """The hash to store for a password being set (every path that sets one comes here);
+    a password the account could never log in with is refused first (422 on the field)."""
+    refuse_unusable_password(password, ".".join(str(part) for part in (*loc, "password")))
+    return await hash_password(password)
+
+
+async def update_changes(payload: UserUpdate, loc: Loc = BODY) -> dict[str, Any]:
     """The stored changes of a partial update (a new password hashed)."""
     changes = payload.model_dump(exclude_unset=True)
     changes.pop("current_password", None)
     if "email" in changes:
         changes["email"] = str(changes["email"])
     if "password" in changes:
-        changes["password_hash"] = await hash_password(changes.pop("password"))
+        changes["password_hash"] = await new_password_hash(changes.pop("password"), loc)
     return changes
 
 
-async def replace_changes(payload: UserCreate) -> dict[str, Any]:
+async def replace_changes(payload: UserCreate, loc: Loc = BODY) -> dict[str, Any]:
     """A replacement as changes: every client field; the role kept unless the payload names
     one; the password always replaced (so the user's sessions end)."""
     changes: dict[str, Any] = {
         "email": str(payload.email),
         "full_name": payload.full_name,
         "age": payload.age,
-        "password_hash": await hash_password(payload.password),
+        "password_hash": await new_password_hash(payload.password, loc),
     }
     if payload.role is not None:
         changes["role"] = payload.role
@@ -111,7 +122,7 @@ def check_hash_budget(count: int) -> None:
         raise ApiError(400, "LIMIT_EXCEEDED", message, [{"field": "body", "message": message}])
 
 
-def refuse_own_password_change(user_id: Any, loc: tuple[str | int, ...]) -> None:
+def refuse_own_password_change(user_id: Any, loc: Loc) -> None:
     """A write that sets a password through ``/data/users`` or a transaction (admins only)
     may not target the caller: their own password needs ``current_password``, which only
     ``PATCH /users/{id}`` checks, so a stolen access token cannot take over the account. A
@@ -136,7 +147,11 @@ def ends_sessions(changes: dict[str, Any]) -> bool:
 
 
 async def update_user(
-    store: Store, user_id: str, payload: UserUpdate, if_match: frozenset[int] | None
+    store: Store,
+    user_id: str,
+    payload: UserUpdate,
+    if_match: frozenset[int] | None,
+    loc: Loc = BODY,
 ) -> dict[str, Any]:
     """Apply the fields that were sent (``age: null`` removes the age).
 
@@ -144,7 +159,7 @@ async def update_user(
     are refused from now on); the role they already have, sent again, does not.
     ``current_password`` is checked by the route and never stored.
     """
-    changes = await update_changes(payload)
+    changes = await update_changes(payload, loc)
     if "role" in changes and "password_hash" not in changes:
         user, ends = await _patch_role(store, user_id, changes, if_match)
     else:
@@ -155,11 +170,15 @@ async def update_user(
 
 
 async def replace_user(
-    store: Store, user_id: str, payload: UserCreate, if_match: frozenset[int] | None
+    store: Store,
+    user_id: str,
+    payload: UserCreate,
+    if_match: frozenset[int] | None,
+    loc: Loc = BODY,
 ) -> dict[str, Any]:
     """Replace every client-set field; the role is kept unless the payload names one.
     The password is always replaced, so the user's sessions end."""
-    user = await _patch(store, user_id, await replace_changes(payload), if_match)
+    user = await _patch(store, user_id, await replace_changes(payload, loc), if_match)
     await end_user_sessions(store, user_id)
     return user
 

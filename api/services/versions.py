@@ -1,12 +1,23 @@
 """If-Match / If-None-Match → the store's ``expected_version``, so the check and the write are
-one command."""
+one command; and ``RecordWrite``, a write that also holds only while the record is still the
+caller's (an order an admin gives to someone else in between is not written)."""
 
 from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
 
 from api.conditions import WriteConditions
 from api.errors import ApiError
 from api.etags import record_etag
 from api.store import Store
+from storeserver.errors import NotFound, VersionMismatch
+
+T = TypeVar("T")
+# Tries of a write without preconditions whose record another write changed since it was read
+# (each on a new read of the record, still the caller's); past them, 503 CHANGED_WHILE_WRITTEN.
+WRITE_ATTEMPTS = 5
 
 
 def precondition_failed(
@@ -14,6 +25,23 @@ def precondition_failed(
     headers: dict[str, str] | None = None,
 ) -> ApiError:
     return ApiError(412, "PRECONDITION_FAILED", message, headers=headers)
+
+
+def not_found(table: str, record_id: str) -> NotFound:
+    """Exactly the store's 404 for a missing record, so "not yours" leaks no existence."""
+    return NotFound(f"no record {record_id!r} in {table}", {"table": table, "id": record_id})
+
+
+def check_preconditions(conditions: WriteConditions, version: int) -> None:
+    """412 unless a write at ``version`` meets If-Match and If-None-Match (weak comparison;
+    If-None-Match ``*``: any version, the record exists)."""
+    if conditions.if_match is not None and version not in conditions.if_match:
+        raise precondition_failed()
+    refused = conditions.if_none_match or frozenset()
+    if conditions.none_match_any or version in refused:
+        etag = record_etag(version)
+        message = f"If-None-Match matches the current version ({etag}): nothing written"
+        raise precondition_failed(message, {"ETag": etag})
 
 
 async def accepted_versions(
@@ -34,14 +62,66 @@ async def accepted_versions(
         raise precondition_failed()
     current = await store.call("get", {"table": table, "id": record_id})
     version = int(current["version"])
-    if conditions.if_match is not None and version not in conditions.if_match:
-        raise precondition_failed()
-    refused = conditions.if_none_match or frozenset()
-    if conditions.none_match_any or version in refused:
-        etag = record_etag(version)
-        message = f"If-None-Match matches the current version ({etag}): nothing written"
-        raise precondition_failed(message, {"ETag": etag})
+    check_preconditions(conditions, version)
     return frozenset({version})
+
+
+@dataclass(frozen=True)
+class OwnerCheck:
+    """A caller who is not an admin found to own a record: ``owner`` (their id) was its owner
+    field when it was read at ``version``."""
+
+    owner: str
+    version: int
+
+
+@dataclass(frozen=True)
+class RecordWrite:
+    """One write to one record: the client's preconditions and, for a caller who is not an
+    admin, the ownership check that authorized it (``owned``; its field: ``owner_field``)."""
+
+    store: Store
+    table: str
+    record_id: str
+    conditions: WriteConditions
+    owned: OwnerCheck | None = None
+    owner_field: str = "user_id"
+
+    async def run(self, write: Callable[[frozenset[int] | None], Awaitable[T]]) -> T:
+        """``write(if_match)``: the write, made at the versions it is given.
+
+        Without an ownership check (an admin), as ``accepted_versions`` decides. With one, the
+        write is made at the version ownership was checked at, so that a change of owner in
+        between makes the store refuse it; If-Match and If-None-Match are decided on that
+        version too. Refused, the record is read again: no longer the caller's, 404 (as if it
+        never was); still theirs, the client's preconditions give the store's 412 as usual,
+        and a write without any is made again at the new version.
+        """
+        owned = self.owned
+        if owned is None:
+            conditions = self.conditions
+            return await write(
+                await accepted_versions(self.store, self.table, self.record_id, conditions)
+            )
+        check_preconditions(self.conditions, owned.version)
+        conditional = self.conditions.if_match is not None or self.conditions.refuses_some
+        version = owned.version
+        for _ in range(WRITE_ATTEMPTS):
+            try:
+                return await write(frozenset({version}))
+            except VersionMismatch:
+                current = await self.store.call("get", {"table": self.table, "id": self.record_id})
+                if current.get(self.owner_field) != owned.owner:
+                    raise not_found(self.table, self.record_id) from None
+                if conditional:
+                    raise
+                version = int(current["version"])
+        raise ApiError(
+            503,
+            "CHANGED_WHILE_WRITTEN",
+            "The record kept changing while it was written; retry shortly",
+            headers={"Retry-After": "1"},
+        )
 
 
 async def expected_version(

@@ -15,12 +15,20 @@ from typing import Any
 import pytest
 
 from api.auth import sessions
-from api.auth.tokens import Claims, TokenService
+from api.auth.tokens import Claims, InvalidToken, TokenService
+from api.logs import configure_logging
 from storeserver.errors import BadRequest, StoreUnavailable
 from tests.support.engine import EngineStore, run
+from tests.support.events import named
 from tests.support.inprocess import in_process
 
 HOUR, FIVE_MINUTES = 3600, 300
+
+
+@pytest.fixture(autouse=True)
+def structured_logs() -> None:
+    """structlog through the standard library, as in the workers (``create_app`` does it)."""
+    configure_logging("info")
 
 
 @pytest.fixture
@@ -103,7 +111,8 @@ async def test_a_store_without_kv_set_gt_does_not_stop_logins(
     with caplog.at_level(logging.WARNING, "api.auth"):
         await sessions.announce_expiry(store, int(time.time()) + HOUR)
         await sessions.announce_expiry(store, int(time.time()) + HOUR + 1)
-    assert caplog.text.count("token_horizon_not_kept") == 1
+    (line,) = named(caplog, "token_horizon_not_kept")
+    assert line["level"] == "warning" and "kv_set gt" in line["message"]
 
 
 async def test_a_refresh_spends_its_token_only_after_the_horizon_is_raised(
@@ -139,3 +148,16 @@ async def test_a_refresh_spends_its_token_only_after_the_horizon_is_raised(
         failing["on"] = False
         retried = await http.post("/api/v1/auth/refresh", json=body)
     assert retried.status_code == 200, retried.text
+
+
+async def test_a_reused_refresh_token_revokes_its_session_and_says_so_by_name(
+    store: EngineStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    now = int(time.time())
+    claims = Claims("u7", "user", "s7", "jti7", "refresh", now - 10, now + 290, now + HOUR)
+    await sessions.consume_refresh_token(store, claims)
+    with caplog.at_level(logging.WARNING, "api.auth"), pytest.raises(InvalidToken):
+        await sessions.consume_refresh_token(store, claims)
+    assert run(store.engine, "kv_get", key=sessions.SESSION_REVOKED + "s7") is not None
+    (line,) = named(caplog, "refresh_token_reused")
+    assert (line["session_id"], line["user_id"]) == ("s7", "u7")

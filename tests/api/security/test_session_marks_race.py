@@ -16,16 +16,24 @@ import pytest
 
 from api.auth import sessions
 from api.auth.tokens import TokenService
+from api.logs import configure_logging
 from api.main import create_app
 from api.settings import Settings
 from storeserver.errors import BadRequest
 from tests.support.auth import bearer
 from tests.support.engine import EngineStore, run
+from tests.support.events import named
 from tests.support.factories import assert_error
 from tests.support.inprocess import in_process
 
 SECRET = "unit-test-signing-key-0123456789-ABCDEFGH"
 GUARD = 10  # seconds: only so that a broken sequence fails instead of hanging
+
+
+@pytest.fixture(autouse=True)
+def structured_logs() -> None:
+    """structlog through the standard library, as in the workers (``create_app`` does it)."""
+    configure_logging("info")
 
 
 @pytest.fixture
@@ -125,7 +133,8 @@ async def test_a_store_without_kv_set_stamp_still_gets_the_mark(
     await sessions.end_user_sessions(store, "u1")
     mark = run(store.engine, "kv_get", key=sessions.USER_NOT_BEFORE + "u1")
     assert isinstance(mark, float) and mark >= before
-    assert "revocation_mark_worker_clock" in caplog.text
+    (line,) = named(caplog, "revocation_mark_worker_clock")
+    assert line["level"] == "warning" and "kv_set stamp" in line["message"]
 
 
 async def test_other_store_errors_of_a_mark_are_not_hidden(

@@ -10,6 +10,7 @@ import asyncio
 import logging
 from typing import Any
 
+import orjson
 import pytest
 from pydantic import SecretStr
 from starlette.datastructures import State
@@ -17,9 +18,11 @@ from starlette.datastructures import State
 from api.auth.secret import SECRET_KEY
 from api.auth.startup import adopt_store_secret, start_auth
 from api.auth.tokens import InvalidToken, new_session_id
+from api.logs import configure_logging
 from api.settings import Settings
 from storeserver.errors import StoreUnavailable
 from tests.support.engine import EngineStore
+from tests.support.events import named
 
 JWT_SECRET = "3f9c1a7e5b2d8f4a6c0e9b1d7a3f5c8e2b4d6f0a"
 
@@ -30,8 +33,14 @@ async def started_worker(store: EngineStore, settings: Settings) -> State:
     return state
 
 
-def switch_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if "signing_key_switched" in r.getMessage()]
+@pytest.fixture(autouse=True)
+def structured_logs() -> None:
+    """structlog through the standard library, as in the workers (``create_app`` does it)."""
+    configure_logging("info")
+
+
+def switch_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+    return named(caplog, "signing_key_switched")
 
 
 async def test_a_store_holding_the_same_key_changes_nothing(
@@ -69,10 +78,12 @@ async def test_a_store_back_empty_gets_a_new_key_and_earlier_tokens_are_refused(
     new = state.tokens.issue_pair("u1", "admin", new_session_id()).access_token
     assert state.tokens.verify(new, "access").subject == "u1"
     (line,) = switch_lines(caplog)
-    assert line.levelno == logging.WARNING
-    assert "came back without it" in line.getMessage()
-    assert before.secret not in line.getMessage()
-    assert state.tokens.secret not in line.getMessage()
+    assert line["level"] == "warning"
+    assert "came back without it" in line["reason"]
+    assert "previous key are refused" in line["message"]
+    text = orjson.dumps(line).decode()
+    assert before.secret not in text
+    assert state.tokens.secret not in text
 
 
 async def test_a_store_holding_another_key_is_adopted(caplog: pytest.LogCaptureFixture) -> None:
@@ -88,7 +99,8 @@ async def test_a_store_holding_another_key_is_adopted(caplog: pytest.LogCaptureF
     assert state.tokens.secret == other_key
     assert restored.sent("kv_set") == [{"key": SECRET_KEY, "value": other_key}]  # no offer
     (line,) = switch_lines(caplog)
-    assert other_key not in line.getMessage()
+    assert "holds another one" in line["reason"]
+    assert other_key not in orjson.dumps(line).decode()
 
 
 async def test_workers_racing_on_an_empty_store_converge_on_one_key() -> None:

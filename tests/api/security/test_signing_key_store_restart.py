@@ -27,6 +27,7 @@ from storeserver.client import StoreClient
 from storeserver.probe import wait_for_socket
 from tests.support.auth import Account, bearer, login_admin
 from tests.support.factories import assert_error
+from tests.support.logs import json_lines
 from tests.support.stack import ADMIN_EMAIL, ADMIN_PASSWORD, Stack, running_stack
 from tests.support.store import StoreProcess, short_tmp_dir
 from tests.support.workers import close_all, pinned_clients
@@ -84,7 +85,8 @@ def assert_invalid_token(response: httpx.Response) -> None:
 
 
 def switch_lines(stack: Stack) -> int:
-    return (stack.workdir / "api.log").read_text("utf-8", "replace").count(SWITCHED)
+    """The workers' lines whose ``event`` is exactly the name operators alert on."""
+    return sum(line["event"] == SWITCHED for line in json_lines(stack.workdir / "api.log"))
 
 
 async def store_command(address: str, command: str, args: dict[str, Any]) -> Any:
@@ -205,3 +207,15 @@ async def test_a_login_that_reconnects_a_worker_signs_with_the_new_key() -> None
             for worker in workers:  # the first request each worker sees after the restart
                 token = await worker.log_in()
                 assert (await worker.get(ME, token)).status_code == 200
+
+
+async def test_a_token_the_other_worker_signed_with_the_new_key_works_at_once() -> None:
+    """One worker switches keys first (a login reconnects it); the other's first request
+    since the restart carries a token of the new key, and reconnects it as it is checked."""
+    with running_stack(workers=2, extra_env=IDLE_WORKERS) as stack:
+        async with both_workers(stack) as workers:
+            first, second = workers
+            restart_store(stack)
+            token = await first.log_in()
+            assert (await second.get(ME, token)).status_code == 200
+            assert (await second.get(ME, token)).status_code == 200

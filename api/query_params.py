@@ -1,0 +1,182 @@
+"""The query and path parameters shared by routes, as dependencies (re-exported by
+``api.deps``, where routes take them from): table names and join keys (400 for a hostile
+name, before any store call), pages, the orders embed, and the list queries with their
+filters (``FILTERING`` tells ``api.openapi`` which fields each one filters on).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, Path, Query, Request
+
+from api.errors import ApiError, bad_query
+from api.queries import EXPANDABLE, RESERVED, Fields, ListQuery, Page, build_list_query
+from api.services import orders, typed_tables, users
+
+TABLE_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
+FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+
+async def validate_table(
+    table: Annotated[
+        str,
+        Path(
+            description="Table name: ^[a-z][a-z0-9_]{0,62}$",
+            json_schema_extra={"pattern": f"^{TABLE_NAME.pattern}$"},
+            examples=["products"],
+        ),
+    ],
+) -> str:
+    """Hostile names (``../x``, ``users;drop``, 10 KB, unicode) get 400, not a store call."""
+    return check_table_name(table, "table")
+
+
+def check_table_name(name: str, param: str) -> str:
+    if not TABLE_NAME.fullmatch(name):
+        shown = name if len(name) <= 64 else name[:64] + "…"
+        raise ApiError(
+            400,
+            "INVALID_TABLE_NAME",
+            f"invalid table name {shown!r}: use ^[a-z][a-z0-9_]{{0,62}}$",
+            [{"field": param, "message": "must match ^[a-z][a-z0-9_]{0,62}$"}],
+        )
+    return name
+
+
+async def validate_left(
+    left: Annotated[str, Path(description="Left table", examples=["users"])],
+) -> str:
+    return check_table_name(left, "left")
+
+
+async def validate_right(
+    right: Annotated[str, Path(description="Right table", examples=["orders"])],
+) -> str:
+    return check_table_name(right, "right")
+
+
+TableName = Annotated[str, Depends(validate_table)]
+LeftTable = Annotated[str, Depends(validate_left)]
+RightTable = Annotated[str, Depends(validate_right)]
+
+
+async def parse_page(
+    page: Annotated[int, Query(ge=1, le=1_000_000, description="Page number, from 1")] = 1,
+    per_page: Annotated[int, Query(ge=1, le=100, description="Items per page, 1 to 100")] = 20,
+) -> Page:
+    return Page(page, per_page)
+
+
+PageParams = Annotated[Page, Depends(parse_page)]
+
+
+async def parse_orders_embed(
+    embed: Annotated[
+        Literal["orders"] | None, Query(description="`orders`: embed a page of their orders")
+    ] = None,
+    orders_page: Annotated[int, Query(ge=1, le=1_000_000, description="Page of orders")] = 1,
+    orders_per_page: Annotated[int, Query(ge=1, le=100, description="Orders per page")] = 20,
+) -> Page | None:
+    """The page of a user's orders to embed (``embed=orders``), else None. One dependency for
+    ``GET /users/{user_id}`` and ``GET /users/me``: the same parameters, the same answers."""
+    return Page(orders_page, orders_per_page) if embed is not None else None
+
+
+OrdersEmbed = Annotated[Page | None, Depends(parse_orders_embed)]
+SortParam = Annotated[
+    str | None,
+    Query(description="`field:asc|desc[,field:dir]`", examples=["created_at:desc"]),
+]
+CreatedAfter = Annotated[
+    str | None,
+    Query(description="ISO date or datetime (UTC if no offset)", examples=["2024-01-01"]),
+]
+CreatedBefore = Annotated[str | None, Query(description="ISO date or datetime (UTC if no offset)")]
+
+
+def _list_query(
+    request: Request,
+    page: Page,
+    sort: str | None,
+    after: str | None,
+    before: str | None,
+    fields: Fields | None,
+    reserved: frozenset[str] = RESERVED,
+) -> ListQuery:
+    params = request.query_params.multi_items()
+    return build_list_query(params, page, sort, after, before, fields, reserved)
+
+
+FILTERING: dict[Callable[..., Any], Fields | None] = {}
+"""The list-query dependencies and their filterable fields (``None``: any field); the
+filters are read from the query string as a whole, so ``api.openapi`` describes them."""
+
+
+def typed_list_query(
+    fields: Fields, reserved: frozenset[str] = RESERVED
+) -> Callable[..., Awaitable[ListQuery]]:
+    """The list-query dependency of a typed resource whose filterable fields are ``fields``
+    (``reserved``: its parameters that are not filters)."""
+
+    async def parse(
+        request: Request,
+        page: PageParams,
+        sort: SortParam = None,
+        created_after: CreatedAfter = None,
+        created_before: CreatedBefore = None,
+    ) -> ListQuery:
+        return _list_query(request, page, sort, created_after, created_before, fields, reserved)
+
+    FILTERING[parse] = fields
+    return parse
+
+
+parse_user_list_query = typed_list_query(users.FIELDS)
+parse_order_list_query = typed_list_query(orders.FIELDS, EXPANDABLE)  # its routes take expand
+
+
+async def parse_data_list_query(
+    request: Request,
+    table: TableName,
+    page: PageParams,
+    sort: SortParam = None,
+    created_after: CreatedAfter = None,
+    created_before: CreatedBefore = None,
+) -> ListQuery:
+    fields = typed_tables.fields_of(table)
+    return _list_query(request, page, sort, created_after, created_before, fields)
+
+
+async def parse_join_query(
+    request: Request,
+    left: LeftTable,
+    page: PageParams,
+    created_after: CreatedAfter = None,
+    created_before: CreatedBefore = None,
+) -> ListQuery:
+    """Filters apply to the left table; a join has no sort (the left table's order)."""
+    if "sort" in request.query_params:
+        raise bad_query("sort", "a join is returned in the left table's order; sort is unsupported")
+    fields = typed_tables.fields_of(left)
+    return _list_query(request, page, None, created_after, created_before, fields)
+
+
+FILTERING[parse_data_list_query] = FILTERING[parse_join_query] = None
+UserListQuery = Annotated[ListQuery, Depends(parse_user_list_query)]
+OrderListQuery = Annotated[ListQuery, Depends(parse_order_list_query)]
+DataListQuery = Annotated[ListQuery, Depends(parse_data_list_query)]
+JoinListQuery = Annotated[ListQuery, Depends(parse_join_query)]
+
+
+async def validate_key(
+    key: Annotated[str, Path(description="Join field name", examples=["user_id"])],
+) -> str:
+    if not FIELD_NAME.fullmatch(key):
+        raise bad_query("key", "join key must match ^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+    return key
+
+
+JoinKey = Annotated[str, Depends(validate_key)]
