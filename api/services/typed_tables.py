@@ -72,25 +72,27 @@ async def _order_update(data: Record, loc: Loc) -> Record:
 
 async def _replace_user(store: Store, user_id: str, data: Record, if_match: IfMatch) -> Record:
     users.refuse_own_password_change(user_id, (*DATA, "password"))  # a replace sets one
-    return await users.replace_user(store, user_id, validate_body(UserCreate, data), if_match)
+    return await users.replace_user(store, user_id, validate_body(UserCreate, data), if_match, DATA)
 
 
 async def _update_user(store: Store, user_id: str, data: Record, if_match: IfMatch) -> Record:
     if "password" in data:
         users.refuse_own_password_change(user_id, (*DATA, "password"))
-    return await users.update_user(store, user_id, validate_body(UserUpdate, data), if_match)
+    return await users.update_user(store, user_id, validate_body(UserUpdate, data), if_match, DATA)
 
 
 TYPED: dict[str, TypedTable] = {
     users.TABLE: TypedTable(
         fields=users.FIELDS,
         to_public=users.to_public,
-        create=lambda s, d: users.create_user(s, validate_body(UserCreate, d)),
+        create=lambda s, d: users.create_user(s, validate_body(UserCreate, d), DATA),
         replace=_replace_user,
         update=_update_user,
-        new_record=lambda d, loc: users.new_record(validate_body(UserCreate, d, loc)),
-        replace_changes=lambda d, loc: users.replace_changes(validate_body(UserCreate, d, loc)),
-        update_changes=lambda d, loc: users.update_changes(validate_body(UserUpdate, d, loc)),
+        new_record=lambda d, loc: users.new_record(validate_body(UserCreate, d, loc), loc),
+        replace_changes=lambda d, loc: users.replace_changes(
+            validate_body(UserCreate, d, loc), loc
+        ),
+        update_changes=lambda d, loc: users.update_changes(validate_body(UserUpdate, d, loc), loc),
     ),
     orders.TABLE: TypedTable(
         fields=orders.FIELDS,
