@@ -15,6 +15,10 @@ clock, CLOCK_REALTIME of one host, the store being reached over a local socket. 
 checked: API hosts reaching the store over ``STORE_TCP`` read their own clocks, and the order
 then holds only up to the skew between the hosts (and, on one host, not across a step of the
 system clock).
+
+``kv_set eq`` is a compare-and-set: the value is written only over that exact present value
+(same types, so ``1`` is not ``1.0`` nor ``true``). Of several writers that read one value and
+each try to replace it, exactly one succeeds: the API rotates a session's refresh token so.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ if TYPE_CHECKING:
 
 MAX_KEY_LENGTH = 1024
 
-_KV_SET_ARGS = frozenset({"key", "value", "ttl", "nx", "gt", "stamp"})
+_KV_SET_ARGS = frozenset({"key", "value", "ttl", "nx", "gt", "stamp", "eq"})
 _KEY_ARGS = frozenset({"key"})
 _KEYS_ARGS = frozenset({"keys"})
 _RATE_ARGS = frozenset({"key", "limit", "window", "peek", "refund"})
@@ -69,6 +73,12 @@ class KeyCommands:
         ttl = positive_number(args, "ttl", required=False)
         nx = optional_bool(args, "nx")
         gt = optional_bool(args, "gt")
+        compare = "eq" in args
+        if compare:
+            for name, given in (("nx", nx), ("gt", gt), ("stamp", stamp)):
+                if given:
+                    raise BadRequest(f"eq cannot be combined with {name}", {"arg": name})
+        expected = _compared_value(args) if compare else None
         now = self._clock()  # the command's instant: nothing else runs until it has written
         if stamp:
             value = now
@@ -83,6 +93,8 @@ class KeyCommands:
             current = self._kv.get(key)
             if _is_number(current) and current >= value:
                 return False
+        if compare and not (self._kv.contains(key) and _same(self._kv.get(key), expected)):
+            return False
         expires_at = None if ttl is None else now + ttl
         self._kv.set(key, value, expires_at)
         if self._writer.journal:
@@ -151,6 +163,27 @@ class KeyCommands:
 
 def _is_number(value: Any) -> bool:
     return type(value) in (int, float, Decimal)
+
+
+def _compared_value(args: Args) -> Any:
+    """``eq``'s value, checked as a stored value would be (only such a value can match)."""
+    try:
+        return copy_value(args["eq"])
+    except BadRequest as error:
+        raise BadRequest(f"eq: {error.message}", {"arg": "eq"}) from None
+
+
+def _same(stored: Any, expected: Any) -> bool:
+    """Equal and of the same types all the way down (``==`` alone takes ``1`` for ``True``)."""
+    if type(stored) is not type(expected):
+        return False
+    if type(stored) is list:
+        return len(stored) == len(expected) and all(map(_same, stored, expected))
+    if type(stored) is dict:
+        return stored.keys() == expected.keys() and all(
+            _same(value, expected[name]) for name, value in stored.items()
+        )
+    return bool(stored == expected)
 
 
 def _key(args: Args, name: str = "key") -> str:

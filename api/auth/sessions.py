@@ -1,31 +1,37 @@
 """Sessions and their revocation, kept in the store so every worker sees them at once.
 
 A login opens a session (an id carried as ``sid`` in both tokens); refreshing keeps the
-session and rotates the tokens. Three kinds of expiring keys, each kept until every token it
-concerns has expired by its own ``exp``, whatever the configuration says later (tokens are cut
-to the lifetime configured now, but raising it again would bring them back):
+session and rotates the tokens. Expiring keys, each kept until every token it concerns has
+expired by its own ``exp``, whatever the configuration says later (tokens are cut to the
+lifetime configured now, but raising it again would bring them back):
 
+- ``auth:session-refresh:<sid>``: the ``jti`` of the session's latest refresh token, set at
+  login and replaced at each refresh by a compare-and-set (``kv_set eq``: only over the
+  presented token's ``jti``), so exactly one exchange of a given refresh token succeeds across
+  all workers; any other presentation of a token of the session is reuse (a stolen copy, or a
+  replay) and revokes the whole session. One key per live session, however often it
+  refreshes; kept until its latest refresh token's exp.
 - ``auth:session-revoked:<sid>``: logout, or reuse of a rotated refresh token. Every token of
   the session is refused from then on. A marker rather than a "live session" key, so a refresh
   racing a logout can never bring the session back.
 - ``auth:user-not-before:<user id>``: a timestamp, the store's clock as it wrote the mark
   (``kv_set stamp``); tokens issued at or before it are refused. Set when a password or role
   changes or the user is deleted: it ends all their sessions.
-- ``auth:refresh-used:<jti>``: set with ``nx`` when a refresh token is exchanged, so exactly
-  one exchange of a given refresh token succeeds across all workers; a second presentation is
-  reuse (a stolen copy, or a replay) and revokes the whole session. Kept until that token's exp.
+- ``auth:refresh-used:<jti>``: how an earlier release marked a spent refresh token (``nx``,
+  kept until that token's exp). Still read and written for a session without a
+  ``session-refresh`` key (opened by that release): its first refresh here gives it one.
 
-The first two concern tokens nobody presents (a session's refresh tokens, all of a user's), so
-they are kept until ``auth:token-horizon``: the latest exp of any token issued, which every
-worker raises (``kv_set gt``) before its tokens leave it, at most about once a minute. Without
-it, a mark set while REFRESH_TOKEN_TTL was low expired before tokens signed under an earlier,
-higher setting, and setting it back revived them.
+The two revocation marks concern tokens nobody presents (a session's refresh tokens, all of
+a user's), so they are kept until ``auth:token-horizon``: the latest exp of any token issued,
+which every worker raises (``kv_set gt``) before its tokens leave it, at most about once a
+minute. Without it, a mark set while REFRESH_TOKEN_TTL was low expired before tokens signed
+under an earlier, higher setting, and setting it back revived them.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 import structlog
 
@@ -37,6 +43,7 @@ from storeserver.errors import BadRequest
 SESSION_REVOKED = "auth:session-revoked:"
 USER_NOT_BEFORE = "auth:user-not-before:"
 REFRESH_USED = "auth:refresh-used:"
+SESSION_REFRESH = "auth:session-refresh:"
 TOKEN_HORIZON = "auth:token-horizon"
 # Without a horizon, live tokens can only come from an earlier release (which kept none) or
 # have all expired: marks are kept for that release's default refresh lifetime, 7 days.
@@ -46,6 +53,7 @@ HORIZON_STEP = 60
 # ``event`` is the bare name (what an operator's alert matches), the details in fields.
 log = structlog.get_logger("api.auth")
 _announced = 0.0  # this worker's last announced horizon (0 in a new process)
+_said_no_eq = False  # this worker has logged that its store does not take kv_set eq
 
 
 def revocation_keys(claims: Claims) -> tuple[str, str]:
@@ -123,22 +131,68 @@ async def _set_mark(store: Store, key: str, ttl: float) -> None:
         await store.call("kv_set", {"key": key, "value": time.time(), "ttl": ttl})
 
 
+async def open_session(store: Store, session_id: str, refresh: Claims) -> None:
+    """At login: ``refresh`` (the issued refresh token) is the session's latest."""
+    args = {"key": SESSION_REFRESH + session_id, "value": refresh.token_id}
+    await store.call("kv_set", {**args, "ttl": _ttl_until(refresh.signed_expires_at)})
+
+
+async def rotate_refresh_token(store: Store, presented: Claims, issued: Claims) -> None:
+    """Make ``issued`` the session's latest refresh token in place of ``presented``, atomically
+    across workers; if ``presented`` is not the latest (reuse), revoke the session."""
+    global _said_no_eq
+    key = SESSION_REFRESH + presented.session_id
+    args = {"key": key, "value": issued.token_id, "ttl": _ttl_until(issued.signed_expires_at)}
+    try:
+        if await store.call("kv_set", {**args, "eq": presented.token_id}):
+            return
+    except BadRequest as error:
+        if error.details.get("arg") != "eq":
+            raise
+        # A store of an earlier release (mid-upgrade): the markers below decide instead.
+        if not _said_no_eq:
+            log.warning(
+                "refresh_rotation_by_marker",
+                message="the store does not take kv_set eq (upgrade it): refresh tokens are "
+                "marked used one by one",
+            )
+            _said_no_eq = True
+    latest = await store.call("kv_get", {"key": key})
+    if latest is not None and latest != presented.token_id:
+        await _refuse_reuse(store, presented)
+    # No key: a session opened by an earlier release (or a store without ``eq``, where the key
+    # is still the presented token's). The marker decides this exchange, and the one it lets
+    # through makes the new token the session's latest (from then on the key decides).
+    await consume_refresh_token(store, presented)
+    await store.call("kv_set", {**args, "nx": True} if latest is None else args)
+
+
 async def consume_refresh_token(store: Store, claims: Claims) -> None:
-    """Mark a refresh token used, atomically across workers; reuse revokes its session."""
+    """Mark a refresh token used (an earlier release's scheme), atomically across workers;
+    reuse revokes its session."""
     last = max(claims.expires_at, claims.signed_expires_at)  # its exp, if a later setting allows
-    ttl = max(int(last - time.time()) + 1, 1)
     first_use = await store.call(
-        "kv_set", {"key": REFRESH_USED + claims.token_id, "value": 1, "nx": True, "ttl": ttl}
+        "kv_set",
+        {"key": REFRESH_USED + claims.token_id, "value": 1, "nx": True, "ttl": _ttl_until(last)},
     )
     if not first_use:
-        await revoke_session(store, claims.session_id)
-        log.warning(
-            "refresh_token_reused",
-            session_id=claims.session_id,
-            user_id=claims.subject,
-            message="a refresh token was presented again: its session is revoked",
-        )
-        raise InvalidToken("refresh token reused: the session is revoked")
+        await _refuse_reuse(store, claims)
+
+
+async def _refuse_reuse(store: Store, claims: Claims) -> NoReturn:
+    await revoke_session(store, claims.session_id)
+    log.warning(
+        "refresh_token_reused",
+        session_id=claims.session_id,
+        user_id=claims.subject,
+        message="a refresh token was presented again: its session is revoked",
+    )
+    raise InvalidToken("refresh token reused: the session is revoked")
+
+
+def _ttl_until(expires_at: float) -> int:
+    """A key's ttl reaching past ``expires_at`` (a token's exp)."""
+    return max(int(expires_at - time.time()) + 1, 1)
 
 
 async def _mark_ttl(store: Store) -> float:

@@ -13,9 +13,10 @@ from fastapi.exceptions import RequestValidationError
 from api.auth.credentials import check_credentials, login_email, login_name_tag
 from api.auth.sessions import (
     announce_expiry,
-    consume_refresh_token,
     ensure_not_revoked,
+    open_session,
     revoke_session,
+    rotate_refresh_token,
 )
 from api.auth.tokens import InvalidToken, TokenPair, new_session_id
 from api.deps import CurrentUser, StoreDep, TokensDep
@@ -168,8 +169,10 @@ async def create_token(
     # The worker's key as of now: its store connection may have come back during the
     # checks above with another key (api.auth.startup.adopt_store_secret).
     tokens = getattr(request.app.state, "tokens", None) or tokens
-    pair = tokens.issue_pair(str(user["id"]), role, new_session_id(), issued_at=read_at)
+    session_id = new_session_id()
+    pair = tokens.issue_pair(str(user["id"]), role, session_id, issued_at=read_at)
     await announce_expiry(store, pair.refresh_expires_at)
+    await open_session(store, session_id, tokens.verify(pair.refresh_token, "refresh"))
     return token_response(pair, limit_headers)
 
 
@@ -193,12 +196,13 @@ async def refresh_token(body: RefreshRequest, store: StoreDep, tokens: TokensDep
         await ensure_not_revoked(store, claims)
         # Before the old token is spent: a store failure here must not cost the session.
         await announce_expiry(store, tokens.refresh_expiry(checked_at))
-        await consume_refresh_token(store, claims)
         user = await store.call("get", {"table": users.TABLE, "id": claims.subject})
+        role = str(user.get("role") or users.DEFAULT_ROLE)
+        # The new pair first: its refresh token's jti takes the presented one's place.
+        pair = tokens.issue_pair(claims.subject, role, claims.session_id, issued_at=checked_at)
+        await rotate_refresh_token(store, claims, tokens.verify(pair.refresh_token, "refresh"))
     except (InvalidToken, NotFound):
         raise bad_refresh_token() from None
-    role = str(user.get("role") or users.DEFAULT_ROLE)
-    pair = tokens.issue_pair(claims.subject, role, claims.session_id, issued_at=checked_at)
     return token_response(pair)
 
 

@@ -1,5 +1,6 @@
-"""``kv_set stamp`` (a value dated by the store's clock as it is written) and the argument
-named by a bad key in ``kv_get_many``'s ``keys`` or ``rate_hit``'s ``peek``."""
+"""``kv_set stamp`` (a value dated by the store's clock as it is written), ``kv_set eq`` (a
+compare-and-set) and the argument named by a bad key in ``kv_get_many``'s ``keys`` or
+``rate_hit``'s ``peek``."""
 
 from __future__ import annotations
 
@@ -101,6 +102,75 @@ async def test_kv_set_stamp_over_the_wire_is_the_store_process_clock(
         await client.call("kv_set", {"key": "mark", "stamp": True, "value": 1.0})
     assert info.value.code == "BAD_REQUEST" and info.value.details["arg"] == "value"
     assert await client.call("kv_get", {"key": "mark"}) == stamped
+
+
+# -- kv_set eq: compare-and-set ------------------------------------------------------------
+
+
+def test_kv_set_eq_replaces_only_that_exact_present_value(engine: Engine, clock: FakeClock) -> None:
+    assert run(engine, "kv_set", key="k", value="a", eq="a") is False  # absent
+    run(engine, "kv_set", key="k", value="a", ttl=10)
+    engine.drain_changes()
+    assert run(engine, "kv_set", key="k", value="b", eq="x") is False  # another value
+    assert run(engine, "kv_get", key="k") == "a"
+    assert run(engine, "kv_set", key="k", value="b", eq="a", ttl=20) is True
+    assert run(engine, "kv_get", key="k") == "b"
+    assert run(engine, "kv_set", key="k", value="c", eq="a") is False  # already replaced
+    assert engine.drain_changes() == [("kv_set", "k", "b", T0 + 20)]  # journaled as any set
+    clock.advance(20)
+    assert run(engine, "kv_set", key="k", value="c", eq="b") is False  # expired: absent
+
+
+@pytest.mark.parametrize(
+    ("stored", "eq"),
+    [(1, True), (True, 1), (1, 1.0), ("1", 1), ([1], [True]), ({"a": 1}, {"a": 1.0}), (None, 0)],
+)
+def test_kv_set_eq_compares_types_too(engine: Engine, stored: Any, eq: Any) -> None:
+    run(engine, "kv_set", key="k", value=stored)
+    assert run(engine, "kv_set", key="k", value="new", eq=eq) is False
+    assert run(engine, "kv_set", key="k", value="new", eq=stored) is True
+
+
+def test_kv_set_eq_matches_a_stored_null(engine: Engine) -> None:
+    assert run(engine, "kv_set", key="k", value="x", eq=None) is False  # absent is not null
+    run(engine, "kv_set", key="k", value=None)
+    assert run(engine, "kv_set", key="k", value="x", eq=None) is True
+
+
+@pytest.mark.parametrize(
+    ("args", "arg"),
+    [
+        ({"key": "k", "value": 2, "eq": 1, "nx": True}, "nx"),
+        ({"key": "k", "value": 2, "eq": 1, "gt": True}, "gt"),
+        ({"key": "k", "eq": 1, "stamp": True}, "stamp"),
+        ({"key": "k", "value": 2, "eq": float("nan")}, "eq"),
+        ({"key": "k", "value": 2, "eq": object()}, "eq"),
+    ],
+)
+def test_kv_set_eq_argument_errors_name_the_argument(
+    engine: Engine, args: dict[str, Any], arg: str
+) -> None:
+    run(engine, "kv_set", key="k", value=1)
+    engine.drain_changes()
+    error = fail(engine, BadRequest, "kv_set", **args)
+    assert error.details["arg"] == arg
+    assert run(engine, "kv_get", key="k") == 1
+    assert engine.drain_changes() == []
+
+
+def test_kv_set_eq_false_alongside_is_no_conflict(engine: Engine) -> None:
+    run(engine, "kv_set", key="k", value=1)
+    assert run(engine, "kv_set", key="k", value=2, eq=1, nx=False, gt=False, stamp=False) is True
+
+
+async def test_kv_set_eq_over_the_wire(client: StoreClient) -> None:
+    assert await client.call("kv_set", {"key": "s", "value": "j1", "ttl": 60}) is True
+    assert await client.call("kv_set", {"key": "s", "value": "j2", "eq": "j1", "ttl": 60})
+    assert await client.call("kv_set", {"key": "s", "value": "j3", "eq": "j1"}) is False
+    assert await client.call("kv_get", {"key": "s"}) == "j2"
+    with pytest.raises(BadRequest) as info:
+        await client.call("kv_set", {"key": "s", "value": "j3", "eq": "j2", "nx": True})
+    assert info.value.code == "BAD_REQUEST" and info.value.details["arg"] == "nx"
 
 
 # -- the argument a bad key is reported under ---------------------------------------------
