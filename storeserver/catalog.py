@@ -6,7 +6,15 @@ A table spec, as taken by ``create_table`` and written to the journal, is::
      "hidden": [field]}
 
 Declaring a table again adds what is new (indexes are built over existing rows); changing an
-existing declaration is refused.
+existing declaration is refused. ``drop_table`` (``definitions``) removes a table with its
+declarations (``Catalog.remove``), and its slot under ``max_tables`` with it.
+
+``Catalog.version_floor`` is the highest version any dropped table held (a row's, or its own
+``version_floor``): every table created afterwards takes it as its own ``version_floor``, so a
+record inserted there under an id the client chose starts above every version of the dropped
+table (``tables.py``): a table dropped and created again does not hand an old record's ETag to
+a new one. (The insert that creates a table implicitly does not look at the floor: it starts
+at 1, see ``writes.RecordWriter.insert``.)
 """
 
 from __future__ import annotations
@@ -103,6 +111,7 @@ class Catalog:
         self.tables: dict[str, Table] = {}
         # referenced table -> [(referencing table, field)]
         self.referrers: dict[str, list[tuple[str, str]]] = {}
+        self.version_floor = 0  # see the module doc; snapshotted as ("version_floor", n)
 
     def get(self, args: Args, key: str = "table") -> Table:
         """The existing table named by ``args[key]``; ``NotFound`` if there is none."""
@@ -121,12 +130,41 @@ class Catalog:
 
     def add_empty(self, name: str) -> Table:
         """Create a table with no declarations (the caller checked name and room)."""
-        table = self.tables[name] = Table(name)
+        table = self.tables[name] = self._new_table(name)
+        return table
+
+    def _new_table(self, name: str) -> Table:
+        table = Table(name)
+        table.version_floor = self.version_floor
         return table
 
     def drop(self, name: str) -> None:
         """Remove a table (only used to undo an implicit creation: it has no declarations)."""
         del self.tables[name]
+
+    def referencing(self, name: str) -> list[tuple[str, str]]:
+        """``(table, field)`` of every other table's foreign key naming ``name``."""
+        return [(child, field) for child, field in self.referrers.get(name, ()) if child != name]
+
+    def remove(self, name: str) -> int:
+        """Drop a table with its declarations (the caller checked that no other table
+        references it); returns its highest version, which ``version_floor`` now covers."""
+        table = self.tables.pop(name)
+        for field, target in table.foreign_keys.items():
+            kept = [ref for ref in self.referrers.get(target, ()) if ref != (name, field)]
+            if kept:
+                self.referrers[target] = kept
+            else:
+                self.referrers.pop(target, None)
+        self.referrers.pop(name, None)  # what is left: its own references to itself
+        highest = max((r["version"] for r in table.rows.values()), default=0)
+        highest = max(highest, table.version_floor)
+        self.raise_floor(highest)
+        return highest
+
+    def raise_floor(self, version: int) -> None:
+        if version > self.version_floor:
+            self.version_floor = version
 
     def define(self, name: str, spec: TableSpec, *, check: bool = True) -> tuple[bool, bool]:
         """Create or extend a table; ``(created, changed)``. Validates everything first."""
@@ -136,7 +174,7 @@ class Catalog:
         created = table is None
         if created and check:
             self.check_room()
-        probe = table if table is not None else Table(name)
+        probe = table if table is not None else self._new_table(name)
         new_indexes = self._new_indexes(probe, spec)
         new_fks = self._new_foreign_keys(probe, spec, check)
         if check:

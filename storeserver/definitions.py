@@ -1,12 +1,20 @@
-"""The table definition commands: ``create_table``, ``create_index``, ``drop_index``,
-``list_indexes``, ``set_schema`` and ``list_tables``.
+"""The table definition commands: ``create_table``, ``drop_table``, ``create_index``,
+``drop_index``, ``list_indexes``, ``set_schema`` and ``list_tables``.
 
 Kept apart from the engine as the record commands are (``reads``, ``writes``): they change the
 catalog (``catalog.Catalog``, ``TableSpec``), not records, journal the definitions
-(``("table", name, spec)``, ``("schema", name, document)``, ``("drop_index", name, field)``)
-and note them in the audit log. An index build or a schema check over more than ``CHUNK``
-rows is returned as a job (``builds.IndexBuild``, ``builds.SchemaCheck``) that the engine
-advances, then hands back here to ``finish``.
+(``("table", name, spec)``, ``("schema", name, document)``, ``("drop_index", name, field)``,
+``("drop_table", name, highest version)``) and note them in the audit log. An index build or a
+schema check over more than ``CHUNK`` rows is returned as a job (``builds.IndexBuild``,
+``builds.SchemaCheck``) that the engine advances, then hands back here to ``finish``.
+
+``drop_table`` refuses what would break something still relying on the table: an internal
+table (``_`` names: the API's own), one that declares rows it must keep (``users``' last
+admin), one another table's foreign key references, and one a long command is running on (an
+index build, a schema check, a ``*_where`` selection: each would finish on rows no longer
+there). Without ``force`` it also refuses a table holding rows. Scan cursors open over the
+table are closed: reading one is ``NOT_FOUND``, as for an expired cursor. Long reads in
+progress (``builds.ChunkedRead``) finish on the rows they started with.
 """
 
 from __future__ import annotations
@@ -23,20 +31,26 @@ from storeserver.schemas import TableSchema
 if TYPE_CHECKING:
     from storeserver.audit import AuditLog
     from storeserver.catalog import Catalog
+    from storeserver.scans import ScanCursors
+    from storeserver.tables import Table
     from storeserver.writes import RecordWriter
 
 _CREATE_TABLE_ARGS = frozenset({"table", "indexes", "foreign_keys", "hidden", "keep"})
 _CREATE_INDEX_ARGS = frozenset({"table", "field", "unique", "casefold"})
 _INDEX_ARGS = frozenset({"table", "field"})
 _TABLE_ARGS = frozenset({"table"})
+_DROP_TABLE_ARGS = frozenset({"table", "force"})
 _SET_SCHEMA_ARGS = frozenset({"table", "schema", "force"})
 
 
 class TableDefinitions:
-    def __init__(self, catalog: Catalog, writer: RecordWriter, audit: AuditLog) -> None:
+    def __init__(
+        self, catalog: Catalog, writer: RecordWriter, audit: AuditLog, scans: ScanCursors
+    ) -> None:
         self._catalog = catalog
         self._writer = writer
         self.audit = audit
+        self._scans = scans
 
     def create_table(self, args: Args) -> dict[str, bool]:
         check_keys(args, _CREATE_TABLE_ARGS)
@@ -45,6 +59,61 @@ class TableDefinitions:
         if changed:
             self._journal_table(name)
         return {"created": created}
+
+    def drop_table(self, args: Args) -> dict[str, Any]:
+        """Remove a table, its rows, indexes, schema and declarations (see the module doc)."""
+        check_keys(args, _DROP_TABLE_ARGS)
+        table = self._catalog.get(args)
+        force = optional_bool(args, "force")
+        self._check_droppable(table, force)
+        name, rows = table.name, len(table.rows)
+        highest = self._catalog.remove(name)
+        self._scans.close_table(table)
+        if self._writer.journal:
+            self._writer.changes.append(("drop_table", name, highest))
+        self.audit.add(name, "drop_table", None, (), rows)
+        return {"dropped": True, "rows": rows}
+
+    def _check_droppable(self, table: Table, force: bool) -> None:
+        name = table.name
+        if name.startswith("_"):
+            raise Conflict(
+                f"{name} is an internal table (its name starts with '_'): it cannot be dropped",
+                {"reason": "internal", "table": name},
+            )
+        if table.keeps:
+            field, value, at_least = table.keeps[0]
+            raise Conflict(
+                f"{name} must keep at least {at_least} row(s) with {field} = {value!r}:"
+                " it cannot be dropped",
+                {"reason": "keep_rows", "table": name, "field": field},
+            )
+        referencing = self._catalog.referencing(name)
+        if referencing:
+            named = ", ".join(f"{child}.{field}" for child, field in referencing)
+            raise Conflict(
+                f"{name} is referenced by the foreign key {named}: drop {referencing[0][0]} first",
+                {
+                    "reason": "referenced",
+                    "table": name,
+                    "dependant_table": referencing[0][0],
+                    "field": referencing[0][1],
+                    "referenced_by": [{"table": t, "field": f} for t, f in referencing],
+                },
+            )
+        if table.watchers:
+            commands = sorted(
+                {getattr(w, "command", "") or "a long command" for w in table.watchers}
+            )
+            raise Conflict(
+                f"{', '.join(commands)} is running on {name}: drop it once that ends",
+                {"reason": "busy", "table": name, "commands": commands},
+            )
+        if table.rows and not force:
+            raise Conflict(
+                f"{name} holds {len(table.rows)} row(s): send force to drop them with it",
+                {"reason": "not_empty", "table": name, "rows": len(table.rows)},
+            )
 
     def create_index(self, args: Args) -> dict[str, bool] | Job:
         check_keys(args, _CREATE_INDEX_ARGS)

@@ -27,6 +27,14 @@ from .writepath import WritePath
 
 log = structlog.get_logger("storeserver.durability")
 
+START_COMPACT_LOGS = 1
+"""A start that replayed more logs than this compacts them at once (a background snapshot).
+
+Every start opens a new log generation and only a snapshot prunes the old ones: without this a
+store that restarts often and writes little (a crash loop, a host rebooted nightly) kept one
+more log file per start, and replayed them all at each (QA: 20 ``kill -9``, 21 logs). With it
+the directory holds the snapshot and at most two logs after any start (once that snapshot is
+written)."""
 RECOVERY_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
 """Seconds between attempts to recover from a failed log write or fsync (the last repeats)."""
 
@@ -94,10 +102,16 @@ class Durability(WritePath):
         return report
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start the timers; compact at once if the logs loaded call for it: past
+        ``rewrite_bytes``, or more than ``START_COMPACT_LOGS`` of them."""
         self._loop = loop
         if self.policy == "everysec":
             self._everysec = loop.call_later(1.0, self._every_second)
-        if self._log_bytes() > self.rewrite_bytes:
+        replayed = len(self.last_load.logs) if self.last_load is not None else 0
+        if replayed > START_COMPACT_LOGS:
+            log.info("compacting_after_start", logs_replayed=replayed)
+            self.start_snapshot()
+        elif self._log_bytes() > self.rewrite_bytes:
             self.start_snapshot()
 
     def close(self) -> None:

@@ -70,6 +70,7 @@ class Engine:
     WRITE_COMMANDS: frozenset[str] = frozenset(
         {
             "create_table",
+            "drop_table",
             "create_index",
             "drop_index",
             "set_schema",
@@ -88,15 +89,16 @@ class Engine:
     GROWING_COMMANDS: frozenset[str] = WRITE_COMMANDS - {
         "delete",
         "delete_where",
+        "drop_table",
         "drop_index",
         "kv_set",
         "kv_delete",
     }
     """The writes the server refuses over its memory limit (Redis's ``noeviction``).
 
-    Not refused: deletes and index drops, which free memory (how an operator makes room), and
-    the keys with expiry, which hold sessions and token revocations: small, bounded by the
-    rate limits, and a logout must still work when the store is full. ``rate_hit`` is not a
+    Not refused: deletes and index and table drops, which free memory (how an operator makes
+    room), and the keys with expiry, which hold sessions and token revocations: small, bounded
+    by the rate limits, and a logout must still work when the store is full. ``rate_hit`` is not a
     write at all: rate limiting keeps working, its counters small and short-lived.
     """
 
@@ -144,12 +146,13 @@ class Engine:
         self._scans = ScanCursors(clock, idle=scan_idle, max_bytes=max_frame_bytes // 4)
         self._kv = KeyValueStore(clock)
         self._rates = FixedWindowCounters(clock)
-        self._definitions = TableDefinitions(self._catalog, self._writer, self.audit)
+        self._definitions = TableDefinitions(self._catalog, self._writer, self.audit, self._scans)
         self._keys = KeyCommands(self._kv, self._rates, self._writer, clock, max_in)
         self._replay = JournalReplay(self._catalog, self._writer, self._kv, self.audit, clock)
         w, r, d, k = self._writer, self._reader, self._definitions, self._keys
         self._handlers: dict[str, Callable[[Args], Any]] = {
             "create_table": d.create_table,
+            "drop_table": d.drop_table,
             "create_index": d.create_index,
             "drop_index": d.drop_index,
             "list_indexes": d.list_indexes,
@@ -191,6 +194,7 @@ class Engine:
     COMMANDS: frozenset[str] = frozenset(
         {
             "create_table",
+            "drop_table",
             "create_index",
             "drop_index",
             "list_indexes",

@@ -83,6 +83,13 @@ class JournalReplay:
             existing = catalog.tables.get(name)
             if existing is not None:
                 existing.drop_index(field)
+        elif kind == "drop_table":
+            _, name, highest = change
+            if name in catalog.tables:
+                catalog.remove(name)
+            catalog.raise_floor(highest)
+        elif kind == "version_floor":
+            catalog.raise_floor(change[1])
         else:
             raise InternalError(f"unknown journal entry {kind!r}", {"entry": repr(kind)})
 
@@ -131,7 +138,9 @@ class JournalReplay:
         return (seq, at, user, role, request, table, op, rid, filter_fields, fields, count)
 
     def iter_state(self) -> Iterator[tuple[Any, ...]]:
-        """The whole state as journal entries (tables first, then rows and keys), for snapshots.
+        """The whole state as journal entries (tables first, then the catalog's version floor,
+        rows and keys), for snapshots. The floor comes after the tables: each of those carries
+        its own (``snapshot_spec``), and one created before any drop has none to inherit.
 
         A generator: the snapshot child process iterates it on its copy-on-write image.
         """
@@ -140,6 +149,8 @@ class JournalReplay:
             yield ("table", name, table.snapshot_spec())
             if table.schema is not None:
                 yield ("schema", name, table.schema.document)
+        if self._catalog.version_floor:
+            yield ("version_floor", self._catalog.version_floor)
         for name, table in tables.items():
             for record in table.rows.values():
                 yield ("put", name, record)

@@ -6,8 +6,9 @@ a page always fits in a reply, whatever its records' sizes, and holds at least o
 present (deleted ones are skipped, rows added since are not included; a record updated
 since is returned as it is now). ``fields``, given when opening, projects every page (see
 ``projection``). A cursor is freed when it reaches the end, when its reader closes it
-(``scan_close``: the API does as soon as an export ends early), or after ``idle`` seconds
-without use (``STORE_SCAN_IDLE``).
+(``scan_close``: the API does as soon as an export ends early), after ``idle`` seconds
+without use (``STORE_SCAN_IDLE``), or when its table is dropped (``close_table``: its pages
+would otherwise go on reading the dropped rows, whatever the table's name holds since).
 
 Open cursors are capped (``max_open``, and ``max_ids`` ids held between them: 8 bytes each).
 At the cap, opening another is refused with ``STORE_BUSY`` instead of evicting one. An open
@@ -145,12 +146,22 @@ class ScanCursors:
         self._drop(cursor_id)
         return True
 
+    def close_table(self, table: Table) -> int:
+        """Free every cursor over ``table`` (dropped); how many there were."""
+        doomed = [cursor_id for cursor_id, cursor in self._open.items() if cursor.table is table]
+        for cursor_id in doomed:
+            self._drop(cursor_id)
+        return len(doomed)
+
     def read(self, cursor_id: str, limit: int) -> EncodedPage:
         """``{"items": up to limit records, "cursor": cursor_id or None at the end}``."""
         self.expire()
         cursor = self._open.get(cursor_id)
         if cursor is None:
-            raise NotFound("no such cursor (finished, closed or expired)", {"cursor": cursor_id})
+            raise NotFound(
+                "no such cursor (finished, closed, expired, or its table dropped)",
+                {"cursor": cursor_id},
+            )
         rows, ids, table, project = cursor.table.rows, cursor.ids, cursor.table, cursor.project
         keep = cursor.keep
         items: list[dict[str, Any]] = []

@@ -1,4 +1,5 @@
-"""Table management (admin): schemas, indexes, and update/delete by filter.
+"""Table management (admin): schemas, indexes, update/delete by filter (under ``/data``), and
+dropping a table (``DELETE /tables/{table}``: ``DELETE /data/{table}`` deletes rows by filter).
 
 Included before the data router, so ``/data/{table}/schema`` and ``/data/{table}/indexes`` are
 these routes and not reads of records with those ids.
@@ -42,9 +43,16 @@ from api.schemas.tables import (
 from api.services import tables as table_service
 from api.services import typed_tables
 
-router = APIRouter(
+data_router = APIRouter(
     route_class=MeteredRoute,
     prefix="/data",
+    tags=["tables"],
+    dependencies=[Depends(require_admin)],
+    responses=error_responses(401, 403, validation=False),
+)
+tables_router = APIRouter(
+    route_class=MeteredRoute,
+    prefix="/tables",
     tags=["tables"],
     dependencies=[Depends(require_admin)],
     responses=error_responses(401, 403, validation=False),
@@ -100,7 +108,7 @@ async def validate_field(
 FieldName = Annotated[str, Depends(validate_field)]
 
 
-@router.get(
+@data_router.get(
     "/{table}/schema",
     response_model=Envelope[TableDescription],
     responses=error_responses(400, 404),
@@ -118,7 +126,7 @@ async def read_schema(
     return _body(await table_service.describe_table(store, table, sample))
 
 
-@router.put(
+@data_router.put(
     "/{table}/schema",
     response_model=Envelope[SchemaResult],
     responses=error_responses(400, 404, 409, 413, 415, 507),
@@ -132,7 +140,7 @@ async def attach_schema(table: TableName, body: SchemaBody, store: StoreDep) -> 
     return _body(result)
 
 
-@router.delete(
+@data_router.delete(
     "/{table}/schema",
     response_model=Envelope[SchemaResult],
     responses=error_responses(400, 404),
@@ -147,15 +155,17 @@ async def remove_schema(table: TableName, store: StoreDep) -> Response:
 # `/data/{table}/schema` and `/indexes` are the table's, never records with those ids: a method
 # they lack is 405 here rather than falling through to `/data/{table}/{record_id}` (a DELETE
 # of ".../schema" deleted the record called "schema"). Its Allow is what the router answers.
-@router.api_route("/{table}/schema", methods=["POST", "PATCH"], include_in_schema=False)
-@router.api_route("/{table}/indexes", methods=["PUT", "PATCH", "DELETE"], include_in_schema=False)
+@data_router.api_route("/{table}/schema", methods=["POST", "PATCH"], include_in_schema=False)
+@data_router.api_route(
+    "/{table}/indexes", methods=["PUT", "PATCH", "DELETE"], include_in_schema=False
+)
 @refuses_methods
 async def sub_resource_method_not_allowed(request: Request, table: TableName) -> Response:
     allowed = allowed_methods(request.app, request.url.path)
     raise ApiError(405, "METHOD_NOT_ALLOWED", "Method Not Allowed", headers={"Allow": allowed})
 
 
-@router.get(
+@data_router.get(
     "/{table}/indexes",
     response_model=Envelope[list[IndexSpec]],
     responses=error_responses(400, 404),
@@ -166,7 +176,7 @@ async def list_indexes(table: TableName, store: StoreDep) -> Response:
     return _body(await table_service.list_indexes(store, table))
 
 
-@router.post(
+@data_router.post(
     "/{table}/indexes",
     status_code=201,
     response_model=Envelope[IndexSpec],
@@ -194,7 +204,7 @@ async def create_index(
     )
 
 
-@router.get(
+@data_router.get(
     "/{table}/indexes/{field}",
     response_model=Envelope[IndexSpec],
     responses=error_responses(400, 404),
@@ -208,7 +218,7 @@ async def read_index(table: TableName, field: FieldName, store: StoreDep) -> Res
     raise ApiError(404, "NOT_FOUND", f"no index on {table}.{field}")
 
 
-@router.delete(
+@data_router.delete(
     "/{table}/indexes/{field}",
     status_code=204,
     response_class=Response,
@@ -221,7 +231,7 @@ async def drop_index(table: TableName, field: FieldName, store: StoreDep) -> Res
     return no_content()
 
 
-@router.patch(
+@data_router.patch(
     "/{table}",
     response_model=Envelope[FilterUpdateResult],
     responses={
@@ -262,7 +272,7 @@ async def update_by_filter(
     return _body(result, cache=PROBE_CACHE_CONTROL)
 
 
-@router.delete(
+@data_router.delete(
     "/{table}",
     response_model=Envelope[FilterDeleteResult],
     responses={
@@ -300,3 +310,38 @@ async def delete_by_filter(
             return job
     result = await table_service.delete_where(store, table, query, cascade, limit)
     return _body(result, cache=PROBE_CACHE_CONTROL)
+
+
+@tables_router.delete(
+    "/{table}",
+    status_code=204,
+    response_class=Response,
+    responses=error_responses(
+        400,
+        404,
+        described={
+            409: "`TABLE_NOT_EMPTY` (send force=true), `TABLE_REFERENCED` (another table's"
+            " foreign key names it), `TABLE_BUSY` (a long write runs on it), `BUILT_IN_TABLE`"
+        },
+    ),
+    summary="Drop a table",
+)
+async def drop_table(
+    table: TableName,
+    store: StoreDep,
+    force: Annotated[
+        bool, Query(description="Drop it with its rows (without: 409 unless it is empty)")
+    ] = False,
+) -> Response:
+    """Remove a generic table with its indexes and schema, freeing its place under
+    STORE_MAX_TABLES; its name is free at once. 409: it holds rows (unless force=true),
+    another table's foreign key references it, a long write is running on it, or it is
+    built in (users, orders). 404 if there is no such table."""
+    await table_service.drop_table(store, table, force)
+    return no_content()
+
+
+# The router ``api.main`` mounts: both prefixes (routes are copied in: they are all above).
+router = APIRouter()
+router.include_router(data_router)
+router.include_router(tables_router)

@@ -1,9 +1,10 @@
-"""Table management: schemas, indexes, and update/delete by filter.
+"""Table management: schemas, indexes, update/delete by filter, and dropping a table.
 
 ``users`` and ``orders`` are typed: their schema is their public model, their built-in indexes
 (the unique email, the user_id behind the foreign key) stay, and their rows change only
 through their services (``users`` not at all by filter: passwords, emails and sessions need
-the users service; ``orders`` with ``OrderUpdate``'s validation).
+the users service; ``orders`` with ``OrderUpdate``'s validation). The tables the API declares
+(``schema.SCHEMAS``: those two and ``_jobs``) are never dropped.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from api.schemas.data import DataRecord
 from api.schemas.orders import OrderPublic
 from api.schemas.users import UserPublic
 from api.services import orders, record_values, typed_tables, users
+from api.services.schema import SCHEMAS
 from api.store import Store
 from storeserver.errors import BadRequest, Conflict, LimitExceeded
 
@@ -29,6 +31,7 @@ Record = dict[str, Any]
 PUBLIC_MODELS: dict[str, type[BaseModel]] = {users.TABLE: UserPublic, orders.TABLE: OrderPublic}
 BUILT_IN_INDEXES = {users.TABLE: {"email"}, orders.TABLE: {"user_id"}}
 MANAGED_FIELDS = frozenset(DataRecord.model_fields)  # id, created_at, updated_at, version
+BUILT_IN_TABLES = frozenset(schema["table"] for schema in SCHEMAS)
 MAX_VIOLATION_DETAILS = 100
 # Keywords whose values are instance data, not subschemas: a "$ref" in them is no reference.
 _DATA_KEYWORDS = frozenset({"const", "enum", "default", "examples"})
@@ -240,6 +243,65 @@ def _check_typed_index(table: str, field: str, unique: bool) -> None:
             f"an index on {table}.{field} {problem}",
             [{"field": field, "message": problem}],
         )
+
+
+# -- dropping a table --------------------------------------------------------------------------
+
+
+async def drop_table(store: Store, table: str, force: bool) -> None:
+    """Drop a generic table with its indexes and schema (and, with ``force``, its rows); 409
+    when something still relies on it (see the store's refusals)."""
+    if table in BUILT_IN_TABLES:
+        raise _built_in_table(table)
+    try:
+        await store.call("drop_table", {"table": table, "force": force})
+    except Conflict as exc:
+        raise _drop_refused(table, exc) from None
+
+
+def _built_in_table(table: str) -> ApiError:
+    return ApiError(
+        409,
+        "BUILT_IN_TABLE",
+        f"{table} is built in (the service relies on it) and cannot be dropped",
+        [{"field": "table", "message": "built-in table"}],
+    )
+
+
+def _drop_refused(table: str, exc: Conflict) -> ApiError:
+    details = exc.details
+    reason = details.get("reason")
+    if reason == "referenced":
+        referencing = [r for r in details.get("referenced_by", []) if isinstance(r, dict)]
+        named = ", ".join(f"{r.get('table')}.{r.get('field')}" for r in referencing)
+        return ApiError(
+            409,
+            "TABLE_REFERENCED",
+            f"{table} is referenced by the foreign key {named}: drop that table first",
+            [
+                {"table": r.get("table"), "field": r.get("field"), "message": f"references {table}"}
+                for r in referencing
+            ],
+        )
+    if reason == "not_empty":
+        rows = details.get("rows")
+        return ApiError(
+            409,
+            "TABLE_NOT_EMPTY",
+            f"{table} holds {rows} row(s): send force=true to drop them with it",
+            [{"field": "force", "rows": rows, "message": "the table is not empty"}],
+        )
+    if reason == "busy":
+        commands = ", ".join(str(c) for c in details.get("commands", []))
+        return ApiError(
+            409,
+            "TABLE_BUSY",
+            f"a long write ({commands}) is running on {table}: retry once it has ended",
+            [{"field": "table", "message": "a long write is running on it"}],
+        )
+    if reason in ("internal", "keep_rows"):
+        return _built_in_table(table)
+    raise exc
 
 
 # -- writes by filter --------------------------------------------------------------------------
