@@ -1,8 +1,9 @@
 """API log lines as the workers write them, from ``caplog``: for tests of named events.
 
 Our events are structlog's; unconfigured, structlog prints instead of reaching ``logging`` (and
-so ``caplog``). A test module calls ``configure_logging`` first (an autouse fixture), as
-``create_app`` does in a worker, then reads the records rendered by the JSON formatter.
+so ``caplog``). A test module configures logging first, as ``create_app`` does in a worker
+(``structured_logs`` in tests/api/security/conftest.py), then reads the records rendered by
+the JSON formatter.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from pwdlib import PasswordHash
 from pwdlib.hashers.bcrypt import BcryptHasher
 
 from api.auth.admin import ensure_admin
-from api.logs import configure_logging, json_formatter
+from api.logs import json_formatter
 from api.services import passwords
 from tests.support.engine import EngineStore, run
 
@@ -47,10 +47,7 @@ def store() -> AdminStore:
     return AdminStore()
 
 
-@pytest.fixture(autouse=True)
-def structured_logs() -> None:
-    """structlog through the standard library, as in the workers (``create_app`` does it)."""
-    configure_logging("info")
+pytestmark = pytest.mark.usefixtures("structured_logs")  # conftest.py: named events
 
 
 def events(caplog: pytest.LogCaptureFixture, level: int = logging.INFO) -> list[dict[str, Any]]:

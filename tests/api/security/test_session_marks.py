@@ -16,7 +16,6 @@ import pytest
 
 from api.auth import sessions
 from api.auth.tokens import Claims, InvalidToken, TokenService
-from api.logs import configure_logging
 from storeserver.errors import BadRequest, StoreUnavailable
 from tests.support.engine import EngineStore, run
 from tests.support.events import named
@@ -25,10 +24,7 @@ from tests.support.inprocess import in_process
 HOUR, FIVE_MINUTES = 3600, 300
 
 
-@pytest.fixture(autouse=True)
-def structured_logs() -> None:
-    """structlog through the standard library, as in the workers (``create_app`` does it)."""
-    configure_logging("info")
+pytestmark = pytest.mark.usefixtures("structured_logs")  # conftest.py: named events
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ import pytest
 
 from api.auth import sessions
 from api.auth.tokens import TokenService
-from api.logs import configure_logging
 from api.main import create_app
 from api.settings import Settings
 from storeserver.errors import BadRequest
@@ -30,10 +29,7 @@ SECRET = "unit-test-signing-key-0123456789-ABCDEFGH"
 GUARD = 10  # seconds: only so that a broken sequence fails instead of hanging
 
 
-@pytest.fixture(autouse=True)
-def structured_logs() -> None:
-    """structlog through the standard library, as in the workers (``create_app`` does it)."""
-    configure_logging("info")
+pytestmark = pytest.mark.usefixtures("structured_logs")  # conftest.py: named events
 
 
 @pytest.fixture

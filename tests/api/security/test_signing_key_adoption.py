@@ -18,7 +18,6 @@ from starlette.datastructures import State
 from api.auth.secret import SECRET_KEY
 from api.auth.startup import adopt_store_secret, start_auth
 from api.auth.tokens import InvalidToken, new_session_id
-from api.logs import configure_logging
 from api.settings import Settings
 from storeserver.errors import StoreUnavailable
 from tests.support.engine import EngineStore
@@ -33,10 +32,7 @@ async def started_worker(store: EngineStore, settings: Settings) -> State:
     return state
 
 
-@pytest.fixture(autouse=True)
-def structured_logs() -> None:
-    """structlog through the standard library, as in the workers (``create_app`` does it)."""
-    configure_logging("info")
+pytestmark = pytest.mark.usefixtures("structured_logs")  # conftest.py: named events
 
 
 def switch_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
