@@ -13,8 +13,7 @@ declarations (``Catalog.remove``), and its slot under ``max_tables`` with it.
 ``version_floor``): every table created afterwards takes it as its own ``version_floor``, so a
 record inserted there under an id the client chose starts above every version of the dropped
 table (``tables.py``): a table dropped and created again does not hand an old record's ETag to
-a new one. (The insert that creates a table implicitly does not look at the floor: it starts
-at 1, see ``writes.RecordWriter.insert``.)
+a new one, the insert that creates a table implicitly included (``writes.RecordWriter.insert``).
 """
 
 from __future__ import annotations

@@ -103,6 +103,8 @@ class RecordWriter:
                 self._check_size(name, new)
             self.catalog.check_room()
             table = self.catalog.add_empty(name)
+            if chosen and table.version_floor:  # a dropped table's: as below, for its first
+                new["version"] = table.version_floor + 1
             if self.journal:
                 self.changes.append(("table", name, table.spec()))
             if undo is not None:
