@@ -9,11 +9,13 @@ Declaring a table again adds what is new (indexes are built over existing rows);
 existing declaration is refused. ``drop_table`` (``definitions``) removes a table with its
 declarations (``Catalog.remove``), and its slot under ``max_tables`` with it.
 
-``Catalog.version_floor`` is the highest version any dropped table held (a row's, or its own
-``version_floor``): every table created afterwards takes it as its own ``version_floor``, so a
-record inserted there under an id the client chose starts above every version of the dropped
-table (``tables.py``): a table dropped and created again does not hand an old record's ETag to
-a new one, the insert that creates a table implicitly included (``writes.RecordWriter.insert``).
+``Catalog.dropped_floors`` keeps, per name of a dropped table, the highest version it held (a
+row's, or its own ``version_floor``): a table created again under that name takes it as its
+own ``version_floor``, so a record inserted there under an id the client chose starts above
+every version of the dropped table (``tables.py``): a table dropped and created again does not
+hand an old record's ETag to a new one, the insert that creates a table implicitly included
+(``writes.RecordWriter.insert``). Other names are not affected. One small int per distinct
+dropped name, kept for good (snapshotted as ``("dropped_floor", name, n)``).
 """
 
 from __future__ import annotations
@@ -110,7 +112,7 @@ class Catalog:
         self.tables: dict[str, Table] = {}
         # referenced table -> [(referencing table, field)]
         self.referrers: dict[str, list[tuple[str, str]]] = {}
-        self.version_floor = 0  # see the module doc; snapshotted as ("version_floor", n)
+        self.dropped_floors: dict[str, int] = {}  # see the module doc
 
     def get(self, args: Args, key: str = "table") -> Table:
         """The existing table named by ``args[key]``; ``NotFound`` if there is none."""
@@ -134,7 +136,7 @@ class Catalog:
 
     def _new_table(self, name: str) -> Table:
         table = Table(name)
-        table.version_floor = self.version_floor
+        table.version_floor = self.dropped_floors.get(name, 0)
         return table
 
     def drop(self, name: str) -> None:
@@ -147,7 +149,7 @@ class Catalog:
 
     def remove(self, name: str) -> int:
         """Drop a table with its declarations (the caller checked that no other table
-        references it); returns its highest version, which ``version_floor`` now covers."""
+        references it); returns its highest version, which its name's floor now covers."""
         table = self.tables.pop(name)
         for field, target in table.foreign_keys.items():
             kept = [ref for ref in self.referrers.get(target, ()) if ref != (name, field)]
@@ -158,12 +160,12 @@ class Catalog:
         self.referrers.pop(name, None)  # what is left: its own references to itself
         highest = max((r["version"] for r in table.rows.values()), default=0)
         highest = max(highest, table.version_floor)
-        self.raise_floor(highest)
+        self.raise_floor(name, highest)
         return highest
 
-    def raise_floor(self, version: int) -> None:
-        if version > self.version_floor:
-            self.version_floor = version
+    def raise_floor(self, name: str, version: int) -> None:
+        if version > self.dropped_floors.get(name, 0):
+            self.dropped_floors[name] = version
 
     def define(self, name: str, spec: TableSpec, *, check: bool = True) -> tuple[bool, bool]:
         """Create or extend a table; ``(created, changed)``. Validates everything first."""

@@ -87,9 +87,10 @@ class JournalReplay:
             _, name, highest = change
             if name in catalog.tables:
                 catalog.remove(name)
-            catalog.raise_floor(highest)
-        elif kind == "version_floor":
-            catalog.raise_floor(change[1])
+            catalog.raise_floor(name, highest)
+        elif kind == "dropped_floor":
+            _, name, highest = change
+            catalog.raise_floor(name, highest)
         else:
             raise InternalError(f"unknown journal entry {kind!r}", {"entry": repr(kind)})
 
@@ -138,9 +139,10 @@ class JournalReplay:
         return (seq, at, user, role, request, table, op, rid, filter_fields, fields, count)
 
     def iter_state(self) -> Iterator[tuple[Any, ...]]:
-        """The whole state as journal entries (tables first, then the catalog's version floor,
-        rows and keys), for snapshots. The floor comes after the tables: each of those carries
-        its own (``snapshot_spec``), and one created before any drop has none to inherit.
+        """The whole state as journal entries (tables first, then the dropped tables' version
+        floors, rows and keys), for snapshots. The floors come after the tables: each of those
+        carries its own (``snapshot_spec``), so what a floor gives a table created again later
+        is only for names created after the snapshot.
 
         A generator: the snapshot child process iterates it on its copy-on-write image.
         """
@@ -149,8 +151,8 @@ class JournalReplay:
             yield ("table", name, table.snapshot_spec())
             if table.schema is not None:
                 yield ("schema", name, table.schema.document)
-        if self._catalog.version_floor:
-            yield ("version_floor", self._catalog.version_floor)
+        for name, highest in self._catalog.dropped_floors.items():
+            yield ("dropped_floor", name, highest)
         for name, table in tables.items():
             for record in table.rows.values():
                 yield ("put", name, record)

@@ -293,7 +293,7 @@ def test_a_table_created_again_never_gives_an_old_records_version() -> None:
         run(engine, "patch", table="t", id="x", changes={"n": n})
     run(engine, "drop_table", table="t", force=True)
     snapshot = list(engine.iter_state())
-    assert ("version_floor", 3) in snapshot  # kept while no table holds it
+    assert ("dropped_floor", "t", 3) in snapshot  # kept for that name
     log = engine.drain_changes()
 
     for copy in (engine, replayed(log), replayed(snapshot)):
@@ -313,6 +313,20 @@ def test_an_insert_that_creates_the_table_again_starts_above_the_dropped_version
         # No create_table first: the insert creates the table, its first record included.
         assert run(copy, "insert", table="t", record={"id": "x"})["version"] == 3
     assert state(replayed(list(engine.iter_state()))) == state(engine)
+
+
+def test_a_drop_leaves_the_versions_of_other_tables_alone() -> None:
+    # The floor is the dropped name's: a new table under another name starts at 1 (it was a
+    # catalog-wide floor, and every table created after any drop started above it).
+    engine = Engine()
+    run(engine, "insert", table="t", record={"id": "x", "n": 1})
+    run(engine, "patch", table="t", id="x", changes={"n": 2})
+    run(engine, "drop_table", table="t", force=True)
+    log = engine.drain_changes()
+    for copy in (engine, replayed(log), replayed(list(engine.iter_state()))):
+        assert run(copy, "insert", table="u", record={"id": "x"})["version"] == 1
+        run(copy, "create_table", table="v")
+        assert run(copy, "insert", table="v", record={"id": "x"})["version"] == 1
 
 
 def test_drop_table_frees_memory_so_it_is_allowed_over_the_limit() -> None:
