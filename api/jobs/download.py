@@ -24,6 +24,7 @@ from starlette.middleware.gzip import GZipResponder
 from starlette.responses import FileResponse, Response
 from starlette.types import Receive, Scope, Send
 
+from api.conditions import header_list
 from api.errors import ApiError
 from api.jobs.runner import result_dir
 from api.middleware import accepts_gzip
@@ -143,12 +144,6 @@ def cached_tag(request: Request, etag: str, zipped: bool, modified: int) -> str 
         return next((tag for tag in dict.fromkeys((sent, etag)) if tag in held), None)
     since = http_date(request.headers.get("if-modified-since"))
     return sent if since is not None and modified <= since else None
-
-
-def header_list(request: Request, name: str) -> str | None:
-    """A list header with its repeated lines joined as one list (RFC 9110 §5.3)."""
-    lines = request.headers.getlist(name)
-    return ", ".join(lines) if lines else None
 
 
 def precondition_failed(message: str, etag: str) -> ApiError:
