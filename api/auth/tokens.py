@@ -50,6 +50,7 @@ class TokenPair:
     access_token: str
     refresh_token: str
     expires_in: int
+    refresh_claims: Claims  # what verifying ``refresh_token`` would give, without decoding it
     refresh_expires_at: int = 0  # the refresh token's exp, the pair's last moment
 
 
@@ -106,13 +107,25 @@ class TokenService:
         access_exp = int(now) + self.access_ttl
         access = self._encode(user_id, role, session_id, "access", now, access_exp)
         refresh_exp = self.refresh_expiry(now)
-        refresh = self._encode(user_id, role, session_id, "refresh", now, refresh_exp)
+        refresh_id = uuid.uuid4().hex
+        refresh = self._encode(user_id, role, session_id, "refresh", now, refresh_exp, refresh_id)
+        # exp is int(now) + refresh_ttl, so the configured-lifetime cap of ``_decode`` is exp.
+        claims = Claims(
+            user_id,
+            role,
+            session_id,
+            refresh_id,
+            "refresh",
+            round(now, 6),
+            refresh_exp,
+            refresh_exp,
+        )
         # exp is rounded down (and issued_at may be earlier than now), so less than access_ttl
         # is left: promise only the whole seconds that are. Not exp rounded up instead: a
         # token would outlive by up to a second the revocation marks set at its issue, and
         # ``_decode`` caps it at int(iat) + ttl anyway.
         expires_in = max(access_exp - math.ceil(signed_at), 0)
-        return TokenPair(access, refresh, expires_in, refresh_exp)
+        return TokenPair(access, refresh, expires_in, claims, refresh_exp)
 
     def refresh_expiry(self, issued_at: float) -> int:
         """The exp of a refresh token issued at ``issued_at``."""
@@ -131,14 +144,21 @@ class TokenService:
         return claims
 
     def _encode(
-        self, user_id: str, role: str, session_id: str, kind: TokenType, now: float, exp: int
+        self,
+        user_id: str,
+        role: str,
+        session_id: str,
+        kind: TokenType,
+        now: float,
+        exp: int,
+        token_id: str | None = None,
     ) -> str:
         payload: dict[str, Any] = {
             "iss": ISSUER,
             "sub": user_id,
             "role": role,
             "sid": session_id,
-            "jti": uuid.uuid4().hex,
+            "jti": token_id or uuid.uuid4().hex,
             "typ": kind,
             "iat": round(now, 6),
             "exp": exp,

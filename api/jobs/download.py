@@ -29,6 +29,7 @@ from api.errors import ApiError
 from api.jobs.runner import result_dir
 from api.middleware import accepts_gzip
 from api.responses import DATA_CACHE_CONTROL
+from api.services.versions import precondition_failed
 
 if TYPE_CHECKING:
     from api.jobs.state import Job
@@ -130,11 +131,13 @@ def cached_tag(request: Request, etag: str, zipped: bool, modified: int) -> str 
         accepted = entity_tags(if_match)
         current = {etag, gzip_etag(etag)}
         if accepted is not None and not any(not weak and t in current for weak, t in accepted):
-            raise precondition_failed("If-Match does not match the result's ETag", sent)
+            raise precondition_failed("If-Match does not match the result's ETag", {"ETag": sent})
     else:
         since = http_date(request.headers.get("if-unmodified-since"))
         if since is not None and modified > since:
-            raise precondition_failed("the result changed after If-Unmodified-Since", sent)
+            raise precondition_failed(
+                "the result changed after If-Unmodified-Since", {"ETag": sent}
+            )
     if_none_match = header_list(request, "if-none-match")
     if if_none_match is not None:
         cached = entity_tags(if_none_match)
@@ -144,10 +147,6 @@ def cached_tag(request: Request, etag: str, zipped: bool, modified: int) -> str 
         return next((tag for tag in dict.fromkeys((sent, etag)) if tag in held), None)
     since = http_date(request.headers.get("if-modified-since"))
     return sent if since is not None and modified <= since else None
-
-
-def precondition_failed(message: str, etag: str) -> ApiError:
-    return ApiError(412, "PRECONDITION_FAILED", message, headers={"ETag": etag})
 
 
 def result_stat(path: FilePath) -> os.stat_result:

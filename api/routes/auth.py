@@ -172,7 +172,7 @@ async def create_token(
     session_id = new_session_id()
     pair = tokens.issue_pair(str(user["id"]), role, session_id, issued_at=read_at)
     await announce_expiry(store, pair.refresh_expires_at)
-    await open_session(store, session_id, tokens.verify(pair.refresh_token, "refresh"))
+    await open_session(store, session_id, pair.refresh_claims)
     return token_response(pair, limit_headers)
 
 
@@ -200,7 +200,7 @@ async def refresh_token(body: RefreshRequest, store: StoreDep, tokens: TokensDep
         role = str(user.get("role") or users.DEFAULT_ROLE)
         # The new pair first: its refresh token's jti takes the presented one's place.
         pair = tokens.issue_pair(claims.subject, role, claims.session_id, issued_at=checked_at)
-        await rotate_refresh_token(store, claims, tokens.verify(pair.refresh_token, "refresh"))
+        await rotate_refresh_token(store, claims, pair.refresh_claims)
     except (InvalidToken, NotFound):
         raise bad_refresh_token() from None
     return token_response(pair)
