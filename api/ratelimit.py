@@ -15,18 +15,18 @@ alike: the request would only wait out a second timeout.
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from dataclasses import dataclass
 
 import limits
+import structlog
 from starlette.types import Scope
 
 from api.store import Store
 from storeserver.errors import StoreError, StoreTimeout
 
-logger = logging.getLogger("api.ratelimit")
+log = structlog.get_logger("api.ratelimit")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +79,7 @@ class RateLimiter:
             now = time.monotonic()
             if now - self._last_failure_log > 10:
                 self._last_failure_log = now
-                logger.warning("rate limit not checked (failing open): %s", result.message)
+                log.warning("rate_limit_failing_open", code=result.code, reason=result.message)
             return None
         if isinstance(result, BaseException):
             raise result

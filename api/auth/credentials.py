@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import logging
 import secrets
 from typing import Any
 
+import structlog
 from pydantic import EmailStr, TypeAdapter, ValidationError
 
 from api.services import users
@@ -17,7 +17,7 @@ from storeserver.errors import MemoryLimit, NotFound, VersionMismatch
 
 _dummy_hash: str | None = None
 _EMAIL: TypeAdapter[str] = TypeAdapter(EmailStr)
-logger = logging.getLogger("api.auth")
+log = structlog.get_logger("api.auth")
 
 
 def login_email(username: str) -> str:
@@ -97,4 +97,4 @@ async def store_rehash(store: Store, record: dict[str, Any], new_hash: str) -> N
         pass  # changed or deleted since the read: that write stands
     except MemoryLimit:
         # Logging in must keep working at the memory limit; the next login tries again.
-        logger.warning("password hash not upgraded to BCRYPT_ROUNDS: store at its memory limit")
+        log.warning("password_rehash_skipped", reason="MEMORY_LIMIT")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import socket
 import tempfile
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import structlog
 from fastapi.exceptions import RequestValidationError
 
 from api.errors import ApiError, StreamCutOff
@@ -34,7 +34,7 @@ from api.settings import Settings
 from api.store import Store
 from storeserver.errors import NotFound, StoreError, StoreTimeout, StoreUnavailable
 
-logger = logging.getLogger("api.jobs")
+log = structlog.get_logger("api.jobs")
 JobFunc = Callable[["JobContext"], Awaitable[dict[str, Any] | None]]
 KINDS: dict[str, JobFunc] = {}
 # Kinds a cancel cannot stop once running (409). A write by filter (submitted as a closure by
@@ -218,7 +218,7 @@ class JobRunner:
         except Exception:
             # The store stayed away past the retries: the sweep settles the record. Logged
             # here: a task's exception is only reported once collected, and none collects it.
-            logger.exception("job %s: its state could not be recorded", job_id)
+            log.exception("job_state_not_recorded", job_id=job_id)
         finally:
             self._tasks.pop(job_id, None)
             self._contexts.pop(job_id, None)
@@ -249,7 +249,7 @@ class JobRunner:
             error = {"code": "VALIDATION_ERROR", "message": "validation failed", "details": details}
             await self._finish(ctx.job_id, "failed", error=error)
         except Exception:
-            logger.exception("job %s failed", ctx.job_id)
+            log.exception("job_failed_unexpectedly", job_id=ctx.job_id)
             error = {"code": "INTERNAL_ERROR", "message": "the job failed unexpectedly"}
             await self._finish(ctx.job_id, "failed", error=error)
         else:
@@ -298,7 +298,7 @@ class JobRunner:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the store is down: try again next beat
-                logger.warning("job heartbeat failed: %r", exc)
+                log.warning("job_heartbeat_failed", error=repr(exc))
 
     def cancel_here(self, job_id: str) -> None:
         """The cancel of a job this worker runs takes effect at its next checkpoint; one
@@ -323,7 +323,7 @@ class JobRunner:
     async def _sweep(self) -> None:
         failed = await self.jobs.sweep_stale()
         if failed:
-            logger.warning("marked %d job(s) of lost workers failed", failed)
+            log.warning("lost_worker_jobs_failed", jobs=failed)
         for job in await self.jobs.expired(self.settings.job_retention_seconds):
             path = (job.get("result") or {}).get("file")
             if path:
@@ -351,7 +351,7 @@ class JobRunner:
             total -= size
             if job is not None:
                 await self.jobs.delete(job_id)
-            logger.info("deleted job %s early: results over JOB_RESULT_MAX_BYTES", job_id)
+            log.info("job_deleted_over_result_cap", job_id=job_id)
 
     async def _sweep_files(self) -> None:
         """Delete the files past the retention that no live job owns: the ``.part`` of a job

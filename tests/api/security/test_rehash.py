@@ -7,6 +7,7 @@ another BCRYPT_ROUNDS over the same data directory.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import httpx
@@ -19,6 +20,7 @@ from api.services import passwords
 from storeserver.errors import MemoryLimit
 from tests.support.auth import bearer, login
 from tests.support.engine import EngineStore, run
+from tests.support.events import named
 from tests.support.factories import user_payload
 from tests.support.stack import Stack, running_stack
 from tests.support.storedirect import store_call
@@ -92,6 +94,7 @@ async def test_a_password_changed_during_the_login_is_kept(store: LoginStore) ->
     assert store.stored_hash() == changed  # VERSION_MISMATCH: the rehash gave way
 
 
+@pytest.mark.usefixtures("structured_logs")
 async def test_a_store_at_its_memory_limit_still_lets_the_user_in(
     store: LoginStore, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -99,9 +102,11 @@ async def test_a_store_at_its_memory_limit_still_lets_the_user_in(
         raise MemoryLimit("store memory limit reached")
 
     store.before["patch"] = full
-    assert await credentials.check_credentials(store, EMAIL, PASSWORD) is not None
+    with caplog.at_level(logging.WARNING, "api.auth"):
+        assert await credentials.check_credentials(store, EMAIL, PASSWORD) is not None
     assert cost(store.stored_hash()) == 4
-    assert "not upgraded" in caplog.text
+    (line,) = named(caplog, "password_rehash_skipped")
+    assert line["level"] == "warning" and line["reason"] == "MEMORY_LIMIT"
 
 
 # --- on a real stack -------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -14,6 +15,7 @@ from api.auth.sessions import check_not_revoked
 from api.auth.tokens import Claims, InvalidToken, TokenCache, TokenService
 from api.ratelimit import RateLimiter, Verdict, tightest
 from storeserver.errors import StoreTimeout, StoreUnavailable
+from tests.support.events import logged
 from tests.support.inprocess import in_process
 
 SECRET = "unit-test-signing-key-0123456789-ABCDEFGH"
@@ -169,13 +171,19 @@ async def test_unknown_email_still_costs_one_verification(
     assert verified == ["$2b$04$" + "a" * 53]
 
 
-def test_limiter_keys_verdicts_and_fail_open() -> None:
+@pytest.mark.usefixtures("structured_logs")
+def test_limiter_keys_verdicts_and_fail_open(caplog: pytest.LogCaptureFixture) -> None:
     limiter = RateLimiter("20/minute", "api")
     assert (limiter.amount, limiter.window) == (20, 60)
     assert limiter.key("ip", "1.2.3.4") != limiter.key("user", "1.2.3.4")
     verdict = limiter.verdict({"allowed": True, "remaining": 3, "reset": time.time() + 30})
     assert verdict is not None and verdict.headers()["X-Rate-Limit-Remaining"] == "3"
-    assert limiter.verdict(StoreUnavailable("down")) is None
+    with caplog.at_level(logging.WARNING, "api.ratelimit"):
+        assert limiter.verdict(StoreUnavailable("down")) is None
+        assert limiter.verdict(StoreUnavailable("down")) is None  # logged once per 10 s
+    (line,) = logged(caplog, "api.ratelimit")
+    assert line["event"] == "rate_limit_failing_open" and line["level"] == "warning"
+    assert line["code"] == "STORE_UNAVAILABLE"
     with pytest.raises(StoreTimeout):  # 504 now, not a second timeout in the route
         limiter.verdict(StoreTimeout("slow"))
     refused = Verdict(False, 3, 0, time.time() + 5)
