@@ -20,7 +20,21 @@ from api.logs import configure_logging
 from api.metrics import install_metrics
 from api.middleware import install_middleware
 from api.openapi import install_openapi
-from api.routes import admin, auth, batch, data, dump, join, orders, probes, tables, users
+from api.routes import (
+    admin,
+    auth,
+    batch,
+    data,
+    dump,
+    filter_writes,
+    join,
+    orders,
+    probes,
+    table_indexes,
+    table_schemas,
+    tables,
+    users,
+)
 from api.routes import jobs as job_routes
 from api.routes import transactions as transaction_routes
 from api.services.schema import ensure_schema
@@ -130,9 +144,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_middleware(app, settings)
     install_metrics(app)
     # The router tries routes in this order: the busiest (users, orders) first, since each
-    # route tried before the match costs about a microsecond. Tables before data:
-    # /data/{table}/schema is not a read of a record called "schema".
-    for module in (users, orders, auth, tables, data, join, dump, admin, probes):
+    # route tried before the match costs about a microsecond. Table management (schemas,
+    # indexes, writes by filter, drop) before data: /data/{table}/schema is not a read of a
+    # record called "schema".
+    table_management = (table_schemas, table_indexes, filter_writes, tables)
+    for module in (users, orders, auth, *table_management, data, join, dump, admin, probes):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(job_routes.router, prefix=API_PREFIX)
     app.include_router(batch.router, prefix=API_PREFIX)

@@ -38,7 +38,7 @@ log = structlog.get_logger("api.jobs")
 JobFunc = Callable[["JobContext"], Awaitable[dict[str, Any] | None]]
 KINDS: dict[str, JobFunc] = {}
 # Kinds a cancel cannot stop once running (409). A write by filter (submitted as a closure by
-# api.routes.tables) is one atomic store command: cancelling its wait could leave a job
+# api.routes.filter_writes) is one atomic store command: cancelling its wait could leave a job
 # "cancelled" whose write the store had applied. ``job_kind(stoppable=False)`` adds more.
 UNSTOPPABLE: set[str] = {"update_where", "delete_where"}
 WORKER_STOPPED = {"code": "WORKER_STOPPED", "message": "the worker shut down during the job"}
