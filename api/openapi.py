@@ -11,8 +11,8 @@ alternative ``{}`` first, so Swagger UI and generated clients do not demand cred
 Two more things are read from the request as a whole: a list's filters (any number of
 ``field__op=value`` parameters, ``api.deps.FILTERING``), described as one free-form object
 parameter (``style: form, explode: true``: each of its keys is its own query parameter, as
-Swagger UI and generated clients send it); and ``If-None-Match`` on the reads that answer 304
-(or 412, a POST query).
+Swagger UI and generated clients send it); and ``If-None-Match`` and ``If-Match`` on the reads
+that answer 304 (or 412, a POST query).
 
 Two things FastAPI's generator loses are put back: the 400 FastAPI answers for a JSON body
 nested too deeply to parse, on every operation that reads a JSON body; and the nulls of the
@@ -45,6 +45,13 @@ IF_NONE_MATCH = {
     "required": False,
     "schema": {"type": "string"},
     "description": 'The ETag of what you have (W/"3"): 304 if it is still current',
+}
+IF_MATCH = {
+    "name": "If-Match",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string"},
+    "description": 'Answer only if this is still the current ETag (W/"3"), else 412',
 }
 
 
@@ -110,6 +117,8 @@ def add_request_parameters(app: FastAPI, schema: dict[str, Any]) -> dict[str, An
             )
             if conditional and "if-none-match" not in names:
                 parameters.append(IF_NONE_MATCH)
+            if conditional and "if-match" not in names:
+                parameters.append(IF_MATCH)
     return schema
 
 

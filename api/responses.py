@@ -27,6 +27,31 @@ def if_none_match(request: Request) -> str | None:
     return header_list(request, "if-none-match")
 
 
+def read_preconditions(request: Request, etag: str, headers: Mapping[str, str]) -> Response | None:
+    """A read's conditions in RFC 9110 §13.2.2's order, by weak comparison with ``etag``: an
+    If-Match that does not name it is 412 (§13.1.1 applies it to any method that selects a
+    representation); then an If-None-Match that names it is 304, or 412 for a query sent by
+    POST (§13.1.2: 304 only answers GET and HEAD). ``None``: send the representation."""
+    if_match = header_list(request, "if-match")
+    if if_match is not None and not none_match_hits(if_match, etag):
+        raise ApiError(
+            412,
+            "PRECONDITION_FAILED",
+            "If-Match does not match the current version",
+            headers={"ETag": etag},
+        )
+    if not none_match_hits(if_none_match(request), etag):
+        return None
+    if request.method != "GET":
+        raise ApiError(
+            412,
+            "PRECONDITION_FAILED",
+            "If-None-Match matches the current result: nothing new to send",
+            headers={"ETag": etag},
+        )
+    return Response(status_code=304, headers=headers)
+
+
 def json_response(
     body: object, status_code: int = 200, headers: Mapping[str, str] | None = None
 ) -> Response:
@@ -41,15 +66,17 @@ def record_response(
     location: str | None = None,
     etag: str | None = None,
 ) -> Response:
-    """One record in the envelope, with its ETag (the record's version unless given); a GET
-    whose If-None-Match hits gets 304."""
+    """One record in the envelope, with its ETag (the record's version unless given), after a
+    GET's preconditions (``read_preconditions``)."""
     if etag is None:
         etag = record_etag(record.get("version"))
     headers = {"ETag": etag, "Cache-Control": DATA_CACHE_CONTROL}
     if location:
         headers["Location"] = location
-    if request.method == "GET" and none_match_hits(if_none_match(request), etag):
-        return Response(status_code=304, headers=headers)
+    if request.method == "GET":  # a write's own conditions were decided before it
+        cached = read_preconditions(request, etag, headers)
+        if cached is not None:
+            return cached
     return json_response({"status": "success", "data": record}, status_code, headers)
 
 
@@ -62,20 +89,13 @@ def list_response(
     shape: str = "",
 ) -> Response:
     """A page in the envelope with ``meta``; the ETag covers ids, versions, the total and the
-    ``shape`` (``list_etag``). A query sent by POST whose If-None-Match hits is 412, not 304
-    (RFC 9110 §13.1.2: 304 only answers GET and HEAD)."""
+    ``shape`` (``list_etag``), after the read's preconditions (``read_preconditions``)."""
     records = items if versioned is None else versioned
     etag = list_etag(records, total, page.page, page.per_page, shape)
     headers = {"ETag": etag, "Cache-Control": DATA_CACHE_CONTROL}
-    if none_match_hits(if_none_match(request), etag):
-        if request.method != "GET":
-            raise ApiError(
-                412,
-                "PRECONDITION_FAILED",
-                "If-None-Match matches the current result: nothing new to send",
-                headers={"ETag": etag},
-            )
-        return Response(status_code=304, headers=headers)
+    cached = read_preconditions(request, etag, headers)
+    if cached is not None:
+        return cached
     body = {
         "status": "success",
         "data": items,

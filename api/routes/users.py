@@ -19,15 +19,15 @@ from api.deps import (
     UserListQuery,
 )
 from api.errors import ApiError
-from api.etags import list_etag, none_match_hits
+from api.etags import list_etag
 from api.http_metrics import MeteredRoute
 from api.queries import Page
 from api.responses import (
     DATA_CACHE_CONTROL,
-    if_none_match,
     json_response,
     list_response,
     no_content,
+    read_preconditions,
     record_response,
 )
 from api.routes.auth import login_limiter, too_many_attempts
@@ -147,8 +147,9 @@ async def user_answer(
     # The tag covers the user and the page of orders, so either changing changes it.
     etag = list_etag([user, *found], total, orders.page, orders.per_page)
     headers = {"ETag": etag, "Cache-Control": DATA_CACHE_CONTROL}
-    if none_match_hits(if_none_match(request), etag):
-        return Response(status_code=304, headers=headers)
+    cached = read_preconditions(request, etag, headers)
+    if cached is not None:
+        return cached
     meta = {"orders": {"page": orders.page, "per_page": orders.per_page, "total": total}}
     body = {"status": "success", "data": {**user, "orders": found}, "meta": meta}
     return json_response(body, 200, headers)

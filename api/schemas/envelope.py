@@ -113,10 +113,18 @@ ETAG_HEADER = {
 NOT_MODIFIED: dict[int | str, dict[str, Any]] = {
     200: {"headers": ETAG_HEADER},
     304: {"description": "Not modified (If-None-Match)", "headers": ETAG_HEADER},
+    412: {
+        "model": ErrorEnvelope,
+        "description": "If-Match does not name the current ETag (`PRECONDITION_FAILED`)",
+        "headers": ETAG_HEADER,
+    },
 }
-"""A GET that takes If-None-Match (``record_response``, ``list_response``)."""
-QUERY_MATCHED = {412: "If-None-Match matches the current result"}
-"""A POST query that takes If-None-Match: a hit is 412, as RFC 9110 asks of a POST."""
+"""A GET that takes If-None-Match and If-Match (``read_preconditions``)."""
+QUERY_MATCHED = {
+    412: "If-None-Match matches the current result, or If-Match does not (`PRECONDITION_FAILED`)"
+}
+"""A POST query that takes If-None-Match (a hit is 412, as RFC 9110 asks of a POST) and
+If-Match."""
 
 
 def error_responses(

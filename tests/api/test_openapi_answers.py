@@ -229,12 +229,13 @@ def test_reads_that_answer_304_document_if_none_match_and_etag(spec: dict[str, A
     assert len(conditional) >= 10
     for path, method, operation in conditional:
         names = [p["name"] for p in operation.get("parameters", [])]
-        assert "If-None-Match" in names, (method, path)
+        assert {"If-None-Match", "If-Match"} <= set(names), (method, path)
+        assert "If-Match" in operation["responses"]["412"]["description"], (method, path)
         for status in ("200", "304"):
             assert "ETag" in operation["responses"][status]["headers"], (method, path, status)
     queries = [path for path in spec["paths"] if path.endswith("/query")]
     for path in queries:
         names = [p["name"] for p in spec["paths"][path]["post"].get("parameters", [])]
-        assert "If-None-Match" in names, path
+        assert {"If-None-Match", "If-Match"} <= set(names), path
     transaction = spec["paths"][API + "/transaction"]["post"]
     assert "If-None-Match" not in [p["name"] for p in transaction.get("parameters", [])]

@@ -184,6 +184,7 @@ def test_users_me_takes_the_parameters_of_users_id(spec: dict[str, Any]) -> None
         "orders_page",
         "orders_per_page",
         "If-None-Match",
+        "If-Match",
     }
     assert me["responses"] == by_id["responses"]
 

@@ -16,7 +16,7 @@ from api.main import create_app
 from api.settings import Settings
 from storeserver import errors
 from tests.support.auth import register
-from tests.support.factories import assert_error, create_order, create_record, token
+from tests.support.factories import assert_error, create_order, create_record, create_user, token
 from tests.support.inprocess import in_process
 
 API = "/api/v1"
@@ -145,6 +145,34 @@ def test_if_match_on_several_lines_is_one_list(client: httpx.Client) -> None:
     )
 
 
+@pytest.mark.integration
+def test_if_match_on_a_read_is_evaluated(client: httpx.Client) -> None:
+    """RFC 9110 §13.1.1: "only if it is still this version" on a GET (and HEAD) is 412 when
+    the record moved on; it was ignored, and the newer record came back as a 200."""
+    table = f"t_{token()}"
+    url = f"{API}/data/{table}/{create_record(client, table, n=1)['id']}"
+    assert client.patch(url, json={"data": {"n": 2}}).status_code == 200
+    for method in ("GET", "HEAD"):
+        stale = client.request(method, url, headers={"If-Match": 'W/"1"'})
+        assert stale.status_code == 412 and stale.headers["etag"] == 'W/"2"', stale.text
+    assert_error(client.get(url, headers={"If-Match": 'W/"1"'}), 412, "PRECONDITION_FAILED")
+    for current in ('W/"2"', '"2"', 'W/"1", W/"2"', "*"):
+        read = client.get(url, headers={"If-Match": current})
+        assert read.status_code == 200 and read.json()["data"]["n"] == 2, (current, read.text)
+    # Both: If-Match decides first (a hit goes on to If-None-Match's 304).
+    both = client.get(url, headers={"If-Match": 'W/"2"', "If-None-Match": 'W/"2"'})
+    assert both.status_code == 304
+    user_url = f"{API}/users/{create_user(client)['id']}"  # typed routes too
+    assert_error(client.get(user_url, headers={"If-Match": 'W/"7"'}), 412, "PRECONDITION_FAILED")
+    # Lists and a user with a page of orders: their tag, not a version.
+    for listed in (f"{API}/data/{table}", f"{user_url}?embed=orders"):
+        tag = client.get(listed).headers["etag"]
+        assert client.get(listed, headers={"If-Match": tag}).status_code == 200
+        moved = client.get(listed, headers={"If-Match": 'W/"2"'})
+        assert_error(moved, 412, "PRECONDITION_FAILED")
+        assert moved.headers["etag"] == tag
+
+
 # In process: what reaches the store.
 
 ADMIN = Principal(id="admin-id", role="admin", session_id="s")
@@ -223,7 +251,8 @@ def test_write_routes_document_both_conditional_headers() -> None:
         (method, path)
         for path, item in spec["paths"].items()
         for method, operation in item.items()
-        if any(p["name"] == "If-Match" for p in operation.get("parameters", []))
+        if method in ("put", "patch", "delete")
+        and any(p["name"] == "If-Match" for p in operation.get("parameters", []))
     ]
     assert sorted(writes) == sorted(
         [
