@@ -26,7 +26,11 @@ from pydantic_core import PydanticCustomError
 
 from api.queries import OUT_OF_RANGE
 
-ProductName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+ProductName = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
+    Field(description="1 to 200 characters; surrounding whitespace is trimmed"),
+]
 Quantity = Annotated[int, Field(strict=True, gt=0, le=1_000_000_000)]
 
 

@@ -8,7 +8,11 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints, field_validator
 from pydantic.json_schema import SkipJsonSchema
 
-FullName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+FullName = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=100),
+    Field(description="1 to 100 characters; surrounding whitespace is trimmed"),
+]
 Age = Annotated[int, Field(strict=True, gt=0, lt=150)]
 Password = Annotated[str, Field(min_length=8, max_length=72, description="8 to 72 UTF-8 bytes")]
 Role = Literal["user", "admin"]
