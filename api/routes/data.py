@@ -55,6 +55,14 @@ RecordId = Annotated[str, Path(max_length=128, description="Record id")]
 Upsert = Annotated[
     bool, Query(description="Merge into records whose id exists (generic tables only)")
 ]
+Refs = Annotated[
+    bool,
+    Query(
+        description='A list under `data` only: `{"$ref": "<i>.<field path>"}` in a record is'
+        " that field of record i (an earlier one) of the same list, as in a transaction."
+        " Without it, such a map is data and every record is written as sent"
+    ),
+]
 
 
 class BulkEnvelope(ListEnvelope[DataRecord]):
@@ -98,15 +106,17 @@ async def create_record(
     body: DataCreateBody,
     store: StoreDep,
     upsert: Upsert = False,
+    refs: Refs = False,
 ) -> Response:
     """Insert a record (the table is created on first insert); an `id` may be supplied.
 
     With a list under `data`, every record is inserted in one atomic store operation (none if
-    one fails; the error names it). `upsert=true` merges into records whose `id` exists
-    (RFC 7386, version + 1): the answer is 200 when nothing was created (every record merged).
+    one fails; the error names it); with `refs=true`, a record may take values of earlier ones
+    (`{"$ref": "0.id"}`). `upsert=true` merges into records whose `id` exists (RFC 7386,
+    version + 1): the answer is 200 when nothing was created (every record merged).
     """
     if isinstance(body.data, list):
-        stored = await records.create_records(store, table, body.data, upsert)
+        stored = await records.create_records(store, table, body.data, upsert, refs)
         inserted = sum(1 for record in stored if created_now(record))
         meta = {"inserted": inserted, "updated": len(stored) - inserted}
         headers = {"Cache-Control": DATA_CACHE_CONTROL}

@@ -28,15 +28,17 @@ async def run_batch(
     ops: list[dict[str, Any]],
     label: str = "operation",
     names: list[str] | None = None,
+    refs: bool = True,
 ) -> list[Any]:
     """The results of ``ops``, applied atomically. In errors, ``label`` and the index name the
     op, and ``names`` the client's op names (a typed replace is stored as a patch).
 
     ``label`` is ``operation`` (a transaction: body.operations.<i>.data) or ``record`` (a bulk
-    insert: body.data.<i>), which also places a schema violation's fields.
+    insert: body.data.<i>), which also places a schema violation's fields. ``refs``: whether the
+    store resolves ``{"$ref": "<i>.<path>"}`` values; without, every value is written as sent.
     """
     try:
-        result = await store.call("batch", {"ops": ops})
+        result = await store.call("batch", {"ops": ops, "refs": refs})
     except StoreError as exc:
         raise failed_operation(exc, ops, label, names) from None
     results: list[Any] = result["results"]

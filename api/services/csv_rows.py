@@ -4,11 +4,12 @@ table takes and how a row is validated.
 A malformed spot (bad quoting, a byte that is not UTF-8, a quote never closed) ends the rows
 with a ``RowError`` for the row it is in: past it, where the next row starts is not known.
 
-Generic tables take any columns; ``orders`` takes its model's fields and validates each row
-through ``OrderCreate`` exactly like ``POST /orders``; ``users`` cannot be imported (a CSV
-export carries no password hash, and passwords must be hashed one by one through the users
-service; create users with ``POST /users``). The store-managed columns ``created_at``,
-``updated_at`` and ``version`` are written on export and ignored on import.
+Generic tables take any columns, ``id`` read as text (``decode_text``); ``orders`` takes its
+model's fields and validates each row through ``OrderCreate`` exactly like ``POST /orders``;
+``users`` cannot be imported (a CSV export carries no password hash, and passwords must be
+hashed one by one through the users service; create users with ``POST /users``). The
+store-managed columns ``created_at``, ``updated_at`` and ``version`` are written on export and
+ignored on import.
 """
 
 from __future__ import annotations
@@ -220,7 +221,10 @@ def reader_for(table: str, header: Sequence[str]) -> RowReader:
         )
     if table == orders.TABLE:
         return _orders_reader(names)
-    decoders = tuple(decode_cell for _ in names)
+    # An id is text (as orders' text columns): a bare 1e2, true or null is that id, not a
+    # number, a boolean or no id. The export JSON-quotes or escapes the ids that would read as
+    # something else ("123", '-x), and neither " nor a leading ' can be in an id.
+    decoders = tuple(decode_text if name == "id" else decode_cell for name in names)
     return RowReader(table, names, decoders, _validate_generic)
 
 
@@ -236,8 +240,6 @@ def _merge_extra(data: Record, value: Any, number: int, errors: list[RowError]) 
 
 
 def _validate_generic(data: Record) -> Record:
-    if "id" in data and type(data["id"]) is int:
-        data["id"] = str(data["id"])  # a hand-written numeric id column
     try:
         record_values.check_generic(data, ())  # the rules of POST /data/{table}
     except RequestValidationError as exc:

@@ -38,9 +38,14 @@ async def upsert_record(store: Store, table: str, data: Record) -> Record:
 
 
 async def create_records(
-    store: Store, table: str, items: list[Record], upsert: bool
+    store: Store, table: str, items: list[Record], upsert: bool, refs: bool = False
 ) -> list[Record]:
-    """Many records in one atomic store batch; with ``upsert``, existing ids are merged into."""
+    """Many records in one atomic store batch; with ``upsert``, existing ids are merged into.
+
+    With ``refs``, ``{"$ref": "<i>.<path>"}`` in a record is a value of record i of the same
+    list (resolved by the store). Opt-in: otherwise such a map is data, written as sent, as by
+    every other write of a record (a dump reloads unchanged, a JSON Schema's ``$ref`` is kept).
+    """
     typed = TYPED.get(table)
     if upsert:
         refuse_typed_upsert(table)
@@ -57,12 +62,13 @@ async def create_records(
         stored = list(await asyncio.gather(*builds))
     else:
         for index, item in enumerate(items):
-            check_generic(item, (*DATA, index), allow_refs=True)
-            check_refs(item, index, (*DATA, index))  # record i may use an earlier one's values
+            check_generic(item, (*DATA, index), allow_refs=refs)
+            if refs:
+                check_refs(item, index, (*DATA, index))  # record i may use an earlier one's values
         stored = items
     extra = {"upsert": True} if upsert else {}
     ops = [{"op": "insert", "table": table, "record": record, **extra} for record in stored]
-    results = await run_batch(store, ops, "record")
+    results = await run_batch(store, ops, "record", refs=refs)
     return [to_public(table, record) for record in results]
 
 

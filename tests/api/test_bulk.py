@@ -104,16 +104,54 @@ def test_bulk_limits_and_validation(client: httpx.Client) -> None:
     assert_error(client.get(f"/api/v1/data/{table}"), 404)  # nothing was created
 
 
-def test_records_may_refer_to_earlier_ones(client: httpx.Client) -> None:
+def test_with_refs_records_may_refer_to_earlier_ones(client: httpx.Client) -> None:
     table = f"bulk_{token()}"
-    response = bulk(client, table, [{"name": "parent"}, {"parent": {"$ref": "0.id"}}])
+    response = bulk(client, table, [{"name": "parent"}, {"parent": {"$ref": "0.id"}}], refs="true")
     assert response.status_code == 201, response.text
     parent, child = response.json()["data"]
     assert child["parent"] == parent["id"]
-    error = assert_error(bulk(client, table, [{"x": {"$ref": "1.id"}}, {}]), 422)
+    error = assert_error(bulk(client, table, [{"x": {"$ref": "1.id"}}, {}], refs="true"), 422)
     assert error["details"][0]["field"] == "body.data.0.x.$ref"
-    kept = bulk(client, table, [{"doc": {"$ref": "#/a", "type": "object"}}])
+    kept = bulk(client, table, [{"doc": {"$ref": "#/a", "type": "object"}}], refs="true")
     assert kept.json()["data"][0]["doc"] == {"$ref": "#/a", "type": "object"}
+
+
+REF_SHAPED = [
+    {"id": "a", "m": {"$ref": "0.id"}},
+    {"id": "b", "m": {"$ref": "#/defs/x"}, "l": [{"$ref": "5.id"}]},
+    {"id": "c", "m": {"$ref": "0.m"}, "deep": {"x": {"$ref": "1.id"}}},
+]
+
+
+@pytest.mark.parametrize("params", [{}, {"refs": "false"}, {"upsert": "true"}])
+def test_without_refs_records_are_written_as_sent(
+    client: httpx.Client, params: dict[str, str]
+) -> None:
+    """Without refs=true a {"$ref": ...} map is data, as in a single POST or a CSV import:
+    a dump reloads unchanged, and a JSON Schema fragment is no malformed reference."""
+    table = f"bulk_{token()}"
+    response = bulk(client, table, REF_SHAPED, **params)
+    assert response.status_code == 201, response.text
+    assert [strip(r) for r in response.json()["data"]] == REF_SHAPED
+    listed = client.get(f"/api/v1/data/{table}", params={"sort": "id:asc"}).json()["data"]
+    assert [strip(r) for r in listed] == REF_SHAPED
+
+
+def test_without_refs_a_ref_shaped_id_is_an_invalid_id(client: httpx.Client) -> None:
+    table = f"bulk_{token()}"
+    response = bulk(client, table, [{"id": "src"}, {"id": {"$ref": "0.id"}}])
+    error = assert_error(response, 422, "VALIDATION_ERROR")
+    assert error["details"][0]["field"] == "body.data.1.id"
+    assert_error(client.get(f"/api/v1/data/{table}"), 404)  # nothing was created
+
+
+def test_refs_must_be_a_boolean(client: httpx.Client) -> None:
+    error = assert_error(bulk(client, f"bulk_{token()}", [{}], refs="maybe"), 422)
+    assert error["details"][0]["field"] == "query.refs"
+
+
+def strip(record: dict[str, object]) -> dict[str, object]:
+    return {k: v for k, v in record.items() if k not in ("created_at", "updated_at", "version")}
 
 
 @pytest.mark.parametrize("bad_id", ["a/b", "..", "has space", "count", "schema", "indexes"])
@@ -123,7 +161,8 @@ def test_an_id_taken_from_a_reference_follows_the_id_rules(
     """Record 1 takes its id from record 0 (``$ref``): the store checks it as the API checks a
     literal one, so no record gets an id no /data/{table}/{id} could address."""
     table = f"bulk_{token()}"
-    response = bulk(client, table, [{"id": "src", "p": bad_id}, {"id": {"$ref": "0.p"}}])
+    records = [{"id": "src", "p": bad_id}, {"id": {"$ref": "0.p"}}]
+    response = bulk(client, table, records, refs="true")
     error = assert_error(response, 400, "BAD_REQUEST")
     assert error["details"][0]["index"] == 1
     assert_error(client.get(f"/api/v1/data/{table}"), 404)  # nothing was created
