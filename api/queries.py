@@ -3,8 +3,9 @@
 Pure functions, no I/O. Typed resources (users, orders) declare their fields and types: an
 unknown field or operator is a 400 naming it, a value that is not of the field's type a 422.
 Generic tables accept any well-formed field name and read values as JSON scalars when they
-parse (``30`` → 30, ``true``, ``null``), else as strings; ``contains`` and ``startswith``
-always take a string, ``exists`` takes ``true`` or ``false``.
+parse (``30`` → 30, ``true``, ``null``; an integer past signed 64 bits → a float), else as
+strings; ``contains`` and ``startswith`` always take a string, ``exists`` takes ``true`` or
+``false``.
 """
 
 from __future__ import annotations
@@ -42,8 +43,11 @@ BASE_FIELDS: dict[str, FieldType] = {
     "version": "int",
 }
 GENERIC_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}(?:\.[A-Za-z_][A-Za-z0-9_]{0,63}){0,7}")
-_INT = re.compile(r"[+-]?[0-9]{1,19}")
+# Digits after any leading zeros: more than 19 of them is past 64 bits, whatever they are
+# (so a 10 KB value is refused without converting it).
+_INT = re.compile(r"[+-]?0*([0-9]{1,19})|[+-]?0*[0-9]{20,}")
 _INT64 = range(-(2**63), 2**63)
+OUTSIDE_INT64 = "integer outside the 64-bit range (-9223372036854775808 to 9223372036854775807)"
 OUT_OF_RANGE = "out of range: in UTC it must fall within the years 0001 to 9999"
 
 
@@ -232,6 +236,10 @@ def parse_scalar(text: str) -> Any:
         value = orjson.loads(text)
     except orjson.JSONDecodeError:
         return text
+    if isinstance(value, int) and not isinstance(value, bool) and value not in _INT64:
+        # orjson reads integers up to 2**64 - 1 as ints; past them, and below -2**63, floats.
+        # The store holds signed 64-bit integers, so the rest of that range is a float too.
+        return float(value)
     if value is None or isinstance(value, bool | int | float | str):
         return value
     return text
@@ -258,9 +266,14 @@ def _coerce(raw: str, ftype: FieldType | None, key: str, op: str) -> Any:
             raise invalid_value(f"query.{key}", FINER_THAN_STORED)
         return stamp
     if ftype == "int":
-        if _INT.fullmatch(raw) and int(raw) in _INT64:
-            return int(raw)
-        raise invalid_value(f"query.{key}", "expected an integer")
+        match = _INT.fullmatch(raw)
+        if match is None:
+            raise invalid_value(f"query.{key}", "expected an integer")
+        digits = match.group(1)
+        value = None if digits is None else int(digits) * (-1 if raw[0] == "-" else 1)
+        if value is None or value not in _INT64:
+            raise invalid_value(f"query.{key}", OUTSIDE_INT64)
+        return value
     if len(raw) > 40 or not DECIMAL_TEXT.fullmatch(raw):
         raise invalid_value(f"query.{key}", "expected a decimal number in ASCII digits, e.g. 19.99")
     return Decimal(raw)

@@ -72,7 +72,9 @@ def _multiple_of(validator: Any, divisor: Any, instance: Any, schema: Any) -> It
             f"multipleOf is not checked on a number of more than {MAX_DECIMAL_DIGITS} digits"
         )
     elif not multiple:
-        yield ValidationError(f"{instance!r} is not a multiple of {divisor}")
+        yield ValidationError(
+            f"{instance} is not a multiple of {divisor}"
+        )  # str: a Decimal repr is Python text
 
 
 # The two keywords below mirror jsonschema's ``_keywords`` (``search``, not ``match``), as

@@ -37,11 +37,12 @@ attached (the checks above), and the violations of a record.
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from typing import Any
 
 import structlog
-from jsonschema.exceptions import SchemaError
+from jsonschema.exceptions import SchemaError, ValidationError
 from referencing import Registry
 
 from storeserver.errors import BadRequest, ValidationFailed
@@ -102,6 +103,34 @@ def _problem(exc: SchemaError) -> str:
 
 
 _NOT_APPLICABLE = "the schema cannot be applied to this record"
+# jsonschema shows values with repr(): a Decimal (a CSV cell, a total_price) would read
+# "Decimal('19.999') is less than the minimum of 20" to a client that sent 19.999.
+# Only the Decimals the error is about are rewritten: a string value that reads like one
+# ("Decimal('2')", in quotes in the message) is shown as sent.
+_DECIMAL_REPR = re.compile(r"Decimal\('([^']+)'\)")
+
+
+def _message(error: ValidationError) -> str:
+    text: str = error.message
+    if "Decimal('" not in text:
+        return text
+    shown = _decimal_reprs([error.instance, error.validator_value])
+    return _DECIMAL_REPR.sub(lambda m: m[1] if m[0] in shown else m[0], text)
+
+
+def _decimal_reprs(value: Any) -> set[str]:
+    """``repr()`` of every Decimal in ``value`` (maps and lists walked without recursion)."""
+    found: set[str] = set()
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if type(node) is Decimal:
+            found.add(repr(node))
+        elif type(node) is dict:
+            stack.extend(node.values())
+        elif type(node) is list:
+            stack.extend(node)
+    return found
 
 
 class TableSchema:
@@ -146,7 +175,7 @@ class TableSchema:
         out = []
         try:
             for error in self.validator.iter_errors(instance):
-                out.append({"path": [*error.absolute_path], "message": error.message})
+                out.append({"path": [*error.absolute_path], "message": _message(error)})
                 if len(out) >= MAX_ERRORS:
                     break
         except RecursionError:

@@ -14,6 +14,7 @@ from api.queries import (
     EXPANDABLE,
     FINER_THAN_STORED,
     OUT_OF_RANGE,
+    OUTSIDE_INT64,
     RESERVED,
     Fields,
     ListQuery,
@@ -136,6 +137,48 @@ def test_uncoercible_value_is_422(key: str, raw: str, fields: dict[str, str]) ->
 )
 def test_generic_values_parse_as_json_scalars(raw: str, expected: object) -> None:
     assert parse_scalar(raw) == expected
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["9223372036854775808", "18446744073709551615", "18446744073709551616", "-9223372036854775809"],
+)
+def test_generic_integers_past_signed_64_bits_are_floats(raw: str) -> None:
+    """orjson reads up to 2**64 - 1 as an int; the store's integers stop at 2**63 - 1."""
+    value = parse_scalar(raw)
+    assert type(value) is float and value == float(raw)
+    assert parse_filter("v__in", f"1,{raw}", None) == ["v", "in", [1, float(raw)]]
+    assert type(parse_scalar(raw[:-1])) is int  # 64 bits: kept
+
+
+@pytest.mark.parametrize(
+    ("key", "raw", "expected"),
+    [
+        ("age", "9223372036854775807", 2**63 - 1),
+        ("age__gte", "-9223372036854775808", -(2**63)),
+        ("age", "-" + "0" * 40 + "7", -7),  # zeros padding it are not digits of its size
+    ],
+)
+def test_typed_int_filters_take_the_whole_64_bit_range(key: str, raw: str, expected: int) -> None:
+    assert parse_filter(key, raw, users.FIELDS)[2] == expected
+
+
+@pytest.mark.parametrize(
+    ("key", "raw"),
+    [
+        ("age", "9223372036854775808"),
+        ("age__in", "1,18446744073709551615"),
+        ("age__lt", "-9223372036854775809"),
+        ("age", "1" * 5000),
+        ("version", "18446744073709551615"),
+    ],
+)
+def test_a_typed_integer_past_64_bits_is_a_422_saying_so(key: str, raw: str) -> None:
+    fields = None if key == "version" else users.FIELDS  # a generic table's store field
+    with pytest.raises(ApiError) as info:
+        parse_filter(key, raw, fields)
+    assert info.value.status_code == 422
+    assert info.value.details == [{"field": f"query.{key}", "message": OUTSIDE_INT64}]
 
 
 def test_generic_filters_accept_dotted_fields_and_keep_contains_a_string() -> None:

@@ -354,6 +354,21 @@ def test_multiple_of_with_huge_exponents_builds_no_huge_number(
     assert time.perf_counter() - started < 0.5
 
 
+@pytest.mark.parametrize("value", [Decimal("19.999"), 19.999])
+def test_a_violation_shows_a_decimal_as_the_number_written(value: Any) -> None:
+    """Not Python's ``Decimal('19.999')``: a CSV cell or a total_price is a Decimal."""
+    schema = {"properties": {"n": {"multipleOf": 0.01, "minimum": 20, "enum": [1]}}}
+    assert messages(schema, {"n": value}) == [
+        "19.999 is not a multiple of 0.01",
+        "19.999 is less than the minimum of 20",
+        "19.999 is not one of [1]",
+    ]
+    listed = {"properties": {"l": {"maxItems": 1}}}
+    assert messages(listed, {"l": [Decimal("1.50"), "Decimal('2')"]}) == [
+        "[1.50, \"Decimal('2')\"] is too long"  # a string that reads like one is kept
+    ]
+
+
 def test_a_schema_decimal_longer_than_a_stored_one_is_refused() -> None:
     """``multipleOf`` turns its divisor into an int at every write: quadratic in its digits
     (300,000 of them took 3.9 s)."""
