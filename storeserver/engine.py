@@ -400,6 +400,7 @@ class Engine:
             )
         undo: Undo = []
         results: list[Any] = []
+        unchanged: list[int] = []
         measure_results = self._request_bytes is None
         for index, op in enumerate(ops):
             name = op.get("op") if type(op) is dict else None
@@ -420,7 +421,10 @@ class Engine:
                             self._writer.measure_sent = measure_results = True
                 # A merge returns the whole record, whatever the size of the request.
                 measure_results = measure_results or name == "patch" or "upsert" in op_args
+                written = len(undo)
                 results.append(handler(op_args, undo))
+                if len(undo) == written:  # every write notes its undo: this one wrote nothing
+                    unchanged.append(index)
             except StoreError as exc:
                 self._writer.rollback(undo)
                 exc.details = {
@@ -433,6 +437,8 @@ class Engine:
                 self._writer.rollback(undo)
                 raise
         reply = {"results": results}
+        if unchanged:  # a patch, replace or upsert of the values stored already
+            reply["unchanged"] = unchanged
         self._check_reply(reply, len(ops), measure_results, undo)
         return reply
 

@@ -85,7 +85,10 @@ class RecordWriter:
         if "upsert" in args and optional_bool(args, "upsert") and table is not None:
             old = table.rows.get(rid) if type(rid) is str else None
             if old is not None:
-                new = self._update(table, old, merge_patch(old, record), undo)
+                merged = merge_patch(old, record)
+                if unchanged(old, merged, record):
+                    return table.visible(old, False)  # as ``patch``: nothing to write
+                new = self._update(table, old, merged, undo)
                 self.audit.add(table.name, "upsert", rid, record, 1, at=new["updated_at"])
                 return new
         chosen = rid is not None

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
@@ -113,28 +113,23 @@ async def create_record(
     With a list under `data`, every record is inserted in one atomic store operation (none if
     one fails; the error names it); with `refs=true`, a record may take values of earlier ones
     (`{"$ref": "0.id"}`). `upsert=true` merges into records whose `id` exists (RFC 7386,
-    version + 1): the answer is 200 when nothing was created (every record merged).
+    version + 1; none for a record that already holds those values, counted in neither
+    `meta.inserted` nor `meta.updated`): the answer is 200 when nothing was created.
     """
     if isinstance(body.data, list):
-        stored = await records.create_records(store, table, body.data, upsert, refs)
-        inserted = sum(1 for record in stored if created_now(record))
-        meta = {"inserted": inserted, "updated": len(stored) - inserted}
+        written = await records.create_records(store, table, body.data, upsert, refs)
+        meta = {"inserted": written.inserted, "updated": written.updated}
         headers = {"Cache-Control": DATA_CACHE_CONTROL}
-        status = 201 if inserted else 200  # an upsert that only merged created nothing
-        return json_response({"status": "success", "data": stored, "meta": meta}, status, headers)
+        status = 201 if written.inserted else 200  # an upsert that only merged created nothing
+        body_out = {"status": "success", "data": written.records, "meta": meta}
+        return json_response(body_out, status, headers)
     if upsert:
-        record = await records.upsert_record(store, table, body.data)
-        status = 201 if created_now(record) else 200
+        record, created = await records.upsert_record(store, table, body.data)
+        status = 201 if created else 200
     else:
         record, status = await records.create_record(store, table, body.data), 201
     location = request.app.url_path_for("read_record", table=table, record_id=record["id"])
     return record_response(request, record, status_code=status, location=location)
-
-
-def created_now(record: dict[str, Any]) -> bool:
-    """Whether an upsert created ``record``: a merge is always a change, stamped after the
-    creation. (Not ``version == 1``: a record created under a deleted id starts above it.)"""
-    return bool(record.get("created_at") == record.get("updated_at"))
 
 
 @router.get(

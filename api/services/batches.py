@@ -37,12 +37,24 @@ async def run_batch(
     insert: body.data.<i>), which also places a schema violation's fields. ``refs``: whether the
     store resolves ``{"$ref": "<i>.<path>"}`` values; without, every value is written as sent.
     """
+    results, _ = await run_batch_noting_unchanged(store, ops, label, names, refs)
+    return results
+
+
+async def run_batch_noting_unchanged(
+    store: Store,
+    ops: list[dict[str, Any]],
+    label: str = "operation",
+    names: list[str] | None = None,
+    refs: bool = True,
+) -> tuple[list[Any], frozenset[int]]:
+    """``run_batch``'s results, and the indexes of the ops that changed nothing (a patch,
+    replace or upsert of values stored already: its result is the record as it was)."""
     try:
-        result = await store.call("batch", {"ops": ops, "refs": refs})
+        reply = await store.call("batch", {"ops": ops, "refs": refs})
     except StoreError as exc:
         raise failed_operation(exc, ops, label, names) from None
-    results: list[Any] = result["results"]
-    return results
+    return reply["results"], frozenset(reply.get("unchanged", ()))
 
 
 def failed_operation(

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 from api.errors import ApiError
 from api.services import users
-from api.services.batches import check_refs, run_batch
+from api.services.batches import check_refs, run_batch_noting_unchanged
 from api.services.record_values import DATA, Record, check_generic
 from api.services.typed_tables import TYPED, IfMatch, to_public
 from api.services.versions import expected_version, with_version
 from api.store import Store
+from storeserver.errors import StoreError
 
 
 async def create_record(store: Store, table: str, data: Record) -> Record:
@@ -29,17 +31,42 @@ async def create_record(store: Store, table: str, data: Record) -> Record:
     return await store.call("insert", {"table": table, "record": data})
 
 
-async def upsert_record(store: Store, table: str, data: Record) -> Record:
-    """Insert, or merge into the record with the same ``id`` (``updated_at`` after
-    ``created_at`` means merged)."""
+@dataclass(frozen=True)
+class Written:
+    """The records a bulk insert stored, in order, and how many it created or merged into
+    (an upsert of values stored already is neither)."""
+
+    records: list[Record]
+    inserted: int
+    updated: int
+
+
+async def upsert_record(store: Store, table: str, data: Record) -> tuple[Record, bool]:
+    """Insert, or merge into the record with the same ``id``; and whether it was created.
+
+    A batch of one: only a batch's reply names an upsert that changed nothing, whose record
+    may look just created (``updated_at`` still equal to ``created_at``)."""
     refuse_typed_upsert(table)
     check_generic(data)
-    return await store.call("insert", {"table": table, "record": data, "upsert": True})
+    op = {"op": "insert", "table": table, "record": data, "upsert": True}
+    try:
+        reply = await store.call("batch", {"ops": [op], "refs": False})
+    except StoreError as exc:  # the error of the single insert it is: no batch index or op
+        exc.details = {k: v for k, v in exc.details.items() if k not in ("index", "op")}
+        raise
+    record: Record = reply["results"][0]
+    return record, not reply.get("unchanged") and created_now(record)
+
+
+def created_now(record: Record) -> bool:
+    """Whether an upsert that wrote ``record`` created it: a merge is stamped after the
+    creation. (Not ``version == 1``: a record created under a deleted id starts above it.)"""
+    return bool(record.get("created_at") == record.get("updated_at"))
 
 
 async def create_records(
     store: Store, table: str, items: list[Record], upsert: bool, refs: bool = False
-) -> list[Record]:
+) -> Written:
     """Many records in one atomic store batch; with ``upsert``, existing ids are merged into.
 
     With ``refs``, ``{"$ref": "<i>.<path>"}`` in a record is a value of record i of the same
@@ -68,8 +95,11 @@ async def create_records(
         stored = items
     extra = {"upsert": True} if upsert else {}
     ops = [{"op": "insert", "table": table, "record": record, **extra} for record in stored]
-    results = await run_batch(store, ops, "record", refs=refs)
-    return [to_public(table, record) for record in results]
+    results, unchanged = await run_batch_noting_unchanged(store, ops, "record", refs=refs)
+    written = [i for i in range(len(results)) if i not in unchanged]
+    inserted = sum(1 for i in written if created_now(results[i]))
+    public = [to_public(table, record) for record in results]
+    return Written(public, inserted, len(written) - inserted)
 
 
 def refuse_typed_upsert(table: str) -> None:

@@ -1,0 +1,56 @@
+"""An upsert that merges values the record holds already changes nothing, as a PATCH: same
+version, updated_at and ETag, and ``meta`` counts it as neither inserted nor updated."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.support.factories import create_record, token
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def url(client: httpx.Client) -> str:
+    table = f"t_{token()}"
+    create_record(client, table, id="u1", a=1)
+    return f"/api/v1/data/{table}"
+
+
+def test_a_single_upsert_of_the_values_stored_is_200_and_keeps_the_etag(
+    client: httpx.Client, url: str
+) -> None:
+    made = client.get(f"{url}/u1")
+    for _ in range(2):
+        same = client.post(url, params={"upsert": "true"}, json={"data": {"id": "u1", "a": 1}})
+        assert same.status_code == 200, same.text
+        assert same.headers["etag"] == made.headers["etag"] == 'W/"1"'
+        assert same.json()["data"] == made.json()["data"]
+    merged = client.post(url, params={"upsert": "true"}, json={"data": {"id": "u1", "a": 2}})
+    assert merged.status_code == 200 and merged.headers["etag"] == 'W/"2"'
+
+
+def test_a_bulk_upsert_counts_only_what_it_wrote(client: httpx.Client, url: str) -> None:
+    same = [{"id": "u1", "a": 1}]
+    for _ in range(2):
+        answer = client.post(url, params={"upsert": "true"}, json={"data": same})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["meta"] == {"inserted": 0, "updated": 0}
+        assert answer.json()["data"][0]["version"] == 1
+    mixed = [{"id": "u1", "a": 1}, {"id": "u1", "a": 2}, {"id": "u2", "a": 1}]
+    answer = client.post(url, params={"upsert": "true"}, json={"data": mixed})
+    assert answer.status_code == 201, answer.text
+    assert answer.json()["meta"] == {"inserted": 1, "updated": 1}
+    assert [r["version"] for r in answer.json()["data"]] == [1, 2, 1]
+
+
+def test_a_single_upsert_error_is_the_single_inserts(client: httpx.Client, url: str) -> None:
+    """Sent as a batch of one: its errors name no batch index or op."""
+    schema = {"properties": {"a": {"type": "integer"}}}
+    assert client.put(f"{url}/schema", json={"schema": schema}).status_code == 200
+    answer = client.post(url, params={"upsert": "true"}, json={"data": {"id": "u1", "a": "x"}})
+    error = answer.json()["error"]
+    assert answer.status_code == 422, answer.text
+    assert error["details"] == [{"field": "body.data.a", "message": "'x' is not of type 'integer'"}]
+    assert "record 0" not in error["message"]
