@@ -55,6 +55,7 @@ def test_admin_without_order_date_gets_the_server_time(
         "2024-05-01T12:00:00",  # no time zone
         "not a date",
     ],
+    ids=["future", "no-zone", "not-a-date"],  # stable ids: the first value is of the moment
 )
 def test_bad_order_date_is_422(client: httpx.Client, user: dict[str, str], value: str) -> None:
     response = client.post("/api/v1/orders", json=order_payload(user["id"], order_date=value))
