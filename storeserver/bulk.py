@@ -30,10 +30,10 @@ from storeserver.builds import Job
 from storeserver.errors import LimitExceeded
 from storeserver.filters import compile_predicate, fields_of, parse_where, plan
 from storeserver.query import Predicate
-from storeserver.records import merge_patch
+from storeserver.records import apply_patch, checked_patch, same_value
 from storeserver.selection import candidates, count_of, matches_in, rows_per_step
 from storeserver.tables import Record, Table
-from storeserver.writes import RecordWriter, Undo, unchanged
+from storeserver.writes import RecordWriter, Undo
 
 _UPDATE_ARGS = frozenset({"table", "where", "changes", "max_rows"})
 _DELETE_ARGS = frozenset({"table", "where", "cascade", "max_rows"})
@@ -155,14 +155,18 @@ class BulkWriter:
         check_keys(args, _UPDATE_ARGS)
         table = self.writer.catalog.get(args)
         changes = required_dict(args, "changes")
+        # Checked before any row is selected, so a bad patch is refused whatever the filter
+        # matches (none included), and copied once: the rows share its values.
+        patch = checked_patch(changes)
 
         def change(matched: list[Record], filter_fields: list[str] | None) -> dict[str, int]:
             undo: Undo = []
             updated = 0
+            unchanged = unchanged_by(patch)
             try:
                 for old in matched:
-                    new = merge_patch(old, changes)
-                    if not unchanged(old, new, changes):
+                    new = apply_patch(old, patch)
+                    if not unchanged(old, new):
                         self.writer._update(table, old, new, undo)
                         updated += 1
             except BaseException:
@@ -225,3 +229,29 @@ class BulkWriter:
         job.chunk = max(job.size, 1)  # one step: nothing can be written meanwhile
         job.step()
         return job.finish()
+
+
+def unchanged_by(patch: Record) -> Callable[[Record, Record], bool]:
+    """``writes.unchanged`` for the rows one ``checked_patch`` is applied to, each field
+    compared once per distinct old value: whether ``patch`` changes a field depends only on
+    the field's old value, and rows written by an earlier ``update_where`` share theirs (a
+    100,000-value list written again over 1,000 rows was compared 1,000 times: 6.8 s)."""
+    seen: dict[tuple[str, int], bool] = {}
+
+    def unchanged(old: Record, new: Record) -> bool:
+        for name in patch:
+            before = old.get(name, _MISSING)
+            # ``old`` stays alive through the command (in the matched rows and the undo
+            # log), so the id of its value names that value throughout.
+            key = (name, id(before))
+            same = seen.get(key)
+            if same is None:
+                same = seen[key] = same_value(before, new.get(name, _MISSING))
+            if not same:
+                return False
+        return True
+
+    return unchanged
+
+
+_MISSING = object()

@@ -97,9 +97,14 @@ class Engine:
     """The writes the server refuses over its memory limit (Redis's ``noeviction``).
 
     Not refused: deletes and index and table drops, which free memory (how an operator makes
-    room), and the keys with expiry, which hold sessions and token revocations: small, bounded
-    by the rate limits, and a logout must still work when the store is full. ``rate_hit`` is not a
-    write at all: rate limiting keeps working, its counters small and short-lived.
+    room), and ``kv_set``: the keys hold token revocations, refresh markers and high-water
+    marks, and a logout or a token refresh must still work when the store is full. That is
+    safe because a key's value is small (``keys.MAX_KV_VALUE_BYTES``, ``MAX_KV_VALUES``: at
+    most ~200 KB of memory a call, the API's take under 100 bytes) and the API sets them at
+    the pace of logins and refreshes, which it rate-limits. Their memory still counts: the
+    gauge reads the process's RSS, so keys written over the limit keep the other writes
+    refused until room is made. ``rate_hit`` is not a write at all: rate limiting keeps
+    working, its counters small and short-lived.
     """
 
     def __init__(

@@ -1,0 +1,98 @@
+"""The number of values one record, patch or filter operand may hold (``records.MAX_VALUES``):
+one request of millions of tiny maps held the store's only thread for seconds."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+
+from storeserver.engine import Engine
+from storeserver.errors import BadRequest, LimitExceeded
+from storeserver.records import MAX_VALUES
+from tests.support.engine import FakeClock, fail, run
+
+TOO_MANY = {"reason": "values", "max": MAX_VALUES}
+
+
+@pytest.fixture
+def engine() -> Engine:
+    return Engine(clock=FakeClock())
+
+
+def fits(extra: int = 0) -> list[Any]:
+    """A list that, as the value of one field of a record, makes it hold exactly
+    ``MAX_VALUES`` values (the record, the field, the list's items) plus ``extra``."""
+    return [{}] * (MAX_VALUES - 2 + extra)
+
+
+def test_a_record_of_exactly_max_values_is_kept_and_one_more_is_refused(engine: Engine) -> None:
+    stored = run(engine, "insert", table="t", record={"v": fits()})
+    assert len(stored["v"]) == MAX_VALUES - 2
+    error = fail(engine, LimitExceeded, "insert", table="t", record={"v": fits(1)})
+    assert error.code == "LIMIT_EXCEEDED" and error.details == TOO_MANY
+    assert str(MAX_VALUES) in error.message
+    # scalars count as maps do, and so do a record's top-level fields
+    fail(engine, LimitExceeded, "insert", table="t", record={"v": [0] * MAX_VALUES})
+    many_fields = {f"f{n}": 0 for n in range(MAX_VALUES)}
+    assert fail(engine, LimitExceeded, "insert", table="t", record=many_fields).details == TOO_MANY
+    assert run(engine, "count", table="t") == 1
+
+
+def test_the_count_is_checked_before_the_items_are_copied(engine: Engine) -> None:
+    # A NaN after too many values: the count stops the copy before it reaches the NaN.
+    record = {"v": [{"w": [*fits(), math.nan]}]}
+    assert fail(engine, LimitExceeded, "insert", table="t", record=record).details == TOO_MANY
+    # Within the count, the same NaN is the error.
+    error = fail(engine, BadRequest, "insert", table="t", record={"v": [{}, math.nan]})
+    assert error.details == {"reason": "value"}
+
+
+def test_every_write_of_values_is_bounded(engine: Engine) -> None:
+    run(engine, "insert", table="t", record={"id": "r", "n": 1})
+    too_many = {"v": fits(1)}
+    cases: list[tuple[str, dict[str, Any]]] = [
+        ("replace", {"id": "r", "record": too_many}),
+        ("patch", {"id": "r", "changes": too_many}),
+        ("patch", {"id": "r", "changes": {"deep": {"er": fits(1)}}}),
+        ("insert", {"record": {"id": "r", **too_many}, "upsert": True}),
+        ("update_where", {"changes": too_many}),
+    ]
+    for command, args in cases:
+        error = fail(engine, LimitExceeded, command, table="t", **args)
+        assert error.details == TOO_MANY, command
+    error = fail(
+        engine,
+        LimitExceeded,
+        "batch",
+        ops=[
+            {"op": "insert", "table": "t", "record": {"n": 2}},
+            {"op": "insert", "table": "t", "record": too_many},
+        ],
+    )
+    assert error.details == {**TOO_MANY, "index": 1, "op": "insert"}
+    assert run(engine, "find", table="t", fields=["n"])["items"] == [{"id": "r", "n": 1}]
+
+
+def test_a_filter_operand_is_bounded_too(engine: Engine) -> None:
+    run(engine, "insert", table="t", record={"v": [1]})
+    error = fail(engine, LimitExceeded, "find", table="t", where=[["v", "eq", [0] * MAX_VALUES]])
+    assert error.details["reason"] == "values" and error.details["max"] == MAX_VALUES
+    assert run(engine, "count", table="t", where=[["v", "eq", [1]]]) == 1
+
+
+def test_update_where_rows_share_one_copy_of_the_changes(engine: Engine) -> None:
+    for n in range(3):
+        run(engine, "insert", table="t", record={"id": f"r{n}", "n": n})
+    sent: dict[str, Any] = {"tags": ["a", {"b": 1}], "meta": {"k": "v", "n": None}}
+    assert run(engine, "update_where", table="t", changes=sent) == {"matched": 3, "updated": 3}
+    sent["tags"].append("later")  # the store holds its own copy, not the caller's lists
+    rows = run(engine, "find", table="t")["items"]
+    assert [r["tags"] for r in rows] == [["a", {"b": 1}]] * 3
+    assert [r["meta"] for r in rows] == [{"k": "v"}] * 3  # None removes, as in a merge patch
+    # The same changes again change nothing (no new version), shared values or not.
+    assert run(engine, "update_where", table="t", changes=sent | {"tags": ["a", {"b": 1}]}) == {
+        "matched": 3,
+        "updated": 0,
+    }
