@@ -15,18 +15,23 @@ transport's write buffer fills and that connection stops being read from and sto
 what it sent (``pause_writing``), which bounds our memory per client to that buffer, one turn
 of replies and one read. A frame that does not decode closes that one connection with a
 logged reason (what came before it in the same read is answered first); every other client is
-unaffected. Until a connection is greeted (its HELLO, with the secret, accepted) its decoder
+unaffected; a connection closed for what it sent is told why first (a ``PROTOCOL_ERROR``
+frame). Until a connection is greeted (its HELLO, with the secret, accepted) its decoder
 takes only a frame of ``handshake_frame_size`` (4 KiB), at most ``MAX_HANDSHAKES`` connections
-are in that state, and each is closed if it is not greeted within ``STORE_HANDSHAKE_TIMEOUT``:
-peers that never authenticate hold at most 512 KiB between them, for seconds. Greeting raises
-the limit once, so a greeted connection's path has no extra check. Warnings any peer can cause
-at will (``client_dropped``, ``client_refused``) are throttled to ``WARNINGS_PER_S``
+on each listener are in that state (``HandshakeSlots``: over TCP, at most
+``MAX_HANDSHAKES_PER_ADDRESS`` from one address), and each is closed if it is not greeted
+within ``STORE_HANDSHAKE_TIMEOUT``: peers that never authenticate hold at most 1 MiB between
+them, for seconds, and those on the network cannot lock out the Unix socket's. Greeting raises
+the limit once, so a greeted connection's path has no extra check. A client that shuts down
+its writing side still gets the replies to what it sent (``eof_received``). Warnings any peer
+can cause at will (``client_dropped``, ``client_refused``) are throttled to ``WARNINGS_PER_S``
 (``throttledlog``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import select
 import time
 from typing import TYPE_CHECKING, cast
 
@@ -43,13 +48,16 @@ from .protocol import (
 )
 
 if TYPE_CHECKING:
+    from .durability import Durability
     from .server import StoreServer
 
 MAX_CLIENTS = 4096
 """Connections at once; past it a new one gets a ``STORE_BUSY`` error frame and is closed."""
 MAX_HANDSHAKES = 128
-"""Connections not greeted yet at once (each may hold a handshake frame for up to
-STORE_HANDSHAKE_TIMEOUT); past it a new one is refused as past ``MAX_CLIENTS``."""
+"""Connections not greeted yet at once on each listener (each may hold a handshake frame for up
+to STORE_HANDSHAKE_TIMEOUT); past it a new one is refused as past ``MAX_CLIENTS``."""
+MAX_HANDSHAKES_PER_ADDRESS = 16
+"""Of those on TCP, the ones from one peer address: one host cannot take every slot."""
 _TURN_COMMANDS = frozenset({"snapshot", "cancel"})  # answered by the connection's turn itself
 TURN_BUDGET = 0.002
 """Seconds of one connection's requests per loop turn, beyond its first request
@@ -60,6 +68,60 @@ TURN_BATCH = 64
 """Frames decoded at once; the rest of a read stays bytes in the decoder until their turn
 (a small request decoded takes about ten times its bytes)."""
 _perf_counter = time.perf_counter
+
+
+def _hung_up(transport: asyncio.BaseTransport | None) -> bool:
+    """Whether the peer closed both ways (``POLLHUP``), not just its writing side."""
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None:
+        return False
+    poller = select.poll()
+    poller.register(sock.fileno(), 0)  # reports hang-ups and errors only
+    return any(events & (select.POLLHUP | select.POLLERR) for _, events in poller.poll(0))
+
+
+class HandshakeSlots:
+    """The connections not greeted yet, counted apart for the Unix socket and for TCP, and on
+    TCP by peer address. Apart, because a network peer cannot authenticate but can connect as
+    fast as it likes: on one count, 128 idle ones would refuse every API worker on the local
+    socket (owner-only) too, for as long as they kept reconnecting."""
+
+    __slots__ = ("by_address", "tcp", "unix")
+
+    def __init__(self) -> None:
+        self.unix = 0
+        self.tcp = 0
+        self.by_address: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return self.unix + self.tcp
+
+    def take(self, address: str | None) -> StoreBusy | None:
+        """Count a connection from ``address`` (``None``: the Unix socket), or return the
+        error it is refused with."""
+        if (self.unix if address is None else self.tcp) >= MAX_HANDSHAKES:
+            return StoreBusy("too many connections in their handshake", {"max": MAX_HANDSHAKES})
+        if address is None:
+            self.unix += 1
+            return None
+        mine = self.by_address.get(address, 0)
+        if mine >= MAX_HANDSHAKES_PER_ADDRESS:
+            return StoreBusy(
+                "too many connections in their handshake from this address",
+                {"max": MAX_HANDSHAKES_PER_ADDRESS},
+            )
+        self.tcp += 1
+        self.by_address[address] = mine + 1
+        return None
+
+    def release(self, address: str | None) -> None:
+        if address is None:
+            self.unix -= 1
+            return
+        self.tcp -= 1
+        mine = self.by_address.pop(address) - 1
+        if mine:
+            self.by_address[address] = mine
 
 
 class _HeldTurn:
@@ -104,9 +166,12 @@ class StoreConnection(asyncio.Protocol):
         self.greeted = False
         self.peer: str = "?"
         self.held = 0  # turns of replies waiting for the disk (_HeldTurn)
+        self.awaited = 0  # replies owed outside turns and jobs (a snapshot's)
+        self._address: str | None = None  # the peer's, over TCP
         self._handshake_timer: asyncio.TimerHandle | None = None
-        self._handshaking = False  # counted in server.handshaking
+        self._handshaking = False  # counted in server.handshakes
         self._closing = False
+        self._eof = False  # the client will send nothing more
         # Decoded and not yet run; while set (even empty: frames wait in the decoder) the
         # connection is not read from.
         self._backlog: list[Message] | None = None
@@ -115,25 +180,25 @@ class StoreConnection(asyncio.Protocol):
         self._more = False
         self._scheduled = False
         self._error: ProtocolError | None = None  # a bad frame, after what was decoded
-        self._error_greeted = False  # greeted when that frame was read
         self._writing_paused = False
         self._reading_paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
         self.transport = cast(asyncio.Transport, transport)
-        self.peer = str(transport.get_extra_info("peername") or "unix")
+        peername = transport.get_extra_info("peername")
+        self.peer = str(peername or "unix")
+        if isinstance(peername, tuple):  # (host, port, ...) over TCP; a str or None on Unix
+            self._address = str(peername[0])
         server = self.server
         if len(server.connections) >= MAX_CLIENTS:
             self._refuse(StoreBusy("too many clients", {"max": MAX_CLIENTS}))
             return
-        if server.handshaking >= MAX_HANDSHAKES:
-            self._refuse(
-                StoreBusy("too many connections in their handshake", {"max": MAX_HANDSHAKES})
-            )
+        refused = server.handshakes.take(self._address)
+        if refused is not None:
+            self._refuse(refused)
             return
         server.connections.add(self)
-        server.handshaking += 1
         self._handshaking = True
         # Otherwise a client that never sends its HELLO holds a slot (of MAX_CLIENTS) forever.
         self._handshake_timer = asyncio.get_running_loop().call_later(
@@ -154,10 +219,18 @@ class StoreConnection(asyncio.Protocol):
             self.decoder.feed_until_error(data, 0)
             self._more = True
             return
+        if not self.greeted:
+            # One frame at a time until greeted: what follows the HELLO in the same read is
+            # then decoded under the limit its greeting sets, not the handshake's 4 KiB.
+            messages, error = self.decoder.feed_until_error(data, 1)
+            self._error = error
+            self._more = bool(messages) and self.decoder.buffered > 0
+            self._serve(messages)
+            return
         messages, error = self.decoder.feed_until_error(data, TURN_BATCH)
         if error is not None:
-            self._error, self._error_greeted = error, self.greeted
-        elif len(messages) == 1 and self.greeted and not self._writing_paused:
+            self._error = error
+        elif len(messages) == 1 and not self._writing_paused:
             # The usual read of a client that waits for each answer: one request, nothing
             # waiting, no budget to keep.
             message = messages[0]
@@ -176,7 +249,7 @@ class StoreConnection(asyncio.Protocol):
     def _decode_more(self) -> list[Message]:
         messages, error = self.decoder.feed_until_error(b"", TURN_BATCH)
         if error is not None:
-            self._error, self._error_greeted = error, self.greeted
+            self._error = error
         self._more = len(messages) == TURN_BATCH
         return messages
 
@@ -240,23 +313,21 @@ class StoreConnection(asyncio.Protocol):
             ):
                 # STORE_FSYNC=always: these replies acknowledge writes (or come after replies
                 # that do); send them once those are on disk.
-                self.held += 1
-                durability.hold(_HeldTurn(self), b"".join(replies))
+                self.send_when_durable(durability, b"".join(replies))
             elif self.transport is not None:
                 self.transport.write(b"".join(replies))
         if unexpected is not None:
-            self._drop(f"unexpected {type(unexpected).__name__} message")
+            when = "after" if self.greeted else "before"
+            self._drop(f"unexpected {type(unexpected).__name__} message {when} the handshake")
         elif rest is not None:
             self._backlog = rest
             self._update_reading()
             self._schedule()
         elif self._error is not None and not self._closing:
-            error = self._error
-            if self._error_greeted:
-                self._drop(error.message)
-            else:
-                when = "after" if self.greeted else "before"
-                self._drop(f"{error.message} {when} the handshake")
+            # Before greeting frames are decoded one at a time: a bad one read with the HELLO
+            # is found once it is greeted, under the greeted limit.
+            when = "after" if self.greeted else "before"
+            self._drop(f"{self._error.message} {when} the handshake")
 
     def _resume(self) -> None:
         """The next turn of the requests that wait (``call_soon``: other events go first)."""
@@ -268,6 +339,7 @@ class StoreConnection(asyncio.Protocol):
         self._serve(backlog)
         if self._backlog is None:
             self._update_reading()
+            self._finish_if_done()
 
     def _schedule(self) -> None:
         if not self._scheduled and not self._writing_paused and not self._closing:
@@ -277,7 +349,12 @@ class StoreConnection(asyncio.Protocol):
     def _update_reading(self) -> None:
         """Read from the client only while nothing waits and it reads its replies."""
         paused = self._backlog is not None or self._writing_paused
-        if paused is not self._reading_paused and self.transport is not None and not self._closing:
+        if (
+            paused is not self._reading_paused
+            and self.transport is not None
+            and not self._closing
+            and not self._eof  # nothing more to read
+        ):
             self._reading_paused = paused
             if paused:
                 self.transport.pause_reading()
@@ -287,6 +364,40 @@ class StoreConnection(asyncio.Protocol):
     def send(self, data: bytes) -> None:
         if self.transport is not None:
             self.transport.write(data)
+            if self._eof:  # checked here: this is on the path of every reply
+                self._finish_if_done()
+
+    def send_when_durable(self, durability: Durability, data: bytes) -> None:
+        """Send ``data`` once the writes it acknowledges are on disk (STORE_FSYNC=always);
+        replies this connection builds meanwhile are held behind it, in order."""
+        self.held += 1
+        durability.hold(_HeldTurn(self), data)
+
+    def eof_received(self) -> bool:
+        """The client shut down its writing side: what it sent is still run and answered, as
+        a client that sends a long command and then half-closes expects, and the connection
+        closes once nothing is owed (``_finish_if_done``). A client that closed its socket
+        (on a Unix socket that shows as a hang-up) reads nothing: closed now, its long
+        commands abandoned (``connection_lost``). Over TCP the two look alike until a reply
+        is written to a closed peer, which ends the connection then."""
+        if _hung_up(self.transport):
+            return False  # the transport closes itself
+        self._eof = True
+        self._finish_if_done()
+        return True
+
+    def _finish_if_done(self) -> None:
+        """After the client's EOF: close once every reply it is owed has been written (a
+        close flushes the transport's buffer first)."""
+        if (
+            self._eof
+            and not self._closing
+            and self._backlog is None
+            and not self.held
+            and not self.awaited
+            and not self.server.scheduler.serves(self)
+        ):
+            self.close()
 
     def _greet(self, hello: Hello, replies: list[bytes]) -> bool:
         if hello.version != PROTOCOL_VERSION:
@@ -299,9 +410,7 @@ class StoreConnection(asyncio.Protocol):
             self._end_handshake()
             replies.append(encode(Hello(PROTOCOL_VERSION, self.server.server_info())))
             return True
-        replies.append(encode(Error(0, ProtocolError.code, reason, {})))
-        self.send(b"".join(replies))
-        self._drop(reason)
+        self._drop(reason)  # nothing was answered before a HELLO: its error goes alone
         return False
 
     def _handshake_expired(self) -> None:
@@ -316,10 +425,14 @@ class StoreConnection(asyncio.Protocol):
             self._handshake_timer = None
         if self._handshaking:
             self._handshaking = False
-            self.server.handshaking -= 1
+            self.server.handshakes.release(self._address)
 
     def _drop(self, reason: str) -> None:
+        """Close the connection for what its client sent (or did not send in time), telling
+        it why first: a client sees the reason, not just a closed connection."""
         self.server.dropped_log(reason=reason, peer=self.peer)
+        if self.transport is not None and not self._closing:
+            self.transport.write(encode(Error(0, ProtocolError.code, reason, {})))
         self.close()
 
     def close(self) -> None:

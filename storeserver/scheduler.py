@@ -223,9 +223,15 @@ class JobScheduler:
             return
         durability = self.server.durability
         if wrote and durability is not None and durability.holds_replies:
-            durability.hold(conn, reply)
+            conn.send_when_durable(durability, reply)  # counted: the connection waits for it
         else:
             conn.send(reply)
+
+    def serves(self, conn: StoreConnection) -> bool:
+        """Whether a long command of ``conn`` is running or waiting: its reply is owed."""
+        return any(run.conn is conn for run in self.running.values()) or any(
+            w.conn is conn for w in self.waiting
+        )
 
     def cancel(self, conn: StoreConnection, request: Request) -> bytes:
         """``cancel {"request": id}``: the client gave up on its request ``id`` (it timed

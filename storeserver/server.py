@@ -31,7 +31,7 @@ from .arguments import check_keys
 from .builds import Job
 from .client import ACTOR_ARG, REQUEST_ID_ARG
 from .collector import Freezer
-from .connection import StoreConnection
+from .connection import HandshakeSlots, StoreConnection
 from .durability import Durability
 from .engine import Engine
 from .errors import (
@@ -59,9 +59,12 @@ from .throttledlog import ThrottledWarning
 
 log = structlog.get_logger("storeserver")
 _NO_ARGS: frozenset[str] = frozenset()
-_TAGS = (REQUEST_ID_ARG, ACTOR_ARG)
 
 SLOW_KEPT = 20
+MAX_TAG_CHARS = 128
+"""Characters of a ``_request_id``, and of each ``_actor`` field, a command may carry: the
+API's ids are no longer (request ids, user ids). Each is copied into log lines, the slow list
+and audit entries: a longer one is refused, so that none of them can be made to flood."""
 HOUSEKEEPING_S = 5.0  # at most this between sweeps of idle scan cursors
 # The engine's commands and the ones the server answers itself; any other name is "unknown".
 _KNOWN_COMMANDS = Engine.COMMANDS | {"ping", "snapshot", "cancel"}
@@ -99,10 +102,11 @@ class StoreServer:
         self._all_closed = asyncio.Event()
         self._slow_s = settings.slow_ms / 1000.0
         self.freezer = Freezer()
-        self.handshaking = 0  # connections not greeted yet
+        self.handshakes = HandshakeSlots()  # connections not greeted yet
         self.handshake_frame_bytes = handshake_frame_size(settings.secret)
-        # Errors must fit the API's client too, which reads frames of MAX_FRAME_SIZE at most.
-        self.max_error_bytes = min(settings.max_frame_bytes, MAX_FRAME_SIZE)
+        # Replies and errors must fit the API's client too, which reads frames of
+        # MAX_FRAME_SIZE at most: past it, it drops the connection and every call on it.
+        self.max_reply_bytes = min(settings.max_frame_bytes, MAX_FRAME_SIZE)
         self.dropped_log = ThrottledWarning("client_dropped")
         self.refused_log = ThrottledWarning("client_refused")
 
@@ -128,9 +132,9 @@ class StoreServer:
             os.umask(old_umask)
         os.chmod(path, self.settings.socket_mode)
         self._listeners.append(unix)
-        if self.settings.tcp:
-            host, _, port = self.settings.tcp.rpartition(":")
-            tcp = await loop.create_server(lambda: StoreConnection(self), host, int(port))
+        if self.settings.tcp_address is not None:
+            host, port = self.settings.tcp_address
+            tcp = await loop.create_server(lambda: StoreConnection(self), host, port)
             self._listeners.append(tcp)
         self.ready = True
         log.info("store_listening", socket=str(path), tcp=self.settings.tcp, version=__version__)
@@ -283,11 +287,9 @@ class StoreServer:
         rid = request.request_id
         args = request.args
         command = request.command
-        # The API's request id (slow-command log, audit) and the acting user (audit): the
-        # engine never sees them among the arguments.
-        request_tag = args.pop(REQUEST_ID_ARG, None)
-        actor = args.pop(ACTOR_ARG, None) if ACTOR_ARG in args else None
+        request_tag = None
         try:
+            request_tag, actor = take_tags(args)
             result = self.run(command, args, actor, request_tag, request.size)
             if isinstance(result, Job):
                 spent += time.perf_counter() - started
@@ -309,10 +311,10 @@ class StoreServer:
             reply = encode_page_result(rid, result)
         else:
             reply = encode_result(rid, result)
-        if len(reply) - 4 > self.settings.max_frame_bytes:
+        if len(reply) - 4 > self.max_reply_bytes:
             raise LimitExceeded(
                 "the reply would exceed the maximum frame size; ask for a smaller page",
-                {"max_frame_bytes": self.settings.max_frame_bytes},
+                {"max_frame_bytes": self.max_reply_bytes},
             )
         return reply
 
@@ -340,28 +342,42 @@ class StoreServer:
             )
 
     def cancel(self, conn: StoreConnection, request: Request) -> bytes:
-        """``cancel {"request": id}``: stop a long command of ``conn`` (``JobScheduler``)."""
-        return self.scheduler.cancel(conn, request)
+        """``cancel {"request": id}``: stop a long command of ``conn`` (``JobScheduler``).
+        Answered by the connection's turn, not ``handle``: tags and counts are taken here."""
+        started = time.perf_counter()
+        request_tag = None
+        try:
+            request_tag, _ = take_tags(request.args)
+            reply = self.scheduler.cancel(conn, request)
+        except StoreError as exc:
+            reply = self.encode_error(request.request_id, exc)
+        self._account("cancel", time.perf_counter() - started, request_tag)
+        return reply
 
     def snapshot(self, conn: StoreConnection, request: Request) -> bytes | None:
         """Start (or join) a background snapshot; the reply is sent when it is on disk.
         Returns the reply only when it is an error at once (bad arguments, no persistence)."""
+        started = time.perf_counter()
         request_id = request.request_id
-        for tag in _TAGS:
-            request.args.pop(tag, None)
+        request_tag = None
         try:
+            request_tag, _ = take_tags(request.args)
             check_keys(request.args, _NO_ARGS)
             if self.durability is None:
                 raise BadRequest("persistence is off: start the store with STORE_DATA_DIR", {})
         except StoreError as exc:
             return self.encode_error(request_id, exc)
+        finally:  # the time to start it: the snapshot itself runs in a child process
+            self._account("snapshot", time.perf_counter() - started, request_tag)
 
         def reply(outcome: dict[str, Any] | StoreError) -> None:
+            conn.awaited -= 1
             if isinstance(outcome, StoreError):
                 conn.send(self.encode_error(request_id, outcome))
             else:
                 conn.send(encode_result(request_id, outcome))
 
+        conn.awaited += 1  # a client that half-closes still gets this reply
         self.durability.start_snapshot(reply)
         return None
 
@@ -370,7 +386,7 @@ class StoreServer:
         quoting a huge argument): a frame over it would make the client drop the
         connection, and every other call in flight on it."""
         return encode_error(
-            request_id, error.code, error.message, error.details, self.max_error_bytes
+            request_id, error.code, error.message, error.details, self.max_reply_bytes
         )
 
     def check_auth(self, payload: Any) -> bool:
@@ -380,6 +396,29 @@ class StoreServer:
         return isinstance(payload, str) and hmac.compare_digest(
             payload.encode("utf-8"), secret.encode("utf-8")
         )
+
+
+def take_tags(args: dict[str, Any]) -> tuple[Any, Any]:
+    """Remove the API's request id (slow-command log, audit) and the acting user (audit) from
+    ``args``: the engine never sees them. ``BadRequest`` naming the tag when one is longer than
+    ``MAX_TAG_CHARS`` (or the request id is not a string)."""
+    request_tag = args.pop(REQUEST_ID_ARG, None)
+    actor = args.pop(ACTOR_ARG, None) if ACTOR_ARG in args else None
+    if request_tag is not None and (
+        type(request_tag) is not str or len(request_tag) > MAX_TAG_CHARS
+    ):
+        raise BadRequest(
+            f"{REQUEST_ID_ARG} must be a string of at most {MAX_TAG_CHARS} characters",
+            {"arg": REQUEST_ID_ARG, "max": MAX_TAG_CHARS},
+        )
+    if type(actor) is dict and any(
+        type(value) is str and len(value) > MAX_TAG_CHARS for value in actor.values()
+    ):
+        raise BadRequest(
+            f"{ACTOR_ARG} fields must be at most {MAX_TAG_CHARS} characters",
+            {"arg": ACTOR_ARG, "max": MAX_TAG_CHARS},
+        )
+    return request_tag, actor
 
 
 def _clear_stale_socket(path: Path) -> None:

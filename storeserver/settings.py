@@ -109,11 +109,26 @@ class StoreSettings(BaseSettings):
         if self.tcp and not self.secret:
             raise ValueError("STORE_TCP requires STORE_SECRET (shared secret for the handshake)")
         if self.tcp:
-            host, _, port = self.tcp.rpartition(":")
             # int() alone would take 99999, which asyncio turns into port 34463 (mod 65536).
-            if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-                raise ValueError("STORE_TCP must look like host:port, with a port of 1 to 65535")
+            address = self.tcp_address
+            if address is None or not address[0] or not 1 <= address[1] <= 65535:
+                raise ValueError(
+                    "STORE_TCP must look like host:port ([host]:port for IPv6),"
+                    " with a port of 1 to 65535"
+                )
         return self
+
+    @property
+    def tcp_address(self) -> tuple[str, int] | None:
+        """STORE_TCP as ``(host, port)``, read as the client reads a store address: an IPv6
+        host loses its brackets (``[::1]:7000``), which the resolver would not take."""
+        if not self.tcp:
+            return None
+        try:
+            kind, target = parse_address(self.tcp)
+        except ValueError:  # its message quotes the value: settings errors never do
+            return None
+        return target if kind == "tcp" else None
 
 
 def settings_errors(exc: ValidationError) -> str:

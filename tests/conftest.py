@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
+import structlog
 
 from tests.support.auth import Account, login_admin
 from tests.support.stack import Stack, running_stack
@@ -27,6 +29,21 @@ _SERVICE_SETTINGS = (
 )  # fmt: skip
 for _name in [n for n in os.environ if n.startswith("STORE_") or n in _SERVICE_SETTINGS]:
     del os.environ[_name]
+
+# In this process only (the store and workers the tests start are untouched): structlog
+# loggers never cache their configuration. The service caches it on first use (a speed-up),
+# but in tests a logger first used under one test's configuration (create_app's, the
+# store's) would keep it, and a later test's ``capture_logs`` or ``caplog`` would see
+# nothing: which tests failed depended on the order tests ran in (and so on pytest-xdist's
+# split of them).
+_configure = structlog.configure
+
+
+def _configure_uncached(*args: Any, **kwargs: Any) -> None:
+    _configure(*args, **{**kwargs, "cache_logger_on_first_use": False})
+
+
+structlog.configure = _configure_uncached
 
 
 @pytest.fixture(scope="session")

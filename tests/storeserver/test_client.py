@@ -1,13 +1,17 @@
-"""``storeserver.client.StoreClient`` without a store: what its callers see while it connects."""
+"""``storeserver.client.StoreClient`` without a real store: while it connects, and against
+fake stores that answer another protocol version, never answer, or never read."""
 
 from __future__ import annotations
 
 import asyncio
+import struct
 
 import pytest
 
+from storeserver import client as client_module
 from storeserver.client import StoreClient, _Connection
-from storeserver.errors import StoreUnavailable
+from storeserver.errors import StoreBusy, StoreTimeout, StoreUnavailable
+from storeserver.protocol import PROTOCOL_VERSION, Hello, encode, encode_request
 
 
 async def test_callers_waiting_on_a_connect_whose_caller_was_cancelled_do_not_hang(
@@ -34,3 +38,84 @@ async def test_callers_waiting_on_a_connect_whose_caller_was_cancelled_do_not_ha
         await asyncio.wait_for(second, 2.0)
     with pytest.raises(asyncio.CancelledError):
         await first
+
+
+# -- against a fake store --------------------------------------------------------------------
+
+
+class FakeStore:
+    """A Unix server that reads a client's HELLO, answers ``hello`` (nothing if None), and
+    then stops reading (past its stream's buffer) until it is closed."""
+
+    def __init__(self, path: str, hello: bytes | None) -> None:
+        self.path, self.hello = path, hello
+        self.done = asyncio.Event()
+        self.server: asyncio.AbstractServer | None = None
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        (length,) = struct.unpack(">I", await reader.readexactly(4))
+        await reader.readexactly(length)
+        if self.hello is not None:
+            writer.write(self.hello)
+        await self.done.wait()
+        writer.close()
+
+    async def __aenter__(self) -> FakeStore:
+        self.server = await asyncio.start_unix_server(self._handle, self.path)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.done.set()
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+
+async def test_a_store_of_another_protocol_version_is_refused(tmp_path) -> None:
+    """QA: a HELLO naming protocol version 99 was taken, and calls went on over it."""
+    async with FakeStore(str(tmp_path / "v99.sock"), encode(Hello(99, {}))) as store:
+        client = StoreClient(store.path, timeout=1.0)
+        with pytest.raises(StoreUnavailable, match="protocol version 99") as refused:
+            await client.call("insert", {"table": "t", "record": {}})
+        assert refused.value.details == {"version": 99}
+        assert not client.connected
+        await client.close()
+
+
+async def test_a_connect_timeout_says_so(tmp_path) -> None:
+    """QA: "cannot reach the store at X: " (a TimeoutError has no message)."""
+    async with FakeStore(str(tmp_path / "mute.sock"), None) as store:
+        client = StoreClient(store.path, connect_timeout=0.1)
+        with pytest.raises(StoreUnavailable) as refused:
+            await client.connect()
+        assert (
+            refused.value.message
+            == f"cannot reach the store at {store.path}: timed out after 0.1 s"
+        )
+        await client.close()
+
+
+async def test_calls_to_a_store_that_does_not_read_fail_fast_past_the_unsent_bound(
+    tmp_path, monkeypatch
+) -> None:
+    """QA: 300 calls of 1 MB to a store that stopped reading all timed out, rightly, but the
+    transport held 299 MB. Past ``MAX_UNSENT`` bytes waiting, calls fail at once, unsent."""
+    monkeypatch.setattr(client_module, "MAX_UNSENT", 1 << 20, raising=False)
+    async with FakeStore(str(tmp_path / "deaf.sock"), encode(Hello(PROTOCOL_VERSION, {}))) as store:
+        client = StoreClient(store.path, timeout=0.5)
+        await client.connect()
+        value = "v" * (256 * 1024)
+        calls = [client.call("kv_set", {"key": f"k{i}", "value": value}) for i in range(40)]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        busy = [r for r in results if isinstance(r, StoreBusy)]
+        timed_out = [r for r in results if isinstance(r, StoreTimeout)]
+        assert len(busy) + len(timed_out) == 40
+        # All 40 were queued in one loop turn: those that found at most the bound waiting
+        # went (and timed out), the rest were refused.
+        frame = len(encode_request(1, "kv_set", {"key": "k0", "value": value}))
+        went = (1 << 20) // frame + 1
+        assert results[:went] == timed_out and results[went:] == busy
+        assert client._conn is not None
+        assert client._conn.unsent <= (1 << 20) + 300 * 1024
+        assert busy[0].details["unsent_bytes"] > 1 << 20
+        await client.close()

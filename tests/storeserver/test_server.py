@@ -25,6 +25,7 @@ from storeserver.memory import MemoryGauge
 from storeserver.protocol import (
     HANDSHAKE_FRAME_SIZE,
     PROTOCOL_VERSION,
+    Error,
     FrameDecoder,
     Hello,
     Request,
@@ -128,7 +129,7 @@ async def test_garbage_closes_only_that_connection(server, client, garbage):
 
 async def test_an_ungreeted_connection_may_send_only_a_small_frame(server, client):
     """A peer that has not authenticated cannot make the store buffer a big frame: its header
-    alone closes the connection, with the reason logged."""
+    alone closes the connection, with the reason logged and sent to it."""
     from structlog.testing import capture_logs
 
     announced = HANDSHAKE_FRAME_SIZE + 1  # far below STORE_MAX_FRAME_BYTES (16 MiB)
@@ -136,12 +137,13 @@ async def test_an_ungreeted_connection_may_send_only_a_small_frame(server, clien
         closed = await _raw_exchange(
             str(server.settings.socket), struct.pack(">I", announced) + b"\x00" * 1000
         )
-    assert closed == b""
-    (dropped,) = [x for x in logs if x.get("event") == "client_dropped"]
-    assert dropped["reason"] == (
+    reason = (
         f"frame of {announced} bytes exceeds the limit of {HANDSHAKE_FRAME_SIZE}"
         " before the handshake"
     )
+    assert FrameDecoder().feed(closed) == [Error(0, "PROTOCOL_ERROR", reason, {})]
+    (dropped,) = [x for x in logs if x.get("event") == "client_dropped"]
+    assert dropped["reason"] == reason
     # Once greeted, a connection takes frames up to the full limit.
     big = "x" * (2 * HANDSHAKE_FRAME_SIZE)
     rec = await client.call("insert", {"table": "big", "record": {"big": big}})
@@ -164,7 +166,8 @@ async def test_a_connection_not_greeted_in_time_is_closed(sock_dir):
             silent, partial = await asyncio.gather(
                 _raw_exchange(path, b""), _raw_exchange(path, hello[:-1])
             )
-        assert silent == partial == b""
+        told = Error(0, "PROTOCOL_ERROR", "no handshake within 0.2 s", {})
+        assert FrameDecoder().feed(silent) == FrameDecoder().feed(partial) == [told]
         reasons = [x["reason"] for x in logs if x.get("event") == "client_dropped"]
         assert reasons == ["no handshake within 0.2 s"] * 2
         assert len(srv.connections) == 1

@@ -238,9 +238,10 @@ async def test_before_the_handshake_a_frame_may_hold_a_hello_only(server):
     assert HANDSHAKE_FRAME_SIZE == 4096
     with capture_logs() as logs:
         closed = await raw_exchange(str(server.settings.socket), struct.pack(">I", 5000))
-    assert closed == b""
+    reason = "frame of 5000 bytes exceeds the limit of 4096 before the handshake"
+    assert FrameDecoder().feed(closed) == [Error(0, "PROTOCOL_ERROR", reason, {})]
     (dropped,) = [x for x in logs if x["event"] == "client_dropped"]
-    assert dropped["reason"] == "frame of 5000 bytes exceeds the limit of 4096 before the handshake"
+    assert dropped["reason"] == reason
 
 
 async def test_a_secret_longer_than_the_handshake_limit_still_connects(sock_dir):
@@ -272,7 +273,7 @@ async def test_connections_in_their_handshake_are_capped(server, monkeypatch):
         silent[0].close()
         await wait_until(lambda: len(server.connections) == 2)
         await late.connect()
-        assert server.handshaking == 2  # greeted: no longer counted
+        assert len(server.handshakes) == 2  # greeted: no longer counted
     finally:
         await late.close()
         for writer in silent:
@@ -306,10 +307,12 @@ async def test_a_hello_and_a_bad_frame_in_one_read(server):
         data = await raw_exchange(
             str(server.settings.socket), hello + struct.pack(">I", 1) + b"\xc1"
         )
-    (answer,) = FrameDecoder().feed(data)
+    answer, error = FrameDecoder().feed(data)
     assert isinstance(answer, Hello)
+    reason = "undecodable frame: FormatError after the handshake"
+    assert error == Error(0, "PROTOCOL_ERROR", reason, {})
     (dropped,) = [x for x in logs if x["event"] == "client_dropped"]
-    assert dropped["reason"] == "undecodable frame: FormatError after the handshake"
+    assert dropped["reason"] == reason
 
 
 @pytest.mark.parametrize("kind", [0.0, False])
@@ -320,6 +323,8 @@ async def test_a_request_kind_must_be_the_int_zero(server, kind):
         data = await raw_exchange(
             str(server.settings.socket), hello + struct.pack(">I", len(body)) + body
         )
-    assert [type(m) for m in FrameDecoder().feed(data)] == [Hello]  # no reply to it
+    hello, error = FrameDecoder().feed(data)  # no reply to it: the reason it is closed
+    assert isinstance(hello, Hello)
+    assert error == Error(0, "PROTOCOL_ERROR", "malformed message after the handshake", {})
     (dropped,) = [x for x in logs if x["event"] == "client_dropped"]
     assert dropped["reason"] == "malformed message after the handshake"

@@ -4,6 +4,7 @@ and how a refusal names the variable."""
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,8 @@ import pytest
 from pydantic import ValidationError
 
 from storeserver.__main__ import EXIT_REFUSED_TO_START
+from storeserver.client import StoreClient
+from storeserver.server import StoreServer
 from storeserver.settings import StoreSettings, settings_errors
 
 
@@ -46,6 +49,49 @@ def test_a_tcp_port_in_range_is_accepted(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("STORE_TCP", "127.0.0.1:65535")
     monkeypatch.setenv("STORE_SECRET", "s3cret-for-the-test")
     assert StoreSettings().tcp == "127.0.0.1:65535"
+
+
+@pytest.mark.parametrize(
+    ("value", "address"),
+    [
+        ("[::1]:18732", ("::1", 18732)),  # QA: "Name or service not known" at start
+        ("127.0.0.1:7000", ("127.0.0.1", 7000)),
+        ("tcp://10.0.0.5:7000", ("10.0.0.5", 7000)),
+    ],
+)
+def test_store_tcp_is_read_as_the_client_reads_an_address(
+    value: str, address: tuple[str, int]
+) -> None:
+    settings = StoreSettings(tcp=value, secret="s3cret-for-the-test")
+    assert settings.tcp_address == address
+
+
+@pytest.mark.parametrize("value", ["[]:7000", ":7000", "store.sock", "/run/x:7000", "h:p"])
+def test_a_store_tcp_that_is_not_host_and_port_is_refused(value: str) -> None:
+    errors = settings_errors(refused(STORE_TCP=value, STORE_SECRET="s3cret-for-the-test"))
+    assert "STORE_TCP must look like host:port" in errors
+    assert value not in errors
+
+
+async def test_the_store_listens_on_a_bracketed_ipv6_address(sock_dir) -> None:
+    ipv6 = socket.socket(socket.AF_INET6)
+    try:
+        ipv6.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    port = ipv6.getsockname()[1]
+    ipv6.close()
+    secret = "s3cret-for-the-test"
+    server = StoreServer(
+        StoreSettings(socket=sock_dir / "v6.sock", tcp=f"[::1]:{port}", secret=secret)
+    )
+    client = StoreClient(f"tcp://[::1]:{port}", secret=secret)
+    try:
+        await server.start()
+        assert (await client.call("ping"))["pong"]
+    finally:
+        await client.close()
+        await server.shutdown()
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,153 @@
+"""Connections before their handshake, over real sockets: caps per listener and per peer
+address, the error frame a refused or dropped peer gets, and what may follow a HELLO."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from storeserver import connection as connection_module
+from storeserver.client import StoreClient
+from storeserver.protocol import (
+    HANDSHAKE_FRAME_SIZE,
+    PROTOCOL_VERSION,
+    Error,
+    FrameDecoder,
+    Hello,
+    Request,
+    Result,
+    encode,
+    encode_request,
+)
+from storeserver.server import StoreServer
+from storeserver.settings import StoreSettings
+from tests.storeserver.jobs import wait_until
+from tests.support.stack import free_port
+
+SECRET = "s3cret-for-the-handshake-tests"
+
+
+@pytest.fixture
+async def tcp_server(sock_dir) -> AsyncIterator[StoreServer]:
+    """A store on a Unix socket and on TCP (127.0.0.1), with a secret."""
+    settings = StoreSettings(
+        socket=sock_dir / "t.sock", tcp=f"127.0.0.1:{free_port()}", secret=SECRET
+    )
+    server = StoreServer(settings)
+    await server.start()
+    yield server
+    await server.shutdown()
+
+
+def tcp_address(server: StoreServer) -> tuple[str, int]:
+    assert server.settings.tcp is not None
+    host, _, port = server.settings.tcp.rpartition(":")
+    return host, int(port)
+
+
+async def idle_peers(server: StoreServer, sources: list[str]) -> list[asyncio.StreamWriter]:
+    """A TCP connection from each source address that sends nothing, accepted by the store."""
+    host, port = tcp_address(server)
+    already = len(server.connections)
+    writers = []
+    for source in sources:
+        _, writer = await asyncio.open_connection(host, port, local_addr=(source, 0))
+        writers.append(writer)
+    await wait_until(lambda: len(server.connections) == already + len(sources))
+    return writers
+
+
+async def refusal(server: StoreServer, source: str) -> list[object]:
+    """What a new TCP peer from ``source`` reads before the store closes it."""
+    host, port = tcp_address(server)
+    reader, writer = await asyncio.open_connection(host, port, local_addr=(source, 0))
+    try:
+        return list(FrameDecoder().feed(await asyncio.wait_for(reader.read(), 5)))
+    finally:
+        writer.close()
+
+
+async def test_idle_network_peers_do_not_lock_out_the_unix_socket(tcp_server):
+    """QA: 128 idle TCP peers refused every new client, API workers on the Unix socket too,
+    for as long as they kept reconnecting. The slots are counted per listener."""
+    limit = connection_module.MAX_HANDSHAKES
+    per_address = connection_module.MAX_HANDSHAKES_PER_ADDRESS
+    sources = [f"127.0.0.{2 + i // per_address}" for i in range(limit)]
+    peers = await idle_peers(tcp_server, sources)
+    try:
+        full = Error(0, "STORE_BUSY", "too many connections in their handshake", {"max": limit})
+        assert await refusal(tcp_server, "127.0.0.100") == [full]
+        local = StoreClient(f"unix:{tcp_server.settings.socket}", secret=SECRET)
+        try:
+            assert (await local.call("ping"))["pong"]
+        finally:
+            await local.close()
+    finally:
+        for writer in peers:
+            writer.close()
+
+
+async def test_one_address_takes_at_most_its_share_of_the_tcp_slots(tcp_server):
+    per_address = connection_module.MAX_HANDSHAKES_PER_ADDRESS
+    peers = await idle_peers(tcp_server, ["127.0.0.2"] * per_address)
+    try:
+        error = Error(
+            0,
+            "STORE_BUSY",
+            "too many connections in their handshake from this address",
+            {"max": per_address},
+        )
+        assert await refusal(tcp_server, "127.0.0.2") == [error]
+        other = StoreClient(f"tcp://{tcp_server.settings.tcp}", secret=SECRET)  # 127.0.0.1
+        try:
+            assert (await other.call("ping"))["pong"]
+        finally:
+            await other.close()
+        peers.pop().close()  # its slot is free again
+        await wait_until(lambda: len(tcp_server.connections) == per_address - 1)
+        (again,) = await idle_peers(tcp_server, ["127.0.0.2"])
+        peers.append(again)
+    finally:
+        for writer in peers:
+            writer.close()
+    await wait_until(lambda: len(tcp_server.handshakes) == 0)
+    assert tcp_server.handshakes.by_address == {}
+
+
+async def raw_exchange(path: str, payload: bytes) -> list[object]:
+    """Send bytes on a fresh Unix connection; the frames the store sent before closing it."""
+    reader, writer = await asyncio.open_unix_connection(path)
+    try:
+        writer.write(payload)
+        await writer.drain()
+        return list(FrameDecoder().feed(await asyncio.wait_for(reader.read(), 5)))
+    finally:
+        writer.close()
+
+
+async def test_a_request_before_the_hello_is_told_why_it_is_closed(server):
+    """QA: it was closed with no frame, where a wrong version or secret gets one."""
+    got = await raw_exchange(str(server.settings.socket), encode(Request(1, "ping", {})))
+    reason = "unexpected Request message before the handshake"
+    assert got == [Error(0, "PROTOCOL_ERROR", reason, {})]
+
+
+async def test_a_big_request_in_the_same_write_as_the_hello_is_answered(server):
+    """QA: HELLO plus a 10 KB request in one write was judged by the handshake's 4 KiB
+    limit ("frame of 10026 bytes exceeds the limit of 4096 after the handshake")."""
+    request = encode_request(1, "kv_set", {"key": "k", "value": "v" * 10_000})
+    assert len(request) > HANDSHAKE_FRAME_SIZE
+    reader, writer = await asyncio.open_unix_connection(str(server.settings.socket))
+    try:
+        writer.write(encode(Hello(PROTOCOL_VERSION, None)) + request)
+        decoder, got = FrameDecoder(), []
+        while len(got) < 2:
+            data = await asyncio.wait_for(reader.read(65536), 5)
+            if not data:
+                break  # closed: what came is all there is
+            got += decoder.feed(data)
+    finally:
+        writer.close()
+    assert isinstance(got[0], Hello) and got[1] == Result(1, True)
