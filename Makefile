@@ -71,9 +71,14 @@ dev: ## install, format, lint, test, then run (one after the other; stops at the
 	$(MAKE) test
 	$(MAKE) run
 
+# Test processes (pytest-xdist): each runs whole files (--dist loadfile, so a module's own
+# stack starts once) and its own session stack. Much of the suite waits on real processes
+# (starts, stops, timeouts), so 2 halve the time even on 2 cores; TEST_WORKERS=0 runs serially.
+TEST_WORKERS ?= 2
+
 test: install ## run the whole test suite (unit and integration, real processes), with coverage
 	@$(BIN)/coverage erase
-	$(BIN)/coverage run -m pytest -q
+	$(BIN)/coverage run -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 	@$(BIN)/coverage combine -q
 	$(BIN)/coverage report
 
