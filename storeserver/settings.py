@@ -22,6 +22,9 @@ DAY = 24 * HOUR
 GIB = 1 << 30
 
 
+MIN_TCP_SECRET_LENGTH = 16
+
+
 class StoreSettings(BaseSettings):
     # An empty variable (STORE_DATA_DIR= in a .env file) means unset, as on the API side:
     # Path("") would be the working directory, persistence switched on where nobody asked.
@@ -108,6 +111,13 @@ class StoreSettings(BaseSettings):
         # A TCP listener without a secret would hand every table to anyone who can reach it.
         if self.tcp and not self.secret:
             raise ValueError("STORE_TCP requires STORE_SECRET (shared secret for the handshake)")
+        if self.tcp and self.secret and len(self.secret) < MIN_TCP_SECRET_LENGTH:
+            # The secret is all that guards the port: one of a few characters is guessed
+            # online (each wrong guess costs a connection, nothing more).
+            raise ValueError(
+                f"STORE_SECRET must be at least {MIN_TCP_SECRET_LENGTH} characters with"
+                " STORE_TCP (e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+            )
         if self.tcp:
             # int() alone would take 99999, which asyncio turns into port 34463 (mod 65536).
             address = self.tcp_address

@@ -153,3 +153,12 @@ def test_an_unusable_data_dir_exits_with_the_cannot_start_code(tmp_path: Path) -
     assert done.returncode == EXIT_REFUSED_TO_START, done.stdout + done.stderr
     (line,) = (done.stdout + done.stderr).splitlines()
     assert json.loads(line)["event"] == "store_failed_to_start"
+
+
+def test_a_short_secret_is_refused_with_store_tcp_only() -> None:
+    """STORE_SECRET=x guarded a TCP port: the secret is all that does, and each wrong guess
+    costs a connection. On the Unix socket alone (owner-only) any secret may be used."""
+    errors = str(refused(STORE_TCP="127.0.0.1:7000", STORE_SECRET="x" * 15))
+    assert "STORE_SECRET" in errors and "at least 16" in errors
+    assert StoreSettings(tcp="127.0.0.1:7000", secret="x" * 16).secret == "x" * 16
+    assert StoreSettings(secret="x").secret == "x"
