@@ -18,7 +18,7 @@ logged reason (what came before it in the same read is answered first); every ot
 unaffected; a connection closed for what it sent is told why first (a ``PROTOCOL_ERROR``
 frame). Until a connection is greeted (its HELLO, with the secret, accepted) its decoder
 takes only a frame of ``handshake_frame_size`` (4 KiB), at most ``MAX_HANDSHAKES`` connections
-on each listener are in that state (``HandshakeSlots``: over TCP, at most
+on each listener are in that state (``handshakes.py``: over TCP, at most
 ``MAX_HANDSHAKES_PER_ADDRESS`` from one address), and each is closed if it is not greeted
 within ``STORE_HANDSHAKE_TIMEOUT``: peers that never authenticate hold at most 1 MiB between
 them, for seconds, and those on the network cannot lock out the Unix socket's. Greeting raises
@@ -31,7 +31,6 @@ can cause at will (``client_dropped``, ``client_refused``) are throttled to ``WA
 from __future__ import annotations
 
 import asyncio
-import select
 import time
 from typing import TYPE_CHECKING, cast
 
@@ -46,6 +45,7 @@ from .protocol import (
     encode,
     encode_error,
 )
+from .socketchecks import hung_up
 
 if TYPE_CHECKING:
     from .durability import Durability
@@ -53,11 +53,6 @@ if TYPE_CHECKING:
 
 MAX_CLIENTS = 4096
 """Connections at once; past it a new one gets a ``STORE_BUSY`` error frame and is closed."""
-MAX_HANDSHAKES = 128
-"""Connections not greeted yet at once on each listener (each may hold a handshake frame for up
-to STORE_HANDSHAKE_TIMEOUT); past it a new one is refused as past ``MAX_CLIENTS``."""
-MAX_HANDSHAKES_PER_ADDRESS = 16
-"""Of those on TCP, the ones from one peer address: one host cannot take every slot."""
 _TURN_COMMANDS = frozenset({"snapshot", "cancel"})  # answered by the connection's turn itself
 TURN_BUDGET = 0.002
 """Seconds of one connection's requests per loop turn, beyond its first request
@@ -68,60 +63,6 @@ TURN_BATCH = 64
 """Frames decoded at once; the rest of a read stays bytes in the decoder until their turn
 (a small request decoded takes about ten times its bytes)."""
 _perf_counter = time.perf_counter
-
-
-def _hung_up(transport: asyncio.BaseTransport | None) -> bool:
-    """Whether the peer closed both ways (``POLLHUP``), not just its writing side."""
-    sock = transport.get_extra_info("socket") if transport is not None else None
-    if sock is None:
-        return False
-    poller = select.poll()
-    poller.register(sock.fileno(), 0)  # reports hang-ups and errors only
-    return any(events & (select.POLLHUP | select.POLLERR) for _, events in poller.poll(0))
-
-
-class HandshakeSlots:
-    """The connections not greeted yet, counted apart for the Unix socket and for TCP, and on
-    TCP by peer address. Apart, because a network peer cannot authenticate but can connect as
-    fast as it likes: on one count, 128 idle ones would refuse every API worker on the local
-    socket (owner-only) too, for as long as they kept reconnecting."""
-
-    __slots__ = ("by_address", "tcp", "unix")
-
-    def __init__(self) -> None:
-        self.unix = 0
-        self.tcp = 0
-        self.by_address: dict[str, int] = {}
-
-    def __len__(self) -> int:
-        return self.unix + self.tcp
-
-    def take(self, address: str | None) -> StoreBusy | None:
-        """Count a connection from ``address`` (``None``: the Unix socket), or return the
-        error it is refused with."""
-        if (self.unix if address is None else self.tcp) >= MAX_HANDSHAKES:
-            return StoreBusy("too many connections in their handshake", {"max": MAX_HANDSHAKES})
-        if address is None:
-            self.unix += 1
-            return None
-        mine = self.by_address.get(address, 0)
-        if mine >= MAX_HANDSHAKES_PER_ADDRESS:
-            return StoreBusy(
-                "too many connections in their handshake from this address",
-                {"max": MAX_HANDSHAKES_PER_ADDRESS},
-            )
-        self.tcp += 1
-        self.by_address[address] = mine + 1
-        return None
-
-    def release(self, address: str | None) -> None:
-        if address is None:
-            self.unix -= 1
-            return
-        self.tcp -= 1
-        mine = self.by_address.pop(address) - 1
-        if mine:
-            self.by_address[address] = mine
 
 
 class _HeldTurn:
@@ -380,7 +321,7 @@ class StoreConnection(asyncio.Protocol):
         (on a Unix socket that shows as a hang-up) reads nothing: closed now, its long
         commands abandoned (``connection_lost``). Over TCP the two look alike until a reply
         is written to a closed peer, which ends the connection then."""
-        if _hung_up(self.transport):
+        if hung_up(self.transport):
             return False  # the transport closes itself
         self._eof = True
         self._finish_if_done()

@@ -18,10 +18,8 @@ import asyncio
 import contextlib
 import hmac
 import os
-import socket
 import time
 from collections import deque
-from pathlib import Path
 from typing import Any
 
 import structlog
@@ -29,9 +27,8 @@ import structlog
 from . import __version__
 from .arguments import check_keys
 from .builds import Job
-from .client import ACTOR_ARG, REQUEST_ID_ARG
 from .collector import Freezer
-from .connection import HandshakeSlots, StoreConnection
+from .connection import StoreConnection
 from .durability import Durability
 from .engine import Engine
 from .errors import (
@@ -41,6 +38,7 @@ from .errors import (
     MemoryLimit,
     StoreError,
 )
+from .handshakes import HandshakeSlots
 from .memory import MemoryGauge
 from .opstats import OpStats
 from .protocol import (
@@ -53,18 +51,16 @@ from .protocol import (
     handshake_frame_size,
 )
 from .records import format_timestamp
+from .requesttags import take_tags
 from .scheduler import JobScheduler
 from .settings import StoreSettings
+from .socketchecks import clear_stale_socket
 from .throttledlog import ThrottledWarning
 
 log = structlog.get_logger("storeserver")
 _NO_ARGS: frozenset[str] = frozenset()
 
 SLOW_KEPT = 20
-MAX_TAG_CHARS = 128
-"""Characters of a ``_request_id``, and of each ``_actor`` field, a command may carry: the
-API's ids are no longer (request ids, user ids). Each is copied into log lines, the slow list
-and audit entries: a longer one is refused, so that none of them can be made to flood."""
 HOUSEKEEPING_S = 5.0  # at most this between sweeps of idle scan cursors
 # The engine's commands and the ones the server answers itself; any other name is "unknown".
 _KNOWN_COMMANDS = Engine.COMMANDS | {"ping", "snapshot", "cancel"}
@@ -115,7 +111,7 @@ class StoreServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         path = self.settings.socket
-        _clear_stale_socket(path)
+        clear_stale_socket(path)
         if self.durability is not None:
             # Loading blocks the loop, so it happens before anyone can connect.
             self.durability.load()
@@ -396,43 +392,3 @@ class StoreServer:
         return isinstance(payload, str) and hmac.compare_digest(
             payload.encode("utf-8"), secret.encode("utf-8")
         )
-
-
-def take_tags(args: dict[str, Any]) -> tuple[Any, Any]:
-    """Remove the API's request id (slow-command log, audit) and the acting user (audit) from
-    ``args``: the engine never sees them. ``BadRequest`` naming the tag when one is longer than
-    ``MAX_TAG_CHARS`` (or the request id is not a string)."""
-    request_tag = args.pop(REQUEST_ID_ARG, None)
-    actor = args.pop(ACTOR_ARG, None) if ACTOR_ARG in args else None
-    if request_tag is not None and (
-        type(request_tag) is not str or len(request_tag) > MAX_TAG_CHARS
-    ):
-        raise BadRequest(
-            f"{REQUEST_ID_ARG} must be a string of at most {MAX_TAG_CHARS} characters",
-            {"arg": REQUEST_ID_ARG, "max": MAX_TAG_CHARS},
-        )
-    if type(actor) is dict and any(
-        type(value) is str and len(value) > MAX_TAG_CHARS for value in actor.values()
-    ):
-        raise BadRequest(
-            f"{ACTOR_ARG} fields must be at most {MAX_TAG_CHARS} characters",
-            {"arg": ACTOR_ARG, "max": MAX_TAG_CHARS},
-        )
-    return request_tag, actor
-
-
-def _clear_stale_socket(path: Path) -> None:
-    """Remove a socket file left by a dead store; refuse if a live store is listening on it."""
-    if not path.exists() and not path.is_symlink():
-        return
-    if not path.is_socket():
-        raise RuntimeError(f"{path} exists and is not a socket; refusing to replace it")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(str(path))
-    except (ConnectionRefusedError, FileNotFoundError):
-        path.unlink(missing_ok=True)
-        return
-    finally:
-        probe.close()
-    raise RuntimeError(f"another store is already listening on {path}")

@@ -8,8 +8,9 @@ import struct
 
 import pytest
 
-from storeserver import client as client_module
-from storeserver.client import StoreClient, _Connection
+from storeserver import clientconnection
+from storeserver.client import StoreClient
+from storeserver.clientconnection import ClientConnection
 from storeserver.errors import StoreBusy, StoreTimeout, StoreUnavailable
 from storeserver.protocol import PROTOCOL_VERSION, Hello, encode, encode_request
 
@@ -22,7 +23,7 @@ async def test_callers_waiting_on_a_connect_whose_caller_was_cancelled_do_not_ha
     then retry) instead of waiting on a future nobody resolves."""
     opening = asyncio.Event()
 
-    async def never_opens(self: StoreClient) -> _Connection:
+    async def never_opens(self: StoreClient) -> ClientConnection:
         opening.set()
         await asyncio.Event().wait()
         raise AssertionError("unreachable")
@@ -100,7 +101,7 @@ async def test_calls_to_a_store_that_does_not_read_fail_fast_past_the_unsent_bou
 ) -> None:
     """QA: 300 calls of 1 MB to a store that stopped reading all timed out, rightly, but the
     transport held 299 MB. Past ``MAX_UNSENT`` bytes waiting, calls fail at once, unsent."""
-    monkeypatch.setattr(client_module, "MAX_UNSENT", 1 << 20, raising=False)
+    monkeypatch.setattr(clientconnection, "MAX_UNSENT", 1 << 20)
     async with FakeStore(str(tmp_path / "deaf.sock"), encode(Hello(PROTOCOL_VERSION, {}))) as store:
         client = StoreClient(store.path, timeout=0.5)
         await client.connect()

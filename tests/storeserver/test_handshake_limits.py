@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from storeserver import connection as connection_module
+from storeserver import handshakes
 from storeserver.client import StoreClient
 from storeserver.protocol import (
     HANDSHAKE_FRAME_SIZE,
@@ -72,8 +72,8 @@ async def refusal(server: StoreServer, source: str) -> list[object]:
 async def test_idle_network_peers_do_not_lock_out_the_unix_socket(tcp_server):
     """QA: 128 idle TCP peers refused every new client, API workers on the Unix socket too,
     for as long as they kept reconnecting. The slots are counted per listener."""
-    limit = connection_module.MAX_HANDSHAKES
-    per_address = connection_module.MAX_HANDSHAKES_PER_ADDRESS
+    limit = handshakes.MAX_HANDSHAKES
+    per_address = handshakes.MAX_HANDSHAKES_PER_ADDRESS
     sources = [f"127.0.0.{2 + i // per_address}" for i in range(limit)]
     peers = await idle_peers(tcp_server, sources)
     try:
@@ -90,7 +90,7 @@ async def test_idle_network_peers_do_not_lock_out_the_unix_socket(tcp_server):
 
 
 async def test_one_address_takes_at_most_its_share_of_the_tcp_slots(tcp_server):
-    per_address = connection_module.MAX_HANDSHAKES_PER_ADDRESS
+    per_address = handshakes.MAX_HANDSHAKES_PER_ADDRESS
     peers = await idle_peers(tcp_server, ["127.0.0.2"] * per_address)
     try:
         error = Error(

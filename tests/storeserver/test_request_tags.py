@@ -11,7 +11,7 @@ from api.middleware import SANE_REQUEST_ID, new_request_id
 from storeserver.client import StoreClient, current_actor, current_request_id
 from storeserver.errors import BadRequest
 from storeserver.records import MAX_ID_LENGTH
-from storeserver.server import MAX_TAG_CHARS
+from storeserver.requesttags import MAX_TAG_CHARS
 
 
 async def test_a_request_id_longer_than_the_bound_is_refused_naming_it(server, client):

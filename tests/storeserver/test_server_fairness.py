@@ -14,6 +14,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from storeserver import connection as connection_module
+from storeserver import handshakes
 from storeserver.client import StoreClient
 from storeserver.errors import BadRequest, NotFound, StoreUnavailable
 from storeserver.protocol import (
@@ -258,7 +259,7 @@ async def test_a_secret_longer_than_the_handshake_limit_still_connects(sock_dir)
 
 
 async def test_connections_in_their_handshake_are_capped(server, monkeypatch):
-    monkeypatch.setattr(connection_module, "MAX_HANDSHAKES", 3, raising=False)
+    monkeypatch.setattr(handshakes, "MAX_HANDSHAKES", 3)
     path = str(server.settings.socket)
     silent = [(await asyncio.open_unix_connection(path))[1] for _ in range(3)]
     late = StoreClient(f"unix:{path}")
