@@ -6,10 +6,13 @@ and closes on shutdown. Run with ``gunicorn -c deploy/gunicorn.conf.py``.
 
 from __future__ import annotations
 
-import logging
+import contextlib
+import os
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import structlog
 from fastapi import FastAPI
 
 from api.auth.startup import adopt_store_secret, ensure_admin_step, install_limiters, start_auth
@@ -37,13 +40,13 @@ from api.routes import (
 )
 from api.routes import jobs as job_routes
 from api.routes import transactions as transaction_routes
-from api.services.schema import ensure_schema
-from api.settings import Settings, get_settings
+from api.services.schema import SCHEMAS, ensure_schema
+from api.settings import START_REFUSAL_FILE_ENV, Settings, get_settings
 from api.store import connect_store
 from storeserver.client import Caller
-from storeserver.errors import MemoryLimit
+from storeserver.errors import LimitExceeded, MemoryLimit, StoreError
 
-log = logging.getLogger("api.main")
+log = structlog.get_logger("api.main")
 
 API_PREFIX = "/api/v1"
 TAGS = [
@@ -89,31 +92,108 @@ Requests are rate limited per user (per client IP without a token): `X-Rate-Limi
 """
 
 
+SETUP_LOG_SECONDS = 10.0
+"""At most one line per this many seconds, per worker, about set-up steps the store refuses:
+it is asked again at every reconnection attempt (up to a few a second)."""
+MIB = 1 << 20
+
+
+class StoreRefusedSetup(Exception):
+    """The store refuses the tables the API needs (its memory or table limit): only a setting
+    of the store can mend that. Not a ``StoreError``, so ``connect_store`` does not retry it
+    as a store still starting, and the worker fails to boot at once, saying why."""
+
+
+async def missing_tables(call: Caller) -> list[str]:
+    """The API's tables (``SCHEMAS``) this store does not hold, in creation order."""
+    present = set(await call("list_tables", {}))
+    return [schema["table"] for schema in SCHEMAS if schema["table"] not in present]
+
+
+async def setup_refusal(call: Caller, exc: StoreError, missing: list[str]) -> str:
+    """Why the store refused the API's set-up and which store setting to change."""
+    if not missing:
+        return f"the store refused the API's set-up: {exc.code} ({exc.message})"
+    refused = f"the store refused to create the {missing[0]} table: {exc.code}"
+    if isinstance(exc, MemoryLimit):
+        limit = exc.details.get("max_memory")
+        with contextlib.suppress(StoreError):
+            used = (await call("stats", {}))["rss_bytes"]
+            return (
+                f"{refused} (STORE_MAX_MEMORY={limit} bytes is below what the store uses"
+                f" already, {used / MIB:.0f} MiB: raise it, to at least 64 MiB)"
+            )
+        return f"{refused} (STORE_MAX_MEMORY={limit} bytes is below what the store uses)"
+    if exc.details.get("reason") == "tables":
+        needed = ", ".join(schema["table"] for schema in SCHEMAS)
+        return (
+            f"{refused} ({exc.message}: STORE_MAX_TABLES={exc.details.get('max')} leaves no"
+            f" room for it; the API needs {len(SCHEMAS)} tables ({needed}) besides yours)"
+        )
+    return f"{refused} ({exc.message})"
+
+
+def record_start_refusal(reason: str) -> None:
+    """Leave ``reason`` where deploy/start_gunicorn.py reads it once gunicorn has stopped
+    ("Worker failed to boot", exit 3): it then exits 2, which `make run` and supervisord
+    take as a configuration error (stop at once) rather than a crash to restart."""
+    path = os.environ.get(START_REFUSAL_FILE_ENV)
+    if path:
+        # A new owner-only file, never through a link (another worker's says the same).
+        with contextlib.suppress(OSError):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(reason)
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     adopt_secret = adopt_store_secret(app.state, settings)
     ensure_admin = ensure_admin_step(settings)
+    starting = True
+    logged_at: dict[str, float] = {}
+
+    def log_throttled(level: str, event: str, **fields: object) -> None:
+        now = time.monotonic()
+        if now - logged_at.get(event, -SETUP_LOG_SECONDS) >= SETUP_LOG_SECONDS:
+            logged_at[event] = now
+            getattr(log, level)(event, **fields)
 
     async def on_connect(call: Caller) -> None:
         # Every (re)connection: a store that came back empty is made usable before any request.
         for step in (ensure_schema, adopt_secret, ensure_admin):
             try:
                 await step(call)
-            except MemoryLimit:
-                # A store at its memory limit holds data, so its tables (and, most likely, the
-                # admin) exist: serving reads beats refusing to start. Each step is idempotent
-                # and runs again at the next connection.
-                log.warning("store at its memory limit: connection set-up step skipped")
+            except (MemoryLimit, LimitExceeded) as exc:
+                missing = await missing_tables(call)
+                if isinstance(exc, MemoryLimit) and not missing:
+                    # A store at its memory limit that holds the tables holds data (most
+                    # likely the admin too): serving reads beats refusing to start. Each step
+                    # is idempotent and runs again at the next connection.
+                    log_throttled("warning", "setup_step_skipped", code=exc.code)
+                    continue
+                # No table to serve from, or a limit (a setting) the API's tables or
+                # indexes do not fit in: no retry helps.
+                reason = await setup_refusal(call, exc, missing)
+                log_throttled("error", "store_setup_refused", code=exc.code, message=reason)
+                if starting:
+                    raise StoreRefusedSetup(reason) from exc
+                raise  # reconnected: requests get 503 until the store takes them
 
-    store = await connect_store(
-        settings.store_socket,
-        settings.store_timeout,
-        settings.store_wait_seconds,
-        on_connect=on_connect,
-        secret=settings.store_secret_value,
-        long_timeout=settings.store_long_timeout,
-    )
+    try:
+        store = await connect_store(
+            settings.store_socket,
+            settings.store_timeout,
+            settings.store_wait_seconds,
+            on_connect=on_connect,
+            secret=settings.store_secret_value,
+            long_timeout=settings.store_long_timeout,
+        )
+    except StoreRefusedSetup as exc:
+        record_start_refusal(str(exc))
+        raise
+    starting = False
     try:
         await start_auth(app.state, store, settings)
         app.state.store = store

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
+import tempfile
 from functools import lru_cache
 from itertools import pairwise
+from pathlib import Path
 from typing import Annotated, Literal
 
 import limits
@@ -38,6 +41,11 @@ MAX_RATE_NUMBER = 2**63 - 1
 HOUR = 3600
 DAY = 24 * HOUR
 GIB = 1 << 30
+# Set by deploy/start_gunicorn.py for its workers: where one that cannot start because of a
+# setting of the store (``api.main.StoreRefusedSetup``) leaves the reason. Not a setting.
+START_REFUSAL_FILE_ENV = "MEMDB_START_REFUSAL_FILE"
+# Export results hold users and orders: the workers' user alone reads them (api.jobs.runner).
+JOB_RESULT_DIR_MODE = 0o700
 
 
 class Settings(BaseSettings):
@@ -124,6 +132,17 @@ class Settings(BaseSettings):
     @property
     def is_production(self) -> bool:
         return self.env == "production"
+
+    @property
+    def job_results_path(self) -> Path:
+        """``JOB_RESULT_DIR``, else ``jobs/`` beside a Unix store socket (the run-time directory
+        every worker of this host shares), else the system temp directory."""
+        if self.job_result_dir:
+            return Path(self.job_result_dir)
+        address = self.store_socket.removeprefix("unix:")
+        if "://" not in address:
+            return Path(address).resolve().parent / "jobs"
+        return Path(tempfile.gettempdir()) / "memdb-jobs"
 
     @property
     def store_secret_value(self) -> str | None:
@@ -247,6 +266,25 @@ def weak_secret(secret: SecretStr | None) -> bool:
         or (text + text).find(text, 1) < len(text)  # periodic: a shorter block repeated
         or any(word in lowered for word in WEAK_SECRET_WORDS)
     )
+
+
+def job_result_dir_error(settings: Settings) -> str | None:
+    """Why the workers could not write export results there, or None, after creating it as
+    the job runner would: found before gunicorn starts (deploy/start_gunicorn.py) rather than
+    by every export job, each ``failed`` with INTERNAL_ERROR while the service looks healthy."""
+    name = "JOB_RESULT_DIR"
+    if not settings.job_result_dir:
+        name += " (unset: jobs/ beside STORE_SOCKET, or memdb-jobs in the temp directory)"
+    directory = settings.job_results_path
+    try:
+        directory.mkdir(mode=JOB_RESULT_DIR_MODE, parents=True, exist_ok=True)
+    except FileExistsError:
+        return f"{name}: not a directory"
+    except OSError as exc:
+        return f"{name}: cannot create the directory: {exc.strerror}"
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return f"{name}: the directory is not writable by this user"
+    return None
 
 
 @lru_cache

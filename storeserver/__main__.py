@@ -1,10 +1,11 @@
 """``python -m storeserver``: run the store process until SIGTERM/SIGINT, then exit 0.
 
-Exit 3 when it refuses to start (``store_failed_to_start``: corrupt or incomplete data, a data
-directory it cannot create or use, its data directory or socket held by another store: starting
-it again will not help, and deploy/supervisord.conf does not), 1 when its shutdown failed
-(``store_stop_failed``: the final flush or snapshot could not be written, e.g. a full disk) or it
-failed while running, 2 for invalid settings.
+Exit 3 when it refuses to start (``store_failed_to_start``: corrupt or incomplete data, data
+this release cannot apply (written by a newer one), a data directory it cannot create or use,
+its data directory or socket held by another store: starting it again will not help, and
+deploy/supervisord.conf does not), 1 when its shutdown failed (``store_stop_failed``: the final
+flush or snapshot could not be written, e.g. a full disk) or it failed while running, 2 for
+invalid settings.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 import structlog
 from pydantic import ValidationError
 
+from .errors import StoreError
 from .finalsnapshot import WritesLost
 from .logs import configure_logging
 from .server import StoreServer
@@ -74,9 +76,11 @@ async def serve(settings: StoreSettings) -> None:
     try:
         # Building the server creates the data directory: one it cannot create (no such
         # parent, no permission, a file in the way) fails the same way on every restart.
+        # Loading the data raises CorruptData (a RuntimeError) for data it cannot apply; a
+        # store error left over from loading would fail the same way every time too.
         server = StoreServer(settings)
         await server.start()
-    except (RuntimeError, OSError) as exc:
+    except (RuntimeError, OSError, StoreError) as exc:
         raise StartRefused(str(exc)) from exc
     await stop.wait()
     structlog.get_logger("storeserver").info("store_stopping")

@@ -14,7 +14,8 @@ reached the disk). It normally ends the newest log; it may end an older one if e
 log holds no whole entry (a power loss between a rotation and the old log's fsync), and then
 those are cut too (``_cut_torn_tail``). A bad entry anywhere else, including a torn tail
 followed by a log that holds entries, means real corruption and the store refuses to start
-rather than serve half a history.
+rather than serve half a history. So does a whole entry it cannot apply: a kind a newer release
+wrote, or a malformed one (``journal.unreadable_entry``).
 
 These files hold every record (password hashes; in development the JWT signing key): each is
 created owner-only (0600) whatever the umask, and a new data directory 0700.
@@ -33,6 +34,7 @@ from typing import Any
 
 import structlog
 
+from .journal import REPLAY_ERRORS, unreadable_entry
 from .logfile import _ENTRY, _MAX_ENTRY, FILE_MODE, SNAPSHOT, CorruptData, EntryReader, TornTail
 from .protocol import unpack_value
 from .snapshots import read_snapshot
@@ -107,10 +109,14 @@ class DataDir:
         self.check_history(report.snapshot_generation, logs)
         for i, path in enumerate(logs):
             reader = EntryReader(path)
-            for changes in reader:
-                for change in changes:
-                    apply(tuple(change))
-                report.log_entries += 1
+            change: Any = None
+            try:
+                for changes in reader:
+                    for change in changes:
+                        apply(tuple(change))
+                    report.log_entries += 1
+            except REPLAY_ERRORS as exc:  # an entry kind of a newer release, a malformed entry
+                raise unreadable_entry(path, change, exc) from exc
             report.logs.append(path.name)
             if reader.torn is not None:
                 report.logs += [p.name for p in logs[i + 1 :]]

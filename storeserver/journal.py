@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from storeserver.catalog import TableSpec
-from storeserver.errors import InternalError
+from storeserver.errors import InternalError, StoreError
+from storeserver.logfile import CorruptData
 from storeserver.records import SHARED_STRING_LENGTH
 from storeserver.schemas import TableSchema
 
@@ -24,6 +26,41 @@ if TYPE_CHECKING:
     from storeserver.catalog import Catalog
     from storeserver.keyvalue import KeyValueStore
     from storeserver.writes import RecordWriter
+
+
+class UnknownEntry(InternalError):
+    """A journal entry of a kind this release does not know: a newer release wrote it."""
+
+    def __init__(self, kind: Any) -> None:
+        super().__init__(f"unknown journal entry {kind!r}", {"entry": repr(kind)})
+        self.kind = kind
+
+
+REPLAY_ERRORS = (StoreError, ValueError, TypeError, KeyError, IndexError, AttributeError)
+"""What replaying an entry raises when the entry is not one this release wrote: another shape
+(``("put", "t")``), another type, an unknown kind. ``unreadable_entry`` says so."""
+
+
+def unreadable_entry(path: Path, change: Any, exc: Exception) -> CorruptData:
+    """Why the store cannot start on ``path``, whose ``change`` failed to replay with ``exc``.
+
+    A ``CorruptData``: the store refuses to start (exit 3, ``store_failed_to_start``) rather
+    than crash with a traceback at every restart, which no restart can mend.
+    """
+    if isinstance(exc, UnknownEntry):
+        return CorruptData(
+            f"{path} holds an entry this release does not know ({exc.kind!r}): it was written"
+            " by a newer release; refusing to start. Start that release, or restore a backup"
+            " made by this one."
+        )
+    # Both shortened: a record's repr, or a KeyError of one, can be megabytes.
+    kind = repr(change[0] if type(change) in (list, tuple) and change else change)[:80]
+    problem = f"{type(exc).__name__}: {exc}"[:200]
+    return CorruptData(
+        f"{path} holds an entry this release cannot apply ({kind}: {problem}): the file is"
+        " damaged or was written by a newer release; refusing to start. Restore a backup"
+        " made by this release, or start the release that wrote it."
+    )
 
 
 class JournalReplay:
@@ -92,7 +129,7 @@ class JournalReplay:
             _, name, highest = change
             catalog.raise_floor(name, highest)
         else:
-            raise InternalError(f"unknown journal entry {kind!r}", {"entry": repr(kind)})
+            raise UnknownEntry(kind)
 
     def _share_strings(self, table: Any, record: dict[str, Any]) -> dict[str, Any]:
         """Share string objects the way live writes do (``records.copy_fields``), so a store

@@ -31,6 +31,7 @@ from typing import Any
 import orjson
 import structlog
 
+from .journal import REPLAY_ERRORS, unreadable_entry
 from .logfile import FILE_MODE, CorruptData, encode_entry, fsync_dir, read_entries
 
 SNAPSHOT_CHUNK = 1000  # changes per snapshot entry
@@ -39,22 +40,27 @@ FORMAT = 2  # 2: the snapshot ends with an end marker holding its number of chan
 
 def read_snapshot(path: Path, apply: Any) -> tuple[int, int]:
     """Apply every change of a snapshot; ``(generation, changes)``. ``CorruptData`` if a
-    snapshot of format 2 or later lacks its end marker or holds another number of changes."""
+    snapshot of format 2 or later lacks its end marker or holds another number of changes,
+    or if a change cannot be applied (``journal.unreadable_entry``)."""
     generation, fmt, count = 0, 1, 0
     end: dict[str, Any] | None = None
-    for index, changes in enumerate(read_entries(path, allow_torn_tail=False)):
-        for change in changes:
-            if end is not None:
-                raise CorruptData(f"{path} has changes after its end marker; refusing to start")
-            if change[0] == "meta":
-                meta = change[1]
-                if meta.get("end") is True:
-                    end = meta
-                elif index == 0:
-                    generation, fmt = int(meta["generation"]), int(meta.get("format", 1))
-                continue
-            apply(tuple(change))
-            count += 1
+    change: Any = None
+    try:
+        for index, changes in enumerate(read_entries(path, allow_torn_tail=False)):
+            for change in changes:
+                if end is not None:
+                    raise CorruptData(f"{path} has changes after its end marker; refusing to start")
+                if change[0] == "meta":
+                    meta = change[1]
+                    if meta.get("end") is True:
+                        end = meta
+                    elif index == 0:
+                        generation, fmt = int(meta["generation"]), int(meta.get("format", 1))
+                    continue
+                apply(tuple(change))
+                count += 1
+    except REPLAY_ERRORS as exc:  # an entry kind of a newer release, a malformed entry
+        raise unreadable_entry(path, change, exc) from exc
     if fmt >= 2 and (end is None or end.get("changes") != count):
         expected = "no end marker" if end is None else f"its end marker says {end['changes']}"
         raise CorruptData(

@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import os
 import socket
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -64,14 +63,9 @@ def job_kind(name: str, *, stoppable: bool = True) -> Callable[[JobFunc], JobFun
 
 
 def result_dir(settings: Settings) -> Path:
-    """``JOB_RESULT_DIR``, else ``jobs/`` beside a Unix store socket (the run-time directory
-    every worker of this host shares), else the system temp directory."""
-    if settings.job_result_dir:
-        return Path(settings.job_result_dir)
-    address = settings.store_socket.removeprefix("unix:")
-    if "://" not in address:
-        return Path(address).resolve().parent / "jobs"
-    return Path(tempfile.gettempdir()) / "memdb-jobs"
+    """Where export results go (``Settings.job_results_path``: JOB_RESULT_DIR or its default),
+    checked at start by deploy/start_gunicorn.py (``job_result_dir_error``)."""
+    return settings.job_results_path
 
 
 @dataclass

@@ -3,10 +3,14 @@ variable (``invalid_settings``)."""
 
 from __future__ import annotations
 
+import stat
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
-from api.settings import Settings
+from api.jobs.runner import result_dir
+from api.settings import Settings, job_result_dir_error
 from storeserver.settings import settings_errors
 
 
@@ -72,3 +76,36 @@ def test_a_refusal_names_the_environment_variable(
     """``web_concurrency: ...`` named a Python field; the operator set WEB_CONCURRENCY."""
     errors = settings_errors(refused(monkeypatch, name, value))
     assert errors.startswith(f"{name}: ") and value not in errors
+
+
+def test_the_job_result_directory_is_made_as_the_runner_makes_it(tmp_path: Path) -> None:
+    directory = tmp_path / "a" / "jobs"
+    assert job_result_dir_error(Settings(job_result_dir=str(directory))) is None
+    assert directory.is_dir() and stat.S_IMODE(directory.stat().st_mode) == 0o700
+    # unset: beside a Unix STORE_SOCKET, where the runner writes too
+    beside = Settings(store_socket=str(tmp_path / "run" / "store.sock"))
+    assert job_result_dir_error(beside) is None
+    assert result_dir(beside) == tmp_path / "run" / "jobs" and result_dir(beside).is_dir()
+
+
+@pytest.mark.parametrize(
+    ("where", "error"),
+    [
+        ("a-file/jobs", "JOB_RESULT_DIR: cannot create the directory: Not a directory"),
+        ("a-file", "JOB_RESULT_DIR: not a directory"),
+    ],
+)
+def test_a_job_result_directory_that_cannot_be_made_is_refused(
+    tmp_path: Path, where: str, error: str
+) -> None:
+    (tmp_path / "a-file").touch()
+    assert job_result_dir_error(Settings(job_result_dir=str(tmp_path / where))) == error
+
+
+def test_the_unset_job_result_directory_says_where_it_would_be(tmp_path: Path) -> None:
+    (tmp_path / "run").touch()  # a file where the socket's directory should be
+    settings = Settings(store_socket=str(tmp_path / "run" / "store.sock"))
+    assert job_result_dir_error(settings) == (
+        "JOB_RESULT_DIR (unset: jobs/ beside STORE_SOCKET, or memdb-jobs in the temp directory):"
+        " cannot create the directory: Not a directory"
+    )

@@ -1,6 +1,6 @@
 """What deploy/gunicorn.conf.py refuses before gunicorn starts, beyond the settings' own
 validation: an address gunicorn could not bind, a metrics directory the workers could not
-write.
+write; and deploy/start_gunicorn.py, a job result directory they could not write.
 
 Each is one ``invalid_settings`` JSON line and exit 2 from the entrypoint (supervisord and
 `make run` then stop at once), not gunicorn's five "Can't connect" lines and exit 1, or the
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +32,8 @@ def start_api(tmp_path: Path, **settings: str) -> tuple[int, list[str]]:
         "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prometheus"),
         # A setting let through then ends in store_not_ready and exit 1 within a second.
         "STORE_WAIT_SECONDS": "1",
+        # Not the default, beside STORE_SOCKET: run/jobs in this checkout.
+        "JOB_RESULT_DIR": str(tmp_path / "jobs"),
         **settings,
     }
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
@@ -69,6 +72,35 @@ def test_a_metrics_directory_that_cannot_be_made_is_an_invalid_setting(
     event = json.loads(line)
     assert event["event"] == "invalid_settings", event
     assert event["errors"].startswith("PROMETHEUS_MULTIPROC_DIR: cannot create"), event
+
+
+@pytest.mark.parametrize(
+    ("directory", "error"),
+    [
+        ("{tmp}/a-file/jobs", "JOB_RESULT_DIR: cannot create the directory: Not a directory"),
+        ("{tmp}/a-file", "JOB_RESULT_DIR: not a directory"),
+        ("/proc/nope/jobs", "JOB_RESULT_DIR: cannot create the directory: "),
+    ],
+)
+def test_a_job_result_directory_that_cannot_be_made_is_an_invalid_setting(
+    tmp_path: Path, directory: str, error: str
+) -> None:
+    """Not a start that looks healthy and fails every export job (INTERNAL_ERROR)."""
+    (tmp_path / "a-file").touch()
+    code, lines = start_api(tmp_path, JOB_RESULT_DIR=directory.format(tmp=tmp_path))
+    assert code == 2, lines
+    (line,) = lines
+    event = json.loads(line)
+    assert event["event"] == "invalid_settings" and event["errors"].startswith(error), event
+    assert event["level"] == "error" and event["process"] == "api"
+
+
+def test_a_missing_job_result_directory_is_made_owner_only(tmp_path: Path) -> None:
+    """As the job runner makes it; the start goes on (no store here: store_not_ready)."""
+    directory = tmp_path / "results" / "jobs"
+    code, lines = start_api(tmp_path, JOB_RESULT_DIR=str(directory))
+    assert code == 1 and json.loads(lines[-1])["event"] == "store_not_ready", lines
+    assert directory.is_dir() and stat.S_IMODE(directory.stat().st_mode) == 0o700
 
 
 def test_a_bracketed_ipv6_host_and_a_new_metrics_directory_pass(tmp_path: Path) -> None:
