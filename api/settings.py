@@ -52,7 +52,10 @@ class Settings(BaseSettings):
     """Everything an API worker (and the gunicorn config) reads from the environment."""
 
     # An empty variable (JWT_SECRET= in a .env file) means unset, not an empty value.
-    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", env_ignore_empty=True)
+    # allow_inf_nan: STORE_TIMEOUT=nan was refused as "should be less than or equal to 3600".
+    model_config = SettingsConfigDict(
+        case_sensitive=False, extra="ignore", env_ignore_empty=True, allow_inf_nan=False
+    )
 
     env: Literal["development", "production"] = "development"
     host: str = "0.0.0.0"

@@ -28,7 +28,10 @@ MIN_TCP_SECRET_LENGTH = 16
 class StoreSettings(BaseSettings):
     # An empty variable (STORE_DATA_DIR= in a .env file) means unset, as on the API side:
     # Path("") would be the working directory, persistence switched on where nobody asked.
-    model_config = SettingsConfigDict(env_prefix="STORE_", extra="ignore", env_ignore_empty=True)
+    # allow_inf_nan: a nan was refused as "should be less than or equal to 3600".
+    model_config = SettingsConfigDict(
+        env_prefix="STORE_", extra="ignore", env_ignore_empty=True, allow_inf_nan=False
+    )
 
     socket: Path = Path("run/store.sock")
     # Permission bits of the Unix socket, in octal (STORE_SOCKET_MODE=0660): owner-only unless

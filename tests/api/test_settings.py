@@ -49,6 +49,16 @@ def test_absurd_times_and_sizes_are_refused(
     assert [error["loc"] for error in errors] == [(name.lower(),)]
 
 
+@pytest.mark.parametrize("name", ["STORE_TIMEOUT", "STORE_WAIT_SECONDS", "JOB_STALE_SECONDS"])
+def test_nan_and_infinities_are_refused_as_not_finite(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """STORE_TIMEOUT=nan was refused as "should be less than or equal to 3600"."""
+    for value in ("nan", "inf", "-inf"):
+        (error,) = refused(monkeypatch, name, value).errors()
+        assert error["type"] == "finite_number", (name, value, error)
+
+
 def test_the_upper_bounds_themselves_are_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
     for name, value in {
         "GRACEFUL_TIMEOUT": "3600",

@@ -162,3 +162,9 @@ def test_a_short_secret_is_refused_with_store_tcp_only() -> None:
     assert "STORE_SECRET" in errors and "at least 16" in errors
     assert StoreSettings(tcp="127.0.0.1:7000", secret="x" * 16).secret == "x" * 16
     assert StoreSettings(secret="x").secret == "x"
+
+
+def test_nan_is_refused_as_not_a_number() -> None:
+    """It was refused, but as "should be less than or equal to 3600"."""
+    (error,) = refused(STORE_HANDSHAKE_TIMEOUT="nan").errors()
+    assert error["loc"] == ("handshake_timeout",) and error["type"] == "finite_number"
