@@ -39,20 +39,26 @@ BODY_NOT_PARSED = "a JSON body nested too deeply to parse (`BAD_REQUEST`)"
 ERROR_CONTENT = {
     "application/json": {"schema": {"$ref": REF_TEMPLATE.format(model="ErrorEnvelope")}}
 }
-IF_NONE_MATCH = {
-    "name": "If-None-Match",
-    "in": "header",
-    "required": False,
-    "schema": {"type": "string"},
-    "description": 'The ETag of what you have (W/"3"): 304 if it is still current',
-}
-IF_MATCH = {
-    "name": "If-Match",
-    "in": "header",
-    "required": False,
-    "schema": {"type": "string"},
-    "description": 'Answer only if this is still the current ETag (W/"3"), else 412',
-}
+
+
+def header_parameter(name: str, description: str) -> dict[str, Any]:
+    """An optional string header, as OpenAPI describes a parameter."""
+    schema = {"type": "string"}
+    return {
+        "name": name,
+        "in": "header",
+        "required": False,
+        "schema": schema,
+        "description": description,
+    }
+
+
+IF_NONE_MATCH = header_parameter(
+    "If-None-Match", 'The ETag of what you have (W/"3"): 304 if it is still current'
+)
+IF_MATCH = header_parameter(
+    "If-Match", 'Answer only if this is still the current ETag (W/"3"), else 412'
+)
 
 
 def depends_on(dependant: Dependant, calls: Any) -> Any:
