@@ -51,7 +51,7 @@ from storeserver.keyvalue import KeyValueStore
 from storeserver.protocol import MAX_FRAME_SIZE, pack_value
 from storeserver.ratelimit import FixedWindowCounters
 from storeserver.reads import DEFAULT_LIMIT, RecordReader
-from storeserver.records import REPLY_ROOM, max_record_bytes
+from storeserver.records import REPLY_ROOM, max_record_bytes, one_budget
 from storeserver.scans import ScanCursors
 from storeserver.writes import RecordWriter, Undo
 
@@ -403,10 +403,14 @@ class Engine:
             raise LimitExceeded(
                 f"at most {self.max_batch} operations", {"arg": "ops", "max": self.max_batch}
             )
+        measure_results = self._request_bytes is None
+        with one_budget():  # the ops' values count together: see records.one_budget
+            return self._run_batch(ops, refs, measure_results)
+
+    def _run_batch(self, ops: list[Any], refs: bool, measure_results: bool) -> dict[str, Any]:
         undo: Undo = []
         results: list[Any] = []
         unchanged: list[int] = []
-        measure_results = self._request_bytes is None
         for index, op in enumerate(ops):
             name = op.get("op") if type(op) is dict else None
             try:

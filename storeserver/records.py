@@ -13,7 +13,8 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any, NoReturn
 
@@ -29,11 +30,12 @@ SHARED_STRING_LENGTH = 16
 MAX_ID_LENGTH = 128
 MAX_DEPTH = 32
 MAX_VALUES = 600_000
-"""Values one record, one patch (``changes``) or one filter operand may hold, counting every
-map, list and scalar once (map keys not counted). Copying costs ~0.3 µs a value and ~70 bytes
-of memory per map or list; the frame limit alone let one request of 3 million empty maps hold
-the store's only thread 2 s. The API cannot reach it: a 1 MiB body holds at most 2**19
-values (``[0,0,...]``)."""
+"""Values one record, one patch (``changes``) or one filter operand may carry in a write (a
+batch's ops together: ``one_budget``), counting every map, list and scalar once (map keys not
+counted; merges may grow a stored record past it, up to the record size limit). Copying
+costs ~0.3 µs a value and ~70 bytes of memory per map or list; the frame limit alone let
+one request of 3 million empty maps hold the store's only thread 2 s. The API cannot reach
+it: a 1 MiB body holds at most 2**19 values (``[0,0,...]``)."""
 REPLY_ROOM = 1024
 """Bytes of a reply frame kept for what surrounds its records (request id, map keys, cursor)."""
 _INT_MIN = -(2**63)
@@ -89,7 +91,7 @@ def check_value(value: Any, depth: int = 0) -> None:
     """Raise ``BadRequest`` unless ``value`` may be a filter's operand: a storable wire value
     (see docs/STORE.md), except that a Decimal may lie outside the stored range."""
     if type(value) is list or type(value) is dict:
-        _copy(value, depth, False, ValueBudget(MAX_VALUES))
+        _copy(value, depth, False, _budget(1))
     else:
         _check_scalar(value, False)
 
@@ -100,18 +102,54 @@ def copy_value(value: Any, depth: int = 0, max_values: int = MAX_VALUES) -> Any:
     return _copy(value, depth, True, ValueBudget(max_values))
 
 
+_shared: ValueBudget | None = None
+"""While a batch runs (``one_budget``), the budget all its ops spend from."""
+
+
+@contextmanager
+def one_budget() -> Iterator[None]:
+    """Every record, patch and operand copied meanwhile spends from one ``MAX_VALUES``
+    budget: a batch of 1,000 records under the limit each could otherwise hold the loop for
+    a frame's worth of values (25 records of 590,000 empty maps: 14 s)."""
+    global _shared
+    _shared = ValueBudget(MAX_VALUES, 0, batch=True)
+    try:
+        yield
+    finally:
+        _shared = None
+
+
+def _budget(spent: int) -> ValueBudget:
+    """The budget of the next copy, ``spent`` values counted already: a new one, or the
+    batch's (``one_budget``)."""
+    if _shared is None:
+        return ValueBudget(MAX_VALUES, spent)
+    _shared.left -= spent
+    if _shared.left < 0:
+        _shared.exceeded()
+    return _shared
+
+
 class ValueBudget:
     """The values one copy may still make: each map or list spends its length before its
     items are copied, so an oversized value is refused before it is built."""
 
-    __slots__ = ("left", "limit")
+    __slots__ = ("batch", "left", "limit")
 
-    def __init__(self, limit: int, spent: int = 1) -> None:
-        """``spent``: values counted already (by default the copied value itself)."""
+    def __init__(self, limit: int, spent: int = 1, batch: bool = False) -> None:
+        """``spent``: values counted already (by default the copied value itself); ``batch``:
+        shared by a batch's ops (``one_budget``)."""
         self.limit = limit
         self.left = limit - spent
+        self.batch = batch
 
     def exceeded(self) -> NoReturn:
+        if self.batch:  # the op that crossed it may be small: a client splits the batch
+            raise LimitExceeded(
+                f"more than {self.limit} values (maps, lists and scalars) in one batch's"
+                " records, patches and operands together: send fewer operations at once",
+                {"reason": "values", "max": self.limit, "scope": "batch"},
+            )
         raise LimitExceeded(
             f"more than {self.limit} values (maps, lists and scalars, counted together) in"
             " one record, patch or value",
@@ -201,7 +239,7 @@ def copy_fields(into: dict[str, Any], record: dict[str, Any]) -> None:
                 _check_scalar(v, True)  # raises, with the message
         elif t is dict or t is list:
             if budget is None:
-                budget = ValueBudget(MAX_VALUES, len(record) + 1)
+                budget = _budget(len(record) + 1)
             v = _copy(v, 1, True, budget)
         else:
             _check_scalar(v, True)
@@ -221,7 +259,7 @@ def checked_patch(patch: dict[str, Any]) -> dict[str, Any]:
     store-owned top-level fields left out: ``apply_patch`` applies it to any number of
     records (``update_where``), which then share its values as records share unchanged
     ones (none is ever mutated)."""
-    return _copy_patch(patch, 0, ValueBudget(MAX_VALUES))
+    return _copy_patch(patch, 0, _budget(1))
 
 
 def _copy_patch(patch: dict[str, Any], depth: int, budget: ValueBudget) -> dict[str, Any]:

@@ -126,6 +126,12 @@ async def write_chunk(
         except StoreError as exc:
             if not may_have_landed(exc):
                 report.unconfirmed = None
+            if exc.details.get("scope") == "batch" and len(part) > 1:
+                # Too many values in the rows together (records.one_budget), not in the
+                # row the store stopped at: halves, each sent again.
+                middle = len(part) // 2
+                parts += [part[middle:], part[:middle]]
+                continue
             index = failed_index(exc, len(part))
             report.failed += 1
             report.add(store_row_errors(exc, part[index][0]))

@@ -28,6 +28,7 @@ from api.services.csvio import (
     encode_name,
 )
 from storeserver.errors import Conflict, NotFound
+from tests.support.engine import EngineStore
 
 # (value, cell text): encoded as, and decoded from.
 CASES: list[tuple[Any, str]] = [
@@ -532,3 +533,15 @@ def test_the_import_counts_only_the_columns_of_fields() -> None:
     assert caught.value.message == (
         "at most 1000 columns besides created_at, updated_at, version, _extra"
     )
+
+
+def test_rows_too_many_values_together_are_split_not_blamed() -> None:
+    """The store's batch limit on values counts the rows together (``records.one_budget``):
+    the row it stopped at is not at fault, so the chunk is halved and every row lands."""
+    store = EngineStore()
+    chunk = [(n, {"id": f"r{n}", "v": [0] * 200_000}) for n in range(1, 5)]  # 800,000 values
+    report = ImportReport("t", atomic=False)
+    asyncio.run(write_chunk(store, "t", chunk, report))  # type: ignore[arg-type]
+    assert (report.imported, report.failed, report.errors) == (4, 0, [])
+    batches = [args for command, args in store.calls if command == "batch"]
+    assert [len(args["ops"]) for args in batches] == [4, 2, 2]
