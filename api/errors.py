@@ -8,7 +8,7 @@ Store errors are mapped to HTTP statuses here and nowhere else.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from http import HTTPStatus
 from typing import Any, TypeVar
 
@@ -247,17 +247,32 @@ async def handle_validation_error(request: Request, exc: Exception) -> Response:
             return await handle_api_error(request, refused)
         except store_errors.StoreError as failed:  # 404 not yours, or the store is down
             return await handle_store_error(request, failed)
-    details = [validation_detail(error) for error in exc.errors()]
-    # An optional field (``X | None``) that fails reports its ``None`` branch too ("Input
-    # should be None", at ``field.none``): noise next to the real error for that field.
-    named = {d["field"] for d in details}
-    details = [
-        d
-        for d in details
-        if not (d["type"] == "none_required" and d["field"].endswith(".none"))
-        or d["field"].removesuffix(".none") not in named
-    ]
+    details = [validation_detail(error) for error in optional_members_dropped(exc.errors())]
     return error_response(request, 422, "VALIDATION_ERROR", "Request validation failed", details)
+
+
+def optional_members_dropped(errors: Sequence[Any]) -> list[dict[str, Any]]:
+    """The errors of an optional field (``X | None``) as one error at the field.
+
+    Pydantic reports every member of a failed union, each under the member's schema name
+    (``quantity.constrained-int``: "greater than 0"; ``quantity.none``: "Input should be
+    None"). The ``none`` member's error is noise next to the real one, and the name after the
+    field is not part of the body: both go, whatever the member's type is called.
+    """
+    optional = {
+        tuple(e["loc"][:-1])
+        for e in errors
+        if e.get("type") == "none_required" and e.get("loc") and e["loc"][-1] == "none"
+    }
+    out = []
+    for error in errors:
+        loc = tuple(error.get("loc", ()))
+        field = next((f for f in optional if len(loc) > len(f) and loc[: len(f)] == f), None)
+        if field is None:
+            out.append(error)
+        elif loc[len(field)] != "none":  # a union fails only when every member does
+            out.append({**error, "loc": (*field, *loc[len(field) + 1 :])})
+    return out
 
 
 async def handle_http_exception(request: Request, exc: Exception) -> Response:

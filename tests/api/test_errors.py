@@ -12,7 +12,13 @@ import httpx
 import pytest
 
 from tests.support.auth import login_admin
-from tests.support.factories import assert_error, token, user_payload
+from tests.support.factories import (
+    assert_error,
+    create_order,
+    create_user,
+    token,
+    user_payload,
+)
 from tests.support.stack import Stack, running_stack
 
 pytestmark = pytest.mark.integration
@@ -122,6 +128,31 @@ def test_details_name_the_field_not_pydantic_union_members(
     )
     error = assert_error(response, 422, "VALIDATION_ERROR")
     assert {d["field"] for d in error["details"]} == {"body.data"}
+
+
+@pytest.mark.parametrize(
+    ("change", "type_"),
+    [
+        ({"quantity": 0}, "greater_than"),
+        ({"quantity": "x"}, "int_type"),
+        ({"product_name": ""}, "string_too_short"),
+        ({"total_price": "-1"}, "decimal_parsing"),
+        ({"user_id": "nope"}, "uuid_parsing"),
+        ({"quantity": None}, "value_error"),
+    ],
+)
+def test_an_optional_field_reports_one_error_under_its_own_name(
+    client: httpx.Client, change: dict[str, object], type_: str
+) -> None:
+    """``OrderUpdate``'s fields are ``X | None``: pydantic reports both members, named by
+    their schema type (``body.quantity.constrained-int``, ``body.quantity.none``). The
+    caller sent one bad value and hears of it once, at the field."""
+    user = create_user(client)
+    order = create_order(client, user["id"])
+    response = client.patch(f"/api/v1/orders/{order['id']}", json=change)
+    error = assert_error(response, 422, "VALIDATION_ERROR")
+    (field,) = change
+    assert [(d["field"], d["type"]) for d in error["details"]] == [(f"body.{field}", type_)]
 
 
 def test_an_empty_change_by_filter_names_the_data(client: httpx.Client) -> None:
