@@ -10,12 +10,14 @@ figure is the CPU time each server process spends per operation (utime + stime d
 3. our store, 50 connections from 2 driver processes (``loadtests.store_driver``): ``get`` of
    100k preloaded ids, ``insert`` of an order-like record, and (for information) ``insert`` into
    a table with a hash index and a foreign key; not pipelined and 16 in flight per connection;
-4. worker-side client CPU per round trip: ``StoreClient`` and redis-py, over the floor of a bare
+4. the floor under the store's figures: the same drivers against a uvloop server that answers
+   every frame with a canned ``get`` reply and does nothing else (``loadtests.store_floor``);
+5. worker-side client CPU per round trip: ``StoreClient`` and redis-py, over the floor of a bare
    uvloop echo round trip (``loadtests.client_cpu``);
-5. where the store's CPU per request goes, in-process (``loadtests.store_profile``);
-6. 100k users + 1M orders driven through the engine directly (``loadtests.large_table``).
+6. where the store's CPU per request goes, in-process (``loadtests.store_profile``);
+7. 100k users + 1M orders driven through the engine directly (``loadtests.large_table``).
 
-``--skip-large`` leaves out step 6.
+``--skip-large`` leaves out step 7.
 
 Results: a table on stdout, ``loadtests/results/bench_store.json`` and ``docs/bench-store.md``.
 Each run lasts ~RUN_S seconds of load after a warm-up that also sizes it.
@@ -185,13 +187,16 @@ def store_run(drivers: Drivers, store_pid: int, kind: str, depth: int, ops: int)
     }
 
 
-def store_case(drivers: Drivers, store_pid: int, kind: str, depth: int) -> dict[str, Any]:
+def store_case(
+    drivers: Drivers, store_pid: int, kind: str, depth: int, server: str = "store"
+) -> dict[str, Any]:
     warm = store_run(drivers, store_pid, kind, depth, 20_000 if depth == 1 else 60_000)
     n = max(20_000, round(warm["ops_per_s"] * RUN_S, -4))
     result = store_run(drivers, store_pid, kind, depth, int(n))
+    result["server"] = server
     result["rss_after_bytes"] = rss_bytes(store_pid)
     log(
-        f"store {kind} depth {depth}: {result['server_cpu_us']:.2f} µs CPU/op, "
+        f"{server} {kind} depth {depth}: {result['server_cpu_us']:.2f} µs CPU/op, "
         f"{result['ops_per_s']:,.0f} ops/s ({result['wall_s']:.1f} s, {result['errors']} errors)"
     )
     if warm["errors"] or result["errors"]:
@@ -292,6 +297,23 @@ def collect(procs: Processes, tmp: Path, data: dict[str, Any], skip_large: bool)
         for kind in ("get", "insert", "insert_fk")
     ]
     drivers.close()
+
+    log("floor: the same drivers against a server that does no work (loadtests.store_floor)")
+    floor_sock = tmp / "floor.sock"
+    floor = procs.start(
+        [sys.executable, "-m", "loadtests.store_floor", "--socket", str(floor_sock)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    if floor.stdout.readline().strip() != "ready":  # type: ignore[union-attr]
+        raise RuntimeError(f"loadtests.store_floor exited with {floor.wait()}")
+    drivers = Drivers(procs, floor_sock)
+    data["floor_cases"] = [
+        store_case(drivers, floor.pid, "get", depth, server="floor") for depth in (1, PIPELINE)
+    ]
+    drivers.close()
+    procs.stop(floor)
 
     log("client CPU per round trip (StoreClient, redis-py)")
     args = ["--store", f"unix:{store_sock}", "--n", "20000"]
