@@ -151,10 +151,8 @@ def test_a_download_longer_than_the_graceful_timeout_is_cancelled_and_logged() -
             while not download.received and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert download.received, stack.logs()
-            started = time.monotonic()
             stack.processes["api"].send_signal(signal.SIGTERM)
             assert stack.processes["api"].wait(30) == 0
-            stopped_after = time.monotonic() - started
             thread.join(10)
         finally:
             stack.stop()
@@ -162,7 +160,11 @@ def test_a_download_longer_than_the_graceful_timeout_is_cancelled_and_logged() -
     finally:
         shutil.rmtree(stack.workdir, ignore_errors=True)
     assert download.error is not None  # the client saw an incomplete body, not a whole one
-    assert stopped_after < 6, stopped_after
+    # The worker ran to its own end (the master's SIGKILL at 6 s would have cut these lines);
+    # not a time limit on the shutdown, which a loaded machine stretches.
+    (worker,) = workers
+    exits = [e["event"] for e in events if e.get("event", "").startswith("Worker exiting")]
+    assert exits == [f"Worker exiting (pid: {worker})"], events[-10:]
     access = [e for e in events if e.get("event") == "access" and e.get("path") == "/slow-download"]
     assert len(access) == 1, events[-10:]
     assert access[0]["status"] == 200 and access[0]["error"] == "CancelledError", access
