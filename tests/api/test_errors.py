@@ -153,6 +153,10 @@ def test_an_optional_field_reports_one_error_under_its_own_name(
     error = assert_error(response, 422, "VALIDATION_ERROR")
     (field,) = change
     assert [(d["field"], d["type"]) for d in error["details"]] == [(f"body.{field}", type_)]
+    # The same model behind the generic route: the field under ``body.data``.
+    response = client.patch(f"/api/v1/data/orders/{order['id']}", json={"data": change})
+    error = assert_error(response, 422, "VALIDATION_ERROR")
+    assert [(d["field"], d["type"]) for d in error["details"]] == [(f"body.data.{field}", type_)]
 
 
 def test_an_empty_change_by_filter_names_the_data(client: httpx.Client) -> None:
