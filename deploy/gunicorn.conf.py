@@ -138,7 +138,8 @@ def on_starting(server: Any) -> None:
     """Prepare the metrics directory, then wait (bounded) for the store to answer ping ready
     before any worker is forked."""
     clear_metrics_dir()
-    server.log.info("waiting for the store at %s", _settings.store_socket)
+    configure_logging(_settings.log_level)  # the master's own lines are named events too
+    structlog.get_logger("api").info("waiting_for_store", store_socket=_settings.store_socket)
     try:
         wait_for_store(
             _settings.store_socket,
@@ -149,7 +150,6 @@ def on_starting(server: Any) -> None:
     except StoreError as exc:
         # One JSON line and exit 1 (gunicorn would print its traceback): a store that is
         # late may come back, so supervisord and compose start the API again.
-        configure_logging(_settings.log_level)
         last_error = exc.__cause__ or exc  # why the last attempt failed
         structlog.get_logger("api").error(
             "store_not_ready",
@@ -158,7 +158,7 @@ def on_starting(server: Any) -> None:
             error=str(last_error),
         )
         sys.exit(1)
-    server.log.info("store is ready")
+    structlog.get_logger("api").info("store_ready", store_socket=_settings.store_socket)
 
 
 def post_fork(server: Any, worker: Any) -> None:

@@ -15,10 +15,11 @@ instance's data brings that instance's key, which the workers adopt.
 
 from __future__ import annotations
 
-import logging
 import secrets
 from dataclasses import dataclass
 from typing import Any
+
+import structlog
 
 from api.settings import Settings
 from storeserver.client import Caller
@@ -26,7 +27,7 @@ from storeserver.errors import StoreUnavailable
 
 SECRET_KEY = "auth:jwt-secret"
 MIN_LENGTH = 32
-logger = logging.getLogger("api.auth")
+log = structlog.get_logger("api.auth")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,8 +54,10 @@ async def load_signing_secret(call: Caller, settings: Settings) -> str:
         return settings.jwt_secret.get_secret_value()
     secret = await read_store_secret(call)
     if secret.generated_here:
-        logger.warning(
-            "JWT_SECRET is not set: generated a development signing key and kept it in the store"
+        log.warning(
+            "signing_key_generated",
+            message="JWT_SECRET is not set: generated a development signing key and kept it"
+            " in the store",
         )
     return secret.value
 

@@ -85,6 +85,26 @@ def test_workers_stopped_by_sigterm_exit_normally_after_draining() -> None:
     assert not [event for event in events if "was sent" in str(event)]
 
 
+def test_start_up_lines_are_named_events_with_their_details_as_fields() -> None:
+    """Alerts match ``event`` exactly (deploy/README.md, Logs): the master's wait for the store
+    and the development signing key's generation name themselves, the socket in a field."""
+    env = {"LOG_LEVEL": "info"}
+    stack = start_stack(1, env, 60.0)
+    try:
+        try:
+            wait_for_app_startup(stack.workdir / "api.log", worker_pids(stack))
+        finally:
+            stack.stop()
+        events = log_events(stack.workdir / "api.log")
+    finally:
+        shutil.rmtree(stack.workdir, ignore_errors=True)
+    socket = stack.env["STORE_SOCKET"]
+    for name in ("waiting_for_store", "store_ready"):
+        assert [e["store_socket"] for e in events if e.get("event") == name] == [socket], name
+    (generated,) = [e for e in events if e.get("event") == "signing_key_generated"]
+    assert generated["level"] == "warning" and "JWT_SECRET is not set" in generated["message"]
+
+
 def test_invalid_settings_are_one_json_line_and_exit_2() -> None:
     # ENV=production without JWT_SECRET: gunicorn must not start, and say why in the log
     # format (one JSON line naming the setting), never with the secret's value.
