@@ -23,6 +23,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from api.auth.passwordtext import normalize_password
 from storeserver.client import parse_address
 
 MIN_SECRET_LENGTH = 32
@@ -226,7 +227,7 @@ class Settings(BaseSettings):
                     " 123456, no example word), e.g. from: openssl rand -hex 32"
                 )
             if self.admin_password is not None and (
-                self.admin_password.get_secret_value() == DEV_ADMIN_PASSWORD
+                normalize_password(self.admin_password.get_secret_value()) == DEV_ADMIN_PASSWORD
             ):
                 raise ValueError("ADMIN_PASSWORD is make run's development default; set your own")
             if self.admin_password is not None and (
@@ -240,11 +241,13 @@ class Settings(BaseSettings):
             raise ValueError("ADMIN_EMAIL and ADMIN_PASSWORD go together: set both or neither")
         if self.admin_password is not None:
             # The rules of UserCreate, which ensure_admin applies: at least 8 characters, at
-            # most 72 UTF-8 bytes (bcrypt's limit). "ééééé" is 10 bytes but 5 characters.
+            # most 72 UTF-8 bytes (bcrypt's limit) once normalized, as it is hashed. "ééééé"
+            # is 10 bytes but 5 characters.
             admin_password = self.admin_password.get_secret_value()
-            if len(admin_password) < 8 or len(admin_password.encode()) > 72:
+            if len(admin_password) < 8 or len(normalize_password(admin_password).encode()) > 72:
                 raise ValueError(
                     "ADMIN_PASSWORD must be at least 8 characters and at most 72 UTF-8 bytes"
+                    " once normalized (NFKC)"
                 )
         if self.refresh_token_ttl <= self.access_token_ttl:
             raise ValueError("REFRESH_TOKEN_TTL must be longer than ACCESS_TOKEN_TTL")

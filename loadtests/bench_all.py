@@ -706,10 +706,11 @@ def load_section(load: dict[str, Any]) -> list[str]:
         ]
     why_limits = (
         " The defaults would answer 429 to most of the run: every login counts against "
-        "`AUTH_RATE_LIMIT` (10/minute per client IP and per username) and all simulated users "
-        "come from 127.0.0.1; `RATE_LIMIT` (100/minute) counts per user for a request with a "
-        "token, but per IP for those without one (registrations, logins, refreshes), and all "
-        "the reporting admins share one admin token, so one budget."
+        "`AUTH_RATE_LIMIT` (10/minute per client IP; failed ones also 50/minute per username) "
+        "and all simulated users come from 127.0.0.1; `RATE_LIMIT` (100/minute) counts per "
+        "user for a request with a token, but per IP for those without one (registrations, "
+        "logins, refreshes), and all the reporting admins share one admin token, so one "
+        "budget."
         if load.get("target", {}).get("local")
         else ""
     )

@@ -1,19 +1,27 @@
-"""Checking an email and password, with the same cost whether or not the email exists."""
+"""Checking an email and password, with the same cost whether or not the email exists, and
+counting the guesses against AUTH_RATE_LIMIT."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import secrets
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import structlog
 from pydantic import EmailStr, TypeAdapter, ValidationError
 
+from api.ratelimit import RateLimiter, Verdict, rate_hit
 from api.services import users
 from api.services.passwords import hash_password, verify_and_rehash, verify_password
+from api.settings import MAX_RATE_NUMBER
 from api.store import Store
 from storeserver.errors import MemoryLimit, NotFound, VersionMismatch
+
+USERNAME_LIMIT_FACTOR = 5
+"""The per-username login limit is this many times AUTH_RATE_LIMIT, the per-client one: more
+than one client may spend, so no single client can lock an account's owner out."""
 
 _dummy_hash: str | None = None
 _EMAIL: TypeAdapter[str] = TypeAdapter(EmailStr)
@@ -83,7 +91,8 @@ async def check_credentials(store: Store, email: str, password: str) -> dict[str
 
 
 async def store_rehash(store: Store, record: dict[str, Any], new_hash: str) -> None:
-    """Replace a hash made at another cost than BCRYPT_ROUNDS, after a successful login.
+    """Replace a hash made at another cost than BCRYPT_ROUNDS, or of the password as sent
+    before passwords were normalized, after a successful login.
 
     The dummy hash uses the configured cost, so until then a wrong password for this account
     takes measurably more or less time than an unknown email. The password is the same, so
@@ -98,3 +107,52 @@ async def store_rehash(store: Store, record: dict[str, Any], new_hash: str) -> N
     except MemoryLimit:
         # Logging in must keep working at the memory limit; the next login tries again.
         log.warning("password_rehash_skipped", reason="MEMORY_LIMIT")
+
+
+@dataclass(frozen=True, slots=True)
+class LoginAttempt:
+    """One login's counts: the client's (``own``, the only one its answer's headers show) and
+    the username's (``None``: not counted, the client's was spent or the store was down)."""
+
+    own: Verdict | None
+    username: Verdict | None = None
+    username_key: str | None = None
+
+    def refusal(self) -> tuple[Literal["client", "username"], Verdict] | None:
+        """Which limit refuses this attempt, and its verdict; ``None`` if none does."""
+        if self.own is not None and not self.own.allowed:
+            return "client", self.own
+        if self.username is not None and not self.username.allowed:
+            return "username", self.username
+        return None
+
+
+async def count_login_attempt(
+    store: Store, limiter: RateLimiter, client: str, name_tag: str
+) -> LoginAttempt:
+    """Count one password guess against the client's address, then, if the client may still
+    guess, against the username: a client past its own limit must not go on spending the
+    username's (one client could then lock the account again)."""
+    own = await limiter.hit(store, limiter.key("ip", client))
+    if own is not None and not own.allowed:
+        return LoginAttempt(own)
+    key = limiter.key("user", name_tag)
+    limit = min(limiter.amount * USERNAME_LIMIT_FACTOR, MAX_RATE_NUMBER)
+    username = limiter.verdict(await rate_hit(store, {**limiter.args(key), "limit": limit}))
+    counted = username is not None and username.allowed
+    return LoginAttempt(own, username, key if counted else None)
+
+
+async def refund_username_attempt(
+    store: Store, limiter: RateLimiter, attempt: LoginAttempt
+) -> None:
+    """Take back a successful login's count on its username: the owner's own logins never
+    bring the account nearer its limit, nor show in its counter.
+
+    ``rate_hit`` is the store's only way to take a hit back, and it counts one itself: here on
+    one key shared by every refund, which nothing checks. Its answer is ignored: the login has
+    succeeded, and a count not taken back only lasts to the end of its window."""
+    if attempt.username_key is None:
+        return
+    carrier = {**limiter.args(limiter.key("refunds")), "limit": MAX_RATE_NUMBER}
+    await rate_hit(store, {**carrier, "refund": attempt.username_key})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Annotated
 
@@ -10,7 +9,14 @@ import structlog
 from fastapi import APIRouter, Form, Request, Response
 from fastapi.exceptions import RequestValidationError
 
-from api.auth.credentials import check_credentials, login_email, login_name_tag
+from api.auth.credentials import (
+    check_credentials,
+    count_login_attempt,
+    login_email,
+    login_name_tag,
+    refund_username_attempt,
+)
+from api.auth.passwordtext import MAX_PASSWORD_BYTES, password_forms
 from api.auth.sessions import (
     announce_expiry,
     ensure_not_revoked,
@@ -22,19 +28,24 @@ from api.auth.tokens import InvalidToken, TokenPair, new_session_id
 from api.deps import CurrentUser, StoreDep, TokensDep
 from api.errors import ApiError
 from api.http_metrics import MeteredRoute
-from api.ratelimit import RateLimiter, Verdict, client_ip, tightest
+from api.ratelimit import RateLimiter, Verdict, client_ip
 from api.responses import json_response, no_content
 from api.schemas.auth import RefreshRequest, TokenResponse
 from api.schemas.envelope import error_responses
 from api.services import users
-from api.settings import DEV_ADMIN_PASSWORD
+from api.services.passwords import is_dev_admin_password
 from storeserver.errors import NotFound
 
 router = APIRouter(route_class=MeteredRoute, prefix="/auth", tags=["auth"])
 log = structlog.get_logger("api.auth")  # bare event names, details as fields
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 Username = Annotated[str, Form(max_length=320, description="Your email")]
-PasswordForm = Annotated[str, Form(max_length=72, description="Your password")]
+PasswordForm = Annotated[
+    # 72 bytes once normalized (``password_forms``, checked in the route); typed decomposed
+    # (NFD) a password takes up to four code points per character, so the field allows that.
+    str,
+    Form(max_length=4 * MAX_PASSWORD_BYTES, description="Your password (at most 72 bytes)"),
+]
 GrantType = Annotated[str | None, Form(description="`password` (the only grant; may be left out)")]
 
 
@@ -84,14 +95,18 @@ def login_limiter(request: Request) -> RateLimiter:
     return limiter
 
 
-def too_many_attempts(verdict: Verdict, what: str) -> ApiError:
-    """429 for password guesses past AUTH_RATE_LIMIT, with the limit headers."""
+def too_many_attempts(
+    verdict: Verdict, what: str, limit_headers: dict[str, str] | None = None
+) -> ApiError:
+    """429 for password guesses past AUTH_RATE_LIMIT: Retry-After from ``verdict``, with its
+    X-Rate-Limit-* headers unless others are given."""
     retry_after = str(verdict.retry_after())
+    shown = verdict.headers() if limit_headers is None else limit_headers
     return ApiError(
         429,
         "RATE_LIMITED",
         f"Too many {what}; retry in {retry_after} s",
-        headers={**verdict.headers(), "Retry-After": retry_after},
+        headers={**shown, "Retry-After": retry_after},
     )
 
 
@@ -117,11 +132,11 @@ async def create_token(
     grant_type: GrantType = None,
 ) -> Response:
     """OAuth2 password grant (form fields `username` = your email, `password`, and
-    `grant_type=password` or none); answers in RFC 6749 JSON. Limited per client IP and per
-    username (AUTH_RATE_LIMIT)."""
+    `grant_type=password` or none); answers in RFC 6749 JSON. Limited per client IP
+    (AUTH_RATE_LIMIT) and per username (five times that; successful logins not counted)."""
     if grant_type is not None and grant_type != "password":
         raise unsupported_grant_type()
-    if len(password.encode()) > 72:
+    if not password_forms(password):
         problem = {"loc": ("body", "password"), "msg": "at most 72 bytes", "type": "value_error"}
         raise RequestValidationError([problem])
     # One form per address, for the per-username limit too: spellings of one address (NFD,
@@ -130,26 +145,24 @@ async def create_token(
     # The username only as a keyed hash, in the limiter's store key as in the log line: a
     # password pasted into it must not be recoverable by hashing guesses.
     name_tag = login_name_tag(username, tokens.secret)
+    client = client_ip(request.scope)
     limiter = login_limiter(request)
-    verdict = tightest(
-        list(
-            await asyncio.gather(
-                limiter.hit(store, limiter.key("ip", client_ip(request.scope))),
-                limiter.hit(store, limiter.key("user", name_tag)),
-            )
-        )
-    )
-    limit_headers = verdict.headers() if verdict else {}
-    if verdict is not None and not verdict.allowed:
-        log.warning("login_rate_limited", client=client_ip(request.scope))
-        raise too_many_attempts(verdict, "login attempts")
+    attempt = await count_login_attempt(store, limiter, client, name_tag)
+    # Only the caller's own counter in the headers: the username's would show anyone probing
+    # an address how often others try it (its owner's logins included).
+    limit_headers = attempt.own.headers() if attempt.own else {}
+    refusal = attempt.refusal()
+    if refusal is not None:
+        limit, verdict = refusal
+        log.warning("login_rate_limited", client=client, limit=limit, user_tag=name_tag)
+        raise too_many_attempts(verdict, "login attempts", limit_headers)
     # Dated before the user is read: a role or password change during the bcrypt check (a
     # third of a second) ends this session too, instead of it keeping the old role or password.
     read_at = time.time()
     user = await check_credentials(store, username, password)
     if (
         user is not None
-        and password == DEV_ADMIN_PASSWORD
+        and is_dev_admin_password(password)
         and request.app.state.settings.is_production
     ):
         # The development admin's password is public (README, Makefile): an account still
@@ -161,7 +174,7 @@ async def create_token(
         user = None
     if user is None:
         # The address, never the password; the username only as its keyed hash.
-        log.info("login_failed", client=client_ip(request.scope), user_tag=name_tag)
+        log.info("login_failed", client=client, user_tag=name_tag)
         error = bad_credentials()
         error.headers.update(limit_headers)
         raise error
@@ -173,6 +186,7 @@ async def create_token(
     pair = tokens.issue_pair(str(user["id"]), role, session_id, issued_at=read_at)
     await announce_expiry(store, pair.refresh_expires_at)
     await open_session(store, session_id, pair.refresh_claims)
+    await refund_username_attempt(store, limiter, attempt)
     return token_response(pair, limit_headers)
 
 

@@ -1,5 +1,12 @@
 """Password hashing with bcrypt (pwdlib), always off the event loop; the passwords refused
-wherever one is set."""
+wherever one is set.
+
+Every password is normalized here before it is hashed or checked (``normalize_password``), so
+one password typed on two keyboards is one password: ``é`` composed or decomposed (macOS
+sends NFD), a no-break space for a space. Hashes made before that came in are of the password
+as sent: a check tries that form too when it differs, and a login that matches it that way
+stores a hash of the normalized form instead (``verify_and_rehash``).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,7 @@ import anyio.to_thread
 from pwdlib import PasswordHash
 from pwdlib.hashers.bcrypt import BcryptHasher
 
+from api.auth.passwordtext import fits_bcrypt, normalize_password, password_forms
 from api.errors import ApiError
 from api.settings import DEV_ADMIN_PASSWORD, get_settings
 
@@ -19,28 +27,56 @@ def password_hasher() -> PasswordHash:
     return PasswordHash((BcryptHasher(rounds=get_settings().bcrypt_rounds),))
 
 
+def is_dev_admin_password(password: str) -> bool:
+    """Compared normalized: the password spelled in fullwidth letters hashes as it does."""
+    return normalize_password(password) == DEV_ADMIN_PASSWORD
+
+
 def refuse_unusable_password(password: str, field: str) -> None:
     """422 on ``field`` for a password the account could never log in with: in production,
-    the development admin's (``make run``'s, public), which login refuses there."""
-    if password == DEV_ADMIN_PASSWORD and get_settings().is_production:
+    the development admin's (``make run``'s, public), which login refuses there; anywhere, one
+    longer than bcrypt's 72 bytes once normalized (NFKC spells some characters out in many)."""
+    message = None
+    if is_dev_admin_password(password) and get_settings().is_production:
         message = "the development admin password is public and refused in production"
+    elif not fits_bcrypt(normalize_password(password)):
+        message = "password must be at most 72 bytes in UTF-8 once normalized (NFKC)"
+    if message is not None:
         detail = {"field": field, "message": message}
         raise ApiError(422, "VALIDATION_ERROR", "Request validation failed", [detail])
 
 
 async def hash_password(password: str) -> str:
-    """bcrypt takes ~0.25 s at cost 12: run it in a worker thread, never on the loop."""
-    return await anyio.to_thread.run_sync(password_hasher().hash, password)
+    """bcrypt takes ~0.25 s at cost 12: run it in a worker thread, never on the loop. The
+    normalized form is hashed (``refuse_unusable_password`` has checked its length)."""
+    return await anyio.to_thread.run_sync(password_hasher().hash, normalize_password(password))
 
 
 async def verify_password(password: str, password_hash: str) -> bool:
     """Check a password against its stored hash, off the loop."""
-    return await anyio.to_thread.run_sync(password_hasher().verify, password, password_hash)
+    return await anyio.to_thread.run_sync(_matches, password, password_hash)
 
 
 async def verify_and_rehash(password: str, password_hash: str) -> tuple[bool, str | None]:
     """Whether the password is right and, if so and the hash was made at another cost than
-    BCRYPT_ROUNDS, a new hash of it at the configured cost (one thread call, off the loop)."""
-    return await anyio.to_thread.run_sync(
-        password_hasher().verify_and_update, password, password_hash
-    )
+    BCRYPT_ROUNDS or of the password as sent, a new hash of its normalized form at the
+    configured cost (one thread call, off the loop)."""
+    return await anyio.to_thread.run_sync(_verify_and_rehash, password, password_hash)
+
+
+def _matches(password: str, password_hash: str) -> bool:
+    hasher = password_hasher()
+    return any(hasher.verify(form, password_hash) for form in password_forms(password))
+
+
+def _verify_and_rehash(password: str, password_hash: str) -> tuple[bool, str | None]:
+    hasher = password_hasher()
+    normalized = normalize_password(password)
+    for form in password_forms(password):
+        valid, rehashed = hasher.verify_and_update(form, password_hash)
+        if valid:
+            if form != normalized and fits_bcrypt(normalized):
+                # A hash of the password as sent: replaced, so the next login needs one check.
+                rehashed = hasher.hash(normalized)
+            return True, rehashed
+    return False, None

@@ -119,3 +119,18 @@ def test_the_unset_job_result_directory_says_where_it_would_be(tmp_path: Path) -
         "JOB_RESULT_DIR (unset: jobs/ beside STORE_SOCKET, or memdb-jobs in the temp directory):"
         " cannot create the directory: Not a directory"
     )
+
+
+def test_admin_password_is_judged_as_it_will_be_hashed_normalized() -> None:
+    """The password the workers hash is NFKC-normalized (api.auth.passwordtext): the
+    development default in fullwidth letters is that default, and a password that only passes
+    72 bytes once normalized (U+FDFA is 3 bytes, 33 after NFKC) would fail ensure_admin."""
+    secret = "k3y-" + "".join(chr(97 + i * 7 % 26) for i in range(40))  # no run, no repeat
+    fullwidth = "".join(
+        chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in "dev-only-admin-password"
+    )
+    with pytest.raises(ValueError, match="development default"):
+        Settings(env="production", jwt_secret=secret, admin_email="root@example.com",
+                 admin_password=fullwidth)  # fmt: skip
+    with pytest.raises(ValueError, match="72 UTF-8 bytes once normalized"):
+        Settings(admin_email="root@example.com", admin_password="\ufdfa" * 8)

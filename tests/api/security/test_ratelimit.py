@@ -132,23 +132,6 @@ def test_login_is_limited_per_ip(limited: Stack) -> None:
     assert any(line["client"] == "10.0.0.5" for line in refused), limited.logs()
 
 
-def test_login_is_limited_per_username(limited: Stack) -> None:
-    with as_ip(limited, "10.0.1.1") as http:
-        _, email, _ = new_account(http)
-    for n in range(2, 4):
-        with as_ip(limited, f"10.0.1.{n}") as http:
-            wrong = http.post(
-                "/api/v1/auth/token", data={"username": email, "password": "guess-guess"}
-            )
-            assert_error(wrong, 401, "INVALID_CREDENTIALS")
-    with as_ip(limited, "10.0.1.9") as http:
-        right = http.post(
-            "/api/v1/auth/token",
-            data={"username": email.upper(), "password": "correct horse battery"},
-        )
-        assert_limited(right)  # the username is out of attempts, whatever the address
-
-
 def test_current_password_guesses_are_limited_like_logins(limited: Stack) -> None:
     """Changing your password checks current_password: with a stolen access token that is a
     password guess, so it gets AUTH_RATE_LIMIT per account (3 here), not the general limit."""
