@@ -48,6 +48,12 @@ from api.services.versions import accepted_versions
 from api.store import Store
 
 router = APIRouter(route_class=MeteredRoute, prefix="/users", tags=["users"])
+UPDATE_REFUSALS = {
+    403: "A role change by a user, or a wrong `current_password` (`WRONG_PASSWORD`)",
+    409: "The email is taken (`ALREADY_EXISTS`), the last admin (`LAST_ADMIN`), or your own"
+    " email or password changed by another request after `current_password` was checked"
+    " (`CONFLICT`; nothing written)",
+}
 
 
 @router.post(
@@ -159,7 +165,7 @@ async def user_answer(
     "/{user_id}",
     response_model=Envelope[UserPublic],
     responses=error_responses(
-        401, 403, 404, 409, 413, 415, 422, 507, described=WRITE_PRECONDITIONS
+        401, 404, 413, 415, 422, 507, described={**WRITE_PRECONDITIONS, **UPDATE_REFUSALS}
     ),
     summary="Update a user",
 )
@@ -174,13 +180,20 @@ async def update_user(
     """Change the fields sent; with If-Match the write happens only at that version, with
     If-None-Match only at another (412).
 
-    Your own password needs `current_password` (403 if wrong; 429 past AUTH_RATE_LIMIT checks
-    per account, as logins); a role change needs an admin, and the last admin stays one (409
-    `LAST_ADMIN`). A new password or role ends all of that user's sessions.
+    Your own password or email needs `current_password` (403 if wrong; 429 past
+    AUTH_RATE_LIMIT checks per account, as logins), and is written only if the account is
+    unchanged since it was checked (409 `CONFLICT` otherwise: another change came first). A
+    role change needs an admin, and the last admin stays one (409 `LAST_ADMIN`). A new
+    password or role ends all of that user's sessions.
     """
-    await _check_sensitive_changes(request, store, caller, user_id, payload)
+    current_password = await _check_sensitive_changes(request, store, caller, user_id, payload)
     accepted = await accepted_versions(store, user_service.TABLE, user_id, conditions)
-    user = await user_service.update_user(store, user_id, payload, accepted)
+    if current_password is None:
+        user = await user_service.update_user(store, user_id, payload, accepted)
+    else:
+        user = await user_service.update_own_account(
+            store, user_id, payload, accepted, current_password
+        )
     return record_response(request, user)
 
 
@@ -233,22 +246,28 @@ async def list_user_orders(
 
 async def _check_sensitive_changes(
     request: Request, store: StoreDep, caller: CurrentUser, user_id: str, payload: UserUpdate
-) -> None:
+) -> str | None:
+    """403 for a role change by a user. For a change of the caller's own password or email
+    (what signs in to the account: a stolen access token must not take it over), the
+    ``current_password`` that ``update_own_account`` then checks; 422 without one, 429 past
+    AUTH_RATE_LIMIT. ``None`` for any other change (an admin's to someone else's account)."""
     if "role" in payload.model_fields_set and not caller.is_admin:
         raise ApiError(403, "FORBIDDEN", "Only an admin may change a role")
-    if "password" in payload.model_fields_set and caller.id == user_id:
-        if payload.current_password is None:
-            raise ApiError(
-                422,
-                "VALIDATION_ERROR",
-                "Request validation failed",
-                [{"field": "body.current_password", "message": "required to change your password"}],
-            )
-        # A password guess, as at login: the same AUTH_RATE_LIMIT, per account (a stolen
-        # access token must not try passwords at the general rate).
-        limiter = login_limiter(request)
-        verdict = await limiter.hit(store, limiter.key("password", user_id))
-        if verdict is not None and not verdict.allowed:
-            raise too_many_attempts(verdict, "password attempts")
-        if not await user_service.password_matches(store, user_id, payload.current_password):
-            raise ApiError(403, "WRONG_PASSWORD", "current_password is not your password")
+    signs_in = sorted(set(user_service.SIGN_IN_FIELDS) & payload.model_fields_set)
+    if not signs_in or caller.id != user_id:
+        return None
+    if payload.current_password is None:
+        message = f"required to change your {' and '.join(signs_in)}"
+        raise ApiError(
+            422,
+            "VALIDATION_ERROR",
+            "Request validation failed",
+            [{"field": "body.current_password", "message": message}],
+        )
+    # A password guess, as at login: the same AUTH_RATE_LIMIT, per account (a stolen access
+    # token must not try passwords at the general rate).
+    limiter = login_limiter(request)
+    verdict = await limiter.hit(store, limiter.key("password", user_id))
+    if verdict is not None and not verdict.allowed:
+        raise too_many_attempts(verdict, "password attempts")
+    return payload.current_password

@@ -5,16 +5,55 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    StringConstraints,
+    field_validator,
+)
 from pydantic.json_schema import SkipJsonSchema
 
+from api.auth.passwordtext import (
+    MAX_PASSWORD_BYTES,
+    fits_bcrypt,
+    normalize_password,
+    password_forms,
+)
+from api.schemas.lookalikes import refuse_invisible_name, refuse_lookalike_email
+
+Email = Annotated[
+    EmailStr,
+    AfterValidator(refuse_lookalike_email),
+    Field(
+        description="Unique, case-insensitively. Refused (422) if the local part or a domain"
+        " label holds compatibility characters (fullwidth, mathematical letters, ligatures) or"
+        " mixes scripts (Latin with Cyrillic or Greek; Latin with Han, Kana, Bopomofo or"
+        " Hangul is allowed)"
+    ),
+]
 FullName = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=100),
-    Field(description="1 to 100 characters; surrounding whitespace is trimmed"),
+    AfterValidator(refuse_invisible_name),
+    Field(
+        description="1 to 100 characters, some visible; surrounding whitespace is trimmed;"
+        " no control or format characters (newlines, escapes, bidi overrides, zero-width)"
+    ),
 ]
 Age = Annotated[int, Field(strict=True, gt=0, lt=150)]
-Password = Annotated[str, Field(min_length=8, max_length=72, description="8 to 72 UTF-8 bytes")]
+# Characters, not bytes: typed decomposed (NFD), a password takes up to four code points per
+# character; its 72 bytes are counted once normalized, as it is hashed.
+Password = Annotated[
+    str,
+    Field(
+        min_length=8,
+        max_length=4 * MAX_PASSWORD_BYTES,
+        description="8 characters to 72 UTF-8 bytes (counted once normalized: NFKC)",
+    ),
+]
 Role = Literal["user", "admin"]
 RoleField = Annotated[
     Role | None, Field(description="`user` (the default) or `admin`; only an admin may set it")
@@ -22,8 +61,17 @@ RoleField = Annotated[
 
 
 def _check_password_bytes(value: str | None) -> str | None:
-    # bcrypt reads only 72 bytes; refuse longer passwords rather than truncate them.
-    if value is not None and len(value.encode("utf-8")) > 72:
+    # bcrypt reads only 72 bytes of what is hashed, the normalized form: refuse longer
+    # passwords rather than truncate them.
+    if value is not None and not fits_bcrypt(normalize_password(value)):
+        raise ValueError("password must be at most 72 bytes in UTF-8 once normalized (NFKC)")
+    return value
+
+
+def _check_current_password(value: str | None) -> str | None:
+    # Checked as a login checks it: any form of it (normalized, or as sent for a hash made
+    # before normalization) that bcrypt could have hashed.
+    if value is not None and not password_forms(value):
         raise ValueError("password must be at most 72 bytes in UTF-8")
     return value
 
@@ -45,7 +93,7 @@ class UserCreate(BaseModel):
         },
     )
 
-    email: EmailStr
+    email: Email
     full_name: FullName
     age: Age | None = None
     password: Password
@@ -57,8 +105,8 @@ class UserCreate(BaseModel):
 class UserUpdate(BaseModel):
     """A partial update; ``age: null`` removes the age, other fields may not be null.
 
-    Changing your own password needs ``current_password``; changing a role needs an admin.
-    A new password or role ends every session of that user.
+    Changing your own password or email needs ``current_password``; changing a role needs
+    an admin. A new password or role ends every session of that user.
     """
 
     model_config = ConfigDict(
@@ -67,25 +115,31 @@ class UserUpdate(BaseModel):
             "examples": [
                 {"full_name": "Ada King"},
                 {"password": "a new long passphrase", "current_password": "correct horse battery"},
+                {"email": "ada.king@example.com", "current_password": "correct horse battery"},
             ]
         },
     )
 
     # ``None`` is the "not sent" default only, except for age: the document shows no null
     # (SkipJsonSchema), and a null sent is refused below.
-    email: EmailStr | SkipJsonSchema[None] = None
+    email: Email | SkipJsonSchema[None] = None
     full_name: FullName | SkipJsonSchema[None] = None
     age: Age | None = None
     password: Password | SkipJsonSchema[None] = None
     current_password: Annotated[
-        str | None, Field(max_length=72, description="Required to change your own password")
+        str | None,
+        Field(
+            max_length=4 * MAX_PASSWORD_BYTES,
+            description="Required to change your own password or email",
+        ),
     ] = None
     role: Annotated[
         Role | SkipJsonSchema[None],
         Field(description="`user` or `admin`; only an admin may change it"),
     ] = None
 
-    _password_bytes = field_validator("password", "current_password")(_check_password_bytes)
+    _password_bytes = field_validator("password")(_check_password_bytes)
+    _current_password_bytes = field_validator("current_password")(_check_current_password)
 
     @field_validator("email", "full_name", "password", "role")
     @classmethod

@@ -82,8 +82,10 @@ async def prepare(index: int, item: TransactionOp, operations: list[TransactionO
         plain, refs = _split_refs(table, data, operations[:index], (*loc, "data"))
         args["record"] = {**await typed.new_record(plain, (*loc, "data")), **refs}
     elif kind in ("replace", "patch"):
-        if table == users.TABLE and (kind == "replace" or "password" in data):
-            users.refuse_own_password_change(item.id, (*loc, "data", "password"))
+        if table == users.TABLE:  # your own password or email only with current_password
+            for field in users.SIGN_IN_FIELDS:
+                if kind == "replace" or field in data:
+                    users.refuse_own_password_change(item.id, (*loc, "data", field))
         plain, refs = _split_refs(table, data, operations[:index], (*loc, "data"))
         build = typed.replace_changes if kind == "replace" else typed.update_changes
         changes = {**await build(plain, (*loc, "data")), **refs}

@@ -76,8 +76,9 @@ async def _replace_user(store: Store, user_id: str, data: Record, if_match: IfMa
 
 
 async def _update_user(store: Store, user_id: str, data: Record, if_match: IfMatch) -> Record:
-    if "password" in data:
-        users.refuse_own_password_change(user_id, (*DATA, "password"))
+    for field in users.SIGN_IN_FIELDS:  # your own only with current_password
+        if field in data:
+            users.refuse_own_password_change(user_id, (*DATA, field))
     return await users.update_user(store, user_id, validate_body(UserUpdate, data), if_match, DATA)
 
 

@@ -10,7 +10,7 @@ from api.filters import Loc
 from api.queries import BASE_FIELDS, FieldType, ListQuery
 from api.schemas.users import UserCreate, UserPublic, UserUpdate
 from api.services.passwords import hash_password, refuse_unusable_password, verify_password
-from api.services.versions import expected_version, with_version
+from api.services.versions import expected_version, precondition_failed, with_version
 from api.store import Store
 from storeserver.client import current_actor
 from storeserver.errors import VersionMismatch
@@ -122,19 +122,24 @@ def check_hash_budget(count: int) -> None:
         raise ApiError(400, "LIMIT_EXCEEDED", message, [{"field": "body", "message": message}])
 
 
+SIGN_IN_FIELDS = ("password", "email")
+"""What signs in to an account: changing your own needs ``current_password``."""
+
+
 def refuse_own_password_change(user_id: Any, loc: Loc) -> None:
-    """A write that sets a password through ``/data/users`` or a transaction (admins only)
-    may not target the caller: their own password needs ``current_password``, which only
-    ``PATCH /users/{id}`` checks, so a stolen access token cannot take over the account. A
-    target named by a ``$ref`` is refused too: it is only known in the store."""
+    """A write that sets a password (or an email: ``loc`` names the field) through
+    ``/data/users`` or a transaction (admins only) may not target the caller: their own needs
+    ``current_password``, which only ``PATCH /users/{id}`` checks, so a stolen access token
+    cannot take over the account. A target named by a ``$ref`` is refused too: it is only
+    known in the store."""
     actor = current_actor.get()
     if actor is None or (not isinstance(user_id, dict) and str(user_id) != actor["user_id"]):
         return
     field = ".".join(str(part) for part in loc)
     message = (
-        "your own password changes only through PATCH /api/v1/users/{id} with current_password"
+        f"your own {loc[-1]} changes only through PATCH /api/v1/users/{{id}} with current_password"
         if not isinstance(user_id, dict)
-        else "a password is set here only on a user named by id, not by a reference"
+        else f"a {loc[-1]} is set here only on a user named by id, not by a reference"
     )
     raise ApiError(
         422, "VALIDATION_ERROR", "Request validation failed", [{"field": field, "message": message}]
@@ -200,11 +205,52 @@ async def set_role(store: Store, user_id: str, role: str) -> dict[str, Any]:
     return user
 
 
-async def password_matches(store: Store, user_id: str, password: str) -> bool:
-    """Whether ``password`` is the user's current one (bcrypt, off the loop)."""
+async def update_own_account(
+    store: Store,
+    user_id: str,
+    payload: UserUpdate,
+    if_match: frozenset[int] | None,
+    current_password: str,
+) -> dict[str, Any]:
+    """``update_user`` for a change of the caller's own email or password: 403 unless
+    ``current_password`` is the user's password, and the write is made only at the version
+    that password was checked at.
+
+    Written unconditionally, two changes sent at once with the same right password would
+    both pass the check against the old hash and both be written, the last one winning; at
+    the checked version, the store refuses every write but the first: 409 below. With
+    If-Match or If-None-Match the client's version decides, as on any write (412).
+    """
+    version = await verified_version(store, user_id, current_password)
+    if version is None:
+        raise ApiError(403, "WRONG_PASSWORD", "current_password is not your password")
+    if if_match is not None and version not in if_match:
+        raise precondition_failed()
+    try:
+        return await update_user(store, user_id, payload, frozenset({version}))
+    except VersionMismatch:
+        if if_match is not None:
+            raise
+        # 409, not 412: 412 answers a condition the client sent (If-Match), and this client
+        # sent none. Its request conflicts with the account as it is now: written to since
+        # current_password was checked (another password or email change won), so that check
+        # vouches for nothing. The client reads the account again and decides again.
+        raise ApiError(
+            409,
+            "CONFLICT",
+            "The account changed while current_password was checked (another change was"
+            " made first); nothing was written: read it again and retry",
+        ) from None
+
+
+async def verified_version(store: Store, user_id: str, password: str) -> int | None:
+    """The version of the user's record at which ``password`` is their password (bcrypt, off
+    the loop); ``None`` if it is not."""
     record = await store.call("get", {"table": TABLE, "id": user_id, "include_hidden": True})
     stored = record.get("password_hash")
-    return isinstance(stored, str) and await verify_password(password, stored)
+    if isinstance(stored, str) and await verify_password(password, stored):
+        return int(record["version"])
+    return None
 
 
 async def _patch(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -357,3 +358,25 @@ def test_an_admin_changes_their_own_password_only_with_current_password(
     reset = anon.patch(f"/api/v1/data/users/{other.id}", json={"data": new}, headers=headers)
     assert reset.status_code == 200, reset.text
     login(anon, other.user["email"], new["password"])
+
+
+def test_an_admin_changes_their_own_email_only_with_current_password(
+    client: httpx.Client, anon: httpx.Client
+) -> None:
+    """The email signs in to the account as the password does: moved elsewhere by a stolen
+    token, the owner could no longer log in (nor reset the password) with it."""
+    admin = _promoted_admin(client, anon)
+    me, headers = admin.id, admin.headers
+    new = {"email": f"moved-{secrets.token_hex(4)}@example.com"}
+    attempts = [
+        anon.patch(f"/api/v1/data/users/{me}", json={"data": new}, headers=headers),
+        anon.post(URL, json={"operations": [{"op": "patch", "table": "users", "id": me, "data": new}]}, headers=headers),  # noqa: E501
+    ]  # fmt: skip
+    for response in attempts:
+        error = assert_error(response, 422, "VALIDATION_ERROR")
+        assert error["details"][0]["field"].endswith("data.email"), error
+    login(anon, admin.user["email"], admin.password)  # unchanged
+    other = register(anon)
+    moved = anon.patch(f"/api/v1/data/users/{other.id}", json={"data": new}, headers=headers)
+    assert moved.status_code == 200, moved.text
+    login(anon, new["email"], other.password)

@@ -87,12 +87,11 @@ def test_the_72_bytes_count_the_normalized_form(anon: httpx.Client) -> None:
     # U+FDFA is 3 bytes, but NFKC spells it out in 33: never hashable, so refused when set.
     refused = anon.post("/api/v1/users", json=user_payload(password="\ufdfa" * 8))
     error = assert_error(refused, 422, "VALIDATION_ERROR")
-    assert error["details"] == [
-        {
-            "field": "body.password",
-            "message": "password must be at most 72 bytes in UTF-8 once normalized (NFKC)",
-        }
-    ]
+    (detail,) = error["details"]
+    assert detail["field"] == "body.password"
+    assert detail["message"].endswith(
+        "password must be at most 72 bytes in UTF-8 once normalized (NFKC)"
+    )
     # At login it is only a wrong password: a hash of it as sent (24 bytes) may predate
     # normalization. 422 is for a password neither form of which bcrypt takes.
     assert_error(log_in(anon, email, "\ufdfa" * 8), 401, "INVALID_CREDENTIALS")
