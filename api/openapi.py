@@ -9,10 +9,11 @@ token is optional (``Caller`` alone, as open registration), the requirement list
 alternative ``{}`` first, so Swagger UI and generated clients do not demand credentials.
 
 Two more things are read from the request as a whole: a list's filters (any number of
-``field__op=value`` parameters, ``api.deps.FILTERING``), described as one free-form object
-parameter (``style: form, explode: true``: each of its keys is its own query parameter, as
-Swagger UI and generated clients send it); and ``If-None-Match`` and ``If-Match`` on the reads
-that answer 304 (or 412, a POST query).
+``field__op=value`` parameters, ``api.deps.FILTERING``; also on the routes that select a
+table's records as its list does: count, update and delete by filter, CSV export),
+described as one free-form object parameter (``style: form, explode: true``: each of its
+keys is its own query parameter, as Swagger UI and generated clients send it); and
+``If-None-Match`` and ``If-Match`` on the reads that answer 304 (or 412, a POST query).
 
 Two things FastAPI's generator loses are put back: the 400 FastAPI answers for a JSON body
 nested too deeply to parse, on every operation that reads a JSON body; and the nulls of the

@@ -1,7 +1,8 @@
 """The query and path parameters shared by routes, as dependencies (re-exported by
 ``api.deps``, where routes take them from): table names and join keys (400 for a hostile
-name, before any store call), pages, the orders embed, and the list queries with their
-filters (``FILTERING`` tells ``api.openapi`` which fields each one filters on).
+name, before any store call), pages, the orders embed, the list queries with their filters,
+and those filters alone for the routes that select a table's records as its list does
+(``FILTERING`` tells ``api.openapi`` which fields each one filters on).
 """
 
 from __future__ import annotations
@@ -162,6 +163,29 @@ async def parse_join_query(
         raise bad_query("sort", "a join is returned in the left table's order; sort is unsupported")
     fields = typed_tables.fields_of(left)
     return _list_query(request, page, None, created_after, created_before, fields)
+
+
+def table_filter_query(
+    not_filters: frozenset[str] = frozenset(),
+) -> Callable[..., Awaitable[ListQuery]]:
+    """The filters of ``GET /data/{table}`` without its page and sort: the dependency of the
+    routes that select a table's records as its list does (the count, the writes by filter,
+    the CSV export), registered in ``FILTERING`` so their documents describe the filters as
+    the list's does. ``not_filters``: the route's own query parameters (``async``...); page,
+    per_page and sort are never filters (the route ignores or refuses them)."""
+    reserved = RESERVED | not_filters
+
+    async def parse(
+        request: Request,
+        table: TableName,
+        created_after: CreatedAfter = None,
+        created_before: CreatedBefore = None,
+    ) -> ListQuery:
+        fields = typed_tables.fields_of(table)
+        return _list_query(request, Page(), None, created_after, created_before, fields, reserved)
+
+    FILTERING[parse] = None
+    return parse
 
 
 FILTERING[parse_data_list_query] = FILTERING[parse_join_query] = None

@@ -17,6 +17,7 @@ from api.deps import (
     TableName,
     check_table_name,
     require_admin,
+    table_filter_query,
 )
 from api.errors import ApiError, bad_query
 from api.http_metrics import MeteredRoute
@@ -24,12 +25,11 @@ from api.jobs.imports import KIND as IMPORT_KIND
 from api.jobs.imports import body_size, copy_upload, import_job
 from api.jobs.web import AsyncFlag, JobsDep, accepted, job_or_now, run_as_job
 from api.middleware import asked_with_head
-from api.queries import Page, build_list_query
+from api.queries import ListQuery
 from api.responses import DATA_CACHE_CONTROL, head_answer, json_response
 from api.schemas.batch import ImportReport
 from api.schemas.envelope import Envelope, error_responses
 from api.schemas.jobs import job_started
-from api.services import typed_tables
 from api.services.csv_export import open_export
 from api.services.csv_import import import_csv
 
@@ -142,22 +142,16 @@ async def _spooled_body(request: Request) -> IO[bytes]:
     return spool
 
 
-async def export_filters(request: Request, table: TableName) -> list[list[object]]:
+ExportQuery = Annotated[ListQuery, Depends(table_filter_query(frozenset({"async"})))]
+
+
+async def export_filters(request: Request, query: ExportQuery) -> list[list[object]]:
     """The list endpoint's filters (`field=value`, `field__op=value`, created_after/before)."""
-    params = request.query_params
     for name in NOT_FILTERS:
-        if name in params:
+        if name in request.query_params:
             raise bad_query(
                 name, f"an export is every matching record in creation order: no {name}"
             )
-    query = build_list_query(
-        [(name, value) for name, value in params.multi_items() if name != "async"],
-        Page(),
-        None,
-        params.get("created_after"),
-        params.get("created_before"),
-        typed_tables.fields_of(table),
-    )
     return query.where
 
 

@@ -11,16 +11,15 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
 from api.conditions import WRITE_PRECONDITIONS
 from api.deps import (
-    CreatedAfter,
-    CreatedBefore,
     DataListQuery,
     Preconditions,
     StoreDep,
     TableName,
     require_admin,
+    table_filter_query,
 )
 from api.http_metrics import MeteredRoute
-from api.queries import ListQuery, Page, build_list_query
+from api.queries import ListQuery
 from api.responses import (
     DATA_CACHE_CONTROL,
     groups_response,
@@ -74,19 +73,8 @@ class BulkEnvelope(ListEnvelope[DataRecord]):
 CreatedRecords = Envelope[DataRecord] | BulkEnvelope
 
 
-async def parse_count_query(
-    request: Request,
-    table: TableName,
-    created_after: CreatedAfter = None,
-    created_before: CreatedBefore = None,
-) -> ListQuery:
-    """The filters of a list (``field=value``, ``field__op=value``); paging is ignored."""
-    params = request.query_params.multi_items()
-    fields = typed_tables.fields_of(table)
-    return build_list_query(params, Page(), None, created_after, created_before, fields)
-
-
-CountQuery = Annotated[ListQuery, Depends(parse_count_query)]
+# The filters of the list; its page, per_page and sort mean nothing to a count (ignored).
+CountQuery = Annotated[ListQuery, Depends(table_filter_query())]
 
 
 @router.post(

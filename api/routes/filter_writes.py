@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, Query, Request, Response
 
-from api.deps import AdminUser, CreatedAfter, CreatedBefore, SettingsDep, StoreDep, TableName
+from api.deps import AdminUser, SettingsDep, StoreDep, TableName, table_filter_query
 from api.errors import ApiError, bad_query
 from api.jobs.web import AsyncFlag, JobsDep, filter_write_as_job, job_or_now
-from api.queries import ListQuery, Page, build_list_query
+from api.queries import ListQuery
 from api.responses import PROBE_CACHE_CONTROL
 from api.routes.tables import success_response, table_router
 from api.schemas.data import DataBody
@@ -18,7 +18,6 @@ from api.schemas.envelope import Envelope, error_responses
 from api.schemas.jobs import job_started
 from api.schemas.tables import FilterDeleteResult, FilterUpdateResult
 from api.services import tables as table_service
-from api.services import typed_tables
 
 if TYPE_CHECKING:
     from api.jobs.runner import JobContext
@@ -27,25 +26,21 @@ router = table_router("/data")
 # Query parameters of a write by filter that are not filters.
 WRITE_FLAGS = frozenset({"all", "cascade", "async"})
 NOT_FOR_WRITES = ("page", "per_page", "sort")
+FilterQuery = Annotated[ListQuery, Depends(table_filter_query(WRITE_FLAGS))]
 
 
 async def parse_write_filter(
     request: Request,
-    table: TableName,
-    created_after: CreatedAfter = None,
-    created_before: CreatedBefore = None,
+    query: FilterQuery,
     all_rows: Annotated[
         bool, Query(alias="all", description="Required to write every row (no filter)")
     ] = False,
 ) -> ListQuery:
     """The filters of ``GET /data/{table}`` (same syntax and checks); at least one, unless
     ``all=true``."""
-    params = [(k, v) for k, v in request.query_params.multi_items() if k not in WRITE_FLAGS]
     for name in NOT_FOR_WRITES:
         if name in request.query_params:
             raise bad_query(name, f"'{name}' does not apply to a write by filter")
-    fields = typed_tables.fields_of(table)
-    query = build_list_query(params, Page(), None, created_after, created_before, fields)
     if not query.where and not all_rows:
         raise ApiError(
             400,

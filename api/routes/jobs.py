@@ -11,6 +11,7 @@ from api.deps import CurrentUser, PageParams
 from api.errors import ApiError
 from api.http_metrics import MeteredRoute
 from api.jobs.download import result_response
+from api.jobs.kinds import MEDIA_TYPES
 from api.jobs.model import now_stamp, readable_by, to_public
 from api.jobs.runner import UNSTOPPABLE
 from api.jobs.state import Job
@@ -133,6 +134,10 @@ RESULT_VALIDATORS = {
     },
     "Last-Modified": {"description": "When the file was written", "schema": {"type": "string"}},
 }
+TEXT = {"type": "string"}
+# The media types of the files jobs write (``api.jobs.kinds.MEDIA_TYPES``), each served as
+# its job wrote it: a generated client reads the body as text instead of dropping it.
+RESULT_CONTENT = {kind.partition(";")[0]: {"schema": TEXT} for kind in MEDIA_TYPES.values()}
 
 
 @router.get(
@@ -142,10 +147,13 @@ RESULT_VALIDATORS = {
         200: {
             "description": "The job's result file (an export: NDJSON or CSV)",
             "headers": RESULT_VALIDATORS,
+            "content": RESULT_CONTENT,
         },
         206: {
-            "description": "The byte ranges asked for with `Range: bytes=...`",
+            "description": "The byte ranges asked for with `Range: bytes=...`: one range in"
+            " the file's own type, several as `multipart/byteranges`",
             "headers": RESULT_VALIDATORS,
+            "content": {**RESULT_CONTENT, "multipart/byteranges": {"schema": TEXT}},
         },
         304: {
             "description": "If-None-Match or If-Modified-Since: your copy is current",

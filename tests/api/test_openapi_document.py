@@ -1,16 +1,23 @@
 """The OpenAPI document itself, built in-process (no server): its examples are valid, and it
 declares what the routes really answer (the 400 of an unparsable JSON body, the job in a 202,
-the optional token of open registration, the parameters of ``/users/me``)."""
+the optional token of open registration, the parameters of ``/users/me``, the list filters
+of every route that reads them, the types a job's result is served in)."""
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import jsonschema
 import pytest
 from fastapi import FastAPI
 
+from api.auth.principals import Principal
+from api.deps import get_caller
+from api.jobs.kinds import MEDIA_TYPES
+from api.jobs.web import get_jobs
 from api.main import create_app
 from api.settings import Settings
 from tests.support.factories import assert_error
@@ -191,3 +198,80 @@ def test_users_me_takes_the_parameters_of_users_id(spec: dict[str, Any]) -> None
 
 def test_the_served_document_is_cached(app: FastAPI) -> None:
     assert app.openapi() is app.openapi()
+
+
+SELECTING_AS_THE_LIST = [
+    ("get", "/data/{table}/count"),
+    ("patch", "/data/{table}"),
+    ("delete", "/data/{table}"),
+    ("get", "/batch/{table}/export"),
+]
+
+
+def parameter(operation: dict[str, Any], name: str) -> dict[str, Any]:
+    (found,) = [p for p in operation.get("parameters", []) if p["name"] == name]
+    return found
+
+
+@pytest.mark.parametrize(("method", "path"), SELECTING_AS_THE_LIST)
+def test_routes_that_select_as_the_data_list_document_its_filters(
+    spec: dict[str, Any], method: str, path: str
+) -> None:
+    """They honour the filters of ``GET /data/{table}``, but read them from the query string
+    as a whole: FastAPI listed none, and a generated client could send none (a write by
+    filter only with ``all=true``). The same parameter as the list's, and its date bounds."""
+    listed = spec["paths"][f"{API}/data/{{table}}"]["get"]
+    operation = spec["paths"][API + path][method]
+    for name in ("filters", "created_after", "created_before"):
+        assert parameter(operation, name) == parameter(listed, name), name
+
+
+def test_only_the_routes_that_read_filters_document_them(spec: dict[str, Any]) -> None:
+    documented = {
+        (method, path.removeprefix(API))
+        for method, path, operation in operations(spec)
+        if any(p["name"] == "filters" for p in operation.get("parameters", []))
+    }
+    lists = {
+        ("get", "/users"),
+        ("get", "/orders"),
+        ("get", "/users/{user_id}/orders"),
+        ("get", "/data/{table}"),
+        ("get", "/join/{left}/{right}/{key}"),
+    }
+    assert documented == lists | set(SELECTING_AS_THE_LIST)
+
+
+def test_a_job_result_documents_the_types_it_is_served_in(spec: dict[str, Any]) -> None:
+    """With headers only, a generated client's ``parsed`` was None for every download."""
+    responses = spec["paths"][f"{API}/jobs/{{job_id}}/result"]["get"]["responses"]
+    text = {"schema": {"type": "string"}}
+    files = {"application/x-ndjson": text, "text/csv": text}
+    assert responses["200"]["content"] == files
+    assert responses["206"]["content"] == {**files, "multipart/byteranges": text}
+
+
+class FinishedExports:
+    """The job store as the download reads it: job ``<format>`` is a finished export in it."""
+
+    async def get(self, job_id: str) -> dict[str, Any]:
+        result = {"file": f"{job_id}.{job_id}", "format": job_id, "media_type": MEDIA_TYPES[job_id]}
+        return {"id": job_id, "state": "succeeded", "params": {"table": "t"}, "result": result}
+
+
+async def test_a_job_result_is_served_in_a_documented_type(
+    spec: dict[str, Any], tmp_path: Path
+) -> None:
+    app = create_app(Settings(job_result_dir=str(tmp_path)))
+    app.dependency_overrides[get_caller] = lambda: Principal(id="a", role="admin", session_id="s")
+    app.dependency_overrides[get_jobs] = lambda: SimpleNamespace(jobs=FinishedExports())
+    bodies = {"ndjson": '{"id": "a"}\n', "csv": "id\r\na\r\n"}
+    declared = spec["paths"][f"{API}/jobs/{{job_id}}/result"]["get"]["responses"]["200"]
+    async with in_process(app) as http:
+        for fmt, body in bodies.items():
+            (tmp_path / f"{fmt}.{fmt}").write_text(body, newline="")
+            answer = await http.get(f"{API}/jobs/{fmt}/result")
+            assert answer.status_code == 200, answer.text
+            assert answer.text == body
+            media_type = answer.headers["content-type"].partition(";")[0]
+            assert media_type in declared["content"], fmt
