@@ -51,6 +51,11 @@ def accepts_gzip(accept_encoding: bytes) -> bool:
     return gzip_q is not None and gzip_q > 0
 
 
+def gzip_accepted(scope: Scope) -> bool:
+    """``accepts_gzip`` of the request's Accept-Encoding, its lines read as one list."""
+    return accepts_gzip(b",".join([v for n, v in scope["headers"] if n == b"accept-encoding"]))
+
+
 def with_vary(
     raw: Iterable[tuple[bytes, bytes]], names: Iterable[bytes]
 ) -> list[tuple[bytes, bytes]]:
@@ -109,9 +114,8 @@ class AcceptEncodingGZipMiddleware(GZipMiddleware):
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        lines = [value for name, value in scope["headers"] if name == b"accept-encoding"]
         responder: ASGIApp
-        if accepts_gzip(b",".join(lines)):
+        if gzip_accepted(scope):
             responder = GZipResponder(
                 self.app,
                 self.minimum_size,

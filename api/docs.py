@@ -6,28 +6,38 @@ Here the bundles come from the ``fastapi-offline`` wheel, pinned like every depe
 served under ``ASSETS_URL``; the pages are FastAPI's own HTML with those URLs. Each page is
 rendered once per app, so the bytes served are the bytes ``api.headers`` hashes for the
 Content-Security-Policy of its inline script.
+
+The assets answer conditional requests as job results do (``api.jobs.download``): a strong
+ETag per content coding (the gzip one with a ``-gzip`` suffix), If-Match / If-Unmodified-Since
+412, If-None-Match / If-Modified-Since 304. The gzip coding is chosen here, not by the gzip
+middleware (which would send it under the identity's tag), and byte ranges are served on the
+identity coding only: a range of the file spliced into a gzip download would corrupt it.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import os
+from email.utils import formatdate
 from importlib.resources import files
+from mimetypes import guess_type
 from pathlib import Path
 from typing import Any, Final
 
+import anyio.to_thread
 from fastapi import FastAPI
 from fastapi.openapi.docs import (
     get_redoc_html,
     get_swagger_ui_html,
     get_swagger_ui_oauth2_redirect_html,
 )
-from starlette.datastructures import Headers
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
-from starlette.staticfiles import StaticFiles
+from starlette.responses import FileResponse, HTMLResponse, Response
+from starlette.staticfiles import PathLike, StaticFiles
 from starlette.types import Scope
 
-from api.etags import none_match_hits
+from api.compression import gzip_accepted
 
 OPENAPI_URL: Final = "/openapi.json"
 DOCS_URL: Final = "/docs"
@@ -74,27 +84,79 @@ def redirect_page() -> HTMLResponse:
 
 
 class DocAssets(StaticFiles):
-    """The bundled files, with a cache lifetime (StaticFiles sends ETag and Last-Modified);
-    ReDoc's bundle without its CDN logo, from memory."""
+    """The bundled files, with a cache lifetime, validators and the gzip coding decided per
+    request (the module's docstring); ReDoc's bundle without its CDN logo, from memory."""
 
     def __init__(self, directory: str) -> None:
         super().__init__(directory=directory)
         # (tests/api/security/test_headers.py checks the URL is gone from what is served.)
-        self.redoc = (Path(directory) / REDOC_JS).read_bytes().replace(REDOC_LOGO, b'""')
+        source = Path(directory) / REDOC_JS
+        self.redoc = source.read_bytes().replace(REDOC_LOGO, b'""')
         self.redoc_etag = f'"{hashlib.blake2b(self.redoc, digest_size=12).hexdigest()}"'
+        self.redoc_modified = int(source.stat().st_mtime)
+        self.redoc_gzip: bytes | None = None  # compressed on first use, once per worker
 
     async def get_response(self, path: str, scope: Scope) -> Response:
         if path != REDOC_JS or scope["method"] not in ("GET", "HEAD"):
             return await super().get_response(path, scope)
-        headers = {"ETag": self.redoc_etag, "Cache-Control": ASSETS_CACHE_CONTROL}
-        if none_match_hits(Headers(scope=scope).get("if-none-match"), self.redoc_etag):
-            return Response(status_code=304, headers=headers)
-        return Response(self.redoc, headers=headers, media_type="text/javascript")
+        # Imported here: api.jobs.download imports api.middleware, which imports this module.
+        from api.jobs.download import cached_tag, gzip_etag
 
-    def file_response(self, *args: Any, **kwargs: Any) -> Response:
-        response = super().file_response(*args, **kwargs)
-        response.headers["Cache-Control"] = ASSETS_CACHE_CONTROL
-        return response
+        request = Request(scope)
+        zipped = gzip_accepted(scope)
+        headers = {
+            "Cache-Control": ASSETS_CACHE_CONTROL,
+            "Last-Modified": formatdate(self.redoc_modified, usegmt=True),
+        }
+        cached = cached_tag(request, self.redoc_etag, zipped, self.redoc_modified)
+        if cached is not None:
+            return Response(status_code=304, headers={**headers, "ETag": cached})
+        if not zipped:
+            headers["ETag"] = self.redoc_etag
+            return Response(self.redoc, headers=headers, media_type="text/javascript")
+        if self.redoc_gzip is None:  # 1 MB: compressed off the event loop, and only once
+            self.redoc_gzip = await anyio.to_thread.run_sync(gzip.compress, self.redoc)
+        headers |= {"ETag": gzip_etag(self.redoc_etag), "Content-Encoding": "gzip"}
+        return Response(self.redoc_gzip, headers=headers, media_type="text/javascript")
+
+    def file_response(
+        self, full_path: PathLike, stat_result: os.stat_result, scope: Scope, status_code: int = 200
+    ) -> Response:
+        from api.jobs.download import (
+            GzipFileResponse,
+            WholeFileResponse,
+            cached_tag,
+            file_etag,
+            gzip_etag,
+            range_verdict,
+        )
+
+        request = Request(scope)
+        etag, modified = file_etag(stat_result), int(stat_result.st_mtime)
+        last_modified = formatdate(stat_result.st_mtime, usegmt=True)
+        # A Range is served (206, identity) only when If-Range, if sent, names this coding's
+        # validators, and Starlette would answer it (no plain-text 400 or 416): else all of it.
+        http_range = request.headers.get("range")
+        ranged = (
+            http_range is not None
+            and request.headers.get("if-range") in (None, etag, last_modified)
+            and range_verdict(http_range, stat_result.st_size) == "serve"
+        )
+        # The favicon is a PNG, already compressed (the middleware would not touch it either).
+        media_type = guess_type(str(full_path))[0] or "application/octet-stream"
+        zipped = not ranged and not media_type.startswith("image/") and gzip_accepted(scope)
+        cached = cached_tag(request, etag, zipped, modified)
+        headers = {"Cache-Control": ASSETS_CACHE_CONTROL}
+        if cached is not None:
+            return Response(status_code=304, headers={**headers, "ETag": cached})
+        response_class: type[FileResponse] = WholeFileResponse
+        if ranged:
+            response_class = FileResponse
+        elif zipped:
+            # Accept-Ranges: none, so that no client resumes this download with a Range.
+            headers |= {"ETag": gzip_etag(etag), "Accept-Ranges": "none"}
+            response_class = GzipFileResponse
+        return response_class(full_path, stat_result=stat_result, headers=headers)
 
 
 def install_docs(app: FastAPI) -> None:

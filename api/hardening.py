@@ -15,14 +15,21 @@ bounds that (deploy/README.md).
 Content type: on ``/api/`` paths a request with a body must be JSON (``application/json`` or
 ``application/*+json``), except the OAuth2 token endpoint, which takes a form, and upload paths
 (CSV import), which take ``multipart/form-data`` or ``text/csv`` up to their own byte limit
-(``IMPORT_MAX_BYTES``). Anything else is 415 before any parsing.
+(``IMPORT_MAX_BYTES``); and it must not be compressed (``Content-Encoding`` other than
+identity). Anything else is 415 before any parsing, read from every line of each header (RFC
+9110 §5.3: repeated lines are one list), but only when the route the router would pick reads
+a body: with none, the app's 404 or 405 (with ``Allow``) says more, and a route that takes no
+body (a DELETE) answers as it would without one. That lookup runs only for a body about to be
+refused, never for an accepted one.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from typing import Any
 
+from fastapi.routing import RouteContext, iter_route_contexts
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
@@ -38,6 +45,9 @@ FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-dat
 UPLOAD_TYPES = frozenset({"multipart/form-data", "text/csv"})
 CLOSE_HEADERS = {"Connection": "close"}
 CLOSE = (b"connection", b"close")
+IDENTITY_ONLY = {"Accept-Encoding": "identity"}
+"""On a 415 for a compressed body: the coding, not the media type, was refused (RFC 9110
+§12.5.3)."""
 
 
 class BodyTooLarge(StarletteHTTPException):
@@ -59,6 +69,16 @@ def is_json(media_type: str) -> bool:
     return media_type == "application/json" or (
         media_type.startswith("application/") and media_type.endswith("+json")
     )
+
+
+def routed_to(app: Any, method: str, path: str) -> RouteContext | None:
+    """The route the router would run for ``method`` at ``path``: the first, in order, whose
+    path and method match; ``None`` when it would answer 404 or 405, including through a route
+    that only answers 405 (``api.errors.refuses_methods``)."""
+    for route in iter_route_contexts(app.routes):
+        if route.methods and method in route.methods and route.path_regex.match(path):
+            return None if getattr(route.endpoint, "refuses_methods", False) else route
+    return None
 
 
 class RequestBodyMiddleware:
@@ -109,32 +129,14 @@ class RequestBodyMiddleware:
             )
             return
         has_body = (length or 0) > 0 or "transfer-encoding" in headers
-        if has_body and scope["path"].startswith("/api/"):
-            media_type = headers.get("content-type", "").partition(";")[0].strip().lower()
-            wanted_form = scope["path"] in self.form_paths
-            if scope["path"] in self.upload_paths:
-                accepted, expected = media_type in UPLOAD_TYPES, "multipart/form-data or text/csv"
-            elif wanted_form:
-                accepted, expected = media_type in FORM_TYPES, "a form"
-            else:
-                accepted, expected = is_json(media_type), "application/json"
-            if not accepted:
-                await self._reject(
-                    scope,
-                    receive,
-                    send,
-                    415,
-                    "UNSUPPORTED_MEDIA_TYPE",
-                    f"The request body must be {expected}",
-                )
-                return
-            coding = headers.get("content-encoding", "identity").strip().lower()
-            if coding != "identity":
-                # Bodies are read as sent: a gzipped one reached the JSON parser as bytes (422
-                # "not valid UTF-8"). RFC 9110 §8.4.1: an unsupported coding is a 415.
-                message = "Request bodies must not be compressed (Content-Encoding: identity)"
-                await self._reject(scope, receive, send, 415, "UNSUPPORTED_MEDIA_TYPE", message)
-                return
+        refusal = self._refusal(scope["path"], headers) if has_body else None
+        if refusal is not None and self._reads_body(scope):
+            message, extra = refusal
+            await self._reject(scope, receive, send, 415, "UNSUPPORTED_MEDIA_TYPE", message, extra)
+            return
+        # A refused body that nothing reads: the app answers (404, 405, a DELETE's answer)
+        # without it, and the connection closes after that as after a 415 (the rest is unread).
+        unread = refusal is not None
 
         received = 0
         started = False
@@ -164,7 +166,8 @@ class RequestBodyMiddleware:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
-                if body_cut:  # the 413/408 of FastAPI's handlers, which read the body
+                # body_cut: the 413/408 of FastAPI's handlers, which read the body.
+                if body_cut or unread:
                     message["headers"] = [*message.get("headers", ()), CLOSE]
             await send(message)
 
@@ -180,14 +183,62 @@ class RequestBodyMiddleware:
                 raise
             await self._reject(scope, receive, send, 408, "REQUEST_TIMEOUT", str(exc.detail))
 
+    def _refusal(self, path: str, headers: Headers) -> tuple[str, dict[str, str]] | None:
+        """Why a body sent to ``path`` is refused (message, extra headers), or ``None``."""
+        if not path.startswith("/api/"):
+            return None
+        # Every line: Content-Type is one value, and a second line the app would not read
+        # must not get past; Content-Encoding's lines are one list (RFC 9110 §5.3).
+        types = [v.partition(";")[0].strip().lower() for v in headers.getlist("content-type")]
+        types = types or [""]
+        if path in self.upload_paths:
+            expected = "multipart/form-data or text/csv"
+            accepted = all(t in UPLOAD_TYPES for t in types)
+        elif path in self.form_paths:
+            accepted, expected = all(t in FORM_TYPES for t in types), "a form"
+        else:
+            accepted, expected = all(is_json(t) for t in types), "application/json"
+        if not accepted:
+            return f"The request body must be {expected}", {}
+        lines = headers.getlist("content-encoding")
+        if any(c.strip().lower() not in ("", "identity") for v in lines for c in v.split(",")):
+            # Bodies are read as sent: a gzipped one reached the JSON parser as bytes (422
+            # "not valid UTF-8"). RFC 9110 §8.4.1: an unsupported coding is a 415.
+            message = "Request bodies must not be compressed (Content-Encoding: identity)"
+            return message, IDENTITY_ONLY
+        return None
+
+    def _reads_body(self, scope: Scope) -> bool:
+        """Whether the route the router would pick for this request reads its body: one with
+        a body parameter, or an upload or form path. Without an app to ask: it does."""
+        app = scope.get("app")
+        if app is None:
+            return True
+        route = routed_to(app, scope["method"], scope["path"])
+        if route is None:
+            return False
+        path = scope["path"]
+        return (
+            getattr(route, "body_field", None) is not None
+            or path in self.upload_paths
+            or path in self.form_paths
+        )
+
     @staticmethod
     async def _reject(
-        scope: Scope, receive: Receive, send: Send, status: int, code: str, message: str
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        status: int,
+        code: str,
+        message: str,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         # Answered before the body was read (or while it stalled): without Connection: close
         # uvicorn would keep the connection and read, and drop, whatever body the client
         # still sends (10 GB after a 413, a byte at a time after a 408). It closes instead.
-        response = error_response(Request(scope), status, code, message, headers=CLOSE_HEADERS)
+        all_headers = {**(headers or {}), **CLOSE_HEADERS}
+        response = error_response(Request(scope), status, code, message, headers=all_headers)
         await response(scope, receive, send)
 
 
