@@ -1,5 +1,5 @@
-"""uvicorn's HTTP protocol with a deadline for a request's headers, and our 400 for a request
-it cannot parse.
+"""uvicorn's HTTP protocol with a deadline for a request's headers, our checks of a request's
+head, and our answer (the error envelope) to a request it refuses.
 
 uvicorn arms its keep-alive timer only once a response is done: a connection that sends
 nothing, or only part of a request's headers, is kept until the client closes it, holding a
@@ -11,11 +11,19 @@ timeout (gunicorn's ``keepalive``, 5 s) applies as before; a request's body is r
 app, which bounds it itself (``MAX_BODY_BYTES``, and ``BODY_TIMEOUT`` between two pieces:
 ``api.hardening``).
 
-A request httptools cannot parse gets a 400 in the error envelope (with X-Request-ID and the
-security headers) and the connection closes. uvicorn wrote its plain-text 400 and closed at
-once, while requests pipelined before the bad one were still running: their answers were lost
-(one of them may have written a record) and each logged a traceback for writing to a closed
-transport. Here the 400 waits until those requests are answered, in order.
+A request httptools cannot parse, or whose head ``head_problem`` refuses (RFC 9112: the
+version, Host, the framing; one Authorization), gets the error envelope (with X-Request-ID
+and the security headers; no body for HEAD) and the connection closes. uvicorn wrote its
+plain-text 400 and closed at once, while requests pipelined before the bad one were still
+running: their answers were lost (one of them may have written a record) and each logged a
+traceback for writing to a closed transport. Here the refusal waits until those requests are
+answered, in order.
+
+What uvicorn's httptools protocol does not do by the RFCs, done here: an HTTP/1.0 client
+gets no ``100 Continue`` and no chunked body (a body of unknown length is sent raw and ends
+when the connection closes: ``close_delimited``); a request asking to ``Upgrade`` (the API
+has no WebSocket route) is served over HTTP/1.1, then the connection closes; an absolute
+request target with an empty path is served as ``/``.
 
 ``deploy/gunicorn.conf.py`` installs it in each worker (``post_fork``).
 """
@@ -24,7 +32,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+import re
+from typing import TYPE_CHECKING, NoReturn
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import (
@@ -42,8 +51,22 @@ MAX_URL_BYTES = 16 * 1024
 """Request-target bytes (path and query) accepted; Node's limit for a whole head, twice
 Apache's ``LimitRequestLine``. A filter with a few hundred ids in ``[in]`` fits."""
 
+HOST = re.compile(
+    rb"(?:\[[A-Za-z0-9\-._~!$&'()*+,;=:]+\]"  # IP-literal
+    rb"|(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})*)"  # IPv4address or reg-name
+    rb"(?::[0-9]*)?"
+)
+"""A valid Host value: ``uri-host [":" port]`` (RFC 9112 §3.2, RFC 3986 §3.2.2); empty too,
+as a client sends for a target without an authority."""
+
 if TYPE_CHECKING:
-    from uvicorn._types import ASGI3Application
+    from uvicorn._types import (
+        ASGI3Application,
+        ASGIReceiveCallable,
+        ASGISendCallable,
+        ASGISendEvent,
+        Scope,
+    )
 
 
 class Refusal(Exception):
@@ -55,8 +78,12 @@ class Refusal(Exception):
         self.status, self.code, self.message = status, code, message
 
 
-def refusal(refused: Refusal, request_id: str, server_headers: list[tuple[bytes, bytes]]) -> bytes:
-    """The whole answer to a refused request: the error envelope with our headers."""
+def refusal(
+    refused: Refusal, request_id: str, server_headers: list[tuple[bytes, bytes]], head: bool
+) -> bytes:
+    """The whole answer to a refused request: the error envelope with our headers, without
+    the envelope itself in answer to HEAD (RFC 9110 §9.3.2; its Content-Length stays, as a
+    GET would get)."""
     body = dumps(
         {
             "status": "error",
@@ -72,18 +99,37 @@ def refusal(refused: Refusal, request_id: str, server_headers: list[tuple[bytes,
         *encoded_response_headers(request_id, "/"),
         (b"connection", b"close"),
     ]
-    head = b"".join(name + b": " + value + b"\r\n" for name, value in headers)
-    return STATUS_LINE[refused.status] + head + b"\r\n" + body
+    head_lines = b"".join(name + b": " + value + b"\r\n" for name, value in headers)
+    return STATUS_LINE[refused.status] + head_lines + b"\r\n" + (b"" if head else body)
 
 
-def head_problem(http_version: str, headers: list[tuple[bytes, bytes]]) -> Refusal | None:
+def head_problem(
+    http_version: str, headers: list[tuple[bytes, bytes]], upgrade: bool = False
+) -> Refusal | None:
     """Why a parsed request head must be refused (RFC 9112), or None. ``headers`` have
-    lower-case names, as uvicorn collects them."""
-    hosts = 0
+    lower-case names, as uvicorn collects them; ``upgrade``: httptools stops after this head
+    (an ``Upgrade`` asked, or CONNECT)."""
+    if http_version not in ("1.0", "1.1"):  # httptools takes 0.9 and 2.0 too
+        return Refusal(
+            505, "HTTP_VERSION_NOT_SUPPORTED", f"HTTP/{http_version} is not served here: use 1.1"
+        )
+    hosts = authorizations = 0
+    body = False
     for name, value in headers:
         if name == b"host":
             hosts += 1
+            if not HOST.fullmatch(value.strip(b" \t")):
+                return Refusal(400, "BAD_REQUEST", "The Host header is not a valid host[:port]")
+        elif name == b"authorization":
+            # Two could name two identities: a proxy reading the last would see another one.
+            authorizations += 1
+        elif name == b"content-length":
+            body = body or value.strip().lstrip(b"0") != b""  # not 0 (httptools: digits)
         elif name == b"transfer-encoding":
+            if http_version == "1.0":  # RFC 9112 §6.1: faulty framing, whatever it says
+                return Refusal(
+                    400, "BAD_REQUEST", "An HTTP/1.0 request cannot have a Transfer-Encoding"
+                )
             codings = [c.strip().lower() for c in value.split(b",")]
             if any(c != b"chunked" for c in codings):
                 return Refusal(
@@ -92,9 +138,70 @@ def head_problem(http_version: str, headers: list[tuple[bytes, bytes]]) -> Refus
                     "Transfer-Encoding must be chunked (or absent): other codings are not "
                     "decoded here",
                 )
-    if http_version == "1.1" and hosts != 1:
-        return Refusal(400, "BAD_REQUEST", "An HTTP/1.1 request needs exactly one Host header")
+            body = True
+    if hosts > 1 or (http_version == "1.1" and hosts == 0):
+        return Refusal(
+            400, "BAD_REQUEST", "A request needs exactly one Host header (HTTP/1.0: at most one)"
+        )
+    if authorizations > 1:
+        return Refusal(400, "BAD_REQUEST", "A request can have only one Authorization header")
+    if upgrade and body:
+        # httptools skips the body of such a request and would parse it as the next request.
+        return Refusal(
+            400, "BAD_REQUEST", "A request asking for a protocol upgrade cannot have a body here"
+        )
     return None
+
+
+def routable_target(url: bytes) -> bytes | None:
+    """The request target as uvicorn can route it, or None if it is not a valid one.
+
+    uvicorn takes the path of an absolute target (``http://host/path``) and ignores its
+    authority, but one with an empty path (``http://host``, valid: RFC 9112 §3.2.2) made it
+    fail on ``None`` ("User callback error"): that one is served as ``/``.
+    """
+    try:
+        parsed = httptools.parse_url(url)
+    except httptools.HttpParserInvalidURLError:
+        return None
+    if parsed.path is None:
+        return b"/?" + parsed.query if parsed.query else b"/"
+    return url
+
+
+def close_delimited(app: ASGI3Application, cycle: RequestResponseCycle) -> ASGI3Application:
+    """``app`` answering an HTTP/1.0 request: a body without Content-Length goes raw and ends
+    as the connection closes (RFC 9112 §6.3), where uvicorn would chunk it, a coding 1.0
+    clients do not know (§7). uvicorn closes the connection after answering 1.0.
+
+    uvicorn has no setting for it, so two fields of its cycle are set: ``chunked_encoding``
+    False before the head goes out (the framing is decided: it adds no Transfer-Encoding),
+    then ``expected_content_length`` to each piece of the body (what it counts the body
+    down from, as for a Content-Length, and wants at zero once the body ends).
+    """
+
+    async def http10_app(
+        scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
+        raw = False
+
+        async def send_raw(message: ASGISendEvent) -> None:
+            nonlocal raw
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                if not any(name.lower() == b"content-length" for name, _ in headers):
+                    raw = True
+                    cycle.chunked_encoding = False
+                    message["headers"] = [
+                        h for h in headers if h[0].lower() != b"transfer-encoding"
+                    ]
+            elif raw and message["type"] == "http.response.body":
+                cycle.expected_content_length = len(message.get("body", b""))
+            await send(message)
+
+        await app(scope, receive, send_raw)
+
+    return http10_app
 
 
 class HeaderDeadlineProtocol(HttpToolsProtocol):
@@ -103,6 +210,8 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
     _running: RequestResponseCycle | None = None  # the pipelined ones wait in ``self.pipeline``
     _refusal: bytes | None = None  # the answer, once a request could not be parsed
     _refused: Refusal | None = None  # why a callback stopped the parser, if one did
+    _head = False  # the request being parsed is a HEAD
+    _upgrade_asked = False  # a request asked for Upgrade: nothing after its head is parsed
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -110,11 +219,13 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._head = False
         if self._header_timer is None:  # a keep-alive connection's next request
             self._arm()
 
     def on_url(self, url: bytes) -> None:
         super().on_url(url)
+        self._head = self.parser.get_method() == b"HEAD"  # parsed before the target
         if len(self.url) > MAX_URL_BYTES:
             self._stop(
                 Refusal(414, "URI_TOO_LONG", f"The request target is over {MAX_URL_BYTES} bytes")
@@ -122,12 +233,29 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._disarm()
-        problem = head_problem(self.parser.get_http_version(), self.headers)
+        http_version = self.parser.get_http_version()
+        upgrade = self.parser.should_upgrade()
+        problem = head_problem(http_version, self.headers, upgrade)
         if problem is not None:
             self._stop(problem)
+        target = routable_target(self.url)
+        if target is None:
+            self._stop(Refusal(400, "BAD_REQUEST", "The request target is not a valid URI"))
+        self.url = target
+        if http_version == "1.0":
+            self.expect_100_continue = False  # RFC 9110 §10.1.1: a 1.0 client waits for none
         super().on_headers_complete()
+        if upgrade:
+            # Served over HTTP/1.1 (RFC 9110 §7.8), then closed: httptools parses nothing
+            # after this head, whose next bytes may be in the protocol the client asked for.
+            self.cycle.keep_alive = False
 
-    def _stop(self, refused: Refusal) -> None:
+    def _should_upgrade(self) -> bool:
+        """Never: the API has no WebSocket route. uvicorn's WebSocket handler answered
+        ``Upgrade: websocket`` with its plain-text 400 or a bare 403, without our headers."""
+        return False
+
+    def _stop(self, refused: Refusal) -> NoReturn:
         self._refused = refused
         raise refused
 
@@ -151,21 +279,22 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
-        if self._refusal is not None:
-            return  # the parser is stuck at the bad request: whatever follows is dropped
+        if self._refusal is not None or self._upgrade_asked:
+            return  # the parser is stopped at that request: whatever follows is dropped
         self._unset_keepalive_if_required()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self._refuse(exc)
-        except httptools.HttpParserUpgrade:  # as uvicorn does
-            if self._should_upgrade():
-                self.handle_websocket_upgrade()
-            else:
-                self._unsupported_upgrade_warning()
+        except httptools.HttpParserUpgrade:
+            # Where uvicorn would switch protocols; its request is already served over
+            # HTTP/1.1 and closes the connection (``on_headers_complete``).
+            self._upgrade_asked = True
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
         self._running = cycle
+        if cycle.scope["http_version"] == "1.0":
+            app = close_delimited(app, cycle)
         super()._start_asgi_task(cycle, app)
 
     def on_response_complete(self) -> None:
@@ -195,9 +324,14 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
                 if cycle.response_started:
                     self.transport.close()  # too late for a 400
                     return
-        refused = self._refused or Refusal(
-            400, "BAD_REQUEST", f"The request is not valid HTTP/1.1: {exc}"
-        )
+        if self._refused is not None:
+            refused = self._refused
+        elif isinstance(exc, httptools.HttpParserInvalidMethodError):
+            # A method httptools does not know (it knows all the API routes, and more): 501
+            # by RFC 9110 §9.1 (bytes that are no method at all, TLS to this port, get it too).
+            refused = Refusal(501, "NOT_IMPLEMENTED", "The request method is not implemented")
+        else:
+            refused = Refusal(400, "BAD_REQUEST", f"The request is not valid HTTP/1.1: {exc}")
         request_id = new_request_id()
         # The request's one access line (as the middleware writes for the others).
         access_log.info(
@@ -207,7 +341,7 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
             request_id=request_id,
             error=refused.code if self._refused else type(exc).__name__,
         )
-        self._refusal = refusal(refused, request_id, self.server_state.default_headers)
+        self._refusal = refusal(refused, request_id, self.server_state.default_headers, self._head)
         if self._answered():
             self._send_refusal()
 
