@@ -238,10 +238,11 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         problem = head_problem(http_version, self.headers, upgrade)
         if problem is not None:
             self._stop(problem)
-        target = routable_target(self.url)
-        if target is None:
-            self._stop(Refusal(400, "BAD_REQUEST", "The request target is not a valid URI"))
-        self.url = target
+        if not self.url.startswith(b"/"):  # origin form, nearly every request, parses
+            target = routable_target(self.url)
+            if target is None:
+                self._stop(Refusal(400, "BAD_REQUEST", "The request target is not a valid URI"))
+            self.url = target
         if http_version == "1.0":
             self.expect_100_continue = False  # RFC 9110 §10.1.1: a 1.0 client waits for none
         super().on_headers_complete()
