@@ -22,6 +22,11 @@ differences say what it costs:
 Once every app is built, ``api.collector.tune()`` freezes them out of the garbage collector's
 way and raises its young threshold, as ``post_worker_init`` does in a gunicorn worker.
 
+Two more figures: the share of ``full``'s CPU spent in FastAPI's dependency solving (the
+process time of each request's top-level ``solve_dependencies``: the API's routes await
+nothing there, so no other task's work is counted), and what one ``Depends`` costs on its own:
+a minimal route with 0, 1, 2 and 4 dependencies that return at once.
+
 The variants are measured interleaved, ``--rounds`` times; on a shared machine CPU time per
 request only grows with interference, so the minimum is the least disturbed figure (the median
 is printed too). Prints a table and, last, one JSON line.
@@ -31,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import json
 import logging
 import logging.config
@@ -46,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import uvloop
+from fastapi import Depends, FastAPI, Request
 
 from .servers import Processes, cpu_seconds, start_store
 
@@ -154,6 +161,76 @@ async def drive(app: Any, path: str, headers: list[tuple[bytes, bytes]], n: int)
     return each * CONCURRENCY
 
 
+class DependencyClock:
+    """Process time spent in the top-level ``solve_dependencies`` of each request, while on."""
+
+    def __init__(self) -> None:
+        import fastapi.routing
+
+        self.routing = fastapi.routing
+        self.solve = fastapi.routing.solve_dependencies
+        self.seconds = 0.0
+        self.on = False
+
+    async def timed(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.on:
+            return await self.solve(*args, **kwargs)
+        self.on = False  # the nested calls (sub-dependencies) are inside this one's time
+        started = time.process_time()
+        try:
+            return await self.solve(*args, **kwargs)
+        finally:
+            self.seconds += time.process_time() - started
+            self.on = True
+
+    def __enter__(self) -> DependencyClock:
+        self.routing.solve_dependencies = self.timed  # type: ignore[assignment]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.routing.solve_dependencies = self.solve
+
+
+def dependency_app(count: int) -> Any:
+    """A route reading a path parameter with ``count`` dependencies that return at once."""
+
+    async def dependency(request: Request) -> object:
+        return request.app
+
+    app = FastAPI()
+
+    async def endpoint(item_id: str, **_: object) -> dict[str, str]:
+        return {"id": item_id}
+
+    # FastAPI reads the parameters from the signature: give it ``count`` distinct ones.
+    parameters = [inspect.Parameter("item_id", inspect.Parameter.KEYWORD_ONLY, annotation=str)]
+    parameters += [
+        inspect.Parameter(
+            f"d{k}", inspect.Parameter.KEYWORD_ONLY, default=Depends(dependency), annotation=object
+        )
+        for k in range(count)
+    ]
+    endpoint.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    app.get("/items/{item_id}")(endpoint)
+    return app
+
+
+async def dependency_costs(requests: int, rounds: int) -> dict[int, float]:
+    """CPU µs per request of ``dependency_app(n)`` for n = 0, 1, 2, 4 (the least of ``rounds``)."""
+    base = [(b"host", b"127.0.0.1:8000")]
+    out = {}
+    for count in (0, 1, 2, 4):
+        app = dependency_app(count)
+        await drive(app, "/items/abc", base, requests // 5)  # warm-up
+        best = float("inf")
+        for _ in range(rounds):
+            cpu0 = time.process_time()
+            n = await drive(app, "/items/abc", base, requests)
+            best = min(best, (time.process_time() - cpu0) / n * 1e6)
+        out[count] = best
+    return out
+
+
 async def run(args: argparse.Namespace, store_pid: int) -> dict[str, Any]:
     import api.middleware
     from api import collector
@@ -173,6 +250,8 @@ async def run(args: argparse.Namespace, store_pid: int) -> dict[str, Any]:
         path = f"/api/v1/users/{user['id']}"
         base = [(b"host", b"127.0.0.1:8000"), (b"user-agent", b"wrk")]
         bearer = [*base, (b"authorization", f"Bearer {token}".encode())]
+        solving: list[float] = []
+        clock = stack.enter_context(DependencyClock())
         for k in range(args.rounds):
             for variant in VARIANTS:
                 headers = base if variant in ("noauth", "ceiling") else bearer
@@ -181,14 +260,21 @@ async def run(args: argparse.Namespace, store_pid: int) -> dict[str, Any]:
                 )
                 await drive(apps[variant], path, headers, args.requests // 5)  # warm-up
                 store0 = cpu_seconds(store_pid)
+                clock.seconds, clock.on = 0.0, variant == "full"
                 cpu0 = time.process_time()
                 n = await drive(apps[variant], path, headers, args.requests)
                 cpu = time.process_time() - cpu0
+                clock.on = False
                 store = cpu_seconds(store_pid) - store0
                 samples[variant].append((cpu / n * 1e6, store / n * 1e6))
+                if variant == "full":
+                    solving.append(clock.seconds / n * 1e6)
             print(f"[api-profile] round {k + 1}/{args.rounds} done", file=sys.stderr, flush=True)
+        costs = await dependency_costs(args.requests, args.rounds)
     api.middleware.log_access = log_access  # type: ignore[assignment]
     out: dict[str, Any] = {"requests_per_sample": args.requests, "rounds": args.rounds}
+    out["full_dependency_solving_us_median"] = statistics.median(solving)
+    out["dependency_cost_us"] = {str(count): us for count, us in costs.items()}
     for variant, values in samples.items():
         cpus = [c for c, _ in values]
         stores = [s for _, s in values]
@@ -203,6 +289,12 @@ async def run(args: argparse.Namespace, store_pid: int) -> dict[str, Any]:
 
 def print_table(result: dict[str, Any]) -> None:
     full = result["full"]["cpu_us_min"]
+    print(
+        f"full: FastAPI's dependency solving {result['full_dependency_solving_us_median']:.0f}"
+        f" µs/req (median) of {result['full']['cpu_us_median']:.0f}"
+    )
+    costs = ", ".join(f"{n}: {us:.0f}" for n, us in result["dependency_cost_us"].items())
+    print(f"minimal route, CPU µs/req by number of Depends ({costs})")
     print(f"{'variant':<15} {'CPU µs/req min':>14} {'median':>7} {'vs full':>8} {'store µs':>9}")
     for variant in VARIANTS:
         r = result[variant]
