@@ -152,9 +152,9 @@ async def read_metrics(request: Request, store: StoreDep) -> Response:
     """Prometheus exposition (text, or OpenMetrics when asked for); never cached."""
     registry = scrape_registry(await read_store_stats(store))
     encoder, content_type = choose_encoder(request.headers.get("accept", ""))
-    return Response(
-        encoder(registry), headers={"Content-Type": content_type, "Cache-Control": "no-store"}
-    )
+    # The format follows Accept: a cache in between must not serve one scraper's to another.
+    headers = {"Content-Type": content_type, "Cache-Control": "no-store", "Vary": "Accept"}
+    return Response(encoder(registry), headers=headers)
 
 
 def install_metrics(app: FastAPI) -> None:

@@ -233,6 +233,22 @@ def test_store_gauges_on_the_stack(metrics_stack: Stack) -> None:
 
 
 @pytest.mark.integration
+def test_the_format_follows_accept_and_says_so_in_vary(metrics_stack: Stack) -> None:
+    """Text, or OpenMetrics when asked for: a cache in between must key on Accept."""
+    url = metrics_stack.url("/metrics")
+    text = httpx.get(url, timeout=10.0)
+    openmetrics = httpx.get(
+        url, headers={"Accept": "application/openmetrics-text; version=1.0.0"}, timeout=10.0
+    )
+    assert text.headers["content-type"].startswith("text/plain")
+    assert openmetrics.headers["content-type"].startswith("application/openmetrics-text")
+    assert openmetrics.text.rstrip().endswith("# EOF")
+    for response in (text, openmetrics):
+        vary = {v.strip().lower() for v in response.headers["vary"].split(",")}
+        assert "accept" in vary, response.headers
+
+
+@pytest.mark.integration
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (prometheus)")
 def test_promtool_accepts_the_output(metrics_stack: Stack) -> None:
     with httpx.Client(base_url=metrics_stack.base_url, timeout=10.0) as client:
