@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 
 import limits
 from pydantic import (
+    AfterValidator,
     EmailStr,
     Field,
     PositiveInt,
@@ -24,6 +25,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from api.auth.passwordtext import normalize_password
+from api.schemas.lookalikes import refuse_lookalike_email
 from storeserver.client import parse_address
 
 MIN_SECRET_LENGTH = 32
@@ -100,7 +102,8 @@ class Settings(BaseSettings):
     rate_limit: str = "100/minute"
     auth_rate_limit: str = "10/minute"
     trusted_proxies: Annotated[list[str], NoDecode] = []
-    admin_email: EmailStr | None = None
+    # Checked as a registration's email is: ensure_admin would refuse a lookalike at start.
+    admin_email: Annotated[EmailStr, AfterValidator(refuse_lookalike_email)] | None = None
     admin_password: SecretStr | None = None
     # --- background jobs (api/jobs) ---
     # Where export results are written; empty: "jobs" beside a Unix STORE_SOCKET (run/jobs

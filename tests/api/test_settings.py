@@ -134,3 +134,15 @@ def test_admin_password_is_judged_as_it_will_be_hashed_normalized() -> None:
                  admin_password=fullwidth)  # fmt: skip
     with pytest.raises(ValueError, match="72 UTF-8 bytes once normalized"):
         Settings(admin_email="root@example.com", admin_password="\ufdfa" * 8)
+
+
+def test_a_lookalike_admin_email_is_refused_as_a_registration_would_be(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ensure_admin registers ADMIN_EMAIL through UserCreate: a Cyrillic U+0430 in it failed every
+    worker at start; the settings say so first, naming the variable."""
+    monkeypatch.setenv("ADMIN_PASSWORD", "a long admin password")
+    error = refused(monkeypatch, "ADMIN_EMAIL", "\u0430dmin@example.com")
+    assert "mixes letters of several scripts" in str(error)
+    monkeypatch.setenv("ADMIN_EMAIL", "admin@example.com")
+    assert Settings().admin_email == "admin@example.com"
