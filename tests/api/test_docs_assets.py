@@ -3,13 +3,16 @@ ranges on the identity coding only, and the preconditions of RFC 9110 §13 (412 
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import hashlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
+from api.docs import REDOC_JS, DocAssets
 from tests.support.factories import assert_error
 from tests.support.stack import Stack
 
@@ -133,3 +136,38 @@ def test_the_favicon_is_never_gzipped(raw: httpx.Client) -> None:
     assert "content-encoding" not in zipped.headers and body.startswith(b"\x89PNG")
     assert zipped.headers["etag"] == plain.headers["etag"]
     assert zipped.headers["accept-ranges"] == "bytes"
+
+
+@pytest.mark.parametrize("name", ["swagger-ui-bundle.js", "swagger-ui.css"])
+def test_a_gzipped_file_is_the_file_every_time(raw: httpx.Client, name: str) -> None:
+    """Served from the worker's one compressed copy after the first request: the same bytes
+    and ETag each time, decoding to the plain file."""
+    plain, plain_body = sent(raw, name, IDENTITY)
+    answers = [sent(raw, name, GZIP) for _ in range(3)]
+    for response, body in answers:
+        assert response.status_code == 200 and response.headers["content-encoding"] == "gzip"
+        assert response.headers["etag"] == answers[0][0].headers["etag"]
+        assert response.headers["last-modified"] == plain.headers["last-modified"]
+        assert digest(gzip.decompress(body)) == digest(plain_body)
+
+
+def test_the_compressed_copy_is_made_once_off_the_loop_and_reused(tmp_path: Path) -> None:
+    """In-process: the second request is answered from ``gzipped`` (changing the cached bytes
+    changes what is sent), and a file changed on disk is compressed again."""
+    (tmp_path / "app.js").write_text("console.log('one');\n" * 50)
+    (tmp_path / REDOC_JS).write_bytes(b"redoc")
+    assets = DocAssets(str(tmp_path))
+    scope = {"type": "http", "method": "GET", "headers": [(b"accept-encoding", b"gzip")]}
+
+    async def body() -> bytes:
+        response = await assets.get_response("app.js", scope)
+        return response.body if hasattr(response, "body") else b""
+
+    first = asyncio.run(body())
+    assert gzip.decompress(first) == (tmp_path / "app.js").read_bytes()
+    (key,) = assets.gzipped
+    etag, _ = assets.gzipped[key]
+    assets.gzipped[key] = (etag, b"cached")
+    assert asyncio.run(body()) == b"cached"
+    (tmp_path / "app.js").write_text("console.log('two');\n" * 60)
+    assert gzip.decompress(asyncio.run(body())) == (tmp_path / "app.js").read_bytes()
