@@ -264,14 +264,18 @@ def optional_members_dropped(errors: Sequence[Any]) -> list[dict[str, Any]]:
         for e in errors
         if e.get("type") == "none_required" and e.get("loc") and e["loc"][-1] == "none"
     }
+    if not optional:
+        return list(errors)
     out = []
     for error in errors:
         loc = tuple(error.get("loc", ()))
-        field = next((f for f in optional if len(loc) > len(f) and loc[: len(f)] == f), None)
-        if field is None:
+        # Its field: the longest prefix that is an optional field (set lookups: a bulk write's
+        # thousand records must not cost a thousand squared comparisons).
+        cut = next((k for k in range(len(loc) - 1, 0, -1) if loc[:k] in optional), None)
+        if cut is None:
             out.append(error)
-        elif loc[len(field)] != "none":  # a union fails only when every member does
-            out.append({**error, "loc": (*field, *loc[len(field) + 1 :])})
+        elif loc[cut] != "none":  # a union fails only when every member does
+            out.append({**error, "loc": (*loc[:cut], *loc[cut + 1 :])})
     return out
 
 
