@@ -2,10 +2,15 @@
 import service when the job runs, in the worker that accepted it.
 
 The import calls back after every ``CHUNK_ROWS`` rows read, valid or not: there the job
-reports its progress (bytes read, at most once a heartbeat, with the rows confirmed imported
-kept aside) and stops if cancelled. A job that fails or is cancelled ends with its progress in
-``rows`` imported: those rows stay. So do those of a job lost with its worker, whose error
-says how many at least (the last checkpoint's count) instead of "start it again".
+reports its progress (bytes read, at most once a heartbeat) and stops if cancelled. A job that
+fails or is cancelled ends with its progress in ``rows`` imported: those rows stay. So do those
+of a job lost with its worker, whose error says how many at least instead of "start it again".
+
+Every batch of rows goes through ``JobBoundStore``: it carries a patch of the job's record
+(the rows confirmed imported once it lands, and a heartbeat) checked against the record's
+version (``JobStore.write_owned``). The store applies both or neither, so the record counts
+every chunk written, and a worker that stalled (a stopped process) and was declared lost
+meanwhile writes no chunk after that: its next batch fails the check and the job stops.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from api.jobs.runner import JobContext, JobFunc
 from api.jobs.state import LOST_CHANGES, Job
 from api.services.csv_import import import_csv
 from api.services.csv_import_report import ImportReport
+from api.store import Store
 
 KIND = "import"
 SPOOL_BYTES = 1024 * 1024
@@ -45,6 +51,38 @@ def copy_upload(source: IO[bytes]) -> IO[bytes]:
     return copy
 
 
+class JobBoundStore:
+    """The store as an import job writes through it: each ``batch`` (a chunk of rows, or an
+    atomic import's one batch) also records what the import will have confirmed once it
+    lands, and is applied only while the job is still this worker's (``JobLost`` if not)."""
+
+    def __init__(self, ctx: JobContext, report: ImportReport) -> None:
+        self.ctx, self.report = ctx, report
+        # The import sizes its batches by the frame the store announced (``BatchLimits``).
+        self.server_info = getattr(ctx.store, "server_info", None)
+
+    async def call(
+        self, command: str, args: dict[str, Any] | None = None, *, timeout: float | None = None
+    ) -> Any:
+        if command != "batch" or args is None:
+            return await self.ctx.store.call(command, args, timeout=timeout)
+        changes = {"confirmed": self.confirmed_after(len(args["ops"]))}
+        reply, job = await self.ctx.jobs.write_owned(self.ctx.job_id, args, changes, timeout)
+        self.ctx.cancel_requested = self.ctx.cancel_requested or bool(job.get("cancel_requested"))
+        return reply
+
+    def confirmed_after(self, rows: int) -> dict[str, Any]:
+        """The report as it will be once this batch of ``rows`` rows lands: the chunk writer
+        names the batch's rows in ``unconfirmed`` while it is sent (an atomic import has no
+        row order to report: its lost job says all or none)."""
+        in_doubt = self.report.unconfirmed
+        return {
+            "imported": self.report.imported + rows,
+            "failed": self.report.failed,
+            "last_row_written": in_doubt[1] if in_doubt else self.report.last_row_written,
+        }
+
+
 def import_job(table: str, binary: IO[bytes], atomic: bool) -> JobFunc:
     """The job: ``import_csv`` as the synchronous route runs it, with progress in bytes read
     and cancellation between its chunks (rows already imported stay, as after an error)."""
@@ -52,6 +90,7 @@ def import_job(table: str, binary: IO[bytes], atomic: bool) -> JobFunc:
 
     async def run(ctx: JobContext) -> dict[str, Any]:
         report = ImportReport(table, atomic)
+        store: Store = JobBoundStore(ctx, report)
         next_report = 0.0
 
         async def between_chunks() -> None:
@@ -60,16 +99,13 @@ def import_job(table: str, binary: IO[bytes], atomic: bool) -> JobFunc:
                 await ctx.checkpoint()  # no store call: a cancel made in this worker
                 return
             next_report = time.monotonic() + ctx.settings.job_heartbeat_seconds
-            confirmed = {
-                "imported": report.imported,
-                "failed": report.failed,
-                "last_row_written": report.last_row_written,
-            }
-            await ctx.checkpoint(bytes_read(binary, size), size, "bytes", confirmed)
+            # Not ``confirmed``: each batch records it as it lands (a count taken here could
+            # be written after a later batch's, and say less).
+            await ctx.checkpoint(bytes_read(binary, size), size, "bytes")
 
         try:
             result = await import_csv(
-                ctx.store, table, binary, atomic, report=report, between_chunks=between_chunks
+                store, table, binary, atomic, report=report, between_chunks=between_chunks
             )
             ctx.final_progress = {"done": bytes_read(binary, size), "total": size, "unit": "bytes"}
         except BaseException:
@@ -85,8 +121,9 @@ def import_job(table: str, binary: IO[bytes], atomic: bool) -> JobFunc:
 
 
 def lost_import(job: Job) -> dict[str, Any]:
-    """What an import lost with its worker says: rows up to its last checkpoint were written
-    and stay, later ones may have been; importing the file again would import them twice."""
+    """What an import lost with its worker says: the rows its record confirmed (every batch
+    that landed records them: ``JobBoundStore``) were written and stay, and none is written
+    once it is declared lost; importing the file again would import them twice."""
     table = (job.get("params") or {}).get("table", "the table")
     stopped = "the worker running this import stopped (crash, kill or stuck loop)"
     if (job.get("params") or {}).get("atomic"):

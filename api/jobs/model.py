@@ -52,6 +52,11 @@ class JobCancelled(Exception):
     """Raised inside a job at a checkpoint once a cancel was requested."""
 
 
+class JobLost(Exception):
+    """The job's record says it is no longer this worker's to run (declared lost, or gone):
+    the job stops where it is, writing nothing more and leaving its record as it is."""
+
+
 class JobFailed(Exception):
     """A job's own, expected failure: ``code`` and ``message`` go to the job's ``error``."""
 

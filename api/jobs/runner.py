@@ -27,7 +27,15 @@ import structlog
 from fastapi.exceptions import RequestValidationError
 
 from api.errors import ApiError, StreamCutOff
-from api.jobs.model import ACTIVE, ADMIN, JobCancelled, JobFailed, now_stamp
+from api.jobs.model import (
+    ACTIVE,
+    ADMIN,
+    FINISHED,
+    JobCancelled,
+    JobFailed,
+    JobLost,
+    now_stamp,
+)
 from api.jobs.state import Job, JobStore
 from api.settings import Settings
 from api.store import Store
@@ -90,7 +98,8 @@ class JobContext:
         unit: str = "rows",
         confirmed: dict[str, Any] | None = None,
     ) -> None:
-        """Between chunks: record progress (if given), let the loop run, stop if cancelled.
+        """Between chunks: record progress (if given), let the loop run, stop if cancelled,
+        or if the job was declared lost meanwhile (``JobLost``: it is no longer ours to run).
         ``confirmed``: what the job has surely done so far, kept in its record (not shown)
         for what it says if its worker is lost (``state.LOST_CHANGES``)."""
         if done is not None:
@@ -98,6 +107,8 @@ class JobContext:
             if confirmed is not None:
                 changes["confirmed"] = confirmed
             job = await self.jobs.touch(self.job_id, changes)
+            if job.get("state") in FINISHED:
+                raise JobLost()
             self.cancel_requested = self.cancel_requested or bool(job.get("cancel_requested"))
         else:
             await asyncio.sleep(0)
@@ -216,10 +227,15 @@ class JobRunner:
         finally:
             self._tasks.pop(job_id, None)
             self._contexts.pop(job_id, None)
+            self.jobs.forget(job_id)
 
     async def _execute(self, ctx: JobContext, func: JobFunc) -> None:
         try:
             result = await func(ctx)
+        except JobLost:
+            # Another worker declared the job lost while this one stalled (a stopped process,
+            # a stuck loop): its record is final, and says what was done; leave it.
+            log.warning("job_lost_stopped", job_id=ctx.job_id)
         except JobCancelled:
             await self._finish(ctx.job_id, "cancelled")
         except JobFailed as exc:

@@ -1,16 +1,34 @@
 """Job records in the store: create, read (marking a dead worker's job failed), transitions
-guarded by ``expected_version``, heartbeats, the sweep of stale jobs and old results."""
+guarded by ``expected_version``, heartbeats, the sweep of stale jobs and old results.
+
+A worker writes its own job's record (heartbeats, progress, and the record patch that rides in
+each batch of an import: ``write_owned``) only while the record is still active: every such
+write carries the ``expected_version`` of the record as this worker last wrote or read it. Once
+another worker declared the job lost (a transition, also versioned), the next write fails its
+version check, the record is read again, and nothing is written on a finished record. These
+writes are serialized per job in the worker (``_locks``), so they never race each other.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from api.jobs.model import ACTIVE, ADMIN, FINISHED, TABLE, is_stale, new_job, now_stamp
+from api.jobs.model import (
+    ACTIVE,
+    ADMIN,
+    FINISHED,
+    TABLE,
+    JobLost,
+    is_stale,
+    new_job,
+    now_stamp,
+)
 from api.store import Store
-from storeserver.errors import NotFound, VersionMismatch
+from storeserver.errors import NotFound, StoreError, VersionMismatch
 
 Job = dict[str, Any]
 WORKER_LOST = {
@@ -25,12 +43,19 @@ TRANSITION_ATTEMPTS = 5
 SWEEP_LIMIT = 100
 
 
+class _RecordMoved(Exception):
+    """An owned write's version check failed: someone else wrote the job's record."""
+
+
 class JobStore:
     """The ``_jobs`` table, as the runner and the routes use it."""
 
     def __init__(self, store: Store, stale_seconds: float) -> None:
         self.store = store
         self.stale_seconds = stale_seconds
+        # Per job this worker runs: the record's version as last written or read here.
+        self._versions: dict[str, int] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
 
     async def create(
         self,
@@ -42,7 +67,13 @@ class JobStore:
     ) -> Job:
         record = new_job(kind, owner_id, params, worker, owner_role)
         job: Job = await self.store.call("insert", {"table": TABLE, "record": record})
+        self._versions[job["id"]] = job["version"]
         return job
+
+    def forget(self, job_id: str) -> None:
+        """The job ended in this worker: no more owned writes."""
+        self._versions.pop(job_id, None)
+        self._locks.pop(job_id, None)
 
     async def get(self, job_id: str) -> Job:
         """The job (``NotFound`` if absent); a stale active job is marked failed first."""
@@ -93,16 +124,86 @@ class JobStore:
                 )
             except VersionMismatch:
                 continue  # a heartbeat or another writer came in between: read again
+            if updated.get("state") not in ACTIVE:  # finished: no owned write may follow
+                self._versions.pop(job_id, None)
+            elif job_id in self._versions:  # this worker's job: its next owned write expects it
+                self._versions[job_id] = updated["version"]
             return updated
         return None
 
     async def touch(self, job_id: str, changes: dict[str, Any]) -> Job:
-        """Heartbeat and progress: a plain merge (no version check; nothing to lose)."""
+        """Heartbeat and progress, written only while the job is active: the record as
+        written, or as it is once finished (or declared lost), unchanged."""
         changes = {**changes, "heartbeat_at": now_stamp()}
-        job: Job = await self.store.call(
-            "patch", {"table": TABLE, "id": job_id, "changes": changes}
-        )
-        return job
+
+        async def patch(version: int) -> Job:
+            args = {"table": TABLE, "id": job_id, "changes": changes}
+            try:
+                job: Job = await self.store.call("patch", {**args, "expected_version": version})
+            except VersionMismatch:
+                raise _RecordMoved() from None
+            return job
+
+        return await self._write_owned(job_id, patch)
+
+    async def write_owned(
+        self,
+        job_id: str,
+        args: dict[str, Any],
+        changes: dict[str, Any],
+        timeout: float | None = None,
+    ) -> tuple[dict[str, Any], Job]:
+        """The ``batch`` of ``args`` with a patch of the job's record (``changes`` and a
+        heartbeat) as its last op, checked against the record's version: the store applies
+        the batch only if the job is still this worker's, all of it or none. The batch's reply
+        (without that op's result) and the record; ``JobLost`` once the job is not active."""
+        changes = {**changes, "heartbeat_at": now_stamp()}
+        replies: list[dict[str, Any]] = []
+
+        async def batch(version: int) -> Job:
+            guard = {"op": "patch", "table": TABLE, "id": job_id, "changes": changes}
+            ops = [*args["ops"], {**guard, "expected_version": version}]
+            try:
+                reply = await self.store.call("batch", {**args, "ops": ops}, timeout=timeout)
+            except StoreError as exc:
+                if exc.details.get("index") != len(ops) - 1:
+                    raise  # a row's error, reported by the caller as without the record's op
+                if isinstance(exc, VersionMismatch):
+                    raise _RecordMoved() from None
+                if isinstance(exc, NotFound):  # the store lost the record (restarted empty)
+                    raise JobLost() from None
+                raise
+            *results, job = reply["results"]
+            replies.append({**reply, "results": results})
+            return job
+
+        job = await self._write_owned(job_id, batch)
+        if not replies:
+            raise JobLost()
+        return replies[-1], job
+
+    async def _write_owned(self, job_id: str, write: Callable[[int], Awaitable[Job]]) -> Job:
+        """``write(version)`` with the record's version as this worker knows it, once the
+        record is read again after another writer changed it; without writing, the record as
+        read once it is no longer active."""
+        lock = self._locks.setdefault(job_id, asyncio.Lock())
+        async with lock:
+            for _ in range(TRANSITION_ATTEMPTS):
+                version = self._versions.get(job_id)
+                if version is None:
+                    job: Job = await self.store.call("get", {"table": TABLE, "id": job_id})
+                    if job.get("state") not in ACTIVE:
+                        return job
+                    version = int(job["version"])
+                try:
+                    job = await write(version)
+                except _RecordMoved:  # a cancel request, or the job declared lost: read again
+                    self._versions.pop(job_id, None)
+                    continue
+                if self._locks.get(job_id) is lock:  # not forgotten meanwhile (the job ended)
+                    self._versions[job_id] = job["version"]
+                return job
+        raise VersionMismatch(f"the record of job {job_id} kept changing under its worker")
 
     async def list_jobs(
         self, owner_id: str | None, state: str | None, offset: int, limit: int

@@ -204,17 +204,27 @@ class RecordingJobs:
         self.progress: list[dict[str, Any]] = []
         self.cancel_after = cancel_after
         self.touched = asyncio.Event()
+        self.store: EngineStore | None = None  # set by ``job_context``
 
     async def touch(self, job_id: str, changes: dict[str, Any]) -> dict[str, Any]:
         await asyncio.sleep(0)  # a store call
         self.progress.append(changes["progress"])
         self.touched.set()
         cancel = self.cancel_after is not None and len(self.progress) >= self.cancel_after
-        return {"id": job_id, "cancel_requested": cancel}
+        return {"id": job_id, "state": "running", "cancel_requested": cancel}
+
+    async def write_owned(
+        self, job_id: str, args: dict[str, Any], changes: dict[str, Any], timeout: float | None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The import's batch alone (the check on the job's record: test_jobs_import_ownership)."""
+        assert self.store is not None
+        reply = await self.store.call("batch", args, timeout=timeout)
+        return reply, {"id": job_id, "state": "running", "cancel_requested": False}
 
 
 def job_context(store: EngineStore, jobs: RecordingJobs, tmp_path: Path) -> JobContext:
     settings = Settings(job_heartbeat_seconds=60, job_stale_seconds=300)
+    jobs.store = store
     return JobContext("job-1", {}, store, settings, jobs, tmp_path)  # type: ignore[arg-type]
 
 
