@@ -24,7 +24,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from api.auth.passwordtext import normalize_password
+from api.auth.passwordtext import new_password_problem, normalize_password
 from api.schemas.lookalikes import refuse_lookalike_email
 from storeserver.client import parse_address
 
@@ -234,7 +234,8 @@ class Settings(BaseSettings):
             ):
                 raise ValueError("ADMIN_PASSWORD is make run's development default; set your own")
             if self.admin_password is not None and (
-                len(self.admin_password.get_secret_value()) < MIN_ADMIN_PASSWORD_LENGTH
+                len(normalize_password(self.admin_password.get_secret_value()))
+                < MIN_ADMIN_PASSWORD_LENGTH
             ):
                 raise ValueError(
                     f"ADMIN_PASSWORD shorter than {MIN_ADMIN_PASSWORD_LENGTH} characters is"
@@ -243,15 +244,11 @@ class Settings(BaseSettings):
         if (self.admin_email is None) != (self.admin_password is None):
             raise ValueError("ADMIN_EMAIL and ADMIN_PASSWORD go together: set both or neither")
         if self.admin_password is not None:
-            # The rules of UserCreate, which ensure_admin applies: at least 8 characters, at
-            # most 72 UTF-8 bytes (bcrypt's limit) once normalized, as it is hashed. "ééééé"
-            # is 10 bytes but 5 characters.
-            admin_password = self.admin_password.get_secret_value()
-            if len(admin_password) < 8 or len(normalize_password(admin_password).encode()) > 72:
-                raise ValueError(
-                    "ADMIN_PASSWORD must be at least 8 characters and at most 72 UTF-8 bytes"
-                    " once normalized (NFKC)"
-                )
+            # UserCreate's rule, which ensure_admin applies: refused here, a worker that
+            # cannot create the admin never starts.
+            unusable = new_password_problem(self.admin_password.get_secret_value())
+            if unusable is not None:
+                raise ValueError(f"ADMIN_PASSWORD: {unusable}")
         if self.refresh_token_ttl <= self.access_token_ttl:
             raise ValueError("REFRESH_TOKEN_TTL must be longer than ACCESS_TOKEN_TTL")
         if self.job_stale_seconds < 3 * self.job_heartbeat_seconds:

@@ -40,7 +40,7 @@ from api.schemas.envelope import (
     projected_list,
 )
 from api.schemas.query import OrderWithUser, QueryBody, UserWithOrders
-from api.schemas.users import UserCreate, UserPublic, UserUpdate
+from api.schemas.users import UserCreate, UserPublic, UserUpdate, same_address
 from api.services import orders as order_service
 from api.services import record_queries
 from api.services import users as user_service
@@ -180,11 +180,11 @@ async def update_user(
     """Change the fields sent; with If-Match the write happens only at that version, with
     If-None-Match only at another (412).
 
-    Your own password or email needs `current_password` (403 if wrong; 429 past
-    AUTH_RATE_LIMIT checks per account, as logins), and is written only if the account is
-    unchanged since it was checked (409 `CONFLICT` otherwise: another change came first). A
-    role change needs an admin, and the last admin stays one (409 `LAST_ADMIN`). A new
-    password or role ends all of that user's sessions.
+    Your own password or email needs `current_password` (not your email sent unchanged, in
+    any case; 403 if wrong; 429 past AUTH_RATE_LIMIT checks per account, as logins), and is
+    written only if the account is unchanged since it was checked (409 `CONFLICT` otherwise:
+    another change came first). A role change needs an admin, and the last admin stays one
+    (409 `LAST_ADMIN`). A new password or role ends all of that user's sessions.
     """
     current_password = await _check_sensitive_changes(request, store, caller, user_id, payload)
     accepted = await accepted_versions(store, user_service.TABLE, user_id, conditions)
@@ -255,6 +255,14 @@ async def _check_sensitive_changes(
         raise ApiError(403, "FORBIDDEN", "Only an admin may change a role")
     signs_in = sorted(set(user_service.SIGN_IN_FIELDS) & payload.model_fields_set)
     if not signs_in or caller.id != user_id:
+        return None
+    if payload.email is not None:
+        # Your own address sent again (a whole profile form saved) moves nothing: no
+        # current_password for it. One read, only here: an owner sending an email.
+        stored = await user_service.read_user(store, user_id)
+        if same_address(str(stored["email"]), str(payload.email)):
+            signs_in.remove("email")
+    if not signs_in:
         return None
     if payload.current_password is None:
         message = f"required to change your {' and '.join(signs_in)}"

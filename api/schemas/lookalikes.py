@@ -34,6 +34,29 @@ _REFUSED_IN_NAMES = {
 # Letters and symbols that show no glyph (the Hangul fillers, the blank Braille pattern): a
 # name of only these is as invisible as one of spaces.
 _BLANK = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+# Default_Ignorable_Code_Point (DerivedCoreProperties.txt, Unicode 14), for which
+# ``unicodedata`` has no property: what renderers show nothing for. Unicode derives it as
+# Other_Default_Ignorable_Code_Point + Cf + Variation_Selector, less a few visible Cf (U+0600
+# ARABIC NUMBER SIGN...). Here: all of Cf by category (those few have no place in an address
+# either), and these ranges for the rest: the grapheme joiner U+034F, the Hangul fillers,
+# Khmer inherent vowels, Mongolian free variation selectors (with U+180E), U+2060-206F,
+# variation selectors, reserved U+FFF0-FFF8, and the tag and VS17-256 block U+E0000-E0FFF.
+_IGNORABLE_RANGES = (
+    (0x034F, 0x034F),
+    (0x115F, 0x1160),
+    (0x17B4, 0x17B5),
+    (0x180B, 0x180F),
+    (0x2060, 0x206F),
+    (0x3164, 0x3164),
+    (0xFE00, 0xFE0F),
+    (0xFFA0, 0xFFA0),
+    (0xFFF0, 0xFFF8),
+    (0xE0000, 0xE0FFF),
+)
+# Scripts whose accented letters Unicode encodes precomposed: after EmailStr's NFC, a combining
+# mark still on one of their letters (a stroke overlay, a second accent) composed with nothing
+# and only decorates it. Other scripts (Devanagari, Thai, Hebrew points) need their marks.
+_PRECOMPOSED_SCRIPTS = frozenset({"LATIN", "CYRILLIC", "GREEK"})
 
 
 def letter_script(char: str) -> str | None:
@@ -51,9 +74,17 @@ def letter_script(char: str) -> str | None:
 
 def lookalike_problem(part: str) -> str | None:
     """Why one part of an address (the local part, or a domain label) could pass for another
-    address, or ``None``: a character NFKC changes (fullwidth letters, mathematical bold ones,
-    the ligature fi), or letters of scripts that do not go together (Latin ``a`` with Cyrillic
-    U+0430). Lookalikes within one script (dotless i U+0131, U+0130) are not caught here."""
+    address, or ``None``: a character that shows nothing (``invisible_problem``), a character
+    NFKC changes (fullwidth letters, mathematical bold ones, the ligature fi), or letters of
+    scripts that do not go together (Latin ``a`` with Cyrillic U+0430).
+
+    Not caught: lookalikes within one script (dotless i U+0131, U+0130), and whole-script
+    confusables, an address all in another script that reads as Latin (``apple`` spelled in
+    Cyrillic, U+0430 U+0440 U+0440 U+04CF U+0435): out of scope, since refusing them would
+    refuse genuine Cyrillic or Greek addresses."""
+    problem = invisible_problem(part)
+    if problem is not None:
+        return problem
     for char in part:
         compatible = unicodedata.normalize("NFKC", char)
         if compatible != char:
@@ -66,11 +97,41 @@ def lookalike_problem(part: str) -> str | None:
     return None
 
 
+def invisible_problem(part: str) -> str | None:
+    """Why ``part`` shows other than it is, or ``None``: a default-ignorable character (format
+    characters, variation selectors, the grapheme joiner, Hangul fillers, tags), a blank one
+    (``_BLANK``: blank Braille), or a combining mark on a Latin, Cyrillic or Greek letter, or
+    on nothing or ASCII (a stroke overlay on ``n``): ``admin`` + U+115F shows as ``admin``."""
+    base: str | None = None  # the character the marks that follow sit on
+    for char in part:
+        category = unicodedata.category(char)
+        if category == "Cf" or char in _BLANK or _is_ignorable(char):
+            return f"has {_described(char)}, which shows nothing"
+        if category not in ("Mn", "Me"):
+            base = char
+        elif base is None:
+            return f"starts with {_described(char)}, a combining mark"
+        elif base.isascii() or letter_script(base) in _PRECOMPOSED_SCRIPTS:
+            return f"has {_described(char)}, a combining mark on {base!r}"
+    return None
+
+
+def _is_ignorable(char: str) -> bool:
+    code = ord(char)
+    return any(low <= code <= high for low, high in _IGNORABLE_RANGES)
+
+
+def _described(char: str) -> str:
+    """``U+0336 COMBINING LONG STROKE OVERLAY``; reserved code points have no name."""
+    return f"U+{ord(char):04X} {unicodedata.name(char, '')}".rstrip()
+
+
 def refuse_lookalike_email(email: str) -> str:
     """An address as ``EmailStr`` normalized it (NFC; the domain lowercased, IDNA-decoded) that
     could not be taken for another: checked on every address a user is given, so that
-    ``admin@example.com`` with a Cyrillic U+0430 for the ``a`` is refused. Only new
-    addresses: the store's data, its unique index and logins are untouched."""
+    ``admin@example.com`` with a Cyrillic U+0430 for the ``a``, or with an invisible U+115F
+    after ``admin``, is refused. Only new addresses: the store's data, its unique index and
+    logins are untouched."""
     local, _, domain = email.rpartition("@")
     parts = [("the local part", local)] + [
         ("the domain label", label) for label in domain.split(".")

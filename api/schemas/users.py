@@ -18,8 +18,8 @@ from pydantic.json_schema import SkipJsonSchema
 
 from api.auth.passwordtext import (
     MAX_PASSWORD_BYTES,
-    fits_bcrypt,
-    normalize_password,
+    MIN_PASSWORD_LENGTH,
+    new_password_problem,
     password_forms,
 )
 from api.schemas.lookalikes import refuse_invisible_name, refuse_lookalike_email
@@ -29,9 +29,11 @@ Email = Annotated[
     AfterValidator(refuse_lookalike_email),
     Field(
         description="Unique, case-insensitively. Refused (422) if the local part or a domain"
-        " label holds compatibility characters (fullwidth, mathematical letters, ligatures) or"
-        " mixes scripts (Latin with Cyrillic or Greek; Latin with Han, Kana, Bopomofo or"
-        " Hangul is allowed)"
+        " label holds characters that show nothing (format characters, variation selectors,"
+        " Hangul fillers, blank Braille), combining marks on Latin, Cyrillic or Greek letters,"
+        " compatibility characters (fullwidth, mathematical letters, ligatures) or mixes"
+        " scripts (Latin with Cyrillic or Greek; Latin with Han, Kana, Bopomofo or Hangul is"
+        " allowed)"
     ),
 ]
 FullName = Annotated[
@@ -44,14 +46,15 @@ FullName = Annotated[
     ),
 ]
 Age = Annotated[int, Field(strict=True, gt=0, lt=150)]
-# Characters, not bytes: typed decomposed (NFD), a password takes up to four code points per
-# character; its 72 bytes are counted once normalized, as it is hashed.
+# Both limits are counted on the normalized form (``new_password_problem``). max_length only
+# bounds the work before it: typed decomposed (NFD), a password takes up to four code points
+# per character. minLength is in the document for clients; the server counts normalized.
 Password = Annotated[
     str,
     Field(
-        min_length=8,
         max_length=4 * MAX_PASSWORD_BYTES,
-        description="8 characters to 72 UTF-8 bytes (counted once normalized: NFKC)",
+        json_schema_extra={"minLength": MIN_PASSWORD_LENGTH},
+        description="8 characters to 72 UTF-8 bytes, both counted once normalized (NFKC)",
     ),
 ]
 Role = Literal["user", "admin"]
@@ -60,12 +63,19 @@ RoleField = Annotated[
 ]
 
 
-def _check_password_bytes(value: str | None) -> str | None:
-    # bcrypt reads only 72 bytes of what is hashed, the normalized form: refuse longer
-    # passwords rather than truncate them.
-    if value is not None and not fits_bcrypt(normalize_password(value)):
-        raise ValueError("password must be at most 72 bytes in UTF-8 once normalized (NFKC)")
+def _check_new_password(value: str | None) -> str | None:
+    problem = None if value is None else new_password_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
     return value
+
+
+def same_address(stored: str, sent: str) -> bool:
+    """Whether ``sent`` is the address ``stored``, as the store's unique index compares them
+    (``storeserver.indexes.UniqueIndex.key_of``: casefold; both sides are NFC already, as
+    ``EmailStr`` made them). Sending it again, re-cased or not, moves no account: a client that
+    saves a whole profile form needs no ``current_password`` for it."""
+    return stored.casefold() == sent.casefold()
 
 
 def _check_current_password(value: str | None) -> str | None:
@@ -99,14 +109,15 @@ class UserCreate(BaseModel):
     password: Password
     role: RoleField = None
 
-    _password_bytes = field_validator("password")(_check_password_bytes)
+    _new_password = field_validator("password")(_check_new_password)
 
 
 class UserUpdate(BaseModel):
     """A partial update; ``age: null`` removes the age, other fields may not be null.
 
-    Changing your own password or email needs ``current_password``; changing a role needs
-    an admin. A new password or role ends every session of that user.
+    Changing your own password or email needs ``current_password`` (your email sent again,
+    in any case, is no change); changing a role needs an admin. A new password or role ends
+    every session of that user.
     """
 
     model_config = ConfigDict(
@@ -130,7 +141,8 @@ class UserUpdate(BaseModel):
         str | None,
         Field(
             max_length=4 * MAX_PASSWORD_BYTES,
-            description="Required to change your own password or email",
+            description="Required to change your own password or email (not to send your"
+            " email unchanged)",
         ),
     ] = None
     role: Annotated[
@@ -138,7 +150,7 @@ class UserUpdate(BaseModel):
         Field(description="`user` or `admin`; only an admin may change it"),
     ] = None
 
-    _password_bytes = field_validator("password")(_check_password_bytes)
+    _new_password = field_validator("password")(_check_new_password)
     _current_password_bytes = field_validator("current_password")(_check_current_password)
 
     @field_validator("email", "full_name", "password", "role")

@@ -16,7 +16,12 @@ import anyio.to_thread
 from pwdlib import PasswordHash
 from pwdlib.hashers.bcrypt import BcryptHasher
 
-from api.auth.passwordtext import fits_bcrypt, normalize_password, password_forms
+from api.auth.passwordtext import (
+    fits_bcrypt,
+    new_password_problem,
+    normalize_password,
+    password_forms,
+)
 from api.errors import ApiError
 from api.settings import DEV_ADMIN_PASSWORD, get_settings
 
@@ -35,12 +40,13 @@ def is_dev_admin_password(password: str) -> bool:
 def refuse_unusable_password(password: str, field: str) -> None:
     """422 on ``field`` for a password the account could never log in with: in production,
     the development admin's (``make run``'s, public), which login refuses there; anywhere, one
-    longer than bcrypt's 72 bytes once normalized (NFKC spells some characters out in many)."""
+    that breaks ``new_password_problem``'s rule (the schemas check it first; this is the last
+    check before any password is hashed, whatever the path)."""
     message = None
     if is_dev_admin_password(password) and get_settings().is_production:
         message = "the development admin password is public and refused in production"
-    elif not fits_bcrypt(normalize_password(password)):
-        message = "password must be at most 72 bytes in UTF-8 once normalized (NFKC)"
+    else:
+        message = new_password_problem(password)
     if message is not None:
         detail = {"field": field, "message": message}
         raise ApiError(422, "VALIDATION_ERROR", "Request validation failed", [detail])

@@ -144,9 +144,10 @@ def test_ordinary_names_are_kept(name: str) -> None:
 def test_the_document_says_what_needs_current_password() -> None:
     properties = UserUpdate.model_json_schema()["properties"]
     assert properties["current_password"]["description"] == (
-        "Required to change your own password or email"
+        "Required to change your own password or email (not to send your email unchanged)"
     )
     assert "mixes scripts" in properties["email"]["description"]
+    assert "characters that show nothing" in properties["email"]["description"]
     assert "no control or format characters" in properties["full_name"]["description"]
 
 
@@ -163,3 +164,77 @@ def test_the_password_limit_counts_the_form_that_is_hashed() -> None:
     assert UserUpdate(current_password="\ufdfa" * 8).current_password == "\ufdfa" * 8
     with pytest.raises(ValidationError, match="at most 72 bytes"):
         UserUpdate(current_password="\ufdfa" * 25)
+
+
+# Each shows as admin@example.com (or example.com) where it is displayed.
+INVISIBLE = [
+    ("admin\u115f@example.com", "has U+115F HANGUL CHOSEONG FILLER, which shows nothing"),
+    ("admin\u1160@example.com", "has U+1160 HANGUL JUNGSEONG FILLER, which shows nothing"),
+    ("admin\u2800@example.com", "has U+2800 BRAILLE PATTERN BLANK, which shows nothing"),
+    ("admin\u034f@example.com", "has U+034F COMBINING GRAPHEME JOINER, which shows nothing"),
+    ("admin\ufe0f@example.com", "has U+FE0F VARIATION SELECTOR-16, which shows nothing"),
+    ("admin\U000e0100@example.com", "has U+E0100 VARIATION SELECTOR-17, which shows nothing"),
+    ("admin\u180b@example.com", "has U+180B MONGOLIAN FREE VARIATION SELECTOR ONE"),
+    ("admin\u17b4@example.com", "has U+17B4 KHMER VOWEL INHERENT AQ, which shows nothing"),
+    ("admin\u0336@example.com", "has U+0336 COMBINING LONG STROKE OVERLAY, a combining mark on 'n'"),  # noqa: E501
+    ("ma\u0304\u0301x@example.com", "U+0301 COMBINING ACUTE ACCENT, a combining mark on '\u0101'"),
+    ("\u0438\u0432\u0430\u043d\u0308@example.com", "U+0308 COMBINING DIAERESIS, a combining mark on"),  # noqa: E501
+    ("admin1\u20e3@example.com", "U+20E3 COMBINING ENCLOSING KEYCAP, a combining mark on '1'"),
+    ("admin@exa\u0336mple.com", "the domain label 'exa\u0336mple' has U+0336"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("email", "expected"), INVISIBLE)
+def test_addresses_with_what_shows_nothing_are_refused(email: str, expected: str) -> None:
+    """Default-ignorable characters (Unicode derives them: unicodedata has no such property),
+    blank ones, and marks NFC did not compose on a Latin, Cyrillic or Greek letter."""
+    message = email_error(email)
+    assert expected in message and "could pass for another" in message
+
+
+@pytest.mark.parametrize(
+    "email",
+    [
+        "jose\u0301@example.com",  # NFC composes it: José
+        "\u0928\u092e\u0938\u094d\u0924\u0947@example.in",  # Devanagari vowel signs, virama
+        "\u0e2a\u0e27\u0e31\u0e2a\u0e14\u0e35@example.th",  # Thai vowel and tone marks
+        "\u05e9\u05b8\u05c1\u05dc\u05d5\u05b9\u05dd@example.il",  # Hebrew points
+        "\u03b1\u03b8\u03b7\u03bd\u03ac@example.gr",  # Greek, accent precomposed
+        "\u0627\u062d\u0645\u062f@example.com",  # Arabic
+        "\u4e2d\u6587@\u4f8b\u3048.jp",  # Han, an IDN domain
+    ],
+)  # fmt: skip
+def test_addresses_in_scripts_that_need_their_marks_are_accepted(email: str) -> None:
+    accepted = UserCreate(email=email, full_name="Ada", password=PASSWORD).email
+    assert accepted == unicodedata.normalize("NFC", email)
+
+
+@pytest.mark.parametrize(
+    ("password", "message"),
+    [
+        ("e\u0301" * 4, "at least 8 characters once normalized"),  # hashed as 4: "éééé"
+        ("short", "at least 8 characters once normalized"),
+        ("\ufdfa" * 8, "at most 72 UTF-8 bytes once normalized"),
+    ],
+)
+def test_a_new_password_is_measured_as_it_is_hashed(password: str, message: str) -> None:
+    base = {"email": "pw@example.com", "full_name": "Pat"}
+    for model, fields in ((UserCreate, base), (UserUpdate, {})):
+        with pytest.raises(ValidationError) as info:
+            model.model_validate({**fields, "password": password})
+        (error,) = [e for e in info.value.errors() if e["loc"][-1] != "none"]
+        assert error["loc"][0] == "password" and message in str(error["msg"]), error
+
+
+def test_a_password_short_as_sent_but_long_enough_normalized_is_accepted() -> None:
+    """Four ff ligatures are 8 letters once NFKC spells them out (``ffffffff``, hashed)."""
+    ligatures = "\ufb00" * 4
+    base = {"email": "pw@example.com", "full_name": "Pat"}
+    assert UserCreate.model_validate({**base, "password": ligatures}).password == ligatures
+    assert UserUpdate(password=ligatures).password == ligatures
+    assert UserCreate.model_json_schema()["properties"]["password"]["minLength"] == 8
+
+
+def test_current_password_keeps_the_login_rule() -> None:
+    """Only the bytes, as a login: a password set before the rules still signs in."""
+    assert UserUpdate(current_password="short").current_password == "short"

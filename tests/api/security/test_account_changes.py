@@ -70,9 +70,47 @@ def test_other_changes_of_your_own_need_no_password(anon: httpx.Client) -> None:
     account = register(anon)
     renamed = anon.patch(ME, json={"full_name": "Ada King", "age": 37}, headers=account.headers)
     assert renamed.status_code == 200, renamed.text
-    # Sending your current address again is a change of email all the same.
-    same = anon.patch(ME, json={"email": account.user["email"]}, headers=account.headers)
-    assert_field_error(same, "body.current_password", "required to change your email")
+
+
+def test_your_own_address_sent_again_needs_no_password(anon: httpx.Client) -> None:
+    """A client that saves a whole profile form sends the email unchanged: no change of email,
+    as the unique index compares addresses (case-insensitively), so no current_password."""
+    account = register(anon)
+    email, headers = account.user["email"], account.headers
+    form = anon.patch(ME, json={"email": email, "full_name": "New"}, headers=headers)
+    assert form.status_code == 200, form.text
+    assert form.json()["status"] == "success"
+    assert form.json()["data"]["email"] == email and form.json()["data"]["full_name"] == "New"
+    recased = anon.patch(ME, json={"email": email.upper(), "age": 41}, headers=headers)
+    assert recased.status_code == 200, recased.text
+    assert recased.json()["data"]["email"].casefold() == email.casefold()
+    login(anon, email, PASSWORD)  # still the same account
+    # Another address, or a new password with the same address, still needs it.
+    moved = anon.patch(ME, json={"email": new_email(), "full_name": "New"}, headers=headers)
+    assert_field_error(moved, "body.current_password", "required to change your email")
+    both = {"email": email, "password": "a brand new passphrase"}
+    refused = anon.patch(ME, json=both, headers=headers)
+    assert_field_error(refused, "body.current_password", "required to change your password")
+
+
+def test_your_own_address_sent_again_through_data_needs_no_password(
+    client: httpx.Client, anon: httpx.Client
+) -> None:
+    """The same through /data/users (admins only), where your own email never changes."""
+    account = register(anon)
+    promoted = client.patch(f"/api/v1/users/{account.id}", json={"role": "admin"})
+    assert promoted.status_code == 200, promoted.text
+    admin = login(anon, account.user["email"], PASSWORD)
+    url, email = f"/api/v1/data/users/{admin.id}", account.user["email"]
+    for sent in (email, email.upper()):
+        same = anon.patch(
+            url, json={"data": {"email": sent, "full_name": "Kept"}}, headers=admin.headers
+        )
+        assert same.status_code == 200, same.text
+        assert same.json()["status"] == "success"
+        assert same.json()["data"]["full_name"] == "Kept"
+    moved = anon.patch(url, json={"data": {"email": new_email()}}, headers=admin.headers)
+    assert_field_error(moved, "body.data.email", "your own email changes only through PATCH")
 
 
 def test_an_admin_moves_someone_else_without_their_password(
@@ -241,6 +279,47 @@ LOOKALIKES = [
 def test_lookalike_addresses_are_refused_at_registration(anon: httpx.Client, email: str) -> None:
     response = anon.post("/api/v1/users", json=user_payload(email=email))
     assert_field_error(response, "body.email", "so the address could pass for another")
+
+
+# Each displays as admin@example.com (or example.com): invisible characters, blank ones, and
+# marks NFC could not compose on a Latin letter.
+INVISIBLE = [
+    "admin\u115f@example.com",  # Hangul choseong filler, a Lo letter
+    "admin\u1160@example.com",  # Hangul jungseong filler
+    "admin\u2800@example.com",  # blank Braille pattern, a symbol
+    "admin\u034f@example.com",  # combining grapheme joiner
+    "admin\ufe0f@example.com",  # variation selector 16
+    "admin\u180b@example.com",  # Mongolian free variation selector
+    "admin\u0336@example.com",  # combining long stroke overlay
+    "admin@exa\u0336mple.com",  # the same in the domain
+]
+
+
+@pytest.mark.parametrize("email", INVISIBLE)
+def test_addresses_with_invisible_characters_are_refused_at_registration(
+    anon: httpx.Client, email: str
+) -> None:
+    response = anon.post("/api/v1/users", json=user_payload(email=email))
+    assert_field_error(response, "body.email", "so the address could pass for another")
+
+
+@pytest.mark.parametrize(
+    "local",
+    [
+        "\u0928\u092e\u0938\u094d\u0924\u0947",  # Devanagari, its vowel signs and virama
+        "\u0e2a\u0e27\u0e31\u0e2a\u0e14\u0e35",  # Thai, its vowel and tone marks
+        "\u05e9\u05b8\u05c1\u05dc\u05d5\u05b9\u05dd",  # Hebrew with points
+        "\u03b1\u03b8\u03b7\u03bd\u03ac",  # Greek, the accent precomposed
+        "jose\u0301",  # NFC composes it: jos\u00e9
+    ],
+)
+def test_addresses_in_scripts_that_need_their_marks_register(
+    anon: httpx.Client, local: str
+) -> None:
+    unique = int(token(), 16)  # digits go with any script; hex letters would mix in Latin
+    response = anon.post("/api/v1/users", json=user_payload(email=f"{local}.{unique}@example.com"))
+    assert response.status_code == 201, response.text
+    assert response.json()["status"] == "success"
 
 
 def test_lookalike_addresses_are_refused_as_a_new_email(

@@ -90,7 +90,7 @@ def test_the_72_bytes_count_the_normalized_form(anon: httpx.Client) -> None:
     (detail,) = error["details"]
     assert detail["field"] == "body.password"
     assert detail["message"].endswith(
-        "password must be at most 72 bytes in UTF-8 once normalized (NFKC)"
+        "password must be at most 72 UTF-8 bytes once normalized (NFKC)"
     )
     # At login it is only a wrong password: a hash of it as sent (24 bytes) may predate
     # normalization. 422 is for a password neither form of which bcrypt takes.
@@ -99,6 +99,24 @@ def test_the_72_bytes_count_the_normalized_form(anon: httpx.Client) -> None:
     assert assert_error(too_long, 422, "VALIDATION_ERROR")["details"][0]["field"] == (
         "body.password"
     )
+
+
+def test_the_8_characters_count_the_normalized_form(anon: httpx.Client) -> None:
+    """ "e" and U+0301 four times is 8 code points typed but "éééé" hashed: too short. Four ff
+    ligatures are 4 typed but "ffffffff" hashed: long enough, and log in spelled out."""
+    decomposed = "e\u0301" * 4
+    refused = anon.post("/api/v1/users", json=user_payload(password=decomposed))
+    error = assert_error(refused, 422, "VALIDATION_ERROR")
+    (detail,) = error["details"]
+    assert detail["field"] == "body.password"
+    assert "password must be at least 8 characters once normalized (NFKC)" in detail["message"]
+    email = register(anon, "\ufb00" * 4)
+    assert_logged_in(log_in(anon, email, "ffffffff"))
+    token = log_in(anon, email, "ffffffff").json()["access_token"]
+    change = {"password": decomposed, "current_password": "ffffffff"}
+    headers = {"Authorization": f"Bearer {token}"}
+    short = anon.patch("/api/v1/users/me", json=change, headers=headers)
+    assert assert_error(short, 422, "VALIDATION_ERROR")["details"][0]["field"] == "body.password"
 
 
 def test_a_hash_of_the_password_as_sent_still_logs_in_and_is_replaced(
