@@ -55,6 +55,9 @@ from storeserver.records import REPLY_ROOM, max_record_bytes, one_budget
 from storeserver.scans import ScanCursors
 from storeserver.writes import RecordWriter, Undo
 
+KeyUndo = list[tuple[str, tuple[Any, float | None] | None]]
+"""A batch's ``kv_set`` writes, as (key, its entry before): put back if the batch fails."""
+
 MAX_PENDING_CHANGES = 100_000
 """Undrained journal entries tolerated before journaling stops (see ``drain_changes``)."""
 
@@ -408,6 +411,27 @@ class Engine:
             return self._run_batch(ops, refs, measure_results)
 
     def _run_batch(self, ops: list[Any], refs: bool, measure_results: bool) -> dict[str, Any]:
+        keys: KeyUndo = []
+        try:
+            return self._apply_batch(ops, refs, measure_results, keys)
+        except BaseException:
+            for key, entry in reversed(keys):  # the records' writes are undone already
+                self._kv.restore(key, entry)
+            raise
+
+    def _batch_kv_set(self, args: Args, undo: KeyUndo) -> bool:
+        """``kv_set`` as a batch op: a record write and a key go together (the API ends a
+        user's sessions, a ``kv_set stamp`` mark, in the batch that changes their password)."""
+        key = args.get("key")
+        before = self._kv.entry(key) if type(key) is str else None
+        written = self._keys.kv_set(args)  # refuses a key that is not a string
+        if written:
+            undo.append((str(key), before))
+        return written
+
+    def _apply_batch(
+        self, ops: list[Any], refs: bool, measure_results: bool, keys: KeyUndo
+    ) -> dict[str, Any]:
         undo: Undo = []
         results: list[Any] = []
         unchanged: list[int] = []
@@ -415,9 +439,10 @@ class Engine:
             name = op.get("op") if type(op) is dict else None
             try:
                 handler = self._batch_ops.get(name) if type(name) is str else None
-                if handler is None:
+                if handler is None and name != "kv_set":
                     raise BadRequest(
-                        "each op is {op: insert|replace|patch|delete, ...}", {"arg": "ops"}
+                        "each op is {op: insert|replace|patch|delete|kv_set, ...}",
+                        {"arg": "ops"},
                     )
                 op_args = {k: v for k, v in op.items() if k != "op"}
                 for key in REF_ARGS:
@@ -430,6 +455,9 @@ class Engine:
                             self._writer.measure_sent = measure_results = True
                 # A merge returns the whole record, whatever the size of the request.
                 measure_results = measure_results or name == "patch" or "upsert" in op_args
+                if handler is None:  # kv_set: a key, not a record; its own undo, never "unchanged"
+                    results.append(self._batch_kv_set(op_args, keys))
+                    continue
                 written = len(undo)
                 results.append(handler(op_args, undo))
                 if len(undo) == written:  # every write notes its undo: this one wrote nothing

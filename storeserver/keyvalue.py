@@ -56,6 +56,17 @@ class KeyValueStore:
         if expires_at is not None:
             heapq.heappush(self._deadlines, (expires_at, key))
 
+    def entry(self, key: str) -> tuple[Any, float | None] | None:
+        """The live ``(value, expires_at)`` of ``key``, for ``restore`` (a batch's undo)."""
+        return self._values[key] if self.contains(key) else None
+
+    def restore(self, key: str, entry: tuple[Any, float | None] | None) -> None:
+        """Put back what ``entry`` read (``None``: no key), undoing a write in a failed batch."""
+        if entry is None:
+            self._values.pop(key, None)
+        else:
+            self.set(key, *entry)
+
     def items(self) -> Iterator[tuple[str, Any, float | None]]:
         """Live keys as (key, value, expires_at), for snapshots."""
         now = self._clock()

@@ -66,6 +66,21 @@ HOUSEKEEPING_S = 5.0  # at most this between sweeps of idle scan cursors
 _KNOWN_COMMANDS = Engine.COMMANDS | {"ping", "snapshot", "cancel"}
 
 
+def _frees_or_marks(args: dict[str, Any]) -> bool:
+    """A batch made only of ops taken over the memory limit on their own (``delete``,
+    ``kv_set``: ``Engine.GROWING_COMMANDS``), as the API's user deletion that ends the user's
+    sessions in the same command: taken over the limit as they would be, one by one."""
+    ops = args.get("ops")
+    return (
+        type(ops) is list
+        and bool(ops)
+        and all(type(op) is dict and op.get("op") in _NOT_GROWING_OPS for op in ops)
+    )
+
+
+_NOT_GROWING_OPS = frozenset({"delete", "kv_set"})
+
+
 class StoreServer:
     def __init__(self, settings: StoreSettings, engine: Engine | None = None) -> None:
         self.settings = settings
@@ -245,7 +260,7 @@ class StoreServer:
         engine = self.engine
         if command not in Engine.WRITE_COMMANDS:
             return engine.execute(command, args)
-        self._check_write(command)
+        self._check_write(command, args)
         durability = self.durability
         if durability is None:
             return engine.execute(
@@ -259,11 +274,15 @@ class StoreServer:
             durability.record(changes)
         return result
 
-    def _check_write(self, command: str) -> None:
+    def _check_write(self, command: str, args: dict[str, Any] | None = None) -> None:
         """Refuse a write the store cannot take now: over the memory limit (the writes that
         add data), or while the log cannot be written. Checked again before each step of a
         long write, which may have started before either."""
-        if command in Engine.GROWING_COMMANDS and self.memory.over_limit():
+        if (
+            command in Engine.GROWING_COMMANDS
+            and not (command == "batch" and args is not None and _frees_or_marks(args))
+            and self.memory.over_limit()
+        ):
             raise MemoryLimit(
                 "the store is at its memory limit; writes are refused, reads still work",
                 {"max_memory": self.settings.max_memory},

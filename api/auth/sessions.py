@@ -54,6 +54,7 @@ HORIZON_STEP = 60
 log = structlog.get_logger("api.auth")
 _announced = 0.0  # this worker's last announced horizon (0 in a new process)
 _said_no_eq = False  # this worker has logged that its store does not take kv_set eq
+_said_marks_apart = False  # ... that its store does not take kv_set in a batch
 
 
 def revocation_keys(claims: Claims) -> tuple[str, str]:
@@ -104,6 +105,55 @@ async def revoke_session(store: Store, session_id: str) -> None:
 async def end_user_sessions(store: Store, user_id: str) -> None:
     """Refuse every token issued to this user until now (password/role change, deletion)."""
     await _set_mark(store, USER_NOT_BEFORE + user_id, await _mark_ttl(store))
+
+
+async def write_ending_sessions(
+    store: Store, ops: list[dict[str, Any]], user_ids: list[str], refs: bool = False
+) -> dict[str, Any]:
+    """Apply the batch ``ops`` (the store's reply, ``results`` those of ``ops``) and end the
+    sessions of ``user_ids`` (``end_user_sessions``) in the same store command.
+
+    In two commands, a store that stalled or a worker that died between them left the write
+    applied (a password or role changed, a user deleted) and the marks never set: every old
+    token went on working, a demoted admin's with the admin role. One batch is applied whole
+    or not at all, whatever the worker hears back.
+    """
+    if not user_ids:
+        return dict(await store.call("batch", {"ops": ops, "refs": refs}))
+    ttl = await _mark_ttl(store)
+    marks = [_mark_op(USER_NOT_BEFORE + user_id, ttl) for user_id in user_ids]
+    try:
+        reply = await store.call("batch", {"ops": [*ops, *marks], "refs": refs})
+    except BadRequest as error:
+        index = error.details.get("index")
+        if error.details.get("arg") != "ops" or type(index) is not int or index < len(ops):
+            raise
+        # A store of an earlier release (mid-upgrade) takes no kv_set in a batch: the write,
+        # then the marks, as that release did (a stall between the two leaves the sessions
+        # open), rather than refusing every password or role change until it is upgraded.
+        _say_marks_apart()
+        reply = await store.call("batch", {"ops": ops, "refs": refs})
+        for user_id in user_ids:
+            await _set_mark(store, USER_NOT_BEFORE + user_id, ttl)
+        return dict(reply)
+    unchanged = [index for index in reply.get("unchanged", ()) if index < len(ops)]
+    return {**reply, "results": reply["results"][: len(ops)], "unchanged": unchanged}
+
+
+def _mark_op(key: str, ttl: float) -> dict[str, Any]:
+    """A revocation mark as a batch op: dated by the store's clock, as ``_set_mark`` says."""
+    return {"op": "kv_set", "key": key, "stamp": True, "ttl": ttl}
+
+
+def _say_marks_apart() -> None:
+    global _said_marks_apart
+    if not _said_marks_apart:
+        log.warning(
+            "revocation_mark_not_atomic",
+            message="the store takes no kv_set in a batch (upgrade it): a user's sessions are"
+            " ended by a second command after a password or role change",
+        )
+        _said_marks_apart = True
 
 
 async def _set_mark(store: Store, key: str, ttl: float) -> None:

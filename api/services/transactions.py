@@ -4,8 +4,11 @@ Each operation is checked and turned into the store's form first (users and orde
 their models: validation, password hashing, order dates), then the store applies them all or
 none. ``{"$ref": "<i>.<path>"}`` values are resolved by the store from earlier results; on the
 typed tables only ``orders.user_id`` may be one (validated with a placeholder id, then checked
-by the store's foreign key like any other). After a commit, users whose password or role
-changed, or who were deleted, lose their sessions, as through ``/users``.
+by the store's foreign key like any other). Users whose password or role changes, or who are
+deleted, lose their sessions, as through ``/users``: their marks go in the same batch, so the
+store applies them with the operations or not at all (a stall or a worker crash in between
+cannot leave old tokens working); such an operation names its user by id, not by a
+reference (the mark's key is made here, before the store resolves anything).
 """
 
 from __future__ import annotations
@@ -13,13 +16,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from api.auth.sessions import end_user_sessions
+from api.auth.sessions import write_ending_sessions
 from api.filters import Loc
 from api.schemas.transactions import TransactionBody, TransactionOp, ref_index
 from api.services import record_values, typed_tables, users
-from api.services.batches import REF_FORM, check_refs, invalid_at, run_batch
+from api.services.batches import REF_FORM, check_refs, failed_operation, invalid_at
 from api.services.versions import with_version
 from api.store import Store
+from storeserver.errors import StoreError
 
 # Fields of a typed table that may hold a reference: the table whose record's id it must
 # name (``{"$ref": "<i>.id"}`` of an operation on that table, so it resolves to an id the
@@ -45,10 +49,11 @@ async def run_transaction(store: Store, body: TransactionBody) -> list[dict[str,
     users.check_hash_budget(sum(_hashes_password(item) for item in operations))
     prepared = [await prepare(index, item, operations) for index, item in enumerate(operations)]
     ops = [p.op for p in prepared]
-    results = await run_batch(store, ops, "operation", [item.op for item in operations])
-    for step, result in zip(prepared, results, strict=True):
-        if step.ends_sessions:
-            await end_user_sessions(store, str(result["id"]))
+    ended = [str(p.op["id"]) for p in prepared if p.ends_sessions]
+    try:
+        results = (await write_ending_sessions(store, ops, ended, refs=True))["results"]
+    except StoreError as exc:
+        raise failed_operation(exc, ops, "operation", [item.op for item in operations]) from None
     return [
         result if item.op == "delete" else typed_tables.to_public(item.table, result)
         for item, result in zip(operations, results, strict=True)
@@ -93,6 +98,9 @@ async def prepare(index: int, item: TransactionOp, operations: list[TransactionO
         ends = table == users.TABLE and (kind == "replace" or users.ends_sessions(changes))
     else:
         ends = table == users.TABLE
+    if ends and isinstance(item.id, dict):
+        message = "a users operation that ends the user's sessions (a new password or role, a"
+        raise invalid_at((*loc, "id"), f"{message} delete) names the user by id, not by a $ref")
     if kind == "delete" and item.cascade:
         args["cascade"] = True
     return Prepared(with_version(args, item.expected_version), ends)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from api.auth.sessions import end_user_sessions
+from api.auth.sessions import write_ending_sessions
 from api.errors import ApiError
 from api.filters import Loc
 from api.queries import BASE_FIELDS, FieldType, ListQuery
@@ -161,17 +161,14 @@ async def update_user(
     """Apply the fields that were sent (``age: null`` removes the age).
 
     A new password or a role other than the user's ends the user's sessions (their tokens
-    are refused from now on); the role they already have, sent again, does not.
-    ``current_password`` is checked by the route and never stored.
+    are refused from now on, in the same store command as the change: ``_write``); the role
+    they already have, sent again, does not. ``current_password`` is checked by the route and
+    never stored.
     """
     changes = await update_changes(payload, loc)
     if "role" in changes and "password_hash" not in changes:
-        user, ends = await _patch_role(store, user_id, changes, if_match)
-    else:
-        user, ends = await _patch(store, user_id, changes, if_match), "password_hash" in changes
-    if ends:
-        await end_user_sessions(store, user_id)
-    return user
+        return await _patch_role(store, user_id, changes, if_match)
+    return await _patch(store, user_id, changes, if_match, "password_hash" in changes)
 
 
 async def replace_user(
@@ -183,9 +180,7 @@ async def replace_user(
 ) -> dict[str, Any]:
     """Replace every client-set field; the role is kept unless the payload names one.
     The password is always replaced, so the user's sessions end."""
-    user = await _patch(store, user_id, await replace_changes(payload, loc), if_match)
-    await end_user_sessions(store, user_id)
-    return user
+    return await _patch(store, user_id, await replace_changes(payload, loc), if_match, True)
 
 
 async def delete_user(
@@ -193,16 +188,13 @@ async def delete_user(
 ) -> None:
     """409 from the store if orders reference the user, unless ``cascade``."""
     version = await expected_version(store, TABLE, user_id, if_match)
-    args: dict[str, object] = {"table": TABLE, "id": user_id, "cascade": cascade}
-    await store.call("delete", with_version(args, version))
-    await end_user_sessions(store, user_id)
+    args: dict[str, object] = {"op": "delete", "table": TABLE, "id": user_id, "cascade": cascade}
+    await _write(store, with_version(args, version), user_id, True)
 
 
 async def set_role(store: Store, user_id: str, role: str) -> dict[str, Any]:
     """Change a user's role; their tokens (which carry the old role) stop working."""
-    user = await _patch(store, user_id, {"role": role}, None)
-    await end_user_sessions(store, user_id)
-    return user
+    return await _patch(store, user_id, {"role": role}, None, True)
 
 
 async def update_own_account(
@@ -253,18 +245,31 @@ async def verified_version(store: Store, user_id: str, password: str) -> int | N
     return None
 
 
+async def _write(store: Store, op: dict[str, Any], user_id: str, ends_sessions: bool) -> Any:
+    """The store's result of ``op`` (a batch op: ``{"op": "patch", ...}``) on the user; with
+    ``ends_sessions``, their sessions end in the same store command (``write_ending_sessions``:
+    made apart, a stall or a crash between the two left old tokens working after the change)."""
+    if not ends_sessions:
+        return await store.call(op["op"], {key: value for key, value in op.items() if key != "op"})
+    return (await write_ending_sessions(store, [op], [user_id]))["results"][0]
+
+
 async def _patch(
-    store: Store, user_id: str, changes: dict[str, Any], if_match: frozenset[int] | None
+    store: Store,
+    user_id: str,
+    changes: dict[str, Any],
+    if_match: frozenset[int] | None,
+    ends_sessions: bool,
 ) -> dict[str, Any]:
     version = await expected_version(store, TABLE, user_id, if_match)
-    args: dict[str, object] = {"table": TABLE, "id": user_id, "changes": changes}
-    return to_public(await store.call("patch", with_version(args, version)))
+    op: dict[str, object] = {"op": "patch", "table": TABLE, "id": user_id, "changes": changes}
+    return to_public(await _write(store, with_version(op, version), user_id, ends_sessions))
 
 
 async def _patch_role(
     store: Store, user_id: str, changes: dict[str, Any], if_match: frozenset[int] | None
-) -> tuple[dict[str, Any], bool]:
-    """Patch ``changes``, which name a role; and whether that changed the user's role.
+) -> dict[str, Any]:
+    """Patch ``changes``, which name a role, ending the user's sessions if that changes it.
 
     The role is read, then the patch is made at the version read, so no write comes between
     the two: one that does (another admin's role change) makes the store refuse the patch,
@@ -274,13 +279,12 @@ async def _patch_role(
     for _ in range(ROLE_PATCH_ATTEMPTS):
         current = await store.call("get", {"table": TABLE, "id": user_id})
         at = int(current["version"]) if version is None else version
-        args = {"table": TABLE, "id": user_id, "changes": changes, "expected_version": at}
+        op = {"op": "patch", "table": TABLE, "id": user_id, "changes": changes}
+        ends = to_public(current)["role"] != changes["role"]
         try:
-            patched = await store.call("patch", args)
+            return to_public(await _write(store, {**op, "expected_version": at}, user_id, ends))
         except VersionMismatch:
             if version is not None:
                 raise
-            continue
-        return to_public(patched), to_public(current)["role"] != changes["role"]
     # Written to by others all along: patched regardless, and the sessions end (the safe side).
-    return await _patch(store, user_id, changes, None), True
+    return await _patch(store, user_id, changes, None, True)

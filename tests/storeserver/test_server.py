@@ -224,6 +224,23 @@ async def test_memory_limit_refuses_writes_and_serves_reads(server, client):
     assert events == [("memory_limit_reached", "warning"), ("memory_limit_cleared", "info")]
 
 
+async def test_over_the_memory_limit_a_batch_of_deletes_and_marks_goes_on(server, client):
+    """The API deletes a user and ends their sessions in one batch (delete + kv_set stamp):
+    over the limit it is taken, as the two commands alone would be; a batch that adds a
+    record is not."""
+    rec = await client.call("insert", {"table": "m", "record": {"a": 1}})
+    server.memory = MemoryGauge(limit_bytes=1)  # any process is over one byte
+    mark = {"op": "kv_set", "key": "auth:user-not-before:x", "stamp": True, "ttl": 60}
+    with pytest.raises(MemoryLimit):
+        await client.call(
+            "batch", {"ops": [{"op": "insert", "table": "m", "record": {"a": 2}}, mark]}
+        )
+    await client.call("batch", {"ops": [{"op": "delete", "table": "m", "id": rec["id"]}, mark]})
+    with pytest.raises(NotFound):
+        await client.call("get", {"table": "m", "id": rec["id"]})
+    assert await client.call("kv_get", {"key": "auth:user-not-before:x"}) is not None
+
+
 async def test_a_second_server_refuses_a_live_socket(server):
     other = StoreServer(StoreSettings(socket=server.settings.socket))
     with pytest.raises(RuntimeError, match="already listening"):

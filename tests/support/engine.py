@@ -67,3 +67,18 @@ class EngineStore:
     def sent(self, command: str) -> list[dict[str, Any]]:
         """The arguments of every ``command`` call, in order."""
         return [args for name, args in self.calls if name == command]
+
+    def sent_ops(self, op: str) -> list[dict[str, Any]]:
+        """The arguments of every ``op`` write, sent alone or as an op of a ``batch`` (the API
+        sends a user's change with its session mark as one batch)."""
+        found: list[dict[str, Any]] = []
+        for name, args in self.calls:
+            if name == op:
+                found.append(args)
+            elif name == "batch":
+                found += [
+                    {k: v for k, v in o.items() if k != "op"}
+                    for o in args["ops"]
+                    if o.get("op") == op
+                ]
+        return found

@@ -51,7 +51,7 @@ def slip_in_a_change(store: EngineStore, user_id: str, changes: dict[str, Any]) 
         store.before.pop("patch")
         run(store.engine, "patch", table="users", id=user_id, changes=changes)
 
-    store.before["patch"] = other_request
+    store.before["patch"] = store.before["batch"] = other_request
 
 
 @pytest.mark.parametrize(
@@ -74,7 +74,7 @@ async def test_a_change_made_after_the_check_refuses_the_write(
         )
     assert (info.value.status_code, info.value.code) == (409, "CONFLICT")
     assert "current_password" in info.value.message
-    assert [args["expected_version"] for args in store.sent("patch")] == [1]
+    assert [args["expected_version"] for args in store.sent_ops("patch")] == [1]
     after = stored(store, user_id)
     assert after["version"] == 2 and after["password_hash"] == won["password_hash"]
     assert after["email"] == "ada@example.com"  # the refused write left nothing behind
@@ -87,7 +87,7 @@ async def test_unchanged_since_the_check_the_change_is_made_at_that_version(
     payload = UserUpdate(email="ada.king@example.com", password="a new passphrase")
     updated = await users.update_own_account(store, user_id, payload, None, PASSWORD)
     assert updated["email"] == "ada.king@example.com" and updated["version"] == 2
-    assert [args["expected_version"] for args in store.sent("patch")] == [1]
+    assert [args["expected_version"] for args in store.sent_ops("patch")] == [1]
     assert HASHER.verify("a new passphrase", str(stored(store, user_id)["password_hash"]))
 
 
@@ -98,7 +98,7 @@ async def test_a_wrong_current_password_writes_nothing(store: EngineStore) -> No
             store, user_id, UserUpdate(email="x@example.com"), None, "not my password"
         )
     assert (info.value.status_code, info.value.code) == (403, "WRONG_PASSWORD")
-    assert store.sent("patch") == [] and stored(store, user_id)["version"] == 1
+    assert store.sent_ops("patch") == [] and stored(store, user_id)["version"] == 1
 
 
 async def test_with_if_match_the_clients_version_decides(store: EngineStore) -> None:
@@ -110,7 +110,7 @@ async def test_with_if_match_the_clients_version_decides(store: EngineStore) -> 
     with pytest.raises(ApiError) as info:
         await users.update_own_account(store, user_id, payload, frozenset({7}), PASSWORD)
     assert (info.value.status_code, info.value.code) == (412, "PRECONDITION_FAILED")
-    assert store.sent("patch") == []
+    assert store.sent_ops("patch") == []
     slip_in_a_change(store, user_id, {"full_name": "Someone"})
     with pytest.raises(VersionMismatch):
         await users.update_own_account(store, user_id, payload, frozenset({1}), PASSWORD)
@@ -126,4 +126,4 @@ async def test_an_admins_own_role_and_email_change_is_refused_too(store: EngineS
     with pytest.raises(ApiError) as info:
         await users.update_own_account(store, user_id, payload, None, PASSWORD)
     assert info.value.status_code == 409
-    assert len(store.sent("patch")) == 1 and stored(store, user_id)["role"] == "user"
+    assert len(store.sent_ops("patch")) == 1 and stored(store, user_id)["role"] == "user"

@@ -73,10 +73,10 @@ async def test_a_role_change_slipped_in_before_the_patch_is_seen(store: EngineSt
             slipped.append(1)
             run(store.engine, "patch", table="users", id=user_id, changes={"role": "admin"})
 
-    store.before["patch"] = promote_once
+    store.before["patch"] = store.before["batch"] = promote_once
     updated = await users.update_user(store, user_id, UserUpdate(role="user"), None)
     assert updated["role"] == "user" and updated["version"] == 3
-    assert [args["expected_version"] for args in store.sent("patch")] == [1, 2]
+    assert [args["expected_version"] for args in store.sent_ops("patch")] == [1, 2]
     assert sessions_ended(store, user_id)
 
 
@@ -88,10 +88,10 @@ async def test_writes_slipped_in_every_time_end_the_sessions_anyway(store: Engin
         changes = {"age": int(record.get("age") or 0) + 1}
         run(store.engine, "patch", table="users", id=user_id, changes=changes)
 
-    store.before["patch"] = touch
+    store.before["patch"] = store.before["batch"] = touch
     updated = await users.update_user(store, user_id, UserUpdate(role="user"), None)
     assert updated["role"] == "user"
-    sent = store.sent("patch")
+    sent = store.sent_ops("patch")
     assert len(sent) == users.ROLE_PATCH_ATTEMPTS + 1 and "expected_version" not in sent[-1]
     assert sessions_ended(store, user_id)  # unknown whether it changed: the safe side
 
@@ -101,7 +101,7 @@ async def test_if_match_decides_a_role_patch(store: EngineStore) -> None:
     with pytest.raises(VersionMismatch):
         await users.update_user(store, user_id, UserUpdate(role="admin"), frozenset({7}))
     assert run(store.engine, "get", table="users", id=user_id)["role"] == "user"
-    assert len(store.sent("patch")) == 1  # the client's version: not tried again
+    assert len(store.sent_ops("patch")) == 1  # the client's version: not tried again
     assert not sessions_ended(store, user_id)
     await users.update_user(store, user_id, UserUpdate(role="admin"), frozenset({1}))
     assert sessions_ended(store, user_id)
