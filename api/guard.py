@@ -5,8 +5,9 @@ For each request outside the exempt paths (probes, /metrics, the docs and their 
 
 1. verifies the bearer token, if any (signature and claims, cached per worker);
 2. sends one store command: the rate-limit hit (keyed by the user id when the token verified,
-   else by the client IP), which for a verified token also reads its two revocation marks
-   (session ended? user's sessions ended?) in the same round trip (``rate_hit``'s ``peek``);
+   else by the client IP, an IPv6 client's /64: ``api.ratelimit.counted_address``), which for
+   a verified token also reads its two revocation marks (session ended? user's sessions
+   ended?) in the same round trip (``rate_hit``'s ``peek``);
 3. answers 429 when the limit is spent; otherwise leaves the outcome in
    ``scope["state"]["auth"]`` for the ``Caller``/``CurrentUser``/``AdminUser`` dependencies,
    which decide 401/403 per route, and adds the X-Rate-Limit-* headers to the response.
@@ -163,8 +164,12 @@ class RequestGuardMiddleware:
         """The rate-limit hit: on the token's user, with its revocation marks (``peek``),
         when it verified; else on the client's address. ``refund``: a key whose hit this
         one replaces."""
-        identity = ("user", claims.subject) if claims else ("ip", client_ip(scope))
-        args: dict[str, Any] = self.limiter.args(self.limiter.key(*identity))
+        limiter = self.limiter
+        if claims is not None:
+            key = limiter.key("user", claims.subject)
+        else:
+            key = limiter.client_key(client_ip(scope))
+        args: dict[str, Any] = limiter.args(key)
         if claims is not None:  # the token's revocation marks come back with the hit
             args["peek"] = list(revocation_keys(claims))
         if refund is not None:

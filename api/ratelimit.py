@@ -15,6 +15,7 @@ alike: the request would only wait out a second timeout.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import time
 from dataclasses import dataclass
@@ -61,16 +62,22 @@ class RateLimiter:
     def key(self, *identifiers: str) -> str:
         return self.item.key_for(self.name, *identifiers)
 
-    def args(self, key: str) -> dict[str, object]:
-        return {"key": key, "limit": self.amount, "window": self.window}
+    def client_key(self, address: str) -> str:
+        """The key counting a client's requests: by ``counted_address`` (an IPv6 host's /64)."""
+        return self.key("ip", counted_address(address))
 
-    def verdict(self, result: object) -> Verdict | None:
-        """The store's answer as a ``Verdict``; ``None`` (fail open) if the store could not
-        be reached; a timeout is raised (504)."""
+    def args(self, key: str, limit: int | None = None) -> dict[str, object]:
+        """``rate_hit``'s arguments: this limiter's amount, or ``limit`` (e.g. a multiple)."""
+        hits = self.amount if limit is None else limit
+        return {"key": key, "limit": hits, "window": self.window}
+
+    def verdict(self, result: object, limit: int | None = None) -> Verdict | None:
+        """The store's answer as a ``Verdict`` (of ``limit``, if the hit was sent with another
+        limit than this limiter's amount); ``None`` (fail open) if the store could not be
+        reached; a timeout is raised (504)."""
         if isinstance(result, dict):
-            return Verdict(
-                bool(result["allowed"]), self.amount, int(result["remaining"]), result["reset"]
-            )
+            hits = self.amount if limit is None else limit
+            return Verdict(bool(result["allowed"]), hits, int(result["remaining"]), result["reset"])
         if isinstance(result, StoreTimeout):
             # The store is there but not answering: the request's own calls would wait out a
             # second timeout (a login: 10 s instead of 5). 504 now, as the guard answers.
@@ -85,8 +92,8 @@ class RateLimiter:
             raise result
         return None
 
-    async def hit(self, store: Store, key: str) -> Verdict | None:
-        return self.verdict(await rate_hit(store, self.args(key)))
+    async def hit(self, store: Store, key: str, limit: int | None = None) -> Verdict | None:
+        return self.verdict(await rate_hit(store, self.args(key, limit)), limit)
 
 
 async def rate_hit(store: Store, args: dict[str, object]) -> object:
@@ -105,6 +112,26 @@ def client_ip(scope: Scope) -> str:
     passes it as ``forwarded_allow_ips``), so here the peer is already the real client."""
     client = scope.get("client")
     return str(client[0]) if client else "unknown"
+
+
+def counted_address(address: str) -> str:
+    """The part of a client address its rate limits count: an IPv6 address's /64 prefix, an
+    IPv4 address whole (``::ffff:a.b.c.d``, IPv4 on a dual-stack socket, as ``a.b.c.d``).
+
+    One IPv6 host is routinely given a whole /64 (SLAAC, privacy addresses) and can send from
+    any of its 2**64 addresses: counted per address, one host would get a budget per address,
+    enough to spend a username's login limit alone. Logs keep the full address (``client_ip``).
+    Anything else (``unknown``, a Unix socket's path) is counted as it is.
+    """
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv4Address):
+        return str(ip)
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
 
 
 def tightest(verdicts: list[Verdict | None]) -> Verdict | None:

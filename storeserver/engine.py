@@ -189,6 +189,7 @@ class Engine:
             "kv_get_many": k.kv_get_many,
             "kv_delete": k.kv_delete,
             "rate_hit": k.rate_hit,
+            "rate_refund": k.rate_refund,
         }
         self._batch_ops: dict[str, Callable[[Args, Undo], Any]] = {
             "insert": w.insert,
@@ -231,6 +232,7 @@ class Engine:
             "kv_get_many",
             "kv_delete",
             "rate_hit",
+            "rate_refund",
         }
     )
 

@@ -1,5 +1,5 @@
 """The key/value and rate-limit commands: ``kv_set``, ``kv_get``, ``kv_get_many``,
-``kv_delete`` and ``rate_hit``.
+``kv_delete``, ``rate_hit`` and ``rate_refund``.
 
 Kept apart from the engine as the record commands are (``reads``, ``writes``): they touch no
 table, only the keys (``keyvalue.KeyValueStore``) and the rate counters
@@ -55,6 +55,7 @@ _KV_SET_ARGS = frozenset({"key", "value", "ttl", "nx", "gt", "stamp", "eq"})
 _KEY_ARGS = frozenset({"key"})
 _KEYS_ARGS = frozenset({"keys"})
 _RATE_ARGS = frozenset({"key", "limit", "window", "peek", "refund"})
+_RATE_REFUND_ARGS = frozenset({"key", "reset"})
 
 
 class KeyCommands:
@@ -172,6 +173,18 @@ class KeyCommands:
         if peek is not None:
             result = {**result, "peek": peeked}
         return result
+
+    def rate_refund(self, args: Args) -> bool:
+        """Take back one hit of ``key`` counted in the window ending at ``reset`` (the
+        ``reset`` its ``rate_hit`` answered): ``False``, nothing taken, if that window has
+        ended (a later one's hits are not this caller's to take) or holds no hit.
+
+        The API takes back a successful login's count on its username so; it may end a
+        bcrypt check after the username's window did."""
+        check_keys(args, _RATE_REFUND_ARGS)
+        key = _key(args)
+        ends_at = positive_number(args, "reset")
+        return self._rates.refund(key, ends_at)
 
 
 def _is_number(value: Any) -> bool:

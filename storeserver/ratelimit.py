@@ -1,4 +1,4 @@
-"""Fixed-window rate counters shared by every API worker (``rate_hit``).
+"""Fixed-window rate counters shared by every API worker (``rate_hit``, ``rate_refund``).
 
 A window opens at the first hit of a key and lasts ``window`` seconds; exactly ``limit`` hits
 are allowed in it, refused hits do not count. Counters are not journaled: they are ephemeral.
@@ -51,8 +51,17 @@ class FixedWindowCounters:
             state[1] += 1
         return {"allowed": allowed, "remaining": max(limit - state[1], 0), "reset": state[0]}
 
-    def refund(self, key: str) -> None:
-        """Take back one counted hit of ``key``'s current window (none: nothing happens)."""
+    def refund(self, key: str, ends_at: float | None = None) -> bool:
+        """Take back one counted hit of ``key``'s current window; with ``ends_at`` (the
+        ``reset`` its hit was answered), only if that is the window the hit was counted in.
+
+        Windows of one key end at strictly increasing times, so ``ends_at`` names one: a hit
+        counted in a window that has ended since is not taken from the next one (whose hits
+        may be someone else's). ``True`` if a hit was taken back."""
         state = self._windows.get(key)
-        if state is not None and self._clock() < state[0] and state[1] > 0:
-            state[1] -= 1
+        if state is None or self._clock() >= state[0] or state[1] == 0:
+            return False
+        if ends_at is not None and state[0] != ends_at:
+            return False
+        state[1] -= 1
+        return True

@@ -3,6 +3,7 @@ counting the guesses against AUTH_RATE_LIMIT."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import secrets
@@ -12,12 +13,12 @@ from typing import Any, Literal
 import structlog
 from pydantic import EmailStr, TypeAdapter, ValidationError
 
-from api.ratelimit import RateLimiter, Verdict, rate_hit
+from api.ratelimit import RateLimiter, Verdict
 from api.services import users
 from api.services.passwords import hash_password, verify_and_rehash, verify_password
 from api.settings import MAX_RATE_NUMBER
 from api.store import Store
-from storeserver.errors import MemoryLimit, NotFound, VersionMismatch
+from storeserver.errors import MemoryLimit, NotFound, StoreError, VersionMismatch
 
 USERNAME_LIMIT_FACTOR = 5
 """The per-username login limit is this many times AUTH_RATE_LIMIT, the per-client one: more
@@ -130,29 +131,30 @@ class LoginAttempt:
 async def count_login_attempt(
     store: Store, limiter: RateLimiter, client: str, name_tag: str
 ) -> LoginAttempt:
-    """Count one password guess against the client's address, then, if the client may still
-    guess, against the username: a client past its own limit must not go on spending the
-    username's (one client could then lock the account again)."""
-    own = await limiter.hit(store, limiter.key("ip", client))
+    """Count one password guess against the client's address (an IPv6 client's /64), then,
+    if the client may still guess, against the username: a client past its own limit must
+    not go on spending the username's (one client could then lock the account again)."""
+    own = await limiter.hit(store, limiter.client_key(client))
     if own is not None and not own.allowed:
         return LoginAttempt(own)
     key = limiter.key("user", name_tag)
     limit = min(limiter.amount * USERNAME_LIMIT_FACTOR, MAX_RATE_NUMBER)
-    username = limiter.verdict(await rate_hit(store, {**limiter.args(key), "limit": limit}))
+    username = await limiter.hit(store, key, limit)
     counted = username is not None and username.allowed
     return LoginAttempt(own, username, key if counted else None)
 
 
-async def refund_username_attempt(
-    store: Store, limiter: RateLimiter, attempt: LoginAttempt
-) -> None:
+async def refund_username_attempt(store: Store, attempt: LoginAttempt) -> None:
     """Take back a successful login's count on its username: the owner's own logins never
     bring the account nearer its limit, nor show in its counter.
 
-    ``rate_hit`` is the store's only way to take a hit back, and it counts one itself: here on
-    one key shared by every refund, which nothing checks. Its answer is ignored: the login has
-    succeeded, and a count not taken back only lasts to the end of its window."""
-    if attempt.username_key is None:
+    Only from the window it was counted in (``rate_refund``'s ``reset``): if that window ended
+    during the bcrypt check, the count has gone with it, and the next window's may be an
+    attacker's guesses. Any store error is ignored (a store of the previous release, during an
+    upgrade, answers ``UNKNOWN_COMMAND``): the login has succeeded, and a count not taken
+    back only lasts to the end of its window."""
+    if attempt.username_key is None or attempt.username is None:
         return
-    carrier = {**limiter.args(limiter.key("refunds")), "limit": MAX_RATE_NUMBER}
-    await rate_hit(store, {**carrier, "refund": attempt.username_key})
+    args = {"key": attempt.username_key, "reset": attempt.username.reset}
+    with contextlib.suppress(StoreError):
+        await store.call("rate_refund", args)

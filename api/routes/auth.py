@@ -155,6 +155,12 @@ async def create_token(
     if refusal is not None:
         limit, verdict = refusal
         log.warning("login_rate_limited", client=client, limit=limit, user_tag=name_tag)
+        if limit == "username":
+            # Retry-After alone, no X-Rate-Limit-*: the caller's own counter may have attempts
+            # left and end at another time, and a client that follows those headers would
+            # retry at once (or at its own Reset), each retry spending its own attempts; the
+            # username's counter is not shown (see above).
+            limit_headers = {}
         raise too_many_attempts(verdict, "login attempts", limit_headers)
     # Dated before the user is read: a role or password change during the bcrypt check (a
     # third of a second) ends this session too, instead of it keeping the old role or password.
@@ -186,7 +192,7 @@ async def create_token(
     pair = tokens.issue_pair(str(user["id"]), role, session_id, issued_at=read_at)
     await announce_expiry(store, pair.refresh_expires_at)
     await open_session(store, session_id, pair.refresh_claims)
-    await refund_username_attempt(store, limiter, attempt)
+    await refund_username_attempt(store, attempt)
     return token_response(pair, limit_headers)
 
 

@@ -110,8 +110,9 @@ def test_many_clients_together_still_meet_the_username_limit(limited: Stack) -> 
     before = (limited.workdir / "api.log").stat().st_size
     refused = attempt(limited, "10.4.9.1", email.upper(), PASSWORD)
     assert_refused(refused)
-    # Retry-After is the username's; the limit headers are still this client's first hit.
-    assert_own_count(refused, PER_CLIENT - 1)
+    # Retry-After (the username's) alone: this client's own counter, with attempts left, would
+    # tell it to retry at once; the username's is nobody's to see.
+    assert not [name for name in refused.headers if name.startswith("x-rate-limit-")]
     lines = wait_for_records(
         limited.workdir / "api.log",
         lambda records: any(r["event"] == "login_rate_limited" for r in records),
@@ -120,3 +121,43 @@ def test_many_clients_together_still_meet_the_username_limit(limited: Stack) -> 
     (line,) = [r for r in lines if r["event"] == "login_rate_limited"]
     assert line["client"] == "10.4.9.1" and line["limit"] == "username"
     assert email not in str(line)  # the username only as its keyed hash
+
+
+def test_an_ipv6_host_is_one_client_across_its_64(limited: Stack) -> None:
+    email = new_email(limited)
+    # One host, a new address of its /64 for every guess: still one client's attempts.
+    for n in range(PER_CLIENT):
+        wrong = attempt(limited, f"2001:db8:5:1::{n + 1}", email, "guess-guess")
+        assert_error(wrong, 401, "INVALID_CREDENTIALS")
+        assert_own_count(wrong, PER_CLIENT - 1 - n)
+    before = (limited.workdir / "api.log").stat().st_size
+    refused = attempt(limited, "2001:db8:5:1:ffff:ffff:ffff:ffff", email, "guess-guess")
+    assert_refused(refused)
+    assert_own_count(refused, 0)
+    lines = wait_for_records(
+        limited.workdir / "api.log",
+        lambda records: any(r["event"] == "login_rate_limited" for r in records),
+        start=before,
+    )
+    (line,) = [r for r in lines if r["event"] == "login_rate_limited"]
+    # Counted by its /64, logged by its full address.
+    assert line["client"] == "2001:db8:5:1:ffff:ffff:ffff:ffff" and line["limit"] == "client"
+    # The next /64 is another client; the owner logs in from it.
+    owner = attempt(limited, "2001:db8:5:2::1", email, PASSWORD)
+    assert owner.status_code == 200, owner.text
+    assert_own_count(owner, PER_CLIENT - 1)
+
+
+def test_an_ipv4_mapped_address_counts_as_its_ipv4(limited: Stack) -> None:
+    email = new_email(limited)
+    for n, ip in enumerate(["::ffff:10.6.0.1", "10.6.0.1", "::ffff:10.6.0.1"]):
+        wrong = attempt(limited, ip, email, "guess-guess")
+        assert_error(wrong, 401, "INVALID_CREDENTIALS")
+        assert_own_count(wrong, PER_CLIENT - 1 - n)
+    refused = attempt(limited, "10.6.0.1", email, "guess-guess")
+    assert_refused(refused)
+    assert_own_count(refused, 0)
+    # IPv4 stays per address: the neighbour has its own attempts.
+    neighbour = attempt(limited, "10.6.0.2", email, PASSWORD)
+    assert neighbour.status_code == 200, neighbour.text
+    assert_own_count(neighbour, PER_CLIENT - 1)

@@ -102,6 +102,30 @@ def test_anonymous_clients_are_limited_per_ip(limited: Stack) -> None:
         assert other.headers["x-rate-limit-remaining"] == str(LIMIT - 1)
 
 
+def test_an_ipv6_host_is_limited_by_its_64(limited: Stack) -> None:
+    # A new address of one /64 for every request: the host's budget all the same.
+    for n in range(LIMIT):
+        with as_ip(limited, f"2001:db8:7:1::{n + 1:x}") as http:
+            seen = http.get("/api/v1/users/me")
+        assert seen.status_code == 401
+        assert seen.headers["x-rate-limit-remaining"] == str(LIMIT - 1 - n)
+    with as_ip(limited, "2001:db8:7:1:abcd::1") as http:
+        assert_limited(http.get("/api/v1/users/me"))
+    with as_ip(limited, "2001:db8:7:2::1") as http:  # the next /64: another client
+        other = http.get("/api/v1/users/me")
+    assert other.status_code == 401
+    assert other.headers["x-rate-limit-remaining"] == str(LIMIT - 1)
+
+
+def test_an_ipv4_mapped_address_is_limited_as_its_ipv4(limited: Stack) -> None:
+    with as_ip(limited, "::ffff:10.0.7.1") as mapped, as_ip(limited, "10.0.7.1") as plain:
+        first = mapped.get("/api/v1/users/me")
+        second = plain.get("/api/v1/users/me")
+    assert (first.status_code, second.status_code) == (401, 401)
+    assert first.headers["x-rate-limit-remaining"] == str(LIMIT - 1)
+    assert second.headers["x-rate-limit-remaining"] == str(LIMIT - 2)
+
+
 def test_an_authenticated_user_has_a_budget_apart_from_their_ip(limited: Stack) -> None:
     with as_ip(limited, "10.0.0.4") as http:
         _, _, access = new_account(http)
