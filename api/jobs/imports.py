@@ -20,9 +20,10 @@ import tempfile
 import time
 from typing import IO, Any
 
+from api.jobs.model import ACTIVE, JobLost
 from api.jobs.runner import JobContext, JobFunc
 from api.jobs.state import LOST_CHANGES, Job
-from api.services.csv_import import import_csv
+from api.services.csv_import import ATOMIC_MAX_ROWS, import_csv
 from api.services.csv_import_report import ImportReport
 from api.store import Store
 
@@ -67,6 +68,19 @@ class JobBoundStore:
         if command != "batch" or args is None:
             return await self.ctx.store.call(command, args, timeout=timeout)
         changes = {"confirmed": self.confirmed_after(len(args["ops"]))}
+        if len(args["ops"]) >= ATOMIC_MAX_ROWS:
+            # No room for the record's op within the store's batch limit (an atomic import of
+            # the most rows it takes): the ownership is checked just before, and the counts
+            # written just after; a worker that stalls in between may still write this batch.
+            job = await self.ctx.jobs.touch(self.ctx.job_id, {})
+            if job.get("state") not in ACTIVE:
+                raise JobLost()
+            reply = await self.ctx.store.call("batch", args, timeout=timeout)
+            job = await self.ctx.jobs.touch(self.ctx.job_id, changes)
+            self.ctx.cancel_requested = self.ctx.cancel_requested or bool(
+                job.get("cancel_requested")
+            )
+            return reply
         reply, job = await self.ctx.jobs.write_owned(self.ctx.job_id, args, changes, timeout)
         self.ctx.cancel_requested = self.ctx.cancel_requested or bool(job.get("cancel_requested"))
         return reply

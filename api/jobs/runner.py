@@ -319,6 +319,10 @@ class JobRunner:
 
     async def _beat_once(self) -> None:
         for job_id, task in list(self._tasks.items()):
+            if self.jobs.writing(job_id):
+                # Its batch in flight writes the heartbeat: waiting for it here would hold every
+                # other job's heartbeat behind it (up to a store timeout each).
+                continue
             try:
                 job = await self.jobs.touch(job_id, {})
             except NotFound:  # the store lost the record (restarted empty): stop the job

@@ -70,6 +70,11 @@ class JobStore:
         self._versions[job["id"]] = job["version"]
         return job
 
+    def writing(self, job_id: str) -> bool:
+        """Whether an owned write of this job is in flight (it carries a heartbeat)."""
+        lock = self._locks.get(job_id)
+        return lock is not None and lock.locked()
+
     def forget(self, job_id: str) -> None:
         """The job ended in this worker: no more owned writes."""
         self._versions.pop(job_id, None)
@@ -186,7 +191,11 @@ class JobStore:
         """``write(version)`` with the record's version as this worker knows it, once the
         record is read again after another writer changed it; without writing, the record as
         read once it is no longer active."""
-        lock = self._locks.setdefault(job_id, asyncio.Lock())
+        lock = self._locks.get(job_id)
+        if lock is None:
+            lock = asyncio.Lock()
+            if job_id in self._versions:  # a job this worker runs (not one it forgot)
+                self._locks[job_id] = lock
         async with lock:
             for _ in range(TRANSITION_ATTEMPTS):
                 version = self._versions.get(job_id)

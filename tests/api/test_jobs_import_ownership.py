@@ -138,3 +138,34 @@ async def test_a_heartbeat_never_writes_a_finished_record(tmp_path: Path) -> Non
     seen = await runner.jobs.touch(job["id"], {"progress": {"done": 9, "total": 9}})
     assert seen == lost
     assert run(store.engine, "get", table=JOBS, id=job["id"]) == lost
+
+
+async def test_a_heartbeat_skips_a_job_whose_batch_is_in_flight(tmp_path: Path) -> None:
+    """That batch carries the heartbeat: waiting for it would hold every other job's heartbeat
+    behind it (review). The other job is touched; the busy one is left alone."""
+    store = EngineStore()
+    runner = JobRunner(store, settings(tmp_path))  # type: ignore[arg-type]
+    busy = await runner.jobs.create("import", "owner", PARAMS, runner.worker)
+    idle = await runner.jobs.create("import", "owner", PARAMS, runner.worker)
+    never = asyncio.get_running_loop().create_future()
+    runner._tasks = {busy["id"]: never, idle["id"]: never}  # type: ignore[dict-item]
+    lock = asyncio.Lock()
+    runner.jobs._locks[busy["id"]] = lock
+    async with lock:  # an owned write of ``busy`` in flight
+        await asyncio.wait_for(runner._beat_once(), 10)  # a guard against a hang only
+    records = {j: run(store.engine, "get", table=JOBS, id=j) for j in (busy["id"], idle["id"])}
+    assert records[busy["id"]]["version"] == busy["version"]
+    assert records[idle["id"]]["version"] > idle["version"]
+    runner._tasks = {}
+    never.cancel()
+
+
+async def test_a_forgotten_job_leaves_no_lock_behind(tmp_path: Path) -> None:
+    """A heartbeat racing the end of its job (``forget``) must not leave a lock, nor a
+    version that would have this worker write the record again."""
+    store = EngineStore()
+    runner = JobRunner(store, settings(tmp_path))  # type: ignore[arg-type]
+    job = await runner.jobs.create("import", "owner", PARAMS, runner.worker)
+    runner.jobs.forget(job["id"])
+    await runner.jobs.touch(job["id"], {})
+    assert job["id"] not in runner.jobs._locks and job["id"] not in runner.jobs._versions
