@@ -67,18 +67,22 @@ _KNOWN_COMMANDS = Engine.COMMANDS | {"ping", "snapshot", "cancel"}
 
 
 def _frees_or_marks(args: dict[str, Any]) -> bool:
-    """A batch made only of ops taken over the memory limit on their own (``delete``,
-    ``kv_set``: ``Engine.GROWING_COMMANDS``), as the API's user deletion that ends the user's
-    sessions in the same command: taken over the limit as they would be, one by one."""
+    """A batch made only of deletes and revocation marks (``kv_set`` with ``stamp`` and no
+    value: a timestamp), as the API's user deletion that ends the user's sessions in the same
+    command: taken over the memory limit as a ``delete`` and a ``kv_set`` alone would be. Not
+    a batch of valued ``kv_set`` ops: up to 1000 values in one command is not the small write
+    ``Engine.GROWING_COMMANDS`` lets through."""
     ops = args.get("ops")
     return (
         type(ops) is list
         and bool(ops)
-        and all(type(op) is dict and op.get("op") in _NOT_GROWING_OPS for op in ops)
+        and all(type(op) is dict and _frees_or_marks_op(op) for op in ops)
     )
 
 
-_NOT_GROWING_OPS = frozenset({"delete", "kv_set"})
+def _frees_or_marks_op(op: dict[str, Any]) -> bool:
+    kind = op.get("op")
+    return kind == "delete" or (kind == "kv_set" and op.get("stamp") is True and "value" not in op)
 
 
 class StoreServer:

@@ -235,6 +235,11 @@ async def test_over_the_memory_limit_a_batch_of_deletes_and_marks_goes_on(server
         await client.call(
             "batch", {"ops": [{"op": "insert", "table": "m", "record": {"a": 2}}, mark]}
         )
+    valued = {"op": "kv_set", "key": "k", "value": "v" * 1000}
+    with pytest.raises(MemoryLimit):  # values, not marks: they add data
+        await client.call(
+            "batch", {"ops": [{"op": "delete", "table": "m", "id": rec["id"]}, valued]}
+        )
     await client.call("batch", {"ops": [{"op": "delete", "table": "m", "id": rec["id"]}, mark]})
     with pytest.raises(NotFound):
         await client.call("get", {"table": "m", "id": rec["id"]})
