@@ -40,7 +40,7 @@ from api.schemas.envelope import (
     projected_list,
 )
 from api.schemas.query import OrderWithUser, QueryBody, UserWithOrders
-from api.schemas.users import UserCreate, UserPublic, UserUpdate, same_address
+from api.schemas.users import UserCreate, UserPublic, UserUpdate, without_email
 from api.services import orders as order_service
 from api.services import record_queries
 from api.services import users as user_service
@@ -186,7 +186,9 @@ async def update_user(
     another change came first). A role change needs an admin, and the last admin stays one
     (409 `LAST_ADMIN`). A new password or role ends all of that user's sessions.
     """
-    current_password = await _check_sensitive_changes(request, store, caller, user_id, payload)
+    current_password, payload = await _check_sensitive_changes(
+        request, store, caller, user_id, payload
+    )
     accepted = await accepted_versions(store, user_service.TABLE, user_id, conditions)
     if current_password is None:
         user = await user_service.update_user(store, user_id, payload, accepted)
@@ -246,24 +248,27 @@ async def list_user_orders(
 
 async def _check_sensitive_changes(
     request: Request, store: StoreDep, caller: CurrentUser, user_id: str, payload: UserUpdate
-) -> str | None:
+) -> tuple[str | None, UserUpdate]:
     """403 for a role change by a user. For a change of the caller's own password or email
     (what signs in to the account: a stolen access token must not take it over), the
     ``current_password`` that ``update_own_account`` then checks; 422 without one, 429 past
-    AUTH_RATE_LIMIT. ``None`` for any other change (an admin's to someone else's account)."""
+    AUTH_RATE_LIMIT. ``None`` for any other change (an admin's to someone else's account).
+    With the payload to write: without the owner's own address sent unchanged."""
     if "role" in payload.model_fields_set and not caller.is_admin:
         raise ApiError(403, "FORBIDDEN", "Only an admin may change a role")
     signs_in = sorted(set(user_service.SIGN_IN_FIELDS) & payload.model_fields_set)
     if not signs_in or caller.id != user_id:
-        return None
+        return None, payload
     if payload.email is not None:
-        # Your own address sent again (a whole profile form saved) moves nothing: no
-        # current_password for it. One read, only here: an owner sending an email.
+        # Your own address sent again as stored (a whole profile form saved) moves nothing:
+        # no current_password for it, and not written (``without_email``). One read, only
+        # here: an owner sending an email.
         stored = await user_service.read_user(store, user_id)
-        if same_address(str(stored["email"]), str(payload.email)):
+        if stored["email"] == str(payload.email):
             signs_in.remove("email")
+            payload = without_email(payload)
     if not signs_in:
-        return None
+        return None, payload
     if payload.current_password is None:
         message = f"required to change your {' and '.join(signs_in)}"
         raise ApiError(
@@ -278,4 +283,4 @@ async def _check_sensitive_changes(
     verdict = await limiter.hit(store, limiter.key("password", user_id))
     if verdict is not None and not verdict.allowed:
         raise too_many_attempts(verdict, "password attempts")
-    return payload.current_password
+    return payload.current_password, payload

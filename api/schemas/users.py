@@ -70,14 +70,6 @@ def _check_new_password(value: str | None) -> str | None:
     return value
 
 
-def same_address(stored: str, sent: str) -> bool:
-    """Whether ``sent`` is the address ``stored``, as the store's unique index compares them
-    (``storeserver.indexes.UniqueIndex.key_of``: casefold; both sides are NFC already, as
-    ``EmailStr`` made them). Sending it again, re-cased or not, moves no account: a client that
-    saves a whole profile form needs no ``current_password`` for it."""
-    return stored.casefold() == sent.casefold()
-
-
 def _check_current_password(value: str | None) -> str | None:
     # Checked as a login checks it: any form of it (normalized, or as sent for a hash made
     # before normalization) that bcrypt could have hashed.
@@ -189,3 +181,13 @@ class UserPublic(BaseModel):
     created_at: datetime
     updated_at: datetime
     version: int = Field(description='Increments on every change; the ETag is W/"<version>"')
+
+
+def without_email(payload: UserUpdate) -> UserUpdate:
+    """``payload`` without its email: the owner's own address sent again exactly as stored (a
+    whole profile form saved) moves nothing and needs no ``current_password``, so it is left
+    out of the write: it can never put an address back over a change of email that landed
+    since it was read (a stolen token needs no password to send it). Re-cased, it is a change
+    (the stored spelling changes), with ``current_password``, written at its checked version."""
+    fields = payload.model_dump(exclude_unset=True, exclude={"email"})
+    return UserUpdate.model_construct(_fields_set=set(fields), **fields)

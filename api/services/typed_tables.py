@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 from api.filters import Loc
 from api.queries import Fields
 from api.schemas.orders import OrderCreate, OrderUpdate
-from api.schemas.users import UserCreate, UserUpdate, same_address
+from api.schemas.users import UserCreate, UserUpdate, without_email
 from api.services import orders, users
 from api.services.record_values import DATA, Record
 from api.store import Store
@@ -81,19 +81,20 @@ async def _update_user(store: Store, user_id: str, data: Record, if_match: IfMat
     signs_in = [field for field in users.SIGN_IN_FIELDS if field in data]
     if "email" in signs_in and await _keeps_own_email(store, user_id, payload):
         signs_in.remove("email")
+        payload = without_email(payload)  # not written: see ``without_email``
     for field in signs_in:  # your own only with current_password
         users.refuse_own_password_change(user_id, (*DATA, field))
     return await users.update_user(store, user_id, payload, if_match, DATA)
 
 
 async def _keeps_own_email(store: Store, user_id: str, payload: UserUpdate) -> bool:
-    """Whether the caller sends their own address unchanged (or re-cased), which needs no
+    """Whether the caller sends their own address exactly as stored, which needs no
     ``current_password``; read from the store only for a caller writing their own record."""
     actor = current_actor.get()
     if actor is None or actor["user_id"] != user_id or payload.email is None:
         return False
     stored = await users.read_user(store, user_id)
-    return same_address(str(stored["email"]), str(payload.email))
+    return bool(stored["email"] == str(payload.email))
 
 
 TYPED: dict[str, TypedTable] = {
