@@ -33,7 +33,7 @@ from __future__ import annotations
 import os
 import resource
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from storeserver.arguments import Args, check_keys, limit, optional_bool, required_str
@@ -437,6 +437,7 @@ class Engine:
         undo: Undo = []
         results: list[Any] = []
         unchanged: list[int] = []
+        merged: list[int] = []  # ops whose result is a whole record, whatever they sent
         for index, op in enumerate(ops):
             name = op.get("op") if type(op) is dict else None
             try:
@@ -455,8 +456,11 @@ class Engine:
                             # Values copied from earlier results: a small request can
                             # make big records (and results) this way.
                             self._writer.measure_sent = measure_results = True
-                # A merge returns the whole record, whatever the size of the request.
-                measure_results = measure_results or name == "patch" or "upsert" in op_args
+                # A merge returns the whole record, whatever the size of the request: its
+                # result is measured (not the whole reply: an import's batch of 500 records
+                # sent whole carries one patch of its job's record).
+                if name == "patch" or "upsert" in op_args:
+                    merged.append(index)
                 if handler is None:  # kv_set: a key, not a record; its own undo, never "unchanged"
                     results.append(self._batch_kv_set(op_args, keys))
                     continue
@@ -478,17 +482,25 @@ class Engine:
         reply = {"results": results}
         if unchanged:  # a patch, replace or upsert of the values stored already
             reply["unchanged"] = unchanged
-        self._check_reply(reply, len(ops), measure_results, undo)
+        self._check_reply(reply, len(ops), measure_results, undo, merged)
         return reply
 
-    def _check_reply(self, reply: Any, ops: int, measure: bool, undo: Undo) -> None:
+    def _check_reply(
+        self, reply: Any, ops: int, measure: bool, undo: Undo, merged: Sequence[int] = ()
+    ) -> None:
         """Roll back a batch whose reply would not fit in a frame (the server could only
         report the writes as failed once applied). Results of records sent whole take at most
         9/5 of the request (see ``_trusted_request``): only a big request, or results holding
-        records it did not carry, are measured."""
+        records it did not carry, are measured: the ``merged`` ones (whole records returned
+        by a patch or an upsert) one by one, and the whole reply only when the bound with
+        them does not fit."""
         if not measure:
             sent = self._request_bytes or 0
-            if sent * 9 // 5 + ops * RESULT_ROOM <= self.max_reply_bytes:
+            bound = sent * 9 // 5 + ops * RESULT_ROOM
+            if merged and bound <= self.max_reply_bytes:
+                results = reply["results"]
+                bound += sum(len(pack_value(results[i])) for i in merged)
+            if bound <= self.max_reply_bytes:
                 return
         size = len(pack_value(reply))
         if size > self.max_reply_bytes:

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from storeserver import engine as engine_module
 from storeserver.client import StoreClient
 from storeserver.engine import Engine
 from storeserver.errors import LimitExceeded, StoreError
@@ -137,6 +138,30 @@ def test_a_batch_whose_results_would_not_fit_in_a_reply_is_rolled_back(engine: E
     assert [r["version"] for r in run(engine, "find", table="t")["items"]] == [1, 1, 1]
     # Fewer of them fit.
     engine.execute("batch", {"ops": patches[:2]}, request_bytes=200)
+
+
+def test_a_patch_among_records_sent_whole_is_measured_alone(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An import job's batch: 500 records sent whole and one patch of the job's record. The
+    patch's result is measured; the reply of 501 results is not packed to measure it (it was,
+    then packed again to be sent)."""
+    run(engine, "insert", table="jobs", record={"id": "job", "n": 0})
+    ops: list[dict[str, Any]] = [
+        {"op": "insert", "table": "t", "record": {"p": "x" * 10}} for _ in range(500)
+    ]
+    ops.append({"op": "patch", "table": "jobs", "id": "job", "changes": {"n": 1}})
+    request = len(pack_value([0, 1, "batch", {"ops": ops}]))
+    packed: list[Any] = []
+
+    def counting(value: Any) -> bytes:
+        packed.append(value)
+        return pack_value(value)
+
+    monkeypatch.setattr(engine_module, "pack_value", counting)
+    reply = engine.execute("batch", {"ops": ops}, request_bytes=request)
+    assert len(reply["results"]) == 501 and reply["results"][-1]["n"] == 1
+    assert [v["id"] for v in packed] == ["job"]
 
 
 def read_pages(engine: Engine, limit: int = 1000) -> list[list[dict[str, Any]]]:
