@@ -332,6 +332,9 @@ class JobRunner:
             if ctx is not None and job.get("cancel_requested"):
                 ctx.cancel_requested = True
             if job.get("state") not in ("queued", "running"):
+                if (job.get("error") or {}).get("code") == "WORKER_LOST":
+                    # This worker was stalled and is back: said as its next batch would.
+                    log.warning("job_lost_stopped", job_id=job_id)
                 task.cancel()  # another worker declared it lost: do not finish it twice
 
     async def _sweep(self) -> None:

@@ -112,7 +112,14 @@ class JobStore:
         only_if_stale: bool = False,
     ) -> Job | None:
         """Apply ``changes`` if the job is in one of ``allowed_from`` (and stale, if asked),
-        atomically against concurrent writers; ``None`` when the job was not in such a state."""
+        atomically against concurrent writers; ``None`` when the job was not in such a state.
+
+        Without ``only_if_stale``, one ``update_where`` on the id and the states: the store
+        checks the state as it writes, whatever the record's version. A read and a versioned
+        patch lost to a running import, which writes its record with every batch (tens a
+        second): a cancel request failed five times in a row, and was refused (409)."""
+        if not only_if_stale:
+            return await self._transition_by_state(job_id, allowed_from, changes)
         for _ in range(TRANSITION_ATTEMPTS):
             try:
                 job = await self.store.call("get", {"table": TABLE, "id": job_id})
@@ -129,12 +136,31 @@ class JobStore:
                 )
             except VersionMismatch:
                 continue  # a heartbeat or another writer came in between: read again
-            if updated.get("state") not in ACTIVE:  # finished: no owned write may follow
-                self._versions.pop(job_id, None)
-            elif job_id in self._versions:  # this worker's job: its next owned write expects it
-                self._versions[job_id] = updated["version"]
+            self._note_version(job_id, updated)
             return updated
         return None
+
+    async def _transition_by_state(
+        self, job_id: str, allowed_from: tuple[str, ...], changes: dict[str, Any]
+    ) -> Job | None:
+        where = [["id", "eq", job_id], ["state", "in", list(allowed_from)]]
+        try:
+            done = await self.store.call(
+                "update_where", {"table": TABLE, "where": where, "changes": changes}
+            )
+            if not done.get("matched"):
+                return None
+            updated: Job = await self.store.call("get", {"table": TABLE, "id": job_id})
+        except NotFound:  # no job table yet, or the record is gone
+            return None
+        self._note_version(job_id, updated)
+        return updated
+
+    def _note_version(self, job_id: str, updated: Job) -> None:
+        if updated.get("state") not in ACTIVE:  # finished: no owned write may follow
+            self._versions.pop(job_id, None)
+        elif job_id in self._versions:  # this worker's job: its next owned write expects it
+            self._versions[job_id] = updated["version"]
 
     async def touch(self, job_id: str, changes: dict[str, Any]) -> Job:
         """Heartbeat and progress, written only while the job is active: the record as

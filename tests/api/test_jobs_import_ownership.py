@@ -11,6 +11,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from structlog.testing import capture_logs
+
 from api.jobs.imports import import_job
 from api.jobs.model import TABLE as JOBS
 from api.jobs.model import now_stamp, to_public
@@ -169,3 +171,46 @@ async def test_a_forgotten_job_leaves_no_lock_behind(tmp_path: Path) -> None:
     runner.jobs.forget(job["id"])
     await runner.jobs.touch(job["id"], {})
     assert job["id"] not in runner.jobs._locks and job["id"] not in runner.jobs._versions
+
+
+async def test_a_cancel_request_lands_while_the_import_writes_its_record(tmp_path: Path) -> None:
+    """A running import writes its job's record with every batch (tens a second): a cancel
+    that read the record and then patched it at that version lost every time (jobs QA: 409
+    JOB_NOT_CANCELLABLE, and the import ran to the end). The state is checked as it writes."""
+    store = EngineStore()
+    runner = JobRunner(store, settings(tmp_path))  # type: ignore[arg-type]
+    job = await runner.jobs.create("import", "owner", PARAMS, runner.worker)
+    await runner.jobs.transition(job["id"], ("queued",), {"state": "running"})
+
+    def batch_lands() -> None:  # the owner's batch, between any read and write of the cancel
+        run(store.engine, "patch", table=JOBS, id=job["id"], changes={"n": now_stamp()})
+
+    for command in ("get", "patch", "update_where"):
+        store.before[command] = batch_lands
+    requested = await runner.jobs.transition(job["id"], ("running",), {"cancel_requested": True})
+    assert requested is not None and requested["cancel_requested"] is True
+    # A state it is not in is still refused, and nothing is written.
+    store.before.clear()
+    version = run(store.engine, "get", table=JOBS, id=job["id"])["version"]
+    assert await runner.jobs.transition(job["id"], ("queued",), {"state": "cancelled"}) is None
+    assert run(store.engine, "get", table=JOBS, id=job["id"])["version"] == version
+
+
+async def test_a_stalled_worker_whose_heartbeat_finds_its_job_lost_says_so(
+    tmp_path: Path,
+) -> None:
+    """Back from a stall, the heartbeat is often first to read the lost record: it stops the
+    task and logs job_lost_stopped, as the next batch would have (jobs QA: never logged)."""
+    store = EngineStore()
+    runner = JobRunner(store, settings(tmp_path))  # type: ignore[arg-type]
+    job = await runner.jobs.create("import", "owner", PARAMS, runner.worker)
+    await runner.jobs.transition(job["id"], ("queued",), {"state": "running"})
+    await declare_lost(store, runner, job["id"])
+    task = asyncio.ensure_future(asyncio.sleep(3600))
+    runner._tasks = {job["id"]: task}
+    with capture_logs() as logs:
+        await runner._beat_once()
+    runner._tasks = {}
+    await asyncio.sleep(0)
+    assert task.cancelled()
+    assert [e["job_id"] for e in logs if e["event"] == "job_lost_stopped"] == [job["id"]]
