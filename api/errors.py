@@ -316,19 +316,29 @@ def refuses_methods(endpoint: F) -> F:
     return endpoint
 
 
+def deciding_routes(app: Any, path: str) -> dict[str, Any]:
+    """Per method, the route (a ``RouteContext``) the router runs for it at ``path``: the
+    first, in order, whose path and method match. A ``refuses_methods`` one answers 405."""
+    decided: dict[str, Any] = {}
+    for route in iter_route_contexts(app.routes):
+        if route.methods and route.path and compile_path(route.path)[0].match(path):
+            for method in route.methods:
+                decided.setdefault(method, route)
+    return decided
+
+
+def route_answers(route: Any) -> bool:
+    """Whether a route the router picked runs its endpoint (not a ``refuses_methods`` 405)."""
+    return not getattr(route.endpoint, "refuses_methods", False)
+
+
 def allowed_methods(app: Any, path: str) -> str:
     """Every method some route answers at ``path``. Starlette's 405 lists only the first route
     whose path matched (``PUT /data/t`` said ``Allow: PATCH``, though GET, POST and DELETE are
-    there too). The router decides per method: the first route, in order, whose path and
-    method match takes the request, so a method counts only when that route is not a
-    ``refuses_methods`` one. Computed per 405, which is rare: a pass over the routes."""
-    decided: dict[str, bool] = {}
-    for route in iter_route_contexts(app.routes):
-        if route.methods and route.path and compile_path(route.path)[0].match(path):
-            answers = not getattr(route.endpoint, "refuses_methods", False)
-            for method in route.methods:
-                decided.setdefault(method, answers)
-    methods = {method for method, answers in decided.items() if answers}
+    there too). The router decides per method (``deciding_routes``), so a method counts only
+    when that route is not a ``refuses_methods`` one. Computed per 405, which is rare: a pass
+    over the routes."""
+    methods = {m for m, route in deciding_routes(app, path).items() if route_answers(route)}
     if "GET" in methods:
         methods.add("HEAD")  # every GET answers HEAD too (``RequestIdMiddleware``)
     return ", ".join(sorted(methods))

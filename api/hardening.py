@@ -29,14 +29,13 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
-from fastapi.routing import RouteContext, iter_route_contexts
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import error_response
+from api.errors import deciding_routes, error_response, route_answers
 
 BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 MAX_HEADER_BYTES = 32 * 1024
@@ -71,14 +70,12 @@ def is_json(media_type: str) -> bool:
     )
 
 
-def routed_to(app: Any, method: str, path: str) -> RouteContext | None:
-    """The route the router would run for ``method`` at ``path``: the first, in order, whose
-    path and method match; ``None`` when it would answer 404 or 405, including through a route
-    that only answers 405 (``api.errors.refuses_methods``)."""
-    for route in iter_route_contexts(app.routes):
-        if route.methods and method in route.methods and route.path_regex.match(path):
-            return None if getattr(route.endpoint, "refuses_methods", False) else route
-    return None
+def routed_to(app: Any, method: str, path: str) -> Any:
+    """The route (a ``RouteContext``) the router would run for ``method`` at ``path``;
+    ``None`` when it would answer 404 or 405, including through a route that only answers 405
+    (``api.errors.refuses_methods``)."""
+    route = deciding_routes(app, path).get(method)
+    return route if route is not None and route_answers(route) else None
 
 
 class RequestBodyMiddleware:
