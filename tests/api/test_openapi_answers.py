@@ -13,17 +13,9 @@ import pytest
 
 from tests.support.auth import register
 from tests.support.factories import create_order, create_user, token, user_payload
-from tests.support.stack import Stack
 
 pytestmark = pytest.mark.integration
 API = "/api/v1"
-
-
-@pytest.fixture(scope="module")
-def spec(stack: Stack) -> dict[str, Any]:
-    with httpx.Client(base_url=stack.base_url, timeout=10.0) as http:
-        document: dict[str, Any] = http.get("/openapi.json").json()
-    return document
 
 
 def assert_documented(

@@ -16,18 +16,10 @@ import httpx
 import pytest
 
 from tests.support.factories import token
-from tests.support.stack import Stack
 
 pytestmark = pytest.mark.integration
 API = "/api/v1"
 ROWS = [{"color": c, "n": i} for i, c in enumerate("rrgbr")]  # red: n 0, 1, 4
-
-
-@pytest.fixture(scope="module")
-def spec(stack: Stack) -> dict[str, Any]:
-    with httpx.Client(base_url=stack.base_url, timeout=10.0) as http:
-        document: dict[str, Any] = http.get("/openapi.json").json()
-    return document
 
 
 def as_documented(

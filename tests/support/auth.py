@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,3 +67,17 @@ def register(client: httpx.Client, **fields: Any) -> Account:
     response = client.post("/api/v1/users", json=payload)
     assert response.status_code == 201, response.text
     return login(client, payload["email"], payload["password"])
+
+
+def production_env(**extra: str) -> dict[str, str]:
+    """The settings ``ENV=production`` demands of a stack (a strong JWT_SECRET, bcrypt at cost
+    12, no worker pid in headers) and no ADMIN_* of the test session, with ``extra``."""
+    return {
+        "ENV": "production",
+        "JWT_SECRET": secrets.token_urlsafe(48),
+        "BCRYPT_ROUNDS": "12",
+        "EXPOSE_WORKER_PID": "0",
+        "ADMIN_EMAIL": "",
+        "ADMIN_PASSWORD": "",
+        **extra,
+    }

@@ -5,7 +5,6 @@ since (a demotion, a new password) is never undone by a worker starting again.""
 from __future__ import annotations
 
 import os
-import secrets
 import signal
 import time
 from pathlib import Path
@@ -14,7 +13,7 @@ import httpx
 import pytest
 
 from api.settings import DEV_ADMIN_PASSWORD
-from tests.support.auth import login, login_admin, register
+from tests.support.auth import login, login_admin, production_env, register
 from tests.support.factories import assert_error, user_payload
 from tests.support.logs import Record, json_lines, wait_for_records
 from tests.support.stack import ADMIN_EMAIL, ADMIN_PASSWORD, Stack, running_stack, worker_pids
@@ -63,16 +62,7 @@ def test_the_development_admin_password_never_logs_in_in_production(tmp_path: Pa
     form = {"username": "admin@example.com", "password": DEV_ADMIN_PASSWORD}
     with running_stack(workers=1, extra_env=dev) as development:
         assert httpx.post(development.url("/api/v1/auth/token"), data=form).status_code == 200
-    production = {
-        **base,
-        "ENV": "production",
-        "JWT_SECRET": secrets.token_urlsafe(48),
-        "BCRYPT_ROUNDS": "12",
-        "EXPOSE_WORKER_PID": "0",
-        "ADMIN_EMAIL": "",
-        "ADMIN_PASSWORD": "",
-        "LOG_LEVEL": "error",
-    }
+    production = production_env(**base, LOG_LEVEL="error")
     with running_stack(workers=1, extra_env=production) as prod:
         refused = httpx.post(prod.url("/api/v1/auth/token"), data=form)
         assert (

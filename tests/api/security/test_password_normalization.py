@@ -13,6 +13,7 @@ import pytest
 from pwdlib.hashers.bcrypt import BcryptHasher
 
 from api.settings import DEV_ADMIN_PASSWORD
+from tests.support.auth import production_env
 from tests.support.factories import assert_error, user_payload
 from tests.support.logs import wait_for_records
 from tests.support.stack import Stack, running_stack
@@ -157,15 +158,7 @@ def test_the_development_password_in_other_letters_is_refused_in_production(
 ) -> None:
     """Normalized, the fullwidth spelling of ``make run``'s admin password is that password:
     production refuses it at login and when set, as it refuses the password itself."""
-    production = {
-        "STORE_DATA_DIR": str(tmp_path),
-        "ENV": "production",
-        "JWT_SECRET": secrets.token_urlsafe(48),
-        "BCRYPT_ROUNDS": "12",
-        "EXPOSE_WORKER_PID": "0",
-        "ADMIN_EMAIL": "",
-        "ADMIN_PASSWORD": "",
-    }
+    production = production_env(STORE_DATA_DIR=str(tmp_path))
     with running_stack(workers=1, extra_env=production) as prod:
         # A development data directory reused: its admin still has the public password.
         dev_hash = BcryptHasher(rounds=4).hash(DEV_ADMIN_PASSWORD)
