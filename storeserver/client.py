@@ -107,6 +107,7 @@ class StoreClient:
         self._closed = False
         self._on_connect = on_connect
         self.server_info: dict[str, Any] = {}
+        self._greeted_at = 0.0  # time.monotonic() of the last server HELLO
 
     @property
     def connected(self) -> bool:
@@ -261,4 +262,13 @@ class StoreClient:
             )
             raise StoreUnavailable(f"cannot reach the store at {self.address}: {reason}") from exc
         self.server_info = info if isinstance(info, dict) else {}
+        self._greeted_at = time.monotonic()
         return conn
+
+    def store_uptime(self) -> float | None:
+        """Seconds the store process has been up, as its last HELLO said and time since;
+        ``None`` while disconnected or if the store does not say (an older one)."""
+        uptime = self.server_info.get("uptime_s")
+        if not self.connected or type(uptime) not in (int, float):
+            return None
+        return float(uptime) + time.monotonic() - self._greeted_at

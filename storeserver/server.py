@@ -218,6 +218,9 @@ class StoreServer:
             "version": __version__,
             "max_frame_bytes": self.settings.max_frame_bytes,
             "max_record_bytes": self.engine.max_record_bytes,
+            # A client learns from it that the store restarted lately: the API's job sweep
+            # waits until its workers have had time to beat again (``api.jobs.state``).
+            "uptime_s": round(time.time() - self.started_at, 3),
         }
 
     def ping(self) -> dict[str, Any]:

@@ -70,6 +70,18 @@ class JobStore:
         self._versions[job["id"]] = job["version"]
         return job
 
+    def _is_stale(self, job: Job) -> bool:
+        """An active job whose worker stopped beating: no heartbeat for ``stale_seconds``,
+        while the store has been up that long. Right after a store restart every job's last
+        heartbeat is as old as the outage, and its worker, alive, had no store to write to:
+        it gets ``stale_seconds`` to beat again, or to record the ``STORE_UNAVAILABLE`` its
+        job met (``runner``). Without the store's uptime (an older store), the heartbeat alone."""
+        if not is_stale(job, self.stale_seconds):
+            return False
+        uptime = getattr(self.store, "store_uptime", None)
+        up = uptime() if callable(uptime) else None
+        return up is None or up >= self.stale_seconds
+
     def writing(self, job_id: str) -> bool:
         """Whether an owned write of this job is in flight (it carries a heartbeat)."""
         lock = self._locks.get(job_id)
@@ -83,7 +95,7 @@ class JobStore:
     async def get(self, job_id: str) -> Job:
         """The job (``NotFound`` if absent); a stale active job is marked failed first."""
         job: Job = await self.store.call("get", {"table": TABLE, "id": job_id})
-        if is_stale(job, self.stale_seconds):
+        if self._is_stale(job):
             job = await self.fail_if_stale(job)
         return job
 
@@ -127,7 +139,7 @@ class JobStore:
                 return None
             if job.get("state") not in allowed_from:
                 return None
-            if only_if_stale and not is_stale(job, self.stale_seconds):
+            if only_if_stale and not self._is_stale(job):
                 return None
             args = {"table": TABLE, "id": job_id, "changes": changes}
             try:
@@ -260,8 +272,7 @@ class JobStore:
         except NotFound:  # no job was ever created on this store
             return [], 0
         items = [
-            await self.fail_if_stale(job) if is_stale(job, self.stale_seconds) else job
-            for job in found["items"]
+            await self.fail_if_stale(job) if self._is_stale(job) else job for job in found["items"]
         ]
         return items, int(found["total"])
 

@@ -30,9 +30,15 @@ class EngineStore:
     def __init__(self) -> None:
         self.engine = Engine()
         self.down_until = 0.0
+        self.started = time.monotonic() - 3600  # up for an hour, as a store that was not restarted
 
     def outage(self, seconds: float) -> None:
         self.down_until = time.monotonic() + seconds
+
+    def store_uptime(self) -> float | None:
+        """As ``StoreClient.store_uptime``: an outage is a restart."""
+        now = time.monotonic()
+        return None if now < self.down_until else now - max(self.started, self.down_until)
 
     async def call(
         self, command: str, args: dict[str, Any] | None = None, *, timeout: float | None = None
@@ -89,6 +95,51 @@ async def test_a_job_broken_by_a_store_restart_is_recorded_failed_once_it_is_bac
         assert done["error"] == {"code": "STORE_UNAVAILABLE", "message": "store connection lost"}
     finally:
         await runner.stop()
+
+
+async def test_a_job_is_not_declared_lost_just_after_a_store_restart_longer_than_the_stale_time(
+    store: EngineStore, tmp_path: Path
+):
+    """Its heartbeat is as old as the outage, but its worker lives and records what the job
+    met once the store is back: another worker reading the job meanwhile leaves it running
+    (it used to mark it WORKER_LOST, "start it again", over the STORE_UNAVAILABLE to come)."""
+    quick = Settings(job_result_dir=str(tmp_path), job_heartbeat_seconds=0.05, job_stale_seconds=1)
+
+    went_down = asyncio.Event()
+
+    async def restarted_midway(ctx: JobContext) -> dict[str, Any]:
+        store.outage(1.2)
+        went_down.set()
+        await ctx.store.call("count", {"table": "t"})
+        return {}
+
+    runner = JobRunner(store, quick)  # not started: no heartbeat lands after the outage
+    other_worker = JobRunner(store, quick).jobs
+    try:
+        job = await runner.submit("test", "owner", {}, restarted_midway)
+        await went_down.wait()
+        await asyncio.sleep(store.down_until - time.monotonic())
+        seen = await other_worker.get(job["id"])
+        assert seen["state"] == "running" and seen.get("error") is None
+        done = await wait_until_finished(runner, job["id"])
+        assert done["state"] == "failed"
+        assert done["error"] == {"code": "STORE_UNAVAILABLE", "message": "store connection lost"}
+    finally:
+        await runner.stop()
+
+
+async def test_a_job_whose_worker_died_is_declared_lost_once_the_store_has_been_up_long_enough(
+    store: EngineStore, tmp_path: Path
+):
+    quick = Settings(job_result_dir=str(tmp_path), job_heartbeat_seconds=0.05, job_stale_seconds=1)
+    jobs = JobRunner(store, quick).jobs
+    job = await jobs.create("test", "owner", {}, "a-worker-that-died")
+    store.outage(1.2)  # the store restarts while the job's worker is already gone
+    await asyncio.sleep(store.down_until - time.monotonic())
+    assert (await jobs.get(job["id"]))["state"] == "queued"  # just back: its worker may beat
+    await asyncio.sleep(1.1)
+    lost = await jobs.get(job["id"])
+    assert lost["state"] == "failed" and lost["error"]["code"] == "WORKER_LOST"
 
 
 async def test_a_queued_job_waits_for_the_store_and_then_runs(

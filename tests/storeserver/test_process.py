@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -34,11 +35,15 @@ async def test_client_reconnects_after_store_restart(store_process):
     store = store_process()
     client = StoreClient(store.address, timeout=2.0, read_retry_budget=0.3)
     await client.connect()
+    connected_at = time.monotonic()
     await client.call("insert", {"table": "t", "record": {"x": 1}})
+    uptime = client.store_uptime()
+    assert uptime is not None and uptime >= 0
 
     assert store.stop() == 0
     with pytest.raises(StoreUnavailable):
         await client.call("ping")
+    assert client.store_uptime() is None  # no store to say
 
     second = StoreProcess(store.socket_path).start()
     try:
@@ -50,6 +55,9 @@ async def test_client_reconnects_after_store_restart(store_process):
             except StoreUnavailable:
                 await asyncio.sleep(0.05)
         assert restarted is not None and restarted["pong"]
+        # The new store's HELLO says how long it has been up: less than since the first one.
+        uptime = client.store_uptime()
+        assert uptime is not None and uptime < time.monotonic() - connected_at
         # Without persistence the new store starts empty; the same client writes to it.
         rec = await client.call("insert", {"table": "t", "record": {"x": 2}})
         assert (await client.call("count", {"table": "t"})) == 1
