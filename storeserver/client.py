@@ -269,6 +269,6 @@ class StoreClient:
         """Seconds the store process has been up, as its last HELLO said and time since;
         ``None`` while disconnected or if the store does not say (an older one)."""
         uptime = self.server_info.get("uptime_s")
-        if not self.connected or type(uptime) not in (int, float):
+        if not self.connected or not isinstance(uptime, int | float) or isinstance(uptime, bool):
             return None
         return float(uptime) + time.monotonic() - self._greeted_at

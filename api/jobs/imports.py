@@ -11,6 +11,11 @@ Every batch of rows goes through ``JobBoundStore``: it carries a patch of the jo
 version (``JobStore.write_owned``). The store applies both or neither, so the record counts
 every chunk written, and a worker that stalled (a stopped process) and was declared lost
 meanwhile writes no chunk after that: its next batch fails the check and the job stops.
+
+For the same reason, an import the store's restart stopped says what the record says once the
+store is back (``settle_after_outage``), not what the worker saw acknowledged: with
+``STORE_FSYNC=everysec`` (or ``no``) a crash loses the last writes the store acknowledged, and
+"resume from row N" would then skip the rows it lost.
 """
 
 from __future__ import annotations
@@ -20,12 +25,14 @@ import tempfile
 import time
 from typing import IO, Any
 
+from api.errors import ApiError
 from api.jobs.model import ACTIVE, JobLost
-from api.jobs.runner import JobContext, JobFunc
+from api.jobs.runner import JobContext, JobFunc, while_the_store_restarts
 from api.jobs.state import LOST_CHANGES, Job
 from api.services.csv_import import ATOMIC_MAX_ROWS, import_csv
+from api.services.csv_import_errors import interrupted
 from api.services.csv_import_report import ImportReport
-from api.store import Store
+from storeserver.errors import StoreError, StoreUnavailable
 
 KIND = "import"
 SPOOL_BYTES = 1024 * 1024
@@ -61,6 +68,9 @@ class JobBoundStore:
         self.ctx, self.report = ctx, report
         # The import sizes its batches by the frame the store announced (``BatchLimits``).
         self.server_info = getattr(ctx.store, "server_info", None)
+        # The store going away under a batch: what landed is then read from the job's record
+        # (``settle_after_outage``). Not a timeout: the batch may still land after the read.
+        self.outage: StoreError | None = None
 
     async def call(
         self, command: str, args: dict[str, Any] | None = None, *, timeout: float | None = None
@@ -81,7 +91,11 @@ class JobBoundStore:
                 job.get("cancel_requested")
             )
             return reply
-        reply, job = await self.ctx.jobs.write_owned(self.ctx.job_id, args, changes, timeout)
+        try:
+            reply, job = await self.ctx.jobs.write_owned(self.ctx.job_id, args, changes, timeout)
+        except StoreUnavailable as exc:
+            self.outage = exc
+            raise
         self.ctx.cancel_requested = self.ctx.cancel_requested or bool(job.get("cancel_requested"))
         return reply
 
@@ -104,7 +118,7 @@ def import_job(table: str, binary: IO[bytes], atomic: bool) -> JobFunc:
 
     async def run(ctx: JobContext) -> dict[str, Any]:
         report = ImportReport(table, atomic)
-        store: Store = JobBoundStore(ctx, report)
+        store = JobBoundStore(ctx, report)
         next_report = 0.0
 
         async def between_chunks() -> None:
@@ -122,6 +136,12 @@ def import_job(table: str, binary: IO[bytes], atomic: bool) -> JobFunc:
                 store, table, binary, atomic, report=report, between_chunks=between_chunks
             )
             ctx.final_progress = {"done": bytes_read(binary, size), "total": size, "unit": "bytes"}
+        except ApiError as exc:
+            settled = None if store.outage is None else await settle_after_outage(ctx, store)
+            ctx.final_progress = {"done": report.imported, "total": None, "unit": "rows"}
+            if settled is None:
+                raise
+            raise settled from exc
         except BaseException:
             # Failed, cancelled (JobCancelled) or stopped with the worker (CancelledError, a
             # redeploy): what was imported stays, and the progress must say how much.
@@ -132,6 +152,36 @@ def import_job(table: str, binary: IO[bytes], atomic: bool) -> JobFunc:
         return result
 
     return run
+
+
+async def settle_after_outage(ctx: JobContext, store: JobBoundStore) -> ApiError | None:
+    """The answer of a default import the store's outage stopped, from the rows its record
+    confirmed once the store is back (each batch lands with its record: exact, in-flight
+    batch included); ``None`` while the store stays away, or for an atomic import (its one
+    batch has no rows to resume from)."""
+    report, outage = store.report, store.outage
+    if report.atomic or outage is None:
+        return None
+    try:
+        job = await while_the_store_restarts(lambda: ctx.jobs.find(ctx.job_id))
+    except StoreError:
+        return None
+    if job is None or job.get("state") not in ACTIVE:
+        return None  # the record is gone, or another worker settled it (``lost_import``)
+    confirmed = job.get("confirmed") or {}
+    imported = int(confirmed.get("imported", 0))
+    lost = report.imported - imported
+    report.imported = imported
+    report.failed = int(confirmed.get("failed", report.failed))
+    report.last_row_written = int(confirmed.get("last_row_written", 0))
+    report.unconfirmed = None
+    note = None
+    if lost > 0:
+        note = (
+            f"the store came back without the last {lost} rows it had acknowledged (with"
+            " STORE_FSYNC everysec or no, a crash loses its last second or so of writes)"
+        )
+    return interrupted(outage, report, note)
 
 
 def lost_import(job: Job) -> dict[str, Any]:

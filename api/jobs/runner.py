@@ -76,6 +76,22 @@ def result_dir(settings: Settings) -> Path:
     return settings.job_results_path
 
 
+async def while_the_store_restarts(step: Callable[[], Awaitable[T]]) -> T:
+    """``step()``, again with backoff while the store is unavailable, for at most
+    ``RECORD_RETRY_SECONDS``. A transition is safe to repeat: it re-reads the state first
+    (a timed-out patch that did land leaves the job no longer in ``allowed_from``)."""
+    deadline = time.monotonic() + RECORD_RETRY_SECONDS
+    delay = 0.05
+    while True:
+        try:
+            return await step()
+        except (StoreUnavailable, StoreTimeout):
+            if time.monotonic() + delay > deadline:
+                raise
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 1.0)
+
+
 @dataclass
 class JobContext:
     """What a job function gets: its parameters, the store, and checkpoints."""
@@ -203,7 +219,7 @@ class JobRunner:
         try:
             async with self._slots:
                 started = now_stamp()
-                claimed = await self._while_the_store_restarts(
+                claimed = await while_the_store_restarts(
                     lambda: self.jobs.transition(
                         job_id, ("queued",), {"state": "running", "started_at": started}
                     )
@@ -277,22 +293,7 @@ class JobRunner:
         ctx = self._contexts.get(job_id)
         if ctx is not None and ctx.final_progress is not None:
             changes["progress"] = ctx.final_progress
-        await self._while_the_store_restarts(lambda: self.jobs.transition(job_id, from_, changes))
-
-    async def _while_the_store_restarts(self, step: Callable[[], Awaitable[T]]) -> T:
-        """``step()``, again with backoff while the store is unavailable, for at most
-        ``RECORD_RETRY_SECONDS``. A transition is safe to repeat: it re-reads the state first
-        (a timed-out patch that did land leaves the job no longer in ``allowed_from``)."""
-        deadline = time.monotonic() + RECORD_RETRY_SECONDS
-        delay = 0.05
-        while True:
-            try:
-                return await step()
-            except (StoreUnavailable, StoreTimeout):
-                if time.monotonic() + delay > deadline:
-                    raise
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
+        await while_the_store_restarts(lambda: self.jobs.transition(job_id, from_, changes))
 
     async def _heartbeats(self) -> None:
         beat = self.settings.job_heartbeat_seconds

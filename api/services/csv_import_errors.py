@@ -35,13 +35,16 @@ def atomic_too_big(limit: str, found: str) -> ApiError:
     )
 
 
-def interrupted(exc: StoreError, report: ImportReport) -> ApiError:
+def interrupted(exc: StoreError, report: ImportReport, note: str | None = None) -> ApiError:
     """A store error that stopped a default import after rows were written (or may have been):
     its status and code, with what was written and where to resume (a retry of the whole file
-    would import the written rows again: new ids for rows without one)."""
+    would import the written rows again: new ids for rows without one). ``note``: said after
+    why it stopped."""
     status, code = status_of(exc)
     last = report.last_row_written
     parts = [f"the import stopped: {stopped_because(exc)}"]
+    if note:
+        parts.append(note)
     if report.imported:
         parts.append(f"{report.imported} rows were imported, up to row {last}")
     else:
