@@ -80,10 +80,8 @@ def settings(tmp_path: Path) -> Settings:
     return Settings(job_result_dir=str(tmp_path), job_heartbeat_seconds=1e-6, job_stale_seconds=5)
 
 
-async def test_a_store_restart_leaves_the_progress_in_rows_imported(tmp_path: Path) -> None:
-    """Batch 3 loses the store, which is away for a moment: the job's final state, recorded once
-    the store is back, has its progress in rows imported (not the bytes read before)."""
-    store = RestartingStore(fail_at=3, down_for=0.3)
+async def import_to_the_end(store: RestartingStore, tmp_path: Path) -> dict[str, Any]:
+    """A default import of 3000 rows, as a job run to its end: the job as the API shows it."""
     runner = JobRunner(store, settings(tmp_path))  # type: ignore[arg-type]
     try:
         func = import_job("t", io.BytesIO(valid_rows(3000)), False)
@@ -91,7 +89,14 @@ async def test_a_store_restart_leaves_the_progress_in_rows_imported(tmp_path: Pa
         await asyncio.wait_for(asyncio.shield(runner._tasks[job["id"]]), 10)
     finally:
         await runner.stop()
-    done = to_public(run(store.engine, "get", table=JOBS, id=job["id"]))
+    return to_public(run(store.engine, "get", table=JOBS, id=job["id"]))
+
+
+async def test_a_store_restart_leaves_the_progress_in_rows_imported(tmp_path: Path) -> None:
+    """Batch 3 loses the store, which is away for a moment: the job's final state, recorded once
+    the store is back, has its progress in rows imported (not the bytes read before)."""
+    store = RestartingStore(fail_at=3, down_for=0.3)
+    done = await import_to_the_end(store, tmp_path)
     assert done["state"] == "failed" and done["error"]["code"] == "STORE_UNAVAILABLE"
     assert done["progress"] == {"done": 1000, "total": None, "unit": "rows"}
     assert store.count("t") == 1000
@@ -105,15 +110,8 @@ async def test_a_restart_that_lost_acknowledged_rows_resumes_from_the_rows_the_s
     "resume from row 2001": rows 1001-2000 were skipped for good. It says what the store kept,
     read from its record, which lands with each batch."""
     store = RestartingStore(fail_at=5, down_for=0.3, lose_from=3)
-    runner = JobRunner(store, settings(tmp_path))  # type: ignore[arg-type]
-    try:
-        func = import_job("t", io.BytesIO(valid_rows(3000)), False)
-        job = await runner.submit("import", "owner", {"table": "t", "atomic": False}, func)
-        await asyncio.wait_for(asyncio.shield(runner._tasks[job["id"]]), 10)
-    finally:
-        await runner.stop()
+    done = await import_to_the_end(store, tmp_path)
     assert store.count("t") == 1000
-    done = to_public(run(store.engine, "get", table=JOBS, id=job["id"]))
     assert done["state"] == "failed" and done["error"]["code"] == "STORE_UNAVAILABLE"
     assert done["progress"] == {"done": 1000, "total": None, "unit": "rows"}
     summary = done["error"]["details"][0]
