@@ -32,6 +32,12 @@ RESERVED = frozenset({"page", "per_page", "sort", "created_after", "created_befo
 # field name like any other: a filter on a generic table, an unknown field on a typed one
 # (``GET /data/orders?expand=user`` embeds nothing, so it must not pass in silence).
 EXPANDABLE = RESERVED | {"expand"}
+# The flags of the routes that select rows by the list's filters: ``all`` (a write by filter
+# with no filter), ``cascade`` (a delete's), ``async`` (a job). Bare, they are never a filter,
+# on any route: a count or a list must preview the very rows a write with the same query string
+# changes (``?all=1`` counted one row, then wrote every row). ``all__eq=1`` filters on a field
+# named ``all``, on every route.
+FLAGS = frozenset({"all", "cascade", "async"})
 MAX_IN_VALUES = 100
 MAX_SORT_FIELDS = 4
 MAX_FILTERS = 20
@@ -100,6 +106,14 @@ def build_list_query(
     """Parse the query string; ``fields`` is ``None`` for a generic table, ``reserved`` the
     parameters that are not filters."""
     params = list(params)
+    for key, value in params:
+        if key in FLAGS and key not in reserved:
+            raise bad_query(
+                key,
+                f"'{key}' is not a filter: it is a flag of the writes by filter and the export,"
+                f" which this route does not take; to filter on a field named {key}, write"
+                f" '{key}__eq={value[:40]}'",
+            )
     where = [parse_filter(key, value, fields) for key, value in params if key not in reserved]
     if len(where) > MAX_FILTERS:
         raise bad_query("query", f"at most {MAX_FILTERS} filters are allowed")

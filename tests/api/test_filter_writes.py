@@ -123,6 +123,31 @@ def test_a_filter_is_required_unless_all(client: httpx.Client, stack: Stack) -> 
     assert stored(stack, table) == {}
 
 
+def test_the_write_flags_are_never_filters_so_a_count_previews_the_write(
+    client: httpx.Client, stack: Stack
+) -> None:
+    """QA: ``count?all=1`` counted the one row whose field ``all`` is 1, then ``PATCH ?all=1``
+    (the same query string) wrote every row. A bare flag is now refused where the route does
+    not take it; ``all__eq`` filters on the field, the same rows on every route."""
+    table = f"fw_{token()}"
+    bulk_insert(stack, table, [{"all": 1, "cascade": 1, "async": 1}, {"all": 0}, {}])
+    url = data_url(table)
+    for flag in ("all", "cascade", "async"):
+        for read in (f"{url}/count", url, f"/api/v1/join/{table}/{table}/id"):
+            refused = assert_error(client.get(read, params={flag: "1"}), 400, "BAD_QUERY")
+            assert refused["details"] == [{"field": flag, "message": refused["message"]}], refused
+            assert f"'{flag}__eq=1'" in refused["message"]
+        counted = client.get(f"{url}/count", params={f"{flag}__eq": "1"})
+        assert counted.json()["data"] == {"count": 1}, counted.text
+    for flag in ("all", "cascade"):  # the export takes async, the writes all and cascade
+        exported = client.get(f"/api/v1/batch/{table}/export", params={flag: "1"})
+        assert_error(exported, 400, "BAD_QUERY")
+    updated = client.patch(url, params={"all__eq": "1"}, json={"data": {"x": 1}})
+    assert updated.json()["data"] == {"matched": 1, "updated": 1}, updated.text
+    assert client.delete(url, params={"all__eq": "1"}).json()["data"]["deleted"] == 1
+    assert len(stored(stack, table)) == 2
+
+
 def test_date_bounds_count_as_filters(client: httpx.Client, stack: Stack) -> None:
     table = f"fw_{token()}"
     bulk_insert(stack, table, [{"n": 1}, {"n": 2}])
