@@ -198,9 +198,10 @@ def parse_timestamp(text: str, name: str, op: str = "eq") -> str:
             if moment.tzinfo is None:
                 moment = moment.replace(tzinfo=UTC)
     except (ValueError, OverflowError):
-        raise invalid_value(
-            f"query.{name}", "expected an ISO 8601 date or datetime, e.g. 2024-01-31T12:00:00Z"
-        ) from None
+        message = "expected an ISO 8601 date or datetime, e.g. 2024-01-31T12:00:00Z"
+        if _PLUS_DECODED.search(text):  # ``+01:00`` sent unencoded reads back as " 01:00"
+            message += "; a '+' in a query string is a space: send an offset's '+' as %2B"
+        raise invalid_value(f"query.{name}", message) from None
     try:
         if op in ROUND_UP_OPERATORS and _SUB_MICROSECOND.search(text):
             moment += timedelta(microseconds=1)
@@ -209,6 +210,7 @@ def parse_timestamp(text: str, name: str, op: str = "eq") -> str:
         raise invalid_value(f"query.{name}", OUT_OF_RANGE) from None
 
 
+_PLUS_DECODED = re.compile(r"\d \d\d(:?\d\d)?$")
 # Python keeps the first six digits of a fraction; a non-zero digit after them is lost.
 _SUB_MICROSECOND = re.compile(r"[.,]\d{6}\d*[1-9]")
 ROUND_UP_OPERATORS = frozenset({"lt", "gte"})

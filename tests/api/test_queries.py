@@ -383,3 +383,20 @@ def test_a_malformed_timestamp_is_named_as_such_whatever_its_digits() -> None:
     with pytest.raises(ApiError) as info:
         parse_filter("created_at", "soon.1234567", users.FIELDS)
     assert info.value.details[0]["message"].startswith("expected an ISO 8601")
+
+
+@pytest.mark.parametrize("offset", ["01:00", "0100", "05"])
+def test_an_offset_whose_plus_was_not_encoded_is_told_so(offset: str) -> None:
+    """QA: ``created_after=...T05:06:07+01:00`` unencoded arrives as ``...T05:06:07 01:00``."""
+    with pytest.raises(ApiError) as info:
+        parse_timestamp(f"2024-01-01T05:06:07 {offset}", "created_after")
+    assert info.value.details[0]["message"] == (
+        "expected an ISO 8601 date or datetime, e.g. 2024-01-31T12:00:00Z; a '+' in a query"
+        " string is a space: send an offset's '+' as %2B"
+    )
+
+
+def test_other_malformed_times_get_no_hint_about_plus() -> None:
+    with pytest.raises(ApiError) as info:
+        parse_timestamp("2024-01-01T05:06:07 soon", "created_after")
+    assert "%2B" not in info.value.details[0]["message"]
