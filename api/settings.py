@@ -37,7 +37,30 @@ MIN_ADMIN_PASSWORD_LENGTH = 12
 WEAK_SECRET_WORDS = ("secret", "changeme", "change-me", "change_me", "password", "example")
 # `make run`'s development administrator password (Makefile): never accepted in production.
 DEV_ADMIN_PASSWORD = "dev-only-admin-password"
-_ORIGIN = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s?#]+")
+# scheme://host[:port]: a host name or a bracketed IPv6 address, no user name, path or wildcard.
+_ORIGIN = re.compile(
+    r"(?P<scheme>[a-z][a-z0-9+.-]*)://(?P<host>[^/\s?#@:\[\]*]+|\[[0-9A-Fa-f:.]+\])(?::(?P<port>[0-9]{1,5}))?"
+)
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+ORIGIN_FORM = (
+    "each origin is scheme://host[:port] with no path, user name or wildcard, e.g."
+    " https://app.example.com"
+)
+
+
+def _browser_origin(item: str) -> str:
+    """``item`` as a browser writes its ``Origin``: lowercase, without its scheme's port."""
+    found = _ORIGIN.fullmatch(item.lower())
+    if found is None:
+        raise ValueError(ORIGIN_FORM)
+    scheme, host, port = found["scheme"], found["host"], found["port"]
+    if port is None or int(port) == _DEFAULT_PORTS.get(scheme):
+        return f"{scheme}://{host}"
+    if not 1 <= int(port) <= 65535:
+        raise ValueError("an origin's port is 1 to 65535")
+    return f"{scheme}://{host}:{int(port)}"
+
+
 # The store's integers are 64-bit: a rate limit's count or window past this cannot be sent to
 # it, and every limited request would fail instead of the start.
 MAX_RATE_NUMBER = 2**63 - 1
@@ -178,13 +201,13 @@ class Settings(BaseSettings):
     @field_validator("cors_origins")
     @classmethod
     def check_origins(cls, value: list[str]) -> list[str]:
-        """Origins as browsers send them: ``scheme://host[:port]``, no path (or ``*``)."""
-        for item in value:
-            if item != "*" and _ORIGIN.fullmatch(item) is None:
-                raise ValueError(
-                    "each origin is scheme://host[:port] with no path, e.g. https://app.example.com"
-                )
-        return value
+        """Origins as browsers send them: ``scheme://host[:port]``, no path (or ``*``).
+
+        Written the way a browser's ``Origin`` header is, since CORS compares them as strings:
+        ``HTTPS://App.Example:443`` is kept as ``https://app.example``. What a browser never
+        sends (a user name, a wildcard host, a port past 65535) is refused: it would start and
+        then match no request. Other schemes pass: an app's WebView sends ``capacitor://``."""
+        return [item if item == "*" else _browser_origin(item) for item in value]
 
     @field_validator("store_socket")
     @classmethod

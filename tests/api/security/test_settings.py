@@ -81,6 +81,10 @@ def test_production_accepts_a_strong_secret_and_development_needs_none() -> None
         ({"auth_rate_limit": f"1 per {2**64} seconds"}, r"below 2\*\*63"),
         ({"cors_origins": "not a url"}, "scheme://host"),
         ({"cors_origins": "https://app.example.com/path"}, "no path"),
+        # ops QA: each started, then matched no browser's Origin
+        ({"cors_origins": "https://user@app.example.com"}, "user name"),
+        ({"cors_origins": "https://*.example.com"}, "wildcard"),
+        ({"cors_origins": "https://app.example.com:99999"}, "1 to 65535"),
         ({"store_socket": "tcp://localhost"}, "tcp://host:port"),
         ({"store_socket": "unix:"}, "socket path"),
     ],
@@ -95,6 +99,21 @@ def test_production_refuses_a_short_admin_password() -> None:
         Settings(
             env="production", jwt_secret=STRONG, admin_email="a@example.com", admin_password="x" * 9
         )
+
+
+def test_origins_are_kept_as_browsers_send_them() -> None:
+    """ops QA: CORS compares the Origin header as a string, and browsers send the scheme and
+    host in lowercase, without the scheme's default port: listed otherwise, none matched."""
+    listed = "HTTPS://App.Example,https://b.example:443,http://c.example:80,http://[::1]:5173"
+    assert Settings(cors_origins=listed).cors_origins == [  # type: ignore[arg-type]
+        "https://app.example",
+        "https://b.example",
+        "http://c.example",
+        "http://[::1]:5173",
+    ]
+    assert Settings(cors_origins="capacitor://localhost").cors_origins == [  # type: ignore[arg-type]
+        "capacitor://localhost"
+    ]
 
 
 def test_limits_and_proxies_parse() -> None:
