@@ -17,7 +17,6 @@ from pydantic import (
     AfterValidator,
     EmailStr,
     Field,
-    PositiveInt,
     SecretStr,
     field_validator,
     model_validator,
@@ -86,7 +85,8 @@ class Settings(BaseSettings):
     env: Literal["development", "production"] = "development"
     host: str = "0.0.0.0"
     port: Annotated[int, Field(ge=1, le=65535)] = 8000
-    web_concurrency: PositiveInt = 2
+    # Each worker takes ~60 MB and a store connection: thousands would exhaust the machine.
+    web_concurrency: Annotated[int, Field(ge=1, le=256)] = 2
     graceful_timeout: Annotated[int, Field(ge=1, le=HOUR)] = 30
     # Seconds a connection has to send a request's headers whole (api/connections.py).
     header_timeout: Annotated[float, Field(gt=0, le=3600)] = 10.0
@@ -136,7 +136,7 @@ class Settings(BaseSettings):
     job_heartbeat_seconds: Annotated[float, Field(gt=0, le=HOUR)] = 2.0
     job_stale_seconds: Annotated[float, Field(gt=0, le=DAY)] = 15.0
     # Past this many rows (table or whole store) exports/snapshots/by-filter run as jobs.
-    job_async_rows: PositiveInt = 100_000
+    job_async_rows: Annotated[int, Field(ge=1, le=10**12)] = 100_000  # a huge value: never
     # CSV import bodies larger than this run as jobs.
     job_async_bytes: Annotated[int, Field(ge=1, le=64 * GIB)] = 8 * 1024 * 1024
     job_retention_seconds: Annotated[int, Field(ge=1, le=90 * DAY)] = 86_400

@@ -7,7 +7,6 @@ from typing import Literal
 
 from pydantic import (
     Field,
-    PositiveInt,
     ValidationError,
     field_validator,
     model_validator,
@@ -44,7 +43,8 @@ class StoreSettings(BaseSettings):
     max_frame_bytes: int = Field(default=MAX_FRAME_SIZE, ge=1 << 20, le=1 << 30)
     # Seconds a client has from connecting to a HELLO the store accepts, else it is closed.
     handshake_timeout: float = Field(default=10.0, gt=0, le=HOUR)
-    max_tables: PositiveInt = 1000
+    # Ceilings far past any real use: past 64 bits a value could not even be sent in ``stats``.
+    max_tables: int = Field(default=1000, ge=1, le=1_000_000)
     data_dir: Path | None = None
     fsync: Literal["always", "everysec", "no"] = "everysec"  # any case
     # Compact the log into a new snapshot once it grows past this many bytes.
@@ -55,9 +55,9 @@ class StoreSettings(BaseSettings):
     # Log commands slower than this (milliseconds).
     slow_ms: float = Field(default=50.0, ge=0, le=DAY * 1000)  # 0: log every command
     # Default and ceiling of max_rows for update_where / delete_where.
-    max_bulk_rows: PositiveInt = 10_000
+    max_bulk_rows: int = Field(default=10_000, ge=1, le=10_000_000)
     # Audit log bounds: entries kept, and their age in seconds (0 = no age bound).
-    audit_max_entries: PositiveInt = 100_000
+    audit_max_entries: int = Field(default=100_000, ge=1, le=10_000_000)  # ~250 bytes each
     audit_max_age: float = Field(default=30 * DAY, ge=0, le=10 * 365 * DAY)
     # Seconds a scan cursor may go unread before it is freed (a slow client of a streamed
     # export pauses the worker's reads: past this its download is cut off). While it lasts

@@ -40,6 +40,9 @@ def refused(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> Validatio
         ("GZIP_MIN_BYTES", str(10**23)),
         ("JOB_ASYNC_BYTES", str(10**23)),
         ("JOB_RESULT_MAX_BYTES", str(10**23)),
+        # ops QA: started (5000 workers would take the machine's memory)
+        ("WEB_CONCURRENCY", "5000"),
+        ("JOB_ASYNC_ROWS", str(10**23)),
     ],
 )
 def test_absurd_times_and_sizes_are_refused(
@@ -66,6 +69,8 @@ def test_the_upper_bounds_themselves_are_accepted(monkeypatch: pytest.MonkeyPatc
         "STORE_RETRY_AFTER": "3600",
         "JOB_STALE_SECONDS": "86400",
         "MAX_BODY_BYTES": str(1 << 30),
+        "WEB_CONCURRENCY": "256",
+        "JOB_ASYNC_ROWS": str(10**12),
     }.items():
         monkeypatch.setenv(name, value)
     assert Settings().max_body_bytes == 1 << 30

@@ -168,3 +168,22 @@ def test_nan_is_refused_as_not_a_number() -> None:
     """It was refused, but as "should be less than or equal to 3600"."""
     (error,) = refused(STORE_HANDSHAKE_TIMEOUT="nan").errors()
     assert error["loc"] == ("handshake_timeout",) and error["type"] == "finite_number"
+
+
+@pytest.mark.parametrize(
+    ("name", "ceiling"),
+    [
+        ("STORE_MAX_TABLES", 1_000_000),
+        ("STORE_MAX_BULK_ROWS", 10_000_000),
+        ("STORE_AUDIT_MAX_ENTRIES", 10_000_000),
+    ],
+)
+def test_counts_past_their_ceiling_are_refused(name: str, ceiling: int) -> None:
+    """ops QA: STORE_MAX_TABLES=99999999999999999999999 started (past 64 bits, a value the
+    store cannot even send)."""
+    for value in (str(ceiling + 1), "99999999999999999999999"):
+        (error,) = refused(**{name: value}).errors()
+        assert error["loc"] == (name.removeprefix("STORE_").lower(),), error
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(name, str(ceiling))
+        assert getattr(StoreSettings(), name.removeprefix("STORE_").lower()) == ceiling
