@@ -10,6 +10,7 @@ import asyncio
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -221,6 +222,29 @@ async def test_counter_sums_requests_over_workers(metrics_stack: Stack) -> None:
             assert after - before == n, f"scrape served by {pid}; requests served: {served}"
     finally:
         await close_all(by_pid)
+
+
+@pytest.mark.integration
+def test_requests_the_parser_refuses_are_counted(metrics_stack: Stack) -> None:
+    """ops QA: a 501 (a method the parser does not know) was in the access log but not in
+    http_requests_total, where the 5xx-rate alert looks."""
+    refused = {"handler": "none", "method": "OTHER", "status": "501"}
+
+    def counted() -> float:
+        return value(
+            httpx.get(metrics_stack.url("/metrics"), timeout=10.0).text,
+            "http_requests_total",
+            **refused,
+        )
+
+    before = counted()
+    with socket.create_connection(("127.0.0.1", metrics_stack.port), timeout=10) as raw:
+        raw.sendall(b"FOO1 /api/v1/health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        assert raw.recv(4096).startswith(b"HTTP/1.1 501 ")
+    deadline = time.monotonic() + 5.0
+    while counted() == before and time.monotonic() < deadline:
+        time.sleep(0.05)  # the worker counts it as it answers; a scrape may be served first
+    assert counted() == before + 1
 
 
 @pytest.mark.integration
