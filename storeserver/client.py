@@ -33,9 +33,13 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import structlog
+
 from .clientconnection import ClientConnection
 from .errors import BadRequest, ProtocolError, StoreError, StoreUnavailable
 from .protocol import MAX_FRAME_SIZE, PROTOCOL_VERSION, Hello, encode, encode_request
+
+log = structlog.get_logger("storeserver.client")
 
 # The API sets this per request; calls made in that context carry it to the store, which names
 # it in its slow-command log lines (``_request_id``, removed before the engine sees the args).
@@ -108,6 +112,9 @@ class StoreClient:
         self._on_connect = on_connect
         self.server_info: dict[str, Any] = {}
         self._greeted_at = 0.0  # time.monotonic() of the last server HELLO
+        # When the connection was found lost (time.monotonic()), until one is open again: the
+        # outage is told in two lines, not in one per failed call.
+        self._lost_at: float | None = None
 
     @property
     def connected(self) -> bool:
@@ -189,6 +196,9 @@ class StoreClient:
             return self._conn
         if self._connecting is not None:
             return await asyncio.shield(self._connecting)
+        if self._conn is not None and self._lost_at is None:
+            self._lost_at = time.monotonic()
+            log.warning("store_connection_lost", store=self.address)
         if time.monotonic() < self._next_attempt_at:
             raise StoreUnavailable("the store is unavailable (reconnecting)")
         loop = asyncio.get_running_loop()
@@ -206,6 +216,10 @@ class StoreClient:
         else:
             self._backoff = 0.0
             self._conn = conn
+            if self._lost_at is not None:
+                down = time.monotonic() - self._lost_at
+                log.info("store_reconnected", store=self.address, down_s=round(down, 3))
+                self._lost_at = None
             self._connecting.set_result(conn)
             return conn
         finally:

@@ -1,7 +1,8 @@
 """A warning logged at most ``WARNINGS_PER_S`` times a second, the rest counted in one line.
 
 For the warnings any peer can cause at will (``client_dropped``, ``client_refused``): the
-server holds one of each and its connections log through them. Kept apart because it is a
+server holds one of each and its connections log through them. The API's workers log a store
+outage's failed requests through them too (``api.errors``). Kept apart because it is a
 small logging device with its own clock window, neither connection nor dispatch logic.
 """
 
@@ -24,10 +25,12 @@ class ThrottledWarning:
     without the secret can connect and fail as fast as the kernel lets them (QA: 63,591
     ``client_dropped`` lines in 5 s)."""
 
-    __slots__ = ("_last", "_logged", "_suppressed", "_window_ends", "event")
+    __slots__ = ("_last", "_log", "_logged", "_suppressed", "_window_ends", "event")
 
-    def __init__(self, event: str) -> None:
+    def __init__(self, event: str, logger: Any = None) -> None:
+        """``logger``: a structlog logger (default: the store's)."""
         self.event = event
+        self._log = log if logger is None else logger
         self._window_ends = 0.0
         self._logged = 0
         self._suppressed = 0
@@ -41,7 +44,7 @@ class ThrottledWarning:
             self._logged = 0
         if self._logged < WARNINGS_PER_S:
             self._logged += 1
-            log.warning(self.event, **fields)
+            self._log.warning(self.event, **fields)
             return
         if not self._suppressed:
             loop.call_at(self._window_ends, self._report)
@@ -49,7 +52,7 @@ class ThrottledWarning:
         self._last = fields
 
     def _report(self) -> None:
-        log.warning(
+        self._log.warning(
             f"{self.event}_suppressed",
             message=f"suppressed {self._suppressed} more",
             suppressed=self._suppressed,

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import structlog
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel
 
 from api.deps import SettingsDep, StoreDep
-from api.errors import error_response
+from api.errors import error_response, outage_warning
 from api.http_metrics import MeteredRoute
 from api.responses import PROBE_CACHE_CONTROL, json_response
 from api.schemas.envelope import Envelope, ErrorEnvelope
 from storeserver.errors import StoreTimeout
 
 router = APIRouter(route_class=MeteredRoute, tags=["probes"])
-log = structlog.get_logger("api.probes")
 # A readiness probe asks often and is given little time (Kubernetes: 1 s by default): a store
 # that does not answer ping by then is not ready, and the probe says so instead of timing out.
 READY_TIMEOUT = 1.0
@@ -56,7 +54,7 @@ async def read_readiness(request: Request, store: StoreDep, settings: SettingsDe
     try:
         pong = await store.call("ping", {}, timeout=READY_TIMEOUT)
     except StoreTimeout:
-        log.warning("store_timeout", command="ping", timeout_s=READY_TIMEOUT)
+        outage_warning("store_timeout")(command="ping", timeout_s=READY_TIMEOUT)
         return error_response(
             request,
             503,

@@ -11,6 +11,7 @@ import sys
 import time
 
 import pytest
+import structlog.testing
 
 from storeserver.client import StoreClient
 from storeserver.errors import Conflict, StoreTimeout, StoreUnavailable
@@ -41,20 +42,28 @@ async def test_client_reconnects_after_store_restart(store_process):
     assert uptime is not None and uptime >= 0
 
     assert store.stop() == 0
-    with pytest.raises(StoreUnavailable):
+    with structlog.testing.capture_logs() as lines, pytest.raises(StoreUnavailable):
         await client.call("ping")
     assert client.store_uptime() is None  # no store to say
+    assert lines == [
+        {"event": "store_connection_lost", "store": store.address, "log_level": "warning"}
+    ]
 
     second = StoreProcess(store.socket_path).start()
     try:
         restarted = None
-        for _ in range(100):  # the client backs off between attempts; give it a few seconds
-            try:
-                restarted = await client.call("ping")
-                break
-            except StoreUnavailable:
-                await asyncio.sleep(0.05)
+        with structlog.testing.capture_logs() as lines:
+            for _ in range(100):  # the client backs off between attempts; give it a few seconds
+                try:
+                    restarted = await client.call("ping")
+                    break
+                except StoreUnavailable:
+                    await asyncio.sleep(0.05)
         assert restarted is not None and restarted["pong"]
+        # The outage in two lines, however many calls failed (soak QA: one line per request):
+        # lost when first found lost (the ping above), back with how long it was away.
+        assert [line["event"] for line in lines] == ["store_reconnected"]
+        assert lines[0]["store"] == store.address and lines[0]["down_s"] > 0
         # The new store's HELLO says how long it has been up: less than since the first one.
         uptime = client.store_uptime()
         assert uptime is not None and uptime < time.monotonic() - connected_at
