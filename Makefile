@@ -10,7 +10,8 @@ STAMP := $(VENV)/.installed-stamp
 PORT ?= 8000
 WEB_CONCURRENCY ?= 2
 GRACEFUL_TIMEOUT ?= 30
-# Run-time files: supervisord's log and pid file, the store's socket, job results, metrics.
+# Run-time files: supervisord's log and pid file, the store's socket, job results, metrics
+# (deploy/supervise.py creates the directory, or refuses one it cannot use in one JSON line).
 RUN_DIR ?= $(CURDIR)/run
 STORE_SOCKET ?= $(RUN_DIR)/store.sock
 STORE_DATA_DIR ?= $(CURDIR)/data
@@ -55,7 +56,6 @@ $(STAMP): pyproject.toml constraints.txt
 # an administrator whose password is in this file. (`make load` reads HOST as a URL: not global.)
 run: HOST := $(or $(HOST),127.0.0.1)
 run: install ## start the store and the API (gunicorn) on $HOST:$PORT in the foreground; Ctrl-C stops both
-	@mkdir -p $(RUN_DIR)
 	@exec env $(RUN_ENV) $(BIN)/python deploy/supervise.py
 
 .PHONY: seed
@@ -95,7 +95,7 @@ format: install ## ruff format and autofix
 	$(BIN)/ruff check --fix .
 
 backup: install ## snapshot the running store (make run) and copy it to backups/<timestamp>/
-	$(BIN)/python -m storeserver.backup --address $(STORE_SOCKET) --dest backups
+	@$(BIN)/python -m storeserver.backup --address $(STORE_SOCKET) --dest backups
 
 bench-store: install ## store CPU per op and throughput, side by side with redis-server
 	$(BIN)/python -m loadtests.bench_store

@@ -9,10 +9,14 @@ Python starts (deploy/entrypoint.sh sets it and empties the directory).
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import logging
 import os
 import signal
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -30,12 +34,22 @@ from storeserver.errors import StoreError
 from storeserver.settings import settings_errors
 
 
+def log_start_failure(event: str, **fields: Any) -> None:
+    """The line saying why the API cannot start, at error but written whatever LOG_LEVEL says
+    (`make run`'s last line, ``run_stopped``, points to it: with LOG_LEVEL=critical there was
+    none). Also used by start_gunicorn.py."""
+    configure_logging("INFO")
+    # Under gunicorn the root logger has LOG_LEVEL (logconfig_dict): this logger's own level
+    # decides instead. The process exits right after, so nothing else is logged below it.
+    logging.getLogger("api").setLevel(logging.INFO)
+    structlog.get_logger("api").error(event, **fields)
+
+
 def _refuse(errors: str) -> NoReturn:
     """One JSON line and exit 2, as the store does with its settings, instead of gunicorn's
     "Failed to read config file" and a multi-line traceback (which would repeat on every
     restart under supervisord)."""
-    configure_logging("INFO")
-    structlog.get_logger("api").error("invalid_settings", errors=errors)
+    log_start_failure("invalid_settings", errors=errors)
     sys.exit(2)
 
 
@@ -50,7 +64,7 @@ def _bind_error(address: str) -> str | None:
     family = socket.AF_INET6 if gunicorn_util.is_ipv6(host) else socket.AF_INET
     try:
         with socket.socket(family, socket.SOCK_STREAM) as probe:
-            # Any free port: one taken now may be free by the time gunicorn binds it.
+            # Any free port: this is about HOST; PORT itself is _port_error's to check.
             probe.bind((host, 0))
     except OSError as exc:
         # Also a name the resolver cannot look up now: gunicorn's bind would fail alike.
@@ -58,6 +72,45 @@ def _bind_error(address: str) -> str | None:
             f"HOST: not an IP address of this machine nor a name resolving to one: {exc.strerror}"
         )
     return None
+
+
+# gunicorn's own wait for a port in use (five tries a second apart): the workers of a master
+# that died a moment ago close their listener as they drain (post_fork), and supervisord
+# starts the next master at once. Held longer, the port is another program's.
+PORT_WAIT_SECONDS = 5.0
+# The pid of a process that checked PORT already: gunicorn reads this file again on SIGHUP,
+# in the master listening on PORT, which must not find its own socket in the way (and exit).
+PORT_CHECKED_ENV = "MEMDB_PORT_CHECKED_PID"
+
+
+def _port_error(address: str) -> str | None:
+    """Why gunicorn could not listen on ``address`` (HOST already known good), or None: found
+    here rather than by gunicorn, which tries five times, logs "Connection in use" each time
+    and exits 1, again at every restart (50 s of lines under `make run`, none naming PORT)."""
+    if os.environ.get("GUNICORN_FD") or os.environ.get("LISTEN_FDS"):
+        return None  # gunicorn takes its sockets bound already (re-exec on USR2, systemd)
+    if os.environ.get(PORT_CHECKED_ENV) == str(os.getpid()):
+        return None
+    host, port = gunicorn_util.parse_address(address)
+    family = socket.AF_INET6 if gunicorn_util.is_ipv6(host) else socket.AF_INET
+    deadline = time.monotonic() + PORT_WAIT_SECONDS
+    while True:
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                # As gunicorn binds: only a socket still listening there is in the way.
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind((host, port))
+            os.environ[PORT_CHECKED_ENV] = str(os.getpid())
+            return None
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                return f"PORT: cannot listen on {port} at HOST {host}: {exc.strerror}"
+        if time.monotonic() >= deadline:
+            return (
+                f"PORT: {port} at HOST {host} is in use by another program: stop it, or set"
+                " another PORT"
+            )
+        time.sleep(0.2)
 
 
 def _metrics_dir_error() -> str | None:
@@ -84,7 +137,9 @@ wsgi_app = "api.main:create_app()"
 worker_class = "uvicorn_worker.UvicornWorker"
 workers = _settings.web_concurrency
 bind = [f"{_settings.host}:{_settings.port}"]
-_unusable = [error for error in (_bind_error(bind[0]), _metrics_dir_error()) if error]
+# The port only once HOST is known good: a bad HOST is named as such, not as a PORT error.
+_address_error = _bind_error(bind[0]) or _port_error(bind[0])
+_unusable = [error for error in (_address_error, _metrics_dir_error()) if error]
 if _unusable:
     _refuse("; ".join(_unusable))
 
@@ -139,6 +194,9 @@ def on_starting(server: Any) -> None:
     before any worker is forked."""
     clear_metrics_dir()
     configure_logging(_settings.log_level)  # the master's own lines are named events too
+    # Before the line that says it waits: a stop sent on seeing it must find the handlers.
+    stop_signals = (signal.SIGTERM, signal.SIGINT)
+    previous = {sig: signal.signal(sig, _stop_waiting) for sig in stop_signals}
     structlog.get_logger("api").info("waiting_for_store", store_socket=_settings.store_socket)
     try:
         wait_for_store(
@@ -151,21 +209,58 @@ def on_starting(server: Any) -> None:
         # One JSON line and exit 1 (gunicorn would print its traceback): a store that is
         # late may come back, so supervisord and compose start the API again.
         last_error = exc.__cause__ or exc  # why the last attempt failed
-        structlog.get_logger("api").error(
+        log_start_failure(
             "store_not_ready",
             store_socket=_settings.store_socket,
             wait_seconds=_settings.store_wait_seconds,
             error=str(last_error),
         )
         sys.exit(1)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     structlog.get_logger("api").info("store_ready", store_socket=_settings.store_socket)
 
 
+def _stop_waiting(signum: int, frame: Any) -> None:
+    """Stopped while waiting for the store, before gunicorn has signal handlers of its own: a
+    stop line and exit 0 rather than an end by the signal without a line (`make run` stops
+    the API so when the store refuses to start)."""
+    structlog.get_logger("api").info("store_wait_stopped", signal=signal.Signals(signum).name)
+    sys.exit(0)
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _end_with_the_master(server: Any) -> None:
+    """SIGTERM to this worker when the master dies: it drains and exits as on a normal stop.
+
+    uvicorn's worker never checks its parent (gunicorn's sync worker does): after a ``kill -9``
+    of the master its workers lived on under PID 1, holding PORT (health 200, ready 503), and
+    every new master failed "Connection in use". Linux only; elsewhere they still outlive it.
+    The signal follows the master's main thread, which is the one that forks the workers.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    # The master's SIGTERM handler, inherited by the fork, only queues the signal for a loop
+    # this process never runs: until the worker installs its own, the default ends it (it has
+    # served nothing yet).
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != server.pid:
+        sys.exit(0)  # the master died before the prctl: no signal will come
+
+
 def post_fork(server: Any, worker: Any) -> None:
-    """Bound uvicorn's drain (its ``timeout_graceful_shutdown``, unbounded by default) so that
+    """End the worker with its master (``_end_with_the_master``).
+
+    Bound uvicorn's drain (its ``timeout_graceful_shutdown``, unbounded by default) so that
     a download still running at the end is cancelled in the worker, with its access line
     (``error``) and uvicorn's "Cancel N running task(s)" line, instead of being SIGKILLed by
     the master. The worker built its uvicorn config before the fork; it serves with it later."""
+    _end_with_the_master(server)
     worker.config.timeout_graceful_shutdown = _drain_seconds
     # uvicorn's httptools protocol with a deadline for request headers (api/connections.py):
     # connections that send nothing, or headers in part, are closed instead of kept forever.

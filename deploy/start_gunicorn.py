@@ -24,6 +24,7 @@ import runpy
 import secrets
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
@@ -57,7 +58,7 @@ def main(argv: list[str]) -> None:
         reason = read_refusal(refusal_file)
         if not reason:
             raise
-        refuse_to_start(reason, config["loglevel"])
+        refuse_to_start(reason, config["log_start_failure"])
     finally:
         if refusal_file is not None and os.getpid() == master:
             refusal_file.unlink(missing_ok=True)
@@ -105,14 +106,10 @@ def read_refusal(path: Path | None) -> str:
         return ""
 
 
-def refuse_to_start(reason: str, log_level: str) -> NoReturn:
-    """The last line (after gunicorn's "Reason: Worker failed to boot."), and exit 2."""
-    import structlog
-
-    from api.logs import configure_logging
-
-    configure_logging(log_level)
-    structlog.get_logger("api").error("api_failed_to_start", error=reason)
+def refuse_to_start(reason: str, log_start_failure: Callable[..., None]) -> NoReturn:
+    """The last line (after gunicorn's "Reason: Worker failed to boot."), written whatever
+    LOG_LEVEL says (gunicorn.conf.py's ``log_start_failure``), and exit 2."""
+    log_start_failure("api_failed_to_start", error=reason)
     sys.exit(EXIT_CONFIGURATION)
 
 

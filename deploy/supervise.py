@@ -4,7 +4,10 @@ Ctrl-C and SIGTERM reach it as they would reach ``supervisord`` itself.
 First it locks ``$RUN_DIR/run.lock`` for its lifetime: a second `make run` on the same run
 directory would otherwise empty the first one's metrics directory, replace its pid file and
 leave a stop record that the first would report at its own stop. The second one touches
-nothing, prints one JSON line (``run_dir_in_use``) and exits 3.
+nothing, prints one JSON line (``run_dir_in_use``) and exits 3. It creates the run directory
+too: one it cannot create, or whose files supervisord could not write (a directory named
+``supervisord.log``), is one JSON line (``invalid_settings``, ``RUN_DIR: ...``) and exit 2,
+before anything starts, rather than mkdir's plain text or a traceback.
 
 supervisord exits 0 however it was shut down. When deploy/stop_on_failure.py shut it down
 because a program cannot start, this prints one JSON line naming the program and why, last
@@ -28,6 +31,10 @@ CONFIG = Path(__file__).with_name("supervisord.conf")
 LOCK_FILE = "run.lock"
 # As the store's exit code for a data directory or socket held by another store.
 EXIT_IN_USE = 3
+EXIT_INVALID_SETTINGS = 2  # as either program's invalid_settings
+# What supervisord writes in the run directory (supervisord.conf); it fails on one it cannot
+# write with a traceback (the log) or a line in its own log only (the pid file).
+SUPERVISORD_FILES = ("supervisord.log", "supervisord.pid")
 
 
 def log_line(level: str, event: str, **fields: Any) -> None:
@@ -67,11 +74,43 @@ def lock_run_dir(run_dir: Path) -> int:
     return fd
 
 
+def check_writable(path: Path) -> None:
+    """Raise OSError if ``path`` exists and cannot be written (a directory, say). A missing one
+    is fine: the directory took run.lock, so it can take this file too."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    except FileNotFoundError:
+        return
+    os.close(fd)
+
+
+def prepare_run_dir(run_dir: Path) -> str | None:
+    """Create and lock ``run_dir`` (RunDirInUse if another run holds it), and clear the last
+    stop record. Why it is unusable, or None."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"RUN_DIR: cannot create the directory: {exc.strerror}"
+    try:
+        lock_run_dir(run_dir)  # held until this process ends; RunDirInUse goes up
+    except OSError as exc:
+        return f"RUN_DIR: cannot open {LOCK_FILE} there: {exc.strerror}"
+    for name in SUPERVISORD_FILES:
+        try:
+            check_writable(run_dir / name)
+        except OSError as exc:
+            return f"RUN_DIR: supervisord cannot write {name} there: {exc.strerror}"
+    try:
+        (run_dir / STOPPED_FILE).unlink(missing_ok=True)
+    except OSError as exc:
+        return f"RUN_DIR: cannot remove {STOPPED_FILE} there: {exc.strerror}"
+    return None
+
+
 def main() -> int:
     run_dir = Path(os.environ.get("RUN_DIR", "run"))
-    run_dir.mkdir(parents=True, exist_ok=True)
     try:
-        lock_run_dir(run_dir)  # held until this process ends
+        unusable = prepare_run_dir(run_dir)
     except RunDirInUse as exc:
         log_line(
             "critical",
@@ -82,8 +121,10 @@ def main() -> int:
             " RUN_DIR, PORT and STORE_DATA_DIR",
         )
         return EXIT_IN_USE
+    if unusable is not None:
+        log_line("error", "invalid_settings", errors=unusable, run_dir=str(run_dir))
+        return EXIT_INVALID_SETTINGS
     stopped_file = run_dir / STOPPED_FILE
-    stopped_file.unlink(missing_ok=True)
     supervisord.main(["--nodaemon", "--configuration", str(CONFIG)])
     if not stopped_file.exists():
         return 0

@@ -105,6 +105,13 @@ def _run(settings: StoreSettings) -> None:
         uvloop.run(serve(settings))
 
 
+def log_start_failure(error: str) -> None:
+    """``store_failed_to_start`` at error, written whatever STORE_LOG_LEVEL says, as
+    ``invalid_settings`` is: `make run`'s last line (``run_stopped``) points to it."""
+    configure_logging("INFO")
+    structlog.get_logger("storeserver").error("store_failed_to_start", error=error)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -122,10 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     except WritesLost:
         return EXIT_WRITES_LOST  # its critical line ("N acknowledged writes lost") was the last
     except StartRefused as exc:
-        structlog.get_logger("storeserver").error("store_failed_to_start", error=str(exc))
+        log_start_failure(str(exc))
         return EXIT_REFUSED_TO_START
     except (RuntimeError, OSError) as exc:
-        structlog.get_logger("storeserver").error("store_failed_to_start", error=str(exc))
+        log_start_failure(str(exc))
         return 1
     return 0
 

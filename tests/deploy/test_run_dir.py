@@ -1,0 +1,81 @@
+"""`make run` with a RUN_DIR it cannot use: one JSON line naming RUN_DIR and why, a non-zero
+exit, nothing started (deploy/supervise.py creates the directory, not the Makefile). Before:
+mkdir's plain text, or a traceback from supervise.py or from supervisord.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.support.stack import ROOT, free_port
+
+pytestmark = pytest.mark.integration
+
+
+def make_run(run_dir: Path, data_dir: Path) -> tuple[int, list[str]]:
+    """`make run` on ``run_dir``: its exit code and output lines."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    argv = ["make", "--no-print-directory", "-o", "install", "run", f"RUN_DIR={run_dir}"]
+    argv += [f"STORE_DATA_DIR={data_dir}", f"PORT={free_port()}", "WEB_CONCURRENCY=1"]
+    process = subprocess.Popen(
+        argv,
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        output, _ = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        # It started after all: stop it as Ctrl-C would (supervisord stops its programs).
+        os.killpg(process.pid, signal.SIGTERM)
+        output, _ = process.communicate(timeout=90)
+    return process.returncode, output.splitlines()
+
+
+@pytest.mark.parametrize(
+    ("in_the_way", "run_dir", "error"),
+    [
+        ("afile", "afile/run", "RUN_DIR: cannot create the directory: Not a directory"),
+        ("run", "run", "RUN_DIR: cannot create the directory: File exists"),
+        ("run/run.lock/", "run", "RUN_DIR: cannot open run.lock there: Is a directory"),
+        (
+            "run/supervisord.log/",
+            "run",
+            "RUN_DIR: supervisord cannot write supervisord.log there: Is a directory",
+        ),
+        (
+            "run/supervisord.pid/",
+            "run",
+            "RUN_DIR: supervisord cannot write supervisord.pid there: Is a directory",
+        ),
+        ("run/stopped.json/", "run", "RUN_DIR: cannot remove stopped.json there: Is a directory"),
+    ],
+)
+def test_an_unusable_run_dir_is_one_json_line_and_starts_nothing(
+    tmp_path: Path, in_the_way: str, run_dir: str, error: str
+) -> None:
+    """``in_the_way``: a file, or a directory (ending in /) where a file should be."""
+    path = tmp_path / in_the_way
+    if in_the_way.endswith("/"):
+        path.mkdir(parents=True)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("")
+    code, lines = make_run(tmp_path / run_dir, tmp_path / "data")
+    assert code != 0, lines
+    (line, make_error) = lines
+    event = json.loads(line)
+    assert event["event"] == "invalid_settings" and event["errors"] == error, event
+    assert event["run_dir"] == str(tmp_path / run_dir) and event["process"] == "supervisord"
+    assert make_error.startswith("make: *** [") and make_error.endswith("run] Error 2")
+    assert not (tmp_path / "data").exists()  # the store never started
