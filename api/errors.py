@@ -22,7 +22,7 @@ from starlette.responses import Response
 from starlette.routing import compile_path
 
 from api.encoding import dumps
-from api.middleware import request_id_of, response_headers_for
+from api.middleware import CLIENT_LEFT, request_id_of, response_headers_for
 from storeserver import errors as store_errors
 from storeserver.throttledlog import ThrottledWarning
 
@@ -303,6 +303,9 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
         message = f"the body is not valid UTF-8 (byte {cause.start})"
         problem = {"type": "json_invalid", "loc": ("body",), "msg": message, "input": {}}
         return await handle_validation_error(request, RequestValidationError([problem]))
+    if status_code == 400 and isinstance(cause, ClientDisconnect):
+        # FastAPI's own read of a JSON body the client abandoned: "error parsing the body".
+        return await handle_client_disconnect(request, cause)
     try:
         phrase = HTTPStatus(status_code).phrase
     except ValueError:
@@ -378,7 +381,9 @@ async def handle_unexpected_error(request: Request, exc: Exception) -> Response:
 async def handle_client_disconnect(request: Request, exc: Exception) -> Response:
     """The client went away while its body was read (an abandoned upload): nobody is left to
     answer and nothing failed here, so no 500 and no traceback. The 400 is what the access
-    line records, as for a body cut short on the routes FastAPI reads the body for."""
+    line records, as for a body cut short on the routes FastAPI reads the body for, with
+    ``error`` ``ClientDisconnected``: the answer went to no one."""
+    request.scope[CLIENT_LEFT] = True
     return error_response(
         request, 400, "CLIENT_DISCONNECTED", "The client disconnected before its body ended"
     )

@@ -81,6 +81,12 @@ class StoreCollector(Collector):
         )
         yield from _gauge("memdb_store_clients", "Connected store clients.", stats.get("clients"))
         yield from _gauge("memdb_store_uptime_seconds", "Store uptime.", stats.get("uptime_s"))
+        yield from _gauge(
+            "memdb_store_scan_cursors",
+            "Open scan cursors (dumps and exports being read); past 1000, a new one is refused"
+            " (503 STORE_BUSY) until one ends or is left unread for STORE_SCAN_IDLE.",
+            stats.get("cursors"),
+        )
         yield from self._commands(stats.get("commands") or {})
         yield from self._persistence(stats.get("persistence") or {})
 

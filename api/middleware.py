@@ -149,6 +149,10 @@ def user_id_of(state: dict[str, Any]) -> str | None:
     return str(user_id) if user_id is not None else None
 
 
+CLIENT_LEFT = "memdb.client_left"
+"""Scope key set by ``api.errors`` when the client left while its body was read."""
+
+
 def log_access(scope: Scope, status: int, started: float, error: str | None) -> None:
     """The request's one access line (method, path and request id come from the context)."""
     client = scope.get("client")
@@ -249,9 +253,10 @@ class RequestIdMiddleware:
                 exc.already_logged = True  # type: ignore[attr-defined]
             raise
         finally:
-            if error is None and not finished:
+            if error is None and (not finished or scope.get(CLIENT_LEFT)):
                 # A streamed body the app stopped without an exception: Starlette does that
                 # when the client goes away, and a 200 alone would read as a full download.
+                # Or an upload abandoned mid-body, whose 400 went to no one (``CLIENT_LEFT``).
                 error = "ClientDisconnected"
             log_access(scope, status, started, error)
 

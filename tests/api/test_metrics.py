@@ -37,6 +37,7 @@ STATS: dict[str, Any] = {
     "clients": 2,
     "commands": {"get": {"count": 7, "seconds": 0.002}, "insert": {"count": 3, "seconds": 0.01}},
     "uptime_s": 12.5,
+    "cursors": 3,
     "persistence": {"enabled": True, "log_bytes": 4096, "last_snapshot_age_s": 30.0, "error": None},
 }
 
@@ -84,6 +85,7 @@ async def test_store_gauges_are_read_once_per_scrape(
     assert value(text, "memdb_store_memory_rss_bytes") == 50_000_000
     assert value(text, "memdb_store_memory_limit_bytes") == 400_000_000
     assert value(text, "memdb_store_clients") == 2
+    assert value(text, "memdb_store_scan_cursors") == 3  # soak QA: the cap had no gauge
     assert value(text, "memdb_store_commands_total", command="get") == 7
     assert value(text, "memdb_store_command_seconds_total", command="insert") == 0.01
     assert value(text, "memdb_store_log_bytes") == 4096
@@ -253,6 +255,7 @@ def test_store_gauges_on_the_stack(metrics_stack: Stack) -> None:
     assert value(text, "memdb_store_up") == 1
     assert value(text, "memdb_store_table_rows", table="users") >= 1  # the ensured admin
     assert value(text, "memdb_store_clients") >= 2  # one per worker
+    assert has_sample(text, "memdb_store_scan_cursors")  # the store's stats say "cursors"
     assert value(text, "memdb_store_commands_total", command="ping") >= 1
 
 
