@@ -10,8 +10,14 @@ stores a hash of the normalized form instead (``verify_and_rehash``).
 
 from __future__ import annotations
 
+import asyncio
+import os
+import weakref
+from collections.abc import Callable
 from functools import lru_cache
+from typing import TypeVar
 
+import anyio
 import anyio.to_thread
 from pwdlib import PasswordHash
 from pwdlib.hashers.bcrypt import BcryptHasher
@@ -24,6 +30,26 @@ from api.auth.passwordtext import (
 )
 from api.errors import ApiError
 from api.settings import DEV_ADMIN_PASSWORD, get_settings
+
+T = TypeVar("T")
+HASHING_THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2
+"""bcrypt calls one worker runs at once (the CPUs it may use). bcrypt releases the GIL, and
+anyio's pool runs 40 threads: a burst of logins used them all, the requests on the loop
+competed with 40 hashes for the cores (soak QA: GET p95 from 9 to 252 ms with 20 logins).
+Past this many, logins wait their turn; the loop keeps a core."""
+_limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, anyio.CapacityLimiter] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def _hashing(func: Callable[..., T], *args: object) -> T:
+    """``func(*args)`` in a worker thread, at most ``HASHING_THREADS`` at once per loop (a
+    limiter belongs to the loop it was made in: tests run several, one after the other)."""
+    loop = asyncio.get_running_loop()
+    limiter = _limiters.get(loop)
+    if limiter is None:
+        limiter = _limiters[loop] = anyio.CapacityLimiter(HASHING_THREADS)
+    return await anyio.to_thread.run_sync(func, *args, limiter=limiter)
 
 
 @lru_cache
@@ -55,19 +81,19 @@ def refuse_unusable_password(password: str, field: str) -> None:
 async def hash_password(password: str) -> str:
     """bcrypt takes ~0.25 s at cost 12: run it in a worker thread, never on the loop. The
     normalized form is hashed (``refuse_unusable_password`` has checked its length)."""
-    return await anyio.to_thread.run_sync(password_hasher().hash, normalize_password(password))
+    return await _hashing(password_hasher().hash, normalize_password(password))
 
 
 async def verify_password(password: str, password_hash: str) -> bool:
     """Check a password against its stored hash, off the loop."""
-    return await anyio.to_thread.run_sync(_matches, password, password_hash)
+    return await _hashing(_matches, password, password_hash)
 
 
 async def verify_and_rehash(password: str, password_hash: str) -> tuple[bool, str | None]:
     """Whether the password is right and, if so and the hash was made at another cost than
     BCRYPT_ROUNDS or of the password as sent, a new hash of its normalized form at the
     configured cost (one thread call, off the loop)."""
-    return await anyio.to_thread.run_sync(_verify_and_rehash, password, password_hash)
+    return await _hashing(_verify_and_rehash, password, password_hash)
 
 
 def _matches(password: str, password_hash: str) -> bool:
