@@ -43,19 +43,26 @@ from uvicorn.protocols.http.httptools_impl import (
 )
 
 from api.encoding import dumps
+from api.hardening import MAX_HEADER_BYTES
 from api.http_metrics import UNMATCHED, observe
 from api.middleware import access_log, encoded_response_headers, new_request_id
 
 log = logging.getLogger("api.connections")
 
 MAX_URL_BYTES = 16 * 1024
+"""Request-target bytes (path and query) accepted; Node's limit for a whole head, twice
+Apache's ``LimitRequestLine``. A filter with a few hundred ids in ``[in]`` fits."""
+MAX_HEAD_BYTES = MAX_URL_BYTES + MAX_HEADER_BYTES
+"""A request's target and headers together, counted as they are parsed (431 past it). The app
+checks the headers' size too (``api.hardening``), but only once all are in: httptools keeps
+whatever a head holds, and one connection sending 2 GB of header lines grew a worker to 1.5 GB."""
+READ_BYTES = 256 * 1024
+"""The most uvloop reads from a socket at once."""
 MAX_PIPELINED = 32
 """Requests one connection may have waiting behind the one being served. uvicorn pauses reading
 while one waits, but parses every request of a read (up to 256 KiB) and resumes reading after
 each answer: a client pipelining without reading the answers queued ~2.4 KB a request in the
 worker without bound (one connection took a worker from 69 to 285 MB in 2.5 s, never returned)."""
-"""Request-target bytes (path and query) accepted; Node's limit for a whole head, twice
-Apache's ``LimitRequestLine``. A filter with a few hundred ids in ``[in]`` fits."""
 
 HOST = re.compile(
     rb"(?:\[[A-Za-z0-9\-._~!$&'()*+,;=:]+\]"  # IP-literal
@@ -86,6 +93,14 @@ class Refusal(Exception):
 
 REFUSED_METHOD = "OTHER"
 """The ``method`` label of a request refused before it was parsed whole."""
+
+
+def head_too_large() -> Refusal:
+    return Refusal(
+        431,
+        "HEADERS_TOO_LARGE",
+        f"The request target and headers are larger than {MAX_HEAD_BYTES} bytes",
+    )
 
 
 def refusal(
@@ -222,7 +237,12 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
     _refused: Refusal | None = None  # why a callback stopped the parser, if one did
     _head = False  # the request being parsed is a HEAD
     _upgrade_asked = False  # a request asked for Upgrade: nothing after its head is parsed
-    _pipeline_full = False  # MAX_PIPELINED were waiting: later requests are dropped unanswered
+    # No more is read (MAX_PIPELINED were waiting, or a head came too slowly behind them): those
+    # waiting are answered, then the connection closes; later requests are dropped unanswered.
+    _closing = False
+    _head_bytes = 0  # of the request whose head is being parsed (MAX_HEAD_BYTES)
+    _head_read = 0  # bytes of the reads that ended inside that head
+    _in_head = False  # a request's head has begun and is not complete
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -231,7 +251,8 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._head = False
-        if self._header_timer is None and not self._pipeline_full:  # a keep-alive's next one
+        self._head_bytes, self._head_read, self._in_head = 0, 0, True
+        if self._header_timer is None and not self._closing:  # a keep-alive's next one
             self._arm()
 
     def on_url(self, url: bytes) -> None:
@@ -241,8 +262,19 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
             self._stop(
                 Refusal(414, "URI_TOO_LONG", f"The request target is over {MAX_URL_BYTES} bytes")
             )
+        self._count_head(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_head(len(name) + len(value))
+        super().on_header(name, value)
+
+    def _count_head(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > MAX_HEAD_BYTES:
+            self._stop(head_too_large())
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         self._disarm()
         http_version = self.parser.get_http_version()
         upgrade = self.parser.should_upgrade()
@@ -257,17 +289,15 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         if http_version == "1.0":
             self.expect_100_continue = False  # RFC 9110 §10.1.1: a 1.0 client waits for none
         super().on_headers_complete()
-        if self._pipeline_full:  # the rest of the read that filled it: dropped
-            self.pipeline.popleft()
-        elif len(self.pipeline) > MAX_PIPELINED:
-            # Drop this one and whatever follows, and close once those waiting are answered:
-            # by RFC 9112 §9.3.2 a client retries the requests a closed connection left
-            # unanswered (none of them was started).
-            self.pipeline.popleft()
-            self._pipeline_full = True
-            self.pipeline[0][0].keep_alive = False  # the last one to be answered
-            self.flow.pause_reading()
-            log.debug("closing a connection: over %s pipelined requests waiting", MAX_PIPELINED)
+        if self._closing or len(self.pipeline) > MAX_PIPELINED:
+            # Drop this one and whatever follows in the read, and close once those waiting are
+            # answered: by RFC 9112 §9.3.2 a client retries the requests a closed connection
+            # left unanswered (none of them was started).
+            if self.pipeline and self.pipeline[0][0] is self.cycle:
+                self.pipeline.popleft()
+            if not self._closing:
+                log.debug("closing a connection: over %s requests waiting", MAX_PIPELINED)
+                self._close_after_waiting()
         if upgrade:
             # Served over HTTP/1.1 (RFC 9110 §7.8), then closed: httptools parses nothing
             # after this head, whose next bytes may be in the protocol the client asked for.
@@ -305,21 +335,46 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         self._header_timer = None
         if not self.transport.is_closing():
             # Debug only: under a slow-headers attack this would be one line per connection.
-            log.debug("closed a connection: no whole request headers in %ss", self.header_timeout)
+            log.debug("closing a connection: no whole request headers in %ss", self.header_timeout)
+            # Not at once if requests before this one wait for their answers: uvicorn stopped
+            # reading while they wait, so the head may be late through no fault of the client.
+            self._close_after_waiting()
+
+    def _close_after_waiting(self) -> None:
+        """Read no more; answer the requests parsed whole (running or waiting), then close."""
+        self._closing = True
+        self._disarm()
+        running = self._running
+        last = self.pipeline[0][0] if self.pipeline else running
+        if last is None or last.response_complete or last.disconnected:
             self.transport.close()
+            return
+        last.keep_alive = False  # uvicorn closes the connection once its answer is out
+        self.flow.pause_reading()
 
     def data_received(self, data: bytes) -> None:
-        if self._refusal is not None or self._upgrade_asked or self._pipeline_full:
+        if self._refusal is not None or self._upgrade_asked or self._closing:
             return  # the parser is stopped at that request: whatever follows is dropped
         self._unset_keepalive_if_required()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
+            if self._closing:
+                return  # a request after those the connection will answer: dropped as they are
             self._refuse(exc)
         except httptools.HttpParserUpgrade:
             # Where uvicorn would switch protocols; its request is already served over
             # HTTP/1.1 and closes the connection (``on_headers_complete``).
             self._upgrade_asked = True
+        else:
+            if self._in_head:
+                # The read ended inside a head. httptools keeps a header's pieces until it is
+                # whole, before ``on_header`` counts it: one endless header would grow in it.
+                # At most one read holds bytes before the head, hence the margin.
+                self._head_read += len(data)
+                if self._head_read > MAX_HEAD_BYTES + READ_BYTES:
+                    self._refused = head_too_large()
+                    self._refuse(httptools.HttpParserError("the request head is too large"))
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
         self._running = cycle
@@ -329,8 +384,10 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()  # starts the next pipelined request, if any
-        if self._pipeline_full:
-            self.flow.pause_reading()  # uvicorn resumed it: nothing more will be read
+        if self._closing:
+            # uvicorn resumed reading (so does a streamed request's ``receive``): what comes
+            # is dropped (``data_received``); pausing again spares reading it.
+            self.flow.pause_reading()
         if self._refusal is not None and not self.transport.is_closing() and self._answered():
             self._send_refusal()
 
