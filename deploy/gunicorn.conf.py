@@ -87,9 +87,13 @@ def _port_error(address: str) -> str | None:
     """Why gunicorn could not listen on ``address`` (HOST already known good), or None: found
     here rather than by gunicorn, which tries five times, logs "Connection in use" each time
     and exits 1, again at every restart (50 s of lines under `make run`, none naming PORT)."""
-    if os.environ.get("GUNICORN_FD") or os.environ.get("LISTEN_FDS"):
-        return None  # gunicorn takes its sockets bound already (re-exec on USR2, systemd)
     if os.environ.get(PORT_CHECKED_ENV) == str(os.getpid()):
+        return None
+    if os.environ.get("GUNICORN_FD") or os.environ.get("LISTEN_FDS"):
+        # gunicorn takes its sockets bound already (re-exec on USR2, systemd). Marked checked
+        # too: gunicorn drops these variables once it has the sockets, and a SIGHUP re-reads
+        # this file in a master listening on PORT (it found it in use, and exited).
+        os.environ[PORT_CHECKED_ENV] = str(os.getpid())
         return None
     host, port = gunicorn_util.parse_address(address)
     family = socket.AF_INET6 if gunicorn_util.is_ipv6(host) else socket.AF_INET

@@ -10,6 +10,8 @@ import json
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +20,7 @@ import pytest
 
 from tests.deploy.test_api_start_checks import start_api
 from tests.deploy.test_supervisord import start_make_run
-from tests.support.stack import free_port, start_stack, wait_until_ready, worker_pids
+from tests.support.stack import ROOT, free_port, start_stack, wait_until_ready, worker_pids
 
 pytestmark = pytest.mark.integration
 
@@ -79,3 +81,24 @@ def test_a_reload_by_sighup_does_not_find_the_masters_own_port_in_use() -> None:
     finally:
         stack.stop()
         shutil.rmtree(stack.workdir, ignore_errors=True)
+
+
+RELOADED = """
+import os, runpy, socket, sys
+taken = socket.socket(); taken.bind(("127.0.0.1", 0)); taken.listen()
+os.environ.update(HOST="127.0.0.1", PORT=str(taken.getsockname()[1]), GUNICORN_FD="5")
+conf = runpy.run_path("deploy/gunicorn.conf.py")  # a master re-executed by USR2
+os.environ.pop("GUNICORN_FD")  # as gunicorn's Arbiter.start does once it has the sockets
+print(conf["_port_error"](conf["bind"][0]))  # a SIGHUP re-reads the file: must not find it
+"""
+
+
+def test_a_master_given_its_sockets_is_not_refused_at_a_later_reload() -> None:
+    """Review: a master started by USR2 (GUNICORN_FD) or by systemd (LISTEN_FDS) skipped the
+    check without marking itself checked; gunicorn then drops the variable, and a SIGHUP found
+    the master's own port in use and exited 2, taking its workers with it."""
+    done = subprocess.run(
+        [sys.executable, "-c", RELOADED], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "None"
