@@ -280,9 +280,11 @@ class StoreClient:
         return conn
 
     def store_uptime(self) -> float | None:
-        """Seconds the store process has been up, as its last HELLO said and time since;
-        ``None`` while disconnected or if the store does not say (an older one)."""
+        """Seconds the store has been serving, as its last HELLO said and time since: 0 while
+        disconnected (it may be restarting); ``None`` if the store does not say (older)."""
         uptime = self.server_info.get("uptime_s")
-        if not self.connected or not isinstance(uptime, int | float) or isinstance(uptime, bool):
+        if not isinstance(uptime, int | float) or isinstance(uptime, bool):
             return None
+        if not self.connected:
+            return 0.0
         return float(uptime) + time.monotonic() - self._greeted_at

@@ -113,6 +113,8 @@ class StoreServer:
         self.connections: set[StoreConnection] = set()
         self.ready = False
         self.started_at = time.time()
+        # time.monotonic() once it listens (its data loaded): what HELLO's uptime_s counts from.
+        self.listening_since: float | None = None
         self._listeners: list[asyncio.AbstractServer] = []
         self._all_closed = asyncio.Event()
         self._slow_s = settings.slow_ms / 1000.0
@@ -152,6 +154,7 @@ class StoreServer:
             tcp = await loop.create_server(lambda: StoreConnection(self), host, port)
             self._listeners.append(tcp)
         self.ready = True
+        self.listening_since = time.monotonic()
         log.info("store_listening", socket=str(path), tcp=self.settings.tcp, version=__version__)
 
     def _housekeep(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -219,8 +222,10 @@ class StoreServer:
             "max_frame_bytes": self.settings.max_frame_bytes,
             "max_record_bytes": self.engine.max_record_bytes,
             # A client learns from it that the store restarted lately: the API's job sweep
-            # waits until its workers have had time to beat again (``api.jobs.state``).
-            "uptime_s": round(time.time() - self.started_at, 3),
+            # waits until its workers have had time to beat again (``api.jobs.state``). From
+            # when it listens, not when it started: loading a big log takes a while, and no
+            # worker could beat meanwhile. Monotonic: a clock step does not move it.
+            "uptime_s": round(time.monotonic() - (self.listening_since or time.monotonic()), 3),
         }
 
     def ping(self) -> dict[str, Any]:

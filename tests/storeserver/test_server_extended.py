@@ -173,3 +173,11 @@ async def test_unknown_command_names_are_counted_together(client: StoreClient) -
     commands = (await client.call("stats"))["commands"]
     assert commands["unknown"]["count"] == 3
     assert not [name for name in commands if name.startswith("bogus")]
+
+
+async def test_hello_uptime_counts_from_when_the_store_listens(server) -> None:
+    """Review: counted from the process start, a store that took JOB_STALE_SECONDS to load its
+    data said so in its first HELLO, and the API's job sweep gave live jobs no grace."""
+    assert 0 <= server.server_info()["uptime_s"] < 60
+    server.started_at -= 1000  # as if loading had taken 1000 s before it listened
+    assert 0 <= server.server_info()["uptime_s"] < 60
