@@ -11,10 +11,12 @@ stores a hash of the normalized form instead (``verify_and_rehash``).
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import weakref
 from collections.abc import Callable
 from functools import lru_cache
+from pathlib import Path
 from typing import TypeVar
 
 import anyio
@@ -32,23 +34,44 @@ from api.errors import ApiError
 from api.settings import DEV_ADMIN_PASSWORD, get_settings
 
 T = TypeVar("T")
-HASHING_THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2
-"""bcrypt calls one worker runs at once (the CPUs it may use). bcrypt releases the GIL, and
-anyio's pool runs 40 threads: a burst of logins used them all, the requests on the loop
-competed with 40 hashes for the cores (soak QA: GET p95 from 9 to 252 ms with 20 logins).
-Past this many, logins wait their turn; the loop keeps a core."""
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may use: its affinity, within a cgroup (v2) CPU quota (a
+    container limited to 2 CPUs sees the host's 64 in its affinity)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpus = cpus or 1
+    try:
+        quota, period = CGROUP_CPU_MAX.read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 quota to read
+    return cpus
+
+
+@lru_cache
+def hashing_threads() -> int:
+    """bcrypt calls one worker runs at once: its share of the usable CPUs (at least one).
+    bcrypt releases the GIL and anyio's pool runs 40 threads: a burst of logins used them all,
+    and the requests on the loops competed with 40 hashes a worker for the cores (soak QA: GET
+    p95 from 9 to 252 ms with 20 logins). Past this many, a worker's logins wait their turn."""
+    return max(1, usable_cpus() // get_settings().web_concurrency)
+
+
 _limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, anyio.CapacityLimiter] = (
     weakref.WeakKeyDictionary()
 )
 
 
 async def _hashing(func: Callable[..., T], *args: object) -> T:
-    """``func(*args)`` in a worker thread, at most ``HASHING_THREADS`` at once per loop (a
+    """``func(*args)`` in a worker thread, at most ``hashing_threads()`` at once per loop (a
     limiter belongs to the loop it was made in: tests run several, one after the other)."""
     loop = asyncio.get_running_loop()
     limiter = _limiters.get(loop)
     if limiter is None:
-        limiter = _limiters[loop] = anyio.CapacityLimiter(HASHING_THREADS)
+        limiter = _limiters[loop] = anyio.CapacityLimiter(hashing_threads())
     return await anyio.to_thread.run_sync(func, *args, limiter=limiter)
 
 
