@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.deploy.test_api_start_checks import start_api
-from tests.deploy.test_supervisord import start_make_run
+from tests.deploy.test_supervisord import failed_make_run
 from tests.support.stack import ROOT, free_port, start_stack, wait_until_ready, worker_pids
 
 pytestmark = pytest.mark.integration
@@ -49,13 +49,7 @@ def test_a_port_in_use_is_an_invalid_setting(tmp_path: Path, taken_port: int, ho
 
 
 def test_make_run_stops_at_once_on_a_port_in_use(taken_port: int) -> None:
-    run = start_make_run(PORT=str(taken_port))
-    try:
-        assert run.process.wait(90) != 0, "\n".join(run.lines()[-20:])
-        events = run.events()
-    finally:
-        run.stop()
-        shutil.rmtree(run.run_dir, ignore_errors=True)
+    events = failed_make_run(PORT=str(taken_port))
     refused = [e for e in events if e.get("event") == "invalid_settings"]
     assert len(refused) == 1 and refused[0]["errors"].startswith(f"PORT: {taken_port} "), events
     assert not [e for e in events if "Connection in use" in str(e.get("event"))], events

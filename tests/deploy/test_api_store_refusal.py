@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy.test_supervisord import start_make_run
+from tests.deploy.test_supervisord import failed_make_run
 from tests.support.stack import ROOT, free_port
 from tests.support.store import StoreProcess, short_tmp_dir
 
@@ -101,13 +101,7 @@ def test_a_store_refusing_the_api_tables_ends_the_api_with_2_naming_the_cause(
 
 
 def test_make_run_stops_at_once_when_the_store_refuses_the_api_tables() -> None:
-    run = start_make_run(STORE_MAX_MEMORY="384")
-    try:
-        assert run.process.wait(90) != 0, "\n".join(run.lines()[-20:])
-        events = run.events()
-    finally:
-        run.stop()
-        shutil.rmtree(run.run_dir, ignore_errors=True)
+    events = failed_make_run(STORE_MAX_MEMORY="384")
     refusals = [e for e in events if e.get("event") == "api_failed_to_start"]
     assert len(refusals) == 1, events  # not started again
     assert "STORE_MAX_MEMORY=384 bytes" in refusals[0]["error"]

@@ -106,6 +106,17 @@ def start_make_run(run_dir: Path | None = None, /, **settings: str) -> MakeRun:
     return MakeRun(process, run_dir, port, output)
 
 
+def failed_make_run(**settings: str) -> list[dict[str, Any]]:
+    """The events of a `make run` that must stop by itself (non-zero), once it has."""
+    run = start_make_run(**settings)
+    try:
+        assert run.process.wait(90) != 0, "\n".join(run.lines()[-20:])
+        return run.events()
+    finally:
+        run.stop()
+        shutil.rmtree(run.run_dir, ignore_errors=True)
+
+
 @pytest.fixture
 def make_run() -> Iterator[list[MakeRun]]:
     """Started runs, stopped and removed at the end."""
