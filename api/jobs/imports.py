@@ -26,6 +26,7 @@ import time
 from typing import IO, Any
 
 from api.errors import ApiError
+from api.jobs import runner
 from api.jobs.model import ACTIVE, JobLost
 from api.jobs.runner import JobContext, JobFunc, while_the_store_restarts
 from api.jobs.state import LOST_CHANGES, Job
@@ -75,6 +76,15 @@ class JobBoundStore:
     async def call(
         self, command: str, args: dict[str, Any] | None = None, *, timeout: float | None = None
     ) -> Any:
+        try:
+            return await self._call(command, args, timeout)
+        except StoreUnavailable as exc:
+            # Whatever the command: an import of rows with ids reads before each batch
+            # (``get_many``), and the outage may meet that read rather than the batch.
+            self.outage = exc
+            raise
+
+    async def _call(self, command: str, args: dict[str, Any] | None, timeout: float | None) -> Any:
         if command != "batch" or args is None:
             return await self.ctx.store.call(command, args, timeout=timeout)
         changes = {"confirmed": self.confirmed_after(len(args["ops"]))}
@@ -91,11 +101,7 @@ class JobBoundStore:
                 job.get("cancel_requested")
             )
             return reply
-        try:
-            reply, job = await self.ctx.jobs.write_owned(self.ctx.job_id, args, changes, timeout)
-        except StoreUnavailable as exc:
-            self.outage = exc
-            raise
+        reply, job = await self.ctx.jobs.write_owned(self.ctx.job_id, args, changes, timeout)
         self.ctx.cancel_requested = self.ctx.cancel_requested or bool(job.get("cancel_requested"))
         return reply
 
@@ -129,7 +135,11 @@ def import_job(table: str, binary: IO[bytes], atomic: bool) -> JobFunc:
             next_report = time.monotonic() + ctx.settings.job_heartbeat_seconds
             # Not ``confirmed``: each batch records it as it lands (a count taken here could
             # be written after a later batch's, and say less).
-            await ctx.checkpoint(bytes_read(binary, size), size, "bytes")
+            try:
+                await ctx.checkpoint(bytes_read(binary, size), size, "bytes")
+            except StoreUnavailable as exc:
+                store.outage = exc  # as a batch meeting it: what landed is read back
+                raise
 
         try:
             result = await import_csv(
@@ -137,10 +147,13 @@ def import_job(table: str, binary: IO[bytes], atomic: bool) -> JobFunc:
             )
             ctx.final_progress = {"done": bytes_read(binary, size), "total": size, "unit": "bytes"}
         except ApiError as exc:
-            settled = None if store.outage is None else await settle_after_outage(ctx, store)
+            outage = store.outage
+            settled = None if outage is None else await settle_after_outage(ctx, store)
             ctx.final_progress = {"done": report.imported, "total": None, "unit": "rows"}
-            if settled is None:
+            if outage is None or report.atomic:
                 raise
+            if settled is None:  # the store stayed away: the counts are the acknowledged ones
+                settled = interrupted(outage, report, UNSETTLED)
             raise settled from exc
         except BaseException:
             # Failed, cancelled (JobCancelled) or stopped with the worker (CancelledError, a
@@ -154,6 +167,13 @@ def import_job(table: str, binary: IO[bytes], atomic: bool) -> JobFunc:
     return run
 
 
+UNSETTLED = (
+    "the store did not come back in time to say which rows it kept: with STORE_FSYNC everysec"
+    " or no, a crash may have lost some of the rows counted here; check the last ones before"
+    " resuming"
+)
+
+
 async def settle_after_outage(ctx: JobContext, store: JobBoundStore) -> ApiError | None:
     """The answer of a default import the store's outage stopped, from the rows its record
     confirmed once the store is back (each batch lands with its record: exact, in-flight
@@ -163,7 +183,11 @@ async def settle_after_outage(ctx: JobContext, store: JobBoundStore) -> ApiError
     if report.atomic or outage is None:
         return None
     try:
-        job = await while_the_store_restarts(lambda: ctx.jobs.find(ctx.job_id))
+        # Longer than the runner's own wait to record the end (``RECORD_RETRY_SECONDS``):
+        # given up, the job would be recorded with the worker's counts.
+        job = await while_the_store_restarts(
+            lambda: ctx.jobs.find(ctx.job_id), 2 * runner.RECORD_RETRY_SECONDS
+        )
     except StoreError:
         return None
     if job is None or job.get("state") not in ACTIVE:

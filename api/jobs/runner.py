@@ -76,11 +76,13 @@ def result_dir(settings: Settings) -> Path:
     return settings.job_results_path
 
 
-async def while_the_store_restarts(step: Callable[[], Awaitable[T]]) -> T:
-    """``step()``, again with backoff while the store is unavailable, for at most
-    ``RECORD_RETRY_SECONDS``. A transition is safe to repeat: it re-reads the state first
+async def while_the_store_restarts(
+    step: Callable[[], Awaitable[T]], seconds: float | None = None
+) -> T:
+    """``step()``, again with backoff while the store is unavailable, for at most ``seconds``
+    (``RECORD_RETRY_SECONDS``). A transition is safe to repeat: it re-reads the state first
     (a timed-out patch that did land leaves the job no longer in ``allowed_from``)."""
-    deadline = time.monotonic() + RECORD_RETRY_SECONDS
+    deadline = time.monotonic() + (RECORD_RETRY_SECONDS if seconds is None else seconds)
     delay = 0.05
     while True:
         try:
@@ -299,6 +301,7 @@ class JobRunner:
         beat = self.settings.job_heartbeat_seconds
         sweep_every = max(1, round(self.settings.job_stale_seconds / 2 / beat))
         count = 0
+        failing = False
         while True:
             await asyncio.sleep(beat)
             count += 1
@@ -309,7 +312,13 @@ class JobRunner:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the store is down: try again next beat
-                log.warning("job_heartbeat_failed", error=repr(exc))
+                if not failing:  # once per outage (jobs QA: a line every beat, 46 in 90 s)
+                    log.warning("job_heartbeat_failed", error=repr(exc))
+                failing = True
+            else:
+                if failing:
+                    log.info("job_heartbeats_resumed")
+                failing = False
 
     def cancel_here(self, job_id: str) -> None:
         """The cancel of a job this worker runs takes effect at its next checkpoint; one

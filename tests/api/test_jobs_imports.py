@@ -27,16 +27,23 @@ from tests.support.engine import EngineStore, run
 
 
 class RestartingStore(EngineStore):
-    """``batch`` number ``fail_at`` loses its connection, and the store stays away for
-    ``down_for`` seconds after it (a restart); ``batch`` number ``stick_at`` never answers
-    until ``release`` is set (a worker frozen mid-import)."""
+    """Call number ``fail_at`` of ``fail_on`` (a ``batch`` unless said) loses its connection,
+    and the store stays away for ``down_for`` seconds after it (a restart); ``batch`` number
+    ``stick_at`` never answers until ``release`` is set (a worker frozen mid-import)."""
 
     def __init__(
-        self, fail_at: int = 0, down_for: float = 0.0, stick_at: int = 0, lose_from: int = 0
+        self,
+        fail_at: int = 0,
+        down_for: float = 0.0,
+        stick_at: int = 0,
+        lose_from: int = 0,
+        fail_on: str = "batch",
     ) -> None:
         super().__init__()
         self.fail_at, self.down_for, self.stick_at = fail_at, down_for, stick_at
         self.lose_from = lose_from  # batches from this one on are answered, then lost
+        self.fail_on = fail_on
+        self.failing_calls = 0
         self.saved: Any = None
         self.batches = 0
         self.down_until = 0.0
@@ -49,13 +56,15 @@ class RestartingStore(EngineStore):
         await asyncio.sleep(0)
         if time.monotonic() < self.down_until:
             raise StoreUnavailable("the connection to the store was lost")
-        if command == "batch":
-            self.batches += 1
-            if self.batches == self.fail_at:
+        if command == self.fail_on:
+            self.failing_calls += 1
+            if self.failing_calls == self.fail_at:
                 self.down_until = time.monotonic() + self.down_for
                 if self.saved is not None:  # restarted from what it had saved (everysec)
                     self.engine = self.saved
                 raise StoreUnavailable("the connection to the store was lost")
+        if command == "batch":
+            self.batches += 1
             if self.batches == self.lose_from:
                 self.saved = copy.deepcopy(self.engine)
             if self.batches == self.stick_at:
@@ -80,11 +89,14 @@ def settings(tmp_path: Path) -> Settings:
     return Settings(job_result_dir=str(tmp_path), job_heartbeat_seconds=1e-6, job_stale_seconds=5)
 
 
-async def import_to_the_end(store: RestartingStore, tmp_path: Path) -> dict[str, Any]:
-    """A default import of 3000 rows, as a job run to its end: the job as the API shows it."""
+async def import_to_the_end(
+    store: RestartingStore, tmp_path: Path, rows: bytes | None = None
+) -> dict[str, Any]:
+    """A default import of ``rows`` (3000 without ids), as a job run to its end: the job as
+    the API shows it."""
     runner = JobRunner(store, settings(tmp_path))  # type: ignore[arg-type]
     try:
-        func = import_job("t", io.BytesIO(valid_rows(3000)), False)
+        func = import_job("t", io.BytesIO(rows or valid_rows(3000)), False)
         job = await runner.submit("import", "owner", {"table": "t", "atomic": False}, func)
         await asyncio.wait_for(asyncio.shield(runner._tasks[job["id"]]), 10)
     finally:
@@ -120,6 +132,22 @@ async def test_a_restart_that_lost_acknowledged_rows_resumes_from_the_rows_the_s
     message = done["error"]["message"]
     assert "without the last 1000 rows it had acknowledged" in message
     assert "resume from row 1001" in message
+
+
+async def test_rows_with_ids_lost_by_a_restart_met_by_a_read_are_not_counted(
+    tmp_path: Path,
+) -> None:
+    """jobs QA: rows with ids are read back before each batch (``get_many``); an outage met by
+    that read, not a batch, left the job counting the acknowledged rows the crash lost (its
+    resume_from_row skipped them for good). Batches 3 and 4 are lost; the 5th read fails."""
+    store = RestartingStore(fail_at=5, down_for=0.3, lose_from=3, fail_on="get_many")
+    with_ids = b"id,n\n" + b"".join(b"k%d,%d\n" % (i, i) for i in range(1, 3001))
+    done = await import_to_the_end(store, tmp_path, with_ids)
+    assert store.count("t") == 1000
+    assert done["state"] == "failed" and done["error"]["code"] == "STORE_UNAVAILABLE"
+    summary = done["error"]["details"][0]
+    assert summary["imported"] == 1000 and summary["resume_from_row"] == 1001
+    assert "without the last 1000 rows it had acknowledged" in done["error"]["message"]
 
 
 async def test_an_import_lost_with_its_worker_says_what_was_imported(tmp_path: Path) -> None:

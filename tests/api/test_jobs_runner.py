@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog.testing
 
 from api.jobs import runner as runner_module
 from api.jobs.model import SCHEMA, TABLE
@@ -262,3 +263,27 @@ async def test_the_sweep_keeps_results_within_their_byte_cap(
     # 400 bytes over a 250 cap: the running one stays; the two oldest finished go
     assert left == sorted([made[0], made[3]])
     assert await jobs.find(made[1]) is None and await jobs.find(made[3]) is not None
+
+
+async def test_heartbeats_failing_through_an_outage_are_told_once(
+    store: EngineStore, settings: Settings
+) -> None:
+    """jobs QA: a job_heartbeat_failed warning every beat of an outage (46 in 90 s)."""
+    release = asyncio.Event()
+
+    async def waits(ctx: JobContext) -> dict[str, Any]:
+        await release.wait()
+        return {}
+
+    runner = JobRunner(store, settings)  # a beat every 0.05 s
+    await runner.start()
+    try:
+        with structlog.testing.capture_logs() as lines:
+            await runner.submit("test", "owner", {}, waits)
+            store.outage(0.5)  # about 10 beats
+            await asyncio.sleep(0.8)
+        events = [line["event"] for line in lines if line["event"].startswith("job_heartbeat")]
+        assert events == ["job_heartbeat_failed", "job_heartbeats_resumed"]
+    finally:
+        release.set()
+        await runner.stop()
