@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import (
@@ -58,6 +58,14 @@ checks the headers' size too (``api.hardening``), but only once all are in: http
 whatever a head holds, and one connection sending 2 GB of header lines grew a worker to 1.5 GB."""
 READ_BYTES = 256 * 1024
 """The most uvloop reads from a socket at once."""
+LINGER_IDLE_SECONDS = 5.0
+LINGER_MAX_SECONDS = 30.0
+"""A connection closed while its client may still be sending (requests past those answered,
+a head cut short) first sends FIN and goes on reading, discarding: until the client closes,
+LINGER_IDLE_SECONDS pass without a byte from it, or LINGER_MAX_SECONDS in all (nginx's
+lingering close, same figures). Closed with bytes unread, Linux sends RST instead of FIN, and
+the client's kernel drops the answers it received and the client had not read yet: the end of
+a download, or the request answered last."""
 MAX_PIPELINED = 32
 """Requests one connection may have waiting behind the one being served. uvicorn pauses reading
 while one waits, but parses every request of a read (up to 256 KiB) and resumes reading after
@@ -229,6 +237,21 @@ def close_delimited(app: ASGI3Application, cycle: RequestResponseCycle) -> ASGI3
     return http10_app
 
 
+class _LingeringClose:
+    """The transport as the request answered last before a close sees it: its ``close()`` is
+    the protocol's lingering close (``HeaderDeadlineProtocol._linger``)."""
+
+    def __init__(self, protocol: HeaderDeadlineProtocol) -> None:
+        self._protocol = protocol
+        self._transport = protocol.transport
+
+    def close(self) -> None:
+        self._protocol._linger()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class HeaderDeadlineProtocol(HttpToolsProtocol):
     header_timeout = 10.0  # HEADER_TIMEOUT, set per worker by deploy/gunicorn.conf.py
     _header_timer: asyncio.TimerHandle | None = None
@@ -243,6 +266,8 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
     _head_bytes = 0  # of the request whose head is being parsed (MAX_HEAD_BYTES)
     _head_read = 0  # bytes of the reads that ended inside that head
     _in_head = False  # a request's head has begun and is not complete
+    _linger_timer: asyncio.TimerHandle | None = None
+    _linger_ends = 0.0  # loop time past which a lingering close ends whatever the client does
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -265,7 +290,8 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         self._count_head(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._count_head(len(name) + len(value))
+        # With ": " and CRLF: 30,000 empty headers ("a:") were 30 KB counted, 150 KB sent.
+        self._count_head(len(name) + len(value) + 4)
         super().on_header(name, value)
 
     def _count_head(self, size: int) -> None:
@@ -314,6 +340,8 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
         running = self._running
         if running is not None and running is not self.cycle and not running.response_complete:
             # uvicorn tells only ``self.cycle``, the request parsed last, that the client left:
@@ -341,19 +369,45 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
             self._close_after_waiting()
 
     def _close_after_waiting(self) -> None:
-        """Read no more; answer the requests parsed whole (running or waiting), then close."""
+        """Parse no more; answer the requests parsed whole (running or waiting), then close,
+        lingering (``LINGER_IDLE_SECONDS``). What the client sends meanwhile is read and
+        dropped (``data_received``): left unread, it would turn the close into a reset."""
         self._closing = True
         self._disarm()
         running = self._running
         last = self.pipeline[0][0] if self.pipeline else running
         if last is None or last.response_complete or last.disconnected:
-            self.transport.close()
+            self._linger()
             return
-        last.keep_alive = False  # uvicorn closes the connection once its answer is out
-        self.flow.pause_reading()
+        last.keep_alive = False  # uvicorn closes the connection once its answer is out...
+        last.transport = _LingeringClose(self)  # type: ignore[assignment]  # ...lingering
+
+    def _linger(self) -> None:
+        """Send FIN once what is buffered is out, and close when the client has gone (its
+        EOF), or has sent nothing for LINGER_IDLE_SECONDS, or after LINGER_MAX_SECONDS."""
+        transport = self.transport
+        if transport.is_closing() or self._linger_timer is not None:
+            return
+        try:
+            transport.write_eof()
+        except (OSError, RuntimeError, NotImplementedError):
+            transport.close()
+            return
+        self.flow.resume_reading()
+        self._linger_ends = self.loop.time() + LINGER_MAX_SECONDS
+        self._linger_timer = self.loop.call_later(LINGER_IDLE_SECONDS, transport.close)
+
+    def _lingered_read(self) -> None:
+        """A read while lingering: the client is still there; wait for it a while more."""
+        if self._linger_timer is None:
+            return
+        self._linger_timer.cancel()
+        wait = min(LINGER_IDLE_SECONDS, self._linger_ends - self.loop.time())
+        self._linger_timer = self.loop.call_later(max(wait, 0.0), self.transport.close)
 
     def data_received(self, data: bytes) -> None:
         if self._refusal is not None or self._upgrade_asked or self._closing:
+            self._lingered_read()
             return  # the parser is stopped at that request: whatever follows is dropped
         self._unset_keepalive_if_required()
         try:
@@ -384,10 +438,6 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()  # starts the next pipelined request, if any
-        if self._closing:
-            # uvicorn resumed reading (so does a streamed request's ``receive``): what comes
-            # is dropped (``data_received``); pausing again spares reading it.
-            self.flow.pause_reading()
         if self._refusal is not None and not self.transport.is_closing() and self._answered():
             self._send_refusal()
 
