@@ -168,13 +168,23 @@ def write_access_line(fds: list[int], logger_name: str, event: str, fields: dict
             data = data[os.write(fd, data) :]
 
 
+LOGGED_AT_START = ("api.main.StoreRefusedSetup: ",)
+"""Exceptions that end a worker's start after their own line (``store_setup_refused``): the
+lifespan's traceback, which uvicorn logs as text, would add only noise to a known refusal."""
+
+
 class DropLoggedErrors(logging.Filter):
     """Drops uvicorn's "Exception in ASGI application" traceback for an exception whose raiser
-    already logged it (``already_logged``, e.g. ``api.errors.StreamCutOff``)."""
+    already logged it (``already_logged``, e.g. ``api.errors.StreamCutOff``), and the text
+    traceback of a failed start it logs for one in ``LOGGED_AT_START`` (ops QA: a multi-line
+    traceback before each ``api_failed_to_start`` for a configuration the store refused)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        return not getattr(exc, "already_logged", False)
+        if getattr(exc, "already_logged", False):
+            return False
+        text = record.msg if isinstance(record.msg, str) else ""
+        return not (text.startswith("Traceback") and any(t in text for t in LOGGED_AT_START))
 
 
 def logging_config(level: str) -> dict[str, Any]:

@@ -98,6 +98,8 @@ def test_a_store_refusing_the_api_tables_ends_the_api_with_2_naming_the_cause(
     refused = [e for e in events if e["event"] == "store_setup_refused"]
     assert 1 <= len(refused) <= 2 and refused[0]["message"] == last["error"], events
     assert not [e for e in events if "not ready" in str(e.get("event"))], events
+    # ops QA: each worker's lifespan traceback came before those lines; the refusal says why.
+    assert not [e for e in events if "Traceback" in str(e.get("event"))], events
 
 
 def test_make_run_stops_at_once_when_the_store_refuses_the_api_tables() -> None:
