@@ -71,7 +71,7 @@ class JobBoundStore:
         self.server_info = getattr(ctx.store, "server_info", None)
         # The store going away under a batch: what landed is then read from the job's record
         # (``settle_after_outage``). Not a timeout: the batch may still land after the read.
-        self.outage: StoreError | None = None
+        self.outage: StoreUnavailable | None = None
 
     async def call(
         self, command: str, args: dict[str, Any] | None = None, *, timeout: float | None = None
@@ -148,12 +148,14 @@ def import_job(table: str, binary: IO[bytes], atomic: bool) -> JobFunc:
             ctx.final_progress = {"done": bytes_read(binary, size), "total": size, "unit": "bytes"}
         except ApiError as exc:
             outage = store.outage
-            settled = None if outage is None else await settle_after_outage(ctx, store)
-            ctx.final_progress = {"done": report.imported, "total": None, "unit": "rows"}
-            if outage is None or report.atomic:
+            if outage is None or atomic:  # an atomic import's one batch has no row to resume at
+                ctx.final_progress = {"done": report.imported, "total": None, "unit": "rows"}
                 raise
-            if settled is None:  # the store stayed away: the counts are the acknowledged ones
-                settled = interrupted(outage, report, UNSETTLED)
+            # The store stayed away: the counts are the acknowledged ones, and it says so.
+            settled = await settle_after_outage(ctx, report, outage) or interrupted(
+                outage, report, UNSETTLED
+            )
+            ctx.final_progress = {"done": report.imported, "total": None, "unit": "rows"}
             raise settled from exc
         except BaseException:
             # Failed, cancelled (JobCancelled) or stopped with the worker (CancelledError, a
@@ -174,14 +176,12 @@ UNSETTLED = (
 )
 
 
-async def settle_after_outage(ctx: JobContext, store: JobBoundStore) -> ApiError | None:
+async def settle_after_outage(
+    ctx: JobContext, report: ImportReport, outage: StoreUnavailable
+) -> ApiError | None:
     """The answer of a default import the store's outage stopped, from the rows its record
     confirmed once the store is back (each batch lands with its record: exact, in-flight
-    batch included); ``None`` while the store stays away, or for an atomic import (its one
-    batch has no rows to resume from)."""
-    report, outage = store.report, store.outage
-    if report.atomic or outage is None:
-        return None
+    batch included); ``None`` while the store stays away. ``report`` is set to those rows."""
     try:
         # Longer than the runner's own wait to record the end (``RECORD_RETRY_SECONDS``):
         # given up, the job would be recorded with the worker's counts.
