@@ -42,6 +42,7 @@ from api.routes import jobs as job_routes
 from api.routes import transactions as transaction_routes
 from api.services.schema import SCHEMAS, ensure_schema
 from api.settings import START_REFUSAL_FILE_ENV, Settings, get_settings
+from api.solver import plan_dependencies
 from api.store import connect_store
 from storeserver.client import Caller
 from storeserver.errors import LimitExceeded, MemoryLimit, StoreError
@@ -235,4 +236,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(transaction_routes.router, prefix=API_PREFIX)
     install_openapi(app)
     install_docs(app)
+    plan_dependencies(app)
     return app
