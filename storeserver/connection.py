@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from .errors import ProtocolError, StoreBusy, StoreError
 from .protocol import (
@@ -168,24 +168,44 @@ class StoreConnection(asyncio.Protocol):
             self._more = bool(messages) and self.decoder.buffered > 0
             self._serve(messages)
             return
+        if not self._writing_paused:
+            # The usual read of a client that waits for each answer: one request, nothing
+            # waiting, no budget to keep. Taken whole from the read, without the decoder's
+            # loop or a ``Request`` (~0.9 us of the ~6.5 a ``get`` costs in-process).
+            try:
+                request = self.decoder.take_request(data)
+            except ProtocolError as exc:  # as feed_until_error would report it
+                self._error = exc
+                self._serve([])
+                return
+            if request is not None:
+                _, rid, command, args = request
+                if not self._answer_alone(rid, command, args, len(data) - 4):
+                    self._serve([Request(rid, command, args, len(data) - 4)])
+                return
         messages, error = self.decoder.feed_until_error(data, TURN_BATCH)
         if error is not None:
             self._error = error
         elif len(messages) == 1 and not self._writing_paused:
-            # The usual read of a client that waits for each answer: one request, nothing
-            # waiting, no budget to keep.
+            # As above, for one request that came in pieces or after buffered bytes.
             message = messages[0]
-            durability = self.server.durability
-            if (
-                type(message) is Request
-                and message.command not in _TURN_COMMANDS
-                and (durability is None or not durability.holds_replies)
+            if type(message) is Request and self._answer_alone(
+                message.request_id, message.command, message.args, message.size
             ):
-                reply = self.server.handle(message, self)
-                if reply is not None and self.transport is not None:
-                    self.transport.write(reply)
                 return
         self._serve(messages)
+
+    def _answer_alone(self, rid: int, command: str, args: dict[str, Any], size: int | None) -> bool:
+        """Answer a request that came alone at once, outside a turn, unless it needs one (the
+        commands a turn answers, or replies held for the log's fsync). False: serve it."""
+        server = self.server
+        durability = server.durability
+        if command in _TURN_COMMANDS or (durability is not None and durability.holds_replies):
+            return False
+        reply = server.handle_parts(rid, command, args, size, self)
+        if reply is not None and self.transport is not None:
+            self.transport.write(reply)
+        return True
 
     def _decode_more(self) -> list[Message]:
         messages, error = self.decoder.feed_until_error(b"", TURN_BATCH)
@@ -216,8 +236,16 @@ class StoreConnection(asyncio.Protocol):
                         reply = server.snapshot(self, message)
                     elif command == "cancel":
                         reply = server.cancel(self, message)
-                    else:
-                        reply = server.handle(message, self)
+                    else:  # ``handle``, one call less
+                        reply = server.handle_parts(
+                            message.request_id,
+                            command,
+                            message.args,
+                            message.size,
+                            self,
+                            0.0,
+                            message,
+                        )
                     if reply is not None:
                         replies.append(reply)
                         reply_bytes += len(reply)

@@ -92,13 +92,20 @@ class Error:
 Message = Hello | Request | Result | Error
 
 
+_new_tuple = tuple.__new__
+_ExtType = msgpack.ExtType
+
+
 def _default(obj: Any) -> Any:
+    # Called by the Packer for every Decimal of every reply: exact type first, names bound
+    # at import (60 ns of the ~430 ns a money value costs over a string, measured).
     if type(obj) is Decimal or isinstance(obj, Decimal):
         if not obj.is_finite():
             raise ProtocolError("only finite decimals can be encoded")
         # tuple.__new__ skips ExtType.__new__'s argument checks (~0.5 us per money value);
-        # the arguments are known good here.
-        return tuple.__new__(msgpack.ExtType, (_DECIMAL_EXT, str(obj).encode("ascii")))
+        # the arguments are known good here. A Decimal's text is ASCII: encode()'s UTF-8 is
+        # the same bytes, without looking up the codec's name.
+        return _new_tuple(_ExtType, (_DECIMAL_EXT, str(obj).encode()))
     if isinstance(obj, tuple):
         return list(obj)
     raise TypeError(f"cannot encode {type(obj).__name__}")
@@ -142,10 +149,13 @@ def pack_value(obj: Any) -> bytes:
         raise ProtocolError(f"cannot encode message: {exc}") from exc
 
 
+_unpackb = msgpack.unpackb
+
+
 def unpack_value(data: bytes | bytearray | memoryview) -> Any:
     """The inverse of ``pack_value``; raises ``ProtocolError`` for anything malformed."""
     try:
-        return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=True)
+        return _unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=True)
     except ProtocolError:
         raise
     except Exception as exc:  # msgpack raises several unrelated types for bad input
@@ -162,7 +172,20 @@ def encode_request(request_id: int, command: str, args: dict[str, Any]) -> bytes
 
 
 def encode_result(request_id: int, value: Any) -> bytes:
-    return _pack([_RESULT, request_id, value])
+    # Every reply: ``_pack`` and ``pack_value`` inlined (two calls, ~0.1 us a reply).
+    try:
+        packer = _local.packer
+    except AttributeError:
+        packer = _packer()
+    try:
+        body = packer.pack([_RESULT, request_id, value])
+    except ProtocolError:
+        packer.reset()
+        raise
+    except (TypeError, ValueError, OverflowError) as exc:
+        packer.reset()
+        raise ProtocolError(f"cannot encode message: {exc}") from exc
+    return _HEADER.pack(len(body)) + body
 
 
 ERROR_MESSAGE_CUT = 1000
@@ -303,7 +326,14 @@ def _to_message(obj: Any, body_size: int | None = None) -> Message:
 
 def decode_body(body: bytes | bytearray | memoryview) -> Message:
     """Decode one frame's body (without its length header)."""
-    return _to_message(unpack_value(body), len(body))
+    # Every frame: ``unpack_value`` inlined (one call less).
+    try:
+        obj = _unpackb(body, ext_hook=_ext_hook, raw=False, strict_map_key=True)
+    except ProtocolError:
+        raise
+    except Exception as exc:  # msgpack raises several unrelated types for bad input
+        raise ProtocolError(f"undecodable frame: {type(exc).__name__}") from exc
+    return _to_message(obj, len(body))
 
 
 class FrameDecoder:
@@ -333,6 +363,38 @@ class FrameDecoder:
     def buffered(self) -> int:
         """Bytes received that are not yet part of a complete frame."""
         return len(self._buffer)
+
+    def take_request(self, data: bytes) -> list[Any] | None:
+        """``feed_until_error``'s fast path for a read that is exactly one whole request
+        frame, with nothing buffered before it (the usual read of a client that waits for
+        each reply): the request's array ``[0, request_id, command, args]``, checked as
+        ``decode_body`` checks it, with no ``Request`` built; its body is ``len(data) - 4``
+        bytes. ``None`` for any other read, of which nothing is consumed: feed it then.
+        Raises ``ProtocolError`` for a frame that does not decode, as ``feed`` does (discard
+        the decoder then).
+
+        Saves ~0.9 us a request over ``feed_until_error`` (measured: its loop and result
+        tuple, ``_to_message`` and the ``Request`` dataclass)."""
+        size = len(data) - 4
+        if size <= 0 or self._buffer or size > self._max_frame_size:
+            return None
+        if _HEADER.unpack_from(data)[0] != size:
+            return None
+        obj = unpack_value(data[4:])
+        if type(obj) is list and len(obj) == 4:
+            kind, rid, command, args = obj
+            if (
+                type(kind) is int
+                and kind == _REQUEST
+                and type(rid) is int
+                and 0 <= rid < _MAX_ID
+                and type(command) is str
+                and type(args) is dict
+            ):
+                return obj
+        # Another message: decoded again by ``feed``. After the handshake (the server's
+        # use) any other message drops the connection, so that happens once at most.
+        return None
 
     def feed(self, data: bytes | bytearray) -> list[Message]:
         """The messages completed by ``data``; raises ``ProtocolError`` for a bad frame."""

@@ -121,7 +121,11 @@ class RecordReader:
     def get(self, args: Args) -> Record:
         if not args.keys() <= _GET_ARGS:
             check_keys(args, _GET_ARGS)
-        table = self.catalog.get(args)
+        # ``catalog.get`` inlined for a table that exists (one call less on every get).
+        name = args.get("table")
+        table = self.catalog.tables.get(name) if type(name) is str else None
+        if table is None:
+            table = self.catalog.get(args)  # raises NotFound or BadRequest
         rid = args.get("id")
         if type(rid) is not str:
             raise BadRequest("id must be a string", {"arg": "id"})

@@ -51,7 +51,7 @@ from .protocol import (
     handshake_frame_size,
 )
 from .records import format_timestamp
-from .requesttags import take_tags
+from .requesttags import ACTOR_ARG, REQUEST_ID_ARG, take_tags
 from .scheduler import JobScheduler
 from .settings import StoreSettings
 from .socketchecks import clear_stale_socket
@@ -64,6 +64,9 @@ SLOW_KEPT = 20
 HOUSEKEEPING_S = 5.0  # at most this between sweeps of idle scan cursors
 # The engine's commands and the ones the server answers itself; any other name is "unknown".
 _KNOWN_COMMANDS = Engine.COMMANDS | {"ping", "snapshot", "cancel"}
+# The commands ``run`` passes to the engine as they are (not ``stats``: the server's own).
+_ENGINE_READS = Engine.COMMANDS - Engine.WRITE_COMMANDS - {"stats"}
+_perf_counter = time.perf_counter
 
 
 def _frees_or_marks(args: dict[str, Any]) -> bool:
@@ -310,16 +313,41 @@ class StoreServer:
         ``None`` when the command goes on as a job: its reply is sent to ``conn`` later.
         ``spent``: the time earlier attempts took (a command that waited for a turn).
         """
-        started = time.perf_counter()
-        rid = request.request_id
-        args = request.args
-        command = request.command
+        return self.handle_parts(
+            request.request_id, request.command, request.args, request.size, conn, spent, request
+        )
+
+    def handle_parts(
+        self,
+        rid: int,
+        command: str,
+        args: dict[str, Any],
+        size: int | None,
+        conn: StoreConnection | None = None,
+        spent: float = 0.0,
+        request: Request | None = None,
+    ) -> bytes | None:
+        """``handle`` of a request given as its parts (``FrameDecoder.take_request``): a
+        ``Request`` is built only when the command goes on as a job.
+
+        The path of every request: ``run`` and ``_account`` are inlined for the usual case
+        (an engine read, a known command that is not slow), which saves ~0.2 us a request
+        (measured: a call costs 50-100 ns here)."""
+        started = _perf_counter()
         request_tag = None
         try:
-            request_tag, actor = take_tags(args)
-            result = self.run(command, args, actor, request_tag, request.size)
+            if REQUEST_ID_ARG in args or ACTOR_ARG in args:
+                request_tag, actor = take_tags(args)
+            else:
+                actor = None  # what take_tags answers, without the call
+            if command in _ENGINE_READS:  # what ``run`` does with them
+                result = self.engine.execute(command, args)
+            else:
+                result = self.run(command, args, actor, request_tag, size)
             if isinstance(result, Job):
-                spent += time.perf_counter() - started
+                spent += _perf_counter() - started
+                if request is None:
+                    request = Request(rid, command, args, size)
                 self.scheduler.start(result, request, request_tag, actor, conn, spent)
                 return None
             reply = self._encode(rid, result)
@@ -328,7 +356,11 @@ class StoreServer:
         except Exception:
             log.exception("command_failed", command=command)
             reply = self.encode_error(rid, InternalError("internal store error"))
-        self._account(command, spent + time.perf_counter() - started, request_tag)
+        elapsed = spent + _perf_counter() - started
+        if elapsed > self._slow_s or command not in _KNOWN_COMMANDS:
+            self._account(command, elapsed, request_tag)
+        else:
+            self.op_stats.add(command, elapsed)  # all ``_account`` does then
         return reply
 
     def _encode(self, rid: int, result: Any) -> bytes:
