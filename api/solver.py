@@ -17,11 +17,12 @@ sub-dependency whose parameters fail validation is not called and its errors are
 then this dependency's path, query, header and cookie parameters, then the body.
 
 FastAPI's own solver still runs where a plan would have to copy more of it: dependency
-overrides (tests), security scopes, WebSocket routes, ``Depends(scope=...)`` concurrency
-limits, and any app that did not opt in (the benchmarks' minimal apps stay plain FastAPI).
-``tests/api/test_solver.py`` checks on every route of the app that both solvers give the same
-answer for valid and invalid requests. FastAPI is pinned (constraints.txt); these helpers are
-its internals, so that test is what tells an upgrade broke the plan.
+overrides (tests), security scopes, WebSocket routes, dependencies with a concurrency limit,
+and any app that did not opt in (the benchmarks' minimal apps stay plain FastAPI).
+``tests/api/test_solver.py`` sends the same valid and invalid requests to routes using every
+kind of input through both solvers and compares the answers, and checks that every route of
+the service has a plan. FastAPI is pinned (constraints.txt); these helpers are its internals,
+so that test is what tells an upgrade broke the plan.
 """
 
 from __future__ import annotations
