@@ -289,6 +289,26 @@ class Engine:
         """Take back one ``ops`` count: the server set the command aside, to run it again."""
         self._ops[command] -= 1
 
+    def count(self, command: str) -> None:
+        """Count one ``command`` the server answered without ``execute`` (``replycache``)."""
+        self._ops[command] += 1
+
+    def stored_get(self, args: Args) -> tuple[dict[str, Any], frozenset[str]] | None:
+        """What a plain ``get`` (``table`` and ``id`` only) of an existing record answers
+        from: the stored record and its table's hidden fields (``replycache`` keeps replies
+        by them). ``None`` for any other ``get``: ``execute`` answers or refuses it."""
+        if len(args) != 2:
+            return None
+        name = args.get("table")
+        rid = args.get("id")
+        if type(name) is not str or type(rid) is not str:
+            return None
+        table = self._catalog.tables.get(name)
+        if table is None:
+            return None
+        record = table.rows.get(rid)
+        return None if record is None else (record, table.hidden)
+
     def advance(self, job: Job) -> tuple[bool, Any]:
         """Run one step of a long command: ``(False, None)``, or ``(True, its result)``."""
         audit = self.audit

@@ -175,6 +175,15 @@ def encode_result(request_id: int, value: Any) -> bytes:
     return _pack([_RESULT, request_id, value])
 
 
+_RESULT_HEAD = bytes([0x93, _RESULT])  # a 3-array, then the result tag (a positive fixint)
+
+
+def encode_result_body(request_id: int, value_body: bytes) -> bytes:
+    """The bytes of ``encode_result(request_id, value)`` given ``pack_value(value)``."""
+    body = _RESULT_HEAD + _packer().pack(request_id) + value_body
+    return _HEADER.pack(len(body)) + body
+
+
 ERROR_MESSAGE_CUT = 1000
 """Characters of a message kept when an error is cut down to fit a frame."""
 _ERROR_DETAIL_CUT = 256  # bytes of each detail value kept then (encoded), and of its key

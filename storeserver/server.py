@@ -39,7 +39,7 @@ from .errors import (
     StoreError,
 )
 from .handshakes import HandshakeSlots
-from .memory import MemoryGauge
+from .memory import MemoryGauge, trim_heap
 from .opstats import OpStats
 from .protocol import (
     MAX_FRAME_SIZE,
@@ -48,9 +48,11 @@ from .protocol import (
     encode_error,
     encode_page_result,
     encode_result,
+    encode_result_body,
     handshake_frame_size,
 )
 from .records import format_timestamp
+from .replycache import ReplyCache, StoredGet
 from .requesttags import ACTOR_ARG, REQUEST_ID_ARG, take_tags
 from .scheduler import JobScheduler
 from .settings import StoreSettings
@@ -64,6 +66,13 @@ SLOW_KEPT = 20
 HOUSEKEEPING_S = 5.0  # at most this between sweeps of idle scan cursors
 # The engine's commands and the ones the server answers itself; any other name is "unknown".
 _KNOWN_COMMANDS = Engine.COMMANDS | {"ping", "snapshot", "cancel"}
+
+
+def _no_entry(args: dict[str, Any]) -> None:
+    """``stored_get`` while the reply cache is off (``STORE_REPLY_CACHE_BYTES=0``)."""
+    return None
+
+
 # The commands ``run`` passes to the engine as they are (not ``stats``: the server's own).
 _ENGINE_READS = Engine.COMMANDS - Engine.WRITE_COMMANDS - {"stats"}
 _perf_counter = time.perf_counter
@@ -108,7 +117,10 @@ class StoreServer:
             if persistent
             else None
         )
-        self.memory = MemoryGauge(settings.max_memory)
+        self.replies = ReplyCache(settings.reply_cache_bytes)
+        # ``stored_get`` when the cache is on, bound once: it runs for every ``get``.
+        self._cached_get = self.engine.stored_get if settings.reply_cache_bytes else _no_entry
+        self.memory = MemoryGauge(settings.max_memory, trimmer=self._release_memory)
         self.op_stats = OpStats()
         self._housekeeping: asyncio.TimerHandle | None = None
         self.slow: deque[dict[str, Any]] = deque(maxlen=SLOW_KEPT)
@@ -241,6 +253,7 @@ class StoreServer:
                 "rss_bytes": self.memory.rss(),
                 "max_memory": self.settings.max_memory,
                 "clients": len(self.connections),
+                "reply_cache": self.replies.stats(),
                 "commands": self.op_stats.as_dict(),
                 "slow": list(self.slow),
                 "slow_threshold_s": self._slow_s,
@@ -340,17 +353,20 @@ class StoreServer:
                 request_tag, actor = take_tags(args)
             else:
                 actor = None  # what take_tags answers, without the call
-            if command in _ENGINE_READS:  # what ``run`` does with them
-                result = self.engine.execute(command, args)
+            if command == "get" and (stored := self._cached_get(args)) is not None:
+                reply = self._get_reply(rid, args, stored)
             else:
-                result = self.run(command, args, actor, request_tag, size)
-            if isinstance(result, Job):
-                spent += _perf_counter() - started
-                if request is None:
-                    request = Request(rid, command, args, size)
-                self.scheduler.start(result, request, request_tag, actor, conn, spent)
-                return None
-            reply = self._encode(rid, result)
+                if command in _ENGINE_READS:  # what ``run`` does with them
+                    result = self.engine.execute(command, args)
+                else:
+                    result = self.run(command, args, actor, request_tag, size)
+                if isinstance(result, Job):
+                    spent += _perf_counter() - started
+                    if request is None:
+                        request = Request(rid, command, args, size)
+                    self.scheduler.start(result, request, request_tag, actor, conn, spent)
+                    return None
+                reply = self._encode(rid, result)
         except StoreError as exc:
             reply = self.encode_error(rid, exc)
         except Exception:
@@ -362,6 +378,22 @@ class StoreServer:
         else:
             self.op_stats.add(command, elapsed)  # all ``_account`` does then
         return reply
+
+    def _get_reply(self, rid: int, args: dict[str, Any], stored: StoredGet) -> bytes:
+        """The reply to a plain ``get`` of an existing record, encoded once per version of the
+        record (``replycache``; its bytes always fit a frame: a record takes half at most)."""
+        body = self.replies.find(stored)
+        if body is None:
+            body = self.replies.keep(stored, self.engine.execute("get", args))
+        else:
+            self.engine.count("get")
+        return encode_result_body(rid, body)
+
+    def _release_memory(self) -> None:
+        """At the memory limit, before free heap pages go back to the OS: the cached replies
+        are the one thing the store holds that it can drop without losing data."""
+        self.replies.clear()
+        trim_heap()
 
     def _encode(self, rid: int, result: Any) -> bytes:
         # Past the frame limit only a read's reply can be: the engine keeps every write's

@@ -50,6 +50,8 @@ class StoreSettings(BaseSettings):
     # Compact the log into a new snapshot once it grows past this many bytes.
     log_rewrite_bytes: int = Field(default=64 * 1024 * 1024, ge=1, le=64 * GIB)
     max_memory: int = Field(default=0, ge=0, le=16 * 1024 * GIB)  # bytes; 0 = no limit
+    # Bytes of encoded ``get`` replies kept for reuse (see replycache); 0 turns it off.
+    reply_cache_bytes: int = Field(default=64 * 1024 * 1024, ge=0, le=64 * GIB)
     # Any case (compose passes the API's LOG_LEVEL, which is usually lower case).
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     # Log commands slower than this (milliseconds).
