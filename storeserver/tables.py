@@ -37,9 +37,16 @@ class Watcher(Protocol):
     def changed(self, old: Record | None, new: Record | None) -> None: ...
 
 
+def _row_type() -> type:
+    """A class of its own for one table's records (``Table.keep``): CPython shares one keys
+    table among the ``__dict__`` of a class's instances while they have the same fields."""
+    return type("Row", (), {"__module__": __name__})
+
+
 class Table:
     __slots__ = (
         "_indexes",
+        "_row",
         "building",
         "foreign_keys",
         "hashes",
@@ -72,6 +79,7 @@ class Table:
         # (field, value, at_least): writes may not take the rows holding ``field == value``
         # below ``at_least`` (``users``: the last admin stays one).
         self.keeps: tuple[tuple[str, Any, int], ...] = ()
+        self._row = _row_type()
 
     # -- schema ---------------------------------------------------------------------------
 
@@ -208,15 +216,33 @@ class Table:
 
     # -- writes (never raise) -------------------------------------------------------------
 
+    def keep(self, record: Record) -> Record:
+        """``record`` as the table stores it: a copy that takes ~110 bytes less.
+
+        A plain dict holds its own keys table: 272 bytes for an order record's 9 fields. The
+        ``__dict__`` of an instance of the table's row class shares the class's keys table
+        and holds only the values (CPython's key-sharing dicts, PEP 412): 168 bytes. It is a
+        dict in every other way (stored records are never changed in place, which would make
+        CPython turn it back into a plain one). ``update`` from ``items()``, not from the dict:
+        a dict's fast copy would bring its own keys table along."""
+        row: Record = self._row().__dict__
+        row.update(record.items())
+        return row
+
     def insert(self, record: Record) -> None:
         rid = record["id"]
-        self.rows[rid] = record
+        self.rows[rid] = record = self.keep(record)
         for index in self._indexes:
             index.add(index.key_of(record), rid)
         if self.watchers:
             self._notify(None, record)
 
     def replace(self, old: Record, new: Record) -> None:
+        self.swap(old, self.keep(new))
+
+    def swap(self, old: Record, new: Record) -> None:
+        """``replace`` with ``new`` stored as it is: a record this table stored before (undo
+        puts the very object back)."""
         rid = new["id"]
         self.rows[rid] = new
         for index in self._indexes:

@@ -195,7 +195,7 @@ class RecordWriter:
             if kind == _INSERTED:
                 entry[1].remove(entry[2])
             elif kind == _REPLACED:
-                entry[1].replace(entry[3], entry[2])
+                entry[1].swap(entry[3], entry[2])
                 touched[entry[1]] = None
             elif kind == _REMOVED:
                 entry[1].restore(entry[2])

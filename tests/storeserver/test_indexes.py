@@ -176,9 +176,9 @@ def test_table_check_unique_ignores_the_record_itself() -> None:
 
 def test_restore_then_normalize_puts_rows_back_in_creation_order() -> None:
     table = make_table()
-    records = [rec(n, email=f"{n}@x", group="g") for n in range(4)]
-    for r in records:
-        table.insert(r)
+    for n in range(4):
+        table.insert(rec(n, email=f"{n}@x", group="g"))
+    records = list(table.rows.values())  # the stored objects (``Table.keep``'s copies)
     table.remove(records[1])
     table.remove(records[0])
     table.restore(records[0])
