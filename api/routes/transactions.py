@@ -30,7 +30,9 @@ async def run_transaction(body: TransactionBody, store: StoreDep) -> Response:
     succeed, or none is applied and the error names the failed operation (`details[0].index`,
     `op`, `table`) with its status (404, 409, 412, 422). `{"$ref": "0.id"}` uses a value of an
     earlier operation's result. users and orders keep their validation and password hashing.
-    Admin only: operations may touch any record, so ownership is not checked per operation.
+    Admin only: operations may touch any record, so ownership is not checked per operation;
+    your own password or email changes only through `PATCH /users/{id}` with
+    `current_password` (422 here), though your email sent again as stored is no change.
     """
     results = await transactions.run_transaction(store, body)
     headers = {"Cache-Control": DATA_CACHE_CONTROL}

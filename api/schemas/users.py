@@ -31,9 +31,11 @@ Email = Annotated[
         description="Unique, case-insensitively. Refused (422) if the local part or a domain"
         " label holds characters that show nothing (format characters, variation selectors,"
         " Hangul fillers, blank Braille), combining marks on Latin, Cyrillic or Greek letters,"
-        " compatibility characters (fullwidth, mathematical letters, ligatures) or mixes"
+        " compatibility characters (fullwidth, mathematical letters, ligatures), mixes"
         " scripts (Latin with Cyrillic or Greek; Latin with Han, Kana, Bopomofo or Hangul is"
-        " allowed)"
+        " allowed) or reads as ASCII though it is not: every character looks like an ASCII"
+        " one (apple spelled in Cyrillic letters, admin with a dotless i; Unicode's"
+        " confusables)"
     ),
 ]
 FullName = Annotated[

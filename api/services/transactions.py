@@ -19,6 +19,7 @@ from typing import Any
 from api.auth.sessions import write_ending_sessions
 from api.filters import Loc
 from api.schemas.transactions import TransactionBody, TransactionOp, ref_index
+from api.schemas.users import UserUpdate
 from api.services import record_values, typed_tables, users
 from api.services.batches import REF_FORM, check_refs, failed_operation, invalid_at
 from api.services.versions import with_version
@@ -47,7 +48,9 @@ async def run_transaction(store: Store, body: TransactionBody) -> list[dict[str,
     """Apply every operation or none; the results in order, in their public shape."""
     operations = body.operations
     users.check_hash_budget(sum(_hashes_password(item) for item in operations))
-    prepared = [await prepare(index, item, operations) for index, item in enumerate(operations)]
+    prepared = [
+        await prepare(store, index, item, operations) for index, item in enumerate(operations)
+    ]
     ops = [p.op for p in prepared]
     ended = [str(p.op["id"]) for p in prepared if p.ends_sessions]
     try:
@@ -60,7 +63,9 @@ async def run_transaction(store: Store, body: TransactionBody) -> list[dict[str,
     ]
 
 
-async def prepare(index: int, item: TransactionOp, operations: list[TransactionOp]) -> Prepared:
+async def prepare(
+    store: Store, index: int, item: TransactionOp, operations: list[TransactionOp]
+) -> Prepared:
     """Check one operation and give its store form (422 located at the operation)."""
     loc: Loc = ("body", "operations", index)
     _check_shape(item, index, loc)
@@ -87,10 +92,8 @@ async def prepare(index: int, item: TransactionOp, operations: list[TransactionO
         plain, refs = _split_refs(table, data, operations[:index], (*loc, "data"))
         args["record"] = {**await typed.new_record(plain, (*loc, "data")), **refs}
     elif kind in ("replace", "patch"):
-        if table == users.TABLE:  # your own password or email only with current_password
-            for field in users.SIGN_IN_FIELDS:
-                if kind == "replace" or field in data:
-                    users.refuse_own_password_change(item.id, (*loc, "data", field))
+        if table == users.TABLE:
+            data = await _check_own_sign_in(store, item, data, loc)
         plain, refs = _split_refs(table, data, operations[:index], (*loc, "data"))
         build = typed.replace_changes if kind == "replace" else typed.update_changes
         changes = {**await build(plain, (*loc, "data")), **refs}
@@ -104,6 +107,23 @@ async def prepare(index: int, item: TransactionOp, operations: list[TransactionO
     if kind == "delete" and item.cascade:
         args["cascade"] = True
     return Prepared(with_version(args, item.expected_version), ends)
+
+
+async def _check_own_sign_in(
+    store: Store, item: TransactionOp, data: dict[str, Any], loc: Loc
+) -> dict[str, Any]:
+    """A users replace or patch's data, checked as ``PATCH /users/{id}`` checks it: the
+    caller's own password or email changes only there, with current_password (422 here), but
+    their own address sent again exactly as stored (a whole profile saved) is no change: it is
+    left out of the write (``without_email`` says why) and needs no password."""
+    if item.op == "patch" and "email" in data and users.is_caller(item.id):
+        sent = typed_tables.validate_body(UserUpdate, {"email": data["email"]}, (*loc, "data"))
+        if await users.has_email(store, str(item.id), str(sent.email)):
+            data = {key: value for key, value in data.items() if key != "email"}
+    for field in users.SIGN_IN_FIELDS:
+        if item.op == "replace" or field in data:
+            users.refuse_own_password_change(item.id, (*loc, "data", field))
+    return data
 
 
 def _check_shape(item: TransactionOp, index: int, loc: Loc) -> None:

@@ -13,7 +13,7 @@ from api.services.passwords import hash_password, refuse_unusable_password, veri
 from api.services.versions import expected_version, precondition_failed, with_version
 from api.store import Store
 from storeserver.client import current_actor
-from storeserver.errors import VersionMismatch
+from storeserver.errors import NotFound, VersionMismatch
 
 TABLE = "users"
 # The store enforces uniqueness (case-insensitively), so racing workers cannot both win,
@@ -132,8 +132,7 @@ def refuse_own_password_change(user_id: Any, loc: Loc) -> None:
     ``current_password``, which only ``PATCH /users/{id}`` checks, so a stolen access token
     cannot take over the account. A target named by a ``$ref`` is refused too: it is only
     known in the store."""
-    actor = current_actor.get()
-    if actor is None or (not isinstance(user_id, dict) and str(user_id) != actor["user_id"]):
+    if current_actor.get() is None or not (isinstance(user_id, dict) or is_caller(user_id)):
         return
     field = ".".join(str(part) for part in loc)
     message = (
@@ -144,6 +143,22 @@ def refuse_own_password_change(user_id: Any, loc: Loc) -> None:
     raise ApiError(
         422, "VALIDATION_ERROR", "Request validation failed", [{"field": field, "message": message}]
     )
+
+
+def is_caller(user_id: Any) -> bool:
+    """Whether ``user_id`` (an id, or a ``$ref`` that only the store resolves) names the caller."""
+    actor = current_actor.get()
+    return actor is not None and not isinstance(user_id, dict) and str(user_id) == actor["user_id"]
+
+
+async def has_email(store: Store, user_id: str, email: str) -> bool:
+    """Whether ``email`` is the user's address exactly as stored: sent again, it changes
+    nothing (a re-cased one does: the stored spelling changes)."""
+    try:
+        stored = await read_user(store, user_id)
+    except NotFound:
+        return False  # the write that follows answers 404 at its operation
+    return bool(stored["email"] == email)
 
 
 def ends_sessions(changes: dict[str, Any]) -> bool:

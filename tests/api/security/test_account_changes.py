@@ -358,14 +358,13 @@ def test_an_existing_lookalike_account_still_signs_in(stack: Stack, anon: httpx.
     assert renamed.json()["data"]["email"] == existing
 
 
-def test_dotless_i_is_another_account(anon: httpx.Client) -> None:
-    """Not caught (a Latin letter NFKC keeps); the case-insensitive index keeps it apart from
-    ``i``, so it is a second account, and signs in only as itself."""
+def test_dotless_i_is_refused_beside_the_plain_account(anon: httpx.Client) -> None:
+    """A Latin letter NFKC keeps, so only the ASCII reading catches it: the case-insensitive
+    index would keep it apart from ``i``, a second account that displays as the first."""
     tag = token()
-    plain = register(anon, email=f"info-{tag}@example.com")
-    dotless = register(anon, email=f"\u0131nfo-{tag}@example.com")
-    assert plain.id != dotless.id
-    assert dotless.user["email"] == f"\u0131nfo-{tag}@example.com"
+    register(anon, email=f"info-{tag}@example.com")
+    dotless = anon.post("/api/v1/users", json=user_payload(email=f"\u0131nfo-{tag}@example.com"))
+    assert_field_error(dotless, "body.email", f"reads as the ASCII 'info-{tag}'")
 
 
 # --- names ----------------------------------------------------------------------------------
