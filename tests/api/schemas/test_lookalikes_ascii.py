@@ -10,17 +10,7 @@ from pydantic import ValidationError
 
 from api.schemas.lookalikes import ascii_lookalike, ascii_readings
 from api.schemas.users import UserCreate, UserUpdate
-
-PASSWORD = "correct horse battery"
-
-
-def email_error(email: str) -> str:
-    """The one error message for ``email``, at the field itself."""
-    with pytest.raises(ValidationError) as info:
-        UserCreate(email=email, full_name="Ada", password=PASSWORD)
-    (error,) = info.value.errors()
-    assert error["loc"] == ("email",)
-    return str(error["msg"])
+from tests.api.schemas.test_users import PASSWORD, email_error
 
 
 @pytest.mark.parametrize(

@@ -79,7 +79,7 @@ def test_addresses_with_a_letter_that_reads_as_no_ascii_register(
     login(anon, email, PASSWORD)
 
 
-@pytest.mark.parametrize("local", ["adm\u0131n", "\u0455\u0441\u043e\u0440\u0435"])
+@pytest.mark.parametrize("local", ["adm\u0131n", "\u0455\u0441\u043e\u0440\u0435", "\u0430dmin"])
 def test_an_account_stored_with_one_before_still_signs_in(
     stack: Stack, anon: httpx.Client, local: str
 ) -> None:
