@@ -13,17 +13,23 @@ app, which bounds it itself (``MAX_BODY_BYTES``, and ``BODY_TIMEOUT`` between tw
 
 A request httptools cannot parse, or whose head ``head_problem`` refuses (RFC 9112: the
 version, Host, the framing; one Authorization), gets the error envelope (with X-Request-ID
-and the security headers; no body for HEAD) and the connection closes. uvicorn wrote its
-plain-text 400 and closed at once, while requests pipelined before the bad one were still
-running: their answers were lost (one of them may have written a record) and each logged a
+and the security headers; no body for HEAD) and the connection closes, lingering (below). uvicorn
+wrote its plain-text 400 and closed at once, while requests pipelined before the bad one were
+still running: their answers were lost (one of them may have written a record) and each logged a
 traceback for writing to a closed transport. Here the refusal waits until those requests are
-answered, in order.
+answered, in order. A request line naming a later HTTP (``PRI * HTTP/2.0``, the HTTP/2
+preface; ``HTTP/3.0``, ``HTTP/3``) gets 505, as an HTTP/2.0 head does; a garbage version, 400.
+
+Every close while the client may still be sending lingers as nginx's does (``LINGER_*``): after a
+refusal the client's bytes past the bad head (a body, the HTTP/2 frames after the preface) are
+read and dropped, or the close would reset the connection and destroy the refusal unread.
 
 What uvicorn's httptools protocol does not do by the RFCs, done here: an HTTP/1.0 client
 gets no ``100 Continue`` and no chunked body (a body of unknown length is sent raw and ends
 when the connection closes: ``close_delimited``); a request asking to ``Upgrade`` (the API
 has no WebSocket route) is served over HTTP/1.1, then the connection closes; an absolute
-request target with an empty path is served as ``/``.
+request target (``GET http://host/path``) is served with its authority as the Host the app sees
+(RFC 9112 §3.2.2, §3.3), and with an empty path as ``/``.
 
 ``deploy/gunicorn.conf.py`` installs it in each worker (``post_fork``).
 """
@@ -79,6 +85,8 @@ HOST = re.compile(
 )
 """A valid Host value: ``uri-host [":" port]`` (RFC 9112 §3.2, RFC 3986 §3.2.2); empty too,
 as a client sends for a target without an authority."""
+ABSOLUTE_TARGET = re.compile(rb"[A-Za-z][A-Za-z0-9+.\-]*://([^/?#]*)")
+"""An absolute-form request target's scheme and authority (RFC 3986 §3)."""
 
 if TYPE_CHECKING:
     from uvicorn._types import (
@@ -88,6 +96,12 @@ if TYPE_CHECKING:
         ASGISendEvent,
         Scope,
     )
+
+
+# The reasons llhttp (httptools 0.9) gives when it stops at a request line's version.
+H2_PREFACE = "Pause on PRI/Upgrade"  # PRI * HTTP/2.0: the start of the HTTP/2 preface
+UNKNOWN_VERSION = "Invalid HTTP version"  # DIGIT "." DIGIT, but not 0.9, 1.0, 1.1 or 2.0
+NO_MINOR = "Expected dot"  # "HTTP/" DIGIT, then no "."
 
 
 class Refusal(Exception):
@@ -136,6 +150,34 @@ def refusal(
     return STATUS_LINE[refused.status] + head_lines + b"\r\n" + (b"" if head else body)
 
 
+def version_not_supported(version: str) -> Refusal:
+    return Refusal(505, "HTTP_VERSION_NOT_SUPPORTED", f"HTTP/{version} is not served here: use 1.1")
+
+
+def later_version(reason: str, version: str, read: bytes) -> str | None:
+    """The version of a request line httptools refused, if it is a later major one (2 to 9:
+    RFC 9110 §15.6.6, 505), else None (garbage, such as ``HTTP/22.0`` or ``HTTP/2x``: 400).
+
+    llhttp stops at the first digit it does not take, without saying where: ``reason`` says
+    which (its major alone, as in ``HTTP/3``, or major and minor), ``version`` the digits read
+    (a missing minor is 0), and ``read`` (the bytes read last, the request line's end among
+    them) whether the version ends there: at a line end (its CR may be all that has come), or
+    at the end of what has come yet.
+    """
+    if reason == H2_PREFACE:
+        return "2.0"
+    if version[0] not in "23456789":
+        return None
+    if reason == NO_MINOR:
+        version = version[0]
+    elif reason != UNKNOWN_VERSION:
+        return None
+    sent = b"HTTP/" + version.encode("ascii")
+    if re.search(re.escape(sent) + rb"(?:[\r\n]|\Z)", read) is None:
+        return None
+    return version
+
+
 def head_problem(
     http_version: str, headers: list[tuple[bytes, bytes]], upgrade: bool = False
 ) -> Refusal | None:
@@ -143,9 +185,7 @@ def head_problem(
     lower-case names, as uvicorn collects them; ``upgrade``: httptools stops after this head
     (an ``Upgrade`` asked, or CONNECT)."""
     if http_version not in ("1.0", "1.1"):  # httptools takes 0.9 and 2.0 too
-        return Refusal(
-            505, "HTTP_VERSION_NOT_SUPPORTED", f"HTTP/{http_version} is not served here: use 1.1"
-        )
+        return version_not_supported(http_version)
     hosts = authorizations = 0
     body = False
     for name, value in headers:
@@ -200,6 +240,20 @@ def routable_target(url: bytes) -> bytes | None:
     if parsed.path is None:
         return b"/?" + parsed.query if parsed.query else b"/"
     return url
+
+
+def target_host(url: bytes) -> bytes | None:
+    """The authority of an absolute-form target (``http://host:port/path``), or None for a
+    target without one (``*``). The app must see it as the Host (RFC 9112 §3.2.2: the received
+    Host is ignored; §3.3: the target URI is the request target), and a path without it."""
+    absolute = ABSOLUTE_TARGET.match(url)
+    return None if absolute is None else absolute[1]
+
+
+def use_host(headers: list[tuple[bytes, bytes]], host: bytes) -> None:
+    """Make ``host`` the one Host of ``headers``, in place (the list is the scope's)."""
+    kept = [(name, value) for name, value in headers if name != b"host"]
+    headers[:] = [*kept, (b"host", host)]
 
 
 def close_delimited(app: ASGI3Application, cycle: RequestResponseCycle) -> ASGI3Application:
@@ -266,6 +320,7 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
     _head_bytes = 0  # of the request whose head is being parsed (MAX_HEAD_BYTES)
     _head_read = 0  # bytes of the reads that ended inside that head
     _in_head = False  # a request's head has begun and is not complete
+    _head_tail = b""  # the end of the last read that ended inside that head (``later_version``)
     _linger_timer: asyncio.TimerHandle | None = None
     _linger_ends = 0.0  # loop time past which a lingering close ends whatever the client does
 
@@ -277,6 +332,7 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self._head = False
         self._head_bytes, self._head_read, self._in_head = 0, 0, True
+        self._head_tail = b""
         if self._header_timer is None and not self._closing:  # a keep-alive's next one
             self._arm()
 
@@ -311,6 +367,18 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
             target = routable_target(self.url)
             if target is None:
                 self._stop(Refusal(400, "BAD_REQUEST", "The request target is not a valid URI"))
+            host = target_host(self.url)
+            if host is not None:
+                # Not empty, no user info (RFC 9110 §4.2.1, §4.2.4): what a Host may hold.
+                if not host or not HOST.fullmatch(host):
+                    self._stop(
+                        Refusal(
+                            400,
+                            "BAD_REQUEST",
+                            "The request target's authority is not a valid host[:port]",
+                        )
+                    )
+                use_host(self.headers, host)
             self.url = target
         if http_version == "1.0":
             self.expect_100_continue = False  # RFC 9110 §10.1.1: a 1.0 client waits for none
@@ -415,6 +483,8 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         except httptools.HttpParserError as exc:
             if self._closing:
                 return  # a request after those the connection will answer: dropped as they are
+            if self._refused is None:
+                self._refused = self._version_refusal(str(exc), data)
             self._refuse(exc)
         except httptools.HttpParserUpgrade:
             # Where uvicorn would switch protocols; its request is already served over
@@ -426,9 +496,17 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
                 # whole, before ``on_header`` counts it: one endless header would grow in it.
                 # At most one read holds bytes before the head, hence the margin.
                 self._head_read += len(data)
+                # A request line's "HTTP/x.y" may end in the next read (``later_version``).
+                self._head_tail = (self._head_tail + data)[-8:]
                 if self._head_read > MAX_HEAD_BYTES + READ_BYTES:
                     self._refused = head_too_large()
                     self._refuse(httptools.HttpParserError("the request head is too large"))
+
+    def _version_refusal(self, reason: str, data: bytes) -> Refusal | None:
+        """505 if the request line httptools stopped at names a later HTTP, else None."""
+        version = self.parser.get_http_version()
+        later = later_version(reason, version, self._head_tail + data)
+        return None if later is None else version_not_supported(later)
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
         self._running = cycle
@@ -490,4 +568,6 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
     def _send_refusal(self) -> None:
         self._unset_keepalive_if_required()
         self.transport.write(self._refusal or b"")
-        self.transport.close()
+        # Not ``close()``: the client may have sent more (a body, HTTP/2 frames) that this
+        # connection will never read, and a close with bytes unread resets the connection.
+        self._linger()

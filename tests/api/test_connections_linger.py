@@ -1,0 +1,70 @@
+"""A refusal of a request the parser stops at closes the connection lingering
+(``api.connections``), as the other closes do: the client's bytes past the bad head are read and
+dropped. It was closed at once, with those bytes unread: Linux then sends a reset, and the
+client's kernel drops the refusal the client had not read yet (ECONNRESET, no answer)."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from api.connections import MAX_HEAD_BYTES
+from tests.api.test_connections import _error_lines, _log_size, assert_refused
+from tests.support.rawhttp import parse_responses, read_until_closed
+from tests.support.stack import Stack
+
+pytestmark = pytest.mark.integration
+PIECE = b"x" * 2**20
+PIECES = 64  # after the bad head: far more than one read (256 KiB) and the socket buffers hold
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # an HTTP/2 client's first frame
+HUGE_HEADER = b"X-Big: " + b"a" * (MAX_HEAD_BYTES + 1) + b"\r\n"
+
+
+def _refused_while_sending(stack: Stack, head: bytes) -> tuple[bytes, OSError | None]:
+    """Send a bad ``head``, then 64 MiB the server does not parse, then read. Before reading,
+    the client has sent everything or met the server's reset."""
+    with socket.create_connection(("127.0.0.1", stack.port)) as sock:
+        error = None
+        try:
+            sock.sendall(head)
+            for _ in range(PIECES):
+                sock.sendall(PIECE)
+        except OSError as exc:  # a reset: the server closed with bytes unread
+            error = exc
+        received, closed = read_until_closed(sock)
+    assert closed, received
+    return received, error
+
+
+@pytest.mark.parametrize(
+    ("head", "status", "code", "reason"),
+    [
+        (
+            b"POST /api/v1/health HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n"
+            b"Content-Length: 67108864\r\n\r\n",
+            400,
+            "BAD_REQUEST",
+            "not valid HTTP/1.1",
+        ),
+        (b"GET /api/v1/he\x01lth HTTP/1.1\r\n", 400, "BAD_REQUEST", "Invalid char in url"),
+        (
+            b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n" + HUGE_HEADER,
+            431,
+            "HEADERS_TOO_LARGE",
+            "larger than",
+        ),
+        (PREFACE + SETTINGS, 505, "HTTP_VERSION_NOT_SUPPORTED", "HTTP/2.0 is not served"),
+    ],
+    ids=["bad-header-then-body", "bad-request-line", "oversized-head", "http2-preface-frames"],
+)
+def test_a_refusal_is_read_whole_while_the_client_sends_on(
+    stack: Stack, head: bytes, status: int, code: str, reason: str
+) -> None:
+    start = _log_size(stack)
+    received, error = _refused_while_sending(stack, head)
+    assert error is None  # the server read (and dropped) everything after the bad head
+    (response,) = parse_responses(received)
+    assert_refused(response, reason, status, code)
+    assert _error_lines(stack, start) == []
