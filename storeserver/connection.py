@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from .errors import ProtocolError, StoreBusy, StoreError
 from .protocol import (
+    MAX_REQUEST_ENTRIES,
     PROTOCOL_VERSION,
     Error,
     FrameDecoder,
@@ -102,7 +103,8 @@ class StoreConnection(asyncio.Protocol):
         # A small limit until the HELLO is accepted (``_greet`` raises it), so buffering up to
         # STORE_MAX_FRAME_BYTES is only ever done for a client that sent the secret.
         self.decoder = FrameDecoder(
-            min(server.handshake_frame_bytes, server.settings.max_frame_bytes)
+            min(server.handshake_frame_bytes, server.settings.max_frame_bytes),
+            max_entries=MAX_REQUEST_ENTRIES,
         )
         self.greeted = False
         self.peer: str = "?"

@@ -32,10 +32,11 @@ MAX_DEPTH = 32
 MAX_VALUES = 600_000
 """Values one record, one patch (``changes``) or one filter operand may carry in a write (a
 batch's ops together: ``one_budget``), counting every map, list and scalar once (map keys not
-counted; merges may grow a stored record past it, up to the record size limit). Copying
+counted), and values a record merged by a patch may hold (``check_merged_values``). Copying
 costs ~0.3 µs a value and ~70 bytes of memory per map or list; the frame limit alone let
-one request of 3 million empty maps hold the store's only thread 2 s. The API cannot reach
-it: a 1 MiB body holds at most 2**19 values (``[0,0,...]``)."""
+one request of 3 million empty maps hold the store's only thread 2 s. The API cannot send
+that many in one request (a 1 MiB body holds at most 2**19 values, ``[0,0,...]``), only build
+a record past it with several PATCHes, which are refused so."""
 REPLY_ROOM = 1024
 """Bytes of a reply frame kept for what surrounds its records (request id, map keys, cursor)."""
 _INT_MIN = -(2**63)
@@ -252,6 +253,47 @@ def merge_patch(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]
 
     Store-owned fields are skipped at the top level only."""
     return apply_patch(target, checked_patch(patch))
+
+
+def check_merged_values(old: dict[str, Any], new: dict[str, Any]) -> None:
+    """``LIMIT_EXCEEDED`` (as for an oversized insert) if ``new``, ``old`` merged with a patch,
+    holds more than ``MAX_VALUES`` values, counted as ``copy_fields`` counts an insert of its
+    fields (the record itself, each field, each value within; store-owned fields left out).
+
+    A patch's own budget bounds only what it sends: patches each under the limit built records
+    of several times it. A merge that only sets fields the record has to scalars, or removes
+    fields, adds no values and is not counted: a big record's ``status`` is set as cheaply as
+    a small one's, and one an older store let grow past the limit can still be edited.
+    Otherwise counting stops at the limit, ~30 ns a value (18 ms for 590,000 strings, whose
+    encoding takes 11); callers count only records that encode to more than ``MAX_VALUES``
+    bytes, as a value takes at least one (``RecordWriter._update``)."""
+    for k, v in new.items():
+        before = old.get(k, _ABSENT)
+        if v is not before and (before is _ABSENT or type(v) is dict or type(v) is list):
+            break  # a new field, or a map or list written: may add values
+    else:
+        return
+    left = MAX_VALUES - 1
+    nested: list[Any] = []
+    for k, v in new.items():
+        if k not in META_FIELDS:
+            left -= 1
+            if type(v) is dict or type(v) is list:
+                nested.append(v)
+    # Each map or list spends its length before its items are looked at: at most
+    # ``MAX_VALUES`` of them are ever held in ``nested``.
+    while nested and left >= 0:
+        value = nested.pop()
+        left -= len(value)
+        if left >= 0:
+            for v in value.values() if type(value) is dict else value:
+                if type(v) is dict or type(v) is list:
+                    nested.append(v)
+    if left < 0:
+        ValueBudget(MAX_VALUES).exceeded()
+
+
+_ABSENT = object()
 
 
 def checked_patch(patch: dict[str, Any]) -> dict[str, Any]:

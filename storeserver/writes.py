@@ -5,7 +5,9 @@ the table's JSON Schema, size) before it changes anything, so a failing command 
 trace. A record may not take more than ``max_record_bytes`` encoded (``RECORD_TOO_LARGE``).
 Measuring costs an encoding, so a record the client sent whole (insert, replace) is measured
 only when its request was big enough to hold one that large (``measure_sent``); a merge
-(patch, upsert, ``update_where``) can grow a record from a small request: always measured.
+(patch, upsert, ``update_where``) can grow a record from a small request: always measured,
+and its values counted against ``MAX_VALUES`` when it encodes to more bytes than that
+(``records.check_merged_values``).
 Inside a batch each command also appends to an undo log; ``rollback`` replays it backwards,
 restoring rows and indexes exactly (creation order included). Successful changes are
 appended to ``changes`` for the journal: ``("table", name, spec)``, ``("put", table,
@@ -31,10 +33,12 @@ from storeserver.catalog import Catalog
 from storeserver.errors import BadRequest, Conflict, NotFound, RecordTooLarge, VersionMismatch
 from storeserver.protocol import MAX_FRAME_SIZE, pack_value
 from storeserver.records import (
+    MAX_VALUES,
     META_FIELDS,
     IdGenerator,
     Timestamps,
     check_id,
+    check_merged_values,
     copy_fields,
     max_record_bytes,
     merge_patch,
@@ -228,7 +232,9 @@ class RecordWriter:
         new["updated_at"] = self.timestamps()
         new["version"] = old["version"] + 1
         if merged or self.measure_sent:
-            self._check_size(table.name, new)
+            size = self._check_size(table.name, new)
+            if merged and size > MAX_VALUES:  # fewer bytes cannot hold more values
+                check_merged_values(old, new)
         if table.keeps:
             table.check_keeps(old, new)
         if table.foreign_keys:
@@ -244,9 +250,9 @@ class RecordWriter:
             undo.append((_REPLACED, table, old, new))
         return table.visible(new, False)
 
-    def _check_size(self, table: str, record: Record) -> None:
+    def _check_size(self, table: str, record: Record) -> int:
         """``RECORD_TOO_LARGE`` unless ``record`` encodes within the limit (exactly: about a
-        microsecond per small record, 2 ms per MB)."""
+        microsecond per small record, 2 ms per MB); its encoded size."""
         size = len(pack_value(record))
         if size > self.max_record_bytes:
             raise RecordTooLarge(
@@ -254,6 +260,7 @@ class RecordWriter:
                 f" {self.max_record_bytes} bytes: store large values in smaller records",
                 {"table": table, "id": record["id"], "max": self.max_record_bytes, "size": size},
             )
+        return size
 
     def _remove(self, table: Table, record: Record, undo: Undo | None) -> None:
         if table.keeps:
