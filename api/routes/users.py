@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Body, Query, Request, Response
+from pydantic import PlainValidator
 
 from api.conditions import WRITE_PRECONDITIONS
 from api.deps import (
@@ -40,10 +41,11 @@ from api.schemas.envelope import (
     projected_list,
 )
 from api.schemas.query import OrderWithUser, QueryBody, UserWithOrders
-from api.schemas.users import UserCreate, UserPublic, UserUpdate, without_email
+from api.schemas.users import UserCreate, UserPublic, UserUpdate
 from api.services import orders as order_service
 from api.services import record_queries
 from api.services import users as user_service
+from api.services.typed_tables import validate_body
 from api.services.versions import accepted_versions
 from api.store import Store
 
@@ -54,6 +56,11 @@ UPDATE_REFUSALS = {
     " email or password changed by another request after `current_password` was checked"
     " (`CONFLICT`; nothing written)",
 }
+# A PATCH body as sent (the document shows it as a UserUpdate): the route validates it once it
+# has compared the email with the stored one (``_validated_update``).
+SentUserUpdate = Annotated[
+    object, Body(), PlainValidator(lambda sent: sent, json_schema_input_type=UserUpdate)
+]
 
 
 @router.post(
@@ -172,7 +179,7 @@ async def user_answer(
 async def update_user(
     request: Request,
     user_id: UserId,
-    payload: UserUpdate,
+    sent: SentUserUpdate,
     store: StoreDep,
     conditions: Preconditions,
     caller: CurrentUser,
@@ -180,15 +187,16 @@ async def update_user(
     """Change the fields sent; with If-Match the write happens only at that version, with
     If-None-Match only at another (412).
 
-    Your own password or email needs `current_password` (not your email sent unchanged, in
-    any case; 403 if wrong; 429 past AUTH_RATE_LIMIT checks per account, as logins), and is
-    written only if the account is unchanged since it was checked (409 `CONFLICT` otherwise:
-    another change came first). A role change needs an admin, and the last admin stays one
-    (409 `LAST_ADMIN`). A new password or role ends all of that user's sessions.
+    Your own password or email needs `current_password` (403 if wrong; 429 past
+    AUTH_RATE_LIMIT checks per account, as logins), and is written only if the account is
+    unchanged since it was checked (409 `CONFLICT` otherwise: another change came first). The
+    email sent again exactly as stored is no change, in any case: no `current_password`, not
+    written, and not checked again (an address stored before a check refused it still saves).
+    A role change needs an admin, and the last admin stays one (409 `LAST_ADMIN`). A new
+    password or role ends all of that user's sessions.
     """
-    current_password, payload = await _check_sensitive_changes(
-        request, store, caller, user_id, payload
-    )
+    payload = await _validated_update(store, user_id, sent)
+    current_password = await _check_sensitive_changes(request, store, caller, user_id, payload)
     accepted = await accepted_versions(store, user_service.TABLE, user_id, conditions)
     if current_password is None:
         user = await user_service.update_user(store, user_id, payload, accepted)
@@ -246,29 +254,27 @@ async def list_user_orders(
     return list_response(request, items, total, query.page)
 
 
+async def _validated_update(store: Store, user_id: str, sent: object) -> UserUpdate:
+    """The body as a ``UserUpdate``, without the email if that is the stored one
+    (``user_service.sends_stored_email``: no change, so not checked again)."""
+    if isinstance(sent, dict):
+        sent = await user_service.without_stored_email(store, user_id, sent)
+    return validate_body(UserUpdate, sent, user_service.BODY)
+
+
 async def _check_sensitive_changes(
-    request: Request, store: StoreDep, caller: CurrentUser, user_id: str, payload: UserUpdate
-) -> tuple[str | None, UserUpdate]:
+    request: Request, store: Store, caller: CurrentUser, user_id: str, payload: UserUpdate
+) -> str | None:
     """403 for a role change by a user. For a change of the caller's own password or email
     (what signs in to the account: a stolen access token must not take it over), the
     ``current_password`` that ``update_own_account`` then checks; 422 without one, 429 past
-    AUTH_RATE_LIMIT. ``None`` for any other change (an admin's to someone else's account).
-    With the payload to write: without the owner's own address sent unchanged."""
+    AUTH_RATE_LIMIT. ``None`` for any other change (an admin's to someone else's account; the
+    email sent as stored is no change, and already out of ``payload``)."""
     if "role" in payload.model_fields_set and not caller.is_admin:
         raise ApiError(403, "FORBIDDEN", "Only an admin may change a role")
     signs_in = sorted(set(user_service.SIGN_IN_FIELDS) & payload.model_fields_set)
     if not signs_in or caller.id != user_id:
-        return None, payload
-    if payload.email is not None:
-        # Your own address sent again as stored (a whole profile form saved) moves nothing:
-        # no current_password for it, and not written (``without_email``). One read, only
-        # here: an owner sending an email.
-        stored = await user_service.read_user(store, user_id)
-        if stored["email"] == str(payload.email):
-            signs_in.remove("email")
-            payload = without_email(payload)
-    if not signs_in:
-        return None, payload
+        return None
     if payload.current_password is None:
         message = f"required to change your {' and '.join(signs_in)}"
         raise ApiError(
@@ -283,4 +289,4 @@ async def _check_sensitive_changes(
     verdict = await limiter.hit(store, limiter.key("password", user_id))
     if verdict is not None and not verdict.allowed:
         raise too_many_attempts(verdict, "password attempts")
-    return payload.current_password, payload
+    return payload.current_password

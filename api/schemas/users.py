@@ -183,13 +183,3 @@ class UserPublic(BaseModel):
     created_at: datetime
     updated_at: datetime
     version: int = Field(description='Increments on every change; the ETag is W/"<version>"')
-
-
-def without_email(payload: UserUpdate) -> UserUpdate:
-    """``payload`` without its email: the owner's own address sent again exactly as stored (a
-    whole profile form saved) moves nothing and needs no ``current_password``, so it is left
-    out of the write: it can never put an address back over a change of email that landed
-    since it was read (a stolen token needs no password to send it). Re-cased, it is a change
-    (the stored spelling changes), with ``current_password``, written at its checked version."""
-    fields = payload.model_dump(exclude_unset=True, exclude={"email"})
-    return UserUpdate.model_construct(_fields_set=set(fields), **fields)

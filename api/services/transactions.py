@@ -95,8 +95,12 @@ async def prepare(
         if table == users.TABLE:
             data = await _check_own_sign_in(store, item, data, loc)
         plain, refs = _split_refs(table, data, operations[:index], (*loc, "data"))
-        build = typed.replace_changes if kind == "replace" else typed.update_changes
-        changes = {**await build(plain, (*loc, "data")), **refs}
+        if table == users.TABLE and kind == "replace":  # the stored email sent again: kept
+            built = await typed_tables.user_replace_changes(store, item.id, plain, (*loc, "data"))
+        else:
+            build = typed.replace_changes if kind == "replace" else typed.update_changes
+            built = await build(plain, (*loc, "data"))
+        changes = {**built, **refs}
         args = {**args, "op": "patch", "changes": changes}
         ends = table == users.TABLE and (kind == "replace" or users.ends_sessions(changes))
     else:
@@ -113,13 +117,15 @@ async def _check_own_sign_in(
     store: Store, item: TransactionOp, data: dict[str, Any], loc: Loc
 ) -> dict[str, Any]:
     """A users replace or patch's data, checked as ``PATCH /users/{id}`` checks it: the
-    caller's own password or email changes only there, with current_password (422 here), but
-    their own address sent again exactly as stored (a whole profile saved) is no change: it is
-    left out of the write (``without_email`` says why) and needs no password."""
-    if item.op == "patch" and "email" in data and users.is_caller(item.id):
-        sent = typed_tables.validate_body(UserUpdate, {"email": data["email"]}, (*loc, "data"))
-        if await users.has_email(store, str(item.id), str(sent.email)):
-            data = {key: value for key, value in data.items() if key != "email"}
+    caller's own password or email changes only there, with current_password (422 here). The
+    user's email sent again as stored is no change (``users.sends_stored_email``): left out of
+    a patch (a replace leaves it out of its changes), and it needs no password."""
+    if item.op == "patch":
+        kept = await users.without_stored_email(store, item.id, data)
+        if "email" in kept and users.is_caller(item.id):
+            # Your own new address: one that is no address is refused as such, first.
+            typed_tables.validate_body(UserUpdate, {"email": data["email"]}, (*loc, "data"))
+        data = kept
     for field in users.SIGN_IN_FIELDS:
         if item.op == "replace" or field in data:
             users.refuse_own_password_change(item.id, (*loc, "data", field))

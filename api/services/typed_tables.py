@@ -19,14 +19,16 @@ from pydantic import BaseModel, ValidationError
 from api.filters import Loc
 from api.queries import Fields
 from api.schemas.orders import OrderCreate, OrderUpdate
-from api.schemas.users import UserCreate, UserUpdate, without_email
+from api.schemas.users import UserCreate, UserUpdate
 from api.services import orders, users
 from api.services.record_values import DATA, Record
 from api.store import Store
-from storeserver.client import current_actor
 
 IfMatch = frozenset[int] | None
 M = TypeVar("M", bound=BaseModel)
+# Stands in for a users replace's email when that is the stored one (``users.sends_stored_email``):
+# the other fields are validated beside it, and it is never written.
+EMAIL_STAND_IN = "stored@example.com"
 
 
 @dataclass(frozen=True)
@@ -47,10 +49,12 @@ class TypedTable:
     update_changes: Callable[[Record, Loc], Awaitable[Record]]
 
 
-def validate_body(model: type[M], data: Record, loc: Loc = DATA) -> M:
-    """Validate ``data`` as ``model``; errors are located under ``loc`` (``body.data``)."""
+def validate_body(model: type[M], data: object, loc: Loc = DATA) -> M:
+    """Validate ``data`` as ``model``; errors are located under ``loc`` (``body.data``).
+    As FastAPI validates a body (``from_attributes``: the same error for one that is no
+    object), so a route may validate its own body with it."""
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, from_attributes=True)
     except ValidationError as exc:
         errors = exc.errors(include_url=False, include_input=False)
         raise RequestValidationError(
@@ -73,28 +77,28 @@ async def _order_update(data: Record, loc: Loc) -> Record:
 
 async def _replace_user(store: Store, user_id: str, data: Record, if_match: IfMatch) -> Record:
     users.refuse_own_password_change(user_id, (*DATA, "password"))  # a replace sets one
-    return await users.replace_user(store, user_id, validate_body(UserCreate, data), if_match, DATA)
+    changes = await user_replace_changes(store, user_id, data, DATA)
+    return await users.replace_user(store, user_id, changes, if_match)
 
 
 async def _update_user(store: Store, user_id: str, data: Record, if_match: IfMatch) -> Record:
+    data = await users.without_stored_email(store, user_id, data)  # sent again: no change
     payload = validate_body(UserUpdate, data)
-    signs_in = [field for field in users.SIGN_IN_FIELDS if field in data]
-    if "email" in signs_in and await _keeps_own_email(store, user_id, payload):
-        signs_in.remove("email")
-        payload = without_email(payload)  # not written: see ``without_email``
-    for field in signs_in:  # your own only with current_password
-        users.refuse_own_password_change(user_id, (*DATA, field))
+    for field in users.SIGN_IN_FIELDS:  # your own only with current_password
+        if field in data:
+            users.refuse_own_password_change(user_id, (*DATA, field))
     return await users.update_user(store, user_id, payload, if_match, DATA)
 
 
-async def _keeps_own_email(store: Store, user_id: str, payload: UserUpdate) -> bool:
-    """Whether the caller sends their own address exactly as stored, which needs no
-    ``current_password``; read from the store only for a caller writing their own record."""
-    actor = current_actor.get()
-    if actor is None or actor["user_id"] != user_id or payload.email is None:
-        return False
-    stored = await users.read_user(store, user_id)
-    return bool(stored["email"] == str(payload.email))
+async def user_replace_changes(store: Store, user_id: object, data: Record, loc: Loc) -> Record:
+    """A users replace's changes (``users.replace_changes``), without its email if that is the
+    stored one (``users.sends_stored_email``: no change, not checked again)."""
+    if not await users.sends_stored_email(store, user_id, data):
+        return await users.replace_changes(validate_body(UserCreate, data, loc), loc)
+    payload = validate_body(UserCreate, {**data, "email": EMAIL_STAND_IN}, loc)
+    changes = await users.replace_changes(payload, loc)
+    del changes["email"]
+    return changes
 
 
 TYPED: dict[str, TypedTable] = {

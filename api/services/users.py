@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import TypeAdapter, ValidationError
+
 from api.auth.sessions import write_ending_sessions
 from api.errors import ApiError
 from api.filters import Loc
 from api.queries import BASE_FIELDS, FieldType, ListQuery
-from api.schemas.users import UserCreate, UserPublic, UserUpdate
+from api.schemas.users import Email, UserCreate, UserPublic, UserUpdate
 from api.services.passwords import hash_password, refuse_unusable_password, verify_password
 from api.services.versions import expected_version, precondition_failed, with_version
 from api.store import Store
@@ -41,6 +43,8 @@ MAX_HASHES_PER_REQUEST = 20
 # Where a request's user fields are, for a 422 on one (``body.password``); a write through
 # /data/users or a transaction passes its own (``body.data``, ``body.operations.0.data``).
 BODY: Loc = ("body",)
+# An address as the schemas check and normalize it (``sends_stored_email``).
+EMAIL = TypeAdapter(Email)
 # Tries of a role patch at the version of its read of the role (another write in between
 # refuses it); past them the patch is made regardless and the user's sessions end.
 ROLE_PATCH_ATTEMPTS = 3
@@ -151,14 +155,44 @@ def is_caller(user_id: Any) -> bool:
     return actor is not None and not isinstance(user_id, dict) and str(user_id) == actor["user_id"]
 
 
-async def has_email(store: Store, user_id: str, email: str) -> bool:
-    """Whether ``email`` is the user's address exactly as stored: sent again, it changes
-    nothing (a re-cased one does: the stored spelling changes)."""
+async def sends_stored_email(store: Store, user_id: object, data: dict[str, Any]) -> bool:
+    """Whether a users write's ``data`` holds the user's email as stored: the one rule for an
+    address sent again (a client saving a whole profile form), on every route that writes one.
+
+    Sent again, it changes nothing: the caller leaves it out of the write (so it can never put
+    an address back over a change of email that landed since it was read), it needs no
+    ``current_password``, and it is not checked again, so an account stored with an address
+    the checks refuse now (made before them: ``adm\u0131n@...``) still saves its profile.
+    Only the stored record, read here in the same request, decides: the value as sent equal
+    to it, or a valid address that the checks normalize to it (a domain in capitals). Any
+    other value, re-cased included (the stored spelling changes), is a change and goes
+    through every check.
+    """
+    sent = data.get("email")
+    if not isinstance(sent, str) or isinstance(user_id, dict):
+        return False  # none sent; or a target named by a ``$ref``, known only in the store
     try:
-        stored = await read_user(store, user_id)
+        stored = (await read_user(store, str(user_id)))["email"]
     except NotFound:
         return False  # the write that follows answers 404 at its operation
-    return bool(stored["email"] == email)
+    return bool(sent == stored or _normalized_email(sent) == stored)
+
+
+async def without_stored_email(
+    store: Store, user_id: object, data: dict[str, Any]
+) -> dict[str, Any]:
+    """A patch's ``data`` without its email if that is the stored one (``sends_stored_email``)."""
+    if await sends_stored_email(store, user_id, data):
+        return {key: value for key, value in data.items() if key != "email"}
+    return data
+
+
+def _normalized_email(sent: str) -> str | None:
+    """``sent`` as the checks normalize a new address; ``None`` if they refuse it."""
+    try:
+        return str(EMAIL.validate_python(sent))
+    except ValidationError:
+        return None
 
 
 def ends_sessions(changes: dict[str, Any]) -> bool:
@@ -187,15 +221,11 @@ async def update_user(
 
 
 async def replace_user(
-    store: Store,
-    user_id: str,
-    payload: UserCreate,
-    if_match: frozenset[int] | None,
-    loc: Loc = BODY,
+    store: Store, user_id: str, changes: dict[str, Any], if_match: frozenset[int] | None
 ) -> dict[str, Any]:
-    """Replace every client-set field; the role is kept unless the payload names one.
-    The password is always replaced, so the user's sessions end."""
-    return await _patch(store, user_id, await replace_changes(payload, loc), if_match, True)
+    """Write a replacement's ``changes`` (``replace_changes``: every client-set field; the role
+    kept unless named). The password is always replaced, so the user's sessions end."""
+    return await _patch(store, user_id, changes, if_match, True)
 
 
 async def delete_user(

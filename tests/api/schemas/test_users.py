@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from api.schemas.lookalikes import letter_script, lookalike_problem
-from api.schemas.users import UserCreate, UserUpdate, without_email
+from api.schemas.users import UserCreate, UserUpdate
 
 PASSWORD = "correct horse battery"
 
@@ -238,10 +238,3 @@ def test_a_password_short_as_sent_but_long_enough_normalized_is_accepted() -> No
 def test_current_password_keeps_the_login_rule() -> None:
     """Only the bytes, as a login: a password set before the rules still signs in."""
     assert UserUpdate(current_password="short").current_password == "short"
-
-
-def test_without_email_leaves_the_other_fields_sent() -> None:
-    sent = UserUpdate(email="ada@example.com", full_name="Ada", age=None)
-    kept = without_email(sent)
-    assert kept.model_fields_set == {"full_name", "age"}
-    assert (kept.email, kept.full_name, kept.age) == (None, "Ada", None)
