@@ -12,7 +12,7 @@ from api.errors import ApiError
 from api.http_metrics import MeteredRoute
 from api.jobs.web import AsyncFlag, JobsDep, job_or_now, run_as_job
 from api.middleware import asked_with_head
-from api.responses import DATA_CACHE_CONTROL, dumps, head_answer
+from api.responses import DATA_CACHE_CONTROL, ReleasingStreamingResponse, dumps, head_answer
 from api.schemas.envelope import error_responses
 from api.schemas.jobs import job_started
 from api.services.dumps import open_dump
@@ -88,4 +88,4 @@ async def dump_table(
             if records:
                 yield b"".join(dumps(record) + b"\n" for record in records)
 
-    return StreamingResponse(ndjson(), media_type=NDJSON, headers=headers)
+    return ReleasingStreamingResponse(ndjson(), media_type=NDJSON, headers=headers)
