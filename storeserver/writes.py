@@ -97,7 +97,9 @@ class RecordWriter:
                 return new
         chosen = rid is not None
         rid = self.new_id() if rid is None else check_id(rid)
-        new = {"id": rid}
+        # Built as the table stores it (``Table.new_row``), so it is kept without a copy.
+        new = {} if table is None else table.new_row()
+        new["id"] = rid
         copy_fields(new, record)
         # Stamped before the checks: a unique index may be on a store-owned field too.
         stamp = self.timestamps()
@@ -116,6 +118,7 @@ class RecordWriter:
                 self.changes.append(("table", name, table.spec()))
             if undo is not None:
                 undo.append((_CREATED, name))
+            new = table.keep(new)
         else:
             if rid in table.rows:
                 raise Conflict(
@@ -134,7 +137,7 @@ class RecordWriter:
                 table.check_unique(new, rid)
             if table.schema is not None:
                 table.schema.check(new, table.name)
-        table.insert(new)
+        table.add(new)
         if self.journal:
             self.changes.append(("put", table.name, new))
         if undo is not None:
