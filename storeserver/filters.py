@@ -34,7 +34,7 @@ from storeserver.query import (
     check_visible,
     compile_condition,
 )
-from storeserver.records import check_value
+from storeserver.records import check_value, operands_budget
 from storeserver.tables import UNION_MAX
 
 if TYPE_CHECKING:
@@ -69,13 +69,14 @@ def _details(path: Path, **extra: Any) -> dict[str, Any]:
 
 
 class _Parser:
-    __slots__ = ("hidden", "include_hidden", "max_in", "nodes")
+    __slots__ = ("budget", "hidden", "include_hidden", "max_in", "nodes")
 
     def __init__(self, hidden: frozenset[str], include_hidden: bool, max_in: int) -> None:
         self.hidden = hidden
         self.include_hidden = include_hidden
         self.max_in = max_in
         self.nodes = 0
+        self.budget = operands_budget()
 
     def node(self, raw: Any, path: Path, depth: int) -> Node:
         self.nodes += 1
@@ -127,7 +128,7 @@ class _Parser:
                 raise BadRequest("where: 'startswith' takes a string", {"field": field})
             elif op == "exists" and type(value) is not bool:
                 raise BadRequest("where: 'exists' takes true or false", {"field": field})
-            check_value(value)
+            check_value(value, self.budget)
         except StoreError as exc:
             exc.details = {**exc.details, **_details(path)}
             raise

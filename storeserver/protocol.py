@@ -65,9 +65,10 @@ MAX_FRAME_SIZE = 16 * 1024 * 1024
 HANDSHAKE_FRAME_SIZE = 4 * 1024
 HELLO = "HELLO"
 MAX_REQUEST_ENTRIES = 4 * MAX_VALUES + 65_536
-"""Entries (see the module doc) of a frame the server decodes. A record, patch or filter
-operand at ``MAX_VALUES`` takes at most 2 * ``MAX_VALUES`` (a map in a list is two: an item and
-a map), and so do a batch's records together (``records.one_budget``): two of them fit, with
+"""Entries (see the module doc) of a frame the server decodes. A record, patch or filter's
+operands at ``MAX_VALUES`` take at most 2 * ``MAX_VALUES`` (a map in a list is two: an item and
+a map), and so do a batch's records together (``records.one_budget``): two of them fit
+(``update_where``: its changes and its filter), with
 room for what wraps them (a batch's 1,000 ops, a filter's nodes). A 16 MiB frame refused at it
 cost 0.3 s (empty maps) to 0.6 s (Decimals) and 110-180 MB, was 1-4 s and 0.6-1.1 GB: about
 what the biggest request the store takes costs to decode and copy (measured on a 2-core VM)."""

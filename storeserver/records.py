@@ -30,11 +30,12 @@ SHARED_STRING_LENGTH = 16
 MAX_ID_LENGTH = 128
 MAX_DEPTH = 32
 MAX_VALUES = 600_000
-"""Values one record, one patch (``changes``) or one filter operand may carry in a write (a
-batch's ops together: ``one_budget``), counting every map, list and scalar once (map keys not
-counted), and values a record merged by a patch may hold (``check_merged_values``). Copying
-costs ~0.3 µs a value and ~70 bytes of memory per map or list; the frame limit alone let
-one request of 3 million empty maps hold the store's only thread 2 s. The API cannot send
+"""Values one record, one patch (``changes``) or one filter's operands together may carry (a
+batch's ops together: ``one_budget``; a filter's operands: ``operands_budget``), counting
+every map, list and scalar once (map keys not counted), and values a record merged by a
+patch may hold (``check_merged_values``). Copying costs ~0.3 µs a value and ~70 bytes of
+memory per map or list; the frame limit alone let one request of 3 million empty maps hold
+the store's only thread 2 s. The API cannot send
 that many in one request (a 1 MiB body holds at most 2**19 values, ``[0,0,...]``), only build
 a record past it with several PATCHes, which are refused so."""
 REPLY_ROOM = 1024
@@ -88,13 +89,25 @@ def decimal_problem(value: Decimal, stored: bool = True) -> str | None:
     return None
 
 
-def check_value(value: Any, depth: int = 0) -> None:
+def check_value(value: Any, budget: ValueBudget | None = None) -> None:
     """Raise ``BadRequest`` unless ``value`` may be a filter's operand: a storable wire value
-    (see docs/STORE.md), except that a Decimal may lie outside the stored range."""
+    (see docs/STORE.md), except that a Decimal may lie outside the stored range.
+    ``budget``: the one all of a filter's operands spend from (``operands_budget``)."""
     if type(value) is list or type(value) is dict:
-        _copy(value, depth, False, _budget(1))
+        if budget is None:
+            budget = _budget(1)
+        else:
+            budget.spend(1)
+        _copy(value, 0, False, budget)
     else:
         _check_scalar(value, False)
+
+
+def operands_budget() -> ValueBudget:
+    """One filter's operands together hold at most ``MAX_VALUES`` values: a filter of 100
+    operands at the limit each was accepted, and was more than any request frame may carry
+    (``protocol.MAX_REQUEST_ENTRIES``), so the client's connection was dropped instead."""
+    return ValueBudget(MAX_VALUES, 0, scope="filter")
 
 
 def copy_value(value: Any, depth: int = 0, max_values: int = MAX_VALUES) -> Any:
@@ -135,21 +148,35 @@ class ValueBudget:
     """The values one copy may still make: each map or list spends its length before its
     items are copied, so an oversized value is refused before it is built."""
 
-    __slots__ = ("batch", "left", "limit")
+    __slots__ = ("left", "limit", "scope")
 
-    def __init__(self, limit: int, spent: int = 1, batch: bool = False) -> None:
+    def __init__(
+        self, limit: int, spent: int = 1, batch: bool = False, scope: str | None = None
+    ) -> None:
         """``spent``: values counted already (by default the copied value itself); ``batch``:
-        shared by a batch's ops (``one_budget``)."""
+        shared by a batch's ops (``one_budget``); ``scope="filter"``: by a filter's operands
+        (``operands_budget``)."""
         self.limit = limit
         self.left = limit - spent
-        self.batch = batch
+        self.scope = "batch" if batch else scope
+
+    def spend(self, count: int) -> None:
+        self.left -= count
+        if self.left < 0:
+            self.exceeded()
 
     def exceeded(self) -> NoReturn:
-        if self.batch:  # the op that crossed it may be small: a client splits the batch
+        if self.scope == "batch":  # the op that crossed it may be small: a client splits it
             raise LimitExceeded(
                 f"more than {self.limit} values (maps, lists and scalars) in one batch's"
                 " records, patches and operands together: send fewer operations at once",
                 {"reason": "values", "max": self.limit, "scope": "batch"},
+            )
+        if self.scope == "filter":
+            raise LimitExceeded(
+                f"more than {self.limit} values (maps, lists and scalars) in one filter's"
+                " operands together",
+                {"reason": "values", "max": self.limit, "scope": "filter"},
             )
         raise LimitExceeded(
             f"more than {self.limit} values (maps, lists and scalars, counted together) in"

@@ -82,6 +82,19 @@ def test_a_filter_operand_is_bounded_too(engine: Engine) -> None:
     assert run(engine, "count", table="t", where=[["v", "eq", [1]]]) == 1
 
 
+def test_a_filters_operands_are_bounded_together(engine: Engine) -> None:
+    """Review: five operands just under the limit each passed, a request larger than any
+    frame the store decodes (``protocol.MAX_REQUEST_ENTRIES``): the connection was dropped."""
+    run(engine, "insert", table="t", record={"v": [1]})
+    half = [0] * (MAX_VALUES // 2 - 1)  # with its list: half the limit
+    where = [["v", "ne", half], ["v", "ne", half]]
+    assert run(engine, "count", table="t", where=where) == 1  # exactly the limit
+    for over in ([*where, ["v", "ne", [0]]], {"or": [*where, ["v", "eq", {"k": 1}]]}):
+        error = fail(engine, LimitExceeded, "count", table="t", where=over)
+        assert error.details.items() >= {**TOO_MANY, "scope": "filter", "arg": "where"}.items()
+        assert "one filter's operands" in error.message
+
+
 def test_update_where_rows_share_one_copy_of_the_changes(engine: Engine) -> None:
     for n in range(3):
         run(engine, "insert", table="t", record={"id": f"r{n}", "n": n})
