@@ -190,8 +190,9 @@ async def update_user(
     Your own password or email needs `current_password` (403 if wrong; 429 past
     AUTH_RATE_LIMIT checks per account, as logins), and is written only if the account is
     unchanged since it was checked (409 `CONFLICT` otherwise: another change came first). The
-    email sent again exactly as stored is no change, in any case: no `current_password`, not
-    written, and not checked again (an address stored before a check refused it still saves).
+    email sent again as stored (or normalizing to it: the domain in capitals) is no change, in
+    any case: no `current_password`, not written, and not checked again (an address stored
+    before a check refused it still saves).
     A role change needs an admin, and the last admin stays one (409 `LAST_ADMIN`). A new
     password or role ends all of that user's sessions.
     """

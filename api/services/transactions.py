@@ -92,10 +92,13 @@ async def prepare(
         plain, refs = _split_refs(table, data, operations[:index], (*loc, "data"))
         args["record"] = {**await typed.new_record(plain, (*loc, "data")), **refs}
     elif kind in ("replace", "patch"):
+        # The stored email is what this op's email is compared with, unless an op before it
+        # sends one for the same user: then it may be the transaction's, not the store's.
+        as_stored = table == users.TABLE and not _sends_email(item.id, operations[:index])
         if table == users.TABLE:
-            data = await _check_own_sign_in(store, item, data, loc)
+            data = await _check_own_sign_in(store, item, data, loc, as_stored)
         plain, refs = _split_refs(table, data, operations[:index], (*loc, "data"))
-        if table == users.TABLE and kind == "replace":  # the stored email sent again: kept
+        if as_stored and kind == "replace":  # the stored email sent again: kept
             built = await typed_tables.user_replace_changes(store, item.id, plain, (*loc, "data"))
         else:
             build = typed.replace_changes if kind == "replace" else typed.update_changes
@@ -113,14 +116,26 @@ async def prepare(
     return Prepared(with_version(args, item.expected_version), ends)
 
 
+def _sends_email(user_id: object, earlier: list[TransactionOp]) -> bool:
+    """Whether an op in ``earlier`` writes an email for the user ``user_id``."""
+    return any(
+        other.table == users.TABLE
+        and other.op in ("replace", "patch")
+        and other.id == user_id
+        and "email" in (other.data or {})
+        for other in earlier
+    )
+
+
 async def _check_own_sign_in(
-    store: Store, item: TransactionOp, data: dict[str, Any], loc: Loc
+    store: Store, item: TransactionOp, data: dict[str, Any], loc: Loc, as_stored: bool
 ) -> dict[str, Any]:
     """A users replace or patch's data, checked as ``PATCH /users/{id}`` checks it: the
     caller's own password or email changes only there, with current_password (422 here). The
     user's email sent again as stored is no change (``users.sends_stored_email``): left out of
-    a patch (a replace leaves it out of its changes), and it needs no password."""
-    if item.op == "patch":
+    a patch (a replace leaves it out of its changes), and it needs no password; unless
+    ``as_stored`` is false (an earlier op sends an email for the user): a change then."""
+    if item.op == "patch" and as_stored:
         kept = await users.without_stored_email(store, item.id, data)
         if "email" in kept and users.is_caller(item.id):
             # Your own new address: one that is no address is refused as such, first.

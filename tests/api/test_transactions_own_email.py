@@ -86,3 +86,22 @@ def test_an_invalid_own_email_is_refused_at_the_field(
     for sent in ("not an address", None):
         error = assert_error(_patch_self(anon, admin, {"email": sent}), 422, "VALIDATION_ERROR")
         assert error["details"][0]["field"].startswith("body.operations.0.data.email"), error
+
+
+def test_the_stored_email_after_a_change_in_the_same_transaction_is_written(
+    client: httpx.Client, anon: httpx.Client
+) -> None:
+    """Review: the stored address is read before any op runs, so an op sending it back after
+    an earlier op moved it was taken for "no change" and dropped: the move stayed."""
+    user = register(anon)
+    email, moved = user.user["email"], f"moved-{user.id[:8]}@example.com"
+    operations = [
+        {"op": "patch", "table": "users", "id": user.id, "data": {"email": moved}},
+        {"op": "patch", "table": "users", "id": user.id, "data": {"email": email, "age": 30}},
+    ]
+    response = client.post(URL, json={"operations": operations})
+    assert response.status_code == 200, response.text
+    assert [r["email"] for r in response.json()["data"]["results"]] == [moved, email]
+    stored = client.get(f"/api/v1/users/{user.id}").json()["data"]
+    assert stored["email"] == email and stored["age"] == 30
+    login(anon, email, user.password)
