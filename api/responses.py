@@ -178,11 +178,13 @@ class ReleasingStreamingResponse(StreamingResponse):
         finally:
             for task in tasks:
                 task.cancel()
-            await _settle(tasks)
-        for task in tasks:
-            if not task.cancelled() and task.exception() is not None:
-                return task.exception()
-        return None
+            try:
+                await _settle(tasks)
+            finally:
+                # Every exception retrieved (else asyncio logs each, kept until collected);
+                # the first one is raised.
+                raised = [task.exception() for task in tasks if not task.cancelled()]
+        return next((exc for exc in raised if exc is not None), None)
 
 
 async def _settle(tasks: Sequence[asyncio.Task[None]]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response, StreamingResponse
@@ -84,8 +85,9 @@ async def dump_table(
     chunks = await open_dump(store, table, settings.dump_chunk_size)
 
     async def ndjson() -> AsyncIterator[bytes]:
-        async for records in chunks:
-            if records:
-                yield b"".join(dumps(record) + b"\n" for record in records)
+        async with aclosing(chunks):  # closed with this one, not by asyncio a turn later
+            async for records in chunks:
+                if records:
+                    yield b"".join(dumps(record) + b"\n" for record in records)
 
     return ReleasingStreamingResponse(ndjson(), media_type=NDJSON, headers=headers)

@@ -4,12 +4,12 @@ export (``csv_export``) and the jobs that write them to files.
 
 A cursor holds its table's id list in the store until it is read to the end, so a read that
 ends early (the client went away, the task was cancelled, an error) closes it at once
-(``scan_close``, best effort: one left open still frees itself when idle). A ``finally`` in
-the reading generator is not enough: Starlette does not close a response's body iterator when
-the client disconnects, and a generator left at its ``yield`` runs its ``finally`` only when
-it is collected. So the close is tied to the tasks too: the one that opened the cursor (the
-request's) and the one reading it (the response's); when either ends with the cursor still
-open, it is closed.
+(``scan_close``, best effort: one left open still frees itself when idle). A ``finally`` in the
+reading generator is not enough: Starlette's ``StreamingResponse`` does not close its body
+iterator when the client disconnects (the dump's ``ReleasingStreamingResponse`` does), and a
+generator left at its ``yield`` runs its ``finally`` only when it is collected. So the close is
+tied to the tasks too: the one that opened the cursor (the request's) and the one reading it
+(the response's); when either ends with the cursor still open, it is closed.
 
 A cursor freed under a read anyway (a client that stopped reading for longer than the store's
 ``STORE_SCAN_IDLE``, or a store restart) cannot be resumed; neither can a read that fails
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import structlog
@@ -140,11 +140,11 @@ async def open_scan(
     return TableScan(store, table, chunk, await store.call("scan", args))
 
 
-async def open_dump(store: Store, table: str, chunk: int) -> AsyncIterator[list[Record]]:
+async def open_dump(store: Store, table: str, chunk: int) -> AsyncGenerator[list[Record], None]:
     """Fetch the first chunk now and return an iterator over every chunk, that one included."""
     scan = await open_scan(store, table, chunk)
 
-    async def chunks() -> AsyncIterator[list[Record]]:
+    async def chunks() -> AsyncGenerator[list[Record], None]:
         try:
             async for records in scan:
                 yield [to_public(table, record) for record in records]
