@@ -135,7 +135,7 @@ class JournalReplay:
         """Share string objects the way live writes do (``records.copy_fields``), so a store
         loaded from disk is as small as the one that wrote it: short values interned,
         ``updated_at`` the same object as an equal ``created_at``, and a foreign key the
-        referenced row's own id string. About 270 bytes per order record."""
+        referenced row's own id string (the table's ``keep`` then makes the compact row)."""
         shared: dict[str, Any] = {}
         for key, value in record.items():
             if type(value) is str and len(value) <= SHARED_STRING_LENGTH:
