@@ -29,7 +29,8 @@ gets no ``100 Continue`` and no chunked body (a body of unknown length is sent r
 when the connection closes: ``close_delimited``); a request asking to ``Upgrade`` (the API
 has no WebSocket route) is served over HTTP/1.1, then the connection closes; an absolute
 request target (``GET http://host/path``) is served with its authority as the Host the app sees
-(RFC 9112 §3.2.2, §3.3), and with an empty path as ``/``.
+(RFC 9112 §3.2.2, §3.3), and with an empty path as ``/``; one of another scheme
+(``ftp://``) is refused, as is the asterisk form for any method but OPTIONS.
 
 ``deploy/gunicorn.conf.py`` installs it in each worker (``post_fork``).
 """
@@ -85,8 +86,10 @@ HOST = re.compile(
 )
 """A valid Host value: ``uri-host [":" port]`` (RFC 9112 §3.2, RFC 3986 §3.2.2); empty too,
 as a client sends for a target without an authority."""
-ABSOLUTE_TARGET = re.compile(rb"[A-Za-z][A-Za-z0-9+.\-]*://([^/?#]*)")
+ABSOLUTE_TARGET = re.compile(rb"([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#]*)")
 """An absolute-form request target's scheme and authority (RFC 3986 §3)."""
+SERVED_SCHEMES = frozenset({b"http", b"https"})
+"""The schemes of the targets this server is the origin for (``ftp://`` or ``ws://`` is not)."""
 
 if TYPE_CHECKING:
     from uvicorn._types import (
@@ -245,9 +248,15 @@ def routable_target(url: bytes) -> bytes | None:
 def target_host(url: bytes) -> bytes | None:
     """The authority of an absolute-form target (``http://host:port/path``), or None for a
     target without one (``*``). The app must see it as the Host (RFC 9112 §3.2.2: the received
-    Host is ignored; §3.3: the target URI is the request target), and a path without it."""
+    Host is ignored; §3.3: the target URI is the request target), and a path without it.
+    ``Refusal`` (400) for a scheme other than http or https: another origin's, not served here
+    (uvicorn served ``GET ftp://host/path`` as ``/path``)."""
     absolute = ABSOLUTE_TARGET.match(url)
-    return None if absolute is None else absolute[1]
+    if absolute is None:
+        return None
+    if absolute[1].lower() not in SERVED_SCHEMES:
+        raise Refusal(400, "BAD_REQUEST", "The request target's scheme is not http or https")
+    return absolute[2]
 
 
 def use_host(headers: list[tuple[bytes, bytes]], host: bytes) -> None:
@@ -367,7 +376,13 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
             target = routable_target(self.url)
             if target is None:
                 self._stop(Refusal(400, "BAD_REQUEST", "The request target is not a valid URI"))
-            host = target_host(self.url)
+            try:
+                host = target_host(self.url)
+            except Refusal as refused:
+                self._stop(refused)
+            if host is None and self.url == b"*" and self.parser.get_method() != b"OPTIONS":
+                # RFC 9112 §3.2.4: the asterisk form is for OPTIONS only
+                self._stop(Refusal(400, "BAD_REQUEST", "A request target of * is for OPTIONS"))
             if host is not None:
                 # Not empty, no user info (RFC 9110 §4.2.1, §4.2.4): what a Host may hold.
                 if not host or not HOST.fullmatch(host):

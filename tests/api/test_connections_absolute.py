@@ -18,7 +18,7 @@ import orjson
 import pytest
 import uvicorn
 
-from api.connections import HeaderDeadlineProtocol, target_host
+from api.connections import HeaderDeadlineProtocol, Refusal, target_host
 from tests.api.test_connections import _send, assert_refused
 from tests.support.rawhttp import RawResponse, parse_responses, read_until_closed
 from tests.support.stack import Stack, free_port
@@ -142,6 +142,18 @@ def test_target_host(url: bytes, host: bytes | None) -> None:
     assert target_host(url) == host
 
 
+@pytest.mark.parametrize("url", [b"HTTPS://h/a", b"Http://h"])
+def test_the_served_schemes_in_any_case(url: bytes) -> None:
+    assert target_host(url) == b"h"
+
+
+@pytest.mark.parametrize("url", [b"ftp://h/a", b"ws://h/a", b"wss://h", b"file:///etc/passwd"])
+def test_another_scheme_is_refused(url: bytes) -> None:
+    with pytest.raises(Refusal) as refused:
+        target_host(url)
+    assert (refused.value.status, refused.value.code) == (400, "BAD_REQUEST")
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize(
     ("target", "reason"),
@@ -170,6 +182,25 @@ def test_an_http11_request_without_host_stays_400(
     """RFC 9112 §3.2: every HTTP/1.1 request needs one Host, whatever its target's form."""
     (response,) = _send(stack, _get(target, host=host))
     assert_refused(response, "exactly one Host")
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    "target", ["ftp://localhost/api/v1/health", "ws://localhost/api/v1/health"]
+)
+def test_a_target_of_another_scheme_is_400(stack: Stack, target: str) -> None:
+    """Review: served as if it were http (``GET ftp://host/api/v1/health``: 200)."""
+    (response,) = _send(stack, _get(target))
+    assert_refused(response, "scheme is not http or https")
+
+
+@pytest.mark.integration
+def test_the_asterisk_form_is_for_options_only(stack: Stack) -> None:
+    """RFC 9112 §3.2.4; ``GET *`` was routed as a path (404)."""
+    (response,) = _send(stack, _get("*"))
+    assert_refused(response, "request target of * is for OPTIONS")
+    (options,) = _send(stack, _get("*").replace(b"GET", b"OPTIONS", 1))
+    assert options.status != 400
 
 
 @pytest.mark.integration
