@@ -110,6 +110,10 @@ bench-data: install ## 1M orders: aggregate, CSV export (rows/s, RSS, store stal
 bench-api: install ## GET /users/{id} through gunicorn vs a minimal in-process FastAPI app
 	$(BIN)/python -m loadtests.bench_api
 
+.PHONY: bench-dump-abort
+bench-dump-abort: install ## an API worker's RSS across NDJSON dumps whose clients leave mid-way
+	$(BIN)/python -m loadtests.dump_abort_rss
+
 .PHONY: bench-jobs
 bench-jobs: install ## 500k-row CSV import jobs while single-record requests are probed (p95 < 100 ms?)
 	$(BIN)/python -m loadtests.bench_jobs
