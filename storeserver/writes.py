@@ -188,9 +188,17 @@ class RecordWriter:
         if table.keeps:  # before any row goes: a single delete has no undo
             table.check_keeps(record, None)
         doomed = self._dependants(table, record, cascade)
-        for victim_table, victim in reversed(doomed):  # deepest first
-            self._remove(victim_table, victim, undo)
-        self._remove(table, record, undo)
+        # A dependant's table may refuse to lose it (``keeps``) after others went: a cascade
+        # outside a batch undoes its own removals then (a batch undoes all of its ops).
+        own: Undo | None = [] if undo is None and doomed else None
+        try:
+            for victim_table, victim in reversed(doomed):  # deepest first
+                self._remove(victim_table, victim, undo if own is None else own)
+            self._remove(table, record, undo if own is None else own)
+        except BaseException:
+            if own is not None:
+                self.rollback(own)
+            raise
         self.audit.add(table.name, "delete", rid, (), 1 + len(doomed))
         return {"id": rid, "cascaded": len(doomed)}
 

@@ -1909,6 +1909,26 @@ def test_keep_refuses_the_write_that_removes_the_last_admin(staff: Engine) -> No
     run(staff, "delete", table="people", id="u")
 
 
+def test_a_cascade_refused_by_a_dependants_keep_removes_nothing(engine: Engine) -> None:
+    """Review: the second admin among the dependants was refused after the first was gone,
+    and the first stayed deleted (and unjournaled, so back after a crash)."""
+    run(engine, "insert", table="teams", record={"id": "t1"})
+    keep = [{"field": "role", "value": "admin", "at_least": 1}]
+    foreign = [{"field": "team", "table": "teams"}]
+    run(engine, "create_table", table="members", foreign_keys=foreign, keep=keep)
+    for n in (1, 2):
+        run(
+            engine, "insert", table="members", record={"id": f"m{n}", "team": "t1", "role": "admin"}
+        )
+    engine.drain_changes()
+    fail(engine, Conflict, "delete", table="teams", id="t1", cascade=True)
+    assert run(engine, "count", table="members") == 2
+    assert run(engine, "count", table="teams") == 1
+    assert [c for c in engine.drain_changes() if c[0] == "delete"] == []
+    run(engine, "delete", table="members", id="m1")  # the indexes are whole again
+    assert run(engine, "find", table="members", where=[["team", "eq", "t1"]])["total"] == 1
+
+
 def test_keep_counts_the_batch_as_it_goes(staff: Engine) -> None:
     """Promote first, then demote: allowed; demoting both admins in one batch: refused whole."""
     demote_both = [
