@@ -189,7 +189,8 @@ class Catalog:
         for field, target in new_fks:
             table.foreign_keys[field] = target
             self.referrers.setdefault(target, []).append((name, field))
-        table.hidden = table.hidden | new_hidden
+        if new_hidden:  # a new set only then: the reply cache keys on the set's identity
+            table.hidden = table.hidden | new_hidden
         table.keeps = table.keeps + new_keeps
         return created, created or bool(new_indexes or new_fks or new_hidden or new_keeps)
 

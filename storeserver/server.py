@@ -381,13 +381,18 @@ class StoreServer:
 
     def _get_reply(self, rid: int, args: dict[str, Any], stored: StoredGet) -> bytes:
         """The reply to a plain ``get`` of an existing record, encoded once per version of the
-        record (``replycache``; its bytes always fit a frame: a record takes half at most)."""
+        record (``replycache``)."""
         body = self.replies.find(stored)
         if body is None:
             body = self.replies.keep(stored, self.engine.execute("get", args))
         else:
             self.engine.count("get")
-        return encode_result_body(rid, body)
+        reply = encode_result_body(rid, body)
+        if len(reply) - 4 > self.max_reply_bytes:
+            # A record written under a larger STORE_MAX_FRAME_BYTES than the store runs with
+            # now: refused as ``_encode`` refuses any reply.
+            raise self._too_large()
+        return reply
 
     def _release_memory(self) -> None:
         """At the memory limit, before free heap pages go back to the OS: the cached replies
@@ -403,11 +408,14 @@ class StoreServer:
         else:
             reply = encode_result(rid, result)
         if len(reply) - 4 > self.max_reply_bytes:
-            raise LimitExceeded(
-                "the reply would exceed the maximum frame size; ask for a smaller page",
-                {"max_frame_bytes": self.max_reply_bytes},
-            )
+            raise self._too_large()
         return reply
+
+    def _too_large(self) -> LimitExceeded:
+        return LimitExceeded(
+            "the reply would exceed the maximum frame size; ask for a smaller page",
+            {"max_frame_bytes": self.max_reply_bytes},
+        )
 
     def _account(self, command: str, elapsed: float, request_tag: Any) -> None:
         if command not in _KNOWN_COMMANDS:

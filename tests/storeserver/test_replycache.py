@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from storeserver.client import StoreClient
-from storeserver.errors import BadRequest, NotFound
+from storeserver.errors import BadRequest, LimitExceeded, NotFound
 from storeserver.protocol import decode_body, unpack_value
 from storeserver.replycache import ENTRY_BYTES, ReplyCache
 from storeserver.server import StoreServer
@@ -37,6 +37,21 @@ async def test_a_repeated_get_is_answered_from_the_cache(client: StoreClient) ->
     assert after["hits"] == before["hits"] + 1 and after["entries"] == 1
     # A get answered from the cache is still counted as one.
     assert after["gets"] == before["gets"] + 1
+
+
+async def test_create_table_again_with_nothing_new_keeps_the_cached_replies(
+    client: StoreClient,
+) -> None:
+    """Review: every create_table made a new hidden-field set, so every reply of the table
+    was encoded again (an API worker ensures its tables at each start)."""
+    spec = {"table": "t", "hidden": ["secret"]}
+    await client.call("create_table", spec)
+    row = await client.call("insert", {"table": "t", "record": {"n": 1, "secret": "s"}})
+    await client.call("get", {"table": "t", "id": row["id"]})
+    await client.call("create_table", spec)
+    before = await _stats(client)
+    assert "secret" not in await client.call("get", {"table": "t", "id": row["id"]})
+    assert (await _stats(client))["hits"] == before["hits"] + 1
 
 
 @pytest.mark.parametrize(
@@ -128,6 +143,19 @@ async def test_the_cache_can_be_turned_off(sock_dir) -> None:
     finally:
         await client.close()
         await server.shutdown()
+
+
+async def test_a_record_over_the_reply_limit_is_refused_as_uncached(
+    server: StoreServer, client: StoreClient
+) -> None:
+    """Review: a record written under a bigger STORE_MAX_FRAME_BYTES (simulated here by
+    lowering the limit after the write) came back whole past the frame limit, cached or not."""
+    await client.call("insert", {"table": "t", "record": {"id": "big", "blob": "x" * 50_000}})
+    server.max_reply_bytes = 20_000
+    for _ in range(2):  # a miss, then what the miss kept
+        with pytest.raises(LimitExceeded) as refused:
+            await client.call("get", {"table": "t", "id": "big"})
+        assert refused.value.details == {"max_frame_bytes": 20_000}
 
 
 async def test_the_memory_limit_empties_the_cache_first(server, client: StoreClient) -> None:
