@@ -140,7 +140,9 @@ class RequestGuardMiddleware:
         extra = verdict.headers()
 
         async def send_with_limits(message: Message) -> None:
-            if message["type"] == "http.response.start":
+            # A 429 the app raised (password attempts) carries the counter that refused it:
+            # this one's headers would tell the client to retry at once.
+            if message["type"] == "http.response.start" and message["status"] != 429:
                 raw = message.get("headers") or ()
                 if any(name.lower() in _LIMIT_HEADER_NAMES for name, _ in raw):
                     headers = MutableHeaders(scope=message)  # replace the app's, as before

@@ -171,6 +171,9 @@ def test_email_change_guesses_are_limited_like_logins(limited: Stack) -> None:
         refused = assert_error(right, 429, "RATE_LIMITED")
         assert "password attempts" in refused["message"]
         assert 1 <= int(right.headers["retry-after"]) <= 60
+        # QA: the general limit's headers (remaining: hundreds) replaced the attempts' own
+        assert right.headers["x-rate-limit-limit"] == "3"
+        assert right.headers["x-rate-limit-remaining"] == "0"
         assert (
             http.get(ME, headers=account.headers).json()["data"]["email"] == account.user["email"]
         )
