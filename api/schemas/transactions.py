@@ -5,12 +5,28 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, PlainValidator, Tag
 
 MAX_OPERATIONS = 100
 MAX_BULK_RECORDS = 1000
 TABLE_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
 REF = re.compile(r"[0-9]{1,4}(\.[A-Za-z0-9_]{1,64}){1,8}")
+
+
+def _id_or_ref(value: object) -> str | dict[str, str] | None:
+    """``str | dict[str, str] | None`` checked as one: an id that is neither is one error at
+    ``id``, not one per member of the union (``id.str``, ``id.dict[str,str]``)."""
+    if value is None or type(value) is str:
+        return value
+    if type(value) is dict and all(type(v) is str for v in value.values()):
+        return value
+    raise ValueError('must be a record id (a string) or a reference such as {"$ref": "0.id"}')
+
+
+RecordIdOrRef = Annotated[
+    str | dict[str, str] | None,
+    PlainValidator(_id_or_ref, json_schema_input_type=str | dict[str, str] | None),
+]
 
 
 def ref_index(value: object) -> int | None:
@@ -35,7 +51,7 @@ class TransactionOp(BaseModel):
 
     op: Literal["insert", "replace", "patch", "delete"]
     table: str = Field(pattern=TABLE_PATTERN, examples=["orders"])
-    id: str | dict[str, str] | None = Field(
+    id: RecordIdOrRef = Field(
         None, description='Record id, or a reference such as `{"$ref": "0.id"}`'
     )
     data: dict[str, Any] | None = Field(None, description="Fields, as in /data bodies")

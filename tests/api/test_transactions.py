@@ -235,6 +235,9 @@ def test_failures_name_the_operation(client: httpx.Client) -> None:
         ),
         ({"op": "delete", "table": "t", "id": {"$ref": "0.id"}}, "body.operations.0.id"),
         ({"op": "delete", "table": "t", "id": {"a": "b"}}, "body.operations.0.id"),
+        # QA: one detail at id, not one per member of its union ("id.str")
+        ({"op": "patch", "table": "t", "id": 5, "data": {}}, "body.operations.0.id"),
+        ({"op": "delete", "table": "t", "id": {"$ref": 0}}, "body.operations.0.id"),
         ({"op": "merge", "table": "t", "id": "a"}, "body.operations.0.op"),
         ({"op": "delete", "table": "_audit", "id": "a"}, "body.operations.0.table"),
         ({"op": "insert", "table": "t", "data": {"id": "a/b"}}, "body.operations.0.data.id"),
