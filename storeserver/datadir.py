@@ -35,7 +35,7 @@ from typing import Any
 import structlog
 
 from .journal import REPLAY_ERRORS, unreadable_entry
-from .logfile import _ENTRY, _MAX_ENTRY, FILE_MODE, SNAPSHOT, CorruptData, EntryReader, TornTail
+from .logfile import _ENTRY, FILE_MODE, SNAPSHOT, CorruptData, EntryReader, TornTail
 from .protocol import unpack_value
 from .snapshots import read_snapshot
 
@@ -88,7 +88,7 @@ class DataDir:
             header = fh.read(_ENTRY.size)
             if len(header) == _ENTRY.size:
                 length, crc = _ENTRY.unpack(header)
-                body = fh.read(min(length, _MAX_ENTRY))
+                body = fh.read(length)
                 if len(body) == length and zlib.crc32(body) == crc:
                     changes = unpack_value(body)
                     kind, meta = changes[0]

@@ -31,7 +31,11 @@ log = structlog.get_logger("storeserver.logfile")
 
 _ENTRY = struct.Struct(">II")
 SNAPSHOT = "snapshot.mdb"  # here for the advice of a corrupt file's message (``_corrupt``)
-_MAX_ENTRY = 1 << 30
+MAX_ENTRY = (1 << 32) - 1
+"""An entry's body may take any length its u32 header holds: the writers never make a
+longer one (``encode_entry`` refuses it). The reader took at most 1 GiB, which a snapshot of
+1,000 records of 1.1 MB each passed: written, then refused at start (the store could not
+start again)."""
 FILE_MODE = 0o600
 
 
@@ -39,8 +43,30 @@ class CorruptData(RuntimeError):
     """A data file is damaged in a way that cannot be repaired safely."""
 
 
+class EntryTooLarge(ValueError):
+    """Changes that would encode to more than ``MAX_ENTRY`` bytes: not an entry."""
+
+
 def encode_entry(changes: list[Any]) -> bytes:
-    body = pack_value(changes)
+    return encode_body(pack_value(changes))
+
+
+def encode_packed(changes: list[bytes]) -> bytes:
+    """``encode_entry`` of changes each encoded already (``pack_value``): the same bytes."""
+    count = len(changes)
+    if count < 16:
+        header = bytes((0x90 | count,))
+    elif count < 1 << 16:
+        header = b"\xdc" + count.to_bytes(2, "big")
+    else:
+        header = b"\xdd" + count.to_bytes(4, "big")
+    return encode_body(header + b"".join(changes))
+
+
+def encode_body(body: bytes) -> bytes:
+    """The entry of a body already encoded (a msgpack list of changes)."""
+    if len(body) > MAX_ENTRY:
+        raise EntryTooLarge(f"{len(body)} bytes of changes in one entry (at most {MAX_ENTRY})")
     return _ENTRY.pack(len(body), zlib.crc32(body)) + body
 
 
@@ -109,7 +135,7 @@ class EntryReader:
             else:
                 length, crc = _ENTRY.unpack_from(data, pos)
                 end = pos + _ENTRY.size + length
-                if length > _MAX_ENTRY or end > size:
+                if end > size:
                     if _damaged_length(data, pos + _ENTRY.size, crc):
                         raise _corrupt(self.path, pos, "damaged length: whole entries follow")
                     problem, end = "incomplete entry", size

@@ -32,9 +32,13 @@ import orjson
 import structlog
 
 from .journal import REPLAY_ERRORS, unreadable_entry
-from .logfile import FILE_MODE, CorruptData, encode_entry, fsync_dir, read_entries
+from .logfile import FILE_MODE, CorruptData, encode_body, encode_packed, fsync_dir, read_entries
+from .protocol import pack_value
 
-SNAPSHOT_CHUNK = 1000  # changes per snapshot entry
+SNAPSHOT_CHUNK = 1000  # changes per snapshot entry at most
+SNAPSHOT_CHUNK_BYTES = 64 << 20
+"""Bytes after which a snapshot entry is closed early (records of a few MB each: 1,000 of them
+made entries of over 1 GiB)."""
 FORMAT = 2  # 2: the snapshot ends with an end marker holding its number of changes
 
 
@@ -87,13 +91,13 @@ def write_snapshot(path: Path, generation: int, state: Iterable[tuple[Any, ...]]
                 chunk.append(change)
                 count += 1
                 if len(chunk) >= SNAPSHOT_CHUNK:
-                    size += fh.write(encode_entry(chunk))
+                    size += _write_entries(fh, chunk)
                     chunk = []
             # With the generation again: a release before format 2 reads it from every
             # ``meta`` of the first entry, which is also the last in a small snapshot.
             end = {"end": True, "changes": count, "generation": generation}
             chunk.append(("meta", end))
-            size += fh.write(encode_entry(chunk))
+            size += _write_entries(fh, chunk)
             fh.flush()
             os.fsync(fh.fileno())
     except BaseException:
@@ -104,6 +108,25 @@ def write_snapshot(path: Path, generation: int, state: Iterable[tuple[Any, ...]]
     os.replace(tmp, path)
     fsync_dir(path.parent)
     return size
+
+
+def _write_entries(fh: Any, chunk: list[Any]) -> int:
+    """Write ``chunk`` as one entry, or as several of about ``SNAPSHOT_CHUNK_BYTES`` each if it
+    encodes to more (big records: 1,000 of 1.1 MB each made an entry the reader refused).
+    Those chunks are encoded twice, the second time a change at a time; the others once."""
+    body = pack_value(chunk)
+    if len(body) <= SNAPSHOT_CHUNK_BYTES:
+        return fh.write(encode_body(body))
+    size = held = 0
+    part: list[bytes] = []
+    for change in chunk:
+        packed = pack_value(change)
+        part.append(packed)
+        held += len(packed)
+        if held >= SNAPSHOT_CHUNK_BYTES:
+            size += fh.write(encode_packed(part))
+            part, held = [], 0
+    return size + (fh.write(encode_packed(part)) if part else 0)
 
 
 def fork_snapshot(path: Path, generation: int, state: Iterable[tuple[Any, ...]]) -> int:

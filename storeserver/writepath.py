@@ -7,8 +7,8 @@ recovers after a failure and schedules snapshots.
 Write path: each write command's changes are queued (``record``); at the end of the loop turn
 (``_flush``) the turn's commands become one log entry (one encode, one checksum, one
 ``write``). Commands are never split across entries, so each is still replayed whole or not
-at all; an entry is closed early once it holds ``ENTRY_CHANGES`` changes, to keep it far
-below the reader's size limit.
+at all; an entry is closed early once it holds ``ENTRY_CHANGES`` changes. A turn whose
+changes would encode to more than ``logfile.MAX_ENTRY`` bytes fails as a log write does.
 
 With ``always`` the replies of a turn's writes are held (``hold``) and sent once an fsync of
 the log, started after their entries were written, succeeds. After any failure (a write, an
@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import structlog
 
 from .errors import PersistenceError
-from .logfile import AppendLog, encode_entry
+from .logfile import AppendLog, EntryTooLarge, encode_entry
 
 log = structlog.get_logger("storeserver.writepath")
 
@@ -72,6 +72,7 @@ class WritePath:
         self._unsaved_from: int | None = None
         self._pending: list[tuple[Any, ...]] = []  # this turn's changes, not yet encoded
         self._buffer = bytearray()  # encoded entries, not yet written
+        self._unencodable: str | None = None  # why this turn's changes make no entry
         self._flush_scheduled = False
         self._dirty = False  # written since the last fsync
         self._held: list[tuple[Sink, bytes]] = []
@@ -117,11 +118,22 @@ class WritePath:
 
     def _encode_pending(self) -> None:
         if self._pending:
-            self._buffer += encode_entry(self._pending)
-            self._pending = []
+            pending, self._pending = self._pending, []
+            try:
+                self._buffer += encode_entry(pending)
+            except EntryTooLarge as exc:
+                # Over 4 GiB of records changed in one loop turn (one command may not be
+                # split). Failed at the flush (``_write_buffer``), once the turn's replies are
+                # held, so they are aborted with the others; a snapshot then holds the changes.
+                self._unencodable = str(exc)
 
     def _write_buffer(self) -> bool:
         self._encode_pending()
+        if self._unencodable is not None:
+            reason, self._unencodable = self._unencodable, None
+            self._buffer = bytearray()
+            self._fail(f"log entry not written: {reason}", since=self._written)
+            return False
         if not self._buffer or self.log is None:
             self._written = self.recorded  # commands with no changes leave nothing to write
             return True

@@ -27,6 +27,7 @@ from storeserver.protocol import (
     Result,
     encode,
     encode_request,
+    pack_value,
 )
 from storeserver.server import StoreServer
 from storeserver.settings import StoreSettings
@@ -300,3 +301,55 @@ async def test_a_failed_snapshot_child_says_why(persistent, monkeypatch, capfd):
     assert child[0]["event"] == "snapshot_child_failed" and "No space left" in child[0]["error"]
     assert child[0]["level"] == "error" and child[0]["process"] == "store"
     assert datetime.fromisoformat(child[0]["timestamp"]).utcoffset() == timedelta(0)
+
+
+async def test_a_turn_too_large_for_one_entry_fails_as_a_log_write(always, monkeypatch):
+    """QA: nothing bounded an entry on the write side (a command is never split); one over the
+    reader's limit was written and then refused, or lost. Past ``MAX_ENTRY`` (patched small
+    here: it is 4 GiB) the turn is not logged and is handled as a failed log write; the
+    snapshot that recovers closes its entries by bytes, so it is written."""
+    dur = always.durability
+    assert dur is not None
+    monkeypatch.setattr(logfile, "MAX_ENTRY", 8_000)
+    monkeypatch.setattr(snapshots, "SNAPSHOT_CHUNK_BYTES", 2_000)
+    conn, transport = connect(always)
+    conn.data_received(insert(1, "r0"))
+    await wait_until(lambda: acknowledged(transport) == {1})
+    big = [
+        encode_request(n, "insert", {"table": "t", "record": {"id": f"big{n}", "pad": "x" * 5_000}})
+        for n in (2, 3)
+    ]
+    conn.data_received(b"".join(big))  # one read, one loop turn: one entry of ~10 KB
+    await wait_until(lambda: transport.aborted)
+    assert dur.error is not None and "log entry not written" in dur.error
+    assert acknowledged(transport) == {1}  # never acknowledged: in memory only
+    assert on_disk(always, ["r0", "big2", "big3"]) == ["r0", None, None]
+    outcome: list[Any] = []
+    dur.start_snapshot(outcome.append)  # the recovery: the snapshot holds them
+    await wait_until(lambda: bool(outcome))
+    assert dur.error is None
+    assert on_disk(always, ["r0", "big2", "big3"]) == ["r0", "big2", "big3"]
+
+
+def test_snapshot_entries_are_closed_by_bytes_too(tmp_path, monkeypatch):
+    """QA: 1,000 records of 1.1 MB each made one entry over the reader's 1 GiB: a snapshot
+    the store then refused to start from."""
+    monkeypatch.setattr(snapshots, "SNAPSHOT_CHUNK_BYTES", 10_000)
+    engine = Engine()
+    for n in range(20):
+        engine.execute("insert", {"table": "t", "record": {"id": f"r{n}", "pad": "x" * 4_000}})
+    path = tmp_path / "snapshot.mdb"
+    snapshots.write_snapshot(path, 3, engine.iter_state())
+    entries = list(read_entries(path, allow_torn_tail=False))
+    puts = [sum(1 for change in entry if change[0] == "put") for entry in entries]
+    assert sum(puts) == 20 and max(puts) == 3  # closed once past 10,000 bytes
+    loaded = Engine()
+    assert snapshots.read_snapshot(path, loaded.apply_change) == (3, len(list(engine.iter_state())))
+    assert loaded.execute("find", {"table": "t"}) == engine.execute("find", {"table": "t"})
+
+
+@pytest.mark.parametrize("count", [0, 1, 15, 16, 65_535, 65_536])
+def test_an_entry_of_changes_packed_one_by_one_is_the_same_bytes(count: int) -> None:
+    changes = [("put", "t", {"id": f"r{n}", "n": n}) for n in range(count)]
+    packed = [pack_value(change) for change in changes]
+    assert logfile.encode_packed(packed) == logfile.encode_entry(changes)
