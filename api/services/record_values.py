@@ -50,7 +50,8 @@ def check_generic(data: Record, loc: Loc = DATA, allow_refs: bool = False) -> No
     elif isinstance(record_id, str) and record_id in RESERVED_IDS:
         message = f"id {record_id!r} is reserved: /data/{{table}}/{record_id} is the table's"
         problems.append(_problem((*loc, "id"), message))
-    _walk(data, loc, 0, MAX_DEPTH, problems)
+    # The store takes no map or list at MAX_DEPTH, empty ones included (``records._copy``).
+    _walk(data, loc, 0, MAX_DEPTH, problems, MAX_DEPTH)
     if problems:
         raise RequestValidationError(problems)
 
@@ -59,7 +60,7 @@ def check_values(value: Any, loc: Loc, max_depth: int) -> None:
     """``check_generic``'s value rules (64-bit integers, finite numbers, at most ``max_depth``
     levels) for a body that is not a record, such as a JSON Schema."""
     problems: list[dict[str, Any]] = []
-    _walk(value, loc, 0, max_depth, problems)
+    _walk(value, loc, 0, max_depth, problems, max_depth + 1)
     if problems:
         raise RequestValidationError(problems)
 
@@ -70,9 +71,16 @@ def is_ref(value: Any) -> bool:
 
 
 def _walk(
-    value: Any, loc: tuple[Any, ...], depth: int, max_depth: int, problems: list[dict[str, Any]]
+    value: Any,
+    loc: tuple[Any, ...],
+    depth: int,
+    max_depth: int,
+    problems: list[dict[str, Any]],
+    container_depth: int,
 ) -> None:
-    if depth > max_depth:
+    """``container_depth``: the depth from which a map or list is refused, whatever it holds
+    (an empty one at the store's limit was let through, then refused by the store as a 400)."""
+    if depth > max_depth or (depth >= container_depth and isinstance(value, (dict, list))):
         problems.append(_problem(loc, f"nesting deeper than {max_depth} levels"))
     elif isinstance(value, bool):
         return
@@ -88,10 +96,10 @@ def _walk(
         for key, item in value.items():
             if problem := text_problem(key):
                 problems.append(_problem((*loc, key), problem))
-            _walk(item, (*loc, key), depth + 1, max_depth, problems)
+            _walk(item, (*loc, key), depth + 1, max_depth, problems, container_depth)
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            _walk(item, (*loc, index), depth + 1, max_depth, problems)
+            _walk(item, (*loc, index), depth + 1, max_depth, problems, container_depth)
 
 
 def _problem(loc: tuple[Any, ...], message: str) -> dict[str, Any]:

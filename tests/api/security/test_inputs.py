@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import orjson
@@ -203,3 +204,26 @@ def test_script_payloads_are_returned_only_as_json(
     # Asking for HTML does not change what comes back.
     html = client.get(f"/api/v1/data/{table}/{record['id']}", headers={"Accept": "text/html"})
     assert html.headers["content-type"] == "application/json"
+
+
+@pytest.mark.parametrize("inner", [[], {}, [1]], ids=["empty list", "empty map", "scalar"])
+def test_nesting_is_422_at_the_documented_depth_whatever_the_innermost_value(
+    client: httpx.Client, inner: Any
+) -> None:
+    """QA: 32 levels ending in an empty list or map passed the API's check and the store
+    refused them as a 400 naming no field; 31 levels are kept."""
+    url = f"/api/v1/data/t_{token()}"
+
+    def nested(levels: int) -> Any:
+        value = inner
+        for _ in range(levels - 1):
+            value = [value]
+        return value
+
+    kept = client.post(url, json={"data": {"x": nested(31)}})
+    assert kept.status_code == 201, kept.text
+    assert kept.json()["data"]["x"] == nested(31)
+    error = assert_error(
+        client.post(url, json={"data": {"x": nested(32)}}), 422, "VALIDATION_ERROR"
+    )
+    assert error["details"][0]["field"].startswith("body.data.x.0.0"), error
