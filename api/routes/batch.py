@@ -32,6 +32,7 @@ from api.schemas.envelope import Envelope, error_responses
 from api.schemas.jobs import job_started
 from api.services.csv_export import open_export
 from api.services.csv_import import import_csv
+from api.services.csv_rows import check_importable
 
 router = APIRouter(
     route_class=MeteredRoute,
@@ -90,6 +91,7 @@ async def import_table(
         if table is None:
             raise bad_query("table", "give ?table=... (or upload a file named <table>.csv)")
         name = check_table_name(table, "table")
+        check_importable(name)
         binary = await _spooled_body(request)
         if run_as_job(run_async, body_size(binary), settings.job_async_bytes):
             return await _import_job(jobs, caller, name, binary, atomic)
@@ -107,6 +109,7 @@ async def import_table(
                 [{"field": "file", "message": "upload the CSV as a file part"}],
             )
         name = check_table_name(table or _table_from_filename(upload.filename), "table")
+        check_importable(name)
         if run_as_job(run_async, body_size(upload.file), settings.job_async_bytes):
             return await _import_job(jobs, caller, name, copy_upload(upload.file), atomic)
         report = await import_csv(store, name, upload.file, atomic)

@@ -198,6 +198,18 @@ class RowInvalid(Exception):
         self.problems = problems
 
 
+def check_importable(table: str) -> None:
+    """400 ``IMPORT_NOT_SUPPORTED`` for a table no CSV may fill; known before the body is read,
+    so an import route refuses at once, not in a job that then fails."""
+    if table == users.TABLE:
+        raise ApiError(
+            400,
+            "IMPORT_NOT_SUPPORTED",
+            "users cannot be imported from CSV: passwords must be hashed one by one; create users"
+            " with POST /api/v1/users",
+        )
+
+
 def reader_for(table: str, header: Sequence[str]) -> RowReader:
     """Check the header for ``table`` (400 naming the column) and build its row reader."""
     names = tuple(header)
@@ -212,13 +224,7 @@ def reader_for(table: str, header: Sequence[str]) -> RowReader:
         if name in seen:
             raise invalid_csv(f"column {name!r} appears twice", name)
         seen.add(name)
-    if table == users.TABLE:
-        raise ApiError(
-            400,
-            "IMPORT_NOT_SUPPORTED",
-            "users cannot be imported from CSV: passwords must be hashed one by one; create users"
-            " with POST /api/v1/users",
-        )
+    check_importable(table)
     if table == orders.TABLE:
         return _orders_reader(names)
     # An id is text (as orders' text columns): a bare 1e2, true or null is that id, not a

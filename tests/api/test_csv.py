@@ -330,6 +330,14 @@ def test_import_larger_than_the_limit_is_413(client: httpx.Client, stack: Stack)
         ({}, "text/csv", "a\n1\n", 400, "BAD_QUERY"),
         ({"table": "Bad-Name"}, "text/csv", "a\n1\n", 400, "INVALID_TABLE_NAME"),
         ({"table": "users"}, "text/csv", "email\nx@example.com\n", 400, "IMPORT_NOT_SUPPORTED"),
+        # QA: was 202 and a job that failed with it
+        (
+            {"table": "users", "async": "true"},
+            "text/csv",
+            "email\nx\n",
+            400,
+            "IMPORT_NOT_SUPPORTED",
+        ),
         ({"table": "t"}, "text/csv", "", 400, "INVALID_CSV"),
         ({"table": "t"}, "text/csv", "a,a\n1,2\n", 400, "INVALID_CSV"),
         ({"table": "t"}, "text/csv", "\xff\xfe", 400, "INVALID_CSV"),
