@@ -28,6 +28,7 @@ from api.queries import (
     MAX_IN_VALUES,
     Fields,
     FieldType,
+    canonical_uuid,
     finer_than_stored,
     parse_sort,
     parse_timestamp,
@@ -172,6 +173,7 @@ class _TreeParser:
 
 _EXPECTED: dict[FieldType, str] = {
     "str": "expected a string",
+    "uuid": "expected a UUID",
     "int": "expected a 64-bit integer",
     "decimal": "expected a decimal number in ASCII digits (a string keeps it exact)",
     "timestamp": "expected an ISO 8601 date or datetime",
@@ -183,6 +185,8 @@ def convert(value: Any, ftype: FieldType, op: str = "eq") -> Any:
     timestamp, as ``parse_timestamp`` says)."""
     if ftype == "str":
         return value if isinstance(value, str) else None
+    if ftype == "uuid":
+        return canonical_uuid(value) if isinstance(value, str) else None
     if ftype == "int":
         return value if type(value) is int and value in _INT64 else None
     if ftype == "timestamp":

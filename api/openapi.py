@@ -102,9 +102,18 @@ def filter_parameter(fields: Fields | None) -> dict[str, Any]:
     }
 
 
+# Two values of each type, for the filters' example (a UUID field refuses ``a``).
+_EXAMPLE_IN = {
+    "uuid": "5b0f0c8e-3c3a-4a59-9a44-0f1de4b3a9a1,0d3c8f3e-5f0a-4d1e-9d4b-2a7c9e1b6f00",
+    "int": "1,2",
+}
+
+
 def _example(fields: Fields) -> dict[str, str]:
     own = [name for name in fields if name not in BASE_FIELDS]
-    return {f"{own[0]}__in": "a,b"} if own else {"version__gte": "2"}
+    if not own:
+        return {"version__gte": "2"}
+    return {f"{own[0]}__in": _EXAMPLE_IN.get(fields[own[0]], "a,b")}
 
 
 def add_request_parameters(app: FastAPI, schema: dict[str, Any]) -> dict[str, Any]:

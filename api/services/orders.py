@@ -24,7 +24,7 @@ SCHEMA: dict[str, Any] = {
 }
 FIELDS: dict[str, FieldType] = {
     **BASE_FIELDS,
-    "user_id": "str",
+    "user_id": "uuid",
     "product_name": "str",
     "quantity": "int",
     "total_price": "decimal",

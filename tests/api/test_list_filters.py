@@ -40,6 +40,26 @@ def test_a_query_body_equality_finer_than_a_microsecond_is_a_422(client: httpx.C
     assert error["details"][0]["message"] == FINER_THAN_STORED
 
 
+def test_an_orders_user_id_filter_takes_any_spelling_of_the_uuid(client: httpx.Client) -> None:
+    """QA: an order written with its user_id in capitals is stored in lower case, but filters
+    compared the text as sent: ``?user_id=<CAPITALS>`` found nothing, and ``?user_id=x`` was a
+    200 with nothing rather than a 422."""
+    user_id = create_user(client)["id"]
+    order = create_order(client, user_id.upper())
+    assert order["user_id"] == user_id
+    for sent in (user_id, user_id.upper(), "{" + user_id.upper() + "}"):
+        listed = client.get("/api/v1/orders", params={"user_id": sent}).json()
+        assert [o["id"] for o in listed["data"]] == [order["id"]], sent
+        tree = {"field": "user_id", "op": "in", "value": [sent]}
+        queried = client.post("/api/v1/orders/query", json={"filter": tree}).json()
+        assert [o["id"] for o in queried["data"]] == [order["id"]], sent
+    error = assert_error(client.get("/api/v1/orders", params={"user_id": "x"}), 422)
+    assert error["details"][0] == {"field": "query.user_id", "message": "expected a UUID"}
+    tree = {"field": "user_id", "op": "eq", "value": "x"}
+    error = assert_error(client.post("/api/v1/orders/query", json={"filter": tree}), 422)
+    assert error["details"][0]["field"] == "body.filter.value"
+
+
 def test_a_generic_tables_created_at_equality_finer_than_a_microsecond_is_a_422(
     client: httpx.Client,
 ) -> None:
