@@ -200,6 +200,18 @@ def compile_condition(cond: Condition, casefold: frozenset[str] = frozenset()) -
         keys = frozenset(map(index_key, value))
         return lambda r: index_key(get(r)) in keys
     if op == "contains":
+        if t is list or t is dict:
+            # The operand's key once, not once per item of every row (QA: a 5,000-item map
+            # against a 5,000-item list held the loop 4.9 s); only items of its kind can match.
+            key = index_key(value)
+
+            def member(e: Any) -> bool:
+                return type(e) is t and index_key(e) == key
+
+        else:
+
+            def member(e: Any) -> bool:
+                return values_equal(e, value)
 
         def contains(r: dict[str, Any]) -> bool:
             x = get(r)
@@ -207,7 +219,7 @@ def compile_condition(cond: Condition, casefold: frozenset[str] = frozenset()) -
             if tx is str:
                 return t is str and value in x
             if tx is list:
-                return any(values_equal(e, value) for e in x)
+                return any(map(member, x))
             return False
 
         return contains
