@@ -32,8 +32,9 @@ from decimal import Decimal
 from functools import reduce
 from typing import Any, NamedTuple
 
+from storeserver.arguments import quoted
 from storeserver.builds import run_steps
-from storeserver.errors import BadRequest
+from storeserver.errors import BadRequest, LimitExceeded
 from storeserver.query import check_field, check_visible, compile_getter, index_key, sort_key
 
 METRIC_OPS = frozenset({"count", "sum", "avg", "min", "max"})
@@ -65,11 +66,22 @@ class Metric(NamedTuple):
     name: str
 
 
+MAX_GROUP_BY = 32
+MAX_METRICS = 64
+"""Fields an ``aggregate`` groups by, and metrics it computes (the API: 4 and 20). Each row
+costs one step per field and per metric, and a chunk holds 10,000 rows: 100,000 group fields
+held the loop 29 s and kept 1.2 GB (QA)."""
+
+
 def parse_metrics(raw: Any, group_by: list[str], hidden: frozenset[str]) -> list[Metric]:
     if raw is None:
         return []
     if type(raw) is not list:
         raise BadRequest("metrics must be a list", {"arg": "metrics"})
+    if len(raw) > MAX_METRICS:
+        raise LimitExceeded(
+            f"metrics: at most {MAX_METRICS} items", {"arg": "metrics", "max": MAX_METRICS}
+        )
     names = set(group_by)
     metrics = []
     for item in raw:
@@ -77,7 +89,7 @@ def parse_metrics(raw: Any, group_by: list[str], hidden: frozenset[str]) -> list
             raise BadRequest("metrics: each is {op, field?, as}", {"arg": "metrics"})
         op, field, name = item.get("op"), item.get("field"), item.get("as")
         if type(op) is not str or op not in METRIC_OPS:
-            raise BadRequest(f"metrics: unknown op {op!r}", {"arg": "metrics"})
+            raise BadRequest(f"metrics: unknown op {quoted(op)}", {"arg": "metrics"})
         if field is None:
             if op != "count":
                 raise BadRequest(f"metrics: {op} needs a field", {"arg": "metrics"})

@@ -64,12 +64,15 @@ def optional_bool(args: Args, key: str) -> bool:
     return value
 
 
-def optional_list(args: Args, key: str) -> list[Any]:
+def optional_list(args: Args, key: str, maximum: int | None = None) -> list[Any]:
+    """A list argument (``[]`` when absent); ``LIMIT_EXCEEDED`` past ``maximum`` items."""
     value = args.get(key)
     if value is None:
         return []
     if type(value) is not list:
         raise BadRequest(f"{key} must be a list", {"arg": key})
+    if maximum is not None and len(value) > maximum:
+        raise LimitExceeded(f"{key}: at most {maximum} items", {"arg": key, "max": maximum})
     return value
 
 
@@ -80,10 +83,19 @@ def optional_version(args: Args) -> int | None:
     return value
 
 
+MAX_OFFSET = 2**62
+"""Past any table's rows, and within what ``itertools.islice`` takes with a limit added (an
+offset of 2**63 - 100 was an INTERNAL error; QA)."""
+
+
 def offset(args: Args) -> int:
     value = args.get("offset", 0)
     if type(value) is not int or value < 0:
         raise BadRequest("offset must be an integer >= 0", {"arg": "offset"})
+    if value > MAX_OFFSET:
+        raise LimitExceeded(
+            f"offset must be at most {MAX_OFFSET}", {"arg": "offset", "max": MAX_OFFSET}
+        )
     return value
 
 

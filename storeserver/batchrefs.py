@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from storeserver.arguments import quoted
 from storeserver.errors import BadRequest
 
 REF_ARGS = ("id", "record", "changes")
@@ -37,11 +38,11 @@ def _referenced(ref: Any, results: list[Any]) -> Any:
     index, _, path = ref.partition(".") if type(ref) is str else ("", "", "")
     if not index.isdigit() or int(index) >= len(results) or not path:
         raise BadRequest(
-            f"$ref {ref!r} must be '<index of an earlier op>.<field path>'", {"arg": "$ref"}
+            f"$ref {quoted(ref)} must be '<index of an earlier op>.<field path>'", {"arg": "$ref"}
         )
     value: Any = results[int(index)]
     for part in path.split("."):
         if type(value) is not dict or part not in value:
-            raise BadRequest(f"$ref {ref!r} names nothing in that result", {"arg": "$ref"})
+            raise BadRequest(f"$ref {quoted(ref)} names nothing in that result", {"arg": "$ref"})
         value = value[part]
     return value

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from storeserver.arguments import Args, check_keys, optional_bool, table_name
 from storeserver.builds import CHUNK, IndexBuild, Job, SchemaCheck
-from storeserver.catalog import TableSpec
+from storeserver.catalog import TableSpec, check_index_room
 from storeserver.errors import BadRequest, Conflict
 from storeserver.query import check_field
 from storeserver.schemas import TableSchema
@@ -120,7 +120,10 @@ class TableDefinitions:
         table = self._catalog.get(args)
         spec = TableSpec.parse({"indexes": [{k: v for k, v in args.items() if k != "table"}]})
         field, unique, casefold = spec.indexes[0]
-        if len(table.rows) > CHUNK and table.index_is_new(field, unique, casefold):
+        new = table.index_is_new(field, unique, casefold)
+        if new:
+            check_index_room(table, 1, 0)
+        if len(table.rows) > CHUNK and new:
             job = IndexBuild(table, field, unique, casefold)
             job.context = self.audit.context
             return job

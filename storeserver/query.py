@@ -26,7 +26,7 @@ from decimal import Decimal
 from itertools import islice
 from typing import Any, NamedTuple
 
-from storeserver.errors import BadRequest
+from storeserver.errors import BadRequest, LimitExceeded
 
 Getter = Callable[[dict[str, Any]], Any]
 Predicate = Callable[[dict[str, Any]], bool]
@@ -244,6 +244,11 @@ class SortField(NamedTuple):
     descending: bool
 
 
+MAX_SORT_FIELDS = 32
+"""Fields one sort orders by (the API: 4). Each comparison walks them: 100,000 held the loop
+5.8 s per step of 200 rows (QA)."""
+
+
 def parse_sort(
     raw: Any, hidden: frozenset[str], include_hidden: bool, allowed: Iterable[str] | None = None
 ) -> list[SortField]:
@@ -252,6 +257,10 @@ def parse_sort(
         return []
     if type(raw) is not list:
         raise BadRequest("sort must be a list of [field, 'asc'|'desc']", {"arg": "sort"})
+    if len(raw) > MAX_SORT_FIELDS:
+        raise LimitExceeded(
+            f"sort: at most {MAX_SORT_FIELDS} fields", {"arg": "sort", "max": MAX_SORT_FIELDS}
+        )
     allowed_set = None if allowed is None else frozenset(allowed)
     out = []
     for item in raw:

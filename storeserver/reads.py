@@ -24,7 +24,7 @@ from collections.abc import Callable, Generator, Iterable
 from itertools import islice
 from typing import Any
 
-from storeserver.aggregation import aggregate, aggregate_steps, parse_metrics
+from storeserver.aggregation import MAX_GROUP_BY, aggregate, aggregate_steps, parse_metrics
 from storeserver.arguments import Args, check_keys, limit, offset, optional_bool, optional_list
 from storeserver.builds import CHUNK, ChunkedRead, run_steps
 from storeserver.catalog import Catalog
@@ -231,7 +231,7 @@ class RecordReader:
         check_keys(args, _AGGREGATE_ARGS)
         table = self.catalog.get(args)
         conditions = parse_where(args.get("where"), table.hidden, False, self.max_in)
-        group_by = optional_list(args, "group_by")
+        group_by = optional_list(args, "group_by", MAX_GROUP_BY)
         for field in group_by:
             check_field(field, "group_by")
             check_visible(field, table.hidden, False)
