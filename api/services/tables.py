@@ -26,6 +26,7 @@ from api.services import orders, record_values, typed_tables, users
 from api.services.schema import SCHEMAS
 from api.store import Store
 from storeserver.errors import BadRequest, Conflict, LimitExceeded
+from storeserver.schemas import check_schema_size, shape
 
 Record = dict[str, Any]
 PUBLIC_MODELS: dict[str, type[BaseModel]] = {users.TABLE: UserPublic, orders.TABLE: OrderPublic}
@@ -76,6 +77,7 @@ def check_json_schema(schema: Record) -> None:
     ``{"maximum": 1e999}`` would be stored as null).
     """
     record_values.check_values(schema, ("body", "schema"), SCHEMA_VALUE_DEPTH)
+    check_schema_size(shape(schema)[1])  # before the check, whose cost grows with it
     try:
         Draft202012Validator.check_schema(schema)
     except SchemaError as exc:
