@@ -68,8 +68,8 @@ MAX_REQUEST_ENTRIES = 4 * MAX_VALUES + 65_536
 """Entries (see the module doc) of a frame the server decodes. A record, patch or filter's
 operands at ``MAX_VALUES`` take at most 2 * ``MAX_VALUES`` (a map in a list is two: an item and
 a map), and so do a batch's records together (``records.one_budget``): two of them fit
-(``update_where``: its changes and its filter), with
-room for what wraps them (a batch's 1,000 ops, a filter's nodes). A 16 MiB frame refused at it
+(``update_where``: its changes and its filter), with room for what wraps them (a batch's
+1,000 ops, a filter's nodes). A 16 MiB frame refused at it
 cost 0.3 s (empty maps) to 0.6 s (Decimals) and 110-180 MB, was 1-4 s and 0.6-1.1 GB: about
 what the biggest request the store takes costs to decode and copy (measured on a 2-core VM)."""
 
@@ -418,9 +418,7 @@ class FrameDecoder:
         self._max_entries = max_entries
         # Frames of more bytes than this are decoded counting their entries; none if unbounded.
         self._counted_above = max_frame_size if max_entries is None else max_entries // 2
-        self._max_frame_size = max_frame_size
-        self._fast_limit = 0
-        self.max_frame_size = max_frame_size
+        self.max_frame_size = max_frame_size  # sets ``_max_frame_size`` and ``_fast_limit``
 
     @property
     def max_frame_size(self) -> int:

@@ -35,9 +35,9 @@ batch's ops together: ``one_budget``; a filter's operands: ``operands_budget``),
 every map, list and scalar once (map keys not counted), and values a record merged by a
 patch may hold (``check_merged_values``). Copying costs ~0.3 µs a value and ~70 bytes of
 memory per map or list; the frame limit alone let one request of 3 million empty maps hold
-the store's only thread 2 s. The API cannot send
-that many in one request (a 1 MiB body holds at most 2**19 values, ``[0,0,...]``), only build
-a record past it with several PATCHes, which are refused so."""
+the store's only thread 2 s. The API cannot send that many in one request (a 1 MiB body
+holds at most 2**19 values, ``[0,0,...]``), only build a record past it with several
+PATCHes, which are refused so."""
 REPLY_ROOM = 1024
 """Bytes of a reply frame kept for what surrounds its records (request id, map keys, cursor)."""
 _INT_MIN = -(2**63)
@@ -126,7 +126,7 @@ def one_budget() -> Iterator[None]:
     budget: a batch of 1,000 records under the limit each could otherwise hold the loop for
     a frame's worth of values (25 records of 590,000 empty maps: 14 s)."""
     global _shared
-    _shared = ValueBudget(MAX_VALUES, 0, batch=True)
+    _shared = ValueBudget(MAX_VALUES, 0, scope="batch")
     try:
         yield
     finally:
@@ -138,9 +138,7 @@ def _budget(spent: int) -> ValueBudget:
     batch's (``one_budget``)."""
     if _shared is None:
         return ValueBudget(MAX_VALUES, spent)
-    _shared.left -= spent
-    if _shared.left < 0:
-        _shared.exceeded()
+    _shared.spend(spent)
     return _shared
 
 
@@ -150,15 +148,13 @@ class ValueBudget:
 
     __slots__ = ("left", "limit", "scope")
 
-    def __init__(
-        self, limit: int, spent: int = 1, batch: bool = False, scope: str | None = None
-    ) -> None:
-        """``spent``: values counted already (by default the copied value itself); ``batch``:
-        shared by a batch's ops (``one_budget``); ``scope="filter"``: by a filter's operands
-        (``operands_budget``)."""
+    def __init__(self, limit: int, spent: int = 1, scope: str | None = None) -> None:
+        """``spent``: values counted already (by default the copied value itself); ``scope``:
+        ``"batch"``, shared by a batch's ops (``one_budget``), or ``"filter"``, by a filter's
+        operands (``operands_budget``)."""
         self.limit = limit
         self.left = limit - spent
-        self.scope = "batch" if batch else scope
+        self.scope = scope
 
     def spend(self, count: int) -> None:
         self.left -= count

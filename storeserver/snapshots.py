@@ -37,8 +37,8 @@ from .protocol import pack_value
 
 SNAPSHOT_CHUNK = 1000  # changes per snapshot entry at most
 SNAPSHOT_CHUNK_BYTES = 64 << 20
-"""Bytes after which a snapshot entry is closed early (records of a few MB each: 1,000 of them
-made entries of over 1 GiB)."""
+"""A chunk of changes that encodes to more is written as entries of about this many bytes
+(``_write_entries``; records of a few MB each: 1,000 of them made entries of over 1 GiB)."""
 FORMAT = 2  # 2: the snapshot ends with an end marker holding its number of changes
 
 

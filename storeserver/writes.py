@@ -191,10 +191,11 @@ class RecordWriter:
         # A dependant's table may refuse to lose it (``keeps``) after others went: a cascade
         # outside a batch undoes its own removals then (a batch undoes all of its ops).
         own: Undo | None = [] if undo is None and doomed else None
+        removals = undo if own is None else own
         try:
             for victim_table, victim in reversed(doomed):  # deepest first
-                self._remove(victim_table, victim, undo if own is None else own)
-            self._remove(table, record, undo if own is None else own)
+                self._remove(victim_table, victim, removals)
+            self._remove(table, record, removals)
         except BaseException:
             if own is not None:
                 self.rollback(own)
