@@ -42,8 +42,9 @@ METRIC_OPS = frozenset({"count", "sum", "avg", "min", "max"})
 # Exact enough for sums of money; traps off so no input can make arithmetic raise.
 _SUM_CONTEXT = decimal.Context(prec=60, traps=[])
 _AVG_CONTEXT = decimal.Context(prec=28, traps=[])
-# Group values that are their own ``index_key`` (no bool: ``True == 1`` must stay apart).
-_PLAIN_KEYS = frozenset({str, int, float, Decimal, type(None)})
+# Group values that are their own ``index_key`` (no bool: ``True == 1`` must stay apart; no
+# Decimal: its key is chosen so that clients cannot make its hashes collide).
+_PLAIN_KEYS = frozenset({str, int, float, type(None)})
 _NONE = type(None)
 _EXACT = frozenset({int, Decimal, _NONE})
 _FLOATS = frozenset({float, _NONE})

@@ -162,3 +162,18 @@ def test_metrics_fed_a_slice_per_step_equal_one_pass(
     whole = aggregate(rows, group_by, _METRICS)
     stepped = run_steps(aggregate_steps([rows], group_by, _METRICS, rows_per_step))
     assert repr(stepped) == repr(whole)  # repr: types too (1 vs 1.0 vs Decimal)
+
+
+def test_group_by_puts_equal_numbers_in_one_group_whatever_their_type() -> None:
+    """Decimals are grouped by their ``index_key`` (not their own hash, which clients can
+    make collide): equal values of any numeric type still share one group."""
+    p = 2**61 - 1
+    values = [Decimal("1.50"), 1.5, Decimal("1.5"), Decimal(p), p, Decimal(2 * p), 2, Decimal(2)]
+    rows = [{"g": v} for v in values]
+    groups = aggregate(rows, ["g"], [Metric("count", None, "n")])
+    assert [(g["g"], g["n"]) for g in groups] == [
+        (Decimal("1.50"), 3),
+        (Decimal(p), 2),
+        (Decimal(2 * p), 1),
+        (2, 2),
+    ]

@@ -23,7 +23,7 @@ from storeserver.query import (
     top,
     values_equal,
 )
-from tests.storeserver.reference import ref_cmp
+from tests.storeserver.reference import ref_cmp, ref_eq
 
 # -- a reference order, written independently of query.sort_key -----------------------------
 
@@ -102,6 +102,71 @@ def test_values_equal_and_index_key_agree(a: Any, b: Any, equal: bool) -> None:
     assert (index_key(a) == index_key(b)) is equal
     if equal:
         assert hash(index_key(a)) == hash(index_key(b))
+
+
+# Numbers as the wire carries them: int64/uint64, any finite float, Decimals of up to 100
+# digits (some of them exactly an int or a float), and containers of them.
+_P = 2**61 - 1  # Python hashes every number by its value modulo this prime
+wide_numbers = st.one_of(
+    st.integers(-(2**63), 2**64 - 1),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.decimals(allow_nan=False, allow_infinity=False).filter(
+        lambda d: len(d.as_tuple()[1]) <= 100
+    ),
+    st.integers(-(2**63), 2**64 - 1).map(Decimal),
+    st.floats(allow_nan=False, allow_infinity=False).map(Decimal),
+    st.integers(-50, 50).map(lambda k: Decimal(k * _P)),
+    st.integers(-50, 50).map(lambda k: Decimal(k * _P).scaleb(-3)),
+)
+wide_values = st.recursive(
+    st.one_of(wide_numbers, st.none(), st.booleans(), st.sampled_from(["", "1", "i1;", "s1:a"])),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from("xy"), inner, max_size=2)
+    ),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=500)
+@given(wide_values, wide_values)
+def test_index_keys_are_equal_exactly_when_the_values_are(a: Any, b: Any) -> None:
+    assert (index_key(a) == index_key(b)) is ref_eq(a, b)
+    if ref_eq(a, b):
+        assert hash(index_key(a)) == hash(index_key(b))
+
+
+@settings(max_examples=200)
+@given(wide_values)
+def test_an_index_key_equals_the_key_of_each_equal_spelling(value: Any) -> None:
+    """The same number as an int, a float and Decimals with trailing zeros: one key."""
+    if type(value) in (int, float, Decimal):
+        sign, digits, exponent = Decimal(value).as_tuple()
+        assert type(exponent) is int
+        spellings = [Decimal(value), Decimal((sign, (*digits, 0, 0), exponent - 2))]
+        if float(value) == value:
+            spellings.append(float(value))
+        if type(value) is not float and Decimal(value) == int(value) and abs(value) < 2**64:
+            spellings.append(int(value))
+        for other in spellings:
+            assert index_key(other) == index_key(value)
+            assert hash(index_key(other)) == hash(index_key(value))
+
+
+def test_numbers_a_client_picks_to_share_a_hash_get_keys_that_do_not() -> None:
+    """QA: every multiple of 2**61 - 1 hashes as 0, so Decimals a client picked made an
+    index's lookups (and an ``in`` list's) walk all of them. Counted in hashes, not timed."""
+    multiples = [Decimal(k * _P) for k in range(1, 2_001)]
+    assert len({hash(m) for m in multiples}) == 1  # what the store must not key them by
+    hashes = {hash(index_key(m)) for m in multiples}
+    # the multiples under 10**20 are ints, and int64/uint64s share a hash a dozen at a time
+    assert len(hashes) >= len(multiples) - 50
+    # tuples of keys would collide wherever every item does: 8 uint64s share hash 1
+    ones = [1 + k * _P for k in range(8)]
+    lists = [[a, b, c, d] for a in ones for b in ones for c in ones for d in ones]
+    assert len({hash(tuple(v)) for v in lists}) == 1
+    assert len({hash(index_key(v)) for v in lists}) == len(lists)
+    maps = [{"a": a, "b": [b, c]} for a in ones for b in ones for c in ones]
+    assert len({hash(index_key(v)) for v in maps}) == len(maps)
 
 
 def test_getter_reads_dotted_paths() -> None:
