@@ -74,6 +74,22 @@ async def parse_page(
 PageParams = Annotated[Page, Depends(parse_page)]
 
 
+def only_params(*names: str) -> Any:
+    """A route dependency refusing (400 ``BAD_QUERY``) a query parameter a list route with a
+    fixed set of them does not read: a misspelt filter (``?stat=failed``) would otherwise
+    list everything, where the typed lists refuse an unknown field."""
+    allowed = frozenset(("page", "per_page", *names))
+    listed = ", ".join(sorted(allowed))
+
+    async def check(request: Request) -> None:
+        for key in request.query_params:
+            if key not in allowed:
+                shown = key if len(key) <= 40 else key[:40] + "…"
+                raise bad_query(shown, f"unknown parameter {shown!r}: this route takes {listed}")
+
+    return Depends(check)
+
+
 async def parse_orders_embed(
     embed: Annotated[
         Literal["orders"] | None, Query(description="`orders`: embed a page of their orders")

@@ -13,6 +13,7 @@ from api.deps import (
     SettingsDep,
     StoreDep,
     check_table_name,
+    only_params,
     require_admin,
 )
 from api.http_metrics import MeteredRoute
@@ -84,6 +85,7 @@ async def create_snapshot(
     response_model=ListEnvelope[AuditEntry],
     responses=error_responses(400),
     summary="List the audit log",
+    dependencies=[only_params("user_id", "table", "since", "until")],
 )
 async def read_audit(
     store: StoreDep,

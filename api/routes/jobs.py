@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Path, Query, Request
 from starlette.responses import FileResponse, Response
 
-from api.deps import CurrentUser, PageParams
+from api.deps import CurrentUser, PageParams, only_params
 from api.errors import ApiError
 from api.http_metrics import MeteredRoute
 from api.jobs.download import result_response
@@ -52,6 +52,7 @@ def job_response(job: Job, status_code: int = 200) -> Response:
     response_model=ListEnvelope[JobPublic],
     responses=error_responses(400),
     summary="List jobs",
+    dependencies=[only_params("state")],
 )
 async def list_jobs(
     jobs: JobsDep,

@@ -233,6 +233,12 @@ def test_filters_and_pagination(client: httpx.Client, admin: Account, anon: http
     assert_error(client.get(AUDIT, params={"since": "yesterday"}), 422)
     assert_error(client.get(AUDIT, params={"table": "Bad-Name"}), 400)
     assert_error(client.get(AUDIT, params={"per_page": 0}), 422)
+    # a misspelt filter is refused, not ignored (which listed every table's entries)
+    error = assert_error(client.get(AUDIT, params={"tabel": table}), 400, "BAD_QUERY")
+    assert (
+        error["details"] == [{"field": "tabel", "message": error["details"][0]["message"]}]
+        and "page, per_page, since, table, until, user_id" in error["message"]
+    )
 
     user = register(anon)
     assert_error(anon.get(AUDIT, headers=user.headers), 403, "FORBIDDEN")

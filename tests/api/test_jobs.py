@@ -346,6 +346,17 @@ def test_jobs_list_refuses_an_unknown_state(http: httpx.Client):
     assert error["details"][0]["field"] == "query.state"
 
 
+def test_jobs_list_refuses_a_parameter_it_does_not_read(http: httpx.Client):
+    """A misspelt filter listed every job; the typed lists refuse an unknown field too."""
+    response = http.get(JOBS, params={"stat": "failed", "page": 1})
+    error = assert_error(response, 400, "BAD_QUERY")
+    assert error["details"][0]["field"] == "stat"
+    assert "'stat'" in error["message"] and "state" in error["message"]
+    long_name = "x" * 500
+    error = assert_error(http.get(JOBS, params={long_name: "1"}), 400, "BAD_QUERY")
+    assert len(error["details"][0]["field"]) < 50
+
+
 # --- the jobs behind real routes ----------------------------------------------------------------
 
 
