@@ -10,6 +10,7 @@ is attached and reports a record's violations: this module is how each keyword i
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -113,13 +114,44 @@ def _unique_items(validator: Any, unique: Any, instance: Any, schema: Any) -> It
         seen.add(key)
 
 
+class CheckTooCostly(Exception):
+    """A record's check took more keyword applications than ``STEPS`` allowed it."""
+
+
+class _Steps:
+    """Keyword applications the running check may still make (the store has one thread)."""
+
+    left = 0
+
+
+STEPS = _Steps()
+
+
+def _metered(check: Any) -> Any:
+    """``check``, counting one step each time it is applied to a part of a record. A schema
+    can apply one subschema to one value along exponentially many paths (``allOf`` of two
+    ``$ref``s back through ``properties``: 2**depth), so the work a check takes is bounded
+    here rather than by the shape of the schema (``schemas.TableSchema.errors``)."""
+
+    @functools.wraps(check)
+    def metered(validator: Any, value: Any, instance: Any, schema: Any) -> Any:
+        STEPS.left -= 1
+        if STEPS.left < 0:
+            raise CheckTooCostly
+        return check(validator, value, instance, schema)
+
+    return metered
+
+
+_KEYWORDS = {
+    **Draft202012Validator.VALIDATORS,
+    "multipleOf": _multiple_of,
+    "pattern": _pattern,
+    "patternProperties": _pattern_properties,
+    "uniqueItems": _unique_items,
+}
 RecordValidator = validators.extend(
     Draft202012Validator,
-    validators={
-        "multipleOf": _multiple_of,
-        "pattern": _pattern,
-        "patternProperties": _pattern_properties,
-        "uniqueItems": _unique_items,
-    },
+    validators={keyword: _metered(check) for keyword, check in _KEYWORDS.items()},
     type_checker=_BASE.redefine_many({"number": _is_number, "integer": _is_integer}),
 )

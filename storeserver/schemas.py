@@ -29,6 +29,8 @@ the record, whatever the schema:
   (``{"$defs": {"x": {"$ref": "#/$defs/x"}}}``): checking a record that reaches such a loop
   recurses until Python's limit, so every write would fail. A loop through ``properties``,
   ``items``... (a tree) is fine: it ends with the record.
+- A record's check applies a bounded number of keywords (``MAX_STEPS``, ``STEPS_PER_VALUE``):
+  a loop through the record may still reach one value along exponentially many paths.
 
 The keywords' checks are in ``schemakeywords``, RE2 in ``schemapatterns``, the ``$ref`` walk in
 ``schemarefs``; this module holds ``TableSchema``: a schema document checked before it is
@@ -47,7 +49,7 @@ from referencing import Registry
 
 from storeserver.errors import BadRequest, LimitExceeded, ValidationFailed
 from storeserver.records import META_FIELDS, decimal_problem
-from storeserver.schemakeywords import RecordValidator
+from storeserver.schemakeywords import STEPS, CheckTooCostly, RecordValidator
 from storeserver.schemapatterns import SCHEMA_FORMATS
 from storeserver.schemarefs import check_references
 
@@ -55,6 +57,16 @@ log = structlog.get_logger("storeserver.schemas")
 
 MAX_ERRORS = 10
 """Errors reported for one record."""
+BASE_STEPS = 40_000
+STEPS_PER_VALUE = 100
+MAX_STEPS = 1_000_000
+"""A record's check applies at most ``BASE_STEPS + STEPS_PER_VALUE`` x its values schema
+keywords, and never more than ``MAX_STEPS``; each takes 1-5 µs. Enough for a schema of
+``MAX_SCHEMA_VALUES`` values (an ``anyOf`` of thousands of branches) on a small record, for a
+hundred keywords on each value of a mid-sized one, and for a simple schema (two keywords a
+value) on a record of up to ~500,000 values. More is a schema that reaches one value along
+many paths (``allOf`` of ``$ref``s recursing through ``properties``: 2**18 paths held the
+store 12 s, QA), or a record too big for its schema to be checked within a few seconds."""
 MAX_SCHEMA_DEPTH = 64
 """Maps and lists nested in a schema document. jsonschema's checks recurse several frames per
 level (a chain of ~125 ``not`` exhausts the default recursion limit); 64 leaves room for a
@@ -151,6 +163,25 @@ def _decimal_reprs(value: Any) -> set[str]:
     return found
 
 
+_TOO_COSTLY = (
+    f"checking it takes more than {STEPS_PER_VALUE} schema keywords per value of the record,"
+    f" or {MAX_STEPS:,} in all (a subschema reached along many paths, such as an allOf of"
+    " $refs that recurse, or a record too large for its schema)"
+)
+
+
+def _count_values(value: Any) -> int:
+    """Maps, lists and scalars in ``value`` (without recursion)."""
+    count = 1
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        children = node.values() if type(node) is dict else node
+        count += len(children)
+        stack.extend(c for c in children if type(c) is dict or type(c) is list)
+    return count
+
+
 class TableSchema:
     """A checked schema and its compiled validator."""
 
@@ -193,6 +224,7 @@ class TableSchema:
         """The record's violations (at most ``MAX_ERRORS``), ``[]`` if it is valid."""
         instance = {k: v for k, v in record.items() if k not in META_FIELDS}
         out = []
+        STEPS.left = min(MAX_STEPS, BASE_STEPS + STEPS_PER_VALUE * _count_values(instance))
         try:
             for error in self.validator.iter_errors(instance):
                 out.append({"path": [*error.absolute_path], "message": _message(error)})
@@ -202,6 +234,8 @@ class TableSchema:
             # What ``parse`` cannot foresee: a ``$ref`` chain hundreds long, a loop through
             # ``$dynamicRef``, a loop in a schema attached before loops were refused.
             out.append({"path": [], "message": _NOT_APPLICABLE + ": it nests too deeply"})
+        except CheckTooCostly:
+            out.append({"path": [], "message": _NOT_APPLICABLE + ": " + _TOO_COSTLY})
         except Exception:  # never crash, never show Python's text: the log has it
             log.exception("schema_not_applicable")
             out.append({"path": [], "message": _NOT_APPLICABLE})

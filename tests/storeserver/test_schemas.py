@@ -13,7 +13,7 @@ import jsonschema._utils
 import pytest
 import re2
 
-from storeserver import schemakeywords, schemapatterns
+from storeserver import schemakeywords, schemapatterns, schemas
 from storeserver.engine import Engine
 from storeserver.errors import BadRequest, ValidationFailed
 from storeserver.schemakeywords import RecordValidator
@@ -189,12 +189,78 @@ def test_a_schema_that_cannot_be_applied_shows_no_python_text(
     assert error["message"] == "the schema cannot be applied to this record"
 
 
+# Each level of the record doubles the paths to ``n``: 2**depth applications of it.
+DOUBLING = {
+    "$defs": {
+        "n": {
+            "allOf": [
+                {"properties": {"a": {"$ref": "#/$defs/n"}}},
+                {"properties": {"a": {"$ref": "#/$defs/n"}}},
+            ]
+        }
+    },
+    "$ref": "#/$defs/n",
+}
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    record: dict[str, Any] = {}
+    for _ in range(depth):
+        record = {"a": record}
+    return record
+
+
+def _steps_taken(schema: TableSchema, record: dict[str, Any]) -> int:
+    before = schemas.BASE_STEPS + schemas.STEPS_PER_VALUE * schemas._count_values(record)
+    errors = schema.errors(record)
+    assert errors == [], errors
+    return min(before, schemas.MAX_STEPS) - schemakeywords.STEPS.left
+
+
+def test_a_schema_reaching_a_value_along_many_paths_is_checked_within_a_budget() -> None:
+    """QA: such a schema was accepted, and an insert 18 levels deep held the store 12 s (31,
+    which records allow, days). Its check stops at the budget: counted in steps, not timed."""
+    schema = TableSchema.parse(DOUBLING)
+    assert _steps_taken(schema, _nested(8)) > 2**8  # within budget: checked, and valid
+    [error] = schema.errors(_nested(31))
+    assert error["path"] == []
+    assert "more than 100 schema keywords per value" in error["message"]
+    assert schemakeywords.STEPS.left == -1  # stopped the step after the budget
+    engine = Engine(clock=lambda: 1_700_000_000.0)
+    engine.execute("set_schema", {"table": "deep", "schema": DOUBLING})
+    with pytest.raises(ValidationFailed, match="schema keywords per value"):
+        engine.execute("insert", {"table": "deep", "record": _nested(31)})
+    engine.execute("insert", {"table": "deep", "record": _nested(3)})
+
+
+def test_the_budget_grows_with_the_record_and_stops_at_its_cap(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ordinary schemas take a few steps a value, whatever the record's size, up to
+    ``MAX_STEPS`` in all; an anyOf of thousands of branches fits on a small record."""
+    items = TableSchema.parse({"properties": {"xs": {"items": {"type": "integer", "minimum": 0}}}})
+    small = _steps_taken(items, {"xs": list(range(100))})
+    large = _steps_taken(items, {"xs": list(range(20_000))})
+    assert small < 1_000 and 20_000 < large < 3 * 20_000
+    branches = TableSchema.parse(
+        {"properties": {"k": {"anyOf": [{"const": n} for n in range(5_000)]}}}
+    )
+    assert _steps_taken(branches, {"k": 4_999}) > 5_000  # a record of 2 values, past 100 each
+
+    monkeypatch.setattr(schemas, "MAX_STEPS", 10_000)
+    [error] = items.errors({"xs": list(range(20_000))})
+    assert "or 1,000,000 in all" in error["message"]  # the text names the real cap
+
+
 # -- patterns -----------------------------------------------------------------------------------
 
 
 def test_patterns_run_on_re2() -> None:
-    assert RecordValidator.VALIDATORS["pattern"] is schemakeywords._pattern
-    assert RecordValidator.VALIDATORS["patternProperties"] is schemakeywords._pattern_properties
+    assert RecordValidator.VALIDATORS["pattern"].__wrapped__ is schemakeywords._pattern
+    assert (
+        RecordValidator.VALIDATORS["patternProperties"].__wrapped__
+        is schemakeywords._pattern_properties
+    )
     assert isinstance(schemapatterns.compile_pattern("^(a+)+$"), type(re2.compile("a")))
 
 
@@ -263,7 +329,7 @@ UNIQUE = {"properties": {"u": {"uniqueItems": True}}}
 
 
 def test_unique_items_hashes_instead_of_comparing_pairs(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert RecordValidator.VALIDATORS["uniqueItems"] is schemakeywords._unique_items
+    assert RecordValidator.VALIDATORS["uniqueItems"].__wrapped__ is schemakeywords._unique_items
     monkeypatch.setattr(jsonschema._utils, "equal", _never)
     monkeypatch.setattr(jsonschema._keywords, "uniq", _never)
     maps = [{"a": i} for i in range(5000)]  # ~25 s of pairwise comparisons before
