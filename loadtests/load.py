@@ -7,8 +7,8 @@ rather than its guards:
 
 - ``RATE_LIMIT`` and ``AUTH_RATE_LIMIT`` = ``--rate-limit`` (default 1000000/minute). With the
   defaults a 100-user run would mostly measure 429s: ``AUTH_RATE_LIMIT`` (10/minute per client
-  IP; failed ones also 50/minute per username) counts every login, and all simulated users log
-  in from 127.0.0.1;
+  IP; failed ones also 50/minute per username) counts every login and every registration, and
+  all simulated users register and log in from 127.0.0.1;
   ``RATE_LIMIT`` (100/minute) is per user for the shoppers (each has its own token) but per IP
   for the requests without a token (registrations, logins, refreshes), and all the Reporters
   of a run share one admin token, so one budget. Every request still makes its rate-limit hit

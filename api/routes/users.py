@@ -23,6 +23,7 @@ from api.errors import ApiError
 from api.etags import list_etag
 from api.http_metrics import MeteredRoute
 from api.queries import Page
+from api.ratelimit import client_ip, counted_address
 from api.responses import (
     DATA_CACHE_CONTROL,
     json_response,
@@ -67,7 +68,7 @@ SentUserUpdate = Annotated[
     "",
     status_code=201,
     response_model=Envelope[UserPublic],
-    responses=error_responses(401, 403, 409, 413, 415, 422, 507),
+    responses=error_responses(401, 403, 409, 413, 415, 422, 429, 507),
     summary="Create a user",
 )
 async def create_user(
@@ -75,10 +76,20 @@ async def create_user(
 ) -> Response:
     """Register (open: role `user`); the email must be unique, case-insensitively (409).
 
-    Only an admin may create a user with another role (403 otherwise).
+    Only an admin may create a user with another role (403 otherwise). Registrations other
+    than an admin's are limited per client address like logins (AUTH_RATE_LIMIT; 429).
     """
     if payload.role not in (None, "user") and not caller.is_admin:
         raise ApiError(403, "FORBIDDEN", "Only an admin may set a role")
+    if not caller.is_admin:
+        # Each registration hashes a password (bcrypt: a quarter second of a core), as a login
+        # checks one: as many a minute per client address (AUTH_RATE_LIMIT), token or not. The
+        # general limit follows a token's user, so each account held would add its own.
+        limiter = login_limiter(request)
+        key = limiter.key("register", counted_address(client_ip(request.scope)))
+        verdict = await limiter.hit(store, key)
+        if verdict is not None and not verdict.allowed:
+            raise too_many_attempts(verdict, "registrations")
     user = await user_service.create_user(store, payload)
     location = request.app.url_path_for("read_user", user_id=user["id"])
     return record_response(request, user, status_code=201, location=location)

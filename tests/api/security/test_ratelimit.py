@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.support.auth import bearer
+from tests.support.auth import bearer, login_admin
 from tests.support.factories import assert_error, user_payload
 from tests.support.logs import json_lines
 from tests.support.stack import Stack, running_stack
@@ -34,6 +34,12 @@ def limited() -> Iterator[Stack]:
     }
     with running_stack(workers=2, extra_env=env) as stack:
         yield stack
+
+
+@pytest.fixture(scope="module")
+def admin_token(limited: Stack) -> str:
+    with as_ip(limited, "10.0.9.9") as http:
+        return login_admin(http).access_token
 
 
 def as_ip(stack: Stack, ip: str) -> httpx.Client:
@@ -171,6 +177,32 @@ def test_current_password_guesses_are_limited_like_logins(limited: Stack) -> Non
         assert 1 <= int(refused.headers["retry-after"]) <= 60
         # Other changes are not password guesses: they go on.
         assert http.patch(url, json={"age": 40}, headers=headers).status_code == 200
+
+
+def test_registrations_are_limited_per_ip_like_logins_token_or_not(
+    limited: Stack, admin_token: str
+) -> None:
+    """QA: each registration hashes a password, and a token moved the hit from the address's
+    budget to its user's, so every account held brought a fresh one (40 taken-email
+    registrations cost 9.7 s of worker CPU). Registrations get AUTH_RATE_LIMIT per address."""
+    with as_ip(limited, "10.0.4.1") as http:
+        _, _, access = new_account(http)  # the first of three
+        taken = user_payload()
+        assert http.post("/api/v1/users", json=taken).status_code == 201
+        assert_error(http.post("/api/v1/users", json=taken), 409, "ALREADY_EXISTS")  # counts
+        refused = http.post("/api/v1/users", json=user_payload())
+        assert_error(refused, 429, "RATE_LIMITED")
+        assert "registrations" in refused.json()["error"]["message"]
+        assert 1 <= int(refused.headers["retry-after"]) <= 60
+        assert refused.headers["x-rate-limit-limit"] == "3"
+        with_token = http.post("/api/v1/users", json=user_payload(), headers=bearer(access))
+        assert_error(with_token, 429, "RATE_LIMITED")  # a token buys no fresh budget
+        # other requests of this address, and an admin's registrations, go on
+        assert http.get("/api/v1/users/me", headers=bearer(access)).status_code == 200
+        made = http.post("/api/v1/users", json=user_payload(), headers=bearer(admin_token))
+        assert made.status_code == 201, made.text
+    with as_ip(limited, "10.0.4.2") as other:
+        assert other.post("/api/v1/users", json=user_payload()).status_code == 201
 
 
 def test_probes_and_docs_are_not_limited(limited: Stack) -> None:
