@@ -35,6 +35,8 @@ from storeserver.tables import MAX_EXAMPLES, Record, Table
 CHUNK = 10_000
 """Rows handled per step (a few milliseconds)."""
 MAX_VIOLATIONS = 100
+REPORT_BYTES = 256 * 1024
+"""About the most a ``set_schema`` report's violations take (``SchemaCheck.report``)."""
 
 T = TypeVar("T")
 
@@ -228,13 +230,30 @@ class SchemaCheck(Job):
         return True
 
     def report(self) -> dict[str, Any]:
-        violations = [{"id": rid, "errors": e} for rid, e in self.bad.items() if e]
+        """The rows checked and violating, and the first violations, as many as fit
+        ``REPORT_BYTES`` (a reply must fit the smallest frame even when the schema is attached
+        with ``force``: a write is never reported failed once applied)."""
+        violations: list[dict[str, Any]] = []
+        room = REPORT_BYTES
+        for rid, errors in self.bad.items():
+            if not errors:
+                continue
+            room -= len(rid) + sum(_error_size(e) for e in errors)
+            if room < 0 or len(violations) == MAX_VIOLATIONS:
+                break
+            violations.append({"id": rid, "errors": errors})
         return {
             "checked": len(self.table.rows),
             "violating": len(self.bad),
-            "violations": violations[:MAX_VIOLATIONS],
+            "violations": violations,
         }
 
     def abort(self) -> None:
         table = self.table
         table.watchers = tuple(w for w in table.watchers if w is not self)
+
+
+def _error_size(error: dict[str, Any]) -> int:
+    """About the bytes one violation takes encoded (its message and path, both bounded)."""
+    path = error["path"]
+    return 32 + len(error["message"].encode()) + sum(len(str(p).encode()) + 2 for p in path)

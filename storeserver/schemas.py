@@ -57,6 +57,8 @@ log = structlog.get_logger("storeserver.schemas")
 
 MAX_ERRORS = 10
 """Errors reported for one record."""
+MAX_MESSAGE_CHARS = 300
+MAX_PATH_KEY_CHARS = 100
 BASE_STEPS = 40_000
 STEPS_PER_VALUE = 100
 MAX_STEPS = 1_000_000
@@ -141,11 +143,21 @@ _DECIMAL_REPR = re.compile(r"Decimal\('([^']+)'\)")
 
 
 def _message(error: ValidationError) -> str:
+    """jsonschema's message, at most ``MAX_MESSAGE_CHARS``: it quotes the value and the
+    keyword's argument whole (an ``enum`` of 800 strings: 36 KB, ten times per record)."""
     text: str = error.message
-    if "Decimal('" not in text:
-        return text
-    shown = _decimal_reprs([error.instance, error.validator_value])
-    return _DECIMAL_REPR.sub(lambda m: m[1] if m[0] in shown else m[0], text)
+    if "Decimal('" in text:
+        shown = _decimal_reprs([error.instance, error.validator_value])
+        text = _DECIMAL_REPR.sub(lambda m: m[1] if m[0] in shown else m[0], text)
+    return text if len(text) <= MAX_MESSAGE_CHARS else text[:MAX_MESSAGE_CHARS] + "…"
+
+
+def _path(error: ValidationError) -> list[Any]:
+    """Where in the record: map keys past ``MAX_PATH_KEY_CHARS`` are cut (a key can be MBs)."""
+    return [
+        p[:MAX_PATH_KEY_CHARS] + "…" if type(p) is str and len(p) > MAX_PATH_KEY_CHARS else p
+        for p in error.absolute_path
+    ]
 
 
 def _decimal_reprs(value: Any) -> set[str]:
@@ -227,7 +239,7 @@ class TableSchema:
         STEPS.left = min(MAX_STEPS, BASE_STEPS + STEPS_PER_VALUE * _count_values(instance))
         try:
             for error in self.validator.iter_errors(instance):
-                out.append({"path": [*error.absolute_path], "message": _message(error)})
+                out.append({"path": _path(error), "message": _message(error)})
                 if len(out) >= MAX_ERRORS:
                     break
         except RecursionError:

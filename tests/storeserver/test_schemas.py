@@ -13,9 +13,10 @@ import jsonschema._utils
 import pytest
 import re2
 
-from storeserver import schemakeywords, schemapatterns, schemas
+from storeserver import builds, schemakeywords, schemapatterns, schemas
 from storeserver.engine import Engine
-from storeserver.errors import BadRequest, ValidationFailed
+from storeserver.errors import BadRequest, Conflict, ValidationFailed
+from storeserver.protocol import encode_result
 from storeserver.schemakeywords import RecordValidator
 from storeserver.schemas import MAX_SCHEMA_DEPTH, TableSchema
 
@@ -481,3 +482,27 @@ def test_a_schema_keyword_failure_reaches_the_client_as_validation() -> None:
 
 def _never(*args: Any, **kwargs: Any) -> Any:
     raise AssertionError("jsonschema's own (backtracking or quadratic) check ran")
+
+
+def test_a_forced_schema_reports_its_violations_within_a_small_frame() -> None:
+    """QA: each message quoted a whole enum (36 KB), ten per row, 100 rows: a 37 MB report.
+    The schema was attached, then the reply failed LIMIT_EXCEEDED (a write reported failed
+    once applied), and without force the 409 lost its list of violations."""
+    engine = Engine(clock=lambda: 1_700_000_000.0)
+    for _ in range(200):
+        engine.execute("insert", {"table": "big", "record": {f"p{k}": 1 for k in range(10)}})
+    codes = ["x" * 40 + str(n) for n in range(800)]
+    schema = {"properties": {f"p{k}": {"enum": codes} for k in range(10)}}
+    with pytest.raises(Conflict) as info:
+        engine.execute("set_schema", {"table": "big", "schema": schema})
+    refused = info.value.details
+    assert refused["violating"] == 200 and refused["violations"]
+    report = engine.execute("set_schema", {"table": "big", "schema": schema, "force": True})
+    assert report["attached"] and report["violating"] == 200
+    assert 10 <= len(report["violations"]) < 200
+    assert len(encode_result(1, report)) < builds.REPORT_BYTES + 4096 < (1 << 20)  # least frame
+    message = report["violations"][0]["errors"][0]["message"]
+    assert len(message) == schemas.MAX_MESSAGE_CHARS + 1 and message.endswith("…")
+    long_key = "k" * 5_000
+    [error] = TableSchema.parse({"additionalProperties": {"type": "string"}}).errors({long_key: 1})
+    assert error["path"] == ["k" * schemas.MAX_PATH_KEY_CHARS + "…"]
