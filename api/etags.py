@@ -14,7 +14,9 @@ from typing import Any, Final
 
 ANY: Final = "*"
 _ENTITY_TAG = re.compile(r'\s*(?:W/)?"([^"]*)"\s*')
-_VERSION = re.compile(r"[0-9]{1,18}")
+# A version's tag exactly as ``record_etag`` writes it: tags are opaque text (RFC 9110
+# §8.8.3), so ``W/"01"`` is not version 1's, for a write as for a read's comparison.
+_VERSION = re.compile(r"[1-9][0-9]{0,17}")
 
 
 def record_etag(version: object) -> str:
