@@ -14,6 +14,7 @@ once, with a short timeout. If the store does not answer, the store series are l
 from __future__ import annotations
 
 import asyncio
+import hmac
 import os
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -25,9 +26,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
+from pydantic import SecretStr
 from starlette.responses import Response
 
-from api.deps import StoreDep
+from api.deps import SettingsDep, StoreDep
+from api.errors import ApiError
 from api.http_metrics import METRICS_PATH, HttpMetricsMiddleware
 
 # A scrape waits at most this long for the store's stats (Prometheus' default timeout is 10 s).
@@ -154,8 +157,28 @@ def scrape_registry(stats: dict[str, Any] | None) -> CollectorRegistry:
     return registry
 
 
-async def read_metrics(request: Request, store: StoreDep) -> Response:
+def _scraper_allowed(request: Request, token: SecretStr | None) -> bool:
+    """Without METRICS_TOKEN anyone may scrape; with it, only ``Bearer <METRICS_TOKEN>``."""
+    if token is None:
+        return True
+    sent = request.headers.get("authorization", "")
+    scheme, _, credentials = sent.partition(" ")
+    expected = token.get_secret_value().encode()
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        credentials.strip().encode(), expected
+    )
+
+
+async def read_metrics(request: Request, store: StoreDep, settings: SettingsDep) -> Response:
     """Prometheus exposition (text, or OpenMetrics when asked for); never cached."""
+    if not _scraper_allowed(request, settings.metrics_token):
+        # Before any store call or file read: a refused scrape costs next to nothing.
+        raise ApiError(
+            401,
+            "UNAUTHORIZED",
+            "METRICS_TOKEN is set: send Authorization: Bearer <METRICS_TOKEN>",
+            headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+        )
     registry = scrape_registry(await read_store_stats(store))
     encoder, content_type = choose_encoder(request.headers.get("accept", ""))
     # The format follows Accept: a cache in between must not serve one scraper's to another.

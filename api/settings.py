@@ -128,6 +128,9 @@ class Settings(BaseSettings):
     # Checked as a registration's email is: ensure_admin would refuse a lookalike at start.
     admin_email: Annotated[EmailStr, AfterValidator(refuse_lookalike_email)] | None = None
     admin_password: SecretStr | None = None
+    # When set, GET /metrics answers only `Authorization: Bearer <it>` (its series name every
+    # table and its rows, and a scrape costs ~10 ms of a worker); else it is open.
+    metrics_token: SecretStr | None = None
     # --- background jobs (api/jobs) ---
     # Where export results are written; empty: "jobs" beside a Unix STORE_SOCKET (run/jobs
     # under `make run`), else the system temp dir. Every worker must see the same directory.

@@ -25,7 +25,7 @@ CORS_ORIGIN = "https://app.example.com"
 _SERVICE_SETTINGS = (
     "ENV", "PORT", "HOST", "WEB_CONCURRENCY", "JWT_SECRET", "RATE_LIMIT", "AUTH_RATE_LIMIT",
     "ADMIN_EMAIL", "ADMIN_PASSWORD", "CORS_ORIGINS", "TRUSTED_PROXIES", "MAX_BODY_BYTES",
-    "PROMETHEUS_MULTIPROC_DIR", "LOG_LEVEL",
+    "PROMETHEUS_MULTIPROC_DIR", "LOG_LEVEL", "METRICS_TOKEN",
 )  # fmt: skip
 for _name in [n for n in os.environ if n.startswith("STORE_") or n in _SERVICE_SETTINGS]:
     del os.environ[_name]

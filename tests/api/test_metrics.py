@@ -93,6 +93,31 @@ async def test_store_gauges_are_read_once_per_scrape(
     assert value(text, "memdb_store_persistence_failed") == 0
 
 
+@pytest.mark.parametrize(
+    "sent", [None, "Bearer wrong-token", "Basic c2NyYXBlcg==", "Bearer", "scrape-token-for-tests"]
+)
+async def test_with_a_metrics_token_a_scrape_without_it_is_refused_before_any_work(
+    sent: str | None,
+) -> None:
+    """QA: the series name every table (admin-only ones too) with its rows, to anyone; and a
+    scrape costs a store call. METRICS_TOKEN closes it: 401 in the envelope, no store call."""
+    store = ScriptedStore(STATS)
+    app = create_app(Settings(metrics_token="scrape-token-for-tests"))
+    app.dependency_overrides[get_store] = lambda: store
+    headers = {} if sent is None else {"Authorization": sent}
+    async with in_process(app) as client:
+        refused = await client.get("/metrics", headers=headers)
+        assert refused.status_code == 401 and store.calls == 0
+        assert refused.json()["error"]["code"] == "UNAUTHORIZED"
+        assert refused.headers["www-authenticate"].startswith("Bearer")
+        assert "memdb_store" not in refused.text
+        allowed = await client.get(
+            "/metrics", headers={"Authorization": "bearer  scrape-token-for-tests"}
+        )
+        assert allowed.status_code == 200 and store.calls == 1
+        assert value(allowed.text, "memdb_store_table_rows", table="orders") == 5
+
+
 async def test_requests_are_counted_by_route_template_and_status(
     http: tuple[httpx.AsyncClient, ScriptedStore],
 ) -> None:
