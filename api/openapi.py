@@ -37,6 +37,9 @@ from api.schemas.envelope import QUERY_MATCHED
 
 REF_TEMPLATE = "#/components/schemas/{model}"
 BODY_NOT_PARSED = "a JSON body nested too deeply to parse (`BAD_REQUEST`)"
+BODY_TOO_LARGE = (
+    "A body larger than MAX_BODY_BYTES, even on a route that reads none (`PAYLOAD_TOO_LARGE`)"
+)
 ERROR_CONTENT = {
     "application/json": {"schema": {"$ref": REF_TEMPLATE.format(model="ErrorEnvelope")}}
 }
@@ -176,6 +179,18 @@ def add_body_parse_errors(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
+def add_body_limit(schema: dict[str, Any]) -> dict[str, Any]:
+    """``api.hardening`` refuses a body over MAX_BODY_BYTES on any method that may carry one,
+    before routing or authentication: 413 on routes that read no body too (a DELETE)."""
+    for item in schema["paths"].values():
+        for method, operation in item.items():
+            responses = operation["responses"]
+            if method in ("post", "put", "patch", "delete") and "413" not in responses:
+                responses["413"] = {"description": BODY_TOO_LARGE, "content": ERROR_CONTENT}
+                operation["responses"] = dict(sorted(responses.items()))
+    return schema
+
+
 def route_models(app: FastAPI) -> set[type[BaseModel]]:
     """The models the routes name: bodies, response models and those of ``responses``."""
     found: set[type[BaseModel]] = set()
@@ -235,6 +250,7 @@ def install_openapi(app: FastAPI) -> None:
         if not (completed and completed[0] is schema):
             schema = add_bearer_security(app, schema)
             schema = add_body_parse_errors(restore_null_examples(app, schema))
+            schema = add_body_limit(schema)
             completed[:] = [add_request_parameters(app, schema)]
         return completed[0]
 

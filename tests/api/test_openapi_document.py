@@ -151,6 +151,18 @@ async def test_a_too_deep_json_body_is_a_documented_400_on_every_route_reading_o
             assert schema == {"$ref": "#/components/schemas/ErrorEnvelope"}
 
 
+def test_every_method_that_may_carry_a_body_documents_413(spec: dict[str, Any]) -> None:
+    """QA: DELETEs, logout and snapshot answer 413 to an oversized body (the limit comes before
+    routing) but did not say so."""
+    for path, item in spec["paths"].items():
+        for method, operation in item.items():
+            if method in ("post", "put", "patch", "delete"):
+                assert "413" in operation["responses"], (method, path)
+    deleting = spec["paths"][f"{API}/data/{{table}}/{{record_id}}"]["delete"]["responses"]
+    assert "MAX_BODY_BYTES" in deleting["413"]["description"]
+    assert list(deleting) == sorted(deleting)
+
+
 def test_ready_documents_only_what_it_answers(spec: dict[str, Any]) -> None:
     """/ready turns a store timeout into 503 within 1 s: it never sends the 504 of a store
     timeout elsewhere, nor a 422 or 429."""
