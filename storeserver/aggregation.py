@@ -33,7 +33,7 @@ from functools import reduce
 from typing import Any, NamedTuple
 
 from storeserver.arguments import quoted
-from storeserver.builds import run_steps
+from storeserver.builds import Pace, run_steps
 from storeserver.errors import BadRequest, LimitExceeded
 from storeserver.query import check_field, check_visible, compile_getter, index_key, sort_key
 
@@ -221,6 +221,7 @@ def aggregate_steps(
     group_by: list[str],
     metrics: list[Metric],
     rows_per_step: int,
+    pace: Pace | None = None,
 ) -> Generator[None, None, list[dict[str, Any]]]:
     """``aggregate`` as a generator that yields between bounded amounts of work.
 
@@ -228,12 +229,15 @@ def aggregate_steps(
     clients are not stalled. Rows are bucketed by their group key column by column: the
     per-row work stays in C (``map``, ``sum``, ``min``) wherever values are all of one family;
     a group of mixed values falls back to the per-value accumulators, with the same results.
+    ``pace``: the one that sizes ``chunks`` (told how long each took to bucket).
     """
     getters = [compile_getter(f) for f in group_by]
     buckets: defaultdict[Any, list[dict[str, Any]]] = defaultdict(list)
     for chunk in chunks:
         for key, row in zip(_group_keys(chunk, getters), chunk, strict=True):
             buckets[key].append(row)
+        if pace is not None:
+            pace.measure()
         yield
     if not group_by and not buckets:
         buckets[()] = []

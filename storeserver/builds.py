@@ -15,7 +15,11 @@ sends its reply. A job sees writes made meanwhile through ``Table.watchers``:
   ``selection``) as a generator yielding between chunks. It reads a copy of the row list
   taken when the command starts; stored records are never mutated (a write swaps in a new
   dict), so that copy is a consistent view as of the command's start, whatever is written
-  meanwhile.
+  meanwhile. Its chunks are sized by time (``Pace``): a row can cost far more than another
+  (a field holding a 500,000-item list takes ~0.1 s to key or sort), so a step takes as many
+  rows as fit ``STEP_SECONDS``, up to ``CHUNK``. A read over fewer rows runs at once, unless
+  it is still running after ``STEP_SECONDS``: then the server lets it go on as a job
+  (``spill``).
 - ``SchemaCheck`` validates ``CHUNK`` rows per step and re-validates, at the end, rows
   written meanwhile.
 - ``bulk.BulkWrite`` (``update_where``/``delete_where`` over many rows) selects ``CHUNK``
@@ -25,7 +29,8 @@ sends its reply. A job sees writes made meanwhile through ``Table.watchers``:
 
 from __future__ import annotations
 
-from collections.abc import Generator
+import time
+from collections.abc import Generator, Iterator
 from typing import Any, TypeVar
 
 from storeserver.indexes import HashIndex, UniqueIndex
@@ -38,7 +43,57 @@ MAX_VIOLATIONS = 100
 REPORT_BYTES = 256 * 1024
 """About the most a ``set_schema`` report's violations take (``SchemaCheck.report``)."""
 
+STEP_SECONDS = 0.005
+"""About how long a step of a read holds the loop (the scheduler's ``JOB_BUDGET`` too)."""
+
 T = TypeVar("T")
+
+
+class Pace:
+    """The rows each step of a read takes, sized by how long the last one took.
+
+    The first step takes one row; while steps take under a quarter of ``STEP_SECONDS`` the
+    next takes eight times as many, up to ``most``; a slower one sizes the next to fit
+    ``STEP_SECONDS`` (at least one row). Cheap rows so reach ``most`` in a few steps, and
+    rows that hold large values are read a few per step. A consumer reads each slice that
+    ``slices`` hands out, then calls ``measure`` before it yields::
+
+        for start, end in pace.slices(len(rows)):
+            ...  # rows[start:end]
+            pace.measure()
+            yield
+    """
+
+    __slots__ = ("began", "most", "rows")
+
+    def __init__(self, most: int = CHUNK) -> None:
+        self.most = most
+        self.rows = 1
+        self.began = 0.0
+
+    def slices(self, total: int) -> Iterator[tuple[int, int]]:
+        start = 0
+        while start < total:
+            end = min(total, start + self.rows)
+            self.began = time.perf_counter()
+            yield start, end
+            start = end
+
+    def measure(self) -> None:
+        """Size the next slice from the time since this one was handed out."""
+        took = time.perf_counter() - self.began
+        if took * 4 < STEP_SECONDS:
+            self.rows = min(self.most, self.rows * 8)
+        else:
+            self.rows = max(1, min(self.most, int(self.rows * STEP_SECONDS / took)))
+
+    def due(self) -> bool:
+        """Whether the step begun at the last slice has run ``STEP_SECONDS`` (for loops that
+        yield item by item rather than by slice)."""
+        return time.perf_counter() - self.began >= STEP_SECONDS
+
+    def restart(self) -> None:
+        self.began = time.perf_counter()
 
 
 def run_steps(steps: Generator[None, None, T]) -> T:
@@ -48,6 +103,17 @@ def run_steps(steps: Generator[None, None, T]) -> T:
             next(steps)
         except StopIteration as stop:
             return stop.value
+
+
+def spill(job: ChunkedRead) -> Any:
+    """A read run at once while it is quick: its result, or, once it has run
+    ``STEP_SECONDS``, the job itself, for the server to go on with a step per loop turn (so a
+    read of few but costly rows does not hold the loop either)."""
+    deadline = time.perf_counter() + STEP_SECONDS
+    while not job.step():
+        if time.perf_counter() >= deadline:
+            return job
+    return job.result
 
 
 class Job:

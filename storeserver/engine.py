@@ -309,6 +309,11 @@ class Engine:
         record = table.rows.get(rid)
         return None if record is None else (record, table.hidden)
 
+    def spill_reads(self) -> None:
+        """Let a read over few rows that turns out slow go on as a job (``builds.spill``): for
+        a server, whose scheduler steps jobs; a direct caller keeps getting answers."""
+        self._reader.spill = True
+
     def advance(self, job: Job) -> tuple[bool, Any]:
         """Run one step of a long command: ``(False, None)``, or ``(True, its result)``."""
         audit = self.audit

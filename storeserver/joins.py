@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Generator, Iterable
 from typing import Any
 
-from storeserver.builds import CHUNK
+from storeserver.builds import CHUNK, Pace
 from storeserver.indexes import UniqueIndex
 from storeserver.query import Predicate, compile_getter, index_key
 from storeserver.selection import candidates, matches_in
@@ -49,16 +49,18 @@ def _probe(index: Any) -> Probe:
 
 
 def _build(right: Table, field: str) -> Generator[None, None, dict[Any, list[Record]]]:
-    """A temporary hash of the right rows by ``field``, ``CHUNK`` rows per step, holding the
+    """A temporary hash of the right rows by ``field``, a slice per step, holding the
     records themselves (as they are now: stored records are never mutated)."""
     get = compile_getter(field)
     built: dict[Any, list[Record]] = {}
     records = list(right.rows.values())
-    for start in range(0, len(records), CHUNK):
-        for record in records[start : start + CHUNK]:
+    pace = Pace()
+    for start, end in pace.slices(len(records)):
+        for record in records[start:end]:
             value = get(record)
             if value is not None:
                 built.setdefault(index_key(value), []).append(record)
+        pace.measure()
         yield
     return built
 
@@ -80,7 +82,8 @@ def join_steps(
     offset: int,
     limit: int,
 ) -> Generator[None, None, tuple[list[tuple[Record, Record]], int]]:
-    """``(page of (left, right) pairs, total pairs)``, yielding after each ``CHUNK`` rows read.
+    """``(page of (left, right) pairs, total pairs)``, yielding after each slice of rows read
+    (``builds.Pace``: up to ``CHUNK`` rows, fewer when they are costly to key).
 
     Without an index on the right field, a temporary hash of the right table is built first,
     a chunk per step (``_build``), so the pairs are the rows as they were when read, whatever
@@ -102,14 +105,16 @@ def join_steps(
     end = offset + limit
     total = 0
     items: list[tuple[Record, Record]] = []
-    for start in range(0, len(source), CHUNK):
+    pace = Pace()
+    for start, stop in pace.slices(len(source)):
         if index is not None and _index_of(right, right_field) is not index:
             # The index was dropped between steps, so no longer kept up to date: the rest of
             # the join reads a hash of the right rows as they are now.
             index = None
             rebuilt = yield from _build(right, right_field)
             probe, resolve = _lookup(rebuilt), _same
-        for record in matches_in(source, start, CHUNK, predicate):
+            pace.restart()
+        for record in matches_in(source, start, stop - start, predicate):
             value = get_left(record)
             if value is None:
                 continue
@@ -120,7 +125,8 @@ def join_steps(
                     if offset <= position < end:
                         items.append((record, resolve(match)))
             total += n
-        if start + CHUNK < len(source):
+        if stop < len(source):
+            pace.measure()
             yield
     return items, total
 

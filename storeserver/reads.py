@@ -22,11 +22,11 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable, Generator, Iterable
 from itertools import islice
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
 from storeserver.aggregation import MAX_GROUP_BY, aggregate, aggregate_steps, parse_metrics
 from storeserver.arguments import Args, check_keys, limit, offset, optional_bool, optional_list
-from storeserver.builds import CHUNK, ChunkedRead, run_steps
+from storeserver.builds import CHUNK, ChunkedRead, Pace, run_steps, spill
 from storeserver.catalog import Catalog
 from storeserver.errors import BadRequest, LimitExceeded, NotFound
 from storeserver.filters import Node, parse_where, plan
@@ -112,11 +112,33 @@ def _join_reply(
     return {"items": items, "total": total}
 
 
+T = TypeVar("T")
+
+
+class _Planned(NamedTuple):
+    """A read's steps, and whether they cover more rows than one step takes."""
+
+    steps: Steps
+    many: bool
+
+
 class RecordReader:
     def __init__(self, catalog: Catalog, max_limit: int, max_in: int) -> None:
         self.catalog = catalog
         self.max_limit = max_limit
         self.max_in = max_in
+        self.spill = False
+        """Run a short read at once only while it is quick, then as a job (``builds.spill``):
+        set by the server, whose scheduler runs the jobs. Off, a short read runs to its end
+        (direct callers, such as tests, then always get the answer itself)."""
+
+    def _run(self, command: str, steps: Generator[None, None, T], many: bool) -> T | ChunkedRead:
+        """A read's steps as a job over many rows; else run at once (see ``spill``)."""
+        if many:
+            return ChunkedRead(command, steps)
+        if self.spill:
+            return spill(ChunkedRead(command, steps))
+        return run_steps(steps)
 
     def get(self, args: Args) -> Record:
         if not args.keys() <= _GET_ARGS:
@@ -164,16 +186,18 @@ class RecordReader:
         start = offset(args)
         size = limit(args, DEFAULT_LIMIT, self.max_limit)
         selected = self._select(table, conditions, sort, start, size)
-        if isinstance(selected, tuple):
-            return _find_page(table, *selected, project, include_hidden)
-        return ChunkedRead("find", _find_reply(table, selected, project, include_hidden))
+        if isinstance(selected, _Planned):
+            reply = _find_reply(table, selected.steps, project, include_hidden)
+            return self._run("find", reply, selected.many)
+        items, total = selected
+        return _find_page(table, items, total, project, include_hidden)
 
     @staticmethod
     def _select(
         table: Table, conditions: list[Node], sort: list[SortField], start: int, size: int
-    ) -> tuple[list[Record], int] | Steps:
-        """The page and the total; or, over more than ``CHUNK`` rows to read, the steps that
-        compute them (``selection``)."""
+    ) -> tuple[list[Record], int] | _Planned:
+        """The page and the total when an index or the creation order gives them; else the
+        steps that compute them (``selection``)."""
         descending = False
         if sort and sort[0].field == "created_at":
             descending, sort = sort[0].descending, []  # creation order; created_at is unique
@@ -187,7 +211,7 @@ class RecordReader:
         rows_read = candidates(rows, ids)
         step = rows_per_step(conditions, sort)
         steps = select_steps(rows_read, predicate, sort, descending, start, size, step)
-        return steps if len(rows_read) > step else run_steps(steps)
+        return _Planned(steps, len(rows_read) > step)
 
     def count(self, args: Args) -> int | ChunkedRead:
         check_keys(args, _COUNT_ARGS)
@@ -205,8 +229,7 @@ class RecordReader:
             return count_of(rows, ids)
         rows_read = candidates(rows, ids)
         step = rows_per_step(conditions)
-        steps = count_steps(rows_read, predicate, step)
-        return ChunkedRead("count", steps) if len(rows_read) > step else run_steps(steps)
+        return self._run("count", count_steps(rows_read, predicate, step), len(rows_read) > step)
 
     def join(self, args: Args) -> dict[str, Any] | ChunkedRead:
         check_keys(args, _JOIN_ARGS)
@@ -223,9 +246,7 @@ class RecordReader:
         left_count = len(left.rows) if left_ids is None else len(left_ids)  # type: ignore[arg-type]
         steps = join_steps(left, right, left_field, right_field, left_ids, predicate, start, size)
         reply = _join_reply(left, right, steps)
-        if needs_chunks(left_count, right, right_field):
-            return ChunkedRead("join", reply)
-        return run_steps(reply)
+        return self._run("join", reply, needs_chunks(left_count, right, right_field))
 
     def aggregate(self, args: Args) -> dict[str, Any] | ChunkedRead:
         check_keys(args, _AGGREGATE_ARGS)
@@ -242,15 +263,15 @@ class RecordReader:
         sort = parse_sort(args.get("sort"), frozenset(), True, allowed=names)
         start = offset(args)
         size = limit(args, DEFAULT_LIMIT, self.max_limit)
-        if len(table.rows) > CHUNK:
-            # The candidate rows as they are now; the filter runs a chunk per step with the rest.
+        if len(table.rows) > CHUNK or self.spill:
+            # The candidate rows as they are now; the filter runs a slice per step with the rest.
             ids, predicate = plan(table, conditions) if conditions else (None, None)
             rows = table.rows
             rows_read = candidates(rows, ids)
             steps = self._aggregate_steps(
                 rows_read, predicate, group_by, metrics, names, sort, start, size
             )
-            return ChunkedRead("aggregate", steps)
+            return self._run("aggregate", steps, len(table.rows) > CHUNK)
         source, _ = _matching(table, conditions)
         groups = aggregate(source, group_by, metrics)
         return _group_page(groups, sort, start, size)
@@ -266,16 +287,19 @@ class RecordReader:
         start: int,
         size: int,
     ) -> Generator[None, None, dict[str, Any]]:
-        chunks = (matches_in(rows, i, CHUNK, predicate) for i in range(0, len(rows), CHUNK))
-        groups = yield from aggregate_steps(chunks, group_by, metrics, CHUNK)
+        pace = Pace()
+        chunks = (matches_in(rows, i, j - i, predicate) for i, j in pace.slices(len(rows)))
+        groups = yield from aggregate_steps(chunks, group_by, metrics, CHUNK, pace)
         if not sort:
             return _group_page(groups, sort, start, size)
-        # Sort keys a chunk per step too (100k groups: ~0.2 s at once); (key, position) pairs
+        # Sort keys a slice per step too (100k groups: ~0.2 s at once); (key, position) pairs
         # ordered by key alone keep ties in group order, as the stable sort does.
         key, reverse = sort_key_function(sort, getter=_output_getter)
         keyed: list[tuple[Any, int]] = []
-        for i in range(0, len(groups), CHUNK):
-            keyed.extend(zip(map(key, groups[i : i + CHUNK]), range(i, len(groups)), strict=False))
+        pace = Pace()
+        for i, j in pace.slices(len(groups)):
+            keyed.extend(zip(map(key, groups[i:j]), range(i, j), strict=True))
+            pace.measure()
             yield
         chosen = top(keyed, len(keyed), operator.itemgetter(0), reverse, start, size)
         return {"items": [groups[i] for _, i in chosen], "total": len(groups)}

@@ -7,22 +7,25 @@ Design note. A filter or a sort that must look at every row of a million-row tab
 - the candidate rows are copied into a list in the first step (C speed, a few ms per 1M);
   stored records are never mutated (a write swaps in a new dict), so the answer is the rows
   as they were when the command started, whatever is written between steps;
-- each step filters one slice; with a sort, either keeps the best ``offset + limit`` so far
-  (a heap, when that is small next to a chunk) or sorts the slice (a run); the runs are then
-  merged lazily, ``CHUNK`` rows per step, up to the end of the page.
+- each step filters one slice (as many rows as fit a few milliseconds, ``builds.Pace``); with a
+  sort, either keeps the best ``offset + limit`` so far (a heap, when that is small next to a
+  chunk; each row keyed once) or sorts the slice (a run); the runs are then merged lazily, a
+  few milliseconds per step, up to the end of the page.
 
 The results are those of filtering and sorting the whole list at once (small tables run the
-same steps without pausing, ``builds.run_steps``): Python's sort, the heap selections and
-``heapq.merge`` are all stable, so ties keep creation order. ``candidates`` and
-``matches_in`` also serve the chunked ``join`` and ``aggregate``.
+same steps without pausing, ``builds.run_steps``, or while they are quick, ``builds.spill``):
+Python's sort, the heap selections and ``heapq.merge`` are all stable, so ties keep creation
+order. ``candidates`` and ``matches_in`` also serve the chunked ``join`` and ``aggregate``.
 """
 
 from __future__ import annotations
 
 import heapq
+import operator
 from collections.abc import Generator, Iterable, Mapping
+from typing import Any
 
-from storeserver.builds import CHUNK
+from storeserver.builds import CHUNK, Pace
 from storeserver.filters import Node, weight
 from storeserver.query import Predicate, SortField, sort_key_function
 from storeserver.tables import Record
@@ -71,55 +74,67 @@ def select_steps(
 ) -> Steps:
     """``(the page, total matches)`` of ``candidates`` (creation order; the list is consumed)
     meeting ``predicate``, sorted by ``sort`` (or in creation order, newest first when
-    ``descending``), yielding after each ``chunk`` rows."""
+    ``descending``), yielding after each slice of at most ``chunk`` rows (``builds.Pace``)."""
     if descending:
         candidates.reverse()
     end = start + size
     total = 0
+    pace = Pace(chunk)
     if not sort:
         kept: list[Record] = []
-        for i in range(0, len(candidates), chunk):
-            part = matches_in(candidates, i, chunk, predicate)
+        for i, j in pace.slices(len(candidates)):
+            part = matches_in(candidates, i, j - i, predicate)
             if len(kept) < end:
                 kept += part[: end - len(kept)]
             total += len(part)
+            pace.measure()
             yield
         return kept[start:end], total
     key, reverse = sort_key_function(sort)
+    first = operator.itemgetter(0)
     if end * 4 <= chunk:
-        best: list[Record] = []
+        # (key, record) pairs: each row keyed once, not again at every step it stays best.
+        best: list[tuple[Any, Record]] = []
         pick = heapq.nlargest if reverse else heapq.nsmallest
-        for i in range(0, len(candidates), chunk):
-            part = matches_in(candidates, i, chunk, predicate)
+        for i, j in pace.slices(len(candidates)):
+            part = matches_in(candidates, i, j - i, predicate)
             total += len(part)
             # The best so far come first: on ties they are the earlier rows, as in one sort.
-            best = pick(end, best + part, key=key)
+            best = pick(end, best + [(key(r), r) for r in part], key=first)
+            pace.measure()
             yield
-        return best[start:end], total
+        return [r for _, r in best[start:end]], total
+    # Runs keep no keys (a million sort keys would take ~150 MB): the merge keys each row again.
     runs: list[list[Record]] = []
-    for i in range(0, len(candidates), chunk):
-        part = matches_in(candidates, i, chunk, predicate)
+    for i, j in pace.slices(len(candidates)):
+        part = matches_in(candidates, i, j - i, predicate)
         total += len(part)
         part.sort(key=key, reverse=reverse)
         runs.append(part)
+        pace.measure()
         yield
     out: list[Record] = []
+    pace.restart()
     for position, record in enumerate(heapq.merge(*runs, key=key, reverse=reverse)):
         if position >= end:
             break
         if position >= start:
             out.append(record)
-        if position % chunk == chunk - 1:
+        if pace.due():  # keys of large values compare slowly too
             yield
+            pace.restart()
     return out, total
 
 
 def count_steps(
     candidates: list[Record], predicate: Predicate, chunk: int = CHUNK
 ) -> Generator[None, None, int]:
-    """The number of ``candidates`` meeting ``predicate``, yielding after each ``chunk``."""
+    """The number of ``candidates`` meeting ``predicate``, yielding after each slice of at
+    most ``chunk`` rows."""
     total = 0
-    for i in range(0, len(candidates), chunk):
-        total += len(matches_in(candidates, i, chunk, predicate))
+    pace = Pace(chunk)
+    for i, j in pace.slices(len(candidates)):
+        total += len(matches_in(candidates, i, j - i, predicate))
+        pace.measure()
         yield
     return total

@@ -112,6 +112,7 @@ class StoreServer:
             # most whatever this store takes: the record limit and scan pages follow the smaller.
             max_frame_bytes=min(settings.max_frame_bytes, MAX_FRAME_SIZE),
         )
+        self.engine.spill_reads()
         self.durability = (
             Durability(settings.data_dir, settings.fsync, self.engine, settings.log_rewrite_bytes)
             if persistent
