@@ -79,3 +79,29 @@ def test_an_unusable_run_dir_is_one_json_line_and_starts_nothing(
     assert event["run_dir"] == str(tmp_path / run_dir) and event["process"] == "supervisord"
     assert make_error.startswith("make: *** [") and make_error.endswith("run] Error 2")
     assert not (tmp_path / "data").exists()  # the store never started
+
+
+@pytest.mark.parametrize("where", ["environment", "command line"])
+def test_an_empty_setting_counts_as_unset_in_make(where: str) -> None:
+    """QA: `?=` kept an empty STORE_DATA_DIR or RUN_DIR, so `STORE_DATA_DIR= make run` ran
+    without persistence and `RUN_DIR=` put the socket and metrics at /. Read from `make -n`
+    (what would run), with the defaults the docs give."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    empty = ("RUN_DIR", "STORE_DATA_DIR", "STORE_SOCKET", "PORT", "STORE_FSYNC", "ENV")
+    argv = ["make", "--no-print-directory", "-n", "-o", "install", "run"]
+    if where == "environment":
+        env.update(dict.fromkeys(empty, ""))
+    else:
+        argv += [f"{name}=" for name in empty]
+    planned = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    words = planned.stdout.split()
+    for expected in (
+        f"RUN_DIR={ROOT}/run",
+        f"STORE_DATA_DIR={ROOT}/data",
+        f"STORE_SOCKET={ROOT}/run/store.sock",
+        f"PROMETHEUS_MULTIPROC_DIR={ROOT}/run/prometheus",
+        "PORT=8000",
+        "STORE_FSYNC=everysec",
+        "ENV=development",
+    ):
+        assert expected in words, (expected, planned.stdout)
