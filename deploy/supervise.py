@@ -11,7 +11,10 @@ before anything starts, rather than mkdir's plain text or a traceback.
 
 supervisord exits 0 however it was shut down. When deploy/stop_on_failure.py shut it down
 because a program cannot start, this prints one JSON line naming the program and why, last
-(after the other programs' stop lines), and exits 1.
+(after the other programs' stop lines), and exits 1. So it does when a program did not stop
+cleanly: supervisord's log says how each one it stopped ended, and a store that exits 4
+(``writes_lost``: its final snapshot failed, acknowledged writes are gone) or an API killed
+after its drain ran out is not a clean stop, though supervisord itself exits 0 (QA).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +39,35 @@ EXIT_INVALID_SETTINGS = 2  # as either program's invalid_settings
 # What supervisord writes in the run directory (supervisord.conf); it fails on one it cannot
 # write with a traceback (the log) or a line in its own log only (the pid file).
 SUPERVISORD_FILES = ("supervisord.log", "supervisord.pid")
+
+
+# supervisord's own log line for a program it stopped: "... INFO stopped: store (exit status 4)"
+# or "(terminated by SIGKILL)". The event listener's is not ours to judge.
+STOPPED_LINE = re.compile(r" stopped: (store|api) \((.+)\)$")
+
+
+def unclean_stops(log: Path, offset: int) -> list[tuple[str, str]]:
+    """``(program, how it ended)`` for each program supervisord stopped, per its log from
+    ``offset`` (this run's part), that did not exit 0."""
+    try:
+        with log.open("rb") as lines:
+            lines.seek(offset)
+            text = lines.read().decode("utf-8", "replace")
+    except OSError:
+        return []
+    found = []
+    for line in text.splitlines():
+        match = STOPPED_LINE.search(line)
+        if match is not None and match[2] != "exit status 0":
+            found.append((match[1], match[2]))
+    return found
+
+
+def log_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def log_line(level: str, event: str, **fields: Any) -> None:
@@ -125,11 +158,24 @@ def main() -> int:
         log_line("error", "invalid_settings", errors=unusable, run_dir=str(run_dir))
         return EXIT_INVALID_SETTINGS
     stopped_file = run_dir / STOPPED_FILE
+    supervisord_log = run_dir / SUPERVISORD_FILES[0]
+    offset = log_size(supervisord_log)  # supervisord appends: this run's lines come after
     supervisord.main(["--nodaemon", "--configuration", str(CONFIG)])
-    if not stopped_file.exists():
+    if stopped_file.exists():
+        stopped = json.loads(stopped_file.read_text())
+        log_line("critical", "run_stopped", program=stopped["program"], reason=stopped["reason"])
+        return 1
+    unclean = unclean_stops(supervisord_log, offset)
+    if not unclean:
         return 0
-    stopped = json.loads(stopped_file.read_text())
-    log_line("critical", "run_stopped", program=stopped["program"], reason=stopped["reason"])
+    program, how = unclean[0]
+    log_line(
+        "critical",
+        "run_stopped",
+        program=program,
+        reason=f"{program} did not stop cleanly ({how}): its own lines above say why",
+        unclean=[{"program": name, "ended": ended} for name, ended in unclean],
+    )
     return 1
 
 

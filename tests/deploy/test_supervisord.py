@@ -279,3 +279,66 @@ def test_the_listener_stops_on_a_refusal_a_crash_loop_or_fatal_not_on_a_crash() 
     assert "cannot start" in listener.StartWatch().reason_to_stop(exited, refused, 0.0)
     fatal = {"processname": "api", "from_state": "BACKOFF"}
     assert "FATAL" in listener.StartWatch().reason_to_stop("PROCESS_STATE_FATAL", fatal, 0.0)
+
+
+def load_supervise(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """deploy/supervise.py, which imports its neighbour stop_on_failure as a script does."""
+    monkeypatch.syspath_prepend(str(ROOT / "deploy"))
+    spec = importlib.util.spec_from_file_location("supervise", ROOT / "deploy" / "supervise.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    ("stop_lines", "status", "unclean"),
+    [
+        (["stopped: api (exit status 0)", "stopped: store (exit status 0)"], 0, []),
+        (
+            ["stopped: api (exit status 0)", "stopped: store (exit status 4)"],
+            1,
+            [{"program": "store", "ended": "exit status 4"}],
+        ),
+        (
+            ["stopped: api (terminated by SIGKILL)", "stopped: store (exit status 0)"],
+            1,
+            [{"program": "api", "ended": "terminated by SIGKILL"}],
+        ),
+        (["stopped: stop_on_failure (terminated by SIGTERM)"], 0, []),  # the listener's own
+    ],
+)
+def test_a_stop_that_did_not_end_cleanly_ends_make_run_with_run_stopped(
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+    stop_lines: list[str],
+    status: int,
+    unclean: list[dict[str, str]],
+) -> None:
+    """QA: a store whose final snapshot failed (exit 4, writes_lost) left `make run` exiting
+    0 with no run_stopped line, the docs' sign of a clean stop. supervisord's log says how
+    each program it stopped ended; only this run's lines count."""
+    supervise = load_supervise(monkeypatch)
+    run_dir = Path(tempfile.mkdtemp(prefix="sv-"))
+    try:
+        log = run_dir / "supervisord.log"
+        log.write_text("2026-01-01 00:00:00,000 WARN stopped: store (exit status 4)\n")  # before
+
+        def fake_supervisord(argv: list[str]) -> None:
+            with log.open("a") as out:
+                for line in stop_lines:
+                    out.write(f"2026-01-02 00:00:00,000 WARN {line}\n")
+
+        monkeypatch.setenv("RUN_DIR", str(run_dir))
+        monkeypatch.setattr(supervise.supervisord, "main", fake_supervisord)
+        assert supervise.main() == status
+        printed = [json.loads(line) for line in capfd.readouterr().out.splitlines()]
+        if not unclean:
+            assert printed == []
+            return
+        [line] = printed
+        assert line["event"] == "run_stopped" and line["level"] == "critical"
+        assert line["program"] == unclean[0]["program"] and line["unclean"] == unclean
+        assert unclean[0]["ended"] in line["reason"]
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
