@@ -80,12 +80,20 @@ STORE_STATUS: dict[type[store_errors.StoreError], tuple[int, str]] = {
     store_errors.RecordTooLarge: (413, "RECORD_TOO_LARGE"),
     store_errors.ValidationFailed: (422, "VALIDATION_ERROR"),
     store_errors.MemoryLimit: (507, "INSUFFICIENT_STORAGE"),
+    store_errors.PersistenceError: (503, "PERSISTENCE_ERROR"),  # before its base class
     store_errors.StoreUnavailable: (503, "STORE_UNAVAILABLE"),
     store_errors.StoreBusy: (503, "STORE_BUSY"),
     store_errors.StoreTimeout: (504, "STORE_TIMEOUT"),
 }
 # The 503s that carry Retry-After: the store cannot take the request now, but will.
 _RETRY_LATER: dict[type[store_errors.StoreError], tuple[str, str]] = {
+    # Before StoreUnavailable, which it is a kind of: the store answered, and "retry shortly"
+    # would send an operator after an outage rather than a full disk (QA).
+    store_errors.PersistenceError: (
+        "PERSISTENCE_ERROR",
+        "The store cannot write to its data directory (disk full or an I/O error): writes and"
+        " snapshots are refused until it can; reads go on",
+    ),
     store_errors.StoreUnavailable: ("STORE_UNAVAILABLE", "The store is unavailable; retry shortly"),
     store_errors.StoreBusy: (
         "STORE_BUSY",

@@ -83,6 +83,8 @@ def status_of(exc: StoreError) -> tuple[int, str]:
 
 def stopped_because(exc: StoreError) -> str:
     # Not the store client's own message for these: it may name the socket path.
+    if isinstance(exc, PersistenceError):
+        return "the store could not write its data directory (disk full?)"
     if isinstance(exc, StoreUnavailable):
         return "the store became unavailable"
     if isinstance(exc, StoreTimeout):

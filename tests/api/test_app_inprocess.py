@@ -87,6 +87,12 @@ def use_store(app: FastAPI, store: ScriptedStore) -> ScriptedStore:
         (errors.LimitExceeded("too many"), 400, "LIMIT_EXCEEDED"),
         (errors.MemoryLimit("full"), 507, "INSUFFICIENT_STORAGE"),
         (errors.StoreUnavailable("down"), 503, "STORE_UNAVAILABLE"),
+        # QA: a full disk read as an outage ("retry shortly") to whoever asked for a snapshot
+        (
+            errors.PersistenceError("cannot write the snapshot: disk full?"),
+            503,
+            "PERSISTENCE_ERROR",
+        ),
         (errors.StoreBusy("queue full", {"max": 1024}), 503, "STORE_BUSY"),
         (errors.StoreTimeout("slow"), 504, "STORE_TIMEOUT"),
         (errors.InternalError("secret internals"), 500, "INTERNAL_ERROR"),
