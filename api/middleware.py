@@ -153,6 +153,16 @@ CLIENT_LEFT = "memdb.client_left"
 """Scope key set by ``api.errors`` when the client left while its body was read."""
 
 
+LOGGED_PATH_CHARS = 1024
+"""A path in log lines is cut past this (the request target may be 16 KiB, on every line)."""
+
+
+def logged_path(path: str) -> str:
+    if len(path) <= LOGGED_PATH_CHARS:
+        return path
+    return f"{path[:LOGGED_PATH_CHARS]}… ({len(path)} characters)"
+
+
 def log_access(scope: Scope, status: int, started: float, error: str | None) -> None:
     """The request's one access line (method, path and request id come from the context)."""
     client = scope.get("client")
@@ -205,7 +215,7 @@ class RequestIdMiddleware:
         started = time.perf_counter()
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(
-            request_id=request_id, method=scope["method"], path=scope["path"]
+            request_id=request_id, method=scope["method"], path=logged_path(scope["path"])
         )
         current_request_id.set(request_id)  # store calls carry it into slow-command log lines
         state = scope.setdefault("state", {})

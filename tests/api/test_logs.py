@@ -197,6 +197,22 @@ def test_access_line_fields_and_no_secrets(info_stack: Stack) -> None:
 
 
 @pytest.mark.integration
+def test_a_long_path_is_cut_in_the_log_lines(info_stack: Stack) -> None:
+    """QA: a 16,000-character path went whole into every line of its request (16 KB each)."""
+    path = "/garbage/" + "x" * 12_000
+    with httpx.Client(base_url=info_stack.base_url, timeout=10.0) as client:
+        start = quiet_offset(info_stack)
+        response = client.get(path, headers={"X-Request-ID": "rid-long"})
+    assert response.status_code == 404
+    records = wait_for_records(
+        api_log(info_stack), lambda found: bool(access_lines(found, {"rid-long"})), start
+    )
+    (access,) = access_lines(records, {"rid-long"})
+    assert access["path"] == path[:1024] + f"… ({len(path)} characters)"
+    assert access["status"] == 404
+
+
+@pytest.mark.integration
 def test_every_line_of_a_request_carries_its_id(info_stack: Stack) -> None:
     """With the store down, /ready logs a warning and the access line: both with the id."""
     path = api_log(info_stack)
