@@ -6,11 +6,34 @@ pieces would interleave with another process's line and stop being JSON.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+from typing import Any
 
 import orjson
 import structlog
+
+
+class _LineLogger(structlog.BytesLogger):
+    """A line it cannot write (stdout closed: the supervisor that read it is gone) is dropped
+    instead of raising into the command, or the stop, that logged it: a store whose
+    supervisord was killed still writes its final snapshot."""
+
+    def msg(self, message: bytes) -> None:
+        with contextlib.suppress(OSError):
+            super().msg(message)
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
+
+
+class _LineLoggerFactory:
+    def __init__(self, file: Any) -> None:
+        self._file = file
+
+    def __call__(self, *args: Any) -> _LineLogger:
+        return _LineLogger(self._file)
 
 
 def configure_logging(level: str = "INFO", *, process: str = "store") -> None:
@@ -23,7 +46,7 @@ def configure_logging(level: str = "INFO", *, process: str = "store") -> None:
             structlog.processors.JSONRenderer(serializer=orjson.dumps),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
-        logger_factory=structlog.BytesLoggerFactory(sys.stdout.buffer),
+        logger_factory=_LineLoggerFactory(sys.stdout.buffer),
         cache_logger_on_first_use=True,
     )
     structlog.contextvars.bind_contextvars(process=process)

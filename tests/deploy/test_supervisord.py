@@ -342,3 +342,47 @@ def test_a_stop_that_did_not_end_cleanly_ends_make_run_with_run_stopped(
         assert unclean[0]["ended"] in line["reason"]
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def test_a_killed_supervisord_stops_its_programs_and_the_store_keeps_its_data(
+    make_run: list[MakeRun],
+) -> None:
+    """QA: `kill -9` of supervisord left the store and gunicorn running, unsupervised, and the
+    next `make run` found the store's socket taken. Now each gets SIGTERM (die_with_parent.py)
+    and stops as on Ctrl-C: the store's final snapshot keeps what was written."""
+    run = start_make_run()
+    make_run.append(run)
+    run.wait_ready()
+    children = run.children()
+    store = run.store_pid()
+    with httpx.Client(base_url=f"http://127.0.0.1:{run.port}", timeout=10.0) as http:
+        token = http.post(
+            "/api/v1/auth/token",
+            data={"username": "admin@example.com", "password": "dev-only-admin-password"},
+        ).json()["access_token"]
+        created = http.post(
+            "/api/v1/data/kept",
+            json={"data": {"n": 1}},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert created.status_code == 201, created.text
+    supervisord = int((run.run_dir / "supervisord.pid").read_text())
+    os.kill(supervisord, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in children):
+        time.sleep(0.2)
+    left = [pid for pid in children if Path(f"/proc/{pid}").exists()]
+    assert left == [], f"still running: {left}"
+    assert store in children
+    run.process.wait(30)
+
+    again = start_make_run(run.run_dir)  # same RUN_DIR and data directory: not in use
+    make_run.append(again)
+    again.wait_ready()
+    with httpx.Client(base_url=f"http://127.0.0.1:{again.port}", timeout=10.0) as http:
+        token = http.post(
+            "/api/v1/auth/token",
+            data={"username": "admin@example.com", "password": "dev-only-admin-password"},
+        ).json()["access_token"]
+        listed = http.get("/api/v1/data/kept", headers={"Authorization": f"Bearer {token}"})
+    assert listed.status_code == 200 and listed.json()["meta"]["total"] == 1

@@ -1,0 +1,43 @@
+"""Run a command that stops when its parent dies: supervisord's programs under `make run`.
+
+supervisord killed with SIGKILL left the store and gunicorn running, unsupervised and with
+nowhere to log, and the next `make run` found the store's socket taken (QA). Linux's
+``PR_SET_PDEATHSIG`` sends this process SIGTERM when its parent (supervisord) dies, and it
+survives the ``exec`` below, so the store (or gunicorn's master) stops as on any stop: the
+store writes its final snapshot, gunicorn drains. Their lines of that stop are lost, as their
+output went through supervisord. Where ``prctl`` does not exist, the command just runs.
+
+    python deploy/die_with_parent.py PROGRAM [ARGS...]
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    parent = os.getppid()
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux: nothing to set
+        return
+    if prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        return
+    if os.getppid() != parent:  # the parent died before the setting took: no signal will come
+        sys.exit(0)
+
+
+def main(argv: list[str]) -> None:
+    if not argv:
+        sys.exit("usage: die_with_parent.py PROGRAM [ARGS...]")
+    die_with_parent()
+    os.execv(argv[0], argv)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
