@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from .client import StoreClient
-from .datadir import DIR_MODE, DataDir
+from .datadir import DataDir
 from .errors import StoreError
-from .logfile import FILE_MODE, CorruptData
+from .logfile import DIR_MODE, FILE_MODE, CorruptData
 from .snapshots import read_snapshot
 
 

@@ -35,14 +35,13 @@ from typing import Any
 import structlog
 
 from .journal import REPLAY_ERRORS, unreadable_entry
-from .logfile import _ENTRY, FILE_MODE, SNAPSHOT, CorruptData, EntryReader, TornTail
+from .logfile import _ENTRY, DIR_MODE, FILE_MODE, SNAPSHOT, CorruptData, EntryReader, TornTail
 from .protocol import unpack_value
 from .snapshots import read_snapshot
 
 log = structlog.get_logger("storeserver.datadir")
 
 LOCK = "store.lock"
-DIR_MODE = 0o700
 
 
 class DataDirBusy(RuntimeError):

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from .snapshots import write_snapshot
+from .snapshots import ensure_snapshot_dir, write_snapshot
 
 if TYPE_CHECKING:
     from .durability import Durability
@@ -51,6 +51,7 @@ def write_final_snapshot(durability: Durability, generation: int) -> int:
     deadline: float | None = None
     while True:
         try:
+            ensure_snapshot_dir(durability.dir.snapshot)
             return write_snapshot(
                 durability.dir.snapshot, generation, durability.engine.iter_state()
             )

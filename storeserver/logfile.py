@@ -37,6 +37,7 @@ longer one (``encode_entry`` refuses it). The reader took at most 1 GiB, which a
 1,000 records of 1.1 MB each passed: written, then refused at start (the store could not
 start again)."""
 FILE_MODE = 0o600
+DIR_MODE = 0o700
 
 
 class CorruptData(RuntimeError):

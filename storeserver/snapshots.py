@@ -32,8 +32,18 @@ import orjson
 import structlog
 
 from .journal import REPLAY_ERRORS, unreadable_entry
-from .logfile import FILE_MODE, CorruptData, encode_body, encode_packed, fsync_dir, read_entries
+from .logfile import (
+    DIR_MODE,
+    FILE_MODE,
+    CorruptData,
+    encode_body,
+    encode_packed,
+    fsync_dir,
+    read_entries,
+)
 from .protocol import pack_value
+
+log = structlog.get_logger("storeserver.snapshots")
 
 SNAPSHOT_CHUNK = 1000  # changes per snapshot entry at most
 SNAPSHOT_CHUNK_BYTES = 64 << 20
@@ -72,6 +82,16 @@ def read_snapshot(path: Path, apply: Any) -> tuple[int, int]:
             " copy; refusing to start on part of the data. Restore it from a backup."
         )
     return generation, count
+
+
+def ensure_snapshot_dir(path: Path) -> None:
+    """Make the data directory again if it was removed under the running store (its open log
+    then goes to a removed file), so a snapshot keeps what memory holds instead of failing:
+    the stop's final one left nothing on disk (QA). Called in the store, not a forked child,
+    which does not log."""
+    if not path.parent.is_dir():
+        path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        log.warning("data_dir_recreated", path=str(path.parent))
 
 
 def write_snapshot(path: Path, generation: int, state: Iterable[tuple[Any, ...]]) -> int:
@@ -137,6 +157,7 @@ def fork_snapshot(path: Path, generation: int, state: Iterable[tuple[Any, ...]])
     collector walks, and thereby copies, the shared pages. The parent stays frozen: the store
     keeps its records out of the collector anyway (``collector.Freezer``).
     """
+    ensure_snapshot_dir(path)
     gc.freeze()
     pid = os.fork()
     if pid == 0:  # child: no event loop, no logging, no atexit: write and leave

@@ -207,3 +207,41 @@ async def test_after_a_recovery_nothing_is_unsaved_and_a_failed_stop_does_not_wa
         dur.close()
     assert not [e for e in logs if e["log_level"] == "critical"]
     assert on_disk(server) == ["r0", "r1"]
+
+
+async def test_a_data_directory_removed_while_running_is_made_again_at_the_stop(
+    store_process, tmp_path
+) -> None:
+    """QA: with the data directory removed under a running store, writes went to a removed
+    log and the final snapshot failed (ENOENT): everything was gone at the next start, and the
+    stop line said the logs held every write. The snapshot now makes the directory again."""
+    data = tmp_path / "data"
+    proc = store_process(STORE_DATA_DIR=str(data), STORE_FSYNC="always")
+
+    async def write(ids: list[str]) -> None:
+        client = StoreClient(proc.address, timeout=10.0)
+        await client.connect()
+        try:
+            for rid in ids:
+                await client.call("insert", {"table": "t", "record": {"id": rid}})
+        finally:
+            await client.close()
+
+    await write(["before"])
+    for path in sorted(data.rglob("*"), reverse=True):
+        path.rmdir() if path.is_dir() else path.unlink()
+    data.rmdir()
+    await write(["after"])
+    assert proc.stop() == 0, proc.output()
+    assert oct(data.stat().st_mode & 0o777) == "0o700"
+    lines = [json.loads(line) for line in proc.output().splitlines() if line.startswith("{")]
+    assert any(line["event"] == "data_dir_recreated" for line in lines), lines
+
+    again = store_process(STORE_DATA_DIR=str(data))
+    client = StoreClient(again.address, timeout=10.0)
+    await client.connect()
+    try:
+        found = await client.call("find", {"table": "t"})
+    finally:
+        await client.close()
+    assert sorted(r["id"] for r in found["items"]) == ["after", "before"]
