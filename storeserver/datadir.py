@@ -66,6 +66,8 @@ class DataDir:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        if root.exists() and not root.is_dir():  # mkdir's own error read "File exists" only
+            raise NotADirectoryError(f"STORE_DATA_DIR {root} is a file, not a directory")
         root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         self.snapshot = root / SNAPSHOT
 

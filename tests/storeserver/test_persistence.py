@@ -556,3 +556,11 @@ def test_the_snapshot_child_keeps_no_inherited_descriptor(tmp_path):
         listener.close()
     [entry] = read_entries(tmp_path / "snapshot.mdb", allow_torn_tail=False)
     assert entry[1] == ["put", "t", {"id": "closed"}]
+
+
+def test_a_data_directory_that_is_a_file_is_named_as_such(tmp_path):
+    """QA: the refusal read only "[Errno 17] File exists"."""
+    in_the_way = tmp_path / "data"
+    in_the_way.write_text("not a directory")
+    with pytest.raises(NotADirectoryError, match=r"STORE_DATA_DIR .*data is a file"):
+        DataDir(in_the_way)
