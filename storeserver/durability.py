@@ -22,7 +22,7 @@ from .datadir import DataDir, LoadReport
 from .errors import PersistenceError, StoreError
 from .finalsnapshot import write_final_snapshot
 from .logfile import AppendLog, fsync_dir
-from .snapshots import fork_snapshot
+from .snapshots import ensure_snapshot_dir, fork_snapshot
 from .writepath import WritePath
 
 log = structlog.get_logger("storeserver.durability")
@@ -201,6 +201,7 @@ class Durability(WritePath):
         old = self.log
         generation = old.generation
         try:
+            ensure_snapshot_dir(self.dir.snapshot)  # removed meanwhile: the new log goes there
             self.log = AppendLog(self.dir.log_path(generation + 1), generation + 1)
             fsync_dir(self.dir.root)
         except OSError as exc:

@@ -52,11 +52,13 @@ def job_response(job: Job, status_code: int = 200) -> Response:
     response_model=ListEnvelope[JobPublic],
     responses=error_responses(400),
     summary="List jobs",
-    dependencies=[only_params("state")],
 )
 async def list_jobs(
     jobs: JobsDep,
     caller: CurrentUser,
+    # After ``caller``: a caller without a token gets the 401 before any word about the query
+    # (a route's ``dependencies=`` would run first).
+    _known: Annotated[None, only_params("state")],
     page: PageParams,
     state: Annotated[
         Literal["queued", "running", "succeeded", "failed", "cancelled"] | None,

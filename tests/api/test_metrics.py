@@ -102,7 +102,7 @@ async def test_with_a_metrics_token_a_scrape_without_it_is_refused_before_any_wo
     """QA: the series name every table (admin-only ones too) with its rows, to anyone; and a
     scrape costs a store call. METRICS_TOKEN closes it: 401 in the envelope, no store call."""
     store = ScriptedStore(STATS)
-    app = create_app(Settings(metrics_token="scrape-token-for-tests"))
+    app = create_app(Settings(metrics_token=" scrape-token-for-tests\n"))  # as read from a file
     app.dependency_overrides[get_store] = lambda: store
     headers = {} if sent is None else {"Authorization": sent}
     async with in_process(app) as client:

@@ -218,12 +218,15 @@ async def test_a_data_directory_removed_while_running_is_made_again_at_the_stop(
     data = tmp_path / "data"
     proc = store_process(STORE_DATA_DIR=str(data), STORE_FSYNC="always")
 
-    async def write(ids: list[str]) -> None:
+    async def write(ids: list[str], snapshot: bool = False) -> None:
         client = StoreClient(proc.address, timeout=10.0)
         await client.connect()
         try:
             for rid in ids:
                 await client.call("insert", {"table": "t", "record": {"id": rid}})
+            if snapshot:  # a background snapshot makes it again too (its new log goes there)
+                info = await client.call("snapshot", {})
+                assert info["path"] == str(data / "snapshot.mdb")
         finally:
             await client.close()
 
@@ -231,7 +234,11 @@ async def test_a_data_directory_removed_while_running_is_made_again_at_the_stop(
     for path in sorted(data.rglob("*"), reverse=True):
         path.rmdir() if path.is_dir() else path.unlink()
     data.rmdir()
-    await write(["after"])
+    await write(["after"], snapshot=True)
+    for path in sorted(data.rglob("*"), reverse=True):
+        path.rmdir() if path.is_dir() else path.unlink()
+    data.rmdir()
+    await write(["later"])
     assert proc.stop() == 0, proc.output()
     assert oct(data.stat().st_mode & 0o777) == "0o700"
     lines = [json.loads(line) for line in proc.output().splitlines() if line.startswith("{")]
@@ -244,4 +251,4 @@ async def test_a_data_directory_removed_while_running_is_made_again_at_the_stop(
         found = await client.call("find", {"table": "t"})
     finally:
         await client.close()
-    assert sorted(r["id"] for r in found["items"]) == ["after", "before"]
+    assert sorted(r["id"] for r in found["items"]) == ["after", "before", "later"]
