@@ -64,12 +64,13 @@ class Pace:
             yield
     """
 
-    __slots__ = ("began", "most", "rows")
+    __slots__ = ("began", "most", "rows", "step_began")
 
     def __init__(self, most: int = CHUNK) -> None:
         self.most = most
         self.rows = 1
         self.began = 0.0
+        self.step_began = time.perf_counter()
 
     def slices(self, total: int) -> Iterator[tuple[int, int]]:
         start = 0
@@ -78,6 +79,11 @@ class Pace:
             self.began = time.perf_counter()
             yield start, end
             start = end
+
+    def next_end(self, start: int, total: int) -> int:
+        """The end of the slice from ``start``: ``slices`` for a job that keeps its place."""
+        self.began = time.perf_counter()
+        return min(total, start + self.rows)
 
     def measure(self) -> None:
         """Size the next slice from the time since this one was handed out."""
@@ -88,12 +94,14 @@ class Pace:
             self.rows = max(1, min(self.most, int(self.rows * STEP_SECONDS / took)))
 
     def due(self) -> bool:
-        """Whether the step begun at the last slice has run ``STEP_SECONDS`` (for loops that
-        yield item by item rather than by slice)."""
-        return time.perf_counter() - self.began >= STEP_SECONDS
+        """Whether the step begun at the last ``restart`` has run ``STEP_SECONDS``: for loops
+        that yield when a step's time is up rather than after every slice (a merge, item by
+        item; metrics fed many small groups, a slice each)."""
+        return time.perf_counter() - self.step_began >= STEP_SECONDS
 
     def restart(self) -> None:
-        self.began = time.perf_counter()
+        """A step begins (after a yield)."""
+        self.step_began = time.perf_counter()
 
 
 def run_steps(steps: Generator[None, None, T]) -> T:
@@ -260,6 +268,7 @@ class SchemaCheck(Job):
         self.force = force
         self.ids = list(table.rows)
         self.pos = 0
+        self.pace = Pace()  # a row's check can cost up to schemas.MAX_STEPS keywords
         self.written: set[str] = set()
         self.bad: dict[str, list[dict[str, Any]]] = {}  # id -> errors (all violating rows' ids)
         table.watchers = (*table.watchers, self)
@@ -280,11 +289,12 @@ class SchemaCheck(Job):
 
     def step(self) -> bool:
         rows, ids = self.table.rows, self.ids
-        end = min(self.pos + CHUNK, len(ids))
+        end = self.pace.next_end(self.pos, len(ids))
         for i in range(self.pos, end):
             record = rows.get(ids[i])
             if record is not None:
                 self._check(record)
+        self.pace.measure()
         self.pos = end
         if end < len(ids):
             return False

@@ -19,10 +19,11 @@ progress (``builds.ChunkedRead``) finish on the rows they started with.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from storeserver.arguments import Args, check_keys, optional_bool, table_name
-from storeserver.builds import CHUNK, IndexBuild, Job, SchemaCheck
+from storeserver.builds import CHUNK, STEP_SECONDS, IndexBuild, Job, SchemaCheck
 from storeserver.catalog import TableSpec, check_index_room
 from storeserver.errors import BadRequest, Conflict
 from storeserver.query import check_field
@@ -51,6 +52,9 @@ class TableDefinitions:
         self._writer = writer
         self.audit = audit
         self._scans = scans
+        self.spill = False
+        """``set_schema`` over few rows goes on as a job once it has run ``STEP_SECONDS``
+        (``Engine.spill_reads``: a server's)."""
 
     def create_table(self, args: Args) -> dict[str, bool]:
         check_keys(args, _CREATE_TABLE_ARGS)
@@ -185,7 +189,12 @@ class TableDefinitions:
         check.context = self.audit.context
         if len(table.rows) > CHUNK:
             return check
-        check.step()  # one chunk covers the table (a new, empty table cannot fail the check)
+        # At once while it is quick (a new, empty table cannot fail the check); a schema
+        # costly to check (up to MAX_STEPS keywords a row) goes on a row or so per step.
+        deadline = time.perf_counter() + STEP_SECONDS
+        while not check.step():
+            if self.spill and time.perf_counter() >= deadline:
+                return check
         return self._attach_schema(check)
 
     def _attach_schema(self, check: SchemaCheck) -> dict[str, Any]:

@@ -310,9 +310,11 @@ class Engine:
         return None if record is None else (record, table.hidden)
 
     def spill_reads(self) -> None:
-        """Let a read over few rows that turns out slow go on as a job (``builds.spill``): for
-        a server, whose scheduler steps jobs; a direct caller keeps getting answers."""
+        """Let a read over few rows (or a ``set_schema``) that turns out slow go on as a job
+        (``builds.spill``): for a server, whose scheduler steps jobs; a direct caller keeps
+        getting answers."""
         self._reader.spill = True
+        self._definitions.spill = True
 
     def advance(self, job: Job) -> tuple[bool, Any]:
         """Run one step of a long command: ``(False, None)``, or ``(True, its result)``."""
