@@ -7,23 +7,23 @@ STAMP := $(VENV)/.installed-stamp
 
 # Settings of `make run` (and `make backup`, which talks to the store it runs). Not exported
 # globally: tests start their own processes with their own settings.
-# $(call default,NAME,VALUE) is NAME ?= VALUE where an empty NAME (`STORE_DATA_DIR= make run`,
-# from the environment or the command line) counts as unset too, as every setting's does in
-# the docs: `?=` kept it empty (QA: the store then ran without persistence, and an empty
-# RUN_DIR put the socket, metrics and supervisord's files at /).
-default = $(if $(strip $($(1))),,$(eval override $(1) := $(2)))
-$(call default,PORT,8000)
-$(call default,WEB_CONCURRENCY,2)
-$(call default,GRACEFUL_TIMEOUT,30)
+# Each is NAME ?= VALUE where an empty NAME (`STORE_DATA_DIR= make run`, from the environment or
+# the command line) counts as unset too, as every setting's does in the docs: `?=` kept it
+# empty (QA: the store then ran without persistence, and an empty RUN_DIR put the socket,
+# metrics and supervisord's files at /). No $(eval): it would read a `#` in a path as a comment.
+or_default = $(if $(strip $($(1))),$($(1)),$(2))
+override PORT := $(call or_default,PORT,8000)
+override WEB_CONCURRENCY := $(call or_default,WEB_CONCURRENCY,2)
+override GRACEFUL_TIMEOUT := $(call or_default,GRACEFUL_TIMEOUT,30)
 # Run-time files: supervisord's log and pid file, the store's socket, job results, metrics
 # (deploy/supervise.py creates the directory, or refuses one it cannot use in one JSON line).
-$(call default,RUN_DIR,$(CURDIR)/run)
-$(call default,STORE_SOCKET,$(RUN_DIR)/store.sock)
-$(call default,STORE_DATA_DIR,$(CURDIR)/data)
-$(call default,STORE_FSYNC,everysec)
-$(call default,ENV,development)
+override RUN_DIR := $(call or_default,RUN_DIR,$(CURDIR)/run)
+override STORE_SOCKET := $(call or_default,STORE_SOCKET,$(RUN_DIR)/store.sock)
+override STORE_DATA_DIR := $(call or_default,STORE_DATA_DIR,$(CURDIR)/data)
+override STORE_FSYNC := $(call or_default,STORE_FSYNC,everysec)
+override ENV := $(call or_default,ENV,development)
 # Prometheus multiprocess files of the gunicorn workers (emptied at each start by the entrypoint).
-$(call default,PROMETHEUS_MULTIPROC_DIR,$(RUN_DIR)/prometheus)
+override PROMETHEUS_MULTIPROC_DIR := $(call or_default,PROMETHEUS_MULTIPROC_DIR,$(RUN_DIR)/prometheus)
 # supervisord's wait before it SIGKILLs the API: the drain plus a margin.
 RUN_ENV = PORT=$(PORT) HOST=$(HOST) WEB_CONCURRENCY=$(WEB_CONCURRENCY) RUN_DIR=$(RUN_DIR) \
 	GRACEFUL_TIMEOUT=$(GRACEFUL_TIMEOUT) API_STOP_SECONDS=$(shell expr $(GRACEFUL_TIMEOUT) + 10 2>/dev/null || echo 40) \
