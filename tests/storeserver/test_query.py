@@ -24,6 +24,7 @@ from storeserver.query import (
     values_equal,
 )
 from tests.storeserver.reference import ref_cmp, ref_eq
+from tests.support.calls import count_calls
 
 # -- a reference order, written independently of query.sort_key -----------------------------
 
@@ -238,21 +239,13 @@ def test_contains_keys_its_operand_once(monkeypatch: pytest.MonkeyPatch) -> None
     against a 5,000-key map held the loop 4.9 s). Counted in calls, not timed."""
     from storeserver import query
 
-    calls = 0
-    real = query.index_key
-
-    def counting(value: Any) -> Any:
-        nonlocal calls
-        calls += 1
-        return real(value)
-
-    monkeypatch.setattr(query, "index_key", counting)
+    keyed = count_calls(monkeypatch, query, "index_key")
     operand = {f"k{n}": n for n in range(500)}
     predicate = compile_predicate([Condition("a", "contains", operand)])
     assert predicate is not None
     assert not predicate({"a": list(range(500))})  # no item of its kind: none keyed
     assert predicate({"a": [*range(500), dict(operand)]})
-    assert calls < 2_000  # the operand once, the one map item once (each with its 500 values)
+    assert keyed.calls < 2_000  # the operand once, the one map item once (each with its 500 values)
 
 
 def test_casefold_fields_compare_equality_ignoring_case() -> None:

@@ -19,6 +19,7 @@ from storeserver.errors import BadRequest, Conflict, ValidationFailed
 from storeserver.protocol import encode_result
 from storeserver.schemakeywords import RecordValidator
 from storeserver.schemas import MAX_SCHEMA_DEPTH, TableSchema
+from tests.support.calls import count_calls
 
 
 def nested(levels: int, wrap: Any) -> dict[str, Any]:
@@ -556,15 +557,7 @@ def test_enum_keeps_jsonschemas_equality(value: Any, valid: bool) -> None:
 def test_enum_keys_its_values_once_not_at_every_check(monkeypatch: pytest.MonkeyPatch) -> None:
     """Review: jsonschema compared the value with each of 19,000 codes in Python (and quoted
     them all when none matched): ~20 ms per check. Counted in keys made, not timed."""
-    calls = 0
-    real = schemakeywords.index_key
-
-    def counting(value: Any) -> Any:
-        nonlocal calls
-        calls += 1
-        return real(value)
-
-    monkeypatch.setattr(schemakeywords, "index_key", counting)
+    keyed = count_calls(monkeypatch, schemakeywords, "index_key")
     codes = [f"code-{n}" for n in range(19_000)]
     schema = TableSchema.parse({"properties": {"c": {"enum": codes}}})
     for n in range(100):
@@ -572,4 +565,4 @@ def test_enum_keys_its_values_once_not_at_every_check(monkeypatch: pytest.Monkey
     [error] = schema.errors({"c": "nope"})
     assert error["message"].startswith("'nope' is not one of ['code-0',")
     assert len(error["message"]) < 200
-    assert calls < 19_000 + 200
+    assert keyed.calls < 19_000 + 200
