@@ -20,8 +20,9 @@ sends its reply. A job sees writes made meanwhile through ``Table.watchers``:
   rows as fit ``STEP_SECONDS``, up to ``CHUNK``. A read over fewer rows runs at once, unless
   it is still running after ``STEP_SECONDS``: then the server lets it go on as a job
   (``spill``).
-- ``SchemaCheck`` validates ``CHUNK`` rows per step and re-validates, at the end, rows
-  written meanwhile.
+- ``SchemaCheck`` validates as many rows per step as fit ``STEP_SECONDS`` (``Pace``: one
+  row's check can cost up to ``schemas.MAX_STEPS`` keywords) and re-validates, at the end,
+  rows written meanwhile.
 - ``bulk.BulkWrite`` (``update_where``/``delete_where`` over many rows) selects ``CHUNK``
   rows per step, tests the rows written meanwhile again at the end, and changes them all in
   its last step.
