@@ -163,7 +163,7 @@ def _scraper_allowed(request: Request, token: SecretStr | None) -> bool:
         return True
     sent = request.headers.get("authorization", "")
     scheme, _, credentials = sent.partition(" ")
-    expected = token.get_secret_value().strip().encode()  # as the sent one is read
+    expected = token.get_secret_value().encode()  # stripped by Settings, as the sent one is
     return scheme.lower() == "bearer" and hmac.compare_digest(
         credentials.strip().encode(), expected
     )

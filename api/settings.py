@@ -162,6 +162,15 @@ class Settings(BaseSettings):
     def lower_log_level(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
 
+    @field_validator("metrics_token", mode="before")
+    @classmethod
+    def blank_token_is_unset(cls, value: object) -> object:
+        """Surrounding whitespace is not part of the token (a line read from a file), and a
+        blank one is unset, as an empty one is: it made ``Bearer`` with no token pass (QA)."""
+        if isinstance(value, str):
+            return value.strip() or None
+        return value
+
     @property
     def is_production(self) -> bool:
         return self.env == "production"

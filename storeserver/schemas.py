@@ -49,7 +49,7 @@ from referencing import Registry
 
 from storeserver.errors import BadRequest, LimitExceeded, ValidationFailed
 from storeserver.records import META_FIELDS, decimal_problem
-from storeserver.schemakeywords import STEPS, CheckTooCostly, RecordValidator
+from storeserver.schemakeywords import INSTANCE_KEYS, STEPS, CheckTooCostly, RecordValidator
 from storeserver.schemapatterns import SCHEMA_FORMATS
 from storeserver.schemarefs import check_references
 
@@ -237,6 +237,7 @@ class TableSchema:
         instance = {k: v for k, v in record.items() if k not in META_FIELDS}
         out = []
         STEPS.left = min(MAX_STEPS, BASE_STEPS + STEPS_PER_VALUE * _count_values(instance))
+        INSTANCE_KEYS.clear()
         try:
             for error in self.validator.iter_errors(instance):
                 out.append({"path": _path(error), "message": _message(error)})
@@ -251,6 +252,7 @@ class TableSchema:
         except Exception:  # never crash, never show Python's text: the log has it
             log.exception("schema_not_applicable")
             out.append({"path": [], "message": _NOT_APPLICABLE})
+        INSTANCE_KEYS.clear()  # holds parts of the record: not past its check
         return out
 
     def check(self, record: dict[str, Any], table: str) -> None:

@@ -96,8 +96,8 @@ _DESCRIPTIONS = {
     415: "The body is not JSON (application/json)",
     422: "Validation error; `details` lists each field and message",
     429: "Rate limited: see Retry-After and X-Rate-Limit-*",
-    503: "Store unavailable (`STORE_UNAVAILABLE`), or busy with long queries or downloads"
-    " (`STORE_BUSY`);"
+    503: "Store unavailable (`STORE_UNAVAILABLE`), busy with long queries or downloads"
+    " (`STORE_BUSY`), or unable to write its data directory (`PERSISTENCE_ERROR`: disk full);"
     " with Retry-After",
     504: "Store timeout",
     507: "Store memory limit reached; reads keep working",

@@ -118,6 +118,13 @@ async def test_with_a_metrics_token_a_scrape_without_it_is_refused_before_any_wo
         assert value(allowed.text, "memdb_store_table_rows", table="orders") == 5
 
 
+def test_a_blank_metrics_token_is_unset_not_an_empty_token() -> None:
+    """QA: "   " let `Authorization: Bearer` with no token scrape."""
+    assert Settings(metrics_token="   ").metrics_token is None
+    token = Settings(metrics_token=" t0ken-for-scrapes\n").metrics_token
+    assert token is not None and token.get_secret_value() == "t0ken-for-scrapes"
+
+
 async def test_requests_are_counted_by_route_template_and_status(
     http: tuple[httpx.AsyncClient, ScriptedStore],
 ) -> None:

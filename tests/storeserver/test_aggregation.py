@@ -177,3 +177,16 @@ def test_group_by_puts_equal_numbers_in_one_group_whatever_their_type() -> None:
         (Decimal(2 * p), 1),
         (2, 2),
     ]
+
+
+def test_a_decimal_sum_past_its_precision_is_the_same_however_it_is_sliced() -> None:
+    """QA: slices sized by time made one aggregate give three different sums: each slice was
+    summed apart, then added, each sum rounded to 60 digits. Now left to right from the
+    running total, wherever the slices fall."""
+    rows = [{"n": Decimal("1E+40")}] + [{"n": Decimal("1E-20")} for _ in range(2_000)]
+    metrics = [Metric("sum", "n", "s")]
+    totals = {
+        repr(run_steps(aggregate_steps([rows], [], metrics, rows_per_step)))
+        for rows_per_step in (1, 3, 64, 2_001, 10_000)
+    }
+    assert len(totals) == 1, totals
