@@ -17,6 +17,7 @@ from storeserver import builds, reads, selection
 from storeserver.builds import STEP_SECONDS, ChunkedRead
 from storeserver.client import StoreClient
 from storeserver.engine import Engine
+from storeserver.query import SortField
 from storeserver.selection import select_steps
 
 
@@ -173,3 +174,35 @@ def test_metrics_over_costly_values_go_on_as_a_job() -> None:
         steps += 1
     assert steps >= 3  # about a value per step
     assert job.result["items"][0]["top"][0] == 5
+
+
+def test_a_sorted_page_does_not_pick_its_best_again_at_every_step(
+    clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """QA: with a costly row per step, each step picked the page's best again from all kept:
+    rows x page comparisons of long keys (a 504 through the API). Counted in rows handed to
+    the picks, on the fake clock."""
+    picked = 0
+    real = selection.heapq.nsmallest
+
+    def counting(n: int, items: list[Any], key: Any) -> list[Any]:
+        nonlocal picked
+        picked += len(items)
+        return real(n, items, key=key)
+
+    monkeypatch.setattr(selection.heapq, "nsmallest", counting)
+
+    def costly(record: dict[str, Any]) -> bool:
+        clock.now += 2 * STEP_SECONDS  # one row per step
+        return True
+
+    candidates = [{"n": n % 10} for n in range(300)]
+    steps = select_steps(list(candidates), costly, [SortField("n", False)], False, 0, 100, 1_000)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            page, total = done.value
+            break
+    assert total == 300 and [r["n"] for r in page] == sorted(r["n"] for r in candidates)[:100]
+    assert picked < 3 * len(candidates)  # was ~300 x 100
