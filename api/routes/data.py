@@ -9,7 +9,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
-from api.conditions import WRITE_PRECONDITIONS
+from api.conditions import (
+    WRITE_PRECONDITIONS,
+    WriteConditions,
+    header_list,
+    parse_write_conditions,
+)
 from api.deps import (
     DataListQuery,
     Preconditions,
@@ -18,6 +23,8 @@ from api.deps import (
     require_admin,
     table_filter_query,
 )
+from api.errors import ApiError
+from api.etags import ANY
 from api.http_metrics import MeteredRoute
 from api.queries import ListQuery
 from api.responses import (
@@ -84,7 +91,15 @@ CountQuery = Annotated[ListQuery, Depends(table_filter_query())]
     responses={
         # Chosen at run time: a client generated from the document must expect it.
         200: {"model": CreatedRecords, "description": "`upsert=true` merged, created nothing"},
-        **error_responses(400, 409, 413, 415, 422, 507),
+        **error_responses(
+            400,
+            409,
+            413,
+            415,
+            422,
+            507,
+            described={412: "`upsert=true` with If-Match or If-None-Match that does not hold"},
+        ),
     },
     summary="Create a record, or many",
 )
@@ -102,9 +117,26 @@ async def create_record(
     one fails; the error names it); with `refs=true`, a record may take values of earlier ones
     (`{"$ref": "0.id"}`). `upsert=true` merges into records whose `id` exists (RFC 7386,
     version + 1; none for a record that already holds those values, counted in neither
-    `meta.inserted` nor `meta.updated`): the answer is 200 when nothing was created.
+    `meta.inserted` nor `meta.updated`): the answer is 200 when nothing was created. An upsert
+    of one record evaluates `If-None-Match: *` (create only; 412 if the id exists) and
+    `If-Match` (`W/"3"`, or `*`: merge only into the record at that version, or at any; 412 if
+    it is not there); other creates ignore both headers.
     """
+    conditions, match_any = None, False
+    if upsert:
+        conditions = await parse_write_conditions(request)
+        sent = header_list(request, "if-match")
+        match_any = sent is not None and sent.strip() == ANY
+        if not match_any and conditions == WriteConditions():
+            conditions = None
     if isinstance(body.data, list):
+        if conditions is not None or match_any:
+            raise ApiError(
+                400,
+                "BAD_REQUEST",
+                "If-Match and If-None-Match apply to an upsert of one record, not a list",
+                [{"field": "body.data", "message": "send one record, or no condition"}],
+            )
         written = await records.create_records(store, table, body.data, upsert, refs)
         meta = {"inserted": written.inserted, "updated": written.updated}
         headers = {"Cache-Control": DATA_CACHE_CONTROL}
@@ -112,7 +144,12 @@ async def create_record(
         body_out = {"status": "success", "data": written.records, "meta": meta}
         return json_response(body_out, status, headers)
     if upsert:
-        record, created = await records.upsert_record(store, table, body.data)
+        if conditions is not None or match_any:
+            record, created = await records.conditional_upsert(
+                store, table, body.data, conditions or WriteConditions(), match_any
+            )
+        else:
+            record, created = await records.upsert_record(store, table, body.data)
         status = 201 if created else 200
     else:
         record, status = await records.create_record(store, table, body.data), 201

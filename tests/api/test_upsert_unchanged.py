@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.support.factories import create_record, token
+from tests.support.factories import assert_error, create_record, token
 
 pytestmark = pytest.mark.integration
 
@@ -54,3 +54,42 @@ def test_a_single_upsert_error_is_the_single_inserts(client: httpx.Client, url: 
     assert answer.status_code == 422, answer.text
     assert error["details"] == [{"field": "body.data.a", "message": "'x' is not of type 'integer'"}]
     assert "record 0" not in error["message"]
+
+
+def test_an_upsert_evaluates_if_none_match_and_if_match(client: httpx.Client, url: str) -> None:
+    """QA: both headers were ignored, so the usual "create only if absent" idiom merged into
+    the record there. RFC 9110 §13.1: evaluated before the method acts."""
+    upsert = {"upsert": "true"}
+    absent = {"If-None-Match": "*"}
+    refused = client.post(url, params=upsert, headers=absent, json={"data": {"id": "u1", "a": 9}})
+    assert_error(refused, 412, "PRECONDITION_FAILED")
+    assert client.get(f"{url}/u1").json()["data"]["a"] == 1  # nothing written
+    made = client.post(url, params=upsert, headers=absent, json={"data": {"id": "u2", "a": 2}})
+    assert made.status_code == 201 and made.headers["etag"] == 'W/"1"'
+
+    stale = client.post(
+        url, params=upsert, headers={"If-Match": 'W/"7"'}, json={"data": {"id": "u1", "a": 9}}
+    )
+    assert_error(stale, 412, "PRECONDITION_FAILED")
+    merged = client.post(
+        url, params=upsert, headers={"If-Match": 'W/"1"'}, json={"data": {"id": "u1", "b": 2}}
+    )
+    assert merged.status_code == 200 and merged.json()["data"]["a"] == 1
+    assert merged.json()["data"]["b"] == 2 and merged.headers["etag"] == 'W/"2"'
+    for match in ("*", 'W/"1"'):  # If-Match on a record that is not there: nothing to merge
+        missing = client.post(
+            url, params=upsert, headers={"If-Match": match}, json={"data": {"id": "u9", "a": 1}}
+        )
+        assert_error(missing, 412, "PRECONDITION_FAILED")
+        assert client.get(f"{url}/u9").status_code == 404
+    not_at = client.post(
+        url, params=upsert, headers={"If-None-Match": 'W/"2"'}, json={"data": {"id": "u1", "c": 3}}
+    )
+    assert_error(not_at, 412, "PRECONDITION_FAILED")
+    assert_error(
+        client.post(url, params=upsert, headers=absent, json={"data": [{"id": "u5"}]}),
+        400,
+        "BAD_REQUEST",
+    )
+    plain = client.post(url, headers={"If-Match": 'W/"7"'}, json={"data": {"id": "u6"}})
+    assert plain.status_code == 201  # a create without upsert ignores both, as documented
