@@ -34,6 +34,7 @@ from api.schemas.auth import RefreshRequest, TokenResponse
 from api.schemas.envelope import error_responses
 from api.services import users
 from api.services.passwords import is_dev_admin_password
+from api.store import Store
 from storeserver.errors import NotFound
 
 router = APIRouter(route_class=MeteredRoute, prefix="/auth", tags=["auth"])
@@ -108,6 +109,17 @@ def too_many_attempts(
         f"Too many {what}; retry in {retry_after} s",
         headers={**shown, "Retry-After": retry_after},
     )
+
+
+async def limit_attempt(
+    request: Request, store: Store, kind: str, identity: str, what: str
+) -> None:
+    """Count one password-costing attempt of ``kind`` by ``identity`` against AUTH_RATE_LIMIT;
+    429 (``too_many_attempts``, naming ``what``) past it."""
+    limiter = login_limiter(request)
+    verdict = await limiter.hit(store, limiter.key(kind, identity))
+    if verdict is not None and not verdict.allowed:
+        raise too_many_attempts(verdict, what)
 
 
 @router.post(

@@ -122,15 +122,14 @@ async def create_record(
     `If-Match` (`W/"3"`, or `*`: merge only into the record at that version, or at any; 412 if
     it is not there); other creates ignore both headers.
     """
-    conditions, match_any = None, False
+    conditions, match_any = WriteConditions(), False
     if upsert:
         conditions = await parse_write_conditions(request)
         sent = header_list(request, "if-match")
         match_any = sent is not None and sent.strip() == ANY
-        if not match_any and conditions == WriteConditions():
-            conditions = None
+    conditional = match_any or conditions != WriteConditions()
     if isinstance(body.data, list):
-        if conditions is not None or match_any:
+        if conditional:
             raise ApiError(
                 400,
                 "BAD_REQUEST",
@@ -144,9 +143,9 @@ async def create_record(
         body_out = {"status": "success", "data": written.records, "meta": meta}
         return json_response(body_out, status, headers)
     if upsert:
-        if conditions is not None or match_any:
+        if conditional:
             record, created = await records.conditional_upsert(
-                store, table, body.data, conditions or WriteConditions(), match_any
+                store, table, body.data, conditions, match_any
             )
         else:
             record, created = await records.upsert_record(store, table, body.data)

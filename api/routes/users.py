@@ -32,7 +32,7 @@ from api.responses import (
     read_preconditions,
     record_response,
 )
-from api.routes.auth import login_limiter, too_many_attempts
+from api.routes.auth import limit_attempt
 from api.schemas.envelope import (
     NOT_MODIFIED,
     QUERY_MATCHED,
@@ -85,11 +85,8 @@ async def create_user(
         # Each registration hashes a password (bcrypt: a quarter second of a core), as a login
         # checks one: as many a minute per client address (AUTH_RATE_LIMIT), token or not. The
         # general limit follows a token's user, so each account held would add its own.
-        limiter = login_limiter(request)
-        key = limiter.key("register", counted_address(client_ip(request.scope)))
-        verdict = await limiter.hit(store, key)
-        if verdict is not None and not verdict.allowed:
-            raise too_many_attempts(verdict, "registrations")
+        address = counted_address(client_ip(request.scope))
+        await limit_attempt(request, store, "register", address, "registrations")
     user = await user_service.create_user(store, payload)
     location = request.app.url_path_for("read_user", user_id=user["id"])
     return record_response(request, user, status_code=201, location=location)
@@ -297,8 +294,5 @@ async def _check_sensitive_changes(
         )
     # A password guess, as at login: the same AUTH_RATE_LIMIT, per account (a stolen access
     # token must not try passwords at the general rate).
-    limiter = login_limiter(request)
-    verdict = await limiter.hit(store, limiter.key("password", user_id))
-    if verdict is not None and not verdict.allowed:
-        raise too_many_attempts(verdict, "password attempts")
+    await limit_attempt(request, store, "password", user_id, "password attempts")
     return payload.current_password
