@@ -179,6 +179,16 @@ def _described(char: str) -> str:
     return f"U+{ord(char):04X} {unicodedata.name(char, '')}".rstrip()
 
 
+def refuse_display_name(sent: object) -> object:
+    """An address alone: ``EmailStr`` also takes the display-name form (``Jo <jo@x.org>``,
+    ``<jo@x.org>``) and keeps only the address, so a client that sent a name would see it
+    dropped without a word. Angle brackets cannot appear in an unquoted address (and quoted
+    local parts are refused), so their presence is that form: 422."""
+    if isinstance(sent, str) and ("<" in sent or ">" in sent):
+        raise ValueError("give the address alone, without a display name or angle brackets")
+    return sent
+
+
 def refuse_lookalike_email(email: str) -> str:
     """An address as ``EmailStr`` normalized it (NFC; the domain lowercased, IDNA-decoded) that
     could not be taken for another: checked on every address a user is given, so that

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     EmailStr,
     Field,
@@ -22,14 +23,20 @@ from api.auth.passwordtext import (
     new_password_problem,
     password_forms,
 )
-from api.schemas.lookalikes import refuse_invisible_name, refuse_lookalike_email
+from api.schemas.lookalikes import (
+    refuse_display_name,
+    refuse_invisible_name,
+    refuse_lookalike_email,
+)
 
 Email = Annotated[
     EmailStr,
+    BeforeValidator(refuse_display_name),
     AfterValidator(refuse_lookalike_email),
     Field(
-        description="Unique, case-insensitively. Refused (422) if the local part or a domain"
-        " label holds characters that show nothing (format characters, variation selectors,"
+        description="Unique, case-insensitively. The address alone: the display-name form"
+        " (`Jo <jo@example.com>`) is refused (422), as is an address whose local part or"
+        " domain label holds characters that show nothing (format characters, variation selectors,"
         " Hangul fillers, blank Braille), combining marks on Latin, Cyrillic or Greek letters,"
         " compatibility characters (fullwidth, mathematical letters, ligatures), mixes"
         " scripts (Latin with Cyrillic or Greek; Latin with Han, Kana, Bopomofo or Hangul is"

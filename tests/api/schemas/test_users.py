@@ -238,3 +238,12 @@ def test_a_password_short_as_sent_but_long_enough_normalized_is_accepted() -> No
 def test_current_password_keeps_the_login_rule() -> None:
     """Only the bytes, as a login: a password set before the rules still signs in."""
     assert UserUpdate(current_password="short").current_password == "short"
+
+
+@pytest.mark.parametrize(
+    "email", ["Ada <ada@example.com>", "<ada@example.com>", "ada>@example.com"]
+)
+def test_the_display_name_form_is_refused_not_cut_to_the_address(email: str) -> None:
+    """EmailStr alone would keep ``ada@example.com`` and drop the name without a word."""
+    assert "without a display name" in email_error(email)
+    assert UserUpdate(email=" ada@example.com").email == "ada@example.com"

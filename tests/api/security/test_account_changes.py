@@ -290,6 +290,12 @@ def test_lookalike_addresses_are_refused_at_registration(anon: httpx.Client, ema
     assert_field_error(response, "body.email", "so the address could pass for another")
 
 
+def test_an_address_with_a_display_name_is_refused_at_registration(anon: httpx.Client) -> None:
+    """Not registered as its bare address, the name dropped without a word: 422 naming it."""
+    response = anon.post("/api/v1/users", json=user_payload(email="Ada <ada-dn@example.com>"))
+    assert_field_error(response, "body.email", "without a display name")
+
+
 # Each displays as admin@example.com (or example.com): invisible characters, blank ones, and
 # marks NFC could not compose on a Latin letter.
 INVISIBLE = [
