@@ -81,6 +81,7 @@ STORE_STATUS: dict[type[store_errors.StoreError], tuple[int, str]] = {
     store_errors.ValidationFailed: (422, "VALIDATION_ERROR"),
     store_errors.MemoryLimit: (507, "INSUFFICIENT_STORAGE"),
     store_errors.PersistenceError: (503, "PERSISTENCE_ERROR"),  # before its base class
+    store_errors.OutcomeUnknown: (503, "OUTCOME_UNKNOWN"),  # before its base class too
     store_errors.StoreUnavailable: (503, "STORE_UNAVAILABLE"),
     store_errors.StoreBusy: (503, "STORE_BUSY"),
     store_errors.StoreTimeout: (504, "STORE_TIMEOUT"),
@@ -172,8 +173,28 @@ def outage_warning(event: str) -> ThrottledWarning:
     return warning
 
 
+_OUTCOME_UNKNOWN = (
+    "The connection to the store was lost after this write was sent: it may have been"
+    " applied. Read the data before sending it again"
+)
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_TIMED_OUT = "The store did not answer in time"
+_WRITE_TIMED_OUT = (
+    "The store did not answer in time: this write may still have been applied. Read the data"
+    " before sending it again"
+)
+
+
 async def handle_store_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, store_errors.StoreError)
+    unknown = request.method not in _SAFE_METHODS and exc.details.get("outcome") == "unknown"
+    if unknown and isinstance(exc, store_errors.OutcomeUnknown):
+        # Not "retry shortly" and no Retry-After: a client that retried blindly could apply
+        # the write twice (QA: 4 of 450 writes cut off by a store crash had been applied).
+        # A GET's own store writes (a dump's cursor) change nothing the client asked for.
+        outage_warning("outcome_unknown")(detail=exc.message)
+        details = [{"reason": "outcome_unknown"}]
+        return error_response(request, 503, "OUTCOME_UNKNOWN", _OUTCOME_UNKNOWN, details)
     for cls, (code, message) in _RETRY_LATER.items():
         if isinstance(exc, cls):
             # The client's message may name the socket path: log it, don't send it.
@@ -182,7 +203,10 @@ async def handle_store_error(request: Request, exc: Exception) -> Response:
             return error_response(request, 503, code, message, headers={"Retry-After": retry_after})
     if isinstance(exc, store_errors.StoreTimeout):
         outage_warning("store_timeout")(detail=exc.message)
-        return error_response(request, 504, "STORE_TIMEOUT", "The store did not answer in time")
+        if unknown:
+            details = [{"reason": "outcome_unknown"}]
+            return error_response(request, 504, "STORE_TIMEOUT", _WRITE_TIMED_OUT, details)
+        return error_response(request, 504, "STORE_TIMEOUT", _TIMED_OUT)
     status_code, code = next(
         (found for cls, found in STORE_STATUS.items() if isinstance(exc, cls)),
         (500, "INTERNAL_ERROR"),

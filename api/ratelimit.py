@@ -26,7 +26,7 @@ import structlog
 from starlette.types import Scope
 
 from api.store import Store
-from storeserver.errors import StoreError, StoreTimeout
+from storeserver.errors import StoreError, StoreTimeout, StoreUnavailable
 
 log = structlog.get_logger("api.ratelimit")
 
@@ -103,6 +103,11 @@ async def rate_hit(store: Store, args: dict[str, object]) -> object:
     try:
         result: object = await store.call("rate_hit", args)
     except StoreError as exc:
+        if exc.details.get("outcome") == "unknown":
+            # A counter's hit, lost or unanswered: the request's own writes were not sent,
+            # so its answer must not say they may have been applied.
+            kind = StoreUnavailable if isinstance(exc, StoreUnavailable) else StoreTimeout
+            return kind(exc.message)
         return exc
     return result
 

@@ -21,7 +21,13 @@ Failure rules:
   ``long_timeout``, not ``timeout``: a timeout on a write leaves its outcome unknown, and such
   a write still lands after a short timeout.
   Writes are never retried once sent: the store may have applied them. A write that could not
-  be sent because there was no connection fails with ``StoreUnavailable`` and is not sent later.
+  be sent because there was no connection fails with ``StoreUnavailable`` and is not sent later;
+  one whose connection was lost after it was sent fails with ``OutcomeUnknown`` (a kind of
+  ``StoreUnavailable``), and a timed-out one with a ``StoreTimeout`` whose details say
+  ``{"outcome": "unknown"}``.
+- ``on_connect`` failing in any way (a store answering nonsense: a ``TypeError`` in it) fails
+  the connection attempt as ``StoreUnavailable``: the connection is closed and the next
+  attempt waits out the backoff.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from typing import Any
 
 import structlog
 
-from .clientconnection import ClientConnection
+from .clientconnection import READ_COMMANDS, ClientConnection
 from .errors import BadRequest, ProtocolError, StoreError, StoreUnavailable
 from .protocol import MAX_FRAME_SIZE, PROTOCOL_VERSION, Hello, encode, encode_request
 
@@ -58,11 +64,6 @@ Caller = Callable[[str, dict[str, Any]], Awaitable[Any]]
 OnConnect = Callable[[Caller], Awaitable[None]]
 
 CHUNKED_WRITES = frozenset({"create_index", "set_schema", "update_where", "delete_where"})
-READ_COMMANDS = frozenset(
-    {"ping", "get", "get_many", "find", "count", "join", "aggregate", "list_tables", "stats"}
-    | {"kv_get", "kv_get_many", "list_indexes", "audit_list", "describe"}
-    | {"scan_close"}  # changes no data and may be repeated: retried like a read
-)
 
 
 def parse_address(address: str) -> tuple[str, Any]:
@@ -240,11 +241,16 @@ class StoreClient:
 
         try:
             await self._on_connect(call_on_this_connection)
-        except StoreError as exc:
+        except Exception as exc:
             if conn.transport is not None:
                 conn.transport.abort()
             if isinstance(exc, StoreUnavailable):
                 raise
+            if not isinstance(exc, StoreError):
+                # Replies the set-up cannot use (QA: a listener answering nil to everything
+                # raised TypeError: 500s, no backoff, a leaked connection per request).
+                log.error("store_setup_failed", store=self.address, error=repr(exc)[:500])
+                raise StoreUnavailable(f"connection set-up failed: {type(exc).__name__}") from exc
             raise StoreUnavailable(f"connection set-up failed: {exc.message}") from exc
 
     async def _open(self) -> ClientConnection:

@@ -13,6 +13,7 @@ import heapq
 from typing import Any, cast
 
 from .errors import (
+    OutcomeUnknown,
     ProtocolError,
     StoreBusy,
     StoreError,
@@ -22,6 +23,14 @@ from .errors import (
 )
 from .protocol import PROTOCOL_VERSION, Error, FrameDecoder, Hello, Result, encode_request
 
+READ_COMMANDS = frozenset(
+    {"ping", "get", "get_many", "find", "count", "join", "aggregate", "list_tables", "stats"}
+    | {"kv_get", "kv_get_many", "list_indexes", "audit_list", "describe"}
+    | {"scan_close"}  # changes no data and may be repeated: retried like a read
+)
+"""Commands that change nothing: the client retries them; any other's outcome is unknown
+when its reply does not come (``OutcomeUnknown``, or a ``StoreTimeout`` saying so)."""
+_UNKNOWN = {"outcome": "unknown"}
 _SWEEP_S = 0.05  # timeouts are checked this often: they fire at most this late
 MAX_UNSENT = 64 * 1024 * 1024
 """Bytes of requests waiting to be sent (not yet taken by the kernel) past which a new call
@@ -109,7 +118,9 @@ class ClientConnection(asyncio.Protocol):
             _, rid, command = heapq.heappop(deadlines)
             fut = pending.pop(rid, None)
             if fut is not None and not fut.done():
-                fut.set_exception(StoreTimeout(f"the store did not answer {command!r} in time"))
+                message = f"the store did not answer {command!r} in time"
+                details = None if command in READ_COMMANDS else _UNKNOWN
+                fut.set_exception(StoreTimeout(message, details))
                 self.cancel(rid)
         if not pending:
             deadlines.clear()  # every call answered: their deadlines are moot
@@ -172,6 +183,19 @@ class ClientConnection(asyncio.Protocol):
             # Nobody may await the handshake any more; don't warn about an unseen exception.
             self.hello.exception()
         pending, self.pending = self.pending, {}
-        for fut in pending.values():
-            if not fut.done():
+        if not pending:
+            return
+        # A write sent before the loss may have been applied (QA: 4 of 450 writes cut off by
+        # a store crash were in its log, and the API had said "retry shortly"). Commands are
+        # looked up here, on failure, not kept per call: the heap holds each call's.
+        commands = {rid: command for _, rid, command in self._deadlines}
+        for rid, fut in pending.items():
+            if fut.done():
+                continue
+            command = commands.get(rid, "")
+            if isinstance(error, StoreUnavailable) and command not in READ_COMMANDS:
+                fut.set_exception(
+                    OutcomeUnknown(f"{error.message} after {command!r} was sent", _UNKNOWN)
+                )
+            else:
                 fut.set_exception(type(error)(error.message))

@@ -81,6 +81,14 @@ class StoreUnavailable(StoreError):
     code = "STORE_UNAVAILABLE"
 
 
+class OutcomeUnknown(StoreUnavailable):
+    """Client side: the connection was lost after a write was sent and before its reply came,
+    so the store may have applied it or not. A kind of unavailability (callers that treat the
+    store as away still do), but the API does not invite a blind retry of it."""
+
+    code = "OUTCOME_UNKNOWN"
+
+
 class PersistenceError(StoreUnavailable):
     """The store cannot write its log (disk full, I/O error): writes are refused until it can.
 

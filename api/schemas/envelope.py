@@ -98,8 +98,9 @@ _DESCRIPTIONS = {
     429: "Rate limited: see Retry-After and X-Rate-Limit-*",
     503: "Store unavailable (`STORE_UNAVAILABLE`), busy with long queries or downloads"
     " (`STORE_BUSY`), or unable to write its data directory (`PERSISTENCE_ERROR`: disk full);"
-    " with Retry-After",
-    504: "Store timeout",
+    " with Retry-After. `OUTCOME_UNKNOWN` (no Retry-After): the store was lost after a write"
+    " was sent, which may have been applied; read before sending it again",
+    504: "Store timeout (on a write: it may still have been applied)",
     507: "Store memory limit reached; reads keep working",
 }
 

@@ -116,6 +116,46 @@ async def test_store_errors_map_to_statuses(
         assert "secret" not in response.text
 
 
+LOST = errors.OutcomeUnknown("lost after 'insert' was sent", {"outcome": "unknown"})
+TIMED_OUT = errors.StoreTimeout("no answer to 'insert'", {"outcome": "unknown"})
+
+
+@pytest.mark.parametrize(
+    ("exc", "status", "code"), [(LOST, 503, "OUTCOME_UNKNOWN"), (TIMED_OUT, 504, "STORE_TIMEOUT")]
+)
+async def test_a_write_whose_outcome_is_unknown_says_so_and_does_not_invite_a_retry(
+    app: FastAPI, http: httpx.AsyncClient, exc: errors.StoreError, status: int, code: str
+) -> None:
+    """QA: 4 of 450 writes cut off by a store crash were applied, and the API had answered
+    "retry shortly" with Retry-After: resent, each would have been written twice."""
+    use_store(app, ScriptedStore(raising(exc)))
+    response = await http.post("/api/v1/data/things", json={"data": {"n": 1}})
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert error["code"] == code
+    assert "may" in error["message"] and "applied" in error["message"]
+    assert "Read the data before sending it again" in error["message"]
+    assert error["details"] == [{"reason": "outcome_unknown"}]
+    assert "retry-after" not in response.headers
+
+
+@pytest.mark.parametrize("exc", [LOST, TIMED_OUT])
+async def test_a_read_answers_as_any_outage_whatever_its_store_writes_lost(
+    app: FastAPI, http: httpx.AsyncClient, exc: errors.StoreError
+) -> None:
+    """A GET changes nothing the client asked for (a dump's cursor is a store write): the
+    usual 503 with Retry-After, or 504."""
+    use_store(app, ScriptedStore(raising(exc)))
+    response = await http.get("/api/v1/data/things/abc")
+    error = response.json()["error"]
+    assert error["details"] == []
+    if isinstance(exc, errors.OutcomeUnknown):
+        assert (response.status_code, error["code"]) == (503, "STORE_UNAVAILABLE")
+        assert response.headers["retry-after"] == "2"
+    else:
+        assert (response.status_code, error["message"]) == (504, "The store did not answer in time")
+
+
 async def test_unexpected_exception_is_a_sanitized_500_with_request_id(
     app: FastAPI, http: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -33,7 +33,14 @@ from api.services.csv_import import CHUNK_ROWS
 from api.services.csv_rows import RowReader, reader_for
 from api.settings import Settings
 from storeserver.engine import Engine
-from storeserver.errors import MemoryLimit, NotFound, StoreError, StoreTimeout, StoreUnavailable
+from storeserver.errors import (
+    MemoryLimit,
+    NotFound,
+    OutcomeUnknown,
+    StoreError,
+    StoreTimeout,
+    StoreUnavailable,
+)
 from tests.support.inprocess import in_process
 
 IMPORT = "/api/v1/batch/import"
@@ -235,6 +242,12 @@ def job_context(store: EngineStore, jobs: RecordingJobs, tmp_path: Path) -> JobC
     ("exc", "status", "code", "in_doubt"),
     [
         (StoreUnavailable("the connection to the store was lost"), 503, "STORE_UNAVAILABLE", True),
+        (
+            OutcomeUnknown("lost after 'batch' was sent", {"outcome": "unknown"}),
+            503,
+            "OUTCOME_UNKNOWN",
+            True,
+        ),
         (StoreTimeout("the store did not answer 'batch' in time"), 504, "STORE_TIMEOUT", True),
         (MemoryLimit("memory limit reached"), 507, "INSUFFICIENT_STORAGE", False),
     ],

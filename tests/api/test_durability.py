@@ -5,12 +5,14 @@ One gunicorn stack whose store keeps its data in a directory (STORE_DATA_DIR, fs
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -19,6 +21,7 @@ import pytest
 from storeserver.probe import wait_for_socket
 from tests.support.auth import Account, login_admin, register
 from tests.support.stack import Stack, running_stack, wait_until_ready, worker_pids
+from tests.support.storedirect import store_call
 
 pytestmark = pytest.mark.integration
 
@@ -124,3 +127,44 @@ def test_store_back_empty_gets_tables_and_admin_before_any_request():
             json={"email": "again@example.com", "full_name": "X", "password": "password123"},
         )
         assert duplicate.status_code == 409  # the unique index came back with the table
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU the process has used (``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_write_cut_off_by_a_store_crash_says_its_outcome_is_unknown(
+    admin_client: httpx.Client, durable_stack: Stack
+):
+    """QA: writes cut off by a store crash were answered "503, retry shortly" with
+    Retry-After, though some had been applied: resent, they would have been written twice.
+    An index build over rows whose values are slow to key holds the store ~2 s; the store
+    is killed while it runs, with the request in its hands."""
+    for i in range(20):  # one per call: 300,000 items each, under the frame's entry limit
+        store_call(durable_stack, "insert", {"table": "slowkeys", "record": {"big": [i] * 300_000}})
+    store = durable_stack.processes["store"]
+    cpu_before = cpu_seconds(store.pid)
+    with ThreadPoolExecutor(1) as pool:
+        build = pool.submit(
+            admin_client.post, "/api/v1/data/slowkeys/indexes", json={"field": "big"}, timeout=60
+        )
+        deadline = time.monotonic() + 30
+        while cpu_seconds(store.pid) - cpu_before < 0.3 and not build.done():
+            assert time.monotonic() < deadline, "the build never started"
+            time.sleep(0.02)
+        store.send_signal(signal.SIGKILL)
+        store.wait(10)
+        response = build.result()
+    try:
+        assert response.status_code == 503, response.text
+        error = response.json()["error"]
+        assert error["code"] == "OUTCOME_UNKNOWN"
+        assert error["details"] == [{"reason": "outcome_unknown"}]
+        assert "retry-after" not in response.headers
+    finally:
+        restart_store(durable_stack)
+        wait_until_ready(durable_stack, 30.0)
+    # The worker goes on: the next request is served by the restarted store.
+    assert admin_client.get("/api/v1/data/slowkeys/count").status_code == 200

@@ -11,7 +11,7 @@ import pytest
 from storeserver import clientconnection
 from storeserver.client import StoreClient
 from storeserver.clientconnection import ClientConnection
-from storeserver.errors import StoreBusy, StoreTimeout, StoreUnavailable
+from storeserver.errors import OutcomeUnknown, StoreBusy, StoreTimeout, StoreUnavailable
 from storeserver.protocol import PROTOCOL_VERSION, Hello, encode, encode_request
 
 
@@ -119,4 +119,85 @@ async def test_calls_to_a_store_that_does_not_read_fail_fast_past_the_unsent_bou
         assert client._conn is not None
         assert client._conn.unsent <= (1 << 20) + 300 * 1024
         assert busy[0].details["unsent_bytes"] > 1 << 20
+        await client.close()
+
+
+class HangUpStore(FakeStore):
+    """Greets, reads one request frame, and hangs up without answering it (a store that
+    crashed with the request in hand)."""
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for _ in range(2):  # the HELLO, then one request
+            (length,) = struct.unpack(">I", await reader.readexactly(4))
+            await reader.readexactly(length)
+            if self.hello is not None:
+                writer.write(self.hello)
+                self.hello = None
+        writer.close()
+
+
+@pytest.mark.parametrize("command", ["insert", "kv_set", "rate_hit", "batch"])
+async def test_a_write_whose_connection_is_lost_after_it_was_sent_has_an_unknown_outcome(
+    tmp_path, command: str
+) -> None:
+    """QA: 4 of 450 writes cut off by a store crash were in its log, and the API had said
+    "retry shortly". A write lost in flight is ``OutcomeUnknown`` (still a kind of
+    ``StoreUnavailable``), saying so in its details."""
+    hello = encode(Hello(PROTOCOL_VERSION, {}))
+    async with HangUpStore(str(tmp_path / "crash.sock"), hello) as store:
+        client = StoreClient(store.path, timeout=2.0)
+        with pytest.raises(OutcomeUnknown) as lost:
+            await client.call(command, {"table": "t", "record": {}})
+        assert lost.value.details == {"outcome": "unknown"}
+        assert f"after {command!r} was sent" in lost.value.message
+        assert isinstance(lost.value, StoreUnavailable)
+        await client.close()
+
+
+async def test_a_read_whose_connection_is_lost_is_plainly_unavailable(tmp_path) -> None:
+    """A read changes nothing: retried within its budget, then ``StoreUnavailable``, not an
+    unknown outcome."""
+    hello = encode(Hello(PROTOCOL_VERSION, {}))
+    async with HangUpStore(str(tmp_path / "crash.sock"), hello) as store:
+        client = StoreClient(store.path, timeout=2.0, read_retry_budget=0.2)
+        with pytest.raises(StoreUnavailable) as lost:
+            await client.call("get", {"table": "t", "id": "x"})
+        assert not isinstance(lost.value, OutcomeUnknown)
+        assert lost.value.details == {}
+        await client.close()
+
+
+async def test_a_timed_out_write_says_its_outcome_is_unknown_and_a_read_does_not(
+    tmp_path,
+) -> None:
+    async with FakeStore(str(tmp_path / "mute.sock"), encode(Hello(PROTOCOL_VERSION, {}))) as store:
+        client = StoreClient(store.path, timeout=0.1)
+        with pytest.raises(StoreTimeout) as write:
+            await client.call("insert", {"table": "t", "record": {}})
+        assert write.value.details == {"outcome": "unknown"}
+        with pytest.raises(StoreTimeout) as read:
+            await client.call("get", {"table": "t", "id": "x"})
+        assert read.value.details == {}
+        await client.close()
+
+
+async def test_a_set_up_that_fails_on_a_reply_it_cannot_use_is_an_unavailable_store(
+    tmp_path,
+) -> None:
+    """QA: a listener answering nil to everything made ``on_connect`` raise TypeError: the
+    API answered 500, with no backoff, and leaked the connection of every attempt."""
+    attempts: list[int] = []
+
+    async def on_connect(call) -> None:  # type: ignore[no-untyped-def]
+        attempts.append(1)
+        raise TypeError("'NoneType' object is not subscriptable")
+
+    async with FakeStore(str(tmp_path / "nil.sock"), encode(Hello(PROTOCOL_VERSION, {}))) as store:
+        client = StoreClient(store.path, timeout=1.0, on_connect=on_connect)
+        with pytest.raises(StoreUnavailable, match="set-up failed: TypeError"):
+            await client.call("insert", {"table": "t", "record": {}})
+        assert client._conn is None or client._conn.closed  # not kept
+        with pytest.raises(StoreUnavailable, match="reconnecting"):  # the backoff holds
+            await client.call("insert", {"table": "t", "record": {}})
+        assert len(attempts) == 1
         await client.close()

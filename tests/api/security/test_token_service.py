@@ -13,8 +13,8 @@ from api.auth import credentials
 from api.auth.principals import bearer_token
 from api.auth.sessions import check_not_revoked
 from api.auth.tokens import Claims, InvalidToken, TokenCache, TokenService
-from api.ratelimit import RateLimiter, Verdict, tightest
-from storeserver.errors import StoreTimeout, StoreUnavailable
+from api.ratelimit import RateLimiter, Verdict, rate_hit, tightest
+from storeserver.errors import OutcomeUnknown, StoreError, StoreTimeout, StoreUnavailable
 from tests.support.events import logged
 from tests.support.inprocess import in_process
 
@@ -239,3 +239,26 @@ async def test_a_login_dates_its_tokens_before_it_reads_the_user(
     assert response.status_code == 200, response.text
     claims = service.verify(response.json()["access_token"], "access")
     assert claims.issued_at <= started[0]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        OutcomeUnknown("lost after 'rate_hit' was sent", {"outcome": "unknown"}),
+        StoreTimeout("the store did not answer 'rate_hit' in time", {"outcome": "unknown"}),
+    ],
+)
+async def test_a_lost_counter_hit_does_not_make_the_request_an_unknown_write(
+    error: StoreError,
+) -> None:
+    """The hit is a store write, but the request's own writes were not sent: a login or a
+    POST refused by it must not answer that it may have been applied."""
+
+    class Store:
+        async def call(self, command: str, args: dict[str, Any]) -> Any:
+            raise error
+
+    result = await rate_hit(Store(), {"key": "k"})  # type: ignore[arg-type]
+    assert type(result) is (StoreUnavailable if isinstance(error, OutcomeUnknown) else StoreTimeout)
+    assert isinstance(result, StoreError) and result.details == {}
+    assert result.message == error.message
