@@ -6,7 +6,9 @@ rows times the in-memory size of an average row, measured on a small sample read
 fields are not read, so tables with them are slightly underestimated; indexes are not counted.
 Rows too big for a sample of ``SAMPLE_ROWS`` to fit in one store reply are sampled one at a
 time (a record is at most half a reply); a table whose first row still does not fit (kept by
-an older store, before the record limit) has no estimate (``None``).
+an older store, before the record limit) has no estimate (``None``), nor has a table dropped
+between the stats and its sample (QA: a table dropped at that moment made the whole answer a
+404 naming it, to an operator who never asked for it).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import sys
 from typing import Any
 
 from api.store import Store
-from storeserver.errors import LimitExceeded
+from storeserver.errors import LimitExceeded, NotFound
 
 SAMPLE_ROWS = 20
 
@@ -48,10 +50,14 @@ async def _estimate(store: Store, table: str, info: dict[str, Any]) -> int | Non
 
 
 async def _sample(store: Store, table: str) -> list[dict[str, Any]] | None:
-    """The table's first rows; ``None`` when not even one fits in a store reply."""
+    """The table's first rows; ``None`` when not even one fits in a store reply, or when
+    the table is gone (dropped since the stats were read)."""
     for size in (SAMPLE_ROWS, 1):
         with contextlib.suppress(LimitExceeded):  # rows too big for that many in one reply
-            found = await store.call("find", {"table": table, "limit": size})
+            try:
+                found = await store.call("find", {"table": table, "limit": size})
+            except NotFound:
+                return None
             items: list[dict[str, Any]] = found["items"]
             return items
     return None
