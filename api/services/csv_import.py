@@ -28,7 +28,7 @@ and store errors become the answers of ``csv_import_errors``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import IO, Any
 
 from api.errors import CONFLICT_CODES, ApiError
@@ -43,7 +43,7 @@ from api.services.csv_import_errors import (
     store_row_errors,
 )
 from api.services.csv_import_report import ImportReport
-from api.services.csv_rows import Record, RowError, RowReader, read_rows, reader_for
+from api.services.csv_rows import Record, RowError, RowReader, Rows, read_rows, reader_for
 from api.store import Store
 from storeserver.errors import StoreError
 
@@ -51,8 +51,8 @@ IMPORT_PATH = "/api/v1/batch/import"
 CHUNK_ROWS = 500
 ATOMIC_MAX_ROWS = 1000  # the store's maximum batch size
 Pause = Callable[[], Awaitable[None]]
-"""Awaited after every ``CHUNK_ROWS`` rows read: lets the loop run (a job reports progress
-and stops there when cancelled)."""
+"""Awaited after every ``CHUNK_ROWS`` lines read (rows, valid or not, and blank lines): lets
+the loop run (a job reports progress and stops there when cancelled)."""
 
 
 async def _let_others_run() -> None:
@@ -89,7 +89,7 @@ async def import_csv(
 async def _import_chunked(
     store: Store,
     reader: RowReader,
-    rows: Iterator[tuple[int, list[str] | RowError]],
+    rows: Rows,
     report: ImportReport,
     between_chunks: Pause,
 ) -> None:
@@ -100,7 +100,14 @@ async def _import_chunked(
     chunk: list[tuple[int, Record]] = []
     chunk_bytes = 0
     try:
-        for number, row in rows:
+        for lines, (number, row) in enumerate(rows):
+            if lines and lines % CHUNK_ROWS == 0:  # ``lines`` read so far
+                # QA: counted in rows only, 7 MiB of blank lines held the worker 3.8 s, and
+                # a job over 40 MiB of them stopped beating: declared lost, its rows never
+                # imported.
+                await between_chunks()
+            if row is None:
+                continue
             if isinstance(row, RowError):
                 report.stop(row)
                 break
@@ -118,8 +125,6 @@ async def _import_chunked(
                 if len(chunk) >= CHUNK_ROWS:
                     await writer.start(chunk)
                     chunk, chunk_bytes = [], 0
-            if report.rows % CHUNK_ROWS == 0:
-                await between_chunks()
         await writer.start(chunk)
         await writer.wait()
     except BaseException:
@@ -130,7 +135,7 @@ async def _import_chunked(
 async def _import_atomic(
     store: Store,
     reader: RowReader,
-    rows: Iterator[tuple[int, list[str] | RowError]],
+    rows: Rows,
     report: ImportReport,
     between_chunks: Pause,
 ) -> None:
@@ -138,7 +143,11 @@ async def _import_atomic(
     numbers: list[int] = []
     ops: list[dict[str, Any]] = []
     batch_bytes = 0
-    for number, row in rows:
+    for lines, (number, row) in enumerate(rows):
+        if lines and lines % CHUNK_ROWS == 0:  # ``lines`` read so far
+            await between_chunks()
+        if row is None:
+            continue
         if isinstance(row, RowError):
             report.stop(row)
             break
@@ -161,8 +170,6 @@ async def _import_atomic(
                 )
             numbers.append(number)
             ops.append({"op": "insert", "table": reader.table, "record": record})
-        if report.rows % CHUNK_ROWS == 0:
-            await between_chunks()
     if report.failed:
         details = report.errors
         if report.errors_omitted:

@@ -115,9 +115,15 @@ def _raw_lines(binary: IO[bytes]) -> Iterator[bytes]:
         yield b"".join(held)
 
 
-def read_rows(binary: IO[bytes]) -> tuple[list[str], Iterator[tuple[int, list[str] | RowError]]]:
+Rows = Iterator[tuple[int, list[str] | RowError | None]]
+"""(row number, cells); ``None`` for a blank line (skipped, not a row, but a step: a consumer
+lets the loop run after so many steps, and 40 MiB of blank lines are 20 million of them)."""
+
+
+def read_rows(binary: IO[bytes]) -> tuple[list[str], Rows]:
     """The header and an iterator of (row number, cells); a malformed spot ends it with an
-    error (row 1 is the first line after the header; blank lines are skipped)."""
+    error (row 1 is the first line after the header; a blank line is not a row: it comes as
+    ``None`` with the number of the row before it)."""
     # No cell limit below the body's own (IMPORT_MAX_BYTES): the reader's default (128 KiB) would
     # refuse cells the export writes (a record's late fields in one _extra map, a long list) and
     # stop the import there. (The limit is the csv module's: one for the whole process.)
@@ -130,7 +136,7 @@ def read_rows(binary: IO[bytes]) -> tuple[list[str], Iterator[tuple[int, list[st
     if header is None:
         raise invalid_csv("the file is empty: the first line must name the columns")
 
-    def rows() -> Iterator[tuple[int, list[str] | RowError]]:
+    def rows() -> Rows:
         number = 0
         while True:
             try:
@@ -150,6 +156,8 @@ def read_rows(binary: IO[bytes]) -> tuple[list[str], Iterator[tuple[int, list[st
             if row:
                 number += 1
                 yield number, row
+            else:
+                yield number, None
 
     # Names are written escaped against formula injection, as cells are (csvio.encode_name).
     return [decode_name(name) for name in header], rows()

@@ -398,8 +398,15 @@ def test_export_header_is_escaped_and_import_reverses_it() -> None:
 
 
 def read_all(body: bytes) -> tuple[list[str], list[tuple[int, Any]]]:
+    """The header and the rows (blank lines, which come as ``None`` steps, left out)."""
     header, rows = read_rows(io.BytesIO(body))
-    return header, list(rows)
+    return header, [(number, row) for number, row in rows if row is not None]
+
+
+def test_a_blank_line_is_a_step_but_not_a_row() -> None:
+    header, rows = read_rows(io.BytesIO(b"a\r\n1\r\n\r\n\n2\r\n"))
+    assert header == ["a"]
+    assert list(rows) == [(1, ["1"]), (1, None), (1, None), (2, ["2"])]
 
 
 def test_a_bad_byte_on_a_data_row_names_that_row_not_the_header() -> None:
