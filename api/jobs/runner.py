@@ -108,6 +108,9 @@ class JobContext:
     final_progress: dict[str, Any] | None = None
     """Set by a job that ends with other progress than it ran with: recorded with its final
     state, in the same write (retried while the store restarts)."""
+    stopped_error: dict[str, Any] | None = None
+    """Set by a job that has more to say than ``WORKER_STOPPED`` when its worker shuts down
+    (an import: the rows written and where to resume)."""
 
     async def checkpoint(
         self,
@@ -234,8 +237,10 @@ class JobRunner:
                 self._contexts[job_id] = ctx
                 await self._execute(ctx, func)
         except asyncio.CancelledError:
+            ctx_left = self._contexts.get(job_id)
+            error = (ctx_left.stopped_error if ctx_left else None) or WORKER_STOPPED
             with contextlib.suppress(Exception):
-                stopped = self._finish(job_id, "failed", error=WORKER_STOPPED, from_=ACTIVE)
+                stopped = self._finish(job_id, "failed", error=error, from_=ACTIVE)
                 await asyncio.wait_for(stopped, 2)
             raise
         except Exception:

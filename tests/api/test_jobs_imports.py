@@ -188,6 +188,44 @@ async def test_an_import_lost_with_its_worker_says_what_was_imported(tmp_path: P
     assert lost["progress"] == {"done": imported, "total": None, "unit": "rows"}
 
 
+async def test_an_import_stopped_by_its_worker_shutting_down_says_where_to_resume(
+    tmp_path: Path,
+) -> None:
+    """QA: a redeploy (SIGTERM) mid-import ended the job with only "the worker shut down
+    during the job": no rows written, no row to resume from, no warning against importing
+    the file again, where a lost worker or an outage give all three. Batch 5 (rows
+    2001-2500) is in flight when the worker stops: its answer is waited for, and counted."""
+    store = RestartingStore(stick_at=5)
+    runner = JobRunner(store, settings(tmp_path))  # type: ignore[arg-type]
+    try:
+        func = import_job("t", io.BytesIO(valid_rows(3000)), False)
+        job = await runner.submit("import", "owner", {"table": "t", "atomic": False}, func)
+        await asyncio.wait_for(store.stuck.wait(), 10)
+        stopping = asyncio.create_task(runner.stop())
+        await asyncio.sleep(0.05)
+    finally:
+        store.release.set()
+    await asyncio.wait_for(stopping, 10)
+    stopped = to_public(run(store.engine, "get", table=JOBS, id=job["id"]))
+    error = stopped["error"]
+    assert stopped["state"] == "failed" and error["code"] == "WORKER_STOPPED"
+    assert "shut down (a restart or a redeploy)" in error["message"]
+    assert "at least 2500 rows were imported" in error["message"]
+    assert "rows after row 2500 may have been too" in error["message"]
+    assert "Do not import the whole file again" in error["message"]
+    assert error["details"] == [
+        {
+            "field": None,
+            "message": "at least 2500 rows imported, up to row 2500",
+            "imported": 2500,
+            "failed": 0,
+            "last_row_written": 2500,
+        }
+    ]
+    assert stopped["progress"] == {"done": 2500, "total": None, "unit": "rows"}
+    assert store.count("t") == 2500
+
+
 @pytest.mark.parametrize(
     ("kind", "params", "says"),
     [
