@@ -278,7 +278,7 @@ def _orders_reader(names: tuple[str, ...]) -> RowReader:
         if name not in names:
             raise invalid_csv(f"orders need a {name!r} column", name)
     decoders = tuple(
-        decode_text if orders.FIELDS.get(name) in ("str", "timestamp") else decode_cell
+        decode_text if orders.FIELDS.get(name) in ("str", "timestamp", "uuid") else decode_cell
         for name in names
     )
     return RowReader(orders.TABLE, names, decoders, _validate_order)

@@ -208,6 +208,28 @@ def test_order_rows_are_validated_like_the_orders_api(client: httpx.Client) -> N
     }
 
 
+def test_an_orders_user_id_is_read_as_post_orders_reads_it(client: httpx.Client) -> None:
+    """QA: the import decoded user_id as a typed cell: a braced UUID (201 through POST
+    /orders) was "invalid JSON", and 32 decimal digits (a UUID in hex) an integer out of
+    range, where POST /orders reads both as UUIDs."""
+    user = create_user(client)
+    digits = "12345678123456781234567812345678"  # a UUID no user has
+    text = (
+        "user_id,product_name,quantity,total_price\n"
+        f"{{{user['id']}}},Braced,1,1.00\n"
+        f"{user['id'].replace('-', '').upper()},Bare,1,1.00\n"
+        f"{digits},Digits,1,1.00\n"
+    )
+    report = import_csv(client, "orders", text).json()["data"]
+    assert (report["imported"], report["failed"]) == (2, 1), report
+    (error,) = report["errors"]
+    assert (error["row"], error["field"]) == (3, "user_id")
+    assert "64-bit" not in error["message"]
+    orders = client.get(f"/api/v1/users/{user['id']}/orders").json()["data"]
+    assert sorted(o["product_name"] for o in orders) == ["Bare", "Braced"]
+    assert {o["user_id"] for o in orders} == {user["id"]}
+
+
 def test_error_list_is_bounded(client: httpx.Client) -> None:
     text = "id,n\n" + "".join(f"x{n},[\n" for n in range(250))
     report = import_csv(client, f"csv_many_{token()}", text).json()["data"]
