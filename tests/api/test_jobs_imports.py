@@ -104,6 +104,19 @@ async def import_to_the_end(
     return to_public(run(store.engine, "get", table=JOBS, id=job["id"]))
 
 
+def rows_summary(imported: int, last: int) -> list[dict[str, Any]]:
+    """The ``error.details`` of an import job stopped midway (lost or shut down)."""
+    return [
+        {
+            "field": None,
+            "message": f"at least {imported} rows imported, up to row {last}",
+            "imported": imported,
+            "failed": 0,
+            "last_row_written": last,
+        }
+    ]
+
+
 async def test_a_store_restart_leaves_the_progress_in_rows_imported(tmp_path: Path) -> None:
     """Batch 3 loses the store, which is away for a moment: the job's final state, recorded once
     the store is back, has its progress in rows imported (not the bytes read before)."""
@@ -176,15 +189,7 @@ async def test_an_import_lost_with_its_worker_says_what_was_imported(tmp_path: P
     assert f"at least {imported} rows were imported" in error["message"]
     assert f"rows after row {last} may have been too" in error["message"]
     assert "Do not import the whole file again" in error["message"]
-    assert error["details"] == [
-        {
-            "field": None,
-            "message": f"at least {imported} rows imported, up to row {last}",
-            "imported": imported,
-            "failed": 0,
-            "last_row_written": last,
-        }
-    ]
+    assert error["details"] == rows_summary(imported, last)
     assert lost["progress"] == {"done": imported, "total": None, "unit": "rows"}
 
 
@@ -213,15 +218,7 @@ async def test_an_import_stopped_by_its_worker_shutting_down_says_where_to_resum
     assert "at least 2500 rows were imported" in error["message"]
     assert "rows after row 2500 may have been too" in error["message"]
     assert "Do not import the whole file again" in error["message"]
-    assert error["details"] == [
-        {
-            "field": None,
-            "message": "at least 2500 rows imported, up to row 2500",
-            "imported": 2500,
-            "failed": 0,
-            "last_row_written": 2500,
-        }
-    ]
+    assert error["details"] == rows_summary(2500, 2500)
     assert stopped["progress"] == {"done": 2500, "total": None, "unit": "rows"}
     assert store.count("t") == 2500
 
