@@ -15,30 +15,37 @@ from storeserver.errors import OutcomeUnknown, StoreBusy, StoreTimeout, StoreUna
 from storeserver.protocol import PROTOCOL_VERSION, Hello, encode, encode_request
 
 
-async def test_callers_waiting_on_a_connect_whose_caller_was_cancelled_do_not_hang(
+async def test_a_caller_cancelled_mid_connect_does_not_abandon_the_attempt(
     tmp_path, monkeypatch
 ) -> None:
-    """The caller that opens the connection is cancelled (an ``asyncio.timeout`` around its
-    call, as /metrics has): the others waiting on that attempt get StoreUnavailable (reads
-    then retry) instead of waiting on a future nobody resolves."""
-    opening = asyncio.Event()
+    """The caller that started the connection is cancelled (an ``asyncio.timeout`` around its
+    call, as /metrics has): the attempt goes on, a task of its own, and the callers waiting on
+    it get its outcome; no second attempt starts meanwhile."""
+    opening, release = asyncio.Event(), asyncio.Event()
+    attempts: list[int] = []
 
-    async def never_opens(self: StoreClient) -> ClientConnection:
+    async def slow_open(self: StoreClient) -> ClientConnection:
+        attempts.append(1)
         opening.set()
-        await asyncio.Event().wait()
-        raise AssertionError("unreachable")
+        await release.wait()
+        raise StoreUnavailable("cannot reach the store: refused")
 
-    monkeypatch.setattr(StoreClient, "_open", never_opens)
+    monkeypatch.setattr(StoreClient, "_open", slow_open)
     client = StoreClient(str(tmp_path / "store.sock"), timeout=1.0)
     first = asyncio.create_task(client.call("insert", {"table": "t", "record": {}}))
     await opening.wait()
     second = asyncio.create_task(client.call("insert", {"table": "t", "record": {}}))
-    await asyncio.sleep(0)  # the second now waits on the first's attempt
+    await asyncio.sleep(0)  # the second now waits on the same attempt
     first.cancel()
-    with pytest.raises(StoreUnavailable, match="abandoned"):
-        await asyncio.wait_for(second, 2.0)
     with pytest.raises(asyncio.CancelledError):
         await first
+    await asyncio.sleep(0.01)
+    assert not second.done()
+    release.set()
+    with pytest.raises(StoreUnavailable, match="refused"):
+        await asyncio.wait_for(second, 2.0)
+    assert attempts == [1]
+    await client.close()
 
 
 # -- against a fake store --------------------------------------------------------------------
@@ -200,4 +207,67 @@ async def test_a_set_up_that_fails_on_a_reply_it_cannot_use_is_an_unavailable_st
         with pytest.raises(StoreUnavailable, match="reconnecting"):  # the backoff holds
             await client.call("insert", {"table": "t", "record": {}})
         assert len(attempts) == 1
+        await client.close()
+
+
+class CountingStore(FakeStore):
+    """A ``FakeStore`` that counts the connections it was given and still holds open."""
+
+    def __init__(self, path: str, hello: bytes | None) -> None:
+        super().__init__(path, hello)
+        self.open = 0
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.open += 1
+        try:
+            (length,) = struct.unpack(">I", await reader.readexactly(4))
+            await reader.readexactly(length)
+            writer.write(self.hello or b"")
+            await reader.read()  # until the client closes or aborts
+        finally:
+            self.open -= 1
+            writer.close()
+
+
+async def test_callers_timing_out_during_a_slow_set_up_leave_one_connection(tmp_path) -> None:
+    """QA: ``on_connect`` is slow (the admin's bcrypt check at a production cost); each
+    /metrics scrape gave up after 1 s, abandoning its attempt with the connection open in the
+    store: one more per scrape, and the worker never finished reconnecting."""
+    set_up = asyncio.Event()
+
+    async def on_connect(call) -> None:  # type: ignore[no-untyped-def]
+        await set_up.wait()
+
+    hello = encode(Hello(PROTOCOL_VERSION, {}))
+    async with CountingStore(str(tmp_path / "slow.sock"), hello) as store:
+        client = StoreClient(store.path, timeout=1.0, on_connect=on_connect)
+        for _ in range(5):
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.05):
+                    await client.call("ping")
+        assert store.open == 1
+        set_up.set()
+        await asyncio.sleep(0.01)
+        assert client.connected  # the attempt finished: the next call uses it
+        await client.close()
+        for _ in range(100):
+            if store.open == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert store.open == 0
+
+
+async def test_a_set_up_write_lost_in_flight_fails_the_callers_as_a_plain_outage(tmp_path) -> None:
+    """QA: the store died under ``on_connect``'s own create_table: that write's unknown outcome
+    reached the caller, whose registration was never sent, as 503 OUTCOME_UNKNOWN."""
+
+    async def on_connect(call) -> None:  # type: ignore[no-untyped-def]
+        await call("create_table", {"table": "users"})
+
+    hello = encode(Hello(PROTOCOL_VERSION, {}))
+    async with HangUpStore(str(tmp_path / "crash.sock"), hello) as store:
+        client = StoreClient(store.path, timeout=2.0, on_connect=on_connect)
+        with pytest.raises(StoreUnavailable, match="set-up failed") as lost:
+            await client.call("insert", {"table": "users", "record": {}})
+        assert not isinstance(lost.value, OutcomeUnknown)
         await client.close()
