@@ -24,6 +24,15 @@ def record_etag(version: object) -> str:
     return f'W/"{version}"'
 
 
+def identity_etag(record: Mapping[str, Any]) -> str:
+    """The weak ETag of a URL that may show another record later (``/orders/{id}/user``: the
+    order moved). It covers the record's id and version: two users both at version 1 would
+    share ``W/"1"``, and a client revalidating would get a 304 and keep showing the other one
+    (QA). Not a tag for If-Match on a write to the record itself."""
+    digest = hashlib.blake2b(str(record.get("id")).encode(), digest_size=8).hexdigest()
+    return f'W/"u{digest}-{record.get("version")}"'
+
+
 def list_etag(
     records: Iterable[Mapping[str, Any]], total: int, page: int, per_page: int, shape: str = ""
 ) -> str:

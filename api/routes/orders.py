@@ -18,7 +18,7 @@ from api.deps import (
     visible_order,
 )
 from api.errors import ApiError
-from api.etags import list_etag
+from api.etags import identity_etag, list_etag
 from api.http_metrics import MeteredRoute
 from api.responses import groups_response, list_response, no_content, record_response
 from api.schemas.envelope import (
@@ -213,11 +213,17 @@ async def delete_order(order: OrderWrite) -> Response:
     summary="Read an order's user",
 )
 async def read_order_user(request: Request, order_id: OrderId, store: StoreDep) -> Response:
-    """The user who placed the order."""
+    """The user who placed the order. Its weak ETag covers which user that is (the order may
+    move to another): not the one to send as If-Match on a write to the user (read
+    `GET /users/{user_id}` for that)."""
     check = order_owner_check(request)
     if check is not None:  # the caller's own order, as it was when checked: the caller
-        return record_response(request, await user_service.read_user(store, check.owner))
-    return record_response(request, await order_service.read_order_user(store, order_id))
+        user = await user_service.read_user(store, check.owner)
+    else:
+        user = await order_service.read_order_user(store, order_id)
+    # The order may move to another user: the tag says which one (QA: after a move, the
+    # new user at version 1 kept the old one's W/"1", and a revalidation got a 304).
+    return record_response(request, user, etag=identity_etag(user))
 
 
 def _check_owner(caller: CurrentUser, user_id: str) -> None:

@@ -153,6 +153,27 @@ def test_order_user_relationship(client: httpx.Client, user: dict[str, str]) -> 
     assert_error(client.get("/api/v1/orders/nope/user"), 404, "NOT_FOUND")
 
 
+def test_an_order_moved_to_another_user_changes_the_tag_of_its_user(
+    client: httpx.Client, user: dict[str, str]
+) -> None:
+    """QA: both users at version 1, the order's user kept the tag W/"1" after the move: a
+    revalidation got a 304 and kept showing the old user, and If-Match W/"1" passed."""
+    other = create_user(client)
+    assert user["version"] == other["version"] == 1
+    order = create_order(client, user["id"])
+    url = f"/api/v1/orders/{order['id']}/user"
+    before = client.get(url)
+    tag = before.headers["etag"]
+    assert client.get(url, headers={"If-None-Match": tag}).status_code == 304
+    moved = client.patch(f"/api/v1/orders/{order['id']}", json={"user_id": other["id"]})
+    assert moved.status_code == 200, moved.text
+    after = client.get(url, headers={"If-None-Match": tag})
+    assert after.status_code == 200
+    assert after.json()["data"]["id"] == other["id"]
+    assert after.headers["etag"] != tag
+    assert_error(client.get(url, headers={"If-Match": tag}), 412, "PRECONDITION_FAILED")
+
+
 def test_list_orders_pagination_against_reference(
     client: httpx.Client, user: dict[str, str]
 ) -> None:

@@ -160,6 +160,23 @@ def test_me_is_the_caller_on_every_user_route(anon: httpx.Client, client: httpx.
     assert_error(client.get(f"/api/v1/orders/{order['id']}"), 404, "NOT_FOUND")
 
 
+@pytest.mark.parametrize("params", [{}, {"embed": "orders"}])
+def test_me_varies_on_the_token(anon: httpx.Client, params: dict[str, str]) -> None:
+    """Two new users are both at version 1: without Vary, a browser that changed account and
+    revalidated /users/me with the first one's tag got a 304 and kept showing that user."""
+    first, second = register(anon), register(anon)
+    me = "/api/v1/users/me"
+    seen = anon.get(me, params=params, headers=first.headers)
+    assert "authorization" in seen.headers["vary"].lower()
+    again = anon.get(
+        me, params=params, headers={**first.headers, "If-None-Match": seen.headers["etag"]}
+    )
+    assert again.status_code == 304 and "authorization" in again.headers["vary"].lower()
+    other = anon.get(me, params=params, headers=second.headers)
+    assert other.json()["data"]["id"] == second.id
+    assert "authorization" in other.headers["vary"].lower()
+
+
 def test_me_takes_the_parameters_of_users_id_with_the_same_answers(
     anon: httpx.Client, client: httpx.Client
 ) -> None:
