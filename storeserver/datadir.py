@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -46,6 +47,10 @@ LOCK = "store.lock"
 
 class DataDirBusy(RuntimeError):
     """Another store process holds the data directory."""
+
+
+_LOG_NAME = re.compile(r"log-([0-9]{1,18})\.aof")
+"""A log's name: the store writes ``log-<10 digits>.aof`` (``log_path``)."""
 
 
 def _generation(path: Path) -> int:
@@ -72,7 +77,20 @@ class DataDir:
         self.snapshot = root / SNAPSHOT
 
     def logs(self) -> list[Path]:
-        return sorted(self.root.glob("log-*.aof"), key=_generation)
+        """The store's logs, oldest first. A file only named like one (``log-old.aof``, a
+        damaged log set aside as ``log-0000000001.damaged.aof``) is not one of them: QA, its
+        name made start-up fail with a traceback and a running store's snapshot never
+        answer (``foreign_logs`` names them for a warning)."""
+        return sorted(
+            (p for p in self.root.glob("log-*.aof") if _LOG_NAME.fullmatch(p.name)),
+            key=_generation,
+        )
+
+    def foreign_logs(self) -> list[str]:
+        """Files named ``log-*.aof`` that are not the store's logs: left alone, never read."""
+        return sorted(
+            p.name for p in self.root.glob("log-*.aof") if not _LOG_NAME.fullmatch(p.name)
+        )
 
     def logs_after(self, generation: int) -> list[Path]:
         """The logs newer than a snapshot of ``generation`` (the ones to replay over it)."""
@@ -101,6 +119,14 @@ class DataDir:
         """Apply the snapshot, then every newer log; return what was read."""
         started = time.perf_counter()
         report = LoadReport()
+        foreign = self.foreign_logs()
+        if foreign:
+            log.warning(
+                "data_dir_foreign_files",
+                files=foreign[:20],
+                count=len(foreign),
+                note="named like logs but not the store's: left alone, not read",
+            )
         self.restrict_modes()
         if self.snapshot.exists():
             report.snapshot_generation, report.snapshot_changes = read_snapshot(

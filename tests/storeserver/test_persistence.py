@@ -564,3 +564,31 @@ def test_a_data_directory_that_is_a_file_is_named_as_such(tmp_path):
     in_the_way.write_text("not a directory")
     with pytest.raises(NotADirectoryError, match=r"STORE_DATA_DIR .*data is a file"):
         DataDir(in_the_way)
+
+
+async def test_files_only_named_like_logs_are_left_alone(sock_dir, tmp_path):
+    """QA: a damaged log set aside in place (``log-0000000001.damaged.aof``) made start-up
+    fail with a traceback (exit 1), and ``log-old.aof`` put there while the store ran made
+    every snapshot hang (the pruning after it raised in a loop callback) and the stop exit 1.
+    Such files are not the store's: a warning names them, and nothing reads or removes them."""
+    data_dir = tmp_path / "data"
+    store = start_store(sock_dir, data_dir)
+    client = await connect(store)
+    await client.call("insert", {"table": "t", "record": {"id": "a"}})
+    (data_dir / "log-old.aof").write_bytes(b"not a log")
+    written = await asyncio.wait_for(client.call("snapshot"), 10)
+    assert written["generation"] >= 1
+    await client.close()
+    assert store.stop(signal.SIGTERM) == 0
+    store.close()
+
+    (data_dir / "log-0000000001.damaged.aof").write_bytes(b"")
+    store = start_store(sock_dir, data_dir)
+    client = await connect(store)
+    assert (await client.call("get", {"table": "t", "id": "a"}))["id"] == "a"
+    await client.close()
+    assert store.stop(signal.SIGTERM) == 0
+    (warned,) = [e for e in events(store) if e["event"] == "data_dir_foreign_files"]
+    store.close()
+    assert warned["files"] == ["log-0000000001.damaged.aof", "log-old.aof"]
+    assert (data_dir / "log-old.aof").read_bytes() == b"not a log"
