@@ -213,7 +213,10 @@ class DataDir:
     def prune(self, up_to_generation: int) -> None:
         for path in self.logs():
             if _generation(path) <= up_to_generation:
-                path.unlink(missing_ok=True)
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError as exc:  # left for the next snapshot's pruning to retry
+                    log.warning("log_prune_failed", file=str(path), error=str(exc))
         self.discard_partial_snapshot()
 
     def discard_partial_snapshot(self) -> None:

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import structlog
 
 from .datadir import DataDir, LoadReport
-from .errors import PersistenceError, StoreError
+from .errors import InternalError, PersistenceError, StoreError
 from .finalsnapshot import write_final_snapshot
 from .logfile import AppendLog, fsync_dir
 from .snapshots import ensure_snapshot_dir, fork_snapshot
@@ -227,7 +227,13 @@ class Durability(WritePath):
             assert self._loop is not None
             self._loop.call_later(0.05, self._poll_child)
             return
-        self._child_done(status)
+        try:
+            self._child_done(status)
+        except Exception as exc:
+            # A loop callback's exception is only printed: the snapshot's callers would wait
+            # for ever (QA: a stray file in the data directory did that, fixed in datadir).
+            log.exception("snapshot_finish_failed")
+            self._notify(InternalError(f"the snapshot's end could not be recorded: {exc!r}"))
 
     def _child_done(self, status: int) -> None:
         self._child = None

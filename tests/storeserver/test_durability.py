@@ -303,6 +303,25 @@ async def test_a_failed_snapshot_child_says_why(persistent, monkeypatch, capfd):
     assert datetime.fromisoformat(child[0]["timestamp"]).utcoffset() == timedelta(0)
 
 
+async def test_a_snapshot_whose_end_cannot_be_recorded_still_answers(persistent, monkeypatch):
+    """An error after the child finished (pruning the old logs raised: QA, a stray file's name)
+    was printed by the loop, and the snapshot's callers waited for ever: now they get an
+    INTERNAL error, logged."""
+    server, conn = persistent
+    assert server.durability is not None
+
+    def broken_prune(generation: int) -> None:
+        raise ValueError("invalid literal for int() with base 10: 'old'")
+
+    monkeypatch.setattr(server.durability.dir, "prune", broken_prune)
+    with capture_logs() as logs:
+        conn.data_received(encode_request(7, "snapshot", {}))
+        await wait_until(lambda: len(replies(conn.transport)) > 1)  # the HELLO, then it
+    refused = replies(conn.transport)[-1]
+    assert isinstance(refused, Error) and refused.code == "INTERNAL"
+    assert any(e["event"] == "snapshot_finish_failed" for e in logs)
+
+
 async def test_a_turn_too_large_for_one_entry_fails_as_a_log_write(always, monkeypatch):
     """QA: nothing bounded an entry on the write side (a command is never split); one over the
     reader's limit was written and then refused, or lost. Past ``MAX_ENTRY`` (patched small
