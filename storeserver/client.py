@@ -25,9 +25,11 @@ Failure rules:
   one whose connection was lost after it was sent fails with ``OutcomeUnknown`` (a kind of
   ``StoreUnavailable``), and a timed-out one with a ``StoreTimeout`` whose details say
   ``{"outcome": "unknown"}``.
-- ``on_connect`` failing in any way (a store answering nonsense: a ``TypeError`` in it; its
-  own write lost in flight) fails the connection attempt as a plain ``StoreUnavailable``: the
-  connection is closed and the next attempt waits out the backoff. An attempt runs as a task
+- ``on_connect`` failing on the store (a ``StoreError``, its own write lost in flight
+  included, or replies it cannot use: a ``TypeError`` in it) fails the connection attempt as a
+  plain ``StoreUnavailable``: the connection is closed and the next attempt waits out the
+  backoff. Any other exception is the set-up's own verdict: the connection is closed and the
+  exception reaches the caller. An attempt runs as a task
   of its own, so a caller that gives up on it does not leave it half set up.
 """
 
@@ -65,6 +67,12 @@ Caller = Callable[[str, dict[str, Any]], Awaitable[Any]]
 OnConnect = Callable[[Caller], Awaitable[None]]
 
 CHUNKED_WRITES = frozenset({"create_index", "set_schema", "update_where", "delete_where"})
+
+
+_UNUSABLE_REPLY = (TypeError, ValueError, LookupError, AttributeError)
+"""What ``on_connect`` raises on replies of a shape it cannot use: a store answering nonsense,
+handled as an unavailable one. Any other exception that is no ``StoreError`` is the set-up's
+own verdict, and reaches the caller as it is."""
 
 
 def _retrieved(attempt: asyncio.Task[Any]) -> None:
@@ -259,11 +267,13 @@ class StoreClient:
                 raise
             if isinstance(exc, StoreUnavailable) and not isinstance(exc, OutcomeUnknown):
                 raise
-            if not isinstance(exc, StoreError):
+            if isinstance(exc, _UNUSABLE_REPLY):
                 # Replies the set-up cannot use (QA: a listener answering nil to everything
                 # raised TypeError: 500s, no backoff, a leaked connection per request).
                 log.error("store_setup_failed", store=self.address, error=repr(exc)[:500])
                 raise StoreUnavailable(f"connection set-up failed: {type(exc).__name__}") from exc
+            if not isinstance(exc, StoreError):
+                raise  # the set-up's own verdict (the API's StoreRefusedSetup): not retried
             # A set-up write lost in flight included (OutcomeUnknown): the caller's own
             # command was never sent, so its answer is a plain unavailability (QA: a
             # registration answered OUTCOME_UNKNOWN for a create_table of the set-up).
