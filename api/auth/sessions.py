@@ -5,12 +5,18 @@ session and rotates the tokens. Expiring keys, each kept until every token it co
 expired by its own ``exp``, whatever the configuration says later (tokens are cut to the
 lifetime configured now, but raising it again would bring them back):
 
-- ``auth:session-refresh:<sid>``: the ``jti`` of the session's latest refresh token, set at
-  login and replaced at each refresh by a compare-and-set (``kv_set eq``: only over the
-  presented token's ``jti``), so exactly one exchange of a given refresh token succeeds across
-  all workers; any other presentation of a token of the session is reuse (a stolen copy, or a
-  replay) and revokes the whole session. One key per live session, however often it
-  refreshes; kept until its latest refresh token's exp.
+- ``auth:session-refresh:<sid>``: the session's latest refresh token: its ``jti`` (a string)
+  at login; after a refresh, a map of its ``jti``, the ``prev`` token it replaced, its
+  ``iat`` and ``role`` (what signing it again takes) and the time ``at`` which it replaced
+  it. Replaced at each refresh by a compare-and-set (``kv_set eq`` over the value read), so
+  exactly one exchange of a given refresh token rotates it across all workers. The token it
+  replaced, presented again within ``REPEAT_SECONDS`` while its successor is still the latest,
+  gets that same successor again (``Successor``): a client whose refresh answer was lost (a
+  store crash, a timeout: 503 OUTCOME_UNKNOWN or 504), or that sent it twice at once (two
+  tabs, a double click), keeps its session; QA found both revoked it as reuse. Any other
+  presentation of a token of the session is reuse (a stolen copy, or a replay) and revokes the
+  whole session. One key per live session, however often it refreshes; kept until its latest
+  refresh token's exp.
 - ``auth:session-revoked:<sid>``: logout, or reuse of a rotated refresh token. Every token of
   the session is refused from then on. A marker rather than a "live session" key, so a refresh
   racing a logout can never bring the session back.
@@ -31,6 +37,7 @@ under an earlier, higher setting, and setting it back revived them.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import structlog
@@ -44,6 +51,9 @@ SESSION_REVOKED = "auth:session-revoked:"
 USER_NOT_BEFORE = "auth:user-not-before:"
 REFRESH_USED = "auth:refresh-used:"
 SESSION_REFRESH = "auth:session-refresh:"
+REPEAT_SECONDS = 60
+"""How long the refresh token a refresh replaced still gets that refresh's successor (while
+the successor is not rotated in turn): a lost answer's retry, or a concurrent duplicate."""
 TOKEN_HORIZON = "auth:token-horizon"
 # Without a horizon, live tokens can only come from an earlier release (which kept none) or
 # have all expired: marks are kept for that release's default refresh lifetime, 7 days.
@@ -187,15 +197,56 @@ async def open_session(store: Store, session_id: str, refresh: Claims) -> None:
     await store.call("kv_set", {**args, "ttl": _ttl_until(refresh.signed_expires_at)})
 
 
-async def rotate_refresh_token(store: Store, presented: Claims, issued: Claims) -> None:
+@dataclass(frozen=True)
+class Successor:
+    """The refresh token that already replaced the presented one: signed again, it is the
+    same token (HS256 is deterministic over the same claims)."""
+
+    token_id: str
+    issued_at: float
+    role: str
+
+
+def _latest_id(value: Any) -> Any:
+    """The session's latest refresh token id, from its key's value (either form)."""
+    return value.get("jti") if isinstance(value, dict) else value
+
+
+def _successor(value: Any, presented: Claims) -> Successor | None:
+    """The token that replaced ``presented`` less than ``REPEAT_SECONDS`` ago and is still the
+    session's latest, if any."""
+    if not isinstance(value, dict) or value.get("prev") != presented.token_id:
+        return None
+    at, jti, iat, role = (value.get(k) for k in ("at", "jti", "iat", "role"))
+    # Either side of now: ``at`` is the clock of the worker that rotated (clocks drift).
+    fresh = isinstance(at, int | float) and abs(time.time() - at) <= REPEAT_SECONDS
+    if not fresh or not isinstance(jti, str) or not isinstance(role, str):
+        return None
+    if not isinstance(iat, int | float) or isinstance(iat, bool):
+        return None
+    return Successor(jti, float(iat), role)
+
+
+async def rotate_refresh_token(store: Store, presented: Claims, issued: Claims) -> Successor | None:
     """Make ``issued`` the session's latest refresh token in place of ``presented``, atomically
-    across workers; if ``presented`` is not the latest (reuse), revoke the session."""
+    across workers (``None``); if ``presented`` was just replaced by another exchange, the
+    ``Successor`` that replaced it, to be given again; else (reuse) revoke the session."""
     global _said_no_eq
     key = SESSION_REFRESH + presented.session_id
-    args = {"key": key, "value": issued.token_id, "ttl": _ttl_until(issued.signed_expires_at)}
+    record = {
+        "jti": issued.token_id,
+        "prev": presented.token_id,
+        "iat": issued.issued_at,
+        "role": issued.role,
+        "at": time.time(),
+    }
+    args = {"key": key, "value": record, "ttl": _ttl_until(issued.signed_expires_at)}
+    current = await store.call("kv_get", {"key": key})
     try:
-        if await store.call("kv_set", {**args, "eq": presented.token_id}):
-            return
+        if _latest_id(current) == presented.token_id and await store.call(
+            "kv_set", {**args, "eq": current}
+        ):
+            return None
     except BadRequest as error:
         if error.details.get("arg") != "eq":
             raise
@@ -208,13 +259,18 @@ async def rotate_refresh_token(store: Store, presented: Claims, issued: Claims) 
             )
             _said_no_eq = True
     latest = await store.call("kv_get", {"key": key})
-    if latest is not None and latest != presented.token_id:
+    successor = _successor(latest, presented)
+    if successor is not None:
+        log.info("refresh_repeated", session_id=presented.session_id, user_id=presented.subject)
+        return successor
+    if latest is not None and _latest_id(latest) != presented.token_id:
         await _refuse_reuse(store, presented)
     # No key: a session opened by an earlier release (or a store without ``eq``, where the key
     # is still the presented token's). The marker decides this exchange, and the one it lets
     # through makes the new token the session's latest (from then on the key decides).
     await consume_refresh_token(store, presented)
     await store.call("kv_set", {**args, "nx": True} if latest is None else args)
+    return None
 
 
 async def consume_refresh_token(store: Store, claims: Claims) -> None:

@@ -95,19 +95,26 @@ class TokenService:
         self._cache = TokenCache(cache_size)
 
     def issue_pair(
-        self, user_id: str, role: str, session_id: str, issued_at: float | None = None
+        self,
+        user_id: str,
+        role: str,
+        session_id: str,
+        issued_at: float | None = None,
+        refresh_id: str | None = None,
     ) -> TokenPair:
         """``issued_at``: when what the tokens vouch for was read (the user's role, password
         and sessions), if earlier than now. A password or role change, or a logout, that
         lands between that read and now ends the user's sessions with a later timestamp, so
         these tokens are refused too (``sessions.check_not_revoked``): they are dated by what
-        they were built from, not by when they were signed."""
+        they were built from, not by when they were signed. ``refresh_id`` with the
+        ``issued_at`` it was first signed at: that refresh token again (a refresh repeated:
+        ``sessions.Successor``), with a new access token."""
         signed_at = time.time()
         now = signed_at if issued_at is None else issued_at
         access_exp = int(now) + self.access_ttl
         access = self._encode(user_id, role, session_id, "access", now, access_exp)
         refresh_exp = self.refresh_expiry(now)
-        refresh_id = uuid.uuid4().hex
+        refresh_id = refresh_id or uuid.uuid4().hex
         refresh = self._encode(user_id, role, session_id, "refresh", now, refresh_exp, refresh_id)
         # exp is int(now) + refresh_ttl, so the configured-lifetime cap of ``_decode`` is exp.
         claims = Claims(

@@ -220,7 +220,9 @@ async def create_token(
 )
 async def refresh_token(body: RefreshRequest, store: StoreDep, tokens: TokensDep) -> Response:
     """Exchange a refresh token for a new pair (RFC 6749 JSON). Each refresh token works once:
-    presenting it again revokes the whole session (its access and refresh tokens)."""
+    presenting it again revokes the whole session (its access and refresh tokens), except
+    within 60 s of its exchange while the refresh token that exchange gave is unused: then it
+    gets that same refresh token again (a retry after a lost answer, two tabs at once)."""
     # Dated before the revocation check, as a login before its read of the user.
     checked_at = time.time()
     try:
@@ -232,7 +234,15 @@ async def refresh_token(body: RefreshRequest, store: StoreDep, tokens: TokensDep
         role = str(user.get("role") or users.DEFAULT_ROLE)
         # The new pair first: its refresh token's jti takes the presented one's place.
         pair = tokens.issue_pair(claims.subject, role, claims.session_id, issued_at=checked_at)
-        await rotate_refresh_token(store, claims, pair.refresh_claims)
+        successor = await rotate_refresh_token(store, claims, pair.refresh_claims)
+        if successor is not None:  # just replaced: the same successor again, not reuse
+            pair = tokens.issue_pair(
+                claims.subject,
+                successor.role,
+                claims.session_id,
+                issued_at=successor.issued_at,
+                refresh_id=successor.token_id,
+            )
     except (InvalidToken, NotFound):
         raise bad_refresh_token() from None
     return token_response(pair)

@@ -47,7 +47,10 @@ def kv_keys(stack: Stack) -> int:
 
 
 def session_key(stack: Stack, token: str) -> Any:
-    return store_call(stack, "kv_get", {"key": SESSION_REFRESH + sid_of(token)})
+    """The id of the session's latest refresh token as its key holds it (``None``: no key).
+    After a refresh the key holds a map: the id under ``jti``."""
+    value = store_call(stack, "kv_get", {"key": SESSION_REFRESH + sid_of(token)})
+    return value.get("jti") if isinstance(value, dict) else value
 
 
 def used_markers(stack: Stack, tokens: list[str]) -> list[Any]:
@@ -117,9 +120,12 @@ def test_a_session_from_an_earlier_release_joins_at_its_first_refresh(
     new_token = first.json()["refresh_token"]
     assert session_key(stack, old.refresh_token) == jti_of(new_token)  # joined
     assert used_markers(stack, [old.refresh_token]) == [1]  # decided by its marker, this once
-    # The same earlier-release token again is reuse: the session is revoked.
+    # Once its successor was used, the same earlier-release token again is reuse: the session
+    # is revoked (before that, it would get the same successor: a repeated refresh).
+    newer = refresh(anon, new_token)
+    assert newer.status_code == 200, newer.text
     assert_error(refresh(anon, old.refresh_token), 401, "INVALID_TOKEN")
-    assert_error(refresh(anon, new_token), 401, "INVALID_TOKEN")
+    assert_error(refresh(anon, newer.json()["refresh_token"]), 401, "INVALID_TOKEN")
     me = anon.get("/api/v1/users/me", headers=bearer(first.json()["access_token"]))
     assert_error(me, 401, "INVALID_TOKEN")
 
@@ -170,7 +176,7 @@ async def test_a_store_without_kv_set_eq_still_rotates_once_and_keeps_the_key_cu
             await sessions.rotate_refresh_token(
                 store, claims(service, chain[-2]), claims(service, chain[-1])
             )
-            assert run(store.engine, "kv_get", key=key) == jti_of(chain[-1])
+            assert run(store.engine, "kv_get", key=key)["jti"] == jti_of(chain[-1])
     (line,) = named(caplog, "refresh_rotation_by_marker")  # once per worker
     assert line["level"] == "warning" and "kv_set eq" in line["message"]
     # The store upgraded: the key it kept current decides from then on.
@@ -179,7 +185,7 @@ async def test_a_store_without_kv_set_eq_still_rotates_once_and_keeps_the_key_cu
     await sessions.rotate_refresh_token(
         store, claims(service, chain[-2]), claims(service, chain[-1])
     )
-    assert run(store.engine, "kv_get", key=key) == jti_of(chain[-1])
+    assert run(store.engine, "kv_get", key=key)["jti"] == jti_of(chain[-1])
     # Reuse of a token rotated by a store without eq, after the upgrade.
     with pytest.raises(InvalidToken):
         await sessions.rotate_refresh_token(
@@ -213,3 +219,61 @@ async def test_on_a_store_without_kv_set_eq_a_rotated_token_is_reuse(
     with pytest.raises(InvalidToken):
         await sessions.rotate_refresh_token(store, first, third)
     assert run(store.engine, "kv_get", key=sessions.SESSION_REVOKED + "s1") is not None
+
+
+# --- a refresh repeated (its answer lost, or sent twice) -------------------------------------
+
+
+@pytest.mark.integration
+def test_a_refresh_repeated_gets_the_same_successor_and_keeps_the_session(
+    anon: httpx.Client, stack: Stack
+) -> None:
+    """QA: a refresh whose answer was lost (the store crashed after rotating: 503
+    OUTCOME_UNKNOWN; or a 504) left the client only the old token, and sending it again
+    revoked the session as reuse. Within REPEAT_SECONDS, while the successor is unused, the
+    same successor comes back (with a new access token)."""
+    account = register(anon)
+    first = refresh(anon, account.refresh_token)
+    assert first.status_code == 200, first.text
+    again = refresh(anon, account.refresh_token)  # the client never saw ``first``
+    assert again.status_code == 200, again.text
+    assert again.json()["refresh_token"] == first.json()["refresh_token"]
+    me = anon.get("/api/v1/users/me", headers=bearer(again.json()["access_token"]))
+    assert me.status_code == 200
+    onward = refresh(anon, again.json()["refresh_token"])
+    assert onward.status_code == 200, onward.text
+    # Its successor used, the first token is reuse: the session is revoked.
+    assert_error(refresh(anon, account.refresh_token), 401, "INVALID_TOKEN")
+    assert_error(refresh(anon, onward.json()["refresh_token"]), 401, "INVALID_TOKEN")
+
+
+async def test_a_token_replaced_longer_ago_than_the_repeat_window_is_reuse(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    service = TokenService("unit-test-signing-key-0123456789-ABCDEFGH", 60, 3600)
+    store = EngineStore()
+    first, second, third = (
+        claims(service, service.issue_pair("u1", "user", "s1").refresh_token) for _ in range(3)
+    )
+    await sessions.open_session(store, "s1", first)
+    assert await sessions.rotate_refresh_token(store, first, second) is None
+    repeated = await sessions.rotate_refresh_token(store, first, third)
+    assert repeated == sessions.Successor(second.token_id, second.issued_at, "user")
+    later = time.time() + sessions.REPEAT_SECONDS + 1
+    monkeypatch.setattr(sessions.time, "time", lambda: later)
+    with pytest.raises(InvalidToken):
+        await sessions.rotate_refresh_token(store, first, third)
+    assert run(store.engine, "kv_get", key=sessions.SESSION_REVOKED + "s1") is not None
+
+
+def test_a_repeated_refresh_signs_the_same_refresh_token_again() -> None:
+    """What makes the repeat safe to hand out: the successor, signed again from its id and
+    iat, is the very token the first exchange gave (one token, rotated once)."""
+    service = TokenService("unit-test-signing-key-0123456789-ABCDEFGH", 60, 3600)
+    pair = service.issue_pair("u1", "user", "s1", issued_at=time.time() - 5)
+    claims_of = pair.refresh_claims
+    again = service.issue_pair(
+        "u1", "user", "s1", issued_at=claims_of.issued_at, refresh_id=claims_of.token_id
+    )
+    assert again.refresh_token == pair.refresh_token
+    assert again.access_token != pair.access_token
