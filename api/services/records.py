@@ -20,7 +20,9 @@ from api.services.batches import check_refs, run_batch_noting_unchanged
 from api.services.record_values import DATA, Record, check_generic
 from api.services.typed_tables import TYPED, IfMatch, to_public
 from api.services.versions import (
+    WRITE_ATTEMPTS,
     accepted_versions,
+    changed_while_written,
     expected_version,
     precondition_failed,
     with_version,
@@ -51,31 +53,47 @@ async def conditional_upsert(
     check_generic(data)
     must_exist = match_any or conditions.if_match is not None
     rid = data.get("id")
+    if conditions.none_match_any and must_exist:
+        raise precondition_failed(_BOTH)
     if conditions.none_match_any or type(rid) is not str:
         if must_exist:
             raise precondition_failed(_NOTHING_TO_MATCH)
-        return await _create_only(store, table, data), True
+        created = await _create(store, table, data)
+        if created is None:
+            raise precondition_failed("If-None-Match: * but a record with this id exists")
+        return created, True
     changes = {k: v for k, v in data.items() if k != "id"}
-    try:
-        accepted = await accepted_versions(store, table, rid, conditions)
-        record = await update_record(store, table, rid, changes, accepted)
-    except NotFound:
-        if must_exist:
-            raise precondition_failed(_NOTHING_TO_MATCH) from None
-        return await _create_only(store, table, data), True
-    return record, False
+    for _ in range(WRITE_ATTEMPTS):
+        try:
+            accepted = await accepted_versions(store, table, rid, conditions)
+            return await update_record(store, table, rid, changes, accepted), False
+        except NotFound:
+            if must_exist:
+                raise precondition_failed(_NOTHING_TO_MATCH) from None
+        created = await _create(store, table, data)
+        if created is not None:
+            return created, True
+        # Created by another client since the merge found nothing: the conditions are decided
+        # again over that record (QA: this said "a record with this id exists" to a client
+        # whose If-None-Match named another version, which that record satisfied).
+    raise changed_while_written()
 
 
 _NOTHING_TO_MATCH = "If-Match: there is no record with this id to merge into"
+_BOTH = (
+    "If-Match and If-None-Match: * cannot both hold: one needs the record to exist, the other"
+    " needs it absent"
+)
 
 
-async def _create_only(store: Store, table: str, data: Record) -> Record:
+async def _create(store: Store, table: str, data: Record) -> Record | None:
+    """The record created; ``None`` if one with its id exists (nothing written)."""
     try:
         return await create_record(store, table, data)
     except Conflict as exc:
         if exc.details.get("reason") != "duplicate_id":
             raise
-        raise precondition_failed("If-None-Match: a record with this id exists") from None
+        return None
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,16 @@ def precondition_failed(
     return ApiError(412, "PRECONDITION_FAILED", message, headers=headers)
 
 
+def changed_while_written() -> ApiError:
+    """503: ``WRITE_ATTEMPTS`` writes in a row met another client's change."""
+    return ApiError(
+        503,
+        "CHANGED_WHILE_WRITTEN",
+        "The record kept changing while it was written; retry shortly",
+        headers={"Retry-After": "1"},
+    )
+
+
 def not_found(table: str, record_id: str) -> NotFound:
     """Exactly the store's 404 for a missing record, so "not yours" leaks no existence."""
     return NotFound(f"no record {record_id!r} in {table}", {"table": table, "id": record_id})
@@ -116,12 +126,7 @@ class RecordWrite:
                 if conditional:
                     raise
                 version = int(current["version"])
-        raise ApiError(
-            503,
-            "CHANGED_WHILE_WRITTEN",
-            "The record kept changing while it was written; retry shortly",
-            headers={"Retry-After": "1"},
-        )
+        raise changed_while_written()
 
 
 async def expected_version(
