@@ -110,7 +110,10 @@ class TokenService:
         ``issued_at`` it was first signed at: that refresh token again (a refresh repeated:
         ``sessions.Successor``), with a new access token."""
         signed_at = time.time()
-        now = signed_at if issued_at is None else issued_at
+        # Rounded as the iat claim is, before exp is derived from it: a repeated refresh signs
+        # again from the claims' iat and must get the same exp (QA: at a fraction of .9999995
+        # or more, int() of the unrounded time gave an exp a second earlier).
+        now = round(signed_at if issued_at is None else issued_at, 6)
         access_exp = int(now) + self.access_ttl
         access = self._encode(user_id, role, session_id, "access", now, access_exp)
         refresh_exp = self.refresh_expiry(now)

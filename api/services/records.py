@@ -86,10 +86,22 @@ _BOTH = (
 )
 
 
+def _without_nulls(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` merged onto an empty record (RFC 7396): null members left out, in maps at any
+    depth (not in lists). What the store's own upsert creates (``writes.insert``)."""
+    return {
+        key: _without_nulls(value) if type(value) is dict else value
+        for key, value in data.items()
+        if value is not None
+    }
+
+
 async def _create(store: Store, table: str, data: Record) -> Record | None:
-    """The record created; ``None`` if one with its id exists (nothing written)."""
+    """The record an upsert creates, as an unconditional one would (QA: sent with
+    If-None-Match it kept its nulls, which its repeat then merged away); ``None`` if one with
+    its id exists (nothing written)."""
     try:
-        return await create_record(store, table, data)
+        return await create_record(store, table, _without_nulls(data))
     except Conflict as exc:
         if exc.details.get("reason") != "duplicate_id":
             raise

@@ -277,3 +277,19 @@ def test_a_repeated_refresh_signs_the_same_refresh_token_again() -> None:
     )
     assert again.refresh_token == pair.refresh_token
     assert again.access_token != pair.access_token
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.4999999, 0.9999996, 0.9999999])
+def test_a_repeat_signs_the_same_token_whatever_the_fraction_of_its_second(
+    fraction: float,
+) -> None:
+    """QA: at a fraction of .9999995 or more, the first exp came from the unrounded time and the
+    repeat's from the rounded iat: a second apart, another token."""
+    service = TokenService("unit-test-signing-key-0123456789-ABCDEFGH", 60, 3600)
+    at = float(int(time.time()) - 5) + fraction
+    pair = service.issue_pair("u1", "user", "s1", issued_at=at)
+    first = pair.refresh_claims
+    again = service.issue_pair(
+        "u1", "user", "s1", issued_at=first.issued_at, refresh_id=first.token_id
+    )
+    assert again.refresh_token == pair.refresh_token

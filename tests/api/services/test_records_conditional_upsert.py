@@ -45,3 +45,22 @@ async def test_if_match_with_if_none_match_any_says_they_cannot_both_hold() -> N
     assert refused.value.status_code == 412
     assert "cannot both hold" in refused.value.message
     assert run(store.engine, "get", table="t", id="x")["version"] == 1
+
+
+@pytest.mark.parametrize(
+    "conditions",
+    [WriteConditions(none_match_any=True), WriteConditions(if_none_match=frozenset({7}))],
+)
+async def test_a_conditional_upsert_creates_what_an_unconditional_one_would(
+    conditions: WriteConditions,
+) -> None:
+    """QA: sent with If-None-Match, the create kept its nulls (a plain insert), which the same
+    upsert sent again without conditions then merged away: version 2."""
+    store = EngineStore()
+    run(store.engine, "create_table", table="t")
+    sent = {"id": "b1", "name": "w", "discount": None, "meta": {"color": None, "tags": [None]}}
+    record, created = await conditional_upsert(store, "t", sent, conditions, False)  # type: ignore[arg-type]
+    assert created and "discount" not in record
+    assert record["meta"] == {"tags": [None]}
+    again = run(store.engine, "insert", table="t", record=sent, upsert=True)
+    assert again["version"] == 1
