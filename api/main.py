@@ -45,7 +45,7 @@ from api.settings import START_REFUSAL_FILE_ENV, Settings, get_settings
 from api.solver import plan_dependencies
 from api.store import connect_store
 from storeserver.client import Caller
-from storeserver.errors import LimitExceeded, MemoryLimit, StoreError
+from storeserver.errors import LimitExceeded, MemoryLimit, SetupRefused, StoreError
 
 log = structlog.get_logger("api.main")
 
@@ -99,10 +99,11 @@ it is asked again at every reconnection attempt (up to a few a second)."""
 MIB = 1 << 20
 
 
-class StoreRefusedSetup(Exception):
+class StoreRefusedSetup(SetupRefused):
     """The store refuses the tables the API needs (its memory or table limit): only a setting
-    of the store can mend that. Not a ``StoreError``, so ``connect_store`` does not retry it
-    as a store still starting, and the worker fails to boot at once, saying why."""
+    of the store can mend that. A ``SetupRefused``, not a ``StoreError``: the client hands
+    it on as it is, ``connect_store`` does not retry it as a store still starting, and the
+    worker fails to boot at once, saying why."""
 
 
 async def missing_tables(call: Caller) -> list[str]:

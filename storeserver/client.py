@@ -25,11 +25,11 @@ Failure rules:
   one whose connection was lost after it was sent fails with ``OutcomeUnknown`` (a kind of
   ``StoreUnavailable``), and a timed-out one with a ``StoreTimeout`` whose details say
   ``{"outcome": "unknown"}``.
-- ``on_connect`` failing on the store (a ``StoreError``, its own write lost in flight
-  included, or replies it cannot use: a ``TypeError`` in it) fails the connection attempt as a
-  plain ``StoreUnavailable``: the connection is closed and the next attempt waits out the
-  backoff. Any other exception is the set-up's own verdict: the connection is closed and the
-  exception reaches the caller. An attempt runs as a task
+- ``on_connect`` failing in any way (a ``StoreError``, its own write lost in flight included;
+  replies it cannot use: a ``TypeError`` in it) fails the connection attempt as a plain
+  ``StoreUnavailable``: the connection is closed and the next attempt waits out the backoff.
+  Only a ``SetupRefused`` is the set-up's own verdict: the connection is closed and it
+  reaches the caller as it is. An attempt runs as a task
   of its own, so a caller that gives up on it does not leave it half set up.
 """
 
@@ -45,7 +45,14 @@ from typing import Any
 import structlog
 
 from .clientconnection import READ_COMMANDS, ClientConnection
-from .errors import BadRequest, OutcomeUnknown, ProtocolError, StoreError, StoreUnavailable
+from .errors import (
+    BadRequest,
+    OutcomeUnknown,
+    ProtocolError,
+    SetupRefused,
+    StoreError,
+    StoreUnavailable,
+)
 from .protocol import MAX_FRAME_SIZE, PROTOCOL_VERSION, Hello, encode, encode_request
 
 log = structlog.get_logger("storeserver.client")
@@ -67,12 +74,6 @@ Caller = Callable[[str, dict[str, Any]], Awaitable[Any]]
 OnConnect = Callable[[Caller], Awaitable[None]]
 
 CHUNKED_WRITES = frozenset({"create_index", "set_schema", "update_where", "delete_where"})
-
-
-_UNUSABLE_REPLY = (TypeError, ValueError, LookupError, AttributeError)
-"""What ``on_connect`` raises on replies of a shape it cannot use: a store answering nonsense,
-handled as an unavailable one. Any other exception that is no ``StoreError`` is the set-up's
-own verdict, and reaches the caller as it is."""
 
 
 def _retrieved(attempt: asyncio.Task[Any]) -> None:
@@ -225,7 +226,16 @@ class StoreClient:
             attempt = asyncio.get_running_loop().create_task(self._attempt())
             attempt.add_done_callback(_retrieved)
             self._connecting = attempt
-        return await asyncio.shield(self._connecting)
+        attempt = self._connecting
+        try:
+            return await asyncio.shield(attempt)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if attempt.cancelled() and (task is None or not task.cancelling()):
+                # ``close`` cancelled the attempt, not this caller (QA: every caller waiting
+                # on it got a CancelledError it could take for its own cancellation).
+                raise StoreUnavailable("the client is closed") from None
+            raise
 
     async def _attempt(self) -> ClientConnection:
         """Open and set up a connection; on failure, the next attempt waits out a backoff."""
@@ -265,15 +275,16 @@ class StoreClient:
                 conn.transport.abort()
             if not isinstance(exc, Exception):  # cancelled (the client is closing)
                 raise
+            if isinstance(exc, SetupRefused):
+                raise  # the set-up's own verdict (the API's StoreRefusedSetup): not retried
             if isinstance(exc, StoreUnavailable) and not isinstance(exc, OutcomeUnknown):
                 raise
-            if isinstance(exc, _UNUSABLE_REPLY):
-                # Replies the set-up cannot use (QA: a listener answering nil to everything
-                # raised TypeError: 500s, no backoff, a leaked connection per request).
+            if not isinstance(exc, StoreError):
+                # Anything else the set-up met: replies it cannot use (QA: a listener answering
+                # nil to everything raised TypeError: 500s, no backoff, a leaked connection per
+                # request), or data it cannot read (an admin hash of an unknown scheme).
                 log.error("store_setup_failed", store=self.address, error=repr(exc)[:500])
                 raise StoreUnavailable(f"connection set-up failed: {type(exc).__name__}") from exc
-            if not isinstance(exc, StoreError):
-                raise  # the set-up's own verdict (the API's StoreRefusedSetup): not retried
             # A set-up write lost in flight included (OutcomeUnknown): the caller's own
             # command was never sent, so its answer is a plain unavailability (QA: a
             # registration answered OUTCOME_UNKNOWN for a create_table of the set-up).

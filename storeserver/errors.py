@@ -89,6 +89,12 @@ class OutcomeUnknown(StoreUnavailable):
     code = "OUTCOME_UNKNOWN"
 
 
+class SetupRefused(Exception):
+    """Raised by a client's ``on_connect`` to end the connection attempt with its own verdict
+    (a setting of the store no retry can mend): it reaches the caller as it is, where any
+    other failure of the set-up is a ``StoreUnavailable`` retried after a backoff."""
+
+
 class PersistenceError(StoreUnavailable):
     """The store cannot write its log (disk full, I/O error): writes are refused until it can.
 

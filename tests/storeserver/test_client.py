@@ -11,7 +11,13 @@ import pytest
 from storeserver import clientconnection
 from storeserver.client import StoreClient
 from storeserver.clientconnection import ClientConnection
-from storeserver.errors import OutcomeUnknown, StoreBusy, StoreTimeout, StoreUnavailable
+from storeserver.errors import (
+    OutcomeUnknown,
+    SetupRefused,
+    StoreBusy,
+    StoreTimeout,
+    StoreUnavailable,
+)
 from storeserver.protocol import PROTOCOL_VERSION, Hello, encode, encode_request
 
 
@@ -271,3 +277,68 @@ async def test_a_set_up_write_lost_in_flight_fails_the_callers_as_a_plain_outage
             await client.call("insert", {"table": "users", "record": {}})
         assert not isinstance(lost.value, OutcomeUnknown)
         await client.close()
+
+
+@pytest.mark.parametrize("error", [TypeError("nil"), RuntimeError("unknown hash scheme")])
+async def test_any_set_up_failure_but_a_refusal_is_an_outage_with_backoff(
+    tmp_path, error: Exception
+) -> None:
+    """QA: an admin hash of a scheme the set-up could not identify raised an exception the
+    client handed on: every request a 500 and a new connection set-up, no backoff."""
+    attempts: list[int] = []
+
+    async def on_connect(call) -> None:  # type: ignore[no-untyped-def]
+        attempts.append(1)
+        raise error
+
+    hello = encode(Hello(PROTOCOL_VERSION, {}))
+    async with FakeStore(str(tmp_path / "s.sock"), hello) as store:
+        client = StoreClient(store.path, timeout=1.0, on_connect=on_connect)
+        insert = {"table": "t", "record": {}}  # a write: not retried within the call
+        with pytest.raises(StoreUnavailable, match=type(error).__name__):
+            await client.call("insert", insert)
+        with pytest.raises(StoreUnavailable, match="reconnecting"):
+            await client.call("insert", insert)
+        assert attempts == [1]
+        await client.close()
+
+
+async def test_a_set_up_refusal_reaches_the_caller_as_it_is(tmp_path) -> None:
+    class Refused(SetupRefused):
+        pass
+
+    async def on_connect(call) -> None:  # type: ignore[no-untyped-def]
+        raise Refused("the store's table limit is below the API's tables")
+
+    hello = encode(Hello(PROTOCOL_VERSION, {}))
+    async with CountingStore(str(tmp_path / "s.sock"), hello) as store:
+        client = StoreClient(store.path, timeout=1.0, on_connect=on_connect)
+        with pytest.raises(Refused):
+            await client.call("ping")
+        await client.close()
+        for _ in range(100):
+            if store.open == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert store.open == 0  # its connection closed
+
+
+async def test_closing_during_an_attempt_tells_its_callers_the_client_is_closed(
+    tmp_path,
+) -> None:
+    """QA: ``close`` cancels the attempt, and each caller waiting on it got a CancelledError
+    it had not asked for."""
+    set_up = asyncio.Event()
+
+    async def on_connect(call) -> None:  # type: ignore[no-untyped-def]
+        await set_up.wait()
+
+    hello = encode(Hello(PROTOCOL_VERSION, {}))
+    async with CountingStore(str(tmp_path / "slow.sock"), hello) as store:
+        client = StoreClient(store.path, timeout=1.0, on_connect=on_connect)
+        callers = [asyncio.create_task(client.call("ping")) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        await client.close()
+        results = await asyncio.gather(*callers, return_exceptions=True)
+        assert all(isinstance(r, StoreUnavailable) for r in results), results
+        assert all("closed" in r.message for r in results)  # type: ignore[union-attr]
