@@ -68,7 +68,8 @@ An in-memory database behind a REST API. Every response is an envelope:
 `{"status": "success", "data": ..., "meta": {"page", "per_page", "total"}}` (meta on lists) or
 `{"status": "error", "error": {"code", "message", "details"}, "request_id"}`.
 
-Single records carry a weak `ETag` (`W/"<version>"`): send it back in `If-None-Match` for a
+Single records carry a weak `ETag` (`W/"<version>"`; `GET /orders/{id}/user`, whose user may
+change, `W/"u<hash>-<version>"`): send it back in `If-None-Match` for a
 304, or in `If-Match` on PUT/PATCH/DELETE to write only if nobody changed the record, or in
 `If-None-Match` there to write only if it is not at that version (`*`: never over an existing
 record); a failed condition is 412 and writes nothing.
@@ -85,7 +86,8 @@ for the string), else as strings.
 **Authentication.** Register with `POST /api/v1/users`, log in with `POST /api/v1/auth/token`
 (OAuth2 password form, username = email; the Authorize button above does it) and send
 `Authorization: Bearer <access_token>`. Access tokens last 15 minutes; exchange the refresh
-token at `POST /api/v1/auth/refresh` (each refresh token works once) and end the session with
+token at `POST /api/v1/auth/refresh` (each refresh token works once; sent again within 60 s,
+before the new one is used, it gets the same new refresh token) and end the session with
 `POST /api/v1/auth/logout`. Users see and change only themselves and their own orders (someone
 else's is a 404); the user list, generic tables, joins and dumps are for admins (403).
 Requests are rate limited per user (per client IP without a token): `X-Rate-Limit-Limit`,

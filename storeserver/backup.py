@@ -1,7 +1,7 @@
 """``python -m storeserver.backup``: snapshot the running store and copy its files aside.
 
 The store writes a snapshot (``snapshot`` command) and answers once it is on disk; this then
-copies ``snapshot.mdb`` and any log written since (``log-*.aof`` of a newer generation) into
+copies ``snapshot.mdb`` and the store's logs (``DataDir.logs``: not a file only named like one) into
 ``<dest>/<UTC timestamp>/`` (``-2``, ``-3``... appended when a backup of the same second
 has that name already). Restore = stop the store, put those files in an empty
 ``STORE_DATA_DIR``, start it (deploy/README.md, "Backup and restore"). The copies hold every
@@ -75,7 +75,7 @@ def copy_backup(snapshot: Path, dest: Path) -> Path:
 
 def copy_and_check(snapshot: Path, target: Path) -> None:
     copy_private(snapshot, target / snapshot.name)
-    for log_file in sorted(snapshot.parent.glob("log-*.aof")):
+    for log_file in DataDir(snapshot.parent).logs():  # the store's own, not files named alike
         with contextlib.suppress(FileNotFoundError):  # pruned since the listing
             copy_private(log_file, target / log_file.name)
     copied = DataDir(target)

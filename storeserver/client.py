@@ -26,8 +26,9 @@ Failure rules:
   ``StoreUnavailable``), and a timed-out one with a ``StoreTimeout`` whose details say
   ``{"outcome": "unknown"}``.
 - ``on_connect`` failing in any way (a ``StoreError``, its own write lost in flight included;
-  replies it cannot use: a ``TypeError`` in it) fails the connection attempt as a plain
-  ``StoreUnavailable``: the connection is closed and the next attempt waits out the backoff.
+  replies it cannot use: a ``TypeError`` in it) fails the connection attempt as a
+  ``StoreUnavailable`` (the store's own kind when it answered one, a ``PersistenceError``; a
+  plain one otherwise): the connection is closed and the next attempt waits out the backoff.
   Only a ``SetupRefused`` is the set-up's own verdict: the connection is closed and it
   reaches the caller as it is. An attempt runs as a task
   of its own, so a caller that gives up on it does not leave it half set up.

@@ -200,7 +200,8 @@ class DataDir:
         """Make existing data files owner-only: a snapshot written before files were created
         0600 (or files restored with looser modes) would otherwise stay readable by others
         until the next snapshot replaces it, which may be days away."""
-        for path in [self.snapshot, *self.logs()]:
+        # Files only named like logs too: a damaged log set aside in place still holds data.
+        for path in [self.snapshot, *self.root.glob("log-*.aof")]:
             with contextlib.suppress(FileNotFoundError):
                 if path.stat().st_mode & 0o077:
                     os.chmod(path, FILE_MODE)

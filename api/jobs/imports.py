@@ -1,7 +1,8 @@
 """CSV import as a job: the body is kept (spooled to disk past 1 MiB) and handed to the
 import service when the job runs, in the worker that accepted it.
 
-The import calls back after every ``CHUNK_ROWS`` rows read, valid or not: there the job
+The import calls back after every ``CHUNK_ROWS`` lines read (rows valid or not, blank lines):
+there the job
 reports its progress (bytes read, at most once a heartbeat) and stops if cancelled. A job that
 fails or is cancelled ends with its progress in ``rows`` imported: those rows stay. So do those
 of a job lost with its worker, whose error says how many at least instead of "start it again".

@@ -8,7 +8,8 @@ beats the heart of its own jobs and, every few beats, sweeps the whole ``_jobs``
 jobs of dead workers and for results past ``JOB_RETENTION_SECONDS``.
 
 A job's state changes are retried while the store restarts (``RECORD_RETRY_SECONDS``): a job
-the restart broke ends ``failed`` with ``STORE_UNAVAILABLE``, not as a lost worker's.
+the restart broke ends ``failed`` with ``STORE_UNAVAILABLE`` (``OUTCOME_UNKNOWN`` if a write of
+its was in flight), not as a lost worker's.
 """
 
 from __future__ import annotations

@@ -30,7 +30,8 @@ class TokenResponse(BaseModel):
 
 
 class RefreshRequest(BaseModel):
-    """A refresh token to exchange (once) for a new pair."""
+    """A refresh token to exchange (once; again within 60 s, while the new refresh token is
+    unused, for that same one) for a new pair."""
 
     model_config = ConfigDict(extra="forbid")
 

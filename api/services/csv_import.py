@@ -12,8 +12,9 @@ import holds at most ``ATOMIC_MAX_ROWS`` rows (the store's batch limit) and half
 batches have ``refs: false``: a map like ``{"$ref": "0.id"}`` in a cell is data (an export of
 such a record), not a reference.
 
-The worker's loop is given back (``between_chunks``) after every ``CHUNK_ROWS`` rows read,
-valid or not: a file of bad rows writes nothing, yet must not hold the loop either. A
+The worker's loop is given back (``between_chunks``) after every ``CHUNK_ROWS`` lines read,
+rows valid or not and blank lines: a file of bad rows (or of blank lines) writes nothing, yet
+must not hold the loop either. A
 malformed line (bad quoting, a byte that is not UTF-8) ends the reading: it counts as a failed
 row, and the report's ``stopped_at_row`` names it. A store error that ends a default import
 after rows were written (or may have been) keeps its status, and its message and details say

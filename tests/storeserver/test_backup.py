@@ -190,3 +190,26 @@ def test_a_copy_cut_short_by_the_disk_leaves_no_folder(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="No space left"):
         copy_backup(data / "snapshot.mdb", tmp_path / "backups")
     assert list((tmp_path / "backups").iterdir()) == []
+
+
+def test_a_backup_copies_the_store_s_logs_only(tmp_path):
+    """A damaged log set aside in place (``log-0000000002.damaged.aof``) is not the store's:
+    the store ignores it, and a backup leaves it out too."""
+    data = tmp_path / "data"
+    data.mkdir()
+    write_snapshot(data / "snapshot.mdb", 1, [])
+    (data / "log-0000000002.aof").write_bytes(encode_entry([["kv_del", "k"]]))
+    (data / "log-0000000002.damaged.aof").write_bytes(b"set aside")
+    target = copy_backup(data / "snapshot.mdb", tmp_path / "backups")
+    assert sorted(p.name for p in target.iterdir()) == ["log-0000000002.aof", "snapshot.mdb"]
+
+
+def test_a_log_set_aside_in_place_is_made_owner_only_too(tmp_path):
+    """It still holds records: a start narrows its mode as it does the store's own files."""
+    data = tmp_path / "data"
+    data.mkdir()
+    aside = data / "log-0000000002.damaged.aof"
+    aside.write_bytes(b"records")
+    aside.chmod(0o644)
+    DataDir(data).restrict_modes()
+    assert mode(aside) == 0o600
