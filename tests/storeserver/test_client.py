@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from typing import Any
 
 import pytest
 
@@ -235,15 +236,30 @@ class CountingStore(FakeStore):
             writer.close()
 
 
+def gated_set_up() -> tuple[asyncio.Event, Any]:
+    """An ``on_connect`` that waits until the event is set (a slow set-up), and the event."""
+    set_up = asyncio.Event()
+
+    async def on_connect(call: Any) -> None:
+        await set_up.wait()
+
+    return set_up, on_connect
+
+
+async def until_closed(store: CountingStore) -> int:
+    """The store's open connections once they are all closed (or after ~1 s)."""
+    for _ in range(100):
+        if store.open == 0:
+            break
+        await asyncio.sleep(0.01)
+    return store.open
+
+
 async def test_callers_timing_out_during_a_slow_set_up_leave_one_connection(tmp_path) -> None:
     """QA: ``on_connect`` is slow (the admin's bcrypt check at a production cost); each
     /metrics scrape gave up after 1 s, abandoning its attempt with the connection open in the
     store: one more per scrape, and the worker never finished reconnecting."""
-    set_up = asyncio.Event()
-
-    async def on_connect(call) -> None:  # type: ignore[no-untyped-def]
-        await set_up.wait()
-
+    set_up, on_connect = gated_set_up()
     hello = encode(Hello(PROTOCOL_VERSION, {}))
     async with CountingStore(str(tmp_path / "slow.sock"), hello) as store:
         client = StoreClient(store.path, timeout=1.0, on_connect=on_connect)
@@ -256,11 +272,7 @@ async def test_callers_timing_out_during_a_slow_set_up_leave_one_connection(tmp_
         await asyncio.sleep(0.01)
         assert client.connected  # the attempt finished: the next call uses it
         await client.close()
-        for _ in range(100):
-            if store.open == 0:
-                break
-            await asyncio.sleep(0.01)
-        assert store.open == 0
+        assert await until_closed(store) == 0
 
 
 async def test_a_set_up_write_lost_in_flight_fails_the_callers_as_a_plain_outage(tmp_path) -> None:
@@ -316,11 +328,7 @@ async def test_a_set_up_refusal_reaches_the_caller_as_it_is(tmp_path) -> None:
         with pytest.raises(Refused):
             await client.call("ping")
         await client.close()
-        for _ in range(100):
-            if store.open == 0:
-                break
-            await asyncio.sleep(0.01)
-        assert store.open == 0  # its connection closed
+        assert await until_closed(store) == 0  # its connection closed
 
 
 async def test_closing_during_an_attempt_tells_its_callers_the_client_is_closed(
@@ -328,11 +336,7 @@ async def test_closing_during_an_attempt_tells_its_callers_the_client_is_closed(
 ) -> None:
     """QA: ``close`` cancels the attempt, and each caller waiting on it got a CancelledError
     it had not asked for."""
-    set_up = asyncio.Event()
-
-    async def on_connect(call) -> None:  # type: ignore[no-untyped-def]
-        await set_up.wait()
-
+    _, on_connect = gated_set_up()
     hello = encode(Hello(PROTOCOL_VERSION, {}))
     async with CountingStore(str(tmp_path / "slow.sock"), hello) as store:
         client = StoreClient(store.path, timeout=1.0, on_connect=on_connect)
