@@ -28,6 +28,7 @@ from api.services.versions import (
     with_version,
 )
 from api.store import Store
+from storeserver import records as store_records
 from storeserver.errors import Conflict, NotFound, StoreError
 
 
@@ -86,22 +87,14 @@ _BOTH = (
 )
 
 
-def _without_nulls(data: dict[str, Any]) -> dict[str, Any]:
-    """``data`` merged onto an empty record (RFC 7396): null members left out, in maps at any
-    depth (not in lists). What the store's own upsert creates (``writes.insert``)."""
-    return {
-        key: _without_nulls(value) if type(value) is dict else value
-        for key, value in data.items()
-        if value is not None
-    }
-
-
 async def _create(store: Store, table: str, data: Record) -> Record | None:
     """The record an upsert creates, as an unconditional one would (QA: sent with
     If-None-Match it kept its nulls, which its repeat then merged away); ``None`` if one with
     its id exists (nothing written)."""
     try:
-        return await create_record(store, table, _without_nulls(data))
+        # Merged onto an empty record (RFC 7396: nulls left out, in maps at any depth), as
+        # the store's own upsert creates one (``writes.insert``).
+        return await create_record(store, table, store_records.apply_patch({}, data))
     except Conflict as exc:
         if exc.details.get("reason") != "duplicate_id":
             raise
