@@ -63,6 +63,11 @@ def bad_query(field: str, message: str) -> ApiError:
     return ApiError(400, "BAD_QUERY", message, [{"field": field, "message": message}])
 
 
+def query_limit(field: str, message: str) -> ApiError:
+    """400 for a query string past one of the API's limits (filters, ``in`` values)."""
+    return ApiError(400, "LIMIT_EXCEEDED", message, [{"field": field, "message": message}])
+
+
 def invalid_value(field: str, message: str) -> ApiError:
     """422 for a query value that cannot be read as its field's type."""
     return ApiError(

@@ -141,7 +141,9 @@ class _TreeParser:
             if not isinstance(value, list):
                 raise self.fail(422, path, "'in' takes a list of values")
             if len(value) > MAX_IN_VALUES:
-                raise self.fail(422, path, f"'in' takes at most {MAX_IN_VALUES} values")
+                # A limit, as the tree's size is (and as the query string's ``in`` answers).
+                message = f"'in' takes at most {MAX_IN_VALUES} values"
+                raise tree_error(400, "LIMIT_EXCEEDED", (*self.base, *path), path, message)
             return [self.scalar(v, op, ftype, (*path, i)) for i, v in enumerate(value)]
         if op in STRING_OPERATORS:
             if ftype is not None and ftype != "str":

@@ -98,7 +98,8 @@ def filter_parameter(fields: Fields | None) -> dict[str, Any]:
             "Filters, each its own query parameter: `field=value` (equal) or"
             f" `field__op=value`, op one of {operators}. `in` takes up to {MAX_IN_VALUES}"
             " comma-separated values, `exists` true or false; `null` matches a missing or"
-            f" null value of a typed field. At most {MAX_FILTERS}; a record must match all."
+            f" null value of a typed field. At most {MAX_FILTERS} (past either limit: 400"
+            " `LIMIT_EXCEEDED`); a record must match all."
             f" Fields: {names}."
         ),
         "example": {"created_at__gte": "2024-01-01"} if fields is None else _example(fields),

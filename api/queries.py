@@ -20,7 +20,7 @@ from uuid import UUID
 
 import orjson
 
-from api.errors import bad_query, invalid_value
+from api.errors import bad_query, invalid_value, query_limit
 
 FieldType = Literal["str", "uuid", "int", "decimal", "timestamp"]
 Fields = Mapping[str, FieldType]
@@ -117,7 +117,7 @@ def build_list_query(
             )
     where = [parse_filter(key, value, fields) for key, value in params if key not in reserved]
     if len(where) > MAX_FILTERS:
-        raise bad_query("query", f"at most {MAX_FILTERS} filters are allowed")
+        raise query_limit("query", f"at most {MAX_FILTERS} filters are allowed")
     # FastAPI hands over only the last of a repeated parameter; repeated filters are ANDed, so
     # every bound counts, and the tightest of each kind is the AND of them all.
     afters = _bounds(params, "created_after", created_after, "gt")
@@ -159,7 +159,7 @@ def parse_filter(key: str, raw: str, fields: Fields | None) -> list[Any]:
     if op == "in":
         values = raw.split(",")
         if len(values) > MAX_IN_VALUES:
-            raise bad_query(key, f"'in' takes at most {MAX_IN_VALUES} values")
+            raise query_limit(key, f"'in' takes at most {MAX_IN_VALUES} values")
         return [name, op, [_coerce(value, ftype, key, op) for value in values]]
     return [name, op, _coerce(raw, ftype, key, op)]
 

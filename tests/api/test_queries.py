@@ -243,10 +243,13 @@ def test_created_bounds_and_reserved_params() -> None:
 
 
 def test_too_many_filters_or_in_values_are_400() -> None:
-    with pytest.raises(ApiError):
+    with pytest.raises(ApiError) as filters:
         build([("age", "1")] * 21)
-    with pytest.raises(ApiError):
+    with pytest.raises(ApiError) as values:
         parse_filter("age__in", ",".join(["1"] * 101), users.FIELDS)
+    assert [(e.value.status_code, e.value.code) for e in (filters, values)] == [
+        (400, "LIMIT_EXCEEDED")
+    ] * 2
 
 
 @pytest.mark.parametrize(

@@ -336,8 +336,8 @@ def test_orders_query_shows_a_user_only_their_own(client: httpx.Client, anon: ht
         ({"field": "a", "op": "in", "value": 3}, 422, "VALIDATION_ERROR", "body.filter.value"),
         (
             {"field": "a", "op": "in", "value": list(range(101))},
-            422,
-            "VALIDATION_ERROR",
+            400,
+            "LIMIT_EXCEEDED",
             "body.filter.value",
         ),
         (
@@ -390,6 +390,29 @@ def test_depth_limit(client: httpx.Client) -> None:
         "LIMIT_EXCEEDED",
     )
     assert error["details"][0]["path"] == ["not"] * 8
+
+
+def test_too_many_in_values_are_the_same_400_in_a_body_and_in_a_query_string(
+    client: httpx.Client,
+) -> None:
+    table = f"qt_{token()}"
+    client.post(f"/api/v1/data/{table}", json={"data": {"a": 2}})
+    many = list(range(101))
+    in_body = client.post(
+        f"/api/v1/data/{table}/query", json={"filter": {"field": "a", "op": "in", "value": many}}
+    )
+    in_query = client.get(f"/api/v1/data/{table}", params={"a__in": ",".join(map(str, many))})
+    for response in (in_body, in_query):
+        error = assert_error(response, 400, "LIMIT_EXCEEDED")
+        assert "at most 100 values" in error["details"][0]["message"], error
+    assert (
+        client.get(f"/api/v1/data/{table}", params={f"f{i}": 1 for i in range(21)}).json()["error"][
+            "code"
+        ]
+        == "LIMIT_EXCEEDED"
+    )
+    hundred = {"filter": {"field": "a", "op": "in", "value": many[:100]}}
+    assert client.post(f"/api/v1/data/{table}/query", json=hundred).json()["meta"]["total"] == 1
 
 
 def test_query_body_errors(client: httpx.Client) -> None:
