@@ -412,6 +412,9 @@ async def handle_unexpected_error(request: Request, exc: Exception) -> Response:
     )
     response = error_response(request, 500, "INTERNAL_ERROR", "Internal server error")
     response.headers.update(response_headers_for(request.scope))
+    # Starlette raises the exception again once this is sent, and uvicorn then closes the
+    # connection: said here, a keep-alive client does not send its next request into it.
+    response.headers["connection"] = "close"
     return response
 
 

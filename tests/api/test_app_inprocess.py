@@ -171,6 +171,7 @@ async def test_unexpected_exception_is_a_sanitized_500_with_request_id(
     assert "hunter2" not in response.text and "Traceback" not in response.text
     assert response.headers["x-request-id"] == "trace-500"
     assert "x-worker-pid" in response.headers
+    assert response.headers["connection"] == "close"  # uvicorn closes it after a 500
     assert "hunter2" in caplog.text  # logged for operators, with the request id
     assert "trace-500" in caplog.text
 

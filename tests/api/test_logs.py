@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import sys
 import uuid
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ from api.settings import Settings
 from tests.support.auth import register
 from tests.support.inprocess import in_process
 from tests.support.logs import Record, json_lines, wait_for_records
+from tests.support.rawhttp import parse_responses, read_until_closed, request
 from tests.support.stack import Stack, running_stack
 from tests.support.workers import close_all, pinned_clients
 
@@ -256,6 +258,14 @@ def test_a_500_under_gunicorn_logs_json_with_the_request_id() -> None:
         response = httpx.get(stack.url("/boom"), headers={"X-Request-ID": "rid-boom"}, timeout=10)
         assert response.status_code == 500
         assert "boom for the logs test" not in response.text
+        # uvicorn closes the connection after an unhandled error: the 500 says so, and a
+        # request pipelined behind it is not answered on that connection.
+        with socket.create_connection(("127.0.0.1", stack.port)) as sock:
+            sock.sendall(request("GET", "/boom") + request("GET", "/api/v1/health"))
+            received, closed = read_until_closed(sock)
+        assert closed, received
+        (answer,) = parse_responses(received)
+        assert (answer.status, answer.headers["connection"]) == (500, "close")
         records = wait_for_records(
             api_log(stack),
             lambda found: any(r.get("logger") == "uvicorn.error" for r in found),
