@@ -51,7 +51,7 @@ from uvicorn.protocols.http.httptools_impl import (
 
 from api.encoding import dumps
 from api.hardening import MAX_HEADER_BYTES
-from api.http_metrics import UNMATCHED, observe
+from api.http_metrics import OTHER_METHOD, UNMATCHED, observe
 from api.middleware import access_log, encoded_response_headers, new_request_id
 
 log = logging.getLogger("api.connections")
@@ -114,10 +114,6 @@ class Refusal(Exception):
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
-
-
-REFUSED_METHOD = "OTHER"
-"""The ``method`` label of a request refused before it was parsed whole."""
 
 
 def head_too_large() -> Refusal:
@@ -567,7 +563,7 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         request_id = new_request_id()
         # Counted as the middleware counts the others (the 5xx-rate alert must see a 501),
         # under method OTHER: the bytes in its place may be no method at all.
-        observe(REFUSED_METHOD, UNMATCHED, refused.status, 0.0)
+        observe(OTHER_METHOD, UNMATCHED, refused.status, 0.0)
         # The request's one access line (as the middleware writes for the others).
         access_log.info(
             "access",

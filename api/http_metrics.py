@@ -30,6 +30,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 METRICS_PATH = "/metrics"
 UNMATCHED = "none"
+OTHER_METHOD = "OTHER"
+"""The ``method`` label of a method outside ``METHODS``, and of a request refused before it
+was parsed whole (its method may be no method at all)."""
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+"""Methods counted under their own name. The parser takes any token as a method, and each
+label value is a series per route and status, kept until the worker ends: QA sent 27
+WebDAV and extension methods (405 to anyone, before any login) to every route and took
+/metrics from 56 samples to 15,180 (1.7 MB a scrape)."""
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -142,6 +150,11 @@ def handler_of(scope: Scope, status: int) -> str:
     return UNMATCHED if status == 404 else _match_template(scope)
 
 
+def method_label(scope: Scope) -> str:
+    method: str = scope["method"]
+    return method if method in METHODS else OTHER_METHOD
+
+
 def observe(method: str, handler: str, status: int, seconds: float) -> None:
     key = (method, handler, status)
     children = _finished.get(key)
@@ -175,14 +188,15 @@ class HttpMetricsMiddleware:
             await self.app(scope, receive, send_with_status)
         finally:
             seconds = time.perf_counter() - started
-            observe(scope["method"], handler_of(scope, status), status, seconds)
+            observe(method_label(scope), handler_of(scope, status), status, seconds)
 
 
 class MeteredRoute(APIRoute):
     """An APIRoute that counts itself in ``http_requests_inprogress`` while it serves."""
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        key = (scope["method"], _route_template(scope, self))
+        # A method the route does not take comes here too, to be answered 405.
+        key = (method_label(scope), _route_template(scope, self))
         gauge = _in_progress.get(key)
         if gauge is None:
             gauge = _in_progress[key] = IN_PROGRESS.labels(*key)
