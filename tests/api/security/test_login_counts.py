@@ -12,7 +12,7 @@ from api.auth.credentials import (
     count_login_attempt,
     refund_username_attempt,
 )
-from api.ratelimit import RateLimiter, counted_address
+from api.ratelimit import RateLimiter, client_ip, counted_address
 from storeserver.engine import Engine
 from storeserver.errors import UnknownCommand
 from tests.support.engine import T0, EngineStore, FakeClock
@@ -32,12 +32,23 @@ TAG = "name-tag"
         ("::ffff:203.0.113.7", "203.0.113.7"),  # IPv4 on a dual-stack socket
         ("fe80::1%eth0", "fe80::/64"),
         ("::1", "::/64"),
-        ("unknown", "unknown"),  # no client address (a Unix socket): as given
-        ("/run/api.sock", "/run/api.sock"),
+        ("unknown", "unknown"),  # no client address (a Unix socket)
+        # Not an address, as a trusted proxy may pass on an X-Forwarded-For: one budget.
+        ("/run/api.sock", "unknown"),
+        ("x" * 1100, "unknown"),
+        ("203.0.113.7.evil", "unknown"),
+        ("010.0.0.1", "unknown"),  # not an IPv4 address Python reads
     ],
 )
 def test_counted_address(address: str, counted: str) -> None:
     assert counted_address(address) == counted
+
+
+def test_a_client_address_is_cut_for_the_logs() -> None:
+    """A trusted proxy may pass on any text as the address: no log line carries all of it."""
+    assert client_ip({"client": ("203.0.113.7", 5000)}) == "203.0.113.7"
+    assert client_ip({"client": ("x" * 1100, 0)}) == "x" * 64 + "… (1100 characters)"
+    assert client_ip({"client": None}) == client_ip({}) == "unknown"
 
 
 def test_the_guard_and_the_login_key_clients_alike() -> None:

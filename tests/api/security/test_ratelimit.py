@@ -108,6 +108,22 @@ def test_anonymous_clients_are_limited_per_ip(limited: Stack) -> None:
         assert other.headers["x-rate-limit-remaining"] == str(LIMIT - 1)
 
 
+def test_addresses_that_are_not_ip_addresses_share_one_budget(limited: Stack) -> None:
+    """QA: a trusted proxy passing on an X-Forwarded-For of 1,100 characters made a key the
+    store refuses, and the limits failed open for it (no headers, never a 429); any other
+    text would have been a fresh budget per request."""
+    for n in range(LIMIT):
+        address = "x" * 1100 if n % 2 else f"not-an-address-{n}"
+        with as_ip(limited, address) as http:
+            seen = http.get("/api/v1/users/me")
+        assert seen.status_code == 401
+        assert seen.headers["x-rate-limit-remaining"] == str(LIMIT - 1 - n)
+    with as_ip(limited, "y" * 1100) as http:
+        assert_limited(http.get("/api/v1/users/me"))
+    with as_ip(limited, "10.0.7.99") as http:  # an address: a budget of its own
+        assert http.get("/api/v1/users/me").headers["x-rate-limit-remaining"] == str(LIMIT - 1)
+
+
 def test_an_ipv6_host_is_limited_by_its_64(limited: Stack) -> None:
     # A new address of one /64 for every request: the host's budget all the same.
     for n in range(LIMIT):
