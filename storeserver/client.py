@@ -55,6 +55,7 @@ from .errors import (
     StoreUnavailable,
 )
 from .protocol import MAX_FRAME_SIZE, PROTOCOL_VERSION, Hello, encode, encode_request
+from .socketchecks import watch_peer
 
 log = structlog.get_logger("storeserver.client")
 
@@ -74,6 +75,14 @@ ACTOR_ARG = "_actor"
 Caller = Callable[[str, dict[str, Any]], Awaitable[Any]]
 OnConnect = Callable[[Caller], Awaitable[None]]
 
+STORE_IDLE_S = 10
+"""Over TCP, a connection to the store silent this long is probed; one whose probes go
+unanswered, or whose requests go unacknowledged for ``STORE_UNACKED_S``, is ended by the
+kernel and the next call reconnects (``socketchecks.watch_peer``). QA: a flow a firewall
+forgot kept a worker answering 504 while the store was up, until TCP gave up (~15 min). The
+store's own kernel acknowledges a request at once however busy the store is, so this never
+ends a connection to a slow store."""
+STORE_UNACKED_S = 15
 CHUNKED_WRITES = frozenset({"create_index", "set_schema", "update_where", "delete_where"})
 
 
@@ -305,6 +314,7 @@ class StoreClient:
                 else:
                     host, port = self._target
                     transport, conn = await loop.create_connection(factory, host, port)
+                    watch_peer(transport, STORE_IDLE_S, STORE_UNACKED_S)
                 transport.write(encode(Hello(PROTOCOL_VERSION, self._secret)))
                 info = await conn.hello
         except (OSError, TimeoutError, StoreUnavailable) as exc:

@@ -46,7 +46,7 @@ from .protocol import (
     encode,
     encode_error,
 )
-from .socketchecks import hung_up
+from .socketchecks import hung_up, watch_peer
 
 if TYPE_CHECKING:
     from .durability import Durability
@@ -54,6 +54,13 @@ if TYPE_CHECKING:
 
 MAX_CLIENTS = 4096
 """Connections at once; past it a new one gets a ``STORE_BUSY`` error frame and is closed."""
+UNIX_RESERVED = 256
+"""Of ``MAX_CLIENTS``, those TCP peers never take: the API workers on the Unix socket still
+connect while the network holds every other slot."""
+PEER_IDLE_S = 30
+"""A TCP peer silent this long is probed; one that answers no probe, or leaves data
+unacknowledged for ``PEER_UNACKED_S``, is dropped by the kernel (``watch_peer``)."""
+PEER_UNACKED_S = 60
 _TURN_COMMANDS = frozenset({"snapshot", "cancel"})  # answered by the connection's turn itself
 TURN_BUDGET = 0.002
 """Seconds of one connection's requests per loop turn, beyond its first request
@@ -113,6 +120,7 @@ class StoreConnection(asyncio.Protocol):
         self._address: str | None = None  # the peer's, over TCP
         self._handshake_timer: asyncio.TimerHandle | None = None
         self._handshaking = False  # counted in server.handshakes
+        self._counted = False  # counted in server.network_clients
         self._closing = False
         self._eof = False  # the client will send nothing more
         # Decoded and not yet run; while set (even empty: frames wait in the decoder) the
@@ -137,6 +145,14 @@ class StoreConnection(asyncio.Protocol):
         if len(server.connections) >= MAX_CLIENTS:
             self._refuse(StoreBusy("too many clients", {"max": MAX_CLIENTS}))
             return
+        if self._address is not None:
+            if server.network_clients >= MAX_CLIENTS - UNIX_RESERVED:
+                limit = MAX_CLIENTS - UNIX_RESERVED
+                self._refuse(StoreBusy("too many clients over TCP", {"max": limit}))
+                return
+            server.network_clients += 1
+            self._counted = True
+            watch_peer(transport, PEER_IDLE_S, PEER_UNACKED_S)
         refused = server.handshakes.take(self._address)
         if refused is not None:
             self._refuse(refused)
@@ -426,6 +442,9 @@ class StoreConnection(asyncio.Protocol):
         self._stop()
         self._end_handshake()
         self.server.connections.discard(self)
+        if self._counted:
+            self._counted = False
+            self.server.network_clients -= 1
         self.server.cancel_jobs(self)
         self.transport = None
         if not self.server.connections:

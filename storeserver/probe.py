@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from .client import parse_address
 from .protocol import PROTOCOL_VERSION, Error, FrameDecoder, Hello, Request, Result, encode
@@ -39,12 +40,9 @@ def check(address: str, *, secret: str | None = None, timeout: float = 2.0) -> d
         kind, target = parse_address(address)
     except ValueError as exc:
         raise ProbeFailed(str(exc)) from None
-    family = socket.AF_UNIX if kind == "unix" else socket.AF_INET
     messages: list = []
     try:
-        with socket.socket(family, socket.SOCK_STREAM) as sock:
-            sock.settimeout(timeout)
-            sock.connect(target)
+        with _connect(kind, target, timeout) as sock:
             sock.sendall(encode(Hello(PROTOCOL_VERSION, secret)) + encode(Request(1, "ping", {})))
             decoder = FrameDecoder()
             while len(messages) < 2 and not any(isinstance(m, Error) for m in messages):
@@ -67,6 +65,21 @@ def check(address: str, *, secret: str | None = None, timeout: float = 2.0) -> d
     if isinstance(hello, Hello) and isinstance(reply, Result) and isinstance(reply.value, dict):
         return reply.value
     raise ProbeFailed(f"{address} does not answer as a store: unexpected reply")
+
+
+def _connect(kind: str, target: Any, timeout: float) -> socket.socket:
+    """A connected socket, over whichever family a TCP host resolves to (QA: an AF_INET
+    socket could not reach a store at ``[::1]``, which the client reaches)."""
+    if kind != "unix":
+        return socket.create_connection(target, timeout=timeout)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(target)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def wait_until_ready(address: str, *, secret: str | None = None, timeout: float = 30.0) -> bool:

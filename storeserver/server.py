@@ -127,6 +127,7 @@ class StoreServer:
         self.slow: deque[dict[str, Any]] = deque(maxlen=SLOW_KEPT)
         self.scheduler = JobScheduler(self)  # long commands in progress, and waiting
         self.connections: set[StoreConnection] = set()
+        self.network_clients = 0  # of them, over TCP (``connection.UNIX_RESERVED``)
         self.ready = False
         self.started_at = time.time()
         # time.monotonic() once it listens (its data loaded): what HELLO's uptime_s counts from.

@@ -4,11 +4,14 @@ address, the error frame a refused or dropped peer gets, and what may follow a H
 from __future__ import annotations
 
 import asyncio
+import functools
+import socket
 from collections.abc import AsyncIterator
 
 import pytest
 
-from storeserver import handshakes
+from storeserver import client as client_module
+from storeserver import connection, handshakes, probe
 from storeserver.client import StoreClient
 from storeserver.protocol import (
     HANDSHAKE_FRAME_SIZE,
@@ -114,6 +117,86 @@ async def test_one_address_takes_at_most_its_share_of_the_tcp_slots(tcp_server):
             writer.close()
     await wait_until(lambda: len(tcp_server.handshakes) == 0)
     assert tcp_server.handshakes.by_address == {}
+
+
+async def test_greeted_network_peers_leave_the_unix_socket_its_reserve(tcp_server, monkeypatch):
+    """QA: 4,096 TCP connections of one host held every client slot, and an API worker on
+    the Unix socket got STORE_BUSY. TCP peers take at most MAX_CLIENTS - UNIX_RESERVED."""
+    monkeypatch.setattr(connection, "MAX_CLIENTS", 40)
+    monkeypatch.setattr(connection, "UNIX_RESERVED", 8)
+    per_address = handshakes.MAX_HANDSHAKES_PER_ADDRESS
+    peers = await idle_peers(tcp_server, [f"127.0.0.{2 + i // per_address}" for i in range(32)])
+    try:
+        full = Error(0, "STORE_BUSY", "too many clients over TCP", {"max": 32})
+        assert await refusal(tcp_server, "127.0.0.100") == [full]
+        local = StoreClient(f"unix:{tcp_server.settings.socket}", secret=SECRET)
+        try:
+            assert (await local.call("ping"))["pong"]
+        finally:
+            await local.close()
+        peers.pop().close()  # its slot is free again
+        await wait_until(lambda: tcp_server.network_clients == 31)
+        peers += await idle_peers(tcp_server, ["127.0.0.100"])
+    finally:
+        for writer in peers:
+            writer.close()
+    await wait_until(lambda: tcp_server.network_clients == 0)
+
+
+def tcp_options(transport: asyncio.BaseTransport) -> tuple[int, int, int, int, int]:
+    sock = transport.get_extra_info("socket")
+    return (
+        sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+        sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+        sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+        sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+        sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
+    )
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_USER_TIMEOUT"), reason="Linux socket options")
+async def test_both_ends_of_a_tcp_connection_watch_for_a_vanished_peer(tcp_server):
+    """QA: a host gone without a word (powered off, a flow a firewall forgot) left its
+    connections open in the store for good, and left a worker sending into a dead flow for
+    ~15 minutes of 504s. Both ends have the kernel probe an idle peer and end a connection
+    whose data goes unacknowledged; the kernel's own behaviour is not simulated here."""
+    client = StoreClient(f"tcp://{tcp_server.settings.tcp}", secret=SECRET)
+    try:
+        assert (await client.call("ping"))["pong"]
+        assert client._conn is not None and client._conn.transport is not None
+        idle, unacked = client_module.STORE_IDLE_S, client_module.STORE_UNACKED_S
+        assert tcp_options(client._conn.transport) == (1, idle, idle // 3, 3, unacked * 1000)
+        (accepted,) = [c for c in tcp_server.connections if c.transport is not None]
+        idle, unacked = connection.PEER_IDLE_S, connection.PEER_UNACKED_S
+        assert tcp_options(accepted.transport) == (1, idle, idle // 3, 3, unacked * 1000)
+    finally:
+        await client.close()
+
+
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+            sock.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback here")
+async def test_the_probe_reaches_a_store_on_ipv6(sock_dir):
+    """QA: the probe opened an AF_INET socket whatever the host: a store on ``[::1]``, which
+    the client and the API reach, failed the documented health check."""
+    address = f"[::1]:{free_port()}"
+    server = StoreServer(StoreSettings(socket=sock_dir / "t.sock", tcp=address, secret=SECRET))
+    await server.start()
+    try:
+        loop = asyncio.get_running_loop()
+        found = await loop.run_in_executor(
+            None, functools.partial(probe.check, f"tcp://{address}", secret=SECRET)
+        )
+        assert found["ready"] is True
+    finally:
+        await server.shutdown()
 
 
 async def raw_exchange(path: str, payload: bytes) -> list[object]:
