@@ -15,14 +15,15 @@ Design note. A filter or a sort that must look at every row of a million-row tab
 The results are those of filtering and sorting the whole list at once (small tables run the
 same steps without pausing, ``builds.run_steps``, or while they are quick, ``builds.spill``):
 Python's sort, the heap selections and ``heapq.merge`` are all stable, so ties keep creation
-order. ``candidates`` and ``matches_in`` also serve the chunked ``join`` and ``aggregate``.
+order. ``candidates`` and ``matches_in`` also serve the chunked ``join`` and ``aggregate``, and
+``select_steps`` picks an aggregate's sorted page of groups the same way.
 """
 
 from __future__ import annotations
 
 import heapq
 import operator
-from collections.abc import Generator, Iterable, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping
 from typing import Any
 
 from storeserver.builds import CHUNK, Pace
@@ -71,10 +72,13 @@ def select_steps(
     start: int,
     size: int,
     chunk: int = CHUNK,
+    order: tuple[Callable[[Any], Any], bool] | None = None,
 ) -> Steps:
     """``(the page, total matches)`` of ``candidates`` (creation order; the list is consumed)
     meeting ``predicate``, sorted by ``sort`` (or in creation order, newest first when
-    ``descending``), yielding after each slice of at most ``chunk`` rows (``builds.Pace``)."""
+    ``descending``), yielding after each slice of at most ``chunk`` rows (``builds.Pace``).
+    ``order``: the ``(key, reverse)`` to sort by instead of ``sort``'s over stored records
+    (an aggregate's groups read their fields otherwise)."""
     if descending:
         candidates.reverse()
     end = start + size
@@ -90,7 +94,7 @@ def select_steps(
             pace.measure()
             yield
         return kept[start:end], total
-    key, reverse = sort_key_function(sort)
+    key, reverse = order or sort_key_function(sort)
     first = operator.itemgetter(0)
     if end * 4 <= chunk:
         # (key, record) pairs, each row keyed once; the best ``end`` are picked again only
