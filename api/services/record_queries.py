@@ -9,6 +9,7 @@ is query building: the filter, sort and projection parsing of ``api.filters`` pu
 from __future__ import annotations
 
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from api.filters import (
@@ -104,9 +105,23 @@ async def aggregate_records(
 
     ``scope``: a condition every aggregated record must also meet (a user's own orders).
     """
-    args = aggregate_args(table, body, fields_of(table), scope)
+    fields = fields_of(table)
+    args = aggregate_args(table, body, fields, scope)
     found = await store.call("aggregate", args)
-    return list(found["items"]), int(found["total"])
+    items = list(found["items"])
+    # A sum over no rows is the store's 0, an int: over a decimal field (total_price) it is
+    # the decimal 0 all the same, a string like every other decimal (QA: ``"spent": 0`` for
+    # a filter matching nothing, ``"3.00"`` otherwise).
+    zero_sums = [
+        m.name
+        for m in body.metrics
+        if m.op == "sum" and fields is not None and fields.get(m.field or "") == "decimal"
+    ]
+    for item in items if zero_sums else ():
+        for name in zero_sums:
+            if type(item.get(name)) is int:
+                item[name] = Decimal(item[name])
+    return items, int(found["total"])
 
 
 def aggregate_args(

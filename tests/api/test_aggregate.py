@@ -269,6 +269,27 @@ def test_orders_aggregate_covers_only_your_own_orders(
     assert_error(anon.post(url, json={"filter": deep}, headers=me.headers), 400)
 
 
+def test_a_decimal_sum_over_no_rows_is_a_decimal_string(
+    client: httpx.Client, anon: httpx.Client
+) -> None:
+    """QA: the sum of total_price came back "3.00" over an order and as the number 0 over a
+    filter matching none: a client reading decimals as strings broke on empty sets."""
+    me = register(anon)
+    create_order(client, me.id, total_price="3.00", quantity=1)
+    spent = {"metrics": [{"op": "sum", "field": "total_price", "as": "spent"}]}
+    none = {**spent, "filter": {"field": "quantity", "op": "gt", "value": 100}}
+    url = "/api/v1/orders/aggregate"
+    assert anon.post(url, json=spent, headers=me.headers).json()["data"] == [{"spent": "3.00"}]
+    assert anon.post(url, json=none, headers=me.headers).json()["data"] == [{"spent": "0"}]
+    admin = client.post(AGGREGATE.format("orders"), json=none).json()["data"]
+    assert admin == [{"spent": "0"}]
+    # Over a generic table a field has no declared type: a sum of nothing stays the number 0.
+    table = f"agg_{token()}"
+    client.post(f"/api/v1/data/{table}", json={"data": {"price": "1.50"}})
+    generic = client.post(AGGREGATE.format(table), json={**spent, "filter": none["filter"]})
+    assert generic.json()["data"] == [{"spent": 0}]
+
+
 def test_an_int_sum_beyond_64_bits_is_exact(client: httpx.Client) -> None:
     """Eleven nanosecond timestamps pass 2**64 - 1: the store answers a Decimal, which comes
     back exact (msgpack could not carry the int: a 500 before)."""
