@@ -26,9 +26,13 @@ RUN groupadd --system --gid 10001 memdb \
  && chmod 0700 /var/lib/memdb
 COPY --from=deps /opt/venv /opt/venv
 WORKDIR /app
-COPY --chown=memdb:memdb storeserver ./storeserver
-COPY --chown=memdb:memdb api ./api
-COPY --chown=memdb:memdb deploy ./deploy
+# The code stays root's, read-only to the service user: a compromised process cannot rewrite
+# what runs after its next restart (QA). It writes only /run/memdb, /var/lib/memdb and /tmp.
+COPY storeserver ./storeserver
+COPY api ./api
+COPY deploy ./deploy
+# Readable whatever the umask of the checkout the image is built from (it was the owner's).
+RUN chmod -R a+rX,go-w /app
 USER 10001:10001
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=10s --start-period=60s --retries=5 \

@@ -292,3 +292,17 @@ def test_the_api_refuses_a_bad_setting_with_one_json_line_and_exit_2(
     event = json.loads(lines[0])
     # named as the operator set it (WEB_CONCURRENCY), not as the Python field
     assert event["event"] == "invalid_settings" and event["errors"].startswith(f"{name}:")
+
+
+def test_the_image_code_is_not_the_service_users_to_change() -> None:
+    """QA: the code was COPY --chown'd to the user the service runs as, so a compromised
+    process could rewrite what runs after its next restart. (container-check builds and runs
+    the image: that the code still runs this way is checked there.)"""
+    runtime = (ROOT / "Dockerfile").read_text().replace("\\\n", " ").split("\nFROM ")[-1]
+    lines = runtime.splitlines()
+    copies = [line for line in lines if line.startswith("COPY ") and "--from=" not in line]
+    assert {line.split()[-1] for line in copies} == {"./storeserver", "./api", "./deploy"}
+    assert not any("--chown" in line for line in copies), copies
+    user = next(i for i, line in enumerate(lines) if line.startswith("USER "))
+    chmod = next(i for i, line in enumerate(lines) if "chmod -R a+rX,go-w /app" in line)
+    assert max(lines.index(line) for line in copies) < chmod < user
