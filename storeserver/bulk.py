@@ -189,7 +189,7 @@ class BulkWriter:
             doomed = {(table.name, r["id"]) for r in matched}
             writer = self.writer
             undo: Undo = []
-            cascaded = 0
+            victims: list[tuple[Table, Record]] = []
             try:
                 for record in matched:
                     if table.rows.get(record["id"]) is not record:
@@ -198,7 +198,7 @@ class BulkWriter:
                     for victim_table, victim in reversed(dependants):
                         if victim_table.rows.get(victim["id"]) is victim:
                             writer._remove(victim_table, victim, undo)
-                            cascaded += 1
+                            victims.append((victim_table, victim))
                     writer._remove(table, record, undo)
             except BaseException:
                 writer.rollback(undo)
@@ -206,14 +206,10 @@ class BulkWriter:
             deleted = len(matched)
             if deleted:
                 writer.audit.add(
-                    table.name,
-                    "delete_where",
-                    None,
-                    (),
-                    deleted + cascaded,
-                    filter_fields=filter_fields,
+                    table.name, "delete_where", None, (), deleted, filter_fields=filter_fields
                 )
-            return {"deleted": deleted, "cascaded": cascaded}
+                writer.audit_cascade(victims)
+            return {"deleted": deleted, "cascaded": len(victims)}
 
         return self._run("delete_where", table, args, change)
 

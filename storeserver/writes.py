@@ -17,7 +17,7 @@ log (``audit.AuditLog.add``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Container
+from collections.abc import Callable, Container, Iterable
 from typing import Any
 
 from storeserver.arguments import (
@@ -206,8 +206,20 @@ class RecordWriter:
             if own is not None:
                 self.rollback(own)
             raise
-        self.audit.add(table.name, "delete", rid, (), 1 + len(doomed))
+        self.audit.add(table.name, "delete", rid, (), 1)
+        self.audit_cascade(doomed)
         return {"id": rid, "cascaded": len(doomed)}
+
+    def audit_cascade(self, doomed: Iterable[tuple[Table, Record]]) -> None:
+        """An entry per table that lost rows to a cascade (op ``cascade_delete``, their count),
+        after the entry of the delete that caused it (QA: an order deleted with its user left
+        no trace under ``table=orders``). Counted per table, not per row, as a delete_where
+        is: a user with 50,000 orders does not push 50,000 entries out of the bounded log."""
+        counts: dict[str, int] = {}
+        for victim_table, _ in doomed:
+            counts[victim_table.name] = counts.get(victim_table.name, 0) + 1
+        for name, count in counts.items():
+            self.audit.add(name, "cascade_delete", None, (), count)
 
     def rollback(self, undo: Undo) -> None:
         """Undo a partly applied batch, newest change first."""

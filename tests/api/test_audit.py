@@ -14,7 +14,14 @@ import httpx
 import pytest
 
 from tests.support.auth import Account, login_admin, register
-from tests.support.factories import PASSWORD, assert_error, create_record, token
+from tests.support.factories import (
+    PASSWORD,
+    assert_error,
+    create_order,
+    create_record,
+    create_user,
+    token,
+)
 from tests.support.stack import Stack, running_stack, wait_until_ready
 from tests.support.storedirect import store_call
 
@@ -191,6 +198,28 @@ def test_transaction_bulk_and_import_writes_are_audited(
     entries = by_request(client, table, request_id)
     assert [e["op"] for e in entries] == ["insert", "insert"]
     assert all(e["user_id"] == admin.id and set(e["fields"]) >= {"name", "n"} for e in entries)
+
+
+def test_orders_deleted_with_their_user_are_audited_under_orders(
+    client: httpx.Client, admin: Account
+) -> None:
+    """QA: DELETE /users/{id}?cascade=true logged one entry under users; the orders that
+    went with the user left nothing under ``table=orders``."""
+    user = create_user(client)
+    for _ in range(2):
+        create_order(client, user["id"])
+    request_id = rid()
+    deleted = client.delete(
+        f"/api/v1/users/{user['id']}",
+        params={"cascade": "true"},
+        headers={"X-Request-ID": request_id},
+    )
+    assert deleted.status_code == 204, deleted.text
+    [own] = by_request(client, "users", request_id)
+    assert (own["op"], own["record_id"], own["count"]) == ("delete", user["id"], 1)
+    [cascaded] = by_request(client, "orders", request_id)
+    assert (cascaded["op"], cascaded["record_id"], cascaded["count"]) == ("cascade_delete", None, 2)
+    assert cascaded["user_id"] == admin.id and cascaded["seq"] > own["seq"]
 
 
 def test_failed_writes_leave_no_entry(client: httpx.Client) -> None:

@@ -610,6 +610,43 @@ def test_audit_entries_name_the_filters_fields_never_their_values(engine: Engine
     assert len(journaled) == 6 and "W-1" not in repr(journaled)
 
 
+def test_rows_deleted_by_a_cascade_are_audited_under_their_own_tables(engine: Engine) -> None:
+    """QA: deleting a user with ``cascade`` logged one entry on users (count 3); its two
+    orders, gone too, left nothing under ``table=orders``."""
+    run(
+        engine,
+        "create_table",
+        table="items",
+        foreign_keys=[{"field": "order_id", "table": "orders"}],
+    )
+    people = [run(engine, "insert", table="users", record={"email": f"{n}@x"}) for n in "abc"]
+    orders = [
+        run(engine, "insert", table="orders", record={"user_id": p["id"]})
+        for p in (people[0], people[0], people[1], people[2])
+    ]
+    run(engine, "insert", table="items", record={"order_id": orders[0]["id"]})
+    engine.execute(
+        "delete", {"table": "users", "id": people[0]["id"], "cascade": True}, request_id="r-1"
+    )
+    engine.execute(
+        "delete_where",
+        {"table": "users", "where": [["email", "ne", "x"]], "cascade": True},
+        request_id="r-2",
+    )
+    entries = run(engine, "audit_list")["items"][:5]
+    assert [
+        (e["request_id"], e["table"], e["op"], e["record_id"], e["count"]) for e in entries
+    ] == [
+        ("r-2", "orders", "cascade_delete", None, 2),
+        ("r-2", "users", "delete_where", None, 2),
+        ("r-1", "items", "cascade_delete", None, 1),
+        ("r-1", "orders", "cascade_delete", None, 2),
+        ("r-1", "users", "delete", people[0]["id"], 1),
+    ]
+    assert run(engine, "audit_list", table="orders")["total"] == len(orders) + 2
+    assert run(engine, "count", table="orders") == 0
+
+
 def test_an_audit_entry_journaled_with_filter_values_is_read_back_with_names(
     engine: Engine,
 ) -> None:
