@@ -50,7 +50,7 @@ from referencing import Registry
 from storeserver.errors import BadRequest, LimitExceeded, ValidationFailed
 from storeserver.records import META_FIELDS, decimal_problem
 from storeserver.schemakeywords import INSTANCE_KEYS, STEPS, CheckTooCostly, RecordValidator
-from storeserver.schemapatterns import SCHEMA_FORMATS
+from storeserver.schemapatterns import PATTERN_WORK, SCHEMA_FORMATS, WORK, PatternsTooCostly
 from storeserver.schemarefs import check_references
 
 log = structlog.get_logger("storeserver.schemas")
@@ -122,7 +122,8 @@ def _decimal_problem(document: Any) -> tuple[list[Any], str] | None:
     return None
 
 
-def _problem(exc: SchemaError) -> str:
+def schema_problem(exc: SchemaError) -> str:
+    """What is wrong with a schema, as a client reads it (a pattern: what RE2 said)."""
     if exc.validator == "format" and exc.validator_value == "regex":
         reason = exc.cause.args[0] if exc.cause is not None and exc.cause.args else "invalid"
         if isinstance(reason, bytes):
@@ -182,6 +183,12 @@ _TOO_COSTLY = (
 )
 
 
+_PATTERNS_TOO_COSTLY = (
+    f"its patterns would take more than {PATTERN_WORK:,} characters x pattern instructions to"
+    " check (a long string against a large pattern, such as .{0,1000}.{0,1000}x)"
+)
+
+
 def _count_values(value: Any) -> int:
     """Maps, lists and scalars in ``value`` (without recursion)."""
     count = 1
@@ -222,7 +229,7 @@ class TableSchema:
             RecordValidator.check_schema(document, format_checker=SCHEMA_FORMATS)
         except SchemaError as exc:
             raise BadRequest(
-                f"not a valid JSON Schema: {_problem(exc)}",
+                f"not a valid JSON Schema: {schema_problem(exc)}",
                 {"arg": "schema", "path": [*exc.absolute_path]},
             ) from None
         except RecursionError:  # a shape the depth cap lets through, however unlikely
@@ -237,6 +244,7 @@ class TableSchema:
         instance = {k: v for k, v in record.items() if k not in META_FIELDS}
         out = []
         STEPS.left = min(MAX_STEPS, BASE_STEPS + STEPS_PER_VALUE * _count_values(instance))
+        WORK.left = PATTERN_WORK
         INSTANCE_KEYS.clear()
         try:
             for error in self.validator.iter_errors(instance):
@@ -249,6 +257,8 @@ class TableSchema:
             out.append({"path": [], "message": _NOT_APPLICABLE + ": it nests too deeply"})
         except CheckTooCostly:
             out.append({"path": [], "message": _NOT_APPLICABLE + ": " + _TOO_COSTLY})
+        except PatternsTooCostly:
+            out.append({"path": [], "message": _NOT_APPLICABLE + ": " + _PATTERNS_TOO_COSTLY})
         except Exception:  # never crash, never show Python's text: the log has it
             log.exception("schema_not_applicable")
             out.append({"path": [], "message": _NOT_APPLICABLE})

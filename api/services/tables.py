@@ -26,7 +26,8 @@ from api.services import orders, record_values, typed_tables, users
 from api.services.schema import SCHEMAS
 from api.store import Store
 from storeserver.errors import BadRequest, Conflict, LimitExceeded
-from storeserver.schemas import check_schema_size, shape
+from storeserver.schemapatterns import SCHEMA_FORMATS
+from storeserver.schemas import check_schema_size, schema_problem, shape
 
 Record = dict[str, Any]
 PUBLIC_MODELS: dict[str, type[BaseModel]] = {users.TABLE: UserPublic, orders.TABLE: OrderPublic}
@@ -79,9 +80,11 @@ def check_json_schema(schema: Record) -> None:
     record_values.check_values(schema, ("body", "schema"), SCHEMA_VALUE_DEPTH)
     check_schema_size(shape(schema)[1])  # before the check, whose cost grows with it
     try:
-        Draft202012Validator.check_schema(schema)
+        # Patterns checked by RE2, the engine that runs them (Python's ``re`` refused
+        # ``\p{L}``, which RE2 takes: QA), and refused when RE2 cannot compile them.
+        Draft202012Validator.check_schema(schema, format_checker=SCHEMA_FORMATS)
     except SchemaError as exc:
-        raise _bad_schema(exc.path, exc.message) from None
+        raise _bad_schema(exc.path, schema_problem(exc)) from None
     except RecursionError:  # jsonschema recurses per level: ~125 nested levels are enough
         raise _bad_schema([], "nested too deeply") from None
     _check_references(schema)

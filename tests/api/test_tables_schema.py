@@ -312,6 +312,29 @@ def test_a_catastrophic_pattern_is_checked_by_re2(client: httpx.Client) -> None:
     assert client.post(f"/api/v1/data/{table}", json={"data": {"x": "a" * 25}}).status_code == 201
 
 
+def test_unicode_property_patterns_are_taken_and_costly_checks_refused(
+    client: httpx.Client,
+) -> None:
+    """QA: ``\\p{L}`` (letters of any script), which RE2 runs, was refused by the API's
+    Python ``re`` check; and one 300 KB string against ``.{0,1000}.{0,1000}x`` held the store
+    12 s (504s for everyone). Now the write is refused before the search runs."""
+    table = f"people_{token()}"
+    create_record(client, table, name="Ann")
+    letters = {"properties": {"name": {"type": "string", "pattern": r"^[\p{L} '-]+$"}}}
+    assert client.put(schema_url(table), json={"schema": letters}).status_code == 200
+    url = f"/api/v1/data/{table}"
+    assert client.post(url, json={"data": {"name": "Zoë O'Brien-Łukasz"}}).status_code == 201
+    assert_error(client.post(url, json={"data": {"name": "R2D2"}}), 422, "VALIDATION_ERROR")
+    table = f"people_{token()}"
+    url = f"/api/v1/data/{table}"
+    create_record(client, table, name="box")
+    costly = {"properties": {"name": {"type": "string", "pattern": ".{0,1000}.{0,1000}x"}}}
+    assert client.put(schema_url(table), json={"schema": costly}).status_code == 200
+    error = assert_error(client.post(url, json={"data": {"name": "a" * 300_000}}), 422)
+    assert "characters x pattern instructions" in error["details"][0]["message"]
+    assert client.get(f"/api/v1/data/{table}").status_code == 200
+
+
 def test_unique_items_over_many_maps(client: httpx.Client) -> None:
     """1,500 distinct maps were ~1 M pairwise comparisons in the store's thread (~4 s); they
     are hashed now (tests/storeserver/test_schemas.py), with the same equality."""

@@ -306,6 +306,82 @@ def test_pattern_searches_like_jsonschema() -> None:
     assert len(messages({"properties": {"s": {"pattern": "^a$"}}}, {"s": "a\n"})) == 1
 
 
+def test_patterns_are_charged_by_characters_times_instructions() -> None:
+    """QA: ``.{0,1000}.{0,1000}x`` (18,005 RE2 instructions: its fast mode gives up) against
+    one 300 KB string held the store 12 s. A check that would pass ``PATTERN_WORK`` is
+    refused before the search runs, in ``pattern``, ``patternProperties`` and the matching
+    of ``additionalProperties`` alike; a simple pattern still checks a long string."""
+    big = ".{0,1000}.{0,1000}x"
+    long = "a" * 300_000
+    too_costly = "the schema cannot be applied to this record: " + schemas._PATTERNS_TOO_COSTLY
+    for schema, record in (
+        ({"properties": {"s": {"pattern": big}}}, {"s": long}),
+        ({"patternProperties": {big: {}}}, {long: 1}),
+        ({"patternProperties": {big: {}}, "additionalProperties": False}, {long: 1}),
+    ):
+        assert messages(schema, record) == [too_costly]
+    # Within the budget: checked, whatever the string's length.
+    assert messages({"properties": {"s": {"pattern": big}}}, {"s": "a" * 2000 + "x"}) == []
+    simple = {"properties": {"s": {"pattern": "^[a-z]+$"}}}
+    assert messages(simple, {"s": "a" * 1_000_000}) == []
+    assert len(messages(simple, {"s": "a" * 1_000_000 + "1"})) == 1
+    letters = {"properties": {"s": {"pattern": r"^\p{L}+$"}}}
+    assert messages(letters, {"s": "Zoë"}) == [] and len(messages(letters, {"s": "x1"})) == 1
+
+
+class _Spied(list):  # type: ignore[type-arg]
+    looked_up = 0
+
+    def __contains__(self, item: object) -> bool:
+        _Spied.looked_up += 1
+        return super().__contains__(item)
+
+
+@pytest.mark.parametrize(
+    ("schema", "instance"),
+    [
+        ({"prefixItems": [{}], "unevaluatedItems": False}, [1]),
+        ({"prefixItems": [{}], "unevaluatedItems": False}, [1, 2]),
+        (
+            {"allOf": [{"prefixItems": [{}, {}]}], "unevaluatedItems": {"type": "string"}},
+            [1, 2, "a"],
+        ),
+        ({"allOf": [{"prefixItems": [{}, {}]}], "unevaluatedItems": {"type": "string"}}, [1, 2, 3]),
+        ({"contains": {"type": "integer"}, "unevaluatedItems": False}, [1, 2, "x"]),
+        ({"properties": {"a": {}}, "unevaluatedProperties": False}, {"a": 1}),
+        ({"properties": {"a": {}}, "unevaluatedProperties": False}, {"a": 1, "b": 2}),
+        (
+            {"allOf": [{"properties": {"a": {}}}], "unevaluatedProperties": {"type": "integer"}},
+            {"a": "x", "b": 2},
+        ),
+        (
+            {"allOf": [{"properties": {"a": {}}}], "unevaluatedProperties": {"type": "integer"}},
+            {"a": "x", "b": "y"},
+        ),
+        ({"patternProperties": {"^p": {}}, "unevaluatedProperties": False}, {"pa": 1, "q": 2}),
+    ],
+)
+def test_unevaluated_items_and_properties_judge_as_jsonschema_without_list_lookups(
+    schema: dict[str, Any], instance: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """QA: jsonschema looked each item (or key) up in a list of the evaluated ones: n² for n
+    items, and 32,000 held the store ~9 s. The verdicts are jsonschema's; the evaluated ones
+    are never searched in a list."""
+    valid = jsonschema.Draft202012Validator(schema).is_valid(instance)
+    for name in ("find_evaluated_item_indexes_by_schema", "find_evaluated_property_keys_by_schema"):
+        real = getattr(jsonschema._utils, name)
+
+        def spied(*args: Any, real: Any = real) -> list[Any]:
+            return _Spied(real(*args))
+
+        monkeypatch.setattr(jsonschema._keywords, name, spied)
+        monkeypatch.setattr(schemakeywords, name, spied)
+    _Spied.looked_up = 0
+    found = messages({"properties": {"v": schema}}, {"v": instance})
+    assert (found == []) is valid, found
+    assert _Spied.looked_up == 0
+
+
 @pytest.mark.parametrize(
     ("schema", "pattern", "path"),
     [
