@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 from pathlib import Path
@@ -94,7 +95,7 @@ def test_an_empty_setting_counts_as_unset_in_make(where: str) -> None:
     else:
         argv += [f"{name}=" for name in empty]
     planned = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, check=True)
-    words = planned.stdout.split()
+    words = shlex.split(planned.stdout)  # as the shell reads it: values are quoted
     for expected in (
         f"RUN_DIR={ROOT}/run",
         f"STORE_DATA_DIR={ROOT}/data",

@@ -77,8 +77,11 @@ class MakeRun:
                 self.process.wait()
 
 
-def start_make_run(run_dir: Path | None = None, /, **settings: str) -> MakeRun:
-    """`make run` in a new run directory, or in ``run_dir`` (its output in a file of its own)."""
+def start_make_run(
+    run_dir: Path | None = None, /, environ: dict[str, str] | None = None, **settings: str
+) -> MakeRun:
+    """`make run` in a new run directory, or in ``run_dir`` (its output in a file of its own);
+    ``settings`` on make's command line, ``environ`` in its environment."""
     run_dir = run_dir or Path(tempfile.mkdtemp(prefix="memdb-run-"))
     port = free_port()
     output = run_dir / f"output-{port}"
@@ -91,6 +94,7 @@ def start_make_run(run_dir: Path | None = None, /, **settings: str) -> MakeRun:
     }
     # Not a parent make's flags (under `make test`): this make is a separate run.
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    env.update(environ or {})
     argv = ["make", "--no-print-directory", "-o", "install", "run"]
     argv += [f"{name}={value}" for name, value in variables.items()]
     with output.open("wb") as stdout:
@@ -155,6 +159,27 @@ def test_make_run_listens_on_loopback_restarts_a_killed_store_and_stops_with_0(
     os.kill(supervisord, signal.SIGTERM)
     assert run.process.wait(60) == 0, "\n".join(run.lines()[-20:])
     assert not [e for e in run.events() if e.get("event") == "run_stopped"]
+
+
+def test_make_run_takes_paths_and_passwords_as_given(make_run: list[MakeRun]) -> None:
+    """QA: make read a `$w` in ADMIN_PASSWORD as a variable (the admin got another password,
+    silently), and a space in a path or an apostrophe in a password broke the command."""
+    parent = Path(tempfile.mkdtemp(prefix="memdb-run-"))
+    run_dir = parent / "it's a dir"
+    run_dir.mkdir()
+    password = "Tr0ub4dor$word&it's-horse battery"
+    environ = {"ADMIN_EMAIL": "ops@example.com", "ADMIN_PASSWORD": password}
+    run = start_make_run(run_dir, environ, STORE_DATA_DIR=str(run_dir / "my data"))
+    make_run.append(run)
+    try:
+        run.wait_ready()
+        url = f"http://127.0.0.1:{run.port}/api/v1/auth/token"
+        login = httpx.post(url, data={"username": "ops@example.com", "password": password})
+        assert login.status_code == 200, login.text
+        assert (run_dir / "store.sock").is_socket() and (run_dir / "my data").is_dir()
+    finally:
+        run.stop()
+        shutil.rmtree(parent, ignore_errors=True)
 
 
 def test_a_second_make_run_on_the_same_run_dir_refuses_and_touches_nothing(
