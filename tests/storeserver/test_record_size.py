@@ -140,6 +140,44 @@ def test_a_batch_whose_results_would_not_fit_in_a_reply_is_rolled_back(engine: E
     engine.execute("batch", {"ops": patches[:2]}, request_bytes=200)
 
 
+def test_a_batch_copying_values_by_reference_is_refused_once_past_a_reply(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """QA: 100 ops each copying a 200 kB string 40 times (8 MB a record, each under the
+    record limit) held the store 1.1 s and left it 800 MB bigger before it was refused:
+    every op ran, then the whole reply was encoded to measure it. Now the batch stops at the
+    op that takes the reply's floor past a frame, before any encoding of the reply."""
+    blob = "x" * (100 * KB)
+    ops: list[dict[str, Any]] = [{"op": "insert", "table": "t", "record": {"blob": blob}}]
+    ops += [
+        {"op": "insert", "table": "t", "record": {"v": [{"$ref": "0.blob"}] * 4}}
+        for _ in range(99)
+    ]
+    packed: list[int] = []
+
+    def counting(value: Any) -> bytes:
+        body = pack_value(value)
+        packed.append(len(body))
+        return body
+
+    monkeypatch.setattr(engine_module, "pack_value", counting)
+    with pytest.raises(LimitExceeded, match="send fewer operations") as info:
+        engine.execute("batch", {"ops": ops}, request_bytes=len(pack_value({"ops": ops})))
+    assert info.value.details["index"] == 3  # 100 kB + 3 x 400 kB passes 1 MiB
+    assert sum(packed) < FRAME  # the reply was never encoded
+    assert "t" not in run(engine, "list_tables")
+    # Patches return whole records: a batch of them stops the same way.
+    for n in range(3):
+        run(engine, "insert", table="t", record={"id": f"r{n}", "v": "x" * (400 * KB)})
+    patches = [
+        {"op": "patch", "table": "t", "id": f"r{n % 3}", "changes": {"n": n}} for n in range(30)
+    ]
+    with pytest.raises(LimitExceeded) as info:
+        engine.execute("batch", {"ops": patches}, request_bytes=200)
+    assert info.value.details["index"] == 2
+    assert [r["version"] for r in run(engine, "find", table="t")["items"]] == [1, 1, 1]
+
+
 def test_a_patch_among_records_sent_whole_is_measured_alone(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
