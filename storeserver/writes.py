@@ -91,10 +91,11 @@ class RecordWriter:
             old = table.rows.get(rid) if type(rid) is str else None
             if old is not None:
                 merged = merge_patch(old, record)
-                if unchanged(old, merged, record):
+                fields = changed_by(old, merged, record)
+                if not fields:
                     return table.visible(old, False)  # as ``patch``: nothing to write
                 new = self._update(table, old, merged, undo)
-                self.audit.add(table.name, "upsert", rid, record, 1, at=new["updated_at"])
+                self.audit.add(table.name, "upsert", rid, fields, 1, at=new["updated_at"])
                 return new
         if upsert:
             # An upsert creates what its merge would make of an empty record: a null removes
@@ -176,12 +177,13 @@ class RecordWriter:
         expected = optional_version(args)
         old = self._current(table, rid, expected)
         new = merge_patch(old, changes)
-        if unchanged(old, new, changes):
+        fields = changed_by(old, new, changes)
+        if not fields:
             # No new version, so ETags and caches of the record stay valid; no journal or
             # audit entry either (``update_where`` skips such rows too).
             return table.visible(old, False)
         result = self._update(table, old, new, undo)
-        self.audit.add(table.name, "patch", rid, changes, 1, at=result["updated_at"])
+        self.audit.add(table.name, "patch", rid, fields, 1, at=result["updated_at"])
         return result
 
     def delete(self, args: Args, undo: Undo | None = None) -> dict[str, Any]:
@@ -381,10 +383,12 @@ def changed_fields(old: Record, new: Record) -> list[str]:
     ]
 
 
-def unchanged(old: Record, new: Record, changes: Record) -> bool:
-    """Whether ``new``, ``old`` merge-patched with ``changes``, stores what ``old`` does (only
-    the patch's top-level fields can differ)."""
-    return all(same_value(old.get(k, _MISSING), new.get(k, _MISSING)) for k in changes)
+def changed_by(old: Record, new: Record, changes: Record) -> list[str]:
+    """The fields ``new``, ``old`` merge-patched with ``changes``, stores otherwise than
+    ``old`` (only the patch's top-level fields can differ): none, nothing to write. The
+    audit lists these, not every name sent (QA: a patch that set one field again and
+    removed one that never existed listed both)."""
+    return [k for k in changes if not same_value(old.get(k, _MISSING), new.get(k, _MISSING))]
 
 
 _MISSING = object()

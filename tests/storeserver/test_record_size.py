@@ -150,8 +150,7 @@ def test_a_batch_copying_values_by_reference_is_refused_once_past_a_reply(
     blob = "x" * (100 * KB)
     ops: list[dict[str, Any]] = [{"op": "insert", "table": "t", "record": {"blob": blob}}]
     ops += [
-        {"op": "insert", "table": "t", "record": {"v": [{"$ref": "0.blob"}] * 4}}
-        for _ in range(99)
+        {"op": "insert", "table": "t", "record": {"v": [{"$ref": "0.blob"}] * 4}} for _ in range(99)
     ]
     packed: list[int] = []
 

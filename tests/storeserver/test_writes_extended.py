@@ -647,6 +647,31 @@ def test_rows_deleted_by_a_cascade_are_audited_under_their_own_tables(engine: En
     assert run(engine, "count", table="orders") == 0
 
 
+def test_audit_fields_are_the_fields_a_write_changed(engine: Engine) -> None:
+    """QA: a patch listed every name it sent, one that set a value again or removed a field
+    that never existed included; a replace listed only what changed."""
+    record = run(engine, "insert", table="prod", record={"a": 1, "b": 1})
+    rid = record["id"]
+    run(engine, "patch", table="prod", id=rid, changes={"a": 1, "b": 2, "never": None})
+    run(engine, "insert", table="prod", record={"id": rid, "a": 1, "c": 3}, upsert=True)
+    run(engine, "insert", table="prod", record={"a": 5, "b": 2})
+    run(
+        engine,
+        "update_where",
+        table="prod",
+        where=[["b", "eq", 2]],
+        changes={"a": 1, "b": 2, "d": 4},
+    )
+    entries = run(engine, "audit_list", table="prod")["items"]
+    assert [(e["op"], e["fields"]) for e in entries[:4]] == [
+        ("update_where", ["a", "d"]),  # a changed in one row, d in both; b in none
+        ("insert", ["a", "b"]),
+        ("upsert", ["c"]),
+        ("patch", ["b"]),
+    ]
+    assert entries[0]["count"] == 2
+
+
 def test_an_audit_entry_journaled_with_filter_values_is_read_back_with_names(
     engine: Engine,
 ) -> None:
