@@ -23,13 +23,15 @@ import fcntl
 import json
 import os
 import re
+import signal
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from stop_on_failure import STOPPED_FILE  # this directory: sys.path[0]
-from supervisor import supervisord
+from supervisor import options, supervisord
 
 CONFIG = Path(__file__).with_name("supervisord.conf")
 LOCK_FILE = "run.lock"
@@ -44,6 +46,48 @@ SUPERVISORD_FILES = ("supervisord.log", "supervisord.pid")
 # supervisord's own log line for a program it stopped: "... INFO stopped: store (exit status 4)"
 # or "(terminated by SIGKILL)". The event listener's is not ours to judge.
 STOPPED_LINE = re.compile(r" stopped: (store|api) \((.+)\)$")
+# Both programs stop on SIGTERM and exit 0 once their handlers are in place, before they
+# load or serve anything: one ended by SIGTERM itself was stopped while still starting, with
+# nothing to lose (QA: a stop in the first second was reported as unclean, exit 1).
+CLEAN_ENDS = ("exit status 0", "terminated by SIGTERM")
+GROUP_WAIT_S = 2.0
+"""How long a stop waits for a just-spawned program to form its process group."""
+
+
+def adapt_supervisor() -> None:
+    """Two changes to supervisord, which this process runs in-process:
+
+    - SIGHUP stops, as SIGTERM does, instead of restarting both programs: a terminal that
+      hangs up (an SSH session lost) sends it to the foreground job (QA: the service
+      restarted, its data reloaded, and kept running with no terminal).
+    - A stop signal for a program whose process group does not exist yet (spawned a moment
+      ago: the child has not reached its ``setpgrp``) is sent again once it does, rather
+      than dropped (QA: a stop in the first second left the API serving for the 40 s until
+      supervisord's SIGKILL, with no drain).
+    """
+    receiver = options.SignalReceiver
+
+    def get_signal(self: Any) -> int | None:
+        sig: int | None = receive(self)
+        return signal.SIGTERM if sig == signal.SIGHUP else sig
+
+    receive = receiver.get_signal
+    receiver.get_signal = get_signal  # type: ignore[method-assign]
+
+    send = options.ServerOptions.kill
+
+    def kill(self: Any, pid: int, sig: int) -> None:
+        deadline = time.monotonic() + GROUP_WAIT_S
+        while True:
+            try:
+                return send(self, pid, sig)
+            except ProcessLookupError:
+                if pid >= 0 or time.monotonic() > deadline:
+                    raise
+                os.kill(-pid, 0)  # the program itself gone: ProcessLookupError, as before
+                time.sleep(0.01)
+
+    options.ServerOptions.kill = kill  # type: ignore[method-assign]
 
 
 def unclean_stops(log: Path, offset: int) -> list[tuple[str, str]]:
@@ -58,7 +102,7 @@ def unclean_stops(log: Path, offset: int) -> list[tuple[str, str]]:
     found = []
     for line in text.splitlines():
         match = STOPPED_LINE.search(line)
-        if match is not None and match[2] != "exit status 0":
+        if match is not None and match[2] not in CLEAN_ENDS:
             found.append((match[1], match[2]))
     return found
 
@@ -160,6 +204,7 @@ def main() -> int:
     stopped_file = run_dir / STOPPED_FILE
     supervisord_log = run_dir / SUPERVISORD_FILES[0]
     offset = log_size(supervisord_log)  # supervisord appends: this run's lines come after
+    adapt_supervisor()
     supervisord.main(["--nodaemon", "--configuration", str(CONFIG)])
     if stopped_file.exists():
         stopped = json.loads(stopped_file.read_text())

@@ -8,6 +8,7 @@ the same run directory refuses before touching anything in it.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -331,6 +332,8 @@ def load_supervise(monkeypatch: pytest.MonkeyPatch) -> Any:
             [{"program": "api", "ended": "terminated by SIGKILL"}],
         ),
         (["stopped: stop_on_failure (terminated by SIGTERM)"], 0, []),  # the listener's own
+        # Stopped while starting, before its handler (QA: reported unclean, exit 1).
+        (["stopped: api (terminated by SIGTERM)", "stopped: store (exit status 0)"], 0, []),
     ],
 )
 def test_a_stop_that_did_not_end_cleanly_ends_make_run_with_run_stopped(
@@ -356,6 +359,7 @@ def test_a_stop_that_did_not_end_cleanly_ends_make_run_with_run_stopped(
 
         monkeypatch.setenv("RUN_DIR", str(run_dir))
         monkeypatch.setattr(supervise.supervisord, "main", fake_supervisord)
+        monkeypatch.setattr(supervise, "adapt_supervisor", lambda: None)  # no supervisord here
         assert supervise.main() == status
         printed = [json.loads(line) for line in capfd.readouterr().out.splitlines()]
         if not unclean:
@@ -367,6 +371,64 @@ def test_a_stop_that_did_not_end_cleanly_ends_make_run_with_run_stopped(
         assert unclean[0]["ended"] in line["reason"]
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def test_a_stop_reaches_a_program_that_has_not_formed_its_process_group_yet(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """QA: a stop in `make run`'s first second signalled a just-spawned program's process
+    group before the child had made it: the signal was lost, and gunicorn served for 40 s
+    until supervisord's SIGKILL. The stop is sent again once the group exists."""
+    supervise = load_supervise(monkeypatch)
+    for owner, name in (
+        (supervise.options.ServerOptions, "kill"),
+        (supervise.options.SignalReceiver, "get_signal"),
+    ):
+        monkeypatch.setattr(owner, name, getattr(owner, name))  # put back after the test
+    supervise.adapt_supervisor()
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a spawned program on its way to setpgrp, as supervisord's child is
+        os.close(ready_r)
+        os.write(ready_w, b"x")
+        time.sleep(0.3)
+        os.setpgrp()
+        time.sleep(30)
+        os._exit(0)
+    os.close(ready_w)
+    os.read(ready_r, 1)
+    try:
+        supervise.options.ServerOptions.kill(None, -pid, signal.SIGTERM)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    # SIGHUP (a terminal hanging up) reads as SIGTERM: a stop, not supervisord's restart.
+    receiver = supervise.options.SignalReceiver()
+    receiver.receive(signal.SIGHUP, None)
+    assert receiver.get_signal() == signal.SIGTERM
+
+
+def test_a_terminal_hangup_stops_make_run_instead_of_restarting_it(
+    make_run: list[MakeRun],
+) -> None:
+    """QA: SIGHUP to `make run`'s job (an SSH session lost) made supervisord restart both
+    programs, reload the data, and keep serving with no terminal."""
+    run = start_make_run()
+    make_run.append(run)
+    run.wait_ready()
+    children = list(run.children())
+    os.killpg(run.process.pid, signal.SIGHUP)
+    run.process.wait(60)
+    deadline = time.monotonic() + 10  # a failure bound: reaped once supervisord is gone
+    while any(Path(f"/proc/{pid}").exists() for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in children if Path(f"/proc/{pid}").exists()]
+    log = (run.run_dir / "supervisord.log").read_text()
+    assert "restart request" not in log and "exit request" in log, log[-2000:]
+    assert not [e for e in run.events() if e.get("event") == "run_stopped"], run.events()
 
 
 def test_a_killed_supervisord_stops_its_programs_and_the_store_keeps_its_data(
