@@ -11,7 +11,8 @@ STAMP := $(VENV)/.installed-stamp
 # the command line) counts as unset too, as every setting's does in the docs: `?=` kept it
 # empty (QA: the store then ran without persistence, and an empty RUN_DIR put the socket,
 # metrics and supervisord's files at /). No $(eval): it would read a `#` in a path as a comment.
-or_default = $(if $(strip $($(1))),$($(1)),$(2))
+# $(value): the setting as given; $($(1)) would read a `$d` in a path as a make variable.
+or_default = $(if $(strip $(value $(1))),$(value $(1)),$(2))
 override PORT := $(call or_default,PORT,8000)
 override WEB_CONCURRENCY := $(call or_default,WEB_CONCURRENCY,2)
 override GRACEFUL_TIMEOUT := $(call or_default,GRACEFUL_TIMEOUT,30)
@@ -42,9 +43,11 @@ ADMIN_EMAIL ?= admin@example.com
 ADMIN_PASSWORD ?= dev-only-admin-password
 endif
 # $(value): as given, where $(ADMIN_PASSWORD) would read a `$w` in it as a make variable
-# (QA: the admin was created with another password than the operator's, silently).
-RUN_ENV += ADMIN_EMAIL=$(call shq,$(value ADMIN_EMAIL)) \
+# (QA: the admin was created with another password than the operator's, silently). The same
+# for `make run` and for `make seed` and `make load`, which log in as that admin.
+ADMIN_ENV = ADMIN_EMAIL=$(call shq,$(value ADMIN_EMAIL)) \
 	ADMIN_PASSWORD=$(call shq,$(value ADMIN_PASSWORD))
+RUN_ENV += $(ADMIN_ENV)
 # `make seed`: the sample data's size (loadtests/seed.py; larger for benchmarks).
 SEED_USERS ?= 100
 SEED_ORDERS ?= 1000
@@ -74,7 +77,7 @@ run: install ## start the store and the API (gunicorn) on $HOST:$PORT in the for
 
 .PHONY: seed
 seed: install ## load sample data into the running service (make run): SEED_USERS, SEED_ORDERS
-	@env ADMIN_EMAIL='$(ADMIN_EMAIL)' ADMIN_PASSWORD='$(ADMIN_PASSWORD)' $(BIN)/python -m loadtests.seed \
+	@env $(ADMIN_ENV) $(BIN)/python -m loadtests.seed \
 		--base-url http://localhost:$(PORT) --users $(SEED_USERS) --orders $(SEED_ORDERS)
 
 .PHONY: dev
@@ -109,7 +112,7 @@ format: install ## ruff format and autofix
 	$(BIN)/ruff check --fix .
 
 backup: install ## snapshot the running store (make run) and copy it to backups/<timestamp>/
-	@$(BIN)/python -m storeserver.backup --address $(STORE_SOCKET) --dest backups
+	@$(BIN)/python -m storeserver.backup --address $(call shq,$(STORE_SOCKET)) --dest backups
 
 bench-store: install ## store CPU per op and throughput, side by side with redis-server
 	$(BIN)/python -m loadtests.bench_store
@@ -147,10 +150,10 @@ LOAD_RATE_LIMIT ?= 1000000/minute
 LOAD_BCRYPT_ROUNDS ?= 4
 .PHONY: load
 load: install ## locust USERS (100) for RUN_TIME (60s) with thresholds; HOST=url targets a deployment
-	@env ADMIN_EMAIL='$(ADMIN_EMAIL)' ADMIN_PASSWORD='$(ADMIN_PASSWORD)' \
+	@env $(ADMIN_ENV) \
 		$(BIN)/python -m loadtests.load --users $(USERS) --spawn-rate $(SPAWN_RATE) \
-		--run-time $(RUN_TIME) --rate-limit '$(LOAD_RATE_LIMIT)' \
-		--bcrypt-rounds $(LOAD_BCRYPT_ROUNDS) $(if $(HOST),--host '$(HOST)')
+		--run-time $(RUN_TIME) --rate-limit $(call shq,$(LOAD_RATE_LIMIT)) \
+		--bcrypt-rounds $(LOAD_BCRYPT_ROUNDS) $(if $(HOST),--host $(call shq,$(HOST)))
 
 .PHONY: soak
 soak: install ## 6 minutes at moderate load; store and worker RSS sampled, plotted, judged flat or not

@@ -106,3 +106,22 @@ def test_an_empty_setting_counts_as_unset_in_make(where: str) -> None:
         "ENV=development",
     ):
         assert expected in words, (expected, planned.stdout)
+
+
+@pytest.mark.parametrize("target", ["run", "seed", "load", "backup"])
+def test_every_target_passes_paths_and_the_admin_password_as_given(target: str) -> None:
+    """Review: `make run` took them as given, but `make seed` and `make load` still read a
+    `$w` in ADMIN_PASSWORD as a make variable (logging in with another password than the one
+    the admin was created with) and `make backup` split a RUN_DIR holding a space."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    env.update(RUN_DIR="/tmp/a dir/run$x", ADMIN_PASSWORD="pa$word's", HOST="")
+    argv = ["make", "--no-print-directory", "-n", "-o", "install", target]
+    planned = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    words = shlex.split(planned.stdout)
+    if target == "backup":
+        assert words[words.index("--address") + 1] == "/tmp/a dir/run$x/store.sock", words
+    else:
+        assert "ADMIN_PASSWORD=pa$word's" in words, planned.stdout
+    if target == "run":
+        assert "RUN_DIR=/tmp/a dir/run$x" in words, planned.stdout
+
