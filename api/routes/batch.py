@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import PurePath
-from typing import IO, Annotated
+from typing import IO, Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.datastructures import UploadFile
@@ -97,7 +97,7 @@ async def import_table(
             return await _import_job(jobs, caller, name, binary, atomic)
         with binary:
             report = await import_csv(store, name, binary, atomic)
-        return json_response({"status": "success", "data": report})
+        return _report(report)
     form = await request.form(max_files=1, max_fields=10)
     try:
         upload = next((v for v in form.values() if isinstance(v, UploadFile)), None)
@@ -115,7 +115,15 @@ async def import_table(
         report = await import_csv(store, name, upload.file, atomic)
     finally:
         await form.close()
-    return json_response({"status": "success", "data": report})
+    return _report(report)
+
+
+def _report(report: dict[str, Any]) -> Response:
+    """An import's counts: a data answer, not kept by caches as any other (QA: it said no
+    Cache-Control at all)."""
+    return json_response(
+        {"status": "success", "data": report}, 200, {"Cache-Control": DATA_CACHE_CONTROL}
+    )
 
 
 async def _import_job(

@@ -180,6 +180,7 @@ def test_bad_rows_are_reported_and_good_rows_imported(client: httpx.Client) -> N
     )
     response = import_csv(client, table, text)
     assert response.status_code == 200, response.text
+    assert response.headers["cache-control"] == "private, no-cache"  # a data answer (QA)
     report = response.json()["data"]
     assert (report["rows"], report["imported"], report["failed"]) == (7, 2, 5)
     problems = {(e["row"], e["field"]) for e in report["errors"]}

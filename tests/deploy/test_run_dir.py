@@ -124,4 +124,3 @@ def test_every_target_passes_paths_and_the_admin_password_as_given(target: str) 
         assert "ADMIN_PASSWORD=pa$word's" in words, planned.stdout
     if target == "run":
         assert "RUN_DIR=/tmp/a dir/run$x" in words, planned.stdout
-
