@@ -72,6 +72,15 @@ async def refusal(server: StoreServer, source: str) -> list[object]:
         writer.close()
 
 
+async def assert_unix_client_served(server: StoreServer) -> None:
+    """A client on the Unix socket (an API worker's) connects and is answered."""
+    local = StoreClient(f"unix:{server.settings.socket}", secret=SECRET)
+    try:
+        assert (await local.call("ping"))["pong"]
+    finally:
+        await local.close()
+
+
 async def test_idle_network_peers_do_not_lock_out_the_unix_socket(tcp_server):
     """QA: 128 idle TCP peers refused every new client, API workers on the Unix socket too,
     for as long as they kept reconnecting. The slots are counted per listener."""
@@ -82,11 +91,7 @@ async def test_idle_network_peers_do_not_lock_out_the_unix_socket(tcp_server):
     try:
         full = Error(0, "STORE_BUSY", "too many connections in their handshake", {"max": limit})
         assert await refusal(tcp_server, "127.0.0.100") == [full]
-        local = StoreClient(f"unix:{tcp_server.settings.socket}", secret=SECRET)
-        try:
-            assert (await local.call("ping"))["pong"]
-        finally:
-            await local.close()
+        await assert_unix_client_served(tcp_server)
     finally:
         for writer in peers:
             writer.close()
@@ -129,11 +134,7 @@ async def test_greeted_network_peers_leave_the_unix_socket_its_reserve(tcp_serve
     try:
         full = Error(0, "STORE_BUSY", "too many clients over TCP", {"max": 32})
         assert await refusal(tcp_server, "127.0.0.100") == [full]
-        local = StoreClient(f"unix:{tcp_server.settings.socket}", secret=SECRET)
-        try:
-            assert (await local.call("ping"))["pong"]
-        finally:
-            await local.close()
+        await assert_unix_client_served(tcp_server)
         peers.pop().close()  # its slot is free again
         await wait_until(lambda: tcp_server.network_clients == 31)
         peers += await idle_peers(tcp_server, ["127.0.0.100"])
