@@ -15,14 +15,18 @@ A snapshot is written by a forked child (as Redis's BGSAVE): the parent rotates 
 generation, forks, and goes on serving; the child writes ``snapshot.mdb.tmp`` from its
 copy-on-write image, fsyncs it, renames it over ``snapshot.mdb`` and fsyncs the directory.
 Once the child exits 0, the parent deletes the logs the snapshot covers. A crash at any point
-leaves either the old snapshot with its logs or the new one with its logs.
+leaves either the old snapshot with its logs or the new one with its logs. The child dies with
+the store that forked it (``_die_with``): it must never rename over the files of the store
+that replaced it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
 import os
+import signal
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -159,10 +163,12 @@ def fork_snapshot(path: Path, generation: int, state: Iterable[tuple[Any, ...]])
     """
     ensure_snapshot_dir(path)
     gc.freeze()
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:  # child: no event loop, no logging, no atexit: write and leave
         code = 1
         try:
+            _die_with(parent)
             # Drop the inherited descriptors (the listening socket, clients, the log): a child
             # outliving a crashed store would otherwise keep accepting on its socket, so
             # clients would hang and the restarted store find it "already listening".
@@ -179,6 +185,25 @@ def fork_snapshot(path: Path, generation: int, state: Iterable[tuple[Any, ...]])
         finally:
             os._exit(code)
     return pid
+
+
+_PR_SET_PDEATHSIG = 1
+try:
+    _prctl: Any = ctypes.CDLL(None, use_errno=True).prctl  # looked up before any fork
+except (OSError, AttributeError):  # not Linux: no such call
+    _prctl = None
+
+
+def _die_with(parent: int) -> None:
+    """Have the kernel kill this snapshot child when the store that forked it dies, and
+    leave now if it already has. A child that outlived a crashed store went on writing, then
+    renamed ``snapshot.mdb.tmp`` over ``snapshot.mdb``: by then the name was the restarted
+    store's own snapshot in progress, and the complete snapshot was replaced by a fragment
+    that refused the next start (QA; its logs were pruned: data only in a backup)."""
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the store died before the setting took
+        os._exit(1)
 
 
 _stamp = structlog.processors.TimeStamper(fmt="iso", utc=True)

@@ -8,6 +8,9 @@ import json
 import os
 import signal
 import stat
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -21,6 +24,7 @@ from storeserver.engine import Engine
 from storeserver.errors import Conflict, StoreUnavailable
 from storeserver.logfile import AppendLog, CorruptData, encode_entry, read_entries
 from storeserver.snapshots import write_snapshot
+from tests.support.stack import ROOT
 from tests.support.store import StoreProcess
 
 # -- the entry format --------------------------------------------------------------------
@@ -556,6 +560,58 @@ def test_the_snapshot_child_keeps_no_inherited_descriptor(tmp_path):
         listener.close()
     [entry] = read_entries(tmp_path / "snapshot.mdb", allow_torn_tail=False)
     assert entry[1] == ["put", "t", {"id": "closed"}]
+
+
+_SLOW_SNAPSHOT_STORE = """
+import sys, time
+from pathlib import Path
+from storeserver.snapshots import fork_snapshot
+
+def state():  # the child: a big data set on a slow disk
+    yield ("put", "t", {"id": "a"})
+    time.sleep(60)
+    yield ("put", "t", {"id": "b"})
+
+print(fork_snapshot(Path(sys.argv[1]), 2, state()), flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_snapshot_child_dies_with_its_store(tmp_path):
+    """QA: a snapshot child outlived its store's kill -9, then renamed ``snapshot.mdb.tmp``
+    over ``snapshot.mdb`` while the restarted store was writing its own there: the complete
+    snapshot became a fragment that refused the next start. The child now dies with it."""
+    path = tmp_path / "snapshot.mdb"
+    path.write_bytes(b"the previous snapshot")
+    store = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_SNAPSHOT_STORE, str(path)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        child = int(store.stdout.readline())
+        os.kill(store.pid, signal.SIGKILL)
+        store.wait(10)
+        deadline = time.monotonic() + 10  # a failure bound, not a timing check
+        while _alive(child) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not _alive(child), "the snapshot child outlived its store"
+    finally:
+        store.kill()
+        store.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+    assert path.read_bytes() == b"the previous snapshot"
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting for init to reap it does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def test_a_data_directory_that_is_a_file_is_named_as_such(tmp_path):
