@@ -140,8 +140,8 @@ def test_a_write_cut_off_by_a_store_crash_says_its_outcome_is_unknown(
 ):
     """QA: writes cut off by a store crash were answered "503, retry shortly" with
     Retry-After, though some had been applied: resent, they would have been written twice.
-    An index build over rows whose values are slow to key holds the store ~2 s; the store
-    is killed while it runs, with the request in its hands."""
+    An index build over rows whose values are slow to key runs ~2 s (as a job, a few rows
+    per step); the store is killed while it runs, with the request in its hands."""
     for i in range(20):  # one per call: 300,000 items each, under the frame's entry limit
         store_call(durable_stack, "insert", {"table": "slowkeys", "record": {"big": [i] * 300_000}})
     store = durable_stack.processes["store"]

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from storeserver import builds, query, reads, selection
+from storeserver import builds, definitions, indexes, query, reads, selection
 from storeserver.builds import STEP_SECONDS, ChunkedRead
 from storeserver.client import StoreClient
 from storeserver.engine import Engine
@@ -259,3 +259,37 @@ def test_an_aggregate_picks_its_sorted_page_of_groups_a_slice_per_step(
         assert [g["g"] for g in result["items"]] == everything[start : start + size]
         assert result["total"] == groups
         assert most < groups // 4, (start, size, most)  # picked at once: 10,281 and more
+
+
+def test_an_index_build_over_few_costly_rows_goes_on_a_row_per_step(
+    clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """QA: 20 rows holding 300,000-item lists took ~2 s to key, in one step: under CHUNK
+    rows a build never became a job. Now it starts at once and goes on as a job, its steps
+    sized by time, once it has run a step's time; its result is the same index."""
+    monkeypatch.setattr(definitions, "time", SimpleNamespace(perf_counter=clock))
+    real_key_of = indexes.HashIndex.key_of
+
+    def costly(index: Any, record: dict[str, Any]) -> Any:
+        clock.now += 2 * STEP_SECONDS
+        return real_key_of(index, record)
+
+    monkeypatch.setattr(indexes.HashIndex, "key_of", costly)
+    engine = Engine(journal=False)
+    engine.spill_reads()  # as a server's engine
+    for n in range(20):
+        engine.execute("insert", {"table": "t", "record": {"id": f"r{n}", "k": n % 4}})
+    job = engine.execute("create_index", {"table": "t", "field": "k"})
+    assert isinstance(job, builds.IndexBuild)
+    steps = 1  # the one run when the command came
+    while True:
+        done, result = engine.advance(job)
+        steps += 1
+        if done:
+            break
+    assert result == {"created": True} and steps >= 20
+    found = engine.execute("find", {"table": "t", "where": [["k", "eq", 1]]})
+    assert [r["id"] for r in found["items"]] == ["r1", "r5", "r9", "r13", "r17"]
+    # Cheap rows: at once, as before.
+    monkeypatch.setattr(indexes.HashIndex, "key_of", real_key_of)
+    assert engine.execute("create_index", {"table": "t", "field": "id2"}) == {"created": True}
