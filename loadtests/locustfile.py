@@ -924,7 +924,7 @@ def verdict(stats: Any) -> dict[str, Any]:
     total = stats.total
     ratio = total.fail_ratio
     if ratio > MAX_FAIL_RATIO:
-        problems.append(f"failure ratio {ratio:.2%} > {MAX_FAIL_RATIO:.0%}")
+        problems.append(f"failure ratio {ratio:.2%} > {MAX_FAIL_RATIO:.2%}")
     if total.num_requests == 0:
         problems.append("no request was made")
     routes = {}
@@ -976,6 +976,9 @@ def check_thresholds(environment: Any, **_: Any) -> None:
             result["requests"],
             result["fail_ratio"] * 100,
         )
+        # The verdict is the exit code, not locust's own rule (any failure at all: exit 1):
+        # QA, a run with 3 failed requests of 1261 passed its thresholds and exited 1.
+        environment.process_exit_code = 0
     else:
         environment.process_exit_code = 1
     path = os.environ.get("LOAD_VERDICT_FILE")

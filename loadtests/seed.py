@@ -5,7 +5,8 @@
 What it loads (deterministic for a given ``--seed``):
 
 - ``products`` (generic table): ``sku``, ``name``, ``category``, ``price`` (a number),
-  ``stock``, ``released_on`` (dates spread over the last two years);
+  ``stock``, ``released_on`` (dates spread over the two years before 2025-01-01, a fixed
+  day so that every seeding gives the same data);
 - ``users``: varied names and ages 18-85; the first is ``demo@example.com``; every seeded user's
   password is ``demo password`` (the README's quick start logs in with it);
 - ``orders``: a product, a quantity (1-5, mostly 1) and ``total_price`` = price x quantity as an
@@ -24,7 +25,8 @@ the rate limit (429 → ``Retry-After``), which at the default 100/minute takes 
 
 Idempotent: a marker record ``seed_runs/sample-data`` is written first (``loading``) and
 completed at the end. A second run finds it and does nothing (exit 0); a marker left at
-``loading`` by an interrupted run makes it refuse (exit 2) until the data is reset.
+``loading`` (another run still loading, or one interrupted) makes it refuse (exit 2), saying
+to wait for a run in progress, or to reset the data after an interrupted one.
 """
 
 from __future__ import annotations
@@ -335,9 +337,11 @@ async def seed(
         if found is not None:
             if found.get("state") != "complete":
                 raise SeedError(
-                    f"an earlier seed run did not finish (marker {MARKER_TABLE}/{MARKER_ID} is"
-                    f" {found.get('state')!r}); reset the data (stop the service, remove its"
-                    " data directory) and seed again"
+                    f"another seed run is loading, or an earlier one did not finish (marker"
+                    f" {MARKER_TABLE}/{MARKER_ID} is {found.get('state')!r}, started"
+                    f" {found.get('started_at')}): if another is running, wait for it and run"
+                    " this again (it will find the data seeded); only if none is, reset the"
+                    " data (stop the service, remove its data directory) and seed again"
                 )
             seeder.say(
                 f"already seeded on {found.get('finished_at')}: {found.get('users')} users,"

@@ -48,7 +48,12 @@ def analyse(samples: list[dict[str, Any]], warmup_s: float) -> dict[str, Any]:
         after = [(t, v) for t, v in points if t >= warmup_s]
         first = [v for t, v in after if t < warmup_s + 60]
         last = [v for t, v in after if t >= end - 60]
-        if not first or not last:
+        if not first:
+            continue  # started after the first minute: a replacement, judged by its end
+        if not last:
+            # Gone before the end (killed, or recycled by gunicorn): not judged flat; a
+            # worker that leaked until it was killed must not pass unseen (QA).
+            out.setdefault("unjudged", []).append(name)
             continue
         start_mb, end_mb = statistics.median(first) / 2**20, statistics.median(last) / 2**20
         change = end_mb - start_mb
@@ -61,7 +66,11 @@ def analyse(samples: list[dict[str, Any]], warmup_s: float) -> dict[str, Any]:
             "peak_mb": max(v for _, v in points) / 2**20,
             "flat": abs(change) < FLAT_MB and abs(change) < FLAT_SHARE * start_mb,
         }
-    out["flat"] = bool(out["processes"]) and all(p["flat"] for p in out["processes"].values())
+    out["flat"] = (
+        bool(out["processes"])
+        and not out.get("unjudged")
+        and all(p["flat"] for p in out["processes"].values())
+    )
     return out
 
 
@@ -74,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-records", type=int, default=20)
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     os.environ["LOAD_MAX_RECORDS"] = str(args.max_records)
+    path = load.RESULTS / "soak.json"
+    before = path.stat().st_mtime_ns if path.exists() else None
     code = load.main(
         [
             "--prefix",
@@ -88,7 +99,11 @@ def main(argv: list[str] | None = None) -> int:
             str(args.sample),
         ]
     )
-    path = load.RESULTS / "soak.json"
+    if not path.exists() or path.stat().st_mtime_ns == before:
+        # Interrupted (Ctrl-C: 130) or failed before the run wrote its results: there is
+        # nothing of this run to judge (QA: the previous run's file was judged and rewritten).
+        print(f"  soak: the load run ended ({code}) without results; no verdict, nothing written")
+        return code or 1
     data = json.loads(path.read_text())
     data["soak"] = analyse(data.get("samples", []), args.warmup)
     data["soak"]["max_records_per_user"] = args.max_records
@@ -101,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['rss_end_mb']:7.1f} MB, change {r['change_mb']:+6.1f} MB, slope "
             f"{r['slope_mb_per_min']:+.2f} MB/min: {'flat' if r['flat'] else 'GROWING'}"
         )
+    for name in data["soak"].get("unjudged", []):
+        print(f"  {name:14} ended before the run did: not judged (a worker killed or replaced)")
     print(f"  soak verdict: {'flat after warm-up' if data['soak']['flat'] else 'NOT flat'}")
     print("  wrote loadtests/results/soak.json and docs/img/soak_rss.png")
     return code
