@@ -96,7 +96,13 @@ async def read_job(job_id: JobId, jobs: JobsDep, caller: CurrentUser) -> Respons
             "model": Envelope[JobPublic],
             "description": "Cancel requested; the job stops at its next chunk",
         },
-        **error_responses(404, 409),
+        **error_responses(
+            404,
+            described={
+                409: "`JOB_FINISHED` (it has ended already) or `JOB_NOT_CANCELLABLE` (a running"
+                " snapshot or write by filter, which nothing stops halfway)"
+            },
+        ),
     },
     summary="Cancel a job",
 )
@@ -162,7 +168,9 @@ RESULT_CONTENT = {kind.partition(";")[0]: {"schema": TEXT} for kind in MEDIA_TYP
             "description": "If-None-Match or If-Modified-Since: your copy is current",
             "headers": {"ETag": RESULT_VALIDATORS["ETag"]},
         },
-        **error_responses(404, 409),
+        **error_responses(
+            404, described={409: "`JOB_NOT_FINISHED`: the job has not succeeded (yet)"}
+        ),
         412: {"model": ErrorEnvelope, "description": "If-Match or If-Unmodified-Since failed"},
         416: {"model": ErrorEnvelope, "description": "No range asked for starts in the file"},
     },

@@ -41,7 +41,17 @@ async def read_schema(
 @router.put(
     "/{table}/schema",
     response_model=Envelope[SchemaResult],
-    responses=error_responses(400, 404, 409, 413, 415, 507),
+    responses=error_responses(
+        400,
+        404,
+        413,
+        415,
+        507,
+        described={
+            409: "`SCHEMA_VIOLATIONS`: existing rows break it (listed in `details`; send"
+            " force=true to attach it anyway)"
+        },
+    ),
     summary="Attach a JSON Schema",
 )
 async def attach_schema(table: TableName, body: SchemaBody, store: StoreDep) -> Response:

@@ -101,6 +101,21 @@ Price = Annotated[
 ]
 
 
+# What the field takes: an ISO time with a zone, or seconds since 1970 (UTC), as pydantic
+# reads a number; documented as both (QA: the document said a string only).
+OrderDate = Annotated[
+    AwareDatetime,
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "format": "date-time"},
+                {"type": "number", "description": "seconds since 1970-01-01T00:00:00Z"},
+            ]
+        }
+    ),
+]
+
+
 class OrderCreate(BaseModel):
     """A new order for an existing user (409 if ``user_id`` names no user). ``order_date`` is
     kept only from an admin (``POST /orders``, and the admin-only ``/data/orders`` and
@@ -124,10 +139,11 @@ class OrderCreate(BaseModel):
     product_name: ProductName
     quantity: Quantity
     total_price: Price
-    order_date: AwareDatetime | None = Field(
+    order_date: OrderDate | None = Field(
         default=None,
-        description="Admin only: when the order was placed (with a time zone, not in the"
-        " future); default, and always for non-admins: the server's time",
+        description="Admin only: when the order was placed (with a time zone, or a number of"
+        " seconds since 1970 in UTC; not in the future); default, and always for non-admins:"
+        " the server's time",
         examples=["2024-05-01T12:00:00Z"],
     )
 

@@ -287,3 +287,31 @@ async def test_a_job_result_is_served_in_a_documented_type(
             assert answer.text == body
             media_type = answer.headers["content-type"].partition(";")[0]
             assert media_type in declared["content"], fmt
+
+
+@pytest.mark.parametrize(
+    ("path", "method", "codes"),
+    [
+        ("/api/v1/jobs/{job_id}", "delete", ["JOB_FINISHED", "JOB_NOT_CANCELLABLE"]),
+        ("/api/v1/jobs/{job_id}/result", "get", ["JOB_NOT_FINISHED"]),
+        ("/api/v1/data/{table}/schema", "put", ["SCHEMA_VIOLATIONS"]),
+    ],
+)
+def test_a_409_names_the_conflicts_its_route_answers(
+    spec: dict[str, Any], path: str, method: str, codes: list[str]
+) -> None:
+    """QA: these routes' 409 read "Duplicate unique value, foreign key violation, ... or the
+    last admin", none of which they answer."""
+    described = spec["paths"][path][method]["responses"]["409"]["description"]
+    assert all(f"`{code}`" in described for code in codes), described
+    assert "Duplicate unique value" not in described
+
+
+def test_an_order_date_is_documented_as_the_api_takes_it(spec: dict[str, Any]) -> None:
+    """QA: an admin's order_date as seconds since 1970 was taken (201) but the document
+    allowed only a date-time string: a client that validates first could not send it."""
+    date = {"properties": spec["components"]["schemas"]["OrderCreate"]["properties"]}
+    for value in (1700000000, 1700000000.5, "2024-05-01T12:00:00Z", None):
+        jsonschema.validate({"order_date": value}, date)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"order_date": [1]}, date)
