@@ -382,24 +382,30 @@ def test_a_stop_reaches_a_program_that_has_not_formed_its_process_group_yet(
     supervise = load_supervise(monkeypatch)
     for owner, name in (
         (supervise.options.ServerOptions, "kill"),
+        (supervise.options.ServerOptions, "setpgrp"),
         (supervise.options.SignalReceiver, "get_signal"),
     ):
         monkeypatch.setattr(owner, name, getattr(owner, name))  # put back after the test
     supervise.adapt_supervisor()
     ready_r, ready_w = os.pipe()
     pid = os.fork()
-    if pid == 0:  # a spawned program on its way to setpgrp, as supervisord's child is
+    if pid == 0:  # a spawned program on its way to setpgrp and exec, as supervisord's is
+        signal.signal(signal.SIGTERM, lambda *_: None)  # supervisord's handler, inherited
         os.close(ready_r)
         os.write(ready_w, b"x")
         time.sleep(0.3)
-        os.setpgrp()
-        time.sleep(30)
+        supervise.options.ServerOptions.setpgrp(None)
+        time.sleep(30)  # the exec the stop must not wait for
         os._exit(0)
     os.close(ready_w)
     os.read(ready_r, 1)
     try:
         supervise.options.ServerOptions.kill(None, -pid, signal.SIGTERM)
-        _, status = os.waitpid(pid, 0)
+        deadline = time.monotonic() + 10  # a failure bound, not a timing check
+        while (ended := os.waitpid(pid, os.WNOHANG))[0] == 0:
+            assert time.monotonic() < deadline, "the stop did not reach the spawned child"
+            time.sleep(0.02)
+        status = ended[1]
         assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM
     finally:
         with contextlib.suppress(ProcessLookupError):
