@@ -15,18 +15,10 @@ import httpx
 import pytest
 
 from tests.deploy.test_supervisord import MakeRun, start_make_run
+from tests.support.procs import running
 from tests.support.stack import start_stack, worker_pids
 
 pytestmark = pytest.mark.integration
-
-
-def running(pid: int) -> bool:
-    """Not exited: a zombie has exited, whether or not its new parent reaps it."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def wait_until_gone(pids: set[int], timeout: float = 30.0) -> set[int]:

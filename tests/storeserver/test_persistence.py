@@ -24,6 +24,7 @@ from storeserver.engine import Engine
 from storeserver.errors import Conflict, StoreUnavailable
 from storeserver.logfile import AppendLog, CorruptData, encode_entry, read_entries
 from storeserver.snapshots import write_snapshot
+from tests.support.procs import running
 from tests.support.stack import ROOT
 from tests.support.store import StoreProcess
 
@@ -594,24 +595,15 @@ def test_a_snapshot_child_dies_with_its_store(tmp_path):
         os.kill(store.pid, signal.SIGKILL)
         store.wait(10)
         deadline = time.monotonic() + 10  # a failure bound, not a timing check
-        while _alive(child) and time.monotonic() < deadline:
+        while running(child) and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert not _alive(child), "the snapshot child outlived its store"
+        assert not running(child), "the snapshot child outlived its store"
     finally:
         store.kill()
         store.wait()
         with contextlib.suppress(ProcessLookupError):
             os.kill(child, signal.SIGKILL)
     assert path.read_bytes() == b"the previous snapshot"
-
-
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie waiting for init to reap it does not)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def test_a_data_directory_that_is_a_file_is_named_as_such(tmp_path):
