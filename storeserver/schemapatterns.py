@@ -43,19 +43,22 @@ class PatternsTooCostly(Exception):
 
 
 class _Work:
-    left = 0
+    left: int | None = None
 
 
 WORK = _Work()
-"""What the running record check may still spend on patterns (``schemas`` sets it)."""
+"""What the running record check may still spend on patterns: ``schemas`` sets it for each
+record and clears it after, so a search outside a record's check (a schema's own, checked
+against the meta-schema) is never charged with what the last record left."""
 
 
 def search(regex: Any, string: str) -> Any:
-    """``regex.search(string)``, charged to ``WORK`` first: ``PatternsTooCostly`` instead of
-    a search that could hold the store for seconds."""
-    WORK.left -= len(string) * regex.programsize
-    if WORK.left < 0:
-        raise PatternsTooCostly
+    """``regex.search(string)``, charged to ``WORK`` first during a record's check:
+    ``PatternsTooCostly`` instead of a search that could hold the store for seconds."""
+    if WORK.left is not None:
+        WORK.left -= len(string) * regex.programsize
+        if WORK.left < 0:
+            raise PatternsTooCostly
     return regex.search(string)
 
 

@@ -263,6 +263,7 @@ class TableSchema:
             log.exception("schema_not_applicable")
             out.append({"path": [], "message": _NOT_APPLICABLE})
         INSTANCE_KEYS.clear()  # holds parts of the record: not past its check
+        WORK.left = None
         return out
 
     def check(self, record: dict[str, Any], table: str) -> None:
