@@ -15,6 +15,12 @@ described as one free-form object parameter (``style: form, explode: true``: eac
 keys is its own query parameter, as Swagger UI and generated clients send it); and
 ``If-None-Match`` and ``If-Match`` on the reads that answer 304 (or 412, a POST query).
 
+The headers the middleware and the error handlers add to responses are declared here, by
+status, where no route can declare them: X-Request-ID on every response, X-Rate-Limit-* on
+those of the rate-limited routes, WWW-Authenticate on 401, ETag on 412, Retry-After on 429
+and 503 (``components.headers``, referred to by each response). A form-encoded body is also declared
+as ``multipart/form-data``, which the same form parser reads.
+
 Two things FastAPI's generator loses are put back: the 400 FastAPI answers for a JSON body
 nested too deeply to parse, on every operation that reads a JSON body; and the nulls of the
 models' examples, which its ``exclude_none`` drops.
@@ -32,6 +38,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from api.deps import AUTHENTICATING, FILTERING, REQUIRING_TOKEN, oauth2_scheme
+from api.guard import EXEMPT_PATHS, TOKEN_PATH
 from api.queries import BASE_FIELDS, MAX_FILTERS, MAX_IN_VALUES, OPERATORS, Fields
 from api.schemas.envelope import QUERY_MATCHED
 
@@ -43,6 +50,29 @@ BODY_TOO_LARGE = (
 ERROR_CONTENT = {
     "application/json": {"schema": {"$ref": REF_TEMPLATE.format(model="ErrorEnvelope")}}
 }
+
+
+def _header(description: str) -> dict[str, Any]:
+    return {"description": description, "schema": {"type": "string"}}
+
+
+RESPONSE_HEADERS = {
+    "X-Request-ID": _header("The request's id: the X-Request-ID sent if sane, else generated"),
+    "X-Rate-Limit-Limit": _header("Requests allowed per window (RATE_LIMIT)"),
+    "X-Rate-Limit-Remaining": _header("Requests left in this window"),
+    "X-Rate-Limit-Reset": _header("When the window ends (Unix time, seconds)"),
+    "Retry-After": _header("Seconds to wait before trying again"),
+    "ETag": _header("The current ETag of what the condition was checked against"),
+    "WWW-Authenticate": _header("The scheme to authenticate with: `Bearer` (with `error=...`)"),
+}
+RATE_LIMIT_HEADERS = ("X-Rate-Limit-Limit", "X-Rate-Limit-Remaining", "X-Rate-Limit-Reset")
+HEADERS_BY_STATUS = {
+    "401": ("WWW-Authenticate",),
+    "412": ("ETag",),
+    "429": ("Retry-After",),
+    "503": ("Retry-After",),
+}
+FORM = "application/x-www-form-urlencoded"
 
 
 def header_parameter(name: str, description: str) -> dict[str, Any]:
@@ -192,6 +222,34 @@ def add_body_limit(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
+def add_response_headers(schema: dict[str, Any]) -> dict[str, Any]:
+    """The headers every response may carry (module docstring), as references to
+    ``components.headers``; a header a route declared itself is left as it is."""
+    schema.setdefault("components", {})["headers"] = RESPONSE_HEADERS
+    for path, item in schema["paths"].items():
+        # /auth/token is outside the guard but counts its own (stricter) limits.
+        limited = path not in EXEMPT_PATHS or path == TOKEN_PATH
+        for operation in item.values():
+            for status, response in operation["responses"].items():
+                names = ["X-Request-ID", *HEADERS_BY_STATUS.get(status, ())]
+                if limited:
+                    names += RATE_LIMIT_HEADERS
+                headers = response.setdefault("headers", {})
+                for name in names:
+                    headers.setdefault(name, {"$ref": f"#/components/headers/{name}"})
+    return schema
+
+
+def add_multipart_forms(schema: dict[str, Any]) -> dict[str, Any]:
+    """A form body is read by python-multipart in either encoding: declare both."""
+    for item in schema["paths"].values():
+        for operation in item.values():
+            content = operation.get("requestBody", {}).get("content", {})
+            if FORM in content:
+                content.setdefault("multipart/form-data", content[FORM])
+    return schema
+
+
 def route_models(app: FastAPI) -> set[type[BaseModel]]:
     """The models the routes name: bodies, response models and those of ``responses``."""
     found: set[type[BaseModel]] = set()
@@ -252,6 +310,7 @@ def install_openapi(app: FastAPI) -> None:
             schema = add_bearer_security(app, schema)
             schema = add_body_parse_errors(restore_null_examples(app, schema))
             schema = add_body_limit(schema)
+            schema = add_multipart_forms(add_response_headers(schema))
             completed[:] = [add_request_parameters(app, schema)]
         return completed[0]
 

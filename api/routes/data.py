@@ -37,8 +37,11 @@ from api.responses import (
 )
 from api.schemas.data import DataBody, DataRecord
 from api.schemas.envelope import (
+    CREATED,
     NOT_MODIFIED,
     QUERY_MATCHED,
+    RECORD_HEADERS,
+    WRITTEN,
     Envelope,
     GroupsEnvelope,
     ListEnvelope,
@@ -90,7 +93,12 @@ CountQuery = Annotated[ListQuery, Depends(table_filter_query())]
     response_model=CreatedRecords,
     responses={
         # Chosen at run time: a client generated from the document must expect it.
-        200: {"model": CreatedRecords, "description": "`upsert=true` merged, created nothing"},
+        200: {
+            "model": CreatedRecords,
+            "description": "`upsert=true` merged, created nothing",
+            "headers": RECORD_HEADERS,  # of one record, not of a list
+        },
+        **CREATED,  # Location and ETag of one record, not of a list
         **error_responses(
             400,
             409,
@@ -229,7 +237,10 @@ async def read_record(
 @router.put(
     "/{table}/{record_id}",
     response_model=Envelope[DataRecord],
-    responses=error_responses(400, 404, 409, 413, 415, 422, 507, described=WRITE_PRECONDITIONS),
+    responses={
+        **WRITTEN,
+        **error_responses(400, 404, 409, 413, 415, 422, 507, described=WRITE_PRECONDITIONS),
+    },
     summary="Replace a record",
 )
 async def replace_record(
@@ -249,7 +260,10 @@ async def replace_record(
 @router.patch(
     "/{table}/{record_id}",
     response_model=Envelope[DataRecord],
-    responses=error_responses(400, 404, 409, 413, 415, 422, 507, described=WRITE_PRECONDITIONS),
+    responses={
+        **WRITTEN,
+        **error_responses(400, 404, 409, 413, 415, 422, 507, described=WRITE_PRECONDITIONS),
+    },
     summary="Update a record",
 )
 async def update_record(

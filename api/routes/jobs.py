@@ -16,6 +16,7 @@ from api.jobs.model import now_stamp, readable_by, to_public
 from api.jobs.runner import UNSTOPPABLE
 from api.jobs.state import Job
 from api.jobs.web import JobsDep
+from api.openapi import header_parameter
 from api.responses import PROBE_CACHE_CONTROL, json_response
 from api.schemas.envelope import Envelope, ErrorEnvelope, ListEnvelope, error_responses
 from api.schemas.jobs import JobPublic
@@ -143,6 +144,20 @@ RESULT_VALIDATORS = {
     },
     "Last-Modified": {"description": "When the file was written", "schema": {"type": "string"}},
 }
+CONTENT_RANGE = {
+    "Content-Range": {
+        "description": "The bytes sent (`bytes 0-99/1234`), or the size (`bytes */1234`)",
+        "schema": {"type": "string"},
+    }
+}
+# Read from the request by ``api.jobs.download`` (If-Match and If-None-Match are added with
+# the other conditional reads', ``api.openapi.add_request_parameters``).
+RESULT_REQUEST_HEADERS = [
+    header_parameter("Range", "`bytes=first-last`, `first-` or `-suffix`, comma-separated"),
+    header_parameter("If-Range", "The ETag or Last-Modified the Range applies to"),
+    header_parameter("If-Modified-Since", "An HTTP date: 304 if the file is no newer"),
+    header_parameter("If-Unmodified-Since", "An HTTP date: 412 if the file is newer"),
+]
 TEXT = {"type": "string"}
 # The media types of the files jobs write (``api.jobs.kinds.MEDIA_TYPES``), each served as
 # its job wrote it: a generated client reads the body as text instead of dropping it.
@@ -161,7 +176,7 @@ RESULT_CONTENT = {kind.partition(";")[0]: {"schema": TEXT} for kind in MEDIA_TYP
         206: {
             "description": "The byte ranges asked for with `Range: bytes=...`: one range in"
             " the file's own type, several as `multipart/byteranges`",
-            "headers": RESULT_VALIDATORS,
+            "headers": {**RESULT_VALIDATORS, **CONTENT_RANGE},
             "content": {**RESULT_CONTENT, "multipart/byteranges": {"schema": TEXT}},
         },
         304: {
@@ -172,8 +187,13 @@ RESULT_CONTENT = {kind.partition(";")[0]: {"schema": TEXT} for kind in MEDIA_TYP
             404, described={409: "`JOB_NOT_FINISHED`: the job has not succeeded (yet)"}
         ),
         412: {"model": ErrorEnvelope, "description": "If-Match or If-Unmodified-Since failed"},
-        416: {"model": ErrorEnvelope, "description": "No range asked for starts in the file"},
+        416: {
+            "model": ErrorEnvelope,
+            "description": "No range asked for starts in the file",
+            "headers": CONTENT_RANGE,
+        },
     },
+    openapi_extra={"parameters": RESULT_REQUEST_HEADERS},
     summary="Download a job's result",
 )
 async def read_job_result(

@@ -22,8 +22,10 @@ from api.etags import identity_etag, list_etag
 from api.http_metrics import MeteredRoute
 from api.responses import groups_response, list_response, no_content, record_response
 from api.schemas.envelope import (
+    CREATED,
     NOT_MODIFIED,
     QUERY_MATCHED,
+    WRITTEN,
     Envelope,
     GroupsEnvelope,
     ListEnvelope,
@@ -47,7 +49,7 @@ Expand = Annotated[
     "",
     status_code=201,
     response_model=Envelope[OrderPublic],
-    responses=error_responses(401, 403, 409, 413, 415, 422, 507),
+    responses={**CREATED, **error_responses(401, 403, 409, 413, 415, 422, 507)},
     summary="Create an order",
 )
 async def create_order(
@@ -174,9 +176,10 @@ async def read_order(
 @router.patch(
     "/{order_id}",
     response_model=Envelope[OrderPublic],
-    responses=error_responses(
-        401, 403, 404, 409, 413, 415, 422, 507, described=WRITE_PRECONDITIONS
-    ),
+    responses={
+        **WRITTEN,
+        **error_responses(401, 403, 404, 409, 413, 415, 422, 507, described=WRITE_PRECONDITIONS),
+    },
     summary="Update an order",
 )
 async def update_order(

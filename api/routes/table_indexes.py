@@ -15,7 +15,7 @@ from api.deps import StoreDep, TableName
 from api.errors import ApiError, bad_query
 from api.responses import DATA_CACHE_CONTROL, json_response, no_content
 from api.routes.tables import success_response, table_router
-from api.schemas.envelope import Envelope, error_responses
+from api.schemas.envelope import LOCATION_HEADER, Envelope, error_responses
 from api.schemas.tables import FIELD_PATTERN, IndexBody, IndexSpec
 from api.services import tables as table_service
 
@@ -51,6 +51,7 @@ async def list_indexes(table: TableName, store: StoreDep) -> Response:
     response_model=Envelope[IndexSpec],
     responses={
         200: {"model": Envelope[IndexSpec], "description": "The same index existed already"},
+        201: {"headers": LOCATION_HEADER},
         **error_responses(400, 404, 409, 413, 415, 507),
     },
     summary="Create an index",

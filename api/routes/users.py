@@ -34,14 +34,16 @@ from api.responses import (
 )
 from api.routes.auth import limit_attempt
 from api.schemas.envelope import (
+    CREATED,
     NOT_MODIFIED,
     QUERY_MATCHED,
+    WRITTEN,
     Envelope,
     ListEnvelope,
     error_responses,
     projected_list,
 )
-from api.schemas.query import OrderWithUser, QueryBody, UserWithOrders
+from api.schemas.query import OrderWithUser, QueryBody, UserEnvelope
 from api.schemas.users import UserCreate, UserPublic, UserUpdate
 from api.services import orders as order_service
 from api.services import record_queries
@@ -68,7 +70,7 @@ SentUserUpdate = Annotated[
     "",
     status_code=201,
     response_model=Envelope[UserPublic],
-    responses=error_responses(401, 403, 409, 413, 415, 422, 429, 507),
+    responses={**CREATED, **error_responses(401, 403, 409, 413, 415, 422, 429, 507)},
     summary="Create a user",
 )
 async def create_user(
@@ -113,7 +115,7 @@ READ_USER_RESPONSES = {**NOT_MODIFIED, **error_responses(400, 401, 404)}
 
 @router.get(
     "/me",
-    response_model=Envelope[UserWithOrders],
+    response_model=UserEnvelope,
     responses=READ_USER_RESPONSES,
     summary="Read yourself",
 )
@@ -143,7 +145,7 @@ async def query_users(
 
 @router.get(
     "/{user_id}",
-    response_model=Envelope[UserWithOrders],
+    response_model=UserEnvelope,
     responses=READ_USER_RESPONSES,
     summary="Read a user",
 )
@@ -179,9 +181,12 @@ async def user_answer(
 @router.patch(
     "/{user_id}",
     response_model=Envelope[UserPublic],
-    responses=error_responses(
-        401, 404, 413, 415, 422, 507, described={**WRITE_PRECONDITIONS, **UPDATE_REFUSALS}
-    ),
+    responses={
+        **WRITTEN,
+        **error_responses(
+            401, 404, 413, 415, 422, 507, described={**WRITE_PRECONDITIONS, **UPDATE_REFUSALS}
+        ),
+    },
     summary="Update a user",
 )
 async def update_user(

@@ -111,6 +111,14 @@ ETAG_HEADER = {
         "schema": {"type": "string"},
     }
 }
+LOCATION_HEADER = {
+    "Location": {"description": "Where to read what was created", "schema": {"type": "string"}}
+}
+RECORD_HEADERS = {**LOCATION_HEADER, **ETAG_HEADER}
+CREATED: dict[int | str, dict[str, Any]] = {201: {"headers": RECORD_HEADERS}}
+"""A route that creates a record (``record_response`` with a location)."""
+WRITTEN: dict[int | str, dict[str, Any]] = {200: {"headers": ETAG_HEADER}}
+"""A route that answers the record it wrote, with its new ETag."""
 NOT_MODIFIED: dict[int | str, dict[str, Any]] = {
     200: {"headers": ETAG_HEADER},
     304: {"description": "Not modified (If-None-Match)", "headers": ETAG_HEADER},

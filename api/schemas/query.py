@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SkipValidation
 
+from api.schemas.envelope import Envelope, PageMeta
 from api.schemas.orders import OrderPublic
 from api.schemas.users import UserPublic
 
@@ -192,3 +193,13 @@ class UserWithOrders(UserPublic):
     """A user with one page of their orders (``embed=orders``; the page is in ``meta.orders``)."""
 
     orders: list[OrderPublic] = []
+
+
+class EmbeddedPages(BaseModel):
+    orders: PageMeta = Field(description="The page of orders under `data.orders`")
+
+
+class UserEnvelope(Envelope[UserWithOrders]):
+    """A user; with `embed=orders`, a page of their orders and `meta` describing it."""
+
+    meta: EmbeddedPages | None = Field(None, description="Only with `embed=orders`")

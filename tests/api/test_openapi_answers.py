@@ -13,26 +13,17 @@ import jsonschema
 import pytest
 
 from tests.support.auth import register
-from tests.support.factories import create_order, create_user, token, user_payload
+from tests.support.factories import (
+    create_order,
+    create_user,
+    order_payload,
+    token,
+    user_payload,
+)
+from tests.support.openapi import assert_documented
 
 pytestmark = pytest.mark.integration
 API = "/api/v1"
-
-
-def assert_documented(
-    spec: dict[str, Any], response: httpx.Response, method: str, path: str
-) -> None:
-    """``response`` to ``method path`` (the path as the document writes it) is declared."""
-    declared = spec["paths"][API + path][method.lower()]["responses"]
-    status = str(response.status_code)
-    assert status in declared, f"{method} {path}: {status} is not in {sorted(declared)}"
-    content = declared[status].get("content")
-    if content is None:
-        assert not response.content, f"{method} {path}: {status} documents no body"
-        return
-    # The schemas' $refs point into the document's components: validate with them at hand.
-    schema = {**content["application/json"]["schema"], "components": spec["components"]}
-    jsonschema.Draft202012Validator(schema).validate(response.json())
 
 
 def test_an_upsert_that_only_merged_is_a_documented_200(
@@ -232,3 +223,81 @@ def test_reads_that_answer_304_document_if_none_match_and_etag(spec: dict[str, A
         assert {"If-None-Match", "If-Match"} <= set(names), path
     transaction = spec["paths"][API + "/transaction"]["post"]
     assert "If-None-Match" not in [p["name"] for p in transaction.get("parameters", [])]
+
+
+def test_created_and_written_records_declare_their_location_and_etag(
+    client: httpx.Client, spec: dict[str, Any]
+) -> None:
+    user = create_user(client)  # POST /users: 201 with Location and ETag
+    created = client.post(f"{API}/orders", json=order_payload(user["id"]))
+    assert created.status_code == 201 and {"location", "etag"} <= set(created.headers)
+    assert_documented(spec, created, "POST", "/orders")
+    url = f"{API}/orders/{created.json()['data']['id']}"
+    patched = client.patch(url, json={"quantity": 3})
+    assert patched.status_code == 200 and "etag" in patched.headers
+    assert_documented(spec, patched, "PATCH", "/orders/{order_id}")
+    registered = client.post(f"{API}/users", json=user_payload())
+    assert registered.status_code == 201 and "location" in registered.headers
+    assert_documented(spec, registered, "POST", "/users")
+    table = f"{API}/data/oa_{token()}"
+    record = client.post(table, json={"data": {"n": 1}})
+    assert record.status_code == 201 and "location" in record.headers
+    assert_documented(spec, record, "POST", "/data/{table}")
+    path = f"{table}/{record.json()['data']['id']}"
+    for method in ("PUT", "PATCH"):
+        written = client.request(method, path, json={"data": {"n": 2}})
+        assert written.status_code == 200 and "etag" in written.headers
+        assert_documented(spec, written, method, "/data/{table}/{record_id}")
+    index = client.post(f"{table}/indexes", json={"field": "n"})
+    assert index.status_code == 201 and "location" in index.headers
+    assert_documented(spec, index, "POST", "/data/{table}/indexes")
+
+
+def test_refusals_declare_their_authenticate_header(
+    anon: httpx.Client, spec: dict[str, Any]
+) -> None:
+    refused = anon.get(f"{API}/users/me")
+    assert refused.status_code == 401 and "www-authenticate" in refused.headers
+    assert_documented(spec, refused, "GET", "/users/me")
+    form = {"username": f"nobody-{token()}@example.com", "password": "wrong-password"}
+    guess = anon.post(f"{API}/auth/token", data=form)
+    assert guess.status_code == 401 and "www-authenticate" in guess.headers
+    assert_documented(spec, guess, "POST", "/auth/token")
+    # A 429's Retry-After: tests/api/security/test_ratelimit.py (a stack with small limits).
+
+
+def test_a_login_form_may_be_sent_as_multipart_as_documented(
+    anon: httpx.Client, spec: dict[str, Any]
+) -> None:
+    content = spec["paths"][f"{API}/auth/token"]["post"]["requestBody"]["content"]
+    assert "multipart/form-data" in content
+    account = user_payload()
+    assert anon.post(f"{API}/users", json=account).status_code == 201
+    fields = {"username": (None, account["email"]), "password": (None, account["password"])}
+    answer = anon.post(f"{API}/auth/token", files=fields)
+    assert answer.status_code == 200, answer.text
+    assert_documented(spec, answer, "POST", "/auth/token")
+
+
+def test_a_user_with_embedded_orders_declares_the_page_in_meta(
+    client: httpx.Client, spec: dict[str, Any]
+) -> None:
+    user = create_user(client)
+    create_order(client, user["id"])
+    answer = client.get(f"{API}/users/{user['id']}", params={"embed": "orders"})
+    assert answer.status_code == 200 and answer.json()["meta"]["orders"]["total"] == 1
+    assert_documented(spec, answer, "GET", "/users/{user_id}")
+    schema = spec["paths"][f"{API}/users/{{user_id}}"]["get"]["responses"]["200"]["content"]
+    name = schema["application/json"]["schema"]["$ref"].rpartition("/")[2]
+    meta = spec["components"]["schemas"][name]["properties"]["meta"]
+    strict = {**meta, "components": spec["components"]}
+    with pytest.raises(jsonschema.ValidationError):  # the page is described, not any object
+        jsonschema.Draft202012Validator(strict).validate({"orders": {"page": 0}})
+
+
+def test_a_job_results_range_headers_are_declared(spec: dict[str, Any]) -> None:
+    operation = spec["paths"][f"{API}/jobs/{{job_id}}/result"]["get"]
+    names = {parameter["name"] for parameter in operation["parameters"]}
+    assert {"Range", "If-Range", "If-Modified-Since", "If-Unmodified-Since"} <= names
+    for status in ("206", "416"):
+        assert "Content-Range" in operation["responses"][status]["headers"], status

@@ -17,6 +17,7 @@ import pytest
 from tests.support.auth import bearer, login_admin
 from tests.support.factories import assert_error, user_payload
 from tests.support.logs import json_lines
+from tests.support.openapi import assert_documented
 from tests.support.stack import Stack, running_stack
 from tests.support.workers import close_all, pinned_clients
 
@@ -100,8 +101,12 @@ def test_anonymous_clients_are_limited_per_ip(limited: Stack) -> None:
         assert [int(r.headers["x-rate-limit-remaining"]) for r in seen] == list(
             reversed(range(LIMIT))
         )
-        assert_limited(first.get("/api/v1/users/me"))
+        assert_limited(refused := first.get("/api/v1/users/me"))
         assert_limited(first.post("/api/v1/users", json=user_payload()))
+        # Each header of the 401s and the 429 is one the OpenAPI document declares.
+        spec = first.get("/openapi.json").json()
+        for response in (seen[0], refused):
+            assert_documented(spec, response, "GET", "/users/me")
         # Another client address (through the trusted proxy) has its own budget.
         other = second.get("/api/v1/users/me")
         assert other.status_code == 401
