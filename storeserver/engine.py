@@ -107,7 +107,8 @@ class Engine:
     the pace of logins and refreshes, which it rate-limits. Their memory still counts: the
     gauge reads the process's RSS, so keys written over the limit keep the other writes
     refused until room is made. ``rate_hit`` is not a write at all: rate limiting keeps
-    working, its counters small and short-lived.
+    working, its counters small and short-lived. Also taken: a ``patch`` or ``update_where``
+    of an internal table's records (``server._bookkeeping``: the API's job states).
     """
 
     def __init__(

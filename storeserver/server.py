@@ -92,6 +92,19 @@ def _frees_or_marks(args: dict[str, Any]) -> bool:
     )
 
 
+def _bookkeeping(command: str, args: dict[str, Any] | None) -> bool:
+    """A change to a record of an internal table (its name starts with ``_``, as the API's
+    ``_jobs``): a job's heartbeat, progress and state. Taken over the memory limit: refused,
+    a running job could neither go on nor record why it stopped, its readers' marking it
+    lost was refused too (its status answered 507), and a queued one could not be cancelled.
+    Its memory is small and bounded: an existing record changed (an insert is still
+    refused, so no job starts at the limit), written only by the API's own bookkeeping."""
+    if command not in ("patch", "update_where") or args is None:
+        return False
+    table = args.get("table")
+    return type(table) is str and table.startswith("_")
+
+
 def _frees_or_marks_op(op: dict[str, Any]) -> bool:
     kind = op.get("op")
     return kind == "delete" or (kind == "kv_set" and op.get("stamp") is True and "value" not in op)
@@ -311,6 +324,7 @@ class StoreServer:
         if (
             command in Engine.GROWING_COMMANDS
             and not (command == "batch" and args is not None and _frees_or_marks(args))
+            and not _bookkeeping(command, args)
             and self.memory.over_limit()
         ):
             raise MemoryLimit(

@@ -362,3 +362,26 @@ def test_unusable_store_settings_are_refused(
 def test_store_fsync_takes_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STORE_FSYNC", "ALWAYS")
     assert StoreSettings().fsync == "always"
+
+
+async def test_over_the_memory_limit_internal_records_may_still_change(server, client):
+    """The API's job records (``_jobs``): a running job records its progress and its end, a
+    queued one its cancellation; no new one starts, and other tables' records stay put."""
+    job = await client.call("insert", {"table": "_jobs", "record": {"state": "queued"}})
+    rec = await client.call("insert", {"table": "m", "record": {"a": 1}})
+    server.memory = MemoryGauge(limit_bytes=1)  # any process is over one byte
+    patched = await client.call(
+        "patch", {"table": "_jobs", "id": job["id"], "changes": {"state": "running"}}
+    )
+    assert patched["state"] == "running"
+    where = [["id", "eq", job["id"]], ["state", "in", ["running"]]]
+    done = await client.call(
+        "update_where", {"table": "_jobs", "where": where, "changes": {"state": "failed"}}
+    )
+    assert done["matched"] == 1
+    with pytest.raises(MemoryLimit):
+        await client.call("insert", {"table": "_jobs", "record": {"state": "queued"}})
+    with pytest.raises(MemoryLimit):
+        await client.call("patch", {"table": "m", "id": rec["id"], "changes": {"a": 2}})
+    with pytest.raises(MemoryLimit):
+        await client.call("update_where", {"table": "m", "where": None, "changes": {"a": 2}})
