@@ -11,6 +11,12 @@ timeout (gunicorn's ``keepalive``, 5 s) applies as before; a request's body is r
 app, which bounds it itself (``MAX_BODY_BYTES``, and ``BODY_TIMEOUT`` between two pieces:
 ``api.hardening``).
 
+A response whose client reads none of it for ``SEND_TIMEOUT`` seconds (60, nginx's
+``send_timeout``) ends with the connection: uvicorn waits for the client to drain what it
+sent, without bound, and a download whose client stopped reading held its request, its
+connection and the app's task until the client closed (the store freed the dump's cursor
+after ``STORE_SCAN_IDLE``, the worker kept the rest).
+
 A request httptools cannot parse, or whose head ``head_problem`` refuses (RFC 9112: the
 version, Host, the framing; one Authorization), gets the error envelope (with X-Request-ID
 and the security headers; no body for HEAD) and the connection closes, lingering (below). uvicorn
@@ -313,7 +319,9 @@ class _LingeringClose:
 
 class HeaderDeadlineProtocol(HttpToolsProtocol):
     header_timeout = 10.0  # HEADER_TIMEOUT, set per worker by deploy/gunicorn.conf.py
+    send_timeout = 60.0  # SEND_TIMEOUT, the same way
     _header_timer: asyncio.TimerHandle | None = None
+    _send_timer: asyncio.TimerHandle | None = None  # armed while the client does not read
     _running: RequestResponseCycle | None = None  # the pipelined ones wait in ``self.pipeline``
     _refusal: bytes | None = None  # the answer, once a request could not be parsed
     _refused: Refusal | None = None  # why a callback stopped the parser, if one did
@@ -417,8 +425,30 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         self._refused = refused
         raise refused
 
+    def pause_writing(self) -> None:
+        """The transport's buffer is full: the client reads nothing (or too slowly)."""
+        super().pause_writing()
+        if self._send_timer is None:
+            self._send_timer = self.loop.call_later(self.send_timeout, self._client_not_reading)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._stop_send_timer()
+
+    def _stop_send_timer(self) -> None:
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+
+    def _client_not_reading(self) -> None:
+        self._send_timer = None
+        log.debug("closing a connection: its client read nothing for %ss", self.send_timeout)
+        # abort, not close: close would wait for the unread buffer to drain, as the app did.
+        self.transport.abort()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._stop_send_timer()
         if self._linger_timer is not None:
             self._linger_timer.cancel()
         running = self._running

@@ -90,6 +90,8 @@ class Settings(BaseSettings):
     graceful_timeout: Annotated[int, Field(ge=1, le=HOUR)] = 30
     # Seconds a connection has to send a request's headers whole (api/connections.py).
     header_timeout: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    # Seconds a response may wait for its client to read (api/connections.py); then closed.
+    send_timeout: Annotated[float, Field(gt=0, le=HOUR)] = 60.0
     # Seconds a request body may pause between two pieces before the answer is 408.
     body_timeout: Annotated[float, Field(gt=0, le=3600)] = 30.0
     control_socket: str = ""

@@ -269,6 +269,7 @@ def post_fork(server: Any, worker: Any) -> None:
     # uvicorn's httptools protocol with a deadline for request headers (api/connections.py):
     # connections that send nothing, or headers in part, are closed instead of kept forever.
     HeaderDeadlineProtocol.header_timeout = _settings.header_timeout
+    HeaderDeadlineProtocol.send_timeout = _settings.send_timeout
     worker.config.http = HeaderDeadlineProtocol
 
 

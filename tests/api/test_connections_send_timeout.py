@@ -1,0 +1,64 @@
+"""A response whose client reads none of it for SEND_TIMEOUT ends with its connection
+(``api.connections``). uvicorn waited for the client to drain what it sent without bound: a
+dump whose client stopped reading kept its request, its connection and the app's task until
+the client closed (QA: 20 stalled downloads held 20 worker connections for a minute and more)."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.support.auth import login_admin
+from tests.support.metrics import value
+from tests.support.stack import Stack, running_stack
+
+pytestmark = pytest.mark.integration
+SEND_TIMEOUT = 1
+DUMP = "/api/v1/dump/{table}"
+
+
+@pytest.fixture(scope="module")
+def impatient() -> Iterator[Stack]:
+    with running_stack(workers=2, extra_env={"SEND_TIMEOUT": str(SEND_TIMEOUT)}) as stack:
+        yield stack
+
+
+def in_progress(http: httpx.Client) -> float:
+    return value(http.get("/metrics").text, "http_requests_inprogress", handler=DUMP)
+
+
+def test_a_download_its_client_stopped_reading_is_ended(impatient: Stack) -> None:
+    with httpx.Client(base_url=impatient.base_url, timeout=30.0) as http:
+        admin = login_admin(http)
+        rows = [{"n": n, "pad": "p" * 400} for n in range(1000)]
+        for _ in range(10):  # 4 MB: more than the socket buffers on both sides hold
+            created = http.post("/api/v1/data/big", headers=admin.headers, json={"data": rows})
+            assert created.status_code == 201, created.text
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", impatient.port))
+            sock.sendall(
+                b"GET /api/v1/dump/big HTTP/1.1\r\nHost: t\r\nAccept-Encoding: identity\r\n"
+                b"Authorization: Bearer " + admin.access_token.encode() + b"\r\n\r\n"
+            )
+            assert sock.recv(1024).startswith(b"HTTP/1.1 200")  # started; now read nothing
+            assert in_progress(http) == 1
+            deadline = time.monotonic() + SEND_TIMEOUT + 20
+            while in_progress(http) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert in_progress(http) == 0  # the request is over, though the client is there
+            received, reset = b"", False
+            sock.settimeout(10)
+            try:
+                while chunk := sock.recv(65536):
+                    received += chunk
+            except ConnectionResetError:
+                reset = True
+            assert reset or not received.endswith(b"0\r\n\r\n"), "the dump went on to its end"
+        # A client that reads gets its download whole.
+        whole = http.get("/api/v1/dump/big", headers=admin.headers)
+        assert whole.status_code == 200 and len(whole.text.splitlines()) == 10_000
