@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import limits
+from limits.util import SINGLE_EXPR
 from pydantic import (
     AfterValidator,
     EmailStr,
@@ -63,6 +64,8 @@ def _browser_origin(item: str) -> str:
 # The store's integers are 64-bit: a rate limit's count or window past this cannot be sent to
 # it, and every limited request would fail instead of the start.
 MAX_RATE_NUMBER = 2**63 - 1
+MAX_UNIX_PATH_BYTES = 107  # sun_path holds 108 bytes, the last a NUL
+PRINTABLE_ASCII = re.compile(r"[\x21-\x7e]+")
 HOUR = 3600
 DAY = 24 * HOUR
 GIB = 1 << 30
@@ -173,6 +176,32 @@ class Settings(BaseSettings):
             return value.strip() or None
         return value
 
+    @field_validator("metrics_token")
+    @classmethod
+    def token_a_scraper_can_send(cls, value: SecretStr | None) -> SecretStr | None:
+        """Printable ASCII: a header's bytes are compared as Latin-1, so a token with other
+        characters matched no scraper's UTF-8 header (401 for ever, QA)."""
+        if value is not None and not PRINTABLE_ASCII.fullmatch(value.get_secret_value()):
+            raise ValueError("use ASCII letters, digits and punctuation only, no spaces (e.g. openssl rand -hex 32)")
+        return value
+
+    @field_validator("control_socket")
+    @classmethod
+    def check_control_socket(cls, value: str) -> str:
+        """A path gunicorn can bind its control socket at. It removes whatever is there first:
+        a regular file named here was deleted (QA); a directory, a missing directory or a path
+        too long for a Unix socket only logged "Control server error" and served without it."""
+        if not value:
+            return value
+        path = Path(value)
+        if len(os.fsencode(value)) > MAX_UNIX_PATH_BYTES:
+            raise ValueError(f"a Unix socket path has at most {MAX_UNIX_PATH_BYTES} bytes")
+        if (path.exists() or path.is_symlink()) and not path.is_socket():
+            raise ValueError("the path exists and is not a socket; refusing to replace it")
+        if not path.parent.is_dir():
+            raise ValueError("the socket's directory does not exist")
+        return value
+
     @property
     def is_production(self) -> bool:
         return self.env == "production"
@@ -206,6 +235,10 @@ class Settings(BaseSettings):
             ) from None
         if len(items) != 1:
             raise ValueError("one limit only, e.g. 100/minute (not several joined by ; or ,)")
+        match = SINGLE_EXPR.match(value)
+        if match is not None and match.group(3) is not None and int(match.group(3)) == 0:
+            # ``limits`` reads a window of 0 units as 1 unit: refused, as a count of 0 is.
+            raise ValueError("the window must be at least 1 unit, e.g. 5 per 10 seconds")
         if items[0].amount < 1:
             raise ValueError("the limit must allow at least 1 request")
         if items[0].amount > MAX_RATE_NUMBER or items[0].get_expiry() > MAX_RATE_NUMBER:

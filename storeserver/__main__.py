@@ -47,7 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--socket", type=Path, help="Unix socket path (STORE_SOCKET)")
     parser.add_argument("--tcp", help="also listen on host:port (STORE_TCP; needs STORE_SECRET)")
-    parser.add_argument("--data-dir", type=Path, help="persistence directory (STORE_DATA_DIR)")
+    # A string, not a Path: Path("") is ".", and --data-dir "$UNSET" persisted into the cwd.
+    parser.add_argument("--data-dir", help="persistence directory (STORE_DATA_DIR)")
     parser.add_argument(
         "--log-level", help="DEBUG, INFO, WARNING, ERROR or CRITICAL (STORE_LOG_LEVEL)"
     )

@@ -73,7 +73,11 @@ class DataDir:
         self.root = root
         if root.exists() and not root.is_dir():  # mkdir's own error read "File exists" only
             raise NotADirectoryError(f"STORE_DATA_DIR {root} is a file, not a directory")
-        root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        try:
+            root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        except OSError as exc:  # its message named a path only: say which setting it is
+            message = f"STORE_DATA_DIR {root}: cannot create it: {exc.strerror}"
+            raise type(exc)(message) from exc
         self.snapshot = root / SNAPSHOT
 
     def logs(self) -> list[Path]:

@@ -181,7 +181,11 @@ class StoreServer:
         self._listeners.append(unix)
         if self.settings.tcp_address is not None:
             host, port = self.settings.tcp_address
-            tcp = await loop.create_server(lambda: StoreConnection(self), host, port)
+            try:
+                tcp = await loop.create_server(lambda: StoreConnection(self), host, port)
+            except OSError as exc:  # "Name or service not known" alone named no setting
+                message = f"STORE_TCP {self.settings.tcp}: cannot listen: {exc.strerror}"
+                raise type(exc)(message) from exc
             self._listeners.append(tcp)
         self.ready = True
         self.listening_since = time.monotonic()

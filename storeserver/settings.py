@@ -86,6 +86,18 @@ class StoreSettings(BaseSettings):
             raise ValueError("a store socket is a path or unix:/path")
         return where
 
+    @field_validator("data_dir", mode="before")
+    @classmethod
+    def _data_dir(cls, value: object) -> object:
+        """Empty is unset (no persistence), as an empty STORE_DATA_DIR is, also from
+        ``--data-dir ""``; blank is refused, as it is for the other settings: it persisted
+        into the working directory, or into one named " " (QA)."""
+        if isinstance(value, str) and not value:
+            return None
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("a blank path: leave it empty for no persistence")
+        return value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, value: object) -> object:

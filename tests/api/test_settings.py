@@ -151,3 +151,36 @@ def test_a_lookalike_admin_email_is_refused_as_a_registration_would_be(
     assert "mixes letters of several scripts" in str(error)
     monkeypatch.setenv("ADMIN_EMAIL", "admin@example.com")
     assert Settings().admin_email == "admin@example.com"
+
+
+@pytest.mark.parametrize("value", ["5 per 0 seconds", "3/0 minutes", "1 per 00 hours"])
+def test_a_rate_limit_window_of_zero_is_refused(monkeypatch: pytest.MonkeyPatch, value: str):
+    """``limits`` reads it as one unit: 5 per 0 seconds was enforced as 5 per second."""
+    assert "at least 1 unit" in str(refused(monkeypatch, "RATE_LIMIT", value))
+    assert "at least 1 unit" in str(refused(monkeypatch, "AUTH_RATE_LIMIT", value))
+
+
+def test_a_metrics_token_a_scraper_cannot_send_is_refused(monkeypatch: pytest.MonkeyPatch):
+    """Header bytes are compared as Latin-1: a non-ASCII token never matched a UTF-8 one."""
+    for token in ("scrape-tökén-0123456789", "two words"):
+        assert "ASCII" in str(refused(monkeypatch, "METRICS_TOKEN", token))
+    monkeypatch.setenv("METRICS_TOKEN", "  scrape-0123456789  ")
+    token = Settings().metrics_token
+    assert token is not None and token.get_secret_value() == "scrape-0123456789"
+
+
+def test_a_control_socket_path_gunicorn_would_clobber_or_not_bind_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
+    """gunicorn removes whatever is at the path before it binds: a file there was deleted."""
+    precious = tmp_path / "important.conf"
+    precious.write_text("keep me")
+    assert "not a socket" in str(refused(monkeypatch, "CONTROL_SOCKET", str(precious)))
+    assert precious.read_text() == "keep me"
+    assert "not a socket" in str(refused(monkeypatch, "CONTROL_SOCKET", str(tmp_path)))
+    missing = str(tmp_path / "nowhere" / "ctl.sock")
+    assert "directory does not exist" in str(refused(monkeypatch, "CONTROL_SOCKET", missing))
+    long = str(tmp_path / ("x" * 120))
+    assert "at most 107 bytes" in str(refused(monkeypatch, "CONTROL_SOCKET", long))
+    monkeypatch.setenv("CONTROL_SOCKET", str(tmp_path / "ctl.sock"))
+    assert Settings().control_socket == str(tmp_path / "ctl.sock")

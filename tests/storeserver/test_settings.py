@@ -4,6 +4,7 @@ and how a refusal names the variable."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from storeserver.__main__ import EXIT_REFUSED_TO_START
+from storeserver.__main__ import EXIT_REFUSED_TO_START, load_settings, parse_args
 from storeserver.client import StoreClient
 from storeserver.server import StoreServer
 from storeserver.settings import StoreSettings, settings_errors
@@ -187,3 +188,37 @@ def test_counts_past_their_ceiling_are_refused(name: str, ceiling: int) -> None:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(name, str(ceiling))
         assert getattr(StoreSettings(), name.removeprefix("STORE_").lower()) == ceiling
+
+
+def store_start(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "storeserver", "--socket", str(tmp_path / "s.sock"), *args]
+    environ = {**os.environ, **env}
+    return subprocess.run(command, capture_output=True, text=True, timeout=30, env=environ)
+
+
+def test_an_empty_data_dir_flag_persists_nothing_and_a_blank_one_is_refused(
+    tmp_path: Path,
+) -> None:
+    """``--data-dir "$UNSET"`` was Path("") = "." (persistence in the working directory), and
+    STORE_DATA_DIR=" " persisted into a directory named " "."""
+    assert load_settings(parse_args(["--data-dir", ""])).data_dir is None
+    assert "STORE_DATA_DIR" in settings_errors(refused(STORE_DATA_DIR=" "))
+    with pytest.raises(ValidationError):
+        load_settings(parse_args(["--data-dir", "  "]))
+
+
+@pytest.mark.parametrize(
+    ("args", "setting"),
+    [
+        (("--data-dir", "/proc/memdb-data"), "STORE_DATA_DIR"),
+        (("--tcp", "999.1.1.1:7000"), "STORE_TCP"),
+    ],
+)
+def test_a_start_refused_by_the_os_names_the_setting(
+    tmp_path: Path, args: tuple[str, str], setting: str
+) -> None:
+    done = store_start(tmp_path, *args, STORE_SECRET="s" * 32)
+    assert done.returncode == EXIT_REFUSED_TO_START, done.stdout + done.stderr
+    (line,) = (done.stdout + done.stderr).splitlines()
+    assert json.loads(line)["event"] == "store_failed_to_start"
+    assert json.loads(line)["error"].startswith(f"{setting} "), line
