@@ -50,6 +50,7 @@ from .errors import (
     BadRequest,
     OutcomeUnknown,
     ProtocolError,
+    RecordTooLarge,
     SetupRefused,
     StoreError,
     StoreUnavailable,
@@ -210,7 +211,13 @@ class StoreClient:
         except ProtocolError as exc:
             raise BadRequest(f"arguments cannot be sent to the store: {exc.message}") from exc
         if len(frame) - 4 > self._max_frame_size:
-            raise BadRequest("request exceeds the maximum frame size")
+            # 413 through the API: a body MAX_BODY_BYTES let in (up to 1 GiB) but too large
+            # to send was a 400 BAD_REQUEST, as if the client had sent something malformed.
+            raise RecordTooLarge(
+                f"the request is over the {self._max_frame_size}-byte store frame once"
+                " encoded: send less at once",
+                {"size": len(frame) - 4, "max_frame_bytes": self._max_frame_size},
+            )
         fut = conn.send(rid, frame, command, self.timeout if timeout is None else timeout)
         try:
             return await fut

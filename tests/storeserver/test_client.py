@@ -14,6 +14,7 @@ from storeserver.client import StoreClient
 from storeserver.clientconnection import ClientConnection
 from storeserver.errors import (
     OutcomeUnknown,
+    RecordTooLarge,
     SetupRefused,
     StoreBusy,
     StoreTimeout,
@@ -346,3 +347,17 @@ async def test_closing_during_an_attempt_tells_its_callers_the_client_is_closed(
         results = await asyncio.gather(*callers, return_exceptions=True)
         assert all(isinstance(r, StoreUnavailable) for r in results), results
         assert all("closed" in r.message for r in results)  # type: ignore[union-attr]
+
+
+async def test_a_request_larger_than_a_frame_is_too_large_not_bad(server) -> None:
+    """The API lets a body up to MAX_BODY_BYTES (at most 1 GiB) in; one whose request is past
+    the frame the client sends is 413 RECORD_TOO_LARGE there, not 400 BAD_REQUEST."""
+    client = StoreClient(f"unix:{server.settings.socket}", timeout=2.0, max_frame_size=1 << 20)
+    await client.connect()
+    try:
+        with pytest.raises(RecordTooLarge) as refused:
+            await client.call("insert", {"table": "t", "record": {"blob": "x" * (1 << 20)}})
+        assert refused.value.details["max_frame_bytes"] == 1 << 20
+        assert await client.call("insert", {"table": "t", "record": {"blob": "x"}})  # still fine
+    finally:
+        await client.close()
