@@ -182,7 +182,10 @@ class Settings(BaseSettings):
         """Printable ASCII: a header's bytes are compared as Latin-1, so a token with other
         characters matched no scraper's UTF-8 header (401 for ever, QA)."""
         if value is not None and not PRINTABLE_ASCII.fullmatch(value.get_secret_value()):
-            raise ValueError("use ASCII letters, digits and punctuation only, no spaces (e.g. openssl rand -hex 32)")
+            raise ValueError(
+                "use ASCII letters, digits and punctuation only, no spaces"
+                " (e.g. openssl rand -hex 32)"
+            )
         return value
 
     @field_validator("control_socket")
@@ -328,18 +331,22 @@ class Settings(BaseSettings):
 
 def weak_secret(secret: SecretStr | None) -> bool:
     """Missing, short, few distinct characters, mostly a run (``abcdef``, ``654321``), a block
-    repeated (``qwertyuio`` four times), or an example word: not a signing key. Cheap checks
-    against typed-in keys, not an entropy test."""
+    repeated (``qwertyuio`` four times), mostly repeats (a quarter or more of its 4-character
+    pieces seen before in it: a character run padded with ``12345678``, a block repeated with
+    a different end), or an example word: not a signing key. Cheap checks against typed-in
+    keys, not an entropy test: random text of this length repeats a piece about never."""
     if secret is None:
         return True
     text = secret.get_secret_value()
     lowered = text.lower()
     steps = sum(abs(ord(b) - ord(a)) == 1 for a, b in pairwise(text))
+    pieces = [text[i : i + 4] for i in range(len(text) - 3)]
     return (
         len(text) < MIN_SECRET_LENGTH
         or len(set(text)) < MIN_SECRET_DISTINCT
         or steps * 2 > len(text)
         or (text + text).find(text, 1) < len(text)  # periodic: a shorter block repeated
+        or len(pieces) * 3 > len(set(pieces)) * 4
         or any(word in lowered for word in WEAK_SECRET_WORDS)
     )
 

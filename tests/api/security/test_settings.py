@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 import pytest
@@ -26,6 +27,10 @@ STRONG = "k3Y-9vQz_Lw2Rt8Xb5Nm1Hp4Jc7Fd0Sg6Ae-Uo3Iy"
         "9876543210zyxwvutsrqponmlkjihgfedcba",  # the same, backwards
         "abcdefgh" * 4,  # 8 distinct characters
         "qwertyuio" * 4,  # 9
+        # Mostly repeats (QA): each passed the checks above.
+        "0000000000000000000000000012345678",
+        "aaaaaaaaaaaaaaaaaaaaaaaa123456789",
+        "Tr0ub4dor&3" * 3 + "x",
     ],
 )
 def test_production_refuses_a_missing_or_weak_jwt_secret(secret: str | None) -> None:
@@ -34,6 +39,14 @@ def test_production_refuses_a_missing_or_weak_jwt_secret(secret: str | None) -> 
         kwargs["jwt_secret"] = secret
     with pytest.raises(ValidationError, match="JWT_SECRET"):
         Settings(**kwargs)
+
+
+def test_random_secrets_of_the_minimum_length_are_strong() -> None:
+    """The repeats check never refuses what ``openssl rand`` gives (4-character pieces of
+    random text repeat about never)."""
+    for _ in range(2000):
+        for secret in (secrets.token_hex(16), secrets.token_urlsafe(24)):
+            Settings(env="production", jwt_secret=secret)
 
 
 def test_a_bad_rate_limit_is_named_without_its_value() -> None:
