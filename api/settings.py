@@ -300,7 +300,7 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"JWT_SECRET {problem} in production: at least {MIN_SECRET_LENGTH} random"
                     f" characters ({MIN_SECRET_DISTINCT}+ distinct, not a run such as abcdef or"
-                    " 123456, no example word), e.g. from: openssl rand -hex 32"
+                    " 123456, not mostly repeats, no example word), e.g. from: openssl rand -hex 32"
                 )
             if self.admin_password is not None and (
                 normalize_password(self.admin_password.get_secret_value()) == DEV_ADMIN_PASSWORD
