@@ -12,10 +12,13 @@ app, which bounds it itself (``MAX_BODY_BYTES``, and ``BODY_TIMEOUT`` between tw
 ``api.hardening``).
 
 A response whose client reads none of it for ``SEND_TIMEOUT`` seconds (60, nginx's
-``send_timeout``) ends with the connection: uvicorn waits for the client to drain what it
-sent, without bound, and a download whose client stopped reading held its request, its
-connection and the app's task until the client closed (the store freed the dump's cursor
-after ``STORE_SCAN_IDLE``, the worker kept the rest).
+``send_timeout``: checked while the worker's write buffer is full, each period from the last
+time it shrank) ends with the connection, logged as ``response_cut_off`` (warning; a streamed
+answer's access line also says ``ClientDisconnected``):
+uvicorn waits for the client to drain what it sent, without bound, and a download whose
+client stopped reading held its request, its connection and the app's task until the client
+closed (the store freed the dump's cursor after ``STORE_SCAN_IDLE``, the worker kept the
+rest).
 
 A request httptools cannot parse, or whose head ``head_problem`` refuses (RFC 9112: the
 version, Host, the framing; one Authorization), gets the error envelope (with X-Request-ID
@@ -49,6 +52,7 @@ import re
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import httptools
+import structlog
 from uvicorn.protocols.http.httptools_impl import (
     STATUS_LINE,
     HttpToolsProtocol,
@@ -58,9 +62,16 @@ from uvicorn.protocols.http.httptools_impl import (
 from api.encoding import dumps
 from api.hardening import MAX_HEADER_BYTES
 from api.http_metrics import OTHER_METHOD, UNMATCHED, observe
-from api.middleware import access_log, encoded_response_headers, new_request_id
+from api.middleware import (
+    CLIENT_LEFT,
+    access_log,
+    encoded_response_headers,
+    logged_path,
+    new_request_id,
+)
 
 log = logging.getLogger("api.connections")
+cut_log = structlog.get_logger("api.connections")
 
 MAX_URL_BYTES = 16 * 1024
 """Request-target bytes (path and query) accepted; Node's limit for a whole head, twice
@@ -321,7 +332,8 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
     header_timeout = 10.0  # HEADER_TIMEOUT, set per worker by deploy/gunicorn.conf.py
     send_timeout = 60.0  # SEND_TIMEOUT, the same way
     _header_timer: asyncio.TimerHandle | None = None
-    _send_timer: asyncio.TimerHandle | None = None  # armed while the client does not read
+    _send_timer: asyncio.TimerHandle | None = None  # armed while the write buffer is full
+    _unsent = 0  # bytes in the write buffer when the send timer was last armed
     _running: RequestResponseCycle | None = None  # the pipelined ones wait in ``self.pipeline``
     _refusal: bytes | None = None  # the answer, once a request could not be parsed
     _refused: Refusal | None = None  # why a callback stopped the parser, if one did
@@ -429,7 +441,11 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         """The transport's buffer is full: the client reads nothing (or too slowly)."""
         super().pause_writing()
         if self._send_timer is None:
-            self._send_timer = self.loop.call_later(self.send_timeout, self._client_not_reading)
+            self._arm_send_timer()
+
+    def _arm_send_timer(self) -> None:
+        self._unsent = self.transport.get_write_buffer_size()
+        self._send_timer = self.loop.call_later(self.send_timeout, self._check_reading)
 
     def resume_writing(self) -> None:
         super().resume_writing()
@@ -440,9 +456,26 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
             self._send_timer.cancel()
             self._send_timer = None
 
-    def _client_not_reading(self) -> None:
+    def _check_reading(self) -> None:
+        """``send_timeout`` after the buffer filled or last shrank: a client that took some
+        of it is slow, not gone (a big page goes out in one write); one that took none is."""
+        if self.transport.get_write_buffer_size() < self._unsent:
+            self._arm_send_timer()
+            return
         self._send_timer = None
-        log.debug("closing a connection: its client read nothing for %ss", self.send_timeout)
+        running = self._running or self.cycle
+        state = running.scope.get("state", {}) if running is not None else {}
+        cut_log.warning(
+            "response_cut_off",
+            request_id=state.get("request_id"),
+            path=logged_path(running.scope["path"]) if running is not None else None,
+            unsent_bytes=self._unsent,
+            send_timeout=self.send_timeout,
+        )
+        if running is not None and not running.response_complete:
+            # A streamed answer's access line, still to come, says ClientDisconnected. One
+            # sent in one write was logged as it was handed over (status 200, no error).
+            running.scope[CLIENT_LEFT] = True  # type: ignore[literal-required]
         # abort, not close: close would wait for the unread buffer to drain, as the app did.
         self.transport.abort()
 

@@ -192,8 +192,9 @@ class Settings(BaseSettings):
     @classmethod
     def check_control_socket(cls, value: str) -> str:
         """A path gunicorn can bind its control socket at. It removes whatever is there first:
-        a regular file named here was deleted (QA); a directory, a missing directory or a path
-        too long for a Unix socket only logged "Control server error" and served without it."""
+        a regular file named here was deleted (QA); a directory, a file where a directory of
+        the path should be (gunicorn makes the missing ones) or a path too long for a Unix
+        socket only logged "Control server error" and served without it."""
         if not value:
             return value
         path = Path(value)
@@ -201,8 +202,9 @@ class Settings(BaseSettings):
             raise ValueError(f"a Unix socket path has at most {MAX_UNIX_PATH_BYTES} bytes")
         if (path.exists() or path.is_symlink()) and not path.is_socket():
             raise ValueError("the path exists and is not a socket; refusing to replace it")
-        if not path.parent.is_dir():
-            raise ValueError("the socket's directory does not exist")
+        existing = next((p for p in path.absolute().parents if p.exists()), None)
+        if existing is not None and not existing.is_dir():
+            raise ValueError("a directory of the path is a file")
         return value
 
     @property

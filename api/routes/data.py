@@ -41,7 +41,7 @@ from api.schemas.envelope import (
     NOT_MODIFIED,
     QUERY_MATCHED,
     RECORD_HEADERS,
-    WRITTEN,
+    TAGGED,
     Envelope,
     GroupsEnvelope,
     ListEnvelope,
@@ -181,7 +181,7 @@ async def count_records(table: TableName, query: CountQuery, store: StoreDep) ->
 @router.post(
     "/{table}/query",
     response_model=projected_list(DataRecord),
-    responses=error_responses(400, 404, 413, 415, 422, described=QUERY_MATCHED),
+    responses={**TAGGED, **error_responses(400, 404, 413, 415, 422, described=QUERY_MATCHED)},
     summary="Query records with a filter tree",
 )
 async def query_records(
@@ -238,7 +238,7 @@ async def read_record(
     "/{table}/{record_id}",
     response_model=Envelope[DataRecord],
     responses={
-        **WRITTEN,
+        **TAGGED,
         **error_responses(400, 404, 409, 413, 415, 422, 507, described=WRITE_PRECONDITIONS),
     },
     summary="Replace a record",
@@ -261,7 +261,7 @@ async def replace_record(
     "/{table}/{record_id}",
     response_model=Envelope[DataRecord],
     responses={
-        **WRITTEN,
+        **TAGGED,
         **error_responses(400, 404, 409, 413, 415, 422, 507, described=WRITE_PRECONDITIONS),
     },
     summary="Update a record",

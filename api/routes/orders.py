@@ -25,7 +25,7 @@ from api.schemas.envelope import (
     CREATED,
     NOT_MODIFIED,
     QUERY_MATCHED,
-    WRITTEN,
+    TAGGED,
     Envelope,
     GroupsEnvelope,
     ListEnvelope,
@@ -98,7 +98,7 @@ async def list_orders(
 @router.post(
     "/query",
     response_model=projected_list(OrderWithUser),
-    responses=error_responses(400, 401, 413, 415, 422, described=QUERY_MATCHED),
+    responses={**TAGGED, **error_responses(400, 401, 413, 415, 422, described=QUERY_MATCHED)},
     summary="Query orders with a filter tree",
 )
 async def query_orders(
@@ -177,7 +177,7 @@ async def read_order(
     "/{order_id}",
     response_model=Envelope[OrderPublic],
     responses={
-        **WRITTEN,
+        **TAGGED,
         **error_responses(401, 403, 404, 409, 413, 415, 422, 507, described=WRITE_PRECONDITIONS),
     },
     summary="Update an order",

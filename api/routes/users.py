@@ -37,7 +37,7 @@ from api.schemas.envelope import (
     CREATED,
     NOT_MODIFIED,
     QUERY_MATCHED,
-    WRITTEN,
+    TAGGED,
     Envelope,
     ListEnvelope,
     error_responses,
@@ -131,7 +131,10 @@ async def read_me(
 @router.post(
     "/query",
     response_model=projected_list(UserPublic),
-    responses=error_responses(400, 401, 403, 413, 415, 422, described=QUERY_MATCHED),
+    responses={
+        **TAGGED,
+        **error_responses(400, 401, 403, 413, 415, 422, described=QUERY_MATCHED),
+    },
     summary="Query users with a filter tree",
 )
 async def query_users(
@@ -182,7 +185,7 @@ async def user_answer(
     "/{user_id}",
     response_model=Envelope[UserPublic],
     responses={
-        **WRITTEN,
+        **TAGGED,
         **error_responses(
             401, 404, 413, 415, 422, 507, described={**WRITE_PRECONDITIONS, **UPDATE_REFUSALS}
         ),

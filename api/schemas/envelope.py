@@ -117,8 +117,8 @@ LOCATION_HEADER = {
 RECORD_HEADERS = {**LOCATION_HEADER, **ETAG_HEADER}
 CREATED: dict[int | str, dict[str, Any]] = {201: {"headers": RECORD_HEADERS}}
 """A route that creates a record (``record_response`` with a location)."""
-WRITTEN: dict[int | str, dict[str, Any]] = {200: {"headers": ETAG_HEADER}}
-"""A route that answers the record it wrote, with its new ETag."""
+TAGGED: dict[int | str, dict[str, Any]] = {200: {"headers": ETAG_HEADER}}
+"""A 200 with the ETag of what it answers: a record written, a query's page."""
 NOT_MODIFIED: dict[int | str, dict[str, Any]] = {
     200: {"headers": ETAG_HEADER},
     304: {"description": "Not modified (If-None-Match)", "headers": ETAG_HEADER},
