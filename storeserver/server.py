@@ -328,8 +328,8 @@ class StoreServer:
         if (
             command in Engine.GROWING_COMMANDS
             and not (command == "batch" and args is not None and _frees_or_marks(args))
-            and not _bookkeeping(command, args)
             and self.memory.over_limit()
+            and not _bookkeeping(command, args)  # after: asked only over the limit
         ):
             raise MemoryLimit(
                 "the store is at its memory limit; writes are refused, reads still work",

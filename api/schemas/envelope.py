@@ -120,7 +120,7 @@ CREATED: dict[int | str, dict[str, Any]] = {201: {"headers": RECORD_HEADERS}}
 TAGGED: dict[int | str, dict[str, Any]] = {200: {"headers": ETAG_HEADER}}
 """A 200 with the ETag of what it answers: a record written, a query's page."""
 NOT_MODIFIED: dict[int | str, dict[str, Any]] = {
-    200: {"headers": ETAG_HEADER},
+    **TAGGED,
     304: {"description": "Not modified (If-None-Match)", "headers": ETAG_HEADER},
     412: {
         "model": ErrorEnvelope,
