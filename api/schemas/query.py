@@ -71,8 +71,14 @@ SortField = Annotated[
     str | None,
     Field(max_length=512, description="`field:asc|desc[,field:dir]`", examples=["age:desc"]),
 ]
-PageField = Annotated[int, Field(ge=1, le=1_000_000, description="Page number, from 1")]
-PerPageField = Annotated[int, Field(ge=1, le=100, description="Items per page, 1 to 100")]
+# Strict: these are JSON body fields, where "2" or 2.0 is a client's type error (query-string
+# page numbers are text and are parsed elsewhere).
+PageField = Annotated[
+    int, Field(strict=True, ge=1, le=1_000_000, description="Page number, from 1")
+]
+PerPageField = Annotated[
+    int, Field(strict=True, ge=1, le=100, description="Items per page, 1 to 100")
+]
 
 
 class QueryBody(BaseModel):

@@ -418,6 +418,12 @@ def test_too_many_in_values_are_the_same_400_in_a_body_and_in_a_query_string(
 def test_query_body_errors(client: httpx.Client) -> None:
     url = f"/api/v1/data/qt_{token()}/query"
     assert_error(client.post(url, json={"per_page": 101}), 422, "VALIDATION_ERROR")
+    # JSON numbers only: a string or a float page is the client's type error, not coerced.
+    for loose in ({"page": "2"}, {"per_page": "5"}, {"page": 2.0}, {"page": True}):
+        error = assert_error(client.post(url, json=loose), 422, "VALIDATION_ERROR")
+        assert error["details"][0]["field"] == f"body.{next(iter(loose))}", error
+        aggregate = client.post(url.replace("/query", "/aggregate"), json=loose)
+        assert_error(aggregate, 422, "VALIDATION_ERROR")
     assert_error(client.post(url, json={"fields": ["a"] * 51}), 422, "VALIDATION_ERROR")
     assert_error(client.post(url, json={"sort": "a:sideways"}), 400, "BAD_QUERY")
     assert_error(client.post(url, json={"bogus": 1}), 422, "VALIDATION_ERROR")
