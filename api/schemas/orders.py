@@ -123,6 +123,9 @@ class OrderCreate(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
+        # A number is always seconds: pydantic's default reads one past ±2e10 as milliseconds,
+        # so year 0001 in seconds was stored as 1968 and a future date as 1970 (QA).
+        val_temporal_unit="seconds",
         json_schema_extra={
             "examples": [
                 {

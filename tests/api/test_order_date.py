@@ -63,6 +63,29 @@ def test_bad_order_date_is_422(client: httpx.Client, user: dict[str, str], value
     assert "order_date" in response.text, body
 
 
+@pytest.mark.parametrize(
+    ("seconds", "stored"),
+    [
+        (-62135596800, "0001-01-01T00:00:00.000000Z"),
+        (1700000000.5, "2023-11-14T22:13:20.500000Z"),
+        (20000000001, "2603-10-11T11:33:21.000000Z"),  # the future: refused
+        (1700000000000, None),  # milliseconds, i.e. past year 9999 in seconds
+    ],
+    ids=["year-1", "fraction", "future", "milliseconds"],
+)
+def test_a_number_is_always_seconds(
+    client: httpx.Client, user: dict[str, str], seconds: float, stored: str | None
+) -> None:
+    """QA: a number past ±2e10 was read as milliseconds (year 1 stored as 1968, 201)."""
+    response = client.post("/api/v1/orders", json=order_payload(user["id"], order_date=seconds))
+    if stored is None or stored > stamp(datetime.now(UTC)):
+        error = assert_error(response, 422)
+        assert [d["field"] for d in error["details"]] == ["body.order_date"], error
+        return
+    assert response.status_code == 201, response.text
+    assert response.json()["data"]["order_date"] == stored
+
+
 def test_non_admin_order_date_is_ignored(client: httpx.Client, anon: httpx.Client) -> None:
     account = register(anon)
     before = stamp(datetime.now(UTC) - timedelta(seconds=5))
