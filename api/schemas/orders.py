@@ -25,11 +25,18 @@ from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 
 from api.queries import OUT_OF_RANGE
+from api.schemas.lookalikes import refuse_invisible_name
 
+# Shown to people like a user's full_name, so held to the same rules (QA: NUL, ANSI escapes,
+# bidi overrides and a lone zero-width space were stored and exported as sent).
 ProductName = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
-    Field(description="1 to 200 characters; surrounding whitespace is trimmed"),
+    AfterValidator(refuse_invisible_name),
+    Field(
+        description="1 to 200 characters, some visible; surrounding whitespace is trimmed;"
+        " no control or format characters (newlines, escapes, bidi overrides, zero-width)"
+    ),
 ]
 Quantity = Annotated[int, Field(strict=True, gt=0, le=1_000_000_000)]
 

@@ -100,6 +100,9 @@ def test_decimal_filters_and_sort_are_numeric(client: httpx.Client, user: dict[s
         ({"total_price": "\uff11\uff12"}, "body.total_price"),
         ({"product_name": ""}, "body.product_name"),
         ({"product_name": "x" * 201}, "body.product_name"),
+        ({"product_name": "a\x00b"}, "body.product_name"),  # shown to people: as full_name
+        ({"product_name": "\u202egnp.exe"}, "body.product_name"),
+        ({"product_name": "\u200b"}, "body.product_name"),
         ({"user_id": "not-a-uuid"}, "body.user_id"),
         ({"order_date": "2020-01-01"}, "body.order_date"),
     ],
