@@ -36,7 +36,9 @@ def test_product_names_that_hide_or_garble_text_are_refused(name: str, message: 
         assert message in str(error["msg"]), error
 
 
-@pytest.mark.parametrize("name", ["Widget Pro", "Caf\u00e9 cr\u00e8me", "\u5f20\u4f1f", "\U0001f600"])
+@pytest.mark.parametrize(
+    "name", ["Widget Pro", "Caf\u00e9 cr\u00e8me", "\u5f20\u4f1f", "\U0001f600"]
+)
 def test_ordinary_product_names_are_kept_trimmed(name: str) -> None:
     assert OrderCreate.model_validate({**ORDER, "product_name": f" {name}  "}).product_name == name
     assert OrderUpdate(product_name=name).product_name == name
