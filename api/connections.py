@@ -47,8 +47,10 @@ request target (``GET http://host/path``) is served with its authority as the Ho
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import re
+import struct
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import httptools
@@ -72,6 +74,11 @@ from api.middleware import (
 
 log = logging.getLogger("api.connections")
 cut_log = structlog.get_logger("api.connections")
+
+try:
+    from termios import TIOCOUTQ as _OUTQ  # Linux: bytes the kernel holds unacknowledged
+except ImportError:  # pragma: no cover - not Linux
+    _OUTQ = None
 
 MAX_URL_BYTES = 16 * 1024
 """Request-target bytes (path and query) accepted; Node's limit for a whole head, twice
@@ -444,8 +451,21 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
             self._arm_send_timer()
 
     def _arm_send_timer(self) -> None:
-        self._unsent = self.transport.get_write_buffer_size()
+        self._unsent = self._unsent_bytes()
         self._send_timer = self.loop.call_later(self.send_timeout, self._check_reading)
+
+    def _unsent_bytes(self) -> int:
+        """The transport's buffer and, on Linux, the kernel's send queue: a slow client reads
+        from the kernel's queue (up to megabytes), and the transport's buffer shrinks only once
+        half of that is free, which at SEND_TIMEOUT=1 cut off a client reading steadily."""
+        size = self.transport.get_write_buffer_size()
+        sock = self.transport.get_extra_info("socket")
+        if _OUTQ is not None and sock is not None:
+            try:
+                size += struct.unpack("i", fcntl.ioctl(sock.fileno(), _OUTQ, b"\0" * 4))[0]
+            except OSError:  # closed under us: the buffer alone
+                pass
+        return size
 
     def resume_writing(self) -> None:
         super().resume_writing()
@@ -459,7 +479,7 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
     def _check_reading(self) -> None:
         """``send_timeout`` after the buffer filled or last shrank: a client that took some
         of it is slow, not gone (a big page goes out in one write); one that took none is."""
-        if self.transport.get_write_buffer_size() < self._unsent:
+        if self._unsent_bytes() < self._unsent:
             self._arm_send_timer()
             return
         self._send_timer = None

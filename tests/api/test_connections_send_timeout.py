@@ -98,7 +98,10 @@ def test_a_slow_reader_gets_its_answer_whole_and_a_stalled_one_is_logged(
             started = time.monotonic()
             while chunk := sock.recv(4096):
                 received += chunk
-                time.sleep(0.004)  # never a pause near SEND_TIMEOUT, but slow overall
+                # Never a pause near SEND_TIMEOUT, but slow overall: ~400 KB/s took over a
+                # second to free half of the kernel's send queue, which the worker's buffer
+                # waited for (cut off at half the page when only that buffer was watched).
+                time.sleep(0.01)
         assert time.monotonic() - started > 2 * SEND_TIMEOUT  # it was slow indeed
         body = bytes(received).partition(b"\r\n\r\n")[2]
         assert received.startswith(b"HTTP/1.1 200") and body.count(b'"pad"') == 100
