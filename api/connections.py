@@ -47,6 +47,7 @@ request target (``GET http://host/path``) is served with its authority as the Ho
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import logging
 import re
@@ -461,10 +462,8 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         size = self.transport.get_write_buffer_size()
         sock = self.transport.get_extra_info("socket")
         if _OUTQ is not None and sock is not None:
-            try:
+            with contextlib.suppress(OSError):  # closed under us: the buffer alone
                 size += struct.unpack("i", fcntl.ioctl(sock.fileno(), _OUTQ, b"\0" * 4))[0]
-            except OSError:  # closed under us: the buffer alone
-                pass
         return size
 
     def resume_writing(self) -> None:
