@@ -52,6 +52,8 @@ import fcntl
 import logging
 import re
 import struct
+import sys
+import termios
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import httptools
@@ -76,10 +78,8 @@ from api.middleware import (
 log = logging.getLogger("api.connections")
 cut_log = structlog.get_logger("api.connections")
 
-try:
-    from termios import TIOCOUTQ as _OUTQ  # Linux: bytes the kernel holds unacknowledged
-except ImportError:  # pragma: no cover - not Linux
-    _OUTQ = None
+# Linux: the bytes the kernel holds for a socket, unsent or unacknowledged (None elsewhere).
+_OUTQ: int | None = getattr(termios, "TIOCOUTQ", None) if sys.platform == "linux" else None
 
 MAX_URL_BYTES = 16 * 1024
 """Request-target bytes (path and query) accepted; Node's limit for a whole head, twice
