@@ -134,6 +134,21 @@ def client_ip(scope: Scope) -> str:
     return f"{address[:LOGGED_ADDRESS_CHARS]}… ({len(address)} characters)"
 
 
+def trusted_peers(proxies: list[str]) -> list[str]:
+    """``TRUSTED_PROXIES`` as uvicorn's ``forwarded_allow_ips``: each IPv4 entry also as its
+    IPv4-mapped IPv6 form. On a dual-stack socket (``HOST=[::]``) an IPv4 proxy's address
+    arrives as ``::ffff:a.b.c.d``, which uvicorn does not match against ``a.b.c.d`` or its
+    network: X-Forwarded-For was dropped and every client behind the proxy shared its budget
+    (and one guesser locked everyone out of logins)."""
+    peers = list(proxies)
+    for entry in proxies:
+        network = ipaddress.ip_network(entry)  # validated by the settings
+        if network.version == 4:
+            mapped = f"::ffff:{network.network_address}"
+            peers.append(mapped if "/" not in entry else f"{mapped}/{96 + network.prefixlen}")
+    return peers
+
+
 def counted_address(address: str) -> str:
     """The part of a client address its rate limits count: an IPv6 address's /64 prefix, an
     IPv4 address whole (``::ffff:a.b.c.d``, IPv4 on a dual-stack socket, as ``a.b.c.d``).

@@ -28,6 +28,7 @@ from pydantic import ValidationError
 from api import collector
 from api.connections import HeaderDeadlineProtocol
 from api.logs import configure_logging, logging_config
+from api.ratelimit import trusted_peers
 from api.settings import get_settings
 from api.store import wait_for_store
 from storeserver.errors import StoreError
@@ -158,8 +159,8 @@ timeout = 30
 keepalive = 5
 # uvicorn rewrites the client address from X-Forwarded-For only for these peers (the rate
 # limiter keys anonymous clients by that address): TRUSTED_PROXIES, else nobody. uvicorn's
-# own default would trust 127.0.0.1.
-forwarded_allow_ips = ",".join(_settings.trusted_proxies)
+# own default would trust 127.0.0.1. IPv4 entries also match their ::ffff: form (HOST=[::]).
+forwarded_allow_ips = ",".join(trusted_peers(_settings.trusted_proxies))
 loglevel = _settings.log_level
 errorlog = "-"
 accesslog = None

@@ -12,7 +12,7 @@ from api.auth.credentials import (
     count_login_attempt,
     refund_username_attempt,
 )
-from api.ratelimit import RateLimiter, client_ip, counted_address
+from api.ratelimit import RateLimiter, client_ip, counted_address, trusted_peers
 from storeserver.engine import Engine
 from storeserver.errors import UnknownCommand
 from tests.support.engine import T0, EngineStore, FakeClock
@@ -42,6 +42,20 @@ TAG = "name-tag"
 )
 def test_counted_address(address: str, counted: str) -> None:
     assert counted_address(address) == counted
+
+
+def test_an_ipv4_proxy_is_trusted_in_its_dual_stack_form_too() -> None:
+    """On HOST=[::] an IPv4 peer arrives as ::ffff:a.b.c.d, which uvicorn does not match
+    against a.b.c.d (QA: X-Forwarded-For was dropped, every client shared the proxy's budget)."""
+    assert trusted_peers(["127.0.0.1", "10.0.0.0/8", "::1", "fd00::/8"]) == [
+        "127.0.0.1",
+        "10.0.0.0/8",
+        "::1",
+        "fd00::/8",
+        "::ffff:127.0.0.1",
+        "::ffff:10.0.0.0/104",
+    ]
+    assert trusted_peers([]) == []
 
 
 def test_a_client_address_is_cut_for_the_logs() -> None:

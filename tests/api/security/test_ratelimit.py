@@ -246,6 +246,20 @@ def test_untrusted_forwarded_for_is_ignored(anon: httpx.Client) -> None:
     )
 
 
+def test_a_trusted_ipv4_proxy_is_believed_on_a_dual_stack_socket() -> None:
+    """HOST=[::] takes IPv4 connections as ::ffff:127.0.0.1: TRUSTED_PROXIES=127.0.0.1 must
+    still apply (QA: the header was dropped, so all clients behind the proxy shared one budget
+    and three wrong logins from one of them locked every other out)."""
+    env = {"HOST": "[::]", "RATE_LIMIT": "2/minute", "TRUSTED_PROXIES": "127.0.0.1"}
+    with running_stack(workers=1, extra_env=env) as stack:
+        for ip in ("198.51.100.1", "198.51.100.2"):
+            with as_ip(stack, ip) as http:
+                answers = [http.get("/api/v1/users/me") for _ in range(3)]
+            remaining = [r.headers.get("x-rate-limit-remaining") for r in answers]
+            assert [r.status_code for r in answers] == [401, 401, 429], (ip, remaining)
+            assert remaining == ["1", "0", "0"], ip
+
+
 def test_store_down_fails_open_for_limits_and_closed_for_tokens(limited: Stack) -> None:
     """Last in this module: it stops the store. The limiter lets requests through (no rate
     headers); a token whose revocation cannot be checked is refused with 503."""
