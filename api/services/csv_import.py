@@ -14,8 +14,9 @@ such a record), not a reference.
 
 The worker's loop is given back (``between_chunks``) after every ``CHUNK_ROWS`` lines read,
 rows valid or not and blank lines: a file of bad rows (or of blank lines) writes nothing, yet
-must not hold the loop either. A
-malformed line (bad quoting, a byte that is not UTF-8) ends the reading: it counts as a failed
+must not hold the loop either. The lines are read in a thread, ``CHUNK_ROWS`` at a time: the
+csv module reads a whole record in one call, and one quoted cell may span millions of lines.
+A malformed line (bad quoting, a byte that is not UTF-8) ends the reading: it counts as a failed
 row, and the report's ``stopped_at_row`` names it. A store error that ends a default import
 after rows were written (or may have been) keeps its status, and its message and details say
 what was written and where to resume: rows without an id would be imported twice by a retry.
@@ -29,7 +30,9 @@ and store errors become the answers of ``csv_import_errors``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import itertools
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextlib import aclosing
 from typing import IO, Any
 
 from api.errors import CONFLICT_CODES, ApiError
@@ -60,6 +63,25 @@ async def _let_others_run() -> None:
     await asyncio.sleep(0)
 
 
+Step = tuple[int, list[str] | RowError | None]
+
+
+async def _paced(rows: Rows, between_chunks: Pause) -> AsyncGenerator[Step]:
+    """``rows``, read ``CHUNK_ROWS`` steps at a time in a thread, with ``between_chunks``
+    awaited between them. QA: a quoted cell of 3.5 million line breaks (7 MB) is one step, one
+    call into the csv module: read on the loop, it held the worker 3.2 s, and a job reading
+    one stopped beating and was declared lost while alive (its rows never written)."""
+    first = True
+    while batch := await asyncio.to_thread(list, itertools.islice(rows, CHUNK_ROWS)):
+        if not first:
+            # QA: counted in rows only, 7 MiB of blank lines held the worker 3.8 s, and a job
+            # over 40 MiB of them stopped beating: declared lost, its rows never imported.
+            await between_chunks()
+        first = False
+        for step in batch:
+            yield step
+
+
 async def import_csv(
     store: Store,
     table: str,
@@ -72,7 +94,7 @@ async def import_csv(
     """Import the CSV in ``binary`` into ``table``; the report (``ImportReport.as_dict``).
 
     ``report``: filled as the import goes (a job reads it when the import stops early)."""
-    header, rows = read_rows(binary)
+    header, rows = await asyncio.to_thread(read_rows, binary)  # the header may span lines too
     reader = reader_for(table, header)
     report = report if report is not None else ImportReport(table, atomic)
     if atomic:
@@ -101,31 +123,27 @@ async def _import_chunked(
     chunk: list[tuple[int, Record]] = []
     chunk_bytes = 0
     try:
-        for lines, (number, row) in enumerate(rows):
-            if lines and lines % CHUNK_ROWS == 0:  # ``lines`` read so far
-                # QA: counted in rows only, 7 MiB of blank lines held the worker 3.8 s, and
-                # a job over 40 MiB of them stopped beating: declared lost, its rows never
-                # imported.
-                await between_chunks()
-            if row is None:
-                continue
-            if isinstance(row, RowError):
-                report.stop(row)
-                break
-            report.rows += 1
-            record, size, errors = limits.read(reader, row, number)
-            if record is None:
-                report.failed += 1
-                report.add(errors)
-            else:
-                if chunk and chunk_bytes + size > limits.chunk_bytes:
-                    await writer.start(chunk)
-                    chunk, chunk_bytes = [], 0
-                chunk.append((number, record))
-                chunk_bytes += size
-                if len(chunk) >= CHUNK_ROWS:
-                    await writer.start(chunk)
-                    chunk, chunk_bytes = [], 0
+        async with aclosing(_paced(rows, between_chunks)) as steps:
+            async for number, row in steps:
+                if row is None:
+                    continue
+                if isinstance(row, RowError):
+                    report.stop(row)
+                    break
+                report.rows += 1
+                record, size, errors = limits.read(reader, row, number)
+                if record is None:
+                    report.failed += 1
+                    report.add(errors)
+                else:
+                    if chunk and chunk_bytes + size > limits.chunk_bytes:
+                        await writer.start(chunk)
+                        chunk, chunk_bytes = [], 0
+                    chunk.append((number, record))
+                    chunk_bytes += size
+                    if len(chunk) >= CHUNK_ROWS:
+                        await writer.start(chunk)
+                        chunk, chunk_bytes = [], 0
         await writer.start(chunk)
         await writer.wait()
     except BaseException:
@@ -144,33 +162,32 @@ async def _import_atomic(
     numbers: list[int] = []
     ops: list[dict[str, Any]] = []
     batch_bytes = 0
-    for lines, (number, row) in enumerate(rows):
-        if lines and lines % CHUNK_ROWS == 0:  # ``lines`` read so far
-            await between_chunks()
-        if row is None:
-            continue
-        if isinstance(row, RowError):
-            report.stop(row)
-            break
-        report.rows += 1
-        if report.rows > ATOMIC_MAX_ROWS:
-            raise atomic_too_big(
-                f"at most {ATOMIC_MAX_ROWS} rows", f"more than {ATOMIC_MAX_ROWS} rows"
-            )
-        record, size, errors = limits.read(reader, row, number)
-        if record is None:
-            report.failed += 1
-            report.add(errors)
-        else:
-            batch_bytes += size
-            if batch_bytes > limits.atomic_bytes:
+    async with aclosing(_paced(rows, between_chunks)) as steps:
+        async for number, row in steps:
+            if row is None:
+                continue
+            if isinstance(row, RowError):
+                report.stop(row)
+                break
+            report.rows += 1
+            if report.rows > ATOMIC_MAX_ROWS:
                 raise atomic_too_big(
-                    f"at most {limits.atomic_bytes} bytes of rows once encoded (one store batch"
-                    " with this store's STORE_MAX_FRAME_BYTES)",
-                    f"rows 1 to {number} are already {batch_bytes} bytes",
+                    f"at most {ATOMIC_MAX_ROWS} rows", f"more than {ATOMIC_MAX_ROWS} rows"
                 )
-            numbers.append(number)
-            ops.append({"op": "insert", "table": reader.table, "record": record})
+            record, size, errors = limits.read(reader, row, number)
+            if record is None:
+                report.failed += 1
+                report.add(errors)
+            else:
+                batch_bytes += size
+                if batch_bytes > limits.atomic_bytes:
+                    raise atomic_too_big(
+                        f"at most {limits.atomic_bytes} bytes of rows once encoded (one store"
+                        " batch with this store's STORE_MAX_FRAME_BYTES)",
+                        f"rows 1 to {number} are already {batch_bytes} bytes",
+                    )
+                numbers.append(number)
+                ops.append({"op": "insert", "table": reader.table, "record": record})
     if report.failed:
         details = report.errors
         if report.errors_omitted:

@@ -204,6 +204,43 @@ async def test_blank_lines_let_others_run_as_rows_do(store: EngineStore, atomic:
     assert pauses == blank // CHUNK_ROWS
 
 
+class CountingLines(io.BytesIO):
+    """A body that counts the pieces the reader asked for (one per line here)."""
+
+    def __init__(self, body: bytes) -> None:
+        super().__init__(body)
+        self.lines = 0
+
+    def readline(self, size: int | None = -1) -> bytes:
+        self.lines += 1
+        return super().readline(size)
+
+
+@pytest.mark.parametrize("atomic", [False, True])
+async def test_a_cell_of_many_lines_lets_others_run_while_it_is_read(
+    store: EngineStore, atomic: bool
+) -> None:
+    """QA: a quoted cell of 3.5 million line breaks is one record, read by the csv module in
+    one call: on the loop, it held the worker 3.2 s, and a job reading one stopped beating and
+    was declared lost while alive. Read in a thread, the loop runs while the cell is read."""
+    lines = 300_000
+    binary = CountingLines(b'n,text\n1,"' + b"\n" * lines + b'"\n2,x\n')
+    seen: set[int] = set()
+
+    async def tick() -> None:
+        while True:
+            seen.add(binary.lines)
+            await asyncio.sleep(0)
+
+    ticker = asyncio.create_task(tick())
+    try:
+        report = await import_csv(store, "t", binary, atomic)  # type: ignore[arg-type]
+    finally:
+        ticker.cancel()
+    assert (report["rows"], report["imported"]) == (2, 2) and store.count("t") == 2
+    assert any(2 < count < lines for count in seen), sorted(seen)[:5]
+
+
 async def test_an_import_job_of_invalid_rows_reports_progress_as_it_reads(
     store: EngineStore, rows_read: RowsRead, tmp_path: Path
 ) -> None:
