@@ -189,7 +189,7 @@ class RowReader:
             if value is ABSENT:
                 continue
             if name == EXTRA:
-                _merge_extra(data, value, number, errors)
+                _merge_extra(data, value, number, errors, self.header)
             else:
                 data[name] = value
         if errors:
@@ -242,12 +242,16 @@ def reader_for(table: str, header: Sequence[str]) -> RowReader:
     return RowReader(table, names, decoders, _validate_generic)
 
 
-def _merge_extra(data: Record, value: Any, number: int, errors: list[RowError]) -> None:
+def _merge_extra(
+    data: Record, value: Any, number: int, errors: list[RowError], columns: Sequence[str]
+) -> None:
+    # Checked against the header, not the cells read so far: with _extra first, its value
+    # was silently replaced by the column's (QA), where last it was this row error.
     if type(value) is not dict:
         errors.append(RowError(number, EXTRA, "must be a JSON map of the other fields"))
         return
     for key, item in value.items():
-        if key in data:
+        if key in data or key in columns:
             errors.append(RowError(number, EXTRA, f"field {key!r} is also a column"))
         else:
             data[key] = item

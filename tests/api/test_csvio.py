@@ -240,6 +240,25 @@ def test_row_errors_name_row_and_field() -> None:
     assert errors[0].message == "expected 3 cells, found 1"
 
 
+@pytest.mark.parametrize("header", [["_extra", "a"], ["a", "_extra"], ["_extra", "id", "a"]])
+def test_a_field_in_extra_and_in_a_column_is_a_row_error_whatever_the_order(
+    header: list[str],
+) -> None:
+    """QA: with _extra first, its value was silently replaced by the column's."""
+    reader = reader_for("things", header)
+    cells = {"_extra": '{"a": 1, "id": "from-extra"}', "a": "2", "id": "from-column"}
+    record, errors = reader.read([cells[name] for name in header], 3)
+    assert record is None
+    assert [(e.row, e.field, e.message) for e in errors] == [
+        (3, "_extra", f"field {name!r} is also a column")
+        for name in ("a", "id")
+        if name in header
+    ]
+    # An empty cell is still a column: the field is not taken from _extra either.
+    record, errors = reader.read(["" if name == "a" else cells[name] for name in header], 4)
+    assert record is None and errors[0].message == "field 'a' is also a column"
+
+
 def test_orders_rows_validate_through_the_model() -> None:
     reader = reader_for("orders", ["id", "user_id", "product_name", "quantity", "total_price"])
     user = "5b0f0c8e-3c3a-4a59-9a44-0f1de4b3a9a1"
