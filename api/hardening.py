@@ -15,12 +15,12 @@ bounds that (deploy/README.md).
 Content type: on ``/api/`` paths a request with a body must be JSON (``application/json`` or
 ``application/*+json``), except the OAuth2 token endpoint, which takes a form, and upload paths
 (CSV import), which take ``multipart/form-data`` or ``text/csv`` up to their own byte limit
-(``IMPORT_MAX_BYTES``); and it must not be compressed (``Content-Encoding`` other than
-identity). Anything else is 415 before any parsing, read from every line of each header (RFC
-9110 §5.3: repeated lines are one list), but only when the route the router would pick reads
-a body: with none, the app's 404 or 405 (with ``Allow``) says more, and a route that takes no
-body (a DELETE) answers as it would without one. That lookup runs only for a body about to be
-refused, never for an accepted one.
+(``IMPORT_MAX_BYTES``); it must not declare a charset other than UTF-8; and it must not be
+compressed (``Content-Encoding`` other than identity). Anything else is 415 before any parsing,
+read from every line of each header (RFC 9110 §5.3: repeated lines are one list), but only when
+the route the router would pick reads a body: with none, the app's 404 or 405 (with ``Allow``)
+says more, and a route that takes no body (a DELETE) answers as it would without one. That
+lookup runs only for a body about to be refused, never for an accepted one.
 """
 
 from __future__ import annotations
@@ -44,6 +44,8 @@ FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-dat
 UPLOAD_TYPES = frozenset({"multipart/form-data", "text/csv"})
 CLOSE_HEADERS = {"Connection": "close"}
 CLOSE = (b"connection", b"close")
+UTF8_NAMES = frozenset({"utf-8", "utf8", "us-ascii", "ascii"})
+"""Declared charsets a body is read as: UTF-8 and its subset ASCII (any other is 415)."""
 IDENTITY_ONLY = {"Accept-Encoding": "identity"}
 """On a 415 for a compressed body: the coding, not the media type, was refused (RFC 9110
 §12.5.3)."""
@@ -62,6 +64,15 @@ class BodyTimeout(StarletteHTTPException):
 
     def __init__(self, seconds: float) -> None:
         super().__init__(408, f"The request body stopped arriving for {seconds:g} s")
+
+
+def declared_charset(content_type: str) -> str | None:
+    """The ``charset`` parameter of a Content-Type line, lowercased and unquoted, if any."""
+    for parameter in content_type.split(";")[1:]:
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset":
+            return value.strip().strip('"').strip().lower()[:40]
+    return None
 
 
 def is_json(media_type: str) -> bool:
@@ -197,6 +208,12 @@ class RequestBodyMiddleware:
             accepted, expected = all(is_json(t) for t in types), "application/json"
         if not accepted:
             return f"The request body must be {expected}", {}
+        for line in headers.getlist("content-type"):
+            charset = declared_charset(line)
+            if charset is not None and charset not in UTF8_NAMES:
+                # Bodies are read as UTF-8: a Latin-1 CSV was imported up to its first "é",
+                # then stopped with the rest unread (QA). Refused before anything is written.
+                return f"The request body must be UTF-8; it declares charset={charset}", {}
         lines = headers.getlist("content-encoding")
         if any(c.strip().lower() not in ("", "identity") for v in lines for c in v.split(",")):
             # Bodies are read as sent: a gzipped one reached the JSON parser as bytes (422

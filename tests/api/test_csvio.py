@@ -250,9 +250,7 @@ def test_a_field_in_extra_and_in_a_column_is_a_row_error_whatever_the_order(
     record, errors = reader.read([cells[name] for name in header], 3)
     assert record is None
     assert [(e.row, e.field, e.message) for e in errors] == [
-        (3, "_extra", f"field {name!r} is also a column")
-        for name in ("a", "id")
-        if name in header
+        (3, "_extra", f"field {name!r} is also a column") for name in ("a", "id") if name in header
     ]
     # An empty cell is still a column: the field is not taken from _extra either.
     record, errors = reader.read(["" if name == "a" else cells[name] for name in header], 4)

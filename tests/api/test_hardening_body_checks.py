@@ -57,6 +57,47 @@ def test_a_second_content_type_line_is_read_too(anon: httpx.Client) -> None:
     assert "accept-encoding" not in response.headers
 
 
+@pytest.mark.parametrize(
+    ("content_type", "charset"),
+    [
+        ("text/csv; charset=iso-8859-1", "iso-8859-1"),
+        ('text/csv; charset="UTF-16"', "utf-16"),
+        ("text/csv; header=present; Charset=windows-1252", "windows-1252"),
+    ],
+)
+def test_a_body_declared_in_another_charset_is_415_before_anything_is_written(
+    client: httpx.Client, content_type: str, charset: str
+) -> None:
+    """QA: bodies are read as UTF-8, so a Latin-1 CSV was imported up to its first "é" and
+    the rest never read; refused whole now, naming the charset."""
+    table = f"cs_{token()}"
+    body = "n,name\n1,a\n2,caf\u00e9\n3,c\n".encode("latin-1")
+    response = client.post(
+        "/api/v1/batch/import",
+        params={"table": table},
+        content=body,
+        headers={"Content-Type": content_type},
+    )
+    error = assert_error(response, 415, "UNSUPPORTED_MEDIA_TYPE")
+    assert error["message"] == f"The request body must be UTF-8; it declares charset={charset}"
+    assert_error(client.get(f"/api/v1/data/{table}"), 404, "NOT_FOUND")  # nothing written
+    json_latin1 = {"Content-Type": "application/json; charset=latin-1"}
+    response = client.post(f"/api/v1/data/{table}", content=b'{"data": {}}', headers=json_latin1)
+    assert_error(response, 415, "UNSUPPORTED_MEDIA_TYPE")
+
+
+@pytest.mark.parametrize("charset", ["utf-8", '"UTF-8"', "utf8", "us-ascii"])
+def test_a_body_declared_utf8_or_ascii_is_read(client: httpx.Client, charset: str) -> None:
+    table = f"cs_{token()}"
+    response = client.post(
+        "/api/v1/batch/import",
+        params={"table": table},
+        content=b"n\n1\n",
+        headers={"Content-Type": f"text/csv; charset={charset}"},
+    )
+    assert response.status_code == 200 and response.json()["data"]["imported"] == 1, response.text
+
+
 TEXT = {"Content-Type": "text/plain"}
 
 
