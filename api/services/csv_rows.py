@@ -246,12 +246,13 @@ def _merge_extra(
     data: Record, value: Any, number: int, errors: list[RowError], columns: Sequence[str]
 ) -> None:
     # Checked against the header, not the cells read so far: with _extra first, its value
-    # was silently replaced by the column's (QA), where last it was this row error.
+    # was silently replaced by the column's (QA), where last it was this row error. A field
+    # named "_extra" travels in the _extra cell (its name is that cell's).
     if type(value) is not dict:
         errors.append(RowError(number, EXTRA, "must be a JSON map of the other fields"))
         return
     for key, item in value.items():
-        if key in data or key in columns:
+        if key in data or (key in columns and key != EXTRA):
             errors.append(RowError(number, EXTRA, f"field {key!r} is also a column"))
         else:
             data[key] = item
