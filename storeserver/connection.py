@@ -61,6 +61,29 @@ PEER_IDLE_S = 30
 """A TCP peer silent this long is probed; one that answers no probe, or leaves data
 unacknowledged for ``PEER_UNACKED_S``, is dropped by the kernel (``watch_peer``)."""
 PEER_UNACKED_S = 60
+
+
+def _withdrawn(messages: list[Message]) -> frozenset[int] | None:
+    """The request ids that a ``cancel`` later in ``messages`` takes back. A client cancels a
+    call it stopped waiting for (its timeout): one still unread when the store resumes from a
+    stall is skipped, not run after its caller was told 504. QA: 9 ``rate_hit`` calls that
+    timed out in a SIGSTOP were all counted on SIGCONT, and the user's next request was 429,
+    though each of the 9 was answered "did not run"."""
+    cancelled: set[int] | None = None
+    seen: set[int] = set()
+    for message in messages:
+        if type(message) is not Request:
+            continue
+        if message.command == "cancel":
+            target = message.args.get("request")
+            if type(target) is int and target in seen:
+                cancelled = cancelled or set()
+                cancelled.add(target)
+        else:
+            seen.add(message.request_id)
+    return frozenset(cancelled) if cancelled else None
+
+
 _TURN_COMMANDS = frozenset({"snapshot", "cancel"})  # answered by the connection's turn itself
 TURN_BUDGET = 0.002
 """Seconds of one connection's requests per loop turn, beyond its first request
@@ -246,10 +269,13 @@ class StoreConnection(asyncio.Protocol):
         rest: list[Message] | None = None
         unexpected: Message | None = None
         while True:
+            withdrawn = _withdrawn(messages) if len(messages) > 1 else None
             remaining = iter(messages)
             for message in remaining:
                 if type(message) is Request and self.greeted:
                     command = message.command
+                    if withdrawn and message.request_id in withdrawn and command != "cancel":
+                        continue  # its client gave up before the store read it: not run
                     if command == "snapshot":
                         reply = server.snapshot(self, message)
                     elif command == "cancel":

@@ -92,6 +92,30 @@ async def test_timeout_when_the_store_does_not_answer(store_process):
     await client.close()
 
 
+async def test_calls_given_up_during_a_stall_are_not_run_when_it_ends(store_process):
+    """QA: rate_hit calls that timed out while the store was stopped were all counted once it
+    resumed, and the user's next request was 429 though each was answered 504 ("did not
+    run"). A call its client cancelled before the store read it is skipped."""
+    store = store_process()
+    client = StoreClient(store.address, timeout=0.3)
+    await client.connect()
+    hit = {"key": "user:1", "limit": 10, "window": 60}
+    try:
+        assert (await client.call("rate_hit", hit))["remaining"] == 9
+        await client.call("insert", {"table": "t", "record": {}})
+        store.proc.send_signal(signal.SIGSTOP)
+        calls = [client.call("rate_hit", hit) for _ in range(3)]
+        calls.append(client.call("insert", {"table": "t", "record": {}}))
+        answers = await asyncio.gather(*calls, return_exceptions=True)
+        assert all(isinstance(answer, StoreTimeout) for answer in answers), answers
+        store.proc.send_signal(signal.SIGCONT)
+        assert (await client.call("rate_hit", hit))["remaining"] == 8  # the 3 were not counted
+        assert await client.call("count", {"table": "t"}) == 1  # nor the insert
+    finally:
+        store.proc.send_signal(signal.SIGCONT)
+        await client.close()
+
+
 async def test_a_chunked_write_waits_its_long_timeout_past_the_short_one(store_process):
     """update_where may run in chunks for a while: it waits ``long_timeout``, so it is not
     reported failed (outcome unknown) while the store still applies it."""
@@ -109,9 +133,10 @@ async def test_a_chunked_write_waits_its_long_timeout_past_the_short_one(store_p
             await client.call("insert", {"table": "t", "record": {}})
         assert not update.done()  # ... the chunked one, sent first, still waits
         store.proc.send_signal(signal.SIGCONT)
-        # and gets its answer (the insert, sent after it, landed too: outcome unknown ≠ lost)
+        # and gets its answer; the insert sent after it was given up on (cancelled) before
+        # the store read it, so it was not run (its caller was told the outcome is unknown)
         assert await update == {"matched": 1, "updated": 1}
-        assert await client.call("count", {"table": "t"}) == 2
+        assert await client.call("count", {"table": "t"}) == 1
     finally:
         store.proc.send_signal(signal.SIGCONT)
         await client.close()
