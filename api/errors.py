@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.routing import compile_path
+from starlette.types import Message
 
 from api.encoding import dumps
 from api.middleware import CLIENT_LEFT, request_id_of, response_headers_for
@@ -398,6 +399,26 @@ def allowed_methods(app: Any, path: str) -> str:
     return ", ".join(sorted(methods))
 
 
+async def add_cors_headers(request: Request, response: Response) -> None:
+    """What the CORS middleware adds to an answer for this request's ``Origin``, for a 500
+    made outside it (QA: an allowed origin's app could not read the 500, its request id
+    included). Starlette's own ``send`` decides, as it does for every other answer."""
+    cors = getattr(request.app.state, "cors", None)
+    if cors is None or "origin" not in request.headers:
+        return
+    start: Message = {"type": "http.response.start", "status": 500, "headers": []}
+
+    async def keep(message: Message) -> None:
+        return None
+
+    await cors.send(start, keep, request.headers)
+    for name, value in start["headers"]:
+        if name.lower() == b"vary":
+            response.headers.add_vary_header(value.decode("latin-1"))
+        else:
+            response.headers[name.decode("latin-1")] = value.decode("latin-1")
+
+
 async def handle_unexpected_error(request: Request, exc: Exception) -> Response:
     """500 without internals; runs outside the middleware, so it adds the id headers itself."""
     if getattr(exc, "already_logged", False):
@@ -412,6 +433,7 @@ async def handle_unexpected_error(request: Request, exc: Exception) -> Response:
     )
     response = error_response(request, 500, "INTERNAL_ERROR", "Internal server error")
     response.headers.update(response_headers_for(request.scope))
+    await add_cors_headers(request, response)
     # Starlette raises the exception again once this is sent, and uvicorn then closes the
     # connection: said here, a keep-alive client does not send its next request into it.
     response.headers["connection"] = "close"

@@ -298,11 +298,12 @@ def install_middleware(app: FastAPI, settings: Settings) -> None:
         upload_paths={IMPORT_PATH: settings.import_max_bytes},
         body_timeout=settings.body_timeout,
     )
+    app.state.cors = None
     if settings.cors_origins:
-        app.add_middleware(
-            EnvelopeCORSMiddleware,
+        cors: dict[str, Any] = dict(
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+            # HEAD: every GET answers it, and a browser preflights an authorised one (QA: 400).
+            allow_methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
             allow_headers=[
                 "Authorization",
                 "Content-Type",
@@ -330,4 +331,7 @@ def install_middleware(app: FastAPI, settings: Settings) -> None:
             # would echo any origin.
             allow_credentials="*" not in settings.cors_origins,
         )
+        app.add_middleware(EnvelopeCORSMiddleware, **cors)
+        # The 500 handler runs outside every middleware: it asks this one for its headers.
+        app.state.cors = EnvelopeCORSMiddleware(app, **cors)
     app.add_middleware(RequestIdMiddleware, expose_worker_pid=settings.expose_worker_pid)

@@ -12,6 +12,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Annotated, Literal
 
+import idna
 import limits
 from limits.util import SINGLE_EXPR
 from pydantic import (
@@ -39,9 +40,10 @@ WEAK_SECRET_WORDS = ("secret", "changeme", "change-me", "change_me", "password",
 DEV_ADMIN_PASSWORD = "dev-only-admin-password"
 # scheme://host[:port]: a host name or a bracketed IPv6 address, no user name, path or wildcard.
 _ORIGIN = re.compile(
-    r"(?P<scheme>[a-z][a-z0-9+.-]*)://(?P<host>[^/\s?#@:\[\]*]+|\[[0-9A-Fa-f:.]+\])(?::(?P<port>[0-9]{1,5}))?"
+    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<host>[^/\s?#@:\[\]*]+|\[[0-9A-Fa-f:.]+\])(?::(?P<port>[0-9]{1,5}))?"
 )
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+_HOST_CHARS = re.compile(r"[a-z0-9_.-]+")
 ORIGIN_FORM = (
     "each origin is scheme://host[:port] with no path, user name or wildcard, e.g."
     " https://app.example.com"
@@ -49,16 +51,58 @@ ORIGIN_FORM = (
 
 
 def _browser_origin(item: str) -> str:
-    """``item`` as a browser writes its ``Origin``: lowercase, without its scheme's port."""
-    found = _ORIGIN.fullmatch(item.lower())
+    """``item`` as a browser writes its ``Origin``: lowercase, without its scheme's port, an
+    IDN host in its ASCII (punycode) form and an IPv6 address compressed. QA:
+    ``https://bücher.example`` and ``http://[0:0:0:0:0:0:0:1]:8080`` started and matched no
+    browser's header (``https://xn--bcher-kva.example``, ``http://[::1]:8080``)."""
+    found = _ORIGIN.fullmatch(item.strip())
     if found is None:
         raise ValueError(ORIGIN_FORM)
-    scheme, host, port = found["scheme"], found["host"], found["port"]
+    scheme, host, port = found["scheme"].lower(), _browser_host(found["host"]), found["port"]
     if port is None or int(port) == _DEFAULT_PORTS.get(scheme):
         return f"{scheme}://{host}"
     if not 1 <= int(port) <= 65535:
         raise ValueError("an origin's port is 1 to 65535")
     return f"{scheme}://{host}:{int(port)}"
+
+
+def _browser_host(host: str) -> str:
+    """A host as the URL standard serializes it, or ValueError for one no browser sends."""
+    if host.startswith("["):
+        try:
+            address = ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise ValueError("an origin's IPv6 address is not valid") from None
+        return f"[{_ipv6_text(address)}]"
+    if not host.isascii():
+        try:
+            host = idna.encode(host, uts46=True).decode("ascii")
+        except idna.IDNAError:
+            raise ValueError("an origin's host is not a valid international domain name") from None
+    host = host.lower()
+    if not _HOST_CHARS.fullmatch(host):
+        raise ValueError(
+            "an origin's host is letters, digits, '-', '_' and '.' (or an [IPv6] address)"
+        )
+    return host
+
+
+def _ipv6_text(address: ipaddress.IPv6Address) -> str:
+    """RFC 5952 / the URL standard: hex groups only (``::ffff:7f00:1``, never dotted), the
+    longest run of two or more zero groups (the first of equals) as ``::``."""
+    groups = [int.from_bytes(address.packed[i : i + 2]) for i in range(0, 16, 2)]
+    best, best_length, start = -1, 1, None
+    for index, group in enumerate([*groups, 1]):
+        if group == 0 and start is None:
+            start = index
+        elif group != 0 and start is not None:
+            if index - start > best_length:
+                best, best_length = start, index - start
+            start = None
+    words = [f"{group:x}" for group in groups]
+    if best < 0:
+        return ":".join(words)
+    return ":".join(words[:best]) + "::" + ":".join(words[best + best_length :])
 
 
 # The store's integers are 64-bit: a rate limit's count or window past this cannot be sent to

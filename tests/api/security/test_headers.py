@@ -82,6 +82,30 @@ async def test_a_500_carries_them_too() -> None:
     assert "boom" not in response.text
 
 
+@pytest.mark.parametrize(
+    ("origin", "readable"), [(CORS_ORIGIN, True), ("https://evil.example", False)]
+)
+async def test_an_allowed_origin_can_read_a_500(origin: str, readable: bool) -> None:
+    """QA: the 500 handler runs outside the CORS middleware, so a browser app from an allowed
+    origin saw "Failed to fetch", not the envelope and its request id."""
+
+    class Broken:
+        async def call(self, command: str, args: dict[str, Any] | None = None) -> Any:
+            raise RuntimeError("boom")
+
+    app: FastAPI = create_app(Settings(cors_origins=[CORS_ORIGIN]))  # type: ignore[arg-type]
+    app.dependency_overrides[get_store] = lambda: Broken()
+    app.dependency_overrides[get_caller] = lambda: Principal("a", "admin", "s")
+    async with in_process(app) as http:
+        response = await http.get("/api/v1/data/things/x", headers={"Origin": origin})
+    assert_error(response, 500, "INTERNAL_ERROR")
+    assert ("access-control-allow-origin" in response.headers) is readable
+    if readable:
+        assert response.headers["access-control-allow-origin"] == CORS_ORIGIN
+        assert "x-request-id" in response.headers["access-control-expose-headers"].lower()
+        assert "Origin" in response.headers["vary"]
+
+
 def inline_script_hashes(html: str) -> set[str]:
     return {
         "'sha256-" + base64.b64encode(hashlib.sha256(body.encode()).digest()).decode() + "'"
@@ -211,6 +235,22 @@ def test_cors_preflight_from_another_origin_is_refused(anon: httpx.Client, origi
     assert_error(response, 400, "CORS_REJECTED")
     assert "access-control-allow-origin" not in response.headers
     assert_security_headers(response)
+
+
+def test_a_preflight_for_an_authorised_head_is_allowed(anon: httpx.Client) -> None:
+    """QA: every GET answers HEAD, but a browser's preflight for a HEAD with a bearer token
+    (checking an ETag) was refused: HEAD was not among the allowed methods."""
+    response = anon.options(
+        "/api/v1/users/me",
+        headers={
+            "Origin": CORS_ORIGIN,
+            "Access-Control-Request-Method": "HEAD",
+            "Access-Control-Request-Headers": "authorization",
+        },
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["access-control-allow-origin"] == CORS_ORIGIN
+    assert "HEAD" in response.headers["access-control-allow-methods"].split(", ")
 
 
 def test_cors_for_browser_clients_as_they_are_written(anon: httpx.Client) -> None:

@@ -98,6 +98,12 @@ def test_production_accepts_a_strong_secret_and_development_needs_none() -> None
         ({"cors_origins": "https://user@app.example.com"}, "user name"),
         ({"cors_origins": "https://*.example.com"}, "wildcard"),
         ({"cors_origins": "https://app.example.com:99999"}, "1 to 65535"),
+        # QA: started, and no browser sends a host with these characters
+        ({"cors_origins": "https://a%00.com"}, "letters, digits"),
+        ({"cors_origins": "https://a.example.com\\evil.com"}, "letters, digits"),
+        ({"cors_origins": 'https://a"x.com'}, "letters, digits"),
+        ({"cors_origins": "https://\u0300b\u00fc.com"}, "international domain name"),
+        ({"cors_origins": "http://[1:2:3]"}, "IPv6 address is not valid"),
         ({"store_socket": "tcp://localhost"}, "tcp://host:port"),
         ({"store_socket": "unix:"}, "socket path"),
     ],
@@ -126,6 +132,23 @@ def test_origins_are_kept_as_browsers_send_them() -> None:
     ]
     assert Settings(cors_origins="capacitor://localhost").cors_origins == [  # type: ignore[arg-type]
         "capacitor://localhost"
+    ]
+
+
+def test_origins_are_written_as_a_browsers_url_parser_serializes_them() -> None:
+    """QA: an IDN host and an uncompressed IPv6 address started and then matched no request:
+    browsers send punycode and the compressed form (``new URL(o).origin``)."""
+    listed = (
+        "https://bücher.example,http://[0:0:0:0:0:0:0:1]:8080,http://[::ffff:127.0.0.1],"
+        "http://[2001:DB8:0:0:1:0:0:1],http://[1:0:0:2:0:0:0:3],https://STRASSE.de"
+    )
+    assert Settings(cors_origins=listed).cors_origins == [  # type: ignore[arg-type]
+        "https://xn--bcher-kva.example",
+        "http://[::1]:8080",
+        "http://[::ffff:7f00:1]",
+        "http://[2001:db8::1:0:0:1]",
+        "http://[1:0:0:2::3]",
+        "https://strasse.de",
     ]
 
 
