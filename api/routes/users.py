@@ -143,7 +143,9 @@ async def query_users(
     """Users (admin) matching a filter tree, as in `POST /data/{table}/query`."""
     query = record_queries.TreeQuery.parse(body, user_service.FIELDS)
     items, versioned, total = await record_queries.query_records(store, user_service.TABLE, query)
-    return list_response(request, items, total, query.page, versioned)
+    # The shape too: two projections of one page had one tag (QA: If-None-Match of one
+    # answered the other 412 "nothing new").
+    return list_response(request, items, total, query.page, versioned, query.shape)
 
 
 @router.get(
