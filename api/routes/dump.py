@@ -85,6 +85,9 @@ async def dump_table(
     chunks = await open_dump(store, table, settings.dump_chunk_size)
 
     async def ndjson() -> AsyncIterator[bytes]:
+        # A streamed start, whatever follows: an empty table's dump was one empty body, not
+        # gzipped, where its HEAD (head_answer) said Content-Encoding: gzip (QA).
+        yield b""
         async with aclosing(chunks):  # closed with this one, not by asyncio a turn later
             async for records in chunks:
                 if records:
