@@ -23,8 +23,9 @@ from fastapi.security import OAuth2PasswordBearer
 from api.auth.principals import AuthOutcome, Principal, bearer_token
 from api.auth.sessions import ensure_not_revoked
 from api.auth.tokens import InvalidToken, TokenService
-from api.conditions import WriteConditions, parse_write_conditions
+from api.conditions import WriteConditions, header_list, parse_write_conditions
 from api.errors import ApiError
+from api.etags import parse_entity_tags
 from api.query_params import FILTERING as FILTERING
 from api.query_params import CreatedAfter as CreatedAfter
 from api.query_params import CreatedBefore as CreatedBefore
@@ -160,6 +161,23 @@ async def require_admin(caller: CurrentUser) -> Principal:
 
 
 AdminUser = Annotated[Principal, Depends(require_admin)]
+
+
+async def refuse_tagged_if_match(request: Request) -> None:
+    """For a read whose answer carries no ETag (a count, an aggregate, a dump, a job's status):
+    an If-Match naming tags names nothing current, so it is false (RFC 9110 §13.1.1) and the
+    read is 412; ``*`` holds. QA: such reads answered 200, telling the client its condition
+    held. A parameter after the caller's, so 401/403 come first."""
+    if_match = header_list(request, "if-match")
+    if if_match is not None and parse_entity_tags(if_match) is not None:
+        raise ApiError(
+            412,
+            "PRECONDITION_FAILED",
+            "If-Match names a version, and this answer has none (no ETag): only * matches it",
+        )
+
+
+UntaggedRead = Annotated[None, Depends(refuse_tagged_if_match)]
 
 
 ORDER_OWNER = "user_id"

@@ -37,7 +37,13 @@ from fastapi.routing import APIRoute, iter_route_contexts
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from api.deps import AUTHENTICATING, FILTERING, REQUIRING_TOKEN, oauth2_scheme
+from api.deps import (
+    AUTHENTICATING,
+    FILTERING,
+    REQUIRING_TOKEN,
+    oauth2_scheme,
+    refuse_tagged_if_match,
+)
 from api.guard import EXEMPT_PATHS, TOKEN_PATH
 from api.queries import BASE_FIELDS, MAX_FILTERS, MAX_IN_VALUES, OPERATORS, Fields
 from api.schemas.envelope import QUERY_MATCHED
@@ -168,6 +174,30 @@ def add_request_parameters(app: FastAPI, schema: dict[str, Any]) -> dict[str, An
             if conditional and "if-none-match" not in names:
                 parameters.append(IF_NONE_MATCH)
             if conditional and "if-match" not in names:
+                parameters.append(IF_MATCH)
+    return schema
+
+
+UNTAGGED_412 = "If-Match names a version: this answer has none (no ETag), only `*` matches"
+
+
+def add_untagged_preconditions(app: FastAPI, schema: dict[str, Any]) -> dict[str, Any]:
+    """The reads without an ETag that refuse an If-Match naming tags (``UntaggedRead``):
+    their 412 and the header, in the words of the envelope's other errors."""
+    for route in iter_route_contexts(app.routes):
+        if not (isinstance(route.original_route, APIRoute) and route.include_in_schema):
+            continue
+        if depends_on(route.dependant, {refuse_tagged_if_match}) is None:
+            continue
+        for method in route.methods or ():
+            operation = schema["paths"][route.path_format][method.lower()]
+            responses = operation["responses"]
+            if "412" not in responses:
+                envelope = responses["503"]["content"]
+                responses["412"] = {"description": UNTAGGED_412, "content": envelope}
+                operation["responses"] = dict(sorted(responses.items()))
+            parameters = operation.setdefault("parameters", [])
+            if "if-match" not in {parameter["name"].lower() for parameter in parameters}:
                 parameters.append(IF_MATCH)
     return schema
 
@@ -307,7 +337,7 @@ def install_openapi(app: FastAPI) -> None:
         # each document it builds once.
         schema = generate()
         if not (completed and completed[0] is schema):
-            schema = add_bearer_security(app, schema)
+            schema = add_untagged_preconditions(app, add_bearer_security(app, schema))
             schema = add_body_parse_errors(restore_null_examples(app, schema))
             schema = add_body_limit(schema)
             schema = add_multipart_forms(add_response_headers(schema))

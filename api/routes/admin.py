@@ -12,6 +12,7 @@ from api.deps import (
     PageParams,
     SettingsDep,
     StoreDep,
+    UntaggedRead,
     check_table_name,
     only_params,
     require_admin,
@@ -94,6 +95,7 @@ async def read_audit(
     table: Annotated[str | None, Query(max_length=200, description="Which table")] = None,
     since: TimeBound = None,
     until: TimeBound = None,
+    _untagged: UntaggedRead = None,
 ) -> Response:
     """Every table mutation, newest first: who (user id, role), what (table, record id or
     filter, operation, changed field names; never values), when, and the request id. Bounded
@@ -115,7 +117,7 @@ async def read_audit(
     response_model=Envelope[dict[str, Any]],
     summary="Store statistics",
 )
-async def read_store_stats(store: StoreDep) -> Response:
+async def read_store_stats(store: StoreDep, _untagged: UntaggedRead = None) -> Response:
     """For people who do not run Prometheus: tables (rows, `estimated_bytes`), store memory and
     limit, operations with counts and latency percentiles, recent slow operations, connected
     clients, persistence (log size, last snapshot, fsync policy), uptime and version."""

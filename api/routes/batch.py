@@ -15,6 +15,7 @@ from api.deps import (
     SettingsDep,
     StoreDep,
     TableName,
+    UntaggedRead,
     check_table_name,
     require_admin,
     table_filter_query,
@@ -188,6 +189,7 @@ async def export_table(
     jobs: JobsDep,
     caller: AdminUser,
     run_async: AsyncFlag = None,
+    _untagged: UntaggedRead = None,
 ) -> Response:
     """Stream the records matching the list filters as CSV, read in bounded chunks. With
     `?async=true` (or a table over JOB_ASYNC_ROWS rows): 202 and a job writing the same CSV.

@@ -20,6 +20,7 @@ from api.deps import (
     Preconditions,
     StoreDep,
     TableName,
+    UntaggedRead,
     require_admin,
     table_filter_query,
 )
@@ -170,7 +171,9 @@ async def create_record(
     responses=error_responses(400, 404, 422),
     summary="Count records",
 )
-async def count_records(table: TableName, query: CountQuery, store: StoreDep) -> Response:
+async def count_records(
+    table: TableName, query: CountQuery, store: StoreDep, _untagged: UntaggedRead = None
+) -> Response:
     """How many records match the list filters (`field=value`, `field__op=value`,
     `created_after`, `created_before`); an indexed equality is answered from the index."""
     count = await record_queries.count_records(store, table, query)
@@ -200,7 +203,9 @@ async def query_records(
     responses=error_responses(400, 404, 413, 415, 422),
     summary="Aggregate records by group",
 )
-async def aggregate_records(table: TableName, body: AggregateBody, store: StoreDep) -> Response:
+async def aggregate_records(
+    table: TableName, body: AggregateBody, store: StoreDep, _untagged: UntaggedRead = None
+) -> Response:
     """Group by fields and compute count, sum, avg, min and max (decimal sums stay exact and
     are sent as strings); groups are filtered first, then sorted and paginated."""
     items, total = await record_queries.aggregate_records(store, table, body)

@@ -8,7 +8,7 @@ from contextlib import aclosing
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response, StreamingResponse
 
-from api.deps import AdminUser, SettingsDep, StoreDep, TableName, require_admin
+from api.deps import AdminUser, SettingsDep, StoreDep, TableName, UntaggedRead, require_admin
 from api.errors import ApiError
 from api.http_metrics import MeteredRoute
 from api.jobs.web import AsyncFlag, JobsDep, job_or_now, run_as_job
@@ -66,6 +66,7 @@ async def dump_table(
     jobs: JobsDep,
     caller: AdminUser,
     run_async: AsyncFlag = None,
+    _untagged: UntaggedRead = None,
 ) -> Response:
     """Stream every record as NDJSON, read from the store in bounded chunks. With
     `?async=true` (or past `JOB_ASYNC_ROWS` rows): 202 and an export job whose result URL

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Path, Query, Request
 from starlette.responses import FileResponse, Response
 
-from api.deps import CurrentUser, PageParams, only_params
+from api.deps import CurrentUser, PageParams, UntaggedRead, only_params
 from api.errors import ApiError
 from api.http_metrics import MeteredRoute
 from api.jobs.download import result_response
@@ -65,6 +65,7 @@ async def list_jobs(
         Literal["queued", "running", "succeeded", "failed", "cancelled"] | None,
         Query(description="Only jobs in this state"),
     ] = None,
+    _untagged: UntaggedRead = None,
 ) -> Response:
     """Your jobs, newest first (an admin sees everyone's). A job started as an admin is
     admins' only: an owner demoted since no longer sees it."""
@@ -84,7 +85,9 @@ async def list_jobs(
     responses=error_responses(404),
     summary="Read a job",
 )
-async def read_job(job_id: JobId, jobs: JobsDep, caller: CurrentUser) -> Response:
+async def read_job(
+    job_id: JobId, jobs: JobsDep, caller: CurrentUser, _untagged: UntaggedRead = None
+) -> Response:
     """State, progress, timing and result or error; answered by any worker."""
     return job_response(await visible_job(jobs, caller, job_id))
 

@@ -14,6 +14,7 @@ from api.deps import (
     OrderListQuery,
     OrderWrite,
     StoreDep,
+    UntaggedRead,
     order_owner_check,
     visible_order,
 )
@@ -131,7 +132,9 @@ async def query_orders(
     responses=error_responses(400, 401, 413, 415, 422),
     summary="Aggregate orders by group",
 )
-async def aggregate_orders(body: AggregateBody, store: StoreDep, caller: CurrentUser) -> Response:
+async def aggregate_orders(
+    body: AggregateBody, store: StoreDep, caller: CurrentUser, _untagged: UntaggedRead = None
+) -> Response:
     """Your orders (an admin: everyone's) grouped and summed, as in
     `POST /data/{table}/aggregate`: e.g. revenue and count per status, or per user for an
     admin. Decimal sums stay exact (strings)."""

@@ -11,7 +11,7 @@ from typing import Annotated
 
 from fastapi import Depends, Path, Request, Response
 
-from api.deps import StoreDep, TableName
+from api.deps import StoreDep, TableName, UntaggedRead
 from api.errors import ApiError, bad_query
 from api.responses import DATA_CACHE_CONTROL, json_response, no_content
 from api.routes.tables import success_response, table_router
@@ -40,7 +40,9 @@ FieldName = Annotated[str, Depends(validate_field)]
     responses=error_responses(400, 404),
     summary="List a table's indexes",
 )
-async def list_indexes(table: TableName, store: StoreDep) -> Response:
+async def list_indexes(
+    table: TableName, store: StoreDep, _untagged: UntaggedRead = None
+) -> Response:
     """The table's hash indexes (equality filters, joins and expand on them use them)."""
     return success_response(await table_service.list_indexes(store, table))
 
@@ -80,7 +82,9 @@ async def create_index(
     responses=error_responses(400, 404),
     summary="Read an index",
 )
-async def read_index(table: TableName, field: FieldName, store: StoreDep) -> Response:
+async def read_index(
+    table: TableName, field: FieldName, store: StoreDep, _untagged: UntaggedRead = None
+) -> Response:
     """One index of the table, by field; 404 if the field has none."""
     for spec in await table_service.list_indexes(store, table):
         if spec.get("field") == field:

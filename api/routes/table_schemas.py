@@ -10,7 +10,7 @@ from typing import Annotated
 
 from fastapi import Query, Request, Response
 
-from api.deps import StoreDep, TableName
+from api.deps import StoreDep, TableName, UntaggedRead
 from api.errors import ApiError, allowed_methods, refuses_methods
 from api.routes.tables import success_response, table_router
 from api.schemas.envelope import Envelope, error_responses
@@ -32,6 +32,7 @@ async def read_schema(
     sample: Annotated[
         int | None, Query(ge=1, le=100_000, description="Rows to examine (generic tables)")
     ] = None,
+    _untagged: UntaggedRead = None,
 ) -> Response:
     """users/orders: the JSON Schema of their public model. Generic tables: each field seen
     with its types and counts, the indexes, the row count and any attached JSON Schema."""
