@@ -462,7 +462,8 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         size = self.transport.get_write_buffer_size()
         sock = self.transport.get_extra_info("socket")
         if _OUTQ is not None and sock is not None:
-            with contextlib.suppress(OSError):  # closed under us: the buffer alone
+            # Closed under us (fileno -1: ValueError), or refused: the buffer alone.
+            with contextlib.suppress(OSError, ValueError):
                 size += struct.unpack("i", fcntl.ioctl(sock.fileno(), _OUTQ, b"\0" * 4))[0]
         return size
 

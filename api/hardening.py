@@ -15,7 +15,7 @@ bounds that (deploy/README.md).
 Content type: on ``/api/`` paths a request with a body must be JSON (``application/json`` or
 ``application/*+json``), except the OAuth2 token endpoint, which takes a form, and upload paths
 (CSV import), which take ``multipart/form-data`` or ``text/csv`` up to their own byte limit
-(``IMPORT_MAX_BYTES``); it must not declare a charset other than UTF-8; and it must not be
+(``IMPORT_MAX_BYTES``), a CSV declaring no charset other than UTF-8; and it must not be
 compressed (``Content-Encoding`` other than identity). Anything else is 415 before any parsing,
 read from every line of each header (RFC 9110 §5.3: repeated lines are one list), but only when
 the route the router would pick reads a body: with none, the app's 404 or 405 (with ``Allow``)
@@ -44,8 +44,8 @@ FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-dat
 UPLOAD_TYPES = frozenset({"multipart/form-data", "text/csv"})
 CLOSE_HEADERS = {"Connection": "close"}
 CLOSE = (b"connection", b"close")
-UTF8_NAMES = frozenset({"utf-8", "utf8", "us-ascii", "ascii"})
-"""Declared charsets a body is read as: UTF-8 and its subset ASCII (any other is 415)."""
+UTF8_NAMES = frozenset({"utf-8", "utf8", "utf_8", "cp65001", "us-ascii", "ascii"})
+"""Charsets a CSV upload may declare: UTF-8's names and its subset ASCII (any other is 415)."""
 IDENTITY_ONLY = {"Accept-Encoding": "identity"}
 """On a 415 for a compressed body: the coding, not the media type, was refused (RFC 9110
 §12.5.3)."""
@@ -209,6 +209,10 @@ class RequestBodyMiddleware:
         if not accepted:
             return f"The request body must be {expected}", {}
         for line in headers.getlist("content-type"):
+            # CSV only: JSON has no charset parameter (RFC 8259 §11: one has no effect) and a
+            # form's body is ASCII, so clients that add one anyway (charset=ISO-8859-1) are served.
+            if line.partition(";")[0].strip().lower() != "text/csv":
+                continue
             charset = declared_charset(line)
             if charset is not None and charset not in UTF8_NAMES:
                 # Bodies are read as UTF-8: a Latin-1 CSV was imported up to its first "é",

@@ -133,10 +133,11 @@ async def test_a_chunked_write_waits_its_long_timeout_past_the_short_one(store_p
             await client.call("insert", {"table": "t", "record": {}})
         assert not update.done()  # ... the chunked one, sent first, still waits
         store.proc.send_signal(signal.SIGCONT)
-        # and gets its answer; the insert sent after it was given up on (cancelled) before
-        # the store read it, so it was not run (its caller was told the outcome is unknown)
+        # and gets its answer. The insert sent after it was given up on: it ran or not as the
+        # store read it before stopping or with its cancel (make test: both happen), and its
+        # caller was told the outcome is unknown either way.
         assert await update == {"matched": 1, "updated": 1}
-        assert await client.call("count", {"table": "t"}) == 1
+        assert await client.call("count", {"table": "t"}) in (1, 2)
     finally:
         store.proc.send_signal(signal.SIGCONT)
         await client.close()
