@@ -63,14 +63,15 @@ async def _let_others_run() -> None:
     await asyncio.sleep(0)
 
 
-Step = tuple[int, list[str] | RowError | None]
-
-
-async def _paced(rows: Rows, between_chunks: Pause) -> AsyncGenerator[Step]:
-    """``rows``, read ``CHUNK_ROWS`` steps at a time in a thread, with ``between_chunks``
-    awaited between them. QA: a quoted cell of 3.5 million line breaks (7 MB) is one step, one
-    call into the csv module: read on the loop, it held the worker 3.2 s, and a job reading
-    one stopped beating and was declared lost while alive (its rows never written)."""
+async def _paced(
+    rows: Rows, between_chunks: Pause, report: ImportReport
+) -> AsyncGenerator[tuple[int, list[str]]]:
+    """The rows (number, cells) of ``rows``, counted in ``report``: blank lines skipped, the
+    first malformed one ending them (``report.stop``). Read ``CHUNK_ROWS`` steps at a time in
+    a thread, with ``between_chunks`` awaited between them. QA: a quoted cell of 3.5 million
+    line breaks (7 MB) is one step, one call into the csv module: read on the loop, it held
+    the worker 3.2 s, and a job reading one stopped beating and was declared lost while alive
+    (its rows never written)."""
     first = True
     while batch := await asyncio.to_thread(list, itertools.islice(rows, CHUNK_ROWS)):
         if not first:
@@ -78,8 +79,14 @@ async def _paced(rows: Rows, between_chunks: Pause) -> AsyncGenerator[Step]:
             # over 40 MiB of them stopped beating: declared lost, its rows never imported.
             await between_chunks()
         first = False
-        for step in batch:
-            yield step
+        for number, row in batch:
+            if row is None:
+                continue
+            if isinstance(row, RowError):
+                report.stop(row)
+                return
+            report.rows += 1
+            yield number, row
 
 
 async def import_csv(
@@ -123,14 +130,8 @@ async def _import_chunked(
     chunk: list[tuple[int, Record]] = []
     chunk_bytes = 0
     try:
-        async with aclosing(_paced(rows, between_chunks)) as steps:
-            async for number, row in steps:
-                if row is None:
-                    continue
-                if isinstance(row, RowError):
-                    report.stop(row)
-                    break
-                report.rows += 1
+        async with aclosing(_paced(rows, between_chunks, report)) as read:
+            async for number, row in read:
                 record, size, errors = limits.read(reader, row, number)
                 if record is None:
                     report.failed += 1
@@ -162,14 +163,8 @@ async def _import_atomic(
     numbers: list[int] = []
     ops: list[dict[str, Any]] = []
     batch_bytes = 0
-    async with aclosing(_paced(rows, between_chunks)) as steps:
-        async for number, row in steps:
-            if row is None:
-                continue
-            if isinstance(row, RowError):
-                report.stop(row)
-                break
-            report.rows += 1
+    async with aclosing(_paced(rows, between_chunks, report)) as read:
+        async for number, row in read:
             if report.rows > ATOMIC_MAX_ROWS:
                 raise atomic_too_big(
                     f"at most {ATOMIC_MAX_ROWS} rows", f"more than {ATOMIC_MAX_ROWS} rows"

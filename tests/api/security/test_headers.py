@@ -206,13 +206,19 @@ def test_auth_responses_are_never_cached(anon: httpx.Client) -> None:
 # --- CORS ---------------------------------------------------------------------------------
 
 
-def preflight(http: httpx.Client, origin: str) -> httpx.Response:
+def preflight(
+    http: httpx.Client,
+    origin: str,
+    method: str = "POST",
+    headers: str = "authorization, content-type",
+    path: str = "/api/v1/users",
+) -> httpx.Response:
     return http.options(
-        "/api/v1/users",
+        path,
         headers={
             "Origin": origin,
-            "Access-Control-Request-Method": "POST",
-            "Access-Control-Request-Headers": "authorization, content-type",
+            "Access-Control-Request-Method": method,
+            "Access-Control-Request-Headers": headers,
         },
     )
 
@@ -240,14 +246,7 @@ def test_cors_preflight_from_another_origin_is_refused(anon: httpx.Client, origi
 def test_a_preflight_for_an_authorised_head_is_allowed(anon: httpx.Client) -> None:
     """QA: every GET answers HEAD, but a browser's preflight for a HEAD with a bearer token
     (checking an ETag) was refused: HEAD was not among the allowed methods."""
-    response = anon.options(
-        "/api/v1/users/me",
-        headers={
-            "Origin": CORS_ORIGIN,
-            "Access-Control-Request-Method": "HEAD",
-            "Access-Control-Request-Headers": "authorization",
-        },
-    )
+    response = preflight(anon, CORS_ORIGIN, "HEAD", "authorization", "/api/v1/users/me")
     assert response.status_code == 200, response.text
     assert response.headers["access-control-allow-origin"] == CORS_ORIGIN
     assert "HEAD" in response.headers["access-control-allow-methods"].split(", ")
@@ -257,14 +256,8 @@ def test_cors_for_browser_clients_as_they_are_written(anon: httpx.Client) -> Non
     """What common front-end set-ups send and read: X-Requested-With and Cache-Control in a
     preflight, credentials mode (cookies carry nothing here, but a blocked answer would),
     and Allow / WWW-Authenticate / Content-Disposition readable by the script."""
-    response = anon.options(
-        "/api/v1/users",
-        headers={
-            "Origin": CORS_ORIGIN,
-            "Access-Control-Request-Method": "PATCH",
-            "Access-Control-Request-Headers": "authorization, x-requested-with, cache-control",
-        },
-    )
+    requested = "authorization, x-requested-with, cache-control"
+    response = preflight(anon, CORS_ORIGIN, "PATCH", requested)
     assert response.status_code == 200, response.text
     assert response.headers["access-control-allow-credentials"] == "true"
     answer = anon.post("/api/v1/users/me", headers={"Origin": CORS_ORIGIN})  # a 405
