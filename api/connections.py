@@ -13,7 +13,8 @@ app, which bounds it itself (``MAX_BODY_BYTES``, and ``BODY_TIMEOUT`` between tw
 
 A response whose client reads none of it for ``SEND_TIMEOUT`` seconds (60, nginx's
 ``send_timeout``: checked while the worker's write buffer is full, each period from the last
-time it shrank) ends with the connection, logged as ``response_cut_off`` (warning; a streamed
+time the client took some of what waits, in that buffer or the kernel's send queue) ends with
+the connection, logged as ``response_cut_off`` (warning; a streamed
 answer's access line also says ``ClientDisconnected``):
 uvicorn waits for the client to drain what it sent, without bound, and a download whose
 client stopped reading held its request, its connection and the app's task until the client
@@ -341,7 +342,7 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
     send_timeout = 60.0  # SEND_TIMEOUT, the same way
     _header_timer: asyncio.TimerHandle | None = None
     _send_timer: asyncio.TimerHandle | None = None  # armed while the write buffer is full
-    _unsent = 0  # bytes in the write buffer when the send timer was last armed
+    _unsent = 0  # bytes waiting (``_unsent_bytes``) when the send timer was last armed
     _running: RequestResponseCycle | None = None  # the pipelined ones wait in ``self.pipeline``
     _refusal: bytes | None = None  # the answer, once a request could not be parsed
     _refused: Refusal | None = None  # why a callback stopped the parser, if one did
@@ -477,8 +478,9 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
             self._send_timer = None
 
     def _check_reading(self) -> None:
-        """``send_timeout`` after the buffer filled or last shrank: a client that took some
-        of it is slow, not gone (a big page goes out in one write); one that took none is."""
+        """``send_timeout`` after the buffer filled or the client last took some of what
+        waits: one that took some is slow, not gone (a big page goes out in one write); one
+        that took none is."""
         if self._unsent_bytes() < self._unsent:
             self._arm_send_timer()
             return

@@ -13,7 +13,8 @@ Two more things are read from the request as a whole: a list's filters (any numb
 table's records as its list does: count, update and delete by filter, CSV export),
 described as one free-form object parameter (``style: form, explode: true``: each of its
 keys is its own query parameter, as Swagger UI and generated clients send it); and
-``If-None-Match`` and ``If-Match`` on the reads that answer 304 (or 412, a POST query).
+``If-None-Match`` and ``If-Match`` on the reads that answer 304 (or 412, a POST query), and
+``If-Match`` with its 412 on the reads that answer no ETag (``api.deps.UntaggedRead``).
 
 The headers the middleware and the error handlers add to responses are declared here, by
 status, where no route can declare them: X-Request-ID on every response, X-Rate-Limit-* on
@@ -193,8 +194,7 @@ def add_untagged_preconditions(app: FastAPI, schema: dict[str, Any]) -> dict[str
             operation = schema["paths"][route.path_format][method.lower()]
             responses = operation["responses"]
             if "412" not in responses:
-                envelope = responses["503"]["content"]
-                responses["412"] = {"description": UNTAGGED_412, "content": envelope}
+                responses["412"] = {"description": UNTAGGED_412, "content": ERROR_CONTENT}
                 operation["responses"] = dict(sorted(responses.items()))
             parameters = operation.setdefault("parameters", [])
             if "if-match" not in {parameter["name"].lower() for parameter in parameters}:

@@ -12,24 +12,16 @@ output went through supervisord. Where ``prctl`` does not exist, the command jus
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import sys
 
-PR_SET_PDEATHSIG = 1
+from storeserver.parentdeath import end_with_parent
 
 
 def die_with_parent() -> None:
-    parent = os.getppid()
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):  # not Linux: nothing to set
-        return
-    if prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
-        return
-    if os.getppid() != parent:  # the parent died before the setting took: no signal will come
-        sys.exit(0)
+    if not end_with_parent(os.getppid(), signal.SIGTERM):
+        sys.exit(0)  # the parent died before the setting took: no signal will come
 
 
 def main(argv: list[str]) -> None:

@@ -9,7 +9,6 @@ Python starts (deploy/entrypoint.sh sets it and empties the directory).
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import logging
 import os
@@ -32,6 +31,7 @@ from api.ratelimit import trusted_peers
 from api.settings import get_settings
 from api.store import wait_for_store
 from storeserver.errors import StoreError
+from storeserver.parentdeath import end_with_parent
 from storeserver.settings import settings_errors
 
 
@@ -235,9 +235,6 @@ def _stop_waiting(signum: int, frame: Any) -> None:
     sys.exit(0)
 
 
-PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-
-
 def _end_with_the_master(server: Any) -> None:
     """SIGTERM to this worker when the master dies: it drains and exits as on a normal stop.
 
@@ -252,9 +249,7 @@ def _end_with_the_master(server: Any) -> None:
     # this process never runs: until the worker installs its own, the default ends it (it has
     # served nothing yet).
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    if os.getppid() != server.pid:
+    if not end_with_parent(server.pid, signal.SIGTERM):
         sys.exit(0)  # the master died before the prctl: no signal will come
 
 

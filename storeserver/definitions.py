@@ -53,8 +53,8 @@ class TableDefinitions:
         self.audit = audit
         self._scans = scans
         self.spill = False
-        """``set_schema`` over few rows goes on as a job once it has run ``STEP_SECONDS``
-        (``Engine.spill_reads``: a server's)."""
+        """``set_schema`` and ``create_index`` over few rows go on as a job once they have
+        run ``STEP_SECONDS`` (``Engine.spill_reads``: a server's)."""
 
     def create_table(self, args: Args) -> dict[str, bool]:
         check_keys(args, _CREATE_TABLE_ARGS)
@@ -130,15 +130,11 @@ class TableDefinitions:
         if new and (len(table.rows) > CHUNK or (self.spill and table.rows)):
             job = IndexBuild(table, field, unique, casefold)
             job.context = self.audit.context
-            if len(table.rows) > CHUNK:
-                return job
             # At once while it is quick; rows costly to key (huge lists) go on as a job, a
             # few per step, as set_schema's check does (QA: 20 rows of 300,000-item lists
             # held the store ~2 s in one step).
-            deadline = time.perf_counter() + STEP_SECONDS
-            while not job.step():
-                if time.perf_counter() >= deadline:
-                    return job
+            if len(table.rows) > CHUNK or not self._at_once(job):
+                return job
             return self.finish(job)
         _, changed = self._catalog.define(table.name, spec)
         if changed:
@@ -196,15 +192,20 @@ class TableDefinitions:
             self._journal_table(name)
         check = SchemaCheck(table, schema, force)
         check.context = self.audit.context
-        if len(table.rows) > CHUNK:
-            return check
         # At once while it is quick (a new, empty table cannot fail the check); a schema
         # costly to check (up to MAX_STEPS keywords a row) goes on a row or so per step.
-        deadline = time.perf_counter() + STEP_SECONDS
-        while not check.step():
-            if self.spill and time.perf_counter() >= deadline:
-                return check
+        if len(table.rows) > CHUNK or not self._at_once(check):
+            return check
         return self._attach_schema(check)
+
+    def _at_once(self, job: IndexBuild | SchemaCheck) -> bool:
+        """Run ``job`` here while it is quick: True once it is done; False once it has run
+        ``STEP_SECONDS`` and the server lets it go on as a job (``spill``)."""
+        deadline = time.perf_counter() + STEP_SECONDS
+        while not job.step():
+            if self.spill and time.perf_counter() >= deadline:
+                return False
+        return True
 
     def _attach_schema(self, check: SchemaCheck) -> dict[str, Any]:
         report = check.report()

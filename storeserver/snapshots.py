@@ -23,7 +23,6 @@ that replaced it.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import gc
 import os
 import signal
@@ -45,6 +44,7 @@ from .logfile import (
     fsync_dir,
     read_entries,
 )
+from .parentdeath import end_with_parent
 from .protocol import pack_value
 
 log = structlog.get_logger("storeserver.snapshots")
@@ -187,22 +187,13 @@ def fork_snapshot(path: Path, generation: int, state: Iterable[tuple[Any, ...]])
     return pid
 
 
-_PR_SET_PDEATHSIG = 1
-try:
-    _prctl: Any = ctypes.CDLL(None, use_errno=True).prctl  # looked up before any fork
-except (OSError, AttributeError):  # not Linux: no such call
-    _prctl = None
-
-
 def _die_with(parent: int) -> None:
     """Have the kernel kill this snapshot child when the store that forked it dies, and
     leave now if it already has. A child that outlived a crashed store went on writing, then
     renamed ``snapshot.mdb.tmp`` over ``snapshot.mdb``: by then the name was the restarted
     store's own snapshot in progress, and the complete snapshot was replaced by a fragment
     that refused the next start (QA; its logs were pruned: data only in a backup)."""
-    if _prctl is not None:
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:  # the store died before the setting took
+    if not end_with_parent(parent, signal.SIGKILL):
         os._exit(1)
 
 

@@ -52,7 +52,7 @@ def test_an_if_match_naming_a_tag_is_412_and_star_holds(
         assert_documented(spec, stale, method, path)
         fine = client.request(method, url, headers={"If-Match": "*"}, **kwargs)
         assert fine.status_code == 200, (path, fine.text)
-        assert "etag" not in fine.headers, path  # why: no tag could name it
+        assert "etag" not in fine.headers, path  # untagged indeed: no tag could name it
 
 
 def test_a_caller_without_a_token_hears_401_before_any_precondition(anon: httpx.Client) -> None:
