@@ -40,6 +40,7 @@ from api.query_params import RightTable as RightTable
 from api.query_params import TableName as TableName
 from api.query_params import UserListQuery as UserListQuery
 from api.query_params import check_table_name as check_table_name
+from api.query_params import embeds_only as embeds_only
 from api.query_params import only_params as only_params
 from api.query_params import table_filter_query as table_filter_query
 from api.services import orders, users

@@ -90,6 +90,22 @@ def only_params(*names: str) -> Any:
     return Depends(check)
 
 
+def embeds_only(*served: str) -> Any:
+    """A single-record read's dependency refusing (400 ``BAD_QUERY``) ``expand`` or ``embed``
+    where the route does not embed that: the lists refuse them as unknown fields, and a
+    client asking ``GET /data/orders/{id}?expand=user`` must not get a 200 without the user
+    (QA). Other unknown parameters stay ignored there, as caches' busters (``?_=1``) expect."""
+    refused = tuple(name for name in ("expand", "embed") if name not in served)
+    takes = " and ".join(f"{name!r}" for name in served) or "no expand or embed"
+
+    async def check(request: Request) -> None:
+        for name in refused:
+            if name in request.query_params:
+                raise bad_query(name, f"{name!r} embeds nothing on this route (it takes {takes})")
+
+    return Depends(check)
+
+
 async def parse_orders_embed(
     embed: Annotated[
         Literal["orders"] | None, Query(description="`orders`: embed a page of their orders")

@@ -21,6 +21,7 @@ from api.deps import (
     StoreDep,
     TableName,
     UntaggedRead,
+    embeds_only,
     require_admin,
     table_filter_query,
 )
@@ -230,6 +231,7 @@ async def list_records(
     "/{table}/{record_id}",
     response_model=Envelope[DataRecord],
     responses={**NOT_MODIFIED, **error_responses(400, 404)},
+    dependencies=[embeds_only()],
     summary="Read a record",
 )
 async def read_record(

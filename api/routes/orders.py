@@ -15,6 +15,7 @@ from api.deps import (
     OrderWrite,
     StoreDep,
     UntaggedRead,
+    embeds_only,
     order_owner_check,
     visible_order,
 )
@@ -148,8 +149,9 @@ async def aggregate_orders(
     response_model=Envelope[OrderWithUser],
     responses={
         **NOT_MODIFIED,
-        **error_responses(401, 404, 422),
+        **error_responses(400, 401, 404, 422),
     },
+    dependencies=[embeds_only("expand")],
     summary="Read an order",
 )
 async def read_order(
@@ -215,7 +217,8 @@ async def delete_order(order: OrderWrite) -> Response:
 @router.get(
     "/{order_id}/user",
     response_model=Envelope[UserPublic],
-    responses={**NOT_MODIFIED, **error_responses(401, 404)},
+    responses={**NOT_MODIFIED, **error_responses(400, 401, 404)},
+    dependencies=[embeds_only()],
     summary="Read an order's user",
 )
 async def read_order_user(request: Request, order_id: OrderId, store: StoreDep) -> Response:

@@ -18,6 +18,7 @@ from api.deps import (
     StoreDep,
     UserId,
     UserListQuery,
+    embeds_only,
 )
 from api.errors import ApiError
 from api.etags import list_etag
@@ -117,6 +118,7 @@ READ_USER_RESPONSES = {**NOT_MODIFIED, **error_responses(400, 401, 404)}
     "/me",
     response_model=UserEnvelope,
     responses=READ_USER_RESPONSES,
+    dependencies=[embeds_only("embed")],
     summary="Read yourself",
 )
 async def read_me(
@@ -152,6 +154,7 @@ async def query_users(
     "/{user_id}",
     response_model=UserEnvelope,
     responses=READ_USER_RESPONSES,
+    dependencies=[embeds_only("embed")],
     summary="Read a user",
 )
 async def read_user(

@@ -143,6 +143,34 @@ def test_expand_where_nothing_embeds_is_400_naming_it(client: httpx.Client, path
     assert error["details"] == [{"field": "expand", "message": "unknown field 'expand'"}]
 
 
+def test_a_single_read_refuses_what_it_does_not_embed(
+    client: httpx.Client, anon: httpx.Client
+) -> None:
+    """A 200 without the user asked for told the client nothing (QA): each single-record read
+    refuses the ``expand``/``embed`` it does not serve, and still serves the one it does."""
+    me = register(anon)
+    order = create_order(client, me.id)
+    for path, name, value in [
+        (f"/api/v1/data/orders/{order['id']}", "expand", "user"),
+        (f"/api/v1/data/users/{me.id}", "embed", "orders"),
+    ]:  # admin only
+        error = assert_error(client.get(path, params={name: value}), 400, "BAD_QUERY")
+        assert error["details"][0]["field"] == name, path
+    refused = [
+        (f"/api/v1/users/{me.id}", "expand", "user"),
+        ("/api/v1/users/me", "expand", "user"),
+        (f"/api/v1/orders/{order['id']}", "embed", "orders"),
+        (f"/api/v1/orders/{order['id']}/user", "expand", "user"),
+    ]
+    for path, name, value in refused:
+        error = assert_error(anon.get(path, params={name: value}, headers=me.headers), 400)
+        assert error["code"] == "BAD_QUERY" and error["details"][0]["field"] == name, path
+    served = anon.get(f"/api/v1/orders/{order['id']}?expand=user", headers=me.headers)
+    assert served.json()["data"]["user"]["id"] == me.id
+    mine = anon.get("/api/v1/users/me?embed=orders&_=1", headers=me.headers)
+    assert mine.status_code == 200 and mine.json()["data"]["orders"][0]["id"] == order["id"]
+
+
 def test_expand_is_a_plain_filter_on_a_generic_table(client: httpx.Client) -> None:
     table = f"t_{token()}"
     client.post(f"/api/v1/data/{table}", json={"data": {"expand": "user"}})
