@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from api.jobs.model import JobFailed
 from api.jobs.runner import RESULT_FILE_MODE, JobContext, job_kind
 from api.responses import dumps
 from api.services.csv_export import open_export
@@ -47,11 +48,10 @@ async def run_export(ctx: JobContext) -> dict[str, Any]:
     with result_file(ctx, ".ndjson") as (out, final):
         async for records in chunks:
             if records:
-                data = b"".join(dumps(record) + b"\n" for record in records)
-                await asyncio.to_thread(out.write, data)
+                await out.write(b"".join(dumps(record) + b"\n" for record in records))
             rows += len(records)
             await ctx.checkpoint(rows, total)
-    return export_result(ctx.job_id, final.name, "ndjson", rows, final.stat().st_size)
+    return export_result(ctx.job_id, final.name, "ndjson", rows, out.written)
 
 
 @job_kind("csv_export")
@@ -61,18 +61,38 @@ async def run_csv_export(ctx: JobContext) -> dict[str, Any]:
     table = ctx.params["table"]
     where = ctx.params.get("where") or []
     chunks = await open_export(ctx.store, table, where, ctx.settings.dump_chunk_size)
-    written = 0
     with result_file(ctx, ".csv") as (out, final):
         async for data in chunks:
-            await asyncio.to_thread(out.write, data)
-            written += len(data)
-            await ctx.checkpoint(written, None, "bytes")
+            await out.write(data)
+            await ctx.checkpoint(out.written, None, "bytes")
     # Rows are not counted: a quoted cell may hold line breaks.
-    return export_result(ctx.job_id, final.name, "csv", None, written)
+    return export_result(ctx.job_id, final.name, "csv", None, out.written)
+
+
+class ResultWriter:
+    """A result file written off the loop, refused past ``JOB_RESULT_MAX_BYTES``: a result the
+    cap cannot hold would be the sweep's first victim, a job reported ``succeeded`` whose
+    record and file were gone a second later (QA: polling saw only a 404)."""
+
+    def __init__(self, out: BinaryIO, cap: int) -> None:
+        self.out = out
+        self.cap = cap
+        self.written = 0
+
+    async def write(self, data: bytes) -> None:
+        if self.written + len(data) > self.cap:
+            raise JobFailed(
+                "RESULT_TOO_LARGE",
+                f"the result passes JOB_RESULT_MAX_BYTES ({self.cap} bytes), the most the"
+                " service keeps of all results together: export less (a filter), stream it"
+                " (GET /dump/{table}, GET /batch/{table}/export) or raise the limit",
+            )
+        await asyncio.to_thread(self.out.write, data)
+        self.written += len(data)
 
 
 @contextlib.contextmanager
-def result_file(ctx: JobContext, suffix: str) -> Iterator[tuple[BinaryIO, Path]]:
+def result_file(ctx: JobContext, suffix: str) -> Iterator[tuple[ResultWriter, Path]]:
     """The job's result file open for writing, and its final path: written as ``.part`` and
     renamed when the block ends; removed if the block fails or the job is cancelled. Created
     owner-only (the rename keeps the mode): it holds user and order data."""
@@ -81,7 +101,7 @@ def result_file(ctx: JobContext, suffix: str) -> Iterator[tuple[BinaryIO, Path]]
     try:
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, RESULT_FILE_MODE)
         with os.fdopen(fd, "wb") as out:
-            yield out, final
+            yield ResultWriter(out, ctx.settings.job_result_max_bytes), final
         partial.replace(final)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -287,3 +287,31 @@ async def test_heartbeats_failing_through_an_outage_are_told_once(
     finally:
         release.set()
         await runner.stop()
+
+
+async def test_an_export_past_the_result_cap_fails_and_leaves_no_file(
+    store: EngineStore, settings: Settings, tmp_path: Path
+) -> None:
+    """jobs QA: an export larger than JOB_RESULT_MAX_BYTES said ``succeeded``, then the
+    sweep deleted it, record and file, a second later (the client polled a 404). It fails
+    now, saying why, and its partial file goes; one under the cap still succeeds."""
+    store.engine.execute("create_table", {"table": "t"})
+    for n in range(50):
+        store.engine.execute("insert", {"table": "t", "record": {"n": n, "pad": "x" * 40}})
+    runner = JobRunner(store, settings.model_copy(update={"job_result_max_bytes": 1000}))
+    await runner.start()
+    try:
+        job = await runner.submit("export", "owner", {"table": "t"})
+        done = await wait_until_finished(runner, job["id"])
+        assert done["state"] == "failed", done
+        assert done["error"]["code"] == "RESULT_TOO_LARGE"
+        assert "JOB_RESULT_MAX_BYTES" in done["error"]["message"]
+        assert list(tmp_path.iterdir()) == []
+        runner.settings = settings  # the 1 GiB default
+        kept = await wait_until_finished(
+            runner, (await runner.submit("export", "o", {"table": "t"}))["id"]
+        )
+        assert kept["state"] == "succeeded" and kept["result"]["rows"] == 50
+        assert kept["result"]["bytes"] == (tmp_path / kept["result"]["file"]).stat().st_size > 1000
+    finally:
+        await runner.stop()
