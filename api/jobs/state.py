@@ -41,6 +41,9 @@ where "start it again" would do harm: an import's rows stay written (``api.jobs.
 # A transition re-reads and retries when a heartbeat bumped the version in between.
 TRANSITION_ATTEMPTS = 5
 SWEEP_LIMIT = 100
+# A listing reads again after failing the stale jobs it found; a page still holding some after
+# this many reads (more jobs went stale meanwhile) shows them failed, its total as read.
+LIST_ATTEMPTS = 3
 
 
 class _RecordMoved(Exception):
@@ -267,10 +270,18 @@ class JobStore:
         if state is not None:
             where.append(["state", "eq", state])
         args = {"table": TABLE, "where": where, "sort": [["created_at", "desc"]]}
-        try:
-            found = await self.store.call("find", {**args, "offset": offset, "limit": limit})
-        except NotFound:  # no job was ever created on this store
-            return [], 0
+        for _ in range(LIST_ATTEMPTS):
+            try:
+                found = await self.store.call("find", {**args, "offset": offset, "limit": limit})
+            except NotFound:  # no job was ever created on this store
+                return [], 0
+            stale = [job for job in found["items"] if self._is_stale(job)]
+            if not stale:
+                break
+            # Failed now, then read again: the filter and the total must count them as they
+            # are (QA: ``?state=running`` listed a job it had just marked failed, in its total).
+            for job in stale:
+                await self.fail_if_stale(job)
         items = [
             await self.fail_if_stale(job) if self._is_stale(job) else job for job in found["items"]
         ]

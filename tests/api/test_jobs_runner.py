@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import pytest
 import structlog.testing
 
 from api.jobs import runner as runner_module
-from api.jobs.model import SCHEMA, TABLE
+from api.jobs.model import SCHEMA, TABLE, now_stamp
 from api.jobs.runner import JobContext, JobRunner
 from api.services.schema import ensure_schema
 from api.settings import Settings
@@ -315,3 +316,21 @@ async def test_an_export_past_the_result_cap_fails_and_leaves_no_file(
         assert kept["result"]["bytes"] == (tmp_path / kept["result"]["file"]).stat().st_size > 1000
     finally:
         await runner.stop()
+
+
+async def test_a_state_filter_lists_stale_jobs_as_what_they_become(
+    store: EngineStore, settings: Settings
+) -> None:
+    """jobs QA: ``GET /jobs?state=running`` listed a job it had just marked failed (its
+    worker killed), and counted it in ``meta.total``."""
+    jobs = JobRunner(store, settings).jobs
+    old = now_stamp(datetime.now(UTC) - timedelta(seconds=settings.job_stale_seconds + 5))
+    dead = await jobs.create("export", "o", {}, "gone-worker")
+    await jobs.transition(dead["id"], ("queued",), {"state": "running", "heartbeat_at": old})
+    alive = await jobs.create("export", "o", {}, "here")
+    await jobs.transition(alive["id"], ("queued",), {"state": "running"})
+    running, total = await jobs.list_jobs(None, "running", 0, 20)
+    assert ([job["id"] for job in running], total) == ([alive["id"]], 1)
+    failed, total = await jobs.list_jobs(None, "failed", 0, 20)
+    assert ([job["id"] for job in failed], total) == ([dead["id"]], 1)
+    assert failed[0]["error"]["code"] == "WORKER_LOST"
