@@ -78,12 +78,13 @@ async def update_by_filter(
     (MAX_ROWS_PER_FILTER_WRITE): 400 TOO_MANY_ROWS, nothing changed. Not for users.
     `?async=true` (or over JOB_ASYNC_ROWS matches): 202 and a job with this same result."""
     limit = settings.max_rows_per_filter_write
+    changes = await table_service.changes_for(table, body.data)
     if await filter_write_as_job(
         store, table, query.where, run_async, settings.job_async_rows, limit
     ):
 
         async def update_job(ctx: JobContext) -> dict[str, Any]:
-            result = await table_service.update_where(ctx.store, table, query, body.data, limit)
+            result = await table_service.update_where(ctx.store, table, query, changes, limit)
             await ctx.record_progress(result["updated"], result["matched"])
             return result
 
@@ -91,7 +92,7 @@ async def update_by_filter(
         job = await job_or_now(jobs, run_async, "update_where", str(caller.id), params, update_job)
         if job is not None:
             return job
-    result = await table_service.update_where(store, table, query, body.data, limit)
+    result = await table_service.update_where(store, table, query, changes, limit)
     return success_response(result, cache=PROBE_CACHE_CONTROL)
 
 
@@ -118,6 +119,7 @@ async def delete_by_filter(
     unless cascade=true). Same refusals and cap as the update. Not for users.
     `?async=true` (or over JOB_ASYNC_ROWS matches): 202 and a job with this same result."""
     limit = settings.max_rows_per_filter_write
+    table_service.refuse_users(table)  # a 400 now, not a job that fails
     if await filter_write_as_job(
         store, table, query.where, run_async, settings.job_async_rows, limit
     ):

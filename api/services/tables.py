@@ -313,10 +313,10 @@ def _drop_refused(table: str, exc: Conflict) -> ApiError:
 
 
 async def update_where(
-    store: Store, table: str, query: ListQuery, data: Record, max_rows: int
+    store: Store, table: str, query: ListQuery, changes: Record, max_rows: int
 ) -> Record:
-    """Merge ``data`` into every matching row, atomically; counts of matched and updated."""
-    changes = await _changes_for(table, data)
+    """Merge ``changes`` (``changes_for``'s) into every matching row, atomically; counts of
+    matched and updated."""
     args: Record = {"table": table, "where": query.where, "changes": changes, "max_rows": max_rows}
     result: Record = await _capped(store, "update_where", args)
     return {"matched": result["matched"], "updated": result["updated"]}
@@ -326,14 +326,16 @@ async def delete_where(
     store: Store, table: str, query: ListQuery, cascade: bool, max_rows: int
 ) -> Record:
     """Delete every matching row, atomically; 409 if one has dependants (unless cascade)."""
-    _refuse_users(table)
+    refuse_users(table)
     args: Record = {"table": table, "where": query.where, "cascade": cascade, "max_rows": max_rows}
     result: Record = await _capped(store, "delete_where", args)
     return {"deleted": result["deleted"], "cascaded": result.get("cascaded", 0)}
 
 
-async def _changes_for(table: str, data: Record) -> Record:
-    _refuse_users(table)
+async def changes_for(table: str, data: Record) -> Record:
+    """The changes an update by filter sends, or its 400/422: checked before the route decides
+    on a job (QA: a refusal that needs no data was a 202, then a failed job)."""
+    refuse_users(table)
     if not data:
         raise _invalid_data(None, "at least one field to change is required")
     typed = typed_tables.TYPED.get(table)
@@ -346,7 +348,7 @@ async def _changes_for(table: str, data: Record) -> Record:
     return data
 
 
-def _refuse_users(table: str) -> None:
+def refuse_users(table: str) -> None:
     if table == users.TABLE:
         raise ApiError(
             400,

@@ -564,9 +564,26 @@ def test_writes_by_filter_as_jobs_match_the_synchronous_answers(
     assert done["progress"] == {"done": 100, "total": 100, "unit": "rows"}
     assert http.get(url).json()["meta"]["total"] == 200
 
-    bad = http.patch(url, params={"n__gte": 0, "async": "true"}, json={"data": {"id": "x"}})
-    failed = wait_for(http, bad.json()["data"]["id"], {"succeeded", "failed"})
-    assert failed["state"] == "failed" and failed["error"]["code"] == "VALIDATION_ERROR"
+
+def test_a_filter_write_refused_on_its_face_is_answered_not_a_job(http: httpx.Client):
+    """jobs QA: what needs no data to refuse (users, managed or no fields) was a 202, then a
+    job that failed with the synchronous route's error; now it is that error, and no job."""
+    url = "/api/v1/data/job_filter_items"
+    before = http.get("/api/v1/jobs").json()["meta"]["total"]
+    refusals = [
+        (http.patch(url, params={"n__gte": 0, "async": "true"}, json={"data": {"id": "x"}}), 422),
+        (http.patch(url, params={"n__gte": 0, "async": "true"}, json={"data": {}}), 422),
+        (
+            http.patch(
+                "/api/v1/data/users", params={"age": 1, "async": "true"}, json={"data": {"age": 2}}
+            ),
+            400,
+        ),
+        (http.delete("/api/v1/data/users", params={"age": 1, "async": "true"}), 400),
+    ]
+    for response, status in refusals:
+        assert_error(response, status, "TYPED_TABLE" if status == 400 else "VALIDATION_ERROR")
+    assert http.get("/api/v1/jobs").json()["meta"]["total"] == before
 
 
 def test_a_filter_write_over_the_cap_is_a_400_not_a_job_that_fails(
