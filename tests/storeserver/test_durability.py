@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import threading
+import time
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -99,6 +100,11 @@ async def test_a_full_entry_is_closed_between_commands_never_inside_one(persiste
 def replies(transport: RecordingTransport) -> list[Any]:
     """Every message the server sent on this connection so far (the HELLO first)."""
     return FrameDecoder().feed(bytes(transport.data))
+
+
+def answered(transport: RecordingTransport) -> dict[int, Any]:
+    """The replies so far by request id."""
+    return {m.request_id: m for m in replies(transport) if isinstance(m, Result | Error)}
 
 
 def disk_full(*args: Any) -> None:
@@ -282,6 +288,44 @@ async def test_replies_held_while_a_failing_fsync_runs_are_never_acknowledged(
     assert len(calls) == 2  # the old log was synced again, successfully
     assert acknowledged(first_transport) == {1} and first_transport.aborted
     assert acknowledged(second_transport) == set() and second_transport.aborted
+
+
+async def test_a_snapshot_asked_for_after_a_failure_waits_for_one_forked_after_it(
+    persistent, monkeypatch
+):
+    """backup QA: a snapshot asked for while the log was failing joined the running one,
+    forked before the failure, and answered success: a backup (that snapshot and the logs)
+    missed an acknowledged write the log never got. It waits for the next snapshot now."""
+    server, conn = persistent
+    monkeypatch.setattr(durability, "RECOVERY_DELAYS", (30.0,))  # only the asked-for snapshots
+    dur = server.durability
+    assert dur is not None
+    real_write = snapshots.write_snapshot
+
+    def slow_write(*args: Any) -> int:  # in the child: a large store's snapshot
+        time.sleep(0.5)
+        return real_write(*args)
+
+    monkeypatch.setattr(snapshots, "write_snapshot", slow_write)
+    conn.data_received(inserts(range(1)) + encode_request(70, "snapshot", {}))  # forks now
+    await asyncio.sleep(0)
+    assert dur.log is not None
+    new_log = dur.log
+    monkeypatch.setattr(new_log, "write", disk_full)
+    conn.data_received(inserts(range(1, 2)))  # applied, its log write fails
+    await asyncio.sleep(0)
+    assert dur.error is not None
+    monkeypatch.setattr(new_log, "write", logfile.AppendLog.write.__get__(new_log))  # room again
+    conn.data_received(encode_request(71, "snapshot", {}))  # the backup's, during the failure
+    await wait_until(lambda: 71 in answered(conn.transport), 10)
+    answers = answered(conn.transport)
+    assert isinstance(answers[70], Result) and isinstance(answers[71], Result)
+    assert answers[71].value["generation"] > answers[70].value["generation"]
+    assert dur.error is None  # the later snapshot holds everything: recovered
+    backup = Engine()  # what a backup copies: the snapshot and the logs after it
+    DataDir(dur.dir.root).load(backup.apply_change)
+    found = backup.execute("get_many", {"table": "t", "ids": ["r0", "r1"]})
+    assert [r and r["id"] for r in found] == ["r0", "r1"]
 
 
 async def test_a_failed_snapshot_child_says_why(persistent, monkeypatch, capfd):
