@@ -98,6 +98,14 @@ class StoreSettings(BaseSettings):
             raise ValueError("a blank path: leave it empty for no persistence")
         return value
 
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute_data_dir(cls, value: Path | None) -> Path | None:
+        """Absolute, so the snapshot path the store answers means the same file to whoever
+        reads it: a backup run from another directory copied that directory's ``data/``,
+        another instance's (QA)."""
+        return None if value is None else value.absolute()
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, value: object) -> object:

@@ -207,6 +207,15 @@ def test_an_empty_data_dir_flag_persists_nothing_and_a_blank_one_is_refused(
         load_settings(parse_args(["--data-dir", "  "]))
 
 
+def test_a_relative_data_dir_is_made_absolute(tmp_path: Path, monkeypatch) -> None:
+    """backup QA: the store answered ``data/snapshot.mdb``, and a backup run from another
+    directory copied that directory's ``data/``, another instance's, and exited 0."""
+    monkeypatch.chdir(tmp_path)
+    assert load_settings(parse_args(["--data-dir", "data"])).data_dir == tmp_path / "data"
+    monkeypatch.setenv("STORE_DATA_DIR", "./x/../data")
+    assert StoreSettings().data_dir == tmp_path / "x" / ".." / "data"  # symlinks left as named
+
+
 @pytest.mark.parametrize(
     ("args", "setting"),
     [
