@@ -193,13 +193,13 @@ class Durability(WritePath):
 
     def start_snapshot(self, waiter: SnapshotWaiter | None = None) -> None:
         """Start a background snapshot (or join the running one)."""
-        if self._child is not None and self.error is not None:
-            if self._child_failures != self._failures and waiter is not None:
-                # The running one was forked before the failure: the log lacks writes it lacks
-                # too, so a backup of both would miss acknowledged writes (QA: it answered
-                # success without one). The next snapshot, forked after, holds them.
-                self._deferred.append(waiter)
-                return
+        forked_before_failure = self.error is not None and self._child_failures != self._failures
+        if self._child is not None and forked_before_failure and waiter is not None:
+            # The log lacks writes the running snapshot lacks too, so a backup of both would
+            # miss acknowledged writes (QA: it answered success without one). The next
+            # snapshot, forked after the failure, holds them.
+            self._deferred.append(waiter)
+            return
         if waiter is not None:
             self._waiters.append(waiter)
         if self._child is not None:
