@@ -14,7 +14,7 @@ count. Tables whose name starts with ``_`` are not audited.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from storeserver.arguments import Args, check_keys, limit, offset
@@ -38,6 +38,11 @@ FIELDS = (
 _LIST_ARGS = frozenset({"user_id", "table", "since", "until", "offset", "limit"})
 _AT, _USER, _TABLE = 1, 2, 5
 _ANY_LENGTH = 1 << 62  # ``in`` lists of a logged filter were checked when it ran
+# Names kept per entry, and characters per name: a field name may be any length and a record
+# may have thousands, and an entry outlives the data (QA: twenty 1 MB names made the default
+# page too large to send, and held their megabytes after the table was dropped).
+MAX_NAMES = 32
+MAX_NAME_CHARS = 64
 Entry = tuple[Any, ...]
 
 
@@ -77,6 +82,9 @@ class AuditLog:
         if table[0] == "_":
             return
         user, role, request = self.context
+        names = bounded(tuple(fields))
+        if filter_fields is not None:
+            filter_fields = [*bounded(filter_fields)]
         self.seq += 1
         self.pending.append(
             (
@@ -89,7 +97,7 @@ class AuditLog:
                 op,
                 record_id,
                 filter_fields,
-                tuple(fields),
+                names,
                 count,
             )
         )
@@ -112,7 +120,13 @@ class AuditLog:
         entry = tuple(entry)
         if len(entry) != len(FIELDS):
             return
-        entry = (*entry[:8], _filter_fields(entry[8]), tuple(entry[9]), entry[10])
+        logged = _filter_fields(entry[8])
+        entry = (
+            *entry[:8],
+            None if logged is None else [*bounded(logged)],
+            bounded(tuple(entry[9])),
+            entry[10],
+        )
         if entry[0] > self.seq:
             self.seq = entry[0]
         self._append(entry)
@@ -165,6 +179,23 @@ class AuditLog:
 
     def state(self) -> list[Entry]:
         return [*self.entries]
+
+
+def bounded(names: Sequence[str]) -> Sequence[str]:
+    """``names`` as they are when within the bounds (the usual case: one cheap check), else at
+    most ``MAX_NAMES`` of them (the store's own left out), the last ``"+N more"``, each cut to
+    ``MAX_NAME_CHARS`` characters (ending in "…"). Bounded names are within the bounds: a
+    replayed entry comes back the same."""
+    if len(names) <= MAX_NAMES and max(map(len, names), default=0) <= MAX_NAME_CHARS:
+        return names
+    names = [name for name in names if name not in META_FIELDS]
+    shown = names if len(names) <= MAX_NAMES else names[: MAX_NAMES - 1]
+    kept = [
+        name if len(name) <= MAX_NAME_CHARS else name[: MAX_NAME_CHARS - 1] + "…" for name in shown
+    ]
+    if len(shown) < len(names):
+        kept.append(f"+{len(names) - len(shown)} more")
+    return tuple(kept)
 
 
 def _as_map(entry: Entry) -> dict[str, Any]:

@@ -637,14 +637,14 @@ def test_async_rule_and_result_directory(tmp_path: Path):
     assert result_dir(Settings(job_result_dir=str(tmp_path / "x"))) == tmp_path / "x"
 
 
-def test_result_files_are_owner_only(tmp_path: Path):
+async def test_result_files_are_owner_only(tmp_path: Path):
     """Exports hold user and order data: 0600 files in a 0700 folder, whatever the umask."""
     results = tmp_path / "jobs"
     ctx = JobContext("job-1", {}, cast(Store, None), Settings(), cast(JobStore, None), results)
     old = os.umask(0o022)  # the usual default, which gives 0644 files
     try:
         with result_file(ctx, ".csv") as (out, final):
-            out.write(b"email\nada@example.com\n")
+            await out.write(b"email\nada@example.com\n")
             partial = final.with_name(final.name + ".part")
             assert stat.S_IMODE(partial.stat().st_mode) == 0o600
     finally:

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from storeserver import builds
+from storeserver import audit, builds
 from storeserver.builds import Job
 from storeserver.engine import Engine
 from storeserver.errors import (
@@ -608,6 +608,29 @@ def test_audit_entries_name_the_filters_fields_never_their_values(engine: Engine
     assert "W-1" not in repr(entries) and "secret" not in repr(entries)
     journaled = [change for change in engine.drain_changes() if change[0] == "audit"]
     assert len(journaled) == 6 and "W-1" not in repr(journaled)
+
+
+def test_audit_entries_keep_a_bounded_number_of_short_names(engine: Engine) -> None:
+    """write QA: a 1 MB field name went whole into every entry of the record's writes and
+    stayed there after the table was dropped: twenty made the default audit page too large to
+    send. Names are cut and counted now, in the log and when a journal is replayed."""
+    long = "k" * 1_000_000
+    wide = {f"f{n:03}": n for n in range(100)}
+    run(engine, "insert", table="w", record={"id": "a", long: 1})
+    run(engine, "insert", table="w", record={"id": "b", **wide})
+    run(engine, "delete_where", table="w", where=[[long, "eq", 1]])
+    deleted, inserted_wide, inserted_long = run(engine, "audit_list", table="w")["items"]
+    cut = "k" * (audit.MAX_NAME_CHARS - 1) + "…"
+    assert inserted_long["fields"] == [cut] and deleted["filter"] == [cut]
+    assert inserted_wide["fields"] == [*sorted(wide)[: audit.MAX_NAMES - 1], "+69 more"]
+    replayed = Engine()
+    for change in engine.drain_changes():
+        replayed.apply_change(change)
+    again = run(replayed, "audit_list", table="w")["items"]
+    assert [e["fields"] for e in again] == [
+        e["fields"] for e in (deleted, inserted_wide, inserted_long)
+    ]
+    assert len(repr(again)) < 5_000
 
 
 def test_rows_deleted_by_a_cascade_are_audited_under_their_own_tables(engine: Engine) -> None:
