@@ -213,15 +213,26 @@ async def handle_store_error(request: Request, exc: Exception) -> Response:
             details = [{"reason": "outcome_unknown"}]
             return error_response(request, 504, "STORE_TIMEOUT", _WRITE_TIMED_OUT, details)
         return error_response(request, 504, "STORE_TIMEOUT", _TIMED_OUT)
+    answer = refusal(exc)
+    if answer is None:
+        log.error("store_error", error=repr(exc))
+        return error_response(request, 500, "INTERNAL_ERROR", "Internal server error")
+    return error_response(request, *answer)
+
+
+def refusal(exc: store_errors.StoreError) -> tuple[int, str, str, list[dict[str, Any]]] | None:
+    """The status, code, message and details of a store error (``None`` for one the API does
+    not know: a bug, a 500), once ``handle_store_error`` has answered the outages. One
+    translation for a route's answer and a job's ``error`` (QA: a job said the store's
+    ``CONFLICT`` where its route said ``ALREADY_EXISTS`` with the field)."""
     status_code, code = next(
         (found for cls, found in STORE_STATUS.items() if isinstance(exc, cls)),
         (500, "INTERNAL_ERROR"),
     )
     if status_code == 500:
-        log.error("store_error", error=repr(exc))
-        return error_response(request, 500, "INTERNAL_ERROR", "Internal server error")
+        return None
     if isinstance(exc, store_errors.ValidationFailed):
-        return error_response(request, 422, code, exc.message, schema_error_details(exc))
+        return 422, code, exc.message, schema_error_details(exc)
     detail = {key: exc.details[key] for key in SAFE_DETAIL_KEYS if key in exc.details}
     message = exc.message
     if isinstance(exc, store_errors.Conflict):
@@ -230,7 +241,7 @@ async def handle_store_error(request: Request, exc: Exception) -> Response:
             message = _LAST_ADMIN
         elif code == "HAS_DEPENDANTS":
             message += _DEPENDANTS_HINT
-    return error_response(request, status_code, code, message, [detail] if detail else [])
+    return status_code, code, message, [detail] if detail else []
 
 
 def schema_error_details(

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import structlog
 from fastapi.exceptions import RequestValidationError
 
-from api.errors import ApiError, StreamCutOff
+from api.errors import ApiError, StreamCutOff, refusal
 from api.jobs.model import (
     ACTIVE,
     ADMIN,
@@ -40,7 +40,7 @@ from api.jobs.model import (
 from api.jobs.state import Job, JobStore
 from api.settings import Settings
 from api.store import Store
-from storeserver.errors import NotFound, StoreError, StoreTimeout, StoreUnavailable
+from storeserver.errors import NotFound, StoreBusy, StoreError, StoreTimeout, StoreUnavailable
 
 log = structlog.get_logger("api.jobs")
 JobFunc = Callable[["JobContext"], Awaitable[dict[str, Any] | None]]
@@ -54,6 +54,9 @@ RESULT_DIR_MODE = 0o700
 RESULT_FILE_MODE = 0o600
 # How long a job's claim or final state is retried while the store is away (a restart).
 RECORD_RETRY_SECONDS = 60.0
+# Store errors a job reports with the store's own code: the store was away, the request not
+# refused.
+OUTAGES = (StoreUnavailable, StoreTimeout, StoreBusy)
 T = TypeVar("T")
 
 
@@ -267,11 +270,16 @@ class JobRunner:
                 ctx.job_id, "failed", error={"code": exc.code, "message": exc.message}
             )
         except StoreError as exc:
-            await self._finish(
-                ctx.job_id, "failed", error={"code": exc.code, "message": exc.message}
-            )
+            # An outage keeps the store's own code (STORE_UNAVAILABLE, OUTCOME_UNKNOWN...); a
+            # refusal is what the synchronous route would have answered.
+            error: dict[str, Any] = {"code": exc.code, "message": exc.message}
+            answer = None if isinstance(exc, OUTAGES) else refusal(exc)
+            if answer is not None:
+                _, code, message, details = answer
+                error = {"code": code, "message": message, "details": details}
+            await self._finish(ctx.job_id, "failed", error=error)
         except StreamCutOff as exc:  # logged where raised: a store restart, or a stall
-            error: dict[str, Any] = {"code": "EXPORT_CUT_OFF", "message": str(exc)}
+            error = {"code": "EXPORT_CUT_OFF", "message": str(exc)}
             await self._finish(ctx.job_id, "failed", error=error)
         except ApiError as exc:  # what the synchronous route would have answered
             error = {"code": exc.code, "message": exc.message, "details": exc.details}

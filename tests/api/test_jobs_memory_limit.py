@@ -76,7 +76,7 @@ async def test_a_job_running_when_the_store_fills_up_records_progress_and_its_en
     finally:
         await runner.stop()
     assert done["state"] == "failed", done
-    assert done["error"]["code"] == "MEMORY_LIMIT"
+    assert done["error"]["code"] == "INSUFFICIENT_STORAGE"
     assert done["progress"] == {"done": 1, "total": 2, "unit": "rows"}
     with pytest.raises(MemoryLimit):  # no new job starts at the limit
         await runner.submit("test", "owner", {}, reads_then_writes)

@@ -334,3 +334,30 @@ async def test_a_state_filter_lists_stale_jobs_as_what_they_become(
     failed, total = await jobs.list_jobs(None, "failed", 0, 20)
     assert ([job["id"] for job in failed], total) == ([dead["id"]], 1)
     assert failed[0]["error"]["code"] == "WORKER_LOST"
+
+
+async def test_a_job_refused_by_the_store_says_what_its_route_would(
+    store: EngineStore, settings: Settings
+) -> None:
+    """write QA: a write by filter run as a job failed with the store's ``CONFLICT`` and no
+    details, where the synchronous route answered ``ALREADY_EXISTS`` naming the field."""
+    store.engine.execute(
+        "create_table", {"table": "t", "indexes": [{"field": "sku", "unique": True}]}
+    )
+    store.engine.execute("insert", {"table": "t", "record": {"sku": "same"}})
+
+    async def duplicate(ctx: JobContext) -> dict[str, Any]:
+        await ctx.store.call("insert", {"table": "t", "record": {"sku": "same"}})
+        return {}
+
+    runner = JobRunner(store, settings)
+    await runner.start()
+    try:
+        job = await runner.submit("test", "owner", {}, duplicate)
+        done = await wait_until_finished(runner, job["id"])
+    finally:
+        await runner.stop()
+    assert done["state"] == "failed"
+    error = done["error"]
+    assert error["code"] == "ALREADY_EXISTS", error
+    assert error["details"] == [{"field": "sku", "reason": "unique", "table": "t"}]
