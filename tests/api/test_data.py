@@ -112,6 +112,22 @@ def test_client_may_choose_an_id_once(client: httpx.Client, table: str) -> None:
         assert_error(response, 422, "VALIDATION_ERROR")
 
 
+def test_an_id_in_a_put_or_patch_body_is_ignored_whatever_it_holds(
+    client: httpx.Client, table: str
+) -> None:
+    """write QA: the README says the path names the record, yet an id that is not a valid new
+    one (a number, the reserved ``count`` a record read back may carry) made the write a 422."""
+    url = f"/api/v1/data/{table}/" + create_record(client, table, id="a", x=0)["id"]
+    for n, body_id in enumerate((5, "count", "bad id!", {"$ref": "0.id"}, "other"), start=1):
+        for method in ("PATCH", "PUT"):
+            response = client.request(method, url, json={"data": {"id": body_id, "x": n}})
+            assert response.status_code == 200, (method, body_id, response.text)
+            assert response.json()["data"]["id"] == "a"
+    stored = client.get(url).json()["data"]
+    assert stored["id"] == "a" and stored["x"] == 5
+    assert client.get(f"/api/v1/data/{table}/count").json()["data"]["count"] == 1
+
+
 def test_generic_filters_parse_json_scalars(client: httpx.Client, table: str) -> None:
     rows = [
         create_record(client, table, n=30, s="30", flag=True, color="red"),
