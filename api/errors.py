@@ -113,6 +113,7 @@ CONFLICT_CODES = {
     "foreign_key": "FOREIGN_KEY_VIOLATION",
     "dependants": "HAS_DEPENDANTS",
     "keep": "LAST_ADMIN",  # the only ``keep`` the API declares: users' role = admin
+    "busy": "TABLE_BUSY",  # a long command on the table (an index build): retry once it ends
 }
 _LAST_ADMIN = "The last admin cannot be demoted or deleted: make another user admin first"
 # Every route whose delete can meet dependants takes ?cascade=true (transactions name their

@@ -156,6 +156,7 @@ class TableDefinitions:
         check_keys(args, _INDEX_ARGS)
         table = self._catalog.get(args)
         field = check_field(args.get("field"), "field")
+        table.check_not_building(field)
         if field in table.foreign_keys:
             raise BadRequest(
                 f"the foreign key on {field!r} needs its index",

@@ -125,12 +125,19 @@ class Table:
     def index_specs(self) -> list[dict[str, Any]]:
         return [i.spec() for i in self._indexes]
 
-    def index_is_new(self, field: str, unique: bool, casefold: bool) -> bool:
-        """``False`` if this exact index exists; ``BadRequest`` if a different one does."""
+    def check_not_building(self, field: str) -> None:
+        """A create or drop of an index being built waits for the build's end: a 409 to retry
+        (QA: a second identical create was a 400, and a drop a 404 before the index appeared)."""
         if field in self.building:
-            raise BadRequest(
-                f"an index on {field!r} is being built", {"field": field, "table": self.name}
+            raise Conflict(
+                f"an index on {self.name}.{field} is being built: retry once it has ended",
+                {"reason": "busy", "field": field, "table": self.name},
             )
+
+    def index_is_new(self, field: str, unique: bool, casefold: bool) -> bool:
+        """``False`` if this exact index exists; ``BadRequest`` if a different one does;
+        ``Conflict`` (busy, to retry) while one is being built."""
+        self.check_not_building(field)
         existing = self.uniques.get(field) or self.hashes.get(field)
         if existing is None:
             return True

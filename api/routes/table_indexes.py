@@ -96,10 +96,11 @@ async def read_index(
     "/{table}/indexes/{field}",
     status_code=204,
     response_class=Response,
-    responses=error_responses(400, 404),
+    responses=error_responses(400, 404, 409),
     summary="Drop an index",
 )
 async def drop_index(table: TableName, field: FieldName, store: StoreDep) -> Response:
-    """Drop the index (400 for a built-in one or one a foreign key needs; 404 if none)."""
+    """Drop the index (400 for a built-in one or one a foreign key needs; 404 if none; 409
+    `TABLE_BUSY` while it is being built)."""
     await table_service.drop_index(store, table, field)
     return no_content()

@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 
-from storeserver import builds, definitions, indexes, query, reads, selection
+from storeserver import builds, catalog, definitions, indexes, query, reads, selection
 from storeserver.builds import STEP_SECONDS, ChunkedRead
 from storeserver.client import StoreClient
 from storeserver.engine import Engine
+from storeserver.errors import Conflict, LimitExceeded
 from storeserver.query import SortField
 from storeserver.selection import select_steps
 
@@ -293,3 +294,30 @@ def test_an_index_build_over_few_costly_rows_goes_on_a_row_per_step(
     # Cheap rows: at once, as before.
     monkeypatch.setattr(indexes.HashIndex, "key_of", real_key_of)
     assert engine.execute("create_index", {"table": "t", "field": "id2"}) == {"created": True}
+
+
+def test_indexes_being_built_count_and_cannot_be_created_again_or_dropped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """index QA: 80 creates at once on a 12,000-row table were all built past the 64 cap (a
+    build in progress was not counted); a second identical create was a 400, and a drop a 404
+    before the index appeared. Builds count now, and the others are a busy 409 to retry."""
+    monkeypatch.setattr(definitions, "CHUNK", 10)
+    monkeypatch.setattr(catalog, "MAX_INDEXES", 2)
+    engine = Engine(journal=False)
+    for n in range(50):
+        engine.execute("insert", {"table": "t", "record": {"a": n, "b": n, "c": n}})
+    build = engine.execute("create_index", {"table": "t", "field": "a"})
+    assert isinstance(build, builds.IndexBuild)
+    for again in ("create_index", "drop_index"):
+        with pytest.raises(Conflict) as busy:
+            engine.execute(again, {"table": "t", "field": "a"})
+        assert busy.value.details == {"reason": "busy", "field": "a", "table": "t"}
+    assert isinstance(
+        engine.execute("create_index", {"table": "t", "field": "b"}), builds.IndexBuild
+    )
+    with pytest.raises(LimitExceeded):  # two built or being built: the cap
+        engine.execute("create_index", {"table": "t", "field": "c"})
+    while not engine.advance(build)[0]:
+        pass
+    assert engine.execute("drop_index", {"table": "t", "field": "a"}) == {"dropped": True}
