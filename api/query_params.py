@@ -91,10 +91,11 @@ def only_params(*names: str) -> Any:
 
 
 def embeds_only(*served: str) -> Any:
-    """A single-record read's dependency refusing (400 ``BAD_QUERY``) ``expand`` or ``embed``
+    """A single-record read's parameter refusing (400 ``BAD_QUERY``) ``expand`` or ``embed``
     where the route does not embed that: the lists refuse them as unknown fields, and a
     client asking ``GET /data/orders/{id}?expand=user`` must not get a 200 without the user
-    (QA). Other unknown parameters stay ignored there, as caches' busters (``?_=1``) expect."""
+    (QA). Other unknown parameters stay ignored there, as caches' busters (``?_=1``) expect.
+    Declared after the caller and the record's ownership check: 401 and 404 come first."""
     refused = tuple(name for name in ("expand", "embed") if name not in served)
     takes = " and ".join(f"{name!r}" for name in served) or "no expand or embed"
 

@@ -82,7 +82,7 @@ class AuditLog:
         if table[0] == "_":
             return
         user, role, request = self.context
-        names = bounded(tuple(fields))
+        names = bounded(tuple(fields), META_FIELDS)
         if filter_fields is not None:
             filter_fields = [*bounded(filter_fields)]
         self.seq += 1
@@ -124,7 +124,7 @@ class AuditLog:
         entry = (
             *entry[:8],
             None if logged is None else [*bounded(logged)],
-            bounded(tuple(entry[9])),
+            bounded(tuple(entry[9]), META_FIELDS),
             entry[10],
         )
         if entry[0] > self.seq:
@@ -181,14 +181,15 @@ class AuditLog:
         return [*self.entries]
 
 
-def bounded(names: Sequence[str]) -> Sequence[str]:
+def bounded(names: Sequence[str], managed: frozenset[str] = frozenset()) -> Sequence[str]:
     """``names`` as they are when within the bounds (the usual case: one cheap check), else at
-    most ``MAX_NAMES`` of them (the store's own left out), the last ``"+N more"``, each cut to
-    ``MAX_NAME_CHARS`` characters (ending in "…"). Bounded names are within the bounds: a
-    replayed entry comes back the same."""
+    most ``MAX_NAMES`` of them, the last ``"+N more"``, each cut to ``MAX_NAME_CHARS``
+    characters (ending in "…"); ``managed`` names (a record's store-owned keys, never listed)
+    are left out first. Bounded names are within the bounds: a replayed entry comes back the
+    same."""
     if len(names) <= MAX_NAMES and max(map(len, names), default=0) <= MAX_NAME_CHARS:
         return names
-    names = [name for name in names if name not in META_FIELDS]
+    names = [name for name in names if name not in managed]
     shown = names if len(names) <= MAX_NAMES else names[: MAX_NAMES - 1]
     kept = [
         name if len(name) <= MAX_NAME_CHARS else name[: MAX_NAME_CHARS - 1] + "…" for name in shown

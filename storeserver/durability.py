@@ -134,6 +134,9 @@ class Durability(WritePath):
         if self._child is not None:
             _, status = os.waitpid(self._child, 0)
             self._child_done(status)
+        # Their connections are closed (the server stops serving first); the final snapshot
+        # below holds everything they waited for.
+        self._deferred.clear()
         self._executor.shutdown(wait=True)
         assert self.log is not None
         generation = self.log.generation

@@ -40,7 +40,13 @@ from api.jobs.model import (
 from api.jobs.state import Job, JobStore
 from api.settings import Settings
 from api.store import Store
-from storeserver.errors import NotFound, StoreBusy, StoreError, StoreTimeout, StoreUnavailable
+from storeserver.errors import (
+    NotFound,
+    StoreError,
+    StoreTimeout,
+    StoreUnavailable,
+    VersionMismatch,
+)
 
 log = structlog.get_logger("api.jobs")
 JobFunc = Callable[["JobContext"], Awaitable[dict[str, Any] | None]]
@@ -54,9 +60,6 @@ RESULT_DIR_MODE = 0o700
 RESULT_FILE_MODE = 0o600
 # How long a job's claim or final state is retried while the store is away (a restart).
 RECORD_RETRY_SECONDS = 60.0
-# Store errors a job reports with the store's own code: the store was away, the request not
-# refused.
-OUTAGES = (StoreUnavailable, StoreTimeout, StoreBusy)
 T = TypeVar("T")
 
 
@@ -270,10 +273,11 @@ class JobRunner:
                 ctx.job_id, "failed", error={"code": exc.code, "message": exc.message}
             )
         except StoreError as exc:
-            # An outage keeps the store's own code (STORE_UNAVAILABLE, OUTCOME_UNKNOWN...); a
-            # refusal is what the synchronous route would have answered.
+            # An outage keeps the store's own code (STORE_UNAVAILABLE, OUTCOME_UNKNOWN...), and
+            # so does a version check of the job's own (its record kept changing: not the
+            # client's precondition); a refusal is what the synchronous route would answer.
             error: dict[str, Any] = {"code": exc.code, "message": exc.message}
-            answer = None if isinstance(exc, OUTAGES) else refusal(exc)
+            answer = None if isinstance(exc, VersionMismatch) else refusal(exc)
             if answer is not None:
                 _, code, message, details = answer
                 error = {"code": code, "message": message, "details": details}

@@ -231,11 +231,14 @@ async def list_records(
     "/{table}/{record_id}",
     response_model=Envelope[DataRecord],
     responses={**NOT_MODIFIED, **error_responses(400, 404)},
-    dependencies=[embeds_only()],
     summary="Read a record",
 )
 async def read_record(
-    request: Request, table: TableName, record_id: RecordId, store: StoreDep
+    request: Request,
+    table: TableName,
+    record_id: RecordId,
+    store: StoreDep,
+    _embeds: Annotated[None, embeds_only()] = None,
 ) -> Response:
     """Read one record; the weak ETag is its version."""
     return record_response(request, await records.read_record(store, table, record_id))

@@ -151,11 +151,14 @@ async def aggregate_orders(
         **NOT_MODIFIED,
         **error_responses(400, 401, 404, 422),
     },
-    dependencies=[embeds_only("expand")],
     summary="Read an order",
 )
 async def read_order(
-    request: Request, order_id: OrderId, store: StoreDep, expand: Expand = None
+    request: Request,
+    order_id: OrderId,
+    store: StoreDep,
+    expand: Expand = None,
+    _embeds: Annotated[None, embeds_only("expand")] = None,
 ) -> Response:
     """Read one order; the weak ETag is the record's version.
 
@@ -218,10 +221,14 @@ async def delete_order(order: OrderWrite) -> Response:
     "/{order_id}/user",
     response_model=Envelope[UserPublic],
     responses={**NOT_MODIFIED, **error_responses(400, 401, 404)},
-    dependencies=[embeds_only()],
     summary="Read an order's user",
 )
-async def read_order_user(request: Request, order_id: OrderId, store: StoreDep) -> Response:
+async def read_order_user(
+    request: Request,
+    order_id: OrderId,
+    store: StoreDep,
+    _embeds: Annotated[None, embeds_only()] = None,
+) -> Response:
     """The user who placed the order. Its weak ETag covers which user that is (the order may
     move to another): not the one to send as If-Match on a write to the user (read
     `GET /users/{user_id}` for that)."""

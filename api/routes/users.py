@@ -118,11 +118,14 @@ READ_USER_RESPONSES = {**NOT_MODIFIED, **error_responses(400, 401, 404)}
     "/me",
     response_model=UserEnvelope,
     responses=READ_USER_RESPONSES,
-    dependencies=[embeds_only("embed")],
     summary="Read yourself",
 )
 async def read_me(
-    request: Request, caller: CurrentUser, store: StoreDep, orders: OrdersEmbed
+    request: Request,
+    caller: CurrentUser,
+    store: StoreDep,
+    orders: OrdersEmbed,
+    _embeds: Annotated[None, embeds_only("embed")] = None,
 ) -> Response:
     """The user the access token belongs to: `GET /users/{user_id}` with your own id, the
     same parameters (`embed=orders`, `orders_page`, `orders_per_page`) and answers."""
@@ -154,11 +157,14 @@ async def query_users(
     "/{user_id}",
     response_model=UserEnvelope,
     responses=READ_USER_RESPONSES,
-    dependencies=[embeds_only("embed")],
     summary="Read a user",
 )
 async def read_user(
-    request: Request, user_id: UserId, store: StoreDep, orders: OrdersEmbed
+    request: Request,
+    user_id: UserId,
+    store: StoreDep,
+    orders: OrdersEmbed,
+    _embeds: Annotated[None, embeds_only("embed")] = None,
 ) -> Response:
     """Read yourself (any user by id for an admin); the weak ETag is the record's version.
 

@@ -63,7 +63,7 @@ async def conditional_upsert(
         if created is None:
             raise precondition_failed("If-None-Match: * but a record with this id exists")
         return created, True
-    changes = {k: v for k, v in data.items() if k != "id"}
+    changes = path_names_it(data)
     for _ in range(WRITE_ATTEMPTS):
         try:
             accepted = await accepted_versions(store, table, rid, conditions)

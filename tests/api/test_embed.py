@@ -165,6 +165,12 @@ def test_a_single_read_refuses_what_it_does_not_embed(
     for path, name, value in refused:
         error = assert_error(anon.get(path, params={name: value}, headers=me.headers), 400)
         assert error["code"] == "BAD_QUERY" and error["details"][0]["field"] == name, path
+    # Who may read comes first (review): no token 401, someone else's order 404.
+    for path, name, value in refused:
+        assert_error(anon.get(path, params={name: value}), 401)
+    other = register(anon)
+    for path, name, value in refused[2:]:  # the orders
+        assert_error(anon.get(path, params={name: value}, headers=other.headers), 404)
     served = anon.get(f"/api/v1/orders/{order['id']}?expand=user", headers=me.headers)
     assert served.json()["data"]["user"]["id"] == me.id
     mine = anon.get("/api/v1/users/me?embed=orders&_=1", headers=me.headers)
