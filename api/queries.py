@@ -192,6 +192,9 @@ def parse_timestamp(text: str, name: str, op: str = "eq") -> str:
     if text[-1:] == "z":  # RFC 3339 allows a lowercase Z (and t, which Python takes)
         text = text[:-1] + "Z"
     try:
+        if not (text.isascii() and text.isprintable()):
+            # fromisoformat stops at a NUL after a Z: "…Z\0junk" was read as "…Z" (QA)
+            raise ValueError(text)
         if len(text) == 10:
             moment = datetime.combine(date.fromisoformat(text), datetime.min.time(), UTC)
         else:
@@ -199,7 +202,10 @@ def parse_timestamp(text: str, name: str, op: str = "eq") -> str:
             if moment.tzinfo is None:
                 moment = moment.replace(tzinfo=UTC)
     except (ValueError, OverflowError):
-        message = "expected an ISO 8601 date or datetime, e.g. 2024-01-31T12:00:00Z"
+        message = (
+            "expected an ISO 8601 date or date-time as RFC 3339 writes it, e.g. 2024-01-31 or"
+            " 2024-01-31T12:00:00Z (no leap second 60, no 24:00, no ordinal date)"
+        )
         if _PLUS_DECODED.search(text):  # ``+01:00`` sent unencoded reads back as " 01:00"
             message += "; a '+' in a query string is a space: send an offset's '+' as %2B"
         raise invalid_value(f"query.{name}", message) from None

@@ -26,7 +26,8 @@ class AuditFilter:
         if self.table is not None:
             args["table"] = self.table
         if self.since is not None:
-            args["since"] = parse_timestamp(self.since, "since")
+            # Inclusive, as gte: finer digits round up (down, it took an entry before it: QA).
+            args["since"] = parse_timestamp(self.since, "since", "gte")
         if self.until is not None:
             args["until"] = parse_timestamp(self.until, "until")
         return args

@@ -260,6 +260,16 @@ def test_filters_and_pagination(client: httpx.Client, admin: Account, anon: http
     assert len(audit_of(client, table=table, since="2000-01-01", until=future)) == 5
 
     assert_error(client.get(AUDIT, params={"since": "yesterday"}), 422)
+    # Inclusive bounds, exact with finer digits (QA: since=<an entry's at>999Z, 0.999 us after
+    # it, still listed it: rounded down), and nothing after a NUL is ignored.
+    (newest, *_) = audit_of(client, table=table)
+    at = newest["at"]
+    assert [e["seq"] for e in audit_of(client, table=table, since=at)] == [newest["seq"]]
+    assert audit_of(client, table=table, since=at[:-1] + "999Z") == []
+    assert [e["seq"] for e in audit_of(client, table=table, until=at[:-1] + "999Z")][:1] == [
+        newest["seq"]
+    ]
+    assert_error(client.get(AUDIT, params={"since": at + "\x00junk"}), 422)
     assert_error(client.get(AUDIT, params={"table": "Bad-Name"}), 400)
     assert_error(client.get(AUDIT, params={"per_page": 0}), 422)
     # a misspelt filter is refused, not ignored (which listed every table's entries)

@@ -220,7 +220,10 @@ def test_timestamps_normalize_to_the_store_format(text: str, expected: str) -> N
     assert parse_timestamp(text, "created_after") == expected
 
 
-@pytest.mark.parametrize("text", ["2024-13-01", "soon", "0001-01-01T00:00:00+01:00", ""])
+@pytest.mark.parametrize(
+    "text",
+    ["2024-13-01", "soon", "0001-01-01T00:00:00+01:00", "", "2024-01-31T00:00:00Z\x00junk"],
+)
 def test_bad_timestamps_are_422(text: str) -> None:
     with pytest.raises(ApiError) as info:
         parse_timestamp(text, "created_after")
@@ -393,8 +396,8 @@ def test_an_offset_whose_plus_was_not_encoded_is_told_so(offset: str) -> None:
     """QA: ``created_after=...T05:06:07+01:00`` unencoded arrives as ``...T05:06:07 01:00``."""
     with pytest.raises(ApiError) as info:
         parse_timestamp(f"2024-01-01T05:06:07 {offset}", "created_after")
-    assert info.value.details[0]["message"] == (
-        "expected an ISO 8601 date or datetime, e.g. 2024-01-31T12:00:00Z; a '+' in a query"
+    assert info.value.details[0]["message"].endswith(
+        "(no leap second 60, no 24:00, no ordinal date); a '+' in a query"
         " string is a space: send an offset's '+' as %2B"
     )
 
