@@ -20,6 +20,7 @@ from stat import S_ISREG
 from typing import TYPE_CHECKING, Literal
 
 from fastapi import Request
+from starlette.datastructures import MutableHeaders
 from starlette.middleware.gzip import GZipResponder
 from starlette.responses import FileResponse, Response
 from starlette.types import Receive, Scope, Send
@@ -27,7 +28,7 @@ from starlette.types import Receive, Scope, Send
 from api.conditions import header_list
 from api.errors import ApiError
 from api.jobs.runner import result_dir
-from api.middleware import accepts_gzip
+from api.middleware import accepts_gzip, asked_with_head
 from api.responses import DATA_CACHE_CONTROL
 from api.services.versions import precondition_failed
 
@@ -83,6 +84,17 @@ class GzipFileResponse(WholeFileResponse):
     has a Content-Encoding alone). Not as ``pathsend``, which would skip the compression."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if asked_with_head(scope):
+            # The GET's headers without compressing the file for nothing (QA: a HEAD of a
+            # 10 MB result took as long as its GET). No Content-Length: the GET's is known
+            # only once compressed (and a large one is sent chunked, without one).
+            headers = MutableHeaders(raw=list(self.raw_headers))
+            del headers["content-length"]
+            headers["content-encoding"] = "gzip"
+            headers.add_vary_header("Accept-Encoding")
+            await send({"type": "http.response.start", "status": 200, "headers": headers.raw})
+            await send({"type": "http.response.body", "body": b""})
+            return
         extensions = dict(scope.get("extensions") or {})
         extensions.pop("http.response.pathsend", None)
         gzip = GZipResponder(super().__call__, minimum_size=0, exclude_content_types=())

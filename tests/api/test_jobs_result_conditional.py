@@ -19,6 +19,7 @@ from fastapi import FastAPI
 
 from api.auth.principals import Principal
 from api.deps import get_caller
+from api.jobs import download
 from api.jobs.web import get_jobs
 from api.main import create_app
 from api.settings import Settings
@@ -267,3 +268,21 @@ async def test_a_streamed_result_is_gzipped_under_its_own_tag(tmp_path: Path) ->
     assert (plain.content, plain.headers.get("content-encoding")) == (big, None)
     assert (response.content, response.headers["content-encoding"]) == (big, "gzip")
     assert response.headers["etag"] == plain.headers["etag"][:-1] + '-gzip"'
+
+
+async def test_a_head_of_a_gzipped_result_says_so_without_compressing_it(
+    http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """QA: a HEAD of a 10 MB result took as long as its GET, the file compressed for
+    nothing. It sends the GET's headers (but the length, known only once compressed)."""
+    got = await http.get(URL, headers=GZIP)
+
+    def no_compression(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a HEAD compressed the file")
+
+    monkeypatch.setattr(download, "GZipResponder", no_compression)
+    head = await http.head(URL, headers=GZIP)
+    assert head.status_code == 200 and head.content == b""
+    same = ("etag", "content-encoding", "content-type", "content-disposition", "last-modified")
+    assert {k: head.headers.get(k) for k in same} == {k: got.headers.get(k) for k in same}
+    assert head.headers["vary"] == got.headers["vary"] and "content-length" not in head.headers
