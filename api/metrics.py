@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import os
+import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -35,6 +36,8 @@ from api.http_metrics import METRICS_PATH, HttpMetricsMiddleware
 
 # A scrape waits at most this long for the store's stats (Prometheus' default timeout is 10 s).
 STORE_STATS_TIMEOUT = 1.0
+# Media ranges of an Accept header read for /metrics (a scraper sends two or three).
+MAX_MEDIA_RANGES = 32
 
 log = structlog.get_logger("api.metrics")
 
@@ -169,6 +172,39 @@ def _scraper_allowed(request: Request, token: SecretStr | None) -> bool:
     )
 
 
+_VERSION = re.compile(r"\d{1,9}(?:\.\d{1,9}){0,3}")
+
+
+def scraper_accept(header: str) -> str:
+    """The Accept header as ``prometheus_client.choose_encoder`` can read it: the media ranges
+    by preference (q, highest first; it takes the first it knows), without those refused
+    (q=0, or a q that is not a number) or whose ``version`` is not dotted digits, which made
+    it raise (QA: ``version=abc`` was a 500 for anyone, and ``q=0`` was not honoured), and
+    none after ``text/plain``, which it would pass over (at version 0.0.4) for a later one."""
+    ranked = []
+    for position, media_range in enumerate(header.split(",")[:MAX_MEDIA_RANGES]):
+        q = 1.0
+        usable = True
+        for parameter in media_range.split(";")[1:]:
+            name, _, value = parameter.partition("=")
+            name, value = name.strip().lower(), value.strip()
+            if name == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    usable = False
+            elif name == "version" and _VERSION.fullmatch(value) is None:
+                usable = False
+        if usable and 0 < q <= 1:
+            ranked.append((-q, position, media_range))
+    kept = []
+    for _, _, media_range in sorted(ranked):
+        kept.append(media_range)
+        if media_range.split(";")[0].strip().lower() == "text/plain":
+            break  # preferred to what follows; choose_encoder would pass over its 0.0.4
+    return ",".join(kept)
+
+
 async def read_metrics(request: Request, store: StoreDep, settings: SettingsDep) -> Response:
     """Prometheus exposition (text, or OpenMetrics when asked for); never cached."""
     if not _scraper_allowed(request, settings.metrics_token):
@@ -180,7 +216,7 @@ async def read_metrics(request: Request, store: StoreDep, settings: SettingsDep)
             headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
         )
     registry = scrape_registry(await read_store_stats(store))
-    encoder, content_type = choose_encoder(request.headers.get("accept", ""))
+    encoder, content_type = choose_encoder(scraper_accept(request.headers.get("accept", "")))
     # The format follows Accept: a cache in between must not serve one scraper's to another.
     headers = {"Content-Type": content_type, "Cache-Control": "no-store", "Vary": "Accept"}
     return Response(encoder(registry), headers=headers)

@@ -336,6 +336,32 @@ def test_the_format_follows_accept_and_says_so_in_vary(metrics_stack: Stack) -> 
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize(
+    ("accept", "media_type"),
+    [
+        ("application/openmetrics-text; version=abc", "text/plain"),
+        ("text/plain; version=1.x", "text/plain"),
+        ("application/openmetrics-text;version=1..0", "text/plain"),
+        ("application/openmetrics-text;q=0, text/plain;q=1", "text/plain"),
+        ("application/openmetrics-text;q=0.1, text/plain;version=0.0.4;q=1", "text/plain"),
+        ("application/openmetrics-text;q=nan", "text/plain"),
+        (
+            "text/plain;q=0.2, application/openmetrics-text;version=1.0.0;q=0.9",
+            "application/openmetrics-text",
+        ),
+    ],
+)
+def test_a_malformed_or_refused_accept_gets_the_format_it_prefers(
+    metrics_stack: Stack, accept: str, media_type: str
+) -> None:
+    """QA: a version that is not digits was a 500 with a traceback in the log, for anyone;
+    q=0 and lower preferences were not honoured."""
+    response = httpx.get(metrics_stack.url("/metrics"), headers={"Accept": accept}, timeout=10.0)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith(media_type)
+
+
+@pytest.mark.integration
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (prometheus)")
 def test_promtool_accepts_the_output(metrics_stack: Stack) -> None:
     with httpx.Client(base_url=metrics_stack.base_url, timeout=10.0) as client:
