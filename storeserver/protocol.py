@@ -155,17 +155,30 @@ def _packer() -> msgpack.Packer:
         return _local.packer
 
 
+# A packer's buffer keeps the size of the largest value it packed: past this, a new one.
+KEPT_BUFFER_BYTES = 1 << 20
+
+
+def _drop_packer() -> None:
+    """Let this thread's packer go, and its buffer with it (QA: one 200 MB read refused as
+    too large left ~200 MB resident for good, counted against STORE_MAX_MEMORY: 507s)."""
+    _local.__dict__.pop("packer", None)
+
+
 def pack_value(obj: Any) -> bytes:
     """msgpack bytes for any wire value (also used for the store's log and snapshot files)."""
     packer = _packer()
     try:
-        return packer.pack(obj)
+        data: bytes = packer.pack(obj)
     except ProtocolError:
-        packer.reset()
+        _drop_packer()
         raise
     except (TypeError, ValueError, OverflowError) as exc:
-        packer.reset()
+        _drop_packer()
         raise ProtocolError(f"cannot encode message: {exc}") from exc
+    if len(data) > KEPT_BUFFER_BYTES:
+        _drop_packer()
+    return data
 
 
 _unpackb = msgpack.unpackb
@@ -324,6 +337,37 @@ def item_packer() -> msgpack.Packer:
     except AttributeError:
         _local.items = msgpack.Packer(default=_default, use_bin_type=True, autoreset=False)
         return _local.items
+
+
+def release_items(size: int) -> None:
+    """Done with ``item_packer`` after ``size`` bytes: reset it, or let it go past
+    ``KEPT_BUFFER_BYTES`` (its buffer would keep that size)."""
+    if size > KEPT_BUFFER_BYTES:
+        _local.__dict__.pop("items", None)
+    else:
+        item_packer().reset()
+
+
+def encode_page_within(
+    request_id: int, result: dict[str, Any], list_key: str, max_bytes: int
+) -> bytes | None:
+    """``encode_result`` of a map holding a list, its items encoded one by one; ``None`` as
+    soon as they pass ``max_bytes`` (QA: a page of 100 records of 7 MB was encoded whole, 700
+    MB and seconds of the loop, before it was refused as over the frame)."""
+    packer = item_packer()
+    packer.reset()
+    pack, buffer = packer.pack, packer.getbuffer
+    try:
+        for item in result[list_key]:
+            pack(item)
+            if len(buffer()) > max_bytes:
+                return None
+        body = packer.bytes()
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ProtocolError(f"cannot encode message: {exc}") from exc
+    finally:
+        release_items(len(buffer()))
+    return encode_page_result(request_id, EncodedPage(result, list_key, body))
 
 
 def encode_page_result(request_id: int, page: EncodedPage) -> bytes:

@@ -36,7 +36,7 @@ from typing import Any
 from storeserver.errors import NotFound, StoreBusy
 from storeserver.filters import Node, compile_predicate, plan
 from storeserver.projection import Projector, parse_fields
-from storeserver.protocol import MAX_FRAME_SIZE, EncodedPage, item_packer
+from storeserver.protocol import MAX_FRAME_SIZE, EncodedPage, item_packer, release_items
 from storeserver.selection import rows_per_step
 from storeserver.tables import Table
 
@@ -184,7 +184,7 @@ class ScanCursors:
                 items.append(item)
                 pack(item)
         body = packer.bytes()
-        packer.reset()
+        release_items(len(body))
         cursor.position = position
         if position >= len(ids):
             self._drop(cursor_id)

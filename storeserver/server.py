@@ -47,6 +47,7 @@ from .protocol import (
     Request,
     encode_error,
     encode_page_result,
+    encode_page_within,
     encode_result,
     encode_result_body,
     handshake_frame_size,
@@ -425,6 +426,13 @@ class StoreServer:
         # within it (see its module doc), so a write that was applied is never reported failed.
         if type(result) is EncodedPage:
             reply = encode_page_result(rid, result)
+        elif type(result) is dict and type(items := result.get("items")) is list and len(items) > 1:
+            # A page (find, join, aggregate): encoded a record at a time, refused as soon as it
+            # passes the limit, not after all of it (which can be hundreds of MB).
+            within = encode_page_within(rid, result, "items", self.max_reply_bytes)
+            if within is None:
+                raise self._too_large()
+            reply = within
         else:
             reply = encode_result(rid, result)
         if len(reply) - 4 > self.max_reply_bytes:

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from storeserver import engine as engine_module
+from storeserver import protocol
 from storeserver.client import StoreClient
 from storeserver.engine import Engine
 from storeserver.errors import LimitExceeded, StoreError
@@ -304,3 +306,44 @@ async def test_a_scan_of_big_records_reads_every_page(small: StoreClient) -> Non
         page = await small.call("scan", {"cursor": page["cursor"], "limit": 1000})
         seen += len(page["items"])
     assert seen == 1050
+
+
+async def test_a_page_over_the_frame_is_refused_before_it_is_all_encoded(
+    small: StoreClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """big-records QA: a page of 100 records of 7 MB was encoded whole (700 MB, seconds of the
+    loop) before it was refused; it stops once past the frame now, and the packers' buffers
+    are let go, so a refused read leaves no memory behind (its RSS counted against
+    STORE_MAX_MEMORY: 507s for the writes after it)."""
+    for n in range(40):
+        await small.call("insert", {"table": "big", "record": {"n": n, "blob": "x" * (100 * KB)}})
+    packed: list[int] = []
+    real = protocol.item_packer
+
+    def counting() -> Any:
+        packer = real()
+        return SimpleNamespace(
+            pack=lambda item: (packed.append(1), packer.pack(item))[1],
+            getbuffer=packer.getbuffer,
+            bytes=packer.bytes,
+            reset=packer.reset,
+        )
+
+    encoded: list[int] = []
+    real_pack_value = protocol.pack_value
+
+    def measured(obj: Any) -> bytes:
+        data = real_pack_value(obj)
+        encoded.append(len(data))
+        return data
+
+    monkeypatch.setattr(protocol, "item_packer", counting)
+    monkeypatch.setattr(protocol, "pack_value", measured)
+    assert await code_of(small, "find", {"table": "big", "limit": 40}) == "LIMIT_EXCEEDED"
+    assert len(packed) <= FRAME // (100 * KB) + 1  # 11 of the 40
+    assert max(encoded) < FRAME  # not the 4 MB page whole
+    assert not hasattr(protocol._local, "items")  # its buffer held a frame: let go
+    page = await small.call("find", {"table": "big", "limit": 3})
+    assert [r["n"] for r in page["items"]] == [0, 1, 2]
+    protocol.pack_value({"blob": "x" * (2 * protocol.KEPT_BUFFER_BYTES)})
+    assert not hasattr(protocol._local, "packer")
