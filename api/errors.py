@@ -224,9 +224,8 @@ async def handle_store_error(request: Request, exc: Exception) -> Response:
 def refusal(exc: store_errors.StoreError) -> tuple[int, str, str, list[dict[str, Any]]] | None:
     """The status, code, message and details of a store error refusing the request (``None``
     for an outage, which ``handle_store_error`` answers first, or one the API does not know:
-    a bug, a 500). One
-    translation for a route's answer and a job's ``error`` (QA: a job said the store's
-    ``CONFLICT`` where its route said ``ALREADY_EXISTS`` with the field)."""
+    a bug, a 500). One translation for a route's answer and a job's ``error`` (QA: a job said
+    the store's ``CONFLICT`` where its route said ``ALREADY_EXISTS`` with the field)."""
     status_code, code = next(
         (found for cls, found in STORE_STATUS.items() if isinstance(exc, cls)),
         (500, "INTERNAL_ERROR"),
