@@ -15,8 +15,8 @@ lifetime configured now, but raising it again would bring them back):
   store crash, a timeout: 503 OUTCOME_UNKNOWN or 504), or that sent it twice at once (two
   tabs, a double click), keeps its session; QA found both revoked it as reuse. Any other
   presentation of a token of the session is reuse (a stolen copy, or a replay) and revokes the
-  whole session. One key per live session, however often it refreshes; kept until its latest
-  refresh token's exp.
+  whole session. One key per live session, however often it refreshes; kept until the exp of
+  every refresh token the session has had (``until``: a replaced one can outlive the latest).
 - ``auth:session-revoked:<sid>``: logout, or reuse of a rotated refresh token. Every token of
   the session is refused from then on. A marker rather than a "live session" key, so a refresh
   racing a logout can never bring the session back.
@@ -233,15 +233,17 @@ async def rotate_refresh_token(store: Store, presented: Claims, issued: Claims) 
     ``Successor`` that replaced it, to be given again; else (reuse) revoke the session."""
     global _said_no_eq
     key = SESSION_REFRESH + presented.session_id
+    current = await store.call("kv_get", {"key": key})
+    until = _kept_until(current, presented, issued)
     record = {
         "jti": issued.token_id,
         "prev": presented.token_id,
         "iat": issued.issued_at,
         "role": issued.role,
         "at": time.time(),
+        "until": until,
     }
-    args = {"key": key, "value": record, "ttl": _ttl_until(issued.signed_expires_at)}
-    current = await store.call("kv_get", {"key": key})
+    args = {"key": key, "value": record, "ttl": _ttl_until(until)}
     try:
         if _latest_id(current) == presented.token_id and await store.call(
             "kv_set", {**args, "eq": current}
@@ -271,6 +273,20 @@ async def rotate_refresh_token(store: Store, presented: Claims, issued: Claims) 
     await consume_refresh_token(store, presented)
     await store.call("kv_set", {**args, "nx": True} if latest is None else args)
     return None
+
+
+def _kept_until(current: Any, presented: Claims, issued: Claims) -> int:
+    """Until when a session's key must be kept: past the exp of every refresh token the
+    session has had. A token it replaced may outlive the latest (REFRESH_TOKEN_TTL lowered
+    since), and a key gone before it let that spent token rotate again as an earlier
+    release's session's (QA: spent under a 300 s lifetime, a 7-day token was 200 again once
+    the setting went back). Each rotation carries the earlier tokens' latest exp on, as
+    ``until``; the presented token stands for those before any rotation (the login's)."""
+    exps = [presented.expires_at, presented.signed_expires_at, issued.signed_expires_at]
+    kept = current.get("until") if isinstance(current, dict) else None
+    if isinstance(kept, int) and not isinstance(kept, bool):
+        exps.append(kept)
+    return max(exps)
 
 
 async def consume_refresh_token(store: Store, claims: Claims) -> None:

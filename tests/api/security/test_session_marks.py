@@ -87,6 +87,23 @@ async def test_a_used_refresh_token_is_remembered_until_its_own_exp(store: Engin
     assert kept_for(store, sessions.REFRESH_USED + "jti1") > HOUR - 5
 
 
+async def test_a_session_key_outlives_every_refresh_token_it_replaced(store: EngineStore) -> None:
+    """QA: a token signed for an hour, spent under a 5-minute lifetime, rotated twice: the
+    session's key was kept only until the latest token's exp, and once it was gone the spent
+    token (alive again with the hour setting back) rotated as an earlier release's session's."""
+    now = int(time.time())
+    first = Claims("u1", "user", "s1", "j1", "refresh", now - 10, now + 290, now + HOUR)
+    second = Claims("u1", "user", "s1", "j2", "refresh", now - 5, now + 295, now + 295)
+    third = Claims("u1", "user", "s1", "j3", "refresh", now, now + 300, now + 300)
+    await sessions.open_session(store, "s1", first)
+    assert await sessions.rotate_refresh_token(store, first, second) is None
+    store.engine.drain_changes()
+    assert await sessions.rotate_refresh_token(store, second, third) is None
+    assert kept_for(store, sessions.SESSION_REFRESH + "s1") > HOUR - 5
+    with pytest.raises(InvalidToken):  # spent: reuse, for as long as it could be presented
+        await sessions.rotate_refresh_token(store, first, third)
+
+
 async def test_without_a_horizon_marks_cover_an_earlier_release_tokens(
     store: EngineStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
