@@ -21,10 +21,10 @@ from fastapi.dependencies.utils import solve_dependencies
 from fastapi.security import OAuth2PasswordBearer
 
 from api.auth.principals import AuthOutcome, Principal, bearer_token
-from api.auth.sessions import ensure_not_revoked
+from api.auth.sessions import credential, ensure_not_revoked
 from api.auth.tokens import InvalidToken, TokenService
 from api.conditions import WriteConditions, header_list, parse_write_conditions
-from api.errors import ApiError
+from api.errors import INVALID_TOKEN_CHALLENGE, INVALID_TOKEN_MESSAGE, ApiError
 from api.etags import parse_entity_tags
 from api.query_params import FILTERING as FILTERING
 from api.query_params import CreatedAfter as CreatedAfter
@@ -88,12 +88,7 @@ TokensDep = Annotated[TokenService, Depends(get_tokens)]
 def invalid_token() -> ApiError:
     """401 with the RFC 6750 challenge; one body for every token problem (forged, expired,
     revoked, wrong type), so a client learns nothing about which check failed."""
-    return ApiError(
-        401,
-        "INVALID_TOKEN",
-        "The access token is invalid, expired or revoked",
-        headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
-    )
+    return ApiError(401, "INVALID_TOKEN", INVALID_TOKEN_MESSAGE, headers=INVALID_TOKEN_CHALLENGE)
 
 
 def not_authenticated() -> ApiError:
@@ -135,9 +130,15 @@ async def get_caller(request: Request) -> Principal:
             raise invalid_token()
         raise outcome.error  # a store error: the revocation could not be checked (503/504)
     principal = outcome.principal
-    # Every store call of this request carries who is calling (anonymous: no user id), for
-    # the store's audit log. Set, not reset: uvicorn runs each request in its own task.
-    current_actor.set({"user_id": principal.id, "role": principal.role})
+    # Every store write of this request carries who is calling (anonymous: no user id), for
+    # the store's audit log, and the token's credential, which the store checks before it
+    # writes (``sessions.credential``). Set, not reset: uvicorn runs each request in its own
+    # task.
+    actor: dict[str, Any] = {"user_id": principal.id, "role": principal.role}
+    user_id, session_id, issued_at = principal.id, principal.session_id, principal.issued_at
+    if user_id is not None and session_id is not None and issued_at is not None:
+        actor["credential"] = credential(session_id, user_id, issued_at)
+    current_actor.set(actor)
     return principal
 
 

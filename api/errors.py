@@ -85,6 +85,9 @@ STORE_STATUS: dict[type[store_errors.StoreError], tuple[int, str]] = {
     store_errors.LimitExceeded: (400, "LIMIT_EXCEEDED"),
     store_errors.RecordTooLarge: (413, "RECORD_TOO_LARGE"),
     store_errors.ValidationFailed: (422, "VALIDATION_ERROR"),
+    # The caller's session ended while its request ran (the store refused its write): the
+    # 401 every revoked token gets, and its message (``deps.invalid_token``).
+    store_errors.CredentialRevoked: (401, "INVALID_TOKEN"),
     store_errors.MemoryLimit: (507, "INSUFFICIENT_STORAGE"),
     store_errors.PersistenceError: (503, "PERSISTENCE_ERROR"),  # before its base class
     store_errors.OutcomeUnknown: (503, "OUTCOME_UNKNOWN"),  # before its base class too
@@ -115,6 +118,8 @@ CONFLICT_CODES = {
     "keep": "LAST_ADMIN",  # the only ``keep`` the API declares: users' role = admin
     "busy": "TABLE_BUSY",  # a long command on the table (an index build): retry once it ends
 }
+INVALID_TOKEN_MESSAGE = "The access token is invalid, expired or revoked"
+INVALID_TOKEN_CHALLENGE = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
 _LAST_ADMIN = "The last admin cannot be demoted or deleted: make another user admin first"
 # Every route whose delete can meet dependants takes ?cascade=true (transactions name their
 # own ``cascade`` field: ``api.services.batches`` writes their messages).
@@ -218,7 +223,8 @@ async def handle_store_error(request: Request, exc: Exception) -> Response:
     if answer is None:
         log.error("store_error", error=repr(exc))
         return error_response(request, 500, "INTERNAL_ERROR", "Internal server error")
-    return error_response(request, *answer)
+    challenge = INVALID_TOKEN_CHALLENGE if answer[0] == 401 else None
+    return error_response(request, *answer, headers=challenge)
 
 
 def refusal(exc: store_errors.StoreError) -> tuple[int, str, str, list[dict[str, Any]]] | None:
@@ -234,6 +240,8 @@ def refusal(exc: store_errors.StoreError) -> tuple[int, str, str, list[dict[str,
         return None
     if isinstance(exc, store_errors.ValidationFailed):
         return 422, code, exc.message, schema_error_details(exc)
+    if isinstance(exc, store_errors.CredentialRevoked):
+        return 401, code, INVALID_TOKEN_MESSAGE, []
     detail = {key: exc.details[key] for key in SAFE_DETAIL_KEYS if key in exc.details}
     message = exc.message
     if isinstance(exc, store_errors.Conflict):

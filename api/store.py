@@ -6,7 +6,7 @@ import asyncio
 import time
 from typing import Any, Protocol
 
-from storeserver.client import Caller, OnConnect
+from storeserver.client import Caller, OnConnect, current_actor
 from storeserver.errors import StoreUnavailable
 
 
@@ -29,6 +29,31 @@ class ConnectionStore:
         self, command: str, args: dict[str, Any] | None = None, *, timeout: float | None = None
     ) -> Any:
         return await self._call(command, args if args is not None else {})
+
+
+class BookkeepingStore:
+    """A ``Store`` for what the service records about work it does for a caller (a job's
+    state and progress): its writes still name the caller for the audit, but carry no
+    credential (``api.auth.sessions.credential``). The store refuses a caller's writes once
+    their session has ended; a job stopped so must still be able to record that it failed."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def __getattr__(self, name: str) -> Any:  # store_uptime, when the store has it
+        return getattr(self._store, name)
+
+    async def call(
+        self, command: str, args: dict[str, Any] | None = None, *, timeout: float | None = None
+    ) -> Any:
+        actor = current_actor.get()
+        if actor is None or "credential" not in actor:
+            return await self._store.call(command, args, timeout=timeout)
+        names = current_actor.set({"user_id": actor.get("user_id"), "role": actor.get("role")})
+        try:
+            return await self._store.call(command, args, timeout=timeout)
+        finally:
+            current_actor.reset(names)
 
 
 async def connect_store(

@@ -225,12 +225,16 @@ def _optional_str(args: Args, key: str) -> str | None:
     return value
 
 
+_ACTOR_KEYS = frozenset({"user_id", "role", "credential"})
+
+
 def parse_actor(value: Any) -> tuple[str | None, str | None]:
-    """The ``_actor`` argument: ``{"user_id": str|None, "role": str|None}``."""
+    """The ``_actor`` argument: ``{"user_id": str|None, "role": str|None}``, and the
+    ``credential`` the engine checks before a write (``KeyCommands.check_credential``)."""
     if value is None:
         return None, None
-    if type(value) is not dict or not value.keys() <= {"user_id", "role"}:
-        raise BadRequest("_actor must be {user_id, role}", {"arg": "_actor"})
+    if type(value) is not dict or not value.keys() <= _ACTOR_KEYS:
+        raise BadRequest("_actor must be {user_id, role, credential?}", {"arg": "_actor"})
     user, role = value.get("user_id"), value.get("role")
     if (user is not None and type(user) is not str) or (role is not None and type(role) is not str):
         raise BadRequest("_actor.user_id and _actor.role are strings or null", {"arg": "_actor"})

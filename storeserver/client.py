@@ -66,8 +66,11 @@ current_request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "store_request_id", default=None
 )
 REQUEST_ID_ARG = "_request_id"
-# The API sets this per request to ``{"user_id": str|None, "role": str|None}``; calls made in
-# that context carry it (``_actor``) and the store names it in its audit entries.
+# The API sets this per request to ``{"user_id": str|None, "role": str|None}``, with the
+# token's ``credential`` when it has one; writes made in that context carry it (``_actor``):
+# the store names the user in its audit entries and refuses a write whose credential has
+# ended (``CredentialRevoked``). A store that does not say it checks credentials (an earlier
+# release, whose ``_actor`` takes only the two names) gets the actor without it.
 current_actor: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
     "store_actor", default=None
 )
@@ -139,6 +142,7 @@ class StoreClient:
         self._closed = False
         self._on_connect = on_connect
         self.server_info: dict[str, Any] = {}
+        self._checks_credentials = False  # as its HELLO says (``current_actor``)
         self._greeted_at = 0.0  # time.monotonic() of the last server HELLO
         # When the connection was found lost (time.monotonic()), until one is open again: the
         # outage is told in two lines, not in one per failed call.
@@ -205,6 +209,8 @@ class StoreClient:
             args = {**args, REQUEST_ID_ARG: request_id} if args else {REQUEST_ID_ARG: request_id}
         actor = current_actor.get() if command not in READ_COMMANDS else None
         if actor is not None:  # only writes are audited: reads do without the bytes
+            if "credential" in actor and not self._checks_credentials:
+                actor = {"user_id": actor.get("user_id"), "role": actor.get("role")}
             args = {**args, ACTOR_ARG: actor} if args else {ACTOR_ARG: actor}
         try:
             frame = encode_request(rid, command, args if args is not None else {})
@@ -341,6 +347,7 @@ class StoreClient:
                 transport.abort()  # type: ignore[attr-defined]
             raise
         self.server_info = info if isinstance(info, dict) else {}
+        self._checks_credentials = self.server_info.get("checks_credentials") is True
         self._greeted_at = time.monotonic()
         return conn
 

@@ -268,6 +268,8 @@ class Engine:
             audit.context = _NO_CONTEXT
         else:
             user, role = parse_actor(actor)
+            if actor is not None and "credential" in actor:  # a dict: parse_actor said so
+                self._keys.check_credential(actor["credential"])
             audit.context = (user, role, request_id if type(request_id) is str else None)
         changes = self._writer.changes
         mark = len(changes)
@@ -285,6 +287,11 @@ class Engine:
         if audit.pending:
             audit.commit(changes if self._writer.journal else None)
         return result
+
+    def check_credential(self, credential: Any) -> None:
+        """``CredentialRevoked`` if the caller a long write runs for has been logged out or
+        had its sessions ended since it began (checked before each of its steps)."""
+        self._keys.check_credential(credential)
 
     def uncount(self, command: str) -> None:
         """Take back one ``ops`` count: the server set the command aside, to run it again."""

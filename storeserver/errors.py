@@ -57,6 +57,14 @@ class ValidationFailed(StoreError):
     code = "VALIDATION"
 
 
+class CredentialRevoked(StoreError):
+    """A write sent in the name of a credential (the API's caller) that has ended since the
+    API checked it: the session was logged out or the user's sessions were ended (a password
+    or role change, a deletion). See ``keys.KeyCommands.check_credential``."""
+
+    code = "CREDENTIAL_REVOKED"
+
+
 class MemoryLimit(StoreError):
     code = "MEMORY_LIMIT"
 
@@ -127,6 +135,7 @@ _BY_CODE: dict[str, type[StoreError]] = {
         LimitExceeded,
         RecordTooLarge,
         ValidationFailed,
+        CredentialRevoked,
         MemoryLimit,
         UnknownCommand,
         ProtocolError,

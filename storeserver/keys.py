@@ -34,7 +34,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from storeserver.arguments import Args, check_keys, optional_bool, positive_number, required_str
-from storeserver.errors import BadRequest, LimitExceeded
+from storeserver.errors import BadRequest, CredentialRevoked, LimitExceeded
 from storeserver.protocol import pack_value
 from storeserver.records import copy_value
 
@@ -56,6 +56,7 @@ _KEY_ARGS = frozenset({"key"})
 _KEYS_ARGS = frozenset({"keys"})
 _RATE_ARGS = frozenset({"key", "limit", "window", "peek", "refund"})
 _RATE_REFUND_ARGS = frozenset({"key", "reset"})
+_CREDENTIAL_KEYS = frozenset({"session_key", "user_key", "issued_at"})
 
 
 class KeyCommands:
@@ -114,6 +115,31 @@ class KeyCommands:
         if self._writer.journal:
             self._writer.changes.append(("kv_set", key, value, expires_at))
         return True
+
+    def check_credential(self, credential: Any) -> None:
+        """Refuse (``CredentialRevoked``) a write sent in the name of a credential that has
+        ended: ``{"session_key", "user_key", "issued_at"}``, the keys of its revocation marks
+        and its issue time. Ended when the session's key holds any value, or the user's a time
+        at or after ``issued_at`` (the API's rule, ``api.auth.sessions.check_not_revoked``).
+
+        The API checks its caller's token as a request begins; a request can run for seconds
+        before its write (a transaction of twenty bcrypt hashes), and the write then landed
+        after a demotion or deletion that had already been answered (QA: a demoted admin's
+        transaction created an admin account 6.4 s later). Checked here, in the write's own
+        turn, no write is applied after the mark that ended its caller's session."""
+        if type(credential) is not dict or credential.keys() != _CREDENTIAL_KEYS:
+            message = "_actor.credential must be {session_key, user_key, issued_at}"
+            raise BadRequest(message, {"arg": "_actor"})
+        session_key, user_key = credential["session_key"], credential["user_key"]
+        issued_at = credential["issued_at"]
+        if type(session_key) is not str or type(user_key) is not str or not _is_number(issued_at):
+            message = "_actor.credential: two string keys and a number issued_at"
+            raise BadRequest(message, {"arg": "_actor"})
+        if self._kv.get(session_key) is not None:
+            raise CredentialRevoked("the caller's session was ended", {})
+        ended = self._kv.get(user_key)
+        if _is_number(ended) and issued_at <= ended:
+            raise CredentialRevoked("the caller's sessions were ended", {})
 
     def kv_get(self, args: Args) -> Any:
         check_keys(args, _KEY_ARGS)

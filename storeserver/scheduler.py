@@ -65,6 +65,9 @@ class _JobRun:
     rid: int
     request_tag: Any
     spent: float
+    # The caller's credential (``_actor``), checked again before each step of a write: one
+    # that ends while the write runs stops it as ``_check_write`` does (``check_credential``).
+    credential: Any = None
 
 
 @dataclass(slots=True)
@@ -122,7 +125,8 @@ class JobScheduler:
             self.server.engine.uncount(request.command)
             self.waiting.append(_Waiting(request, conn, spent))
             return
-        run = _JobRun(job, conn, request.request_id, request_tag, spent)
+        credential = actor.get("credential") if type(actor) is dict else None
+        run = _JobRun(job, conn, request.request_id, request_tag, spent, credential)
         self.running[job] = run
         self._queue.append(run)
         self._schedule_jobs()
@@ -194,6 +198,8 @@ class JobScheduler:
         try:
             if type(job) is not ChunkedRead:
                 server._check_write(job.command)
+                if run.credential is not None:
+                    server.engine.check_credential(run.credential)
             done, result = server.engine.advance(job)
             if done:
                 changes = server.engine.drain_changes()

@@ -256,6 +256,9 @@ class StoreServer:
             "version": __version__,
             "max_frame_bytes": self.settings.max_frame_bytes,
             "max_record_bytes": self.engine.max_record_bytes,
+            # ``_actor.credential`` is checked before writes (``KeyCommands.check_credential``):
+            # a client sends it only to a store that says so (an earlier one refuses it).
+            "checks_credentials": True,
             # A client learns from it that the store restarted lately: the API's job sweep
             # waits until its workers have had time to beat again (``api.jobs.state``). From
             # when it listens, not when it started: loading a big log takes a while, and no

@@ -18,11 +18,13 @@ Role = Literal["anonymous", "user", "admin"]
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """An authenticated user (``id``, ``role``, ``session_id``), or the anonymous caller."""
+    """An authenticated user (``id``, ``role``, ``session_id``, and its token's ``issued_at``),
+    or the anonymous caller."""
 
     id: str | None = None
     role: Role = "anonymous"
     session_id: str | None = None
+    issued_at: float | None = None
 
     @property
     def is_admin(self) -> bool:
@@ -31,7 +33,7 @@ class Principal:
     @classmethod
     def from_claims(cls, claims: Claims) -> Principal:
         role: Role = "admin" if claims.role == "admin" else "user"
-        return cls(id=claims.subject, role=role, session_id=claims.session_id)
+        return cls(claims.subject, role, claims.session_id, claims.issued_at)
 
 
 ANONYMOUS = Principal()

@@ -80,6 +80,18 @@ def check_not_revoked(claims: Claims, session_revoked: Any, user_not_before: Any
         raise InvalidToken("the user's sessions were ended")
 
 
+def credential(session_id: str, user_id: str, issued_at: float) -> dict[str, Any]:
+    """What the store checks before each write made for a request (``_actor.credential``,
+    ``storeserver.keys.KeyCommands.check_credential``): the token's revocation keys and issue
+    time, by the rule of ``check_not_revoked``. The token is checked as the request begins; a
+    logout, password or role change or deletion answered while it runs stops its writes."""
+    return {
+        "session_key": SESSION_REVOKED + session_id,
+        "user_key": USER_NOT_BEFORE + user_id,
+        "issued_at": issued_at,
+    }
+
+
 async def ensure_not_revoked(store: Store, claims: Claims) -> None:
     """One check from the store (used where the request guard did not already do it)."""
     session_revoked, user_not_before = await store.call(

@@ -27,7 +27,7 @@ from api.jobs.model import (
     new_job,
     now_stamp,
 )
-from api.store import Store
+from api.store import BookkeepingStore, Store
 from storeserver.errors import NotFound, StoreError, VersionMismatch
 
 Job = dict[str, Any]
@@ -54,7 +54,10 @@ class JobStore:
     """The ``_jobs`` table, as the runner and the routes use it."""
 
     def __init__(self, store: Store, stale_seconds: float) -> None:
-        self.store = store
+        # A job's record is kept up to date however its caller's session fares; the data a
+        # job writes with it (``write_owned``) is the caller's, refused once that has ended.
+        self.store = BookkeepingStore(store)
+        self._callers_store = store
         self.stale_seconds = stale_seconds
         # Per job this worker runs: the record's version as last written or read here.
         self._versions: dict[str, int] = {}
@@ -210,7 +213,9 @@ class JobStore:
             guard = {"op": "patch", "table": TABLE, "id": job_id, "changes": changes}
             ops = [*args["ops"], {**guard, "expected_version": version}]
             try:
-                reply = await self.store.call("batch", {**args, "ops": ops}, timeout=timeout)
+                reply = await self._callers_store.call(
+                    "batch", {**args, "ops": ops}, timeout=timeout
+                )
             except StoreError as exc:
                 if exc.details.get("index") != len(ops) - 1:
                     raise  # a row's error, reported by the caller as without the record's op

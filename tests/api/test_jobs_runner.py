@@ -17,11 +17,14 @@ from typing import Any
 import pytest
 import structlog.testing
 
+from api.auth import sessions
 from api.jobs import runner as runner_module
 from api.jobs.model import SCHEMA, TABLE, now_stamp
 from api.jobs.runner import JobContext, JobRunner
 from api.services.schema import ensure_schema
 from api.settings import Settings
+from storeserver.client import current_actor
+from storeserver.clientconnection import READ_COMMANDS
 from storeserver.engine import Engine
 from storeserver.errors import StoreUnavailable
 
@@ -361,3 +364,47 @@ async def test_a_job_refused_by_the_store_says_what_its_route_would(
     error = done["error"]
     assert error["code"] == "ALREADY_EXISTS", error
     assert error["details"] == [{"field": "sku", "reason": "unique", "table": "t"}]
+
+
+class CallerEngineStore(EngineStore):
+    """As the store client does: a write carries the request's ``current_actor`` (with its
+    credential), which the engine checks."""
+
+    async def call(
+        self, command: str, args: dict[str, Any] | None = None, *, timeout: float | None = None
+    ) -> Any:
+        await asyncio.sleep(0)
+        actor = current_actor.get() if command not in READ_COMMANDS else None
+        return self.engine.execute(command, dict(args or {}), actor=actor)
+
+
+async def test_a_job_whose_caller_logs_out_writes_nothing_more_and_records_why(
+    settings: Settings,
+) -> None:
+    """A job runs with its caller's credential: once the session has ended its writes are
+    refused (401 INVALID_TOKEN, as a route's), while its own record still says so."""
+    store = CallerEngineStore()
+    credential = sessions.credential("s1", "u1", time.time() - 1)
+
+    async def outlives_its_session(ctx: JobContext) -> dict[str, Any]:
+        await ctx.store.call("insert", {"table": "t", "record": {"n": 1}})
+        store.engine.execute("kv_set", {"key": sessions.SESSION_REVOKED + "s1", "value": 1})
+        await ctx.checkpoint(done=1, total=2)  # the job's own record: still written
+        await ctx.store.call("insert", {"table": "t", "record": {"n": 2}})
+        return {}
+
+    runner = JobRunner(store, settings)
+    await runner.start()
+    token = current_actor.set({"user_id": "u1", "role": "admin", "credential": credential})
+    try:
+        job = await runner.submit("test", "u1", {}, outlives_its_session)
+    finally:
+        current_actor.reset(token)
+    try:
+        done = await wait_until_finished(runner, job["id"])
+    finally:
+        await runner.stop()
+    assert done["state"] == "failed"
+    assert done["error"]["code"] == "INVALID_TOKEN", done["error"]
+    assert done["progress"]["done"] == 1
+    assert store.engine.execute("count", {"table": "t"}) == 1

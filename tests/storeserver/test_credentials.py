@@ -1,0 +1,177 @@
+"""Writes sent in the name of a credential that has ended are refused in the store.
+
+The API checks a token as its request begins and sends the token's revocation keys and issue
+time with every write (``_actor.credential``). QA: a demoted admin's transaction, authorised
+before the demotion, still created an admin account 6.4 s after the demotion was answered.
+The store checks the keys in the write's own turn (and before each step of a long write)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from storeserver import audit, builds, selection
+from storeserver.client import StoreClient, current_actor
+from storeserver.engine import Engine
+from storeserver.errors import BadRequest, CredentialRevoked
+from storeserver.server import StoreServer
+from storeserver.settings import StoreSettings
+from tests.support.engine import T0, FakeClock, run
+
+SESSION_KEY, USER_KEY = "auth:session-revoked:s1", "auth:user-not-before:u1"
+CREDENTIAL = {"session_key": SESSION_KEY, "user_key": USER_KEY, "issued_at": T0 - 10}
+ACTOR = {"user_id": "u1", "role": "admin", "credential": CREDENTIAL}
+
+
+@pytest.fixture
+def engine() -> Engine:
+    engine = Engine(clock=FakeClock())
+    run(engine, "insert", table="t", record={"n": 0})
+    return engine
+
+
+def insert_as(engine: Engine, actor: Any) -> Any:
+    return engine.execute("insert", {"table": "t", "record": {"n": 1}}, actor=actor)
+
+
+def test_a_write_for_a_live_credential_is_applied_and_audited_by_name(engine: Engine) -> None:
+    run(engine, "kv_set", key=USER_KEY, value=T0 - 20)  # sessions ended before it was issued
+    insert_as(engine, ACTOR)
+    assert run(engine, "count", table="t") == 2
+    entry = run(engine, "audit_list", table="t")["items"][0]  # the latest first
+    assert (entry["op"], entry["user_id"], entry["role"]) == ("insert", "u1", "admin")
+    assert "credential" not in entry
+
+
+@pytest.mark.parametrize("mark", ["session", "user"])
+def test_a_write_after_its_credential_ended_is_refused_and_changes_nothing(
+    engine: Engine, mark: str
+) -> None:
+    if mark == "session":  # logged out: any value ends the session
+        run(engine, "kv_set", key=SESSION_KEY, value=1)
+    else:  # a password or role change, a deletion: dated by the store, after issued_at
+        run(engine, "kv_set", key=USER_KEY, stamp=True)
+    audited = len(run(engine, "audit_list", table="t")["items"])
+    with pytest.raises(CredentialRevoked):
+        insert_as(engine, ACTOR)
+    assert run(engine, "count", table="t") == 1
+    assert len(run(engine, "audit_list", table="t")["items"]) == audited
+
+
+def test_a_user_mark_at_the_token_s_own_issue_time_ends_it(engine: Engine) -> None:
+    """The API's rule (``check_not_revoked``): tokens issued at or before the mark."""
+    run(engine, "kv_set", key=USER_KEY, value=T0 - 10)
+    with pytest.raises(CredentialRevoked):
+        insert_as(engine, ACTOR)
+
+
+@pytest.mark.parametrize(
+    "credential",
+    [
+        "s1",
+        {"session_key": SESSION_KEY, "user_key": USER_KEY},
+        {**CREDENTIAL, "extra": 1},
+        {**CREDENTIAL, "session_key": 7},
+        {**CREDENTIAL, "issued_at": "yesterday"},
+        {**CREDENTIAL, "issued_at": True},
+    ],
+)
+def test_a_malformed_credential_is_a_bad_request_naming_the_actor(
+    engine: Engine, credential: Any
+) -> None:
+    with pytest.raises(BadRequest) as info:
+        insert_as(engine, {**ACTOR, "credential": credential})
+    assert info.value.details == {"arg": "_actor"}
+    assert run(engine, "count", table="t") == 1
+
+
+def test_an_actor_with_other_fields_is_refused(engine: Engine) -> None:
+    with pytest.raises(BadRequest) as info:
+        insert_as(engine, {"user_id": "u1", "role": "admin", "token": "t"})
+    assert info.value.details == {"arg": "_actor"}
+
+
+# -- through the server ------------------------------------------------------------------------
+
+
+async def test_a_long_write_stops_at_its_next_step_once_its_credential_ends(
+    sock_dir: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(selection, "CHUNK", 4)  # 100 steps for 400 rows
+    monkeypatch.setattr(builds, "CHUNK", 4)
+    settings = StoreSettings(socket=sock_dir / "s.sock")
+    server = StoreServer(settings)
+    await server.start()
+    client = StoreClient(f"unix:{settings.socket}", timeout=5.0)
+    try:
+        await client.call(
+            "batch",
+            {"ops": [{"op": "insert", "table": "t", "record": {"k": i}} for i in range(400)]},
+        )
+        # The store's clock is the host's: the token was issued a second ago.
+        credential = {**CREDENTIAL, "issued_at": time.time() - 1}
+        token = current_actor.set({"user_id": "u1", "role": "admin", "credential": credential})
+        try:
+            write = asyncio.ensure_future(
+                client.call("update_where", {"table": "t", "changes": {"x": 1}})
+            )
+            for _ in range(10_000):  # a loop turn at a time: the job takes many of them
+                if server.jobs:
+                    break
+                await asyncio.sleep(0)
+            assert server.jobs == 1
+        finally:
+            current_actor.reset(token)
+        # A logout from another caller, answered while the write runs.
+        assert await client.call("kv_set", {"key": SESSION_KEY, "stamp": True}) is True
+        with pytest.raises(CredentialRevoked):
+            await write
+        assert await client.call("count", {"table": "t", "where": [["x", "eq", 1]]}) == 0
+    finally:
+        await client.close()
+        await server.shutdown()
+
+
+async def test_a_store_that_does_not_check_credentials_gets_the_actor_without_one(
+    sock_dir: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An earlier release's store takes ``_actor`` as {user_id, role} only and says nothing
+    of credentials in its HELLO: the client leaves the credential out, and writes go on."""
+    monkeypatch.setattr(audit, "_ACTOR_KEYS", frozenset({"user_id", "role"}))
+    real_info = StoreServer.server_info
+
+    def older_info(self: StoreServer) -> dict[str, Any]:
+        info = real_info(self)
+        del info["checks_credentials"]
+        return info
+
+    monkeypatch.setattr(StoreServer, "server_info", older_info)
+    settings = StoreSettings(socket=sock_dir / "s.sock")
+    server = StoreServer(settings)
+    await server.start()
+    client = StoreClient(f"unix:{settings.socket}", timeout=5.0)
+    token = current_actor.set(ACTOR)
+    try:
+        record = await client.call("insert", {"table": "t", "record": {"n": 1}})
+        assert record["n"] == 1
+        assert client.server_info.get("checks_credentials") is None
+    finally:
+        current_actor.reset(token)
+        await client.close()
+        await server.shutdown()
+
+
+async def test_the_store_says_it_checks_credentials(sock_dir: Any) -> None:
+    settings = StoreSettings(socket=sock_dir / "s.sock")
+    server = StoreServer(settings)
+    await server.start()
+    client = StoreClient(f"unix:{settings.socket}", timeout=5.0)
+    try:
+        await client.connect()
+        assert client.server_info["checks_credentials"] is True
+    finally:
+        await client.close()
+        await server.shutdown()
