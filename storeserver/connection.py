@@ -64,23 +64,28 @@ PEER_UNACKED_S = 60
 
 
 def _withdrawn(messages: list[Message]) -> frozenset[int] | None:
-    """The request ids that a ``cancel`` later in ``messages`` takes back. A client cancels a
-    call it stopped waiting for (its timeout): one still unread when the store resumes from a
-    stall is skipped, not run after its caller was told 504. QA: 9 ``rate_hit`` calls that
-    timed out in a SIGSTOP were all counted on SIGCONT, and the user's next request was 429,
-    though each of the 9 was answered "did not run"."""
+    """The requests (by ``id()``) that a ``cancel`` later in ``messages`` takes back, and
+    those cancels. A client cancels a call it stopped waiting for (its timeout): one still
+    unread when the store resumes from a stall is skipped, not run after its caller was told
+    504. QA: 9 ``rate_hit`` calls that timed out in a SIGSTOP were all counted on SIGCONT, and
+    the user's next request was 429, though each of the 9 was answered "did not run".
+
+    A cancel takes back the latest request before it with that id, and only that one (a
+    request after it reusing the id runs), and it answers ``cancelled: true`` (QA: it said
+    false, as for a request already answered, and a client waited for a reply never sent)."""
     cancelled: set[int] | None = None
-    seen: set[int] = set()
+    latest: dict[int, Request] = {}
     for message in messages:
         if type(message) is not Request:
             continue
         if message.command == "cancel":
             target = message.args.get("request")
-            if type(target) is int and target in seen:
+            if type(target) is int and (withdrawn := latest.pop(target, None)) is not None:
                 cancelled = cancelled or set()
-                cancelled.add(target)
+                cancelled.add(id(withdrawn))
+                cancelled.add(id(message))
         else:
-            seen.add(message.request_id)
+            latest[message.request_id] = message
     return frozenset(cancelled) if cancelled else None
 
 
@@ -274,12 +279,13 @@ class StoreConnection(asyncio.Protocol):
             for message in remaining:
                 if type(message) is Request and self.greeted:
                     command = message.command
-                    if withdrawn and message.request_id in withdrawn and command != "cancel":
+                    taken_back = withdrawn is not None and id(message) in withdrawn
+                    if taken_back and command != "cancel":
                         continue  # its client gave up before the store read it: not run
                     if command == "snapshot":
                         reply = server.snapshot(self, message)
                     elif command == "cancel":
-                        reply = server.cancel(self, message)
+                        reply = server.cancel(self, message, taken_back)
                     else:  # ``handle``, one call less
                         reply = server.handle_parts(
                             message.request_id,

@@ -239,7 +239,7 @@ class JobScheduler:
             w.conn is conn for w in self.waiting
         )
 
-    def cancel(self, conn: StoreConnection, request: Request) -> bytes:
+    def cancel(self, conn: StoreConnection, request: Request, withdrawn: bool = False) -> bytes:
         """``cancel {"request": id}``: the client gave up on its request ``id`` (it timed
         out). If that request is a long command still running, or waiting for a turn, it
         stops as if it never ran (``cancel_jobs``); either way nobody gets its reply.
@@ -252,6 +252,8 @@ class JobScheduler:
         if not args.keys() <= _CANCEL_ARGS or type(target) is not int:
             err = BadRequest("cancel takes request: the id of a request", {"arg": "request"})
             return self.server.encode_error(request.request_id, err)
+        if withdrawn:  # read with it and never run (``connection._withdrawn``)
+            return encode_result(request.request_id, {"cancelled": True})
         found: _JobRun | _Waiting | None = None
         for w in self.waiting:
             if w.conn is conn and w.request.request_id == target:

@@ -471,14 +471,15 @@ class StoreServer:
                 }
             )
 
-    def cancel(self, conn: StoreConnection, request: Request) -> bytes:
-        """``cancel {"request": id}``: stop a long command of ``conn`` (``JobScheduler``).
+    def cancel(self, conn: StoreConnection, request: Request, withdrawn: bool = False) -> bytes:
+        """``cancel {"request": id}``: stop a long command of ``conn`` (``JobScheduler``), or
+        say that the connection took back its target unread (``withdrawn``).
         Answered by the connection's turn, not ``handle``: tags and counts are taken here."""
         started = time.perf_counter()
         request_tag = None
         try:
             request_tag, _ = take_tags(request.args)
-            reply = self.scheduler.cancel(conn, request)
+            reply = self.scheduler.cancel(conn, request, withdrawn)
         except StoreError as exc:
             reply = self.encode_error(request.request_id, exc)
         self._account("cancel", time.perf_counter() - started, request_tag)

@@ -29,7 +29,7 @@ from storeserver.protocol import (
 )
 from storeserver.server import StoreServer
 from storeserver.settings import StoreSettings
-from tests.storeserver.jobs import HeldReads, RecordingTransport, finish, wait_until
+from tests.storeserver.jobs import HeldReads, RecordingTransport, connect, finish, wait_until
 
 BIG = CHUNK * 2 + 7
 
@@ -630,5 +630,33 @@ async def test_a_cancelled_index_build_or_where_write_leaves_the_table_as_it_was
         assert finish(engine, engine.execute("create_index", {"table": "t", "field": "n"}))[1] == {
             "created": True
         }
+    finally:
+        await server.shutdown()
+
+
+async def test_a_cancel_read_with_its_request_takes_it_back_says_so_and_no_other(sock_dir) -> None:
+    """QA: a request and its cancel read together: the request was skipped, but the cancel
+    answered ``cancelled: false`` (as for one already answered), so a client could wait for a
+    reply that never comes; and a later request reusing the id was skipped too."""
+    server = StoreServer(StoreSettings(socket=sock_dir / "s.sock"))
+    await server.start()
+    try:
+        conn, transport = connect(server)
+        conn.data_received(
+            encode_request(10, "insert", {"table": "t", "record": {"id": "r1"}})
+            + encode_request(11, "cancel", {"request": 10})
+            + encode_request(12, "insert", {"table": "t", "record": {"id": "r2"}})
+            + encode_request(13, "cancel", {"request": 12})
+            + encode_request(12, "insert", {"table": "t", "record": {"id": "r3"}})  # id reused
+            + encode_request(14, "cancel", {"request": 10})  # taken back already
+            + encode_request(15, "find", {"table": "t"})
+        )
+        replies = [m for m in FrameDecoder().feed(bytes(transport.data)) if type(m) is not Hello]
+        by_id = {reply.request_id: reply.value for reply in replies}
+        assert [reply.request_id for reply in replies] == [11, 13, 12, 14, 15]
+        assert by_id[11] == by_id[13] == {"cancelled": True}
+        assert by_id[12]["id"] == "r3"
+        assert by_id[14] == {"cancelled": False}
+        assert [row["id"] for row in by_id[15]["items"]] == ["r3"]
     finally:
         await server.shutdown()
