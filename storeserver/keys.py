@@ -154,8 +154,11 @@ class KeyCommands:
 
     def _kv_values(self, keys: Any, arg: str) -> list[Any]:
         """The values of ``keys`` (the ``arg`` argument), ``None`` where absent or expired."""
-        if type(keys) is not list or len(keys) > self.max_in:
-            raise BadRequest(f"{arg} must be a list of at most max_in keys", {"arg": arg})
+        if type(keys) is not list:
+            raise BadRequest(f"{arg} must be a list of keys", {"arg": arg})
+        if len(keys) > self.max_in:  # as get_many's ids (QA: said "at most max_in keys")
+            message = f"{arg} takes at most {self.max_in} keys"
+            raise LimitExceeded(message, {"arg": arg, "max": self.max_in})
         self._kv.sweep()
         values = []
         for index, key in enumerate(keys):

@@ -29,8 +29,9 @@ Messages (each a msgpack array)
 - ``["HELLO", version, payload]``: the first frame each way. The client's payload is its auth
   secret (a string, or nil); the server's payload is a map of server facts. A wrong version or
   secret closes the connection.
-- ``[0, request_id, command, args]``: a request. ``request_id`` is an unsigned int chosen by the
-  client; it is echoed back, so one connection can carry many requests in flight.
+- ``[0, request_id, command, args]``: a request. ``request_id`` is an int from 0 to 2**63 - 1
+  chosen by the client (another is a malformed frame: a signed 64-bit int on every side); it
+  is echoed back, so one connection can carry many requests in flight.
 - ``[1, request_id, result]``: a successful reply.
 - ``[2, request_id, code, message, details]``: a failed reply; ``code`` is a
   ``storeserver.errors`` code. An error never passes the frame limit (``encode_error`` cuts

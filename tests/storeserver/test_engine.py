@@ -1720,10 +1720,23 @@ def test_kv_get_many_rejects_bad_arguments():
     from storeserver.engine import Engine
     from storeserver.errors import BadRequest
 
+    from storeserver.errors import LimitExceeded
+
     engine = Engine()
-    for bad in ({"keys": "a"}, {"keys": [1]}, {}, {"keys": ["a"] * 5000}):
+    for bad in ({"keys": "a"}, {"keys": [1]}, {}):
         with pytest.raises(BadRequest):
             engine.execute("kv_get_many", bad)
+    # As get_many's ids (QA: a BAD_REQUEST saying "at most max_in keys", no number, no max).
+    over = ["a"] * 1001
+    hit = {"key": "k", "limit": 1, "window": 1}
+    for command, args, arg in (
+        ("kv_get_many", {"keys": over}, "keys"),
+        ("rate_hit", {**hit, "peek": over}, "peek"),
+    ):
+        with pytest.raises(LimitExceeded) as info:
+            engine.execute(command, args)
+        assert "at most 1000 keys" in info.value.message
+        assert info.value.details == {"arg": arg, "max": 1000}
 
 
 def test_iter_state_replays_into_an_equal_engine():
