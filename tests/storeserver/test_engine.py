@@ -1718,9 +1718,7 @@ def test_kv_get_many_rejects_bad_arguments():
     import pytest
 
     from storeserver.engine import Engine
-    from storeserver.errors import BadRequest
-
-    from storeserver.errors import LimitExceeded
+    from storeserver.errors import BadRequest, LimitExceeded
 
     engine = Engine()
     for bad in ({"keys": "a"}, {"keys": [1]}, {}):
