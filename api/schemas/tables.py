@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 FIELD_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
 
@@ -33,7 +33,8 @@ class SchemaBody(BaseModel):
     json_schema: dict[str, Any] | None = Field(
         alias="schema", description="The JSON Schema every record must satisfy; null removes it"
     )
-    force: bool = Field(
+    # Strict, as the integers are: 1, "yes" or "false" are 422, not read as a flag (QA).
+    force: StrictBool = Field(
         default=False,
         description="Attach even if existing rows violate it (they are reported, not changed)",
     )
@@ -71,8 +72,8 @@ class IndexBody(BaseModel):
     )
 
     field: str = Field(pattern=FIELD_PATTERN, description="Top-level field name")
-    unique: bool = False
-    casefold: bool = Field(default=False, description="Compare strings case-insensitively")
+    unique: StrictBool = False
+    casefold: StrictBool = Field(default=False, description="Compare strings case-insensitively")
 
 
 class IndexSpec(BaseModel):

@@ -5,7 +5,15 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, PlainValidator, Tag
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PlainValidator,
+    StrictBool,
+    Tag,
+)
 
 MAX_OPERATIONS = 100
 MAX_BULK_RECORDS = 1000
@@ -56,8 +64,8 @@ class TransactionOp(BaseModel):
     )
     data: dict[str, Any] | None = Field(None, description="Fields, as in /data bodies")
     expected_version: int | None = Field(None, ge=1, le=2**62)
-    cascade: bool = Field(False, description="delete: also delete records that reference it")
-    upsert: bool = Field(False, description="insert: merge into the record with this id")
+    cascade: StrictBool = Field(False, description="delete: also delete records that reference it")
+    upsert: StrictBool = Field(False, description="insert: merge into the record with this id")
 
 
 class TransactionBody(BaseModel):

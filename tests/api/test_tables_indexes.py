@@ -138,12 +138,23 @@ def test_a_typed_table_takes_an_extra_plain_index(client: httpx.Client) -> None:
 
 
 @pytest.mark.parametrize(
-    "body", [{"field": "a.b"}, {"field": ""}, {"field": "x" * 65}, {"field": "a", "other": 1}]
+    "body",
+    [
+        {"field": "a.b"},
+        {"field": ""},
+        {"field": "x" * 65},
+        {"field": "a", "other": 1},
+        # QA: 1, 0 and "yes" were read as booleans, against the published boolean type
+        {"field": "a", "unique": 1},
+        {"field": "a", "unique": "yes"},
+        {"field": "a", "unique": True, "casefold": 0},
+    ],
 )
 def test_bad_index_bodies_are_422(client: httpx.Client, body: dict[str, Any]) -> None:
     table = f"ix_{token()}"
     create_record(client, table, a=1)
     assert_error(client.post(indexes_url(table), json=body), 422)
+    assert client.get(indexes_url(table)).json()["data"] == []
 
 
 def test_missing_table_and_bad_field(client: httpx.Client) -> None:

@@ -221,6 +221,8 @@ def test_schema_body_is_checked(client: httpx.Client) -> None:
     assert_error(client.put(schema_url(table), json={"schema": []}), 422)
     assert_error(client.put(schema_url(table), json={"force": True}), 422)
     assert_error(client.put(schema_url(table), json={"schema": {}, "extra": 1}), 422)
+    forced = client.put(schema_url(table), json={"schema": {}, "force": "true"})  # not a flag
+    assert assert_error(forced, 422)["details"][0]["field"] == "body.force"
 
 
 @pytest.mark.parametrize("table", ["users", "orders"])

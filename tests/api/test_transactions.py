@@ -241,6 +241,9 @@ def test_failures_name_the_operation(client: httpx.Client) -> None:
         ({"op": "merge", "table": "t", "id": "a"}, "body.operations.0.op"),
         ({"op": "delete", "table": "_audit", "id": "a"}, "body.operations.0.table"),
         ({"op": "insert", "table": "t", "data": {"id": "a/b"}}, "body.operations.0.data.id"),
+        # QA: flags took 1, 0 and "yes" as booleans (the integers are strict)
+        ({"op": "delete", "table": "t", "id": "a", "cascade": 1}, "body.operations.0.cascade"),
+        ({"op": "insert", "table": "t", "data": {}, "upsert": "yes"}, "body.operations.0.upsert"),
     ],
 )
 def test_malformed_operations(client: httpx.Client, operation: dict[str, Any], field: str) -> None:
