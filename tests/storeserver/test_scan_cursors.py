@@ -163,3 +163,31 @@ async def test_an_idle_cursor_is_freed_without_another_scan(sock_dir: Path) -> N
     finally:
         await client.close()
         await server.shutdown()
+
+
+async def test_pages_waiting_to_be_read_do_not_hold_up_other_calls(
+    client: StoreClient, server: StoreServer
+) -> None:
+    """QA: one connection per worker carried its exports' pages and every other call, and the
+    store answers a connection in order: a one-record read waited behind every page (3-4 s
+    with 30 exports), and pages passed their timeout (504s, downloads cut off). Pages go on
+    a connection of their own: while they wait to be read, other calls are answered."""
+    big = {"blob": "x" * 50_000}
+    await client.call("batch", {"ops": [{"op": "insert", "table": "t", "record": big}] * 200})
+    record = await client.call("insert", {"table": "small", "record": {"n": 1}})
+    first = await client.call("scan", {"table": "t", "limit": 100})  # opens the pages' link
+    streams = client._streams or client  # the connection the pages came on
+    assert streams._conn is not None and streams._conn.transport is not None
+    streams._conn.transport.pause_reading()  # a worker too busy to take its pages
+    pages = [
+        asyncio.ensure_future(client.call("scan", {"table": "t", "limit": 100}))
+        for _ in range(20)  # ~100 MB of replies: far more than the socket buffers hold
+    ]
+    pages.append(asyncio.ensure_future(client.call("scan", {"cursor": first["cursor"]})))
+    await asyncio.sleep(0.2)
+    assert not any(page.done() for page in pages)
+    got = await asyncio.wait_for(client.call("get", {"table": "small", "id": record["id"]}), 1)
+    assert got["n"] == 1
+    streams._conn.transport.resume_reading()
+    replies = await asyncio.gather(*pages)
+    assert all(reply["items"] for reply in replies)  # each page came, once read
