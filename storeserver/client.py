@@ -277,7 +277,11 @@ class StoreClient:
             # around its call, as /metrics has) does not abandon the attempt half set up
             # (QA: with a slow ``on_connect``, each 1 s scrape left one more connection open
             # in the store, and the worker never finished reconnecting).
-            attempt = asyncio.get_running_loop().create_task(self._attempt())
+            # In a context of its own too: the set-up's writes are the service's, not made for
+            # the caller that found the connection gone (whose ``current_actor`` a task would
+            # copy: review found a caller with an ended session made the set-up refused).
+            loop = asyncio.get_running_loop()
+            attempt = loop.create_task(self._attempt(), context=contextvars.Context())
             attempt.add_done_callback(_retrieved)
             self._connecting = attempt
         attempt = self._connecting

@@ -63,9 +63,9 @@ unacknowledged for ``PEER_UNACKED_S``, is dropped by the kernel (``watch_peer``)
 PEER_UNACKED_S = 60
 
 
-def _withdrawn(messages: list[Message]) -> frozenset[int] | None:
-    """The requests (by ``id()``) that a ``cancel`` later in ``messages`` takes back, and
-    those cancels. A client cancels a call it stopped waiting for (its timeout): one still
+def _withdrawn(messages: list[Message]) -> dict[int, Message] | None:
+    """The requests that a ``cancel`` later in ``messages`` takes back, and those cancels, by
+    ``id()`` (the map holds them: an id is not reused while it does). A client cancels a call it stopped waiting for (its timeout): one still
     unread when the store resumes from a stall is skipped, not run after its caller was told
     504. QA: 9 ``rate_hit`` calls that timed out in a SIGSTOP were all counted on SIGCONT, and
     the user's next request was 429, though each of the 9 was answered "did not run".
@@ -73,7 +73,7 @@ def _withdrawn(messages: list[Message]) -> frozenset[int] | None:
     A cancel takes back the latest request before it with that id, and only that one (a
     request after it reusing the id runs), and it answers ``cancelled: true`` (QA: it said
     false, as for a request already answered, and a client waited for a reply never sent)."""
-    cancelled: set[int] | None = None
+    cancelled: dict[int, Message] | None = None
     latest: dict[int, Request] = {}
     for message in messages:
         if type(message) is not Request:
@@ -81,12 +81,12 @@ def _withdrawn(messages: list[Message]) -> frozenset[int] | None:
         if message.command == "cancel":
             target = message.args.get("request")
             if type(target) is int and (withdrawn := latest.pop(target, None)) is not None:
-                cancelled = cancelled or set()
-                cancelled.add(id(withdrawn))
-                cancelled.add(id(message))
+                cancelled = cancelled or {}
+                cancelled[id(withdrawn)] = withdrawn
+                cancelled[id(message)] = message
         else:
             latest[message.request_id] = message
-    return frozenset(cancelled) if cancelled else None
+    return cancelled
 
 
 _TURN_COMMANDS = frozenset({"snapshot", "cancel"})  # answered by the connection's turn itself
@@ -158,6 +158,8 @@ class StoreConnection(asyncio.Protocol):
         # came while reading was being paused.
         self._more = False
         self._scheduled = False
+        # Requests and cancels (by ``id()``) read together, for the turns that go on with them.
+        self._taken_back: dict[int, Message] | None = None
         self._error: ProtocolError | None = None  # a bad frame, after what was decoded
         self._writing_paused = False
         self._reading_paused = False
@@ -273,8 +275,13 @@ class StoreConnection(asyncio.Protocol):
         deadline = _perf_counter() + TURN_BUDGET if len(messages) > 1 else 0.0
         rest: list[Message] | None = None
         unexpected: Message | None = None
+        # Carried over from the turn that read them: a cancel left for a later turn (the
+        # budget spent between it and its request) still answers that it took it back.
+        withdrawn, self._taken_back = self._taken_back, None
         while True:
-            withdrawn = _withdrawn(messages) if len(messages) > 1 else None
+            found = _withdrawn(messages) if len(messages) > 1 else None
+            if found is not None:
+                withdrawn = found if withdrawn is None else {**withdrawn, **found}
             remaining = iter(messages)
             for message in remaining:
                 if type(message) is Request and self.greeted:
@@ -340,6 +347,7 @@ class StoreConnection(asyncio.Protocol):
             self._drop(f"unexpected {type(unexpected).__name__} message {when} the handshake")
         elif rest is not None:
             self._backlog = rest
+            self._taken_back = withdrawn
             self._update_reading()
             self._schedule()
         elif self._error is not None and not self._closing:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from api.errors import STORE_STATUS, ApiError, schema_error_details
+from api.errors import INVALID_TOKEN_CHALLENGE, STORE_STATUS, ApiError, schema_error_details
 from api.services.csv_rows import RowError
 from storeserver.errors import (
+    CredentialRevoked,
     MemoryLimit,
     PersistenceError,
     StoreBusy,
@@ -70,7 +71,9 @@ def interrupted(exc: StoreError, report: ImportReport, note: str | None = None) 
         "resume_from_row": last + 1,
         "unconfirmed_rows": list(report.unconfirmed) if report.unconfirmed else None,
     }
-    return ApiError(status, code, message, [summary, *report.errors])
+    # A 401 (the caller's session ended meanwhile) carries its challenge, as every 401 does.
+    challenge = INVALID_TOKEN_CHALLENGE if status == 401 else None
+    return ApiError(status, code, message, [summary, *report.errors], headers=challenge)
 
 
 def status_of(exc: StoreError) -> tuple[int, str]:
@@ -93,6 +96,8 @@ def stopped_because(exc: StoreError) -> str:
         return "the store was busy"
     if isinstance(exc, MemoryLimit):
         return "the store reached its memory limit"
+    if isinstance(exc, CredentialRevoked):  # not which check, as for every token refused
+        return "the access token is no longer valid"
     return exc.message if status_of(exc)[0] != 500 else "the store failed"
 
 

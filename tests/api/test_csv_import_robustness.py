@@ -34,6 +34,7 @@ from api.services.csv_rows import RowReader, reader_for
 from api.settings import Settings
 from storeserver.engine import Engine
 from storeserver.errors import (
+    CredentialRevoked,
     MemoryLimit,
     NotFound,
     OutcomeUnknown,
@@ -305,6 +306,9 @@ def job_context(store: EngineStore, jobs: RecordingJobs, tmp_path: Path) -> JobC
         ),
         (StoreTimeout("the store did not answer 'batch' in time"), 504, "STORE_TIMEOUT", True),
         (MemoryLimit("memory limit reached"), 507, "INSUFFICIENT_STORAGE", False),
+        # The caller's session ended while the import ran (review: no WWW-Authenticate, and
+        # the store's "the caller's session was ended" said which check refused the token).
+        (CredentialRevoked("the caller's session was ended"), 401, "INVALID_TOKEN", False),
     ],
 )
 async def test_a_store_failure_after_rows_were_written_says_how_many_and_where_to_resume(
@@ -343,6 +347,9 @@ async def test_a_store_failure_after_rows_were_written_says_how_many_and_where_t
     }
     assert [(e["row"], e["field"]) for e in row_errors] == [(10, "n")]
     assert "Retry-After" not in response.headers
+    if status == 401:
+        assert response.headers["www-authenticate"] == 'Bearer error="invalid_token"'
+        assert "session" not in message
 
 
 async def test_a_store_failure_before_any_write_is_the_store_error(

@@ -660,3 +660,32 @@ async def test_a_cancel_read_with_its_request_takes_it_back_says_so_and_no_other
         assert [row["id"] for row in by_id[15]["items"]] == ["r3"]
     finally:
         await server.shutdown()
+
+
+async def test_a_cancel_left_for_a_later_turn_still_says_it_took_its_request_back(
+    sock_dir, monkeypatch
+) -> None:
+    """Review: the turn's budget spent between a request and its cancel (read together), the
+    request was skipped but the cancel, run in the next turn, answered ``false``."""
+    monkeypatch.setattr(connection_module, "TURN_REPLY_BYTES", 1)  # a turn per reply
+    server = StoreServer(StoreSettings(socket=sock_dir / "s.sock"))
+    await server.start()
+    try:
+        server.engine.execute("create_table", {"table": "t"})
+        conn, transport = connect(server)
+        conn.data_received(
+            encode_request(10, "insert", {"table": "t", "record": {"id": "r1"}})
+            + encode_request(20, "ping", {})
+            + encode_request(11, "cancel", {"request": 10})
+        )
+
+        def replies() -> dict[int, Any]:
+            messages = FrameDecoder().feed(bytes(transport.data))
+            return {m.request_id: m.value for m in messages if type(m) is not Hello}
+
+        await wait_until(lambda: 11 in replies())
+        assert replies()[11] == {"cancelled": True}
+        assert sorted(replies()) == [11, 20]
+        assert server.engine.execute("count", {"table": "t"}) == 0
+    finally:
+        await server.shutdown()

@@ -175,3 +175,33 @@ async def test_the_store_says_it_checks_credentials(sock_dir: Any) -> None:
     finally:
         await client.close()
         await server.shutdown()
+
+
+async def test_a_connection_s_set_up_is_not_made_in_the_name_of_the_caller_that_opens_it(
+    sock_dir: Any,
+) -> None:
+    """Review: the set-up (``on_connect``: the API declares its tables, writes) ran in the
+    context of whichever call found the connection gone; with that caller's session ended,
+    the store refused the set-up and every call waiting on it got 503."""
+    settings = StoreSettings(socket=sock_dir / "s.sock")
+    server = StoreServer(settings)
+    await server.start()
+    admin = StoreClient(f"unix:{settings.socket}", timeout=5.0)
+
+    async def declare(call: Any) -> None:
+        await call("create_table", {"table": "t"})
+
+    client = StoreClient(f"unix:{settings.socket}", timeout=5.0, on_connect=declare)
+    try:
+        await admin.call("kv_set", {"key": SESSION_KEY, "stamp": True})  # logged out
+        token = current_actor.set(ACTOR)
+        try:
+            assert await client.call("count", {"table": "t"}) == 0  # connects, sets up
+            with pytest.raises(CredentialRevoked):  # the caller's own writes are refused
+                await client.call("insert", {"table": "t", "record": {}})
+        finally:
+            current_actor.reset(token)
+    finally:
+        await client.close()
+        await admin.close()
+        await server.shutdown()
