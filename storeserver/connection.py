@@ -67,8 +67,9 @@ def _withdrawn(messages: list[Message]) -> dict[int, Message] | None:
     """The requests that a ``cancel`` later in ``messages`` takes back, and those cancels, by
     ``id()`` (the map holds them: an id is not reused while it does). A client cancels a call
     it stopped waiting for (its timeout): one still unread when the store resumes from a stall
-    is skipped, not run after its caller was told 504. QA: 9 ``rate_hit`` calls that timed out in a SIGSTOP were all counted on SIGCONT, and
-    the user's next request was 429, though each of the 9 was answered "did not run".
+    is skipped, not run after its caller was told 504. QA: 9 ``rate_hit`` calls that timed out
+    in a SIGSTOP were all counted on SIGCONT, and the user's next request was 429, though each
+    of the 9 was answered "did not run".
 
     A cancel takes back the latest request before it with that id, and only that one (a
     request after it reusing the id runs), and it answers ``cancelled: true`` (QA: it said
