@@ -24,7 +24,7 @@ from api.auth.principals import AuthOutcome, Principal, bearer_token
 from api.auth.sessions import credential, ensure_not_revoked
 from api.auth.tokens import InvalidToken, TokenService
 from api.conditions import WriteConditions, header_list, parse_write_conditions
-from api.errors import INVALID_TOKEN_CHALLENGE, INVALID_TOKEN_MESSAGE, ApiError
+from api.errors import INVALID_TOKEN_MESSAGE, ApiError
 from api.etags import parse_entity_tags
 from api.query_params import FILTERING as FILTERING
 from api.query_params import CreatedAfter as CreatedAfter
@@ -88,7 +88,7 @@ TokensDep = Annotated[TokenService, Depends(get_tokens)]
 def invalid_token() -> ApiError:
     """401 with the RFC 6750 challenge; one body for every token problem (forged, expired,
     revoked, wrong type), so a client learns nothing about which check failed."""
-    return ApiError(401, "INVALID_TOKEN", INVALID_TOKEN_MESSAGE, headers=INVALID_TOKEN_CHALLENGE)
+    return ApiError(401, "INVALID_TOKEN", INVALID_TOKEN_MESSAGE)  # its challenge: error_response
 
 
 def not_authenticated() -> ApiError:

@@ -159,6 +159,8 @@ def error_response(
         "request_id": request_id_of(request.scope),
     }
     all_headers = {"Cache-Control": "no-store", **(headers or {})}
+    if code == "INVALID_TOKEN":  # a route's, a store's refusal, an import's: RFC 6750's challenge
+        all_headers.update(INVALID_TOKEN_CHALLENGE)
     return Response(
         dumps(body),
         status_code=status_code,
@@ -223,8 +225,7 @@ async def handle_store_error(request: Request, exc: Exception) -> Response:
     if answer is None:
         log.error("store_error", error=repr(exc))
         return error_response(request, 500, "INTERNAL_ERROR", "Internal server error")
-    challenge = INVALID_TOKEN_CHALLENGE if answer[0] == 401 else None
-    return error_response(request, *answer, headers=challenge)
+    return error_response(request, *answer)
 
 
 def refusal(exc: store_errors.StoreError) -> tuple[int, str, str, list[dict[str, Any]]] | None:

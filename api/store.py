@@ -6,7 +6,7 @@ import asyncio
 import time
 from typing import Any, Protocol
 
-from storeserver.client import Caller, OnConnect, current_actor
+from storeserver.client import Caller, OnConnect, current_actor, without_credential
 from storeserver.errors import StoreUnavailable
 
 
@@ -49,7 +49,7 @@ class BookkeepingStore:
         actor = current_actor.get()
         if actor is None or "credential" not in actor:
             return await self._store.call(command, args, timeout=timeout)
-        names = current_actor.set({"user_id": actor.get("user_id"), "role": actor.get("role")})
+        names = current_actor.set(without_credential(actor))
         try:
             return await self._store.call(command, args, timeout=timeout)
         finally:

@@ -76,6 +76,12 @@ current_actor: contextvars.ContextVar[dict[str, Any] | None] = contextvars.Conte
 )
 ACTOR_ARG = "_actor"
 
+
+def without_credential(actor: dict[str, Any]) -> dict[str, Any]:
+    """``actor`` naming its user and role only: for the audit, checked against nothing."""
+    return {"user_id": actor.get("user_id"), "role": actor.get("role")}
+
+
 Caller = Callable[[str, dict[str, Any]], Awaitable[Any]]
 OnConnect = Callable[[Caller], Awaitable[None]]
 
@@ -241,7 +247,7 @@ class StoreClient:
         actor = current_actor.get() if command not in READ_COMMANDS else None
         if actor is not None:  # only writes are audited: reads do without the bytes
             if "credential" in actor and not self._checks_credentials:
-                actor = {"user_id": actor.get("user_id"), "role": actor.get("role")}
+                actor = without_credential(actor)
             args = {**args, ACTOR_ARG: actor} if args else {ACTOR_ARG: actor}
         try:
             frame = encode_request(rid, command, args if args is not None else {})

@@ -76,7 +76,7 @@ def bad_refresh_token() -> ApiError:
         401,
         "INVALID_TOKEN",
         "The refresh token is invalid, expired, already used or revoked",
-        headers={"WWW-Authenticate": 'Bearer error="invalid_token"', **NO_STORE},
+        headers=NO_STORE,  # and the challenge of every INVALID_TOKEN (error_response)
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from api.errors import INVALID_TOKEN_CHALLENGE, STORE_STATUS, ApiError, schema_error_details
+from api.errors import STORE_STATUS, ApiError, schema_error_details
 from api.services.csv_rows import RowError
 from storeserver.errors import (
     CredentialRevoked,
@@ -71,9 +71,7 @@ def interrupted(exc: StoreError, report: ImportReport, note: str | None = None) 
         "resume_from_row": last + 1,
         "unconfirmed_rows": list(report.unconfirmed) if report.unconfirmed else None,
     }
-    # A 401 (the caller's session ended meanwhile) carries its challenge, as every 401 does.
-    challenge = INVALID_TOKEN_CHALLENGE if status == 401 else None
-    return ApiError(status, code, message, [summary, *report.errors], headers=challenge)
+    return ApiError(status, code, message, [summary, *report.errors])
 
 
 def status_of(exc: StoreError) -> tuple[int, str]:

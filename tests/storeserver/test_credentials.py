@@ -18,7 +18,6 @@ from storeserver.client import StoreClient, current_actor
 from storeserver.engine import Engine
 from storeserver.errors import BadRequest, CredentialRevoked
 from storeserver.server import StoreServer
-from storeserver.settings import StoreSettings
 from tests.support.engine import T0, FakeClock, run
 
 SESSION_KEY, USER_KEY = "auth:session-revoked:s1", "auth:user-not-before:u1"
@@ -98,45 +97,37 @@ def test_an_actor_with_other_fields_is_refused(engine: Engine) -> None:
 
 
 async def test_a_long_write_stops_at_its_next_step_once_its_credential_ends(
-    sock_dir: Any, monkeypatch: pytest.MonkeyPatch
+    server: StoreServer, client: StoreClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(selection, "CHUNK", 4)  # 100 steps for 400 rows
     monkeypatch.setattr(builds, "CHUNK", 4)
-    settings = StoreSettings(socket=sock_dir / "s.sock")
-    server = StoreServer(settings)
-    await server.start()
-    client = StoreClient(f"unix:{settings.socket}", timeout=5.0)
+    await client.call(
+        "batch",
+        {"ops": [{"op": "insert", "table": "t", "record": {"k": i}} for i in range(400)]},
+    )
+    # The store's clock is the host's: the token was issued a second ago.
+    credential = {**CREDENTIAL, "issued_at": time.time() - 1}
+    token = current_actor.set({"user_id": "u1", "role": "admin", "credential": credential})
     try:
-        await client.call(
-            "batch",
-            {"ops": [{"op": "insert", "table": "t", "record": {"k": i}} for i in range(400)]},
+        write = asyncio.ensure_future(
+            client.call("update_where", {"table": "t", "changes": {"x": 1}})
         )
-        # The store's clock is the host's: the token was issued a second ago.
-        credential = {**CREDENTIAL, "issued_at": time.time() - 1}
-        token = current_actor.set({"user_id": "u1", "role": "admin", "credential": credential})
-        try:
-            write = asyncio.ensure_future(
-                client.call("update_where", {"table": "t", "changes": {"x": 1}})
-            )
-            for _ in range(10_000):  # a loop turn at a time: the job takes many of them
-                if server.jobs:
-                    break
-                await asyncio.sleep(0)
-            assert server.jobs == 1
-        finally:
-            current_actor.reset(token)
-        # A logout from another caller, answered while the write runs.
-        assert await client.call("kv_set", {"key": SESSION_KEY, "stamp": True}) is True
-        with pytest.raises(CredentialRevoked):
-            await write
-        assert await client.call("count", {"table": "t", "where": [["x", "eq", 1]]}) == 0
+        for _ in range(10_000):  # a loop turn at a time: the job takes many of them
+            if server.jobs:
+                break
+            await asyncio.sleep(0)
+        assert server.jobs == 1
     finally:
-        await client.close()
-        await server.shutdown()
+        current_actor.reset(token)
+    # A logout from another caller, answered while the write runs.
+    assert await client.call("kv_set", {"key": SESSION_KEY, "stamp": True}) is True
+    with pytest.raises(CredentialRevoked):
+        await write
+    assert await client.call("count", {"table": "t", "where": [["x", "eq", 1]]}) == 0
 
 
 async def test_a_store_that_does_not_check_credentials_gets_the_actor_without_one(
-    sock_dir: Any, monkeypatch: pytest.MonkeyPatch
+    server: StoreServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An earlier release's store takes ``_actor`` as {user_id, role} only and says nothing
     of credentials in its HELLO: the client leaves the credential out, and writes go on."""
@@ -149,10 +140,7 @@ async def test_a_store_that_does_not_check_credentials_gets_the_actor_without_on
         return info
 
     monkeypatch.setattr(StoreServer, "server_info", older_info)
-    settings = StoreSettings(socket=sock_dir / "s.sock")
-    server = StoreServer(settings)
-    await server.start()
-    client = StoreClient(f"unix:{settings.socket}", timeout=5.0)
+    client = StoreClient(f"unix:{server.settings.socket}", timeout=5.0)
     token = current_actor.set(ACTOR)
     try:
         record = await client.call("insert", {"table": "t", "record": {"n": 1}})
@@ -161,47 +149,31 @@ async def test_a_store_that_does_not_check_credentials_gets_the_actor_without_on
     finally:
         current_actor.reset(token)
         await client.close()
-        await server.shutdown()
 
 
-async def test_the_store_says_it_checks_credentials(sock_dir: Any) -> None:
-    settings = StoreSettings(socket=sock_dir / "s.sock")
-    server = StoreServer(settings)
-    await server.start()
-    client = StoreClient(f"unix:{settings.socket}", timeout=5.0)
-    try:
-        await client.connect()
-        assert client.server_info["checks_credentials"] is True
-    finally:
-        await client.close()
-        await server.shutdown()
+async def test_the_store_says_it_checks_credentials(client: StoreClient) -> None:
+    assert client.server_info["checks_credentials"] is True
 
 
 async def test_a_connection_s_set_up_is_not_made_in_the_name_of_the_caller_that_opens_it(
-    sock_dir: Any,
+    server: StoreServer, client: StoreClient
 ) -> None:
     """Review: the set-up (``on_connect``: the API declares its tables, writes) ran in the
     context of whichever call found the connection gone; with that caller's session ended,
     the store refused the set-up and every call waiting on it got 503."""
-    settings = StoreSettings(socket=sock_dir / "s.sock")
-    server = StoreServer(settings)
-    await server.start()
-    admin = StoreClient(f"unix:{settings.socket}", timeout=5.0)
 
     async def declare(call: Any) -> None:
         await call("create_table", {"table": "t"})
 
-    client = StoreClient(f"unix:{settings.socket}", timeout=5.0, on_connect=declare)
+    declaring = StoreClient(f"unix:{server.settings.socket}", timeout=5.0, on_connect=declare)
     try:
-        await admin.call("kv_set", {"key": SESSION_KEY, "stamp": True})  # logged out
+        await client.call("kv_set", {"key": SESSION_KEY, "stamp": True})  # logged out
         token = current_actor.set(ACTOR)
         try:
-            assert await client.call("count", {"table": "t"}) == 0  # connects, sets up
+            assert await declaring.call("count", {"table": "t"}) == 0  # connects, sets up
             with pytest.raises(CredentialRevoked):  # the caller's own writes are refused
-                await client.call("insert", {"table": "t", "record": {}})
+                await declaring.call("insert", {"table": "t", "record": {}})
         finally:
             current_actor.reset(token)
     finally:
-        await client.close()
-        await admin.close()
-        await server.shutdown()
+        await declaring.close()
