@@ -2,7 +2,8 @@
 record written to a table with a schema.
 
 ``RecordValidator`` is jsonschema's ``Draft202012Validator`` with ``Decimal`` values as
-numbers, ``multipleOf`` exact in decimal and bounded in digits, ``pattern`` and
+numbers, ``multipleOf`` exact in decimal and bounded in digits, the bounds, ``const`` and
+``enum`` comparing a Decimal with a float as the float's shortest text, ``pattern`` and
 ``patternProperties`` on RE2 (``schemapatterns``) and ``uniqueItems`` by hashed keys: why
 each, in ``schemas``. Kept apart from ``schemas``, which checks a schema document before it
 is attached and reports a record's violations: this module is how each keyword is checked.
@@ -11,6 +12,8 @@ is attached and reports a record's violations: this module is how each keyword i
 from __future__ import annotations
 
 import functools
+import math
+import operator
 import reprlib
 from collections.abc import Iterator
 from decimal import Decimal
@@ -43,6 +46,22 @@ def _decimal(number: int | float | Decimal) -> Decimal:
     # A float's repr is its shortest round-tripping text, the one the client wrote: 19.99,
     # not the binary 19.989999999999998436805981327779591083526611328125.
     return Decimal(repr(number)) if type(number) is float else Decimal(number)
+
+
+def _as_written(value: Any) -> Any:
+    """``value`` with every finite float as ``_decimal`` of it, in lists and maps too: a
+    schema's ``0.1`` is the decimal its author wrote, and a record's float is the text its
+    client sent, so either equals a stored ``Decimal("0.1")`` (a CSV cell), not only the binary
+    0.1000000000000000055... that Python compares a Decimal with (QA: ``minimum: 0.1``
+    refused the decimal 0.1, ``exclusiveMaximum: 0.1`` took it)."""
+    t = type(value)
+    if t is float:
+        return _decimal(value) if math.isfinite(value) else value
+    if t is list:
+        return [_as_written(item) for item in value]
+    if t is dict:
+        return {key: _as_written(item) for key, item in value.items()}
+    return value
 
 
 def _is_multiple(value: Decimal, divisor: Decimal) -> bool | None:
@@ -83,6 +102,29 @@ def _multiple_of(validator: Any, divisor: Any, instance: Any, schema: Any) -> It
         )  # str: a Decimal repr is Python text
 
 
+def _bound(refuses: Any, wording: str) -> Any:
+    """jsonschema's ``minimum``/``maximum``/``exclusive*`` (its messages too), comparing a
+    Decimal with a float as the float's shortest text (``_as_written``); floats and ints with
+    each other compare exactly as they are."""
+
+    def check(validator: Any, limit: Any, instance: Any, schema: Any) -> Iterator[Any]:
+        if not validator.is_type(instance, "number"):
+            return
+        value, bound = instance, limit
+        if type(value) is Decimal or type(bound) is Decimal:
+            value, bound = _as_written(value), _as_written(bound)
+        if refuses(value, bound):
+            yield ValidationError(f"{instance!r} {wording} {limit!r}")
+
+    return check
+
+
+def _const(validator: Any, const: Any, instance: Any, schema: Any) -> Iterator[Any]:
+    # Equality as ``enum``'s (``index_key``: ``1 == 1.0``, ``true != 1``), numbers as written.
+    if index_key(_as_written(instance)) != index_key(_as_written(const)):
+        yield ValidationError(f"{const!r} was expected")
+
+
 # The two keywords below mirror jsonschema's ``_keywords`` (``search``, not ``match``), as
 # ``schemapatterns._Re2Search`` does.
 
@@ -121,7 +163,7 @@ def _enum_keys(enums: list[Any]) -> tuple[frozenset[Any], frozenset[tuple[type, 
     found = _ENUM_KEYS.get(id(enums))
     if found is not None and found[0] is enums:
         return found[1], found[2]
-    keys = frozenset(map(index_key, enums))
+    keys = frozenset(index_key(_as_written(e)) for e in enums)
     shapes = frozenset((type(e), len(e)) for e in enums if type(e) is list or type(e) is dict)
     if len(_ENUM_KEYS) >= _ENUM_CACHE:
         del _ENUM_KEYS[next(iter(_ENUM_KEYS))]
@@ -131,16 +173,16 @@ def _enum_keys(enums: list[Any]) -> tuple[frozenset[Any], frozenset[tuple[type, 
 
 def _in_enum(enums: Any, instance: Any) -> bool:
     if type(enums) is not list:  # the schema check makes it one; nothing to cache otherwise
-        return index_key(instance) in frozenset(map(index_key, enums))
+        return index_key(_as_written(instance)) in {index_key(_as_written(e)) for e in enums}
     keys, shapes = _enum_keys(enums)
     t = type(instance)
     if t is not list and t is not dict:
-        return index_key(instance) in keys
+        return index_key(_as_written(instance)) in keys
     if (t, len(instance)) not in shapes:  # no item of its kind and size: no need to key it
         return False
     found = INSTANCE_KEYS.get(id(instance))
     if found is None or found[0] is not instance:
-        found = INSTANCE_KEYS[id(instance)] = (instance, index_key(instance))
+        found = INSTANCE_KEYS[id(instance)] = (instance, index_key(_as_written(instance)))
     return found[1] in keys
 
 
@@ -235,7 +277,12 @@ def _metered(check: Any) -> Any:
 
 _KEYWORDS = {
     **Draft202012Validator.VALIDATORS,
+    "const": _const,
     "enum": _enum,
+    "exclusiveMaximum": _bound(operator.ge, "is greater than or equal to the maximum of"),
+    "exclusiveMinimum": _bound(operator.le, "is less than or equal to the minimum of"),
+    "maximum": _bound(operator.gt, "is greater than the maximum of"),
+    "minimum": _bound(operator.lt, "is less than the minimum of"),
     "multipleOf": _multiple_of,
     "pattern": _pattern,
     "patternProperties": _pattern_properties,

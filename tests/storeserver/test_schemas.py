@@ -661,3 +661,62 @@ def test_enum_keys_a_large_value_once_per_check_or_not_at_all(
     assert schema.errors({"a": [0, 0, 0]}) == []  # a new check keys it again, once
     assert keyed.calls <= 2 + 2
     assert schemakeywords.INSTANCE_KEYS == {}  # nothing of a record kept past its check
+
+
+# -- bounds, const and enum with decimals -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("keyword", "limit", "value", "passes"),
+    [
+        ("minimum", 0.1, Decimal("0.1"), True),
+        ("minimum", 0.1, Decimal("0.09"), False),
+        ("maximum", 0.3, Decimal("0.3"), True),
+        ("maximum", 0.3, Decimal("0.30000000000000001"), False),
+        ("exclusiveMaximum", 0.1, Decimal("0.1"), False),
+        ("exclusiveMaximum", 0.1, Decimal("0.0999"), True),
+        ("exclusiveMinimum", 0.1, Decimal("0.1"), False),
+        ("exclusiveMinimum", Decimal("0.1"), 0.1, False),
+        ("minimum", Decimal("0.1"), 0.1, True),
+        ("minimum", 0.1, 0.1, True),  # floats with floats (and ints) as they are
+        ("maximum", 1, 1.0000000000000002, False),
+        ("minimum", 20, Decimal("19.999"), False),
+    ],
+)
+def test_a_bound_compares_a_decimal_with_a_float_as_written(
+    keyword: str, limit: Any, value: Any, passes: bool
+) -> None:
+    """QA: ``minimum: 0.1`` refused the decimal 0.1 (a CSV cell) and ``exclusiveMaximum: 0.1``
+    took it: Python compares a Decimal with the float's binary value, 0.1000000000000000055."""
+    assert (messages({"properties": {"n": {keyword: limit}}}, {"n": value}) == []) is passes
+
+
+@pytest.mark.parametrize(
+    ("expected", "value", "equal"),
+    [
+        (1.1, Decimal("1.1"), True),
+        (0.1, Decimal("0.10"), True),
+        (Decimal("0.1"), 0.1, True),
+        (1.1, 1.1, True),
+        (1, 1.0, True),
+        (1, True, False),
+        ([0.1, {"a": 0.5}], [Decimal("0.1"), {"a": Decimal("0.5")}], True),
+        (0.1, Decimal("0.1000000000000000055511151231257827"), False),
+    ],
+)
+def test_const_and_enum_compare_a_decimal_with_a_float_as_written(
+    expected: Any, value: Any, equal: bool
+) -> None:
+    assert (messages({"properties": {"n": {"const": expected}}}, {"n": value}) == []) is equal
+    assert (messages({"properties": {"n": {"enum": [expected]}}}, {"n": value}) == []) is equal
+    assert (messages({"properties": {"n": {"enum": [7, expected]}}}, {"n": value}) == []) is equal
+
+
+def test_a_table_holding_a_decimal_takes_a_schema_bounded_by_the_same_number() -> None:
+    engine = Engine(clock=lambda: 1_700_000_000.0)
+    engine.execute("insert", {"table": "t", "record": {"p": Decimal("0.1")}})
+    schema = {"properties": {"p": {"minimum": 0.1, "maximum": 0.1, "enum": [0.1], "const": 0.1}}}
+    engine.run_job(engine.execute("set_schema", {"table": "t", "schema": schema}))
+    engine.execute("insert", {"table": "t", "record": {"p": Decimal("0.1")}})
+    with pytest.raises(ValidationFailed):
+        engine.execute("insert", {"table": "t", "record": {"p": Decimal("0.11")}})
