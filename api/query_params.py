@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, Path, Query, Request
+from pydantic import BeforeValidator
 
 from api.errors import ApiError, bad_query
 from api.queries import EXPANDABLE, RESERVED, Fields, ListQuery, Page, build_list_query
@@ -19,6 +20,20 @@ from api.services import orders, typed_tables, users
 
 TABLE_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
 FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+_DIGITS = re.compile(r"[0-9]{1,20}")
+
+
+def _ascii_integer(value: object) -> object:
+    """A query-string number of pages, rows or items in ASCII digits only: pydantic's lax int
+    reads ``1_0`` as 10 and takes ``1.0`` and `` 2``, which the typed integer filters refuse
+    (QA: ``?page=1_0`` answered page 10)."""
+    if type(value) is str and not _DIGITS.fullmatch(value):
+        raise ValueError("expected a whole number in ASCII digits")
+    return value
+
+
+QueryInt = Annotated[int, BeforeValidator(_ascii_integer)]
+"""An ``int`` query parameter (declare its bounds with ``Query``)."""
 
 
 async def validate_table(
@@ -65,8 +80,8 @@ RightTable = Annotated[str, Depends(validate_right)]
 
 
 async def parse_page(
-    page: Annotated[int, Query(ge=1, le=1_000_000, description="Page number, from 1")] = 1,
-    per_page: Annotated[int, Query(ge=1, le=100, description="Items per page, 1 to 100")] = 20,
+    page: Annotated[QueryInt, Query(ge=1, le=1_000_000, description="Page number, from 1")] = 1,
+    per_page: Annotated[QueryInt, Query(ge=1, le=100, description="Items per page, 1 to 100")] = 20,
 ) -> Page:
     return Page(page, per_page)
 
@@ -111,8 +126,8 @@ async def parse_orders_embed(
     embed: Annotated[
         Literal["orders"] | None, Query(description="`orders`: embed a page of their orders")
     ] = None,
-    orders_page: Annotated[int, Query(ge=1, le=1_000_000, description="Page of orders")] = 1,
-    orders_per_page: Annotated[int, Query(ge=1, le=100, description="Orders per page")] = 20,
+    orders_page: Annotated[QueryInt, Query(ge=1, le=1_000_000, description="Page of orders")] = 1,
+    orders_per_page: Annotated[QueryInt, Query(ge=1, le=100, description="Orders per page")] = 20,
 ) -> Page | None:
     """The page of a user's orders to embed (``embed=orders``), else None. One dependency for
     ``GET /users/{user_id}`` and ``GET /users/me``: the same parameters, the same answers."""

@@ -63,7 +63,7 @@ class TransactionOp(BaseModel):
         None, description='Record id, or a reference such as `{"$ref": "0.id"}`'
     )
     data: dict[str, Any] | None = Field(None, description="Fields, as in /data bodies")
-    expected_version: int | None = Field(None, ge=1, le=2**62)
+    expected_version: int | None = Field(None, strict=True, ge=1, le=2**62)
     cascade: StrictBool = Field(False, description="delete: also delete records that reference it")
     upsert: StrictBool = Field(False, description="insert: merge into the record with this id")
 

@@ -94,6 +94,7 @@ def test_user_embed_orders_paginated(client: httpx.Client, anon: httpx.Client) -
     assert_error(
         anon.get(url, params={**params, "orders_per_page": "101"}, headers=me.headers), 422
     )
+    assert_error(anon.get(url, params={**params, "orders_page": "1_0"}, headers=me.headers), 422)
     assert_error(client.get(f"/api/v1/users/{token()}", params=params), 404)
 
 

@@ -95,6 +95,7 @@ def test_sample_bounds_the_rows_examined(client: httpx.Client) -> None:
     info = client.get(schema_url(table), params={"sample": 2}).json()["data"]
     assert info["rows"] == 5 and info["sampled"] == 2 and info["fields"]["n"]["count"] == 2
     assert_error(client.get(schema_url(table), params={"sample": 0}), 422)
+    assert_error(client.get(schema_url(table), params={"sample": "1_0"}), 422)
 
 
 def test_unknown_table_is_404(client: httpx.Client) -> None:

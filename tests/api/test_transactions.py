@@ -244,6 +244,14 @@ def test_failures_name_the_operation(client: httpx.Client) -> None:
         # QA: flags took 1, 0 and "yes" as booleans (the integers are strict)
         ({"op": "delete", "table": "t", "id": "a", "cascade": 1}, "body.operations.0.cascade"),
         ({"op": "insert", "table": "t", "data": {}, "upsert": "yes"}, "body.operations.0.upsert"),
+        # QA: true was read as version 1, "2" and 3.0 as 2 and 3, and each patch written
+        *(
+            (
+                {"op": "patch", "table": "t", "id": "a", "data": {}, "expected_version": loose},
+                "body.operations.0.expected_version",
+            )
+            for loose in (True, "2", 3.0)
+        ),
     ],
 )
 def test_malformed_operations(client: httpx.Client, operation: dict[str, Any], field: str) -> None:

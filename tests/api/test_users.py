@@ -350,6 +350,11 @@ class TestListUsers:
         ({"page": "0"}, 422, "query.page"),
         ({"per_page": "101"}, 422, "query.per_page"),
         ({"per_page": "x"}, 422, "query.per_page"),
+        # QA: pydantic's lax int read "1_0" as 10 and took "1.0" and " 2"
+        ({"page": "1_0"}, 422, "query.page"),
+        ({"per_page": "1.0"}, 422, "query.per_page"),
+        ({"page": " 2"}, 422, "query.page"),
+        ({"page": "\u0661"}, 422, "query.page"),
     ],
 )
 def test_bad_list_queries(
