@@ -40,6 +40,7 @@ from api.routes import (
 )
 from api.routes import jobs as job_routes
 from api.routes import transactions as transaction_routes
+from api.services.dumps import close_open_scans
 from api.services.schema import SCHEMAS, ensure_schema
 from api.settings import START_REFUSAL_FILE_ENV, Settings, get_settings
 from api.solver import plan_dependencies
@@ -98,6 +99,8 @@ Requests are rate limited per user (per client IP without a token): `X-Rate-Limi
 SETUP_LOG_SECONDS = 10.0
 """At most one line per this many seconds, per worker, about set-up steps the store refuses:
 it is asked again at every reconnection attempt (up to a few a second)."""
+SCAN_CLOSE_SECONDS = 1.0
+"""How long a stopping worker waits for the store to close its downloads' cursors."""
 MIB = 1 << 20
 
 
@@ -205,6 +208,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         await stop_jobs(app.state)
+        await close_open_scans(SCAN_CLOSE_SECONDS)
         await store.close()
 
 

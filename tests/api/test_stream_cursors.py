@@ -10,6 +10,7 @@ test stops reading (httpx would read ahead into its own buffers).
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
 import time
 import uuid
@@ -368,3 +369,26 @@ def test_a_download_that_outlives_its_cursor_is_cut_off_and_reported(
     # That warning is the report: no 500-handler line, no uvicorn traceback beside it.
     assert not [r for r in records if r["level"] in ("error", "critical") and mine(r)]
     assert not any("Exception in ASGI application" in str(r.get("event")) for r in records)
+
+
+@pytest.mark.integration
+def test_downloads_cut_off_by_a_graceful_stop_close_their_cursors() -> None:
+    """QA: a redeploy's SIGTERM cancelled the downloads still running at the drain's end and
+    closed the store client before their cursors' closes were sent: each cursor stayed open
+    for STORE_SCAN_IDLE (300 s), counted against the store's cursor caps."""
+    with running_stack(workers=1, extra_env={"GRACEFUL_TIMEOUT": "3"}) as stack:
+        with httpx.Client(base_url=stack.base_url, timeout=10.0) as http:
+            admin = login_admin(http)
+        table = fill_table(stack)
+        downloads = [Download(stack, path.format(table), admin.headers) for path in EXPORTS]
+        try:
+            for download in downloads:
+                download.raw += download.sock.recv(65536)  # under way, then no longer read
+            assert open_cursors(stack) == len(EXPORTS)
+            api = stack.processes["api"]
+            api.send_signal(signal.SIGTERM)
+            assert api.wait(15) == 0
+            assert open_cursors(stack) == 0, stack.logs()
+        finally:
+            for download in downloads:
+                download.close()
