@@ -575,7 +575,8 @@ class Engine:
         table = self._catalog.get(args)
         include_hidden = optional_bool(args, "include_hidden")
         where = parse_where(args.get("where"), table.hidden, include_hidden, self._reader.max_in)
-        cursor_id = self._scans.open(table, include_hidden, args.get("fields"), where)
+        since = self._writer.timestamps.latest()
+        cursor_id = self._scans.open(table, include_hidden, since, args.get("fields"), where)
         return self._scans.read(cursor_id, size)
 
     def _scan_close(self, args: Args) -> bool:

@@ -472,6 +472,12 @@ class Timestamps:
         if stamp > self._floor:
             self._floor = stamp
 
+    def latest(self) -> str:
+        """The highest timestamp issued or loaded so far ("" if none): every record now in
+        the store was stamped at or before it, every one made from now on after it."""
+        issued = format_timestamp(self._last) if self._last else ""
+        return max(issued, self._floor)
+
     def __call__(self) -> str:
         if self._floor:
             self._last = max(self._last, parse_timestamp(self._floor))

@@ -3,7 +3,8 @@
 Opening copies the id list (a few ms for 1M rows); each read returns up to ``limit`` records
 (and stops after the record that takes the page past ``max_bytes`` encoded, a quarter frame:
 a page always fits in a reply, whatever its records' sizes, and holds at least one) still
-present (deleted ones are skipped, rows added since are not included; a record updated
+present (deleted ones are skipped, rows added since are not included, nor is one deleted
+and made again under the same id: its ``created_at`` is after the opening's; a record updated
 since is returned as it is now). ``fields``, given when opening, projects every page (see
 ``projection``). A cursor is freed when it reaches the end, when its reader closes it
 (``scan_close``: the API does as soon as an export ends early), after ``idle`` seconds
@@ -54,6 +55,7 @@ class _Cursor:
         "position",
         "probes",
         "project",
+        "since",
         "table",
         "used_at",
     )
@@ -65,8 +67,10 @@ class _Cursor:
         project: Projector | None,
         now: float,
         where: list[Node],
+        since: str,
     ) -> None:
         self.table = table
+        self.since = since  # the latest created_at when opened: anything later is new
         ids, _ = plan(table, where)
         self.ids = list(table.rows if ids is None else ids)
         # The whole filter, the index-served part too: a scan reads rows calls later, and a
@@ -121,16 +125,18 @@ class ScanCursors:
         self,
         table: Table,
         include_hidden: bool,
+        since: str,
         fields: Any = None,
         where: list[Node] | None = None,
     ) -> str:
-        """Open a cursor over ``table``; ``fields`` is the unchecked ``fields`` argument,
-        ``where`` the parsed ``where`` nodes (``filters.parse_where``)."""
+        """Open a cursor over ``table``; ``since`` the store's latest timestamp
+        (``records.Timestamps.latest``), ``fields`` the unchecked ``fields`` argument, ``where``
+        the parsed ``where`` nodes (``filters.parse_where``)."""
         project = parse_fields(fields, table.hidden, include_hidden)  # before any state changes
         self.expire()
         if len(self._open) >= self._max_open:  # refused, not evicted: see the module doc
             raise StoreBusy("too many scan cursors open; retry shortly", {"max": self._max_open})
-        cursor = _Cursor(table, include_hidden, project, self._clock(), where or [])
+        cursor = _Cursor(table, include_hidden, project, self._clock(), where or [], since)
         # One cursor alone may pass max_ids (else a big table could never be scanned).
         if self._open and self._ids_held + len(cursor.ids) > self._max_ids:
             raise StoreBusy("scan cursors hold too many ids; retry shortly", {"max": self._max_ids})
@@ -163,7 +169,7 @@ class ScanCursors:
                 {"cursor": cursor_id},
             )
         rows, ids, table, project = cursor.table.rows, cursor.ids, cursor.table, cursor.project
-        keep = cursor.keep
+        keep, since = cursor.keep, cursor.since
         items: list[dict[str, Any]] = []
         position = cursor.position
         stop = min(len(ids), position + cursor.probes)
@@ -175,7 +181,11 @@ class ScanCursors:
         while position < stop and len(items) < limit and len(buffer()) < budget:
             record = rows.get(ids[position])
             position += 1
-            if record is not None and (keep is None or keep(record)):
+            if (
+                record is not None
+                and record["created_at"] <= since
+                and (keep is None or keep(record))
+            ):
                 item = (
                     project(record)
                     if project is not None
