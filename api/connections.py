@@ -52,6 +52,7 @@ import contextlib
 import fcntl
 import logging
 import re
+import socket
 import struct
 import sys
 import termios
@@ -296,6 +297,11 @@ def close_delimited(app: ASGI3Application, cycle: RequestResponseCycle) -> ASGI3
     False before the head goes out (the framing is decided: it adds no Transfer-Encoding),
     then ``expected_content_length`` to each piece of the body (what it counts the body
     down from, as for a Content-Length, and wants at zero once the body ends).
+
+    Such a body that cannot be finished (a dump whose store cursor is lost, a graceful stop's
+    cut-off) ends with a reset, not the close that ends a complete one: a client (or an nginx
+    hop, HTTP/1.0 by default) had a 200 whose body stopped at a line boundary and no way to
+    tell (QA; RFC 9112 §6.3). HTTP/1.1's chunked bodies say it by their missing last chunk.
     """
 
     async def http10_app(
@@ -317,9 +323,23 @@ def close_delimited(app: ASGI3Application, cycle: RequestResponseCycle) -> ASGI3
                 cycle.expected_content_length = len(message.get("body", b""))
             await send(message)
 
-        await app(scope, receive, send_raw)
+        try:
+            await app(scope, receive, send_raw)
+        except BaseException:
+            if raw and not cycle.response_complete:
+                reset(cycle.transport)
+            raise
 
     return http10_app
+
+
+def reset(transport: asyncio.Transport) -> None:
+    """Close ``transport`` with a TCP reset: data still unsent is dropped (SO_LINGER 0)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
 
 
 class _LingeringClose:

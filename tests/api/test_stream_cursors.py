@@ -168,13 +168,15 @@ async def test_a_lost_cursor_is_one_warning_and_cuts_the_stream_off(
 class Download:
     """A GET whose body the test reads when it wants to, over a small receive buffer."""
 
-    def __init__(self, stack: Stack, path: str, headers: dict[str, str]) -> None:
+    def __init__(
+        self, stack: Stack, path: str, headers: dict[str, str], version: str = "1.1"
+    ) -> None:
         self.request_id = f"dl-{uuid.uuid4().hex}"
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
         self.sock.settimeout(30)
         self.sock.connect(("127.0.0.1", stack.port))
-        lines = [f"GET {path} HTTP/1.1", "Host: test", "Connection: close"]
+        lines = [f"GET {path} HTTP/{version}", "Host: test", "Connection: close"]
         lines += [f"{name}: {value}" for name, value in headers.items()]
         lines.append(f"X-Request-ID: {self.request_id}")
         self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
@@ -369,6 +371,30 @@ def test_a_download_that_outlives_its_cursor_is_cut_off_and_reported(
     # That warning is the report: no 500-handler line, no uvicorn traceback beside it.
     assert not [r for r in records if r["level"] in ("error", "critical") and mine(r)]
     assert not any("Exception in ASGI application" in str(r.get("event")) for r in records)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("path", EXPORTS)
+def test_an_http10_download_cut_off_ends_with_a_reset(
+    idle_stack: tuple[Stack, Account, str], path: str
+) -> None:
+    """HTTP/1.0 has no chunks: the body ends with the connection. QA: a cut-off download closed
+    it as a complete one does, after whole records: a 200 that looked complete. A reset says
+    it is not (RFC 9112 6.3); a complete download still ends with a plain close."""
+    stack, admin, table = idle_stack
+    download = Download(stack, path.format(table), admin.headers, version="1.0")
+    time.sleep(1.5)  # the client stops reading for longer than STORE_SCAN_IDLE
+    download.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+    with pytest.raises(ConnectionResetError):
+        while download.sock.recv(1 << 20):
+            pass
+    download.close()
+    whole = Download(stack, path.format(table), admin.headers, version="1.0")
+    whole.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+    while chunk := whole.sock.recv(1 << 20):
+        whole.raw += chunk
+    whole.close()
+    assert whole.raw.count(b"\n") >= ROWS  # every row (and a CSV's header line)
 
 
 @pytest.mark.integration
