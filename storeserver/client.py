@@ -82,6 +82,24 @@ def without_credential(actor: dict[str, Any]) -> dict[str, Any]:
     return {"user_id": actor.get("user_id"), "role": actor.get("role")}
 
 
+_credentials_unchecked_told = False
+
+
+def _warn_credentials_unchecked(address: str) -> None:
+    """Once per process: a store of an earlier release does not check the credential a write
+    carries, so a request running when its caller's session ends can still write (a
+    guarantee the operator must know is off while such a store serves: deploy/README)."""
+    global _credentials_unchecked_told
+    if not _credentials_unchecked_told:
+        _credentials_unchecked_told = True
+        log.warning(
+            "credentials_not_checked",
+            store=address,
+            message="the store does not check a write's credential (upgrade it): a request"
+            " running when its session ends can still write",
+        )
+
+
 Caller = Callable[[str, dict[str, Any]], Awaitable[Any]]
 OnConnect = Callable[[Caller], Awaitable[None]]
 
@@ -248,6 +266,7 @@ class StoreClient:
         if actor is not None:  # only writes are audited: reads do without the bytes
             if "credential" in actor and not self._checks_credentials:
                 actor = without_credential(actor)
+                _warn_credentials_unchecked(self.address)
             args = {**args, ACTOR_ARG: actor} if args else {ACTOR_ARG: actor}
         try:
             frame = encode_request(rid, command, args if args is not None else {})
