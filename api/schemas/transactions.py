@@ -15,6 +15,8 @@ from pydantic import (
     Tag,
 )
 
+from api.filters import text_problem
+
 MAX_OPERATIONS = 100
 MAX_BULK_RECORDS = 1000
 TABLE_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
@@ -24,11 +26,19 @@ REF = re.compile(r"[0-9]{1,4}(\.[A-Za-z0-9_]{1,64}){1,8}")
 def _id_or_ref(value: object) -> str | dict[str, str] | None:
     """``str | dict[str, str] | None`` checked as one: an id that is neither is one error at
     ``id``, not one per member of the union (``id.str``, ``id.dict[str,str]``)."""
-    if value is None or type(value) is str:
+    if value is None:
         return value
-    if type(value) is dict and all(type(v) is str for v in value.values()):
-        return value
-    raise ValueError('must be a record id (a string) or a reference such as {"$ref": "0.id"}')
+    if type(value) is str:
+        texts: list[str] = [value]
+    elif type(value) is dict and all(type(v) is str for v in value.values()):
+        texts = [*value, *value.values()]
+    else:
+        raise ValueError('must be a record id (a string) or a reference such as {"$ref": "0.id"}')
+    # QA: a lone surrogate (\ud800) reached the store's encoder, a 400 quoting its error.
+    for text in texts:
+        if problem := text_problem(text):
+            raise ValueError(problem)
+    return value
 
 
 RecordIdOrRef = Annotated[
