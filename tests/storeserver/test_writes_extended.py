@@ -907,3 +907,29 @@ def test_a_bounded_filter_keeps_the_names_of_managed_fields(engine: Engine) -> N
     run(engine, "delete_where", table="m", where=[["id", "eq", "a"], [long, "eq", 1]])
     (entry,) = [e for e in run(engine, "audit_list", table="m")["items"] if e["op"] != "insert"]
     assert entry["filter"] == ["id", "n" * (audit.MAX_NAME_CHARS - 1) + "…"]
+
+
+def test_a_reference_through_a_casefold_index_names_its_parent_exactly(engine: Engine) -> None:
+    """QA: a cascade found dependants through the field's casefold unique index, which lists
+    the child of "abc" for "ABC": deleting ABC deleted the child of abc, which still exists."""
+    run(
+        engine,
+        "create_table",
+        table="kids",
+        indexes=[{"field": "parent", "unique": True, "casefold": True}],
+        foreign_keys=[{"field": "parent", "table": "parents"}],
+    )
+    run(engine, "insert", table="parents", record={"id": "abc"})
+    run(engine, "insert", table="parents", record={"id": "ABC"})
+    run(engine, "insert", table="parents", record={"id": "xyz"})
+    run(engine, "insert", table="parents", record={"id": "XYZ"})
+    run(engine, "insert", table="kids", record={"id": "kid", "parent": "abc"})
+    run(engine, "insert", table="kids", record={"id": "kid2", "parent": "xyz"})
+    assert run(engine, "delete", table="parents", id="ABC") == {"id": "ABC", "cascaded": 0}
+    where = [["id", "eq", "XYZ"]]
+    assert run(engine, "delete_where", table="parents", where=where, cascade=True)["cascaded"] == 0
+    assert run(engine, "count", table="kids") == 2
+    err = fail(engine, Conflict, "delete", table="parents", id="abc")  # its own child: refused
+    assert err.details["reason"] == "dependants"
+    assert run(engine, "delete", table="parents", id="abc", cascade=True)["cascaded"] == 1
+    assert run(engine, "count", table="kids") == 1
