@@ -207,3 +207,27 @@ def test_the_asterisk_form_is_for_options_only(stack: Stack) -> None:
 def test_an_absolute_target_naming_another_host_is_served(stack: Stack) -> None:
     (response,) = _send(stack, _get("http://example.com/api/v1/health", host="other.example"))
     assert response.status == 200 and response.json()["status"] == "success"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/api/v1/data/t?name=%FF",
+        "/api/v1/data/t?name=%C0%AF",  # an overlong "/"
+        "/api/v1/data/t?name=%ED%A0%80",  # a surrogate, U+D800
+        "/api/v1/data/t/%E2%82",  # a truncated sequence in the path
+        "/api/v1/health?x=%ff",
+    ],
+)
+def test_a_target_that_is_not_utf8_once_decoded_is_400(stack: Stack, target: str) -> None:
+    """QA: each bad byte was decoded to U+FFFD, so ``DELETE /data/t?name=%ED%A0%80`` deleted
+    a record holding "\\ufffd", one the client never named."""
+    (response,) = _send(stack, _get(target))
+    assert_refused(response, "not valid UTF-8")
+
+
+@pytest.mark.integration
+def test_a_target_with_utf8_escapes_is_served(stack: Stack) -> None:
+    (response,) = _send(stack, _get("/api/v1/health?x=%C3%A9%F0%9F%98%80%25FF"))
+    assert response.status == 200
