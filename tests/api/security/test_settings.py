@@ -27,6 +27,8 @@ STRONG = "k3Y-9vQz_Lw2Rt8Xb5Nm1Hp4Jc7Fd0Sg6Ae-Uo3Iy"
         "9876543210zyxwvutsrqponmlkjihgfedcba",  # the same, backwards
         "abcdefgh" * 4,  # 8 distinct characters
         "qwertyuio" * 4,  # 9
+        "abcde0" * 6,  # 6 distinct, periodic
+        "ab12z" + "a1b2z" * 6,  # 5 distinct
         # Mostly repeats (QA): each passed the checks above.
         "0000000000000000000000000012345678",
         "aaaaaaaaaaaaaaaaaaaaaaaa123456789",
