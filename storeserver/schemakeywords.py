@@ -3,7 +3,7 @@ record written to a table with a schema.
 
 ``RecordValidator`` is jsonschema's ``Draft202012Validator`` with ``Decimal`` values as
 numbers, ``multipleOf`` exact in decimal and bounded in digits, the bounds, ``const`` and
-``enum`` comparing a Decimal with a float as the float's shortest text, ``pattern`` and
+``enum`` taking a Decimal and a float of the same text as equal, ``pattern`` and
 ``patternProperties`` on RE2 (``schemapatterns``) and ``uniqueItems`` by hashed keys: why
 each, in ``schemas``. Kept apart from ``schemas``, which checks a schema document before it
 is attached and reports a record's violations: this module is how each keyword is checked.
@@ -49,19 +49,46 @@ def _decimal(number: int | float | Decimal) -> Decimal:
 
 
 def _as_written(value: Any) -> Any:
-    """``value`` with every finite float as ``_decimal`` of it, in lists and maps too: a
-    schema's ``0.1`` is the decimal its author wrote, and a record's float is the text its
-    client sent, so either equals a stored ``Decimal("0.1")`` (a CSV cell), not only the binary
-    0.1000000000000000055... that Python compares a Decimal with (QA: ``minimum: 0.1``
-    refused the decimal 0.1, ``exclusiveMaximum: 0.1`` took it)."""
-    t = type(value)
-    if t is float:
-        return _decimal(value) if math.isfinite(value) else value
-    if t is list:
-        return [_as_written(item) for item in value]
-    if t is dict:
-        return {key: _as_written(item) for key, item in value.items()}
+    """``value`` with every finite float as ``_decimal`` of it: a schema's ``0.1`` is the
+    decimal its author wrote, and a record's float the text its client sent, so either meets a
+    stored ``Decimal("0.1")`` (a CSV cell) as that number, not as the binary
+    0.1000000000000000055... Python compares a Decimal with (QA: ``minimum: 0.1`` refused the
+    decimal 0.1, ``exclusiveMaximum: 0.1`` took it). For the bounds, which convert only when a
+    Decimal is on one side."""
+    if type(value) is float and math.isfinite(value):
+        return _decimal(value)
     return value
+
+
+def _float_of(value: Any) -> Any:
+    """A Decimal that is some float's shortest text (``0.1``, ``0.10``, ``19.99``) as that
+    float, in lists and maps too, the rest unchanged (a container with nothing to change is
+    itself, not a copy): for ``const`` and ``enum``, which key values as ``uniqueItems`` does
+    (``query.index_key``) with the decimals people write equal to the floats of the same text.
+    Floats are left alone, so ``2**60`` still equals the float ``1.152921504606847e18``."""
+    t = type(value)
+    if t is Decimal:
+        near = float(value)
+        if math.isfinite(near) and Decimal(repr(near)) == value:
+            return near
+        return value
+    if t is list:
+        copied: list[Any] | None = None
+        for position, item in enumerate(value):
+            new = _float_of(item)
+            if new is not item:
+                if copied is None:
+                    copied = list(value)
+                copied[position] = new
+        return value if copied is None else copied
+    if t is dict:
+        changed = {key: new for key, item in value.items() if (new := _float_of(item)) is not item}
+        return {**value, **changed} if changed else value
+    return value
+
+
+def _key(value: Any) -> Any:
+    return index_key(_float_of(value))
 
 
 def _is_multiple(value: Decimal, divisor: Decimal) -> bool | None:
@@ -120,9 +147,28 @@ def _bound(refuses: Any, wording: str) -> Any:
 
 
 def _const(validator: Any, const: Any, instance: Any, schema: Any) -> Iterator[Any]:
-    # Equality as ``enum``'s (``index_key``: ``1 == 1.0``, ``true != 1``), numbers as written.
-    if index_key(_as_written(instance)) != index_key(_as_written(const)):
+    """Equal as in ``enum`` (``_key``: ``1 == 1.0``, ``true != 1``, a Decimal ``1.1`` equals
+    the float ``1.1``); a list or map keyed only if the other is one of its kind and size, and
+    once per check (``INSTANCE_KEYS``), as ``enum`` does (review: 300 ``not const`` over a
+    200,000-item list keyed it each time, minutes)."""
+    t = type(instance)
+    if t is list or t is dict:
+        equal = type(const) is t and len(const) == len(instance)
+        equal = equal and _container_key(const) == _container_key(instance)
+    else:
+        equal = (
+            type(const) is not list and type(const) is not dict and _key(const) == _key(instance)
+        )
+    if not equal:
         yield ValidationError(f"{const!r} was expected")
+
+
+def _container_key(value: Any) -> Any:
+    """``_key`` of a list or map, kept for the rest of the check (``INSTANCE_KEYS``)."""
+    found = INSTANCE_KEYS.get(id(value))
+    if found is None or found[0] is not value:
+        found = INSTANCE_KEYS[id(value)] = (value, _key(value))
+    return found[1]
 
 
 # The two keywords below mirror jsonschema's ``_keywords`` (``search``, not ``match``), as
@@ -163,7 +209,7 @@ def _enum_keys(enums: list[Any]) -> tuple[frozenset[Any], frozenset[tuple[type, 
     found = _ENUM_KEYS.get(id(enums))
     if found is not None and found[0] is enums:
         return found[1], found[2]
-    keys = frozenset(index_key(_as_written(e)) for e in enums)
+    keys = frozenset(map(_key, enums))
     shapes = frozenset((type(e), len(e)) for e in enums if type(e) is list or type(e) is dict)
     if len(_ENUM_KEYS) >= _ENUM_CACHE:
         del _ENUM_KEYS[next(iter(_ENUM_KEYS))]
@@ -173,17 +219,14 @@ def _enum_keys(enums: list[Any]) -> tuple[frozenset[Any], frozenset[tuple[type, 
 
 def _in_enum(enums: Any, instance: Any) -> bool:
     if type(enums) is not list:  # the schema check makes it one; nothing to cache otherwise
-        return index_key(_as_written(instance)) in {index_key(_as_written(e)) for e in enums}
+        return _key(instance) in frozenset(map(_key, enums))
     keys, shapes = _enum_keys(enums)
     t = type(instance)
     if t is not list and t is not dict:
-        return index_key(_as_written(instance)) in keys
+        return _key(instance) in keys
     if (t, len(instance)) not in shapes:  # no item of its kind and size: no need to key it
         return False
-    found = INSTANCE_KEYS.get(id(instance))
-    if found is None or found[0] is not instance:
-        found = INSTANCE_KEYS[id(instance)] = (instance, index_key(_as_written(instance)))
-    return found[1] in keys
+    return _container_key(instance) in keys
 
 
 def _enum(validator: Any, enums: Any, instance: Any, schema: Any) -> Iterator[Any]:

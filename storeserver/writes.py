@@ -398,11 +398,11 @@ def _referencing(table: Table, field: str, rid: str) -> list[str]:
     ids = table.lookup(field, rid)
     if ids is None:  # no index on the field (declared by an old journal): scan
         return [i for i, r in table.rows.items() if r.get(field) == rid]
-    # A reference names one id exactly, as its check on write compares it; a casefold unique
-    # index on the field also lists "abc" for "ABC" (QA: deleting parent ABC with cascade
-    # deleted the child of abc, which still exists).
-    rows = table.rows
-    return [i for i in ids if rows[i].get(field) == rid]
+    if field in table.hashes:  # keys strings as they are: exact, as the check on write
+        return list(ids)
+    # A unique index's one id. A reference names one id exactly, and a casefold one lists the
+    # row of "abc" for "ABC" (QA: deleting parent ABC with cascade deleted the child of abc).
+    return [i for i in ids if table.rows[i].get(field) == rid]
 
 
 def _id_arg(args: Args) -> str:
