@@ -108,14 +108,24 @@ def _json_number(text: str) -> Decimal | float:
     return float(text) if "e" in text or "E" in text else Decimal(text)
 
 
-def _reject_constant(name: str) -> Any:
-    raise CellError(f"{name} is not a number the store can hold")
+def _json_int(text: str) -> int:
+    # Inside a JSON cell a number is refused later, by the record's own checks, so that the
+    # error names its path (``m.x``), as POST /data does: past 19 digits, any int outside the
+    # 64-bit range stands in for it (converting it would cost time for nothing).
+    if len(text.lstrip("-")) <= _INT64_DIGITS:
+        return int(text)
+    return -(2**63) - 1 if text[0] == "-" else 2**63
+
+
+def _json_constant(name: str) -> float:
+    # NaN, Infinity, -Infinity: refused later with their path, as 1e999 (infinity) is.
+    return float(name)
 
 
 def _loads(text: str) -> Any:
     try:
         return json.loads(
-            text, parse_int=_int, parse_float=_json_number, parse_constant=_reject_constant
+            text, parse_int=_json_int, parse_float=_json_number, parse_constant=_json_constant
         )
     except RecursionError:
         raise CellError("JSON nested too deeply") from None
