@@ -29,7 +29,7 @@ from storeserver.arguments import Args, check_keys, limit, offset, optional_bool
 from storeserver.builds import CHUNK, ChunkedRead, Pace, run_steps, spill
 from storeserver.catalog import Catalog
 from storeserver.errors import BadRequest, LimitExceeded, NotFound
-from storeserver.filters import Node, parse_where, plan
+from storeserver.filters import Node, compile_predicate, parse_where, plan
 from storeserver.joins import join_steps, needs_chunks
 from storeserver.projection import parse_fields
 from storeserver.query import (
@@ -244,9 +244,14 @@ class RecordReader:
         size = limit(args, DEFAULT_LIMIT, self.max_limit)
         left_ids, predicate = plan(left, conditions)
         left_count = len(left.rows) if left_ids is None else len(left_ids)  # type: ignore[arg-type]
+        chunked = needs_chunks(left_count, right, right_field)
+        if chunked and left_ids is not None:
+            # A job's rows are taken at its first step, a loop turn later (``scheduler``): a
+            # row the index picked may have changed by then, so it meets every condition again.
+            predicate = compile_predicate(conditions, left.casefold_fields)
         steps = join_steps(left, right, left_field, right_field, left_ids, predicate, start, size)
         reply = _join_reply(left, right, steps)
-        return self._run("join", reply, needs_chunks(left_count, right, right_field))
+        return self._run("join", reply, chunked)
 
     def aggregate(self, args: Args) -> dict[str, Any] | ChunkedRead:
         check_keys(args, _AGGREGATE_ARGS)

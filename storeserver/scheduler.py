@@ -65,6 +65,10 @@ class _JobRun:
     rid: int
     request_tag: Any
     spent: float
+    # The command's arguments, for ``_check_write`` before each step: a bookkeeping write to
+    # an internal table goes on over the memory limit in steps as it does at once (QA: a
+    # chunked ``update_where`` on ``_x`` was refused there, a quick one was not).
+    args: dict[str, Any]
     # The caller's credential (``_actor``), checked again before each step of a write: one
     # that ends while the write runs stops it as ``_check_write`` does (``check_credential``).
     credential: Any = None
@@ -126,7 +130,7 @@ class JobScheduler:
             self.waiting.append(_Waiting(request, conn, spent))
             return
         credential = actor.get("credential") if type(actor) is dict else None
-        run = _JobRun(job, conn, request.request_id, request_tag, spent, credential)
+        run = _JobRun(job, conn, request.request_id, request_tag, spent, request.args, credential)
         self.running[job] = run
         self._queue.append(run)
         self._schedule_jobs()
@@ -197,7 +201,7 @@ class JobScheduler:
         recorded = False
         try:
             if type(job) is not ChunkedRead:
-                server._check_write(job.command)
+                server._check_write(job.command, run.args)
                 if run.credential is not None:
                     server.engine.check_credential(run.credential)
             done, result = server.engine.advance(job)

@@ -35,9 +35,14 @@ Steps = Generator[None, None, tuple[list[Record], int]]
 
 
 def candidates(rows: Mapping[str, Record], ids: Iterable[str] | None) -> list[Record]:
-    """The rows to read as they are now: all of them (``ids`` None) or those ids, in order.
-    A list taken in one step: ``ids`` may be a live index bucket."""
-    return list(rows.values()) if ids is None else [rows[i] for i in ids]
+    """The rows to read as they are now: all of them (``ids`` None) or those ids, in order,
+    less those deleted since the ids were picked. A list taken in one step: ``ids`` may be a
+    live index bucket, or a list picked when the command was read, a loop turn before a
+    job's first step (QA: a row deleted in between failed a chunked join with a KeyError)."""
+    if ids is None:
+        return list(rows.values())
+    get = rows.get
+    return [r for r in map(get, ids) if r is not None]
 
 
 def rows_per_step(

@@ -105,6 +105,39 @@ def test_a_chunked_bulk_write_changes_the_rows_matching_at_its_last_step(
     assert not engine._catalog.tables["t"].watchers  # detached
 
 
+@pytest.mark.parametrize("where", [[["k", "in", [0, 5]]], {"or": [["k", "eq", 0], ["k", "eq", 5]]}])
+@pytest.mark.parametrize(
+    ("command", "args"),
+    [
+        ("update_where", {"changes": {"hit": True}}),
+        ("delete_where", {}),
+    ],
+)
+def test_rows_an_index_union_picked_may_change_before_the_first_step(
+    command: str, args: dict[str, Any], where: Any
+) -> None:
+    """An ``in`` over several index buckets, or an ``or`` of indexed leaves, picks a list of
+    ids when the command is read; the job's first step runs a loop turn later (QA: a row
+    deleted in between was a KeyError, answered INTERNAL)."""
+    engine = fresh(rows=40, indexed=True)  # k == 0: 14 rows, a union of buckets
+    expected = copy.deepcopy(engine)
+    call = {"table": "t", "where": where, **args}
+    job = engine.execute(command, copy.deepcopy(call))
+    assert isinstance(job, Job)
+    meanwhile(engine)  # before its first step
+    _, result = finish(engine, job)
+
+    meanwhile(expected)
+    expected.drain_changes()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(selection, "CHUNK", 1000)
+        whole = expected.execute(command, copy.deepcopy(call))
+    assert not isinstance(whole, Job)
+    assert result == whole
+    assert result in ({"matched": 15, "updated": 15}, {"deleted": 15, "cascaded": 0})
+    assert rows(engine) == rows(expected)
+
+
 def test_the_journal_of_a_chunked_bulk_write_replays_to_the_same_rows() -> None:
     engine = fresh()
     job = engine.execute(
@@ -278,6 +311,33 @@ async def test_a_bulk_write_in_progress_is_refused_when_the_store_stops_taking_w
             "matched": 400,
             "updated": 400,
         }
+    finally:
+        await client.close()
+        await server.shutdown()
+
+
+async def test_a_long_bookkeeping_write_goes_on_over_the_memory_limit(sock_dir) -> None:
+    """An internal table's ``update_where`` (the API's job records) is taken over the limit
+    in steps as it is at once (QA: each step was checked without the command's arguments, so
+    as a plain write, and refused); another table's is still refused."""
+    server = StoreServer(StoreSettings(socket=sock_dir / "s.sock"))
+    await server.start()
+    client = StoreClient(f"unix:{server.settings.socket}", timeout=5.0)
+    try:
+        for table in ("_jobs", "t"):
+            ops = [{"op": "insert", "table": table, "record": {"k": i % 7}} for i in range(400)]
+            await client.call("batch", {"ops": ops})
+        server.memory.over_limit = lambda: True  # type: ignore[method-assign]
+        call = {"table": "_jobs", "where": [["k", "eq", 3]], "changes": {"x": 1}}
+        write = asyncio.ensure_future(client.call("update_where", call))
+        for _ in range(10_000):
+            if server.jobs:
+                break
+            await asyncio.sleep(0)
+        assert server.jobs == 1  # in steps
+        assert await write == {"matched": 57, "updated": 57}
+        with pytest.raises(MemoryLimit):
+            await client.call("update_where", {**call, "table": "t"})
     finally:
         await client.close()
         await server.shutdown()

@@ -138,3 +138,21 @@ def test_chunked_join_with_a_unique_right_index_dropped_between_steps() -> None:
     engine.execute("delete", {"table": "r", "id": "x"})
     _, result = finish(engine, job)
     assert [(a["id"], b["id"]) for a, b in result["items"]] in ([("l15000", "x")], [])
+
+
+def test_a_chunked_join_reads_the_rows_an_index_picked_as_they_are_at_its_first_step() -> None:
+    """The ids of an ``in`` over several index buckets are a list picked when the command is
+    read; the job's first step runs a loop turn later, after other clients' commands (QA: a
+    row deleted in between failed the join with a KeyError, an HTTP 500)."""
+    engine = _engine(left_rows=RIGHT_ROWS)
+    engine.run_job(engine.execute("create_index", {"table": "l", "field": "key"}))
+    picked = ["k0", "k1", "k2", "k3"]
+    call = {**JOIN, "where": [["key", "in", picked]], "limit": 1000}
+    job = engine.execute("join", call)
+    assert isinstance(job, ChunkedRead)
+    engine.execute("delete", {"table": "l", "id": "l0"})  # picked, then gone
+    engine.execute("patch", {"table": "l", "id": "l1", "changes": {"key": "k5"}})  # no longer in
+    _, result = finish(engine, job)
+    lefts = {a["id"] for a, _ in result["items"]}
+    assert lefts == {"l2", "l3"}
+    assert result == engine.run_job(engine.execute("join", call))  # as the same join now
