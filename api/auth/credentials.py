@@ -8,12 +8,13 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import structlog
-from pydantic import EmailStr, TypeAdapter, ValidationError
+from pydantic import BeforeValidator, EmailStr, TypeAdapter, ValidationError
 
 from api.ratelimit import RateLimiter, Verdict
+from api.schemas.lookalikes import refuse_display_name
 from api.services import users
 from api.services.passwords import hash_password, verify_and_rehash, verify_password
 from api.settings import MAX_RATE_NUMBER
@@ -25,14 +26,18 @@ USERNAME_LIMIT_FACTOR = 5
 than one client may spend, so no single client can lock an account's owner out."""
 
 _dummy_hash: str | None = None
-_EMAIL: TypeAdapter[str] = TypeAdapter(EmailStr)
+# As registration reads an address, display-name form refused (``EmailStr`` alone takes
+# ``Name <a@x.org>`` as ``a@x.org``; registration answers it 422): such a username matches no
+# account. Lookalike addresses are not refused here: accounts made before that rule log in.
+_EMAIL: TypeAdapter[str] = TypeAdapter(Annotated[EmailStr, BeforeValidator(refuse_display_name)])
 log = structlog.get_logger("api.auth")
 
 
 def login_email(username: str) -> str:
     """The address as registration stored it: trimmed, Unicode NFC, the domain lowercased and
     IDNA-decoded (``josé`` typed decomposed, ``xn--bcher-kva.example`` for ``bücher.example``).
-    A username that is no valid address is kept as sent: it matches no account."""
+    A username that is no valid address (``Jo <jo@x.org>`` included, as registration refuses
+    it) is kept as sent: it matches no account."""
     try:
         return str(_EMAIL.validate_python(username))
     except ValidationError:

@@ -101,6 +101,22 @@ def test_any_spelling_of_a_registered_address_logs_in(anon: httpx.Client) -> Non
         assert response.status_code == 200, (spelling, response.text)
 
 
+@pytest.mark.parametrize("spelling", ["Anyone <{}>", '"{}" <{}>', "<{}>"])
+def test_a_display_name_form_logs_in_to_no_account(
+    anon: httpx.Client, alice: Account, spelling: str
+) -> None:
+    """Registration refuses ``Name <address>`` (422); login reads the username as it does, so
+    that form is no spelling of an account's address (QA: it logged in as the address)."""
+    email = alice.user["email"]
+    username = spelling.format(email, email)
+    response = anon.post(
+        "/api/v1/auth/token", data={"username": username, "password": alice.password}
+    )
+    assert_error(response, 401, "INVALID_CREDENTIALS")
+    plain = {"username": email, "password": alice.password}
+    assert anon.post("/api/v1/auth/token", data=plain).status_code == 200
+
+
 @pytest.mark.parametrize("grant_type", ["client_credentials", "refresh_token", "PASSWORD", "x"])
 def test_only_the_password_grant_is_taken(
     anon: httpx.Client, alice: Account, grant_type: str
