@@ -21,6 +21,7 @@ from api.auth import sessions
 from api.jobs import runner as runner_module
 from api.jobs.model import SCHEMA, TABLE, now_stamp
 from api.jobs.runner import JobContext, JobRunner
+from api.jobs.state import SWEEP_LIMIT
 from api.services.schema import ensure_schema
 from api.settings import Settings
 from storeserver.client import current_actor
@@ -211,6 +212,27 @@ async def test_the_sweep_deletes_old_files_no_live_job_owns(
     await runner._sweep()
     left = {path.name for path in tmp_path.iterdir()}
     assert left == {names["running_part"], names["result"], names["recent"]}
+
+
+async def test_one_sweep_deletes_every_expired_job_not_just_one_batch(
+    store: EngineStore, settings: Settings, tmp_path: Path
+):
+    """Soak QA: 100 expired jobs a sweep fell behind 25 short jobs a second."""
+    runner = JobRunner(store, settings)
+    jobs = runner.jobs
+    past = now_stamp(datetime.now(UTC) - timedelta(seconds=settings.job_retention_seconds + 5))
+    for _ in range(SWEEP_LIMIT * 2 + 7):
+        job = await jobs.create("export", "o", {}, runner.worker)
+        name = f"{job['id']}.csv"
+        changes = {"state": "succeeded", "finished_at": past, "result": {"file": name}}
+        store.engine.execute("patch", {"table": TABLE, "id": job["id"], "changes": changes})
+        (tmp_path / name).write_bytes(b"x")
+    recent = await jobs.create("export", "o", {}, runner.worker)
+    await jobs.transition(recent["id"], ("queued",), {"state": "succeeded"})
+    await runner._sweep()
+    assert store.engine.execute("count", {"table": TABLE}) == 1
+    assert await jobs.find(recent["id"]) is not None
+    assert not any(tmp_path.iterdir())
 
 
 async def test_ensure_schema_declares_the_jobs_table_with_its_indexes():
