@@ -95,7 +95,7 @@ class RecordWriter:
                 if not fields:
                     return table.visible(old, False)  # as ``patch``: nothing to write
                 new = self._update(table, old, merged, undo)
-                self.audit.add(table.name, "upsert", rid, fields, 1, at=new["updated_at"])
+                self.audit.add(table.name, "upsert", old["id"], fields, 1, at=new["updated_at"])
                 return new
         if upsert:
             # An upsert creates what its merge would make of an empty record: a null removes
@@ -183,7 +183,8 @@ class RecordWriter:
             # audit entry either (``update_where`` skips such rows too).
             return table.visible(old, False)
         result = self._update(table, old, new, undo)
-        self.audit.add(table.name, "patch", rid, fields, 1, at=result["updated_at"])
+        # The stored id, not the request's equal copy: the entry then shares the record's.
+        self.audit.add(table.name, "patch", old["id"], fields, 1, at=result["updated_at"])
         return result
 
     def delete(self, args: Args, undo: Undo | None = None) -> dict[str, Any]:

@@ -1991,3 +1991,31 @@ def test_replayed_audit_entries_share_strings_like_live_ones(engine: Engine, clo
         assert all(e[7] is stored["id"] and e[5] is table.name for e in entries)
         assert entries[-1][1] is stored["updated_at"]
         assert entries[0][9] == ("id", "colour") and entries[0][9][1] is sys.intern("colour")
+
+
+def test_audit_entries_share_their_callers_names_and_the_records_id(
+    engine: Engine, clock: FakeClock
+):
+    """Soak QA: ~650 bytes an entry, each holding its own copy of the caller's user id and
+    role (strings decoded per request), of the patched record's id and of its field names."""
+
+    def actor() -> dict[str, str]:  # new string objects each time, as decoded per request
+        return {"user_id": "".join(["u-", "42"]), "role": "".join(["ad", "min"])}
+
+    for n in range(3):
+        record = {"id": f"r{n}", "colour": "red", "size": n}
+        engine.execute("insert", {"table": "t", "record": record}, actor=actor())
+    engine.execute("patch", {"table": "t", "id": "".join(["r", "1"]), "changes": {"size": 9}})
+    entries = list(engine.audit.entries)
+    inserts = [e for e in entries if e[6] == "insert"]
+    assert len({id(e[2]) for e in inserts}) == 1 and inserts[0][2] == "u-42"
+    assert len({id(e[3]) for e in inserts}) == 1 and inserts[0][3] == "admin"
+    assert len({id(e[9]) for e in inserts}) == 1  # one tuple of names for the three
+    patched = entries[-1]
+    assert patched[6] == "patch" and patched[7] is engine._catalog.tables["t"].rows["r1"]["id"]
+
+    replica = Engine(clock=clock)
+    for change in engine.iter_state():  # through msgpack, as from a snapshot
+        replica.apply_change(tuple(unpack_value(pack_value(list(change)))))
+    again = [e for e in replica.audit.entries if e[6] == "insert"]
+    assert len({id(e[2]) for e in again}) == 1 and len({id(e[9]) for e in again}) == 1
