@@ -107,6 +107,10 @@ class JournalReplay:
             _, key, value, expires_at = change
             if expires_at is None or expires_at > self._clock():
                 self._kv.set(key, value, expires_at)
+            else:
+                # Expired since, but it replaced whatever the key held before: that stays gone
+                # (QA: a revocation mark overwritten with a short TTL came back after a crash).
+                self._kv.delete(key)
         elif kind == "kv_delete":
             self._kv.delete(change[1])
         elif kind == "audit":

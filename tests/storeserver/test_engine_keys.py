@@ -57,6 +57,25 @@ def test_a_stamped_value_is_journaled_as_the_number_and_replayed_as_it(
     assert run(replica, "kv_get_many", keys=["mark", "forever"]) == [None, T0]
 
 
+def test_a_replayed_write_that_has_expired_since_still_replaces_the_older_value(
+    engine: Engine, clock: FakeClock
+) -> None:
+    """QA: a key overwritten with a short TTL came back with its older value after a crash
+    (the log's expired write was skipped, not applied as the key's end)."""
+    run(engine, "kv_set", key="revoked", value=111)
+    run(engine, "kv_set", key="session", value="old", ttl=3600)
+    snapshot = list(engine.iter_state())
+    run(engine, "kv_set", key="revoked", value=222, ttl=1)
+    run(engine, "kv_set", key="session", value="new", ttl=1)
+    log = engine.drain_changes()[-2:]
+    clock.advance(2)
+    assert run(engine, "kv_get_many", keys=["revoked", "session"]) == [None, None]
+    replica = Engine(clock=clock)
+    for change in [*snapshot, *log]:  # a snapshot, then the log written after it
+        replica.apply_change(change)
+    assert run(replica, "kv_get_many", keys=["revoked", "session"]) == [None, None]
+
+
 def test_kv_set_stamp_with_gt_keeps_a_later_value(engine: Engine) -> None:
     run(engine, "kv_set", key="h", value=T0 + 100)
     assert run(engine, "kv_set", key="h", stamp=True, gt=True) is False
