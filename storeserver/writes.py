@@ -43,6 +43,7 @@ from storeserver.records import (
     max_record_bytes,
     merge_patch,
     same_value,
+    take_fields,
 )
 from storeserver.tables import Record, Table
 
@@ -107,7 +108,10 @@ class RecordWriter:
         # Built as the table stores it (``Table.new_row``), so it is kept without a copy.
         new = {} if table is None else table.new_row()
         new["id"] = rid
-        copy_fields(new, record)
+        if upsert:
+            take_fields(new, record)  # merge_patch's copy
+        else:
+            copy_fields(new, record)
         # Stamped before the checks: a unique index may be on a store-owned field too.
         stamp = self.timestamps()
         new["created_at"] = stamp

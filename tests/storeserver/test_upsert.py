@@ -100,3 +100,18 @@ def test_an_upsert_that_creates_drops_nulls_so_its_repeat_changes_nothing(
     assert again == made
     plain = run(engine, "insert", table=table, record={"id": "p1", "discount": None})
     assert plain["discount"] is None  # a plain insert stores what it is sent
+
+
+def test_an_upsert_that_creates_spends_a_batchs_value_budget_as_an_insert_does(
+    engine: Engine,
+) -> None:
+    """QA: merged, then copied, its values were counted twice: a 350,000-value record (the
+    budget is 600,000) went in as a batch's insert and was refused as a batch's upsert."""
+    big = list(range(350_000))
+    for n, upserting in enumerate((False, True)):
+        op = {"op": "insert", "table": "t", "record": {"id": f"r{n}", "v": big}}
+        if upserting:
+            op["upsert"] = True
+        run(engine, "batch", ops=[op])
+        stored = run(engine, "get", table="t", id=f"r{n}")
+        assert stored["v"] == big and stored["version"] == 1
