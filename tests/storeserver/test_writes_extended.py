@@ -76,7 +76,21 @@ def test_batch_references_earlier_results(engine: Engine) -> None:
     assert patched["last"] == order["id"] and patched["k"] == [1]
 
 
-@pytest.mark.parametrize("ref", ["1.id", "0.nope", "x.id", "-1.id", "0", 5, "0.id.deeper"])
+@pytest.mark.parametrize(
+    "ref",
+    [
+        "1.id",
+        "0.nope",
+        "x.id",
+        "-1.id",
+        "0",
+        5,
+        "0.id.deeper",
+        "\u00b2.id",  # superscript two: isdigit, not int (QA: INTERNAL)
+        "\u0660.id",  # Arabic-Indic zero: int() reads 0 (QA: taken as op 0)
+        "0" * 5000 + ".id",  # past the digits int() converts
+    ],
+)
 def test_bad_batch_references_fail_and_roll_back(engine: Engine, ref: Any) -> None:
     before = snapshot(engine)
     err = fail(
