@@ -36,7 +36,7 @@ def resolve_refs(value: Any, results: list[Any], depth: int = 0) -> Any:
 
 def _referenced(ref: Any, results: list[Any]) -> Any:
     index, _, path = ref.partition(".") if type(ref) is str else ("", "", "")
-    # ASCII digits, a few: str.isdigit also takes "²" (int() refuses it: INTERNAL) and "١"
+    # ASCII digits, a few: str.isdigit also takes "²" (int() refuses it: INTERNAL) and U+0661
     # (int() reads 1), and int() refuses past 4,300 digits (QA).
     number = index.isascii() and index.isdigit() and len(index) <= 9
     if not number or int(index) >= len(results) or not path:
