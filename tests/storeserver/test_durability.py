@@ -251,6 +251,39 @@ async def test_a_write_whose_log_write_failed_is_never_acknowledged(always, monk
     assert on_disk(always, ["r0", "r1", "r2"]) == ["r0", "r1", "r2"]
 
 
+async def test_a_reply_held_while_its_entry_waits_for_the_flush_is_sent_after_an_fsync_of_it(
+    always, monkeypatch
+):
+    """An fsync may end between a command (its reply held, its changes pending) and the end
+    of that loop turn's ``_flush``; the next fsync must not start before the entry is written
+    (QA: it did, and the reply was sent when that fsync, which did not cover it, ended)."""
+    dur = always.durability
+    assert dur is not None and dur.log is not None
+    first, first_transport = connect(always)
+    second, second_transport = connect(always)
+    release, real_fsync = threading.Event(), dur.log.fsync
+    path = dur.log.path
+    seen: list[bool] = []  # per fsync: r1 in the log file when it started
+
+    def fsync() -> None:
+        seen.append(b"r1" in path.read_bytes())
+        if len(seen) == 1:
+            release.wait(10)
+        real_fsync()
+
+    monkeypatch.setattr(dur.log, "fsync", fsync)
+    first.data_received(insert(1, "r0"))  # written; its fsync starts and blocks
+    await wait_until(lambda: bool(seen))
+    dur._flush_scheduled = True  # the turn's flush is queued, to run after the fsync ends
+    second.data_received(insert(2, "r1"))  # applied and held; its changes pending
+    release.set()
+    await wait_until(lambda: acknowledged(first_transport) == {1})
+    await wait_until(lambda: acknowledged(second_transport) == {2})
+    assert seen == [False, True]
+    dur._flush()  # the queued flush: nothing left to write
+    assert on_disk(always, ["r0", "r1"]) == ["r0", "r1"]
+
+
 @pytest.mark.parametrize("rotate", ["before the failure", "after the failure"])
 async def test_replies_held_while_a_failing_fsync_runs_are_never_acknowledged(
     always, monkeypatch, rotate
