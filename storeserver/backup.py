@@ -3,7 +3,8 @@
 The store writes a snapshot (``snapshot`` command) and answers once it is on disk; this then
 copies ``snapshot.mdb`` and the store's logs (``DataDir.logs``: not a file only named like one) into
 ``<dest>/<UTC timestamp>/`` (``-2``, ``-3``... appended when a backup of the same second
-has that name already). Restore = stop the store, put those files in an empty
+has that name already), each file and folder synced to disk before the backup is reported.
+Restore = stop the store, put those files in an empty
 ``STORE_DATA_DIR``, start it (deploy/README.md, "Backup and restore"). The copies hold every
 record and password hash, so they are owner-only as in the data directory: files 0600, the
 folders this creates 0700.
@@ -26,7 +27,7 @@ from typing import Any
 from .client import StoreClient
 from .datadir import DataDir
 from .errors import StoreError
-from .logfile import DIR_MODE, FILE_MODE, CorruptData
+from .logfile import DIR_MODE, FILE_MODE, CorruptData, fsync_dir
 from .snapshots import read_snapshot
 
 
@@ -69,6 +70,7 @@ def copy_backup(snapshot: Path, dest: Path) -> Path:
             # A part copy (disk full, interrupted) must not sit there looking like a backup.
             shutil.rmtree(target, ignore_errors=True)
             raise
+        fsync_dir(dest)  # the folder's name, once its files are on disk (``copy_and_check``)
         return target
     raise AssertionError("unreachable")
 
@@ -82,6 +84,7 @@ def copy_and_check(snapshot: Path, target: Path) -> None:
     generation = copied.snapshot_generation()
     copied.check_history(generation, copied.logs_after(generation))
     read_snapshot(copied.snapshot, _skip)  # whole, with its end marker
+    fsync_dir(target)  # the files' names (their contents: ``copy_private``)
 
 
 def new_folder(dest: Path, name: str) -> Path:
@@ -105,6 +108,10 @@ def copy_private(source: Path, target: Path) -> None:
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
         with os.fdopen(fd, "wb") as out:
             shutil.copyfileobj(src, out, 1 << 20)
+            # On disk before the backup is reported made (QA: no fsync at all, so a host
+            # crash after "backup_dir" could leave empty or partial files).
+            out.flush()
+            os.fsync(out.fileno())
     info = source.stat()
     os.utime(target, ns=(info.st_atime_ns, info.st_mtime_ns))
 

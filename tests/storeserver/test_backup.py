@@ -192,6 +192,28 @@ def test_a_copy_cut_short_by_the_disk_leaves_no_folder(tmp_path, monkeypatch):
     assert list((tmp_path / "backups").iterdir()) == []
 
 
+def test_a_backup_is_synced_to_disk_before_it_is_reported(tmp_path, monkeypatch):
+    """QA: no fsync at all; a host crash after the reported backup could leave empty files."""
+    data = tmp_path / "data"
+    data.mkdir()
+    write_snapshot(data / "snapshot.mdb", 1, [])
+    (data / "log-0000000002.aof").write_bytes(encode_entry([["kv_del", "k"]]))
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    target = copy_backup(data / "snapshot.mdb", tmp_path / "backups")
+    files = {str(target / name) for name in ("snapshot.mdb", "log-0000000002.aof")}
+    assert files <= set(synced)
+    # each folder after the names it holds
+    assert synced.index(str(target)) > max(synced.index(f) for f in files)
+    assert synced.index(str(tmp_path / "backups")) > synced.index(str(target))
+
+
 def test_a_backup_copies_the_store_s_logs_only(tmp_path):
     """A damaged log set aside in place (``log-0000000002.damaged.aof``) is not the store's:
     the store ignores it, and a backup leaves it out too."""
