@@ -10,6 +10,7 @@ snapshot of a stop, retried while the disk is full, is ``finalsnapshot``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -118,7 +119,7 @@ class Durability(WritePath):
             self.start_snapshot()
 
     def close(self) -> None:
-        """Clean shutdown: flush, wait for a running snapshot, write a final one; then let go
+        """Clean shutdown: flush, stop a running snapshot, write a final one; then let go
         of the directory (also when that fails: the process is stopping)."""
         try:
             self._close()
@@ -132,8 +133,7 @@ class Durability(WritePath):
             self._everysec.cancel()
         self._write_buffer()
         if self._child is not None:
-            _, status = os.waitpid(self._child, 0)
-            self._child_done(status)
+            self._stop_child()
         # Their connections are closed (the server stops serving first); the final snapshot
         # below holds everything they waited for.
         self._deferred.clear()
@@ -160,6 +160,22 @@ class Durability(WritePath):
             on="shutdown",
             bytes=size,
             seconds=round(time.perf_counter() - started, 3),
+        )
+
+    def _stop_child(self) -> None:
+        """As Redis's SHUTDOWN aborts a running BGSAVE: the final snapshot written next holds
+        everything the child's would, so the child is killed, not waited for (QA: a child
+        stopped or stuck on its disk held the SIGTERM of the store for good; waiting also
+        wrote the data twice)."""
+        assert self._child is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self._child, signal.SIGKILL)
+        os.waitpid(self._child, 0)
+        self._child = None
+        self.dir.discard_partial_snapshot()
+        log.info("snapshot_child_stopped", on="shutdown")
+        self._notify(
+            PersistenceError("the store stopped; its final snapshot holds every write", {})
         )
 
     @property

@@ -8,15 +8,17 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
-from storeserver import durability, finalsnapshot
+from storeserver import durability, finalsnapshot, snapshots
 from storeserver.client import StoreClient
 from storeserver.datadir import DataDir
 from storeserver.engine import Engine
+from storeserver.errors import StoreError
 from storeserver.probe import wait_for_socket
 from storeserver.server import StoreServer
 from storeserver.settings import StoreSettings
@@ -252,3 +254,31 @@ async def test_a_data_directory_removed_while_running_is_made_again_at_the_stop(
     finally:
         await client.close()
     assert sorted(r["id"] for r in found["items"]) == ["after", "before", "later"]
+
+
+@pytest.mark.timeout(60)
+async def test_a_stop_kills_a_running_snapshot_child_instead_of_waiting_for_it(
+    sock_dir, tmp_path, monkeypatch
+):
+    """As Redis's SHUTDOWN aborts a BGSAVE: the final snapshot holds everything (QA: a child
+    stopped or stuck on its disk held the store's SIGTERM for good)."""
+    server = await started(sock_dir, tmp_path, "no")
+    dur = server.durability
+    assert dur is not None
+    conn, transport = connect(server)
+    conn.data_received(insert(1, "r0"))
+    await wait_until(lambda: acknowledged(transport) == {1})
+    monkeypatch.setattr(snapshots, "write_snapshot", lambda *args: time.sleep(3600))
+    outcome: list[Any] = []
+    dur.start_snapshot(outcome.append)  # the child sleeps in its write
+    child = dur._child
+    assert child is not None
+    monkeypatch.undo()  # the final snapshot, in this process, writes for real
+    with capture_logs() as lines:
+        dur.close()
+    assert "snapshot_child_stopped" in [line["event"] for line in lines]
+    assert len(outcome) == 1 and isinstance(outcome[0], StoreError)
+    with pytest.raises(ChildProcessError):
+        os.waitpid(child, os.WNOHANG)  # reaped
+    assert on_disk(server) == ["r0", None]
+    assert not (dur.dir.root / "snapshot.mdb.tmp").exists()
