@@ -46,6 +46,7 @@ from .protocol import (
     EncodedPage,
     Request,
     encode_error,
+    encode_list_within,
     encode_page_result,
     encode_page_within,
     encode_result,
@@ -436,6 +437,12 @@ class StoreServer:
             if within is None:
                 raise self._too_large()
             reply = within
+        elif type(result) is list and len(result) > 1:
+            # get_many, kv_get_many: the same, a value at a time.
+            listed = encode_list_within(rid, result, self.max_reply_bytes)
+            if listed is None:
+                raise self._too_large()
+            reply = listed
         else:
             reply = encode_result(rid, result)
         if len(reply) - 4 > self.max_reply_bytes:
