@@ -437,8 +437,10 @@ class StoreServer:
             if within is None:
                 raise self._too_large()
             reply = within
-        elif type(result) is list and len(result) > 1:
-            # get_many, kv_get_many: the same, a value at a time.
+        elif type(result) is list and len(result) > 4:
+            # get_many, kv_get_many: the same, a value at a time. Up to four values (the API's
+            # revocation check, on every request, reads two) are encoded whole, ~0.8 us less:
+            # a record is at most half a frame, so that wastes at most two frames of encoding.
             listed = encode_list_within(rid, result, self.max_reply_bytes)
             if listed is None:
                 raise self._too_large()
