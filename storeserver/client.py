@@ -176,6 +176,9 @@ class StoreClient:
         self._on_connect = on_connect
         self.server_info: dict[str, Any] = {}
         self._checks_credentials = False  # as its HELLO says (``current_actor``)
+        # The largest request frame to send: ours, or the store's if its HELLO says less (a
+        # frame past it closes the connection, failing every call in flight on it, QA).
+        self._send_limit = max_frame_size
         self._greeted_at = 0.0  # time.monotonic() of the last server HELLO
         # When the connection was found lost (time.monotonic()), until one is open again: the
         # outage is told in two lines, not in one per failed call.
@@ -272,13 +275,13 @@ class StoreClient:
             frame = encode_request(rid, command, args if args is not None else {})
         except ProtocolError as exc:
             raise BadRequest(f"arguments cannot be sent to the store: {exc.message}") from exc
-        if len(frame) - 4 > self._max_frame_size:
+        if len(frame) - 4 > self._send_limit:
             # 413 through the API: a body MAX_BODY_BYTES let in (up to 1 GiB) but too large
             # to send was a 400 BAD_REQUEST, as if the client had sent something malformed.
             raise RecordTooLarge(
-                f"the request is over the {self._max_frame_size}-byte store frame once"
+                f"the request is over the {self._send_limit}-byte store frame once"
                 " encoded: send less at once",
-                {"size": len(frame) - 4, "max_frame_bytes": self._max_frame_size},
+                {"size": len(frame) - 4, "max_frame_bytes": self._send_limit},
             )
         fut = conn.send(rid, frame, command, self.timeout if timeout is None else timeout)
         try:
@@ -408,6 +411,10 @@ class StoreClient:
             raise
         self.server_info = info if isinstance(info, dict) else {}
         self._checks_credentials = self.server_info.get("checks_credentials") is True
+        announced = self.server_info.get("max_frame_bytes")
+        self._send_limit = self._max_frame_size
+        if type(announced) is int and 0 < announced < self._max_frame_size:
+            self._send_limit = announced
         self._greeted_at = time.monotonic()
         return conn
 

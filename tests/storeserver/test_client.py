@@ -21,6 +21,8 @@ from storeserver.errors import (
     StoreUnavailable,
 )
 from storeserver.protocol import PROTOCOL_VERSION, Hello, encode, encode_request
+from storeserver.server import StoreServer
+from storeserver.settings import StoreSettings
 
 
 async def test_a_caller_cancelled_mid_connect_does_not_abandon_the_attempt(
@@ -347,6 +349,29 @@ async def test_closing_during_an_attempt_tells_its_callers_the_client_is_closed(
         results = await asyncio.gather(*callers, return_exceptions=True)
         assert all(isinstance(r, StoreUnavailable) for r in results), results
         assert all("closed" in r.message for r in results)  # type: ignore[union-attr]
+
+
+async def test_a_request_past_the_frame_the_store_announced_is_refused_before_sending(
+    sock_dir,
+) -> None:
+    """QA: with STORE_MAX_FRAME_BYTES under the client's 16 MiB, an oversized request was
+    sent; the store closed the connection, and every call in flight on it failed
+    (OUTCOME_UNKNOWN) with it. The client sends no frame past what the store's HELLO says."""
+    server = StoreServer(StoreSettings(socket=sock_dir / "s.sock", max_frame_bytes=1 << 20))
+    await server.start()
+    client = StoreClient(f"unix:{server.settings.socket}", timeout=5.0)
+    try:
+        await client.connect()
+        big = client.call("insert", {"table": "t", "record": {"blob": "x" * (2 << 20)}})
+        small = [client.call("insert", {"table": "t", "record": {"n": n}}) for n in range(5)]
+        outcomes = await asyncio.gather(big, *small, return_exceptions=True)
+        assert isinstance(outcomes[0], RecordTooLarge)
+        assert outcomes[0].details["max_frame_bytes"] == 1 << 20
+        assert [o["n"] for o in outcomes[1:]] == list(range(5))  # type: ignore[index]
+        assert await client.call("count", {"table": "t"}) == 5
+    finally:
+        await client.close()
+        await server.shutdown()
 
 
 async def test_a_request_larger_than_a_frame_is_too_large_not_bad(server) -> None:
