@@ -76,6 +76,12 @@ class ClientConnection(asyncio.Protocol):
         as any ``StoreBusy``: a retry would add to the backlog. Calls already sent keep
         their timeouts; a store that reads again drains the buffer and calls go through.
         """
+        if self.closed:
+            # Lost between the caller getting it and sending on it (a reconnect's callers
+            # resume a loop turn after it; QA: the frame was dropped and the call waited out
+            # its timeout as OUTCOME_UNKNOWN). Nothing was sent: plain unavailable, a read is
+            # retried.
+            raise StoreUnavailable("the connection to the store was lost")
         unsent = self.unsent
         if unsent > MAX_UNSENT:
             raise StoreBusy(

@@ -386,3 +386,28 @@ async def test_a_request_larger_than_a_frame_is_too_large_not_bad(server) -> Non
         assert await client.call("insert", {"table": "t", "record": {"blob": "x"}})  # still fine
     finally:
         await client.close()
+
+
+async def test_a_connection_lost_right_after_its_handshake_fails_the_call_at_once(
+    sock_dir,
+) -> None:
+    """A store that answers the HELLO and closes: the caller waiting for that connection got
+    it already closed, and its frame was dropped: a write waited out its timeout as
+    OUTCOME_UNKNOWN (QA). Nothing was sent, so it is STORE_UNAVAILABLE at once."""
+    path = str(sock_dir / "fake.sock")
+
+    async def hello_then_close(reader: Any, writer: Any) -> None:
+        await reader.readexactly(4)
+        writer.write(encode(Hello(PROTOCOL_VERSION, {"server": "fake"})))
+        await writer.drain()
+        writer.close()
+
+    fake = await asyncio.start_unix_server(hello_then_close, path)
+    client = StoreClient(f"unix:{path}", timeout=3.0)
+    try:
+        with pytest.raises(StoreUnavailable) as failed:  # not StoreTimeout, outcome unknown
+            await client.call("insert", {"table": "t", "record": {"a": 1}})
+        assert not isinstance(failed.value, OutcomeUnknown)
+    finally:
+        await client.close()
+        fake.close()
