@@ -7,7 +7,7 @@ import time
 from typing import Any, Protocol
 
 from storeserver.client import Caller, OnConnect, current_actor, without_credential
-from storeserver.errors import StoreUnavailable
+from storeserver.errors import StoreTimeout, StoreUnavailable
 
 
 class Store(Protocol):
@@ -89,8 +89,13 @@ async def connect_store(
             if pong.get("ready"):
                 return client
             last_error = StoreUnavailable("store is loading its data")
-        except StoreUnavailable as exc:
+        except (StoreUnavailable, StoreTimeout) as exc:
+            # A store busy past the call timeout just after its handshake is waited for too
+            # (QA: the StoreTimeout ended the wait, and the worker's boot, after 1 s).
             last_error = exc
+        except BaseException:
+            await client.close()
+            raise
         if time.monotonic() >= deadline:
             await client.close()
             raise StoreUnavailable(f"store at {address} not ready after {wait_seconds:g}s") from (
