@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel
 
@@ -52,8 +54,12 @@ async def read_health() -> Response:
 async def read_readiness(request: Request, store: StoreDep, settings: SettingsDep) -> Response:
     """200 when the store answers and has loaded its data, else 503."""
     try:
-        pong = await store.call("ping", {}, timeout=READY_TIMEOUT)
-    except StoreTimeout:
+        # The whole answer within the probe's time: the call's own timeout starts once it is
+        # sent, after a reconnection's set-up (QA: a store that took the handshake, then hung
+        # the set-up, made the probe wait its STORE_TIMEOUT, 5 s).
+        async with asyncio.timeout(READY_TIMEOUT):
+            pong = await store.call("ping", {}, timeout=READY_TIMEOUT)
+    except (StoreTimeout, TimeoutError):
         outage_warning("store_timeout")(command="ping", timeout_s=READY_TIMEOUT)
         return error_response(
             request,

@@ -5,6 +5,7 @@ No server: the store dependency is overridden, and the lifespan is not run.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -347,3 +348,21 @@ async def test_an_embed_never_shows_an_order_whose_user_is_gone(
     busy = await http.get("/api/v1/orders", params={"expand": "user"})
     assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
     assert busy.json()["error"]["code"] == "CHANGED_WHILE_READ"
+
+
+async def test_ready_answers_503_within_its_second_however_the_store_call_waits(
+    app: FastAPI, http: httpx.AsyncClient
+) -> None:
+    """client QA: a reconnection whose set-up hung held the probe for STORE_TIMEOUT (5 s), the
+    call's own 1 s timeout starting only once it was sent. The probe's second is its whole
+    answer."""
+
+    class HungSetUp:
+        async def call(self, command: str, args: Any = None, *, timeout: Any = None) -> Any:
+            await asyncio.sleep(60)  # waiting for the connection, before any timeout starts
+
+    app.dependency_overrides[get_store] = HungSetUp
+    response = await asyncio.wait_for(http.get("/api/v1/ready"), 10)
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "STORE_UNAVAILABLE"
+    assert response.headers["Retry-After"] == "2"
