@@ -56,6 +56,14 @@ def check_generic(data: Record, loc: Loc = DATA, allow_refs: bool = False) -> No
         raise RequestValidationError(problems)
 
 
+def path_names_it(data: Record) -> Record:
+    """A PUT or PATCH body (or a transaction's replace or patch) without its ``id``: the path
+    (the op's ``id``) names the record, and the body's is ignored whatever it holds (QA: a
+    number, or a reserved name such as ``count`` that a record read back whole may carry,
+    made the write a 422)."""
+    return {k: v for k, v in data.items() if k != "id"} if "id" in data else data
+
+
 def check_values(value: Any, loc: Loc, max_depth: int) -> None:
     """``check_generic``'s value rules (64-bit integers, finite numbers, at most ``max_depth``
     levels) for a body that is not a record, such as a JSON Schema."""

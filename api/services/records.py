@@ -17,7 +17,7 @@ from api.conditions import WriteConditions
 from api.errors import ApiError
 from api.services import users
 from api.services.batches import check_refs, run_batch_noting_unchanged
-from api.services.record_values import DATA, Record, check_generic
+from api.services.record_values import DATA, Record, check_generic, path_names_it
 from api.services.typed_tables import TYPED, IfMatch, to_public
 from api.services.versions import (
     WRITE_ATTEMPTS,
@@ -184,13 +184,6 @@ def refuse_typed_upsert(table: str) -> None:
 
 async def read_record(store: Store, table: str, record_id: str) -> Record:
     return to_public(table, await store.call("get", {"table": table, "id": record_id}))
-
-
-def path_names_it(data: Record) -> Record:
-    """A PUT or PATCH body without its ``id``: the path names the record, and the body's is
-    ignored whatever it holds (QA: a number, or a reserved name such as ``count`` that a
-    record read back whole may carry, made the write a 422)."""
-    return {k: v for k, v in data.items() if k != "id"} if "id" in data else data
 
 
 async def replace_record(

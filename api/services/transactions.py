@@ -77,6 +77,8 @@ async def prepare(
         args["id"] = item.id
     ends = False
     if typed is None:
+        if kind in ("replace", "patch"):
+            data = record_values.path_names_it(data)  # the op's id names it, as a path does
         if kind != "delete":
             record_values.check_generic(data, (*loc, "data"), allow_refs=True)
         check_refs(data, index, (*loc, "data"))

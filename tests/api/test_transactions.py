@@ -76,6 +76,24 @@ def test_generic_operations_and_versions(client: httpx.Client) -> None:
     assert_error(client.get(f"/api/v1/data/{table}/b"), 404)
 
 
+def test_a_replace_or_patch_ignores_an_id_in_its_data_as_put_and_patch_do(
+    client: httpx.Client,
+) -> None:
+    """The op's ``id`` names the record; one in ``data`` (a record read back whole, even a
+    reserved name) is ignored, as PUT and PATCH ignore theirs (QA: a 422 here, 200 there)."""
+    table = f"tx_{token()}"
+    create_record(client, table, id="r1", a=1)
+    response = run(
+        client,
+        {"op": "patch", "table": table, "id": "r1", "data": {"id": "count", "a": 2}},
+        {"op": "replace", "table": table, "id": "r1", "data": {"id": "bad id!", "b": 3}},
+    )
+    assert response.status_code == 200, response.text
+    patched, replaced = response.json()["data"]["results"]
+    assert (patched["id"], patched["a"]) == ("r1", 2)
+    assert (replaced["id"], replaced["b"]) == ("r1", 3) and "a" not in replaced
+
+
 def test_password_change_in_a_transaction_ends_sessions(
     client: httpx.Client, anon: httpx.Client
 ) -> None:
