@@ -184,12 +184,12 @@ async def export_table(
     request: Request,
     table: TableName,
     store: StoreDep,
+    _untagged: UntaggedRead,  # its 412 before the filters' 422 (QA): dependencies run in order
     where: Annotated[list[list[object]], Depends(export_filters)],
     settings: SettingsDep,
     jobs: JobsDep,
     caller: AdminUser,
     run_async: AsyncFlag = None,
-    _untagged: UntaggedRead = None,
 ) -> Response:
     """Stream the records matching the list filters as CSV, read in bounded chunks. With
     `?async=true` (or a table over JOB_ASYNC_ROWS rows): 202 and a job writing the same CSV.

@@ -58,3 +58,13 @@ def test_an_if_match_naming_a_tag_is_412_and_star_holds(
 def test_a_caller_without_a_token_hears_401_before_any_precondition(anon: httpx.Client) -> None:
     response = anon.get("/api/v1/admin/stats", headers={"If-Match": 'W/"1"'})
     assert_error(response, 401)
+
+
+@pytest.mark.parametrize("url", ["/api/v1/data/users/count", "/api/v1/batch/users/export"])
+def test_the_412_comes_before_a_bad_filter_s_422(client: httpx.Client, url: str) -> None:
+    """As the README says ("before its 404 or 422"; services QA: count and the CSV export
+    parsed their filters first)."""
+    params = {"age": "abc", "async": "false"}  # not an integer: a 422
+    assert_error(client.get(url, params=params), 422, "VALIDATION_ERROR")
+    stale = client.get(url, params=params, headers={"If-Match": 'W/"1"'})
+    assert_error(stale, 412, "PRECONDITION_FAILED")
