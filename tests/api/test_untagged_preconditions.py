@@ -64,7 +64,7 @@ def test_a_caller_without_a_token_hears_401_before_any_precondition(anon: httpx.
 def test_the_412_comes_before_a_bad_filter_s_422(client: httpx.Client, url: str) -> None:
     """As the README says ("before its 404 or 422"; services QA: count and the CSV export
     parsed their filters first)."""
-    params = {"age": "abc", "async": "false"}  # not an integer: a 422
+    params = {"age": "abc"}  # not an integer: a 422
     assert_error(client.get(url, params=params), 422, "VALIDATION_ERROR")
     stale = client.get(url, params=params, headers={"If-Match": 'W/"1"'})
     assert_error(stale, 412, "PRECONDITION_FAILED")
