@@ -26,7 +26,7 @@ from starlette.responses import FileResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from api.conditions import header_list
-from api.errors import ApiError
+from api.errors import ApiError, error_response
 from api.jobs.runner import result_dir
 from api.middleware import accepts_gzip, asked_with_head
 from api.responses import DATA_CACHE_CONTROL
@@ -70,7 +70,38 @@ def range_verdict(header: str, size: int) -> Literal["serve", "ignore", "unsatis
     return "unsatisfiable" if satisfiable == 0 else "ignore"
 
 
-class WholeFileResponse(FileResponse):
+GONE = "the result file is gone (expired or on another host)"
+# An open file read again by name, whatever became of the name: the sweeps may delete a result
+# while it is being answered (Linux; elsewhere the name is opened, as before).
+_OPEN_FILES = FilePath("/proc/self/fd")
+_BY_OPEN_FILE = _OPEN_FILES.is_dir()
+
+
+class ResultFileResponse(FileResponse):
+    """A FileResponse that opens its file before it sends anything, and reads that open file
+    (QA: a result a sweep deleted between the route's stat and Starlette's open was a 200
+    with Content-Length and ETag sent, then no body and a traceback): one deleted before is
+    the route's 404 still."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            gone = error_response(Request(scope), 404, "NOT_FOUND", GONE)
+            await gone(scope, receive, send)
+            return
+        try:
+            if _BY_OPEN_FILE:
+                self.path = str(_OPEN_FILES / str(fd))
+                extensions = dict(scope.get("extensions") or {})
+                extensions.pop("http.response.pathsend", None)  # a server would open that name
+                scope = {**scope, "extensions": extensions}
+            await super().__call__(scope, receive, send)
+        finally:
+            os.close(fd)
+
+
+class WholeFileResponse(ResultFileResponse):
     """A FileResponse that answers as if the request had no ``Range`` header."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -168,7 +199,7 @@ def result_stat(path: FilePath) -> os.stat_result:
     except FileNotFoundError:
         stat = None
     if stat is None or not S_ISREG(stat.st_mode):
-        raise ApiError(404, "NOT_FOUND", "the result file is gone (expired or on another host)")
+        raise ApiError(404, "NOT_FOUND", GONE)
     return stat
 
 
@@ -212,7 +243,7 @@ def result_response(request: Request, job: Job, job_id: str) -> Response:
     headers = {"ETag": gzip_etag(etag) if zipped else etag, "Last-Modified": last_modified}
     response_class: type[FileResponse] = WholeFileResponse
     if verdict == "serve":
-        response_class, headers = FileResponse, {**headers, **vary}
+        response_class, headers = ResultFileResponse, {**headers, **vary}
     elif zipped:
         response_class = GzipFileResponse
     return response_class(

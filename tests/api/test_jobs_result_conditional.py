@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from starlette.responses import FileResponse
 
 from api.auth.principals import Principal
 from api.deps import get_caller
@@ -286,3 +287,37 @@ async def test_a_head_of_a_gzipped_result_says_so_without_compressing_it(
     same = ("etag", "content-encoding", "content-type", "content-disposition", "last-modified")
     assert {k: head.headers.get(k) for k in same} == {k: got.headers.get(k) for k in same}
     assert head.headers["vary"] == got.headers["vary"] and "content-length" not in head.headers
+
+
+@pytest.mark.parametrize("headers", [IDENTITY, GZIP, {**IDENTITY, "Range": "bytes=0-9"}])
+async def test_a_result_deleted_after_the_route_read_it_is_a_404_not_a_cut_off_200(
+    http: httpx.AsyncClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, headers: Any
+) -> None:
+    """QA: a sweep deleting the file between the route's stat and the response's open sent
+    200 with Content-Length and ETag, then no body."""
+    real = download.result_stat
+
+    def stat_then_sweep(path: Path) -> Any:
+        stat = real(path)
+        path.unlink()
+        return stat
+
+    monkeypatch.setattr(download, "result_stat", stat_then_sweep)
+    response = await http.get(URL, headers=headers)
+    assert_error(response, 404, "NOT_FOUND")
+
+
+@pytest.mark.parametrize("headers", [IDENTITY, GZIP, {**IDENTITY, "Range": "bytes=0-9"}])
+async def test_a_result_deleted_once_opened_is_sent_whole(
+    http: httpx.AsyncClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, headers: Any
+) -> None:
+    real = FileResponse.__call__
+
+    async def sweep_then_send(self: FileResponse, scope: Any, receive: Any, send: Any) -> None:
+        (tmp_path / "jobs" / "job-1.ndjson").unlink(missing_ok=True)
+        await real(self, scope, receive, send)
+
+    monkeypatch.setattr(FileResponse, "__call__", sweep_then_send)
+    response = await http.get(URL, headers=headers)
+    assert response.status_code == (206 if "Range" in headers else 200), response.text
+    assert response.content == (BODY[:10] if "Range" in headers else BODY)
