@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Body, Query, Request, Response
 from pydantic import PlainValidator
 
+from api.auth.principals import Principal
 from api.conditions import WRITE_PRECONDITIONS
 from api.deps import (
     AdminUser,
@@ -220,10 +221,10 @@ async def update_user(
     email sent again as stored (or normalizing to it: the domain in capitals) is no change, in
     any case: no `current_password`, not written, and not checked again (an address stored
     before a check refused it still saves).
-    A role change needs an admin, and the last admin stays one (409 `LAST_ADMIN`). A new
-    password or role ends all of that user's sessions.
+    A role change needs an admin (your own role sent back is no change), and the last admin
+    stays one (409 `LAST_ADMIN`). A new password or role ends all of that user's sessions.
     """
-    payload = await _validated_update(store, user_id, sent)
+    payload = _without_own_role(await _validated_update(store, user_id, sent), caller)
     current_password = await _check_sensitive_changes(request, store, caller, user_id, payload)
     accepted = await accepted_versions(store, user_service.TABLE, user_id, conditions)
     if current_password is None:
@@ -288,6 +289,16 @@ async def _validated_update(store: Store, user_id: str, sent: object) -> UserUpd
     if isinstance(sent, dict):
         sent = await user_service.without_stored_email(store, user_id, sent)
     return validate_body(UserUpdate, sent, user_service.BODY)
+
+
+def _without_own_role(payload: UserUpdate, caller: Principal) -> UserUpdate:
+    """The role a user sends back as it is (a record read whole and written again) is no
+    change, as the stored email is: not written, and no 403 (QA: 403 for "role": "user")."""
+    if caller.is_admin or "role" not in payload.model_fields_set or payload.role != caller.role:
+        return payload
+    kept = payload.model_copy()
+    kept.model_fields_set.discard("role")
+    return kept
 
 
 async def _check_sensitive_changes(

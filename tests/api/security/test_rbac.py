@@ -203,6 +203,21 @@ def test_only_an_admin_changes_roles_and_the_change_ends_sessions(
     assert anon.get("/api/v1/users", headers=fresh).status_code == 200
 
 
+@pytest.mark.parametrize("path", ["/api/v1/users/me", "/api/v1/users/{id}"])
+def test_a_user_sending_back_their_own_role_changes_nothing_else_than_sent(
+    anon: httpx.Client, path: str
+) -> None:
+    """A record read whole and written again holds the role: no change, not a 403 (services
+    QA); any other role still is."""
+    account = register(anon)
+    url = path.format(id=account.id)
+    same = anon.patch(url, json={"full_name": "Same Role", "role": "user"}, headers=account.headers)
+    assert same.status_code == 200, same.text
+    assert same.json()["data"]["full_name"] == "Same Role"
+    assert anon.get("/api/v1/users/me", headers=account.headers).status_code == 200  # not ended
+    assert_error(anon.patch(url, json={"role": "admin"}, headers=account.headers), 403, "FORBIDDEN")
+
+
 def test_generic_routes_cannot_be_used_to_escalate(anon: httpx.Client, world: World) -> None:
     patch = anon.patch(
         f"/api/v1/data/users/{world.owner.id}",
