@@ -57,6 +57,15 @@ def rows(engine: Engine) -> dict[str, Any]:
     return {r["id"]: r for r in engine.execute("find", {"table": "t", "limit": 1000})["items"]}
 
 
+BULK_WRITES = pytest.mark.parametrize(
+    ("command", "args"),
+    [
+        ("update_where", {"changes": {"hit": True}}),
+        ("delete_where", {}),
+    ],
+)
+
+
 def meanwhile(engine: Engine) -> None:
     """Writes between the job's steps, each moving a row in or out of ``k == 0``."""
     engine.execute("patch", {"table": "t", "id": "r0", "changes": {"k": 1}})  # matched: leaves
@@ -67,13 +76,7 @@ def meanwhile(engine: Engine) -> None:
 
 
 @pytest.mark.parametrize("indexed", [False, True])
-@pytest.mark.parametrize(
-    ("command", "args"),
-    [
-        ("update_where", {"changes": {"hit": True}}),
-        ("delete_where", {}),
-    ],
-)
+@BULK_WRITES
 def test_a_chunked_bulk_write_changes_the_rows_matching_at_its_last_step(
     command: str, args: dict[str, Any], indexed: bool
 ) -> None:
@@ -106,13 +109,7 @@ def test_a_chunked_bulk_write_changes_the_rows_matching_at_its_last_step(
 
 
 @pytest.mark.parametrize("where", [[["k", "in", [0, 5]]], {"or": [["k", "eq", 0], ["k", "eq", 5]]}])
-@pytest.mark.parametrize(
-    ("command", "args"),
-    [
-        ("update_where", {"changes": {"hit": True}}),
-        ("delete_where", {}),
-    ],
-)
+@BULK_WRITES
 def test_rows_an_index_union_picked_may_change_before_the_first_step(
     command: str, args: dict[str, Any], where: Any
 ) -> None:

@@ -308,6 +308,31 @@ async def test_a_scan_of_big_records_reads_every_page(small: StoreClient) -> Non
     assert seen == 1050
 
 
+def watch_encoding(monkeypatch: pytest.MonkeyPatch) -> tuple[list[int], list[int]]:
+    """(one entry per value the item packer packs, the size of each whole ``pack_value``)."""
+    packed: list[int] = []
+    encoded: list[int] = []
+    real_items, real_pack_value = protocol.item_packer, protocol.pack_value
+
+    def counting() -> Any:
+        packer = real_items()
+        return SimpleNamespace(
+            pack=lambda item: (packed.append(1), packer.pack(item))[1],
+            getbuffer=packer.getbuffer,
+            bytes=packer.bytes,
+            reset=packer.reset,
+        )
+
+    def measured(obj: Any) -> bytes:
+        data = real_pack_value(obj)
+        encoded.append(len(data))
+        return data
+
+    monkeypatch.setattr(protocol, "item_packer", counting)
+    monkeypatch.setattr(protocol, "pack_value", measured)
+    return packed, encoded
+
+
 async def test_a_page_over_the_frame_is_refused_before_it_is_all_encoded(
     small: StoreClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -317,28 +342,7 @@ async def test_a_page_over_the_frame_is_refused_before_it_is_all_encoded(
     STORE_MAX_MEMORY: 507s for the writes after it)."""
     for n in range(40):
         await small.call("insert", {"table": "big", "record": {"n": n, "blob": "x" * (100 * KB)}})
-    packed: list[int] = []
-    real = protocol.item_packer
-
-    def counting() -> Any:
-        packer = real()
-        return SimpleNamespace(
-            pack=lambda item: (packed.append(1), packer.pack(item))[1],
-            getbuffer=packer.getbuffer,
-            bytes=packer.bytes,
-            reset=packer.reset,
-        )
-
-    encoded: list[int] = []
-    real_pack_value = protocol.pack_value
-
-    def measured(obj: Any) -> bytes:
-        data = real_pack_value(obj)
-        encoded.append(len(data))
-        return data
-
-    monkeypatch.setattr(protocol, "item_packer", counting)
-    monkeypatch.setattr(protocol, "pack_value", measured)
+    packed, encoded = watch_encoding(monkeypatch)
     assert await code_of(small, "find", {"table": "big", "limit": 40}) == "LIMIT_EXCEEDED"
     assert len(packed) <= FRAME // (100 * KB) + 1  # 11 of the 40
     assert max(encoded) < FRAME  # not the 4 MB page whole
@@ -358,28 +362,7 @@ async def test_a_list_over_the_frame_is_refused_before_it_is_all_encoded(
     await small.call("insert", {"table": "big", "record": {"id": "r", "blob": "x" * (60 * KB)}})
     await small.call("kv_set", {"key": "k", "value": "x" * (60 * KB)})
     args = {"table": "big", "ids": ["r"] * 40} if command == "get_many" else {"keys": ["k"] * 40}
-    packed: list[int] = []
-    real = protocol.item_packer
-
-    def counting() -> Any:
-        packer = real()
-        return SimpleNamespace(
-            pack=lambda item: (packed.append(1), packer.pack(item))[1],
-            getbuffer=packer.getbuffer,
-            bytes=packer.bytes,
-            reset=packer.reset,
-        )
-
-    encoded: list[int] = []
-    real_pack_value = protocol.pack_value
-
-    def measured(obj: Any) -> bytes:
-        data = real_pack_value(obj)
-        encoded.append(len(data))
-        return data
-
-    monkeypatch.setattr(protocol, "item_packer", counting)
-    monkeypatch.setattr(protocol, "pack_value", measured)
+    packed, encoded = watch_encoding(monkeypatch)
     assert await code_of(small, command, args) == "LIMIT_EXCEEDED"
     assert max(encoded) < FRAME  # not the 2.4 MB list whole
     assert len(packed) <= FRAME // (60 * KB) + 1  # 18 of the 40
