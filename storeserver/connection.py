@@ -96,11 +96,6 @@ TURN_BUDGET = 0.002
 (``StoreConnection._serve``): the rest of what it sent waits for a later turn."""
 TURN_REPLY_BYTES = 256 * 1024
 """Reply bytes one connection's turn may build before the rest waits for a later turn."""
-OUTPUT_LIMIT_FRAMES = 4
-"""Replies a client that does not read may leave in its buffer, in frames of
-``STORE_MAX_FRAME_BYTES`` (64 MiB by default), before it is disconnected, as Redis's
-``client-output-buffer-limit``: replies of long commands (jobs) are sent when they end, not
-held back by flow control as a turn's are (QA: 150 pipelined long finds never read, 191 MB)."""
 TURN_BATCH = 64
 """Frames decoded at once; the rest of a read stays bytes in the decoder until their turn
 (a small request decoded takes about ten times its bytes)."""
@@ -135,8 +130,7 @@ class StoreConnection(asyncio.Protocol):
     ``TURN_BATCH``, the rest as bytes in the decoder), which is not read from meanwhile, and
     goes on in a later turn (``_resume``), after every other client's events. A connection
     paused for writing (its client does not read) runs nothing until ``resume_writing``: its
-    memory is the transport's buffer, one turn of replies and one read of requests; replies
-    of its long commands still running are sent as they end, up to ``OUTPUT_LIMIT_FRAMES``.
+    memory is the transport's buffer, one turn of replies and one read of requests.
     """
 
     def __init__(self, server: StoreServer) -> None:
@@ -398,19 +392,8 @@ class StoreConnection(asyncio.Protocol):
     def send(self, data: bytes) -> None:
         if self.transport is not None:
             self.transport.write(data)
-            if self._writing_paused:  # the client is not reading: how much waits for it?
-                self._limit_output()
             if self._eof:  # checked here: this is on the path of every reply
                 self._finish_if_done()
-
-    def _limit_output(self) -> None:
-        assert self.transport is not None
-        limit = OUTPUT_LIMIT_FRAMES * self.server.settings.max_frame_bytes
-        size = self.transport.get_write_buffer_size()
-        if size > limit:
-            reason = f"{size} bytes of replies unread, over the limit of {limit}"
-            self.server.dropped_log(reason=reason, peer=self.peer)
-            self.abort()  # nothing more can reach a client that does not read
 
     def send_when_durable(self, durability: Durability, data: bytes) -> None:
         """Send ``data`` once the writes it acknowledges are on disk (STORE_FSYNC=always);

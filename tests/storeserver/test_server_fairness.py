@@ -13,7 +13,7 @@ import msgpack
 import pytest
 from structlog.testing import capture_logs
 
-from storeserver import builds, handshakes, selection
+from storeserver import builds, handshakes
 from storeserver import connection as connection_module
 from storeserver.client import StoreClient
 from storeserver.errors import BadRequest, NotFound, StoreUnavailable
@@ -208,48 +208,6 @@ async def test_a_client_that_does_not_read_stops_its_requests_running(server, cl
         assert server.op_stats.by_command["kv_get"].count == sent
     finally:
         sock.close()
-
-
-async def test_a_client_that_does_not_read_the_replies_of_long_reads_is_disconnected(
-    sock_dir, monkeypatch
-):
-    """Long reads (jobs) answer when they end, past flow control: QA's 150 pipelined finds
-    never read took 191 MB. Past ``OUTPUT_LIMIT_FRAMES`` frames unread the client is
-    disconnected, as Redis's client-output-buffer-limit does; the others are served."""
-    monkeypatch.setattr(selection, "CHUNK", 100)
-    monkeypatch.setattr(builds, "CHUNK", 100)
-    server = StoreServer(StoreSettings(socket=sock_dir / "s.sock", max_frame_bytes=1 << 20))
-    await server.start()
-    client = StoreClient(f"unix:{server.settings.socket}", timeout=5.0)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        for start in range(0, 1000, 250):  # a batch's reply holds every record
-            rows = [
-                {"op": "insert", "table": "t", "record": {"n": i, "pad": "p" * 1000}}
-                for i in range(start, start + 250)
-            ]
-            await client.call("batch", {"ops": rows})
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.setblocking(False)
-        loop = asyncio.get_running_loop()
-        await loop.sock_connect(sock, str(server.settings.socket))
-        find = {"table": "t", "where": [["n", "gte", 0]], "limit": 500}  # ~0.5 MB replies
-        frames = b"".join(encode_request(i, "find", find) for i in range(1, 21))
-        with capture_logs() as lines:
-            await loop.sock_sendall(sock, encode(Hello(PROTOCOL_VERSION, None)) + frames)
-            await wait_until(lambda: bool(dropped(lines)))
-            await wait_until(lambda: len(server.connections) == 1)  # only ``client`` left
-        assert "replies unread" in dropped(lines)[0]["reason"]
-        assert server.op_stats.by_command["find"].count < 20  # the rest never ran
-        assert await client.call("count", {"table": "t"}) == 1000
-    finally:
-        sock.close()
-        await client.close()
-        await server.shutdown()
-
-
-def dropped(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [line for line in lines if line["event"] == "client_dropped"]
 
 
 # -- errors always fit a frame --------------------------------------------------------------
