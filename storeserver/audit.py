@@ -142,13 +142,15 @@ class AuditLog:
         self._append(entry)
 
     def _shared(self, names: Sequence[str]) -> Sequence[str]:
-        """``names``, as the tuple an earlier entry holds when one does (the first
-        ``SHARED_NAME_SETS`` distinct ones are kept for that)."""
-        shared = self._name_sets.get(names)
+        """``names``, as the tuple an earlier entry holds when one does (up to
+        ``SHARED_NAME_SETS`` distinct ones are kept for that, then the kept ones are let go)."""
+        sets = self._name_sets
+        shared = sets.get(names)
         if shared is not None:
             return shared
-        if len(self._name_sets) < SHARED_NAME_SETS:
-            self._name_sets[names] = names
+        if len(sets) >= SHARED_NAME_SETS:
+            sets.clear()  # started afresh: the sets written now, not the first ever, are shared
+        sets[names] = names
         return names
 
     def _append(self, entry: Entry) -> None:

@@ -56,7 +56,12 @@ def copy_backup(snapshot: Path, dest: Path) -> Path:
     may start past its generation. The copy is checked as the store checks a data directory
     at start (``DataDir.check_history``) and made again; ``CorruptData`` if it never holds.
     """
-    dest.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    try:
+        dest.mkdir(mode=DIR_MODE, parents=True)
+    except FileExistsError:
+        pass  # made by an earlier backup (or one beside this)
+    else:
+        fsync_dir(dest.parent)  # its name, as each backup's own folder's below
     for attempt in range(1, COPY_ATTEMPTS + 1):
         target = new_folder(dest, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
         try:

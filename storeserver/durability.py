@@ -164,9 +164,9 @@ class Durability(WritePath):
 
     def _stop_child(self) -> None:
         """As Redis's SHUTDOWN aborts a running BGSAVE: the final snapshot written next holds
-        everything the child's would, so the child is killed, not waited for (QA: a child
-        stopped or stuck on its disk held the SIGTERM of the store for good; waiting also
-        wrote the data twice)."""
+        everything the child's would, so the child is killed, not waited for (QA: a stopped
+        child held the SIGTERM of the store for good; waiting also wrote the data twice). One
+        in uninterruptible disk sleep dies only once its I/O ends: ``waitpid`` waits for that."""
         assert self._child is not None
         with contextlib.suppress(ProcessLookupError):
             os.kill(self._child, signal.SIGKILL)

@@ -212,6 +212,7 @@ def test_a_backup_is_synced_to_disk_before_it_is_reported(tmp_path, monkeypatch)
     # each folder after the names it holds
     assert synced.index(str(target)) > max(synced.index(f) for f in files)
     assert synced.index(str(tmp_path / "backups")) > synced.index(str(target))
+    assert str(tmp_path) in synced  # the backups folder's own name, made by this first backup
 
 
 def test_a_backup_copies_the_store_s_logs_only(tmp_path):

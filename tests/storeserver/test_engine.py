@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from storeserver import engine as engine_module
 from storeserver import scans
+from storeserver.audit import SHARED_NAME_SETS, AuditLog
 from storeserver.engine import Engine
 from storeserver.errors import (
     BadRequest,
@@ -2019,3 +2020,17 @@ def test_audit_entries_share_their_callers_names_and_the_records_id(
         replica.apply_change(tuple(unpack_value(pack_value(list(change)))))
     again = [e for e in replica.audit.entries if e[6] == "insert"]
     assert len({id(e[2]) for e in again}) == 1 and len({id(e[9]) for e in again}) == 1
+
+
+def test_audit_name_sets_are_shared_after_the_first_thousand_too(clock: FakeClock) -> None:
+    """Review: the first SHARED_NAME_SETS sets were kept for good and later ones never
+    shared (nor the first ones' strings let go)."""
+    log = AuditLog(clock)
+    for n in range(SHARED_NAME_SETS + 5):
+        log.add("t", "patch", "r", (f"field{n}",), 1)
+    log.add("t", "patch", "r", ["late", "set"], 1)  # a new tuple made of each
+    log.add("t", "patch", "r", ["late", "set"], 1)
+    log.commit(None)
+    *_, first, second = log.entries
+    assert first[9] is second[9]
+    assert len(log._name_sets) <= SHARED_NAME_SETS
