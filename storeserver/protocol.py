@@ -367,16 +367,7 @@ def encode_list_within(request_id: int, items: list[Any], max_bytes: int) -> byt
     body = _items_within(items, max_bytes)
     if body is None:
         return None
-    packer = _packer()
-    head = b"".join(
-        (
-            packer.pack_array_header(3),
-            packer.pack(_RESULT),
-            packer.pack(request_id),
-            packer.pack_array_header(len(items)),
-        )
-    )
-    return _HEADER.pack(len(head) + len(body)) + head + body
+    return encode_result_body(request_id, _packer().pack_array_header(len(items)) + body)
 
 
 def _items_within(items: list[Any], max_bytes: int) -> bytes | None:
