@@ -502,3 +502,11 @@ class StoreConnection(asyncio.Protocol):
         self._update_reading()
         if self._backlog is not None:
             self._schedule()
+        scheduler = self.server.scheduler
+        if scheduler.waiting:  # its long reads that waited for it to read (``admit_waiting``)
+            scheduler.schedule_jobs()  # not inside the transport's callback
+
+    @property
+    def writing_paused(self) -> bool:
+        """Whether the transport's buffer is full: the client is not reading its replies."""
+        return self._writing_paused

@@ -133,7 +133,7 @@ class JobScheduler:
         run = _JobRun(job, conn, request.request_id, request_tag, spent, request.args, credential)
         self.running[job] = run
         self._queue.append(run)
-        self._schedule_jobs()
+        self.schedule_jobs()
 
     def cancel_jobs(self, conn: StoreConnection | None = None) -> None:
         """Abort the long commands of ``conn`` (every one without it): nobody would read their
@@ -147,23 +147,37 @@ class JobScheduler:
             self.waiting.clear()
         elif self.waiting:
             self.waiting = deque(w for w in self.waiting if w.conn is not conn)
-            self._admit_waiting()  # the turns just freed go to those already waiting
+            self.admit_waiting()  # the turns just freed go to those already waiting
 
     def _scans_running(self) -> int:
         return sum(type(job) in _SCANS for job in self.running)
 
-    def _admit_waiting(self) -> None:
-        """Start waiting commands while there are turns for them (in arrival order)."""
+    def admit_waiting(self) -> None:
+        """Start waiting commands while there are turns for them (in arrival order).
+
+        Not those of a connection whose client does not read its replies (its transport's
+        buffer is full, ``StoreConnection.writing_paused``): they stay first in line and start
+        once it reads (``resume_writing`` calls this again). Its long reads could not be
+        sent anyway, and each would add its whole reply to what the store holds for it (QA:
+        150 pipelined long ``find``s never read held 191 MB); now that is at most the
+        ``SCAN_JOBS`` already running when it stopped reading.
+        """
         waiting, durability = self.waiting, self.server.durability
+        skipped: list[_Waiting] = []
         while waiting and self._scans_running() < SCAN_JOBS:
             w = waiting.popleft()
+            if w.conn is not None and w.conn.writing_paused:
+                skipped.append(w)
+                continue
             recorded = durability.recorded if durability is not None else 0
             reply = self.server.handle(w.request, w.conn, w.spent)
             if reply is not None:  # a write done at once, this time
                 wrote = durability is not None and durability.recorded != recorded
                 self._deliver(w.conn, reply, wrote)
+        waiting.extendleft(reversed(skipped))
 
-    def _schedule_jobs(self) -> None:
+    def schedule_jobs(self) -> None:
+        """A turn of ``_run_jobs`` soon: job steps, then waiting commands admitted."""
         if not self._jobs_scheduled:
             self._jobs_scheduled = True
             asyncio.get_running_loop().call_soon(self._run_jobs)
@@ -186,9 +200,9 @@ class JobScheduler:
                 queue.append(run)
             if time.perf_counter() >= deadline:
                 break
-        self._admit_waiting()
+        self.admit_waiting()
         if queue:
-            self._schedule_jobs()
+            self.schedule_jobs()
 
     def _step(self, run: _JobRun) -> bool:
         """One step of a job; ``True`` while it goes on."""
@@ -270,7 +284,7 @@ class JobScheduler:
                     del self.running[job]
                     job.abort()
                     found = run
-                    self._admit_waiting()  # its turn goes to the next waiting command
+                    self.admit_waiting()  # its turn goes to the next waiting command
                     break
         if found is not None:
             if isinstance(found, _JobRun):

@@ -9,7 +9,7 @@ from typing import Any
 from storeserver.builds import ChunkedRead
 from storeserver.connection import StoreConnection
 from storeserver.engine import Engine
-from storeserver.protocol import PROTOCOL_VERSION, Hello, encode
+from storeserver.protocol import PROTOCOL_VERSION, FrameDecoder, Hello, encode
 from storeserver.server import StoreServer
 
 
@@ -48,6 +48,11 @@ class RecordingTransport:
 
     def resume_reading(self) -> None:
         self.reading = True
+
+
+def sent_ids(transport: RecordingTransport) -> list[int]:
+    """The request ids of the replies written to ``transport`` so far, in order."""
+    return [m.request_id for m in FrameDecoder().feed(bytes(transport.data))]
 
 
 async def wait_until(condition: Any, seconds: float = 20.0) -> None:

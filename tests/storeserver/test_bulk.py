@@ -411,7 +411,7 @@ async def test_a_waited_write_done_at_once_is_held_until_on_disk_under_fsync_alw
         server.cancel_jobs(None)  # the read gives up its turn (no reply wanted)
         server.waiting.append(scheduler_module._Waiting(update, conn, 0.0))
         transport.data.clear()
-        server.scheduler._admit_waiting()  # 3 rows left: done at once
+        server.scheduler.admit_waiting()  # 3 rows left: done at once
         assert not transport.data  # not sent before the log is synced
         await wait_until(lambda: bool(transport.data))
         (reply,) = FrameDecoder().feed(bytes(transport.data))

@@ -5,6 +5,7 @@ forked, the client gone, the store stopping. Each answers as of its start, or is
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 
 import pytest
@@ -29,7 +30,14 @@ from storeserver.protocol import (
 )
 from storeserver.server import StoreServer
 from storeserver.settings import StoreSettings
-from tests.storeserver.jobs import HeldReads, RecordingTransport, connect, finish, wait_until
+from tests.storeserver.jobs import (
+    HeldReads,
+    RecordingTransport,
+    connect,
+    finish,
+    sent_ids,
+    wait_until,
+)
 
 BIG = CHUNK * 2 + 7
 
@@ -521,6 +529,69 @@ async def test_a_turn_freed_by_a_closed_connection_goes_to_the_waiting_read(
         assert [w.request.request_id for w in server.waiting] == [3]
     finally:
         held.release = True
+        await server.shutdown()
+
+
+async def test_a_client_that_does_not_read_starts_no_more_long_reads_until_it_does(
+    sock_dir, monkeypatch
+) -> None:
+    """QA: 150 pipelined long finds never read held 191 MB: each waiting read started as a
+    turn freed and added its whole reply to the buffer. A waiting read of a connection whose
+    transport is full stays first in line while another connection's goes ahead; it starts
+    once its client reads again."""
+    server, held = await _serving_held_reads(sock_dir, monkeypatch, 1)
+    stalled, other = _connection(server), _connection(server)
+    try:
+        assert server.handle(_find(1), stalled) is None  # runs
+        assert server.handle(_find(2), stalled) is None  # waits
+        assert server.handle(_find(3), other) is None  # waits behind it
+        stalled.pause_writing()  # its client stopped reading
+        held.release = True
+        await wait_until(lambda: server.jobs == 0)
+        assert sent_ids(other.transport) == [3]
+        assert sent_ids(stalled.transport) == [1]  # it was running
+        assert [w.request.request_id for w in server.waiting] == [2]
+        stalled.resume_writing()
+        await wait_until(lambda: sent_ids(stalled.transport) == [1, 2])
+        assert not server.waiting
+    finally:
+        held.release = True
+        await server.shutdown()
+
+
+async def test_long_reads_a_client_never_reads_hold_a_few_replies_not_all(sock_dir) -> None:
+    """Over a socket: 60 long finds of ~100 KB each sent and not read run only until the
+    buffers are full (the few already running finish); all answer once the client reads."""
+    server = StoreServer(StoreSettings(socket=sock_dir / "s.sock"), engine=_filled_engine())
+    await server.start()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    sent = 60
+    try:
+        await loop.sock_connect(sock, str(server.settings.socket))
+        await loop.sock_sendall(sock, encode(Hello(PROTOCOL_VERSION, None)))
+        where = [["n", "lt", 50]]  # no index on n: a scan of every row, a long read
+        await loop.sock_sendall(
+            sock,
+            b"".join(
+                encode_request(i, "find", {"table": "t", "where": where, "limit": 1000})
+                for i in range(1, sent + 1)
+            ),
+        )
+        await wait_until(lambda: server.jobs == 0 and len(server.waiting) > 0)
+        await asyncio.sleep(0.2)  # turns enough for any read that would still start
+        answered = sent - len(server.waiting)
+        # The reads running when the buffers filled finish; the rest wait (was: all 60).
+        assert answered <= scheduler_module.SCAN_JOBS + 4
+        decoder, got = FrameDecoder(), []
+        while len(got) < sent + 1:
+            got += decoder.feed(await asyncio.wait_for(loop.sock_recv(sock, 1 << 20), 10))
+        assert sorted(m.request_id for m in got[1:]) == list(range(1, sent + 1))
+        assert all(len(m.value["items"]) == 1000 for m in got[1:])
+    finally:
+        sock.close()
         await server.shutdown()
 
 
