@@ -143,11 +143,18 @@ class JobScheduler:
             if conn is None or run.conn is conn:
                 del self.running[job]
                 job.abort()
+                self._account_stopped(run)
         if conn is None:
             self.waiting.clear()
         elif self.waiting:
             self.waiting = deque(w for w in self.waiting if w.conn is not conn)
             self.admit_waiting()  # the turns just freed go to those already waiting
+
+    def _account_stopped(self, run: _JobRun) -> None:
+        """Count a long command stopped before it answered in the ``commands`` stats, with
+        the time its steps took, as the engine's ``ops`` counted it when it started (QA: a
+        cancelled read was in one and not the other)."""
+        self.server._account(run.job.command, run.spent, run.request_tag)
 
     def _scans_running(self) -> int:
         return sum(type(job) in _SCANS for job in self.running)
@@ -283,6 +290,7 @@ class JobScheduler:
                 if run.conn is conn and run.rid == target:
                     del self.running[job]
                     job.abort()
+                    self._account_stopped(run)
                     found = run
                     self.admit_waiting()  # its turn goes to the next waiting command
                     break

@@ -614,6 +614,28 @@ async def test_a_read_that_waited_is_counted_once_in_the_engine_ops(sock_dir, mo
         server.cancel_jobs()
 
 
+async def test_a_cancelled_or_abandoned_read_is_counted_in_the_commands_as_in_the_ops(
+    sock_dir, monkeypatch
+) -> None:
+    """QA: ``stats`` counted a cancelled long read in the engine's ``ops`` and never in the
+    server's ``commands``; nor one whose client left."""
+    monkeypatch.setattr(scheduler_module, "SCAN_JOBS", 1)
+    server = StoreServer(StoreSettings(socket=sock_dir / "s.sock"), engine=_filled_engine())
+    conn, leaving = _connection(server), _connection(server)
+    try:
+        for rid, owner in ((1, conn), (2, leaving)):  # 1 runs, 2 waits
+            request = Request(rid, "find", {"table": "t", "where": [["n", "lt", 50]]})
+            assert server.handle(request, owner) is None
+        server.cancel(conn, Request(0, "cancel", {"request": 1}))  # 2 starts
+        leaving.connection_lost(None)  # and is abandoned
+        assert server.jobs == 0 and not server.waiting
+        stats = server.server_stats()
+        assert stats["ops"]["find"] == 2
+        assert stats["commands"]["find"]["count"] == 2
+    finally:
+        server.cancel_jobs()
+
+
 # -- cancel: the client gave up on a request ----------------------------------------------
 
 
