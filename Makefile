@@ -28,19 +28,17 @@ override PROMETHEUS_MULTIPROC_DIR := $(call or_default,PROMETHEUS_MULTIPROC_DIR,
 # A value as one shell word: in single quotes, each ' written '\'' (QA: a clone or RUN_DIR
 # whose path held a space, or a password with an apostrophe, broke the command line).
 shq = '$(subst ','\'',$(1))'
-# supervisord's wait before it SIGKILLs the API: the drain plus a margin.
 RUN_ENV = PORT=$(call shq,$(PORT)) HOST=$(call shq,$(HOST)) \
 	WEB_CONCURRENCY=$(call shq,$(WEB_CONCURRENCY)) RUN_DIR=$(call shq,$(RUN_DIR)) \
 	GRACEFUL_TIMEOUT=$(call shq,$(GRACEFUL_TIMEOUT)) \
-	API_STOP_SECONDS=$(shell expr $(GRACEFUL_TIMEOUT) + 10 2>/dev/null || echo 40) \
 	STORE_SOCKET=$(call shq,$(STORE_SOCKET)) STORE_DATA_DIR=$(call shq,$(STORE_DATA_DIR)) \
 	STORE_FSYNC=$(call shq,$(STORE_FSYNC)) ENV=$(call shq,$(ENV)) \
 	PROMETHEUS_MULTIPROC_DIR=$(call shq,$(PROMETHEUS_MULTIPROC_DIR))
 # Development only: an administrator, so `make seed` works out of the box. Production refuses
 # this password (api/settings.py); there, set your own ADMIN_EMAIL/ADMIN_PASSWORD or none.
 ifeq ($(ENV),development)
-ADMIN_EMAIL ?= admin@example.com
-ADMIN_PASSWORD ?= dev-only-admin-password
+override ADMIN_EMAIL := $(call or_default,ADMIN_EMAIL,admin@example.com)
+override ADMIN_PASSWORD := $(call or_default,ADMIN_PASSWORD,dev-only-admin-password)
 endif
 # $(value): as given, where $(ADMIN_PASSWORD) would read a `$w` in it as a make variable
 # (QA: the admin was created with another password than the operator's, silently). The same

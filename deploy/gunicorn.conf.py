@@ -58,9 +58,18 @@ def _bind_error(address: str) -> str | None:
     """Why gunicorn could not bind ``address`` (its ``bind`` syntax), or None: found here
     rather than by gunicorn, which logs "Can't connect" five times and exits 1, again at
     every restart."""
+    host_setting = address.rpartition(":")[0]
+    if ":" in host_setting.removeprefix("[").removesuffix("]") and not (
+        host_setting.startswith("[") and host_setting.endswith("]")
+    ):
+        # "127.0.0.1:9000" would bind 9000 and drop PORT, "unix:/path" a Unix socket or a
+        # traceback (QA): HOST is an address or a name alone.
+        return (
+            "HOST: not an address (no port: PORT sets it; an IPv6 address goes in brackets: [::1])"
+        )
     try:
         host, _ = gunicorn_util.parse_address(address)
-    except RuntimeError:
+    except (RuntimeError, ValueError):
         return "HOST: not an address (an IPv6 address goes in brackets: [::1])"
     family = socket.AF_INET6 if gunicorn_util.is_ipv6(host) else socket.AF_INET
     try:

@@ -196,8 +196,27 @@ def prepare_run_dir(run_dir: Path) -> str | None:
     return None
 
 
+API_STOP_MARGIN_S = 10
+"""supervisord's wait before it SIGKILLs the API (``stopwaitsecs``): GRACEFUL_TIMEOUT, the
+drain, plus this margin for the workers to end."""
+
+
+def api_stop_seconds(graceful_timeout: str | None) -> int:
+    """``stopwaitsecs`` for the API from GRACEFUL_TIMEOUT as the API reads it (an integer,
+    "+600" and "1_000" included, 1 to 3600 s). Computed here, not by the Makefile's ``expr``,
+    which read "+600" as an error (QA: supervisord then SIGKILLed a 600 s drain at 40 s) and
+    "-10" as "0 40", a command line that could not run. A value the API refuses: any wait
+    (the API exits 2 before it serves)."""
+    try:
+        seconds = int((graceful_timeout or "").strip() or 30)
+    except ValueError:
+        seconds = 30
+    return min(max(seconds, 1), 3600) + API_STOP_MARGIN_S
+
+
 def main() -> int:
     run_dir = Path(os.environ.get("RUN_DIR", "run"))
+    os.environ["API_STOP_SECONDS"] = str(api_stop_seconds(os.environ.get("GRACEFUL_TIMEOUT")))
     try:
         unusable = prepare_run_dir(run_dir)
     except RunDirInUse as exc:

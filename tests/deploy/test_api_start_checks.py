@@ -50,6 +50,9 @@ def start_api(tmp_path: Path, **settings: str) -> tuple[int, list[str]]:
         "name.invalid",
         "192.0.2.1",  # TEST-NET-1: an IP address, but of no machine here
         "::1",  # gunicorn reads [::1]:8000, not ::1:8000
+        "127.0.0.1:9000",  # QA: bound 9000, PORT silently dropped
+        "unix:/tmp/x.sock",  # QA: a traceback and exit 1
+        "[::1]:9000",
     ],
 )
 def test_a_host_gunicorn_cannot_bind_is_an_invalid_setting(tmp_path: Path, host: str) -> None:

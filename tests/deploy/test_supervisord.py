@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 import pytest
 
+from api.settings import Settings
 from tests.support.stack import ROOT, free_port
 
 pytestmark = pytest.mark.integration
@@ -183,6 +184,60 @@ def test_make_run_takes_paths_and_passwords_as_given(make_run: list[MakeRun]) ->
         shutil.rmtree(parent, ignore_errors=True)
 
 
+def test_an_empty_admin_email_counts_as_unset(make_run: list[MakeRun]) -> None:
+    """QA: `ADMIN_EMAIL= make run` passed the empty email beside the default password and the
+    API refused to start ("go together"); an empty setting counts as unset, as the others."""
+    run = start_make_run(environ={"ADMIN_EMAIL": ""})
+    make_run.append(run)
+    run.wait_ready()
+    url = f"http://127.0.0.1:{run.port}/api/v1/auth/token"
+    login = httpx.post(
+        url, data={"username": "admin@example.com", "password": "dev-only-admin-password"}
+    )
+    assert login.status_code == 200, login.text
+
+
+def test_each_program_starts_from_a_checkout_whose_path_has_a_space(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """QA: from a clone in "my clone", supervisord split ``%(here)s/../.venv/bin/python`` at the
+    space, spawned nothing (its listener neither) and `make run` sat silent for good. Here
+    supervisord's own parser reads the configuration from such a directory and resolves each
+    program's command as it would spawn it."""
+    root = tmp_path / "my clone"
+    (root / "deploy").mkdir(parents=True)
+    shutil.copy(ROOT / "deploy" / "supervisord.conf", root / "deploy")
+    python = root / ".venv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text("#!/bin/sh\n")
+    python.chmod(0o755)
+    (root / "run").mkdir()
+    monkeypatch.setenv("RUN_DIR", str(root / "run"))
+    monkeypatch.setenv("API_STOP_SECONDS", "40")
+    from supervisor.options import ServerOptions
+
+    options = ServerOptions()
+    options.realize(args=["-c", str(root / "deploy" / "supervisord.conf")])
+    commands = {}
+    for group in options.process_group_configs:
+        for config in group.process_configs:
+            commands[config.name] = config.make_process().get_execv_args()
+    assert sorted(commands) == ["api", "stop_on_failure", "store"]
+    deploy = f"{root}/deploy"
+    for name, (program, argv) in commands.items():
+        assert program == argv[0] == f"{deploy}/../.venv/bin/python", name
+    assert commands["stop_on_failure"][1][1:] == [f"{deploy}/stop_on_failure.py"]
+    assert commands["store"][1][1:3] == [
+        f"{deploy}/die_with_parent.py",
+        str(python).replace(f"{root}/", f"{deploy}/../"),
+    ]
+    assert commands["api"][1][1:] == [
+        f"{deploy}/die_with_parent.py",
+        f"{deploy}/entrypoint.sh",
+        "api",
+    ]
+
+
 def test_a_second_make_run_on_the_same_run_dir_refuses_and_touches_nothing(
     make_run: list[MakeRun],
 ) -> None:
@@ -225,6 +280,8 @@ def test_a_second_make_run_on_the_same_run_dir_refuses_and_touches_nothing(
         ("RATE_LIMIT", "abc"),
         # Before: five "Can't connect" lines, then run_stopped for a crash loop after ~35 s.
         ("HOST", "256.1.1.1"),
+        # QA: the Makefile's `expr` made "API_STOP_SECONDS=0 40": env ran "40", exit 127.
+        ("GRACEFUL_TIMEOUT", "-10"),
         # Before: the entrypoint's plain-text mkdir error at each of five restarts.
         ("PROMETHEUS_MULTIPROC_DIR", "/proc/nope/x"),
     ],
@@ -315,6 +372,28 @@ def load_supervise(monkeypatch: pytest.MonkeyPatch) -> Any:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.mark.parametrize("value", ["30", " 45 ", "+600", "1_000", "3600", None, ""])
+def test_the_api_stop_wait_is_the_drain_the_api_reads_plus_a_margin(
+    monkeypatch: pytest.MonkeyPatch, value: str | None
+) -> None:
+    """QA: the Makefile's ``expr`` read "+600" and "1_000", which the API takes, as errors:
+    supervisord would SIGKILL a 600 s drain at 40 s."""
+    supervise = load_supervise(monkeypatch)
+    monkeypatch.delenv("GRACEFUL_TIMEOUT", raising=False)
+    if value is not None:
+        monkeypatch.setenv("GRACEFUL_TIMEOUT", value)
+    api = Settings()
+    assert supervise.api_stop_seconds(value) == api.graceful_timeout + 10
+
+
+@pytest.mark.parametrize("value", ["-10", "0", "abc", "99999"])
+def test_a_drain_the_api_refuses_still_gives_a_command_line_that_runs(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    supervise = load_supervise(monkeypatch)
+    assert 11 <= supervise.api_stop_seconds(value) <= 3610  # a number: the API exits 2 itself
 
 
 @pytest.mark.parametrize(
