@@ -27,7 +27,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from api.auth.passwordtext import new_password_problem, normalize_password
 from api.schemas.lookalikes import refuse_lookalike_email
-from storeserver.client import parse_address
+from storeserver.client import check_unix_path, parse_address
 
 MIN_SECRET_LENGTH = 32
 # Fewer distinct characters than this is not random: a random 32-character hex key has ~14,
@@ -109,7 +109,6 @@ def _ipv6_text(address: ipaddress.IPv6Address) -> str:
 # The store's integers are 64-bit: a rate limit's count or window past this cannot be sent to
 # it, and every limited request would fail instead of the start.
 MAX_RATE_NUMBER = 2**63 - 1
-MAX_UNIX_PATH_BYTES = 107  # sun_path holds 108 bytes, the last a NUL
 PRINTABLE_ASCII = re.compile(r"[\x21-\x7e]+")
 HOUR = 3600
 DAY = 24 * HOUR
@@ -243,8 +242,7 @@ class Settings(BaseSettings):
         if not value:
             return value
         path = Path(value)
-        if len(os.fsencode(value)) > MAX_UNIX_PATH_BYTES:
-            raise ValueError(f"a Unix socket path has at most {MAX_UNIX_PATH_BYTES} bytes")
+        check_unix_path(value)
         if (path.exists() or path.is_symlink()) and not path.is_socket():
             raise ValueError("the path exists and is not a socket; refusing to replace it")
         existing = next((p for p in path.absolute().parents if p.exists()), None)
@@ -316,6 +314,9 @@ class Settings(BaseSettings):
             where = None
         if not where or (kind == "tcp" and not 1 <= where[1] <= 65535):
             raise ValueError("a store address is a socket path, unix:/path or tcp://host:port")
+        if kind == "unix":
+            # QA: the workers waited out STORE_WAIT_SECONDS for a socket no store can make.
+            check_unix_path(where)
         return value
 
     @field_validator("trusted_proxies")

@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import signal
 import sys
-from pathlib import Path
 
 import structlog
 from pydantic import ValidationError
@@ -45,7 +44,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="The single-threaded store process. Settings also come from STORE_* "
         "environment variables; flags override them.",
     )
-    parser.add_argument("--socket", type=Path, help="Unix socket path (STORE_SOCKET)")
+    # A string: the settings read it as they read STORE_SOCKET (a Path made tcp://h:p a
+    # relative "tcp:/h:p" the store listened at, QA).
+    parser.add_argument("--socket", help="Unix socket path (STORE_SOCKET)")
     parser.add_argument("--tcp", help="also listen on host:port (STORE_TCP; needs STORE_SECRET)")
     # A string, not a Path: Path("") is ".", and --data-dir "$UNSET" persisted into the cwd.
     parser.add_argument("--data-dir", help="persistence directory (STORE_DATA_DIR)")
@@ -64,7 +65,7 @@ def load_settings(args: argparse.Namespace) -> StoreSettings:
             ("data_dir", args.data_dir),
             ("log_level", args.log_level),
         )
-        if value is not None
+        if value is not None and (value or key != "socket")  # empty: unset, as STORE_SOCKET=
     }
     return StoreSettings(**overrides)
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import os
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -127,6 +128,16 @@ def _retrieved(attempt: asyncio.Task[Any]) -> None:
     """Mark a connection attempt's outcome seen: its callers may all have given up."""
     if not attempt.cancelled():
         attempt.exception()
+
+
+MAX_UNIX_PATH_BYTES = 107  # sun_path holds 108 bytes, the last a NUL
+
+
+def check_unix_path(path: str) -> str:
+    """``path``, or ValueError if no Unix socket can be bound or reached there (too long)."""
+    if len(os.fsencode(path)) > MAX_UNIX_PATH_BYTES:
+        raise ValueError(f"a Unix socket path has at most {MAX_UNIX_PATH_BYTES} bytes")
+    return path
 
 
 def parse_address(address: str) -> tuple[str, Any]:

@@ -13,7 +13,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .client import parse_address
+from .client import check_unix_path, parse_address
 from .protocol import MAX_FRAME_SIZE
 
 HOUR = 3600
@@ -84,7 +84,8 @@ class StoreSettings(BaseSettings):
             )
         if not where:
             raise ValueError("a store socket is a path or unix:/path")
-        return where
+        # QA: "AF_UNIX path too long" at start, naming no setting.
+        return check_unix_path(where)
 
     @field_validator("data_dir", mode="before")
     @classmethod

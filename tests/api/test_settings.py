@@ -187,3 +187,13 @@ def test_a_control_socket_path_gunicorn_would_clobber_or_not_bind_is_refused(
     assert "at most 107 bytes" in str(refused(monkeypatch, "CONTROL_SOCKET", long))
     monkeypatch.setenv("CONTROL_SOCKET", str(tmp_path / "ctl.sock"))
     assert Settings().control_socket == str(tmp_path / "ctl.sock")
+
+
+def test_a_store_socket_path_too_long_for_a_unix_socket_is_refused(monkeypatch: pytest.MonkeyPatch):
+    """QA: the workers waited out STORE_WAIT_SECONDS for a socket no store can make, then
+    exited 1 (a failure supervisord restarts), naming no setting."""
+    long = "/tmp/" + "s" * 120 + ".sock"
+    for value in (long, f"unix:{long}"):
+        assert "at most 107 bytes" in str(refused(monkeypatch, "STORE_SOCKET", value))
+    monkeypatch.setenv("STORE_SOCKET", "tcp://" + "h" * 200 + ":7000")  # not a path: no limit
+    assert Settings().store_socket.startswith("tcp://")

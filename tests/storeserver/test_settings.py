@@ -110,13 +110,33 @@ def test_the_socket_takes_the_unix_forms_the_api_reads(
     """unix:/path used to be a relative path: ./unix:/tmp/... under the working directory."""
     monkeypatch.setenv("STORE_SOCKET", value)
     assert StoreSettings().socket == Path(path)
-    assert StoreSettings(socket=Path(value)).socket == Path(path)  # --socket, as argparse gives it
+    assert load_settings(parse_args(["--socket", value])).socket == Path(path)
 
 
 @pytest.mark.parametrize("value", ["tcp://127.0.0.1:7000", "127.0.0.1:7000"])
 def test_a_tcp_address_as_the_socket_is_refused_pointing_to_store_tcp(value: str) -> None:
     (error,) = refused(STORE_SOCKET=value).errors()
     assert error["loc"] == ("socket",) and "STORE_TCP=host:port" in error["msg"]
+    # QA: --socket made a Path of it first: the store listened at ./tcp:/127.0.0.1:7000.
+    with pytest.raises(ValidationError) as flag:
+        load_settings(parse_args(["--socket", value]))
+    assert "STORE_TCP=host:port" in flag.value.errors()[0]["msg"]
+
+
+def test_an_empty_socket_flag_is_unset_as_the_variable_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("STORE_SOCKET", raising=False)
+    assert load_settings(parse_args(["--socket", ""])).socket == StoreSettings().socket
+
+
+def test_a_socket_path_too_long_for_a_unix_socket_is_refused_naming_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """QA: "AF_UNIX path too long" at start, naming no setting."""
+    long = "/tmp/" + "s" * 102 + ".sock"  # 112 bytes
+    (error,) = refused(STORE_SOCKET=long).errors()
+    assert error["loc"] == ("socket",) and "at most 107 bytes" in error["msg"]
+    monkeypatch.setenv("STORE_SOCKET", long[:107])  # the longest that fits
+    assert str(StoreSettings().socket) == long[:107]
 
 
 @pytest.mark.parametrize(
