@@ -5,7 +5,9 @@ runs; otherwise the bytes actually received are counted as the app reads them, s
 body without Content-Length is cut off at the limit too. Starlette 1.10's own
 ``RequestBodyLimitMiddleware`` counts the same way but answers in plain text from outside the
 exception handlers; this one answers 413 in the error envelope. Every refusal here (413, 408,
-415, 431) closes the connection after the answer, so the unread rest of the body is never read.
+415, 431) closes the connection after the answer, so the unread rest of the body is never read;
+so does any answer sent before the body was read to its end (a GET's body, a route that takes
+none), which uvicorn would otherwise go on reading with no limit and no timeout.
 
 Headers: more than ``MAX_HEADER_BYTES`` of them (names and values) is 431 before the guard
 (token, rate limit) or the app look at them. uvicorn's HTTP parser (httptools) itself has no
@@ -75,6 +77,25 @@ def declared_charset(content_type: str) -> str | None:
     return None
 
 
+def _sends_body(scope: Scope) -> bool:
+    """Whether the request has a body (a chunked one, or a Content-Length above 0)."""
+    for name, value in scope["headers"]:
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip(b"0 ")):
+            return True
+    return False
+
+
+def _closing(send: Send) -> Send:
+    """``send`` with ``Connection: close`` added to the response's headers."""
+
+    async def closing_send(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = [*message.get("headers", ()), CLOSE]
+        await send(message)
+
+    return closing_send
+
+
 def is_json(media_type: str) -> bool:
     return media_type == "application/json" or (
         media_type.startswith("application/") and media_type.endswith("+json")
@@ -119,7 +140,12 @@ class RequestBodyMiddleware:
             )
             return
         if scope["method"] in BODYLESS_METHODS:
-            await self.app(scope, receive, send)
+            if _sends_body(scope):
+                # Nothing reads it: close after the answer (QA: uvicorn went on reading a
+                # GET's chunked body after the answer, with no limit and no timeout).
+                await self.app(scope, receive, _closing(send))
+            else:
+                await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
         limit = self.upload_paths.get(scope["path"], self.max_bytes)
@@ -174,8 +200,11 @@ class RequestBodyMiddleware:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
-                # body_cut: the 413/408 of FastAPI's handlers, which read the body.
-                if body_cut or unread:
+                # body_cut: the 413/408 of FastAPI's handlers, which read the body. Or a
+                # body not read to its end (a route that takes none: logout, a DELETE):
+                # uvicorn would go on reading it after the answer, past MAX_BODY_BYTES and
+                # BODY_TIMEOUT, holding the connection for as long as the client liked (QA).
+                if body_cut or unread or (has_body and not body_done):
                     message["headers"] = [*message.get("headers", ()), CLOSE]
             await send(message)
 

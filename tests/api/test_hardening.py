@@ -15,7 +15,7 @@ from api.hardening import MAX_HEADER_BYTES
 from tests.support.auth import Account
 from tests.support.logs import json_lines
 from tests.support.metrics import value
-from tests.support.rawhttp import RawResponse, parse_responses, request
+from tests.support.rawhttp import RawResponse, parse_responses, read_until_closed, request
 from tests.support.stack import Stack, running_stack
 
 pytestmark = pytest.mark.integration
@@ -85,6 +85,33 @@ def test_a_body_counted_past_the_limit_closes_the_connection(stack: Stack, admin
         f"{size:x}\r\n".encode() + b"x" * size + b"\r\n",  # and no last chunk
     )
     assert _refused_and_closed(stack.port, chunked).status == 413
+
+
+@pytest.mark.parametrize("method", ["GET", "DELETE"])
+def test_a_body_the_route_never_reads_closes_the_connection_after_the_answer(
+    stack: Stack, admin: Account, method: str
+) -> None:
+    """QA: a GET (or a route that takes no body: a DELETE, logout) answered at once, then
+    uvicorn went on reading the body it was sent, past MAX_BODY_BYTES and BODY_TIMEOUT; a
+    byte now and then held the connection for good. Now the answer closes it."""
+    path = "/api/v1/health" if method == "GET" else "/api/v1/data/t/no-such-record"
+    head = {**admin.headers, **JSON, "Transfer-Encoding": "chunked"}
+    with socket.create_connection(("127.0.0.1", stack.port)) as sock:
+        sock.sendall(request(method, path, head, b"5\r\nhello\r\n"))  # and no last chunk
+        received, closed = _answer_while_trickling(sock)
+    (response,) = parse_responses(received)
+    assert response.status == (200 if method == "GET" else 404)
+    assert response.headers["connection"] == "close"
+    assert closed, "the connection stayed open while the body went on"
+
+
+def test_a_request_without_a_body_keeps_its_connection(stack: Stack) -> None:
+    with socket.create_connection(("127.0.0.1", stack.port)) as sock:
+        sock.sendall(request("GET", "/api/v1/health") + request("GET", "/api/v1/health"))
+        received, closed = read_until_closed(sock, bound=1.0)
+    assert [r.status for r in parse_responses(received)] == [200, 200]
+    assert "connection" not in parse_responses(received)[0].headers
+    assert not closed
 
 
 @pytest.fixture(scope="module")
