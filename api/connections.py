@@ -75,7 +75,7 @@ from api.middleware import (
     access_log,
     encoded_response_headers,
     logged_path,
-    new_request_id,
+    request_id_from,
 )
 
 log = logging.getLogger("api.connections")
@@ -395,6 +395,7 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
     _head_read = 0  # bytes of the reads that ended inside that head
     _in_head = False  # a request's head has begun and is not complete
     _head_tail = b""  # the end of the last read that ended inside that head (``later_version``)
+    _parsing = False  # a request is being parsed: ``self.headers`` are its own (so far)
     _linger_timer: asyncio.TimerHandle | None = None
     _linger_ends = 0.0  # loop time past which a lingering close ends whatever the client does
 
@@ -404,11 +405,16 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._parsing = True
         self._head = False
         self._head_bytes, self._head_read, self._in_head = 0, 0, True
         self._head_tail = b""
         if self._header_timer is None and not self._closing:  # a keep-alive's next one
             self._arm()
+
+    def on_message_complete(self) -> None:
+        self._parsing = False  # what comes next is another request, or garbage before one
+        super().on_message_complete()
 
     def on_url(self, url: bytes) -> None:
         super().on_url(url)
@@ -687,7 +693,9 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
             refused = Refusal(501, "NOT_IMPLEMENTED", "The request method is not implemented")
         else:
             refused = Refusal(400, "BAD_REQUEST", f"The request is not valid HTTP/1.1: {exc}")
-        request_id = new_request_id()
+        # The client's own id when its head got that far (QA: a request refused for a second
+        # Authorization line got a generated one, and no log line held the client's).
+        request_id = request_id_from(self.headers if self._parsing else ())
         # Counted as the middleware counts the others (the 5xx-rate alert must see a 501),
         # under method OTHER: the bytes in its place may be no method at all.
         observe(OTHER_METHOD, UNMATCHED, refused.status, 0.0)

@@ -58,6 +58,18 @@ def new_request_id() -> str:
     return _request_ids.next()
 
 
+def request_id_from(headers: Any) -> str:
+    """The client's ``X-Request-ID`` from raw ``(name, value)`` header pairs (names
+    lowercased) when it is sane (≤ 128 chars of ``[A-Za-z0-9._-]``), else a new one."""
+    for name, value in headers:
+        if name == b"x-request-id":
+            candidate = value.decode("latin-1")
+            if SANE_REQUEST_ID.fullmatch(candidate):
+                return candidate
+            break
+    return _request_ids.next()
+
+
 # Encoded once: (lowercased name, value) pairs as MutableHeaders would store them.
 _encoded: dict[int, tuple[dict[str, str], list[tuple[bytes, bytes]]]] = {}
 
@@ -204,15 +216,7 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = ""
-        for name, value in scope["headers"]:
-            if name == b"x-request-id":
-                candidate = value.decode("latin-1")
-                if SANE_REQUEST_ID.fullmatch(candidate):
-                    request_id = candidate
-                break
-        if not request_id:
-            request_id = _request_ids.next()
+        request_id = request_id_from(scope["headers"])
         started = time.perf_counter()
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(

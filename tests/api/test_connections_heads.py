@@ -76,6 +76,37 @@ def test_two_authorization_headers_are_400(stack: Stack, admin: Account) -> None
     assert_refused(responses[1], "only one Authorization header")
 
 
+@pytest.mark.parametrize(
+    "refused",
+    [
+        request("GET", HEALTH, {"Authorization": "Bearer a"}).replace(
+            b"\r\n\r\n", b"\r\nAuthorization: Bearer b\r\n\r\n", 1
+        ),
+        request("GET", HEALTH).replace(b"\r\n\r\n", b"\r\nHost: other\r\n\r\n", 1),
+        request("GET", HEALTH + "?q=%FF"),
+    ],
+    ids=["two-authorization", "two-hosts", "bad-target"],
+)
+def test_a_refused_request_keeps_the_clients_request_id(stack: Stack, refused: bytes) -> None:
+    """QA: a request refused once its head was read got a generated id, and no log line held
+    the client's; the id of the request before it on the connection is not taken either."""
+    first = request("GET", HEALTH, {"X-Request-ID": "first-1"})
+    tagged = refused.replace(b"\r\n", b"\r\nX-Request-ID: my-trace-42\r\n", 1)
+    responses = _send(stack, first + tagged)
+    assert [r.status for r in responses] == [200, 400], responses
+    assert responses[1].headers["x-request-id"] == "my-trace-42"
+    assert responses[1].json()["request_id"] == "my-trace-42"
+    untagged = _send(stack, first + refused)
+    assert untagged[1].headers["x-request-id"] not in ("first-1", "my-trace-42")
+
+
+def test_bytes_that_are_no_request_get_a_new_id_not_the_last_requests(stack: Stack) -> None:
+    first = request("GET", HEALTH, {"X-Request-ID": "first-1"})
+    responses = _send(stack, first + b"\x01\x02 garbage\r\n\r\n")
+    assert [r.status for r in responses] in ([200, 400], [200, 501]), responses
+    assert responses[-1].headers["x-request-id"] != "first-1"
+
+
 WEBSOCKET = {
     "Connection": "Upgrade",
     "Upgrade": "websocket",
