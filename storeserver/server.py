@@ -20,6 +20,7 @@ import hmac
 import os
 import time
 from collections import deque
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -58,7 +59,7 @@ from .replycache import ReplyCache, StoredGet
 from .requesttags import ACTOR_ARG, REQUEST_ID_ARG, take_tags
 from .scheduler import JobScheduler
 from .settings import StoreSettings
-from .socketchecks import clear_stale_socket
+from .socketchecks import clear_stale_socket, lock_socket
 from .throttledlog import ThrottledWarning
 
 log = structlog.get_logger("storeserver")
@@ -148,6 +149,7 @@ class StoreServer:
         # time.monotonic() once it listens (its data loaded): what HELLO's uptime_s counts from.
         self.listening_since: float | None = None
         self._listeners: list[asyncio.AbstractServer] = []
+        self._socket_lock: int | None = None  # ``socketchecks.lock_socket``, while it runs
         self._all_closed = asyncio.Event()
         self._slow_s = settings.slow_ms / 1000.0
         self.freezer = Freezer()
@@ -164,6 +166,15 @@ class StoreServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         path = self.settings.socket
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._socket_lock = lock_socket(path)  # held until ``shutdown`` removes the socket
+        try:
+            await self._start(loop, path)
+        except BaseException:
+            self._release_socket_lock()
+            raise
+
+    async def _start(self, loop: asyncio.AbstractEventLoop, path: Path) -> None:
         clear_stale_socket(path)
         if self.durability is not None:
             # Loading blocks the loop, so it happens before anyone can connect.
@@ -171,7 +182,6 @@ class StoreServer:
             self.durability.start(loop)
         self.freezer.start(loop)  # after loading: the loaded records are never walked again
         self._housekeep(loop)
-        path.parent.mkdir(parents=True, exist_ok=True)
         # Create the socket with restrictive permissions from the first instant (umask), then
         # set the exact mode: there is no window in which another user could connect.
         old_umask = os.umask(0o177)
@@ -247,7 +257,13 @@ class StoreServer:
             self.durability.close()
         with contextlib.suppress(FileNotFoundError):
             self.settings.socket.unlink()
+        self._release_socket_lock()
         log.info("store_stopped")
+
+    def _release_socket_lock(self) -> None:
+        if self._socket_lock is not None:
+            os.close(self._socket_lock)
+            self._socket_lock = None
 
     # -- commands --------------------------------------------------------------------------
 

@@ -2,12 +2,15 @@
 
 ``hung_up``: whether a client closed its connection both ways, not just its writing side
 (``StoreConnection.eof_received``). ``clear_stale_socket``: whether a socket file is one left by
-a dead store, removed, or a live store's, refused (``StoreServer.start``).
+a dead store, removed, or a live store's, refused (``StoreServer.start``); ``lock_socket``: the
+lock a store holds on its socket's path from before it loads its data until it stops.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import select
 import socket
 from typing import TYPE_CHECKING
@@ -65,3 +68,25 @@ def clear_stale_socket(path: Path) -> None:
     finally:
         probe.close()
     raise RuntimeError(f"another store is already listening on {path}")
+
+
+def lock_socket(path: Path) -> int:
+    """Lock ``<socket>.lock`` beside ``path`` and return its descriptor, to close once the
+    socket is removed; RuntimeError if another store holds it.
+
+    ``clear_stale_socket`` alone looks once, before the data loads: a second store started
+    meanwhile listened first, then lost its socket to the first one's bind, and its stop
+    removed the socket the first one served on (QA). A POSIX lock (``lockf``), not ``flock``:
+    a forked snapshot child does not inherit it, so a store killed while its child still
+    writes does not keep the next start out. The kernel drops it when the process dies.
+    """
+    lock = path.with_name(f"{path.name}.lock")
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise RuntimeError(
+            f"another store is already listening on {path}, or starting (it holds {lock.name})"
+        ) from None
+    return fd

@@ -31,6 +31,23 @@ Durability.close = close
 sys.exit(main(sys.argv[1:]))
 """
 
+# A store whose data takes a while to load (2 s), as a large data directory's does.
+SLOW_LOAD = """
+import os, sys, time
+from storeserver.__main__ import main
+from storeserver.durability import Durability
+
+load = Durability.load
+
+def slow_load(self):
+    open(os.environ["LOADING_MARK"], "w").close()
+    time.sleep(2)
+    load(self)
+
+Durability.load = slow_load
+sys.exit(main(sys.argv[1:]))
+"""
+
 
 async def test_client_reconnects_after_store_restart(store_process):
     store = store_process()
@@ -172,6 +189,44 @@ def test_a_failed_shutdown_is_logged_as_such_and_removes_the_socket(sock_dir):
     failures = [line for line in lines if line.get("level") == "error"]
     assert [line["event"] for line in failures] == ["store_stop_failed"]
     assert "No space left on device" in failures[0]["error"]
+
+
+def test_a_second_store_on_the_socket_of_one_still_loading_refuses(sock_dir):
+    """QA: the live-socket check ran only before the data loaded. A second store started
+    meanwhile listened first; the first one's bind then took the path over, both ran, and the
+    second one's stop removed the socket the first served on. Now the second one exits 3."""
+    socket_path = sock_dir / "shared.sock"
+    mark = sock_dir / "loading"
+    env = {**os.environ, "STORE_DATA_DIR": str(sock_dir / "data"), "LOADING_MARK": str(mark)}
+    command = [sys.executable, "-c", SLOW_LOAD, "--socket", str(socket_path)]
+    loading = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    second = StoreProcess(socket_path)
+    try:
+        deadline = time.monotonic() + 10
+        while not mark.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert mark.exists() and not socket_path.exists()  # loading, not listening yet
+        second.proc = subprocess.Popen(
+            [sys.executable, "-m", "storeserver", "--socket", str(socket_path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        assert second.proc.wait(10) == 3
+        refusal = json.loads(second.output().strip().splitlines()[-1])
+        assert refusal["event"] == "store_failed_to_start"
+        assert "another store is already listening" in refusal["error"], refusal
+        wait_for_socket(socket_path, proc=loading)  # the first one serves once loaded
+        loading.send_signal(signal.SIGTERM)
+        assert loading.wait(10) == 0
+        assert not socket_path.exists()
+    finally:
+        for proc in (loading, second.proc):
+            if proc is not None:
+                proc.kill()
+                proc.wait()
+        second.close()
+        if loading.stdout is not None:
+            loading.stdout.close()
 
 
 def test_sigint_exits_zero(store_process):
