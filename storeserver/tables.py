@@ -99,11 +99,16 @@ class Table:
         when ``old`` holds the value and ``new`` does not (demoting or deleting an admin), from
         the field's index or, without one, over the rows: such writes are rare."""
         for field, value, at_least in self.keeps:
-            if old.get(field) != value or (new is not None and new.get(field) == value):
+            # Equal as ``eq`` and the indexes have it (``index_key``): Python's ``==`` took
+            # ``true`` for ``1``, and the answer then changed with an index on the field (QA).
+            key = index_key(value)
+            if index_key(old.get(field)) != key or (
+                new is not None and index_key(new.get(field)) == key
+            ):
                 continue
             ids = self.lookup(field, value)
             held = (
-                sum(1 for r in self.rows.values() if r.get(field) == value)
+                sum(1 for r in self.rows.values() if index_key(r.get(field)) == key)
                 if ids is None
                 else sum(1 for _ in ids)
             )

@@ -1941,6 +1941,28 @@ def test_a_cascade_refused_by_a_dependants_keep_removes_nothing(engine: Engine) 
     assert run(engine, "find", table="members", where=[["team", "eq", "t1"]])["total"] == 1
 
 
+@pytest.mark.parametrize("indexed", [False, True])
+def test_keep_counts_rows_equal_as_eq_has_it_with_or_without_an_index(
+    engine: Engine, indexed: bool
+) -> None:
+    """QA: the rule compared with Python's ==, where true == 1: patching the last active=true
+    row to 1 went through, and deleting the last n=1 row went through beside an n=true row
+    without an index on n, and was refused with one."""
+    spec = {"indexes": [{"field": "n"}]} if indexed else {}
+    keep = [
+        {"field": "n", "value": 1, "at_least": 1},
+        {"field": "on", "value": True, "at_least": 1},
+    ]
+    run(engine, "create_table", table="t", keep=keep, **spec)
+    run(engine, "insert", table="t", record={"id": "a", "n": 1, "on": True})
+    run(engine, "insert", table="t", record={"id": "b", "n": True, "on": 1})
+    fail(engine, Conflict, "patch", table="t", id="a", changes={"on": 1})
+    fail(engine, Conflict, "delete", table="t", id="a")
+    run(engine, "insert", table="t", record={"id": "c", "n": 1.0, "on": True})  # 1.0 eq 1
+    run(engine, "patch", table="t", id="a", changes={"n": True, "on": False})
+    assert run(engine, "count", table="t", where=[["n", "eq", 1]]) == 1
+
+
 def test_keep_counts_the_batch_as_it_goes(staff: Engine) -> None:
     """Promote first, then demote: allowed; demoting both admins in one batch: refused whole."""
     demote_both = [
