@@ -3,8 +3,9 @@ record written to a table with a schema.
 
 ``RecordValidator`` is jsonschema's ``Draft202012Validator`` with ``Decimal`` values as
 numbers, ``multipleOf`` exact in decimal and bounded in digits, the bounds, ``const`` and
-``enum`` taking a Decimal and a float of the same text as equal, ``pattern`` and
-``patternProperties`` on RE2 (``schemapatterns``) and ``uniqueItems`` by hashed keys: why
+``enum`` taking a Decimal and a float of the same text as equal, ``pattern``,
+``patternProperties`` and ``additionalProperties`` on RE2 (``schemapatterns``), each pattern
+on its own, and ``uniqueItems`` by hashed keys: why
 each, in ``schemas``. Kept apart from ``schemas``, which checks a schema document before it
 is attached and reports a record's violations: this module is how each keyword is checked.
 """
@@ -21,6 +22,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator, ValidationError, validators
 from jsonschema._utils import (
+    extras_msg,
     find_evaluated_item_indexes_by_schema,
     find_evaluated_property_keys_by_schema,
 )
@@ -171,7 +173,7 @@ def _container_key(value: Any) -> Any:
     return found[1]
 
 
-# The two keywords below mirror jsonschema's ``_keywords`` (``search``, not ``match``), as
+# The three keywords below mirror jsonschema's ``_keywords`` (``search``, not ``match``), as
 # ``schemapatterns._Re2Search`` does.
 
 
@@ -190,6 +192,38 @@ def _pattern_properties(
         for k, v in instance.items():
             if search(regex, k):
                 yield from validator.descend(v, subschema, path=k, schema_path=pattern)
+
+
+def _additional_properties(
+    validator: Any, additional: Any, instance: Any, schema: Any
+) -> Iterator[Any]:
+    """jsonschema's, with each ``patternProperties`` pattern searched on its own: jsonschema
+    joins them with ``|`` into one pattern, which RE2 may refuse as too large though each
+    compiles (every write then failed, QA), and where an inline flag of one applies to the
+    next (``(?i)^a|^B$`` took the key ``b``)."""
+    if not validator.is_type(instance, "object"):
+        return
+    properties = schema.get("properties", {})
+    regexes = [compile_pattern(pattern) for pattern in schema.get("patternProperties", {})]
+    extras = [
+        key
+        for key in instance
+        if key not in properties and not any(search(regex, key) for regex in regexes)
+    ]
+    if validator.is_type(additional, "object"):
+        for extra in extras:
+            yield from validator.descend(instance[extra], additional, path=extra)
+    elif not additional and extras:
+        if "patternProperties" in schema:
+            verb = "does" if len(extras) == 1 else "do"
+            joined = ", ".join(repr(each) for each in sorted(extras))
+            patterns = ", ".join(repr(each) for each in sorted(schema["patternProperties"]))
+            yield ValidationError(f"{joined} {verb} not match any of the regexes: {patterns}")
+        else:
+            listed, verb = extras_msg(sorted(extras, key=str))
+            yield ValidationError(
+                f"Additional properties are not allowed ({listed} {verb} unexpected)"
+            )
 
 
 _ENUM_KEYS: dict[int, tuple[list[Any], frozenset[Any], frozenset[tuple[type, int]]]] = {}
@@ -320,6 +354,7 @@ def _metered(check: Any) -> Any:
 
 _KEYWORDS = {
     **Draft202012Validator.VALIDATORS,
+    "additionalProperties": _additional_properties,
     "const": _const,
     "enum": _enum,
     "exclusiveMaximum": _bound(operator.ge, "is greater than or equal to the maximum of"),

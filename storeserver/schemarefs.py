@@ -43,7 +43,21 @@ _REFERENCES = ("$ref", "$dynamicRef")
 Edge = tuple[dict[str, Any], Any, str]  # a subschema, its resolver, the keyword
 
 
-def _applied(schema: dict[str, Any], resolver: Any, path: list[Any]) -> list[Edge]:
+def _subschemas(document: dict[str, Any]) -> set[int]:
+    """The maps of ``document`` (by identity) that are subschemas: the root and what the
+    applicator keywords (and ``$defs``) hold, as ``referencing`` finds them, not a map of
+    subschemas (``properties``) nor data (a ``const``)."""
+    found = {id(document)}
+    stack = [document]
+    while stack:
+        for child in DRAFT202012.subresources_of(stack.pop()):
+            if type(child) is dict and id(child) not in found:
+                found.add(id(child))
+                stack.append(child)
+    return found
+
+
+def _applied(schema: dict[str, Any], resolver: Any, path: list[Any], is_schema: Any) -> list[Edge]:
     """The map subschemas ``schema`` applies, resolved as jsonschema resolves them."""
     out: list[Edge] = []
     for keyword, value in schema.items():
@@ -52,12 +66,16 @@ def _applied(schema: dict[str, Any], resolver: Any, path: list[Any]) -> list[Edg
                 contents = (resolved := resolver.lookup(value)).contents
             except Exception:  # referencing's Unresolvable, or a pointer's bad list index
                 contents = None
-            if type(contents) is dict:
+            # A map of this document that is no subschema (``#/properties``, a ``const``) was
+            # applied as one at every write reaching it, and failed (QA); one of another
+            # document is a meta-schema's, the only others the resolver knows.
+            if type(contents) is dict and is_schema(contents):
                 out.append((contents, resolved.resolver, keyword))
             elif type(contents) is not bool:
                 raise BadRequest(
                     f"not a valid JSON Schema: {keyword} {str(value)[:200]!r} points to no"
-                    " schema inside this one (references to other documents are not fetched)",
+                    " schema inside this one (a subschema, not a map of them nor a const;"
+                    " references to other documents are not fetched)",
                     {"arg": "schema", "path": [*path, keyword]},
                 )
             continue
@@ -95,6 +113,11 @@ def check_references(document: dict[str, Any]) -> None:
     applied to the same instance (see ``schemas``' docstring). Iterative, linear in the
     subschemas reachable from the root (the meta-schema's too, if it is referenced)."""
     where = _locations(document)
+    subschemas = _subschemas(document)
+
+    def is_schema(contents: dict[str, Any]) -> bool:
+        return id(contents) in subschemas or id(contents) not in where
+
     root = SPECIFICATIONS.resolver_with_root(DRAFT202012.create_resource(document))
     seen = {id(document): document}  # keeps every walked subschema (and so its id) alive
     same: dict[int, list[tuple[dict[str, Any], list[Any]]]] = {}
@@ -103,7 +126,7 @@ def check_references(document: dict[str, Any]) -> None:
         schema, resolver = todo.pop()
         path = where.get(id(schema), [])
         same[id(schema)] = []
-        for child, child_resolver, keyword in _applied(schema, resolver, path):
+        for child, child_resolver, keyword in _applied(schema, resolver, path, is_schema):
             if keyword in _SAME_INSTANCE or keyword in _REFERENCES:
                 # A lexical child has its own place; a reference is named by its keyword.
                 at = [*path, keyword] if keyword in _REFERENCES else where.get(id(child), path)

@@ -11,9 +11,11 @@ Validation runs in the store's single thread, so no keyword may take more than l
 the record, whatever the schema:
 
 - ``pattern``, ``patternProperties`` (and so ``propertyNames`` patterns, and the matching of
-  ``patternProperties`` by ``additionalProperties`` and ``unevaluatedProperties``) run on RE2, which
-  never backtracks (``^(a+)+$`` cannot stall the store). A pattern RE2 cannot compile
-  (backreferences, lookaround) is refused by ``set_schema``, not at the first write. As in
+  ``patternProperties`` by ``additionalProperties`` and ``unevaluatedProperties``, each pattern
+  on its own) run on RE2, which never backtracks (``^(a+)+$`` cannot stall the store). A
+  pattern RE2 cannot compile (backreferences, lookaround), or that compiles too large (alone,
+  or with the schema's others: ``schemapatterns.PATTERN_MEMORY``, ``SCHEMA_PATTERN_SIZE``), is
+  refused by ``set_schema``, not at the first write. As in
   ECMA-262 (the dialect JSON Schema names), RE2's ``\\d`` and ``\\w`` are ASCII and ``$``
   is the end of the text (Python's ``re`` differs on all three).
 - ``uniqueItems`` compares hashable keys (``query.index_key``) instead of jsonschema's
@@ -24,7 +26,8 @@ the record, whatever the schema:
 - A Decimal in a schema has at most ``records.MAX_DECIMAL_DIGITS`` digits, as a stored one
   does: ``multipleOf`` turns both into ints, quadratic in their digits. A value with more
   (kept from before the store bounded them) fails ``multipleOf`` unchecked, with that reason.
-- Every ``$ref`` (and ``$dynamicRef``) a record can reach must resolve to a schema, and no
+- Every ``$ref`` (and ``$dynamicRef``) a record can reach must resolve to a subschema (not to
+  a map of them, such as ``#/properties``, nor into a ``const``), and no
   chain of them may loop back to a subschema without stepping into a part of the record
   (``{"$defs": {"x": {"$ref": "#/$defs/x"}}}``): checking a record that reaches such a loop
   recurses until Python's limit, so every write would fail. A loop through ``properties``,
@@ -50,7 +53,14 @@ from referencing import Registry
 from storeserver.errors import BadRequest, LimitExceeded, ValidationFailed
 from storeserver.records import META_FIELDS, decimal_problem
 from storeserver.schemakeywords import INSTANCE_KEYS, STEPS, CheckTooCostly, RecordValidator
-from storeserver.schemapatterns import PATTERN_WORK, SCHEMA_FORMATS, WORK, PatternsTooCostly
+from storeserver.schemapatterns import (
+    PATTERN_WORK,
+    SCHEMA_FORMATS,
+    WORK,
+    PatternsTooCostly,
+    PatternTooLarge,
+    charged_compiles,
+)
 from storeserver.schemarefs import check_references
 
 log = structlog.get_logger("storeserver.schemas")
@@ -128,6 +138,8 @@ def schema_problem(exc: SchemaError) -> str:
         reason = exc.cause.args[0] if exc.cause is not None and exc.cause.args else "invalid"
         if isinstance(reason, bytes):
             reason = reason.decode("utf-8", "replace")
+        if isinstance(exc.cause, PatternTooLarge):
+            return f"pattern {exc.instance!r} is too large for RE2 ({reason})"
         return (
             f"pattern {exc.instance!r} is not a regular expression RE2 can run ({reason});"
             " patterns run on RE2: no backreferences or lookaround"
@@ -226,7 +238,8 @@ class TableSchema:
             path, problem = found
             raise BadRequest(f"not a valid JSON Schema: {problem}", {"arg": "schema", "path": path})
         try:
-            RecordValidator.check_schema(document, format_checker=SCHEMA_FORMATS)
+            with charged_compiles():
+                RecordValidator.check_schema(document, format_checker=SCHEMA_FORMATS)
         except SchemaError as exc:
             raise BadRequest(
                 f"not a valid JSON Schema: {schema_problem(exc)}",
@@ -259,6 +272,10 @@ class TableSchema:
             out.append({"path": [], "message": _NOT_APPLICABLE + ": " + _TOO_COSTLY})
         except PatternsTooCostly:
             out.append({"path": [], "message": _NOT_APPLICABLE + ": " + _PATTERNS_TOO_COSTLY})
+        except PatternTooLarge as exc:  # a schema attached before such patterns were refused
+            out.append(
+                {"path": [], "message": f"{_NOT_APPLICABLE}: a pattern is too large ({exc})"}
+            )
         except Exception:  # never crash, never show Python's text: the log has it
             log.exception("schema_not_applicable")
             out.append({"path": [], "message": _NOT_APPLICABLE})

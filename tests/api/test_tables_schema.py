@@ -216,6 +216,51 @@ def test_an_invalid_json_schema_is_422(client: httpx.Client, schema: dict[str, A
     assert error["details"][0]["field"].startswith("body.schema")
 
 
+def test_references_the_schema_names_by_its_ids_are_taken_and_enforced(
+    client: httpx.Client,
+) -> None:
+    """QA: the API took only "#..." references and refused those a nested "$id" (or the
+    root's own URI) names, though the store resolves them; the store checks them now."""
+    money = {"type": "number", "minimum": 0}
+    by_nested_id = {
+        "$id": "https://example.com/product",
+        "$defs": {"money": {"$id": "money.json", **money}},
+        "properties": {"price": {"$ref": "money.json"}},
+    }
+    by_root_uri = {
+        "$id": "https://example.com/product",
+        "$defs": {"money": money},
+        "properties": {"price": {"$ref": "https://example.com/product#/$defs/money"}},
+    }
+    for schema in (by_nested_id, by_root_uri):
+        table = f"products_{token()}"
+        create_record(client, table, price=1)
+        attached = client.put(schema_url(table), json={"schema": schema})
+        assert attached.status_code == 200, attached.text
+        refused = client.post(f"/api/v1/data/{table}", json={"data": {"price": -1}})
+        assert_error(refused, 422)
+        assert client.post(f"/api/v1/data/{table}", json={"data": {"price": 2}}).status_code == 201
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"properties": {"a": {"$ref": "#/properties"}}},  # a map of subschemas, not one
+        {"properties": {"a": {"$ref": "#/$defs/c/const"}}, "$defs": {"c": {"const": {"x": 1}}}},
+        {"properties": {"a": {"pattern": r"\p{L}{300}"}}},  # compiles past RE2's limit
+    ],
+    ids=["map-of-schemas", "into-a-const", "pattern-too-large"],
+)
+def test_a_schema_no_write_could_pass_is_refused_when_set(
+    client: httpx.Client, schema: dict[str, Any]
+) -> None:
+    """QA: accepted, then every write reaching it failed 422 "cannot be applied"."""
+    table = f"products_{token()}"
+    create_record(client, table, name="pen")
+    error = assert_error(client.put(schema_url(table), json={"schema": schema}), 422)
+    assert error["details"][0]["field"].startswith("body.schema")
+
+
 def test_schema_body_is_checked(client: httpx.Client) -> None:
     table = f"products_{token()}"
     create_record(client, table, name="pen")

@@ -153,6 +153,21 @@ def test_recursion_through_the_record_is_accepted(schema: dict[str, Any]) -> Non
         ({"$ref": "https://example.com/schema.json"}, ["$ref"]),
         ({"items": {"$ref": "#/allOf/x"}, "allOf": [{}]}, ["items", "$ref"]),
         ({"type": "object", "not": {"$ref": "#/type"}}, ["not", "$ref"]),  # a string
+        # maps that are no subschema (QA: accepted, then every write reaching them failed
+        # "the schema cannot be applied")
+        (
+            {"properties": {"type": {"type": "string"}, "size": {"$ref": "#/properties"}}},
+            ["properties", "size", "$ref"],
+        ),
+        (
+            {
+                "$defs": {"d": {"const": {"pattern": "(?<=a)b"}}},
+                "properties": {"s": {"$ref": "#/$defs/d/const"}},
+            },
+            ["properties", "s", "$ref"],
+        ),
+        ({"enum": [{"minimum": "a"}], "not": {"$ref": "#/enum/0"}}, ["not", "$ref"]),
+        ({"x-data": {"type": "string"}, "$ref": "#/x-data"}, ["$ref"]),  # an unknown keyword
     ],
 )
 def test_a_ref_to_no_schema_is_refused(schema: dict[str, Any], path: list[Any]) -> None:
@@ -161,6 +176,42 @@ def test_a_ref_to_no_schema_is_refused(schema: dict[str, Any], path: list[Any]) 
         TableSchema.parse(schema)
     assert "points to no schema" in info.value.message
     assert info.value.details == {"arg": "schema", "path": path}
+
+
+def test_a_ref_is_taken_to_a_subschema_anywhere_not_to_a_map_of_them() -> None:
+    """Any place that holds a subschema may be referenced; ``#/$defs`` (a map of them) was
+    taken, then applied as a schema at every write reaching it."""
+    document: dict[str, Any] = {
+        "$defs": {
+            "int": {"type": "integer"},
+            "any": {"anyOf": [{"type": "integer"}]},
+            "twice": {"allOf": [{"not": {"not": {"type": "integer"}}}]},
+        },
+        "definitions": {"int": {"type": "integer"}},
+        "properties": {"n": {"type": "integer"}},
+        "patternProperties": {"^i_": {"type": "integer"}},
+        "prefixItems": [{"type": "integer"}],
+        "items": {"type": "integer"},
+        "dependentSchemas": {"k": {"type": "integer"}},
+    }
+    for target in (
+        "#/$defs/int",
+        "#/definitions/int",
+        "#/properties/n",
+        "#/patternProperties/%5Ei_",
+        "#/prefixItems/0",
+        "#/items",
+        "#/dependentSchemas/k",
+        "#/$defs/twice/allOf/0/not/not",
+        "#/$defs/any/anyOf/0",
+    ):
+        schema = {**document, "properties": {**document["properties"], "r": {"$ref": target}}}
+        assert messages(schema, {"r": 1}) == []
+        assert messages(schema, {"r": "x"}) == ["'x' is not of type 'integer'"]
+    for target in ("#/$defs", "#/patternProperties", "#/prefixItems", "#/dependentSchemas"):
+        schema = {**document, "properties": {**document["properties"], "r": {"$ref": target}}}
+        with pytest.raises(BadRequest, match="points to no schema"):
+            TableSchema.parse(schema)
 
 
 def test_set_schema_refuses_a_ref_loop_even_with_force() -> None:
