@@ -26,12 +26,14 @@ from api.queries import (
     FINER_THAN_STORED,
     GENERIC_FIELD,
     MAX_IN_VALUES,
+    RANGE_OPERATORS,
     Fields,
     FieldType,
     canonical_uuid,
     finer_than_stored,
     parse_sort,
     parse_timestamp,
+    range_operand,
 )
 
 MAX_DEPTH = 8
@@ -41,10 +43,8 @@ MAX_PROJECTION = 50
 OPERATORS = frozenset(
     {"eq", "ne", "gt", "gte", "lt", "lte", "in", "contains", "startswith", "exists"}
 )
-RANGE_OPERATORS = frozenset({"gt", "gte", "lt", "lte"})
 STRING_OPERATORS = frozenset({"contains", "startswith"})
 NUMERIC_TYPES: frozenset[FieldType] = frozenset({"int", "decimal"})
-NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 _INT64 = range(-(2**63), 2**63)
 Loc = tuple[str | int, ...]
 
@@ -151,7 +151,7 @@ class _TreeParser:
             if op == "startswith" and not isinstance(value, str):
                 raise self.fail(422, path, "'startswith' takes a string")
         if op in RANGE_OPERATORS and (value is None or isinstance(value, dict | list)):
-            raise self.fail(422, path, f"'{op}' takes a number, string or boolean")
+            raise self.fail(422, path, range_operand(op))
         return self.scalar(value, op, ftype, path)
 
     def scalar(self, value: Any, op: str, ftype: FieldType | None, path: Loc) -> Any:

@@ -5,7 +5,7 @@ unknown field or operator is a 400 naming it, a value that is not of the field's
 Generic tables accept any well-formed field name and read values as JSON scalars when they
 parse (``30`` → 30, ``true``, ``null``; an integer past signed 64 bits → a float), else as
 strings; ``contains`` and ``startswith`` always take a string, ``exists`` takes ``true`` or
-``false``.
+``false``, and a range operator no ``null`` (a 422, as in a query body).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ Fields = Mapping[str, FieldType]
 OPERATORS = frozenset(
     {"eq", "ne", "gt", "gte", "lt", "lte", "in", "contains", "startswith", "exists"}
 )
+RANGE_OPERATORS = frozenset({"gt", "gte", "lt", "lte"})
 RESERVED = frozenset({"page", "per_page", "sort", "created_after", "created_before"})
 # The lists that embed (``GET /orders?expand=user``) also take ``expand``. Elsewhere it is a
 # field name like any other: a filter on a generic table, an unknown field on a typed one
@@ -49,7 +50,16 @@ BASE_FIELDS: dict[str, FieldType] = {
     "updated_at": "timestamp",
     "version": "int",
 }
-GENERIC_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}(?:\.[A-Za-z_][A-Za-z0-9_]{0,63}){0,7}")
+# A field name: up to 8 dotted levels of 64 characters. Every length cap on a field name or a
+# sort text derives from these, so no place refuses a name another one takes.
+MAX_NAME_LENGTH = 64
+MAX_FIELD_LEVELS = 8
+NAME_PART = rf"[A-Za-z_][A-Za-z0-9_]{{0,{MAX_NAME_LENGTH - 1}}}"
+GENERIC_FIELD = re.compile(rf"{NAME_PART}(?:\.{NAME_PART}){{0,{MAX_FIELD_LEVELS - 1}}}")
+MAX_FIELD_LENGTH = MAX_FIELD_LEVELS * (MAX_NAME_LENGTH + 1) - 1  # the dots between levels
+# The longest ``sort`` text ``parse_sort`` takes without padding: every field at its longest,
+# descending, with the commas between them.
+MAX_SORT_LENGTH = MAX_SORT_FIELDS * (MAX_FIELD_LENGTH + len(":desc,")) - 1
 # Digits after any leading zeros: more than 19 of them is past 64 bits, whatever they are
 # (so a 10 KB value is refused without converting it).
 _INT = re.compile(r"[+-]?0*([0-9]{1,19})|[+-]?0*[0-9]{20,}")
@@ -156,12 +166,36 @@ def parse_filter(key: str, raw: str, fields: Fields | None) -> list[Any]:
         # An optional typed field (users.age): as a query body's null, missing or null. Only
         # where "null" cannot be a value of the field (a string field reads it as text).
         return [name, op, None]
+    if op in RANGE_OPERATORS and _is_null(raw, ftype):
+        # Refused as a query body refuses it: one condition, one answer (it was a 200
+        # matching nothing here, a 422 there).
+        raise invalid_value(f"query.{key}", range_operand(op))
     if op == "in":
         values = raw.split(",")
         if len(values) > MAX_IN_VALUES:
             raise query_limit(key, f"'in' takes at most {MAX_IN_VALUES} values")
-        return [name, op, [_coerce(value, ftype, key, op) for value in values]]
+        # A null among them matches as eq=null does, as a body's ``in: [null, ...]`` does.
+        return [
+            name,
+            op,
+            [None if _is_null(v, ftype) else _coerce(v, ftype, key, op) for v in values],
+        ]
     return [name, op, _coerce(raw, ftype, key, op)]
+
+
+def range_operand(op: str) -> str:
+    """Why a range operator's operand is refused: null (or a list or map, in a body) has no
+    place in the order it compares by."""
+    return f"'{op}' takes a number, string or boolean"
+
+
+def _is_null(raw: str, ftype: FieldType | None) -> bool:
+    """Whether a query-string value stands for null: JSON's ``null`` on a generic field (as
+    ``parse_scalar`` reads it); ``null`` on a typed field that cannot hold that text (a
+    string field reads it as text)."""
+    if ftype is None:
+        return parse_scalar(raw) is None
+    return raw == "null" and ftype != "str"
 
 
 def parse_sort(text: str | None, fields: Fields | None) -> list[list[str]]:

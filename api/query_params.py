@@ -15,11 +15,19 @@ from fastapi import Depends, Path, Query, Request
 from pydantic import BeforeValidator
 
 from api.errors import ApiError, bad_query
-from api.queries import EXPANDABLE, RESERVED, Fields, ListQuery, Page, build_list_query
+from api.queries import (
+    EXPANDABLE,
+    NAME_PART,
+    RESERVED,
+    Fields,
+    ListQuery,
+    Page,
+    build_list_query,
+)
 from api.services import orders, typed_tables, users
 
 TABLE_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
-FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+FIELD_NAME = re.compile(NAME_PART)
 _DIGITS = re.compile(r"[0-9]{1,20}")
 
 

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SkipValidation
+from pydantic import BaseModel, ConfigDict, Field, SkipValidation, model_validator
 
+from api.queries import MAX_FIELD_LENGTH, MAX_SORT_LENGTH, NAME_PART
 from api.schemas.envelope import Envelope, PageMeta
 from api.schemas.orders import OrderPublic
 from api.schemas.users import UserPublic
 
 FilterOp = Literal["eq", "ne", "gt", "gte", "lt", "lte", "in", "contains", "startswith", "exists"]
 MetricOp = Literal["count", "sum", "avg", "min", "max"]
-NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+NAME_PATTERN = f"^{NAME_PART}$"
+DEFAULT_METRIC = "count"
 
 
 class FilterCondition(BaseModel):
@@ -69,7 +71,11 @@ FilterField = Annotated[
 ]
 SortField = Annotated[
     str | None,
-    Field(max_length=512, description="`field:asc|desc[,field:dir]`", examples=["age:desc"]),
+    Field(
+        max_length=MAX_SORT_LENGTH,
+        description="`field:asc|desc[,field:dir]`",
+        examples=["age:desc"],
+    ),
 ]
 # Strict: these are JSON body fields, where "2" or 2.0 is a client's type error (query-string
 # page numbers are text and are parsed elsewhere).
@@ -146,8 +152,13 @@ class MetricSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     op: MetricOp
-    field: str | None = Field(None, max_length=512)
+    field: str | None = Field(None, max_length=MAX_FIELD_LENGTH)
     name: str = Field(alias="as", pattern=NAME_PATTERN, description="Name of the result")
+
+
+def row_count(name: str) -> MetricSpec:
+    """The metric counting a group's rows, named ``name``."""
+    return MetricSpec.model_validate({"op": "count", "as": name})
 
 
 class AggregateBody(BaseModel):
@@ -172,17 +183,34 @@ class AggregateBody(BaseModel):
 
     group_by: list[str] = Field(default_factory=list, max_length=4)
     metrics: list[MetricSpec] = Field(
-        default_factory=lambda: [MetricSpec.model_validate({"op": "count", "as": "count"})],
+        default_factory=lambda: [row_count(DEFAULT_METRIC)],
         min_length=1,
         max_length=20,
+        description="Default: one row count named `count` (`_count` when a group field is"
+        " named `count`, with one more leading underscore per group field taking that name)",
     )
     filter: FilterField = None
     sort: Annotated[
         str | None,
-        Field(max_length=512, description="Over group fields and metric names: `revenue:desc`"),
+        Field(
+            max_length=MAX_SORT_LENGTH,
+            description="Over group fields and metric names: `revenue:desc`",
+        ),
     ] = None
     page: PageField = 1
     per_page: PerPageField = 20
+
+    @model_validator(mode="after")
+    def _default_metric_clear_of_group_fields(self) -> AggregateBody:
+        """A client grouping by a field named ``count`` did not name the default metric, so it
+        must not clash with that field (QA: a 422 blaming ``body.metrics.0.as``, a metric the
+        client never sent); metrics the client sends keep their names and the clash check."""
+        if "metrics" not in self.model_fields_set:
+            name = DEFAULT_METRIC
+            while name in self.group_by:  # at most 4 group fields, so at most 4 turns
+                name = "_" + name
+            self.metrics = [row_count(name)]
+        return self
 
 
 class CountResult(BaseModel):

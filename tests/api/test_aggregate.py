@@ -307,3 +307,33 @@ def test_an_int_sum_beyond_64_bits_is_exact(client: httpx.Client) -> None:
     [row] = response.json()["data"]
     assert str(row["total"]) == str(stamp * 11)
     assert row["mean"] == float(stamp) and row["top"] == stamp
+
+
+def test_the_default_metric_steps_aside_for_a_group_field_named_count(
+    client: httpx.Client,
+) -> None:
+    """QA: grouping by a field named ``count`` without metrics was a 422 blaming
+    ``body.metrics.0.as``, a metric the client never sent. The default count takes a leading
+    underscore per group field holding its name; every other body keeps ``count``."""
+    table = f"agg_{token()}"
+    rows = [{"count": 3}, {"count": 3}, {"count": 5}]
+    assert client.post(f"/api/v1/data/{table}", json={"data": rows}).status_code == 201
+    url = AGGREGATE.format(table)
+
+    response = client.post(url, json={"group_by": ["count"], "sort": "_count:desc"})
+    assert response.status_code == 200, response.text
+    assert response.json()["data"] == [{"count": 3, "_count": 2}, {"count": 5, "_count": 1}]
+    both = client.post(url, json={"group_by": ["count", "_count"], "sort": "count:asc"})
+    assert both.status_code == 200, both.text
+    assert both.json()["data"] == [
+        {"count": 3, "_count": None, "__count": 2},
+        {"count": 5, "_count": None, "__count": 1},
+    ]
+    assert client.post(url, json={}).json()["data"] == [{"count": 3}]
+    by_other = client.post(url, json={"group_by": ["id"], "per_page": 1}).json()["data"]
+    assert set(by_other[0]) == {"id", "count"}
+
+    # A metric the client names itself still may not take a group field's name.
+    clash = {"group_by": ["count"], "metrics": [{"op": "count", "as": "count"}]}
+    error = assert_error(client.post(url, json=clash), 422, "VALIDATION_ERROR")
+    assert error["details"][0]["field"] == "body.metrics.0.as", error
