@@ -207,14 +207,32 @@ def api_stop_seconds(graceful_timeout: str | None) -> int:
     which read "+600" as an error (QA: supervisord then SIGKILLed a 600 s drain at 40 s) and
     "-10" as "0 40", a command line that could not run. A value the API refuses: any wait
     (the API exits 2 before it serves)."""
+    text = (graceful_timeout or "").strip() or "30"
     try:
-        seconds = int((graceful_timeout or "").strip() or 30)
+        seconds = int(text)
     except ValueError:
-        seconds = 30
+        try:  # "600.0", which pydantic takes as 600 (review: was a 40 s wait for it)
+            number = float(text)
+            seconds = int(number) if number.is_integer() else 30
+        except (ValueError, OverflowError):
+            seconds = 30
     return min(max(seconds, 1), 3600) + API_STOP_MARGIN_S
 
 
+def checkout_problem(deploy_dir: Path) -> str | None:
+    """Why supervisord could not spawn the programs from this checkout, or None. Its commands
+    are ``%(here)s/...`` in double quotes (a space is fine): a ``"`` in the path ends them, and
+    a ``%`` starts an expansion; nothing would start, silently (review)."""
+    if '"' in str(deploy_dir) or "%" in str(deploy_dir):
+        return f"the checkout's path holds \" or %, which supervisord cannot run from: {deploy_dir}"
+    return None
+
+
 def main() -> int:
+    problem = checkout_problem(CONFIG.parent.absolute())
+    if problem is not None:
+        log_line("error", "invalid_settings", errors=problem)
+        return EXIT_INVALID_SETTINGS
     run_dir = Path(os.environ.get("RUN_DIR", "run"))
     os.environ["API_STOP_SECONDS"] = str(api_stop_seconds(os.environ.get("GRACEFUL_TIMEOUT")))
     try:

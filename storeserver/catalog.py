@@ -24,7 +24,7 @@ from typing import Any
 
 from storeserver.arguments import TABLE_NAME, Args, table_name
 from storeserver.errors import BadRequest, Conflict, LimitExceeded, NotFound
-from storeserver.query import check_field
+from storeserver.query import check_field, index_key
 from storeserver.records import META_FIELDS
 from storeserver.tables import Table
 
@@ -202,7 +202,10 @@ class Catalog:
             check_index_room(probe, len(new_indexes), len(new_fks))
             self._check_existing_rows(probe, new_indexes, new_fks)
         new_hidden = frozenset(spec.hidden) - probe.hidden
-        new_keeps = tuple(k for k in spec.keeps if k not in probe.keeps)
+        # Told apart as ``check_keeps`` tells values apart (true is not 1; Python's ``in``
+        # took a rule on true for one already on 1, and dropped it: review).
+        kept = {(f, index_key(v), n) for f, v, n in probe.keeps}
+        new_keeps = tuple(k for k in spec.keeps if (k[0], index_key(k[1]), k[2]) not in kept)
         if table is None:
             table = self.tables[name] = probe
         for field, unique, casefold in new_indexes:

@@ -49,7 +49,10 @@ to 8 bytes per row of its table plus its matches: about 64-128 MB for eight over
 table. More at once would not finish sooner (one thread steps them all)."""
 WAITING_SCANS = 1024
 """Such commands waiting for a turn past ``SCAN_JOBS``; past this the store answers
-``STORE_BUSY`` (the API: 503 with Retry-After)."""
+``STORE_BUSY`` (the API: 503 with Retry-After). Those of clients not reading their replies
+(``admit_waiting``) do not count: they cannot start, and a few such clients held every place
+(review); each connection has at most ``WAITING_PER_CONNECTION`` waiting."""
+WAITING_PER_CONNECTION = 128
 _SCANS = (ChunkedRead, BulkWrite)
 _CANCEL_ARGS = frozenset({"request"})
 
@@ -72,6 +75,11 @@ class _JobRun:
     # The caller's credential (``_actor``), checked again before each step of a write: one
     # that ends while the write runs stops it as ``_check_write`` does (``check_credential``).
     credential: Any = None
+
+
+def _stalled(conn: StoreConnection | None) -> bool:
+    """Whether ``conn``'s client is not reading its replies (``admit_waiting`` skips it)."""
+    return conn is not None and conn.writing_paused
 
 
 @dataclass(slots=True)
@@ -117,7 +125,10 @@ class JobScheduler:
         set the request aside until a turn frees (``StoreBusy`` past ``WAITING_SCANS``)."""
         if type(job) in _SCANS and self._scans_running() >= SCAN_JOBS:
             job.abort()  # drops its candidate list; run again when a turn frees
-            if len(self.waiting) >= WAITING_SCANS:
+            if len(self.waiting) >= WAITING_SCANS and (
+                sum(1 for w in self.waiting if w.conn is conn) >= WAITING_PER_CONNECTION
+                or sum(1 for w in self.waiting if not _stalled(w.conn)) >= WAITING_SCANS
+            ):
                 raise StoreBusy(
                     "the store is busy with long commands; retry shortly", {"max": WAITING_SCANS}
                 )
@@ -173,7 +184,7 @@ class JobScheduler:
         skipped: list[_Waiting] = []
         while waiting and self._scans_running() < SCAN_JOBS:
             w = waiting.popleft()
-            if w.conn is not None and w.conn.writing_paused:
+            if _stalled(w.conn):
                 skipped.append(w)
                 continue
             recorded = durability.recorded if durability is not None else 0

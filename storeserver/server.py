@@ -59,7 +59,7 @@ from .replycache import ReplyCache, StoredGet
 from .requesttags import ACTOR_ARG, REQUEST_ID_ARG, take_tags
 from .scheduler import JobScheduler
 from .settings import StoreSettings
-from .socketchecks import clear_stale_socket, lock_socket
+from .socketchecks import clear_stale_socket, lock_socket, unlock_socket
 from .throttledlog import ThrottledWarning
 
 log = structlog.get_logger("storeserver")
@@ -262,7 +262,7 @@ class StoreServer:
 
     def _release_socket_lock(self) -> None:
         if self._socket_lock is not None:
-            os.close(self._socket_lock)
+            unlock_socket(self._socket_lock)
             self._socket_lock = None
 
     # -- commands --------------------------------------------------------------------------

@@ -81,12 +81,32 @@ def lock_socket(path: Path) -> int:
     writes does not keep the next start out. The kernel drops it when the process dies.
     """
     lock = path.with_name(f"{path.name}.lock")
+    refused = RuntimeError(
+        f"another store is already listening on {path}, or starting (it holds {lock.name})"
+    )
+    key = os.path.realpath(lock)
+    if key in _HELD:
+        # This process holds it (a second server in one process: tests). A POSIX lock is the
+        # process's: taking it again would succeed, and closing that descriptor would drop
+        # the first server's lock (review).
+        raise refused
     fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         os.close(fd)
-        raise RuntimeError(
-            f"another store is already listening on {path}, or starting (it holds {lock.name})"
-        ) from None
+        raise refused from None
+    _HELD[key] = fd
     return fd
+
+
+def unlock_socket(fd: int) -> None:
+    """Release what ``lock_socket`` returned."""
+    for key, held in list(_HELD.items()):
+        if held == fd:
+            del _HELD[key]
+    os.close(fd)
+
+
+_HELD: dict[str, int] = {}
+"""The socket locks this process holds, by the lock file's real path."""

@@ -184,6 +184,22 @@ def test_make_run_takes_paths_and_passwords_as_given(make_run: list[MakeRun]) ->
         shutil.rmtree(parent, ignore_errors=True)
 
 
+@pytest.mark.parametrize(
+    ("name", "refused"),
+    [("my clone", False), ("it's", False), ('my "clone"', True), ("100%", True)],
+)
+def test_a_checkout_path_supervisord_cannot_run_from_is_named(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str, refused: bool
+) -> None:
+    """Review: a `"` in the checkout's path ended supervisord's quoted commands: nothing
+    spawned, silently, as with a space before."""
+    supervise = load_supervise(monkeypatch)
+    problem = supervise.checkout_problem(tmp_path / name / "deploy")
+    assert (problem is not None) == refused
+    if refused:
+        assert "supervisord cannot run from" in problem
+
+
 def test_an_empty_admin_email_counts_as_unset(make_run: list[MakeRun]) -> None:
     """QA: `ADMIN_EMAIL= make run` passed the empty email beside the default password and the
     API refused to start ("go together"); an empty setting counts as unset, as the others."""
@@ -374,7 +390,7 @@ def load_supervise(monkeypatch: pytest.MonkeyPatch) -> Any:
     return module
 
 
-@pytest.mark.parametrize("value", ["30", " 45 ", "+600", "1_000", "3600", None, ""])
+@pytest.mark.parametrize("value", ["30", " 45 ", "+600", "1_000", "600.0", "3600", None, ""])
 def test_the_api_stop_wait_is_the_drain_the_api_reads_plus_a_margin(
     monkeypatch: pytest.MonkeyPatch, value: str | None
 ) -> None:
@@ -388,7 +404,7 @@ def test_the_api_stop_wait_is_the_drain_the_api_reads_plus_a_margin(
     assert supervise.api_stop_seconds(value) == api.graceful_timeout + 10
 
 
-@pytest.mark.parametrize("value", ["-10", "0", "abc", "99999"])
+@pytest.mark.parametrize("value", ["-10", "0", "abc", "99999", "600.5", "inf", "1e999"])
 def test_a_drain_the_api_refuses_still_gives_a_command_line_that_runs(
     monkeypatch: pytest.MonkeyPatch, value: str
 ) -> None:

@@ -559,6 +559,34 @@ async def test_a_client_that_does_not_read_starts_no_more_long_reads_until_it_do
         await server.shutdown()
 
 
+async def test_clients_that_do_not_read_do_not_take_the_waiting_places_of_those_that_do(
+    sock_dir, monkeypatch
+) -> None:
+    """Review: eight connections pipelining long finds and never reading filled all 1,024
+    waiting places for as long as they stayed, and every other client's long read past the
+    running ones was STORE_BUSY. Theirs no longer count; a connection has at most
+    ``WAITING_PER_CONNECTION`` waiting once the places are full."""
+    server, held = await _serving_held_reads(sock_dir, monkeypatch, 1)
+    monkeypatch.setattr(scheduler_module, "WAITING_SCANS", 4)
+    monkeypatch.setattr(scheduler_module, "WAITING_PER_CONNECTION", 2)
+    stalled, reading = _connection(server), _connection(server)
+    try:
+        for rid in range(1, 6):  # 1 runs, 2-5 wait: every place taken
+            assert server.handle(_find(rid), stalled) is None
+        stalled.pause_writing()
+        assert server.handle(_find(6), reading) is None  # waits: the stalled ones do not count
+        assert server.handle(_find(7), reading) is None
+        busy = FrameDecoder().feed(server.handle(_find(8), reading))  # its own 2: the most
+        assert busy[0].code == "STORE_BUSY"
+        assert [w.request.request_id for w in server.waiting] == [2, 3, 4, 5, 6, 7]
+        held.release = True
+        await wait_until(lambda: sent_ids(reading.transport) == [6, 7])
+        assert [w.request.request_id for w in server.waiting] == [2, 3, 4, 5]
+    finally:
+        held.release = True
+        await server.shutdown()
+
+
 async def test_long_reads_a_client_never_reads_hold_a_few_replies_not_all(sock_dir) -> None:
     """Over a socket: 60 long finds of ~100 KB each sent and not read run only until the
     buffers are full (the few already running finish); all answer once the client reads."""

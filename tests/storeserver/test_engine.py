@@ -1961,6 +1961,11 @@ def test_keep_counts_rows_equal_as_eq_has_it_with_or_without_an_index(
     run(engine, "insert", table="t", record={"id": "c", "n": 1.0, "on": True})  # 1.0 eq 1
     run(engine, "patch", table="t", id="a", changes={"n": True, "on": False})
     assert run(engine, "count", table="t", where=[["n", "eq", 1]]) == 1
+    # A rule on n = true is another rule, declared beside the one on n = 1 (review: dropped).
+    again = [{"field": "n", "value": True, "at_least": 1}]
+    assert run(engine, "create_table", table="t", keep=again) == {"created": False}
+    run(engine, "delete", table="t", id="b")  # a still holds n = true
+    fail(engine, Conflict, "delete", table="t", id="a")  # the last one
 
 
 def test_keep_counts_the_batch_as_it_goes(staff: Engine) -> None:

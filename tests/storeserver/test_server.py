@@ -6,6 +6,8 @@ import asyncio
 import socket
 import stat
 import struct
+import subprocess
+import sys
 
 import msgpack
 import pytest
@@ -248,8 +250,19 @@ async def test_over_the_memory_limit_a_batch_of_deletes_and_marks_goes_on(server
 
 async def test_a_second_server_refuses_a_live_socket(server):
     other = StoreServer(StoreSettings(socket=server.settings.socket))
-    with pytest.raises(RuntimeError, match="already listening"):
+    with pytest.raises(RuntimeError, match=r"already listening on .*, or starting"):
         await other.start()
+    # Refused by the socket's lock, which the first keeps (review: the second one's close of
+    # its own descriptor dropped this process's lock): another process cannot take it.
+    lock = f"{server.settings.socket}.lock"
+    probe = (
+        "import fcntl, os, sys\n"
+        f"fd = os.open({lock!r}, os.O_RDWR)\n"
+        "try:\n    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\nexcept OSError:\n"
+        "    sys.exit(3)\n"
+    )
+    taken = subprocess.run([sys.executable, "-c", probe], check=False, timeout=30)
+    assert taken.returncode == 3
 
 
 async def test_stale_socket_file_is_replaced(sock_dir):
