@@ -55,6 +55,9 @@ class ClientConnection(asyncio.Protocol):
         self.closed = False
         self._outbox: list[bytes] = []
         self._outbox_bytes = 0
+        # The calls whose frames wait in the outbox: lost with the connection before this
+        # turn's write, they surely never reached the store.
+        self._outbox_rids: list[int] = []
         self._deadlines: list[tuple[float, int, str]] = []
         self._sweeper: asyncio.TimerHandle | None = None
 
@@ -95,6 +98,7 @@ class ClientConnection(asyncio.Protocol):
             loop.call_soon(self._flush)
         self._outbox.append(frame)
         self._outbox_bytes += len(frame)
+        self._outbox_rids.append(rid)
         heapq.heappush(self._deadlines, (loop.time() + timeout, rid, command))
         if self._sweeper is None:
             self._sweeper = loop.call_later(_SWEEP_S, self._sweep)
@@ -114,6 +118,7 @@ class ClientConnection(asyncio.Protocol):
     def _flush(self) -> None:
         frames, self._outbox = self._outbox, []
         self._outbox_bytes = 0
+        self._outbox_rids = []
         if self.transport is not None and not self.closed:
             self.transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
 
@@ -194,12 +199,19 @@ class ClientConnection(asyncio.Protocol):
         # A write sent before the loss may have been applied (QA: 4 of 450 writes cut off by
         # a store crash were in its log, and the API had said "retry shortly"). Commands are
         # looked up here, on failure, not kept per call: the heap holds each call's.
+        # A write still in the outbox was never written: plainly unavailable, safe to retry
+        # (it was OUTCOME_UNKNOWN, as if sent, when the loss came in the turn it was queued).
         commands = {rid: command for _, rid, command in self._deadlines}
+        unsent = set(self._outbox_rids)
         for rid, fut in pending.items():
             if fut.done():
                 continue
             command = commands.get(rid, "")
-            if isinstance(error, StoreUnavailable) and command not in READ_COMMANDS:
+            if (
+                isinstance(error, StoreUnavailable)
+                and command not in READ_COMMANDS
+                and rid not in unsent
+            ):
                 fut.set_exception(
                     OutcomeUnknown(f"{error.message} after {command!r} was sent", _UNKNOWN)
                 )

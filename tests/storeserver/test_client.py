@@ -411,3 +411,35 @@ async def test_a_connection_lost_right_after_its_handshake_fails_the_call_at_onc
     finally:
         await client.close()
         fake.close()
+
+
+class _RecordingTransport:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+async def test_a_write_lost_before_its_frame_was_written_is_plainly_unavailable() -> None:
+    """Frames wait in the outbox until the end of the loop turn. A connection lost in the turn
+    a write was queued never carried it: the store cannot have applied it, so it is a plain
+    ``StoreUnavailable`` (503 with Retry-After), not the unknown outcome of a write it read."""
+    conn = ClientConnection(1 << 20)
+    transport = _RecordingTransport()
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    sent = conn.send(1, b"first", "insert", 5.0)
+    await asyncio.sleep(0)  # the turn ends: its frames are written
+    queued = conn.send(2, b"second", "insert", 5.0)
+    conn.connection_lost(None)
+    await asyncio.sleep(0)
+    assert transport.written == [b"first"]
+    with pytest.raises(OutcomeUnknown):
+        sent.result()
+    with pytest.raises(StoreUnavailable) as lost:
+        queued.result()
+    assert not isinstance(lost.value, OutcomeUnknown)
+    assert lost.value.details == {}
