@@ -89,7 +89,9 @@ def _find_page(
 ) -> dict[str, Any]:
     if project is not None:
         items = [project(r) for r in items]
-    elif table.hidden and not include_hidden:
+    if table.hidden and not include_hidden:
+        # A projection's fields were readable when the read began; a chunked find ends turns
+        # later, and a field hidden meanwhile (``create_table hidden``) is not returned.
         items = [table.strip(r) for r in items]
     return {"items": items, "total": total}
 

@@ -186,10 +186,10 @@ class ScanCursors:
                 and record["created_at"] <= since
                 and (keep is None or keep(record))
             ):
-                item = (
-                    project(record)
-                    if project is not None
-                    else table.visible(record, cursor.include_hidden)
+                # Projected or not, what is hidden now: a field hidden since the cursor was
+                # opened with it among its ``fields`` is not returned (QA: it was).
+                item = table.visible(
+                    project(record) if project is not None else record, cursor.include_hidden
                 )
                 items.append(item)
                 pack(item)

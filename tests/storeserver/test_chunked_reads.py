@@ -241,6 +241,17 @@ def test_a_chunked_find_answers_as_of_its_start_whatever_happens_between_steps(f
             assert set(item) == {"id", *find["fields"]}
 
 
+def test_a_chunked_find_does_not_answer_a_projected_field_hidden_between_its_steps() -> None:
+    engine = _users_engine()
+    args = {"table": "users", "where": [["score", "gte", 0]], "fields": ["email", "score"]}
+    job = engine.execute("find", args)
+    assert isinstance(job, ChunkedRead)
+    assert engine.advance(job) == (False, None)
+    engine.execute("create_table", {"table": "users", "hidden": ["score"]})
+    _, result = finish(engine, job)
+    assert result["items"] and all(set(item) == {"id", "email"} for item in result["items"])
+
+
 def test_chunked_count_aggregate_and_join_survive_schema_changes_between_steps() -> None:
     engine = _users_engine()
     count = {"table": "users", "where": [["team", "eq", "a"], ["score", "lt", 5]]}

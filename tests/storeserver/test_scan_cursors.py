@@ -223,6 +223,20 @@ def test_a_record_deleted_and_made_again_after_the_opening_is_not_included(
     assert "again" not in by_id and "new" not in by_id
 
 
+def test_a_field_hidden_after_the_opening_is_not_read_through_the_cursors_fields(
+    engine: Engine,
+) -> None:
+    """QA: a cursor opened with ``fields=["name", "token"]`` went on returning ``token`` after
+    ``create_table hidden`` made it hidden, where every other read leaves it out."""
+    for i in range(3):
+        engine.execute("insert", {"table": "t", "record": {"id": f"u{i}", "name": "n", "token": i}})
+    first = run(engine, "scan", table="t", fields=["name", "token"], limit=11)
+    assert first["items"][-1] == {"id": "u0", "name": "n", "token": 0}
+    engine.execute("create_table", {"table": "t", "hidden": ["token"]})
+    rest = read_all(engine, {"items": [], "cursor": first["cursor"]})
+    assert rest == [{"id": "u1", "name": "n"}, {"id": "u2", "name": "n"}]
+
+
 def test_a_delete_undone_leaves_the_record_in_the_read(engine: Engine) -> None:
     engine.execute("insert", {"table": "t", "record": {"id": "back", "n": 1}})
     first = run(engine, "scan", table="t", limit=1)
