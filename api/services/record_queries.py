@@ -28,6 +28,8 @@ from api.services.record_values import Record
 from api.services.typed_tables import fields_of, to_public
 from api.store import Store
 
+_ABSENT = object()
+
 
 async def list_records(store: Store, table: str, query: ListQuery) -> tuple[list[Record], int]:
     found = await store.call("find", query.find_args(table))
@@ -170,5 +172,16 @@ def project(items: list[Record], fields: list[str] | None) -> list[Record]:
     if fields is None:
         return items
     # The store has already cut nested paths (``meta.c``) down; keep their top-level maps.
+    # Only maps: a path through anything else is nothing, even where the store was also asked
+    # for the whole field (``version``, for the ETag: QA, ``version.x`` answered the version).
+    whole = {"id", *(name for name in fields if "." not in name)}
     names = list(dict.fromkeys(["id", *(name.split(".", 1)[0] for name in fields)]))
-    return [{name: item[name] for name in names if name in item} for item in items]
+    return [
+        {
+            name: value
+            for name in names
+            if (value := item.get(name, _ABSENT)) is not _ABSENT
+            and (name in whole or type(value) is dict)
+        }
+        for item in items
+    ]

@@ -208,6 +208,25 @@ def test_a_projection_of_50_fields_is_accepted(client: httpx.Client) -> None:
         assert response.headers["etag"].startswith('W/"')
 
 
+def test_a_path_into_a_scalar_projects_nothing_even_into_the_version(
+    client: httpx.Client,
+) -> None:
+    """QA: ``version.x`` answered the record's version, which the API reads for the ETag; a
+    path through a number is nothing, as ``n.x`` is."""
+    table = f"qt_{token()}"
+    made = client.post(f"/api/v1/data/{table}", json={"data": {"n": 5, "meta": {"c": 1}}})
+    record_id = made.json()["data"]["id"]
+    url = f"/api/v1/data/{table}/query"
+    for names, expected in [
+        (["version.x"], {"id": record_id}),
+        (["n.x", "version.x", "meta.c"], {"id": record_id, "meta": {"c": 1}}),
+        (["version", "version.x"], {"id": record_id, "version": 1}),
+    ]:
+        response = client.post(url, json={"fields": names})
+        assert response.status_code == 200, response.text
+        assert response.json()["data"] == [expected], names
+
+
 @pytest.mark.parametrize("kind", ["data", "users", "orders", "data/users"])
 def test_a_query_tag_depends_on_its_projection_and_a_post_that_hits_is_412(
     client: httpx.Client, kind: str
