@@ -59,10 +59,10 @@ class ReplyCache:
         for it)."""
         body = pack_value(reply)
         size = len(body) + ENTRY_BYTES
+        if size > self.budget:
+            return body  # never kept: emptying the cache for it would only lose the rest
         if self.held + size > self.budget:
             self.clear()
-            if size > self.budget:
-                return body
         record, hidden = stored
         old = self.entries.get(id(record))
         if old is not None:  # the same record, another hidden set: replaced

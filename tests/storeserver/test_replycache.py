@@ -186,6 +186,17 @@ def test_a_reply_larger_than_the_budget_is_encoded_but_not_kept() -> None:
     assert not cache.entries and cache.held == 0
 
 
+def test_a_reply_too_large_to_keep_leaves_the_kept_ones() -> None:
+    """QA review: one reply over the budget emptied the cache before it was found too large
+    to keep, so reading it in a loop kept the cache empty."""
+    small = {"n": 1}
+    cache = ReplyCache(budget=ENTRY_BYTES + 50)
+    cache.keep((small, _NONE), small)
+    large = {"text": "x" * 100}
+    cache.keep((large, _NONE), large)
+    assert cache.find((small, _NONE)) is not None and len(cache.entries) == 1
+
+
 def test_the_same_record_under_other_hidden_fields_is_encoded_again() -> None:
     cache = ReplyCache(budget=10**6)
     record = {"a": 1, "b": 2}
