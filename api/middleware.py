@@ -229,6 +229,7 @@ class RequestIdMiddleware:
         extra = encoded_response_headers(request_id, scope["path"])
         if self.expose_worker_pid:
             extra.append((b"x-worker-pid", str(os.getpid()).encode("latin-1")))
+        asked = scope  # the scope outer middleware reads (the metrics read the route from it)
         if scope["method"] == "HEAD":
             # Answered as the GET it asks about (same status and headers). uvicorn sends no
             # body for it: it decides that on its own scope, which keeps the method. A GET
@@ -268,6 +269,10 @@ class RequestIdMiddleware:
                 exc.already_logged = True  # type: ignore[attr-defined]
             raise
         finally:
+            if scope is not asked and "route" in scope:
+                # The router matched on the GET copy: the metrics label a HEAD that a route
+                # answered 404 (no such record) by that route, not as an unknown path (QA).
+                asked["route"] = scope["route"]
             if error is None and (not finished or scope.get(CLIENT_LEFT)):
                 # A streamed body the app stopped without an exception: Starlette does that
                 # when the client goes away, and a 200 alone would read as a full download.

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -25,6 +26,7 @@ from api.deps import get_store
 from api.main import create_app
 from api.settings import Settings
 from storeserver.errors import StoreUnavailable
+from tests.support.auth import login_admin
 from tests.support.inprocess import in_process
 from tests.support.metrics import has_sample, value
 from tests.support.stack import Stack, running_stack
@@ -281,6 +283,32 @@ def test_requests_the_parser_refuses_are_counted(metrics_stack: Stack) -> None:
     while counted() == before and time.monotonic() < deadline:
         time.sleep(0.05)  # the worker counts it as it answers; a scrape may be served first
     assert counted() == before + 1
+
+
+@pytest.mark.integration
+def test_a_head_a_route_answers_404_counts_under_that_route(metrics_stack: Stack) -> None:
+    """QA: HEAD is served as a GET on a copy of the request, where the router notes the route;
+    a HEAD of a missing user counted under handler="none", as an unknown path does."""
+    with httpx.Client(base_url=metrics_stack.base_url, timeout=10.0) as client:
+        headers = login_admin(client).headers
+        route = {"handler": "/api/v1/users/{user_id}", "method": "HEAD", "status": "404"}
+        unknown = {"handler": "none", "method": "HEAD", "status": "404"}
+
+        def counted() -> tuple[float, float]:
+            text = client.get("/metrics").text
+            return value(text, "http_requests_total", **route), value(
+                text, "http_requests_total", **unknown
+            )
+
+        before = counted()
+        missing = client.head(f"/api/v1/users/{uuid.uuid4()}", headers=headers)
+        assert missing.status_code == 404
+        assert client.head("/no/such/path").status_code == 404
+        expected = (before[0] + 1, before[1] + 1)
+        deadline = time.monotonic() + 5.0
+        while counted() != expected and time.monotonic() < deadline:
+            time.sleep(0.05)  # a worker counts a request as it answers: a scrape may come first
+        assert counted() == expected
 
 
 @pytest.mark.integration
