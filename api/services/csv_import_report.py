@@ -16,6 +16,17 @@ if TYPE_CHECKING:
     from api.services.csv_rows import RowError
 
 MAX_ERRORS = 100
+MAX_ERROR_TEXT = 1000
+"""Characters of an error's ``field`` and ``message`` kept (longer ones end in ``…``): a column
+name has no bound of its own, and 100 errors naming a 100,000-character column made a 10 MB
+report, too large for the record an import job keeps its result in (QA: the job could not
+record its end and was declared lost to a crash it never had)."""
+
+
+def _cut(text: str | None) -> str | None:
+    if text is None or len(text) <= MAX_ERROR_TEXT:
+        return text
+    return text[: MAX_ERROR_TEXT - 1] + "…"
 
 
 @dataclass
@@ -36,7 +47,9 @@ class ImportReport:
     def add(self, errors: list[RowError]) -> None:
         for error in errors:
             if len(self.errors) < MAX_ERRORS:
-                self.errors.append(error.as_dict())
+                self.errors.append(
+                    {"row": error.row, "field": _cut(error.field), "message": _cut(error.message)}
+                )
             else:
                 self.errors_omitted += 1
 

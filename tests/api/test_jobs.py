@@ -542,6 +542,31 @@ def test_import_job_report_is_the_synchronous_report(http: httpx.Client):
     assert done["progress"] == {"done": len(body), "total": len(body), "unit": "bytes"}
 
 
+def test_an_import_job_naming_a_huge_column_in_its_errors_records_its_end(http: httpx.Client):
+    """QA: 100 row errors naming a 100,000-character column made a 10 MB report, over the
+    store's record limit: the job could not record its end and was later declared lost to a
+    worker crash. Each error's field and message are cut to 1,000 characters, both ways."""
+    name = "c" * 100_000
+    body = (f"id,{name}\n" + "".join(f'r{i},"[1,"\n' for i in range(100)) + "ok,5\n").encode()
+    headers = {"Content-Type": "text/csv"}
+    sync = http.post(
+        "/api/v1/batch/import", params={"table": "job_import_wide_a", "async": "false"},
+        content=body, headers=headers,
+    )  # fmt: skip
+    assert sync.status_code == 200, sync.text[:300]
+    report = sync.json()["data"]
+    assert (report["imported"], report["failed"], len(report["errors"])) == (1, 100, 100)
+    assert all(len(e["field"]) == 1000 and e["field"].endswith("…") for e in report["errors"])
+    started = http.post(
+        "/api/v1/batch/import", params={"table": "job_import_wide_b", "async": "true"},
+        content=body, headers=headers,
+    )  # fmt: skip
+    assert started.status_code == 202, started.text
+    done = wait_for(http, started.json()["data"]["id"], {"succeeded", "failed"})
+    assert done["state"] == "succeeded", str(done)[:500]
+    assert done["result"] == {**report, "table": "job_import_wide_b"}
+
+
 def test_writes_by_filter_as_jobs_match_the_synchronous_answers(
     jobs_stack: Stack, http: httpx.Client
 ):
