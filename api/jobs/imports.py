@@ -92,18 +92,30 @@ class JobBoundStore:
         changes = {"confirmed": self.confirmed_after(len(args["ops"]))}
         if len(args["ops"]) >= ATOMIC_MAX_ROWS:
             # No room for the record's op within the store's batch limit (an atomic import of
-            # the most rows it takes): the ownership is checked just before, and the counts
-            # written just after; a worker that stalls in between may still write this batch.
-            job = await self.ctx.jobs.touch(self.ctx.job_id, {})
-            if job.get("state") not in ACTIVE:
-                raise JobLost()
-            reply = await self.ctx.store.call("batch", args, timeout=timeout)
-            job = await self.ctx.jobs.touch(self.ctx.job_id, changes)
-            self.ctx.cancel_requested = self.ctx.cancel_requested or bool(
-                job.get("cancel_requested")
-            )
-            return reply
-        reply, job = await self.ctx.jobs.write_owned(self.ctx.job_id, args, changes, timeout)
+            # the most rows it takes).
+            return await self._unbundled(args, changes, timeout)
+        try:
+            reply, job = await self.ctx.jobs.write_owned(self.ctx.job_id, args, changes, timeout)
+        except StoreError as exc:
+            if exc.details.get("scope") != "batch" or exc.details.get("index") != len(args["ops"]):
+                raise
+            # The rows fit one batch's value budget, but not with the record's op after them
+            # (QA: a row of ~600,000 values imported alone synchronously failed the job, and
+            # with it every row after it). Refused whole, so nothing was written: again alone.
+            return await self._unbundled(args, changes, timeout)
+        self.ctx.cancel_requested = self.ctx.cancel_requested or bool(job.get("cancel_requested"))
+        return reply
+
+    async def _unbundled(
+        self, args: dict[str, Any], changes: dict[str, Any], timeout: float | None
+    ) -> Any:
+        """The batch without the record's op: the ownership is checked just before, and the
+        counts written just after; a worker that stalls in between may still write it."""
+        job = await self.ctx.jobs.touch(self.ctx.job_id, {})
+        if job.get("state") not in ACTIVE:
+            raise JobLost()
+        reply = await self.ctx.store.call("batch", args, timeout=timeout)
+        job = await self.ctx.jobs.touch(self.ctx.job_id, changes)
         self.ctx.cancel_requested = self.ctx.cancel_requested or bool(job.get("cancel_requested"))
         return reply
 
