@@ -583,7 +583,8 @@ def write_outputs(data: dict[str, Any], rows: list[Row]) -> None:
         f"{m['python']}, redis-server {m['redis_server']}, git {m['git_commit']}.",
         "",
         "Inserts: 50 connections, not pipelined; redis: `redis-benchmark -t set -c 50 -r 100000"
-        " -P 1` against `redis-server --appendonly yes --appendfsync <policy> --save ''` on a "
+        " -d <an order record's msgpack size> -P 1` (runs before 2026-11-24: its default 3-byte"
+        " values) against `redis-server --appendonly yes --appendfsync <policy> --save ''` on a "
         "Unix socket; ours: 2 `loadtests.store_driver` processes inserting an order-like record "
         "(~150 B) with `STORE_DATA_DIR` in a fresh temp dir. CPU per op is utime + stime of all "
         "the server's threads (/proc). Both compete with their load generator for the 2 cores.",

@@ -6,7 +6,8 @@ figure is the CPU time each server process spends per operation (utime + stime d
 
 1. a private redis-server on a Unix socket (installed with apt when missing) and our store
    (``python -m storeserver``), both without persistence;
-2. redis-benchmark SET and GET, 50 connections, ``-r 100000``, not pipelined and ``-P 16``;
+2. redis-benchmark SET and GET, 50 connections, ``-r 100000``, ``-d`` an order record's size,
+   not pipelined and ``-P 16``;
 3. our store, 50 connections from 2 driver processes (``loadtests.store_driver``): ``get`` of
    100k preloaded ids, ``insert`` of an order-like record, and (for information) ``insert`` into
    a table with a hash index and a foreign key; not pipelined and 16 in flight per connection;
@@ -29,6 +30,7 @@ import asyncio
 import csv
 import io
 import json
+import random
 import subprocess
 import sys
 import time
@@ -37,6 +39,7 @@ from typing import Any
 
 from storeserver.client import StoreClient
 from storeserver.probe import ping
+from storeserver.protocol import pack_value
 
 from .report import machine_info, render_text
 from .servers import (
@@ -53,7 +56,7 @@ from .servers import (
     start_redis,
     start_store,
 )
-from .store_driver import FK_USERS, GET_IDS, fk_user_id
+from .store_driver import FK_USERS, GET_IDS, fk_user_id, order_record
 from .store_results import RESULTS_JSON, RESULTS_MD, build_rows, noise_line, notes, write_outputs
 
 RUN_S = 3.5
@@ -61,6 +64,10 @@ CONNECTIONS = 50
 DRIVERS = 2
 PIPELINE = 16
 REDIS_PY = "redis==8.1.0"  # benchmark-only dependency (the anchor for client CPU)
+REDIS_VALUE_BYTES = len(pack_value(order_record(random.Random(0), "u1")))
+"""redis-benchmark's value size (``-d``): an order record as our drivers insert it (~85 B), so
+both servers take, keep and answer values of one size. Runs before this used its default, 3
+bytes, which made Redis's SET cheaper (QA: with ``appendfsync always`` 12-25 % less CPU)."""
 
 
 def log(message: str) -> None:
@@ -72,7 +79,7 @@ def log(message: str) -> None:
 
 def redis_benchmark(sock: Path, redis_pid: int, test: str, n: int, pipeline: int) -> dict[str, Any]:
     cmd = ["redis-benchmark", "-s", str(sock), "-c", str(CONNECTIONS), "-n", str(n)]
-    cmd += ["-t", test, "-r", "100000", "-P", str(pipeline), "--csv"]
+    cmd += ["-t", test, "-r", "100000", "-d", str(REDIS_VALUE_BYTES), "-P", str(pipeline), "--csv"]
     (user0, sys0), gen0, wall0 = cpu_times(redis_pid), children_cpu_seconds(), time.monotonic()
     busy0, total0 = machine_cpu_seconds()
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout

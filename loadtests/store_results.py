@@ -118,8 +118,8 @@ def build_rows(data: dict[str, Any]) -> list[Row]:
         ):
             rows.append(Row(label, big[key]["cpu"]["p99_us"], "µs", target=1000.0, target_op="<"))
         rows.append(Row("store RSS per order record", big["rss_per_order_bytes"], "B", target=400))
-        total_mb = big["rss_total_bytes"] / 2**20
-        rows.append(Row(f"total RSS, {scale} orders + 100k users", total_mb, "MB", target=512))
+        total_mib = big["rss_total_bytes"] / 2**20
+        rows.append(Row(f"total RSS, {scale} orders + 100k users", total_mib, "MiB", target=512))
     return rows
 
 
@@ -239,7 +239,8 @@ def write_outputs(data: dict[str, Any], rows: list[Row]) -> None:
         f"{load['connections']} connections (ours: {load['drivers']} driver processes x "
         f"{load['connections'] // load['drivers']}, pre-encoded frames, replies counted by "
         "length prefix; "
-        "Redis: redis-benchmark `-r 100000`). Client CPU is the client process's own "
+        "Redis: redis-benchmark `-r 100000 -d <an order record's msgpack size>`; runs before "
+        "2026-11-24 used its default 3-byte values). Client CPU is the client process's own "
         "getrusage per call. Large-table times are engine time only (`Engine.execute`).",
         "",
         noise_line(data),
