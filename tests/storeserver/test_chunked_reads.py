@@ -543,6 +543,44 @@ async def test_a_turn_freed_by_a_closed_connection_goes_to_the_waiting_read(
         await server.shutdown()
 
 
+async def test_a_freed_turn_goes_to_a_connection_with_fewer_long_reads_running(
+    sock_dir, monkeypatch
+) -> None:
+    """QA: one client that sent 1,100 long counts (never stalled: their replies were small)
+    took every turn in arrival order, and another client's one count waited 6-26 s. A freed
+    turn goes to the first waiting read of the connections with the fewest running."""
+    server, held = await _serving_held_reads(sock_dir, monkeypatch, 2)
+    released: set[int] = set()
+
+    def read(n: int) -> Any:
+        held.alive += 1
+        try:
+            while not held.release and n not in released:
+                yield
+            return {"items": [], "total": n}
+        finally:
+            held.alive -= 1
+
+    held._read = read  # type: ignore[method-assign]
+    busy, other = _connection(server), _connection(server)
+    try:
+        for rid in range(1, 6):  # 1 and 2 run, 3-5 wait
+            assert server.handle(_find(rid), busy) is None
+        assert server.handle(_find(6), other) is None  # waits behind them
+        assert [w.request.request_id for w in server.waiting] == [3, 4, 5, 6]
+        released.add(1)
+        await wait_until(lambda: sent_ids(busy.transport) == [1])
+        assert [w.request.request_id for w in server.waiting] == [3, 4, 5]  # 6 runs
+        released.add(6)
+        await wait_until(lambda: sent_ids(other.transport) == [6])
+        assert [w.request.request_id for w in server.waiting] == [4, 5]  # then busy's next
+        held.release = True
+        await wait_until(lambda: sent_ids(busy.transport) == [1, 2, 3, 4, 5])
+    finally:
+        held.release = True
+        await server.shutdown()
+
+
 async def test_a_client_that_does_not_read_starts_no_more_long_reads_until_it_does(
     sock_dir, monkeypatch
 ) -> None:
