@@ -9,6 +9,7 @@ result (``api.jobs.imports``).
 
 from __future__ import annotations
 
+from bisect import insort
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,11 @@ MAX_ERROR_TEXT = 1000
 name has no bound of its own, and 100 errors naming a 100,000-character column made a 10 MB
 report, too large for the record an import job keeps its result in (QA: the job could not
 record its end and was declared lost to a crash it never had)."""
+
+
+def _row(entry: dict[str, Any]) -> int:
+    row: int = entry["row"]
+    return row
 
 
 def _cut(text: str | None) -> str | None:
@@ -45,12 +51,19 @@ class ImportReport:
     unconfirmed: tuple[int, int] | None = None  # first and last row of a batch in doubt
 
     def add(self, errors: list[RowError]) -> None:
+        """Keep the ``MAX_ERRORS`` errors of the first rows, in row order (a row's own in
+        the order given). Errors arrive out of row order: the next chunk is read, and its
+        invalid rows reported, while the store still writes the one before (QA: the list held
+        later rows' errors and counted an earlier row's among the omitted)."""
+        kept = self.errors
         for error in errors:
-            if len(self.errors) < MAX_ERRORS:
-                self.errors.append(
-                    {"row": error.row, "field": _cut(error.field), "message": _cut(error.message)}
-                )
-            else:
+            if len(kept) >= MAX_ERRORS and error.row >= kept[-1]["row"]:
+                self.errors_omitted += 1
+                continue
+            entry = {"row": error.row, "field": _cut(error.field), "message": _cut(error.message)}
+            insort(kept, entry, key=_row)
+            if len(kept) > MAX_ERRORS:
+                kept.pop()
                 self.errors_omitted += 1
 
     def stop(self, error: RowError) -> None:

@@ -589,3 +589,17 @@ def test_rows_too_many_values_together_are_split_not_blamed() -> None:
     assert (report.imported, report.failed, report.errors) == (4, 0, [])
     batches = [args for command, args in store.calls if command == "batch"]
     assert [len(args["ops"]) for args in batches] == [4, 2, 2]
+
+
+def test_the_report_keeps_the_errors_of_the_first_rows_in_row_order() -> None:
+    """QA: the next chunk's invalid rows are reported while the store writes the one before,
+    so errors arrive out of row order; the list kept later rows' and omitted earlier ones."""
+    report = ImportReport("t", atomic=False)
+    report.add([RowError(row, "a", f"bad {row}") for row in range(200, 300)])  # read ahead
+    report.add([RowError(7, "id", "taken"), RowError(7, "u", "duplicate")])  # then the store
+    report.add([RowError(250, "b", "late")])
+    assert len(report.errors) == 100 and report.errors_omitted == 3
+    assert [e["row"] for e in report.errors] == [7, 7, *sorted([*range(200, 297), 250])]
+    assert [e["field"] for e in report.errors[:2]] == ["id", "u"]
+    late = [e["field"] for e in report.errors if e["row"] == 250]
+    assert late == ["a", "b"]  # a row's own errors in the order given
