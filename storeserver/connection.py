@@ -463,6 +463,10 @@ class StoreConnection(asyncio.Protocol):
             self.transport.write(encode(Error(0, ProtocolError.code, reason, {})))
         self.close()
 
+    def stop_running(self) -> None:
+        """At a stop: run nothing more of what this client sent; what it is owed still goes."""
+        self._stop()
+
     def close(self) -> None:
         self._stop()
         if self.transport is not None:

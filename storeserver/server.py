@@ -238,6 +238,13 @@ class StoreServer:
         for listener in self._listeners:
             listener.close()
         self._all_closed.clear()
+        durability = self.durability
+        if durability is not None and durability.holds_replies and self.connections:
+            # STORE_FSYNC=always: replies of writes already applied wait for their fsync;
+            # sent before their connections close, nothing more being run meanwhile.
+            for conn in list(self.connections):
+                conn.stop_running()
+            await durability.settle(1.0)
         for conn in list(self.connections):
             conn.close()
         # Single commands are synchronous, so none is half-done; long ones (jobs) end with

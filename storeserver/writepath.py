@@ -116,6 +116,22 @@ class WritePath:
         """Keep a reply until the entries written before it are on disk (``always``)."""
         self._held.append((sink, data))
 
+    async def settle(self, timeout: float) -> None:
+        """At a clean stop, once no command runs any more: write what is pending and wait,
+        at most ``timeout`` seconds, until the replies held for the disk are sent (or aborted
+        by a failure). QA: the stop closed connections with them held, and their clients saw
+        an unknown outcome for writes the final snapshot then kept."""
+        assert self._loop is not None
+        deadline = self._loop.time() + timeout
+        while self._held or self._syncing:
+            if not self._syncing:
+                if not self._write_buffer() or self.log is None:
+                    return  # failed: ``_fail`` aborted the held replies
+                self._start_fsync()
+            if self._loop.time() >= deadline:
+                return
+            await asyncio.sleep(0.001)
+
     def _encode_pending(self) -> None:
         if self._pending:
             pending, self._pending = self._pending, []

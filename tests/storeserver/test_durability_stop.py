@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -282,3 +283,32 @@ async def test_a_stop_kills_a_running_snapshot_child_instead_of_waiting_for_it(
         os.waitpid(child, os.WNOHANG)  # reaped
     assert on_disk(server) == ["r0", None]
     assert not (dur.dir.root / "snapshot.mdb.tmp").exists()
+
+
+async def test_a_clean_stop_sends_the_replies_waiting_for_the_disk(sock_dir, tmp_path) -> None:
+    """QA: under STORE_FSYNC=always a stop closed the connections while replies waited for
+    their fsync: the clients saw an unknown outcome for writes the final snapshot kept."""
+    server = await started(sock_dir, tmp_path, "always")
+    dur = server.durability
+    assert dur is not None and dur.log is not None
+    disk = threading.Event()
+    fsync = dur.log.fsync
+
+    def slow_fsync() -> None:
+        disk.wait(5)
+        fsync()
+
+    dur.log.fsync = slow_fsync  # type: ignore[method-assign]
+    conn, transport = connect(server)
+    # As a real transport: what was written before close() still goes, nothing after.
+    transport.close = lambda: setattr(transport, "aborted", True)  # type: ignore[method-assign]
+    conn.data_received(insert(1, "r0"))
+    await asyncio.sleep(0.05)
+    assert acknowledged(transport) == set()  # held for the disk
+    stopping = asyncio.create_task(server.shutdown())
+    await asyncio.sleep(0.05)
+    conn.data_received(insert(2, "r1"))  # read during the stop: not run
+    disk.set()
+    await stopping
+    assert acknowledged(transport) == {1}
+    assert on_disk(server) == ["r0", None]
