@@ -12,7 +12,9 @@ from api.store import Store
 
 def singulars(table: str) -> set[str]:
     """Every name ``table`` may be the plural of: ``users`` → user, ``categories`` → category,
-    ``addresses`` → address, ``movies`` → movie; a name without a final ``s`` is its own.
+    ``addresses`` → address, ``movies`` → movie; and the name itself, singular already
+    (``person``, and ``status``, ``address`` or ``news``, whose final ``s`` is no plural's:
+    QA, ``status``/``tasks`` on ``status_id`` joined nothing).
 
     English spelling cannot tell ``addresses`` (drop "es") from ``horses`` (drop "s") without
     a dictionary, so every rule's answer is a candidate; the wrong ones (``addresse``) name
@@ -20,7 +22,7 @@ def singulars(table: str) -> set[str]:
     """
     if not table.endswith("s") or len(table) == 1:
         return {table}
-    names = {table[:-1]}
+    names = {table, table[:-1]}
     if table.endswith("es") and len(table) > 2:
         names.add(table[:-2])
     if table.endswith("ies") and len(table) > 3:

@@ -22,6 +22,9 @@ from api.services.joins import join_fields, singulars
         ("horses", "horse"),
         ("movies", "movie"),
         ("person", "person"),
+        ("status", "status"),
+        ("address", "address"),
+        ("news", "news"),
     ],
 )
 def test_the_usual_english_plurals_have_their_singular_among_the_candidates(
@@ -40,7 +43,10 @@ def test_the_usual_english_plurals_have_their_singular_among_the_candidates(
         ("boxes", "items", "box_id", ("id", "box_id")),
         ("tickets", "statuses", "status_id", ("status_id", "id")),
         ("products", "stock", "sku", ("sku", "sku")),
-        ("users", "orders", "users_id", ("users_id", "users_id")),
+        ("users", "orders", "users_id", ("id", "users_id")),
+        ("status", "tasks", "status_id", ("id", "status_id")),
+        ("people", "address", "address_id", ("address_id", "id")),
+        ("users", "orders", "usr_id", ("usr_id", "usr_id")),
     ],
 )
 def test_a_key_named_after_a_side_means_its_id(
