@@ -14,22 +14,34 @@ from typing import Any
 
 from storeserver.builds import CHUNK, Pace
 from storeserver.indexes import UniqueIndex
-from storeserver.query import Predicate, compile_getter, index_key
+from storeserver.query import Predicate, compile_getter, folded_key, index_key
 from storeserver.selection import candidates, matches_in
 from storeserver.tables import Record, Table
 
 Probe = Callable[[Any], Collection[str]]
 
 
-def _index_of(right: Table, field: str) -> Any:
+def folds(left: Table, left_field: str, right: Table, right_field: str) -> bool:
+    """Whether a join compares strings ignoring case: when either field has a casefold unique
+    index (``users.email``), as ``eq`` on that field does (QA: a join on email matched only
+    the exact case, where ``GET /users?email=`` found the user in any)."""
+    return any(
+        (unique := table.uniques.get(field)) is not None and unique.casefold
+        for table, field in ((left, left_field), (right, right_field))
+    )
+
+
+def _index_of(right: Table, field: str, fold: bool) -> Any:
     """What probes ``field`` on the right side: its rows (the primary key), its hash index or
-    its (case-sensitive) unique index; ``None`` when there is none."""
+    its unique index, each keyed as the join compares (``fold``); ``None`` when there is none."""
+    unique = right.uniques.get(field)
+    if fold:
+        return unique if unique is not None and unique.casefold else None
     if field == "id":
         return right.rows
     hashed = right.hashes.get(field)
     if hashed is not None:
         return hashed
-    unique = right.uniques.get(field)
     return unique if unique is not None and not unique.casefold else None
 
 
@@ -38,20 +50,25 @@ def _probe(index: Any) -> Probe:
     if type(index) is dict:
         return lambda v: (v,) if type(v) is str and v in index else ()
     if type(index) is UniqueIndex:
-        owners = index.owners
+        lookup = index.lookup  # keyed as the index is: casefolded strings for a casefold one
 
         def probe_unique(v: Any) -> Collection[str]:
-            rid = owners.get(index_key(v))
+            rid = lookup(v)
             return () if rid is None else (rid,)
 
         return probe_unique
     return lambda v: index.ids(index_key(v))
 
 
-def _build(right: Table, field: str) -> Generator[None, None, dict[Any, list[Record]]]:
+def _key(fold: bool) -> Callable[[Any], Any]:
+    return folded_key if fold else index_key
+
+
+def _build(right: Table, field: str, fold: bool) -> Generator[None, None, dict[Any, list[Record]]]:
     """A temporary hash of the right rows by ``field``, a slice per step, holding the
     records themselves (as they are now: stored records are never mutated)."""
     get = compile_getter(field)
+    key = _key(fold)
     built: dict[Any, list[Record]] = {}
     records = list(right.rows.values())
     pace = Pace()
@@ -59,17 +76,17 @@ def _build(right: Table, field: str) -> Generator[None, None, dict[Any, list[Rec
         for record in records[start:end]:
             value = get(record)
             if value is not None:
-                built.setdefault(index_key(value), []).append(record)
+                built.setdefault(key(value), []).append(record)
         pace.measure()
         yield
     return built
 
 
-def needs_chunks(left_rows: int, right: Table, right_field: str) -> bool:
+def needs_chunks(left_rows: int, right: Table, right_field: str, fold: bool) -> bool:
     """Whether a join is big enough to run a chunk per loop turn (``builds.ChunkedRead``)."""
     if left_rows > CHUNK:
         return True
-    return len(right.rows) > CHUNK and _index_of(right, right_field) is None
+    return len(right.rows) > CHUNK and _index_of(right, right_field, fold) is None
 
 
 def join_steps(
@@ -94,25 +111,26 @@ def join_steps(
     # index bucket).
     source = candidates(left.rows, left_ids)
     right_rows = right.rows
-    index = _index_of(right, right_field)
+    fold = folds(left, left_field, right, right_field)
+    index = _index_of(right, right_field, fold)
     if index is not None:
         probe: Callable[[Any], Collection[Any]] = _probe(index)
         resolve: Callable[[Any], Record] = right_rows.__getitem__
     else:
-        built = yield from _build(right, right_field)
-        probe, resolve = _lookup(built), _same
+        built = yield from _build(right, right_field, fold)
+        probe, resolve = _lookup(built, fold), _same
     get_left = compile_getter(left_field)
     end = offset + limit
     total = 0
     items: list[tuple[Record, Record]] = []
     pace = Pace()
     for start, stop in pace.slices(len(source)):
-        if index is not None and _index_of(right, right_field) is not index:
+        if index is not None and _index_of(right, right_field, fold) is not index:
             # The index was dropped between steps, so no longer kept up to date: the rest of
             # the join reads a hash of the right rows as they are now.
             index = None
-            rebuilt = yield from _build(right, right_field)
-            probe, resolve = _lookup(rebuilt), _same
+            rebuilt = yield from _build(right, right_field, fold)
+            probe, resolve = _lookup(rebuilt, fold), _same
             pace.restart()
         for record in matches_in(source, start, stop - start, predicate):
             value = get_left(record)
@@ -131,8 +149,9 @@ def join_steps(
     return items, total
 
 
-def _lookup(built: dict[Any, list[Record]]) -> Callable[[Any], Collection[Record]]:
-    return lambda v: built.get(index_key(v), ())
+def _lookup(built: dict[Any, list[Record]], fold: bool) -> Callable[[Any], Collection[Record]]:
+    key = _key(fold)
+    return lambda v: built.get(key(v), ())
 
 
 def _same(record: Record) -> Record:

@@ -213,17 +213,18 @@ def check_visible(field: str, hidden: frozenset[str], include_hidden: bool) -> N
         raise BadRequest(f"field {field!r} is not readable", {"field": field})
 
 
-def _folded_key(value: Any) -> Any:
+def folded_key(value: Any) -> Any:
+    """The key of ``value`` where strings compare ignoring case (a casefold unique field)."""
     return value.casefold() if type(value) is str else index_key(value)
 
 
 def _compile_case_insensitive(cond: Condition) -> Predicate:
     """``eq``/``ne``/``in`` on a field whose unique index casefolds: strings ignore case."""
     get = compile_getter(cond.field)
-    keys = frozenset(map(_folded_key, cond.value if cond.op == "in" else [cond.value]))
+    keys = frozenset(map(folded_key, cond.value if cond.op == "in" else [cond.value]))
     if cond.op == "ne":
-        return lambda r: _folded_key(get(r)) not in keys
-    return lambda r: _folded_key(get(r)) in keys
+        return lambda r: folded_key(get(r)) not in keys
+    return lambda r: folded_key(get(r)) in keys
 
 
 def compile_condition(cond: Condition, casefold: frozenset[str] = frozenset()) -> Predicate:

@@ -30,7 +30,7 @@ from storeserver.builds import CHUNK, ChunkedRead, Pace, run_steps, spill
 from storeserver.catalog import Catalog
 from storeserver.errors import BadRequest, LimitExceeded, NotFound
 from storeserver.filters import Node, compile_predicate, parse_where, plan
-from storeserver.joins import join_steps, needs_chunks
+from storeserver.joins import folds, join_steps, needs_chunks
 from storeserver.projection import parse_fields
 from storeserver.query import (
     Condition,
@@ -246,7 +246,9 @@ class RecordReader:
         size = limit(args, DEFAULT_LIMIT, self.max_limit)
         left_ids, predicate = plan(left, conditions)
         left_count = len(left.rows) if left_ids is None else len(left_ids)  # type: ignore[arg-type]
-        chunked = needs_chunks(left_count, right, right_field)
+        chunked = needs_chunks(
+            left_count, right, right_field, folds(left, left_field, right, right_field)
+        )
         if chunked and left_ids is not None:
             # A job's rows are taken at its first step, a loop turn later (``scheduler``): a
             # row the index picked may have changed by then, so it meets every condition again.

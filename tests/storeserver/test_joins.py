@@ -156,3 +156,39 @@ def test_a_chunked_join_reads_the_rows_an_index_picked_as_they_are_at_its_first_
     lefts = {a["id"] for a, _ in result["items"]}
     assert lefts == {"l2", "l3"}
     assert result == engine.run_job(engine.execute("join", call))  # as the same join now
+
+
+def _members() -> Engine:
+    """``users`` with a casefold unique ``email``; ``subs`` and ``notes`` keyed by email in
+    other cases (``notes.email`` with a plain hash index, ``subs.email`` with none)."""
+    engine = Engine(journal=False)
+    engine.execute(
+        "create_table",
+        {"table": "users", "indexes": [{"field": "email", "unique": True, "casefold": True}]},
+    )
+    engine.execute("create_table", {"table": "notes", "indexes": [{"field": "email"}]})
+    engine.execute("insert", {"table": "users", "record": {"id": "u1", "email": "Ann@X.io"}})
+    engine.execute("insert", {"table": "users", "record": {"id": "u2", "email": "bob@x.io"}})
+    for table, rid, email in [("subs", "s1", "ANN@x.IO"), ("subs", "s2", "carl@x.io")]:
+        engine.execute("insert", {"table": table, "record": {"id": rid, "email": email}})
+    engine.execute("insert", {"table": "notes", "record": {"id": "n1", "email": "BOB@X.IO"}})
+    return engine
+
+
+def _email_pairs(engine: Engine, left: str, right: str) -> list[tuple[str, str]]:
+    args = {"left": left, "right": right, "left_field": "email", "right_field": "email"}
+    result = engine.execute("join", args)
+    assert isinstance(result, dict)
+    return [(a["id"], b["id"]) for a, b in result["items"]]
+
+
+def test_a_join_on_a_casefold_unique_field_ignores_case_as_eq_does() -> None:
+    """QA: a join on users.email matched only the exact case, where ``eq`` on it (and so
+    ``GET /users?email=``) finds the user in any case. Either side's casefold field folds it,
+    whatever indexes the other side has."""
+    engine = _members()
+    assert engine.execute("count", {"table": "users", "where": [["email", "eq", "ANN@X.IO"]]}) == 1
+    assert _email_pairs(engine, "subs", "users") == [("s1", "u1")]  # probes the casefold index
+    assert _email_pairs(engine, "users", "subs") == [("u1", "s1")]  # builds a folded hash
+    assert _email_pairs(engine, "users", "notes") == [("u2", "n1")]  # the hash index is not folded
+    assert _email_pairs(engine, "subs", "notes") == []  # neither field folds: exact case
