@@ -182,7 +182,10 @@ class TableDefinitions:
         schema = None if args["schema"] is None else TableSchema.parse(args["schema"])
         table = self._catalog.tables.get(name)
         if schema is None:
-            if table is not None and table.schema is not None:
+            # No table: NOT_FOUND, as every other command on one (QA: removing the schema of
+            # a misspelt table answered that none was attached, a success).
+            table = self._catalog.get(args)
+            if table.schema is not None:
                 table.schema = None
                 self._journal_schema(name, None)
                 self.audit.add(name, "set_schema", None, (), 0)

@@ -72,7 +72,7 @@ async def attach_schema(table: TableName, body: SchemaBody, store: StoreDep) -> 
 )
 async def remove_schema(table: TableName, store: StoreDep) -> Response:
     """Stop validating writes to this generic table (as `PUT` with `schema: null`); 200 even
-    if none was attached. Not for users/orders (400)."""
+    if none was attached, 404 if the table does not exist. Not for users/orders (400)."""
     return success_response(await table_service.attach_schema(store, table, None, False))
 
 

@@ -99,7 +99,12 @@ def test_sample_bounds_the_rows_examined(client: httpx.Client) -> None:
 
 
 def test_unknown_table_is_404(client: httpx.Client) -> None:
-    assert_error(client.get(schema_url(f"nothing_{token()}")), 404)
+    missing = schema_url(f"nothing_{token()}")
+    assert_error(client.get(missing), 404)
+    # QA: removing the schema of a misspelt table answered 200, "none was attached".
+    assert_error(client.delete(missing), 404, "NOT_FOUND")
+    assert_error(client.put(missing, json={"schema": None}), 404, "NOT_FOUND")
+    assert_error(client.get(missing), 404)  # and neither made the table
 
 
 def test_attach_then_a_rejected_write(client: httpx.Client) -> None:
