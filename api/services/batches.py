@@ -79,7 +79,12 @@ def failed_operation(
         loc: tuple[str, ...] = ("body", "data", str(index))
         if label == "operation":
             loc = ("body", "operations", str(index), "data")
-        return ApiError(status, code, message, schema_error_details(exc, loc))
+        # Each names the operation too, as every other failure's detail does (QA: a schema's
+        # 422 had only the field path, and details[0].index was missing).
+        named = {"index": index, "op": name, "table": table}
+        return ApiError(
+            status, code, message, [{**d, **named} for d in schema_error_details(exc, loc)]
+        )
     detail = {**detail, "index": index, "op": name}
     detail.setdefault("table", table)
     return ApiError(status, code, message, [detail])

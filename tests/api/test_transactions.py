@@ -232,6 +232,12 @@ def test_failures_name_the_operation(client: httpx.Client) -> None:
     assert detail["field"] == "body.operations.1.data.full_name"
     no_path = {"op": "insert", "table": table, "data": {"x": {"$ref": "0.nothing.here"}}}
     assert _detail(run(client, ok, no_path), 400, "BAD_REQUEST")["index"] == 1
+    schema = {"schema": {"properties": {"n": {"minimum": 0}}}}
+    assert client.put(f"/api/v1/data/{table}/schema", json=schema).status_code == 200
+    below = {**ok, "data": {"n": -1}}  # QA: a schema's 422 did not name the operation
+    detail = _detail(run(client, ok, below), 422, "VALIDATION_ERROR")
+    assert detail["field"] == "body.operations.1.data.n"
+    assert (detail["index"], detail["op"], detail["table"]) == (1, "patch", table)
     assert client.get(f"/api/v1/data/{table}/a").json()["data"]["version"] == 1
 
 
