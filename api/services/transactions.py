@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from api.auth.sessions import write_ending_sessions
+from api.errors import ApiError
 from api.filters import Loc
 from api.schemas.transactions import TransactionBody, TransactionOp, ref_index
 from api.schemas.users import UserUpdate
@@ -98,6 +99,8 @@ async def prepare(
         # sends one for the same user: then it may be the transaction's, not the store's.
         as_stored = table == users.TABLE and not _sends_email(item.id, operations[:index])
         if table == users.TABLE:
+            if isinstance(item.id, dict) and (kind == "replace" or _SESSION_FIELDS & data.keys()):
+                raise _ends_sessions_by_ref(loc)  # before the sign-in checks, which refuse it too
             data = await _check_own_sign_in(store, item, data, loc, as_stored)
         plain, refs = _split_refs(table, data, operations[:index], (*loc, "data"))
         if as_stored and kind == "replace":  # the stored email sent again: kept
@@ -111,11 +114,19 @@ async def prepare(
     else:
         ends = table == users.TABLE
     if ends and isinstance(item.id, dict):
-        message = "a users operation that ends the user's sessions (a new password or role, a"
-        raise invalid_at((*loc, "id"), f"{message} delete) names the user by id, not by a $ref")
+        raise _ends_sessions_by_ref(loc)
     if kind == "delete" and item.cascade:
         args["cascade"] = True
     return Prepared(with_version(args, item.expected_version), ends)
+
+
+_SESSION_FIELDS = frozenset({"password", "role"})
+"""A users patch sending either ends the user's sessions (any role sent: it is not read)."""
+
+
+def _ends_sessions_by_ref(loc: Loc) -> ApiError:
+    message = "a users operation that ends the user's sessions (a new password or role, a"
+    return invalid_at((*loc, "id"), f"{message} delete) names the user by id, not by a $ref")
 
 
 def _sends_email(user_id: object, earlier: list[TransactionOp]) -> bool:

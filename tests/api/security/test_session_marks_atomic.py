@@ -174,6 +174,35 @@ async def test_a_transaction_cannot_end_the_sessions_of_a_user_named_by_referenc
     assert stored(store, other_id)["role"] == "admin" and store.sent("batch") == []
 
 
+@pytest.mark.parametrize(
+    ("op", "data"),
+    [
+        ("patch", {"password": "a-new-password-1"}),
+        (
+            "replace",
+            {"email": "other@example.com", "full_name": "O", "password": "a-new-password-1"},
+        ),
+    ],
+)
+async def test_a_password_set_or_replace_by_reference_is_refused_at_its_id(
+    store: LossyStore, service: TokenService, http: httpx.AsyncClient, op: str, data: dict
+) -> None:
+    """QA: these end the user's sessions too, yet were refused at ``data.password`` (the
+    sign-in check ran first), where the README says such an op is refused at its ``id``."""
+    admin = signed_in(service, add_user(store, "admin@example.com", "admin"), "admin")
+    other_id = add_user(store, "other@example.com", "user")
+    operations = [
+        {"op": "patch", "table": "users", "id": other_id, "data": {"full_name": "Other"}},
+        {"op": op, "table": "users", "id": {"$ref": "0.id"}, "data": data},
+    ]
+    answered = await http.post(
+        "/api/v1/transaction", json={"operations": operations}, headers=bearer(admin.access_token)
+    )
+    error = assert_error(answered, 422, "VALIDATION_ERROR")
+    assert error["details"][0]["field"] == "body.operations.1.id", error
+    assert store.sent("batch") == []
+
+
 async def test_the_mark_goes_in_the_batch_of_the_change(store: LossyStore) -> None:
     user_id = add_user(store, "user@example.com", "user")
     patch = {"op": "patch", "table": "users", "id": user_id, "changes": {"role": "admin"}}
