@@ -77,6 +77,7 @@ class WritePath:
         self._dirty = False  # written since the last fsync
         self._held: list[tuple[Sink, bytes]] = []
         self._syncing = False
+        self._background_sync = False  # everysec: an fsync of its own is under way
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="store-fsync")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._everysec: asyncio.TimerHandle | None = None
@@ -217,8 +218,12 @@ class WritePath:
 
     def _every_second(self) -> None:
         assert self._loop is not None
-        if self._dirty and not self._syncing and self.log is not None:
+        # Not while the last one runs: a disk slower than a second per fsync would queue one
+        # more every second for as long as it stays slow (review), as Redis postpones too.
+        idle = not self._syncing and not self._background_sync
+        if self._dirty and idle and self.log is not None:
             self._dirty = False
+            self._background_sync = True
             written = self._written
             self._loop.run_in_executor(self._executor, self.log.fsync).add_done_callback(
                 lambda f: self._check_background_fsync(f, written)
@@ -226,6 +231,7 @@ class WritePath:
         self._everysec = self._loop.call_later(1.0, self._every_second)
 
     def _check_background_fsync(self, future: asyncio.Future[None], written: int) -> None:
+        self._background_sync = False
         if future.exception() is not None:
             self._fail(f"fsync failed: {future.exception()}", since=self._synced)
         else:

@@ -312,3 +312,34 @@ async def test_a_clean_stop_sends_the_replies_waiting_for_the_disk(sock_dir, tmp
     await stopping
     assert acknowledged(transport) == {1}
     assert on_disk(server) == ["r0", None]
+
+
+async def test_everysec_starts_no_fsync_while_its_last_one_runs(sock_dir, tmp_path) -> None:
+    """Review: on a disk slower than a second per fsync, one more was queued every second
+    for as long as it stayed slow."""
+    server = await started(sock_dir, tmp_path, "everysec")
+    dur = server.durability
+    assert dur is not None and dur.log is not None
+    disk, calls = threading.Event(), []
+    fsync = dur.log.fsync
+
+    def slow_fsync() -> None:
+        calls.append(1)
+        disk.wait(5)
+        fsync()
+
+    dur.log.fsync = slow_fsync  # type: ignore[method-assign]
+    try:
+        for _ in range(3):  # three seconds' ticks, the disk stuck, writes coming
+            dur._dirty = True
+            dur._every_second()
+            await asyncio.sleep(0.02)
+        disk.set()
+        await asyncio.sleep(0.2)  # what was queued behind the stuck one has run by now
+        assert len(calls) == 1
+        dur._dirty = True
+        dur._every_second()  # the next tick syncs again
+        await wait_until(lambda: len(calls) == 2)
+    finally:
+        disk.set()
+        await server.shutdown()
