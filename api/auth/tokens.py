@@ -25,6 +25,9 @@ import jwt
 ALGORITHM: Final = "HS256"
 ISSUER: Final = "memdb-service"
 REQUIRED_CLAIMS: Final = ("iss", "sub", "role", "sid", "jti", "typ", "iat", "exp")
+CLOCK_SKEW: Final = 5.0
+"""Seconds a token's ``iat`` may be ahead of this host's clock (API hosts kept in sync by NTP
+differ by far less); one further ahead is refused (401)."""
 ROLES: Final = frozenset({"user", "admin"})
 TokenType = Literal["access", "refresh"]
 
@@ -185,6 +188,10 @@ class TokenService:
                 algorithms=[ALGORITHM],
                 issuer=ISSUER,
                 options={"require": list(REQUIRED_CLAIMS)},
+                # An iat up to CLOCK_SKEW ahead of this host's clock: a token signed by another
+                # API host a moment ahead (PyJWT truncates iat to whole seconds, so even a ms
+                # of skew refused fresh tokens there, review). Expiry is checked below, exactly.
+                leeway=CLOCK_SKEW,
             )
         except jwt.PyJWTError as exc:
             raise InvalidToken(str(exc)) from None

@@ -12,7 +12,7 @@ import pytest
 from api.auth import credentials
 from api.auth.principals import bearer_token
 from api.auth.sessions import check_not_revoked
-from api.auth.tokens import Claims, InvalidToken, TokenCache, TokenService
+from api.auth.tokens import CLOCK_SKEW, Claims, InvalidToken, TokenCache, TokenService
 from api.ratelimit import RateLimiter, Verdict, rate_hit, tightest
 from storeserver.errors import OutcomeUnknown, StoreError, StoreTimeout, StoreUnavailable
 from tests.support.events import logged
@@ -262,3 +262,19 @@ async def test_a_lost_counter_hit_does_not_make_the_request_an_unknown_write(
     assert type(result) is (StoreUnavailable if isinstance(error, OutcomeUnknown) else StoreTimeout)
     assert isinstance(result, StoreError) and result.details == {}
     assert result.message == error.message
+
+
+def test_an_iat_a_moment_ahead_is_accepted_and_expiry_stays_exact(service: TokenService) -> None:
+    """Review: PyJWT refuses an iat past its clock, truncated to whole seconds, so a token
+    signed by another API host even a millisecond ahead could be refused there. Up to
+    CLOCK_SKEW is taken; the leeway does not stretch the expiry."""
+    now = time.time()
+    base = {"iss": "memdb-service", "sub": "u", "role": "user", "sid": "s", "jti": "j"}
+    ahead = {**base, "typ": "access", "iat": now + CLOCK_SKEW - 1, "exp": int(now) + 60}
+    assert service.verify(jwt.encode(ahead, SECRET, algorithm="HS256"), "access").subject == "u"
+    too_far = {**ahead, "jti": "k", "iat": now + CLOCK_SKEW + 30}
+    with pytest.raises(InvalidToken):
+        service.verify(jwt.encode(too_far, SECRET, algorithm="HS256"), "access")
+    expired = {**base, "jti": "l", "typ": "access", "iat": now - 60, "exp": int(now) - 1}
+    with pytest.raises(InvalidToken):  # within the leeway of its exp, still expired
+        service.verify(jwt.encode(expired, SECRET, algorithm="HS256"), "access")
