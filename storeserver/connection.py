@@ -164,6 +164,7 @@ class StoreConnection(asyncio.Protocol):
         self._error: ProtocolError | None = None  # a bad frame, after what was decoded
         self._writing_paused = False
         self._reading_paused = False
+        self._unrun: list[Message] = []  # read and never run, at a stop (``stop_running``)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
@@ -464,8 +465,29 @@ class StoreConnection(asyncio.Protocol):
         self.close()
 
     def stop_running(self) -> None:
-        """At a stop: run nothing more of what this client sent; what it is owed still goes."""
+        """At a stop: run nothing more of what this client sent (``refuse_unrun`` answers it);
+        what it is owed still goes."""
+        if not self._closing and self._backlog:
+            self._unrun = self._backlog
         self._stop()
+
+    def refuse_unrun(self, error: StoreError) -> None:
+        """At a stop, before the close: answer ``error`` to every request read and not run,
+        those waiting in the decoder too, so their clients know they were not applied (QA: a
+        clean stop closed connections on them, and a write's client saw an unknown outcome)."""
+        messages, self._unrun = self._unrun, []
+        while self.greeted:
+            more, failure = self.decoder.feed_until_error(b"", TURN_BATCH)
+            messages += more
+            if failure is not None or len(more) < TURN_BATCH:
+                break
+        replies = [
+            self.server.encode_error(m.request_id, error)
+            for m in messages
+            if type(m) is Request and m.request_id  # 0: a cancel, whose reply nobody reads
+        ]
+        if replies and self.transport is not None:
+            self.transport.write(b"".join(replies))
 
     def close(self) -> None:
         self._stop()

@@ -108,6 +108,7 @@ class JobScheduler:
         self._jobs_scheduled = False
         self.waiting: deque[_Waiting] = deque()
         self.cancelled = 0  # long commands stopped by their client's ``cancel``
+        self.stopped = False  # the store is stopping: no job steps, none starts (``stop``)
 
     @property
     def jobs(self) -> int:
@@ -163,6 +164,23 @@ class JobScheduler:
             self.waiting = deque(w for w in self.waiting if w.conn is not conn)
             self.admit_waiting()  # the turns just freed go to those already waiting
 
+    def stop(self) -> None:
+        """At a stop: step no job and start none any more (``refuse_all`` answers them)."""
+        self.stopped = True
+
+    def refuse_all(self, error: StoreError) -> None:
+        """At a stop: answer ``error`` to every long command running or waiting, each aborted
+        as if it never ran (a long write applies its changes only at its last step): its
+        client knows it was not applied, where the connection's close left it unknown."""
+        for job, run in list(self.running.items()):
+            del self.running[job]
+            job.abort()
+            self._account_stopped(run)
+            self._deliver(run.conn, self.server.encode_error(run.rid, error), False)
+        waiting, self.waiting = self.waiting, deque()
+        for w in waiting:
+            self._deliver(w.conn, self.server.encode_error(w.request.request_id, error), False)
+
     def _account_stopped(self, run: _JobRun) -> None:
         """Count a long command stopped before it answered in the ``commands`` stats, with
         the time its steps took, as the engine's ``ops`` counted it when it started (QA: a
@@ -184,7 +202,7 @@ class JobScheduler:
         ``SCAN_JOBS`` already running when it stopped reading.
         """
         durability = self.server.durability
-        while self.waiting and self._scans_running() < SCAN_JOBS:
+        while self.waiting and self._scans_running() < SCAN_JOBS and not self.stopped:
             w = self._next_waiting()
             if w is None:
                 break
@@ -232,6 +250,8 @@ class JobScheduler:
         hold the turn that reads it.
         """
         self._jobs_scheduled = False
+        if self.stopped:
+            return
         queue = self._queue
         deadline = time.perf_counter() + JOB_BUDGET
         for _ in range(len(queue)):

@@ -38,6 +38,7 @@ from .errors import (
     LimitExceeded,
     MemoryLimit,
     StoreError,
+    StoreUnavailable,
 )
 from .handshakes import HandshakeSlots
 from .memory import MemoryGauge, trim_heap
@@ -238,14 +239,23 @@ class StoreServer:
         for listener in self._listeners:
             listener.close()
         self._all_closed.clear()
+        self.scheduler.stop()
+        for conn in list(self.connections):
+            conn.stop_running()
+        if self.connections:
+            # A moment to read what clients had sent already (kept, not run): answered below
+            # rather than left unread in the socket, whose close says nothing of it.
+            await asyncio.sleep(0.01)
         durability = self.durability
         if durability is not None and durability.holds_replies and self.connections:
             # STORE_FSYNC=always: replies of writes already applied wait for their fsync;
             # sent before their connections close, nothing more being run meanwhile.
-            for conn in list(self.connections):
-                conn.stop_running()
             await durability.settle(1.0)
+        # What was not run is answered so: safe to send again once the store is back.
+        stopping = StoreUnavailable("the store is stopping: not run; send it again shortly")
+        self.scheduler.refuse_all(stopping)
         for conn in list(self.connections):
+            conn.refuse_unrun(stopping)
             conn.close()
         # Single commands are synchronous, so none is half-done; long ones (jobs) end with
         # their connections (``connection_lost``), and the rest below, before the final

@@ -124,15 +124,15 @@ async def test_shutdown_does_not_leave_a_job_running_past_the_final_snapshot(
 
     monkeypatch.setattr(builds, "CHUNK", 2)
     monkeypatch.setattr(definitions_module, "CHUNK", 2)
+    monkeypatch.setattr(scheduler_module, "JOB_BUDGET", 0.0)  # a step per loop turn: slow
     settings = StoreSettings(socket=sock_dir / "s.sock", data_dir=tmp_path / "data", fsync="no")
     server = StoreServer(settings)
     await server.start()
     client = StoreClient(f"unix:{settings.socket}", timeout=5.0)
     await client.connect()
-    await client.call(
-        "batch",
-        {"ops": [{"op": "insert", "table": "t", "record": {"k": i % 7}} for i in range(1000)]},
-    )
+    for _ in range(10):  # 10,000 rows, 5,000 steps: still building when the stop comes
+        ops = [{"op": "insert", "table": "t", "record": {"k": i % 7}} for i in range(1000)]
+        await client.call("batch", {"ops": ops})
     build = asyncio.ensure_future(client.call("create_index", {"table": "t", "field": "k"}))
     for _ in range(10_000):
         if server.jobs:
@@ -143,7 +143,7 @@ async def test_shutdown_does_not_leave_a_job_running_past_the_final_snapshot(
     running_after_shutdown = server.jobs
     await wait_until(lambda: server.jobs == 0)  # the job goes on to its end regardless
     await asyncio.sleep(0.05)
-    with pytest.raises(StoreUnavailable):  # the connection is gone: no reply
+    with pytest.raises(StoreUnavailable, match="stopping"):  # aborted: never applied
         await build
     await client.close()
     assert server.durability is not None
@@ -579,6 +579,37 @@ async def test_a_freed_turn_goes_to_a_connection_with_fewer_long_reads_running(
     finally:
         held.release = True
         await server.shutdown()
+
+
+async def test_a_stop_answers_what_it_did_not_run_as_unavailable(sock_dir, monkeypatch) -> None:
+    """QA: a clean stop closed the connections on requests read and not run, and long ones
+    running or waiting: a write's client saw an unknown outcome. Each is answered
+    STORE_UNAVAILABLE (never applied: safe to send again); what ran keeps its answer."""
+    server, held = await _serving_held_reads(sock_dir, monkeypatch, 1)
+    monkeypatch.setattr(connection_module, "TURN_BUDGET", 0.0)  # one request per turn
+    reads, writes = _connection(server), _connection(server)
+    try:
+        assert server.handle(_find(1), reads) is None  # runs
+        assert server.handle(_find(2), reads) is None  # waits for a turn
+        frames = [
+            encode_request(i, "insert", {"table": "w", "record": {"id": f"w{i}"}})
+            for i in range(10, 80)  # more than a turn decodes: the rest stay bytes
+        ]
+        writes.data_received(b"".join(frames))  # the first runs, the rest wait
+        await server.shutdown()
+    finally:
+        held.release = True
+    ran = FrameDecoder().feed(bytes(writes.transport.data))  # type: ignore[attr-defined]
+    assert [m.request_id for m in ran] == list(range(10, 80))
+    assert not isinstance(ran[0], Error)
+    refused = [m for m in ran[1:] if isinstance(m, Error) and m.code == "STORE_UNAVAILABLE"]
+    assert len(refused) == 69
+    assert server.engine.execute("count", {"table": "w"}) == 1
+    long_ones = FrameDecoder().feed(bytes(reads.transport.data))  # type: ignore[attr-defined]
+    assert [(m.request_id, m.code) for m in long_ones] == [
+        (1, "STORE_UNAVAILABLE"),
+        (2, "STORE_UNAVAILABLE"),
+    ]
 
 
 async def test_a_client_that_does_not_read_starts_no_more_long_reads_until_it_does(
