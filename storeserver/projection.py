@@ -4,7 +4,8 @@ A dotted name is rebuilt as nested maps (``["addr.city"]`` gives ``{"id", "addr"
 a field the record lacks is left out (a present ``None`` is kept), as is a path through a
 non-map. A name already covered by a shorter one (``addr`` and ``addr.city``) adds nothing.
 Hidden fields may not be named without ``include_hidden`` (like filters and sorts), so a
-projection never needs stripping afterwards.
+projection needs no stripping afterwards, unless a field is hidden while a read that spans
+loop turns goes on (a scan cursor, a chunked ``find``): those strip it then.
 """
 
 from __future__ import annotations

@@ -49,6 +49,7 @@ MAX_FILTERED_PROBES = 5_000
 
 class _Cursor:
     __slots__ = (
+        "hidden",
         "ids",
         "include_hidden",
         "keep",
@@ -70,6 +71,7 @@ class _Cursor:
         since: str,
     ) -> None:
         self.table = table
+        self.hidden = table.hidden  # what ``project`` was checked against
         self.since = since  # the latest created_at when opened: anything later is new
         ids, _ = plan(table, where)
         self.ids = list(table.rows if ids is None else ids)
@@ -186,11 +188,14 @@ class ScanCursors:
                 and record["created_at"] <= since
                 and (keep is None or keep(record))
             ):
-                # Projected or not, what is hidden now: a field hidden since the cursor was
-                # opened with it among its ``fields`` is not returned (QA: it was).
-                item = table.visible(
-                    project(record) if project is not None else record, cursor.include_hidden
-                )
+                if project is None:
+                    item = table.visible(record, cursor.include_hidden)
+                else:
+                    item = project(record)
+                    if table.hidden is not cursor.hidden and not cursor.include_hidden:
+                        # A field hidden since the cursor was opened with it among its
+                        # ``fields`` is not returned (QA: it was).
+                        item = table.strip(item)
                 items.append(item)
                 pack(item)
         body = packer.bytes()
