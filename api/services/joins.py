@@ -12,9 +12,7 @@ from api.store import Store
 
 def singulars(table: str) -> set[str]:
     """Every name ``table`` may be the plural of: ``users`` → user, ``categories`` → category,
-    ``addresses`` → address, ``movies`` → movie; and the name itself, singular already
-    (``person``, and ``status``, ``address`` or ``news``, whose final ``s`` is no plural's:
-    QA, ``status``/``tasks`` on ``status_id`` joined nothing).
+    ``addresses`` → address, ``movies`` → movie; a name without a final ``s`` is its own.
 
     English spelling cannot tell ``addresses`` (drop "es") from ``horses`` (drop "s") without
     a dictionary, so every rule's answer is a candidate; the wrong ones (``addresse``) name
@@ -22,7 +20,7 @@ def singulars(table: str) -> set[str]:
     """
     if not table.endswith("s") or len(table) == 1:
         return {table}
-    names = {table, table[:-1]}
+    names = {table[:-1]}
     if table.endswith("es") and len(table) > 2:
         names.add(table[:-2])
     if table.endswith("ies") and len(table) > 3:
@@ -35,11 +33,16 @@ def join_fields(left: str, right: str, key: str) -> tuple[str, str]:
 
     A key named after a side (``user_id`` for ``users``, ``address_id`` for ``addresses``)
     means that side's ``id``; otherwise both sides use ``key``. So users/orders on user_id is
-    ``users.id == orders.user_id``.
+    ``users.id == orders.user_id``. A key named after a side's own name means its ``id`` too
+    (``status_id`` for ``status``, ``address_id`` for ``address``: names whose final ``s`` is
+    no plural's; QA, status/tasks on status_id joined nothing), unless the other side's plural
+    names it (``address``/``addresses`` on address_id: ``addresses.id``, one side only).
     """
-    left_field = "id" if _names_side(key, left) else key
-    right_field = "id" if _names_side(key, right) else key
-    return left_field, right_field
+    plural = (_names_side(key, left), _names_side(key, right))
+    own = (key == f"{left}_id", key == f"{right}_id")
+    left_id = plural[0] or (own[0] and not plural[1])
+    right_id = plural[1] or (own[1] and not plural[0])
+    return ("id" if left_id else key), ("id" if right_id else key)
 
 
 def _names_side(key: str, table: str) -> bool:
