@@ -24,7 +24,10 @@ Probe = Callable[[Any], Collection[str]]
 def folds(left: Table, left_field: str, right: Table, right_field: str) -> bool:
     """Whether a join compares strings ignoring case: when either field has a casefold unique
     index (``users.email``), as ``eq`` on that field does (QA: a join on email matched only
-    the exact case, where ``GET /users?email=`` found the user in any)."""
+    the exact case, where ``GET /users?email=`` found the user in any). Never against an
+    ``id``: ids compare exactly (``get``), and the primary key probes it (review)."""
+    if left_field == "id" or right_field == "id":
+        return False
     return any(
         (unique := table.uniques.get(field)) is not None and unique.casefold
         for table, field in ((left, left_field), (right, right_field))

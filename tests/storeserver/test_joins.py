@@ -192,3 +192,8 @@ def test_a_join_on_a_casefold_unique_field_ignores_case_as_eq_does() -> None:
     assert _email_pairs(engine, "users", "subs") == [("u1", "s1")]  # builds a folded hash
     assert _email_pairs(engine, "users", "notes") == [("u2", "n1")]  # the hash index is not folded
     assert _email_pairs(engine, "subs", "notes") == []  # neither field folds: exact case
+    engine.execute("insert", {"table": "subs", "record": {"id": "ann@x.io"}})
+    by_id = {"left": "users", "right": "subs", "left_field": "email", "right_field": "id"}
+    assert engine.execute("join", by_id)["total"] == 0  # ids compare exactly, as get does
+    engine.execute("insert", {"table": "subs", "record": {"id": "Ann@X.io"}})
+    assert engine.execute("join", by_id)["total"] == 1
