@@ -35,6 +35,14 @@ def test_bulk_insert_is_one_atomic_write(client: httpx.Client) -> None:
     assert total(client, table) == 3
     assert_error(client.get(f"/api/v1/data/{table}/b"), 404)
 
+    schema = {"schema": {"properties": {"n": {"minimum": 0}}}}
+    assert client.put(f"/api/v1/data/{table}/schema", json=schema).status_code == 200
+    refused = assert_error(bulk(client, table, [{"n": 1}, {"n": -1}]), 422, "VALIDATION_ERROR")
+    detail = refused["details"][0]  # the schema's error names the record too (review)
+    assert detail["field"] == "body.data.1.n"
+    assert (detail["index"], detail["op"], detail["table"]) == (1, "insert", table)
+    assert total(client, table) == 3
+
 
 def test_upsert_merges_on_id(client: httpx.Client) -> None:
     table = f"bulk_{token()}"

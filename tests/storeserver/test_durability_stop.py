@@ -343,3 +343,18 @@ async def test_everysec_starts_no_fsync_while_its_last_one_runs(sock_dir, tmp_pa
     finally:
         disk.set()
         await server.shutdown()
+
+
+async def test_a_stop_whose_log_write_fails_does_not_acknowledge_the_held_write(
+    sock_dir, tmp_path, monkeypatch
+) -> None:
+    """The stop's wait for held replies (``settle``) writes what is pending first: if that
+    fails, the replies are aborted as any failed write's are, never sent."""
+    server = await started(sock_dir, tmp_path, "always")
+    dur = server.durability
+    assert dur is not None and dur.log is not None
+    conn, transport = connect(server)
+    conn.data_received(insert(1, "r0"))  # applied; its entry is written at the turn's end
+    monkeypatch.setattr(dur.log, "write", disk_full)
+    await server.shutdown()
+    assert acknowledged(transport) == set() and transport.aborted
