@@ -170,7 +170,7 @@ def run_memory(procs: Processes, tmp: Path, out: dict[str, Any], largest: int) -
         point = {"records": loaded, "rss_bytes": rss, "bytes_per_record": (rss - base) / loaded}
         points.append(point)
         per = point["bytes_per_record"]
-        log(f"{loaded:,} records: RSS {rss / 2**20:.0f} MB, {per:.0f} B/record")
+        log(f"{loaded:,} records: RSS {rss / 2**20:.0f} MiB, {per:.0f} B/record")
     out["points"] = points
 
 
@@ -312,8 +312,8 @@ def data_rows(data: dict[str, Any]) -> list[Row]:
                 target_op="<",
             )
         )
-        rows.append(Row("peak store RSS during the export", exp["rss_peak_mib"]["store"], "MB"))
-        rows.append(Row("peak worker RSS during the export", exp["rss_peak_mib"]["worker"], "MB"))
+        rows.append(Row("peak store RSS during the export", exp["rss_peak_mib"]["store"], "MiB"))
+        rows.append(Row("peak worker RSS during the export", exp["rss_peak_mib"]["worker"], "MiB"))
     for kind in ("orders", "generic"):
         with contextlib.suppress(KeyError, TypeError):
             result = data["import"][kind]

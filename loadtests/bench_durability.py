@@ -412,7 +412,7 @@ def large_cases(procs: Processes, tmp: Path, count: int) -> dict[str, Any]:
     out["log_bytes"] = sum(p.stat().st_size for p in data.iterdir() if p.is_file())
     log(
         f"loaded in {out['load_s']:.1f} s ({count / out['load_s']:,.0f} records/s), RSS "
-        f"{out['rss_loaded_bytes'] / 2**20:,.0f} MB, log {out['log_bytes'] / 2**20:,.0f} MB"
+        f"{out['rss_loaded_bytes'] / 2**20:,.0f} MiB, log {out['log_bytes'] / 2**20:,.0f} MiB"
     )
 
     # Replay restart: SIGKILL, no snapshot on disk, a new store replays the whole log.
@@ -448,10 +448,10 @@ def large_cases(procs: Processes, tmp: Path, count: int) -> dict[str, Any]:
     out["stall_baseline"] = stall_stats(probe.rtts, t0 - 1.0, t0)
     out["stall_during"] = stall_stats(probe.rtts, t0, t1)
     log(
-        f"snapshot: {out['snapshot_wall_s']:.2f} s, {reply.get('bytes', 0) / 2**20:,.0f} MB; "
+        f"snapshot: {out['snapshot_wall_s']:.2f} s, {reply.get('bytes', 0) / 2**20:,.0f} MiB; "
         f"probe max {out['stall_during'].get('max_ms', 0):.1f} ms "
         f"(baseline max {out['stall_baseline'].get('max_ms', 0):.1f} ms); child peak RSS "
-        f"{watch.peak_rss / 2**20:,.0f} MB, private {watch.peak_private / 2**20:,.0f} MB"
+        f"{watch.peak_rss / 2**20:,.0f} MiB, private {watch.peak_private / 2**20:,.0f} MiB"
     )
 
     # Snapshot restart: SIGTERM writes a final snapshot; a new store loads it.
@@ -518,18 +518,18 @@ def build_rows(data: dict[str, Any]) -> list[Row]:
         rows += [
             Row(f"load {n} records, batch({BATCH})", large["load_s"], "s", target_op=""),
             Row(f"snapshot of {n}: duration", large["snapshot_wall_s"], "s", target_op=""),
-            Row(f"snapshot of {n}: file size", large["snapshot_bytes"] / 2**20, "MB",
+            Row(f"snapshot of {n}: file size", large["snapshot_bytes"] / 2**20, "MiB",
                 target_op=""),
             Row(f"snapshot of {n}: max ping RTT (1 ms probe)", during.get("max_ms"), "ms",
                 large["stall_baseline"].get("max_ms"), "before", target_op=""),
-            Row("store RSS before snapshot", large["rss_before_snapshot_bytes"] / 2**20, "MB",
+            Row("store RSS before snapshot", large["rss_before_snapshot_bytes"] / 2**20, "MiB",
                 target_op=""),
-            Row("store RSS after snapshot", large["rss_after_snapshot_bytes"] / 2**20, "MB",
+            Row("store RSS after snapshot", large["rss_after_snapshot_bytes"] / 2**20, "MiB",
                 target_op=""),
-            Row("snapshot child peak RSS", (large["child_peak_rss_bytes"] or 0) / 2**20, "MB",
+            Row("snapshot child peak RSS", (large["child_peak_rss_bytes"] or 0) / 2**20, "MiB",
                 target_op=""),
             Row("snapshot child peak private (COW copies + own heap)",
-                (large["child_peak_private_bytes"] or 0) / 2**20, "MB", target_op=""),
+                (large["child_peak_private_bytes"] or 0) / 2**20, "MiB", target_op=""),
             Row(f"restart, replay log of {n}", large["replay_restart_s"], "s", target_op=""),
             Row(f"shutdown (SIGTERM, final snapshot of {n})", large["shutdown_s"], "s",
                 target_op=""),

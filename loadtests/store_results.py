@@ -131,7 +131,7 @@ def notes(data: dict[str, Any]) -> list[str]:
             f"{c['wall_s']:.2f} s, "
             f"of its CPU/op {c['server_sys_us']:.2f} µs in the kernel (stime), "
             f"driver CPU {c['loadgen_cpu_us']:.2f} µs/op, RSS after "
-            f"{c['rss_after_bytes'] / 2**20:.0f} MB, other processes used "
+            f"{c['rss_after_bytes'] / 2**20:.0f} MiB, other processes used "
             f"{c['others_busy']:.0%} of the machine"
         )
     for c in data["redis_cases"]:
@@ -195,9 +195,9 @@ def notes(data: dict[str, Any]) -> list[str]:
                 + (f"; {q['mean_hits']:.1f} orders per user" if "mean_hits" in q else "")
             )
         out.append(
-            f"RSS: users {big['rss_users_bytes'] / 2**20:.0f} MB, orders "
-            f"{big['rss_orders_bytes'] / 2**20:.0f} MB, process total "
-            f"{big['rss_total_bytes'] / 2**20:.0f} MB (includes the interpreter and the "
+            f"RSS: users {big['rss_users_bytes'] / 2**20:.0f} MiB, orders "
+            f"{big['rss_orders_bytes'] / 2**20:.0f} MiB, process total "
+            f"{big['rss_total_bytes'] / 2**20:.0f} MiB (includes the interpreter and the "
             "benchmark's list of 100k user ids)"
         )
         out.append(
