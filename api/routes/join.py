@@ -54,8 +54,9 @@ async def join_records(
 
     A key named `<singular of a table>_id` means that table's `id` (`user_id` for users,
     `category_id` for categories, `address_id` for addresses), as does `<table>_id`
-    (`status_id` for a table named status); otherwise both sides use the key. Filters
-    (`field=value`, `field__op=value`) apply to the left table.
+    (`status_id` for a table named status, unless the other side's plural names it);
+    otherwise both sides use the key. Filters (`field=value`, `field__op=value`) apply to
+    the left table.
     """
     rows, versioned, total = await join_tables(store, left, right, key, query)
     return list_response(request, rows, total, query.page, versioned=versioned)
