@@ -521,21 +521,31 @@ def test_csv_export_job_has_the_columns_of_the_request(jobs_stack: Stack, http: 
     assert http.get(done["result"]["url"]).content == sync.content
 
 
+def post_import(
+    http: httpx.Client, table: str, body: bytes, mode: str, **params: str
+) -> httpx.Response:
+    """``POST /batch/import`` of ``body``: ``mode`` "false" answers the report, "true" a job."""
+    return http.post(
+        "/api/v1/batch/import",
+        params={"table": table, "async": mode, **params},
+        content=body,
+        headers={"Content-Type": "text/csv"},
+    )
+
+
+def import_job(http: httpx.Client, table: str, body: bytes, **params: str) -> dict[str, Any]:
+    """The import of ``body`` as a job, once it has ended."""
+    started = post_import(http, table, body, "true", **params)
+    assert started.status_code == 202, started.text
+    return wait_for(http, started.json()["data"]["id"], {"succeeded", "failed"}, timeout=60)
+
+
 def test_import_job_report_is_the_synchronous_report(http: httpx.Client):
     lines = ["sku,qty"] + [f"I-{i},{i}" for i in range(300)] + ["bad,not json {"]
     body = ("\n".join(lines) + "\n").encode()
-    headers = {"Content-Type": "text/csv"}
-    sync = http.post(
-        "/api/v1/batch/import", params={"table": "job_import_a", "async": "false"},
-        content=body, headers=headers,
-    )  # fmt: skip
+    sync = post_import(http, "job_import_a", body, "false")
     assert sync.status_code == 200, sync.text
-    started = http.post(
-        "/api/v1/batch/import", params={"table": "job_import_b", "async": "true"},
-        content=body, headers=headers,
-    )  # fmt: skip
-    assert started.status_code == 202, started.text
-    done = wait_for(http, started.json()["data"]["id"], {"succeeded", "failed"})
+    done = import_job(http, "job_import_b", body)
     assert done["state"] == "succeeded" and done["kind"] == "import", done
     expected = {**sync.json()["data"], "table": "job_import_b"}
     assert done["result"] == expected
@@ -548,21 +558,12 @@ def test_an_import_job_naming_a_huge_column_in_its_errors_records_its_end(http: 
     worker crash. Each error's field and message are cut to 1,000 characters, both ways."""
     name = "c" * 100_000
     body = (f"id,{name}\n" + "".join(f'r{i},"[1,"\n' for i in range(100)) + "ok,5\n").encode()
-    headers = {"Content-Type": "text/csv"}
-    sync = http.post(
-        "/api/v1/batch/import", params={"table": "job_import_wide_a", "async": "false"},
-        content=body, headers=headers,
-    )  # fmt: skip
+    sync = post_import(http, "job_import_wide_a", body, "false")
     assert sync.status_code == 200, sync.text[:300]
     report = sync.json()["data"]
     assert (report["imported"], report["failed"], len(report["errors"])) == (1, 100, 100)
     assert all(len(e["field"]) == 1000 and e["field"].endswith("…") for e in report["errors"])
-    started = http.post(
-        "/api/v1/batch/import", params={"table": "job_import_wide_b", "async": "true"},
-        content=body, headers=headers,
-    )  # fmt: skip
-    assert started.status_code == 202, started.text
-    done = wait_for(http, started.json()["data"]["id"], {"succeeded", "failed"})
+    done = import_job(http, "job_import_wide_b", body)
     assert done["state"] == "succeeded", str(done)[:500]
     assert done["result"] == {**report, "table": "job_import_wide_b"}
 
@@ -578,12 +579,7 @@ def test_an_import_job_takes_a_row_that_fills_a_batchs_value_budget(
     lines = ["id,v", "a0,1", "a1,2", f"big,{big}", "b0,3", "b1,4"]
     body = ("\n".join(lines) + "\n").encode()
     table = f"job_import_full_{atomic}"
-    started = http.post(
-        "/api/v1/batch/import", params={"table": table, "async": "true", "atomic": atomic},
-        content=body, headers={"Content-Type": "text/csv"},
-    )  # fmt: skip
-    assert started.status_code == 202, started.text
-    done = wait_for(http, started.json()["data"]["id"], {"succeeded", "failed"}, timeout=60)
+    done = import_job(http, table, body, atomic=atomic)
     assert done["state"] == "succeeded", str(done)[:500]
     assert (done["result"]["imported"], done["result"]["failed"]) == (5, 0)
     assert http.get(f"/api/v1/data/{table}/count").json()["data"]["count"] == 5

@@ -4,7 +4,10 @@ what the server sends, and waiting for a condition on the running loop."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
+
+import pytest
 
 from storeserver.builds import ChunkedRead
 from storeserver.connection import StoreConnection
@@ -99,3 +102,20 @@ def connect(server: StoreServer) -> tuple[StoreConnection, RecordingTransport]:
     conn.connection_made(transport)  # type: ignore[arg-type]
     conn.data_received(encode(Hello(PROTOCOL_VERSION, None)))
     return conn, transport
+
+
+def held_fsync(
+    monkeypatch: pytest.MonkeyPatch, log: Any, calls: list[int] | None = None
+) -> threading.Event:
+    """A slow disk: ``log.fsync`` waits (at most 10 s) until the returned event is set, then
+    syncs; each call is counted in ``calls`` as it starts."""
+    disk, fsync = threading.Event(), log.fsync
+
+    def slow_fsync() -> None:
+        if calls is not None:
+            calls.append(1)
+        disk.wait(10)
+        fsync()
+
+    monkeypatch.setattr(log, "fsync", slow_fsync)
+    return disk

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from typing import Any
 
@@ -23,7 +22,7 @@ from storeserver.errors import StoreError
 from storeserver.probe import wait_for_socket
 from storeserver.server import StoreServer
 from storeserver.settings import StoreSettings
-from tests.storeserver.jobs import wait_until
+from tests.storeserver.jobs import held_fsync, wait_until
 from tests.storeserver.test_durability import acknowledged, connect, disk_full, insert
 
 
@@ -285,20 +284,15 @@ async def test_a_stop_kills_a_running_snapshot_child_instead_of_waiting_for_it(
     assert not (dur.dir.root / "snapshot.mdb.tmp").exists()
 
 
-async def test_a_clean_stop_sends_the_replies_waiting_for_the_disk(sock_dir, tmp_path) -> None:
+async def test_a_clean_stop_sends_the_replies_waiting_for_the_disk(
+    sock_dir, tmp_path, monkeypatch
+) -> None:
     """QA: under STORE_FSYNC=always a stop closed the connections while replies waited for
     their fsync: the clients saw an unknown outcome for writes the final snapshot kept."""
     server = await started(sock_dir, tmp_path, "always")
     dur = server.durability
     assert dur is not None and dur.log is not None
-    disk = threading.Event()
-    fsync = dur.log.fsync
-
-    def slow_fsync() -> None:
-        disk.wait(5)
-        fsync()
-
-    dur.log.fsync = slow_fsync  # type: ignore[method-assign]
+    disk = held_fsync(monkeypatch, dur.log)
     conn, transport = connect(server)
     # As a real transport: what was written before close() still goes, nothing after.
     transport.close = lambda: setattr(transport, "aborted", True)  # type: ignore[method-assign]
@@ -314,21 +308,16 @@ async def test_a_clean_stop_sends_the_replies_waiting_for_the_disk(sock_dir, tmp
     assert on_disk(server) == ["r0", None]
 
 
-async def test_everysec_starts_no_fsync_while_its_last_one_runs(sock_dir, tmp_path) -> None:
+async def test_everysec_starts_no_fsync_while_its_last_one_runs(
+    sock_dir, tmp_path, monkeypatch
+) -> None:
     """Review: on a disk slower than a second per fsync, one more was queued every second
     for as long as it stayed slow."""
     server = await started(sock_dir, tmp_path, "everysec")
     dur = server.durability
     assert dur is not None and dur.log is not None
-    disk, calls = threading.Event(), []
-    fsync = dur.log.fsync
-
-    def slow_fsync() -> None:
-        calls.append(1)
-        disk.wait(5)
-        fsync()
-
-    dur.log.fsync = slow_fsync  # type: ignore[method-assign]
+    calls: list[int] = []
+    disk = held_fsync(monkeypatch, dur.log, calls)
     try:
         for _ in range(3):  # three seconds' ticks, the disk stuck, writes coming
             dur._dirty = True

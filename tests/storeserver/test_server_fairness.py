@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
-import threading
 from typing import Any
 
 import msgpack
@@ -29,7 +28,7 @@ from storeserver.protocol import (
 )
 from storeserver.server import StoreServer
 from storeserver.settings import StoreSettings
-from tests.storeserver.jobs import RecordingTransport, connect, wait_until
+from tests.storeserver.jobs import RecordingTransport, connect, held_fsync, wait_until
 
 
 def replies(transport: RecordingTransport) -> list[Any]:
@@ -151,14 +150,7 @@ async def test_under_fsync_always_later_turns_wait_behind_held_replies(always, m
     monkeypatch.setattr(connection_module, "TURN_BUDGET", 0.0, raising=False)
     dur = always.durability
     assert dur is not None and dur.log is not None
-    on_disk = threading.Event()
-    fsync = dur.log.fsync
-
-    def slow_fsync() -> None:
-        on_disk.wait(10)
-        fsync()
-
-    monkeypatch.setattr(dur.log, "fsync", slow_fsync)
+    on_disk = held_fsync(monkeypatch, dur.log)
     conn, transport = connect(always)
     try:
         conn.data_received(
