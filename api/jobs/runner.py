@@ -145,10 +145,11 @@ class JobContext:
         if self.cancel_requested:
             raise JobCancelled()
 
-    async def record_progress(self, done: int, total: int | None, unit: str = "rows") -> None:
-        """Progress alone, no cancel check: for work done in one step (a write by filter)."""
-        progress = {"done": done, "total": total, "unit": unit}
-        await self.jobs.touch(self.job_id, {"progress": progress})
+    def record_progress(self, done: int, total: int | None, unit: str = "rows") -> None:
+        """Progress of work done in one step (a write by filter), written with the job's end
+        (``_finish``, retried while the store restarts), not apart: a write of its own that
+        met a store restart failed a job whose work was done, "not run" (QA)."""
+        self.final_progress = {"done": done, "total": total, "unit": unit}
 
     def result_path(self, suffix: str) -> Path:
         # Results are exports of users and orders: the workers' user alone reads them.

@@ -85,7 +85,7 @@ async def update_by_filter(
 
         async def update_job(ctx: JobContext) -> dict[str, Any]:
             result = await table_service.update_where(ctx.store, table, query, changes, limit)
-            await ctx.record_progress(result["updated"], result["matched"])
+            ctx.record_progress(result["updated"], result["matched"])
             return result
 
         params = {"table": table, "where": query.where}
@@ -126,7 +126,7 @@ async def delete_by_filter(
 
         async def delete_job(ctx: JobContext) -> dict[str, Any]:
             result = await table_service.delete_where(ctx.store, table, query, cascade, limit)
-            await ctx.record_progress(result["deleted"], result["deleted"])
+            ctx.record_progress(result["deleted"], result["deleted"])
             return result
 
         params = {"table": table, "where": query.where, "cascade": cascade}

@@ -63,7 +63,7 @@ async def test_a_job_running_when_the_store_fills_up_records_progress_and_its_en
 
     async def reads_then_writes(ctx: JobContext) -> dict[str, Any]:
         fill(server)
-        await ctx.record_progress(1, 2)  # an export: reads, and says how far it got
+        ctx.record_progress(1, 2)  # an export: reads, and says how far it got
         await asyncio.sleep(0.2)  # heartbeats go on
         await ctx.store.call("insert", {"table": "t", "record": {"n": 1}})  # an import's rows
         return {}
