@@ -411,6 +411,29 @@ async def test_a_failed_import_job_records_the_rows_it_imported(
     assert store.count("t") == 1000
 
 
+@pytest.mark.parametrize("atomic", [False, True])
+async def test_an_import_job_takes_a_row_that_fills_a_batchs_value_budget(
+    store: EngineStore, tmp_path: Path, atomic: bool
+) -> None:
+    """QA: a job's batches also patch its record, which spent from the store's 600,000 values
+    per batch: a row of 599,995 values, imported synchronously, failed the job (and the rows
+    after it, or all of them when atomic). Such a batch goes without the record's patch."""
+    big = b'"[' + b",".join([b"0"] * 599_995) + b']"'
+    body = b"id,v\na0,1\na1,2\nbig," + big + b"\nb0,3\nb1,4\n"
+    settings = Settings(job_result_dir=str(tmp_path), job_heartbeat_seconds=5)
+    runner = JobRunner(store, settings)
+    await runner.start()
+    try:
+        job = await runner.submit("import", "owner", {}, import_job("t", io.BytesIO(body), atomic))
+        await asyncio.wait({runner._tasks[job["id"]]})
+        done = store.engine.execute("get", {"table": JOBS, "id": job["id"]})
+    finally:
+        await runner.stop()
+    assert done["state"] == "succeeded", str(done)[:500]
+    assert (done["result"]["imported"], done["result"]["failed"]) == (5, 0)
+    assert store.count("t") == 5
+
+
 async def test_a_cancelled_import_job_records_the_rows_it_imported(
     store: EngineStore, tmp_path: Path
 ) -> None:

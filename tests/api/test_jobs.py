@@ -568,23 +568,6 @@ def test_an_import_job_naming_a_huge_column_in_its_errors_records_its_end(http: 
     assert done["result"] == {**report, "table": "job_import_wide_b"}
 
 
-@pytest.mark.parametrize("atomic", ["false", "true"])
-def test_an_import_job_takes_a_row_that_fills_a_batchs_value_budget(
-    http: httpx.Client, atomic: str
-):
-    """QA: a job's batches also patch its record, which spent from the store's 600,000 values
-    per batch: a row of 599,995 values, imported synchronously, failed the job (and the rows
-    after it, or all of them when atomic)."""
-    big = '"[' + ",".join(["0"] * 599_995) + ']"'
-    lines = ["id,v", "a0,1", "a1,2", f"big,{big}", "b0,3", "b1,4"]
-    body = ("\n".join(lines) + "\n").encode()
-    table = f"job_import_full_{atomic}"
-    done = import_job(http, table, body, atomic=atomic)
-    assert done["state"] == "succeeded", str(done)[:500]
-    assert (done["result"]["imported"], done["result"]["failed"]) == (5, 0)
-    assert http.get(f"/api/v1/data/{table}/count").json()["data"]["count"] == 5
-
-
 def test_writes_by_filter_as_jobs_match_the_synchronous_answers(
     jobs_stack: Stack, http: httpx.Client
 ):
