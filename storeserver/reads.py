@@ -99,8 +99,10 @@ def _find_reply(
     steps: Steps,
     project: Callable[[Record], Record] | None,
     include_hidden: bool,
+    hidden: frozenset[str],
 ) -> Generator[None, None, dict[str, Any]]:
-    hidden = table.hidden  # what the projection was checked against
+    """``hidden``: the set the projection was checked against, when the find was parsed (a
+    generator's body starts at its first step, a loop turn later)."""
     items, total = yield from steps
     page = _find_page(table, items, total, project, include_hidden)
     if project is not None and table.hidden is not hidden and not include_hidden:
@@ -193,7 +195,7 @@ class RecordReader:
         size = limit(args, DEFAULT_LIMIT, self.max_limit)
         selected = self._select(table, conditions, sort, start, size)
         if isinstance(selected, _Planned):
-            reply = _find_reply(table, selected.steps, project, include_hidden)
+            reply = _find_reply(table, selected.steps, project, include_hidden, table.hidden)
             return self._run("find", reply, selected.many)
         items, total = selected
         return _find_page(table, items, total, project, include_hidden)
