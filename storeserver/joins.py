@@ -101,9 +101,11 @@ def join_steps(
     predicate: Predicate | None,
     offset: int,
     limit: int,
+    fold: bool,
 ) -> Generator[None, None, tuple[list[tuple[Record, Record]], int]]:
     """``(page of (left, right) pairs, total pairs)``, yielding after each slice of rows read
-    (``builds.Pace``: up to ``CHUNK`` rows, fewer when they are costly to key).
+    (``builds.Pace``: up to ``CHUNK`` rows, fewer when they are costly to key). ``fold``: what
+    ``folds`` said when the join was read, strings compared ignoring case.
 
     Without an index on the right field, a temporary hash of the right table is built first,
     a chunk per step (``_build``), so the pairs are the rows as they were when read, whatever
@@ -114,7 +116,6 @@ def join_steps(
     # index bucket).
     source = candidates(left.rows, left_ids)
     right_rows = right.rows
-    fold = folds(left, left_field, right, right_field)
     index = _index_of(right, right_field, fold)
     if index is not None:
         probe: Callable[[Any], Collection[Any]] = _probe(index)

@@ -252,14 +252,15 @@ class RecordReader:
         size = limit(args, DEFAULT_LIMIT, self.max_limit)
         left_ids, predicate = plan(left, conditions)
         left_count = len(left.rows) if left_ids is None else len(left_ids)  # type: ignore[arg-type]
-        chunked = needs_chunks(
-            left_count, right, right_field, folds(left, left_field, right, right_field)
-        )
+        fold = folds(left, left_field, right, right_field)
+        chunked = needs_chunks(left_count, right, right_field, fold)
         if chunked and left_ids is not None:
             # A job's rows are taken at its first step, a loop turn later (``scheduler``): a
             # row the index picked may have changed by then, so it meets every condition again.
             predicate = compile_predicate(conditions, left.casefold_fields)
-        steps = join_steps(left, right, left_field, right_field, left_ids, predicate, start, size)
+        steps = join_steps(
+            left, right, left_field, right_field, left_ids, predicate, start, size, fold
+        )
         reply = _join_reply(left, right, steps)
         return self._run("join", reply, chunked)
 
