@@ -174,11 +174,13 @@ def parse_filter(key: str, raw: str, fields: Fields | None) -> list[Any]:
         values = raw.split(",")
         if len(values) > MAX_IN_VALUES:
             raise query_limit(key, f"'in' takes at most {MAX_IN_VALUES} values")
-        # A null among them matches as eq=null does, as a body's ``in: [null, ...]`` does.
+        # A null among them matches as eq=null does, as a body's ``in: [null, ...]`` does (a
+        # generic field's value is read as JSON already: ``null`` is None).
+        typed = ftype is not None
         return [
             name,
             op,
-            [None if _is_null(v, ftype) else _coerce(v, ftype, key, op) for v in values],
+            [None if typed and _is_null(v, ftype) else _coerce(v, ftype, key, op) for v in values],
         ]
     return [name, op, _coerce(raw, ftype, key, op)]
 
