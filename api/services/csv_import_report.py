@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from bisect import insort
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -22,11 +23,6 @@ MAX_ERROR_TEXT = 1000
 name has no bound of its own, and 100 errors naming a 100,000-character column made a 10 MB
 report, too large for the record an import job keeps its result in (QA: the job could not
 record its end and was declared lost to a crash it never had)."""
-
-
-def _row(entry: dict[str, Any]) -> int:
-    row: int = entry["row"]
-    return row
 
 
 def _cut(text: str | None) -> str | None:
@@ -61,7 +57,7 @@ class ImportReport:
                 self.errors_omitted += 1
                 continue
             entry = {"row": error.row, "field": _cut(error.field), "message": _cut(error.message)}
-            insort(kept, entry, key=_row)
+            insort(kept, entry, key=itemgetter("row"))
             if len(kept) > MAX_ERRORS:
                 kept.pop()
                 self.errors_omitted += 1
