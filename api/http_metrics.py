@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import os
 import time
-import weakref
 from typing import Any
 
 from fastapi.routing import APIRoute
 from prometheus_client import Counter, Gauge, Histogram, values
-from starlette.routing import BaseRoute, Match
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 METRICS_PATH = "/metrics"
@@ -88,42 +87,11 @@ IN_PROGRESS = Gauge(
 _finished: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 _in_progress: dict[tuple[str, str], Any] = {}
 
-# Per app: id(route) -> template. Routes live as long as their app.
-_templates: weakref.WeakKeyDictionary[Any, dict[int, str]] = weakref.WeakKeyDictionary()
 
-
-def _effective_routes(routes: list[BaseRoute]) -> list[tuple[BaseRoute, Any, str]]:
-    """(the route object the router puts in the scope, something to match with, its template).
-
-    FastAPI keeps an included router as one node whose routes carry no prefix;
-    ``effective_route_contexts()`` gives each with its full template and a matcher.
-    """
-    found: list[tuple[BaseRoute, Any, str]] = []
-    for route in routes:
-        contexts = getattr(route, "effective_route_contexts", None)
-        if not callable(contexts):
-            found.append((route, route, str(getattr(route, "path", UNMATCHED))))
-            continue
-        for context in contexts():
-            starlette_route = getattr(context, "starlette_route", None)
-            original = getattr(context, "original_route", None) or starlette_route
-            matcher = starlette_route or context
-            path = getattr(starlette_route, "path", None) or getattr(context, "path", None)
-            if original is not None and path:
-                found.append((original, matcher, str(path)))
-    return found
-
-
-def _route_template(scope: Scope, route: Any) -> str:
-    app = scope["app"]
-    templates = _templates.get(app)
-    if templates is None or id(route) not in templates:
-        templates = {}
-        for original, _, path in _effective_routes(app.router.routes):
-            templates.setdefault(id(original), path)
-        templates.setdefault(id(route), str(getattr(route, "path", UNMATCHED)))
-        _templates[app] = templates
-    return templates[id(route)]
+def _template(route: Any) -> str:
+    # Every route sits on the app's own router with its full path (``api.main.mount``), so its
+    # path is the template.
+    return str(getattr(route, "path", UNMATCHED))
 
 
 def _match_template(scope: Scope) -> str:
@@ -133,12 +101,12 @@ def _match_template(scope: Scope) -> str:
     if app is None or not hasattr(app, "router"):
         return UNMATCHED
     partial: str | None = None
-    for _, matcher, path in _effective_routes(app.router.routes):
-        match, _ = matcher.matches(scope)
+    for route in app.router.routes:
+        match, _ = route.matches(scope)
         if match == Match.FULL:
-            return path
+            return _template(route)
         if match == Match.PARTIAL and partial is None:
-            partial = path
+            partial = _template(route)
     return partial or UNMATCHED
 
 
@@ -146,7 +114,7 @@ def handler_of(scope: Scope, status: int) -> str:
     """The ``handler`` label of a request that has been served."""
     route = scope.get("route")
     if route is not None:
-        return _route_template(scope, route)
+        return _template(route)
     return UNMATCHED if status == 404 else _match_template(scope)
 
 
@@ -196,7 +164,7 @@ class MeteredRoute(APIRoute):
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         # A method the route does not take comes here too, to be answered 405.
-        key = (method_label(scope), _route_template(scope, self))
+        key = (method_label(scope), self.path)
         gauge = _in_progress.get(key)
         if gauge is None:
             gauge = _in_progress[key] = IN_PROGRESS.labels(*key)

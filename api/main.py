@@ -13,7 +13,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import structlog
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
+from fastapi.routing import APIRoute
+from fastapi.telemetry import TelemetryConfig
 
 from api.auth.startup import adopt_store_secret, ensure_admin_step, install_limiters, start_auth
 from api.docs import install_docs
@@ -51,6 +53,12 @@ from storeserver.errors import LimitExceeded, MemoryLimit, SetupRefused, StoreEr
 log = structlog.get_logger("api.main")
 
 API_PREFIX = "/api/v1"
+NO_TELEMETRY: TelemetryConfig = {
+    "tracing": False,
+    "metrics": False,
+    "logs": False,
+    "operation_spans": False,
+}
 TAGS = [
     {"name": "auth", "description": "Log in, refresh and log out (JWT bearer tokens)."},
     {"name": "users", "description": "Registration and user records (email unique)."},
@@ -212,6 +220,47 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await store.close()
 
 
+def mount(app: FastAPI, router: APIRouter, prefix: str) -> None:
+    """Add ``router``'s routes to ``app``'s own router, each under ``prefix``.
+
+    ``app.include_router`` would keep each included router as one node that the app's router
+    matches into, and then matches again to pick the route (FastAPI 0.16x): about 15 µs of a
+    worker's CPU per request across our routers. Routes added to the app's router directly are
+    matched once, by their full template, which is also what the metrics label them with.
+    """
+    for route in router.routes:
+        if not isinstance(route, APIRoute):
+            raise TypeError(f"{route!r}: only API routes are mounted")
+        app.router.add_api_route(
+            prefix + route.path,
+            route.endpoint,
+            response_model=route.response_model,
+            status_code=route.status_code,
+            tags=route.tags,
+            dependencies=route.dependencies,
+            summary=route.summary,
+            description=route.description,
+            response_description=route.response_description,
+            responses=route.responses,
+            deprecated=route.deprecated,
+            methods=route.methods,
+            operation_id=route.operation_id,
+            response_model_include=route.response_model_include,
+            response_model_exclude=route.response_model_exclude,
+            response_model_by_alias=route.response_model_by_alias,
+            response_model_exclude_unset=route.response_model_exclude_unset,
+            response_model_exclude_defaults=route.response_model_exclude_defaults,
+            response_model_exclude_none=route.response_model_exclude_none,
+            include_in_schema=route.include_in_schema,
+            response_class=route.response_class,
+            name=route.name,
+            route_class_override=type(route),
+            callbacks=route.callbacks,
+            openapi_extra=route.openapi_extra,
+            generate_unique_id_function=route.generate_unique_id_function,
+        )
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the application; nothing is opened until the lifespan starts."""
     settings = settings or get_settings()
@@ -225,6 +274,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,  # api.docs serves the pages with their bundles (no CDN)
         redoc_url=None,
+        # FastAPI's own OpenTelemetry hooks stay off: metrics are Prometheus's and logs are
+        # ours (README, Observability). Left on, with no OpenTelemetry provider configured,
+        # FastAPI still asks the three global providers on every request (about 5 µs).
+        telemetry=NO_TELEMETRY,
     )
     app.state.settings = settings
     install_limiters(app.state, settings)
@@ -237,10 +290,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # record called "schema".
     table_management = (table_schemas, table_indexes, filter_writes, tables)
     for module in (users, orders, auth, *table_management, data, join, dump, admin, probes):
-        app.include_router(module.router, prefix=API_PREFIX)
-    app.include_router(job_routes.router, prefix=API_PREFIX)
-    app.include_router(batch.router, prefix=API_PREFIX)
-    app.include_router(transaction_routes.router, prefix=API_PREFIX)
+        mount(app, module.router, API_PREFIX)
+    for router in (job_routes.router, batch.router, transaction_routes.router):
+        mount(app, router, API_PREFIX)
     install_openapi(app)
     install_docs(app)
     plan_dependencies(app)
