@@ -1762,6 +1762,29 @@ def test_iter_state_replays_into_an_equal_engine():
     assert copy.stats()["tables"] == source.stats()["tables"]
 
 
+def test_entries_after_a_restart_with_the_clock_behind_come_after_the_replayed_ones() -> None:
+    """QA: a delete's audit entry is newer than every record left; restored on a host whose
+    clock is 5 s behind it, the next write was stamped before it, and ``since`` (which stops at
+    the first older entry) lost the delete."""
+    clock = FakeClock(T0)
+    first = Engine(clock=clock)
+    run(first, "insert", table="t", record={"id": "a"})
+    clock.now += 10
+    run(first, "delete", table="t", id="a")
+    second = Engine(clock=FakeClock(T0 + 5))
+    for change in first.iter_state():
+        second.apply_change(change)
+    run(second, "insert", table="t", record={"id": "b"})
+    stamps = [entry["at"] for entry in run(second, "audit_list")["items"]]
+    assert len(stamps) == 3 and len(set(stamps)) == 3
+    (deleted_at,) = [e["at"] for e in run(first, "audit_list")["items"] if e["op"] == "delete"]
+    since = run(second, "audit_list", since=deleted_at)["items"]
+    assert [(entry["op"], entry["record_id"]) for entry in since] == [
+        ("insert", "b"),
+        ("delete", "a"),
+    ]
+
+
 def test_replayed_records_share_strings_like_live_ones():
     """A store loaded from its log must not be bigger than the one that wrote it."""
     from storeserver.engine import Engine
