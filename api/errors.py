@@ -23,7 +23,7 @@ from starlette.routing import compile_path
 from starlette.types import Message
 
 from api.encoding import dumps
-from api.middleware import CLIENT_LEFT, request_id_of, response_headers_for
+from api.middleware import CLIENT_LEFT, logged_path, request_id_of, response_headers_for
 from storeserver import errors as store_errors
 from storeserver.throttledlog import ThrottledWarning
 
@@ -449,7 +449,7 @@ async def handle_unexpected_error(request: Request, exc: Exception) -> Response:
         "unhandled_error",
         request_id=request_id_of(request.scope),
         method=request.method,
-        path=request.url.path,
+        path=logged_path(request.url.path),
         exc_info=exc,
     )
     response = error_response(request, 500, "INTERNAL_ERROR", "Internal server error")

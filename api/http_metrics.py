@@ -27,6 +27,8 @@ from prometheus_client import Counter, Gauge, Histogram, values
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.middleware import asked_with_head
+
 METRICS_PATH = "/metrics"
 UNMATCHED = "none"
 OTHER_METHOD = "OTHER"
@@ -164,7 +166,9 @@ class MeteredRoute(APIRoute):
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         # A method the route does not take comes here too, to be answered 405.
-        key = (method_label(scope), self.path)
+        # A HEAD reaches the route as the GET it asks about (``RequestIdMiddleware``): label it
+        # HEAD, as ``http_requests_total`` does (QA).
+        key = ("HEAD" if asked_with_head(scope) else method_label(scope), self.path)
         gauge = _in_progress.get(key)
         if gauge is None:
             gauge = _in_progress[key] = IN_PROGRESS.labels(*key)

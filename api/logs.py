@@ -10,6 +10,8 @@ built here, with the same fields in the same order, and written directly.
 
 Each line is written with a single ``os.write``: under gunicorn several processes share stdout,
 and a line written in pieces would interleave with another process's line and stop being JSON.
+(A pipe keeps only writes of up to PIPE_BUF, 4,096 bytes, whole: a longer line, one with a
+traceback, can still be split by another process's; deploy/README.md says so.)
 
 Fields: ``timestamp`` (ISO 8601, UTC), ``level``, ``event``, ``logger``, ``process`` ("api"),
 ``pid``; inside a request also ``request_id``, ``method`` and ``path`` (bound through
@@ -28,6 +30,8 @@ from typing import Any
 import orjson
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
+
+from storeserver.logs import json_line
 
 PROCESS = "api"
 LEADING_KEYS = ("timestamp", "level", "event")
@@ -48,7 +52,7 @@ def lead_with_essentials(_: WrappedLogger, __: str, event_dict: EventDict) -> Ev
 
 
 def _dumps(obj: Any, **kwargs: Any) -> str:
-    return orjson.dumps(obj, default=kwargs.get("default"), option=orjson.OPT_NON_STR_KEYS).decode()
+    return json_line(obj, kwargs.get("default"), orjson.OPT_NON_STR_KEYS).decode()
 
 
 # Run on every event, ours and foreign, before rendering.
@@ -159,9 +163,7 @@ def write_access_line(fds: list[int], logger_name: str, event: str, fields: dict
     line["logger"] = logger_name
     line.setdefault("process", PROCESS)
     line["pid"] = os.getpid()
-    payload = orjson.dumps(
-        line, default=_fallback, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_APPEND_NEWLINE
-    )
+    payload = json_line(line, _fallback, orjson.OPT_NON_STR_KEYS | orjson.OPT_APPEND_NEWLINE)
     for fd in fds:
         data = memoryview(payload)
         while data:

@@ -146,7 +146,9 @@ class StoreServer:
         self.connections: set[StoreConnection] = set()
         self.network_clients = 0  # of them, over TCP (``connection.UNIX_RESERVED``)
         self.ready = False
-        self.started_at = time.time()
+        # Uptime counts on the monotonic clock: the wall clock stepped back by NTP would look
+        # like a restart to an alert on memdb_store_uptime_seconds (QA).
+        self.started_at = time.monotonic()
         # time.monotonic() once it listens (its data loaded): what HELLO's uptime_s counts from.
         self.listening_since: float | None = None
         self._listeners: list[asyncio.AbstractServer] = []
@@ -317,8 +319,8 @@ class StoreServer:
                 "jobs": self.jobs,
                 "jobs_waiting": len(self.waiting),
                 "jobs_cancelled": self.cancelled,
-                "uptime_s": round(time.time() - self.started_at, 3),
-                "uptime": round(time.time() - self.started_at, 3),
+                "uptime_s": round(time.monotonic() - self.started_at, 3),
+                "uptime": round(time.monotonic() - self.started_at, 3),
                 "version": __version__,
                 "persistence": self.durability.status()
                 if self.durability is not None

@@ -9,6 +9,7 @@ small logging device with its own clock window, neither connection nor dispatch 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from typing import Any
 
 import structlog
@@ -47,7 +48,9 @@ class ThrottledWarning:
             self._log.warning(self.event, **fields)
             return
         if not self._suppressed:
-            loop.call_at(self._window_ends, self._report)
+            # In a context of its own: the summary counts many requests, and the one that
+            # happened to schedule it would lend it its request id and path (QA).
+            loop.call_at(self._window_ends, self._report, context=contextvars.Context())
         self._suppressed += 1
         self._last = fields
 

@@ -7,6 +7,7 @@ LOG_LEVEL=info) and read its output file.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import socket
@@ -26,6 +27,7 @@ from api import logs
 from api.deps import get_store
 from api.logs import JsonLineHandler, json_formatter
 from api.main import create_app
+from api.middleware import LOGGED_PATH_CHARS, logged_path
 from api.settings import Settings
 from tests.support.auth import register
 from tests.support.inprocess import in_process
@@ -71,6 +73,25 @@ def test_each_line_is_one_write_call(monkeypatch: pytest.MonkeyPatch) -> None:
     assert line["event"] == f"big {big}"
 
 
+def test_an_access_line_with_a_string_that_is_not_utf8_is_still_one_json_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A lone surrogate (bytes that were not UTF-8, decoded by Python) is written escaped; orjson
+    alone raised, and the line was lost."""
+    writes: list[bytes] = []
+
+    def write(fd: int, data: Any) -> int:
+        writes.append(bytes(data))
+        return len(data)
+
+    monkeypatch.setattr(logs, "os", SimpleNamespace(write=write, getpid=os.getpid))
+    odd = os.fsdecode(b"agent\xff")
+    logs.write_access_line([7], "api.access", "access", {"status": 200, "user_agent": odd})
+    (line,) = writes
+    assert line.endswith(b"\n") and line.count(b"\n") == 1 and line.isascii()
+    assert json.loads(line)["user_agent"] == odd  # orjson refuses the escaped surrogate
+
+
 def test_foreign_record_gets_the_same_fields_and_a_string_traceback() -> None:
     try:
         raise ValueError("bad thing")
@@ -108,6 +129,25 @@ async def test_unhandled_error_lines_carry_the_request_id(captured: Path) -> Non
     assert "RuntimeError: boom" in error["exception"]
     (access,) = [record for record in records if record["event"] == "access"]
     assert access["status"] == 500 and access["error"] == "RuntimeError"
+
+
+async def test_unhandled_error_line_cuts_a_long_path_as_the_others_do(captured: Path) -> None:
+    """QA: the 500's line named the whole path (5,006 characters) where every other line of the
+    request cuts it past LOGGED_PATH_CHARS."""
+    app = create_app(Settings())
+
+    async def boom(rest: str) -> None:
+        raise RuntimeError("boom")
+
+    app.add_api_route("/boom/{rest:path}", boom)
+    path = "/boom/" + "a" * 5000
+    async with in_process(app) as http:
+        assert (await http.get(path)).status_code == 500
+    records = [record for record in json_lines(captured) if record["logger"].startswith("api.")]
+    (error,) = [record for record in records if record["event"] == "unhandled_error"]
+    (access,) = [record for record in records if record["event"] == "access"]
+    assert error["path"] == access["path"] == logged_path(path)
+    assert len(error["path"]) < LOGGED_PATH_CHARS + 40
 
 
 # --- the real stack -------------------------------------------------------------------------

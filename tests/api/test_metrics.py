@@ -173,7 +173,9 @@ async def test_requests_answered_before_routing_keep_their_route_template(
     assert delta(handler="none") == 0
 
 
-async def test_in_progress_gauge_counts_requests_being_served() -> None:
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+async def test_in_progress_gauge_counts_requests_being_served(method: str) -> None:
+    """QA: a HEAD, which the app serves as the GET it asks about, was in progress as a GET."""
     entered, gate = asyncio.Event(), asyncio.Event()
 
     class GatedStore(ScriptedStore):
@@ -187,15 +189,17 @@ async def test_in_progress_gauge_counts_requests_being_served() -> None:
 
     store = GatedStore(STATS)
     async with in_process(app_with(store)) as client:
-        slow = asyncio.create_task(client.get("/api/v1/ready"))
+        slow = asyncio.create_task(client.request(method, "/api/v1/ready"))
         await asyncio.wait_for(entered.wait(), 5)
         during = (await client.get("/metrics")).text
         gate.set()
         assert (await slow).status_code == 200
         after = (await client.get("/metrics")).text
-    labels = {"handler": "/api/v1/ready", "method": "GET"}
+    labels = {"handler": "/api/v1/ready", "method": method}
     assert value(during, "http_requests_inprogress", **labels) == 1
     assert value(after, "http_requests_inprogress", **labels) == 0
+    other = "GET" if method == "HEAD" else "HEAD"
+    assert value(during, "http_requests_inprogress", handler="/api/v1/ready", method=other) == 0
 
 
 @pytest.mark.parametrize(

@@ -59,3 +59,22 @@ def test_a_line_that_cannot_be_written_is_dropped_not_raised(
     for _ in range(3):
         log.warning("final_snapshot_written", bytes=123)  # no exception
     log.error("store_stopped")
+
+
+def test_a_path_that_is_not_utf8_is_logged_escaped_not_raised(
+    monkeypatch: pytest.MonkeyPatch, restore_structlog: None
+) -> None:
+    """QA: a data directory named with bytes that are not UTF-8 (Python decodes them to lone
+    surrogates, which orjson refuses) made the store's first log line raise: it never started."""
+    read, write = os.pipe()
+    out = os.fdopen(write, "w")
+    monkeypatch.setattr(logs.sys, "stdout", out)
+    logs.configure_logging("INFO")
+    path = os.fsdecode(b"/tmp/data\xff")
+    structlog.get_logger("t").info("store_loaded", data_dir=path, rows=3)
+    out.close()
+    line = os.read(read, 65536)
+    os.close(read)
+    record = json.loads(line)
+    assert record["data_dir"] == path and record["rows"] == 3
+    assert line.isascii() and line.endswith(b"\n") and line.count(b"\n") == 1

@@ -4,6 +4,7 @@ latency percentiles and slow commands, and the audit log and schemas surviving a
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -181,3 +182,12 @@ async def test_hello_uptime_counts_from_when_the_store_listens(server) -> None:
     assert 0 <= server.server_info()["uptime_s"] < 60
     server.started_at -= 1000  # as if loading had taken 1000 s before it listened
     assert 0 <= server.server_info()["uptime_s"] < 60
+
+
+async def test_stats_uptime_does_not_follow_the_wall_clock_back(server, monkeypatch) -> None:
+    """QA: computed from time.time(), an NTP step back by an hour read as a restart to an alert
+    on memdb_store_uptime_seconds going down."""
+    before = server.server_stats()["uptime_s"]
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() - 3600)
+    assert server.server_stats()["uptime_s"] >= before
