@@ -47,9 +47,12 @@ class SnapshotInfo(BaseModel):
     finished_at: float
 
 
-async def snapshot_rows(store: StoreDep) -> int:
-    """Rows in every table: the size a snapshot has to write."""
+async def snapshot_rows(store: StoreDep) -> int | None:
+    """Rows in every table: the size a snapshot has to write; None when the store keeps no
+    data directory (it refuses a snapshot at once: no job is started to fail with that)."""
     stats = await store.call("stats", {})
+    if not stats.get("persistence", {}).get("enabled"):
+        return None
     return sum(int(table.get("rows", 0)) for table in stats.get("tables", {}).values())
 
 
@@ -68,14 +71,14 @@ async def create_snapshot(
 ) -> Response:
     """Write the whole store to its data directory and answer once it is on disk, with the
     file's path and size: copy that file (and any newer `log-*.aof`) to back up. 400 when the
-    store runs without `STORE_DATA_DIR`. With `?async=true` (or past `JOB_ASYNC_ROWS` rows in
-    all): 202 and a job (`Location: /api/v1/jobs/{id}`) whose result is this same answer."""
-    if run_async is not False:
-        rows = await snapshot_rows(store) if run_async is None else 0
-        if run_as_job(run_async, rows, settings.job_async_rows):
-            job = await job_or_now(jobs, run_async, "snapshot", str(caller.id), {})
-            if job is not None:
-                return job
+    store runs without `STORE_DATA_DIR`, at once, `?async=true` too. With `?async=true` (or past
+    `JOB_ASYNC_ROWS` rows in all): 202 and a job (`Location: /api/v1/jobs/{id}`) whose result
+    is this same answer."""
+    rows = await snapshot_rows(store) if run_async is not False else None
+    if rows is not None and run_as_job(run_async, rows, settings.job_async_rows):
+        job = await job_or_now(jobs, run_async, "snapshot", str(caller.id), {})
+        if job is not None:
+            return job
     info = await store.call("snapshot", {}, timeout=settings.snapshot_timeout)
     body = {"status": "success", "data": info}
     return json_response(body, headers={"Cache-Control": PROBE_CACHE_CONTROL})

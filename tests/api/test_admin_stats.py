@@ -63,3 +63,16 @@ def test_stats_are_admin_only(anon: httpx.Client) -> None:
     user = register(anon)
     assert_error(anon.get(STATS, headers=user.headers), 403, "FORBIDDEN")
     assert_error(anon.get(STATS), 401)
+
+
+@pytest.mark.parametrize("asked", [None, "true", "false"])
+def test_a_snapshot_without_a_data_directory_is_refused_at_once(
+    client: httpx.Client, asked: str | None
+) -> None:
+    """QA: with ``?async=true`` the refusal came as a 202 and a job bound to fail with it."""
+    jobs_before = client.get("/api/v1/jobs").json()["meta"]["total"]
+    params = {} if asked is None else {"async": asked}
+    response = client.post("/api/v1/admin/snapshot", params=params)
+    assert_error(response, 400, "BAD_REQUEST")
+    assert "STORE_DATA_DIR" in response.json()["error"]["message"]
+    assert client.get("/api/v1/jobs").json()["meta"]["total"] == jobs_before
