@@ -170,9 +170,10 @@ def write_access_line(fds: list[int], logger_name: str, event: str, fields: dict
             data = data[os.write(fd, data) :]
 
 
-LOGGED_AT_START = ("api.main.StoreRefusedSetup: ",)
-"""Exceptions that end a worker's start after their own line (``store_setup_refused``): the
-lifespan's traceback, which uvicorn logs as text, would add only noise to a known refusal."""
+LOGGED_AT_START = ("api.main.StoreRefusedSetup: ", "api.store.StoreNotReady: ")
+"""Exceptions that end a worker's start after their own line (``store_setup_refused``,
+``worker_store_not_ready``): the lifespan's traceback, which uvicorn logs as text, would add
+only noise to a known refusal."""
 
 
 class DropLoggedErrors(logging.Filter):

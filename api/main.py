@@ -46,7 +46,7 @@ from api.services.dumps import close_open_scans
 from api.services.schema import SCHEMAS, ensure_schema
 from api.settings import START_REFUSAL_FILE_ENV, Settings, get_settings
 from api.solver import plan_dependencies
-from api.store import connect_store
+from api.store import START, StoreNotReady, connect_store
 from storeserver.client import Caller
 from storeserver.errors import LimitExceeded, MemoryLimit, SetupRefused, StoreError
 
@@ -207,6 +207,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
     except StoreRefusedSetup as exc:
         record_start_refusal(str(exc))
+        raise
+    except StoreNotReady as exc:
+        # Away (restarting, still loading), not refusing a setting: in gunicorn, this worker
+        # exits 1 rather than as a failed boot (deploy/gunicorn.conf.py, ``worker_exit``).
+        START.store_not_ready = True
+        log.error(
+            "worker_store_not_ready",
+            store_socket=settings.store_socket,
+            wait_seconds=settings.store_wait_seconds,
+            error=str(exc.__cause__ or exc),
+        )
         raise
     starting = False
     try:

@@ -56,6 +56,19 @@ class BookkeepingStore:
             current_actor.reset(names)
 
 
+class StoreNotReady(StoreUnavailable):
+    """The store did not answer ready within the wait (``connect_store``)."""
+
+
+class Start:
+    """How this process's start went, for the gunicorn hooks that run after it."""
+
+    store_not_ready = False  # the store did not answer ready within STORE_WAIT_SECONDS
+
+
+START = Start()
+
+
 async def connect_store(
     address: str,
     call_timeout: float,
@@ -69,7 +82,7 @@ async def connect_store(
     ``on_connect`` runs on every (re)connection before any request may use it; ``secret`` is
     the store's shared secret (``STORE_SECRET``), sent in every handshake; ``long_timeout``
     is the wait for the writes the store may run in chunks (``client.CHUNKED_WRITES``).
-    Raises ``StoreUnavailable`` when the store is still unreachable or not ready at the deadline.
+    Raises ``StoreNotReady`` when the store is still unreachable or not ready at the deadline.
     """
     from storeserver.client import StoreClient
 
@@ -98,7 +111,7 @@ async def connect_store(
             raise
         if time.monotonic() >= deadline:
             await client.close()
-            raise StoreUnavailable(f"store at {address} not ready after {wait_seconds:g}s") from (
+            raise StoreNotReady(f"store at {address} not ready after {wait_seconds:g}s") from (
                 last_error
             )
         await asyncio.sleep(0.2)

@@ -29,6 +29,7 @@ from api.connections import HeaderDeadlineProtocol
 from api.logs import configure_logging, logging_config
 from api.ratelimit import trusted_peers
 from api.settings import get_settings
+from api.store import START as app_start
 from api.store import wait_for_store
 from storeserver.errors import StoreError
 from storeserver.parentdeath import end_with_parent
@@ -294,6 +295,22 @@ def post_worker_init(worker: Any) -> None:
     """
     collector.tune()
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+
+
+WORKER_RETRY_EXIT = 1
+"""A worker's exit code when the store was not ready within STORE_WAIT_SECONDS: the master
+starts another in its place (on 3, gunicorn's boot error, it would stop altogether)."""
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    """In the worker, as it ends. One whose store did not come within STORE_WAIT_SECONDS ends
+    with WORKER_RETRY_EXIT instead of gunicorn's boot error: on that the master halts, and the
+    workers already serving go down with it (QA: a worker replaced during a store outage
+    longer than the wait took the whole API down, /health included). The store is away, not
+    misconfigured: the master starts another worker, which waits again, while the others serve
+    (503 without the store, /health 200). A store refusing a setting still fails the boot."""
+    if app_start.store_not_ready:
+        os._exit(WORKER_RETRY_EXIT)
 
 
 def child_exit(server: Any, worker: Any) -> None:
