@@ -49,6 +49,7 @@ import structlog
 from .clientconnection import READ_COMMANDS, ClientConnection
 from .errors import (
     BadRequest,
+    LimitExceeded,
     OutcomeUnknown,
     ProtocolError,
     RecordTooLarge,
@@ -56,7 +57,15 @@ from .errors import (
     StoreError,
     StoreUnavailable,
 )
-from .protocol import MAX_FRAME_SIZE, PROTOCOL_VERSION, Hello, encode, encode_request
+from .protocol import (
+    MAX_FRAME_SIZE,
+    MAX_REQUEST_ENTRIES,
+    PROTOCOL_VERSION,
+    Hello,
+    encode,
+    encode_request,
+    unpack_counted,
+)
 from .socketchecks import watch_peer
 
 log = structlog.get_logger("storeserver.client")
@@ -152,6 +161,22 @@ def parse_address(address: str) -> tuple[str, Any]:
     if not host or not port.isdigit():
         raise ValueError(f"not a store address: {address!r}")
     return "tcp", (host.strip("[]"), int(port))
+
+
+def check_entries(frame: bytes) -> None:
+    """Refuse a request the store would refuse by closing the connection: more entries (maps,
+    lists and values; ``protocol.MAX_REQUEST_ENTRIES``) than it decodes. Closed, the connection
+    would take every other call in flight on it along (QA: one 5 MB JSON record of 2.5 million
+    numbers failed 15 of 200 other users' writes). Counted like the store does, only for the
+    frames large enough to hold that many."""
+    try:
+        unpack_counted(memoryview(frame)[4:], MAX_REQUEST_ENTRIES)
+    except ProtocolError as exc:
+        raise LimitExceeded(
+            f"the request holds more than {MAX_REQUEST_ENTRIES} values, maps and lists"
+            " together: send less at once",
+            {"max_entries": MAX_REQUEST_ENTRIES},
+        ) from exc
 
 
 class StoreClient:
@@ -294,6 +319,8 @@ class StoreClient:
                 " encoded: send less at once",
                 {"size": len(frame) - 4, "max_frame_bytes": self._send_limit},
             )
+        if len(frame) - 4 > MAX_REQUEST_ENTRIES // 2:
+            check_entries(frame)
         fut = conn.send(rid, frame, command, self.timeout if timeout is None else timeout)
         try:
             return await fut

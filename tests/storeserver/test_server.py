@@ -18,6 +18,7 @@ from storeserver.client import StoreClient
 from storeserver.errors import (
     BadRequest,
     Conflict,
+    LimitExceeded,
     MemoryLimit,
     NotFound,
     StoreUnavailable,
@@ -26,6 +27,7 @@ from storeserver.errors import (
 from storeserver.memory import MemoryGauge
 from storeserver.protocol import (
     HANDSHAKE_FRAME_SIZE,
+    MAX_REQUEST_ENTRIES,
     PROTOCOL_VERSION,
     Error,
     FrameDecoder,
@@ -398,3 +400,18 @@ async def test_over_the_memory_limit_internal_records_may_still_change(server, c
         await client.call("patch", {"table": "m", "id": rec["id"], "changes": {"a": 2}})
     with pytest.raises(MemoryLimit):
         await client.call("update_where", {"table": "m", "where": None, "changes": {"a": 2}})
+
+
+async def test_a_request_of_too_many_values_is_refused_alone(server, client: StoreClient) -> None:
+    """QA: a record of 2.5 million numbers (a 5 MB JSON body) passed the frame size but not the
+    store's count of entries, which closes the connection: every call in flight on it failed."""
+    await client.call("create_table", {"table": "t"})
+    connections = set(server.connections)
+    huge = {"table": "t", "record": {"a": [0] * (MAX_REQUEST_ENTRIES + 1)}}
+    with pytest.raises(LimitExceeded) as refused:
+        await client.call("insert", huge)
+    assert refused.value.details == {"max_entries": MAX_REQUEST_ENTRIES}
+    await client.call("kv_set", {"key": "k", "value": "v"})
+    assert await client.call("kv_get", {"key": "k"}) == "v"
+    assert server.connections == connections  # the same one: it was not closed
+    assert (await client.call("count", {"table": "t"})) == 0
