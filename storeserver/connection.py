@@ -31,6 +31,8 @@ can cause at will (``client_dropped``, ``client_refused``) are throttled to ``WA
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import resource
 import time
 from typing import TYPE_CHECKING, Any, cast
 
@@ -57,6 +59,30 @@ MAX_CLIENTS = 4096
 UNIX_RESERVED = 256
 """Of ``MAX_CLIENTS``, those TCP peers never take: the API workers on the Unix socket still
 connect while the network holds every other slot."""
+FD_RESERVE = 32
+"""Open files the store keeps besides its clients': its log and snapshot files, the listeners,
+the socket and data directory locks, stdout, the event loop's own."""
+
+
+def open_file_clients() -> int:
+    """How many clients the limit on open files leaves room for, ``FD_RESERVE`` kept. The soft
+    limit is raised first, up to the hard one, as far as ``MAX_CLIENTS`` needs: a shell's or
+    supervisord's default of 1,024 let clients take the files the store needs for itself (QA:
+    its next log could not be opened, and every write was refused, while clients past the limit
+    were reset without the ``STORE_BUSY`` frame)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = MAX_CLIENTS + FD_RESERVE
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(hard, wanted)
+        if target > soft:
+            with contextlib.suppress(ValueError, OSError):
+                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+                soft = target
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CLIENTS
+    return max(1, soft - FD_RESERVE)
+
+
 PEER_IDLE_S = 30
 """A TCP peer silent this long is probed; one that answers no probe, or leaves data
 unacknowledged for ``PEER_UNACKED_S``, is dropped by the kernel (``watch_peer``)."""
@@ -174,12 +200,13 @@ class StoreConnection(asyncio.Protocol):
         if isinstance(peername, tuple):  # (host, port, ...) over TCP; a str or None on Unix
             self._address = str(peername[0])
         server = self.server
-        if len(server.connections) >= MAX_CLIENTS:
-            self._refuse(StoreBusy("too many clients", {"max": MAX_CLIENTS}))
+        most = min(MAX_CLIENTS, server.open_file_clients)
+        if len(server.connections) >= most:
+            self._refuse(StoreBusy("too many clients", {"max": most}))
             return
         if self._address is not None:
-            if server.network_clients >= MAX_CLIENTS - UNIX_RESERVED:
-                limit = MAX_CLIENTS - UNIX_RESERVED
+            limit = most - min(UNIX_RESERVED, most // 2)
+            if server.network_clients >= limit:
                 self._refuse(StoreBusy("too many clients over TCP", {"max": limit}))
                 return
             server.network_clients += 1

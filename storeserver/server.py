@@ -29,7 +29,7 @@ from . import __version__
 from .arguments import check_keys
 from .builds import Job
 from .collector import Freezer
-from .connection import StoreConnection
+from .connection import FD_RESERVE, MAX_CLIENTS, StoreConnection, open_file_clients
 from .durability import Durability
 from .engine import Engine
 from .errors import (
@@ -145,6 +145,7 @@ class StoreServer:
         self.scheduler = JobScheduler(self)  # long commands in progress, and waiting
         self.connections: set[StoreConnection] = set()
         self.network_clients = 0  # of them, over TCP (``connection.UNIX_RESERVED``)
+        self.open_file_clients = open_file_clients()  # at most, with the files the store needs
         self.ready = False
         # Uptime counts on the monotonic clock: the wall clock stepped back by NTP would look
         # like a restart to an alert on memdb_store_uptime_seconds (QA).
@@ -205,6 +206,13 @@ class StoreServer:
         self.ready = True
         self.listening_since = time.monotonic()
         log.info("store_listening", socket=str(path), tcp=self.settings.tcp, version=__version__)
+        if self.open_file_clients < MAX_CLIENTS:
+            log.warning(
+                "open_file_limit",
+                message=f"the limit on open files leaves room for {self.open_file_clients}"
+                f" clients, not {MAX_CLIENTS}: raise it (ulimit -n) to {MAX_CLIENTS + FD_RESERVE}",
+                clients=self.open_file_clients,
+            )
 
     def _housekeep(self, loop: asyncio.AbstractEventLoop) -> None:
         """Free scan cursors left unread past ``STORE_SCAN_IDLE`` now, not at the next scan:

@@ -314,6 +314,41 @@ async def test_a_client_past_max_clients_is_told_why(server, client, monkeypatch
     assert (await client.call("ping"))["pong"]
 
 
+async def test_clients_are_refused_before_they_take_the_stores_own_open_files(server, client):
+    """QA: under an open-file limit of 64, clients took every file: the store's next log could
+    not be opened (every write refused) and clients past it were reset without a word."""
+    server.open_file_clients = 1  # what open_file_clients() found room for
+    data = await raw_exchange(str(server.settings.socket), b"")
+    (error,) = FrameDecoder().feed(data)
+    assert error == Error(0, "STORE_BUSY", "too many clients", {"max": 1})
+    assert (await client.call("ping"))["pong"]
+
+
+@pytest.mark.parametrize(
+    ("limits", "raised_to", "clients"),
+    [
+        ((1024, 1024), None, 1024 - connection_module.FD_RESERVE),
+        ((1024, 4096), (4096, 4096), 4096 - connection_module.FD_RESERVE),
+        ((1024, 1_048_576), (4096 + connection_module.FD_RESERVE, 1_048_576), 4096),
+        ((1_048_576, 1_048_576), None, 1_048_576 - connection_module.FD_RESERVE),
+        ((40, 40), None, 8),
+        ((20, 20), None, 1),
+    ],
+)
+def test_the_open_file_limit_is_raised_as_far_as_clients_need(
+    monkeypatch: pytest.MonkeyPatch,
+    limits: tuple[int, int],
+    raised_to: tuple[int, int] | None,
+    clients: int,
+) -> None:
+    raised: list[tuple[int, int]] = []
+    resource = connection_module.resource
+    monkeypatch.setattr(resource, "getrlimit", lambda which: limits)
+    monkeypatch.setattr(resource, "setrlimit", lambda which, value: raised.append(value))
+    assert connection_module.open_file_clients() == clients
+    assert raised == ([] if raised_to is None else [raised_to])
+
+
 # -- contract -------------------------------------------------------------------------------
 
 
