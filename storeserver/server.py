@@ -37,6 +37,7 @@ from .errors import (
     InternalError,
     LimitExceeded,
     MemoryLimit,
+    StoreBusy,
     StoreError,
     StoreUnavailable,
 )
@@ -67,6 +68,8 @@ log = structlog.get_logger("storeserver")
 _NO_ARGS: frozenset[str] = frozenset()
 
 SLOW_KEPT = 20
+SNAPSHOT_WAITERS = 64
+"""Snapshot replies one connection may be owed at once; more are refused ``STORE_BUSY``."""
 HOUSEKEEPING_S = 5.0  # at most this between sweeps of idle scan cursors
 # The engine's commands and the ones the server answers itself; any other name is "unknown".
 _KNOWN_COMMANDS = Engine.COMMANDS | {"ping", "snapshot", "cancel"}
@@ -548,6 +551,13 @@ class StoreServer:
             check_keys(request.args, _NO_ARGS)
             if self.durability is None:
                 raise BadRequest("persistence is off: start the store with STORE_DATA_DIR", {})
+            if conn.awaited >= SNAPSHOT_WAITERS:
+                # Each waits outside the connection's flow control until the snapshot is on
+                # disk (QA: a client pipelining snapshots without reading grew the store by
+                # 225 bytes a request for as long as one ran).
+                raise StoreBusy(
+                    "too many snapshots awaited on this connection", {"max": SNAPSHOT_WAITERS}
+                )
         except StoreError as exc:
             return self.encode_error(request_id, exc)
         finally:  # the time to start it: the snapshot itself runs in a child process

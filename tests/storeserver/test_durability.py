@@ -451,3 +451,26 @@ def test_an_entry_of_changes_packed_one_by_one_is_the_same_bytes(count: int) -> 
     changes = [("put", "t", {"id": f"r{n}", "n": n}) for n in range(count)]
     packed = [pack_value(change) for change in changes]
     assert logfile.encode_packed(packed) == logfile.encode_entry(changes)
+
+
+async def test_a_connection_is_owed_a_bounded_number_of_snapshot_replies(persistent):
+    """QA: snapshot requests wait outside the connection's flow control until the snapshot is
+    on disk; a client pipelining them without reading grew the store by 225 bytes each."""
+    from storeserver.server import SNAPSHOT_WAITERS
+
+    _, conn = persistent
+    transport = conn.transport
+    asked = SNAPSHOT_WAITERS + 3
+    conn.data_received(b"".join(encode_request(i, "snapshot", {}) for i in range(1, asked + 1)))
+
+    def replies() -> list[Any]:  # to the requests, not the HELLO
+        return [m for m in FrameDecoder().feed(bytes(transport.data)) if not isinstance(m, Hello)]
+
+    await wait_until(lambda: len(replies()) == asked)
+    got = replies()
+    busy = [m for m in got if isinstance(m, Error)]
+    assert [m.request_id for m in busy] == list(range(SNAPSHOT_WAITERS + 1, asked + 1))
+    assert {(m.code, m.details["max"]) for m in busy} == {("STORE_BUSY", SNAPSHOT_WAITERS)}
+    done = [m for m in got if isinstance(m, Result)]
+    assert sorted(m.request_id for m in done) == list(range(1, SNAPSHOT_WAITERS + 1))
+    assert conn.awaited == 0
