@@ -12,9 +12,9 @@ FIELD_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
 class SchemaBody(BaseModel):
     """A JSON Schema (Draft 2020-12) to attach to a generic table, or null to remove it."""
 
+    # Only ``schema`` is read: by its field name too, ``json_schema`` was taken (QA).
     model_config = ConfigDict(
         extra="forbid",
-        populate_by_name=True,
         json_schema_extra={
             "examples": [
                 {

@@ -107,6 +107,16 @@ def test_unknown_table_is_404(client: httpx.Client) -> None:
     assert_error(client.get(missing), 404)  # and neither made the table
 
 
+def test_the_schema_goes_under_schema_only(client: httpx.Client) -> None:
+    """QA: by its Python field name, ``json_schema`` was taken too, and attached."""
+    table = f"byname_{token()}"
+    create_record(client, table, x=1)
+    body = {"json_schema": {"required": ["y"]}}
+    assert_error(client.put(schema_url(table), json=body), 422)
+    assert client.get(schema_url(table)).json()["data"]["schema"] is None
+    create_record(client, table, x=2)  # no schema: nothing required
+
+
 def test_attach_then_a_rejected_write(client: httpx.Client) -> None:
     table = f"products_{token()}"
     create_record(client, table, name="pen", price=2)

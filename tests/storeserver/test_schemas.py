@@ -305,6 +305,104 @@ def test_the_budget_grows_with_the_record_and_stops_at_its_cap(
     assert "or 1,000,000 in all" in error["message"]  # the text names the real cap
 
 
+def test_false_branches_and_long_required_lists_are_counted_in_the_budget() -> None:
+    """QA: a ``false`` subschema applied no keyword, so nothing counted it, and ``anyOf`` kept
+    every failing branch's errors: three levels of 60 branches through ``$ref`` ending in
+    ``false`` held the store 2.8 s for ``{"n": 1}``. A 19,000-name ``required`` counted one
+    step per application (52 s for 500 items). Both reach the budget now."""
+    fan = 60
+    branches = TableSchema.parse(
+        {
+            "$defs": {
+                "l3": {"anyOf": [False] * fan},
+                "l2": {"anyOf": [{"$ref": "#/$defs/l3"}] * fan},
+            },
+            "properties": {"n": {"anyOf": [{"$ref": "#/$defs/l2"}] * fan}},
+        }
+    )
+    [error] = branches.errors({"n": 1})
+    assert "schema keywords per value" in error["message"]
+    names = TableSchema.parse(
+        {
+            "properties": {
+                "n": {"items": {"anyOf": [{"required": [f"f{i}" for i in range(19_000)]}, True]}}
+            }
+        }
+    )
+    assert _steps_taken(names, {"n": [{}]}) > 19_000 // schemakeywords.NAMES_PER_STEP
+    [error] = names.errors({"n": [{}] * 100})
+    assert "schema keywords per value" in error["message"]
+
+
+def test_a_keyword_quoting_a_big_value_is_charged_for_the_quote(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """QA: ``type`` failing in 100 ``anyOf`` branches under 100 more quoted a list of 10,000
+    numbers 10,000 times (6 s) in 20,000 steps. Its message's length is counted now."""
+    monkeypatch.setattr(schemas, "MAX_STEPS", 10_000)
+    schema = TableSchema.parse(
+        {
+            "$defs": {"inner": {"anyOf": [{"type": "string"}] * 20}},
+            "properties": {"n": {"anyOf": [{"$ref": "#/$defs/inner"}] * 20}},
+        }
+    )
+    [error] = schema.errors({"n": list(range(10))})
+    assert "is not valid under any of the given schemas" in error["message"]
+    [error] = schema.errors({"n": list(range(10_000))})
+    assert "schema keywords per value" in error["message"]
+
+
+def test_a_false_subschema_quotes_the_value_briefly() -> None:
+    """jsonschema's message quoted the whole value, again for each of many branches (QA: 8 s
+    for 100 branches of 100 ``false`` over a list of 10,000 numbers)."""
+    schema = TableSchema.parse(
+        {"properties": {"m": {"$ref": "#/$defs/f"}, "n": {"anyOf": [False]}}, "$defs": {"f": False}}
+    )
+    [error] = schema.errors({"m": list(range(10_000))})
+    assert error["message"] == "False schema does not allow [0, 1, 2, 3, 4, 5, ...]"
+    [error] = schema.errors({"n": list(range(10_000))})
+    assert error["message"] == "[0, 1, 2, 3, 4, 5, ...] is not valid under any of the given schemas"
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value", "message"),
+    [
+        ("oneOf", 5, None),
+        ("oneOf", 15, "15 is valid under more than one of the given schemas"),
+        ("oneOf", -1, "-1 is not valid under any of the given schemas"),
+        ("anyOf", 15, None),
+        ("anyOf", -1, "-1 is not valid under any of the given schemas"),
+    ],
+)
+def test_any_of_and_one_of_keep_their_meaning(
+    keyword: str, value: int, message: str | None
+) -> None:
+    schema = TableSchema.parse(
+        {"properties": {"n": {keyword: [{"minimum": 0, "maximum": 20}, {"minimum": 10}]}}}
+    )
+    errors = schema.errors({"n": value})
+    assert [e["message"] for e in errors] == ([] if message is None else [message])
+    assert all(e["path"] == ["n"] for e in errors)
+
+
+def test_not_and_required_keep_their_meaning() -> None:
+    never = TableSchema.parse({"properties": {"a": {"not": True}, "b": {"not": False}}})
+    assert [e["path"] for e in never.errors({"a": 1, "b": 2})] == [["a"]]
+    required = TableSchema.parse({"required": ["x", "y"], "dependentRequired": {"x": ["z"]}})
+    assert [e["message"] for e in required.errors({"x": 1})] == [
+        "'y' is a required property",
+        "'z' is a dependency of 'x'",
+    ]
+
+
+def test_unique_items_takes_a_decimal_and_a_float_of_the_same_text_as_one_number() -> None:
+    """QA: const and enum did, uniqueItems did not: [0.1 (a CSV cell), 0.1] passed as unique."""
+    schema = TableSchema.parse({"properties": {"tags": {"uniqueItems": True}}})
+    [error] = schema.errors({"tags": [Decimal("0.1"), 0.1]})
+    assert "non-unique" in error["message"]
+    assert schema.errors({"tags": [Decimal("0.1"), 0.2]}) == []
+
+
 # -- patterns -----------------------------------------------------------------------------------
 
 
