@@ -26,6 +26,7 @@ from jsonschema._utils import (
     find_evaluated_item_indexes_by_schema,
     find_evaluated_property_keys_by_schema,
 )
+from referencing.jsonschema import DRAFT202012
 
 from storeserver.query import index_key
 from storeserver.records import MAX_DECIMAL_DIGITS
@@ -349,7 +350,12 @@ def _holds(validator: Any, subschema: Any, instance: Any) -> bool:
     a branch's errors are not kept (one step for the try: a ``false`` branch has no keyword
     to count it)."""
     _charge(1)
-    return bool(validator.evolve(schema=subschema).is_valid(instance))
+    if type(subschema) is bool:
+        return subschema
+    # In the branch's own resource, as ``descend`` enters it: a ``$ref`` there is relative to
+    # the branch's ``$id``, not to the document's.
+    resolver = validator._resolver.in_subresource(DRAFT202012.create_resource(subschema))
+    return bool(validator.evolve(schema=subschema, _resolver=resolver).is_valid(instance))
 
 
 _NONE_HOLDS = "is not valid under any of the given schemas"

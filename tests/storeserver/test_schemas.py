@@ -385,6 +385,35 @@ def test_any_of_and_one_of_keep_their_meaning(
     assert all(e["path"] == ["n"] for e in errors)
 
 
+def test_a_branch_resolves_its_references_in_its_own_resource() -> None:
+    """A branch with an ``$id`` is a resource of its own: its ``#/$defs/...`` is its own."""
+    schema = TableSchema.parse(
+        {
+            "properties": {
+                "n": {
+                    "anyOf": [
+                        {
+                            "$id": "https://example.com/s",
+                            "$defs": {"a": {"type": "string"}},
+                            "$ref": "#/$defs/a",
+                        }
+                    ],
+                    "not": {
+                        "$id": "https://example.com/i",
+                        "$defs": {"a": {"type": "integer"}},
+                        "$ref": "#/$defs/a",
+                    },
+                }
+            }
+        }
+    )
+    assert schema.errors({"n": "x"}) == []
+    assert [e["message"][:40] for e in schema.errors({"n": 1})] == [
+        "1 is not valid under any of the given sc",
+        "1 should not be valid under {'$defs': {'",
+    ]
+
+
 def test_not_and_required_keep_their_meaning() -> None:
     never = TableSchema.parse({"properties": {"a": {"not": True}, "b": {"not": False}}})
     assert [e["path"] for e in never.errors({"a": 1, "b": 2})] == [["a"]]
