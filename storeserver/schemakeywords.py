@@ -367,9 +367,7 @@ def _any_of(validator: Any, any_of: Any, instance: Any, schema: Any) -> Iterator
     550 MB for a record ``{"n": 1}``, an ``anyOf`` of a 19,000-name ``required`` 52 s for 500
     items (QA). Here a branch stops at its first violation and is then forgotten."""
     if not any(_holds(validator, subschema, instance) for subschema in any_of):
-        yield ValidationError(
-            f"{_BRIEF.repr(instance)} is not valid under any of the given schemas"
-        )
+        yield ValidationError(f"{_BRIEF.repr(instance)} {_NONE_HOLDS}")
 
 
 def _one_of(validator: Any, one_of: Any, instance: Any, schema: Any) -> Iterator[Any]:
@@ -384,9 +382,7 @@ def _one_of(validator: Any, one_of: Any, instance: Any, schema: Any) -> Iterator
                 )
                 return
     if not held:
-        yield ValidationError(
-            f"{_BRIEF.repr(instance)} is not valid under any of the given schemas"
-        )
+        yield ValidationError(f"{_BRIEF.repr(instance)} {_NONE_HOLDS}")
 
 
 def _not(validator: Any, not_schema: Any, instance: Any, schema: Any) -> Iterator[Any]:
