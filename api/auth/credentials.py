@@ -139,14 +139,38 @@ async def count_login_attempt(
     """Count one password guess against the client's address (an IPv6 client's /64), then,
     if the client may still guess, against the username: a client past its own limit must
     not go on spending the username's (one client could then lock the account again)."""
-    own = await limiter.hit(store, limiter.client_key(client))
+    return await count_guess(
+        store, limiter, limiter.client_key(client), limiter.key("user", name_tag)
+    )
+
+
+async def count_password_check(
+    store: Store, limiter: RateLimiter, session_id: str, user_id: str
+) -> LoginAttempt:
+    """Count one ``current_password`` check as a login is counted: against the session that
+    sends it, then against the account. QA: counted against the account alone, a stolen
+    session's ten wrong guesses a minute kept the owner from changing the password, the one
+    way to end the thief's session."""
+    return await count_guess(
+        store,
+        limiter,
+        limiter.key("password-session", session_id),
+        limiter.key("password", user_id),
+    )
+
+
+async def count_guess(
+    store: Store, limiter: RateLimiter, own_key: str, account_key: str
+) -> LoginAttempt:
+    """One password guess: against ``own_key`` (the guesser's) at AUTH_RATE_LIMIT, then, while
+    that allows it, against ``account_key`` at ``USERNAME_LIMIT_FACTOR`` times as many."""
+    own = await limiter.hit(store, own_key)
     if own is not None and not own.allowed:
         return LoginAttempt(own)
-    key = limiter.key("user", name_tag)
     limit = min(limiter.amount * USERNAME_LIMIT_FACTOR, MAX_RATE_NUMBER)
-    username = await limiter.hit(store, key, limit)
+    username = await limiter.hit(store, account_key, limit)
     counted = username is not None and username.allowed
-    return LoginAttempt(own, username, key if counted else None)
+    return LoginAttempt(own, username, account_key if counted else None)
 
 
 async def refund_username_attempt(store: Store, attempt: LoginAttempt) -> None:

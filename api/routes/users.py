@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Body, Query, Request, Response
 from pydantic import PlainValidator
 
+from api.auth.credentials import LoginAttempt, count_password_check, refund_username_attempt
 from api.auth.principals import Principal
 from api.conditions import WRITE_PRECONDITIONS
 from api.deps import (
@@ -34,7 +35,7 @@ from api.responses import (
     read_preconditions,
     record_response,
 )
-from api.routes.auth import limit_attempt
+from api.routes.auth import limit_attempt, login_limiter, too_many_attempts
 from api.schemas.envelope import (
     CREATED,
     NOT_MODIFIED,
@@ -225,14 +226,21 @@ async def update_user(
     stays one (409 `LAST_ADMIN`). A new password or role ends all of that user's sessions.
     """
     payload = _without_own_role(await _validated_update(store, user_id, sent), caller)
-    current_password = await _check_sensitive_changes(request, store, caller, user_id, payload)
+    checked = await _check_sensitive_changes(request, store, caller, user_id, payload)
     accepted = await accepted_versions(store, user_service.TABLE, user_id, conditions)
-    if current_password is None:
+    if checked is None:
         user = await user_service.update_user(store, user_id, payload, accepted)
-    else:
+        return record_response(request, user)
+    current_password, attempt = checked
+    try:
         user = await user_service.update_own_account(
             store, user_id, payload, accepted, current_password
         )
+    except ApiError as exc:
+        if exc.code != "WRONG_PASSWORD":  # the password was right: the write failed after
+            await refund_username_attempt(store, attempt)
+        raise
+    await refund_username_attempt(store, attempt)  # the owner's own change is no guess
     return record_response(request, user)
 
 
@@ -303,12 +311,13 @@ def _without_own_role(payload: UserUpdate, caller: Principal) -> UserUpdate:
 
 async def _check_sensitive_changes(
     request: Request, store: Store, caller: CurrentUser, user_id: str, payload: UserUpdate
-) -> str | None:
+) -> tuple[str, LoginAttempt] | None:
     """403 for a role change by a user. For a change of the caller's own password or email
     (what signs in to the account: a stolen access token must not take it over), the
-    ``current_password`` that ``update_own_account`` then checks; 422 without one, 429 past
-    AUTH_RATE_LIMIT. ``None`` for any other change (an admin's to someone else's account; the
-    email sent as stored is no change, and already out of ``payload``)."""
+    ``current_password`` that ``update_own_account`` then checks, and its count (to take back
+    if it is right); 422 without one, 429 past AUTH_RATE_LIMIT for the session or five times
+    that for the account. ``None`` for any other change (an admin's to someone else's
+    account; the email sent as stored is no change, and already out of ``payload``)."""
     if "role" in payload.model_fields_set and not caller.is_admin:
         raise ApiError(403, "FORBIDDEN", "Only an admin may change a role")
     signs_in = sorted(set(user_service.SIGN_IN_FIELDS) & payload.model_fields_set)
@@ -322,7 +331,14 @@ async def _check_sensitive_changes(
             "Request validation failed",
             [{"field": "body.current_password", "message": message}],
         )
-    # A password guess, as at login: the same AUTH_RATE_LIMIT, per account (a stolen access
-    # token must not try passwords at the general rate).
-    await limit_attempt(request, store, "password", user_id, "password attempts")
-    return payload.current_password
+    # A password guess, counted as a login is (a stolen access token must not try passwords at
+    # the general rate, nor spend the account's own attempts on its owner).
+    limiter = login_limiter(request)
+    attempt = await count_password_check(store, limiter, caller.session_id or user_id, user_id)
+    refusal = attempt.refusal()
+    if refusal is not None:
+        limit, verdict = refusal
+        # The account's count refused: Retry-After alone, as at login (auth.login).
+        shown = {} if limit == "username" else verdict.headers()
+        raise too_many_attempts(verdict, "password attempts", shown)
+    return payload.current_password, attempt

@@ -200,6 +200,30 @@ def test_current_password_guesses_are_limited_like_logins(limited: Stack) -> Non
         assert http.patch(url, json={"age": 40}, headers=headers).status_code == 200
 
 
+def test_a_stolen_sessions_guesses_leave_the_owner_their_password_change(limited: Stack) -> None:
+    """QA: counted per account alone, a stolen session's wrong guesses (AUTH_RATE_LIMIT a
+    window) kept the owner from changing the password, the one way to end the thief's
+    session. The session's count comes first now, the account's allows five times as many."""
+    with as_ip(limited, "10.0.3.2") as thief:
+        user_id, email, stolen = new_account(thief)
+        url = f"/api/v1/users/{user_id}"
+        guess = {"password": "a brand new passphrase", "current_password": "guess-guess"}
+        for _ in range(3):
+            assert_error(thief.patch(url, json=guess, headers=bearer(stolen)), 403)
+        assert_limited(thief.patch(url, json=guess, headers=bearer(stolen)))
+    with as_ip(limited, "10.0.3.3") as owner:
+        pair = owner.post(
+            "/api/v1/auth/token", data={"username": email, "password": "correct horse battery"}
+        )
+        assert pair.status_code == 200, pair.text
+        mine = bearer(pair.json()["access_token"])
+        right = {"password": "a brand new passphrase", "current_password": "correct horse battery"}
+        changed = owner.patch(url, json=right, headers=mine)
+        assert changed.status_code == 200, changed.text
+        # A new password ends the user's other sessions: the stolen one with them.
+        assert_error(owner.get("/api/v1/users/me", headers=bearer(stolen)), 401)
+
+
 def test_registrations_are_limited_per_ip_like_logins_token_or_not(
     limited: Stack, admin_token: str
 ) -> None:
