@@ -195,6 +195,19 @@ def unpack_value(data: bytes | bytearray | memoryview) -> Any:
         raise ProtocolError(f"undecodable frame: {type(exc).__name__}") from exc
 
 
+def decoded_length(data: bytes, start: int) -> int | None:
+    """How many bytes the one value starting at ``start`` takes, if a whole one is there
+    (skipped, not built); ``None`` if it is cut short or malformed."""
+    unpacker = msgpack.Unpacker(raw=False, max_buffer_size=max(len(data) - start, 1))
+    unpacker.feed(memoryview(data)[start:])
+    try:
+        unpacker.skip()
+    except Exception:  # msgpack's OutOfData, and several types for bad input
+        return None
+    length: int = unpacker.tell()
+    return length
+
+
 class _EntryCount:
     """The hooks of one counted decode (``unpack_counted``): each spends from ``left`` when a
     map, list or extension value is complete, before a bigger frame builds much more."""

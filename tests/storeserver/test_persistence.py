@@ -92,6 +92,30 @@ def test_a_damaged_length_in_the_middle_refuses(tmp_path, length):
     assert path.read_bytes() == bytes(data)  # nothing truncated
 
 
+def test_a_damaged_length_on_an_entry_over_a_mib_refuses(tmp_path):
+    """QA: the entry the checksum covers was looked for in the next 1 MiB only: a bit flipped
+    in the length of a 1.6 MB entry (a batch of 1,000 records) passed for a torn tail, and the
+    whole entries after it were cut with it."""
+    path = tmp_path / "log-0000000001.aof"
+    big = [["put", "t", {"id": f"r{n}", "text": "x" * 1600}] for n in range(1000)]
+    data = bytearray(write_log(path, [ENTRIES[0], big, *ENTRIES[1:]]))
+    first = len(encode_entry(ENTRIES[0]))
+    data[first + 1] ^= 0x40  # the length's second byte: past the end of the file
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptData, match="damaged length"):
+        list(read_entries(path, allow_torn_tail=True))
+    assert path.read_bytes() == bytes(data)  # nothing truncated
+
+
+def test_a_big_entry_cut_short_is_still_a_torn_tail(tmp_path):
+    path = tmp_path / "log-0000000001.aof"
+    big = [["put", "t", {"id": f"r{n}", "text": "x" * 1600}] for n in range(1000)]
+    data = write_log(path, [*ENTRIES, big])
+    path.write_bytes(data[: len(data) - 100_000])
+    assert list(read_entries(path, allow_torn_tail=True)) == ENTRIES
+    assert path.read_bytes() == data[: len(data) - len(encode_entry(big))]
+
+
 @pytest.mark.parametrize(
     ("snapshot", "logs", "missing"),
     [(1, [2, 4], 3), (0, [2, 3], 1), (3, [5], 4)],  # (0: no snapshot, as if it was removed)
