@@ -129,8 +129,8 @@ _perf_counter = time.perf_counter
 
 
 class _HeldTurn:
-    """Where a connection's replies held for the disk go (STORE_FSYNC=always). It counts
-    them, so that replies the connection builds meanwhile are held behind them, in order."""
+    """Where a connection's replies held for the log go (``WritePath.hold``). It counts them,
+    so that replies the connection builds meanwhile are held behind them, in order."""
 
     __slots__ = ("conn",)
 
@@ -277,11 +277,22 @@ class StoreConnection(asyncio.Protocol):
         commands a turn answers, or replies held for the log's fsync). False: serve it."""
         server = self.server
         durability = server.durability
-        if command in _TURN_COMMANDS or (durability is not None and durability.holds_replies):
+        if durability is None:
+            if command in _TURN_COMMANDS:
+                return False
+            reply = server.handle_parts(rid, command, args, size, self)
+            if reply is not None and self.transport is not None:
+                self.transport.write(reply)
+            return True
+        if command in _TURN_COMMANDS or durability.holds_replies:
             return False
+        recorded = durability.recorded
         reply = server.handle_parts(rid, command, args, size, self)
         if reply is not None and self.transport is not None:
-            self.transport.write(reply)
+            if durability.recorded != recorded or self.held:
+                self.send_when_durable(durability, reply)  # a write: once it is in the log
+            else:
+                self.transport.write(reply)
         return True
 
     def _decode_more(self) -> list[Message]:
@@ -361,13 +372,9 @@ class StoreConnection(asyncio.Protocol):
                     rest = []
             break
         if replies:
-            if (
-                durability is not None
-                and durability.holds_replies
-                and (durability.recorded != recorded or self.held)
-            ):
-                # STORE_FSYNC=always: these replies acknowledge writes (or come after replies
-                # that do); send them once those are on disk.
+            if durability is not None and (durability.recorded != recorded or self.held):
+                # These replies acknowledge writes (or come after replies that do): sent once
+                # those are in the log (STORE_FSYNC=always: on disk).
                 self.send_when_durable(durability, b"".join(replies))
             elif self.transport is not None:
                 self.transport.write(b"".join(replies))
@@ -424,8 +431,8 @@ class StoreConnection(asyncio.Protocol):
                 self._finish_if_done()
 
     def send_when_durable(self, durability: Durability, data: bytes) -> None:
-        """Send ``data`` once the writes it acknowledges are on disk (STORE_FSYNC=always);
-        replies this connection builds meanwhile are held behind it, in order."""
+        """Send ``data`` once the writes it acknowledges are in the log (STORE_FSYNC=always:
+        on disk); replies this connection builds meanwhile are held behind it, in order."""
         self.held += 1
         durability.hold(_HeldTurn(self), data)
 

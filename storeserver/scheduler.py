@@ -301,12 +301,12 @@ class JobScheduler:
         return False
 
     def _deliver(self, conn: StoreConnection | None, reply: bytes, wrote: bool) -> None:
-        """Send a reply outside ``data_received``; one acknowledging a write waits for the
-        disk under STORE_FSYNC=always (``data_received`` does the same for its batch)."""
+        """Send a reply outside ``data_received``; one acknowledging a write waits for its log
+        write (STORE_FSYNC=always: the disk), as ``data_received`` does for its batch."""
         if conn is None:
             return
         durability = self.server.durability
-        if wrote and durability is not None and durability.holds_replies:
+        if wrote and durability is not None:
             conn.send_when_durable(durability, reply)  # counted: the connection waits for it
         else:
             conn.send(reply)

@@ -260,9 +260,9 @@ class StoreServer:
             # rather than left unread in the socket, whose close says nothing of it.
             await asyncio.sleep(0.01)
         durability = self.durability
-        if durability is not None and durability.holds_replies and self.connections:
-            # STORE_FSYNC=always: replies of writes already applied wait for their fsync;
-            # sent before their connections close, nothing more being run meanwhile.
+        if durability is not None and self.connections:
+            # Replies of writes already applied wait for their log write (STORE_FSYNC=always:
+            # their fsync); sent before their connections close, nothing more run meanwhile.
             await durability.settle(1.0)
         # What was not run is answered so: safe to send again once the store is back.
         stopping = StoreUnavailable("the store is stopping: not run; send it again shortly")

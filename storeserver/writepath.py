@@ -10,10 +10,15 @@ Write path: each write command's changes are queued (``record``); at the end of 
 at all; an entry is closed early once it holds ``ENTRY_CHANGES`` changes. A turn whose
 changes would encode to more than ``logfile.MAX_ENTRY`` bytes fails as a log write does.
 
-With ``always`` the replies of a turn's writes are held (``hold``) and sent once an fsync of
-the log, started after their entries were written, succeeds. After any failure (a write, an
-fsync, opening a new log) the replies held then are aborted, never sent, even if a later fsync
+The replies of a turn's writes are held (``hold``) until their entries are written: with
+``everysec`` and ``no`` they are sent right after the write (to the page cache, which outlives
+the process: QA, sent before it, a ``kill -9`` lost acknowledged writes, as Redis, which writes
+its AOF before any reply, does not); with ``always`` once an fsync of the log, started after
+their entries were written, succeeds. Under ``always``, after any failure (a write, an fsync,
+opening a new log) the replies held then are aborted, never sent, even if a later fsync
 succeeds: a reply is sent only for a write known to be on disk (``_fail``, ``_fsync_done``).
+Under ``everysec`` and ``no`` a failed write sends them: the writes are in memory, which the
+recovery snapshot saves.
 
 Fsync policies (``STORE_FSYNC``), Redis's promises: ``always``: a write's reply is sent only
 after its entry is on disk (group commit: one fsync covers every write made while the previous
@@ -111,10 +116,14 @@ class WritePath:
 
     @property
     def holds_replies(self) -> bool:
+        """Whether every reply that comes after a write's waits for the disk (``always``): a
+        connection then runs even a lone request in its turn. Otherwise a write's reply waits
+        only for the log write, at the end of the loop turn (``hold``)."""
         return self.policy == "always"
 
     def hold(self, sink: Sink, data: bytes) -> None:
-        """Keep a reply until the entries written before it are on disk (``always``)."""
+        """Keep a reply until the entries recorded before it are written (``everysec``,
+        ``no``) or on disk (``always``)."""
         self._held.append((sink, data))
 
     async def settle(self, timeout: float) -> None:
@@ -128,6 +137,9 @@ class WritePath:
             if not self._syncing:
                 if not self._write_buffer() or self.log is None:
                     return  # failed: ``_fail`` aborted the held replies
+                if not self.holds_replies:
+                    self._send_held()
+                    return
                 self._start_fsync()
             if self._loop.time() >= deadline:
                 return
@@ -168,10 +180,18 @@ class WritePath:
         self._flush_scheduled = False
         if not self._write_buffer():
             return
-        if self._held and not self._syncing:
-            self._start_fsync()
+        if self._held:
+            if not self.holds_replies:
+                self._send_held()  # written: in the page cache, past the process's end
+            elif not self._syncing:
+                self._start_fsync()
         if self._child is None and self.log is not None and self.log.size > self.rewrite_bytes:
             self.start_snapshot()
+
+    def _send_held(self) -> None:
+        batch, self._held = self._held, []
+        for sink, data in batch:
+            sink.send(data)
 
     def _start_fsync(self) -> None:
         assert self.log is not None
@@ -246,13 +266,21 @@ class WritePath:
         self._failures += 1
         if self._unsaved_from is None or since < self._unsaved_from:
             self._unsaved_from = since
-        # The replies still held are never sent: a failed write left their entries out of the
-        # log, and after a failed fsync the kernel may have dropped the dirty pages of entries
-        # written meanwhile, so a later fsync that succeeds (the next rotation's) proves nothing.
+        # Under always the replies still held are never sent: a failed write left their
+        # entries out of the log, and after a failed fsync the kernel may have dropped the
+        # dirty pages of entries written meanwhile, so a later fsync that succeeds (the next
+        # rotation's) proves nothing.
         # Their clients see the connection drop; so do those of batches whose fsync is queued
         # (_fsync_done). Only a snapshot forked after this failure holds their writes for sure.
         held, self._held = self._held, []
-        _abort(held)
+        if self.holds_replies:
+            _abort(held)
+        else:
+            # everysec and no never promised the disk: their writes are in memory, which the
+            # recovery snapshot saves, as they were before replies waited for the log write.
+            # Aborted, the connection would take every other call on it along.
+            for sink, data in held:
+                sink.send(data)
         self._schedule_recovery()
 
 
