@@ -136,7 +136,7 @@ class WritePath:
         while self._held or self._syncing:
             if not self._syncing:
                 if not self._write_buffer() or self.log is None:
-                    return  # failed: ``_fail`` aborted the held replies
+                    return  # failed: ``_fail`` dealt with the held replies
                 if not self.holds_replies:
                     self._send_held()
                     return
