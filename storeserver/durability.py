@@ -227,6 +227,11 @@ class Durability(WritePath):
         if not self._write_buffer():
             self._notify(PersistenceError("cannot snapshot: the log is not writable", {}))
             return
+        if not self.holds_replies:
+            # Written: sent now, as ``_flush`` would. Left held, they would wait for the old
+            # log's fsync below, after the replies their connections build meanwhile (sent by
+            # the next ``_flush``), and be aborted if it failed (review).
+            self._send_held()
         old = self.log
         generation = old.generation
         try:

@@ -501,3 +501,31 @@ async def test_a_writes_reply_goes_out_after_its_log_entry_is_written(persistent
     assert len(replies(transport)) == before + (1 if lone else 3)
     conn.data_received(encode_request(99, "get", {"table": "t", "id": "r0"}))
     assert isinstance(answered(transport)[99], Result)  # a read is answered at once
+
+
+@pytest.mark.parametrize("old_log_fsync", ["slow", "failing"])
+async def test_a_rotation_sends_the_written_replies_in_order_and_keeps_them(
+    persistent, monkeypatch, old_log_fsync
+):
+    """Review: under everysec and no, the replies held for the loop turn's log write were
+    moved into the rotation's fsync of the old log: the connection's next reply went out
+    first, and a failing fsync aborted the connection for a write the store had applied."""
+    server, _ = persistent
+    monkeypatch.setattr(durability, "RECOVERY_DELAYS", (30.0,))
+    sync_and_close = durability._sync_and_close
+
+    def slow_or_failing(old: Any) -> None:
+        time.sleep(0.1)
+        if old_log_fsync == "failing":
+            raise OSError(errno.EIO, "Input/output error")
+        sync_and_close(old)
+
+    monkeypatch.setattr(durability, "_sync_and_close", slow_or_failing)
+    writer, transport = connect(server)
+    other, _ = connect(server)
+    writer.data_received(encode_request(2, "insert", {"table": "t", "record": {"id": "r2"}}))
+    other.data_received(encode_request(3, "snapshot", {}))  # rotates the log, same turn
+    writer.data_received(encode_request(4, "get", {"table": "t", "id": "r2"}))
+    await wait_until(lambda: len(answered(transport)) == 2)
+    assert [m.request_id for m in replies(transport) if not isinstance(m, Hello)] == [2, 4]
+    assert not transport.aborted and isinstance(answered(transport)[2], Result)
