@@ -300,10 +300,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # indexes, writes by filter, drop) before data: /data/{table}/schema is not a read of a
     # record called "schema".
     table_management = (table_schemas, table_indexes, filter_writes, tables)
-    for module in (users, orders, auth, *table_management, data, join, dump, admin, probes):
+    resources = (users, orders, auth, *table_management, data, join, dump, admin, probes)
+    for module in (*resources, job_routes, batch, transaction_routes):
         mount(app, module.router, API_PREFIX)
-    for router in (job_routes.router, batch.router, transaction_routes.router):
-        mount(app, router, API_PREFIX)
     install_openapi(app)
     install_docs(app)
     plan_dependencies(app)

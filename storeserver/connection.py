@@ -277,19 +277,12 @@ class StoreConnection(asyncio.Protocol):
         commands a turn answers, or replies held for the log's fsync). False: serve it."""
         server = self.server
         durability = server.durability
-        if durability is None:
-            if command in _TURN_COMMANDS:
-                return False
-            reply = server.handle_parts(rid, command, args, size, self)
-            if reply is not None and self.transport is not None:
-                self.transport.write(reply)
-            return True
-        if command in _TURN_COMMANDS or durability.holds_replies:
+        if command in _TURN_COMMANDS or (durability is not None and durability.holds_replies):
             return False
-        recorded = durability.recorded
+        recorded = durability.recorded if durability is not None else 0
         reply = server.handle_parts(rid, command, args, size, self)
         if reply is not None and self.transport is not None:
-            if durability.recorded != recorded or self.held:
+            if durability is not None and (durability.recorded != recorded or self.held):
                 self.send_when_durable(durability, reply)  # a write: once it is in the log
             else:
                 self.transport.write(reply)

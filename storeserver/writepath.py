@@ -190,8 +190,7 @@ class WritePath:
 
     def _send_held(self) -> None:
         batch, self._held = self._held, []
-        for sink, data in batch:
-            sink.send(data)
+        _send(batch)
 
     def _start_fsync(self) -> None:
         assert self.log is not None
@@ -228,8 +227,7 @@ class WritePath:
             # same file). Cautious after a failed write too, whose batches were written before.
             _abort(batch)
         else:
-            for sink, data in batch:
-                sink.send(data)
+            _send(batch)
         # Replies held since may be of commands whose changes are still pending (this turn's
         # ``_flush`` is queued, not run): written first, so the next fsync covers them (QA:
         # an fsync started with them in memory only acknowledged them once it ended).
@@ -279,9 +277,13 @@ class WritePath:
             # everysec and no never promised the disk: their writes are in memory, which the
             # recovery snapshot saves, as they were before replies waited for the log write.
             # Aborted, the connection would take every other call on it along.
-            for sink, data in held:
-                sink.send(data)
+            _send(held)
         self._schedule_recovery()
+
+
+def _send(replies: list[tuple[Sink, bytes]]) -> None:
+    for sink, data in replies:
+        sink.send(data)
 
 
 def _abort(replies: list[tuple[Sink, bytes]]) -> None:

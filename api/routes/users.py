@@ -217,7 +217,8 @@ async def update_user(
     If-None-Match only at another (412).
 
     Your own password or email needs `current_password` (403 if wrong; 429 past
-    AUTH_RATE_LIMIT checks per account, as logins), and is written only if the account is
+    AUTH_RATE_LIMIT checks per session, or five times that per account, right ones not
+    counted there, as logins), and is written only if the account is
     unchanged since it was checked (409 `CONFLICT` otherwise: another change came first). The
     email sent again as stored (or normalizing to it: the domain in capitals) is no change, in
     any case: no `current_password`, not written, and not checked again (an address stored
