@@ -200,7 +200,7 @@ class TokenService:
         exp: Any = payload.get("exp")
         if typ != expected:
             raise InvalidToken(f"not an {expected} token")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:  # a list is unhashable (QA: 500)
             raise InvalidToken("unknown role")
         if not all(isinstance(v, str) and 0 < len(v) <= 128 for v in (sub, sid, jti)):
             raise InvalidToken("malformed subject, session or token id")

@@ -227,8 +227,9 @@ async def update_user(
     stays one (409 `LAST_ADMIN`). A new password or role ends all of that user's sessions.
     """
     payload = _without_own_role(await _validated_update(store, user_id, sent), caller)
-    checked = await _check_sensitive_changes(request, store, caller, user_id, payload)
+    # The preconditions first: a request they refuse is never counted as a password check.
     accepted = await accepted_versions(store, user_service.TABLE, user_id, conditions)
+    checked = await _check_sensitive_changes(request, store, caller, user_id, payload)
     if checked is None:
         user = await user_service.update_user(store, user_id, payload, accepted)
         return record_response(request, user)
@@ -237,8 +238,10 @@ async def update_user(
         user = await user_service.update_own_account(
             store, user_id, payload, accepted, current_password
         )
-    except ApiError as exc:
-        if exc.code != "WRONG_PASSWORD":  # the password was right: the write failed after
+    except Exception as exc:
+        # Anything but a wrong password (a store error too: 409 for a taken email, 412, 507)
+        # came after the password was found right, and the owner's right one is no guess.
+        if not (isinstance(exc, ApiError) and exc.code == "WRONG_PASSWORD"):
             await refund_username_attempt(store, attempt)
         raise
     await refund_username_attempt(store, attempt)  # the owner's own change is no guess

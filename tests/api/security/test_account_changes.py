@@ -8,15 +8,17 @@ and names with controls or invisible characters are refused with a 422 at the fi
 
 from __future__ import annotations
 
+import secrets
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
 from pwdlib import PasswordHash
 from pwdlib.hashers.bcrypt import BcryptHasher
 
-from tests.support.auth import Account, login, register
+from tests.support.auth import Account, bearer, login, register
 from tests.support.factories import PASSWORD, assert_error, token, user_payload
 from tests.support.stack import Stack, running_stack
 from tests.support.storedirect import store_call
@@ -177,6 +179,74 @@ def test_email_change_guesses_are_limited_like_logins(limited: Stack) -> None:
         assert (
             http.get(ME, headers=account.headers).json()["data"]["email"] == account.user["email"]
         )
+
+
+@pytest.fixture(scope="module")
+def per_address() -> Iterator[Stack]:
+    """AUTH_RATE_LIMIT 2 per session (10 per account), each login from its own address."""
+    env = {"AUTH_RATE_LIMIT": "2/minute", "TRUSTED_PROXIES": "127.0.0.1"}
+    with running_stack(workers=1, extra_env=env) as stack:
+        yield stack
+
+
+def elsewhere() -> dict[str, str]:
+    """Another client address: registrations and logins per address are limited to 2 here."""
+    octets = ".".join(str(secrets.randbelow(250)) for _ in range(3))
+    return {"X-Forwarded-For": f"10.{octets}"}
+
+
+def new_account(http: httpx.Client) -> dict[str, Any]:
+    payload = user_payload()
+    assert http.post("/api/v1/users", json=payload, headers=elsewhere()).status_code == 201
+    return payload
+
+
+def sessions_of(http: httpx.Client, email: str, count: int) -> list[dict[str, str]]:
+    """``count`` sessions of one account, each logged in from another client address."""
+    headers = []
+    for _ in range(count):
+        pair = http.post(
+            TOKEN_URL, data={"username": email, "password": PASSWORD}, headers=elsewhere()
+        )
+        assert pair.status_code == 200, pair.text
+        headers.append(bearer(pair.json()["access_token"]))
+    return headers
+
+
+def test_a_right_password_whose_write_fails_is_not_counted(per_address: Stack) -> None:
+    """QA: a right current_password whose write the store then refused (409: the email is
+    taken) stayed counted against the account: ten such tries locked its owner out of
+    password changes for the window."""
+    with httpx.Client(base_url=per_address.base_url, timeout=10.0) as http:
+        account, taken = new_account(http), new_account(http)
+        sessions = sessions_of(http, account["email"], 6)
+        for headers in sessions[:5]:
+            for _ in range(2):  # the per-session count is spent; the account's is given back
+                answer = http.patch(
+                    ME,
+                    json={"email": taken["email"], "current_password": PASSWORD},
+                    headers=headers,
+                )
+                assert_error(answer, 409, "ALREADY_EXISTS")
+        moved = new_email()
+        answer = http.patch(
+            ME, json={"email": moved, "current_password": PASSWORD}, headers=sessions[5]
+        )
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["data"]["email"] == moved
+
+
+def test_a_change_its_preconditions_refuse_is_no_password_check(per_address: Stack) -> None:
+    """QA: a change refused by If-None-Match (412, the password never checked) was counted."""
+    with httpx.Client(base_url=per_address.base_url, timeout=10.0) as http:
+        account = new_account(http)
+        (headers,) = sessions_of(http, account["email"], 1)
+        change = {"email": new_email(), "current_password": PASSWORD}
+        for _ in range(3):
+            refused = http.patch(ME, json=change, headers={**headers, "If-None-Match": "*"})
+            assert_error(refused, 412, "PRECONDITION_FAILED")
+        answer = http.patch(ME, json=change, headers=headers)
+        assert answer.status_code == 200, answer.text
 
 
 # --- one write per check --------------------------------------------------------------------

@@ -207,6 +207,9 @@ def test_token_attacks_are_all_401(anon: httpx.Client, alice: Account, secret: s
         "refresh as access": alice.refresh_token,
         "wrong issuer": forge(secret, {**good, "iss": "someone-else"}),
         "unknown role": forge(secret, {**good, "role": "root"}),
+        # QA: an unhashable role made the set lookup raise: 500
+        "role as a list": forge(secret, {**good, "role": ["admin"]}),
+        "role as an object": forge(secret, {**good, "role": {"admin": 1}}),
         "iat in the future": forge(secret, {**good, "iat": time.time() + 3600}),
         "truncated": alice.access_token[:-5],
         "garbage": "not.a.token",
@@ -220,6 +223,11 @@ def test_token_attacks_are_all_401(anon: httpx.Client, alice: Account, secret: s
         assert_invalid_token(response)
     # Control: the same secret and claims, honestly signed, are accepted.
     assert anon.get(ME, headers=bearer(forge(secret, good))).status_code == 200
+    refresh = claims_of(alice.refresh_token)
+    for role in (["user"], {"user": 1}):
+        forged = forge(secret, {**refresh, "role": role})
+        answer = anon.post("/api/v1/auth/refresh", json={"refresh_token": forged})
+        assert_error(answer, 401, "INVALID_TOKEN")
 
 
 @pytest.mark.parametrize(
