@@ -249,6 +249,8 @@ def copy_fields(into: dict[str, Any], record: dict[str, Any]) -> None:
     budget = None
     if len(record) >= MAX_VALUES:
         ValueBudget(MAX_VALUES, len(record) + 1).exceeded()
+    if _shared is not None:  # a batch's records count together, flat ones too (QA)
+        budget = _budget(len(record) + 1)
     for k, v in record.items():
         if type(k) is not str:
             raise BadRequest("record keys must be strings", {"reason": "value"})
