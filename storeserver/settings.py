@@ -59,7 +59,7 @@ class StoreSettings(BaseSettings):
     # Default and ceiling of max_rows for update_where / delete_where.
     max_bulk_rows: int = Field(default=10_000, ge=1, le=10_000_000)
     # Audit log bounds: entries kept, and their age in seconds (0 = no age bound).
-    audit_max_entries: int = Field(default=100_000, ge=1, le=10_000_000)  # ~250 bytes each
+    audit_max_entries: int = Field(default=100_000, ge=1, le=10_000_000)  # ~450 bytes each (README)
     audit_max_age: float = Field(default=30 * DAY, ge=0, le=10 * 365 * DAY)
     # Seconds a scan cursor may go unread before it is freed (a slow client of a streamed
     # export pauses the worker's reads: past this its download is cut off). While it lasts

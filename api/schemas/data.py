@@ -12,7 +12,9 @@ class DataBody(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [{"data": {"name": "blue widget", "stock": 12}}]},
+        json_schema_extra={
+            "examples": [{"data": {"name": "blue widget", "stock": 12, "price": 9.5}}]
+        },
     )
 
     data: dict[str, Any] = Field(
@@ -31,6 +33,7 @@ class DataRecord(BaseModel):
                     "id": "7f9c2e4a-1b3d-4c5e-8f60-718293a4b5c6",
                     "name": "blue widget",
                     "stock": 12,
+                    "price": 9.5,
                     "created_at": "2024-05-01T12:00:00.000000Z",
                     "updated_at": "2024-05-01T12:00:00.000000Z",
                     "version": 1,

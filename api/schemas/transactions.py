@@ -141,8 +141,13 @@ class DataCreateBody(BaseModel):
         extra="forbid",
         json_schema_extra={
             "examples": [
-                {"data": {"name": "blue widget", "stock": 12}},
-                {"data": [{"id": "sku-1", "stock": 3}, {"id": "sku-2", "stock": 5}]},
+                {"data": {"name": "blue widget", "stock": 12, "price": 9.5}},
+                {
+                    "data": [
+                        {"id": "sku-1", "stock": 3, "price": 4},
+                        {"id": "sku-2", "stock": 5, "price": 6},
+                    ]
+                },
             ]
         },
     )
