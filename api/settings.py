@@ -185,6 +185,8 @@ class Settings(BaseSettings):
     # under `make run`), else the system temp dir. Every worker must see the same directory.
     job_result_dir: str = ""
     job_max_concurrent: Annotated[int, Field(ge=1, le=64)] = 2
+    # Jobs a worker holds at once, queued or running; past it a new one is 503 JOBS_BUSY.
+    job_max_queued: Annotated[int, Field(ge=1, le=10_000)] = 32
     job_heartbeat_seconds: Annotated[float, Field(gt=0, le=HOUR)] = 2.0
     job_stale_seconds: Annotated[float, Field(gt=0, le=DAY)] = 15.0
     # Past this many rows (table or whole store) exports/snapshots/by-filter run as jobs.

@@ -1,7 +1,8 @@
 """The per-worker job runner, started in the lifespan.
 
 A job runs in the worker that accepted it, as an asyncio task, at most
-``JOB_MAX_CONCURRENT`` at a time per worker (the others wait ``queued``). Job functions work in
+``JOB_MAX_CONCURRENT`` at a time per worker (the others wait ``queued``; a worker holds at most
+``JOB_MAX_QUEUED`` in all, past which a new one is 503 ``JOBS_BUSY``). Job functions work in
 chunks and call ``ctx.checkpoint()`` between them: that reports progress, yields the event
 loop, and raises ``JobCancelled`` once a cancel was requested. One background task per worker
 beats the heart of its own jobs and, every few beats, sweeps the whole ``_jobs`` table for
@@ -55,6 +56,7 @@ KINDS: dict[str, JobFunc] = {}
 # api.routes.filter_writes) is one atomic store command: cancelling its wait could leave a job
 # "cancelled" whose write the store had applied. ``job_kind(stoppable=False)`` adds more.
 UNSTOPPABLE: set[str] = {"update_where", "delete_where"}
+JOBS_BUSY_RETRY_AFTER = 5  # seconds: jobs run for seconds at least
 WORKER_STOPPED = {"code": "WORKER_STOPPED", "message": "the worker shut down during the job"}
 RESULT_DIR_MODE = 0o700
 RESULT_FILE_MODE = 0o600
@@ -225,6 +227,16 @@ class JobRunner:
         func = func or KINDS.get(kind)
         if func is None:
             raise ValueError(f"unknown job kind {kind!r}")
+        if len(self._tasks) >= self.settings.job_max_queued:
+            # QA: each queued import holds its body (up to 1 MiB in memory): 132 of them took
+            # a worker from 85 to 213 MiB, and nothing bounded their number.
+            raise ApiError(
+                503,
+                "JOBS_BUSY",
+                f"this worker holds {len(self._tasks)} jobs, queued or running"
+                f" (JOB_MAX_QUEUED); retry once some have finished",
+                headers={"Retry-After": str(JOBS_BUSY_RETRY_AFTER)},
+            )
         job = await self.jobs.create(kind, owner_id, params, self.worker, owner_role)
         task = asyncio.create_task(self._run(job["id"], func, params), name=f"job-{job['id']}")
         self._tasks[job["id"]] = task

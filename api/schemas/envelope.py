@@ -99,7 +99,8 @@ _DESCRIPTIONS = {
     503: "Store unavailable (`STORE_UNAVAILABLE`), busy with long queries or downloads"
     " (`STORE_BUSY`), or unable to write its data directory (`PERSISTENCE_ERROR`: disk full);"
     " with Retry-After. `OUTCOME_UNKNOWN` (no Retry-After): the store was lost after a write"
-    " was sent, which may have been applied; read before sending it again",
+    " was sent, which may have been applied; read before sending it again. `JOBS_BUSY` (a"
+    " route that starts a job): the worker holds JOB_MAX_QUEUED jobs already",
     504: "Store timeout (on a write: it may still have been applied)",
     507: "Store memory limit reached; reads keep working",
 }

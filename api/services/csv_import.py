@@ -33,7 +33,7 @@ import asyncio
 import itertools
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from api.errors import CONFLICT_CODES, ApiError
 from api.services.csv_import_batches import BatchLimits, ChunkWriter
@@ -54,6 +54,7 @@ from storeserver.errors import StoreError
 IMPORT_PATH = "/api/v1/batch/import"
 CHUNK_ROWS = 500
 ATOMIC_MAX_ROWS = 1000  # the store's maximum batch size
+T = TypeVar("T")
 Pause = Callable[[], Awaitable[None]]
 """Awaited after every ``CHUNK_ROWS`` lines read (rows, valid or not, and blank lines): lets
 the loop run (a job reports progress and stops there when cancelled)."""
@@ -64,16 +65,17 @@ async def _let_others_run() -> None:
 
 
 async def _paced(
-    rows: Rows, between_chunks: Pause, report: ImportReport
-) -> AsyncGenerator[tuple[int, list[str]]]:
-    """The rows (number, cells) of ``rows``, counted in ``report``: blank lines skipped, the
-    first malformed one ending them (``report.stop``). Read ``CHUNK_ROWS`` steps at a time in
-    a thread, with ``between_chunks`` awaited between them. QA: a quoted cell of 3.5 million
-    line breaks (7 MB) is one step, one call into the csv module: read on the loop, it held
-    the worker 3.2 s, and a job reading one stopped beating and was declared lost while alive
-    (its rows never written)."""
+    rows: Rows, between_chunks: Pause, report: ImportReport, read: Callable[[list[str], int], T]
+) -> AsyncGenerator[tuple[int, T]]:
+    """The rows of ``rows`` as ``read`` makes them (number, ``read(cells, number)``), counted
+    in ``report``: blank lines skipped, the first malformed one ending them (``report.stop``).
+    Read and made ``CHUNK_ROWS`` lines at a time in a thread, with ``between_chunks`` awaited
+    between them. QA: a quoted cell of 3.5 million line breaks (7 MB) is one step, one call
+    into the csv module: read on the loop, it held the worker 3.2 s, and a job reading one
+    stopped beating and was declared lost while alive (its rows never written). The same for
+    one cell of 25 million JSON values (50 MB): 14.6 s to decode and check, on the loop."""
     first = True
-    while batch := await asyncio.to_thread(list, itertools.islice(rows, CHUNK_ROWS)):
+    while batch := await asyncio.to_thread(_read_lines, rows, read):
         if not first:
             # QA: counted in rows only, 7 MiB of blank lines held the worker 3.8 s, and a job
             # over 40 MiB of them stopped beating: declared lost, its rows never imported.
@@ -87,6 +89,22 @@ async def _paced(
                 return
             report.rows += 1
             yield number, row
+
+
+def _read_lines(
+    rows: Rows, read: Callable[[list[str], int], T]
+) -> list[tuple[int, T | RowError | None]]:
+    """The next ``CHUNK_ROWS`` lines of ``rows``, each row made by ``read``; up to the first
+    malformed one."""
+    lines: list[tuple[int, T | RowError | None]] = []
+    for number, row in itertools.islice(rows, CHUNK_ROWS):
+        if row is None or isinstance(row, RowError):
+            lines.append((number, row))
+            if row is not None:
+                break
+        else:
+            lines.append((number, read(row, number)))
+    return lines
 
 
 async def import_csv(
@@ -130,9 +148,8 @@ async def _import_chunked(
     chunk: list[tuple[int, Record]] = []
     chunk_bytes = 0
     try:
-        async with aclosing(_paced(rows, between_chunks, report)) as read:
-            async for number, row in read:
-                record, size, errors = limits.read(reader, row, number)
+        async with aclosing(_paced(rows, between_chunks, report, limits.reader(reader))) as read:
+            async for number, (record, size, errors) in read:
                 if record is None:
                     report.failed += 1
                     report.add(errors)
@@ -163,13 +180,12 @@ async def _import_atomic(
     numbers: list[int] = []
     ops: list[dict[str, Any]] = []
     batch_bytes = 0
-    async with aclosing(_paced(rows, between_chunks, report)) as read:
-        async for number, row in read:
+    async with aclosing(_paced(rows, between_chunks, report, limits.reader(reader))) as read:
+        async for number, (record, size, errors) in read:
             if report.rows > ATOMIC_MAX_ROWS:
                 raise atomic_too_big(
                     f"at most {ATOMIC_MAX_ROWS} rows", f"more than {ATOMIC_MAX_ROWS} rows"
                 )
-            record, size, errors = limits.read(reader, row, number)
             if record is None:
                 report.failed += 1
                 report.add(errors)

@@ -18,6 +18,7 @@ import pytest
 import structlog.testing
 
 from api.auth import sessions
+from api.errors import ApiError
 from api.jobs import runner as runner_module
 from api.jobs.model import SCHEMA, TABLE, now_stamp
 from api.jobs.runner import JobContext, JobRunner
@@ -160,6 +161,31 @@ async def test_a_queued_job_waits_for_the_store_and_then_runs(
         store.outage(0.3)  # before the task claims it (it has not run yet)
         done = await wait_until_finished(runner, job["id"])
         assert done["state"] == "succeeded" and done["result"] == {"ran": True}
+    finally:
+        await runner.stop()
+
+
+async def test_a_worker_holds_at_most_job_max_queued_jobs(store: EngineStore, tmp_path: Path):
+    """QA: nothing bounded the queue, and each queued import holds its body in memory."""
+    release = asyncio.Event()
+
+    async def wait(ctx: JobContext) -> dict[str, Any]:
+        await release.wait()
+        return {}
+
+    settings = Settings(job_result_dir=str(tmp_path), job_max_concurrent=1, job_max_queued=2)
+    runner = JobRunner(store, settings)
+    try:
+        held = [await runner.submit("test", "owner", {}, wait) for _ in range(2)]
+        with pytest.raises(ApiError) as refused:
+            await runner.submit("test", "owner", {}, wait)
+        assert (refused.value.status_code, refused.value.code) == (503, "JOBS_BUSY")
+        assert refused.value.headers == {"Retry-After": "5"}
+        assert await store.call("count", {"table": TABLE}) == 2  # no record of the refused one
+        release.set()
+        for job in held:
+            assert (await wait_until_finished(runner, job["id"]))["state"] == "succeeded"
+        await runner.submit("test", "owner", {}, wait)  # room again
     finally:
         await runner.stop()
 
