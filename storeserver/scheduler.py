@@ -50,9 +50,11 @@ to 8 bytes per row of its table plus its matches: about 64-128 MB for eight over
 table. More at once would not finish sooner (one thread steps them all)."""
 WAITING_SCANS = 1024
 """Such commands waiting for a turn past ``SCAN_JOBS``; past this the store answers
-``STORE_BUSY`` (the API: 503 with Retry-After). Those of clients not reading their replies
-(``admit_waiting``) do not count: they cannot start, and a few such clients held every place
-(review); each connection has at most ``WAITING_PER_CONNECTION`` waiting."""
+``STORE_BUSY`` (the API: 503 with Retry-After) to a connection that has
+``WAITING_PER_CONNECTION`` waiting already, and to any once twice as many wait. Those of
+clients not reading their replies (``admit_waiting``) do not count: they cannot start, and a
+few such clients held every place (review). QA: one connection that reads its replies took
+all 1,024 places, and every other connection's long read was ``STORE_BUSY``."""
 WAITING_PER_CONNECTION = 128
 _SCANS = (ChunkedRead, BulkWrite)
 _CANCEL_ARGS = frozenset({"request"})
@@ -130,7 +132,7 @@ class JobScheduler:
             job.abort()  # drops its candidate list; run again when a turn frees
             if len(self.waiting) >= WAITING_SCANS and (
                 sum(1 for w in self.waiting if w.conn is conn) >= WAITING_PER_CONNECTION
-                or sum(1 for w in self.waiting if not _stalled(w.conn)) >= WAITING_SCANS
+                or sum(1 for w in self.waiting if not _stalled(w.conn)) >= 2 * WAITING_SCANS
             ):
                 raise StoreBusy(
                     "the store is busy with long commands; retry shortly", {"max": WAITING_SCANS}

@@ -441,6 +441,7 @@ async def test_past_the_waiting_cap_long_reads_are_refused_busy_and_the_client_r
     sock_dir, monkeypatch
 ) -> None:
     monkeypatch.setattr(scheduler_module, "WAITING_SCANS", 2)
+    monkeypatch.setattr(scheduler_module, "WAITING_PER_CONNECTION", 1)
     server, held = await _serving_held_reads(sock_dir, monkeypatch, 1)
     client = StoreClient(f"unix:{server.settings.socket}", timeout=5.0)
     try:
@@ -454,12 +455,16 @@ async def test_past_the_waiting_cap_long_reads_are_refused_busy_and_the_client_r
             assert reply.code == "STORE_BUSY"
             assert reply.details == {"max": 2}
         assert server.jobs == 1 and len(server.waiting) == 2
+        # Another connection still gets one place, then is refused as the first was.
+        waiting = asyncio.create_task(client.call("find", {"table": "t", "n": 8}))
+        await wait_until(lambda: len(server.waiting) == 3)
         with pytest.raises(StoreBusy):  # not retried: that would add to the queue
             await client.call("find", {"table": "t", "n": 9})
-        assert held.executed == 6
+        assert held.executed == 7
         assert await client.call("ping") == {"pong": True, "ready": True, "version": __version__}
         held.release = True
         assert sorted(await _replies(reader, 3)) == [1, 2, 3]
+        assert (await waiting)["total"] == 8
         writer.close()
     finally:
         held.release = True
@@ -667,6 +672,34 @@ async def test_clients_that_do_not_read_do_not_take_the_waiting_places_of_those_
         held.release = True
         await wait_until(lambda: sent_ids(reading.transport) == [6, 7])
         assert [w.request.request_id for w in server.waiting] == [2, 3, 4, 5]
+    finally:
+        held.release = True
+        await server.shutdown()
+
+
+async def test_one_reading_connection_does_not_take_every_waiting_place(
+    sock_dir, monkeypatch
+) -> None:
+    """QA: a connection that reads its replies pipelined 1,100 long reads and held all 1,024
+    waiting places; another connection's one long read was STORE_BUSY. Once the places are
+    full, the connection with ``WAITING_PER_CONNECTION`` waiting is refused, not the others."""
+    server, held = await _serving_held_reads(sock_dir, monkeypatch, 1)
+    monkeypatch.setattr(scheduler_module, "WAITING_SCANS", 4)
+    monkeypatch.setattr(scheduler_module, "WAITING_PER_CONNECTION", 2)
+    busy, other = _connection(server), _connection(server)
+    try:
+        for rid in range(1, 6):  # 1 runs, 2-5 wait: every place taken, by one connection
+            assert server.handle(_find(rid), busy) is None
+        refused = FrameDecoder().feed(server.handle(_find(6), busy))
+        assert refused[0].code == "STORE_BUSY"
+        assert server.handle(_find(7), other) is None  # waits all the same
+        assert server.handle(_find(8), other) is None
+        refused = FrameDecoder().feed(server.handle(_find(9), other))  # its own 2 now
+        assert refused[0].code == "STORE_BUSY"
+        assert [w.request.request_id for w in server.waiting] == [2, 3, 4, 5, 7, 8]
+        held.release = True
+        # Turns go first to the connection with the fewest running: the other one's.
+        await wait_until(lambda: sent_ids(other.transport) == [7, 8])
     finally:
         held.release = True
         await server.shutdown()
