@@ -138,6 +138,9 @@ class Durability(WritePath):
         # below holds everything they waited for.
         self._deferred.clear()
         self._executor.shutdown(wait=True)
+        failed = self._unseen_failure()
+        if failed is not None:
+            self._fail(f"fsync failed: {failed}", since=self._synced)
         assert self.log is not None
         generation = self.log.generation
         try:

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
@@ -81,9 +81,13 @@ class WritePath:
         self._flush_scheduled = False
         self._dirty = False  # written since the last fsync
         self._held: list[tuple[Sink, bytes]] = []
-        self._syncing = False
+        # Syncs of held replies in flight: a log rotation queues the old log's beside the live
+        # one's (QA: a flag, cleared by the first to end, let ``settle`` return at once).
+        self._syncing = 0
         self._background_sync = False  # everysec: an fsync of its own is under way
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="store-fsync")
+        # Every sync on the thread whose outcome the loop has not taken yet (``close``).
+        self._unseen: set[Future[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._everysec: asyncio.TimerHandle | None = None
 
@@ -123,7 +127,16 @@ class WritePath:
 
     def hold(self, sink: Sink, data: bytes) -> None:
         """Keep a reply until the entries recorded before it are written (``everysec``,
-        ``no``) or on disk (``always``)."""
+        ``no``) or on disk (``always``).
+
+        Under ``always``, one held once a failure was found is aborted at once, as ``_fail``
+        aborts those held then: its write was recorded before the failure (writes are refused
+        after it), in the same loop turn. QA: a snapshot pipelined after an insert wrote the
+        log mid-turn and failed; the insert's reply, held after that, went out once a later
+        fsync succeeded, though its entry was never written."""
+        if self.error is not None and self.holds_replies:
+            sink.abort()
+            return
         self._held.append((sink, data))
 
     async def settle(self, timeout: float) -> None:
@@ -199,11 +212,10 @@ class WritePath:
 
     def _sync_held(self, sync: Callable[[], None]) -> None:
         """Run ``sync`` on the fsync thread; the replies held so far are sent once it succeeds."""
-        assert self._loop is not None
         batch, self._held = self._held, []
         failures, written = self._failures, self._written
-        self._syncing = True
-        future = self._loop.run_in_executor(self._executor, sync)
+        self._syncing += 1
+        future = self._run_sync(sync)
         future.add_done_callback(lambda f: self._fsync_done(f, batch, failures, written))
 
     def _fsync_done(
@@ -213,7 +225,7 @@ class WritePath:
         failures: int,
         written: int,
     ) -> None:
-        self._syncing = False
+        self._syncing -= 1
         exc = future.exception()
         if exc is not None:
             # Not durable, so not acknowledged: the clients see the connection drop.
@@ -243,10 +255,30 @@ class WritePath:
             self._dirty = False
             self._background_sync = True
             written = self._written
-            self._loop.run_in_executor(self._executor, self.log.fsync).add_done_callback(
+            self._run_sync(self.log.fsync).add_done_callback(
                 lambda f: self._check_background_fsync(f, written)
             )
         self._everysec = self._loop.call_later(1.0, self._every_second)
+
+    def _run_sync(self, sync: Callable[[], None]) -> asyncio.Future[None]:
+        """``sync`` on the fsync thread; the loop learns its outcome from the future's
+        callbacks, or ``close`` from ``_unseen_failure`` if the loop never ran them."""
+        assert self._loop is not None
+        done = self._executor.submit(sync)
+        self._unseen.add(done)
+        future = asyncio.wrap_future(done, loop=self._loop)
+        future.add_done_callback(lambda _: self._unseen.discard(done))  # before the others
+        return future
+
+    def _unseen_failure(self) -> BaseException | None:
+        """Once the fsync thread has stopped: a failure of a sync whose callbacks never ran.
+        QA: a stop while a background fsync failed fsynced the log again, which Linux then
+        reports as a success, and counted no write as unsaved."""
+        unseen, self._unseen = self._unseen, set()
+        for done in unseen:
+            if done.done() and done.exception() is not None:
+                return done.exception()
+        return None
 
     def _check_background_fsync(self, future: asyncio.Future[None], written: int) -> None:
         self._background_sync = False

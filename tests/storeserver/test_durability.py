@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from storeserver import connection, durability, logfile, snapshots, writepath
+from storeserver import connection, durability, finalsnapshot, logfile, snapshots, writepath
 from storeserver.connection import StoreConnection
 from storeserver.datadir import DataDir
 from storeserver.engine import Engine
@@ -529,3 +529,87 @@ async def test_a_rotation_sends_the_written_replies_in_order_and_keeps_them(
     await wait_until(lambda: len(answered(transport)) == 2)
     assert [m.request_id for m in replies(transport) if not isinstance(m, Hello)] == [2, 4]
     assert not transport.aborted and isinstance(answered(transport)[2], Result)
+
+
+async def test_a_write_pipelined_before_a_failing_snapshot_is_never_acknowledged(
+    always, monkeypatch
+):
+    """QA: under always, an insert and a snapshot read in one turn: the snapshot wrote the log
+    mid-turn and the write failed, and the insert's reply, held after that, was sent once a
+    later fsync succeeded, though its entry never reached the log."""
+    dur = always.durability
+    conn, transport = connect(always)
+    conn.data_received(insert(1, "r0"))
+    await wait_until(lambda: acknowledged(transport) == {1})
+    monkeypatch.setattr(dur.log, "write", disk_full)
+    conn.data_received(insert(2, "r1") + encode_request(3, "snapshot", {}))
+    await wait_until(lambda: 3 in answered(transport))
+    await asyncio.sleep(0.1)  # any fsync started since has ended
+    assert answered(transport)[3].code == "PERSISTENCE_ERROR"
+    assert acknowledged(transport) == {1} and transport.aborted
+    assert on_disk(always, ["r0", "r1"]) == ["r0", None]
+
+
+async def test_a_stop_waits_for_the_rotation_sync_of_held_replies_too(always, monkeypatch):
+    """QA: a rotation queues the old log's sync beside the live log's fsync; the first to end
+    cleared the "syncing" flag, so the stop's wait for held replies ended at once and closed
+    the connection of a write the final snapshot then kept (its client: outcome unknown)."""
+    dur = always.durability
+    first, acked_first = connect(always)
+    second, acked_second = connect(always)
+    gate, fsync = threading.Event(), dur.log.fsync
+    monkeypatch.setattr(dur.log, "fsync", lambda: (gate.wait(10), fsync()))
+    sync_and_close = durability._sync_and_close
+    monkeypatch.setattr(
+        durability, "_sync_and_close", lambda old: (time.sleep(0.3), sync_and_close(old))
+    )
+    first.data_received(insert(1, "r0"))  # written; its fsync waits for the gate
+    await asyncio.sleep(0.02)
+    second.data_received(insert(2, "r1"))  # held behind that fsync
+    await asyncio.sleep(0)  # its entry written
+    outcome: list[Any] = []
+    dur.start_snapshot(outcome.append)  # r1's reply now waits for the old log's sync
+    gate.set()
+    await wait_until(lambda: acknowledged(acked_first) == {1})
+    await dur.settle(5.0)  # what the stop does before closing connections
+    assert acknowledged(acked_second) == {2}
+    await wait_until(lambda: bool(outcome))
+
+
+async def test_a_stop_sees_a_background_fsync_that_failed_meanwhile(
+    sock_dir, tmp_path, monkeypatch
+):
+    """QA: a SIGTERM while everysec's fsync failed: the stop fsynced the log again (Linux then
+    reports success), counted no write as unsaved, and did not retry its final snapshot."""
+    monkeypatch.setattr(finalsnapshot, "STOP_RETRY_SECONDS", 0.2)
+    monkeypatch.setattr(finalsnapshot, "STOP_RETRY_INTERVAL", 0.05)
+    monkeypatch.setattr(durability, "RECOVERY_DELAYS", (30.0,))
+    settings = StoreSettings(
+        socket=sock_dir / "s.sock", data_dir=tmp_path / "data", fsync="everysec"
+    )
+    server = StoreServer(settings)
+    dur = server.durability
+    assert dur is not None
+    dur.load()
+    dur.start(asyncio.get_running_loop())
+    conn, transport = connect(server)
+    conn.data_received(insert(1, "r0"))
+    await wait_until(lambda: acknowledged(transport) == {1})
+    fsyncs: list[int] = []
+    fsync = dur.log.fsync
+
+    def failing_once() -> None:
+        fsyncs.append(1)
+        if len(fsyncs) == 1:
+            time.sleep(0.2)
+            raise OSError(errno.EIO, "Input/output error")
+        fsync()
+
+    monkeypatch.setattr(dur.log, "fsync", failing_once)
+    dur._every_second()  # the once-a-second fsync starts, and the stop comes meanwhile
+    await asyncio.sleep(0.01)
+    monkeypatch.setattr(finalsnapshot, "write_snapshot", disk_full)
+    with capture_logs() as logs, pytest.raises(finalsnapshot.WritesLost):
+        dur.close()
+    assert dur.unsaved_writes == 1
+    assert [e["event"] for e in logs][-1] == "writes_lost"
