@@ -196,6 +196,7 @@ class JobRunner:
     worker: str = field(init=False)
     _slots: asyncio.Semaphore = field(init=False)
     _tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    _submitting: int = 0  # jobs whose record is being written: they hold places too
     _contexts: dict[str, JobContext] = field(default_factory=dict)
     _beat: asyncio.Task[None] | None = None
 
@@ -227,17 +228,24 @@ class JobRunner:
         func = func or KINDS.get(kind)
         if func is None:
             raise ValueError(f"unknown job kind {kind!r}")
-        if len(self._tasks) >= self.settings.job_max_queued:
+        held = len(self._tasks) + self._submitting
+        if held >= self.settings.job_max_queued:
             # QA: each queued import holds its body (up to 1 MiB in memory): 132 of them took
             # a worker from 85 to 213 MiB, and nothing bounded their number.
             raise ApiError(
                 503,
                 "JOBS_BUSY",
-                f"this worker holds {len(self._tasks)} jobs, queued or running"
-                f" (JOB_MAX_QUEUED); retry once some have finished",
+                f"this worker holds {held} jobs, queued or running (JOB_MAX_QUEUED);"
+                " retry once some have finished",
                 headers={"Retry-After": str(JOBS_BUSY_RETRY_AFTER)},
             )
-        job = await self.jobs.create(kind, owner_id, params, self.worker, owner_role)
+        # The place is taken before the record's write: requests arriving together all got
+        # past the check while theirs were under way (QA: 10 jobs with JOB_MAX_QUEUED=1).
+        self._submitting += 1
+        try:
+            job = await self.jobs.create(kind, owner_id, params, self.worker, owner_role)
+        finally:
+            self._submitting -= 1
         task = asyncio.create_task(self._run(job["id"], func, params), name=f"job-{job['id']}")
         self._tasks[job["id"]] = task
         return job

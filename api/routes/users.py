@@ -227,13 +227,12 @@ async def update_user(
     stays one (409 `LAST_ADMIN`). A new password or role ends all of that user's sessions.
     """
     payload = _without_own_role(await _validated_update(store, user_id, sent), caller)
-    # The preconditions first: a request they refuse is never counted as a password check.
+    current_password = _sensitive_change(caller, user_id, payload)
     accepted = await accepted_versions(store, user_service.TABLE, user_id, conditions)
-    checked = await _check_sensitive_changes(request, store, caller, user_id, payload)
-    if checked is None:
+    if current_password is None:
         user = await user_service.update_user(store, user_id, payload, accepted)
         return record_response(request, user)
-    current_password, attempt = checked
+    attempt = await _count_password_check(request, store, caller, user_id)
     try:
         user = await user_service.update_own_account(
             store, user_id, payload, accepted, current_password
@@ -313,15 +312,13 @@ def _without_own_role(payload: UserUpdate, caller: Principal) -> UserUpdate:
     return kept
 
 
-async def _check_sensitive_changes(
-    request: Request, store: Store, caller: CurrentUser, user_id: str, payload: UserUpdate
-) -> tuple[str, LoginAttempt] | None:
+def _sensitive_change(caller: CurrentUser, user_id: str, payload: UserUpdate) -> str | None:
     """403 for a role change by a user. For a change of the caller's own password or email
     (what signs in to the account: a stolen access token must not take it over), the
-    ``current_password`` that ``update_own_account`` then checks, and its count (to take back
-    if it is right); 422 without one, 429 past AUTH_RATE_LIMIT for the session or five times
-    that for the account. ``None`` for any other change (an admin's to someone else's
-    account; the email sent as stored is no change, and already out of ``payload``)."""
+    ``current_password`` that ``update_own_account`` then checks (422 without one); ``None``
+    for any other change (an admin's to someone else's account; the email sent as stored is
+    no change, and already out of ``payload``). Before the preconditions: a request refused
+    whatever they say is refused so with or without them (RFC 9110 §13.2.1; QA)."""
     if "role" in payload.model_fields_set and not caller.is_admin:
         raise ApiError(403, "FORBIDDEN", "Only an admin may change a role")
     signs_in = sorted(set(user_service.SIGN_IN_FIELDS) & payload.model_fields_set)
@@ -335,6 +332,15 @@ async def _check_sensitive_changes(
             "Request validation failed",
             [{"field": "body.current_password", "message": message}],
         )
+    return payload.current_password
+
+
+async def _count_password_check(
+    request: Request, store: Store, caller: CurrentUser, user_id: str
+) -> LoginAttempt:
+    """The ``current_password`` check's count (taken back if it is right); 429 past
+    AUTH_RATE_LIMIT for the session or five times that for the account. After the
+    preconditions: a request they refuse is never counted (QA)."""
     # A password guess, counted as a login is (a stolen access token must not try passwords at
     # the general rate, nor spend the account's own attempts on its owner).
     limiter = login_limiter(request)
@@ -345,4 +351,4 @@ async def _check_sensitive_changes(
         # The account's count refused: Retry-After alone, as at login (auth.login).
         shown = {} if limit == "username" else verdict.headers()
         raise too_many_attempts(verdict, "password attempts", shown)
-    return payload.current_password, attempt
+    return attempt

@@ -185,8 +185,17 @@ async def test_a_worker_holds_at_most_job_max_queued_jobs(store: EngineStore, tm
         release.set()
         for job in held:
             assert (await wait_until_finished(runner, job["id"]))["state"] == "succeeded"
-        await runner.submit("test", "owner", {}, wait)  # room again
+        # Submitted together, the records' writes under way at once (QA: all 10 got in).
+        together = await asyncio.gather(
+            *(runner.submit("test", "owner", {}, wait) for _ in range(10)),
+            return_exceptions=True,
+        )
+        assert sum(isinstance(job, dict) for job in together) == 2
+        assert all(
+            getattr(e, "code", None) == "JOBS_BUSY" for e in together if isinstance(e, Exception)
+        )
     finally:
+        release.set()
         await runner.stop()
 
 

@@ -247,6 +247,11 @@ def test_a_change_its_preconditions_refuse_is_no_password_check(per_address: Sta
             assert_error(refused, 412, "PRECONDITION_FAILED")
         answer = http.patch(ME, json=change, headers=headers)
         assert answer.status_code == 200, answer.text
+        # Without current_password it is refused so whatever the preconditions say.
+        bare = http.patch(
+            ME, json={"email": new_email()}, headers={**headers, "If-None-Match": "*"}
+        )
+        assert_error(bare, 422, "VALIDATION_ERROR")
 
 
 # --- one write per check --------------------------------------------------------------------

@@ -191,6 +191,10 @@ def test_only_an_admin_changes_roles_and_the_change_ends_sessions(
     url = f"/api/v1/users/{world.owner.id}"
     selfish = anon.patch(url, json={"role": "admin"}, headers=world.owner.headers)
     assert_error(selfish, 403, "FORBIDDEN")
+    # The same with preconditions that would fail: refused whatever they say (QA: 412).
+    for condition in ({"If-None-Match": "*"}, {"If-Match": 'W/"99"'}):
+        headers = {**world.owner.headers, **condition}
+        assert_error(anon.patch(url, json={"role": "admin"}, headers=headers), 403, "FORBIDDEN")
     assert anon.get(url, headers=world.owner.headers).json()["data"]["role"] == "user"
     promoted = anon.patch(url, json={"role": "admin"}, headers=world.admin.headers)
     assert promoted.status_code == 200 and promoted.json()["data"]["role"] == "admin"
