@@ -139,6 +139,7 @@ class Durability(WritePath):
         self._deferred.clear()
         self._executor.shutdown(wait=True)
         failed = self._unseen_failure()
+        self._closed = True
         if failed is not None:
             self._fail(f"fsync failed: {failed}", since=self._synced)
         assert self.log is not None

@@ -88,6 +88,10 @@ class WritePath:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="store-fsync")
         # Every sync on the thread whose outcome the loop has not taken yet (``close``).
         self._unseen: set[Future[None]] = set()
+        # Closed: ``close`` took every sync's outcome, and its final snapshot holds every
+        # write; a sync's callback the loop runs afterwards has nothing left to do (QA: it
+        # failed the store again, after a stop that had saved everything).
+        self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._everysec: asyncio.TimerHandle | None = None
 
@@ -226,6 +230,8 @@ class WritePath:
         written: int,
     ) -> None:
         self._syncing -= 1
+        if self._closed:
+            return
         exc = future.exception()
         if exc is not None:
             # Not durable, so not acknowledged: the clients see the connection drop.
@@ -282,6 +288,8 @@ class WritePath:
 
     def _check_background_fsync(self, future: asyncio.Future[None], written: int) -> None:
         self._background_sync = False
+        if self._closed:
+            return
         if future.exception() is not None:
             self._fail(f"fsync failed: {future.exception()}", since=self._synced)
         else:

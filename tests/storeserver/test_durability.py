@@ -613,3 +613,34 @@ async def test_a_stop_sees_a_background_fsync_that_failed_meanwhile(
         dur.close()
     assert dur.unsaved_writes == 1
     assert [e["event"] for e in logs][-1] == "writes_lost"
+
+
+async def test_a_stop_that_saved_everything_stays_clean_after_it(sock_dir, tmp_path, monkeypatch):
+    """QA: after the stop took a failed fsync's outcome and its final snapshot saved every
+    write, the loop still ran that fsync's own callback, which failed the store again."""
+    monkeypatch.setattr(durability, "RECOVERY_DELAYS", (30.0,))
+    settings = StoreSettings(
+        socket=sock_dir / "s.sock", data_dir=tmp_path / "data", fsync="everysec"
+    )
+    server = StoreServer(settings)
+    dur = server.durability
+    assert dur is not None
+    dur.load()
+    dur.start(asyncio.get_running_loop())
+    conn, transport = connect(server)
+    conn.data_received(insert(1, "r0"))
+    await wait_until(lambda: acknowledged(transport) == {1})
+
+    def failing() -> None:
+        time.sleep(0.2)
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(dur.log, "fsync", failing)
+    dur._every_second()
+    await asyncio.sleep(0.01)
+    monkeypatch.setattr(dur.log, "fsync", lambda: None)  # the stop's own fsync
+    with capture_logs() as logs:
+        dur.close()
+        await asyncio.sleep(0.05)  # the loop goes on after the stop (asyncio.run's end)
+    assert dur.error is None and dur.unsaved_writes == 0
+    assert [e["event"] for e in logs][-1] == "snapshot_written"
