@@ -18,13 +18,19 @@ from api.services.csv_import_errors import failed_index, may_have_landed, store_
 from api.services.csv_rows import Record, RowError, RowReader
 from storeserver.errors import NotFound, ProtocolError, StoreError
 from storeserver.protocol import MAX_FRAME_SIZE, pack_value
+from storeserver.records import MAX_VALUES
 
 if TYPE_CHECKING:
     from api.services.csv_import_report import ImportReport
     from api.store import Store
 
-RowRead = tuple[Record | None, int, list[RowError]]
-"""A row read for a batch: its record (None if invalid), the bytes it adds, its errors."""
+BATCH_VALUES = MAX_VALUES
+"""Values a store batch's records may hold together (``records.one_budget``): an atomic import
+is one batch."""
+
+RowRead = tuple[Record | None, int, int, list[RowError]]
+"""A row read for a batch: its record (None if invalid), the bytes and the values it adds (the
+store's count, ``value_count``), its errors."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,19 +70,32 @@ class BatchLimits:
         take is a row error."""
         record, errors = reader.read(row, number)
         if record is None:
-            return None, 0, errors
+            return None, 0, 0, errors
         try:
             size = len(pack_value(record))
         except ProtocolError as exc:
             message = f"the row cannot be sent to the store: {exc.message}"
-            return None, 0, [RowError(number, None, message)]
+            return None, 0, 0, [RowError(number, None, message)]
         if size > self.row_bytes:
             message = (
                 f"the row is {size} bytes once encoded, more than one record may hold"
                 f" ({self.row_bytes} bytes with this store's STORE_MAX_FRAME_BYTES)"
             )
-            return None, 0, [RowError(number, None, message)]
-        return record, size + self.op_bytes, []
+            return None, 0, 0, [RowError(number, None, message)]
+        return record, size + self.op_bytes, value_count(record), []
+
+
+def value_count(record: Record) -> int:
+    """The values the store counts for ``record`` against a batch's ``BATCH_VALUES``
+    (``records.copy_fields``): its fields and itself, and each map's or list's items."""
+    count = len(record) + 1
+    nested = [v for v in record.values() if type(v) is dict or type(v) is list]
+    while nested:
+        value = nested.pop()
+        count += len(value)
+        items = value.values() if type(value) is dict else value
+        nested += [v for v in items if type(v) is dict or type(v) is list]
+    return count
 
 
 class ChunkWriter:

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from api.auth.principals import Principal
 from api.deps import get_caller, get_store
+from api.errors import ApiError
 from api.jobs.imports import import_job
 from api.jobs.model import TABLE as JOBS
 from api.jobs.model import JobCancelled
@@ -31,6 +32,7 @@ from api.main import create_app
 from api.schemas.orders import OrderCreate
 from api.services import csvio
 from api.services.csv_import import CHUNK_ROWS, import_csv
+from api.services.csv_import_batches import BatchLimits
 from api.services.csv_rows import RowReader, reader_for
 from api.settings import Settings
 from storeserver.engine import Engine
@@ -304,6 +306,45 @@ async def test_an_import_job_past_job_max_queued_is_503_jobs_busy(
     finally:
         release.set()
         await runner.stop()
+
+
+async def test_rows_of_big_records_are_read_a_few_at_a_time(store: EngineStore) -> None:
+    """Review: 500 rows were decoded in the thread before the import saw any, whatever their
+    size: rows of big records doubled its peak memory. A read stops once its records pass a
+    chunk's bytes."""
+    chunk_bytes = BatchLimits.of(store, "t").chunk_bytes  # type: ignore[arg-type]
+    cell = "x" * 400_000
+    count = 3 * chunk_bytes // len(cell)
+    body = ("n,text\n" + "".join(f"{n},{cell}\n" for n in range(count))).encode()
+    pauses = 0
+
+    async def pause() -> None:
+        nonlocal pauses
+        pauses += 1
+
+    report = await import_csv(store, "t", io.BytesIO(body), False, between_chunks=pause)  # type: ignore[arg-type]
+    assert (report["rows"], report["imported"]) == (count, count) and store.count("t") == count
+    assert count < CHUNK_ROWS and pauses >= 2
+
+
+async def test_an_atomic_import_over_a_batchs_values_is_refused_before_the_store(
+    store: EngineStore,
+) -> None:
+    """Review: an atomic import is one store batch, whose records hold at most 600,000 values
+    together; the store refused it naming a row that was fine. Refused first, by the import,
+    and the same file imports without atomic=true."""
+    cell = '"[' + ",".join(["1"] * 250_000) + ']"'
+    body = ("n,v\n" + "".join(f"{n},{cell}\n" for n in range(3))).encode()
+    with pytest.raises(ApiError) as refused:
+        await import_csv(store, "t", io.BytesIO(body), True)  # type: ignore[arg-type]
+    assert (refused.value.status_code, refused.value.code) == (400, "LIMIT_EXCEEDED")
+    assert "600000 values" in refused.value.message
+    assert refused.value.details == [
+        {"field": "atomic", "message": "rows 1 to 3 already hold 750009 values"}
+    ]
+    assert store.count("t") == 0
+    report = await import_csv(store, "t", io.BytesIO(body), False)  # type: ignore[arg-type]
+    assert (report["imported"], report["failed"]) == (3, 0) and store.count("t") == 3
 
 
 async def test_an_import_job_of_invalid_rows_reports_progress_as_it_reads(
