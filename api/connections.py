@@ -5,9 +5,10 @@ uvicorn arms its keep-alive timer only once a response is done: a connection tha
 nothing, or only part of a request's headers, is kept until the client closes it, holding a
 worker's file descriptor and buffers (a slow-headers attack, bounded only by the worker's fd
 limit). As nginx's ``client_header_timeout`` and Go's ``ReadHeaderTimeout`` do, a connection
-here has ``HEADER_TIMEOUT`` seconds (10), from opening or from the first byte of each request, to
-deliver that request's headers; past that it is closed. Between requests uvicorn's keep-alive
-timeout (gunicorn's ``keepalive``, 5 s) applies as before; a request's body is read by the
+here has ``HEADER_TIMEOUT`` seconds (10), from opening or from the first byte of each request (an
+empty line before it too), to deliver that request's headers; past that it is closed. Between
+requests uvicorn's keep-alive timeout (gunicorn's ``keepalive``, 5 s) applies as before; a
+request's body is read by the
 app, which bounds it itself (``MAX_BODY_BYTES``, and ``BODY_TIMEOUT`` between two pieces:
 ``api.hardening``).
 
@@ -635,6 +636,12 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
             # HTTP/1.1 and closes the connection (``on_headers_complete``).
             self._upgrade_asked = True
         else:
+            if not self._parsing and self._header_timer is None and self._idle():
+                # Bytes between requests that begin none: the line ends RFC 9112 §2.2 lets a
+                # server skip before a request line. They stopped uvicorn's keep-alive timer,
+                # and no head began to start ours (QA: one CRLF after an answer held the
+                # connection for good); the next request's head has HEADER_TIMEOUT from them.
+                self._arm()
             if self._in_head:
                 # The read ended inside a head. httptools keeps a header's pieces until it is
                 # whole, before ``on_header`` counts it: one endless header would grow in it.
@@ -645,6 +652,16 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
                 if self._head_read > MAX_HEAD_BYTES + READ_BYTES:
                     self._refused = head_too_large()
                     self._refuse(httptools.HttpParserError("the request head is too large"))
+
+    def _idle(self) -> bool:
+        """Nothing to answer: no request running or waiting, the connection not closing."""
+        cycle = self.cycle
+        return (
+            not self.pipeline
+            and not self._closing
+            and (cycle is None or cycle.response_complete)
+            and not self.transport.is_closing()
+        )
 
     def _version_refusal(self, reason: str, data: bytes) -> Refusal | None:
         """505 if the request line httptools stopped at names a later HTTP, else None."""
