@@ -364,15 +364,22 @@ def reset(transport: asyncio.Transport) -> None:
 
 
 class _LingeringClose:
-    """The transport as the request answered last before a close sees it: its ``close()`` is
-    the protocol's lingering close (``HeaderDeadlineProtocol._linger``)."""
+    """The transport as every request sees it: its ``close()``, which uvicorn calls after an
+    answer that ends the connection, is the protocol's lingering close (``_linger``): nothing
+    more is parsed, and what the client still sends is read and dropped. QA: a 413 (or 415,
+    401, 408) sent with ``Connection: close`` while the body was still coming was closed at
+    once, with bytes unread: the kernel reset the connection and ordinary clients
+    (``urllib``) lost the answer."""
 
     def __init__(self, protocol: HeaderDeadlineProtocol) -> None:
         self._protocol = protocol
-        self._transport = protocol.transport
+        transport = self._transport = protocol.transport
+        # What uvicorn calls on every answer, bound here rather than found by __getattr__.
+        self.write = transport.write
+        self.is_closing = transport.is_closing
 
     def close(self) -> None:
-        self._protocol._linger()
+        self._protocol._close_lingering()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
@@ -547,8 +554,10 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
             # A streamed answer's access line, still to come, says ClientDisconnected. One
             # sent in one write was logged as it was handed over (status 200, no error).
             running.scope[CLIENT_LEFT] = True  # type: ignore[literal-required]
-        # abort, not close: close would wait for the unread buffer to drain, as the app did.
-        self.transport.abort()
+        # A reset, not close (which would wait for the unread buffer to drain, as the app
+        # did) nor abort (the kernel still sends what it holds, then a FIN: QA, an HTTP/1.0
+        # download, whose end is the connection's, then looked complete to its client).
+        reset(self.transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -594,6 +603,12 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
             return
         last.keep_alive = False  # uvicorn closes the connection once its answer is out...
         last.transport = _LingeringClose(self)  # type: ignore[assignment]  # ...lingering
+
+    def _close_lingering(self) -> None:
+        """An answer that ends the connection is out: parse no more, and linger."""
+        self._closing = True
+        self._disarm()
+        self._linger()
 
     def _linger(self) -> None:
         """Send FIN once what is buffered is out, and close when the client has gone (its
@@ -671,6 +686,7 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
         self._running = cycle
+        cycle.transport = _LingeringClose(self)  # type: ignore[assignment]
         if cycle.scope["http_version"] == "1.0":
             app = close_delimited(app, cycle)
         super()._start_asgi_task(cycle, app)

@@ -70,6 +70,35 @@ def test_a_download_its_client_stopped_reading_is_ended(impatient: Stack) -> Non
         assert whole.status_code == 200 and len(whole.text.splitlines()) == 10_000
 
 
+def test_an_http10_download_cut_off_ends_with_a_reset(impatient: Stack) -> None:
+    """QA: an HTTP/1.0 body ends with its connection; cut off by SEND_TIMEOUT, the kernel
+    still sent what it held, then a FIN: to the client, a complete download. A reset says
+    otherwise (README, HTTP/1.0)."""
+    with httpx.Client(base_url=impatient.base_url, timeout=30.0) as http:
+        admin = login_admin(http)
+        rows = [{"n": n, "pad": "p" * 400} for n in range(1000)]
+        for _ in range(10):  # 4 MB: more than the socket buffers on both sides hold
+            created = http.post("/api/v1/data/big10", headers=admin.headers, json={"data": rows})
+            assert created.status_code == 201, created.text
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", impatient.port))
+        sock.sendall(
+            b"GET /api/v1/dump/big10 HTTP/1.0\r\nAccept-Encoding: identity\r\n"
+            b"Authorization: Bearer " + admin.access_token.encode() + b"\r\n\r\n"
+        )
+        assert sock.recv(1024).startswith(b"HTTP/1.1 200")  # started; now read nothing
+        time.sleep(SEND_TIMEOUT + 3)  # the condition under test (stalled past it), no timing
+        received, reset = b"", False
+        sock.settimeout(10)
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+        except ConnectionResetError:
+            reset = True
+    assert reset, f"ended by a plain close after {len(received)} bytes"
+
+
 def test_a_slow_reader_gets_its_answer_whole_and_a_stalled_one_is_logged(
     impatient: Stack,
 ) -> None:

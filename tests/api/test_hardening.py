@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import socket
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 
 import httpx
@@ -73,6 +75,24 @@ def test_refusals_before_the_body_close_the_connection(stack: Stack) -> None:
     assert _refused_and_closed(stack.port, not_json).status == 415
     headers = request("GET", "/api/v1/health", {"X-Big": "x" * (MAX_HEADER_BYTES + 1)})
     assert _refused_and_closed(stack.port, headers).status == 431
+
+
+def test_a_refusal_sent_while_the_body_comes_reaches_a_plain_client(
+    stack: Stack, admin: Account
+) -> None:
+    """QA: the 413 went out with Connection: close and the connection was closed at once, the
+    body's rest unread: the kernel reset it, and http.client (urllib) lost the answer. The
+    close lingers now: the client reads its refusal."""
+    sent = urllib.request.Request(
+        f"{stack.base_url}/api/v1/data/t",
+        data=b"a" * 8_000_000,
+        headers={**admin.headers, **JSON},
+        method="POST",
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(sent, timeout=30)
+    assert refused.value.code == 413
+    assert refused.value.headers["connection"] == "close"
 
 
 def test_a_body_counted_past_the_limit_closes_the_connection(stack: Stack, admin: Account) -> None:
