@@ -405,6 +405,7 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
     _head_tail = b""  # the end of the last read that ended inside that head (``later_version``)
     _parsing = False  # a request is being parsed: ``self.headers`` are its own (so far)
     _linger_timer: asyncio.TimerHandle | None = None
+    _half_closed = False  # the client's EOF came with requests to answer (``eof_received``)
     _linger_ends = 0.0  # loop time past which a lingering close ends whatever the client does
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -616,6 +617,9 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         transport = self.transport
         if transport.is_closing() or self._linger_timer is not None:
             return
+        if self._half_closed:
+            transport.close()  # the client sends nothing more: once what is buffered is out
+            return
         try:
             transport.write_eof()
         except (OSError, RuntimeError, NotImplementedError):
@@ -667,6 +671,17 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
                 if self._head_read > MAX_HEAD_BYTES + READ_BYTES:
                     self._refused = head_too_large()
                     self._refuse(httptools.HttpParserError("the request head is too large"))
+
+    def eof_received(self) -> bool | None:  # type: ignore[override]  # asyncio.Protocol's
+        """The client half-closed (``shutdown(SHUT_WR)``, ``nc -N``): the requests it sent
+        whole are answered, then the connection closes. QA: uvicorn closed at once, and a
+        complete POST was dropped unanswered (and unwritten). A request cut off mid-way, or
+        nothing to answer, closes at once as before."""
+        if self._parsing or self._refusal is not None or self._idle():
+            return None  # asyncio closes the transport
+        self._half_closed = True
+        self._close_after_waiting()
+        return True
 
     def _idle(self) -> bool:
         """Nothing to answer: no request running or waiting, the connection not closing."""

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import socket
 
+import httpx
 import pytest
 
 from api.connections import MAX_HEAD_BYTES
 from tests.api.test_connections import _error_lines, _log_size, assert_refused
-from tests.support.rawhttp import parse_responses, read_until_closed
+from tests.support.auth import Account
+from tests.support.factories import token
+from tests.support.rawhttp import parse_responses, read_until_closed, request
 from tests.support.stack import Stack
 
 pytestmark = pytest.mark.integration
@@ -68,3 +71,39 @@ def test_a_refusal_is_read_whole_while_the_client_sends_on(
     (response,) = parse_responses(received)
     assert_refused(response, reason, status, code)
     assert _error_lines(stack, start) == []
+
+
+def test_a_client_that_half_closes_after_whole_requests_gets_their_answers(
+    stack: Stack, admin: Account
+) -> None:
+    """QA: a client that sends its requests, then shuts its side (``nc -N``): uvicorn closed
+    at once, and a complete POST was neither answered nor written. Requests sent whole are
+    answered, then the connection closes."""
+    table = f"half_{token()}"
+    head = {**admin.headers, "Content-Type": "application/json"}
+    with socket.create_connection(("127.0.0.1", stack.port)) as sock:
+        sock.sendall(request("POST", f"/api/v1/data/{table}", head, b'{"data": {"id": "a"}}'))
+        sock.sendall(request("GET", "/api/v1/health") * 4)
+        sock.shutdown(socket.SHUT_WR)
+        received, closed = read_until_closed(sock)
+    assert closed
+    assert [r.status for r in parse_responses(received)] == [201, 200, 200, 200, 200]
+    with socket.create_connection(("127.0.0.1", stack.port)) as sock:
+        sock.sendall(request("GET", f"/api/v1/data/{table}/a", admin.headers))
+        sock.shutdown(socket.SHUT_WR)
+        received, closed = read_until_closed(sock)
+    assert closed and [r.status for r in parse_responses(received)] == [200]
+
+
+def test_a_client_that_half_closes_mid_request_is_gone(stack: Stack, admin: Account) -> None:
+    """A request cut off by the client's EOF (20 of its 100 bytes) is a disconnect, as
+    before: nothing written."""
+    table = f"half_{token()}"
+    head = {**admin.headers, "Content-Type": "application/json", "Content-Length": "100"}
+    with socket.create_connection(("127.0.0.1", stack.port)) as sock:
+        sock.sendall(request("POST", f"/api/v1/data/{table}", head, b'{"data": {"id": "a"}'))
+        sock.shutdown(socket.SHUT_WR)
+        received, closed = read_until_closed(sock)
+    assert closed and received == b""
+    with httpx.Client(base_url=stack.base_url) as http:
+        assert http.get(f"/api/v1/data/{table}/a", headers=admin.headers).status_code == 404
