@@ -8,20 +8,18 @@ app that answers with the scope it was given.
 
 from __future__ import annotations
 
-import asyncio
 import socket
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import orjson
 import pytest
-import uvicorn
 
 from api.connections import HeaderDeadlineProtocol, Refusal, target_host
 from tests.api.test_connections import _send, assert_refused
+from tests.support.inprocessserver import serving
 from tests.support.rawhttp import RawResponse, parse_responses, read_until_closed
-from tests.support.stack import Stack, free_port
+from tests.support.stack import Stack
 
 
 async def scope_echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -44,30 +42,8 @@ async def scope_echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 @pytest.fixture(scope="module")
 def echo_port() -> Iterator[int]:
-    port = free_port()
-    config = uvicorn.Config(
-        scope_echo,
-        host="127.0.0.1",
-        port=port,
-        http=HeaderDeadlineProtocol,
-        loop="uvloop",
-        lifespan="off",
-        log_level="warning",
-        access_log=False,
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=asyncio.run, args=(server.serve(),), daemon=True)
-    thread.start()
-    try:
-        for _ in range(500):  # a failure bound, not a timing check
-            if server.started:
-                break
-            threading.Event().wait(0.01)
-        assert server.started, "the echo server did not start"
+    with serving(scope_echo, HeaderDeadlineProtocol) as port:
         yield port
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 def _scopes(port: int, data: bytes) -> list[dict[str, Any]]:

@@ -8,18 +8,15 @@ for good (QA). Run in an in-process uvicorn server with a short HEADER_TIMEOUT.
 
 from __future__ import annotations
 
-import asyncio
 import socket
-import threading
 from collections.abc import Iterator
 
 import pytest
-import uvicorn
 
 from api.connections import HeaderDeadlineProtocol
 from tests.api.test_connections_absolute import scope_echo
+from tests.support.inprocessserver import serving
 from tests.support.rawhttp import parse_responses, read_until_closed
-from tests.support.stack import free_port
 
 
 class QuickHeaders(HeaderDeadlineProtocol):
@@ -28,31 +25,9 @@ class QuickHeaders(HeaderDeadlineProtocol):
 
 @pytest.fixture(scope="module")
 def port() -> Iterator[int]:
-    port = free_port()
-    config = uvicorn.Config(
-        scope_echo,
-        host="127.0.0.1",
-        port=port,
-        http=QuickHeaders,
-        loop="uvloop",
-        lifespan="off",
-        log_level="warning",
-        access_log=False,
-        timeout_keep_alive=60,  # far past the header deadline: only that one can close
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=asyncio.run, args=(server.serve(),), daemon=True)
-    thread.start()
-    try:
-        for _ in range(500):  # a failure bound, not a timing check
-            if server.started:
-                break
-            threading.Event().wait(0.01)
-        assert server.started, "the server did not start"
+    # A keep-alive far past the header deadline: only that one can close.
+    with serving(scope_echo, QuickHeaders, timeout_keep_alive=60) as port:
         yield port
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 @pytest.mark.parametrize("between", [b"\r\n", b"\n", b"\r\n\r\n"])

@@ -34,33 +34,50 @@ def in_progress(http: httpx.Client) -> float:
     return value(http.get("/metrics").text, "http_requests_inprogress", handler=DUMP)
 
 
+def big_table(http: httpx.Client, headers: dict[str, str], table: str) -> None:
+    """10,000 rows, 4 MB: more than the socket buffers on both sides hold."""
+    rows = [{"n": n, "pad": "p" * 400} for n in range(1000)]
+    for _ in range(10):
+        created = http.post(f"/api/v1/data/{table}", headers=headers, json={"data": rows})
+        assert created.status_code == 201, created.text
+
+
+def unread_dump(sock: socket.socket, port: int, token: str, table: str, version: str) -> None:
+    """Connect ``sock`` (a small receive buffer) and start a dump of ``table`` it then does
+    not read."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(
+        f"GET /api/v1/dump/{table} HTTP/{version}\r\nHost: t\r\nAccept-Encoding: identity\r\n"
+        f"Authorization: Bearer {token}\r\n\r\n".encode()
+    )
+    assert sock.recv(1024).startswith(b"HTTP/1.1 200")  # started; now read nothing
+
+
+def read_rest(sock: socket.socket) -> tuple[bytes, bool]:
+    """What the server still sends, and whether it ended with a reset."""
+    received = b""
+    sock.settimeout(10)
+    try:
+        while chunk := sock.recv(65536):
+            received += chunk
+    except ConnectionResetError:
+        return received, True
+    return received, False
+
+
 def test_a_download_its_client_stopped_reading_is_ended(impatient: Stack) -> None:
     with httpx.Client(base_url=impatient.base_url, timeout=30.0) as http:
         admin = login_admin(http)
-        rows = [{"n": n, "pad": "p" * 400} for n in range(1000)]
-        for _ in range(10):  # 4 MB: more than the socket buffers on both sides hold
-            created = http.post("/api/v1/data/big", headers=admin.headers, json={"data": rows})
-            assert created.status_code == 201, created.text
+        big_table(http, admin.headers, "big")
         with socket.socket() as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            sock.connect(("127.0.0.1", impatient.port))
-            sock.sendall(
-                b"GET /api/v1/dump/big HTTP/1.1\r\nHost: t\r\nAccept-Encoding: identity\r\n"
-                b"Authorization: Bearer " + admin.access_token.encode() + b"\r\n\r\n"
-            )
-            assert sock.recv(1024).startswith(b"HTTP/1.1 200")  # started; now read nothing
+            unread_dump(sock, impatient.port, admin.access_token, "big", "1.1")
             assert in_progress(http) == 1
             deadline = time.monotonic() + SEND_TIMEOUT + 20
             while in_progress(http) and time.monotonic() < deadline:
                 time.sleep(0.2)
             assert in_progress(http) == 0  # the request is over, though the client is there
-            received, reset = b"", False
-            sock.settimeout(10)
-            try:
-                while chunk := sock.recv(65536):
-                    received += chunk
-            except ConnectionResetError:
-                reset = True
+            received, reset = read_rest(sock)
             assert reset or not received.endswith(b"0\r\n\r\n"), "the dump went on to its end"
         # A streamed answer is logged at its end: as cut off, not as a whole 200.
         assert access_line(impatient, "/api/v1/dump/big")["error"] == "ClientDisconnected"
@@ -76,26 +93,11 @@ def test_an_http10_download_cut_off_ends_with_a_reset(impatient: Stack) -> None:
     otherwise (README, HTTP/1.0)."""
     with httpx.Client(base_url=impatient.base_url, timeout=30.0) as http:
         admin = login_admin(http)
-        rows = [{"n": n, "pad": "p" * 400} for n in range(1000)]
-        for _ in range(10):  # 4 MB: more than the socket buffers on both sides hold
-            created = http.post("/api/v1/data/big10", headers=admin.headers, json={"data": rows})
-            assert created.status_code == 201, created.text
+        big_table(http, admin.headers, "big10")
     with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.connect(("127.0.0.1", impatient.port))
-        sock.sendall(
-            b"GET /api/v1/dump/big10 HTTP/1.0\r\nAccept-Encoding: identity\r\n"
-            b"Authorization: Bearer " + admin.access_token.encode() + b"\r\n\r\n"
-        )
-        assert sock.recv(1024).startswith(b"HTTP/1.1 200")  # started; now read nothing
+        unread_dump(sock, impatient.port, admin.access_token, "big10", "1.0")
         time.sleep(SEND_TIMEOUT + 3)  # the condition under test (stalled past it), no timing
-        received, reset = b"", False
-        sock.settimeout(10)
-        try:
-            while chunk := sock.recv(65536):
-                received += chunk
-        except ConnectionResetError:
-            reset = True
+        received, reset = read_rest(sock)
     assert reset, f"ended by a plain close after {len(received)} bytes"
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -231,11 +231,21 @@ async def test_a_cell_of_many_lines_lets_others_run_while_it_is_read(
     was declared lost while alive. Read in a thread, the loop runs while the cell is read."""
     lines = 300_000
     binary = CountingLines(b'n,text\n1,"' + b"\n" * lines + b'"\n2,x\n')
+    report, seen = await import_noting(store, binary, atomic, lambda: binary.lines)
+    assert (report["rows"], report["imported"]) == (2, 2) and store.count("t") == 2
+    assert any(2 < count < lines for count in seen), sorted(seen)[:5]
+
+
+async def import_noting(
+    store: EngineStore, binary: io.BytesIO, atomic: bool, progress: Callable[[], int]
+) -> tuple[dict[str, Any], set[int]]:
+    """The import of ``binary`` into ``t``, and the values of ``progress`` another coroutine
+    saw each time it got to run meanwhile."""
     seen: set[int] = set()
 
     async def tick() -> None:
         while True:
-            seen.add(binary.lines)
+            seen.add(progress())
             await asyncio.sleep(0)
 
     ticker = asyncio.create_task(tick())
@@ -243,8 +253,7 @@ async def test_a_cell_of_many_lines_lets_others_run_while_it_is_read(
         report = await import_csv(store, "t", binary, atomic)  # type: ignore[arg-type]
     finally:
         ticker.cancel()
-    assert (report["rows"], report["imported"]) == (2, 2) and store.count("t") == 2
-    assert any(2 < count < lines for count in seen), sorted(seen)[:5]
+    return report, seen
 
 
 @pytest.mark.parametrize("atomic", [False, True])
@@ -266,18 +275,7 @@ async def test_a_cell_of_many_values_lets_others_run_while_it_is_decoded(
     monkeypatch.setattr(csvio, "_json_int", counting)
     cell = "[" + ",".join(["7"] * values) + "]"
     binary = io.BytesIO(f'n,v\n1,"{cell}"\n2,1\n'.encode())
-    seen: set[int] = set()
-
-    async def tick() -> None:
-        while True:
-            seen.add(decoded)
-            await asyncio.sleep(0)
-
-    ticker = asyncio.create_task(tick())
-    try:
-        report = await import_csv(store, "t", binary, atomic)  # type: ignore[arg-type]
-    finally:
-        ticker.cancel()
+    report, seen = await import_noting(store, binary, atomic, lambda: decoded)
     assert (report["rows"], report["imported"]) == (2, 2) and store.count("t") == 2
     assert any(0 < count < values for count in seen), sorted(seen)[:5]
 

@@ -576,13 +576,9 @@ async def test_a_stop_waits_for_the_rotation_sync_of_held_replies_too(always, mo
     await wait_until(lambda: bool(outcome))
 
 
-async def test_a_stop_sees_a_background_fsync_that_failed_meanwhile(
-    sock_dir, tmp_path, monkeypatch
-):
-    """QA: a SIGTERM while everysec's fsync failed: the stop fsynced the log again (Linux then
-    reports success), counted no write as unsaved, and did not retry its final snapshot."""
-    monkeypatch.setattr(finalsnapshot, "STOP_RETRY_SECONDS", 0.2)
-    monkeypatch.setattr(finalsnapshot, "STOP_RETRY_INTERVAL", 0.05)
+async def stopping_while_an_fsync_fails(sock_dir, tmp_path, monkeypatch) -> Any:
+    """An everysec store with one acknowledged write whose once-a-second fsync is failing
+    (after 0.2 s) as its stop begins: its ``Durability``, the stop's own fsync a success."""
     monkeypatch.setattr(durability, "RECOVERY_DELAYS", (30.0,))
     settings = StoreSettings(
         socket=sock_dir / "s.sock", data_dir=tmp_path / "data", fsync="everysec"
@@ -598,7 +594,7 @@ async def test_a_stop_sees_a_background_fsync_that_failed_meanwhile(
     fsyncs: list[int] = []
     fsync = dur.log.fsync
 
-    def failing_once() -> None:
+    def failing_once() -> None:  # Linux reports a failed fsync once: the next one succeeds
         fsyncs.append(1)
         if len(fsyncs) == 1:
             time.sleep(0.2)
@@ -608,6 +604,17 @@ async def test_a_stop_sees_a_background_fsync_that_failed_meanwhile(
     monkeypatch.setattr(dur.log, "fsync", failing_once)
     dur._every_second()  # the once-a-second fsync starts, and the stop comes meanwhile
     await asyncio.sleep(0.01)
+    return dur
+
+
+async def test_a_stop_sees_a_background_fsync_that_failed_meanwhile(
+    sock_dir, tmp_path, monkeypatch
+):
+    """QA: a SIGTERM while everysec's fsync failed: the stop fsynced the log again (Linux then
+    reports success), counted no write as unsaved, and did not retry its final snapshot."""
+    monkeypatch.setattr(finalsnapshot, "STOP_RETRY_SECONDS", 0.2)
+    monkeypatch.setattr(finalsnapshot, "STOP_RETRY_INTERVAL", 0.05)
+    dur = await stopping_while_an_fsync_fails(sock_dir, tmp_path, monkeypatch)
     monkeypatch.setattr(finalsnapshot, "write_snapshot", disk_full)
     with capture_logs() as logs, pytest.raises(finalsnapshot.WritesLost):
         dur.close()
@@ -618,27 +625,7 @@ async def test_a_stop_sees_a_background_fsync_that_failed_meanwhile(
 async def test_a_stop_that_saved_everything_stays_clean_after_it(sock_dir, tmp_path, monkeypatch):
     """QA: after the stop took a failed fsync's outcome and its final snapshot saved every
     write, the loop still ran that fsync's own callback, which failed the store again."""
-    monkeypatch.setattr(durability, "RECOVERY_DELAYS", (30.0,))
-    settings = StoreSettings(
-        socket=sock_dir / "s.sock", data_dir=tmp_path / "data", fsync="everysec"
-    )
-    server = StoreServer(settings)
-    dur = server.durability
-    assert dur is not None
-    dur.load()
-    dur.start(asyncio.get_running_loop())
-    conn, transport = connect(server)
-    conn.data_received(insert(1, "r0"))
-    await wait_until(lambda: acknowledged(transport) == {1})
-
-    def failing() -> None:
-        time.sleep(0.2)
-        raise OSError(errno.EIO, "Input/output error")
-
-    monkeypatch.setattr(dur.log, "fsync", failing)
-    dur._every_second()
-    await asyncio.sleep(0.01)
-    monkeypatch.setattr(dur.log, "fsync", lambda: None)  # the stop's own fsync
+    dur = await stopping_while_an_fsync_fails(sock_dir, tmp_path, monkeypatch)
     with capture_logs() as logs:
         dur.close()
         await asyncio.sleep(0.05)  # the loop goes on after the stop (asyncio.run's end)
