@@ -617,6 +617,7 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         transport = self.transport
         if transport.is_closing() or self._linger_timer is not None:
             return
+        self._unset_keepalive_if_required()  # only the linger's own timers end it
         if self._half_closed:
             transport.close()  # the client sends nothing more: once what is buffered is out
             return
@@ -677,6 +678,8 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         whole are answered, then the connection closes. QA: uvicorn closed at once, and a
         complete POST was dropped unanswered (and unwritten). A request cut off mid-way, or
         nothing to answer, closes at once as before."""
+        if self._linger_timer is not None:
+            return None  # lingering: the client has gone (QA: held 5 s more)
         if self._parsing or self._refusal is not None or self._idle():
             return None  # asyncio closes the transport
         self._half_closed = True
@@ -707,6 +710,14 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         super()._start_asgi_task(cycle, app)
 
     def on_response_complete(self) -> None:
+        if self._linger_timer is not None:
+            # The answer that ends the connection is out, and the close lingers: requests
+            # parsed after it are dropped unstarted (RFC 9112 §9.3.2), as uvicorn drops them
+            # once the transport is closing, and no keep-alive timer cuts the linger short.
+            # QA: a POST pipelined behind a 415 ran, its answer thrown away.
+            self.server_state.total_requests += 1
+            self.pipeline.clear()
+            return
         super().on_response_complete()  # starts the next pipelined request, if any
         if self._refusal is not None and not self.transport.is_closing() and self._answered():
             self._send_refusal()

@@ -5,7 +5,12 @@ client's kernel drops the refusal the client had not read yet (ECONNRESET, no an
 
 from __future__ import annotations
 
+import os
 import socket
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -15,7 +20,7 @@ from tests.api.test_connections import _error_lines, _log_size, assert_refused
 from tests.support.auth import Account
 from tests.support.factories import token
 from tests.support.rawhttp import parse_responses, read_until_closed, request
-from tests.support.stack import Stack
+from tests.support.stack import Stack, worker_pids
 
 pytestmark = pytest.mark.integration
 PIECE = b"x" * 2**20
@@ -107,3 +112,71 @@ def test_a_client_that_half_closes_mid_request_is_gone(stack: Stack, admin: Acco
     assert closed and received == b""
     with httpx.Client(base_url=stack.base_url) as http:
         assert http.get(f"/api/v1/data/{table}/a", headers=admin.headers).status_code == 404
+
+
+def test_a_request_pipelined_behind_a_closing_answer_is_not_run(
+    stack: Stack, admin: Account
+) -> None:
+    """Review: once every closing answer lingered, the transport no longer looked closing to
+    uvicorn, which started the POST parsed behind a 415 and threw its answer away (RFC 9112
+    §9.3.2: such a request is dropped unstarted, for the client to send again)."""
+    table = f"half_{token()}"
+    refused = request(
+        "POST", f"/api/v1/data/{table}", {**admin.headers, "Content-Type": "text/plain"}, b"x"
+    )
+    write = request(
+        "POST",
+        f"/api/v1/data/{table}",
+        {**admin.headers, "Content-Type": "application/json"},
+        b'{"data": {"n": 1}}',
+    )
+    with socket.create_connection(("127.0.0.1", stack.port)) as sock:
+        sock.sendall(refused + write)
+        received, closed = read_until_closed(sock)
+    assert closed and [r.status for r in parse_responses(received)] == [415]
+    with httpx.Client(base_url=stack.base_url) as http:
+        assert http.get(f"/api/v1/data/{table}", headers=admin.headers).status_code == 404
+
+
+def test_a_refusal_lingers_past_the_keep_alive_while_the_body_comes(
+    stack: Stack, admin: Account
+) -> None:
+    """Review: uvicorn's keep-alive timer (5 s) closed a lingering connection while the client
+    still sent its body: urllib, uploading slowly, lost the 413 after 5 s."""
+
+    def slow_body() -> Iterator[bytes]:
+        for _ in range(28):  # ~7 s at 256 KiB/s: past the 5 s keep-alive
+            yield b"x" * 65536
+            time.sleep(0.25)
+
+    sent = urllib.request.Request(
+        f"{stack.base_url}/api/v1/data/t",
+        data=slow_body(),
+        headers={
+            **admin.headers,
+            "Content-Type": "application/json",
+            "Content-Length": str(50 << 20),
+        },
+        method="POST",
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(sent, timeout=60)
+    assert refused.value.code == 413
+
+
+def test_a_closed_connection_is_let_go_when_its_client_leaves(stack: Stack) -> None:
+    """Review: a lingering connection whose client closed was held 5 s more (its EOF taken for
+    a half-close): 100 HTTP/1.0 requests held 100 worker descriptors that long."""
+
+    def descriptors() -> int:
+        return sum(len(os.listdir(f"/proc/{pid}/fd")) for pid in worker_pids(stack))
+
+    before = descriptors()
+    for _ in range(100):
+        with socket.create_connection(("127.0.0.1", stack.port)) as sock:
+            sock.sendall(b"GET /api/v1/health HTTP/1.0\r\n\r\n")
+            assert read_until_closed(sock)[1]
+    deadline = time.monotonic() + 3  # a failure bound: the linger's idle close is 5 s
+    while descriptors() - before >= 10 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert descriptors() - before < 10
