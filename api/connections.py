@@ -8,9 +8,8 @@ limit). As nginx's ``client_header_timeout`` and Go's ``ReadHeaderTimeout`` do, 
 here has ``HEADER_TIMEOUT`` seconds (10), from opening or from the first byte of each request (an
 empty line before it too), to deliver that request's headers; past that it is closed. Between
 requests uvicorn's keep-alive timeout (gunicorn's ``keepalive``, 5 s) applies as before; a
-request's body is read by the
-app, which bounds it itself (``MAX_BODY_BYTES``, and ``BODY_TIMEOUT`` between two pieces:
-``api.hardening``).
+request's body is read by the app, which bounds it itself (``MAX_BODY_BYTES``, and
+``BODY_TIMEOUT`` between two pieces: ``api.hardening``).
 
 A response whose client reads none of it for ``SEND_TIMEOUT`` seconds (60, nginx's
 ``send_timeout``: checked while the worker's write buffer is full, each period from the last
@@ -33,7 +32,10 @@ preface; ``HTTP/3.0``, ``HTTP/3``) gets 505, as an HTTP/2.0 head does; a garbage
 
 Every close while the client may still be sending lingers as nginx's does (``LINGER_*``): after a
 refusal the client's bytes past the bad head (a body, the HTTP/2 frames after the preface) are
-read and dropped, or the close would reset the connection and destroy the refusal unread.
+read and dropped, or the close would reset the connection and destroy the refusal unread; so
+after any answer that ends its connection (``_LingeringClose``), requests parsed after it
+dropped unstarted. A client that half-closes after whole requests gets their answers
+(``eof_received``).
 
 What uvicorn's httptools protocol does not do by the RFCs, done here: an HTTP/1.0 client
 gets no ``100 Continue`` and no chunked body (a body of unknown length is sent raw and ends
