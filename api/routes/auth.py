@@ -111,6 +111,16 @@ def too_many_attempts(
     )
 
 
+def refused_attempt(refusal: tuple[str, Verdict], what: str) -> ApiError:
+    """429 for a password guess a counter of ``LoginAttempt`` refused (``refusal()``): with
+    the caller's own counter's headers, or, when the account's refused, Retry-After alone. The
+    own counter may have attempts left and end at another time, and a client that follows its
+    headers would retry at once (or at its own Reset), each retry spending its own attempts;
+    the account's counter is never shown (how often others try an address)."""
+    limit, verdict = refusal
+    return too_many_attempts(verdict, what, {} if limit == "username" else None)
+
+
 async def limit_attempt(
     request: Request, store: Store, kind: str, identity: str, what: str
 ) -> None:
@@ -165,15 +175,8 @@ async def create_token(
     limit_headers = attempt.own.headers() if attempt.own else {}
     refusal = attempt.refusal()
     if refusal is not None:
-        limit, verdict = refusal
-        log.warning("login_rate_limited", client=client, limit=limit, user_tag=name_tag)
-        if limit == "username":
-            # Retry-After alone, no X-Rate-Limit-*: the caller's own counter may have attempts
-            # left and end at another time, and a client that follows those headers would
-            # retry at once (or at its own Reset), each retry spending its own attempts; the
-            # username's counter is not shown (see above).
-            limit_headers = {}
-        raise too_many_attempts(verdict, "login attempts", limit_headers)
+        log.warning("login_rate_limited", client=client, limit=refusal[0], user_tag=name_tag)
+        raise refused_attempt(refusal, "login attempts")
     # Dated before the user is read: a role or password change during the bcrypt check (a
     # third of a second) ends this session too, instead of it keeping the old role or password.
     read_at = time.time()

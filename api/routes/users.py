@@ -35,7 +35,7 @@ from api.responses import (
     read_preconditions,
     record_response,
 )
-from api.routes.auth import limit_attempt, login_limiter, too_many_attempts
+from api.routes.auth import limit_attempt, login_limiter, refused_attempt
 from api.schemas.envelope import (
     CREATED,
     NOT_MODIFIED,
@@ -347,8 +347,5 @@ async def _count_password_check(
     attempt = await count_password_check(store, limiter, caller.session_id or user_id, user_id)
     refusal = attempt.refusal()
     if refusal is not None:
-        limit, verdict = refusal
-        # The account's count refused: Retry-After alone, as at login (auth.login).
-        shown = {} if limit == "username" else verdict.headers()
-        raise too_many_attempts(verdict, "password attempts", shown)
+        raise refused_attempt(refusal, "password attempts")
     return attempt
