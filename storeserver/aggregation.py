@@ -248,7 +248,12 @@ def aggregate_steps(
     # up, after as many small groups as fit, or within a big one (no group_by: the table).
     feeding = Pace(max(1, rows_per_step // max(1, len(metrics))))
     out = []
-    for members in buckets.values():
+    # Each group's list is dropped once its row is made, not all at the end: freed together,
+    # 300,000 groups held the loop 43-47 ms (QA). The key list goes the same way.
+    keys = list(buckets)
+    for i, key in enumerate(keys):
+        members = buckets.pop(key)
+        keys[i] = None
         first = members[0] if members else {}
         row = {field: get(first) for field, get in zip(group_by, getters, strict=True)}
         accs = [_Metric(m.op, g) for m, g in zip(metrics, metric_getters, strict=True)]

@@ -68,9 +68,9 @@ class Pace:
 
     __slots__ = ("began", "most", "rows", "step_began")
 
-    def __init__(self, most: int = CHUNK) -> None:
+    def __init__(self, most: int = CHUNK, first: int = 1) -> None:
         self.most = most
-        self.rows = 1
+        self.rows = first
         self.began = 0.0
         self.step_began = time.perf_counter()
 
@@ -104,6 +104,22 @@ class Pace:
     def restart(self) -> None:
         """A step begins (after a yield)."""
         self.step_began = time.perf_counter()
+
+
+def release_steps(items: list[Any]) -> Generator[None, None, None]:
+    """Empty a long list a slice per step, from its end (where ``del`` moves nothing), sized
+    by time: a read's temporary objects freed at once held the loop (QA: the 300,000 groups of
+    an ``aggregate`` took 43-47 ms to free, 100-113 ms for 1M). A short list goes at once."""
+    if len(items) <= CHUNK:
+        items.clear()
+        return
+    pace = Pace(len(items), CHUNK)
+    while items:
+        count = pace.next_end(0, len(items))
+        del items[len(items) - count :]
+        pace.measure()
+        if items:
+            yield
 
 
 def run_steps(steps: Generator[None, None, T]) -> T:
