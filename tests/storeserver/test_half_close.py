@@ -4,14 +4,16 @@ that closes its socket does not keep its long commands running."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 
 from storeserver import connection as connection_module
+from storeserver.connection import StoreConnection
 from storeserver.protocol import PROTOCOL_VERSION, FrameDecoder, Hello, Result, encode
 from storeserver.protocol import encode_request as request
 from storeserver.server import StoreServer
 from storeserver.settings import StoreSettings
-from tests.storeserver.jobs import HeldReads, wait_until
+from tests.storeserver.jobs import HeldReads, RecordingTransport, wait_until
 from tests.support.stack import free_port
 
 HELLO = encode(Hello(PROTOCOL_VERSION, None))
@@ -117,3 +119,37 @@ async def test_a_half_closed_tcp_connection_gets_its_long_commands_reply(sock_di
             writer.close()
     finally:
         await server.shutdown()
+
+
+class _SocketTransport(RecordingTransport):
+    """A recording transport over one end of a real socket pair: the store asks the OS
+    whether the peer (the other end) hung up."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
+        self.sock = sock
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.sock if name == "socket" else default
+
+
+async def test_a_closed_socket_is_seen_while_its_pipelined_requests_wait(server, monkeypatch):
+    """Reading is paused while a connection's requests wait for later turns, so the close
+    of a client that pipelined 50 long reads was seen only once all were run or queued (QA:
+    the store then ran them ~0.5 s for nobody). The next turn sees it and ends them."""
+    monkeypatch.setattr(connection_module, "TURN_BUDGET", 0.0)  # one request per turn
+    held = HeldReads(server.engine)
+    ours, peer = socket.socketpair()
+    transport = _SocketTransport(ours)
+    conn = StoreConnection(server)
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    try:
+        finds = b"".join(request(i, "find", {"table": "t", "n": i}) for i in range(1, 51))
+        conn.data_received(HELLO + finds)
+        assert held.executed == 1 and conn._backlog  # the other 49 wait for later turns
+        peer.close()
+        await wait_until(lambda: transport.aborted)
+        conn.connection_lost(None)  # as the real transport does after ``abort``
+        assert server.jobs == 0 and held.alive == 0 and not server.scheduler.waiting
+    finally:
+        ours.close()
