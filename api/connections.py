@@ -678,14 +678,17 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
     def eof_received(self) -> bool | None:  # type: ignore[override]  # asyncio.Protocol's
         """The client half-closed (``shutdown(SHUT_WR)``, ``nc -N``): the requests it sent
         whole are answered, then the connection closes. QA: uvicorn closed at once, and a
-        complete POST was dropped unanswered (and unwritten). A request cut off mid-way, or
-        nothing to answer, closes at once as before."""
+        complete POST was dropped unanswered (and unwritten). Behind them, a head cut off
+        mid-way is dropped, and the refusal of a bad one is sent after their answers (as
+        without the EOF: QA found both closed at once, the whole ones unanswered). A body
+        cut off mid-way is a disconnect, and nothing to answer closes at once, as before."""
         if self._linger_timer is not None:
             return None  # lingering: the client has gone (QA: held 5 s more)
-        if self._parsing or self._refusal is not None or self._idle():
+        if self._idle() or (self._parsing and not self._in_head and self._refusal is None):
             return None  # asyncio closes the transport
         self._half_closed = True
-        self._close_after_waiting()
+        if self._refusal is None:  # else ``_send_refusal`` closes once the rest is answered
+            self._close_after_waiting()
         return True
 
     def _idle(self) -> bool:

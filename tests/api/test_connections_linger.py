@@ -100,6 +100,35 @@ def test_a_client_that_half_closes_after_whole_requests_gets_their_answers(
     assert closed and [r.status for r in parse_responses(received)] == [200]
 
 
+@pytest.mark.parametrize(
+    ("tail", "refused"),
+    [
+        (b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\nX-Cut: ", None),
+        (b"GET /a\x01b HTTP/1.1\r\n", 400),
+    ],
+    ids=["head-cut-off", "bad-head"],
+)
+def test_a_client_that_half_closes_behind_whole_requests_gets_their_answers(
+    stack: Stack, admin: Account, tail: bytes, refused: int | None
+) -> None:
+    """QA: whole requests followed by a head cut off mid-way, or a bad one, then the client's
+    EOF: the connection closed at once, the whole ones unanswered (the writes unwritten or
+    done unseen). They are answered; the cut-off head is dropped, the bad one refused."""
+    table = f"half_{token()}"
+    head = {**admin.headers, "Content-Type": "application/json"}
+    writes = b"".join(
+        request("POST", f"/api/v1/data/{table}", head, b'{"data": {"id": "%d"}}' % i)
+        for i in range(4)
+    )
+    with socket.create_connection(("127.0.0.1", stack.port)) as sock:
+        sock.sendall(writes + tail)
+        sock.shutdown(socket.SHUT_WR)
+        received, closed = read_until_closed(sock)
+    assert closed
+    expected = [201] * 4 + ([refused] if refused else [])
+    assert [r.status for r in parse_responses(received)] == expected
+
+
 def test_a_client_that_half_closes_mid_request_is_gone(stack: Stack, admin: Account) -> None:
     """A request cut off by the client's EOF (20 of its 100 bytes) is a disconnect, as
     before: nothing written."""
