@@ -77,6 +77,7 @@ what the biggest request the store takes costs to decode and copy (measured on a
 _HEADER = struct.Struct(">I")
 _DECIMAL_EXT = 1
 _REQUEST, _RESULT, _ERROR = 0, 1, 2
+_CANCEL_MARK = b"\xa6cancel"  # the command name "cancel", as msgpack packs it
 
 
 @dataclass(slots=True)
@@ -483,12 +484,20 @@ class FrameDecoder:
     client's decoder: a reply may hold many records at their limit).
     """
 
-    __slots__ = ("_buffer", "_counted_above", "_fast_limit", "_max_entries", "_max_frame_size")
+    __slots__ = (
+        "_buffer",
+        "_counted_above",
+        "_fast_limit",
+        "_grown",
+        "_max_entries",
+        "_max_frame_size",
+    )
 
     def __init__(
         self, max_frame_size: int = MAX_FRAME_SIZE, max_entries: int | None = None
     ) -> None:
         self._buffer = bytearray()
+        self._grown = False  # bytes were buffered since ``may_hold_cancel`` last looked
         self._max_entries = max_entries
         # Frames of more bytes than this are decoded counting their entries; none if unbounded.
         self._counted_above = max_frame_size if max_entries is None else max_entries // 2
@@ -511,6 +520,16 @@ class FrameDecoder:
     def buffered(self) -> int:
         """Bytes received that are not yet part of a complete frame."""
         return len(self._buffer)
+
+    def may_hold_cancel(self) -> bool:
+        """Whether the bytes buffered may hold a ``cancel`` request (its command's bytes are
+        there; a value may hold them too): ``False`` for sure otherwise. Only bytes buffered
+        since the last look are new, so a buffer looked at and left unchanged is not searched
+        again (while a client's requests wait, its buffer only shrinks)."""
+        if not self._grown:
+            return False
+        self._grown = False
+        return _CANCEL_MARK in self._buffer
 
     def take_request(self, data: bytes) -> list[Any] | None:
         """``feed_until_error``'s fast path for a read that is exactly one whole request
@@ -567,7 +586,9 @@ class FrameDecoder:
         # so a frame arriving in n pieces costs O(size), not O(n * size).
         buffer = self._buffer
         if buffer:
-            buffer += data
+            if data:
+                self._grown = True
+                buffer += data
             data = buffer
         messages: list[Message] = []
         size = len(data)
@@ -596,4 +617,5 @@ class FrameDecoder:
             del buffer[:pos]  # O(1) for a prefix: CPython moves the bytearray's start
         elif pos < size:
             buffer += data[pos:] if pos else data
+            self._grown = True
         return messages, None

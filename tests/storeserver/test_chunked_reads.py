@@ -928,3 +928,31 @@ async def test_a_cancel_left_for_a_later_turn_still_says_it_took_its_request_bac
         assert server.engine.execute("count", {"table": "t"}) == 0
     finally:
         await server.shutdown()
+
+
+@pytest.mark.parametrize("calls", [33, 100, 300])
+async def test_cancels_behind_many_requests_still_take_them_back(sock_dir, calls) -> None:
+    """QA: after a stall a client's cancels come behind all its timed-out requests; a cancel
+    took back its request only when both were decoded in one turn's batch (64 frames), so of
+    100 ``rate_hit`` calls cancelled in a SIGSTOP all 100 were counted on SIGCONT."""
+    server = StoreServer(StoreSettings(socket=sock_dir / "s.sock"))
+    await server.start()
+    try:
+        conn, transport = connect(server)
+        hit = {"key": "k", "limit": 1000, "window": 60}
+        conn.data_received(
+            b"".join(encode_request(i, "rate_hit", hit) for i in range(1, calls + 1))
+            + b"".join(encode_request(0, "cancel", {"request": i}) for i in range(1, calls + 1))
+            + encode_request(calls + 1, "rate_hit", hit)
+        )
+
+        def replies() -> list[Any]:
+            return [m for m in FrameDecoder().feed(bytes(transport.data)) if type(m) is not Hello]
+
+        await wait_until(lambda: any(m.request_id == calls + 1 for m in replies()))
+        got = replies()
+        assert [m.value for m in got if m.request_id == 0] == [{"cancelled": True}] * calls
+        assert [m.request_id for m in got if m.request_id] == [calls + 1]
+        assert got[-1].value["remaining"] == 999  # the one hit not taken back
+    finally:
+        await server.shutdown()

@@ -286,3 +286,19 @@ def test_request_and_result_round_trip(rid, command, value):
     decoder = FrameDecoder()
     sent = [Request(rid, command, {"v": value}), Result(rid, value)]
     assert decoder.feed(b"".join(encode(m) for m in sent)) == sent
+
+
+def test_may_hold_cancel_looks_only_at_bytes_buffered_since_it_last_looked():
+    decoder = FrameDecoder()
+    cancel = encode(Request(0, "cancel", {"request": 1}))
+    pings = b"".join(encode(Request(i, "ping", {})) for i in range(1, 4))
+    assert decoder.may_hold_cancel() is False  # nothing buffered
+    decoder.feed_until_error(pings + cancel, 1)  # two pings and the cancel stay buffered
+    assert decoder.may_hold_cancel() is True
+    assert decoder.may_hold_cancel() is False  # not grown since: not searched again
+    decoder.feed_until_error(b"", 5)  # decoded, the buffer empty
+    decoder.feed_until_error(pings, 1)
+    assert decoder.may_hold_cancel() is False  # grown, but with no cancel
+    decoder.feed_until_error(cancel[:5], 0)
+    decoder.feed_until_error(cancel[5:], 0)
+    assert decoder.may_hold_cancel() is True  # its name split across two reads
