@@ -33,7 +33,9 @@ the record, whatever the schema:
   recurses until Python's limit, so every write would fail. A loop through ``properties``,
   ``items``... (a tree) is fine: it ends with the record.
 - A record's check applies a bounded number of keywords (``MAX_STEPS``, ``STEPS_PER_VALUE``):
-  a loop through the record may still reach one value along exponentially many paths.
+  a loop through the record may still reach one value along exponentially many paths, and a
+  schema whose levels each reach the next twice (no loop) be walked as many ways by the
+  ``unevaluated*`` keywords (their walks are charged too: ``schemakeywords._walk_metered``).
 
 The keywords' checks are in ``schemakeywords``, RE2 in ``schemapatterns``, the ``$ref`` walk in
 ``schemarefs``; this module holds ``TableSchema``: a schema document checked before it is
