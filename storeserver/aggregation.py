@@ -36,11 +36,16 @@ from storeserver.arguments import quoted
 from storeserver.builds import Pace, run_steps
 from storeserver.errors import BadRequest, LimitExceeded
 from storeserver.query import check_field, check_visible, compile_getter, index_key, sort_key
+from storeserver.records import MAX_DECIMAL_PLACES, MAX_DECIMAL_WHOLE_DIGITS
 
 METRIC_OPS = frozenset({"count", "sum", "avg", "min", "max"})
 
-# Exact enough for sums of money; traps off so no input can make arithmetic raise.
-_SUM_CONTEXT = decimal.Context(prec=60, traps=[])
+# Every digit of any sum of stored Decimals (at most 100 before the point and 10,000 after,
+# ``records``; 20 more for the carries of up to 1E20 values): a sum is exact, as documented.
+# QA: 60 digits rounded 1E60 + 0.01 + 0.01. An addition costs what its operands' digits
+# do, not the precision: 1M sums of money took the same time at either. Traps off so no
+# input can make arithmetic raise.
+_SUM_CONTEXT = decimal.Context(prec=MAX_DECIMAL_WHOLE_DIGITS + MAX_DECIMAL_PLACES + 20, traps=[])
 _AVG_CONTEXT = decimal.Context(prec=28, traps=[])
 # Group values that are their own ``index_key`` (no bool: ``True == 1`` must stay apart; no
 # Decimal: its key is chosen so that clients cannot make its hashes collide).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 import pytest
@@ -190,3 +191,22 @@ def test_a_decimal_sum_past_its_precision_is_the_same_however_it_is_sliced() -> 
         for rows_per_step in (1, 3, 64, 2_001, 10_000)
     }
     assert len(totals) == 1, totals
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        ["9" * 70 + ".5"],  # one value of 71 digits: its own sum
+        ["1" + "0" * 60 + ".01", "0.01"],
+        ["9" * 100, "1E-10000", "-" + "9" * 100],  # the widest a stored decimal can be
+    ],
+)
+def test_a_decimal_sum_is_exact_for_any_values_the_store_keeps(values: list[str]) -> None:
+    """QA: sums were rounded to 60 digits, so the sum of one 71-digit value was not that
+    value, though the docs call decimal sums exact."""
+    engine = Engine()
+    for value in values:
+        engine.execute("insert", {"table": "t", "record": {"v": Decimal(value)}})
+    metrics = [{"op": "sum", "field": "v", "as": "s"}]
+    [row] = engine.execute("aggregate", {"table": "t", "metrics": metrics})["items"]
+    assert Fraction(row["s"]) == sum(Fraction(Decimal(v)) for v in values)  # exactly
