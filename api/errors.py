@@ -120,9 +120,9 @@ CONFLICT_CODES = {
 }
 INVALID_TOKEN_MESSAGE = "The access token is invalid, expired or revoked"
 INVALID_TOKEN_CHALLENGE = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
-_LAST_ADMIN = "The last admin cannot be demoted or deleted: make another user admin first"
-# Every route whose delete can meet dependants takes ?cascade=true (transactions name their
-# own ``cascade`` field: ``api.services.batches`` writes their messages).
+LAST_ADMIN_MESSAGE = "The last admin cannot be demoted or deleted: make another user admin first"
+# Every route whose delete can meet dependants takes ?cascade=true (a transaction's delete
+# has its own ``cascade`` field: ``api.services.batches`` writes its message).
 _DEPENDANTS_HINT = " (delete them first, or pass ?cascade=true to delete them too)"
 # jsonschema's message for a missing property (its error sits on the enclosing object).
 _REQUIRED = re.compile(r"'([^']{1,200})' is a required property")
@@ -248,7 +248,7 @@ def refusal(exc: store_errors.StoreError) -> tuple[int, str, str, list[dict[str,
     if isinstance(exc, store_errors.Conflict):
         code = CONFLICT_CODES.get(str(detail.get("reason")), code)
         if code == "LAST_ADMIN":
-            message = _LAST_ADMIN
+            message = LAST_ADMIN_MESSAGE
         elif code == "HAS_DEPENDANTS":
             message += _DEPENDANTS_HINT
     return status_code, code, message, [detail] if detail else []

@@ -12,6 +12,7 @@ from typing import Any
 
 from api.errors import (
     CONFLICT_CODES,
+    LAST_ADMIN_MESSAGE,
     SAFE_DETAIL_KEYS,
     STORE_STATUS,
     ApiError,
@@ -71,10 +72,17 @@ def failed_operation(
     detail: dict[str, Any] = {
         key: exc.details[key] for key in SAFE_DETAIL_KEYS if key in exc.details
     }
+    reason = exc.message
     if isinstance(exc, Conflict):
         code = CONFLICT_CODES.get(str(detail.get("reason")), code)
+        # As the single-record routes say them (QA: a transaction gave the store's wording,
+        # with no hint of the way out).
+        if code == "LAST_ADMIN":
+            reason = LAST_ADMIN_MESSAGE
+        elif code == "HAS_DEPENDANTS":
+            reason += _DEPENDANTS_HINT
     name, table = names[index] if names else ops[index]["op"], ops[index]["table"]
-    message = f"{label} {index} ({name} on {table}) failed: {exc.message}"
+    message = f"{label} {index} ({name} on {table}) failed: {reason}"
     if isinstance(exc, ValidationFailed):
         loc: tuple[str, ...] = ("body", "data", str(index))
         if label == "operation":
@@ -90,6 +98,7 @@ def failed_operation(
     return ApiError(status, code, message, [detail])
 
 
+_DEPENDANTS_HINT = ' (delete them first, or give this delete "cascade": true to delete them too)'
 REF_FORM = 'a reference is {"$ref": "<earlier operation index>.<field path>"}'
 
 

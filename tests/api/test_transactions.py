@@ -214,7 +214,9 @@ def test_failures_name_the_operation(client: httpx.Client) -> None:
     }
     assert _detail(run(client, orphan), 409, "FOREIGN_KEY_VIOLATION")["index"] == 0
     dependants = {"op": "delete", "table": "users", "id": user["id"]}
-    assert _detail(run(client, ok, dependants), 409, "HAS_DEPENDANTS")["index"] == 1
+    response = run(client, ok, dependants)
+    assert _detail(response, 409, "HAS_DEPENDANTS")["index"] == 1
+    assert '"cascade": true' in response.json()["error"]["message"]  # the way out (QA)
 
     bad_email = {"op": "insert", "table": "users", "data": user_payload(email="not-an-email")}
     detail = _detail(run(client, ok, bad_email), 422, "VALIDATION_ERROR")

@@ -77,10 +77,13 @@ def test_the_last_admin_cannot_be_demoted_or_deleted() -> None:
     with running_stack(workers=2) as stack, httpx.Client(base_url=stack.base_url) as http:
         admin = login_admin(http)
         me = f"/api/v1/users/{admin.id}"
+        demote = {"op": "patch", "table": "users", "id": admin.id, "data": {"role": "user"}}
         for response in (
             http.patch(me, json={"role": "user"}, headers=admin.headers),
             http.delete(me, headers=admin.headers),
             http.delete(f"/api/v1/data/users/{admin.id}", headers=admin.headers),
+            # QA: a transaction said it in the store's words ("users must keep at least 1 row")
+            http.post("/api/v1/transaction", json={"operations": [demote]}, headers=admin.headers),
         ):
             error = assert_error(response, 409, "LAST_ADMIN")
             assert "another user admin first" in error["message"]
