@@ -347,9 +347,10 @@ class JobRunner:
             await asyncio.sleep(beat)
             count += 1
             try:
-                await self._beat_once()
+                answered = await self._beat_once()
                 if count % sweep_every == 0:
                     await self._sweep()
+                    answered = True
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the store is down: try again next beat
@@ -357,9 +358,11 @@ class JobRunner:
                     log.warning("job_heartbeat_failed", error=repr(exc))
                 failing = True
             else:
-                if failing:
+                # Only a beat the store answered ends an outage: one with no job to touch
+                # asked it nothing (QA: "resumed" 2 s after each failure, the store still hung).
+                if failing and answered:
                     log.info("job_heartbeats_resumed")
-                failing = False
+                    failing = False
 
     def cancel_here(self, job_id: str) -> None:
         """The cancel of a job this worker runs takes effect at its next checkpoint; one
@@ -368,7 +371,9 @@ class JobRunner:
         if ctx is not None:
             ctx.cancel_requested = True
 
-    async def _beat_once(self) -> None:
+    async def _beat_once(self) -> bool:
+        """Touch each job this worker runs; whether the store answered any of it."""
+        answered = False
         for job_id, task in list(self._tasks.items()):
             if self.jobs.writing(job_id):
                 # Its batch in flight writes the heartbeat: waiting for it here would hold every
@@ -378,7 +383,9 @@ class JobRunner:
                 job = await self.jobs.touch(job_id, {})
             except NotFound:  # the store lost the record (restarted empty): stop the job
                 task.cancel()
+                answered = True
                 continue
+            answered = True
             ctx = self._contexts.get(job_id)
             if ctx is not None and job.get("cancel_requested"):
                 ctx.cancel_requested = True
@@ -387,6 +394,7 @@ class JobRunner:
                     # This worker was stalled and is back: said as its next batch would.
                     log.warning("job_lost_stopped", job_id=job_id)
                 task.cancel()  # another worker declared it lost: do not finish it twice
+        return answered
 
     async def _sweep(self) -> None:
         failed = await self.jobs.sweep_stale()

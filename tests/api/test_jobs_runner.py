@@ -350,6 +350,25 @@ async def test_heartbeats_failing_through_an_outage_are_told_once(
         await runner.stop()
 
 
+async def test_heartbeats_with_no_job_say_resumed_only_once_the_store_answers(
+    store: EngineStore, settings: Settings
+) -> None:
+    """QA: a worker running no job asks the store nothing at most beats, and each such beat
+    counted as a success: ``job_heartbeats_resumed`` 2 s after every failure (of a sweep)
+    while the store was still hung. Only a beat the store answers ends the outage."""
+    # a sweep (a store call) every 5 beats: 0.25 s; the outage spans three of them
+    runner = JobRunner(store, settings.model_copy(update={"job_stale_seconds": 0.5}))
+    await runner.start()
+    try:
+        with structlog.testing.capture_logs() as lines:
+            store.outage(0.8)
+            await asyncio.sleep(1.4)
+        events = [line["event"] for line in lines if line["event"].startswith("job_heartbeat")]
+        assert events == ["job_heartbeat_failed", "job_heartbeats_resumed"]
+    finally:
+        await runner.stop()
+
+
 async def test_an_export_past_the_result_cap_fails_and_leaves_no_file(
     store: EngineStore, settings: Settings, tmp_path: Path
 ) -> None:
