@@ -178,6 +178,12 @@ class StoreServer:
         try:
             await self._start(loop, path)
         except BaseException:
+            # A start that fails after listening on the socket (STORE_TCP's port taken) removes
+            # it: ours (the lock is held), and left it would tell probes a store is there (QA).
+            for listener in self._listeners:
+                listener.close()
+            if self._listeners:
+                path.unlink(missing_ok=True)
             self._release_socket_lock()
             raise
 

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -227,6 +228,27 @@ def test_a_second_store_on_the_socket_of_one_still_loading_refuses(sock_dir):
         second.close()
         if loading.stdout is not None:
             loading.stdout.close()
+
+
+def test_a_start_that_fails_after_listening_removes_its_socket(sock_dir):
+    """QA: STORE_TCP on a port taken: the store exited 3 after creating its Unix socket, and
+    left it, for probes and the next start to take for a live store's."""
+    socket_path = sock_dir / "tcp.sock"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "STORE_TCP": f"127.0.0.1:{port}", "STORE_SECRET": "s" * 32}
+        proc = subprocess.run(
+            [sys.executable, "-m", "storeserver", "--socket", str(socket_path)],
+            env=env,
+            capture_output=True,
+            timeout=30,
+        )
+    assert proc.returncode == 3
+    refusal = json.loads(proc.stdout.decode().strip().splitlines()[-1])
+    assert refusal["event"] == "store_failed_to_start" and "cannot listen" in refusal["error"]
+    assert not socket_path.exists()
 
 
 def test_sigint_exits_zero(store_process):
