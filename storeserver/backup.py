@@ -123,7 +123,8 @@ def copy_private(source: Path, target: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m storeserver.backup")
-    parser.add_argument("--address", default=os.environ.get("STORE_SOCKET", "run/store.sock"))
+    # STORE_SOCKET= (empty) is unset, as for every setting
+    parser.add_argument("--address", default=os.environ.get("STORE_SOCKET") or "run/store.sock")
     parser.add_argument("--dest", type=Path, help="copy the files into DEST/<timestamp>/")
     parser.add_argument("--timeout", type=float, default=300.0)
     args = parser.parse_args(argv)
@@ -134,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     except StoreError as exc:
         print(json.dumps({"error": exc.code, "message": exc.message}), file=sys.stderr)
         return 1
+    except ValueError as exc:  # --address (or STORE_SOCKET) that names no store
+        print(json.dumps({"error": "BAD_ADDRESS", "message": str(exc)}), file=sys.stderr)
+        return 2
     if args.dest is not None:
         try:
             info["backup_dir"] = str(copy_backup(Path(info["path"]), args.dest))

@@ -158,7 +158,7 @@ def parse_address(address: str) -> tuple[str, Any]:
     elif "/" in address or address.endswith(".sock"):
         return "unix", address
     host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
+    if not host or not port.isdigit() or int(port) > 65535:
         raise ValueError(f"not a store address: {address!r}")
     return "tcp", (host.strip("[]"), int(port))
 

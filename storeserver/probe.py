@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m storeserver.probe")
     parser.add_argument(
         "--address",
-        default=os.environ.get("STORE_SOCKET", "run/store.sock"),
+        default=os.environ.get("STORE_SOCKET") or "run/store.sock",  # empty: unset
         help="unix:/path, /path or tcp://host:port (default: $STORE_SOCKET)",
     )
     parser.add_argument("--wait", type=float, default=0.0, help="keep trying for this many seconds")

@@ -236,3 +236,26 @@ def test_a_log_set_aside_in_place_is_made_owner_only_too(tmp_path):
     aside.chmod(0o644)
     DataDir(data).restrict_modes()
     assert mode(aside) == 0o600
+
+
+@pytest.mark.parametrize("address", ["tcp://h", "tcp://127.0.0.1:70000", "h:"])
+def test_an_address_that_names_no_store_is_one_json_line(capsys, address: str) -> None:
+    """QA: a traceback (ValueError, or OverflowError for a port past 65535) instead of the
+    one JSON line every other failure prints."""
+    assert backup.main(["--address", address]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert json.loads(line) == {
+        "error": "BAD_ADDRESS",
+        "message": f"not a store address: {address.removeprefix('tcp://')!r}",
+    }
+
+
+def test_an_empty_store_socket_is_unset(monkeypatch, capsys) -> None:
+    """README: an empty variable counts as unset. ``STORE_SOCKET=`` was taken as the address
+    '' (a traceback); it is the default, run/store.sock, as for the store itself."""
+    monkeypatch.setenv("STORE_SOCKET", "")
+    monkeypatch.chdir(Path("/"))  # no run/store.sock there
+    assert backup.main([]) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    failure = json.loads(line)
+    assert failure["error"] == "STORE_UNAVAILABLE" and "run/store.sock" in failure["message"]
