@@ -23,6 +23,7 @@ from fastapi import FastAPI
 
 from api import metrics
 from api.deps import get_store
+from api.docs import ASSETS_URL
 from api.main import create_app
 from api.settings import Settings
 from storeserver.errors import StoreUnavailable
@@ -170,6 +171,29 @@ async def test_requests_answered_before_routing_keep_their_route_template(
 
     assert delta(handler="/api/v1/users", method="POST", status="415") == 1
     assert delta(handler="/api/v1/health", method="DELETE", status="405") == 1
+    assert delta(handler="none") == 0
+
+
+async def test_the_docs_assets_count_under_their_mount_not_none(
+    http: tuple[httpx.AsyncClient, ScriptedStore],
+) -> None:
+    """QA: the mount extends the scope's root_path before serving, after which the request
+    no longer matched it: assets served 200 (and POSTs answered 405) counted under "none",
+    which deploy/README.md keeps for unknown paths and parser refusals."""
+    client, _ = http
+    before = (await client.get("/metrics")).text
+    served = await client.get(f"{ASSETS_URL}/swagger-ui.css")
+    refused = await client.post(f"{ASSETS_URL}/swagger-ui.css")
+    after = (await client.get("/metrics")).text
+    assert (served.status_code, refused.status_code) == (200, 405)
+
+    def delta(**labels: str) -> float:
+        return value(after, "http_requests_total", **labels) - value(
+            before, "http_requests_total", **labels
+        )
+
+    assert delta(handler=ASSETS_URL, method="GET", status="200") == 1
+    assert delta(handler=ASSETS_URL, method="POST", status="405") == 1
     assert delta(handler="none") == 0
 
 
