@@ -267,12 +267,18 @@ def schema_error_details(
         if not isinstance(error, dict):
             continue
         message = str(error.get("message", "invalid value"))
-        path = [*loc, *(str(part) for part in error.get("path", []))]
-        missing = _REQUIRED.fullmatch(message)
-        if missing:  # reported on the enclosing object: name the missing field itself
-            path.append(missing.group(1))
-        details.append({"field": ".".join(path), "message": message})
+        details.append({"field": ".".join([*loc, *schema_error_path(error)]), "message": message})
     return details
+
+
+def schema_error_path(error: dict[str, Any]) -> list[str]:
+    """The path in the record of the field a JSON Schema error is about: for a missing one,
+    the field itself (jsonschema reports it on the enclosing object)."""
+    path = [str(part) for part in error.get("path", [])]
+    missing = _REQUIRED.fullmatch(str(error.get("message", "")))
+    if missing:
+        path.append(missing.group(1))
+    return path
 
 
 # Pydantic names the member of a union an error is about in ``loc`` ("dict[str,any]",

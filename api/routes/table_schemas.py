@@ -50,8 +50,9 @@ async def read_schema(
         415,
         507,
         described={
-            409: "`SCHEMA_VIOLATIONS`: existing rows break it (listed in `details`; send"
-            " force=true to attach it anyway)"
+            409: "`SCHEMA_VIOLATIONS`: existing rows break it (listed in `details`: `id`,"
+            " `field` (its path in the record; empty for the record as a whole) and `message`;"
+            " send force=true to attach it anyway)"
         },
     ),
     summary="Attach a JSON Schema",

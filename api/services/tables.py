@@ -15,7 +15,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 from pydantic import BaseModel
 
-from api.errors import ApiError
+from api.errors import ApiError, schema_error_path
 from api.queries import ListQuery
 from api.schemas.data import DataRecord
 from api.schemas.orders import OrderPublic
@@ -138,7 +138,8 @@ def violation_details(violations: list[Record]) -> list[Record]:
             details.append(
                 {
                     "id": violation.get("id"),
-                    "field": ".".join(str(part) for part in error.get("path", [])),
+                    # as a write's 422 names it (QA: "" for a missing required field)
+                    "field": ".".join(schema_error_path(error)),
                     "message": error.get("message"),
                 }
             )

@@ -201,6 +201,9 @@ def test_existing_violations_are_reported_not_kept_silently(client: httpx.Client
     assert "2" in error["message"]
     assert {detail["id"] for detail in error["details"]} == {r["id"] for r in bad}
     assert any(detail["field"] == "price" for detail in error["details"])
+    # a missing field is named itself, as a write's 422 names it (QA: "")
+    missing = {d["field"] for d in error["details"] if d["id"] == bad[1]["id"]}
+    assert missing == {"name", "price"}
     assert client.get(schema_url(table)).json()["data"]["schema"] is None  # nothing attached
     create_record(client, table, price=-1)  # still unvalidated
 
