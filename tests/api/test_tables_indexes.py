@@ -202,4 +202,9 @@ def test_casefold_index_needs_unique(client: httpx.Client) -> None:
     table = f"rv_cf_{token()}"
     create_record(client, table, k="X")
     response = client.post(f"/api/v1/data/{table}/indexes", json={"field": "k", "casefold": True})
-    assert_error(response, 400, "BAD_REQUEST")
+    error = assert_error(response, 400, "BAD_REQUEST")
+    # named by the body's field, not the store's argument (QA: "indexes: ...", {"arg": ...})
+    assert error["details"] == [{"field": "body.casefold", "message": error["message"]}]
+    response = client.post(f"/api/v1/data/{table}/indexes", json={"field": "id"})
+    error = assert_error(response, 400, "BAD_REQUEST")
+    assert error["details"] == [{"field": "body.field", "message": "id is always indexed"}]
