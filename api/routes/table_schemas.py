@@ -24,7 +24,13 @@ router = table_router("/data")
 @router.get(
     "/{table}/schema",
     response_model=Envelope[TableDescription],
-    responses=error_responses(400, 404),
+    responses=error_responses(
+        404,
+        described={
+            400: "Bad table name; or `LIMIT_EXCEEDED`: the description (every field name"
+            " seen) would not fit one store reply: examine fewer rows with `sample`"
+        },
+    ),
     summary="Describe a table",
 )
 async def read_schema(

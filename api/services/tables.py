@@ -49,7 +49,20 @@ async def describe_table(store: Store, table: str, sample: int | None) -> Record
         args["sample"] = sample
     model = PUBLIC_MODELS.get(table)
     if model is None:
-        return {"typed": False, **(await store.call("describe", args))}
+        try:
+            described = await store.call("describe", args)
+        except LimitExceeded as exc:
+            if "max_frame_bytes" not in exc.details:
+                raise
+            # The store's words ask for "a smaller page"; this route has none (QA).
+            raise ApiError(
+                400,
+                "LIMIT_EXCEEDED",
+                "the description (every field name seen) is too large to send; examine"
+                " fewer rows with ?sample=",
+                [{"field": "query.sample", "max_frame_bytes": exc.details["max_frame_bytes"]}],
+            ) from None
+        return {"typed": False, **described}
     info = await store.call("describe", {"table": table, "sample": 1})
     return {
         "table": table,
