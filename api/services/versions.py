@@ -68,8 +68,8 @@ async def accepted_versions(
     """
     if not conditions.refuses_some:
         return conditions.if_match
-    if conditions.if_match is not None and not conditions.if_match:
-        raise precondition_failed()
+    # Read even when If-Match names no version: a missing record is its 404 (RFC 9110
+    # §13.2.1: preconditions give way to an answer that would not be 2xx).
     current = await store.call("get", {"table": table, "id": record_id})
     version = int(current["version"])
     check_preconditions(conditions, version)
@@ -141,6 +141,9 @@ async def expected_version(
     if accepted is None:
         return None
     if not accepted:
+        # If-Match names no record version (a list's ETag, W/"abc"): 412, but for a missing
+        # record its 404, as with any other If-Match (QA: 412 there).
+        await store.call("get", {"table": table, "id": record_id})
         raise precondition_failed()
     if len(accepted) == 1:
         return next(iter(accepted))

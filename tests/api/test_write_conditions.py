@@ -70,6 +70,41 @@ def test_if_none_match_star_on_a_missing_record_is_the_writes_own_404(
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [("If-Match", 'W/"abc"')],  # a tag that names no record version
+        [("If-Match", '""')],
+        [("If-Match", 'W/"lb1946ac92492d2347c6235b4d2611184"')],  # a list's ETag
+        [("If-Match", 'W/"abc"'), ("If-None-Match", 'W/"5"')],
+    ],
+    ids=["not-a-version", "empty-tag", "list-etag", "with-if-none-match"],
+)
+def test_if_match_naming_no_version_on_a_missing_record_is_the_writes_own_404(
+    client: httpx.Client, headers: list[tuple[str, str]]
+) -> None:
+    """QA: such an If-Match was 412 before the record was read, so a missing one was 412,
+    not its 404 (RFC 9110 §13.2.1; README: either header gives the write's own 404). On a
+    record that exists it is still 412, nothing written."""
+    table = f"t_{token()}"
+    record = create_record(client, table, n=1)
+    missing = f"{API}/data/{table}/missing"
+    for method in ("PUT", "PATCH", "DELETE"):
+        body = {} if method == "DELETE" else {"json": {"data": {"n": 2}}}
+        response = client.request(method, missing, headers=headers, **body)
+        assert_error(response, 404, "NOT_FOUND")
+        existing = client.request(
+            method, f"{API}/data/{table}/{record['id']}", headers=headers, **body
+        )
+        assert_error(existing, 412, "PRECONDITION_FAILED")
+    admin_on_users = client.patch(
+        f"{API}/users/{'0' * 8}-0000-4000-8000-{'0' * 12}", json={"age": 3}, headers=headers
+    )
+    assert_error(admin_on_users, 404, "NOT_FOUND")
+    assert client.get(f"{API}/data/{table}/{record['id']}").json()["data"]["version"] == 1
+
+
+@pytest.mark.integration
 def test_if_none_match_refuses_writes_on_typed_routes(
     anon: httpx.Client, client: httpx.Client
 ) -> None:
