@@ -79,7 +79,9 @@ async def parse_write_conditions(
         versions = if_match_versions(accepted)
     except MalformedEntityTags:
         raise malformed("If-Match") from None
-    if refused is None:
+    if refused is None or not refused.strip():
+        # An empty list names no tag (RFC 9110 §5.6.1): the condition holds, as a GET reads
+        # it (QA: a write refused it as malformed).
         return WriteConditions(versions)
     if refused.strip() == ANY:
         return WriteConditions(versions, none_match_any=True)
