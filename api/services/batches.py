@@ -23,6 +23,9 @@ from api.schemas.transactions import ref_index
 from api.store import Store
 from storeserver.errors import Conflict, StoreError, ValidationFailed
 
+# A transaction's delete takes its own ``cascade`` field (the routes: ?cascade=true).
+_DEPENDANTS_HINT = ' (delete them first, or give this delete "cascade": true to delete them too)'
+
 
 async def run_batch(
     store: Store,
@@ -98,7 +101,6 @@ def failed_operation(
     return ApiError(status, code, message, [detail])
 
 
-_DEPENDANTS_HINT = ' (delete them first, or give this delete "cascade": true to delete them too)'
 REF_FORM = 'a reference is {"$ref": "<earlier operation index>.<field path>"}'
 
 
