@@ -117,10 +117,10 @@ class RequestGuardMiddleware:
                 return
             if claims is not None:
                 error = _revocation_error(claims, rate_result)
-            if "peek" in args and isinstance(error, InvalidToken):
-                # A revoked token (or one the new key refuses) makes an anonymous request: it
-                # counts against the client's address, and the hit on its user is taken back
-                # (else a leaked token its user revoked could keep that user at 429).
+            if "peek" in args and isinstance(error, InvalidToken) and not _fell_back(rate_result):
+                # A token the new key refuses makes an anonymous request: it counts against
+                # the client's address, and the hit on its user is taken back. (A revoked one
+                # the store counted there itself: ``fallback`` in ``_hit_args``.)
                 refund = args["key"] if _allowed(rate_result) else None
                 rate_result = await rate_hit(store, self._hit_args(scope, None, refund))
             verdict = self.limiter.verdict(rate_result)
@@ -172,8 +172,14 @@ class RequestGuardMiddleware:
         else:
             key = limiter.client_key(client_ip(scope))
         args: dict[str, Any] = limiter.args(key)
-        if claims is not None:  # the token's revocation marks come back with the hit
+        if claims is not None:
+            # The token's revocation marks come back with the hit; if they end it, the store
+            # counts the request against the client's address instead, in the same command (a
+            # leaked token its user revoked must not keep that user at 429: QA, a flood of one
+            # held the user's hits while a second call took each back).
             args["peek"] = list(revocation_keys(claims))
+            args["issued_at"] = claims.issued_at
+            args["fallback"] = limiter.client_key(client_ip(scope))
         if refund is not None:
             args["refund"] = refund
         return args
@@ -217,6 +223,11 @@ def _verify(tokens: Any, token: str) -> tuple[Claims | None, Exception | None]:
         return tokens.verify(token, "access"), None
     except InvalidToken as exc:
         return None, exc
+
+
+def _fell_back(result: object) -> bool:
+    """Whether the store counted a revoked token's hit against the client's address."""
+    return isinstance(result, dict) and bool(result.get("fallback"))
 
 
 def _allowed(result: object) -> bool:

@@ -54,7 +54,7 @@ MAX_KV_VALUES = 1024
 _KV_SET_ARGS = frozenset({"key", "value", "ttl", "nx", "gt", "stamp", "eq"})
 _KEY_ARGS = frozenset({"key"})
 _KEYS_ARGS = frozenset({"keys"})
-_RATE_ARGS = frozenset({"key", "limit", "window", "peek", "refund"})
+_RATE_ARGS = frozenset({"key", "limit", "window", "peek", "refund", "issued_at", "fallback"})
 _RATE_REFUND_ARGS = frozenset({"key", "reset"})
 _CREDENTIAL_KEYS = frozenset({"session_key", "user_key", "issued_at"})
 
@@ -135,11 +135,9 @@ class KeyCommands:
         if type(session_key) is not str or type(user_key) is not str or not _is_number(issued_at):
             message = "_actor.credential: two string keys and a number issued_at"
             raise BadRequest(message, {"arg": "_actor"})
-        if self._kv.get(session_key) is not None:
-            raise CredentialRevoked("the caller's session was ended", {})
-        ended = self._kv.get(user_key)
-        if _is_number(ended) and issued_at <= ended:
-            raise CredentialRevoked("the caller's sessions were ended", {})
+        reason = _ended(self._kv.get(session_key), self._kv.get(user_key), issued_at)
+        if reason is not None:
+            raise CredentialRevoked(reason, {})
 
     def kv_get(self, args: Args) -> Any:
         check_keys(args, _KEY_ARGS)
@@ -182,7 +180,14 @@ class KeyCommands:
     def rate_hit(self, args: Args) -> dict[str, Any]:
         """One hit; with ``peek`` (a list of keys) also their values, as ``kv_get_many`` would
         give them: a worker checks a request's limit and its token's revocation marks in one
-        round trip instead of two. ``refund`` (a key) first takes back one hit of that key."""
+        round trip instead of two. ``refund`` (a key) first takes back one hit of that key.
+
+        With ``issued_at`` and ``fallback`` (a key), ``peek`` names a token's session mark
+        and its user's (``check_credential``'s rule): if they end a token issued then, the
+        hit counts against ``fallback`` (the client's address) instead, and the answer says
+        ``"fallback": true``. Decided in this one command: counted against the user first and
+        taken back by a second, each replay of a revoked token held one of its user's hits in
+        between (QA: a flood of a logged-out token put the user's live session at 429)."""
         check_keys(args, _RATE_ARGS)
         key = _key(args)
         hits = args.get("limit")
@@ -193,6 +198,15 @@ class KeyCommands:
         peek = args.get("peek")
         if peek is not None:
             peeked = self._kv_values(peek, "peek")  # checked before the hit counts
+        fell_back = False
+        if "issued_at" in args or "fallback" in args:
+            issued_at = args.get("issued_at")
+            if peek is None or len(peeked) != 2 or not _is_number(issued_at):
+                message = "issued_at (a number) and fallback go with peek: [session, user] marks"
+                raise BadRequest(message, {"arg": "issued_at"})
+            fallback = _key(args, "fallback")
+            if _ended(peeked[0], peeked[1], issued_at) is not None:
+                key, fell_back = fallback, True
         refund = args.get("refund")
         if refund is not None:
             # A hit counted against another key that should not have been (a revoked token's
@@ -201,6 +215,8 @@ class KeyCommands:
         result = self._rates.hit(key, hits, window)
         if peek is not None:
             result = {**result, "peek": peeked}
+        if fell_back:
+            result["fallback"] = True
         return result
 
     def rate_refund(self, args: Args) -> bool:
@@ -269,6 +285,17 @@ def _same(stored: Any, expected: Any) -> bool:
             _same(value, expected[name]) for name, value in stored.items()
         )
     return bool(stored == expected)
+
+
+def _ended(session_mark: Any, user_not_before: Any, issued_at: Any) -> str | None:
+    """Why a token issued at ``issued_at`` has ended, given its session's revocation mark and
+    its user's not-before time (the API's rule, ``api.auth.sessions.check_not_revoked``), or
+    ``None`` while it is valid."""
+    if session_mark is not None:
+        return "the caller's session was ended"
+    if _is_number(user_not_before) and issued_at <= user_not_before:
+        return "the caller's sessions were ended"
+    return None
 
 
 def _key(args: Args, name: str = "key") -> str:

@@ -214,3 +214,47 @@ def test_a_bad_entry_of_rate_hit_peek_names_peek(engine: Engine, bad: Any) -> No
 def test_a_bad_key_argument_still_names_key(engine: Engine) -> None:
     assert fail(engine, BadRequest, "kv_get", key=5).details == {"arg": "key"}
     assert fail(engine, BadRequest, "rate_hit", key="", limit=1, window=1).details == {"arg": "key"}
+
+
+MARKS = ["auth:session-revoked:s1", "auth:user-not-before:u1"]
+
+
+@pytest.mark.parametrize(
+    ("marks", "fallback"),
+    [
+        ({}, False),  # valid: the user is counted
+        ({MARKS[0]: 1}, True),  # its session was ended
+        ({MARKS[1]: T0 - 5}, True),  # the user's sessions ended after it was issued
+        ({MARKS[1]: T0 - 20}, False),  # ...before it was issued: still valid
+    ],
+)
+def test_rate_hit_counts_a_revoked_tokens_hit_against_the_fallback(
+    engine: Engine, marks: dict[str, Any], fallback: bool
+) -> None:
+    """The API's rule for a token's marks, decided in the hit itself: a revoked token's
+    request counts against the client's address, its user's counter untouched (QA: counted
+    there, then taken back by a second command, a flood held the user's hits meanwhile)."""
+    for key, value in marks.items():
+        run(engine, "kv_set", key=key, value=value)
+    args = {"limit": 5, "window": 60, "peek": MARKS, "issued_at": T0 - 10}
+    result = run(engine, "rate_hit", key="user", fallback="ip", **args)
+    assert result.get("fallback", False) is fallback
+    assert result["peek"] == [marks.get(MARKS[0]), marks.get(MARKS[1])]
+    counted, untouched = ("ip", "user") if fallback else ("user", "ip")
+    assert run(engine, "rate_hit", key=counted, limit=5, window=60)["remaining"] == 3
+    assert run(engine, "rate_hit", key=untouched, limit=5, window=60)["remaining"] == 4
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        {"issued_at": T0, "fallback": "ip"},  # no peek
+        {"peek": MARKS[:1], "issued_at": T0, "fallback": "ip"},  # not the two marks
+        {"peek": MARKS, "issued_at": "now", "fallback": "ip"},
+        {"peek": MARKS, "fallback": "ip"},
+        {"peek": MARKS, "issued_at": T0},  # no fallback
+    ],
+)
+def test_rate_hit_fallback_needs_its_arguments(engine: Engine, args: dict[str, Any]) -> None:
+    error = fail(engine, BadRequest, "rate_hit", key="user", limit=1, window=60, **args)
+    assert error.details["arg"] in ("issued_at", "fallback")

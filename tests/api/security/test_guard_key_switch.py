@@ -92,9 +92,45 @@ async def test_a_revoked_token_of_the_new_key_is_still_refused(
     response = await http.get(ME, headers=bearer(sent))
     assert_error(response, 401, "INVALID_TOKEN")
     assert response.headers["www-authenticate"] == 'Bearer error="invalid_token"'
-    first, second, third = hits(store)
+    first, second = hits(store)
     assert "/ip/" in first["key"] and f"/user/{user_id}/" in second["key"]
-    assert third["refund"] == second["key"] and "/ip/" in third["key"]  # counted anonymous
+    # The store, seeing the marks end it, counted the second hit on the address (``fallback``)
+    # and took the first one back: counted anonymous once, its user not at all.
+    assert second["refund"] == first["key"] == second["fallback"]
+
+
+async def test_a_revoked_token_never_holds_a_hit_of_its_user(
+    store: EngineStore, http: httpx.AsyncClient
+) -> None:
+    """QA: the guard counted a revoked token's request against its user, read the marks,
+    then took the hit back in a second command; between the two, each replay of a leaked
+    token its user had logged out held one of the user's hits, and a flood of them put the
+    user's live session at 429. The store now decides in the hit itself."""
+    store.before.pop("rate_hit")  # no key switch here
+    app_tokens = OLD
+    user_id = add_user(store)
+    revoked = app_tokens.issue_pair(user_id, "user", "s1", issued_at=time.time() - 1)
+    live = app_tokens.issue_pair(user_id, "user", "s2", issued_at=time.time() - 1)
+    await sessions.revoke_session(store, "s1")  # logout of the leaked session
+    user_key = ""
+    held: list[int] = []
+
+    def users_count_now() -> None:  # at each hit, what the user's counter holds
+        windows = store.engine._rates._windows
+        held.append(windows[user_key][1] if user_key in windows else 0)
+
+    store.before["rate_hit"] = users_count_now
+    live_answer = await http.get(ME, headers=bearer(live.access_token))
+    assert live_answer.status_code == 200
+    user_key = hits(store)[-1]["key"]
+    left = int(live_answer.headers["x-rate-limit-remaining"])
+    held.clear()
+    for _ in range(3):
+        assert_error(await http.get(ME, headers=bearer(revoked.access_token)), 401, "INVALID_TOKEN")
+    assert held == [1, 1, 1]  # one hit per request, the user's count never raised
+    assert all(args["fallback"] and "/ip/" in args["fallback"] for args in hits(store)[-3:])
+    again = await http.get(ME, headers=bearer(live.access_token))
+    assert int(again.headers["x-rate-limit-remaining"]) == left - 1
 
 
 async def test_a_token_of_the_key_switched_from_during_the_request_is_refused(
