@@ -12,8 +12,11 @@ had been acknowledged). A torn tail is a bad last entry: cut short (a crash mid-
 bad and followed only by zero bytes (a file system that extended the file before its data
 reached the disk). It normally ends the newest log; it may end an older one if every newer
 log holds no whole entry (a power loss between a rotation and the old log's fsync), and then
-those are cut too (``_cut_torn_tail``). A bad entry anywhere else, including a torn tail
-followed by a log that holds entries, means real corruption and the store refuses to start
+those are cut too (``_cut_torn_tail``). A log's first entry (``logfile.LOG_BEGINS``) says
+where the log before it ended: one found shorter, cut at an entry boundary (nothing in it shows
+that), ends the history the same way if no write follows, and refuses to start if one does
+(``CutLog``). A bad entry anywhere else, including a torn tail
+followed by a log that holds writes, means real corruption and the store refuses to start
 rather than serve half a history. So does a whole entry it cannot apply: a kind a newer release
 wrote, or a malformed one (``journal.unreadable_entry``).
 
@@ -36,7 +39,16 @@ from typing import Any
 import structlog
 
 from .journal import REPLAY_ERRORS, unreadable_entry
-from .logfile import _ENTRY, DIR_MODE, FILE_MODE, SNAPSHOT, CorruptData, EntryReader, TornTail
+from .logfile import (
+    _ENTRY,
+    DIR_MODE,
+    FILE_MODE,
+    SNAPSHOT,
+    CorruptData,
+    EntryReader,
+    TornTail,
+    log_begins,
+)
 from .protocol import unpack_value
 from .snapshots import read_snapshot
 
@@ -64,6 +76,44 @@ class LoadReport:
     log_entries: int = 0
     logs: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    last_log: tuple[int, int] | None = None  # the last log replayed whole: (generation, bytes)
+
+
+@dataclass
+class CutLog:
+    """A log whose end was lost: the next log began when it held ``expected`` bytes, and it
+    holds ``found`` (a power loss cut it at an entry boundary, where its own entries show
+    nothing)."""
+
+    path: Path
+    found: int
+    expected: int
+
+    def facts(self) -> dict[str, Any]:
+        return {"file": str(self.path), "bytes": self.found, "expected_bytes": self.expected}
+
+    def corrupt(self, newer: Path) -> CorruptData:
+        """Writes in ``newer`` after the cut: replayed, they would make a state that never
+        was (a row deleted at the end of the cut log comes back); dropped, writes are lost."""
+        how = "lost its end" if self.found < self.expected else "grew after it was closed"
+        return CorruptData(
+            f"{self.path.name} holds {self.found} bytes, but {newer.name} began when it held"
+            f" {self.expected}: it {how} (a power loss before it reached the disk), and"
+            f" {newer.name} holds writes after it; refusing to start. Move {newer.name} and any"
+            " newer logs away to start without their writes, or restore the data directory"
+            " from a backup."
+        )
+
+
+def _cut_before(previous: tuple[Path, int] | None, begins: tuple[int, int]) -> CutLog | None:
+    """The previous log, if it is not as long as the log that follows it says it was."""
+    if previous is None:
+        return None
+    path, found = previous
+    generation, expected = begins
+    if generation != _generation(path) or found == expected:
+        return None
+    return CutLog(path, found, expected)
 
 
 class DataDir:
@@ -138,11 +188,19 @@ class DataDir:
             )
         logs = self.logs_after(report.snapshot_generation)
         self.check_history(report.snapshot_generation, logs)
+        previous: tuple[Path, int] | None = None  # the log replayed before, and where it ended
+        cut: CutLog | None = None  # a log found shorter than the next one says it was
         for i, path in enumerate(logs):
             reader = EntryReader(path)
             change: Any = None
             try:
-                for changes in reader:
+                for n, changes in enumerate(reader):
+                    begins = log_begins(changes) if n == 0 else None
+                    if begins is not None:
+                        cut = cut or _cut_before(previous, begins)
+                        continue
+                    if cut is not None:
+                        raise cut.corrupt(path)
                     for change in changes:
                         apply(tuple(change))
                     report.log_entries += 1
@@ -153,6 +211,18 @@ class DataDir:
                 report.logs += [p.name for p in logs[i + 1 :]]
                 _cut_torn_tail(reader.torn, logs[i + 1 :])
                 break
+            previous = (path, reader.end)
+        if cut is not None:
+            # No write follows it: as a torn tail that ends the history. The newer logs hold
+            # only their first entries: emptied, so that the next start does not find the cut
+            # again behind the writes this one will log.
+            log.warning("log_tail_lost", **cut.facts())
+            for path in logs[logs.index(cut.path) + 1 :]:
+                with open(path, "r+b") as fh:
+                    fh.truncate(0)
+                    os.fsync(fh.fileno())
+        if logs:  # as it is on disk now, torn tails cut: where the next log says it began
+            report.last_log = (_generation(logs[-1]), logs[-1].stat().st_size)
         report.seconds = time.perf_counter() - started
         return report
 
@@ -247,7 +317,7 @@ def _cut_torn_tail(torn: TornTail, newer_logs: list[Path]) -> None:
     tails = [torn]
     for path in newer_logs:  # all checked before anything is cut
         reader = EntryReader(path)
-        if next(iter(reader), None) is not None:
+        if any(log_begins(changes) is None for changes in reader):  # a write: not its start
             raise CorruptData(
                 f"{torn.path.name} has a torn tail at byte {torn.offset} ({torn.reason}), but"
                 f" the newer log {path.name} holds entries; refusing to start. Move"

@@ -22,7 +22,7 @@ import structlog
 from .datadir import DataDir, LoadReport
 from .errors import InternalError, PersistenceError, StoreError
 from .finalsnapshot import write_final_snapshot
-from .logfile import AppendLog, fsync_dir
+from .logfile import AppendLog, fsync_dir, log_begins_entry
 from .snapshots import ensure_snapshot_dir, fork_snapshot
 from .writepath import WritePath
 
@@ -82,6 +82,8 @@ class Durability(WritePath):
         self.engine.drain_changes()  # replay journals nothing new, but keep the engine clean
         generation = self.dir.next_generation()
         self.log = AppendLog(self.dir.log_path(generation), generation)
+        if report.last_log is not None:
+            self.log.write(log_begins_entry(*report.last_log))
         fsync_dir(self.dir.root)
         self.last_load = report
         if self.dir.snapshot.exists():
@@ -241,6 +243,9 @@ class Durability(WritePath):
         try:
             ensure_snapshot_dir(self.dir.snapshot)  # removed meanwhile: the new log goes there
             self.log = AppendLog(self.dir.log_path(generation + 1), generation + 1)
+            # Where the old log ends: a power loss that cuts it at an entry boundary, once
+            # this log's writes are on disk, is then found at the next start (datadir).
+            self.log.write(log_begins_entry(generation, old.size))
             fsync_dir(self.dir.root)
         except OSError as exc:
             self._fail(f"cannot open a new log: {exc}", since=self._written)

@@ -71,6 +71,27 @@ def encode_body(body: bytes) -> bytes:
     return _ENTRY.pack(len(body), zlib.crc32(body)) + body
 
 
+LOG_BEGINS = "log_begins"
+"""The kind of a log's first entry, ``[LOG_BEGINS, generation, bytes]``: the log before it
+(``generation``) held ``bytes`` when this one was opened. A power loss can cut that log's
+tail at an entry boundary while this one's entries reached the disk; nothing in that log
+shows the cut, so this entry does (``datadir.DataDir.load``)."""
+
+
+def log_begins_entry(previous_generation: int, previous_bytes: int) -> bytes:
+    return encode_entry([[LOG_BEGINS, previous_generation, previous_bytes]])
+
+
+def log_begins(changes: list[Any]) -> tuple[int, int] | None:
+    """``(generation, bytes)`` if ``changes`` (an entry) is a ``LOG_BEGINS`` entry."""
+    if len(changes) != 1 or not isinstance(first := changes[0], list) or len(first) != 3:
+        return None
+    kind, generation, size = first
+    if kind == LOG_BEGINS and type(generation) is int and type(size) is int:
+        return generation, size
+    return None
+
+
 @dataclass
 class TornTail:
     """The damaged end of a file: where its last whole entry ends, and why the rest is bad."""
@@ -124,10 +145,12 @@ class EntryReader:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.torn: TornTail | None = None
+        self.end = 0  # where the whole entries read end (the file's size, or the torn tail's)
 
     def __iter__(self) -> Iterator[list[Any]]:
         data = self.path.read_bytes()
         pos, size = 0, len(data)
+        self.end = size
         while pos < size:
             problem = None
             end = size
@@ -156,6 +179,7 @@ class EntryReader:
                 elif end < size:
                     raise _corrupt(self.path, pos, problem)  # more data after it: the middle
                 self.torn = TornTail(self.path, pos, problem, size - pos)
+                self.end = pos
                 return
             yield changes
             pos = end

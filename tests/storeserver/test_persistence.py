@@ -22,7 +22,13 @@ from storeserver.client import StoreClient
 from storeserver.datadir import DataDir
 from storeserver.engine import Engine
 from storeserver.errors import Conflict, StoreUnavailable
-from storeserver.logfile import AppendLog, CorruptData, encode_entry, read_entries
+from storeserver.logfile import (
+    AppendLog,
+    CorruptData,
+    encode_entry,
+    log_begins_entry,
+    read_entries,
+)
 from storeserver.snapshots import write_snapshot
 from tests.support.procs import running
 from tests.support.stack import ROOT
@@ -208,6 +214,60 @@ def test_a_torn_tail_followed_by_a_log_with_entries_refuses(tmp_path):
     # Nothing was cut.
     assert data_dir.log_path(1).read_bytes() == torn
     assert data_dir.log_path(2).read_bytes() == b"\x00\x00\x01"
+
+
+def test_a_torn_tail_followed_by_a_log_holding_only_its_start_is_cut(tmp_path):
+    """A log's first entry says where the one before it ended: not a write, so a torn log
+    followed by a log holding only that is the torn end of the history, as before."""
+    data_dir = DataDir(tmp_path)
+    whole = encode_entry([["put", "t", stamped("a")]])
+    data_dir.log_path(1).write_bytes(whole + encode_entry([["put", "t", stamped("b")]])[:-5])
+    data_dir.log_path(2).write_bytes(log_begins_entry(1, len(whole) + 60))
+    engine = replay(tmp_path)
+    assert engine.execute("get_many", {"table": "t", "ids": ["a", "b"]})[1] is None
+    assert data_dir.log_path(1).read_bytes() == whole
+
+
+def _cut_at_a_boundary(tmp_path: Path, newer: list[list]) -> tuple[DataDir, bytes]:
+    """Log 1: insert a, insert b, delete a; its last entry lost at an entry boundary (a power
+    loss before its fsync); log 2 begun when log 1 held all three, then ``newer`` entries."""
+    data_dir = DataDir(tmp_path)
+    entries = [
+        encode_entry([["put", "t", stamped("a")]]),
+        encode_entry([["put", "t", stamped("b")]]),
+        encode_entry([["delete", "t", "a"]]),
+    ]
+    data_dir.log_path(1).write_bytes(b"".join(entries[:2]))
+    begins = log_begins_entry(1, sum(map(len, entries)))
+    data_dir.log_path(2).write_bytes(begins + b"".join(encode_entry(e) for e in newer))
+    return data_dir, begins
+
+
+def test_a_log_cut_at_an_entry_boundary_before_a_log_with_writes_refuses(tmp_path):
+    """QA: nothing in a log cut at an entry boundary shows the cut, and the next log's writes
+    were replayed over it: a started store held a row deleted before the newer writes (a
+    state that never was). The next log's first entry says where the log ended."""
+    data_dir, begins = _cut_at_a_boundary(tmp_path, [[["put", "t", stamped("c")]]])
+    with pytest.raises(
+        CorruptData, match=r"log-0000000001\.aof holds \d+ bytes, but log-0000000002"
+    ):
+        replay(tmp_path)
+    assert data_dir.log_path(2).read_bytes().startswith(begins)  # nothing was cut
+
+
+def test_a_log_cut_at_an_entry_boundary_that_ends_the_history_starts_with_a_warning(tmp_path):
+    """The newer log holds no write (only where it began): the lost end is the end of the
+    history, as a torn tail's would be. Warned, and the newer log emptied, so the next start
+    does not find the cut again behind the writes this one logs."""
+    data_dir, _ = _cut_at_a_boundary(tmp_path, [])
+    with capture_logs() as logs:
+        engine = replay(tmp_path)
+    assert [r["id"] for r in engine.execute("find", {"table": "t"})["items"]] == ["a", "b"]
+    [lost] = [e for e in logs if e["event"] == "log_tail_lost"]
+    assert lost["file"] == str(data_dir.log_path(1)) and lost["bytes"] < lost["expected_bytes"]
+    assert data_dir.log_path(2).read_bytes() == b""
+    report = DataDir(tmp_path).load(Engine().apply_change)  # again: nothing to warn of
+    assert report.last_log == (2, 0)
 
 
 # -- file modes ---------------------------------------------------------------------------
@@ -455,6 +515,44 @@ async def test_corrupt_middle_refuses_to_start_with_a_clear_message(sock_dir, tm
     failure = [e for e in events(refused) if e["event"] == "store_failed_to_start"]
     refused.close()
     assert failure and "corrupt at byte" in failure[0]["error"]
+
+
+async def test_a_log_cut_at_an_entry_boundary_behind_newer_writes_refuses(sock_dir, tmp_path):
+    """QA's case, with real stores: a start's new log records where the log it replayed
+    ends, so that log losing its last entry (a power loss before its fsync: simulated by
+    cutting it) while the newer log's writes reached the disk refuses, rather than bringing
+    back the row that last entry deleted."""
+    data_dir = tmp_path / "data"
+    store = start_store(sock_dir, data_dir, STORE_FSYNC="everysec")
+    client = await connect(store)
+    for rid in ("a", "b"):
+        await client.call("insert", {"table": "t", "record": {"id": rid}})
+    await client.call("delete", {"table": "t", "id": "a"})
+    await client.close()
+    store.proc.send_signal(signal.SIGKILL)
+    store.proc.wait()
+    store.close()
+    store = start_store(sock_dir, data_dir, STORE_FSYNC="everysec")  # opens log 2
+    client = await connect(store)
+    await client.call("insert", {"table": "t", "record": {"id": "c"}})
+    await asyncio.sleep(1.5)  # everysec: on disk (a clean stop would snapshot and prune)
+    await client.close()
+    store.proc.send_signal(signal.SIGKILL)
+    store.proc.wait()
+    store.close()
+    first = data_dir / "log-0000000001.aof"
+    *_, delete = read_entries(first, allow_torn_tail=False)
+    assert delete[0] == ["delete", "t", "a"]  # (and its audit entry)
+    whole = first.read_bytes()
+    first.write_bytes(whole[: -len(encode_entry(delete))])  # lost at an entry boundary
+
+    refused = StoreProcess(sock_dir / "d.sock", env={"STORE_DATA_DIR": str(data_dir)})
+    with pytest.raises(RuntimeError, match="exited early"):
+        refused.start()
+    assert refused.proc.returncode == 3
+    failure = [e for e in events(refused) if e["event"] == "store_failed_to_start"]
+    refused.close()
+    assert failure and "it lost its end" in failure[0]["error"]
 
 
 async def test_a_second_store_on_the_same_data_directory_refuses_to_start(sock_dir, tmp_path):
