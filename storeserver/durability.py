@@ -258,7 +258,18 @@ class Durability(WritePath):
         self._child_failures = self._failures
         self._child_recorded = self.recorded
         self._child_started = time.perf_counter()
-        self._child = fork_snapshot(self.dir.snapshot, generation, self.engine.iter_state())
+        try:
+            self._child = fork_snapshot(self.dir.snapshot, generation, self.engine.iter_state())
+        except OSError as exc:
+            # No process to spare (EAGAIN: a pids limit) or no memory (ENOMEM). Raised, it
+            # left its waiters waiting, escaped a connection's callback (dropping it and every
+            # call on it), and ended recovery for good (QA). The new log is in place: the
+            # next snapshot covers it, and recovery tries again on its schedule.
+            log.error("snapshot_failed", reason="fork", error=str(exc))
+            self._notify(PersistenceError(f"the snapshot could not start: {exc.strerror}", {}))
+            if self.error is not None:
+                self._schedule_recovery()
+            return
         log.info("snapshot_started", generation=generation, pid=self._child)
         self._loop.call_later(0.05, self._poll_child)
 

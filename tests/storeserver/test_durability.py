@@ -382,6 +382,66 @@ async def test_a_failed_snapshot_child_says_why(persistent, monkeypatch, capfd):
     assert datetime.fromisoformat(child[0]["timestamp"]).utcoffset() == timedelta(0)
 
 
+def no_process(*args: Any) -> int:
+    raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+
+
+async def test_a_snapshot_that_cannot_fork_answers_and_the_connection_goes_on(
+    persistent, monkeypatch
+):
+    """QA: a fork refused (EAGAIN under a pids limit, ENOMEM) escaped the connection's
+    callback: the connection dropped, a write pipelined before the snapshot was reported
+    OUTCOME_UNKNOWN though applied, and the snapshot's waiter was never answered."""
+    _, conn = persistent
+    monkeypatch.setattr(durability, "fork_snapshot", no_process)
+    with capture_logs() as logs:
+        conn.data_received(
+            inserts(range(1, 2))
+            + encode_request(7, "snapshot", {})
+            + encode_request(8, "get", {"table": "t", "id": "r1"})
+        )
+        await wait_until(lambda: 8 in answered(conn.transport))
+    got = answered(conn.transport)
+    assert isinstance(got[1], Result) and got[8].value["id"] == "r1"  # the connection lives
+    assert isinstance(got[7], Error) and got[7].code == "PERSISTENCE_ERROR"
+    assert "could not start" in got[7].message
+    [failed] = [e for e in logs if e["event"] == "snapshot_failed"]
+    assert failed["reason"] == "fork" and "temporarily unavailable" in failed["error"]
+    monkeypatch.undo()
+    conn.data_received(encode_request(9, "snapshot", {}))  # once processes are free again
+    await wait_until(lambda: 9 in answered(conn.transport))
+    assert isinstance(answered(conn.transport)[9], Result)
+
+
+async def test_recovery_goes_on_after_a_snapshot_that_cannot_fork(persistent, monkeypatch):
+    """QA: recovery (after a failed log write) met a fork refused once and never tried again:
+    writes stayed refused after the disk and the process limit had room again."""
+    server, conn = persistent
+    dur = server.durability
+    assert dur is not None and dur.log is not None
+    monkeypatch.setattr(durability, "RECOVERY_DELAYS", (0.05,))
+    monkeypatch.setattr(dur.log, "write", disk_full)
+    conn.data_received(inserts(range(1, 2)))  # applied, then its log write fails
+    await asyncio.sleep(0)
+    assert dur.error is not None
+    monkeypatch.undo()  # the disk has room again, but no process can be forked for a while
+    monkeypatch.setattr(durability, "RECOVERY_DELAYS", (0.05,))
+    forks: list[int] = []
+
+    def fails_twice(*args: Any) -> int:
+        forks.append(1)
+        if len(forks) <= 2:
+            return no_process()
+        return snapshots.fork_snapshot(*args)
+
+    monkeypatch.setattr(durability, "fork_snapshot", fails_twice)
+    await wait_until(lambda: dur.error is None)
+    assert len(forks) >= 3
+    conn.data_received(inserts(range(2, 3)))
+    await wait_until(lambda: 2 in answered(conn.transport))
+    assert isinstance(answered(conn.transport)[2], Result)  # writes accepted again
+
+
 async def test_a_snapshot_whose_end_cannot_be_recorded_still_answers(persistent, monkeypatch):
     """An error after the child finished (pruning the old logs raised: QA, a stray file's name)
     was printed by the loop, and the snapshot's callers waited for ever: now they get an
