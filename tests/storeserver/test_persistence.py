@@ -135,6 +135,14 @@ def test_a_history_with_a_hole_refuses(tmp_path, snapshot, logs, missing):
         DataDir(tmp_path).load(lambda change: None)
 
 
+def test_two_logs_of_one_generation_are_named_as_such(tmp_path):
+    """QA: ``log-1.aof`` beside ``log-0000000001.aof`` was refused as log 2 "missing"."""
+    for name in ("log-1.aof", "log-0000000001.aof", "log-0000000002.aof"):
+        write_log(tmp_path / name, ENTRIES[:1])
+    with pytest.raises(CorruptData, match=r"log-\S+ and log-\S+ are both log generation 1"):
+        DataDir(tmp_path).load(lambda change: None)
+
+
 @pytest.mark.parametrize("zeros", [8, 9, 4096])
 def test_a_zero_filled_tail_is_a_torn_tail(tmp_path, zeros):
     # The file's size reached the disk, its data did not (XFS, ext4 with delayed allocation):
