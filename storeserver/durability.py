@@ -302,8 +302,13 @@ class Durability(WritePath):
             how = {"exit_code": code} if code > 0 else {"signal": signal.Signals(-code).name}
             log.error("snapshot_failed", **how)
             self.dir.discard_partial_snapshot()  # a child killed mid-write leaves its part
-            # Most likely the disk (full, read-only): a condition to report, not a bug (500).
-            self._notify(PersistenceError("the snapshot could not be written (disk full?)", {}))
+            # Most likely the disk (full, read-only), or, killed, the OOM killer: a condition
+            # to report, not a bug (500). QA: a child killed by a signal was "disk full?" too.
+            if code > 0:
+                message = "the snapshot could not be written (disk full?)"
+            else:
+                message = f"the snapshot's process was killed ({how['signal']}: out of memory?)"
+            self._notify(PersistenceError(message, {}))
             return
         self.dir.prune(self._child_generation)
         self.last_snapshot = {

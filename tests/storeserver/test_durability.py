@@ -6,6 +6,7 @@ import asyncio
 import errno
 import json
 import os
+import signal
 import threading
 import time
 from datetime import datetime, timedelta
@@ -380,6 +381,23 @@ async def test_a_failed_snapshot_child_says_why(persistent, monkeypatch, capfd):
     assert child[0]["event"] == "snapshot_child_failed" and "No space left" in child[0]["error"]
     assert child[0]["level"] == "error" and child[0]["process"] == "store"
     assert datetime.fromisoformat(child[0]["timestamp"]).utcoffset() == timedelta(0)
+
+
+async def test_a_snapshot_child_killed_by_a_signal_is_not_called_a_full_disk(
+    persistent, monkeypatch
+):
+    """QA: a child the OOM killer ended answered "could not be written (disk full?)"."""
+    _, conn = persistent
+
+    def killed(*args: Any) -> None:  # in the child, forked after this
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    monkeypatch.setattr(snapshots, "write_snapshot", killed)
+    conn.data_received(encode_request(7, "snapshot", {}))
+    await wait_until(lambda: 7 in answered(conn.transport))
+    refused = answered(conn.transport)[7]
+    assert isinstance(refused, Error) and refused.code == "PERSISTENCE_ERROR"
+    assert "killed (SIGKILL" in refused.message and "disk" not in refused.message
 
 
 def no_process(*args: Any) -> int:
