@@ -52,7 +52,7 @@ from storeserver.protocol import MAX_FRAME_SIZE, pack_value
 from storeserver.ratelimit import FixedWindowCounters
 from storeserver.reads import DEFAULT_LIMIT, RecordReader
 from storeserver.records import REPLY_ROOM, max_record_bytes, one_budget
-from storeserver.scans import ScanCursors
+from storeserver.scans import MAX_SCAN_IDS, ScanCursors
 from storeserver.writes import RecordWriter, Undo
 
 KeyUndo = list[tuple[str, tuple[Any, float | None] | None]]
@@ -125,13 +125,15 @@ class Engine:
         audit_max_age: float = 0.0,
         scan_idle: float = 60.0,
         max_frame_bytes: int = MAX_FRAME_SIZE,
+        max_scan_ids: int = MAX_SCAN_IDS,
     ) -> None:
         """``journal=False`` stops recording changes (when nothing calls ``drain_changes``).
 
         ``max_bulk_rows``: default and ceiling of ``update_where``/``delete_where``'s
         ``max_rows``; ``audit_max_*``: the audit log's bounds (age in seconds, 0 = none);
         ``scan_idle``: seconds a ``scan`` cursor may go unread (``STORE_SCAN_IDLE``);
-        ``max_frame_bytes``: the server's frame limit, which every reply must fit.
+        ``max_frame_bytes``: the server's frame limit, which every reply must fit;
+        ``max_scan_ids``: ids the open ``scan`` cursors hold between them (8 bytes each).
         """
         self._clock = clock
         self._started = clock()
@@ -152,7 +154,9 @@ class Engine:
         self.audit.stamp = self._writer.timestamps
         self._bulk = BulkWriter(self._writer, max_bulk_rows, max_in)
         self._reader = RecordReader(self._catalog, max_limit, max_in)
-        self._scans = ScanCursors(clock, idle=scan_idle, max_bytes=max_frame_bytes // 4)
+        self._scans = ScanCursors(
+            clock, idle=scan_idle, max_bytes=max_frame_bytes // 4, max_ids=max_scan_ids
+        )
         self._kv = KeyValueStore(clock)
         self._rates = FixedWindowCounters(clock)
         self._definitions = TableDefinitions(self._catalog, self._writer, self.audit, self._scans)

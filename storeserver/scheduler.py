@@ -32,7 +32,7 @@ import structlog
 from .builds import ChunkedRead, Job
 from .bulk import BulkWrite
 from .client import ACTOR_ARG, REQUEST_ID_ARG
-from .errors import BadRequest, InternalError, StoreBusy, StoreError
+from .errors import BadRequest, InternalError, MemoryLimit, StoreBusy, StoreError
 from .protocol import Request, encode_result
 
 if TYPE_CHECKING:
@@ -280,6 +280,14 @@ class JobScheduler:
                 server._check_write(job.command, run.args)
                 if run.credential is not None:
                     server.engine.check_credential(run.credential)
+            elif server.memory.reads_over():
+                # What a long read holds (groups, a join's hash, sort keys) is in use until it
+                # ends: QA, eight aggregates took the store to 2.8 times STORE_MAX_MEMORY.
+                raise MemoryLimit(
+                    "the store's memory in use is past STORE_MAX_MEMORY by a quarter: this long"
+                    " read stopped (read fewer rows, or fewer at once)",
+                    {"max_memory": server.memory.limit},
+                )
             done, result = server.engine.advance(job)
             if done:
                 changes = server.engine.drain_changes()

@@ -59,6 +59,7 @@ from .protocol import (
 from .records import format_timestamp
 from .replycache import ReplyCache, StoredGet
 from .requesttags import ACTOR_ARG, REQUEST_ID_ARG, take_tags
+from .scans import scan_ids_for
 from .scheduler import JobScheduler
 from .settings import StoreSettings
 from .socketchecks import clear_stale_socket, lock_socket, unlock_socket
@@ -131,6 +132,7 @@ class StoreServer:
             # Replies must fit the API's client too, which reads frames of MAX_FRAME_SIZE at
             # most whatever this store takes: the record limit and scan pages follow the smaller.
             max_frame_bytes=min(settings.max_frame_bytes, MAX_FRAME_SIZE),
+            max_scan_ids=scan_ids_for(settings.max_memory),
         )
         self.engine.spill_reads()
         self.durability = (

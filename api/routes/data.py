@@ -169,7 +169,7 @@ async def create_record(
 @router.get(
     "/{table}/count",
     response_model=Envelope[CountResult],
-    responses=error_responses(400, 404, 422),
+    responses=error_responses(400, 404, 422, 507),
     summary="Count records",
 )
 async def count_records(
@@ -189,7 +189,7 @@ async def count_records(
 @router.post(
     "/{table}/query",
     response_model=projected_list(DataRecord),
-    responses={**TAGGED, **error_responses(400, 404, 413, 415, 422, described=QUERY_MATCHED)},
+    responses={**TAGGED, **error_responses(400, 404, 413, 415, 422, 507, described=QUERY_MATCHED)},
     summary="Query records with a filter tree",
 )
 async def query_records(
@@ -205,7 +205,7 @@ async def query_records(
 @router.post(
     "/{table}/aggregate",
     response_model=GroupsEnvelope,
-    responses=error_responses(400, 404, 413, 415, 422),
+    responses=error_responses(400, 404, 413, 415, 422, 507),
     summary="Aggregate records by group",
 )
 async def aggregate_records(
@@ -220,7 +220,7 @@ async def aggregate_records(
 @router.get(
     "/{table}",
     response_model=ListEnvelope[DataRecord],
-    responses={**NOT_MODIFIED, **error_responses(400, 404, 422)},
+    responses={**NOT_MODIFIED, **error_responses(400, 404, 422, 507)},
     summary="List records",
 )
 async def list_records(

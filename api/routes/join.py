@@ -39,7 +39,7 @@ class JoinRow(BaseModel):
 @router.get(
     "/{left}/{right}/{key}",
     response_model=ListEnvelope[JoinRow],
-    responses={**NOT_MODIFIED, **error_responses(400, 404, 422)},
+    responses={**NOT_MODIFIED, **error_responses(400, 404, 422, 507)},
     summary="Join two tables",
 )
 async def join_records(

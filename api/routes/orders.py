@@ -71,7 +71,7 @@ async def create_order(
 @router.get(
     "",
     response_model=ListEnvelope[OrderWithUser],
-    responses={**NOT_MODIFIED, **error_responses(400, 401, 422)},
+    responses={**NOT_MODIFIED, **error_responses(400, 401, 422, 507)},
     summary="List orders",
 )
 async def list_orders(
@@ -100,7 +100,7 @@ async def list_orders(
 @router.post(
     "/query",
     response_model=projected_list(OrderWithUser),
-    responses={**TAGGED, **error_responses(400, 401, 413, 415, 422, described=QUERY_MATCHED)},
+    responses={**TAGGED, **error_responses(400, 401, 413, 415, 422, 507, described=QUERY_MATCHED)},
     summary="Query orders with a filter tree",
 )
 async def query_orders(
@@ -130,7 +130,7 @@ async def query_orders(
 @router.post(
     "/aggregate",
     response_model=GroupsEnvelope,
-    responses=error_responses(400, 401, 413, 415, 422),
+    responses=error_responses(400, 401, 413, 415, 422, 507),
     summary="Aggregate orders by group",
 )
 async def aggregate_orders(

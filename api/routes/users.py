@@ -100,7 +100,7 @@ async def create_user(
 @router.get(
     "",
     response_model=ListEnvelope[UserPublic],
-    responses={**NOT_MODIFIED, **error_responses(400, 401, 403, 422)},
+    responses={**NOT_MODIFIED, **error_responses(400, 401, 403, 422, 507)},
     summary="List users",
 )
 async def list_users(
@@ -140,7 +140,7 @@ async def read_me(
     response_model=projected_list(UserPublic),
     responses={
         **TAGGED,
-        **error_responses(400, 401, 403, 413, 415, 422, described=QUERY_MATCHED),
+        **error_responses(400, 401, 403, 413, 415, 422, 507, described=QUERY_MATCHED),
     },
     summary="Query users with a filter tree",
 )
@@ -270,7 +270,7 @@ async def delete_user(
 @router.get(
     "/{user_id}/orders",
     response_model=ListEnvelope[OrderWithUser],
-    responses={**NOT_MODIFIED, **error_responses(400, 401, 404, 422)},
+    responses={**NOT_MODIFIED, **error_responses(400, 401, 404, 422, 507)},
     summary="List a user's orders",
 )
 async def list_user_orders(

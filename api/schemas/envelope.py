@@ -102,7 +102,8 @@ _DESCRIPTIONS = {
     " was sent, which may have been applied; read before sending it again. `JOBS_BUSY` (a"
     " route that starts a job): the worker holds JOB_MAX_QUEUED jobs already",
     504: "Store timeout (on a write: it may still have been applied)",
-    507: "Store memory limit reached; reads keep working",
+    507: "Store memory limit reached: writes that add data are refused, reads go on; a read"
+    " over many rows stops once the store's memory in use is a quarter past the limit",
 }
 
 

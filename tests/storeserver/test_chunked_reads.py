@@ -28,6 +28,7 @@ from storeserver.protocol import (
     encode,
     encode_request,
 )
+from storeserver.scans import MAX_SCAN_IDS, scan_ids_for
 from storeserver.server import StoreServer
 from storeserver.settings import StoreSettings
 from tests.storeserver.jobs import (
@@ -956,3 +957,51 @@ async def test_cancels_behind_many_requests_still_take_them_back(sock_dir, calls
         assert got[-1].value["remaining"] == 999  # the one hit not taken back
     finally:
         await server.shutdown()
+
+
+def replies_of(transport: RecordingTransport) -> list[Any]:
+    return [m for m in FrameDecoder().feed(bytes(transport.data)) if type(m) is not Hello]
+
+
+async def test_a_long_read_stops_once_the_memory_in_use_is_a_quarter_past_the_limit(
+    sock_dir,
+) -> None:
+    """QA: eight aggregates over 245,000 rows took the store to 2.8 times STORE_MAX_MEMORY
+    (their groups are in use until they end). A long read now stops with MEMORY_LIMIT at a
+    step taken while the memory in use is a quarter past the limit; others go on after."""
+    server = StoreServer(StoreSettings(socket=sock_dir / "s.sock", max_memory=250_000_000))
+    await server.start()
+    try:
+        held = HeldReads(server.engine)
+        conn, transport = connect(server)
+        conn.data_received(encode_request(1, "find", {"table": "t", "n": 1}))
+        await wait_until(lambda: held.executed == 1 and server.jobs == 1)
+        server.memory.reads_over = lambda: True  # type: ignore[method-assign]
+        await wait_until(lambda: any(m.request_id == 1 for m in replies_of(transport)))
+        [reply] = [m for m in replies_of(transport) if m.request_id == 1]
+        assert reply.code == "MEMORY_LIMIT" and "long read stopped" in reply.message
+        assert held.alive == 0 and server.jobs == 0  # its generator closed: its memory freed
+        server.memory.reads_over = lambda: False  # type: ignore[method-assign]
+        held.release = True
+        conn.data_received(encode_request(2, "find", {"table": "t", "n": 2}))
+        await wait_until(lambda: any(m.request_id == 2 for m in replies_of(transport)))
+        [answer] = [m for m in replies_of(transport) if m.request_id == 2]
+        assert answer.value == {"items": [], "total": 2}
+    finally:
+        await server.shutdown()
+
+
+def test_open_cursors_hold_an_eighth_of_the_memory_limit_in_ids() -> None:
+    """QA: 100 stalled dumps of a 245,000-row table held ~150 MB past a 250 MB limit (the
+    ids of every open cursor, capped at 20M, 160 MB, whatever the limit)."""
+    assert scan_ids_for(0) == MAX_SCAN_IDS
+    assert scan_ids_for(256 * 2**20) == 256 * 2**20 // 64  # 4M ids, 32 MiB
+    assert scan_ids_for(2**40) == MAX_SCAN_IDS
+    engine = Engine(max_scan_ids=150)
+    engine.execute(
+        "batch", {"ops": [{"op": "insert", "table": "t", "record": {}} for _ in range(100)]}
+    )
+    first = engine.execute("scan", {"table": "t", "limit": 1})
+    assert first["cursor"]  # one cursor alone may pass the cap
+    with pytest.raises(StoreBusy, match="too many ids"):
+        engine.execute("scan", {"table": "t", "limit": 1})

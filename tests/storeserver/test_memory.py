@@ -55,13 +55,39 @@ def test_rows_deleted_at_the_limit_make_room_though_rss_stays() -> None:
     process = FakeProcess(rss=400 * MB, after_trim=398 * MB, reusable=150 * MB)
     gauge = process.gauge(limit=384 * MB)
     assert not gauge.over_limit()
-    assert gauge.used() == 398 * MB - 384 * MB // 10  # counted up to a tenth of the limit
+    assert gauge.used() == 398 * MB - 384 * MB // 4  # counted up to a quarter of the limit
     process.reusable = 10 * MB  # the free blocks filled again
     assert process.gauge(limit=384 * MB).over_limit()
-    # Records of other sizes cannot use the free blocks: RSS passes the limit by a tenth at most.
-    process.rss = process.after_trim = 423 * MB
+    # Records of other sizes cannot use the free blocks: RSS passes the limit by a quarter at
+    # most.
+    process.rss = process.after_trim = 480 * MB
     process.reusable = 150 * MB
     assert process.gauge(limit=384 * MB).over_limit()
+
+
+def test_what_a_burst_of_reads_left_behind_does_not_keep_writes_refused_after_deletes() -> None:
+    """QA: eight aggregates left RSS ~60 MB up over a 250 MB limit; with the free space
+    counted up to a tenth of the limit, deleting 60 % of the rows (RSS 300 MB, much of it free
+    again) kept every write refused until a restart."""
+    process = FakeProcess(rss=300 * MB, after_trim=300 * MB, reusable=170 * MB)
+    assert not process.gauge(limit=250 * MB).over_limit()
+
+
+@pytest.mark.parametrize(
+    ("rss", "reusable", "over"),
+    [
+        (300 * MB, 0, False),  # in use: 300, under 250 + 62.5
+        (320 * MB, 0, True),  # in use past a quarter over the limit
+        (400 * MB, 150 * MB, False),  # RSS high, but most of it free again (a read ended)
+        (100 * MB, 0, False),
+    ],
+)
+def test_long_reads_stop_when_the_memory_in_use_is_a_quarter_past_the_limit(
+    rss: int, reusable: int, over: bool
+) -> None:
+    process = FakeProcess(rss=rss, after_trim=rss, reusable=reusable)
+    assert process.gauge(limit=250 * MB).reads_over() is over
+    assert not process.gauge(limit=0).reads_over()  # no limit
 
 
 def test_data_that_fills_the_limit_is_refused_and_trims_once_per_period() -> None:
