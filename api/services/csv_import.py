@@ -246,6 +246,8 @@ async def _import_atomic(
             )
             raise ApiError(status, code, message, [{"field": None, "message": message}]) from None
         index = failed_index(exc, len(ops))
+        if index is None:
+            raise
         code = CONFLICT_CODES.get(str(exc.details.get("reason")), code)
         errors = store_row_errors(exc, numbers[index])
         message = f"row {numbers[index]}: {exc.message}; nothing was imported"

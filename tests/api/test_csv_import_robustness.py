@@ -10,6 +10,7 @@ No processes: the app runs on ``httpx.ASGITransport`` with its store swapped for
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
@@ -38,6 +39,7 @@ from api.settings import Settings
 from storeserver.engine import Engine
 from storeserver.errors import (
     CredentialRevoked,
+    LimitExceeded,
     MemoryLimit,
     NotFound,
     OutcomeUnknown,
@@ -464,6 +466,33 @@ async def test_a_store_failure_before_any_write_is_the_store_error(
     assert response.status_code == 507
     assert response.json()["error"]["details"] == []
     assert store.count("t") == 0
+
+
+async def test_a_failed_import_leaves_no_cycle_holding_its_records() -> None:
+    """QA: each failed import of one huge JSON cell left ~500 MB held in the worker. The
+    chunk writer kept its failed write, whose error (raised on through the writer's own
+    frame) held the rows: a cycle of error, frames and writer that only a full collection
+    frees, and a worker's runs rarely (``api.collector``). Freed by reference counting now."""
+
+    class Refusing(EngineStore):  # a new error each time, as the client raises them
+        async def call(
+            self, command: str, args: dict[str, Any] | None = None, *, timeout: float | None = None
+        ) -> Any:
+            if command == "batch":
+                raise LimitExceeded("the request holds too many values", {"max_entries": 9})
+            return await super().call(command, args, timeout=timeout)
+
+    refusing = Refusing()
+    gc.collect()
+    gc.disable()  # nothing collected behind the test's back
+    try:
+        with pytest.raises(LimitExceeded):
+            await import_csv(refusing, "t", io.BytesIO(b"a\n" + b'"{}"\n' * 300), False)
+        await asyncio.sleep(0)  # the done callbacks of the failed write run
+        left_in_cycles = gc.collect()
+    finally:
+        gc.enable()
+    assert left_in_cycles == 0, f"{left_in_cycles} objects were only freed by the collector"
 
 
 async def test_a_first_batch_in_doubt_says_so(http: httpx.AsyncClient, store: EngineStore) -> None:
