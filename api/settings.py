@@ -20,6 +20,7 @@ from pydantic import (
     EmailStr,
     Field,
     SecretStr,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -212,6 +213,19 @@ class Settings(BaseSettings):
     @classmethod
     def lower_log_level(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
+
+    @field_validator(
+        "jwt_secret", "store_secret", "job_result_dir", "control_socket", mode="before"
+    )
+    @classmethod
+    def blank_is_unset(cls, value: object, info: ValidationInfo) -> object:
+        """Blank (a stray space in an .env line) is unset, as empty is: QA, JWT_SECRET=" "
+        signed tokens with a one-space key in development (anyone could mint an admin's),
+        JOB_RESULT_DIR=" " made a directory named " ", CONTROL_SOCKET=" " broke gunicorn's.
+        A value that is not blank is kept as it is (a secret's spaces are its own)."""
+        if isinstance(value, str) and not value.strip():
+            return cls.model_fields[str(info.field_name)].default
+        return value
 
     @field_validator("metrics_token", mode="before")
     @classmethod

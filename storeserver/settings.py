@@ -87,6 +87,15 @@ class StoreSettings(BaseSettings):
         # QA: "AF_UNIX path too long" at start, naming no setting.
         return check_unix_path(where)
 
+    @field_validator("secret", mode="before")
+    @classmethod
+    def _blank_secret_is_unset(cls, value: object) -> object:
+        """A blank secret is no secret (a stray space in an .env line): 20 spaces passed the
+        length check STORE_TCP makes (QA)."""
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
     @field_validator("data_dir", mode="before")
     @classmethod
     def _data_dir(cls, value: object) -> object:

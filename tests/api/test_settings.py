@@ -82,6 +82,18 @@ def test_an_empty_variable_means_unset(monkeypatch: pytest.MonkeyPatch, name: st
     assert Settings() == Settings.model_construct()
 
 
+@pytest.mark.parametrize("name", ["JWT_SECRET", "STORE_SECRET", "JOB_RESULT_DIR", "CONTROL_SOCKET"])
+def test_a_blank_variable_means_unset_too(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """QA: JWT_SECRET=" " (a stray space in an .env line) signed tokens with a one-space key
+    in development, so anyone could mint an admin's; JOB_RESULT_DIR=" " made a directory
+    named " ", CONTROL_SOCKET=" " broke gunicorn's control socket."""
+    monkeypatch.setenv(name, "   ")
+    assert Settings() == Settings.model_construct()
+    monkeypatch.setenv(name, " a value of its own ")  # not blank: kept as it is
+    kept = getattr(Settings(), name.lower())
+    assert getattr(kept, "get_secret_value", lambda: kept)() == " a value of its own "
+
+
 @pytest.mark.parametrize(
     ("name", "value"), [("WEB_CONCURRENCY", "two"), ("ENV", "staging"), ("RATE_LIMIT", "lots")]
 )

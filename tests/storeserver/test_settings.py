@@ -183,6 +183,9 @@ def test_a_short_secret_is_refused_with_store_tcp_only() -> None:
     assert "STORE_SECRET" in errors and "at least 16" in errors
     assert StoreSettings(tcp="127.0.0.1:7000", secret="x" * 16).secret == "x" * 16
     assert StoreSettings(secret="x").secret == "x"
+    # Blank is no secret (QA: 20 spaces passed the length check).
+    errors = str(refused(STORE_TCP="127.0.0.1:7000", STORE_SECRET=" " * 20))
+    assert "STORE_TCP requires STORE_SECRET" in errors
 
 
 def test_nan_is_refused_as_not_a_number() -> None:
