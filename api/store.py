@@ -7,7 +7,7 @@ import time
 from typing import Any, Protocol
 
 from storeserver.client import Caller, OnConnect, current_actor, without_credential
-from storeserver.errors import StoreTimeout, StoreUnavailable
+from storeserver.errors import SecretRefused, StoreTimeout, StoreUnavailable
 
 
 class Store(Protocol):
@@ -102,6 +102,9 @@ async def connect_store(
             if pong.get("ready"):
                 return client
             last_error = StoreUnavailable("store is loading its data")
+        except SecretRefused:
+            await client.close()
+            raise  # a setting: no retry mends it (QA: retried, the API restarted for ever)
         except (StoreUnavailable, StoreTimeout) as exc:
             # A store busy past the call timeout just after its handshake is waited for too
             # (QA: the StoreTimeout ended the wait, and the worker's boot, after 1 s).

@@ -31,7 +31,7 @@ from api.ratelimit import trusted_peers
 from api.settings import get_settings
 from api.store import START as app_start
 from api.store import wait_for_store
-from storeserver.errors import StoreError
+from storeserver.errors import SecretRefused, StoreError
 from storeserver.parentdeath import end_with_parent
 from storeserver.settings import settings_errors
 
@@ -220,6 +220,11 @@ def on_starting(server: Any) -> None:
             _settings.store_wait_seconds,
             _settings.store_secret_value,
         )
+    except SecretRefused as exc:
+        # A setting, as invalid_settings are: exit 2, which `make run` and supervisord stop
+        # on (QA: retried as a store still starting, exit 1, restarted for ever).
+        log_start_failure("invalid_settings", errors=f"STORE_SECRET: {exc.message}")
+        sys.exit(2)
     except StoreError as exc:
         # One JSON line and exit 1 (gunicorn would print its traceback): a store that is
         # late may come back, so supervisord and compose start the API again.

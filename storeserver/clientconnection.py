@@ -15,13 +15,22 @@ from typing import Any, cast
 from .errors import (
     OutcomeUnknown,
     ProtocolError,
+    SecretRefused,
     StoreBusy,
     StoreError,
     StoreTimeout,
     StoreUnavailable,
     error_from_wire,
 )
-from .protocol import PROTOCOL_VERSION, Error, FrameDecoder, Hello, Result, encode_request
+from .protocol import (
+    AUTH_REFUSED,
+    PROTOCOL_VERSION,
+    Error,
+    FrameDecoder,
+    Hello,
+    Result,
+    encode_request,
+)
 
 READ_COMMANDS = frozenset(
     {"ping", "get", "get_many", "find", "count", "join", "aggregate", "list_tables", "stats"}
@@ -159,7 +168,14 @@ class ClientConnection(asyncio.Protocol):
             elif kind is Error:
                 assert isinstance(message, Error)
                 if not self.hello.done():
-                    self.hello.set_exception(StoreUnavailable(f"store refused: {message.message}"))
+                    refused = StoreUnavailable(f"store refused: {message.message}")
+                    if message.details.get("reason") == AUTH_REFUSED:
+                        # Not a store still starting: the same secret gets the same answer.
+                        refused = SecretRefused(
+                            "the store refused this client's secret: STORE_SECRET is missing"
+                            " or not the store's"
+                        )
+                    self.hello.set_exception(refused)
                     continue
                 fut = pending.pop(message.request_id, None)
                 if fut is not None and not fut.done():

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from .errors import ProtocolError, StoreBusy, StoreError
 from .protocol import (
+    AUTH_REFUSED,
     MAX_REQUEST_ENTRIES,
     PROTOCOL_VERSION,
     Error,
@@ -476,17 +477,20 @@ class StoreConnection(asyncio.Protocol):
             self.close()
 
     def _greet(self, hello: Hello, replies: list[bytes]) -> bool:
+        details: dict[str, Any] = {}
         if hello.version != PROTOCOL_VERSION:
             reason = f"unsupported protocol version {hello.version}"
         elif not self.server.check_auth(hello.payload):
-            reason = "authentication failed"
+            # Said so in the details: a client that tries again gets the same answer (QA: the
+            # API retried a wrong STORE_SECRET as a store still starting, and restarted for ever)
+            reason, details = "authentication failed", {"reason": AUTH_REFUSED}
         else:
             self.greeted = True
             self.decoder.max_frame_size = self.server.settings.max_frame_bytes
             self._end_handshake()
             replies.append(encode(Hello(PROTOCOL_VERSION, self.server.server_info())))
             return True
-        self._drop(reason)  # nothing was answered before a HELLO: its error goes alone
+        self._drop(reason, details)  # nothing was answered before a HELLO: its error goes alone
         return False
 
     def _handshake_expired(self) -> None:
@@ -503,12 +507,12 @@ class StoreConnection(asyncio.Protocol):
             self._handshaking = False
             self.server.handshakes.release(self._address)
 
-    def _drop(self, reason: str) -> None:
+    def _drop(self, reason: str, details: dict[str, Any] | None = None) -> None:
         """Close the connection for what its client sent (or did not send in time), telling
         it why first: a client sees the reason, not just a closed connection."""
         self.server.dropped_log(reason=reason, peer=self.peer)
         if self.transport is not None and not self._closing:
-            self.transport.write(encode(Error(0, ProtocolError.code, reason, {})))
+            self.transport.write(encode(Error(0, ProtocolError.code, reason, details or {})))
         self.close()
 
     def stop_running(self) -> None:

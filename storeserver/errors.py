@@ -97,6 +97,13 @@ class OutcomeUnknown(StoreUnavailable):
     code = "OUTCOME_UNKNOWN"
 
 
+class SecretRefused(StoreUnavailable):
+    """Client side: the store refused this client's handshake secret (``STORE_SECRET``
+    missing, or not the store's). A ``StoreUnavailable`` to the requests that meet it (503
+    until an operator mends the setting), but a start stops on it at once: no retry mends it
+    (``api.store.connect_store``)."""
+
+
 class SetupRefused(Exception):
     """Raised by a client's ``on_connect`` to end the connection attempt with its own verdict
     (a setting of the store no retry can mend): it reaches the caller as it is, where any

@@ -78,6 +78,9 @@ _HEADER = struct.Struct(">I")
 _DECIMAL_EXT = 1
 _REQUEST, _RESULT, _ERROR = 0, 1, 2
 _CANCEL_MARK = b"\xa6cancel"  # the command name "cancel", as msgpack packs it
+AUTH_REFUSED = "authentication"
+"""``details.reason`` of the error a store answers a HELLO whose secret it refuses: the
+client's secret (``STORE_SECRET``) is missing or not the store's, which no retry mends."""
 
 
 @dataclass(slots=True)

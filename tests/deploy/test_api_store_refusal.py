@@ -109,3 +109,14 @@ def test_make_run_stops_at_once_when_the_store_refuses_the_api_tables() -> None:
     assert "STORE_MAX_MEMORY=384 bytes" in refusals[0]["error"]
     last = events[-1]
     assert last["event"] == "run_stopped" and last["program"] == "api", last
+
+
+def test_a_store_that_refuses_the_api_secret_stops_the_api_at_once(sock_dir: Path) -> None:
+    """QA: a missing or wrong STORE_SECRET was waited for as a store still starting
+    (STORE_WAIT_SECONDS of refused handshakes), then exit 1, restarted for ever; now one
+    line naming the variable and exit 2, a setting to mend."""
+    code, events = start_api(sock_dir, STORE_SECRET="a-secret-the-api-was-not-given-0123")
+    assert code == 2, events
+    refused = [e for e in events if e["event"] == "invalid_settings"]
+    assert refused and refused[0]["errors"].startswith("STORE_SECRET: "), events
+    assert not any(e["event"] == "store_not_ready" for e in events)
