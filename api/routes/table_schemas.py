@@ -12,7 +12,7 @@ from fastapi import Query, Request, Response
 
 from api.deps import StoreDep, TableName, UntaggedRead
 from api.errors import ApiError, allowed_methods, refuses_methods
-from api.query_params import QueryInt
+from api.query_params import ASCII_DIGITS
 from api.routes.tables import success_response, table_router
 from api.schemas.envelope import Envelope, error_responses
 from api.schemas.tables import SchemaBody, SchemaResult, TableDescription
@@ -37,7 +37,9 @@ async def read_schema(
     table: TableName,
     store: StoreDep,
     sample: Annotated[
-        QueryInt | None, Query(ge=1, le=100_000, description="Rows to examine (generic tables)")
+        int | None,
+        Query(ge=1, le=100_000, description="Rows to examine (generic tables)"),
+        ASCII_DIGITS,
     ] = None,
     _untagged: UntaggedRead = None,
 ) -> Response:
