@@ -210,6 +210,11 @@ def logging_config(level: str) -> dict[str, Any]:
             "uvicorn.error": {**json_out, "filters": ["already_logged"]},
             "gunicorn.access": silent,
             "uvicorn.access": silent,
+            # The multipart parser warns of each malformed part it meets: any client could
+            # write a warning line at will (QA). The request is answered 400 and its access
+            # line says so; its own errors still show.
+            "python_multipart": {"level": "ERROR"},
+            "multipart": {"level": "ERROR"},  # its name before python-multipart 0.0.13
         },
     }
 

@@ -27,6 +27,7 @@ from tests.support.factories import (
     order_payload,
     token,
 )
+from tests.support.logs import json_lines
 from tests.support.stack import Stack
 from tests.support.storedirect import bulk_insert, store_call
 
@@ -402,6 +403,19 @@ def test_malformed_multipart_is_a_400_envelope(client: httpx.Client) -> None:
     for content_type in ("multipart/form-data", "multipart/form-data; boundary=xyz"):
         response = client.post(IMPORT, content=b"garbage", headers={"content-type": content_type})
         assert_error(response, 400)
+
+
+def test_malformed_multipart_writes_no_warning_line(anon: httpx.Client, stack: Stack) -> None:
+    """QA: the multipart parser's own logger wrote a warning for each malformed part, so
+    any client could write warning lines at will (to the token endpoint, unauthenticated)."""
+    log = stack.workdir / "api.log"
+    start = log.stat().st_size
+    body = b'--X\r\nContent-Disposition: form-data; name="username"\r\n[bad\r\n\r\nx\r\n--X--\r\n'
+    form = {"Content-Type": "multipart/form-data; boundary=X"}
+    assert_error(anon.post("/api/v1/auth/token", content=body, headers=form), 400)
+    time.sleep(0.3)  # a worker's lines are written as its request ends
+    lines = json_lines(log, start)  # the stack logs warnings and up
+    assert not [line for line in lines if "multipart" in str(line.get("logger", ""))]
 
 
 def test_access_control(anon: httpx.Client, stack: Stack) -> None:
