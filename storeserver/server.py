@@ -175,8 +175,12 @@ class StoreServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         path = self.settings.socket
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._socket_lock = lock_socket(path)  # held until ``shutdown`` removes the socket
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._socket_lock = lock_socket(path)  # held until ``shutdown`` removes the socket
+        except OSError as exc:  # QA: "[Errno 2] No such file or directory: '/proc/x'" alone
+            message = f"STORE_SOCKET {path}: cannot make or lock it there: {exc.strerror or exc}"
+            raise type(exc)(message) from exc
         try:
             await self._start(loop, path)
         except BaseException:

@@ -251,6 +251,21 @@ def test_a_start_that_fails_after_listening_removes_its_socket(sock_dir):
     assert not socket_path.exists()
 
 
+def test_a_socket_path_that_cannot_be_used_is_named_as_store_socket(tmp_path):
+    """QA: "[Errno 17] File exists: '/etc/passwd'" named no setting."""
+    in_the_way = tmp_path / "a-file"
+    in_the_way.write_text("")
+    socket_path = in_the_way / "store.sock"
+    done = subprocess.run(
+        [sys.executable, "-m", "storeserver", "--socket", str(socket_path)],
+        capture_output=True,
+        timeout=30,
+    )
+    assert done.returncode == 3
+    refusal = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    assert refusal["error"].startswith(f"STORE_SOCKET {socket_path}: "), refusal
+
+
 def test_sigint_exits_zero(store_process):
     store = store_process()
     assert store.stop(signal.SIGINT) == 0
