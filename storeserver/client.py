@@ -151,10 +151,13 @@ def check_unix_path(path: str) -> str:
 
 def parse_address(address: str) -> tuple[str, Any]:
     """``unix:/path``, ``/path`` or ``x.sock`` → ("unix", path); ``tcp://h:p`` or ``h:p`` → tcp."""
-    if address.startswith("unix:"):
+    scheme = address[: address.find(":") + 1].lower()
+    if scheme == "unix:":
         return "unix", address[5:].removeprefix("//")
-    if address.startswith("tcp://"):
+    if scheme == "tcp:" and address[4:6] == "//":
         address = address[6:]
+    elif "://" in address:  # QA: http://h:80 and redis://... were taken as relative paths
+        raise ValueError(f"not a store address (unix:/path or tcp://host:port): {address!r}")
     elif "/" in address or address.endswith(".sock"):
         return "unix", address
     host, _, port = address.rpartition(":")

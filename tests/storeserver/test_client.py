@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from storeserver import clientconnection
-from storeserver.client import StoreClient
+from storeserver.client import StoreClient, parse_address
 from storeserver.clientconnection import ClientConnection
 from storeserver.errors import (
     OutcomeUnknown,
@@ -443,3 +443,27 @@ async def test_a_write_lost_before_its_frame_was_written_is_plainly_unavailable(
         queued.result()
     assert not isinstance(lost.value, OutcomeUnknown)
     assert lost.value.details == {}
+
+
+@pytest.mark.parametrize(
+    ("address", "parsed"),
+    [
+        ("unix:/run/s.sock", ("unix", "/run/s.sock")),
+        ("/run/s.sock", ("unix", "/run/s.sock")),
+        ("run/store.sock", ("unix", "run/store.sock")),
+        ("tcp://db:7000", ("tcp", ("db", 7000))),
+        ("TCP://db:7000", ("tcp", ("db", 7000))),
+        ("db:7000", ("tcp", ("db", 7000))),
+        ("tcp://[::1]:7000", ("tcp", ("::1", 7000))),
+    ],
+)
+def test_store_addresses(address: str, parsed: tuple[str, object]) -> None:
+    assert parse_address(address) == parsed
+
+
+@pytest.mark.parametrize("address", ["http://h:80", "redis://h:6379", "db:70000", "db:", "tcp://h"])
+def test_what_names_no_store_is_refused(address: str) -> None:
+    """QA: http:// and redis:// URLs were taken as relative socket paths (found only after
+    STORE_WAIT_SECONDS, as a store not ready); a port past 65535 raised OverflowError."""
+    with pytest.raises(ValueError, match="not a store address"):
+        parse_address(address)
