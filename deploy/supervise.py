@@ -173,9 +173,21 @@ def check_writable(path: Path) -> None:
     os.close(fd)
 
 
+MAX_UNIX_PATH = 107
+"""Bytes a Unix socket's path may hold (``storeserver.client.MAX_UNIX_PATH_BYTES``)."""
+
+
 def prepare_run_dir(run_dir: Path) -> str | None:
     """Create and lock ``run_dir`` (RunDirInUse if another run holds it), and clear the last
     stop record. Why it is unusable, or None."""
+    socket = os.environ.get("STORE_SOCKET", "")
+    if socket and Path(socket).parent == run_dir and len(os.fsencode(socket)) > MAX_UNIX_PATH:
+        # The store's socket goes there: named by what the user set (QA: both programs said
+        # "STORE_SOCKET: ...", which the user never set).
+        return (
+            f"RUN_DIR: too long for the store's socket in it ({socket}: a Unix socket path has"
+            f" at most {MAX_UNIX_PATH} bytes): use a shorter RUN_DIR, or set STORE_SOCKET"
+        )
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -233,7 +245,8 @@ def main() -> int:
     if problem is not None:
         log_line("error", "invalid_settings", errors=problem)
         return EXIT_INVALID_SETTINGS
-    run_dir = Path(os.environ.get("RUN_DIR", "run"))
+    run_dir = Path(os.environ.get("RUN_DIR") or "run")
+    os.environ["RUN_DIR"] = str(run_dir)  # supervisord.conf names its files by it (QA: unset)
     os.environ["API_STOP_SECONDS"] = str(api_stop_seconds(os.environ.get("GRACEFUL_TIMEOUT")))
     try:
         unusable = prepare_run_dir(run_dir)

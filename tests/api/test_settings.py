@@ -43,6 +43,8 @@ def refused(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> Validatio
         # ops QA: started (5000 workers would take the machine's memory)
         ("WEB_CONCURRENCY", "5000"),
         ("JOB_ASYNC_ROWS", str(10**23)),
+        # config QA: bcrypt takes 31, minutes to days a login (16: ~6.5 s)
+        ("BCRYPT_ROUNDS", "17"),
     ],
 )
 def test_absurd_times_and_sizes_are_refused(

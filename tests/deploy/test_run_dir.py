@@ -82,6 +82,17 @@ def test_an_unusable_run_dir_is_one_json_line_and_starts_nothing(
     assert not (tmp_path / "data").exists()  # the store never started
 
 
+def test_a_run_dir_too_long_for_the_store_socket_is_named_as_run_dir(tmp_path: Path) -> None:
+    """QA: both programs said "STORE_SOCKET: ...", a variable the user never set."""
+    run_dir = tmp_path / ("r" * 100)
+    code, lines = make_run(run_dir, tmp_path / "data")
+    assert code != 0, lines
+    event = json.loads(lines[0])
+    assert event["event"] == "invalid_settings", event
+    assert event["errors"].startswith("RUN_DIR: too long for the store's socket"), event
+    assert not (tmp_path / "data").exists()  # the store never started
+
+
 @pytest.mark.parametrize("where", ["environment", "command line"])
 def test_an_empty_setting_counts_as_unset_in_make(where: str) -> None:
     """QA: `?=` kept an empty STORE_DATA_DIR or RUN_DIR, so `STORE_DATA_DIR= make run` ran
