@@ -209,8 +209,9 @@ class KeyCommands:
                 key, fell_back = fallback, True
         refund = args.get("refund")
         if refund is not None:
-            # A hit counted against another key that should not have been (a revoked token's
-            # user): taken back in the same command as this one.
+            # A hit counted against another key that should not have been (the client's
+            # address, for a token that verified only with the key a worker switched to
+            # during the request): taken back in the same command as this one.
             self._rates.refund(_key(args, "refund"))
         result = self._rates.hit(key, hits, window)
         if peek is not None:
