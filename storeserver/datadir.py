@@ -89,6 +89,7 @@ class CutLog:
     path: Path
     found: int
     expected: int
+    next_log: Path  # the log whose first entry says where ``path`` ended
 
     def facts(self) -> dict[str, Any]:
         return {"file": str(self.path), "bytes": self.found, "expected_bytes": self.expected}
@@ -98,23 +99,25 @@ class CutLog:
         was (a row deleted at the end of the cut log comes back); dropped, writes are lost."""
         how = "lost its end" if self.found < self.expected else "grew after it was closed"
         return CorruptData(
-            f"{self.path.name} holds {self.found} bytes, but {newer.name} began when it held"
-            f" {self.expected}: it {how} (a power loss before it reached the disk), and"
+            f"{self.path.name} holds {self.found} bytes, but {self.next_log.name} began when it"
+            f" held {self.expected}: it {how} (a power loss before it reached the disk), and"
             f" {newer.name} holds writes after it; refusing to start. Move {newer.name} and any"
             " newer logs away to start without their writes, or restore the data directory"
             " from a backup."
         )
 
 
-def _cut_before(previous: tuple[Path, int] | None, begins: tuple[int, int]) -> CutLog | None:
-    """The previous log, if it is not as long as the log that follows it says it was."""
+def _cut_before(
+    previous: tuple[Path, int] | None, begins: tuple[int, int], path: Path
+) -> CutLog | None:
+    """The log before ``path``, if it is not as long as ``path`` says it was (``begins``)."""
     if previous is None:
         return None
-    path, found = previous
+    before, found = previous
     generation, expected = begins
-    if generation != _generation(path) or found == expected:
+    if generation != _generation(before) or found == expected:
         return None
-    return CutLog(path, found, expected)
+    return CutLog(before, found, expected, path)
 
 
 class DataDir:
@@ -198,7 +201,7 @@ class DataDir:
                 for n, changes in enumerate(reader):
                     begins = log_begins(changes) if n == 0 else None
                     if begins is not None:
-                        cut = cut or _cut_before(previous, begins)
+                        cut = cut or _cut_before(previous, begins, path)
                         continue
                     if cut is not None:
                         raise cut.corrupt(path)
@@ -218,10 +221,7 @@ class DataDir:
             # only their first entries: emptied, so that the next start does not find the cut
             # again behind the writes this one will log.
             log.warning("log_tail_lost", **cut.facts())
-            for path in logs[logs.index(cut.path) + 1 :]:
-                with open(path, "r+b") as fh:
-                    fh.truncate(0)
-                    os.fsync(fh.fileno())
+            _empty(logs[logs.index(cut.path) + 1 :])
         if logs:  # as it is on disk now, torn tails cut: where the next log says it began
             report.last_log = (_generation(logs[-1]), logs[-1].stat().st_size)
         report.seconds = time.perf_counter() - started
@@ -338,3 +338,15 @@ def _cut_torn_tail(torn: TornTail, newer_logs: list[Path]) -> None:
             tails.append(reader.torn)
     for tail in tails:
         tail.truncate()
+    # Emptied, the first entries too: each says where the log before it ended, before the
+    # cut, and the next start would take that for a log cut at an entry boundary once writes
+    # follow (review: refused, after a torn tail cut and a failed start-up snapshot).
+    _empty(newer_logs)
+
+
+def _empty(logs: list[Path]) -> None:
+    """Truncate ``logs`` to nothing (each holds no write, only where it began)."""
+    for path in logs:
+        with open(path, "r+b") as fh:
+            fh.truncate(0)
+            os.fsync(fh.fileno())

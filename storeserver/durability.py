@@ -83,7 +83,7 @@ class Durability(WritePath):
         generation = self.dir.next_generation()
         self.log = AppendLog(self.dir.log_path(generation), generation)
         if report.last_log is not None:
-            self.log.write(log_begins_entry(*report.last_log))
+            self._begin_log(*report.last_log)
         fsync_dir(self.dir.root)
         self.last_load = report
         if self.dir.snapshot.exists():
@@ -106,6 +106,18 @@ class Durability(WritePath):
             seconds=round(report.seconds, 3),
         )
         return report
+
+    def _begin_log(self, previous_generation: int, previous_bytes: int) -> None:
+        """Write where the log before the new one ends: a power loss that cuts it at an entry
+        boundary, once this log's writes are on disk, is then found at the next start
+        (``datadir``). Not written (a full disk), the log goes on without it, as logs did
+        before it existed: a store that cannot write it still starts and serves reads, and a
+        rotation still closes the old log (review: ENOSPC here stopped both)."""
+        assert self.log is not None
+        try:
+            self.log.write(log_begins_entry(previous_generation, previous_bytes))
+        except OSError as exc:
+            log.warning("log_begins_not_written", file=str(self.log.path), error=str(exc))
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start the timers; compact at once if the logs loaded call for it: past
@@ -243,9 +255,7 @@ class Durability(WritePath):
         try:
             ensure_snapshot_dir(self.dir.snapshot)  # removed meanwhile: the new log goes there
             self.log = AppendLog(self.dir.log_path(generation + 1), generation + 1)
-            # Where the old log ends: a power loss that cuts it at an entry boundary, once
-            # this log's writes are on disk, is then found at the next start (datadir).
-            self.log.write(log_begins_entry(generation, old.size))
+            self._begin_log(generation, old.size)
             fsync_dir(self.dir.root)
         except OSError as exc:
             self._fail(f"cannot open a new log: {exc}", since=self._written)

@@ -400,6 +400,58 @@ async def test_a_snapshot_child_killed_by_a_signal_is_not_called_a_full_disk(
     assert "killed (SIGKILL" in refused.message and "disk" not in refused.message
 
 
+def failing_log_begins(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk, for the first entry of a new log only (``log_begins``)."""
+    marker = b"\x00log-begins-marker"
+    monkeypatch.setattr(durability, "log_begins_entry", lambda *args: marker)
+    write = logfile.AppendLog.write
+
+    def full_for_it(self: logfile.AppendLog, data: bytes) -> None:
+        if data == marker:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        write(self, data)
+
+    monkeypatch.setattr(logfile.AppendLog, "write", full_for_it)
+
+
+def test_a_store_whose_disk_is_full_still_starts_without_its_logs_first_entry(
+    tmp_path, monkeypatch
+) -> None:
+    """Review: the first entry of the log a start opens (where the replayed one ends) was
+    written unguarded, and ENOSPC stopped the start: a full disk kept the store down, where
+    it served reads before."""
+    data_dir = DataDir(tmp_path / "data")
+    data_dir.log_path(1).write_bytes(logfile.encode_entry([["kv_set", "k", "v", None]]))
+    failing_log_begins(monkeypatch)
+    dur = durability.Durability(tmp_path / "data", "no", Engine(journal=True), 1 << 30)
+    with capture_logs() as logs:
+        dur.load()
+    try:
+        assert [e["event"] for e in logs if e["event"] == "log_begins_not_written"]
+        assert dur.log is not None and dur.log.size == 0  # nothing half-written
+    finally:
+        dur.close()
+
+
+async def test_a_rotation_whose_first_entry_cannot_be_written_still_rotates(
+    persistent, monkeypatch
+) -> None:
+    """Review: the rotation switched to the new log, then its first entry failed (ENOSPC):
+    the old log was never synced or closed (its descriptor held for good, its space with it
+    once pruned), and the snapshot was refused."""
+    server, conn = persistent
+    dur = server.durability
+    assert dur is not None and dur.log is not None
+    old = dur.log
+    failing_log_begins(monkeypatch)
+    conn.data_received(inserts(range(1, 2)) + encode_request(7, "snapshot", {}))
+    await wait_until(lambda: 7 in answered(conn.transport))
+    assert isinstance(answered(conn.transport)[7], Result)
+    assert dur.log is not old
+    with pytest.raises(OSError):  # closed on the fsync thread
+        os.fstat(old.fd)
+
+
 def no_process(*args: Any) -> int:
     raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
 

@@ -236,6 +236,26 @@ def test_a_torn_tail_followed_by_a_log_holding_only_its_start_is_cut(tmp_path):
     assert data_dir.log_path(1).read_bytes() == whole
 
 
+def test_a_torn_tail_cut_empties_the_newer_logs_so_later_starts_agree(tmp_path):
+    """Review: after a torn tail was cut, a newer log holding only where it began (before
+    the cut) was left as it was; once a later log held writes, the next start took the cut
+    for a log cut at an entry boundary and refused."""
+    data_dir = DataDir(tmp_path)
+    whole = encode_entry([["put", "t", stamped("a")]])
+    torn = encode_entry([["put", "t", stamped("b")]])
+    data_dir.log_path(1).write_bytes(whole + torn[:-5])
+    data_dir.log_path(2).write_bytes(log_begins_entry(1, len(whole + torn)))
+    report = DataDir(tmp_path).load(Engine().apply_change)
+    assert data_dir.log_path(2).read_bytes() == b"" and report.last_log == (2, 0)
+    # The next start's log begins where log 2 ends now, and holds a write.
+    data_dir.log_path(3).write_bytes(
+        log_begins_entry(2, 0) + encode_entry([["put", "t", stamped("c")]])
+    )
+    engine = replay(tmp_path)  # no refusal
+    found = engine.execute("get_many", {"table": "t", "ids": ["a", "b", "c"]})
+    assert [r and r["id"] for r in found] == ["a", None, "c"]
+
+
 def _cut_at_a_boundary(tmp_path: Path, newer: list[list]) -> tuple[DataDir, bytes]:
     """Log 1: insert a, insert b, delete a; its last entry lost at an entry boundary (a power
     loss before its fsync); log 2 begun when log 1 held all three, then ``newer`` entries."""
