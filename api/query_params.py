@@ -89,13 +89,23 @@ LeftTable = Annotated[str, Depends(validate_left)]
 RightTable = Annotated[str, Depends(validate_right)]
 
 
+MAX_PAGE = 1_000_000
+MAX_PER_PAGE = 100
+
+
+def page_number(description: str) -> Any:
+    """The ``Query`` of a page number, 1 to ``MAX_PAGE`` (with ``ASCII_DIGITS`` after it)."""
+    return Query(ge=1, le=MAX_PAGE, description=description)
+
+
+def page_size(description: str) -> Any:
+    """The ``Query`` of a page's size, 1 to ``MAX_PER_PAGE`` (with ``ASCII_DIGITS`` after it)."""
+    return Query(ge=1, le=MAX_PER_PAGE, description=description)
+
+
 async def parse_page(
-    page: Annotated[
-        int, Query(ge=1, le=1_000_000, description="Page number, from 1"), ASCII_DIGITS
-    ] = 1,
-    per_page: Annotated[
-        int, Query(ge=1, le=100, description="Items per page, 1 to 100"), ASCII_DIGITS
-    ] = 20,
+    page: Annotated[int, page_number("Page number, from 1"), ASCII_DIGITS] = 1,
+    per_page: Annotated[int, page_size("Items per page, 1 to 100"), ASCII_DIGITS] = 20,
 ) -> Page:
     return Page(page, per_page)
 
@@ -140,12 +150,8 @@ async def parse_orders_embed(
     embed: Annotated[
         Literal["orders"] | None, Query(description="`orders`: embed a page of their orders")
     ] = None,
-    orders_page: Annotated[
-        int, Query(ge=1, le=1_000_000, description="Page of orders"), ASCII_DIGITS
-    ] = 1,
-    orders_per_page: Annotated[
-        int, Query(ge=1, le=100, description="Orders per page"), ASCII_DIGITS
-    ] = 20,
+    orders_page: Annotated[int, page_number("Page of orders"), ASCII_DIGITS] = 1,
+    orders_per_page: Annotated[int, page_size("Orders per page"), ASCII_DIGITS] = 20,
 ) -> Page | None:
     """The page of a user's orders to embed (``embed=orders``), else None. One dependency for
     ``GET /users/{user_id}`` and ``GET /users/me``: the same parameters, the same answers."""
