@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 from uuid import UUID
@@ -231,12 +231,12 @@ def parse_timestamp(text: str, name: str, op: str = "eq") -> str:
         if not (text.isascii() and text.isprintable()):
             # fromisoformat stops at a NUL after a Z: "…Z\0junk" was read as "…Z" (QA)
             raise ValueError(text)
-        if len(text) == 10:
-            moment = datetime.combine(date.fromisoformat(text), datetime.min.time(), UTC)
-        else:
-            moment = datetime.fromisoformat(text)
-            if moment.tzinfo is None:
-                moment = moment.replace(tzinfo=UTC)
+        # datetime's parser, not date's, for dates too: Python 3.11's date.fromisoformat reads
+        # any 10 characters that begin with 8 digits as YYYYMMDD and drops the other two
+        # ("1704110400", seconds since 1970, was the date 1704-11-04; QA).
+        moment = datetime.fromisoformat(text)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
     except (ValueError, OverflowError):
         message = (
             "expected an ISO 8601 date or date-time as RFC 3339 writes it, e.g. 2024-01-31 or"

@@ -31,6 +31,18 @@ def test_an_order_equality_finer_than_a_microsecond_is_a_422(
     assert [o["id"] for o in exact.json()["data"]] == [order["id"]]
 
 
+@pytest.mark.parametrize("key", ["created_after", "order_date__gte"])
+def test_seconds_since_1970_as_a_time_bound_is_a_422(client: httpx.Client, key: str) -> None:
+    """QA: 1704110400 (2024-01-01T12:00Z in seconds, a notation POST /orders takes for an
+    order_date) was read as the date 1704-11-04, so a 2020 order passed ``>= 2024``."""
+    create_order(client, create_user(client)["id"], order_date="2020-06-01T00:00:00Z")
+    error = assert_error(client.get("/api/v1/orders", params={key: "1704110400"}), 422)
+    assert error["details"][0]["field"] == f"query.{key}"
+    tree = {"field": "order_date", "op": "gte", "value": "1704110400"}
+    response = client.post("/api/v1/orders/query", json={"filter": tree})
+    assert assert_error(response, 422)["details"][0]["field"] == "body.filter.value"
+
+
 def test_a_query_body_equality_finer_than_a_microsecond_is_a_422(client: httpx.Client) -> None:
     order = create_order(client, create_user(client)["id"])
     tree = {"field": "created_at", "op": "eq", "value": _finer(order["created_at"])}

@@ -214,6 +214,9 @@ def test_bad_sort_is_400(text: str) -> None:
         ("2024-01-31T12:30:00", "2024-01-31T12:30:00.000000Z"),
         ("2024-01-31T12:30:00Z", "2024-01-31T12:30:00.000000Z"),
         ("2024-01-31T12:30:00.5+02:00", "2024-01-31T10:30:00.500000Z"),
+        # ten characters and eight, as datetime.fromisoformat reads them (README)
+        ("2024-W05-3", "2024-01-31T00:00:00.000000Z"),
+        ("20240131", "2024-01-31T00:00:00.000000Z"),
     ],
 )
 def test_timestamps_normalize_to_the_store_format(text: str, expected: str) -> None:
@@ -222,7 +225,12 @@ def test_timestamps_normalize_to_the_store_format(text: str, expected: str) -> N
 
 @pytest.mark.parametrize(
     "text",
-    ["2024-13-01", "soon", "0001-01-01T00:00:00+01:00", "", "2024-01-31T00:00:00Z\x00junk"],
+    [
+        *("2024-13-01", "soon", "0001-01-01T00:00:00+01:00", "", "2024-01-31T00:00:00Z\x00junk"),
+        # QA: ten characters that begin with eight digits were read as YYYYMMDD, the last two
+        # dropped: seconds since 1970 (1704110400) became the date 1704-11-04
+        *("1704110400", "20240101xx", "2099123199"),
+    ],
 )
 def test_bad_timestamps_are_422(text: str) -> None:
     with pytest.raises(ApiError) as info:
