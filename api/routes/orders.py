@@ -60,7 +60,8 @@ async def create_order(
     """Place an order for yourself (an admin: for anyone; 409 if user_id names no user).
 
     total_price is an exact decimal. An admin may set order_date (not in the future); for
-    anyone else it is ignored and the order is dated now.
+    anyone else it is validated the same way (a 422 if it is not a valid date), then
+    ignored and the order is dated now.
     """
     _check_owner(caller, str(payload.user_id))
     order = await order_service.create_order(store, payload, dated_by_admin=caller.is_admin)

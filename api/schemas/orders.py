@@ -153,7 +153,7 @@ class OrderCreate(BaseModel):
         default=None,
         description="Admin only: when the order was placed (with a time zone, or a number of"
         " seconds since 1970 in UTC; not in the future); default, and always for non-admins:"
-        " the server's time",
+        " the server's time (a non-admin's is still validated: 422 if it breaks these rules)",
         examples=["2024-05-01T12:00:00Z"],
     )
 
