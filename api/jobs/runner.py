@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -159,14 +160,25 @@ class JobContext:
         return self.results / f"{self.job_id}{suffix}"
 
 
-def _plain_files(folder: Path) -> list[tuple[Path, os.stat_result]]:
-    """The plain files of ``folder`` with their ``stat`` (none when no job wrote one yet)."""
+# What ``result_path`` names: a job's id (a store-made UUID) and its format, ``.part`` while it
+# is written. The sweeps delete nothing else: JOB_RESULT_DIR may hold other files (QA: pointed
+# at the store's data directory, the size sweep deleted its snapshot and log).
+RESULT_NAME = re.compile(
+    r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.(?:csv|ndjson)(?:\.part)?"
+)
+
+
+def _result_files(folder: Path) -> list[tuple[Path, os.stat_result]]:
+    """The job result files of ``folder`` with their ``stat`` (none when no job wrote one
+    yet): plain files named as ``result_path`` names them."""
     try:
         entries = list(os.scandir(folder))
     except FileNotFoundError:
         return []
     found = []
     for entry in entries:
+        if RESULT_NAME.fullmatch(entry.name) is None:
+            continue
         with contextlib.suppress(FileNotFoundError):  # deleted meanwhile by another worker
             if entry.is_file(follow_symlinks=False):
                 found.append((Path(entry.path), entry.stat()))
@@ -174,15 +186,15 @@ def _plain_files(folder: Path) -> list[tuple[Path, os.stat_result]]:
 
 
 def files_older_than(folder: Path, cutoff: float) -> list[Path]:
-    """The plain files of ``folder`` last written before ``cutoff`` (epoch seconds)."""
-    return [path for path, stat in _plain_files(folder) if stat.st_mtime < cutoff]
+    """The result files of ``folder`` last written before ``cutoff`` (epoch seconds)."""
+    return [path for path, stat in _result_files(folder) if stat.st_mtime < cutoff]
 
 
 def results_oldest_first(folder: Path) -> list[tuple[Path, int]]:
     """Finished result files of ``folder`` (not ``.part``) with their sizes, oldest first."""
     found = sorted(
         (stat.st_mtime, path, stat.st_size)
-        for path, stat in _plain_files(folder)
+        for path, stat in _result_files(folder)
         if not path.name.endswith(".part")
     )
     return [(path, size) for _, path, size in found]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -234,9 +235,9 @@ async def test_the_sweep_deletes_old_files_no_live_job_owns(
     names = {
         "running_part": f"{running['id']}.ndjson.part",  # being written: never deleted
         "lost_part": f"{lost['id']}.csv.part",
-        "vanished": "job-gone-after-a-restore.ndjson",
+        "vanished": f"{uuid.uuid4()}.ndjson",  # its job vanished (a restore)
         "result": f"{kept_result['id']}.ndjson",  # goes with its record
-        "recent": "job-gone-but-recent.ndjson",
+        "recent": f"{uuid.uuid4()}.ndjson",  # no job, but recent
     }
     old = time.time() - settings.job_retention_seconds - 10
     for key, name in names.items():
@@ -324,6 +325,27 @@ async def test_the_sweep_keeps_results_within_their_byte_cap(
     # 400 bytes over a 250 cap: the running one stays; the two oldest finished go
     assert left == sorted([made[0], made[3]])
     assert await jobs.find(made[1]) is None and await jobs.find(made[3]) is not None
+
+
+async def test_the_sweeps_delete_only_job_result_files(
+    store: EngineStore, settings: Settings, tmp_path: Path
+):
+    """QA: JOB_RESULT_DIR set to the store's data directory: the size sweep deleted its
+    snapshot and log (and the age sweep any old file there). Only ``<job id>.csv|ndjson``
+    (``.part``) are the jobs' to delete, however old or large the others."""
+    runner = JobRunner(store, settings.model_copy(update={"job_result_max_bytes": 10}))
+    others = ["snapshot.mdb", "log-0000000002.aof", "notes.txt", "job-1.csv", "Ab.csv"]
+    job = await runner.jobs.create("export", "o", {}, runner.worker)
+    await runner.jobs.transition(job["id"], ("queued",), {"state": "succeeded"})
+    others.append(f"{job['id']}.csv.bak")
+    result = f"{job['id']}.csv"
+    old = time.time() - settings.job_retention_seconds - 10
+    for name in [*others, result]:
+        (tmp_path / name).write_bytes(b"x" * 100)
+        os.utime(tmp_path / name, (old, old))
+    await runner._sweep()
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(others)
+    assert await runner.jobs.find(job["id"]) is None  # over the cap: its result went with it
 
 
 async def test_heartbeats_failing_through_an_outage_are_told_once(
