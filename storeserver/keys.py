@@ -29,6 +29,7 @@ strings; the count bounds containers, which cost ~70 bytes of memory per byte se
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -234,7 +235,12 @@ class KeyCommands:
 
 
 def _is_number(value: Any) -> bool:
-    return type(value) in (int, float, Decimal)
+    """A finite int, float or Decimal: NaN compares false with every mark, so an issued_at of
+    NaN passed every revocation (QA); an infinity is no time either."""
+    kind = type(value)
+    if kind is float:
+        return math.isfinite(value)
+    return kind is int or (kind is Decimal and value.is_finite())
 
 
 def _compared_value(args: Args) -> Any:

@@ -44,6 +44,7 @@ attached (the checks above), and the violations of a record.
 
 from __future__ import annotations
 
+import math
 import re
 from decimal import Decimal
 from typing import Any
@@ -120,17 +121,33 @@ def check_schema_size(values: int) -> None:
         )
 
 
-def _decimal_problem(document: Any) -> tuple[list[Any], str] | None:
-    """The first Decimal of ``document`` that no stored value or filter could be, and why."""
+_JSON_SCALARS = (str, bool, int, type(None))
+
+
+def _value_problem(document: Any) -> tuple[list[Any], str] | None:
+    """The first part of ``document`` that is no JSON value (a map key that is not a string,
+    bytes, a msgpack timestamp, NaN), or a Decimal that no stored value or filter could be,
+    and why. msgpack hands the store bytes keys and timestamps that records refuse: a schema
+    took them, kept them and ignored a keyword under a bytes key (QA)."""
     stack: list[tuple[Any, list[Any]]] = [(document, [])]
     while stack:
         node, path = stack.pop()
-        if type(node) is dict:
+        kind = type(node)
+        if kind is dict:
+            for key in node:
+                if type(key) is not str:
+                    return path, "map keys must be strings"
             stack.extend((v, [*path, k]) for k, v in node.items())
-        elif type(node) is list:
+        elif kind is list:
             stack.extend((v, [*path, i]) for i, v in enumerate(node))
-        elif type(node) is Decimal and (problem := decimal_problem(node, stored=False)):
-            return path, problem
+        elif kind is Decimal:
+            if problem := decimal_problem(node, stored=False):
+                return path, problem
+        elif kind is float:
+            if not math.isfinite(node):
+                return path, "NaN and infinities are not JSON values"
+        elif kind not in _JSON_SCALARS:
+            return path, f"{kind.__name__} is not a JSON value"
     return None
 
 
@@ -236,7 +253,7 @@ class TableSchema:
                 {"arg": "schema", "path": []},
             )
         check_schema_size(values)
-        if found := _decimal_problem(document):
+        if found := _value_problem(document):
             path, problem = found
             raise BadRequest(f"not a valid JSON Schema: {problem}", {"arg": "schema", "path": path})
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -78,6 +79,10 @@ def test_a_user_mark_at_the_token_s_own_issue_time_ends_it(engine: Engine) -> No
         {**CREDENTIAL, "session_key": 7},
         {**CREDENTIAL, "issued_at": "yesterday"},
         {**CREDENTIAL, "issued_at": True},
+        # QA: NaN compares false with every mark, so a write issued "at NaN" passed them all
+        {**CREDENTIAL, "issued_at": float("nan")},
+        {**CREDENTIAL, "issued_at": float("inf")},
+        {**CREDENTIAL, "issued_at": Decimal("NaN")},
     ],
 )
 def test_a_malformed_credential_is_a_bad_request_naming_the_actor(

@@ -251,6 +251,7 @@ def test_rate_hit_counts_a_revoked_tokens_hit_against_the_fallback(
         {"issued_at": T0, "fallback": "ip"},  # no peek
         {"peek": MARKS[:1], "issued_at": T0, "fallback": "ip"},  # not the two marks
         {"peek": MARKS, "issued_at": "now", "fallback": "ip"},
+        {"peek": MARKS, "issued_at": float("nan"), "fallback": "ip"},  # QA: passed every mark
         {"peek": MARKS, "fallback": "ip"},
         {"peek": MARKS, "issued_at": T0},  # no fallback
     ],

@@ -10,6 +10,7 @@ from typing import Any
 
 import jsonschema._keywords
 import jsonschema._utils
+import msgpack
 import pytest
 import re2
 
@@ -70,12 +71,33 @@ def test_a_recursion_error_while_checking_is_a_bad_request(
         TableSchema.parse({"type": "object"})
 
 
+@pytest.mark.parametrize(
+    ("schema", "path", "problem"),
+    [
+        # QA: a keyword under a bytes key was kept and ignored (minimum 5 let 1 in)
+        ({"properties": {"a": {"type": "integer", b"minimum": 5}}}, ["properties", "a"], "keys"),
+        ({"const": {b"x": 1}}, ["const"], "keys"),
+        ({"enum": [msgpack.Timestamp(1, 0)]}, ["enum", 0], "Timestamp"),
+        ({"examples": [b"raw"]}, ["examples", 0], "bytes"),
+        ({"maximum": float("nan")}, ["maximum"], "NaN"),
+    ],
+)
+def test_a_schema_holding_what_json_cannot_is_refused(
+    schema: dict[str, Any], path: list[Any], problem: str
+) -> None:
+    with pytest.raises(BadRequest, match=problem) as info:
+        TableSchema.parse(schema)
+    assert info.value.details == {"arg": "schema", "path": path}
+
+
 async def test_a_deep_schema_sent_over_the_socket_is_refused(client: Any) -> None:
     deep = nested(500, lambda s: {"not": s})
     with pytest.raises(BadRequest) as info:
         await client.call("set_schema", {"table": "t", "schema": deep})
     assert info.value.details["arg"] == "schema"
     assert (await client.call("ping"))["pong"] is True  # the command failed, not the store
+    with pytest.raises(BadRequest, match="keys must be strings"):
+        await client.call("set_schema", {"table": "t", "schema": {"const": {b"x": 1}}})
     with pytest.raises(BadRequest, match=r"pattern '\(a\)\\\\1'"):
         await client.call("set_schema", {"table": "t", "schema": {"pattern": r"(a)\1"}})
     assert (await client.call("list_tables", {})) == []
