@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import structlog
+
 from api.jobs.model import JobFailed
 from api.jobs.runner import RESULT_FILE_MODE, JobContext, job_kind
 from api.responses import dumps
@@ -23,6 +25,7 @@ from api.services.csv_export import open_export
 from api.services.dumps import open_dump
 
 RESULT_URL = "/api/v1/jobs/{id}/result"
+log = structlog.get_logger("api.jobs")
 MEDIA_TYPES = {"ndjson": "application/x-ndjson", "csv": "text/csv; charset=utf-8"}
 
 
@@ -87,8 +90,26 @@ class ResultWriter:
                 " service keeps of all results together: export less (a filter), stream it"
                 " (GET /dump/{table}, GET /batch/{table}/export) or raise the limit",
             )
-        await asyncio.to_thread(self.out.write, data)
+        with disk_errors():
+            await asyncio.to_thread(self.out.write, data)
         self.written += len(data)
+
+
+@contextlib.contextmanager
+def disk_errors() -> Iterator[None]:
+    """A result file the disk refuses (full, read-only, gone) fails the job with its own code,
+    not INTERNAL_ERROR (QA: a full JOB_RESULT_DIR read as a bug in the code)."""
+    try:
+        yield
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        log.warning("job_result_write_failed", errno=exc.errno, error=reason)
+        raise JobFailed(
+            "RESULT_WRITE_FAILED",
+            f"could not write the result file ({reason}): JOB_RESULT_DIR has no room or cannot"
+            " be written; stream the table instead (GET /dump/{table}, GET"
+            " /batch/{table}/export) or ask the operator",
+        ) from exc
 
 
 @contextlib.contextmanager
@@ -99,10 +120,19 @@ def result_file(ctx: JobContext, suffix: str) -> Iterator[tuple[ResultWriter, Pa
     final = ctx.result_path(suffix)
     partial = final.with_name(final.name + ".part")
     try:
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, RESULT_FILE_MODE)
-        with os.fdopen(fd, "wb") as out:
+        with disk_errors():
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, RESULT_FILE_MODE)
+            out = os.fdopen(fd, "wb")
+        try:
             yield ResultWriter(out, ctx.settings.job_result_max_bytes), final
-        partial.replace(final)
+            with disk_errors():
+                out.close()  # writes the buffer's last bytes: a full disk shows here too
+        finally:
+            # A job that failed or was cancelled: its error stands, not the buffer's flush.
+            with contextlib.suppress(OSError):
+                out.close()
+        with disk_errors():
+            partial.replace(final)
     except BaseException:
         with contextlib.suppress(OSError):
             partial.unlink()
@@ -110,11 +140,16 @@ def result_file(ctx: JobContext, suffix: str) -> Iterator[tuple[ResultWriter, Pa
 
 
 def export_result(job_id: str, file: str, fmt: str, rows: int | None, size: int) -> dict[str, Any]:
-    return {
+    """An export job's result; ``rows`` only when counted (NDJSON): the job record is written
+    as a merge patch, where a null would not be kept, only dropped (QA: a CSV export's result
+    came without the key its null was meant to fill)."""
+    result: dict[str, Any] = {
         "url": RESULT_URL.format(id=job_id),
         "file": file,
         "format": fmt,
         "media_type": MEDIA_TYPES[fmt],
-        "rows": rows,
         "bytes": size,
     }
+    if rows is not None:
+        result["rows"] = rows
+    return result

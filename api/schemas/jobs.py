@@ -64,7 +64,9 @@ class JobPublic(BaseModel):
     finished_at: datetime | None
     elapsed_seconds: float | None = Field(description="Running time so far, or in total")
     result: dict[str, Any] | None = Field(
-        description="On success: the operation's answer (an export's has a download `url`)"
+        description="On success: the operation's answer (an export's has a download `url`, its"
+        " `bytes` and, for NDJSON, its `rows`: a CSV's rows are not counted, as a quoted cell may"
+        " hold line breaks)"
     )
     error: JobError | None
 

@@ -503,6 +503,9 @@ def test_csv_export_job_result_is_the_csv_export(jobs_stack: Stack, http: httpx.
     download = http.get(done["result"]["url"])
     assert download.status_code == 200 and download.headers["content-type"].startswith("text/csv")
     assert download.content == sync.content
+    # rows are not counted in a CSV (a cell may hold line breaks): no key rather than a null
+    assert set(done["result"]) == {"url", "file", "format", "media_type", "bytes"}
+    assert done["result"]["bytes"] == len(download.content)
 
 
 def test_csv_export_job_has_the_columns_of_the_request(jobs_stack: Stack, http: httpx.Client):

@@ -419,6 +419,46 @@ async def test_an_export_past_the_result_cap_fails_and_leaves_no_file(
         await runner.stop()
 
 
+@pytest.mark.parametrize("rows", [3, 400])  # the bytes stay in the file's buffer; they do not
+async def test_an_export_the_disk_refuses_fails_with_its_own_code(
+    store: EngineStore,
+    settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    rows: int,
+) -> None:
+    """jobs QA: a full JOB_RESULT_DIR failed exports with INTERNAL_ERROR ("the job failed
+    unexpectedly") and a traceback, read by operators as a bug. The result file is written to
+    /dev/full here (ENOSPC on every write), whether the rows reach it while the job writes or
+    only as the file is closed."""
+    real_open = os.open
+
+    def full_disk(path: Any, flags: int, mode: int = 0o777) -> int:
+        if str(path).endswith(".part"):
+            return real_open("/dev/full", os.O_WRONLY)
+        return real_open(path, flags, mode)
+
+    monkeypatch.setattr(os, "open", full_disk)
+    store.engine.execute("create_table", {"table": "t"})
+    for n in range(rows):
+        store.engine.execute("insert", {"table": "t", "record": {"n": n, "pad": "x" * 40}})
+    runner = JobRunner(store, settings)
+    await runner.start()
+    try:
+        for kind in ("export", "csv_export"):
+            with structlog.testing.capture_logs() as logs:
+                job = await runner.submit(kind, "owner", {"table": "t"})
+                done = await wait_until_finished(runner, job["id"])
+            assert done["state"] == "failed", done
+            assert done["error"]["code"] == "RESULT_WRITE_FAILED"
+            assert "No space left on device" in done["error"]["message"]
+            assert [e["errno"] for e in logs if e["event"] == "job_result_write_failed"] == [28]
+            assert not [e for e in logs if e["log_level"] == "error"]
+            assert list(tmp_path.iterdir()) == []
+    finally:
+        await runner.stop()
+
+
 async def test_a_state_filter_lists_stale_jobs_as_what_they_become(
     store: EngineStore, settings: Settings
 ) -> None:
