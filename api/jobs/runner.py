@@ -44,6 +44,7 @@ from api.settings import Settings
 from api.store import Store
 from storeserver.errors import (
     NotFound,
+    OutcomeUnknown,
     StoreError,
     StoreTimeout,
     StoreUnavailable,
@@ -139,7 +140,15 @@ class JobContext:
             changes: dict[str, Any] = {"progress": {"done": done, "total": total, "unit": unit}}
             if confirmed is not None:
                 changes["confirmed"] = confirmed
-            job = await self.jobs.touch(self.job_id, changes)
+            try:
+                job = await self.jobs.touch(self.job_id, changes)
+            except OutcomeUnknown as exc:
+                # The write in doubt is the job's own progress, not its work: the job met an
+                # outage, and says so (QA: an export read "OUTCOME_UNKNOWN ... after 'patch'
+                # was sent", as if it had changed data). A landed patch is found on the next
+                # write of the record, which then reads it again.
+                message = "the connection to the store was lost while the job recorded its progress"
+                raise StoreUnavailable(message) from exc
             if job.get("state") in FINISHED:
                 raise JobLost()
             self.cancel_requested = self.cancel_requested or bool(job.get("cancel_requested"))

@@ -29,7 +29,7 @@ from api.settings import Settings
 from storeserver.client import current_actor
 from storeserver.clientconnection import READ_COMMANDS
 from storeserver.engine import Engine
-from storeserver.errors import StoreUnavailable
+from storeserver.errors import OutcomeUnknown, StoreUnavailable
 
 
 class EngineStore:
@@ -457,6 +457,44 @@ async def test_an_export_the_disk_refuses_fails_with_its_own_code(
             assert list(tmp_path.iterdir()) == []
     finally:
         await runner.stop()
+
+
+class ProgressLostStore(EngineStore):
+    """The first progress patch of a job lands, and its reply is lost with the connection."""
+
+    lost = False
+
+    async def call(
+        self, command: str, args: dict[str, Any] | None = None, *, timeout: float | None = None
+    ) -> Any:
+        answer = await super().call(command, args, timeout=timeout)
+        changes = (args or {}).get("changes") or {}
+        if command == "patch" and "progress" in changes and not self.lost:
+            self.lost = True
+            raise OutcomeUnknown("the connection to the store was lost after 'patch' was sent")
+        return answer
+
+
+async def test_an_export_whose_progress_write_is_in_doubt_failed_for_the_outage(
+    settings: Settings,
+) -> None:
+    """jobs QA: an export stopped by a store restart said ``OUTCOME_UNKNOWN`` "... after
+    'patch' was sent": the write in doubt was its own progress record, and an export changes
+    no data. It fails as the outage it met; the landed patch does not stop the record's end."""
+    store = ProgressLostStore()
+    store.engine.execute("create_table", {"table": "t"})
+    store.engine.execute("insert", {"table": "t", "record": {"n": 1}})
+    runner = JobRunner(store, settings)
+    await runner.start()
+    try:
+        done = await wait_until_finished(
+            runner, (await runner.submit("export", "o", {"table": "t"}))["id"]
+        )
+    finally:
+        await runner.stop()
+    assert store.lost and done["state"] == "failed", done
+    assert done["error"]["code"] == "STORE_UNAVAILABLE"
+    assert "recorded its progress" in done["error"]["message"]
 
 
 async def test_a_state_filter_lists_stale_jobs_as_what_they_become(
