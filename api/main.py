@@ -17,6 +17,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
 from fastapi.telemetry import TelemetryConfig
 
+from api import forms
 from api.auth.startup import adopt_store_secret, ensure_admin_step, install_limiters, start_auth
 from api.docs import install_docs
 from api.errors import install_error_handlers
@@ -276,6 +277,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the application; nothing is opened until the lifespan starts."""
     settings = settings or get_settings()
     configure_logging(settings.log_level)
+    forms.install()
     app = FastAPI(
         title="memdb-service",
         version="0.1.0",

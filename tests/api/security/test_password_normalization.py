@@ -78,6 +78,26 @@ def test_a_password_logs_in_however_it_is_spelled(
     assert_logged_in(log_in(anon, email, typed))
 
 
+@pytest.mark.parametrize("charset", ["", "; charset=utf-8"])
+def test_a_form_with_raw_utf8_logs_in_as_an_escaped_one_does(
+    anon: httpx.Client, charset: str
+) -> None:
+    """QA: ``curl -d 'password=pässwörd'`` sends the UTF-8 bytes unescaped; Starlette read
+    them as Latin-1 ("pÃ¤sswÃ¶rd"), so the right password (or a non-ASCII email) was a 401.
+    Browsers (WHATWG) read both spellings as UTF-8, and so does the API (api/forms.py)."""
+    payload = user_payload(password=ACCENTED)
+    email = payload["email"] = str(payload["email"]).replace("@", ".josé@", 1)
+    assert anon.post("/api/v1/users", json=payload).status_code == 201
+    headers = {"content-type": "application/x-www-form-urlencoded" + charset}
+    raw = f"username={email}&password={ACCENTED}".encode()
+    assert_logged_in(anon.post(TOKEN_URL, content=raw, headers=headers))
+    # raw bytes and escapes in one field, and + as a space
+    mixed = "password=p%C3%A4ssw" + "örd-été" + "&username=" + email.replace("@", "%40")
+    assert_logged_in(anon.post(TOKEN_URL, content=mixed.encode(), headers=headers))
+    wrong = anon.post(TOKEN_URL, content=raw.replace("é".encode(), b"e"), headers=headers)
+    assert_error(wrong, 401, "INVALID_CREDENTIALS")
+
+
 def test_the_72_bytes_count_the_normalized_form(anon: httpx.Client) -> None:
     # 72 bytes composed; 108 bytes (72 code points) as a Mac sends it decomposed.
     email = register(anon, "é" * 36)
