@@ -28,7 +28,7 @@ from storeserver.aggregation import MAX_GROUP_BY, aggregate, aggregate_steps, pa
 from storeserver.arguments import Args, check_keys, limit, offset, optional_bool, optional_list
 from storeserver.builds import CHUNK, ChunkedRead, Pace, release_steps, run_steps, spill
 from storeserver.catalog import Catalog
-from storeserver.errors import BadRequest, LimitExceeded, NotFound
+from storeserver.errors import BadRequest, LimitExceeded
 from storeserver.filters import Node, compile_predicate, parse_where, plan
 from storeserver.joins import folds, join_steps, needs_chunks
 from storeserver.projection import parse_fields
@@ -43,6 +43,7 @@ from storeserver.query import (
     sort_key_function,
     top,
 )
+from storeserver.records import no_record
 from storeserver.selection import (
     Steps,
     candidates,
@@ -161,7 +162,7 @@ class RecordReader:
             raise BadRequest("id must be a string", {"arg": "id"})
         record = table.rows.get(rid)
         if record is None:
-            raise NotFound(f"no record {rid!r} in {table.name}", {"table": table.name, "id": rid})
+            raise no_record(table.name, rid)
         if table.hidden:
             return table.visible(record, optional_bool(args, "include_hidden"))
         if "include_hidden" in args:

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any, NoReturn
 
-from storeserver.errors import BadRequest, LimitExceeded
+from storeserver.errors import BadRequest, LimitExceeded, NotFound
 
 _intern = sys.intern
 
@@ -399,6 +399,14 @@ def same_value(a: Any, b: Any) -> bool:
 _ID = re.compile(f"[A-Za-z0-9._~:@-]{{1,{MAX_ID_LENGTH}}}")
 # The API's ``RESERVED_IDS``, for the same reason: /data/{table}/count answers the count.
 RESERVED_IDS = frozenset({"schema", "indexes", "count"})
+
+
+def no_record(table: str, rid: str) -> NotFound:
+    """``NOT_FOUND`` for an id, quoting at most ``MAX_ID_LENGTH`` characters of it: no longer
+    id was ever made, and a reply quoting all of a 1 MB one (twice) was 2 MB (QA)."""
+    if len(rid) > MAX_ID_LENGTH:
+        rid = rid[:MAX_ID_LENGTH] + "..."
+    return NotFound(f"no record {rid!r} in {table}", {"table": table, "id": rid})
 
 
 def check_id(rid: Any) -> str:

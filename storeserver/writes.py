@@ -30,7 +30,7 @@ from storeserver.arguments import (
 )
 from storeserver.audit import AuditLog
 from storeserver.catalog import Catalog
-from storeserver.errors import BadRequest, Conflict, NotFound, RecordTooLarge, VersionMismatch
+from storeserver.errors import BadRequest, Conflict, RecordTooLarge, VersionMismatch
 from storeserver.protocol import MAX_FRAME_SIZE, pack_value
 from storeserver.records import (
     MAX_VALUES,
@@ -42,6 +42,7 @@ from storeserver.records import (
     copy_fields,
     max_record_bytes,
     merge_patch,
+    no_record,
     same_value,
     take_fields,
 )
@@ -253,7 +254,7 @@ class RecordWriter:
     def _current(self, table: Table, rid: str, expected: int | None) -> Record:
         record = table.rows.get(rid)
         if record is None:
-            raise NotFound(f"no record {rid!r} in {table.name}", {"table": table.name, "id": rid})
+            raise no_record(table.name, rid)
         if expected is not None and expected != record["version"]:
             raise VersionMismatch(
                 f"version is {record['version']}, not {expected}",

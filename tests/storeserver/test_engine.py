@@ -30,6 +30,7 @@ from storeserver.errors import (
     VersionMismatch,
 )
 from storeserver.protocol import pack_value, unpack_value
+from storeserver.records import MAX_ID_LENGTH
 from tests.support.engine import T0, FakeClock
 
 STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
@@ -480,6 +481,15 @@ def test_get_errors(shop: Engine) -> None:
     fail(shop, BadRequest, "get", table="users", id=5)
     fail(shop, BadRequest, "get", table="users")
     fail(shop, BadRequest, "get", table="bad name", id="x")
+
+
+@pytest.mark.parametrize("command", ["get", "patch", "replace", "delete"])
+def test_a_missing_ids_error_quotes_at_most_an_ids_length_of_it(shop: Engine, command: str):
+    """QA: a 1 MB id was quoted whole, in the message and the details: a 2 MB reply."""
+    args = {"changes": {}} if command == "patch" else {"record": {}} if command == "replace" else {}
+    err = fail(shop, NotFound, command, table="users", id="x" * 1_000_000, **args)
+    assert err.details == {"table": "users", "id": "x" * MAX_ID_LENGTH + "..."}
+    assert len(err.message) < 2 * MAX_ID_LENGTH
     user = insert(shop, "users")
     fail(shop, BadRequest, "get", table="users", id=user["id"], include_hidden="yes")
     insert(shop, "plain", id="p")
