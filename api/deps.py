@@ -132,8 +132,9 @@ async def get_caller(request: Request) -> Principal:
     principal = outcome.principal
     # Every store write of this request carries who is calling (anonymous: no user id), for
     # the store's audit log, and the token's credential, which the store checks before it
-    # writes (``sessions.credential``). Set, not reset: uvicorn runs each request in its own
-    # task.
+    # writes (``sessions.credential``). Set here; cleared as each request begins
+    # (``RequestIdMiddleware``), as a pipelined request's task starts with the context of the
+    # request before it.
     actor: dict[str, Any] = {"user_id": principal.id, "role": principal.role}
     user_id, session_id, issued_at = principal.id, principal.session_id, principal.issued_at
     if user_id is not None and session_id is not None and issued_at is not None:

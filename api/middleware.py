@@ -26,7 +26,7 @@ from api.headers import SECURITY_HEADERS, security_headers_for
 from api.logs import direct_fds, write_access_line
 from api.ratelimit import client_ip
 from api.settings import Settings
-from storeserver.client import current_request_id
+from storeserver.client import current_actor, current_request_id
 
 SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 ACCESS_LOGGER = "api.access"
@@ -223,6 +223,11 @@ class RequestIdMiddleware:
             request_id=request_id, method=scope["method"], path=logged_path(scope["path"])
         )
         current_request_id.set(request_id)  # store calls carry it into slow-command log lines
+        # No caller until this request's is known (``deps.get_caller``): uvicorn starts a
+        # pipelined request from the task of the one before it, whose context the new task
+        # copies (QA: a login behind a logout on one connection wrote as the logged-out
+        # session, refused 401, and a rehash was audited to the previous request's admin).
+        current_actor.set(None)
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         state["expose_worker_pid"] = self.expose_worker_pid
