@@ -318,6 +318,8 @@ class StoreServer:
             # ``_actor.credential`` is checked before writes (``KeyCommands.check_credential``):
             # a client sends it only to a store that says so (an earlier one refuses it).
             "checks_credentials": True,
+            # ``insert`` takes ``create: false`` (an earlier store refuses the argument).
+            "insert_create": True,
             # A client learns from it that the store restarted lately: the API's job sweep
             # waits until its workers have had time to beat again (``api.jobs.state``). From
             # when it listens, not when it started: loading a big log takes a while, and no

@@ -48,7 +48,7 @@ from storeserver.records import (
 )
 from storeserver.tables import Record, Table
 
-_INSERT_ARGS = frozenset({"table", "record", "upsert"})
+_INSERT_ARGS = frozenset({"table", "record", "upsert", "create"})
 _REPLACE_ARGS = frozenset({"table", "id", "record", "expected_version"})
 _PATCH_ARGS = frozenset({"table", "id", "changes", "expected_version"})
 _DELETE_ARGS = frozenset({"table", "id", "expected_version", "cascade"})
@@ -89,6 +89,7 @@ class RecordWriter:
         table = self.catalog.tables.get(name) if type(name) is str else None
         rid = record.get("id")
         upsert = "upsert" in args and optional_bool(args, "upsert")
+        create = "create" not in args or optional_bool(args, "create")
         if upsert and table is not None:
             old = table.rows.get(rid) if type(rid) is str else None
             if old is not None:
@@ -119,6 +120,11 @@ class RecordWriter:
         new["updated_at"] = stamp
         new["version"] = 1
         if table is None:
+            if not create:
+                # A writer that has written here already (an import's later batches): a table
+                # dropped meanwhile is not made again with the rest (QA: a force drop during an
+                # import left a fresh table with part of the rows, the import "succeeded").
+                self.catalog.get(args)  # raises NotFound (or BadRequest for the name)
             name = table_name(args)
             if self.measure_sent:
                 self._check_size(name, new)

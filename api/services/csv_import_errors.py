@@ -14,6 +14,7 @@ from api.errors import STORE_STATUS, ApiError, schema_error_details
 from api.services.csv_rows import RowError
 from storeserver.errors import (
     CredentialRevoked,
+    NotFound,
     MemoryLimit,
     PersistenceError,
     StoreBusy,
@@ -112,8 +113,8 @@ def failed_index(exc: StoreError, size: int) -> int | None:
     which the caller raises on (with a bare ``raise``: raised here, the error's traceback held
     this frame, which held the error, a cycle that kept a failed import's rows in the worker
     until a full collection; QA: ~500 MB a time for one huge JSON cell)."""
-    if isinstance(exc, StoreUnavailable | StoreTimeout | MemoryLimit):
-        return None
+    if isinstance(exc, StoreUnavailable | StoreTimeout | MemoryLimit | NotFound):
+        return None  # NotFound: the table, dropped during the import (``create: false``)
     index = exc.details.get("index")
     if type(index) is not int or not 0 <= index < size:
         return None

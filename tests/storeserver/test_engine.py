@@ -291,6 +291,18 @@ def test_timestamps_strictly_increase_even_when_the_clock_does_not(
     assert stamp == "2023-11-14T23:13:20.750000Z" and STAMP.fullmatch(stamp)
 
 
+def test_insert_with_create_false_needs_the_table(engine: Engine) -> None:
+    """An import's later batches: a table dropped meanwhile is not made again (QA)."""
+    err = fail(engine, NotFound, "insert", table="gone", record={"n": 1}, create=False)
+    assert err.details == {"table": "gone"}
+    assert "gone" not in run(engine, "list_tables")
+    fail(engine, BadRequest, "insert", table="gone", record={"n": 1}, create="no")
+    run(engine, "insert", table="gone", record={"n": 1}, create=True)
+    run(engine, "insert", table="gone", record={"n": 2}, create=False)
+    fail(engine, BadRequest, "insert", table="gone", record={"n": 3}, create=0)
+    assert run(engine, "count", table="gone") == 2
+
+
 def test_insert_with_a_given_id(engine: Engine) -> None:
     assert insert(engine, "t", id="a" * 128)["id"] == "a" * 128
     err = fail(engine, Conflict, "insert", table="t", record={"id": "a" * 128})
