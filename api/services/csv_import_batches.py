@@ -12,7 +12,7 @@ import asyncio
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from api.services.csv_import_errors import failed_index, may_have_landed, store_row_errors
 from api.services.csv_rows import Record, RowError, RowReader
@@ -156,7 +156,9 @@ async def write_chunk(
         part = parts.pop()
         if not part:
             continue
-        ops = [{"op": "insert", "table": table, "record": record} for _, record in part]
+        ops: list[dict[str, Any]] = [
+            {"op": "insert", "table": table, "record": record} for _, record in part
+        ]
         if report.imported and _takes_create(store):
             # The table exists now (rows of ours are in it): dropped meanwhile, it is not made
             # again with the rest of the file, and the import stops there (NOT_FOUND; QA: the

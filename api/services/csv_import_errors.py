@@ -14,8 +14,8 @@ from api.errors import STORE_STATUS, ApiError, schema_error_details
 from api.services.csv_rows import RowError
 from storeserver.errors import (
     CredentialRevoked,
-    NotFound,
     MemoryLimit,
+    NotFound,
     PersistenceError,
     StoreBusy,
     StoreError,
