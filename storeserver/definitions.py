@@ -27,6 +27,7 @@ from storeserver.builds import CHUNK, STEP_SECONDS, IndexBuild, Job, SchemaCheck
 from storeserver.catalog import TableSpec, check_index_room
 from storeserver.errors import BadRequest, Conflict
 from storeserver.query import check_field
+from storeserver.records import same_value
 from storeserver.schemas import TableSchema
 
 if TYPE_CHECKING:
@@ -219,9 +220,13 @@ class TableDefinitions:
                 f"{report['violating']} rows of {table.name} do not match the schema",
                 {"reason": "schema_violations", "table": table.name, **report},
             )
+        attached = table.schema
         table.schema = check.schema
-        self._journal_schema(table.name, check.schema.document)
-        self.audit.add(table.name, "set_schema", None, (), report["checked"])
+        if attached is None or not same_value(attached.document, check.schema.document):
+            # The same schema again changes nothing: no log or audit entry, as for a write
+            # that changes nothing (QA: each repeat added both).
+            self._journal_schema(table.name, check.schema.document)
+            self.audit.add(table.name, "set_schema", None, (), report["checked"])
         return {"attached": True, **report}
 
     def _journal_schema(self, name: str, document: Any) -> None:

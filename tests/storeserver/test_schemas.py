@@ -21,6 +21,7 @@ from storeserver.protocol import encode_result
 from storeserver.schemakeywords import RecordValidator
 from storeserver.schemas import MAX_SCHEMA_DEPTH, TableSchema
 from tests.support.calls import count_calls
+from tests.support.engine import run
 
 
 def nested(levels: int, wrap: Any) -> dict[str, Any]:
@@ -847,6 +848,20 @@ def test_a_schema_keyword_failure_reaches_the_client_as_validation() -> None:
 
 def _never(*args: Any, **kwargs: Any) -> Any:
     raise AssertionError("jsonschema's own (backtracking or quadratic) check ran")
+
+
+def test_the_same_schema_again_is_neither_logged_nor_audited() -> None:
+    """QA: each repeat of one ``PUT .../schema`` added a log and an audit entry, where a write
+    that changes nothing adds neither. A different one (1 is not 1.0 here either) does."""
+    engine = Engine()
+    engine.execute("set_schema", {"table": "t", "schema": {"properties": {"n": {"maximum": 10}}}})
+    assert "schema" in [e[0] for e in engine.drain_changes()]
+    engine.execute("set_schema", {"table": "t", "schema": {"properties": {"n": {"maximum": 10}}}})
+    assert engine.drain_changes() == []
+    assert len(run(engine, "audit_list", table="t")["items"]) == 1
+    engine.execute("set_schema", {"table": "t", "schema": {"properties": {"n": {"maximum": 10.0}}}})
+    assert "schema" in [e[0] for e in engine.drain_changes()]
+    assert len(run(engine, "audit_list", table="t")["items"]) == 2
 
 
 def test_a_forced_schema_reports_its_violations_within_a_small_frame() -> None:
