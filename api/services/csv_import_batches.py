@@ -58,7 +58,8 @@ class BatchLimits:
         row = frame // 2
         if type(record_limit := info.get("max_record_bytes")) is int and record_limit > 0:
             row = min(row, record_limit)
-        op = len(pack_value({"op": "insert", "table": table, "record": {}}))
+        # ``create`` counted whether sent or not (``write_chunk`` adds it after the first rows)
+        op = len(pack_value({"op": "insert", "table": table, "record": {}, "create": False}))
         return cls(frame // 4, frame // 2, row, op)
 
     def reader(self, reader: RowReader) -> Callable[[list[str], int], RowRead]:
