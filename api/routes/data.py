@@ -53,6 +53,8 @@ from api.schemas.envelope import (
 from api.schemas.query import AggregateBody, CountResult, QueryBody
 from api.schemas.transactions import BulkMeta, DataCreateBody
 from api.services import record_queries, records, typed_tables
+from api.services.batches import check_refs
+from api.services.record_values import DATA
 from api.services.versions import accepted_versions
 
 router = APIRouter(
@@ -69,8 +71,9 @@ Upsert = Annotated[
 Refs = Annotated[
     bool,
     Query(
-        description='A list under `data` only: `{"$ref": "<i>.<field path>"}` in a record is'
-        " that field of record i (an earlier one) of the same list, as in a transaction."
+        description='`{"$ref": "<i>.<field path>"}` in a record of a list under `data` is'
+        " that field of record i (an earlier one) of the same list, as in a transaction (in a"
+        " single record, which has no earlier one, such a map is a 422)."
         " Without it, such a map is data and every record is written as sent"
     ),
 ]
@@ -152,6 +155,10 @@ async def create_record(
         status = 201 if written.inserted else 200  # an upsert that only merged created nothing
         body_out = {"status": "success", "data": written.records, "meta": meta}
         return json_response(body_out, status, headers)
+    if refs:
+        # One record has no earlier one to take values of: a reference in it is the 422 the
+        # same record gets as a list's first (QA: it was written as data, the flag ignored).
+        check_refs(body.data, 0, DATA)
     if upsert:
         if conditional:
             record, created = await records.conditional_upsert(

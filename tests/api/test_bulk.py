@@ -153,6 +153,23 @@ def test_without_refs_a_ref_shaped_id_is_an_invalid_id(client: httpx.Client) -> 
     assert_error(client.get(f"/api/v1/data/{table}"), 404)  # nothing was created
 
 
+@pytest.mark.parametrize("params", [{"refs": "true"}, {"refs": "true", "upsert": "true"}])
+def test_a_reference_in_a_single_record_is_a_422_as_in_a_list(
+    client: httpx.Client, params: dict[str, str]
+) -> None:
+    """QA: with refs=true a single record's {"$ref": ...} was written as data, the flag
+    ignored; a single record has no earlier one to take values of."""
+    table = f"bulk_{token()}"
+    url = f"/api/v1/data/{table}"
+    one = client.post(url, params=params, json={"data": {"a": {"$ref": "0.x"}}})
+    assert assert_error(one, 422)["details"][0]["field"] == "body.data.a.$ref"
+    listed = client.post(url, params=params, json={"data": [{"a": {"$ref": "0.x"}}]})
+    assert assert_error(listed, 422)["details"][0]["field"] == "body.data.0.a.$ref"
+    assert_error(client.get(url), 404)  # nothing was created
+    plain = client.post(url, params=params, json={"data": {"a": 1}})  # no reference: written
+    assert plain.status_code == 201, plain.text
+
+
 def test_refs_must_be_a_boolean(client: httpx.Client) -> None:
     error = assert_error(bulk(client, f"bulk_{token()}", [{}], refs="maybe"), 422)
     assert error["details"][0]["field"] == "query.refs"
