@@ -18,6 +18,13 @@ class Store(Protocol):
     ) -> Any: ...
 
 
+def announced(store: Store, name: str) -> Any:
+    """What the store said of itself in its handshake (``server_info``), ``None`` when it said
+    nothing of ``name`` (an earlier release, or a fake ``Store`` without a handshake)."""
+    info = getattr(store, "server_info", None)
+    return info.get(name) if isinstance(info, dict) else None
+
+
 class ConnectionStore:
     """A ``Store`` over one connection's ``call``, for ``on_connect`` steps that reuse services
     written against ``Store`` (they run before the client lets anything else use it)."""

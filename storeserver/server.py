@@ -320,6 +320,9 @@ class StoreServer:
             "checks_credentials": True,
             # ``insert`` takes ``create: false`` (an earlier store refuses the argument).
             "insert_create": True,
+            # The most rows an update_where/delete_where may change: the API refuses more at
+            # once (400) rather than start a job bound to fail.
+            "max_bulk_rows": self.settings.max_bulk_rows,
             # A client learns from it that the store restarted lately: the API's job sweep
             # waits until its workers have had time to beat again (``api.jobs.state``). From
             # when it listens, not when it started: loading a big log takes a while, and no

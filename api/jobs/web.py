@@ -10,7 +10,7 @@ from starlette.responses import Response
 from api.jobs.model import to_public
 from api.jobs.runner import JobFunc, JobRunner
 from api.responses import PROBE_CACHE_CONTROL, json_response
-from api.store import Store
+from api.store import Store, announced
 from storeserver.errors import MemoryLimit, StoreUnavailable
 
 JOB_LOCATION = "/api/v1/jobs/{id}"
@@ -47,6 +47,9 @@ async def filter_write_as_job(
     more than ``threshold`` rows match (counted only when the table itself is that large);
     but never for more than ``cap`` matches (MAX_ROWS_PER_FILTER_WRITE), even when asked:
     such a write is refused, and a 400 now says so better than a 202 and a job that fails."""
+    ceiling = announced(store, "max_bulk_rows")  # STORE_MAX_BULK_ROWS, if lower (QA)
+    if type(ceiling) is int and ceiling > 0:
+        cap = min(cap, ceiling)
     rows: int = await store.call("count", {"table": table})  # a missing table: 404 now
     if flag is False or (flag is None and rows <= threshold):
         return False

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from api.services.csv_import_errors import failed_index, may_have_landed, store_row_errors
 from api.services.csv_rows import Record, RowError, RowReader
+from api.store import announced
 from storeserver.errors import NotFound, ProtocolError, StoreError
 from storeserver.protocol import MAX_FRAME_SIZE, pack_value
 from storeserver.records import MAX_VALUES
@@ -50,13 +51,11 @@ class BatchLimits:
     def of(cls, store: Store, table: str) -> BatchLimits:
         # The store announces its STORE_MAX_FRAME_BYTES in the handshake (a fake store has no
         # handshake); the client refuses frames past its own MAX_FRAME_SIZE.
-        info = getattr(store, "server_info", None)
-        info = info if isinstance(info, dict) else {}
         frame = MAX_FRAME_SIZE
-        if type(announced := info.get("max_frame_bytes")) is int and announced > 0:
-            frame = min(frame, announced)
+        if type(frame_limit := announced(store, "max_frame_bytes")) is int and frame_limit > 0:
+            frame = min(frame, frame_limit)
         row = frame // 2
-        if type(record_limit := info.get("max_record_bytes")) is int and record_limit > 0:
+        if type(record_limit := announced(store, "max_record_bytes")) is int and record_limit > 0:
             row = min(row, record_limit)
         # ``create`` counted whether sent or not (``write_chunk`` adds it after the first rows)
         op = len(pack_value({"op": "insert", "table": table, "record": {}, "create": False}))
@@ -160,7 +159,8 @@ async def write_chunk(
         ops: list[dict[str, Any]] = [
             {"op": "insert", "table": table, "record": record} for _, record in part
         ]
-        if report.imported and _takes_create(store):
+        # An earlier store refuses ``create``: with it, a table dropped meanwhile is made again.
+        if report.imported and announced(store, "insert_create") is True:
             # The table exists now (rows of ours are in it): dropped meanwhile, it is not made
             # again with the rest of the file, and the import stops there (NOT_FOUND; QA: the
             # import "succeeded" over a fresh table holding part of the rows).
@@ -188,13 +188,6 @@ async def write_chunk(
         report.unconfirmed = None
         report.imported += len(part)
         report.last_row_written = part[-1][0]
-
-
-def _takes_create(store: Store) -> bool:
-    """The store announced in its handshake that ``insert`` takes ``create`` (earlier ones
-    refuse the argument: with them, a table dropped during an import is made again)."""
-    info = getattr(store, "server_info", None)
-    return isinstance(info, dict) and info.get("insert_create") is True
 
 
 async def _drop_existing_ids(
