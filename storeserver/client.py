@@ -55,6 +55,7 @@ from .errors import (
     RecordTooLarge,
     SetupRefused,
     StoreError,
+    StoreTimeout,
     StoreUnavailable,
 )
 from .protocol import (
@@ -219,6 +220,7 @@ class StoreClient:
         # frame past it closes the connection, failing every call in flight on it, QA).
         self._send_limit = max_frame_size
         self._greeted_at = 0.0  # time.monotonic() of the last server HELLO
+        self._stalled_at = 0.0  # time.monotonic() of the last call the store left unanswered
         # When the connection was found lost (time.monotonic()), until one is open again: the
         # outage is told in two lines, not in one per failed call.
         self._lost_at: float | None = None
@@ -327,6 +329,9 @@ class StoreClient:
         fut = conn.send(rid, frame, command, self.timeout if timeout is None else timeout)
         try:
             return await fut
+        except StoreTimeout:
+            self._stalled_at = time.monotonic()
+            raise
         finally:
             if conn.pending.pop(rid, None) is not None and fut.cancelled():
                 conn.cancel(rid)  # the caller gave up (its task was cancelled)
@@ -460,11 +465,15 @@ class StoreClient:
         return conn
 
     def store_uptime(self) -> float | None:
-        """Seconds the store has been serving, as its last HELLO said and time since: 0 while
-        disconnected (it may be restarting); ``None`` if the store does not say (older)."""
+        """Seconds the store has been serving, as its last HELLO said and time since, or since
+        the last call it did not answer in time if later: a store that stalled (stopped,
+        swapping) wrote no heartbeats either, as one restarting (QA: a store frozen 20 s,
+        live workers' queued jobs were declared lost at once). 0 while disconnected (it may be
+        restarting); ``None`` if the store does not say (older)."""
         uptime = self.server_info.get("uptime_s")
         if not isinstance(uptime, int | float) or isinstance(uptime, bool):
             return None
         if not self.connected:
             return 0.0
-        return float(uptime) + time.monotonic() - self._greeted_at
+        now = time.monotonic()
+        return min(float(uptime) + now - self._greeted_at, now - self._stalled_at)

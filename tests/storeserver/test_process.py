@@ -50,6 +50,31 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+async def test_a_store_that_stalled_counts_as_up_only_since_it_answered_again(store_process):
+    """A store frozen (SIGSTOP, swapping) past a call's timeout wrote no job heartbeats
+    either: the API's job sweep gives live workers JOB_STALE_SECONDS after it, as after a
+    restart (QA: frozen 20 s, a live worker's queued jobs were failed WORKER_LOST at once)."""
+    store = store_process()
+    client = StoreClient(store.address, timeout=0.3, read_retry_budget=0.0)
+    await client.connect()
+    try:
+        await asyncio.sleep(1.0)
+        before = client.store_uptime()
+        assert before is not None and before >= 1.0
+        assert store.proc is not None
+        store.proc.send_signal(signal.SIGSTOP)
+        try:
+            with pytest.raises(StoreTimeout):
+                await client.call("ping")
+        finally:
+            store.proc.send_signal(signal.SIGCONT)
+        assert (await client.call("ping"))["pong"] is True  # the same connection, answering
+        after = client.store_uptime()
+        assert after is not None and after < 1.0
+    finally:
+        await client.close()
+
+
 async def test_client_reconnects_after_store_restart(store_process):
     store = store_process()
     client = StoreClient(store.address, timeout=2.0, read_retry_budget=0.3)
