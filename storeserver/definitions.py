@@ -221,12 +221,13 @@ class TableDefinitions:
                 {"reason": "schema_violations", "table": table.name, **report},
             )
         attached = table.schema
-        table.schema = check.schema
         if attached is None or not same_value(attached.document, check.schema.document):
-            # The same schema again changes nothing: no log or audit entry, as for a write
-            # that changes nothing (QA: each repeat added both).
+            table.schema = check.schema
             self._journal_schema(table.name, check.schema.document)
             self.audit.add(table.name, "set_schema", None, (), report["checked"])
+        # else the same schema again changes nothing: no log or audit entry, as for a write
+        # that changes nothing (QA: each repeat added both), and the attached one stays (its
+        # keys in their order: the log holds that one, review)
         return {"attached": True, **report}
 
     def _journal_schema(self, name: str, document: Any) -> None:

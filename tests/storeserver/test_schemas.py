@@ -862,6 +862,14 @@ def test_the_same_schema_again_is_neither_logged_nor_audited() -> None:
     engine.execute("set_schema", {"table": "t", "schema": {"properties": {"n": {"maximum": 10.0}}}})
     assert "schema" in [e[0] for e in engine.drain_changes()]
     assert len(run(engine, "audit_list", table="t")["items"]) == 2
+    # the same keys in another order: the attached schema (the one the log holds) stays
+    two = {"properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}}
+    engine.execute("set_schema", {"table": "t", "schema": two})
+    reordered = {"properties": {"b": {"type": "integer"}, "a": {"type": "integer"}}}
+    engine.execute("set_schema", {"table": "t", "schema": reordered})
+    [logged] = [e[2] for e in engine.drain_changes() if e[0] == "schema"]
+    assert list(engine._catalog.tables["t"].schema.document["properties"]) == ["a", "b"]
+    assert list(logged["properties"]) == ["a", "b"]
 
 
 def test_a_forced_schema_reports_its_violations_within_a_small_frame() -> None:
